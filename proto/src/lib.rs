@@ -1,0 +1,25 @@
+//! Wire types shared by every vodmesh peer.
+//!
+//! Directors, engines, consoles and the `vodmesh` tool all speak the messages defined here, so
+//! they live in one small crate:
+//!
+//! - [`ids`]: typed identifiers (`ProgramId`, `SegmentIndex`, `SegmentHash`, `SegmentId`,
+//!   `StationId`) with `Display`, `FromStr`, serde and a short form for log fields.
+//! - [`codec`]: the CBOR codec (cbor4ii via serde) with an explicit size limit on every decode,
+//!   the request-response codec built on it, and length-prefixed frames for bulk streams.
+//! - [`signed`]: a signed envelope (CBOR payload + libp2p public key + signature) used for
+//!   station records, catalog records and manifests.
+//! - [`station`]: the station record every director publishes in the registry.
+//! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
+//! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
+//! - [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
+
+pub mod codec;
+pub mod director;
+pub mod ids;
+pub mod net;
+pub mod signed;
+pub mod station;
+pub mod time;
+
+pub use ids::{ProgramId, SegmentHash, SegmentId, SegmentIndex, StationId};

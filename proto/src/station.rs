@@ -1,0 +1,156 @@
+//! The station record: what a director publishes about its station in the registry under
+//! `station/<director peer id>`, signed by the director's key and re-signed every republish.
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::signed::{Signed, SignedError};
+
+/// Signature domain of station records.
+pub const DOMAIN: &str = "vodmesh/station/1";
+/// Largest station record accepted, in bytes (a station with hundreds of engines fits).
+pub const MAX_RECORD: usize = 64 * 1024;
+
+/// One engine of a station, as the swarm sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// The engine's own peer id.
+    pub peer_id: PeerId,
+    /// Where it listens.
+    pub addrs: Vec<Multiaddr>,
+    /// Streams it is serving now.
+    pub streams: u32,
+    /// Most streams it will serve at once.
+    pub max_streams: u32,
+    /// Bytes stored.
+    pub used: u64,
+    /// Bytes it may store (0: unbounded).
+    pub capacity: u64,
+    /// Whether it answers its director.
+    pub up: bool,
+}
+
+/// Roles a station plays besides storing and streaming.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Roles {
+    /// Holds every ingested program and never evicts it.
+    pub home: bool,
+    /// Runs the content manager (catalog, publish schedule).
+    pub content_manager: bool,
+    /// Runs the authentication server.
+    pub auth: bool,
+}
+
+/// What a director says about its station.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StationRecord {
+    /// The director's peer id: the station's name.
+    pub director: PeerId,
+    /// Where the director listens.
+    pub addrs: Vec<Multiaddr>,
+    /// The station's engines.
+    pub engines: Vec<EngineInfo>,
+    /// Region name, if configured.
+    pub region: Option<String>,
+    /// Latitude and longitude, if configured.
+    pub coords: Option<(f64, f64)>,
+    /// Advertised link bandwidth in Mbit/s.
+    pub bandwidth_mbps: u32,
+    /// Roles this station plays.
+    pub roles: Roles,
+    /// The issuer key this station's auth server signs tokens with (hex), when it is one.
+    pub issuer: Option<String>,
+    /// When this record was signed (ms since the epoch).
+    pub issued_ms: u64,
+    /// When it stops being valid (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+/// Why a station record was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Signature or encoding.
+    #[error(transparent)]
+    Signed(#[from] SignedError),
+    /// Signed by a key other than the director it names.
+    #[error("station record for {claimed} signed by {signer}")]
+    WrongSigner {
+        /// The director the record names.
+        claimed: PeerId,
+        /// Who signed it.
+        signer: PeerId,
+    },
+    /// Past its expiry.
+    #[error("station record expired")]
+    Expired,
+}
+
+impl StationRecord {
+    /// Signs this record with the director's key.
+    pub fn sign(&self, key: &Keypair) -> Signed {
+        Signed::sign(DOMAIN, self, key)
+    }
+
+    /// Checks a signed record: signature, that the signer is the director it names, and that
+    /// it has not expired at `now_ms`.
+    pub fn verify(signed: &Signed, now_ms: u64) -> Result<Self, RecordError> {
+        let (signer, rec): (PeerId, StationRecord) = signed.verify(DOMAIN, MAX_RECORD)?;
+        if signer != rec.director {
+            return Err(RecordError::WrongSigner {
+                claimed: rec.director,
+                signer,
+            });
+        }
+        if rec.expires_ms <= now_ms {
+            return Err(RecordError::Expired);
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(director: PeerId, expires_ms: u64) -> StationRecord {
+        StationRecord {
+            director,
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+            engines: vec![EngineInfo {
+                peer_id: PeerId::random(),
+                addrs: vec!["/ip4/127.0.0.1/udp/4002/quic-v1".parse().unwrap()],
+                streams: 1,
+                max_streams: 64,
+                used: 10,
+                capacity: 0,
+                up: true,
+            }],
+            region: Some("eu".into()),
+            coords: Some((52.5, 13.4)),
+            bandwidth_mbps: 1000,
+            roles: Roles::default(),
+            issuer: None,
+            issued_ms: 1,
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_wrong_signer() {
+        let key = Keypair::generate_ed25519();
+        let rec = record(key.public().to_peer_id(), 1000);
+        let s = rec.sign(&key);
+        assert_eq!(StationRecord::verify(&s, 10).unwrap(), rec);
+        assert!(matches!(
+            StationRecord::verify(&s, 1000),
+            Err(RecordError::Expired)
+        ));
+        let other = Keypair::generate_ed25519();
+        let forged = rec.sign(&other);
+        assert!(matches!(
+            StationRecord::verify(&forged, 10),
+            Err(RecordError::WrongSigner { .. })
+        ));
+    }
+}
