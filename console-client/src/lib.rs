@@ -1,1 +1,6 @@
-//! stub
+//! vodmesh-console: a subscriber's client of the swarm.
+//!
+//! - [`client`]: a connection to one director over `/vodmesh/director/1`, used by the console
+//!   and by the `vodmesh` tool.
+
+pub mod client;

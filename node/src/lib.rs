@@ -1,1 +1,24 @@
-//! stub
+//! vodmesh-node: one media station (a director plus its engines), and the optional roles a
+//! station can take on (home station, content manager, auth server).
+//!
+//! - [`station`]: starts a station (director + N engines) and stops it.
+//! - [`director`]: the station's director peer: the registry server, the control protocol
+//!   `/vodmesh/director/1`, the station record it republishes.
+//! - [`engine`]: one engine peer, with its own identity and listen addresses (the seed's blade).
+//! - [`control`]: the in-process channel between a director and its engines (the seed's blade
+//!   controller).
+//! - [`identity`]: identity files under the data directory.
+//! - [`config`]: what `vodmesh-node`'s flags configure.
+//! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
+
+pub mod config;
+pub mod control;
+pub mod director;
+pub mod engine;
+pub mod identity;
+mod listen;
+pub mod nodefile;
+pub mod station;
+
+pub use config::StationConfig;
+pub use station::Station;

@@ -1,1 +1,150 @@
-fn main() {}
+//! `vodmesh-node`: runs one media station (a director and its engines) until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use libp2p::Multiaddr;
+use vodmesh_node::config::default_listen;
+use vodmesh_node::{Station, StationConfig};
+
+/// Starts one vodmesh station: a director (its seat in the media location registry) and N
+/// engines, each a libp2p peer with its own identity and listen address.
+///
+/// Prints `director <MULTIADDR>` on stdout once it listens and writes DIR/node.json with the
+/// peer ids and addresses of the director and every engine. Other stations join the swarm by
+/// giving that address to --bootstrap.
+#[derive(Parser, Debug)]
+#[command(name = "vodmesh-node", version)]
+struct Args {
+    /// Data directory: identities (kept across restarts), databases, segments.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Director listen address (repeatable). Engines listen on the same hosts, ports of their
+    /// own. Default: TCP and QUIC on 0.0.0.0, system-chosen ports.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// A director of an existing station, ending in /p2p/<peer id> (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Engines in this station.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    engines: usize,
+    /// A segment directory, one per disk (repeatable). Default: DIR/segments.
+    #[arg(long = "disk", value_name = "DIR")]
+    disks: Vec<PathBuf>,
+    /// Bytes of segment storage per engine; 0 = bounded only by the disks.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    capacity: u64,
+    /// Concurrent streams per engine.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_streams: u32,
+    /// This is a home station: it keeps whole programs and never evicts them.
+    #[arg(long)]
+    home: bool,
+    /// This station runs the content manager (ingest, publish, distribution).
+    #[arg(long)]
+    content_manager: bool,
+    /// Region name, used to prefer nearby stations.
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+    /// Coordinates as LAT,LON.
+    #[arg(long, value_name = "LAT,LON", value_parser = parse_coords)]
+    coords: Option<(f64, f64)>,
+    /// Link bandwidth to the rest of the swarm, Mbit/s.
+    #[arg(long, default_value_t = 1000, value_name = "MBPS")]
+    bandwidth: u32,
+    /// Lifetime of this station's registry records, in seconds; they are republished every
+    /// third of it. A stopped station leaves every listing within this time.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
+    record_ttl: u64,
+}
+
+fn parse_coords(s: &str) -> Result<(f64, f64), String> {
+    let (lat, lon) = s.split_once(',').ok_or("expected LAT,LON")?;
+    let lat: f64 = lat.trim().parse().map_err(|_| "latitude is not a number")?;
+    let lon: f64 = lon
+        .trim()
+        .parse()
+        .map_err(|_| "longitude is not a number")?;
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err("coordinates out of range".into());
+    }
+    Ok((lat, lon))
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,vodmesh_node=info,vodmesh_registry=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: Args) -> Result<()> {
+    if args.engines == 0 {
+        bail!("a station needs at least one engine (--engines N, N >= 1)");
+    }
+    let mut config = StationConfig::new(&args.data);
+    config.listen = if args.listen.is_empty() {
+        default_listen("0.0.0.0")
+    } else {
+        args.listen
+    };
+    config.bootstrap = args.bootstrap;
+    config.engines = args.engines;
+    config.disks = args.disks;
+    config.capacity = args.capacity;
+    config.max_streams = args.max_streams;
+    config.home = args.home;
+    config.content_manager = args.content_manager;
+    config.region = args.region;
+    config.coords = args.coords;
+    config.bandwidth_mbps = args.bandwidth;
+    config.registry.record_ttl = Duration::from_secs(args.record_ttl);
+
+    let station = Station::start(config)
+        .await
+        .context("starting the station")?;
+    println!("director {}", station.addr());
+    for engine in &station.engines {
+        if let Some(addr) = engine.addrs.first() {
+            println!("engine {addr}");
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    station.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

@@ -9,11 +9,13 @@
 //!   the request-response codec built on it, and length-prefixed frames for bulk streams.
 //! - [`signed`]: a signed envelope (CBOR payload + libp2p public key + signature) used for
 //!   station records, catalog records and manifests.
+//! - [`catalog`]: the signed catalog record (program state and publish time).
 //! - [`station`]: the station record every director publishes in the registry.
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
 //! - [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
 
+pub mod catalog;
 pub mod codec;
 pub mod director;
 pub mod ids;

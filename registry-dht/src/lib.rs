@@ -1,1 +1,22 @@
-//! stub
+//! The media location registry (MLR): a Kademlia DHT whose servers are the directors.
+//!
+//! It stores three kinds of record (DESIGN.md §5), named by [`keys::RecordKind`]:
+//!
+//! - `station/<peer>`: the signed station record each director publishes about itself;
+//! - `program/<id>`: provider records, the directors of stations holding a program;
+//! - `catalog/<id>`: the content manager's signed catalog record of a program.
+//!
+//! Every inbound record is validated before it is stored ([`validate`]); the store survives a
+//! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
+//! and talks to it with a [`registry::RegistryHandle`]; [`walk`] lists every live station.
+
+pub mod keys;
+pub mod registry;
+pub mod store;
+pub mod validate;
+pub mod walk;
+
+pub use keys::RecordKind;
+pub use registry::{Command, Registry, RegistryConfig, RegistryError, RegistryHandle};
+pub use store::{PersistentStore, StoreLimits};
+pub use walk::{WalkLimits, walk};

@@ -1,0 +1,171 @@
+//! A client of one director: dials it, sends `/vodmesh/director/1` requests, returns answers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use vodmesh_proto::codec::CborCodec;
+use vodmesh_proto::director::{self, Request, Response};
+use vodmesh_proto::net::{build_swarm, peer_of};
+
+/// How long the first connection to a director may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take (a swarm walk of a large swarm takes a while).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address has no `/p2p/<peer id>`.
+    #[error("address {0} does not end in /p2p/<peer id>")]
+    NoPeerId(Multiaddr),
+    /// The director could not be reached.
+    #[error("cannot reach the director at {addr}: {reason}")]
+    Unreachable {
+        /// The address dialed.
+        addr: Multiaddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request failed on the way.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The client's network task is gone.
+    #[error("client stopped")]
+    Closed,
+    /// The swarm could not be built.
+    #[error("network setup: {0}")]
+    Setup(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct ClientBehaviour {
+    control: request_response::Behaviour<CborCodec<Request, Response>>,
+}
+
+type Reply = oneshot::Sender<Result<Response, ClientError>>;
+
+/// A connection to one director.
+#[derive(Debug)]
+pub struct DirectorClient {
+    peer: PeerId,
+    local: PeerId,
+    tx: mpsc::Sender<(Request, Reply)>,
+    task: JoinHandle<()>,
+}
+
+impl DirectorClient {
+    /// Connects to the director at `addr` with identity `key` (a new one if `None`).
+    pub async fn connect(addr: &Multiaddr, key: Option<Keypair>) -> Result<Self, ClientError> {
+        let peer = peer_of(addr).ok_or_else(|| ClientError::NoPeerId(addr.clone()))?;
+        let key = key.unwrap_or_else(Keypair::generate_ed25519);
+        let local = key.public().to_peer_id();
+        let mut swarm = build_swarm(key, |_| ClientBehaviour {
+            control: request_response::Behaviour::with_codec(
+                CborCodec::new(director::LIMITS),
+                [(director::PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+            ),
+        })
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let unreachable = |reason: String| ClientError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        swarm
+            .dial(addr.clone())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => {
+                        return Ok(());
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        return Err(error.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(unreachable(reason)),
+            Err(_) => return Err(unreachable("timed out".into())),
+        }
+        let (tx, mut rx) = mpsc::channel::<(Request, Reply)>(16);
+        let task = tokio::spawn(async move {
+            let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some((request, reply)) => {
+                            let id = swarm.behaviour_mut().control.send_request(&peer, request);
+                            pending.insert(id, reply);
+                        }
+                        None => break,
+                    },
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::Behaviour(ClientBehaviourEvent::Control(
+                            request_response::Event::Message {
+                                message: request_response::Message::Response { request_id, response },
+                                ..
+                            },
+                        )) => {
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Ok(response));
+                            }
+                        }
+                        SwarmEvent::Behaviour(ClientBehaviourEvent::Control(
+                            request_response::Event::OutboundFailure { request_id, error, .. },
+                        )) => {
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Err(ClientError::Request(error.to_string())));
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+        Ok(Self {
+            peer,
+            local,
+            tx,
+            task,
+        })
+    }
+
+    /// The director's peer id.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// This client's own peer id.
+    pub fn local_peer(&self) -> PeerId {
+        self.local
+    }
+
+    /// Sends `request` and waits for the answer.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((request, reply))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
+impl Drop for DirectorClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

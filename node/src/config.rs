@@ -1,0 +1,76 @@
+//! What a station is configured with (the flags of `vodmesh-node`).
+
+use std::path::PathBuf;
+
+use libp2p::Multiaddr;
+use vodmesh_registry::RegistryConfig;
+
+/// One station's configuration.
+#[derive(Clone, Debug)]
+pub struct StationConfig {
+    /// Data directory: identities, databases, segments.
+    pub data: PathBuf,
+    /// Director listen addresses; engines listen on the same hosts, on ports of their own.
+    pub listen: Vec<Multiaddr>,
+    /// Existing stations' director addresses (each ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Engines in this station.
+    pub engines: usize,
+    /// Segment directories (one per disk); default `DATA/segments`.
+    pub disks: Vec<PathBuf>,
+    /// Bytes of segment storage per engine (0 = unbounded).
+    pub capacity: u64,
+    /// Concurrent streams per engine.
+    pub max_streams: u32,
+    /// This is a home station (keeps whole programs, never evicts).
+    pub home: bool,
+    /// This station runs the content manager.
+    pub content_manager: bool,
+    /// This station runs the auth server.
+    pub auth: bool,
+    /// Trusted token issuers.
+    pub trust: Vec<String>,
+    /// Region name, for choosing nearby stations.
+    pub region: Option<String>,
+    /// Latitude and longitude.
+    pub coords: Option<(f64, f64)>,
+    /// Link bandwidth to the rest of the swarm, Mbit/s.
+    pub bandwidth_mbps: u32,
+    /// Registry tuning (record TTL).
+    pub registry: RegistryConfig,
+}
+
+impl StationConfig {
+    /// A configuration with the defaults of `vodmesh-node`: one engine, listening on loopback
+    /// TCP and QUIC at ports chosen by the system.
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        Self {
+            data: data.into(),
+            listen: default_listen("127.0.0.1"),
+            bootstrap: Vec::new(),
+            engines: 1,
+            disks: Vec::new(),
+            capacity: 0,
+            max_streams: 64,
+            home: false,
+            content_manager: false,
+            auth: false,
+            trust: Vec::new(),
+            region: None,
+            coords: None,
+            bandwidth_mbps: 1000,
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// TCP and QUIC listen addresses on `ip`, ports chosen by the system.
+pub fn default_listen(ip: &str) -> Vec<Multiaddr> {
+    [
+        format!("/ip4/{ip}/tcp/0"),
+        format!("/ip4/{ip}/udp/0/quic-v1"),
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}

@@ -1,0 +1,339 @@
+//! The director: a station's front door and its seat in the media location registry.
+//!
+//! A director is a Kademlia server of the registry, answers `/vodmesh/director/1`, and
+//! republishes its signed station record (its addresses, its engines and their load) every
+//! third of the record TTL, so that a station that stops disappears from the swarm once its
+//! last record expires.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use vodmesh_proto::codec::CborCodec;
+use vodmesh_proto::director::{self, ErrorCode, ErrorReply, Request, Response};
+use vodmesh_proto::net::{build_swarm, peer_of};
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
+use vodmesh_proto::time::{in_ms, now_ms};
+use vodmesh_registry::registry::{self as reg, Command};
+use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, WalkLimits};
+
+use crate::config::StationConfig;
+use crate::control::EngineReport;
+use crate::listen::{dialable, listen_all, without_peer};
+
+/// The director's libp2p protocols.
+#[derive(NetworkBehaviour)]
+pub(crate) struct DirectorBehaviour {
+    kad: kad::Behaviour<PersistentStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    control: request_response::Behaviour<CborCodec<Request, Response>>,
+}
+
+/// The identify protocol string every vodmesh peer announces.
+pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
+
+/// A started director.
+#[derive(Debug)]
+pub struct DirectorHandle {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Where it listens (in the order of `--listen`).
+    pub addrs: Vec<Multiaddr>,
+    /// The registry, for the rest of the node.
+    pub registry: RegistryHandle,
+    /// Its event loop.
+    pub task: JoinHandle<()>,
+}
+
+struct Director {
+    key: Keypair,
+    config: StationConfig,
+    addrs: Vec<Multiaddr>,
+    engines: Vec<Option<EngineInfo>>,
+    registry: Registry,
+    registry_handle: RegistryHandle,
+    bootstrap_peers: HashSet<PeerId>,
+    replies: mpsc::Sender<(ResponseChannel<Response>, Response)>,
+}
+
+/// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
+/// `shutdown` turns true.
+pub async fn start(
+    key: Keypair,
+    config: StationConfig,
+    engines: Vec<EngineInfo>,
+    mut reports: mpsc::Receiver<EngineReport>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<DirectorHandle> {
+    let peer_id = key.public().to_peer_id();
+    let store_path = config.data.join("registry.redb");
+    let store = PersistentStore::open(peer_id, &store_path, &StoreLimits::default())
+        .context("opening the registry store")?;
+    let registry_config = config.registry.clone();
+    let mut swarm = build_swarm(key.clone(), |k| DirectorBehaviour {
+        kad: reg::behaviour(peer_id, store, &registry_config, true),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
+                .with_agent_version(format!("vodmesh-director/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::default(),
+        control: request_response::Behaviour::with_codec(
+            CborCodec::new(director::LIMITS),
+            [(director::PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        ),
+    })?;
+    let addrs = listen_all(&mut swarm, &config.listen).await?;
+    for addr in &addrs {
+        swarm.add_external_address(without_peer(addr));
+    }
+    let mut bootstrap_peers = HashSet::new();
+    for addr in &config.bootstrap {
+        let peer = peer_of(addr)
+            .with_context(|| format!("bootstrap address {addr} does not end in /p2p/<peer id>"))?;
+        if peer == peer_id {
+            continue;
+        }
+        swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer, without_peer(addr));
+        swarm
+            .dial(addr.clone())
+            .with_context(|| format!("dialing bootstrap {addr}"))?;
+        bootstrap_peers.insert(peer);
+    }
+    tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
+
+    let (registry_handle, mut commands) = RegistryHandle::channel(256);
+    let (replies, mut replies_rx) = mpsc::channel(64);
+    let mut director = Director {
+        key,
+        config,
+        addrs: addrs.clone(),
+        engines: engines.into_iter().map(Some).collect(),
+        registry: Registry::new(),
+        registry_handle: registry_handle.clone(),
+        bootstrap_peers,
+        replies,
+    };
+    director.republish(&mut swarm);
+    let republish_every = director.config.registry.republish_interval();
+    let task = tokio::spawn(async move {
+        let mut republish = tokio::time::interval(republish_every);
+        republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
+                Some(cmd) = commands.recv() => {
+                    director.registry.execute(&mut swarm.behaviour_mut().kad, cmd);
+                }
+                Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
+                Some((channel, response)) = replies_rx.recv() => {
+                    if swarm.behaviour_mut().control.send_response(channel, response).is_err() {
+                        tracing::debug!("client went away before its answer");
+                    }
+                }
+                _ = republish.tick() => director.republish(&mut swarm),
+                _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
+            }
+        }
+        swarm.behaviour_mut().kad.store_mut().flush();
+        tracing::info!(peer = %director.key.public().to_peer_id(), "director stopped");
+    });
+    Ok(DirectorHandle {
+        peer_id,
+        addrs,
+        registry: registry_handle,
+        task,
+    })
+}
+
+impl Director {
+    fn peer_id(&self) -> PeerId {
+        self.key.public().to_peer_id()
+    }
+
+    fn record(&self) -> StationRecord {
+        let now = now_ms();
+        StationRecord {
+            director: self.peer_id(),
+            addrs: self.addrs.clone(),
+            engines: self.engines.iter().flatten().cloned().collect(),
+            region: self.config.region.clone(),
+            coords: self.config.coords,
+            bandwidth_mbps: self.config.bandwidth_mbps,
+            roles: Roles {
+                home: self.config.home,
+                content_manager: self.config.content_manager,
+                auth: self.config.auth,
+            },
+            issuer: None,
+            issued_ms: now,
+            expires_ms: in_ms(self.config.registry.record_ttl),
+        }
+    }
+
+    fn signed_record(&self) -> Signed {
+        self.record().sign(&self.key)
+    }
+
+    /// Signs a fresh station record and stores it in the registry.
+    fn republish(&mut self, swarm: &mut Swarm<DirectorBehaviour>) {
+        let (reply, _) = oneshot::channel();
+        let record = self.signed_record();
+        self.registry.execute(
+            &mut swarm.behaviour_mut().kad,
+            Command::PutStation { record, reply },
+        );
+    }
+
+    fn on_engine_report(&mut self, swarm: &mut Swarm<DirectorBehaviour>, report: EngineReport) {
+        match report {
+            EngineReport::Ready {
+                index,
+                peer_id,
+                addrs,
+            } => {
+                if self.engines.len() <= index {
+                    self.engines.resize(index + 1, None);
+                }
+                self.engines[index] = Some(EngineInfo {
+                    peer_id,
+                    addrs,
+                    streams: 0,
+                    max_streams: self.config.max_streams,
+                    used: 0,
+                    capacity: self.config.capacity,
+                    up: true,
+                });
+            }
+            EngineReport::Down { index } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.up = false;
+                }
+            }
+        }
+        self.republish(swarm);
+    }
+
+    fn on_swarm_event(
+        &mut self,
+        swarm: &mut Swarm<DirectorBehaviour>,
+        event: SwarmEvent<DirectorBehaviourEvent>,
+    ) {
+        match event {
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
+                if let kad::Event::RoutingUpdated {
+                    peer,
+                    is_new_peer: true,
+                    ..
+                } = &event
+                {
+                    tracing::debug!(%peer, "registry: new director in the routing table");
+                }
+                self.registry
+                    .on_event(&mut swarm.behaviour_mut().kad, event);
+            }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Identify(
+                identify::Event::Received { peer_id, info, .. },
+            )) => {
+                if info.protocols.contains(&reg::PROTOCOL) {
+                    for addr in info.listen_addrs.iter().filter(|a| dialable(a)) {
+                        swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, without_peer(addr));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                },
+            )) => self.on_request(swarm, peer, request, channel),
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(
+                request_response::Event::InboundFailure { peer, error, .. },
+            )) => {
+                tracing::debug!(%peer, %error, "director: inbound request failed");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if self.bootstrap_peers.remove(&peer_id) {
+                    tracing::info!(peer = %peer_id, "connected to bootstrap; joining the registry");
+                    if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                        tracing::warn!(error = %e, "registry bootstrap failed");
+                    }
+                    self.republish(swarm);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if self.bootstrap_peers.contains(&peer) {
+                    tracing::warn!(%peer, %error, "cannot reach bootstrap station");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        swarm: &mut Swarm<DirectorBehaviour>,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        tracing::debug!(%peer, ?request, "director request");
+        match request {
+            Request::Station => {
+                let response = Response::Station(self.signed_record());
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Swarm => {
+                let registry = self.registry_handle.clone();
+                let replies = self.replies.clone();
+                let local = self.peer_id();
+                tokio::spawn(async move {
+                    let response =
+                        match vodmesh_registry::walk(&registry, local, WalkLimits::default()).await
+                        {
+                            Ok(stations) => {
+                                Response::Swarm(stations.into_iter().map(|(_, s)| s).collect())
+                            }
+                            Err(e) => Response::Error(ErrorReply::new(
+                                ErrorCode::Unavailable,
+                                e.to_string(),
+                            )),
+                        };
+                    let _ = replies.send((channel, response)).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The registry as the director's event loop drives it.
+//!
+//! A director owns one `kad::Behaviour<PersistentStore>` inside its swarm. Everything else in
+//! the node talks to it through a [`RegistryHandle`] (cheap to clone, async). The handle sends
+//! a [`Command`] over a bounded channel; the director's loop passes it to
+//! [`Registry::execute`], which starts the Kademlia query, and passes every Kademlia event to
+//! [`Registry::on_event`], which validates inbound records, collects query results and answers
+//! the waiting caller.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{
+    self, AddProviderOk, Event, GetClosestPeersOk, GetProvidersOk, GetRecordOk, InboundRequest,
+    Mode, PutRecordOk, QueryId, QueryResult, Quorum, Record, StoreInserts,
+};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::codec;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::time::now_ms;
+
+use crate::keys::RecordKind;
+use crate::store::PersistentStore;
+use crate::validate::{self, check_provider, check_record};
+
+/// The Kademlia protocol name of the vodmesh registry (a private DHT, not the IPFS one).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/kad/1");
+
+/// How the registry's Kademlia is tuned: a swarm whose load changes by the second, not kad's
+/// 48 h defaults.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// How long a station record (and a provider record) lives without being republished.
+    pub record_ttl: Duration,
+    /// How long one query may take.
+    pub query_timeout: Duration,
+    /// How many directors store each record.
+    pub replication: NonZeroUsize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            record_ttl: Duration::from_secs(60),
+            query_timeout: Duration::from_secs(10),
+            replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// How often a director republishes its own records: a third of the TTL, so two
+    /// republications can be lost before the record expires.
+    pub fn republish_interval(&self) -> Duration {
+        self.record_ttl / 3
+    }
+}
+
+/// Builds the Kademlia behaviour of a director (`server == true`) or of a client peer.
+pub fn behaviour(
+    local: PeerId,
+    store: PersistentStore,
+    config: &RegistryConfig,
+    server: bool,
+) -> kad::Behaviour<PersistentStore> {
+    let mut cfg = kad::Config::new(PROTOCOL);
+    cfg.set_query_timeout(config.query_timeout)
+        .set_replication_factor(config.replication)
+        .set_record_ttl(Some(config.record_ttl))
+        .set_provider_record_ttl(Some(config.record_ttl))
+        // Owners republish their own records with fresh signatures and load figures; kad's
+        // own re-publication of values would only resend stale copies.
+        .set_publication_interval(None)
+        .set_provider_publication_interval(Some(config.republish_interval()))
+        .set_replication_interval(Some(config.record_ttl / 2))
+        .set_record_filtering(StoreInserts::FilterBoth)
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(30)))
+        .set_max_packet_size(256 * 1024);
+    let mut kad = kad::Behaviour::with_config(local, store, cfg);
+    kad.set_mode(Some(if server { Mode::Server } else { Mode::Client }));
+    kad
+}
+
+/// A registry request, answered on its `reply` channel.
+#[derive(Debug)]
+pub enum Command {
+    /// Store a signed station record locally and at the closest directors.
+    PutStation {
+        /// The signed record (signed by the station's director).
+        record: Signed,
+        /// Answered when the record is stored locally and the replication query finished.
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// Fetch the freshest valid station record of a director.
+    GetStation {
+        /// The station's director.
+        director: PeerId,
+        /// `None` when no live record exists.
+        reply: oneshot::Sender<Option<(StationRecord, Signed)>>,
+    },
+    /// Announce that this station holds segments of a program.
+    Provide {
+        /// The program.
+        program: ProgramId,
+        /// Answered when the provider record is announced.
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// Stop announcing a program.
+    StopProviding {
+        /// The program.
+        program: ProgramId,
+    },
+    /// The directors of the stations holding a program.
+    Holders {
+        /// The program.
+        program: ProgramId,
+        /// The holders found.
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    /// Store a signed catalog record.
+    PutCatalog {
+        /// The record (signed by the content manager).
+        record: Signed,
+        /// Answered when stored locally and replicated.
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+    /// Every valid catalog record found for a program (callers pick by signer and time).
+    GetCatalog {
+        /// The program.
+        program: ProgramId,
+        /// The records found.
+        reply: oneshot::Sender<Vec<Signed>>,
+    },
+    /// The directors closest to a key, found by a network query.
+    Closest {
+        /// The key (any bytes; peer ids are used to crawl the swarm).
+        key: Vec<u8>,
+        /// The peers found.
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// The peers in the local routing table.
+    RoutingTable {
+        /// The peers.
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    /// Join the DHT through the peers added so far.
+    Bootstrap,
+}
+
+/// Why a registry operation failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The record was refused before it was stored.
+    #[error("record refused: {0}")]
+    Refused(String),
+    /// The local store refused it.
+    #[error("record store: {0}")]
+    Store(String),
+    /// The director's event loop is gone (it is shutting down).
+    #[error("registry is shut down")]
+    Closed,
+}
+
+/// The async face of the registry, used by everything in the node that is not its event loop.
+#[derive(Clone, Debug)]
+pub struct RegistryHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl RegistryHandle {
+    /// A handle and the receiver the director's loop drains into [`Registry::execute`].
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RegistryError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| RegistryError::Closed)?;
+        rx.await.map_err(|_| RegistryError::Closed)
+    }
+
+    /// Publishes this station's signed record.
+    pub async fn put_station(&self, record: Signed) -> Result<(), RegistryError> {
+        self.ask(|reply| Command::PutStation { record, reply })
+            .await?
+    }
+
+    /// The freshest valid record of a station, if it is alive.
+    pub async fn get_station(
+        &self,
+        director: PeerId,
+    ) -> Result<Option<(StationRecord, Signed)>, RegistryError> {
+        self.ask(|reply| Command::GetStation { director, reply })
+            .await
+    }
+
+    /// Announces that this station holds segments of `program`.
+    pub async fn provide(&self, program: ProgramId) -> Result<(), RegistryError> {
+        self.ask(|reply| Command::Provide { program, reply })
+            .await?
+    }
+
+    /// Stops announcing `program`.
+    pub async fn stop_providing(&self, program: ProgramId) -> Result<(), RegistryError> {
+        self.tx
+            .send(Command::StopProviding { program })
+            .await
+            .map_err(|_| RegistryError::Closed)
+    }
+
+    /// The directors of stations that hold segments of `program`.
+    pub async fn holders(&self, program: ProgramId) -> Result<HashSet<PeerId>, RegistryError> {
+        self.ask(|reply| Command::Holders { program, reply }).await
+    }
+
+    /// Publishes a signed catalog record.
+    pub async fn put_catalog(&self, record: Signed) -> Result<(), RegistryError> {
+        self.ask(|reply| Command::PutCatalog { record, reply })
+            .await?
+    }
+
+    /// Every valid catalog record for `program`.
+    pub async fn get_catalog(&self, program: ProgramId) -> Result<Vec<Signed>, RegistryError> {
+        self.ask(|reply| Command::GetCatalog { program, reply })
+            .await
+    }
+
+    /// The directors closest to `key`.
+    pub async fn closest(&self, key: Vec<u8>) -> Result<Vec<PeerId>, RegistryError> {
+        self.ask(|reply| Command::Closest { key, reply }).await
+    }
+
+    /// The peers in this director's routing table.
+    pub async fn routing_table(&self) -> Result<Vec<PeerId>, RegistryError> {
+        self.ask(|reply| Command::RoutingTable { reply }).await
+    }
+
+    /// Starts a Kademlia bootstrap.
+    pub async fn bootstrap(&self) -> Result<(), RegistryError> {
+        self.tx
+            .send(Command::Bootstrap)
+            .await
+            .map_err(|_| RegistryError::Closed)
+    }
+}
+
+enum Pending {
+    Put(oneshot::Sender<Result<(), RegistryError>>),
+    Station {
+        best: Option<(StationRecord, Signed)>,
+        reply: oneshot::Sender<Option<(StationRecord, Signed)>>,
+    },
+    Holders {
+        found: HashSet<PeerId>,
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    Catalog {
+        found: Vec<Signed>,
+        reply: oneshot::Sender<Vec<Signed>>,
+    },
+    Closest(oneshot::Sender<Vec<PeerId>>),
+}
+
+/// Counters for the metrics endpoint and the tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RegistryStats {
+    /// Inbound records stored after validation.
+    pub accepted: u64,
+    /// Inbound records refused by validation.
+    pub refused: u64,
+}
+
+/// Query bookkeeping: which caller waits for which Kademlia query.
+#[derive(Default)]
+pub struct Registry {
+    pending: HashMap<QueryId, Pending>,
+    stats: RegistryStats,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inbound record counters.
+    pub fn stats(&self) -> RegistryStats {
+        self.stats
+    }
+
+    /// Starts the Kademlia work for one command.
+    pub fn execute(&mut self, kad: &mut kad::Behaviour<PersistentStore>, cmd: Command) {
+        match cmd {
+            Command::PutStation { record, reply } | Command::PutCatalog { record, reply } => {
+                self.put(kad, record, reply);
+            }
+            Command::GetStation { director, reply } => {
+                let id = kad.get_record(RecordKind::Station(director).key());
+                self.pending
+                    .insert(id, Pending::Station { best: None, reply });
+            }
+            Command::Provide { program, reply } => {
+                match kad.start_providing(RecordKind::Program(program).key()) {
+                    Ok(id) => {
+                        self.pending.insert(id, Pending::Put(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RegistryError::Store(e.to_string())));
+                    }
+                }
+            }
+            Command::StopProviding { program } => {
+                kad.stop_providing(&RecordKind::Program(program).key());
+            }
+            Command::Holders { program, reply } => {
+                let id = kad.get_providers(RecordKind::Program(program).key());
+                self.pending.insert(
+                    id,
+                    Pending::Holders {
+                        found: HashSet::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::GetCatalog { program, reply } => {
+                let id = kad.get_record(RecordKind::Catalog(program).key());
+                self.pending.insert(
+                    id,
+                    Pending::Catalog {
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
+            Command::Closest { key, reply } => {
+                let id = kad.get_closest_peers(key);
+                self.pending.insert(id, Pending::Closest(reply));
+            }
+            Command::RoutingTable { reply } => {
+                let peers = kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Bootstrap => {
+                if let Err(e) = kad.bootstrap() {
+                    tracing::debug!(error = %e, "registry bootstrap skipped");
+                }
+            }
+        }
+    }
+
+    fn put(
+        &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
+        signed: Signed,
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    ) {
+        let key = match kind_of(&signed) {
+            Some(kind) => kind.key(),
+            None => {
+                let _ = reply.send(Err(RegistryError::Refused(
+                    "not a station or catalog record".into(),
+                )));
+                return;
+            }
+        };
+        let mut record = Record::new(key, codec::encode(&signed));
+        if let Err(e) = check_record(&record, now_ms()) {
+            let _ = reply.send(Err(RegistryError::Refused(e.to_string())));
+            return;
+        }
+        record.expires = expiry_of(&signed);
+        match kad.put_record(record, Quorum::One) {
+            Ok(id) => {
+                self.pending.insert(id, Pending::Put(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RegistryError::Store(e.to_string())));
+            }
+        }
+    }
+
+    /// Handles one Kademlia event: validates inbound records, advances queries.
+    pub fn on_event(&mut self, kad: &mut kad::Behaviour<PersistentStore>, event: Event) {
+        match event {
+            Event::InboundRequest {
+                request:
+                    InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => match check_record(&record, now_ms()) {
+                Ok(_) => match kad.store_mut().put(record) {
+                    Ok(()) => self.stats.accepted += 1,
+                    Err(e) => tracing::debug!(%source, error = %e, "registry store full"),
+                },
+                Err(e) => {
+                    self.stats.refused += 1;
+                    tracing::info!(%source, error = %e, "refused a registry record");
+                }
+            },
+            Event::InboundRequest {
+                request:
+                    InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => match check_provider(&record, None) {
+                Ok(()) => match kad.store_mut().add_provider(record) {
+                    Ok(()) => self.stats.accepted += 1,
+                    Err(e) => tracing::debug!(error = %e, "registry provider store full"),
+                },
+                Err(e) => {
+                    self.stats.refused += 1;
+                    tracing::info!(error = %e, "refused a provider record");
+                }
+            },
+            Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => self.progress(id, result, step.last),
+            _ => {}
+        }
+    }
+
+    fn progress(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let pending = match (pending, result) {
+            (Pending::Put(reply), QueryResult::PutRecord(r)) => {
+                // Stored locally already; a replication shortfall (a lone director) is not
+                // an error for the caller.
+                if let Err(e) = &r {
+                    tracing::debug!(error = %e, "registry record replicated to fewer peers than asked");
+                }
+                let _: Option<PutRecordOk> = r.ok();
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            (Pending::Put(reply), QueryResult::StartProviding(r)) => {
+                if let Err(e) = &r {
+                    tracing::debug!(error = %e, "provider record announced to fewer peers than asked");
+                }
+                let _: Option<AddProviderOk> = r.ok();
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            (Pending::Station { mut best, reply }, QueryResult::GetRecord(r)) => {
+                if let Ok(GetRecordOk::FoundRecord(found)) = r
+                    && let Ok((rec, signed)) =
+                        validate::station_from_value(&found.record.value, now_ms())
+                    && best
+                        .as_ref()
+                        .is_none_or(|(b, _)| rec.issued_ms > b.issued_ms)
+                {
+                    best = Some((rec, signed));
+                }
+                if last {
+                    let _ = reply.send(best);
+                    return;
+                }
+                Pending::Station { best, reply }
+            }
+            (Pending::Catalog { mut found, reply }, QueryResult::GetRecord(r)) => {
+                if let Ok(GetRecordOk::FoundRecord(rec)) = r
+                    && check_record(&rec.record, now_ms()).is_ok()
+                    && let Ok(signed) =
+                        codec::decode::<Signed>(&rec.record.value, validate::MAX_VALUE)
+                    && !found.contains(&signed)
+                {
+                    found.push(signed);
+                }
+                if last {
+                    let _ = reply.send(found);
+                    return;
+                }
+                Pending::Catalog { found, reply }
+            }
+            (Pending::Holders { mut found, reply }, QueryResult::GetProviders(r)) => {
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                    found.extend(providers);
+                }
+                if last {
+                    let _ = reply.send(found);
+                    return;
+                }
+                Pending::Holders { found, reply }
+            }
+            (Pending::Closest(reply), QueryResult::GetClosestPeers(r)) => {
+                let peers = match r {
+                    Ok(GetClosestPeersOk { peers, .. }) => peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
+                return;
+            }
+            (pending, other) => {
+                tracing::debug!(?other, "unexpected registry query result");
+                if last {
+                    return;
+                }
+                pending
+            }
+        };
+        if !last {
+            self.pending.insert(id, pending);
+        }
+    }
+}
+
+fn kind_of(signed: &Signed) -> Option<RecordKind> {
+    if let Ok(rec) = StationRecord::verify(signed, now_ms()) {
+        return Some(RecordKind::Station(rec.director));
+    }
+    vodmesh_proto::catalog::CatalogRecord::verify(signed)
+        .ok()
+        .map(|rec| RecordKind::Catalog(rec.program))
+}
+
+fn expiry_of(signed: &Signed) -> Option<std::time::Instant> {
+    let rec = StationRecord::verify(signed, now_ms()).ok()?;
+    let left = rec.expires_ms.saturating_sub(now_ms());
+    Some(std::time::Instant::now() + Duration::from_millis(left))
+}
+
+/// Whether `store` holds a live record for `kind` (used by tests and status pages).
+pub fn holds(store: &PersistentStore, kind: RecordKind) -> bool {
+    store
+        .get(&kind.key())
+        .is_some_and(|r| !r.is_expired(std::time::Instant::now()))
+}

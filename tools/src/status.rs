@@ -1,0 +1,115 @@
+//! `vodmesh status`: every live station of the swarm, found through the registry.
+
+use anyhow::{Result, bail};
+use libp2p::Multiaddr;
+use serde_json::{Value, json};
+use vodmesh_console::client::DirectorClient;
+use vodmesh_proto::director::{Request, Response};
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::time::now_ms;
+
+/// Asks the director at `node` to walk the swarm; returns every station record that verifies.
+pub async fn fetch(node: &Multiaddr) -> Result<Vec<StationRecord>> {
+    let client = DirectorClient::connect(node, None).await?;
+    match client.request(Request::Swarm).await? {
+        Response::Swarm(records) => {
+            let now = now_ms();
+            let mut stations = Vec::new();
+            for signed in &records {
+                match StationRecord::verify(signed, now) {
+                    Ok(rec) => stations.push(rec),
+                    Err(e) => tracing::warn!(error = %e, "ignoring an invalid station record"),
+                }
+            }
+            Ok(stations)
+        }
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer from the director: {other:?}"),
+    }
+}
+
+/// The JSON form: `{"stations": [...]}`.
+pub fn to_json(stations: &[StationRecord]) -> Value {
+    let list: Vec<Value> = stations
+        .iter()
+        .map(|s| {
+            json!({
+                "director": { "peer_id": s.director.to_string(), "addrs": addrs(&s.addrs) },
+                "engines": s.engines.iter().map(|e| json!({
+                    "peer_id": e.peer_id.to_string(),
+                    "addrs": addrs(&e.addrs),
+                    "up": e.up,
+                    "streams": e.streams,
+                    "max_streams": e.max_streams,
+                    "used": e.used,
+                    "capacity": e.capacity,
+                })).collect::<Vec<_>>(),
+                "region": s.region,
+                "coords": s.coords.map(|(lat, lon)| json!([lat, lon])),
+                "bandwidth_mbps": s.bandwidth_mbps,
+                "roles": {
+                    "home": s.roles.home,
+                    "content_manager": s.roles.content_manager,
+                    "auth": s.roles.auth,
+                },
+                "issued_ms": s.issued_ms,
+                "expires_ms": s.expires_ms,
+            })
+        })
+        .collect();
+    json!({ "stations": list })
+}
+
+fn addrs(list: &[Multiaddr]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+/// The text form, one block per station.
+pub fn to_text(stations: &[StationRecord]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} station(s)", stations.len());
+    for s in stations {
+        let mut roles = Vec::new();
+        if s.roles.home {
+            roles.push("home");
+        }
+        if s.roles.content_manager {
+            roles.push("content-manager");
+        }
+        if s.roles.auth {
+            roles.push("auth");
+        }
+        let _ = writeln!(
+            out,
+            "station {}{}{}",
+            s.director,
+            s.region
+                .as_ref()
+                .map(|r| format!("  region={r}"))
+                .unwrap_or_default(),
+            if roles.is_empty() {
+                String::new()
+            } else {
+                format!("  roles={}", roles.join(","))
+            },
+        );
+        for a in &s.addrs {
+            let _ = writeln!(out, "  director {a}");
+        }
+        for e in &s.engines {
+            let _ = writeln!(
+                out,
+                "  engine {} {} streams {}/{}",
+                e.peer_id,
+                if e.up { "up" } else { "down" },
+                e.streams,
+                e.max_streams
+            );
+            for a in &e.addrs {
+                let _ = writeln!(out, "    {a}");
+            }
+        }
+    }
+    out
+}
