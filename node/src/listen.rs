@@ -84,3 +84,8 @@ pub(crate) fn dialable(addr: &Multiaddr) -> bool {
         _ => true,
     })
 }
+
+/// Whether `addr` is a TCP address.
+pub(crate) fn is_tcp(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+}

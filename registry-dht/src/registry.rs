@@ -409,6 +409,9 @@ impl Registry {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(%source, error = %e, "registry store full"),
                 },
+                Err(validate::Invalid::Expired) => {
+                    tracing::debug!(%source, "dropped a late copy of an expired station record");
+                }
                 Err(e) => {
                     self.stats.refused += 1;
                     tracing::info!(%source, error = %e, "refused a registry record");

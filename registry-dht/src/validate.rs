@@ -32,6 +32,9 @@ pub enum Invalid {
     /// The value did not decode or its signature did not verify.
     #[error("bad record: {0}")]
     Bad(String),
+    /// The station record's lifetime is over (a late copy, not an attack).
+    #[error("station record expired")]
+    Expired,
     /// The record names a different station or program than its key.
     #[error("record does not match its key")]
     KeyMismatch,
@@ -78,10 +81,17 @@ pub fn check_provider(record: &ProviderRecord, source: Option<&PeerId>) -> Resul
     Ok(())
 }
 
+fn station_error(e: station::RecordError) -> Invalid {
+    match e {
+        station::RecordError::Expired => Invalid::Expired,
+        other => Invalid::Bad(other.to_string()),
+    }
+}
+
 /// Decodes and verifies a station record value fetched from the registry.
 pub fn station_from_value(value: &[u8], now_ms: u64) -> Result<(StationRecord, Signed), Invalid> {
     let signed: Signed =
         codec::decode(value, station::MAX_RECORD).map_err(|e| Invalid::Bad(e.to_string()))?;
-    let rec = StationRecord::verify(&signed, now_ms).map_err(|e| Invalid::Bad(e.to_string()))?;
+    let rec = StationRecord::verify(&signed, now_ms).map_err(station_error)?;
     Ok((rec, signed))
 }

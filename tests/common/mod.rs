@@ -1,1 +1,178 @@
-//! stub
+//! Shared helpers of vodmesh's integration tests: stations in this process, `vodmesh-node`
+//! processes driven through the command-line contract, and waiting for a swarm to converge.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use libp2p::{Multiaddr, PeerId};
+use vodmesh_node::{Station, StationConfig};
+
+/// Record TTL used by the swarm tests: short, so that a stopped station leaves quickly.
+pub const TEST_TTL: Duration = Duration::from_secs(6);
+
+/// Logs to stderr (shown by the test runner on failure) when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a station in this process under `dir`, with one engine and [`TEST_TTL`].
+pub async fn start_station(dir: &Path, bootstrap: Option<&Multiaddr>) -> Result<Station> {
+    let mut config = StationConfig::new(dir);
+    config.registry.record_ttl = TEST_TTL;
+    config.bootstrap = bootstrap.cloned().into_iter().collect();
+    Station::start(config).await
+}
+
+/// The directors a station's registry lists.
+pub async fn listed(station: &Station) -> Result<BTreeSet<PeerId>> {
+    Ok(station
+        .swarm()
+        .await?
+        .into_iter()
+        .map(|r| r.director)
+        .collect())
+}
+
+/// Polls `check` every 250 ms until it returns true; fails after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Path of a workspace binary (`vodmesh-node`, `vodmesh`, `vodmesh-console`) built next to
+/// the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join(name)
+}
+
+/// A `vodmesh-node` process; killed when dropped.
+pub struct NodeProcess {
+    child: Child,
+    /// The address it printed after `director `.
+    pub addr: Multiaddr,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `vodmesh-node --data DATA` with `args` on loopback and waits for its
+    /// `director <MULTIADDR>` line. Its log goes to `DATA/stderr.log`.
+    pub fn start(data: &Path, args: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let log = std::fs::File::create(data.join("stderr.log"))?;
+        let mut child = Command::new(bin("vodmesh-node"))
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", bin("vodmesh-node").display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("vodmesh-node exited before printing its address");
+            };
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("director ") {
+                break rest.trim().parse::<Multiaddr>()?;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited with status 0.
+    pub fn terminate(mut self) -> Result<bool> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("vodmesh-node did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `vodmesh ARGS` and returns its stdout; fails with its stderr if it exits non-zero.
+pub fn vodmesh(args: &[&str]) -> Result<String> {
+    let out = Command::new(bin("vodmesh")).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "vodmesh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The director peer ids `vodmesh status --node ADDR --json` lists.
+pub fn status_directors(addr: &Multiaddr) -> Result<BTreeSet<String>> {
+    let out = vodmesh(&["status", "--node", &addr.to_string(), "--json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    Ok(stations
+        .iter()
+        .filter_map(|s| s["director"]["peer_id"].as_str().map(String::from))
+        .collect())
+}

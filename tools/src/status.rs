@@ -5,7 +5,7 @@ use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_proto::director::{Request, Response};
-use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::station::{RecordError, StationRecord};
 use vodmesh_proto::time::now_ms;
 
 /// Asks the director at `node` to walk the swarm; returns every station record that verifies.
@@ -18,6 +18,8 @@ pub async fn fetch(node: &Multiaddr) -> Result<Vec<StationRecord>> {
             for signed in &records {
                 match StationRecord::verify(signed, now) {
                     Ok(rec) => stations.push(rec),
+                    // A stopped station's last record can expire on the way here.
+                    Err(RecordError::Expired) => {}
                     Err(e) => tracing::warn!(error = %e, "ignoring an invalid station record"),
                 }
             }

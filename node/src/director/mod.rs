@@ -27,7 +27,7 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, W
 
 use crate::config::StationConfig;
 use crate::control::EngineReport;
-use crate::listen::{dialable, listen_all, without_peer};
+use crate::listen::{dialable, is_tcp, listen_all, without_peer};
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
@@ -254,7 +254,15 @@ impl Director {
                 identify::Event::Received { peer_id, info, .. },
             )) => {
                 if info.protocols.contains(&reg::PROTOCOL) {
-                    for addr in info.listen_addrs.iter().filter(|a| dialable(a)) {
+                    // Registry traffic goes over TCP: a dial to a stopped director's TCP port
+                    // fails at once, while a QUIC dial waits out its handshake timeout, and
+                    // every query that meets the dead peer stalls with it (measured: swarm
+                    // walks of 10 s instead of milliseconds after one station stopped).
+                    for addr in info
+                        .listen_addrs
+                        .iter()
+                        .filter(|a| dialable(a) && is_tcp(a))
+                    {
                         swarm
                             .behaviour_mut()
                             .kad

@@ -1,0 +1,150 @@
+//! The join flow as separate `vodmesh-node` processes, driven through the command-line
+//! contract: `director <MULTIADDR>` on stdout, `DIR/node.json`, `vodmesh status --json`,
+//! SIGTERM for a clean stop.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::Rng;
+use vodmesh_node::nodefile::NodeFile;
+use vodmesh_tests::{NodeProcess, status_directors};
+
+const TTL_SECS: &str = "6";
+
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().to_path_buf();
+    // VODMESH_KEEP=1 keeps the data directories (and every node's stderr.log) for a post-mortem.
+    let _guard = if std::env::var_os("VODMESH_KEEP").is_some() {
+        eprintln!("keeping {}", dir.keep().display());
+        None
+    } else {
+        Some(dir)
+    };
+    let dir = root;
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    let mut rng = rand::thread_rng();
+    for i in 0..10 {
+        let data = dir.join(format!("n{i}"));
+        let mut args = vec!["--engines", "2", "--record-ttl", TTL_SECS];
+        let bootstrap;
+        if !nodes.is_empty() {
+            bootstrap = nodes[rng.gen_range(0..nodes.len())].addr.to_string();
+            args.extend(["--bootstrap", bootstrap.as_str()]);
+        }
+        nodes.push(NodeProcess::start(&data, &args)?);
+    }
+    // node.json agrees with what the process printed, and lists both engines.
+    for n in &nodes {
+        let file = NodeFile::read(&n.data)?;
+        assert_eq!(file.director.addrs.first(), Some(&n.addr));
+        assert_eq!(file.engines.len(), 2);
+        assert!(
+            file.engines
+                .iter()
+                .all(|e| e.peer_id != file.director.peer_id)
+        );
+    }
+    let all: BTreeSet<String> = nodes
+        .iter()
+        .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    wait_for(
+        "every node's status to list all ten",
+        Duration::from_secs(90),
+        || {
+            for n in &nodes {
+                if status_directors(&n.addr)? != all {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+
+    let first = nodes.remove(0);
+    let gone = NodeFile::read(&first.data)?.director.peer_id.to_string();
+    assert!(
+        first.terminate()?,
+        "vodmesh-node did not exit cleanly on SIGTERM"
+    );
+    let fifth = nodes[3].addr.to_string();
+    let eleventh = NodeProcess::start(
+        &dir.join("n10"),
+        &["--record-ttl", TTL_SECS, "--bootstrap", &fifth],
+    )?;
+    nodes.push(eleventh);
+    let expected: BTreeSet<String> = nodes
+        .iter()
+        .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    assert!(!expected.contains(&gone));
+    wait_for(
+        "the eleventh listed and the stopped one gone",
+        Duration::from_secs(90),
+        || {
+            for n in &nodes {
+                let seen = status_directors(&n.addr)?;
+                if seen != expected {
+                    eprintln!(
+                        "{} lists {} stations; missing {:?}, extra {:?}",
+                        n.addr,
+                        seen.len(),
+                        expected.difference(&seen).collect::<Vec<_>>(),
+                        seen.difference(&expected).collect::<Vec<_>>()
+                    );
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
+    let out = std::process::Command::new(vodmesh_tests::bin("vodmesh"))
+        .args(["status", "--node", "/ip4/127.0.0.1/tcp/1"])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/p2p/<peer id>"), "unclear error: {err}");
+
+    let dir = tempfile::tempdir()?;
+    let out = std::process::Command::new(vodmesh_tests::bin("vodmesh-node"))
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/1",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not end in /p2p/<peer id>"),
+        "unclear error: {err}"
+    );
+    Ok(())
+}
