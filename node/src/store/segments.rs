@@ -919,7 +919,8 @@ impl Writer {
     }
 
     /// Appends `bytes`; hashes them on the disk's worker as they are written. More bytes than
-    /// the expected length abort the write.
+    /// the expected length abort the write. Not cancel-safe: dropping this future midway
+    /// leaves the writer aborted (later calls fail with [`Error::Aborted`]).
     pub async fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if self.done {
             return Err(Error::Aborted(self.segment));
@@ -1164,7 +1165,10 @@ enum Mode {
 }
 
 /// A read handle on one segment. While it is open the segment is not evicted. On a filling
-/// segment it follows the writer: reads wait for bytes not yet written.
+/// segment it follows the writer: reads wait for bytes not yet written, and are served as
+/// written (the whole-segment hash is only known at the end; a follower whose writer then
+/// fails gets [`Error::Aborted`], and consoles verify against the manifest anyway). Once the
+/// segment is complete, every read verifies the chunks it touches.
 pub struct Reader {
     inner: Arc<Inner>,
     segment: SegmentId,
@@ -1387,14 +1391,14 @@ fn verified_read(
 impl Drop for Reader {
     fn drop(&mut self) {
         let mut st = self.inner.state();
-        if let Some(s) = st.stored.get_mut(&self.segment) {
-            if s.generation == self.generation {
-                s.readers = s.readers.saturating_sub(1);
-            }
-        } else if let Some(l) = st.live.get_mut(&self.segment) {
-            if l.generation == self.generation {
-                l.readers = l.readers.saturating_sub(1);
-            }
+        if let Some(s) = st.stored.get_mut(&self.segment)
+            && s.generation == self.generation
+        {
+            s.readers = s.readers.saturating_sub(1);
+        } else if let Some(l) = st.live.get_mut(&self.segment)
+            && l.generation == self.generation
+        {
+            l.readers = l.readers.saturating_sub(1);
         }
         st.open[self.disk] = st.open[self.disk].saturating_sub(1);
     }

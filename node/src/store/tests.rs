@@ -584,3 +584,20 @@ async fn events_go_to_a_bounded_queue_and_never_block_the_store() -> TestResult 
     store.shutdown().await?;
     Ok(())
 }
+
+/// `VODMESH_PROBE_MB=256 cargo test -p vodmesh-node --lib store::tests::probe_at_size -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a check; sized by VODMESH_PROBE_MB"]
+async fn probe_at_size() -> TestResult {
+    let mb: u64 = std::env::var("VODMESH_PROBE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = match std::env::var_os("VODMESH_PROBE_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let (write, read) = bench::throughput_probe(dir.path(), mb << 20).await?;
+    eprintln!("throughput_probe {mb} MiB: write {write:.0} MB/s, read {read:.0} MB/s");
+    Ok(())
+}
