@@ -81,8 +81,11 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
     let reader = {
         let (store, stop, read_bytes) = (store.clone(), stop.clone(), read_bytes.clone());
         tokio::spawn(async move {
+            // One reader kept open, rewound each pass: like a viewer's stream, it counts as
+            // load on disk 0 for the whole run.
+            let mut r = store.open_read(streamed).await?;
             while !stop.load(Ordering::Relaxed) {
-                let mut r = store.open_read(streamed).await?;
+                r.seek(0);
                 while let Some(b) = r.read_next(256 * 1024).await? {
                     read_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
@@ -106,7 +109,7 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
         assert_ne!(
             Some(w.disk()),
             read_disk,
-            "a new segment goes to the idle disk"
+            "a new segment goes to the disk without the open stream"
         );
         for c in d.chunks(64 * 1024) {
             w.write_chunk(c).await?;
