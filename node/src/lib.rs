@@ -5,12 +5,17 @@
 //! - [`director`]: the station's director peer: the registry server, the control protocol
 //!   `/vodmesh/director/1`, the station record it republishes.
 //! - [`engine`]: one engine peer, with its own identity and listen addresses (the seed's blade).
+//! - [`store`]: an engine's segment store: independent I/O channels per disk, a redb index,
+//!   crash-safe verified writes, eviction; and the director's segment location table.
+//! - [`auth`]: the auth server's state: issuer key, subscriber database, rate-limited logins,
+//!   enrollment, token issuance.
 //! - [`control`]: the in-process channel between a director and its engines (the seed's blade
 //!   controller).
 //! - [`identity`]: identity files under the data directory.
 //! - [`config`]: what `vodmesh-node`'s flags configure.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod director;
@@ -19,6 +24,7 @@ pub mod identity;
 mod listen;
 pub mod nodefile;
 pub mod station;
+pub mod store;
 
 pub use config::StationConfig;
 pub use station::Station;

@@ -1,0 +1,257 @@
+//! The redb index of stored segments: which disk holds a segment, its size, hash, state, last
+//! use and flags, and the per-chunk hashes that range reads verify against.
+//!
+//! Every call here is blocking (redb commits fsync); the store runs them on its index worker.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
+
+/// `(program, index)`: sorts a program's segments together, in order.
+type Key = (&'static [u8; 32], u32);
+
+/// `(disk, size, hash, state, last use ms, pinned, held elsewhere)`.
+type Row = (u32, u64, &'static [u8; 32], u8, u64, bool, bool);
+
+const SEGMENTS: TableDefinition<Key, Row> = TableDefinition::new("segments");
+/// Concatenated 32-byte BLAKE3 hashes of the segment's `CHUNK`-sized chunks.
+const CHUNKS: TableDefinition<Key, &[u8]> = TableDefinition::new("segment_chunks");
+const META: TableDefinition<&str, u64> = TableDefinition::new("store_meta");
+
+/// Bumped when the rows above change meaning; an index of another version is refused.
+const SCHEMA_VERSION: u64 = 1;
+
+const STATE_FILLING: u8 = 0;
+const STATE_COMPLETE: u8 = 1;
+
+/// Whether a segment's bytes are all on disk and verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentState {
+    /// Being written; never served from the index after a restart.
+    Filling,
+    /// Written, hash-checked, renamed into place and committed.
+    Complete,
+}
+
+/// One segment's index row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) disk: u32,
+    pub(crate) size: u64,
+    pub(crate) hash: SegmentHash,
+    pub(crate) state: SegmentState,
+    pub(crate) last_use_ms: u64,
+    pub(crate) pinned: bool,
+    pub(crate) held_elsewhere: bool,
+}
+
+/// One change to the index; a batch of them is one commit.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Put {
+        segment: SegmentId,
+        record: Record,
+        /// `Some` replaces the chunk hashes; `None` leaves them.
+        chunks: Option<Vec<u8>>,
+    },
+    Remove(SegmentId),
+    Touch(SegmentId, u64),
+    Flags {
+        segment: SegmentId,
+        pinned: bool,
+        held_elsewhere: bool,
+    },
+}
+
+/// Why the index could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// redb failed (I/O, corruption of the index file, lock held by another process).
+    #[error("segment index: {0}")]
+    Db(#[from] redb::Error),
+    /// The index was written by an incompatible version of vodmesh.
+    #[error("segment index has schema version {found}, this build uses {SCHEMA_VERSION}")]
+    Schema {
+        /// The version found in the file.
+        found: u64,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> IndexError {
+    IndexError::Db(e.into())
+}
+
+pub(crate) struct Index {
+    db: Database,
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path` and checks its schema version.
+    pub(crate) fn open(path: &Path) -> Result<Self, IndexError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION).map_err(db_err)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(IndexError::Schema { found }),
+            }
+            tx.open_table(SEGMENTS).map_err(db_err)?;
+            tx.open_table(CHUNKS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    /// Every row, in key order.
+    pub(crate) fn load_all(&self) -> Result<Vec<(SegmentId, Record)>, IndexError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SEGMENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((key_to_id(k.value()), row_to_record(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// The chunk hashes of `segment`, if it has any stored.
+    pub(crate) fn chunks(&self, segment: &SegmentId) -> Result<Option<Vec<[u8; 32]>>, IndexError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(CHUNKS).map_err(db_err)?;
+        let got = table.get(id_to_key(segment)).map_err(db_err)?;
+        Ok(got.map(|v| split_hashes(v.value())))
+    }
+
+    /// Applies `ops` in one transaction. `durable: false` skips the fsync; such a commit becomes
+    /// durable with the next durable one (used for filling rows and last-use updates, which a
+    /// crash may lose without harm).
+    pub(crate) fn apply(&self, ops: &[Op], durable: bool) -> Result<(), IndexError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        if !durable {
+            tx.set_durability(Durability::None).map_err(db_err)?;
+        }
+        {
+            let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
+            let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+            for op in ops {
+                match op {
+                    Op::Put {
+                        segment,
+                        record,
+                        chunks: c,
+                    } => {
+                        segs.insert(id_to_key(segment), record_to_row(record))
+                            .map_err(db_err)?;
+                        if let Some(c) = c {
+                            chunks
+                                .insert(id_to_key(segment), c.as_slice())
+                                .map_err(db_err)?;
+                        }
+                    }
+                    Op::Remove(segment) => {
+                        segs.remove(id_to_key(segment)).map_err(db_err)?;
+                        chunks.remove(id_to_key(segment)).map_err(db_err)?;
+                    }
+                    Op::Touch(segment, ms) => {
+                        let old = segs
+                            .get(id_to_key(segment))
+                            .map_err(db_err)?
+                            .map(|v| row_to_record(v.value()));
+                        if let Some(mut r) = old {
+                            r.last_use_ms = *ms;
+                            segs.insert(id_to_key(segment), record_to_row(&r))
+                                .map_err(db_err)?;
+                        }
+                    }
+                    Op::Flags {
+                        segment,
+                        pinned,
+                        held_elsewhere,
+                    } => {
+                        let old = segs
+                            .get(id_to_key(segment))
+                            .map_err(db_err)?
+                            .map(|v| row_to_record(v.value()));
+                        if let Some(mut r) = old {
+                            r.pinned = *pinned;
+                            r.held_elsewhere = *held_elsewhere;
+                            segs.insert(id_to_key(segment), record_to_row(&r))
+                                .map_err(db_err)?;
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(())
+    }
+}
+
+fn id_to_key(id: &SegmentId) -> (&[u8; 32], u32) {
+    (id.program.as_bytes(), id.index.0)
+}
+
+fn key_to_id((program, index): (&[u8; 32], u32)) -> SegmentId {
+    SegmentId::new(ProgramId(*program), index)
+}
+
+fn record_to_row(r: &Record) -> (u32, u64, &[u8; 32], u8, u64, bool, bool) {
+    let state = match r.state {
+        SegmentState::Filling => STATE_FILLING,
+        SegmentState::Complete => STATE_COMPLETE,
+    };
+    (
+        r.disk,
+        r.size,
+        r.hash.as_bytes(),
+        state,
+        r.last_use_ms,
+        r.pinned,
+        r.held_elsewhere,
+    )
+}
+
+fn row_to_record(
+    (disk, size, hash, state, last_use_ms, pinned, held_elsewhere): (
+        u32,
+        u64,
+        &[u8; 32],
+        u8,
+        u64,
+        bool,
+        bool,
+    ),
+) -> Record {
+    Record {
+        disk,
+        size,
+        hash: SegmentHash(*hash),
+        // Anything but a known "complete" is treated as an unfinished write and reconciled away.
+        state: if state == STATE_COMPLETE {
+            SegmentState::Complete
+        } else {
+            SegmentState::Filling
+        },
+        last_use_ms,
+        pinned,
+        held_elsewhere,
+    }
+}
+
+/// Splits concatenated 32-byte hashes; a trailing partial hash (a damaged row) is ignored, and
+/// the chunk it belonged to then fails verification.
+pub(crate) fn split_hashes(bytes: &[u8]) -> Vec<[u8; 32]> {
+    bytes
+        .chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .collect()
+}

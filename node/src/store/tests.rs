@@ -1,0 +1,606 @@
+//! Store scenarios against real redb files and real segment files in temp dirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, SegmentIndex};
+
+use super::index::{Index, Op, Record};
+use super::locations::{Location, LocationState, LocationTable};
+use super::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn seg(program: u8, index: u32) -> SegmentId {
+    SegmentId::new(ProgramId([program; 32]), index)
+}
+
+fn bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(2654435761)
+                .wrapping_add(u64::from(seed)) as u8
+                ^ seed
+        })
+        .collect()
+}
+
+fn config(dir: &Path, disks: usize, capacity: u64) -> Config {
+    let disks = (0..disks).map(|i| dir.join(format!("disk{i}"))).collect();
+    Config::new(dir.join("index.redb"), disks, capacity)
+}
+
+async fn put(store: &SegmentStore, id: SegmentId, data: &[u8]) -> Result<(), Error> {
+    let mut w = store
+        .begin_write(id, SegmentHash::of(data), data.len() as u64)
+        .await?;
+    for c in data.chunks(100_000) {
+        w.write_chunk(c).await?;
+    }
+    w.finish().await
+}
+
+async fn settle(store: &SegmentStore) {
+    store.settle().await;
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 2, 1 << 30)).await?;
+    let streamed = seg(1, 0);
+    let data = bytes(1, 4 << 20);
+    put(&store, streamed, &data).await?;
+    let read_disk = store.info(&streamed).map(|i| i.disk);
+    assert_eq!(read_disk, Some(0));
+
+    // A reader streams disk 0 in a loop while a writer fills disk 1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (store, stop, read_bytes) = (store.clone(), stop.clone(), read_bytes.clone());
+        tokio::spawn(async move {
+            // One reader kept open, rewound each pass: like a viewer's stream, it counts as
+            // load on disk 0 for the whole run.
+            let mut r = store.open_read(streamed).await?;
+            while !stop.load(Ordering::Relaxed) {
+                r.seek(0);
+                while let Some(b) = r.read_next(256 * 1024).await? {
+                    read_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, Error>(())
+        })
+    };
+    // Let the reader get going so its load steers the writer to the other disk.
+    while read_bytes.load(Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+    let read_before = read_bytes.load(Ordering::Relaxed);
+    let written_total = 8u64 << 20;
+    for i in 0..8 {
+        let d = bytes(i as u8 + 10, 1 << 20);
+        let id = seg(2, i);
+        let mut w = store
+            .begin_write(id, SegmentHash::of(&d), d.len() as u64)
+            .await?;
+        assert_ne!(
+            Some(w.disk()),
+            read_disk,
+            "a new segment goes to the disk without the open stream"
+        );
+        for c in d.chunks(64 * 1024) {
+            w.write_chunk(c).await?;
+        }
+        w.finish().await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let read_during = read_bytes.load(Ordering::Relaxed) - read_before;
+    stop.store(true, Ordering::Relaxed);
+    reader.await??;
+    eprintln!(
+        "concurrent: write disk1 {:.0} MB/s, stream disk0 {:.0} MB/s over {:.3} s",
+        written_total as f64 / 1e6 / secs,
+        read_during as f64 / 1e6 / secs,
+        secs
+    );
+    assert!(
+        read_during > 0,
+        "the stream made progress during the writes"
+    );
+
+    // Harder: disk 0's worker is stuck in a read that does not return until released. A full
+    // write (temp, hash, fsync, rename, commit) to disk 1 must still complete.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_on_disk(0, move || {
+                    let _ = blocked.recv();
+                })
+                .await
+        })
+    };
+    while store.disk_queue(0) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let d = bytes(99, 1 << 20);
+    let id = seg(3, 0);
+    let write = async {
+        let mut w = store
+            .begin_write(id, SegmentHash::of(&d), d.len() as u64)
+            .await?;
+        assert_eq!(w.disk(), 1);
+        w.write_chunk(&d).await?;
+        w.finish().await
+    };
+    tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .map_err(|_| "write on disk 1 waited behind stuck disk 0")??;
+    assert_eq!(store.filled(&id), Some((1 << 20, 1 << 20, true)));
+    release.send(())?;
+    stuck.await??;
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_follower_sees_exactly_the_bytes_written_so_far_then_the_rest() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let id = seg(4, 1);
+    let data = bytes(4, 3 * CHUNK as usize + 1234);
+    let total = data.len() as u64;
+    let mut w = store.begin_write(id, SegmentHash::of(&data), total).await?;
+    assert_eq!(store.filled(&id), Some((0, total, false)));
+
+    let mut r = store.open_read(id).await?;
+    w.write_chunk(&data[..100_000]).await?;
+    assert_eq!(store.filled(&id), Some((100_000, total, false)));
+    assert_eq!(r.filled(), (100_000, false));
+    let first = r.read_next(usize::MAX).await?.ok_or("end too early")?;
+    assert_eq!(first, &data[..100_000], "exactly the bytes written so far");
+
+    // Nothing more is written yet: the follower waits rather than returning short or stale.
+    let early = tokio::time::timeout(Duration::from_millis(50), r.read_next(usize::MAX)).await;
+    assert!(early.is_err(), "a follower must wait for unwritten bytes");
+
+    // A range past the fill waits for it, and gets it once written.
+    let mut r2 = store.open_read(id).await?;
+    let range = tokio::spawn(async move { r2.read_range(150_000, 10).await });
+    w.write_chunk(&data[100_000..160_000]).await?;
+    assert_eq!(range.await??, &data[150_000..150_010]);
+
+    w.write_chunk(&data[160_000..]).await?;
+    w.finish().await?;
+    assert_eq!(store.filled(&id), Some((total, total, true)));
+
+    let mut rest = Vec::new();
+    while let Some(b) = r.read_next(usize::MAX).await? {
+        rest.extend(b);
+    }
+    assert_eq!(rest, &data[100_000..]);
+    // After completion the same reader's range reads are verified chunk reads.
+    assert_eq!(
+        r.read_range(CHUNK - 3, 10).await?,
+        &data[CHUNK as usize - 3..CHUNK as usize + 7]
+    );
+    drop(r);
+    assert_eq!(store.read_range(id, 0, total).await?, data);
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 1, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let data = bytes(5, 200_000);
+    let len = data.len() as u64;
+
+    // Wrong hash: found only at the end, after a follower already read some bytes.
+    let id = seg(5, 0);
+    let mut w = store
+        .begin_write(id, SegmentHash::of(b"other"), len)
+        .await?;
+    let mut follower = store.open_read(id).await?;
+    w.write_chunk(&data).await?;
+    assert!(matches!(w.finish().await, Err(Error::HashMismatch { .. })));
+    assert!(matches!(
+        follower.read_range(0, 10).await,
+        Err(Error::Aborted(_))
+    ));
+    drop(follower);
+
+    // Too long: refused on the chunk that overruns.
+    let id2 = seg(5, 1);
+    let mut w = store
+        .begin_write(id2, SegmentHash::of(&data), len - 1)
+        .await?;
+    assert!(matches!(
+        w.write_chunk(&data).await,
+        Err(Error::TooLong { .. })
+    ));
+    assert!(matches!(w.finish().await, Err(Error::Aborted(_))));
+
+    // Dropped without finish.
+    let id3 = seg(5, 2);
+    let mut w = store.begin_write(id3, SegmentHash::of(&data), len).await?;
+    w.write_chunk(&data[..1000]).await?;
+    drop(w);
+
+    settle(&store).await;
+    for id in [id, id2, id3] {
+        assert_eq!(store.filled(&id), None);
+        assert!(matches!(store.open_read(id).await, Err(Error::NotFound(_))));
+    }
+    assert!(
+        files_under(&dir.path().join("disk0")).is_empty(),
+        "no temp or segment file left"
+    );
+    assert_eq!(store.stats().disks[0].reserved, 0);
+    assert_eq!(store.stats().disks[0].used, 0);
+
+    store.shutdown().await?;
+    drop(store);
+    let (store, _events, report) = SegmentStore::open_reconciled(cfg).await?;
+    assert!(store.list().is_empty());
+    assert_eq!(
+        report,
+        Reconciled::default(),
+        "nothing left to reconcile either"
+    );
+    // The segment can be written properly afterwards.
+    put(&store, id, &data).await?;
+    assert_eq!(store.read_range(id, 0, len).await?, data);
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_detected_never_served_and_the_segment_dropped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 1, 1 << 30);
+    let (store, mut events) = SegmentStore::open(cfg.clone()).await?;
+    let id = seg(6, 0);
+    let data = bytes(6, 3 * CHUNK as usize);
+    put(&store, id, &data).await?;
+
+    let path = store.path_of(&id).ok_or("no path")?;
+    let mut on_disk = std::fs::read(&path)?;
+    on_disk[CHUNK as usize + 7] ^= 0x01;
+    std::fs::write(&path, &on_disk)?;
+
+    let mut r = store.open_read(id).await?;
+    // A range that does not touch the damaged chunk verifies and is served.
+    assert_eq!(r.read_range(0, 100).await?, &data[..100]);
+    // One that does is refused, with the chunk named.
+    match r.read_range(CHUNK, 100).await {
+        Err(Error::Corrupt { segment, chunk }) => assert_eq!((segment, chunk), (id, 1)),
+        other => return Err(format!("expected Corrupt, got {other:?}").into()),
+    }
+    assert_eq!(
+        events.try_recv()?,
+        Event::Dropped {
+            segment: id,
+            reason: DropReason::Corrupt { chunk: 1 }
+        }
+    );
+    // Dropped: not served again, not even the good chunk through the old reader.
+    assert!(r.read_range(0, 100).await.is_err());
+    assert_eq!(store.filled(&id), None);
+    assert!(matches!(store.open_read(id).await, Err(Error::NotFound(_))));
+    settle(&store).await;
+    assert!(!path.exists(), "the bad file is removed");
+    drop(r);
+
+    store.shutdown().await?;
+    drop(store);
+    let (store, _events) = SegmentStore::open(cfg).await?;
+    assert!(store.list().is_empty(), "the drop is in the index too");
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn scrub_drops_the_damaged_segments_only() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, mut events) = SegmentStore::open(config(dir.path(), 2, 1 << 30)).await?;
+    let good = seg(7, 0);
+    let bad = seg(7, 1);
+    put(&store, good, &bytes(7, 300_000)).await?;
+    put(&store, bad, &bytes(8, 300_000)).await?;
+    let path = store.path_of(&bad).ok_or("no path")?;
+    let mut b = std::fs::read(&path)?;
+    b[299_999] ^= 0x80;
+    std::fs::write(&path, &b)?;
+
+    assert_eq!(store.scrub().await?, vec![bad]);
+    assert_eq!(
+        events.try_recv()?,
+        Event::Dropped {
+            segment: bad,
+            reason: DropReason::Scrub
+        }
+    );
+    assert_eq!(store.list(), vec![good]);
+    assert_eq!(store.read_range(good, 0, 300_000).await?, bytes(7, 300_000));
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn eviction_is_lru_among_segments_held_elsewhere_sparing_pinned_and_open_ones() -> TestResult
+{
+    const S: u64 = 100_000;
+    let dir = tempfile::tempdir()?;
+    let (store, mut events) = SegmentStore::open(config(dir.path(), 1, 5 * S)).await?;
+    let ids: Vec<SegmentId> = (1..=9).map(|i| seg(9, i)).collect();
+    let (s1, s2, s3, s4, s5) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
+    for (i, id) in ids[..5].iter().enumerate() {
+        put(&store, *id, &bytes(i as u8, S as usize)).await?;
+    }
+    for id in [s1, s2, s3, s4] {
+        store.set_held_elsewhere(id, true).await?;
+    }
+    store.set_pinned(s1, true).await?;
+    // s2 stays open; s4 is used before s3, so s4 is the least recently used candidate.
+    let open = store.open_read(s2).await?;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    store.read_range(s4, 0, 10).await?;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    store.read_range(s3, 0, 10).await?;
+
+    put(&store, ids[5], &bytes(6, S as usize)).await?;
+    assert_eq!(events.try_recv()?, Event::Evicted { segment: s4 });
+    put(&store, ids[6], &bytes(7, S as usize)).await?;
+    assert_eq!(events.try_recv()?, Event::Evicted { segment: s3 });
+
+    // Left: s1 pinned, s2 open, s5 held nowhere else, and the two new ones (not held
+    // elsewhere either): nothing may go.
+    match put(&store, ids[7], &bytes(8, S as usize)).await {
+        Err(Error::Full { need, .. }) => assert_eq!(need, S),
+        other => return Err(format!("expected Full, got {other:?}").into()),
+    }
+    assert_eq!(store.filled(&ids[7]), None);
+    for id in [s1, s2, s5, ids[5], ids[6]] {
+        assert!(store.filled(&id).is_some_and(|f| f.2), "{id:?} kept");
+    }
+
+    // Closing the reader makes s2 evictable.
+    drop(open);
+    put(&store, ids[7], &bytes(8, S as usize)).await?;
+    assert_eq!(events.try_recv()?, Event::Evicted { segment: s2 });
+    settle(&store).await;
+    let files = files_under(&dir.path().join("disk0"));
+    assert_eq!(files.len(), 5, "evicted files are gone: {files:?}");
+    assert!(store.stats().disks[0].used <= 5 * S);
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reopen_after_a_crash_reconciles_files_and_index() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 2, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let ids = [seg(10, 0), seg(10, 1), seg(10, 2)];
+    for (i, id) in ids.iter().enumerate() {
+        put(&store, *id, &bytes(i as u8, 150_000)).await?;
+    }
+    let lost_file = store.path_of(&ids[0]).ok_or("no path")?;
+    store.shutdown().await?;
+    drop(store);
+
+    // The crash: an interrupted write's temp file and filling row, an index row whose file
+    // is gone, and a segment file the index never heard of.
+    std::fs::write(dir.path().join("disk0/tmp/leftover.0.1"), b"half a segment")?;
+    std::fs::remove_file(&lost_file)?;
+    let stray = dir
+        .path()
+        .join("disk1/segments")
+        .join(ProgramId([10; 32]).to_string())
+        .join("99");
+    std::fs::create_dir_all(stray.parent().ok_or("no parent")?)?;
+    std::fs::write(&stray, b"renamed but never committed")?;
+    {
+        let index = Index::open(&cfg.index)?;
+        let record = Record {
+            disk: 1,
+            size: 5000,
+            hash: SegmentHash::of(b"x"),
+            state: SegmentState::Filling,
+            last_use_ms: 0,
+            pinned: false,
+            held_elsewhere: false,
+        };
+        index.apply(
+            &[Op::Put {
+                segment: seg(10, 50),
+                record,
+                chunks: None,
+            }],
+            true,
+        )?;
+    }
+
+    let (store, _events, report) = SegmentStore::open_reconciled(cfg.clone()).await?;
+    assert_eq!(
+        report,
+        Reconciled {
+            kept: 2,
+            interrupted: 2,
+            missing_files: 1,
+            orphan_files: 1
+        }
+    );
+    let mut listed = store.list();
+    listed.sort();
+    assert_eq!(listed, vec![ids[1], ids[2]]);
+    assert_eq!(
+        store.read_range(ids[1], 0, 150_000).await?,
+        bytes(1, 150_000)
+    );
+    assert_eq!(
+        store.read_range(ids[2], 0, 150_000).await?,
+        bytes(2, 150_000)
+    );
+    assert!(!stray.exists());
+    assert!(files_under(&dir.path().join("disk0/tmp")).is_empty());
+    assert!(store.filled(&seg(10, 50)).is_none());
+    store.shutdown().await?;
+    drop(store);
+
+    // A second start finds nothing left to fix.
+    let (store, _events, report) = SegmentStore::open_reconciled(cfg).await?;
+    assert_eq!(
+        report,
+        Reconciled {
+            kept: 2,
+            ..Reconciled::default()
+        }
+    );
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn flags_and_last_use_survive_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 1, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let id = seg(11, 0);
+    put(&store, id, &bytes(11, 1000)).await?;
+    store.set_pinned(id, true).await?;
+    store.set_held_elsewhere(id, true).await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.read_range(id, 0, 1).await?;
+    let used = store.info(&id).ok_or("missing")?.last_use_ms;
+    store.shutdown().await?;
+    drop(store);
+
+    let (store, _events) = SegmentStore::open(cfg).await?;
+    let info = store.info(&id).ok_or("missing after reopen")?;
+    assert!(info.pinned && info.held_elsewhere);
+    assert_eq!(info.last_use_ms, used);
+    assert_eq!(info.state, SegmentState::Complete);
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_location_table_survives_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("director.redb");
+    let (e1, e2, e3) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let p = ProgramId([12; 32]);
+    let other = ProgramId([13; 32]);
+    let loc = |engine, state, load| Location {
+        engine,
+        state,
+        load,
+    };
+    {
+        let table = LocationTable::open(&path)?;
+        table.insert(SegmentId::new(p, 0), &loc(e1, LocationState::Complete, 1))?;
+        table.insert(SegmentId::new(p, 0), &loc(e2, LocationState::Filling, 0))?;
+        table.insert(SegmentId::new(p, 1), &loc(e2, LocationState::Complete, 3))?;
+        table.insert(SegmentId::new(p, 2), &loc(e3, LocationState::Complete, 0))?;
+        table.insert(
+            SegmentId::new(other, 0),
+            &loc(e1, LocationState::Complete, 0),
+        )?;
+        // An update replaces the row.
+        table.insert(SegmentId::new(p, 0), &loc(e2, LocationState::Complete, 2))?;
+        assert!(table.remove(SegmentId::new(p, 2), &e3)?);
+        assert!(!table.remove(SegmentId::new(p, 2), &e3)?);
+    }
+    let table = LocationTable::open(&path)?;
+    let mut at0 = table.list(SegmentId::new(p, 0))?;
+    at0.sort_by_key(|l| l.load);
+    assert_eq!(
+        at0,
+        vec![
+            loc(e1, LocationState::Complete, 1),
+            loc(e2, LocationState::Complete, 2)
+        ]
+    );
+    assert!(table.list(SegmentId::new(p, 2))?.is_empty());
+    let all = table.for_program(p)?;
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].0 <= w[1].0), "in segment order");
+    assert_eq!(all.iter().filter(|(i, _)| *i == SegmentIndex(1)).count(), 1);
+    assert_eq!(table.for_program(other)?.len(), 1);
+    assert_eq!(table.remove_engine(&e1)?, 2);
+    assert_eq!(table.for_program(other)?, vec![]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_throughput_probe_reports_both_directions() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (write, read) = bench::throughput_probe(dir.path(), 8 << 20).await?;
+    eprintln!("throughput_probe 8 MiB: write {write:.0} MB/s, read {read:.0} MB/s");
+    assert!(write > 0.0 && read > 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_go_to_a_bounded_queue_and_never_block_the_store() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path(), 1, 3 * 1000);
+    cfg.event_queue = 1;
+    let (store, mut events): (SegmentStore, mpsc::Receiver<Event>) =
+        SegmentStore::open(cfg).await?;
+    // Nobody reads events: three evictions overflow a queue of one without stalling writes.
+    for i in 0..6 {
+        let id = seg(14, i);
+        put(&store, id, &bytes(i as u8, 1000)).await?;
+        store.set_held_elsewhere(id, true).await?;
+    }
+    assert!(matches!(events.try_recv()?, Event::Evicted { .. }));
+    assert!(events.try_recv().is_err());
+    store.shutdown().await?;
+    Ok(())
+}
+
+/// `VODMESH_PROBE_MB=256 cargo test -p vodmesh-node --lib store::tests::probe_at_size -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a check; sized by VODMESH_PROBE_MB"]
+async fn probe_at_size() -> TestResult {
+    let mb: u64 = std::env::var("VODMESH_PROBE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = match std::env::var_os("VODMESH_PROBE_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let (write, read) = bench::throughput_probe(dir.path(), mb << 20).await?;
+    eprintln!("throughput_probe {mb} MiB: write {write:.0} MB/s, read {read:.0} MB/s");
+    Ok(())
+}
