@@ -223,10 +223,18 @@ mod tests {
 
         let mut big = Vec::new();
         write_frame(&mut big, &msg).await.unwrap();
-        assert!(read_frame::<_, Msg>(&mut Cursor::new(big), 4).await.is_err());
+        assert!(
+            read_frame::<_, Msg>(&mut Cursor::new(big), 4)
+                .await
+                .is_err()
+        );
         // A length prefix that promises more than is there.
         let lying = [0u8, 0, 0, 50, 1, 2];
-        assert!(read_frame::<_, Msg>(&mut Cursor::new(lying), 1024).await.is_err());
+        assert!(
+            read_frame::<_, Msg>(&mut Cursor::new(lying), 1024)
+                .await
+                .is_err()
+        );
     }
 
     proptest! {

@@ -104,7 +104,10 @@ mod tests {
         for resp in [
             Response::Station(signed.clone()),
             Response::Swarm(vec![signed]),
-            Response::Error(ErrorReply::new(ErrorCode::NotPublished, "program not published")),
+            Response::Error(ErrorReply::new(
+                ErrorCode::NotPublished,
+                "program not published",
+            )),
         ] {
             let b = encode(&resp);
             assert_eq!(decode::<Response>(&b, LIMITS.response).unwrap(), resp);

@@ -126,10 +126,12 @@ impl FromStr for SegmentIndex {
     type Err = ParseIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Self).map_err(|e: std::num::ParseIntError| ParseIdError {
-            kind: "segment index",
-            reason: e.to_string(),
-        })
+        s.parse()
+            .map(Self)
+            .map_err(|e: std::num::ParseIntError| ParseIdError {
+                kind: "segment index",
+                reason: e.to_string(),
+            })
     }
 }
 
