@@ -890,7 +890,8 @@ mod tests {
             t[pos] ^= 1 << bit;
             // Whatever the flip hits, the result is an error or (if it hit only CBOR framing
             // that decodes to the same values) the very same claims.
-            if let Ok(c) = f.trusted.verify(&t, NOW, Audience::Console, Some(&program(1)), &f.peer) {
+            let p1 = program(1);
+            if let Ok(c) = f.trusted.verify(&t, NOW, Audience::Console, Some(&p1), &f.peer) {
                 prop_assert_eq!(c, Claims::peek(&token).unwrap());
             }
         }
