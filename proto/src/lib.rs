@@ -14,6 +14,8 @@
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
 //! - [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
+//! - [`token`]: security tokens: ed25519-signed CBOR claims bound to the holder's peer id,
+//!   issued by the auth server and verified offline by every director and engine.
 
 pub mod catalog;
 pub mod codec;
@@ -23,5 +25,6 @@ pub mod net;
 pub mod signed;
 pub mod station;
 pub mod time;
+pub mod token;
 
 pub use ids::{ProgramId, SegmentHash, SegmentId, SegmentIndex, StationId};

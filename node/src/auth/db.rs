@@ -1,0 +1,247 @@
+//! The subscriber database (`<data dir>/auth.redb`): users, enrolled stations and their engines.
+//!
+//! Tables (values are CBOR, so fields can be added later):
+//! - `users`: user name -> [`UserRecord`] (argon2id hash, admin flag, program rights);
+//! - `stations`: station (director) peer id bytes -> [`Enrollment`];
+//! - `engines`: engine peer id bytes -> its station's peer id bytes, the index
+//!   `issue_engine_token` looks up.
+
+use std::path::Path;
+
+use libp2p::PeerId;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use vodmesh_proto::codec;
+use vodmesh_proto::token::{Rights, TokenId};
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const STATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stations");
+const ENGINES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engines");
+
+/// Largest record read back, in bytes (a user with thousands of listed programs fits).
+const MAX_RECORD: usize = 4 * 1024 * 1024;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// redb failed (I/O, a corrupt file, a failed commit).
+    #[error("subscriber database: {0}")]
+    Redb(Box<redb::Error>),
+    /// A stored value does not decode.
+    #[error("subscriber database: corrupt record for {key}: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                Self::Redb(Box::new(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What is stored about a subscriber.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// argon2id PHC string.
+    pub password: String,
+    /// May administer the swarm (receives admin tokens).
+    pub admin: bool,
+    /// Programs the subscriber may watch.
+    pub rights: Rights,
+    /// When the user was added (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// An enrolled station.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// The station's engines, which receive engine tokens.
+    pub engines: Vec<PeerId>,
+    /// When it (last) enrolled (ms since the Unix epoch).
+    pub enrolled_ms: u64,
+    /// The enrollment token it presented; `None` for the auth station's own engines.
+    pub token: Option<TokenId>,
+}
+
+/// The auth server's redb database.
+#[derive(Debug)]
+pub struct SubscriberDb {
+    db: Database,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    key: &dyn std::fmt::Display,
+) -> Result<T, DbError> {
+    codec::decode(bytes, MAX_RECORD).map_err(|e| DbError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl SubscriberDb {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let db = Database::create(path)?;
+        // Create every table now, so readers never meet a missing one.
+        let tx = db.begin_write()?;
+        tx.open_table(USERS)?;
+        tx.open_table(STATIONS)?;
+        tx.open_table(ENGINES)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    /// The user named `name`, if any.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, DbError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(USERS)?;
+        let Some(v) = table.get(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(decode(v.value(), &format_args!("user {name}"))?))
+    }
+
+    /// Adds `name`; `Ok(false)` (and nothing written) if it already exists.
+    pub fn insert_new_user(&self, name: &str, record: &UserRecord) -> Result<bool, DbError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(USERS)?;
+            if table.get(name)?.is_some() {
+                return Ok(false);
+            }
+            table.insert(name, codec::encode(record).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Number of users.
+    pub fn user_count(&self) -> Result<u64, DbError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(USERS)?.len()?)
+    }
+
+    /// Records `station` as enrolled with `engines`, replacing what it enrolled before.
+    pub fn enroll(&self, station: &PeerId, enrollment: &Enrollment) -> Result<(), DbError> {
+        let key = station.to_bytes();
+        let tx = self.db.begin_write()?;
+        {
+            let mut stations = tx.open_table(STATIONS)?;
+            let mut engines = tx.open_table(ENGINES)?;
+            let previous: Option<Enrollment> = match stations.get(key.as_slice())? {
+                Some(v) => Some(decode(v.value(), &format_args!("station {station}"))?),
+                None => None,
+            };
+            // Engines the station no longer lists lose their tokens (unless re-listed below).
+            for old in previous.iter().flat_map(|p| &p.engines) {
+                let old = old.to_bytes();
+                let owned_here = engines
+                    .get(old.as_slice())?
+                    .is_some_and(|v| v.value() == key.as_slice());
+                if owned_here {
+                    engines.remove(old.as_slice())?;
+                }
+            }
+            for engine in &enrollment.engines {
+                engines.insert(engine.to_bytes().as_slice(), key.as_slice())?;
+            }
+            stations.insert(key.as_slice(), codec::encode(enrollment).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The enrollment of `station`, if it is enrolled.
+    pub fn station(&self, station: &PeerId) -> Result<Option<Enrollment>, DbError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(STATIONS)?;
+        let Some(v) = table.get(station.to_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        Ok(Some(decode(v.value(), &format_args!("station {station}"))?))
+    }
+
+    /// The station that enrolled `engine`, if any.
+    pub fn station_of_engine(&self, engine: &PeerId) -> Result<Option<PeerId>, DbError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ENGINES)?;
+        let Some(v) = table.get(engine.to_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        PeerId::from_bytes(v.value())
+            .map(Some)
+            .map_err(|e| DbError::Corrupt {
+                key: format!("engine {engine}"),
+                reason: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_enrollments_persist() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("auth.redb");
+        let rec = UserRecord {
+            password: "$argon2id$...".into(),
+            admin: false,
+            rights: Rights::All,
+            created_ms: 1,
+        };
+        let station = PeerId::random();
+        let (e1, e2, e3) = (PeerId::random(), PeerId::random(), PeerId::random());
+        {
+            let db = SubscriberDb::open(&path)?;
+            assert!(db.user("alice")?.is_none());
+            assert!(db.insert_new_user("alice", &rec)?);
+            assert!(!db.insert_new_user("alice", &rec)?);
+            db.enroll(
+                &station,
+                &Enrollment {
+                    engines: vec![e1, e2],
+                    enrolled_ms: 5,
+                    token: None,
+                },
+            )?;
+        }
+        let db = SubscriberDb::open(&path)?;
+        assert_eq!(db.user("alice")?, Some(rec));
+        assert_eq!(db.user_count()?, 1);
+        assert_eq!(db.station_of_engine(&e1)?, Some(station));
+        assert_eq!(db.station_of_engine(&e3)?, None);
+        // Re-enrolling replaces the engine list.
+        db.enroll(
+            &station,
+            &Enrollment {
+                engines: vec![e2, e3],
+                enrolled_ms: 6,
+                token: None,
+            },
+        )?;
+        assert_eq!(db.station_of_engine(&e1)?, None);
+        assert_eq!(db.station_of_engine(&e2)?, Some(station));
+        assert_eq!(db.station_of_engine(&e3)?, Some(station));
+        assert_eq!(db.station(&station)?.map(|s| s.enrolled_ms), Some(6));
+        Ok(())
+    }
+}

@@ -1,0 +1,537 @@
+//! The authentication server role (`vodmesh-node --auth`): its state, without networking.
+//!
+//! - [`Server`]: logins (console and admin tokens), user administration, station enrollment and
+//!   engine tokens. Methods take `&self` and `now_ms` and are synchronous; password checks are
+//!   argon2id (tens of milliseconds), so the network layer calls them from
+//!   `spawn_blocking`. Several may run at once: the only shared mutable state, the
+//!   [`RateLimiter`], sits behind a mutex that is never held across a hash.
+//! - [`key`]: the issuer key file; [`db`]: the subscriber database (redb); [`password`]: argon2id
+//!   hashing; [`limit`]: login backoff per subscriber and per peer (in memory).
+//! - [`Metrics`]: counters for the metrics endpoint (failed logins, throttled logins, ...).
+//!
+//! Tokens themselves are [`vodmesh_proto::token`]: this server signs them; every director and
+//! engine verifies them offline.
+
+pub mod db;
+pub mod key;
+pub mod limit;
+pub mod password;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tracing::{info, instrument, warn};
+use vodmesh_proto::ids::short_peer;
+use vodmesh_proto::token::{
+    Audience, IssueError, Issuer, IssuerKey, Rights, TokenError, TrustedIssuers,
+};
+
+pub use db::{DbError, Enrollment, SubscriberDb, UserRecord};
+pub use key::KeyError;
+pub use limit::{Backoff, RateLimiter};
+pub use password::{HashError, HashParams};
+
+/// File name of the subscriber database in the data dir.
+pub const DB_FILE: &str = "auth.redb";
+/// Longest user name, in bytes.
+pub const MAX_USER_NAME: usize = 64;
+/// Most engines one station may enroll.
+pub const MAX_ENGINES: usize = 1024;
+
+/// Why an auth operation was refused or failed. The `Display` text is the one line a user sees
+/// (after `error: `).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Too many failed logins for this subscriber or from this peer; nothing was checked.
+    #[error("too many attempts, retry in {retry_in_s}s")]
+    TooManyAttempts {
+        /// Seconds until the next attempt is considered (rounded up).
+        retry_in_s: u64,
+    },
+    /// Unknown user or wrong password (deliberately not saying which).
+    #[error("wrong user name or password")]
+    BadCredentials,
+    /// The caller is neither an admin peer nor holds a valid admin token.
+    #[error("not an admin: this needs an admin token or an admin peer id")]
+    NotAdmin,
+    /// Engine tokens go only to engines of enrolled stations.
+    #[error("engine {0} is not enrolled: enroll its station with `vodmesh enroll`")]
+    NotEnrolled(PeerId),
+    /// A user of that name exists.
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// The user name is empty, too long or has control characters.
+    #[error("invalid user name: {0}")]
+    BadUserName(&'static str),
+    /// The new password is too short or too long.
+    #[error("unacceptable password: {0}")]
+    BadPassword(&'static str),
+    /// A station listed more engines than [`MAX_ENGINES`].
+    #[error("too many engines: {0} (at most {MAX_ENGINES})")]
+    TooManyEngines(usize),
+    /// A presented token was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A token could not be signed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The subscriber database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The issuer key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// argon2 failed (bad parameters, a corrupt stored hash).
+    #[error(transparent)]
+    Hash(#[from] HashError),
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Logins that succeeded.
+    pub logins_ok: AtomicU64,
+    /// Logins refused for a wrong password or an unknown user.
+    pub logins_failed: AtomicU64,
+    /// Logins refused by the backoff before any password check.
+    pub logins_throttled: AtomicU64,
+    /// Tokens signed (every kind).
+    pub tokens_issued: AtomicU64,
+    /// Engine token requests from peers that are not enrolled engines.
+    pub engine_tokens_refused: AtomicU64,
+    /// Admin operations refused.
+    pub admin_refused: AtomicU64,
+    /// Stations enrolled (or re-enrolled).
+    pub enrollments: AtomicU64,
+}
+
+impl Metrics {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter with its metric name, for a Prometheus text endpoint.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("vodmesh_auth_logins_ok_total", get(&self.logins_ok)),
+            ("vodmesh_auth_logins_failed_total", get(&self.logins_failed)),
+            (
+                "vodmesh_auth_logins_throttled_total",
+                get(&self.logins_throttled),
+            ),
+            ("vodmesh_auth_tokens_issued_total", get(&self.tokens_issued)),
+            (
+                "vodmesh_auth_engine_tokens_refused_total",
+                get(&self.engine_tokens_refused),
+            ),
+            ("vodmesh_auth_admin_refused_total", get(&self.admin_refused)),
+            ("vodmesh_auth_enrollments_total", get(&self.enrollments)),
+        ]
+    }
+}
+
+/// How the auth server behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// argon2id cost of new password hashes.
+    pub hash: HashParams,
+    /// Login backoff per subscriber.
+    pub user_backoff: Backoff,
+    /// Login backoff per peer.
+    pub peer_backoff: Backoff,
+    /// Lifetime of console tokens.
+    pub console_ttl: Duration,
+    /// Lifetime of engine tokens (engines refresh them).
+    pub engine_ttl: Duration,
+    /// Lifetime of admin tokens.
+    pub admin_ttl: Duration,
+    /// Lifetime of enrollment tokens.
+    pub enroll_ttl: Duration,
+    /// Peers that are admins without a token: the station's own identity and `--admin` peers.
+    pub admins: Vec<PeerId>,
+    /// Other issuers whose admin tokens this server accepts (`--trust`); its own is implied.
+    pub trust: Vec<IssuerKey>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hash: HashParams::MODERATE,
+            user_backoff: Backoff::SUBSCRIBER,
+            peer_backoff: Backoff::PEER,
+            console_ttl: Duration::from_secs(12 * 3600),
+            engine_ttl: Duration::from_secs(3600),
+            admin_ttl: Duration::from_secs(3600),
+            enroll_ttl: Duration::from_secs(24 * 3600),
+            admins: Vec::new(),
+            trust: Vec::new(),
+        }
+    }
+}
+
+/// Who asks for an admin operation: the peer on the authenticated connection, and the admin
+/// token it presented, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// Its admin token.
+    pub token: Option<&'a [u8]>,
+}
+
+/// A user to add: admin or not, and what it may watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    /// Receives admin tokens on [`Server::admin_login`].
+    pub admin: bool,
+    /// Programs it may watch.
+    pub rights: Rights,
+}
+
+/// The auth server's state: issuer key, subscriber database, login backoff, metrics.
+#[derive(Debug)]
+pub struct Server {
+    issuer: Issuer,
+    /// Own key plus `--trust`: accepted for admin tokens.
+    trusted: TrustedIssuers,
+    /// Own key only: enrollment tokens are this server's alone.
+    own: TrustedIssuers,
+    db: SubscriberDb,
+    limiter: Mutex<RateLimiter>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    /// A hash to check unknown users' passwords against, so an unknown name costs as much
+    /// time as a known one and timing does not tell which names exist.
+    decoy: String,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn check_user_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::BadUserName("empty"));
+    }
+    if name.len() > MAX_USER_NAME {
+        return Err(Error::BadUserName("longer than 64 bytes"));
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::BadUserName("contains spaces or control characters"));
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Opens the auth state under `data_dir`: the issuer key (`issuer.key`, created on first
+    /// start) and the subscriber database (`auth.redb`).
+    pub fn open(data_dir: &Path, config: Config) -> Result<Self, Error> {
+        let issuer = key::load_or_create(data_dir)?;
+        let db = SubscriberDb::open(&data_dir.join(DB_FILE))?;
+        let own: TrustedIssuers = [issuer.public()].into_iter().collect();
+        let trusted = config
+            .trust
+            .iter()
+            .copied()
+            .chain([issuer.public()])
+            .collect();
+        let decoy = password::hash("decoy password, never a user's", config.hash)?;
+        info!(issuer = %issuer.public(), users = db.user_count()?, "auth server ready");
+        Ok(Self {
+            issuer,
+            trusted,
+            own,
+            db,
+            limiter: Mutex::new(RateLimiter::new(config.user_backoff, config.peer_backoff)),
+            metrics: Arc::new(Metrics::default()),
+            config,
+            decoy,
+        })
+    }
+
+    /// The public key peers must trust (`node.json`'s `"issuer"`, `--trust`).
+    pub fn issuer_key(&self) -> IssuerKey {
+        self.issuer.public()
+    }
+
+    /// The counters, shared with the metrics endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The subscriber database.
+    pub fn db(&self) -> &SubscriberDb {
+        &self.db
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
+        // The limiter's state is consistent after any panic (plain counters): keep using it.
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn issue(
+        &self,
+        subject: PeerId,
+        audience: Audience,
+        rights: Rights,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let token = self.issuer.issue(
+            subject,
+            audience,
+            rights,
+            now_ms,
+            now_ms.saturating_add(ms(ttl)),
+        )?;
+        Metrics::inc(&self.metrics.tokens_issued);
+        Ok(token)
+    }
+
+    /// Checks `user`'s password for a login from `peer`, under the backoff. Returns the record
+    /// of a subscriber whose password is right.
+    fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: PeerId,
+        now_ms: u64,
+    ) -> Result<UserRecord, Error> {
+        // A name that cannot exist is charged to the peer only, so junk names cannot fill the
+        // subscriber table.
+        let user_key = check_user_name(user).is_ok().then_some(user);
+        // Bound first so the limiter's lock is released before anything else runs.
+        let begun = self.limiter().begin(user_key, peer, now_ms);
+        let attempt = match begun {
+            Ok(a) => a,
+            Err(wait_ms) => {
+                Metrics::inc(&self.metrics.logins_throttled);
+                return Err(Error::TooManyAttempts {
+                    retry_in_s: wait_ms.div_ceil(1000).max(1),
+                });
+            }
+        };
+        let record = match user_key.map(|u| self.db.user(u)).transpose() {
+            Ok(r) => r.flatten(),
+            Err(e) => {
+                self.limiter().aborted(attempt);
+                return Err(e.into());
+            }
+        };
+        let ok = if password.len() > password::MAX_PASSWORD {
+            false
+        } else {
+            let phc = record.as_ref().map_or(self.decoy.as_str(), |r| &r.password);
+            match password::verify(password, phc) {
+                Ok(ok) => ok && record.is_some(),
+                Err(e) => {
+                    self.limiter().aborted(attempt);
+                    return Err(e.into());
+                }
+            }
+        };
+        match record {
+            Some(record) if ok => {
+                self.limiter().succeeded(attempt);
+                Metrics::inc(&self.metrics.logins_ok);
+                Ok(record)
+            }
+            _ => {
+                self.limiter().failed(attempt);
+                Metrics::inc(&self.metrics.logins_failed);
+                warn!("login failed");
+                Err(Error::BadCredentials)
+            }
+        }
+    }
+
+    /// A subscriber logs in from `peer` (its console's peer id): returns a console token with
+    /// the subscriber's rights, bound to `peer`.
+    #[instrument(skip_all, fields(user = %user, peer = %short_peer(&peer)))]
+    pub fn login(
+        &self,
+        user: &str,
+        password: &str,
+        peer: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let record = self.authenticate(user, password, peer, now_ms)?;
+        self.issue(
+            peer,
+            Audience::Console,
+            record.rights,
+            self.config.console_ttl,
+            now_ms,
+        )
+    }
+
+    /// An admin subscriber logs in from `peer`: returns an admin token bound to `peer`.
+    /// A right password of a non-admin user gets [`Error::NotAdmin`].
+    #[instrument(skip_all, fields(user = %user, peer = %short_peer(&peer)))]
+    pub fn admin_login(
+        &self,
+        user: &str,
+        password: &str,
+        peer: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let record = self.authenticate(user, password, peer, now_ms)?;
+        if !record.admin {
+            Metrics::inc(&self.metrics.admin_refused);
+            return Err(Error::NotAdmin);
+        }
+        self.issue(
+            peer,
+            Audience::Admin,
+            Rights::All,
+            self.config.admin_ttl,
+            now_ms,
+        )
+    }
+
+    /// Whether `caller` may administer: an admin peer id, or a valid admin token of its own.
+    fn require_admin(&self, caller: Caller<'_>, now_ms: u64) -> Result<(), Error> {
+        if self.config.admins.contains(&caller.peer) {
+            return Ok(());
+        }
+        let refused = match caller.token {
+            None => Error::NotAdmin,
+            Some(token) => {
+                match self
+                    .trusted
+                    .verify(token, now_ms, Audience::Admin, None, &caller.peer)
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.into(),
+                }
+            }
+        };
+        Metrics::inc(&self.metrics.admin_refused);
+        warn!(peer = %short_peer(&caller.peer), cause = %refused, "admin operation refused");
+        Err(refused)
+    }
+
+    /// Adds a subscriber; only an admin may.
+    #[instrument(skip_all, fields(user = %name, by = %short_peer(&caller.peer)))]
+    pub fn add_user(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+        password: &str,
+        user: User,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        self.require_admin(caller, now_ms)?;
+        check_user_name(name)?;
+        if password.chars().count() < password::MIN_PASSWORD {
+            return Err(Error::BadPassword("shorter than 8 characters"));
+        }
+        if password.len() > password::MAX_PASSWORD {
+            return Err(Error::BadPassword("longer than 1024 bytes"));
+        }
+        let record = UserRecord {
+            password: password::hash(password, self.config.hash)?,
+            admin: user.admin,
+            rights: user.rights,
+            created_ms: now_ms,
+        };
+        if !self.db.insert_new_user(name, &record)? {
+            return Err(Error::UserExists(name.to_string()));
+        }
+        info!(admin = record.admin, "user added");
+        Ok(())
+    }
+
+    /// An enrollment token for the station whose director is `station` (`vodmesh enroll`);
+    /// only an admin may ask.
+    #[instrument(skip_all, fields(station = %short_peer(&station), by = %short_peer(&caller.peer)))]
+    pub fn issue_enroll_token(
+        &self,
+        caller: Caller<'_>,
+        station: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        self.require_admin(caller, now_ms)?;
+        self.issue(
+            station,
+            Audience::Enroll,
+            Rights::All,
+            self.config.enroll_ttl,
+            now_ms,
+        )
+    }
+
+    /// A station (`--enroll FILE`) presents its enrollment token from its director's peer id
+    /// `station`, listing its engines; from then on those engines receive engine tokens.
+    /// Enrolling again replaces the engine list.
+    #[instrument(skip_all, fields(station = %short_peer(&station), engines = engines.len()))]
+    pub fn enroll_station(
+        &self,
+        token: &[u8],
+        station: PeerId,
+        engines: &[PeerId],
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let claims = self
+            .own
+            .verify(token, now_ms, Audience::Enroll, None, &station)?;
+        self.record_enrollment(station, engines, now_ms, Some(claims.id))
+    }
+
+    /// The auth station enrolls its own engines, no token needed.
+    pub fn enroll_own_station(
+        &self,
+        station: PeerId,
+        engines: &[PeerId],
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        self.record_enrollment(station, engines, now_ms, None)
+    }
+
+    fn record_enrollment(
+        &self,
+        station: PeerId,
+        engines: &[PeerId],
+        now_ms: u64,
+        token: Option<vodmesh_proto::token::TokenId>,
+    ) -> Result<(), Error> {
+        if engines.len() > MAX_ENGINES {
+            return Err(Error::TooManyEngines(engines.len()));
+        }
+        self.db.enroll(
+            &station,
+            &Enrollment {
+                engines: engines.to_vec(),
+                enrolled_ms: now_ms,
+                token,
+            },
+        )?;
+        Metrics::inc(&self.metrics.enrollments);
+        info!("station enrolled");
+        Ok(())
+    }
+
+    /// An engine token for `engine` (the peer asking), if its station is enrolled.
+    #[instrument(skip_all, fields(engine = %short_peer(&engine)))]
+    pub fn issue_engine_token(&self, engine: PeerId, now_ms: u64) -> Result<Vec<u8>, Error> {
+        if self.db.station_of_engine(&engine)?.is_none() {
+            Metrics::inc(&self.metrics.engine_tokens_refused);
+            warn!("engine token refused: not enrolled");
+            return Err(Error::NotEnrolled(engine));
+        }
+        self.issue(
+            engine,
+            Audience::Engine,
+            Rights::All,
+            self.config.engine_ttl,
+            now_ms,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

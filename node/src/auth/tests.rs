@@ -1,0 +1,478 @@
+//! Auth server scenarios against real redb files and key files in a temp dir, on a simulated
+//! clock (`now_ms` is an argument).
+
+use super::*;
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::token::Claims;
+
+const T0: u64 = 1_700_000_000_000;
+const PASSWORD: &str = "correct horse battery";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: Server,
+    /// An admin by peer id (the station's own identity).
+    station: PeerId,
+    /// Verifies tokens as a director or engine would.
+    trusted: TrustedIssuers,
+}
+
+fn fixture() -> anyhow::Result<Fixture> {
+    let dir = tempfile::tempdir()?;
+    let station = PeerId::random();
+    let server = Server::open(
+        dir.path(),
+        Config {
+            hash: HashParams::INSECURE_FOR_TESTS,
+            admins: vec![station],
+            ..Config::default()
+        },
+    )?;
+    let trusted = [server.issuer_key()].into_iter().collect();
+    Ok(Fixture {
+        _dir: dir,
+        server,
+        station,
+        trusted,
+    })
+}
+
+impl Fixture {
+    fn as_station(&self) -> Caller<'static> {
+        Caller {
+            peer: self.station,
+            token: None,
+        }
+    }
+
+    fn add(&self, name: &str, admin: bool, rights: Rights) -> anyhow::Result<()> {
+        self.server.add_user(
+            self.as_station(),
+            name,
+            PASSWORD,
+            User { admin, rights },
+            T0,
+        )?;
+        Ok(())
+    }
+}
+
+fn failed(m: &Metrics) -> u64 {
+    m.logins_failed.load(Ordering::Relaxed)
+}
+
+fn throttled(m: &Metrics) -> u64 {
+    m.logins_throttled.load(Ordering::Relaxed)
+}
+
+#[test]
+fn login_gives_a_console_token_with_the_users_rights() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let p1 = ProgramId([1; 32]);
+    f.add("alice", false, Rights::Programs(vec![p1]))?;
+    let console = PeerId::random();
+    let token = f.server.login("alice", PASSWORD, console, T0)?;
+    let claims = f
+        .trusted
+        .verify(&token, T0, Audience::Console, Some(&p1), &console)?;
+    assert_eq!(claims.rights, Rights::Programs(vec![p1]));
+    assert_eq!(claims.expires_ms, T0 + 12 * 3_600_000);
+    assert!(matches!(
+        f.trusted.verify(
+            &token,
+            T0,
+            Audience::Console,
+            Some(&ProgramId([2; 32])),
+            &console
+        ),
+        Err(TokenError::NotEntitled)
+    ));
+    assert_eq!(f.server.metrics().logins_ok.load(Ordering::Relaxed), 1);
+    Ok(())
+}
+
+#[test]
+fn brute_force_is_slowed_and_counted_but_the_right_password_still_works() -> anyhow::Result<()> {
+    let f = fixture()?;
+    f.add("alice", false, Rights::All)?;
+    let m = f.server.metrics();
+    let attacker = PeerId::random();
+    let mut now = T0;
+
+    // Five free guesses, each checked and refused.
+    for i in 0..5 {
+        let err = f
+            .server
+            .login("alice", &format!("guess {i}"), attacker, now)
+            .unwrap_err();
+        assert!(matches!(err, Error::BadCredentials), "{err}");
+        assert_eq!(err.to_string(), "wrong user name or password");
+    }
+    assert_eq!(failed(&m), 5);
+
+    // Then the account is locked: even the right password is not checked until the delay
+    // passes, and from any peer (the lock is on the subscriber).
+    let err = f
+        .server
+        .login("alice", "guess 6", attacker, now)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyAttempts { retry_in_s: 1 }),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "too many attempts, retry in 1s");
+    let owner = PeerId::random();
+    assert!(matches!(
+        f.server.login("alice", PASSWORD, owner, now + 500),
+        Err(Error::TooManyAttempts { retry_in_s: 1 })
+    ));
+    assert_eq!(throttled(&m), 2);
+    assert_eq!(
+        failed(&m),
+        5,
+        "refusals by the backoff are not password checks"
+    );
+
+    // Each further wrong guess doubles the wait: 2 s, 4 s, 8 s, 16 s.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let wait = match f.server.login("alice", "wrong", attacker, now) {
+            Err(Error::TooManyAttempts { retry_in_s }) => retry_in_s,
+            other => panic!("expected a lock, got {other:?}"),
+        };
+        now += wait * 1_000;
+        let err = f.server.login("alice", "wrong", attacker, now).unwrap_err();
+        assert!(matches!(err, Error::BadCredentials), "{err}");
+        waits.push(wait);
+    }
+    assert_eq!(waits, [1, 2, 4, 8, 16]);
+    assert_eq!(failed(&m), 10);
+    // So 5 guesses beyond the free ones cost the attacker 31 s, and 20 more would cost days
+    // (capped at 15 min each).
+    assert!(matches!(
+        f.server.login("alice", PASSWORD, owner, now),
+        Err(Error::TooManyAttempts { retry_in_s: 32 })
+    ));
+
+    // After the delay, the owner's right password works, and clears the subscriber's count.
+    now += 32_000;
+    let token = f.server.login("alice", PASSWORD, owner, now)?;
+    f.trusted
+        .verify(&token, now, Audience::Console, None, &owner)?;
+    let err = f.server.login("alice", "typo", owner, now).unwrap_err();
+    assert!(matches!(err, Error::BadCredentials));
+    assert_eq!(failed(&m), 11);
+    Ok(())
+}
+
+#[test]
+fn one_peer_spraying_many_users_is_slowed() -> anyhow::Result<()> {
+    let f = fixture()?;
+    f.add("bob", false, Rights::All)?;
+    let sprayer = PeerId::random();
+    // Ten guesses, each at a different (mostly unknown) user: no subscriber reaches its limit,
+    // but the peer does.
+    for i in 0..10 {
+        assert!(matches!(
+            f.server
+                .login(&format!("user{i}"), "password1", sprayer, T0),
+            Err(Error::BadCredentials)
+        ));
+    }
+    assert!(matches!(
+        f.server.login("bob", PASSWORD, sprayer, T0),
+        Err(Error::TooManyAttempts { retry_in_s: 1 })
+    ));
+    // Bob himself, from his own console, is not affected.
+    f.server.login("bob", PASSWORD, PeerId::random(), T0)?;
+    // Junk names (that no user can have) count against the peer too.
+    let junker = PeerId::random();
+    for _ in 0..10 {
+        assert!(matches!(
+            f.server.login("", "x", junker, T0),
+            Err(Error::BadCredentials)
+        ));
+    }
+    assert!(matches!(
+        f.server.login(&"x".repeat(500), "x", junker, T0),
+        Err(Error::TooManyAttempts { .. })
+    ));
+    assert_eq!(failed(&f.server.metrics()), 20);
+    Ok(())
+}
+
+#[test]
+fn unknown_users_and_oversized_passwords_are_plain_failures() -> anyhow::Result<()> {
+    let f = fixture()?;
+    f.add("carol", false, Rights::All)?;
+    let peer = PeerId::random();
+    assert!(matches!(
+        f.server.login("nobody", PASSWORD, peer, T0),
+        Err(Error::BadCredentials)
+    ));
+    assert!(matches!(
+        f.server.login("carol", &"p".repeat(2000), peer, T0),
+        Err(Error::BadCredentials)
+    ));
+    assert_eq!(failed(&f.server.metrics()), 2);
+    Ok(())
+}
+
+#[test]
+fn unenrolled_engines_get_no_engine_token() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let engine = PeerId::random();
+    let err = f.server.issue_engine_token(engine, T0).unwrap_err();
+    assert!(matches!(err, Error::NotEnrolled(p) if p == engine), "{err}");
+    assert!(err.to_string().contains("is not enrolled"), "{err}");
+    assert_eq!(
+        f.server
+            .metrics()
+            .engine_tokens_refused
+            .load(Ordering::Relaxed),
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn enrollment_opens_engine_tokens() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let station = PeerId::random();
+    let (e1, e2) = (PeerId::random(), PeerId::random());
+
+    // Only an admin gets an enrollment token.
+    let stranger = Caller {
+        peer: PeerId::random(),
+        token: None,
+    };
+    assert!(matches!(
+        f.server.issue_enroll_token(stranger, station, T0),
+        Err(Error::NotAdmin)
+    ));
+    let enroll = f.server.issue_enroll_token(f.as_station(), station, T0)?;
+
+    // Presented by another peer, it is worthless.
+    let thief = PeerId::random();
+    assert!(matches!(
+        f.server.enroll_station(&enroll, thief, &[thief], T0),
+        Err(Error::Token(TokenError::WrongPeer))
+    ));
+    // Expired.
+    assert!(matches!(
+        f.server
+            .enroll_station(&enroll, station, &[e1], T0 + 25 * 3_600_000),
+        Err(Error::Token(TokenError::Expired))
+    ));
+    // A console token is not an enrollment token.
+    f.add("dave", false, Rights::All)?;
+    let console = f.server.login("dave", PASSWORD, station, T0)?;
+    assert!(matches!(
+        f.server.enroll_station(&console, station, &[e1], T0),
+        Err(Error::Token(TokenError::WrongAudience { .. }))
+    ));
+    // An enrollment token from another issuer, even a well-formed one.
+    let other = Issuer::generate();
+    let foreign = other.issue(station, Audience::Enroll, Rights::All, T0, T0 + 3_600_000)?;
+    assert!(matches!(
+        f.server.enroll_station(&foreign, station, &[e1], T0),
+        Err(Error::Token(TokenError::UnknownIssuer(_)))
+    ));
+    assert!(f.server.issue_engine_token(e1, T0).is_err());
+
+    // The real thing.
+    f.server.enroll_station(&enroll, station, &[e1, e2], T0)?;
+    let token = f.server.issue_engine_token(e1, T0)?;
+    let claims = f
+        .trusted
+        .verify(&token, T0, Audience::Engine, Some(&ProgramId([7; 32])), &e1)?;
+    assert_eq!(claims.expires_ms, T0 + 3_600_000);
+    // Bound to e1: e2 cannot use it, but has its own.
+    assert!(matches!(
+        f.trusted.verify(&token, T0, Audience::Engine, None, &e2),
+        Err(TokenError::WrongPeer)
+    ));
+    f.server.issue_engine_token(e2, T0)?;
+    // The enrollment record names the token.
+    let rec = f.server.db().station(&station)?.expect("enrolled");
+    assert_eq!(rec.token, Some(Claims::peek(&enroll)?.id));
+    // The station itself (the director) is not an engine.
+    assert!(f.server.issue_engine_token(station, T0).is_err());
+    // Re-enrolling with fewer engines withdraws the others.
+    f.server.enroll_station(&enroll, station, &[e2], T0 + 1)?;
+    assert!(matches!(
+        f.server.issue_engine_token(e1, T0),
+        Err(Error::NotEnrolled(_))
+    ));
+    // The auth station's own engines need no token.
+    let own = PeerId::random();
+    f.server.enroll_own_station(f.station, &[own], T0)?;
+    f.server.issue_engine_token(own, T0)?;
+    Ok(())
+}
+
+#[test]
+fn only_admins_add_users() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let user = || User {
+        admin: false,
+        rights: Rights::All,
+    };
+    let nobody = PeerId::random();
+    let err = f
+        .server
+        .add_user(
+            Caller {
+                peer: nobody,
+                token: None,
+            },
+            "eve",
+            PASSWORD,
+            user(),
+            T0,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAdmin));
+    assert_eq!(
+        err.to_string(),
+        "not an admin: this needs an admin token or an admin peer id"
+    );
+    assert!(f.server.db().user("eve")?.is_none());
+
+    // A subscriber's console token does not make an admin.
+    f.add("frank", false, Rights::All)?;
+    let console = f.server.login("frank", PASSWORD, nobody, T0)?;
+    assert!(matches!(
+        f.server.add_user(
+            Caller {
+                peer: nobody,
+                token: Some(&console)
+            },
+            "eve",
+            PASSWORD,
+            user(),
+            T0
+        ),
+        Err(Error::Token(TokenError::WrongAudience { .. }))
+    ));
+    // Nor does a right password of a non-admin user give an admin token.
+    assert!(matches!(
+        f.server.admin_login("frank", PASSWORD, nobody, T0),
+        Err(Error::NotAdmin)
+    ));
+
+    // An admin user's admin token does, for the peer it was issued to only.
+    f.add("root", true, Rights::All)?;
+    let laptop = PeerId::random();
+    let admin = f.server.admin_login("root", PASSWORD, laptop, T0)?;
+    let as_laptop = Caller {
+        peer: laptop,
+        token: Some(&admin),
+    };
+    f.server.add_user(as_laptop, "eve", PASSWORD, user(), T0)?;
+    assert!(matches!(
+        f.server.add_user(
+            Caller {
+                peer: nobody,
+                token: Some(&admin)
+            },
+            "mallory",
+            PASSWORD,
+            user(),
+            T0
+        ),
+        Err(Error::Token(TokenError::WrongPeer))
+    ));
+    // Not after it expires.
+    assert!(matches!(
+        f.server
+            .add_user(as_laptop, "late", PASSWORD, user(), T0 + 2 * 3_600_000),
+        Err(Error::Token(TokenError::Expired))
+    ));
+    assert_eq!(f.server.metrics().admin_refused.load(Ordering::Relaxed), 5);
+
+    // Admins still get clear refusals for bad input.
+    assert!(matches!(
+        f.server.add_user(as_laptop, "eve", PASSWORD, user(), T0),
+        Err(Error::UserExists(_))
+    ));
+    assert!(matches!(
+        f.server
+            .add_user(as_laptop, "two words", PASSWORD, user(), T0),
+        Err(Error::BadUserName(_))
+    ));
+    assert!(matches!(
+        f.server.add_user(as_laptop, "gina", "short", user(), T0),
+        Err(Error::BadPassword(_))
+    ));
+    f.server.login("eve", PASSWORD, PeerId::random(), T0)?;
+    Ok(())
+}
+
+#[test]
+fn admin_tokens_of_trusted_issuers_are_accepted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let other = Issuer::generate();
+    let server = Server::open(
+        dir.path(),
+        Config {
+            hash: HashParams::INSECURE_FOR_TESTS,
+            trust: vec![other.public()],
+            ..Config::default()
+        },
+    )?;
+    let peer = PeerId::random();
+    let token = other.issue(peer, Audience::Admin, Rights::All, T0, T0 + 60_000)?;
+    server.add_user(
+        Caller {
+            peer,
+            token: Some(&token),
+        },
+        "hank",
+        PASSWORD,
+        User {
+            admin: false,
+            rights: Rights::All,
+        },
+        T0,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn state_survives_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let station = PeerId::random();
+    let config = || Config {
+        hash: HashParams::INSECURE_FOR_TESTS,
+        admins: vec![station],
+        ..Config::default()
+    };
+    let engine = PeerId::random();
+    let issuer = {
+        let server = Server::open(dir.path(), config())?;
+        server.add_user(
+            Caller {
+                peer: station,
+                token: None,
+            },
+            "ivy",
+            PASSWORD,
+            User {
+                admin: false,
+                rights: Rights::All,
+            },
+            T0,
+        )?;
+        server.enroll_own_station(station, &[engine], T0)?;
+        server.issuer_key()
+    };
+    let server = Server::open(dir.path(), config())?;
+    assert_eq!(server.issuer_key(), issuer);
+    let console = PeerId::random();
+    let token = server.login("ivy", PASSWORD, console, T0)?;
+    let trusted: TrustedIssuers = [issuer].into_iter().collect();
+    trusted.verify(&token, T0, Audience::Console, None, &console)?;
+    server.issue_engine_token(engine, T0)?;
+    Ok(())
+}
