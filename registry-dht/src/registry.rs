@@ -259,7 +259,7 @@ impl RegistryHandle {
 enum Pending {
     Put(oneshot::Sender<Result<(), RegistryError>>),
     Station {
-        best: Option<(StationRecord, Signed)>,
+        best: Option<Box<(StationRecord, Signed)>>,
         reply: oneshot::Sender<Option<(StationRecord, Signed)>>,
     },
     Holders {
@@ -466,14 +466,12 @@ impl Registry {
                 if let Ok(GetRecordOk::FoundRecord(found)) = r
                     && let Ok((rec, signed)) =
                         validate::station_from_value(&found.record.value, now_ms())
-                    && best
-                        .as_ref()
-                        .is_none_or(|(b, _)| rec.issued_ms > b.issued_ms)
+                    && best.as_ref().is_none_or(|b| rec.issued_ms > b.0.issued_ms)
                 {
-                    best = Some((rec, signed));
+                    best = Some(Box::new((rec, signed)));
                 }
                 if last {
-                    let _ = reply.send(best);
+                    let _ = reply.send(best.map(|b| *b));
                     return;
                 }
                 Pending::Station { best, reply }

@@ -252,22 +252,20 @@ impl Director {
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Identify(
                 identify::Event::Received { peer_id, info, .. },
-            )) => {
-                if info.protocols.contains(&reg::PROTOCOL) {
-                    // Registry traffic goes over TCP: a dial to a stopped director's TCP port
-                    // fails at once, while a QUIC dial waits out its handshake timeout, and
-                    // every query that meets the dead peer stalls with it (measured: swarm
-                    // walks of 10 s instead of milliseconds after one station stopped).
-                    for addr in info
-                        .listen_addrs
-                        .iter()
-                        .filter(|a| dialable(a) && is_tcp(a))
-                    {
-                        swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, without_peer(addr));
-                    }
+            )) if info.protocols.contains(&reg::PROTOCOL) => {
+                // Registry traffic goes over TCP: a dial to a stopped director's TCP port
+                // fails at once, while a QUIC dial waits out its handshake timeout, and
+                // every query that meets the dead peer stalls with it (measured: swarm
+                // walks of 10 s instead of milliseconds after one station stopped).
+                for addr in info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| dialable(a) && is_tcp(a))
+                {
+                    swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, without_peer(addr));
                 }
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(
@@ -285,23 +283,21 @@ impl Director {
             )) => {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                if self.bootstrap_peers.remove(&peer_id) {
-                    tracing::info!(peer = %peer_id, "connected to bootstrap; joining the registry");
-                    if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
-                        tracing::warn!(error = %e, "registry bootstrap failed");
-                    }
-                    self.republish(swarm);
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if self.bootstrap_peers.remove(&peer_id) =>
+            {
+                tracing::info!(peer = %peer_id, "connected to bootstrap; joining the registry");
+                if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                    tracing::warn!(error = %e, "registry bootstrap failed");
                 }
+                self.republish(swarm);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => {
-                if self.bootstrap_peers.contains(&peer) {
-                    tracing::warn!(%peer, %error, "cannot reach bootstrap station");
-                }
+            } if self.bootstrap_peers.contains(&peer) => {
+                tracing::warn!(%peer, %error, "cannot reach bootstrap station");
             }
             _ => {}
         }
