@@ -95,3 +95,65 @@ pub fn station_from_value(value: &[u8], now_ms: u64) -> Result<(StationRecord, S
     let rec = StationRecord::verify(&signed, now_ms).map_err(station_error)?;
     Ok((rec, signed))
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use libp2p::kad::RecordKey;
+    use proptest::prelude::*;
+    use vodmesh_proto::ProgramId;
+
+    use super::*;
+
+    fn keys() -> Vec<RecordKey> {
+        let id = ProgramId([3; 32]);
+        vec![
+            RecordKind::Station(Keypair::generate_ed25519().public().to_peer_id()).key(),
+            RecordKind::Catalog(id).key(),
+            RecordKind::Program(id).key(),
+            RecordKey::new(&b"junk"),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_values_are_refused_without_panic(value in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            for key in keys() {
+                let record = Record::new(key, value.clone());
+                prop_assert!(check_record(&record, 0).is_err());
+            }
+            prop_assert!(station_from_value(&value, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn truncated_and_oversized_station_records_are_refused() {
+        let key = Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let rec = StationRecord {
+            director: peer,
+            addrs: vec![],
+            engines: vec![],
+            region: None,
+            coords: None,
+            bandwidth_mbps: 1,
+            roles: Default::default(),
+            issuer: None,
+            issued_ms: 1,
+            expires_ms: u64::MAX,
+        };
+        let value = codec::encode(&rec.sign(&key));
+        let good = Record::new(RecordKind::Station(peer).key(), value.clone());
+        assert!(check_record(&good, 2).is_ok());
+        for cut in 0..value.len() {
+            let r = Record::new(RecordKind::Station(peer).key(), value[..cut].to_vec());
+            assert!(check_record(&r, 2).is_err(), "truncated at {cut} accepted");
+        }
+        let big = Record::new(RecordKind::Station(peer).key(), vec![0; MAX_VALUE + 1]);
+        assert!(matches!(check_record(&big, 2), Err(Invalid::TooLarge(_))));
+        // Stored under another station's key: refused.
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let moved = Record::new(RecordKind::Station(other).key(), value);
+        assert!(check_record(&moved, 2).is_err());
+    }
+}
