@@ -30,6 +30,8 @@ pub struct StationConfig {
     pub auth: bool,
     /// Trusted token issuers.
     pub trust: Vec<String>,
+    /// Peers whose admin proofs this station accepts, besides its own identity.
+    pub admins: Vec<libp2p::PeerId>,
     /// Region name, for choosing nearby stations.
     pub region: Option<String>,
     /// Latitude and longitude.
@@ -56,6 +58,7 @@ impl StationConfig {
             content_manager: false,
             auth: false,
             trust: Vec::new(),
+            admins: Vec::new(),
             region: None,
             coords: None,
             bandwidth_mbps: 1000,

@@ -46,6 +46,10 @@ struct Args {
     /// This station runs the content manager (ingest, publish, distribution).
     #[arg(long)]
     content_manager: bool,
+    /// A peer id whose admin proofs this station accepts (repeatable). The station's own
+    /// identity (DIR/identity.key) is always an admin.
+    #[arg(long = "admin", value_name = "PEERID")]
+    admins: Vec<libp2p::PeerId>,
     /// Region name, used to prefer nearby stations.
     #[arg(long, value_name = "NAME")]
     region: Option<String>,
@@ -109,6 +113,7 @@ async fn run(args: Args) -> Result<()> {
     config.max_streams = args.max_streams;
     config.home = args.home;
     config.content_manager = args.content_manager;
+    config.admins = args.admins;
     config.region = args.region;
     config.coords = args.coords;
     config.bandwidth_mbps = args.bandwidth;

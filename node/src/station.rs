@@ -32,6 +32,28 @@ pub fn engine_identity_path(data: &Path, index: usize) -> std::path::PathBuf {
         .join("identity.key")
 }
 
+/// Where engine `index` of a station configured by `config` keeps its segments: a directory
+/// of its own on every `--disk` (default `DATA/engines/<index>/segments`) and its index at
+/// `DATA/engines/<index>/store.redb`.
+pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineStorage {
+    let engine_dir = config.data.join("engines").join(index.to_string());
+    let disks = if config.disks.is_empty() {
+        vec![engine_dir.join("segments")]
+    } else {
+        config
+            .disks
+            .iter()
+            .map(|d| d.join(format!("engine-{index}")))
+            .collect()
+    };
+    engine::EngineStorage {
+        index: engine_dir.join("store.redb"),
+        disks,
+        capacity: config.capacity,
+        pin_all: config.home,
+    }
+}
+
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
@@ -45,10 +67,12 @@ impl Station {
         let mut engines = Vec::with_capacity(config.engines);
         for index in 0..config.engines {
             let key = identity::load_or_create(&engine_identity_path(&config.data, index))?;
+            let storage = engine_storage(&config, index);
             let handle = engine::start(
                 index,
                 key,
                 &config.listen,
+                storage,
                 reports.clone(),
                 shutdown_rx.clone(),
             )
@@ -72,7 +96,16 @@ impl Station {
         let mut reports_rx = reports_rx;
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
-        let dir = director::start(director_key, config, infos, reports_rx, shutdown_rx).await?;
+        let commands = engines.iter().map(|e| e.commands.clone()).collect();
+        let dir = director::start(
+            director_key,
+            config,
+            infos,
+            commands,
+            reports_rx,
+            shutdown_rx,
+        )
+        .await?;
 
         let node = NodeFile {
             director: PeerEntry {

@@ -1,7 +1,11 @@
 //! The `vodmesh` operator tool.
 //!
 //! - [`status`]: the whole swarm, found through the registry, as text or JSON.
+//! - [`ingest`]: a program into a home station.
+//! - [`programs`]: a content manager's catalog.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 
 pub mod demo;
+pub mod ingest;
+pub mod programs;
 pub mod status;
