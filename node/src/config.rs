@@ -22,6 +22,8 @@ pub struct StationConfig {
     pub capacity: u64,
     /// Concurrent streams per engine.
     pub max_streams: u32,
+    /// Re-hash every stored segment at start, dropping any that no longer match.
+    pub scrub: bool,
     /// This is a home station (keeps whole programs, never evicts).
     pub home: bool,
     /// This station runs the content manager.
@@ -54,6 +56,7 @@ impl StationConfig {
             disks: Vec::new(),
             capacity: 0,
             max_streams: 64,
+            scrub: false,
             home: false,
             content_manager: false,
             auth: false,

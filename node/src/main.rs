@@ -40,6 +40,10 @@ struct Args {
     /// Concurrent streams per engine.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_streams: u32,
+    /// Re-hash every stored segment at start (slow on big stores) and drop any that no longer
+    /// match; without it, corruption is still caught when a segment is read.
+    #[arg(long)]
+    scrub: bool,
     /// This is a home station: it keeps whole programs and never evicts them.
     #[arg(long)]
     home: bool,
@@ -112,6 +116,7 @@ async fn run(args: Args) -> Result<()> {
     config.capacity = args.capacity;
     config.max_streams = args.max_streams;
     config.home = args.home;
+    config.scrub = args.scrub;
     config.content_manager = args.content_manager;
     config.admins = args.admins;
     config.region = args.region;

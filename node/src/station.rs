@@ -51,6 +51,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
         disks,
         capacity: config.capacity,
         pin_all: config.home,
+        scrub: config.scrub,
     }
 }
 

@@ -3,8 +3,10 @@
 //! - [`status`]: the whole swarm, found through the registry, as text or JSON.
 //! - [`ingest`]: a program into a home station.
 //! - [`programs`]: a content manager's catalog.
+//! - [`bench`]: measurements as JSON, beside `dd` and other references.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 
+pub mod bench;
 pub mod demo;
 pub mod ingest;
 pub mod programs;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use vodmesh_tools::{demo, ingest, programs, status};
+use vodmesh_tools::{bench, demo, ingest, programs, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -70,6 +70,18 @@ enum Cmd {
     },
     /// The embedded default: a swarm of stations on loopback, started, checked and reported.
     Demo,
+    /// Measures the segment store beside dd on the same filesystem; prints JSON.
+    Bench {
+        /// Also write the JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Directory on the filesystem to measure (default: the system temp directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// MiB to write and read.
+        #[arg(long, default_value_t = 256, value_name = "MIB")]
+        mib: u64,
+    },
 }
 
 #[tokio::main]
@@ -149,6 +161,16 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Demo => demo::run().await?,
+        Cmd::Bench { json, dir, mib } => {
+            let dir = dir.unwrap_or_else(std::env::temp_dir);
+            let result = bench::run(&dir, mib).await?;
+            let text = serde_json::to_string_pretty(&result)?;
+            println!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }

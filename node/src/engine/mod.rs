@@ -44,6 +44,8 @@ pub struct EngineStorage {
     pub capacity: u64,
     /// Pin every segment (home station).
     pub pin_all: bool,
+    /// Re-hash every stored segment at start and drop the bad ones.
+    pub scrub: bool,
 }
 
 /// A started engine.
@@ -90,6 +92,13 @@ pub async fn start(
         .await
         .with_context(|| format!("opening the segment store of engine {index}"))?;
     tracing::info!(index, ?reconciled, "engine store opened");
+    if storage.scrub {
+        let dropped = store
+            .scrub()
+            .await
+            .with_context(|| format!("scrubbing the segment store of engine {index}"))?;
+        tracing::info!(index, dropped = dropped.len(), "engine store scrubbed");
+    }
 
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
