@@ -35,6 +35,13 @@ pub enum EngineReport {
         /// The segment.
         segment: SegmentId,
     },
+    /// The number of streams this engine serves changed.
+    Streams {
+        /// Index of the engine.
+        index: usize,
+        /// Streams being served now.
+        active: u32,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.

@@ -52,6 +52,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
         capacity: config.capacity,
         pin_all: config.home,
         scrub: config.scrub,
+        max_streams: config.max_streams,
     }
 }
 

@@ -60,6 +60,26 @@ pub enum Request {
         /// The program.
         program: ProgramId,
     },
+    /// Which engine should stream this segment (claim 18: chosen by load and status).
+    Locate {
+        /// The program.
+        program: ProgramId,
+        /// The segment.
+        index: u32,
+    },
+}
+
+/// Where a console gets a segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentLocation {
+    /// The engine.
+    pub engine: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// The director of its station.
+    pub director: PeerId,
+    /// Still being copied in (stream follows as bytes land).
+    pub filling: bool,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.
@@ -116,6 +136,8 @@ pub enum Response {
     Programs(Vec<ProgramInfo>),
     /// A signed manifest.
     Manifest(Signed),
+    /// Where to get a segment.
+    Location(SegmentLocation),
 }
 
 /// Why a request failed.

@@ -12,6 +12,7 @@
 //! - [`catalog`]: the signed catalog record (program state and publish time).
 //! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
 //! - [`ingest`]: `/vodmesh/ingest/1`, segment bytes pushed into a home station's engines.
+//! - [`stream`]: `/vodmesh/stream/1`, an engine streaming a segment to a console.
 //! - [`station`]: the station record every director publishes in the registry.
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod net;
 pub mod signed;
 pub mod station;
+pub mod stream;
 pub mod time;
 pub mod token;
 

@@ -6,6 +6,7 @@
 //! last record expires.
 
 mod content;
+mod play;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -271,6 +272,12 @@ impl Director {
                 self.sessions.stored(&segment.program, segment.index.0);
                 return;
             }
+            EngineReport::Streams { index, active } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.streams = active;
+                }
+                return;
+            }
             EngineReport::Dropped { index, segment } => {
                 if let Some(Some(engine)) = self.engines.get(index) {
                     let _ = self.locations.remove(segment, &engine.peer_id);
@@ -428,6 +435,16 @@ impl Director {
                         }
                     },
                     None => Response::Programs(Vec::new()),
+                };
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Locate { program, index } => {
+                let response = match self.locate(program, index) {
+                    Ok(location) => Response::Location(location),
+                    Err(e) => Response::Error(e),
                 };
                 let _ = swarm
                     .behaviour_mut()

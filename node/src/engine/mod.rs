@@ -6,6 +6,7 @@
 //! - [`ingest`]: `/vodmesh/ingest/1`, segments pushed in during ingest.
 
 pub mod ingest;
+pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub struct EngineStorage {
     pub pin_all: bool,
     /// Re-hash every stored segment at start and drop the bad ones.
     pub scrub: bool,
+    /// Concurrent streams served at most.
+    pub max_streams: u32,
 }
 
 /// A started engine.
@@ -125,6 +128,20 @@ pub async fn start(
         reports.clone(),
     ));
 
+    let streams_in = control
+        .accept(vodmesh_proto::stream::PROTOCOL)
+        .context("registering the stream protocol")?;
+    let stream_task = tokio::spawn(stream::serve(
+        streams_in,
+        stream::StreamService {
+            index,
+            store: store.clone(),
+            reports: reports.clone(),
+            active: Arc::default(),
+            max_streams: storage.max_streams,
+        },
+    ));
+
     let _ = reports
         .send(EngineReport::Ready {
             index,
@@ -161,6 +178,7 @@ pub async fn start(
             }
         }
         ingest_task.abort();
+        stream_task.abort();
         if let Err(e) = task_store.shutdown().await {
             tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
         }
