@@ -17,6 +17,8 @@ use crate::store::SegmentStore;
 
 /// Bytes per read from the store and write to the stream.
 const CHUNK: usize = 256 * 1024;
+/// A console that takes no bytes for this long loses its stream (and its slot).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every stream task shares.
 #[derive(Clone)]
@@ -123,7 +125,16 @@ impl StreamService {
         reader.seek(request.offset);
         loop {
             match reader.read_next(CHUNK).await {
-                Ok(Some(bytes)) => stream.write_all(&bytes).await?,
+                Ok(Some(bytes)) => {
+                    tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "console stopped reading",
+                            )
+                        })??;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // A corrupt chunk is never sent: the console sees the stream end short.
