@@ -258,7 +258,7 @@ mod tests {
             Err(DelegationError::Stale)
         ));
         let mut forged = d.clone();
-        forged.payload = serde_bytes::ByteBuf::from(crate::codec::encode(&Delegation {
+        forged.payload = serde_bytes::ByteBuf::from(encode(&Delegation {
             to: tool,
             signed_ms: 5_000_000,
         }));

@@ -351,3 +351,135 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use vodmesh_proto::token::{Audience, Rights, TrustedIssuers};
+
+    use super::*;
+    use crate::auth::{Config, HashParams};
+
+    fn server(dir: &std::path::Path, admin: PeerId) -> Server {
+        let config = Config {
+            hash: HashParams::INSECURE_FOR_TESTS,
+            admins: vec![admin],
+            ..Config::default()
+        };
+        Server::open(dir, config).unwrap()
+    }
+
+    fn add_user(name: &str, delegation: Option<Signed>) -> Request {
+        Request::AddUser {
+            name: name.into(),
+            password: "long enough".into(),
+            admin: false,
+            rights: Rights::All,
+            admin_token: None,
+            delegation,
+        }
+    }
+
+    #[test]
+    fn admin_requests_act_for_the_signer_of_a_delegation_to_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Keypair::generate_ed25519();
+        let s = server(dir.path(), admin.public().to_peer_id());
+        let now = now_ms();
+        let wire = PeerId::random();
+
+        // The admin's delegation to this connection's peer: accepted.
+        let d = Delegation::sign(&admin, wire, now);
+        assert_eq!(
+            handle(&s, wire, add_user("a", Some(d.clone())), now),
+            Response::Done
+        );
+        // The same delegation replayed from another peer: refused.
+        let other = PeerId::random();
+        assert_eq!(
+            handle(&s, other, add_user("b", Some(d)), now),
+            Response::Error("admin delegation made for another peer".into())
+        );
+        // A stranger's delegation: the stranger is no admin.
+        let stranger = Keypair::generate_ed25519();
+        let d = Delegation::sign(&stranger, wire, now);
+        assert!(matches!(
+            handle(&s, wire, add_user("c", Some(d)), now),
+            Response::Error(e) if e.starts_with("not an admin")
+        ));
+        // No delegation: the connection's peer itself must be an admin.
+        assert!(matches!(
+            handle(&s, wire, add_user("d", None), now),
+            Response::Error(e) if e.starts_with("not an admin")
+        ));
+        // An old delegation: refused.
+        let d = Delegation::sign(&admin, wire, now - 120_000);
+        assert!(matches!(
+            handle(&s, wire, add_user("e", Some(d)), now),
+            Response::Error(e) if e.starts_with("admin delegation expired")
+        ));
+    }
+
+    #[test]
+    fn tokens_are_bound_to_the_calling_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = PeerId::random();
+        let s = server(dir.path(), admin);
+        let now = now_ms();
+        assert_eq!(
+            handle(&s, admin, add_user("alice", None), now),
+            Response::Done
+        );
+        let console = PeerId::random();
+        let login = Request::Login {
+            user: "alice".into(),
+            password: "long enough".into(),
+        };
+        let Response::Token(token) = handle(&s, console, login, now) else {
+            panic!("login refused");
+        };
+        let trusted: TrustedIssuers = [s.issuer_key()].into_iter().collect();
+        let claims = trusted
+            .verify(&token, now, Audience::Console, None, &console)
+            .unwrap();
+        assert_eq!(claims.subject, console);
+
+        // Engine tokens only for enrolled engines, each for itself.
+        let engine = PeerId::random();
+        assert!(matches!(
+            handle(&s, engine, Request::EngineToken, now),
+            Response::Error(e) if e.contains("is not enrolled")
+        ));
+        let station = PeerId::random();
+        let Response::Token(enroll) = handle(
+            &s,
+            admin,
+            Request::EnrollToken {
+                station,
+                admin_token: None,
+                delegation: None,
+            },
+            now,
+        ) else {
+            panic!("enroll token refused");
+        };
+        let enroll_req = Request::Enroll {
+            token: enroll,
+            engines: vec![engine],
+        };
+        // Presented by a peer other than the station it names: refused.
+        assert_eq!(
+            handle(&s, PeerId::random(), enroll_req.clone(), now),
+            Response::Error("token belongs to another peer".into())
+        );
+        assert_eq!(handle(&s, station, enroll_req, now), Response::Done);
+        let Response::Token(t) = handle(&s, engine, Request::EngineToken, now) else {
+            panic!("engine token refused");
+        };
+        assert!(
+            trusted
+                .verify(&t, now, Audience::Engine, None, &engine)
+                .is_ok()
+        );
+    }
+}
