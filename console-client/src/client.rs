@@ -47,16 +47,22 @@ pub enum ClientError {
 #[derive(NetworkBehaviour)]
 struct ClientBehaviour {
     control: request_response::Behaviour<CborCodec<Request, Response>>,
+    streams: libp2p_stream::Behaviour,
 }
 
 type Reply = oneshot::Sender<Result<Response, ClientError>>;
 
+enum Cmd {
+    Request(Request, Reply),
+    Addresses(PeerId, Vec<Multiaddr>),
+}
+
 /// A connection to one director.
-#[derive(Debug)]
 pub struct DirectorClient {
     peer: PeerId,
     local: PeerId,
-    tx: mpsc::Sender<(Request, Reply)>,
+    tx: mpsc::Sender<Cmd>,
+    streams: libp2p_stream::Control,
     task: JoinHandle<()>,
 }
 
@@ -72,6 +78,7 @@ impl DirectorClient {
                 [(director::PROTOCOL, ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
             ),
+            streams: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| ClientError::Setup(e.to_string()))?;
         let unreachable = |reason: String| ClientError::Unreachable {
@@ -100,15 +107,21 @@ impl DirectorClient {
             Ok(Err(reason)) => return Err(unreachable(reason)),
             Err(_) => return Err(unreachable("timed out".into())),
         }
-        let (tx, mut rx) = mpsc::channel::<(Request, Reply)>(16);
+        let streams = swarm.behaviour().streams.new_control();
+        let (tx, mut rx) = mpsc::channel::<Cmd>(16);
         let task = tokio::spawn(async move {
             let mut pending: HashMap<OutboundRequestId, Reply> = HashMap::new();
             loop {
                 tokio::select! {
                     cmd = rx.recv() => match cmd {
-                        Some((request, reply)) => {
+                        Some(Cmd::Request(request, reply)) => {
                             let id = swarm.behaviour_mut().control.send_request(&peer, request);
                             pending.insert(id, reply);
+                        }
+                        Some(Cmd::Addresses(peer, addrs)) => {
+                            for addr in addrs {
+                                swarm.add_peer_address(peer, addr);
+                            }
                         }
                         None => break,
                     },
@@ -139,6 +152,7 @@ impl DirectorClient {
             peer,
             local,
             tx,
+            streams,
             task,
         })
     }
@@ -153,14 +167,56 @@ impl DirectorClient {
         self.local
     }
 
+    /// Tells the client where `peer` (an engine) listens, so streams to it can be opened.
+    pub async fn add_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), ClientError> {
+        self.tx
+            .send(Cmd::Addresses(peer, addrs))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Opens a stream of `protocol` to `peer` (whose address was added before), retrying
+    /// briefly: the remote accepts one pending stream at a time.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream, ClientError> {
+        let mut control = self.streams.clone();
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            match control.open_stream(peer, protocol.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        Err(ClientError::Request(format!(
+            "cannot open a stream to {peer}: {last}"
+        )))
+    }
+
     /// Sends `request` and waits for the answer.
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((request, reply))
+            .send(Cmd::Request(request, reply))
             .await
             .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
+impl std::fmt::Debug for DirectorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorClient")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
     }
 }
 

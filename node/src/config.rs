@@ -27,6 +27,8 @@ pub struct StationConfig {
     pub capacity: u64,
     /// Concurrent streams per engine.
     pub max_streams: u32,
+    /// Re-hash every stored segment at start, dropping any that no longer match.
+    pub scrub: bool,
     /// This is a home station (keeps whole programs, never evicts).
     pub home: bool,
     /// This station runs the content manager.
@@ -35,7 +37,7 @@ pub struct StationConfig {
     pub auth: bool,
     /// Trusted token issuers (`--trust`); an auth station also trusts its own key.
     pub trust: Vec<IssuerKey>,
-    /// Admin peers besides the station's own identity (`--admin`).
+    /// Peers whose admin proofs this station accepts, besides its own identity (`--admin`).
     pub admins: Vec<PeerId>,
     /// An enrollment token file (`--enroll`): presented to the auth server at start, after
     /// which this station's engines receive engine tokens.
@@ -68,6 +70,7 @@ impl StationConfig {
             disks: Vec::new(),
             capacity: 0,
             max_streams: 64,
+            scrub: false,
             home: false,
             content_manager: false,
             auth: false,

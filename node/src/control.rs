@@ -1,9 +1,11 @@
-//! The blade controller: the in-process channel from a station's engines to its director.
+//! The blade controller: the in-process channels between a station's director and its engines.
 //!
 //! Engines are separate libp2p peers, but they run in the station's process, so the director
-//! learns about them over a bounded channel rather than the network.
+//! and its engines talk over bounded channels rather than the network: engines report
+//! ([`EngineReport`]), the director commands ([`EngineCommand`]).
 
 use libp2p::{Multiaddr, PeerId};
+use vodmesh_proto::{SegmentHash, SegmentId};
 
 /// What an engine tells its director.
 #[derive(Clone, Debug)]
@@ -17,9 +19,51 @@ pub enum EngineReport {
         /// Where it listens.
         addrs: Vec<Multiaddr>,
     },
+    /// A segment was stored, verified and committed.
+    Stored {
+        /// Index of the engine.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+        /// Its size.
+        size: u64,
+    },
+    /// A segment is gone (found corrupt, or evicted).
+    Dropped {
+        /// Index of the engine.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.
         index: usize,
+    },
+}
+
+/// A segment an engine should accept from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The peer allowed to push it.
+    pub from: PeerId,
+    /// Its hash.
+    pub hash: SegmentHash,
+    /// Its size.
+    pub size: u64,
+}
+
+/// What a director tells one of its engines.
+#[derive(Clone, Debug)]
+pub enum EngineCommand {
+    /// Accept these segments, pushed over `/vodmesh/ingest/1` by the named peer.
+    Expect {
+        /// The segments.
+        segments: Vec<(SegmentId, Expected)>,
+    },
+    /// Keep these segments forever (the home station never evicts).
+    Pin {
+        /// The segments.
+        segments: Vec<SegmentId>,
     },
 }

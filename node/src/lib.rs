@@ -7,6 +7,7 @@
 //! - [`engine`]: one engine peer, with its own identity and listen addresses (the seed's blade).
 //! - [`store`]: an engine's segment store: independent I/O channels per disk, a redb index,
 //!   crash-safe verified writes, eviction; and the director's segment location table.
+//! - [`content`]: the content manager: ingest sessions and the catalog.
 //! - [`auth`]: the auth server's state: issuer key, subscriber database, rate-limited logins,
 //!   enrollment, token issuance.
 //! - [`control`]: the in-process channel between a director and its engines (the seed's blade
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod director;
 pub mod engine;

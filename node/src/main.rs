@@ -41,6 +41,10 @@ struct Args {
     /// Concurrent streams per engine.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_streams: u32,
+    /// Re-hash every stored segment at start (slow on big stores) and drop any that no longer
+    /// match; without it, corruption is still caught when a segment is read.
+    #[arg(long)]
+    scrub: bool,
     /// This is a home station: it keeps whole programs and never evicts them.
     #[arg(long)]
     home: bool,
@@ -57,10 +61,10 @@ struct Args {
     /// stream and no copy.
     #[arg(long, value_name = "ISSUER")]
     trust: Vec<IssuerKey>,
-    /// A peer id that is an admin of this station (repeatable). The station's own identity
-    /// (DIR/identity.key) always is.
-    #[arg(long, value_name = "PEERID")]
-    admin: Vec<PeerId>,
+    /// A peer id whose admin proofs this station accepts (repeatable). The station's own
+    /// identity (DIR/identity.key) is always an admin.
+    #[arg(long = "admin", value_name = "PEERID")]
+    admins: Vec<PeerId>,
     /// An enrollment token file (`vodmesh enroll`): presented to the auth server at start;
     /// the station's engines then receive engine tokens (DIR/engines/<i>/engine.token).
     #[arg(long, value_name = "FILE")]
@@ -127,10 +131,11 @@ async fn run(args: Args) -> Result<()> {
     config.capacity = args.capacity;
     config.max_streams = args.max_streams;
     config.home = args.home;
+    config.scrub = args.scrub;
     config.content_manager = args.content_manager;
     config.auth = args.auth;
     config.trust = args.trust;
-    config.admins = args.admin;
+    config.admins = args.admins;
     config.enroll = args.enroll;
     config.region = args.region;
     config.coords = args.coords;

@@ -38,6 +38,29 @@ pub fn engine_identity_path(data: &Path, index: usize) -> std::path::PathBuf {
         .join("identity.key")
 }
 
+/// Where engine `index` of a station configured by `config` keeps its segments: a directory
+/// of its own on every `--disk` (default `DATA/engines/<index>/segments`) and its index at
+/// `DATA/engines/<index>/store.redb`.
+pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineStorage {
+    let engine_dir = config.data.join("engines").join(index.to_string());
+    let disks = if config.disks.is_empty() {
+        vec![engine_dir.join("segments")]
+    } else {
+        config
+            .disks
+            .iter()
+            .map(|d| d.join(format!("engine-{index}")))
+            .collect()
+    };
+    engine::EngineStorage {
+        index: engine_dir.join("store.redb"),
+        disks,
+        capacity: config.capacity,
+        pin_all: config.home,
+        scrub: config.scrub,
+    }
+}
+
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
@@ -72,10 +95,12 @@ impl Station {
                 key: key.clone(),
                 dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             });
+            let storage = engine_storage(&config, index);
             let handle = engine::start(
                 index,
                 key,
                 &config.listen,
+                storage,
                 reports.clone(),
                 shutdown_rx.clone(),
             )
@@ -100,10 +125,12 @@ impl Station {
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
         let auth_server = config.auth_server.clone();
+        let commands = engines.iter().map(|e| e.commands.clone()).collect();
         let dir = director::start(
             director_key.clone(),
             config,
             infos,
+            commands,
             reports_rx,
             shutdown_rx.clone(),
         )

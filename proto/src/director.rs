@@ -10,7 +10,12 @@
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
+use libp2p::{Multiaddr, PeerId};
+
+use crate::catalog::ProgramState;
 use crate::codec::Limits;
+use crate::ids::ProgramId;
+use crate::manifest::ManifestContent;
 use crate::signed::Signed;
 
 /// The protocol name.
@@ -29,6 +34,64 @@ pub enum Request {
     Station,
     /// Every live station of the swarm, found through the registry.
     Swarm,
+    /// Start ingesting a program into this (home) station; answered with an
+    /// [`Response::IngestPlan`] naming the engine that takes each segment.
+    IngestBegin {
+        /// The program's content (segments with sizes and hashes).
+        content: ManifestContent,
+        /// When it becomes playable; `None` keeps it inactive until `vodmesh publish`.
+        publish_at_ms: Option<u64>,
+        /// How many other stations should hold a copy.
+        replicas: u32,
+        /// Admin proof for op `ingest` on the program id.
+        admin: Signed,
+    },
+    /// Every segment was pushed: verify, sign the manifest, enter it in the catalog.
+    IngestCommit {
+        /// The program.
+        program: ProgramId,
+        /// Admin proof for op `ingest-commit` on the program id.
+        admin: Signed,
+    },
+    /// The catalog: every program this station knows.
+    Programs,
+    /// A program's signed manifest.
+    Manifest {
+        /// The program.
+        program: ProgramId,
+    },
+}
+
+/// Where the segments of an ingest go: one engine and the segment indexes it takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineTarget {
+    /// The engine.
+    pub peer_id: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// The segments it takes.
+    pub segments: Vec<u32>,
+}
+
+/// A program as `vodmesh programs` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    /// The program id.
+    pub program: ProgramId,
+    /// Its title.
+    pub title: String,
+    /// Inactive or published.
+    pub state: ProgramState,
+    /// When it becomes (or became) playable.
+    pub publish_at_ms: Option<u64>,
+    /// Total bytes.
+    pub size: u64,
+    /// Media duration, ms.
+    pub duration_ms: u64,
+    /// Segment count.
+    pub segments: u32,
+    /// Directors of the stations holding it.
+    pub stations: Vec<PeerId>,
 }
 
 /// A director's answer.
@@ -40,6 +103,19 @@ pub enum Response {
     Swarm(Vec<Signed>),
     /// The request was refused or failed.
     Error(ErrorReply),
+    /// Where to push each segment of an ingest.
+    IngestPlan {
+        /// The program id the station computed.
+        program: ProgramId,
+        /// The engines and their segments.
+        engines: Vec<EngineTarget>,
+    },
+    /// One program.
+    Program(ProgramInfo),
+    /// The catalog.
+    Programs(Vec<ProgramInfo>),
+    /// A signed manifest.
+    Manifest(Signed),
 }
 
 /// Why a request failed.

@@ -12,6 +12,8 @@
 //! - [`signed`]: a signed envelope (CBOR payload + libp2p public key + signature) used for
 //!   station records, catalog records and manifests.
 //! - [`catalog`]: the signed catalog record (program state and publish time).
+//! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
+//! - [`ingest`]: `/vodmesh/ingest/1`, segment bytes pushed into a home station's engines.
 //! - [`station`]: the station record every director publishes in the registry.
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
@@ -19,11 +21,14 @@
 //! - [`token`]: security tokens: ed25519-signed CBOR claims bound to the holder's peer id,
 //!   issued by the auth server and verified offline by every director and engine.
 
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod codec;
 pub mod director;
 pub mod ids;
+pub mod ingest;
+pub mod manifest;
 pub mod net;
 pub mod signed;
 pub mod station;

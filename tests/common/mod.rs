@@ -176,3 +176,59 @@ pub fn status_directors(addr: &Multiaddr) -> Result<BTreeSet<String>> {
         .filter_map(|s| s["director"]["peer_id"].as_str().map(String::from))
         .collect())
 }
+
+/// Writes `len` pseudo-random bytes (seeded, so failures reproduce) to `path`.
+pub fn random_file(path: &Path, len: usize, seed: u64) -> Result<Vec<u8>> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut bytes = vec![0u8; len];
+    rng.fill_bytes(&mut bytes);
+    std::fs::write(path, &bytes)?;
+    Ok(bytes)
+}
+
+/// Every complete segment of `program` stored by engine `index` of the station at `data`
+/// (the station must be stopped), read back through the store, which verifies each chunk.
+/// Also returns what reconciling the store on open found.
+pub async fn engine_segments(
+    data: &Path,
+    engines: usize,
+    program: vodmesh_proto::ProgramId,
+) -> Result<(
+    std::collections::BTreeMap<u32, Vec<u8>>,
+    Vec<vodmesh_node::store::Reconciled>,
+)> {
+    use vodmesh_node::store::{self, SegmentState, SegmentStore};
+    let config = StationConfig::new(data);
+    let mut found = std::collections::BTreeMap::new();
+    let mut reports = Vec::new();
+    for index in 0..engines {
+        let storage = vodmesh_node::station::engine_storage(&config, index);
+        let (st, _events, reconciled) = SegmentStore::open_reconciled(store::Config::new(
+            &storage.index,
+            storage.disks.clone(),
+            u64::MAX / 4,
+        ))
+        .await?;
+        reports.push(reconciled);
+        for seg in st.list() {
+            if seg.program != program {
+                continue;
+            }
+            let info = st.info(&seg).context("listed segment without info")?;
+            if info.state != SegmentState::Complete {
+                bail!("segment {seg} is visible while still filling");
+            }
+            let mut reader = st.open_read(seg).await?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = reader.read_next(1 << 20).await? {
+                bytes.extend_from_slice(&chunk);
+            }
+            if found.insert(seg.index.0, bytes).is_some() {
+                bail!("segment {seg} stored twice");
+            }
+        }
+        st.shutdown().await?;
+    }
+    Ok((found, reports))
+}

@@ -1,9 +1,15 @@
 //! The `vodmesh` operator tool.
 //!
 //! - [`status`]: the whole swarm, found through the registry, as text or JSON.
+//! - [`ingest`]: a program into a home station.
+//! - [`programs`]: a content manager's catalog.
+//! - [`bench`]: measurements as JSON, beside `dd` and other references.
 //! - [`admin`]: `vodmesh user add` and `vodmesh enroll`, admin requests to the auth server.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 
 pub mod admin;
+pub mod bench;
 pub mod demo;
+pub mod ingest;
+pub mod programs;
 pub mod status;

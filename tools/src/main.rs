@@ -8,7 +8,7 @@ use libp2p::Multiaddr;
 use libp2p::PeerId;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Rights;
-use vodmesh_tools::{admin, demo, status};
+use vodmesh_tools::{admin, bench, demo, ingest, programs, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -58,8 +58,56 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Ingests a program into a home station (admin only); prints the program id last.
+    Ingest {
+        /// The home station's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// An admin identity of that station (its DIR/identity.key, or a key given to --admin).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The program's title.
+        #[arg(long)]
+        title: String,
+        /// When the program becomes playable: `now` or an RFC 3339 time. Without it the program
+        /// stays inactive until `vodmesh publish`.
+        #[arg(long, value_name = "now|RFC3339")]
+        publish_at: Option<String>,
+        /// How many other stations should hold a copy.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        replicas: u32,
+        /// Segment size for files without media segmentation, bytes.
+        #[arg(long, default_value_t = ingest::DEFAULT_SEGMENT_SIZE, value_name = "BYTES")]
+        segment_size: u64,
+        /// Nominal bitrate of files without media timing, bit/s (sets segment durations).
+        #[arg(long, default_value_t = ingest::DEFAULT_BITRATE, value_name = "BPS")]
+        bitrate: u64,
+        /// The source: a media file.
+        source: PathBuf,
+    },
+    /// Lists a content manager's programs.
+    Programs {
+        /// The content manager's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// Print {"programs": [...]} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The embedded default: a swarm of stations on loopback, started, checked and reported.
     Demo,
+    /// Measures the segment store beside dd on the same filesystem; prints JSON.
+    Bench {
+        /// Also write the JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Directory on the filesystem to measure (default: the system temp directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// MiB to write and read.
+        #[arg(long, default_value_t = 256, value_name = "MIB")]
+        mib: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,7 +209,60 @@ async fn run(args: Args) -> Result<()> {
                 out.display()
             );
         }
+        Cmd::Ingest {
+            node,
+            key,
+            title,
+            publish_at,
+            replicas,
+            segment_size,
+            bitrate,
+            source,
+        } => {
+            let publish_at_ms = publish_at
+                .as_deref()
+                .map(ingest::parse_publish_at)
+                .transpose()?;
+            let opts = ingest::IngestOptions {
+                node,
+                key,
+                title,
+                publish_at_ms,
+                replicas,
+                segment_size,
+                bitrate,
+                source,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let info = ingest::run(&opts).await?;
+            eprintln!(
+                "ingested \"{}\": {} segments, {} bytes",
+                info.title, info.segments, info.size
+            );
+            println!("{}", info.program);
+        }
+        Cmd::Programs { node, json } => {
+            let list = programs::fetch(&node).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&programs::to_json(&list))?
+                );
+            } else {
+                print!("{}", programs::to_text(&list));
+            }
+        }
         Cmd::Demo => demo::run().await?,
+        Cmd::Bench { json, dir, mib } => {
+            let dir = dir.unwrap_or_else(std::env::temp_dir);
+            let result = bench::run(&dir, mib).await?;
+            let text = serde_json::to_string_pretty(&result)?;
+            println!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! third of the record TTL, so that a station that stops disappears from the swarm once its
 //! last record expires.
 
+mod content;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -27,8 +29,10 @@ use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, WalkLimits};
 
 use crate::config::StationConfig;
-use crate::control::EngineReport;
+use crate::content::{Catalog, Sessions};
+use crate::control::{EngineCommand, EngineReport};
 use crate::listen::{dialable, is_tcp, listen_all, without_peer};
+use crate::store::locations::{Location, LocationState, LocationTable};
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
@@ -65,6 +69,16 @@ struct Director {
     registry_handle: RegistryHandle,
     bootstrap_peers: HashSet<PeerId>,
     replies: mpsc::Sender<(ResponseChannel<Response>, Response)>,
+    /// Peers whose admin proofs this station accepts: its own identity and `--admin`.
+    admins: Vec<PeerId>,
+    /// Commands to each engine, by index.
+    engine_commands: Vec<mpsc::Sender<EngineCommand>>,
+    /// Which engine holds which segment.
+    locations: LocationTable,
+    /// The content manager's catalog (with `--content-manager`).
+    catalog: Option<Catalog>,
+    /// Ingests in progress.
+    sessions: Sessions,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -73,6 +87,7 @@ pub async fn start(
     key: Keypair,
     config: StationConfig,
     engines: Vec<EngineInfo>,
+    engine_commands: Vec<mpsc::Sender<EngineCommand>>,
     mut reports: mpsc::Receiver<EngineReport>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<DirectorHandle> {
@@ -117,6 +132,15 @@ pub async fn start(
     }
     tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
 
+    let locations = LocationTable::open(&config.data.join("locations.redb"))
+        .context("opening the segment location table")?;
+    let catalog = if config.content_manager {
+        Some(Catalog::open(&config.data.join("catalog.redb")).context("opening the catalog")?)
+    } else {
+        None
+    };
+    let mut admins = vec![peer_id];
+    admins.extend(config.admins.iter().copied());
     let (registry_handle, mut commands) = RegistryHandle::channel(256);
     let (replies, mut replies_rx) = mpsc::channel(64);
     let mut director = Director {
@@ -128,6 +152,11 @@ pub async fn start(
         registry_handle: registry_handle.clone(),
         bootstrap_peers,
         replies,
+        admins,
+        engine_commands,
+        locations,
+        catalog,
+        sessions: Sessions::default(),
     };
     director.republish(&mut swarm);
     let republish_every = director.config.registry.republish_interval();
@@ -230,6 +259,26 @@ impl Director {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
                     engine.up = false;
                 }
+            }
+            EngineReport::Stored { index, segment, .. } => {
+                if let Some(Some(engine)) = self.engines.get(index) {
+                    let location = Location {
+                        engine: engine.peer_id,
+                        state: LocationState::Complete,
+                        load: 0,
+                    };
+                    if let Err(e) = self.locations.insert(segment, &location) {
+                        tracing::warn!(%segment, error = %e, "location table write failed");
+                    }
+                }
+                self.sessions.stored(&segment.program, segment.index.0);
+                return;
+            }
+            EngineReport::Dropped { index, segment } => {
+                if let Some(Some(engine)) = self.engines.get(index) {
+                    let _ = self.locations.remove(segment, &engine.peer_id);
+                }
+                return;
             }
         }
         self.republish(swarm);
@@ -343,6 +392,66 @@ impl Director {
                         };
                     let _ = replies.send((channel, response)).await;
                 });
+            }
+            Request::IngestBegin {
+                content,
+                publish_at_ms,
+                replicas,
+                admin,
+            } => {
+                let response = self
+                    .ingest_begin(peer, content, publish_at_ms, replicas, &admin)
+                    .unwrap_or_else(Response::Error);
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::IngestCommit { program, admin } => {
+                let response = match self.ingest_commit(program, &admin) {
+                    Ok((info, catalog_record)) => {
+                        self.announce(swarm, program, catalog_record);
+                        Response::Program(info)
+                    }
+                    Err(e) => Response::Error(e),
+                };
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Programs => {
+                let response = match &self.catalog {
+                    Some(catalog) => match catalog.all() {
+                        Ok(entries) => Response::Programs(
+                            entries
+                                .iter()
+                                .filter_map(|e| self.program_info(e))
+                                .collect(),
+                        ),
+                        Err(e) => {
+                            Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
+                        }
+                    },
+                    None => Response::Programs(Vec::new()),
+                };
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Manifest { program } => {
+                let response = match self.catalog.as_ref().map(|c| c.get(&program)) {
+                    Some(Ok(Some(entry))) => Response::Manifest(entry.manifest),
+                    Some(Err(e)) => {
+                        Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
+                    }
+                    _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "unknown program")),
+                };
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
             }
         }
     }

@@ -1,28 +1,54 @@
 //! An engine: one peer of a station that stores, copies and streams segments (the seed's
-//! blade). Each engine has its own identity and its own listen addresses, so consoles and
-//! other engines reach it directly; its director learns about it over the control channel.
+//! blade). Each engine has its own identity, its own listen addresses and its own segment
+//! store, so consoles and other engines reach it directly; its director commands it and hears
+//! from it over the control channel ([`crate::control`]).
+//!
+//! - [`ingest`]: `/vodmesh/ingest/1`, segments pushed in during ingest.
 
-use anyhow::Result;
+pub mod ingest;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, ping};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use vodmesh_proto::SegmentId;
 use vodmesh_proto::net::build_swarm;
 
-use crate::control::EngineReport;
+use crate::control::{EngineCommand, EngineReport, Expected};
 use crate::listen::{any_port, listen_all};
+use crate::store::{self, SegmentStore};
 
 /// The engine's libp2p protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct EngineBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    streams: libp2p_stream::Behaviour,
+}
+
+/// Where and how an engine keeps its segments.
+#[derive(Clone, Debug)]
+pub struct EngineStorage {
+    /// The redb index file.
+    pub index: PathBuf,
+    /// One directory per disk.
+    pub disks: Vec<PathBuf>,
+    /// Bytes of segments at most (0 = unbounded).
+    pub capacity: u64,
+    /// Pin every segment (home station).
+    pub pin_all: bool,
+    /// Re-hash every stored segment at start and drop the bad ones.
+    pub scrub: bool,
 }
 
 /// A started engine.
-#[derive(Debug)]
 pub struct EngineHandle {
     /// Index in the station.
     pub index: usize,
@@ -30,30 +56,75 @@ pub struct EngineHandle {
     pub peer_id: PeerId,
     /// Where it listens.
     pub addrs: Vec<Multiaddr>,
+    /// Its segment store.
+    pub store: SegmentStore,
+    /// Commands from the director.
+    pub commands: mpsc::Sender<EngineCommand>,
     /// Its event loop.
     pub task: JoinHandle<()>,
 }
 
+/// Segments the director told this engine to accept, shared with the stream tasks.
+pub(crate) type Expectations = Arc<Mutex<HashMap<SegmentId, Expected>>>;
+
 /// Starts engine `index` with identity `key`, listening on the hosts of `director_listen`
-/// (ports of its own).
+/// (ports of its own), storing segments as `storage` says.
 pub async fn start(
     index: usize,
     key: Keypair,
     director_listen: &[Multiaddr],
+    storage: EngineStorage,
     reports: mpsc::Sender<EngineReport>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
     let peer_id = key.public().to_peer_id();
+    for disk in &storage.disks {
+        std::fs::create_dir_all(disk).with_context(|| format!("creating {}", disk.display()))?;
+    }
+    let capacity = if storage.capacity == 0 {
+        u64::MAX / 4
+    } else {
+        storage.capacity
+    };
+    let mut config = store::Config::new(&storage.index, storage.disks.clone(), capacity);
+    config.pin_all = storage.pin_all;
+    let (store, mut events, reconciled) = SegmentStore::open_reconciled(config)
+        .await
+        .with_context(|| format!("opening the segment store of engine {index}"))?;
+    tracing::info!(index, ?reconciled, "engine store opened");
+    if storage.scrub {
+        let dropped = store
+            .scrub()
+            .await
+            .with_context(|| format!("scrubbing the segment store of engine {index}"))?;
+        tracing::info!(index, dropped = dropped.len(), "engine store scrubbed");
+    }
+
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
             identify::Config::new("/vodmesh/1".into(), k.public())
                 .with_agent_version(format!("vodmesh-engine/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: ping::Behaviour::default(),
+        streams: libp2p_stream::Behaviour::new(),
     })?;
     let listen: Vec<Multiaddr> = director_listen.iter().map(any_port).collect();
     let addrs = listen_all(&mut swarm, &listen).await?;
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
+
+    let expectations: Expectations = Arc::default();
+    let mut control = swarm.behaviour().streams.new_control();
+    let incoming = control
+        .accept(vodmesh_proto::ingest::PROTOCOL)
+        .context("registering the ingest protocol")?;
+    let ingest_task = tokio::spawn(ingest::serve(
+        incoming,
+        index,
+        store.clone(),
+        expectations.clone(),
+        reports.clone(),
+    ));
+
     let _ = reports
         .send(EngineReport::Ready {
             index,
@@ -61,6 +132,8 @@ pub async fn start(
             addrs: addrs.clone(),
         })
         .await;
+    let (commands, mut commands_rx) = mpsc::channel::<EngineCommand>(64);
+    let task_store = store.clone();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -74,7 +147,22 @@ pub async fn start(
                         tracing::debug!(index, %error, "engine: incoming connection failed");
                     }
                 }
+                Some(cmd) = commands_rx.recv() => on_command(&task_store, &expectations, cmd).await,
+                Some(event) = events.recv() => {
+                    let segment = match event {
+                        store::Event::Dropped { segment, reason } => {
+                            tracing::warn!(index, %segment, ?reason, "segment dropped");
+                            segment
+                        }
+                        store::Event::Evicted { segment } => segment,
+                    };
+                    let _ = reports.send(EngineReport::Dropped { index, segment }).await;
+                }
             }
+        }
+        ingest_task.abort();
+        if let Err(e) = task_store.shutdown().await {
+            tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
         }
         let _ = reports.send(EngineReport::Down { index }).await;
         tracing::info!(index, "engine stopped");
@@ -83,6 +171,35 @@ pub async fn start(
         index,
         peer_id,
         addrs,
+        store,
+        commands,
         task,
     })
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("index", &self.index)
+            .field("peer_id", &self.peer_id)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn on_command(store: &SegmentStore, expectations: &Expectations, cmd: EngineCommand) {
+    match cmd {
+        EngineCommand::Expect { segments } => {
+            if let Ok(mut map) = expectations.lock() {
+                map.extend(segments);
+            }
+        }
+        EngineCommand::Pin { segments } => {
+            for s in segments {
+                if let Err(e) = store.set_pinned(s, true).await {
+                    tracing::debug!(segment = %s, error = %e, "pin failed");
+                }
+            }
+        }
+    }
 }

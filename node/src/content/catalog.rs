@@ -1,0 +1,99 @@
+//! The content manager's catalog, in redb: every program it ingested, with its signed
+//! manifest and its signed catalog record (state and publish time).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::catalog::CatalogRecord;
+use vodmesh_proto::codec;
+use vodmesh_proto::manifest::{MAX_MANIFEST, Manifest};
+use vodmesh_proto::signed::Signed;
+
+const PROGRAMS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("programs");
+
+/// One program in the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// The signed manifest.
+    pub manifest: Signed,
+    /// The signed catalog record (what the registry holds).
+    pub record: Signed,
+}
+
+impl CatalogEntry {
+    /// The manifest, verified.
+    pub fn manifest(&self) -> Option<Manifest> {
+        Manifest::verify(&self.manifest).ok()
+    }
+
+    /// The catalog record, verified.
+    pub fn record(&self) -> Option<CatalogRecord> {
+        CatalogRecord::verify(&self.record).ok()
+    }
+}
+
+/// A catalog operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("catalog: {0}")]
+pub struct Error(String);
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error(e.to_string())
+}
+
+/// The catalog file.
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Database::create(path).map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(PROGRAMS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Self { db })
+    }
+
+    /// Stores (or replaces) a program's entry, durably.
+    pub fn put(&self, program: &ProgramId, entry: &CatalogEntry) -> Result<(), Error> {
+        let bytes = codec::encode(entry);
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(PROGRAMS)
+            .map_err(err)?
+            .insert(program.as_bytes(), bytes.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// A program's entry.
+    pub fn get(&self, program: &ProgramId) -> Result<Option<CatalogEntry>, Error> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(PROGRAMS).map_err(err)?;
+        let Some(v) = table.get(program.as_bytes()).map_err(err)? else {
+            return Ok(None);
+        };
+        codec::decode(v.value(), MAX_MANIFEST * 2)
+            .map(Some)
+            .map_err(err)
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> Result<Vec<CatalogEntry>, Error> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(PROGRAMS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (_, v) = row.map_err(err)?;
+            match codec::decode(v.value(), MAX_MANIFEST * 2) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable catalog entry"),
+            }
+        }
+        Ok(out)
+    }
+}

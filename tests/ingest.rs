@@ -1,0 +1,99 @@
+//! Ingest into a home station: the bytes stored on the engines are the bytes of the source,
+//! spread over the engines; only admins ingest; bad sources fail with one clear error and
+//! leave nothing in the catalog.
+
+use vodmesh_node::{Station, StationConfig};
+use vodmesh_tests::{engine_segments, init_logging, random_file};
+use vodmesh_tools::ingest::{self, IngestOptions};
+
+async fn home_station(dir: &std::path::Path) -> anyhow::Result<Station> {
+    let mut config = StationConfig::new(dir);
+    config.engines = 3;
+    config.home = true;
+    config.content_manager = true;
+    Station::start(config).await
+}
+
+fn options(station: &Station, key: &std::path::Path, source: &std::path::Path) -> IngestOptions {
+    IngestOptions {
+        node: station.addr().clone(),
+        key: key.to_path_buf(),
+        title: "sixty-four".into(),
+        publish_at_ms: None,
+        replicas: 0,
+        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
+        bitrate: ingest::DEFAULT_BITRATE,
+        source: source.to_path_buf(),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_file_is_stored_exactly_across_the_engines() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let source = dir.path().join("program.bin");
+    let bytes = random_file(&source, 64 * 1024 * 1024, 7)?;
+    let station = home_station(&data).await?;
+    let info = ingest::run(&options(&station, &data.join("identity.key"), &source)).await?;
+    assert_eq!(info.segments, 16);
+    assert_eq!(info.size, bytes.len() as u64);
+    let listed = vodmesh_tools::programs::fetch(station.addr()).await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].program, info.program);
+    station.shutdown().await;
+
+    let (segments, _) = engine_segments(&data, 3, info.program).await?;
+    assert_eq!(segments.len(), 16, "every segment stored exactly once");
+    let joined: Vec<u8> = segments.into_values().flatten().collect();
+    assert!(
+        joined == bytes,
+        "segments concatenated differ from the source"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admins_and_bad_sources_are_refused_and_leave_nothing() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let source = dir.path().join("program.bin");
+    random_file(&source, 3 * 1024 * 1024, 8)?;
+    let station = home_station(&data).await?;
+
+    let stranger = dir.path().join("stranger.key");
+    vodmesh_node::identity::save(&stranger, &libp2p::identity::Keypair::generate_ed25519())?;
+    let err = ingest::run(&options(&station, &stranger, &source))
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(err.as_deref(), Some("not an admin of this station"));
+
+    let missing = dir.path().join("missing.bin");
+    let err = ingest::run(&options(&station, &data.join("identity.key"), &missing))
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("cannot open")),
+        "{err:?}"
+    );
+
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"")?;
+    assert!(
+        ingest::run(&options(&station, &data.join("identity.key"), &empty))
+            .await
+            .is_err()
+    );
+
+    assert!(
+        vodmesh_tools::programs::fetch(station.addr())
+            .await?
+            .is_empty()
+    );
+    station.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! `vodmesh ingest`: a program into a home station.
+//!
+//! The source is cut into segments and hashed here; the station's content manager assigns each
+//! segment to an engine; the bytes are pushed to the engines over `/vodmesh/ingest/1`, several
+//! engines at once, each verifying as they arrive; the commit makes the content manager sign
+//! the manifest and enter the program in the catalog. The last line printed is the program id.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use futures::AsyncWriteExt;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use vodmesh_console::client::DirectorClient;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
+use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
+use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, ManifestContent, SegmentEntry};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, admin};
+
+/// Default segment size for files without media segmentation.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
+/// Default nominal bitrate of files without media timing, bits per second.
+pub const DEFAULT_BITRATE: u64 = 8_000_000;
+
+/// What to ingest and how.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// The home station's director.
+    pub node: Multiaddr,
+    /// The admin key that signs the request.
+    pub key: PathBuf,
+    /// The program's title.
+    pub title: String,
+    /// When it becomes playable (`None`: inactive until `vodmesh publish`).
+    pub publish_at_ms: Option<u64>,
+    /// Copies wanted on other stations.
+    pub replicas: u32,
+    /// Segment size for plain files.
+    pub segment_size: u64,
+    /// Nominal bitrate for plain files, bit/s.
+    pub bitrate: u64,
+    /// The source file.
+    pub source: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Parses `--publish-at`: `now` or an RFC 3339 time.
+pub fn parse_publish_at(s: &str) -> Result<u64> {
+    if s == "now" {
+        return Ok(now_ms());
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!(
+                "--publish-at {s}: expected `now` or an RFC 3339 time like 2026-12-01T20:00:00Z"
+            )
+        })?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).context("--publish-at before 1970")
+}
+
+/// Cuts `path` into segments of `size` bytes and hashes each.
+pub async fn segment_file(path: &Path, size: u64, bitrate: u64) -> Result<ManifestContent> {
+    if size == 0 || size > MAX_SEGMENT_SIZE {
+        bail!("segment size must be 1 byte to 256 MiB");
+    }
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().await?.len();
+    if len == 0 {
+        bail!("{} is empty", path.display());
+    }
+    let mut segments = Vec::new();
+    let mut buf = vec![0u8; size as usize];
+    let mut offset = 0u64;
+    let mut index = 0u32;
+    while offset < len {
+        let n = (len - offset).min(size) as usize;
+        file.read_exact(&mut buf[..n])
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let bits = n as u64 * 8;
+        segments.push(SegmentEntry {
+            index,
+            duration_ms: ((bits * 1000) / bitrate.max(1)).max(1) as u32,
+            size: n as u64,
+            hash: SegmentHash::of(&buf[..n]),
+        });
+        offset += n as u64;
+        index += 1;
+    }
+    let title = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(ManifestContent {
+        title,
+        content_type: content_type(path).to_string(),
+        duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
+        segments,
+    })
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ts") => "video/mp2t",
+        Some("mp4" | "m4v") => "video/mp4",
+        Some("mkv") => "video/x-matroska",
+        Some("webm") => "video/webm",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Ingests as `opts` says; returns the program's catalog entry.
+pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
+    let key = vodmesh_node::identity::load(&opts.key)?;
+    if opts.source.to_string_lossy().contains("://")
+        || opts.source.extension().is_some_and(|e| e == "m3u8")
+    {
+        bail!(
+            "only local media files can be ingested so far (HLS playlists and URLs are not supported yet)"
+        );
+    }
+    let mut content = segment_file(&opts.source, opts.segment_size, opts.bitrate).await?;
+    content.title = opts.title.clone();
+    let program = content.program_id();
+    let total = content.total_size();
+    let client = DirectorClient::connect(&opts.node, None).await?;
+    let director = client.peer();
+    let proof = admin::prove(&key, "ingest", program.as_bytes(), director, now_ms());
+    let plan = match client
+        .request(Request::IngestBegin {
+            content: content.clone(),
+            publish_at_ms: opts.publish_at_ms,
+            replicas: opts.replicas,
+            admin: proof,
+        })
+        .await?
+    {
+        Response::IngestPlan {
+            program: p,
+            engines,
+        } if p == program => engines,
+        Response::IngestPlan { .. } => bail!("the station computed another program id"),
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let bar = if opts.progress {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} segments {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = content.segments.len();
+    for target in &plan {
+        client
+            .add_addresses(target.peer_id, target.addrs.clone())
+            .await?;
+    }
+    // One pusher per engine, all engines at once.
+    stream::iter(plan.iter())
+        .map(|target| {
+            push_engine(
+                &client,
+                &opts.source,
+                &content,
+                program,
+                target,
+                opts.segment_size,
+                &bar,
+                &done,
+                count,
+            )
+        })
+        .buffer_unordered(plan.len().max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    bar.finish_and_clear();
+    let proof = admin::prove(
+        &key,
+        "ingest-commit",
+        program.as_bytes(),
+        director,
+        now_ms(),
+    );
+    match client
+        .request(Request::IngestCommit {
+            program,
+            admin: proof,
+        })
+        .await?
+    {
+        Response::Program(info) => Ok(info),
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_engine(
+    client: &DirectorClient,
+    source: &Path,
+    content: &ManifestContent,
+    program: ProgramId,
+    target: &EngineTarget,
+    segment_size: u64,
+    bar: &ProgressBar,
+    done: &std::sync::atomic::AtomicUsize,
+    count: usize,
+) -> Result<()> {
+    let mut file = tokio::fs::File::open(source)
+        .await
+        .with_context(|| format!("cannot open {}", source.display()))?;
+    let mut buf = Vec::new();
+    for &index in &target.segments {
+        let entry = content
+            .segment(index)
+            .with_context(|| format!("plan names unknown segment {index}"))?;
+        file.seek(std::io::SeekFrom::Start(u64::from(index) * segment_size))
+            .await?;
+        buf.resize(entry.size as usize, 0);
+        file.read_exact(&mut buf)
+            .await
+            .with_context(|| format!("{} changed during ingest", source.display()))?;
+        if SegmentHash::of(&buf) != entry.hash {
+            bail!(
+                "{} changed during ingest (segment {index} differs); nothing was committed",
+                source.display()
+            );
+        }
+        let mut stream = client.open_stream(target.peer_id, ingest::PROTOCOL).await?;
+        let header = IngestHeader {
+            segment: SegmentId::new(program, index),
+            hash: entry.hash,
+            size: entry.size,
+        };
+        write_frame(&mut stream, &header).await?;
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        let ack: IngestAck = read_frame(&mut stream, ingest::MAX_FRAME)
+            .await
+            .with_context(|| {
+                format!(
+                    "engine {} did not acknowledge segment {index}",
+                    target.peer_id
+                )
+            })?;
+        if let IngestAck::Refused(why) = ack {
+            bail!("engine refused segment {index}: {why}");
+        }
+        let _ = stream.close().await;
+        bar.inc(entry.size);
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        bar.set_message(format!("{n}/{count}"));
+    }
+    Ok(())
+}
+
+/// Loads `path` as an identity key (used by `ingest` and `publish`).
+pub fn load_key(path: &Path) -> Result<Keypair> {
+    vodmesh_node::identity::load(path)
+}
