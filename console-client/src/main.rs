@@ -1,4 +1,4 @@
-//! `vodmesh-console`: list programs and play them from the swarm.
+//! `vodmesh-console`: log in, list programs and play them from the swarm.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,11 +7,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use libp2p::Multiaddr;
+use vodmesh_console::auth::{AuthClient, Home, find_auth_server, read_password, write_private};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_console::play::{self, PlayStats, Speed};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::Audience;
 
 /// The vodmesh subscriber console: list programs and play them, each segment streamed from
 /// the engine that holds it and verified against the program's signed manifest.
+///
+/// The console keeps its identity and tokens under $VODMESH_HOME (default: the platform data
+/// directory, e.g. ~/.local/share/vodmesh): identity.key and tokens/console.token.
 #[derive(Parser, Debug)]
 #[command(name = "vodmesh-console", version)]
 enum Cmd {
@@ -44,6 +50,22 @@ enum Cmd {
         /// The program id or its exact title.
         program: String,
     },
+    /// Proves a subscriber to the auth server (found through the swarm) and stores the console
+    /// token, bound to this console's identity, in $VODMESH_HOME/tokens/console.token.
+    Login {
+        /// Any station's director address, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// Subscriber name.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// The password, first line of this file.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// Ask for an admin token instead (tokens/admin.token), for admin subscribers.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Asks a director for its station record and prints it.
     Ping {
         /// The director's address, ending in /p2p/<peer id>.
@@ -70,6 +92,12 @@ async fn main() {
     let result = match Cmd::parse() {
         Cmd::Ping { node } => ping(&node).await,
         Cmd::Ls { node } => ls(&node).await,
+        Cmd::Login {
+            node,
+            user,
+            password_file,
+            admin,
+        } => login(&node, &user, &password_file, admin).await,
         Cmd::Play {
             node,
             start,
@@ -173,7 +201,7 @@ async fn ping(node: &Multiaddr) -> Result<()> {
     let client = DirectorClient::connect(node, None).await?;
     match client.request(Request::Station).await? {
         Response::Station(signed) => {
-            let rec = StationRecord::verify(&signed, vodmesh_proto::time::now_ms())?;
+            let rec = StationRecord::verify(&signed, now_ms())?;
             println!(
                 "station {} with {} engine(s)",
                 rec.director,
@@ -184,4 +212,44 @@ async fn ping(node: &Multiaddr) -> Result<()> {
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer: {other:?}"),
     }
+}
+async fn login(
+    node: &Multiaddr,
+    user: &str,
+    password_file: &std::path::Path,
+    admin: bool,
+) -> Result<()> {
+    let password = read_password(password_file)?;
+    let home = Home::from_env()?;
+    let key = home.identity()?;
+    let me = key.public().to_peer_id();
+    let server = find_auth_server(node, key.clone()).await?;
+    let client = AuthClient::connect(&server, key).await?;
+    let user = user.to_string();
+    let (request, audience, kind) = if admin {
+        (
+            vodmesh_proto::auth::Request::AdminLogin { user, password },
+            Audience::Admin,
+            "admin",
+        )
+    } else {
+        (
+            vodmesh_proto::auth::Request::Login { user, password },
+            Audience::Console,
+            "console",
+        )
+    };
+    let token = client.token(request).await?;
+    let claims = server
+        .trusted()
+        .verify(&token, now_ms(), audience, None, &me)
+        .context("the auth server returned an invalid token")?;
+    let path = home.token_path(kind);
+    write_private(&path, &token, "token")?;
+    let hours = claims.expires_ms.saturating_sub(now_ms()) / 3_600_000;
+    println!(
+        "logged in: {kind} token for {me} (valid {hours} h) in {}",
+        path.display()
+    );
+    Ok(())
 }

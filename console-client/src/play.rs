@@ -220,23 +220,22 @@ pub async fn play<W: AsyncWrite + Unpin>(
             .content
             .segment(index)
             .context("manifest lost a segment")?;
-        if speed == Speed::Realtime {
-            if let Some((wall, at_ms)) = clock {
-                // Play position of this segment's start on the wall clock.
-                let due = wall + Duration::from_millis(media_ms.saturating_sub(at_ms));
-                let now = Instant::now();
-                if now > due + Duration::from_millis(50) {
-                    stats.stalls += 1;
-                    clock = Some((now, media_ms));
-                } else {
-                    // Keep one segment buffered ahead of the play position.
-                    let release =
-                        due.checked_sub(Duration::from_millis(u64::from(entry.duration_ms)));
-                    if let Some(release) = release
-                        && release > now
-                    {
-                        tokio::time::sleep_until(release.into()).await;
-                    }
+        if speed == Speed::Realtime
+            && let Some((wall, at_ms)) = clock
+        {
+            // Play position of this segment's start on the wall clock.
+            let due = wall + Duration::from_millis(media_ms.saturating_sub(at_ms));
+            let now = Instant::now();
+            if now > due + Duration::from_millis(50) {
+                stats.stalls += 1;
+                clock = Some((now, media_ms));
+            } else {
+                // Keep one segment buffered ahead of the play position.
+                let release = due.checked_sub(Duration::from_millis(u64::from(entry.duration_ms)));
+                if let Some(release) = release
+                    && release > now
+                {
+                    tokio::time::sleep_until(release.into()).await;
                 }
             }
         }

@@ -3,6 +3,8 @@
 //! Directors, engines, consoles and the `vodmesh` tool all speak the messages defined here, so
 //! they live in one small crate:
 //!
+//! - [`auth`]: `/vodmesh/auth/1`, logins, user administration, enrollment and engine tokens,
+//!   answered by the auth station's director.
 //! - [`ids`]: typed identifiers (`ProgramId`, `SegmentIndex`, `SegmentHash`, `SegmentId`,
 //!   `StationId`) with `Display`, `FromStr`, serde and a short form for log fields.
 //! - [`codec`]: the CBOR codec (cbor4ii via serde) with an explicit size limit on every decode,
@@ -21,6 +23,7 @@
 //!   issued by the auth server and verified offline by every director and engine.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod codec;
 pub mod director;

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,6 +42,7 @@ pub(crate) struct DirectorBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
+    auth: Toggle<crate::auth::service::Behaviour>,
 }
 
 /// The identify protocol string every vodmesh peer announces.
@@ -107,6 +109,7 @@ pub async fn start(
             [(director::PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
+        auth: crate::auth::service::behaviour(config.auth_server.clone()),
     })?;
     let addrs = listen_all(&mut swarm, &config.listen).await?;
     for addr in &addrs {
@@ -213,7 +216,7 @@ impl Director {
                 content_manager: self.config.content_manager,
                 auth: self.config.auth,
             },
-            issuer: None,
+            issuer: (self.config.auth_server.as_ref()).map(|s| s.issuer_key().to_string()),
             issued_ms: now,
             expires_ms: in_ms(self.config.registry.record_ttl),
         }
@@ -338,6 +341,9 @@ impl Director {
                 request_response::Event::InboundFailure { peer, error, .. },
             )) => {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
+            }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
+                crate::auth::service::on_event(event);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. }
                 if self.bootstrap_peers.remove(&peer_id) =>
