@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use vodmesh_tests::{NodeProcess, bin, random_file, vodmesh};
+use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
 
 fn play(
     node: &NodeProcess,
@@ -16,6 +16,7 @@ fn play(
     let out = dir.join("played.bin");
     let stats = dir.join("stats.json");
     let status = Command::new(bin("vodmesh-console"))
+        .env("VODMESH_HOME", dir.join("console"))
         .args(["play", "--node", &node.addr.to_string()])
         .arg("--out")
         .arg(&out)
@@ -42,25 +43,45 @@ fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> anyhow::Res
             "3",
             "--home",
             "--content-manager",
+            "--auth",
             "--record-ttl",
             "10",
         ],
     )?;
     let boot = home.addr.to_string();
+    let issuer = issuer_of(&dir.path().join("home"))?;
     let second = NodeProcess::start(
         &dir.path().join("second"),
-        &["--engines", "2", "--bootstrap", &boot, "--record-ttl", "10"],
+        &[
+            "--engines",
+            "2",
+            "--bootstrap",
+            &boot,
+            "--record-ttl",
+            "10",
+            "--trust",
+            &issuer,
+        ],
     )?;
+    let via = second.addr.to_string();
     let third = NodeProcess::start(
         &dir.path().join("third"),
         &[
             "--engines",
             "2",
             "--bootstrap",
-            &second.addr.to_string(),
+            &via,
             "--record-ttl",
             "10",
+            "--trust",
+            &issuer,
         ],
+    )?;
+    subscriber(
+        &home.addr,
+        &dir.path().join("home/identity.key"),
+        &dir.path().join("console"),
+        "ann",
     )?;
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 48 * 1024 * 1024, 21)?;
@@ -114,7 +135,13 @@ fn real_time_playback_of_a_short_program_never_stalls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let home = NodeProcess::start(
         &dir.path().join("home"),
-        &["--engines", "2", "--home", "--content-manager"],
+        &["--engines", "2", "--home", "--content-manager", "--auth"],
+    )?;
+    subscriber(
+        &home.addr,
+        &dir.path().join("home/identity.key"),
+        &dir.path().join("console"),
+        "bo",
     )?;
     let source = dir.path().join("short.bin");
     // 8 segments of 128 KiB at 2 Mbit/s: 0.52 s each, 4.2 s of media.
@@ -152,7 +179,10 @@ fn real_time_playback_of_a_short_program_never_stalls() -> anyhow::Result<()> {
 #[test]
 fn an_unpublished_program_is_refused_with_one_line() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(&dir.path().join("home"), &["--home", "--content-manager"])?;
+    let home = NodeProcess::start(
+        &dir.path().join("home"),
+        &["--home", "--content-manager", "--auth"],
+    )?;
     let source = dir.path().join("p.bin");
     random_file(&source, 100_000, 23)?;
     let key = dir.path().join("home/identity.key");
@@ -185,5 +215,80 @@ fn an_unpublished_program_is_refused_with_one_line() -> anyhow::Result<()> {
         out.stdout.is_empty(),
         "bytes of an unpublished program were sent"
     );
+    Ok(())
+}
+
+#[test]
+fn no_token_or_a_copied_token_plays_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = NodeProcess::start(
+        &dir.path().join("home"),
+        &["--engines", "2", "--home", "--content-manager", "--auth"],
+    )?;
+    let untrusting = NodeProcess::start(
+        &dir.path().join("untrusting"),
+        &["--engines", "1", "--bootstrap", &home.addr.to_string()],
+    )?;
+    let console = dir.path().join("console");
+    subscriber(
+        &home.addr,
+        &dir.path().join("home/identity.key"),
+        &console,
+        "cy",
+    )?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 2 * 1024 * 1024, 24)?;
+    let key = dir.path().join("home/identity.key");
+    vodmesh(&[
+        "ingest",
+        "--node",
+        &home.addr.to_string(),
+        "--key",
+        &key.to_string_lossy(),
+        "--title",
+        "guarded",
+        "--publish-at",
+        "now",
+        &source.to_string_lossy(),
+    ])?;
+    let refused = |home_dir: &Path| -> anyhow::Result<String> {
+        let out = Command::new(bin("vodmesh-console"))
+            .env("VODMESH_HOME", home_dir)
+            .args([
+                "play",
+                "--node",
+                &home.addr.to_string(),
+                "--speed",
+                "max",
+                "--out",
+                "-",
+                "guarded",
+            ])
+            .output()?;
+        assert!(!out.status.success());
+        assert!(
+            out.stdout.is_empty(),
+            "bytes were sent without a valid token"
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+    // No login at all.
+    assert_eq!(
+        refused(&dir.path().join("anonymous"))?,
+        "error: no token: log in first (vodmesh-console login)"
+    );
+    // The token file copied to another console (another identity).
+    let thief = dir.path().join("thief");
+    std::fs::create_dir_all(thief.join("tokens"))?;
+    std::fs::copy(
+        console.join("tokens/console.token"),
+        thief.join("tokens/console.token"),
+    )?;
+    assert_eq!(refused(&thief)?, "error: token belongs to another peer");
+    // The rightful console plays.
+    let (played, stats) = play(&home, &["--speed", "max", "guarded"], dir.path())?;
+    assert!(played == bytes);
+    assert_eq!(stats["verified"], true);
+    drop(untrusting);
     Ok(())
 }

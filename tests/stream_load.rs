@@ -36,6 +36,8 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     config.home = true;
     config.content_manager = true;
     config.max_streams = 1;
+    let issuer = vodmesh_proto::token::Issuer::generate();
+    config.trust = vec![issuer.public()];
     let station = Station::start(config).await?;
     let source = dir.path().join("p.bin");
     random_file(&source, 16 * 1024 * 1024, 5)?;
@@ -52,7 +54,16 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     })
     .await?;
 
-    let client = DirectorClient::connect(station.addr(), None).await?;
+    let console = libp2p::identity::Keypair::generate_ed25519();
+    let token = issuer.issue(
+        console.public().to_peer_id(),
+        vodmesh_proto::token::Audience::Console,
+        vodmesh_proto::token::Rights::All,
+        now_ms(),
+        now_ms() + 3_600_000,
+    )?;
+    let token = Some(serde_bytes::ByteBuf::from(token));
+    let client = DirectorClient::connect(station.addr(), Some(console)).await?;
     let engine = station.engines[0].clone();
     client
         .add_addresses(engine.peer_id, engine.addrs.clone())
@@ -67,7 +78,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
         &StreamRequest {
             segment: SegmentId::new(info.program, 0),
             offset: 0,
-            token: None,
+            token: token.clone(),
         },
     )
     .await?;
@@ -87,7 +98,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
         &StreamRequest {
             segment: SegmentId::new(info.program, 1),
             offset: 0,
-            token: None,
+            token: token.clone(),
         },
     )
     .await?;

@@ -16,6 +16,9 @@ use vodmesh_proto::net::{build_swarm, peer_of};
 
 /// How long the first connection to a director may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening one stream may take before it is retried (a stream lost by the remote's
+/// one-deep inbound queue never completes).
+pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take (a swarm walk of a large swarm takes a while).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -203,7 +206,7 @@ impl DirectorClient {
         let mut last = String::new();
         for attempt in 0..5u64 {
             let open = control.open_stream(peer, protocol.clone());
-            match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+            match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
                 Ok(Ok(s)) => return Ok(s),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),

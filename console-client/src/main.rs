@@ -143,6 +143,21 @@ async fn run_play(
     speed: Speed,
     stats_file: Option<PathBuf>,
 ) -> Result<()> {
+    // The console's identity and token, from `vodmesh-console login`.
+    let home = Home::from_env()?;
+    let token_path = home.token_path("console");
+    let credentials = if token_path.exists() {
+        play::Credentials {
+            key: Some(home.identity()?),
+            token: Some(vodmesh_console::auth::read_small(
+                &token_path,
+                "console token",
+                64 * 1024,
+            )?),
+        }
+    } else {
+        play::Credentials::default()
+    };
     let show = std::io::stderr().is_terminal();
     let progress = |s: &PlayStats, at_ms: u64, total_ms: u64| {
         if show {
@@ -161,13 +176,31 @@ async fn run_play(
         (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
         (Some("-"), None) => {
             let mut stdout = tokio::io::stdout();
-            play::play(node, program, start, speed, &mut stdout, progress).await?
+            play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut stdout,
+                progress,
+            )
+            .await?
         }
         (Some(path), None) => {
             let mut file = tokio::fs::File::create(path)
                 .await
                 .with_context(|| format!("cannot create {path}"))?;
-            let stats = play::play(node, program, start, speed, &mut file, progress).await?;
+            let stats = play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut file,
+                progress,
+            )
+            .await?;
             file.sync_all().await?;
             stats
         }
@@ -178,7 +211,16 @@ async fn run_play(
                 .spawn()
                 .with_context(|| format!("cannot start the player: {cmd}"))?;
             let mut stdin = child.stdin.take().context("player has no stdin")?;
-            let stats = play::play(node, program, start, speed, &mut stdin, progress).await?;
+            let stats = play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut stdin,
+                progress,
+            )
+            .await?;
             drop(stdin);
             let _ = child.wait().await;
             stats

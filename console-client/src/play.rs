@@ -161,9 +161,19 @@ pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>>
         .collect())
 }
 
+/// Who is playing: the console's identity and the console token bound to it.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The console's identity (a fresh one if `None`; then no token can match it).
+    pub key: Option<libp2p::identity::Keypair>,
+    /// The console token from `vodmesh-console login`.
+    pub token: Option<Vec<u8>>,
+}
+
 /// Plays `program` from `start_s` seconds into `out`.
 pub async fn play<W: AsyncWrite + Unpin>(
     node: &Multiaddr,
+    credentials: &Credentials,
     program: &str,
     start_s: f64,
     speed: Speed,
@@ -171,8 +181,9 @@ pub async fn play<W: AsyncWrite + Unpin>(
     mut progress: impl FnMut(&PlayStats, u64, u64),
 ) -> Result<PlayStats> {
     let began = Instant::now();
-    let client = Arc::new(DirectorClient::connect(node, None).await?);
+    let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
     let program = resolve(&client, program).await?;
+    let token = Arc::new(credentials.token.clone());
     let directors = Arc::new(Directors {
         first: client.clone(),
         others: Default::default(),
@@ -193,7 +204,13 @@ pub async fn play<W: AsyncWrite + Unpin>(
         .map(|index| {
             let directors = directors.clone();
             let manifest = manifest.clone();
-            async move { (index, fetch(&directors, &manifest, index).await) }
+            let token = token.clone();
+            async move {
+                (
+                    index,
+                    fetch(&directors, &manifest, index, token.as_deref()).await,
+                )
+            }
         })
         .buffered(2);
     futures::pin_mut!(fetches);
@@ -266,6 +283,7 @@ async fn fetch(
     directors: &Directors,
     manifest: &Manifest,
     index: u32,
+    token: Option<&[u8]>,
 ) -> Result<(SegmentLocation, Vec<u8>)> {
     let entry = manifest
         .content
@@ -292,15 +310,14 @@ async fn fetch(
         &StreamRequest {
             segment: SegmentId::new(manifest.program, index),
             offset: 0,
-            token: None,
+            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
         },
     )
     .await?;
     let (size, hash) = match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await? {
         StreamReply::Streaming { size, hash } => (size, hash),
-        StreamReply::Refused(why) => {
-            bail!("engine {} refused segment {index}: {why}", location.engine)
-        }
+        // The engine's one line is the user's one line (`token expired`, ...).
+        StreamReply::Refused(why) => bail!("{why}"),
     };
     if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
         bail!(

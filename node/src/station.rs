@@ -102,6 +102,7 @@ impl Station {
                 key,
                 &config.listen,
                 storage,
+                trusted.clone(),
                 reports.clone(),
                 shutdown_rx.clone(),
             )

@@ -243,32 +243,56 @@ async fn push_engine(
                 source.display()
             );
         }
-        let mut stream = client.open_stream(target.peer_id, ingest::PROTOCOL).await?;
         let header = IngestHeader {
             segment: SegmentId::new(program, index),
             hash: entry.hash,
             size: entry.size,
         };
-        write_frame(&mut stream, &header).await?;
-        stream.write_all(&buf).await?;
-        stream.flush().await?;
-        let ack: IngestAck = read_frame(&mut stream, ingest::MAX_FRAME)
-            .await
-            .with_context(|| {
-                format!(
-                    "engine {} did not acknowledge segment {index}",
-                    target.peer_id
-                )
-            })?;
-        if let IngestAck::Refused(why) = ack {
-            bail!("engine refused segment {index}: {why}");
+        // A stream can be lost on the way (libp2p-stream drops inbound streams it cannot
+        // hand over at once); an engine that refuses is final, a lost stream is retried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match push_segment(client, target.peer_id, &header, &buf).await {
+                Ok(IngestAck::Stored) => break,
+                Ok(IngestAck::Refused(why)) => bail!("engine refused segment {index}: {why}"),
+                Err(e) if attempt < 4 => {
+                    tracing::debug!(index, attempt, error = %e, "segment push failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "pushing segment {index} to engine {}",
+                        target.peer_id
+                    )));
+                }
+            }
         }
-        let _ = stream.close().await;
         bar.inc(entry.size);
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         bar.set_message(format!("{n}/{count}"));
     }
     Ok(())
+}
+
+async fn push_segment(
+    client: &DirectorClient,
+    engine: libp2p::PeerId,
+    header: &IngestHeader,
+    bytes: &[u8],
+) -> Result<IngestAck> {
+    let mut stream = client.open_stream(engine, ingest::PROTOCOL).await?;
+    write_frame(&mut stream, header).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    let ack = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        read_frame::<_, IngestAck>(&mut stream, ingest::MAX_FRAME),
+    )
+    .await
+    .context("no acknowledgement within 60 s")??;
+    let _ = stream.close().await;
+    Ok(ack)
 }
 
 /// Loads `path` as an identity key (used by `ingest` and `publish`).

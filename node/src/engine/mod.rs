@@ -77,6 +77,7 @@ pub async fn start(
     key: Keypair,
     director_listen: &[Multiaddr],
     storage: EngineStorage,
+    trusted: vodmesh_proto::token::TrustedIssuers,
     reports: mpsc::Sender<EngineReport>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
@@ -139,6 +140,7 @@ pub async fn start(
             reports: reports.clone(),
             active: Arc::default(),
             max_streams: storage.max_streams,
+            trusted,
         },
     ));
 

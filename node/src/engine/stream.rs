@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, TrustedIssuers};
+
 use crate::control::EngineReport;
 use crate::store::SegmentStore;
 
@@ -28,6 +31,8 @@ pub(crate) struct StreamService {
     pub(crate) reports: mpsc::Sender<EngineReport>,
     pub(crate) active: Arc<AtomicU32>,
     pub(crate) max_streams: u32,
+    /// Issuers whose console tokens this station accepts; empty = serve no stream.
+    pub(crate) trusted: TrustedIssuers,
 }
 
 /// Accepts stream requests until the engine stops, each in a task of its own.
@@ -79,8 +84,34 @@ impl StreamService {
         Some(Slot { service: self })
     }
 
+    fn check_token(&self, peer: &PeerId, request: &StreamRequest) -> Result<(), String> {
+        if self.trusted.is_empty() {
+            return Err("this station trusts no token issuer and serves no stream".into());
+        }
+        let Some(token) = &request.token else {
+            return Err("no token: log in first (vodmesh-console login)".into());
+        };
+        self.trusted
+            .verify(
+                token,
+                now_ms(),
+                Audience::Console,
+                Some(&request.segment.program),
+                peer,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
         let request: StreamRequest = read_frame(&mut stream, MAX_FRAME).await?;
+        // No byte of a program leaves an engine without a valid console token, bound to the
+        // peer at the other end of this connection, for this program.
+        if let Err(why) = self.check_token(&peer, &request) {
+            tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
+            write_frame(&mut stream, &StreamReply::Refused(why)).await?;
+            return stream.close().await;
+        }
         let Some(_slot) = self.acquire() else {
             write_frame(
                 &mut stream,
