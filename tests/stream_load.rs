@@ -117,6 +117,53 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
         || async { Ok(streams(&client).await? == vec![0]) },
     )
     .await?;
+
+    // Claims 16 and 17: a Locate tells the chosen engine to preload; the engine reports the
+    // takeover and the stop of every stream, early or complete.
+    let location = match client
+        .request(Request::Locate {
+            program: info.program,
+            index: 2,
+        })
+        .await?
+    {
+        Response::Location(l) => l,
+        other => anyhow::bail!("unexpected {other:?}"),
+    };
+    assert_eq!(location.engine, engine.peer_id);
+    let mut full = client.open_stream(engine.peer_id, stream::PROTOCOL).await?;
+    write_frame(
+        &mut full,
+        &StreamRequest {
+            segment: SegmentId::new(info.program, 2),
+            offset: 0,
+            token: token.clone(),
+        },
+    )
+    .await?;
+    let StreamReply::Streaming { size, .. } = read_frame(&mut full, stream::MAX_FRAME).await?
+    else {
+        anyhow::bail!("refused");
+    };
+    let mut got = Vec::new();
+    futures::AsyncReadExt::read_to_end(&mut full, &mut got).await?;
+    assert_eq!(got.len() as u64, size);
+    wait_until(
+        "the complete stop to be reported",
+        Duration::from_secs(10),
+        || async {
+            let a = match client.request(Request::Activity).await? {
+                Response::Activity(a) => a,
+                other => anyhow::bail!("unexpected {other:?}"),
+            };
+            Ok(a.preloads == 1
+                && a.takeovers == 2
+                && a.stops_early == 1
+                && a.stops_complete == 1
+                && a.active == 0)
+        },
+    )
+    .await?;
     station.shutdown().await;
     Ok(())
 }

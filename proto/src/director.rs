@@ -60,6 +60,8 @@ pub enum Request {
         /// The program.
         program: ProgramId,
     },
+    /// This station's playback activity counters.
+    Activity,
     /// Which engine should stream this segment (claim 18: chosen by load and status).
     Locate {
         /// The program.
@@ -138,6 +140,23 @@ pub enum Response {
     Manifest(Signed),
     /// Where to get a segment.
     Location(SegmentLocation),
+    /// Playback activity counters.
+    Activity(Activity),
+}
+
+/// What a director heard from its engines about playback (claims 16 and 17).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Engines told to read a segment ahead of a console.
+    pub preloads: u64,
+    /// Streams an engine reported taking over.
+    pub takeovers: u64,
+    /// Streams that ended at the segment's end.
+    pub stops_complete: u64,
+    /// Streams that ended early (the console went away).
+    pub stops_early: u64,
+    /// Streams being served right now, over all engines.
+    pub active: u64,
 }
 
 /// Why a request failed.

@@ -80,6 +80,8 @@ struct Director {
     catalog: Option<Catalog>,
     /// Ingests in progress.
     sessions: Sessions,
+    /// Playback activity heard from the engines.
+    activity: director::Activity,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -158,6 +160,7 @@ pub async fn start(
         locations,
         catalog,
         sessions: Sessions::default(),
+        activity: Default::default(),
     };
     director.republish(&mut swarm);
     let republish_every = director.config.registry.republish_interval();
@@ -278,6 +281,30 @@ impl Director {
             EngineReport::Streams { index, active } => {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
                     engine.streams = active;
+                }
+                return;
+            }
+            EngineReport::TookOver {
+                index,
+                segment,
+                console,
+            } => {
+                tracing::debug!(index, %segment, %console, "engine took over the stream");
+                self.activity.takeovers += 1;
+                return;
+            }
+            EngineReport::Stopped {
+                index,
+                segment,
+                console,
+                bytes,
+                complete,
+            } => {
+                tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
+                if complete {
+                    self.activity.stops_complete += 1;
+                } else {
+                    self.activity.stops_early += 1;
                 }
                 return;
             }
@@ -449,13 +476,29 @@ impl Director {
             }
             Request::Locate { program, index } => {
                 let response = match self.locate(program, index) {
-                    Ok(location) => Response::Location(location),
+                    Ok(location) => {
+                        self.preload(&location, program, index);
+                        Response::Location(location)
+                    }
                     Err(e) => Response::Error(e),
                 };
                 let _ = swarm
                     .behaviour_mut()
                     .control
                     .send_response(channel, response);
+            }
+            Request::Activity => {
+                let mut activity = self.activity;
+                activity.active = self
+                    .engines
+                    .iter()
+                    .flatten()
+                    .map(|e| u64::from(e.streams))
+                    .sum();
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, Response::Activity(activity));
             }
             Request::Manifest { program } => {
                 let response = match self.catalog.as_ref().map(|c| c.get(&program)) {

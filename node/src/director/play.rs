@@ -7,6 +7,7 @@ use vodmesh_proto::director::{ErrorCode, ErrorReply, SegmentLocation};
 use vodmesh_proto::time::now_ms;
 
 use super::Director;
+use crate::control::EngineCommand;
 use crate::store::locations::LocationState;
 
 impl Director {
@@ -25,6 +26,23 @@ impl Director {
             },
             Ok(None) => Ok(()),
             Err(e) => Err(ErrorReply::new(ErrorCode::Internal, e.to_string())),
+        }
+    }
+
+    /// Tells the engine a console was just sent to that the segment is coming (claim 16).
+    pub(super) fn preload(&mut self, location: &SegmentLocation, program: ProgramId, index: u32) {
+        let engine = self
+            .engines
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| e.peer_id == location.engine));
+        if let Some(tx) = engine.and_then(|i| self.engine_commands.get(i))
+            && tx
+                .try_send(EngineCommand::Preload {
+                    segment: SegmentId::new(program, index),
+                })
+                .is_ok()
+        {
+            self.activity.preloads += 1;
         }
     }
 

@@ -214,6 +214,16 @@ async fn on_command(store: &SegmentStore, expectations: &Expectations, cmd: Engi
                 map.extend(segments);
             }
         }
+        EngineCommand::Preload { segment } => {
+            // Reading it through warms the page cache and verifies every chunk before the
+            // console asks; a bad chunk is caught and dropped here instead of mid-stream.
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Ok(mut reader) = store.open_read(segment).await {
+                    while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
+                }
+            });
+        }
         EngineCommand::Pin { segments } => {
             for s in segments {
                 if let Err(e) = store.set_pinned(s, true).await {

@@ -84,6 +84,37 @@ impl StreamService {
         Some(Slot { service: self })
     }
 
+    async fn send(
+        &self,
+        stream: &mut Stream,
+        reader: &mut crate::store::Reader,
+        offset: u64,
+        sent: &mut u64,
+    ) -> std::io::Result<()> {
+        reader.seek(offset);
+        loop {
+            match reader.read_next(CHUNK).await {
+                Ok(Some(bytes)) => {
+                    tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "console stopped reading",
+                            )
+                        })??;
+                    *sent += bytes.len() as u64;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // A corrupt chunk is never sent: the console sees the stream end short.
+                    tracing::warn!(index = self.index, error = %e, "stream aborted");
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            }
+        }
+    }
+
     fn check_token(&self, peer: &PeerId, request: &StreamRequest) -> Result<(), String> {
         if self.trusted.is_empty() {
             return Err("this station trusts no token issuer and serves no stream".into());
@@ -153,27 +184,23 @@ impl StreamService {
             },
         )
         .await?;
-        reader.seek(request.offset);
-        loop {
-            match reader.read_next(CHUNK).await {
-                Ok(Some(bytes)) => {
-                    tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes))
-                        .await
-                        .map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "console stopped reading",
-                            )
-                        })??;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // A corrupt chunk is never sent: the console sees the stream end short.
-                    tracing::warn!(index = self.index, segment = %request.segment, error = %e, "stream aborted");
-                    return Err(std::io::Error::other(e.to_string()));
-                }
-            }
-        }
+        let _ = self.reports.try_send(EngineReport::TookOver {
+            index: self.index,
+            segment: request.segment,
+            console: peer,
+        });
+        let mut sent = 0u64;
+        let result = self
+            .send(&mut stream, &mut reader, request.offset, &mut sent)
+            .await;
+        let _ = self.reports.try_send(EngineReport::Stopped {
+            index: self.index,
+            segment: request.segment,
+            console: peer,
+            bytes: sent,
+            complete: result.is_ok() && request.offset + sent == size,
+        });
+        result?;
         stream.close().await
     }
 }
