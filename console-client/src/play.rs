@@ -278,66 +278,110 @@ pub async fn play<W: AsyncWrite + Unpin>(
     Ok(stats)
 }
 
-/// Locates and streams one whole segment, verified.
+/// Locates and streams one whole segment, verified; a stream lost on the way (libp2p-stream
+/// drops an inbound stream its receiver is not ready for) is retried, a refusal is final.
 async fn fetch(
     directors: &Directors,
     manifest: &Manifest,
     index: u32,
     token: Option<&[u8]>,
 ) -> Result<(SegmentLocation, Vec<u8>)> {
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let once = tokio::time::timeout(
+            Duration::from_secs(60),
+            fetch_once(directors, manifest, index, token),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
+        match once {
+            Ok(done) => return Ok(done),
+            Err(Fetch::Final(e)) => return Err(e),
+            Err(Fetch::Lost(e)) if attempt >= 3 => return Err(e),
+            Err(Fetch::Lost(e)) => {
+                tracing::debug!(index, attempt, error = %e, "segment stream lost; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// Why one attempt failed.
+enum Fetch {
+    /// Refused or wrong: retrying cannot help.
+    Final(anyhow::Error),
+    /// The stream broke: another attempt may succeed.
+    Lost(anyhow::Error),
+}
+
+async fn fetch_once(
+    directors: &Directors,
+    manifest: &Manifest,
+    index: u32,
+    token: Option<&[u8]>,
+) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
+    let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
+    let lost = |e: anyhow::Error| Fetch::Lost(e);
     let entry = manifest
         .content
         .segment(index)
-        .with_context(|| format!("the manifest has no segment {index}"))?;
-    let location = match directors
+        .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
+    let answer = directors
         .ask(Request::Locate {
             program: manifest.program,
             index,
         })
-        .await?
-    {
+        .await
+        .map_err(lost)?;
+    let location = match answer {
         Response::Location(l) => l,
-        Response::Error(e) => bail!("{}", e.message),
-        other => bail!("unexpected answer: {other:?}"),
+        Response::Error(e) => return Err(fail(e.message)),
+        other => return Err(fail(format!("unexpected answer: {other:?}"))),
     };
+    let engine = location.engine;
     let client = &directors.first;
     client
-        .add_addresses(location.engine, location.addrs.clone())
-        .await?;
-    let mut s = client.open_stream(location.engine, wire::PROTOCOL).await?;
-    write_frame(
-        &mut s,
-        &StreamRequest {
-            segment: SegmentId::new(manifest.program, index),
-            offset: 0,
-            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
-        },
-    )
-    .await?;
-    let (size, hash) = match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await? {
+        .add_addresses(engine, location.addrs.clone())
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let mut s = client
+        .open_stream(engine, wire::PROTOCOL)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let request = StreamRequest {
+        segment: SegmentId::new(manifest.program, index),
+        offset: 0,
+        token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
+    };
+    write_frame(&mut s, &request)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let reply = read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let (size, hash) = match reply {
         StreamReply::Streaming { size, hash } => (size, hash),
         // The engine's one line is the user's one line (`token expired`, ...).
-        StreamReply::Refused(why) => bail!("{why}"),
+        StreamReply::Refused(why) => return Err(fail(why)),
     };
     if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
-        bail!(
-            "engine {} offers segment {index} that does not match the manifest",
-            location.engine
-        );
+        return Err(fail(format!(
+            "engine {engine} offers segment {index} that does not match the manifest"
+        )));
     }
     let mut bytes = vec![0u8; size as usize];
-    s.read_exact(&mut bytes).await.with_context(|| {
-        format!(
-            "segment {index} ended early from engine {}",
-            location.engine
-        )
+    s.read_exact(&mut bytes).await.map_err(|e| {
+        lost(anyhow::anyhow!(
+            "segment {index} ended early from engine {engine}: {e}"
+        ))
     })?;
     let _ = s.close().await;
     if SegmentHash::of(&bytes) != entry.hash {
-        bail!(
-            "segment {index} from engine {} failed verification",
-            location.engine
-        );
+        // Another attempt may be sent to another engine; the bad bytes are never written.
+        return Err(lost(anyhow::anyhow!(
+            "segment {index} from engine {engine} failed verification"
+        )));
     }
     Ok((location, bytes))
 }
