@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
@@ -122,8 +123,20 @@ impl DirectorClient {
                             pending.insert(id, reply);
                         }
                         Some(Cmd::Addresses(peer, addrs)) => {
+                            // Dial now rather than leave it to libp2p-stream: its dial
+                            // requests go through a one-slot channel, and when streams to
+                            // several new peers are opened at once the extra dial requests
+                            // are dropped and those opens wait forever (seen as 3-10 s
+                            // stalls at the start of an ingest to three engines).
+                            let opts = DialOpts::peer_id(peer)
+                                .addresses(addrs.clone())
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build();
                             for addr in addrs {
                                 swarm.add_peer_address(peer, addr);
+                            }
+                            if let Err(e) = swarm.dial(opts) {
+                                tracing::debug!(%peer, error = %e, "dial not started");
                             }
                         }
                         None => break,
