@@ -6,6 +6,10 @@
 //! last record expires.
 
 mod content;
+mod distribution;
+mod publish;
+
+pub use publish::NOT_PUBLISHED;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -77,6 +81,8 @@ struct Director {
     catalog: Option<Catalog>,
     /// Ingests in progress.
     sessions: Sessions,
+    /// Distribution and publish state.
+    dist: distribution::State,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -140,6 +146,7 @@ pub async fn start(
     admins.extend(config.admins.iter().copied());
     let (registry_handle, mut commands) = RegistryHandle::channel(256);
     let (replies, mut replies_rx) = mpsc::channel(64);
+    let (internal, mut internal_rx) = mpsc::channel(256);
     let mut director = Director {
         key,
         config,
@@ -154,8 +161,10 @@ pub async fn start(
         locations,
         catalog,
         sessions: Sessions::default(),
+        dist: distribution::State::new(internal),
     };
     director.republish(&mut swarm);
+    director.arm_schedule();
     let republish_every = director.config.registry.republish_interval();
     let task = tokio::spawn(async move {
         let mut republish = tokio::time::interval(republish_every);
@@ -173,6 +182,7 @@ pub async fn start(
                     director.registry.execute(&mut swarm.behaviour_mut().kad, cmd);
                 }
                 Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
+                Some(msg) = internal_rx.recv() => director.on_internal(&mut swarm, msg),
                 Some((channel, response)) = replies_rx.recv() => {
                     if swarm.behaviour_mut().control.send_response(channel, response).is_err() {
                         tracing::debug!("client went away before its answer");
@@ -269,6 +279,7 @@ impl Director {
                     }
                 }
                 self.sessions.stored(&segment.program, segment.index.0);
+                self.on_stored(swarm, segment);
                 return;
             }
             EngineReport::Dropped { index, segment } => {
@@ -332,6 +343,7 @@ impl Director {
             )) => {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
             }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => self.on_outbound(event),
             SwarmEvent::ConnectionEstablished { peer_id, .. }
                 if self.bootstrap_peers.remove(&peer_id) =>
             {
@@ -414,26 +426,7 @@ impl Director {
                     .control
                     .send_response(channel, response);
             }
-            Request::Programs => {
-                let response = match &self.catalog {
-                    Some(catalog) => match catalog.all() {
-                        Ok(entries) => Response::Programs(
-                            entries
-                                .iter()
-                                .filter_map(|e| self.program_info(e))
-                                .collect(),
-                        ),
-                        Err(e) => {
-                            Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
-                        }
-                    },
-                    None => Response::Programs(Vec::new()),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
-            }
+            Request::Programs => self.programs(channel),
             Request::Manifest { program } => {
                 let response = match self.catalog.as_ref().map(|c| c.get(&program)) {
                     Some(Ok(Some(entry))) => Response::Manifest(entry.manifest),
@@ -447,6 +440,7 @@ impl Director {
                     .control
                     .send_response(channel, response);
             }
+            other => self.on_content_request(swarm, peer, other, channel),
         }
     }
 }
