@@ -53,7 +53,10 @@ mod tests {
             segment: SegmentId::new(ProgramId([1; 32]), 4),
             token: None,
         };
-        assert_eq!(decode::<CopyRequest>(&encode(&req), MAX_FRAME).unwrap(), req);
+        assert_eq!(
+            decode::<CopyRequest>(&encode(&req), MAX_FRAME).unwrap(),
+            req
+        );
         for reply in [
             CopyReply::Sending {
                 size: 9,
@@ -61,7 +64,10 @@ mod tests {
             },
             CopyReply::Refused("no".into()),
         ] {
-            assert_eq!(decode::<CopyReply>(&encode(&reply), MAX_FRAME).unwrap(), reply);
+            assert_eq!(
+                decode::<CopyReply>(&encode(&reply), MAX_FRAME).unwrap(),
+                reply
+            );
         }
     }
 }

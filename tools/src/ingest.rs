@@ -14,17 +14,20 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
 use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
-use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, ManifestContent, SegmentEntry};
+use vodmesh_proto::manifest::ManifestContent;
+
+use crate::source::{Piece, read_piece};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, admin};
 
 /// Default segment size for files without media segmentation.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
+/// How long pushing one segment to an engine may take before it is retried.
+pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Default nominal bitrate of files without media timing, bits per second.
 pub const DEFAULT_BITRATE: u64 = 8_000_000;
 
@@ -45,7 +48,7 @@ pub struct IngestOptions {
     pub segment_size: u64,
     /// Nominal bitrate for plain files, bit/s.
     pub bitrate: u64,
-    /// The source file.
+    /// The source: a file, an HLS playlist (path or http(s) URL) or an http(s) URL of a file.
     pub source: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
@@ -66,70 +69,18 @@ pub fn parse_publish_at(s: &str) -> Result<u64> {
     u64::try_from(ms).context("--publish-at before 1970")
 }
 
-/// Cuts `path` into segments of `size` bytes and hashes each.
-pub async fn segment_file(path: &Path, size: u64, bitrate: u64) -> Result<ManifestContent> {
-    if size == 0 || size > MAX_SEGMENT_SIZE {
-        bail!("segment size must be 1 byte to 256 MiB");
-    }
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata().await?.len();
-    if len == 0 {
-        bail!("{} is empty", path.display());
-    }
-    let mut segments = Vec::new();
-    let mut buf = vec![0u8; size as usize];
-    let mut offset = 0u64;
-    let mut index = 0u32;
-    while offset < len {
-        let n = (len - offset).min(size) as usize;
-        file.read_exact(&mut buf[..n])
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-        let bits = n as u64 * 8;
-        segments.push(SegmentEntry {
-            index,
-            duration_ms: ((bits * 1000) / bitrate.max(1)).max(1) as u32,
-            size: n as u64,
-            hash: SegmentHash::of(&buf[..n]),
-        });
-        offset += n as u64;
-        index += 1;
-    }
-    let title = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(ManifestContent {
-        title,
-        content_type: content_type(path).to_string(),
-        duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
-        segments,
-    })
-}
-
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("ts") => "video/mp2t",
-        Some("mp4" | "m4v") => "video/mp4",
-        Some("mkv") => "video/x-matroska",
-        Some("webm") => "video/webm",
-        _ => "application/octet-stream",
-    }
-}
+pub use crate::source::segment_file;
 
 /// Ingests as `opts` says; returns the program's catalog entry.
 pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
     let key = vodmesh_node::identity::load(&opts.key)?;
-    if opts.source.to_string_lossy().contains("://")
-        || opts.source.extension().is_some_and(|e| e == "m3u8")
-    {
-        bail!(
-            "only local media files can be ingested so far (HLS playlists and URLs are not supported yet)"
-        );
-    }
-    let mut content = segment_file(&opts.source, opts.segment_size, opts.bitrate).await?;
+    let source = crate::source::open(
+        &opts.source.to_string_lossy(),
+        opts.segment_size,
+        opts.bitrate,
+    )
+    .await?;
+    let mut content = source.content.clone();
     content.title = opts.title.clone();
     let program = content.program_id();
     let total = content.total_size();
@@ -177,11 +128,10 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
         .map(|target| {
             push_engine(
                 &client,
-                &opts.source,
+                &source.pieces,
                 &content,
                 program,
                 target,
-                opts.segment_size,
                 &bar,
                 &done,
                 count,
@@ -214,56 +164,64 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
 #[allow(clippy::too_many_arguments)]
 async fn push_engine(
     client: &DirectorClient,
-    source: &Path,
+    pieces: &[Piece],
     content: &ManifestContent,
     program: ProgramId,
     target: &EngineTarget,
-    segment_size: u64,
     bar: &ProgressBar,
     done: &std::sync::atomic::AtomicUsize,
     count: usize,
 ) -> Result<()> {
-    let mut file = tokio::fs::File::open(source)
-        .await
-        .with_context(|| format!("cannot open {}", source.display()))?;
-    let mut buf = Vec::new();
     for &index in &target.segments {
         let entry = content
             .segment(index)
             .with_context(|| format!("plan names unknown segment {index}"))?;
-        file.seek(std::io::SeekFrom::Start(u64::from(index) * segment_size))
-            .await?;
-        buf.resize(entry.size as usize, 0);
-        file.read_exact(&mut buf)
-            .await
-            .with_context(|| format!("{} changed during ingest", source.display()))?;
-        if SegmentHash::of(&buf) != entry.hash {
+        let piece = pieces
+            .get(index as usize)
+            .with_context(|| format!("plan names unknown segment {index}"))?;
+        let buf = read_piece(piece).await?;
+        if buf.len() as u64 != entry.size || SegmentHash::of(&buf) != entry.hash {
             bail!(
-                "{} changed during ingest (segment {index} differs); nothing was committed",
-                source.display()
+                "the source changed during ingest (segment {index} differs); nothing was committed"
             );
         }
-        let mut stream = client.open_stream(target.peer_id, ingest::PROTOCOL).await?;
         let header = IngestHeader {
             segment: SegmentId::new(program, index),
             hash: entry.hash,
             size: entry.size,
         };
-        write_frame(&mut stream, &header).await?;
-        stream.write_all(&buf).await?;
-        stream.flush().await?;
-        let ack: IngestAck = read_frame(&mut stream, ingest::MAX_FRAME)
-            .await
-            .with_context(|| {
-                format!(
-                    "engine {} did not acknowledge segment {index}",
+        // A stream the engine dropped unaccepted (its pending queue holds one) never answers:
+        // bound each attempt and retry; the engine accepts a segment it already has.
+        let mut attempt = 0;
+        let ack = loop {
+            attempt += 1;
+            let push = async {
+                let mut stream = client.open_stream(target.peer_id, ingest::PROTOCOL).await?;
+                write_frame(&mut stream, &header).await?;
+                stream.write_all(&buf).await?;
+                stream.flush().await?;
+                let ack: IngestAck = read_frame(&mut stream, ingest::MAX_FRAME).await?;
+                let _ = stream.close().await;
+                anyhow::Ok(ack)
+            };
+            match tokio::time::timeout(PUSH_TIMEOUT, push).await {
+                Ok(Ok(ack)) => break ack,
+                Ok(Err(_)) | Err(_) if attempt < 3 => continue,
+                Ok(Err(e)) => {
+                    return Err(e.context(format!(
+                        "engine {} did not acknowledge segment {index}",
+                        target.peer_id
+                    )));
+                }
+                Err(_) => bail!(
+                    "engine {} did not acknowledge segment {index} in time",
                     target.peer_id
-                )
-            })?;
+                ),
+            }
+        };
         if let IngestAck::Refused(why) = ack {
             bail!("engine refused segment {index}: {why}");
         }
-        let _ = stream.close().await;
         bar.inc(entry.size);
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         bar.set_message(format!("{n}/{count}"));

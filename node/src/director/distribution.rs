@@ -207,10 +207,7 @@ impl Director {
     }
 
     /// Answers of other directors to this director's requests.
-    pub(super) fn on_outbound(
-        &mut self,
-        event: request_response::Event<Request, Response>,
-    ) {
+    pub(super) fn on_outbound(&mut self, event: request_response::Event<Request, Response>) {
         match event {
             request_response::Event::Message {
                 message:
@@ -274,8 +271,10 @@ impl Director {
         events::emit(me, program, Some(segment.index.0), Kind::Tabled);
         if self.dist.provided.insert(program) {
             let (reply, _) = oneshot::channel();
-            self.registry
-                .execute(&mut swarm.behaviour_mut().kad, Command::Provide { program, reply });
+            self.registry.execute(
+                &mut swarm.behaviour_mut().kad,
+                Command::Provide { program, reply },
+            );
             events::emit(me, program, None, Kind::Provided);
         }
     }
@@ -385,7 +384,10 @@ impl Director {
         let Some((engine, addrs)) = located else {
             return Some((
                 channel,
-                reply_error(ErrorCode::NotFound, format!("segment {segment} is not here")),
+                reply_error(
+                    ErrorCode::NotFound,
+                    format!("segment {segment} is not here"),
+                ),
             ));
         };
         let response = Response::Located {
@@ -394,7 +396,12 @@ impl Director {
             addrs,
         };
         let now = now_ms();
-        if self.dist.allowed.get(&peer).is_some_and(|until| *until > now + 60_000) {
+        if self
+            .dist
+            .allowed
+            .get(&peer)
+            .is_some_and(|until| *until > now + 60_000)
+        {
             return Some((channel, response));
         }
         let registry = self.registry_handle.clone();
@@ -422,10 +429,7 @@ impl Director {
                         .await;
                     response
                 }
-                _ => reply_error(
-                    ErrorCode::Unauthorized,
-                    "not a live station of this swarm",
-                ),
+                _ => reply_error(ErrorCode::Unauthorized, "not a live station of this swarm"),
             };
             let _ = replies.send((channel, answer)).await;
         });
@@ -487,12 +491,23 @@ impl Seek {
                 program,
                 index: entry.index,
             };
-            let (engine, addrs) =
-                match ask(&self.internal, self.source, self.source_addrs.clone(), request).await? {
-                    Response::Located { engine, addrs, .. } => (engine, addrs),
-                    other => return Err(format!("unexpected answer to Locate: {other:?}")),
-                };
-            events::emit(self.me, program, Some(entry.index), Kind::Located { engine });
+            let (engine, addrs) = match ask(
+                &self.internal,
+                self.source,
+                self.source_addrs.clone(),
+                request,
+            )
+            .await?
+            {
+                Response::Located { engine, addrs, .. } => (engine, addrs),
+                other => return Err(format!("unexpected answer to Locate: {other:?}")),
+            };
+            events::emit(
+                self.me,
+                program,
+                Some(entry.index),
+                Kind::Located { engine },
+            );
             let (mine, tx) = &self.engines[n % self.engines.len()];
             events::emit(
                 self.me,
@@ -523,7 +538,10 @@ impl Seek {
             }
         }
         if let Some((seg, e)) = failed.first() {
-            return Err(format!("{} segment(s) failed, first {seg}: {e}", failed.len()));
+            return Err(format!(
+                "{} segment(s) failed, first {seg}: {e}",
+                failed.len()
+            ));
         }
         events::emit(self.me, program, None, Kind::ReplicaComplete);
         Ok(())

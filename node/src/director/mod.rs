@@ -343,7 +343,9 @@ impl Director {
             )) => {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
             }
-            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => self.on_outbound(event),
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
+                self.on_outbound(event)
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. }
                 if self.bootstrap_peers.remove(&peer_id) =>
             {

@@ -8,8 +8,8 @@
 //! Other directors learn the state from that message or from the registry's catalog record,
 //! accepting only records signed by the program's content manager, which is also its home.
 
-use libp2p::request_response::ResponseChannel;
 use libp2p::Swarm;
+use libp2p::request_response::ResponseChannel;
 use tokio::sync::oneshot;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
@@ -146,7 +146,8 @@ impl Director {
                 "this station is not a content manager (start it with --content-manager)",
             ));
         };
-        let internal = |e: &dyn std::fmt::Display| ErrorReply::new(ErrorCode::Internal, e.to_string());
+        let internal =
+            |e: &dyn std::fmt::Display| ErrorReply::new(ErrorCode::Internal, e.to_string());
         let entry = catalog
             .get(&program)
             .map_err(|e| internal(&e))?

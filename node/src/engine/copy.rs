@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc};
 use vodmesh_proto::codec::{read_frame, write_frame};
@@ -90,8 +91,16 @@ impl Copier {
                 held_elsewhere,
                 done,
             } => {
-                for addr in addrs {
-                    swarm.add_peer_address(source, addr);
+                // The engine's behaviours keep no address book: dial with the addresses the
+                // source director named (open_stream below retries until it is connected).
+                if !swarm.is_connected(&source) {
+                    let opts = DialOpts::peer_id(source)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::debug!(%source, error = %e, "dial to source engine failed");
+                    }
                 }
                 let job = Fetch {
                     segment,
@@ -143,10 +152,7 @@ struct Fetch {
     held_elsewhere: bool,
 }
 
-async fn open(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
-) -> Result<Stream, String> {
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, String> {
     let mut last = String::new();
     // The source accepts one pending stream at a time: retry briefly.
     for attempt in 0..6u64 {
@@ -222,7 +228,11 @@ async fn fetch(
 
 /// Whether `peer` may copy from this engine. Today: the director approved it (its station is
 /// live and lists it as an engine). With engine tokens this also verifies `token`.
-fn authorize(peer: &PeerId, _token: Option<&vodmesh_proto::signed::Signed>, allowed: &Allowed) -> bool {
+fn authorize(
+    peer: &PeerId,
+    _token: Option<&vodmesh_proto::signed::Signed>,
+    allowed: &Allowed,
+) -> bool {
     allowed
         .lock()
         .ok()
