@@ -180,14 +180,11 @@ impl Director {
                 source_addrs,
             } => self.on_replicate(peer, program, source, source_addrs),
             Request::Locate { program, index } => {
-                match self.locate(peer, program, index, channel) {
-                    Some((channel, response)) => {
-                        let _ = swarm
-                            .behaviour_mut()
-                            .control
-                            .send_response(channel, response);
-                    }
-                    None => {}
+                if let Some((channel, response)) = self.locate(peer, program, index, channel) {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .control
+                        .send_response(channel, response);
                 }
                 return;
             }
