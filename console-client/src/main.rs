@@ -1,25 +1,118 @@
 //! `vodmesh-console`: log in, list programs and play them from the swarm.
 
-use clap::Parser;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// The vodmesh subscriber console. Playing programs arrives with the streaming issue; for now
-/// the console can check that a director answers.
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use libp2p::Multiaddr;
+use vodmesh_console::auth::{AuthClient, Home, find_auth_server, read_password, write_private};
+use vodmesh_console::client::DirectorClient;
+use vodmesh_console::play::{self, PlayStats, Speed};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::Audience;
+
+/// The vodmesh subscriber console: list programs and play them, each segment streamed from
+/// the engine that holds it and verified against the program's signed manifest.
+///
+/// The console keeps its identity and tokens under $VODMESH_HOME (default: the platform data
+/// directory, e.g. ~/.local/share/vodmesh): identity.key and tokens/console.token.
 #[derive(Parser, Debug)]
 #[command(name = "vodmesh-console", version)]
 enum Cmd {
+    /// Lists the published programs.
+    Ls {
+        /// Any station's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+    },
+    /// Plays a program (by id or exact title).
+    Play {
+        /// Any station's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// Start this many seconds into the program.
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        start: f64,
+        /// Write the media to FILE, or to stdout with `-`.
+        #[arg(long, value_name = "FILE|-")]
+        out: Option<String>,
+        /// Pipe the media into a player, e.g. "mpv -" or "ffplay -".
+        #[arg(long, value_name = "CMD")]
+        player: Option<String>,
+        /// `1`: play by media time with a buffer ahead; `max`: as fast as the swarm delivers.
+        #[arg(long, default_value = "1", value_enum)]
+        speed: SpeedArg,
+        /// Write playback statistics as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
+        /// The program id or its exact title.
+        program: String,
+    },
+    /// Proves a subscriber to the auth server (found through the swarm) and stores the console
+    /// token, bound to this console's identity, in $VODMESH_HOME/tokens/console.token.
+    Login {
+        /// Any station's director address, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// Subscriber name.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// The password, first line of this file.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// Ask for an admin token instead (tokens/admin.token), for admin subscribers.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Asks a director for its station record and prints it.
     Ping {
         /// The director's address, ending in /p2p/<peer id>.
         #[arg(long, value_name = "MULTIADDR")]
-        node: libp2p::Multiaddr,
+        node: Multiaddr,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SpeedArg {
+    #[value(name = "1")]
+    One,
+    Max,
 }
 
 #[tokio::main]
 async fn main() {
-    let cmd = Cmd::parse();
-    let result = match cmd {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cmd::parse() {
         Cmd::Ping { node } => ping(&node).await,
+        Cmd::Ls { node } => ls(&node).await,
+        Cmd::Login {
+            node,
+            user,
+            password_file,
+            admin,
+        } => login(&node, &user, &password_file, admin).await,
+        Cmd::Play {
+            node,
+            start,
+            out,
+            player,
+            speed,
+            stats,
+            program,
+        } => {
+            let speed = match speed {
+                SpeedArg::One => Speed::Realtime,
+                SpeedArg::Max => Speed::Max,
+            };
+            run_play(&node, &program, start, out, player, speed, stats).await
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -27,13 +120,130 @@ async fn main() {
     }
 }
 
-async fn ping(node: &libp2p::Multiaddr) -> anyhow::Result<()> {
+async fn ls(node: &Multiaddr) -> Result<()> {
+    let client = Arc::new(DirectorClient::connect(node, None).await?);
+    for p in play::published(&client).await? {
+        println!(
+            "{}  {:>7.1} s  {:>8.1} MiB  {}",
+            p.program,
+            p.duration_ms as f64 / 1000.0,
+            p.size as f64 / (1024.0 * 1024.0),
+            p.title
+        );
+    }
+    Ok(())
+}
+
+async fn run_play(
+    node: &Multiaddr,
+    program: &str,
+    start: f64,
+    out: Option<String>,
+    player: Option<String>,
+    speed: Speed,
+    stats_file: Option<PathBuf>,
+) -> Result<()> {
+    // The console's identity and token, from `vodmesh-console login`.
+    let home = Home::from_env()?;
+    let token_path = home.token_path("console");
+    let credentials = if token_path.exists() {
+        play::Credentials {
+            key: Some(home.identity()?),
+            token: Some(vodmesh_console::auth::read_small(
+                &token_path,
+                "console token",
+                64 * 1024,
+            )?),
+        }
+    } else {
+        play::Credentials::default()
+    };
+    let show = std::io::stderr().is_terminal();
+    let progress = |s: &PlayStats, at_ms: u64, total_ms: u64| {
+        if show {
+            eprint!(
+                "\r{:>7.1}/{:.1} s  {} segments  {} handoffs  {} stalls  {:.1} MiB ",
+                at_ms as f64 / 1000.0,
+                total_ms as f64 / 1000.0,
+                s.segments,
+                s.handoffs,
+                s.stalls,
+                s.bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+    };
+    let stats = match (out.as_deref(), player) {
+        (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
+        (Some("-"), None) => {
+            let mut stdout = tokio::io::stdout();
+            play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut stdout,
+                progress,
+            )
+            .await?
+        }
+        (Some(path), None) => {
+            let mut file = tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {path}"))?;
+            let stats = play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut file,
+                progress,
+            )
+            .await?;
+            file.sync_all().await?;
+            stats
+        }
+        (None, Some(cmd)) => {
+            let mut child = tokio::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start the player: {cmd}"))?;
+            let mut stdin = child.stdin.take().context("player has no stdin")?;
+            let stats = play::play(
+                node,
+                &credentials,
+                program,
+                start,
+                speed,
+                &mut stdin,
+                progress,
+            )
+            .await?;
+            drop(stdin);
+            let _ = child.wait().await;
+            stats
+        }
+        (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
+    };
+    if show {
+        eprintln!();
+    }
+    if let Some(path) = stats_file {
+        std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn ping(node: &Multiaddr) -> Result<()> {
     use vodmesh_proto::director::{Request, Response};
     use vodmesh_proto::station::StationRecord;
-    let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+    let client = DirectorClient::connect(node, None).await?;
     match client.request(Request::Station).await? {
         Response::Station(signed) => {
-            let rec = StationRecord::verify(&signed, vodmesh_proto::time::now_ms())?;
+            let rec = StationRecord::verify(&signed, now_ms())?;
             println!(
                 "station {} with {} engine(s)",
                 rec.director,
@@ -41,7 +251,47 @@ async fn ping(node: &libp2p::Multiaddr) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Response::Error(e) => anyhow::bail!("{}", e.message),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer: {other:?}"),
     }
+}
+async fn login(
+    node: &Multiaddr,
+    user: &str,
+    password_file: &std::path::Path,
+    admin: bool,
+) -> Result<()> {
+    let password = read_password(password_file)?;
+    let home = Home::from_env()?;
+    let key = home.identity()?;
+    let me = key.public().to_peer_id();
+    let server = find_auth_server(node, key.clone()).await?;
+    let client = AuthClient::connect(&server, key).await?;
+    let user = user.to_string();
+    let (request, audience, kind) = if admin {
+        (
+            vodmesh_proto::auth::Request::AdminLogin { user, password },
+            Audience::Admin,
+            "admin",
+        )
+    } else {
+        (
+            vodmesh_proto::auth::Request::Login { user, password },
+            Audience::Console,
+            "console",
+        )
+    };
+    let token = client.token(request).await?;
+    let claims = server
+        .trusted()
+        .verify(&token, now_ms(), audience, None, &me)
+        .context("the auth server returned an invalid token")?;
+    let path = home.token_path(kind);
+    write_private(&path, &token, "token")?;
+    let hours = claims.expires_ms.saturating_sub(now_ms()) / 3_600_000;
+    println!(
+        "logged in: {kind} token for {me} (valid {hours} h) in {}",
+        path.display()
+    );
+    Ok(())
 }

@@ -2,8 +2,13 @@
 
 use std::path::PathBuf;
 
-use libp2p::Multiaddr;
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use vodmesh_proto::token::IssuerKey;
 use vodmesh_registry::RegistryConfig;
+
+use crate::auth;
 
 /// One station's configuration.
 #[derive(Clone, Debug)]
@@ -30,10 +35,19 @@ pub struct StationConfig {
     pub content_manager: bool,
     /// This station runs the auth server.
     pub auth: bool,
-    /// Trusted token issuers.
-    pub trust: Vec<String>,
-    /// Peers whose admin proofs this station accepts, besides its own identity.
-    pub admins: Vec<libp2p::PeerId>,
+    /// Trusted token issuers (`--trust`); an auth station also trusts its own key.
+    pub trust: Vec<IssuerKey>,
+    /// Peers whose admin proofs this station accepts, besides its own identity (`--admin`).
+    pub admins: Vec<PeerId>,
+    /// An enrollment token file (`--enroll`): presented to the auth server at start, after
+    /// which this station's engines receive engine tokens.
+    pub enroll: Option<PathBuf>,
+    /// How the auth server behaves when `auth` is set (hash cost, backoff, token lifetimes);
+    /// its `admins` and `trust` are filled in from the fields above.
+    pub auth_config: auth::Config,
+    /// The running auth server: set by [`crate::Station::start`] when `auth` is, for the
+    /// director to serve `/vodmesh/auth/1` from.
+    pub auth_server: Option<Arc<auth::Server>>,
     /// Region name, for choosing nearby stations.
     pub region: Option<String>,
     /// Latitude and longitude.
@@ -62,6 +76,9 @@ impl StationConfig {
             auth: false,
             trust: Vec::new(),
             admins: Vec::new(),
+            enroll: None,
+            auth_config: auth::Config::default(),
+            auth_server: None,
             region: None,
             coords: None,
             bandwidth_mbps: 1000,

@@ -36,6 +36,36 @@ pub enum EngineReport {
         /// The segment.
         segment: SegmentId,
     },
+    /// The number of streams this engine serves changed.
+    Streams {
+        /// Index of the engine.
+        index: usize,
+        /// Streams being served now.
+        active: u32,
+    },
+    /// A console started streaming a segment from this engine (the new engine has taken
+    /// over, claim 17).
+    TookOver {
+        /// Index of the engine.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+        /// The console.
+        console: PeerId,
+    },
+    /// A stream ended (claim 17): the whole segment was sent, or the console went away.
+    Stopped {
+        /// Index of the engine.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+        /// The console.
+        console: PeerId,
+        /// Bytes sent.
+        bytes: u64,
+        /// Whether the stream reached the segment's end.
+        complete: bool,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.
@@ -61,6 +91,11 @@ pub enum EngineCommand {
     Expect {
         /// The segments.
         segments: Vec<(SegmentId, Expected)>,
+    },
+    /// A console will ask for this segment next: read it ahead (claim 16).
+    Preload {
+        /// The segment.
+        segment: SegmentId,
     },
     /// Keep these segments forever (the home station never evicts).
     Pin {

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use vodmesh_node::config::default_listen;
 use vodmesh_node::{Station, StationConfig};
+use vodmesh_proto::token::IssuerKey;
 
 /// Starts one vodmesh station: a director (its seat in the media location registry) and N
 /// engines, each a libp2p peer with its own identity and listen address.
@@ -50,10 +51,24 @@ struct Args {
     /// This station runs the content manager (ingest, publish, distribution).
     #[arg(long)]
     content_manager: bool,
+    /// This station runs the auth server: an issuer key (DIR/issuer.key) and the subscriber
+    /// database. Its issuer key goes into node.json as "issuer" and is printed as
+    /// `issuer <KEY>` after the director line; other stations pass it to --trust.
+    #[arg(long)]
+    auth: bool,
+    /// Accept tokens signed by this issuer (`ed25519:<base58>`, node.json's "issuer" of the
+    /// auth station); repeatable. A station with no trusted issuer (and not --auth) serves no
+    /// stream and no copy.
+    #[arg(long, value_name = "ISSUER")]
+    trust: Vec<IssuerKey>,
     /// A peer id whose admin proofs this station accepts (repeatable). The station's own
     /// identity (DIR/identity.key) is always an admin.
     #[arg(long = "admin", value_name = "PEERID")]
-    admins: Vec<libp2p::PeerId>,
+    admins: Vec<PeerId>,
+    /// An enrollment token file (`vodmesh enroll`): presented to the auth server at start;
+    /// the station's engines then receive engine tokens (DIR/engines/<i>/engine.token).
+    #[arg(long, value_name = "FILE")]
+    enroll: Option<PathBuf>,
     /// Region name, used to prefer nearby stations.
     #[arg(long, value_name = "NAME")]
     region: Option<String>,
@@ -118,7 +133,10 @@ async fn run(args: Args) -> Result<()> {
     config.home = args.home;
     config.scrub = args.scrub;
     config.content_manager = args.content_manager;
+    config.auth = args.auth;
+    config.trust = args.trust;
     config.admins = args.admins;
+    config.enroll = args.enroll;
     config.region = args.region;
     config.coords = args.coords;
     config.bandwidth_mbps = args.bandwidth;
@@ -132,6 +150,9 @@ async fn run(args: Args) -> Result<()> {
         if let Some(addr) = engine.addrs.first() {
             println!("engine {addr}");
         }
+    }
+    if let Some(issuer) = station.issuer() {
+        println!("issuer {issuer}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

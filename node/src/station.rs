@@ -1,17 +1,20 @@
 //! A station: one director and its engines, started and stopped together.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vodmesh_proto::station::{EngineInfo, StationRecord};
+use vodmesh_proto::token::{IssuerKey, MAX_TOKEN, TrustedIssuers};
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
+use crate::auth::engines::{self, EngineTokens};
 use crate::config::StationConfig;
 use crate::nodefile::{NodeFile, PeerEntry};
-use crate::{director, engine, identity};
+use crate::{auth, director, engine, identity};
 
 /// A running station.
 #[derive(Debug)]
@@ -21,6 +24,9 @@ pub struct Station {
     /// The engines, in index order.
     pub engines: Vec<PeerEntry>,
     registry: RegistryHandle,
+    issuer: Option<IssuerKey>,
+    trusted: TrustedIssuers,
+    engine_tokens: EngineTokens,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -52,28 +58,51 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
         capacity: config.capacity,
         pin_all: config.home,
         scrub: config.scrub,
+        max_streams: config.max_streams,
     }
 }
 
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
-    pub async fn start(config: StationConfig) -> Result<Self> {
+    pub async fn start(mut config: StationConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data)
             .with_context(|| format!("creating data directory {}", config.data.display()))?;
         let director_key = identity::load_or_create(&config.data.join("identity.key"))?;
+        let enroll_token = match &config.enroll {
+            Some(path) => Some(read_enroll_token(path)?),
+            None => None,
+        };
+        if config.auth {
+            config.auth_server =
+                Some(open_auth(&config, director_key.public().to_peer_id()).await?);
+        }
+        let issuer = config.auth_server.as_ref().map(|s| s.issuer_key());
+        let trusted: TrustedIssuers = config.trust.iter().copied().chain(issuer).collect();
+        if trusted.is_empty() {
+            tracing::warn!(
+                "no trusted token issuer (no --trust, not --auth): this station will serve no stream and no copy"
+            );
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (reports, reports_rx) = mpsc::channel(64);
 
         let mut engines = Vec::with_capacity(config.engines);
+        let mut engine_keys = Vec::with_capacity(config.engines);
         for index in 0..config.engines {
-            let key = identity::load_or_create(&engine_identity_path(&config.data, index))?;
+            let path = engine_identity_path(&config.data, index);
+            let key = identity::load_or_create(&path)?;
+            engine_keys.push(engines::Engine {
+                key: key.clone(),
+                dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            });
             let storage = engine_storage(&config, index);
             let handle = engine::start(
                 index,
                 key,
                 &config.listen,
                 storage,
+                trusted.clone(),
                 reports.clone(),
                 shutdown_rx.clone(),
             )
@@ -97,16 +126,39 @@ impl Station {
         let mut reports_rx = reports_rx;
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
+        let auth_server = config.auth_server.clone();
         let commands = engines.iter().map(|e| e.commands.clone()).collect();
         let dir = director::start(
-            director_key,
+            director_key.clone(),
             config,
             infos,
             commands,
             reports_rx,
-            shutdown_rx,
+            shutdown_rx.clone(),
         )
         .await?;
+        // The auth station enrolls its own engines; another station enrolls with its token.
+        let source = match (auth_server, enroll_token) {
+            (Some(server), _) => Some(engines::Source::Local {
+                server,
+                station: dir.peer_id,
+            }),
+            (None, Some(token)) => Some(engines::Source::Remote {
+                registry: dir.registry.clone(),
+                station: director_key,
+                token,
+            }),
+            (None, None) => None,
+        };
+        let mut extra_tasks = Vec::new();
+        let engine_tokens = match source {
+            Some(source) => {
+                let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx);
+                extra_tasks.push(task);
+                tokens
+            }
+            None => EngineTokens::none(engine_keys.len()),
+        };
 
         let node = NodeFile {
             director: PeerEntry {
@@ -120,15 +172,19 @@ impl Station {
                     addrs: e.addrs.clone(),
                 })
                 .collect(),
-            issuer: None,
+            issuer: issuer.map(|k| k.to_string()),
         };
         node.write(&data)?;
         let mut tasks: Vec<JoinHandle<()>> = engines.into_iter().map(|e| e.task).collect();
         tasks.push(dir.task);
+        tasks.extend(extra_tasks);
         Ok(Self {
             director: node.director,
             engines: node.engines,
             registry: dir.registry,
+            issuer,
+            trusted,
+            engine_tokens,
             shutdown,
             tasks,
         })
@@ -143,6 +199,22 @@ impl Station {
     pub fn addr(&self) -> &Multiaddr {
         // `listen_all` never returns an empty list.
         &self.director.addrs[0]
+    }
+
+    /// The issuer key of this station's auth server, when it runs the auth role.
+    pub fn issuer(&self) -> Option<IssuerKey> {
+        self.issuer
+    }
+
+    /// The issuers whose tokens this station accepts (`--trust`, and its own when `--auth`).
+    /// Empty: the station serves no stream and no copy.
+    pub fn trusted(&self) -> &TrustedIssuers {
+        &self.trusted
+    }
+
+    /// The engine tokens of this station's engines (none unless enrolled or the auth station).
+    pub fn engine_tokens(&self) -> EngineTokens {
+        self.engine_tokens.clone()
     }
 
     /// The registry handle of this station's director.
@@ -164,6 +236,35 @@ impl Station {
             let _ = task.await;
         }
     }
+}
+
+/// Opens the auth server: the station's own identity and `--admin` peers are its admins.
+async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Server>> {
+    let mut auth_config = config.auth_config.clone();
+    auth_config.admins.push(own);
+    auth_config.admins.extend(config.admins.iter().copied());
+    auth_config.trust.extend(config.trust.iter().copied());
+    let data = config.data.clone();
+    // Opening hashes a decoy password (argon2): keep it off the async workers.
+    let server = tokio::task::spawn_blocking(move || auth::Server::open(&data, auth_config))
+        .await
+        .context("opening the auth server")?
+        .context("opening the auth server")?;
+    Ok(Arc::new(server))
+}
+
+/// Reads an enrollment token file (`--enroll`).
+fn read_enroll_token(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading enrollment token {}", path.display()))?;
+    if meta.len() > MAX_TOKEN as u64 {
+        anyhow::bail!(
+            "enrollment token {} is not a token ({} bytes)",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("reading enrollment token {}", path.display()))
 }
 
 impl Drop for Station {

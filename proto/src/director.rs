@@ -60,6 +60,15 @@ pub enum Request {
         /// The program.
         program: ProgramId,
     },
+    /// This station's playback activity counters.
+    Activity,
+    /// Which engine should stream this segment (claim 18: chosen by load and status).
+    Locate {
+        /// The program.
+        program: ProgramId,
+        /// The segment.
+        index: u32,
+    },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
         /// The program.
@@ -84,9 +93,9 @@ pub enum Request {
         /// Its addresses.
         source_addrs: Vec<Multiaddr>,
     },
-    /// From a seeking director to a source director: which engine holds segment `index`?
-    /// Answered with [`Response::Located`].
-    Locate {
+    /// From a seeking director to a source director: which engine holds segment `index`,
+    /// to copy it from (claim 12)? Answered with [`Response::Located`].
+    LocateCopy {
         /// The program.
         program: ProgramId,
         /// The segment.
@@ -98,6 +107,19 @@ pub enum Request {
         /// The program.
         program: ProgramId,
     },
+}
+
+/// Where a console gets a segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentLocation {
+    /// The engine.
+    pub engine: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+    /// The director of its station.
+    pub director: PeerId,
+    /// Still being copied in (stream follows as bytes land).
+    pub filling: bool,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.
@@ -154,9 +176,13 @@ pub enum Response {
     Programs(Vec<ProgramInfo>),
     /// A signed manifest.
     Manifest(Signed),
+    /// Where to get a segment.
+    Location(SegmentLocation),
+    /// Playback activity counters.
+    Activity(Activity),
     /// Done; nothing to return.
     Ok,
-    /// The engine that holds a segment (answer to [`Request::Locate`]).
+    /// The engine that holds a segment (answer to [`Request::LocateCopy`]).
     Located {
         /// The segment index.
         index: u32,
@@ -165,6 +191,21 @@ pub enum Response {
         /// Its addresses.
         addrs: Vec<Multiaddr>,
     },
+}
+
+/// What a director heard from its engines about playback (claims 16 and 17).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Engines told to read a segment ahead of a console.
+    pub preloads: u64,
+    /// Streams an engine reported taking over.
+    pub takeovers: u64,
+    /// Streams that ended at the segment's end.
+    pub stops_complete: u64,
+    /// Streams that ended early (the console went away).
+    pub stops_early: u64,
+    /// Streams being served right now, over all engines.
+    pub active: u64,
 }
 
 /// Why a request failed.
@@ -224,7 +265,7 @@ mod tests {
         for req in [
             Request::Station,
             Request::Swarm,
-            Request::Locate { program, index: 3 },
+            Request::LocateCopy { program, index: 3 },
             Request::Playable { program },
             Request::Replicate {
                 program,

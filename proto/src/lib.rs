@@ -3,6 +3,8 @@
 //! Directors, engines, consoles and the `vodmesh` tool all speak the messages defined here, so
 //! they live in one small crate:
 //!
+//! - [`auth`]: `/vodmesh/auth/1`, logins, user administration, enrollment and engine tokens,
+//!   answered by the auth station's director.
 //! - [`ids`]: typed identifiers (`ProgramId`, `SegmentIndex`, `SegmentHash`, `SegmentId`,
 //!   `StationId`) with `Display`, `FromStr`, serde and a short form for log fields.
 //! - [`codec`]: the CBOR codec (cbor4ii via serde) with an explicit size limit on every decode,
@@ -13,6 +15,7 @@
 //! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
 //! - [`copy`]: `/vodmesh/copy/1`, segment copies from engine to engine (distribution).
 //! - [`ingest`]: `/vodmesh/ingest/1`, segment bytes pushed into a home station's engines.
+//! - [`stream`]: `/vodmesh/stream/1`, an engine streaming a segment to a console.
 //! - [`station`]: the station record every director publishes in the registry.
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
@@ -21,6 +24,7 @@
 //!   issued by the auth server and verified offline by every director and engine.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod codec;
 pub mod copy;
@@ -31,6 +35,7 @@ pub mod manifest;
 pub mod net;
 pub mod signed;
 pub mod station;
+pub mod stream;
 pub mod time;
 pub mod token;
 

@@ -59,7 +59,8 @@ pub struct StationRecord {
     pub bandwidth_mbps: u32,
     /// Roles this station plays.
     pub roles: Roles,
-    /// The issuer key this station's auth server signs tokens with (hex), when it is one.
+    /// The issuer key this station's auth server signs tokens with (`ed25519:<base58>`, as `--trust`
+    /// takes it), when it is one.
     pub issuer: Option<String>,
     /// When this record was signed (ms since the epoch).
     pub issued_ms: u64,

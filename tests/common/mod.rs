@@ -340,3 +340,42 @@ pub fn hls_playlist(segments: &[(&str, f32)], init: Option<&str>) -> String {
     s.push_str("#EXT-X-ENDLIST\n");
     s
 }
+
+/// Adds subscriber `name` to the auth station at `auth` (with its admin key `admin_key`) and
+/// logs a console in as that subscriber, keeping its identity and token under `home`.
+pub fn subscriber(auth: &Multiaddr, admin_key: &Path, home: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(home)?;
+    let password = home.join("password");
+    std::fs::write(&password, "correct horse battery staple\n")?;
+    vodmesh(&[
+        "user",
+        "add",
+        "--node",
+        &auth.to_string(),
+        "--key",
+        &admin_key.to_string_lossy(),
+        name,
+        "--password-file",
+        &password.to_string_lossy(),
+    ])?;
+    let out = Command::new(bin("vodmesh-console"))
+        .env("VODMESH_HOME", home)
+        .args(["login", "--node", &auth.to_string(), "--user", name])
+        .arg("--password-file")
+        .arg(&password)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "login failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The issuer string a `--auth` station wrote to its node.json.
+pub fn issuer_of(data: &Path) -> Result<String> {
+    vodmesh_node::nodefile::NodeFile::read(data)?
+        .issuer
+        .context("node.json has no issuer: not an --auth station")
+}

@@ -26,8 +26,6 @@ use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, admin};
 
 /// Default segment size for files without media segmentation.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
-/// How long pushing one segment to an engine may take before it is retried.
-pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Default nominal bitrate of files without media timing, bits per second.
 pub const DEFAULT_BITRATE: u64 = 8_000_000;
 
@@ -190,43 +188,51 @@ async fn push_engine(
             hash: entry.hash,
             size: entry.size,
         };
-        // A stream the engine dropped unaccepted (its pending queue holds one) never answers:
-        // bound each attempt and retry; the engine accepts a segment it already has.
+        // A stream can be lost on the way (libp2p-stream drops inbound streams it cannot
+        // hand over at once); an engine that refuses is final, a lost stream is retried.
         let mut attempt = 0;
-        let ack = loop {
+        loop {
             attempt += 1;
-            let push = async {
-                let mut stream = client.open_stream(target.peer_id, ingest::PROTOCOL).await?;
-                write_frame(&mut stream, &header).await?;
-                stream.write_all(&buf).await?;
-                stream.flush().await?;
-                let ack: IngestAck = read_frame(&mut stream, ingest::MAX_FRAME).await?;
-                let _ = stream.close().await;
-                anyhow::Ok(ack)
-            };
-            match tokio::time::timeout(PUSH_TIMEOUT, push).await {
-                Ok(Ok(ack)) => break ack,
-                Ok(Err(_)) | Err(_) if attempt < 3 => continue,
-                Ok(Err(e)) => {
+            match push_segment(client, target.peer_id, &header, &buf).await {
+                Ok(IngestAck::Stored) => break,
+                Ok(IngestAck::Refused(why)) => bail!("engine refused segment {index}: {why}"),
+                Err(e) if attempt < 4 => {
+                    tracing::debug!(index, attempt, error = %e, "segment push failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
                     return Err(e.context(format!(
-                        "engine {} did not acknowledge segment {index}",
+                        "pushing segment {index} to engine {}",
                         target.peer_id
                     )));
                 }
-                Err(_) => bail!(
-                    "engine {} did not acknowledge segment {index} in time",
-                    target.peer_id
-                ),
             }
-        };
-        if let IngestAck::Refused(why) = ack {
-            bail!("engine refused segment {index}: {why}");
         }
         bar.inc(entry.size);
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         bar.set_message(format!("{n}/{count}"));
     }
     Ok(())
+}
+
+async fn push_segment(
+    client: &DirectorClient,
+    engine: libp2p::PeerId,
+    header: &IngestHeader,
+    bytes: &[u8],
+) -> Result<IngestAck> {
+    let mut stream = client.open_stream(engine, ingest::PROTOCOL).await?;
+    write_frame(&mut stream, header).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    let ack = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        read_frame::<_, IngestAck>(&mut stream, ingest::MAX_FRAME),
+    )
+    .await
+    .context("no acknowledgement within 60 s")??;
+    let _ = stream.close().await;
+    Ok(ack)
 }
 
 /// Loads `path` as an identity key (used by `ingest` and `publish`).

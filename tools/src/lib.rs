@@ -4,8 +4,10 @@
 //! - [`ingest`]: a program into a home station.
 //! - [`programs`]: a content manager's catalog.
 //! - [`bench`]: measurements as JSON, beside `dd` and other references.
+//! - [`admin`]: `vodmesh user add` and `vodmesh enroll`, admin requests to the auth server.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 
+pub mod admin;
 pub mod bench;
 pub mod demo;
 pub mod ingest;

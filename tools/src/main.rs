@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use vodmesh_tools::{bench, demo, ingest, programs, publish, status};
+use libp2p::PeerId;
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::token::Rights;
+use vodmesh_tools::{admin, bench, demo, ingest, programs, publish, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -31,6 +34,29 @@ enum Cmd {
         /// Print {"stations": [...]} as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Subscribers of the auth server.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Issues an enrollment token for a new station (admin only). Start the station with
+    /// `vodmesh-node --enroll FILE`; its engines then receive engine tokens.
+    Enroll {
+        /// Any station's director address; the auth server is found through the swarm.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// An admin token issued to --key's peer, if that peer is not an admin peer.
+        #[arg(long, value_name = "FILE")]
+        admin_token: Option<PathBuf>,
+        /// The new station's director peer id (its DIR/identity.key, e.g. made with `vodmesh
+        /// keygen`). Default: the station at --node.
+        #[arg(long, value_name = "PEERID")]
+        station: Option<PeerId>,
+        /// Where to write the token (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Ingests a program into a home station (admin only); prints the program id last.
     Ingest {
@@ -69,7 +95,7 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
         /// The program id.
-        program: vodmesh_proto::ProgramId,
+        program: ProgramId,
     },
     /// Lists a content manager's programs.
     Programs {
@@ -93,6 +119,33 @@ enum Cmd {
         /// MiB to write and read.
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         mib: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Adds a subscriber (admin only).
+    Add {
+        /// Any station's director address; the auth server is found through the swarm.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// An admin token issued to --key's peer, if that peer is not an admin peer.
+        #[arg(long, value_name = "FILE")]
+        admin_token: Option<PathBuf>,
+        /// The new subscriber's password, first line of this file.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        /// The subscriber may log in as an admin.
+        #[arg(long)]
+        admin: bool,
+        /// A program the subscriber may watch (repeatable). Default: every program.
+        #[arg(long, value_name = "PROGRAM")]
+        program: Vec<ProgramId>,
+        /// The subscriber's name.
+        name: String,
     },
 }
 
@@ -128,6 +181,45 @@ async fn run(args: Args) -> Result<()> {
             } else {
                 print!("{}", status::to_text(&stations));
             }
+        }
+        Cmd::User(UserCmd::Add {
+            node,
+            key,
+            admin_token,
+            password_file,
+            admin,
+            program,
+            name,
+        }) => {
+            let rights = if program.is_empty() {
+                Rights::All
+            } else {
+                Rights::Programs(program)
+            };
+            admin::user_add(
+                &node,
+                &key,
+                admin_token.as_deref(),
+                &name,
+                &password_file,
+                admin,
+                rights,
+            )
+            .await?;
+            println!("user {name} added");
+        }
+        Cmd::Enroll {
+            node,
+            key,
+            admin_token,
+            station,
+            out,
+        } => {
+            let station = admin::enroll(&node, &key, admin_token.as_deref(), station, &out).await?;
+            println!(
+                "enrollment token for station {station} written to {}",
+                out.display()
+            );
         }
         Cmd::Ingest {
             node,

@@ -7,15 +7,19 @@
 //!   [`RateLimiter`], sits behind a mutex that is never held across a hash.
 //! - [`key`]: the issuer key file; [`db`]: the subscriber database (redb); [`password`]: argon2id
 //!   hashing; [`limit`]: login backoff per subscriber and per peer (in memory).
+//! - [`service`]: `/vodmesh/auth/1` on the auth station's director (requests run on the
+//!   blocking pool); [`engines`]: a station's enrollment and its engines' tokens.
 //! - [`Metrics`]: counters for the metrics endpoint (failed logins, throttled logins, ...).
 //!
 //! Tokens themselves are [`vodmesh_proto::token`]: this server signs them; every director and
 //! engine verifies them offline.
 
 pub mod db;
+pub mod engines;
 pub mod key;
 pub mod limit;
 pub mod password;
+pub mod service;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -179,8 +179,8 @@ impl Director {
                 source,
                 source_addrs,
             } => self.on_replicate(peer, program, source, source_addrs),
-            Request::Locate { program, index } => {
-                if let Some((channel, response)) = self.locate(peer, program, index, channel) {
+            Request::LocateCopy { program, index } => {
+                if let Some((channel, response)) = self.locate_copy(peer, program, index, channel) {
                     let _ = swarm
                         .behaviour_mut()
                         .control
@@ -356,10 +356,10 @@ impl Director {
         Response::Ok
     }
 
-    /// `Locate`: the engine holding a segment. Answered at once when the asking station was
+    /// `LocateCopy`: the engine holding a segment. Answered at once when the asking station was
     /// checked recently; otherwise after a registry look-up of its station record (then its
     /// engines may copy from ours). Returns the answer to send now, if any.
-    fn locate(
+    fn locate_copy(
         &mut self,
         peer: PeerId,
         program: ProgramId,
@@ -484,7 +484,7 @@ impl Seek {
                 }
             }
             events::emit(self.me, program, Some(entry.index), Kind::LocateAsked);
-            let request = Request::Locate {
+            let request = Request::LocateCopy {
                 program,
                 index: entry.index,
             };

@@ -7,6 +7,7 @@
 
 mod content;
 mod distribution;
+mod play;
 mod publish;
 
 pub use publish::NOT_PUBLISHED;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +46,7 @@ pub(crate) struct DirectorBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
+    auth: Toggle<crate::auth::service::Behaviour>,
 }
 
 /// The identify protocol string every vodmesh peer announces.
@@ -83,6 +86,8 @@ struct Director {
     sessions: Sessions,
     /// Distribution and publish state.
     dist: distribution::State,
+    /// Playback activity heard from the engines.
+    activity: director::Activity,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -112,6 +117,7 @@ pub async fn start(
             [(director::PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
+        auth: crate::auth::service::behaviour(config.auth_server.clone()),
     })?;
     let addrs = listen_all(&mut swarm, &config.listen).await?;
     for addr in &addrs {
@@ -162,6 +168,7 @@ pub async fn start(
         catalog,
         sessions: Sessions::default(),
         dist: distribution::State::new(internal),
+        activity: Default::default(),
     };
     director.republish(&mut swarm);
     director.arm_schedule();
@@ -222,7 +229,7 @@ impl Director {
                 content_manager: self.config.content_manager,
                 auth: self.config.auth,
             },
-            issuer: None,
+            issuer: (self.config.auth_server.as_ref()).map(|s| s.issuer_key().to_string()),
             issued_ms: now,
             expires_ms: in_ms(self.config.registry.record_ttl),
         }
@@ -280,6 +287,36 @@ impl Director {
                 }
                 self.sessions.stored(&segment.program, segment.index.0);
                 self.on_stored(swarm, segment);
+                return;
+            }
+            EngineReport::Streams { index, active } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.streams = active;
+                }
+                return;
+            }
+            EngineReport::TookOver {
+                index,
+                segment,
+                console,
+            } => {
+                tracing::debug!(index, %segment, %console, "engine took over the stream");
+                self.activity.takeovers += 1;
+                return;
+            }
+            EngineReport::Stopped {
+                index,
+                segment,
+                console,
+                bytes,
+                complete,
+            } => {
+                tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
+                if complete {
+                    self.activity.stops_complete += 1;
+                } else {
+                    self.activity.stops_early += 1;
+                }
                 return;
             }
             EngineReport::Dropped { index, segment } => {
@@ -345,6 +382,9 @@ impl Director {
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
                 self.on_outbound(event)
+            }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
+                crate::auth::service::on_event(event);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. }
                 if self.bootstrap_peers.remove(&peer_id) =>
@@ -429,6 +469,32 @@ impl Director {
                     .send_response(channel, response);
             }
             Request::Programs => self.programs(channel),
+            Request::Locate { program, index } => {
+                let response = match self.locate(program, index) {
+                    Ok(location) => {
+                        self.preload(&location, program, index);
+                        Response::Location(location)
+                    }
+                    Err(e) => Response::Error(e),
+                };
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Activity => {
+                let mut activity = self.activity;
+                activity.active = self
+                    .engines
+                    .iter()
+                    .flatten()
+                    .map(|e| u64::from(e.streams))
+                    .sum();
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, Response::Activity(activity));
+            }
             Request::Manifest { program } => {
                 let response = match self.catalog.as_ref().map(|c| c.get(&program)) {
                     Some(Ok(Some(entry))) => Response::Manifest(entry.manifest),

@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod ingest;
+pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct EngineStorage {
     pub pin_all: bool,
     /// Re-hash every stored segment at start and drop the bad ones.
     pub scrub: bool,
+    /// Concurrent streams served at most.
+    pub max_streams: u32,
 }
 
 /// A started engine.
@@ -76,6 +79,7 @@ pub async fn start(
     key: Keypair,
     director_listen: &[Multiaddr],
     storage: EngineStorage,
+    trusted: vodmesh_proto::token::TrustedIssuers,
     reports: mpsc::Sender<EngineReport>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
@@ -145,6 +149,21 @@ pub async fn start(
         reports.clone(),
     );
 
+    let streams_in = control
+        .accept(vodmesh_proto::stream::PROTOCOL)
+        .context("registering the stream protocol")?;
+    let stream_task = tokio::spawn(stream::serve(
+        streams_in,
+        stream::StreamService {
+            index,
+            store: store.clone(),
+            reports: reports.clone(),
+            active: Arc::default(),
+            max_streams: storage.max_streams,
+            trusted,
+        },
+    ));
+
     let _ = reports
         .send(EngineReport::Ready {
             index,
@@ -186,6 +205,7 @@ pub async fn start(
         }
         ingest_task.abort();
         copy_task.abort();
+        stream_task.abort();
         if let Err(e) = task_store.shutdown().await {
             tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
         }
@@ -218,6 +238,16 @@ async fn on_command(store: &SegmentStore, expectations: &Expectations, cmd: Engi
             if let Ok(mut map) = expectations.lock() {
                 map.extend(segments);
             }
+        }
+        EngineCommand::Preload { segment } => {
+            // Reading it through warms the page cache and verifies every chunk before the
+            // console asks; a bad chunk is caught and dropped here instead of mid-stream.
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Ok(mut reader) = store.open_read(segment).await {
+                    while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
+                }
+            });
         }
         EngineCommand::Pin { segments } => {
             for s in segments {

@@ -1,0 +1,387 @@
+//! Playing a program: ask a director where each segment is, stream it from that engine,
+//! verify it against the signed manifest, hand off to the next engine at the boundary.
+//!
+//! The next segment is fetched while the current one plays (a window of two), so a boundary
+//! never waits for a connection. At `Speed::Realtime` segments are released by media time,
+//! one segment ahead of the play position; a segment that arrives after its play time is a
+//! stall. Every segment is checked against the BLAKE3 hash in the content manager's signed
+//! manifest before a byte of it is written.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::stream::{self, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use vodmesh_proto::catalog::ProgramState;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::director::{ErrorCode, ProgramInfo, Request, Response, SegmentLocation};
+use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest};
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
+
+use crate::client::DirectorClient;
+
+/// How fast to play.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speed {
+    /// By media time, one segment buffered ahead.
+    Realtime,
+    /// As fast as the swarm delivers.
+    Max,
+}
+
+/// What `--stats` writes (DESIGN.md §11).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlayStats {
+    /// From the play request to the first byte written.
+    pub startup_ms: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Segments written.
+    pub segments: u32,
+    /// Boundaries where the next segment came from another engine.
+    pub handoffs: u32,
+    /// Segments that arrived after their play time (realtime only).
+    pub stalls: u32,
+    /// Engines that served, by peer id.
+    pub engines: Vec<String>,
+    /// Stations (directors) whose engines served.
+    pub stations: Vec<String>,
+    /// Every segment matched its manifest hash.
+    pub verified: bool,
+}
+
+/// The directors a console may ask: the one it was pointed at first, then the rest of the
+/// swarm (found lazily through the first one).
+struct Directors {
+    first: Arc<DirectorClient>,
+    others: tokio::sync::OnceCell<Vec<StationRecord>>,
+}
+
+impl Directors {
+    async fn swarm(&self) -> &[StationRecord] {
+        self.others
+            .get_or_init(|| async {
+                match self.first.request(Request::Swarm).await {
+                    Ok(Response::Swarm(list)) => list
+                        .iter()
+                        .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
+                        .filter(|r| r.director != self.first.peer())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .await
+    }
+
+    /// Sends `request` to the first director, then to the content managers and other
+    /// stations of the swarm, until one answers with something other than `NotFound`.
+    async fn ask(&self, request: Request) -> Result<Response> {
+        let first = self.first.request(request.clone()).await?;
+        if !matches!(&first, Response::Error(e) if e.code == ErrorCode::NotFound) {
+            return Ok(first);
+        }
+        let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
+        stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
+        for station in stations {
+            let Some(addr) = station.addrs.first() else {
+                continue;
+            };
+            let Ok(client) = DirectorClient::connect(addr, None).await else {
+                continue;
+            };
+            match client.request(request.clone()).await {
+                Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
+                Ok(answer) => return Ok(answer),
+                Err(_) => continue,
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// Finds a program by id or exact title.
+pub async fn resolve(client: &Arc<DirectorClient>, program: &str) -> Result<ProgramId> {
+    if let Ok(id) = program.parse::<ProgramId>() {
+        return Ok(id);
+    }
+    let list = programs(client).await?;
+    let matches: Vec<&ProgramInfo> = list.iter().filter(|p| p.title == program).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.program),
+        [] => bail!("no program titled \"{program}\""),
+        _ => bail!("several programs are titled \"{program}\"; give the program id"),
+    }
+}
+
+/// Every program the swarm's content managers list.
+pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>> {
+    let directors = Directors {
+        first: client.clone(),
+        others: Default::default(),
+    };
+    let mut all = match client.request(Request::Programs).await? {
+        Response::Programs(list) => list,
+        _ => Vec::new(),
+    };
+    for station in directors
+        .swarm()
+        .await
+        .iter()
+        .filter(|s| s.roles.content_manager)
+    {
+        let Some(addr) = station.addrs.first() else {
+            continue;
+        };
+        if let Ok(c) = DirectorClient::connect(addr, None).await
+            && let Ok(Response::Programs(list)) = c.request(Request::Programs).await
+        {
+            all.extend(list);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    all.retain(|p| seen.insert(p.program));
+    Ok(all)
+}
+
+/// Published programs, for `vodmesh-console ls`.
+pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>> {
+    let now = now_ms();
+    Ok(programs(client)
+        .await?
+        .into_iter()
+        .filter(|p| p.state == ProgramState::Published && p.publish_at_ms.is_none_or(|t| t <= now))
+        .collect())
+}
+
+/// Who is playing: the console's identity and the console token bound to it.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The console's identity (a fresh one if `None`; then no token can match it).
+    pub key: Option<libp2p::identity::Keypair>,
+    /// The console token from `vodmesh-console login`.
+    pub token: Option<Vec<u8>>,
+}
+
+/// Plays `program` from `start_s` seconds into `out`.
+pub async fn play<W: AsyncWrite + Unpin>(
+    node: &Multiaddr,
+    credentials: &Credentials,
+    program: &str,
+    start_s: f64,
+    speed: Speed,
+    out: &mut W,
+    mut progress: impl FnMut(&PlayStats, u64, u64),
+) -> Result<PlayStats> {
+    let began = Instant::now();
+    let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
+    let program = resolve(&client, program).await?;
+    let token = Arc::new(credentials.token.clone());
+    let directors = Arc::new(Directors {
+        first: client.clone(),
+        others: Default::default(),
+    });
+    let manifest = match directors.ask(Request::Manifest { program }).await? {
+        Response::Manifest(signed) => {
+            Manifest::verify(&signed).context("the program's manifest does not verify")?
+        }
+        Response::Error(e) => bail!("{}", e.message),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let start_ms = (start_s.max(0.0) * 1000.0) as u64;
+    let first = manifest.content.segment_at(start_ms);
+    let segments: Vec<u32> = (first..manifest.content.segments.len() as u32).collect();
+    let manifest = Arc::new(manifest);
+
+    let fetches = stream::iter(segments)
+        .map(|index| {
+            let directors = directors.clone();
+            let manifest = manifest.clone();
+            let token = token.clone();
+            async move {
+                (
+                    index,
+                    fetch(&directors, &manifest, index, token.as_deref()).await,
+                )
+            }
+        })
+        .buffered(2);
+    futures::pin_mut!(fetches);
+
+    let mut stats = PlayStats {
+        verified: true,
+        ..Default::default()
+    };
+    let mut engines = BTreeSet::new();
+    let mut stations = BTreeSet::new();
+    let mut last_engine: Option<PeerId> = None;
+    let mut clock: Option<(Instant, u64)> = None; // (wall time of media_ms, media_ms)
+    let total_ms = manifest.content.duration_ms;
+    let mut media_ms: u64 = manifest
+        .content
+        .segments
+        .iter()
+        .take(first as usize)
+        .map(|s| u64::from(s.duration_ms))
+        .sum();
+    while let Some((index, fetched)) = fetches.next().await {
+        let (location, bytes) = fetched?;
+        let entry = manifest
+            .content
+            .segment(index)
+            .context("manifest lost a segment")?;
+        if speed == Speed::Realtime
+            && let Some((wall, at_ms)) = clock
+        {
+            // Play position of this segment's start on the wall clock.
+            let due = wall + Duration::from_millis(media_ms.saturating_sub(at_ms));
+            let now = Instant::now();
+            if now > due + Duration::from_millis(50) {
+                stats.stalls += 1;
+                clock = Some((now, media_ms));
+            } else {
+                // Keep one segment buffered ahead of the play position.
+                let release = due.checked_sub(Duration::from_millis(u64::from(entry.duration_ms)));
+                if let Some(release) = release
+                    && release > now
+                {
+                    tokio::time::sleep_until(release.into()).await;
+                }
+            }
+        }
+        out.write_all(&bytes).await?;
+        if stats.segments == 0 {
+            stats.startup_ms = began.elapsed().as_millis() as u64;
+            clock = Some((Instant::now(), media_ms));
+        }
+        if last_engine.is_some_and(|e| e != location.engine) {
+            stats.handoffs += 1;
+        }
+        last_engine = Some(location.engine);
+        engines.insert(location.engine.to_string());
+        stations.insert(location.director.to_string());
+        stats.bytes += bytes.len() as u64;
+        stats.segments += 1;
+        media_ms += u64::from(entry.duration_ms);
+        progress(&stats, media_ms, total_ms);
+    }
+    out.flush().await?;
+    stats.engines = engines.into_iter().collect();
+    stats.stations = stations.into_iter().collect();
+    Ok(stats)
+}
+
+/// Locates and streams one whole segment, verified; a stream lost on the way (libp2p-stream
+/// drops an inbound stream its receiver is not ready for) is retried, a refusal is final.
+async fn fetch(
+    directors: &Directors,
+    manifest: &Manifest,
+    index: u32,
+    token: Option<&[u8]>,
+) -> Result<(SegmentLocation, Vec<u8>)> {
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let once = tokio::time::timeout(
+            Duration::from_secs(60),
+            fetch_once(directors, manifest, index, token),
+        )
+        .await
+        .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
+        match once {
+            Ok(done) => return Ok(done),
+            Err(Fetch::Final(e)) => return Err(e),
+            Err(Fetch::Lost(e)) if attempt >= 3 => return Err(e),
+            Err(Fetch::Lost(e)) => {
+                tracing::debug!(index, attempt, error = %e, "segment stream lost; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+}
+
+/// Why one attempt failed.
+enum Fetch {
+    /// Refused or wrong: retrying cannot help.
+    Final(anyhow::Error),
+    /// The stream broke: another attempt may succeed.
+    Lost(anyhow::Error),
+}
+
+async fn fetch_once(
+    directors: &Directors,
+    manifest: &Manifest,
+    index: u32,
+    token: Option<&[u8]>,
+) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
+    let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
+    let lost = |e: anyhow::Error| Fetch::Lost(e);
+    let entry = manifest
+        .content
+        .segment(index)
+        .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
+    let answer = directors
+        .ask(Request::Locate {
+            program: manifest.program,
+            index,
+        })
+        .await
+        .map_err(lost)?;
+    let location = match answer {
+        Response::Location(l) => l,
+        Response::Error(e) => return Err(fail(e.message)),
+        other => return Err(fail(format!("unexpected answer: {other:?}"))),
+    };
+    let engine = location.engine;
+    let client = &directors.first;
+    client
+        .add_addresses(engine, location.addrs.clone())
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let mut s = client
+        .open_stream(engine, wire::PROTOCOL)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let request = StreamRequest {
+        segment: SegmentId::new(manifest.program, index),
+        offset: 0,
+        token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
+    };
+    write_frame(&mut s, &request)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let reply = read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME)
+        .await
+        .map_err(|e| lost(e.into()))?;
+    let (size, hash) = match reply {
+        StreamReply::Streaming { size, hash } => (size, hash),
+        // The engine's one line is the user's one line (`token expired`, ...).
+        StreamReply::Refused(why) => return Err(fail(why)),
+    };
+    if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
+        return Err(fail(format!(
+            "engine {engine} offers segment {index} that does not match the manifest"
+        )));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    s.read_exact(&mut bytes).await.map_err(|e| {
+        lost(anyhow::anyhow!(
+            "segment {index} ended early from engine {engine}: {e}"
+        ))
+    })?;
+    let _ = s.close().await;
+    if SegmentHash::of(&bytes) != entry.hash {
+        // Another attempt may be sent to another engine; the bad bytes are never written.
+        return Err(lost(anyhow::anyhow!(
+            "segment {index} from engine {engine} failed verification"
+        )));
+    }
+    Ok((location, bytes))
+}

@@ -1,0 +1,251 @@
+//! Engine tokens: how a station enrolls its engines and keeps an engine token for each.
+//!
+//! The auth station enrolls its own engines and signs their tokens in process. Any other
+//! station started with `--enroll FILE` finds the auth server through the registry (the
+//! station record with `roles.auth` and an `issuer`), presents its enrollment token from its
+//! director's identity, then asks for each engine's token *as that engine* (a connection
+//! under the engine's own key), since the server binds every token to the peer it talks to.
+//!
+//! Tokens are refreshed when half their lifetime is left, kept in memory ([`EngineTokens`])
+//! and written to `DATA/engines/<i>/engine.token` (0600). A refused enrollment is final and
+//! logged; an unreachable auth server is retried.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+use vodmesh_console::auth::{AuthClient, AuthError, AuthServer, write_private};
+use vodmesh_proto::auth::Request;
+use vodmesh_proto::ids::short_peer;
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, Claims};
+use vodmesh_registry::{RegistryHandle, WalkLimits};
+
+use super::Server;
+
+/// File name of an engine's token, in its directory under `DATA/engines/<i>/`.
+pub const TOKEN_FILE: &str = "engine.token";
+/// Wait between attempts while the auth server cannot be found or reached.
+pub const RETRY: Duration = Duration::from_secs(2);
+/// Shortest wait between refreshes.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// The current engine token of each engine, by index (`None` until obtained).
+#[derive(Clone, Debug)]
+pub struct EngineTokens {
+    rx: watch::Receiver<Vec<Option<Vec<u8>>>>,
+}
+
+impl EngineTokens {
+    /// Tokens that never arrive: a station that is neither the auth station nor enrolled.
+    pub fn none(engines: usize) -> Self {
+        let (_, rx) = watch::channel(vec![None; engines]);
+        Self { rx }
+    }
+
+    /// Engine `index`'s token, if it has one.
+    pub fn get(&self, index: usize) -> Option<Vec<u8>> {
+        self.rx.borrow().get(index).cloned().flatten()
+    }
+
+    /// Waits until every engine has a token; false if the tokens can no longer arrive.
+    pub async fn wait_all(&mut self) -> bool {
+        self.rx
+            .wait_for(|t| t.iter().all(Option::is_some))
+            .await
+            .is_ok()
+    }
+}
+
+/// One engine, as the token keeper needs it.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// Its identity: the subject of its token.
+    pub key: Keypair,
+    /// Its directory, where `engine.token` goes.
+    pub dir: PathBuf,
+}
+
+impl Engine {
+    fn peer(&self) -> PeerId {
+        self.key.public().to_peer_id()
+    }
+}
+
+/// Where engine tokens come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// This station is the auth server.
+    Local {
+        /// The server.
+        server: Arc<Server>,
+        /// This station's director.
+        station: PeerId,
+    },
+    /// An auth server elsewhere in the swarm, found through the registry.
+    Remote {
+        /// This station's registry.
+        registry: RegistryHandle,
+        /// This station's director identity (the enrollment token's subject).
+        station: Keypair,
+        /// The enrollment token.
+        token: Vec<u8>,
+    },
+}
+
+/// Starts keeping tokens for `engines` from `source` until `shutdown` turns true.
+pub fn spawn(
+    source: Source,
+    engines: Vec<Engine>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (EngineTokens, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(vec![None; engines.len()]);
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = keep(source, engines, tx) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    });
+    (EngineTokens { rx }, task)
+}
+
+enum Failure {
+    /// Worth retrying (not found, unreachable).
+    Retry(String),
+    /// The auth server refused: retrying will not help.
+    Refused(String),
+}
+
+impl From<AuthError> for Failure {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Refused(line) => Failure::Refused(line),
+            other => Failure::Retry(other.to_string()),
+        }
+    }
+}
+
+async fn keep(source: Source, engines: Vec<Engine>, tx: watch::Sender<Vec<Option<Vec<u8>>>>) {
+    let server = loop {
+        match enroll(&source, &engines).await {
+            Ok(server) => break server,
+            Err(Failure::Refused(line)) => {
+                error!(cause = %line, "enrollment refused: this station's engines get no engine token and will copy nothing");
+                return;
+            }
+            Err(Failure::Retry(why)) => {
+                debug!(cause = %why, "enrollment: will retry");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    info!(
+        engines = engines.len(),
+        "station enrolled with the auth server"
+    );
+    loop {
+        let mut next = RETRY;
+        let mut earliest_expiry = u64::MAX;
+        let mut all = true;
+        for (index, engine) in engines.iter().enumerate() {
+            match fetch(&source, server.as_ref(), engine).await {
+                Ok((token, claims)) => {
+                    earliest_expiry = earliest_expiry.min(claims.expires_ms);
+                    let path = engine.dir.join(TOKEN_FILE);
+                    if let Err(e) = write_private(&path, &token, "engine token") {
+                        warn!(cause = %e, "cannot write the engine token file");
+                    }
+                    tx.send_modify(|t| t[index] = Some(token));
+                    info!(index, engine = %short_peer(&engine.peer()), expires_ms = claims.expires_ms, "engine token obtained");
+                }
+                Err(Failure::Refused(line) | Failure::Retry(line)) => {
+                    all = false;
+                    warn!(index, cause = %line, "engine token not obtained; will retry");
+                }
+            }
+        }
+        if all {
+            let left = earliest_expiry.saturating_sub(now_ms());
+            next = Duration::from_millis(left / 2).max(MIN_REFRESH);
+        }
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Enrolls the station; for a remote auth server, returns where it is.
+async fn enroll(source: &Source, engines: &[Engine]) -> Result<Option<AuthServer>, Failure> {
+    let peers: Vec<PeerId> = engines.iter().map(Engine::peer).collect();
+    match source {
+        Source::Local { server, station } => {
+            let (server, station) = (server.clone(), *station);
+            blocking(move || server.enroll_own_station(station, &peers, now_ms())).await?;
+            Ok(None)
+        }
+        Source::Remote {
+            registry,
+            station,
+            token,
+        } => {
+            let local = station.public().to_peer_id();
+            let stations = vodmesh_registry::walk(registry, local, WalkLimits::default())
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+            let server = stations
+                .iter()
+                .find_map(|(r, _)| AuthServer::from_record(r))
+                .ok_or_else(|| Failure::Retry("no auth server in the swarm yet".into()))?;
+            let client = AuthClient::connect(&server, station.clone()).await?;
+            client
+                .done(Request::Enroll {
+                    token: ByteBuf::from(token.clone()),
+                    engines: peers,
+                })
+                .await?;
+            Ok(Some(server))
+        }
+    }
+}
+
+/// One engine token, checked against the issuer before it is kept.
+async fn fetch(
+    source: &Source,
+    remote: Option<&AuthServer>,
+    engine: &Engine,
+) -> Result<(Vec<u8>, Claims), Failure> {
+    let peer = engine.peer();
+    let (token, trusted) = match (source, remote) {
+        (Source::Local { server, .. }, _) => {
+            let server = server.clone();
+            let trusted = [server.issuer_key()].into_iter().collect();
+            let token = blocking(move || server.issue_engine_token(peer, now_ms())).await?;
+            (token, trusted)
+        }
+        (Source::Remote { .. }, Some(server)) => {
+            let client = AuthClient::connect(server, engine.key.clone()).await?;
+            (client.token(Request::EngineToken).await?, server.trusted())
+        }
+        (Source::Remote { .. }, None) => {
+            return Err(Failure::Retry("auth server unknown".into()));
+        }
+    };
+    let claims = trusted
+        .verify(&token, now_ms(), Audience::Engine, None, &peer)
+        .map_err(|e| Failure::Retry(format!("the auth server returned an invalid token: {e}")))?;
+    Ok((token, claims))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::Error> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Refused(e.to_string())),
+        Err(e) => Err(Failure::Retry(e.to_string())),
+    }
+}

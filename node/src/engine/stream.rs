@@ -1,0 +1,206 @@
+//! `/vodmesh/stream/1` on an engine: streams a segment from its store to a console, from any
+//! byte offset, following a segment that is still filling, with the stream's backpressure.
+//! Enforces `--max-streams` and reports every start and stop to the director, so the
+//! director's view of this engine's load is exact.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::mpsc;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
+
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, TrustedIssuers};
+
+use crate::control::EngineReport;
+use crate::store::SegmentStore;
+
+/// Bytes per read from the store and write to the stream.
+const CHUNK: usize = 256 * 1024;
+/// A console that takes no bytes for this long loses its stream (and its slot).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What every stream task shares.
+#[derive(Clone)]
+pub(crate) struct StreamService {
+    pub(crate) index: usize,
+    pub(crate) store: SegmentStore,
+    pub(crate) reports: mpsc::Sender<EngineReport>,
+    pub(crate) active: Arc<AtomicU32>,
+    pub(crate) max_streams: u32,
+    /// Issuers whose console tokens this station accepts; empty = serve no stream.
+    pub(crate) trusted: TrustedIssuers,
+}
+
+/// Accepts stream requests until the engine stops, each in a task of its own.
+pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, service: StreamService) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = service.handle(peer, stream).await {
+                tracing::debug!(index = service.index, %peer, error = %e, "stream ended early");
+            }
+        });
+    }
+}
+
+/// Counts a stream while it lives; reports start and stop to the director.
+struct Slot<'a> {
+    service: &'a StreamService,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let active = self.service.active.fetch_sub(1, Ordering::SeqCst) - 1;
+        let _ = self.service.reports.try_send(EngineReport::Streams {
+            index: self.service.index,
+            active,
+        });
+    }
+}
+
+impl StreamService {
+    fn acquire(&self) -> Option<Slot<'_>> {
+        let mut now = self.active.load(Ordering::SeqCst);
+        loop {
+            if now >= self.max_streams {
+                return None;
+            }
+            match self
+                .active
+                .compare_exchange(now, now + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(actual) => now = actual,
+            }
+        }
+        let _ = self.reports.try_send(EngineReport::Streams {
+            index: self.index,
+            active: now + 1,
+        });
+        Some(Slot { service: self })
+    }
+
+    async fn send(
+        &self,
+        stream: &mut Stream,
+        reader: &mut crate::store::Reader,
+        offset: u64,
+        sent: &mut u64,
+    ) -> std::io::Result<()> {
+        reader.seek(offset);
+        loop {
+            match reader.read_next(CHUNK).await {
+                Ok(Some(bytes)) => {
+                    tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes))
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "console stopped reading",
+                            )
+                        })??;
+                    *sent += bytes.len() as u64;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // A corrupt chunk is never sent: the console sees the stream end short.
+                    tracing::warn!(index = self.index, error = %e, "stream aborted");
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn check_token(&self, peer: &PeerId, request: &StreamRequest) -> Result<(), String> {
+        if self.trusted.is_empty() {
+            return Err("this station trusts no token issuer and serves no stream".into());
+        }
+        let Some(token) = &request.token else {
+            return Err("no token: log in first (vodmesh-console login)".into());
+        };
+        self.trusted
+            .verify(
+                token,
+                now_ms(),
+                Audience::Console,
+                Some(&request.segment.program),
+                peer,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+        let request: StreamRequest = read_frame(&mut stream, MAX_FRAME).await?;
+        // No byte of a program leaves an engine without a valid console token, bound to the
+        // peer at the other end of this connection, for this program.
+        if let Err(why) = self.check_token(&peer, &request) {
+            tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
+            write_frame(&mut stream, &StreamReply::Refused(why)).await?;
+            return stream.close().await;
+        }
+        let Some(_slot) = self.acquire() else {
+            write_frame(
+                &mut stream,
+                &StreamReply::Refused("engine busy: at --max-streams".into()),
+            )
+            .await?;
+            return stream.close().await;
+        };
+        let mut reader = match self.store.open_read(request.segment).await {
+            Ok(r) => r,
+            Err(e) => {
+                write_frame(&mut stream, &StreamReply::Refused(e.to_string())).await?;
+                return stream.close().await;
+            }
+        };
+        let size = reader.len();
+        let Some(info) = self.store.info(&request.segment) else {
+            write_frame(
+                &mut stream,
+                &StreamReply::Refused("segment is not stored here".into()),
+            )
+            .await?;
+            return stream.close().await;
+        };
+        if request.offset > size {
+            write_frame(
+                &mut stream,
+                &StreamReply::Refused("offset past the end of the segment".into()),
+            )
+            .await?;
+            return stream.close().await;
+        }
+        tracing::debug!(index = self.index, %peer, segment = %request.segment, offset = request.offset, "streaming");
+        write_frame(
+            &mut stream,
+            &StreamReply::Streaming {
+                size,
+                hash: info.hash,
+            },
+        )
+        .await?;
+        let _ = self.reports.try_send(EngineReport::TookOver {
+            index: self.index,
+            segment: request.segment,
+            console: peer,
+        });
+        let mut sent = 0u64;
+        let result = self
+            .send(&mut stream, &mut reader, request.offset, &mut sent)
+            .await;
+        let _ = self.reports.try_send(EngineReport::Stopped {
+            index: self.index,
+            segment: request.segment,
+            console: peer,
+            bytes: sent,
+            complete: result.is_ok() && request.offset + sent == size,
+        });
+        result?;
+        stream.close().await
+    }
+}

@@ -1,0 +1,42 @@
+//! `/vodmesh/stream/1`: an engine streams one segment to a console.
+//!
+//! The console opens a stream to the engine its director named, writes a [`StreamRequest`]
+//! frame, and reads a [`StreamReply`] frame; after `Streaming` come the segment's bytes from
+//! the requested offset to its end, raw, with the stream's own backpressure. A segment still
+//! being copied in is streamed as its bytes land (claim 21).
+
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::ids::{SegmentHash, SegmentId};
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/stream/1");
+/// Largest request or reply frame (a token fits easily).
+pub const MAX_FRAME: usize = 16 * 1024;
+
+/// What a console asks an engine for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRequest {
+    /// The segment.
+    pub segment: SegmentId,
+    /// First byte wanted.
+    pub offset: u64,
+    /// The console's token, when the station requires one.
+    pub token: Option<ByteBuf>,
+}
+
+/// The engine's answer, before any bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamReply {
+    /// Bytes `offset..size` follow.
+    Streaming {
+        /// The segment's total size.
+        size: u64,
+        /// Its hash.
+        hash: SegmentHash,
+    },
+    /// Refused; one line for the user.
+    Refused(String),
+}

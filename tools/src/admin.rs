@@ -1,0 +1,95 @@
+//! Admin operations against the auth server: `vodmesh user add` and `vodmesh enroll`.
+//!
+//! The operator's key file (`--key`) is the admin the auth server sees: an admin peer of the
+//! auth station (its own identity or an `--admin`), or a key with an admin token issued to it
+//! (`--admin-token`). The tool connects with a throwaway identity and signs a
+//! [`Delegation`] to it with `--key` (libp2p cannot dial a peer with that peer's own
+//! identity, and the auth station's identity is its first admin).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde_bytes::ByteBuf;
+use vodmesh_console::auth::{
+    AuthClient, MAX_TOKEN_FILE, find_auth_server, read_password, read_small, write_private,
+};
+use vodmesh_console::client::DirectorClient;
+use vodmesh_proto::auth::{Delegation, Request};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, Rights};
+
+fn admin_token(path: Option<&Path>) -> Result<Option<ByteBuf>> {
+    path.map(|p| read_small(p, "admin token", MAX_TOKEN_FILE).map(ByteBuf::from))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// `vodmesh user add`: adds subscriber `name` with the password in `password_file`.
+pub async fn user_add(
+    node: &Multiaddr,
+    key_file: &Path,
+    admin_token_file: Option<&Path>,
+    name: &str,
+    password_file: &Path,
+    admin: bool,
+    rights: Rights,
+) -> Result<()> {
+    let key = vodmesh_node::identity::load(key_file)?;
+    let password = read_password(password_file)?;
+    let admin_token = admin_token(admin_token_file)?;
+    let wire = Keypair::generate_ed25519();
+    let server = find_auth_server(node, wire.clone()).await?;
+    let client = AuthClient::connect(&server, wire).await?;
+    let delegation = Some(Delegation::sign(&key, client.local_peer(), now_ms()));
+    client
+        .done(Request::AddUser {
+            name: name.to_string(),
+            password,
+            admin,
+            rights,
+            admin_token,
+            delegation,
+        })
+        .await?;
+    Ok(())
+}
+
+/// `vodmesh enroll`: an enrollment token for `station` (default: the director at `node`),
+/// written to `out` (0600). Returns the station's peer id.
+pub async fn enroll(
+    node: &Multiaddr,
+    key_file: &Path,
+    admin_token_file: Option<&Path>,
+    station: Option<PeerId>,
+    out: &Path,
+) -> Result<PeerId> {
+    let key = vodmesh_node::identity::load(key_file)?;
+    let admin_token = admin_token(admin_token_file)?;
+    let wire = Keypair::generate_ed25519();
+    let station = match station {
+        Some(s) => s,
+        None => DirectorClient::connect(node, Some(wire.clone()))
+            .await?
+            .peer(),
+    };
+    let server = find_auth_server(node, wire.clone()).await?;
+    let client = AuthClient::connect(&server, wire).await?;
+    let delegation = Some(Delegation::sign(&key, client.local_peer(), now_ms()));
+    let token = client
+        .token(Request::EnrollToken {
+            station,
+            admin_token,
+            delegation,
+        })
+        .await?;
+    // A token that does not verify is the server's fault; better to say so now than at the
+    // new station's start.
+    server
+        .trusted()
+        .verify(&token, now_ms(), Audience::Enroll, None, &station)
+        .context("the auth server returned an invalid enrollment token")?;
+    write_private(out, &token, "enrollment token")?;
+    Ok(station)
+}
