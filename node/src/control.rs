@@ -5,6 +5,7 @@
 //! ([`EngineReport`]), the director commands ([`EngineCommand`]).
 
 use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 /// What an engine tells its director.
@@ -100,5 +101,32 @@ pub enum EngineCommand {
     Pin {
         /// The segments.
         segments: Vec<SegmentId>,
+    },
+    /// Copy a segment from another station's engine over `/vodmesh/copy/1` (claim 12),
+    /// verify it against the manifest's hash and size, store it, report
+    /// [`EngineReport::Stored`], and send the outcome on `done`.
+    Fetch {
+        /// The segment.
+        segment: SegmentId,
+        /// Its hash in the signed manifest.
+        hash: SegmentHash,
+        /// Its size in the signed manifest.
+        size: u64,
+        /// The source engine.
+        source: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+        /// Mark the copy evictable (another station, the home, keeps the program).
+        held_elsewhere: bool,
+        /// Where the outcome goes.
+        done: mpsc::Sender<(SegmentId, Result<(), String>)>,
+    },
+    /// Let these peers (engines of a live station, checked by the director) copy segments
+    /// from this engine until `until_ms`.
+    AllowCopy {
+        /// The engines.
+        peers: Vec<PeerId>,
+        /// Until when (ms since the epoch).
+        until_ms: u64,
     },
 }

@@ -10,6 +10,7 @@
 //! - [`content`]: the content manager: ingest sessions and the catalog.
 //! - [`auth`]: the auth server's state: issuer key, subscriber database, rate-limited logins,
 //!   enrollment, token issuance.
+//! - [`events`]: content events (distribution, publish) for tests and observers.
 //! - [`control`]: the in-process channel between a director and its engines (the seed's blade
 //!   controller).
 //! - [`identity`]: identity files under the data directory.
@@ -22,6 +23,7 @@ pub mod content;
 pub mod control;
 pub mod director;
 pub mod engine;
+pub mod events;
 pub mod identity;
 mod listen;
 pub mod nodefile;

@@ -69,6 +69,44 @@ pub enum Request {
         /// The segment.
         index: u32,
     },
+    /// Publish a program now (admin): it becomes playable everywhere.
+    Publish {
+        /// The program.
+        program: ProgramId,
+        /// Admin proof for op `publish` on the program id.
+        admin: Signed,
+    },
+    /// From a content manager to the stations holding a program: its new signed catalog
+    /// record (claim 11's `publish`). Answered with [`Response::Ok`].
+    Published {
+        /// The signed [`crate::catalog::CatalogRecord`].
+        record: Signed,
+    },
+    /// From a content manager to a station chosen to hold a copy: fetch every segment of
+    /// `program` from the station of director `source` (claim 12). Answered with
+    /// [`Response::Ok`] at once; the copy runs afterwards.
+    Replicate {
+        /// The program.
+        program: ProgramId,
+        /// The source station's director.
+        source: PeerId,
+        /// Its addresses.
+        source_addrs: Vec<Multiaddr>,
+    },
+    /// From a seeking director to a source director: which engine holds segment `index`,
+    /// to copy it from (claim 12)? Answered with [`Response::Located`].
+    LocateCopy {
+        /// The program.
+        program: ProgramId,
+        /// The segment.
+        index: u32,
+    },
+    /// May `program` be streamed now? [`Response::Ok`], or an error such as
+    /// `program not published`.
+    Playable {
+        /// The program.
+        program: ProgramId,
+    },
 }
 
 /// Where a console gets a segment.
@@ -142,6 +180,17 @@ pub enum Response {
     Location(SegmentLocation),
     /// Playback activity counters.
     Activity(Activity),
+    /// Done; nothing to return.
+    Ok,
+    /// The engine that holds a segment (answer to [`Request::LocateCopy`]).
+    Located {
+        /// The segment index.
+        index: u32,
+        /// The engine.
+        engine: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 /// What a director heard from its engines about playback (claims 16 and 17).
@@ -212,7 +261,18 @@ mod tests {
 
     #[test]
     fn every_message_round_trips() {
-        for req in [Request::Station, Request::Swarm] {
+        let program = ProgramId([7; 32]);
+        for req in [
+            Request::Station,
+            Request::Swarm,
+            Request::LocateCopy { program, index: 3 },
+            Request::Playable { program },
+            Request::Replicate {
+                program,
+                source: PeerId::random(),
+                source_addrs: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+            },
+        ] {
             let b = encode(&req);
             assert_eq!(decode::<Request>(&b, LIMITS.request).unwrap(), req);
         }
@@ -220,7 +280,14 @@ mod tests {
         let signed = Signed::sign("x", &1u8, &key);
         for resp in [
             Response::Station(signed.clone()),
-            Response::Swarm(vec![signed]),
+            Response::Swarm(vec![signed.clone()]),
+            Response::Ok,
+            Response::Located {
+                index: 2,
+                engine: PeerId::random(),
+                addrs: vec![],
+            },
+            Response::Error(ErrorReply::new(ErrorCode::NotFound, "x")),
             Response::Error(ErrorReply::new(
                 ErrorCode::NotPublished,
                 "program not published",

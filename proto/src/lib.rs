@@ -13,6 +13,7 @@
 //!   station records, catalog records and manifests.
 //! - [`catalog`]: the signed catalog record (program state and publish time).
 //! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
+//! - [`copy`]: `/vodmesh/copy/1`, segment copies from engine to engine (distribution).
 //! - [`ingest`]: `/vodmesh/ingest/1`, segment bytes pushed into a home station's engines.
 //! - [`stream`]: `/vodmesh/stream/1`, an engine streaming a segment to a console.
 //! - [`station`]: the station record every director publishes in the registry.
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod codec;
+pub mod copy;
 pub mod director;
 pub mod ids;
 pub mod ingest;

@@ -233,6 +233,114 @@ pub async fn engine_segments(
     Ok((found, reports))
 }
 
+/// A tiny HTTP/1.1 file server on 127.0.0.1 for ingest tests: `GET /name` answers the bytes
+/// registered under `name`; a name with several versions answers the next version on each
+/// request (the last one from then on), to play a source that changes during ingest.
+pub struct HttpServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Starts the server.
+    pub async fn start() -> Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let files: std::sync::Arc<
+            std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>,
+        > = Default::default();
+        let served = files.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let files = served.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req);
+                    let path = text
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("/")
+                        .trim_start_matches('/')
+                        .to_string();
+                    let body = files.lock().ok().and_then(|mut m| {
+                        let versions = m.get_mut(&path)?;
+                        if versions.len() > 1 {
+                            Some(versions.remove(0))
+                        } else {
+                            versions.first().cloned()
+                        }
+                    });
+                    let head = match &body {
+                        Some(b) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        ),
+                        None => {
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                .to_string()
+                        }
+                    };
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    if let Some(b) = body {
+                        let _ = sock.write_all(&b).await;
+                    }
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { base, files, task })
+    }
+
+    /// Serves `bytes` at `/name`.
+    pub fn put(&self, name: &str, bytes: Vec<u8>) {
+        self.put_versions(name, vec![bytes]);
+    }
+
+    /// Serves `versions[0]` at the first request of `/name`, `versions[1]` at the second, ...
+    pub fn put_versions(&self, name: &str, versions: Vec<Vec<u8>>) {
+        if let Ok(mut m) = self.files.lock() {
+            m.insert(name.to_string(), versions);
+        }
+    }
+
+    /// The URL of `/name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HLS VOD media playlist over `segments` (`(uri, seconds)`), with an `#EXT-X-MAP` when
+/// `init` is given.
+pub fn hls_playlist(segments: &[(&str, f32)], init: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n");
+    s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    if let Some(init) = init {
+        let _ = writeln!(s, "#EXT-X-MAP:URI=\"{init}\"");
+    }
+    for (uri, secs) in segments {
+        let _ = writeln!(s, "#EXTINF:{secs:.3},\n{uri}");
+    }
+    s.push_str("#EXT-X-ENDLIST\n");
+    s
+}
+
 /// Adds subscriber `name` to the auth station at `auth` (with its admin key `admin_key`) and
 /// logs a console in as that subscriber, keeping its identity and token under `home`.
 pub fn subscriber(auth: &Multiaddr, admin_key: &Path, home: &Path, name: &str) -> Result<()> {

@@ -14,12 +14,13 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
 use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
-use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, ManifestContent, SegmentEntry};
+use vodmesh_proto::manifest::ManifestContent;
+
+use crate::source::{Piece, read_piece};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, admin};
 
@@ -45,7 +46,7 @@ pub struct IngestOptions {
     pub segment_size: u64,
     /// Nominal bitrate for plain files, bit/s.
     pub bitrate: u64,
-    /// The source file.
+    /// The source: a file, an HLS playlist (path or http(s) URL) or an http(s) URL of a file.
     pub source: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
@@ -66,70 +67,18 @@ pub fn parse_publish_at(s: &str) -> Result<u64> {
     u64::try_from(ms).context("--publish-at before 1970")
 }
 
-/// Cuts `path` into segments of `size` bytes and hashes each.
-pub async fn segment_file(path: &Path, size: u64, bitrate: u64) -> Result<ManifestContent> {
-    if size == 0 || size > MAX_SEGMENT_SIZE {
-        bail!("segment size must be 1 byte to 256 MiB");
-    }
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata().await?.len();
-    if len == 0 {
-        bail!("{} is empty", path.display());
-    }
-    let mut segments = Vec::new();
-    let mut buf = vec![0u8; size as usize];
-    let mut offset = 0u64;
-    let mut index = 0u32;
-    while offset < len {
-        let n = (len - offset).min(size) as usize;
-        file.read_exact(&mut buf[..n])
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-        let bits = n as u64 * 8;
-        segments.push(SegmentEntry {
-            index,
-            duration_ms: ((bits * 1000) / bitrate.max(1)).max(1) as u32,
-            size: n as u64,
-            hash: SegmentHash::of(&buf[..n]),
-        });
-        offset += n as u64;
-        index += 1;
-    }
-    let title = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(ManifestContent {
-        title,
-        content_type: content_type(path).to_string(),
-        duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
-        segments,
-    })
-}
-
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("ts") => "video/mp2t",
-        Some("mp4" | "m4v") => "video/mp4",
-        Some("mkv") => "video/x-matroska",
-        Some("webm") => "video/webm",
-        _ => "application/octet-stream",
-    }
-}
+pub use crate::source::segment_file;
 
 /// Ingests as `opts` says; returns the program's catalog entry.
 pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
     let key = vodmesh_node::identity::load(&opts.key)?;
-    if opts.source.to_string_lossy().contains("://")
-        || opts.source.extension().is_some_and(|e| e == "m3u8")
-    {
-        bail!(
-            "only local media files can be ingested so far (HLS playlists and URLs are not supported yet)"
-        );
-    }
-    let mut content = segment_file(&opts.source, opts.segment_size, opts.bitrate).await?;
+    let source = crate::source::open(
+        &opts.source.to_string_lossy(),
+        opts.segment_size,
+        opts.bitrate,
+    )
+    .await?;
+    let mut content = source.content.clone();
     content.title = opts.title.clone();
     let program = content.program_id();
     let total = content.total_size();
@@ -177,11 +126,10 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
         .map(|target| {
             push_engine(
                 &client,
-                &opts.source,
+                &source.pieces,
                 &content,
                 program,
                 target,
-                opts.segment_size,
                 &bar,
                 &done,
                 count,
@@ -214,33 +162,25 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
 #[allow(clippy::too_many_arguments)]
 async fn push_engine(
     client: &DirectorClient,
-    source: &Path,
+    pieces: &[Piece],
     content: &ManifestContent,
     program: ProgramId,
     target: &EngineTarget,
-    segment_size: u64,
     bar: &ProgressBar,
     done: &std::sync::atomic::AtomicUsize,
     count: usize,
 ) -> Result<()> {
-    let mut file = tokio::fs::File::open(source)
-        .await
-        .with_context(|| format!("cannot open {}", source.display()))?;
-    let mut buf = Vec::new();
     for &index in &target.segments {
         let entry = content
             .segment(index)
             .with_context(|| format!("plan names unknown segment {index}"))?;
-        file.seek(std::io::SeekFrom::Start(u64::from(index) * segment_size))
-            .await?;
-        buf.resize(entry.size as usize, 0);
-        file.read_exact(&mut buf)
-            .await
-            .with_context(|| format!("{} changed during ingest", source.display()))?;
-        if SegmentHash::of(&buf) != entry.hash {
+        let piece = pieces
+            .get(index as usize)
+            .with_context(|| format!("plan names unknown segment {index}"))?;
+        let buf = read_piece(piece).await?;
+        if buf.len() as u64 != entry.size || SegmentHash::of(&buf) != entry.hash {
             bail!(
-                "{} changed during ingest (segment {index} differs); nothing was committed",
-                source.display()
+                "the source changed during ingest (segment {index} differs); nothing was committed"
             );
         }
         let header = IngestHeader {

@@ -12,4 +12,6 @@ pub mod bench;
 pub mod demo;
 pub mod ingest;
 pub mod programs;
+pub mod publish;
+pub mod source;
 pub mod status;

@@ -8,7 +8,7 @@ use libp2p::Multiaddr;
 use libp2p::PeerId;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Rights;
-use vodmesh_tools::{admin, bench, demo, ingest, programs, status};
+use vodmesh_tools::{admin, bench, demo, ingest, programs, publish, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -82,8 +82,20 @@ enum Cmd {
         /// Nominal bitrate of files without media timing, bit/s (sets segment durations).
         #[arg(long, default_value_t = ingest::DEFAULT_BITRATE, value_name = "BPS")]
         bitrate: u64,
-        /// The source: a media file.
+        /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
+        /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
+    },
+    /// Publishes a program now (admin only): it becomes playable on every station.
+    Publish {
+        /// The content manager's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// An admin identity of that station.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The program id.
+        program: ProgramId,
     },
     /// Lists a content manager's programs.
     Programs {
@@ -239,6 +251,11 @@ async fn run(args: Args) -> Result<()> {
                 "ingested \"{}\": {} segments, {} bytes",
                 info.title, info.segments, info.size
             );
+            println!("{}", info.program);
+        }
+        Cmd::Publish { node, key, program } => {
+            let info = publish::run(&node, &key, program).await?;
+            eprintln!("published \"{}\"", info.title);
             println!("{}", info.program);
         }
         Cmd::Programs { node, json } => {

@@ -1,6 +1,7 @@
 //! The director's content-manager requests: ingest begin and commit, the catalog.
 
 use libp2p::Swarm;
+use libp2p::request_response::ResponseChannel;
 use tokio::sync::oneshot;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
@@ -21,7 +22,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 }
 
 impl Director {
-    fn check_admin(
+    pub(super) fn check_admin(
         &self,
         proof: &Signed,
         op: &str,
@@ -160,7 +161,8 @@ impl Director {
             program,
             title: manifest.content.title.clone(),
             manifest_hash: vodmesh_proto::SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)),
-            state: if session.publish_at_ms.is_some() {
+            // Inactive until its publish time; the scheduler publishes it then (claim 11).
+            state: if session.publish_at_ms.is_some_and(|t| t <= now) {
                 ProgramState::Published
             } else {
                 ProgramState::Inactive
@@ -207,6 +209,7 @@ impl Director {
         program: ProgramId,
         record: Signed,
     ) {
+        let record_copy = record.clone();
         let kad = &mut swarm.behaviour_mut().kad;
         let (reply, _) = oneshot::channel();
         self.registry
@@ -214,6 +217,49 @@ impl Director {
         let (reply, _) = oneshot::channel();
         self.registry
             .execute(kad, Command::Provide { program, reply });
+        self.dist.provided.insert(program);
+        if let Ok(rec) = CatalogRecord::verify(&record_copy) {
+            if rec.state == ProgramState::Inactive && rec.publish_at_ms > 0 {
+                self.arm(program, rec.publish_at_ms);
+            }
+            self.distribute(program, rec.replicas);
+        }
+    }
+
+    /// `Programs`: the catalog, each program with the stations the registry lists as holding
+    /// it (answered from a task: the registry look-ups take a moment).
+    pub(super) fn programs(&self, channel: ResponseChannel<Response>) {
+        let infos = match &self.catalog {
+            Some(catalog) => match catalog.all() {
+                Ok(entries) => entries
+                    .iter()
+                    .filter_map(|e| self.program_info(e))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    let _ = self.replies.try_send((
+                        channel,
+                        Response::Error(refuse(ErrorCode::Internal, e.to_string())),
+                    ));
+                    return;
+                }
+            },
+            None => Vec::new(),
+        };
+        let registry = self.registry_handle.clone();
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::with_capacity(infos.len());
+            for mut info in infos {
+                if let Ok(holders) = registry.holders(info.program).await {
+                    let mut all: std::collections::BTreeSet<libp2p::PeerId> =
+                        info.stations.iter().copied().collect();
+                    all.extend(holders);
+                    info.stations = all.into_iter().collect();
+                }
+                out.push(info);
+            }
+            let _ = replies.send((channel, Response::Programs(out))).await;
+        });
     }
 
     pub(super) fn program_info(&self, entry: &CatalogEntry) -> Option<ProgramInfo> {
@@ -223,8 +269,7 @@ impl Director {
             program: manifest.program,
             title: manifest.content.title.clone(),
             state: record.state,
-            publish_at_ms: (record.state == ProgramState::Published)
-                .then_some(record.publish_at_ms),
+            publish_at_ms: (record.publish_at_ms > 0).then_some(record.publish_at_ms),
             size: manifest.content.total_size(),
             duration_ms: manifest.content.duration_ms,
             segments: manifest.content.segments.len() as u32,

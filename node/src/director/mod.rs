@@ -6,7 +6,11 @@
 //! last record expires.
 
 mod content;
+mod distribution;
 mod play;
+mod publish;
+
+pub use publish::NOT_PUBLISHED;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -80,6 +84,8 @@ struct Director {
     catalog: Option<Catalog>,
     /// Ingests in progress.
     sessions: Sessions,
+    /// Distribution and publish state.
+    dist: distribution::State,
     /// Playback activity heard from the engines.
     activity: director::Activity,
 }
@@ -146,6 +152,7 @@ pub async fn start(
     admins.extend(config.admins.iter().copied());
     let (registry_handle, mut commands) = RegistryHandle::channel(256);
     let (replies, mut replies_rx) = mpsc::channel(64);
+    let (internal, mut internal_rx) = mpsc::channel(256);
     let mut director = Director {
         key,
         config,
@@ -160,9 +167,11 @@ pub async fn start(
         locations,
         catalog,
         sessions: Sessions::default(),
+        dist: distribution::State::new(internal),
         activity: Default::default(),
     };
     director.republish(&mut swarm);
+    director.arm_schedule();
     let republish_every = director.config.registry.republish_interval();
     let task = tokio::spawn(async move {
         let mut republish = tokio::time::interval(republish_every);
@@ -180,6 +189,7 @@ pub async fn start(
                     director.registry.execute(&mut swarm.behaviour_mut().kad, cmd);
                 }
                 Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
+                Some(msg) = internal_rx.recv() => director.on_internal(&mut swarm, msg),
                 Some((channel, response)) = replies_rx.recv() => {
                     if swarm.behaviour_mut().control.send_response(channel, response).is_err() {
                         tracing::debug!("client went away before its answer");
@@ -276,6 +286,7 @@ impl Director {
                     }
                 }
                 self.sessions.stored(&segment.program, segment.index.0);
+                self.on_stored(swarm, segment);
                 return;
             }
             EngineReport::Streams { index, active } => {
@@ -369,6 +380,9 @@ impl Director {
             )) => {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
             }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
+                self.on_outbound(event)
+            }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
                 crate::auth::service::on_event(event);
             }
@@ -454,26 +468,7 @@ impl Director {
                     .control
                     .send_response(channel, response);
             }
-            Request::Programs => {
-                let response = match &self.catalog {
-                    Some(catalog) => match catalog.all() {
-                        Ok(entries) => Response::Programs(
-                            entries
-                                .iter()
-                                .filter_map(|e| self.program_info(e))
-                                .collect(),
-                        ),
-                        Err(e) => {
-                            Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
-                        }
-                    },
-                    None => Response::Programs(Vec::new()),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
-            }
+            Request::Programs => self.programs(channel),
             Request::Locate { program, index } => {
                 let response = match self.locate(program, index) {
                     Ok(location) => {
@@ -513,6 +508,7 @@ impl Director {
                     .control
                     .send_response(channel, response);
             }
+            other => self.on_content_request(swarm, peer, other, channel),
         }
     }
 }

@@ -4,7 +4,9 @@
 //! from it over the control channel ([`crate::control`]).
 //!
 //! - [`ingest`]: `/vodmesh/ingest/1`, segments pushed in during ingest.
+//! - [`copy`]: `/vodmesh/copy/1`, segment copies between stations' engines.
 
+pub mod copy;
 pub mod ingest;
 pub(crate) mod stream;
 
@@ -128,6 +130,24 @@ pub async fn start(
         expectations.clone(),
         reports.clone(),
     ));
+    let allowed = copy::Allowed::default();
+    let copy_incoming = control
+        .accept(vodmesh_proto::copy::PROTOCOL)
+        .context("registering the copy protocol")?;
+    let copy_task = tokio::spawn(copy::serve(
+        copy_incoming,
+        peer_id,
+        store.clone(),
+        allowed.clone(),
+    ));
+    let copier = copy::Copier::new(
+        index,
+        peer_id,
+        control.clone(),
+        store.clone(),
+        allowed,
+        reports.clone(),
+    );
 
     let streams_in = control
         .accept(vodmesh_proto::stream::PROTOCOL)
@@ -166,7 +186,11 @@ pub async fn start(
                         tracing::debug!(index, %error, "engine: incoming connection failed");
                     }
                 }
-                Some(cmd) = commands_rx.recv() => on_command(&task_store, &expectations, cmd).await,
+                Some(cmd) = commands_rx.recv() => {
+                    if let Some(cmd) = copier.take(&mut swarm, cmd) {
+                        on_command(&task_store, &expectations, cmd).await;
+                    }
+                }
                 Some(event) = events.recv() => {
                     let segment = match event {
                         store::Event::Dropped { segment, reason } => {
@@ -180,6 +204,7 @@ pub async fn start(
             }
         }
         ingest_task.abort();
+        copy_task.abort();
         stream_task.abort();
         if let Err(e) = task_store.shutdown().await {
             tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
@@ -231,5 +256,7 @@ async fn on_command(store: &SegmentStore, expectations: &Expectations, cmd: Engi
                 }
             }
         }
+        // Copy commands are taken by `copy::Copier` before they get here.
+        EngineCommand::Fetch { .. } | EngineCommand::AllowCopy { .. } => {}
     }
 }

@@ -1,0 +1,304 @@
+//! `/vodmesh/copy/1` on an engine: serving segment copies to engines of other stations, and
+//! fetching copies its director asks for (claim 12).
+//!
+//! Serving is gated: a peer may copy only while its director-approved entry in [`Allowed`]
+//! lasts. The director fills it after checking, in the registry, that the requesting station
+//! is live and lists the peer as one of its engines. Engine tokens (claims 24, 25) plug in at
+//! [`authorize`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{PeerId, Stream, Swarm};
+use tokio::sync::{Semaphore, mpsc};
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::{SegmentHash, SegmentId};
+
+use super::EngineBehaviour;
+use crate::control::{EngineCommand, EngineReport};
+use crate::events::{self, Kind};
+use crate::store::{SegmentState, SegmentStore};
+
+/// Bytes per read from the stream or the store.
+const CHUNK: usize = 256 * 1024;
+/// Copies an engine fetches at once.
+const MAX_FETCHES: usize = 4;
+/// Copies an engine serves at once.
+const MAX_SERVES: usize = 8;
+
+/// Peers allowed to copy from this engine, with the time their permission ends.
+pub(crate) type Allowed = Arc<Mutex<HashMap<PeerId, u64>>>;
+
+/// The fetching side: takes the copy commands of the engine's command channel.
+pub(crate) struct Copier {
+    index: usize,
+    peer_id: PeerId,
+    control: libp2p_stream::Control,
+    store: SegmentStore,
+    allowed: Allowed,
+    reports: mpsc::Sender<EngineReport>,
+    fetches: Arc<Semaphore>,
+}
+
+impl Copier {
+    pub(crate) fn new(
+        index: usize,
+        peer_id: PeerId,
+        control: libp2p_stream::Control,
+        store: SegmentStore,
+        allowed: Allowed,
+        reports: mpsc::Sender<EngineReport>,
+    ) -> Self {
+        Self {
+            index,
+            peer_id,
+            control,
+            store,
+            allowed,
+            reports,
+            fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+        }
+    }
+
+    /// Handles `cmd` if it is a copy command; gives any other command back.
+    pub(crate) fn take(
+        &self,
+        swarm: &mut Swarm<EngineBehaviour>,
+        cmd: EngineCommand,
+    ) -> Option<EngineCommand> {
+        match cmd {
+            EngineCommand::AllowCopy { peers, until_ms } => {
+                if let Ok(mut m) = self.allowed.lock() {
+                    let now = now_ms();
+                    m.retain(|_, until| *until >= now);
+                    for p in peers {
+                        m.insert(p, until_ms);
+                    }
+                }
+                None
+            }
+            EngineCommand::Fetch {
+                segment,
+                hash,
+                size,
+                source,
+                addrs,
+                held_elsewhere,
+                done,
+            } => {
+                // The engine's behaviours keep no address book: dial with the addresses the
+                // source director named (open_stream below retries until it is connected).
+                if !swarm.is_connected(&source) {
+                    let opts = DialOpts::peer_id(source)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::debug!(%source, error = %e, "dial to source engine failed");
+                    }
+                }
+                let job = Fetch {
+                    segment,
+                    hash,
+                    size,
+                    source,
+                    held_elsewhere,
+                };
+                let (index, peer_id) = (self.index, self.peer_id);
+                let (control, store) = (self.control.clone(), self.store.clone());
+                let (reports, fetches) = (self.reports.clone(), self.fetches.clone());
+                tokio::spawn(async move {
+                    let _permit = fetches.acquire_owned().await;
+                    let result = fetch(control, &store, &job).await;
+                    match &result {
+                        Ok(()) => {
+                            events::emit(
+                                peer_id,
+                                segment.program,
+                                Some(segment.index.0),
+                                Kind::Copied { from: source },
+                            );
+                            let _ = reports
+                                .send(EngineReport::Stored {
+                                    index,
+                                    segment,
+                                    size,
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(index, %segment, %source, error = %e, "copy failed");
+                        }
+                    }
+                    let _ = done.send((segment, result)).await;
+                });
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+struct Fetch {
+    segment: SegmentId,
+    hash: SegmentHash,
+    size: u64,
+    source: PeerId,
+    held_elsewhere: bool,
+}
+
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, String> {
+    let mut last = String::new();
+    // The source accepts one pending stream at a time: retry briefly.
+    for attempt in 0..6u64 {
+        match control.open_stream(peer, copy::PROTOCOL).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    Err(format!("cannot open a copy stream to {peer}: {last}"))
+}
+
+async fn fetch(
+    mut control: libp2p_stream::Control,
+    store: &SegmentStore,
+    job: &Fetch,
+) -> Result<(), String> {
+    let held = store.info(&job.segment);
+    if held.is_some_and(|i| i.state == SegmentState::Complete && i.hash == job.hash) {
+        return Ok(());
+    }
+    let mut stream = open(&mut control, job.source).await?;
+    let request = CopyRequest {
+        segment: job.segment,
+        // Hook for claims 24, 25: the engine token from the auth server goes here.
+        token: None,
+    };
+    write_frame(&mut stream, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply: CopyReply = read_frame(&mut stream, MAX_FRAME)
+        .await
+        .map_err(|e| format!("no copy reply: {e}"))?;
+    match reply {
+        CopyReply::Refused(why) => return Err(format!("source refused: {why}")),
+        CopyReply::Sending { size, .. } if size != job.size => {
+            return Err(format!(
+                "source offers {size} bytes, the manifest says {}",
+                job.size
+            ));
+        }
+        CopyReply::Sending { .. } => {}
+    }
+    // Verified against the manifest's hash, not the source's claim.
+    let mut writer = store
+        .begin_write(job.segment, job.hash, job.size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut left = job.size;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let n = (left as usize).min(CHUNK);
+        stream
+            .read_exact(&mut buf[..n])
+            .await
+            .map_err(|e| format!("copy stream ended early: {e}"))?;
+        writer
+            .write_chunk(&buf[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    writer.finish().await.map_err(|e| e.to_string())?;
+    let _ = stream.close().await;
+    if job.held_elsewhere {
+        store
+            .set_held_elsewhere(job.segment, true)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether `peer` may copy from this engine. Today: the director approved it (its station is
+/// live and lists it as an engine). With engine tokens this also verifies `token`.
+fn authorize(
+    peer: &PeerId,
+    _token: Option<&vodmesh_proto::signed::Signed>,
+    allowed: &Allowed,
+) -> bool {
+    allowed
+        .lock()
+        .ok()
+        .and_then(|m| m.get(peer).copied())
+        .is_some_and(|until| until >= now_ms())
+}
+
+/// Serves copy streams until the engine stops.
+pub(crate) async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    peer_id: PeerId,
+    store: SegmentStore,
+    allowed: Allowed,
+) {
+    let serves = Arc::new(Semaphore::new(MAX_SERVES));
+    while let Some((peer, stream)) = incoming.next().await {
+        let (store, allowed, serves) = (store.clone(), allowed.clone(), serves.clone());
+        tokio::spawn(async move {
+            let _permit = serves.acquire_owned().await;
+            if let Err(e) = handle(peer_id, peer, stream, &store, &allowed).await {
+                tracing::debug!(%peer, error = %e, "copy stream failed");
+            }
+        });
+    }
+}
+
+async fn handle(
+    me: PeerId,
+    peer: PeerId,
+    mut stream: Stream,
+    store: &SegmentStore,
+    allowed: &Allowed,
+) -> std::io::Result<()> {
+    let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
+    if !authorize(&peer, request.token.as_ref(), allowed) {
+        let why = "not an engine of a live station known to this station".to_string();
+        write_frame(&mut stream, &CopyReply::Refused(why)).await?;
+        return stream.close().await;
+    }
+    let segment = request.segment;
+    let (Some(info), Ok(mut reader)) = (store.info(&segment), store.open_read(segment).await)
+    else {
+        write_frame(&mut stream, &CopyReply::Refused("segment not here".into())).await?;
+        return stream.close().await;
+    };
+    write_frame(
+        &mut stream,
+        &CopyReply::Sending {
+            size: info.size,
+            hash: info.hash,
+        },
+    )
+    .await?;
+    while let Some(chunk) = reader
+        .read_next(CHUNK)
+        .await
+        .map_err(std::io::Error::other)?
+    {
+        stream.write_all(&chunk).await?;
+    }
+    stream.flush().await?;
+    events::emit(
+        me,
+        segment.program,
+        Some(segment.index.0),
+        Kind::CopyServed { to: peer },
+    );
+    stream.close().await
+}

@@ -1,0 +1,262 @@
+//! Distribution (claim 12): `--replicas 2` puts complete, verified copies of a 64 MiB program
+//! on two other stations, following the claim's messages in order; the registry then lists
+//! those stations as holders.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use vodmesh_node::events::{Event, Kind};
+use vodmesh_node::{Station, StationConfig};
+use vodmesh_tests::{TEST_TTL, engine_segments, init_logging, listed, random_file, wait_until};
+use vodmesh_tools::ingest::{self, IngestOptions};
+
+async fn station(
+    dir: &Path,
+    engines: usize,
+    home: bool,
+    bootstrap: Option<&libp2p::Multiaddr>,
+) -> anyhow::Result<Station> {
+    let mut config = StationConfig::new(dir);
+    config.engines = engines;
+    config.home = home;
+    config.content_manager = home;
+    config.registry.record_ttl = TEST_TTL;
+    config.bootstrap = bootstrap.cloned().into_iter().collect();
+    Station::start(config).await
+}
+
+/// Position of the first event matching `f`.
+fn pos(log: &[Event], f: impl Fn(&Event) -> bool) -> Option<usize> {
+    log.iter().position(f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(&dir.path().join("home"), 3, true, None).await?;
+    let mut others = Vec::new();
+    for name in ["a", "b", "c"] {
+        others.push(station(&dir.path().join(name), 2, false, Some(home.addr())).await?);
+    }
+    let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
+        .chain(others.iter().map(Station::peer_id))
+        .collect();
+    wait_until("every station listed", Duration::from_secs(30), || async {
+        Ok(listed(&home).await? == all)
+    })
+    .await?;
+
+    let source = dir.path().join("program.bin");
+    let bytes = random_file(&source, 64 * 1024 * 1024, 12)?;
+    let mut events = vodmesh_node::events::subscribe();
+    let info = ingest::run(&IngestOptions {
+        node: home.addr().clone(),
+        key: dir.path().join("home").join("identity.key"),
+        title: "replicated".into(),
+        publish_at_ms: None,
+        replicas: 2,
+        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
+        bitrate: ingest::DEFAULT_BITRATE,
+        source: source.clone(),
+        progress: false,
+    })
+    .await?;
+    let program = info.program;
+    assert_eq!(info.segments, 16);
+
+    // Collect events until two stations report a complete replica.
+    let mut log: Vec<Event> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let complete = |log: &[Event]| {
+        log.iter()
+            .filter(|e| e.program == program && e.kind == Kind::ReplicaComplete)
+            .map(|e| e.peer)
+            .collect::<BTreeSet<_>>()
+    };
+    while complete(&log).len() < 2 {
+        let e = tokio::time::timeout_at(deadline, events.recv()).await??;
+        if e.program == program {
+            log.push(e);
+        }
+    }
+    // Copy-done reaches the directors' tables asynchronously: collect what is still on its way.
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+        if e.program == program {
+            log.push(e);
+        }
+    }
+    let targets = complete(&log);
+    assert!(
+        !targets.contains(&home.peer_id()),
+        "the home is not a target"
+    );
+
+    let engine_of =
+        |station: &Station, peer: &PeerId| station.engines.iter().any(|e| e.peer_id == *peer);
+    for target in &targets {
+        let t = *target;
+        let station = others
+            .iter()
+            .find(|s| s.peer_id() == t)
+            .ok_or_else(|| anyhow::anyhow!("unknown target"))?;
+        let sent = pos(&log, |e| {
+            e.peer == home.peer_id() && e.kind == Kind::ReplicateSent { target: t }
+        })
+        .ok_or_else(|| anyhow::anyhow!("no Replicate sent to {t}"))?;
+        let received = pos(&log, |e| {
+            e.peer == t
+                && matches!(e.kind, Kind::ReplicateReceived { source } if source == home.peer_id())
+        })
+        .ok_or_else(|| anyhow::anyhow!("Replicate not received"))?;
+        let manifest = pos(&log, |e| e.peer == t && e.kind == Kind::ManifestVerified)
+            .ok_or_else(|| anyhow::anyhow!("manifest not verified"))?;
+        assert!(sent < received && received < manifest);
+        let mut first_tabled = usize::MAX;
+        for i in 0..16u32 {
+            let at = |f: &dyn Fn(&Event) -> bool| {
+                pos(&log, |e| e.segment == Some(i) && f(e))
+                    .ok_or_else(|| anyhow::anyhow!("segment {i}: an event is missing"))
+            };
+            let asked = at(&|e| e.peer == t && e.kind == Kind::LocateAsked)?;
+            let located = log
+                .iter()
+                .find(|e| {
+                    e.peer == t && e.segment == Some(i) && matches!(e.kind, Kind::Located { .. })
+                })
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("segment {i} not located"))?;
+            let Kind::Located {
+                engine: source_engine,
+            } = located.kind
+            else {
+                unreachable!()
+            };
+            assert!(
+                engine_of(&home, &source_engine),
+                "the source engine is the home's"
+            );
+            let located_at = at(&|e| e.peer == t && matches!(e.kind, Kind::Located { .. }))?;
+            let directed = log
+                .iter()
+                .position(|e| {
+                    e.peer == t
+                        && e.segment == Some(i)
+                        && matches!(e.kind, Kind::FetchDirected { .. })
+                })
+                .ok_or_else(|| anyhow::anyhow!("segment {i}: fetch not directed"))?;
+            let Kind::FetchDirected { engine: mine } = log[directed].kind.clone() else {
+                unreachable!()
+            };
+            assert!(
+                engine_of(station, &mine),
+                "one of the target's own engines fetches"
+            );
+            let served =
+                at(&|e| e.peer == source_engine && e.kind == Kind::CopyServed { to: mine })?;
+            let copied = at(&|e| {
+                e.peer == mine
+                    && e.kind
+                        == Kind::Copied {
+                            from: source_engine,
+                        }
+            })?;
+            let tabled = at(&|e| e.peer == t && e.kind == Kind::Tabled)?;
+            assert!(
+                asked < located_at
+                    && located_at < directed
+                    && directed < served
+                    && served < copied
+                    && copied < tabled,
+                "segment {i}: locate {asked} < located {located_at} < fetch {directed} < serve {served} < copied {copied} < tabled {tabled}"
+            );
+            assert!(manifest < asked);
+            first_tabled = first_tabled.min(tabled);
+        }
+        let provided = pos(&log, |e| e.peer == t && e.kind == Kind::Provided)
+            .ok_or_else(|| anyhow::anyhow!("{t} never provided the program"))?;
+        assert!(first_tabled < provided, "provided on the first copy-done");
+        assert_eq!(
+            log.iter()
+                .filter(|e| e.peer == t && e.kind == Kind::Provided)
+                .count(),
+            1
+        );
+    }
+
+    // The registry lists the two stations as holders, and so does `vodmesh programs`.
+    let mut want = targets.clone();
+    want.insert(home.peer_id());
+    wait_until(
+        "holders in the registry",
+        Duration::from_secs(30),
+        || async {
+            let holders: BTreeSet<PeerId> = home
+                .registry()
+                .holders(program)
+                .await?
+                .into_iter()
+                .collect();
+            Ok(holders == want)
+        },
+    )
+    .await?;
+    let programs = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let stations: BTreeSet<PeerId> = programs[0].stations.iter().copied().collect();
+    assert_eq!(stations, want);
+
+    // The copies are complete and verified (read back through each store, which verifies),
+    // evictable on the targets, and equal the source.
+    let dirs: Vec<(PeerId, std::path::PathBuf)> = others
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(s, n)| (s.peer_id(), dir.path().join(n)))
+        .collect();
+    home.shutdown().await;
+    for s in others {
+        s.shutdown().await;
+    }
+    for (peer, data) in dirs {
+        let (segments, _) = engine_segments(&data, 2, program).await?;
+        if targets.contains(&peer) {
+            assert_eq!(segments.len(), 16, "a complete copy");
+            let joined: Vec<u8> = segments.into_values().flatten().collect();
+            assert!(joined == bytes, "the copy equals the source");
+            assert!(
+                held_elsewhere(&data, 2, program).await?,
+                "copies are evictable"
+            );
+        } else {
+            assert!(segments.is_empty(), "the third station holds nothing");
+        }
+    }
+    Ok(())
+}
+
+/// Whether every stored segment of `program` at the station under `data` is marked as held
+/// elsewhere (evictable).
+async fn held_elsewhere(
+    data: &Path,
+    engines: usize,
+    program: vodmesh_proto::ProgramId,
+) -> anyhow::Result<bool> {
+    use vodmesh_node::store::{self, SegmentStore};
+    let config = StationConfig::new(data);
+    let mut all = true;
+    for index in 0..engines {
+        let storage = vodmesh_node::station::engine_storage(&config, index);
+        let (st, _events) = SegmentStore::open(store::Config::new(
+            &storage.index,
+            storage.disks.clone(),
+            u64::MAX / 4,
+        ))
+        .await?;
+        for seg in st.list().into_iter().filter(|s| s.program == program) {
+            all &= st.info(&seg).is_some_and(|i| i.held_elsewhere && !i.pinned);
+        }
+        st.shutdown().await?;
+    }
+    Ok(all)
+}

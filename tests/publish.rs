@@ -1,0 +1,174 @@
+//! Publish (claim 11): a program with a publish time 3 s ahead is refused with
+//! `program not published` by every director before it and accepted after; a content manager
+//! restarted before the publish time still publishes on time; `vodmesh publish` publishes now.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vodmesh_node::{Station, StationConfig};
+use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+use vodmesh_proto::time::now_ms;
+use vodmesh_tests::{TEST_TTL, init_logging, listed, random_file, wait_until};
+use vodmesh_tools::ingest::{self, IngestOptions};
+use vodmesh_tools::publish::playable;
+
+async fn station(
+    dir: &Path,
+    home: bool,
+    bootstrap: Option<&libp2p::Multiaddr>,
+) -> anyhow::Result<Station> {
+    let mut config = StationConfig::new(dir);
+    config.engines = 2;
+    config.home = home;
+    config.content_manager = home;
+    config.registry.record_ttl = TEST_TTL;
+    config.bootstrap = bootstrap.cloned().into_iter().collect();
+    Station::start(config).await
+}
+
+fn options(
+    home: &Station,
+    key: &Path,
+    source: &Path,
+    publish_at_ms: Option<u64>,
+    replicas: u32,
+) -> IngestOptions {
+    IngestOptions {
+        node: home.addr().clone(),
+        key: key.to_path_buf(),
+        title: format!("t{}", now_ms()),
+        publish_at_ms,
+        replicas,
+        segment_size: 1024 * 1024,
+        bitrate: ingest::DEFAULT_BITRATE,
+        source: source.to_path_buf(),
+        progress: false,
+    }
+}
+
+fn refusal(r: anyhow::Result<()>) -> Option<String> {
+    r.err().map(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir, true, None).await?;
+    let other = station(&dir.path().join("other"), false, Some(home.addr())).await?;
+    let bystander = station(&dir.path().join("bystander"), false, Some(home.addr())).await?;
+    wait_until("three stations listed", Duration::from_secs(30), || async {
+        Ok(listed(&home).await?.len() == 3)
+    })
+    .await?;
+    let source = dir.path().join("p.bin");
+    random_file(&source, 3 * 1024 * 1024, 5)?;
+    let key = home_dir.join("identity.key");
+
+    let publish_at = now_ms() + 3000;
+    let info = ingest::run(&options(&home, &key, &source, Some(publish_at), 1)).await?;
+    let program = info.program;
+    assert!(now_ms() < publish_at, "ingest took too long for this test");
+    for s in [&home, &other, &bystander] {
+        assert_eq!(
+            refusal(playable(s.addr(), program).await).as_deref(),
+            Some("program not published"),
+        );
+    }
+    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    assert_eq!(listed_state[0].state, ProgramState::Inactive);
+    assert_eq!(listed_state[0].publish_at_ms, Some(publish_at));
+
+    for s in [&home, &other, &bystander] {
+        wait_until(
+            "playable after the publish time",
+            Duration::from_secs(15),
+            || async { Ok(playable(s.addr(), program).await.is_ok()) },
+        )
+        .await?;
+    }
+    assert!(
+        now_ms() >= publish_at,
+        "never served before the publish time"
+    );
+    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    assert_eq!(listed_state[0].state, ProgramState::Published);
+
+    // Without a publish time a program stays inactive until `vodmesh publish`; only admins
+    // publish.
+    let source2 = dir.path().join("q.bin");
+    random_file(&source2, 1024 * 1024, 6)?;
+    let later = ingest::run(&options(&home, &key, &source2, None, 0)).await?;
+    assert_eq!(
+        refusal(playable(other.addr(), later.program).await).as_deref(),
+        Some("program not published")
+    );
+    let stranger = dir.path().join("stranger.key");
+    vodmesh_node::identity::save(&stranger, &libp2p::identity::Keypair::generate_ed25519())?;
+    assert!(
+        vodmesh_tools::publish::run(home.addr(), &stranger, later.program)
+            .await
+            .is_err()
+    );
+    vodmesh_tools::publish::run(home.addr(), &key, later.program).await?;
+    wait_until("published now", Duration::from_secs(15), || async {
+        Ok(playable(other.addr(), later.program).await.is_ok())
+    })
+    .await?;
+
+    // An unknown program is not "not published": it is unknown.
+    let unknown = vodmesh_proto::ProgramId([9; 32]);
+    assert_eq!(
+        refusal(playable(home.addr(), unknown).await).as_deref(),
+        Some("unknown program")
+    );
+    home.shutdown().await;
+    other.shutdown().await;
+    bystander.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_content_manager_still_publishes_on_time() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir, true, None).await?;
+    let source = dir.path().join("p.bin");
+    random_file(&source, 2 * 1024 * 1024, 9)?;
+    let key = home_dir.join("identity.key");
+    let publish_at = now_ms() + 5000;
+    let info = ingest::run(&options(&home, &key, &source, Some(publish_at), 0)).await?;
+    let program = info.program;
+    home.shutdown().await;
+
+    let home = station(&home_dir, true, None).await?;
+    assert!(now_ms() < publish_at, "restart took too long for this test");
+    assert_eq!(
+        refusal(playable(home.addr(), program).await).as_deref(),
+        Some("program not published")
+    );
+    // Nobody calls `vodmesh publish`: the re-armed scheduler must.
+    wait_until(
+        "published by the scheduler",
+        Duration::from_secs(15),
+        || async {
+            let records = home.registry().get_catalog(program).await?;
+            Ok(records
+                .iter()
+                .filter_map(|s| CatalogRecord::verify(s).ok())
+                .any(|r| r.state == ProgramState::Published))
+        },
+    )
+    .await?;
+    let published_seen = now_ms();
+    assert!(published_seen >= publish_at);
+    assert!(
+        published_seen < publish_at + 3000,
+        "published on time (within the polling slack)"
+    );
+    playable(home.addr(), program).await?;
+    home.shutdown().await;
+    Ok(())
+}
