@@ -4,31 +4,12 @@
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, SegmentLocation};
-use vodmesh_proto::time::now_ms;
 
 use super::Director;
 use crate::control::EngineCommand;
 use crate::store::locations::LocationState;
 
 impl Director {
-    /// Refuses programs this station's catalog holds as not (yet) published.
-    pub(super) fn check_playable(&self, program: &ProgramId) -> Result<(), ErrorReply> {
-        let Some(catalog) = &self.catalog else {
-            return Ok(());
-        };
-        match catalog.get(program) {
-            Ok(Some(entry)) => match entry.record() {
-                Some(rec) if rec.playable(now_ms()) => Ok(()),
-                _ => Err(ErrorReply::new(
-                    ErrorCode::NotPublished,
-                    "program not published",
-                )),
-            },
-            Ok(None) => Ok(()),
-            Err(e) => Err(ErrorReply::new(ErrorCode::Internal, e.to_string())),
-        }
-    }
-
     /// Tells the engine a console was just sent to that the segment is coming (claim 16).
     pub(super) fn preload(&mut self, location: &SegmentLocation, program: ProgramId, index: u32) {
         let engine = self
@@ -54,7 +35,6 @@ impl Director {
         program: ProgramId,
         index: u32,
     ) -> Result<SegmentLocation, ErrorReply> {
-        self.check_playable(&program)?;
         let segment = SegmentId::new(program, index);
         let holders = self
             .locations
@@ -69,6 +49,14 @@ impl Director {
                 ),
             ));
         }
+        // Claim 11: nothing is streamed before the publish time. A station that holds a copy
+        // but has not learned the program's catalog record refuses too.
+        self.playable(&program).map_err(|e| match e.code {
+            ErrorCode::NotFound => {
+                ErrorReply::new(ErrorCode::NotPublished, "program not published")
+            }
+            _ => e,
+        })?;
         let best = holders
             .iter()
             .filter_map(|loc| {

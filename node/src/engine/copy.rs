@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{PeerId, Stream, Swarm};
+use libp2p::{Multiaddr, PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
@@ -94,6 +95,14 @@ impl Copier {
                 // The engine's behaviours keep no address book: dial with the addresses the
                 // source director named (open_stream below retries until it is connected).
                 if !swarm.is_connected(&source) {
+                    // TCP only when there is one: dialing TCP and QUIC at once races two
+                    // connections, and a stream opened on the loser never completes.
+                    let tcp: Vec<Multiaddr> = addrs
+                        .iter()
+                        .filter(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+                        .cloned()
+                        .collect();
+                    let addrs = if tcp.is_empty() { addrs } else { tcp };
                     let opts = DialOpts::peer_id(source)
                         .addresses(addrs)
                         .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -114,7 +123,25 @@ impl Copier {
                 let (reports, fetches) = (self.reports.clone(), self.fetches.clone());
                 tokio::spawn(async move {
                     let _permit = fetches.acquire_owned().await;
-                    let result = fetch(control, &store, &job).await;
+                    // A stream can be lost on the way (the source's inbound queue holds one
+                    // stream): each attempt is bounded in time, and lost ones are retried.
+                    let mut result = Err(String::new());
+                    for attempt in 1..=4u64 {
+                        result = tokio::time::timeout(
+                            Duration::from_secs(60),
+                            fetch(control.clone(), &store, &job),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err("copy timed out".into()));
+                        match &result {
+                            Ok(()) => break,
+                            Err(e) if e.starts_with("source refused") => break,
+                            Err(e) => {
+                                tracing::debug!(index, %segment, attempt, error = %e, "copy attempt failed");
+                                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                            }
+                        }
+                    }
                     match &result {
                         Ok(()) => {
                             events::emit(
@@ -156,9 +183,15 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
     let mut last = String::new();
     // The source accepts one pending stream at a time: retry briefly.
     for attempt in 0..6u64 {
-        match control.open_stream(peer, copy::PROTOCOL).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            control.open_stream(peer, copy::PROTOCOL),
+        )
+        .await
+        {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
         }
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
     }
