@@ -9,22 +9,36 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_node::events::{Event, Kind};
 use vodmesh_node::{Station, StationConfig};
-use vodmesh_tests::{TEST_TTL, engine_segments, init_logging, listed, random_file, wait_until};
+use vodmesh_tests::{
+    TEST_TTL, engine_segments, enrolled_config, init_logging, listed, random_file,
+    wait_engine_tokens, wait_until,
+};
 use vodmesh_tools::ingest::{self, IngestOptions};
 
+/// The home station is the auth station; the others are enrolled with it, so their engines
+/// hold engine tokens (claims 24, 25: no copy without one).
 async fn station(
     dir: &Path,
     engines: usize,
     home: bool,
-    bootstrap: Option<&libp2p::Multiaddr>,
+    bootstrap: Option<&Station>,
 ) -> anyhow::Result<Station> {
-    let mut config = StationConfig::new(dir);
+    let mut config = match bootstrap {
+        Some(auth) => {
+            let auth_data = dir.parent().unwrap_or(dir).join("home");
+            enrolled_config(dir, auth, &auth_data).await?
+        }
+        None => StationConfig::new(dir),
+    };
+    config.auth = home;
     config.engines = engines;
     config.home = home;
     config.content_manager = home;
     config.registry.record_ttl = TEST_TTL;
-    config.bootstrap = bootstrap.cloned().into_iter().collect();
-    Station::start(config).await
+    config.bootstrap = bootstrap.map(|b| b.addr().clone()).into_iter().collect();
+    let station = Station::start(config).await?;
+    wait_engine_tokens(&station).await?;
+    Ok(station)
 }
 
 /// Position of the first event matching `f`.
@@ -39,7 +53,7 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
     let home = station(&dir.path().join("home"), 3, true, None).await?;
     let mut others = Vec::new();
     for name in ["a", "b", "c"] {
-        others.push(station(&dir.path().join(name), 2, false, Some(home.addr())).await?);
+        others.push(station(&dir.path().join(name), 2, false, Some(&home)).await?);
     }
     let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
         .chain(others.iter().map(Station::peer_id))

@@ -8,22 +8,30 @@ use std::time::Duration;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::time::now_ms;
-use vodmesh_tests::{TEST_TTL, init_logging, listed, random_file, wait_until};
+use vodmesh_tests::{
+    TEST_TTL, enrolled_config, init_logging, listed, random_file, wait_engine_tokens, wait_until,
+};
 use vodmesh_tools::ingest::{self, IngestOptions};
 use vodmesh_tools::publish::playable;
 
-async fn station(
-    dir: &Path,
-    home: bool,
-    bootstrap: Option<&libp2p::Multiaddr>,
-) -> anyhow::Result<Station> {
-    let mut config = StationConfig::new(dir);
+/// The home station is the auth station; the others are enrolled with it.
+async fn station(dir: &Path, home: bool, bootstrap: Option<&Station>) -> anyhow::Result<Station> {
+    let mut config = match bootstrap {
+        Some(auth) => {
+            let auth_data = dir.parent().unwrap_or(dir).join("home");
+            enrolled_config(dir, auth, &auth_data).await?
+        }
+        None => StationConfig::new(dir),
+    };
+    config.auth = home;
     config.engines = 2;
     config.home = home;
     config.content_manager = home;
     config.registry.record_ttl = TEST_TTL;
-    config.bootstrap = bootstrap.cloned().into_iter().collect();
-    Station::start(config).await
+    config.bootstrap = bootstrap.map(|b| b.addr().clone()).into_iter().collect();
+    let station = Station::start(config).await?;
+    wait_engine_tokens(&station).await?;
+    Ok(station)
 }
 
 fn options(
@@ -56,8 +64,8 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
     let dir = tempfile::tempdir()?;
     let home_dir = dir.path().join("home");
     let home = station(&home_dir, true, None).await?;
-    let other = station(&dir.path().join("other"), false, Some(home.addr())).await?;
-    let bystander = station(&dir.path().join("bystander"), false, Some(home.addr())).await?;
+    let other = station(&dir.path().join("other"), false, Some(&home)).await?;
+    let bystander = station(&dir.path().join("bystander"), false, Some(&home)).await?;
     wait_until("three stations listed", Duration::from_secs(30), || async {
         Ok(listed(&home).await?.len() == 3)
     })

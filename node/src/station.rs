@@ -88,8 +88,10 @@ impl Station {
         let (reports, reports_rx) = mpsc::channel(64);
 
         let mut engines = Vec::with_capacity(config.engines);
+        let token_slots: Vec<engine::copy::TokenSlot> =
+            (0..config.engines).map(|_| Default::default()).collect();
         let mut engine_keys = Vec::with_capacity(config.engines);
-        for index in 0..config.engines {
+        for (index, slot) in token_slots.iter().enumerate() {
             let path = engine_identity_path(&config.data, index);
             let key = identity::load_or_create(&path)?;
             engine_keys.push(engines::Engine {
@@ -102,7 +104,10 @@ impl Station {
                 key,
                 &config.listen,
                 storage,
-                trusted.clone(),
+                engine::EngineAuth {
+                    trusted: trusted.clone(),
+                    token: slot.clone(),
+                },
                 reports.clone(),
                 shutdown_rx.clone(),
             )
@@ -159,6 +164,24 @@ impl Station {
             }
             None => EngineTokens::none(engine_keys.len()),
         };
+        // Hand each engine its token as it arrives (and is refreshed), for its copy requests.
+        {
+            let tokens = engine_tokens.clone();
+            let mut stop = shutdown.subscribe();
+            extra_tasks.push(tokio::spawn(async move {
+                loop {
+                    for (i, slot) in token_slots.iter().enumerate() {
+                        if let Ok(mut t) = slot.lock() {
+                            *t = tokens.get(i);
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
 
         let node = NodeFile {
             director: PeerEntry {

@@ -10,7 +10,6 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SegmentHash, SegmentId};
-use crate::signed::Signed;
 
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/copy/1");
@@ -22,9 +21,8 @@ pub const MAX_FRAME: usize = 16 * 1024;
 pub struct CopyRequest {
     /// The segment.
     pub segment: SegmentId,
-    /// The receiving engine's engine token (claims 24, 25); `None` until the auth server
-    /// issues engine tokens.
-    pub token: Option<Signed>,
+    /// The receiving engine's engine token (claims 24, 25), from the auth server.
+    pub token: Option<serde_bytes::ByteBuf>,
 }
 
 /// The source engine's answer.

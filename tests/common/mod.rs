@@ -379,3 +379,38 @@ pub fn issuer_of(data: &Path) -> Result<String> {
         .issuer
         .context("node.json has no issuer: not an --auth station")
 }
+
+/// A configuration for a station at `dir` enrolled with the auth station `auth` (whose data
+/// directory is `auth_data`): its identity is made first, the auth station's admin issues it
+/// an enrollment token, and it trusts the auth station's issuer.
+pub async fn enrolled_config(
+    dir: &Path,
+    auth: &Station,
+    auth_data: &Path,
+) -> Result<StationConfig> {
+    let key = vodmesh_node::identity::load_or_create(&dir.join("identity.key"))?;
+    let token = dir.join("enroll.token");
+    vodmesh_tools::admin::enroll(
+        auth.addr(),
+        &auth_data.join("identity.key"),
+        None,
+        Some(key.public().to_peer_id()),
+        &token,
+    )
+    .await?;
+    let mut config = StationConfig::new(dir);
+    config.enroll = Some(token);
+    config.trust = auth.issuer().into_iter().collect();
+    Ok(config)
+}
+
+/// Waits until every engine of `station` holds its engine token.
+pub async fn wait_engine_tokens(station: &Station) -> Result<()> {
+    let tokens = station.engine_tokens();
+    let n = station.engines.len();
+    wait_until("engine tokens", Duration::from_secs(30), || {
+        let ready = (0..n).all(|i| tokens.get(i).is_some());
+        async move { Ok(ready) }
+    })
+    .await
+}

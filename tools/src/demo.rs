@@ -28,13 +28,28 @@ pub async fn run() -> Result<()> {
         config.engines = if i == 0 { 3 } else { 2 };
         config.home = i == 0;
         config.content_manager = i == 0;
-        // The first station is also the auth server; the others trust its issuer key.
+        // The first station is also the auth server; the others trust its issuer key and are
+        // enrolled with it, so their engines get engine tokens and may copy.
         config.auth = i == 0;
         config.trust = stations
             .first()
             .and_then(Station::issuer)
             .into_iter()
             .collect();
+        if let Some(first) = stations.first() {
+            let data = dir.path().join(format!("station-{i}"));
+            let key = vodmesh_node::identity::load_or_create(&data.join("identity.key"))?;
+            let token = data.join("enroll.token");
+            admin::enroll(
+                first.addr(),
+                &dir.path().join("station-0").join("identity.key"),
+                None,
+                Some(key.public().to_peer_id()),
+                &token,
+            )
+            .await?;
+            config.enroll = Some(token);
+        }
         config.region = Some(["north", "south", "east"][i % 3].to_string());
         if let Some(first) = stations.first() {
             config.bootstrap = vec![first.addr().clone()];

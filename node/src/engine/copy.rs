@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
 use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, TrustedIssuers};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::EngineBehaviour;
@@ -44,6 +45,7 @@ pub(crate) struct Copier {
     allowed: Allowed,
     reports: mpsc::Sender<EngineReport>,
     fetches: Arc<Semaphore>,
+    token: TokenSlot,
 }
 
 impl Copier {
@@ -54,6 +56,7 @@ impl Copier {
         store: SegmentStore,
         allowed: Allowed,
         reports: mpsc::Sender<EngineReport>,
+        token: TokenSlot,
     ) -> Self {
         Self {
             index,
@@ -63,6 +66,7 @@ impl Copier {
             allowed,
             reports,
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
+            token,
         }
     }
 
@@ -112,6 +116,7 @@ impl Copier {
                     }
                 }
                 let job = Fetch {
+                    token: self.token.lock().ok().and_then(|t| t.clone()),
                     segment,
                     hash,
                     size,
@@ -172,6 +177,7 @@ impl Copier {
 }
 
 struct Fetch {
+    token: Option<Vec<u8>>,
     segment: SegmentId,
     hash: SegmentHash,
     size: u64,
@@ -210,8 +216,8 @@ async fn fetch(
     let mut stream = open(&mut control, job.source).await?;
     let request = CopyRequest {
         segment: job.segment,
-        // Hook for claims 24, 25: the engine token from the auth server goes here.
-        token: None,
+        // Claims 24, 25: every copy request carries this engine's token.
+        token: job.token.clone().map(serde_bytes::ByteBuf::from),
     };
     write_frame(&mut stream, &request)
         .await
@@ -259,18 +265,43 @@ async fn fetch(
     Ok(())
 }
 
-/// Whether `peer` may copy from this engine. Today: the director approved it (its station is
-/// live and lists it as an engine). With engine tokens this also verifies `token`.
+/// This engine's engine token, filled in by the station when the auth server issues it.
+pub type TokenSlot = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// Whether `peer` may copy `segment` from this engine: its director approved it (its station
+/// is live and lists it as an engine), and it presents an engine token of a trusted issuer,
+/// bound to itself (claims 24, 25). A station with no trusted issuer serves no copy.
 fn authorize(
     peer: &PeerId,
-    _token: Option<&vodmesh_proto::signed::Signed>,
+    segment: &SegmentId,
+    token: Option<&[u8]>,
     allowed: &Allowed,
-) -> bool {
-    allowed
+    trusted: &TrustedIssuers,
+) -> Result<(), String> {
+    if trusted.is_empty() {
+        return Err("this station trusts no token issuer and serves no copy".into());
+    }
+    let Some(token) = token else {
+        return Err("no engine token: enroll the station first (vodmesh enroll)".into());
+    };
+    trusted
+        .verify(
+            token,
+            now_ms(),
+            Audience::Engine,
+            Some(&segment.program),
+            peer,
+        )
+        .map_err(|e| e.to_string())?;
+    let approved = allowed
         .lock()
         .ok()
         .and_then(|m| m.get(peer).copied())
-        .is_some_and(|until| until >= now_ms())
+        .is_some_and(|until| until >= now_ms());
+    if !approved {
+        return Err("not an engine of a live station known to this station".into());
+    }
+    Ok(())
 }
 
 /// Serves copy streams until the engine stops.
@@ -279,13 +310,15 @@ pub(crate) async fn serve(
     peer_id: PeerId,
     store: SegmentStore,
     allowed: Allowed,
+    trusted: TrustedIssuers,
 ) {
     let serves = Arc::new(Semaphore::new(MAX_SERVES));
     while let Some((peer, stream)) = incoming.next().await {
         let (store, allowed, serves) = (store.clone(), allowed.clone(), serves.clone());
+        let trusted = trusted.clone();
         tokio::spawn(async move {
             let _permit = serves.acquire_owned().await;
-            if let Err(e) = handle(peer_id, peer, stream, &store, &allowed).await {
+            if let Err(e) = handle(peer_id, peer, stream, &store, &allowed, &trusted).await {
                 tracing::debug!(%peer, error = %e, "copy stream failed");
             }
         });
@@ -298,10 +331,17 @@ async fn handle(
     mut stream: Stream,
     store: &SegmentStore,
     allowed: &Allowed,
+    trusted: &TrustedIssuers,
 ) -> std::io::Result<()> {
     let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
-    if !authorize(&peer, request.token.as_ref(), allowed) {
-        let why = "not an engine of a live station known to this station".to_string();
+    if let Err(why) = authorize(
+        &peer,
+        &request.segment,
+        request.token.as_ref().map(|t| t.as_slice()),
+        allowed,
+        trusted,
+    ) {
+        tracing::info!(%peer, segment = %request.segment, refused = %why, "copy refused");
         write_frame(&mut stream, &CopyReply::Refused(why)).await?;
         return stream.close().await;
     }

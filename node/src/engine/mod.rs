@@ -53,6 +53,16 @@ pub struct EngineStorage {
     pub max_streams: u32,
 }
 
+/// What an engine checks and presents: the issuers whose tokens it accepts (console tokens
+/// on streams, engine tokens on copies) and its own engine token, filled in by the station.
+#[derive(Clone, Debug, Default)]
+pub struct EngineAuth {
+    /// Trusted token issuers; empty: serve no stream and no copy.
+    pub trusted: vodmesh_proto::token::TrustedIssuers,
+    /// This engine's engine token, once the auth server has issued it.
+    pub token: copy::TokenSlot,
+}
+
 /// A started engine.
 pub struct EngineHandle {
     /// Index in the station.
@@ -79,11 +89,12 @@ pub async fn start(
     key: Keypair,
     director_listen: &[Multiaddr],
     storage: EngineStorage,
-    trusted: vodmesh_proto::token::TrustedIssuers,
+    auth: EngineAuth,
     reports: mpsc::Sender<EngineReport>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
     let peer_id = key.public().to_peer_id();
+    let EngineAuth { trusted, token } = auth;
     for disk in &storage.disks {
         std::fs::create_dir_all(disk).with_context(|| format!("creating {}", disk.display()))?;
     }
@@ -139,6 +150,7 @@ pub async fn start(
         peer_id,
         store.clone(),
         allowed.clone(),
+        trusted.clone(),
     ));
     let copier = copy::Copier::new(
         index,
@@ -147,6 +159,7 @@ pub async fn start(
         store.clone(),
         allowed,
         reports.clone(),
+        token,
     );
 
     let streams_in = control
