@@ -162,6 +162,23 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
         trusted.verify(&token, now_ms(), Audience::Console, None, &PeerId::random()),
         Err(TokenError::WrongPeer)
     ));
+    // Refreshed over the network by its own console (what playback does at half-life); the
+    // same token from another identity is refused.
+    let key = vodmesh_node::identity::load(&home.join("identity.key"))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = rt.block_on(vodmesh_console::auth::refresh(&plain.addr, &key, &token))?;
+    let renewed = trusted.verify(&fresh, now_ms(), Audience::Console, None, &console)?;
+    assert!(renewed.expires_ms > claims.expires_ms);
+    let stranger = libp2p::identity::Keypair::generate_ed25519();
+    assert!(
+        rt.block_on(vodmesh_console::auth::refresh(
+            &plain.addr,
+            &stranger,
+            &token
+        ))
+        .is_err()
+    );
 
     // A wrong password: one line.
     let out = login(&home, &auth_addr, &bad)?;

@@ -319,6 +319,60 @@ impl Home {
     }
 }
 
+/// Keeps a console token fresh while the console plays: at half of the token's remaining
+/// lifetime it asks the auth server (found through `node`) for a new one in exchange for the
+/// current one, replaces the shared token (the next segment uses it) and rewrites `path`.
+/// Playback never waits for it; a failed refresh is retried a minute later.
+pub fn spawn_refresher(
+    node: Multiaddr,
+    key: Keypair,
+    token: crate::play::SharedToken,
+    path: Option<PathBuf>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let current = token.read().ok().and_then(|t| t.clone());
+            let Some(current) = current else { return };
+            let Ok(claims) = vodmesh_proto::token::Claims::peek(&current) else {
+                return;
+            };
+            let now = now_ms();
+            let wait = claims.expires_ms.saturating_sub(now) / 2;
+            tokio::time::sleep(Duration::from_millis(wait.max(1000))).await;
+            match refresh(&node, &key, &current).await {
+                Ok(fresh) => {
+                    if let Some(p) = &path {
+                        let _ = write_private(p, &fresh, "token");
+                    }
+                    if let Ok(mut t) = token.write() {
+                        *t = Some(fresh);
+                    }
+                    tracing::debug!("console token refreshed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "console token refresh failed; retrying in 60 s");
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        }
+    })
+}
+
+/// One refresh: a new console token for `current`.
+pub async fn refresh(
+    node: &Multiaddr,
+    key: &Keypair,
+    current: &[u8],
+) -> Result<Vec<u8>, AuthError> {
+    let server = find_auth_server(node, key.clone()).await?;
+    let client = AuthClient::connect(&server, key.clone()).await?;
+    client
+        .token(Request::Refresh {
+            token: serde_bytes::ByteBuf::from(current.to_vec()),
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

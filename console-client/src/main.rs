@@ -147,13 +147,19 @@ async fn run_play(
     let home = Home::from_env()?;
     let token_path = home.token_path("console");
     let credentials = if token_path.exists() {
+        let key = home.identity()?;
+        let token = vodmesh_console::auth::read_small(&token_path, "console token", 64 * 1024)?;
+        let shared: play::SharedToken = Arc::new(std::sync::RwLock::new(Some(token)));
+        // Refreshed in the background before it expires, without stopping playback.
+        let _refresher = vodmesh_console::auth::spawn_refresher(
+            node.clone(),
+            key.clone(),
+            shared.clone(),
+            Some(token_path.clone()),
+        );
         play::Credentials {
-            key: Some(home.identity()?),
-            token: Some(vodmesh_console::auth::read_small(
-                &token_path,
-                "console token",
-                64 * 1024,
-            )?),
+            key: Some(key),
+            token: shared,
         }
     } else {
         play::Credentials::default()

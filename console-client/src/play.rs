@@ -161,13 +161,17 @@ pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>>
         .collect())
 }
 
+/// A console token that a refresher may replace while segments are being fetched.
+pub type SharedToken = Arc<std::sync::RwLock<Option<Vec<u8>>>>;
+
 /// Who is playing: the console's identity and the console token bound to it.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     /// The console's identity (a fresh one if `None`; then no token can match it).
     pub key: Option<libp2p::identity::Keypair>,
-    /// The console token from `vodmesh-console login`.
-    pub token: Option<Vec<u8>>,
+    /// The console token from `vodmesh-console login`, shared with the task that refreshes it
+    /// during playback ([`crate::auth::spawn_refresher`]).
+    pub token: SharedToken,
 }
 
 /// Plays `program` from `start_s` seconds into `out`.
@@ -183,7 +187,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
     let began = Instant::now();
     let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
     let program = resolve(&client, program).await?;
-    let token = Arc::new(credentials.token.clone());
+    let token = credentials.token.clone();
     let directors = Arc::new(Directors {
         first: client.clone(),
         others: Default::default(),
@@ -204,7 +208,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
         .map(|index| {
             let directors = directors.clone();
             let manifest = manifest.clone();
-            let token = token.clone();
+            // Read per segment: a refreshed token is used from the next segment on.
+            let token = token.read().ok().and_then(|t| t.clone());
             async move {
                 (
                     index,

@@ -89,6 +89,12 @@ pub enum Request {
     },
     /// An engine token for the calling engine.
     EngineToken,
+    /// A fresh console token for the same peer and rights, in exchange for a console token of
+    /// this issuer that is still valid (so playback never stops to ask for a password).
+    Refresh {
+        /// The current console token.
+        token: serde_bytes::ByteBuf,
+    },
 }
 
 impl Request {
@@ -97,6 +103,7 @@ impl Request {
         match self {
             Request::Login { .. } => "login",
             Request::AdminLogin { .. } => "admin_login",
+            Request::Refresh { .. } => "refresh",
             Request::AddUser { .. } => "add_user",
             Request::EnrollToken { .. } => "enroll_token",
             Request::Enroll { .. } => "enroll",

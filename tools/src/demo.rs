@@ -139,7 +139,7 @@ pub async fn run() -> Result<()> {
     );
     let credentials = vodmesh_console::play::Credentials {
         key: Some(console_key),
-        token: Some(token),
+        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
     };
     println!("\nplaying it through station {STATIONS} (vodmesh-console play --speed max)...");
     let mut played: Vec<u8> = Vec::with_capacity(bytes.len());

@@ -373,6 +373,20 @@ impl Server {
         )
     }
 
+    /// Exchanges a still-valid console token of this issuer, presented by its own subject, for
+    /// a fresh one with the same rights (a console refreshes before expiry, mid-playback).
+    pub fn refresh(&self, token: &[u8], peer: PeerId, now_ms: u64) -> Result<Vec<u8>, Error> {
+        let own: TrustedIssuers = [self.issuer_key()].into_iter().collect();
+        let claims = own.verify(token, now_ms, Audience::Console, None, &peer)?;
+        self.issue(
+            peer,
+            Audience::Console,
+            claims.rights,
+            self.config.console_ttl,
+            now_ms,
+        )
+    }
+
     /// An admin subscriber logs in from `peer`: returns an admin token bound to `peer`.
     /// A right password of a non-admin user gets [`Error::NotAdmin`].
     #[instrument(skip_all, fields(user = %user, peer = %short_peer(&peer)))]

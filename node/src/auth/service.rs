@@ -148,6 +148,7 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
         Request::Login { user, password } => {
             server.login(&user, &password, peer, now_ms).map(token)
         }
+        Request::Refresh { token: t } => server.refresh(&t, peer, now_ms).map(token),
         Request::AdminLogin { user, password } => server
             .admin_login(&user, &password, peer, now_ms)
             .map(token),
@@ -443,6 +444,26 @@ mod tests {
             .verify(&token, now, Audience::Console, None, &console)
             .unwrap();
         assert_eq!(claims.subject, console);
+
+        // Refresh: the token's own subject gets a fresh one; anyone else is refused.
+        let refresh = || Request::Refresh {
+            token: token.clone(),
+        };
+        let Response::Token(fresh) = handle(&s, console, refresh(), now + 1000) else {
+            panic!("refresh refused");
+        };
+        let again = trusted
+            .verify(&fresh, now + 1000, Audience::Console, None, &console)
+            .unwrap();
+        assert!(again.expires_ms > claims.expires_ms);
+        assert!(matches!(
+            handle(&s, PeerId::random(), refresh(), now),
+            Response::Error(e) if e.contains("another peer")
+        ));
+        assert!(matches!(
+            handle(&s, console, refresh(), claims.expires_ms + 3_600_000),
+            Response::Error(e) if e.contains("expired")
+        ));
 
         // Engine tokens only for enrolled engines, each for itself.
         let engine = PeerId::random();
