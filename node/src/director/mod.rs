@@ -178,17 +178,20 @@ pub async fn start(
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
         loop {
+            // Biased, engine reports first: an engine reports a stored segment before it
+            // acknowledges it to the client, so by the time the client's commit arrives over
+            // the network the report is already queued and must be taken before the request.
             tokio::select! {
+                biased;
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
                     }
                 }
-                event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
+                Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
                 Some(cmd) = commands.recv() => {
                     director.registry.execute(&mut swarm.behaviour_mut().kad, cmd);
                 }
-                Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
                 Some(msg) = internal_rx.recv() => director.on_internal(&mut swarm, msg),
                 Some((channel, response)) = replies_rx.recv() => {
                     if swarm.behaviour_mut().control.send_response(channel, response).is_err() {
@@ -197,6 +200,7 @@ pub async fn start(
                 }
                 _ = republish.tick() => director.republish(&mut swarm),
                 _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
+                event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
             }
         }
         swarm.behaviour_mut().kad.store_mut().flush();
