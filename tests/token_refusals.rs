@@ -144,6 +144,24 @@ async fn copies_and_streams_need_the_right_kind_of_token() -> anyhow::Result<()>
         reply,
         StreamReply::Refused("wrong token kind: engine token, expected console token".into())
     );
+
+    // Every refusal is counted by the director (five copies, one stream).
+    vodmesh_tests::wait_until(
+        "refusals counted",
+        std::time::Duration::from_secs(10),
+        || async {
+            match client
+                .request(vodmesh_proto::director::Request::Activity)
+                .await?
+            {
+                vodmesh_proto::director::Response::Activity(a) => {
+                    Ok(a.refused_copies == 5 && a.refused_streams == 1)
+                }
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        },
+    )
+    .await?;
     station.shutdown().await;
     Ok(())
 }

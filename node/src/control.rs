@@ -66,6 +66,13 @@ pub enum EngineReport {
         /// Whether the stream reached the segment's end.
         complete: bool,
     },
+    /// A request was refused for want of a valid token (counted by the director).
+    Refused {
+        /// Index of the engine.
+        index: usize,
+        /// A copy (engine token) rather than a stream (console token).
+        copy: bool,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.

@@ -206,6 +206,10 @@ pub struct Activity {
     pub stops_early: u64,
     /// Streams being served right now, over all engines.
     pub active: u64,
+    /// Stream requests refused for want of a valid console token.
+    pub refused_streams: u64,
+    /// Copy requests refused for want of a valid engine token (or an approved peer).
+    pub refused_copies: u64,
 }
 
 /// Why a request failed.

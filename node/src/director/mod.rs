@@ -299,6 +299,14 @@ impl Director {
                 }
                 return;
             }
+            EngineReport::Refused { copy, .. } => {
+                if copy {
+                    self.activity.refused_copies += 1;
+                } else {
+                    self.activity.refused_streams += 1;
+                }
+                return;
+            }
             EngineReport::TookOver {
                 index,
                 segment,

@@ -311,14 +311,26 @@ pub(crate) async fn serve(
     store: SegmentStore,
     allowed: Allowed,
     trusted: TrustedIssuers,
+    (index, reports): (usize, mpsc::Sender<EngineReport>),
 ) {
     let serves = Arc::new(Semaphore::new(MAX_SERVES));
     while let Some((peer, stream)) = incoming.next().await {
         let (store, allowed, serves) = (store.clone(), allowed.clone(), serves.clone());
         let trusted = trusted.clone();
+        let reports = reports.clone();
         tokio::spawn(async move {
             let _permit = serves.acquire_owned().await;
-            if let Err(e) = handle(peer_id, peer, stream, &store, &allowed, &trusted).await {
+            if let Err(e) = handle(
+                peer_id,
+                peer,
+                stream,
+                &store,
+                &allowed,
+                &trusted,
+                (index, &reports),
+            )
+            .await
+            {
                 tracing::debug!(%peer, error = %e, "copy stream failed");
             }
         });
@@ -332,6 +344,7 @@ async fn handle(
     store: &SegmentStore,
     allowed: &Allowed,
     trusted: &TrustedIssuers,
+    (index, reports): (usize, &mpsc::Sender<EngineReport>),
 ) -> std::io::Result<()> {
     let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
     if let Err(why) = authorize(
@@ -342,6 +355,7 @@ async fn handle(
         trusted,
     ) {
         tracing::info!(%peer, segment = %request.segment, refused = %why, "copy refused");
+        let _ = reports.try_send(EngineReport::Refused { index, copy: true });
         write_frame(&mut stream, &CopyReply::Refused(why)).await?;
         return stream.close().await;
     }

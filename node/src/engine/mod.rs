@@ -151,6 +151,7 @@ pub async fn start(
         store.clone(),
         allowed.clone(),
         trusted.clone(),
+        (index, reports.clone()),
     ));
     let copier = copy::Copier::new(
         index,

@@ -140,6 +140,10 @@ impl StreamService {
         // peer at the other end of this connection, for this program.
         if let Err(why) = self.check_token(&peer, &request) {
             tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
+            let _ = self.reports.try_send(EngineReport::Refused {
+                index: self.index,
+                copy: false,
+            });
             write_frame(&mut stream, &StreamReply::Refused(why)).await?;
             return stream.close().await;
         }
