@@ -63,6 +63,8 @@ pub struct PlayStats {
 struct Directors {
     first: Arc<DirectorClient>,
     others: tokio::sync::OnceCell<Vec<StationRecord>>,
+    /// Connections to the other directors, opened once and kept for every later segment.
+    clients: tokio::sync::Mutex<std::collections::HashMap<PeerId, Arc<DirectorClient>>>,
 }
 
 impl Directors {
@@ -81,6 +83,18 @@ impl Directors {
             .await
     }
 
+    /// A kept connection to `station`'s director, opened on first use.
+    async fn client(&self, station: &StationRecord) -> Option<Arc<DirectorClient>> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&station.director) {
+            return Some(c.clone());
+        }
+        let addr = station.addrs.first()?;
+        let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
+        clients.insert(station.director, client.clone());
+        Some(client)
+    }
+
     /// Sends `request` to the first director, then to the content managers and other
     /// stations of the swarm, until one answers with something other than `NotFound`.
     async fn ask(&self, request: Request) -> Result<Response> {
@@ -90,11 +104,13 @@ impl Directors {
         }
         let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
         stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
+        // The director that answered last goes first: the next segment is likely there too.
+        {
+            let known = self.clients.lock().await;
+            stations.sort_by_key(|s| !known.contains_key(&s.director));
+        }
         for station in stations {
-            let Some(addr) = station.addrs.first() else {
-                continue;
-            };
-            let Ok(client) = DirectorClient::connect(addr, None).await else {
+            let Some(client) = self.client(station).await else {
                 continue;
             };
             match client.request(request.clone()).await {
@@ -126,6 +142,7 @@ pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>> 
     let directors = Directors {
         first: client.clone(),
         others: Default::default(),
+        clients: Default::default(),
     };
     let mut all = match client.request(Request::Programs).await? {
         Response::Programs(list) => list,
@@ -191,6 +208,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
     let directors = Arc::new(Directors {
         first: client.clone(),
         others: Default::default(),
+        clients: Default::default(),
     });
     let manifest = match directors.ask(Request::Manifest { program }).await? {
         Response::Manifest(signed) => {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Stream, Swarm};
@@ -236,25 +236,7 @@ async fn fetch(
         CopyReply::Sending { .. } => {}
     }
     // Verified against the manifest's hash, not the source's claim.
-    let mut writer = store
-        .begin_write(job.segment, job.hash, job.size)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut left = job.size;
-    let mut buf = vec![0u8; CHUNK];
-    while left > 0 {
-        let n = (left as usize).min(CHUNK);
-        stream
-            .read_exact(&mut buf[..n])
-            .await
-            .map_err(|e| format!("copy stream ended early: {e}"))?;
-        writer
-            .write_chunk(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-        left -= n as u64;
-    }
-    writer.finish().await.map_err(|e| e.to_string())?;
+    super::receive_segment(store, &mut stream, job.segment, job.hash, job.size).await?;
     let _ = stream.close().await;
     if job.held_elsewhere {
         store

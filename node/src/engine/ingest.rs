@@ -102,23 +102,5 @@ async fn receive(
         }
         return Ok(());
     }
-    let mut writer = store
-        .begin_write(header.segment, header.hash, header.size)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut left = header.size;
-    let mut buf = vec![0u8; CHUNK];
-    while left > 0 {
-        let n = (left as usize).min(CHUNK);
-        stream
-            .read_exact(&mut buf[..n])
-            .await
-            .map_err(|e| format!("stream ended early: {e}"))?;
-        writer
-            .write_chunk(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-        left -= n as u64;
-    }
-    writer.finish().await.map_err(|e| e.to_string())
+    super::receive_segment(store, stream, header.segment, header.hash, header.size).await
 }

@@ -236,6 +236,41 @@ pub async fn start(
     })
 }
 
+/// Bytes read from a stream per store write, for ingest and copies.
+const RECEIVE_CHUNK: usize = 256 * 1024;
+
+/// Writes exactly `size` bytes arriving on `stream` into `store` as `segment`, verified against
+/// `hash` as they land; the one receive path of ingest and copies. Nothing of a failed or
+/// short transfer becomes visible.
+pub(crate) async fn receive_segment<R: futures::AsyncRead + Unpin>(
+    store: &SegmentStore,
+    stream: &mut R,
+    segment: SegmentId,
+    hash: vodmesh_proto::SegmentHash,
+    size: u64,
+) -> Result<(), String> {
+    use futures::AsyncReadExt;
+    let mut writer = store
+        .begin_write(segment, hash, size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut left = size;
+    let mut buf = vec![0u8; RECEIVE_CHUNK];
+    while left > 0 {
+        let n = (left as usize).min(RECEIVE_CHUNK);
+        stream
+            .read_exact(&mut buf[..n])
+            .await
+            .map_err(|e| format!("stream ended early: {e}"))?;
+        writer
+            .write_chunk(&buf[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    writer.finish().await.map_err(|e| e.to_string())
+}
+
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineHandle")
