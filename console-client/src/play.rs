@@ -191,6 +191,62 @@ pub struct Credentials {
     pub token: SharedToken,
 }
 
+/// An open program: its verified manifest and the directors to ask for its segments. Used
+/// by `play` and by anything else that fetches segments (the HLS gateway).
+pub struct Session {
+    directors: Arc<Directors>,
+    manifest: Arc<Manifest>,
+    token: SharedToken,
+}
+
+impl Session {
+    /// Connects to the director at `node`, finds `program` (id or exact title) and verifies
+    /// its signed manifest.
+    pub async fn open(node: &Multiaddr, credentials: &Credentials, program: &str) -> Result<Self> {
+        let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
+        let program = resolve(&client, program).await?;
+        Self::with_client(client, credentials, program).await
+    }
+
+    /// As [`Session::open`], over a director connection already open.
+    pub async fn with_client(
+        client: Arc<DirectorClient>,
+        credentials: &Credentials,
+        program: ProgramId,
+    ) -> Result<Self> {
+        let directors = Arc::new(Directors {
+            first: client,
+            others: Default::default(),
+            clients: Default::default(),
+        });
+        let manifest = match directors.ask(Request::Manifest { program }).await? {
+            Response::Manifest(signed) => {
+                Manifest::verify(&signed).context("the program's manifest does not verify")?
+            }
+            Response::Error(e) => bail!("{}", e.message),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        Ok(Self {
+            directors,
+            manifest: Arc::new(manifest),
+            token: credentials.token.clone(),
+        })
+    }
+
+    /// The program's verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Locates segment `index`, streams it whole from the engine the director names and
+    /// verifies it against the manifest; lost streams are retried, refusals are final.
+    pub async fn segment(&self, index: u32) -> Result<(SegmentLocation, Vec<u8>)> {
+        // Read per segment: a refreshed token is used from the next segment on.
+        let token = self.token.read().ok().and_then(|t| t.clone());
+        fetch(&self.directors, &self.manifest, index, token.as_deref()).await
+    }
+}
+
 /// Plays `program` from `start_s` seconds into `out`.
 pub async fn play<W: AsyncWrite + Unpin>(
     node: &Multiaddr,
@@ -202,38 +258,16 @@ pub async fn play<W: AsyncWrite + Unpin>(
     mut progress: impl FnMut(&PlayStats, u64, u64),
 ) -> Result<PlayStats> {
     let began = Instant::now();
-    let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
-    let program = resolve(&client, program).await?;
-    let token = credentials.token.clone();
-    let directors = Arc::new(Directors {
-        first: client.clone(),
-        others: Default::default(),
-        clients: Default::default(),
-    });
-    let manifest = match directors.ask(Request::Manifest { program }).await? {
-        Response::Manifest(signed) => {
-            Manifest::verify(&signed).context("the program's manifest does not verify")?
-        }
-        Response::Error(e) => bail!("{}", e.message),
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let session = Arc::new(Session::open(node, credentials, program).await?);
+    let manifest = session.manifest.clone();
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
     let first = manifest.content.segment_at(start_ms);
     let segments: Vec<u32> = (first..manifest.content.segments.len() as u32).collect();
-    let manifest = Arc::new(manifest);
 
     let fetches = stream::iter(segments)
         .map(|index| {
-            let directors = directors.clone();
-            let manifest = manifest.clone();
-            // Read per segment: a refreshed token is used from the next segment on.
-            let token = token.read().ok().and_then(|t| t.clone());
-            async move {
-                (
-                    index,
-                    fetch(&directors, &manifest, index, token.as_deref()).await,
-                )
-            }
+            let session = session.clone();
+            async move { (index, session.segment(index).await) }
         })
         .buffered(2);
     futures::pin_mut!(fetches);
