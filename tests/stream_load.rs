@@ -167,3 +167,244 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     station.shutdown().await;
     Ok(())
 }
+
+/// A home station with three engines, a one-segment program, and an issuer of console tokens.
+struct Bench {
+    _dir: tempfile::TempDir,
+    station: Station,
+    issuer: vodmesh_proto::token::Issuer,
+    program: vodmesh_proto::ProgramId,
+    bytes: Vec<u8>,
+}
+
+impl Bench {
+    async fn start(max_streams: u32) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("home");
+        let mut config = StationConfig::new(&data);
+        config.engines = 3;
+        config.home = true;
+        config.content_manager = true;
+        // The station's own auth server issues its engines' tokens (copies need them); the
+        // test's issuer signs console tokens.
+        config.auth = true;
+        config.max_streams = max_streams;
+        let issuer = vodmesh_proto::token::Issuer::generate();
+        config.trust = vec![issuer.public()];
+        let station = Station::start(config).await?;
+        vodmesh_tests::wait_engine_tokens(&station).await?;
+        let source = dir.path().join("p.bin");
+        let bytes = random_file(&source, 3 * 1024 * 1024, 9)?;
+        let info = ingest::run(&IngestOptions {
+            node: station.addr().clone(),
+            key: data.join("identity.key"),
+            title: "one segment".into(),
+            publish_at_ms: Some(now_ms()),
+            replicas: 0,
+            segment_size: ingest::DEFAULT_SEGMENT_SIZE,
+            bitrate: ingest::DEFAULT_BITRATE,
+            source,
+            progress: false,
+        })
+        .await?;
+        Ok(Self {
+            _dir: dir,
+            station,
+            issuer,
+            program: info.program,
+            bytes,
+        })
+    }
+
+    /// A new console: its own identity, connection and token.
+    async fn console(&self) -> anyhow::Result<Console> {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let token = self.issuer.issue(
+            key.public().to_peer_id(),
+            vodmesh_proto::token::Audience::Console,
+            vodmesh_proto::token::Rights::All,
+            now_ms(),
+            now_ms() + 3_600_000,
+        )?;
+        Ok(Console {
+            client: DirectorClient::connect(self.station.addr(), Some(key)).await?,
+            token: serde_bytes::ByteBuf::from(token),
+            program: self.program,
+        })
+    }
+
+    /// Streams per engine, in the director's view, by engine peer id.
+    async fn load(&self, client: &DirectorClient) -> anyhow::Result<Vec<(libp2p::PeerId, u32)>> {
+        match client.request(Request::Station).await? {
+            Response::Station(s) => Ok(StationRecord::verify(&s, now_ms())?
+                .engines
+                .iter()
+                .map(|e| (e.peer_id, e.streams))
+                .collect()),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+
+    /// Waits until the director counts `want` streams on each engine named.
+    async fn wait_load(
+        &self,
+        client: &DirectorClient,
+        want: &[(libp2p::PeerId, u32)],
+    ) -> anyhow::Result<()> {
+        wait_until(
+            "the director's stream counts",
+            Duration::from_secs(20),
+            || async {
+                let load = self.load(client).await?;
+                Ok(want.iter().all(|w| load.contains(w)))
+            },
+        )
+        .await
+    }
+
+    async fn activity(
+        &self,
+        client: &DirectorClient,
+    ) -> anyhow::Result<vodmesh_proto::director::Activity> {
+        match client.request(Request::Activity).await? {
+            Response::Activity(a) => Ok(a),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+struct Console {
+    client: DirectorClient,
+    token: serde_bytes::ByteBuf,
+    program: vodmesh_proto::ProgramId,
+}
+
+impl Console {
+    /// Asks the director where segment 0 is and opens a stream there; returns the engine,
+    /// the stream, and the size the engine announced.
+    async fn start(&self) -> anyhow::Result<(libp2p::PeerId, libp2p::Stream, u64)> {
+        let location = match self
+            .client
+            .request(Request::Locate {
+                program: self.program,
+                index: 0,
+            })
+            .await?
+        {
+            Response::Location(l) => l,
+            other => anyhow::bail!("unexpected {other:?}"),
+        };
+        self.client
+            .add_addresses(location.engine, location.addrs.clone())
+            .await?;
+        let mut s = self
+            .client
+            .open_stream(location.engine, stream::PROTOCOL)
+            .await?;
+        write_frame(
+            &mut s,
+            &StreamRequest {
+                segment: SegmentId::new(self.program, 0),
+                offset: 0,
+                token: Some(self.token.clone()),
+            },
+        )
+        .await?;
+        match read_frame(&mut s, stream::MAX_FRAME).await? {
+            StreamReply::Streaming { size, .. } => Ok((location.engine, s, size)),
+            StreamReply::Refused(why) => anyhow::bail!("refused: {why}"),
+        }
+    }
+}
+
+/// Reads the rest of a stream.
+async fn rest(mut s: libp2p::Stream) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    futures::AsyncReadExt::read_to_end(&mut s, &mut got).await?;
+    Ok(got)
+}
+
+/// Claims 19, 20: with `--max-streams 1`, three consoles on one segment are served by three
+/// engines: each new console finds every holder at its limit, and the director has an idle
+/// engine copy the segment from a holder and takes the console there at once, streaming the
+/// segment as it arrives. Every console gets the ingested bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_engines_replicate_to_idle_ones() -> anyhow::Result<()> {
+    init_logging();
+    let bench = Bench::start(1).await?;
+    let (c1, c2, c3) = (
+        bench.console().await?,
+        bench.console().await?,
+        bench.console().await?,
+    );
+    // Each console holds its stream open without reading to the end (backpressure keeps the
+    // engine's slot taken) while the next one asks.
+    let (e1, s1, _) = c1.start().await?;
+    bench.wait_load(&c1.client, &[(e1, 1)]).await?;
+    let (e2, mut s2, _) = c2.start().await?;
+    let mut head = vec![0u8; 1024];
+    futures::AsyncReadExt::read_exact(&mut s2, &mut head).await?;
+    bench.wait_load(&c1.client, &[(e1, 1), (e2, 1)]).await?;
+    let (e3, s3, _) = c3.start().await?;
+    let engines: std::collections::BTreeSet<_> = [e1, e2, e3].into_iter().collect();
+    assert_eq!(engines.len(), 3, "three engines serve the three consoles");
+    assert_eq!(rest(s3).await?, bench.bytes);
+    let mut second = head;
+    second.extend(rest(s2).await?);
+    assert_eq!(second, bench.bytes);
+    assert_eq!(rest(s1).await?, bench.bytes);
+    let activity = bench.activity(&c1.client).await?;
+    assert_eq!(activity.replications, 2);
+    // The copies are complete locations now: a fourth console is served without a new copy.
+    bench
+        .wait_load(&c1.client, &[(e1, 0), (e2, 0), (e3, 0)])
+        .await?;
+    let c4 = bench.console().await?;
+    let (_, s4, _) = c4.start().await?;
+    assert_eq!(rest(s4).await?, bench.bytes);
+    assert_eq!(bench.activity(&c1.client).await?.replications, 2);
+    bench.station.shutdown().await;
+    Ok(())
+}
+
+/// Claim 18: of two engines holding a segment, the director sends a new console to the one
+/// with fewer streams, whichever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_console_goes_to_the_least_loaded_holder() -> anyhow::Result<()> {
+    init_logging();
+    let bench = Bench::start(2).await?;
+    let consoles = [
+        bench.console().await?,
+        bench.console().await?,
+        bench.console().await?,
+    ];
+    // Two consoles fill the first holder (a); the third makes a second holder (b).
+    let (a, s1, _) = consoles[0].start().await?;
+    let (a2, s2, _) = consoles[1].start().await?;
+    assert_eq!(a, a2);
+    bench.wait_load(&consoles[0].client, &[(a, 2)]).await?;
+    let (b, s3, _) = consoles[2].start().await?;
+    assert_ne!(a, b);
+    assert_eq!(rest(s3).await?, bench.bytes);
+    // a serves one console, b none: the next console goes to b, though a has room.
+    assert_eq!(rest(s2).await?, bench.bytes);
+    bench
+        .wait_load(&consoles[0].client, &[(a, 1), (b, 0)])
+        .await?;
+    let c4 = bench.console().await?;
+    let (to, s4, _) = c4.start().await?;
+    assert_eq!(to, b, "the idle holder is chosen");
+    // Now b serves one and a, once its console finishes, none: the next goes to a.
+    assert_eq!(rest(s1).await?, bench.bytes);
+    bench
+        .wait_load(&consoles[0].client, &[(a, 0), (b, 1)])
+        .await?;
+    let c5 = bench.console().await?;
+    let (to, s5, _) = c5.start().await?;
+    assert_eq!(to, a, "the idle holder is chosen");
+    assert_eq!(rest(s4).await?, bench.bytes);
+    assert_eq!(rest(s5).await?, bench.bytes);
+    assert_eq!(bench.activity(&consoles[0].client).await?.replications, 1);
+    bench.station.shutdown().await;
+    Ok(())
+}

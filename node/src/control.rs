@@ -109,16 +109,15 @@ pub enum EngineCommand {
         /// The segments.
         segments: Vec<SegmentId>,
     },
-    /// Copy a segment from another station's engine over `/vodmesh/copy/1` (claim 12),
-    /// verify it against the manifest's hash and size, store it, report
-    /// [`EngineReport::Stored`], and send the outcome on `done`.
+    /// Copy a segment from another engine over `/vodmesh/copy/1` (claims 12, 19), verify it,
+    /// store it, report [`EngineReport::Stored`], and send the outcome on `done`.
     Fetch {
         /// The segment.
         segment: SegmentId,
-        /// Its hash in the signed manifest.
-        hash: SegmentHash,
-        /// Its size in the signed manifest.
-        size: u64,
+        /// Its hash and size in the signed manifest, which the copy is verified against.
+        /// `None` only for a sibling engine of the same station (overload replication): the
+        /// source verified the segment when it stored it, and its hash is taken as given.
+        expect: Option<(SegmentHash, u64)>,
         /// The source engine.
         source: PeerId,
         /// Its addresses.

@@ -210,6 +210,10 @@ pub struct Activity {
     pub refused_streams: u64,
     /// Copy requests refused for want of a valid engine token (or an approved peer).
     pub refused_copies: u64,
+    /// Segments copied to another engine of the station because every engine holding them
+    /// was at its stream limit (claims 19, 20).
+    #[serde(default)]
+    pub replications: u64,
 }
 
 /// Why a request failed.

@@ -514,8 +514,7 @@ impl Seek {
             );
             tx.send(EngineCommand::Fetch {
                 segment: SegmentId::new(program, entry.index),
-                hash: entry.hash,
-                size: entry.size,
+                expect: Some((entry.hash, entry.size)),
                 source: engine,
                 addrs,
                 held_elsewhere: self.held_elsewhere,

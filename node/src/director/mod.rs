@@ -482,7 +482,11 @@ impl Director {
             }
             Request::Programs => self.programs(channel),
             Request::Locate { program, index } => {
-                let response = match self.locate(program, index) {
+                let located = match self.locate(program, index) {
+                    Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
+                    other => other,
+                };
+                let response = match located {
                     Ok(location) => {
                         self.preload(&location, program, index);
                         Response::Location(location)

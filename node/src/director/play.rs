@@ -1,13 +1,22 @@
-//! The director's part in playback: which engine streams a segment (claim 18), and whether a
-//! program may be streamed at all (claim 11).
+//! The director's part in playback: which engine streams a segment (claim 18), a copy to an
+//! idle engine when every holder is at its stream limit (claims 19, 20), and whether a program
+//! may be streamed at all (claim 11).
 
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, SegmentLocation};
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use vodmesh_proto::time::now_ms;
+
 use super::Director;
 use crate::control::EngineCommand;
-use crate::store::locations::LocationState;
+use crate::store::locations::{Location, LocationState};
+
+/// How long a sibling engine may copy from a busy one for an overload replication.
+const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
 
 impl Director {
     /// Tells the engine a console was just sent to that the segment is coming (claim 16).
@@ -80,5 +89,100 @@ impl Director {
                 "every engine holding this segment is at capacity",
             )),
         }
+    }
+
+    /// Every engine holding the segment is at `--max-streams` (claims 19, 20): an idle engine
+    /// of this station copies it from a holder and takes the new console at once, streaming
+    /// the segment as it arrives. The copy enters the location table as filling, and as
+    /// complete when the engine reports it stored.
+    pub(super) fn replicate_for_load(
+        &mut self,
+        program: ProgramId,
+        index: u32,
+    ) -> Result<SegmentLocation, ErrorReply> {
+        let segment = SegmentId::new(program, index);
+        let busy = || {
+            ErrorReply::new(
+                ErrorCode::Busy,
+                "every engine holding this segment is at capacity",
+            )
+        };
+        let holders = self
+            .locations
+            .list(segment)
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+        let up = |peer| {
+            self.engines
+                .iter()
+                .position(|e| e.as_ref().is_some_and(|e| e.peer_id == peer && e.up))
+        };
+        let Some(source) = holders
+            .iter()
+            .filter(|l| l.state == LocationState::Complete)
+            .find_map(|l| up(l.engine))
+        else {
+            return Err(busy());
+        };
+        let target = self
+            .engines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.as_ref()?)))
+            .filter(|(_, e)| e.up && e.streams < e.max_streams)
+            .filter(|(_, e)| holders.iter().all(|l| l.engine != e.peer_id))
+            .min_by_key(|(_, e)| e.streams)
+            .map(|(i, e)| (i, e.peer_id, e.addrs.clone()));
+        let Some((target, target_peer, target_addrs)) = target else {
+            return Err(busy());
+        };
+        let (Some(source_tx), Some(target_tx)) = (
+            self.engine_commands.get(source),
+            self.engine_commands.get(target),
+        ) else {
+            return Err(busy());
+        };
+        let Some(source_info) = self.engines.get(source).and_then(|e| e.as_ref()) else {
+            return Err(busy());
+        };
+        let (done, mut done_rx) = mpsc::channel(1);
+        let allow = EngineCommand::AllowCopy {
+            peers: vec![target_peer],
+            until_ms: now_ms() + SIBLING_COPY_FOR.as_millis() as u64,
+        };
+        let fetch = EngineCommand::Fetch {
+            segment,
+            expect: None,
+            source: source_info.peer_id,
+            addrs: source_info.addrs.clone(),
+            held_elsewhere: false,
+            done,
+        };
+        if source_tx.try_send(allow).is_err() || target_tx.try_send(fetch).is_err() {
+            return Err(busy());
+        }
+        tracing::info!(%segment, from = %source_info.peer_id, to = %target_peer, "overload: replicating to an idle engine");
+        self.activity.replications += 1;
+        let filling = Location {
+            engine: target_peer,
+            state: LocationState::Filling,
+            load: 0,
+        };
+        if let Err(e) = self.locations.insert(segment, &filling) {
+            tracing::warn!(%segment, error = %e, "location table write failed");
+        }
+        // A failed copy leaves no filling location behind.
+        let locations = self.locations.clone();
+        tokio::spawn(async move {
+            if let Some((_, Err(e))) = done_rx.recv().await {
+                tracing::warn!(%segment, engine = %target_peer, error = %e, "overload replication failed");
+                let _ = locations.remove(segment, &target_peer);
+            }
+        });
+        Ok(SegmentLocation {
+            engine: target_peer,
+            addrs: target_addrs,
+            director: self.peer_id(),
+            filling: true,
+        })
     }
 }

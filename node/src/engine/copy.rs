@@ -17,6 +17,7 @@ use libp2p::{Multiaddr, PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
+use vodmesh_proto::manifest::MAX_SEGMENT_SIZE;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, TrustedIssuers};
 use vodmesh_proto::{SegmentHash, SegmentId};
@@ -89,8 +90,7 @@ impl Copier {
             }
             EngineCommand::Fetch {
                 segment,
-                hash,
-                size,
+                expect,
                 source,
                 addrs,
                 held_elsewhere,
@@ -118,8 +118,7 @@ impl Copier {
                 let job = Fetch {
                     token: self.token.lock().ok().and_then(|t| t.clone()),
                     segment,
-                    hash,
-                    size,
+                    expect,
                     source,
                     held_elsewhere,
                 };
@@ -130,7 +129,7 @@ impl Copier {
                     let _permit = fetches.acquire_owned().await;
                     // A stream can be lost on the way (the source's inbound queue holds one
                     // stream): each attempt is bounded in time, and lost ones are retried.
-                    let mut result = Err(String::new());
+                    let mut result: Result<u64, String> = Err(String::new());
                     for attempt in 1..=4u64 {
                         result = tokio::time::timeout(
                             Duration::from_secs(60),
@@ -139,7 +138,7 @@ impl Copier {
                         .await
                         .unwrap_or_else(|_| Err("copy timed out".into()));
                         match &result {
-                            Ok(()) => break,
+                            Ok(_) => break,
                             Err(e) if e.starts_with("source refused") => break,
                             Err(e) => {
                                 tracing::debug!(index, %segment, attempt, error = %e, "copy attempt failed");
@@ -148,7 +147,8 @@ impl Copier {
                         }
                     }
                     match &result {
-                        Ok(()) => {
+                        Ok(size) => {
+                            let size = *size;
                             events::emit(
                                 peer_id,
                                 segment.program,
@@ -167,7 +167,7 @@ impl Copier {
                             tracing::warn!(index, %segment, %source, error = %e, "copy failed");
                         }
                     }
-                    let _ = done.send((segment, result)).await;
+                    let _ = done.send((segment, result.map(|_| ()))).await;
                 });
                 None
             }
@@ -179,8 +179,7 @@ impl Copier {
 struct Fetch {
     token: Option<Vec<u8>>,
     segment: SegmentId,
-    hash: SegmentHash,
-    size: u64,
+    expect: Option<(SegmentHash, u64)>,
     source: PeerId,
     held_elsewhere: bool,
 }
@@ -204,14 +203,17 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
     Err(format!("cannot open a copy stream to {peer}: {last}"))
 }
 
+/// Copies the segment; returns its size.
 async fn fetch(
     mut control: libp2p_stream::Control,
     store: &SegmentStore,
     job: &Fetch,
-) -> Result<(), String> {
-    let held = store.info(&job.segment);
-    if held.is_some_and(|i| i.state == SegmentState::Complete && i.hash == job.hash) {
-        return Ok(());
+) -> Result<u64, String> {
+    if let Some(held) = store.info(&job.segment)
+        && held.state == SegmentState::Complete
+        && job.expect.is_none_or(|(hash, _)| held.hash == hash)
+    {
+        return Ok(held.size);
     }
     let mut stream = open(&mut control, job.source).await?;
     let request = CopyRequest {
@@ -225,18 +227,22 @@ async fn fetch(
     let reply: CopyReply = read_frame(&mut stream, MAX_FRAME)
         .await
         .map_err(|e| format!("no copy reply: {e}"))?;
-    match reply {
-        CopyReply::Refused(why) => return Err(format!("source refused: {why}")),
-        CopyReply::Sending { size, .. } if size != job.size => {
+    let (hash, size) = match (reply, job.expect) {
+        (CopyReply::Refused(why), _) => return Err(format!("source refused: {why}")),
+        (CopyReply::Sending { size, .. }, Some((_, expected))) if size != expected => {
             return Err(format!(
-                "source offers {size} bytes, the manifest says {}",
-                job.size
+                "source offers {size} bytes, the manifest says {expected}"
             ));
         }
-        CopyReply::Sending { .. } => {}
-    }
-    // Verified against the manifest's hash, not the source's claim.
-    super::receive_segment(store, &mut stream, job.segment, job.hash, job.size).await?;
+        // Verified against the manifest's hash, not the source's claim.
+        (CopyReply::Sending { .. }, Some(expected)) => expected,
+        (CopyReply::Sending { size, .. }, None) if size > MAX_SEGMENT_SIZE => {
+            return Err(format!("source offers {size} bytes, more than a segment"));
+        }
+        // A sibling engine of this station: its stored hash is the manifest's.
+        (CopyReply::Sending { size, hash }, None) => (hash, size),
+    };
+    super::receive_segment(store, &mut stream, job.segment, hash, size).await?;
     let _ = stream.close().await;
     if job.held_elsewhere {
         store
@@ -244,7 +250,7 @@ async fn fetch(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(size)
 }
 
 /// This engine's engine token, filled in by the station when the auth server issues it.

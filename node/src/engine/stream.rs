@@ -20,6 +20,8 @@ use crate::store::SegmentStore;
 
 /// Bytes per read from the store and write to the stream.
 const CHUNK: usize = 256 * 1024;
+/// How long a request for a segment not (yet) here waits for a copy in flight to begin.
+const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A console that takes no bytes for this long loses its stream (and its slot).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -155,6 +157,12 @@ impl StreamService {
             .await?;
             return stream.close().await;
         };
+        // A copy the director just ordered (overload replication) may not have begun to
+        // arrive: the console was sent here at once, so wait briefly for the first bytes.
+        let waited = std::time::Instant::now();
+        while self.store.info(&request.segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let mut reader = match self.store.open_read(request.segment).await {
             Ok(r) => r,
             Err(e) => {
