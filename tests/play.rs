@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
 
@@ -290,5 +291,128 @@ fn no_token_or_a_copied_token_plays_nothing() -> anyhow::Result<()> {
     assert!(played == bytes);
     assert_eq!(stats["verified"], true);
     drop(untrusting);
+    Ok(())
+}
+
+/// Drives `vodmesh-console play` on a pseudo-terminal the way a viewer does: waits for the
+/// progress line to show two segments played, presses space (pause), space (resume), right (seek +30 s) and, once a
+/// segment from the new position is written, q (quit).
+const VIEWER: &str = r#"
+import os, pty, select, sys, time
+console, node, out, stats, program = sys.argv[1:6]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(console, [console, "play", "--node", node, "--speed", "1", "--out", out,
+                       "--stats", stats, program])
+seen = b""
+def wait_for(pattern, timeout):
+    global seen
+    seen = b""
+    end = time.time() + timeout
+    while pattern not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.time()))
+        if not ready:
+            sys.exit("no %r on the terminal; it shows %r" % (pattern, seen[-300:]))
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            sys.exit("the console ended early: %r" % seen[-300:])
+wait_for(b"2.0 MiB", 60)
+os.write(fd, b" ")
+wait_for(b"paused", 10)
+os.write(fd, b" ")
+wait_for(b"playing", 10)
+os.write(fd, b"\x1b[C")
+wait_for(b"3.0 MiB", 20)
+os.write(fd, b"q")
+while True:
+    try:
+        if not os.read(fd, 4096):
+            break
+    except OSError:
+        break
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn keys_on_a_terminal_pause_seek_and_quit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = NodeProcess::start(
+        &dir.path().join("home"),
+        &["--engines", "2", "--home", "--content-manager", "--auth"],
+    )?;
+    let console_home = dir.path().join("console");
+    subscriber(
+        &home.addr,
+        &dir.path().join("home/identity.key"),
+        &console_home,
+        "cy",
+    )?;
+    const MIB: usize = 1024 * 1024;
+    let source = dir.path().join("long.bin");
+    // 8 segments of 1 MiB at 1 Mbit/s: 8.4 s each, 67 s of media.
+    let bytes = random_file(&source, 8 * MIB, 24)?;
+    let key = dir.path().join("home/identity.key");
+    vodmesh(&[
+        "ingest",
+        "--node",
+        &home.addr.to_string(),
+        "--key",
+        &key.to_string_lossy(),
+        "--title",
+        "long",
+        "--publish-at",
+        "now",
+        "--segment-size",
+        &MIB.to_string(),
+        "--bitrate",
+        "1000000",
+        &source.to_string_lossy(),
+    ])?;
+    let out = dir.path().join("played.bin");
+    let stats = dir.path().join("stats.json");
+    let viewer = Command::new("python3")
+        .env("VODMESH_HOME", &console_home)
+        .args(["-c", VIEWER])
+        .arg(bin("vodmesh-console"))
+        .arg(home.addr.to_string())
+        .arg(&out)
+        .arg(&stats)
+        .arg("long")
+        .output()?;
+    assert!(
+        viewer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&viewer.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
+    assert_eq!(stats["quit"], true, "{stats}");
+    assert_eq!(stats["seeks"], 1, "{stats}");
+    // The first segments, then whole segments from a later one on, byte-identical.
+    let played = std::fs::read(&out)?;
+    assert!(played.len() > 2 * MIB && played.len() % MIB == 0);
+    assert!(played[..2 * MIB] == bytes[..2 * MIB]);
+    let rest = &played[2 * MIB..];
+    let resumed_at = (3..8).find(|k| bytes[k * MIB..].starts_with(rest));
+    assert!(
+        resumed_at.is_some(),
+        "after the seek the bytes are not the source's from a later segment"
+    );
+    // Quitting left no stream open on the station's engines.
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = vodmesh_console::client::DirectorClient::connect(&home.addr, None).await?;
+        vodmesh_tests::wait_until("every stream to stop", Duration::from_secs(20), || async {
+            match client
+                .request(vodmesh_proto::director::Request::Activity)
+                .await?
+            {
+                vodmesh_proto::director::Response::Activity(a) => Ok(a.active == 0),
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        })
+        .await
+    })?;
     Ok(())
 }

@@ -179,6 +179,10 @@ struct Bench {
 
 impl Bench {
     async fn start(max_streams: u32) -> anyhow::Result<Self> {
+        Self::with_program(max_streams, 3 * 1024 * 1024, ingest::DEFAULT_SEGMENT_SIZE).await
+    }
+
+    async fn with_program(max_streams: u32, len: usize, segment_size: u64) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("home");
         let mut config = StationConfig::new(&data);
@@ -194,14 +198,14 @@ impl Bench {
         let station = Station::start(config).await?;
         vodmesh_tests::wait_engine_tokens(&station).await?;
         let source = dir.path().join("p.bin");
-        let bytes = random_file(&source, 3 * 1024 * 1024, 9)?;
+        let bytes = random_file(&source, len, 9)?;
         let info = ingest::run(&IngestOptions {
             node: station.addr().clone(),
             key: data.join("identity.key"),
             title: "one segment".into(),
             publish_at_ms: Some(now_ms()),
             replicas: 0,
-            segment_size: ingest::DEFAULT_SEGMENT_SIZE,
+            segment_size,
             bitrate: ingest::DEFAULT_BITRATE,
             source,
             progress: false,
@@ -405,6 +409,89 @@ async fn a_new_console_goes_to_the_least_loaded_holder() -> anyhow::Result<()> {
     assert_eq!(rest(s4).await?, bench.bytes);
     assert_eq!(rest(s5).await?, bench.bytes);
     assert_eq!(bench.activity(&consoles[0].client).await?.replications, 1);
+    bench.station.shutdown().await;
+    Ok(())
+}
+
+/// The viewer's keys, as `play` takes them: a seek lands in the right segment and plays on
+/// byte-identical from there, a pause holds playback, and quitting stops it with no stream
+/// left open on any engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_pause_and_quit_steer_playback() -> anyhow::Result<()> {
+    use vodmesh_console::play::{self, Control, Credentials, Session, Speed};
+    init_logging();
+    const MIB: usize = 1024 * 1024;
+    let bench = Bench::with_program(4, 8 * MIB, MIB as u64).await?;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let token = bench.issuer.issue(
+        key.public().to_peer_id(),
+        vodmesh_proto::token::Audience::Console,
+        vodmesh_proto::token::Rights::All,
+        now_ms(),
+        now_ms() + 3_600_000,
+    )?;
+    let credentials = Credentials {
+        key: Some(key),
+        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
+    };
+    let program = bench.program.to_string();
+    let session = Session::open(bench.station.addr(), &credentials, &program).await?;
+    let segment_ms = i64::from(session.manifest().content.segments[0].duration_ms);
+
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut stage = 0;
+    let mut paused_at = None;
+    let mut out = Vec::new();
+    let stats = play::play(
+        bench.station.addr(),
+        &credentials,
+        &program,
+        0.0,
+        Speed::Max,
+        &mut out,
+        Some(rx),
+        |p| match (stage, p.stats.segments) {
+            // After segments 0 and 1: forward by two and a half segments, into segment 4.
+            (0, 2) => {
+                stage = 1;
+                let _ = tx.try_send(Control::Seek(segment_ms * 5 / 2));
+            }
+            // Segment 4 written: pause; resume a moment later.
+            (1, 3) => {
+                stage = 2;
+                let _ = tx.try_send(Control::TogglePause);
+                paused_at = Some(std::time::Instant::now());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = tx.send(Control::TogglePause).await;
+                });
+            }
+            // Segment 5 written: quit.
+            (2, 4) => {
+                stage = 3;
+                let _ = tx.try_send(Control::Quit);
+            }
+            _ => {}
+        },
+    )
+    .await?;
+    let resumed_after = paused_at.map(|t| t.elapsed());
+    assert!(
+        stats.quit && stats.seeks == 1 && stats.segments == 4,
+        "{stats:?}"
+    );
+    let mut want = bench.bytes[..2 * MIB].to_vec();
+    want.extend_from_slice(&bench.bytes[4 * MIB..6 * MIB]);
+    assert!(out == want, "played bytes are not segments 0, 1, 4, 5");
+    assert!(resumed_after.is_some_and(|d| d >= Duration::from_millis(300)));
+    // Quitting left no stream open: the segments in flight were dropped and their engines
+    // reported the stops.
+    let client = bench.console().await?.client;
+    wait_until("every stream to stop", Duration::from_secs(20), || async {
+        Ok(bench.activity(&client).await?.active == 0)
+    })
+    .await?;
     bench.station.shutdown().await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use libp2p::Multiaddr;
 use vodmesh_console::auth::{AuthClient, Home, find_auth_server, read_password, write_private};
 use vodmesh_console::client::DirectorClient;
-use vodmesh_console::play::{self, PlayStats, Speed};
+use vodmesh_console::play::{self, Speed};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Audience;
 
@@ -164,78 +164,95 @@ async fn run_play(
     } else {
         play::Credentials::default()
     };
+    // On a terminal: a progress line, and keys (space, left/right, q) when stdin is one too.
     let show = std::io::stderr().is_terminal();
-    let progress = |s: &PlayStats, at_ms: u64, total_ms: u64| {
+    let keys = if show && std::io::stdin().is_terminal() {
+        match vodmesh_console::terminal::Keys::start() {
+            Ok((keys, controls)) => {
+                eprint!("keys: space pause/resume, left/right seek 30 s, q quit\r\n");
+                Some((keys, controls))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no keys: the terminal refused raw mode");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (keys, controls) = keys.map_or((None, None), |(k, c)| (Some(k), Some(c)));
+    let progress = |p: &play::Progress<'_>| {
         if show {
-            eprint!(
-                "\r{:>7.1}/{:.1} s  {} segments  {} handoffs  {} stalls  {:.1} MiB ",
-                at_ms as f64 / 1000.0,
-                total_ms as f64 / 1000.0,
-                s.segments,
-                s.handoffs,
-                s.stalls,
-                s.bytes as f64 / (1024.0 * 1024.0)
-            );
+            vodmesh_console::terminal::show(p);
         }
     };
-    let stats = match (out.as_deref(), player) {
-        (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
-        (Some("-"), None) => {
-            let mut stdout = tokio::io::stdout();
-            play::play(
-                node,
-                &credentials,
-                program,
-                start,
-                speed,
-                &mut stdout,
-                progress,
-            )
-            .await?
-        }
-        (Some(path), None) => {
-            let mut file = tokio::fs::File::create(path)
+    let result = async {
+        match (out.as_deref(), player) {
+            (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
+            (Some("-"), None) => {
+                let mut stdout = tokio::io::stdout();
+                play::play(
+                    node,
+                    &credentials,
+                    program,
+                    start,
+                    speed,
+                    &mut stdout,
+                    controls,
+                    progress,
+                )
                 .await
-                .with_context(|| format!("cannot create {path}"))?;
-            let stats = play::play(
-                node,
-                &credentials,
-                program,
-                start,
-                speed,
-                &mut file,
-                progress,
-            )
-            .await?;
-            file.sync_all().await?;
-            stats
+            }
+            (Some(path), None) => {
+                let mut file = tokio::fs::File::create(path)
+                    .await
+                    .with_context(|| format!("cannot create {path}"))?;
+                let stats = play::play(
+                    node,
+                    &credentials,
+                    program,
+                    start,
+                    speed,
+                    &mut file,
+                    controls,
+                    progress,
+                )
+                .await?;
+                file.sync_all().await?;
+                Ok(stats)
+            }
+            (None, Some(cmd)) => {
+                let mut child = tokio::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("cannot start the player: {cmd}"))?;
+                let mut stdin = child.stdin.take().context("player has no stdin")?;
+                let stats = play::play(
+                    node,
+                    &credentials,
+                    program,
+                    start,
+                    speed,
+                    &mut stdin,
+                    controls,
+                    progress,
+                )
+                .await?;
+                drop(stdin);
+                let _ = child.wait().await;
+                Ok(stats)
+            }
+            (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
         }
-        (None, Some(cmd)) => {
-            let mut child = tokio::process::Command::new("sh")
-                .args(["-c", &cmd])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .with_context(|| format!("cannot start the player: {cmd}"))?;
-            let mut stdin = child.stdin.take().context("player has no stdin")?;
-            let stats = play::play(
-                node,
-                &credentials,
-                program,
-                start,
-                speed,
-                &mut stdin,
-                progress,
-            )
-            .await?;
-            drop(stdin);
-            let _ = child.wait().await;
-            stats
-        }
-        (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
-    };
+    }
+    .await;
+    // The terminal leaves raw mode before anything else is printed.
+    drop(keys);
     if show {
         eprintln!();
     }
+    let stats = result?;
     if let Some(path) = stats_file {
         std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("writing {}", path.display()))?;

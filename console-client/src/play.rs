@@ -56,6 +56,10 @@ pub struct PlayStats {
     pub stations: Vec<String>,
     /// Every segment matched its manifest hash.
     pub verified: bool,
+    /// Seeks the viewer made during playback.
+    pub seeks: u32,
+    /// The viewer quit before the end.
+    pub quit: bool,
 }
 
 /// The directors a console may ask: the one it was pointed at first, then the rest of the
@@ -247,7 +251,57 @@ impl Session {
     }
 }
 
-/// Plays `program` from `start_s` seconds into `out`.
+/// A viewer's command during playback (the terminal's keys, or any other front end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Pause, or resume when paused.
+    TogglePause,
+    /// Jump this many milliseconds forward (or back, when negative) from the play position.
+    Seek(i64),
+    /// Stop playing.
+    Quit,
+}
+
+/// Where playback stands, for a progress line.
+#[derive(Clone, Debug)]
+pub struct Progress<'a> {
+    /// The statistics so far.
+    pub stats: &'a PlayStats,
+    /// The play position in media time.
+    pub position_ms: u64,
+    /// The program's duration.
+    pub duration_ms: u64,
+    /// Media written ahead of the play position.
+    pub buffered_ms: u64,
+    /// The engine that served the last segment, and its station's director.
+    pub engine: Option<(PeerId, PeerId)>,
+    /// Whether the viewer paused.
+    pub paused: bool,
+}
+
+/// A segment fetched, waiting for its release time.
+struct Pending {
+    location: SegmentLocation,
+    bytes: Vec<u8>,
+    duration_ms: u64,
+    /// When to write it (realtime only).
+    release: Option<Instant>,
+}
+
+/// A segment's index and what fetching it gave.
+type Fetched = (u32, Result<(SegmentLocation, Vec<u8>)>);
+
+/// What the play loop waits for.
+enum Wake {
+    Control(Option<Control>),
+    Tick,
+    Fetched(Box<Option<Fetched>>),
+    Release,
+}
+
+/// Plays `program` from `start_s` seconds into `out`. `controls` carries the viewer's
+/// commands (pause, seek, quit); `progress` is called after every segment and twice a second.
+#[allow(clippy::too_many_arguments)]
 pub async fn play<W: AsyncWrite + Unpin>(
     node: &Multiaddr,
     credentials: &Credentials,
@@ -255,79 +309,174 @@ pub async fn play<W: AsyncWrite + Unpin>(
     start_s: f64,
     speed: Speed,
     out: &mut W,
-    mut progress: impl FnMut(&PlayStats, u64, u64),
+    mut controls: Option<tokio::sync::mpsc::Receiver<Control>>,
+    mut progress: impl FnMut(&Progress<'_>),
 ) -> Result<PlayStats> {
     let began = Instant::now();
     let session = Arc::new(Session::open(node, credentials, program).await?);
     let manifest = session.manifest.clone();
-    let start_ms = (start_s.max(0.0) * 1000.0) as u64;
-    let first = manifest.content.segment_at(start_ms);
-    let segments: Vec<u32> = (first..manifest.content.segments.len() as u32).collect();
-
-    let fetches = stream::iter(segments)
-        .map(|index| {
-            let session = session.clone();
-            async move { (index, session.segment(index).await) }
-        })
-        .buffered(2);
-    futures::pin_mut!(fetches);
-
+    let total_ms = manifest.content.duration_ms;
+    let count = manifest.content.segments.len() as u32;
     let mut stats = PlayStats {
         verified: true,
         ..Default::default()
     };
     let mut engines = BTreeSet::new();
     let mut stations = BTreeSet::new();
-    let mut last_engine: Option<PeerId> = None;
-    let mut clock: Option<(Instant, u64)> = None; // (wall time of media_ms, media_ms)
-    let total_ms = manifest.content.duration_ms;
-    let mut media_ms: u64 = manifest
-        .content
-        .segments
-        .iter()
-        .take(first as usize)
-        .map(|s| u64::from(s.duration_ms))
-        .sum();
-    while let Some((index, fetched)) = fetches.next().await {
-        let (location, bytes) = fetched?;
-        let entry = manifest
+    let mut last: Option<(PeerId, PeerId)> = None;
+    let mut start_ms = (start_s.max(0.0) * 1000.0) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    'run: loop {
+        let first = manifest.content.segment_at(start_ms);
+        // Media time written so far, from the start of the program.
+        let mut media_ms: u64 = manifest
             .content
-            .segment(index)
-            .context("manifest lost a segment")?;
-        if speed == Speed::Realtime
-            && let Some((wall, at_ms)) = clock
-        {
-            // Play position of this segment's start on the wall clock.
-            let due = wall + Duration::from_millis(media_ms.saturating_sub(at_ms));
-            let now = Instant::now();
-            if now > due + Duration::from_millis(50) {
-                stats.stalls += 1;
-                clock = Some((now, media_ms));
-            } else {
-                // Keep one segment buffered ahead of the play position.
-                let release = due.checked_sub(Duration::from_millis(u64::from(entry.duration_ms)));
-                if let Some(release) = release
-                    && release > now
-                {
-                    tokio::time::sleep_until(release.into()).await;
-                }
+            .segments
+            .iter()
+            .take(first as usize)
+            .map(|s| u64::from(s.duration_ms))
+            .sum();
+        let run_start_ms = media_ms;
+        // (wall time, media time) of the play position, once the first segment is written.
+        let mut clock: Option<(Instant, u64)> = None;
+        let mut paused: Option<Instant> = None;
+        let mut pending: Option<Pending> = None;
+        let fetches = stream::iter(first..count)
+            .map(|index| {
+                let session = session.clone();
+                async move { (index, session.segment(index).await) }
+            })
+            .buffered(2);
+        futures::pin_mut!(fetches);
+        let position = |clock: Option<(Instant, u64)>, paused: Option<Instant>, written: u64| match (
+            speed, clock,
+        ) {
+            (Speed::Realtime, Some((wall, at_ms))) => {
+                let now = paused.unwrap_or_else(Instant::now);
+                (at_ms + now.saturating_duration_since(wall).as_millis() as u64).min(written)
             }
+            (Speed::Realtime, None) => run_start_ms,
+            (Speed::Max, _) => written,
+        };
+        loop {
+            let release = pending.as_ref().and_then(|p| p.release);
+            let wake = tokio::select! {
+                biased;
+                c = async {
+                    match controls.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Control(c),
+                _ = async {
+                    match release {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                }, if paused.is_none() && pending.is_some() => Wake::Release,
+                next = fetches.next(), if paused.is_none() && pending.is_none() => Wake::Fetched(Box::new(next)),
+                _ = ticker.tick() => Wake::Tick,
+            };
+            match wake {
+                Wake::Control(None) => controls = None,
+                Wake::Control(Some(Control::Quit)) => {
+                    stats.quit = true;
+                    break 'run;
+                }
+                Wake::Control(Some(Control::TogglePause)) => match paused.take() {
+                    // The clock stood still while paused.
+                    Some(since) => {
+                        if let Some((wall, at)) = clock {
+                            clock = Some((wall + since.elapsed(), at));
+                        }
+                        if let Some(p) = pending.as_mut() {
+                            p.release = p.release.map(|r| r + since.elapsed());
+                        }
+                    }
+                    None => paused = Some(Instant::now()),
+                },
+                Wake::Control(Some(Control::Seek(delta))) => {
+                    let at = position(clock, paused, media_ms) as i64;
+                    let to = (at + delta).clamp(0, total_ms.saturating_sub(1) as i64) as u64;
+                    stats.seeks += 1;
+                    start_ms = to;
+                    // The segments in flight are dropped with their streams: their engines
+                    // report the stops.
+                    continue 'run;
+                }
+                Wake::Tick => {}
+                Wake::Fetched(next) => {
+                    let Some((index, fetched)) = *next else {
+                        break 'run;
+                    };
+                    let (location, bytes) = fetched?;
+                    let entry = manifest
+                        .content
+                        .segment(index)
+                        .context("manifest lost a segment")?;
+                    let duration_ms = u64::from(entry.duration_ms);
+                    let mut release = None;
+                    if speed == Speed::Realtime
+                        && let Some((wall, at_ms)) = clock
+                    {
+                        // Play position of this segment's start on the wall clock.
+                        let due = wall + Duration::from_millis(media_ms.saturating_sub(at_ms));
+                        let now = Instant::now();
+                        if now > due + Duration::from_millis(50) {
+                            stats.stalls += 1;
+                            clock = Some((now, media_ms));
+                        } else {
+                            // Keep one segment buffered ahead of the play position.
+                            release = due
+                                .checked_sub(Duration::from_millis(duration_ms))
+                                .filter(|r| *r > now);
+                        }
+                    }
+                    pending = Some(Pending {
+                        location,
+                        bytes,
+                        duration_ms,
+                        release,
+                    });
+                    if release.is_some() {
+                        continue;
+                    }
+                }
+                Wake::Release => {}
+            }
+            if let Some(p) = pending
+                .take_if(|p| paused.is_none() && p.release.is_none_or(|r| r <= Instant::now()))
+            {
+                out.write_all(&p.bytes).await?;
+                if stats.segments == 0 {
+                    stats.startup_ms = began.elapsed().as_millis() as u64;
+                }
+                if clock.is_none() {
+                    clock = Some((Instant::now(), media_ms));
+                }
+                let served = (p.location.engine, p.location.director);
+                if last.is_some_and(|(e, _)| e != served.0) {
+                    stats.handoffs += 1;
+                }
+                last = Some(served);
+                engines.insert(served.0.to_string());
+                stations.insert(served.1.to_string());
+                stats.bytes += p.bytes.len() as u64;
+                stats.segments += 1;
+                media_ms += p.duration_ms;
+            }
+            let at = position(clock, paused, media_ms);
+            progress(&Progress {
+                stats: &stats,
+                position_ms: at,
+                duration_ms: total_ms,
+                buffered_ms: media_ms.saturating_sub(at),
+                engine: last,
+                paused: paused.is_some(),
+            });
         }
-        out.write_all(&bytes).await?;
-        if stats.segments == 0 {
-            stats.startup_ms = began.elapsed().as_millis() as u64;
-            clock = Some((Instant::now(), media_ms));
-        }
-        if last_engine.is_some_and(|e| e != location.engine) {
-            stats.handoffs += 1;
-        }
-        last_engine = Some(location.engine);
-        engines.insert(location.engine.to_string());
-        stations.insert(location.director.to_string());
-        stats.bytes += bytes.len() as u64;
-        stats.segments += 1;
-        media_ms += u64::from(entry.duration_ms);
-        progress(&stats, media_ms, total_ms);
     }
     out.flush().await?;
     stats.engines = engines.into_iter().collect();

@@ -150,7 +150,8 @@ pub async fn run() -> Result<()> {
         0.0,
         vodmesh_console::play::Speed::Max,
         &mut played,
-        |_, _, _| {},
+        None,
+        |_| {},
     )
     .await?;
     let identical = played == bytes;
