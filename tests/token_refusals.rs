@@ -26,6 +26,7 @@ async fn copy_reply(
         &CopyRequest {
             segment,
             token: token.map(serde_bytes::ByteBuf::from),
+            offset: 0,
         },
     )
     .await?;

@@ -54,6 +54,8 @@ pub struct StationConfig {
     pub coords: Option<(f64, f64)>,
     /// Link bandwidth to the rest of the swarm, Mbit/s.
     pub bandwidth_mbps: u32,
+    /// Each copy this station's engines serve is paced to this many Mbit/s (0: unpaced).
+    pub copy_rate_mbps: u32,
     /// Registry tuning (record TTL).
     pub registry: RegistryConfig,
 }
@@ -82,6 +84,7 @@ impl StationConfig {
             region: None,
             coords: None,
             bandwidth_mbps: 1000,
+            copy_rate_mbps: 0,
             registry: RegistryConfig::default(),
         }
     }

@@ -91,6 +91,28 @@ pub struct Expected {
     pub size: u64,
 }
 
+/// An engine a segment can be copied from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The source engine.
+    pub engine: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// A finished copy: who sent the bytes and how fast, for the cost of the next copy (claim 15).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Copied {
+    /// The source that sent the last bytes.
+    pub source: PeerId,
+    /// Bytes that source sent.
+    pub bytes: u64,
+    /// How long it took to send them.
+    pub elapsed: std::time::Duration,
+    /// Sources that failed before it.
+    pub failovers: u32,
+}
+
 /// What a director tells one of its engines.
 #[derive(Clone, Debug)]
 pub enum EngineCommand {
@@ -118,14 +140,13 @@ pub enum EngineCommand {
         /// `None` only for a sibling engine of the same station (overload replication): the
         /// source verified the segment when it stored it, and its hash is taken as given.
         expect: Option<(SegmentHash, u64)>,
-        /// The source engine.
-        source: PeerId,
-        /// Its addresses.
-        addrs: Vec<Multiaddr>,
+        /// The engines to copy from, cheapest first: a source that fails mid-copy is
+        /// replaced by the next, which sends from the first byte not yet received.
+        sources: Vec<Source>,
         /// Mark the copy evictable (another station, the home, keeps the program).
         held_elsewhere: bool,
         /// Where the outcome goes.
-        done: mpsc::Sender<(SegmentId, Result<(), String>)>,
+        done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
     },
     /// Let these peers (engines of a live station, checked by the director) copy segments
     /// from this engine until `until_ms`.

@@ -32,6 +32,13 @@ pub enum Kind {
         /// The source engine.
         engine: PeerId,
     },
+    /// A director filling a miss chose the cheapest holding station to copy from.
+    SourceChosen {
+        /// The source station's director.
+        station: PeerId,
+        /// Its engine.
+        engine: PeerId,
+    },
     /// The seeking director told one of its engines to fetch the segment.
     FetchDirected {
         /// Its engine.

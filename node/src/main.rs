@@ -75,9 +75,14 @@ struct Args {
     /// Coordinates as LAT,LON.
     #[arg(long, value_name = "LAT,LON", value_parser = parse_coords)]
     coords: Option<(f64, f64)>,
-    /// Link bandwidth to the rest of the swarm, Mbit/s.
+    /// Link bandwidth to the rest of the swarm, Mbit/s, as advertised to other stations for
+    /// the cost of copying from this one (corrected by what they measure).
     #[arg(long, default_value_t = 1000, value_name = "MBPS")]
     bandwidth: u32,
+    /// Pace each copy this station's engines serve to this many Mbit/s (0: unpaced), to keep
+    /// copies from crowding out streams on the uplink.
+    #[arg(long, default_value_t = 0, value_name = "MBPS")]
+    copy_rate: u32,
     /// Lifetime of this station's registry records, in seconds; they are republished every
     /// third of it. A stopped station leaves every listing within this time.
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
@@ -140,6 +145,7 @@ async fn run(args: Args) -> Result<()> {
     config.region = args.region;
     config.coords = args.coords;
     config.bandwidth_mbps = args.bandwidth;
+    config.copy_rate_mbps = args.copy_rate;
     config.registry.record_ttl = Duration::from_secs(args.record_ttl);
 
     let station = Station::start(config)

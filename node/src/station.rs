@@ -59,6 +59,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
         pin_all: config.home,
         scrub: config.scrub,
         max_streams: config.max_streams,
+        copy_rate: u64::from(config.copy_rate_mbps) * 1_000_000 / 8,
     }
 }
 

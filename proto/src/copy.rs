@@ -23,6 +23,10 @@ pub struct CopyRequest {
     pub segment: SegmentId,
     /// The receiving engine's engine token (claims 24, 25), from the auth server.
     pub token: Option<serde_bytes::ByteBuf>,
+    /// Send from this byte on: a copy that lost its source resumes from the bytes it already
+    /// has (and verified as they landed) at the next source.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// The source engine's answer.
@@ -50,6 +54,7 @@ mod tests {
         let req = CopyRequest {
             segment: SegmentId::new(ProgramId([1; 32]), 4),
             token: None,
+            offset: 7,
         };
         assert_eq!(
             decode::<CopyRequest>(&encode(&req), MAX_FRAME).unwrap(),

@@ -190,6 +190,13 @@ pub enum Response {
         engine: PeerId,
         /// Its addresses.
         addrs: Vec<Multiaddr>,
+        /// Streams the engine serves now, and its limit: the source's load, for the cost of
+        /// copying from it (claim 15).
+        #[serde(default)]
+        streams: u32,
+        /// The engine's `--max-streams`.
+        #[serde(default)]
+        max_streams: u32,
     },
 }
 
@@ -214,6 +221,13 @@ pub struct Activity {
     /// was at its stream limit (claims 19, 20).
     #[serde(default)]
     pub replications: u64,
+    /// Segments asked of this station that it did not hold, filled by copying them from the
+    /// cheapest holding station while the console streams them (claims 14, 15).
+    #[serde(default)]
+    pub misses: u64,
+    /// Copies that lost their source and resumed from the next cheapest one.
+    #[serde(default)]
+    pub source_failovers: u64,
 }
 
 /// Why a request failed.
@@ -294,6 +308,8 @@ mod tests {
                 index: 2,
                 engine: PeerId::random(),
                 addrs: vec![],
+                streams: 1,
+                max_streams: 8,
             },
             Response::Error(ErrorReply::new(ErrorCode::NotFound, "x")),
             Response::Error(ErrorReply::new(

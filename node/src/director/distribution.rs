@@ -28,7 +28,7 @@ use vodmesh_registry::registry::Command;
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use super::{Director, DirectorBehaviour};
-use crate::control::EngineCommand;
+use crate::control::{EngineCommand, Source};
 use crate::events::{self, Kind};
 use crate::store::locations::LocationState;
 
@@ -52,6 +52,13 @@ pub(super) enum Internal {
     Learned(CatalogRecord),
     /// Station `director` was found live: its engines may copy until `until_ms`.
     Allowed { director: PeerId, until_ms: u64 },
+    /// A miss's holders were looked up: pick the source and order the copy.
+    Miss(Box<super::miss::Gathered>),
+    /// A copy from `station` finished.
+    Copied {
+        station: PeerId,
+        copied: crate::control::Copied,
+    },
 }
 
 /// The director's distribution and publish state.
@@ -253,6 +260,8 @@ impl Director {
             Internal::Allowed { director, until_ms } => {
                 self.dist.allowed.insert(director, until_ms);
             }
+            Internal::Miss(gathered) => self.fill_miss(*gathered),
+            Internal::Copied { station, copied } => self.on_copied(station, copied),
         }
     }
 
@@ -375,10 +384,10 @@ impl Director {
                         .iter()
                         .flatten()
                         .find(|e| e.peer_id == l.engine && e.up)
-                        .map(|e| (e.peer_id, e.addrs.clone()))
+                        .map(|e| (e.peer_id, e.addrs.clone(), e.streams, e.max_streams))
                 })
         });
-        let Some((engine, addrs)) = located else {
+        let Some((engine, addrs, streams, max_streams)) = located else {
             return Some((
                 channel,
                 reply_error(
@@ -391,6 +400,8 @@ impl Director {
             index,
             engine,
             addrs,
+            streams,
+            max_streams,
         };
         let now = now_ms();
         if self
@@ -515,8 +526,7 @@ impl Seek {
             tx.send(EngineCommand::Fetch {
                 segment: SegmentId::new(program, entry.index),
                 expect: Some((entry.hash, entry.size)),
-                source: engine,
-                addrs,
+                sources: vec![Source { engine, addrs }],
                 held_elsewhere: self.held_elsewhere,
                 done: done_tx.clone(),
             })

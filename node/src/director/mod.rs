@@ -7,6 +7,7 @@
 
 mod content;
 mod distribution;
+mod miss;
 mod play;
 mod publish;
 
@@ -88,6 +89,8 @@ struct Director {
     dist: distribution::State,
     /// Playback activity heard from the engines.
     activity: director::Activity,
+    /// What cache misses remember: manifests, measured throughput and round trips.
+    miss: miss::State,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -169,6 +172,7 @@ pub async fn start(
         sessions: Sessions::default(),
         dist: distribution::State::new(internal),
         activity: Default::default(),
+        miss: Default::default(),
     };
     director.republish(&mut swarm);
     director.arm_schedule();
@@ -395,6 +399,13 @@ impl Director {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
                 self.on_outbound(event)
             }
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.miss.rtt.insert(peer, rtt);
+            }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
                 crate::auth::service::on_event(event);
             }
@@ -484,6 +495,11 @@ impl Director {
             Request::Locate { program, index } => {
                 let located = match self.locate(program, index) {
                     Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
+                    // Held elsewhere: copy it here and stream it as it arrives (claim 14).
+                    Err(e) if e.code == ErrorCode::NotFound => {
+                        self.on_miss(program, index, channel);
+                        return;
+                    }
                     other => other,
                 };
                 let response = match located {

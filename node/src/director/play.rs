@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use vodmesh_proto::time::now_ms;
 
 use super::Director;
-use crate::control::EngineCommand;
+use crate::control::{EngineCommand, Source};
 use crate::store::locations::{Location, LocationState};
 
 /// How long a sibling engine may copy from a busy one for an overload replication.
@@ -152,8 +152,10 @@ impl Director {
         let fetch = EngineCommand::Fetch {
             segment,
             expect: None,
-            source: source_info.peer_id,
-            addrs: source_info.addrs.clone(),
+            sources: vec![Source {
+                engine: source_info.peer_id,
+                addrs: source_info.addrs.clone(),
+            }],
             held_elsewhere: false,
             done,
         };

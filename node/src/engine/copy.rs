@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Stream, Swarm};
@@ -23,9 +23,9 @@ use vodmesh_proto::token::{Audience, TrustedIssuers};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::EngineBehaviour;
-use crate::control::{EngineCommand, EngineReport};
+use crate::control::{Copied, EngineCommand, EngineReport, Source};
 use crate::events::{self, Kind};
-use crate::store::{SegmentState, SegmentStore};
+use crate::store::{SegmentState, SegmentStore, Writer};
 
 /// Bytes per read from the stream or the store.
 const CHUNK: usize = 256 * 1024;
@@ -91,35 +91,20 @@ impl Copier {
             EngineCommand::Fetch {
                 segment,
                 expect,
-                source,
-                addrs,
+                sources,
                 held_elsewhere,
                 done,
             } => {
-                // The engine's behaviours keep no address book: dial with the addresses the
-                // source director named (open_stream below retries until it is connected).
-                if !swarm.is_connected(&source) {
-                    // TCP only when there is one: dialing TCP and QUIC at once races two
-                    // connections, and a stream opened on the loser never completes.
-                    let tcp: Vec<Multiaddr> = addrs
-                        .iter()
-                        .filter(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-                        .cloned()
-                        .collect();
-                    let addrs = if tcp.is_empty() { addrs } else { tcp };
-                    let opts = DialOpts::peer_id(source)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = swarm.dial(opts) {
-                        tracing::debug!(%source, error = %e, "dial to source engine failed");
-                    }
+                // The engine's behaviours keep no address book: dial each source with the
+                // addresses its director named (open_stream below retries until connected).
+                for source in &sources {
+                    dial(swarm, source);
                 }
                 let job = Fetch {
                     token: self.token.lock().ok().and_then(|t| t.clone()),
                     segment,
                     expect,
-                    source,
+                    sources,
                     held_elsewhere,
                 };
                 let (index, peer_id) = (self.index, self.peer_id);
@@ -127,34 +112,18 @@ impl Copier {
                 let (reports, fetches) = (self.reports.clone(), self.fetches.clone());
                 tokio::spawn(async move {
                     let _permit = fetches.acquire_owned().await;
-                    // A stream can be lost on the way (the source's inbound queue holds one
-                    // stream): each attempt is bounded in time, and lost ones are retried.
-                    let mut result: Result<u64, String> = Err(String::new());
-                    for attempt in 1..=4u64 {
-                        result = tokio::time::timeout(
-                            Duration::from_secs(60),
-                            fetch(control.clone(), &store, &job),
-                        )
-                        .await
-                        .unwrap_or_else(|_| Err("copy timed out".into()));
-                        match &result {
-                            Ok(_) => break,
-                            Err(e) if e.starts_with("source refused") => break,
-                            Err(e) => {
-                                tracing::debug!(index, %segment, attempt, error = %e, "copy attempt failed");
-                                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                            }
-                        }
-                    }
+                    let result = fetch(control, &store, &job).await;
                     match &result {
-                        Ok(size) => {
-                            let size = *size;
+                        Ok(copied) => {
                             events::emit(
                                 peer_id,
                                 segment.program,
                                 Some(segment.index.0),
-                                Kind::Copied { from: source },
+                                Kind::Copied {
+                                    from: copied.source,
+                                },
                             );
+                            let size = store.info(&segment).map_or(0, |i| i.size);
                             let _ = reports
                                 .send(EngineReport::Stored {
                                     index,
@@ -164,10 +133,10 @@ impl Copier {
                                 .await;
                         }
                         Err(e) => {
-                            tracing::warn!(index, %segment, %source, error = %e, "copy failed");
+                            tracing::warn!(index, %segment, error = %e, "copy failed from every source");
                         }
                     }
-                    let _ = done.send((segment, result.map(|_| ()))).await;
+                    let _ = done.send((segment, result)).await;
                 });
                 None
             }
@@ -180,8 +149,34 @@ struct Fetch {
     token: Option<Vec<u8>>,
     segment: SegmentId,
     expect: Option<(SegmentHash, u64)>,
-    source: PeerId,
+    sources: Vec<Source>,
     held_elsewhere: bool,
+}
+
+/// Dials a source engine unless connected, TCP only when it has TCP addresses: dialing TCP
+/// and QUIC at once races two connections, and a stream opened on the loser never completes.
+fn dial(swarm: &mut Swarm<EngineBehaviour>, source: &Source) {
+    if swarm.is_connected(&source.engine) {
+        return;
+    }
+    let tcp: Vec<Multiaddr> = source
+        .addrs
+        .iter()
+        .filter(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+        .cloned()
+        .collect();
+    let addrs = if tcp.is_empty() {
+        source.addrs.clone()
+    } else {
+        tcp
+    };
+    let opts = DialOpts::peer_id(source.engine)
+        .addresses(addrs)
+        .condition(PeerCondition::DisconnectedAndNotDialing)
+        .build();
+    if let Err(e) = swarm.dial(opts) {
+        tracing::debug!(source = %source.engine, error = %e, "dial to source engine failed");
+    }
 }
 
 async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, String> {
@@ -203,54 +198,154 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
     Err(format!("cannot open a copy stream to {peer}: {last}"))
 }
 
-/// Copies the segment; returns its size.
+/// Why one attempt at one source failed.
+enum Attempt {
+    /// The source said no, or offers something else: go to the next source.
+    Refused(String),
+    /// The stream broke or stalled: this source may be tried again.
+    Lost(String),
+    /// The local store failed: no source can help.
+    Store(String),
+}
+
+/// A source that sends nothing for this long is given up.
+const READ_STALL: Duration = Duration::from_secs(15);
+/// Attempts per source before the next one is tried.
+const ATTEMPTS_PER_SOURCE: u32 = 2;
+
+/// Copies the segment from the first source that can send it, resuming from the bytes
+/// already received (and hashed as they landed) when a source fails midway. Nothing of a copy
+/// that fails at every source becomes visible.
 async fn fetch(
     mut control: libp2p_stream::Control,
     store: &SegmentStore,
     job: &Fetch,
-) -> Result<u64, String> {
+) -> Result<Copied, String> {
     if let Some(held) = store.info(&job.segment)
         && held.state == SegmentState::Complete
         && job.expect.is_none_or(|(hash, _)| held.hash == hash)
     {
-        return Ok(held.size);
+        let source = job.sources.first().map_or(PeerId::random(), |s| s.engine);
+        return Ok(Copied {
+            source,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            failovers: 0,
+        });
     }
-    let mut stream = open(&mut control, job.source).await?;
+    let mut writer: Option<Writer> = None;
+    let mut last = "no source to copy from".to_string();
+    for (n, source) in job.sources.iter().enumerate() {
+        for attempt in 1..=ATTEMPTS_PER_SOURCE {
+            let from = writer.as_ref().map_or(0, Writer::written);
+            let started = std::time::Instant::now();
+            match copy_from(&mut control, store, job, source.engine, &mut writer).await {
+                Ok(()) => {
+                    let Some(w) = writer.take() else {
+                        return Err("copy finished without a writer".into());
+                    };
+                    let bytes = w.written() - from;
+                    w.finish().await.map_err(|e| e.to_string())?;
+                    if job.held_elsewhere {
+                        store
+                            .set_held_elsewhere(job.segment, true)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    return Ok(Copied {
+                        source: source.engine,
+                        bytes,
+                        elapsed: started.elapsed(),
+                        failovers: n as u32,
+                    });
+                }
+                Err(Attempt::Store(e)) => return Err(e),
+                Err(Attempt::Refused(e)) => {
+                    tracing::debug!(segment = %job.segment, source = %source.engine, error = %e, "copy source refused");
+                    last = e;
+                    break;
+                }
+                Err(Attempt::Lost(e)) => {
+                    tracing::debug!(segment = %job.segment, source = %source.engine, attempt, error = %e, "copy attempt lost");
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+            }
+        }
+        if let Some(w) = &writer {
+            tracing::info!(segment = %job.segment, failed = %source.engine, have = w.written(), "copy source failed; resuming from the next source");
+        }
+    }
+    Err(last)
+}
+
+/// One attempt at one source: asks for the bytes from what `writer` already holds on, and
+/// appends them.
+async fn copy_from(
+    control: &mut libp2p_stream::Control,
+    store: &SegmentStore,
+    job: &Fetch,
+    source: PeerId,
+    writer: &mut Option<Writer>,
+) -> Result<(), Attempt> {
+    let mut stream = open(control, source).await.map_err(Attempt::Lost)?;
+    let offset = writer.as_ref().map_or(0, Writer::written);
     let request = CopyRequest {
         segment: job.segment,
         // Claims 24, 25: every copy request carries this engine's token.
         token: job.token.clone().map(serde_bytes::ByteBuf::from),
+        offset,
     };
     write_frame(&mut stream, &request)
         .await
-        .map_err(|e| e.to_string())?;
-    let reply: CopyReply = read_frame(&mut stream, MAX_FRAME)
+        .map_err(|e| Attempt::Lost(e.to_string()))?;
+    let reply: CopyReply = tokio::time::timeout(READ_STALL, read_frame(&mut stream, MAX_FRAME))
         .await
-        .map_err(|e| format!("no copy reply: {e}"))?;
-    let (hash, size) = match (reply, job.expect) {
-        (CopyReply::Refused(why), _) => return Err(format!("source refused: {why}")),
-        (CopyReply::Sending { size, .. }, Some((_, expected))) if size != expected => {
-            return Err(format!(
-                "source offers {size} bytes, the manifest says {expected}"
-            ));
-        }
-        // Verified against the manifest's hash, not the source's claim.
-        (CopyReply::Sending { .. }, Some(expected)) => expected,
-        (CopyReply::Sending { size, .. }, None) if size > MAX_SEGMENT_SIZE => {
-            return Err(format!("source offers {size} bytes, more than a segment"));
-        }
-        // A sibling engine of this station: its stored hash is the manifest's.
-        (CopyReply::Sending { size, hash }, None) => (hash, size),
+        .map_err(|_| Attempt::Lost("no copy reply in time".into()))?
+        .map_err(|e| Attempt::Lost(format!("no copy reply: {e}")))?;
+    let (size, hash) = match reply {
+        CopyReply::Refused(why) => return Err(Attempt::Refused(format!("source refused: {why}"))),
+        CopyReply::Sending { size, hash } => (size, hash),
     };
-    super::receive_segment(store, &mut stream, job.segment, hash, size).await?;
-    let _ = stream.close().await;
-    if job.held_elsewhere {
-        store
-            .set_held_elsewhere(job.segment, true)
+    // Verified against the manifest's hash, not the source's claim; a sibling engine of this
+    // station (no manifest at hand) is taken at its word, its segment verified when stored.
+    let (hash, size) = match job.expect {
+        Some((_, expected)) if size != expected => {
+            return Err(Attempt::Refused(format!(
+                "source offers {size} bytes, the manifest says {expected}"
+            )));
+        }
+        Some(expected) => expected,
+        None if size > MAX_SEGMENT_SIZE => {
+            return Err(Attempt::Refused(format!(
+                "source offers {size} bytes, more than a segment"
+            )));
+        }
+        None => (hash, size),
+    };
+    let w = match writer {
+        Some(w) => w,
+        None => writer.insert(
+            store
+                .begin_write(job.segment, hash, size)
+                .await
+                .map_err(|e| Attempt::Store(e.to_string()))?,
+        ),
+    };
+    let mut buf = vec![0u8; CHUNK];
+    while w.written() < size {
+        let n = ((size - w.written()) as usize).min(CHUNK);
+        tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf[..n]))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| Attempt::Lost(format!("source stalled at byte {}", w.written())))?
+            .map_err(|e| Attempt::Lost(format!("stream ended at byte {}: {e}", w.written())))?;
+        // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
+        w.write_chunk(&buf[..n])
+            .await
+            .map_err(|e| Attempt::Store(e.to_string()))?;
     }
-    Ok(size)
+    let _ = stream.close().await;
+    Ok(())
 }
 
 /// This engine's engine token, filled in by the station when the auth server issues it.
@@ -300,6 +395,7 @@ pub(crate) async fn serve(
     allowed: Allowed,
     trusted: TrustedIssuers,
     (index, reports): (usize, mpsc::Sender<EngineReport>),
+    rate: u64,
 ) {
     let serves = Arc::new(Semaphore::new(MAX_SERVES));
     while let Some((peer, stream)) = incoming.next().await {
@@ -315,7 +411,7 @@ pub(crate) async fn serve(
                 &store,
                 &allowed,
                 &trusted,
-                (index, &reports),
+                (index, &reports, rate),
             )
             .await
             {
@@ -332,7 +428,7 @@ async fn handle(
     store: &SegmentStore,
     allowed: &Allowed,
     trusted: &TrustedIssuers,
-    (index, reports): (usize, &mpsc::Sender<EngineReport>),
+    (index, reports, rate): (usize, &mpsc::Sender<EngineReport>, u64),
 ) -> std::io::Result<()> {
     let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
     if let Err(why) = authorize(
@@ -353,6 +449,14 @@ async fn handle(
         write_frame(&mut stream, &CopyReply::Refused("segment not here".into())).await?;
         return stream.close().await;
     };
+    if request.offset > info.size {
+        write_frame(
+            &mut stream,
+            &CopyReply::Refused("offset past the end of the segment".into()),
+        )
+        .await?;
+        return stream.close().await;
+    }
     write_frame(
         &mut stream,
         &CopyReply::Sending {
@@ -361,12 +465,21 @@ async fn handle(
         },
     )
     .await?;
+    reader.seek(request.offset);
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
     while let Some(chunk) = reader
         .read_next(CHUNK)
         .await
         .map_err(std::io::Error::other)?
     {
         stream.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+        if rate > 0 {
+            // Paced to --copy-rate: no faster than `rate` bytes per second on average.
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
     }
     stream.flush().await?;
     events::emit(

@@ -51,6 +51,8 @@ pub struct EngineStorage {
     pub scrub: bool,
     /// Concurrent streams served at most.
     pub max_streams: u32,
+    /// Bytes per second each copy is served at, at most (0 = as fast as the link goes).
+    pub copy_rate: u64,
 }
 
 /// What an engine checks and presents: the issuers whose tokens it accepts (console tokens
@@ -152,6 +154,7 @@ pub async fn start(
         allowed.clone(),
         trusted.clone(),
         (index, reports.clone()),
+        storage.copy_rate,
     ));
     let copier = copy::Copier::new(
         index,
