@@ -3,6 +3,7 @@
 //! - [`client`]: a connection to one director over `/vodmesh/director/1`, used by the console
 //!   and by the `vodmesh` tool.
 //! - [`play`]: playing a program with handoff from engine to engine, verified.
+//! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 //! - [`rpc`]: a request-response client of one peer for any vodmesh CBOR protocol.
 //! - [`auth`]: `/vodmesh/auth/1` from the client side: finding the auth server, logins,
 //!   admin requests, `$VODMESH_HOME`.
@@ -11,3 +12,4 @@ pub mod auth;
 pub mod client;
 pub mod play;
 pub mod rpc;
+pub mod serve;
