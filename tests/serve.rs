@@ -16,10 +16,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use vodmesh_tests::{NodeProcess, bin, subscriber, vodmesh};
 
-/// Whether `program -version` runs.
+/// Whether `program -version` (ffmpeg's spelling) or `program --version` runs.
 fn installed(program: &str) -> bool {
+    let flag = if program.starts_with("ff") {
+        "-version"
+    } else {
+        "--version"
+    };
     Command::new(program)
-        .arg("-version")
+        .arg(flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -376,7 +381,10 @@ fn headless_chromium_plays_the_program_page() -> Result<()> {
         "screenshot saved at {}",
         screenshot.display()
     );
-    eprintln!("screenshot: {}", screenshot.display());
+    eprintln!(
+        "played in Chromium: {result}; screenshot: {}",
+        screenshot.display()
+    );
     drop(gateway);
     drop(home);
     Ok(())
