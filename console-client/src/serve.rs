@@ -568,6 +568,40 @@ pub fn router(node: Multiaddr, credentials: Credentials) -> Router {
         .with_state(gateway)
 }
 
+/// A gateway served by a task of its own (for `vodmesh demo` and other embedders).
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, finishes the requests under way and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a gateway on `http` over the swarm reached through `node`.
+pub async fn spawn(node: Multiaddr, credentials: Credentials, http: SocketAddr) -> Result<Server> {
+    let listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("cannot listen on {http}"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(node, credentials);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(Server { addr, stop, task })
+}
+
 /// Serves the gateway on `http` until Ctrl-C. Says where, and whether only this machine can
 /// reach it.
 pub async fn run(node: Multiaddr, credentials: Credentials, http: SocketAddr) -> Result<()> {

@@ -80,6 +80,11 @@ pub fn is_video(name: &str) -> bool {
         .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Whether ffmpeg and ffprobe are on PATH (video files can be ingested).
+pub fn ffmpeg_installed() -> bool {
+    installed("ffmpeg") && installed("ffprobe")
+}
+
 /// Whether `program` runs (is on PATH).
 fn installed(program: &str) -> bool {
     std::process::Command::new(program)
@@ -138,7 +143,7 @@ async fn probe(path: &Path) -> Result<(Option<String>, Option<String>)> {
 /// [`HLS_SEGMENT_SECONDS`], cut at keyframes) in a new temporary directory; returns the
 /// directory and its playlist.
 pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
-    if !installed("ffmpeg") || !installed("ffprobe") {
+    if !ffmpeg_installed() {
         bail!(
             "{} is a video file: vodmesh packages video to HLS with ffmpeg, which is not \
              installed (install it, e.g. `apt-get install ffmpeg`, or give an HLS playlist)",
@@ -227,6 +232,13 @@ async fn http_get(url: &url::Url, limit: u64) -> Result<Vec<u8>> {
     })
     .await
     .context("download task failed")?
+}
+
+/// GETs `url` as text (a playlist), at most [`MAX_PLAYLIST`] bytes.
+pub async fn http_text(url: &str) -> Result<String> {
+    let url = url::Url::parse(url).with_context(|| format!("bad URL {url}"))?;
+    let bytes = http_get(&url, MAX_PLAYLIST).await?;
+    String::from_utf8(bytes).with_context(|| format!("{url} is not text"))
 }
 
 /// Downloads `url` into a temporary file.
