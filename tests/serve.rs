@@ -389,3 +389,138 @@ fn headless_chromium_plays_the_program_page() -> Result<()> {
     drop(home);
     Ok(())
 }
+
+/// The `#EXTINF` durations of a playlist, seconds.
+fn durations(m3u8: &str) -> Vec<f64> {
+    m3u8.lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|l| l.trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+#[test]
+fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one_line() -> Result<()>
+{
+    if missing(&["ffmpeg", "ffprobe"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    // MPEG-4 Part 2 video with MP3 audio in Matroska: not H.264, so ingest encodes it.
+    let mkv = dir.path().join("old.mkv");
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=duration=10:size=320x240:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=frequency=220:duration=10"])
+        .args([
+            "-c:v",
+            "mpeg4",
+            "-g",
+            "300",
+            "-c:a",
+            "libmp3lame",
+            "-shortest",
+        ])
+        .arg(&mkv)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mkv_frames = count_frames(&mkv.to_string_lossy())?;
+    // fMP4 HLS made from an H.264 video: its init segment becomes segment 0.
+    let mp4 = dir.path().join("card.mp4");
+    make_video(&mp4, 12)?;
+    let hls = dir.path().join("fmp4");
+    std::fs::create_dir_all(&hls)?;
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(&mp4)
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "hls",
+            "-hls_segment_type",
+            "fmp4",
+            "-hls_time",
+            "4",
+        ])
+        .args(["-hls_playlist_type", "vod"])
+        .arg(hls.join("index.m3u8"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mp4_frames = count_frames(&mp4.to_string_lossy())?;
+
+    // Without ffmpeg on PATH, a video file is refused with one line that says why.
+    let key = dir.path().join("admin.key");
+    vodmesh(&["keygen", "--out", &key.to_string_lossy()])?;
+    let empty = dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty)?;
+    let out = Command::new(bin("vodmesh"))
+        .env("PATH", &empty)
+        .args([
+            "ingest",
+            "--node",
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWGJG2uVMdtxTBXxBN8NDNAM5qzjdwM4WZ9CtZ8Ydmf4JZ",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .args(["--title", "nope"])
+        .arg(&mkv)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains("ffmpeg")
+            && stderr.contains("not installed"),
+        "{stderr}"
+    );
+
+    let (home, console) = start_home(dir.path())?;
+    let encoded = ingest(&home, &mkv, "encoded")?;
+    let fmp4 = ingest(&home, &hls.join("index.m3u8"), "fmp4")?;
+    let gateway = Gateway::start(&home, &console)?;
+    let base = &gateway.base;
+
+    // The encode puts a keyframe every 4 s: segments of 4, 4 and 2 s.
+    let (status, _, m3u8) = get(&format!("{base}/{encoded}/index.m3u8"), None)?;
+    assert_eq!(status, 200);
+    let m3u8 = String::from_utf8(m3u8)?;
+    let d = durations(&m3u8);
+    assert_eq!(d.len(), 3, "{m3u8}");
+    assert!(d.iter().take(2).all(|s| (s - 4.0).abs() < 0.1), "{m3u8}");
+    let url = format!("{base}/{encoded}/index.m3u8");
+    assert_eq!(
+        count_frames(&url)?,
+        mkv_frames,
+        "frames of the encoded program"
+    );
+
+    // fMP4: an #EXT-X-MAP to segment 0, media from segment 1 on.
+    let (status, _, m3u8) = get(&format!("{base}/{fmp4}/index.m3u8"), None)?;
+    assert_eq!(status, 200);
+    let m3u8 = String::from_utf8(m3u8)?;
+    assert!(m3u8.contains("#EXT-X-MAP:URI=\"0.m4s\""), "{m3u8}");
+    assert!(m3u8.contains("\n1.m4s\n"), "{m3u8}");
+    let url = format!("{base}/{fmp4}/index.m3u8");
+    let decode = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i", &url, "-f", "null", "-"])
+        .output()?;
+    let errors = String::from_utf8_lossy(&decode.stderr);
+    assert!(
+        decode.status.success() && errors.trim().is_empty(),
+        "{errors}"
+    );
+    assert_eq!(
+        count_frames(&url)?,
+        mp4_frames,
+        "frames of the fMP4 program"
+    );
+    Ok(())
+}

@@ -172,6 +172,8 @@ pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> 
         cmd.args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "21"])
             .args(["-pix_fmt", "yuv420p", "-sc_threshold", "0"])
             .args(["-force_key_frames", &keys])
+            // Every source frame once, none duplicated or dropped to force a constant rate.
+            .args(["-fps_mode", "passthrough"])
             .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"]);
     }
     cmd.args(["-f", "hls", "-hls_time", &secs, "-hls_list_size", "0"])
