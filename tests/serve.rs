@@ -297,17 +297,29 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
         );
     }
 
-    // The station holding the programs stops: what the gateway has not fetched yet is a 503
-    // with one line that says why, not a hang or a broken connection.
-    let (status, _, _) = get(&format!("{base}/{other}/index.m3u8"), None)?;
+    // Serving a segment prefetches the next two: once the station holding the programs has
+    // stopped, those still play, and the one after them is a 503 with one line that says why,
+    // not a hang or a broken connection.
+    let (status, _, _) = get(&format!("{base}/{other}/0.ts"), None)?;
     assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_secs(3));
     assert!(home.terminate()?, "the station stops cleanly");
     let started = std::time::Instant::now();
-    let (status, _, body) = get(&format!("{base}/{other}/0.ts"), None)?;
+    for prefetched in ["1.ts", "2.ts"] {
+        let (status, _, body) = get(&format!("{base}/{other}/{prefetched}"), None)?;
+        assert_eq!(
+            status,
+            200,
+            "{prefetched} was prefetched: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (status, _, body) = get(&format!("{base}/{other}/3.ts"), None)?;
     let message = String::from_utf8(body)?;
     assert_eq!(status, 503, "{message}");
     assert_eq!(message.lines().count(), 1, "one line: {message:?}");
     assert!(message.trim().len() > 10, "a message: {message:?}");
+    eprintln!("503: {}", message.trim());
     let (status, _, body) = get(&format!("{base}/"), None)?;
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert!(

@@ -151,7 +151,7 @@ impl Gateway {
         let c = Arc::new(
             DirectorClient::connect(&self.node, self.credentials.key.clone())
                 .await
-                .map_err(unavailable)?,
+                .map_err(|e| unavailable(format!("the swarm cannot be reached: {e}")))?,
         );
         *client = Some(c.clone());
         Ok(c)
@@ -171,7 +171,10 @@ impl Gateway {
             Ok(list) => Ok(list),
             Err(e) => {
                 self.reset().await;
-                Err(unavailable(format!("{e:#}")))
+                Err(unavailable(format!(
+                    "cannot list the swarm's programs through {}: {e:#}",
+                    self.node
+                )))
             }
         }
     }
@@ -248,7 +251,10 @@ impl Gateway {
                     let task = tokio::spawn(async move {
                         let result = match session.segment(index).await {
                             Ok((_, bytes)) => Ok(Bytes::from(bytes)),
-                            Err(e) => Err(unavailable(format!("segment {index}: {e:#}"))),
+                            Err(e) => Err(unavailable(format!(
+                                "the swarm cannot serve segment {index} of \"{}\" now: {e:#}",
+                                session.manifest().content.title
+                            ))),
                         };
                         if let (Ok(bytes), Ok(mut cache)) = (&result, gateway.cache.lock()) {
                             cache.insert(key, bytes.clone());
