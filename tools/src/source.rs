@@ -111,15 +111,16 @@ async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<Vec<u
     Ok(out.stdout)
 }
 
-/// The codecs of a media file's first video and first audio stream, from ffprobe.
-async fn probe(path: &Path) -> Result<(Option<String>, Option<String>)> {
+/// The codecs of a media file's first video stream (with its pixel format) and first audio
+/// stream, from ffprobe.
+async fn probe(path: &Path) -> Result<(Option<(String, String)>, Option<String>)> {
     let out = run_tool(
         tokio::process::Command::new("ffprobe")
             .args([
                 "-v",
                 "error",
                 "-show_entries",
-                "stream=codec_type,codec_name",
+                "stream=codec_type,codec_name,pix_fmt",
             ])
             .args(["-of", "json"])
             .arg(path),
@@ -129,14 +130,11 @@ async fn probe(path: &Path) -> Result<(Option<String>, Option<String>)> {
     let json: serde_json::Value =
         serde_json::from_slice(&out).context("ffprobe printed something other than JSON")?;
     let streams = json["streams"].as_array().cloned().unwrap_or_default();
-    let first = |kind: &str| {
-        streams
-            .iter()
-            .find(|s| s["codec_type"] == kind)
-            .and_then(|s| s["codec_name"].as_str())
-            .map(str::to_string)
-    };
-    Ok((first("video"), first("audio")))
+    let first = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind);
+    let text = |s: &serde_json::Value, field: &str| s[field].as_str().unwrap_or("").to_string();
+    let video = first("video").map(|s| (text(s, "codec_name"), text(s, "pix_fmt")));
+    let audio = first("audio").map(|s| text(s, "codec_name"));
+    Ok((video, audio))
 }
 
 /// Packages the video file `path` to HLS (MPEG-TS segments of about
@@ -154,8 +152,10 @@ pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> 
     if video.is_none() && audio.is_none() {
         bail!("{} has no video or audio stream", path.display());
     }
-    // MPEG-TS HLS that every player plays: H.264 video, AAC (or MP3) audio.
-    let copy = video.as_deref().is_none_or(|v| v == "h264")
+    // MPEG-TS HLS that every player plays: 8-bit 4:2:0 H.264 video, AAC (or MP3) audio.
+    let copy = video
+        .as_ref()
+        .is_none_or(|(codec, pix)| codec == "h264" && (pix == "yuv420p" || pix == "yuvj420p"))
         && audio.as_deref().is_none_or(|a| a == "aac" || a == "mp3");
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let playlist = dir.path().join("index.m3u8");
