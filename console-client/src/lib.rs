@@ -4,6 +4,7 @@
 //!   and by the `vodmesh` tool.
 //! - [`play`]: playing a program with handoff from engine to engine, verified.
 //! - [`terminal`]: keys that steer playback and the progress line.
+//! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 //! - [`rpc`]: a request-response client of one peer for any vodmesh CBOR protocol.
 //! - [`auth`]: `/vodmesh/auth/1` from the client side: finding the auth server, logins,
 //!   admin requests, `$VODMESH_HOME`.
@@ -12,4 +13,5 @@ pub mod auth;
 pub mod client;
 pub mod play;
 pub mod rpc;
+pub mod serve;
 pub mod terminal;

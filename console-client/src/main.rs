@@ -66,6 +66,19 @@ enum Cmd {
         #[arg(long)]
         admin: bool,
     },
+    /// An HLS gateway: serves the swarm's programs to standard players over HTTP
+    /// (http://ADDR:PORT/<program>/index.m3u8, a player page at /<program>/, the list at /).
+    ///
+    /// Segments are fetched and verified as `play` does, with the console token of
+    /// `vodmesh-console login`. Binds to loopback unless told otherwise.
+    Serve {
+        /// Any station's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// The HTTP address to listen on (0.0.0.0:PORT serves other machines too).
+        #[arg(long, value_name = "ADDR:PORT", default_value = vodmesh_console::serve::DEFAULT_HTTP)]
+        http: std::net::SocketAddr,
+    },
     /// Asks a director for its station record and prints it.
     Ping {
         /// The director's address, ending in /p2p/<peer id>.
@@ -92,6 +105,7 @@ async fn main() {
     let result = match Cmd::parse() {
         Cmd::Ping { node } => ping(&node).await,
         Cmd::Ls { node } => ls(&node).await,
+        Cmd::Serve { node, http } => serve(&node, http).await,
         Cmd::Login {
             node,
             user,
@@ -134,6 +148,46 @@ async fn ls(node: &Multiaddr) -> Result<()> {
     Ok(())
 }
 
+/// The console's identity and token, from `vodmesh-console login`, with the task that keeps
+/// the token fresh (none without a token: then the swarm refuses to stream).
+fn credentials(
+    node: &Multiaddr,
+) -> Result<(play::Credentials, Option<tokio::task::JoinHandle<()>>)> {
+    let home = Home::from_env()?;
+    let token_path = home.token_path("console");
+    if !token_path.exists() {
+        return Ok((play::Credentials::default(), None));
+    }
+    let key = home.identity()?;
+    let token = vodmesh_console::auth::read_small(&token_path, "console token", 64 * 1024)?;
+    let shared: play::SharedToken = Arc::new(std::sync::RwLock::new(Some(token)));
+    // Refreshed in the background before it expires, without stopping playback.
+    let refresher = vodmesh_console::auth::spawn_refresher(
+        node.clone(),
+        key.clone(),
+        shared.clone(),
+        Some(token_path),
+    );
+    Ok((
+        play::Credentials {
+            key: Some(key),
+            token: shared,
+        },
+        Some(refresher),
+    ))
+}
+
+async fn serve(node: &Multiaddr, http: std::net::SocketAddr) -> Result<()> {
+    let (credentials, _refresher) = credentials(node)?;
+    if credentials.key.is_none() {
+        eprintln!(
+            "warning: no console token in $VODMESH_HOME: run `vodmesh-console login` first, \
+             or the swarm will refuse to stream"
+        );
+    }
+    vodmesh_console::serve::run(node.clone(), credentials, http).await
+}
+
 async fn run_play(
     node: &Multiaddr,
     program: &str,
@@ -143,27 +197,7 @@ async fn run_play(
     speed: Speed,
     stats_file: Option<PathBuf>,
 ) -> Result<()> {
-    // The console's identity and token, from `vodmesh-console login`.
-    let home = Home::from_env()?;
-    let token_path = home.token_path("console");
-    let credentials = if token_path.exists() {
-        let key = home.identity()?;
-        let token = vodmesh_console::auth::read_small(&token_path, "console token", 64 * 1024)?;
-        let shared: play::SharedToken = Arc::new(std::sync::RwLock::new(Some(token)));
-        // Refreshed in the background before it expires, without stopping playback.
-        let _refresher = vodmesh_console::auth::spawn_refresher(
-            node.clone(),
-            key.clone(),
-            shared.clone(),
-            Some(token_path.clone()),
-        );
-        play::Credentials {
-            key: Some(key),
-            token: shared,
-        }
-    } else {
-        play::Credentials::default()
-    };
+    let (credentials, _refresher) = credentials(node)?;
     // On a terminal: a progress line, and keys (space, left/right, q) when stdin is one too.
     let show = std::io::stderr().is_terminal();
     let keys = if show && std::io::stdin().is_terminal() {

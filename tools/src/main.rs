@@ -107,7 +107,12 @@ enum Cmd {
         json: bool,
     },
     /// The embedded default: a swarm of stations on loopback, started, checked and reported.
-    Demo,
+    Demo {
+        /// Keep the swarm up after the report, with an HLS gateway on this address
+        /// (e.g. 127.0.0.1:8080) for players, until Ctrl-C.
+        #[arg(long, value_name = "ADDR:PORT")]
+        serve: Option<std::net::SocketAddr>,
+    },
     /// Measures the segment store beside dd on the same filesystem; prints JSON.
     Bench {
         /// Also write the JSON to this file.
@@ -269,7 +274,7 @@ async fn run(args: Args) -> Result<()> {
                 print!("{}", programs::to_text(&list));
             }
         }
-        Cmd::Demo => demo::run().await?,
+        Cmd::Demo { serve } => demo::run(serve).await?,
         Cmd::Bench { json, dir, mib } => {
             let dir = dir.unwrap_or_else(std::env::temp_dir);
             let result = bench::run(&dir, mib).await?;

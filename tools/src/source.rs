@@ -1,7 +1,12 @@
 //! Where `vodmesh ingest` takes a program from: a local file, an HLS VOD playlist (a path or an
 //! http(s) URL), or an http(s) URL of a file.
 //!
-//! - A file (local, or downloaded from a URL into a temporary file first) is cut into
+//! - A video file (mp4, mkv, mov, webm, ...; local or downloaded) is packaged to HLS with
+//!   `ffmpeg` in a temporary directory, in keyframe-aligned segments of about 4 s (stream copy
+//!   when `ffprobe` finds H.264 video and AAC/MP3 audio, else an H.264/AAC encode), and that
+//!   playlist is ingested as below. Without ffmpeg on PATH a video file is refused with a
+//!   message that says so.
+//! - Any other file (local, or downloaded from a URL into a temporary file first) is cut into
 //!   fixed-size segments with durations from a nominal bitrate.
 //! - An HLS media playlist keeps its media segments and their `#EXTINF` durations, so seeking
 //!   by time is exact. With fMP4 media, the `#EXT-X-MAP` initialization segment becomes
@@ -55,6 +60,150 @@ pub struct Source {
     pub pieces: Vec<Piece>,
     /// A downloaded file, deleted when the source is dropped.
     _download: Option<tempfile::NamedTempFile>,
+    /// The HLS packaging of a video file, deleted when the source is dropped.
+    _packaged: Option<tempfile::TempDir>,
+}
+
+/// Extensions of the video containers packaged with ffmpeg.
+pub const VIDEO_EXTENSIONS: &[&str] = &[
+    "mp4", "m4v", "mkv", "mov", "webm", "avi", "flv", "mpg", "mpeg", "ogv", "wmv", "3gp", "mts",
+    "m2ts",
+];
+/// Target segment duration of packaged video, seconds.
+pub const HLS_SEGMENT_SECONDS: u32 = 4;
+
+/// Whether `name` (a path or URL path) is a video container that ffmpeg packages.
+pub fn is_video(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Whether ffmpeg and ffprobe are on PATH (video files can be ingested).
+pub fn ffmpeg_installed() -> bool {
+    installed("ffmpeg") && installed("ffprobe")
+}
+
+/// Whether `program` runs (is on PATH).
+fn installed(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a command to completion; fails with the last line it printed on stderr.
+async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        bail!("{what} failed: {}", last.unwrap_or("no message").trim());
+    }
+    Ok(out.stdout)
+}
+
+/// The codecs of a media file's first video stream (with its pixel format) and first audio
+/// stream, from ffprobe.
+async fn probe(path: &Path) -> Result<(Option<(String, String)>, Option<String>)> {
+    let out = run_tool(
+        tokio::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name,pix_fmt",
+            ])
+            .args(["-of", "json"])
+            .arg(path),
+        &format!("ffprobe of {}", path.display()),
+    )
+    .await?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out).context("ffprobe printed something other than JSON")?;
+    let streams = json["streams"].as_array().cloned().unwrap_or_default();
+    let first = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind);
+    let text = |s: &serde_json::Value, field: &str| s[field].as_str().unwrap_or("").to_string();
+    let video = first("video").map(|s| (text(s, "codec_name"), text(s, "pix_fmt")));
+    let audio = first("audio").map(|s| text(s, "codec_name"));
+    Ok((video, audio))
+}
+
+/// Packages the video file `path` to HLS (MPEG-TS segments of about
+/// [`HLS_SEGMENT_SECONDS`], cut at keyframes) in a new temporary directory; returns the
+/// directory and its playlist.
+pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
+    if !ffmpeg_installed() {
+        bail!(
+            "{} is a video file: vodmesh packages video to HLS with ffmpeg, which is not \
+             installed (install it, e.g. `apt-get install ffmpeg`, or give an HLS playlist)",
+            path.display()
+        );
+    }
+    let (video, audio) = probe(path).await?;
+    if video.is_none() && audio.is_none() {
+        bail!("{} has no video or audio stream", path.display());
+    }
+    // MPEG-TS HLS that every player plays: 8-bit 4:2:0 H.264 video, AAC (or MP3) audio.
+    let copy = video
+        .as_ref()
+        .is_none_or(|(codec, pix)| codec == "h264" && (pix == "yuv420p" || pix == "yuvj420p"))
+        && audio.as_deref().is_none_or(|a| a == "aac" || a == "mp3");
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let playlist = dir.path().join("index.m3u8");
+    let secs = HLS_SEGMENT_SECONDS.to_string();
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0?", "-map", "0:a:0?", "-sn", "-dn"]);
+    if copy {
+        cmd.args(["-c", "copy"]);
+    } else {
+        // A keyframe every 4 s exactly, so that every segment starts with one.
+        let keys = format!("expr:gte(t,n_forced*{secs})");
+        cmd.args(["-c:v", "libx264", "-preset", "veryfast", "-crf", "21"])
+            .args(["-pix_fmt", "yuv420p", "-sc_threshold", "0"])
+            .args(["-force_key_frames", &keys])
+            // Every source frame once, none duplicated or dropped to force a constant rate.
+            .args(["-fps_mode", "passthrough"])
+            .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"]);
+    }
+    cmd.args(["-f", "hls", "-hls_time", &secs, "-hls_list_size", "0"])
+        .args(["-hls_playlist_type", "vod", "-hls_segment_type", "mpegts"])
+        .arg("-hls_segment_filename")
+        .arg(dir.path().join("seg%05d.ts"))
+        .arg(&playlist);
+    let how = if copy {
+        "stream copy"
+    } else {
+        "H.264/AAC encode"
+    };
+    eprintln!("packaging {} to HLS with ffmpeg ({how})...", path.display());
+    run_tool(&mut cmd, &format!("ffmpeg packaging of {}", path.display())).await?;
+    Ok((dir, playlist))
+}
+
+/// Ingests the HLS packaging of the video file `path`.
+async fn video(path: &Path) -> Result<Source> {
+    let (dir, playlist) = package_video(path).await?;
+    let text = tokio::fs::read(&playlist)
+        .await
+        .with_context(|| format!("reading {}", playlist.display()))?;
+    let (content, pieces) = hls(text, Base::Dir(dir.path().to_path_buf())).await?;
+    Ok(Source {
+        content,
+        pieces,
+        _download: None,
+        _packaged: Some(dir),
+    })
 }
 
 fn is_url(s: &str) -> bool {
@@ -85,6 +234,13 @@ async fn http_get(url: &url::Url, limit: u64) -> Result<Vec<u8>> {
     })
     .await
     .context("download task failed")?
+}
+
+/// GETs `url` as text (a playlist), at most [`MAX_PLAYLIST`] bytes.
+pub async fn http_text(url: &str) -> Result<String> {
+    let url = url::Url::parse(url).with_context(|| format!("bad URL {url}"))?;
+    let bytes = http_get(&url, MAX_PLAYLIST).await?;
+    String::from_utf8(bytes).with_context(|| format!("{url} is not text"))
 }
 
 /// Downloads `url` into a temporary file.
@@ -332,15 +488,22 @@ pub async fn open(source: &str, segment_size: u64, bitrate: u64) -> Result<Sourc
                 content,
                 pieces,
                 _download: None,
+                _packaged: None,
             });
         }
         let file = http_download(&url).await?;
+        if is_video(url.path()) {
+            let mut source = video(file.path()).await?;
+            source._download = Some(file);
+            return Ok(source);
+        }
         let (mut content, pieces) = segment_file(file.path(), segment_size, bitrate).await?;
         content.content_type = content_type(url.path()).to_string();
         return Ok(Source {
             content,
             pieces,
             _download: Some(file),
+            _packaged: None,
         });
     }
     let path = Path::new(source);
@@ -359,13 +522,18 @@ pub async fn open(source: &str, segment_size: u64, bitrate: u64) -> Result<Sourc
             content,
             pieces,
             _download: None,
+            _packaged: None,
         });
+    }
+    if is_video(source) {
+        return video(path).await;
     }
     let (content, pieces) = segment_file(path, segment_size, bitrate).await?;
     Ok(Source {
         content,
         pieces,
         _download: None,
+        _packaged: None,
     })
 }
 
