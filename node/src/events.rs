@@ -1,4 +1,5 @@
-//! Content events (distribution and publish), for tests and observers in this process.
+//! Content events (distribution, publish, misses and copies), for tests and observers in this
+//! process.
 //!
 //! Every step of the claim-12 sequence and of publishing is logged as a `tracing` event and
 //! also sent on a process-wide bounded broadcast channel, so an integration test that runs
@@ -48,6 +49,13 @@ pub enum Kind {
     CopyServed {
         /// The receiving engine.
         to: PeerId,
+    },
+    /// A copy that lost its source asked the next one for the rest.
+    CopyResumed {
+        /// The new source engine.
+        from: PeerId,
+        /// The first byte asked for: what had arrived (and was hashed) before.
+        offset: u64,
     },
     /// The receiving engine stored and verified the copy.
     Copied {

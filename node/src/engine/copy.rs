@@ -101,6 +101,7 @@ impl Copier {
                     dial(swarm, source);
                 }
                 let job = Fetch {
+                    me: self.peer_id,
                     token: self.token.lock().ok().and_then(|t| t.clone()),
                     segment,
                     expect,
@@ -146,6 +147,8 @@ impl Copier {
 }
 
 struct Fetch {
+    /// This engine.
+    me: PeerId,
     token: Option<Vec<u8>>,
     segment: SegmentId,
     expect: Option<(SegmentHash, u64)>,
@@ -290,6 +293,17 @@ async fn copy_from(
 ) -> Result<(), Attempt> {
     let mut stream = open(control, source).await.map_err(Attempt::Lost)?;
     let offset = writer.as_ref().map_or(0, Writer::written);
+    if offset > 0 {
+        events::emit(
+            job.me,
+            job.segment.program,
+            Some(job.segment.index.0),
+            Kind::CopyResumed {
+                from: source,
+                offset,
+            },
+        );
+    }
     let request = CopyRequest {
         segment: job.segment,
         // Claims 24, 25: every copy request carries this engine's token.

@@ -1,0 +1,314 @@
+//! Cache misses (claims 14, 15): a station asked for a segment it does not hold copies it from
+//! the cheapest holding station and streams it to the console while it arrives; when that
+//! source dies mid-copy, the copy resumes from the next cheapest at the first missing byte,
+//! and the console's bytes still match the source.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::AsyncReadExt;
+use libp2p::PeerId;
+use vodmesh_console::client::DirectorClient;
+use vodmesh_node::events::{Event, Kind};
+use vodmesh_node::{Station, StationConfig};
+use vodmesh_proto::SegmentId;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::director::{Activity, Request, Response};
+use vodmesh_proto::stream::{self, StreamReply, StreamRequest};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, Issuer, Rights};
+use vodmesh_tests::{
+    TEST_TTL, enrolled_config, init_logging, random_file, wait_engine_tokens, wait_until,
+};
+use vodmesh_tools::ingest::{self, IngestOptions};
+
+const MIB: usize = 1024 * 1024;
+const TOKYO: (f64, f64) = (35.68, 139.69);
+const BERLIN: (f64, f64) = (52.52, 13.40);
+const PARIS: (f64, f64) = (48.86, 2.35);
+const NEW_YORK: (f64, f64) = (40.71, -74.01);
+
+/// What differs between the test's stations.
+struct Site {
+    name: &'static str,
+    coords: (f64, f64),
+    bandwidth_mbps: u32,
+    copy_rate_mbps: u32,
+}
+
+/// The home station (`auth: None`) is the auth station and content manager; the others are
+/// enrolled with it. Every station also trusts `consoles`, the test's console token issuer.
+async fn station(
+    root: &Path,
+    site: Site,
+    auth: Option<&Station>,
+    consoles: &Issuer,
+) -> anyhow::Result<Station> {
+    let dir = root.join(site.name);
+    let mut config = match auth {
+        Some(auth) => enrolled_config(&dir, auth, &root.join("home")).await?,
+        None => StationConfig::new(&dir),
+    };
+    let home = auth.is_none();
+    config.auth = home;
+    config.home = home;
+    config.content_manager = home;
+    config.engines = 2;
+    config.coords = Some(site.coords);
+    config.bandwidth_mbps = site.bandwidth_mbps;
+    config.copy_rate_mbps = site.copy_rate_mbps;
+    config.registry.record_ttl = TEST_TTL;
+    config.trust.push(consoles.public());
+    config.bootstrap = auth.map(|a| a.addr().clone()).into_iter().collect();
+    let station = Station::start(config).await?;
+    wait_engine_tokens(&station).await?;
+    Ok(station)
+}
+
+async fn activity(client: &DirectorClient) -> anyhow::Result<Activity> {
+    match client.request(Request::Activity).await? {
+        Response::Activity(a) => Ok(a),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+/// Waits for an event matching `f`, keeping what it saw in `log`.
+async fn expect(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    log: &mut Vec<Event>,
+    what: &str,
+    f: impl Fn(&Event) -> bool,
+) -> anyhow::Result<Event> {
+    if let Some(e) = log.iter().find(|e| f(e)) {
+        return Ok(e.clone());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no event: {what}"))??;
+        log.push(e.clone());
+        if f(&e) {
+            return Ok(e);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let consoles = Issuer::generate();
+    // The home is far away on a thin link; station a is near, on a fat link advertised, but
+    // serves copies at 16 Mbit/s (so a copy from it lasts about a second).
+    let home = station(
+        root,
+        Site {
+            name: "home",
+            coords: TOKYO,
+            bandwidth_mbps: 50,
+            copy_rate_mbps: 0,
+        },
+        None,
+        &consoles,
+    )
+    .await?;
+    let a = station(
+        root,
+        Site {
+            name: "a",
+            coords: BERLIN,
+            bandwidth_mbps: 1000,
+            copy_rate_mbps: 16,
+        },
+        Some(&home),
+        &consoles,
+    )
+    .await?;
+    wait_until("a in the swarm", Duration::from_secs(30), || async {
+        Ok(home.swarm().await?.len() == 2)
+    })
+    .await?;
+
+    // A program of two 2 MiB segments, replicated to a.
+    let source = root.join("program.bin");
+    let bytes = random_file(&source, 4 * MIB, 31)?;
+    let mut events = vodmesh_node::events::subscribe();
+    let mut log = Vec::new();
+    let info = ingest::run(&IngestOptions {
+        node: home.addr().clone(),
+        key: root.join("home").join("identity.key"),
+        title: "missed".into(),
+        publish_at_ms: Some(now_ms()),
+        replicas: 1,
+        segment_size: 2 * MIB as u64,
+        bitrate: ingest::DEFAULT_BITRATE,
+        source,
+        progress: false,
+    })
+    .await?;
+    let program = info.program;
+    expect(&mut events, &mut log, "a's replica", |e| {
+        e.program == program && e.peer == a.peer_id() && e.kind == Kind::ReplicaComplete
+    })
+    .await?;
+    wait_until("a listed as a holder", Duration::from_secs(30), || async {
+        let holders = home.registry().holders(program).await?;
+        Ok(holders.contains(&a.peer_id()) && holders.contains(&home.peer_id()))
+    })
+    .await?;
+
+    // Two more stations: c (near a), where the console asks, and d, far away.
+    let c = station(
+        root,
+        Site {
+            name: "c",
+            coords: PARIS,
+            bandwidth_mbps: 1000,
+            copy_rate_mbps: 0,
+        },
+        Some(&home),
+        &consoles,
+    )
+    .await?;
+    let d = station(
+        root,
+        Site {
+            name: "d",
+            coords: NEW_YORK,
+            bandwidth_mbps: 100,
+            copy_rate_mbps: 0,
+        },
+        Some(&home),
+        &consoles,
+    )
+    .await?;
+
+    // A console asks c, which holds nothing, for segment 0: c answers at once with one of its
+    // own engines, whose copy is filling, and chose a (cheaper than the home) as the source.
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let token = consoles.issue(
+        key.public().to_peer_id(),
+        Audience::Console,
+        Rights::All,
+        now_ms(),
+        now_ms() + 3_600_000,
+    )?;
+    let client = DirectorClient::connect(c.addr(), Some(key)).await?;
+    let location = match client
+        .request(Request::Locate { program, index: 0 })
+        .await?
+    {
+        Response::Location(l) => l,
+        other => anyhow::bail!("unexpected {other:?}"),
+    };
+    assert_eq!(location.director, c.peer_id());
+    assert!(location.filling);
+    let c_engines: BTreeSet<PeerId> = c.engines.iter().map(|e| e.peer_id).collect();
+    assert!(c_engines.contains(&location.engine));
+    let chosen = expect(&mut events, &mut log, "c's source choice", |e| {
+        e.peer == c.peer_id() && matches!(e.kind, Kind::SourceChosen { .. })
+    })
+    .await?;
+    assert!(
+        matches!(chosen.kind, Kind::SourceChosen { station, .. } if station == a.peer_id()),
+        "the cheaper holder (a) is chosen: {chosen:?}"
+    );
+
+    // The console streams the segment while it arrives; a dies after the first bytes.
+    client
+        .add_addresses(location.engine, location.addrs.clone())
+        .await?;
+    let mut s = client
+        .open_stream(location.engine, stream::PROTOCOL)
+        .await?;
+    write_frame(
+        &mut s,
+        &StreamRequest {
+            segment: SegmentId::new(program, 0),
+            offset: 0,
+            token: Some(serde_bytes::ByteBuf::from(token)),
+        },
+    )
+    .await?;
+    let StreamReply::Streaming { size, .. } = read_frame(&mut s, stream::MAX_FRAME).await? else {
+        anyhow::bail!("refused");
+    };
+    assert_eq!(size, 2 * MIB as u64);
+    let mut got = vec![0u8; 256 * 1024];
+    s.read_exact(&mut got).await?;
+    a.shutdown().await;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
+    got.extend(rest);
+    assert!(got == bytes[..2 * MIB], "the console's bytes differ");
+
+    // The copy resumed at the home from a byte past what the console had read.
+    let home_engines: BTreeSet<PeerId> = home.engines.iter().map(|e| e.peer_id).collect();
+    let resumed = expect(&mut events, &mut log, "the copy to resume", |e| {
+        e.peer == location.engine && matches!(e.kind, Kind::CopyResumed { .. })
+    })
+    .await?;
+    match resumed.kind {
+        Kind::CopyResumed { from, offset } => {
+            assert!(home_engines.contains(&from), "resumed from the home");
+            assert!(offset >= 256 * 1024, "resumed from byte {offset}");
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    wait_until("c's counts", Duration::from_secs(20), || async {
+        let act = activity(&client).await?;
+        Ok(act.misses == 1 && act.source_failovers == 1)
+    })
+    .await?;
+    // The registry learns the new holder.
+    wait_until("c listed as a holder", Duration::from_secs(30), || async {
+        Ok(home
+            .registry()
+            .holders(program)
+            .await?
+            .contains(&c.peer_id()))
+    })
+    .await?;
+
+    // The whole program plays from d, which holds nothing either: each segment is a miss
+    // filled from the stations still holding it.
+    let credentials = vodmesh_console::play::Credentials {
+        key: Some(libp2p::identity::Keypair::generate_ed25519()),
+        token: Default::default(),
+    };
+    let console = credentials
+        .key
+        .as_ref()
+        .map(|k| k.public().to_peer_id())
+        .ok_or_else(|| anyhow::anyhow!("no key"))?;
+    if let Ok(mut t) = credentials.token.write() {
+        *t = Some(consoles.issue(
+            console,
+            Audience::Console,
+            Rights::All,
+            now_ms(),
+            now_ms() + 3_600_000,
+        )?);
+    }
+    let mut played = Vec::new();
+    let stats = vodmesh_console::play::play(
+        d.addr(),
+        &credentials,
+        &program.to_string(),
+        0.0,
+        vodmesh_console::play::Speed::Max,
+        &mut played,
+        None,
+        |_| {},
+    )
+    .await?;
+    assert!(played == bytes, "played from d: bytes differ");
+    assert_eq!(stats.stations, vec![d.peer_id().to_string()]);
+    for s in [home, c, d] {
+        s.shutdown().await;
+    }
+    Ok(())
+}
