@@ -198,7 +198,11 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
     )?;
     let client = DirectorClient::connect(c.addr(), Some(key)).await?;
     let location = match client
-        .request(Request::Locate { program, index: 0 })
+        .request(Request::Locate {
+            program,
+            index: 0,
+            complete: false,
+        })
         .await?
     {
         Response::Location(l) => l,
@@ -230,6 +234,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
             segment: SegmentId::new(program, 0),
             offset: 0,
             token: Some(serde_bytes::ByteBuf::from(token)),
+            play_from: 0,
         },
     )
     .await?;
@@ -308,6 +313,106 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
     assert!(played == bytes, "played from d: bytes differ");
     assert_eq!(stats.stations, vec![d.peer_id().to_string()]);
     for s in [home, c, d] {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Claim 21: a console that seeks into a segment past what a still-filling copy holds is not
+/// made to wait for a slow copy, nor given an error: the filling engine hands it back, the
+/// director names an engine with the whole segment, and that engine serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let consoles = Issuer::generate();
+    // The home serves copies at 8 Mbit/s: a 2 MiB segment takes two seconds to copy.
+    let home = station(
+        root,
+        Site {
+            name: "home",
+            coords: BERLIN,
+            bandwidth_mbps: 1000,
+            copy_rate_mbps: 8,
+        },
+        None,
+        &consoles,
+    )
+    .await?;
+    let c = station(
+        root,
+        Site {
+            name: "c",
+            coords: PARIS,
+            bandwidth_mbps: 1000,
+            copy_rate_mbps: 0,
+        },
+        Some(&home),
+        &consoles,
+    )
+    .await?;
+    let source = root.join("program.bin");
+    let bytes = random_file(&source, 4 * MIB, 32)?;
+    let info = ingest::run(&IngestOptions {
+        node: home.addr().clone(),
+        key: root.join("home").join("identity.key"),
+        title: "slow".into(),
+        publish_at_ms: Some(now_ms()),
+        replicas: 0,
+        segment_size: 2 * MIB as u64,
+        bitrate: 8_000_000,
+        source,
+        progress: false,
+    })
+    .await?;
+    wait_until("c sees the home", Duration::from_secs(30), || async {
+        Ok(c.swarm().await?.len() == 2)
+    })
+    .await?;
+
+    // Start 1.5 s in: three quarters into segment 0 (2.1 s of media), which c must copy.
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let token = consoles.issue(
+        key.public().to_peer_id(),
+        Audience::Console,
+        Rights::All,
+        now_ms(),
+        now_ms() + 3_600_000,
+    )?;
+    let credentials = vodmesh_console::play::Credentials {
+        key: Some(key),
+        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
+    };
+    let mut played = Vec::new();
+    let stats = vodmesh_console::play::play(
+        c.addr(),
+        &credentials,
+        &info.program.to_string(),
+        1.5,
+        vodmesh_console::play::Speed::Max,
+        &mut played,
+        None,
+        |_| {},
+    )
+    .await?;
+    assert_eq!(stats.swaps, 1, "{stats:?}");
+    assert!(stats.verified);
+    // 1.5 s at 8 Mbit/s is byte 1 500 000 (to the millisecond's rounding).
+    let from = bytes.len() - played.len();
+    assert!(
+        (1_499_000..=1_501_000).contains(&from),
+        "played from byte {from}"
+    );
+    assert!(
+        played == bytes[from..],
+        "played bytes differ from the source"
+    );
+    // The swapped segment came from the home, the next from c's own (filling) copy.
+    assert!(stats.stations.contains(&home.peer_id().to_string()));
+    let client = DirectorClient::connect(c.addr(), None).await?;
+    assert_eq!(activity(&client).await?.swaps, 1);
+    for s in [home, c] {
         s.shutdown().await;
     }
     Ok(())

@@ -79,6 +79,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
             segment: SegmentId::new(info.program, 0),
             offset: 0,
             token: token.clone(),
+            play_from: 0,
         },
     )
     .await?;
@@ -99,6 +100,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
             segment: SegmentId::new(info.program, 1),
             offset: 0,
             token: token.clone(),
+            play_from: 0,
         },
     )
     .await?;
@@ -124,6 +126,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
         .request(Request::Locate {
             program: info.program,
             index: 2,
+            complete: false,
         })
         .await?
     {
@@ -138,6 +141,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
             segment: SegmentId::new(info.program, 2),
             offset: 0,
             token: token.clone(),
+            play_from: 0,
         },
     )
     .await?;
@@ -292,6 +296,7 @@ impl Console {
             .request(Request::Locate {
                 program: self.program,
                 index: 0,
+                complete: false,
             })
             .await?
         {
@@ -311,12 +316,14 @@ impl Console {
                 segment: SegmentId::new(self.program, 0),
                 offset: 0,
                 token: Some(self.token.clone()),
+                play_from: 0,
             },
         )
         .await?;
         match read_frame(&mut s, stream::MAX_FRAME).await? {
             StreamReply::Streaming { size, .. } => Ok((location.engine, s, size)),
             StreamReply::Refused(why) => anyhow::bail!("refused: {why}"),
+            StreamReply::Swap { filled } => anyhow::bail!("swap at {filled}"),
         }
     }
 }
@@ -481,9 +488,16 @@ async fn seek_pause_and_quit_steer_playback() -> anyhow::Result<()> {
         stats.quit && stats.seeks == 1 && stats.segments == 4,
         "{stats:?}"
     );
+    // The seek went from 2 segments to 4.5: half-way into segment 4 (plain bytes are entered
+    // at the byte of the time sought).
+    let target_ms = (2 * segment_ms + segment_ms * 5 / 2) as u64;
+    let within = (target_ms - 4 * segment_ms as u64) * MIB as u64 / segment_ms as u64;
     let mut want = bench.bytes[..2 * MIB].to_vec();
-    want.extend_from_slice(&bench.bytes[4 * MIB..6 * MIB]);
-    assert!(out == want, "played bytes are not segments 0, 1, 4, 5");
+    want.extend_from_slice(&bench.bytes[4 * MIB + within as usize..6 * MIB]);
+    assert!(
+        out == want,
+        "played bytes are not segments 0, 1, the rest of 4, and 5"
+    );
     assert!(resumed_after.is_some_and(|d| d >= Duration::from_millis(300)));
     // Quitting left no stream open: the segments in flight were dropped and their engines
     // reported the stops.

@@ -137,6 +137,7 @@ async fn copies_and_streams_need_the_right_kind_of_token() -> anyhow::Result<()>
             segment,
             offset: 0,
             token: Some(serde_bytes::ByteBuf::from(mint(peer, Audience::Engine)?)),
+            play_from: 0,
         },
     )
     .await?;

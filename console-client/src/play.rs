@@ -58,6 +58,9 @@ pub struct PlayStats {
     pub verified: bool,
     /// Seeks the viewer made during playback.
     pub seeks: u32,
+    /// Segments for which a filling engine handed the console to one with the whole
+    /// segment, because the console sought past what it had received (claim 21).
+    pub swaps: u32,
     /// The viewer quit before the end.
     pub quit: bool,
 }
@@ -97,6 +100,25 @@ impl Directors {
         let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
         clients.insert(station.director, client.clone());
         Some(client)
+    }
+
+    /// Sends `request` to the director `peer` (the first one, or another station's).
+    async fn ask_director(&self, peer: PeerId, request: Request) -> Result<Response> {
+        if peer == self.first.peer() {
+            return Ok(self.first.request(request).await?);
+        }
+        let station = self
+            .swarm()
+            .await
+            .iter()
+            .find(|s| s.director == peer)
+            .cloned()
+            .with_context(|| format!("director {peer} is not in the swarm"))?;
+        let client = self
+            .client(&station)
+            .await
+            .with_context(|| format!("cannot reach director {peer}"))?;
+        Ok(client.request(request).await?)
     }
 
     /// Sends `request` to the first director, then to the content managers and other
@@ -245,9 +267,52 @@ impl Session {
     /// Locates segment `index`, streams it whole from the engine the director names and
     /// verifies it against the manifest; lost streams are retried, refusals are final.
     pub async fn segment(&self, index: u32) -> Result<(SegmentLocation, Vec<u8>)> {
+        self.segment_from(index, 0).await
+    }
+
+    /// As [`Session::segment`], for a console that will play the segment from byte
+    /// `play_from` on (a seek into it): an engine still filling its copy short of that byte
+    /// hands the console to one with the whole segment (claim 21). The whole segment is
+    /// still fetched, to verify it.
+    pub async fn segment_from(
+        &self,
+        index: u32,
+        play_from: u64,
+    ) -> Result<(SegmentLocation, Vec<u8>)> {
         // Read per segment: a refreshed token is used from the next segment on.
         let token = self.token.read().ok().and_then(|t| t.clone());
-        fetch(&self.directors, &self.manifest, index, token.as_deref()).await
+        fetch(
+            &self.directors,
+            &self.manifest,
+            index,
+            token.as_deref(),
+            play_from,
+        )
+        .await
+    }
+
+    /// Where `at_ms` falls: the segment, and for a program of plain bytes the byte within it
+    /// and the media time of that byte. HLS media is entered at segment boundaries (a player
+    /// needs the segment's start), so there the byte is 0 and the time the segment's start.
+    pub fn position_of(&self, at_ms: u64) -> (u32, u64, u64) {
+        let content = &self.manifest.content;
+        let index = content.segment_at(at_ms);
+        let start_ms: u64 = content
+            .segments
+            .iter()
+            .take(index as usize)
+            .map(|s| u64::from(s.duration_ms))
+            .sum();
+        let within_ms = at_ms.saturating_sub(start_ms);
+        match content.segment(index) {
+            Some(entry) if content.content_type == BYTES && entry.duration_ms > 0 => {
+                let within_ms = within_ms.min(u64::from(entry.duration_ms));
+                let byte = (u128::from(within_ms) * u128::from(entry.size)
+                    / u128::from(entry.duration_ms)) as u64;
+                (index, byte, start_ms + within_ms)
+            }
+            _ => (index, 0, start_ms),
+        }
     }
 }
 
@@ -279,10 +344,16 @@ pub struct Progress<'a> {
     pub paused: bool,
 }
 
+/// The content type of programs of plain bytes (not HLS media), which may be entered at any
+/// byte.
+const BYTES: &str = "application/octet-stream";
+
 /// A segment fetched, waiting for its release time.
 struct Pending {
     location: SegmentLocation,
     bytes: Vec<u8>,
+    /// The first byte to write (a seek into the segment).
+    from: usize,
     duration_ms: u64,
     /// When to write it (realtime only).
     release: Option<Instant>,
@@ -329,15 +400,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     'run: loop {
-        let first = manifest.content.segment_at(start_ms);
-        // Media time written so far, from the start of the program.
-        let mut media_ms: u64 = manifest
-            .content
-            .segments
-            .iter()
-            .take(first as usize)
-            .map(|s| u64::from(s.duration_ms))
-            .sum();
+        // The first segment, the byte of it to start at, and the media time there.
+        let (first, skip, mut media_ms) = session.position_of(start_ms);
         let run_start_ms = media_ms;
         // (wall time, media time) of the play position, once the first segment is written.
         let mut clock: Option<(Instant, u64)> = None;
@@ -346,7 +410,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
         let fetches = stream::iter(first..count)
             .map(|index| {
                 let session = session.clone();
-                async move { (index, session.segment(index).await) }
+                let play_from = if index == first { skip } else { 0 };
+                async move { (index, session.segment_from(index, play_from).await) }
             })
             .buffered(2);
         futures::pin_mut!(fetches);
@@ -416,7 +481,17 @@ pub async fn play<W: AsyncWrite + Unpin>(
                         .content
                         .segment(index)
                         .context("manifest lost a segment")?;
-                    let duration_ms = u64::from(entry.duration_ms);
+                    let mut duration_ms = u64::from(entry.duration_ms);
+                    let mut from = 0;
+                    if index == first && skip > 0 {
+                        // Entered mid-segment: only the rest of it plays.
+                        from = skip.min(bytes.len() as u64) as usize;
+                        duration_ms =
+                            duration_ms * (bytes.len() - from) as u64 / (bytes.len() as u64).max(1);
+                    }
+                    if location.swap {
+                        stats.swaps += 1;
+                    }
                     let mut release = None;
                     if speed == Speed::Realtime
                         && let Some((wall, at_ms)) = clock
@@ -437,6 +512,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
                     pending = Some(Pending {
                         location,
                         bytes,
+                        from,
                         duration_ms,
                         release,
                     });
@@ -449,7 +525,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
             if let Some(p) = pending
                 .take_if(|p| paused.is_none() && p.release.is_none_or(|r| r <= Instant::now()))
             {
-                out.write_all(&p.bytes).await?;
+                let played = p.bytes.get(p.from..).unwrap_or_default();
+                out.write_all(played).await?;
                 if stats.segments == 0 {
                     stats.startup_ms = began.elapsed().as_millis() as u64;
                 }
@@ -463,7 +540,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
                 last = Some(served);
                 engines.insert(served.0.to_string());
                 stations.insert(served.1.to_string());
-                stats.bytes += p.bytes.len() as u64;
+                stats.bytes += played.len() as u64;
                 stats.segments += 1;
                 media_ms += p.duration_ms;
             }
@@ -491,13 +568,14 @@ async fn fetch(
     manifest: &Manifest,
     index: u32,
     token: Option<&[u8]>,
+    play_from: u64,
 ) -> Result<(SegmentLocation, Vec<u8>)> {
     let mut attempt = 0u64;
     loop {
         attempt += 1;
         let once = tokio::time::timeout(
             Duration::from_secs(60),
-            fetch_once(directors, manifest, index, token),
+            fetch_once(directors, manifest, index, token, play_from),
         )
         .await
         .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
@@ -526,6 +604,7 @@ async fn fetch_once(
     manifest: &Manifest,
     index: u32,
     token: Option<&[u8]>,
+    play_from: u64,
 ) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
     let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
     let lost = |e: anyhow::Error| Fetch::Lost(e);
@@ -533,43 +612,70 @@ async fn fetch_once(
         .content
         .segment(index)
         .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
-    let answer = directors
-        .ask(Request::Locate {
-            program: manifest.program,
-            index,
-        })
-        .await
-        .map_err(lost)?;
-    let location = match answer {
-        Response::Location(l) => l,
-        Response::Error(e) => return Err(fail(e.message)),
-        other => return Err(fail(format!("unexpected answer: {other:?}"))),
+    let located = |answer: Response| match answer {
+        Response::Location(l) => Ok(l),
+        Response::Error(e) => Err(fail(e.message)),
+        other => Err(fail(format!("unexpected answer: {other:?}"))),
+    };
+    let locate = Request::Locate {
+        program: manifest.program,
+        index,
+        complete: false,
+    };
+    let mut location = located(directors.ask(locate).await.map_err(lost)?)?;
+    let client = &directors.first;
+    let (mut s, reply) = loop {
+        let engine = location.engine;
+        client
+            .add_addresses(engine, location.addrs.clone())
+            .await
+            .map_err(|e| lost(e.into()))?;
+        let mut s = client
+            .open_stream(engine, wire::PROTOCOL)
+            .await
+            .map_err(|e| lost(e.into()))?;
+        let request = StreamRequest {
+            segment: SegmentId::new(manifest.program, index),
+            offset: 0,
+            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
+            play_from,
+        };
+        write_frame(&mut s, &request)
+            .await
+            .map_err(|e| lost(e.into()))?;
+        let reply = read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME)
+            .await
+            .map_err(|e| lost(e.into()))?;
+        match reply {
+            // Claim 21: this engine's copy has not reached our position; its director names
+            // one with the whole segment, which takes us over.
+            StreamReply::Swap { filled } if !location.swap => {
+                tracing::debug!(index, %engine, filled, play_from, "handed over: asking for a complete copy");
+                let complete = Request::Locate {
+                    program: manifest.program,
+                    index,
+                    complete: true,
+                };
+                let answer = directors
+                    .ask_director(location.director, complete)
+                    .await
+                    .map_err(lost)?;
+                location = located(answer)?;
+            }
+            StreamReply::Swap { .. } => {
+                return Err(lost(anyhow::anyhow!(
+                    "segment {index}: the engine named for a swap is still filling"
+                )));
+            }
+            reply => break (s, reply),
+        }
     };
     let engine = location.engine;
-    let client = &directors.first;
-    client
-        .add_addresses(engine, location.addrs.clone())
-        .await
-        .map_err(|e| lost(e.into()))?;
-    let mut s = client
-        .open_stream(engine, wire::PROTOCOL)
-        .await
-        .map_err(|e| lost(e.into()))?;
-    let request = StreamRequest {
-        segment: SegmentId::new(manifest.program, index),
-        offset: 0,
-        token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
-    };
-    write_frame(&mut s, &request)
-        .await
-        .map_err(|e| lost(e.into()))?;
-    let reply = read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME)
-        .await
-        .map_err(|e| lost(e.into()))?;
     let (size, hash) = match reply {
         StreamReply::Streaming { size, hash } => (size, hash),
         // The engine's one line is the user's one line (`token expired`, ...).
         StreamReply::Refused(why) => return Err(fail(why)),
+        StreamReply::Swap { .. } => return Err(lost(anyhow::anyhow!("swapped twice"))),
     };
     if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
         return Err(fail(format!(

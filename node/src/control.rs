@@ -66,6 +66,18 @@ pub enum EngineReport {
         /// Whether the stream reached the segment's end.
         complete: bool,
     },
+    /// A console sought past what this engine's filling copy holds; it was told to ask the
+    /// director for an engine with the whole segment (claim 21).
+    SwapAsked {
+        /// Index of the engine.
+        index: usize,
+        /// The segment.
+        segment: SegmentId,
+        /// The console.
+        console: PeerId,
+        /// Bytes of the segment received so far.
+        filled: u64,
+    },
     /// A request was refused for want of a valid token (counted by the director).
     Refused {
         /// Index of the engine.

@@ -68,6 +68,10 @@ pub enum Request {
         program: ProgramId,
         /// The segment.
         index: u32,
+        /// Only a complete copy will do: the console was handed over by an engine whose copy
+        /// is still filling and has not reached the console's position (claim 21).
+        #[serde(default)]
+        complete: bool,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
@@ -120,6 +124,9 @@ pub struct SegmentLocation {
     pub director: PeerId,
     /// Still being copied in (stream follows as bytes land).
     pub filling: bool,
+    /// A swap: this engine takes over a console that a filling engine handed back.
+    #[serde(default)]
+    pub swap: bool,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.
@@ -228,6 +235,10 @@ pub struct Activity {
     /// Copies that lost their source and resumed from the next cheapest one.
     #[serde(default)]
     pub source_failovers: u64,
+    /// Consoles that sought past what a filling engine had received, handed to an engine
+    /// with the whole segment (claim 21).
+    #[serde(default)]
+    pub swaps: u64,
 }
 
 /// Why a request failed.

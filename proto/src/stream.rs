@@ -25,6 +25,11 @@ pub struct StreamRequest {
     pub offset: u64,
     /// The console's token, when the station requires one.
     pub token: Option<ByteBuf>,
+    /// Where in the segment the console will start playing (a seek into it). An engine whose
+    /// copy is still filling and has not reached this byte answers [`StreamReply::Swap`]
+    /// instead of making the console wait for the copy (claim 21).
+    #[serde(default)]
+    pub play_from: u64,
 }
 
 /// The engine's answer, before any bytes.
@@ -39,4 +44,11 @@ pub enum StreamReply {
     },
     /// Refused; one line for the user.
     Refused(String),
+    /// This engine's copy is still filling and holds only `filled` bytes, short of where the
+    /// console will play: ask the director for an engine with the whole segment
+    /// (`Locate { complete: true }`). The director has been told.
+    Swap {
+        /// Bytes received so far.
+        filled: u64,
+    },
 }

@@ -66,6 +66,21 @@ pub(super) struct State {
     throughput: HashMap<PeerId, f64>,
     /// Round-trip time to each director this one is connected to.
     pub(super) rtt: HashMap<PeerId, Duration>,
+    /// The sources of the copies still filling here, cheapest first: where a console that
+    /// seeks past the fill is sent (claim 21).
+    filling: Arc<std::sync::Mutex<HashMap<SegmentId, Vec<Candidate>>>>,
+}
+
+impl State {
+    /// The cheapest source (engine, addresses, its director) of a copy filling here.
+    pub(super) fn source_of(
+        &self,
+        segment: &SegmentId,
+    ) -> Option<(PeerId, Vec<Multiaddr>, PeerId)> {
+        let filling = self.filling.lock().ok()?;
+        let c = filling.get(segment)?.first()?;
+        Some((c.engine, c.addrs.clone(), c.station.director))
+    }
 }
 
 /// A holding station's engine, as its director named it.
@@ -377,6 +392,7 @@ impl Director {
                 addrs: cheapest.addrs.clone(),
                 director: cheapest.station.director,
                 filling: false,
+                swap: false,
             });
         };
         let Some(tx) = self.engine_commands.get(target) else {
@@ -427,8 +443,16 @@ impl Director {
         }
         let locations = self.locations.clone();
         let internal = self.dist.internal.clone();
+        let filling = self.miss.filling.clone();
+        if let Ok(mut f) = filling.lock() {
+            f.insert(segment, ranked.iter().map(|(_, c)| c.clone()).collect());
+        }
         tokio::spawn(async move {
-            match done_rx.recv().await {
+            let outcome = done_rx.recv().await;
+            if let Ok(mut f) = filling.lock() {
+                f.remove(&segment);
+            }
+            match outcome {
                 Some((_, Ok(copied))) => {
                     if let Some(station) = stations.get(&copied.source) {
                         let _ = internal
@@ -451,6 +475,7 @@ impl Director {
             addrs,
             director: me,
             filling: true,
+            swap: false,
         })
     }
 

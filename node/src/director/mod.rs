@@ -303,6 +303,16 @@ impl Director {
                 }
                 return;
             }
+            EngineReport::SwapAsked {
+                index,
+                segment,
+                console,
+                filled,
+            } => {
+                tracing::debug!(index, %segment, %console, filled, "console sought past a filling copy");
+                self.activity.swaps += 1;
+                return;
+            }
             EngineReport::Refused { copy, .. } => {
                 if copy {
                     self.activity.refused_copies += 1;
@@ -492,7 +502,20 @@ impl Director {
                     .send_response(channel, response);
             }
             Request::Programs => self.programs(channel),
-            Request::Locate { program, index } => {
+            Request::Locate {
+                program,
+                index,
+                complete: true,
+            } => {
+                let response = self
+                    .locate_complete(program, index)
+                    .map_or_else(Response::Error, Response::Location);
+                let _ = swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response);
+            }
+            Request::Locate { program, index, .. } => {
                 let located = match self.locate(program, index) {
                     Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
                     // Held elsewhere: copy it here and stream it as it arrives (claim 14).

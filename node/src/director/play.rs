@@ -83,6 +83,7 @@ impl Director {
                 addrs: info.addrs.clone(),
                 director: self.peer_id(),
                 filling: loc.state == LocationState::Filling,
+                swap: false,
             }),
             None => Err(ErrorReply::new(
                 ErrorCode::Busy,
@@ -185,6 +186,55 @@ impl Director {
             addrs: target_addrs,
             director: self.peer_id(),
             filling: true,
+            swap: false,
         })
+    }
+
+    /// Claim 21: an engine with the whole segment, for a console that a filling engine
+    /// handed back. One of this station's engines when one holds a complete copy; otherwise
+    /// the cheapest source of the copy still filling here, at its own station.
+    pub(super) fn locate_complete(
+        &self,
+        program: ProgramId,
+        index: u32,
+    ) -> Result<SegmentLocation, ErrorReply> {
+        self.playable(&program)?;
+        let segment = SegmentId::new(program, index);
+        let holders = self
+            .locations
+            .list(segment)
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+        let own = holders
+            .iter()
+            .filter(|l| l.state == LocationState::Complete)
+            .filter_map(|l| {
+                self.engines
+                    .iter()
+                    .flatten()
+                    .find(|e| e.peer_id == l.engine && e.up && e.streams < e.max_streams)
+            })
+            .min_by_key(|e| e.streams);
+        if let Some(engine) = own {
+            return Ok(SegmentLocation {
+                engine: engine.peer_id,
+                addrs: engine.addrs.clone(),
+                director: self.peer_id(),
+                filling: false,
+                swap: true,
+            });
+        }
+        match self.miss.source_of(&segment) {
+            Some((engine, addrs, director)) => Ok(SegmentLocation {
+                engine,
+                addrs,
+                director,
+                filling: false,
+                swap: true,
+            }),
+            None => Err(ErrorReply::new(
+                ErrorCode::Busy,
+                "no engine with the whole segment can take this console now",
+            )),
+        }
     }
 }

@@ -16,7 +16,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, TrustedIssuers};
 
 use crate::control::EngineReport;
-use crate::store::SegmentStore;
+use crate::store::{SegmentState, SegmentStore};
 
 /// Bytes per read from the store and write to the stream.
 const CHUNK: usize = 256 * 1024;
@@ -179,6 +179,22 @@ impl StreamService {
             .await?;
             return stream.close().await;
         };
+        // Claim 21: a console that seeks past what a still-filling copy holds is not made to
+        // wait for the copy; it is handed to an engine with the whole segment.
+        if info.state == SegmentState::Filling {
+            let filled = self.store.filled(&request.segment).map_or(0, |f| f.0);
+            if request.play_from > filled && filled < size {
+                tracing::debug!(index = self.index, %peer, segment = %request.segment, filled, play_from = request.play_from, "console past the fill: swap");
+                let _ = self.reports.try_send(EngineReport::SwapAsked {
+                    index: self.index,
+                    segment: request.segment,
+                    console: peer,
+                    filled,
+                });
+                write_frame(&mut stream, &StreamReply::Swap { filled }).await?;
+                return stream.close().await;
+            }
+        }
         if request.offset > size {
             write_frame(
                 &mut stream,
