@@ -374,6 +374,11 @@ async fn overloaded_engines_replicate_to_idle_ones() -> anyhow::Result<()> {
     let (_, s4, _) = c4.start().await?;
     assert_eq!(rest(s4).await?, bench.bytes);
     assert_eq!(bench.activity(&c1.client).await?.replications, 2);
+    // `vodmesh status` shows them.
+    let status = vodmesh_tools::status::fetch(bench.station.addr()).await?;
+    let json = vodmesh_tools::status::to_json(&status);
+    assert_eq!(json["stations"][0]["activity"]["replications"], 2, "{json}");
+    assert!(vodmesh_tools::status::to_text(&status).contains("replications 2"));
     bench.station.shutdown().await;
     Ok(())
 }
