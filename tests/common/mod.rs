@@ -84,17 +84,38 @@ impl NodeProcess {
     /// Starts `vodmesh-node --data DATA` with `args` on loopback and waits for its
     /// `director <MULTIADDR>` line. Its log goes to `DATA/stderr.log`.
     pub fn start(data: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_in(
+            None,
+            data,
+            &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
+            args,
+        )
+    }
+
+    /// As [`NodeProcess::start`], in network namespace `netns` (through `ip netns exec`)
+    /// when given, listening on `listen`.
+    pub fn start_in(
+        netns: Option<&str>,
+        data: &Path,
+        listen: &[&str],
+        args: &[&str],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data)?;
         let log = std::fs::File::create(data.join("stderr.log"))?;
-        let mut child = Command::new(bin("vodmesh-node"))
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("vodmesh-node"));
+                c
+            }
+            None => Command::new(bin("vodmesh-node")),
+        };
+        for addr in listen {
+            command.args(["--listen", addr]);
+        }
+        let mut child = command
             .arg("--data")
             .arg(data)
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
