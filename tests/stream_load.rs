@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use futures::AsyncReadExt;
+
 use vodmesh_console::client::DirectorClient;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::SegmentId;
@@ -183,10 +185,22 @@ struct Bench {
 
 impl Bench {
     async fn start(max_streams: u32) -> anyhow::Result<Self> {
-        Self::with_program(max_streams, 3 * 1024 * 1024, ingest::DEFAULT_SEGMENT_SIZE).await
+        Self::with_program(
+            max_streams,
+            3 * 1024 * 1024,
+            ingest::DEFAULT_SEGMENT_SIZE,
+            0,
+        )
+        .await
     }
 
-    async fn with_program(max_streams: u32, len: usize, segment_size: u64) -> anyhow::Result<Self> {
+    /// `copy_rate_mbps`: the pace of copies between the station's engines (0: unpaced).
+    async fn with_program(
+        max_streams: u32,
+        len: usize,
+        segment_size: u64,
+        copy_rate_mbps: u32,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("home");
         let mut config = StationConfig::new(&data);
@@ -197,6 +211,7 @@ impl Bench {
         // test's issuer signs console tokens.
         config.auth = true;
         config.max_streams = max_streams;
+        config.copy_rate_mbps = copy_rate_mbps;
         let issuer = vodmesh_proto::token::Issuer::generate();
         config.trust = vec![issuer.public()];
         let station = Station::start(config).await?;
@@ -433,7 +448,7 @@ async fn seek_pause_and_quit_steer_playback() -> anyhow::Result<()> {
     use vodmesh_console::play::{self, Control, Credentials, Session, Speed};
     init_logging();
     const MIB: usize = 1024 * 1024;
-    let bench = Bench::with_program(4, 8 * MIB, MIB as u64).await?;
+    let bench = Bench::with_program(4, 8 * MIB, MIB as u64, 0).await?;
     let key = libp2p::identity::Keypair::generate_ed25519();
     let token = bench.issuer.issue(
         key.public().to_peer_id(),
@@ -511,6 +526,95 @@ async fn seek_pause_and_quit_steer_playback() -> anyhow::Result<()> {
         Ok(bench.activity(&client).await?.active == 0)
     })
     .await?;
+    bench.station.shutdown().await;
+    Ok(())
+}
+
+/// Claims 21, 22: a console (x) seeks past what a filling copy holds and is swapped to the
+/// engine with the whole segment; that engine was streaming the segment to another console
+/// (y), which is behind the fill, so the engines exchange consoles: y resumes at the filling
+/// engine from the byte it had reached. Both get the ingested bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_exchanges_consoles_between_engines() -> anyhow::Result<()> {
+    init_logging();
+    // Copies between engines at 8 Mbit/s: the 3 MiB segment takes three seconds to copy.
+    let bench = Bench::with_program(2, 3 * 1024 * 1024, ingest::DEFAULT_SEGMENT_SIZE, 8).await?;
+    let (x, y1, y2) = (
+        bench.console().await?,
+        bench.console().await?,
+        bench.console().await?,
+    );
+    // y1 and y2 fill the holder (e); x's request makes an idle engine (f) copy it.
+    let (e, mut s1, _) = y1.start().await?;
+    let mut got1 = vec![0u8; 64 * 1024];
+    s1.read_exact(&mut got1).await?;
+    let (_, s2, _) = y2.start().await?;
+    bench.wait_load(&x.client, &[(e, 2)]).await?;
+    let at = |complete| Request::Locate {
+        program: x.program,
+        index: 0,
+        complete,
+    };
+    let Response::Location(filling) = x.client.request(at(false)).await? else {
+        anyhow::bail!("no location");
+    };
+    let f = filling.engine;
+    assert!(filling.filling && f != e);
+    // x seeks to byte 2 MiB, which f has not received: f hands x back.
+    x.client.add_addresses(f, filling.addrs.clone()).await?;
+    let mut s = x.client.open_stream(f, stream::PROTOCOL).await?;
+    let request = |play_from| StreamRequest {
+        segment: SegmentId::new(x.program, 0),
+        offset: 0,
+        token: Some(x.token.clone()),
+        play_from,
+    };
+    write_frame(&mut s, &request(2 * 1024 * 1024)).await?;
+    let reply: StreamReply = read_frame(&mut s, stream::MAX_FRAME).await?;
+    assert!(matches!(reply, StreamReply::Swap { filled } if filled < 2 * 1024 * 1024));
+    drop(s);
+    // y2 leaves; e serves y1 alone. Taking x would leave e two streams above f: y1 goes to f.
+    drop(s2);
+    bench.wait_load(&x.client, &[(e, 1)]).await?;
+    let Response::Location(complete) = x.client.request(at(true)).await? else {
+        anyhow::bail!("no complete location");
+    };
+    assert!(complete.swap && complete.engine == e);
+    x.client.add_addresses(e, complete.addrs.clone()).await?;
+    let mut s = x.client.open_stream(e, stream::PROTOCOL).await?;
+    write_frame(&mut s, &request(2 * 1024 * 1024)).await?;
+    assert!(matches!(
+        read_frame(&mut s, stream::MAX_FRAME).await?,
+        StreamReply::Streaming { .. }
+    ));
+    assert_eq!(rest(s).await?, bench.bytes);
+    // y1's stream from e ends early; its director sends it to f, where it resumes.
+    got1.extend(rest(s1).await?);
+    assert!(got1.len() < bench.bytes.len(), "y1 was not handed over");
+    let Response::Location(resume) = y1.client.request(at(false)).await? else {
+        anyhow::bail!("no location for y1");
+    };
+    assert_eq!(resume.engine, f, "y1 resumes at the filling engine");
+    y1.client.add_addresses(f, resume.addrs.clone()).await?;
+    let mut s = y1.client.open_stream(f, stream::PROTOCOL).await?;
+    write_frame(
+        &mut s,
+        &StreamRequest {
+            segment: SegmentId::new(y1.program, 0),
+            offset: got1.len() as u64,
+            token: Some(y1.token.clone()),
+            play_from: 0,
+        },
+    )
+    .await?;
+    assert!(matches!(
+        read_frame(&mut s, stream::MAX_FRAME).await?,
+        StreamReply::Streaming { .. }
+    ));
+    got1.extend(rest(s).await?);
+    assert!(got1 == bench.bytes, "y1's bytes differ after the exchange");
+    let activity = bench.activity(&x.client).await?;
+    assert_eq!((activity.swaps, activity.exchanges), (1, 1), "{activity:?}");
     bench.station.shutdown().await;
     Ok(())
 }

@@ -562,7 +562,10 @@ pub async fn play<W: AsyncWrite + Unpin>(
 }
 
 /// Locates and streams one whole segment, verified; a stream lost on the way (libp2p-stream
-/// drops an inbound stream its receiver is not ready for) is retried, a refusal is final.
+/// drops an inbound stream its receiver is not ready for; an engine dies; an engine hands the
+/// console over to another, claim 22) is resumed from the bytes already received, at
+/// whichever engine the director names next; a refusal is final. Three attempts that bring
+/// no new byte end it.
 async fn fetch(
     directors: &Directors,
     manifest: &Manifest,
@@ -571,14 +574,18 @@ async fn fetch(
     play_from: u64,
 ) -> Result<(SegmentLocation, Vec<u8>)> {
     let mut attempt = 0u64;
+    let mut partial = Vec::new();
     loop {
-        attempt += 1;
+        let had = partial.len();
         let once = tokio::time::timeout(
             Duration::from_secs(60),
-            fetch_once(directors, manifest, index, token, play_from),
+            fetch_once(directors, manifest, index, token, play_from, &mut partial),
         )
         .await
         .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
+        if partial.len() == had {
+            attempt += 1;
+        }
         match once {
             Ok(done) => return Ok(done),
             Err(Fetch::Final(e)) => return Err(e),
@@ -605,6 +612,7 @@ async fn fetch_once(
     index: u32,
     token: Option<&[u8]>,
     play_from: u64,
+    partial: &mut Vec<u8>,
 ) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
     let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
     let lost = |e: anyhow::Error| Fetch::Lost(e);
@@ -636,7 +644,8 @@ async fn fetch_once(
             .map_err(|e| lost(e.into()))?;
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index),
-            offset: 0,
+            // Resumed from what earlier attempts received.
+            offset: partial.len() as u64,
             token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
             play_from,
         };
@@ -682,15 +691,29 @@ async fn fetch_once(
             "engine {engine} offers segment {index} that does not match the manifest"
         )));
     }
-    let mut bytes = vec![0u8; size as usize];
-    s.read_exact(&mut bytes).await.map_err(|e| {
-        lost(anyhow::anyhow!(
-            "segment {index} ended early from engine {engine}: {e}"
-        ))
-    })?;
+    partial.reserve(size as usize - partial.len());
+    let mut buf = vec![0u8; 256 * 1024];
+    while (partial.len() as u64) < size {
+        let n = (size as usize - partial.len()).min(buf.len());
+        let got = s.read(&mut buf[..n]).await.map_err(|e| {
+            lost(anyhow::anyhow!(
+                "segment {index} broke off from engine {engine}: {e}"
+            ))
+        })?;
+        if got == 0 {
+            // Ended early: handed over, or the engine went away. The next attempt resumes.
+            return Err(lost(anyhow::anyhow!(
+                "segment {index} ended early from engine {engine} at byte {}",
+                partial.len()
+            )));
+        }
+        partial.extend_from_slice(&buf[..got]);
+    }
     let _ = s.close().await;
+    let bytes = std::mem::take(partial);
     if SegmentHash::of(&bytes) != entry.hash {
-        // Another attempt may be sent to another engine; the bad bytes are never written.
+        // Another attempt starts over, perhaps at another engine; the bad bytes are never
+        // written.
         return Err(lost(anyhow::anyhow!(
             "segment {index} from engine {engine} failed verification"
         )));

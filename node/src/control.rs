@@ -160,6 +160,14 @@ pub enum EngineCommand {
         /// Where the outcome goes.
         done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
     },
+    /// Claim 22: end the stream of `segment` to `console` early, so that the console resumes
+    /// it at another engine (the director has told it which); the engines exchange consoles.
+    Handover {
+        /// The segment.
+        segment: SegmentId,
+        /// The console.
+        console: PeerId,
+    },
     /// Let these peers (engines of a live station, checked by the director) copy segments
     /// from this engine until `until_ms`.
     AllowCopy {

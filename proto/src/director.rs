@@ -239,6 +239,10 @@ pub struct Activity {
     /// with the whole segment (claim 21).
     #[serde(default)]
     pub swaps: u64,
+    /// Swaps where the engine taking the console over handed one of its own consoles to the
+    /// filling engine, to balance their load (claim 22).
+    #[serde(default)]
+    pub exchanges: u64,
 }
 
 /// Why a request failed.

@@ -91,6 +91,8 @@ struct Director {
     activity: director::Activity,
     /// What cache misses remember: manifests, measured throughput and round trips.
     miss: miss::State,
+    /// Who streams what from which engine, for swaps and exchanges.
+    playing: play::Playing,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -173,6 +175,7 @@ pub async fn start(
         dist: distribution::State::new(internal),
         activity: Default::default(),
         miss: Default::default(),
+        playing: Default::default(),
     };
     director.republish(&mut swarm);
     director.arm_schedule();
@@ -311,6 +314,7 @@ impl Director {
             } => {
                 tracing::debug!(index, %segment, %console, filled, "console sought past a filling copy");
                 self.activity.swaps += 1;
+                self.playing.swapped_from.insert((segment, console), index);
                 return;
             }
             EngineReport::Refused { copy, .. } => {
@@ -328,6 +332,7 @@ impl Director {
             } => {
                 tracing::debug!(index, %segment, %console, "engine took over the stream");
                 self.activity.takeovers += 1;
+                self.playing.started(index, segment, console);
                 return;
             }
             EngineReport::Stopped {
@@ -338,6 +343,7 @@ impl Director {
                 complete,
             } => {
                 tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
+                self.playing.stopped(index, segment, console);
                 if complete {
                     self.activity.stops_complete += 1;
                 } else {
@@ -508,7 +514,7 @@ impl Director {
                 complete: true,
             } => {
                 let response = self
-                    .locate_complete(program, index)
+                    .locate_complete(program, index, peer)
                     .map_or_else(Response::Error, Response::Location);
                 let _ = swarm
                     .behaviour_mut()
@@ -516,7 +522,11 @@ impl Director {
                     .send_response(channel, response);
             }
             Request::Locate { program, index, .. } => {
-                let located = match self.locate(program, index) {
+                let located = match self.handed_over(program, index, peer) {
+                    Some(location) => Ok(location),
+                    None => self.locate(program, index),
+                };
+                let located = match located {
                     Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
                     // Held elsewhere: copy it here and stream it as it arrives (claim 14).
                     Err(e) if e.code == ErrorCode::NotFound => {

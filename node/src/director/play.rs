@@ -6,7 +6,10 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, SegmentLocation};
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use libp2p::PeerId;
 
 use tokio::sync::mpsc;
 use vodmesh_proto::time::now_ms;
@@ -14,6 +17,35 @@ use vodmesh_proto::time::now_ms;
 use super::Director;
 use crate::control::{EngineCommand, Source};
 use crate::store::locations::{Location, LocationState};
+
+/// Who is streaming what, from the engines' takeover and stop reports; and the consoles in
+/// the middle of a swap or an exchange.
+#[derive(Default)]
+pub(super) struct Playing {
+    /// By engine index: the (segment, console) streams it serves.
+    streams: HashMap<usize, Vec<(SegmentId, PeerId)>>,
+    /// A console a filling engine (by index) handed back, by segment (claim 21).
+    pub(super) swapped_from: HashMap<(SegmentId, PeerId), usize>,
+    /// A console handed over in an exchange, by segment: the engine it resumes at (claim 22).
+    handed: HashMap<(SegmentId, PeerId), usize>,
+}
+
+impl Playing {
+    pub(super) fn started(&mut self, engine: usize, segment: SegmentId, console: PeerId) {
+        self.streams
+            .entry(engine)
+            .or_default()
+            .push((segment, console));
+    }
+
+    pub(super) fn stopped(&mut self, engine: usize, segment: SegmentId, console: PeerId) {
+        if let Some(list) = self.streams.get_mut(&engine)
+            && let Some(at) = list.iter().position(|s| *s == (segment, console))
+        {
+            list.swap_remove(at);
+        }
+    }
+}
 
 /// How long a sibling engine may copy from a busy one for an overload replication.
 const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
@@ -194,9 +226,10 @@ impl Director {
     /// handed back. One of this station's engines when one holds a complete copy; otherwise
     /// the cheapest source of the copy still filling here, at its own station.
     pub(super) fn locate_complete(
-        &self,
+        &mut self,
         program: ProgramId,
         index: u32,
+        console: PeerId,
     ) -> Result<SegmentLocation, ErrorReply> {
         self.playable(&program)?;
         let segment = SegmentId::new(program, index);
@@ -208,16 +241,22 @@ impl Director {
             .iter()
             .filter(|l| l.state == LocationState::Complete)
             .filter_map(|l| {
-                self.engines
-                    .iter()
-                    .flatten()
-                    .find(|e| e.peer_id == l.engine && e.up && e.streams < e.max_streams)
+                self.engines.iter().enumerate().find_map(|(i, e)| {
+                    e.as_ref()
+                        .filter(|e| e.peer_id == l.engine && e.up && e.streams < e.max_streams)
+                        .map(|e| (i, e))
+                })
             })
-            .min_by_key(|e| e.streams);
-        if let Some(engine) = own {
+            .min_by_key(|(_, e)| e.streams)
+            .map(|(i, e)| (i, e.peer_id, e.addrs.clone(), e.streams));
+        let filling = self.playing.swapped_from.remove(&(segment, console));
+        if let Some((taker, engine, addrs, streams)) = own {
+            if let Some(filling) = filling {
+                self.exchange(segment, console, (taker, streams), filling);
+            }
             return Ok(SegmentLocation {
-                engine: engine.peer_id,
-                addrs: engine.addrs.clone(),
+                engine,
+                addrs,
                 director: self.peer_id(),
                 filling: false,
                 swap: true,
@@ -236,5 +275,73 @@ impl Director {
                 "no engine with the whole segment can take this console now",
             )),
         }
+    }
+
+    /// Claim 22: the engine `taker` takes `console` over from the filling engine `filling`.
+    /// When `taker` is itself streaming the same segment to another console, and keeping
+    /// both would leave it two or more streams above `filling`, that other console is handed
+    /// to `filling` (which holds the bytes it is playing: it is behind the fill): the two
+    /// engines exchange consoles.
+    fn exchange(
+        &mut self,
+        segment: SegmentId,
+        console: PeerId,
+        (taker, taker_streams): (usize, u32),
+        filling: usize,
+    ) {
+        let filling_streams = match self.engines.get(filling) {
+            Some(Some(e)) if e.up => e.streams,
+            _ => return,
+        };
+        if taker_streams + 1 < filling_streams + 2 {
+            return;
+        }
+        let Some(other) = self.playing.streams.get(&taker).and_then(|list| {
+            list.iter()
+                .find(|(s, c)| *s == segment && *c != console)
+                .map(|(_, c)| *c)
+        }) else {
+            return;
+        };
+        let Some(tx) = self.engine_commands.get(taker) else {
+            return;
+        };
+        if tx
+            .try_send(EngineCommand::Handover {
+                segment,
+                console: other,
+            })
+            .is_ok()
+        {
+            tracing::debug!(%segment, %console, %other, taker, filling, "exchange: engines swap consoles");
+            self.playing.handed.insert((segment, other), filling);
+            self.activity.exchanges += 1;
+        }
+    }
+
+    /// Where a console handed over in an exchange resumes the segment, once.
+    pub(super) fn handed_over(
+        &mut self,
+        program: ProgramId,
+        index: u32,
+        console: PeerId,
+    ) -> Option<SegmentLocation> {
+        let segment = SegmentId::new(program, index);
+        let engine = self.playing.handed.remove(&(segment, console))?;
+        let e = self.engines.get(engine)?.as_ref().filter(|e| e.up)?;
+        let state = self
+            .locations
+            .list(segment)
+            .ok()?
+            .into_iter()
+            .find(|l| l.engine == e.peer_id)?
+            .state;
+        Some(SegmentLocation {
+            engine: e.peer_id,
+            addrs: e.addrs.clone(),
+            director: self.peer_id(),
+            filling: state == LocationState::Filling,
+            swap: false,
+        })
     }
 }

@@ -166,6 +166,7 @@ pub async fn start(
         token,
     );
 
+    let handovers = stream::Handovers::default();
     let streams_in = control
         .accept(vodmesh_proto::stream::PROTOCOL)
         .context("registering the stream protocol")?;
@@ -178,6 +179,7 @@ pub async fn start(
             active: Arc::default(),
             max_streams: storage.max_streams,
             trusted,
+            handovers: handovers.clone(),
         },
     ));
 
@@ -205,7 +207,7 @@ pub async fn start(
                 }
                 Some(cmd) = commands_rx.recv() => {
                     if let Some(cmd) = copier.take(&mut swarm, cmd) {
-                        on_command(&task_store, &expectations, cmd).await;
+                        on_command(&task_store, &expectations, &handovers, cmd).await;
                     }
                 }
                 Some(event) = events.recv() => {
@@ -284,8 +286,18 @@ impl std::fmt::Debug for EngineHandle {
     }
 }
 
-async fn on_command(store: &SegmentStore, expectations: &Expectations, cmd: EngineCommand) {
+async fn on_command(
+    store: &SegmentStore,
+    expectations: &Expectations,
+    handovers: &stream::Handovers,
+    cmd: EngineCommand,
+) {
     match cmd {
+        EngineCommand::Handover { segment, console } => {
+            if !stream::hand_over(handovers, segment, console) {
+                tracing::debug!(%segment, %console, "handover: no such stream here");
+            }
+        }
         EngineCommand::Expect { segments } => {
             if let Ok(mut map) = expectations.lock() {
                 map.extend(segments);

@@ -3,12 +3,15 @@
 //! Enforces `--max-streams` and reports every start and stop to the director, so the
 //! director's view of this engine's load is exact.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 
@@ -35,6 +38,21 @@ pub(crate) struct StreamService {
     pub(crate) max_streams: u32,
     /// Issuers whose console tokens this station accepts; empty = serve no stream.
     pub(crate) trusted: TrustedIssuers,
+    /// The streams being served, by segment and console, each with the signal that hands it
+    /// over to another engine (claim 22).
+    pub(crate) handovers: Handovers,
+}
+
+/// Streams an engine serves, each with a token that ends it early for a handover.
+pub(crate) type Handovers = Arc<std::sync::Mutex<HashMap<(SegmentId, PeerId), CancellationToken>>>;
+
+/// Ends the stream of `segment` to `console`, if this engine serves one; whether it did.
+pub(crate) fn hand_over(handovers: &Handovers, segment: SegmentId, console: PeerId) -> bool {
+    let token = handovers
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(segment, console)).cloned());
+    token.map(|t| t.cancel()).is_some()
 }
 
 /// Accepts stream requests until the engine stops, each in a task of its own.
@@ -90,21 +108,29 @@ impl StreamService {
         &self,
         stream: &mut Stream,
         reader: &mut crate::store::Reader,
-        offset: u64,
+        (offset, handover): (u64, &CancellationToken),
         sent: &mut u64,
     ) -> std::io::Result<()> {
         reader.seek(offset);
         loop {
-            match reader.read_next(CHUNK).await {
+            let next = tokio::select! {
+                // Handed over (claim 22): the stream ends here; the console resumes elsewhere.
+                _ = handover.cancelled() => return Ok(()),
+                next = reader.read_next(CHUNK) => next,
+            };
+            match next {
                 Ok(Some(bytes)) => {
-                    tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes))
-                        .await
-                        .map_err(|_| {
-                            std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "console stopped reading",
-                            )
-                        })??;
+                    tokio::select! {
+                        _ = handover.cancelled() => return Ok(()),
+                        written = tokio::time::timeout(STALL_TIMEOUT, stream.write_all(&bytes)) => {
+                            written.map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "console stopped reading",
+                                )
+                            })??;
+                        }
+                    }
                     *sent += bytes.len() as u64;
                 }
                 Ok(None) => return Ok(()),
@@ -218,9 +244,22 @@ impl StreamService {
             console: peer,
         });
         let mut sent = 0u64;
+        let key = (request.segment, peer);
+        let handover = CancellationToken::new();
+        if let Ok(mut m) = self.handovers.lock() {
+            m.insert(key, handover.clone());
+        }
         let result = self
-            .send(&mut stream, &mut reader, request.offset, &mut sent)
+            .send(
+                &mut stream,
+                &mut reader,
+                (request.offset, &handover),
+                &mut sent,
+            )
             .await;
+        if let Ok(mut m) = self.handovers.lock() {
+            m.remove(&key);
+        }
         let _ = self.reports.try_send(EngineReport::Stopped {
             index: self.index,
             segment: request.segment,
