@@ -152,7 +152,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
         anyhow::bail!("refused");
     };
     let mut got = Vec::new();
-    futures::AsyncReadExt::read_to_end(&mut full, &mut got).await?;
+    full.read_to_end(&mut got).await?;
     assert_eq!(got.len() as u64, size);
     wait_until(
         "the complete stop to be reported",
@@ -346,7 +346,7 @@ impl Console {
 /// Reads the rest of a stream.
 async fn rest(mut s: libp2p::Stream) -> anyhow::Result<Vec<u8>> {
     let mut got = Vec::new();
-    futures::AsyncReadExt::read_to_end(&mut s, &mut got).await?;
+    s.read_to_end(&mut got).await?;
     Ok(got)
 }
 
@@ -369,7 +369,7 @@ async fn overloaded_engines_replicate_to_idle_ones() -> anyhow::Result<()> {
     bench.wait_load(&c1.client, &[(e1, 1)]).await?;
     let (e2, mut s2, _) = c2.start().await?;
     let mut head = vec![0u8; 1024];
-    futures::AsyncReadExt::read_exact(&mut s2, &mut head).await?;
+    s2.read_exact(&mut head).await?;
     bench.wait_load(&c1.client, &[(e1, 1), (e2, 1)]).await?;
     let (e3, s3, _) = c3.start().await?;
     let engines: std::collections::BTreeSet<_> = [e1, e2, e3].into_iter().collect();
