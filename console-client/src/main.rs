@@ -44,6 +44,10 @@ enum Cmd {
         /// `1`: play by media time with a buffer ahead; `max`: as fast as the swarm delivers.
         #[arg(long, default_value = "1", value_enum)]
         speed: SpeedArg,
+        /// At `--speed 1`: seconds of media to keep written ahead of the play position (at
+        /// least one segment); what rides out the loss of an engine or a station.
+        #[arg(long, default_value_t = 4.0, value_name = "SECONDS")]
+        buffer: f64,
         /// Write playback statistics as JSON to FILE.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
@@ -118,11 +122,18 @@ async fn main() {
             out,
             player,
             speed,
+            buffer,
             stats,
             program,
         } => {
+            if !(0.0..=600.0).contains(&buffer) {
+                eprintln!("error: --buffer must be between 0 and 600 seconds");
+                std::process::exit(2);
+            }
             let speed = match speed {
-                SpeedArg::One => Speed::Realtime,
+                SpeedArg::One => Speed::Realtime {
+                    buffer: std::time::Duration::from_secs_f64(buffer),
+                },
                 SpeedArg::Max => Speed::Max,
             };
             run_play(&node, &program, start, out, player, speed, stats).await

@@ -1,10 +1,12 @@
 //! Playing a program: ask a director where each segment is, stream it from that engine,
 //! verify it against the signed manifest, hand off to the next engine at the boundary.
 //!
-//! The next segment is fetched while the current one plays (a window of two), so a boundary
-//! never waits for a connection. At `Speed::Realtime` segments are released by media time,
-//! one segment ahead of the play position; a segment that arrives after its play time is a
-//! stall. Every segment is checked against the BLAKE3 hash in the content manager's signed
+//! The next segments are fetched while the current one plays (a window of at least two, more
+//! to cover the buffer), so a boundary never waits for a connection. At `Speed::Realtime`
+//! segments are released by media time, a buffer (default 4 s, at least one segment) ahead of
+//! the play position; a segment that arrives after its play time is a stall. The buffer is
+//! what rides out a failover: a lost engine or station is replaced and the segment resumed
+//! from the bytes received before the player runs dry. Every segment is checked against the BLAKE3 hash in the content manager's signed
 //! manifest before a byte of it is written.
 
 use std::collections::BTreeSet;
@@ -31,10 +33,21 @@ use crate::client::DirectorClient;
 /// How fast to play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Speed {
-    /// By media time, one segment buffered ahead.
-    Realtime,
+    /// By media time, `buffer` of media (at least one segment) written ahead of the play
+    /// position.
+    Realtime {
+        /// How much media to keep ahead.
+        buffer: Duration,
+    },
     /// As fast as the swarm delivers.
     Max,
+}
+
+impl Speed {
+    /// Real time with the default buffer of 4 s.
+    pub const REALTIME: Speed = Speed::Realtime {
+        buffer: Duration::from_secs(4),
+    };
 }
 
 /// What `--stats` writes (DESIGN.md §11).
@@ -72,9 +85,20 @@ struct Directors {
     others: tokio::sync::OnceCell<Vec<StationRecord>>,
     /// Connections to the other directors, opened once and kept for every later segment.
     clients: tokio::sync::Mutex<std::collections::HashMap<PeerId, Arc<DirectorClient>>>,
+    /// The first director stopped answering.
+    first_down: std::sync::atomic::AtomicBool,
 }
 
 impl Directors {
+    fn new(first: Arc<DirectorClient>) -> Self {
+        Self {
+            first,
+            others: Default::default(),
+            clients: Default::default(),
+            first_down: Default::default(),
+        }
+    }
+
     async fn swarm(&self) -> &[StationRecord] {
         self.others
             .get_or_init(|| async {
@@ -123,10 +147,28 @@ impl Directors {
 
     /// Sends `request` to the first director, then to the content managers and other
     /// stations of the swarm, until one answers with something other than `NotFound`.
+    ///
+    /// A first director that cannot be reached (its station went down) is passed over from
+    /// then on: the console carries on with the rest of the swarm, which it learned at the
+    /// start.
     async fn ask(&self, request: Request) -> Result<Response> {
-        let first = self.first.request(request.clone()).await?;
-        if !matches!(&first, Response::Error(e) if e.code == ErrorCode::NotFound) {
-            return Ok(first);
+        let first = if self.first_down.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(anyhow::anyhow!("director {} is down", self.first.peer()))
+        } else {
+            match self.first.request(request.clone()).await {
+                Ok(first) => Ok(first),
+                Err(e) => {
+                    tracing::warn!(director = %self.first.peer(), error = %e, "director lost; asking the rest of the swarm");
+                    self.first_down
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    Err(e.into())
+                }
+            }
+        };
+        if let Ok(answer) = &first
+            && !matches!(answer, Response::Error(e) if e.code == ErrorCode::NotFound)
+        {
+            return first;
         }
         let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
         stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
@@ -145,7 +187,7 @@ impl Directors {
                 Err(_) => continue,
             }
         }
-        Ok(first)
+        first
     }
 }
 
@@ -165,11 +207,7 @@ pub async fn resolve(client: &Arc<DirectorClient>, program: &str) -> Result<Prog
 
 /// Every program the swarm's content managers list.
 pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>> {
-    let directors = Directors {
-        first: client.clone(),
-        others: Default::default(),
-        clients: Default::default(),
-    };
+    let directors = Directors::new(client.clone());
     let mut all = match client.request(Request::Programs).await? {
         Response::Programs(list) => list,
         _ => Vec::new(),
@@ -240,11 +278,7 @@ impl Session {
         credentials: &Credentials,
         program: ProgramId,
     ) -> Result<Self> {
-        let directors = Arc::new(Directors {
-            first: client,
-            others: Default::default(),
-            clients: Default::default(),
-        });
+        let directors = Arc::new(Directors::new(client));
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => {
                 Manifest::verify(&signed).context("the program's manifest does not verify")?
@@ -252,6 +286,12 @@ impl Session {
             Response::Error(e) => bail!("{}", e.message),
             other => bail!("unexpected answer: {other:?}"),
         };
+        // Learn the rest of the swarm now, while the first director answers: if its station
+        // goes down mid-play, the console carries on with the others.
+        let learn = directors.clone();
+        tokio::spawn(async move {
+            learn.swarm().await;
+        });
         Ok(Self {
             directors,
             manifest: Arc::new(manifest),
@@ -403,6 +443,14 @@ pub async fn play<W: AsyncWrite + Unpin>(
         // The first segment, the byte of it to start at, and the media time there.
         let (first, skip, mut media_ms) = session.position_of(start_ms);
         let run_start_ms = media_ms;
+        // Segments fetched at once: two, or enough to fill the buffer, at most eight.
+        let window = match speed {
+            Speed::Realtime { buffer } => {
+                let per = (total_ms / u64::from(count.max(1))).max(1);
+                (buffer.as_millis() as u64).div_ceil(per).clamp(1, 7) as usize + 1
+            }
+            Speed::Max => 2,
+        };
         // (wall time, media time) of the play position, once the first segment is written.
         let mut clock: Option<(Instant, u64)> = None;
         let mut paused: Option<Instant> = None;
@@ -413,16 +461,16 @@ pub async fn play<W: AsyncWrite + Unpin>(
                 let play_from = if index == first { skip } else { 0 };
                 async move { (index, session.segment_from(index, play_from).await) }
             })
-            .buffered(2);
+            .buffered(window);
         futures::pin_mut!(fetches);
         let position = |clock: Option<(Instant, u64)>, paused: Option<Instant>, written: u64| match (
             speed, clock,
         ) {
-            (Speed::Realtime, Some((wall, at_ms))) => {
+            (Speed::Realtime { .. }, Some((wall, at_ms))) => {
                 let now = paused.unwrap_or_else(Instant::now);
                 (at_ms + now.saturating_duration_since(wall).as_millis() as u64).min(written)
             }
-            (Speed::Realtime, None) => run_start_ms,
+            (Speed::Realtime { .. }, None) => run_start_ms,
             (Speed::Max, _) => written,
         };
         loop {
@@ -493,7 +541,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
                         stats.swaps += 1;
                     }
                     let mut release = None;
-                    if speed == Speed::Realtime
+                    if let Speed::Realtime { buffer } = speed
                         && let Some((wall, at_ms)) = clock
                     {
                         // Play position of this segment's start on the wall clock.
@@ -503,10 +551,9 @@ pub async fn play<W: AsyncWrite + Unpin>(
                             stats.stalls += 1;
                             clock = Some((now, media_ms));
                         } else {
-                            // Keep one segment buffered ahead of the play position.
-                            release = due
-                                .checked_sub(Duration::from_millis(duration_ms))
-                                .filter(|r| *r > now);
+                            // Keep the buffer (at least this segment) ahead of the position.
+                            let ahead = buffer.max(Duration::from_millis(duration_ms));
+                            release = due.checked_sub(ahead).filter(|r| *r > now);
                         }
                     }
                     pending = Some(Pending {

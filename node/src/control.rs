@@ -160,6 +160,8 @@ pub enum EngineCommand {
         /// Where the outcome goes.
         done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
     },
+    /// Take the engine out of service: it stops serving and copying, and reports `Down`.
+    Stop,
     /// Claim 22: end the stream of `segment` to `console` early, so that the console resumes
     /// it at another engine (the director has told it which); the engines exchange consoles.
     Handover {

@@ -27,6 +27,7 @@ pub struct Station {
     issuer: Option<IssuerKey>,
     trusted: TrustedIssuers,
     engine_tokens: EngineTokens,
+    engine_commands: Vec<mpsc::Sender<crate::control::EngineCommand>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -133,7 +134,8 @@ impl Station {
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
         let auth_server = config.auth_server.clone();
-        let commands = engines.iter().map(|e| e.commands.clone()).collect();
+        let commands: Vec<_> = engines.iter().map(|e| e.commands.clone()).collect();
+        let engine_commands = commands.clone();
         let dir = director::start(
             director_key.clone(),
             config,
@@ -209,9 +211,21 @@ impl Station {
             issuer,
             trusted,
             engine_tokens,
+            engine_commands,
             shutdown,
             tasks,
         })
+    }
+
+    /// Takes engine `index` out of service: it stops serving and copying, and the director,
+    /// told it is down, names it no more. Its streams break; consoles resume elsewhere.
+    pub async fn stop_engine(&self, index: usize) -> Result<()> {
+        self.engine_commands
+            .get(index)
+            .with_context(|| format!("no engine {index}"))?
+            .send(crate::control::EngineCommand::Stop)
+            .await
+            .map_err(|_| anyhow::anyhow!("engine {index} has already stopped"))
     }
 
     /// The director's peer id.

@@ -98,6 +98,22 @@ impl Director {
             }
             _ => e,
         })?;
+        let up = |peer: &PeerId| {
+            self.engines
+                .iter()
+                .flatten()
+                .any(|e| e.peer_id == *peer && e.up)
+        };
+        if !holders.iter().any(|l| up(&l.engine)) {
+            // Held only by engines that are down: as good as not held (a miss).
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "segment {index} of {} is held only by engines that are down",
+                    program.short()
+                ),
+            ));
+        }
         let best = holders
             .iter()
             .filter_map(|loc| {

@@ -206,6 +206,9 @@ pub async fn start(
                     }
                 }
                 Some(cmd) = commands_rx.recv() => {
+                    if matches!(cmd, EngineCommand::Stop) {
+                        break;
+                    }
                     if let Some(cmd) = copier.take(&mut swarm, cmd) {
                         on_command(&task_store, &expectations, &handovers, cmd).await;
                     }
@@ -321,6 +324,6 @@ async fn on_command(
             }
         }
         // Copy commands are taken by `copy::Copier` before they get here.
-        EngineCommand::Fetch { .. } | EngineCommand::AllowCopy { .. } => {}
+        EngineCommand::Fetch { .. } | EngineCommand::AllowCopy { .. } | EngineCommand::Stop => {}
     }
 }
