@@ -188,7 +188,7 @@ fn a_station_killed_mid_play_leaves_the_console_to_another() -> anyhow::Result<(
     let out = dir.path().join("played.bin");
     let stats = dir.path().join("stats.json");
     // The console asks b (which holds nothing and redirects to the home); b dies 3 s in.
-    let mut player = Command::new(bin("vodmesh-console"))
+    let player = Command::new(bin("vodmesh-console"))
         .env("VODMESH_HOME", &console)
         .args([
             "play",
