@@ -5,6 +5,7 @@
 //! truly faster link. The test creates and removes every namespace itself, and skips with a
 //! message where it may not.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -12,112 +13,73 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use vodmesh_tests::{NodeProcess, bin, random_file};
 
-/// Network namespaces made for one test: a bridge and hosts on 10.77.0.0/24.
+/// Hosts made by `tests/hosts.sh` for one test, removed when dropped.
 struct Hosts {
     prefix: String,
-    names: Vec<String>,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
+fn script(args: &[&str]) -> Result<std::process::Output> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hosts.sh");
+    Command::new("bash")
+        .arg(path)
         .args(args)
         .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+        .context("running tests/hosts.sh")
 }
 
 impl Hosts {
-    /// A bridge namespace; `None` when namespaces cannot be made here.
-    fn new() -> Result<Option<Self>> {
+    /// `n` hosts (10.77.0.1..n) on one bridge; `None` when namespaces cannot be made here.
+    fn up(n: u8) -> Result<Option<Self>> {
         let prefix = format!("vm{}", std::process::id() % 100_000);
-        let bridge = format!("{prefix}br");
-        if let Err(e) = ip(&["netns", "add", &bridge]) {
-            println!("SKIPPED: cannot create network namespaces here ({e})");
+        let out = script(&["up", &prefix, &n.to_string()])?;
+        if !out.status.success() {
+            let _ = script(&["down", &prefix]);
+            println!(
+                "SKIPPED: cannot create network namespaces here ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             return Ok(None);
         }
-        let hosts = Self {
-            prefix,
-            names: vec![bridge.clone()],
-        };
-        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &bridge, "link", "set", "br0", "up"])?;
-        Ok(Some(hosts))
+        Ok(Some(Self { prefix }))
     }
 
-    /// Host number `n` (10.77.0.n), on the bridge; returns its namespace.
-    fn host(&mut self, n: u8) -> Result<String> {
-        let ns = format!("{}h{n}", self.prefix);
-        let bridge = self.names[0].clone();
-        ip(&["netns", "add", &ns])?;
-        self.names.push(ns.clone());
-        let port = format!("p{n}");
-        ip(&[
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-            &bridge,
-        ])?;
-        ip(&["-n", &bridge, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &bridge, "link", "set", &port, "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.77.0.{n}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        Ok(ns)
+    /// Host `i`'s namespace.
+    fn ns(&self, i: u8) -> String {
+        format!("{}h{i}", self.prefix)
     }
 
-    /// Shapes what `ns` sends: `rate` (tbf), then `delay` (netem) where the kernel has netem
-    /// (some sandboxed kernels do not: then the link is shaped by rate alone, and it says so).
-    fn shape(&self, ns: &str, rate: &str, delay: &str) -> Result<()> {
-        let tc = |args: &[&str]| -> Result<()> {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, "tc"])
-                .args(args)
-                .output()
-                .context("running tc")?;
-            if !out.status.success() {
-                bail!(
-                    "tc {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut all = vec![args[0], &self.prefix];
+        all.extend_from_slice(&args[1..]);
+        script(&all)
+    }
+
+    /// Shapes what host `i` sends; false when the kernel has no netem (rate only).
+    fn shape(&self, i: u8, rate: &str, delay: &str, loss: &str) -> Result<bool> {
+        let out = self.run(&["shape", &i.to_string(), rate, delay, loss])?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(3) => {
+                println!("NOTE: {}", String::from_utf8_lossy(&out.stderr).trim());
+                Ok(false)
             }
-            Ok(())
-        };
-        tc(&[
-            "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", rate, "burst",
-            "32kbit", "latency", "400ms",
-        ])?;
-        match tc(&[
-            "qdisc", "add", "dev", "eth0", "parent", "1:1", "handle", "10:", "netem", "delay",
-            delay,
-        ]) {
-            Err(e) if e.to_string().contains("unknown") => {
-                println!("NOTE: this kernel has no netem; {ns} is shaped by rate only ({e})");
-                Ok(())
-            }
-            other => other,
+            _ => bail!("shape: {}", String::from_utf8_lossy(&out.stderr)),
         }
+    }
+
+    /// Cuts (`true`) or restores host `i`'s link.
+    fn cut(&self, i: u8, cut: bool) -> Result<()> {
+        let out = self.run(&[if cut { "cut" } else { "heal" }, &i.to_string()])?;
+        if !out.status.success() {
+            bail!("cut: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for ns in self.names.iter().rev() {
-            let _ = ip(&["netns", "del", ns]);
-        }
+        let _ = script(&["down", &self.prefix]);
     }
 }
 
@@ -191,13 +153,13 @@ fn choices(node: &NodeProcess) -> Vec<(u32, String)> {
 
 #[test]
 fn measured_links_beat_advertised_ones() -> Result<()> {
-    let Some(mut hosts) = Hosts::new()? else {
+    let Some(hosts) = Hosts::up(3)? else {
         return Ok(());
     };
-    let (h, a, c) = (hosts.host(1)?, hosts.host(2)?, hosts.host(3)?);
+    let (h, a, c) = (hosts.ns(1), hosts.ns(2), hosts.ns(3));
     // a's link: 4 Mbit/s and 20 ms, though it advertises 10 Gbit/s; the home's link is
     // unshaped, though it advertises 20 Mbit/s.
-    hosts.shape(&a, "4mbit", "20ms")?;
+    hosts.shape(2, "4mbit", "20ms", "0%")?;
     let dir = tempfile::tempdir()?;
     let home = NodeProcess::start_in(
         Some(&h),
@@ -375,5 +337,105 @@ fn measured_links_beat_advertised_ones() -> Result<()> {
     // the last segment comes from the home.
     assert_eq!(from(0), Some(a_peer.clone()), "{decided:?}");
     assert_eq!(from(3), Some(home_peer), "{decided:?}");
+    Ok(())
+}
+
+/// The stations `vodmesh status` lists from the director at `addr`, asked from host `ns`.
+fn listed(ns: &str, addr: &str) -> BTreeSet<String> {
+    let out = match run_in(ns, "vodmesh", None, &["status", "--node", addr, "--json"]) {
+        Ok(out) => out,
+        Err(e) => {
+            println!("status failed: {e}");
+            return BTreeSet::new();
+        }
+    };
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    json["stations"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| s["director"]["peer_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn peer_of(node: &NodeProcess) -> String {
+    node.addr
+        .iter()
+        .last()
+        .map(|p| p.to_string().trim_start_matches("/p2p/").to_string())
+        .unwrap_or_default()
+}
+
+fn wait_listing(
+    what: &str,
+    ns: &str,
+    node: &NodeProcess,
+    want: &BTreeSet<String>,
+    within: Duration,
+) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    loop {
+        let got = listed(ns, &node.addr.to_string());
+        if &got == want {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            bail!("{what}: after {within:?} it lists {got:?}, not {want:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A station cut off from the others drops out of their listings within one record TTL, and
+/// once the link heals every station lists every other again within one TTL.
+#[test]
+fn a_partition_that_heals_reconverges() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    const TTL: Duration = Duration::from_secs(6);
+    let dir = tempfile::tempdir()?;
+    let ttl = TTL.as_secs().to_string();
+    let first = NodeProcess::start_in(
+        Some(&hosts.ns(1)),
+        &dir.path().join("s1"),
+        &["/ip4/10.77.0.1/tcp/0"],
+        &["--record-ttl", &ttl],
+    )?;
+    let boot = first.addr.to_string();
+    let mut nodes = vec![first];
+    for i in 2..=3u8 {
+        nodes.push(NodeProcess::start_in(
+            Some(&hosts.ns(i)),
+            &dir.path().join(format!("s{i}")),
+            &[&format!("/ip4/10.77.0.{i}/tcp/0")],
+            &["--bootstrap", &boot, "--record-ttl", &ttl],
+        )?);
+    }
+    let all: BTreeSet<String> = nodes.iter().map(peer_of).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        wait_listing("joined", &hosts.ns(i as u8 + 1), node, &all, 4 * TTL)?;
+    }
+
+    hosts.cut(3, true)?;
+    let majority: BTreeSet<String> = nodes[..2].iter().map(peer_of).collect();
+    let alone: BTreeSet<String> = [peer_of(&nodes[2])].into_iter().collect();
+    wait_listing(
+        "cut off (majority)",
+        &hosts.ns(1),
+        &nodes[0],
+        &majority,
+        3 * TTL,
+    )?;
+    wait_listing("cut off (alone)", &hosts.ns(3), &nodes[2], &alone, 3 * TTL)?;
+
+    hosts.cut(3, false)?;
+    for (i, node) in nodes.iter().enumerate() {
+        let took = wait_listing("healed", &hosts.ns(i as u8 + 1), node, &all, 3 * TTL)?;
+        println!("station {} lists all {took:?} after the heal", i + 1);
+        assert!(took <= TTL, "station {} took {took:?} to reconverge", i + 1);
+    }
     Ok(())
 }

@@ -69,7 +69,12 @@ pub fn behaviour(
     server: bool,
 ) -> kad::Behaviour<PersistentStore> {
     let mut cfg = kad::Config::new(PROTOCOL);
-    cfg.set_query_timeout(config.query_timeout)
+    // A query never outlives a republish interval (at least 2 s): a peer that stopped
+    // answering (a partition, a dead link) holds up every query that meets it until then.
+    let query_timeout = config
+        .query_timeout
+        .min(config.republish_interval().max(Duration::from_secs(2)));
+    cfg.set_query_timeout(query_timeout)
         .set_replication_factor(config.replication)
         .set_record_ttl(Some(config.record_ttl))
         .set_provider_record_ttl(Some(config.record_ttl))
@@ -434,14 +439,22 @@ impl Registry {
             },
             Event::OutboundQueryProgressed {
                 id, result, step, ..
-            } => self.progress(id, result, step.last),
+            } => {
+                if self.progress(id, result, step.last)
+                    && let Some(mut query) = kad.query_mut(&id)
+                {
+                    query.finish();
+                }
+            }
             _ => {}
         }
     }
 
-    fn progress(&mut self, id: QueryId, result: QueryResult, last: bool) {
+    /// Takes one step of a query's results; returns true when the caller has its answer and
+    /// the rest of the query can be cut short.
+    fn progress(&mut self, id: QueryId, result: QueryResult, last: bool) -> bool {
         let Some(pending) = self.pending.remove(&id) else {
-            return;
+            return false;
         };
         let pending = match (pending, result) {
             (Pending::Put(reply), QueryResult::PutRecord(r)) => {
@@ -452,7 +465,7 @@ impl Registry {
                 }
                 let _: Option<PutRecordOk> = r.ok();
                 let _ = reply.send(Ok(()));
-                return;
+                return false;
             }
             (Pending::Put(reply), QueryResult::StartProviding(r)) => {
                 if let Err(e) = &r {
@@ -460,7 +473,7 @@ impl Registry {
                 }
                 let _: Option<AddProviderOk> = r.ok();
                 let _ = reply.send(Ok(()));
-                return;
+                return false;
             }
             (Pending::Station { mut best, reply }, QueryResult::GetRecord(r)) => {
                 if let Ok(GetRecordOk::FoundRecord(found)) = r
@@ -470,9 +483,13 @@ impl Registry {
                 {
                     best = Some(Box::new((rec, signed)));
                 }
-                if last {
+                // The first valid record answers: a station republishes every third of its
+                // TTL, so any unexpired copy is fresh enough, and waiting for the rest of the
+                // query means waiting out its timeout whenever a peer on the way is
+                // unreachable (a partition).
+                if last || best.is_some() {
                     let _ = reply.send(best.map(|b| *b));
-                    return;
+                    return !last;
                 }
                 Pending::Station { best, reply }
             }
@@ -487,7 +504,7 @@ impl Registry {
                 }
                 if last {
                     let _ = reply.send(found);
-                    return;
+                    return false;
                 }
                 Pending::Catalog { found, reply }
             }
@@ -497,7 +514,7 @@ impl Registry {
                 }
                 if last {
                     let _ = reply.send(found);
-                    return;
+                    return false;
                 }
                 Pending::Holders { found, reply }
             }
@@ -507,12 +524,12 @@ impl Registry {
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
                 let _ = reply.send(peers.into_iter().map(|p| p.peer_id).collect());
-                return;
+                return false;
             }
             (pending, other) => {
                 tracing::debug!(?other, "unexpected registry query result");
                 if last {
-                    return;
+                    return false;
                 }
                 pending
             }
@@ -520,6 +537,7 @@ impl Registry {
         if !last {
             self.pending.insert(id, pending);
         }
+        false
     }
 }
 

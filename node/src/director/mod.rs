@@ -250,8 +250,21 @@ impl Director {
         self.record().sign(&self.key)
     }
 
-    /// Signs a fresh station record and stores it in the registry.
+    /// Signs a fresh station record and stores it in the registry. A director that has lost
+    /// every connection (a partition, its link down) dials its bootstrap stations again and
+    /// refreshes its routing table, so that once the link heals the swarms merge within a
+    /// republish interval instead of waiting for the periodic bootstrap.
     fn republish(&mut self, swarm: &mut Swarm<DirectorBehaviour>) {
+        if swarm.connected_peers().next().is_none() && !self.config.bootstrap.is_empty() {
+            for addr in &self.config.bootstrap {
+                if let Err(e) = swarm.dial(addr.clone()) {
+                    tracing::debug!(%addr, error = %e, "redialing bootstrap failed");
+                }
+            }
+            if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                tracing::debug!(error = %e, "registry bootstrap failed");
+            }
+        }
         let (reply, _) = oneshot::channel();
         let record = self.signed_record();
         self.registry.execute(

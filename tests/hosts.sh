@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Test hosts as network namespaces, for the multi-host tests (tests/netns.rs) and by hand.
+#
+#   hosts.sh up PREFIX N            a bridge namespace PREFIXbr and hosts PREFIXh1..N on
+#                                   10.77.0.1..N/24, each with eth0 on the bridge
+#   hosts.sh shape PREFIX I RATE [DELAY [LOSS]]
+#                                   shape what host I sends: tbf RATE, then netem DELAY/LOSS
+#                                   (exit 3 when the kernel has no netem: rate only)
+#   hosts.sh cut PREFIX I           cut host I's link (its bridge port down)
+#   hosts.sh heal PREFIX I          restore it
+#   hosts.sh down PREFIX            remove every namespace of PREFIX
+#
+# Needs root (or CAP_NET_ADMIN) and iproute2. Exits 2 when namespaces cannot be made here.
+set -euo pipefail
+cmd=${1:-}
+prefix=${2:-}
+[ -n "$cmd" ] && [ -n "$prefix" ] || { sed -n '2,14p' "$0"; exit 64; }
+bridge="${prefix}br"
+
+case "$cmd" in
+up)
+    n=${3:?number of hosts}
+    ip netns add "$bridge" 2>/dev/null || { echo "cannot create network namespaces here" >&2; exit 2; }
+    ip -n "$bridge" link add br0 type bridge
+    ip -n "$bridge" link set br0 up
+    for i in $(seq 1 "$n"); do
+        ns="${prefix}h$i"
+        ip netns add "$ns"
+        ip -n "$ns" link add eth0 type veth peer name "p$i" netns "$bridge"
+        ip -n "$bridge" link set "p$i" master br0
+        ip -n "$bridge" link set "p$i" up
+        ip -n "$ns" addr add "10.77.0.$i/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    done
+    ;;
+shape)
+    i=${3:?host}; rate=${4:?rate}; delay=${5:-0ms}; loss=${6:-0%}
+    ns="${prefix}h$i"
+    ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: tbf rate "$rate" burst 32kbit latency 400ms
+    if [ "$delay" != "0ms" ] || [ "$loss" != "0%" ]; then
+        ip netns exec "$ns" tc qdisc add dev eth0 parent 1:1 handle 10: netem delay "$delay" loss "$loss" 2>/dev/null \
+            || { echo "no netem in this kernel: host $i is shaped by rate only" >&2; exit 3; }
+    fi
+    ;;
+cut)
+    ip -n "$bridge" link set "p${3:?host}" down
+    ;;
+heal)
+    ip -n "$bridge" link set "p${3:?host}" up
+    ;;
+down)
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}(br|h[0-9]+)$"); do
+        ip netns del "$ns" || true
+    done
+    ;;
+*)
+    sed -n '2,14p' "$0"; exit 64
+    ;;
+esac
