@@ -110,13 +110,23 @@ pub async fn start(
     let store = PersistentStore::open(peer_id, &store_path, &StoreLimits::default())
         .context("opening the registry store")?;
     let registry_config = config.registry.clone();
+    let liveness = registry_config
+        .republish_interval()
+        .clamp(Duration::from_secs(1), Duration::from_secs(15));
     let mut swarm = build_swarm(key.clone(), |k| DirectorBehaviour {
         kad: reg::behaviour(peer_id, store, &registry_config, true),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
                 .with_agent_version(format!("vodmesh-director/{}", env!("CARGO_PKG_VERSION"))),
         ),
-        ping: ping::Behaviour::default(),
+        // Liveness: a connection whose peer stops answering (a partition, a dead link) is
+        // closed within two ping intervals, so the registry stops waiting on it and a healed
+        // link is dialed afresh instead of waiting out TCP's retransmission backoff.
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(liveness)
+                .with_timeout(liveness),
+        ),
         control: request_response::Behaviour::with_codec(
             CborCodec::new(director::LIMITS),
             [(director::PROTOCOL, ProtocolSupport::Full)],
@@ -434,6 +444,17 @@ impl Director {
                 ..
             })) => {
                 self.miss.rtt.insert(peer, rtt);
+            }
+            // Consoles and tools do not speak ping (`Unsupported`); any other failure (a
+            // timeout, a negotiation that never completes) means the peer is gone.
+            SwarmEvent::Behaviour(DirectorBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) if !matches!(error, ping::Failure::Unsupported) => {
+                tracing::debug!(%peer, %error, "peer stopped answering pings; closing the connection");
+                self.miss.rtt.remove(&peer);
+                swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
                 crate::auth::service::on_event(event);
