@@ -170,11 +170,15 @@ fn real_time_playback_of_a_short_program_never_stalls() -> anyhow::Result<()> {
         &source.to_string_lossy(),
     ])?;
     let started = std::time::Instant::now();
-    let (played, stats) = play(&home, &["--speed", "1", "short"], dir.path())?;
+    let (played, stats) = play(
+        &home,
+        &["--speed", "1", "--buffer", "0.5", "short"],
+        dir.path(),
+    )?;
     let took = started.elapsed();
     assert!(played == bytes);
     assert_eq!(stats["stalls"], 0, "{stats}");
-    // Paced by media time (one segment buffered ahead), not dumped at once.
+    // Paced by media time (half a second buffered ahead), not dumped at once.
     assert!(
         took.as_millis() >= 3000,
         "real time playback took only {took:?}"
