@@ -85,6 +85,13 @@ pub enum EngineReport {
         /// A copy (engine token) rather than a stream (console token).
         copy: bool,
     },
+    /// What the engine stores, per disk (sent every few seconds while it changes).
+    Usage {
+        /// Index of the engine in the station.
+        index: usize,
+        /// Per disk.
+        disks: Vec<vodmesh_proto::station::DiskUsage>,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.

@@ -87,6 +87,11 @@ struct Args {
     /// third of it. A stopped station leaves every listing within this time.
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
     record_ttl: u64,
+    /// Serve this station's metrics as Prometheus text at http://ADDR:PORT/metrics, and a
+    /// status page of the whole swarm at http://ADDR:PORT/ (its data at /status.json).
+    /// Prints `metrics http://ADDR:PORT/metrics` once it listens. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_coords(s: &str) -> Result<(f64, f64), String> {
@@ -147,6 +152,7 @@ async fn run(args: Args) -> Result<()> {
     config.bandwidth_mbps = args.bandwidth;
     config.copy_rate_mbps = args.copy_rate;
     config.registry.record_ttl = Duration::from_secs(args.record_ttl);
+    config.metrics_addr = args.metrics;
 
     let station = Station::start(config)
         .await
@@ -159,6 +165,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(issuer) = station.issuer() {
         println!("issuer {issuer}");
+    }
+    if let Some(addr) = station.metrics_addr() {
+        println!("metrics http://{addr}/metrics");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -27,6 +27,8 @@ pub struct Station {
     issuer: Option<IssuerKey>,
     trusted: TrustedIssuers,
     engine_tokens: EngineTokens,
+    metrics: crate::metrics::Metrics,
+    metrics_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -110,6 +112,7 @@ impl Station {
                     token: slot.clone(),
                 },
                 reports.clone(),
+                config.metrics.clone(),
                 shutdown_rx.clone(),
             )
             .await
@@ -127,12 +130,23 @@ impl Station {
                 used: 0,
                 capacity: config.capacity,
                 up: true,
+                disks: Vec::new(),
             })
             .collect();
         let mut reports_rx = reports_rx;
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
         let auth_server = config.auth_server.clone();
+        let metrics = config.metrics.clone();
+        // Bound before the director starts, so a taken port fails the start, not later.
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let commands = engines.iter().map(|e| e.commands.clone()).collect();
         let dir = director::start(
             director_key.clone(),
@@ -157,6 +171,20 @@ impl Station {
             (None, None) => None,
         };
         let mut extra_tasks = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(listener) = metrics_listener {
+            metrics_addr = Some(listener.local_addr().context("metrics address")?);
+            let http = crate::metrics::Http {
+                metrics: metrics.clone(),
+                registry: dir.registry.clone(),
+                local: dir.peer_id,
+            };
+            extra_tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                http,
+                shutdown_rx.clone(),
+            )));
+        }
         let engine_tokens = match source {
             Some(source) => {
                 let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx);
@@ -209,6 +237,8 @@ impl Station {
             issuer,
             trusted,
             engine_tokens,
+            metrics,
+            metrics_addr,
             shutdown,
             tasks,
         })
@@ -239,6 +269,16 @@ impl Station {
     /// The engine tokens of this station's engines (none unless enrolled or the auth station).
     pub fn engine_tokens(&self) -> EngineTokens {
         self.engine_tokens.clone()
+    }
+
+    /// Where `/metrics` and the status page are served (`--metrics`), once bound.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The station's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The registry handle of this station's director.

@@ -91,6 +91,8 @@ struct Director {
     activity: director::Activity,
     /// What cache misses remember: manifests, measured throughput and round trips.
     miss: miss::State,
+    /// The station's metrics, mirrored from `activity` and `engines` after every event.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -156,6 +158,7 @@ pub async fn start(
     let (registry_handle, mut commands) = RegistryHandle::channel(256);
     let (replies, mut replies_rx) = mpsc::channel(64);
     let (internal, mut internal_rx) = mpsc::channel(256);
+    let config_metrics = config.metrics.clone();
     let mut director = Director {
         key,
         config,
@@ -173,6 +176,7 @@ pub async fn start(
         dist: distribution::State::new(internal),
         activity: Default::default(),
         miss: Default::default(),
+        metrics: config_metrics,
     };
     director.republish(&mut swarm);
     director.arm_schedule();
@@ -206,6 +210,9 @@ pub async fn start(
                 _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
                 event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
             }
+            director
+                .metrics
+                .sync_director(&director.activity, &director.engines);
         }
         swarm.behaviour_mut().kad.store_mut().flush();
         tracing::info!(peer = %director.key.public().to_peer_id(), "director stopped");
@@ -275,7 +282,15 @@ impl Director {
                     used: 0,
                     capacity: self.config.capacity,
                     up: true,
+                    disks: Vec::new(),
                 });
+            }
+            EngineReport::Usage { index, disks } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.used = disks.iter().map(|d| d.used).sum();
+                    engine.disks = disks;
+                }
+                return;
             }
             EngineReport::Down { index } => {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
@@ -338,6 +353,7 @@ impl Director {
                 complete,
             } => {
                 tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
+                self.metrics.streamed(bytes);
                 if complete {
                     self.activity.stops_complete += 1;
                 } else {
@@ -362,6 +378,17 @@ impl Director {
     ) {
         match event {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
+                if let kad::Event::OutboundQueryProgressed {
+                    result,
+                    stats,
+                    step,
+                    ..
+                } = &event
+                    && step.last
+                {
+                    self.metrics
+                        .dht_query(crate::metrics::query_kind(result), stats.duration());
+                }
                 if let kad::Event::RoutingUpdated {
                     peer,
                     is_new_peer: true,
@@ -510,6 +537,9 @@ impl Director {
                 let response = self
                     .locate_complete(program, index)
                     .map_or_else(Response::Error, Response::Location);
+                if matches!(response, Response::Location(_)) {
+                    self.metrics.hit();
+                }
                 let _ = swarm
                     .behaviour_mut()
                     .control
@@ -527,6 +557,7 @@ impl Director {
                 };
                 let response = match located {
                     Ok(location) => {
+                        self.metrics.hit();
                         self.preload(&location, program, index);
                         Response::Location(location)
                     }
