@@ -27,6 +27,71 @@ pub async fn get(url: String) -> anyhow::Result<(u16, String)> {
     .await?
 }
 
+/// `vodmesh status` (the library the command runs, then the binary with `--json` and
+/// `--watch`): both engines up with their disk's usage and capacity, the program held, the
+/// totals; `/status.json` and `/` of the metrics address list the station.
+async fn status_shows_storage_programs_and_totals(
+    station: &Station,
+    stored: u64,
+) -> anyhow::Result<()> {
+    let stations = vodmesh_tools::status::fetch(station.addr()).await?;
+    let t = vodmesh_tools::status::Totals::of(&stations);
+    assert_eq!((t.stations, t.engines, t.up, t.programs), (1, 2, 2, 1));
+    assert_eq!(t.used, stored);
+    let engines = &stations[0].record.engines;
+    for e in engines {
+        assert_eq!(e.disks.len(), 1, "{e:?}");
+        assert_eq!(e.disks[0].capacity, 1 << 30);
+        assert_eq!(e.disks[0].used, e.used);
+    }
+    let text = vodmesh_tools::status::to_text(&stations);
+    assert!(text.contains("2/2 engines up"), "{text}");
+    assert!(text.contains("programs held 1"), "{text}");
+    assert!(text.contains("    disk "), "{text}");
+
+    let node = station.addr().to_string();
+    let out = vodmesh_tests::vodmesh(&["status", "--node", &node, "--json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["totals"]["programs"], 1);
+    assert_eq!(json["totals"]["used"], stored);
+    assert_eq!(
+        json["stations"][0]["engines"][0]["disks"][0]["capacity"],
+        1u64 << 30
+    );
+
+    // --watch redraws in place every 2 s until SIGINT, then exits cleanly.
+    let watch = std::process::Command::new(vodmesh_tests::bin("vodmesh"))
+        .args(["status", "--watch", "--node", &node])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &watch.id().to_string()])
+        .status()?;
+    assert!(sent.success());
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output()).await??;
+    assert!(out.status.success(), "--watch exited with {}", out.status);
+    let screen = String::from_utf8(out.stdout)?;
+    assert!(screen.matches("\x1b[H\x1b[2J").count() >= 2, "{screen}");
+    assert!(screen.contains(&station.peer_id().to_string()));
+
+    let base = format!(
+        "http://{}",
+        station
+            .metrics_addr()
+            .ok_or(anyhow::anyhow!("no metrics address"))?
+    );
+    let (code, body) = get(format!("{base}/status.json")).await?;
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(json["local"], station.peer_id().to_string());
+    assert_eq!(json["totals"]["engines_up"], 2);
+    let (code, page) = get(format!("{base}/")).await?;
+    assert_eq!(code, 200);
+    assert!(page.contains("/status.json") && !page.contains("src=\"http"));
+    Ok(())
+}
+
 /// `name{labels} value` lines of a scrape, by `name{labels}`.
 fn parse(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -211,6 +276,8 @@ async fn metrics_move_as_streams_run() -> anyhow::Result<()> {
     );
     assert!(sum(&last, "vodmesh_dht_query_seconds_count", "") >= 1.0);
     assert_eq!(sum(&last, "vodmesh_misses_total", ""), 0.0);
+
+    status_shows_storage_programs_and_totals(&station, len as u64).await?;
     station.shutdown().await;
     Ok(())
 }

@@ -239,6 +239,9 @@ pub struct Activity {
     /// with the whole segment (claim 21).
     #[serde(default)]
     pub swaps: u64,
+    /// Programs with at least one segment on this station's engines.
+    #[serde(default)]
+    pub programs: u64,
 }
 
 /// Why a request failed.

@@ -576,6 +576,7 @@ impl Director {
                     .flatten()
                     .map(|e| u64::from(e.streams))
                     .sum();
+                activity.programs = self.locations.programs().map_or(0, |p| p.len() as u64);
                 let _ = swarm
                     .behaviour_mut()
                     .control
