@@ -10,8 +10,11 @@ use vodmesh_proto::station::StationRecord;
 /// `/status.json`: `{"local": <director peer id>, "stations": [...], "totals": {...}}`.
 pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
     let mut totals = Totals::default();
-    let list: Vec<Value> = stations
-        .iter()
+    // A stable order from one refresh to the next: this station first, then by peer id.
+    let mut sorted: Vec<&StationRecord> = stations.iter().collect();
+    sorted.sort_by_key(|s| (s.director != local, s.director.to_string()));
+    let list: Vec<Value> = sorted
+        .into_iter()
         .map(|s| {
             let engines: Vec<Value> = s
                 .engines
