@@ -61,6 +61,9 @@ pub struct StationConfig {
     /// Where to serve metrics (`/metrics`) and the status page (`/`, `/status.json`);
     /// port 0 picks a free one ([`crate::Station::metrics_addr`] tells which).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Engines in processes of their own that may attach to this director
+    /// (`--engine-peer`), each taking the slot after the in-process engines.
+    pub engine_peers: Vec<PeerId>,
     /// The station's counters and gauges, shared by its director and engines.
     pub metrics: crate::metrics::Metrics,
 }
@@ -92,6 +95,7 @@ impl StationConfig {
             copy_rate_mbps: 0,
             registry: RegistryConfig::default(),
             metrics_addr: None,
+            engine_peers: Vec::new(),
             metrics: Default::default(),
         }
     }

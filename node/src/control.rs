@@ -8,8 +8,9 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
-/// What an engine tells its director.
-#[derive(Clone, Debug)]
+/// What an engine tells its director (also carried over `/vodmesh/blade/1` from an engine
+/// in a process of its own, see [`crate::backplane`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum EngineReport {
     /// The engine listens and is ready to serve.
     Ready {
@@ -99,8 +100,28 @@ pub enum EngineReport {
     },
 }
 
+impl EngineReport {
+    /// The same report from engine `index` (an engine process numbers itself 0; its
+    /// director's backplane gives it the index of its slot).
+    pub fn with_index(mut self, new: usize) -> Self {
+        match &mut self {
+            Self::Ready { index, .. }
+            | Self::Stored { index, .. }
+            | Self::Dropped { index, .. }
+            | Self::Streams { index, .. }
+            | Self::TookOver { index, .. }
+            | Self::Stopped { index, .. }
+            | Self::SwapAsked { index, .. }
+            | Self::Refused { index, .. }
+            | Self::Usage { index, .. }
+            | Self::Down { index } => *index = new,
+        }
+        self
+    }
+}
+
 /// A segment an engine should accept from a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expected {
     /// The peer allowed to push it.
     pub from: PeerId,
@@ -111,7 +132,7 @@ pub struct Expected {
 }
 
 /// An engine a segment can be copied from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// The source engine.
     pub engine: PeerId,
@@ -120,7 +141,7 @@ pub struct Source {
 }
 
 /// A finished copy: who sent the bytes and how fast, for the cost of the next copy (claim 15).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Copied {
     /// The source that sent the last bytes.
     pub source: PeerId,

@@ -147,7 +147,18 @@ impl Station {
             ),
             None => None,
         };
-        let commands = engines.iter().map(|e| e.commands.clone()).collect();
+        let mut commands: Vec<_> = engines.iter().map(|e| e.commands.clone()).collect();
+        // A slot per engine process allowed to attach (mode b), after the in-process engines.
+        let mut slots = Vec::with_capacity(config.engine_peers.len());
+        for (i, peer) in config.engine_peers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(64);
+            commands.push(tx);
+            slots.push(crate::backplane::Slot {
+                peer: *peer,
+                index: config.engines + i,
+                commands: Arc::new(tokio::sync::Mutex::new(rx)),
+            });
+        }
         let dir = director::start(
             director_key.clone(),
             config,
@@ -171,6 +182,19 @@ impl Station {
             (None, None) => None,
         };
         let mut extra_tasks = Vec::new();
+        if !slots.is_empty() {
+            let incoming = dir
+                .blade
+                .clone()
+                .accept(crate::backplane::PROTOCOL)
+                .context("registering the backplane protocol")?;
+            extra_tasks.push(tokio::spawn(crate::backplane::serve(
+                incoming,
+                slots,
+                reports.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let mut metrics_addr = None;
         if let Some(listener) = metrics_listener {
             metrics_addr = Some(listener.local_addr().context("metrics address")?);

@@ -48,13 +48,14 @@ pub(crate) struct DirectorBehaviour {
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
+    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
+    blade: libp2p_stream::Behaviour,
 }
 
 /// The identify protocol string every vodmesh peer announces.
 pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 
 /// A started director.
-#[derive(Debug)]
 pub struct DirectorHandle {
     /// Its peer id.
     pub peer_id: PeerId,
@@ -64,6 +65,17 @@ pub struct DirectorHandle {
     pub registry: RegistryHandle,
     /// Its event loop.
     pub task: JoinHandle<()>,
+    /// Streams of the director's swarm, for the backplane of separate engine processes.
+    pub blade: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for DirectorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorHandle")
+            .field("peer_id", &self.peer_id)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Director {
@@ -123,7 +135,9 @@ pub async fn start(
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
         auth: crate::auth::service::behaviour(config.auth_server.clone()),
+        blade: libp2p_stream::Behaviour::new(),
     })?;
+    let blade = swarm.behaviour().blade.new_control();
     let addrs = listen_all(&mut swarm, &config.listen).await?;
     for addr in &addrs {
         swarm.add_external_address(without_peer(addr));
@@ -222,6 +236,7 @@ pub async fn start(
         addrs,
         registry: registry_handle,
         task,
+        blade,
     })
 }
 
