@@ -19,6 +19,8 @@ use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmes
 /// A `vodmesh-node engine` process; killed when dropped.
 struct EngineProcess {
     child: Child,
+    /// Its `/metrics` URL.
+    metrics: String,
 }
 
 impl EngineProcess {
@@ -34,22 +36,23 @@ impl EngineProcess {
             .args(["engine", "--director", &director.to_string(), "--data"])
             .arg(data)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", issuer])
+            .args(["--metrics", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        loop {
+        let metrics = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
-                bail!("vodmesh-node engine exited before printing its address");
+                bail!("vodmesh-node engine exited before printing its metrics address");
             };
-            if line?.starts_with("engine ") {
-                break;
+            if let Some(url) = line?.strip_prefix("metrics ") {
+                break url.trim().to_string();
             }
-        }
+        };
         std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child })
+        Ok(Self { child, metrics })
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to the process.
@@ -91,6 +94,14 @@ fn engines(node: &Multiaddr) -> Result<Vec<(String, bool)>> {
             )
         })
         .collect())
+}
+
+/// The value of series `name` (with its labels) in a scrape of `url`.
+fn metric(url: &str, name: &str) -> Result<f64> {
+    let body = ureq::get(url).call()?.body_mut().read_to_string()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in\n{body}"))
 }
 
 /// Polls `check` every 200 ms until true; the time it took.
@@ -175,6 +186,12 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     let engine_peer = out.lines().last().unwrap_or_default().trim().to_string();
 
     let home_data = dir.path().join("home");
+    // A free port for the station's --metrics (NodeProcess reads only its director line).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let home_metrics = format!("http://127.0.0.1:{port}/metrics");
+    let metrics_at = format!("127.0.0.1:{port}");
     let home = NodeProcess::start(
         &home_data,
         &[
@@ -187,19 +204,24 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
             "--auth",
             "--record-ttl",
             "10",
+            "--metrics",
+            &metrics_at,
         ],
     )?;
     let issuer = issuer_of(&home_data)?;
 
     // A stranger's engine is refused: the director trusts --engine-peer peers only.
     let stranger = EngineProcess::start(&dir.path().join("stranger"), &home.addr, &issuer)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let log = dir.path().join("stranger/stderr.log");
+    wait(
+        "the stranger to be refused",
+        Duration::from_secs(15),
+        || Ok(std::fs::read_to_string(&log)?.contains("the director refused")),
+    )?;
     assert!(
         engines(&home.addr)?.is_empty(),
         "an untrusted engine attached"
     );
-    let log = std::fs::read_to_string(dir.path().join("stranger/stderr.log"))?;
-    assert!(log.contains("refused"), "the stranger was not told: {log}");
     drop(stranger);
 
     let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
@@ -243,6 +265,18 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
         located(&home.addr, &program, 4)?,
         vec![engine_peer.clone(); 4]
     );
+    // The engine process counts what it took in and sent out, on its own /metrics.
+    let len = bytes.len() as f64;
+    let url = engine.metrics.clone();
+    wait("the engine's metrics", Duration::from_secs(10), || {
+        Ok(
+            metric(&url, "vodmesh_bytes_in_total{kind=\"ingest\"}")? == len
+                && metric(&url, "vodmesh_stream_bytes_out_total")? >= len,
+        )
+    })?;
+    let up = format!("vodmesh_engine_up{{engine=\"{engine_peer}\"}}");
+    assert_eq!(metric(&url, &up)?, 1.0);
+    assert_eq!(metric(&home_metrics, &up)?, 1.0);
 
     // Killed: marked down within seconds, and named for no segment.
     engine.kill()?;
@@ -252,6 +286,7 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
         || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), false)]),
     )?;
     assert!(took < Duration::from_secs(5), "marked down after {took:?}");
+    assert_eq!(metric(&home_metrics, &up)?, 0.0);
     assert!(
         !located(&home.addr, &program, 4)?.contains(&engine_peer),
         "a down engine was chosen"

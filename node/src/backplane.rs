@@ -167,6 +167,13 @@ async fn send<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::i
     }
 }
 
+/// Says why the link is refused and closes the stream gracefully, so the answer arrives.
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, why: &str) -> std::io::Result<()> {
+    send(wr, &Down::Refused(why.into())).await?;
+    let _ = timeout(DEAD_AFTER, futures::AsyncWriteExt::close(wr)).await;
+    Ok(())
+}
+
 /// Reads frames into a channel (reading a frame is not cancel-safe, so it gets a task).
 fn reader<R, T>(mut r: R) -> (mpsc::Receiver<T>, tokio::task::JoinHandle<()>)
 where
@@ -193,17 +200,17 @@ async fn link(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
+    let hello = timeout(DEAD_AFTER, read_frame::<_, Up>(&mut rd, MAX_FRAME)).await;
+    let Ok(Ok(Up::Hello { addrs })) = hello else {
+        return refuse(&mut wr, "expected Hello first").await;
+    };
     let Some(slot) = slot else {
         tracing::warn!("refused an engine this station does not trust (see --engine-peer)");
         let why = "not an engine of this station (the director trusts --engine-peer peers only)";
-        return send(&mut wr, &Down::Refused(why.into())).await;
-    };
-    let hello = timeout(DEAD_AFTER, read_frame::<_, Up>(&mut rd, MAX_FRAME)).await;
-    let Ok(Ok(Up::Hello { addrs })) = hello else {
-        return send(&mut wr, &Down::Refused("expected Hello first".into())).await;
+        return refuse(&mut wr, why).await;
     };
     let Ok(mut commands) = slot.commands.clone().try_lock_owned() else {
-        return send(&mut wr, &Down::Refused("attached already; retry".into())).await;
+        return refuse(&mut wr, "attached already; retry").await;
     };
     let index = slot.index;
     send(
@@ -304,6 +311,8 @@ pub struct EngineProcess {
     pub max_streams: u32,
     /// Issuers whose console tokens it accepts.
     pub trust: Vec<IssuerKey>,
+    /// Where to serve this engine's metrics (`/metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A started engine process: its identity and addresses, and the task that keeps it attached.
@@ -312,6 +321,8 @@ pub struct EngineProcessHandle {
     pub peer_id: PeerId,
     /// Where it listens.
     pub addrs: Vec<Multiaddr>,
+    /// Where its metrics are served (`EngineProcess::metrics`, once bound).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     task: tokio::task::JoinHandle<()>,
     engine: tokio::task::JoinHandle<()>,
 }
@@ -352,6 +363,15 @@ pub async fn start_engine(
         max_streams: config.max_streams,
         copy_rate: 0,
     };
+    let metrics = crate::metrics::Metrics::new();
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let (reports, reports_rx) = mpsc::channel(256);
     let auth = engine::EngineAuth {
         trusted: config.trust.iter().copied().collect(),
@@ -364,11 +384,24 @@ pub async fn start_engine(
         storage,
         auth,
         reports,
-        Default::default(),
+        metrics.clone(),
         shutdown.clone(),
     )
     .await
     .context("starting the engine")?;
+    let mut metrics_addr = None;
+    if let Some(listener) = metrics_listener {
+        metrics_addr = listener.local_addr().ok();
+        // No registry here: an engine process serves its own counters, not the status page.
+        let (registry, _) = vodmesh_registry::RegistryHandle::channel(1);
+        let http = crate::metrics::Http {
+            metrics: metrics.clone(),
+            registry,
+            local: handle.peer_id,
+            director: false,
+        };
+        tokio::spawn(crate::metrics::serve(listener, http, shutdown.clone()));
+    }
 
     // The link has a swarm of its own under the engine's identity: the director sees the
     // engine's peer id on the authenticated connection.
@@ -399,11 +432,24 @@ pub async fn start_engine(
         engine: handle.commands.clone(),
         reports: reports_rx,
         last_usage: None,
+        metrics,
+        activity: Default::default(),
+        info: vodmesh_proto::station::EngineInfo {
+            peer_id: handle.peer_id,
+            addrs: handle.addrs.clone(),
+            streams: 0,
+            max_streams: config.max_streams,
+            used: 0,
+            capacity: config.capacity,
+            up: false,
+            disks: Vec::new(),
+        },
     };
     let task = tokio::spawn(attach.run(shutdown));
     Ok(EngineProcessHandle {
         peer_id: handle.peer_id,
         addrs: handle.addrs,
+        metrics_addr,
         task,
         engine: handle.task,
     })
@@ -419,9 +465,48 @@ struct Attach {
     reports: mpsc::Receiver<EngineReport>,
     /// The last storage report, sent again on every attach.
     last_usage: Option<EngineReport>,
+    /// This engine's own metrics (`vodmesh-node engine --metrics`).
+    metrics: crate::metrics::Metrics,
+    /// What it counted of its streams, as a director would.
+    activity: vodmesh_proto::director::Activity,
+    /// Its load, storage and link state, as a director would see it.
+    info: vodmesh_proto::station::EngineInfo,
 }
 
 impl Attach {
+    /// Counts `report` into the engine's own metrics, as a director counts its engines'.
+    fn count(&mut self, report: &EngineReport) {
+        let a = &mut self.activity;
+        match report {
+            EngineReport::Streams { active, .. } => self.info.streams = *active,
+            EngineReport::TookOver { .. } => a.takeovers += 1,
+            EngineReport::Stopped {
+                bytes, complete, ..
+            } => {
+                if *complete {
+                    a.stops_complete += 1;
+                } else {
+                    a.stops_early += 1;
+                }
+                self.metrics.streamed(*bytes);
+            }
+            EngineReport::SwapAsked { .. } => a.swaps += 1,
+            EngineReport::Refused { copy: true, .. } => a.refused_copies += 1,
+            EngineReport::Refused { copy: false, .. } => a.refused_streams += 1,
+            EngineReport::Usage { disks, .. } => {
+                self.info.used = disks.iter().map(|d| d.used).sum();
+                self.info.disks.clone_from(disks);
+            }
+            _ => {}
+        }
+        self.sync();
+    }
+
+    fn sync(&self) {
+        self.metrics
+            .sync_director(&self.activity, &[Some(self.info.clone())]);
+    }
+
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let _ = self.dial.try_send(());
@@ -431,10 +516,15 @@ impl Attach {
             )
             .await;
             let why = match opened {
-                Ok(Ok(stream)) => match self.attached(stream, &mut shutdown).await {
-                    Ok(why) => why,
-                    Err(e) => e,
-                },
+                Ok(Ok(stream)) => {
+                    let why = match self.attached(stream, &mut shutdown).await {
+                        Ok(why) => why,
+                        Err(e) => e,
+                    };
+                    self.info.up = false;
+                    self.sync();
+                    why
+                }
                 Ok(Err(e)) => format!("cannot reach the director: {e}"),
                 Err(_) => "cannot reach the director: timed out".into(),
             };
@@ -468,6 +558,8 @@ impl Attach {
         match timeout(DEAD_AFTER, read_frame::<_, Down>(&mut rd, MAX_FRAME)).await {
             Ok(Ok(Down::Welcome { index })) => {
                 tracing::info!(director = %self.director, index, "attached to the director");
+                self.info.up = true;
+                self.sync();
             }
             Ok(Ok(Down::Refused(why))) => return Err(format!("the director refused: {why}")),
             Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
@@ -500,6 +592,7 @@ impl Attach {
                     if matches!(report, EngineReport::Usage { .. }) {
                         self.last_usage = Some(report.clone());
                     }
+                    self.count(&report);
                     if let Err(err) = send(&mut wr, &Up::Report(report)).await {
                         break e(err);
                     }

@@ -145,6 +145,11 @@ struct EngineArgs {
     /// Accept console tokens signed by this issuer (repeatable), as the station does.
     #[arg(long, value_name = "ISSUER")]
     trust: Vec<IssuerKey>,
+    /// Serve this engine's metrics as Prometheus text at http://ADDR:PORT/metrics (streams,
+    /// bytes, copies, refusals, store usage per disk, and whether it is attached:
+    /// vodmesh_engine_up). Prints `metrics http://ADDR:PORT/metrics`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_coords(s: &str) -> Result<(f64, f64), String> {
@@ -253,12 +258,16 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
         capacity: args.capacity,
         max_streams: args.max_streams,
         trust: args.trust,
+        metrics: args.metrics,
     };
     let engine = vodmesh_node::backplane::start_engine(config, stopped)
         .await
         .context("starting the engine")?;
     for addr in &engine.addrs {
         println!("engine {addr}/p2p/{}", engine.peer_id);
+    }
+    if let Some(addr) = engine.metrics_addr {
+        println!("metrics http://{addr}/metrics");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

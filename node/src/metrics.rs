@@ -67,6 +67,9 @@ struct Inner {
     engine_up: Family<EngineLabel, Gauge>,
     store_used: Family<DiskLabel, Gauge>,
     store_capacity: Family<DiskLabel, Gauge>,
+    /// The director's engines as of its last event, for the status page's own station
+    /// (the registry's copy is up to a republish interval old).
+    engines: std::sync::Mutex<Vec<EngineInfo>>,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,7 @@ impl Metrics {
             engine_up: Family::default(),
             store_used: Family::default(),
             store_capacity: Family::default(),
+            engines: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -267,6 +271,19 @@ impl Metrics {
             }
         }
         m.streams_active.set(active);
+        if let Ok(mut snapshot) = m.engines.lock() {
+            snapshot.clear();
+            snapshot.extend(engines.iter().flatten().cloned());
+        }
+    }
+
+    /// The director's engines as of its last event (empty before it has any).
+    pub fn engines(&self) -> Vec<EngineInfo> {
+        self.inner
+            .engines
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// A segment location answered from this station's own engines.
@@ -321,6 +338,8 @@ pub(crate) struct Http {
     pub(crate) registry: vodmesh_registry::RegistryHandle,
     /// The director's peer id.
     pub(crate) local: libp2p::PeerId,
+    /// A director's server (metrics and the status page), not an engine process's (metrics).
+    pub(crate) director: bool,
 }
 
 /// Serves `/metrics`, `/status.json` and `/` on `listener` until `shutdown` turns true.
@@ -330,11 +349,14 @@ pub(crate) async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/status.json", get(status_json))
-        .route("/", get(status_page))
-        .with_state(http);
+    let app = axum::Router::new().route("/metrics", get(metrics_text));
+    let app = if http.director {
+        app.route("/status.json", get(status_json))
+            .route("/", get(status_page))
+    } else {
+        app
+    };
+    let app = app.with_state(http);
     let stop = async move {
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
@@ -370,7 +392,14 @@ async fn status_json(
     let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
     let body = match tokio::time::timeout(Duration::from_secs(10), walk).await {
         Ok(Ok(stations)) => {
-            let stations: Vec<_> = stations.into_iter().map(|(r, _)| r).collect();
+            let mut stations: Vec<_> = stations.into_iter().map(|(r, _)| r).collect();
+            // This station's engines as they are now, not as last republished.
+            let now = http.metrics.engines();
+            if let Some(own) = stations.iter_mut().find(|s| s.director == http.local)
+                && !now.is_empty()
+            {
+                own.engines = now;
+            }
             crate::status::to_json(http.local, &stations).to_string()
         }
         Ok(Err(e)) => {

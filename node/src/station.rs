@@ -202,6 +202,7 @@ impl Station {
                 metrics: metrics.clone(),
                 registry: dir.registry.clone(),
                 local: dir.peer_id,
+                director: true,
             };
             extra_tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
