@@ -36,7 +36,7 @@ impl EngineProcess {
             .args(["engine", "--director", &director.to_string(), "--data"])
             .arg(data)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", issuer])
-            .args(["--metrics", "127.0.0.1:0"])
+            .args(["--metrics", "127.0.0.1:0", "--max-streams", "5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()?;
@@ -227,6 +227,12 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
     wait("the engine to attach", Duration::from_secs(20), || {
         Ok(engines(&home.addr)? == vec![(engine_peer.clone(), true)])
+    })?;
+    // The director knows the engine's own --max-streams 5, not its station default of 64.
+    wait("the engine's limits", Duration::from_secs(10), || {
+        let out = vodmesh(&["status", "--node", &home.addr.to_string(), "--json"])?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(json["stations"][0]["engines"][0]["max_streams"] == 5)
     })?;
 
     subscriber(

@@ -48,6 +48,12 @@ pub enum Up {
     Hello {
         /// Its listen addresses.
         addrs: Vec<Multiaddr>,
+        /// Its `--max-streams` (0: the station's).
+        #[serde(default)]
+        max_streams: u32,
+        /// Its `--capacity`.
+        #[serde(default)]
+        capacity: u64,
     },
     /// A report, as an in-process engine makes it (its index is the director's business).
     Report(EngineReport),
@@ -201,7 +207,12 @@ async fn link(
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
     let hello = timeout(DEAD_AFTER, read_frame::<_, Up>(&mut rd, MAX_FRAME)).await;
-    let Ok(Ok(Up::Hello { addrs })) = hello else {
+    let Ok(Ok(Up::Hello {
+        addrs,
+        max_streams,
+        capacity,
+    })) = hello
+    else {
         return refuse(&mut wr, "expected Hello first").await;
     };
     let Some(slot) = slot else {
@@ -228,6 +239,14 @@ async fn link(
             addrs,
         })
         .await;
+    if max_streams > 0 {
+        let limits = EngineReport::Limits {
+            index,
+            max_streams,
+            capacity,
+        };
+        let _ = reports.send(limits).await;
+    }
     let (mut up, reading) = reader::<_, Up>(rd);
     let mut pending: HashMap<u64, (SegmentId, FetchReply)> = HashMap::new();
     let mut next_id = 0u64;
@@ -247,7 +266,11 @@ async fn link(
                 deadline = Instant::now() + DEAD_AFTER;
                 match msg {
                     // Its up and down are this link's to say.
-                    Up::Report(EngineReport::Ready { .. } | EngineReport::Down { .. })
+                    Up::Report(
+                        EngineReport::Ready { .. }
+                        | EngineReport::Down { .. }
+                        | EngineReport::Limits { .. },
+                    )
                     | Up::Alive | Up::Hello { .. } => {}
                     Up::Report(report) => {
                         let _ = reports.send(report.with_index(index)).await;
@@ -551,6 +574,8 @@ impl Attach {
             &mut wr,
             &Up::Hello {
                 addrs: self.addrs.clone(),
+                max_streams: self.info.max_streams,
+                capacity: self.info.capacity,
             },
         )
         .await

@@ -93,6 +93,16 @@ pub enum EngineReport {
         /// Per disk.
         disks: Vec<vodmesh_proto::station::DiskUsage>,
     },
+    /// The engine's own limits, when they are not the station's (an engine process has its
+    /// own `--max-streams` and `--capacity`).
+    Limits {
+        /// Index of the engine in the station.
+        index: usize,
+        /// Concurrent streams at most.
+        max_streams: u32,
+        /// Bytes it may store (0: bounded by its disks).
+        capacity: u64,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.
@@ -114,6 +124,7 @@ impl EngineReport {
             | Self::SwapAsked { index, .. }
             | Self::Refused { index, .. }
             | Self::Usage { index, .. }
+            | Self::Limits { index, .. }
             | Self::Down { index } => *index = new,
         }
         self

@@ -307,6 +307,16 @@ impl Director {
                 }
                 return;
             }
+            EngineReport::Limits {
+                index,
+                max_streams,
+                capacity,
+            } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.max_streams = max_streams;
+                    engine.capacity = capacity;
+                }
+            }
             EngineReport::Down { index } => {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
                     engine.up = false;
