@@ -706,4 +706,34 @@ mod tests {
         assert!(decode::<Up>(&encode(&vec![0u8; 64]), 16).is_err());
         Ok(())
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends on the backplane decodes or is refused; nothing panics.
+        #[test]
+        fn any_bytes_decode_or_fail(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode::<Up>(&bytes, MAX_FRAME);
+            let _ = decode::<Down>(&bytes, MAX_FRAME);
+        }
+
+        /// A valid frame with bytes changed or cut off: decoded or refused, never a panic.
+        #[test]
+        fn mangled_frames_decode_or_fail(
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8),
+            cut in 0usize..4096,
+        ) {
+            let frame = encode(&Up::FetchDone {
+                id: 9,
+                segment: SegmentId::new(vodmesh_proto::ProgramId([3; 32]), 2),
+                result: Err("x".repeat(40)),
+            });
+            let mut bytes = frame.clone();
+            for (at, value) in edits {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let _ = decode::<Up>(&bytes, MAX_FRAME);
+            let _ = decode::<Down>(&frame, MAX_FRAME);
+        }
+    }
 }
