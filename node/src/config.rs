@@ -58,6 +58,14 @@ pub struct StationConfig {
     pub copy_rate_mbps: u32,
     /// Registry tuning (record TTL).
     pub registry: RegistryConfig,
+    /// Where to serve metrics (`/metrics`) and the status page (`/`, `/status.json`);
+    /// port 0 picks a free one ([`crate::Station::metrics_addr`] tells which).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Engines in processes of their own that may attach to this director
+    /// (`--engine-peer`), each taking the slot after the in-process engines.
+    pub engine_peers: Vec<PeerId>,
+    /// The station's counters and gauges, shared by its director and engines.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl StationConfig {
@@ -86,6 +94,9 @@ impl StationConfig {
             bandwidth_mbps: 1000,
             copy_rate_mbps: 0,
             registry: RegistryConfig::default(),
+            metrics_addr: None,
+            engine_peers: Vec::new(),
+            metrics: Default::default(),
         }
     }
 }

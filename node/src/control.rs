@@ -8,8 +8,9 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
-/// What an engine tells its director.
-#[derive(Clone, Debug)]
+/// What an engine tells its director (also carried over `/vodmesh/blade/1` from an engine
+/// in a process of its own, see [`crate::backplane`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum EngineReport {
     /// The engine listens and is ready to serve.
     Ready {
@@ -85,6 +86,23 @@ pub enum EngineReport {
         /// A copy (engine token) rather than a stream (console token).
         copy: bool,
     },
+    /// What the engine stores, per disk (sent every few seconds while it changes).
+    Usage {
+        /// Index of the engine in the station.
+        index: usize,
+        /// Per disk.
+        disks: Vec<vodmesh_proto::station::DiskUsage>,
+    },
+    /// The engine's own limits, when they are not the station's (an engine process has its
+    /// own `--max-streams` and `--capacity`).
+    Limits {
+        /// Index of the engine in the station.
+        index: usize,
+        /// Concurrent streams at most.
+        max_streams: u32,
+        /// Bytes it may store (0: bounded by its disks).
+        capacity: u64,
+    },
     /// The engine stopped.
     Down {
         /// Index of the engine in the station.
@@ -92,8 +110,29 @@ pub enum EngineReport {
     },
 }
 
+impl EngineReport {
+    /// The same report from engine `index` (an engine process numbers itself 0; its
+    /// director's backplane gives it the index of its slot).
+    pub fn with_index(mut self, new: usize) -> Self {
+        match &mut self {
+            Self::Ready { index, .. }
+            | Self::Stored { index, .. }
+            | Self::Dropped { index, .. }
+            | Self::Streams { index, .. }
+            | Self::TookOver { index, .. }
+            | Self::Stopped { index, .. }
+            | Self::SwapAsked { index, .. }
+            | Self::Refused { index, .. }
+            | Self::Usage { index, .. }
+            | Self::Limits { index, .. }
+            | Self::Down { index } => *index = new,
+        }
+        self
+    }
+}
+
 /// A segment an engine should accept from a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expected {
     /// The peer allowed to push it.
     pub from: PeerId,
@@ -104,7 +143,7 @@ pub struct Expected {
 }
 
 /// An engine a segment can be copied from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// The source engine.
     pub engine: PeerId,
@@ -113,7 +152,7 @@ pub struct Source {
 }
 
 /// A finished copy: who sent the bytes and how fast, for the cost of the next copy (claim 15).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Copied {
     /// The source that sent the last bytes.
     pub source: PeerId,

@@ -13,11 +13,17 @@
 //! - [`events`]: content events (distribution, publish) for tests and observers.
 //! - [`control`]: the in-process channel between a director and its engines (the seed's blade
 //!   controller).
+//! - [`metrics`]: a station's counters and gauges, and the HTTP server of `--metrics`
+//!   (Prometheus text, the status page).
+//! - [`status`]: the status page of `--metrics` and its `/status.json`.
+//! - [`backplane`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
+//!   director (deployment mode b), with heartbeats that mark a silent engine down.
 //! - [`identity`]: identity files under the data directory.
 //! - [`config`]: what `vodmesh-node`'s flags configure.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
 
 pub mod auth;
+pub mod backplane;
 pub mod config;
 pub mod content;
 pub mod control;
@@ -26,8 +32,10 @@ pub mod engine;
 pub mod events;
 pub mod identity;
 mod listen;
+pub mod metrics;
 pub mod nodefile;
 pub mod station;
+pub mod status;
 pub mod store;
 
 pub use config::StationConfig;

@@ -16,12 +16,24 @@ use vodmesh_proto::token::IssuerKey;
 /// Prints `director <MULTIADDR>` on stdout once it listens and writes DIR/node.json with the
 /// peer ids and addresses of the director and every engine. Other stations join the swarm by
 /// giving that address to --bootstrap.
+///
+/// Deployment modes: (a) without a subcommand, one process holds the director and its
+/// --engines N engines; (b) `vodmesh-node engine --director MULTIADDR` runs one engine in a
+/// process of its own (another machine, its own disks), attached to a director started with
+/// --engine-peer <that engine's peer id>. The director treats both kinds alike.
 #[derive(Parser, Debug)]
-#[command(name = "vodmesh-node", version)]
+#[command(
+    name = "vodmesh-node",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
     /// Data directory: identities (kept across restarts), databases, segments.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    data: Option<PathBuf>,
     /// Director listen address (repeatable). Engines listen on the same hosts, ports of their
     /// own. Default: TCP and QUIC on 0.0.0.0, system-chosen ports.
     #[arg(long, value_name = "MULTIADDR")]
@@ -87,6 +99,57 @@ struct Args {
     /// third of it. A stopped station leaves every listing within this time.
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
     record_ttl: u64,
+    /// Serve this station's metrics as Prometheus text at http://ADDR:PORT/metrics, and a
+    /// status page of the whole swarm at http://ADDR:PORT/ (its data at /status.json).
+    /// Prints `metrics http://ADDR:PORT/metrics` once it listens. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// The peer id of an engine process (`vodmesh-node engine`) allowed to attach to this
+    /// director over /vodmesh/blade/1 (repeatable; `vodmesh keygen --out DIR/identity.key`
+    /// makes its identity and prints the id). Each takes a slot after the --engines N
+    /// in-process engines; --engines may then be 0.
+    #[arg(long = "engine-peer", value_name = "PEERID")]
+    engine_peers: Vec<PeerId>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Runs one engine in a process of its own, attached to its station's director
+    /// (deployment mode b). Prints `engine <MULTIADDR>` once it listens; reattaches by itself
+    /// when the link drops (the director marks it down meanwhile and up again after).
+    Engine(EngineArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EngineArgs {
+    /// The director to attach to, ending in /p2p/<peer id>; it must have been started with
+    /// --engine-peer <this engine's peer id>.
+    #[arg(long, value_name = "MULTIADDR")]
+    director: Multiaddr,
+    /// Data directory: the engine's identity (DIR/identity.key), its store index, and its
+    /// segments unless --disk is given.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// A segment directory, one per disk (repeatable). Default: DIR/segments.
+    #[arg(long = "disk", value_name = "DIR")]
+    disks: Vec<PathBuf>,
+    /// Listen address (repeatable). Default: TCP and QUIC on 0.0.0.0, system-chosen ports.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Bytes of segment storage; 0 = bounded only by the disks.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    capacity: u64,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_streams: u32,
+    /// Accept console tokens signed by this issuer (repeatable), as the station does.
+    #[arg(long, value_name = "ISSUER")]
+    trust: Vec<IssuerKey>,
+    /// Serve this engine's metrics as Prometheus text at http://ADDR:PORT/metrics (streams,
+    /// bytes, copies, refusals, store usage per disk, and whether it is attached:
+    /// vodmesh_engine_up). Prints `metrics http://ADDR:PORT/metrics`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_coords(s: &str) -> Result<(f64, f64), String> {
@@ -121,10 +184,16 @@ fn init_tracing() {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if args.engines == 0 {
-        bail!("a station needs at least one engine (--engines N, N >= 1)");
+    if let Some(Sub::Engine(engine)) = args.cmd {
+        return run_engine(engine).await;
     }
-    let mut config = StationConfig::new(&args.data);
+    let Some(data) = args.data else {
+        bail!("--data DIR is required");
+    };
+    if args.engines == 0 && args.engine_peers.is_empty() {
+        bail!("a station needs at least one engine (--engines N, N >= 1, or --engine-peer)");
+    }
+    let mut config = StationConfig::new(&data);
     config.listen = if args.listen.is_empty() {
         default_listen("0.0.0.0")
     } else {
@@ -147,6 +216,8 @@ async fn run(args: Args) -> Result<()> {
     config.bandwidth_mbps = args.bandwidth;
     config.copy_rate_mbps = args.copy_rate;
     config.registry.record_ttl = Duration::from_secs(args.record_ttl);
+    config.metrics_addr = args.metrics;
+    config.engine_peers = args.engine_peers;
 
     let station = Station::start(config)
         .await
@@ -160,12 +231,50 @@ async fn run(args: Args) -> Result<()> {
     if let Some(issuer) = station.issuer() {
         println!("issuer {issuer}");
     }
+    if let Some(addr) = station.metrics_addr() {
+        println!("metrics http://{addr}/metrics");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     station.shutdown().await;
+    Ok(())
+}
+
+/// `vodmesh-node engine`: one engine attached to its director until SIGINT/SIGTERM.
+async fn run_engine(args: EngineArgs) -> Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let config = vodmesh_node::backplane::EngineProcess {
+        director: args.director,
+        data: args.data,
+        disks: args.disks,
+        listen: if args.listen.is_empty() {
+            default_listen("0.0.0.0")
+        } else {
+            args.listen
+        },
+        capacity: args.capacity,
+        max_streams: args.max_streams,
+        trust: args.trust,
+        metrics: args.metrics,
+    };
+    let engine = vodmesh_node::backplane::start_engine(config, stopped)
+        .await
+        .context("starting the engine")?;
+    for addr in &engine.addrs {
+        println!("engine {addr}/p2p/{}", engine.peer_id);
+    }
+    if let Some(addr) = engine.metrics_addr {
+        println!("metrics http://{addr}/metrics");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    engine.stopped().await;
     Ok(())
 }
 

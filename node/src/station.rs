@@ -28,6 +28,8 @@ pub struct Station {
     trusted: TrustedIssuers,
     engine_tokens: EngineTokens,
     engine_commands: Vec<mpsc::Sender<crate::control::EngineCommand>>,
+    metrics: crate::metrics::Metrics,
+    metrics_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -111,6 +113,7 @@ impl Station {
                     token: slot.clone(),
                 },
                 reports.clone(),
+                config.metrics.clone(),
                 shutdown_rx.clone(),
             )
             .await
@@ -128,13 +131,35 @@ impl Station {
                 used: 0,
                 capacity: config.capacity,
                 up: true,
+                disks: Vec::new(),
             })
             .collect();
         let mut reports_rx = reports_rx;
         while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
         let auth_server = config.auth_server.clone();
-        let commands: Vec<_> = engines.iter().map(|e| e.commands.clone()).collect();
+        let metrics = config.metrics.clone();
+        // Bound before the director starts, so a taken port fails the start, not later.
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        let mut commands: Vec<_> = engines.iter().map(|e| e.commands.clone()).collect();
+        // A slot per engine process allowed to attach (mode b), after the in-process engines.
+        let mut slots = Vec::with_capacity(config.engine_peers.len());
+        for (i, peer) in config.engine_peers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel(64);
+            commands.push(tx);
+            slots.push(crate::backplane::Slot {
+                peer: *peer,
+                index: config.engines + i,
+                commands: Arc::new(tokio::sync::Mutex::new(rx)),
+            });
+        }
         let engine_commands = commands.clone();
         let dir = director::start(
             director_key.clone(),
@@ -159,6 +184,34 @@ impl Station {
             (None, None) => None,
         };
         let mut extra_tasks = Vec::new();
+        if !slots.is_empty() {
+            let incoming = dir
+                .blade
+                .clone()
+                .accept(crate::backplane::PROTOCOL)
+                .context("registering the backplane protocol")?;
+            extra_tasks.push(tokio::spawn(crate::backplane::serve(
+                incoming,
+                slots,
+                reports.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let mut metrics_addr = None;
+        if let Some(listener) = metrics_listener {
+            metrics_addr = Some(listener.local_addr().context("metrics address")?);
+            let http = crate::metrics::Http {
+                metrics: metrics.clone(),
+                registry: dir.registry.clone(),
+                local: dir.peer_id,
+                director: true,
+            };
+            extra_tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                http,
+                shutdown_rx.clone(),
+            )));
+        }
         let engine_tokens = match source {
             Some(source) => {
                 let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx);
@@ -212,6 +265,8 @@ impl Station {
             trusted,
             engine_tokens,
             engine_commands,
+            metrics,
+            metrics_addr,
             shutdown,
             tasks,
         })
@@ -253,6 +308,16 @@ impl Station {
     /// The engine tokens of this station's engines (none unless enrolled or the auth station).
     pub fn engine_tokens(&self) -> EngineTokens {
         self.engine_tokens.clone()
+    }
+
+    /// Where `/metrics` and the status page are served (`--metrics`), once bound.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The station's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The registry handle of this station's director.

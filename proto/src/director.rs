@@ -243,6 +243,9 @@ pub struct Activity {
     /// filling engine, to balance their load (claim 22).
     #[serde(default)]
     pub exchanges: u64,
+    /// Programs with at least one segment on this station's engines.
+    #[serde(default)]
+    pub programs: u64,
 }
 
 /// Why a request failed.

@@ -29,6 +29,20 @@ pub struct EngineInfo {
     pub capacity: u64,
     /// Whether it answers its director.
     pub up: bool,
+    /// Storage per disk (absent in records of older stations).
+    #[serde(default)]
+    pub disks: Vec<DiskUsage>,
+}
+
+/// One disk (segment directory) of an engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// The segment directory (its last characters, when long).
+    pub path: String,
+    /// Bytes of segments stored on it.
+    pub used: u64,
+    /// Bytes it may hold (0: bounded only by the disk).
+    pub capacity: u64,
 }
 
 /// Roles a station plays besides storing and streaming.
@@ -129,6 +143,11 @@ mod tests {
                 used: 10,
                 capacity: 0,
                 up: true,
+                disks: vec![DiskUsage {
+                    path: "/srv/disk0".into(),
+                    used: 10,
+                    capacity: 0,
+                }],
             }],
             region: Some("eu".into()),
             coords: Some((52.5, 13.4)),

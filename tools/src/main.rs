@@ -31,9 +31,12 @@ enum Cmd {
         /// Any station's director address, ending in /p2p/<peer id>.
         #[arg(long, value_name = "MULTIADDR")]
         node: Multiaddr,
-        /// Print {"stations": [...]} as JSON.
+        /// Print {"stations": [...], "totals": {...}} as JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh in place every 2 seconds (clearing the terminal) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// Subscribers of the auth server.
     #[command(subcommand)]
@@ -176,15 +179,12 @@ async fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", key.public().to_peer_id());
         }
-        Cmd::Status { node, json } => {
-            let stations = status::fetch(&node).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status::to_json(&stations))?
-                );
+        Cmd::Status { node, json, watch } => {
+            if watch {
+                status::watch(&node, json).await?;
             } else {
-                print!("{}", status::to_text(&stations));
+                let stations = status::fetch(&node).await?;
+                print!("{}", status::render(&stations, json)?);
             }
         }
         Cmd::User(UserCmd::Add {

@@ -18,25 +18,37 @@ pub struct StationStatus {
     pub activity: Option<Activity>,
 }
 
-/// Every station of the swarm, each with its director's activity (asked of each director at
-/// once; one that does not answer in two seconds is listed without it).
+/// Every station of the swarm, each with its director's activity and its current record
+/// (asked of each director at once, since the registry's copy can be a republish interval
+/// old; one that does not answer in two seconds is listed as the registry has it).
 pub async fn fetch(node: &Multiaddr) -> Result<Vec<StationStatus>> {
     let records = stations(node).await?;
     let asks = records.into_iter().map(|record| async move {
-        let activity = match record.addrs.first() {
+        let fresh = match record.addrs.first() {
             Some(addr) => tokio::time::timeout(std::time::Duration::from_secs(2), async {
                 let client = DirectorClient::connect(addr, None).await.ok()?;
-                match client.request(Request::Activity).await.ok()? {
+                let activity = match client.request(Request::Activity).await.ok()? {
                     Response::Activity(a) => Some(a),
                     _ => None,
-                }
+                };
+                let current = match client.request(Request::Station).await.ok()? {
+                    Response::Station(signed) => StationRecord::verify(&signed, now_ms())
+                        .ok()
+                        .filter(|r| r.director == record.director),
+                    _ => None,
+                };
+                Some((activity, current))
             })
             .await
             .ok()
             .flatten(),
             None => None,
         };
-        StationStatus { record, activity }
+        let (activity, current) = fresh.unwrap_or_default();
+        StationStatus {
+            record: current.unwrap_or(record),
+            activity,
+        }
     });
     Ok(futures::future::join_all(asks).await)
 }
@@ -79,7 +91,13 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                     "max_streams": e.max_streams,
                     "used": e.used,
                     "capacity": e.capacity,
+                    "disks": e.disks.iter().map(|d| json!({
+                        "path": d.path,
+                        "used": d.used,
+                        "capacity": d.capacity,
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
+                "programs": st.activity.map(|a| a.programs),
                 "region": s.region,
                 "coords": s.coords.map(|(lat, lon)| json!([lat, lon])),
                 "bandwidth_mbps": s.bandwidth_mbps,
@@ -106,18 +124,151 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
             })
         })
         .collect();
-    json!({ "stations": list })
+    let t = Totals::of(stations);
+    json!({
+        "stations": list,
+        "totals": {
+            "stations": t.stations,
+            "engines": t.engines,
+            "engines_up": t.up,
+            "streams": t.streams,
+            "max_streams": t.max_streams,
+            "used": t.used,
+            "capacity": t.capacity,
+            "programs": t.programs,
+        },
+    })
+}
+
+/// Sums over the whole swarm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Stations listed.
+    pub stations: usize,
+    /// Engines, up or not.
+    pub engines: usize,
+    /// Engines up.
+    pub up: usize,
+    /// Streams being served.
+    pub streams: u64,
+    /// Streams the engines serve at most.
+    pub max_streams: u64,
+    /// Bytes stored.
+    pub used: u64,
+    /// Bytes the bounded engines may store (unbounded ones count 0).
+    pub capacity: u64,
+    /// Programs held, summed over stations (a program on two stations counts twice).
+    pub programs: u64,
+}
+
+impl Totals {
+    /// The totals of `stations`.
+    pub fn of(stations: &[StationStatus]) -> Self {
+        let mut t = Self {
+            stations: stations.len(),
+            ..Self::default()
+        };
+        for st in stations {
+            t.programs += st.activity.map_or(0, |a| a.programs);
+            for e in &st.record.engines {
+                t.engines += 1;
+                t.up += usize::from(e.up);
+                t.streams += u64::from(e.streams);
+                t.max_streams += u64::from(e.max_streams);
+                t.used += e.used;
+                t.capacity += e.capacity;
+            }
+        }
+        t
+    }
+}
+
+/// `n` bytes for people: 1.5 GB.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Used of capacity (or just used, when unbounded).
+fn storage(used: u64, capacity: u64) -> String {
+    if capacity == 0 {
+        format!("{} stored", human(used))
+    } else {
+        format!("{} of {} stored", human(used), human(capacity))
+    }
 }
 
 fn addrs(list: &[Multiaddr]) -> Vec<String> {
     list.iter().map(ToString::to_string).collect()
 }
 
+/// The text or (`json`) the pretty JSON form, ending in a newline.
+pub fn render(stations: &[StationStatus], json: bool) -> Result<String> {
+    if json {
+        Ok(serde_json::to_string_pretty(&to_json(stations))? + "\n")
+    } else {
+        Ok(to_text(stations))
+    }
+}
+
+/// `vodmesh status --watch`: clears the terminal and prints the swarm every two seconds until
+/// Ctrl-C; a failed round says why on the screen and the next one tries again.
+pub async fn watch(node: &Multiaddr, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = every.tick() => {}
+        }
+        let body = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            fetched = fetch(node) => match fetched {
+                Ok(stations) => render(&stations, json)?,
+                Err(e) => format!("error: {e:#} (retrying)\n"),
+            },
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let when = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        // Home the cursor and clear the screen, then draw the whole frame at once.
+        let mut out = std::io::stdout().lock();
+        write!(
+            out,
+            "\x1b[H\x1b[2J{when}  vodmesh status --node {node} (Ctrl-C ends)\n{body}"
+        )?;
+        out.flush()?;
+    }
+}
+
 /// The text form, one block per station.
 pub fn to_text(stations: &[StationStatus]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{} station(s)", stations.len());
+    let t = Totals::of(stations);
+    let _ = writeln!(
+        out,
+        "{} station(s), {}/{} engines up, {}/{} streams, {}, {} program(s) held",
+        t.stations,
+        t.up,
+        t.engines,
+        t.streams,
+        t.max_streams,
+        storage(t.used, t.capacity),
+        t.programs
+    );
     for st in stations {
         let s = &st.record;
         let mut roles = Vec::new();
@@ -148,6 +299,7 @@ pub fn to_text(stations: &[StationStatus]) -> String {
             let _ = writeln!(out, "  director {a}");
         }
         if let Some(a) = &st.activity {
+            let _ = writeln!(out, "  programs held {}", a.programs);
             let _ = writeln!(
                 out,
                 "  streams {} active, {} served; misses {}, replications {}, swaps {}, source failovers {}; refused {} streams, {} copies",
@@ -164,12 +316,16 @@ pub fn to_text(stations: &[StationStatus]) -> String {
         for e in &s.engines {
             let _ = writeln!(
                 out,
-                "  engine {} {} streams {}/{}",
+                "  engine {} {} streams {}/{}, {}",
                 e.peer_id,
-                if e.up { "up" } else { "down" },
+                if e.up { "up" } else { "DOWN" },
                 e.streams,
-                e.max_streams
+                e.max_streams,
+                storage(e.used, e.capacity)
             );
+            for d in &e.disks {
+                let _ = writeln!(out, "    disk {} {}", d.path, storage(d.used, d.capacity));
+            }
             for a in &e.addrs {
                 let _ = writeln!(out, "    {a}");
             }

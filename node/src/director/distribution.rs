@@ -571,6 +571,7 @@ mod tests {
                 used: 0,
                 capacity: free,
                 up: true,
+                disks: Vec::new(),
             }],
             region: Some(region.into()),
             coords: None,

@@ -48,13 +48,14 @@ pub(crate) struct DirectorBehaviour {
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
+    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
+    blade: libp2p_stream::Behaviour,
 }
 
 /// The identify protocol string every vodmesh peer announces.
 pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 
 /// A started director.
-#[derive(Debug)]
 pub struct DirectorHandle {
     /// Its peer id.
     pub peer_id: PeerId,
@@ -64,6 +65,17 @@ pub struct DirectorHandle {
     pub registry: RegistryHandle,
     /// Its event loop.
     pub task: JoinHandle<()>,
+    /// Streams of the director's swarm, for the backplane of separate engine processes.
+    pub blade: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for DirectorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorHandle")
+            .field("peer_id", &self.peer_id)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Director {
@@ -93,6 +105,8 @@ struct Director {
     miss: miss::State,
     /// Who streams what from which engine, for swaps and exchanges.
     playing: play::Playing,
+    /// The station's metrics, mirrored from `activity` and `engines` after every event.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -133,7 +147,9 @@ pub async fn start(
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
         auth: crate::auth::service::behaviour(config.auth_server.clone()),
+        blade: libp2p_stream::Behaviour::new(),
     })?;
+    let blade = swarm.behaviour().blade.new_control();
     let addrs = listen_all(&mut swarm, &config.listen).await?;
     for addr in &addrs {
         swarm.add_external_address(without_peer(addr));
@@ -168,6 +184,7 @@ pub async fn start(
     let (registry_handle, mut commands) = RegistryHandle::channel(256);
     let (replies, mut replies_rx) = mpsc::channel(64);
     let (internal, mut internal_rx) = mpsc::channel(256);
+    let config_metrics = config.metrics.clone();
     let mut director = Director {
         key,
         config,
@@ -186,6 +203,7 @@ pub async fn start(
         activity: Default::default(),
         miss: Default::default(),
         playing: Default::default(),
+        metrics: config_metrics,
     };
     director.republish(&mut swarm);
     director.arm_schedule();
@@ -219,6 +237,9 @@ pub async fn start(
                 _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
                 event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
             }
+            director
+                .metrics
+                .sync_director(&director.activity, &director.engines);
         }
         swarm.behaviour_mut().kad.store_mut().flush();
         tracing::info!(peer = %director.key.public().to_peer_id(), "director stopped");
@@ -228,6 +249,7 @@ pub async fn start(
         addrs,
         registry: registry_handle,
         task,
+        blade,
     })
 }
 
@@ -301,7 +323,25 @@ impl Director {
                     used: 0,
                     capacity: self.config.capacity,
                     up: true,
+                    disks: Vec::new(),
                 });
+            }
+            EngineReport::Usage { index, disks } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.used = disks.iter().map(|d| d.used).sum();
+                    engine.disks = disks;
+                }
+                return;
+            }
+            EngineReport::Limits {
+                index,
+                max_streams,
+                capacity,
+            } => {
+                if let Some(Some(engine)) = self.engines.get_mut(index) {
+                    engine.max_streams = max_streams;
+                    engine.capacity = capacity;
+                }
             }
             EngineReport::Down { index } => {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
@@ -367,6 +407,7 @@ impl Director {
             } => {
                 tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
                 self.playing.stopped(index, segment, console);
+                self.metrics.streamed(bytes);
                 if complete {
                     self.activity.stops_complete += 1;
                 } else {
@@ -391,6 +432,17 @@ impl Director {
     ) {
         match event {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
+                if let kad::Event::OutboundQueryProgressed {
+                    result,
+                    stats,
+                    step,
+                    ..
+                } = &event
+                    && step.last
+                {
+                    self.metrics
+                        .dht_query(crate::metrics::query_kind(result), stats.duration());
+                }
                 if let kad::Event::RoutingUpdated {
                     peer,
                     is_new_peer: true,
@@ -550,6 +602,9 @@ impl Director {
                 let response = self
                     .locate_complete(program, index, peer)
                     .map_or_else(Response::Error, Response::Location);
+                if matches!(response, Response::Location(_)) {
+                    self.metrics.hit();
+                }
                 let _ = swarm
                     .behaviour_mut()
                     .control
@@ -571,6 +626,7 @@ impl Director {
                 };
                 let response = match located {
                     Ok(location) => {
+                        self.metrics.hit();
                         self.preload(&location, program, index);
                         Response::Location(location)
                     }
@@ -589,6 +645,7 @@ impl Director {
                     .flatten()
                     .map(|e| u64::from(e.streams))
                     .sum();
+                activity.programs = self.locations.programs().map_or(0, |p| p.len() as u64);
                 let _ = swarm
                     .behaviour_mut()
                     .control

@@ -47,6 +47,8 @@ pub(crate) struct Copier {
     reports: mpsc::Sender<EngineReport>,
     fetches: Arc<Semaphore>,
     token: TokenSlot,
+    /// Counts the copies and their bytes.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Copier {
@@ -68,6 +70,7 @@ impl Copier {
             reports,
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
+            metrics: Default::default(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Copier {
                 let (index, peer_id) = (self.index, self.peer_id);
                 let (control, store) = (self.control.clone(), self.store.clone());
                 let (reports, fetches) = (self.reports.clone(), self.fetches.clone());
+                let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let _permit = fetches.acquire_owned().await;
                     let result = fetch(control, &store, &job).await;
@@ -125,6 +129,8 @@ impl Copier {
                                 },
                             );
                             let size = store.info(&segment).map_or(0, |i| i.size);
+                            metrics.copied();
+                            metrics.received("copy", size);
                             let _ = reports
                                 .send(EngineReport::Stored {
                                     index,

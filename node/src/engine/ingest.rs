@@ -22,13 +22,16 @@ pub(crate) async fn serve(
     store: SegmentStore,
     expectations: Expectations,
     reports: mpsc::Sender<EngineReport>,
+    metrics: crate::metrics::Metrics,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
+        let metrics = metrics.clone();
         let store = store.clone();
         let expectations = expectations.clone();
         let reports = reports.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(index, peer, stream, &store, &expectations, &reports).await {
+            let ingest = (&store, &expectations, &reports, &metrics);
+            if let Err(e) = handle(index, peer, stream, ingest).await {
                 tracing::debug!(index, %peer, error = %e, "ingest stream failed");
             }
         });
@@ -39,9 +42,12 @@ async fn handle(
     index: usize,
     peer: PeerId,
     mut stream: Stream,
-    store: &SegmentStore,
-    expectations: &Expectations,
-    reports: &mpsc::Sender<EngineReport>,
+    (store, expectations, reports, metrics): (
+        &SegmentStore,
+        &Expectations,
+        &mpsc::Sender<EngineReport>,
+        &crate::metrics::Metrics,
+    ),
 ) -> std::io::Result<()> {
     let header: IngestHeader = read_frame(&mut stream, MAX_FRAME).await?;
     let expected = expectations
@@ -65,6 +71,7 @@ async fn handle(
             if let Ok(mut m) = expectations.lock() {
                 m.remove(&header.segment);
             }
+            metrics.received("ingest", header.size);
             let _ = reports
                 .send(EngineReport::Stored {
                     index,

@@ -85,7 +85,9 @@ pub struct EngineHandle {
 pub(crate) type Expectations = Arc<Mutex<HashMap<SegmentId, Expected>>>;
 
 /// Starts engine `index` with identity `key`, listening on the hosts of `director_listen`
-/// (ports of its own), storing segments as `storage` says.
+/// (ports of its own), storing segments as `storage` says, reporting to its director on
+/// `reports` and counting into the station's `metrics`.
+#[allow(clippy::too_many_arguments)] // each is one distinct part of a blade's setup
 pub async fn start(
     index: usize,
     key: Keypair,
@@ -93,6 +95,7 @@ pub async fn start(
     storage: EngineStorage,
     auth: EngineAuth,
     reports: mpsc::Sender<EngineReport>,
+    metrics: crate::metrics::Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
     let peer_id = key.public().to_peer_id();
@@ -142,6 +145,7 @@ pub async fn start(
         store.clone(),
         expectations.clone(),
         reports.clone(),
+        metrics.clone(),
     ));
     let allowed = copy::Allowed::default();
     let copy_incoming = control
@@ -156,7 +160,7 @@ pub async fn start(
         (index, reports.clone()),
         storage.copy_rate,
     ));
-    let copier = copy::Copier::new(
+    let mut copier = copy::Copier::new(
         index,
         peer_id,
         control.clone(),
@@ -165,6 +169,7 @@ pub async fn start(
         reports.clone(),
         token,
     );
+    copier.metrics = metrics;
 
     let handovers = stream::Handovers::default();
     let streams_in = control
@@ -192,9 +197,19 @@ pub async fn start(
         .await;
     let (commands, mut commands_rx) = mpsc::channel::<EngineCommand>(64);
     let task_store = store.clone();
+    let bounded = storage.capacity != 0;
     let task = tokio::spawn(async move {
+        let mut usage = tokio::time::interval(USAGE_EVERY);
+        let mut last_usage = Vec::new();
         loop {
             tokio::select! {
+                _ = usage.tick() => {
+                    let disks = disk_usage(&task_store, bounded);
+                    if disks != last_usage {
+                        last_usage.clone_from(&disks);
+                        let _ = reports.send(EngineReport::Usage { index, disks }).await;
+                    }
+                }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
@@ -242,6 +257,33 @@ pub async fn start(
         commands,
         task,
     })
+}
+
+/// How often an engine looks at its store's occupancy (and reports it when it changed).
+const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest disk path reported (its tail is kept), to keep station records small.
+const MAX_DISK_PATH: usize = 96;
+
+/// The store's occupancy per disk; capacity 0 when the store is not bounded by `--capacity`.
+fn disk_usage(store: &SegmentStore, bounded: bool) -> Vec<vodmesh_proto::station::DiskUsage> {
+    store
+        .stats()
+        .disks
+        .into_iter()
+        .map(|d| {
+            let path = d.root.display().to_string();
+            let cut = path.len().saturating_sub(MAX_DISK_PATH);
+            let start = (cut..=path.len())
+                .find(|&i| path.is_char_boundary(i))
+                .unwrap_or(path.len());
+            vodmesh_proto::station::DiskUsage {
+                path: path[start..].to_string(),
+                used: d.used,
+                capacity: if bounded { d.quota } else { 0 },
+            }
+        })
+        .collect()
 }
 
 /// Bytes read from a stream per store write, for ingest and copies.

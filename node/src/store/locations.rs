@@ -139,6 +139,33 @@ impl LocationTable {
         self.scan(&program, 0, None)
     }
 
+    /// Every program with at least one segment located on this station, in id order (a skip
+    /// scan: one range lookup per program, not one per row).
+    pub fn programs(&self) -> Result<Vec<ProgramId>, Error> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(LOCATIONS).map_err(db_err)?;
+        let mut out = Vec::new();
+        let mut from = [0u8; 32];
+        loop {
+            let start: (&[u8; 32], u32, &[u8]) = (&from, 0, &[]);
+            let Some(item) = t.range(start..).map_err(db_err)?.next() else {
+                break;
+            };
+            let (k, _) = item.map_err(db_err)?;
+            let program = *k.value().0;
+            out.push(ProgramId(program));
+            // The next program id after this one, big-endian; none after all ones.
+            let mut next = program;
+            let Some(i) = next.iter().rposition(|b| *b != 0xff) else {
+                break;
+            };
+            next[i] += 1;
+            next[i + 1..].fill(0);
+            from = next;
+        }
+        Ok(out)
+    }
+
     fn scan(
         &self,
         program: &ProgramId,

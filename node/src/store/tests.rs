@@ -555,6 +555,10 @@ async fn the_location_table_survives_reopen() -> TestResult {
     assert!(all.windows(2).all(|w| w[0].0 <= w[1].0), "in segment order");
     assert_eq!(all.iter().filter(|(i, _)| *i == SegmentIndex(1)).count(), 1);
     assert_eq!(table.for_program(other)?.len(), 1);
+    let last = ProgramId([0xff; 32]);
+    table.insert(SegmentId::new(last, 7), &loc(e3, LocationState::Filling, 0))?;
+    assert_eq!(table.programs()?, vec![p, other, last]);
+    assert!(table.remove(SegmentId::new(last, 7), &e3)?);
     assert_eq!(table.remove_engine(&e1)?, 2);
     assert_eq!(table.for_program(other)?, vec![]);
     Ok(())

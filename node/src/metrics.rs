@@ -1,0 +1,473 @@
+//! A station's metrics (the network management system's view of one peer), served as
+//! Prometheus / OpenMetrics text at `http://ADDR:PORT/metrics` with `--metrics ADDR:PORT`.
+//!
+//! One [`Metrics`] is shared by a station's director and engines: the director mirrors what
+//! it already counts ([`vodmesh_proto::director::Activity`], its engines' load and storage)
+//! into it after every event it handles, and counts what only it sees (hits, bytes streamed,
+//! registry queries); the engines count the bytes they receive (copies, ingest). Everything
+//! is an atomic, so a scrape never waits for the director's event loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use vodmesh_proto::director::Activity;
+use vodmesh_proto::station::EngineInfo;
+
+/// A label set of one string: `kind`, `reason`, `outcome` or `via`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// An engine, by peer id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabel {
+    engine: String,
+}
+
+/// One disk of one engine.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabel {
+    engine: String,
+    disk: String,
+}
+
+/// The counters and gauges of one station; a cheap handle (clones share them).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    streams_active: Gauge,
+    streams_started: Counter,
+    streams_stopped: Family<Kind, Counter>,
+    preloads: Counter,
+    bytes_out: Counter,
+    bytes_in: Family<Kind, Counter>,
+    copies: Counter,
+    hits: Counter,
+    misses: Counter,
+    replications: Counter,
+    swaps: Counter,
+    source_failovers: Counter,
+    refusals: Family<Kind, Counter>,
+    dht_queries: Family<Kind, Counter>,
+    dht_latency: Histogram,
+    engine_streams: Family<EngineLabel, Gauge>,
+    engine_max_streams: Family<EngineLabel, Gauge>,
+    engine_up: Family<EngineLabel, Gauge>,
+    store_used: Family<DiskLabel, Gauge>,
+    store_capacity: Family<DiskLabel, Gauge>,
+    /// The director's engines as of its last event, for the status page's own station
+    /// (the registry's copy is up to a republish interval old).
+    engines: std::sync::Mutex<Vec<EngineInfo>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, every counter at zero, registered under the `vodmesh_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vodmesh");
+        let inner = Inner {
+            streams_active: Gauge::default(),
+            streams_started: Counter::default(),
+            streams_stopped: Family::default(),
+            preloads: Counter::default(),
+            bytes_out: Counter::default(),
+            bytes_in: Family::default(),
+            copies: Counter::default(),
+            hits: Counter::default(),
+            misses: Counter::default(),
+            replications: Counter::default(),
+            swaps: Counter::default(),
+            source_failovers: Counter::default(),
+            refusals: Family::default(),
+            dht_queries: Family::default(),
+            // 1 ms .. ~16 s.
+            dht_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            engine_streams: Family::default(),
+            engine_max_streams: Family::default(),
+            engine_up: Family::default(),
+            store_used: Family::default(),
+            store_capacity: Family::default(),
+            engines: Default::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "streams_active",
+            "Streams being served now, over all engines",
+            inner.streams_active.clone(),
+        );
+        r.register(
+            "streams_started",
+            "Streams an engine took over (started serving)",
+            inner.streams_started.clone(),
+        );
+        r.register(
+            "streams_stopped",
+            "Streams that ended, by outcome (complete: the segment's end; early: the console went away)",
+            inner.streams_stopped.clone(),
+        );
+        r.register(
+            "preloads",
+            "Engines told to read a segment ahead of a console",
+            inner.preloads.clone(),
+        );
+        r.register(
+            "stream_bytes_out",
+            "Bytes streamed to consoles",
+            inner.bytes_out.clone(),
+        );
+        r.register(
+            "bytes_in",
+            "Segment bytes received and stored, by way (copy, ingest)",
+            inner.bytes_in.clone(),
+        );
+        r.register(
+            "copies",
+            "Segments copied in from another engine",
+            inner.copies.clone(),
+        );
+        r.register(
+            "hits",
+            "Segment locations answered from this station's own engines",
+            inner.hits.clone(),
+        );
+        r.register(
+            "misses",
+            "Segments asked of this station that it did not hold (filled from another station)",
+            inner.misses.clone(),
+        );
+        r.register(
+            "replications",
+            "Segments copied to another engine because every holder was at its stream limit",
+            inner.replications.clone(),
+        );
+        r.register(
+            "swaps",
+            "Consoles that sought past a filling copy, handed to an engine with the whole segment",
+            inner.swaps.clone(),
+        );
+        r.register(
+            "source_failovers",
+            "Copies that lost their source and resumed from the next one",
+            inner.source_failovers.clone(),
+        );
+        r.register(
+            "token_refusals",
+            "Requests refused for want of a valid token, by kind (stream: console token, copy: engine token)",
+            inner.refusals.clone(),
+        );
+        r.register(
+            "dht_queries",
+            "Registry (Kademlia) queries finished, by kind",
+            inner.dht_queries.clone(),
+        );
+        r.register(
+            "dht_query_seconds",
+            "Registry (Kademlia) query latency",
+            inner.dht_latency.clone(),
+        );
+        r.register(
+            "engine_streams",
+            "Streams an engine serves now",
+            inner.engine_streams.clone(),
+        );
+        r.register(
+            "engine_max_streams",
+            "Streams an engine serves at most",
+            inner.engine_max_streams.clone(),
+        );
+        r.register(
+            "engine_up",
+            "Whether an engine answers its director (1) or not (0)",
+            inner.engine_up.clone(),
+        );
+        r.register(
+            "store_used_bytes",
+            "Segment bytes stored, per engine and disk",
+            inner.store_used.clone(),
+        );
+        r.register(
+            "store_capacity_bytes",
+            "Segment bytes an engine's disk may hold (0: bounded only by the disk)",
+            inner.store_capacity.clone(),
+        );
+        let inner = Inner { registry, ..inner };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Everything, as OpenMetrics text (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// Mirrors the director's counters and its engines' state.
+    pub(crate) fn sync_director(&self, activity: &Activity, engines: &[Option<EngineInfo>]) {
+        let m = &*self.inner;
+        let set = |c: &Counter, v: u64| c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+        set(&m.streams_started, activity.takeovers);
+        set(&m.preloads, activity.preloads);
+        set(&m.misses, activity.misses);
+        set(&m.replications, activity.replications);
+        set(&m.swaps, activity.swaps);
+        set(&m.source_failovers, activity.source_failovers);
+        set(
+            &m.streams_stopped.get_or_create(&kind("complete")),
+            activity.stops_complete,
+        );
+        set(
+            &m.streams_stopped.get_or_create(&kind("early")),
+            activity.stops_early,
+        );
+        set(
+            &m.refusals.get_or_create(&kind("stream")),
+            activity.refused_streams,
+        );
+        set(
+            &m.refusals.get_or_create(&kind("copy")),
+            activity.refused_copies,
+        );
+        let mut active = 0i64;
+        for e in engines.iter().flatten() {
+            let engine = EngineLabel {
+                engine: e.peer_id.to_string(),
+            };
+            active += i64::from(e.streams);
+            m.engine_streams
+                .get_or_create(&engine)
+                .set(i64::from(e.streams));
+            m.engine_max_streams
+                .get_or_create(&engine)
+                .set(i64::from(e.max_streams));
+            m.engine_up.get_or_create(&engine).set(i64::from(e.up));
+            for d in &e.disks {
+                let disk = DiskLabel {
+                    engine: engine.engine.clone(),
+                    disk: d.path.clone(),
+                };
+                m.store_used.get_or_create(&disk).set(gauge(d.used));
+                m.store_capacity.get_or_create(&disk).set(gauge(d.capacity));
+            }
+        }
+        m.streams_active.set(active);
+        if let Ok(mut snapshot) = m.engines.lock() {
+            snapshot.clear();
+            snapshot.extend(engines.iter().flatten().cloned());
+        }
+    }
+
+    /// The director's engines as of its last event (empty before it has any).
+    pub fn engines(&self) -> Vec<EngineInfo> {
+        self.inner
+            .engines
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// A segment location answered from this station's own engines.
+    pub(crate) fn hit(&self) {
+        self.inner.hits.inc();
+    }
+
+    /// A stream ended after sending `bytes`.
+    pub(crate) fn streamed(&self, bytes: u64) {
+        self.inner.bytes_out.inc_by(bytes);
+    }
+
+    /// `bytes` of a segment received and stored, by `via` (`copy` or `ingest`).
+    pub(crate) fn received(&self, via: &str, bytes: u64) {
+        self.inner.bytes_in.get_or_create(&kind(via)).inc_by(bytes);
+    }
+
+    /// A segment copied in from another engine.
+    pub(crate) fn copied(&self) {
+        self.inner.copies.inc();
+    }
+
+    /// A registry query of `kind` finished after `took`.
+    pub(crate) fn dht_query(&self, kind_name: &str, took: Option<Duration>) {
+        self.inner.dht_queries.get_or_create(&kind(kind_name)).inc();
+        if let Some(took) = took {
+            self.inner.dht_latency.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// The `kind` label of a finished registry query.
+pub(crate) fn query_kind(result: &libp2p::kad::QueryResult) -> &'static str {
+    use libp2p::kad::QueryResult as Q;
+    match result {
+        Q::Bootstrap(_) => "bootstrap",
+        Q::GetClosestPeers(_) => "get_closest_peers",
+        Q::GetProviders(_) => "get_providers",
+        Q::StartProviding(_) | Q::RepublishProvider(_) => "provide",
+        Q::GetRecord(_) => "get_record",
+        Q::PutRecord(_) | Q::RepublishRecord(_) => "put_record",
+    }
+}
+
+/// What the HTTP server of `--metrics` needs: the metrics, and the director's registry for
+/// the status page's view of the swarm.
+#[derive(Clone)]
+pub(crate) struct Http {
+    /// The station's metrics.
+    pub(crate) metrics: Metrics,
+    /// The director's registry, walked for `/status.json`.
+    pub(crate) registry: vodmesh_registry::RegistryHandle,
+    /// The director's peer id.
+    pub(crate) local: libp2p::PeerId,
+    /// A director's server (metrics and the status page), not an engine process's (metrics).
+    pub(crate) director: bool,
+}
+
+/// Serves `/metrics`, `/status.json` and `/` on `listener` until `shutdown` turns true.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    http: Http,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/metrics", get(metrics_text));
+    let app = if http.director {
+        app.route("/status.json", get(status_json))
+            .route("/", get(status_page))
+    } else {
+        app
+    };
+    let app = app.with_state(http);
+    let stop = async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics server failed");
+    }
+}
+
+async fn metrics_text(
+    axum::extract::State(http): axum::extract::State<Http>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        http.metrics.encode(),
+    )
+}
+
+async fn status_json(
+    axum::extract::State(http): axum::extract::State<Http>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limits = vodmesh_registry::WalkLimits::default();
+    let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
+    let body = match tokio::time::timeout(Duration::from_secs(10), walk).await {
+        Ok(Ok(stations)) => {
+            let mut stations: Vec<_> = stations.into_iter().map(|(r, _)| r).collect();
+            // This station's engines as they are now, not as last republished.
+            let now = http.metrics.engines();
+            if let Some(own) = stations.iter_mut().find(|s| s.director == http.local)
+                && !now.is_empty()
+            {
+                own.engines = now;
+            }
+            crate::status::to_json(http.local, &stations).to_string()
+        }
+        Ok(Err(e)) => {
+            return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        }
+        Err(_) => {
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the swarm walk timed out",
+            )
+                .into_response();
+        }
+    };
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn status_page() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::status::PAGE,
+    )
+}
+
+fn kind(s: &str) -> Kind {
+    Kind { kind: s.to_owned() }
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_family() {
+        let m = Metrics::new();
+        m.hit();
+        m.streamed(1000);
+        m.received("copy", 5);
+        m.dht_query("get_record", Some(Duration::from_millis(3)));
+        let activity = Activity {
+            takeovers: 2,
+            stops_complete: 1,
+            refused_streams: 4,
+            ..Default::default()
+        };
+        m.sync_director(&activity, &[]);
+        let text = m.encode();
+        for line in [
+            "vodmesh_hits_total 1",
+            "vodmesh_stream_bytes_out_total 1000",
+            "vodmesh_bytes_in_total{kind=\"copy\"} 5",
+            "vodmesh_streams_started_total 2",
+            "vodmesh_streams_stopped_total{kind=\"complete\"} 1",
+            "vodmesh_token_refusals_total{kind=\"stream\"} 4",
+            "vodmesh_dht_queries_total{kind=\"get_record\"} 1",
+            "vodmesh_dht_query_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The status page of `--metrics` (`/`) and its data (`/status.json`): every live station of
+//! the swarm, as the director's registry walk finds it, with its engines' load, health and
+//! storage. The page is one self-contained HTML document (no external assets) whose inline
+//! script polls `/status.json` every two seconds.
+
+use libp2p::PeerId;
+use serde_json::{Value, json};
+use vodmesh_proto::station::StationRecord;
+
+/// `/status.json`: `{"local": <director peer id>, "stations": [...], "totals": {...}}`.
+pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
+    let mut totals = Totals::default();
+    // A stable order from one refresh to the next: this station first, then by peer id.
+    let mut sorted: Vec<&StationRecord> = stations.iter().collect();
+    sorted.sort_by_key(|s| (s.director != local, s.director.to_string()));
+    let list: Vec<Value> = sorted
+        .into_iter()
+        .map(|s| {
+            let engines: Vec<Value> = s
+                .engines
+                .iter()
+                .map(|e| {
+                    totals.engines += 1;
+                    totals.up += u64::from(e.up);
+                    totals.streams += u64::from(e.streams);
+                    totals.max_streams += u64::from(e.max_streams);
+                    totals.used += e.used;
+                    totals.capacity += e.capacity;
+                    json!({
+                        "peer_id": e.peer_id.to_string(),
+                        "addrs": e.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "up": e.up,
+                        "streams": e.streams,
+                        "max_streams": e.max_streams,
+                        "used": e.used,
+                        "capacity": e.capacity,
+                        "disks": e.disks.iter().map(|d| json!({
+                            "path": d.path, "used": d.used, "capacity": d.capacity,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "director": {
+                    "peer_id": s.director.to_string(),
+                    "addrs": s.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                },
+                "local": s.director == local,
+                "region": s.region,
+                "roles": {
+                    "home": s.roles.home,
+                    "content_manager": s.roles.content_manager,
+                    "auth": s.roles.auth,
+                },
+                "bandwidth_mbps": s.bandwidth_mbps,
+                "issued_ms": s.issued_ms,
+                "engines": engines,
+            })
+        })
+        .collect();
+    json!({
+        "local": local.to_string(),
+        "stations": list,
+        "totals": {
+            "stations": stations.len(),
+            "engines": totals.engines,
+            "engines_up": totals.up,
+            "streams": totals.streams,
+            "max_streams": totals.max_streams,
+            "used": totals.used,
+            "capacity": totals.capacity,
+        },
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    engines: u64,
+    up: u64,
+    streams: u64,
+    max_streams: u64,
+    used: u64,
+    capacity: u64,
+}
+
+/// The status page: self-contained, refreshed from `/status.json` every two seconds.
+pub const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>vodmesh swarm status</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; }
+.station { border: 1px solid #bbb; border-radius: 6px; padding: .6em 1em; margin: .8em 0; }
+.station.local { border-color: #36c; }
+.peer { font-family: monospace; word-break: break-all; }
+table { border-collapse: collapse; margin-top: .4em; }
+td, th { padding: .15em .7em; text-align: left; border-bottom: 1px solid #eee; }
+.down { color: #b00; font-weight: bold; }
+.up { color: #070; }
+.bar { display: inline-block; width: 8em; height: .7em; background: #eee; vertical-align: middle; }
+.bar > span { display: block; height: 100%; background: #36c; }
+#state { color: #777; }
+</style>
+</head>
+<body>
+<h1>vodmesh swarm</h1>
+<div id="totals"></div>
+<div id="state">loading&hellip;</div>
+<div id="stations"></div>
+<script>
+"use strict";
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function bytes(n) {
+  const u = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < u.length - 1) { n /= 1000; i++; }
+  return (i ? n.toFixed(1) : n) + " " + u[i];
+}
+function bar(v, max) {
+  const b = el("span", "bar");
+  const f = el("span");
+  f.style.width = (max > 0 ? Math.min(100, 100 * v / max) : 0) + "%";
+  b.appendChild(f);
+  return b;
+}
+function render(s) {
+  const t = s.totals;
+  document.getElementById("totals").textContent =
+    t.stations + " stations, " + t.engines_up + "/" + t.engines + " engines up, " +
+    t.streams + "/" + t.max_streams + " streams, " + bytes(t.used) + " stored";
+  const list = document.getElementById("stations");
+  list.replaceChildren();
+  for (const st of s.stations) {
+    const box = el("div", "station" + (st.local ? " local" : ""));
+    box.dataset.peer = st.director.peer_id;
+    const roles = Object.keys(st.roles).filter(r => st.roles[r]);
+    const head = el("div");
+    head.appendChild(el("b", null, "station "));
+    head.appendChild(el("span", "peer director", st.director.peer_id));
+    if (st.region) head.appendChild(el("span", null, "  region " + st.region));
+    if (roles.length) head.appendChild(el("span", null, "  [" + roles.join(", ") + "]"));
+    if (st.local) head.appendChild(el("span", null, "  (this station)"));
+    box.appendChild(head);
+    const table = el("table");
+    const hr = el("tr");
+    for (const h of ["engine", "health", "load", "streams", "storage"]) hr.appendChild(el("th", null, h));
+    table.appendChild(hr);
+    for (const e of st.engines) {
+      const tr = el("tr", "engine");
+      tr.dataset.peer = e.peer_id;
+      tr.appendChild(el("td", "peer", e.peer_id));
+      tr.appendChild(el("td", e.up ? "up" : "down", e.up ? "up" : "down"));
+      const load = el("td");
+      load.appendChild(bar(e.streams, e.max_streams));
+      tr.appendChild(load);
+      tr.appendChild(el("td", null, e.streams + "/" + e.max_streams));
+      const disks = e.disks.map(d => bytes(d.used) + (d.capacity ? " of " + bytes(d.capacity) : ""));
+      tr.appendChild(el("td", null, disks.length ? disks.join(", ") : bytes(e.used)));
+      table.appendChild(tr);
+    }
+    box.appendChild(table);
+    list.appendChild(box);
+  }
+}
+async function refresh() {
+  const state = document.getElementById("state");
+  try {
+    const r = await fetch("/status.json", { cache: "no-store" });
+    if (!r.ok) throw new Error(r.status + " " + (await r.text()));
+    render(await r.json());
+    state.textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    state.textContent = "cannot reach the director: " + e.message;
+  }
+}
+refresh();
+setInterval(refresh, 2000);
+</script>
+</body>
+</html>
+"#;
