@@ -194,6 +194,7 @@ async fn metrics_move_as_streams_run() -> anyhow::Result<()> {
                 program: info.program,
                 index,
                 complete: false,
+                avoid: Vec::new(),
             })
             .await?
         {

@@ -129,6 +129,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
             program: info.program,
             index: 2,
             complete: false,
+            avoid: Vec::new(),
         })
         .await?
     {
@@ -312,6 +313,7 @@ impl Console {
                 program: self.program,
                 index: 0,
                 complete: false,
+                avoid: Vec::new(),
             })
             .await?
         {
@@ -554,6 +556,7 @@ async fn a_swap_exchanges_consoles_between_engines() -> anyhow::Result<()> {
         program: x.program,
         index: 0,
         complete,
+        avoid: Vec::new(),
     };
     let Response::Location(filling) = x.client.request(at(false)).await? else {
         anyhow::bail!("no location");

@@ -622,11 +622,20 @@ async fn fetch(
 ) -> Result<(SegmentLocation, Vec<u8>)> {
     let mut attempt = 0u64;
     let mut partial = Vec::new();
+    // Engines that failed this segment without a byte: not to be named again.
+    let mut avoid = Vec::new();
     loop {
         let had = partial.len();
         let once = tokio::time::timeout(
             Duration::from_secs(60),
-            fetch_once(directors, manifest, index, token, play_from, &mut partial),
+            fetch_once(
+                directors,
+                manifest,
+                (index, play_from),
+                token,
+                &mut partial,
+                &mut avoid,
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
@@ -656,10 +665,10 @@ enum Fetch {
 async fn fetch_once(
     directors: &Directors,
     manifest: &Manifest,
-    index: u32,
+    (index, play_from): (u32, u64),
     token: Option<&[u8]>,
-    play_from: u64,
     partial: &mut Vec<u8>,
+    avoid: &mut Vec<PeerId>,
 ) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
     let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
     let lost = |e: anyhow::Error| Fetch::Lost(e);
@@ -676,6 +685,7 @@ async fn fetch_once(
         program: manifest.program,
         index,
         complete: false,
+        avoid: avoid.clone(),
     };
     let mut location = located(directors.ask(locate).await.map_err(lost)?)?;
     let client = &directors.first;
@@ -685,10 +695,13 @@ async fn fetch_once(
             .add_addresses(engine, location.addrs.clone())
             .await
             .map_err(|e| lost(e.into()))?;
-        let mut s = client
-            .open_stream(engine, wire::PROTOCOL)
-            .await
-            .map_err(|e| lost(e.into()))?;
+        let mut s = match client.open_stream(engine, wire::PROTOCOL).await {
+            Ok(s) => s,
+            Err(e) => {
+                avoid.push(engine);
+                return Err(lost(e.into()));
+            }
+        };
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index),
             // Resumed from what earlier attempts received.
@@ -699,9 +712,13 @@ async fn fetch_once(
         write_frame(&mut s, &request)
             .await
             .map_err(|e| lost(e.into()))?;
-        let reply = read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME)
-            .await
-            .map_err(|e| lost(e.into()))?;
+        let reply = match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                avoid.push(engine);
+                return Err(lost(e.into()));
+            }
+        };
         match reply {
             // Claim 21: this engine's copy has not reached our position; its director names
             // one with the whole segment, which takes us over.
@@ -711,6 +728,7 @@ async fn fetch_once(
                     program: manifest.program,
                     index,
                     complete: true,
+                    avoid: Vec::new(),
                 };
                 let answer = directors
                     .ask_director(location.director, complete)
@@ -738,16 +756,26 @@ async fn fetch_once(
             "engine {engine} offers segment {index} that does not match the manifest"
         )));
     }
+    let had = partial.len();
     partial.reserve(size as usize - partial.len());
     let mut buf = vec![0u8; 256 * 1024];
     while (partial.len() as u64) < size {
         let n = (size as usize - partial.len()).min(buf.len());
-        let got = s.read(&mut buf[..n]).await.map_err(|e| {
-            lost(anyhow::anyhow!(
-                "segment {index} broke off from engine {engine}: {e}"
-            ))
-        })?;
+        let got = match s.read(&mut buf[..n]).await {
+            Ok(got) => got,
+            Err(e) => {
+                if partial.len() == had {
+                    avoid.push(engine);
+                }
+                return Err(lost(anyhow::anyhow!(
+                    "segment {index} broke off from engine {engine}: {e}"
+                )));
+            }
+        };
         if got == 0 {
+            if partial.len() == had {
+                avoid.push(engine);
+            }
             // Ended early: handed over, or the engine went away. The next attempt resumes.
             return Err(lost(anyhow::anyhow!(
                 "segment {index} ended early from engine {engine} at byte {}",

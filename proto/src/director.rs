@@ -72,6 +72,10 @@ pub enum Request {
         /// is still filling and has not reached the console's position (claim 21).
         #[serde(default)]
         complete: bool,
+        /// Engines the console could not reach for this segment: not to be named again (the
+        /// director learns of a dead engine only seconds later).
+        #[serde(default)]
+        avoid: Vec<PeerId>,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {

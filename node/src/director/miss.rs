@@ -97,6 +97,8 @@ pub(super) struct Candidate {
 pub(super) struct Gathered {
     program: ProgramId,
     index: u32,
+    /// Engines the console could not reach: not to take the copy.
+    avoid: Vec<PeerId>,
     channel: ResponseChannel<Response>,
     record: CatalogRecord,
     manifest: Arc<Manifest>,
@@ -269,6 +271,7 @@ impl Director {
         &mut self,
         program: ProgramId,
         index: u32,
+        avoid: Vec<PeerId>,
         channel: ResponseChannel<Response>,
     ) {
         let me = self.peer_id();
@@ -293,6 +296,7 @@ impl Director {
                     let gathered = Gathered {
                         program,
                         index,
+                        avoid,
                         channel,
                         record,
                         manifest,
@@ -313,6 +317,7 @@ impl Director {
         let Gathered {
             program,
             index,
+            avoid,
             channel,
             record,
             manifest,
@@ -321,10 +326,10 @@ impl Director {
         self.learn(record);
         self.miss.manifests.insert(program, manifest.clone());
         // Another console's miss of the same segment may have been filled meanwhile.
-        let answer = match self.locate(program, index) {
+        let answer = match self.locate_avoiding(program, index, &avoid) {
             Ok(location) => Ok(location),
             Err(e) if e.code == ErrorCode::NotFound => {
-                self.order_copy(program, index, &manifest, candidates)
+                self.order_copy(program, index, &manifest, candidates, &avoid)
             }
             Err(e) => Err(e),
         };
@@ -338,6 +343,7 @@ impl Director {
         index: u32,
         manifest: &Manifest,
         candidates: Vec<Candidate>,
+        avoid: &[PeerId],
     ) -> Result<SegmentLocation, ErrorReply> {
         let segment = SegmentId::new(program, index);
         let Some(entry) = manifest.content.segment(index) else {
@@ -381,7 +387,7 @@ impl Director {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| Some((i, e.as_ref()?)))
-            .filter(|(_, e)| e.up && e.streams < e.max_streams)
+            .filter(|(_, e)| e.up && e.streams < e.max_streams && !avoid.contains(&e.peer_id))
             .min_by_key(|(_, e)| e.streams)
             .map(|(i, e)| (i, e.peer_id, e.addrs.clone()))
             .filter(|_| can_copy);

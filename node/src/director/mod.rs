@@ -598,6 +598,7 @@ impl Director {
                 program,
                 index,
                 complete: true,
+                ..
             } => {
                 let response = self
                     .locate_complete(program, index, peer)
@@ -610,16 +611,21 @@ impl Director {
                     .control
                     .send_response(channel, response);
             }
-            Request::Locate { program, index, .. } => {
+            Request::Locate {
+                program,
+                index,
+                avoid,
+                ..
+            } => {
                 let located = match self.handed_over(program, index, peer) {
-                    Some(location) => Ok(location),
-                    None => self.locate(program, index),
+                    Some(location) if !avoid.contains(&location.engine) => Ok(location),
+                    _ => self.locate_avoiding(program, index, &avoid),
                 };
                 let located = match located {
                     Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
                     // Held elsewhere: copy it here and stream it as it arrives (claim 14).
                     Err(e) if e.code == ErrorCode::NotFound => {
-                        self.on_miss(program, index, channel);
+                        self.on_miss(program, index, avoid, channel);
                         return;
                     }
                     other => other,

@@ -68,19 +68,22 @@ impl Director {
         }
     }
 
-    /// The engine of this station that should stream `program`'s segment `index`: among the
-    /// engines holding it that are up and below their stream limit, a complete copy before a
-    /// filling one, then the fewest active streams.
-    pub(super) fn locate(
+    /// The engine of this station that should stream `program`'s segment `index`, never one
+    /// in `avoid` (engines the console could not reach: dead, though not yet known to be):
+    /// among the engines holding it that are up and below their stream limit, a complete copy
+    /// before a filling one, then the fewest active streams.
+    pub(super) fn locate_avoiding(
         &self,
         program: ProgramId,
         index: u32,
+        avoid: &[PeerId],
     ) -> Result<SegmentLocation, ErrorReply> {
         let segment = SegmentId::new(program, index);
-        let holders = self
+        let mut holders = self
             .locations
             .list(segment)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+        holders.retain(|l| !avoid.contains(&l.engine));
         if holders.is_empty() {
             return Err(ErrorReply::new(
                 ErrorCode::NotFound,
