@@ -1,6 +1,4 @@
-//! `vodmesh bench`: measurements, as JSON, next to a reference on the same machine.
-//!
-//! So far one section: `store`, the engine segment store's write path (temp file, BLAKE3,
+//! The `store` section: the engine segment store's write path (temp file, BLAKE3,
 //! fsync, rename, index commit per 4 MiB segment) and verified read path, beside `dd` writing
 //! and reading the same bytes on the same filesystem. `dd` is run twice for writes: with
 //! `conv=fsync` (one sync at the end) and with `oflag=dsync` (a sync per 4 MiB block, the
@@ -12,6 +10,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+
+use super::{Row, ratio};
 
 /// Runs `dd` with `args` and returns MB/s (10^6 bytes per second) for `bytes`.
 fn dd(args: &[String], bytes: u64) -> Result<f64> {
@@ -31,8 +31,10 @@ fn dd(args: &[String], bytes: u64) -> Result<f64> {
 }
 
 /// The store section: `mib` MiB through the store and through `dd`, in `dir`.
-pub async fn store(dir: &Path, mib: u64) -> Result<Value> {
+pub async fn run(dir: &Path, mib: u64) -> Result<(Value, Vec<Row>)> {
+    let mib = mib.max(4) / 4 * 4;
     let bytes = mib * 1024 * 1024;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let work = tempfile::tempdir_in(dir)
         .with_context(|| format!("creating a directory in {}", dir.display()))?;
     let (store_write, store_read) =
@@ -71,8 +73,31 @@ pub async fn store(dir: &Path, mib: u64) -> Result<Value> {
         ],
         bytes,
     )?;
-    let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 100.0).round() / 100.0;
-    Ok(json!({
+    let rows = vec![
+        Row::new(
+            "store",
+            "segment write (fsync per segment)",
+            format!("{store_write:.0} MB/s"),
+        )
+        .vs(
+            format!("dd oflag=dsync {dd_dsync:.0} MB/s"),
+            ratio(store_write, dd_dsync),
+        ),
+        Row::new("store", "segment write", format!("{store_write:.0} MB/s")).vs(
+            format!("dd conv=fsync {dd_fsync:.0} MB/s"),
+            ratio(store_write, dd_fsync),
+        ),
+        Row::new(
+            "store",
+            "segment read, verified",
+            format!("{store_read:.0} MB/s"),
+        )
+        .vs(
+            format!("dd read {dd_read:.0} MB/s"),
+            ratio(store_read, dd_read),
+        ),
+    ];
+    let value = json!({
         "bytes": bytes,
         "segment_bytes": 4 * 1024 * 1024,
         "store_write_mb_s": store_write.round(),
@@ -84,14 +109,6 @@ pub async fn store(dir: &Path, mib: u64) -> Result<Value> {
         "write_vs_dd_fsync": ratio(store_write, dd_fsync),
         "read_vs_dd": ratio(store_read, dd_read),
         "note": "reads come from the page cache; the store hashes every byte it reads (BLAKE3), dd does not",
-    }))
-}
-
-/// Every section.
-pub async fn run(dir: &Path, mib: u64) -> Result<Value> {
-    let mib = mib.max(4) / 4 * 4;
-    Ok(json!({
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) },
-        "store": store(dir, mib).await?,
-    }))
+    });
+    Ok((value, rows))
 }
