@@ -263,13 +263,10 @@ async fn console(
     let mut played = 0u64;
     let mut index = first % SEGMENTS;
     while Instant::now() < end {
-        let mut s = match open(c, program, engine, index as u32).await {
-            Ok(s) => s,
-            Err(_) => {
-                seen.errors += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Ok(mut s) = open(c, program, engine, index as u32).await else {
+            seen.errors += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         };
         loop {
             if paced && let Some(o) = origin {
