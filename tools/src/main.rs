@@ -120,6 +120,10 @@ enum Cmd {
         /// Small sizes: finishes in under two minutes (the CI smoke test).
         #[arg(long)]
         quick: bool,
+        /// Run only this section (repeatable): copy, streams, startup, handoff, registry,
+        /// store, footprint.
+        #[arg(long, value_name = "SECTION")]
+        only: Vec<String>,
     },
 }
 
@@ -275,9 +279,14 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Demo => demo::run().await?,
-        Cmd::Bench { json, dir, quick } => {
+        Cmd::Bench {
+            json,
+            dir,
+            quick,
+            only,
+        } => {
             let dir = dir.unwrap_or_else(std::env::temp_dir);
-            let (result, rows) = bench::run(&bench::Options { dir, quick }).await?;
+            let (result, rows) = bench::run(&bench::Options { dir, quick, only }).await?;
             let text = serde_json::to_string_pretty(&result)?;
             println!("{}", bench::table(&rows));
             if let Some(path) = json {

@@ -36,6 +36,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Small sizes: the whole run in well under two minutes (the CI smoke test).
     pub quick: bool,
+    /// Run only these sections (all when empty), e.g. to profile one path.
+    pub only: Vec<String>,
 }
 
 /// One line of the printed table.
@@ -181,10 +183,13 @@ fn machine(quick: bool) -> Value {
 
 /// Runs one section, turning a failure into `{"error": ...}` so that one broken path does not
 /// hide the others' figures.
-async fn section<F>(name: &'static str, rows: &mut Vec<Row>, f: F) -> Value
+async fn section<F>(only: &[String], name: &'static str, rows: &mut Vec<Row>, f: F) -> Value
 where
     F: Future<Output = Result<(Value, Vec<Row>)>>,
 {
+    if !only.is_empty() && !only.iter().any(|o| o == name) {
+        return json!({ "skipped": "not selected (--only)" });
+    }
     eprintln!("bench: {name} ...");
     let started = std::time::Instant::now();
     match f.await {
@@ -218,34 +223,45 @@ pub async fn run(options: &Options) -> Result<(Value, Vec<Row>)> {
     let mut rows = Vec::new();
     let store_mib = if quick { 32 } else { 256 };
     let store = section(
+        &options.only,
         "store",
         &mut rows,
         store::run(&dir.join("store"), store_mib),
     )
     .await;
-    let copy = section("copy", &mut rows, copy::run(&dir.join("copy"), quick)).await;
+    let copy = section(
+        &options.only,
+        "copy",
+        &mut rows,
+        copy::run(&dir.join("copy"), quick),
+    )
+    .await;
     let ceiling = copy["raw_libp2p_stream_tcp_mb_s"].as_f64().unwrap_or(0.0);
     let streams = section(
+        &options.only,
         "streams",
         &mut rows,
         streams::run(&dir.join("streams"), quick, ceiling),
     )
     .await;
     let startup = section(
+        &options.only,
         "startup",
         &mut rows,
         startup::run(&dir.join("startup"), quick),
     )
     .await;
     let handoff = section(
+        &options.only,
         "handoff",
         &mut rows,
         handoff::run(&dir.join("handoff"), quick),
     )
     .await;
-    let registry = section("registry", &mut rows, registry::run(quick)).await;
+    let registry = section(&options.only, "registry", &mut rows, registry::run(quick)).await;
     let per_stream = streams["bytes_per_stream"].as_f64();
     let footprint = section(
+        &options.only,
         "footprint",
         &mut rows,
         footprint::run(&dir.join("footprint"), per_stream),

@@ -13,6 +13,15 @@ use serde_json::{Value, json};
 
 use super::{Row, ratio};
 
+/// The store and `dd` alternate this many times; figures are medians.
+const ROUNDS: u64 = 3;
+
+/// The median of `v` (0 when empty).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Runs `dd` with `args` and returns MB/s (10^6 bytes per second) for `bytes`.
 fn dd(args: &[String], bytes: u64) -> Result<f64> {
     let start = Instant::now();
@@ -33,46 +42,60 @@ fn dd(args: &[String], bytes: u64) -> Result<f64> {
 /// The store section: `mib` MiB through the store and through `dd`, in `dir`.
 pub async fn run(dir: &Path, mib: u64) -> Result<(Value, Vec<Row>)> {
     let mib = mib.max(4) / 4 * 4;
-    let bytes = mib * 1024 * 1024;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let work = tempfile::tempdir_in(dir)
         .with_context(|| format!("creating a directory in {}", dir.display()))?;
-    let (store_write, store_read) =
-        vodmesh_node::store::bench::throughput_probe(work.path(), bytes).await?;
+    // The disk is shared and noisy: the store and dd take turns, ROUNDS times over a third
+    // of the bytes each, and each figure is the median of its rounds.
+    let round_mib = (mib / ROUNDS).max(4) / 4 * 4;
+    let round_bytes = round_mib * 1024 * 1024;
     let file = work.path().join("dd.bin");
     let of = format!("of={}", file.display());
-    let count = format!("count={}", mib / 4);
-    let dd_fsync = dd(
-        &[
-            "if=/dev/zero".into(),
-            of.clone(),
-            "bs=4M".into(),
-            count.clone(),
-            "conv=fsync".into(),
-            "status=none".into(),
-        ],
-        bytes,
-    )?;
-    let dd_dsync = dd(
-        &[
-            "if=/dev/zero".into(),
-            of,
-            "bs=4M".into(),
-            count,
-            "oflag=dsync".into(),
-            "status=none".into(),
-        ],
-        bytes,
-    )?;
-    let dd_read = dd(
-        &[
-            format!("if={}", file.display()),
-            "of=/dev/null".into(),
-            "bs=4M".into(),
-            "status=none".into(),
-        ],
-        bytes,
-    )?;
+    let count = format!("count={}", round_mib / 4);
+    let (mut writes, mut reads, mut fsyncs, mut dsyncs, mut dd_reads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (w, r) = vodmesh_node::store::bench::throughput_probe(work.path(), round_bytes).await?;
+        writes.push(w);
+        reads.push(r);
+        fsyncs.push(dd(
+            &[
+                "if=/dev/zero".into(),
+                of.clone(),
+                "bs=4M".into(),
+                count.clone(),
+                "conv=fsync".into(),
+                "status=none".into(),
+            ],
+            round_bytes,
+        )?);
+        dsyncs.push(dd(
+            &[
+                "if=/dev/zero".into(),
+                of.clone(),
+                "bs=4M".into(),
+                count.clone(),
+                "oflag=dsync".into(),
+                "status=none".into(),
+            ],
+            round_bytes,
+        )?);
+        dd_reads.push(dd(
+            &[
+                format!("if={}", file.display()),
+                "of=/dev/null".into(),
+                "bs=4M".into(),
+                "status=none".into(),
+            ],
+            round_bytes,
+        )?);
+    }
+    let (store_write, store_read) = (median(&mut writes), median(&mut reads));
+    let (dd_fsync, dd_dsync, dd_read) = (
+        median(&mut fsyncs),
+        median(&mut dsyncs),
+        median(&mut dd_reads),
+    );
     let rows = vec![
         Row::new(
             "store",
@@ -98,7 +121,8 @@ pub async fn run(dir: &Path, mib: u64) -> Result<(Value, Vec<Row>)> {
         ),
     ];
     let value = json!({
-        "bytes": bytes,
+        "bytes": round_bytes * ROUNDS,
+        "rounds": ROUNDS,
         "segment_bytes": 4 * 1024 * 1024,
         "store_write_mb_s": store_write.round(),
         "store_read_verified_mb_s": store_read.round(),
