@@ -1,0 +1,160 @@
+//! `vodmesh bench --quick --json FILE` as a process: every section and field is in the JSON,
+//! with sane values (positive throughputs, finite ratios). The figures themselves are not
+//! asserted: they depend on the machine.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use vodmesh_tests::bin;
+
+/// `json[path...]` as a number, or a failure naming the path.
+fn num(json: &Value, path: &[&str]) -> anyhow::Result<f64> {
+    let mut v = json;
+    for p in path {
+        v = v
+            .get(p)
+            .with_context(|| format!("no field {path:?} in {json}"))?;
+    }
+    let x = v
+        .as_f64()
+        .with_context(|| format!("{path:?} is not a number: {v}"))?;
+    if !x.is_finite() {
+        bail!("{path:?} is not finite");
+    }
+    Ok(x)
+}
+
+fn positive(json: &Value, path: &[&str]) -> anyhow::Result<()> {
+    let x = num(json, path)?;
+    if x <= 0.0 {
+        bail!("{path:?} should be positive, is {x}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(bin("vodmesh"))
+        .args(["bench", "--quick", "--json"])
+        .arg(&json_path)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "vodmesh bench failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    assert!(stdout.contains("| section"), "a table is printed: {stdout}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&json_path)?)?;
+
+    for section in [
+        "copy",
+        "streams",
+        "startup",
+        "handoff",
+        "registry",
+        "store",
+        "footprint",
+    ] {
+        let s = json.get(section).with_context(|| format!("no {section}"))?;
+        assert!(s.get("error").is_none(), "{section} failed: {s}");
+    }
+    assert_eq!(json["machine"]["quick"], true);
+    positive(&json, &["machine", "cpus"])?;
+
+    for f in [
+        "copy_tcp_noise_mb_s",
+        "raw_libp2p_stream_tcp_mb_s",
+        "raw_libp2p_stream_quic_mb_s",
+        "copy_vs_ceiling_tcp",
+    ] {
+        positive(&json, &["copy", f])?;
+    }
+    // nginx rows are there when nginx is installed, and say why not otherwise.
+    if json["copy"].get("nginx").is_some() {
+        assert!(json["copy"]["nginx"]["skipped"].is_string());
+    } else {
+        for f in ["nginx_https_mb_s", "nginx_http_mb_s", "copy_vs_nginx_https"] {
+            positive(&json, &["copy", f])?;
+        }
+    }
+
+    let paced = json["streams"]["paced"]
+        .as_array()
+        .context("streams.paced is not a list")?;
+    assert!(!paced.is_empty());
+    for run in paced {
+        positive(run, &["consoles"])?;
+        positive(run, &["delivered_mb_s"])?;
+        positive(run, &["delivered_vs_demanded"])?;
+        num(run, &["stalls"])?;
+        num(run, &["p99_lag_ms"])?;
+        num(run, &["engine_cpu_percent"])?;
+    }
+    num(&json, &["streams", "largest_n_zero_stalls"])?;
+    positive(&json, &["streams", "unpaced_aggregate_mb_s"])?;
+    positive(&json, &["streams", "unpaced_vs_raw_stream"])?;
+
+    for f in [
+        "hit_p50_ms",
+        "hit_p99_ms",
+        "miss_p50_ms",
+        "miss_p99_ms",
+        "process_floor_p50_ms",
+        "miss_vs_hit",
+        "redirect_p50_ms",
+        "redirect_p99_ms",
+        "redirect_vs_control_rtt",
+    ] {
+        positive(&json, &["startup", f])?;
+    }
+
+    for f in [
+        "gap_p50_ms",
+        "gap_p99_ms",
+        "read_interval_p50_ms",
+        "gap_vs_read_interval",
+    ] {
+        num(&json, &["handoff", f])?;
+    }
+    positive(&json, &["handoff", "speed_max_mb_s"])?;
+    num(&json, &["handoff", "realtime_stalls"])?;
+
+    for f in [
+        "p50_ms",
+        "p99_ms",
+        "two_servers_p50_ms",
+        "vs_two_servers",
+        "new_server_seen_by_all_ms",
+    ] {
+        positive(&json, &["registry", f])?;
+    }
+    assert_eq!(
+        num(&json, &["registry", "found"])?,
+        num(&json, &["registry", "lookups"])?,
+        "every lookup finds the holder"
+    );
+
+    for f in [
+        "store_write_mb_s",
+        "store_read_verified_mb_s",
+        "dd_write_dsync_mb_s",
+        "dd_read_mb_s",
+        "write_vs_dd_dsync",
+        "read_vs_dd",
+    ] {
+        positive(&json, &["store", f])?;
+    }
+
+    positive(&json, &["footprint", "idle_rss_4_engines_mib"])?;
+    positive(&json, &["footprint", "idle_rss_1_engine_mib"])?;
+    positive(&json, &["footprint", "vs_target_60_mib"])?;
+    num(&json, &["footprint", "bytes_per_active_stream"])?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The `startup` section: `vodmesh-console play --out -` as a process, from spawn to the first
+//! byte on its stdout (the console writes a segment only once it is verified), for a hit (the
+//! station asked holds the segment) and a miss (another station holds it: the director finds
+//! it through the registry, has one of its engines copy it, and redirects the console there
+//! while the copy streams in). Each miss asks for a segment no run asked for before.
+//!
+//! References: the same binary's start-to-exit with `--version` (the floor of a process
+//! start), and for the director's redirect (`Locate`) a `Playable` request on the same
+//! connection (the floor of a control round trip).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use vodmesh_console::client::DirectorClient;
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::director::{Request, Response};
+
+use super::swarm::{BenchSwarm, Shape};
+use super::{Row, quantile_ms, ratio, sibling_bin};
+
+const SEGMENT: u64 = 1024 * 1024;
+const BITRATE: u64 = 8_000_000;
+
+/// Runs the section under `dir`.
+pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
+    let (runs, locates) = if quick { (5usize, 50usize) } else { (50, 500) };
+    std::fs::create_dir_all(dir)?;
+    let swarm = BenchSwarm::start(dir, Shape::new(1), &[Shape::new(1)]).await?;
+    let result = measure(dir, &swarm, runs, locates).await;
+    swarm.shutdown().await;
+    result
+}
+
+async fn measure(
+    dir: &Path,
+    swarm: &BenchSwarm,
+    runs: usize,
+    locates: usize,
+) -> Result<(Value, Vec<Row>)> {
+    // Misses take segments 0, 3, 6, ...: a console fetches two ahead, so each run's copies
+    // stay clear of the next run's segment.
+    let segments = (runs as u64 * 3 + 2).max(4);
+    let program = swarm
+        .ingest(dir, "startup", segments * SEGMENT, SEGMENT, BITRATE)
+        .await?;
+    let home = swarm.console_home(&dir.join("console"))?;
+    let console = sibling_bin("vodmesh-console")?;
+    let seconds_per_segment = SEGMENT as f64 * 8.0 / BITRATE as f64;
+
+    let mut floor = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&console)
+            .arg("--version")
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("vodmesh-console --version failed");
+        }
+        floor.push(t.elapsed());
+    }
+    let mut hits = Vec::new();
+    for _ in 0..runs {
+        hits.push(first_byte(&console, &home, swarm.home.addr(), program, 0.0).await?);
+    }
+    let other = swarm.others.first().context("no second station")?;
+    let mut misses = Vec::new();
+    for i in 0..runs {
+        let start = (i as f64 * 3.0) * seconds_per_segment + 0.01;
+        misses.push(first_byte(&console, &home, other.addr(), program, start).await?);
+    }
+
+    let client = DirectorClient::connect(swarm.home.addr(), None).await?;
+    let mut redirect = Vec::new();
+    let mut rpc = Vec::new();
+    for i in 0..locates {
+        let t = Instant::now();
+        match client
+            .request(Request::Locate {
+                program,
+                index: (i as u64 % segments) as u32,
+                complete: false,
+                avoid: Vec::new(),
+            })
+            .await?
+        {
+            Response::Location(_) => redirect.push(t.elapsed()),
+            other => bail!("locate: unexpected answer {other:?}"),
+        }
+        let t = Instant::now();
+        let _ = client.request(Request::Playable { program }).await?;
+        rpc.push(t.elapsed());
+    }
+
+    let q = |v: &[Duration], p: f64| quantile_ms(v, p);
+    let (hit50, hit99, miss50, miss99) = (
+        q(&hits, 0.5),
+        q(&hits, 0.99),
+        q(&misses, 0.5),
+        q(&misses, 0.99),
+    );
+    let floor50 = q(&floor, 0.5);
+    let (red50, red99, rpc50) = (q(&redirect, 0.5), q(&redirect, 0.99), q(&rpc, 0.5));
+    let rows = vec![
+        Row::new(
+            "startup",
+            format!("hit: process start -> first verified byte, p50 (p99 {hit99} ms)"),
+            format!("{hit50} ms"),
+        )
+        .vs(
+            format!("process start-exit {floor50} ms"),
+            ratio(hit50, floor50),
+        ),
+        Row::new(
+            "startup",
+            format!("miss: process start -> first verified byte, p50 (p99 {miss99} ms)"),
+            format!("{miss50} ms"),
+        )
+        .vs(format!("hit {hit50} ms"), ratio(miss50, hit50)),
+        Row::new(
+            "startup",
+            format!("director redirect (Locate), p50 (p99 {red99} ms)"),
+            format!("{red50} ms"),
+        )
+        .vs(
+            format!("control round trip {rpc50} ms"),
+            ratio(red50, rpc50),
+        ),
+    ];
+    let value = json!({
+        "runs": runs,
+        "segment_bytes": SEGMENT,
+        "hit_p50_ms": hit50,
+        "hit_p99_ms": hit99,
+        "miss_p50_ms": miss50,
+        "miss_p99_ms": miss99,
+        "process_floor_p50_ms": floor50,
+        "hit_vs_process_floor": ratio(hit50, floor50),
+        "miss_vs_hit": ratio(miss50, hit50),
+        "redirect_p50_ms": red50,
+        "redirect_p99_ms": red99,
+        "control_rtt_p50_ms": rpc50,
+        "redirect_vs_control_rtt": ratio(red50, rpc50),
+        "setup": "two in-process stations (1 engine each); console processes with --speed max --out -",
+    });
+    Ok((value, rows))
+}
+
+/// Spawns `vodmesh-console play` against `node` and returns the time to its first byte.
+async fn first_byte(
+    console: &Path,
+    home: &Path,
+    node: &libp2p::Multiaddr,
+    program: ProgramId,
+    start_s: f64,
+) -> Result<Duration> {
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(console)
+        .env("VODMESH_HOME", home)
+        .args(["play", "--node", &node.to_string(), &program.to_string()])
+        .args([
+            "--start",
+            &format!("{start_s:.3}"),
+            "--speed",
+            "max",
+            "--out",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", console.display()))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut byte = [0u8; 1];
+    let got = tokio::time::timeout(Duration::from_secs(60), stdout.read(&mut byte)).await;
+    let elapsed = t.elapsed();
+    let _ = child.kill().await;
+    match got {
+        Ok(Ok(1)) => Ok(elapsed),
+        _ => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            bail!("the console wrote nothing: {}", err.trim())
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The `streams` section: one engine (a `vodmesh-node` process with one engine, so its CPU
+//! and memory are its own in `/proc`) streaming to N concurrent consoles, each its own libp2p
+//! peer with its own connection, fetching segment after segment over `/vodmesh/stream/1`.
+//!
+//! Paced: each console takes bytes at 4 Mbit/s, like a player, after a 1 s buffer. A chunk's
+//! delivery lag is how long after its place in that schedule it was readable; a stall is a
+//! lag beyond the buffer (the player would have run dry; the schedule then restarts, as a
+//! player rebuffers). Reference: the demanded rate, N x 4 Mbit/s. Unpaced: consoles read as
+//! fast as they can; the aggregate is set beside the raw libp2p stream ceiling of `copy`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use serde_json::{Value, json};
+use vodmesh_console::client::DirectorClient;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
+use vodmesh_proto::token::Issuer;
+use vodmesh_proto::{ProgramId, SegmentId};
+
+use super::swarm::{NodeProcess, console_token, ingest_into};
+use super::{Row, cpu_time, quantile_ms, ratio, round2, rss_bytes};
+
+/// Paced rate of one console: 4 Mbit/s.
+const RATE: f64 = 4_000_000.0 / 8.0;
+/// What a console buffers before it plays.
+const BUFFER: Duration = Duration::from_secs(1);
+/// Segment size of the program streamed.
+const SEGMENT: u64 = 1024 * 1024;
+/// Segments in the program (consoles start at different ones).
+const SEGMENTS: u64 = 16;
+/// Read unit of a console.
+const CHUNK: usize = 64 * 1024;
+
+/// One console: its own peer, connected to the station's director, knowing the engine.
+struct Console {
+    client: DirectorClient,
+    token: serde_bytes::ByteBuf,
+}
+
+/// What one console saw.
+#[derive(Default)]
+struct Seen {
+    lags: Vec<Duration>,
+    stalls: u32,
+    bytes: u64,
+    errors: u32,
+}
+
+/// Runs the section under `dir`; `ceiling` is the raw libp2p stream's MB/s from `copy`.
+pub async fn run(dir: &Path, quick: bool, ceiling: f64) -> Result<(Value, Vec<Row>)> {
+    let (counts, window, unpaced_n): (&[usize], Duration, usize) = if quick {
+        (&[1, 10], Duration::from_secs(3), 4)
+    } else {
+        (&[1, 10, 100, 500], Duration::from_secs(10), 10)
+    };
+    std::fs::create_dir_all(dir)?;
+    let issuer = Issuer::generate();
+    let data = dir.join("station");
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--engines".into(),
+            "1".into(),
+            "--home".into(),
+            "--content-manager".into(),
+            "--max-streams".into(),
+            "4096".into(),
+            "--trust".into(),
+            issuer.public().to_string(),
+        ],
+    )?;
+    let program = ingest_into(
+        &node.addr,
+        &data.join("identity.key"),
+        dir,
+        ("streams", 0),
+        SEGMENT * SEGMENTS,
+        SEGMENT,
+        8_000_000,
+    )
+    .await?;
+    let file = vodmesh_node::nodefile::NodeFile::read(&data)?;
+    let engine = file.engines.first().context("the station has no engine")?;
+    let (engine_peer, engine_addrs) = (engine.peer_id, engine.addrs.clone());
+    // Let the station settle after the ingest before measuring its idle memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_bytes(node.pid())?;
+
+    let most = counts.iter().copied().max().unwrap_or(1).max(unpaced_n);
+    let consoles = connect(&node.addr, &issuer, engine_peer, &engine_addrs, most).await?;
+
+    let mut rows = Vec::new();
+    let mut runs = Vec::new();
+    let mut largest_clean = 0usize;
+    let mut per_stream = None;
+    for &n in counts {
+        let cpu0 = cpu_time(node.pid())?;
+        let t0 = Instant::now();
+        let rss_probe = {
+            let pid = node.pid();
+            tokio::spawn(async move {
+                tokio::time::sleep(window / 2).await;
+                rss_bytes(pid).ok()
+            })
+        };
+        let seen = drive(&consoles[..n], program, engine_peer, window, true).await;
+        let elapsed = t0.elapsed();
+        let cpu = cpu_time(node.pid())?.saturating_sub(cpu0);
+        let rss = rss_probe.await.ok().flatten().unwrap_or(idle_rss);
+        let lags: Vec<Duration> = seen.iter().flat_map(|s| s.lags.iter().copied()).collect();
+        let stalls: u32 = seen.iter().map(|s| s.stalls).sum();
+        let errors: u32 = seen.iter().map(|s| s.errors).sum();
+        let bytes: u64 = seen.iter().map(|s| s.bytes).sum();
+        let delivered = bytes as f64 / elapsed.as_secs_f64() / 1e6;
+        let demanded = n as f64 * RATE / 1e6;
+        let cpu_pct = round2(cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0);
+        let p99 = quantile_ms(&lags, 0.99);
+        // A lost stream is retried (libp2p-stream drops an inbound stream its receiver is not
+        // ready for); only what the viewer would notice, a stall, disqualifies.
+        if stalls == 0 {
+            largest_clean = largest_clean.max(n);
+        }
+        if n > 1 {
+            per_stream = Some(rss.saturating_sub(idle_rss) as f64 / n as f64);
+        }
+        rows.push(
+            Row::new(
+                "streams",
+                format!("{n} paced 4 Mbit/s: stalls {stalls}, p99 lag {p99} ms, engine CPU {cpu_pct}%, {errors} retries"),
+                format!("{delivered:.1} MB/s"),
+            )
+            .vs(format!("demanded {demanded:.1} MB/s"), ratio(delivered, demanded)),
+        );
+        runs.push(json!({
+            "consoles": n,
+            "seconds": round2(elapsed.as_secs_f64()),
+            "stalls": stalls,
+            "errors": errors,
+            "p50_lag_ms": quantile_ms(&lags, 0.5),
+            "p99_lag_ms": p99,
+            "engine_cpu_percent": cpu_pct,
+            "engine_rss_bytes": rss,
+            "delivered_mb_s": round2(delivered),
+            "demanded_mb_s": round2(demanded),
+            "delivered_vs_demanded": ratio(delivered, demanded),
+        }));
+    }
+
+    let cpu0 = cpu_time(node.pid())?;
+    let t0 = Instant::now();
+    let seen = drive(&consoles[..unpaced_n], program, engine_peer, window, false).await;
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time(node.pid())?.saturating_sub(cpu0);
+    let bytes: u64 = seen.iter().map(|s| s.bytes).sum();
+    let aggregate = (bytes as f64 / elapsed.as_secs_f64() / 1e6).round();
+    let unpaced_cpu = round2(cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0);
+    rows.push(Row::new(
+        "streams",
+        format!("largest N with zero stalls (of {counts:?})"),
+        largest_clean.to_string(),
+    ));
+    rows.push(
+        Row::new(
+            "streams",
+            format!("{unpaced_n} unpaced consoles, aggregate (engine CPU {unpaced_cpu}%)"),
+            format!("{aggregate:.0} MB/s"),
+        )
+        .vs(
+            format!("raw libp2p stream {ceiling:.0} MB/s"),
+            ratio(aggregate, ceiling),
+        ),
+    );
+    drop(consoles);
+    drop(node);
+    let value = json!({
+        "segment_bytes": SEGMENT,
+        "rate_bit_s": RATE * 8.0,
+        "buffer_ms": BUFFER.as_millis() as u64,
+        "window_s": window.as_secs(),
+        "paced": runs,
+        "largest_n_zero_stalls": largest_clean,
+        "unpaced_consoles": unpaced_n,
+        "unpaced_aggregate_mb_s": aggregate,
+        "unpaced_engine_cpu_percent": unpaced_cpu,
+        "unpaced_vs_raw_stream": ratio(aggregate, ceiling),
+        "idle_rss_bytes": idle_rss,
+        "bytes_per_stream": per_stream.map(f64::round).unwrap_or(0.0),
+        "setup": "vodmesh-node process, 1 engine; consoles in the bench process, one libp2p peer and connection each; the engine and the consoles share the machine's cores",
+    });
+    Ok((value, rows))
+}
+
+/// Connects `n` consoles, each with its own identity and token, a few at a time.
+async fn connect(
+    director: &Multiaddr,
+    issuer: &Issuer,
+    engine: PeerId,
+    engine_addrs: &[Multiaddr],
+    n: usize,
+) -> Result<Vec<Arc<Console>>> {
+    let mut consoles = Vec::with_capacity(n);
+    while consoles.len() < n {
+        let batch = (n - consoles.len()).min(16);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            let key = Keypair::generate_ed25519();
+            let token = serde_bytes::ByteBuf::from(console_token(issuer, &key)?);
+            let director = director.clone();
+            let addrs = engine_addrs.to_vec();
+            set.spawn(async move {
+                let client = DirectorClient::connect(&director, Some(key)).await?;
+                client.add_addresses(engine, addrs).await?;
+                anyhow::Ok(Console { client, token })
+            });
+        }
+        while let Some(c) = set.join_next().await {
+            consoles.push(Arc::new(c??));
+        }
+    }
+    Ok(consoles)
+}
+
+/// Every console streams for `window`, paced or not; returns what each saw.
+async fn drive(
+    consoles: &[Arc<Console>],
+    program: ProgramId,
+    engine: PeerId,
+    window: Duration,
+    paced: bool,
+) -> Vec<Seen> {
+    let end = Instant::now() + window;
+    let mut set = tokio::task::JoinSet::new();
+    for (i, c) in consoles.iter().enumerate() {
+        let c = c.clone();
+        set.spawn(async move { console(&c, program, engine, i as u64, end, paced).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap_or_default());
+    }
+    out
+}
+
+/// One console's loop: segment after segment until `end`.
+async fn console(
+    c: &Console,
+    program: ProgramId,
+    engine: PeerId,
+    first: u64,
+    end: Instant,
+    paced: bool,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut buf = vec![0u8; CHUNK];
+    // Wall time at which byte 0 of the schedule is due.
+    let mut origin: Option<Instant> = None;
+    let mut played = 0u64;
+    let mut index = first % SEGMENTS;
+    while Instant::now() < end {
+        let Ok(mut s) = open(c, program, engine, index as u32).await else {
+            seen.errors += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        loop {
+            if paced && let Some(o) = origin {
+                // Take bytes no earlier than the buffer ahead of their play time.
+                let release = o + Duration::from_secs_f64(played as f64 / RATE);
+                let release = release.checked_sub(BUFFER).unwrap_or(release);
+                if release > Instant::now() {
+                    tokio::time::sleep_until(release.into()).await;
+                }
+            }
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let n = match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(_) => {
+                    seen.errors += 1;
+                    break;
+                }
+            };
+            let now = Instant::now();
+            seen.bytes += n as u64;
+            if paced {
+                let o = *origin.get_or_insert(now + BUFFER);
+                let due = o + Duration::from_secs_f64(played as f64 / RATE);
+                let lag = now.saturating_duration_since(due.checked_sub(BUFFER).unwrap_or(due));
+                seen.lags.push(lag);
+                if now > due {
+                    seen.stalls += 1;
+                    // The player rebuffers: its schedule restarts from now.
+                    origin = Some(now + BUFFER - Duration::from_secs_f64(played as f64 / RATE));
+                }
+            }
+            played += n as u64;
+        }
+        let _ = s.close().await;
+        index = (index + 1) % SEGMENTS;
+    }
+    seen
+}
+
+/// Opens a stream to the engine and asks for segment `index`; retried when the stream is lost.
+async fn open(
+    c: &Console,
+    program: ProgramId,
+    engine: PeerId,
+    index: u32,
+) -> Result<libp2p::Stream> {
+    let mut s = c.client.open_stream(engine, wire::PROTOCOL).await?;
+    write_frame(
+        &mut s,
+        &StreamRequest {
+            segment: SegmentId::new(program, index),
+            offset: 0,
+            token: Some(c.token.clone()),
+            play_from: 0,
+        },
+    )
+    .await?;
+    match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await? {
+        StreamReply::Streaming { .. } => Ok(s),
+        StreamReply::Refused(why) => bail!("refused: {why}"),
+        StreamReply::Swap { filled } => bail!("handed back at byte {filled} of a filling copy"),
+    }
+}
