@@ -151,73 +151,68 @@ fn choices(node: &NodeProcess) -> Vec<(u32, String)> {
         .collect()
 }
 
-#[test]
-fn measured_links_beat_advertised_ones() -> Result<()> {
-    let Some(hosts) = Hosts::up(3)? else {
-        return Ok(());
-    };
-    let (h, a, c) = (hosts.ns(1), hosts.ns(2), hosts.ns(3));
-    // a's link: 4 Mbit/s and 20 ms, though it advertises 10 Gbit/s; the home's link is
-    // unshaped, though it advertises 20 Mbit/s.
-    hosts.shape(2, "4mbit", "20ms", "0%")?;
-    let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start_in(
-        Some(&h),
-        &dir.path().join("home"),
-        &["/ip4/10.77.0.1/tcp/0"],
-        &[
-            "--engines",
-            "1",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--bandwidth",
-            "20",
-            "--record-ttl",
-            "10",
-        ],
-    )?;
-    let boot = home.addr.to_string();
-    let admin_key = home.data.join("identity.key").display().to_string();
-    let issuer = vodmesh_tests::issuer_of(&home.data)?;
-    let enrolled = |name: &str, ns: &str, bandwidth: &str, ip4: &str| -> Result<NodeProcess> {
-        let data = dir.path().join(name);
-        let peer = run_in(
-            ns,
-            "vodmesh",
-            None,
+/// Three hosts: the home (10.77.0.1, holds the program, advertises 20 Mbit/s), station a
+/// (10.77.0.2, a replica, advertises 10 Gbit/s, started with `a_args`) and station c
+/// (10.77.0.3, holds nothing: the console's station), with a logged-in console.
+struct Trio {
+    dir: tempfile::TempDir,
+    home: NodeProcess,
+    a: NodeProcess,
+    c: NodeProcess,
+    c_ns: String,
+    program: String,
+    bytes: Vec<u8>,
+}
+
+impl Trio {
+    fn start(hosts: &Hosts, a_args: &[&str], segments: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let h = hosts.ns(1);
+        let home = NodeProcess::start_in(
+            Some(&h),
+            &dir.path().join("home"),
+            &["/ip4/10.77.0.1/tcp/0"],
             &[
-                "keygen",
-                "--out",
-                &data.join("identity.key").display().to_string(),
+                "--engines",
+                "1",
+                "--home",
+                "--content-manager",
+                "--auth",
+                "--bandwidth",
+                "20",
+                "--record-ttl",
+                "10",
             ],
         )?;
-        let token = dir
-            .path()
-            .join(format!("{name}.token"))
-            .display()
-            .to_string();
-        run_in(
-            ns,
-            "vodmesh",
-            None,
-            &[
-                "enroll",
-                "--node",
-                &boot,
-                "--key",
-                &admin_key,
-                "--station",
-                peer.trim(),
-                "--out",
-                &token,
-            ],
-        )?;
-        NodeProcess::start_in(
-            Some(ns),
-            &data,
-            &[&format!("/ip4/{ip4}/tcp/0")],
-            &[
+        let boot = home.addr.to_string();
+        let admin_key = home.data.join("identity.key").display().to_string();
+        let issuer = vodmesh_tests::issuer_of(&home.data)?;
+        let enrolled = |name: &str, ns: &str, ip4: &str, extra: &[&str]| -> Result<NodeProcess> {
+            let data = dir.path().join(name);
+            let key = data.join("identity.key").display().to_string();
+            let peer = run_in(ns, "vodmesh", None, &["keygen", "--out", &key])?;
+            let token = dir
+                .path()
+                .join(format!("{name}.token"))
+                .display()
+                .to_string();
+            run_in(
+                ns,
+                "vodmesh",
+                None,
+                &[
+                    "enroll",
+                    "--node",
+                    &boot,
+                    "--key",
+                    &admin_key,
+                    "--station",
+                    peer.trim(),
+                    "--out",
+                    &token,
+                ],
+            )?;
+            let mut args = vec![
                 "--engines",
                 "1",
                 "--bootstrap",
@@ -226,117 +221,184 @@ fn measured_links_beat_advertised_ones() -> Result<()> {
                 &issuer,
                 "--enroll",
                 &token,
-                "--bandwidth",
-                bandwidth,
                 "--record-ttl",
                 "10",
+            ];
+            args.extend_from_slice(extra);
+            let node =
+                NodeProcess::start_in(Some(ns), &data, &[&format!("/ip4/{ip4}/tcp/0")], &args)?;
+            wait_for_log(&node, "engine token", Duration::from_secs(30))?;
+            Ok(node)
+        };
+        let a = enrolled("a", &hosts.ns(2), "10.77.0.2", a_args)?;
+        // A program of 1 MiB segments, replicated to a.
+        let source = dir.path().join("program.bin");
+        let bytes = random_file(&source, segments * 1024 * 1024, 41)?;
+        let out = run_in(
+            &h,
+            "vodmesh",
+            None,
+            &[
+                "ingest",
+                "--node",
+                &boot,
+                "--key",
+                &admin_key,
+                "--title",
+                "shaped",
+                "--publish-at",
+                "now",
+                "--replicas",
+                "1",
+                "--segment-size",
+                "1048576",
+                &source.display().to_string(),
             ],
-        )
+        )?;
+        let program = out.lines().last().unwrap_or_default().to_string();
+        wait_for_log(&a, "ReplicaComplete", Duration::from_secs(60))?;
+        let c_ns = hosts.ns(3);
+        let c = enrolled("c", &c_ns, "10.77.0.3", &["--bandwidth", "10000"])?;
+        let console = dir.path().join("console");
+        std::fs::create_dir_all(&console)?;
+        let password = console.join("password");
+        std::fs::write(&password, "correct horse battery staple\n")?;
+        let password = password.display().to_string();
+        run_in(
+            &h,
+            "vodmesh",
+            None,
+            &[
+                "user",
+                "add",
+                "--node",
+                &boot,
+                "--key",
+                &admin_key,
+                "dee",
+                "--password-file",
+                &password,
+            ],
+        )?;
+        run_in(
+            &c_ns,
+            "vodmesh-console",
+            Some(&console),
+            &[
+                "login",
+                "--node",
+                &c.addr.to_string(),
+                "--user",
+                "dee",
+                "--password-file",
+                &password,
+            ],
+        )?;
+        Ok(Self {
+            dir,
+            home,
+            a,
+            c,
+            c_ns,
+            program,
+            bytes,
+        })
+    }
+
+    /// Plays the program at c, from host c, at full speed; returns the bytes played.
+    fn play(&self) -> Result<Vec<u8>> {
+        let played = self.dir.path().join("played.bin").display().to_string();
+        run_in(
+            &self.c_ns,
+            "vodmesh-console",
+            Some(&self.dir.path().join("console")),
+            &[
+                "play",
+                "--node",
+                &self.c.addr.to_string(),
+                "--speed",
+                "max",
+                "--out",
+                &played,
+                &self.program,
+            ],
+        )?;
+        Ok(std::fs::read(&played)?)
+    }
+}
+
+#[test]
+fn measured_links_beat_advertised_ones() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
     };
-    let station_a = enrolled("a", &a, "10000", "10.77.0.2")?;
-    wait_for_log(&station_a, "engine token", Duration::from_secs(30))?;
-
-    // A program of four 1 MiB segments, replicated to a.
-    let source = dir.path().join("program.bin");
-    let bytes = random_file(&source, 4 * 1024 * 1024, 41)?;
-    let out = run_in(
-        &h,
-        "vodmesh",
-        None,
-        &[
-            "ingest",
-            "--node",
-            &boot,
-            "--key",
-            &admin_key,
-            "--title",
-            "shaped",
-            "--publish-at",
-            "now",
-            "--replicas",
-            "1",
-            "--segment-size",
-            "1048576",
-            &source.display().to_string(),
-        ],
-    )?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    wait_for_log(&station_a, "ReplicaComplete", Duration::from_secs(60))?;
-
-    // The console's station, c, holds nothing.
-    let station_c = enrolled("c", &c, "10000", "10.77.0.3")?;
-    wait_for_log(&station_c, "engine token", Duration::from_secs(30))?;
-    let console = dir.path().join("console");
-    std::fs::create_dir_all(&console)?;
-    let password = console.join("password");
-    std::fs::write(&password, "correct horse battery staple\n")?;
-    let password = password.display().to_string();
-    run_in(
-        &h,
-        "vodmesh",
-        None,
-        &[
-            "user",
-            "add",
-            "--node",
-            &boot,
-            "--key",
-            &admin_key,
-            "dee",
-            "--password-file",
-            &password,
-        ],
-    )?;
-    let via = station_c.addr.to_string();
-    run_in(
-        &c,
-        "vodmesh-console",
-        Some(&console),
-        &[
-            "login",
-            "--node",
-            &via,
-            "--user",
-            "dee",
-            "--password-file",
-            &password,
-        ],
-    )?;
-    let played = dir.path().join("played.bin").display().to_string();
-    run_in(
-        &c,
-        "vodmesh-console",
-        Some(&console),
-        &[
-            "play", "--node", &via, "--speed", "max", "--out", &played, &program,
-        ],
-    )?;
-    assert!(std::fs::read(&played)? == bytes, "played bytes differ");
-
-    let decided = choices(&station_c);
-    let a_peer = station_a
-        .addr
-        .iter()
-        .last()
-        .map(|p| format!("{p}"))
-        .unwrap_or_default();
-    let home_peer = home
-        .addr
-        .iter()
-        .last()
-        .map(|p| format!("{p}"))
-        .unwrap_or_default();
+    // a's link: 4 Mbit/s and 20 ms, though it advertises 10 Gbit/s; the home's link is
+    // unshaped, though it advertises 20 Mbit/s.
+    hosts.shape(2, "4mbit", "20ms", "0%")?;
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], 4)?;
+    assert!(trio.play()? == trio.bytes, "played bytes differ");
+    let decided = choices(&trio.c);
     let from = |index: u32| {
         decided
             .iter()
             .find(|(i, _)| *i == index)
-            .map(|(_, s)| format!("/p2p/{s}"))
+            .map(|(_, s)| s.clone())
     };
     assert_eq!(decided.len(), 4, "one decision per segment: {decided:?}");
     // Believing the adverts, the first copy comes from a; measured, a's link is slow, and
     // the last segment comes from the home.
-    assert_eq!(from(0), Some(a_peer.clone()), "{decided:?}");
-    assert_eq!(from(3), Some(home_peer), "{decided:?}");
+    assert_eq!(from(0), Some(peer_of(&trio.a)), "{decided:?}");
+    assert_eq!(from(3), Some(peer_of(&trio.home)), "{decided:?}");
+    Ok(())
+}
+
+/// The link of the source of a copy is cut in the middle of it: the copy goes on from the
+/// next source, from the first byte it lacks, and the console's bytes match the source.
+#[test]
+fn a_link_cut_during_a_copy_is_survived() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    // a serves copies at 4 Mbit/s: a 1 MiB segment takes two seconds.
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000", "--copy-rate", "4"], 2)?;
+    std::thread::scope(|scope| -> Result<()> {
+        let playing = scope.spawn(|| trio.play());
+        // Once c chose a for its first copy, a's link goes down.
+        let started = std::time::Instant::now();
+        while !choices(&trio.c).iter().any(|(_, s)| *s == peer_of(&trio.a)) {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "c never chose a"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        hosts.cut(2, true)?;
+        let played = playing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the player thread panicked"))??;
+        assert!(played == trio.bytes, "played bytes differ");
+        Ok(())
+    })?;
+    wait_for_log(&trio.c, "CopyResumed", Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// 2 % packet loss and 80 ms of delay between every pair of hosts (1 % and 40 ms on each
+/// host's link): playback is still correct. Needs netem in the kernel; skipped without it.
+#[test]
+fn loss_and_delay_keep_playback_correct() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    for i in 1..=3 {
+        if !hosts.shape(i, "1gbit", "40ms", "1%")? {
+            println!("SKIPPED: this kernel has no netem, so no loss or delay can be made");
+            return Ok(());
+        }
+    }
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], 3)?;
+    assert!(trio.play()? == trio.bytes, "played bytes differ");
     Ok(())
 }
 

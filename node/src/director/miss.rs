@@ -52,6 +52,8 @@ use crate::control::{Copied, EngineCommand, Source};
 use crate::events::{self, Kind};
 use crate::store::locations::{Location, LocationState};
 
+/// How long a miss waits for a holding station's director to name its engine.
+const LOCATE_COPY_WAIT: Duration = Duration::from_secs(3);
 /// Weight of a new throughput measurement in the running mean.
 const EWMA: f64 = 0.5;
 /// Copies smaller than this say little about a link's throughput.
@@ -196,7 +198,14 @@ async fn gather(
         async move {
             let (station, _) = registry.get_station(holder).await.ok()??;
             let request = Request::LocateCopy { program, index };
-            match ask(&internal, holder, station.addrs.clone(), request).await {
+            // A holder cut off from us must not hold up the miss: it is left out.
+            let asked = tokio::time::timeout(
+                LOCATE_COPY_WAIT,
+                ask(&internal, holder, station.addrs.clone(), request),
+            )
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()));
+            match asked {
                 Ok(Response::Located {
                     engine,
                     addrs,

@@ -211,14 +211,16 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
 enum Attempt {
     /// The source said no, or offers something else: go to the next source.
     Refused(String),
-    /// The stream broke or stalled: this source may be tried again.
+    /// The stream broke: this source may be tried again.
     Lost(String),
+    /// The source went silent (a dead link, a partition): go to the next source.
+    Stalled(String),
     /// The local store failed: no source can help.
     Store(String),
 }
 
-/// A source that sends nothing for this long is given up.
-const READ_STALL: Duration = Duration::from_secs(15);
+/// A source that sends nothing for this long is given up (the next source takes over).
+const READ_STALL: Duration = Duration::from_secs(5);
 /// Attempts per source before the next one is tried.
 const ATTEMPTS_PER_SOURCE: u32 = 2;
 
@@ -269,8 +271,8 @@ async fn fetch(
                     });
                 }
                 Err(Attempt::Store(e)) => return Err(e),
-                Err(Attempt::Refused(e)) => {
-                    tracing::debug!(segment = %job.segment, source = %source.engine, error = %e, "copy source refused");
+                Err(Attempt::Refused(e) | Attempt::Stalled(e)) => {
+                    tracing::debug!(segment = %job.segment, source = %source.engine, error = %e, "copy source refused or went silent");
                     last = e;
                     break;
                 }
@@ -321,7 +323,7 @@ async fn copy_from(
         .map_err(|e| Attempt::Lost(e.to_string()))?;
     let reply: CopyReply = tokio::time::timeout(READ_STALL, read_frame(&mut stream, MAX_FRAME))
         .await
-        .map_err(|_| Attempt::Lost("no copy reply in time".into()))?
+        .map_err(|_| Attempt::Stalled("no copy reply in time".into()))?
         .map_err(|e| Attempt::Lost(format!("no copy reply: {e}")))?;
     let (size, hash) = match reply {
         CopyReply::Refused(why) => return Err(Attempt::Refused(format!("source refused: {why}"))),
@@ -357,7 +359,7 @@ async fn copy_from(
         let n = ((size - w.written()) as usize).min(CHUNK);
         tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf[..n]))
             .await
-            .map_err(|_| Attempt::Lost(format!("source stalled at byte {}", w.written())))?
+            .map_err(|_| Attempt::Stalled(format!("source stalled at byte {}", w.written())))?
             .map_err(|e| Attempt::Lost(format!("stream ended at byte {}: {e}", w.written())))?;
         // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
         w.write_chunk(&buf[..n])
