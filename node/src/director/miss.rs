@@ -544,6 +544,18 @@ mod tests {
         }
     }
 
+    /// The cost of an idle source known only by what it advertises.
+    fn advertised(bandwidth_mbps: u32, at: (f64, f64)) -> f64 {
+        cost(
+            &here(),
+            &station(bandwidth_mbps, Some(at)),
+            (0, 8),
+            MIB4,
+            None,
+            None,
+        )
+    }
+
     #[test]
     fn distances_are_great_circles() {
         let d = great_circle_km(PARIS, BERLIN);
@@ -552,39 +564,11 @@ mod tests {
 
     #[test]
     fn faster_links_and_nearer_stations_cost_less() {
-        let slow = cost(
-            &here(),
-            &station(100, Some(BERLIN)),
-            (0, 8),
-            MIB4,
-            None,
-            None,
-        );
-        let fast = cost(
-            &here(),
-            &station(1000, Some(BERLIN)),
-            (0, 8),
-            MIB4,
-            None,
-            None,
-        );
+        let slow = advertised(100, BERLIN);
+        let fast = advertised(1000, BERLIN);
         assert!(fast < slow);
-        let near = cost(
-            &here(),
-            &station(1000, Some(BERLIN)),
-            (0, 8),
-            MIB4,
-            None,
-            None,
-        );
-        let far = cost(
-            &here(),
-            &station(1000, Some(TOKYO)),
-            (0, 8),
-            MIB4,
-            None,
-            None,
-        );
+        let near = advertised(1000, BERLIN);
+        let far = advertised(1000, TOKYO);
         assert!(near < far);
     }
 
@@ -602,8 +586,8 @@ mod tests {
         let liar = station(10_000, Some(BERLIN));
         let honest = station(100, Some(BERLIN));
         let measured = cost(&here(), &liar, (0, 8), MIB4, Some(20e6), None);
-        let advertised = cost(&here(), &honest, (0, 8), MIB4, None, None);
-        assert!(measured > advertised);
+        let believed = cost(&here(), &honest, (0, 8), MIB4, None, None);
+        assert!(measured > believed);
         // A measured round trip replaces the distance estimate.
         let rtt = cost(
             &here(),
@@ -613,14 +597,7 @@ mod tests {
             None,
             Some(Duration::from_millis(1)),
         );
-        let estimated = cost(
-            &here(),
-            &station(1000, Some(TOKYO)),
-            (0, 8),
-            MIB4,
-            None,
-            None,
-        );
+        let estimated = advertised(1000, TOKYO);
         assert!(rtt < estimated);
     }
 }
