@@ -4,8 +4,8 @@
 #   hosts.sh up PREFIX N            a bridge namespace PREFIXbr and hosts PREFIXh1..N on
 #                                   10.77.0.1..N/24, each with eth0 on the bridge
 #   hosts.sh shape PREFIX I RATE [DELAY [LOSS]]
-#                                   shape what host I sends: tbf RATE, then netem DELAY/LOSS
-#                                   (exit 3 when the kernel has no netem: rate only)
+#                                   shape what host I sends: tbf RATE (- for none), then
+#                                   netem DELAY/LOSS (exit 3 when the kernel has no netem)
 #   hosts.sh cut PREFIX I           cut host I's link (its bridge port down)
 #   hosts.sh heal PREFIX I          restore it
 #   hosts.sh down PREFIX            remove every namespace of PREFIX
@@ -37,10 +37,15 @@ up)
 shape)
     i=${3:?host}; rate=${4:?rate}; delay=${5:-0ms}; loss=${6:-0%}
     ns="${prefix}h$i"
-    ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: tbf rate "$rate" burst 32kbit latency 400ms
+    parent="root"
+    if [ "$rate" != "-" ]; then
+        ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: tbf rate "$rate" burst 32kbit latency 400ms
+        parent="parent 1:1"
+    fi
     if [ "$delay" != "0ms" ] || [ "$loss" != "0%" ]; then
-        ip netns exec "$ns" tc qdisc add dev eth0 parent 1:1 handle 10: netem delay "$delay" loss "$loss" 2>/dev/null \
-            || { echo "no netem in this kernel: host $i is shaped by rate only" >&2; exit 3; }
+        # shellcheck disable=SC2086
+        ip netns exec "$ns" tc qdisc add dev eth0 $parent handle 10: netem delay "$delay" loss "$loss" 2>/dev/null \
+            || { echo "no netem in this kernel: host $i is not delayed nor lossy" >&2; exit 3; }
     fi
     ;;
 cut)
