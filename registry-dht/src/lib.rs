@@ -17,6 +17,8 @@ pub mod validate;
 pub mod walk;
 
 pub use keys::RecordKind;
-pub use registry::{Command, Registry, RegistryConfig, RegistryError, RegistryHandle};
+pub use registry::{
+    Command, HoldersTrace, Registry, RegistryConfig, RegistryError, RegistryHandle,
+};
 pub use store::{PersistentStore, StoreLimits};
 pub use walk::{WalkLimits, walk};

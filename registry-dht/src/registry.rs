@@ -14,7 +14,7 @@ use std::time::Duration;
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{
     self, AddProviderOk, Event, GetClosestPeersOk, GetProvidersOk, GetRecordOk, InboundRequest,
-    Mode, PutRecordOk, QueryId, QueryResult, Quorum, Record, StoreInserts,
+    Mode, PutRecordOk, QueryId, QueryResult, QueryStats, Quorum, Record, StoreInserts,
 };
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +41,9 @@ pub struct RegistryConfig {
     pub query_timeout: Duration,
     /// How many directors store each record.
     pub replication: NonZeroUsize,
+    /// How often a director refreshes its routing table with a Kademlia bootstrap (`None`:
+    /// only when it joins).
+    pub periodic_bootstrap: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +52,7 @@ impl Default for RegistryConfig {
             record_ttl: Duration::from_secs(60),
             query_timeout: Duration::from_secs(10),
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
+            periodic_bootstrap: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -84,7 +88,7 @@ pub fn behaviour(
         .set_provider_publication_interval(Some(config.republish_interval()))
         .set_replication_interval(Some(config.record_ttl / 2))
         .set_record_filtering(StoreInserts::FilterBoth)
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(30)))
+        .set_periodic_bootstrap_interval(config.periodic_bootstrap)
         .set_max_packet_size(256 * 1024);
     let mut kad = kad::Behaviour::with_config(local, store, cfg);
     kad.set_mode(Some(if server { Mode::Server } else { Mode::Client }));
@@ -155,6 +159,35 @@ pub enum Command {
     },
     /// Join the DHT through the peers added so far.
     Bootstrap,
+    /// Like [`Command::Holders`], and also what the lookup cost (for `vodmesh sim`).
+    TraceHolders {
+        /// The program.
+        program: ProgramId,
+        /// The holders found and the query's figures.
+        reply: oneshot::Sender<HoldersTrace>,
+    },
+}
+
+/// A holders lookup with its cost, from Kademlia's own query statistics.
+#[derive(Clone, Debug, Default)]
+pub struct HoldersTrace {
+    /// The holders found.
+    pub holders: HashSet<PeerId>,
+    /// The local store named a holder before any request was sent.
+    pub local: bool,
+    /// Requests this director had sent when the first remote answer naming a holder arrived
+    /// (`kad::QueryStats::num_requests` at that step), or `None` if no remote peer named one.
+    pub requests_to_holder: Option<u32>,
+    /// Time from the first request to that answer.
+    pub time_to_holder: Option<Duration>,
+    /// Requests sent by the whole query.
+    pub requests: u32,
+    /// Requests that were answered.
+    pub successes: u32,
+    /// Requests that failed (peer gone, time-out).
+    pub failures: u32,
+    /// From the first request to the end of the query.
+    pub duration: Option<Duration>,
 }
 
 /// Why a registry operation failed.
@@ -252,6 +285,12 @@ impl RegistryHandle {
         self.ask(|reply| Command::RoutingTable { reply }).await
     }
 
+    /// The holders of `program`, with what finding them cost.
+    pub async fn trace_holders(&self, program: ProgramId) -> Result<HoldersTrace, RegistryError> {
+        self.ask(|reply| Command::TraceHolders { program, reply })
+            .await
+    }
+
     /// Starts a Kademlia bootstrap.
     pub async fn bootstrap(&self) -> Result<(), RegistryError> {
         self.tx
@@ -276,6 +315,10 @@ enum Pending {
         reply: oneshot::Sender<Vec<Signed>>,
     },
     Closest(oneshot::Sender<Vec<PeerId>>),
+    Traced {
+        trace: HoldersTrace,
+        reply: oneshot::Sender<HoldersTrace>,
+    },
 }
 
 /// Counters for the metrics endpoint and the tests.
@@ -365,6 +408,16 @@ impl Registry {
                     tracing::debug!(error = %e, "registry bootstrap skipped");
                 }
             }
+            Command::TraceHolders { program, reply } => {
+                let id = kad.get_providers(RecordKind::Program(program).key());
+                self.pending.insert(
+                    id,
+                    Pending::Traced {
+                        trace: HoldersTrace::default(),
+                        reply,
+                    },
+                );
+            }
         }
     }
 
@@ -438,9 +491,12 @@ impl Registry {
                 }
             },
             Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => {
-                if self.progress(id, result, step.last)
+                if self.progress(id, result, step.last, &stats)
                     && let Some(mut query) = kad.query_mut(&id)
                 {
                     query.finish();
@@ -452,7 +508,13 @@ impl Registry {
 
     /// Takes one step of a query's results; returns true when the caller has its answer and
     /// the rest of the query can be cut short.
-    fn progress(&mut self, id: QueryId, result: QueryResult, last: bool) -> bool {
+    fn progress(
+        &mut self,
+        id: QueryId,
+        result: QueryResult,
+        last: bool,
+        stats: &QueryStats,
+    ) -> bool {
         let Some(pending) = self.pending.remove(&id) else {
             return false;
         };
@@ -517,6 +579,28 @@ impl Registry {
                     return false;
                 }
                 Pending::Holders { found, reply }
+            }
+            (Pending::Traced { mut trace, reply }, QueryResult::GetProviders(r)) => {
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r
+                    && !providers.is_empty()
+                {
+                    if stats.num_requests() == 0 {
+                        trace.local = true;
+                    } else if trace.requests_to_holder.is_none() {
+                        trace.requests_to_holder = Some(stats.num_requests());
+                        trace.time_to_holder = stats.duration();
+                    }
+                    trace.holders.extend(providers);
+                }
+                if last {
+                    trace.requests = stats.num_requests();
+                    trace.successes = stats.num_successes();
+                    trace.failures = stats.num_failures();
+                    trace.duration = stats.duration();
+                    let _ = reply.send(trace);
+                    return false;
+                }
+                Pending::Traced { trace, reply }
             }
             (Pending::Closest(reply), QueryResult::GetClosestPeers(r)) => {
                 let peers = match r {

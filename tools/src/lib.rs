@@ -6,6 +6,7 @@
 //! - [`bench`]: measurements as JSON, beside `dd` and other references.
 //! - [`admin`]: `vodmesh user add` and `vodmesh enroll`, admin requests to the auth server.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
+//! - [`sim`]: many stations' directors in one process, joined into one registry, measured.
 
 pub mod admin;
 pub mod bench;
@@ -13,5 +14,6 @@ pub mod demo;
 pub mod ingest;
 pub mod programs;
 pub mod publish;
+pub mod sim;
 pub mod source;
 pub mod status;

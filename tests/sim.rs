@@ -1,0 +1,75 @@
+//! `vodmesh sim` through the command line: 30 stations' directors in one process, and the
+//! JSON report holds every figure with sane values.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
+    let mut at = v;
+    for part in path.split('.') {
+        at = at
+            .get(part)
+            .ok_or_else(|| anyhow::anyhow!("report lacks {path}"))?;
+    }
+    at.as_f64()
+        .ok_or_else(|| anyhow::anyhow!("{path} is not a number: {at}"))
+}
+
+#[test]
+fn sim_of_30_stations_reports_every_figure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("sim.json");
+    let out = Command::new(vodmesh_tests::bin("vodmesh"))
+        .args(["sim", "--stations", "30", "--lookups", "150", "--json"])
+        .arg(&json)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "vodmesh sim failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(stdout.contains("find-holders"), "no table: {stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+
+    assert_eq!(num(&r, "stations")?, 30.0);
+    assert_eq!(num(&r, "programs")?, 30.0);
+    assert_eq!(num(&r, "replication")?, 20.0);
+    assert_eq!(num(&r, "churn")?, 0.0);
+    assert!(num(&r, "setup_s")? > 0.0 && num(&r, "measure_s")? > 0.0);
+
+    // Every station joined, and every one but the first was found by another station.
+    assert_eq!(num(&r, "join.stations")?, 30.0);
+    assert_eq!(num(&r, "join.found")?, 29.0);
+    assert_eq!(num(&r, "join.provide_failures")?, 0.0);
+    assert_eq!(num(&r, "join.routing_ms.count")?, 29.0);
+    assert!(num(&r, "join.routing_ms.p50")? > 0.0);
+    assert!(num(&r, "join.routing_peers.p50")? >= 1.0);
+    assert!(num(&r, "join.publish_ms.p50")? > 0.0);
+    assert!(num(&r, "join.found_ms.p50")? > 0.0);
+
+    // Without churn every lookup names a live holder.
+    assert_eq!(num(&r, "lookups.total")?, 150.0);
+    assert_eq!(num(&r, "lookups.succeeded")?, 150.0);
+    assert_eq!(num(&r, "lookups.success_rate")?, 1.0);
+    assert_eq!(num(&r, "lookups.timeouts")?, 0.0);
+    assert!(num(&r, "lookups.ms.p50")? > 0.0);
+    assert!(num(&r, "lookups.ms.p99")? >= num(&r, "lookups.ms.p50")?);
+    assert!(num(&r, "lookups.hops.count")? > 0.0);
+    assert!(num(&r, "lookups.hops.p50")? >= 1.0);
+    assert!(num(&r, "lookups.hops.max")? <= num(&r, "lookups.requests.max")?);
+    assert!(num(&r, "lookups.requests.p50")? >= 1.0);
+    assert!(num(&r, "lookups.first_holder_ms.p50")? <= num(&r, "lookups.ms.max")?);
+
+    // Every director holds records, and no more station records than there are stations.
+    assert_eq!(num(&r, "records.directors")?, 30.0);
+    assert!(num(&r, "records.total.p50")? > 0.0);
+    assert!(num(&r, "records.station.mean")? > 0.0);
+    assert!(num(&r, "records.station.max")? <= 30.0);
+    assert!(num(&r, "records.provider.mean")? > 0.0);
+    assert!(num(&r, "records.catalog.mean")? > 0.0);
+    assert!(num(&r, "records.catalog.max")? <= 30.0);
+    assert!(num(&r, "records.routing.p50")? >= 1.0);
+    Ok(())
+}
