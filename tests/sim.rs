@@ -73,3 +73,49 @@ fn sim_of_30_stations_reports_every_figure() -> anyhow::Result<()> {
     assert!(num(&r, "records.routing.p50")? >= 1.0);
     Ok(())
 }
+
+#[test]
+fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("sim.json");
+    let out = Command::new(vodmesh_tests::bin("vodmesh"))
+        .args([
+            "sim",
+            "--stations",
+            "30",
+            "--lookups",
+            "150",
+            "--churn",
+            "0.2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "vodmesh sim failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+
+    // 20 % of 30 stations left abruptly and as many new ones joined through the survivors.
+    assert_eq!(num(&r, "left")?, 6.0);
+    assert_eq!(num(&r, "joined")?, 6.0);
+    assert_eq!(num(&r, "join.stations")?, 36.0);
+    assert_eq!(num(&r, "join.provide_failures")?, 0.0);
+    // The stations that joined during churn were found by others too.
+    assert!(num(&r, "join.found")? >= 34.0, "{}", r["join"]);
+    // Lookups went on during the churn, and holders that are still there were found: each
+    // program has three holders, so losing all of them to churn is rare, not the rule.
+    assert!(num(&r, "lookups.during_churn")? > 0.0);
+    assert_eq!(num(&r, "lookups.total")?, 150.0);
+    assert!(
+        num(&r, "lookups.success_rate")? >= 0.9,
+        "success rate under churn: {}",
+        r["lookups"]
+    );
+    // Only live directors are counted at the end.
+    assert_eq!(num(&r, "records.directors")?, 30.0);
+    Ok(())
+}
