@@ -44,6 +44,12 @@ pub struct RegistryConfig {
     /// How often a director refreshes its routing table with a Kademlia bootstrap (`None`:
     /// only when it joins).
     pub periodic_bootstrap: Option<Duration>,
+    /// How often a director sends every record it stores on to the directors now closest to
+    /// its key (`None`: never). Owners republish their station and provider records every
+    /// third of the TTL anyway, so this only matters for catalog records, which are written
+    /// once: it moves them to directors that joined closer to their key. Each record costs a
+    /// whole lookup plus k stores, so it runs far less often than republication.
+    pub replication_interval: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -53,6 +59,7 @@ impl Default for RegistryConfig {
             query_timeout: Duration::from_secs(10),
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
             periodic_bootstrap: Some(Duration::from_secs(30)),
+            replication_interval: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -86,7 +93,7 @@ pub fn behaviour(
         // own re-publication of values would only resend stale copies.
         .set_publication_interval(None)
         .set_provider_publication_interval(Some(config.republish_interval()))
-        .set_replication_interval(Some(config.record_ttl / 2))
+        .set_replication_interval(config.replication_interval)
         .set_record_filtering(StoreInserts::FilterBoth)
         .set_periodic_bootstrap_interval(config.periodic_bootstrap)
         .set_max_packet_size(256 * 1024);
@@ -427,21 +434,13 @@ impl Registry {
         signed: Signed,
         reply: oneshot::Sender<Result<(), RegistryError>>,
     ) {
-        let key = match kind_of(&signed) {
-            Some(kind) => kind.key(),
-            None => {
-                let _ = reply.send(Err(RegistryError::Refused(
-                    "not a station or catalog record".into(),
-                )));
+        let record = match record_of(&signed) {
+            Ok(record) => record,
+            Err(e) => {
+                let _ = reply.send(Err(e));
                 return;
             }
         };
-        let mut record = Record::new(key, codec::encode(&signed));
-        if let Err(e) = check_record(&record, now_ms()) {
-            let _ = reply.send(Err(RegistryError::Refused(e.to_string())));
-            return;
-        }
-        record.expires = expiry_of(&signed);
         match kad.put_record(record, Quorum::One) {
             Ok(id) => {
                 self.pending.insert(id, Pending::Put(reply));
@@ -623,6 +622,18 @@ impl Registry {
         }
         false
     }
+}
+
+/// The Kademlia record a signed station or catalog record is stored as: its key, its encoded
+/// value, and (for a station record) its expiry; refused when it would not pass validation.
+pub fn record_of(signed: &Signed) -> Result<Record, RegistryError> {
+    let key = kind_of(signed)
+        .ok_or_else(|| RegistryError::Refused("not a station or catalog record".into()))?
+        .key();
+    let mut record = Record::new(key, codec::encode(signed));
+    check_record(&record, now_ms()).map_err(|e| RegistryError::Refused(e.to_string()))?;
+    record.expires = expiry_of(signed);
+    Ok(record)
 }
 
 fn kind_of(signed: &Signed) -> Option<RecordKind> {

@@ -172,9 +172,10 @@ enum Cmd {
         /// Kademlia replication factor k (directors use 20).
         #[arg(long, default_value_t = 20, value_name = "K")]
         replication: usize,
-        /// Record TTL, seconds (directors use 60; a long TTL keeps republication out of the
-        /// measurement, the README carries its cost by arithmetic).
-        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        /// Record TTL, seconds (directors use 60). Stations re-provide their programs every
+        /// third of it; the long default keeps those re-provides out of a run that lasts
+        /// minutes, and the README carries their cost by arithmetic.
+        #[arg(long, default_value_t = 7200, value_name = "SECS")]
         ttl: u64,
         /// Periodic Kademlia bootstrap of every station, seconds (directors: 30; 0: only on join
         /// and while a routing table is small). Off by default: at 1000 stations, refreshes every
@@ -182,6 +183,11 @@ enum Cmd {
         /// cost by arithmetic.
         #[arg(long, default_value_t = 0, value_name = "SECS")]
         bootstrap_every: u64,
+        /// Kademlia replication of every stored record to the directors now closest to it,
+        /// seconds (directors: 600; 0: off). Off by default: each record costs a whole lookup,
+        /// so it would measure itself instead of the lookups; the README carries its cost.
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        replicate_every: u64,
         /// Seconds an idle connection stays open (directors: 60). Shorter bounds the memory of
         /// 1000 stations' connections, but measured at 5 s, lookups that meet a closing
         /// connection stall until the query time-out.
@@ -357,6 +363,7 @@ async fn run(args: Args) -> Result<()> {
             replication,
             ttl,
             bootstrap_every,
+            replicate_every,
             idle_timeout,
             seed,
             json,
@@ -373,6 +380,8 @@ async fn run(args: Args) -> Result<()> {
                 ttl: std::time::Duration::from_secs(ttl.max(10)),
                 bootstrap_every: (bootstrap_every > 0)
                     .then(|| std::time::Duration::from_secs(bootstrap_every)),
+                replicate_every: (replicate_every > 0)
+                    .then(|| std::time::Duration::from_secs(replicate_every)),
                 idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
                 seed,
                 ..sim::Options::new(stations)

@@ -34,6 +34,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -84,10 +85,12 @@ pub struct Options {
     pub bootstraps: usize,
     /// Kademlia replication factor k.
     pub replication: usize,
-    /// Record TTL (republication every third of it, replication every half).
+    /// Record TTL (republication of station and provider records every third of it).
     pub ttl: Duration,
     /// Periodic Kademlia bootstrap (`None`: only on join).
     pub bootstrap_every: Option<Duration>,
+    /// Kademlia replication of every stored record to the closest directors (`None`: off).
+    pub replicate_every: Option<Duration>,
     /// Kademlia query time-out.
     pub query_timeout: Duration,
     /// How long an idle connection stays open.
@@ -109,8 +112,9 @@ impl Options {
             join_concurrency: 8,
             bootstraps: 3,
             replication: 20,
-            ttl: Duration::from_secs(900),
+            ttl: Duration::from_secs(7200),
             bootstrap_every: None,
+            replicate_every: None,
             query_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             seed: 1,
@@ -246,6 +250,10 @@ pub struct Report {
     pub setup_s: f64,
     /// Time of the lookup phase, s.
     pub measure_s: f64,
+    /// Connections dialed while the initial stations joined and the catalog was published.
+    pub connections_opened_setup: u64,
+    /// Connections dialed during the lookup phase (lookups and churn joins).
+    pub connections_opened_measure: u64,
     /// Peak resident memory of the process, MiB (from /proc, 0 where unknown).
     pub peak_rss_mib: f64,
     /// Joins.
@@ -328,6 +336,7 @@ fn registry_config(opts: &Options) -> RegistryConfig {
         query_timeout: opts.query_timeout,
         replication: NonZeroUsize::new(opts.replication).unwrap_or(NonZeroUsize::MIN),
         periodic_bootstrap: opts.bootstrap_every,
+        replication_interval: opts.replicate_every,
     }
 }
 
@@ -359,6 +368,7 @@ fn build(key: Keypair, opts: &Options) -> Result<Swarm<SimBehaviour>> {
 
 /// Starts a station listening on `/memory/<port>` that joins through `bootstrap`.
 fn spawn_node(
+    opened: Arc<AtomicU64>,
     key: Keypair,
     port: u64,
     bootstrap: &[(PeerId, Multiaddr)],
@@ -422,6 +432,9 @@ fn spawn_node(
                         for a in info.listen_addrs {
                             swarm.behaviour_mut().kad.add_address(&peer_id, a);
                         }
+                    }
+                    SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
+                        opened.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
                 },
@@ -555,6 +568,8 @@ struct Sim {
     plan: Vec<Vec<usize>>,
     join: Vec<JoinOutcome>,
     limit: Duration,
+    /// Connections dialed by every station so far.
+    opened: Arc<AtomicU64>,
 }
 
 fn station_key(seed: u64, index: usize) -> Result<Keypair> {
@@ -597,6 +612,7 @@ impl Sim {
             join: Vec::new(),
             rng,
             limit,
+            opened: Arc::default(),
             opts,
         }
     }
@@ -614,7 +630,13 @@ impl Sim {
             .live
             .choose(&mut self.rng)
             .and_then(|&i| self.nodes[i].as_ref().map(|n| n.registry.clone()));
-        let (node, joined) = spawn_node(key, index as u64 + 1, &bootstrap, &self.opts)?;
+        let (node, joined) = spawn_node(
+            self.opened.clone(),
+            key,
+            index as u64 + 1,
+            &bootstrap,
+            &self.opts,
+        )?;
         let record = node.record(self.opts.ttl);
         let programs = provide.into_iter().map(|p| (p, self.programs[p])).collect();
         let flow = join_flow(
@@ -943,6 +965,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let t0 = Instant::now();
     let setup = sim.setup().await;
     let setup_s = t0.elapsed().as_secs_f64();
+    let opened_setup = sim.opened.load(Ordering::Relaxed);
     let measured = match setup {
         Ok(()) => {
             eprintln!(
@@ -955,6 +978,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         Err(e) => Err(e),
     };
     let measure_s = t0.elapsed().as_secs_f64() - setup_s;
+    let opened_measure = sim.opened.load(Ordering::Relaxed) - opened_setup;
     let records = sim.records().await;
     sim.shutdown().await;
     let (lookups, left, joined) = measured?;
@@ -972,6 +996,8 @@ pub async fn run(opts: Options) -> Result<Report> {
         joined,
         setup_s,
         measure_s,
+        connections_opened_setup: opened_setup,
+        connections_opened_measure: opened_measure,
         peak_rss_mib: peak_rss_mib(),
         join: join_report(&sim.join),
         lookups,
@@ -997,8 +1023,15 @@ pub fn to_text(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "setup {:.1} s, lookups {:.1} s, peak RSS {:.0} MiB\n",
+        "setup {:.1} s, lookups {:.1} s, peak RSS {:.0} MiB",
         r.setup_s, r.measure_s, r.peak_rss_mib
+    );
+    let _ = writeln!(
+        s,
+        "connections dialed: {} while joining ({:.0} a station), {} during the lookups\n",
+        r.connections_opened_setup,
+        r.connections_opened_setup as f64 / r.stations.max(1) as f64,
+        r.connections_opened_measure
     );
     let _ = writeln!(
         s,
