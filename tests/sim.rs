@@ -1,5 +1,6 @@
 //! `vodmesh sim` through the command line: 30 stations' directors in one process, and the
-//! JSON report holds every figure with sane values.
+//! JSON report holds every figure with sane values: every station joining through the real
+//! flow, a swarm built converged that stations then join, and churn.
 
 use std::process::Command;
 
@@ -17,11 +18,20 @@ fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
 }
 
 #[test]
-fn sim_of_30_stations_reports_every_figure() -> anyhow::Result<()> {
+fn sim_of_30_joining_stations_reports_every_figure() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("sim.json");
     let out = Command::new(vodmesh_tests::bin("vodmesh"))
-        .args(["sim", "--stations", "30", "--lookups", "150", "--json"])
+        .args([
+            "sim",
+            "--stations",
+            "30",
+            "--setup",
+            "join",
+            "--lookups",
+            "150",
+        ])
+        .arg("--json")
         .arg(&json)
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -83,6 +93,8 @@ fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
             "sim",
             "--stations",
             "30",
+            "--joins",
+            "4",
             "--lookups",
             "150",
             "--churn",
@@ -99,13 +111,15 @@ fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
 
-    // 20 % of 30 stations left abruptly and as many new ones joined through the survivors.
+    // A converged swarm of 30, 4 stations joined it; then 20 % of 30 left abruptly during
+    // the lookups and as many new ones joined through the survivors.
+    assert_eq!(r["setup"], "warm");
     assert_eq!(num(&r, "left")?, 6.0);
     assert_eq!(num(&r, "joined")?, 6.0);
-    assert_eq!(num(&r, "join.stations")?, 36.0);
+    assert_eq!(num(&r, "join.stations")?, 10.0);
     assert_eq!(num(&r, "join.provide_failures")?, 0.0);
-    // The stations that joined during churn were found by others too.
-    assert!(num(&r, "join.found")? >= 34.0, "{}", r["join"]);
+    // The stations that joined were found by others.
+    assert!(num(&r, "join.found")? >= 9.0, "{}", r["join"]);
     // Lookups went on during the churn, and holders that are still there were found: each
     // program has three holders, so losing all of them to churn is rare, not the rule.
     assert!(num(&r, "lookups.during_churn")? > 0.0);
@@ -115,7 +129,49 @@ fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
         "success rate under churn: {}",
         r["lookups"]
     );
-    // Only live directors are counted at the end.
-    assert_eq!(num(&r, "records.directors")?, 30.0);
+    // Only live directors are counted at the end: 30 + 4 joined, 6 left, 6 joined.
+    assert_eq!(num(&r, "records.directors")?, 34.0);
+    Ok(())
+}
+
+#[test]
+fn a_converged_swarm_is_joined_and_searched() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("sim.json");
+    let out = Command::new(vodmesh_tests::bin("vodmesh"))
+        .args([
+            "sim",
+            "--stations",
+            "40",
+            "--joins",
+            "5",
+            "--lookups",
+            "100",
+            "--json",
+        ])
+        .arg(&json)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "vodmesh sim failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    assert_eq!(r["setup"], "warm");
+    // Only the 5 stations that joined the built swarm are joins; each was found.
+    assert_eq!(num(&r, "join.stations")?, 5.0);
+    assert_eq!(num(&r, "join.found")?, 5.0);
+    assert_eq!(num(&r, "join.routing_ms.count")?, 5.0);
+    assert!(num(&r, "join.routing_peers.p50")? >= 20.0);
+    // The records placed at the closest stations answer every lookup.
+    assert_eq!(num(&r, "lookups.succeeded")?, 100.0);
+    assert!(num(&r, "lookups.hops.p50")? >= 1.0);
+    // Every director holds about k station records (k = 20 of 45 stations) and catalog
+    // records; no more station records than there are stations.
+    assert_eq!(num(&r, "records.directors")?, 45.0);
+    assert!(num(&r, "records.station.mean")? >= 15.0);
+    assert!(num(&r, "records.station.max")? <= 45.0);
+    assert!(num(&r, "records.catalog.mean")? > 0.0);
+    assert!(num(&r, "records.provider.mean")? > 0.0);
     Ok(())
 }

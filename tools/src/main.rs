@@ -147,6 +147,17 @@ enum Cmd {
         /// Stations at the start.
         #[arg(long, value_name = "N")]
         stations: usize,
+        /// How the initial stations come to be. warm: built converged (every routing table
+        /// filled and every record stored at the k stations closest to its key, from global
+        /// knowledge, as Kademlia's lookups leave them), then --joins stations join through
+        /// the real flow and are measured. join: every station joins through the real flow
+        /// (1000 stations take about 20 minutes here: each join dials hundreds of peers, a
+        /// noise handshake each).
+        #[arg(long, value_enum, default_value_t = sim::Setup::Warm)]
+        setup: sim::Setup,
+        /// With --setup warm, stations that join the built swarm through the real flow.
+        #[arg(long, default_value_t = 50, value_name = "J")]
+        joins: usize,
         /// Programs in the catalog (default: N).
         #[arg(long, value_name = "P")]
         programs: Option<usize>,
@@ -353,6 +364,8 @@ async fn run(args: Args) -> Result<()> {
         Cmd::Demo { serve } => demo::run(serve).await?,
         Cmd::Sim {
             stations,
+            setup,
+            joins,
             programs,
             holders,
             churn,
@@ -369,6 +382,8 @@ async fn run(args: Args) -> Result<()> {
             json,
         } => {
             let opts = sim::Options {
+                setup,
+                joins,
                 programs: programs.unwrap_or(stations),
                 holders,
                 churn,

@@ -31,7 +31,7 @@
 //!   dropped, peers see the connections close) and as many new ones join, evenly spread over
 //!   the lookups.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,11 +64,28 @@ use vodmesh_registry::{
     PersistentStore, RecordKind, Registry, RegistryConfig, RegistryHandle, StoreLimits,
 };
 
+/// How the initial stations come to be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Setup {
+    /// Built converged: every routing table filled, and every record stored at the k
+    /// directors closest to its key, from global knowledge, as Kademlia's own lookups would
+    /// leave them; then `joins` stations join through the real flow and are measured.
+    #[default]
+    Warm,
+    /// Every initial station joins through the real flow, one batch after another.
+    Join,
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Stations at the start.
     pub stations: usize,
+    /// How the initial stations come to be.
+    pub setup: Setup,
+    /// With [`Setup::Warm`], stations that then join through the real flow and are measured.
+    pub joins: usize,
     /// Programs in the catalog.
     pub programs: usize,
     /// Stations that hold (provide) each program at the start.
@@ -104,6 +121,8 @@ impl Options {
     pub fn new(stations: usize) -> Self {
         Self {
             stations,
+            setup: Setup::Warm,
+            joins: 50,
             programs: stations,
             holders: 3,
             churn: 0.0,
@@ -226,6 +245,8 @@ pub struct RecordsReport {
 pub struct Report {
     /// Stations at the start.
     pub stations: usize,
+    /// How the initial stations came to be.
+    pub setup: Setup,
     /// Programs in the catalog.
     pub programs: usize,
     /// Holders of each program at the start.
@@ -250,7 +271,7 @@ pub struct Report {
     pub setup_s: f64,
     /// Time of the lookup phase, s.
     pub measure_s: f64,
-    /// Connections dialed while the initial stations joined and the catalog was published.
+    /// Connections dialed during setup (the joins, and with `--setup join` the catalog).
     pub connections_opened_setup: u64,
     /// Connections dialed during the lookup phase (lookups and churn joins).
     pub connections_opened_measure: u64,
@@ -287,6 +308,14 @@ enum Ctl {
     },
 }
 
+/// What one station holds after a warm start.
+#[derive(Default)]
+struct Seed {
+    routes: Vec<(PeerId, Multiaddr)>,
+    records: Vec<kad::Record>,
+    providers: Vec<kad::ProviderRecord>,
+}
+
 /// When a new station's join bootstrap finished.
 struct Joined {
     routing: Duration,
@@ -314,20 +343,25 @@ impl Node {
     }
 
     fn record(&self, ttl: Duration) -> Signed {
-        StationRecord {
-            director: self.peer,
-            addrs: vec![self.addr.clone()],
-            engines: Vec::new(),
-            region: None,
-            coords: None,
-            bandwidth_mbps: 1000,
-            roles: Roles::default(),
-            issuer: None,
-            issued_ms: now_ms(),
-            expires_ms: in_ms(ttl),
-        }
-        .sign(&self.key)
+        station_record(&self.key, self.peer, &self.addr, ttl)
     }
+}
+
+/// A station's signed record, as its director publishes it.
+fn station_record(key: &Keypair, peer: PeerId, addr: &Multiaddr, ttl: Duration) -> Signed {
+    StationRecord {
+        director: peer,
+        addrs: vec![addr.clone()],
+        engines: Vec::new(),
+        region: None,
+        coords: None,
+        bandwidth_mbps: 1000,
+        roles: Roles::default(),
+        issuer: None,
+        issued_ms: now_ms(),
+        expires_ms: in_ms(ttl),
+    }
+    .sign(key)
 }
 
 fn registry_config(opts: &Options) -> RegistryConfig {
@@ -372,10 +406,15 @@ fn spawn_node(
     key: Keypair,
     port: u64,
     bootstrap: &[(PeerId, Multiaddr)],
+    seed: Option<Seed>,
     opts: &Options,
-) -> Result<(Node, oneshot::Receiver<Joined>)> {
+) -> Result<(Node, oneshot::Receiver<Joined>, usize)> {
     let peer = key.public().to_peer_id();
     let mut swarm = build(key.clone(), opts)?;
+    // Applied before the swarm is first polled, so that the warm station's routing table is
+    // full when Kademlia looks at it.
+    let warm = seed.is_some();
+    let refused = seed.map_or(0, |seed| apply_seed(&mut swarm, seed));
     let addr = Multiaddr::empty().with(Protocol::Memory(port));
     swarm
         .listen_on(addr.clone())
@@ -411,7 +450,11 @@ fn spawn_node(
                 Some(Ctl::Census { keys, reply }) = ctl_rx.recv() => {
                     let _ = reply.send(census(&mut swarm, &keys));
                 }
-                event = swarm.select_next_some() => match event {
+                event = swarm.select_next_some() => {
+                if warm {
+                    quench_bootstrap(&mut swarm);
+                }
+                match event {
                     SwarmEvent::Behaviour(SimBehaviourEvent::Kad(event)) => {
                         if let kad::Event::OutboundQueryProgressed {
                             result: QueryResult::Bootstrap(_),
@@ -437,7 +480,7 @@ fn spawn_node(
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {}
-                },
+                }},
             }
         }
     });
@@ -452,7 +495,40 @@ fn spawn_node(
             task,
         },
         joined,
+        refused,
     ))
+}
+
+/// Fills a station's routing table and store; returns how many entries were refused.
+fn apply_seed(swarm: &mut Swarm<SimBehaviour>, seed: Seed) -> usize {
+    let kad = &mut swarm.behaviour_mut().kad;
+    let mut refused = 0;
+    for (peer, addr) in seed.routes {
+        if !matches!(kad.add_address(&peer, addr), kad::RoutingUpdate::Success) {
+            refused += 1;
+        }
+    }
+    let store = kad.store_mut();
+    for record in seed.records {
+        refused += usize::from(store.put(record).is_err());
+    }
+    for provider in seed.providers {
+        refused += usize::from(store.add_provider(provider).is_err());
+    }
+    refused
+}
+
+/// Cuts short any bootstrap a warm station's Kademlia started by itself. Filling the routing
+/// table trips its automatic bootstrap (it fires while a table holds fewer than 20 peers and
+/// cannot be turned off); a converged station has bootstrapped long ago, and a thousand of
+/// them bootstrapping at once is a storm of connections no real swarm sees. Checked at every
+/// event of the station, so such a bootstrap sends a few requests before it ends.
+fn quench_bootstrap(swarm: &mut Swarm<SimBehaviour>) {
+    for mut query in swarm.behaviour_mut().kad.iter_queries_mut() {
+        if matches!(query.info(), kad::QueryInfo::Bootstrap { .. }) {
+            query.finish();
+        }
+    }
 }
 
 fn routing_size(swarm: &mut Swarm<SimBehaviour>) -> usize {
@@ -589,6 +665,22 @@ fn program_id(seed: u64, index: usize) -> ProgramId {
     ProgramId(*h.finalize().as_bytes())
 }
 
+/// The catalog record the content manager (station 0) signs for `program`.
+fn catalog_record(key: &Keypair, cm: PeerId, program: ProgramId, holders: usize) -> Signed {
+    CatalogRecord {
+        program,
+        title: format!("sim {program}"),
+        manifest_hash: SegmentHash::from(blake3::hash(program.as_bytes())),
+        state: ProgramState::Published,
+        publish_at_ms: now_ms(),
+        replicas: holders as u32,
+        content_manager: cm,
+        home: cm,
+        issued_ms: now_ms(),
+    }
+    .sign(key)
+}
+
 impl Sim {
     fn new(opts: Options) -> Self {
         let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -630,11 +722,12 @@ impl Sim {
             .live
             .choose(&mut self.rng)
             .and_then(|&i| self.nodes[i].as_ref().map(|n| n.registry.clone()));
-        let (node, joined) = spawn_node(
+        let (node, joined, _) = spawn_node(
             self.opened.clone(),
             key,
             index as u64 + 1,
             &bootstrap,
+            None,
             &self.opts,
         )?;
         let record = node.record(self.opts.ttl);
@@ -659,6 +752,134 @@ impl Sim {
             self.holders[p].insert(out.index);
         }
         self.join.push(out);
+    }
+
+    /// Programs a station that joins later provides: as many as an initial station on average.
+    fn per_joiner(&self) -> usize {
+        (self.opts.holders * self.opts.programs)
+            .div_ceil(self.opts.stations.max(1))
+            .max(1)
+    }
+
+    fn joiner_programs(&mut self, count: usize) -> Vec<usize> {
+        (0..self.programs.len()).choose_multiple(&mut self.rng, count.min(self.programs.len()))
+    }
+
+    /// Builds the initial swarm converged ([`Setup::Warm`]), then lets `joins` stations join
+    /// through the real flow, `join_concurrency` at a time.
+    async fn warm(&mut self) -> Result<()> {
+        let n = self.opts.stations;
+        let k = self.opts.replication.max(1);
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let key = station_key(self.opts.seed, i)?;
+            let peer = key.public().to_peer_id();
+            let addr = Multiaddr::empty().with(Protocol::Memory(i as u64 + 1));
+            ids.push((key, peer, addr));
+        }
+        let keys: Vec<kad::KBucketKey<PeerId>> = ids
+            .iter()
+            .map(|(_, p, _)| kad::KBucketKey::from(*p))
+            .collect();
+        let mut seeds: Vec<Seed> = (0..n).map(|_| Seed::default()).collect();
+
+        // Routing tables: up to k peers of each bucket, chosen at random.
+        for (i, seed) in seeds.iter_mut().enumerate() {
+            let mut buckets: HashMap<u32, Vec<usize>> = HashMap::new();
+            for j in (0..n).filter(|&j| j != i) {
+                if let Some(b) = keys[i].distance(&keys[j]).ilog2() {
+                    buckets.entry(b).or_default().push(j);
+                }
+            }
+            for members in buckets.values() {
+                for &j in members.choose_multiple(&mut self.rng, k) {
+                    seed.routes.push((ids[j].1, ids[j].2.clone()));
+                }
+            }
+        }
+
+        // Records: at the k stations closest to their key, and at their owner.
+        let closest = |key: &RecordKey, owner: usize| -> Vec<usize> {
+            let target = kad::KBucketKey::new(key.clone());
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_cached_key(|&j| target.distance(&keys[j]));
+            order.truncate(k);
+            if !order.contains(&owner) {
+                order.push(owner);
+            }
+            order
+        };
+        let expires = Instant::now() + self.opts.ttl;
+        for (i, (key, peer, addr)) in ids.iter().enumerate() {
+            let signed = station_record(key, *peer, addr, self.opts.ttl);
+            let mut record =
+                reg::record_of(&signed).map_err(|e| anyhow::anyhow!("station record: {e}"))?;
+            record.publisher = Some(*peer);
+            for j in closest(&record.key, i) {
+                seeds[j].records.push(record.clone());
+            }
+        }
+        let (cm_key, cm_peer, _) = &ids[0];
+        for &program in &self.programs {
+            let signed = catalog_record(cm_key, *cm_peer, program, self.opts.holders);
+            let mut record =
+                reg::record_of(&signed).map_err(|e| anyhow::anyhow!("catalog record: {e}"))?;
+            record.publisher = Some(*cm_peer);
+            for j in closest(&record.key, 0) {
+                seeds[j].records.push(record.clone());
+            }
+        }
+        for (s, programs) in self.plan.iter_mut().enumerate() {
+            for p in std::mem::take(programs) {
+                let provider = kad::ProviderRecord {
+                    key: RecordKind::Program(self.programs[p]).key(),
+                    provider: ids[s].1,
+                    expires: Some(expires),
+                    addresses: vec![ids[s].2.clone()],
+                };
+                for j in closest(&provider.key, s) {
+                    seeds[j].providers.push(provider.clone());
+                }
+                self.holders[p].insert(s);
+            }
+        }
+
+        let mut refused = 0;
+        for (i, ((key, _, _), seed)) in ids.into_iter().zip(seeds).enumerate() {
+            let (node, _, seeded) = spawn_node(
+                self.opened.clone(),
+                key,
+                i as u64 + 1,
+                &[],
+                Some(seed),
+                &self.opts,
+            )?;
+            refused += seeded;
+            self.nodes.push(Some(node));
+            self.live.push(i);
+        }
+        if refused > 0 {
+            tracing::warn!(refused, "sim: warm start entries refused");
+        }
+        eprintln!(
+            "sim: {n} stations up, converged; {} joining",
+            self.opts.joins
+        );
+
+        let per_joiner = self.per_joiner();
+        let mut pending = FuturesUnordered::new();
+        let mut started = 0;
+        while started < self.opts.joins || !pending.is_empty() {
+            while started < self.opts.joins && pending.len() < self.opts.join_concurrency {
+                let provide = self.joiner_programs(per_joiner);
+                pending.push(self.start(provide)?);
+                started += 1;
+            }
+            if let Some(out) = pending.next().await {
+                self.joined(out);
+            }
+        }
+        Ok(())
     }
 
     /// Starts and joins the initial stations, `join_concurrency` at a time.
@@ -698,23 +919,10 @@ impl Sim {
             return;
         };
         let registry = cm.registry.clone();
-        let key = cm.key.clone();
-        let peer = cm.peer;
         let limit = self.limit;
         let failures = futures::stream::iter(self.programs.clone())
             .map(|program| {
-                let record = CatalogRecord {
-                    program,
-                    title: format!("sim {program}"),
-                    manifest_hash: SegmentHash::from(blake3::hash(program.as_bytes())),
-                    state: ProgramState::Published,
-                    publish_at_ms: now_ms(),
-                    replicas: self.opts.holders as u32,
-                    content_manager: peer,
-                    home: peer,
-                    issued_ms: now_ms(),
-                }
-                .sign(&key);
+                let record = catalog_record(&cm.key, cm.peer, program, self.opts.holders);
                 let registry = registry.clone();
                 async move { tokio::time::timeout(limit, registry.put_catalog(record)).await }
             })
@@ -776,9 +984,7 @@ impl Sim {
         let n = self.opts.stations;
         let events = (self.opts.churn * n as f64).round() as usize;
         let total_events = events * 2;
-        let per_joiner = (self.opts.holders * self.opts.programs)
-            .div_ceil(n.max(1))
-            .max(1);
+        let per_joiner = self.per_joiner();
         let lookups = self.opts.lookups;
         let mut inflight = FuturesUnordered::new();
         let mut joins = FuturesUnordered::new();
@@ -796,8 +1002,7 @@ impl Sim {
                         churning = true;
                     }
                 } else {
-                    let provide = (0..self.programs.len())
-                        .choose_multiple(&mut self.rng, per_joiner.min(self.programs.len()));
+                    let provide = self.joiner_programs(per_joiner);
                     joins.push(self.start(provide)?);
                 }
                 fired += 1;
@@ -963,13 +1168,16 @@ pub async fn run(opts: Options) -> Result<Report> {
     anyhow::ensure!(opts.holders >= 1, "--holders must be at least 1");
     let mut sim = Sim::new(opts.clone());
     let t0 = Instant::now();
-    let setup = sim.setup().await;
+    let setup = match opts.setup {
+        Setup::Warm => sim.warm().await,
+        Setup::Join => sim.setup().await,
+    };
     let setup_s = t0.elapsed().as_secs_f64();
     let opened_setup = sim.opened.load(Ordering::Relaxed);
     let measured = match setup {
         Ok(()) => {
             eprintln!(
-                "sim: {} stations joined in {setup_s:.1} s; {} lookups",
+                "sim: {} stations up in {setup_s:.1} s; {} lookups",
                 sim.live.len(),
                 opts.lookups
             );
@@ -984,6 +1192,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let (lookups, left, joined) = measured?;
     Ok(Report {
         stations: opts.stations,
+        setup: opts.setup,
         programs: opts.programs,
         holders_per_program: opts.holders,
         churn: opts.churn,
@@ -1023,15 +1232,22 @@ pub fn to_text(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "setup {:.1} s, lookups {:.1} s, peak RSS {:.0} MiB",
-        r.setup_s, r.measure_s, r.peak_rss_mib
+        "setup {:.1} s ({}), lookups {:.1} s, peak RSS {:.0} MiB",
+        r.setup_s,
+        match r.setup {
+            Setup::Warm => "built converged, then the measured joins",
+            Setup::Join => "every station joined",
+        },
+        r.measure_s,
+        r.peak_rss_mib
     );
     let _ = writeln!(
         s,
-        "connections dialed: {} while joining ({:.0} a station), {} during the lookups\n",
+        "connections dialed: {} during setup ({:.0} a join), {} during the lookups ({:.0} a lookup)\n",
         r.connections_opened_setup,
-        r.connections_opened_setup as f64 / r.stations.max(1) as f64,
-        r.connections_opened_measure
+        r.connections_opened_setup as f64 / r.join.stations.max(1) as f64,
+        r.connections_opened_measure,
+        r.connections_opened_measure as f64 / r.lookups.total.max(1) as f64
     );
     let _ = writeln!(
         s,
