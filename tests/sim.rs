@@ -17,31 +17,30 @@ fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("{path} is not a number: {at}"))
 }
 
-#[test]
-fn sim_of_30_joining_stations_reports_every_figure() -> anyhow::Result<()> {
+/// Runs `vodmesh sim` with `args` and returns its stdout and its JSON report.
+fn sim(args: &[&str]) -> anyhow::Result<(String, Value)> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("sim.json");
     let out = Command::new(vodmesh_tests::bin("vodmesh"))
-        .args([
-            "sim",
-            "--stations",
-            "30",
-            "--setup",
-            "join",
-            "--lookups",
-            "150",
-        ])
+        .arg("sim")
+        .args(args)
         .arg("--json")
         .arg(&json)
         .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
         out.status.success(),
         "vodmesh sim failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    Ok((stdout, report))
+}
+
+#[test]
+fn sim_of_30_joining_stations_reports_every_figure() -> anyhow::Result<()> {
+    let (stdout, r) = sim(&["--stations", "30", "--setup", "join", "--lookups", "150"])?;
     anyhow::ensure!(stdout.contains("find-holders"), "no table: {stdout}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
 
     assert_eq!(num(&r, "stations")?, 30.0);
     assert_eq!(num(&r, "programs")?, 30.0);
@@ -86,30 +85,16 @@ fn sim_of_30_joining_stations_reports_every_figure() -> anyhow::Result<()> {
 
 #[test]
 fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let json = dir.path().join("sim.json");
-    let out = Command::new(vodmesh_tests::bin("vodmesh"))
-        .args([
-            "sim",
-            "--stations",
-            "30",
-            "--joins",
-            "4",
-            "--lookups",
-            "150",
-            "--churn",
-            "0.2",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "vodmesh sim failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let (_, r) = sim(&[
+        "--stations",
+        "30",
+        "--joins",
+        "4",
+        "--lookups",
+        "150",
+        "--churn",
+        "0.2",
+    ])?;
 
     // A converged swarm of 30, 4 stations joined it; then 20 % of 30 left abruptly during
     // the lookups and as many new ones joined through the survivors.
@@ -136,27 +121,7 @@ fn sim_with_churn_keeps_finding_holders() -> anyhow::Result<()> {
 
 #[test]
 fn a_converged_swarm_is_joined_and_searched() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let json = dir.path().join("sim.json");
-    let out = Command::new(vodmesh_tests::bin("vodmesh"))
-        .args([
-            "sim",
-            "--stations",
-            "40",
-            "--joins",
-            "5",
-            "--lookups",
-            "100",
-            "--json",
-        ])
-        .arg(&json)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "vodmesh sim failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let (_, r) = sim(&["--stations", "40", "--joins", "5", "--lookups", "100"])?;
     assert_eq!(r["setup"], "warm");
     // Only the 5 stations that joined the built swarm are joins; each was found.
     assert_eq!(num(&r, "join.stations")?, 5.0);
