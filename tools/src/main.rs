@@ -151,7 +151,7 @@ enum Cmd {
         /// filled and every record stored at the k stations closest to its key, from global
         /// knowledge, as Kademlia's lookups leave them), then --joins stations join through
         /// the real flow and are measured. join: every station joins through the real flow
-        /// (1000 stations take about 20 minutes here: each join dials hundreds of peers, a
+        /// (1000 stations take about 17 minutes here: each join dials hundreds of peers, a
         /// noise handshake each).
         #[arg(long, value_enum, default_value_t = sim::Setup::Warm)]
         setup: sim::Setup,
