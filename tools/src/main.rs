@@ -134,9 +134,10 @@ enum Cmd {
         only: Vec<String>,
     },
     /// Many stations in one process: N directors, each a real libp2p Kademlia peer of the
-    /// media location registry on libp2p's memory transport (noise + yamux), join through
-    /// earlier stations, publish their station records, provide programs; then measures
-    /// find-holders lookups (latency, hops) with optional churn, join times and records per
+    /// media location registry on libp2p's memory transport (noise + yamux), built as a
+    /// converged swarm (or joining one by one, --setup join) that more stations then join;
+    /// then measures find-holders lookups (latency, hops) with optional churn, join times
+    /// and records per
     /// director. Prints a table; --json writes every figure.
     ///
     /// Definitions: "hops" is the number of Kademlia requests the asking director had sent
