@@ -36,8 +36,11 @@ async fn status_shows_storage_programs_and_totals(
 ) -> anyhow::Result<()> {
     let stations = vodmesh_tools::status::fetch(station.addr()).await?;
     let t = vodmesh_tools::status::Totals::of(&stations);
-    assert_eq!((t.stations, t.engines, t.up, t.programs), (1, 2, 2, 1));
-    assert_eq!(t.used, stored);
+    assert_eq!(
+        (t.stations, t.engines.engines, t.engines.up, t.programs),
+        (1, 2, 2, 1)
+    );
+    assert_eq!(t.engines.used, stored);
     let engines = &stations[0].record.engines;
     for e in engines {
         assert_eq!(e.disks.len(), 1, "{e:?}");

@@ -5,11 +5,11 @@
 
 use libp2p::PeerId;
 use serde_json::{Value, json};
-use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::station::{EngineTotals, StationRecord};
 
 /// `/status.json`: `{"local": <director peer id>, "stations": [...], "totals": {...}}`.
 pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
-    let mut totals = Totals::default();
+    let totals = EngineTotals::of(stations);
     // A stable order from one refresh to the next: this station first, then by peer id.
     let mut sorted: Vec<&StationRecord> = stations.iter().collect();
     sorted.sort_by_key(|s| (s.director != local, s.director.to_string()));
@@ -20,12 +20,6 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
                 .engines
                 .iter()
                 .map(|e| {
-                    totals.engines += 1;
-                    totals.up += u64::from(e.up);
-                    totals.streams += u64::from(e.streams);
-                    totals.max_streams += u64::from(e.max_streams);
-                    totals.used += e.used;
-                    totals.capacity += e.capacity;
                     json!({
                         "peer_id": e.peer_id.to_string(),
                         "addrs": e.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -61,26 +55,15 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
     json!({
         "local": local.to_string(),
         "stations": list,
-        "totals": {
-            "stations": stations.len(),
-            "engines": totals.engines,
-            "engines_up": totals.up,
-            "streams": totals.streams,
-            "max_streams": totals.max_streams,
-            "used": totals.used,
-            "capacity": totals.capacity,
-        },
+        "totals": totals_json(stations.len(), totals),
     })
 }
 
-#[derive(Default)]
-struct Totals {
-    engines: u64,
-    up: u64,
-    streams: u64,
-    max_streams: u64,
-    used: u64,
-    capacity: u64,
+/// The `totals` of `/status.json` and of `vodmesh status --json`.
+pub fn totals_json(stations: usize, engines: EngineTotals) -> Value {
+    let mut totals = json!(engines);
+    totals["stations"] = json!(stations);
+    totals
 }
 
 /// The status page: self-contained, refreshed from `/status.json` every two seconds.

@@ -34,6 +34,41 @@ pub struct EngineInfo {
     pub disks: Vec<DiskUsage>,
 }
 
+/// Engine figures summed over stations, as `vodmesh status` and the status page total them
+/// (serialized as the `totals` of their JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineTotals {
+    /// Engines, up or not.
+    pub engines: u64,
+    /// Engines up.
+    #[serde(rename = "engines_up")]
+    pub up: u64,
+    /// Streams being served.
+    pub streams: u64,
+    /// Streams the engines serve at most.
+    pub max_streams: u64,
+    /// Bytes stored.
+    pub used: u64,
+    /// Bytes the bounded engines may store (unbounded ones count 0).
+    pub capacity: u64,
+}
+
+impl EngineTotals {
+    /// The sums over every engine of `stations`.
+    pub fn of<'a>(stations: impl IntoIterator<Item = &'a StationRecord>) -> Self {
+        let mut t = Self::default();
+        for e in stations.into_iter().flat_map(|s| &s.engines) {
+            t.engines += 1;
+            t.up += u64::from(e.up);
+            t.streams += u64::from(e.streams);
+            t.max_streams += u64::from(e.max_streams);
+            t.used = t.used.saturating_add(e.used);
+            t.capacity = t.capacity.saturating_add(e.capacity);
+        }
+        t
+    }
+}
+
 /// One disk (segment directory) of an engine.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskUsage {

@@ -6,7 +6,7 @@ use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_proto::director::{Activity, Request, Response};
-use vodmesh_proto::station::{RecordError, StationRecord};
+use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord};
 use vodmesh_proto::time::now_ms;
 
 /// One station: its signed record and, when its director answered, its activity.
@@ -125,18 +125,11 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
         })
         .collect();
     let t = Totals::of(stations);
+    let mut totals = vodmesh_node::status::totals_json(t.stations, t.engines);
+    totals["programs"] = json!(t.programs);
     json!({
         "stations": list,
-        "totals": {
-            "stations": t.stations,
-            "engines": t.engines,
-            "engines_up": t.up,
-            "streams": t.streams,
-            "max_streams": t.max_streams,
-            "used": t.used,
-            "capacity": t.capacity,
-            "programs": t.programs,
-        },
+        "totals": totals,
     })
 }
 
@@ -145,18 +138,8 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
 pub struct Totals {
     /// Stations listed.
     pub stations: usize,
-    /// Engines, up or not.
-    pub engines: usize,
-    /// Engines up.
-    pub up: usize,
-    /// Streams being served.
-    pub streams: u64,
-    /// Streams the engines serve at most.
-    pub max_streams: u64,
-    /// Bytes stored.
-    pub used: u64,
-    /// Bytes the bounded engines may store (unbounded ones count 0).
-    pub capacity: u64,
+    /// Their engines' figures.
+    pub engines: EngineTotals,
     /// Programs held, summed over stations (a program on two stations counts twice).
     pub programs: u64,
 }
@@ -164,22 +147,14 @@ pub struct Totals {
 impl Totals {
     /// The totals of `stations`.
     pub fn of(stations: &[StationStatus]) -> Self {
-        let mut t = Self {
+        Self {
             stations: stations.len(),
-            ..Self::default()
-        };
-        for st in stations {
-            t.programs += st.activity.map_or(0, |a| a.programs);
-            for e in &st.record.engines {
-                t.engines += 1;
-                t.up += usize::from(e.up);
-                t.streams += u64::from(e.streams);
-                t.max_streams += u64::from(e.max_streams);
-                t.used += e.used;
-                t.capacity += e.capacity;
-            }
+            engines: EngineTotals::of(stations.iter().map(|st| &st.record)),
+            programs: stations
+                .iter()
+                .map(|st| st.activity.map_or(0, |a| a.programs))
+                .sum(),
         }
-        t
     }
 }
 
@@ -262,11 +237,11 @@ pub fn to_text(stations: &[StationStatus]) -> String {
         out,
         "{} station(s), {}/{} engines up, {}/{} streams, {}, {} program(s) held",
         t.stations,
-        t.up,
-        t.engines,
-        t.streams,
-        t.max_streams,
-        storage(t.used, t.capacity),
+        t.engines.up,
+        t.engines.engines,
+        t.engines.streams,
+        t.engines.max_streams,
+        storage(t.engines.used, t.engines.capacity),
         t.programs
     );
     for st in stations {
