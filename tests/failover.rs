@@ -11,7 +11,7 @@ use vodmesh_console::play::{self, Credentials, Speed};
 use vodmesh_node::events::Kind;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, Issuer, Rights};
+use vodmesh_proto::token::Issuer;
 use vodmesh_tests::{
     NodeProcess, TEST_TTL, bin, enrolled_config, init_logging, random_file, subscriber, vodmesh,
     wait_engine_tokens,
@@ -77,13 +77,7 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> anyhow::Result<()> {
     }
 
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = consoles.issue(
-        key.public().to_peer_id(),
-        Audience::Console,
-        Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
     let credentials = Credentials {
         key: Some(key),
         token: Arc::new(std::sync::RwLock::new(Some(token))),

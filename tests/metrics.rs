@@ -174,13 +174,7 @@ async fn metrics_move_as_streams_run() -> anyhow::Result<()> {
     .await?;
 
     let console = libp2p::identity::Keypair::generate_ed25519();
-    let token = issuer.issue(
-        console.public().to_peer_id(),
-        vodmesh_proto::token::Audience::Console,
-        vodmesh_proto::token::Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&issuer, console.public().to_peer_id())?;
     let token = Some(serde_bytes::ByteBuf::from(token));
     let client = DirectorClient::connect(station.addr(), Some(console)).await?;
     for engine in &station.engines {

@@ -17,7 +17,7 @@ use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{Activity, Request, Response};
 use vodmesh_proto::stream::{self, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, Issuer, Rights};
+use vodmesh_proto::token::Issuer;
 use vodmesh_tests::{
     TEST_TTL, enrolled_config, init_logging, random_file, wait_engine_tokens, wait_until,
 };
@@ -189,13 +189,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
     // A console asks c, which holds nothing, for segment 0: c answers at once with one of its
     // own engines, whose copy is filling, and chose a (cheaper than the home) as the source.
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = consoles.issue(
-        key.public().to_peer_id(),
-        Audience::Console,
-        Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
     let client = DirectorClient::connect(c.addr(), Some(key)).await?;
     let location = match client
         .request(Request::Locate {
@@ -291,13 +285,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
         .map(|k| k.public().to_peer_id())
         .ok_or_else(|| anyhow::anyhow!("no key"))?;
     if let Ok(mut t) = credentials.token.write() {
-        *t = Some(consoles.issue(
-            console,
-            Audience::Console,
-            Rights::All,
-            now_ms(),
-            now_ms() + 3_600_000,
-        )?);
+        *t = Some(vodmesh_tests::console_token(&consoles, console)?);
     }
     let mut played = Vec::new();
     let stats = vodmesh_console::play::play(
@@ -374,13 +362,7 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> anyhow::Result<()>
 
     // Start 1.5 s in: three quarters into segment 0 (2.1 s of media), which c must copy.
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = consoles.issue(
-        key.public().to_peer_id(),
-        Audience::Console,
-        Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
     let credentials = vodmesh_console::play::Credentials {
         key: Some(key),
         token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),

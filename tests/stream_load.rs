@@ -57,13 +57,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     .await?;
 
     let console = libp2p::identity::Keypair::generate_ed25519();
-    let token = issuer.issue(
-        console.public().to_peer_id(),
-        vodmesh_proto::token::Audience::Console,
-        vodmesh_proto::token::Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&issuer, console.public().to_peer_id())?;
     let token = Some(serde_bytes::ByteBuf::from(token));
     let client = DirectorClient::connect(station.addr(), Some(console)).await?;
     let engine = station.engines[0].clone();
@@ -243,13 +237,7 @@ impl Bench {
     /// A new console: its own identity, connection and token.
     async fn console(&self) -> anyhow::Result<Console> {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let token = self.issuer.issue(
-            key.public().to_peer_id(),
-            vodmesh_proto::token::Audience::Console,
-            vodmesh_proto::token::Rights::All,
-            now_ms(),
-            now_ms() + 3_600_000,
-        )?;
+        let token = vodmesh_tests::console_token(&self.issuer, key.public().to_peer_id())?;
         Ok(Console {
             client: DirectorClient::connect(self.station.addr(), Some(key)).await?,
             token: serde_bytes::ByteBuf::from(token),
@@ -452,13 +440,7 @@ async fn seek_pause_and_quit_steer_playback() -> anyhow::Result<()> {
     const MIB: usize = 1024 * 1024;
     let bench = Bench::with_program(4, 8 * MIB, MIB as u64, 0).await?;
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = bench.issuer.issue(
-        key.public().to_peer_id(),
-        vodmesh_proto::token::Audience::Console,
-        vodmesh_proto::token::Rights::All,
-        now_ms(),
-        now_ms() + 3_600_000,
-    )?;
+    let token = vodmesh_tests::console_token(&bench.issuer, key.public().to_peer_id())?;
     let credentials = Credentials {
         key: Some(key),
         token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),

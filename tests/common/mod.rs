@@ -435,3 +435,15 @@ pub async fn wait_engine_tokens(station: &Station) -> Result<()> {
     })
     .await
 }
+
+/// A console token for `console` from `issuer`: every right, valid for an hour from now.
+pub fn console_token(issuer: &vodmesh_proto::token::Issuer, console: PeerId) -> Result<Vec<u8>> {
+    let now = vodmesh_proto::time::now_ms();
+    Ok(issuer.issue(
+        console,
+        vodmesh_proto::token::Audience::Console,
+        vodmesh_proto::token::Rights::All,
+        now,
+        now + 3_600_000,
+    )?)
+}
