@@ -5,7 +5,7 @@
 
 use libp2p::PeerId;
 use serde_json::{Value, json};
-use vodmesh_proto::station::{EngineTotals, StationRecord};
+use vodmesh_proto::station::{EngineInfo, EngineTotals, StationRecord};
 
 /// `/status.json`: `{"local": <director peer id>, "stations": [...], "totals": {...}}`.
 pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
@@ -16,24 +16,7 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
     let list: Vec<Value> = sorted
         .into_iter()
         .map(|s| {
-            let engines: Vec<Value> = s
-                .engines
-                .iter()
-                .map(|e| {
-                    json!({
-                        "peer_id": e.peer_id.to_string(),
-                        "addrs": e.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "up": e.up,
-                        "streams": e.streams,
-                        "max_streams": e.max_streams,
-                        "used": e.used,
-                        "capacity": e.capacity,
-                        "disks": e.disks.iter().map(|d| json!({
-                            "path": d.path, "used": d.used, "capacity": d.capacity,
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
+            let engines: Vec<Value> = s.engines.iter().map(engine_json).collect();
             json!({
                 "director": {
                     "peer_id": s.director.to_string(),
@@ -56,6 +39,22 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
         "local": local.to_string(),
         "stations": list,
         "totals": totals_json(stations.len(), totals),
+    })
+}
+
+/// One engine in `/status.json` and in `vodmesh status --json`.
+pub fn engine_json(e: &EngineInfo) -> Value {
+    json!({
+        "peer_id": e.peer_id.to_string(),
+        "addrs": e.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "up": e.up,
+        "streams": e.streams,
+        "max_streams": e.max_streams,
+        "used": e.used,
+        "capacity": e.capacity,
+        "disks": e.disks.iter().map(|d| json!({
+            "path": d.path, "used": d.used, "capacity": d.capacity,
+        })).collect::<Vec<_>>(),
     })
 }
 

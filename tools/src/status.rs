@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_console::client::DirectorClient;
+use vodmesh_node::status::{engine_json, totals_json};
 use vodmesh_proto::director::{Activity, Request, Response};
 use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord};
 use vodmesh_proto::time::now_ms;
@@ -83,20 +84,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
             let s = &st.record;
             json!({
                 "director": { "peer_id": s.director.to_string(), "addrs": addrs(&s.addrs) },
-                "engines": s.engines.iter().map(|e| json!({
-                    "peer_id": e.peer_id.to_string(),
-                    "addrs": addrs(&e.addrs),
-                    "up": e.up,
-                    "streams": e.streams,
-                    "max_streams": e.max_streams,
-                    "used": e.used,
-                    "capacity": e.capacity,
-                    "disks": e.disks.iter().map(|d| json!({
-                        "path": d.path,
-                        "used": d.used,
-                        "capacity": d.capacity,
-                    })).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
+                "engines": s.engines.iter().map(engine_json).collect::<Vec<_>>(),
                 "programs": st.activity.map(|a| a.programs),
                 "region": s.region,
                 "coords": s.coords.map(|(lat, lon)| json!([lat, lon])),
@@ -125,7 +113,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
         })
         .collect();
     let t = Totals::of(stations);
-    let mut totals = vodmesh_node::status::totals_json(t.stations, t.engines);
+    let mut totals = totals_json(t.stations, t.engines);
     totals["programs"] = json!(t.programs);
     json!({
         "stations": list,
