@@ -36,6 +36,13 @@ use crate::{engine, identity};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/blade/1");
 /// Largest frame either side accepts (an `Expect` of a long program is the biggest).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest `Hello` (read before an engine is known to be alive and well).
+const MAX_HELLO: usize = 64 * 1024;
+/// Listen addresses an engine may announce: they go into the signed station record, which
+/// must stay under [`vodmesh_proto::station::MAX_RECORD`].
+pub const MAX_ADDRS: usize = 16;
+/// Disks an engine may report, for the same reason.
+pub const MAX_DISKS: usize = 32;
 /// How often each side says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which a side gives the link up (the director marks the engine down).
@@ -215,7 +222,13 @@ async fn link(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
-    let hello = timeout(DEAD_AFTER, read_frame::<_, Up>(&mut rd, MAX_FRAME)).await;
+    // The peer id is known before a byte is read: a stranger is refused without reading.
+    let Some(slot) = slot else {
+        tracing::warn!("refused an engine this station does not trust (see --engine-peer)");
+        let why = "not an engine of this station (the director trusts --engine-peer peers only)";
+        return refuse(&mut wr, why).await;
+    };
+    let hello = timeout(DEAD_AFTER, read_frame::<_, Up>(&mut rd, MAX_HELLO)).await;
     let Ok(Ok(Up::Hello {
         addrs,
         max_streams,
@@ -224,11 +237,9 @@ async fn link(
     else {
         return refuse(&mut wr, "expected Hello first").await;
     };
-    let Some(slot) = slot else {
-        tracing::warn!("refused an engine this station does not trust (see --engine-peer)");
-        let why = "not an engine of this station (the director trusts --engine-peer peers only)";
-        return refuse(&mut wr, why).await;
-    };
+    if addrs.len() > MAX_ADDRS {
+        return refuse(&mut wr, "too many listen addresses").await;
+    }
     let Ok(mut commands) = slot.commands.clone().try_lock_owned() else {
         return refuse(&mut wr, "attached already; retry").await;
     };

@@ -326,9 +326,12 @@ impl Director {
                     disks: Vec::new(),
                 });
             }
-            EngineReport::Usage { index, disks } => {
+            EngineReport::Usage { index, mut disks } => {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
-                    engine.used = disks.iter().map(|d| d.used).sum();
+                    // An engine process reports these over the backplane; they go into the
+                    // signed station record, which has a size limit.
+                    disks.truncate(crate::backplane::MAX_DISKS);
+                    engine.used = disks.iter().fold(0, |sum, d| sum.saturating_add(d.used));
                     engine.disks = disks;
                 }
                 return;
