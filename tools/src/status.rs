@@ -141,7 +141,7 @@ impl Totals {
             programs: stations
                 .iter()
                 .map(|st| st.activity.map_or(0, |a| a.programs))
-                .sum(),
+                .fold(0, u64::saturating_add),
         }
     }
 }
@@ -267,7 +267,7 @@ pub fn to_text(stations: &[StationStatus]) -> String {
                 out,
                 "  streams {} active, {} served; misses {}, replications {}, swaps {}, source failovers {}; refused {} streams, {} copies",
                 a.active,
-                a.stops_complete + a.stops_early,
+                a.stops_complete.saturating_add(a.stops_early),
                 a.misses,
                 a.replications,
                 a.swaps,

@@ -312,7 +312,8 @@ impl Director {
             Some(Some(e)) if e.up => e.streams,
             _ => return,
         };
-        if taker_streams + 1 < filling_streams + 2 {
+        // With the new console the taker would serve two or more streams above the filler.
+        if taker_streams <= filling_streams {
             return;
         }
         let Some(other) = self.playing.streams.get(&taker).and_then(|list| {

@@ -356,7 +356,7 @@ async fn copy_from(
     };
     let mut buf = vec![0u8; CHUNK];
     while w.written() < size {
-        let n = ((size - w.written()) as usize).min(CHUNK);
+        let n = usize::try_from((size - w.written()).min(CHUNK as u64)).unwrap_or(CHUNK);
         tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf[..n]))
             .await
             .map_err(|_| Attempt::Stalled(format!("source stalled at byte {}", w.written())))?
