@@ -543,8 +543,13 @@ async fn hls_js() -> Response {
 }
 
 async fn without_slash(Path(program): Path<String>) -> Response {
-    // `/<program>` -> `/<program>/`, so the page's relative `index.m3u8` resolves.
+    // `/<program>` -> `/<program>/`, so the page's relative `index.m3u8` resolves. A name
+    // with a slash or backslash is no program, and `//host/` or `/\host/` would send the
+    // browser to another site.
     let location = format!("/{}/", program.replace('"', "%22"));
+    if program.contains(['/', '\\']) {
+        return Failure::NotFound(format!("no published program \"{program}\"")).into_response();
+    }
     match HeaderValue::from_str(&location) {
         Ok(v) => (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, v)]).into_response(),
         Err(_) => Failure::NotFound(format!("no published program \"{program}\"")).into_response(),
@@ -668,5 +673,17 @@ mod tests {
         assert_eq!(cache.bytes, CACHE_SEGMENTS * 10);
         assert!(cache.get(&(p, 1)).is_none());
         assert!(cache.get(&(p, CACHE_SEGMENTS as u32 + 3)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_program_name_never_redirects_off_site() {
+        let ok = without_slash(Path("sintel".into())).await;
+        assert_eq!(ok.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(ok.headers()[header::LOCATION], "/sintel/");
+        for name in ["\\evil.example", "/evil.example", "a/b"] {
+            let refused = without_slash(Path(name.into())).await;
+            assert_eq!(refused.status(), StatusCode::NOT_FOUND, "{name}");
+            assert!(refused.headers().get(header::LOCATION).is_none(), "{name}");
+        }
     }
 }
