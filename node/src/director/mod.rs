@@ -212,6 +212,8 @@ pub async fn start(
         let mut republish = tokio::time::interval(republish_every);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
+        // What the metrics last saw: most events (kad traffic, pings) change neither.
+        let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
         loop {
             // Biased, engine reports first: an engine reports a stored segment before it
             // acknowledges it to the client, so by the time the client's commit arrives over
@@ -237,9 +239,15 @@ pub async fn start(
                 _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
                 event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
             }
-            director
-                .metrics
-                .sync_director(&director.activity, &director.engines);
+            if synced
+                .as_ref()
+                .is_none_or(|(a, e)| *a != director.activity || *e != director.engines)
+            {
+                director
+                    .metrics
+                    .sync_director(&director.activity, &director.engines);
+                synced = Some((director.activity, director.engines.clone()));
+            }
         }
         swarm.behaviour_mut().kad.store_mut().flush();
         tracing::info!(peer = %director.key.public().to_peer_id(), "director stopped");
