@@ -59,9 +59,14 @@ const EWMA: f64 = 0.5;
 /// Copies smaller than this say little about a link's throughput.
 const MIN_MEASURED: u64 = 256 * 1024;
 
+/// Misses being gathered at once, at most: each costs registry lookups and a question to
+/// every holder's director, and any console can ask; past this a miss is answered Busy.
+const MAX_GATHERING: usize = 32;
+
 /// What the director remembers for misses.
-#[derive(Default)]
 pub(super) struct State {
+    /// Bounds the misses being gathered ([`MAX_GATHERING`]).
+    gathering: Arc<tokio::sync::Semaphore>,
     /// Verified manifests of programs this station copied segments of.
     manifests: HashMap<ProgramId, Arc<Manifest>>,
     /// Measured copy throughput from each station, bit/s (running mean).
@@ -71,6 +76,18 @@ pub(super) struct State {
     /// The sources of the copies still filling here, cheapest first: where a console that
     /// seeks past the fill is sent (claim 21).
     filling: Arc<std::sync::Mutex<HashMap<SegmentId, Vec<Candidate>>>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            gathering: Arc::new(tokio::sync::Semaphore::new(MAX_GATHERING)),
+            manifests: HashMap::new(),
+            throughput: HashMap::new(),
+            rtt: HashMap::new(),
+            filling: Arc::default(),
+        }
+    }
 }
 
 impl State {
@@ -283,13 +300,21 @@ impl Director {
         avoid: Vec<PeerId>,
         channel: ResponseChannel<Response>,
     ) {
+        let replies = self.replies.clone();
+        let Ok(permit) = self.miss.gathering.clone().try_acquire_owned() else {
+            let busy = ErrorReply::new(ErrorCode::Busy, "too many misses being filled; retry");
+            tokio::spawn(async move {
+                let _ = replies.send((channel, Response::Error(busy))).await;
+            });
+            return;
+        };
         let me = self.peer_id();
         let registry = self.registry_handle.clone();
         let internal = self.dist.internal.clone();
-        let replies = self.replies.clone();
         let known = self.dist.learned.get(&program).cloned();
         let manifest = self.miss.manifests.get(&program).cloned();
         tokio::spawn(async move {
+            let _permit = permit;
             match gather(
                 me,
                 registry,
