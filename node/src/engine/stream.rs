@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
@@ -43,17 +43,28 @@ pub(crate) struct StreamService {
     pub(crate) handovers: Handovers,
 }
 
-/// Streams an engine serves, each with a token that ends it early for a handover.
-pub(crate) type Handovers = Arc<std::sync::Mutex<HashMap<(SegmentId, PeerId), CancellationToken>>>;
+/// Streams an engine serves (segment, console, a number of its own: one console may hold two
+/// streams of a segment), each with a token that ends it early for a handover.
+pub(crate) type Handovers =
+    Arc<std::sync::Mutex<HashMap<(SegmentId, PeerId, u64), CancellationToken>>>;
 
-/// Ends the stream of `segment` to `console`, if this engine serves one; whether it did.
+/// Ends the streams of `segment` to `console`, if this engine serves any; whether it did.
 pub(crate) fn hand_over(handovers: &Handovers, segment: SegmentId, console: PeerId) -> bool {
-    let token = handovers
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&(segment, console)).cloned());
-    token.map(|t| t.cancel()).is_some()
+    let Ok(m) = handovers.lock() else {
+        return false;
+    };
+    let mut ended = false;
+    for ((s, c, _), token) in m.iter() {
+        if *s == segment && *c == console {
+            token.cancel();
+            ended = true;
+        }
+    }
+    ended
 }
+
+/// Numbers the streams in [`Handovers`].
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 /// Accepts stream requests until the engine stops, each in a task of its own.
 pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, service: StreamService) {
@@ -244,7 +255,11 @@ impl StreamService {
             console: peer,
         });
         let mut sent = 0u64;
-        let key = (request.segment, peer);
+        let key = (
+            request.segment,
+            peer,
+            NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+        );
         let handover = CancellationToken::new();
         if let Ok(mut m) = self.handovers.lock() {
             m.insert(key, handover.clone());
