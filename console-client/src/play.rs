@@ -678,6 +678,8 @@ async fn fetch_once(
         .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
     let located = |answer: Response| match answer {
         Response::Location(l) => Ok(l),
+        // Every holder busy, or too many misses being filled: worth another try.
+        Response::Error(e) if e.code == ErrorCode::Busy => Err(lost(anyhow::anyhow!(e.message))),
         Response::Error(e) => Err(fail(e.message)),
         other => Err(fail(format!("unexpected answer: {other:?}"))),
     };
