@@ -127,8 +127,31 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What happens to station b 3 s into the play.
+enum Fate {
+    /// Killed: its connections close.
+    Killed,
+    /// Stopped (SIGSTOP): its connections stay open and bring nothing.
+    Frozen,
+}
+
 #[test]
 fn a_station_killed_mid_play_leaves_the_console_to_another() -> anyhow::Result<()> {
+    station_fails_mid_play(Fate::Killed)
+}
+
+/// A frozen station (SIGSTOP: its connections stay open and answer nothing) is passed over
+/// like a dead one: the console asks the other director, within the time of the play.
+#[test]
+fn a_station_frozen_mid_play_leaves_the_console_to_another() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    station_fails_mid_play(Fate::Frozen)?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(50), "play took {took:?}");
+    Ok(())
+}
+
+fn station_fails_mid_play(fate: Fate) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let home = NodeProcess::start(
         &dir.path().join("home"),
@@ -201,8 +224,22 @@ fn a_station_killed_mid_play_leaves_the_console_to_another() -> anyhow::Result<(
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_secs(3));
-    drop(b);
+    let frozen = match fate {
+        Fate::Killed => {
+            drop(b);
+            None
+        }
+        Fate::Frozen => {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &b.pid().to_string()])
+                .status()?;
+            anyhow::ensure!(stopped.success(), "kill -STOP failed");
+            Some(b)
+        }
+    };
     let finished = player.wait_with_output()?;
+    // Killed when dropped (SIGKILL ends a stopped process too).
+    drop(frozen);
     assert!(
         finished.status.success(),
         "play failed: {}",

@@ -608,6 +608,11 @@ pub async fn play<W: AsyncWrite + Unpin>(
     Ok(stats)
 }
 
+/// How long a segment stream may bring no byte before it counts as stalled and is resumed
+/// elsewhere: longer than an engine waits for a filling copy's next bytes (5 s), so a slow
+/// copy is not mistaken for a stuck engine.
+const READ_STALL: Duration = Duration::from_secs(7);
+
 /// Locates and streams one whole segment, verified; a stream lost on the way (libp2p-stream
 /// drops an inbound stream its receiver is not ready for; an engine dies; an engine hands the
 /// console over to another, claim 22) is resumed from the bytes already received, at
@@ -763,7 +768,10 @@ async fn fetch_once(
     let mut buf = vec![0u8; 256 * 1024];
     while (partial.len() as u64) < size {
         let n = (size as usize - partial.len()).min(buf.len());
-        let got = match s.read(&mut buf[..n]).await {
+        let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n]))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
             Ok(got) => got,
             Err(e) => {
                 if partial.len() == had {
