@@ -15,8 +15,13 @@ use crate::auth;
 pub struct StationConfig {
     /// Data directory: identities, databases, segments.
     pub data: PathBuf,
-    /// Director listen addresses; engines listen on the same hosts, on ports of their own.
+    /// Director listen addresses; engines listen on the same hosts, on the ports after it
+    /// (or ports the system chooses, with port 0).
     pub listen: Vec<Multiaddr>,
+    /// Addresses other hosts reach the director at that are on no interface of this host
+    /// (`--announce`: behind NAT, a public address elsewhere); announced first, and the
+    /// engines on the ports after each (see [`crate::station`]).
+    pub announce: Vec<Multiaddr>,
     /// Existing stations' director addresses (each ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<Multiaddr>,
     /// Engines in this station.
@@ -75,6 +80,7 @@ impl StationConfig {
         Self {
             data: data.into(),
             listen: default_listen("127.0.0.1"),
+            announce: Vec::new(),
             bootstrap: Vec::new(),
             engines: 1,
             disks: Vec::new(),

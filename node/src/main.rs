@@ -15,7 +15,15 @@ use vodmesh_proto::token::IssuerKey;
 ///
 /// Prints `director <MULTIADDR>` on stdout once it listens and writes DIR/node.json with the
 /// peer ids and addresses of the director and every engine. Other stations join the swarm by
-/// giving that address to --bootstrap.
+/// giving that address to --bootstrap, and consoles and tools take it as --node: it is one
+/// other hosts can reach (the first --announce address, else the host's first address that
+/// is not loopback; loopback only when the host has nothing else).
+///
+/// Behind NAT (or with a public address that is on no interface of the host): listen on
+/// fixed ports, forward the director's port and the N ports after it (one per engine: engine
+/// i listens on the director's port + 1 + i) to this host, TCP and UDP for QUIC, and give
+/// the public address with --announce. For example `--listen /ip4/0.0.0.0/tcp/4001 --announce
+/// /ip4/203.0.113.7/tcp/4001 --engines 2` announces the engines at ports 4002 and 4003.
 ///
 /// Deployment modes: (a) without a subcommand, one process holds the director and its
 /// --engines N engines; (b) `vodmesh-node engine --director MULTIADDR` runs one engine in a
@@ -34,11 +42,20 @@ struct Args {
     /// Data directory: identities (kept across restarts), databases, segments.
     #[arg(long, value_name = "DIR", required = true)]
     data: Option<PathBuf>,
-    /// Director listen address (repeatable). Engines listen on the same hosts, ports of their
-    /// own. Default: TCP and QUIC on 0.0.0.0, system-chosen ports.
+    /// Director listen address (repeatable). Engines listen on the same hosts, engine i on
+    /// the port + 1 + i (a system-chosen port when it is 0). Default: TCP and QUIC on
+    /// 0.0.0.0, system-chosen ports; on 0.0.0.0 the station is announced at every address of
+    /// the host.
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// A director of an existing station, ending in /p2p/<peer id> (repeatable).
+    /// An address other hosts reach the director at that is on no interface of this host
+    /// (behind NAT: the public address and forwarded port; repeatable). Announced first: it
+    /// is the one printed, and consoles and other stations dial it; engine i is announced at
+    /// the port + 1 + i of each.
+    #[arg(long, value_name = "MULTIADDR")]
+    announce: Vec<Multiaddr>,
+    /// A director of an existing station, ending in /p2p/<peer id> (repeatable): the
+    /// `director` line that station printed.
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
     /// Engines in this station.
@@ -136,13 +153,19 @@ struct EngineArgs {
     /// Listen address (repeatable). Default: TCP and QUIC on 0.0.0.0, system-chosen ports.
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// An address other hosts reach this engine at that is on no interface of its host
+    /// (behind NAT: the public address and the forwarded port of a fixed --listen port;
+    /// repeatable). Consoles and other stations' engines dial it first.
+    #[arg(long, value_name = "MULTIADDR")]
+    announce: Vec<Multiaddr>,
     /// Bytes of segment storage; 0 = bounded only by the disks.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     capacity: u64,
     /// Concurrent streams.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_streams: u32,
-    /// Accept console tokens signed by this issuer (repeatable), as the station does.
+    /// Accept console tokens signed by this issuer (repeatable), as the station does; the
+    /// engine token its director forwards must come from one of them too.
     #[arg(long, value_name = "ISSUER")]
     trust: Vec<IssuerKey>,
     /// Serve this engine's metrics as Prometheus text at http://ADDR:PORT/metrics (streams,
@@ -203,6 +226,7 @@ async fn run(args: Args) -> Result<()> {
     } else {
         args.listen
     };
+    config.announce = args.announce;
     config.bootstrap = args.bootstrap;
     config.engines = args.engines;
     config.disks = args.disks;
@@ -259,6 +283,7 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
         } else {
             args.listen
         },
+        announce: args.announce,
         capacity: args.capacity,
         max_streams: args.max_streams,
         trust: args.trust,
@@ -267,8 +292,9 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
     let engine = vodmesh_node::backplane::start_engine(config, stopped)
         .await
         .context("starting the engine")?;
-    for addr in &engine.addrs {
-        println!("engine {addr}/p2p/{}", engine.peer_id);
+    // The address to give other hosts, as a station prints its director's.
+    if let Some(addr) = engine.addrs.first() {
+        println!("engine {addr}");
     }
     if let Some(addr) = engine.metrics_addr {
         println!("metrics http://{addr}/metrics");

@@ -73,6 +73,9 @@ impl Station {
         std::fs::create_dir_all(&config.data)
             .with_context(|| format!("creating data directory {}", config.data.display()))?;
         let director_key = identity::load_or_create(&config.data.join("identity.key"))?;
+        for addr in &config.announce {
+            crate::listen::announced(addr, director_key.public().to_peer_id())?;
+        }
         let enroll_token = match &config.enroll {
             Some(path) => Some(read_enroll_token(path)?),
             None => None,
@@ -98,15 +101,19 @@ impl Station {
         for (index, slot) in token_slots.iter().enumerate() {
             let path = engine_identity_path(&config.data, index);
             let key = identity::load_or_create(&path)?;
-            engine_keys.push(engines::Engine {
+            engine_keys.push(engines::Engine::InProcess {
                 key: key.clone(),
                 dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             });
             let storage = engine_storage(&config, index);
+            let net = engine::EngineNet {
+                listen: crate::listen::engine_listen(&config.listen, index)?,
+                announce: crate::listen::engine_announce(&config.announce, index)?,
+            };
             let handle = engine::start(
                 index,
                 key,
-                &config.listen,
+                &net,
                 storage,
                 engine::EngineAuth {
                     trusted: trusted.clone(),
@@ -148,6 +155,10 @@ impl Station {
             ),
             None => None,
         };
+        // Engine processes ask for no token themselves: the director asks for them.
+        engine_keys.extend(
+            (config.engine_peers.iter()).map(|peer| engines::Engine::Process { peer: *peer }),
+        );
         let mut commands: Vec<_> = engines.iter().map(|e| e.commands.clone()).collect();
         // A slot per engine process allowed to attach (mode b), after the in-process engines.
         let mut slots = Vec::with_capacity(config.engine_peers.len());
@@ -184,6 +195,14 @@ impl Station {
             (None, None) => None,
         };
         let mut extra_tasks = Vec::new();
+        let engine_tokens = match source {
+            Some(source) => {
+                let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx.clone());
+                extra_tasks.push(task);
+                tokens
+            }
+            None => EngineTokens::none(engine_keys.len()),
+        };
         if !slots.is_empty() {
             let incoming = dir
                 .blade
@@ -194,6 +213,7 @@ impl Station {
                 incoming,
                 slots,
                 reports.clone(),
+                engine_tokens.clone(),
                 shutdown_rx.clone(),
             )));
         }
@@ -212,18 +232,11 @@ impl Station {
                 shutdown_rx.clone(),
             )));
         }
-        let engine_tokens = match source {
-            Some(source) => {
-                let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx);
-                extra_tasks.push(task);
-                tokens
-            }
-            None => EngineTokens::none(engine_keys.len()),
-        };
-        // Hand each engine its token as it arrives (and is refreshed), for its copy requests.
+        // Hand each in-process engine its token as it arrives (and is refreshed), for its
+        // copy requests.
         {
-            let tokens = engine_tokens.clone();
-            let mut stop = shutdown.subscribe();
+            let mut tokens = engine_tokens.clone();
+            let mut stop = shutdown_rx;
             extra_tasks.push(tokio::spawn(async move {
                 loop {
                     for (i, slot) in token_slots.iter().enumerate() {
@@ -232,8 +245,8 @@ impl Station {
                         }
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-                        _ = stop.changed() => break,
+                        changed = tokens.changed() => if !changed { break },
+                        _ = stop.wait_for(|stop| *stop) => break,
                     }
                 }
             }));

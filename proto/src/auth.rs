@@ -5,7 +5,9 @@
 //! runs the auth role (`vodmesh-node --auth`; its station record has `roles.auth` and
 //! `issuer`). Every token the server signs is bound to the peer at the other end of the
 //! connection the request came on, never to a peer id named in the request: a console logs in
-//! with its own identity, an engine asks for its own engine token.
+//! with its own identity, an engine asks for its own engine token. The one exception is
+//! [`Request::StationEngineToken`]: an enrolled station's director asks for the token of one
+//! of the engines it enrolled, which it vouches for anyway (its station record lists them).
 //!
 //! - [`Request::Login`] / [`Request::AdminLogin`]: a subscriber's password for a console or an
 //!   admin token.
@@ -14,7 +16,8 @@
 //!   identity and carries a [`Delegation`] signed by the admin's key: libp2p cannot dial a
 //!   peer with that peer's own identity, and the auth station's identity is its first admin.
 //! - [`Request::Enroll`]: a station's director presents its enrollment token and lists its
-//!   engines; [`Request::EngineToken`]: an enrolled engine asks for its token.
+//!   engines; [`Request::EngineToken`]: an enrolled engine asks for its token;
+//!   [`Request::StationEngineToken`]: the director asks for an engine process's.
 //!
 //! A refusal is [`Response::Error`] with the one line a user sees (`too many attempts, retry in
 //! 2s`, `wrong user name or password`, ...).
@@ -95,6 +98,13 @@ pub enum Request {
         /// The current console token.
         token: serde_bytes::ByteBuf,
     },
+    /// An engine token for `engine`, asked by the director of the station that enrolled it:
+    /// an engine in a process of its own holds no connection to the auth server, so its
+    /// director asks and forwards the token to it over the backplane.
+    StationEngineToken {
+        /// The engine, the token's subject.
+        engine: PeerId,
+    },
 }
 
 impl Request {
@@ -108,6 +118,7 @@ impl Request {
             Request::EnrollToken { .. } => "enroll_token",
             Request::Enroll { .. } => "enroll",
             Request::EngineToken => "engine_token",
+            Request::StationEngineToken { .. } => "station_engine_token",
         }
     }
 }
@@ -233,6 +244,7 @@ mod tests {
                 engines: vec![peer(), peer()],
             },
             Request::EngineToken,
+            Request::StationEngineToken { engine: peer() },
         ] {
             let b = encode(&req);
             assert_eq!(decode::<Request>(&b, LIMITS.request).unwrap(), req);

@@ -6,9 +6,14 @@
 //! director's identity, then asks for each engine's token *as that engine* (a connection
 //! under the engine's own key), since the server binds every token to the peer it talks to.
 //!
+//! An engine in a process of its own (`--engine-peer`) holds no connection to the auth
+//! server and its key is not here: the director asks for its token
+//! ([`Request::StationEngineToken`], bound to that engine, granted only for an engine the
+//! station enrolled) and forwards it over the backplane ([`crate::backplane`]).
+//!
 //! Tokens are refreshed when half their lifetime is left, kept in memory ([`EngineTokens`])
-//! and written to `DATA/engines/<i>/engine.token` (0600). A refused enrollment is final and
-//! logged; an unreachable auth server is retried.
+//! and written to `DATA/engines/<i>/engine.token` (0600; an engine process writes its own).
+//! A refused enrollment is final and logged; an unreachable auth server is retried.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +59,11 @@ impl EngineTokens {
         self.rx.borrow().get(index).cloned().flatten()
     }
 
+    /// Waits until a token arrives or is refreshed; false once none can arrive any more.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+
     /// Waits until every engine has a token; false if the tokens can no longer arrive.
     pub async fn wait_all(&mut self) -> bool {
         self.rx
@@ -65,16 +75,27 @@ impl EngineTokens {
 
 /// One engine, as the token keeper needs it.
 #[derive(Clone, Debug)]
-pub struct Engine {
-    /// Its identity: the subject of its token.
-    pub key: Keypair,
-    /// Its directory, where `engine.token` goes.
-    pub dir: PathBuf,
+pub enum Engine {
+    /// An engine of this process: it asks for its token itself, under its own key.
+    InProcess {
+        /// Its identity: the subject of its token.
+        key: Keypair,
+        /// Its directory, where `engine.token` goes.
+        dir: PathBuf,
+    },
+    /// An engine process (`--engine-peer`): the director asks for its token.
+    Process {
+        /// Its peer id: the subject of its token.
+        peer: PeerId,
+    },
 }
 
 impl Engine {
     fn peer(&self) -> PeerId {
-        self.key.public().to_peer_id()
+        match self {
+            Engine::InProcess { key, .. } => key.public().to_peer_id(),
+            Engine::Process { peer } => *peer,
+        }
     }
 }
 
@@ -157,8 +178,9 @@ async fn keep(source: Source, engines: Vec<Engine>, tx: watch::Sender<Vec<Option
             match fetch(&source, server.as_ref(), engine).await {
                 Ok((token, claims)) => {
                     earliest_expiry = earliest_expiry.min(claims.expires_ms);
-                    let path = engine.dir.join(TOKEN_FILE);
-                    if let Err(e) = write_private(&path, &token, "engine token") {
+                    if let Engine::InProcess { dir, .. } = engine
+                        && let Err(e) = write_private(&dir.join(TOKEN_FILE), &token, "engine token")
+                    {
                         warn!(cause = %e, "cannot write the engine token file");
                     }
                     tx.send_modify(|t| t[index] = Some(token));
@@ -226,9 +248,19 @@ async fn fetch(
             let token = blocking(move || server.issue_engine_token(peer, now_ms())).await?;
             (token, trusted)
         }
-        (Source::Remote { .. }, Some(server)) => {
-            let client = AuthClient::connect(server, engine.key.clone()).await?;
-            (client.token(Request::EngineToken).await?, server.trusted())
+        (Source::Remote { station, .. }, Some(server)) => {
+            let token = match engine {
+                Engine::InProcess { key, .. } => {
+                    let client = AuthClient::connect(server, key.clone()).await?;
+                    client.token(Request::EngineToken).await?
+                }
+                Engine::Process { peer } => {
+                    let client = AuthClient::connect(server, station.clone()).await?;
+                    let engine = *peer;
+                    client.token(Request::StationEngineToken { engine }).await?
+                }
+            };
+            (token, server.trusted())
         }
         (Source::Remote { .. }, None) => {
             return Err(Failure::Retry("auth server unknown".into()));

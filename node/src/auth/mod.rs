@@ -536,7 +536,31 @@ impl Server {
     /// An engine token for `engine` (the peer asking), if its station is enrolled.
     #[instrument(skip_all, fields(engine = %short_peer(&engine)))]
     pub fn issue_engine_token(&self, engine: PeerId, now_ms: u64) -> Result<Vec<u8>, Error> {
-        if self.db.station_of_engine(&engine)?.is_none() {
+        self.engine_token_of(engine, None, now_ms)
+    }
+
+    /// An engine token for `engine`, asked by the director `station`: only for an engine
+    /// that `station` enrolled (an engine in a process of its own, which has no connection
+    /// to this server and gets the token from its director).
+    #[instrument(skip_all, fields(station = %short_peer(&station), engine = %short_peer(&engine)))]
+    pub fn issue_station_engine_token(
+        &self,
+        station: PeerId,
+        engine: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        self.engine_token_of(engine, Some(station), now_ms)
+    }
+
+    /// An engine token for `engine` if it is enrolled (by `station`, when given).
+    fn engine_token_of(
+        &self,
+        engine: PeerId,
+        station: Option<PeerId>,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let enrolled_by = self.db.station_of_engine(&engine)?;
+        if enrolled_by.is_none() || station.is_some_and(|s| enrolled_by != Some(s)) {
             Metrics::inc(&self.metrics.engine_tokens_refused);
             warn!("engine token refused: not enrolled");
             return Err(Error::NotEnrolled(engine));

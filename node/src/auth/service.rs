@@ -191,6 +191,9 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             .enroll_station(&t, peer, &engines, now_ms)
             .map(|()| Response::Done),
         Request::EngineToken => server.issue_engine_token(peer, now_ms).map(token),
+        Request::StationEngineToken { engine } => server
+            .issue_station_engine_token(peer, engine, now_ms)
+            .map(token),
     };
     result.unwrap_or_else(|e| Response::Error(refusal(&e)))
 }
@@ -502,5 +505,34 @@ mod tests {
                 .verify(&t, now, Audience::Engine, None, &engine)
                 .is_ok()
         );
+
+        // The station's director asks for its engine's token: bound to the engine, not to
+        // the director that carries it.
+        let for_engine = Request::StationEngineToken { engine };
+        let Response::Token(t) = handle(&s, station, for_engine.clone(), now) else {
+            panic!("station engine token refused");
+        };
+        assert!(
+            trusted
+                .verify(&t, now, Audience::Engine, None, &engine)
+                .is_ok()
+        );
+        assert!(
+            trusted
+                .verify(&t, now, Audience::Engine, None, &station)
+                .is_err()
+        );
+        // Any other station, or an engine nobody enrolled: refused.
+        assert!(matches!(
+            handle(&s, PeerId::random(), for_engine, now),
+            Response::Error(e) if e.contains("is not enrolled")
+        ));
+        let stranger = Request::StationEngineToken {
+            engine: PeerId::random(),
+        };
+        assert!(matches!(
+            handle(&s, station, stranger, now),
+            Response::Error(e) if e.contains("is not enrolled")
+        ));
     }
 }

@@ -37,7 +37,7 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, W
 use crate::config::StationConfig;
 use crate::content::{Catalog, Sessions};
 use crate::control::{EngineCommand, EngineReport};
-use crate::listen::{dialable, is_tcp, listen_all, without_peer};
+use crate::listen::{advertised, announced, dialable, is_tcp, listen_all, without_peer};
 use crate::store::locations::{Location, LocationState, LocationTable};
 
 /// The director's libp2p protocols.
@@ -59,7 +59,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 pub struct DirectorHandle {
     /// Its peer id.
     pub peer_id: PeerId,
-    /// Where it listens (in the order of `--listen`).
+    /// Where other peers reach it: `--announce`, then where it listens (every interface
+    /// address of an unspecified listener), routable ones before loopback; the first is the
+    /// one to give other hosts.
     pub addrs: Vec<Multiaddr>,
     /// The registry, for the rest of the node.
     pub registry: RegistryHandle,
@@ -150,7 +152,10 @@ pub async fn start(
         blade: libp2p_stream::Behaviour::new(),
     })?;
     let blade = swarm.behaviour().blade.new_control();
-    let addrs = listen_all(&mut swarm, &config.listen).await?;
+    let announce = (config.announce.iter())
+        .map(|a| announced(a, peer_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addrs = advertised(&announce, &listen_all(&mut swarm, &config.listen).await?);
     for addr in &addrs {
         swarm.add_external_address(without_peer(addr));
     }

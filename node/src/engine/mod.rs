@@ -25,7 +25,7 @@ use vodmesh_proto::SegmentId;
 use vodmesh_proto::net::build_swarm;
 
 use crate::control::{EngineCommand, EngineReport, Expected};
-use crate::listen::{any_port, listen_all};
+use crate::listen::{advertised, announced, listen_all};
 use crate::store::{self, SegmentStore};
 
 /// The engine's libp2p protocols.
@@ -84,14 +84,24 @@ pub struct EngineHandle {
 /// Segments the director told this engine to accept, shared with the stream tasks.
 pub(crate) type Expectations = Arc<Mutex<HashMap<SegmentId, Expected>>>;
 
-/// Starts engine `index` with identity `key`, listening on the hosts of `director_listen`
-/// (ports of its own), storing segments as `storage` says, reporting to its director on
-/// `reports` and counting into the station's `metrics`.
+/// Where an engine listens, and what it announces besides.
+#[derive(Clone, Debug, Default)]
+pub struct EngineNet {
+    /// Its listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses other hosts reach it at that are on no interface of its host (NAT, a public
+    /// address elsewhere): announced before the ones it listens on.
+    pub announce: Vec<Multiaddr>,
+}
+
+/// Starts engine `index` with identity `key`, listening and announcing as `net` says,
+/// storing segments as `storage` says, reporting to its director on `reports` and counting
+/// into the station's `metrics`.
 #[allow(clippy::too_many_arguments)] // each is one distinct part of a blade's setup
 pub async fn start(
     index: usize,
     key: Keypair,
-    director_listen: &[Multiaddr],
+    net: &EngineNet,
     storage: EngineStorage,
     auth: EngineAuth,
     reports: mpsc::Sender<EngineReport>,
@@ -99,6 +109,9 @@ pub async fn start(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
     let peer_id = key.public().to_peer_id();
+    let announce = (net.announce.iter())
+        .map(|a| announced(a, peer_id))
+        .collect::<Result<Vec<_>, _>>()?;
     let EngineAuth { trusted, token } = auth;
     for disk in &storage.disks {
         std::fs::create_dir_all(disk).with_context(|| format!("creating {}", disk.display()))?;
@@ -130,8 +143,7 @@ pub async fn start(
         ping: ping::Behaviour::default(),
         streams: libp2p_stream::Behaviour::new(),
     })?;
-    let listen: Vec<Multiaddr> = director_listen.iter().map(any_port).collect();
-    let addrs = listen_all(&mut swarm, &listen).await?;
+    let addrs = advertised(&announce, &listen_all(&mut swarm, &net.listen).await?);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
 
     let expectations: Expectations = Arc::default();
