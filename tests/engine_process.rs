@@ -7,76 +7,15 @@
 //! the same data directory, it is marked up again; hung (SIGSTOP) it is marked down by the
 //! heartbeat's time-out, and resumed it reattaches and serves the console again.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
-use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
-
-/// A `vodmesh-node engine` process; killed when dropped.
-struct EngineProcess {
-    child: Child,
-    /// Its `/metrics` URL.
-    metrics: String,
-}
-
-impl EngineProcess {
-    /// Starts an engine on loopback under `data`, attached to `director`, trusting `issuer`;
-    /// returns once it printed its `engine <MULTIADDR>` line.
-    fn start(data: &Path, director: &Multiaddr, issuer: &str) -> Result<Self> {
-        std::fs::create_dir_all(data)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("stderr.log"))?;
-        let mut child = Command::new(bin("vodmesh-node"))
-            .args(["engine", "--director", &director.to_string(), "--data"])
-            .arg(data)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", issuer])
-            .args(["--metrics", "127.0.0.1:0", "--max-streams", "5"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let metrics = loop {
-            let Some(line) = lines.next() else {
-                let _ = child.kill();
-                bail!("vodmesh-node engine exited before printing its metrics address");
-            };
-            if let Some(url) = line?.strip_prefix("metrics ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, metrics })
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the process.
-    fn signal(&self, signal: &str) -> Result<()> {
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()?;
-        anyhow::ensure!(sent.success(), "kill -{signal} failed");
-        Ok(())
-    }
-
-    fn kill(mut self) -> Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vodmesh_tests::{
+    EngineProcess, NodeProcess, bin, issuer_of, metric, random_file, subscriber, vodmesh,
+};
 
 /// The engines `vodmesh status --json` lists for the first station: (peer id, up).
 fn engines(node: &Multiaddr) -> Result<Vec<(String, bool)>> {
@@ -94,14 +33,6 @@ fn engines(node: &Multiaddr) -> Result<Vec<(String, bool)>> {
             )
         })
         .collect())
-}
-
-/// The value of series `name` (with its labels) in a scrape of `url`.
-fn metric(url: &str, name: &str) -> Result<f64> {
-    let body = ureq::get(url).call()?.body_mut().read_to_string()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .with_context(|| format!("no {name} in\n{body}"))
 }
 
 /// Polls `check` every 200 ms until true; the time it took.

@@ -8,13 +8,18 @@
 #                                   netem DELAY/LOSS (exit 3 when the kernel has no netem)
 #   hosts.sh cut PREFIX I           cut host I's link (its bridge port down)
 #   hosts.sh heal PREFIX I          restore it
+#   hosts.sh nat PREFIX I           put host I behind a NAT: its eth0 gets 10.78.I.1/24 (no
+#                                   other host can reach it), the bridge namespace routes
+#                                   (10.77.0.254) and maps 10.79.0.I, every port, to it (nft
+#                                   dnat and snat); the other hosts route 10.79.0.0/24 there
 #   hosts.sh down PREFIX            remove every namespace of PREFIX
 #
-# Needs root (or CAP_NET_ADMIN) and iproute2. Exits 2 when namespaces cannot be made here.
+# Needs root (or CAP_NET_ADMIN) and iproute2, and nftables for nat. Exits 2 when namespaces
+# cannot be made here, 4 when nat has no nft.
 set -euo pipefail
 cmd=${1:-}
 prefix=${2:-}
-[ -n "$cmd" ] && [ -n "$prefix" ] || { sed -n '2,14p' "$0"; exit 64; }
+[ -n "$cmd" ] && [ -n "$prefix" ] || { sed -n '2,18p' "$0"; exit 64; }
 bridge="${prefix}br"
 
 case "$cmd" in
@@ -54,12 +59,37 @@ cut)
 heal)
     ip -n "$bridge" link set "p${3:?host}" up
     ;;
+nat)
+    i=${3:?host}
+    command -v nft >/dev/null || { echo "no nft (nftables): cannot make a NAT" >&2; exit 4; }
+    ns="${prefix}h$i"
+    ip -n "$bridge" addr replace 10.77.0.254/24 dev br0
+    ip netns exec "$bridge" sysctl -qw net.ipv4.ip_forward=1
+    # Host I leaves the bridge for a link of its own to the router (the bridge namespace).
+    ip -n "$bridge" link set "p$i" nomaster
+    ip -n "$bridge" addr add "10.78.$i.254/24" dev "p$i"
+    ip -n "$ns" addr flush dev eth0
+    ip -n "$ns" addr add "10.78.$i.1/24" dev eth0
+    ip -n "$ns" route add default via "10.78.$i.254"
+    ip netns exec "$bridge" nft -f - <<EOF
+table ip nat {
+    chain pre { type nat hook prerouting priority -100; }
+    chain post { type nat hook postrouting priority 100; }
+}
+add rule ip nat pre ip daddr 10.79.0.$i dnat to 10.78.$i.1
+add rule ip nat post oifname "br0" ip saddr 10.78.$i.1 snat to 10.79.0.$i
+EOF
+    for other in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}h[0-9]+$"); do
+        [ "$other" = "$ns" ] && continue
+        ip -n "$other" route replace 10.79.0.0/24 via 10.77.0.254
+    done
+    ;;
 down)
     for ns in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}(br|h[0-9]+)$"); do
         ip netns del "$ns" || true
     done
     ;;
 *)
-    sed -n '2,14p' "$0"; exit 64
+    sed -n '2,18p' "$0"; exit 64
     ;;
 esac

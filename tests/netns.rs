@@ -1,104 +1,34 @@
-//! Cost inputs from real links (claim 15): stations on hosts that are network namespaces,
-//! joined by veth pairs through a bridge, one host's link shaped with `tc` (tbf rate limit and
-//! netem delay). The shaped host advertises a fat link and the unshaped one a thin link; the
-//! first miss believes the adverts, and once a copy has been measured the director picks the
-//! truly faster link. The test creates and removes every namespace itself, and skips with a
-//! message where it may not.
+//! Stations on hosts that are network namespaces, joined by veth pairs through a bridge
+//! ([`Hosts`], `tests/hosts.sh`).
+//!
+//! - Addresses that work from other hosts: a station started with the default listen
+//!   addresses prints a `director` line another host joins through, and a console on a third
+//!   host plays from its engine; the same for a station behind a NAT, announced with
+//!   `--announce`.
+//! - Cost inputs from real links (claim 15): one host's link shaped with `tc` (tbf rate limit
+//!   and netem delay). The shaped host advertises a fat link and the unshaped one a thin link;
+//!   the first miss believes the adverts, and once a copy has been measured the director picks
+//!   the truly faster link.
+//! - A link cut during a copy, loss and delay, a partition that heals.
+//!
+//! Each test creates and removes every namespace itself; it skips with a message where it
+//! may not (not root, no iproute2), and fails under CI when it cannot make them.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use vodmesh_tests::{NodeProcess, bin, random_file};
-
-/// Hosts made by `tests/hosts.sh` for one test, removed when dropped.
-struct Hosts {
-    prefix: String,
-}
-
-fn script(args: &[&str]) -> Result<std::process::Output> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("hosts.sh");
-    Command::new("bash")
-        .arg(path)
-        .args(args)
-        .output()
-        .context("running tests/hosts.sh")
-}
-
-impl Hosts {
-    /// `n` hosts (10.77.0.1..n) on one bridge; `None` when namespaces cannot be made here.
-    fn up(n: u8) -> Result<Option<Self>> {
-        let prefix = format!("vm{}", std::process::id() % 100_000);
-        let out = script(&["up", &prefix, &n.to_string()])?;
-        if !out.status.success() {
-            let _ = script(&["down", &prefix]);
-            println!(
-                "SKIPPED: cannot create network namespaces here ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return Ok(None);
-        }
-        Ok(Some(Self { prefix }))
-    }
-
-    /// Host `i`'s namespace.
-    fn ns(&self, i: u8) -> String {
-        format!("{}h{i}", self.prefix)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
-        let mut all = vec![args[0], &self.prefix];
-        all.extend_from_slice(&args[1..]);
-        script(&all)
-    }
-
-    /// Shapes what host `i` sends; false when the kernel has no netem (rate only).
-    fn shape(&self, i: u8, rate: &str, delay: &str, loss: &str) -> Result<bool> {
-        let out = self.run(&["shape", &i.to_string(), rate, delay, loss])?;
-        match out.status.code() {
-            Some(0) => Ok(true),
-            Some(3) => {
-                println!("NOTE: {}", String::from_utf8_lossy(&out.stderr).trim());
-                Ok(false)
-            }
-            _ => bail!("shape: {}", String::from_utf8_lossy(&out.stderr)),
-        }
-    }
-
-    /// Cuts (`true`) or restores host `i`'s link.
-    fn cut(&self, i: u8, cut: bool) -> Result<()> {
-        let out = self.run(&[if cut { "cut" } else { "heal" }, &i.to_string()])?;
-        if !out.status.success() {
-            bail!("cut: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        let _ = script(&["down", &self.prefix]);
-    }
-}
+use anyhow::{Result, bail};
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use vodmesh_tests::hosts::Hosts;
+use vodmesh_tests::{
+    NodeProcess, enroll_new_station, ingest, issuer_of, play, random_file, run_bin, subscriber_in,
+};
 
 /// Runs a workspace binary in `ns` (with `$VODMESH_HOME` = `home` when given); its stdout.
 fn run_in(ns: &str, name: &str, home: Option<&Path>, args: &[&str]) -> Result<String> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(bin(name)).args(args);
-    if let Some(home) = home {
-        c.env("VODMESH_HOME", home);
-    }
-    let out = c.output()?;
-    if !out.status.success() {
-        bail!(
-            "{name} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
+    run_bin(Some(ns), name, home, args)
 }
 
 /// The log without its colour codes.
@@ -185,33 +115,12 @@ impl Trio {
             ],
         )?;
         let boot = home.addr.to_string();
-        let admin_key = home.data.join("identity.key").display().to_string();
-        let issuer = vodmesh_tests::issuer_of(&home.data)?;
+        let admin_key = home.data.join("identity.key");
+        let issuer = issuer_of(&home.data)?;
         let enrolled = |name: &str, ns: &str, ip4: &str, extra: &[&str]| -> Result<NodeProcess> {
             let data = dir.path().join(name);
-            let key = data.join("identity.key").display().to_string();
-            let peer = run_in(ns, "vodmesh", None, &["keygen", "--out", &key])?;
-            let token = dir
-                .path()
-                .join(format!("{name}.token"))
-                .display()
-                .to_string();
-            run_in(
-                ns,
-                "vodmesh",
-                None,
-                &[
-                    "enroll",
-                    "--node",
-                    &boot,
-                    "--key",
-                    &admin_key,
-                    "--station",
-                    peer.trim(),
-                    "--out",
-                    &token,
-                ],
-            )?;
+            let token = enroll_new_station(Some(ns), &home.addr, &admin_key, &data)?;
+            let token = token.display().to_string();
             let mut args = vec![
                 "--engines",
                 "1",
@@ -234,66 +143,20 @@ impl Trio {
         // A program of 1 MiB segments, replicated to a.
         let source = dir.path().join("program.bin");
         let bytes = random_file(&source, segments * 1024 * 1024, 41)?;
-        let out = run_in(
-            &h,
-            "vodmesh",
-            None,
-            &[
-                "ingest",
-                "--node",
-                &boot,
-                "--key",
-                &admin_key,
-                "--title",
-                "shaped",
-                "--publish-at",
-                "now",
-                "--replicas",
-                "1",
-                "--segment-size",
-                "1048576",
-                &source.display().to_string(),
-            ],
+        let replicas = ["--replicas", "1"];
+        let program = ingest(
+            Some(&h),
+            &home.addr,
+            &admin_key,
+            "shaped",
+            &source,
+            &replicas,
         )?;
-        let program = out.lines().last().unwrap_or_default().to_string();
         wait_for_log(&a, "ReplicaComplete", Duration::from_secs(60))?;
         let c_ns = hosts.ns(3);
         let c = enrolled("c", &c_ns, "10.77.0.3", &["--bandwidth", "10000"])?;
         let console = dir.path().join("console");
-        std::fs::create_dir_all(&console)?;
-        let password = console.join("password");
-        std::fs::write(&password, "correct horse battery staple\n")?;
-        let password = password.display().to_string();
-        run_in(
-            &h,
-            "vodmesh",
-            None,
-            &[
-                "user",
-                "add",
-                "--node",
-                &boot,
-                "--key",
-                &admin_key,
-                "dee",
-                "--password-file",
-                &password,
-            ],
-        )?;
-        run_in(
-            &c_ns,
-            "vodmesh-console",
-            Some(&console),
-            &[
-                "login",
-                "--node",
-                &c.addr.to_string(),
-                "--user",
-                "dee",
-                "--password-file",
-                &password,
-            ],
-        )?;
+        subscriber_in(Some(&c_ns), &home.addr, &admin_key, &console, "dee")?;
         Ok(Self {
             dir,
             home,
@@ -307,23 +170,8 @@ impl Trio {
 
     /// Plays the program at c, from host c, at full speed; returns the bytes played.
     fn play(&self) -> Result<Vec<u8>> {
-        let played = self.dir.path().join("played.bin").display().to_string();
-        run_in(
-            &self.c_ns,
-            "vodmesh-console",
-            Some(&self.dir.path().join("console")),
-            &[
-                "play",
-                "--node",
-                &self.c.addr.to_string(),
-                "--speed",
-                "max",
-                "--out",
-                &played,
-                &self.program,
-            ],
-        )?;
-        Ok(std::fs::read(&played)?)
+        let console = self.dir.path().join("console");
+        Ok(play(Some(&self.c_ns), &console, &self.c.addr, &self.program)?.0)
     }
 }
 
@@ -500,4 +348,133 @@ fn a_partition_that_heals_reconverges() -> Result<()> {
         assert!(took <= TTL, "station {} took {took:?} to reconverge", i + 1);
     }
     Ok(())
+}
+
+/// The IPv4 address `addr` starts with, as text.
+fn ip4_of(addr: &Multiaddr) -> Option<String> {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => Some(ip.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether `addrs` has both a TCP and a QUIC address on `ip`.
+fn tcp_and_quic_on(addrs: &[Multiaddr], ip: &str) -> bool {
+    let on = |quic: bool| {
+        addrs.iter().any(|a| {
+            ip4_of(a).as_deref() == Some(ip) && a.iter().any(|p| p == Protocol::QuicV1) == quic
+        })
+    };
+    on(false) && on(true)
+}
+
+/// Station a on host 1 (home, content manager, auth, one engine), listening on `a_listen`
+/// (none: the defaults) with `a_args`, must print a `director` line on `public`, the address
+/// other hosts reach it at, and list its director and engine there for TCP and QUIC in
+/// node.json. Station b on host 2 joins through exactly that line; it is not enrolled, so it
+/// sends consoles to the engine holding a segment. A console on host 3 logs in, ingests a
+/// program into a and plays it through b: the bytes come from a's engine. With `private`
+/// (a's interface address behind a NAT), host 3 must not reach a there: only the announced
+/// address works.
+fn plays_across_hosts(
+    hosts: &Hosts,
+    a_listen: &[&str],
+    a_args: &[&str],
+    public: &str,
+    private: Option<&str>,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (h1, h2, h3) = (hosts.ns(1), hosts.ns(2), hosts.ns(3));
+    let mut args = vec!["--engines", "1", "--home", "--content-manager", "--auth"];
+    args.extend_from_slice(&["--record-ttl", "10"]);
+    args.extend_from_slice(a_args);
+    let a = NodeProcess::start_in(Some(&h1), &dir.path().join("a"), a_listen, &args)?;
+    assert_eq!(
+        ip4_of(&a.addr).as_deref(),
+        Some(public),
+        "a printed {}",
+        a.addr
+    );
+    let node = vodmesh_node::nodefile::NodeFile::read(&a.data)?;
+    assert_eq!(node.director.addrs.first(), Some(&a.addr), "{node:?}");
+    for entry in std::iter::once(&node.director).chain(&node.engines) {
+        assert!(tcp_and_quic_on(&entry.addrs, public), "{entry:?}");
+        if let Some(private) = private {
+            // Listed too (it is a's interface), after the announced address.
+            assert!(tcp_and_quic_on(&entry.addrs, private), "{entry:?}");
+        }
+    }
+    let a_engine = node.engines.first().map(|e| e.peer_id.to_string());
+    if let Some(private) = private {
+        // The engine on the port after the director's, at the announced address.
+        let engine_at = node.engines.first().and_then(|e| e.addrs.first());
+        let want = format!("/ip4/{public}/tcp/4002/p2p/");
+        assert!(
+            engine_at.is_some_and(|a| a.to_string().starts_with(&want)),
+            "engine at {engine_at:?}"
+        );
+        let behind = format!("/ip4/{private}/tcp/4001/p2p/{}", peer_of(&a));
+        let direct = run_in(&h3, "vodmesh", None, &["status", "--node", &behind]);
+        assert!(
+            direct.is_err(),
+            "host 3 reached a behind its NAT: {direct:?}"
+        );
+    }
+
+    let issuer = issuer_of(&a.data)?;
+    let boot = a.addr.to_string();
+    let b_args = [
+        "--bootstrap",
+        &boot,
+        "--trust",
+        &issuer,
+        "--record-ttl",
+        "10",
+    ];
+    let b = NodeProcess::start_in(Some(&h2), &dir.path().join("b"), &[], &b_args)?;
+    let both: BTreeSet<String> = [peer_of(&a), peer_of(&b)].into();
+    wait_listing("b joined a", &h3, &b, &both, Duration::from_secs(40))?;
+
+    let admin_key = a.data.join("identity.key");
+    let console = dir.path().join("console");
+    subscriber_in(Some(&h3), &a.addr, &admin_key, &console, "eve")?;
+    let source = dir.path().join("program.bin");
+    let bytes = random_file(&source, 3 * 1024 * 1024 + 7, 29)?;
+    // Ingested from host 3 as well: the segments go to a's engine at the addresses a named.
+    let program = ingest(Some(&h3), &a.addr, &admin_key, "far", &source, &[])?;
+    let (played, stats) = play(Some(&h3), &console, &b.addr, &program)?;
+    assert!(played == bytes, "played bytes differ from the source");
+    assert_eq!(stats["verified"], true);
+    assert_eq!(stats["engines"], serde_json::json!([a_engine]), "{stats}");
+    Ok(())
+}
+
+/// Issue 29: a station on the default listen addresses (TCP and QUIC on 0.0.0.0) prints an
+/// address of its host that other hosts reach, and is joined and played from there.
+#[test]
+fn a_station_on_the_default_addresses_is_joined_and_played_from_other_hosts() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    plays_across_hosts(&hosts, &[], &[], "10.77.0.1", None)
+}
+
+/// Issue 29: a station behind a NAT (its interface address unreachable from the other
+/// hosts) is announced at its public address with `--announce`, every port forwarded: the
+/// director on the fixed ports, its engine on the next ones.
+#[test]
+fn a_station_behind_a_nat_is_reached_at_its_announced_address() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    let Some((public, private)) = hosts.behind_nat(1)? else {
+        return Ok(());
+    };
+    let (tcp, quic) = (
+        format!("/ip4/{public}/tcp/4001"),
+        format!("/ip4/{public}/udp/4001/quic-v1"),
+    );
+    let listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"];
+    let announce = ["--announce", &tcp, "--announce", &quic];
+    plays_across_hosts(&hosts, &listen, &announce, &public, Some(&private))
 }

@@ -1,5 +1,9 @@
 //! Shared helpers of vodmesh's integration tests: stations in this process, `vodmesh-node`
-//! processes driven through the command-line contract, and waiting for a swarm to converge.
+//! processes (stations and engine processes) driven through the command-line contract, the
+//! `vodmesh` and `vodmesh-console` commands the tests run, waiting for a swarm to converge,
+//! and hosts as network namespaces ([`hosts`]).
+
+pub mod hosts;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -93,7 +97,7 @@ impl NodeProcess {
     }
 
     /// As [`NodeProcess::start`], in network namespace `netns` (through `ip netns exec`)
-    /// when given, listening on `listen`.
+    /// when given, listening on `listen` (none: `vodmesh-node`'s default, 0.0.0.0).
     pub fn start_in(
         netns: Option<&str>,
         data: &Path,
@@ -177,14 +181,232 @@ impl Drop for NodeProcess {
 
 /// Runs `vodmesh ARGS` and returns its stdout; fails with its stderr if it exits non-zero.
 pub fn vodmesh(args: &[&str]) -> Result<String> {
-    let out = Command::new(bin("vodmesh")).args(args).output()?;
+    run_bin(None, "vodmesh", None, args)
+}
+
+/// Runs the workspace binary `name` with `args`, in network namespace `netns` when given
+/// (through `ip netns exec`), with `$VODMESH_HOME` = `home` when given; returns its stdout,
+/// or fails with its stderr if it exits non-zero.
+pub fn run_bin(
+    netns: Option<&str>,
+    name: &str,
+    home: Option<&Path>,
+    args: &[&str],
+) -> Result<String> {
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
+    };
+    c.args(args);
+    if let Some(home) = home {
+        c.env("VODMESH_HOME", home);
+    }
+    let out = c.output().with_context(|| format!("running {name}"))?;
     if !out.status.success() {
         bail!(
-            "vodmesh {args:?} failed: {}",
+            "{name} {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `vodmesh keygen --out PATH` (from host `netns`): a new identity file; its peer id.
+pub fn keygen(netns: Option<&str>, path: &Path) -> Result<String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = run_bin(
+        netns,
+        "vodmesh",
+        None,
+        &["keygen", "--out", &path_str(path)],
+    )?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// Makes the identity of a new station at `data` and has the auth station at `auth` (its
+/// admin key: `admin_key`) issue it an enrollment token, all from host `netns`; returns the
+/// token file (`data/enroll.token`), for `vodmesh-node --enroll`.
+pub fn enroll_new_station(
+    netns: Option<&str>,
+    auth: &Multiaddr,
+    admin_key: &Path,
+    data: &Path,
+) -> Result<PathBuf> {
+    let peer = keygen(netns, &data.join("identity.key"))?;
+    let token = data.join("enroll.token");
+    run_bin(
+        netns,
+        "vodmesh",
+        None,
+        &[
+            "enroll",
+            "--node",
+            &auth.to_string(),
+            "--key",
+            &path_str(admin_key),
+            "--station",
+            &peer,
+            "--out",
+            &path_str(&token),
+        ],
+    )?;
+    Ok(token)
+}
+
+/// `vodmesh ingest` (from host `netns`) of `source` into the home station at `node`, as the
+/// admin whose key is `key`: titled `title`, published now, in 1 MiB segments, with `extra`
+/// arguments (`--replicas N`, ...). Returns the program id.
+pub fn ingest(
+    netns: Option<&str>,
+    node: &Multiaddr,
+    key: &Path,
+    title: &str,
+    source: &Path,
+    extra: &[&str],
+) -> Result<String> {
+    let (node, key, source) = (node.to_string(), path_str(key), path_str(source));
+    let mut args = vec!["ingest", "--node", &node, "--key", &key, "--title", title];
+    args.extend(["--publish-at", "now", "--segment-size", "1048576"]);
+    args.extend_from_slice(extra);
+    args.push(&source);
+    let out = run_bin(netns, "vodmesh", None, &args)?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// `vodmesh-console play --speed max` (from host `netns`) of `program` through the director
+/// at `node`, as the console whose identity and token are under `home`; returns the bytes
+/// played and its `--stats` JSON (both also left in `home`).
+pub fn play(
+    netns: Option<&str>,
+    home: &Path,
+    node: &Multiaddr,
+    program: &str,
+) -> Result<(Vec<u8>, serde_json::Value)> {
+    let (out, stats) = (home.join("played.bin"), home.join("stats.json"));
+    let node = node.to_string();
+    let (out_arg, stats_arg) = (path_str(&out), path_str(&stats));
+    let args = [
+        "play", "--node", &node, "--speed", "max", "--out", &out_arg, "--stats", &stats_arg,
+        program,
+    ];
+    run_bin(netns, "vodmesh-console", Some(home), &args)?;
+    Ok((
+        std::fs::read(&out)?,
+        serde_json::from_slice(&std::fs::read(&stats)?)?,
+    ))
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The value of series `name` (with its labels) in a scrape of the metrics at `url`.
+pub fn metric(url: &str, name: &str) -> Result<f64> {
+    let body = ureq::get(url).call()?.body_mut().read_to_string()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in\n{body}"))
+}
+
+/// A `vodmesh-node engine` process (deployment mode b); killed when dropped.
+pub struct EngineProcess {
+    child: Child,
+    /// The address it printed after `engine `.
+    pub addr: Multiaddr,
+    /// Its `/metrics` URL (empty without `--metrics`).
+    pub metrics: String,
+}
+
+impl EngineProcess {
+    /// Starts an engine on loopback under `data`, attached to `director`, trusting `issuer`,
+    /// with `--max-streams 5` and its metrics on a port of its own.
+    pub fn start(data: &Path, director: &Multiaddr, issuer: &str) -> Result<Self> {
+        let args = ["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", issuer];
+        let more = ["--metrics", "127.0.0.1:0", "--max-streams", "5"];
+        Self::start_in(None, data, director, &[&args[..], &more[..]].concat())
+    }
+
+    /// Starts `vodmesh-node engine --director DIRECTOR --data DATA ARGS` in network namespace
+    /// `netns` when given, and returns once it printed its `engine <MULTIADDR>` line (and its
+    /// `metrics` line, with `--metrics`). Its log goes to `DATA/stderr.log`.
+    pub fn start_in(
+        netns: Option<&str>,
+        data: &Path,
+        director: &Multiaddr,
+        args: &[&str],
+    ) -> Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("stderr.log"))?;
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("vodmesh-node"));
+                c
+            }
+            None => Command::new(bin("vodmesh-node")),
+        };
+        let mut child = command
+            .args(["engine", "--director", &director.to_string(), "--data"])
+            .arg(data)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let with_metrics = args.contains(&"--metrics");
+        let (mut addr, mut metrics) = (None, String::new());
+        while addr.is_none() || (with_metrics && metrics.is_empty()) {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("vodmesh-node engine exited before printing its addresses");
+            };
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("engine ") {
+                addr = Some(rest.trim().parse::<Multiaddr>()?);
+            } else if let Some(url) = line.strip_prefix("metrics ") {
+                metrics = url.trim().to_string();
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self {
+            child,
+            addr: addr.context("no engine line")?,
+            metrics,
+        })
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The director peer ids `vodmesh status --node ADDR --json` lists.
@@ -365,32 +587,40 @@ pub fn hls_playlist(segments: &[(&str, f32)], init: Option<&str>) -> String {
 /// Adds subscriber `name` to the auth station at `auth` (with its admin key `admin_key`) and
 /// logs a console in as that subscriber, keeping its identity and token under `home`.
 pub fn subscriber(auth: &Multiaddr, admin_key: &Path, home: &Path, name: &str) -> Result<()> {
+    subscriber_in(None, auth, admin_key, home, name)
+}
+
+/// As [`subscriber`], both commands run from host `netns` when given.
+pub fn subscriber_in(
+    netns: Option<&str>,
+    auth: &Multiaddr,
+    admin_key: &Path,
+    home: &Path,
+    name: &str,
+) -> Result<()> {
     std::fs::create_dir_all(home)?;
     let password = home.join("password");
     std::fs::write(&password, "correct horse battery staple\n")?;
-    vodmesh(&[
-        "user",
-        "add",
+    let (auth, password) = (auth.to_string(), path_str(&password));
+    let key = path_str(admin_key);
+    let add = ["user", "add", "--node", &auth, "--key", &key, name];
+    run_bin(
+        netns,
+        "vodmesh",
+        None,
+        &[&add[..], &["--password-file", &password]].concat(),
+    )?;
+    let login = [
+        "login",
         "--node",
-        &auth.to_string(),
-        "--key",
-        &admin_key.to_string_lossy(),
+        &auth,
+        "--user",
         name,
         "--password-file",
-        &password.to_string_lossy(),
-    ])?;
-    let out = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", home)
-        .args(["login", "--node", &auth.to_string(), "--user", name])
-        .arg("--password-file")
-        .arg(&password)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "login failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        &password,
+    ];
+    run_bin(netns, "vodmesh-console", Some(home), &login)
+        .map_err(|e| anyhow::anyhow!("login failed: {e}"))?;
     Ok(())
 }
 
