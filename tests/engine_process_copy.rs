@@ -3,7 +3,8 @@
 //! token obtained by its director (`StationEngineToken`) and forwarded over the backplane;
 //! with it the engine fills a miss and takes a `--replicas 1` replica, and the console's bytes
 //! equal the source's. Without the station's enrollment the engine holds no token: the holder
-//! refuses its copies, and the console is served by the holder instead.
+//! refuses its copies, and the console is served by the holder instead. A token refreshed by
+//! the director reaches the engine process again before the old one expires.
 
 use std::path::Path;
 use std::time::Duration;
@@ -219,5 +220,66 @@ async fn without_enrollment_an_engine_process_copies_nothing_and_the_holder_serv
     drop(engine);
     assert!(station.terminate()?, "the station did not stop cleanly");
     assert!(home.terminate()?, "the home did not stop cleanly");
+    Ok(())
+}
+
+/// The auth station's own engine process, with engine tokens of 4 s: the director refreshes
+/// the token at half its life and forwards each new one; the engine keeps every one it gets
+/// (its token file changes), each bound to the engine and valid when it arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires() -> Result<()> {
+    use vodmesh_proto::token::{Audience, TrustedIssuers};
+    let dir = tempfile::tempdir()?;
+    let engine_data = dir.path().join("engine");
+    let key = vodmesh_node::identity::load_or_create(&engine_data.join("identity.key"))?;
+    let engine_peer = key.public().to_peer_id();
+    let mut config = vodmesh_node::StationConfig::new(dir.path().join("auth"));
+    config.auth = true;
+    config.engines = 0;
+    config.engine_peers = vec![engine_peer];
+    config.auth_config.engine_ttl = Duration::from_secs(4);
+    let station = vodmesh_node::Station::start(config).await?;
+    let issuer = station.issuer().context("the auth station has no issuer")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let engine = vodmesh_node::backplane::start_engine(
+        vodmesh_node::backplane::EngineProcess {
+            director: station.addr().clone(),
+            data: engine_data.clone(),
+            disks: Vec::new(),
+            listen: vodmesh_node::config::default_listen("127.0.0.1"),
+            announce: Vec::new(),
+            capacity: 0,
+            max_streams: 8,
+            trust: vec![issuer],
+            metrics: None,
+        },
+        stopped,
+    )
+    .await?;
+
+    let trusted: TrustedIssuers = [issuer].into_iter().collect();
+    let file = engine_data.join("engine.token");
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 3 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} engine tokens forwarded in 30 s",
+            seen.len()
+        );
+        // The file is rewritten whole (temp file, rename): a read sees one token or none.
+        if let Ok(token) = std::fs::read(&file)
+            && seen.last() != Some(&token)
+        {
+            let now = vodmesh_proto::time::now_ms();
+            let claims = trusted.verify(&token, now, Audience::Engine, None, &engine_peer)?;
+            assert_eq!(claims.subject, engine_peer);
+            seen.push(token);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    engine.stopped().await;
+    station.shutdown().await;
     Ok(())
 }
