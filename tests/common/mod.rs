@@ -75,6 +75,19 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The workspace binary `name`, to run in network namespace `netns` (through `ip netns
+/// exec`) when given.
+pub fn command_in(netns: Option<&str>, name: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin(name));
+            c
+        }
+        None => Command::new(bin(name)),
+    }
+}
+
 /// A `vodmesh-node` process; killed when dropped.
 pub struct NodeProcess {
     child: Child,
@@ -106,14 +119,7 @@ impl NodeProcess {
     ) -> Result<Self> {
         std::fs::create_dir_all(data)?;
         let log = std::fs::File::create(data.join("stderr.log"))?;
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("vodmesh-node"));
-                c
-            }
-            None => Command::new(bin("vodmesh-node")),
-        };
+        let mut command = command_in(netns, "vodmesh-node");
         for addr in listen {
             command.args(["--listen", addr]);
         }
@@ -193,14 +199,7 @@ pub fn run_bin(
     home: Option<&Path>,
     args: &[&str],
 ) -> Result<String> {
-    let mut c = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(bin(name));
-            c
-        }
-        None => Command::new(bin(name)),
-    };
+    let mut c = command_in(netns, name);
     c.args(args);
     if let Some(home) = home {
         c.env("VODMESH_HOME", home);
@@ -346,14 +345,7 @@ impl EngineProcess {
             .create(true)
             .append(true)
             .open(data.join("stderr.log"))?;
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("vodmesh-node"));
-                c
-            }
-            None => Command::new(bin("vodmesh-node")),
-        };
+        let mut command = command_in(netns, "vodmesh-node");
         let mut child = command
             .args(["engine", "--director", &director.to_string(), "--data"])
             .arg(data)
