@@ -126,8 +126,7 @@ pub async fn start_engine(
         metrics.clone(),
         shutdown.clone(),
     )
-    .await
-    .context("starting the engine")?;
+    .await?;
     let mut metrics_addr = None;
     if let Some(listener) = metrics_listener {
         metrics_addr = listener.local_addr().ok();
