@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct PeerEntry {
     /// The peer id.
     pub peer_id: PeerId,
-    /// Its listen addresses, each ending in `/p2p/<peer id>`.
+    /// Where other peers reach it, each ending in `/p2p/<peer id>`: its `--announce`
+    /// addresses, then every address it listens on (a listener on 0.0.0.0 at every address
+    /// of the host), loopback last.
     pub addrs: Vec<Multiaddr>,
 }
 

@@ -301,9 +301,10 @@ impl Station {
         self.director.peer_id
     }
 
-    /// The director's first listen address (the one `vodmesh-node` prints).
+    /// The director's first address (the one `vodmesh-node` prints): its first `--announce`
+    /// address, else one of its host that other hosts reach, loopback only when it has none.
     pub fn addr(&self) -> &Multiaddr {
-        // `listen_all` never returns an empty list.
+        // `listen_all` never returns an empty list, nor does `advertised` of one.
         &self.director.addrs[0]
     }
 
