@@ -17,7 +17,8 @@ pub const MAX_RECORD: usize = 64 * 1024;
 pub struct EngineInfo {
     /// The engine's own peer id.
     pub peer_id: PeerId,
-    /// Where it listens.
+    /// Where other hosts reach it, the best first: announced addresses (`--announce`, NAT),
+    /// then where it listens, loopback last.
     pub addrs: Vec<Multiaddr>,
     /// Streams it is serving now.
     pub streams: u32,
@@ -96,7 +97,9 @@ pub struct Roles {
 pub struct StationRecord {
     /// The director's peer id: the station's name.
     pub director: PeerId,
-    /// Where the director listens.
+    /// Where other hosts reach the director, the best first (what "the station's address"
+    /// means to consoles and tools): announced addresses (`--announce`, NAT), then where it
+    /// listens, loopback last.
     pub addrs: Vec<Multiaddr>,
     /// The station's engines.
     pub engines: Vec<EngineInfo>,
