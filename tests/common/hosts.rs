@@ -73,7 +73,7 @@ impl Hosts {
         if !out.status.success() {
             let _ = script(&["down", &prefix]);
             let why = format!(
-                "cannot create network namespaces here ({})",
+                "tests/hosts.sh up: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
             return unavailable(&why, true);
