@@ -51,6 +51,10 @@ pub(super) struct Live {
     pub(super) progress: watch::Receiver<Progress>,
 }
 
+/// `(used, reserved, evictable)` per disk, as tests compare them.
+#[cfg(test)]
+pub(super) type Figures = Vec<(u64, u64, u64)>;
+
 /// One disk's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct DiskCount {
@@ -256,7 +260,7 @@ impl Holdings {
     /// The figures recomputed from the maps (open counts aside: readers are not listed), to
     /// check that the running figures never drift.
     #[cfg(test)]
-    pub(super) fn recount(&self) -> Vec<(u64, u64, u64)> {
+    pub(super) fn recount(&self) -> Figures {
         let mut out = vec![(0, 0, 0); self.disks.len()];
         for s in self.stored.values() {
             out[s.disk].0 += s.size;
@@ -272,7 +276,7 @@ impl Holdings {
 
     /// The running figures in the shape of [`Self::recount`].
     #[cfg(test)]
-    pub(super) fn figures(&self) -> Vec<(u64, u64, u64)> {
+    pub(super) fn figures(&self) -> Figures {
         self.disks
             .iter()
             .map(|d| (d.used, d.reserved, d.evictable))

@@ -613,7 +613,7 @@ impl SegmentStore {
 
     /// The running per-disk figures `(used, reserved, evictable)` and the same recomputed from
     /// the holdings: equal unless the accounting drifted.
-    pub(crate) fn audit(&self) -> (Vec<(u64, u64, u64)>, Vec<(u64, u64, u64)>) {
+    pub(crate) fn audit(&self) -> (super::accounting::Figures, super::accounting::Figures) {
         let st = self.inner.state();
         (st.holdings.figures(), st.holdings.recount())
     }
