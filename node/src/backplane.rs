@@ -140,6 +140,11 @@ pub enum WireCommand {
     },
     /// [`EngineCommand::Stop`].
     Stop,
+    /// [`EngineCommand::Remove`].
+    Remove {
+        /// The segments.
+        segments: Vec<SegmentId>,
+    },
 }
 
 type FetchReply = mpsc::Sender<(SegmentId, Result<Copied, String>)>;
@@ -315,6 +320,7 @@ async fn link(
                         WireCommand::Handover { segment, console }
                     }
                     EngineCommand::Stop => WireCommand::Stop,
+                    EngineCommand::Remove { segments } => WireCommand::Remove { segments },
                     EngineCommand::Fetch { segment, expect, sources, held_elsewhere, done } => {
                         next_id += 1;
                         pending.insert(next_id, (segment, done));
@@ -673,6 +679,7 @@ impl Attach {
                 EngineCommand::Handover { segment, console }
             }
             WireCommand::Stop => EngineCommand::Stop,
+            WireCommand::Remove { segments } => EngineCommand::Remove { segments },
             WireCommand::Fetch {
                 id,
                 segment,
