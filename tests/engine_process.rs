@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
-use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
+use vodmesh_tests::{NodeProcess, bin, issuer_of, play, random_file, subscriber, vodmesh};
 
 /// A `vodmesh-node engine` process; killed when dropped.
 struct EngineProcess {
@@ -120,34 +120,6 @@ fn wait(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Plays `program` at full speed through `node`; the bytes and the stats.
-fn play(node: &Multiaddr, program: &str, dir: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let run = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args([
-            "play",
-            "--node",
-            &node.to_string(),
-            "--speed",
-            "max",
-            program,
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .output()?;
-    if !run.status.success() {
-        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
 }
 
 /// The director's answer to Locate for every segment: the engine peer ids it names.
