@@ -5,6 +5,10 @@
 //!   were and what the segment files on disk add up to, and capacity decides the same;
 //! - an ingest beyond a home station's capacity is refused at once with the figures, and
 //!   leaves nothing; of two concurrent ingests that together do not fit, one succeeds whole;
+//! - a disk that fills up from outside during an ingest fails it within seconds, nothing of
+//!   it stays, and the station keeps serving what it holds;
+//! - a copy into a full station evicts what other stations hold, or, with nothing evictable,
+//!   is declined (counted) and the console is served by the holder;
 //! - an ingest whose client is killed expires and its segments go; a station stopped
 //!   mid-ingest drops the leftovers when it starts again;
 //! - `vodmesh ingest --progress` prints lines when stderr is not a terminal;
@@ -17,8 +21,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use vodmesh_tests::{
-    HttpServer, NodeProcess, bin, bytes_on_disk, engine_segments, hls_playlist, random_file,
-    used_bytes, vodmesh, wait_until,
+    HttpServer, NodeProcess, bin, bytes_on_disk, engine_segments, hls_playlist, issuer_of, play,
+    random_file, segment_bytes, station_status, status_directors, subscriber, used_bytes, vodmesh,
+    wait_until,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -405,5 +410,258 @@ async fn ingest_progress_goes_to_a_log_as_lines() -> Result<()> {
         );
     }
     assert_eq!(programs(&node.addr)?, vec![id]);
+    Ok(())
+}
+
+/// A tmpfs of `size` mounted at `path` for the life of the guard (a disk that can fill up).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` when mounting is not allowed here (not root).
+    fn mount(path: &Path, size: &str) -> Result<Option<Self>> {
+        std::fs::create_dir_all(path)?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()?;
+        Ok(mounted.success().then(|| Self(path.to_path_buf())))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "12m")? else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return Ok(());
+    };
+    let data = dir.path().join("home");
+    let disk_arg = disk.0.to_string_lossy().to_string();
+    let args = ["--home", "--content-manager", "--auth", "--disk", &disk_arg];
+    let node = NodeProcess::start(&data, &args)?;
+    let engine_disk = disk.0.join("engine-0");
+    let first = dir.path().join("first.bin");
+    let first_bytes = random_file(&first, 2 * MIB, 30)?;
+    let cmd = ingest_cmd(
+        &node,
+        "first",
+        &first.to_string_lossy(),
+        &["--segment-size", "1048576", "--publish-at", "now"],
+    );
+    let first_id = outcome(&ingest_output(cmd, Duration::from_secs(120)).await?)
+        .map_err(|e| anyhow::anyhow!(e))?;
+
+    // The stalling program, one engine: segments 0 to 3 land, then the push waits on 4.
+    let stalled = stalled_program().await?;
+    let mut cmd = ingest_cmd(&node, "stalled", &stalled.url, &[]);
+    let client = cmd.spawn()?;
+    wait_used(
+        &node.addr,
+        &[6 * MIB as u64],
+        "the segments before the stall",
+    )
+    .await?;
+    // Something else fills the disk meanwhile.
+    let junk = disk.0.join("junk");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&junk)?;
+        let block = vec![0xA5u8; 64 * 1024];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    stalled.gate.open();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || client.wait_with_output()),
+    )
+    .await;
+    let out = waited.context("the ingest did not return after its disk filled up")???;
+    let error = outcome(&out)
+        .err()
+        .context("the ingest succeeded on a full disk")?;
+    assert!(
+        error.starts_with("error: engine refused segment 4")
+            && error.contains("No space left on device")
+            && error.contains("nothing was committed"),
+        "{error}"
+    );
+    // The segments it stored are dropped again; the first program is all that is left.
+    wait_used(
+        &node.addr,
+        &[2 * MIB as u64],
+        "the failed ingest's segments dropped",
+    )
+    .await?;
+    assert_eq!(segment_bytes(&engine_disk), 2 * MIB as u64);
+    assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+
+    // The station keeps serving what it holds.
+    std::fs::remove_file(&junk)?;
+    let console = dir.path().join("viewer");
+    subscriber(
+        &node.addr,
+        &data.join("identity.key"),
+        &console.join("console"),
+        "viewer",
+    )?;
+    let (played, _) = play(&node.addr, &first_id, &console)?;
+    assert!(played == first_bytes, "the program held before plays whole");
+    drop(node);
+    drop(stalled);
+    drop(disk);
+    Ok(())
+}
+
+/// A station in a process of its own, enrolled with the auth station `auth` (issuer
+/// `issuer`), joined through it, started with `extra` flags; returns once its engine holds
+/// its engine token.
+fn enrolled(
+    root: &Path,
+    name: &str,
+    auth: &NodeProcess,
+    issuer: &str,
+    extra: &[&str],
+) -> Result<NodeProcess> {
+    let data = root.join(name);
+    std::fs::create_dir_all(&data)?;
+    let key = data.join("identity.key");
+    let peer = vodmesh(&["keygen", "--out", &key.to_string_lossy()])?;
+    let token = root.join(format!("{name}.enroll"));
+    vodmesh(&[
+        "enroll",
+        "--node",
+        &auth.addr.to_string(),
+        "--key",
+        &auth.data.join("identity.key").to_string_lossy(),
+        "--station",
+        peer.trim(),
+        "--out",
+        &token.to_string_lossy(),
+    ])?;
+    let bootstrap = auth.addr.to_string();
+    let token = token.to_string_lossy().to_string();
+    let mut args = vec![
+        "--bootstrap",
+        &bootstrap,
+        "--trust",
+        issuer,
+        "--enroll",
+        &token,
+        "--record-ttl",
+        "6",
+    ];
+    args.extend_from_slice(extra);
+    let node = NodeProcess::start(&data, &args)?;
+    let engine_token = data.join("engines").join("0").join("engine.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !engine_token.exists() {
+        if std::time::Instant::now() > deadline {
+            bail!("station {name} got no engine token within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let home = NodeProcess::start(
+        &root.join("home"),
+        &["--home", "--content-manager", "--auth", "--record-ttl", "6"],
+    )?;
+    let issuer = issuer_of(&home.data)?;
+    // b caches up to 6 MiB; c is the home of a 2 MiB program of its own, which fills it.
+    let b = enrolled(root, "b", &home, &issuer, &["--capacity", "6291456"])?;
+    let c = enrolled(
+        root,
+        "c",
+        &home,
+        &issuer,
+        &["--home", "--content-manager", "--capacity", "2097152"],
+    )?;
+    let two_mib = ["--segment-size", "2097152", "--publish-at", "now"];
+    let mut programs = Vec::new();
+    for (i, node) in [&home, &home, &c].into_iter().enumerate() {
+        let path = root.join(format!("p{i}.bin"));
+        let bytes = random_file(&path, if i < 2 { 4 * MIB } else { 2 * MIB }, 40 + i as u64)?;
+        let cmd = ingest_cmd(node, &format!("p{i}"), &path.to_string_lossy(), &two_mib);
+        let id = outcome(&ingest_output(cmd, Duration::from_secs(120)).await?)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        programs.push((id, bytes));
+    }
+    assert_eq!(used_bytes(&c.addr)?, vec![2 * MIB as u64], "c is full");
+    let console = root.join("viewer");
+    subscriber(
+        &home.addr,
+        &home.data.join("identity.key"),
+        &console.join("console"),
+        "viewer",
+    )?;
+    let home_peer = vodmesh_proto::net::peer_of(&home.addr)
+        .context("no peer")?
+        .to_string();
+    for node in [&b, &c] {
+        wait_until("the home station listed", Duration::from_secs(30), || {
+            let listed = status_directors(&node.addr).is_ok_and(|d| d.contains(&home_peer));
+            async move { Ok(listed) }
+        })
+        .await?;
+    }
+
+    // b copies p0 as it plays (4 of its 6 MiB), then p1: 2 MiB fit, the other 2 MiB push out
+    // the least recently used segment of p0, which the home holds.
+    for (id, bytes) in &programs[..2] {
+        let (played, _) = play(&b.addr, id, &console)?;
+        assert!(played == *bytes, "{id} plays whole through b");
+    }
+    let used = used_bytes(&b.addr)?;
+    assert_eq!(used, vec![6 * MIB as u64], "b is full, not over");
+    let b_status = station_status(&b.addr)?;
+    assert_eq!(
+        b_status["activity"]["misses"], 4,
+        "every segment was copied to b"
+    );
+    assert_eq!(b_status["activity"]["copies_declined"], 0);
+
+    // c has no room and nothing evictable: it copies nothing and sends the console to the
+    // home's engine, which serves it.
+    let home_engine = vodmesh_node::nodefile::NodeFile::read(&home.data)?.engines[0]
+        .peer_id
+        .to_string();
+    let (played, stats) = play(&c.addr, &programs[0].0, &console)?;
+    assert!(played == programs[0].1, "p0 plays whole through c");
+    assert_eq!(
+        stats["engines"],
+        serde_json::json!([home_engine]),
+        "{stats}"
+    );
+    assert_eq!(used_bytes(&c.addr)?, vec![2 * MIB as u64]);
+    let c_status = station_status(&c.addr)?;
+    assert!(
+        c_status["activity"]["copies_declined"].as_u64() >= Some(2),
+        "{c_status}"
+    );
+
+    // What the stores hold: b all of p1 and one segment of p0, c nothing of p0.
+    assert!(b.terminate()?);
+    assert!(c.terminate()?);
+    let (b_p1, _) = engine_segments(&root.join("b"), 1, programs[1].0.parse()?).await?;
+    let (b_p0, _) = engine_segments(&root.join("b"), 1, programs[0].0.parse()?).await?;
+    assert_eq!(
+        (b_p1.len(), b_p0.len()),
+        (2, 1),
+        "b evicted one segment of p0"
+    );
+    let (c_p0, _) = engine_segments(&root.join("c"), 1, programs[0].0.parse()?).await?;
+    assert!(c_p0.is_empty());
     Ok(())
 }

@@ -235,20 +235,26 @@ pub fn status_directors(addr: &Multiaddr) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// The engines of the station whose director is `addr`, as `vodmesh status --json` lists
-/// them (fresh from that director).
-pub fn status_engines(addr: &Multiaddr) -> Result<Vec<serde_json::Value>> {
+/// The station whose director is `addr`, as `vodmesh status --json` lists it (fresh from
+/// that director: its engines, its activity).
+pub fn station_status(addr: &Multiaddr) -> Result<serde_json::Value> {
     let director = vodmesh_proto::net::peer_of(addr)
         .context("address without /p2p/")?
         .to_string();
     let out = vodmesh(&["status", "--node", &addr.to_string(), "--json"])?;
     let json: serde_json::Value = serde_json::from_str(&out)?;
     let stations = json["stations"].as_array().context("no stations array")?;
-    let station = stations
+    stations
         .iter()
         .find(|s| s["director"]["peer_id"].as_str() == Some(director.as_str()))
-        .with_context(|| format!("station {director} not in vodmesh status"))?;
-    Ok(station["engines"]
+        .cloned()
+        .with_context(|| format!("station {director} not in vodmesh status"))
+}
+
+/// The engines of the station whose director is `addr`, as `vodmesh status --json` lists
+/// them.
+pub fn status_engines(addr: &Multiaddr) -> Result<Vec<serde_json::Value>> {
+    Ok(station_status(addr)?["engines"]
         .as_array()
         .context("no engines array")?
         .clone())
@@ -266,6 +272,16 @@ pub fn used_bytes(addr: &Multiaddr) -> Result<Vec<u64>> {
 /// Bytes of the segment files engine `index` of the station at `data` holds on disk (its
 /// default disk, `DATA/engines/<index>/segments`), counted file by file.
 pub fn bytes_on_disk(data: &Path, index: usize) -> u64 {
+    let disk = data
+        .join("engines")
+        .join(index.to_string())
+        .join("segments");
+    segment_bytes(&disk)
+}
+
+/// Bytes of the complete segment files on an engine's disk directory (its `segments/`; the
+/// writes in progress in `tmp/` do not count).
+pub fn segment_bytes(disk: &Path) -> u64 {
     fn walk(dir: &Path) -> u64 {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
@@ -279,13 +295,7 @@ pub fn bytes_on_disk(data: &Path, index: usize) -> u64 {
             })
             .sum()
     }
-    walk(
-        &data
-            .join("engines")
-            .join(index.to_string())
-            .join("segments")
-            .join("segments"),
-    )
+    walk(&disk.join("segments"))
 }
 
 /// Writes `len` pseudo-random bytes (seeded, so failures reproduce) to `path`.
