@@ -140,3 +140,57 @@ impl Catalog {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+    use vodmesh_proto::catalog::ProgramState;
+    use vodmesh_proto::manifest::ManifestContent;
+
+    fn entry(key: &Keypair, program: ProgramId) -> CatalogEntry {
+        let content = ManifestContent {
+            title: "t".into(),
+            content_type: "application/octet-stream".into(),
+            duration_ms: 0,
+            segments: Vec::new(),
+        };
+        let me = key.public().to_peer_id();
+        let manifest = Manifest::new(content, me, 1);
+        let record = CatalogRecord {
+            program,
+            title: "t".into(),
+            manifest_hash: vodmesh_proto::SegmentHash::of(&codec::encode(&manifest)),
+            state: ProgramState::Inactive,
+            publish_at_ms: 0,
+            replicas: 0,
+            content_manager: me,
+            home: me,
+            issued_ms: 1,
+        };
+        CatalogEntry {
+            manifest: manifest.sign(key),
+            record: record.sign(key),
+        }
+    }
+
+    #[test]
+    fn the_journal_lists_ingests_until_committed_or_dropped_across_reopens() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(err)?;
+        let path = dir.path().join("catalog.redb");
+        let (a, b) = (ProgramId([1; 32]), ProgramId([2; 32]));
+        {
+            let catalog = Catalog::open(&path)?;
+            catalog.ingest_begun(&a, 3)?;
+            catalog.ingest_begun(&b, 5)?;
+        }
+        let catalog = Catalog::open(&path)?;
+        assert_eq!(catalog.open_ingests()?, vec![(a, 3), (b, 5)]);
+        // The commit of a takes it out of the journal; b is dropped.
+        catalog.put(&a, &entry(&Keypair::generate_ed25519(), a))?;
+        catalog.ingest_dropped(&b)?;
+        assert!(catalog.open_ingests()?.is_empty());
+        assert!(catalog.get(&a)?.is_some());
+        Ok(())
+    }
+}

@@ -99,6 +99,17 @@ impl Director {
         };
         let now = now_ms();
         for (program, segments) in open {
+            // A committed program is never taken apart, whatever the journal says.
+            let committed = self
+                .catalog
+                .as_ref()
+                .is_some_and(|c| c.get(&program).is_ok_and(|e| e.is_some()));
+            if committed {
+                if let Some(Err(e)) = self.catalog.as_ref().map(|c| c.ingest_dropped(&program)) {
+                    tracing::warn!(%program, error = %e, "journal entry of a committed program not removed");
+                }
+                continue;
+            }
             tracing::warn!(%program, segments, "an ingest was interrupted by the last stop: its segments are removed");
             self.sessions.drop_session(&program, now);
             self.remove_ingested(program, segments);
