@@ -106,6 +106,14 @@ async fn wait_used(addr: &Multiaddr, want: &[u64], what: &str) -> Result<()> {
     waited.with_context(|| format!("used bytes {last:?}, wanted {want:?}"))
 }
 
+/// Programs with a segment in the station's location table (`programs held` in `vodmesh
+/// status`).
+fn held(addr: &Multiaddr) -> Result<u64> {
+    station_status(addr)?["programs"]
+        .as_u64()
+        .context("no programs held in vodmesh status")
+}
+
 /// Whether `vodmesh status` shows no bytes reserved on any engine or disk of the station.
 fn nothing_reserved(addr: &Multiaddr) -> Result<bool> {
     Ok(status_engines(addr)?.iter().all(|e| {
@@ -355,11 +363,17 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     // The client killed mid-way: after --ingest-timeout without progress, its segments go.
     let stalled = stalled_program().await?;
     let mut client = start_stalled(&node, &stalled, &before).await?;
+    assert_eq!(
+        held(&node.addr)?,
+        2,
+        "the location table lists the ingest's segments"
+    );
     client.kill()?;
     client.wait()?;
     wait_used(&node.addr, &before, "the killed ingest's segments dropped").await?;
     assert_eq!(on_disk(&data, 2), before);
     assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+    assert_eq!(held(&node.addr)?, 1, "and no longer does");
 
     // The station stopped mid-ingest (SIGTERM, then SIGKILL), with a time-out too long to
     // matter: the next start drops the leftovers.
@@ -379,6 +393,7 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
         wait_used(&node.addr, &before, "the leftovers dropped at start").await?;
         assert_eq!(on_disk(&data, 2), before, "after a stop (SIGKILL: {kill})");
         assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+        assert_eq!(held(&node.addr)?, 1);
     }
 
     // Nothing is stuck: the same program goes in whole once its source answers.
