@@ -135,7 +135,7 @@ impl Station {
                     addrs: e.addrs.clone(),
                     streams: 0,
                     max_streams: config.max_streams,
-                    used: disks.iter().fold(0, |sum, d| sum.saturating_add(d.used)),
+                    used: vodmesh_proto::station::used_on(&disks),
                     capacity: config.capacity,
                     up: true,
                     disks,

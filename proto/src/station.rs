@@ -65,6 +65,11 @@ impl EngineInfo {
     }
 }
 
+/// Bytes stored over `disks` (an engine's `used`).
+pub fn used_on(disks: &[DiskUsage]) -> u64 {
+    disks.iter().fold(0, |sum, d| sum.saturating_add(d.used))
+}
+
 /// `n` bytes for people, in decimal units: `1.5 GB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];

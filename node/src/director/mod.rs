@@ -338,7 +338,7 @@ impl Director {
                     addrs,
                     streams: 0,
                     max_streams: self.config.max_streams,
-                    used: disks.iter().fold(0, |sum, d| sum.saturating_add(d.used)),
+                    used: vodmesh_proto::station::used_on(&disks),
                     capacity: self.config.capacity,
                     up: true,
                     disks,
@@ -349,7 +349,7 @@ impl Director {
                     // An engine process reports these over the backplane; they go into the
                     // signed station record, which has a size limit.
                     disks.truncate(crate::backplane::MAX_DISKS);
-                    engine.used = disks.iter().fold(0, |sum, d| sum.saturating_add(d.used));
+                    engine.used = vodmesh_proto::station::used_on(&disks);
                     engine.disks = disks;
                 }
                 return;
