@@ -7,14 +7,12 @@
 //! the same data directory, it is marked up again; hung (SIGSTOP) it is marked down by the
 //! heartbeat's time-out, and resumed it reattaches and serves the console again.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use vodmesh_tests::{
-    EngineProcess, NodeProcess, bin, issuer_of, metric, random_file, subscriber, vodmesh,
+    EngineProcess, NodeProcess, issuer_of, metric, play, random_file, subscriber, vodmesh,
 };
 
 /// The engines `vodmesh status --json` lists for the first station: (peer id, up).
@@ -51,34 +49,6 @@ fn wait(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Plays `program` at full speed through `node`; the bytes and the stats.
-fn play(node: &Multiaddr, program: &str, dir: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let run = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args([
-            "play",
-            "--node",
-            &node.to_string(),
-            "--speed",
-            "max",
-            program,
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .output()?;
-    if !run.status.success() {
-        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
 }
 
 /// The director's answer to Locate for every segment: the engine peer ids it names.
@@ -191,7 +161,7 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     ])?;
     let program = out.lines().last().unwrap_or_default().to_string();
 
-    let (played, stats) = play(&home.addr, &program, dir.path())?;
+    let (played, stats) = play(None, &dir.path().join("console"), &home.addr, &program)?;
     assert!(played == bytes, "bytes played differ from bytes ingested");
     assert_eq!(stats["verified"], true);
     assert_eq!(
@@ -253,7 +223,7 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
         Duration::from_secs(20),
         || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), true)]),
     )?;
-    let (played, _) = play(&home.addr, &program, dir.path())?;
+    let (played, _) = play(None, &dir.path().join("console"), &home.addr, &program)?;
     assert!(played == bytes, "bytes played after the restart differ");
     drop(engine);
     assert!(home.terminate()?, "the station did not stop cleanly");

@@ -151,7 +151,12 @@ async fn main() {
 
 async fn ls(node: &Multiaddr) -> Result<()> {
     let client = Arc::new(DirectorClient::connect(node, None).await?);
-    for p in play::published(&client).await? {
+    let programs = play::published(&client).await?;
+    if programs.is_empty() {
+        // On stderr: stdout stays a list of programs (empty) for scripts.
+        eprintln!("no published program in the swarm (yet)");
+    }
+    for p in programs {
         println!(
             "{}  {:>7.1} s  {:>8.1} MiB  {}",
             p.program,

@@ -115,6 +115,14 @@ pub enum Request {
         /// The program.
         program: ProgramId,
     },
+    /// Give up an ingest in progress (it failed on the client's side): the segments already
+    /// pushed are dropped from the engines. Answered with [`Response::Ok`].
+    IngestAbort {
+        /// The program.
+        program: ProgramId,
+        /// Admin proof for op `ingest-abort` on the program id.
+        admin: Signed,
+    },
 }
 
 /// Where a console gets a segment.
@@ -250,6 +258,10 @@ pub struct Activity {
     /// Programs with at least one segment on this station's engines.
     #[serde(default)]
     pub programs: u64,
+    /// Copies (misses and replicas) this station declined for want of room: its engines were
+    /// full with nothing evictable; a console was sent to a holder instead.
+    #[serde(default)]
+    pub copies_declined: u64,
 }
 
 /// Why a request failed.
@@ -269,6 +281,8 @@ pub enum ErrorCode {
     Internal,
     /// The swarm could not be reached or did not answer in time.
     Unavailable,
+    /// The station has no room for it (its engines' capacity is taken).
+    Full,
 }
 
 /// A refusal: a code for programs and one line for people.

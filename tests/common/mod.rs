@@ -157,6 +157,13 @@ impl NodeProcess {
         self.child.id()
     }
 
+    /// Kills it with SIGKILL (no clean-up of any kind) and waits for it to be gone.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns whether it exited with status 0.
     pub fn terminate(mut self) -> Result<bool> {
         let status = Command::new("kill")
@@ -412,6 +419,69 @@ pub fn status_directors(addr: &Multiaddr) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// The station whose director is `addr`, as `vodmesh status --json` lists it (fresh from
+/// that director: its engines, its activity).
+pub fn station_status(addr: &Multiaddr) -> Result<serde_json::Value> {
+    let director = vodmesh_proto::net::peer_of(addr)
+        .context("address without /p2p/")?
+        .to_string();
+    let out = vodmesh(&["status", "--node", &addr.to_string(), "--json"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    stations
+        .iter()
+        .find(|s| s["director"]["peer_id"].as_str() == Some(director.as_str()))
+        .cloned()
+        .with_context(|| format!("station {director} not in vodmesh status"))
+}
+
+/// The engines of the station whose director is `addr`, as `vodmesh status --json` lists
+/// them.
+pub fn status_engines(addr: &Multiaddr) -> Result<Vec<serde_json::Value>> {
+    Ok(station_status(addr)?["engines"]
+        .as_array()
+        .context("no engines array")?
+        .clone())
+}
+
+/// Each engine's used bytes, as `vodmesh status --json` reports them for the station whose
+/// director is `addr`.
+pub fn used_bytes(addr: &Multiaddr) -> Result<Vec<u64>> {
+    status_engines(addr)?
+        .iter()
+        .map(|e| e["used"].as_u64().context("engine without used bytes"))
+        .collect()
+}
+
+/// Bytes of the segment files engine `index` of the station at `data` holds on disk (its
+/// default disk, `DATA/engines/<index>/segments`), counted file by file.
+pub fn bytes_on_disk(data: &Path, index: usize) -> u64 {
+    let disk = data
+        .join("engines")
+        .join(index.to_string())
+        .join("segments");
+    segment_bytes(&disk)
+}
+
+/// Bytes of the complete segment files on an engine's disk directory (its `segments/`; the
+/// writes in progress in `tmp/` do not count).
+pub fn segment_bytes(disk: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(&disk.join("segments"))
+}
+
 /// Writes `len` pseudo-random bytes (seeded, so failures reproduce) to `path`.
 pub fn random_file(path: &Path, len: usize, seed: u64) -> Result<Vec<u8>> {
     use rand::{RngCore, SeedableRng};
@@ -470,12 +540,35 @@ pub async fn engine_segments(
 
 /// A tiny HTTP/1.1 file server on 127.0.0.1 for ingest tests: `GET /name` answers the bytes
 /// registered under `name`; a name with several versions answers the next version on each
-/// request (the last one from then on), to play a source that changes during ingest.
+/// request (the last one from then on), to play a source that changes during ingest. A name
+/// put with [`HttpServer::put_gated`] answers its odd requests at once and its even ones only
+/// once its gate opens (an ingest reads every segment twice, to hash it and to push it: it
+/// then stalls on the push), and one put with [`HttpServer::put_slow`] answers every request
+/// after a delay.
 pub struct HttpServer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>>,
+    files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Served>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the server answers for one name.
+#[derive(Clone, Default)]
+struct Served {
+    versions: Vec<Vec<u8>>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    delay: Duration,
+    requests: usize,
+}
+
+/// Opens the gate of a name put with [`HttpServer::put_gated`].
+pub struct Gate(tokio::sync::watch::Sender<bool>);
+
+impl Gate {
+    /// Lets the held and later requests through.
+    pub fn open(&self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl HttpServer {
@@ -484,9 +577,8 @@ impl HttpServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let files: std::sync::Arc<
-            std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<u8>>>>,
-        > = Default::default();
+        let files: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Served>>> =
+            Default::default();
         let served = files.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
@@ -507,14 +599,26 @@ impl HttpServer {
                         .unwrap_or("/")
                         .trim_start_matches('/')
                         .to_string();
-                    let body = files.lock().ok().and_then(|mut m| {
-                        let versions = m.get_mut(&path)?;
-                        if versions.len() > 1 {
+                    let found = files.lock().ok().and_then(|mut m| {
+                        let served = m.get_mut(&path)?;
+                        served.requests += 1;
+                        let gate = served.gate.clone().filter(|_| served.requests % 2 == 0);
+                        let versions = &mut served.versions;
+                        let body = if versions.len() > 1 {
                             Some(versions.remove(0))
                         } else {
                             versions.first().cloned()
-                        }
+                        };
+                        Some((body, gate, served.delay))
                     });
+                    let (body, gate, delay) = found.unwrap_or_default();
+                    if let Some(mut gate) = gate {
+                        // Held until the test opens the gate (or the server is dropped).
+                        if gate.wait_for(|open| *open).await.is_err() {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
                     let head = match &body {
                         Some(b) => format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -543,8 +647,45 @@ impl HttpServer {
 
     /// Serves `versions[0]` at the first request of `/name`, `versions[1]` at the second, ...
     pub fn put_versions(&self, name: &str, versions: Vec<Vec<u8>>) {
+        self.serve(
+            name,
+            Served {
+                versions,
+                ..Served::default()
+            },
+        );
+    }
+
+    /// Serves `bytes` at `/name`: the first, third, ... request at once, the second, fourth,
+    /// ... once the returned gate is opened.
+    pub fn put_gated(&self, name: &str, bytes: Vec<u8>) -> Gate {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.serve(
+            name,
+            Served {
+                versions: vec![bytes],
+                gate: Some(gate),
+                ..Served::default()
+            },
+        );
+        Gate(open)
+    }
+
+    /// Serves `bytes` at `/name`, each request after `delay`.
+    pub fn put_slow(&self, name: &str, bytes: Vec<u8>, delay: Duration) {
+        self.serve(
+            name,
+            Served {
+                versions: vec![bytes],
+                delay,
+                ..Served::default()
+            },
+        );
+    }
+
+    fn serve(&self, name: &str, served: Served) {
         if let Ok(mut m) = self.files.lock() {
-            m.insert(name.to_string(), versions);
+            m.insert(name.to_string(), served);
         }
     }
 

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
-use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::station::{EngineInfo, StationRecord};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 use vodmesh_registry::RegistryHandle;
@@ -416,15 +416,25 @@ impl Director {
         // cannot copy; with every engine busy it has nowhere to put the copy. Either way the
         // console is sent to the cheapest holder's engine itself.
         let can_copy = self.config.auth || self.config.enroll.is_some();
-        let target = self
+        let usable: Vec<(usize, &EngineInfo)> = self
             .engines
             .iter()
             .enumerate()
             .filter_map(|(i, e)| Some((i, e.as_ref()?)))
             .filter(|(_, e)| e.up && e.streams < e.max_streams && !avoid.contains(&e.peer_id))
+            .collect();
+        // Room counts what eviction may free: the copy is a cache like the segments it
+        // would push out (least recently used first, by the engine's store).
+        let target = usable
+            .iter()
+            .filter(|(_, e)| e.room_for_copies().is_none_or(|room| room >= entry.size))
             .min_by_key(|(_, e)| e.streams)
-            .map(|(i, e)| (i, e.peer_id, e.addrs.clone()))
+            .map(|(i, e)| (*i, e.peer_id, e.addrs.clone()))
             .filter(|_| can_copy);
+        if target.is_none() && can_copy && !usable.is_empty() {
+            tracing::info!(%segment, need = entry.size, "miss: no room for the copy here, nothing evictable enough; sending the console to the holder");
+            self.activity.copies_declined += 1;
+        }
         let Some((target, engine, addrs)) = target else {
             tracing::debug!(%segment, source = %cheapest.station.director, "miss: redirecting to the holder");
             return Ok(SegmentLocation {
