@@ -166,6 +166,7 @@ fn located(node: &Multiaddr, program: &str, segments: u32) -> Result<Vec<String>
                 index,
                 complete: false,
                 avoid: Vec::new(),
+                busy: Vec::new(),
             };
             let answer =
                 tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;

@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_node::{Station, StationConfig};
 
+pub mod media;
+
 /// Record TTL used by the swarm tests: short, so that a stopped station leaves quickly.
 pub const TEST_TTL: Duration = Duration::from_secs(6);
 

@@ -332,5 +332,7 @@ async fn open(
         StreamReply::Streaming { .. } => Ok(s),
         StreamReply::Refused(why) => bail!("refused: {why}"),
         StreamReply::Swap { filled } => bail!("handed back at byte {filled} of a filling copy"),
+        StreamReply::Busy => bail!("the engine is at --max-streams"),
+        StreamReply::Absent => bail!("the engine does not hold segment {index}"),
     }
 }
