@@ -281,10 +281,12 @@ impl Fetcher {
             if ended.is_wait() {
                 self.waits.fetch_add(1, Ordering::Relaxed);
             }
-            if let Ended::Unreachable(engine) = ended
-                && let Ok(mut recent) = self.unreachable.lock()
-            {
-                recent.mark(engine, Instant::now());
+            if let Ok(mut recent) = self.unreachable.lock() {
+                match ended {
+                    Ended::Unreachable(engine) => recent.mark(engine, Instant::now()),
+                    Ended::NothingElse => recent.clear(),
+                    _ => {}
+                }
             }
             match retry.after(ended) {
                 Next::Again(after) => {
@@ -311,6 +313,7 @@ impl Fetcher {
                 avoid.push(engine);
             }
         }
+        let named = !avoid.is_empty() || !retry.busy().is_empty();
         let locate = Request::Locate {
             program: manifest.program,
             index,
@@ -318,7 +321,13 @@ impl Fetcher {
             avoid,
             busy: retry.busy().to_vec(),
         };
-        located(self.directors.ask(locate).await)
+        match located(self.directors.ask(locate).await) {
+            // Nothing but what this console named: those engines are tried again.
+            Err(Attempt::Final(e)) if named && not_found(&e) => {
+                Err(Attempt::Ended(Ended::NothingElse, e))
+            }
+            other => other,
+        }
     }
 
     async fn attempt(
@@ -477,6 +486,16 @@ impl Fetcher {
     }
 }
 
+/// Whether a director's refusal said the segment is nowhere to be had.
+fn not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotFound>().is_some()
+}
+
+/// A director's `NotFound` answer, kept apart from other refusals.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
+
 /// What a director's answer to `Locate` means for this attempt.
 fn located(answer: Result<Response>) -> Result<SegmentLocation, Attempt> {
     match answer {
@@ -490,6 +509,9 @@ fn located(answer: Result<Response>) -> Result<SegmentLocation, Attempt> {
             if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) =>
         {
             Err(Attempt::ended(Ended::DirectorLost, e.message))
+        }
+        Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => {
+            Err(Attempt::Final(NotFound(e.message).into()))
         }
         Ok(Response::Error(e)) => Err(Attempt::Final(anyhow::anyhow!(e.message))),
         Ok(other) => Err(Attempt::Final(anyhow::anyhow!(

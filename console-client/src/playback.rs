@@ -34,6 +34,10 @@ pub(crate) enum Ended {
     /// The engine named does not hold the segment (a copy that never came), or sent bytes that
     /// failed verification: ask for another.
     Absent(PeerId),
+    /// The director found nothing to offer but the engines this console named in `avoid` or
+    /// `busy`: they are forgotten, and it is asked again (a report that was wrong, a copy that
+    /// never came, must not end the play while those engines can serve).
+    NothingElse,
     /// The stream broke or ended early; `progress`: it brought new bytes first.
     Broke {
         /// New bytes arrived in this attempt.
@@ -77,6 +81,8 @@ const LONGEST_WAIT: Duration = Duration::from_secs(1);
 /// - An engine that could not be reached, or does not hold the segment, is named in `avoid`
 ///   and the director asked again at once.
 /// - A stream that broke after new bytes is resumed at once from those bytes.
+/// - When the director has nothing but the engines named, they are forgotten and the
+///   director asked again: the hint gives way.
 /// - Anything else (a lost stream, a director that did not answer) is retried after
 ///   100 ms, 200 ms; the third such attempt in a row ends the segment.
 #[derive(Clone, Debug, Default)]
@@ -116,17 +122,25 @@ impl Retry {
                 self.fruitless = 0;
                 Next::Again(Duration::ZERO)
             }
+            Ended::NothingElse => {
+                self.avoid.clear();
+                self.busy.clear();
+                self.fruitless()
+            }
             Ended::Unreachable(_)
             | Ended::Absent(_)
             | Ended::Broke { progress: false }
-            | Ended::DirectorLost => {
-                self.fruitless += 1;
-                if self.fruitless >= MAX_FRUITLESS {
-                    Next::GiveUp
-                } else {
-                    Next::Again(Duration::from_millis(100 * u64::from(self.fruitless)))
-                }
-            }
+            | Ended::DirectorLost => self.fruitless(),
+        }
+    }
+
+    /// One more attempt that brought nothing: retried after 100 ms, 200 ms, then given up.
+    fn fruitless(&mut self) -> Next {
+        self.fruitless += 1;
+        if self.fruitless >= MAX_FRUITLESS {
+            Next::GiveUp
+        } else {
+            Next::Again(Duration::from_millis(100 * u64::from(self.fruitless)))
         }
     }
 }
@@ -168,6 +182,11 @@ impl Recent {
         self.at
             .get(engine)
             .is_some_and(|t| now.saturating_duration_since(*t) < UNREACHABLE_FOR)
+    }
+
+    /// Forgets every engine (a director had nothing else: they are tried again).
+    pub(crate) fn clear(&mut self) {
+        self.at.clear();
     }
 
     /// Every engine still counted unreachable at `now`.
@@ -267,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_named_are_forgotten_when_the_director_has_nothing_else() {
+        let mut retry = Retry::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        retry.after(Ended::Absent(a));
+        retry.after(Ended::EngineBusy(b));
+        assert_eq!(
+            retry.after(Ended::NothingElse),
+            Next::Again(Duration::from_millis(100))
+        );
+        assert!(retry.avoid().is_empty() && retry.busy().is_empty());
+        // Named again, found absent again: the segment is given up on the third try.
+        retry.after(Ended::Absent(a));
+        assert_eq!(
+            retry.after(Ended::NothingElse),
+            Next::Again(Duration::from_millis(200))
+        );
+        assert_eq!(retry.after(Ended::NothingElse), Next::GiveUp);
+    }
+
+    #[test]
     fn the_named_lists_are_capped() {
         let mut retry = Retry::default();
         for _ in 0..MAX_NAMED {
@@ -292,6 +331,9 @@ mod tests {
         assert!(recent.contains(&a, now + Duration::from_secs(1)));
         assert!(!recent.contains(&b, now));
         assert_eq!(recent.list(now), vec![a]);
+        recent.clear();
+        assert!(recent.list(now).is_empty());
+        recent.mark(a, now);
         assert!(!recent.contains(&a, now + UNREACHABLE_FOR));
         assert!(recent.list(now + UNREACHABLE_FOR).is_empty());
         // Bounded: old entries make room; fresh ones are kept up to the cap.

@@ -82,9 +82,37 @@ pub(super) struct State {
     /// The sources of the copies still filling here, cheapest first: where a console that
     /// seeks past the fill is sent (claim 21).
     filling: Arc<std::sync::Mutex<HashMap<SegmentId, Vec<Candidate>>>>,
-    /// Engines of this station whose last miss copy failed at every source, and when: no
-    /// copy target for [`COPY_FAILED_FOR`] (their consoles go to a holder instead).
-    failed: Arc<std::sync::Mutex<HashMap<PeerId, Instant>>>,
+    /// Engines of this station whose last copy failed at every source.
+    failed: FailedCopies,
+}
+
+/// Engines of this station whose last copy (a miss, an overload replication) failed at every
+/// source, and when: no copy target for [`COPY_FAILED_FOR`] (their consoles go to a holder,
+/// or wait). Shared with the tasks that see the copies end.
+#[derive(Clone, Debug, Default)]
+pub(super) struct FailedCopies(Arc<std::sync::Mutex<HashMap<PeerId, Instant>>>);
+
+impl FailedCopies {
+    /// A copy into `engine` just failed at every source.
+    pub(super) fn note(&self, engine: PeerId) {
+        if let Ok(mut f) = self.0.lock() {
+            f.retain(|_, at| at.elapsed() < COPY_FAILED_FOR);
+            f.insert(engine, Instant::now());
+        }
+    }
+
+    /// Engines whose copies failed within [`COPY_FAILED_FOR`].
+    pub(super) fn recent(&self) -> Vec<PeerId> {
+        self.0
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .filter(|(_, at)| at.elapsed() < COPY_FAILED_FOR)
+                    .map(|(e, _)| *e)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Default for State {
@@ -95,23 +123,15 @@ impl Default for State {
             throughput: HashMap::new(),
             rtt: HashMap::new(),
             filling: Arc::default(),
-            failed: Arc::default(),
+            failed: FailedCopies::default(),
         }
     }
 }
 
 impl State {
-    /// Engines whose miss copies failed at every source within [`COPY_FAILED_FOR`].
-    fn failed_targets(&self) -> Vec<PeerId> {
-        self.failed
-            .lock()
-            .map(|f| {
-                f.iter()
-                    .filter(|(_, at)| at.elapsed() < COPY_FAILED_FOR)
-                    .map(|(e, _)| *e)
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Engines whose copies failed lately, shared.
+    pub(super) fn failed_copies(&self) -> FailedCopies {
+        self.failed.clone()
     }
 
     /// The cheapest source (engine, addresses, its director) of a copy filling here.
@@ -509,9 +529,9 @@ impl Director {
         // cannot copy; an engine whose last copy failed at every source is not asked again
         // for a while; with every engine busy there is nowhere to put the copy. In each case
         // the console is sent to the cheapest holder's engine itself.
-        let can_copy = self.config.auth || self.config.enroll.is_some();
+        let can_copy = self.can_copy();
         let mut exclude = ask.avoid.clone();
-        exclude.extend(self.miss.failed_targets());
+        exclude.extend(self.miss.failed.recent());
         let holders = self.locations.list(segment).unwrap_or_default();
         let target = pick::idle_engine(&self.engines, &holders, &exclude)
             .filter(|_| can_copy)
@@ -593,10 +613,7 @@ impl Director {
                 Some((_, Err(e))) => {
                     tracing::warn!(%segment, %engine, error = %e, "miss: copy failed at every source");
                     let _ = locations.remove(segment, &engine);
-                    if let Ok(mut f) = failed.lock() {
-                        f.retain(|_, at| at.elapsed() < COPY_FAILED_FOR);
-                        f.insert(engine, Instant::now());
-                    }
+                    failed.note(engine);
                 }
                 None => {}
             }
@@ -608,6 +625,12 @@ impl Director {
             filling: true,
             swap: false,
         })
+    }
+
+    /// Whether this station's engines can copy at all: they hold engine tokens only when the
+    /// station is the auth station or enrolled with it.
+    pub(super) fn can_copy(&self) -> bool {
+        self.config.auth || self.config.enroll.is_some()
     }
 
     /// A copy from `station` finished: its measured throughput corrects the next cost.

@@ -11,7 +11,6 @@ mod miss;
 mod pick;
 mod play;
 mod publish;
-mod suspects;
 
 pub use publish::NOT_PUBLISHED;
 
@@ -325,8 +324,6 @@ impl Director {
                 if self.engines.len() <= index {
                     self.engines.resize(index + 1, None);
                 }
-                // Whatever consoles found before, the engine is back.
-                self.playing.suspects.clear(&peer_id);
                 self.engines[index] = Some(EngineInfo {
                     peer_id,
                     addrs,

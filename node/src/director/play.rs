@@ -8,15 +8,22 @@
 //! turn); else, when holders are busy, an idle engine of the station that copies the segment
 //! from one and streams it while it arrives; else another station that holds it (a miss,
 //! [`super::miss`], which also copies it here when the station does not hold it); else `Busy`,
-//! which a console waits out. Engines the console could not reach (`avoid`) are no holders to
-//! it ([`Suspects`]); engines that answered it busy are holders without a slot.
+//! which a console waits out. Engines that answered the console busy are holders without a
+//! slot for it.
+//!
+//! Engines the console names in `avoid` (it could not reach them, or they lacked the segment)
+//! are no holders for that answer. A console's report is a hint, not proof (its own network
+//! may be at fault, and any console can send one), so it is not kept and binds no other
+//! console: the console itself names an engine it could not reach in every `Locate` for 10 s,
+//! and forgets it when the director has nothing else; other consoles are kept from a dead
+//! engine by the heartbeat, which marks it down within 3 s.
 
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, Response, SegmentLocation};
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -26,7 +33,6 @@ use vodmesh_proto::time::now_ms;
 
 use super::Director;
 use super::pick::{self, Asker, Choice};
-use super::suspects::Suspects;
 use crate::control::{EngineCommand, Source};
 use crate::store::locations::{Location, LocationState};
 
@@ -39,14 +45,14 @@ pub(super) struct Locating {
     pub(super) program: ProgramId,
     /// The segment.
     pub(super) index: u32,
-    /// Engines it could not reach (or that lack the segment), with those it is told to skip.
+    /// Engines it could not reach, or that lack the segment.
     pub(super) avoid: Vec<PeerId>,
     /// Engines that answered it busy.
     pub(super) busy: Vec<PeerId>,
 }
 
-/// Who is streaming what, from the engines' takeover and stop reports; the consoles in the
-/// middle of a swap or an exchange; and the engines consoles could not reach.
+/// Who is streaming what, from the engines' takeover and stop reports; and the consoles in
+/// the middle of a swap or an exchange.
 #[derive(Default)]
 pub(super) struct Playing {
     /// By engine index: the (segment, console) streams it serves.
@@ -55,8 +61,6 @@ pub(super) struct Playing {
     pub(super) swapped_from: HashMap<(SegmentId, PeerId), usize>,
     /// A console handed over in an exchange, by segment: the engine it resumes at (claim 22).
     handed: HashMap<(SegmentId, PeerId), usize>,
-    /// Engines of this station consoles reported unreachable.
-    pub(super) suspects: Suspects,
 }
 
 impl Playing {
@@ -113,21 +117,9 @@ impl Director {
     /// another station is being looked for: the miss answers on `channel` itself.
     pub(super) fn on_locate(
         &mut self,
-        mut ask: Locating,
+        ask: Locating,
         channel: ResponseChannel<Response>,
     ) -> Option<(ResponseChannel<Response>, Response)> {
-        let now = Instant::now();
-        let own: Vec<PeerId> = self.engines.iter().flatten().map(|e| e.peer_id).collect();
-        for engine in ask.avoid.iter().filter(|e| own.contains(e)) {
-            self.playing.suspects.report(ask.console, *engine, now);
-        }
-        for engine in own {
-            if !ask.avoid.contains(&engine)
-                && self.playing.suspects.skipped(&ask.console, &engine, now)
-            {
-                ask.avoid.push(engine);
-            }
-        }
         let Locating {
             console,
             program,
@@ -152,6 +144,7 @@ impl Director {
             }
             // Held elsewhere: copy it here and stream it as it arrives (claim 14).
             Err(e) if e.code == ErrorCode::NotFound => {
+                tracing::debug!(?ask, why = %e, "locate: a miss");
                 self.on_miss(ask, false, channel);
                 return None;
             }
@@ -260,13 +253,20 @@ impl Director {
                 "every engine holding this segment is at capacity",
             )
         };
+        // Copies between engines need engine tokens (an enrolled or auth station's).
+        if !self.can_copy() {
+            return Err(busy());
+        }
         let holders = self
             .locations
             .list(segment)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
+        let failed = self.miss.failed_copies();
+        let mut exclude = avoid.to_vec();
+        exclude.extend(failed.recent());
         let (Some(source), Some(target)) = (
             pick::copy_source(&self.engines, &holders, avoid),
-            pick::idle_engine(&self.engines, &holders, avoid),
+            pick::idle_engine(&self.engines, &holders, &exclude),
         ) else {
             return Err(busy());
         };
@@ -316,6 +316,7 @@ impl Director {
             if let Some((_, Err(e))) = done_rx.recv().await {
                 tracing::warn!(%segment, engine = %target_peer, error = %e, "overload replication failed");
                 let _ = locations.remove(segment, &target_peer);
+                failed.note(target_peer);
             }
         });
         Ok(SegmentLocation {
