@@ -18,7 +18,7 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Issuer;
 use vodmesh_tests::{
     NodeProcess, StalledViewer, enrolled_process, free_port, metric, play, play_command,
-    random_file, subscriber, vodmesh, wait_until,
+    random_file, subscriber, vodmesh, wait_holds_all, wait_until,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -250,30 +250,11 @@ fn consoles_of_a_saturated_station_are_served_by_another_that_holds_the_program(
     let (program, bytes) = ingest_program(&home, dir.path(), 1)?;
     let id: ProgramId = program.parse()?;
     // The other station holds every segment once its replica is complete.
-    rt.block_on(wait_until(
-        "the replica to be complete",
+    rt.block_on(wait_holds_all(
+        &other.addr,
+        id,
+        SEGMENTS,
         Duration::from_secs(60),
-        || async {
-            let client =
-                vodmesh_console::client::DirectorClient::connect(&other.addr, None).await?;
-            for index in 0..SEGMENTS {
-                let answer = client
-                    .request(vodmesh_proto::director::Request::Locate {
-                        program: id,
-                        index,
-                        complete: false,
-                        avoid: Vec::new(),
-                        busy: Vec::new(),
-                    })
-                    .await?;
-                match answer {
-                    vodmesh_proto::director::Response::Location(l)
-                        if l.director.to_string() == other_director && !l.filling => {}
-                    _ => return Ok(false),
-                }
-            }
-            Ok(true)
-        },
     ))?;
 
     // The home station's only slots taken: its consoles are sent to the other station.

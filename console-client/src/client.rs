@@ -219,8 +219,9 @@ impl DirectorClient {
     }
 
     /// Opens a stream of `protocol` to `peer` (whose address was added before), retrying
-    /// briefly: the remote accepts one pending stream at a time. A peer that cannot be
-    /// dialed fails at once: the caller has other engines to try.
+    /// once: the remote accepts one pending stream at a time, and libp2p-stream may drop a
+    /// dial. A peer that cannot be dialed fails at once, and one that does not answer (frozen)
+    /// within two tries: the caller has other engines to try.
     pub async fn open_stream(
         &self,
         peer: PeerId,
@@ -228,7 +229,7 @@ impl DirectorClient {
     ) -> Result<libp2p::Stream, ClientError> {
         let mut control = self.streams.clone();
         let mut last = String::new();
-        for attempt in 0..3u64 {
+        for attempt in 0..2u64 {
             let open = control.open_stream(peer, protocol.clone());
             match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
                 Ok(Ok(s)) => return Ok(s),

@@ -268,7 +268,10 @@ impl Fetcher {
             let had = partial.len();
             let attempt = self.attempt(manifest, (index, play_from), token, &mut partial, &retry);
             let (ended, error) = match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
-                Ok(Ok(done)) => return Ok(done),
+                Ok(Ok(done)) => {
+                    tracing::debug!(index, engine = %done.0.engine, director = %done.0.director, "segment fetched");
+                    return Ok(done);
+                }
                 Ok(Err(Attempt::Final(e))) => return Err(e),
                 Ok(Err(Attempt::Ended(ended, e))) => (ended, e),
                 Err(_) => (

@@ -60,6 +60,12 @@ where
     }
 }
 
+/// The peer id of a new identity written to `path` (`vodmesh keygen`).
+pub fn keygen(path: &Path) -> Result<String> {
+    let out = vodmesh(&["keygen", "--out", &path.to_string_lossy()])?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
 /// Path of a workspace binary (`vodmesh-node`, `vodmesh`, `vodmesh-console`) built next to
 /// the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -171,6 +177,69 @@ impl NodeProcess {
 }
 
 impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `vodmesh-node engine` process; killed when dropped.
+pub struct EngineProcess {
+    child: Child,
+    /// Its `/metrics` URL.
+    pub metrics: String,
+}
+
+impl EngineProcess {
+    /// Starts an engine on loopback under `data` (`--max-streams 5`), attached to `director`,
+    /// trusting `issuer`; returns once it printed the address of its `/metrics`.
+    pub fn start(data: &Path, director: &Multiaddr, issuer: &str) -> Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("stderr.log"))?;
+        let mut child = Command::new(bin("vodmesh-node"))
+            .args(["engine", "--director", &director.to_string(), "--data"])
+            .arg(data)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", issuer])
+            .args(["--metrics", "127.0.0.1:0", "--max-streams", "5"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let metrics = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("vodmesh-node engine exited before printing its metrics address");
+            };
+            if let Some(url) = line?.strip_prefix("metrics ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, metrics })
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for EngineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -590,4 +659,55 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Waits until the station of director `director` (at `node`) holds every one of the
+/// `segments` segments of `program` completely, asking it to `Locate` each (a segment it
+/// lacks is a miss it fills, so asking also hurries a replica on).
+pub async fn wait_holds_all(
+    node: &Multiaddr,
+    program: vodmesh_proto::ProgramId,
+    segments: u32,
+    timeout: Duration,
+) -> Result<()> {
+    use vodmesh_proto::director::{Request, Response};
+    let director = vodmesh_proto::net::peer_of(node).context("no /p2p/ in the address")?;
+    let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+    wait_until("the station to hold every segment", timeout, || async {
+        for index in 0..segments {
+            let answer = client
+                .request(Request::Locate {
+                    program,
+                    index,
+                    complete: false,
+                    avoid: Vec::new(),
+                    busy: Vec::new(),
+                })
+                .await?;
+            match answer {
+                Response::Location(l) if l.director == director && !l.filling => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// Lines of a log without ANSI colour codes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
