@@ -192,6 +192,8 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
         .stderr(Stdio::piped())
         .spawn()?;
         running.push((child, out, stats));
+        // Not a synchronisation: the consoles start a fraction of a second apart, as the
+        // issue's viewers did.
         std::thread::sleep(Duration::from_millis(200));
     }
     for (child, out, stats) in running {

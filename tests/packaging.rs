@@ -220,3 +220,103 @@ fn ts_fmp4_and_packaged_mp4_play_from_the_console_a_player_pipe_and_the_gateway(
     }
     Ok(())
 }
+
+/// Drives `vodmesh-console play --speed 1` on a pseudo-terminal the way a viewer does: waits
+/// for the progress line to show a media segment written (0.1 MiB or more), presses right
+/// (seek +30 s, past the end of a 12 s program: the last segment), and waits for the end.
+const SEEKER: &str = r#"
+import os, pty, re, select, sys, time
+console, node, out, program = sys.argv[1:5]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(console, [console, "play", "--node", node, "--speed", "1", "--out", out, program])
+seen = b""
+end = time.time() + 60
+while not re.search(rb"playing .* 0\.[1-9] MiB", seen):
+    ready, _, _ = select.select([fd], [], [], max(0.0, end - time.time()))
+    if not ready:
+        sys.exit("no progress line; the terminal shows %r" % seen[-300:])
+    try:
+        seen += os.read(fd, 4096)
+    except OSError:
+        sys.exit("the console ended early: %r" % seen[-300:])
+os.write(fd, b"\x1b[C")
+while True:
+    try:
+        if not os.read(fd, 4096):
+            break
+    except OSError:
+        break
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn a_key_seek_in_an_fmp4_program_writes_the_init_segment_again() -> Result<()> {
+    if missing(&["ffmpeg", "ffprobe", "python3"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let video = dir.path().join("card.mp4");
+    make_video(&video, SECONDS)?;
+    let package = dir.path().join("fmp4");
+    let playlist = package_hls(&video, &package, true)?;
+    let (home, console) = start_home(dir.path())?;
+    let program = ingest(&home, &playlist, "fmp4")?;
+    let out = dir.path().join("seek.out");
+    let viewer = Command::new("python3")
+        .env("VODMESH_HOME", &console)
+        .args(["-c", SEEKER])
+        .arg(bin("vodmesh-console"))
+        .arg(home.addr.to_string())
+        .arg(&out)
+        .arg(&program)
+        .output()?;
+    assert!(
+        viewer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&viewer.stderr)
+    );
+    // The output is the package's files end to end: the init segment, the media segments
+    // written before the seek, the init segment again, then the last media segment.
+    let init = std::fs::read(package.join("init.mp4"))?;
+    let media: Vec<Vec<u8>> = (0..3)
+        .map(|i| std::fs::read(package.join(format!("index{i}.m4s"))))
+        .collect::<std::io::Result<_>>()?;
+    let played = std::fs::read(&out)?;
+    let mut rest = played.as_slice();
+    let mut pieces = Vec::new();
+    while !rest.is_empty() {
+        let (name, len) = if rest.starts_with(&init) {
+            ("init".to_string(), init.len())
+        } else {
+            let i = media
+                .iter()
+                .position(|m| rest.starts_with(m))
+                .context("the output holds bytes that are no segment of the package")?;
+            (format!("media{i}"), media[i].len())
+        };
+        pieces.push(name);
+        rest = &rest[len..];
+    }
+    eprintln!("written: {pieces:?}");
+    let inits = pieces.iter().filter(|p| *p == "init").count();
+    assert_eq!(
+        pieces.first().map(String::as_str),
+        Some("init"),
+        "{pieces:?}"
+    );
+    assert_eq!(
+        inits, 2,
+        "the init segment again after the seek: {pieces:?}"
+    );
+    assert_eq!(
+        pieces.last().map(String::as_str),
+        Some("media2"),
+        "{pieces:?}"
+    );
+    // A player decodes every media segment written, across the repeated header.
+    let frames = decode(&out.to_string_lossy(), None)?;
+    assert_eq!(frames, SEGMENT_FRAMES * (pieces.len() - inits) as u64);
+    Ok(())
+}

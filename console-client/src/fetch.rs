@@ -49,6 +49,7 @@ pub(crate) struct Directors {
 }
 
 impl Directors {
+    /// The directors reached through `first`.
     pub(crate) fn new(first: Arc<DirectorClient>) -> Self {
         Self {
             first,
@@ -223,6 +224,7 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
+    /// A fetcher asking `directors`.
     pub(crate) fn new(directors: Arc<Directors>) -> Self {
         Self {
             directors,
