@@ -31,7 +31,7 @@ enum Cmd {
     ///
     /// The output is always a stream a player can start on: an fMP4 program's
     /// initialization segment comes first, and again before the first media segment after
-    /// --start or a seek (players take it as a repeated header); MPEG-TS and plain bytes are
+    /// --start or a seek (ffmpeg skips it as a repeated header); MPEG-TS and plain bytes are
     /// written as stored. An engine at its --max-streams is a wait, never an error: the
     /// console asks its director again (another holder, a copy onto an idle engine, another
     /// station) and stalls only when nothing can serve; --stats counts these `waits`.

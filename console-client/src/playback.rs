@@ -12,7 +12,7 @@ use libp2p::PeerId;
 /// segment 0 is the initialization segment) gets that segment first, since a player can
 /// start on nothing else: at the start, after `--start`, and after every seek, which starts a
 /// new run (a player reading the pipe sees the init segment again before the first media
-/// segment after the jump; ffmpeg and mpv take it as a repeated header).
+/// segment after the jump; ffmpeg skips it as a repeated `moov` and decodes on).
 pub(crate) fn run_segments(init: bool, first: u32, count: u32) -> impl Iterator<Item = u32> {
     let init = (init && first > 0 && count > 0).then_some(0);
     init.into_iter().chain(first..count)

@@ -8,6 +8,13 @@
 //! station's first segment of the program, provides it in the registry (the MLR learns the
 //! new location).
 //!
+//! The console goes to the cheapest holder's engine itself, with no copy, when this station
+//! cannot copy (no engine tokens), when its engines are all busy or their last copy failed at
+//! every source (for 30 s: a station whose tokens no holder trusts does not keep making its
+//! consoles wait for copies that never come), and when the station holds the segment but
+//! every holder is busy (claims 19, 20 across stations). Finding no other station is then a
+//! wait (`Busy`), not an end.
+//!
 //! # The cost of copying from a source
 //!
 //! ```text
