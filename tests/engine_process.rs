@@ -55,30 +55,13 @@ fn wait(
 
 /// Plays `program` at full speed through `node`; the bytes and the stats.
 fn play(node: &Multiaddr, program: &str, dir: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let run = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args([
-            "play",
-            "--node",
-            &node.to_string(),
-            "--speed",
-            "max",
-            program,
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .output()?;
-    if !run.status.success() {
-        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
+    vodmesh_tests::play(
+        node,
+        &dir.join("console"),
+        &["--speed", "max", program],
+        dir,
+        "played",
+    )
 }
 
 /// The director's answer to Locate for every segment: the engine peer ids it names.
