@@ -100,6 +100,13 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
     num(&json, &["streams", "largest_n_zero_stalls"])?;
     positive(&json, &["streams", "unpaced_aggregate_mb_s"])?;
     positive(&json, &["streams", "unpaced_vs_raw_stream"])?;
+    // More consoles than slots: busy engines are waits, never errors; every byte arrives.
+    let over = &json["streams"]["over_capacity"];
+    assert_eq!(over["errors"], 0, "{over}");
+    assert_eq!(over["bytes"], over["bytes_expected"], "{over}");
+    num(over, &["stalls"])?;
+    num(over, &["waits"])?;
+    num(over, &["replications"])?;
 
     for f in [
         "hit_p50_ms",

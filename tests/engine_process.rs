@@ -7,12 +7,13 @@
 //! the same data directory, it is marked up again; hung (SIGSTOP) it is marked down by the
 //! heartbeat's time-out, and resumed it reattaches and serves the console again.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use vodmesh_tests::{
-    EngineProcess, NodeProcess, issuer_of, metric, play, random_file, subscriber, vodmesh,
+    EngineProcess, NodeProcess, bin, issuer_of, metric, play, random_file, subscriber, vodmesh,
 };
 
 /// The engines `vodmesh status --json` lists for the first station: (peer id, up).
@@ -67,6 +68,7 @@ fn located(node: &Multiaddr, program: &str, segments: u32) -> Result<Vec<String>
                 index,
                 complete: false,
                 avoid: Vec::new(),
+                busy: Vec::new(),
             };
             let answer =
                 tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
@@ -227,5 +229,192 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     assert!(played == bytes, "bytes played after the restart differ");
     drop(engine);
     assert!(home.terminate()?, "the station did not stop cleanly");
+    Ok(())
+}
+
+/// What happens to the first engine process once the console has written a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// SIGKILL: its connections close.
+    Killed,
+    /// SIGSTOP: its connections stay open and bring nothing.
+    Frozen,
+}
+
+/// A station of two engine processes (home, auth, content manager) and a second station with
+/// a complete replica; `vodmesh-console play --speed max --out -` through the home station;
+/// once the console has written the first segment, the first engine process meets `fate`.
+/// The play finishes with the program's exact bytes. Returns the console's debug log and the
+/// first engine's peer id.
+fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
+    use std::io::Read;
+    use vodmesh_tests::{enrolled_process, keygen, plain, status_directors, wait_holds_all};
+    const MIB: usize = 1024 * 1024;
+    const SEGMENTS: u32 = 16;
+    let dir = tempfile::tempdir()?;
+    let (e1_data, e2_data) = (dir.path().join("e1"), dir.path().join("e2"));
+    std::fs::create_dir_all(&e1_data)?;
+    std::fs::create_dir_all(&e2_data)?;
+    let e1_peer = keygen(None, &e1_data.join("identity.key"))?;
+    let e2_peer = keygen(None, &e2_data.join("identity.key"))?;
+    let home = NodeProcess::start(
+        &dir.path().join("home"),
+        &[
+            "--engines",
+            "0",
+            "--engine-peer",
+            &e1_peer,
+            "--engine-peer",
+            &e2_peer,
+            "--home",
+            "--content-manager",
+            "--auth",
+            "--record-ttl",
+            "10",
+        ],
+    )?;
+    let issuer = issuer_of(&home.data)?;
+    let e1 = EngineProcess::start(&e1_data, &home.addr, &issuer)?;
+    let _e2 = EngineProcess::start(&e2_data, &home.addr, &issuer)?;
+    wait("both engines to attach", Duration::from_secs(20), || {
+        let mut up = engines(&home.addr)?;
+        up.sort();
+        let mut want = vec![(e1_peer.clone(), true), (e2_peer.clone(), true)];
+        want.sort();
+        Ok(up == want)
+    })?;
+    let replica = enrolled_process(
+        &dir.path().join("replica"),
+        &home,
+        &["--engines", "2", "--record-ttl", "10"],
+    )?;
+    let replica_director = vodmesh_proto::net::peer_of(&replica.addr)
+        .context("no peer id")?
+        .to_string();
+    wait(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        || Ok(status_directors(&home.addr)?.contains(&replica_director)),
+    )?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.data.join("identity.key"), &console, "fay")?;
+    let source = dir.path().join("program.bin");
+    let bytes = random_file(&source, SEGMENTS as usize * MIB, 17)?;
+    let out = vodmesh(&[
+        "ingest",
+        "--node",
+        &home.addr.to_string(),
+        "--key",
+        &home.data.join("identity.key").to_string_lossy(),
+        "--title",
+        "sturdy",
+        "--publish-at",
+        "now",
+        "--segment-size",
+        &MIB.to_string(),
+        "--replicas",
+        "1",
+        &source.to_string_lossy(),
+    ])?;
+    let program = out.lines().last().unwrap_or_default().to_string();
+    tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
+        &replica.addr,
+        program.parse()?,
+        SEGMENTS,
+        Duration::from_secs(60),
+    ))?;
+
+    let stats = dir.path().join("stats.json");
+    let mut child = Command::new(bin("vodmesh-console"))
+        .env("VODMESH_HOME", &console)
+        .env("RUST_LOG", "vodmesh_console=debug")
+        .args(["play", "--node", &home.addr.to_string(), "--speed", "max"])
+        .args(["--out", "-", "--stats"])
+        .arg(&stats)
+        .arg(&program)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    // The console writes into the pipe only as fast as it is read: once the first segment
+    // is read, the rest is yet to be fetched (but for the segments in its window).
+    let mut played = vec![0u8; MIB];
+    stdout.read_exact(&mut played)?;
+    let kept = match fate {
+        Fate::Killed => {
+            e1.kill()?;
+            None
+        }
+        Fate::Frozen => {
+            e1.signal("STOP")?;
+            Some(e1)
+        }
+    };
+    stdout.read_to_end(&mut played)?;
+    let status = child.wait()?;
+    let log = plain(&log.join().unwrap_or_default());
+    // Killed when dropped (SIGKILL ends a stopped process too).
+    drop(kept);
+    assert!(
+        status.success(),
+        "play failed: {}",
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(
+        played == bytes,
+        "bytes played differ from the source after {fate:?}"
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
+    assert_eq!(stats["verified"], true, "{stats}");
+    assert_eq!(stats["segments"], SEGMENTS, "{stats}");
+    Ok((log, e1_peer))
+}
+
+#[test]
+fn an_engine_process_killed_mid_play_costs_the_console_nothing() -> Result<()> {
+    engine_process_fails_mid_play(Fate::Killed)?;
+    Ok(())
+}
+
+/// A frozen engine process (SIGSTOP) stays connected and sends nothing: the console finds it
+/// unreachable (no byte, or no answer, within the stall limit) and the segment is resumed at
+/// another holder, which the console's log names.
+#[test]
+fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Result<()> {
+    let (log, frozen) = engine_process_fails_mid_play(Fate::Frozen)?;
+    // "segment attempt ended; asking again index=K ended=Unreachable(PeerId("<frozen>"))"
+    let unreachable = format!("ended=Unreachable(PeerId(\"{frozen}\"))");
+    let index_of = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("index="))
+            .map(str::to_string)
+    };
+    let stalled = log
+        .lines()
+        .find(|l| l.contains(&unreachable))
+        .and_then(index_of)
+        .with_context(|| {
+            format!("the console never found the frozen engine unreachable:\n{log}")
+        })?;
+    let served = log
+        .lines()
+        .filter(|l| l.contains("segment fetched"))
+        .find(|l| index_of(l).as_deref() == Some(stalled.as_str()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("engine="))
+                .map(str::to_string)
+        })
+        .with_context(|| format!("segment {stalled} was never fetched:\n{log}"))?;
+    assert_ne!(
+        served, frozen,
+        "segment {stalled} was served by the frozen engine"
+    );
     Ok(())
 }

@@ -251,3 +251,88 @@ fn station_fails_mid_play(fate: Fate) -> anyhow::Result<()> {
     assert_eq!(stats["segments"], 8);
     Ok(())
 }
+
+/// A miss whose copy fails at every source (issue 17): a station that runs an auth server of
+/// its own holds engine tokens no other station trusts, so when it fills a miss its engine's
+/// copy is refused by every holder. The console is not told `segment ... is not stored here`:
+/// it is sent to a holder, and finishes with the program's bytes.
+#[test]
+fn a_miss_whose_copy_fails_everywhere_sends_the_console_to_a_holder() -> anyhow::Result<()> {
+    use vodmesh_tests::{play_args, status_directors};
+    let dir = tempfile::tempdir()?;
+    let home = NodeProcess::start(
+        &dir.path().join("home"),
+        &[
+            "--engines",
+            "2",
+            "--home",
+            "--content-manager",
+            "--auth",
+            "--record-ttl",
+            "10",
+        ],
+    )?;
+    let issuer = vodmesh_tests::issuer_of(&home.data)?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.data.join("identity.key"), &console, "gil")?;
+    // Its own issuer signs its engines' tokens; it trusts the home's for consoles.
+    let stray = NodeProcess::start(
+        &dir.path().join("stray"),
+        &[
+            "--engines",
+            "1",
+            "--auth",
+            "--trust",
+            &issuer,
+            "--bootstrap",
+            &home.addr.to_string(),
+            "--record-ttl",
+            "10",
+        ],
+    )?;
+    let home_director = vodmesh_proto::net::peer_of(&home.addr)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(vodmesh_tests::wait_until(
+        "the stray station to find the home",
+        Duration::from_secs(30),
+        || async { Ok(status_directors(&stray.addr)?.contains(&home_director)) },
+    ))?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 4 * 256 * KIB, 53)?;
+    vodmesh(&[
+        "ingest",
+        "--node",
+        &home.addr.to_string(),
+        "--key",
+        &home.data.join("identity.key").display().to_string(),
+        "--title",
+        "elsewhere",
+        "--publish-at",
+        "now",
+        "--segment-size",
+        &(256 * KIB).to_string(),
+        &source.display().to_string(),
+    ])?;
+    let (played, stats) = play_args(
+        &stray.addr,
+        &console,
+        &["--speed", "max", "elsewhere"],
+        dir.path(),
+        "stray",
+    )?;
+    assert!(played == bytes, "played bytes differ");
+    assert_eq!(
+        stats["stations"],
+        serde_json::json!([home_director]),
+        "every segment came from the holder: {stats}"
+    );
+    // The stray station did try to copy, and every holder refused it.
+    let log = std::fs::read_to_string(stray.data.join("stderr.log"))?;
+    assert!(
+        log.contains("copy failed at every source"),
+        "the stray station never tried a copy"
+    );
+    Ok(())
+}

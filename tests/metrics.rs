@@ -192,6 +192,7 @@ async fn metrics_move_as_streams_run() -> anyhow::Result<()> {
                 index,
                 complete: false,
                 avoid: Vec::new(),
+                busy: Vec::new(),
             })
             .await?
         {

@@ -197,6 +197,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
             index: 0,
             complete: false,
             avoid: Vec::new(),
+            busy: Vec::new(),
         })
         .await?
     {

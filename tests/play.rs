@@ -9,29 +9,13 @@ use std::time::Duration;
 
 use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
 
+/// Plays through `node` with the console logged in under `dir/console`.
 fn play(
     node: &NodeProcess,
     args: &[&str],
     dir: &Path,
 ) -> anyhow::Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let status = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args(["play", "--node", &node.addr.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .args(args)
-        .output()?;
-    if !status.status.success() {
-        anyhow::bail!("play failed: {}", String::from_utf8_lossy(&status.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
+    vodmesh_tests::play_args(&node.addr, &dir.join("console"), args, dir, "played")
 }
 
 #[test]

@@ -8,132 +8,13 @@
 //! absent, a test says so and passes, except under CI (`CI` set), where it fails: CI installs
 //! them (.ci/run).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use vodmesh_tests::{NodeProcess, bin, subscriber, vodmesh};
-
-/// Whether `program -version` (ffmpeg's spelling) or `program --version` runs.
-fn installed(program: &str) -> bool {
-    let flag = if program.starts_with("ff") {
-        "-version"
-    } else {
-        "--version"
-    };
-    Command::new(program)
-        .arg(flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Skips (returns true) when a tool is missing, with a line that says which; under CI a
-/// missing tool is a failure.
-fn missing(tools: &[&str]) -> Result<bool> {
-    let absent: Vec<&str> = tools.iter().copied().filter(|t| !installed(t)).collect();
-    if absent.is_empty() {
-        return Ok(false);
-    }
-    if std::env::var_os("CI").is_some() {
-        bail!("{absent:?} not installed, but CI must run this test (see .ci/run)");
-    }
-    eprintln!("SKIPPED: {absent:?} not installed (apt-get install ffmpeg chromium nodejs npm)");
-    Ok(true)
-}
-
-/// A 20 s H.264/AAC test video (testsrc + a 440 Hz sine) with a keyframe every 2 s.
-fn make_video(path: &Path, seconds: u32) -> Result<()> {
-    let secs = seconds.to_string();
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y"])
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("testsrc=duration={secs}:size=640x360:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50"])
-        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
-        .arg(path)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "ffmpeg could not make the test video: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Video frames that ffprobe decodes from `input` (a file or URL).
-fn count_frames(input: &str) -> Result<u64> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(input)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "ffprobe {input} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8(out.stdout)?;
-    // One line per stream entry (a stream may be listed again under its program).
-    text.lines()
-        .map(|l| l.trim().trim_end_matches(','))
-        .find(|l| !l.is_empty())
-        .unwrap_or_default()
-        .parse()
-        .with_context(|| format!("ffprobe printed {text:?}"))
-}
-
-/// A `vodmesh-console serve` process; killed when dropped.
-struct Gateway {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Gateway {
-    fn start(node: &NodeProcess, home: &Path) -> Result<Self> {
-        let mut child = Command::new(bin("vodmesh-console"))
-            .env("VODMESH_HOME", home)
-            .args(["serve", "--node", &node.addr.to_string()])
-            .args(["--http", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().context("serve printed nothing")??;
-        // "serving http://127.0.0.1:PORT/ (loopback only: ...)"
-        let Some(url) = first
-            .strip_prefix("serving ")
-            .and_then(|r| r.split_whitespace().next())
-        else {
-            bail!("unexpected first line of serve: {first}");
-        };
-        assert!(
-            first.contains("loopback"),
-            "says it binds to loopback: {first}"
-        );
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Self {
-            child,
-            base: url.trim_end_matches('/').to_string(),
-        })
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vodmesh_tests::media::{Gateway, count_frames, ingest, make_video, missing, start_home};
+use vodmesh_tests::{bin, vodmesh};
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -165,37 +46,6 @@ fn get(url: &str, range: Option<&str>) -> Result<(u16, Option<String>, Vec<u8>)>
 }
 
 /// A home station with a subscriber console, and `video` ingested and published as `title`;
-/// returns the program id.
-fn ingest(home: &NodeProcess, video: &Path, title: &str) -> Result<String> {
-    let key = home.data.join("identity.key");
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        title,
-        "--publish-at",
-        "now",
-        &video.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    if program.len() != 64 {
-        bail!("ingest did not print a program id last: {out}");
-    }
-    Ok(program)
-}
-
-fn start_home(dir: &Path) -> Result<(NodeProcess, PathBuf)> {
-    let home = NodeProcess::start(
-        &dir.join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
-    let console = dir.join("console");
-    subscriber(&home.addr, &dir.join("home/identity.key"), &console, "viv")?;
-    Ok((home, console))
-}
 
 #[test]
 fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> Result<()> {

@@ -1,6 +1,6 @@
 //! The director's view of engine load is exact: a stream being served shows in the station
 //! record; a console that goes away mid-segment leaves the count at zero; an engine at
-//! `--max-streams` refuses with one line.
+//! `--max-streams` answers busy.
 
 use std::time::Duration;
 
@@ -88,7 +88,8 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     )
     .await?;
 
-    // A second console is refused: the engine is at --max-streams 1.
+    // A second console is answered busy (a wait, not a refusal): the engine is at
+    // --max-streams 1.
     let mut second = client.open_stream(engine.peer_id, stream::PROTOCOL).await?;
     write_frame(
         &mut second,
@@ -101,10 +102,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
     )
     .await?;
     let reply: StreamReply = read_frame(&mut second, stream::MAX_FRAME).await?;
-    assert_eq!(
-        reply,
-        StreamReply::Refused("engine busy: at --max-streams".into())
-    );
+    assert_eq!(reply, StreamReply::Busy);
 
     // The first console goes away mid-segment (its stream is dropped, which resets it): the
     // count returns to zero.
@@ -124,6 +122,7 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> anyhow::Result
             index: 2,
             complete: false,
             avoid: Vec::new(),
+            busy: Vec::new(),
         })
         .await?
     {
@@ -302,6 +301,7 @@ impl Console {
                 index: 0,
                 complete: false,
                 avoid: Vec::new(),
+                busy: Vec::new(),
             })
             .await?
         {
@@ -329,6 +329,7 @@ impl Console {
             StreamReply::Streaming { size, .. } => Ok((location.engine, s, size)),
             StreamReply::Refused(why) => anyhow::bail!("refused: {why}"),
             StreamReply::Swap { filled } => anyhow::bail!("swap at {filled}"),
+            other => anyhow::bail!("unexpected {other:?}"),
         }
     }
 }
@@ -539,6 +540,7 @@ async fn a_swap_exchanges_consoles_between_engines() -> anyhow::Result<()> {
         index: 0,
         complete,
         avoid: Vec::new(),
+        busy: Vec::new(),
     };
     let Response::Location(filling) = x.client.request(at(false)).await? else {
         anyhow::bail!("no location");

@@ -73,9 +73,15 @@ pub enum Request {
         #[serde(default)]
         complete: bool,
         /// Engines the console could not reach for this segment: not to be named again (the
-        /// director learns of a dead engine only seconds later).
+        /// director learns of a dead engine only seconds later). A hint from one console: the
+        /// director skips them for this console, and for every console once several report
+        /// the same engine, until its heartbeat settles whether it is alive.
         #[serde(default)]
         avoid: Vec<PeerId>,
+        /// Engines that answered this console busy (at `--max-streams`): not to be named for
+        /// this request, but alive, so a copy may still be taken from them (claims 19, 20).
+        #[serde(default)]
+        busy: Vec<PeerId>,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
@@ -325,6 +331,13 @@ mod tests {
             Request::Swarm,
             Request::LocateCopy { program, index: 3 },
             Request::Playable { program },
+            Request::Locate {
+                program,
+                index: 1,
+                complete: false,
+                avoid: vec![PeerId::random()],
+                busy: vec![PeerId::random()],
+            },
             Request::Replicate {
                 program,
                 source: PeerId::random(),

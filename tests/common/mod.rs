@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_node::{Station, StationConfig};
 
+pub mod media;
+
 /// Record TTL used by the swarm tests: short, so that a stopped station leaves quickly.
 pub const TEST_TTL: Duration = Duration::from_secs(6);
 
@@ -809,4 +811,189 @@ pub fn console_token(issuer: &vodmesh_proto::token::Issuer, console: PeerId) -> 
         now,
         now + 3_600_000,
     )?)
+}
+
+/// Runs `vodmesh-console play --node NODE --out DIR/NAME.out --stats DIR/NAME.json ARGS...`
+/// with the console home `console`; returns the bytes played and the stats, or fails with
+/// the console's stderr.
+pub fn play_args(
+    node: &Multiaddr,
+    console: &Path,
+    args: &[&str],
+    dir: &Path,
+    name: &str,
+) -> Result<(Vec<u8>, serde_json::Value)> {
+    let out = dir.join(format!("{name}.out"));
+    let stats = dir.join(format!("{name}.json"));
+    let run = play_command(node, console, args, &out, &stats).output()?;
+    if !run.status.success() {
+        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    Ok((
+        std::fs::read(&out)?,
+        serde_json::from_slice(&std::fs::read(&stats)?)?,
+    ))
+}
+
+/// The command [`play_args`] runs, to spawn it instead.
+pub fn play_command(
+    node: &Multiaddr,
+    console: &Path,
+    args: &[&str],
+    out: &Path,
+    stats: &Path,
+) -> Command {
+    let mut command = Command::new(bin("vodmesh-console"));
+    command
+        .env("VODMESH_HOME", console)
+        .args(["play", "--node", &node.to_string()])
+        .arg("--out")
+        .arg(out)
+        .arg("--stats")
+        .arg(stats)
+        .args(args);
+    command
+}
+
+/// Starts a `vodmesh-node` under `data` enrolled with the auth station `auth` (its identity
+/// made first, an enrollment token issued by the auth station's admin key), trusting its
+/// issuer and bootstrapping through it, with `args` on top.
+pub fn enrolled_process(data: &Path, auth: &NodeProcess, args: &[&str]) -> Result<NodeProcess> {
+    std::fs::create_dir_all(data)?;
+    let key = data.join("identity.key");
+    let peer = vodmesh(&["keygen", "--out", &key.to_string_lossy()])?;
+    let token = data.join("enroll.token");
+    vodmesh(&[
+        "enroll",
+        "--node",
+        &auth.addr.to_string(),
+        "--key",
+        &auth.data.join("identity.key").to_string_lossy(),
+        "--station",
+        peer.trim(),
+        "--out",
+        &token.to_string_lossy(),
+    ])?;
+    let issuer = issuer_of(&auth.data)?;
+    let mut all = vec![
+        "--bootstrap".to_string(),
+        auth.addr.to_string(),
+        "--trust".into(),
+        issuer,
+        "--enroll".into(),
+        token.to_string_lossy().into_owned(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    NodeProcess::start(data, &all)
+}
+
+/// A viewer that asked an engine for a segment and stopped reading: the engine's stream
+/// waits on backpressure and keeps one of its `--max-streams` slots until the viewer is
+/// dropped (or the engine's stall time-out of 30 s).
+pub struct StalledViewer {
+    _stream: libp2p::Stream,
+    _client: vodmesh_console::client::DirectorClient,
+}
+
+impl StalledViewer {
+    /// Takes a slot of `engine` (of the station whose director is `director`): asks it for
+    /// the first segment of `program` it holds, below `segments`, with a console token of
+    /// `issuer` (which the station must trust), and reads nothing past the reply.
+    pub async fn hold(
+        director: &Multiaddr,
+        engine: &vodmesh_node::nodefile::PeerEntry,
+        program: vodmesh_proto::ProgramId,
+        segments: u32,
+        issuer: &vodmesh_proto::token::Issuer,
+    ) -> Result<Self> {
+        use vodmesh_proto::codec::{read_frame, write_frame};
+        use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let token = console_token(issuer, key.public().to_peer_id())?;
+        let client = vodmesh_console::client::DirectorClient::connect(director, Some(key)).await?;
+        client
+            .add_addresses(engine.peer_id, engine.addrs.clone())
+            .await?;
+        for index in 0..segments {
+            let mut stream = client.open_stream(engine.peer_id, wire::PROTOCOL).await?;
+            let request = StreamRequest {
+                segment: vodmesh_proto::SegmentId::new(program, index),
+                offset: 0,
+                token: Some(serde_bytes::ByteBuf::from(token.clone())),
+                play_from: 0,
+            };
+            write_frame(&mut stream, &request).await?;
+            match read_frame::<_, StreamReply>(&mut stream, wire::MAX_FRAME).await? {
+                StreamReply::Streaming { .. } => {
+                    return Ok(Self {
+                        _stream: stream,
+                        _client: client,
+                    });
+                }
+                StreamReply::Absent => continue,
+                other => bail!("engine {} answered {other:?}", engine.peer_id),
+            }
+        }
+        bail!("engine {} holds no segment of the program", engine.peer_id)
+    }
+}
+
+/// A free TCP port on loopback (for a process's `--metrics`, which prints nothing a test
+/// reads back).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until the station of director `director` (at `node`) holds every one of the
+/// `segments` segments of `program` completely, asking it to `Locate` each (a segment it
+/// lacks is a miss it fills, so asking also hurries a replica on).
+pub async fn wait_holds_all(
+    node: &Multiaddr,
+    program: vodmesh_proto::ProgramId,
+    segments: u32,
+    timeout: Duration,
+) -> Result<()> {
+    use vodmesh_proto::director::{Request, Response};
+    let director = vodmesh_proto::net::peer_of(node).context("no /p2p/ in the address")?;
+    let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+    wait_until("the station to hold every segment", timeout, || async {
+        for index in 0..segments {
+            let answer = client
+                .request(Request::Locate {
+                    program,
+                    index,
+                    complete: false,
+                    avoid: Vec::new(),
+                    busy: Vec::new(),
+                })
+                .await?;
+            match answer {
+                Response::Location(l) if l.director == director && !l.filling => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// Lines of a log without ANSI colour codes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -8,6 +8,7 @@
 mod content;
 mod distribution;
 mod miss;
+mod pick;
 mod play;
 mod publish;
 
@@ -623,33 +624,22 @@ impl Director {
                 program,
                 index,
                 avoid,
+                busy,
                 ..
             } => {
-                let located = match self.handed_over(program, index, peer) {
-                    Some(location) if !avoid.contains(&location.engine) => Ok(location),
-                    _ => self.locate_avoiding(program, index, &avoid),
+                let ask = play::Locating {
+                    console: peer,
+                    program,
+                    index,
+                    avoid,
+                    busy,
                 };
-                let located = match located {
-                    Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
-                    // Held elsewhere: copy it here and stream it as it arrives (claim 14).
-                    Err(e) if e.code == ErrorCode::NotFound => {
-                        self.on_miss(program, index, avoid, channel);
-                        return;
-                    }
-                    other => other,
-                };
-                let response = match located {
-                    Ok(location) => {
-                        self.metrics.hit();
-                        self.preload(&location, program, index);
-                        Response::Location(location)
-                    }
-                    Err(e) => Response::Error(e),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+                if let Some((channel, response)) = self.on_locate(ask, channel) {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .control
+                        .send_response(channel, response);
+                }
             }
             Request::Activity => {
                 let mut activity = self.activity;
