@@ -9,6 +9,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_node::events::{Event, Kind};
 use vodmesh_node::{Station, StationConfig};
+use vodmesh_proto::SegmentIndex;
 use vodmesh_tests::{
     TEST_TTL, engine_segments, enrolled_config, init_logging, listed, random_file,
     wait_engine_tokens, wait_until,
@@ -65,7 +66,11 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
 
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 64 * 1024 * 1024, 12)?;
-    let mut events = vodmesh_node::events::subscribe();
+    let sink = vodmesh_node::events::sink();
+    for s in std::iter::once(&home).chain(&others) {
+        s.send_events_to(&sink);
+    }
+    let mut events = sink.subscribe();
     let info = ingest::run(&IngestOptions {
         node: home.addr().clone(),
         key: dir.path().join("home").join("identity.key"),
@@ -129,7 +134,7 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("manifest not verified"))?;
         assert!(sent < received && received < manifest);
         let mut first_tabled = usize::MAX;
-        for i in 0..16u32 {
+        for i in (0..16).map(SegmentIndex) {
             let at = |f: &dyn Fn(&Event) -> bool| {
                 pos(&log, |e| e.segment == Some(i) && f(e))
                     .ok_or_else(|| anyhow::anyhow!("segment {i}: an event is missing"))

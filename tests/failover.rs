@@ -56,7 +56,7 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> anyhow::Result<()> {
     // Eight segments of 128 KiB at 1 Mbit/s: about 1 s each.
     let source = dir.path().join("p.bin");
     let bytes = random_file(&source, 8 * 128 * KIB, 51)?;
-    let mut events = vodmesh_node::events::subscribe();
+    let mut events = b.subscribe();
     let info = ingest::run(&IngestOptions {
         node: home.addr().clone(),
         key: dir.path().join("home/identity.key"),

@@ -124,6 +124,8 @@ pub async fn start_engine(
         auth,
         reports,
         metrics.clone(),
+        // An engine process logs its events; nobody in its process subscribes.
+        crate::events::Observer::new(),
         shutdown.clone(),
     )
     .await?;
