@@ -2,7 +2,7 @@
 //! wire's [`ErrorReply`] (a code for programs, one line for people) here and nowhere else.
 
 use vodmesh_proto::admin::AdminError;
-use vodmesh_proto::director::{ErrorCode, ErrorReply};
+use vodmesh_proto::director::{ErrorCode, ErrorReply, Response};
 use vodmesh_proto::manifest::ManifestError;
 use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryError;
@@ -193,6 +193,11 @@ impl From<Error> for ErrorReply {
     fn from(e: Error) -> Self {
         ErrorReply::new(e.code(), e.to_string())
     }
+}
+
+/// A family's answer as a response: `ok`'s, or the refusal.
+pub(super) fn respond<T>(answer: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
+    answer.map_or_else(|e| Response::Error(e.into()), ok)
 }
 
 #[cfg(test)]

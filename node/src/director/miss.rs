@@ -38,7 +38,7 @@ use vodmesh_registry::RegistryHandle;
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
 use super::context::{Ctx, Reply};
 use super::engines::EngineId;
-use super::error::Error;
+use super::error::{Error, respond};
 use super::outbound::{AskError, Asker};
 use super::play::Play;
 use super::publish::{Publishing, fetch_record};
@@ -201,21 +201,12 @@ impl Misses {
     ) -> Option<Reply> {
         match done {
             Done::Gathered(gathered) => {
-                let Gathered {
-                    ask,
-                    held,
-                    channel,
-                    record,
-                    manifest,
-                    holders,
-                } = *gathered;
-                publish.learn(ctx, record);
+                let g = *gathered;
+                publish.learn(ctx, g.record);
+                let (ask, manifest) = (&g.ask, &g.manifest);
                 self.manifests.insert(ask.segment.program, manifest.clone());
-                let answer = self.fill(ctx, (publish, play), (&ask, held), &manifest, holders);
-                Some((
-                    channel,
-                    answer.map_or_else(|e| Response::Error(e.into()), Response::Location),
-                ))
+                let answer = self.fill(ctx, (publish, play), (ask, g.held), manifest, g.holders);
+                Some((g.channel, respond(answer, Response::Location)))
             }
             Done::Reply(reply) => Some(reply),
             Done::Copied {

@@ -58,7 +58,7 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, W
 use self::choose::Locating;
 use self::context::{Me, Reply, Shared};
 use self::engines::{EngineTable, Heard};
-use self::error::Error;
+use self::error::{Error, respond};
 use self::ingest::{Ingested, Ingests};
 use self::miss::Misses;
 use self::outbound::{Ask, Outbound};
@@ -302,11 +302,6 @@ fn record(me: &Me, engines: &EngineTable) -> StationRecord {
         issued_ms: now_ms(),
         expires_ms: in_ms(config.registry.record_ttl),
     }
-}
-
-/// A family's answer, as a response.
-fn respond<T>(answer: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
-    answer.map_or_else(|e| Response::Error(e.into()), ok)
 }
 
 impl Director {

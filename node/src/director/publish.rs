@@ -27,7 +27,7 @@ use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryHandle;
 
 use super::context::{Ctx, Reply};
-use super::error::Error;
+use super::error::{Error, respond};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
 use crate::events::Kind;
@@ -386,7 +386,7 @@ impl Publishing {
 
 /// `Ok` or the refusal, as a response.
 fn answer(result: Result<(), Error>) -> Response {
-    result.map_or_else(|e| Response::Error(e.into()), |()| Response::Ok)
+    respond(result, |()| Response::Ok)
 }
 
 #[cfg(test)]
