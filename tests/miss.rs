@@ -240,14 +240,16 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     let consoles = Issuer::generate();
-    // The home serves copies at 8 Mbit/s: a 2 MiB segment takes two seconds to copy.
+    // The home serves copies at 1 Mbit/s: the copy reaches the seek's byte 1.5 MB after 12 s,
+    // far longer than a console takes to ask even on a loaded machine (at 8 Mbit/s the copy
+    // outran a console that took 2 s to start, and nothing was left to swap).
     let home = station(
         root,
         Site {
             name: "home",
             coords: BERLIN,
             bandwidth_mbps: 1000,
-            copy_rate_mbps: 8,
+            copy_rate_mbps: 1,
         },
         None,
         &consoles,
@@ -266,7 +268,8 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     )
     .await?;
     let source = root.join("program.bin");
-    let bytes = random_file(&source, 4 * MIB, 32)?;
+    // Segment 0 of 2 MiB, segment 1 of 256 KiB: c copies the short second one in 2 s.
+    let bytes = random_file(&source, 2 * MIB + MIB / 4, 32)?;
     let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
         publish_at_ms: Some(now_ms()),
