@@ -93,6 +93,13 @@ fn up<'e>(engines: &[EngineView<'e>], peer: &PeerId) -> Option<EngineView<'e>> {
         .copied()
 }
 
+/// The streams `engine` serves for others than a console holding `own` of them, when it has
+/// a slot free for that console (`--max-streams`); the load every engine choice compares.
+fn free_slot(engine: &EngineInfo, own: u32) -> Option<u32> {
+    let streams = engine.streams.saturating_sub(own);
+    (streams < engine.max_streams).then_some(streams)
+}
+
 /// The engine to stream a segment held by `holders` to the console `asker` (claim 18).
 pub(super) fn stream_engine(
     engines: &[EngineView<'_>],
@@ -110,8 +117,10 @@ pub(super) fn stream_engine(
         };
         held = true;
         let own = asker.own.and_then(|o| o.get(&id)).copied().unwrap_or(0);
-        let streams = engine.streams.saturating_sub(own);
-        if asker.busy.contains(&holder.engine) || streams >= engine.max_streams {
+        let Some(streams) = free_slot(engine, own) else {
+            continue;
+        };
+        if asker.busy.contains(&holder.engine) {
             continue;
         }
         let key = (holder.state != LocationState::Complete, streams);
@@ -138,11 +147,12 @@ pub(super) fn idle_engine(
 ) -> Option<EngineId> {
     engines
         .iter()
-        .filter(|(_, e)| e.up && e.streams < e.max_streams && !exclude.contains(&e.peer_id))
+        .filter(|(_, e)| e.up && !exclude.contains(&e.peer_id))
         .filter(|(_, e)| holders.iter().all(|l| l.engine != e.peer_id))
         .filter(|(_, e)| e.room_for_copies().is_none_or(|room| room >= size))
-        .min_by_key(|(_, e)| e.streams)
-        .map(|(id, _)| *id)
+        .filter_map(|(id, e)| Some((*id, free_slot(e, 0)?)))
+        .min_by_key(|(_, streams)| *streams)
+        .map(|(id, _)| id)
 }
 
 /// An engine of the station to copy a segment from: a complete copy, up, not in `avoid`. A

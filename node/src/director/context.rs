@@ -15,7 +15,7 @@ use vodmesh_registry::registry::Command;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle};
 
 use super::choose::Link;
-use super::engines::{EngineId, EngineTable};
+use super::engines::{CopyFailed, EngineId, EngineTable};
 use super::error::Error;
 use super::outbound::Asker;
 use crate::config::StationConfig;
@@ -201,10 +201,13 @@ impl Ctx<'_> {
         &mut self,
         segment: SegmentId,
         (engine, peer): (EngineId, PeerId),
-        outcome: Option<Result<Copied, String>>,
+        outcome: Result<Copied, CopyFailed>,
     ) -> Option<Copied> {
-        match outcome? {
+        match outcome {
             Ok(copied) => Some(copied),
+            // Its filling location stays until the engine is heard of again (a stopped
+            // engine is down: no console is sent there).
+            Err(CopyFailed::EngineStopped) => None,
             Err(e) => {
                 tracing::warn!(%segment, engine = %peer, error = %e, "copy failed at every source");
                 if let Err(e) = self.locations.remove(segment, &peer) {

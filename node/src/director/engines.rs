@@ -34,6 +34,25 @@ impl fmt::Display for EngineId {
     }
 }
 
+/// Why a copy into one of the station's engines brought no segment.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum CopyFailed {
+    /// The engine stopped (or its link dropped) before it told the outcome.
+    #[error("the engine stopped before the copy ended")]
+    EngineStopped,
+    /// Every source failed; what the engine said of the last one.
+    #[error("{0}")]
+    AtEverySource(String),
+}
+
+impl CopyFailed {
+    /// An engine's outcome as it comes over the command channel (its cause is the engine's
+    /// own line).
+    pub(super) fn from_engine(result: Result<Copied, String>) -> Result<Copied, Self> {
+        result.map_err(Self::AtEverySource)
+    }
+}
+
 /// One engine of the station as a decision sees it.
 pub(super) type EngineView<'a> = (EngineId, &'a EngineInfo);
 
@@ -226,7 +245,7 @@ impl EngineTable {
         expect: Option<(SegmentHash, u64)>,
         sources: Vec<Source>,
         held_elsewhere: bool,
-    ) -> Result<impl Future<Output = Option<Result<Copied, String>>> + Send + use<>, Error> {
+    ) -> Result<impl Future<Output = Result<Copied, CopyFailed>> + Send + use<>, Error> {
         let (done, mut outcome) = mpsc::channel(1);
         let fetch = EngineCommand::Fetch {
             segment,
@@ -236,7 +255,10 @@ impl EngineTable {
             done,
         };
         self.send(id, fetch)?;
-        Ok(async move { outcome.recv().await.map(|(_, result)| result) })
+        Ok(async move {
+            let (_, result) = outcome.recv().await.ok_or(CopyFailed::EngineStopped)?;
+            CopyFailed::from_engine(result)
+        })
     }
 
     /// A copy into engine `id` failed at every source at `now`.
@@ -494,7 +516,14 @@ mod tests {
             anyhow::bail!("no fetch sent");
         };
         done.send((segment, Err("no source".into()))).await?;
-        assert_eq!(outcome.await, Some(Err("no source".to_string())));
+        assert_eq!(
+            outcome.await,
+            Err(CopyFailed::AtEverySource("no source".into()))
+        );
+        // An engine that drops the command without an answer stopped.
+        let outcome = engines.fetch(EngineId(0), segment, None, Vec::new(), false)?;
+        drop(rx[0].try_recv());
+        assert_eq!(outcome.await, Err(CopyFailed::EngineStopped));
         Ok(())
     }
 }

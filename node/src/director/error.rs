@@ -7,6 +7,7 @@ use vodmesh_proto::manifest::ManifestError;
 use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryError;
 
+use super::engines::CopyFailed;
 use super::outbound::AskError;
 use crate::content::plan::Shortfall;
 
@@ -127,7 +128,7 @@ pub(super) enum Error {
         /// The first that failed.
         first: SegmentId,
         /// Why, as the engine said.
-        cause: String,
+        cause: CopyFailed,
     },
     /// A request this director does not serve.
     #[error("unsupported request {0}")]

@@ -37,7 +37,7 @@ use vodmesh_registry::RegistryHandle;
 
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
 use super::context::{Ctx, Reply};
-use super::engines::EngineId;
+use super::engines::{CopyFailed, EngineId};
 use super::error::{Error, respond};
 use super::outbound::{AskError, Asker};
 use super::play::Play;
@@ -85,8 +85,8 @@ pub(super) enum Done {
         engine: (EngineId, PeerId),
         /// Each source engine's station.
         stations: HashMap<PeerId, StationId>,
-        /// The engine's outcome (`None`: the engine stopped).
-        outcome: Option<Result<Copied, String>>,
+        /// The engine's outcome.
+        outcome: Result<Copied, CopyFailed>,
     },
 }
 

@@ -36,7 +36,7 @@ use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use super::choose::{self, Locating, Replication};
 use super::context::{Ctx, Reply};
-use super::engines::EngineId;
+use super::engines::{CopyFailed, EngineId};
 use super::error::Error;
 use super::outbound::{AskError, Asker};
 use super::publish::{Publishing, fetch_record};
@@ -86,8 +86,8 @@ pub(super) enum Done {
         segment: SegmentId,
         /// The engine copying it in, and its peer id.
         engine: (EngineId, PeerId),
-        /// The engine's outcome (`None`: the engine stopped).
-        outcome: Option<Result<Copied, String>>,
+        /// The engine's outcome.
+        outcome: Result<Copied, CopyFailed>,
     },
     /// Nothing more to do.
     Nothing,
@@ -419,10 +419,10 @@ impl Replica {
         let program = self.program;
         let (done_tx, mut done_rx) = mpsc::channel(FETCH_WINDOW * 2);
         let mut in_flight = 0usize;
-        let mut failed: Vec<(SegmentId, String)> = Vec::new();
+        let mut failed: Vec<(SegmentId, CopyFailed)> = Vec::new();
         let mut note = |outcome: Option<(SegmentId, Result<Copied, String>)>| {
             if let Some((segment, Err(e))) = outcome {
-                failed.push((segment, e));
+                failed.push((segment, CopyFailed::AtEverySource(e)));
             }
         };
         for (n, entry) in manifest.content.segments.iter().enumerate() {
