@@ -284,14 +284,15 @@ impl Swarm {
         }
         let stations = &self.stations;
         let want = REPLICAS as usize * PROGRAMS.len();
-        wait::blocking("every replica", Duration::from_secs(120), || {
-            let complete: usize = stations[1..]
-                .iter()
-                .flatten()
-                .map(|s| s.log().matches("kind=ReplicaComplete").count())
-                .sum();
-            Ok(complete >= want)
-        })?;
+        let complete = || -> Vec<usize> {
+            let logs = stations.iter().flatten().map(NodeProcess::log);
+            logs.map(|l| l.matches("kind=ReplicaComplete").count())
+                .collect()
+        };
+        let waited = wait::blocking("every replica", Duration::from_secs(120), || {
+            Ok(complete().iter().sum::<usize>() >= want)
+        });
+        waited.with_context(|| format!("replicas complete at each station: {:?}", complete()))?;
         self.programs = programs;
         Ok(())
     }
@@ -624,6 +625,12 @@ impl Consoles<'_> {
             let program = rng.gen_range(0..self.programs.len());
             let started_s = t0.elapsed().as_secs_f64();
             let outcome = self.play(&home, &addr, program, plays.len());
+            // A viewer whose play failed waits a while before the next one, as a person
+            // would (and a failing station does not turn the run into a storm of consoles).
+            let pause = match outcome {
+                Ok(_) => rng.gen_range(0..3000),
+                Err(_) => rng.gen_range(5000..10000),
+            };
             plays.push(Played {
                 console: c,
                 n: plays.len(),
@@ -633,7 +640,7 @@ impl Consoles<'_> {
                 ended_s: t0.elapsed().as_secs_f64(),
                 outcome: outcome.map_err(|e| format!("{e:#}")),
             });
-            std::thread::sleep(Duration::from_millis(rng.gen_range(0..3000)));
+            std::thread::sleep(Duration::from_millis(pause));
         }
         plays
     }
@@ -697,6 +704,20 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
         _ => None,
     };
     let dir = tempfile::tempdir()?;
+    let run = chaos(hosts, dir.path(), secs, seed);
+    if let Err(e) = run {
+        // Every process is gone (dropped with the swarm); its logs stay for a post-mortem.
+        let kept = dir.keep();
+        bail!(
+            "chaos run with seed {seed} ({secs} s) failed; logs kept in {}:\n{e:#}",
+            kept.display()
+        );
+    }
+    Ok(())
+}
+
+/// The run, in `dir`: the swarm, the consoles and the scheduler, then every check.
+fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
     match &hosts {
         Some(_) => println!(
             "chaos: stations on hosts 10.77.0.1-4 (network namespaces), consoles on 10.77.0.5"
@@ -706,11 +727,11 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
              SIGSTOP of a whole station"
         ),
     }
-    let mut swarm = Swarm::start(Net { hosts }, dir.path())?;
+    let mut swarm = Swarm::start(Net { hosts }, dir)?;
     swarm.ingest()?;
     let ns = swarm.net.console_ns();
     for c in 0..CONSOLES {
-        let home = dir.path().join(format!("console{c}"));
+        let home = dir.join(format!("console{c}"));
         subscriber_in(
             ns.as_deref(),
             &swarm.home()?.addr,
@@ -731,7 +752,7 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
     let programs = std::mem::take(&mut swarm.programs);
     let consoles = Consoles {
         ns: ns.clone(),
-        dir: dir.path(),
+        dir,
         directors: swarm.directors.clone(),
         programs: &programs,
         seed,
@@ -768,7 +789,7 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
         }
     }
     let data: Vec<PathBuf> = (0..HOME_ENGINES)
-        .map(|k| dir.path().join(format!("home-engine{k}")))
+        .map(|k| dir.join(format!("home-engine{k}")))
         .collect();
     let data: Vec<&Path> = data.iter().map(PathBuf::as_path).collect();
     let rt = tokio::runtime::Runtime::new()?;
@@ -851,12 +872,7 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
         problems.push("no copy failed over to another source: the run disrupted no copy".into());
     }
     if !problems.is_empty() {
-        let kept = dir.keep();
-        bail!(
-            "chaos run with seed {seed} ({secs} s) failed; logs kept in {}:\n{}",
-            kept.display(),
-            problems.join("\n")
-        );
+        bail!("{}", problems.join("\n"));
     }
     Ok(())
 }
