@@ -117,7 +117,6 @@ pub(crate) struct Swarm {
     /// Each station's command line, to restart it on its data.
     lines: Vec<Node>,
     stations: Vec<Option<NodeProcess>>,
-    engine_lines: Vec<EngineLine>,
     pub(crate) engines: Vec<Option<EngineProcess>>,
     engine_peers: Vec<String>,
     metrics: Vec<String>,
@@ -158,14 +157,12 @@ impl Swarm {
         let mut lines = vec![home.clone()];
         let home = home.start()?;
         let issuer = home.issuer()?;
-        let mut engine_lines = Vec::new();
         let mut engines = Vec::new();
         for (k, data) in engine_data.iter().enumerate() {
             let listen = net.listen(0, ENGINE_PORT + k as u16);
             let args = ["--listen", &listen, "--trust", &issuer];
             let line = EngineLine::new(ns0.as_deref(), data, &home.addr, &args);
             engines.push(Some(line.start()?));
-            engine_lines.push(line);
         }
         let mut stations = vec![Some(home)];
         for (i, metrics) in metrics.iter().enumerate().skip(1) {
@@ -197,7 +194,6 @@ impl Swarm {
             dir: dir.to_path_buf(),
             lines,
             stations,
-            engine_lines,
             engines,
             engine_peers,
             metrics,
@@ -453,9 +449,9 @@ impl Swarm {
                 println!("[{at:6.1}s] {what} for {hold:?}");
                 log.timeline.push((at, at + hold.as_secs_f64(), what));
                 if kind == Disruption::EngineKilled {
-                    engine.kill()?;
+                    let line = engine.crash()?;
                     std::thread::sleep(hold);
-                    self.engines[k] = Some(self.engine_lines[k].start()?);
+                    self.engines[k] = Some(line.start()?);
                 } else {
                     engine.signal("STOP")?;
                     std::thread::sleep(hold);
