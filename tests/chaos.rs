@@ -193,6 +193,21 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
             (stalls > 0).then(|| format!("{} stalls: {}", stalls, p.describe(&log)))
         })
         .collect();
+    // The disruptions that leave a peer silent (no reset): what a stall is expected of.
+    let silent = plays
+        .iter()
+        .filter(|p| p.outcome.as_ref().is_ok_and(|s| s["stalls"] != 0))
+        .filter(|p| {
+            let during = log.during(p.started_s, p.ended_s);
+            during
+                .iter()
+                .any(|d| d.contains("Frozen") || d.contains("LinkCut"))
+        })
+        .count();
+    println!(
+        "  stalled plays that lived through a freeze or a link cut: {silent} of {}",
+        stalled.len()
+    );
     let failovers = moved(&before, &after, COUNTERS[0]);
     let mut problems = Vec::new();
     if !failed.is_empty() {
