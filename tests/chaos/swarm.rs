@@ -505,6 +505,11 @@ impl Swarm {
                     }
                 };
                 match self.wait_listed(i, since_ms, TTL) {
+                    // The poll that saw it may have begun within the TTL and ended past it.
+                    Ok(took) if took > TTL => log.failures.push(format!(
+                        "[{at:.1}s] {kind:?} station {i}: back in every listing only after \
+                         {took:?}, more than one TTL ({TTL:?})"
+                    )),
                     Ok(took) => log.back_after.push(took.as_secs_f64()),
                     Err(e) => {
                         log.failures.push(format!(

@@ -406,9 +406,12 @@ impl Play {
             status = child.inner().try_wait()?;
             Ok(status.is_some())
         });
-        let log = crate::process::plain(&stderr.text());
-        let Some(status) = status.filter(|_| waited.is_ok()) else {
-            drop(child);
+        let ended = status.filter(|_| waited.is_ok());
+        // Killed when it did not end; its stderr is read to the end either way (the reader
+        // may not have read the last line yet when the exit is seen).
+        drop(child);
+        let log = crate::process::plain(&String::from_utf8_lossy(&stderr.finish()));
+        let Some(status) = ended else {
             bail!("play did not end within {limit:?}; it wrote:\n{log}");
         };
         if !status.success() {
