@@ -38,7 +38,8 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, W
 use crate::config::StationConfig;
 use crate::content::{Catalog, Sessions};
 use crate::control::{EngineCommand, EngineReport};
-use crate::listen::{advertised, announced, dialable, is_tcp, listen_all, without_peer};
+use crate::listen::{advertised, announced, listen_all};
+use vodmesh_proto::net::{IDENTIFY_PROTOCOL, dialable, is_tcp, without_peer};
 use crate::store::locations::{Location, LocationState, LocationTable};
 
 /// The director's libp2p protocols.
@@ -52,9 +53,6 @@ pub(crate) struct DirectorBehaviour {
     /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
     blade: libp2p_stream::Behaviour,
 }
-
-/// The identify protocol string every vodmesh peer announces.
-pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 
 /// A started director.
 pub struct DirectorHandle {
