@@ -60,7 +60,7 @@ fn located(node: &Multiaddr, program: &str, segments: u32) -> Result<Vec<String>
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+        let client = vodmesh_client::DirectorClient::connect(node, None).await?;
         let mut named = Vec::new();
         for index in 0..segments {
             let request = Request::Locate {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::AsyncReadExt;
 use libp2p::PeerId;
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_node::events::{Event, Kind};
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::SegmentId;

@@ -407,7 +407,7 @@ fn keys_on_a_terminal_pause_seek_and_quit() -> anyhow::Result<()> {
     // Quitting left no stream open on the station's engines.
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let client = vodmesh_console::client::DirectorClient::connect(&home.addr, None).await?;
+        let client = vodmesh_client::DirectorClient::connect(&home.addr, None).await?;
         vodmesh_tests::wait_until("every stream to stop", Duration::from_secs(20), || async {
             match client
                 .request(vodmesh_proto::director::Request::Activity)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::AsyncReadExt;
 
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};

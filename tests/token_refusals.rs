@@ -3,7 +3,7 @@
 //! stream with an engine token; each refusal is one line and nothing else is sent.
 
 use libp2p::identity::Keypair;
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest};

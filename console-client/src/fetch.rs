@@ -517,6 +517,10 @@ impl Fetcher {
 }
 
 /// What a director's answer to `Locate` means for this attempt.
+#[allow(
+    clippy::result_large_err,
+    reason = "one value per failed attempt, moved once: boxing buys nothing"
+)]
 fn located(answer: Result<Response, AskError>) -> Result<SegmentLocation, Attempt> {
     let reply = match answer {
         Ok(Response::Location(l)) => return Ok(l),
@@ -576,7 +580,9 @@ mod tests {
             Err(Attempt::Final(FetchError::NotFound(_)))
         ));
         let refused = located(reply(ErrorCode::NotPublished));
-        assert!(matches!(&refused, Err(Attempt::Final(FetchError::Refused(r))) if r.message == "no"));
+        assert!(
+            matches!(&refused, Err(Attempt::Final(FetchError::Refused(r))) if r.message == "no")
+        );
         let lost = located(Err(AskError::Down(PeerId::random())));
         assert!(matches!(lost, Err(Attempt::Ended(Ended::DirectorLost, _))));
     }

@@ -17,6 +17,6 @@ mod fetch;
 pub mod play;
 mod playback;
 mod retry;
-mod session;
 pub mod serve;
+mod session;
 pub mod terminal;

@@ -189,7 +189,7 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
     let token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
     let credentials = play::Credentials::new(key.clone(), token);
     // Refreshed in the background before it expires, without stopping playback.
-    background.spawn(vodmesh_console::play::keep_fresh(
+    background.spawn(play::keep_fresh(
         node.clone(),
         key,
         credentials.token.clone(),

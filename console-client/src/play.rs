@@ -60,7 +60,7 @@ type Fetched = (Run, SegmentIndex, Result<Segment, FetchError>);
 /// Plays `program` from `start_s` seconds into `out`. `controls` carries the viewer's
 /// commands (pause, seek, quit); `progress` is called after every segment and twice a second.
 #[allow(clippy::too_many_arguments)]
-pub async fn play<W: AsyncWrite + Unpin>(
+pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
     node: &Multiaddr,
     credentials: &Credentials,
     program: &str,
@@ -74,7 +74,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
     let session = Arc::new(Session::open(node, credentials, program).await?);
     let content = &session.manifest().content;
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
-    let (mut playback, mut actions) = Playback::start(content, speed, start_ms, began);
+    let (mut playback, mut actions) =
+        Playback::<FetchError>::start(content, speed, start_ms, began);
     // Each fetch is a task of its own: it streams on (and gives its engine's slot back)
     // while an earlier segment waits for its release time. Dropped with the set, their
     // streams end and the engines report the stops.

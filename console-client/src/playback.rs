@@ -197,6 +197,10 @@ pub(crate) type Segment = (SegmentLocation, Vec<u8>);
 
 /// What happens to playback.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one event per segment or key, handled at once: boxing buys nothing"
+)]
 pub(crate) enum Event<E> {
     /// A fetch that an [`Action::Fetch`] of run `run` started ended.
     Fetched {
@@ -480,9 +484,7 @@ impl<'a, E> Playback<'a, E> {
             }
         }
         if self.paused.is_none()
-            && let Some(p) = self
-                .pending
-                .take_if(|p| p.release.is_none_or(|r| r <= now))
+            && let Some(p) = self.pending.take_if(|p| p.release.is_none_or(|r| r <= now))
         {
             self.write(now, p, out);
             self.refill(out);
@@ -580,8 +582,6 @@ mod tests {
 
     use super::*;
 
-    const SECOND: Duration = Duration::from_secs(1);
-
     /// A program of `n` segments of 1 s and 1000 bytes each; fMP4 gets an init segment first.
     fn program(content_type: &str, n: u32) -> ManifestContent {
         let init = content_type == FMP4;
@@ -655,7 +655,11 @@ mod tests {
     }
 
     impl<'a> Sim<'a> {
-        fn start(content: &'a ManifestContent, speed: Speed, start_ms: u64) -> (Self, Vec<Action<String>>) {
+        fn start(
+            content: &'a ManifestContent,
+            speed: Speed,
+            start_ms: u64,
+        ) -> (Self, Vec<Action<String>>) {
             let t0 = Instant::now();
             let (playback, actions) = Playback::start(content, speed, start_ms, t0);
             let sim = Self {
@@ -716,7 +720,11 @@ mod tests {
     fn the_window_covers_the_buffer_and_refills_as_segments_are_written() {
         let content = program(BYTES, 20);
         assert_eq!(window(Speed::Max, &content), 2);
-        assert_eq!(window(Speed::REALTIME, &content), 5, "4 s of 1 s segments, and one");
+        assert_eq!(
+            window(Speed::REALTIME, &content),
+            5,
+            "4 s of 1 s segments, and one"
+        );
         let long = Speed::Realtime {
             buffer: Duration::from_secs(60),
         };
@@ -783,7 +791,10 @@ mod tests {
         assert_eq!(written(&sim.fetched(3000, 2)), vec![1000]);
         let p = sim.playback.progress(sim.at(3500), 0);
         assert_eq!(p.stats.stalls, 1);
-        assert_eq!(p.position_ms, 2500, "the clock restarted at segment 2's start");
+        assert_eq!(
+            p.position_ms, 2500,
+            "the clock restarted at segment 2's start"
+        );
         // At speed max nothing is ever late.
         let (mut max, _) = Sim::start(&content, Speed::Max, 0);
         max.fetched(0, 0);
@@ -900,7 +911,10 @@ mod tests {
                 result: Err("segment 1: token expired".into()),
             },
         );
-        assert!(failed.iter().all(|a| !matches!(a, Action::Failed(_))), "segment 0 first");
+        assert!(
+            failed.iter().all(|a| !matches!(a, Action::Failed(_))),
+            "segment 0 first"
+        );
         let zero = sim.fetched(5, 0);
         assert_eq!(written(&zero), vec![1000]);
         let end = sim.tick(5);
@@ -909,7 +923,10 @@ mod tests {
 
         let (mut sim, _) = Sim::start(&content, Speed::Max, 0);
         let quit = sim.control(0, Control::Quit);
-        assert!(matches!(quit.as_slice(), [Action::CancelFetches, Action::Finished]));
+        assert!(matches!(
+            quit.as_slice(),
+            [Action::CancelFetches, Action::Finished]
+        ));
         assert!(sim.playback.into_stats(0).quit);
     }
 }

@@ -893,7 +893,7 @@ pub fn enrolled_process(data: &Path, auth: &NodeProcess, args: &[&str]) -> Resul
 /// dropped (or the engine's stall time-out of 30 s).
 pub struct StalledViewer {
     _stream: libp2p::Stream,
-    _client: vodmesh_console::client::DirectorClient,
+    _client: vodmesh_client::DirectorClient,
 }
 
 impl StalledViewer {
@@ -911,7 +911,7 @@ impl StalledViewer {
         use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
         let key = libp2p::identity::Keypair::generate_ed25519();
         let token = console_token(issuer, key.public().to_peer_id())?;
-        let client = vodmesh_console::client::DirectorClient::connect(director, Some(key)).await?;
+        let client = vodmesh_client::DirectorClient::connect(director, Some(key)).await?;
         client
             .add_addresses(engine.peer_id, engine.addrs.clone())
             .await?;
@@ -958,7 +958,7 @@ pub async fn wait_holds_all(
 ) -> Result<()> {
     use vodmesh_proto::director::{Request, Response};
     let director = vodmesh_proto::net::peer_of(node).context("no /p2p/ in the address")?;
-    let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+    let client = vodmesh_client::DirectorClient::connect(node, None).await?;
     wait_until("the station to hold every segment", timeout, || async {
         for index in 0..segments {
             let answer = client

@@ -267,7 +267,7 @@ async fn run(args: Args) -> Result<()> {
     match args.cmd {
         Cmd::Keygen { out } => {
             let key = libp2p::identity::Keypair::generate_ed25519();
-            vodmesh_node::identity::save(&out, &key)
+            vodmesh_client::identity::save(&out, &key)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", key.public().to_peer_id());
         }

@@ -39,8 +39,8 @@ use crate::config::StationConfig;
 use crate::content::{Catalog, Sessions};
 use crate::control::{EngineCommand, EngineReport};
 use crate::listen::{advertised, announced, listen_all};
-use vodmesh_proto::net::{IDENTIFY_PROTOCOL, dialable, is_tcp, without_peer};
 use crate::store::locations::{Location, LocationState, LocationTable};
+use vodmesh_proto::net::{IDENTIFY_PROTOCOL, dialable, is_tcp, without_peer};
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]

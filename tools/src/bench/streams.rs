@@ -22,7 +22,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::{Value, json};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::token::Issuer;
