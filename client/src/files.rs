@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use libp2p::identity::Keypair;
-
 /// Longest password file read, in bytes.
 pub const MAX_PASSWORD_FILE: u64 = 4096;
 /// Longest token file read, in bytes.
@@ -162,11 +160,6 @@ impl Home {
     /// The file of the token of `kind` (`console`, `admin`).
     pub fn token_path(&self, kind: &str) -> PathBuf {
         self.dir.join("tokens").join(format!("{kind}.token"))
-    }
-
-    /// The console's identity, created on first use.
-    pub fn identity(&self) -> Result<Keypair, FileError> {
-        crate::identity::load_or_create(&self.identity_path())
     }
 }
 

@@ -9,12 +9,19 @@ use std::path::Path;
 
 use libp2p::identity::Keypair;
 
-use crate::files::{FileError, create_private, read_small};
+use crate::files::{FileError, Home, create_private, read_small};
 
 /// The longest identity file accepted (an ed25519 key is 68 bytes).
 const MAX_KEY_FILE: u64 = 4096;
 /// What an identity file is called in errors.
 const WHAT: &str = "identity";
+
+impl Home {
+    /// The console's identity, created on first use.
+    pub fn identity(&self) -> Result<Keypair, FileError> {
+        load_or_create(&self.identity_path())
+    }
+}
 
 /// Loads the key at `path`, or creates a new one there if the file does not exist.
 pub fn load_or_create(path: &Path) -> Result<Keypair, FileError> {

@@ -44,7 +44,7 @@ pub enum ClientError {
         /// The first address given.
         addr: Multiaddr,
         /// What went wrong at the last address tried.
-        reason: String,
+        reason: DialFailure,
     },
     /// The request failed on the way (connection lost, time-out, refused protocol).
     #[error("request failed: {0}")]
@@ -71,6 +71,17 @@ pub enum ClientError {
     /// The swarm could not be built.
     #[error("network setup: {0}")]
     Setup(#[from] BuildError),
+}
+
+/// Why one address of the peer could not be dialed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    /// The dial failed (refused, no route, another peer answered, ...).
+    #[error(transparent)]
+    Dial(#[from] libp2p::swarm::DialError),
+    /// No connection within [`CONNECT_TIMEOUT`].
+    #[error("timed out")]
+    TimedOut,
 }
 
 /// A request-response protocol as a client speaks it.
@@ -137,8 +148,7 @@ where
             ),
             streams: libp2p_stream::Behaviour::new(),
         })?;
-        let mut reason = String::from("no address answered");
-        let mut connected = false;
+        let mut failed = None;
         for addr in addrs.iter().filter(|a| peer_of(a) == Some(peer)) {
             match dial(&mut swarm, peer, addr).await {
                 Ok(()) => {
@@ -146,13 +156,13 @@ where
                     // peer closing it) is dialed again by the next request instead of
                     // failing it with "Failed to dial the requested peer".
                     swarm.add_peer_address(peer, addr.clone());
-                    connected = true;
+                    failed = None;
                     break;
                 }
-                Err(why) => reason = why,
+                Err(why) => failed = Some(why),
             }
         }
-        if !connected {
+        if let Some(reason) = failed {
             return Err(ClientError::Unreachable {
                 addr: first.clone(),
                 reason,
@@ -258,8 +268,8 @@ async fn dial<B: NetworkBehaviour>(
     swarm: &mut Swarm<B>,
     peer: PeerId,
     addr: &Multiaddr,
-) -> Result<(), String> {
-    swarm.dial(addr.clone()).map_err(|e| e.to_string())?;
+) -> Result<(), DialFailure> {
+    swarm.dial(addr.clone())?;
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
             match swarm.select_next_some().await {
@@ -267,14 +277,14 @@ async fn dial<B: NetworkBehaviour>(
                     return Ok(());
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    return Err(error.to_string());
+                    return Err(error.into());
                 }
                 _ => {}
             }
         }
     })
     .await;
-    connected.unwrap_or_else(|_| Err("timed out".into()))
+    connected.unwrap_or(Err(DialFailure::TimedOut))
 }
 
 /// The client's task: sends what the client asks, matches each answer to its request, and
