@@ -43,8 +43,9 @@ pub enum ClientError {
     Unreachable {
         /// The first address given.
         addr: Multiaddr,
-        /// What went wrong at the last address tried.
-        reason: DialFailure,
+        /// What went wrong at the last address tried (boxed: libp2p's dial errors are
+        /// large, and every `Result` of this crate would carry their size).
+        reason: Box<DialFailure>,
     },
     /// The request failed on the way (connection lost, time-out, refused protocol).
     #[error("request failed: {0}")]
@@ -165,7 +166,7 @@ where
         if let Some(reason) = failed {
             return Err(ClientError::Unreachable {
                 addr: first.clone(),
-                reason,
+                reason: Box::new(reason),
             });
         }
         let streams = swarm.behaviour().streams.new_control();
