@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, ErrorCode, ErrorReply, Request, Response};
-use vodmesh_proto::net::{build_swarm, peer_of};
+use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, dialable, is_tcp, peer_of, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
 use vodmesh_proto::time::{in_ms, now_ms};
@@ -40,7 +40,6 @@ use crate::content::{Catalog, Sessions};
 use crate::control::{EngineCommand, EngineReport};
 use crate::listen::{advertised, announced, listen_all};
 use crate::store::locations::{Location, LocationState, LocationTable};
-use vodmesh_proto::net::{IDENTIFY_PROTOCOL, dialable, is_tcp, without_peer};
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
