@@ -270,6 +270,11 @@ pub async fn start(
     let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
     director.ingest.drop_interrupted(&ctx);
     director.republish();
+    // The metrics show the engines from the start, not from the loop's first event.
+    (director.metrics).sync_director(
+        &director.shared.activity,
+        &director.shared.engines.snapshot(),
+    );
     let task = tokio::spawn(director.run(shutdown, republish_every));
     Ok(DirectorHandle {
         peer_id,
