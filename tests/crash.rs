@@ -1,14 +1,18 @@
 //! Crash safety with real processes: a station killed with SIGKILL in the middle of an ingest
 //! restarts on the same data directory with no partial segment visible, every committed
 //! segment intact, index and files in agreement, and takes the same ingest again to the end.
+//! A station killed while it holds a replica restarts serving and providing it (issue 17).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use vodmesh_proto::manifest::ManifestContent;
-use vodmesh_tests::cli::Ingest;
+use vodmesh_tests::cli::{Ingest, Play, subscriber};
+use vodmesh_tests::console::wait_holds_all;
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::NodeProcess;
+use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::stored::engine_segments;
+use vodmesh_tests::{status, wait};
 
 const SEGMENT: usize = 512 * 1024;
 
@@ -102,5 +106,83 @@ fn sigkill_mid_ingest_loses_nothing_committed_and_shows_nothing_partial() -> any
     assert_eq!(segments.len(), bytes.len().div_ceil(SEGMENT));
     let joined: Vec<u8> = segments.into_values().flatten().collect();
     assert!(joined == bytes);
+    Ok(())
+}
+
+/// Issue 17: station b holds a replica and serves it; killed with SIGKILL and restarted on
+/// the same data directory, it has forgotten the catalog records it learned, yet serves the
+/// program again from its own engines, byte-identical (its director learns the record from
+/// the registry), and becomes a provider of the program again once its old provider record
+/// has expired.
+#[test]
+fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Result<()> {
+    const SEGMENTS: u32 = 4;
+    const SIZE: usize = 64 * 1024;
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(1)
+        .home()
+        .ttl(10)
+        .start()?;
+    let b = Node::new(&dir.path().join("b"))
+        .engines(1)
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    wait::blocking(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        || Ok(status::directors(&home.addr)?.contains(&b.peer())),
+    )?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "eve")?;
+    let source = dir.path().join("kept.bin");
+    let bytes = random_file(&source, SEGMENTS as usize * SIZE, 71)?;
+    let program = Ingest::new(&home.addr, &home.key(), "kept", &source)
+        .publish_now()
+        .segment_size(SIZE)
+        .replicas(1)
+        .run()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(wait_holds_all(
+        &b.addr,
+        program.parse()?,
+        SEGMENTS,
+        Duration::from_secs(60),
+    ))?;
+    let b_peer = b.peer();
+    let only_b: BTreeSet<String> = [b_peer.clone()].into();
+    let played = Play::new(&console, &b.addr, "kept").run()?;
+    assert!(played.bytes == bytes, "played bytes differ before the kill");
+    assert_eq!(played.stats["stations"], serde_json::json!(only_b));
+
+    wait::blocking("b to provide the program", Duration::from_secs(30), || {
+        Ok(status::program_stations(&home.addr, &program)?.contains(&b_peer))
+    })?;
+
+    let b = b.crash()?;
+    // b's provider record expires (TTL 10 s) while it is down: the registry forgets it.
+    wait::blocking(
+        "b to be no provider of the program",
+        Duration::from_secs(60),
+        || Ok(!status::program_stations(&home.addr, &program)?.contains(&b_peer)),
+    )?;
+    let b = b.start()?;
+    let played = Play::new(&console, &b.addr, "kept").run()?;
+    assert!(
+        played.bytes == bytes,
+        "played bytes differ after the restart"
+    );
+    assert_eq!(played.stats["verified"], true);
+    assert_eq!(
+        played.stats["stations"],
+        serde_json::json!(only_b),
+        "b serves what it holds itself"
+    );
+    wait::blocking(
+        "b to provide the program again",
+        Duration::from_secs(60),
+        || Ok(status::program_stations(&home.addr, &program)?.contains(&b_peer)),
+    )?;
     Ok(())
 }

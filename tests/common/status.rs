@@ -111,6 +111,22 @@ pub fn used_bytes(addr: &Multiaddr) -> Result<Vec<u64>> {
         .collect()
 }
 
+/// The stations `vodmesh programs --node ADDR --json` lists as holding `program` (the
+/// content manager and the providers of `program/<id>` in the registry).
+pub fn program_stations(addr: &Multiaddr, program: &str) -> Result<BTreeSet<String>> {
+    let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;
+    let json: Value = serde_json::from_str(&out)?;
+    let list = json["programs"].as_array().context("no programs array")?;
+    let entry = (list.iter())
+        .find(|p| p["id"].as_str() == Some(program))
+        .with_context(|| format!("program {program} not listed"))?;
+    let stations = entry["stations"].as_array().context("no stations array")?;
+    Ok(stations
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect())
+}
+
 /// The program ids `vodmesh programs --node ADDR --json` lists, sorted.
 pub fn programs(addr: &Multiaddr) -> Result<Vec<String>> {
     let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;

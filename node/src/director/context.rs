@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use vodmesh_proto::director::{Activity, Response};
 use vodmesh_proto::signed::Signed;
-use vodmesh_proto::time::now_ms;
+use vodmesh_proto::station::{Roles, StationRecord};
+use vodmesh_proto::time::{in_ms, now_ms};
 use vodmesh_proto::{ProgramId, SegmentId, admin};
 use vodmesh_registry::registry::Command;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle};
@@ -56,6 +57,27 @@ impl Me {
             coords: self.config.coords,
             region: self.config.region.clone(),
             bandwidth_mbps: self.config.bandwidth_mbps,
+        }
+    }
+
+    /// This station's record as it is now.
+    pub(super) fn record(&self, engines: &EngineTable) -> StationRecord {
+        let config = &self.config;
+        StationRecord {
+            director: self.peer_id,
+            addrs: self.addrs.clone(),
+            engines: engines.infos().cloned().collect(),
+            region: config.region.clone(),
+            coords: config.coords,
+            bandwidth_mbps: config.bandwidth_mbps,
+            roles: Roles {
+                home: config.home,
+                content_manager: config.content_manager,
+                auth: config.auth,
+            },
+            issuer: self.issuer.clone(),
+            issued_ms: now_ms(),
+            expires_ms: in_ms(config.registry.record_ttl),
         }
     }
 

@@ -23,6 +23,10 @@ pub(super) enum Error {
     /// Its publish time has not come (claim 11).
     #[error("{NOT_PUBLISHED}")]
     NotPublished,
+    /// This station holds the segment but has not learned the program's catalog record
+    /// (the loop fetches it from the registry before it answers).
+    #[error("{NOT_PUBLISHED}")]
+    Unlearned,
     /// The program's manifest lists no such segment.
     #[error("program {} has no segment {}", .0.program.short(), .0.index)]
     NoSuchSegment(SegmentId),
@@ -159,7 +163,7 @@ impl Error {
             | Self::NotHere(_)
             | Self::NoSource(_)
             | Self::NoIngest => C::NotFound,
-            Self::NotPublished => C::NotPublished,
+            Self::NotPublished | Self::Unlearned => C::NotPublished,
             Self::AtCapacity
             | Self::HoldersBusy
             | Self::OnlyHeldBusy

@@ -32,16 +32,16 @@ use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::director::{Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, StationId};
+use vodmesh_proto::{ProgramId, SegmentId, StationId};
 use vodmesh_registry::RegistryHandle;
 
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
 use super::context::{Ctx, Reply};
 use super::engines::{CopyFailed, EngineId};
 use super::error::{Error, respond};
-use super::outbound::{AskError, Asker};
+use super::outbound::Asker;
 use super::play::Play;
-use super::publish::{Publishing, fetch_record};
+use super::publish::{Publishing, fetch_manifest, fetch_record};
 use super::tasks::Tasks;
 use crate::control::{Copied, Source};
 use crate::events::Kind;
@@ -389,7 +389,7 @@ impl Lookup {
         }
         let manifest = match manifest {
             Some(m) => m,
-            None => Arc::new(self.manifest(&record).await?),
+            None => Arc::new(fetch_manifest(&self.registry, &self.asker, &record).await?),
         };
         if manifest.content.segment(index.0).is_none() {
             return Err(Error::NoSuchSegment(self.segment));
@@ -441,29 +441,5 @@ impl Lookup {
                 None
             }
         }
-    }
-
-    /// The program's signed manifest from its content manager, verified and matched to
-    /// `record`.
-    async fn manifest(&self, record: &CatalogRecord) -> Result<Manifest, Error> {
-        let (cm, _) = (self.registry.get_station(record.content_manager).await?)
-            .ok_or(Error::ContentManagerGone)?;
-        let request = Request::Manifest {
-            program: record.program,
-        };
-        let answer = self.asker.ask(cm.director, cm.addrs, request).await?;
-        let Response::Manifest(signed) = answer else {
-            return Err(AskError::unexpected(&answer).into());
-        };
-        let manifest = Manifest::verify(&signed).map_err(Error::UnverifiedManifest)?;
-        if SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)) != record.manifest_hash {
-            return Err(Error::BadManifest(
-                "the content manager's manifest does not match its catalog record",
-            ));
-        }
-        if manifest.program != record.program {
-            return Err(Error::BadManifest("the manifest is of another program"));
-        }
-        Ok(manifest)
     }
 }

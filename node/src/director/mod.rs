@@ -11,7 +11,8 @@
 //! - [`play`]: a console's `Locate`, swaps and exchanges (claims 16-22);
 //! - [`miss`]: segments this station does not hold, copied from the cheapest holder (14, 15);
 //! - [`replicate`]: replicas between stations (12) and overload replications (19, 20);
-//! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views;
+//! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views,
+//!   and reconciling what the station holds with what it knows ([`reconcile`], issue 17);
 //! - [`ingest`]: the content manager's ingests.
 //!
 //! Beside them: [`choose`], the decisions as pure functions; [`engines`], the engine table;
@@ -27,6 +28,7 @@ mod miss;
 mod outbound;
 mod play;
 mod publish;
+mod reconcile;
 mod replicate;
 mod tasks;
 
@@ -50,8 +52,7 @@ use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, Request, Response};
 use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, dialable, is_tcp, peer_of, without_peer};
 use vodmesh_proto::signed::Signed;
-use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
-use vodmesh_proto::time::{in_ms, now_ms};
+use vodmesh_proto::station::{EngineInfo, StationRecord};
 use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, WalkLimits};
 
@@ -285,32 +286,14 @@ pub async fn start(
     })
 }
 
-/// This station's record as it is now.
-fn record(me: &Me, engines: &EngineTable) -> StationRecord {
-    let config = &me.config;
-    StationRecord {
-        director: me.peer_id,
-        addrs: me.addrs.clone(),
-        engines: engines.infos().cloned().collect(),
-        region: config.region.clone(),
-        coords: config.coords,
-        bandwidth_mbps: config.bandwidth_mbps,
-        roles: Roles {
-            home: config.home,
-            content_manager: config.content_manager,
-            auth: config.auth,
-        },
-        issuer: me.issuer.clone(),
-        issued_ms: now_ms(),
-        expires_ms: in_ms(config.registry.record_ttl),
-    }
-}
-
 impl Director {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>, republish_every: Duration) {
         let mut republish = tokio::time::interval(republish_every);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
+        // The first tick is at once: a restarted station learns again what it holds.
+        let mut reconcile = tokio::time::interval(reconcile::RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the metrics last saw: most events (kad traffic, pings) change neither.
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
         loop {
@@ -345,6 +328,10 @@ impl Director {
                 }
                 next = self.publish.next() => self.on_publish(next),
                 _ = republish.tick() => self.republish(),
+                _ = reconcile.tick() => {
+                    let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+                    self.publish.reconcile(&mut ctx);
+                }
                 _ = flush.tick() => {
                     self.swarm.behaviour_mut().kad.store_mut().flush();
                     let ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
@@ -395,7 +382,8 @@ impl Director {
     }
 
     fn signed_record(&self) -> Signed {
-        record(&self.shared.me, &self.shared.engines).sign(&self.shared.me.key)
+        let me = &self.shared.me;
+        me.record(&self.shared.engines).sign(&me.key)
     }
 
     /// Signs a fresh station record and stores it in the registry. A director that has lost
@@ -447,7 +435,11 @@ impl Director {
     fn on_publish(&mut self, next: publish::Next) {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match next {
-            publish::Next::Done(done) => self.publish.on_done(&ctx, *done),
+            publish::Next::Done(done) => match self.publish.on_done(&mut ctx, *done) {
+                Some(publish::After::Reply(reply)) => Some(reply),
+                Some(publish::After::Locate(ask, channel)) => self.locate(*ask, channel, false),
+                None => None,
+            },
             publish::Next::Due(program) => {
                 if let Err(e) = self.publish.publish(&mut ctx, program) {
                     tracing::warn!(%program, error = %e, "scheduled publish failed");
@@ -457,6 +449,33 @@ impl Director {
         };
         if let Some(reply) = reply {
             self.reply(reply);
+        }
+    }
+
+    /// A console's `Locate`. When the station holds the segment but has not learned the
+    /// program's record (it restarted), the record is fetched from the registry first
+    /// (`fetch`) and the `Locate` run again; then a program the registry has no record of
+    /// is unknown.
+    fn locate(
+        &mut self,
+        ask: Locating,
+        channel: ResponseChannel<Response>,
+        fetch: bool,
+    ) -> Option<Reply> {
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        match (self.play).locate(&mut ctx, &self.publish, &mut self.replicate, &ask) {
+            Located::Now(located) => {
+                if located.is_ok() {
+                    self.metrics.hit();
+                }
+                Some((channel, respond(located, Response::Location)))
+            }
+            Located::Miss { held } => self.miss.start(&ctx, &self.publish, (ask, held), channel),
+            Located::Unlearned if fetch => {
+                self.publish.fetch_for_locate(&ctx, ask, channel);
+                None
+            }
+            Located::Unlearned => Some((channel, Response::Error(Error::UnknownProgram.into()))),
         }
     }
 
@@ -574,7 +593,7 @@ impl Director {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match request {
             Request::Station => {
-                let signed = record(ctx.me, ctx.engines).sign(&ctx.me.key);
+                let signed = ctx.me.record(ctx.engines).sign(&ctx.me.key);
                 Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
@@ -641,19 +660,7 @@ impl Director {
                     avoid,
                     busy,
                 };
-                let located =
-                    (self.play).locate(&mut ctx, &self.publish, &mut self.replicate, &ask);
-                match located {
-                    Located::Now(located) => {
-                        if located.is_ok() {
-                            self.metrics.hit();
-                        }
-                        Some((channel, respond(located, Response::Location)))
-                    }
-                    Located::Miss { held } => {
-                        self.miss.start(&ctx, &self.publish, (ask, held), channel)
-                    }
-                }
+                self.locate(ask, channel, true)
             }
             Request::Activity => {
                 let mut activity = *ctx.activity;

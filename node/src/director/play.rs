@@ -44,6 +44,9 @@ pub(super) enum Located {
         /// The station holds it, busy.
         held: bool,
     },
+    /// The station holds the segment but has not learned the program's catalog record: the
+    /// registry must be asked first.
+    Unlearned,
 }
 
 /// Who is streaming what, from the engines' takeover and stop reports; and the consoles in
@@ -133,6 +136,7 @@ impl Play {
                 tracing::debug!(?ask, why = %e, "locate: a miss");
                 return Located::Miss { held: false };
             }
+            Err(Error::Unlearned) => return Located::Unlearned,
             other => other,
         };
         if let Ok(location) = &located {
@@ -156,11 +160,11 @@ impl Play {
             return Err(Error::NotHeld(segment));
         }
         // Claim 11: nothing is streamed before the publish time. A station that holds a copy
-        // but has not learned the program's catalog record refuses too.
+        // but has not learned the program's catalog record does not stream it either.
         publish
             .playable(ctx, &segment.program)
             .map_err(|e| match e {
-                Error::UnknownProgram => Error::NotPublished,
+                Error::UnknownProgram => Error::Unlearned,
                 e => e,
             })?;
         let own = self.held_by(&ask.console);

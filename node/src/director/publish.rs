@@ -21,13 +21,17 @@ use libp2p::request_response::ResponseChannel;
 use tokio_util::time::{DelayQueue, delay_queue};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
+use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 use vodmesh_registry::RegistryHandle;
 
+use super::choose::Locating;
 use super::context::{Ctx, Reply};
 use super::error::{Error, respond};
+use super::outbound::{AskError, Asker};
+use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
 use crate::events::Kind;
@@ -50,6 +54,59 @@ pub(super) async fn fetch_record(
         .filter_map(verify_record)
         .filter(|r| r.program == program)
         .max_by_key(|r| r.issued_ms)
+}
+
+/// The program's signed manifest from its content manager, verified and matched to `record`.
+pub(super) async fn fetch_manifest(
+    registry: &RegistryHandle,
+    asker: &Asker,
+    record: &CatalogRecord,
+) -> Result<Manifest, Error> {
+    let (cm, _) =
+        (registry.get_station(record.content_manager).await?).ok_or(Error::ContentManagerGone)?;
+    let request = Request::Manifest {
+        program: record.program,
+    };
+    let answer = asker.ask(cm.director, cm.addrs, request).await?;
+    let Response::Manifest(signed) = answer else {
+        return Err(AskError::unexpected(&answer).into());
+    };
+    let manifest = Manifest::verify(&signed).map_err(Error::UnverifiedManifest)?;
+    if SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)) != record.manifest_hash {
+        return Err(Error::BadManifest(
+            "the content manager's manifest does not match its catalog record",
+        ));
+    }
+    if manifest.program != record.program {
+        return Err(Error::BadManifest("the manifest is of another program"));
+    }
+    Ok(manifest)
+}
+
+/// A reconciling fetch of a held program: its record from the registry, retried for up to
+/// [`RECONCILE_EVERY`], and, when `manifest`, its segment count from its content manager.
+async fn reconciled(
+    registry: RegistryHandle,
+    asker: Asker,
+    program: ProgramId,
+    manifest: bool,
+) -> Done {
+    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY).await;
+    let segments = match (&record, manifest) {
+        (Some(record), true) => match fetch_manifest(&registry, &asker, record).await {
+            Ok(manifest) => Some(manifest.content.segments.len() as u32),
+            Err(e) => {
+                tracing::debug!(%program, error = %e, "reconcile: no manifest; provided later");
+                None
+            }
+        },
+        _ => None,
+    };
+    Done::Reconciled {
+        program,
+        record,
+        segments,
+    }
 }
 
 /// A catalog entry as `vodmesh programs` shows it, held by this station (`director`).
@@ -125,10 +182,39 @@ pub(super) enum Done {
         /// Its newest valid record in the registry.
         record: Option<CatalogRecord>,
     },
+    /// A `Locate` of a segment held here, of a program whose record this director had not
+    /// learned: the record found in the registry, if any; the loop locates again.
+    Located {
+        /// The console waiting.
+        channel: ResponseChannel<Response>,
+        /// Its question.
+        ask: Locating,
+        /// The program's newest valid record in the registry.
+        record: Option<CatalogRecord>,
+    },
+    /// A reconciling fetch ended ([`reconcile`]).
+    Reconciled {
+        /// The program held here.
+        program: ProgramId,
+        /// Its newest valid record in the registry.
+        record: Option<CatalogRecord>,
+        /// Its manifest's segment count, when it was fetched.
+        segments: Option<u32>,
+    },
     /// An answer ready to send.
     Reply(Reply),
     /// Nothing more to do.
     Nothing,
+}
+
+/// What the loop does after a publish task's result.
+#[derive(Debug)]
+pub(super) enum After {
+    /// Sends this answer.
+    Reply(Reply),
+    /// Locates again for this console, the program's record now learned if the registry
+    /// had one.
+    Locate(Box<Locating>, ResponseChannel<Response>),
 }
 
 /// What publishing brings the loop.
@@ -147,6 +233,8 @@ pub(super) struct Publishing {
     learned: HashMap<ProgramId, CatalogRecord>,
     /// Programs this station already provides in the registry.
     provided: HashSet<ProgramId>,
+    /// Held programs whose reconciling fetch is running.
+    reconciling: HashSet<ProgramId>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
     tasks: Tasks<Done>,
@@ -252,9 +340,89 @@ impl Publishing {
         None
     }
 
-    /// Takes a publish task's result; returns the answer to send, if any.
-    pub(super) fn on_done(&mut self, ctx: &Ctx<'_>, done: Done) -> Option<Reply> {
-        match done {
+    /// A `Locate` found the segment held here but the program's record unknown (a restart
+    /// forgets what was learned): fetches it from the registry; [`Done::Located`] follows.
+    pub(super) fn fetch_for_locate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        ask: Locating,
+        channel: ResponseChannel<Response>,
+    ) {
+        let registry = ctx.registry.clone();
+        let program = ask.segment.program;
+        self.tasks.spawn(async move {
+            let record = reconcile::fetch_within(&registry, program, LOCATE_FETCH_WITHIN).await;
+            Done::Located {
+                channel,
+                ask,
+                record,
+            }
+        });
+    }
+
+    /// A reconciling round (issue 17): learns the record of every program the location
+    /// table lists, and provides those held complete ([`reconcile`]).
+    pub(super) fn reconcile(&mut self, ctx: &mut Ctx<'_>) {
+        let held = match ctx.locations.programs() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the location table to reconcile");
+                return;
+            }
+        };
+        let own: HashSet<ProgramId> = (held.iter())
+            .filter(|p| (ctx.catalog).is_some_and(|c| c.get(p).ok().flatten().is_some()))
+            .copied()
+            .collect();
+        for step in reconcile::plan(&held, &own, &self.reconciling, &self.provided) {
+            match step {
+                Step::Own(program) => {
+                    let manifest = (ctx.catalog)
+                        .and_then(|c| c.get(&program).ok().flatten())
+                        .and_then(|e| e.manifest());
+                    let segments = manifest.map(|m| m.content.segments.len() as u32);
+                    self.provide_if_complete(ctx, program, segments);
+                }
+                Step::Fetch { program, manifest } => {
+                    self.reconciling.insert(program);
+                    let (registry, asker) = (ctx.registry.clone(), ctx.asker.clone());
+                    self.tasks
+                        .spawn(reconciled(registry, asker, program, manifest));
+                }
+            }
+        }
+    }
+
+    /// Provides `program`, of `segments` segments, if this station holds a complete copy.
+    fn provide_if_complete(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        program: ProgramId,
+        segments: Option<u32>,
+    ) {
+        match reconcile::held(ctx.locations, program) {
+            Ok(held) => {
+                let provided = self.provided.contains(&program);
+                if reconcile::should_provide(&held, segments, provided) {
+                    self.provide(ctx, program);
+                }
+            }
+            Err(e) => tracing::warn!(%program, error = %e, "cannot read the location table"),
+        }
+    }
+
+    /// Provides `program` in the registry, once.
+    fn provide(&mut self, ctx: &mut Ctx<'_>, program: ProgramId) {
+        if self.provided.insert(program) {
+            ctx.dht.provide(program);
+            ctx.observer
+                .program(ctx.me.peer_id, program, Kind::Provided);
+        }
+    }
+
+    /// Takes a publish task's result; returns what the loop does next, if anything.
+    pub(super) fn on_done(&mut self, ctx: &mut Ctx<'_>, done: Done) -> Option<After> {
+        let reply = match done {
             Done::Fetched {
                 channel,
                 program,
@@ -265,9 +433,32 @@ impl Publishing {
                 }
                 Some((channel, answer(self.playable(ctx, &program))))
             }
+            Done::Reconciled {
+                program,
+                record,
+                segments,
+            } => {
+                self.reconciling.remove(&program);
+                if let Some(record) = record {
+                    self.learn(ctx, record);
+                }
+                self.provide_if_complete(ctx, program, segments);
+                None
+            }
+            Done::Located {
+                channel,
+                ask,
+                record,
+            } => {
+                if let Some(record) = record {
+                    self.learn(ctx, record);
+                }
+                return Some(After::Locate(Box::new(ask), channel));
+            }
             Done::Reply(reply) => Some(reply),
             Done::Nothing => None,
-        }
+        };
+        reply.map(After::Reply)
     }
 
     /// `Published` from a content manager.
@@ -336,12 +527,8 @@ impl Publishing {
     /// a program it does not already announce, it provides the program (the registry learns
     /// the new location).
     pub(super) fn tabled(&mut self, ctx: &mut Ctx<'_>, segment: SegmentId) {
-        let (me, program) = (ctx.me.peer_id, segment.program);
-        ctx.observer.segment(me, segment, Kind::Tabled);
-        if self.provided.insert(program) {
-            ctx.dht.provide(program);
-            ctx.observer.program(me, program, Kind::Provided);
-        }
+        ctx.observer.segment(ctx.me.peer_id, segment, Kind::Tabled);
+        self.provide(ctx, segment.program);
     }
 
     /// `Manifest`: the signed manifest of a program of this catalog.
