@@ -171,7 +171,7 @@ impl Station {
         for (i, peer) in config.engine_peers.iter().enumerate() {
             let (tx, rx) = mpsc::channel(64);
             commands.push(tx);
-            slots.push(crate::backplane::Slot {
+            slots.push(crate::blade::Bay {
                 peer: *peer,
                 index: config.engines + i,
                 commands: Arc::new(tokio::sync::Mutex::new(rx)),
@@ -213,9 +213,9 @@ impl Station {
             let incoming = dir
                 .blade
                 .clone()
-                .accept(crate::backplane::PROTOCOL)
+                .accept(crate::blade::PROTOCOL)
                 .context("registering the backplane protocol")?;
-            extra_tasks.push(tokio::spawn(crate::backplane::serve(
+            extra_tasks.push(tokio::spawn(crate::blade::serve(
                 incoming,
                 slots,
                 reports.clone(),

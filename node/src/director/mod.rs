@@ -49,7 +49,7 @@ pub(crate) struct DirectorBehaviour {
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
-    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
+    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::blade`]).
     blade: libp2p_stream::Behaviour,
 }
 
@@ -354,7 +354,7 @@ impl Director {
                 if let Some(Some(engine)) = self.engines.get_mut(index) {
                     // An engine process reports these over the backplane; they go into the
                     // signed station record, which has a size limit.
-                    disks.truncate(crate::backplane::MAX_DISKS);
+                    disks.truncate(crate::blade::MAX_DISKS);
                     engine.used = vodmesh_proto::station::used_on(&disks);
                     engine.disks = disks;
                 }
