@@ -365,6 +365,7 @@ impl Station {
 async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Server>> {
     let mut auth_config = config.auth_config.clone();
     auth_config.admins.push(own);
+    auth_config.station = Some(own);
     auth_config.admins.extend(config.admins.iter().copied());
     auth_config.trust.extend(config.trust.iter().copied());
     let data = config.data.clone();
