@@ -32,7 +32,6 @@ use vodmesh_proto::admin;
 use vodmesh_proto::auth::{self as proto, Request, Response};
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::ids::short_peer;
-use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 
 use super::{Caller, Error, Server, User};
@@ -377,6 +376,7 @@ impl NetworkBehaviour for Behaviour {
 #[cfg(test)]
 mod tests {
     use libp2p::identity::Keypair;
+    use vodmesh_proto::signed::Signed;
     use vodmesh_proto::token::{Audience, Rights, TrustedIssuers};
 
     use super::*;
