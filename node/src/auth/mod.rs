@@ -192,6 +192,16 @@ pub struct Caller<'a> {
     pub token: Option<&'a [u8]>,
 }
 
+impl<'a> Caller<'a> {
+    /// `peer`, with the admin token a request carried, if any.
+    pub fn new(peer: PeerId, token: Option<&'a serde_bytes::ByteBuf>) -> Self {
+        Self {
+            peer,
+            token: token.map(|t| t.as_slice()),
+        }
+    }
+}
+
 /// A user to add: admin or not, and what it may watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {

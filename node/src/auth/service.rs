@@ -164,28 +164,22 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             rights,
             admin_token,
             proof: _,
-        } => {
-            let caller = Caller {
-                peer: acting,
-                token: admin_token.as_deref().map(Vec::as_slice),
-            };
-            server
-                .add_user(caller, &name, &password, User { admin, rights }, now_ms)
-                .map(|()| Response::Done)
-        }
+        } => server
+            .add_user(
+                Caller::new(acting, admin_token.as_ref()),
+                &name,
+                &password,
+                User { admin, rights },
+                now_ms,
+            )
+            .map(|()| Response::Done),
         Request::EnrollToken {
             station,
             admin_token,
             proof: _,
-        } => {
-            let caller = Caller {
-                peer: acting,
-                token: admin_token.as_deref().map(Vec::as_slice),
-            };
-            server
-                .issue_enroll_token(caller, station, now_ms)
-                .map(token)
-        }
+        } => server
+            .issue_enroll_token(Caller::new(acting, admin_token.as_ref()), station, now_ms)
+            .map(token),
         Request::Enroll { token: t, engines } => server
             .enroll_station(&t, peer, &engines, now_ms)
             .map(|()| Response::Done),

@@ -12,26 +12,11 @@ use tracing::{debug, instrument};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
-use super::accounting::Stored;
+use super::accounting::{End, Progress, Stored};
 use super::index::{Op, Record, SegmentState};
 use super::layout::{self, io};
-use super::segments::Inner;
+use super::shared::Inner;
 use super::{CHUNK, Error};
-
-/// What followers of a filling segment watch.
-#[derive(Clone, Default)]
-pub(super) struct Progress {
-    pub(super) filled: u64,
-    pub(super) file: Option<Arc<File>>,
-    pub(super) end: Option<End>,
-}
-
-#[derive(Clone)]
-pub(super) enum End {
-    /// Verified and committed; later reads check these chunk hashes.
-    Complete(Arc<[[u8; 32]]>),
-    Aborted,
-}
 
 /// The incremental hashes of a write: the whole segment and each [`CHUNK`].
 #[derive(Default)]
