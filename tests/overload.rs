@@ -8,18 +8,18 @@
 //! Slots are taken on purpose by [`StalledViewer`]s: viewers that asked an engine for a
 //! segment and stopped reading, so that a slot is held for as long as the test needs.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use vodmesh_node::nodefile::NodeFile;
+use anyhow::Result;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Issuer;
-use vodmesh_tests::{
-    NodeProcess, StalledViewer, enrolled_process, free_port, metric, play_args, play_command,
-    random_file, subscriber, vodmesh, wait_holds_all, wait_until,
-};
+use vodmesh_tests::cli::{Ingest, Play, subscriber};
+use vodmesh_tests::console::{StalledViewer, wait_holds_all};
+use vodmesh_tests::http::metric;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{Node, NodeProcess, free_port};
+use vodmesh_tests::{status, wait};
 
 const MIB: usize = 1024 * 1024;
 /// The program: 6 MiB in 1 MiB segments, at the default 8 Mbit/s (6.3 s of media).
@@ -27,53 +27,30 @@ const SEGMENTS: u32 = 6;
 
 /// Ingests the 6 MiB program into `home` (published now, `replicas` copies elsewhere);
 /// returns its id and bytes.
-fn ingest_program(
-    home: &NodeProcess,
-    dir: &std::path::Path,
-    replicas: u32,
-) -> Result<(String, Vec<u8>)> {
+fn ingest_program(home: &NodeProcess, dir: &Path, replicas: u32) -> Result<(String, Vec<u8>)> {
     let source = dir.join("program.bin");
     let bytes = random_file(&source, SEGMENTS as usize * MIB, 24)?;
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &home.data.join("identity.key").to_string_lossy(),
-        "--title",
-        "busy",
-        "--publish-at",
-        "now",
-        "--segment-size",
-        &MIB.to_string(),
-        "--replicas",
-        &replicas.to_string(),
-        &source.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    anyhow::ensure!(program.len() == 64, "no program id: {out}");
+    let program = Ingest::new(&home.addr, &home.key(), "busy", &source)
+        .publish_now()
+        .segment_size(MIB)
+        .replicas(replicas)
+        .run()?;
     Ok((program, bytes))
 }
 
-/// `replications` in `vodmesh status --json` for the station at `node`.
-fn replications(node: &NodeProcess) -> Result<u64> {
-    let out = vodmesh(&["status", "--node", &node.addr.to_string(), "--json"])?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    let director = NodeFile::read(&node.data)?.director.peer_id.to_string();
-    json["stations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["director"]["peer_id"] == director.as_str())
-        .and_then(|s| s["activity"]["replications"].as_u64())
-        .context("no replications for the station in vodmesh status --json")
+/// Logs a console in as subscriber `name` of `home`; returns its home directory.
+fn console(home: &NodeProcess, dir: &Path, name: &str) -> Result<PathBuf> {
+    let at = dir.join(name);
+    subscriber(&home.addr, &home.key(), &at, name)?;
+    Ok(at)
 }
 
-/// Logs a console in as subscriber `name` of `home`; returns its home directory.
-fn console(home: &NodeProcess, dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
-    let at = dir.join(name);
-    subscriber(&home.addr, &home.data.join("identity.key"), &at, name)?;
-    Ok(at)
+/// `vodmesh-console play --speed 1` of `program` through `home` as the console `name` (its
+/// files beside it in `dir`).
+fn play(home: &NodeProcess, dir: &Path, name: &str, program: &str) -> Result<Play> {
+    Ok(Play::new(&console(home, dir, name)?, &home.addr, program)
+        .speed("1")
+        .files(dir, name))
 }
 
 #[test]
@@ -82,38 +59,22 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
     let viewers = Issuer::generate();
     let metrics_port = free_port()?;
     let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &[
-            "--engines",
-            "2",
-            "--max-streams",
-            "1",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--trust",
-            &viewers.public().to_string(),
-            "--metrics",
-            &format!("127.0.0.1:{metrics_port}"),
-        ],
-    )?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(2)
+        .args(&["--max-streams", "1"])
+        .home()
+        .trust(&viewers.public().to_string())
+        .args(&["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .start()?;
     let (program, bytes) = ingest_program(&home, dir.path(), 0)?;
     let id: ProgramId = program.parse()?;
-    let engines = NodeFile::read(&home.data)?.engines;
+    let engines = home.engines()?;
     let rt = tokio::runtime::Runtime::new()?;
 
     // One console at --speed 1 fetches ahead without competing with itself for a slot.
-    let solo = console(&home, dir.path(), "solo")?;
-    let (played, stats) = play_args(
-        &home.addr,
-        &solo,
-        &["--speed", "1", &program],
-        dir.path(),
-        "solo",
-    )?;
-    assert!(played == bytes, "the solo console's bytes differ");
-    assert_eq!(stats["segments"], SEGMENTS, "{stats}");
+    let solo = play(&home, dir.path(), "solo", &program)?.run()?;
+    assert!(solo.bytes == bytes, "the solo console's bytes differ");
+    assert_eq!(solo.stats["segments"], SEGMENTS, "{}", solo.stats);
 
     // Every slot of the station taken: a console waits (the director answers busy), and
     // plays on once the slots free.
@@ -121,49 +82,18 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
         .iter()
         .map(|e| rt.block_on(StalledViewer::hold(&home.addr, e, id, SEGMENTS, &viewers)))
         .collect::<Result<_>>()?;
-    let waiter = console(&home, dir.path(), "waiter")?;
-    let (out, stats_path) = (
-        dir.path().join("waiter.out"),
-        dir.path().join("waiter.json"),
-    );
-    let mut child = play_command(
-        &home.addr,
-        &waiter,
-        &["--speed", "1", &program],
-        &out,
-        &stats_path,
-    )
-    .env("RUST_LOG", "vodmesh_console=debug")
-    .stderr(Stdio::piped())
-    .spawn()?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    loop {
-        let Some(line) = lines.next() else {
-            bail!("the console ended before it waited: {log:?}");
-        };
-        let line = line?;
-        let waited = line.contains("DirectorBusy");
-        log.push(line);
-        if waited {
-            break;
-        }
-    }
+    let waiter = play(&home, dir.path(), "waiter", &program)?
+        .debug()
+        .spawn()?;
+    waiter.stderr().wait_for(
+        "the console to wait (DirectorBusy)",
+        Duration::from_secs(60),
+        |log| String::from_utf8_lossy(log).contains("DirectorBusy"),
+    )?;
     drop(held);
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let status = child.wait()?;
-    let rest = drain.join().unwrap_or_default();
-    assert!(
-        status.success(),
-        "the waiting console failed: {:?}",
-        rest.last()
-    );
-    assert!(
-        std::fs::read(&out)? == bytes,
-        "the waiting console's bytes differ"
-    );
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+    let waited = waiter.finish()?;
+    assert!(waited.bytes == bytes, "the waiting console's bytes differ");
+    let stats = waited.stats;
     assert!(stats["waits"].as_u64().unwrap_or(0) >= 1, "{stats}");
 
     // Four consoles a fraction of a second apart, with one engine's slot taken by a stalled
@@ -178,38 +108,19 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
     ))?;
     let mut running = Vec::new();
     for i in 0..4 {
-        let name = format!("viewer{i}");
-        let home_dir = console(&home, dir.path(), &name)?;
-        let out = dir.path().join(format!("{name}.out"));
-        let stats = dir.path().join(format!("{name}.json"));
-        let child = play_command(
-            &home.addr,
-            &home_dir,
-            &["--speed", "1", &program],
-            &out,
-            &stats,
-        )
-        .stderr(Stdio::piped())
-        .spawn()?;
-        running.push((child, out, stats));
+        running.push(play(&home, dir.path(), &format!("viewer{i}"), &program)?.spawn()?);
         // Not a synchronisation: the consoles start a fraction of a second apart, as the
         // issue's viewers did.
         std::thread::sleep(Duration::from_millis(200));
     }
-    for (child, out, stats) in running {
-        let done = child.wait_with_output()?;
-        assert!(
-            done.status.success(),
-            "a console failed: {}",
-            String::from_utf8_lossy(&done.stderr)
-        );
-        assert!(std::fs::read(&out)? == bytes, "a console's bytes differ");
-        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
-        assert_eq!(stats["verified"], true, "{stats}");
-        assert!(stats["waits"].is_u64(), "{stats}");
+    for playing in running {
+        let done = playing.finish()?;
+        assert!(done.bytes == bytes, "a console's bytes differ");
+        assert_eq!(done.stats["verified"], true, "{}", done.stats);
+        assert!(done.stats["waits"].is_u64(), "{}", done.stats);
     }
     drop(stalled);
-    let counted = replications(&home)?;
+    let counted = status::activity(&home.addr, "replications")?;
     assert!(counted >= 1, "no replication counted");
     assert!(metric(&metrics, "vodmesh_replications_total")? >= 1.0);
     drop(rt);
@@ -221,34 +132,26 @@ fn consoles_of_a_saturated_station_are_served_by_another_that_holds_the_program(
     let dir = tempfile::tempdir()?;
     let viewers = Issuer::generate();
     let trust = viewers.public().to_string();
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &[
-            "--engines",
-            "2",
-            "--max-streams",
-            "1",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--trust",
-            &trust,
-            "--record-ttl",
-            "10",
-        ],
-    )?;
-    let other = enrolled_process(
-        &dir.path().join("other"),
-        &home,
-        &["--engines", "2", "--trust", &trust, "--record-ttl", "10"],
-    )?;
-    let other_director = NodeFile::read(&other.data)?.director.peer_id.to_string();
+    let home = Node::new(&dir.path().join("home"))
+        .engines(2)
+        .args(&["--max-streams", "1"])
+        .home()
+        .trust(&trust)
+        .ttl(10)
+        .start()?;
+    let other = Node::new(&dir.path().join("other"))
+        .engines(2)
+        .trust(&trust)
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    let other_director = other.peer();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(wait_until(
+    wait::blocking(
         "the stations to find each other",
         Duration::from_secs(30),
-        || async { Ok(vodmesh_tests::status_directors(&home.addr)?.contains(&other_director)) },
-    ))?;
+        || Ok(status::directors(&home.addr)?.contains(&other_director)),
+    )?;
     let (program, bytes) = ingest_program(&home, dir.path(), 1)?;
     let id: ProgramId = program.parse()?;
     // The other station holds every segment once its replica is complete.
@@ -260,25 +163,19 @@ fn consoles_of_a_saturated_station_are_served_by_another_that_holds_the_program(
     ))?;
 
     // The home station's only slots taken: its consoles are sent to the other station.
-    let held: Vec<StalledViewer> = NodeFile::read(&home.data)?
-        .engines
+    let held: Vec<StalledViewer> = home
+        .engines()?
         .iter()
         .map(|e| rt.block_on(StalledViewer::hold(&home.addr, e, id, SEGMENTS, &viewers)))
         .collect::<Result<_>>()?;
     for name in ["first", "second"] {
-        let at = console(&home, dir.path(), name)?;
-        let (played, stats) = play_args(
-            &home.addr,
-            &at,
-            &["--speed", "1", &program],
-            dir.path(),
-            name,
-        )?;
-        assert!(played == bytes, "{name}: bytes differ");
+        let played = play(&home, dir.path(), name, &program)?.run()?;
+        assert!(played.bytes == bytes, "{name}: bytes differ");
         assert_eq!(
-            stats["stations"],
+            played.stats["stations"],
             serde_json::json!([other_director]),
-            "{name} was served by the other station only: {stats}"
+            "{name} was served by the other station only: {}",
+            played.stats
         );
     }
     drop(held);

@@ -9,12 +9,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
-use vodmesh_tests::bin;
+use anyhow::{Context, Result};
+use vodmesh_tests::cli::{Play, bin};
+use vodmesh_tests::http::get;
 use vodmesh_tests::media::{
-    Gateway, count_frames, ffmpeg_frames, frames_from, ingest, make_video, missing, package_hls,
+    Gateway, count_frames, decode, ffmpeg_frames, frames_from, ingest, make_video, package_hls,
     start_home,
 };
+use vodmesh_tests::process::NodeProcess;
+use vodmesh_tests::require;
 
 /// The test video: 12 s at 25 frames/s, a keyframe every 2 s, packaged in 4 s segments.
 const SECONDS: u32 = 12;
@@ -25,86 +28,38 @@ const SEGMENT_FRAMES: u64 = 100;
 /// Where a play starts: the beginning, or `--start 6` (in the middle of the second segment).
 const STARTS: [Option<f64>; 2] = [None, Some(6.0)];
 
-/// `vodmesh-console play --speed max` of `program` with `--out out` (and `--start`); fails
-/// with its stderr unless it exits 0.
-fn play_to_file(
-    node: &str,
-    console: &Path,
-    program: &str,
-    start: Option<f64>,
-    out: &Path,
-) -> Result<()> {
-    let mut command = Command::new(bin("vodmesh-console"));
-    command
-        .env("VODMESH_HOME", console)
-        .args(["play", "--node", node, "--speed", "max", "--out"])
-        .arg(out);
-    if let Some(s) = start {
-        command.args(["--start", &s.to_string()]);
+/// `vodmesh-console play --speed max` of `program` through `home`, as the console under
+/// `console`, from `--start` when given.
+fn play(home: &NodeProcess, console: &Path, program: &str, start: Option<f64>) -> Play {
+    let play = Play::new(console, &home.addr, program);
+    match start {
+        Some(s) => play.args(&["--start", &s.to_string()]),
+        None => play,
     }
-    let run = command.arg(program).output()?;
-    if !run.status.success() {
-        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok(())
 }
 
 /// `vodmesh-console play --player "ffmpeg -i - -f null -"`: the frames the player decoded,
 /// from its progress line (the player writes to the console's stderr).
-fn play_into_ffmpeg(node: &str, console: &Path, program: &str, start: Option<f64>) -> Result<u64> {
-    let mut command = Command::new(bin("vodmesh-console"));
-    command.env("VODMESH_HOME", console).args([
-        "play",
-        "--node",
-        node,
-        "--speed",
-        "max",
-        "--player",
-        "ffmpeg -i - -f null -",
-    ]);
-    if let Some(s) = start {
-        command.args(["--start", &s.to_string()]);
-    }
-    let run = command.arg(program).output()?;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    if !run.status.success() {
-        bail!("play --player failed: {stderr}");
-    }
-    ffmpeg_frames(&stderr).with_context(|| format!("no frame count from the player: {stderr}"))
-}
-
-/// `ffmpeg -v error [-ss START] -i INPUT -f null -`: the frames decoded; fails on any error
-/// ffmpeg reports.
-fn decode(input: &str, start: Option<f64>) -> Result<u64> {
-    let mut command = Command::new("ffmpeg");
-    command.args(["-nostdin", "-v", "error", "-stats"]);
-    if let Some(s) = start {
-        command.args(["-ss", &s.to_string()]);
-    }
-    let run = command.args(["-i", input, "-f", "null", "-"]).output()?;
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    let errors: Vec<&str> = stderr
-        .split(['\r', '\n'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("frame="))
-        .collect();
-    if !run.status.success() || !errors.is_empty() {
-        bail!("ffmpeg could not decode {input}: {errors:?}");
-    }
-    ffmpeg_frames(&stderr).with_context(|| format!("no frame count for {input}: {stderr}"))
+fn play_into_ffmpeg(
+    home: &NodeProcess,
+    console: &Path,
+    program: &str,
+    start: Option<f64>,
+) -> Result<u64> {
+    let played = play(home, console, program, start)
+        .player("ffmpeg -i - -f null -")
+        .run()?;
+    ffmpeg_frames(&played.log)
+        .with_context(|| format!("no frame count from the player: {}", played.log))
 }
 
 /// What a player seeking to `at` seconds fetches from the gateway: the init segment when the
 /// playlist has one (`#EXT-X-MAP`), then every media segment from the one playing at `at`.
 fn served_from(base: &str, program: &str, at: f64) -> Result<Vec<u8>> {
     let get = |name: &str| -> Result<Vec<u8>> {
-        let url = format!("{base}/{program}/{name}");
-        let mut response = ureq::get(&url).call()?;
-        Ok(response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_to_vec()?)
+        let reply = get(&format!("{base}/{program}/{name}"), None)?;
+        anyhow::ensure!(reply.status == 200, "GET {name}: {}", reply.text());
+        Ok(reply.body)
     };
     let playlist = String::from_utf8(get("index.m3u8")?)?;
     let mut bytes = Vec::new();
@@ -142,7 +97,7 @@ fn assert_frames(what: &str, got: u64, source: u64, start: Option<f64>) {
 
 #[test]
 fn ts_fmp4_and_packaged_mp4_play_from_the_console_a_player_pipe_and_the_gateway() -> Result<()> {
-    if missing(&["ffmpeg", "ffprobe"])? {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -154,7 +109,6 @@ fn ts_fmp4_and_packaged_mp4_play_from_the_console_a_player_pipe_and_the_gateway(
     let fmp4 = package_hls(&video, &dir.path().join("fmp4"), true)?;
 
     let (home, console) = start_home(dir.path())?;
-    let node = home.addr.to_string();
     let cases = [
         ("TS HLS", ingest(&home, &ts, "ts")?),
         ("fMP4 HLS", ingest(&home, &fmp4, "fmp4")?),
@@ -171,22 +125,17 @@ fn ts_fmp4_and_packaged_mp4_play_from_the_console_a_player_pipe_and_the_gateway(
             let out = dir
                 .path()
                 .join(format!("{program}-{}.out", start.unwrap_or(0.0)));
-            play_to_file(&node, &console, program, start, &out)?;
+            play(&home, &console, program, start).out(&out).run()?;
             let file = out.to_string_lossy();
-            assert_frames(
-                &format!("{case}, --out"),
-                decode(&file, None)?,
-                source,
-                start,
-            );
+            assert_frames(&format!("{case}, --out"), decode(&file)?, source, start);
             assert_eq!(
                 count_frames(&file)?,
-                decode(&file, None)?,
+                decode(&file)?,
                 "{case}: ffprobe and ffmpeg agree"
             );
 
             // Piped into a player.
-            let piped = play_into_ffmpeg(&node, &console, program, start)?;
+            let piped = play_into_ffmpeg(&home, &console, program, start)?;
             assert_frames(&format!("{case}, --player"), piped, source, start);
 
             // Through the gateway: ffmpeg reads the playlist from the start; from the middle,
@@ -194,11 +143,11 @@ fn ts_fmp4_and_packaged_mp4_play_from_the_console_a_player_pipe_and_the_gateway(
             // HLS, even from its own files).
             let url = format!("{}/{program}/index.m3u8", gateway.base);
             let served = match start {
-                None => decode(&url, None)?,
+                None => decode(&url)?,
                 Some(at) => {
                     let fetched = dir.path().join(format!("{program}-gateway.out"));
                     std::fs::write(&fetched, served_from(&gateway.base, program, at)?)?;
-                    decode(&fetched.to_string_lossy(), None)?
+                    decode(&fetched.to_string_lossy())?
                 }
             };
             assert_frames(&format!("{case}, gateway"), served, source, start);
@@ -253,7 +202,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 #[test]
 fn a_key_seek_in_an_fmp4_program_writes_the_init_segment_again() -> Result<()> {
-    if missing(&["ffmpeg", "ffprobe", "python3"])? {
+    if !require::tools(&["ffmpeg", "ffprobe", "python3"])? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -316,7 +265,7 @@ fn a_key_seek_in_an_fmp4_program_writes_the_init_segment_again() -> Result<()> {
         "{pieces:?}"
     );
     // A player decodes every media segment written, across the repeated header.
-    let frames = decode(&out.to_string_lossy(), None)?;
+    let frames = decode(&out.to_string_lossy())?;
     assert_eq!(frames, SEGMENT_FRAMES * (pieces.len() - inits) as u64);
     Ok(())
 }

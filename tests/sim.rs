@@ -2,9 +2,8 @@
 //! JSON report holds every figure with sane values: every station joining through the real
 //! flow, a swarm built converged that stations then join, and churn.
 
-use std::process::Command;
-
 use serde_json::Value;
+use vodmesh_tests::cli::command_in;
 
 fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
     let mut at = v;
@@ -21,7 +20,7 @@ fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
 fn sim(args: &[&str]) -> anyhow::Result<(String, Value)> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("sim.json");
-    let out = Command::new(vodmesh_tests::bin("vodmesh"))
+    let out = command_in(None, "vodmesh")
         .arg("sim")
         .args(args)
         .arg("--json")

@@ -14,36 +14,31 @@
 //! - `vodmesh ingest --progress` prints lines when stderr is not a terminal;
 //!   `vodmesh-console ls` says when nothing is published.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
-use vodmesh_tests::{
-    HttpServer, NodeProcess, bin, bytes_on_disk, engine_segments, hls_playlist, issuer_of, play,
-    random_file, segment_bytes, station_status, status_directors, status_engines, subscriber,
-    used_bytes, vodmesh, wait_until,
-};
+use vodmesh_tests::cli::{Ingest, Play, console, subscriber};
+use vodmesh_tests::http::{Gate, HttpServer, hls_playlist};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::status::{self, programs, used_bytes};
+use vodmesh_tests::stored::{bytes_on_disk, engine_segments, segment_bytes};
+use vodmesh_tests::{require, wait};
 
 const MIB: usize = 1024 * 1024;
 
-/// `vodmesh ingest` of `source` into the station at `node` as `title`, with `extra` flags.
-fn ingest_cmd(node: &NodeProcess, title: &str, source: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(bin("vodmesh"));
-    cmd.args(["ingest", "--node", &node.addr.to_string(), "--title", title])
-        .arg("--key")
-        .arg(node.data.join("identity.key"))
-        .args(extra)
-        .arg(source)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
+/// `vodmesh ingest` of `source` into the station `node` as `title`, with its own key.
+fn ingest(node: &NodeProcess, title: &str, source: impl AsRef<OsStr>) -> Ingest {
+    Ingest::new(&node.addr, &node.key(), title, source)
 }
 
 /// Runs an ingest to its end (at most `limit`: a hang fails the test instead of blocking it).
-async fn ingest_output(mut cmd: Command, limit: Duration) -> Result<Output> {
-    let child = cmd.spawn()?;
+async fn ingest_output(ingest: &Ingest, limit: Duration) -> Result<Output> {
+    let child = ingest.command().spawn()?;
     let id = child.id();
     let waited = tokio::time::timeout(
         limit,
@@ -71,15 +66,14 @@ fn outcome(out: &Output) -> std::result::Result<String, String> {
     }
 }
 
-async fn ingest_ok(node: &NodeProcess, title: &str, source: &Path) -> Result<String> {
-    let cmd = ingest_cmd(node, title, &source.to_string_lossy(), &[]);
-    let out = ingest_output(cmd, Duration::from_secs(120)).await?;
-    outcome(&out).map_err(|e| anyhow::anyhow!("ingest of {title} failed: {e}"))
+/// Runs `ingest` to its end; the program id, or an error with its error line.
+async fn ingest_ok(ingest: &Ingest) -> Result<String> {
+    let out = ingest_output(ingest, Duration::from_secs(120)).await?;
+    outcome(&out).map_err(|e| anyhow::anyhow!("ingest failed: {e}"))
 }
 
 async fn ingest_refused(node: &NodeProcess, title: &str, source: &Path) -> Result<String> {
-    let cmd = ingest_cmd(node, title, &source.to_string_lossy(), &[]);
-    let out = ingest_output(cmd, Duration::from_secs(120)).await?;
+    let out = ingest_output(&ingest(node, title, source), Duration::from_secs(120)).await?;
     match outcome(&out) {
         Ok(id) => bail!("ingest of {title} succeeded ({id}); it should not fit"),
         Err(e) => Ok(e),
@@ -94,7 +88,7 @@ fn on_disk(data: &Path, engines: usize) -> Vec<u64> {
 /// Waits until `vodmesh status` reports `want` as the engines' used bytes.
 async fn wait_used(addr: &Multiaddr, want: &[u64], what: &str) -> Result<()> {
     let mut last = Vec::new();
-    let waited = wait_until(what, Duration::from_secs(60), || {
+    let waited = wait::until(what, Duration::from_secs(60), || {
         let got = used_bytes(addr);
         let done = got.as_ref().is_ok_and(|g| g == want);
         if let Ok(g) = got {
@@ -109,32 +103,19 @@ async fn wait_used(addr: &Multiaddr, want: &[u64], what: &str) -> Result<()> {
 /// Programs with a segment in the station's location table (`programs held` in `vodmesh
 /// status`).
 fn held(addr: &Multiaddr) -> Result<u64> {
-    station_status(addr)?["programs"]
+    status::station(addr)?["programs"]
         .as_u64()
         .context("no programs held in vodmesh status")
 }
 
 /// Whether `vodmesh status` shows no bytes reserved on any engine or disk of the station.
 fn nothing_reserved(addr: &Multiaddr) -> Result<bool> {
-    Ok(status_engines(addr)?.iter().all(|e| {
+    Ok(status::engines(addr)?.iter().all(|e| {
         e["reserved"] == 0
             && e["disks"]
                 .as_array()
                 .is_some_and(|d| d.iter().all(|d| d["reserved"] == 0))
     }))
-}
-
-/// The program ids `vodmesh programs --json` lists.
-fn programs(addr: &Multiaddr) -> Result<Vec<String>> {
-    let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    let list = json["programs"].as_array().context("no programs array")?;
-    let mut ids: Vec<String> = list
-        .iter()
-        .filter_map(|p| p["id"].as_str().map(String::from))
-        .collect();
-    ids.sort();
-    Ok(ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +140,7 @@ async fn used_bytes_survive_sigterm_and_sigkill_and_capacity_decides_the_same() 
     let fits_bytes = random_file(&fits, 16 * MIB, 3)?;
 
     let node = NodeProcess::start(&data, &args)?;
-    let a_id = ingest_ok(&node, "a", &a).await?;
+    let a_id = ingest_ok(&ingest(&node, "a", &a)).await?;
     let stored = vec![12_582_912, 9_028_480, 8_388_608];
     wait_used(&node.addr, &stored, "the first ingest counted").await?;
     assert_eq!(on_disk(&data, 3), stored, "figures are the files on disk");
@@ -188,7 +169,7 @@ async fn used_bytes_survive_sigterm_and_sigkill_and_capacity_decides_the_same() 
 
     // 16 MiB fit around engine 0, which has room for one more segment: it is filled to its
     // capacity exactly, the rest goes to the others, none is over.
-    let fits_id = ingest_ok(&node, "fits", &fits).await?;
+    let fits_id = ingest_ok(&ingest(&node, "fits", &fits)).await?;
     let after = vec![16_777_216, 9_028_480 + 4_194_304, 8_388_608 + 8_388_608];
     wait_used(&node.addr, &after, "the second ingest counted").await?;
     assert_eq!(on_disk(&data, 3), after);
@@ -238,8 +219,7 @@ async fn an_ingest_beyond_capacity_is_refused_at_once_and_leaves_nothing() -> Re
     assert!(programs(&node.addr)?.is_empty());
 
     // Nothing is published: `ls` says so (on stderr, stdout stays a list) and exits 0.
-    let ls = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.path().join("console"))
+    let ls = console(None, &dir.path().join("console"))
         .args(["ls", "--node", &node.addr.to_string()])
         .output()?;
     assert!(ls.status.success());
@@ -269,10 +249,14 @@ async fn of_two_ingests_that_do_not_fit_together_one_succeeds_whole() -> Result<
             random_file(&path, 12 * MIB, 10 + i).map(|b| (path, b))
         })
         .collect::<Result<_>>()?;
-    let runs = sources.iter().enumerate().map(|(i, (path, _))| {
-        let cmd = ingest_cmd(&node, &format!("p{i}"), &path.to_string_lossy(), &[]);
-        ingest_output(cmd, Duration::from_secs(120))
-    });
+    let ingests: Vec<Ingest> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, (path, _))| ingest(&node, &format!("p{i}"), path))
+        .collect();
+    let runs = ingests
+        .iter()
+        .map(|i| ingest_output(i, Duration::from_secs(120)));
     let outs = futures::future::try_join_all(runs).await?;
     let results: Vec<_> = outs.iter().map(outcome).collect();
     let won: Vec<usize> = (0..2).filter(|i| results[*i].is_ok()).collect();
@@ -299,7 +283,7 @@ async fn of_two_ingests_that_do_not_fit_together_one_succeeds_whole() -> Result<
 /// waits; engine 1 takes 1, 3, 5 and 7.
 struct Stalled {
     server: HttpServer,
-    gate: vodmesh_tests::Gate,
+    gate: Gate,
     url: String,
 }
 
@@ -327,7 +311,7 @@ async fn stalled_program() -> Result<Stalled> {
 /// Starts the stalling ingest and waits until the 6 segments before the stall are stored on
 /// top of `before`.
 async fn start_stalled(node: &NodeProcess, stalled: &Stalled, before: &[u64]) -> Result<Child> {
-    let mut child = ingest_cmd(node, "stalled", &stalled.url, &[]).spawn()?;
+    let mut child = ingest(node, "stalled", &stalled.url).command().spawn()?;
     let want = [before[0] + 2 * MIB as u64, before[1] + 4 * MIB as u64];
     if let Err(e) = wait_used(&node.addr, &want, "the segments before the stall stored").await {
         let _ = child.kill();
@@ -356,7 +340,7 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     let node = NodeProcess::start(&data, &args)?;
     let first = dir.path().join("first.bin");
     random_file(&first, 3 * MIB, 20)?;
-    let first_id = ingest_ok(&node, "first", &first).await?;
+    let first_id = ingest_ok(&ingest(&node, "first", &first)).await?;
     let before = used_bytes(&node.addr)?;
     assert_eq!(before.iter().sum::<u64>(), 3 * MIB as u64);
 
@@ -398,7 +382,7 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
 
     // Nothing is stuck: the same program goes in whole once its source answers.
     stalled.gate.open();
-    let done = ingest_ok(&node, "stalled", Path::new(&stalled.url)).await?;
+    let done = ingest_ok(&ingest(&node, "stalled", &stalled.url)).await?;
     let mut ids = vec![first_id, done];
     ids.sort();
     assert_eq!(programs(&node.addr)?, ids);
@@ -421,9 +405,9 @@ async fn ingest_progress_goes_to_a_log_as_lines() -> Result<()> {
     }
     let refs: Vec<(&str, f32)> = entries.iter().map(|(u, d)| (u.as_str(), *d)).collect();
     server.put("p/index.m3u8", hls_playlist(&refs, None).into_bytes());
-    let cmd = ingest_cmd(&node, "slow", &server.url("p/index.m3u8"), &["--progress"]);
-    let out = ingest_output(cmd, Duration::from_secs(120)).await?;
-    let id = outcome(&out).map_err(|e| anyhow::anyhow!(e))?;
+    let slow = ingest(&node, "slow", server.url("p/index.m3u8")).args(&["--progress"]);
+    let out = ingest_output(&slow, Duration::from_secs(120)).await?;
+    let id = outcome(&out).map_err(|e| anyhow::anyhow!("ingest failed: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr
         .lines()
@@ -444,15 +428,25 @@ async fn ingest_progress_goes_to_a_log_as_lines() -> Result<()> {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// `None` when mounting is not allowed here (not root).
+    /// `None` where it cannot be mounted: not root (skipped everywhere), or a mount refused
+    /// to root (skipped, but a failure under CI).
     fn mount(path: &Path, size: &str) -> Result<Option<Self>> {
+        if !require::is_root() {
+            require::skip_everywhere("cannot mount a tmpfs here (needs root)");
+            return Ok(None);
+        }
         std::fs::create_dir_all(path)?;
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(path)
-            .stderr(Stdio::null())
-            .status()?;
-        Ok(mounted.success().then(|| Self(path.to_path_buf())))
+            .stderr(Stdio::piped())
+            .output()?;
+        if !mounted.status.success() {
+            let why = String::from_utf8_lossy(&mounted.stderr);
+            require::skip(&format!("cannot mount a tmpfs: {}", why.trim()))?;
+            return Ok(None);
+        }
+        Ok(Some(Self(path.to_path_buf())))
     }
 }
 
@@ -466,7 +460,6 @@ impl Drop for Tmpfs {
 async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "12m")? else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return Ok(());
     };
     let data = dir.path().join("home");
@@ -476,19 +469,16 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
     let engine_disk = disk.0.join("engine-0");
     let first = dir.path().join("first.bin");
     let first_bytes = random_file(&first, 2 * MIB, 30)?;
-    let cmd = ingest_cmd(
-        &node,
-        "first",
-        &first.to_string_lossy(),
-        &["--segment-size", "1048576", "--publish-at", "now"],
-    );
-    let first_id = outcome(&ingest_output(cmd, Duration::from_secs(120)).await?)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let first_id = ingest_ok(
+        &ingest(&node, "first", &first)
+            .segment_size(MIB)
+            .publish_now(),
+    )
+    .await?;
 
     // The stalling program, one engine: segments 0 to 3 land, then the push waits on 4.
     let stalled = stalled_program().await?;
-    let mut cmd = ingest_cmd(&node, "stalled", &stalled.url, &[]);
-    let client = cmd.spawn()?;
+    let client = ingest(&node, "stalled", &stalled.url).command().spawn()?;
     wait_used(
         &node.addr,
         &[6 * MIB as u64],
@@ -531,69 +521,29 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
 
     // The station keeps serving what it holds.
     std::fs::remove_file(&junk)?;
-    let console = dir.path().join("viewer");
-    subscriber(
-        &node.addr,
-        &data.join("identity.key"),
-        &console.join("console"),
-        "viewer",
-    )?;
-    let (played, _) = play(None, &console.join("console"), &node.addr, &first_id)?;
-    assert!(played == first_bytes, "the program held before plays whole");
+    let console = dir.path().join("viewer").join("console");
+    subscriber(&node.addr, &node.key(), &console, "viewer")?;
+    let played = Play::new(&console, &node.addr, &first_id).run()?;
+    assert!(
+        played.bytes == first_bytes,
+        "the program held before plays whole"
+    );
     drop(node);
     drop(stalled);
     drop(disk);
     Ok(())
 }
 
-/// A station in a process of its own, enrolled with the auth station `auth` (issuer
-/// `issuer`), joined through it, started with `extra` flags; returns once its engine holds
+/// A station in a process of its own under `root/name`, enrolled with the auth station
+/// `auth` and joined through it, started with `extra` flags; returns once its engine holds
 /// its engine token.
-fn enrolled(
-    root: &Path,
-    name: &str,
-    auth: &NodeProcess,
-    issuer: &str,
-    extra: &[&str],
-) -> Result<NodeProcess> {
-    let data = root.join(name);
-    std::fs::create_dir_all(&data)?;
-    let key = data.join("identity.key");
-    let peer = vodmesh(&["keygen", "--out", &key.to_string_lossy()])?;
-    let token = root.join(format!("{name}.enroll"));
-    vodmesh(&[
-        "enroll",
-        "--node",
-        &auth.addr.to_string(),
-        "--key",
-        &auth.data.join("identity.key").to_string_lossy(),
-        "--station",
-        peer.trim(),
-        "--out",
-        &token.to_string_lossy(),
-    ])?;
-    let bootstrap = auth.addr.to_string();
-    let token = token.to_string_lossy().to_string();
-    let mut args = vec![
-        "--bootstrap",
-        &bootstrap,
-        "--trust",
-        issuer,
-        "--enroll",
-        &token,
-        "--record-ttl",
-        "6",
-    ];
-    args.extend_from_slice(extra);
-    let node = NodeProcess::start(&data, &args)?;
-    let engine_token = data.join("engines").join("0").join("engine.token");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !engine_token.exists() {
-        if std::time::Instant::now() > deadline {
-            bail!("station {name} got no engine token within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn enrolled(root: &Path, name: &str, auth: &NodeProcess, extra: &[&str]) -> Result<NodeProcess> {
+    let node = Node::new(&root.join(name))
+        .ttl(6)
+        .args(extra)
+        .enrolled_with(auth)?
+        .start()?;
+    node.wait_engine_token(0)?;
     Ok(node)
 }
 
@@ -605,40 +555,30 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
         &root.join("home"),
         &["--home", "--content-manager", "--auth", "--record-ttl", "6"],
     )?;
-    let issuer = issuer_of(&home.data)?;
     // b caches up to 6 MiB; c is the home of a 2 MiB program of its own, which fills it.
-    let b = enrolled(root, "b", &home, &issuer, &["--capacity", "6291456"])?;
+    let b = enrolled(root, "b", &home, &["--capacity", "6291456"])?;
     let c = enrolled(
         root,
         "c",
         &home,
-        &issuer,
         &["--home", "--content-manager", "--capacity", "2097152"],
     )?;
-    let two_mib = ["--segment-size", "2097152", "--publish-at", "now"];
     let mut programs = Vec::new();
     for (i, node) in [&home, &home, &c].into_iter().enumerate() {
         let path = root.join(format!("p{i}.bin"));
         let bytes = random_file(&path, if i < 2 { 4 * MIB } else { 2 * MIB }, 40 + i as u64)?;
-        let cmd = ingest_cmd(node, &format!("p{i}"), &path.to_string_lossy(), &two_mib);
-        let id = outcome(&ingest_output(cmd, Duration::from_secs(120)).await?)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        programs.push((id, bytes));
+        let program = ingest(node, &format!("p{i}"), &path)
+            .segment_size(2 * MIB)
+            .publish_now();
+        programs.push((ingest_ok(&program).await?, bytes));
     }
     assert_eq!(used_bytes(&c.addr)?, vec![2 * MIB as u64], "c is full");
-    let console = root.join("viewer");
-    subscriber(
-        &home.addr,
-        &home.data.join("identity.key"),
-        &console.join("console"),
-        "viewer",
-    )?;
-    let home_peer = vodmesh_proto::net::peer_of(&home.addr)
-        .context("no peer")?
-        .to_string();
+    let console = root.join("viewer").join("console");
+    subscriber(&home.addr, &home.key(), &console, "viewer")?;
+    let home_peer = home.peer();
     for node in [&b, &c] {
-        wait_until("the home station listed", Duration::from_secs(30), || {
-            let listed = status_directors(&node.addr).is_ok_and(|d| d.contains(&home_peer));
+        wait::until("the home station listed", Duration::from_secs(30), || {
+            let listed = status::directors(&node.addr).is_ok_and(|d| d.contains(&home_peer));
             async move { Ok(listed) }
         })
         .await?;
@@ -647,12 +587,12 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
     // b copies p0 as it plays (4 of its 6 MiB), then p1: 2 MiB fit, the other 2 MiB push out
     // the least recently used segment of p0, which the home holds.
     for (id, bytes) in &programs[..2] {
-        let (played, _) = play(None, &console.join("console"), &b.addr, id)?;
-        assert!(played == *bytes, "{id} plays whole through b");
+        let played = Play::new(&console, &b.addr, id).run()?;
+        assert!(played.bytes == *bytes, "{id} plays whole through b");
     }
     let used = used_bytes(&b.addr)?;
     assert_eq!(used, vec![6 * MIB as u64], "b is full, not over");
-    let b_status = station_status(&b.addr)?;
+    let b_status = status::station(&b.addr)?;
     let misses = b_status["activity"]["misses"].as_u64();
     assert!(
         misses >= Some(4),
@@ -662,20 +602,11 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
 
     // c has no room and nothing evictable: it copies nothing and sends the console to a
     // holder's engine (the home's, or b's for the segment b kept), which serves it.
-    let engine_of = |data: &Path| -> Result<String> {
-        let file = vodmesh_node::nodefile::NodeFile::read(data)?;
-        Ok(file
-            .engines
-            .first()
-            .context("no engine")?
-            .peer_id
-            .to_string())
-    };
-    let holders = [engine_of(&home.data)?, engine_of(&b.data)?];
-    let c_engine = engine_of(&c.data)?;
-    let (played, stats) = play(None, &console.join("console"), &c.addr, &programs[0].0)?;
-    assert!(played == programs[0].1, "p0 plays whole through c");
-    let served: Vec<String> = stats["engines"]
+    let holders = [home.engine()?, b.engine()?];
+    let c_engine = c.engine()?;
+    let played = Play::new(&console, &c.addr, &programs[0].0).run()?;
+    assert!(played.bytes == programs[0].1, "p0 plays whole through c");
+    let served: Vec<String> = played.stats["engines"]
         .as_array()
         .context("no engines in the stats")?
         .iter()
@@ -686,7 +617,7 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
         "served by {served:?}, holders {holders:?}"
     );
     assert_eq!(used_bytes(&c.addr)?, vec![2 * MIB as u64]);
-    let c_status = station_status(&c.addr)?;
+    let c_status = status::station(&c.addr)?;
     assert!(
         c_status["activity"]["copies_declined"].as_u64() >= Some(2),
         "{c_status}"
@@ -696,12 +627,9 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
     // and counted before any segment is copied: b keeps what it holds.
     let big = root.join("big.bin");
     random_file(&big, 8 * MIB, 50)?;
-    let replicated = ["--segment-size", "2097152", "--replicas", "1"];
-    let cmd = ingest_cmd(&home, "big", &big.to_string_lossy(), &replicated);
-    outcome(&ingest_output(cmd, Duration::from_secs(120)).await?)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    wait_until("b declines the replica", Duration::from_secs(60), || {
-        let declined = station_status(&b.addr)
+    ingest_ok(&ingest(&home, "big", &big).segment_size(2 * MIB).replicas(1)).await?;
+    wait::until("b declines the replica", Duration::from_secs(60), || {
+        let declined = status::station(&b.addr)
             .is_ok_and(|s| s["activity"]["copies_declined"].as_u64() == Some(1));
         async move { Ok(declined) }
     })

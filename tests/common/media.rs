@@ -1,45 +1,24 @@
-//! Real media for the tests: test videos made by ffmpeg, frame counts by ffprobe, HLS
-//! packages, a `vodmesh-console serve` gateway process, and programs ingested into a home
-//! station with a logged-in console.
-//!
-//! Where ffmpeg is absent a test says so and passes, except under CI (`CI` set), where it
-//! fails: CI installs it (.ci/run).
+//! Test content: pseudo-random bytes ([`random_file`]), and real media: test videos made by
+//! ffmpeg, frame counts by ffprobe, HLS packages, a `vodmesh-console serve` gateway process,
+//! and a home station with a logged-in console to ingest them into. The tests that need
+//! ffmpeg check for it first ([`crate::require::tools`]).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{NodeProcess, bin, subscriber, vodmesh};
+use crate::cli::{Ingest, console, subscriber};
+use crate::process::{Child, Node, NodeProcess, Tail};
 
-/// Whether `program -version` (ffmpeg's spelling) or `program --version` runs.
-pub fn installed(program: &str) -> bool {
-    let flag = if program.starts_with("ff") {
-        "-version"
-    } else {
-        "--version"
-    };
-    Command::new(program)
-        .arg(flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Skips (returns true) when a tool is missing, with a line that says which; under CI a
-/// missing tool is a failure.
-pub fn missing(tools: &[&str]) -> Result<bool> {
-    let absent: Vec<&str> = tools.iter().copied().filter(|t| !installed(t)).collect();
-    if absent.is_empty() {
-        return Ok(false);
-    }
-    if std::env::var_os("CI").is_some() {
-        bail!("{absent:?} not installed, but CI must run this test (see .ci/run)");
-    }
-    eprintln!("SKIPPED: {absent:?} not installed (apt-get install ffmpeg chromium nodejs npm)");
-    Ok(true)
+/// Writes `len` pseudo-random bytes (seeded, so failures reproduce) to `path`.
+pub fn random_file(path: &Path, len: usize, seed: u64) -> Result<Vec<u8>> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut bytes = vec![0u8; len];
+    rng.fill_bytes(&mut bytes);
+    std::fs::write(path, &bytes)?;
+    Ok(bytes)
 }
 
 /// A `seconds` long H.264/AAC test video at 25 frames/s (testsrc + a 440 Hz sine) with a
@@ -90,82 +69,58 @@ pub fn count_frames(input: &str) -> Result<u64> {
 
 /// A `vodmesh-console serve` process; killed when dropped.
 pub struct Gateway {
-    child: Child,
+    _child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// Its stderr, with the console's decisions logged (`RUST_LOG=vodmesh_console=debug`).
+    pub log: Tail,
 }
 
 impl Gateway {
     /// Starts `vodmesh-console serve` on a free loopback port, with the console home `home`.
     pub fn start(node: &NodeProcess, home: &Path) -> Result<Self> {
-        let mut child = Command::new(bin("vodmesh-console"))
-            .env("VODMESH_HOME", home)
+        let mut command = console(None, home);
+        command
+            .env("RUST_LOG", "vodmesh_console=debug")
             .args(["serve", "--node", &node.addr.to_string()])
             .args(["--http", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().context("serve printed nothing")??;
+            .stderr(Stdio::piped());
         // "serving http://127.0.0.1:PORT/ (loopback only: ...)"
-        let Some(url) = first
-            .strip_prefix("serving ")
-            .and_then(|r| r.split_whitespace().next())
-        else {
-            bail!("unexpected first line of serve: {first}");
-        };
-        assert!(
-            first.contains("loopback"),
-            "says it binds to loopback: {first}"
-        );
-        std::thread::spawn(move || for _ in lines {});
+        let (mut child, base) =
+            Child::spawn_until(&mut command, "vodmesh-console serve", |line| {
+                let url = line
+                    .strip_prefix("serving ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .with_context(|| format!("unexpected first line of serve: {line}"))?;
+                anyhow::ensure!(
+                    line.contains("loopback"),
+                    "says it binds to loopback: {line}"
+                );
+                Ok(Some(url.trim_end_matches('/').to_string()))
+            })?;
+        let log = Tail::new(child.inner().stderr.take().context("no stderr")?);
         Ok(Self {
-            child,
-            base: url.trim_end_matches('/').to_string(),
+            _child: child,
+            base,
+            log,
         })
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 /// Ingests `video` (a media file or an HLS playlist) into the home station `home` with its
 /// admin key, published now as `title`; returns the program id.
 pub fn ingest(home: &NodeProcess, video: &Path, title: &str) -> Result<String> {
-    let key = home.data.join("identity.key");
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        title,
-        "--publish-at",
-        "now",
-        &video.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    if program.len() != 64 {
-        bail!("ingest did not print a program id last: {out}");
-    }
-    Ok(program)
+    Ingest::new(&home.addr, &home.key(), title, video)
+        .publish_now()
+        .run()
 }
 
 /// A home station (two engines, auth, content manager) under `dir/home`, and a console logged
 /// in as a subscriber under `dir/console`; returns the station and the console's home.
 pub fn start_home(dir: &Path) -> Result<(NodeProcess, PathBuf)> {
-    let home = NodeProcess::start(
-        &dir.join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
+    let home = Node::new(&dir.join("home")).engines(2).home().start()?;
     let console = dir.join("console");
-    subscriber(&home.addr, &dir.join("home/identity.key"), &console, "viv")?;
+    subscriber(&home.addr, &home.key(), &console, "viv")?;
     Ok((home, console))
 }
 
@@ -224,4 +179,24 @@ pub fn ffmpeg_frames(stderr: &str) -> Option<u64> {
         .filter(|_| stderr.contains("frame="))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+/// `ffmpeg -v error -i INPUT -f null -` (a file or URL): the frames decoded; fails on any
+/// error ffmpeg reports.
+pub fn decode(input: &str) -> Result<u64> {
+    let run = Command::new("ffmpeg")
+        .args([
+            "-nostdin", "-v", "error", "-stats", "-i", input, "-f", "null", "-",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let errors: Vec<&str> = stderr
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("frame="))
+        .collect();
+    if !run.status.success() || !errors.is_empty() {
+        bail!("ffmpeg could not decode {input}: {errors:?}");
+    }
+    ffmpeg_frames(&stderr).with_context(|| format!("no frame count for {input}: {stderr}"))
 }
