@@ -390,7 +390,7 @@ impl Director {
                     }
                 }
                 self.sessions
-                    .stored(&segment.program, segment.index.0, now_ms());
+                    .stored(&segment.program, segment.index, now_ms());
                 self.on_stored(swarm, segment);
                 return;
             }
