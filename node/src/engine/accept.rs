@@ -7,19 +7,17 @@
 
 use std::future::Future;
 
-use futures::StreamExt;
-use libp2p::{PeerId, Stream};
+use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Hands every stream of `incoming` to `handle`, in a task each, until `stop` is cancelled
-/// (or the behaviour goes away); then ends the tasks still running and returns.
-pub(crate) async fn each<F, Fut>(
-    mut incoming: libp2p_stream::IncomingStreams,
-    stop: CancellationToken,
-    mut handle: F,
-) where
-    F: FnMut(PeerId, Stream) -> Fut,
+/// Hands every stream of `incoming` (a protocol's `(peer, stream)` pairs) to `handle`, in a
+/// task each, until `stop` is cancelled (or the behaviour goes away); then ends the tasks still
+/// running and returns.
+pub(crate) async fn each<I, P, S, F, Fut>(mut incoming: I, stop: CancellationToken, mut handle: F)
+where
+    I: Stream<Item = (P, S)> + Unpin,
+    F: FnMut(P, S) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
@@ -38,4 +36,46 @@ pub(crate) async fn each<F, Fut>(
         }
     }
     tasks.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_loop_ends_the_tasks_it_started_before_it_returns() {
+        let (streams, incoming) = futures::channel::mpsc::unbounded::<(u32, ())>();
+        // Every task holds a sender; the receiver sees the channel close once all are gone.
+        let (alive, mut gone) = mpsc::channel::<()>(1);
+        let (started, mut began) = mpsc::unbounded_channel::<u32>();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(each(incoming, stop.clone(), move |peer, ()| {
+            let (alive, started) = (alive.clone(), started.clone());
+            async move {
+                let _alive = alive;
+                let _ = started.send(peer);
+                // A stream that never ends on its own (a stalled console).
+                std::future::pending::<()>().await;
+            }
+        }));
+        for peer in [1, 2] {
+            streams
+                .unbounded_send((peer, ()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut seen = vec![began.recv().await, began.recv().await];
+        seen.sort();
+        assert_eq!(seen, vec![Some(1), Some(2)]);
+        stop.cancel();
+        run.await.unwrap_or_else(|e| panic!("{e}"));
+        // Both tasks are gone when `each` returns, an hour before they would have ended.
+        assert_eq!(
+            gone.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        );
+        // And a stream arriving after the stop is never handled.
+        assert!(streams.unbounded_send((3, ())).is_err() || began.try_recv().is_err());
+    }
 }
