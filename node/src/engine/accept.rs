@@ -46,23 +46,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_loop_ends_the_tasks_it_started_before_it_returns() {
-        let (streams, incoming) = futures::channel::mpsc::unbounded::<(u32, ())>();
+        let (mut streams, incoming) = futures::channel::mpsc::channel::<(u32, ())>(4);
         // Every task holds a sender; the receiver sees the channel close once all are gone.
         let (alive, mut gone) = mpsc::channel::<()>(1);
-        let (started, mut began) = mpsc::unbounded_channel::<u32>();
+        let (started, mut began) = mpsc::channel::<u32>(4);
         let stop = CancellationToken::new();
         let run = tokio::spawn(each(incoming, stop.clone(), move |peer, ()| {
             let (alive, started) = (alive.clone(), started.clone());
             async move {
                 let _alive = alive;
-                let _ = started.send(peer);
+                let _ = started.send(peer).await;
                 // A stream that never ends on its own (a stalled console).
                 std::future::pending::<()>().await;
             }
         }));
         for peer in [1, 2] {
             streams
-                .unbounded_send((peer, ()))
+                .try_send((peer, ()))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let mut seen = vec![began.recv().await, began.recv().await];
