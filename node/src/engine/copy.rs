@@ -27,7 +27,7 @@ use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::{EngineBehaviour, Reporter, admit};
 use crate::control::{Copied, EngineReport, Source};
-use crate::events::{self, Kind};
+use crate::events::{Kind, Observer};
 use crate::store::{self, SegmentState, SegmentStore, Writer};
 
 /// Bytes per read from the stream or the store.
@@ -165,6 +165,8 @@ pub(crate) struct Copier {
     token: TokenSlot,
     /// Counts the copies and their bytes.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Hears of the copies.
+    pub(crate) observer: Observer,
 }
 
 impl Copier {
@@ -185,6 +187,7 @@ impl Copier {
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
             metrics: Default::default(),
+            observer: Default::default(),
         }
     }
 
@@ -215,6 +218,7 @@ impl Copier {
             me: self.peer_id,
             token: self.token.lock().ok().and_then(|t| t.clone()),
             job,
+            observer: self.observer.clone(),
         };
         let (control, store) = (self.control.clone(), self.store.clone());
         let (reporter, fetches) = (self.reporter.clone(), self.fetches.clone());
@@ -225,14 +229,10 @@ impl Copier {
             let result = fetch.run(control, &store).await;
             match &result {
                 Ok(copied) => {
-                    events::emit(
-                        fetch.me,
-                        segment.program,
-                        Some(segment.index.0),
-                        Kind::Copied {
-                            from: copied.source,
-                        },
-                    );
+                    let copied_event = Kind::Copied {
+                        from: copied.source,
+                    };
+                    fetch.observer.segment(fetch.me, segment, copied_event);
                     let size = store.info(&segment).map_or(0, |i| i.size);
                     metrics.copied();
                     metrics.received("copy", size);
@@ -256,6 +256,8 @@ struct Fetch {
     /// Its engine token (claims 24, 25).
     token: Option<Vec<u8>>,
     job: Job,
+    /// Hears of a copy resumed.
+    observer: Observer,
 }
 
 /// Dials a source engine unless connected, TCP only when it has TCP addresses: dialing TCP
@@ -388,15 +390,11 @@ impl Fetch {
         let mut stream = open(control, source).await?;
         let offset = writer.as_ref().map_or(0, Writer::written);
         if offset > 0 {
-            events::emit(
-                self.me,
-                job.segment.program,
-                Some(job.segment.index.0),
-                Kind::CopyResumed {
-                    from: source,
-                    offset,
-                },
-            );
+            let resumed = Kind::CopyResumed {
+                from: source,
+                offset,
+            };
+            self.observer.segment(self.me, job.segment, resumed);
         }
         let request = CopyRequest {
             segment: job.segment,
@@ -473,6 +471,8 @@ pub(crate) struct Server {
     /// Bytes per second per copy at most (0: as fast as the link goes).
     rate: u64,
     serves: Arc<Semaphore>,
+    /// Hears of the copies served.
+    pub(crate) observer: Observer,
 }
 
 impl Server {
@@ -492,6 +492,7 @@ impl Server {
             reporter,
             rate,
             serves: Arc::new(Semaphore::new(MAX_SERVES)),
+            observer: Default::default(),
         }
     }
 
@@ -554,12 +555,7 @@ impl Server {
             }
         }
         stream.flush().await?;
-        events::emit(
-            self.me,
-            segment.program,
-            Some(segment.index.0),
-            Kind::CopyServed { to: peer },
-        );
+        (self.observer).segment(self.me, segment, Kind::CopyServed { to: peer });
         stream.close().await
     }
 }

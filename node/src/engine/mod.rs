@@ -185,8 +185,8 @@ pub struct EngineNet {
 }
 
 /// Starts engine `index` with identity `key`, listening and announcing as `net` says,
-/// storing segments as `storage` says, reporting to its director on `reports` and counting
-/// into the station's `metrics`.
+/// storing segments as `storage` says, reporting to its director on `reports`, counting into
+/// the station's `metrics` and telling its `observer` of copies.
 #[allow(clippy::too_many_arguments)] // each is one distinct part of a blade's setup
 pub async fn start(
     index: usize,
@@ -196,6 +196,7 @@ pub async fn start(
     auth: EngineAuth,
     reports: mpsc::Sender<EngineReport>,
     metrics: crate::metrics::Metrics,
+    observer: crate::events::Observer,
     shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle, Error> {
     let peer_id = key.public().to_peer_id();
@@ -268,7 +269,8 @@ pub async fn start(
         token,
     );
     copier.metrics = metrics.clone();
-    let copy_server = copy::Server::new(
+    copier.observer = observer.clone();
+    let mut copy_server = copy::Server::new(
         peer_id,
         store.clone(),
         allowed_rx,
@@ -276,6 +278,7 @@ pub async fn start(
         reporter.clone(),
         storage.copy_rate,
     );
+    copy_server.observer = observer;
     let streams = stream::StreamService {
         index,
         store: store.clone(),
