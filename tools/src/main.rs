@@ -249,25 +249,15 @@ enum UserCmd {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Args::parse()).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() {
+    vodmesh_client::cli::main("warn", run(Args::parse()));
 }
 
 async fn run(args: Args) -> Result<()> {
     match args.cmd {
         Cmd::Keygen { out } => {
             let key = libp2p::identity::Keypair::generate_ed25519();
-            vodmesh_node::identity::save(&out, &key)
+            vodmesh_client::identity::save(&out, &key)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", key.public().to_peer_id());
         }

@@ -62,8 +62,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The engine's identity file cannot be read or made.
-    #[error("{0:#}")]
-    Identity(anyhow::Error),
+    #[error(transparent)]
+    Identity(vodmesh_client::files::FileError),
     /// The metrics address cannot be bound.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -360,7 +360,7 @@ impl Attach {
             *slot = Some(token.clone());
         }
         let file = &self.token_file;
-        if let Err(e) = vodmesh_console::auth::write_private(file, &token, "engine token") {
+        if let Err(e) = vodmesh_client::files::write_private(file, &token, "engine token") {
             tracing::warn!(cause = %e, "cannot write the engine token file");
         }
         tracing::info!("engine token received from the director");

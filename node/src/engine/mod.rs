@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::net::{BuildError, build_swarm};
+use vodmesh_proto::net::{BuildError, IDENTIFY_PROTOCOL, build_swarm};
 
 use crate::control::{EngineCommand, EngineReport, Expected};
 use crate::listen::{advertised, announced, listen_all};
@@ -230,7 +230,7 @@ pub async fn start(
 
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
-            identify::Config::new("/vodmesh/1".into(), k.public())
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
                 .with_agent_version(format!("vodmesh-engine/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: ping::Behaviour::default(),
