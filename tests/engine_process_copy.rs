@@ -230,8 +230,8 @@ async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires
     let station = vodmesh_node::Station::start(config).await?;
     let issuer = station.issuer().context("the auth station has no issuer")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let engine = vodmesh_node::backplane::start_engine(
-        vodmesh_node::backplane::EngineProcess {
+    let engine = vodmesh_node::blade::start_engine(
+        vodmesh_node::blade::EngineProcess {
             director: station.addr().clone(),
             data: engine_data.clone(),
             disks: Vec::new(),

@@ -17,14 +17,14 @@
 //! - [`metrics`]: a station's counters and gauges, and the HTTP server of `--metrics`
 //!   (Prometheus text, the status page).
 //! - [`status`]: the status page of `--metrics` and its `/status.json`.
-//! - [`backplane`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
+//! - [`blade`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
 //! - [`identity`]: identity files under the data directory (`vodmesh_client::identity`).
 //! - [`config`]: what `vodmesh-node`'s flags configure.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
 
 pub mod auth;
-pub mod backplane;
+pub mod blade;
 pub mod config;
 pub mod content;
 pub mod control;

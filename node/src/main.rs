@@ -268,7 +268,7 @@ async fn run(args: Args) -> Result<()> {
 /// `vodmesh-node engine`: one engine attached to its director until SIGINT/SIGTERM.
 async fn run_engine(args: EngineArgs) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let config = vodmesh_node::backplane::EngineProcess {
+    let config = vodmesh_node::blade::EngineProcess {
         director: args.director,
         data: args.data,
         disks: args.disks,
@@ -283,7 +283,7 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
         trust: args.trust,
         metrics: args.metrics,
     };
-    let engine = vodmesh_node::backplane::start_engine(config, stopped)
+    let engine = vodmesh_node::blade::start_engine(config, stopped)
         .await
         .context("starting the engine")?;
     // The address to give other hosts, as a station prints its director's.

@@ -175,7 +175,7 @@ impl Station {
         for (i, peer) in config.engine_peers.iter().enumerate() {
             let (tx, rx) = mpsc::channel(64);
             commands.push(tx);
-            slots.push(crate::backplane::Slot {
+            slots.push(crate::blade::Bay {
                 peer: *peer,
                 index: config.engines + i,
                 commands: Arc::new(tokio::sync::Mutex::new(rx)),
@@ -226,9 +226,9 @@ impl Station {
             let incoming = dir
                 .blade
                 .clone()
-                .accept(crate::backplane::PROTOCOL)
+                .accept(crate::blade::PROTOCOL)
                 .context("registering the backplane protocol")?;
-            extra_tasks.push(tokio::spawn(crate::backplane::serve(
+            extra_tasks.push(tokio::spawn(crate::blade::serve(
                 incoming,
                 slots,
                 reports.clone(),
@@ -391,6 +391,7 @@ impl Station {
 async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Server>> {
     let mut auth_config = config.auth_config.clone();
     auth_config.admins.push(own);
+    auth_config.station = Some(own);
     auth_config.admins.extend(config.admins.iter().copied());
     auth_config.trust.extend(config.trust.iter().copied());
     let data = config.data.clone();

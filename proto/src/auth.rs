@@ -13,8 +13,9 @@
 //!   admin token.
 //! - [`Request::AddUser`], [`Request::EnrollToken`]: admin operations; the caller is an admin
 //!   peer or presents an admin token of its own. An operator tool connects with a throwaway
-//!   identity and carries a [`Delegation`] signed by the admin's key: libp2p cannot dial a
-//!   peer with that peer's own identity, and the auth station's identity is its first admin.
+//!   identity and carries an admin claim for the request ([`crate::admin`], made by
+//!   [`Request::prove_admin`]): libp2p cannot dial a peer with that peer's own identity, and
+//!   the auth station's identity is its first admin.
 //! - [`Request::Enroll`]: a station's director presents its enrollment token and lists its
 //!   engines; [`Request::EngineToken`]: an enrolled engine asks for its token;
 //!   [`Request::StationEngineToken`]: the director asks for an engine process's.
@@ -24,11 +25,13 @@
 //!
 //! Variants are only ever appended, never reordered or removed.
 
+use libp2p::identity::Keypair;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminClaim;
 use crate::codec::Limits;
-use crate::signed::{Signed, SignedError};
+use crate::signed::Signed;
 use crate::token::Rights;
 
 /// The protocol name.
@@ -71,8 +74,11 @@ pub enum Request {
         rights: Rights,
         /// An admin token of the caller, unless the caller is an admin peer.
         admin_token: Option<serde_bytes::ByteBuf>,
-        /// The admin acting through this connection, if it is not the connection's peer.
-        delegation: Option<Signed>,
+        /// The admin acting through this connection, if it is not the connection's peer: an
+        /// admin claim for this request ([`Request::prove_admin`]). Its wire name is that of
+        /// the delegations it replaced, which the server still accepts.
+        #[serde(rename = "delegation")]
+        proof: Option<Signed>,
     },
     /// An enrollment token for the station whose director is `station` (admin only).
     EnrollToken {
@@ -80,8 +86,11 @@ pub enum Request {
         station: PeerId,
         /// An admin token of the caller, unless the caller is an admin peer.
         admin_token: Option<serde_bytes::ByteBuf>,
-        /// The admin acting through this connection, if it is not the connection's peer.
-        delegation: Option<Signed>,
+        /// The admin acting through this connection, if it is not the connection's peer: an
+        /// admin claim for this request ([`Request::prove_admin`]). Its wire name is that of
+        /// the delegations it replaced, which the server still accepts.
+        #[serde(rename = "delegation")]
+        proof: Option<Signed>,
     },
     /// A station's director presents its enrollment token and lists its engines.
     Enroll {
@@ -121,68 +130,31 @@ impl Request {
             Request::StationEngineToken { .. } => "station_engine_token",
         }
     }
-}
 
-/// Signature domain of delegations.
-pub const DELEGATION_DOMAIN: &str = "vodmesh/auth-delegation/1";
-/// Largest delegation accepted, in bytes.
-pub const MAX_DELEGATION: usize = 1024;
-/// How far a delegation's signing time may be from the server's clock.
-pub const DELEGATION_WINDOW_MS: u64 = 60_000;
-
-/// What an admin's key signs to act through a connection of another (throwaway) identity:
-/// "the peer `to` speaks for me, at `signed_ms`". Carried as a [`Signed`] envelope, whose
-/// signer is the admin.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delegation {
-    /// The peer on the connection that carries the request.
-    pub to: PeerId,
-    /// When it was signed (ms since the epoch).
-    pub signed_ms: u64,
-}
-
-/// Why a delegation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum DelegationError {
-    /// Encoding or signature.
-    #[error("invalid admin delegation: {0}")]
-    Signed(#[from] SignedError),
-    /// Made for another connection's peer.
-    #[error("admin delegation made for another peer")]
-    WrongPeer,
-    /// Signed too long ago or in the future.
-    #[error("admin delegation expired (or the clocks differ by more than a minute)")]
-    Stale,
-}
-
-impl Delegation {
-    /// `admin` delegates to `to`, now.
-    pub fn sign(admin: &libp2p::identity::Keypair, to: PeerId, now_ms: u64) -> Signed {
-        Signed::sign(
-            DELEGATION_DOMAIN,
-            &Delegation {
-                to,
-                signed_ms: now_ms,
-            },
-            admin,
-        )
+    /// The subject an admin claim for this request covers: the user added, the station
+    /// enrolled; `None` for a request that is no admin operation.
+    pub fn admin_subject(&self) -> Option<Vec<u8>> {
+        match self {
+            Request::AddUser { name, .. } => Some(name.as_bytes().to_vec()),
+            Request::EnrollToken { station, .. } => Some(station.to_bytes()),
+            _ => None,
+        }
     }
 
-    /// Checks `signed` as carried by a request from `remote` at `now_ms`; returns the admin
-    /// (the signer) it speaks for.
-    pub fn verify(
-        signed: &Signed,
-        remote: &PeerId,
-        now_ms: u64,
-    ) -> Result<PeerId, DelegationError> {
-        let (signer, d): (PeerId, Delegation) = signed.verify(DELEGATION_DOMAIN, MAX_DELEGATION)?;
-        if d.to != *remote {
-            return Err(DelegationError::WrongPeer);
+    /// Makes this admin request act for `admin`: signs a claim for its operation and subject,
+    /// addressed to the auth station's director `director` and bound to the connection of
+    /// `via` (the identity the request is sent with). Does nothing to a request that is no
+    /// admin operation.
+    pub fn prove_admin(&mut self, admin: &Keypair, director: PeerId, via: PeerId, now_ms: u64) {
+        let Some(subject) = self.admin_subject() else {
+            return;
+        };
+        let claim = AdminClaim::new(self.op(), &subject, director, now_ms)
+            .via(via)
+            .sign(admin);
+        if let Request::AddUser { proof, .. } | Request::EnrollToken { proof, .. } = self {
+            *proof = Some(claim);
         }
-        if now_ms.abs_diff(d.signed_ms) > DELEGATION_WINDOW_MS {
-            return Err(DelegationError::Stale);
-        }
-        Ok(signer)
     }
 }
 
@@ -205,9 +177,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn peer() -> PeerId {
-        libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id()
+        Keypair::generate_ed25519().public().to_peer_id()
     }
 
     #[test]
@@ -228,13 +198,15 @@ mod tests {
                 admin: false,
                 rights: Rights::All,
                 admin_token: Some(bytes.clone()),
-                delegation: None,
+                proof: None,
             },
             Request::EnrollToken {
                 station: peer(),
                 admin_token: None,
-                delegation: Some(Delegation::sign(
-                    &libp2p::identity::Keypair::generate_ed25519(),
+                proof: Some(crate::admin::prove(
+                    &Keypair::generate_ed25519(),
+                    "enroll_token",
+                    b"station",
                     peer(),
                     5,
                 )),
@@ -260,28 +232,42 @@ mod tests {
     }
 
     #[test]
-    fn delegations_are_bound_to_their_peer_and_time() {
-        let admin = libp2p::identity::Keypair::generate_ed25519();
-        let (tool, other) = (peer(), peer());
-        let d = Delegation::sign(&admin, tool, 1_000_000);
+    fn an_admin_request_carries_a_claim_for_its_own_operation_and_subject() {
+        let admin = Keypair::generate_ed25519();
+        let director = peer();
+        let station = peer();
+        let mut enroll = Request::EnrollToken {
+            station,
+            admin_token: None,
+            proof: None,
+        };
+        let tool = peer();
+        enroll.prove_admin(&admin, director, tool, 1_000);
+        let Request::EnrollToken {
+            proof: Some(proof), ..
+        } = &enroll
+        else {
+            panic!("an admin request gets its proof");
+        };
+        let act = |subject: &[u8], director, remote| {
+            crate::admin::acting_admin(proof, ("enroll_token", subject), director, remote, 1_000)
+        };
+        let station = station.to_bytes();
         assert_eq!(
-            Delegation::verify(&d, &tool, 1_030_000).unwrap(),
-            admin.public().to_peer_id()
+            act(&station, director, &tool),
+            Ok(admin.public().to_peer_id())
         );
-        assert!(matches!(
-            Delegation::verify(&d, &other, 1_000_000),
-            Err(DelegationError::WrongPeer)
-        ));
-        assert!(matches!(
-            Delegation::verify(&d, &tool, 1_100_001),
-            Err(DelegationError::Stale)
-        ));
-        let mut forged = d.clone();
-        forged.payload = serde_bytes::ByteBuf::from(encode(&Delegation {
-            to: tool,
-            signed_ms: 5_000_000,
-        }));
-        assert!(Delegation::verify(&forged, &tool, 5_000_000).is_err());
+        // Its field keeps the wire name of the delegations it replaced.
+        let bytes = encode(&enroll);
+        assert!(bytes.windows(10).any(|w| w == b"delegation"));
+        // Not for another station, at another director, or from another peer.
+        assert!(act(&peer().to_bytes(), director, &tool).is_err());
+        assert!(act(&station, peer(), &tool).is_err());
+        assert!(act(&station, director, &peer()).is_err());
+        // A request that is no admin operation stays as it is.
+        let mut login = Request::EngineToken;
+        login.prove_admin(&admin, director, tool, 1_000);
+        assert_eq!(login, Request::EngineToken);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!
 //! - [`auth`]: `/vodmesh/auth/1`, logins, user administration, enrollment and engine tokens,
 //!   answered by the auth station's director.
+//! - [`admin`]: the signed claim that proves admin rights for one operation, at a director or
+//!   at the auth server.
+//! - [`blade`]: `/vodmesh/blade/1`, the backplane between a director and an engine in a
+//!   process of its own.
 //! - [`ids`]: typed identifiers (`ProgramId`, `SegmentIndex`, `SegmentHash`, `SegmentId`,
 //!   `StationId`) with `Display`, `FromStr`, serde and a short form for log fields.
 //! - [`codec`]: the CBOR codec (cbor4ii via serde) with an explicit size limit on every decode,
@@ -25,6 +29,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod blade;
 pub mod catalog;
 pub mod codec;
 pub mod copy;

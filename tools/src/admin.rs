@@ -2,9 +2,9 @@
 //!
 //! The operator's key file (`--key`) is the admin the auth server sees: an admin peer of the
 //! auth station (its own identity or an `--admin`), or a key with an admin token issued to it
-//! (`--admin-token`). The tool connects with a throwaway identity and signs a
-//! [`Delegation`] to it with `--key` (libp2p cannot dial a peer with that peer's own
-//! identity, and the auth station's identity is its first admin).
+//! (`--admin-token`). The tool connects with a throwaway identity and signs, with `--key`, an
+//! admin claim for the request on that connection (libp2p cannot dial a peer with that peer's
+//! own identity, and the auth station's identity is its first admin).
 
 use std::path::Path;
 
@@ -15,7 +15,7 @@ use serde_bytes::ByteBuf;
 use vodmesh_client::DirectorClient;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private};
-use vodmesh_proto::auth::{Delegation, Request};
+use vodmesh_proto::auth::Request;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Rights};
 
@@ -41,17 +41,16 @@ pub async fn user_add(
     let wire = Keypair::generate_ed25519();
     let server = find_auth_server(node, wire.clone()).await?;
     let client = AuthClient::connect(&server, wire).await?;
-    let delegation = Some(Delegation::sign(&key, client.local_peer(), now_ms()));
-    client
-        .done(Request::AddUser {
-            name: name.to_string(),
-            password,
-            admin,
-            rights,
-            admin_token,
-            delegation,
-        })
-        .await?;
+    let mut request = Request::AddUser {
+        name: name.to_string(),
+        password,
+        admin,
+        rights,
+        admin_token,
+        proof: None,
+    };
+    request.prove_admin(&key, server.director, client.local_peer(), now_ms());
+    client.done(request).await?;
     Ok(())
 }
 
@@ -75,14 +74,13 @@ pub async fn enroll(
     };
     let server = find_auth_server(node, wire.clone()).await?;
     let client = AuthClient::connect(&server, wire).await?;
-    let delegation = Some(Delegation::sign(&key, client.local_peer(), now_ms()));
-    let token = client
-        .token(Request::EnrollToken {
-            station,
-            admin_token,
-            delegation,
-        })
-        .await?;
+    let mut request = Request::EnrollToken {
+        station,
+        admin_token,
+        proof: None,
+    };
+    request.prove_admin(&key, server.director, client.local_peer(), now_ms());
+    let token = client.token(request).await?;
     // A token that does not verify is the server's fault; better to say so now than at the
     // new station's start.
     server

@@ -9,7 +9,7 @@
 //! An engine in a process of its own (`--engine-peer`) holds no connection to the auth
 //! server and its key is not here: the director asks for its token
 //! ([`Request::StationEngineToken`], bound to that engine, granted only for an engine the
-//! station enrolled) and forwards it over the backplane ([`crate::backplane`]).
+//! station enrolled) and forwards it over the backplane ([`crate::blade`]).
 //!
 //! Tokens are refreshed when half their lifetime is left, kept in memory ([`EngineTokens`])
 //! and written to `DATA/engines/<i>/engine.token` (0600; an engine process writes its own).

@@ -159,6 +159,10 @@ pub struct Config {
     pub admins: Vec<PeerId>,
     /// Other issuers whose admin tokens this server accepts (`--trust`); its own is implied.
     pub trust: Vec<IssuerKey>,
+    /// This station's director: operators address the admin claims of their requests to it
+    /// (`vodmesh user add`, `vodmesh enroll`). Unset, such a claim is refused, and an admin
+    /// request must come from an admin peer or carry an admin token.
+    pub station: Option<PeerId>,
 }
 
 impl Default for Config {
@@ -173,6 +177,7 @@ impl Default for Config {
             enroll_ttl: Duration::from_secs(24 * 3600),
             admins: Vec::new(),
             trust: Vec::new(),
+            station: None,
         }
     }
 }
@@ -185,6 +190,16 @@ pub struct Caller<'a> {
     pub peer: PeerId,
     /// Its admin token.
     pub token: Option<&'a [u8]>,
+}
+
+impl<'a> Caller<'a> {
+    /// `peer`, with the admin token a request carried, if any.
+    pub fn new(peer: PeerId, token: Option<&'a serde_bytes::ByteBuf>) -> Self {
+        Self {
+            peer,
+            token: token.map(|t| t.as_slice()),
+        }
+    }
 }
 
 /// A user to add: admin or not, and what it may watch.
@@ -265,6 +280,11 @@ impl Server {
     /// The counters, shared with the metrics endpoint.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The director admin claims must be addressed to ([`Config::station`]).
+    pub fn station(&self) -> Option<PeerId> {
+        self.config.station
     }
 
     /// The subscriber database.

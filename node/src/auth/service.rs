@@ -28,10 +28,10 @@ use libp2p::swarm::{
 };
 use serde_bytes::ByteBuf;
 use tracing::{debug, error, info, warn};
-use vodmesh_proto::auth::{self as proto, Delegation, Request, Response};
+use vodmesh_proto::admin;
+use vodmesh_proto::auth::{self as proto, Request, Response};
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::ids::short_peer;
-use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 
 use super::{Caller, Error, Server, User};
@@ -144,6 +144,11 @@ impl Behaviour {
 /// Answers one request from `peer` (the authenticated remote end). Blocking: argon2, redb.
 pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> Response {
     let token = |t: Vec<u8>| Response::Token(ByteBuf::from(t));
+    // An admin operation acts for the signer of its claim, if it carries one.
+    let acting = match acting_peer(server, peer, &request, now_ms) {
+        Ok(acting) => acting,
+        Err(refused) => return refused,
+    };
     let result = match request {
         Request::Login { user, password } => {
             server.login(&user, &password, peer, now_ms).map(token)
@@ -158,35 +163,23 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             admin,
             rights,
             admin_token,
-            delegation,
-        } => match acting_peer(peer, delegation.as_ref(), now_ms) {
-            Ok(acting) => {
-                let caller = Caller {
-                    peer: acting,
-                    token: admin_token.as_deref().map(Vec::as_slice),
-                };
-                server
-                    .add_user(caller, &name, &password, User { admin, rights }, now_ms)
-                    .map(|()| Response::Done)
-            }
-            Err(refused) => return refused,
-        },
+            proof: _,
+        } => server
+            .add_user(
+                Caller::new(acting, admin_token.as_ref()),
+                &name,
+                &password,
+                User { admin, rights },
+                now_ms,
+            )
+            .map(|()| Response::Done),
         Request::EnrollToken {
             station,
             admin_token,
-            delegation,
-        } => match acting_peer(peer, delegation.as_ref(), now_ms) {
-            Ok(acting) => {
-                let caller = Caller {
-                    peer: acting,
-                    token: admin_token.as_deref().map(Vec::as_slice),
-                };
-                server
-                    .issue_enroll_token(caller, station, now_ms)
-                    .map(token)
-            }
-            Err(refused) => return refused,
-        },
+            proof: _,
+        } => server
+            .issue_enroll_token(Caller::new(acting, admin_token.as_ref()), station, now_ms)
+            .map(token),
         Request::Enroll { token: t, engines } => server
             .enroll_station(&t, peer, &engines, now_ms)
             .map(|()| Response::Done),
@@ -198,16 +191,34 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
     result.unwrap_or_else(|e| Response::Error(refusal(&e)))
 }
 
-/// The peer an admin request acts for: the signer of a valid delegation to `peer`, else
-/// `peer` itself.
-fn acting_peer(peer: PeerId, delegation: Option<&Signed>, now_ms: u64) -> Result<PeerId, Response> {
-    match delegation {
-        None => Ok(peer),
-        Some(d) => Delegation::verify(d, &peer, now_ms).map_err(|e| {
-            warn!(peer = %short_peer(&peer), cause = %e, "admin delegation refused");
-            Response::Error(e.to_string())
-        }),
+/// The peer `request` acts for: the signer of its admin claim, addressed to this station's
+/// director and made for this very request; else `peer`, the connection's own.
+fn acting_peer(
+    server: &Server,
+    peer: PeerId,
+    request: &Request,
+    now_ms: u64,
+) -> Result<PeerId, Response> {
+    let (Request::AddUser {
+        proof: Some(proof), ..
     }
+    | Request::EnrollToken {
+        proof: Some(proof), ..
+    }) = request
+    else {
+        return Ok(peer);
+    };
+    let subject = request.admin_subject().unwrap_or_default();
+    let checked = match server.station() {
+        Some(station) => {
+            admin::acting_admin(proof, (request.op(), &subject), station, &peer, now_ms)
+        }
+        None => Err(admin::AdminError::Mismatch),
+    };
+    checked.map_err(|e| {
+        warn!(peer = %short_peer(&peer), cause = %e, "admin claim refused");
+        Response::Error(e.to_string())
+    })
 }
 
 /// The line a caller sees for `e`: the error itself, except for internal failures, whose
@@ -359,69 +370,97 @@ impl NetworkBehaviour for Behaviour {
 #[cfg(test)]
 mod tests {
     use libp2p::identity::Keypair;
+    use vodmesh_proto::signed::Signed;
     use vodmesh_proto::token::{Audience, Rights, TrustedIssuers};
 
     use super::*;
     use crate::auth::{Config, HashParams};
 
+    /// The director of the auth station the tests' claims are addressed to.
+    fn station() -> PeerId {
+        static STATION: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
+        *STATION.get_or_init(PeerId::random)
+    }
+
     fn server(dir: &std::path::Path, admin: PeerId) -> Server {
         let config = Config {
             hash: HashParams::INSECURE_FOR_TESTS,
             admins: vec![admin],
+            station: Some(station()),
             ..Config::default()
         };
         Server::open(dir, config).unwrap()
     }
 
-    fn add_user(name: &str, delegation: Option<Signed>) -> Request {
+    fn add_user(name: &str, proof: Option<Signed>) -> Request {
         Request::AddUser {
             name: name.into(),
             password: "long enough".into(),
             admin: false,
             rights: Rights::All,
             admin_token: None,
-            delegation,
+            proof,
         }
     }
 
+    /// `name` added by `admin`'s claim, sent on a connection from `wire`.
+    fn claimed(name: &str, admin: &Keypair, wire: PeerId, now: u64) -> Request {
+        let mut request = add_user(name, None);
+        request.prove_admin(admin, station(), wire, now);
+        request
+    }
+
     #[test]
-    fn admin_requests_act_for_the_signer_of_a_delegation_to_the_caller() {
+    fn admin_requests_act_for_the_signer_of_a_claim_for_the_request_on_its_connection() {
         let dir = tempfile::tempdir().unwrap();
         let admin = Keypair::generate_ed25519();
         let s = server(dir.path(), admin.public().to_peer_id());
         let now = now_ms();
         let wire = PeerId::random();
 
-        // The admin's delegation to this connection's peer: accepted.
-        let d = Delegation::sign(&admin, wire, now);
+        // The admin's claim for this request on this connection: accepted.
         assert_eq!(
-            handle(&s, wire, add_user("a", Some(d.clone())), now),
+            handle(&s, wire, claimed("a", &admin, wire, now), now),
             Response::Done
         );
-        // The same delegation replayed from another peer: refused.
+        // The same claim replayed from another peer: refused.
         let other = PeerId::random();
+        let replayed = claimed("b", &admin, wire, now);
         assert_eq!(
-            handle(&s, other, add_user("b", Some(d)), now),
-            Response::Error("admin delegation made for another peer".into())
+            handle(&s, other, replayed.clone(), now),
+            Response::Error("admin proof is for another operation".into())
         );
-        // A stranger's delegation: the stranger is no admin.
+        // Or for another user: refused.
+        let Request::AddUser { proof, .. } = replayed else {
+            panic!("an AddUser stays one");
+        };
+        assert_eq!(
+            handle(&s, wire, add_user("c", proof), now),
+            Response::Error("admin proof is for another operation".into())
+        );
+        // A stranger's claim: the stranger is no admin.
         let stranger = Keypair::generate_ed25519();
-        let d = Delegation::sign(&stranger, wire, now);
         assert!(matches!(
-            handle(&s, wire, add_user("c", Some(d)), now),
+            handle(&s, wire, claimed("d", &stranger, wire, now), now),
             Response::Error(e) if e.starts_with("not an admin")
         ));
-        // No delegation: the connection's peer itself must be an admin.
+        // No claim: the connection's peer itself must be an admin.
         assert!(matches!(
-            handle(&s, wire, add_user("d", None), now),
+            handle(&s, wire, add_user("e", None), now),
             Response::Error(e) if e.starts_with("not an admin")
         ));
-        // An old delegation: refused.
-        let d = Delegation::sign(&admin, wire, now - 120_000);
+        // An old claim: refused.
         assert!(matches!(
-            handle(&s, wire, add_user("e", Some(d)), now),
-            Response::Error(e) if e.starts_with("admin delegation expired")
+            handle(&s, wire, claimed("f", &admin, wire, now - 200_000), now),
+            Response::Error(e) if e.starts_with("admin proof expired")
         ));
+        // A claim for another auth station: refused.
+        let mut elsewhere = add_user("g", None);
+        elsewhere.prove_admin(&admin, PeerId::random(), wire, now);
+        assert_eq!(
+            handle(&s, wire, elsewhere, now),
+            Response::Error("admin proof is for another operation".into())
+        );
     }
 
     #[test]
@@ -481,7 +520,7 @@ mod tests {
             Request::EnrollToken {
                 station,
                 admin_token: None,
-                delegation: None,
+                proof: None,
             },
             now,
         ) else {

@@ -20,8 +20,8 @@ pub mod plan;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use vodmesh_proto::ProgramId;
 use vodmesh_proto::manifest::ManifestContent;
+use vodmesh_proto::{ProgramId, SegmentIndex};
 
 pub use catalog::{Catalog, CatalogEntry};
 
@@ -39,7 +39,7 @@ pub struct Session {
     /// Copies wanted on other stations.
     pub replicas: u32,
     /// Segments stored so far.
-    pub stored: HashSet<u32>,
+    pub stored: HashSet<SegmentIndex>,
     /// The engine (index in the station) each segment goes to, in segment order.
     pub placement: Vec<usize>,
     /// When it last made progress (began, or a segment was stored), ms since the epoch.
@@ -53,7 +53,7 @@ impl Session {
             .segments
             .iter()
             .zip(&self.placement)
-            .filter(|(s, e)| **e == engine && !self.stored.contains(&s.index))
+            .filter(|(s, e)| **e == engine && !self.stored.contains(&SegmentIndex(s.index)))
             .fold(0, |sum, (s, _)| sum.saturating_add(s.size))
     }
 }
@@ -73,7 +73,7 @@ impl Sessions {
     }
 
     /// Records that a segment of `program` was stored at `now_ms`.
-    pub fn stored(&mut self, program: &ProgramId, index: u32, now_ms: u64) {
+    pub fn stored(&mut self, program: &ProgramId, index: SegmentIndex, now_ms: u64) {
         if let Some(s) = self.sessions.get_mut(program) {
             s.stored.insert(index);
             s.progress_ms = now_ms;
@@ -164,7 +164,7 @@ mod tests {
         s.begin(a, session(&[10, 20, 30], vec![0, 1, 0], 0));
         s.begin(b, session(&[5], vec![1], 0));
         assert_eq!((s.pledged(0), s.pledged(1)), (40, 25));
-        s.stored(&a, 2, 7);
+        s.stored(&a, SegmentIndex(2), 7);
         assert_eq!((s.pledged(0), s.pledged(1)), (10, 25));
         assert!(s.end(&a).is_some());
         assert_eq!((s.pledged(0), s.pledged(1)), (0, 5));
@@ -177,7 +177,7 @@ mod tests {
         let idle = Duration::from_secs(10);
         s.begin(a, session(&[1, 1], vec![0, 0], 1_000));
         s.begin(b, session(&[1], vec![0], 1_000));
-        s.stored(&b, 0, 9_000);
+        s.stored(&b, SegmentIndex(0), 9_000);
         assert!(s.expired(10_999, idle).is_empty());
         assert_eq!(s.expired(11_000, idle), vec![a]);
         assert!(s.drop_session(&a, 11_000).is_some());

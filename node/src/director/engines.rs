@@ -313,7 +313,7 @@ impl EngineTable {
                 if let Some(engine) = self.info_mut(index) {
                     // An engine process reports these over the backplane; they go into the
                     // signed station record, which has a size limit.
-                    disks.truncate(crate::backplane::MAX_DISKS);
+                    disks.truncate(crate::blade::MAX_DISKS);
                     engine.used = used_on(&disks);
                     engine.disks = disks;
                 }

@@ -146,7 +146,7 @@ impl Ingests {
         if let Err(e) = ctx.locations.insert(segment, &location) {
             tracing::warn!(%segment, error = %e, "location table write failed");
         }
-        self.sessions.stored(&segment.program, segment.index.0, now);
+        self.sessions.stored(&segment.program, segment.index, now);
         if self.sessions.get(&segment.program).is_none() {
             publish.tabled(ctx, segment);
         }

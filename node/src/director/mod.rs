@@ -83,7 +83,7 @@ pub(crate) struct DirectorBehaviour {
     ping: ping::Behaviour,
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
-    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
+    /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::blade`]).
     blade: libp2p_stream::Behaviour,
 }
 

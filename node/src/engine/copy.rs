@@ -1,31 +1,34 @@
-//! `/vodmesh/copy/1` on an engine: serving segment copies to engines of other stations, and
-//! fetching copies its director asks for (claim 12).
+//! `/vodmesh/copy/1` on an engine: serving segment copies to engines of other stations
+//! ([`Server`]), and fetching the copies its director asks for ([`Copier`], claim 12).
 //!
-//! Serving is gated: a peer may copy only while its director-approved entry in [`Allowed`]
-//! lasts. The director fills it after checking, in the registry, that the requesting station
-//! is live and lists the peer as one of its engines. Engine tokens (claims 24, 25) plug in at
-//! [`authorize`].
+//! Serving is gated (see `admit`): a peer may copy only with an engine token of a trusted
+//! issuer (claims 24, 25) and while its director-approved entry lasts. The director approves
+//! after checking, in the registry, that the requesting station is live and lists the peer as
+//! one of its engines; the approvals reach the serving tasks through a watch channel, whose
+//! only writer is the engine's command loop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use bytes::BytesMut;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
 use vodmesh_proto::manifest::MAX_SEGMENT_SIZE;
 use vodmesh_proto::net::prefer_tcp;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, TrustedIssuers};
+use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
-use super::EngineBehaviour;
-use crate::control::{Copied, EngineCommand, EngineReport, Source};
+use super::{EngineBehaviour, Reporter, admit};
+use crate::control::{Copied, EngineReport, Source};
 use crate::events::{Kind, Observer};
-use crate::store::{SegmentState, SegmentStore, Writer};
+use crate::store::{self, SegmentState, SegmentStore, Writer};
 
 /// Bytes per read from the stream or the store.
 const CHUNK: usize = 256 * 1024;
@@ -33,18 +36,131 @@ const CHUNK: usize = 256 * 1024;
 const MAX_FETCHES: usize = 4;
 /// Copies an engine serves at once.
 const MAX_SERVES: usize = 8;
+/// A source that sends nothing for this long is given up (the next source takes over).
+const READ_STALL: Duration = Duration::from_secs(5);
+/// Attempts per source before the next one is tried.
+const ATTEMPTS_PER_SOURCE: u32 = 2;
 
-/// Peers allowed to copy from this engine, with the time their permission ends.
-pub(crate) type Allowed = Arc<Mutex<HashMap<PeerId, u64>>>;
+/// This engine's engine token, filled in by the station when the auth server issues it.
+pub type TokenSlot = Arc<Mutex<Option<Vec<u8>>>>;
 
-/// The fetching side: takes the copy commands of the engine's command channel.
+/// Engines allowed to copy from this one, each until a time (ms since the epoch).
+type Approvals = HashMap<PeerId, u64>;
+
+/// A copy the director asked for.
+pub(crate) struct Job {
+    /// The segment.
+    pub(crate) segment: SegmentId,
+    /// Its hash and size in the signed manifest, if the director has it.
+    pub(crate) expect: Option<(SegmentHash, u64)>,
+    /// The engines to copy from, cheapest first.
+    pub(crate) sources: Vec<Source>,
+    /// Mark the copy evictable once stored.
+    pub(crate) held_elsewhere: bool,
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CopyError {
+    /// The local store refused the segment or failed: no source can help.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The director named no source.
+    #[error("no source to copy from")]
+    NoSource,
+    /// Every source failed; this is how the last one did.
+    #[error(transparent)]
+    Sources(Attempt),
+}
+
+/// Why one attempt at one source failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Attempt {
+    /// No stream to the source (it accepts one pending stream at a time, or is gone).
+    #[error("cannot open a copy stream to {peer}: {source}")]
+    Open {
+        /// The source.
+        peer: PeerId,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request did not go out.
+    #[error("copy request not sent: {0}")]
+    Request(#[source] std::io::Error),
+    /// The source sent no reply in time.
+    #[error("no copy reply in time")]
+    NoReply,
+    /// The reply did not arrive whole.
+    #[error("no copy reply: {0}")]
+    Reply(#[source] std::io::Error),
+    /// The source refused, in its own words.
+    #[error("source refused: {0}")]
+    Refused(String),
+    /// The source offers another size than the manifest says.
+    #[error("source offers {offered} bytes, the manifest says {expected}")]
+    WrongSize {
+        /// What it offers.
+        offered: u64,
+        /// What the manifest says.
+        expected: u64,
+    },
+    /// A sibling's offer is larger than any segment.
+    #[error("source offers {0} bytes, more than a segment")]
+    TooLarge(u64),
+    /// The source went silent mid-copy (a dead link, a partition).
+    #[error("source stalled at byte {0}")]
+    Stalled(u64),
+    /// The stream broke mid-copy.
+    #[error("stream ended at byte {at}: {source}")]
+    Cut {
+        /// Bytes received before.
+        at: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(store::Error),
+}
+
+/// What a copy does after a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Ask the same source again (the stream broke; the source may be fine).
+    Retry,
+    /// Go to the next source (this one said no, or went silent).
+    Move,
+    /// Stop: no source can help.
+    GiveUp,
+}
+
+impl Attempt {
+    fn next(&self) -> Next {
+        match self {
+            Attempt::Open { .. }
+            | Attempt::Request(_)
+            | Attempt::Reply(_)
+            | Attempt::Cut { .. } => Next::Retry,
+            Attempt::NoReply
+            | Attempt::Refused(_)
+            | Attempt::WrongSize { .. }
+            | Attempt::TooLarge(_)
+            | Attempt::Stalled(_) => Next::Move,
+            Attempt::Store(_) => Next::GiveUp,
+        }
+    }
+}
+
+/// The fetching side: runs the copies the director orders, in tasks the engine owns.
 pub(crate) struct Copier {
-    index: usize,
     peer_id: PeerId,
     control: libp2p_stream::Control,
     store: SegmentStore,
-    allowed: Allowed,
-    reporter: super::Reporter,
+    /// The engine's approvals of other engines; the serving tasks watch it.
+    allowed: watch::Sender<Approvals>,
+    reporter: Reporter,
     fetches: Arc<Semaphore>,
     token: TokenSlot,
     /// Counts the copies and their bytes.
@@ -55,16 +171,14 @@ pub(crate) struct Copier {
 
 impl Copier {
     pub(crate) fn new(
-        index: usize,
         peer_id: PeerId,
         control: libp2p_stream::Control,
         store: SegmentStore,
-        allowed: Allowed,
-        reporter: super::Reporter,
+        allowed: watch::Sender<Approvals>,
+        reporter: Reporter,
         token: TokenSlot,
     ) -> Self {
         Self {
-            index,
             peer_id,
             control,
             store,
@@ -77,83 +191,72 @@ impl Copier {
         }
     }
 
-    /// Handles `cmd` if it is a copy command; gives any other command back.
-    pub(crate) fn take(
+    /// Lets `peers` copy from this engine until `until_ms`; forgets approvals that ended.
+    pub(crate) fn allow(&self, peers: Vec<PeerId>, until_ms: u64) {
+        let now = now_ms();
+        self.allowed.send_modify(|m| {
+            m.retain(|_, until| *until >= now);
+            m.extend(peers.into_iter().map(|p| (p, until_ms)));
+        });
+    }
+
+    /// Starts `job` in `jobs` (at most [`MAX_FETCHES`] copy at once); its outcome goes to
+    /// `done`.
+    pub(crate) fn fetch(
         &self,
         swarm: &mut Swarm<EngineBehaviour>,
-        cmd: EngineCommand,
-    ) -> Option<EngineCommand> {
-        match cmd {
-            EngineCommand::AllowCopy { peers, until_ms } => {
-                if let Ok(mut m) = self.allowed.lock() {
-                    let now = now_ms();
-                    m.retain(|_, until| *until >= now);
-                    for p in peers {
-                        m.insert(p, until_ms);
-                    }
-                }
-                None
-            }
-            EngineCommand::Fetch {
-                segment,
-                expect,
-                sources,
-                held_elsewhere,
-                done,
-            } => {
-                // The engine's behaviours keep no address book: dial each source with the
-                // addresses its director named (open_stream below retries until connected).
-                for source in &sources {
-                    dial(swarm, source);
-                }
-                let job = Fetch {
-                    me: self.peer_id,
-                    token: self.token.lock().ok().and_then(|t| t.clone()),
-                    segment,
-                    expect,
-                    sources,
-                    held_elsewhere,
-                    observer: self.observer.clone(),
-                };
-                let (index, peer_id) = (self.index, self.peer_id);
-                let (control, store) = (self.control.clone(), self.store.clone());
-                let (reporter, fetches) = (self.reporter.clone(), self.fetches.clone());
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let _permit = fetches.acquire_owned().await;
-                    let result = fetch(control, &store, &job).await;
-                    match &result {
-                        Ok(copied) => {
-                            let copied_event = Kind::Copied {
-                                from: copied.source,
-                            };
-                            job.observer.segment(peer_id, segment, copied_event);
-                            let size = store.info(&segment).map_or(0, |i| i.size);
-                            metrics.copied();
-                            metrics.received("copy", size);
-                            reporter.stored(segment, size).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(index, %segment, error = %e, "copy failed from every source");
-                        }
-                    }
-                    let _ = done.send((segment, result)).await;
-                });
-                None
-            }
-            other => Some(other),
+        jobs: &mut JoinSet<()>,
+        job: Job,
+        done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
+    ) {
+        // The engine's behaviours keep no address book: dial each source with the addresses
+        // its director named (`open` below retries until connected).
+        for source in &job.sources {
+            dial(swarm, source);
         }
+        let fetch = Fetch {
+            me: self.peer_id,
+            token: self.token.lock().ok().and_then(|t| t.clone()),
+            job,
+            observer: self.observer.clone(),
+        };
+        let (control, store) = (self.control.clone(), self.store.clone());
+        let (reporter, fetches) = (self.reporter.clone(), self.fetches.clone());
+        let metrics = self.metrics.clone();
+        jobs.spawn(async move {
+            let _permit = fetches.acquire_owned().await;
+            let segment = fetch.job.segment;
+            let result = fetch.run(control, &store).await;
+            match &result {
+                Ok(copied) => {
+                    let copied_event = Kind::Copied {
+                        from: copied.source,
+                    };
+                    fetch.observer.segment(fetch.me, segment, copied_event);
+                    let size = store.info(&segment).map_or(0, |i| i.size);
+                    metrics.copied();
+                    metrics.received("copy", size);
+                    reporter.stored(segment, size).await;
+                }
+                Err(e) => {
+                    tracing::warn!(index = reporter.index(), %segment, error = %e, "copy failed from every source");
+                }
+            }
+            // The director's channel takes one line (`EngineCommand::Fetch`), which crosses
+            // the blade link as it is.
+            let _ = done.send((segment, result.map_err(|e| e.to_string()))).await;
+        });
     }
 }
 
+/// A copy under way: the job, and what this engine presents to its sources.
 struct Fetch {
     /// This engine.
     me: PeerId,
+    /// Its engine token (claims 24, 25).
     token: Option<Vec<u8>>,
-    segment: SegmentId,
-    expect: Option<(SegmentHash, u64)>,
-    sources: Vec<Source>,
-    held_elsewhere: bool,
+    job: Job,
+    /// Hears of a copy resumed.
     observer: Observer,
 }
 
@@ -172,9 +275,9 @@ fn dial(swarm: &mut Swarm<EngineBehaviour>, source: &Source) {
     }
 }
 
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, String> {
-    let mut last = String::new();
-    // The source accepts one pending stream at a time: retry briefly.
+/// A copy stream to `peer`, retried briefly: a source accepts one pending stream at a time.
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, Attempt> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::TimedOut);
     for attempt in 0..6u64 {
         match tokio::time::timeout(
             Duration::from_secs(3),
@@ -183,316 +286,330 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stre
         .await
         {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "timed out".into(),
+            Ok(Err(e)) => last = std::io::Error::other(e),
+            Err(_) => last = std::io::ErrorKind::TimedOut.into(),
         }
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
     }
-    Err(format!("cannot open a copy stream to {peer}: {last}"))
+    Err(Attempt::Open { peer, source: last })
 }
 
-/// Why one attempt at one source failed.
-enum Attempt {
-    /// The source said no, or offers something else: go to the next source.
-    Refused(String),
-    /// The stream broke: this source may be tried again.
-    Lost(String),
-    /// The source went silent (a dead link, a partition): go to the next source.
-    Stalled(String),
-    /// The local store failed: no source can help.
-    Store(String),
-}
-
-/// A source that sends nothing for this long is given up (the next source takes over).
-const READ_STALL: Duration = Duration::from_secs(5);
-/// Attempts per source before the next one is tried.
-const ATTEMPTS_PER_SOURCE: u32 = 2;
-
-/// Copies the segment from the first source that can send it, resuming from the bytes
-/// already received (and hashed as they landed) when a source fails midway. Nothing of a copy
-/// that fails at every source becomes visible.
-async fn fetch(
-    mut control: libp2p_stream::Control,
-    store: &SegmentStore,
-    job: &Fetch,
-) -> Result<Copied, String> {
-    if let Some(held) = store.info(&job.segment)
-        && held.state == SegmentState::Complete
-        && job.expect.is_none_or(|(hash, _)| held.hash == hash)
-    {
-        let source = job.sources.first().map_or(PeerId::random(), |s| s.engine);
-        return Ok(Copied {
-            source,
-            bytes: 0,
-            elapsed: Duration::ZERO,
-            failovers: 0,
-        });
-    }
-    // With the size known, room is made (or found missing) before any source is asked.
-    let mut writer: Option<Writer> = match job.expect {
-        Some((hash, size)) => Some(
-            store
-                .begin_write(job.segment, hash, size)
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
-        None => None,
-    };
-    let mut last = "no source to copy from".to_string();
-    for (n, source) in job.sources.iter().enumerate() {
-        for attempt in 1..=ATTEMPTS_PER_SOURCE {
-            let from = writer.as_ref().map_or(0, Writer::written);
-            let started = std::time::Instant::now();
-            match copy_from(&mut control, store, job, source.engine, &mut writer).await {
-                Ok(()) => {
-                    let Some(w) = writer.take() else {
-                        return Err("copy finished without a writer".into());
-                    };
-                    let bytes = w.written() - from;
-                    w.finish().await.map_err(|e| e.to_string())?;
-                    if job.held_elsewhere {
-                        store
-                            .set_held_elsewhere(job.segment, true)
-                            .await
-                            .map_err(|e| e.to_string())?;
+impl Fetch {
+    /// Copies the segment from the first source that can send it, resuming from the bytes
+    /// already received (and hashed as they landed) when a source fails midway. Nothing of a
+    /// copy that fails at every source becomes visible.
+    async fn run(
+        &self,
+        mut control: libp2p_stream::Control,
+        store: &SegmentStore,
+    ) -> Result<Copied, CopyError> {
+        let job = &self.job;
+        if let Some(held) = store.info(&job.segment)
+            && held.state == SegmentState::Complete
+            && job.expect.is_none_or(|(hash, _)| held.hash == hash)
+        {
+            let source = job.sources.first().map_or(PeerId::random(), |s| s.engine);
+            return Ok(Copied {
+                source,
+                bytes: 0,
+                elapsed: Duration::ZERO,
+                failovers: 0,
+            });
+        }
+        // With the size known, room is made (or found missing) before any source is asked.
+        let mut writer: Option<Writer> = match job.expect {
+            Some((hash, size)) => Some(store.begin_write(job.segment, hash, size).await?),
+            None => None,
+        };
+        let mut last = CopyError::NoSource;
+        for (n, source) in job.sources.iter().enumerate() {
+            for attempt in 1..=ATTEMPTS_PER_SOURCE {
+                let from = writer.as_ref().map_or(0, Writer::written);
+                let started = std::time::Instant::now();
+                let failed = match self
+                    .copy_from(&mut control, store, source.engine, &mut writer)
+                    .await
+                {
+                    Ok(()) => {
+                        let Some(w) = writer.take() else {
+                            return Err(store::Error::Aborted(job.segment).into());
+                        };
+                        let bytes = w.written() - from;
+                        w.finish().await?;
+                        if job.held_elsewhere {
+                            store.set_held_elsewhere(job.segment, true).await?;
+                        }
+                        return Ok(Copied {
+                            source: source.engine,
+                            bytes,
+                            elapsed: started.elapsed(),
+                            failovers: u32::try_from(n).unwrap_or(u32::MAX),
+                        });
                     }
-                    return Ok(Copied {
-                        source: source.engine,
-                        bytes,
-                        elapsed: started.elapsed(),
-                        failovers: n as u32,
-                    });
-                }
-                Err(Attempt::Store(e)) => return Err(e),
-                Err(Attempt::Refused(e) | Attempt::Stalled(e)) => {
-                    tracing::debug!(segment = %job.segment, source = %source.engine, error = %e, "copy source refused or went silent");
-                    last = e;
-                    break;
-                }
-                Err(Attempt::Lost(e)) => {
-                    tracing::debug!(segment = %job.segment, source = %source.engine, attempt, error = %e, "copy attempt lost");
-                    last = e;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    Err(failed) => failed,
+                };
+                let next = failed.next();
+                tracing::debug!(segment = %job.segment, source = %source.engine, attempt, error = %failed, ?next, "copy attempt failed");
+                last = CopyError::Sources(failed);
+                match next {
+                    Next::GiveUp => return Err(last),
+                    Next::Move => break,
+                    Next::Retry => {
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    }
                 }
             }
+            if let Some(w) = &writer {
+                tracing::info!(segment = %job.segment, failed = %source.engine, have = w.written(), "copy source failed; resuming from the next source");
+            }
         }
-        if let Some(w) = &writer {
-            tracing::info!(segment = %job.segment, failed = %source.engine, have = w.written(), "copy source failed; resuming from the next source");
-        }
+        Err(last)
     }
-    Err(last)
-}
 
-/// One attempt at one source: asks for the bytes from what `writer` already holds on, and
-/// appends them.
-async fn copy_from(
-    control: &mut libp2p_stream::Control,
-    store: &SegmentStore,
-    job: &Fetch,
-    source: PeerId,
-    writer: &mut Option<Writer>,
-) -> Result<(), Attempt> {
-    let mut stream = open(control, source).await.map_err(Attempt::Lost)?;
-    let offset = writer.as_ref().map_or(0, Writer::written);
-    if offset > 0 {
-        let resumed = Kind::CopyResumed {
-            from: source,
+    /// One attempt at one source: asks for the bytes from what `writer` already holds on,
+    /// and appends them.
+    async fn copy_from(
+        &self,
+        control: &mut libp2p_stream::Control,
+        store: &SegmentStore,
+        source: PeerId,
+        writer: &mut Option<Writer>,
+    ) -> Result<(), Attempt> {
+        let job = &self.job;
+        let mut stream = open(control, source).await?;
+        let offset = writer.as_ref().map_or(0, Writer::written);
+        if offset > 0 {
+            let resumed = Kind::CopyResumed {
+                from: source,
+                offset,
+            };
+            self.observer.segment(self.me, job.segment, resumed);
+        }
+        let request = CopyRequest {
+            segment: job.segment,
+            // Claims 24, 25: every copy request carries this engine's token.
+            token: self.token.clone().map(serde_bytes::ByteBuf::from),
             offset,
         };
-        job.observer.segment(job.me, job.segment, resumed);
-    }
-    let request = CopyRequest {
-        segment: job.segment,
-        // Claims 24, 25: every copy request carries this engine's token.
-        token: job.token.clone().map(serde_bytes::ByteBuf::from),
-        offset,
-    };
-    write_frame(&mut stream, &request)
-        .await
-        .map_err(|e| Attempt::Lost(e.to_string()))?;
-    let reply: CopyReply = tokio::time::timeout(READ_STALL, read_frame(&mut stream, MAX_FRAME))
-        .await
-        .map_err(|_| Attempt::Stalled("no copy reply in time".into()))?
-        .map_err(|e| Attempt::Lost(format!("no copy reply: {e}")))?;
-    let (size, hash) = match reply {
-        CopyReply::Refused(why) => return Err(Attempt::Refused(format!("source refused: {why}"))),
-        CopyReply::Sending { size, hash } => (size, hash),
-    };
-    // Verified against the manifest's hash, not the source's claim; a sibling engine of this
-    // station (no manifest at hand) is taken at its word, its segment verified when stored.
-    let (hash, size) = match job.expect {
-        Some((_, expected)) if size != expected => {
-            return Err(Attempt::Refused(format!(
-                "source offers {size} bytes, the manifest says {expected}"
-            )));
-        }
-        Some(expected) => expected,
-        None if size > MAX_SEGMENT_SIZE => {
-            return Err(Attempt::Refused(format!(
-                "source offers {size} bytes, more than a segment"
-            )));
-        }
-        None => (hash, size),
-    };
-    let w = match writer {
-        Some(w) => w,
-        None => writer.insert(
-            store
-                .begin_write(job.segment, hash, size)
+        write_frame(&mut stream, &request)
+            .await
+            .map_err(Attempt::Request)?;
+        let reply: CopyReply = tokio::time::timeout(READ_STALL, read_frame(&mut stream, MAX_FRAME))
+            .await
+            .map_err(|_| Attempt::NoReply)?
+            .map_err(Attempt::Reply)?;
+        let (offered, hash) = match reply {
+            CopyReply::Refused(why) => return Err(Attempt::Refused(why)),
+            CopyReply::Sending { size, hash } => (size, hash),
+        };
+        let (hash, size) = accept_offer(job.expect, offered, hash)?;
+        let w = match writer {
+            Some(w) => w,
+            None => writer.insert(
+                store
+                    .begin_write(job.segment, hash, size)
+                    .await
+                    .map_err(Attempt::Store)?,
+            ),
+        };
+        let mut buf = BytesMut::new();
+        while w.written() < size {
+            let at = w.written();
+            let n = usize::try_from((size - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+            // The chunk written last has left the disk worker: its room is taken back.
+            buf.reserve(CHUNK);
+            buf.resize(n, 0);
+            tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf))
                 .await
-                .map_err(|e| Attempt::Store(e.to_string()))?,
-        ),
-    };
-    let mut buf = vec![0u8; CHUNK];
-    while w.written() < size {
-        let n = usize::try_from((size - w.written()).min(CHUNK as u64)).unwrap_or(CHUNK);
-        tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf[..n]))
-            .await
-            .map_err(|_| Attempt::Stalled(format!("source stalled at byte {}", w.written())))?
-            .map_err(|e| Attempt::Lost(format!("stream ended at byte {}: {e}", w.written())))?;
-        // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
-        w.write_chunk(&buf[..n])
-            .await
-            .map_err(|e| Attempt::Store(e.to_string()))?;
+                .map_err(|_| Attempt::Stalled(at))?
+                .map_err(|source| Attempt::Cut { at, source })?;
+            // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
+            w.write_chunk(buf.split().freeze())
+                .await
+                .map_err(Attempt::Store)?;
+        }
+        let _ = stream.close().await;
+        Ok(())
     }
-    let _ = stream.close().await;
-    Ok(())
 }
 
-/// This engine's engine token, filled in by the station when the auth server issues it.
-pub type TokenSlot = Arc<Mutex<Option<Vec<u8>>>>;
-
-/// Whether `peer` may copy `segment` from this engine: its director approved it (its station
-/// is live and lists it as an engine), and it presents an engine token of a trusted issuer,
-/// bound to itself (claims 24, 25). A station with no trusted issuer serves no copy.
-fn authorize(
-    peer: &PeerId,
-    segment: &SegmentId,
-    token: Option<&[u8]>,
-    allowed: &Allowed,
-    trusted: &TrustedIssuers,
-) -> Result<(), String> {
-    if trusted.is_empty() {
-        return Err("this station trusts no token issuer and serves no copy".into());
+/// The hash and size to copy, given what the source offers: verified against the manifest's
+/// hash, not the source's claim; a sibling engine of this station (no manifest at hand) is
+/// taken at its word, its segment verified when it was stored.
+fn accept_offer(
+    expect: Option<(SegmentHash, u64)>,
+    offered: u64,
+    hash: SegmentHash,
+) -> Result<(SegmentHash, u64), Attempt> {
+    match expect {
+        Some((_, expected)) if offered != expected => Err(Attempt::WrongSize { offered, expected }),
+        Some(expected) => Ok(expected),
+        None if offered > MAX_SEGMENT_SIZE => Err(Attempt::TooLarge(offered)),
+        None => Ok((hash, offered)),
     }
-    let Some(token) = token else {
-        return Err("no engine token: enroll the station first (vodmesh enroll)".into());
-    };
-    trusted
-        .verify(
-            token,
-            now_ms(),
-            Audience::Engine,
-            Some(&segment.program),
-            peer,
-        )
-        .map_err(|e| e.to_string())?;
-    let approved = allowed
-        .lock()
-        .ok()
-        .and_then(|m| m.get(peer).copied())
-        .is_some_and(|until| until >= now_ms());
-    if !approved {
-        return Err("not an engine of a live station known to this station".into());
-    }
-    Ok(())
 }
 
-/// Serves copy streams until the engine stops.
-pub(crate) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
-    peer_id: PeerId,
+/// The serving side: answers the copy requests of other stations' engines.
+#[derive(Clone)]
+pub(crate) struct Server {
+    me: PeerId,
     store: SegmentStore,
-    allowed: Allowed,
+    allowed: watch::Receiver<Approvals>,
     trusted: TrustedIssuers,
-    (index, reports, observer): (usize, mpsc::Sender<EngineReport>, Observer),
+    reporter: Reporter,
+    /// Bytes per second per copy at most (0: as fast as the link goes).
     rate: u64,
-) {
-    let serves = Arc::new(Semaphore::new(MAX_SERVES));
-    while let Some((peer, stream)) = incoming.next().await {
-        let (store, allowed, serves) = (store.clone(), allowed.clone(), serves.clone());
-        let trusted = trusted.clone();
-        let (reports, observer) = (reports.clone(), observer.clone());
-        tokio::spawn(async move {
-            let _permit = serves.acquire_owned().await;
-            if let Err(e) = handle(
-                (peer_id, &observer),
-                peer,
-                stream,
-                &store,
-                &allowed,
-                &trusted,
-                (index, &reports, rate),
-            )
-            .await
-            {
-                tracing::debug!(%peer, error = %e, "copy stream failed");
-            }
-        });
-    }
+    serves: Arc<Semaphore>,
+    /// Hears of the copies served.
+    pub(crate) observer: Observer,
 }
 
-async fn handle(
-    (me, observer): (PeerId, &Observer),
-    peer: PeerId,
-    mut stream: Stream,
-    store: &SegmentStore,
-    allowed: &Allowed,
-    trusted: &TrustedIssuers,
-    (index, reports, rate): (usize, &mpsc::Sender<EngineReport>, u64),
-) -> std::io::Result<()> {
-    let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
-    if let Err(why) = authorize(
-        &peer,
-        &request.segment,
-        request.token.as_ref().map(|t| t.as_slice()),
-        allowed,
-        trusted,
-    ) {
-        tracing::info!(%peer, segment = %request.segment, refused = %why, "copy refused");
-        let _ = reports.try_send(EngineReport::Refused { index, copy: true });
-        write_frame(&mut stream, &CopyReply::Refused(why)).await?;
-        return stream.close().await;
+impl Server {
+    pub(crate) fn new(
+        me: PeerId,
+        store: SegmentStore,
+        allowed: watch::Receiver<Approvals>,
+        trusted: TrustedIssuers,
+        reporter: Reporter,
+        rate: u64,
+    ) -> Self {
+        Self {
+            me,
+            store,
+            allowed,
+            trusted,
+            reporter,
+            rate,
+            serves: Arc::new(Semaphore::new(MAX_SERVES)),
+            observer: Default::default(),
+        }
     }
-    let segment = request.segment;
-    let (Some(info), Ok(mut reader)) = (store.info(&segment), store.open_read(segment).await)
-    else {
-        write_frame(&mut stream, &CopyReply::Refused("segment not here".into())).await?;
-        return stream.close().await;
-    };
-    if request.offset > info.size {
-        write_frame(
-            &mut stream,
-            &CopyReply::Refused("offset past the end of the segment".into()),
-        )
-        .await?;
-        return stream.close().await;
+
+    /// Serves one copy stream from `peer` (at most [`MAX_SERVES`] at once).
+    pub(crate) async fn serve(&self, peer: PeerId, stream: Stream) {
+        let _permit = self.serves.acquire().await;
+        if let Err(e) = self.handle(peer, stream).await {
+            tracing::debug!(%peer, error = %e, "copy stream failed");
+        }
     }
-    write_frame(
-        &mut stream,
-        &CopyReply::Sending {
+
+    async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+        let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
+        let segment = request.segment;
+        let token = request.token.as_deref().map(Vec::as_slice);
+        let approved = self.allowed.borrow().get(&peer).copied();
+        let now = now_ms();
+        let admitted = admit::copy(
+            &self.trusted,
+            token,
+            approved,
+            (&segment.program, &peer),
+            now,
+        );
+        if let Err(why) = admitted {
+            tracing::info!(%peer, %segment, refused = %why, "copy refused");
+            let index = self.reporter.index();
+            self.reporter
+                .try_send(EngineReport::Refused { index, copy: true });
+            return refuse(stream, why.to_string()).await;
+        }
+        let (Some(info), Ok(mut reader)) = (
+            self.store.info(&segment),
+            self.store.open_read(segment).await,
+        ) else {
+            return refuse(stream, "segment not here".into()).await;
+        };
+        if request.offset > info.size {
+            return refuse(stream, "offset past the end of the segment".into()).await;
+        }
+        let sending = CopyReply::Sending {
             size: info.size,
             hash: info.hash,
-        },
-    )
-    .await?;
-    reader.seek(request.offset);
-    let started = tokio::time::Instant::now();
-    let mut sent = 0u64;
-    while let Some(chunk) = reader
-        .read_next(CHUNK)
-        .await
-        .map_err(std::io::Error::other)?
-    {
-        stream.write_all(&chunk).await?;
-        sent += chunk.len() as u64;
-        if rate > 0 {
-            // Paced to --copy-rate: no faster than `rate` bytes per second on average.
-            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
-            tokio::time::sleep_until(due).await;
+        };
+        write_frame(&mut stream, &sending).await?;
+        reader.seek(request.offset);
+        let started = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        while let Some(chunk) = reader
+            .read_next(CHUNK)
+            .await
+            .map_err(std::io::Error::other)?
+        {
+            stream.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+            if self.rate > 0 {
+                // Paced to --copy-rate: no faster than `rate` bytes per second on average.
+                let due = started + Duration::from_secs_f64(sent as f64 / self.rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
         }
+        stream.flush().await?;
+        (self.observer).segment(self.me, segment, Kind::CopyServed { to: peer });
+        stream.close().await
     }
-    stream.flush().await?;
-    observer.segment(me, segment, Kind::CopyServed { to: peer });
+}
+
+/// Answers `Refused(why)` and closes the stream.
+async fn refuse(mut stream: Stream, why: String) -> std::io::Result<()> {
+    write_frame(&mut stream, &CopyReply::Refused(why)).await?;
     stream.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_stream_retries_the_source_a_refusal_or_silence_moves_on_the_store_stops() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let peer = PeerId::random();
+        for retry in [
+            Attempt::Open { peer, source: io() },
+            Attempt::Request(io()),
+            Attempt::Reply(io()),
+            Attempt::Cut {
+                at: 7,
+                source: io(),
+            },
+        ] {
+            assert_eq!(retry.next(), Next::Retry, "{retry}");
+        }
+        for next in [
+            Attempt::NoReply,
+            Attempt::Refused("not an engine of a live station".into()),
+            Attempt::WrongSize {
+                offered: 1,
+                expected: 2,
+            },
+            Attempt::TooLarge(MAX_SEGMENT_SIZE + 1),
+            Attempt::Stalled(9),
+        ] {
+            assert_eq!(next.next(), Next::Move, "{next}");
+        }
+        let full = Attempt::Store(store::Error::Closed);
+        assert_eq!(full.next(), Next::GiveUp);
+    }
+
+    #[test]
+    fn an_offer_is_held_to_the_manifest_not_to_the_source() {
+        let (manifest, claimed) = (SegmentHash::of(b"manifest"), SegmentHash::of(b"claim"));
+        // The manifest's hash is what the bytes are checked against, whatever the source says.
+        assert_eq!(
+            accept_offer(Some((manifest, 10)), 10, claimed).ok(),
+            Some((manifest, 10))
+        );
+        assert!(matches!(
+            accept_offer(Some((manifest, 10)), 11, claimed),
+            Err(Attempt::WrongSize {
+                offered: 11,
+                expected: 10
+            })
+        ));
+        // A sibling of this station is taken at its word, within a segment's size.
+        assert_eq!(accept_offer(None, 10, claimed).ok(), Some((claimed, 10)));
+        assert!(matches!(
+            accept_offer(None, MAX_SEGMENT_SIZE + 1, claimed),
+            Err(Attempt::TooLarge(_))
+        ));
+    }
 }

@@ -3,26 +3,35 @@
 //! store, so consoles and other engines reach it directly; its director commands it and hears
 //! from it over the control channel ([`crate::control`]).
 //!
+//! One task runs the engine ([`start`]): it owns the swarm, takes the director's commands and
+//! the store's events, and owns every task the engine starts (a [`JoinSet`]): the accept loop
+//! of each protocol, the copies it fetches, its preloads. Stopping the engine stops them all.
+//!
 //! - [`ingest`]: `/vodmesh/ingest/1`, segments pushed in during ingest.
 //! - [`copy`]: `/vodmesh/copy/1`, segment copies between stations' engines.
+//! - `stream`: `/vodmesh/stream/1`, segments streamed to consoles, under `--max-streams`.
+//! - `admit`: who may stream or copy (tokens, the director's approval).
+//! - `accept`: the accept loop every protocol shares.
 
+mod accept;
+mod admit;
 pub mod copy;
 pub mod ingest;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::{Context, Result};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm};
+use vodmesh_proto::net::{BuildError, IDENTIFY_PROTOCOL, build_swarm};
 
 use crate::control::{EngineCommand, EngineReport, Expected};
 use crate::listen::{advertised, announced, listen_all};
@@ -77,12 +86,93 @@ pub struct EngineHandle {
     pub store: SegmentStore,
     /// Commands from the director.
     pub commands: mpsc::Sender<EngineCommand>,
-    /// Its event loop.
+    /// Its event loop; it ends when every task of the engine has.
     pub task: JoinHandle<()>,
 }
 
-/// Segments the director told this engine to accept, shared with the stream tasks.
-pub(crate) type Expectations = Arc<Mutex<HashMap<SegmentId, Expected>>>;
+/// Why an engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An `--announce` address is not one this engine can announce.
+    #[error(transparent)]
+    Announce(Box<dyn std::error::Error + Send + Sync>),
+    /// A disk directory cannot be made.
+    #[error("cannot create {}: {source}", path.display())]
+    Disk {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The segment store did not open (or its scrub failed).
+    #[error("the segment store of engine {index}: {source}")]
+    Store {
+        /// The engine.
+        index: usize,
+        /// Why.
+        #[source]
+        source: store::Error,
+    },
+    /// The swarm did not build.
+    #[error(transparent)]
+    Swarm(#[from] BuildError),
+    /// The engine cannot listen where it was told to.
+    #[error("engine {index} cannot listen: {cause:#}")]
+    Listen {
+        /// The engine.
+        index: usize,
+        /// Why (the listener's own account).
+        cause: anyhow::Error,
+    },
+    /// A protocol was registered twice (a bug, not an operator's error).
+    #[error("registering {protocol}: {source}")]
+    Protocol {
+        /// The protocol.
+        protocol: libp2p::StreamProtocol,
+        /// Why.
+        #[source]
+        source: libp2p_stream::AlreadyRegistered,
+    },
+}
+
+/// Segments the director told this engine to accept over `/vodmesh/ingest/1`.
+///
+/// A map behind a mutex: the command loop enters and withdraws announcements, and each ingest
+/// task claims its own one atomically against a withdrawal (see [`Self::claim`]); that
+/// check-and-take is what a lock gives for free.
+#[derive(Clone, Default)]
+pub(crate) struct Expectations(Arc<Mutex<HashMap<SegmentId, Expected>>>);
+
+impl Expectations {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Expected>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Announces `segments`.
+    pub(crate) fn expect(&self, segments: impl IntoIterator<Item = (SegmentId, Expected)>) {
+        self.map().extend(segments);
+    }
+
+    /// Takes the announcements of `segments` back.
+    pub(crate) fn withdraw(&self, segments: &[SegmentId]) {
+        let mut map = self.map();
+        for s in segments {
+            map.remove(s);
+        }
+    }
+
+    /// What `segment` was announced as, if it was.
+    pub(crate) fn get(&self, segment: &SegmentId) -> Option<Expected> {
+        self.map().get(segment).copied()
+    }
+
+    /// Takes the announcement of `segment` for the push that just stored it: true if it was
+    /// still there, false if the director withdrew it meanwhile (the push is then undone).
+    pub(crate) fn claim(&self, segment: &SegmentId) -> bool {
+        self.map().remove(segment).is_some()
+    }
+}
 
 /// Where an engine listens, and what it announces besides.
 #[derive(Clone, Debug, Default)]
@@ -107,15 +197,19 @@ pub async fn start(
     reports: mpsc::Sender<EngineReport>,
     metrics: crate::metrics::Metrics,
     observer: crate::events::Observer,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<EngineHandle> {
+    shutdown: watch::Receiver<bool>,
+) -> Result<EngineHandle, Error> {
     let peer_id = key.public().to_peer_id();
     let announce = (net.announce.iter())
         .map(|a| announced(a, peer_id))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Announce(e.into()))?;
     let EngineAuth { trusted, token } = auth;
     for disk in &storage.disks {
-        std::fs::create_dir_all(disk).with_context(|| format!("creating {}", disk.display()))?;
+        std::fs::create_dir_all(disk).map_err(|source| Error::Disk {
+            path: disk.clone(),
+            source,
+        })?;
     }
     let capacity = if storage.capacity == 0 {
         u64::MAX / 4
@@ -124,15 +218,13 @@ pub async fn start(
     };
     let mut config = store::Config::new(&storage.index, storage.disks.clone(), capacity);
     config.pin_all = storage.pin_all;
-    let (store, mut events, reconciled) = SegmentStore::open_reconciled(config)
+    let store_error = |source| Error::Store { index, source };
+    let (store, events, reconciled) = SegmentStore::open_reconciled(config)
         .await
-        .with_context(|| format!("opening the segment store of engine {index}"))?;
+        .map_err(store_error)?;
     tracing::info!(index, ?reconciled, "engine store opened");
     if storage.scrub {
-        let dropped = store
-            .scrub()
-            .await
-            .with_context(|| format!("scrubbing the segment store of engine {index}"))?;
+        let dropped = store.scrub().await.map_err(store_error)?;
         tracing::info!(index, dropped = dropped.len(), "engine store scrubbed");
     }
 
@@ -144,69 +236,57 @@ pub async fn start(
         ping: ping::Behaviour::default(),
         streams: libp2p_stream::Behaviour::new(),
     })?;
-    let addrs = advertised(&announce, &listen_all(&mut swarm, &net.listen).await?);
+    let listened = listen_all(&mut swarm, &net.listen)
+        .await
+        .map_err(|cause| Error::Listen { index, cause })?;
+    let addrs = advertised(&announce, &listened);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
 
-    let bounded = storage.capacity != 0;
     let reporter = Reporter {
         index,
         reports: reports.clone(),
         store: store.clone(),
-        bounded,
+        bounded: storage.capacity != 0,
     };
-    let expectations: Expectations = Arc::default();
     let mut control = swarm.behaviour().streams.new_control();
-    let incoming = control
-        .accept(vodmesh_proto::ingest::PROTOCOL)
-        .context("registering the ingest protocol")?;
-    let ingest_task = tokio::spawn(ingest::serve(
-        incoming,
-        store.clone(),
-        expectations.clone(),
-        reporter.clone(),
-        metrics.clone(),
-    ));
-    let allowed = copy::Allowed::default();
-    let copy_incoming = control
-        .accept(vodmesh_proto::copy::PROTOCOL)
-        .context("registering the copy protocol")?;
-    let copy_task = tokio::spawn(copy::serve(
-        copy_incoming,
-        peer_id,
-        store.clone(),
-        allowed.clone(),
-        trusted.clone(),
-        (index, reports.clone(), observer.clone()),
-        storage.copy_rate,
-    ));
+    let mut accept = |protocol: libp2p::StreamProtocol| {
+        control
+            .accept(protocol.clone())
+            .map_err(|source| Error::Protocol { protocol, source })
+    };
+    let incoming = Incoming {
+        ingest: accept(vodmesh_proto::ingest::PROTOCOL)?,
+        copy: accept(vodmesh_proto::copy::PROTOCOL)?,
+        stream: accept(vodmesh_proto::stream::PROTOCOL)?,
+    };
+    let (allowed, allowed_rx) = watch::channel(HashMap::new());
     let mut copier = copy::Copier::new(
-        index,
         peer_id,
-        control.clone(),
+        swarm.behaviour().streams.new_control(),
         store.clone(),
         allowed,
         reporter.clone(),
         token,
     );
-    copier.metrics = metrics;
-    copier.observer = observer;
-
-    let handovers = stream::Handovers::default();
-    let streams_in = control
-        .accept(vodmesh_proto::stream::PROTOCOL)
-        .context("registering the stream protocol")?;
-    let stream_task = tokio::spawn(stream::serve(
-        streams_in,
-        stream::StreamService {
-            index,
-            store: store.clone(),
-            reports: reports.clone(),
-            active: Arc::default(),
-            max_streams: storage.max_streams,
-            trusted,
-            handovers: handovers.clone(),
-        },
-    ));
+    copier.metrics = metrics.clone();
+    copier.observer = observer.clone();
+    let mut copy_server = copy::Server::new(
+        peer_id,
+        store.clone(),
+        allowed_rx,
+        trusted.clone(),
+        reporter.clone(),
+        storage.copy_rate,
+    );
+    copy_server.observer = observer;
+    let streams = stream::StreamService {
+        index,
+        store: store.clone(),
+        reports: reports.clone(),
+        load: stream::Load::new(storage.max_streams, index, reports.clone()),
+        trusted,
+        handovers: stream::Handovers::default(),
+    };
 
     let _ = reports
         .send(EngineReport::Ready {
@@ -215,18 +295,134 @@ pub async fn start(
             addrs: addrs.clone(),
         })
         .await;
-    let (commands, mut commands_rx) = mpsc::channel::<EngineCommand>(64);
-    let task_store = store.clone();
-    let task = tokio::spawn(async move {
+    let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
+    let blade = Blade {
+        index,
+        swarm,
+        store: store.clone(),
+        reporter,
+        copier,
+        expectations: Expectations::default(),
+        handovers: streams.handovers.clone(),
+        jobs: JoinSet::new(),
+    };
+    let services = Services {
+        incoming,
+        copy_server,
+        streams,
+        metrics,
+    };
+    let task = tokio::spawn(blade.run(services, commands_rx, events, shutdown));
+    Ok(EngineHandle {
+        index,
+        peer_id,
+        addrs,
+        store,
+        commands,
+        task,
+    })
+}
+
+/// The inbound streams of each protocol an engine serves.
+struct Incoming {
+    ingest: libp2p_stream::IncomingStreams,
+    copy: libp2p_stream::IncomingStreams,
+    stream: libp2p_stream::IncomingStreams,
+}
+
+/// What the accept loops serve with.
+struct Services {
+    incoming: Incoming,
+    copy_server: copy::Server,
+    streams: stream::StreamService,
+    metrics: crate::metrics::Metrics,
+}
+
+/// The running engine: its swarm and store, and the tasks it owns.
+struct Blade {
+    index: usize,
+    swarm: Swarm<EngineBehaviour>,
+    store: SegmentStore,
+    reporter: Reporter,
+    copier: copy::Copier,
+    expectations: Expectations,
+    handovers: stream::Handovers,
+    /// Copies, preloads and delayed removals.
+    jobs: JoinSet<()>,
+}
+
+impl Blade {
+    /// Starts the accept loop of every protocol, owned by `loops`, all ending on `stop`.
+    fn serve(&self, services: Services, stop: &CancellationToken, loops: &mut JoinSet<()>) {
+        let Services {
+            incoming,
+            copy_server,
+            streams,
+            metrics,
+        } = services;
+        let index = self.index;
+        let (store, expectations, reporter) = (
+            self.store.clone(),
+            self.expectations.clone(),
+            self.reporter.clone(),
+        );
+        loops.spawn(accept::each(
+            incoming.ingest,
+            stop.clone(),
+            move |peer, s| {
+                let push = ingest::Push {
+                    store: store.clone(),
+                    expectations: expectations.clone(),
+                    reporter: reporter.clone(),
+                    metrics: metrics.clone(),
+                };
+                async move {
+                    if let Err(e) = push.handle(peer, s).await {
+                        tracing::debug!(index, %peer, error = %e, "ingest stream failed");
+                    }
+                }
+            },
+        ));
+        loops.spawn(accept::each(incoming.copy, stop.clone(), move |peer, s| {
+            let server = copy_server.clone();
+            async move { server.serve(peer, s).await }
+        }));
+        loops.spawn(accept::each(
+            incoming.stream,
+            stop.clone(),
+            move |peer, s| {
+                let service = streams.clone();
+                async move {
+                    if let Err(e) = service.handle(peer, s).await {
+                        tracing::debug!(index, %peer, error = %e, "stream ended early");
+                    }
+                }
+            },
+        ));
+    }
+
+    /// The engine's loop, until the director says `Stop` or the station stops; then every
+    /// task of the engine ends before its store shuts down.
+    async fn run(
+        mut self,
+        services: Services,
+        mut commands: mpsc::Receiver<EngineCommand>,
+        mut events: mpsc::Receiver<store::Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let index = self.index;
+        let stop = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        self.serve(services, &stop, &mut loops);
         let mut usage = tokio::time::interval(USAGE_EVERY);
         let mut last_usage = Vec::new();
         loop {
             tokio::select! {
                 _ = usage.tick() => {
-                    let disks = disk_usage(&task_store, bounded);
+                    let disks = self.reporter.disk_usage();
                     if disks != last_usage {
                         last_usage.clone_from(&disks);
-                        let _ = reports.send(EngineReport::Usage { index, disks }).await;
+                        self.reporter.send(EngineReport::Usage { index, disks }).await;
                     }
                 }
                 changed = shutdown.changed() => {
@@ -234,18 +430,17 @@ pub async fn start(
                         break;
                     }
                 }
-                event = swarm.select_next_some() => {
+                event = self.swarm.select_next_some() => {
                     if let SwarmEvent::IncomingConnectionError { error, .. } = &event {
                         tracing::debug!(index, %error, "engine: incoming connection failed");
                     }
                 }
-                Some(cmd) = commands_rx.recv() => {
+                Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
+                Some(cmd) = commands.recv() => {
                     if matches!(cmd, EngineCommand::Stop) {
                         break;
                     }
-                    if let Some(cmd) = copier.take(&mut swarm, cmd) {
-                        on_command(&task_store, (&expectations, &reporter), &handovers, cmd).await;
-                    }
+                    self.on_command(cmd).await;
                 }
                 Some(event) = events.recv() => {
                     let segment = match event {
@@ -258,27 +453,79 @@ pub async fn start(
                             segment
                         }
                     };
-                    reporter.dropped(segment).await;
+                    self.reporter.dropped(segment).await;
                 }
             }
         }
-        ingest_task.abort();
-        copy_task.abort();
-        stream_task.abort();
-        if let Err(e) = task_store.shutdown().await {
+        stop.cancel();
+        while loops.join_next().await.is_some() {}
+        self.jobs.shutdown().await;
+        if let Err(e) = self.store.shutdown().await {
             tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
         }
-        let _ = reports.send(EngineReport::Down { index }).await;
+        self.reporter.send(EngineReport::Down { index }).await;
         tracing::info!(index, "engine stopped");
-    });
-    Ok(EngineHandle {
-        index,
-        peer_id,
-        addrs,
-        store,
-        commands,
-        task,
-    })
+    }
+
+    async fn on_command(&mut self, cmd: EngineCommand) {
+        match cmd {
+            EngineCommand::Fetch {
+                segment,
+                expect,
+                sources,
+                held_elsewhere,
+                done,
+            } => {
+                let job = copy::Job {
+                    segment,
+                    expect,
+                    sources,
+                    held_elsewhere,
+                };
+                self.copier
+                    .fetch(&mut self.swarm, &mut self.jobs, job, done);
+            }
+            EngineCommand::AllowCopy { peers, until_ms } => self.copier.allow(peers, until_ms),
+            EngineCommand::Handover { segment, console } => {
+                if !self.handovers.hand_over(segment, console) {
+                    tracing::debug!(%segment, %console, "handover: no such stream here");
+                }
+            }
+            EngineCommand::Expect { segments } => self.expectations.expect(segments),
+            EngineCommand::Preload { segment } => {
+                // Reading it through warms the page cache and verifies every chunk before the
+                // console asks; a bad chunk is caught and dropped here instead of mid-stream.
+                let store = self.store.clone();
+                self.jobs.spawn(async move {
+                    if let Ok(mut reader) = store.open_read(segment).await {
+                        while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
+                    }
+                });
+            }
+            EngineCommand::Pin { segments } => {
+                for s in segments {
+                    if let Err(e) = self.store.set_pinned(s, true).await {
+                        tracing::debug!(segment = %s, error = %e, "pin failed");
+                    }
+                }
+            }
+            EngineCommand::Remove { segments } => {
+                // Withdrawn first: a push of one of them still in flight then finds its
+                // announcement gone when it finishes, and drops what it wrote.
+                self.expectations.withdraw(&segments);
+                // Removed before the next command is taken (an `Expect` of the same segments
+                // may follow); only those being read wait, in the background.
+                let busy = self.reporter.remove(segments).await;
+                if !busy.is_empty() {
+                    let reporter = self.reporter.clone();
+                    self.jobs
+                        .spawn(async move { reporter.remove_patiently(busy).await });
+                }
+            }
+            // Taken by the loop itself.
+            EngineCommand::Stop => {}
+        }
+    }
 }
 
 /// How often an engine looks at its store's occupancy (and reports it when it changed).
@@ -327,97 +574,81 @@ pub(crate) struct Reporter {
     bounded: bool,
 }
 
+/// How long a segment that is being read is waited for before its removal is given up.
+const REMOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Reporter {
+    /// The engine's index in its station.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Sends `report` (dropped if the director is gone).
+    pub(crate) async fn send(&self, report: EngineReport) {
+        let _ = self.reports.send(report).await;
+    }
+
+    /// Sends `report` unless the queue is full: for counts a later report supersedes.
+    pub(crate) fn try_send(&self, report: EngineReport) {
+        let _ = self.reports.try_send(report);
+    }
+
     /// A segment was stored, verified and committed.
     pub(crate) async fn stored(&self, segment: SegmentId, size: u64) {
         let index = self.index;
-        let _ = self
-            .reports
-            .send(EngineReport::Stored {
-                index,
-                segment,
-                size,
-            })
-            .await;
+        self.send(EngineReport::Stored {
+            index,
+            segment,
+            size,
+        })
+        .await;
         self.usage().await;
     }
 
     /// A segment is gone.
     pub(crate) async fn dropped(&self, segment: SegmentId) {
         let index = self.index;
-        let _ = self
-            .reports
-            .send(EngineReport::Dropped { index, segment })
-            .await;
+        self.send(EngineReport::Dropped { index, segment }).await;
         self.usage().await;
+    }
+
+    fn disk_usage(&self) -> Vec<vodmesh_proto::station::DiskUsage> {
+        disk_usage(&self.store, self.bounded)
     }
 
     /// The store's figures now.
     pub(crate) async fn usage(&self) {
-        let disks = disk_usage(&self.store, self.bounded);
+        let disks = self.disk_usage();
         let index = self.index;
-        let _ = self
-            .reports
-            .send(EngineReport::Usage { index, disks })
-            .await;
+        self.send(EngineReport::Usage { index, disks }).await;
     }
-}
 
-/// Bytes read from a stream per store write, for ingest and copies.
-const RECEIVE_CHUNK: usize = 256 * 1024;
-
-/// Writes exactly `size` bytes arriving on `stream` into `store` as `segment`, verified against
-/// `hash` as they land; the one receive path of ingest and copies. Nothing of a failed or
-/// short transfer becomes visible.
-pub(crate) async fn receive_segment<R: futures::AsyncRead + Unpin>(
-    store: &SegmentStore,
-    stream: &mut R,
-    segment: SegmentId,
-    hash: vodmesh_proto::SegmentHash,
-    size: u64,
-) -> Result<(), String> {
-    use futures::AsyncReadExt;
-    let mut writer = store
-        .begin_write(segment, hash, size)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut left = size;
-    let mut buf = vec![0u8; RECEIVE_CHUNK];
-    while left > 0 {
-        let n = (left as usize).min(RECEIVE_CHUNK);
-        stream
-            .read_exact(&mut buf[..n])
-            .await
-            .map_err(|e| format!("stream ended early: {e}"))?;
-        writer
-            .write_chunk(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-        left -= n as u64;
+    /// Removes `segments` from the store (those not stored are skipped) and reports each one
+    /// gone; returns those being read, which cannot go yet.
+    async fn remove(&self, segments: Vec<SegmentId>) -> Vec<SegmentId> {
+        let mut busy = Vec::new();
+        for segment in segments {
+            match self.store.remove(segment).await {
+                Ok(()) => self.dropped(segment).await,
+                Err(store::Error::NotFound(_)) => {}
+                Err(store::Error::Busy(_)) => busy.push(segment),
+                Err(e) => tracing::warn!(%segment, error = %e, "segment not removed"),
+            }
+        }
+        busy
     }
-    writer.finish().await.map_err(|e| e.to_string())
-}
 
-/// How long a segment that is being read is waited for before its removal is given up.
-const REMOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Removes `segments` from `store` (those not stored are skipped) and reports each one
-/// gone; returns those being read, which cannot go yet.
-async fn remove_now(
-    store: &SegmentStore,
-    reporter: &Reporter,
-    segments: Vec<SegmentId>,
-) -> Vec<SegmentId> {
-    let mut busy = Vec::new();
-    for segment in segments {
-        match store.remove(segment).await {
-            Ok(()) => reporter.dropped(segment).await,
-            Err(store::Error::NotFound(_)) => {}
-            Err(store::Error::Busy(_)) => busy.push(segment),
-            Err(e) => tracing::warn!(%segment, error = %e, "segment not removed"),
+    /// Removes `segments` as their readers let go, for at most [`REMOVE_PATIENCE`].
+    async fn remove_patiently(&self, mut left: Vec<SegmentId>) {
+        let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+        while !left.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            left = self.remove(left).await;
+        }
+        for segment in left {
+            tracing::warn!(%segment, "segment still being read; not removed");
         }
     }
-    busy
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -427,70 +658,5 @@ impl std::fmt::Debug for EngineHandle {
             .field("peer_id", &self.peer_id)
             .field("addrs", &self.addrs)
             .finish_non_exhaustive()
-    }
-}
-
-async fn on_command(
-    store: &SegmentStore,
-    (expectations, reporter): (&Expectations, &Reporter),
-    handovers: &stream::Handovers,
-    cmd: EngineCommand,
-) {
-    match cmd {
-        EngineCommand::Handover { segment, console } => {
-            if !stream::hand_over(handovers, segment, console) {
-                tracing::debug!(%segment, %console, "handover: no such stream here");
-            }
-        }
-        EngineCommand::Expect { segments } => {
-            if let Ok(mut map) = expectations.lock() {
-                map.extend(segments);
-            }
-        }
-        EngineCommand::Preload { segment } => {
-            // Reading it through warms the page cache and verifies every chunk before the
-            // console asks; a bad chunk is caught and dropped here instead of mid-stream.
-            let store = store.clone();
-            tokio::spawn(async move {
-                if let Ok(mut reader) = store.open_read(segment).await {
-                    while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
-                }
-            });
-        }
-        EngineCommand::Pin { segments } => {
-            for s in segments {
-                if let Err(e) = store.set_pinned(s, true).await {
-                    tracing::debug!(segment = %s, error = %e, "pin failed");
-                }
-            }
-        }
-        EngineCommand::Remove { segments } => {
-            // Cleared first: a push of one of them still in flight then finds its
-            // announcement gone when it finishes, and drops what it wrote.
-            if let Ok(mut map) = expectations.lock() {
-                for s in &segments {
-                    map.remove(s);
-                }
-            }
-            // Removed before the next command is taken (an `Expect` of the same segments may
-            // follow); only those being read wait, in the background.
-            let busy = remove_now(store, reporter, segments).await;
-            if !busy.is_empty() {
-                let (store, reporter) = (store.clone(), reporter.clone());
-                tokio::spawn(async move {
-                    let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
-                    let mut left = busy;
-                    while !left.is_empty() && tokio::time::Instant::now() < deadline {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        left = remove_now(&store, &reporter, left).await;
-                    }
-                    for segment in left {
-                        tracing::warn!(%segment, "segment still being read; not removed");
-                    }
-                });
-            }
-        }
-        // Copy commands are taken by `copy::Copier` before they get here.
-        EngineCommand::Fetch { .. } | EngineCommand::AllowCopy { .. } | EngineCommand::Stop => {}
     }
 }

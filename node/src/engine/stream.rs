@@ -1,24 +1,24 @@
 //! `/vodmesh/stream/1` on an engine: streams a segment from its store to a console, from any
 //! byte offset, following a segment that is still filling, with the stream's backpressure.
-//! Enforces `--max-streams` (answering [`StreamReply::Busy`] past it, a wait for the console)
-//! and reports every start and stop to the director, so the director's view of this engine's
-//! load is exact.
+//! Enforces `--max-streams` with a semaphore (answering [`StreamReply::Busy`] past it, a wait
+//! for the console) and reports every start and stop to the director, so the director's view
+//! of this engine's load is exact.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
-
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, TrustedIssuers};
+use vodmesh_proto::token::TrustedIssuers;
 
+use super::admit;
 use crate::control::EngineReport;
 use crate::store::{SegmentState, SegmentStore};
 
@@ -26,7 +26,7 @@ use crate::store::{SegmentState, SegmentStore};
 const CHUNK: usize = 256 * 1024;
 /// How long a request for a segment not (yet) here waits for a copy in flight to begin.
 const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// A console that takes no bytes for this long loses its stream (and its slot).
+/// A console that takes no bytes for this long loses its stream (and its place).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every stream task shares.
@@ -35,87 +35,141 @@ pub(crate) struct StreamService {
     pub(crate) index: usize,
     pub(crate) store: SegmentStore,
     pub(crate) reports: mpsc::Sender<EngineReport>,
-    pub(crate) active: Arc<AtomicU32>,
-    pub(crate) max_streams: u32,
+    /// `--max-streams`, and the count the director hears of.
+    pub(crate) load: Load,
     /// Issuers whose console tokens this station accepts; empty = serve no stream.
     pub(crate) trusted: TrustedIssuers,
-    /// The streams being served, by segment and console, each with the signal that hands it
-    /// over to another engine (claim 22).
+    /// The streams being served, each with the signal that hands it over to another engine
+    /// (claim 22).
     pub(crate) handovers: Handovers,
 }
 
-/// Streams an engine serves (segment, console, a number of its own: one console may hold two
-/// streams of a segment), each with a token that ends it early for a handover.
-pub(crate) type Handovers =
-    Arc<std::sync::Mutex<HashMap<(SegmentId, PeerId, u64), CancellationToken>>>;
+/// The stream cap of an engine: a semaphore of `--max-streams` permits, and the number of
+/// streams being served, reported to the director whenever it changes.
+#[derive(Clone)]
+pub(crate) struct Load {
+    permits: Arc<Semaphore>,
+    max: u32,
+    /// The last count reported. The count and its report change together under this lock, so
+    /// reports reach the director in the order of the changes and the last one is the truth.
+    reported: Arc<Mutex<u32>>,
+    index: usize,
+    reports: mpsc::Sender<EngineReport>,
+}
 
-/// Ends the streams of `segment` to `console`, if this engine serves any; whether it did.
-pub(crate) fn hand_over(handovers: &Handovers, segment: SegmentId, console: PeerId) -> bool {
-    let Ok(m) = handovers.lock() else {
-        return false;
-    };
-    let mut ended = false;
-    for ((s, c, _), token) in m.iter() {
-        if *s == segment && *c == console {
-            token.cancel();
-            ended = true;
+impl Load {
+    /// At most `max` streams at once for engine `index`, reported on `reports`.
+    pub(crate) fn new(max: u32, index: usize, reports: mpsc::Sender<EngineReport>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            reported: Arc::default(),
+            index,
+            reports,
         }
     }
-    ended
-}
 
-/// Numbers the streams in [`Handovers`].
-static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
+    /// A place for one more stream, unless `--max-streams` are served already.
+    pub(crate) fn try_start(&self) -> Option<ActiveStream> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.report();
+        Some(ActiveStream {
+            permit: Some(permit),
+            load: self.clone(),
+        })
+    }
 
-/// Accepts stream requests until the engine stops, each in a task of its own.
-pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, service: StreamService) {
-    while let Some((peer, stream)) = incoming.next().await {
-        let service = service.clone();
-        tokio::spawn(async move {
-            if let Err(e) = service.handle(peer, stream).await {
-                tracing::debug!(index = service.index, %peer, error = %e, "stream ended early");
-            }
+    /// Streams being served now.
+    pub(crate) fn active(&self) -> u32 {
+        let free = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        self.max.saturating_sub(free)
+    }
+
+    fn report(&self) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        *reported = self.active();
+        let _ = self.reports.try_send(EngineReport::Streams {
+            index: self.index,
+            active: *reported,
         });
     }
 }
 
-/// Counts a stream while it lives; reports start and stop to the director.
-struct Slot<'a> {
-    service: &'a StreamService,
+/// One stream being served: it holds a permit of its engine's [`Load`] until it ends, and the
+/// director hears of the start and the end.
+pub(crate) struct ActiveStream {
+    permit: Option<OwnedSemaphorePermit>,
+    load: Load,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for ActiveStream {
     fn drop(&mut self) {
-        let active = self.service.active.fetch_sub(1, Ordering::SeqCst) - 1;
-        let _ = self.service.reports.try_send(EngineReport::Streams {
-            index: self.service.index,
-            active,
-        });
+        // The permit goes back before the count is taken, so the count includes this end.
+        drop(self.permit.take());
+        self.load.report();
+    }
+}
+
+/// The streams an engine serves, each with a token that ends it early for a handover.
+///
+/// A map behind a mutex: the engine's command loop looks streams up by (segment, console) and
+/// every stream task enters and leaves it, each for one short map operation; an owner task
+/// would cost two messages per stream for the same effect.
+#[derive(Clone, Default)]
+pub(crate) struct Handovers {
+    streams: Arc<Mutex<Streams>>,
+    /// Numbers the streams (one console may hold two streams of a segment).
+    next: Arc<AtomicU64>,
+}
+
+/// The streams of [`Handovers`] by number: segment, console, and the signal that ends it.
+type Streams = HashMap<u64, (SegmentId, PeerId, CancellationToken)>;
+
+/// A stream's entry in [`Handovers`], left when the stream ends.
+pub(crate) struct Handover<'a> {
+    handovers: &'a Handovers,
+    id: u64,
+    /// Cancelled when the director hands the console over to another engine.
+    pub(crate) token: CancellationToken,
+}
+
+impl Handovers {
+    fn map(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Enters a stream of `segment` to `console`.
+    pub(crate) fn enter(&self, segment: SegmentId, console: PeerId) -> Handover<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.map().insert(id, (segment, console, token.clone()));
+        Handover {
+            handovers: self,
+            id,
+            token,
+        }
+    }
+
+    /// Ends the streams of `segment` to `console`, if this engine serves any; whether it did.
+    pub(crate) fn hand_over(&self, segment: SegmentId, console: PeerId) -> bool {
+        let mut ended = false;
+        for (s, c, token) in self.map().values() {
+            if *s == segment && *c == console {
+                token.cancel();
+                ended = true;
+            }
+        }
+        ended
+    }
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        self.handovers.map().remove(&self.id);
     }
 }
 
 impl StreamService {
-    fn acquire(&self) -> Option<Slot<'_>> {
-        let mut now = self.active.load(Ordering::SeqCst);
-        loop {
-            if now >= self.max_streams {
-                return None;
-            }
-            match self
-                .active
-                .compare_exchange(now, now + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => break,
-                Err(actual) => now = actual,
-            }
-        }
-        let _ = self.reports.try_send(EngineReport::Streams {
-            index: self.index,
-            active: now + 1,
-        });
-        Some(Slot { service: self })
-    }
-
     async fn send(
         &self,
         stream: &mut Stream,
@@ -149,135 +203,178 @@ impl StreamService {
                 Err(e) => {
                     // A corrupt chunk is never sent: the console sees the stream end short.
                     tracing::warn!(index = self.index, error = %e, "stream aborted");
-                    return Err(std::io::Error::other(e.to_string()));
+                    return Err(std::io::Error::other(e));
                 }
             }
         }
     }
 
-    fn check_token(&self, peer: &PeerId, request: &StreamRequest) -> Result<(), String> {
-        if self.trusted.is_empty() {
-            return Err("this station trusts no token issuer and serves no stream".into());
-        }
-        let Some(token) = &request.token else {
-            return Err("no token: log in first (vodmesh-console login)".into());
-        };
-        self.trusted
-            .verify(
-                token,
-                now_ms(),
-                Audience::Console,
-                Some(&request.segment.program),
-                peer,
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    /// Answers `reply` and closes the stream: the exchange ends before any byte.
+    async fn answer(stream: &mut Stream, reply: &StreamReply) -> std::io::Result<()> {
+        write_frame(stream, reply).await?;
+        stream.close().await
     }
 
-    async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+    /// Serves one stream request from `peer`.
+    pub(crate) async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
         let request: StreamRequest = read_frame(&mut stream, MAX_FRAME).await?;
+        let segment = request.segment;
         // No byte of a program leaves an engine without a valid console token, bound to the
         // peer at the other end of this connection, for this program.
-        if let Err(why) = self.check_token(&peer, &request) {
+        let token = request.token.as_deref().map(Vec::as_slice);
+        if let Err(why) = admit::stream(&self.trusted, token, &segment.program, &peer, now_ms()) {
             tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
             let _ = self.reports.try_send(EngineReport::Refused {
                 index: self.index,
                 copy: false,
             });
-            write_frame(&mut stream, &StreamReply::Refused(why)).await?;
-            return stream.close().await;
+            return Self::answer(&mut stream, &StreamReply::Refused(why.to_string())).await;
         }
-        let Some(_slot) = self.acquire() else {
+        let Some(_active) = self.load.try_start() else {
             // A wait for the console, not a refusal: it asks its director for another engine.
-            tracing::debug!(index = self.index, %peer, segment = %request.segment, "busy: at --max-streams");
-            write_frame(&mut stream, &StreamReply::Busy).await?;
-            return stream.close().await;
+            tracing::debug!(index = self.index, %peer, %segment, "busy: at --max-streams");
+            return Self::answer(&mut stream, &StreamReply::Busy).await;
         };
         // A copy the director just ordered (overload replication) may not have begun to
         // arrive: the console was sent here at once, so wait briefly for the first bytes.
         let waited = std::time::Instant::now();
-        while self.store.info(&request.segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
+        while self.store.info(&segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // Not here (a copy that never came, or a segment dropped since the director heard of
         // it): the console asks its director for another engine.
-        let Ok(mut reader) = self.store.open_read(request.segment).await else {
-            tracing::debug!(index = self.index, %peer, segment = %request.segment, "absent");
-            write_frame(&mut stream, &StreamReply::Absent).await?;
-            return stream.close().await;
+        let (Ok(mut reader), Some(info)) = (
+            self.store.open_read(segment).await,
+            self.store.info(&segment),
+        ) else {
+            tracing::debug!(index = self.index, %peer, %segment, "absent");
+            return Self::answer(&mut stream, &StreamReply::Absent).await;
         };
         let size = reader.len();
-        let Some(info) = self.store.info(&request.segment) else {
-            write_frame(&mut stream, &StreamReply::Absent).await?;
-            return stream.close().await;
-        };
         // Claim 21: a console that seeks past what a still-filling copy holds is not made to
         // wait for the copy; it is handed to an engine with the whole segment.
         if info.state == SegmentState::Filling {
-            let filled = self.store.filled(&request.segment).map_or(0, |f| f.0);
+            let filled = self.store.filled(&segment).map_or(0, |f| f.0);
             if request.play_from > filled && filled < size {
-                tracing::debug!(index = self.index, %peer, segment = %request.segment, filled, play_from = request.play_from, "console past the fill: swap");
+                tracing::debug!(index = self.index, %peer, %segment, filled, play_from = request.play_from, "console past the fill: swap");
                 let _ = self.reports.try_send(EngineReport::SwapAsked {
                     index: self.index,
-                    segment: request.segment,
+                    segment,
                     console: peer,
                     filled,
                 });
-                write_frame(&mut stream, &StreamReply::Swap { filled }).await?;
-                return stream.close().await;
+                return Self::answer(&mut stream, &StreamReply::Swap { filled }).await;
             }
         }
         if request.offset > size {
-            write_frame(
-                &mut stream,
-                &StreamReply::Refused("offset past the end of the segment".into()),
-            )
-            .await?;
-            return stream.close().await;
+            let why = StreamReply::Refused("offset past the end of the segment".into());
+            return Self::answer(&mut stream, &why).await;
         }
-        tracing::debug!(index = self.index, %peer, segment = %request.segment, offset = request.offset, "streaming");
-        write_frame(
-            &mut stream,
-            &StreamReply::Streaming {
-                size,
-                hash: info.hash,
-            },
-        )
-        .await?;
+        tracing::debug!(index = self.index, %peer, %segment, offset = request.offset, "streaming");
+        let streaming = StreamReply::Streaming {
+            size,
+            hash: info.hash,
+        };
+        write_frame(&mut stream, &streaming).await?;
         let _ = self.reports.try_send(EngineReport::TookOver {
             index: self.index,
-            segment: request.segment,
+            segment,
             console: peer,
         });
         let mut sent = 0u64;
-        let key = (
-            request.segment,
-            peer,
-            NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
-        );
-        let handover = CancellationToken::new();
-        if let Ok(mut m) = self.handovers.lock() {
-            m.insert(key, handover.clone());
-        }
+        let handover = self.handovers.enter(segment, peer);
         let result = self
             .send(
                 &mut stream,
                 &mut reader,
-                (request.offset, &handover),
+                (request.offset, &handover.token),
                 &mut sent,
             )
             .await;
-        if let Ok(mut m) = self.handovers.lock() {
-            m.remove(&key);
-        }
+        drop(handover);
         let _ = self.reports.try_send(EngineReport::Stopped {
             index: self.index,
-            segment: request.segment,
+            segment,
             console: peer,
             bytes: sent,
             complete: result.is_ok() && request.offset + sent == size,
         });
         result?;
         stream.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(reports: &mut mpsc::Receiver<EngineReport>) -> Vec<u32> {
+        let mut out = Vec::new();
+        while let Ok(EngineReport::Streams { active, .. }) = reports.try_recv() {
+            out.push(active);
+        }
+        out
+    }
+
+    #[test]
+    fn the_cap_admits_max_streams_and_the_director_hears_every_change() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let load = Load::new(2, 0, tx);
+        let first = load.try_start();
+        let second = load.try_start();
+        assert!(first.is_some() && second.is_some());
+        // The third is a wait for the console, and changes nothing.
+        assert!(load.try_start().is_none());
+        assert_eq!(load.active(), 2);
+        drop(first);
+        // A place freed is a place to take.
+        let third = load.try_start();
+        assert!(third.is_some());
+        drop(second);
+        drop(third);
+        assert_eq!(load.active(), 0);
+        assert_eq!(counts(&mut rx), [1, 2, 1, 2, 1, 0]);
+    }
+
+    #[test]
+    fn an_engine_with_no_streams_allowed_is_always_busy() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let load = Load::new(0, 0, tx);
+        assert!(load.try_start().is_none());
+        assert!(counts(&mut rx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_ending_at_once_leave_the_true_count_last() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let load = Load::new(64, 3, tx);
+        let streams: Vec<ActiveStream> = (0..64).filter_map(|_| load.try_start()).collect();
+        assert_eq!(streams.len(), 64);
+        let mut ends = tokio::task::JoinSet::new();
+        for s in streams {
+            ends.spawn_blocking(move || drop(s));
+        }
+        while ends.join_next().await.is_some() {}
+        assert_eq!(counts(&mut rx).last(), Some(&0));
+    }
+
+    #[test]
+    fn a_handover_ends_only_the_streams_of_its_segment_and_console() {
+        let handovers = Handovers::default();
+        let program = vodmesh_proto::ProgramId([1; 32]);
+        let (segment, next) = (SegmentId::new(program, 3), SegmentId::new(program, 4));
+        let (console, other) = (PeerId::random(), PeerId::random());
+        let a = handovers.enter(segment, console);
+        let b = handovers.enter(segment, console);
+        let c = handovers.enter(segment, other);
+        let d = handovers.enter(next, console);
+        assert!(handovers.hand_over(segment, console));
+        assert!(a.token.is_cancelled() && b.token.is_cancelled());
+        assert!(!c.token.is_cancelled() && !d.token.is_cancelled());
+        // An ended stream leaves the map: nothing is left to hand over.
+        drop(c);
+        assert!(!handovers.hand_over(segment, other));
+        drop((a, b, d));
+        assert!(handovers.map().is_empty());
     }
 }

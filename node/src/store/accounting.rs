@@ -10,12 +10,30 @@
 //! [`Holdings::candidates`]) and reported (the store's `stats`) from these same figures.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::policy::Candidate;
-use super::writer::Progress;
+
+/// What followers of a filling segment watch.
+#[derive(Clone, Default)]
+pub(super) struct Progress {
+    pub(super) filled: u64,
+    pub(super) file: Option<Arc<File>>,
+    pub(super) end: Option<End>,
+}
+
+/// How a write ended.
+#[derive(Clone)]
+pub(super) enum End {
+    /// Verified and committed; later reads check these chunk hashes.
+    Complete(Arc<[[u8; 32]]>),
+    /// Abandoned: followers stop reading.
+    Aborted,
+}
 
 /// A complete segment.
 pub(super) struct Stored {

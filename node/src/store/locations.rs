@@ -128,7 +128,7 @@ impl LocationTable {
     /// The engines holding `segment`.
     pub fn list(&self, segment: SegmentId) -> Result<Vec<Location>, Error> {
         Ok(self
-            .scan(&segment.program, segment.index.0, Some(segment.index))?
+            .scan(&segment.program, Some(segment.index))?
             .into_iter()
             .map(|(_, l)| l)
             .collect())
@@ -136,7 +136,7 @@ impl LocationTable {
 
     /// Every location of every segment of `program`, in segment order.
     pub fn for_program(&self, program: ProgramId) -> Result<Vec<(SegmentIndex, Location)>, Error> {
-        self.scan(&program, 0, None)
+        self.scan(&program, None)
     }
 
     /// Every program with at least one segment located on this station, in id order (a skip
@@ -166,14 +166,15 @@ impl LocationTable {
         Ok(out)
     }
 
+    /// The rows of `program`: all its segments', or only segment `only`'s.
     fn scan(
         &self,
         program: &ProgramId,
-        from: u32,
         only: Option<SegmentIndex>,
     ) -> Result<Vec<(SegmentIndex, Location)>, Error> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(LOCATIONS).map_err(db_err)?;
+        let from = only.map_or(0, |o| o.0);
         let start: (&[u8; 32], u32, &[u8]) = (program.as_bytes(), from, &[]);
         let mut out = Vec::new();
         for item in t.range(start..).map_err(db_err)? {

@@ -25,6 +25,7 @@ pub mod locations;
 mod policy;
 mod reader;
 mod segments;
+mod shared;
 mod worker;
 mod writer;
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
+use super::accounting::{End, Progress};
 use super::layout::{self, io};
-use super::segments::Inner;
-use super::writer::{End, Progress};
+use super::shared::Inner;
 use super::{CHUNK, DropReason, Error};
 
 enum Mode {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, SegmentIndex};
@@ -40,7 +41,7 @@ async fn put(store: &SegmentStore, id: SegmentId, data: &[u8]) -> Result<(), Err
         .begin_write(id, SegmentHash::of(data), data.len() as u64)
         .await?;
     for c in data.chunks(100_000) {
-        w.write_chunk(c).await?;
+        w.write_chunk(Bytes::copy_from_slice(c)).await?;
     }
     w.finish().await
 }
@@ -112,7 +113,7 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
             "a new segment goes to the disk without the open stream"
         );
         for c in d.chunks(64 * 1024) {
-            w.write_chunk(c).await?;
+            w.write_chunk(Bytes::copy_from_slice(c)).await?;
         }
         w.finish().await?;
     }
@@ -154,7 +155,7 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
             .begin_write(id, SegmentHash::of(&d), d.len() as u64)
             .await?;
         assert_eq!(w.disk(), 1);
-        w.write_chunk(&d).await?;
+        w.write_chunk(Bytes::copy_from_slice(&d)).await?;
         w.finish().await
     };
     tokio::time::timeout(Duration::from_secs(20), write)
@@ -178,7 +179,8 @@ async fn a_follower_sees_exactly_the_bytes_written_so_far_then_the_rest() -> Tes
     assert_eq!(store.filled(&id), Some((0, total, false)));
 
     let mut r = store.open_read(id).await?;
-    w.write_chunk(&data[..100_000]).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[..100_000]))
+        .await?;
     assert_eq!(store.filled(&id), Some((100_000, total, false)));
     assert_eq!(r.filled(), (100_000, false));
     let first = r.read_next(usize::MAX).await?.ok_or("end too early")?;
@@ -191,10 +193,12 @@ async fn a_follower_sees_exactly_the_bytes_written_so_far_then_the_rest() -> Tes
     // A range past the fill waits for it, and gets it once written.
     let mut r2 = store.open_read(id).await?;
     let range = tokio::spawn(async move { r2.read_range(150_000, 10).await });
-    w.write_chunk(&data[100_000..160_000]).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[100_000..160_000]))
+        .await?;
     assert_eq!(range.await??, &data[150_000..150_010]);
 
-    w.write_chunk(&data[160_000..]).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[160_000..]))
+        .await?;
     w.finish().await?;
     assert_eq!(store.filled(&id), Some((total, total, true)));
 
@@ -228,7 +232,7 @@ async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() 
         .begin_write(id, SegmentHash::of(b"other"), len)
         .await?;
     let mut follower = store.open_read(id).await?;
-    w.write_chunk(&data).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data)).await?;
     assert!(matches!(w.finish().await, Err(Error::HashMismatch { .. })));
     assert!(matches!(
         follower.read_range(0, 10).await,
@@ -242,7 +246,7 @@ async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() 
         .begin_write(id2, SegmentHash::of(&data), len - 1)
         .await?;
     assert!(matches!(
-        w.write_chunk(&data).await,
+        w.write_chunk(Bytes::copy_from_slice(&data)).await,
         Err(Error::TooLong { .. })
     ));
     assert!(matches!(w.finish().await, Err(Error::Aborted(_))));
@@ -250,7 +254,7 @@ async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() 
     // Dropped without finish.
     let id3 = seg(5, 2);
     let mut w = store.begin_write(id3, SegmentHash::of(&data), len).await?;
-    w.write_chunk(&data[..1000]).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[..1000])).await?;
     drop(w);
 
     settle(&store).await;
@@ -462,7 +466,8 @@ async fn used_bytes_after_any_start_are_the_bytes_on_disk() -> TestResult {
     let mut w = store
         .begin_write(seg(12, 10), SegmentHash::of(b"y"), 70_000)
         .await?;
-    w.write_chunk(&[7u8; 30_000]).await?;
+    w.write_chunk(Bytes::copy_from_slice(&[7u8; 30_000]))
+        .await?;
     std::fs::write(dir.path().join("disk1/tmp/crashed.0.1"), [1u8; 4096])?;
     drop(w);
     settle(&store).await;

@@ -6,31 +6,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, instrument};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
-use super::accounting::Stored;
+use super::accounting::{End, Progress, Stored};
 use super::index::{Op, Record, SegmentState};
 use super::layout::{self, io};
-use super::segments::Inner;
+use super::shared::Inner;
 use super::{CHUNK, Error};
-
-/// What followers of a filling segment watch.
-#[derive(Clone, Default)]
-pub(super) struct Progress {
-    pub(super) filled: u64,
-    pub(super) file: Option<Arc<File>>,
-    pub(super) end: Option<End>,
-}
-
-#[derive(Clone)]
-pub(super) enum End {
-    /// Verified and committed; later reads check these chunk hashes.
-    Complete(Arc<[[u8; 32]]>),
-    Aborted,
-}
 
 /// The incremental hashes of a write: the whole segment and each [`CHUNK`].
 #[derive(Default)]
@@ -181,14 +167,15 @@ impl Writer {
         self.disk
     }
 
-    /// Appends `bytes`; hashes them on the disk's worker as they are written. More bytes than
-    /// the expected length abort the write. Not cancel-safe: dropping this future midway
-    /// leaves the writer aborted (later calls fail with [`Error::Aborted`]).
-    pub async fn write_chunk(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    /// Appends `chunk`; hashes it on the disk's worker as it is written (the bytes move there
+    /// without a copy). More bytes than the expected length abort the write. Not
+    /// cancel-safe: dropping this future midway leaves the writer aborted (later calls fail
+    /// with [`Error::Aborted`]).
+    pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), Error> {
         if self.done {
             return Err(Error::Aborted(self.segment));
         }
-        let end = self.written + bytes.len() as u64;
+        let end = self.written + chunk.len() as u64;
         if end > self.expected_len {
             self.abort();
             return Err(Error::TooLong {
@@ -200,14 +187,13 @@ impl Writer {
             self.abort();
             return Err(Error::Aborted(self.segment));
         };
-        let buf = bytes.to_vec();
         let offset = self.written;
         let res = self.inner.disks[self.disk]
             .worker
             .run(move || {
-                let r = file.write_all_at(&buf, offset);
+                let r = file.write_all_at(&chunk, offset);
                 if r.is_ok() {
-                    hashing.update(&buf);
+                    hashing.update(&chunk);
                 }
                 (hashing, r)
             })
@@ -234,12 +220,20 @@ impl Writer {
     /// only then is the segment complete. On any failure nothing stays visible.
     #[instrument(skip_all, fields(segment = %self.segment.short()))]
     pub async fn finish(mut self) -> Result<(), Error> {
+        let result = self.seal_and_commit().await;
+        if result.is_err() {
+            self.abort();
+        }
+        result
+    }
+
+    /// [`Self::finish`]'s steps; the caller aborts the write if one fails.
+    async fn seal_and_commit(&mut self) -> Result<(), Error> {
         let segment = self.segment;
         if self.done {
             return Err(Error::Aborted(segment));
         }
         if self.written != self.expected_len {
-            self.abort();
             return Err(Error::TooShort {
                 segment,
                 expected: self.expected_len,
@@ -247,101 +241,66 @@ impl Writer {
             });
         }
         let (Some(file), Some(hashing)) = (self.file.clone(), self.hashing.take()) else {
-            self.abort();
             return Err(Error::Aborted(segment));
         };
-        let inner = self.inner.clone();
-        let disk = &inner.disks[self.disk];
-        let temp = self.temp.clone();
+        let disk = &self.inner.disks[self.disk];
         let dest = layout::segment_path(&disk.root, &segment);
-        let expected = self.expected_hash;
-        let res = disk
+        let (temp, expected) = (self.temp.clone(), self.expected_hash);
+        let sealed = disk
             .worker
-            .run(
-                move || -> Result<Result<Vec<[u8; 32]>, SegmentHash>, Error> {
-                    let (actual, chunks) = hashing.finish();
-                    if actual != expected {
-                        return Ok(Err(actual));
-                    }
-                    let dir = dest.parent().unwrap_or(Path::new("."));
-                    let new_dir = !dir.exists();
-                    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-                    // Renamed before it is durable: a crash from here until the index commit
-                    // leaves a file without a complete row, which reconciliation deletes.
-                    std::fs::rename(&temp, &dest).map_err(io("rename", &temp))?;
-                    // The bytes and the directory entry (and a new program directory's own
-                    // entry) must be durable before the index says "complete". The syncs run
-                    // at once: a journaling filesystem then commits them together, where one
-                    // after the other costs a journal commit each (measured by `vodmesh
-                    // bench`'s store section).
-                    let synced = std::thread::scope(|scope| {
-                        let dirs = scope.spawn(|| {
-                            let parent = dir.parent().filter(|_| new_dir);
-                            std::iter::once(dir)
-                                .chain(parent)
-                                .try_for_each(|d| File::open(d).and_then(|d| d.sync_all()))
-                        });
-                        let data = file.sync_all();
-                        let dirs = dirs.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("fsync thread panicked"))
-                        });
-                        (data, dirs)
-                    });
-                    let failed = match synced {
-                        (Err(e), _) => Some(io("fsync", &dest)(e)),
-                        (_, Err(e)) => Some(io("fsync", dir)(e)),
-                        _ => None,
-                    };
-                    if let Some(e) = failed {
-                        let _ = layout::remove_segment_file(&dest);
-                        return Err(e);
-                    }
-                    Ok(Ok(chunks))
-                },
-            )
-            .await;
-        let chunks = match res {
-            Ok(Ok(Ok(chunks))) => chunks,
-            Ok(Ok(Err(actual))) => {
-                self.abort();
+            .run(move || seal(&file, hashing, &temp, &dest, expected))
+            .await?;
+        let chunks = match sealed? {
+            Ok(chunks) => chunks,
+            Err(actual) => {
                 return Err(Error::HashMismatch {
                     segment,
                     expected,
                     actual,
                 });
             }
-            Ok(Err(e)) => {
-                self.abort();
-                return Err(e);
-            }
-            Err(closed) => {
-                self.abort();
-                return Err(closed.into());
-            }
         };
+        let stored = self.commit(chunks.concat()).await?;
+        self.complete(stored, chunks);
+        debug!("segment stored");
+        Ok(())
+    }
 
-        let now = now_ms();
-        let (pinned, held_elsewhere, mut ops) = {
+    /// Commits the complete row (with the last-use times waiting to be written) durably to the
+    /// index. A file renamed into place but not committed is removed again: it must not
+    /// outlive the failed write.
+    async fn commit(&self, chunks: Vec<u8>) -> Result<Stored, Error> {
+        let inner = &self.inner;
+        let (stored, mut ops) = {
             let mut st = inner.state();
-            let flags = st
+            let (pinned, held_elsewhere) = st
                 .holdings
-                .live(&segment)
-                .map(|l| (l.pinned, l.held_elsewhere))
-                .unwrap_or((inner.pin_all, false));
-            (flags.0, flags.1, Inner::take_touched(&mut st))
-        };
-        ops.push(Op::Put {
-            segment,
-            record: Record {
-                disk: self.disk as u32,
+                .live(&self.segment)
+                .map_or((inner.pin_all, false), |l| (l.pinned, l.held_elsewhere));
+            let stored = Stored {
+                generation: self.generation,
+                disk: self.disk,
                 size: self.expected_len,
-                hash: expected,
-                state: SegmentState::Complete,
-                last_use_ms: now,
+                hash: self.expected_hash,
+                last_use: (now_ms(), inner.next()),
                 pinned,
                 held_elsewhere,
+                readers: 0,
+            };
+            (stored, Inner::take_touched(&mut st))
+        };
+        ops.push(Op::Put {
+            segment: self.segment,
+            record: Record {
+                disk: self.disk as u32,
+                size: stored.size,
+                hash: stored.hash,
+                state: SegmentState::Complete,
+                last_use_ms: stored.last_use.0,
+                pinned: stored.pinned,
+                held_elsewhere: stored.held_elsewhere,
             },
-            chunks: Some(chunks.concat()),
+            chunks: Some(chunks),
         });
         let index = inner.index.clone();
         let committed = inner
@@ -349,50 +308,37 @@ impl Writer {
             .run(move || index.apply(&ops, true))
             .await;
         let failure = match committed {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(Error::from(e)),
-            Err(closed) => Some(closed.into()),
+            Ok(Ok(())) => return Ok(stored),
+            Ok(Err(e)) => Error::from(e),
+            Err(closed) => closed.into(),
         };
-        if let Some(e) = failure {
-            // Renamed but not committed: the file must not outlive the failed write.
-            let dest = layout::segment_path(&disk.root, &segment);
-            let _ = disk
-                .worker
-                .run(move || layout::remove_segment_file(&dest))
-                .await;
-            self.abort();
-            return Err(e);
-        }
+        let disk = &inner.disks[self.disk];
+        let dest = layout::segment_path(&disk.root, &self.segment);
+        let _ = disk
+            .worker
+            .run(move || layout::remove_segment_file(&dest))
+            .await;
+        Err(failure)
+    }
 
-        let chunks: Arc<[[u8; 32]]> = chunks.into();
+    /// The committed segment becomes complete for everyone: its reservation turns into used
+    /// bytes in one step under the lock, and its followers learn its chunk hashes.
+    fn complete(&mut self, mut stored: Stored, chunks: Vec<[u8; 32]>) {
         {
-            let mut st = inner.state();
-            // The reservation becomes used bytes in one step, under the lock.
-            let readers = st
+            let mut st = self.inner.state();
+            stored.readers = st
                 .holdings
-                .remove_live(&segment, self.generation)
+                .remove_live(&self.segment, self.generation)
                 .map_or(0, |l| l.readers);
-            st.holdings.insert_stored(
-                segment,
-                Stored {
-                    generation: self.generation,
-                    disk: self.disk,
-                    size: self.expected_len,
-                    hash: expected,
-                    last_use: (now, inner.next()),
-                    pinned,
-                    held_elsewhere,
-                    readers,
-                },
-            );
+            st.holdings.insert_stored(self.segment, stored);
         }
         self.done = true;
+        let chunks: Arc<[[u8; 32]]> = chunks.into();
+        let size = self.expected_len;
         self.progress.send_modify(|p| {
-            p.filled = self.expected_len;
+            p.filled = size;
             p.end = Some(End::Complete(chunks));
         });
-        debug!("segment stored");
-        Ok(())
     }
 
     /// Gives up the write: followers see it aborted, the reservation is released and the temp
@@ -429,4 +375,50 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// On the disk's worker: checks the hash of what was written, renames the temp file into place
+/// and makes it durable. Returns the chunk hashes, or the actual hash when it is not
+/// `expected` (the write is then aborted and nothing was renamed).
+fn seal(
+    file: &File,
+    hashing: Hashing,
+    temp: &Path,
+    dest: &Path,
+    expected: SegmentHash,
+) -> Result<Result<Vec<[u8; 32]>, SegmentHash>, Error> {
+    let (actual, chunks) = hashing.finish();
+    if actual != expected {
+        return Ok(Err(actual));
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let new_dir = !dir.exists();
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    // Renamed before it is durable: a crash from here until the index commit leaves a file
+    // without a complete row, which reconciliation deletes.
+    std::fs::rename(temp, dest).map_err(io("rename", temp))?;
+    // The bytes and the directory entry (and a new program directory's own entry) must be
+    // durable before the index says "complete". The syncs run at once: a journaling
+    // filesystem then commits them together, where one after the other costs a journal commit
+    // each (measured by `vodmesh bench`'s store section).
+    let synced = std::thread::scope(|scope| {
+        let dirs = scope.spawn(|| {
+            let parent = dir.parent().filter(|_| new_dir);
+            std::iter::once(dir)
+                .chain(parent)
+                .try_for_each(|d| File::open(d).and_then(|d| d.sync_all()))
+        });
+        let data = file.sync_all();
+        let dirs = dirs
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")));
+        (data, dirs)
+    });
+    let failed = match synced {
+        (Err(e), _) => io("fsync", dest)(e),
+        (_, Err(e)) => io("fsync", dir)(e),
+        _ => return Ok(Ok(chunks)),
+    };
+    let _ = layout::remove_segment_file(dest);
+    Err(failed)
 }

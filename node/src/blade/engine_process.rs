@@ -1,24 +1,23 @@
-//! The engine process's side of the backplane: `vodmesh-node engine` attached to its
+//! The engine process's side of the blade link: `vodmesh-node engine` attached to its
 //! director, reconnecting whenever the link drops.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
+use vodmesh_proto::blade::MAX_FRAME;
 use vodmesh_proto::codec::read_frame;
-use vodmesh_proto::net::{build_swarm, peer_of};
+use vodmesh_proto::net::{BuildError, build_swarm, peer_of};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, IssuerKey, TrustedIssuers};
 
-use super::{
-    DEAD_AFTER, Down, HEARTBEAT, MAX_FRAME, MAX_TOKEN, PROTOCOL, Up, WireCommand, reader, send,
-};
+use super::{DEAD_AFTER, Down, HEARTBEAT, MAX_TOKEN, PROTOCOL, Up, from_wire, reader, send};
 use crate::auth::engines::TOKEN_FILE;
-use crate::control::{EngineCommand, EngineReport};
+use crate::control::EngineReport;
 use crate::engine::copy::TokenSlot;
 use crate::{engine, identity};
 
@@ -47,7 +46,43 @@ pub struct EngineProcess {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// A started engine process: its identity and addresses, and the task that keeps it attached.
+/// Why an engine process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The director's address names no peer.
+    #[error("the director address {0} does not end in /p2p/<peer id>")]
+    DirectorAddress(Multiaddr),
+    /// The data directory cannot be made.
+    #[error("cannot create {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine's identity file cannot be read or made.
+    #[error(transparent)]
+    Identity(vodmesh_client::files::FileError),
+    /// The metrics address cannot be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine itself did not start.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    /// The swarm of the link did not build.
+    #[error(transparent)]
+    Swarm(#[from] BuildError),
+}
+
+/// A started engine process: its identity and addresses, and the tasks that keep it serving
+/// and attached.
 pub struct EngineProcessHandle {
     /// The engine's peer id.
     pub peer_id: PeerId,
@@ -55,15 +90,14 @@ pub struct EngineProcessHandle {
     pub addrs: Vec<Multiaddr>,
     /// Where its metrics are served (`EngineProcess::metrics`, once bound).
     pub metrics_addr: Option<std::net::SocketAddr>,
-    task: tokio::task::JoinHandle<()>,
-    engine: tokio::task::JoinHandle<()>,
+    tasks: JoinSet<()>,
 }
 
 impl EngineProcessHandle {
-    /// Waits until `shutdown` (given to [`start_engine`]) stopped the engine and its link.
-    pub async fn stopped(self) {
-        let _ = self.task.await;
-        let _ = self.engine.await;
+    /// Waits until `shutdown` (given to [`start_engine`]) stopped the engine, its link and its
+    /// metrics server.
+    pub async fn stopped(mut self) {
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -71,16 +105,15 @@ impl EngineProcessHandle {
 pub async fn start_engine(
     config: EngineProcess,
     shutdown: watch::Receiver<bool>,
-) -> Result<EngineProcessHandle> {
-    let director = peer_of(&config.director).with_context(|| {
-        format!(
-            "the director address {} does not end in /p2p/<peer id>",
-            config.director
-        )
+) -> Result<EngineProcessHandle, Error> {
+    let director =
+        peer_of(&config.director).ok_or_else(|| Error::DirectorAddress(config.director.clone()))?;
+    std::fs::create_dir_all(&config.data).map_err(|source| Error::DataDir {
+        path: config.data.clone(),
+        source,
     })?;
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("creating {}", config.data.display()))?;
-    let key = identity::load_or_create(&config.data.join("identity.key"))?;
+    let key =
+        identity::load_or_create(&config.data.join("identity.key")).map_err(Error::Identity)?;
     let disks = if config.disks.is_empty() {
         vec![config.data.join("segments")]
     } else {
@@ -100,7 +133,7 @@ pub async fn start_engine(
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+                .map_err(|source| Error::Metrics { addr, source })?,
         ),
         None => None,
     };
@@ -129,6 +162,11 @@ pub async fn start_engine(
         shutdown.clone(),
     )
     .await?;
+    let mut tasks = JoinSet::new();
+    let engine_task = handle.task;
+    tasks.spawn(async move {
+        let _ = engine_task.await;
+    });
     let mut metrics_addr = None;
     if let Some(listener) = metrics_listener {
         metrics_addr = listener.local_addr().ok();
@@ -140,18 +178,17 @@ pub async fn start_engine(
             local: handle.peer_id,
             director: false,
         };
-        tokio::spawn(crate::metrics::serve(listener, http, shutdown.clone()));
+        tasks.spawn(crate::metrics::serve(listener, http, shutdown.clone()));
     }
 
     // The link has a swarm of its own under the engine's identity: the director sees the
     // engine's peer id on the authenticated connection.
-    let mut swarm = build_swarm(key, |_| libp2p_stream::Behaviour::new())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut swarm = build_swarm(key, |_| libp2p_stream::Behaviour::new())?;
     let control = swarm.behaviour().new_control();
     let (dial, mut dials) = mpsc::channel::<()>(1);
     let addr = config.director.clone();
     let mut stop = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = swarm.select_next_some() => {}
@@ -188,14 +225,42 @@ pub async fn start_engine(
             disks: Vec::new(),
         },
     };
-    let task = tokio::spawn(attach.run(shutdown));
+    tasks.spawn(attach.run(shutdown));
     Ok(EngineProcessHandle {
         peer_id: handle.peer_id,
         addrs: handle.addrs,
         metrics_addr,
-        task,
-        engine: handle.task,
+        tasks,
     })
+}
+
+/// Why an attachment to the director ended (one line for the log).
+#[derive(Debug, thiserror::Error)]
+enum Detached {
+    /// The director could not be reached.
+    #[error("cannot reach the director: {0}")]
+    Unreachable(String),
+    /// The link broke.
+    #[error("the link broke: {0}")]
+    Io(#[from] std::io::Error),
+    /// The director refused the engine.
+    #[error("the director refused: {0}")]
+    Refused(String),
+    /// The director answered `Hello` with something else than `Welcome`.
+    #[error("the director answered Hello with {0}")]
+    Unexpected(String),
+    /// The director did not answer `Hello`.
+    #[error("no answer to Hello")]
+    NoWelcome,
+    /// The director went silent.
+    #[error("the director is silent")]
+    Silent,
+    /// The director closed the link.
+    #[error("the director closed the link")]
+    Closed,
+    /// The engine stopped (or the process stops).
+    #[error("the engine stops")]
+    Stopping,
 }
 
 /// The engine's side of the link, reconnecting until shutdown.
@@ -204,7 +269,7 @@ struct Attach {
     addrs: Vec<Multiaddr>,
     control: libp2p_stream::Control,
     dial: mpsc::Sender<()>,
-    engine: mpsc::Sender<EngineCommand>,
+    engine: mpsc::Sender<crate::control::EngineCommand>,
     reports: mpsc::Receiver<EngineReport>,
     /// The last storage report, sent again on every attach.
     last_usage: Option<EngineReport>,
@@ -253,21 +318,18 @@ impl Attach {
             .await;
             let why = match opened {
                 Ok(Ok(stream)) => {
-                    let why = match self.attached(stream, &mut shutdown).await {
-                        Ok(why) => why,
-                        Err(e) => e,
-                    };
+                    let why = self.attached(stream, &mut shutdown).await;
                     self.info.up = false;
                     self.sync();
                     why
                 }
-                Ok(Err(e)) => format!("cannot reach the director: {e}"),
-                Err(_) => "cannot reach the director: timed out".into(),
+                Ok(Err(e)) => Detached::Unreachable(e.to_string()),
+                Err(_) => Detached::Unreachable("timed out".into()),
             };
             if *shutdown.borrow() {
                 break;
             }
-            tracing::warn!(director = %self.director, why, "not attached; retrying in 1 s");
+            tracing::warn!(director = %self.director, why = %why, "not attached; retrying in 1 s");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {}
@@ -304,68 +366,72 @@ impl Attach {
         tracing::info!("engine token received from the director");
     }
 
+    /// Says `Hello` and waits for the director's `Welcome`.
+    async fn hello(
+        &mut self,
+        rd: &mut (impl futures::AsyncRead + Unpin),
+        wr: &mut (impl futures::AsyncWrite + Unpin),
+    ) -> Result<(), Detached> {
+        let hello = Up::Hello {
+            addrs: self.addrs.clone(),
+            max_streams: self.info.max_streams,
+            capacity: self.info.capacity,
+        };
+        send(wr, &hello).await?;
+        match timeout(DEAD_AFTER, read_frame::<_, Down>(rd, MAX_FRAME)).await {
+            Ok(Ok(Down::Welcome { index })) => {
+                tracing::info!(director = %self.director, index, "attached to the director");
+                self.info.up = true;
+                self.sync();
+                Ok(())
+            }
+            Ok(Ok(Down::Refused(why))) => Err(Detached::Refused(why)),
+            Ok(Ok(other)) => Err(Detached::Unexpected(format!("{other:?}"))),
+            Ok(Err(e)) => Err(Detached::Io(e)),
+            Err(_) => Err(Detached::NoWelcome),
+        }
+    }
+
     /// One attachment: returns why it ended.
     async fn attached(
         &mut self,
         stream: libp2p::Stream,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<String, String> {
+    ) -> Detached {
         let (mut rd, mut wr) = stream.split();
-        let e = |e: std::io::Error| e.to_string();
-        send(
-            &mut wr,
-            &Up::Hello {
-                addrs: self.addrs.clone(),
-                max_streams: self.info.max_streams,
-                capacity: self.info.capacity,
-            },
-        )
-        .await
-        .map_err(e)?;
-        match timeout(DEAD_AFTER, read_frame::<_, Down>(&mut rd, MAX_FRAME)).await {
-            Ok(Ok(Down::Welcome { index })) => {
-                tracing::info!(director = %self.director, index, "attached to the director");
-                self.info.up = true;
-                self.sync();
-            }
-            Ok(Ok(Down::Refused(why))) => return Err(format!("the director refused: {why}")),
-            Ok(Ok(other)) => return Err(format!("unexpected {other:?}")),
-            Ok(Err(err)) => return Err(e(err)),
-            Err(_) => return Err("no answer to Hello".into()),
+        if let Err(why) = self.hello(&mut rd, &mut wr).await {
+            return why;
         }
-        if let Some(usage) = &self.last_usage {
-            send(&mut wr, &Up::Report(usage.clone())).await.map_err(e)?;
+        if let Some(usage) = &self.last_usage
+            && let Err(e) = send(&mut wr, &Up::Report(usage.clone())).await
+        {
+            return e.into();
         }
-        let (mut down, reading) = reader::<_, Down>(rd);
-        let (done_tx, mut done_rx) = mpsc::channel::<Up>(64);
+        let (mut down, _reading) = reader::<_, Down>(rd);
+        // The fetches in flight, each waiting for its outcome; they end with the attachment
+        // (the director has failed them already when the link is gone).
+        let mut fetches: JoinSet<Option<Up>> = JoinSet::new();
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut deadline = Instant::now() + DEAD_AFTER;
-        let why = loop {
-            tokio::select! {
-                _ = shutdown.changed() => break "the engine stops".to_string(),
-                _ = sleep_until(deadline) => break "the director is silent".into(),
-                _ = beat.tick() => {
-                    if let Err(err) = send(&mut wr, &Up::Alive).await {
-                        break e(err);
-                    }
-                }
-                Some(done) = done_rx.recv() => {
-                    if let Err(err) = send(&mut wr, &done).await {
-                        break e(err);
-                    }
+        loop {
+            let up = tokio::select! {
+                _ = shutdown.changed() => return Detached::Stopping,
+                _ = sleep_until(deadline) => return Detached::Silent,
+                _ = beat.tick() => Up::Alive,
+                Some(done) = fetches.join_next(), if !fetches.is_empty() => {
+                    let Ok(Some(done)) = done else { continue };
+                    done
                 }
                 report = self.reports.recv() => {
-                    let Some(report) = report else { break "the engine stopped".into() };
+                    let Some(report) = report else { return Detached::Stopping };
                     if matches!(report, EngineReport::Usage { .. }) {
                         self.last_usage = Some(report.clone());
                     }
                     self.count(&report);
-                    if let Err(err) = send(&mut wr, &Up::Report(report)).await {
-                        break e(err);
-                    }
+                    Up::Report(report)
                 }
                 msg = down.recv() => {
-                    let Some(msg) = msg else { break "the director closed the link".into() };
+                    let Some(msg) = msg else { return Detached::Closed };
                     deadline = Instant::now() + DEAD_AFTER;
                     let cmd = match msg {
                         Down::Command(cmd) => cmd,
@@ -375,57 +441,22 @@ impl Attach {
                         }
                         Down::Welcome { .. } | Down::Refused(_) | Down::Alive => continue,
                     };
-                    let cmd = self.command(cmd, &done_tx);
+                    let cmd = from_wire(cmd, |id| {
+                        let (done, mut outcome) = mpsc::channel(1);
+                        fetches.spawn(async move {
+                            let (segment, result) = outcome.recv().await?;
+                            Some(Up::FetchDone { id, segment, result })
+                        });
+                        done
+                    });
                     if self.engine.send(cmd).await.is_err() {
-                        break "the engine stopped".into();
+                        return Detached::Stopping;
                     }
+                    continue;
                 }
-            }
-        };
-        reading.abort();
-        Ok(why)
-    }
-
-    fn command(&self, cmd: WireCommand, results: &mpsc::Sender<Up>) -> EngineCommand {
-        match cmd {
-            WireCommand::Expect { segments } => EngineCommand::Expect { segments },
-            WireCommand::Preload { segment } => EngineCommand::Preload { segment },
-            WireCommand::Pin { segments } => EngineCommand::Pin { segments },
-            WireCommand::AllowCopy { peers, until_ms } => {
-                EngineCommand::AllowCopy { peers, until_ms }
-            }
-            WireCommand::Handover { segment, console } => {
-                EngineCommand::Handover { segment, console }
-            }
-            WireCommand::Stop => EngineCommand::Stop,
-            WireCommand::Remove { segments } => EngineCommand::Remove { segments },
-            WireCommand::Fetch {
-                id,
-                segment,
-                expect,
-                sources,
-                held_elsewhere,
-            } => {
-                let (done, mut outcome) = mpsc::channel(1);
-                let results = results.clone();
-                tokio::spawn(async move {
-                    if let Some((segment, result)) = outcome.recv().await {
-                        let _ = results
-                            .send(Up::FetchDone {
-                                id,
-                                segment,
-                                result,
-                            })
-                            .await;
-                    }
-                });
-                EngineCommand::Fetch {
-                    segment,
-                    expect,
-                    sources,
-                    held_elsewhere,
-                    done,
-                }
+            };
+            if let Err(e) = send(&mut wr, &up).await {
+                return e.into();
             }
         }
     }

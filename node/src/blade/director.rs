@@ -1,5 +1,5 @@
-//! The director's side of the backplane: it lets in the engine processes it trusts, one
-//! link each, and carries reports up, commands and engine tokens down.
+//! The director's side of the blade link: it lets in the engine processes it trusts, each into
+//! its [`Bay`], one link at a time, and carries reports up, commands and engine tokens down.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,68 +7,74 @@ use std::sync::Arc;
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{Mutex, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 use vodmesh_proto::SegmentId;
+use vodmesh_proto::blade::MAX_HELLO;
 use vodmesh_proto::codec::read_frame;
 
 use super::{
-    DEAD_AFTER, Down, HEARTBEAT, MAX_ADDRS, MAX_HELLO, Up, WireCommand, reader, refuse, send,
+    DEAD_AFTER, Down, FetchReply, HEARTBEAT, MAX_ADDRS, Up, reader, refuse, send, to_wire,
 };
 use crate::auth::engines::EngineTokens;
-use crate::control::{Copied, EngineCommand, EngineReport};
+use crate::control::{EngineCommand, EngineReport};
 
-type FetchReply = mpsc::Sender<(SegmentId, Result<Copied, String>)>;
-
-/// One engine slot of a station that an engine process may take (`--engine-peer`).
+/// A place among a station's engines that one engine process may take (`--engine-peer`): the
+/// peer let in, its index, and the queue of the director's commands to it.
 #[derive(Clone)]
-pub(crate) struct Slot {
+pub(crate) struct Bay {
     /// The engine's peer id, the only one let in.
     pub(crate) peer: PeerId,
     /// Its index among the station's engines.
     pub(crate) index: usize,
-    /// The director's commands to it; held by the link while attached.
+    /// The director's commands to it. The link holds the lock while it is attached, so that a
+    /// second link of the same engine is refused instead of splitting the commands.
     pub(crate) commands: Arc<Mutex<mpsc::Receiver<EngineCommand>>>,
 }
 
-/// The director's side: accepts engine links until `shutdown`.
+/// The director's side: accepts engine links until `shutdown`; every link ends with it.
 pub(crate) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
-    slots: Vec<Slot>,
+    bays: Vec<Bay>,
     reports: mpsc::Sender<EngineReport>,
     tokens: EngineTokens,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut links = JoinSet::new();
     loop {
         let (peer, stream) = tokio::select! {
             next = incoming.next() => match next {
                 Some(next) => next,
                 None => break,
             },
+            Some(_) = links.join_next(), if !links.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        let slot = slots.iter().find(|s| s.peer == peer).cloned();
+        let bay = bays.iter().find(|b| b.peer == peer).cloned();
         let reports = reports.clone();
         let (tokens, shutdown) = (tokens.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = link(peer, stream, slot, reports, tokens, shutdown).await {
+        links.spawn(async move {
+            if let Err(e) = link(peer, stream, bay, reports, tokens, shutdown).await {
                 tracing::debug!(%peer, error = %e, "engine link failed");
             }
         });
     }
+    // Each link sees the same shutdown and reports its engine down before it ends.
+    while links.join_next().await.is_some() {}
 }
 
 #[tracing::instrument(skip_all, fields(engine = %peer))]
 async fn link(
     peer: PeerId,
     stream: libp2p::Stream,
-    slot: Option<Slot>,
+    bay: Option<Bay>,
     reports: mpsc::Sender<EngineReport>,
     mut tokens: EngineTokens,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
     // The peer id is known before a byte is read: a stranger is refused without reading.
-    let Some(slot) = slot else {
+    let Some(bay) = bay else {
         tracing::warn!("refused an engine this station does not trust (see --engine-peer)");
         let why = "not an engine of this station (the director trusts --engine-peer peers only)";
         return refuse(&mut wr, why).await;
@@ -85,10 +91,10 @@ async fn link(
     if addrs.len() > MAX_ADDRS {
         return refuse(&mut wr, "too many listen addresses").await;
     }
-    let Ok(mut commands) = slot.commands.clone().try_lock_owned() else {
+    let Ok(mut commands) = bay.commands.clone().try_lock_owned() else {
         return refuse(&mut wr, "attached already; retry").await;
     };
-    let index = slot.index;
+    let index = bay.index;
     send(
         &mut wr,
         &Down::Welcome {
@@ -112,7 +118,7 @@ async fn link(
         };
         let _ = reports.send(limits).await;
     }
-    let (mut up, reading) = reader::<_, Up>(rd);
+    let (mut up, _reading) = reader::<_, Up>(rd);
     let mut pending: HashMap<u64, (SegmentId, FetchReply)> = HashMap::new();
     let mut next_id = 0u64;
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -163,31 +169,17 @@ async fn link(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break "the director stopped" };
-                let wire = match cmd {
-                    EngineCommand::Expect { segments } => WireCommand::Expect { segments },
-                    EngineCommand::Preload { segment } => WireCommand::Preload { segment },
-                    EngineCommand::Pin { segments } => WireCommand::Pin { segments },
-                    EngineCommand::AllowCopy { peers, until_ms } => {
-                        WireCommand::AllowCopy { peers, until_ms }
-                    }
-                    EngineCommand::Handover { segment, console } => {
-                        WireCommand::Handover { segment, console }
-                    }
-                    EngineCommand::Stop => WireCommand::Stop,
-                    EngineCommand::Remove { segments } => WireCommand::Remove { segments },
-                    EngineCommand::Fetch { segment, expect, sources, held_elsewhere, done } => {
-                        next_id += 1;
-                        pending.insert(next_id, (segment, done));
-                        WireCommand::Fetch { id: next_id, segment, expect, sources, held_elsewhere }
-                    }
-                };
+                let wire = to_wire(cmd, |segment, done| {
+                    next_id += 1;
+                    pending.insert(next_id, (segment, done));
+                    next_id
+                });
                 if send(&mut wr, &Down::Command(wire)).await.is_err() {
                     break "cannot write";
                 }
             }
         }
     };
-    reading.abort();
     for (_, (segment, done)) in pending {
         let _ = done
             .send((
