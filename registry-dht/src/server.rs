@@ -195,7 +195,7 @@ mod tests {
         let swarm = SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|k| {
-                Ok::<_, libp2p::noise::Error>(
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                     MemoryTransport::default()
                         .upgrade(upgrade::Version::V1)
                         .authenticate(libp2p::noise::Config::new(k)?)
