@@ -3,81 +3,26 @@
 //! --enroll`, `vodmesh-console login`.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use libp2p::PeerId;
 use vodmesh_node::nodefile::NodeFile;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, IssuerKey, TokenError, TrustedIssuers};
-use vodmesh_tests::{NodeProcess, bin, vodmesh};
+use vodmesh_tests::cli::{enroll, keygen, login, refusal, refusal_of, run, user_add};
+use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::wait;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Runs a workspace binary with `VODMESH_HOME=home`.
-fn run(name: &str, home: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(bin(name))
-        .env("VODMESH_HOME", home)
-        .args(args)
-        .output()?)
-}
-
-/// The one line a refused command printed; fails if it succeeded or printed more.
-fn refusal(out: &Output) -> Result<String> {
-    if out.status.success() {
-        bail!(
-            "expected a refusal, got success: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let lines: Vec<&str> = stderr.lines().collect();
-    if lines.len() != 1 || !lines[0].starts_with("error: ") {
-        bail!("expected one `error: ` line, got: {stderr:?}");
-    }
-    Ok(lines[0].to_string())
-}
-
 fn issuer_of(node: &NodeProcess) -> Result<IssuerKey> {
-    let file = NodeFile::read(&node.data)?;
-    let issuer = file
-        .issuer
-        .context("no issuer in node.json of an --auth station")?;
-    Ok(issuer.parse()?)
+    Ok(node.issuer()?.parse()?)
 }
 
-fn wait_for_log(data: &Path, needle: &str, timeout: Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let log = std::fs::read_to_string(data.join("stderr.log")).unwrap_or_default();
-        if log.contains(needle) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "`{needle}` not in {} after {timeout:?}:\n{log}",
-                data.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn login(home: &Path, node: &str, password_file: &Path) -> Result<Output> {
-    run(
-        "vodmesh-console",
-        home,
-        &[
-            "login",
-            "--node",
-            node,
-            "--user",
-            "alice",
-            "--password-file",
-            &password_file.display().to_string(),
-        ],
-    )
+/// `vodmesh-console login` as alice, from the console under `home`.
+fn alice(home: &Path, node: &NodeProcess, password: &Path) -> std::process::Command {
+    login(None, home, &node.addr, "alice", password)
 }
 
 #[test]
@@ -85,16 +30,13 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let auth = NodeProcess::start(&dir.path().join("auth"), &["--auth"])?;
     let issuer = issuer_of(&auth)?;
-    let auth_addr = auth.addr.to_string();
     let trusted: TrustedIssuers = [issuer].into_iter().collect();
 
     // A station with no --trust joins but says it will serve nothing.
-    let plain = NodeProcess::start(&dir.path().join("plain"), &["--bootstrap", &auth_addr])?;
-    wait_for_log(
-        &plain.data,
-        "will serve no stream and no copy",
-        Duration::from_secs(10),
-    )?;
+    let plain = Node::new(&dir.path().join("plain"))
+        .bootstrap(&auth.addr)
+        .start()?;
+    plain.wait_log("will serve no stream and no copy", Duration::from_secs(10))?;
     let auth_log = std::fs::read_to_string(auth.data.join("stderr.log"))?;
     assert!(
         !auth_log.contains("serve no stream"),
@@ -108,48 +50,17 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
 
     // `vodmesh user add` with a key that is no admin: refused, one line.
     let stranger = dir.path().join("stranger.key");
-    vodmesh(&["keygen", "--out", &stranger.display().to_string()])?;
-    let out = run(
-        "vodmesh",
-        dir.path(),
-        &[
-            "user",
-            "add",
-            "--node",
-            &auth_addr,
-            "--key",
-            &stranger.display().to_string(),
-            "alice",
-            "--password-file",
-            &pw.display().to_string(),
-        ],
-    )?;
+    keygen(None, &stranger)?;
     assert_eq!(
-        refusal(&out)?,
+        refusal(&mut user_add(None, &auth.addr, &stranger, "alice", &pw))?,
         "error: not an admin: this needs an admin token or an admin peer id"
     );
     // With the auth station's own key (through another station's address): accepted.
-    let station_key = auth.data.join("identity.key").display().to_string();
-    vodmesh(&[
-        "user",
-        "add",
-        "--node",
-        &plain.addr.to_string(),
-        "--key",
-        &station_key,
-        "alice",
-        "--password-file",
-        &pw.display().to_string(),
-    ])?;
+    run(&mut user_add(None, &plain.addr, &auth.key(), "alice", &pw))?;
 
     // Login through the station that is not the auth server: found through the swarm.
     let home = dir.path().join("console");
-    let out = login(&home, &plain.addr.to_string(), &pw)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut alice(&home, &plain, &pw))?;
     let token = std::fs::read(home.join("tokens/console.token"))?;
     let console = vodmesh_node::identity::load(&home.join("identity.key"))?
         .public()
@@ -166,7 +77,14 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
     // same token from another identity is refused.
     let key = vodmesh_node::identity::load(&home.join("identity.key"))?;
     let rt = tokio::runtime::Runtime::new()?;
-    std::thread::sleep(Duration::from_millis(1100));
+    // A refreshed token expires later than the old one once the clock (the server's is the
+    // test's: the same machine) has moved past the old one's issue.
+    let issued = claims.not_before_ms;
+    wait::blocking(
+        "the clock to pass the token's issue",
+        Duration::from_secs(5),
+        || Ok(now_ms() > issued),
+    )?;
     let fresh = rt.block_on(vodmesh_console::auth::refresh(&plain.addr, &key, &token))?;
     let renewed = trusted.verify(&fresh, now_ms(), Audience::Console, None, &console)?;
     assert!(renewed.expires_ms > claims.expires_ms);
@@ -181,14 +99,16 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
     );
 
     // A wrong password: one line.
-    let out = login(&home, &auth_addr, &bad)?;
-    assert_eq!(refusal(&out)?, "error: wrong user name or password");
+    assert_eq!(
+        refusal(&mut alice(&home, &auth, &bad))?,
+        "error: wrong user name or password"
+    );
 
     // Brute force: the server slows the guesser down...
     let mut wrong = 1;
     let mut throttled = None;
     for _ in 0..15 {
-        let line = refusal(&login(&home, &auth_addr, &bad)?)?;
+        let line = refusal(&mut alice(&home, &auth, &bad))?;
         if let Some(rest) = line.strip_prefix("error: too many attempts, retry in ") {
             throttled = Some(rest.trim_end_matches('s').parse::<u64>()?);
             break;
@@ -205,18 +125,20 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
         wrong,
         "failures not counted:\n{log}"
     );
-    wait_for_log(&auth.data, "too many attempts", Duration::from_secs(5))?;
+    auth.wait_log("too many attempts", Duration::from_secs(5))?;
     // ...and the right password still works once the backoff has passed.
     let mut wait = wait;
     let mut ok = false;
     for _ in 0..3 {
+        // Part of what is tested: the guesser waits the time the server named (a login
+        // while throttled counts as an attempt and would prolong the backoff).
         std::thread::sleep(Duration::from_millis(wait * 1000 + 300));
-        let out = login(&home, &auth_addr, &pw)?;
+        let out = alice(&home, &auth, &pw).output()?;
         if out.status.success() {
             ok = true;
             break;
         }
-        let line = refusal(&out)?;
+        let line = refusal_of(&out)?;
         let rest = line
             .strip_prefix("error: too many attempts, retry in ")
             .with_context(|| format!("right password refused: {line}"))?;
@@ -232,116 +154,69 @@ fn enrollment_gives_engines_tokens() -> Result<()> {
     let auth = NodeProcess::start(&dir.path().join("auth"), &["--auth"])?;
     let issuer = issuer_of(&auth)?;
     let trusted: TrustedIssuers = [issuer].into_iter().collect();
-    let auth_addr = auth.addr.to_string();
-    let station_key = auth.data.join("identity.key").display().to_string();
 
     // The auth station enrolls its own engine.
     let own = NodeFile::read(&auth.data)?;
-    wait_engine_token(&auth.data, 0, own.engines[0].peer_id, &trusted)?;
+    check_engine_token(&auth, 0, own.engines[0].peer_id, &trusted)?;
 
     // A new station: its identity first, then an enrollment token for it.
     let new_dir = dir.path().join("new");
-    let new_peer: PeerId = vodmesh(&[
-        "keygen",
-        "--out",
-        &new_dir.join("identity.key").display().to_string(),
-    ])?
-    .trim()
-    .parse()?;
-    let token_file = dir.path().join("enroll.token").display().to_string();
+    let new_peer: PeerId = keygen(None, &new_dir.join("identity.key"))?.parse()?;
+    let token_file = dir.path().join("enroll.token");
     let stranger = dir.path().join("stranger.key");
-    vodmesh(&["keygen", "--out", &stranger.display().to_string()])?;
-    let out = run(
-        "vodmesh",
-        dir.path(),
-        &[
-            "enroll",
-            "--node",
-            &auth_addr,
-            "--key",
-            &stranger.display().to_string(),
-            "--station",
-            &new_peer.to_string(),
-            "--out",
-            &token_file,
-        ],
-    )?;
-    assert!(refusal(&out)?.starts_with("error: not an admin"));
-    vodmesh(&[
-        "enroll",
-        "--node",
-        &auth_addr,
-        "--key",
-        &station_key,
-        "--station",
+    keygen(None, &stranger)?;
+    let by_stranger = &mut enroll(
+        None,
+        &auth.addr,
+        &stranger,
         &new_peer.to_string(),
-        "--out",
         &token_file,
-    ])?;
+    );
+    assert!(refusal(by_stranger)?.starts_with("error: not an admin"));
+    run(&mut enroll(
+        None,
+        &auth.addr,
+        &auth.key(),
+        &new_peer.to_string(),
+        &token_file,
+    ))?;
 
     let trust = issuer.to_string();
-    let new = NodeProcess::start(
-        &new_dir,
-        &[
-            "--bootstrap",
-            &auth_addr,
-            "--trust",
-            &trust,
-            "--enroll",
-            &token_file,
-            "--engines",
-            "2",
-        ],
-    )?;
+    let token = token_file.to_string_lossy();
+    let new = Node::new(&new_dir)
+        .bootstrap(&auth.addr)
+        .trust(&trust)
+        .args(&["--enroll", &token])
+        .engines(2)
+        .start()?;
     let file = NodeFile::read(&new.data)?;
     assert_eq!(file.director.peer_id, new_peer);
     assert_eq!(file.issuer, None, "only the auth station names an issuer");
     for (i, engine) in file.engines.iter().enumerate() {
-        wait_engine_token(&new.data, i, engine.peer_id, &trusted)?;
+        check_engine_token(&new, i, engine.peer_id, &trusted)?;
     }
 
     // The same token presented by another station is refused: it names its subject.
-    let thief = NodeProcess::start(
-        &dir.path().join("thief"),
-        &[
-            "--bootstrap",
-            &auth_addr,
-            "--trust",
-            &trust,
-            "--enroll",
-            &token_file,
-        ],
-    )?;
-    wait_for_log(&thief.data, "enrollment refused", Duration::from_secs(20))?;
-    wait_for_log(
-        &thief.data,
-        "token belongs to another peer",
-        Duration::from_secs(1),
-    )?;
+    let thief = Node::new(&dir.path().join("thief"))
+        .bootstrap(&auth.addr)
+        .trust(&trust)
+        .args(&["--enroll", &token])
+        .start()?;
+    thief.wait_log("enrollment refused", Duration::from_secs(20))?;
+    thief.wait_log("token belongs to another peer", Duration::from_secs(1))?;
     assert!(!thief.data.join("engines/0/engine.token").exists());
     Ok(())
 }
 
-/// Waits for `DATA/engines/<index>/engine.token` and checks it is an engine token for `engine`.
-fn wait_engine_token(
-    data: &Path,
+/// Waits for engine `index` of `station` to hold its token and checks it is an engine token
+/// for `engine`.
+fn check_engine_token(
+    station: &NodeProcess,
     index: usize,
     engine: PeerId,
     trusted: &TrustedIssuers,
 ) -> Result<()> {
-    let path = data
-        .join("engines")
-        .join(index.to_string())
-        .join("engine.token");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        if std::time::Instant::now() > deadline {
-            let log = std::fs::read_to_string(data.join("stderr.log")).unwrap_or_default();
-            bail!("no engine token at {} after 30 s:\n{log}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let token = std::fs::read(&path)?;
+    let token = std::fs::read(station.wait_engine_token(index)?)?;
     let claims = trusted.verify(&token, now_ms(), Audience::Engine, None, &engine)?;
     assert_eq!(claims.subject, engine);
     // An engine token is no console token.

@@ -2,11 +2,9 @@
 //! with sane values (positive throughputs, finite ratios). The figures themselves are not
 //! asserted: they depend on the machine.
 
-use std::process::Command;
-
 use anyhow::{Context, bail};
 use serde_json::Value;
-use vodmesh_tests::bin;
+use vodmesh_tests::cli::command_in;
 
 /// `json[path...]` as a number, or a failure naming the path.
 fn num(json: &Value, path: &[&str]) -> anyhow::Result<f64> {
@@ -37,7 +35,7 @@ fn positive(json: &Value, path: &[&str]) -> anyhow::Result<()> {
 fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let json_path = dir.path().join("bench.json");
-    let out = Command::new(bin("vodmesh"))
+    let out = command_in(None, "vodmesh")
         .args(["bench", "--quick", "--json"])
         .arg(&json_path)
         .arg("--dir")
@@ -100,6 +98,13 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
     num(&json, &["streams", "largest_n_zero_stalls"])?;
     positive(&json, &["streams", "unpaced_aggregate_mb_s"])?;
     positive(&json, &["streams", "unpaced_vs_raw_stream"])?;
+    // More consoles than slots: busy engines are waits, never errors; every byte arrives.
+    let over = &json["streams"]["over_capacity"];
+    assert_eq!(over["errors"], 0, "{over}");
+    assert_eq!(over["bytes"], over["bytes_expected"], "{over}");
+    num(over, &["stalls"])?;
+    num(over, &["waits"])?;
+    num(over, &["replications"])?;
 
     for f in [
         "hit_p50_ms",

@@ -2,30 +2,19 @@
 //! restarts on the same data directory with no partial segment visible, every committed
 //! segment intact, index and files in agreement, and takes the same ingest again to the end.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vodmesh_proto::manifest::ManifestContent;
-use vodmesh_tests::{NodeProcess, bin, engine_segments, random_file};
+use vodmesh_tests::cli::Ingest;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::NodeProcess;
+use vodmesh_tests::stored::engine_segments;
 
 const SEGMENT: usize = 512 * 1024;
 
-fn ingest_cmd(node: &NodeProcess, key: &std::path::Path, source: &std::path::Path) -> Command {
-    let mut cmd = Command::new(bin("vodmesh"));
-    cmd.args([
-        "ingest",
-        "--node",
-        &node.addr.to_string(),
-        "--title",
-        "crash",
-    ])
-    .arg("--key")
-    .arg(key)
-    .args(["--segment-size", &SEGMENT.to_string()])
-    .arg(source)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    cmd
+/// `vodmesh ingest` of `source` into `node` in 512 KiB segments, not published.
+fn ingest(node: &NodeProcess, source: &std::path::Path) -> Ingest {
+    Ingest::new(&node.addr, &node.key(), "crash", source).segment_size(SEGMENT)
 }
 
 fn program_of(bytes: &[u8]) -> vodmesh_proto::ProgramId {
@@ -57,20 +46,16 @@ fn sigkill_mid_ingest_loses_nothing_committed_and_shows_nothing_partial() -> any
     let bytes = random_file(&source, 24 * 1024 * 1024, 11)?;
     let program = program_of(&bytes);
     let args = ["--engines", "2", "--home", "--content-manager"];
-    let key = data.join("identity.key");
 
     // Kill at several points of the ingest.
     for delay_ms in [20u64, 60, 150] {
         let node = NodeProcess::start(&data, &args)?;
-        let mut ingest = ingest_cmd(&node, &key, &source).spawn()?;
+        let mut client = ingest(&node, &source).command().spawn()?;
+        // Part of what is tested: the moment of the kill, early, midway and late in the
+        // ingest, whatever it has reached by then.
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let pid = node.pid();
-        let status = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()?;
-        assert!(status.success());
-        drop(node);
-        let _ = ingest.wait()?;
+        node.kill()?;
+        let _ = client.wait()?;
 
         // Reopen the stores as the restarted station would: nothing partial, all intact.
         let rt = tokio::runtime::Runtime::new()?;
@@ -103,7 +88,7 @@ fn sigkill_mid_ingest_loses_nothing_committed_and_shows_nothing_partial() -> any
     // The restarted station takes the same ingest to the end (or already has it, when the
     // last kill came after the commit).
     let node = NodeProcess::start(&data, &args)?;
-    let out = ingest_cmd(&node, &key, &source).output()?;
+    let out = ingest(&node, &source).command().output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         let printed = String::from_utf8(out.stdout)?;

@@ -3,43 +3,16 @@
 //! those stations as holders.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use vodmesh_node::Station;
 use vodmesh_node::events::{Event, Kind};
-use vodmesh_node::{Station, StationConfig};
-use vodmesh_tests::{
-    TEST_TTL, engine_segments, enrolled_config, init_logging, listed, random_file,
-    wait_engine_tokens, wait_until,
-};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::stored::{engine_segments, held_elsewhere};
+use vodmesh_tests::swarm::{self, ingest_options, init_logging, wait_listed};
+use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
-
-/// The home station is the auth station; the others are enrolled with it, so their engines
-/// hold engine tokens (claims 24, 25: no copy without one).
-async fn station(
-    dir: &Path,
-    engines: usize,
-    home: bool,
-    bootstrap: Option<&Station>,
-) -> anyhow::Result<Station> {
-    let mut config = match bootstrap {
-        Some(auth) => {
-            let auth_data = dir.parent().unwrap_or(dir).join("home");
-            enrolled_config(dir, auth, &auth_data).await?
-        }
-        None => StationConfig::new(dir),
-    };
-    config.auth = home;
-    config.engines = engines;
-    config.home = home;
-    config.content_manager = home;
-    config.registry.record_ttl = TEST_TTL;
-    config.bootstrap = bootstrap.map(|b| b.addr().clone()).into_iter().collect();
-    let station = Station::start(config).await?;
-    wait_engine_tokens(&station).await?;
-    Ok(station)
-}
 
 /// Position of the first event matching `f`.
 fn pos(log: &[Event], f: impl Fn(&Event) -> bool) -> Option<usize> {
@@ -50,59 +23,96 @@ fn pos(log: &[Event], f: impl Fn(&Event) -> bool) -> Option<usize> {
 async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let home = station(&dir.path().join("home"), 3, true, None).await?;
+    // The home station is the auth station; the others are enrolled with it, so their
+    // engines hold engine tokens (claims 24, 25: no copy without one).
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir).home().engines(3).start().await?;
     let mut others = Vec::new();
     for name in ["a", "b", "c"] {
-        others.push(station(&dir.path().join(name), 2, false, Some(&home)).await?);
+        let station = swarm::station(dir.path().join(name)).engines(2);
+        others.push(station.enrolled_with(&home, &home_dir).start().await?);
     }
     let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
         .chain(others.iter().map(Station::peer_id))
         .collect();
-    wait_until("every station listed", Duration::from_secs(30), || async {
-        Ok(listed(&home).await? == all)
-    })
+    wait_listed(
+        "every station listed",
+        &[&home],
+        &all,
+        Duration::from_secs(30),
+    )
     .await?;
 
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 64 * 1024 * 1024, 12)?;
     let mut events = vodmesh_node::events::subscribe();
+    let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        node: home.addr().clone(),
-        key: dir.path().join("home").join("identity.key"),
-        title: "replicated".into(),
-        publish_at_ms: None,
         replicas: 2,
-        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source: source.clone(),
-        progress: false,
+        ..ingest_options(&home, &key, "replicated", &source)
     })
     .await?;
     let program = info.program;
     assert_eq!(info.segments, 16);
 
-    // Collect events until two stations report a complete replica.
+    // Collect events until two stations report a complete replica, and each of them has
+    // provided the program and tabled every segment (copy-done reaches the directors' tables
+    // asynchronously).
     let mut log: Vec<Event> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let of = |log: &[Event], peer: PeerId, kind: Kind| {
+        log.iter()
+            .filter(|e| e.program == program && e.peer == peer && e.kind == kind)
+            .map(|e| e.segment)
+            .collect::<BTreeSet<_>>()
+    };
     let complete = |log: &[Event]| {
         log.iter()
             .filter(|e| e.program == program && e.kind == Kind::ReplicaComplete)
             .map(|e| e.peer)
             .collect::<BTreeSet<_>>()
     };
-    while complete(&log).len() < 2 {
-        let e = tokio::time::timeout_at(deadline, events.recv()).await??;
-        if e.program == program {
-            log.push(e);
-        }
-    }
-    // Copy-done reaches the directors' tables asynchronously: collect what is still on its way.
-    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
-        if e.program == program {
-            log.push(e);
-        }
-    }
+    wait::events(
+        &mut events,
+        &mut log,
+        "two complete replicas, each provided and every segment tabled",
+        Duration::from_secs(120),
+        |log| {
+            let targets = complete(log);
+            targets.len() == 2
+                && targets.iter().all(|t| {
+                    !of(log, *t, Kind::Provided).is_empty() && of(log, *t, Kind::Tabled).len() == 16
+                })
+        },
+    )
+    .await?;
     let targets = complete(&log);
+
+    // The registry lists the two stations as holders, and so does `vodmesh programs`.
+    let mut want = targets.clone();
+    want.insert(home.peer_id());
+    wait::until(
+        "holders in the registry",
+        Duration::from_secs(30),
+        || async {
+            let holders: BTreeSet<PeerId> = home
+                .registry()
+                .holders(program)
+                .await?
+                .into_iter()
+                .collect();
+            Ok(holders == want)
+        },
+    )
+    .await?;
+    let programs = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let stations: BTreeSet<PeerId> = programs[0].stations.iter().copied().collect();
+    assert_eq!(stations, want);
+
+    // What else arrived meanwhile (a second `Provided` would be a fault).
+    while let Ok(e) = events.try_recv() {
+        log.push(e);
+    }
+    log.retain(|e| e.program == program);
     assert!(
         !targets.contains(&home.peer_id()),
         "the home is not a target"
@@ -200,27 +210,6 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
         );
     }
 
-    // The registry lists the two stations as holders, and so does `vodmesh programs`.
-    let mut want = targets.clone();
-    want.insert(home.peer_id());
-    wait_until(
-        "holders in the registry",
-        Duration::from_secs(30),
-        || async {
-            let holders: BTreeSet<PeerId> = home
-                .registry()
-                .holders(program)
-                .await?
-                .into_iter()
-                .collect();
-            Ok(holders == want)
-        },
-    )
-    .await?;
-    let programs = vodmesh_tools::programs::fetch(home.addr()).await?;
-    let stations: BTreeSet<PeerId> = programs[0].stations.iter().copied().collect();
-    assert_eq!(stations, want);
-
     // The copies are complete and verified (read back through each store, which verifies),
     // evictable on the targets, and equal the source.
     let dirs: Vec<(PeerId, std::path::PathBuf)> = others
@@ -247,30 +236,4 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether every stored segment of `program` at the station under `data` is marked as held
-/// elsewhere (evictable).
-async fn held_elsewhere(
-    data: &Path,
-    engines: usize,
-    program: vodmesh_proto::ProgramId,
-) -> anyhow::Result<bool> {
-    use vodmesh_node::store::{self, SegmentStore};
-    let config = StationConfig::new(data);
-    let mut all = true;
-    for index in 0..engines {
-        let storage = vodmesh_node::station::engine_storage(&config, index);
-        let (st, _events) = SegmentStore::open(store::Config::new(
-            &storage.index,
-            storage.disks.clone(),
-            u64::MAX / 4,
-        ))
-        .await?;
-        for seg in st.list().into_iter().filter(|s| s.program == program) {
-            all &= st.info(&seg).is_some_and(|i| i.held_elsewhere && !i.pinned);
-        }
-        st.shutdown().await?;
-    }
-    Ok(all)
 }

@@ -7,100 +7,35 @@
 //! the same data directory, it is marked up again; hung (SIGSTOP) it is marked down by the
 //! heartbeat's time-out, and resumed it reattaches and serves the console again.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use libp2p::Multiaddr;
-use vodmesh_tests::{
-    EngineProcess, NodeProcess, bin, issuer_of, metric, random_file, subscriber, vodmesh,
-};
+use vodmesh_tests::cli::{Ingest, Play, keygen, subscriber};
+use vodmesh_tests::console::{Console, wait_holds_all};
+use vodmesh_tests::http::metric;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{EngineProcess, Node, free_port};
+use vodmesh_tests::{status, wait};
 
-/// The engines `vodmesh status --json` lists for the first station: (peer id, up).
-fn engines(node: &Multiaddr) -> Result<Vec<(String, bool)>> {
-    let out = vodmesh(&["status", "--node", &node.to_string(), "--json"])?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    let list = json["stations"][0]["engines"]
-        .as_array()
-        .context("no engines array")?;
-    Ok(list
-        .iter()
-        .map(|e| {
-            (
-                e["peer_id"].as_str().unwrap_or_default().to_string(),
-                e["up"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect())
-}
-
-/// Polls `check` every 200 ms until true; the time it took.
-fn wait(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if check()? {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Plays `program` at full speed through `node`; the bytes and the stats.
-fn play(node: &Multiaddr, program: &str, dir: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let run = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args([
-            "play",
-            "--node",
-            &node.to_string(),
-            "--speed",
-            "max",
-            program,
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .output()?;
-    if !run.status.success() {
-        bail!("play failed: {}", String::from_utf8_lossy(&run.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
-}
+const MIB: usize = 1024 * 1024;
 
 /// The director's answer to Locate for every segment: the engine peer ids it names.
 fn located(node: &Multiaddr, program: &str, segments: u32) -> Result<Vec<String>> {
-    use vodmesh_proto::director::{Request, Response};
     let program: vodmesh_proto::ProgramId = program.parse()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = vodmesh_console::client::DirectorClient::connect(node, None).await?;
+        let console = Console::connect(node, None).await?;
         let mut named = Vec::new();
         for index in 0..segments {
-            let request = Request::Locate {
-                program,
-                index,
-                complete: false,
-                avoid: Vec::new(),
-            };
-            let answer =
-                tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
-            if let Ok(Ok(Response::Location(l))) = answer {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                console.locate(program, index, false),
+            )
+            .await;
+            if let Ok(Ok(l)) = answer {
                 named.push(l.engine.to_string());
             }
         }
@@ -108,96 +43,81 @@ fn located(node: &Multiaddr, program: &str, segments: u32) -> Result<Vec<String>
     })
 }
 
+/// Waits until the station at `node` lists exactly the engines `want` (peer id, up); the
+/// time that took.
+fn wait_engines(
+    what: &str,
+    node: &Multiaddr,
+    want: &[(&str, bool)],
+    within: u64,
+) -> Result<Duration> {
+    let mut want: Vec<(String, bool)> = want.iter().map(|(p, up)| (p.to_string(), *up)).collect();
+    want.sort();
+    wait::blocking(what, Duration::from_secs(within), || {
+        Ok(status::engines_up(node)? == want)
+    })
+}
+
 #[test]
 fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let engine_data = dir.path().join("engine");
-    std::fs::create_dir_all(&engine_data)?;
-    let engine_key = engine_data.join("identity.key");
-    let out = vodmesh(&["keygen", "--out", &engine_key.to_string_lossy()])?;
-    let engine_peer = out.lines().last().unwrap_or_default().trim().to_string();
+    let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
+    let peer = engine_peer.as_str();
 
-    let home_data = dir.path().join("home");
     // A free port for the station's --metrics (NodeProcess reads only its director line).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let home_metrics = format!("http://127.0.0.1:{port}/metrics");
-    let metrics_at = format!("127.0.0.1:{port}");
-    let home = NodeProcess::start(
-        &home_data,
-        &[
-            "--engines",
-            "0",
-            "--engine-peer",
-            &engine_peer,
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--record-ttl",
-            "10",
-            "--metrics",
-            &metrics_at,
-        ],
-    )?;
-    let issuer = issuer_of(&home_data)?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(0)
+        .args(&["--engine-peer", peer])
+        .home()
+        .ttl(10)
+        .args(&["--metrics", &format!("127.0.0.1:{port}")])
+        .start()?;
+    let issuer = home.issuer()?;
 
     // A stranger's engine is refused: the director trusts --engine-peer peers only.
     let stranger = EngineProcess::start(&dir.path().join("stranger"), &home.addr, &issuer)?;
     let log = dir.path().join("stranger/stderr.log");
-    wait(
+    wait::blocking(
         "the stranger to be refused",
         Duration::from_secs(15),
         || Ok(std::fs::read_to_string(&log)?.contains("the director refused")),
     )?;
     assert!(
-        engines(&home.addr)?.is_empty(),
+        status::engines_up(&home.addr)?.is_empty(),
         "an untrusted engine attached"
     );
     drop(stranger);
 
     let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
-    wait("the engine to attach", Duration::from_secs(20), || {
-        Ok(engines(&home.addr)? == vec![(engine_peer.clone(), true)])
-    })?;
+    wait_engines("the engine to attach", &home.addr, &[(peer, true)], 20)?;
     // The director knows the engine's own --max-streams 5, not its station default of 64.
-    wait("the engine's limits", Duration::from_secs(10), || {
-        let out = vodmesh(&["status", "--node", &home.addr.to_string(), "--json"])?;
-        let json: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(json["stations"][0]["engines"][0]["max_streams"] == 5)
+    wait::blocking("the engine's limits", Duration::from_secs(10), || {
+        Ok(status::engines(&home.addr)?[0]["max_streams"] == 5)
     })?;
 
-    subscriber(
-        &home.addr,
-        &home_data.join("identity.key"),
-        &dir.path().join("console"),
-        "eve",
-    )?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "eve")?;
     let source = dir.path().join("program.bin");
-    let bytes = random_file(&source, 3 * 1024 * 1024 + 5, 8)?;
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &home_data.join("identity.key").to_string_lossy(),
-        "--title",
-        "remote",
-        "--publish-at",
-        "now",
-        "--segment-size",
-        "1048576",
-        &source.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
+    let bytes = random_file(&source, 3 * MIB + 5, 8)?;
+    let program = Ingest::new(&home.addr, &home.key(), "remote", &source)
+        .publish_now()
+        .segment_size(MIB)
+        .run()?;
 
-    let (played, stats) = play(&home.addr, &program, dir.path())?;
-    assert!(played == bytes, "bytes played differ from bytes ingested");
-    assert_eq!(stats["verified"], true);
+    let played = Play::new(&console, &home.addr, &program).run()?;
+    assert!(
+        played.bytes == bytes,
+        "bytes played differ from bytes ingested"
+    );
+    assert_eq!(played.stats["verified"], true);
     assert_eq!(
-        stats["engines"],
+        played.stats["engines"],
         serde_json::json!([engine_peer]),
-        "{stats}"
+        "{}",
+        played.stats
     );
     assert_eq!(
         located(&home.addr, &program, 4)?,
@@ -206,7 +126,7 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     // The engine process counts what it took in and sent out, on its own /metrics.
     let len = bytes.len() as f64;
     let url = engine.metrics.clone();
-    wait("the engine's metrics", Duration::from_secs(10), || {
+    wait::blocking("the engine's metrics", Duration::from_secs(10), || {
         Ok(
             metric(&url, "vodmesh_bytes_in_total{kind=\"ingest\"}")? == len
                 && metric(&url, "vodmesh_stream_bytes_out_total")? >= len,
@@ -218,10 +138,11 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
 
     // Killed: marked down within seconds, and named for no segment.
     engine.kill()?;
-    let took = wait(
+    let took = wait_engines(
         "the engine to be marked down",
-        Duration::from_secs(10),
-        || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), false)]),
+        &home.addr,
+        &[(peer, false)],
+        10,
     )?;
     assert!(took < Duration::from_secs(5), "marked down after {took:?}");
     assert_eq!(metric(&home_metrics, &up)?, 0.0);
@@ -232,30 +153,170 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
 
     // Restarted on its data: up again, and it serves again.
     let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
-    wait(
+    wait_engines(
         "the engine to be marked up",
-        Duration::from_secs(20),
-        || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), true)]),
+        &home.addr,
+        &[(peer, true)],
+        20,
     )?;
 
     // Hung (SIGSTOP: the connection stays open, nothing answers): the heartbeat times out
     // and the engine is marked down; resumed, it reattaches by itself.
     engine.signal("STOP")?;
-    let took = wait(
+    let took = wait_engines(
         "the hung engine to be marked down",
-        Duration::from_secs(10),
-        || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), false)]),
+        &home.addr,
+        &[(peer, false)],
+        10,
     )?;
     assert!(took < Duration::from_secs(6), "marked down after {took:?}");
     engine.signal("CONT")?;
-    wait(
+    wait_engines(
         "the resumed engine to be marked up",
-        Duration::from_secs(20),
-        || Ok(engines(&home.addr)? == vec![(engine_peer.clone(), true)]),
+        &home.addr,
+        &[(peer, true)],
+        20,
     )?;
-    let (played, _) = play(&home.addr, &program, dir.path())?;
-    assert!(played == bytes, "bytes played after the restart differ");
+    let played = Play::new(&console, &home.addr, &program).run()?;
+    assert!(
+        played.bytes == bytes,
+        "bytes played after the restart differ"
+    );
     drop(engine);
     assert!(home.terminate()?, "the station did not stop cleanly");
+    Ok(())
+}
+
+/// What happens to the first engine process once the console has written a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// SIGKILL: its connections close.
+    Killed,
+    /// SIGSTOP: its connections stay open and bring nothing.
+    Frozen,
+}
+
+/// A station of two engine processes (home, auth, content manager) and a second station with
+/// a complete replica; `vodmesh-console play --speed max --out -` through the home station;
+/// once the console has written the first segment, the first engine process meets `fate`.
+/// The play finishes with the program's exact bytes. Returns the console's debug log and the
+/// first engine's peer id.
+fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
+    const SEGMENTS: u32 = 16;
+    let dir = tempfile::tempdir()?;
+    let (e1_data, e2_data) = (dir.path().join("e1"), dir.path().join("e2"));
+    let e1_peer = keygen(None, &e1_data.join("identity.key"))?;
+    let e2_peer = keygen(None, &e2_data.join("identity.key"))?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(0)
+        .args(&["--engine-peer", &e1_peer, "--engine-peer", &e2_peer])
+        .home()
+        .ttl(10)
+        .start()?;
+    let issuer = home.issuer()?;
+    let e1 = EngineProcess::start(&e1_data, &home.addr, &issuer)?;
+    let _e2 = EngineProcess::start(&e2_data, &home.addr, &issuer)?;
+    wait_engines(
+        "both engines to attach",
+        &home.addr,
+        &[(&e1_peer, true), (&e2_peer, true)],
+        20,
+    )?;
+    let replica = Node::new(&dir.path().join("replica"))
+        .engines(2)
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    wait::blocking(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        || Ok(status::directors(&home.addr)?.contains(&replica.peer())),
+    )?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "fay")?;
+    let source = dir.path().join("program.bin");
+    let bytes = random_file(&source, SEGMENTS as usize * MIB, 17)?;
+    let program = Ingest::new(&home.addr, &home.key(), "sturdy", &source)
+        .publish_now()
+        .segment_size(MIB)
+        .replicas(1)
+        .run()?;
+    tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
+        &replica.addr,
+        program.parse()?,
+        SEGMENTS,
+        Duration::from_secs(60),
+    ))?;
+
+    let mut playing = Play::new(&console, &home.addr, &program)
+        .to_stdout()
+        .debug()
+        .spawn()?;
+    // The console writes into the pipe only as fast as it is read: once the first segment
+    // is read, the rest is yet to be fetched (but for the segments in its window).
+    playing.read(MIB)?;
+    let kept = match fate {
+        Fate::Killed => {
+            e1.kill()?;
+            None
+        }
+        Fate::Frozen => {
+            e1.signal("STOP")?;
+            Some(e1)
+        }
+    };
+    let played = playing.finish();
+    // Killed when dropped (SIGKILL ends a stopped process too).
+    drop(kept);
+    let played = played?;
+    assert!(
+        played.bytes == bytes,
+        "bytes played differ from the source after {fate:?}"
+    );
+    assert_eq!(played.stats["verified"], true, "{}", played.stats);
+    assert_eq!(played.stats["segments"], SEGMENTS, "{}", played.stats);
+    Ok((played.log, e1_peer))
+}
+
+#[test]
+fn an_engine_process_killed_mid_play_costs_the_console_nothing() -> Result<()> {
+    engine_process_fails_mid_play(Fate::Killed)?;
+    Ok(())
+}
+
+/// A frozen engine process (SIGSTOP) stays connected and sends nothing: the console finds it
+/// unreachable (no byte, or no answer, within the stall limit) and the segment is resumed at
+/// another holder, which the console's log names.
+#[test]
+fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Result<()> {
+    let (log, frozen) = engine_process_fails_mid_play(Fate::Frozen)?;
+    // "segment attempt ended; asking again index=K ended=Unreachable(PeerId("<frozen>"))"
+    let unreachable = format!("ended=Unreachable(PeerId(\"{frozen}\"))");
+    let index_of = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("index="))
+            .map(str::to_string)
+    };
+    let stalled = log
+        .lines()
+        .find(|l| l.contains(&unreachable))
+        .and_then(index_of)
+        .with_context(|| {
+            format!("the console never found the frozen engine unreachable:\n{log}")
+        })?;
+    let served = log
+        .lines()
+        .filter(|l| l.contains("segment fetched"))
+        .find(|l| index_of(l).as_deref() == Some(stalled.as_str()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("engine="))
+                .map(str::to_string)
+        })
+        .with_context(|| format!("segment {stalled} was never fetched:\n{log}"))?;
+    assert_ne!(
+        served, frozen,
+        "segment {stalled} was served by the frozen engine"
+    );
     Ok(())
 }

@@ -10,77 +10,51 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use libp2p::Multiaddr;
-use vodmesh_tests::{
-    EngineProcess, NodeProcess, enroll_new_station, ingest, issuer_of, keygen, metric, play,
-    random_file, subscriber, wait_until,
-};
+use vodmesh_tests::cli::{Ingest, Play, keygen, subscriber};
+use vodmesh_tests::http::metric;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{EngineProcess, Node, NodeProcess, free_port};
+use vodmesh_tests::{status, wait};
 
 /// The bytes an engine process took in by copying, on its own `/metrics`.
 const COPIED: &str = "vodmesh_bytes_in_total{kind=\"copy\"}";
 /// Copies a station's engines refused, on its director's `/metrics`.
 const REFUSED: &str = "vodmesh_token_refusals_total{kind=\"copy\"}";
 
-/// A free port on 127.0.0.1, for a station's `--metrics` (NodeProcess reads only the
-/// director line).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// The home station (content manager, auth, one engine in process), with its metrics URL.
 fn home(dir: &Path) -> Result<(NodeProcess, String)> {
-    let port = free_port()?;
-    let metrics = format!("127.0.0.1:{port}");
-    let node = NodeProcess::start(
-        &dir.join("home"),
-        &[
-            "--engines",
-            "1",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--record-ttl",
-            "10",
-            "--metrics",
-            &metrics,
-        ],
-    )?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let node = Node::new(&dir.join("home"))
+        .engines(1)
+        .home()
+        .ttl(10)
+        .args(&["--metrics", &metrics])
+        .start()?;
     Ok((node, format!("http://{metrics}/metrics")))
 }
 
 /// A station of no engine of its own and one engine process, joined to `home` and trusting
-/// `issuer`, started with `extra` (its enrollment, or nothing); the engine process attached.
+/// `issuer` (enrolled with `home` when `enrolled`); the engine process attached.
 fn station_of_one_engine_process(
     dir: &Path,
-    home: &Multiaddr,
-    issuer: &str,
-    extra: &[&str],
+    home: &NodeProcess,
+    enrolled: bool,
 ) -> Result<(NodeProcess, EngineProcess, String)> {
     let engine_data = dir.join("engine");
     let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
-    let boot = home.to_string();
-    let mut args = vec!["--engines", "0", "--engine-peer", &engine_peer];
-    args.extend_from_slice(&["--bootstrap", &boot, "--trust", issuer]);
-    args.extend_from_slice(&["--record-ttl", "10"]);
-    args.extend_from_slice(extra);
-    let station = NodeProcess::start(&dir.join("station"), &args)?;
-    let engine = EngineProcess::start(&engine_data, &station.addr, issuer)?;
+    let issuer = home.issuer()?;
+    let mut station = Node::new(&dir.join("station"))
+        .engines(0)
+        .args(&["--engine-peer", &engine_peer])
+        .ttl(10);
+    station = if enrolled {
+        station.enrolled_with(home)?
+    } else {
+        station.bootstrap(&home.addr).trust(&issuer)
+    };
+    let station = station.start()?;
+    let engine = EngineProcess::start(&engine_data, &station.addr, &issuer)?;
     Ok((station, engine, engine_peer))
-}
-
-/// Polls `check` (blocking calls: run on the blocking pool) until true.
-async fn wait_for(
-    what: &str,
-    secs: u64,
-    check: impl Fn() -> Result<bool> + Clone + Send + 'static,
-) -> Result<()> {
-    wait_until(what, Duration::from_secs(secs), || {
-        let check = check.clone();
-        async move { tokio::task::spawn_blocking(check).await? }
-    })
-    .await
 }
 
 /// A metric that may not be exported yet (no copy counted) reads as 0.
@@ -88,43 +62,59 @@ fn metric_or_zero(url: &str, name: &str) -> f64 {
     metric(url, name).unwrap_or(0.0)
 }
 
+/// Waits until `check` holds for the metric `name` at `url` (0 while not exported).
+async fn wait_metric(
+    what: &str,
+    secs: u64,
+    url: &str,
+    name: &'static str,
+    check: impl Fn(f64) -> bool + Clone + Send + 'static,
+) -> Result<()> {
+    let url = url.to_string();
+    wait::until_blocking(what, Duration::from_secs(secs), move || {
+        Ok(check(metric_or_zero(&url, name)))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (home, home_metrics) = home(dir.path())?;
-    let issuer = issuer_of(&home.data)?;
-    let admin_key = home.data.join("identity.key");
-    let station_data = dir.path().join("station");
-    let token = enroll_new_station(None, &home.addr, &admin_key, &station_data)?;
-    let token = token.to_string_lossy().into_owned();
-    let (station, engine, engine_peer) =
-        station_of_one_engine_process(dir.path(), &home.addr, &issuer, &["--enroll", &token])?;
+    let (station, engine, engine_peer) = station_of_one_engine_process(dir.path(), &home, true)?;
     // The director obtained the engine's token and forwarded it; the engine keeps it.
     let token_file = dir.path().join("engine/engine.token");
-    let seen = token_file.clone();
-    wait_for("the engine process's token", 30, move || Ok(seen.exists())).await?;
+    wait::until_blocking(
+        "the engine process's token",
+        Duration::from_secs(30),
+        move || Ok(token_file.exists()),
+    )
+    .await?;
 
-    subscriber(&home.addr, &admin_key, &dir.path().join("console"), "ivy")?;
     let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "ivy")?;
 
     // A miss: the program is at the home only; played through the station, whose engine
     // process copies it in and serves it while it arrives.
     let source = dir.path().join("missed.bin");
     let missed = random_file(&source, 3 * 1024 * 1024 + 5, 17)?;
-    let program = ingest(None, &home.addr, &admin_key, "missed", &source, &[])?;
-    let (played, stats) = play(None, &console, &station.addr, &program)?;
-    assert!(played == missed, "bytes played differ from bytes ingested");
-    assert_eq!(stats["verified"], true);
+    let program = ingest(&home, "missed", &source, 0)?;
+    let played = Play::new(&console, &station.addr, &program).run()?;
+    assert!(
+        played.bytes == missed,
+        "bytes played differ from bytes ingested"
+    );
+    assert_eq!(played.stats["verified"], true);
     assert_eq!(
-        stats["engines"],
+        played.stats["engines"],
         serde_json::json!([engine_peer]),
-        "{stats}"
+        "{}",
+        played.stats
     );
     // Counted once the copy is stored, which may be after the console read its last byte.
     let copied = missed.len() as f64;
-    let url = engine.metrics.clone();
-    wait_for("the miss's copies", 30, move || {
-        Ok(metric_or_zero(&url, COPIED) == copied)
+    wait_metric("the miss's copies", 30, &engine.metrics, COPIED, move |v| {
+        v == copied
     })
     .await?;
 
@@ -132,23 +122,26 @@ async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas
     // and its engine process copies the whole program before anyone plays it.
     let source = dir.path().join("replica.bin");
     let replica = random_file(&source, 2 * 1024 * 1024 + 11, 18)?;
-    let replicas = ["--replicas", "1"];
-    let program = ingest(None, &home.addr, &admin_key, "replica", &source, &replicas)?;
-    let url = engine.metrics.clone();
+    let program = ingest(&home, "replica", &source, 1)?;
     let want = copied + replica.len() as f64;
-    wait_for("the replica's copies", 60, move || {
-        Ok(metric_or_zero(&url, COPIED) == want)
-    })
+    wait_metric(
+        "the replica's copies",
+        60,
+        &engine.metrics,
+        COPIED,
+        move |v| v == want,
+    )
     .await?;
-    let (played, stats) = play(None, &console, &station.addr, &program)?;
+    let played = Play::new(&console, &station.addr, &program).run()?;
     assert!(
-        played == replica,
+        played.bytes == replica,
         "bytes played differ from the replica's source"
     );
     assert_eq!(
-        stats["engines"],
+        played.stats["engines"],
         serde_json::json!([engine_peer]),
-        "{stats}"
+        "{}",
+        played.stats
     );
     assert_eq!(
         metric(&engine.metrics, COPIED)?,
@@ -167,49 +160,45 @@ async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas
 async fn without_enrollment_an_engine_process_copies_nothing_and_the_holder_serves() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (home, home_metrics) = home(dir.path())?;
-    let issuer = issuer_of(&home.data)?;
-    let admin_key = home.data.join("identity.key");
-    let (station, engine, engine_peer) =
-        station_of_one_engine_process(dir.path(), &home.addr, &issuer, &[])?;
-    let home_engine = vodmesh_node::nodefile::NodeFile::read(&home.data)?
-        .engines
-        .first()
-        .map(|e| e.peer_id.to_string())
-        .context("the home has no engine")?;
-    let addr = station.addr.to_string();
-    let peer = engine_peer.clone();
-    wait_for("the engine process to attach", 30, move || {
-        let out = vodmesh_tests::vodmesh(&["status", "--node", &addr, "--json"])?;
-        let json: serde_json::Value = serde_json::from_str(&out)?;
-        let stations = json["stations"].as_array().cloned().unwrap_or_default();
-        Ok(stations
-            .iter()
-            .any(|s| s["engines"][0]["peer_id"] == peer.as_str() && s["engines"][0]["up"] == true))
-    })
+    let (station, engine, engine_peer) = station_of_one_engine_process(dir.path(), &home, false)?;
+    let home_engine = home.engine()?;
+    let addr = station.addr.clone();
+    let want = vec![(engine_peer.clone(), true)];
+    wait::until_blocking(
+        "the engine process to attach",
+        Duration::from_secs(30),
+        move || Ok(status::engines_up(&addr)? == want),
+    )
     .await?;
-    subscriber(&home.addr, &admin_key, &dir.path().join("console"), "jay")?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "jay")?;
 
     // The replica goes to the only other station; its engine process asks the home's engine
     // for each segment with no engine token, and is refused.
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 2 * 1024 * 1024 + 3, 19)?;
-    let replicas = ["--replicas", "1"];
-    let program = ingest(None, &home.addr, &admin_key, "refused", &source, &replicas)?;
-    let url = home_metrics.clone();
-    wait_for("the home to refuse a copy", 60, move || {
-        Ok(metric_or_zero(&url, REFUSED) >= 1.0)
-    })
+    let program = ingest(&home, "refused", &source, 1)?;
+    wait_metric(
+        "the home to refuse a copy",
+        60,
+        &home_metrics,
+        REFUSED,
+        |v| v >= 1.0,
+    )
     .await?;
 
     // Played through the station: it cannot copy, so the holder serves the console.
-    let console = dir.path().join("console");
-    let (played, stats) = play(None, &console, &station.addr, &program)?;
-    assert!(played == bytes, "bytes played differ from bytes ingested");
-    assert_eq!(stats["verified"], true);
+    let played = Play::new(&console, &station.addr, &program).run()?;
+    assert!(
+        played.bytes == bytes,
+        "bytes played differ from bytes ingested"
+    );
+    assert_eq!(played.stats["verified"], true);
     assert_eq!(
-        stats["engines"],
+        played.stats["engines"],
         serde_json::json!([home_engine]),
-        "{stats}"
+        "{}",
+        played.stats
     );
     assert_eq!(metric_or_zero(&engine.metrics, COPIED), 0.0);
     assert!(
@@ -260,13 +249,9 @@ async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires
     let trusted: TrustedIssuers = [issuer].into_iter().collect();
     let file = engine_data.join("engine.token");
     let mut seen: Vec<Vec<u8>> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < 3 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} engine tokens forwarded in 30 s",
-            seen.len()
-        );
+    // Each token lives 4 s and is refreshed at half its life: polled five times a second,
+    // none is missed.
+    let mut take_new = || -> Result<bool> {
         // The file is rewritten whole (temp file, rename): a read sees one token or none.
         if let Ok(token) = std::fs::read(&file)
             && seen.last() != Some(&token)
@@ -276,10 +261,29 @@ async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires
             assert_eq!(claims.subject, engine_peer);
             seen.push(token);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(seen.len() >= 3)
+    };
+    wait::until(
+        "three engine tokens forwarded",
+        Duration::from_secs(30),
+        || {
+            let done = take_new();
+            async move { done }
+        },
+    )
+    .await?;
     let _ = stop.send(true);
     engine.stopped().await;
     station.shutdown().await;
     Ok(())
+}
+
+/// `vodmesh ingest` of `source` into `home`, published now in 1 MiB segments with `replicas`
+/// copies elsewhere; the program id.
+fn ingest(home: &NodeProcess, title: &str, source: &Path, replicas: u32) -> Result<String> {
+    Ingest::new(&home.addr, &home.key(), title, source)
+        .publish_now()
+        .segment_size(1024 * 1024)
+        .replicas(replicas)
+        .run()
 }

@@ -1,87 +1,68 @@
 //! Failure during play: an engine taken out mid-play at `--speed 1` costs no stall with a 2 s
-//! buffer (its segments come from elsewhere, byte-identical); a station killed mid-play leaves
-//! the console to finish from another station.
+//! buffer (its segments come from elsewhere, byte-identical); a station killed or frozen
+//! mid-play, which was serving the console from its own replica, leaves the console to finish
+//! from another station, which `--stats` names; a miss whose copy fails everywhere sends the
+//! console to a holder.
 
-use std::path::Path;
-use std::process::Command;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vodmesh_console::play::{self, Credentials, Speed};
+use anyhow::Result;
+use vodmesh_console::play::{self, Speed};
 use vodmesh_node::events::Kind;
-use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
-use vodmesh_tests::{
-    NodeProcess, TEST_TTL, bin, enrolled_config, init_logging, random_file, subscriber, vodmesh,
-    wait_engine_tokens,
-};
+use vodmesh_tests::cli::{Ingest, Play, subscriber};
+use vodmesh_tests::console::{credentials, wait_holds_all};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::Node;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tests::{status, wait};
 use vodmesh_tools::ingest::{self, IngestOptions};
 
 const KIB: usize = 1024;
 
-async fn station(
-    dir: &Path,
-    engines: usize,
-    auth: Option<&Station>,
-    consoles: &Issuer,
-) -> anyhow::Result<Station> {
-    let mut config = match auth {
-        Some(auth) => {
-            let home = dir.parent().unwrap_or(dir).join("home");
-            enrolled_config(dir, auth, &home).await?
-        }
-        None => StationConfig::new(dir),
-    };
-    let home = auth.is_none();
-    config.auth = home;
-    config.home = home;
-    config.content_manager = home;
-    config.engines = engines;
-    config.registry.record_ttl = TEST_TTL;
-    config.trust.push(consoles.public());
-    config.bootstrap = auth.map(|a| a.addr().clone()).into_iter().collect();
-    let station = Station::start(config).await?;
-    wait_engine_tokens(&station).await?;
-    Ok(station)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_lost_mid_play_costs_no_stall() -> anyhow::Result<()> {
+async fn an_engine_lost_mid_play_costs_no_stall() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let consoles = Issuer::generate();
-    let home = station(&dir.path().join("home"), 1, None, &consoles).await?;
-    let b = station(&dir.path().join("b"), 2, Some(&home), &consoles).await?;
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir)
+        .home()
+        .trusting(&consoles)
+        .start()
+        .await?;
+    let b = swarm::station(dir.path().join("b"))
+        .engines(2)
+        .trusting(&consoles)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
     // Eight segments of 128 KiB at 1 Mbit/s: about 1 s each.
     let source = dir.path().join("p.bin");
     let bytes = random_file(&source, 8 * 128 * KIB, 51)?;
     let mut events = vodmesh_node::events::subscribe();
+    let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        node: home.addr().clone(),
-        key: dir.path().join("home/identity.key"),
-        title: "lossy".into(),
         publish_at_ms: Some(now_ms()),
         replicas: 1,
         segment_size: 128 * KIB as u64,
         bitrate: 1_000_000,
-        source,
-        progress: false,
+        ..ingest_options(&home, &key, "lossy", source)
     })
     .await?;
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(60), events.recv()).await??;
-        if e.program == info.program && e.peer == b.peer_id() && e.kind == Kind::ReplicaComplete {
-            break;
-        }
-    }
+    wait::event(
+        &mut events,
+        &mut Vec::new(),
+        "b's replica",
+        Duration::from_secs(60),
+        |e| e.program == info.program && e.peer == b.peer_id() && e.kind == Kind::ReplicaComplete,
+    )
+    .await?;
 
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
-    let credentials = Credentials {
-        key: Some(key),
-        token: Arc::new(std::sync::RwLock::new(Some(token))),
-    };
+    let credentials = credentials(&consoles)?;
     // Two segments in, engine 0 of b (which holds every other segment) is taken out.
     let stop = Arc::new(Mutex::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -127,7 +108,7 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What happens to station b 3 s into the play.
+/// What happens to station b once the console has written two segments.
 enum Fate {
     /// Killed: its connections close.
     Killed,
@@ -136,14 +117,14 @@ enum Fate {
 }
 
 #[test]
-fn a_station_killed_mid_play_leaves_the_console_to_another() -> anyhow::Result<()> {
+fn a_station_killed_mid_play_leaves_the_console_to_another() -> Result<()> {
     station_fails_mid_play(Fate::Killed)
 }
 
 /// A frozen station (SIGSTOP: its connections stay open and answer nothing) is passed over
 /// like a dead one: the console asks the other director, within the time of the play.
 #[test]
-fn a_station_frozen_mid_play_leaves_the_console_to_another() -> anyhow::Result<()> {
+fn a_station_frozen_mid_play_leaves_the_console_to_another() -> Result<()> {
     let started = std::time::Instant::now();
     station_fails_mid_play(Fate::Frozen)?;
     let took = started.elapsed();
@@ -151,103 +132,124 @@ fn a_station_frozen_mid_play_leaves_the_console_to_another() -> anyhow::Result<(
     Ok(())
 }
 
-fn station_fails_mid_play(fate: Fate) -> anyhow::Result<()> {
+/// The console asks station b, which holds a complete replica and serves it from its own
+/// engines; once the console has written two segments, b meets `fate`. The console finishes
+/// from the home station: byte-identical, and `--stats` names both stations.
+fn station_fails_mid_play(fate: Fate) -> Result<()> {
+    const SEGMENTS: u32 = 8;
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &[
-            "--engines",
-            "2",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--record-ttl",
-            "10",
-        ],
-    )?;
-    let boot = home.addr.to_string();
-    let issuer = vodmesh_tests::issuer_of(&home.data)?;
-    let b = NodeProcess::start(
-        &dir.path().join("b"),
-        &[
-            "--engines",
-            "2",
-            "--bootstrap",
-            &boot,
-            "--trust",
-            &issuer,
-            "--record-ttl",
-            "10",
-        ],
+    let home = Node::new(&dir.path().join("home"))
+        .engines(2)
+        .home()
+        .ttl(10)
+        .start()?;
+    let b = Node::new(&dir.path().join("b"))
+        .engines(2)
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    wait::blocking(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        || Ok(status::directors(&home.addr)?.contains(&b.peer())),
     )?;
     let console = dir.path().join("console");
-    subscriber(&home.addr, &home.data.join("identity.key"), &console, "eve")?;
-    // Eight segments of 128 KiB at 1 Mbit/s: 8.4 s of media.
+    subscriber(&home.addr, &home.key(), &console, "eve")?;
+    // Eight segments of 128 KiB at 1 Mbit/s: 8.4 s of media, replicated to b.
     let source = dir.path().join("p.bin");
-    let bytes = random_file(&source, 8 * 128 * KIB, 52)?;
-    let key = home.data.join("identity.key").display().to_string();
-    vodmesh(&[
-        "ingest",
-        "--node",
-        &boot,
-        "--key",
-        &key,
-        "--title",
-        "fragile",
-        "--publish-at",
-        "now",
-        "--segment-size",
-        "131072",
-        "--bitrate",
-        "1000000",
-        &source.display().to_string(),
-    ])?;
-    let out = dir.path().join("played.bin");
-    let stats = dir.path().join("stats.json");
-    // The console asks b (which holds nothing and redirects to the home); b dies 3 s in.
-    let player = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", &console)
-        .args([
-            "play",
-            "--node",
-            &b.addr.to_string(),
-            "--speed",
-            "1",
-            "--buffer",
-            "2",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .arg("fragile")
-        .stderr(std::process::Stdio::piped())
+    let bytes = random_file(&source, SEGMENTS as usize * 128 * KIB, 52)?;
+    let program = Ingest::new(&home.addr, &home.key(), "fragile", &source)
+        .publish_now()
+        .segment_size(128 * KIB)
+        .bitrate(1_000_000)
+        .replicas(1)
+        .run()?;
+    tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
+        &b.addr,
+        program.parse()?,
+        SEGMENTS,
+        Duration::from_secs(60),
+    ))?;
+
+    let mut playing = Play::new(&console, &b.addr, "fragile")
+        .speed("1")
+        .args(&["--buffer", "2"])
+        .to_stdout()
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(3));
-    let frozen = match fate {
-        Fate::Killed => {
-            drop(b);
-            None
-        }
+    // Two segments written: the console fetches three ahead, so the last three are yet to
+    // be fetched, and it is held at the pipe until the test reads on.
+    playing.read(2 * 128 * KIB)?;
+    let (b_peer, frozen) = match fate {
+        Fate::Killed => (b.peer(), b.kill().map(|()| None)?),
         Fate::Frozen => {
-            let stopped = Command::new("kill")
-                .args(["-STOP", &b.pid().to_string()])
-                .status()?;
-            anyhow::ensure!(stopped.success(), "kill -STOP failed");
-            Some(b)
+            b.signal("STOP")?;
+            (b.peer(), Some(b))
         }
     };
-    let finished = player.wait_with_output()?;
+    let played = playing.finish()?;
     // Killed when dropped (SIGKILL ends a stopped process too).
     drop(frozen);
-    assert!(
-        finished.status.success(),
-        "play failed: {}",
-        String::from_utf8_lossy(&finished.stderr)
-    );
-    assert!(std::fs::read(&out)? == bytes, "played bytes differ");
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    let stats = played.stats;
     assert_eq!(stats["verified"], true);
-    assert_eq!(stats["segments"], 8);
+    assert_eq!(stats["segments"], SEGMENTS);
+    // b served until it failed (it holds every segment); the home station served after.
+    let both: BTreeSet<String> = [b_peer, home.peer()].into();
+    assert_eq!(
+        stats["stations"],
+        serde_json::json!(both),
+        "b served first, the home after the loss: {stats}"
+    );
+    Ok(())
+}
+
+/// A miss whose copy fails at every source (issue 17): a station that runs an auth server of
+/// its own holds engine tokens no other station trusts, so when it fills a miss its engine's
+/// copy is refused by every holder. The console is not told `segment ... is not stored here`:
+/// it is sent to a holder, and finishes with the program's bytes.
+#[test]
+fn a_miss_whose_copy_fails_everywhere_sends_the_console_to_a_holder() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(2)
+        .home()
+        .ttl(10)
+        .start()?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "gil")?;
+    // Its own issuer signs its engines' tokens; it trusts the home's for consoles.
+    let stray = Node::new(&dir.path().join("stray"))
+        .engines(1)
+        .args(&["--auth"])
+        .trust(&home.issuer()?)
+        .bootstrap(&home.addr)
+        .ttl(10)
+        .start()?;
+    wait::blocking(
+        "the stray station to find the home",
+        Duration::from_secs(30),
+        || Ok(status::directors(&stray.addr)?.contains(&home.peer())),
+    )?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 4 * 256 * KIB, 53)?;
+    Ingest::new(&home.addr, &home.key(), "elsewhere", &source)
+        .publish_now()
+        .segment_size(256 * KIB)
+        .run()?;
+    let played = Play::new(&console, &stray.addr, "elsewhere")
+        .files(dir.path(), "stray")
+        .run()?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    assert_eq!(
+        played.stats["stations"],
+        serde_json::json!([home.peer()]),
+        "every segment came from the holder: {}",
+        played.stats
+    );
+    // The stray station did try to copy, and every holder refused it.
+    assert!(
+        stray.log().contains("copy failed at every source"),
+        "the stray station never tried a copy"
+    );
     Ok(())
 }

@@ -15,7 +15,7 @@ use vodmesh_proto::station::{Roles, StationRecord};
 use vodmesh_proto::time::in_ms;
 use vodmesh_registry::registry::{self as reg, RegistryConfig};
 use vodmesh_registry::{PersistentStore, RecordKind, StoreLimits};
-use vodmesh_tests::{init_logging, start_station};
+use vodmesh_tests::swarm::{init_logging, station};
 
 fn record(director: PeerId) -> StationRecord {
     StationRecord {
@@ -72,7 +72,7 @@ async fn put(
 async fn forged_and_oversized_station_records_are_refused() -> anyhow::Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let station = start_station(dir.path(), None).await?;
+    let station = station(dir.path()).start().await?;
     let mut swarm = attacker(station.addr()).await?;
     let director = station.peer_id();
 

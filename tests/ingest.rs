@@ -2,31 +2,10 @@
 //! spread over the engines; only admins ingest; bad sources fail with one clear error and
 //! leave nothing in the catalog.
 
-use vodmesh_node::{Station, StationConfig};
-use vodmesh_tests::{engine_segments, init_logging, random_file};
-use vodmesh_tools::ingest::{self, IngestOptions};
-
-async fn home_station(dir: &std::path::Path) -> anyhow::Result<Station> {
-    let mut config = StationConfig::new(dir);
-    config.engines = 3;
-    config.home = true;
-    config.content_manager = true;
-    Station::start(config).await
-}
-
-fn options(station: &Station, key: &std::path::Path, source: &std::path::Path) -> IngestOptions {
-    IngestOptions {
-        node: station.addr().clone(),
-        key: key.to_path_buf(),
-        title: "sixty-four".into(),
-        publish_at_ms: None,
-        replicas: 0,
-        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source: source.to_path_buf(),
-        progress: false,
-    }
-}
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::stored::engine_segments;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tools::ingest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_file_is_stored_exactly_across_the_engines() -> anyhow::Result<()> {
@@ -35,8 +14,18 @@ async fn a_64_mib_file_is_stored_exactly_across_the_engines() -> anyhow::Result<
     let data = dir.path().join("home");
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 64 * 1024 * 1024, 7)?;
-    let station = home_station(&data).await?;
-    let info = ingest::run(&options(&station, &data.join("identity.key"), &source)).await?;
+    let station = swarm::station(&data)
+        .engines(3)
+        .content_home()
+        .start()
+        .await?;
+    let info = ingest::run(&ingest_options(
+        &station,
+        &data.join("identity.key"),
+        "sixty-four",
+        &source,
+    ))
+    .await?;
     assert_eq!(info.segments, 16);
     assert_eq!(info.size, bytes.len() as u64);
     let listed = vodmesh_tools::programs::fetch(station.addr()).await?;
@@ -61,21 +50,30 @@ async fn non_admins_and_bad_sources_are_refused_and_leave_nothing() -> anyhow::R
     let data = dir.path().join("home");
     let source = dir.path().join("program.bin");
     random_file(&source, 3 * 1024 * 1024, 8)?;
-    let station = home_station(&data).await?;
+    let station = swarm::station(&data)
+        .engines(3)
+        .content_home()
+        .start()
+        .await?;
 
     let stranger = dir.path().join("stranger.key");
     vodmesh_node::identity::save(&stranger, &libp2p::identity::Keypair::generate_ed25519())?;
-    let err = ingest::run(&options(&station, &stranger, &source))
+    let err = ingest::run(&ingest_options(&station, &stranger, "sixty-four", &source))
         .await
         .err()
         .map(|e| e.to_string());
     assert_eq!(err.as_deref(), Some("not an admin of this station"));
 
     let missing = dir.path().join("missing.bin");
-    let err = ingest::run(&options(&station, &data.join("identity.key"), &missing))
-        .await
-        .err()
-        .map(|e| format!("{e:#}"));
+    let err = ingest::run(&ingest_options(
+        &station,
+        &data.join("identity.key"),
+        "sixty-four",
+        &missing,
+    ))
+    .await
+    .err()
+    .map(|e| format!("{e:#}"));
     assert!(
         err.as_deref().is_some_and(|e| e.contains("cannot open")),
         "{err:?}"
@@ -84,9 +82,14 @@ async fn non_admins_and_bad_sources_are_refused_and_leave_nothing() -> anyhow::R
     let empty = dir.path().join("empty.bin");
     std::fs::write(&empty, b"")?;
     assert!(
-        ingest::run(&options(&station, &data.join("identity.key"), &empty))
-            .await
-            .is_err()
+        ingest::run(&ingest_options(
+            &station,
+            &data.join("identity.key"),
+            "sixty-four",
+            &empty
+        ))
+        .await
+        .is_err()
     );
 
     assert!(

@@ -7,23 +7,24 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Result;
 use futures::AsyncReadExt;
 use libp2p::PeerId;
-use vodmesh_console::client::DirectorClient;
-use vodmesh_node::events::{Event, Kind};
-use vodmesh_node::{Station, StationConfig};
+use vodmesh_node::Station;
+use vodmesh_node::events::Kind;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::codec::{read_frame, write_frame};
-use vodmesh_proto::director::{Activity, Request, Response};
-use vodmesh_proto::stream::{self, StreamReply, StreamRequest};
+use vodmesh_proto::stream::StreamReply;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
-use vodmesh_tests::{
-    TEST_TTL, enrolled_config, init_logging, random_file, wait_engine_tokens, wait_until,
-};
+use vodmesh_tests::console::{Console, credentials};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
 const MIB: usize = 1024 * 1024;
+/// How long an event of the flow may take.
+const MINUTE: Duration = Duration::from_secs(60);
 const TOKYO: (f64, f64) = (35.68, 139.69);
 const BERLIN: (f64, f64) = (52.52, 13.40);
 const PARIS: (f64, f64) = (48.86, 2.35);
@@ -44,59 +45,23 @@ async fn station(
     site: Site,
     auth: Option<&Station>,
     consoles: &Issuer,
-) -> anyhow::Result<Station> {
-    let dir = root.join(site.name);
-    let mut config = match auth {
-        Some(auth) => enrolled_config(&dir, auth, &root.join("home")).await?,
-        None => StationConfig::new(&dir),
-    };
-    let home = auth.is_none();
-    config.auth = home;
-    config.home = home;
-    config.content_manager = home;
-    config.engines = 2;
-    config.coords = Some(site.coords);
-    config.bandwidth_mbps = site.bandwidth_mbps;
-    config.copy_rate_mbps = site.copy_rate_mbps;
-    config.registry.record_ttl = TEST_TTL;
-    config.trust.push(consoles.public());
-    config.bootstrap = auth.map(|a| a.addr().clone()).into_iter().collect();
-    let station = Station::start(config).await?;
-    wait_engine_tokens(&station).await?;
-    Ok(station)
-}
-
-async fn activity(client: &DirectorClient) -> anyhow::Result<Activity> {
-    match client.request(Request::Activity).await? {
-        Response::Activity(a) => Ok(a),
-        other => anyhow::bail!("unexpected {other:?}"),
-    }
-}
-
-/// Waits for an event matching `f`, keeping what it saw in `log`.
-async fn expect(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-    log: &mut Vec<Event>,
-    what: &str,
-    f: impl Fn(&Event) -> bool,
-) -> anyhow::Result<Event> {
-    if let Some(e) = log.iter().find(|e| f(e)) {
-        return Ok(e.clone());
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let e = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("no event: {what}"))??;
-        log.push(e.clone());
-        if f(&e) {
-            return Ok(e);
-        }
+) -> Result<Station> {
+    let spec = swarm::station(root.join(site.name))
+        .engines(2)
+        .trusting(consoles)
+        .with(|c| {
+            c.coords = Some(site.coords);
+            c.bandwidth_mbps = site.bandwidth_mbps;
+            c.copy_rate_mbps = site.copy_rate_mbps;
+        });
+    match auth {
+        Some(auth) => spec.enrolled_with(auth, &root.join("home")).start().await,
+        None => spec.home().start().await,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> anyhow::Result<()> {
+async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let root = dir.path();
@@ -127,7 +92,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
         &consoles,
     )
     .await?;
-    wait_until("a in the swarm", Duration::from_secs(30), || async {
+    wait::until("a in the swarm", Duration::from_secs(30), || async {
         Ok(home.swarm().await?.len() == 2)
     })
     .await?;
@@ -137,24 +102,20 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
     let bytes = random_file(&source, 4 * MIB, 31)?;
     let mut events = vodmesh_node::events::subscribe();
     let mut log = Vec::new();
+    let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
-        node: home.addr().clone(),
-        key: root.join("home").join("identity.key"),
-        title: "missed".into(),
         publish_at_ms: Some(now_ms()),
         replicas: 1,
         segment_size: 2 * MIB as u64,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source,
-        progress: false,
+        ..ingest_options(&home, &key, "missed", source)
     })
     .await?;
     let program = info.program;
-    expect(&mut events, &mut log, "a's replica", |e| {
+    wait::event(&mut events, &mut log, "a's replica", MINUTE, |e| {
         e.program == program && e.peer == a.peer_id() && e.kind == Kind::ReplicaComplete
     })
     .await?;
-    wait_until("a listed as a holder", Duration::from_secs(30), || async {
+    wait::until("a listed as a holder", Duration::from_secs(30), || async {
         let holders = home.registry().holders(program).await?;
         Ok(holders.contains(&a.peer_id()) && holders.contains(&home.peer_id()))
     })
@@ -188,26 +149,13 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
 
     // A console asks c, which holds nothing, for segment 0: c answers at once with one of its
     // own engines, whose copy is filling, and chose a (cheaper than the home) as the source.
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
-    let client = DirectorClient::connect(c.addr(), Some(key)).await?;
-    let location = match client
-        .request(Request::Locate {
-            program,
-            index: 0,
-            complete: false,
-            avoid: Vec::new(),
-        })
-        .await?
-    {
-        Response::Location(l) => l,
-        other => anyhow::bail!("unexpected {other:?}"),
-    };
+    let console = Console::connect(c.addr(), Some(&consoles)).await?;
+    let location = console.locate(program, 0, false).await?;
     assert_eq!(location.director, c.peer_id());
     assert!(location.filling);
     let c_engines: BTreeSet<PeerId> = c.engines.iter().map(|e| e.peer_id).collect();
     assert!(c_engines.contains(&location.engine));
-    let chosen = expect(&mut events, &mut log, "c's source choice", |e| {
+    let chosen = wait::event(&mut events, &mut log, "c's source choice", MINUTE, |e| {
         e.peer == c.peer_id() && matches!(e.kind, Kind::SourceChosen { .. })
     })
     .await?;
@@ -217,24 +165,11 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
     );
 
     // The console streams the segment while it arrives; a dies after the first bytes.
-    client
-        .add_addresses(location.engine, location.addrs.clone())
-        .await?;
-    let mut s = client
-        .open_stream(location.engine, stream::PROTOCOL)
-        .await?;
-    write_frame(
-        &mut s,
-        &StreamRequest {
-            segment: SegmentId::new(program, 0),
-            offset: 0,
-            token: Some(serde_bytes::ByteBuf::from(token)),
-            play_from: 0,
-        },
-    )
-    .await?;
-    let StreamReply::Streaming { size, .. } = read_frame(&mut s, stream::MAX_FRAME).await? else {
-        anyhow::bail!("refused");
+    console.reach(location.engine, &location.addrs).await?;
+    let request = console.request(SegmentId::new(program, 0), 0, 0);
+    let (mut s, reply) = console.ask(location.engine, &request).await?;
+    let StreamReply::Streaming { size, .. } = reply else {
+        anyhow::bail!("refused: {reply:?}");
     };
     assert_eq!(size, 2 * MIB as u64);
     let mut got = vec![0u8; 256 * 1024];
@@ -247,7 +182,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
 
     // The copy resumed at the home from a byte past what the console had read.
     let home_engines: BTreeSet<PeerId> = home.engines.iter().map(|e| e.peer_id).collect();
-    let resumed = expect(&mut events, &mut log, "the copy to resume", |e| {
+    let resumed = wait::event(&mut events, &mut log, "the copy to resume", MINUTE, |e| {
         e.peer == location.engine && matches!(e.kind, Kind::CopyResumed { .. })
     })
     .await?;
@@ -258,13 +193,13 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
         }
         other => anyhow::bail!("unexpected {other:?}"),
     }
-    wait_until("c's counts", Duration::from_secs(20), || async {
-        let act = activity(&client).await?;
+    wait::until("c's counts", Duration::from_secs(20), || async {
+        let act = console.activity().await?;
         Ok(act.misses == 1 && act.source_failovers == 1)
     })
     .await?;
     // The registry learns the new holder.
-    wait_until("c listed as a holder", Duration::from_secs(30), || async {
+    wait::until("c listed as a holder", Duration::from_secs(30), || async {
         Ok(home
             .registry()
             .holders(program)
@@ -275,18 +210,7 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
 
     // The whole program plays from d, which holds nothing either: each segment is a miss
     // filled from the stations still holding it.
-    let credentials = vodmesh_console::play::Credentials {
-        key: Some(libp2p::identity::Keypair::generate_ed25519()),
-        token: Default::default(),
-    };
-    let console = credentials
-        .key
-        .as_ref()
-        .map(|k| k.public().to_peer_id())
-        .ok_or_else(|| anyhow::anyhow!("no key"))?;
-    if let Ok(mut t) = credentials.token.write() {
-        *t = Some(vodmesh_tests::console_token(&consoles, console)?);
-    }
+    let credentials = credentials(&consoles)?;
     let mut played = Vec::new();
     let stats = vodmesh_console::play::play(
         d.addr(),
@@ -311,19 +235,21 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> a
 /// made to wait for a slow copy, nor given an error: the filling engine hands it back, the
 /// director names an engine with the whole segment, and that engine serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> anyhow::Result<()> {
+async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     let consoles = Issuer::generate();
-    // The home serves copies at 8 Mbit/s: a 2 MiB segment takes two seconds to copy.
+    // The home serves copies at 1 Mbit/s: the copy reaches the seek's byte 1.5 MB after 12 s,
+    // far longer than a console takes to ask even on a loaded machine (at 8 Mbit/s the copy
+    // outran a console that took 2 s to start, and nothing was left to swap).
     let home = station(
         root,
         Site {
             name: "home",
             coords: BERLIN,
             bandwidth_mbps: 1000,
-            copy_rate_mbps: 8,
+            copy_rate_mbps: 1,
         },
         None,
         &consoles,
@@ -342,31 +268,23 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> anyhow::Result<()>
     )
     .await?;
     let source = root.join("program.bin");
-    let bytes = random_file(&source, 4 * MIB, 32)?;
+    // Segment 0 of 2 MiB, segment 1 of 256 KiB: c copies the short second one in 2 s.
+    let bytes = random_file(&source, 2 * MIB + MIB / 4, 32)?;
+    let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
-        node: home.addr().clone(),
-        key: root.join("home").join("identity.key"),
-        title: "slow".into(),
         publish_at_ms: Some(now_ms()),
-        replicas: 0,
         segment_size: 2 * MIB as u64,
         bitrate: 8_000_000,
-        source,
-        progress: false,
+        ..ingest_options(&home, &key, "slow", source)
     })
     .await?;
-    wait_until("c sees the home", Duration::from_secs(30), || async {
+    wait::until("c sees the home", Duration::from_secs(30), || async {
         Ok(c.swarm().await?.len() == 2)
     })
     .await?;
 
     // Start 1.5 s in: three quarters into segment 0 (2.1 s of media), which c must copy.
-    let key = libp2p::identity::Keypair::generate_ed25519();
-    let token = vodmesh_tests::console_token(&consoles, key.public().to_peer_id())?;
-    let credentials = vodmesh_console::play::Credentials {
-        key: Some(key),
-        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
-    };
+    let credentials = credentials(&consoles)?;
     let mut played = Vec::new();
     let stats = vodmesh_console::play::play(
         c.addr(),
@@ -393,8 +311,8 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> anyhow::Result<()>
     );
     // The swapped segment came from the home, the next from c's own (filling) copy.
     assert!(stats.stations.contains(&home.peer_id().to_string()));
-    let client = DirectorClient::connect(c.addr(), None).await?;
-    assert_eq!(activity(&client).await?.swaps, 1);
+    let director = Console::connect(c.addr(), None).await?;
+    assert_eq!(director.activity().await?.swaps, 1);
     for s in [home, c] {
         s.shutdown().await;
     }

@@ -15,58 +15,20 @@
 //! may not (not root, no iproute2), and fails under CI when it cannot make them.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use vodmesh_tests::cli::{Ingest, Play, command_in, run, subscriber_in};
 use vodmesh_tests::hosts::Hosts;
-use vodmesh_tests::{
-    NodeProcess, enroll_new_station, ingest, issuer_of, play, random_file, run_bin, subscriber_in,
-};
-
-/// Runs a workspace binary in `ns` (with `$VODMESH_HOME` = `home` when given); its stdout.
-fn run_in(ns: &str, name: &str, home: Option<&Path>, args: &[&str]) -> Result<String> {
-    run_bin(Some(ns), name, home, args)
-}
-
-/// The log without its colour codes.
-fn log_of(node: &NodeProcess) -> String {
-    let raw = std::fs::read_to_string(node.data.join("stderr.log")).unwrap_or_default();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn wait_for_log(node: &NodeProcess, needle: &str, timeout: Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    while !log_of(node).contains(needle) {
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "`{needle}` not in {} after {timeout:?}",
-                node.data.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::{require, status, wait};
 
 /// The source station the director chose for each segment it missed: `(index, source)`.
 fn choices(node: &NodeProcess) -> Vec<(u32, String)> {
-    log_of(node)
+    node.log()
         .lines()
         .filter(|l| l.contains("miss: copying from the cheapest station"))
         .filter_map(|l| {
@@ -98,65 +60,41 @@ impl Trio {
     fn start(hosts: &Hosts, a_args: &[&str], segments: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let h = hosts.ns(1);
-        let home = NodeProcess::start_in(
-            Some(&h),
-            &dir.path().join("home"),
-            &["/ip4/10.77.0.1/tcp/0"],
-            &[
-                "--engines",
-                "1",
-                "--home",
-                "--content-manager",
-                "--auth",
-                "--bandwidth",
-                "20",
-                "--record-ttl",
-                "10",
-            ],
-        )?;
-        let boot = home.addr.to_string();
-        let admin_key = home.data.join("identity.key");
-        let issuer = issuer_of(&home.data)?;
-        let enrolled = |name: &str, ns: &str, ip4: &str, extra: &[&str]| -> Result<NodeProcess> {
-            let data = dir.path().join(name);
-            let token = enroll_new_station(Some(ns), &home.addr, &admin_key, &data)?;
-            let token = token.display().to_string();
-            let mut args = vec![
-                "--engines",
-                "1",
-                "--bootstrap",
-                &boot,
-                "--trust",
-                &issuer,
-                "--enroll",
-                &token,
-                "--record-ttl",
-                "10",
-            ];
-            args.extend_from_slice(extra);
-            let node =
-                NodeProcess::start_in(Some(ns), &data, &[&format!("/ip4/{ip4}/tcp/0")], &args)?;
-            wait_for_log(&node, "engine token", Duration::from_secs(30))?;
+        let home = Node::new(&dir.path().join("home"))
+            .in_netns(&h)
+            .listen(&["/ip4/10.77.0.1/tcp/0"])
+            .engines(1)
+            .home()
+            .args(&["--bandwidth", "20"])
+            .ttl(10)
+            .start()?;
+        let enrolled = |name: &str, i: u8, extra: &[&str]| -> Result<NodeProcess> {
+            let node = Node::new(&dir.path().join(name))
+                .in_netns(&hosts.ns(i))
+                .listen(&[&format!("/ip4/10.77.0.{i}/tcp/0")])
+                .engines(1)
+                .ttl(10)
+                .args(extra)
+                .enrolled_with(&home)?
+                .start()?;
+            node.wait_engine_token(0)?;
             Ok(node)
         };
-        let a = enrolled("a", &hosts.ns(2), "10.77.0.2", a_args)?;
+        let a = enrolled("a", 2, a_args)?;
         // A program of 1 MiB segments, replicated to a.
         let source = dir.path().join("program.bin");
         let bytes = random_file(&source, segments * 1024 * 1024, 41)?;
-        let replicas = ["--replicas", "1"];
-        let program = ingest(
-            Some(&h),
-            &home.addr,
-            &admin_key,
-            "shaped",
-            &source,
-            &replicas,
-        )?;
-        wait_for_log(&a, "ReplicaComplete", Duration::from_secs(60))?;
+        let program = Ingest::new(&home.addr, &home.key(), "shaped", &source)
+            .in_netns(&h)
+            .publish_now()
+            .segment_size(1024 * 1024)
+            .replicas(1)
+            .run()?;
+        a.wait_log("ReplicaComplete", Duration::from_secs(60))?;
         let c_ns = hosts.ns(3);
-        let c = enrolled("c", &c_ns, "10.77.0.3", &["--bandwidth", "10000"])?;
+        let c = enrolled("c", 3, &["--bandwidth", "10000"])?;
         let console = dir.path().join("console");
-        subscriber_in(Some(&c_ns), &home.addr, &admin_key, &console, "dee")?;
+        subscriber_in(Some(&c_ns), &home.addr, &home.key(), &console, "dee")?;
         Ok(Self {
             dir,
             home,
@@ -171,7 +109,8 @@ impl Trio {
     /// Plays the program at c, from host c, at full speed; returns the bytes played.
     fn play(&self) -> Result<Vec<u8>> {
         let console = self.dir.path().join("console");
-        Ok(play(Some(&self.c_ns), &console, &self.c.addr, &self.program)?.0)
+        let play = Play::new(&console, &self.c.addr, &self.program).in_netns(&self.c_ns);
+        Ok(play.run()?.bytes)
     }
 }
 
@@ -195,8 +134,8 @@ fn measured_links_beat_advertised_ones() -> Result<()> {
     assert_eq!(decided.len(), 4, "one decision per segment: {decided:?}");
     // Believing the adverts, the first copy comes from a; measured, a's link is slow, and
     // the last segment comes from the home.
-    assert_eq!(from(0), Some(peer_of(&trio.a)), "{decided:?}");
-    assert_eq!(from(3), Some(peer_of(&trio.home)), "{decided:?}");
+    assert_eq!(from(0), Some(trio.a.peer()), "{decided:?}");
+    assert_eq!(from(3), Some(trio.home.peer()), "{decided:?}");
     Ok(())
 }
 
@@ -211,16 +150,16 @@ fn a_link_cut_during_a_copy_is_survived() -> Result<()> {
     let trio = Trio::start(&hosts, &["--bandwidth", "10000", "--copy-rate", "4"], 2)?;
     std::thread::scope(|scope| -> Result<()> {
         let playing = scope.spawn(|| trio.play());
-        // Once c chose a for its first copy, a's link goes down.
-        let started = std::time::Instant::now();
-        while !choices(&trio.c).iter().any(|(_, s)| *s == peer_of(&trio.a)) {
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "c never chose a"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        // Once c chose a for its first copy and the copy's first bytes are in (a write in
+        // progress on c's engine), a's link goes down mid-copy.
+        let a_peer = trio.a.peer();
+        wait::blocking("c to choose a", Duration::from_secs(30), || {
+            Ok(choices(&trio.c).iter().any(|(_, s)| *s == a_peer))
+        })?;
+        let filling = trio.c.data.join("engines/0");
+        wait::blocking("the copy from a to begin", Duration::from_secs(30), || {
+            Ok(tmp_bytes(&filling) > 0)
+        })?;
         hosts.cut(2, true)?;
         let played = playing
             .join()
@@ -228,7 +167,7 @@ fn a_link_cut_during_a_copy_is_survived() -> Result<()> {
         assert!(played == trio.bytes, "played bytes differ");
         Ok(())
     })?;
-    wait_for_log(&trio.c, "CopyResumed", Duration::from_secs(5))?;
+    trio.c.wait_log("CopyResumed", Duration::from_secs(5))?;
     Ok(())
 }
 
@@ -241,7 +180,8 @@ fn loss_and_delay_keep_playback_correct() -> Result<()> {
     };
     for i in 1..=3 {
         if !hosts.shape(i, "-", "40ms", "1%")? {
-            println!("SKIPPED: this kernel has no netem, so no loss or delay can be made");
+            // A kernel without netem is no prerequisite CI could install.
+            require::skip_everywhere("this kernel has no netem, so no loss or delay can be made");
             return Ok(());
         }
     }
@@ -250,34 +190,17 @@ fn loss_and_delay_keep_playback_correct() -> Result<()> {
     Ok(())
 }
 
-/// The stations `vodmesh status` lists from the director at `addr`, asked from host `ns`.
-fn listed(ns: &str, addr: &str) -> BTreeSet<String> {
-    let out = match run_in(ns, "vodmesh", None, &["status", "--node", addr, "--json"]) {
-        Ok(out) => out,
-        Err(e) => {
-            println!("status failed: {e}");
-            return BTreeSet::new();
-        }
-    };
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    json["stations"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|s| s["director"]["peer_id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The stations `vodmesh status` lists from the director of `node`, asked from host `ns`
+/// (none while it cannot be asked: a partition).
+fn listed(ns: &str, node: &NodeProcess) -> BTreeSet<String> {
+    status::directors_in(Some(ns), &node.addr).unwrap_or_else(|e| {
+        println!("status failed: {e}");
+        BTreeSet::new()
+    })
 }
 
-fn peer_of(node: &NodeProcess) -> String {
-    node.addr
-        .iter()
-        .last()
-        .map(|p| p.to_string().trim_start_matches("/p2p/").to_string())
-        .unwrap_or_default()
-}
-
+/// Waits until `node`'s director, asked from host `ns`, lists exactly `want`; the time that
+/// took.
 fn wait_listing(
     what: &str,
     ns: &str,
@@ -285,17 +208,30 @@ fn wait_listing(
     want: &BTreeSet<String>,
     within: Duration,
 ) -> Result<Duration> {
-    let started = std::time::Instant::now();
-    loop {
-        let got = listed(ns, &node.addr.to_string());
-        if &got == want {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > within {
-            bail!("{what}: after {within:?} it lists {got:?}, not {want:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    let mut got = BTreeSet::new();
+    let waited = wait::blocking(what, within, || {
+        got = listed(ns, node);
+        Ok(&got == want)
+    });
+    match waited {
+        Ok(took) => Ok(took),
+        Err(e) => bail!("{e}: it lists {got:?}, not {want:?}"),
     }
+}
+
+/// Bytes of the writes in progress under an engine's data directory (its default disk's
+/// `tmp/`): a copy filling.
+fn tmp_bytes(engine: &std::path::Path) -> u64 {
+    let tmp = engine.join("segments").join("tmp");
+    std::fs::read_dir(tmp)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// A station cut off from the others drops out of their listings within one record TTL, and
@@ -307,31 +243,24 @@ fn a_partition_that_heals_reconverges() -> Result<()> {
     };
     const TTL: Duration = Duration::from_secs(6);
     let dir = tempfile::tempdir()?;
-    let ttl = TTL.as_secs().to_string();
-    let first = NodeProcess::start_in(
-        Some(&hosts.ns(1)),
-        &dir.path().join("s1"),
-        &["/ip4/10.77.0.1/tcp/0"],
-        &["--record-ttl", &ttl],
-    )?;
-    let boot = first.addr.to_string();
-    let mut nodes = vec![first];
+    let station = |i: u8| {
+        Node::new(&dir.path().join(format!("s{i}")))
+            .in_netns(&hosts.ns(i))
+            .listen(&[&format!("/ip4/10.77.0.{i}/tcp/0")])
+            .ttl(TTL.as_secs())
+    };
+    let mut nodes = vec![station(1).start()?];
     for i in 2..=3u8 {
-        nodes.push(NodeProcess::start_in(
-            Some(&hosts.ns(i)),
-            &dir.path().join(format!("s{i}")),
-            &[&format!("/ip4/10.77.0.{i}/tcp/0")],
-            &["--bootstrap", &boot, "--record-ttl", &ttl],
-        )?);
+        nodes.push(station(i).bootstrap(&nodes[0].addr).start()?);
     }
-    let all: BTreeSet<String> = nodes.iter().map(peer_of).collect();
+    let all: BTreeSet<String> = nodes.iter().map(NodeProcess::peer).collect();
     for (i, node) in nodes.iter().enumerate() {
         wait_listing("joined", &hosts.ns(i as u8 + 1), node, &all, 4 * TTL)?;
     }
 
     hosts.cut(3, true)?;
-    let majority: BTreeSet<String> = nodes[..2].iter().map(peer_of).collect();
-    let alone: BTreeSet<String> = [peer_of(&nodes[2])].into_iter().collect();
+    let majority: BTreeSet<String> = nodes[..2].iter().map(NodeProcess::peer).collect();
+    let alone: BTreeSet<String> = [nodes[2].peer()].into_iter().collect();
     wait_listing(
         "cut off (majority)",
         &hosts.ns(1),
@@ -385,10 +314,14 @@ fn plays_across_hosts(
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (h1, h2, h3) = (hosts.ns(1), hosts.ns(2), hosts.ns(3));
-    let mut args = vec!["--engines", "1", "--home", "--content-manager", "--auth"];
-    args.extend_from_slice(&["--record-ttl", "10"]);
-    args.extend_from_slice(a_args);
-    let a = NodeProcess::start_in(Some(&h1), &dir.path().join("a"), a_listen, &args)?;
+    let a = Node::new(&dir.path().join("a"))
+        .in_netns(&h1)
+        .listen(a_listen)
+        .engines(1)
+        .home()
+        .ttl(10)
+        .args(a_args)
+        .start()?;
     assert_eq!(
         ip4_of(&a.addr).as_deref(),
         Some(public),
@@ -413,37 +346,37 @@ fn plays_across_hosts(
             engine_at.is_some_and(|a| a.to_string().starts_with(&want)),
             "engine at {engine_at:?}"
         );
-        let behind = format!("/ip4/{private}/tcp/4001/p2p/{}", peer_of(&a));
-        let direct = run_in(&h3, "vodmesh", None, &["status", "--node", &behind]);
+        let behind = format!("/ip4/{private}/tcp/4001/p2p/{}", a.peer());
+        let direct = run(command_in(Some(&h3), "vodmesh").args(["status", "--node", &behind]));
         assert!(
             direct.is_err(),
             "host 3 reached a behind its NAT: {direct:?}"
         );
     }
 
-    let issuer = issuer_of(&a.data)?;
-    let boot = a.addr.to_string();
-    let b_args = [
-        "--bootstrap",
-        &boot,
-        "--trust",
-        &issuer,
-        "--record-ttl",
-        "10",
-    ];
-    let b = NodeProcess::start_in(Some(&h2), &dir.path().join("b"), &[], &b_args)?;
-    let both: BTreeSet<String> = [peer_of(&a), peer_of(&b)].into();
+    let b = Node::new(&dir.path().join("b"))
+        .in_netns(&h2)
+        .listen(&[])
+        .bootstrap(&a.addr)
+        .trust(&a.issuer()?)
+        .ttl(10)
+        .start()?;
+    let both: BTreeSet<String> = [a.peer(), b.peer()].into();
     wait_listing("b joined a", &h3, &b, &both, Duration::from_secs(40))?;
 
-    let admin_key = a.data.join("identity.key");
     let console = dir.path().join("console");
-    subscriber_in(Some(&h3), &a.addr, &admin_key, &console, "eve")?;
+    subscriber_in(Some(&h3), &a.addr, &a.key(), &console, "eve")?;
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 3 * 1024 * 1024 + 7, 29)?;
     // Ingested from host 3 as well: the segments go to a's engine at the addresses a named.
-    let program = ingest(Some(&h3), &a.addr, &admin_key, "far", &source, &[])?;
-    let (played, stats) = play(Some(&h3), &console, &b.addr, &program)?;
-    assert!(played == bytes, "played bytes differ from the source");
+    let program = Ingest::new(&a.addr, &a.key(), "far", &source)
+        .in_netns(&h3)
+        .publish_now()
+        .segment_size(1024 * 1024)
+        .run()?;
+    let played = Play::new(&console, &b.addr, &program).in_netns(&h3).run()?;
+    assert!(played.bytes == bytes, "played bytes differ from the source");
+    let stats = played.stats;
     assert_eq!(stats["verified"], true);
     assert_eq!(stats["engines"], serde_json::json!([a_engine]), "{stats}");
     Ok(())

@@ -7,103 +7,62 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vodmesh_tests::{NodeProcess, bin, issuer_of, random_file, subscriber, vodmesh};
+use anyhow::Result;
+use vodmesh_tests::cli::{Ingest, Play, bin, subscriber};
+use vodmesh_tests::console::Console;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::wait;
 
-fn play(
-    node: &NodeProcess,
-    args: &[&str],
+/// A home station (auth, content manager) of `engines` engines under `dir/home`, and a
+/// console logged in as subscriber `name` under `dir/console`.
+fn home_and_console(
     dir: &Path,
-) -> anyhow::Result<(Vec<u8>, serde_json::Value)> {
-    let out = dir.join("played.bin");
-    let stats = dir.join("stats.json");
-    let status = Command::new(bin("vodmesh-console"))
-        .env("VODMESH_HOME", dir.join("console"))
-        .args(["play", "--node", &node.addr.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .arg("--stats")
-        .arg(&stats)
-        .args(args)
-        .output()?;
-    if !status.status.success() {
-        anyhow::bail!("play failed: {}", String::from_utf8_lossy(&status.stderr));
-    }
-    Ok((
-        std::fs::read(&out)?,
-        serde_json::from_slice(&std::fs::read(&stats)?)?,
-    ))
+    engines: usize,
+    name: &str,
+) -> Result<(NodeProcess, std::path::PathBuf)> {
+    let home = Node::new(&dir.join("home"))
+        .engines(engines)
+        .home()
+        .start()?;
+    let console = dir.join("console");
+    subscriber(&home.addr, &home.key(), &console, name)?;
+    Ok((home, console))
 }
 
 #[test]
-fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> anyhow::Result<()> {
+fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &[
-            "--engines",
-            "3",
-            "--home",
-            "--content-manager",
-            "--auth",
-            "--record-ttl",
-            "10",
-        ],
-    )?;
-    let boot = home.addr.to_string();
-    let issuer = issuer_of(&dir.path().join("home"))?;
-    let second = NodeProcess::start(
-        &dir.path().join("second"),
-        &[
-            "--engines",
-            "2",
-            "--bootstrap",
-            &boot,
-            "--record-ttl",
-            "10",
-            "--trust",
-            &issuer,
-        ],
-    )?;
-    let via = second.addr.to_string();
-    let third = NodeProcess::start(
-        &dir.path().join("third"),
-        &[
-            "--engines",
-            "2",
-            "--bootstrap",
-            &via,
-            "--record-ttl",
-            "10",
-            "--trust",
-            &issuer,
-        ],
-    )?;
-    subscriber(
-        &home.addr,
-        &dir.path().join("home/identity.key"),
-        &dir.path().join("console"),
-        "ann",
-    )?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(3)
+        .home()
+        .ttl(10)
+        .start()?;
+    let issuer = home.issuer()?;
+    let second = Node::new(&dir.path().join("second"))
+        .engines(2)
+        .bootstrap(&home.addr)
+        .ttl(10)
+        .trust(&issuer)
+        .start()?;
+    let third = Node::new(&dir.path().join("third"))
+        .engines(2)
+        .bootstrap(&second.addr)
+        .ttl(10)
+        .trust(&issuer)
+        .start()?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "ann")?;
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 48 * 1024 * 1024, 21)?;
-    let key = dir.path().join("home/identity.key");
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &boot,
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        "forty-eight",
-        "--publish-at",
-        "now",
-        &source.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    assert_eq!(program.len(), 64, "last line is the program id: {out}");
+    // `Ingest::run` checks the last line is the program id.
+    let program = Ingest::new(&home.addr, &home.key(), "forty-eight", &source)
+        .publish_now()
+        .run()?;
 
     // Full speed, from the third station (which holds nothing: it finds the holder).
-    let (played, stats) = play(&third, &["--speed", "max", "forty-eight"], dir.path())?;
+    let played = Play::new(&console, &third.addr, "forty-eight").run()?;
+    let (played, stats) = (played.bytes, played.stats);
     assert!(played == bytes, "bytes played differ from bytes ingested");
     assert_eq!(stats["segments"], 12);
     assert_eq!(
@@ -118,11 +77,10 @@ fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> anyhow::Res
 
     // Seek: at the nominal 8 Mbit/s, 10 s in is byte 10 000 000 (in segment 2 of 4 MiB
     // segments); playback starts there and is byte-identical to the source from there on.
-    let (played, stats) = play(
-        &third,
-        &["--speed", "max", "--start", "10", &program],
-        dir.path(),
-    )?;
+    let played = Play::new(&console, &third.addr, &program)
+        .args(&["--start", "10"])
+        .run()?;
+    let (played, stats) = (played.bytes, played.stats);
     let from = bytes.len() - played.len();
     assert!(
         (9_999_000..=10_001_000).contains(&from),
@@ -137,47 +95,25 @@ fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> anyhow::Res
 }
 
 #[test]
-fn real_time_playback_of_a_short_program_never_stalls() -> anyhow::Result<()> {
+fn real_time_playback_of_a_short_program_never_stalls() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
-    subscriber(
-        &home.addr,
-        &dir.path().join("home/identity.key"),
-        &dir.path().join("console"),
-        "bo",
-    )?;
+    let (home, console) = home_and_console(dir.path(), 2, "bo")?;
     let source = dir.path().join("short.bin");
     // 8 segments of 128 KiB at 2 Mbit/s: 0.52 s each, 4.2 s of media.
     let bytes = random_file(&source, 1024 * 1024, 22)?;
-    let key = dir.path().join("home/identity.key");
-    vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        "short",
-        "--publish-at",
-        "now",
-        "--segment-size",
-        "131072",
-        "--bitrate",
-        "2000000",
-        &source.to_string_lossy(),
-    ])?;
+    Ingest::new(&home.addr, &home.key(), "short", &source)
+        .publish_now()
+        .segment_size(131072)
+        .bitrate(2_000_000)
+        .run()?;
     let started = std::time::Instant::now();
-    let (played, stats) = play(
-        &home,
-        &["--speed", "1", "--buffer", "0.5", "short"],
-        dir.path(),
-    )?;
+    let played = Play::new(&console, &home.addr, "short")
+        .speed("1")
+        .args(&["--buffer", "0.5"])
+        .run()?;
     let took = started.elapsed();
-    assert!(played == bytes);
-    assert_eq!(stats["stalls"], 0, "{stats}");
+    assert!(played.bytes == bytes);
+    assert_eq!(played.stats["stalls"], 0, "{}", played.stats);
     // Paced by media time (half a second buffered ahead), not dumped at once.
     assert!(
         took.as_millis() >= 3000,
@@ -187,100 +123,35 @@ fn real_time_playback_of_a_short_program_never_stalls() -> anyhow::Result<()> {
 }
 
 #[test]
-fn an_unpublished_program_is_refused_with_one_line() -> anyhow::Result<()> {
+fn an_unpublished_program_is_refused_with_one_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &["--home", "--content-manager", "--auth"],
-    )?;
+    let home = Node::new(&dir.path().join("home")).home().start()?;
     let source = dir.path().join("p.bin");
     random_file(&source, 100_000, 23)?;
-    let key = dir.path().join("home/identity.key");
-    vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        "later",
-        &source.to_string_lossy(),
-    ])?;
-    let out = Command::new(bin("vodmesh-console"))
-        .args([
-            "play",
-            "--node",
-            &home.addr.to_string(),
-            "--out",
-            "-",
-            "later",
-        ])
-        .output()?;
-    assert!(!out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "error: program not published\n"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "bytes of an unpublished program were sent"
-    );
+    Ingest::new(&home.addr, &home.key(), "later", &source).run()?;
+    // Refused (exit non-zero, no byte of the unpublished program written), in one line.
+    let refused = Play::new(&dir.path().join("anonymous"), &home.addr, "later").refused()?;
+    assert_eq!(refused, "error: program not published\n");
     Ok(())
 }
 
 #[test]
-fn no_token_or_a_copied_token_plays_nothing() -> anyhow::Result<()> {
+fn no_token_or_a_copied_token_plays_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
-    let untrusting = NodeProcess::start(
-        &dir.path().join("untrusting"),
-        &["--engines", "1", "--bootstrap", &home.addr.to_string()],
-    )?;
-    let console = dir.path().join("console");
-    subscriber(
-        &home.addr,
-        &dir.path().join("home/identity.key"),
-        &console,
-        "cy",
-    )?;
+    let (home, console) = home_and_console(dir.path(), 2, "cy")?;
+    let untrusting = Node::new(&dir.path().join("untrusting"))
+        .engines(1)
+        .bootstrap(&home.addr)
+        .start()?;
     let source = dir.path().join("p.bin");
     let bytes = random_file(&source, 2 * 1024 * 1024, 24)?;
-    let key = dir.path().join("home/identity.key");
-    vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        "guarded",
-        "--publish-at",
-        "now",
-        &source.to_string_lossy(),
-    ])?;
-    let refused = |home_dir: &Path| -> anyhow::Result<String> {
-        let out = Command::new(bin("vodmesh-console"))
-            .env("VODMESH_HOME", home_dir)
-            .args([
-                "play",
-                "--node",
-                &home.addr.to_string(),
-                "--speed",
-                "max",
-                "--out",
-                "-",
-                "guarded",
-            ])
-            .output()?;
-        assert!(!out.status.success());
-        assert!(
-            out.stdout.is_empty(),
-            "bytes were sent without a valid token"
-        );
-        Ok(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    Ingest::new(&home.addr, &home.key(), "guarded", &source)
+        .publish_now()
+        .run()?;
+    // Refused (exit non-zero, no byte written without a valid token), in one line.
+    let refused = |home_dir: &Path| -> Result<String> {
+        let stderr = Play::new(home_dir, &home.addr, "guarded").refused()?;
+        Ok(stderr.trim().to_string())
     };
     // No login at all.
     assert_eq!(
@@ -296,9 +167,9 @@ fn no_token_or_a_copied_token_plays_nothing() -> anyhow::Result<()> {
     )?;
     assert_eq!(refused(&thief)?, "error: token belongs to another peer");
     // The rightful console plays.
-    let (played, stats) = play(&home, &["--speed", "max", "guarded"], dir.path())?;
-    assert!(played == bytes);
-    assert_eq!(stats["verified"], true);
+    let played = Play::new(&console, &home.addr, "guarded").run()?;
+    assert!(played.bytes == bytes);
+    assert_eq!(played.stats["verified"], true);
     drop(untrusting);
     Ok(())
 }
@@ -353,40 +224,18 @@ sys.exit(os.waitstatus_to_exitcode(status))
 "#;
 
 #[test]
-fn keys_on_a_terminal_pause_seek_and_quit() -> anyhow::Result<()> {
+fn keys_on_a_terminal_pause_seek_and_quit() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = NodeProcess::start(
-        &dir.path().join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
-    let console_home = dir.path().join("console");
-    subscriber(
-        &home.addr,
-        &dir.path().join("home/identity.key"),
-        &console_home,
-        "cy",
-    )?;
+    let (home, console_home) = home_and_console(dir.path(), 2, "cy")?;
     const MIB: usize = 1024 * 1024;
     let source = dir.path().join("long.bin");
     // 8 segments of 1 MiB at 1 Mbit/s: 8.4 s each, 67 s of media.
     let bytes = random_file(&source, 8 * MIB, 24)?;
-    let key = dir.path().join("home/identity.key");
-    vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        "long",
-        "--publish-at",
-        "now",
-        "--segment-size",
-        &MIB.to_string(),
-        "--bitrate",
-        "1000000",
-        &source.to_string_lossy(),
-    ])?;
+    Ingest::new(&home.addr, &home.key(), "long", &source)
+        .publish_now()
+        .segment_size(MIB)
+        .bitrate(1_000_000)
+        .run()?;
     let out = dir.path().join("played.bin");
     let stats = dir.path().join("stats.json");
     let viewer = Command::new("python3")
@@ -423,15 +272,9 @@ fn keys_on_a_terminal_pause_seek_and_quit() -> anyhow::Result<()> {
     // Quitting left no stream open on the station's engines.
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let client = vodmesh_console::client::DirectorClient::connect(&home.addr, None).await?;
-        vodmesh_tests::wait_until("every stream to stop", Duration::from_secs(20), || async {
-            match client
-                .request(vodmesh_proto::director::Request::Activity)
-                .await?
-            {
-                vodmesh_proto::director::Response::Activity(a) => Ok(a.active == 0),
-                other => anyhow::bail!("unexpected {other:?}"),
-            }
+        let director = Console::connect(&home.addr, None).await?;
+        wait::until("every stream to stop", Duration::from_secs(20), || async {
+            Ok(director.activity().await?.active == 0)
         })
         .await
     })?;

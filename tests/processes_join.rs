@@ -7,26 +7,11 @@ use std::time::Duration;
 
 use rand::Rng;
 use vodmesh_node::nodefile::NodeFile;
-use vodmesh_tests::{NodeProcess, status_directors};
+use vodmesh_tests::cli::command_in;
+use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::{status, wait};
 
-const TTL_SECS: &str = "6";
-
-fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
+const TTL_SECS: u64 = 6;
 
 #[test]
 fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result<()> {
@@ -43,14 +28,13 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
     let mut nodes: Vec<NodeProcess> = Vec::new();
     let mut rng = rand::thread_rng();
     for i in 0..10 {
-        let data = dir.join(format!("n{i}"));
-        let mut args = vec!["--engines", "2", "--record-ttl", TTL_SECS];
-        let bootstrap;
+        let mut node = Node::new(&dir.join(format!("n{i}")))
+            .engines(2)
+            .ttl(TTL_SECS);
         if !nodes.is_empty() {
-            bootstrap = nodes[rng.gen_range(0..nodes.len())].addr.to_string();
-            args.extend(["--bootstrap", bootstrap.as_str()]);
+            node = node.bootstrap(&nodes[rng.gen_range(0..nodes.len())].addr);
         }
-        nodes.push(NodeProcess::start(&data, &args)?);
+        nodes.push(node.start()?);
     }
     // node.json agrees with what the process printed, and lists both engines.
     for n in &nodes {
@@ -67,12 +51,12 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
         .iter()
         .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
         .collect::<anyhow::Result<_>>()?;
-    wait_for(
+    wait::blocking(
         "every node's status to list all ten",
         Duration::from_secs(90),
         || {
             for n in &nodes {
-                if status_directors(&n.addr)? != all {
+                if status::directors(&n.addr)? != all {
                     return Ok(false);
                 }
             }
@@ -86,23 +70,22 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
         first.terminate()?,
         "vodmesh-node did not exit cleanly on SIGTERM"
     );
-    let fifth = nodes[3].addr.to_string();
-    let eleventh = NodeProcess::start(
-        &dir.join("n10"),
-        &["--record-ttl", TTL_SECS, "--bootstrap", &fifth],
-    )?;
+    let eleventh = Node::new(&dir.join("n10"))
+        .ttl(TTL_SECS)
+        .bootstrap(&nodes[3].addr)
+        .start()?;
     nodes.push(eleventh);
     let expected: BTreeSet<String> = nodes
         .iter()
         .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
         .collect::<anyhow::Result<_>>()?;
     assert!(!expected.contains(&gone));
-    wait_for(
+    wait::blocking(
         "the eleventh listed and the stopped one gone",
         Duration::from_secs(90),
         || {
             for n in &nodes {
-                let seen = status_directors(&n.addr)?;
+                let seen = status::directors(&n.addr)?;
                 if seen != expected {
                     eprintln!(
                         "{} lists {} stations; missing {:?}, extra {:?}",
@@ -122,7 +105,7 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
 
 #[test]
 fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
-    let out = std::process::Command::new(vodmesh_tests::bin("vodmesh"))
+    let out = command_in(None, "vodmesh")
         .args(["status", "--node", "/ip4/127.0.0.1/tcp/1"])
         .output()?;
     assert!(!out.status.success());
@@ -130,7 +113,7 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
     assert!(err.contains("/p2p/<peer id>"), "unclear error: {err}");
 
     let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(vodmesh_tests::bin("vodmesh-node"))
+    let out = command_in(None, "vodmesh-node")
         .arg("--data")
         .arg(dir.path())
         .args([

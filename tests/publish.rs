@@ -5,35 +5,21 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vodmesh_node::{Station, StationConfig};
+use vodmesh_node::Station;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::time::now_ms;
-use vodmesh_tests::{
-    TEST_TTL, enrolled_config, init_logging, listed, random_file, wait_engine_tokens, wait_until,
-};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging, listed};
+use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 use vodmesh_tools::publish::playable;
 
-/// The home station is the auth station; the others are enrolled with it.
-async fn station(dir: &Path, home: bool, bootstrap: Option<&Station>) -> anyhow::Result<Station> {
-    let mut config = match bootstrap {
-        Some(auth) => {
-            let auth_data = dir.parent().unwrap_or(dir).join("home");
-            enrolled_config(dir, auth, &auth_data).await?
-        }
-        None => StationConfig::new(dir),
-    };
-    config.auth = home;
-    config.engines = 2;
-    config.home = home;
-    config.content_manager = home;
-    config.registry.record_ttl = TEST_TTL;
-    config.bootstrap = bootstrap.map(|b| b.addr().clone()).into_iter().collect();
-    let station = Station::start(config).await?;
-    wait_engine_tokens(&station).await?;
-    Ok(station)
+/// The home station (auth, content manager) with two engines under `dir`.
+async fn start_home(dir: &Path) -> anyhow::Result<Station> {
+    swarm::station(dir).home().engines(2).start().await
 }
 
+/// An ingest into `home` of `source` in 1 MiB segments, with a title of its own.
 fn options(
     home: &Station,
     key: &Path,
@@ -42,15 +28,10 @@ fn options(
     replicas: u32,
 ) -> IngestOptions {
     IngestOptions {
-        node: home.addr().clone(),
-        key: key.to_path_buf(),
-        title: format!("t{}", now_ms()),
         publish_at_ms,
         replicas,
         segment_size: 1024 * 1024,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source: source.to_path_buf(),
-        progress: false,
+        ..ingest_options(home, key, &format!("t{}", now_ms()), source)
     }
 }
 
@@ -63,10 +44,16 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
     init_logging();
     let dir = tempfile::tempdir()?;
     let home_dir = dir.path().join("home");
-    let home = station(&home_dir, true, None).await?;
-    let other = station(&dir.path().join("other"), false, Some(&home)).await?;
-    let bystander = station(&dir.path().join("bystander"), false, Some(&home)).await?;
-    wait_until("three stations listed", Duration::from_secs(30), || async {
+    let home = start_home(&home_dir).await?;
+    let mut others = Vec::new();
+    for name in ["other", "bystander"] {
+        let station = swarm::station(dir.path().join(name)).engines(2);
+        others.push(station.enrolled_with(&home, &home_dir).start().await?);
+    }
+    let [other, bystander] = &others[..] else {
+        anyhow::bail!("two stations");
+    };
+    wait::until("three stations listed", Duration::from_secs(30), || async {
         Ok(listed(&home).await?.len() == 3)
     })
     .await?;
@@ -78,7 +65,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
     let info = ingest::run(&options(&home, &key, &source, Some(publish_at), 1)).await?;
     let program = info.program;
     assert!(now_ms() < publish_at, "ingest took too long for this test");
-    for s in [&home, &other, &bystander] {
+    for s in [&home, other, bystander] {
         assert_eq!(
             refusal(playable(s.addr(), program).await).as_deref(),
             Some("program not published"),
@@ -88,8 +75,8 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
     assert_eq!(listed_state[0].state, ProgramState::Inactive);
     assert_eq!(listed_state[0].publish_at_ms, Some(publish_at));
 
-    for s in [&home, &other, &bystander] {
-        wait_until(
+    for s in [&home, other, bystander] {
+        wait::until(
             "playable after the publish time",
             Duration::from_secs(15),
             || async { Ok(playable(s.addr(), program).await.is_ok()) },
@@ -120,7 +107,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
             .is_err()
     );
     vodmesh_tools::publish::run(home.addr(), &key, later.program).await?;
-    wait_until("published now", Duration::from_secs(15), || async {
+    wait::until("published now", Duration::from_secs(15), || async {
         Ok(playable(other.addr(), later.program).await.is_ok())
     })
     .await?;
@@ -132,8 +119,9 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
         Some("unknown program")
     );
     home.shutdown().await;
-    other.shutdown().await;
-    bystander.shutdown().await;
+    for s in others {
+        s.shutdown().await;
+    }
     Ok(())
 }
 
@@ -142,7 +130,7 @@ async fn a_restarted_content_manager_still_publishes_on_time() -> anyhow::Result
     init_logging();
     let dir = tempfile::tempdir()?;
     let home_dir = dir.path().join("home");
-    let home = station(&home_dir, true, None).await?;
+    let home = start_home(&home_dir).await?;
     let source = dir.path().join("p.bin");
     random_file(&source, 2 * 1024 * 1024, 9)?;
     let key = home_dir.join("identity.key");
@@ -151,14 +139,14 @@ async fn a_restarted_content_manager_still_publishes_on_time() -> anyhow::Result
     let program = info.program;
     home.shutdown().await;
 
-    let home = station(&home_dir, true, None).await?;
+    let home = start_home(&home_dir).await?;
     assert!(now_ms() < publish_at, "restart took too long for this test");
     assert_eq!(
         refusal(playable(home.addr(), program).await).as_deref(),
         Some("program not published")
     );
     // Nobody calls `vodmesh publish`: the re-armed scheduler must.
-    wait_until(
+    wait::until(
         "published by the scheduler",
         Duration::from_secs(15),
         || async {

@@ -8,198 +8,31 @@
 //! absent, a test says so and passes, except under CI (`CI` set), where it fails: CI installs
 //! them (.ci/run).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use vodmesh_tests::{NodeProcess, bin, subscriber, vodmesh};
+use anyhow::Result;
+use vodmesh_tests::cli::{Ingest, keygen};
+use vodmesh_tests::http::{Reply, get};
+use vodmesh_tests::media::{
+    Gateway, count_frames, decode, ingest, make_video, package_hls, start_home,
+};
+use vodmesh_tests::process::plain;
+use vodmesh_tests::require::{self, Browser};
 
-/// Whether `program -version` (ffmpeg's spelling) or `program --version` runs.
-fn installed(program: &str) -> bool {
-    let flag = if program.starts_with("ff") {
-        "-version"
-    } else {
-        "--version"
-    };
-    Command::new(program)
-        .arg(flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Skips (returns true) when a tool is missing, with a line that says which; under CI a
-/// missing tool is a failure.
-fn missing(tools: &[&str]) -> Result<bool> {
-    let absent: Vec<&str> = tools.iter().copied().filter(|t| !installed(t)).collect();
-    if absent.is_empty() {
-        return Ok(false);
-    }
-    if std::env::var_os("CI").is_some() {
-        bail!("{absent:?} not installed, but CI must run this test (see .ci/run)");
-    }
-    eprintln!("SKIPPED: {absent:?} not installed (apt-get install ffmpeg chromium nodejs npm)");
-    Ok(true)
-}
-
-/// A 20 s H.264/AAC test video (testsrc + a 440 Hz sine) with a keyframe every 2 s.
-fn make_video(path: &Path, seconds: u32) -> Result<()> {
-    let secs = seconds.to_string();
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y"])
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("testsrc=duration={secs}:size=640x360:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50"])
-        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
-        .arg(path)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "ffmpeg could not make the test video: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Video frames that ffprobe decodes from `input` (a file or URL).
-fn count_frames(input: &str) -> Result<u64> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(input)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "ffprobe {input} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8(out.stdout)?;
-    // One line per stream entry (a stream may be listed again under its program).
-    text.lines()
-        .map(|l| l.trim().trim_end_matches(','))
-        .find(|l| !l.is_empty())
-        .unwrap_or_default()
-        .parse()
-        .with_context(|| format!("ffprobe printed {text:?}"))
-}
-
-/// A `vodmesh-console serve` process; killed when dropped.
-struct Gateway {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Gateway {
-    fn start(node: &NodeProcess, home: &Path) -> Result<Self> {
-        let mut child = Command::new(bin("vodmesh-console"))
-            .env("VODMESH_HOME", home)
-            .args(["serve", "--node", &node.addr.to_string()])
-            .args(["--http", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().context("serve printed nothing")??;
-        // "serving http://127.0.0.1:PORT/ (loopback only: ...)"
-        let Some(url) = first
-            .strip_prefix("serving ")
-            .and_then(|r| r.split_whitespace().next())
-        else {
-            bail!("unexpected first line of serve: {first}");
-        };
-        assert!(
-            first.contains("loopback"),
-            "says it binds to loopback: {first}"
-        );
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Self {
-            child,
-            base: url.trim_end_matches('/').to_string(),
-        })
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-/// GETs `url` with optional `Range`; returns status, Content-Range and body.
-fn get(url: &str, range: Option<&str>) -> Result<(u16, Option<String>, Vec<u8>)> {
-    let mut request = agent().get(url);
-    if let Some(r) = range {
-        request = request.header("Range", r);
-    }
-    let mut response = request.call()?;
-    let status = response.status().as_u16();
-    let content_range = response
-        .headers()
-        .get("content-range")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(512 * 1024 * 1024)
-        .read_to_vec()?;
+/// GETs `url` through the gateway, with `Range` when given.
+fn fetch(url: &str, range: Option<&str>) -> Result<(u16, Option<String>, Vec<u8>)> {
+    let Reply {
+        status,
+        content_range,
+        body,
+    } = get(url, range)?;
     Ok((status, content_range, body))
-}
-
-/// A home station with a subscriber console, and `video` ingested and published as `title`;
-/// returns the program id.
-fn ingest(home: &NodeProcess, video: &Path, title: &str) -> Result<String> {
-    let key = home.data.join("identity.key");
-    let out = vodmesh(&[
-        "ingest",
-        "--node",
-        &home.addr.to_string(),
-        "--key",
-        &key.to_string_lossy(),
-        "--title",
-        title,
-        "--publish-at",
-        "now",
-        &video.to_string_lossy(),
-    ])?;
-    let program = out.lines().last().unwrap_or_default().to_string();
-    if program.len() != 64 {
-        bail!("ingest did not print a program id last: {out}");
-    }
-    Ok(program)
-}
-
-fn start_home(dir: &Path) -> Result<(NodeProcess, PathBuf)> {
-    let home = NodeProcess::start(
-        &dir.join("home"),
-        &["--engines", "2", "--home", "--content-manager", "--auth"],
-    )?;
-    let console = dir.join("console");
-    subscriber(&home.addr, &dir.join("home/identity.key"), &console, "viv")?;
-    Ok((home, console))
 }
 
 #[test]
 fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> Result<()> {
-    if missing(&["ffmpeg", "ffprobe"])? {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -215,38 +48,30 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
     let base = &gateway.base;
 
     // The list, as HTML with links and as JSON.
-    let (status, _, page) = get(&format!("{base}/"), None)?;
+    let (status, _, page) = fetch(&format!("{base}/"), None)?;
     assert_eq!(status, 200);
     let page = String::from_utf8(page)?;
     assert!(page.contains(&format!("href=\"/{program}/\"")), "{page}");
     assert!(page.contains("test card"), "{page}");
-    let (status, _, json) = get(&format!("{base}/?json"), None)?;
+    let (status, _, json) = fetch(&format!("{base}/?json"), None)?;
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_slice(&json)?;
     assert_eq!(json.as_array().map_or(0, Vec::len), 2, "{json}");
 
     // The playlist: real durations from the packaging (about 4 s, keyframe aligned).
-    let (status, _, m3u8) = get(&format!("{base}/test%20card/index.m3u8"), None)?;
+    let (status, _, m3u8) = fetch(&format!("{base}/test%20card/index.m3u8"), None)?;
     assert_eq!(status, 200, "a program is found by its title too");
     let m3u8 = String::from_utf8(m3u8)?;
-    let durations: Vec<f64> = m3u8
-        .lines()
-        .filter_map(|l| l.strip_prefix("#EXTINF:"))
-        .filter_map(|l| l.trim_end_matches(',').parse().ok())
-        .collect();
+    let durations = durations(&m3u8);
     assert_eq!(durations.len(), 5, "{m3u8}");
     let total: f64 = durations.iter().sum();
     assert!((total - 20.0).abs() < 0.1, "{m3u8}");
     assert!(m3u8.contains("#EXT-X-ENDLIST"), "{m3u8}");
 
-    // ffmpeg reads the playlist through the gateway and decodes every frame, without an error.
+    // ffmpeg reads the playlist through the gateway and decodes every frame, without an error
+    // (`decode` fails on any).
     let url = format!("{base}/{program}/index.m3u8");
-    let decode = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i", &url, "-f", "null", "-"])
-        .output()?;
-    let errors = String::from_utf8_lossy(&decode.stderr);
-    assert!(decode.status.success(), "ffmpeg failed: {errors}");
-    assert!(errors.trim().is_empty(), "ffmpeg reported errors: {errors}");
+    decode(&url)?;
     assert_eq!(
         count_frames(&url)?,
         source_frames,
@@ -255,27 +80,27 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
 
     // Byte ranges of a segment.
     let seg = format!("{base}/{program}/1.ts");
-    let (status, range, whole) = get(&seg, None)?;
+    let (status, range, whole) = fetch(&seg, None)?;
     assert_eq!((status, range), (200, None));
     let len = whole.len();
     assert!(len > 1000);
-    let (status, range, part) = get(&seg, Some("bytes=100-1099"))?;
+    let (status, range, part) = fetch(&seg, Some("bytes=100-1099"))?;
     assert_eq!(status, 206);
     assert_eq!(
         range.as_deref(),
         Some(format!("bytes 100-1099/{len}").as_str())
     );
     assert!(part == whole[100..1100]);
-    let (status, range, tail) = get(&seg, Some("bytes=-500"))?;
+    let (status, range, tail) = fetch(&seg, Some("bytes=-500"))?;
     assert_eq!(status, 206);
     assert_eq!(
         range.as_deref(),
         Some(format!("bytes {}-{}/{len}", len - 500, len - 1).as_str())
     );
     assert!(tail == whole[len - 500..]);
-    let (status, range, _) = get(&seg, Some(&format!("bytes={}-", len - 10)))?;
+    let (status, range, _) = fetch(&seg, Some(&format!("bytes={}-", len - 10)))?;
     assert_eq!((status, range.is_some()), (206, true));
-    let (status, range, _) = get(&seg, Some(&format!("bytes={len}-")))?;
+    let (status, range, _) = fetch(&seg, Some(&format!("bytes={len}-")))?;
     assert_eq!(status, 416, "a range past the end");
     assert_eq!(range.as_deref(), Some(format!("bytes */{len}").as_str()));
 
@@ -288,7 +113,7 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
         &format!("{program}/99999.ts"),
         &format!("{program}/x.ts"),
     ] {
-        let (status, _, body) = get(&format!("{base}/{path}"), None)?;
+        let (status, _, body) = fetch(&format!("{base}/{path}"), None)?;
         assert_eq!(
             status,
             404,
@@ -299,14 +124,31 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
 
     // Serving a segment prefetches the next two: once the station holding the programs has
     // stopped, those still play, and the one after them is a 503 with one line that says why,
-    // not a hang or a broken connection.
-    let (status, _, _) = get(&format!("{base}/{other}/0.ts"), None)?;
+    // not a hang or a broken connection. Nothing else is fetched meanwhile: the gateway's log
+    // tells when the two prefetches are in (every segment of the first program is cached).
+    let before = gateway.log.bytes_read();
+    let (status, _, _) = fetch(&format!("{base}/{other}/0.ts"), None)?;
     assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_secs(3));
+    gateway.log.wait_for(
+        "segments 1 and 2 prefetched",
+        Duration::from_secs(60),
+        |log| {
+            let since = plain(&String::from_utf8_lossy(
+                log.get(before..).unwrap_or_default(),
+            ));
+            let fetched: Vec<&str> = since
+                .lines()
+                .filter(|l| l.contains("segment fetched"))
+                .collect();
+            ["index=1 ", "index=2 "]
+                .iter()
+                .all(|i| fetched.iter().any(|l| l.contains(i)))
+        },
+    )?;
     assert!(home.terminate()?, "the station stops cleanly");
     let started = std::time::Instant::now();
     for prefetched in ["1.ts", "2.ts"] {
-        let (status, _, body) = get(&format!("{base}/{other}/{prefetched}"), None)?;
+        let (status, _, body) = fetch(&format!("{base}/{other}/{prefetched}"), None)?;
         assert_eq!(
             status,
             200,
@@ -314,13 +156,13 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
             String::from_utf8_lossy(&body)
         );
     }
-    let (status, _, body) = get(&format!("{base}/{other}/3.ts"), None)?;
+    let (status, _, body) = fetch(&format!("{base}/{other}/3.ts"), None)?;
     let message = String::from_utf8(body)?;
     assert_eq!(status, 503, "{message}");
     assert_eq!(message.lines().count(), 1, "one line: {message:?}");
     assert!(message.trim().len() > 10, "a message: {message:?}");
     eprintln!("503: {}", message.trim());
-    let (status, _, body) = get(&format!("{base}/"), None)?;
+    let (status, _, body) = fetch(&format!("{base}/"), None)?;
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -332,25 +174,12 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
 
 #[test]
 fn headless_chromium_plays_the_program_page() -> Result<()> {
-    if missing(&["ffmpeg", "ffprobe", "node"])? {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
         return Ok(());
     }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/play.js");
-    let playwright =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/node_modules/playwright-core");
-    if !Path::new(&chromium).exists() || !playwright.exists() {
-        let why = format!(
-            "Chromium ({chromium}) or playwright-core ({}) is absent: run \
-             `apt-get install chromium` and `npm ci` in tests/browser",
-            playwright.display()
-        );
-        if std::env::var_os("CI").is_some() {
-            bail!("{why}");
-        }
-        eprintln!("SKIPPED: {why}");
+    let Some(browser) = Browser::find()? else {
         return Ok(());
-    }
+    };
     let dir = tempfile::tempdir()?;
     let video = dir.path().join("browser.mp4");
     make_video(&video, 20)?;
@@ -358,33 +187,13 @@ fn headless_chromium_plays_the_program_page() -> Result<()> {
     let program = ingest(&home, &video, "browser test card")?;
     let gateway = Gateway::start(&home, &console)?;
 
-    // target/test-artifacts/, beside the binaries' profile directory.
-    let artifacts = bin("vodmesh-console")
-        .parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("test-artifacts"))
-        .context("no target directory")?;
-    std::fs::create_dir_all(&artifacts)?;
-    let screenshot = artifacts.join("serve-chromium.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let out = Command::new("node")
-        .arg(&script)
-        .arg(format!("{}/{program}/", gateway.base))
-        .arg(&screenshot)
-        .arg(dir.path().join("chromium-profile"))
-        .env("CHROMIUM", &chromium)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the browser did not play past 5 s:\n{stdout}\n{stderr}"
-    );
-    let result: serde_json::Value = serde_json::from_str(
-        stdout
-            .lines()
-            .last()
-            .context("the script printed nothing")?,
+    // Fails unless the browser played past 5 s.
+    let (result, screenshot) = browser.run(
+        "play.js",
+        &format!("{}/{program}/", gateway.base),
+        "serve-chromium.png",
+        &dir.path().join("chromium-profile"),
+        &[],
     )?;
     let at = result["currentTime"].as_f64().unwrap_or(0.0);
     assert!(at > 5.0, "video.currentTime = {at}: {result}");
@@ -413,7 +222,7 @@ fn durations(m3u8: &str) -> Vec<f64> {
 #[test]
 fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one_line() -> Result<()>
 {
-    if missing(&["ffmpeg", "ffprobe"])? {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -443,47 +252,18 @@ fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one
     // fMP4 HLS made from an H.264 video: its init segment becomes segment 0.
     let mp4 = dir.path().join("card.mp4");
     make_video(&mp4, 12)?;
-    let hls = dir.path().join("fmp4");
-    std::fs::create_dir_all(&hls)?;
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-i"])
-        .arg(&mp4)
-        .args([
-            "-c",
-            "copy",
-            "-f",
-            "hls",
-            "-hls_segment_type",
-            "fmp4",
-            "-hls_time",
-            "4",
-        ])
-        .args(["-hls_playlist_type", "vod"])
-        .arg(hls.join("index.m3u8"))
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let hls = package_hls(&mp4, &dir.path().join("fmp4"), true)?;
     let mp4_frames = count_frames(&mp4.to_string_lossy())?;
 
     // Without ffmpeg on PATH, a video file is refused with one line that says why.
     let key = dir.path().join("admin.key");
-    vodmesh(&["keygen", "--out", &key.to_string_lossy()])?;
+    keygen(None, &key)?;
     let empty = dir.path().join("empty-path");
     std::fs::create_dir_all(&empty)?;
-    let out = Command::new(bin("vodmesh"))
+    let nowhere = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWGJG2uVMdtxTBXxBN8NDNAM5qzjdwM4WZ9CtZ8Ydmf4JZ";
+    let out = Ingest::new(&nowhere.parse()?, &key, "nope", &mkv)
+        .command()
         .env("PATH", &empty)
-        .args([
-            "ingest",
-            "--node",
-            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWGJG2uVMdtxTBXxBN8NDNAM5qzjdwM4WZ9CtZ8Ydmf4JZ",
-        ])
-        .arg("--key")
-        .arg(&key)
-        .args(["--title", "nope"])
-        .arg(&mkv)
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -496,12 +276,12 @@ fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one
 
     let (home, console) = start_home(dir.path())?;
     let encoded = ingest(&home, &mkv, "encoded")?;
-    let fmp4 = ingest(&home, &hls.join("index.m3u8"), "fmp4")?;
+    let fmp4 = ingest(&home, &hls, "fmp4")?;
     let gateway = Gateway::start(&home, &console)?;
     let base = &gateway.base;
 
     // The encode puts a keyframe every 4 s: segments of 4, 4 and 2 s.
-    let (status, _, m3u8) = get(&format!("{base}/{encoded}/index.m3u8"), None)?;
+    let (status, _, m3u8) = fetch(&format!("{base}/{encoded}/index.m3u8"), None)?;
     assert_eq!(status, 200);
     let m3u8 = String::from_utf8(m3u8)?;
     let d = durations(&m3u8);
@@ -515,20 +295,13 @@ fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one
     );
 
     // fMP4: an #EXT-X-MAP to segment 0, media from segment 1 on.
-    let (status, _, m3u8) = get(&format!("{base}/{fmp4}/index.m3u8"), None)?;
+    let (status, _, m3u8) = fetch(&format!("{base}/{fmp4}/index.m3u8"), None)?;
     assert_eq!(status, 200);
     let m3u8 = String::from_utf8(m3u8)?;
     assert!(m3u8.contains("#EXT-X-MAP:URI=\"0.m4s\""), "{m3u8}");
     assert!(m3u8.contains("\n1.m4s\n"), "{m3u8}");
     let url = format!("{base}/{fmp4}/index.m3u8");
-    let decode = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i", &url, "-f", "null", "-"])
-        .output()?;
-    let errors = String::from_utf8_lossy(&decode.stderr);
-    assert!(
-        decode.status.success() && errors.trim().is_empty(),
-        "{errors}"
-    );
+    decode(&url)?;
     assert_eq!(
         count_frames(&url)?,
         mp4_frames,

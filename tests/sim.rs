@@ -3,9 +3,8 @@
 //! flow, a swarm built converged that stations then join, churn, the light transport against
 //! the noise reference, and the re-provide round.
 
-use std::process::Command;
-
 use serde_json::Value;
+use vodmesh_tests::cli::command_in;
 
 fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
     let mut at = v;
@@ -22,7 +21,7 @@ fn num(v: &Value, path: &str) -> anyhow::Result<f64> {
 fn sim(args: &[&str]) -> anyhow::Result<(String, Value)> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("sim.json");
-    let out = Command::new(vodmesh_tests::bin("vodmesh"))
+    let out = command_in(None, "vodmesh")
         .arg("sim")
         .args(args)
         .arg("--json")

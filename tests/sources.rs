@@ -2,33 +2,11 @@
 //! segment 0), http(s) URLs of files; and bad sources, each refused with one line and nothing
 //! left in the catalog.
 
-use std::path::Path;
-
-use vodmesh_node::{Station, StationConfig};
-use vodmesh_tests::{HttpServer, engine_segments, hls_playlist, init_logging, random_file};
-use vodmesh_tools::ingest::{self, IngestOptions};
-
-async fn home_station(dir: &Path) -> anyhow::Result<Station> {
-    let mut config = StationConfig::new(dir);
-    config.engines = 2;
-    config.home = true;
-    config.content_manager = true;
-    Station::start(config).await
-}
-
-fn options(station: &Station, key: &Path, source: &str, title: &str) -> IngestOptions {
-    IngestOptions {
-        node: station.addr().clone(),
-        key: key.to_path_buf(),
-        title: title.into(),
-        publish_at_ms: None,
-        replicas: 0,
-        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source: source.into(),
-        progress: false,
-    }
-}
+use vodmesh_tests::http::{HttpServer, hls_playlist};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::stored::engine_segments;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tools::ingest;
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -42,7 +20,11 @@ async fn hls_playlists_and_urls_keep_their_segments_and_durations() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("home");
     let key = data.join("identity.key");
-    let station = home_station(&data).await?;
+    let station = swarm::station(&data)
+        .engines(2)
+        .content_home()
+        .start()
+        .await?;
 
     // A local TS playlist: its media segments and #EXTINF durations are kept.
     let hls = dir.path().join("hls");
@@ -59,7 +41,7 @@ async fn hls_playlists_and_urls_keep_their_segments_and_durations() -> anyhow::R
     let refs: Vec<(&str, f32)> = entries.iter().map(|(u, d)| (u.as_str(), *d)).collect();
     std::fs::write(hls.join("index.m3u8"), hls_playlist(&refs, None))?;
     let source = hls.join("index.m3u8");
-    let ts = ingest::run(&options(&station, &key, &source.to_string_lossy(), "ts")).await?;
+    let ts = ingest::run(&ingest_options(&station, &key, "ts", &source)).await?;
     assert_eq!(ts.segments, 4);
     assert_eq!(ts.duration_ms, 4000 + 4000 + 3200 + 1500);
 
@@ -81,14 +63,26 @@ async fn hls_playlists_and_urls_keep_their_segments_and_durations() -> anyhow::R
         )
         .into_bytes(),
     );
-    let mp4 = ingest::run(&options(&station, &key, &server.url("v/index.m3u8"), "mp4")).await?;
+    let mp4 = ingest::run(&ingest_options(
+        &station,
+        &key,
+        "mp4",
+        server.url("v/index.m3u8"),
+    ))
+    .await?;
     assert_eq!(mp4.segments, 4);
     assert_eq!(mp4.duration_ms, 4500);
 
     // A plain file over http: cut into 4 MiB segments.
     let file = random_file(&dir.path().join("f.bin"), 9 * 1024 * 1024 + 17, 3)?;
     server.put("f.bin", file.clone());
-    let plain = ingest::run(&options(&station, &key, &server.url("f.bin"), "plain")).await?;
+    let plain = ingest::run(&ingest_options(
+        &station,
+        &key,
+        "plain",
+        server.url("f.bin"),
+    ))
+    .await?;
     assert_eq!(plain.segments, 3);
 
     station.shutdown().await;
@@ -114,7 +108,11 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("home");
     let key = data.join("identity.key");
-    let station = home_station(&data).await?;
+    let station = swarm::station(&data)
+        .engines(2)
+        .content_home()
+        .start()
+        .await?;
     let server = HttpServer::start().await?;
     server.put("seg0.ts", bytes(100_000, 1));
     server.put_versions("moving.ts", vec![bytes(100_000, 3), bytes(100_000, 4)]);
@@ -146,7 +144,7 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
         (server.url("changing.m3u8"), "changed during ingest"),
     ];
     for (source, want) in cases {
-        let err = ingest::run(&options(&station, &key, &source, "bad"))
+        let err = ingest::run(&ingest_options(&station, &key, "bad", &source))
             .await
             .err()
             .map(|e| format!("{e:#}"));

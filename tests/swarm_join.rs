@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::Rng;
-use vodmesh_tests::{TEST_TTL, init_logging, listed, start_station, wait_until};
+use vodmesh_tests::swarm::{TEST_TTL, init_logging, station, wait_listed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_stations_join_by_random_bootstrap_and_a_stopped_one_expires() -> anyhow::Result<()> {
@@ -15,28 +15,20 @@ async fn ten_stations_join_by_random_bootstrap_and_a_stopped_one_expires() -> an
     let mut stations = Vec::new();
     let mut rng = rand::thread_rng();
     for i in 0..10 {
-        let bootstrap = if stations.is_empty() {
-            None
-        } else {
-            let pick: usize = rng.gen_range(0..stations.len());
-            Some(vodmesh_node::Station::addr(&stations[pick]).clone())
-        };
-        let s = start_station(&dir.path().join(format!("s{i}")), bootstrap.as_ref()).await?;
-        stations.push(s);
+        let mut spec = station(dir.path().join(format!("s{i}")));
+        if !stations.is_empty() {
+            spec = spec.bootstrap(&stations[rng.gen_range(0..stations.len())]);
+        }
+        stations.push(spec.start().await?);
     }
     let all: BTreeSet<_> = stations.iter().map(|s| s.peer_id()).collect();
     assert_eq!(all.len(), 10);
-    wait_until(
+    let every: Vec<_> = stations.iter().collect();
+    wait_listed(
         "every station to list all ten",
+        &every,
+        &all,
         Duration::from_secs(60),
-        || async {
-            for s in &stations {
-                if listed(s).await? != all {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
     )
     .await?;
 
@@ -44,24 +36,21 @@ async fn ten_stations_join_by_random_bootstrap_and_a_stopped_one_expires() -> an
     let first = stations.remove(0);
     let gone = first.peer_id();
     first.shutdown().await;
-    let fifth = stations[3].addr().clone();
-    let eleventh = start_station(&dir.path().join("s10"), Some(&fifth)).await?;
+    let eleventh = station(dir.path().join("s10"))
+        .bootstrap(&stations[3])
+        .start()
+        .await?;
     let newcomer = eleventh.peer_id();
     stations.push(eleventh);
 
     let expected: BTreeSet<_> = stations.iter().map(|s| s.peer_id()).collect();
     assert!(expected.contains(&newcomer) && !expected.contains(&gone));
-    wait_until(
+    let live: Vec<_> = stations.iter().collect();
+    wait_listed(
         "every live station to list the eleventh and not the stopped one",
+        &live,
+        &expected,
         TEST_TTL * 6,
-        || async {
-            for s in &stations {
-                if listed(s).await? != expected {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
     )
     .await?;
     for s in stations {
@@ -74,19 +63,22 @@ async fn ten_stations_join_by_random_bootstrap_and_a_stopped_one_expires() -> an
 async fn a_restarted_director_keeps_its_identity_and_registry_records() -> anyhow::Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let a = start_station(&dir.path().join("a"), None).await?;
-    let b = start_station(&dir.path().join("b"), Some(a.addr())).await?;
+    let a = station(dir.path().join("a")).start().await?;
+    let b = station(dir.path().join("b")).bootstrap(&a).start().await?;
     let both: BTreeSet<_> = [a.peer_id(), b.peer_id()].into();
-    wait_until("both stations listed", Duration::from_secs(30), || async {
-        Ok(listed(&a).await? == both)
-    })
+    wait_listed(
+        "both stations listed",
+        &[&a],
+        &both,
+        Duration::from_secs(30),
+    )
     .await?;
     let a_peer = a.peer_id();
     let engine = a.engines[0].peer_id;
     a.shutdown().await;
     // Restart on the same data directory without a bootstrap: the same peer ids, and the
     // registry it persisted still holds b's live record.
-    let a = start_station(&dir.path().join("a"), None).await?;
+    let a = station(dir.path().join("a")).start().await?;
     assert_eq!(a.peer_id(), a_peer);
     assert_eq!(a.engines[0].peer_id, engine);
     let found = a.registry().get_station(b.peer_id()).await?;

@@ -2,25 +2,29 @@
 //! engine token, with a console token, or with another peer's engine token; it refuses a
 //! stream with an engine token; each refusal is one line and nothing else is sent.
 
-use libp2p::identity::Keypair;
-use vodmesh_console::client::DirectorClient;
-use vodmesh_node::{Station, StationConfig};
+use std::time::Duration;
+
+use anyhow::Result;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest};
-use vodmesh_proto::stream::{self, StreamReply, StreamRequest};
+use vodmesh_proto::stream::StreamReply;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Issuer, Rights};
 use vodmesh_proto::{ProgramId, SegmentId};
-use vodmesh_tests::{init_logging, random_file};
+use vodmesh_tests::console::Console;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
+/// Asks `engine` for a copy of `segment` as `console`, presenting `token`; its answer.
 async fn copy_reply(
-    client: &DirectorClient,
+    console: &Console,
     engine: libp2p::PeerId,
     segment: SegmentId,
     token: Option<Vec<u8>>,
-) -> anyhow::Result<CopyReply> {
-    let mut s = client.open_stream(engine, copy::PROTOCOL).await?;
+) -> Result<CopyReply> {
+    let mut s = console.client.open_stream(engine, copy::PROTOCOL).await?;
     write_frame(
         &mut s,
         &CopyRequest {
@@ -34,38 +38,30 @@ async fn copy_reply(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_and_streams_need_the_right_kind_of_token() -> anyhow::Result<()> {
+async fn copies_and_streams_need_the_right_kind_of_token() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("home");
     let issuer = Issuer::generate();
-    let mut config = StationConfig::new(&data);
-    config.home = true;
-    config.content_manager = true;
-    config.trust = vec![issuer.public()];
-    let station = Station::start(config).await?;
+    let station = swarm::station(&data)
+        .content_home()
+        .trusting(&issuer)
+        .start()
+        .await?;
     let source = dir.path().join("p.bin");
     random_file(&source, 1024 * 1024, 3)?;
+    let key = data.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        node: station.addr().clone(),
-        key: data.join("identity.key"),
-        title: "guarded".into(),
         publish_at_ms: Some(now_ms()),
-        replicas: 0,
-        segment_size: ingest::DEFAULT_SEGMENT_SIZE,
-        bitrate: ingest::DEFAULT_BITRATE,
-        source,
-        progress: false,
+        ..ingest_options(&station, &key, "guarded", source)
     })
     .await?;
     let segment = SegmentId::new(info.program, 0);
-    let me = Keypair::generate_ed25519();
-    let peer = me.public().to_peer_id();
-    let client = DirectorClient::connect(station.addr(), Some(me)).await?;
+    // A console with no token of its own: each request presents the token under test.
+    let client = Console::connect(station.addr(), None).await?;
+    let peer = client.client.local_peer();
     let engine = station.engines[0].clone();
-    client
-        .add_addresses(engine.peer_id, engine.addrs.clone())
-        .await?;
+    client.reach(engine.peer_id, &engine.addrs).await?;
     let mint = |subject, audience| {
         issuer.issue(subject, audience, Rights::All, now_ms(), now_ms() + 600_000)
     };
@@ -130,39 +126,21 @@ async fn copies_and_streams_need_the_right_kind_of_token() -> anyhow::Result<()>
     );
 
     // An engine token on a stream.
-    let mut s = client.open_stream(engine.peer_id, stream::PROTOCOL).await?;
-    write_frame(
-        &mut s,
-        &StreamRequest {
-            segment,
-            offset: 0,
-            token: Some(serde_bytes::ByteBuf::from(mint(peer, Audience::Engine)?)),
-            play_from: 0,
-        },
-    )
-    .await?;
-    let reply: StreamReply = read_frame(&mut s, stream::MAX_FRAME).await?;
+    let request = vodmesh_proto::stream::StreamRequest {
+        token: Some(mint(peer, Audience::Engine)?.into()),
+        ..client.request(segment, 0, 0)
+    };
+    let (_s, reply) = client.ask(engine.peer_id, &request).await?;
     assert_eq!(
         reply,
         StreamReply::Refused("wrong token kind: engine token, expected console token".into())
     );
 
     // Every refusal is counted by the director (five copies, one stream).
-    vodmesh_tests::wait_until(
-        "refusals counted",
-        std::time::Duration::from_secs(10),
-        || async {
-            match client
-                .request(vodmesh_proto::director::Request::Activity)
-                .await?
-            {
-                vodmesh_proto::director::Response::Activity(a) => {
-                    Ok(a.refused_copies == 5 && a.refused_streams == 1)
-                }
-                other => anyhow::bail!("unexpected {other:?}"),
-            }
-        },
-    )
+    wait::until("refusals counted", Duration::from_secs(10), || async {
+        let a = client.activity().await?;
+        Ok(a.refused_copies == 5 && a.refused_streams == 1)
+    })
     .await?;
     station.shutdown().await;
     Ok(())

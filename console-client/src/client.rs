@@ -58,7 +58,8 @@ type Reply = oneshot::Sender<Result<Response, ClientError>>;
 
 enum Cmd {
     Request(Request, Reply),
-    Addresses(PeerId, Vec<Multiaddr>),
+    /// Where a peer listens; answered once the swarm knows (and dials) them.
+    Addresses(PeerId, Vec<Multiaddr>, oneshot::Sender<()>),
 }
 
 /// A connection to one director.
@@ -89,6 +90,10 @@ impl DirectorClient {
             addr: addr.clone(),
             reason,
         };
+        // Known by peer id too: a connection that closes (an idle time-out, the director
+        // closing it) is dialed again by the next request instead of failing it with
+        // "Failed to dial the requested peer".
+        swarm.add_peer_address(peer, addr.clone());
         swarm
             .dial(addr.clone())
             .map_err(|e| unreachable(e.to_string()))?;
@@ -122,7 +127,7 @@ impl DirectorClient {
                             let id = swarm.behaviour_mut().control.send_request(&peer, request);
                             pending.insert(id, reply);
                         }
-                        Some(Cmd::Addresses(peer, addrs)) => {
+                        Some(Cmd::Addresses(peer, addrs, known)) => {
                             // Dial now rather than leave it to libp2p-stream: its dial
                             // requests go through a one-slot channel, and when streams to
                             // several new peers are opened at once the extra dial requests
@@ -136,8 +141,9 @@ impl DirectorClient {
                                 swarm.add_peer_address(peer, addr);
                             }
                             if let Err(e) = swarm.dial(opts) {
-                                tracing::debug!(%peer, error = %e, "dial not started");
+                                tracing::trace!(%peer, error = %e, "dial not started");
                             }
+                            let _ = known.send(());
                         }
                         None => break,
                     },
@@ -202,14 +208,20 @@ impl DirectorClient {
             .cloned()
             .collect();
         let addrs = if tcp.is_empty() { addrs } else { tcp };
+        let (known, ack) = oneshot::channel();
         self.tx
-            .send(Cmd::Addresses(peer, addrs))
+            .send(Cmd::Addresses(peer, addrs, known))
             .await
-            .map_err(|_| ClientError::Closed)
+            .map_err(|_| ClientError::Closed)?;
+        // Before a stream is opened, the swarm must know the addresses: a stream's own dial
+        // by peer id finds none otherwise, and fails.
+        ack.await.map_err(|_| ClientError::Closed)
     }
 
     /// Opens a stream of `protocol` to `peer` (whose address was added before), retrying
-    /// briefly: the remote accepts one pending stream at a time.
+    /// once: the remote accepts one pending stream at a time, and libp2p-stream may drop a
+    /// dial. A peer that cannot be dialed fails at once, and one that does not answer (frozen)
+    /// within two tries: the caller has other engines to try.
     pub async fn open_stream(
         &self,
         peer: PeerId,
@@ -217,10 +229,17 @@ impl DirectorClient {
     ) -> Result<libp2p::Stream, ClientError> {
         let mut control = self.streams.clone();
         let mut last = String::new();
-        for attempt in 0..5u64 {
+        for attempt in 0..2u64 {
             let open = control.open_stream(peer, protocol.clone());
             match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
                 Ok(Ok(s)) => return Ok(s),
+                Ok(Err(libp2p_stream::OpenStreamError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::NotConnected =>
+                {
+                    return Err(ClientError::Request(format!(
+                        "cannot connect to {peer}: {e}"
+                    )));
+                }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
             }

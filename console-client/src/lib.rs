@@ -2,7 +2,10 @@
 //!
 //! - [`client`]: a connection to one director over `/vodmesh/director/1`, used by the console
 //!   and by the `vodmesh` tool.
-//! - [`play`]: playing a program with handoff from engine to engine, verified.
+//! - [`play`]: playing a program with handoff from engine to engine, verified; `fetch`
+//!   streams one segment (one stream per engine at a time, busy engines waited out) and
+//!   `playback` holds the decisions (which segments a run writes, what follows a failed
+//!   attempt), as plain functions.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 //! - [`rpc`]: a request-response client of one peer for any vodmesh CBOR protocol.
@@ -11,7 +14,9 @@
 
 pub mod auth;
 pub mod client;
+mod fetch;
 pub mod play;
+mod playback;
 pub mod rpc;
 pub mod serve;
 pub mod terminal;

@@ -28,6 +28,13 @@ enum Cmd {
         node: Multiaddr,
     },
     /// Plays a program (by id or exact title).
+    ///
+    /// The output is always a stream a player can start on: an fMP4 program's
+    /// initialization segment comes first, and again before the first media segment after
+    /// --start or a seek (ffmpeg skips it as a repeated header); MPEG-TS and plain bytes are
+    /// written as stored. An engine at its --max-streams is a wait, never an error: the
+    /// console asks its director again (another holder, a copy onto an idle engine, another
+    /// station) and stalls only when nothing can serve; --stats counts these `waits`.
     Play {
         /// Any station's director, ending in /p2p/<peer id>.
         #[arg(long, value_name = "MULTIADDR")]
@@ -48,7 +55,8 @@ enum Cmd {
         /// least one segment); what rides out the loss of an engine or a station.
         #[arg(long, default_value_t = 4.0, value_name = "SECONDS")]
         buffer: f64,
-        /// Write playback statistics as JSON to FILE.
+        /// Write playback statistics as JSON to FILE: startup_ms, bytes, segments, handoffs,
+        /// stalls, waits, engines, stations, verified, seeks, swaps, quit.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
         /// The program id or its exact title.
@@ -151,7 +159,12 @@ async fn main() {
 
 async fn ls(node: &Multiaddr) -> Result<()> {
     let client = Arc::new(DirectorClient::connect(node, None).await?);
-    for p in play::published(&client).await? {
+    let programs = play::published(&client).await?;
+    if programs.is_empty() {
+        // On stderr: stdout stays a list of programs (empty) for scripts.
+        eprintln!("no published program in the swarm (yet)");
+    }
+    for p in programs {
         println!(
             "{}  {:>7.1} s  {:>8.1} MiB  {}",
             p.program,

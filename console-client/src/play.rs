@@ -6,8 +6,14 @@
 //! segments are released by media time, a buffer (default 4 s, at least one segment) ahead of
 //! the play position; a segment that arrives after its play time is a stall. The buffer is
 //! what rides out a failover: a lost engine or station is replaced and the segment resumed
-//! from the bytes received before the player runs dry. Every segment is checked against the BLAKE3 hash in the content manager's signed
-//! manifest before a byte of it is written.
+//! from the bytes received before the player runs dry. Every segment is checked against the
+//! BLAKE3 hash in the content manager's signed manifest before a byte of it is written.
+//!
+//! The output is always a stream a player can start on: an fMP4 program's initialization
+//! segment (segment 0) is written first, and again before the first media segment after
+//! `--start` or a seek ([`crate::playback::run_segments`]). An engine at `--max-streams` is a
+//! wait, never an error: the console asks again and, when nothing can serve, stalls
+//! (`waits` in [`PlayStats`]). Fetching a segment is [`crate::fetch`]'s part.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,20 +21,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::stream::{self, StreamExt};
-use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use vodmesh_proto::ProgramId;
 use vodmesh_proto::catalog::ProgramState;
-use vodmesh_proto::codec::{read_frame, write_frame};
-use vodmesh_proto::director::{ErrorCode, ProgramInfo, Request, Response, SegmentLocation};
-use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest};
-use vodmesh_proto::station::StationRecord;
-use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
+use vodmesh_proto::director::{ProgramInfo, Request, Response, SegmentLocation};
+use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 use crate::client::DirectorClient;
+pub use crate::fetch::READ_STALL;
+use crate::fetch::{Directors, Fetcher};
 
 /// How fast to play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,119 +80,9 @@ pub struct PlayStats {
     pub swaps: u32,
     /// The viewer quit before the end.
     pub quit: bool,
-}
-
-/// The directors a console may ask: the one it was pointed at first, then the rest of the
-/// swarm (found lazily through the first one).
-struct Directors {
-    first: Arc<DirectorClient>,
-    others: tokio::sync::OnceCell<Vec<StationRecord>>,
-    /// Connections to the other directors, opened once and kept for every later segment.
-    clients: tokio::sync::Mutex<std::collections::HashMap<PeerId, Arc<DirectorClient>>>,
-    /// The first director stopped answering.
-    first_down: std::sync::atomic::AtomicBool,
-}
-
-impl Directors {
-    fn new(first: Arc<DirectorClient>) -> Self {
-        Self {
-            first,
-            others: Default::default(),
-            clients: Default::default(),
-            first_down: Default::default(),
-        }
-    }
-
-    async fn swarm(&self) -> &[StationRecord] {
-        self.others
-            .get_or_init(|| async {
-                match self.first.request(Request::Swarm).await {
-                    Ok(Response::Swarm(list)) => list
-                        .iter()
-                        .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
-                        .filter(|r| r.director != self.first.peer())
-                        .collect(),
-                    _ => Vec::new(),
-                }
-            })
-            .await
-    }
-
-    /// A kept connection to `station`'s director, opened on first use.
-    async fn client(&self, station: &StationRecord) -> Option<Arc<DirectorClient>> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&station.director) {
-            return Some(c.clone());
-        }
-        let addr = station.addrs.first()?;
-        let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
-        clients.insert(station.director, client.clone());
-        Some(client)
-    }
-
-    /// Sends `request` to the director `peer` (the first one, or another station's).
-    async fn ask_director(&self, peer: PeerId, request: Request) -> Result<Response> {
-        if peer == self.first.peer() {
-            return Ok(self.first.request(request).await?);
-        }
-        let station = self
-            .swarm()
-            .await
-            .iter()
-            .find(|s| s.director == peer)
-            .cloned()
-            .with_context(|| format!("director {peer} is not in the swarm"))?;
-        let client = self
-            .client(&station)
-            .await
-            .with_context(|| format!("cannot reach director {peer}"))?;
-        Ok(client.request(request).await?)
-    }
-
-    /// Sends `request` to the first director, then to the content managers and other
-    /// stations of the swarm, until one answers with something other than `NotFound`.
-    ///
-    /// A first director that cannot be reached (its station went down) is passed over from
-    /// then on: the console carries on with the rest of the swarm, which it learned at the
-    /// start.
-    async fn ask(&self, request: Request) -> Result<Response> {
-        let first = if self.first_down.load(std::sync::atomic::Ordering::Relaxed) {
-            Err(anyhow::anyhow!("director {} is down", self.first.peer()))
-        } else {
-            match self.first.request(request.clone()).await {
-                Ok(first) => Ok(first),
-                Err(e) => {
-                    tracing::warn!(director = %self.first.peer(), error = %e, "director lost; asking the rest of the swarm");
-                    self.first_down
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    Err(e.into())
-                }
-            }
-        };
-        if let Ok(answer) = &first
-            && !matches!(answer, Response::Error(e) if e.code == ErrorCode::NotFound)
-        {
-            return first;
-        }
-        let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
-        stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
-        // The director that answered last goes first: the next segment is likely there too.
-        {
-            let known = self.clients.lock().await;
-            stations.sort_by_key(|s| !known.contains_key(&s.director));
-        }
-        for station in stations {
-            let Some(client) = self.client(station).await else {
-                continue;
-            };
-            match client.request(request.clone()).await {
-                Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
-                Ok(answer) => return Ok(answer),
-                Err(_) => continue,
-            }
-        }
-        first
-    }
+    /// Busy answers waited out: an engine at `--max-streams`, or a director with nothing
+    /// free to send the console to. The console asks again; it never fails for busy.
+    pub waits: u32,
 }
 
 /// Finds a program by id or exact title.
@@ -258,7 +152,7 @@ pub struct Credentials {
 /// An open program: its verified manifest and the directors to ask for its segments. Used
 /// by `play` and by anything else that fetches segments (the HLS gateway).
 pub struct Session {
-    directors: Arc<Directors>,
+    fetcher: Fetcher,
     manifest: Arc<Manifest>,
     token: SharedToken,
 }
@@ -293,7 +187,7 @@ impl Session {
             learn.swarm().await;
         });
         Ok(Self {
-            directors,
+            fetcher: Fetcher::new(directors),
             manifest: Arc::new(manifest),
             token: credentials.token.clone(),
         })
@@ -321,14 +215,15 @@ impl Session {
     ) -> Result<(SegmentLocation, Vec<u8>)> {
         // Read per segment: a refreshed token is used from the next segment on.
         let token = self.token.read().ok().and_then(|t| t.clone());
-        fetch(
-            &self.directors,
-            &self.manifest,
-            index,
-            token.as_deref(),
-            play_from,
-        )
-        .await
+        self.fetcher
+            .fetch(&self.manifest, index, token.as_deref(), play_from)
+            .await
+    }
+
+    /// Busy answers this session waited out so far (an engine at `--max-streams`, or a
+    /// director with nothing free to send it to).
+    pub fn waits(&self) -> u32 {
+        self.fetcher.waits()
     }
 
     /// Where `at_ms` falls: the segment, and for a program of plain bytes the byte within it
@@ -402,11 +297,32 @@ struct Pending {
 /// A segment's index and what fetching it gave.
 type Fetched = (u32, Result<(SegmentLocation, Vec<u8>)>);
 
+/// A spawned fetch, aborted when dropped (a seek or a quit drops the fetches in flight, and
+/// with them their streams: the engines report the stops).
+struct Spawned(tokio::task::JoinHandle<Fetched>);
+
+impl Future for Spawned {
+    type Output = Result<Fetched, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the play loop waits for.
 enum Wake {
     Control(Option<Control>),
     Tick,
-    Fetched(Box<Option<Fetched>>),
+    Fetched(Box<Option<Result<Fetched, tokio::task::JoinError>>>),
     Release,
 }
 
@@ -455,11 +371,16 @@ pub async fn play<W: AsyncWrite + Unpin>(
         let mut clock: Option<(Instant, u64)> = None;
         let mut paused: Option<Instant> = None;
         let mut pending: Option<Pending> = None;
-        let fetches = stream::iter(first..count)
+        let init = manifest.content.has_init_segment();
+        // Each fetch is a task of its own: it streams on (and gives its engine's slot back)
+        // while an earlier segment waits for its release time.
+        let fetches = stream::iter(crate::playback::run_segments(init, first, count))
             .map(|index| {
                 let session = session.clone();
                 let play_from = if index == first { skip } else { 0 };
-                async move { (index, session.segment_from(index, play_from).await) }
+                Spawned(tokio::spawn(async move {
+                    (index, session.segment_from(index, play_from).await)
+                }))
             })
             .buffered(window);
         futures::pin_mut!(fetches);
@@ -521,9 +442,10 @@ pub async fn play<W: AsyncWrite + Unpin>(
                 }
                 Wake::Tick => {}
                 Wake::Fetched(next) => {
-                    let Some((index, fetched)) = *next else {
+                    let Some(joined) = *next else {
                         break 'run;
                     };
+                    let (index, fetched) = joined.context("a segment fetch failed")?;
                     let (location, bytes) = fetched?;
                     let entry = manifest
                         .content
@@ -591,6 +513,7 @@ pub async fn play<W: AsyncWrite + Unpin>(
                 stats.segments += 1;
                 media_ms += p.duration_ms;
             }
+            stats.waits = session.waits();
             let at = position(clock, paused, media_ms);
             progress(&Progress {
                 stats: &stats,
@@ -603,205 +526,8 @@ pub async fn play<W: AsyncWrite + Unpin>(
         }
     }
     out.flush().await?;
+    stats.waits = session.waits();
     stats.engines = engines.into_iter().collect();
     stats.stations = stations.into_iter().collect();
     Ok(stats)
-}
-
-/// How long a segment stream may bring no byte before it counts as stalled and is resumed
-/// elsewhere: longer than an engine waits for a filling copy's next bytes (5 s), so a slow
-/// copy is not mistaken for a stuck engine.
-const READ_STALL: Duration = Duration::from_secs(7);
-
-/// Locates and streams one whole segment, verified; a stream lost on the way (libp2p-stream
-/// drops an inbound stream its receiver is not ready for; an engine dies; an engine hands the
-/// console over to another, claim 22) is resumed from the bytes already received, at
-/// whichever engine the director names next; a refusal is final. Three attempts that bring
-/// no new byte end it.
-async fn fetch(
-    directors: &Directors,
-    manifest: &Manifest,
-    index: u32,
-    token: Option<&[u8]>,
-    play_from: u64,
-) -> Result<(SegmentLocation, Vec<u8>)> {
-    let mut attempt = 0u64;
-    let mut partial = Vec::new();
-    // Engines that failed this segment without a byte: not to be named again.
-    let mut avoid = Vec::new();
-    loop {
-        let had = partial.len();
-        let once = tokio::time::timeout(
-            Duration::from_secs(60),
-            fetch_once(
-                directors,
-                manifest,
-                (index, play_from),
-                token,
-                &mut partial,
-                &mut avoid,
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Fetch::Lost(anyhow::anyhow!("segment {index} timed out"))));
-        if partial.len() == had {
-            attempt += 1;
-        }
-        match once {
-            Ok(done) => return Ok(done),
-            Err(Fetch::Final(e)) => return Err(e),
-            Err(Fetch::Lost(e)) if attempt >= 3 => return Err(e),
-            Err(Fetch::Lost(e)) => {
-                tracing::debug!(index, attempt, error = %e, "segment stream lost; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-        }
-    }
-}
-
-/// Why one attempt failed.
-enum Fetch {
-    /// Refused or wrong: retrying cannot help.
-    Final(anyhow::Error),
-    /// The stream broke: another attempt may succeed.
-    Lost(anyhow::Error),
-}
-
-async fn fetch_once(
-    directors: &Directors,
-    manifest: &Manifest,
-    (index, play_from): (u32, u64),
-    token: Option<&[u8]>,
-    partial: &mut Vec<u8>,
-    avoid: &mut Vec<PeerId>,
-) -> Result<(SegmentLocation, Vec<u8>), Fetch> {
-    let fail = |m: String| Fetch::Final(anyhow::anyhow!(m));
-    let lost = |e: anyhow::Error| Fetch::Lost(e);
-    let entry = manifest
-        .content
-        .segment(index)
-        .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
-    let located = |answer: Response| match answer {
-        Response::Location(l) => Ok(l),
-        // Every holder busy, or too many misses being filled: worth another try.
-        Response::Error(e) if e.code == ErrorCode::Busy => Err(lost(anyhow::anyhow!(e.message))),
-        Response::Error(e) => Err(fail(e.message)),
-        other => Err(fail(format!("unexpected answer: {other:?}"))),
-    };
-    let locate = Request::Locate {
-        program: manifest.program,
-        index,
-        complete: false,
-        avoid: avoid.clone(),
-    };
-    let mut location = located(directors.ask(locate).await.map_err(lost)?)?;
-    let client = &directors.first;
-    let (mut s, reply) = loop {
-        let engine = location.engine;
-        client
-            .add_addresses(engine, location.addrs.clone())
-            .await
-            .map_err(|e| lost(e.into()))?;
-        let mut s = match client.open_stream(engine, wire::PROTOCOL).await {
-            Ok(s) => s,
-            Err(e) => {
-                avoid.push(engine);
-                return Err(lost(e.into()));
-            }
-        };
-        let request = StreamRequest {
-            segment: SegmentId::new(manifest.program, index),
-            // Resumed from what earlier attempts received.
-            offset: partial.len() as u64,
-            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
-            play_from,
-        };
-        write_frame(&mut s, &request)
-            .await
-            .map_err(|e| lost(e.into()))?;
-        let reply = match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                avoid.push(engine);
-                return Err(lost(e.into()));
-            }
-        };
-        match reply {
-            // Claim 21: this engine's copy has not reached our position; its director names
-            // one with the whole segment, which takes us over.
-            StreamReply::Swap { filled } if !location.swap => {
-                tracing::debug!(index, %engine, filled, play_from, "handed over: asking for a complete copy");
-                let complete = Request::Locate {
-                    program: manifest.program,
-                    index,
-                    complete: true,
-                    avoid: Vec::new(),
-                };
-                let answer = directors
-                    .ask_director(location.director, complete)
-                    .await
-                    .map_err(lost)?;
-                location = located(answer)?;
-            }
-            StreamReply::Swap { .. } => {
-                return Err(lost(anyhow::anyhow!(
-                    "segment {index}: the engine named for a swap is still filling"
-                )));
-            }
-            reply => break (s, reply),
-        }
-    };
-    let engine = location.engine;
-    let (size, hash) = match reply {
-        StreamReply::Streaming { size, hash } => (size, hash),
-        // The engine's one line is the user's one line (`token expired`, ...).
-        StreamReply::Refused(why) => return Err(fail(why)),
-        StreamReply::Swap { .. } => return Err(lost(anyhow::anyhow!("swapped twice"))),
-    };
-    if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
-        return Err(fail(format!(
-            "engine {engine} offers segment {index} that does not match the manifest"
-        )));
-    }
-    let had = partial.len();
-    partial.reserve(size as usize - partial.len());
-    let mut buf = vec![0u8; 256 * 1024];
-    while (partial.len() as u64) < size {
-        let n = (size as usize - partial.len()).min(buf.len());
-        let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n]))
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-        {
-            Ok(got) => got,
-            Err(e) => {
-                if partial.len() == had {
-                    avoid.push(engine);
-                }
-                return Err(lost(anyhow::anyhow!(
-                    "segment {index} broke off from engine {engine}: {e}"
-                )));
-            }
-        };
-        if got == 0 {
-            if partial.len() == had {
-                avoid.push(engine);
-            }
-            // Ended early: handed over, or the engine went away. The next attempt resumes.
-            return Err(lost(anyhow::anyhow!(
-                "segment {index} ended early from engine {engine} at byte {}",
-                partial.len()
-            )));
-        }
-        partial.extend_from_slice(&buf[..got]);
-    }
-    let _ = s.close().await;
-    let bytes = std::mem::take(partial);
-    if SegmentHash::of(&bytes) != entry.hash {
-        // Another attempt starts over, perhaps at another engine; the bad bytes are never
-        // written.
-        return Err(lost(anyhow::anyhow!(
-            "segment {index} from engine {engine} failed verification"
-        )));
-    }
-    Ok((location, bytes))
 }

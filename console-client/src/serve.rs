@@ -297,9 +297,7 @@ impl Gateway {
 
 /// Whether the manifest is fMP4 HLS: its segment 0 is the initialization segment.
 fn is_fmp4(session: &Session) -> bool {
-    let content = &session.manifest().content;
-    content.content_type == "video/mp4"
-        && content.segments.first().is_some_and(|s| s.duration_ms == 0)
+    session.manifest().content.has_init_segment()
 }
 
 /// The file name of segment `index` in the playlist.

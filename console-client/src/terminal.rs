@@ -80,7 +80,8 @@ fn short(peer: &PeerId) -> String {
     s[s.len().saturating_sub(6)..].to_string()
 }
 
-/// One line: state, position/duration, buffer, the engine and station serving, handoffs.
+/// One line: state, position/duration, buffer, the engine and station serving, handoffs,
+/// stalls, waits for busy engines, bytes.
 pub fn progress_line(p: &Progress<'_>) -> String {
     let state = if p.paused { "paused" } else { "playing" };
     let serving = match &p.engine {
@@ -90,12 +91,13 @@ pub fn progress_line(p: &Progress<'_>) -> String {
         None => "locating...".into(),
     };
     format!(
-        "{state:<7} {}/{}  buffer {:.1} s  {serving}  {} handoffs  {} stalls  {:.1} MiB",
+        "{state:<7} {}/{}  buffer {:.1} s  {serving}  {} handoffs  {} stalls  {} waits  {:.1} MiB",
         clock(p.position_ms),
         clock(p.duration_ms),
         p.buffered_ms as f64 / 1000.0,
         p.stats.handoffs,
         p.stats.stalls,
+        p.stats.waits,
         p.stats.bytes as f64 / (1024.0 * 1024.0),
     )
 }
@@ -139,6 +141,7 @@ mod tests {
     fn the_line_names_position_buffer_engine_and_station() {
         let stats = PlayStats {
             handoffs: 3,
+            waits: 2,
             ..Default::default()
         };
         let engine = PeerId::random();
@@ -157,5 +160,6 @@ mod tests {
         );
         assert!(line.contains(&short(&engine)) && line.contains(&short(&station)));
         assert!(line.contains("3 handoffs"));
+        assert!(line.contains("2 waits"), "{line}");
     }
 }

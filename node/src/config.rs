@@ -71,7 +71,14 @@ pub struct StationConfig {
     pub engine_peers: Vec<PeerId>,
     /// The station's counters and gauges, shared by its director and engines.
     pub metrics: crate::metrics::Metrics,
+    /// An ingest that stores no segment for this long is given up and its segments dropped
+    /// (`--ingest-timeout`).
+    pub ingest_timeout: std::time::Duration,
 }
+
+/// The default of [`StationConfig::ingest_timeout`]: longer than a client waits for one
+/// segment's acknowledgement (60 s), so a slow but live ingest is never dropped.
+pub const INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl StationConfig {
     /// A configuration with the defaults of `vodmesh-node`: one engine, listening on loopback
@@ -103,6 +110,7 @@ impl StationConfig {
             metrics_addr: None,
             engine_peers: Vec::new(),
             metrics: Default::default(),
+            ingest_timeout: INGEST_TIMEOUT,
         }
     }
 }

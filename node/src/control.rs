@@ -217,4 +217,10 @@ pub enum EngineCommand {
         /// Until when (ms since the epoch).
         until_ms: u64,
     },
+    /// Drop these segments (an ingest that never committed): forget their announcements,
+    /// remove those stored, and report each one [`EngineReport::Dropped`].
+    Remove {
+        /// The segments.
+        segments: Vec<SegmentId>,
+    },
 }

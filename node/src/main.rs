@@ -74,6 +74,10 @@ struct Args {
     /// match; without it, corruption is still caught when a segment is read.
     #[arg(long)]
     scrub: bool,
+    /// An ingest that stores no segment for this many seconds (its client was killed or
+    /// lost) is given up, and the segments it stored are dropped (content manager).
+    #[arg(long, default_value_t = vodmesh_node::config::INGEST_TIMEOUT.as_secs(), value_name = "SECS")]
+    ingest_timeout: u64,
     /// This is a home station: it keeps whole programs and never evicts them.
     #[arg(long)]
     home: bool,
@@ -240,6 +244,7 @@ async fn run(args: Args) -> Result<()> {
     config.max_streams = args.max_streams;
     config.home = args.home;
     config.scrub = args.scrub;
+    config.ingest_timeout = Duration::from_secs(args.ingest_timeout);
     config.content_manager = args.content_manager;
     config.auth = args.auth;
     config.trust = args.trust;

@@ -59,6 +59,7 @@ struct Inner {
     replications: Counter,
     swaps: Counter,
     source_failovers: Counter,
+    copies_declined: Counter,
     refusals: Family<Kind, Counter>,
     dht_queries: Family<Kind, Counter>,
     dht_latency: Histogram,
@@ -95,6 +96,7 @@ impl Metrics {
             replications: Counter::default(),
             swaps: Counter::default(),
             source_failovers: Counter::default(),
+            copies_declined: Counter::default(),
             refusals: Family::default(),
             dht_queries: Family::default(),
             // 1 ms .. ~16 s.
@@ -169,6 +171,11 @@ impl Metrics {
             inner.source_failovers.clone(),
         );
         r.register(
+            "copies_declined",
+            "Copies (misses, replicas) declined for want of room; the console went to a holder",
+            inner.copies_declined.clone(),
+        );
+        r.register(
             "token_refusals",
             "Requests refused for want of a valid token, by kind (stream: console token, copy: engine token)",
             inner.refusals.clone(),
@@ -232,6 +239,7 @@ impl Metrics {
         set(&m.replications, activity.replications);
         set(&m.swaps, activity.swaps);
         set(&m.source_failovers, activity.source_failovers);
+        set(&m.copies_declined, activity.copies_declined);
         set(
             &m.streams_stopped.get_or_create(&kind("complete")),
             activity.stops_complete,
@@ -453,6 +461,7 @@ mod tests {
             takeovers: 2,
             stops_complete: 1,
             refused_streams: 4,
+            copies_declined: 3,
             ..Default::default()
         };
         m.sync_director(&activity, &[]);
@@ -464,6 +473,7 @@ mod tests {
             "vodmesh_streams_started_total 2",
             "vodmesh_streams_stopped_total{kind=\"complete\"} 1",
             "vodmesh_token_refusals_total{kind=\"stream\"} 4",
+            "vodmesh_copies_declined_total 3",
             "vodmesh_dht_queries_total{kind=\"get_record\"} 1",
             "vodmesh_dht_query_seconds_count 1",
         ] {

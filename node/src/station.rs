@@ -92,7 +92,9 @@ impl Station {
             );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (reports, reports_rx) = mpsc::channel(64);
+        // Room for every engine's start-up reports (ready, then its store's figures), queued
+        // before the director reads any.
+        let (reports, reports_rx) = mpsc::channel(64 + 2 * config.engines);
 
         let mut engines = Vec::with_capacity(config.engines);
         let token_slots: Vec<engine::copy::TokenSlot> =
@@ -127,22 +129,26 @@ impl Station {
             .with_context(|| format!("starting engine {index}"))?;
             engines.push(handle);
         }
-        // Engines announced themselves as they started; the director starts knowing them.
+        // The director starts knowing its engines and what their stores hold (reconciled at
+        // open). Their start-up reports stay queued for it: dropping them once lost an
+        // engine's only report of its store's figures, and it showed 0 bytes stored after
+        // every restart until the figures changed.
         let infos: Vec<EngineInfo> = engines
             .iter()
-            .map(|e| EngineInfo {
-                peer_id: e.peer_id,
-                addrs: e.addrs.clone(),
-                streams: 0,
-                max_streams: config.max_streams,
-                used: 0,
-                capacity: config.capacity,
-                up: true,
-                disks: Vec::new(),
+            .map(|e| {
+                let disks = engine::disk_usage(&e.store, config.capacity != 0);
+                EngineInfo {
+                    peer_id: e.peer_id,
+                    addrs: e.addrs.clone(),
+                    streams: 0,
+                    max_streams: config.max_streams,
+                    used: vodmesh_proto::station::used_on(&disks),
+                    capacity: config.capacity,
+                    up: true,
+                    disks,
+                }
             })
             .collect();
-        let mut reports_rx = reports_rx;
-        while reports_rx.try_recv().is_ok() {}
         let data = config.data.clone();
         let auth_server = config.auth_server.clone();
         let metrics = config.metrics.clone();

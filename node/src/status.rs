@@ -51,9 +51,12 @@ pub fn engine_json(e: &EngineInfo) -> Value {
         "streams": e.streams,
         "max_streams": e.max_streams,
         "used": e.used,
+        "reserved": e.reserved(),
+        "evictable": e.evictable(),
         "capacity": e.capacity,
         "disks": e.disks.iter().map(|d| json!({
-            "path": d.path, "used": d.used, "capacity": d.capacity,
+            "path": d.path, "used": d.used, "reserved": d.reserved,
+            "evictable": d.evictable, "capacity": d.capacity,
         })).collect::<Vec<_>>(),
     })
 }

@@ -73,9 +73,15 @@ pub enum Request {
         #[serde(default)]
         complete: bool,
         /// Engines the console could not reach for this segment: not to be named again (the
-        /// director learns of a dead engine only seconds later).
+        /// director learns of a dead engine only seconds later). A hint from one console: the
+        /// director skips them for this console, and for every console once several report
+        /// the same engine, until its heartbeat settles whether it is alive.
         #[serde(default)]
         avoid: Vec<PeerId>,
+        /// Engines that answered this console busy (at `--max-streams`): not to be named for
+        /// this request, but alive, so a copy may still be taken from them (claims 19, 20).
+        #[serde(default)]
+        busy: Vec<PeerId>,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
@@ -114,6 +120,14 @@ pub enum Request {
     Playable {
         /// The program.
         program: ProgramId,
+    },
+    /// Give up an ingest in progress (it failed on the client's side): the segments already
+    /// pushed are dropped from the engines. Answered with [`Response::Ok`].
+    IngestAbort {
+        /// The program.
+        program: ProgramId,
+        /// Admin proof for op `ingest-abort` on the program id.
+        admin: Signed,
     },
 }
 
@@ -250,6 +264,10 @@ pub struct Activity {
     /// Programs with at least one segment on this station's engines.
     #[serde(default)]
     pub programs: u64,
+    /// Copies (misses and replicas) this station declined for want of room: its engines were
+    /// full with nothing evictable; a console was sent to a holder instead.
+    #[serde(default)]
+    pub copies_declined: u64,
 }
 
 /// Why a request failed.
@@ -269,6 +287,8 @@ pub enum ErrorCode {
     Internal,
     /// The swarm could not be reached or did not answer in time.
     Unavailable,
+    /// The station has no room for it (its engines' capacity is taken).
+    Full,
 }
 
 /// A refusal: a code for programs and one line for people.
@@ -311,6 +331,13 @@ mod tests {
             Request::Swarm,
             Request::LocateCopy { program, index: 3 },
             Request::Playable { program },
+            Request::Locate {
+                program,
+                index: 1,
+                complete: false,
+                avoid: vec![PeerId::random()],
+                busy: vec![PeerId::random()],
+            },
             Request::Replicate {
                 program,
                 source: PeerId::random(),

@@ -22,6 +22,9 @@ pub const MAX_SEGMENTS: usize = 50_000;
 /// The largest segment accepted anywhere.
 pub const MAX_SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
 
+/// The content type of fMP4 (CMAF) HLS programs.
+pub const FMP4: &str = "video/mp4";
+
 /// One segment of a program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
@@ -106,6 +109,12 @@ impl ManifestContent {
             }
         }
         Ok(())
+    }
+
+    /// Whether this is fMP4 HLS: segment 0 is the initialization segment (`#EXT-X-MAP`,
+    /// duration 0), which a player needs before any media segment.
+    pub fn has_init_segment(&self) -> bool {
+        self.content_type == FMP4 && self.segments.first().is_some_and(|s| s.duration_ms == 0)
     }
 
     /// The index of the segment playing at media time `ms`.

@@ -35,6 +35,58 @@ pub struct EngineInfo {
     pub disks: Vec<DiskUsage>,
 }
 
+impl EngineInfo {
+    /// Bytes reserved by writes in progress, over its disks.
+    pub fn reserved(&self) -> u64 {
+        self.disks
+            .iter()
+            .fold(0, |sum, d| sum.saturating_add(d.reserved))
+    }
+
+    /// Bytes eviction may free, over its disks.
+    pub fn evictable(&self) -> u64 {
+        self.disks
+            .iter()
+            .fold(0, |sum, d| sum.saturating_add(d.evictable))
+    }
+
+    /// Bytes it may still take without evicting anything: its capacity less what is used and
+    /// reserved. `None` when only its disks bound it (capacity 0).
+    pub fn free(&self) -> Option<u64> {
+        (self.capacity > 0).then(|| {
+            self.capacity
+                .saturating_sub(self.used.saturating_add(self.reserved()))
+        })
+    }
+
+    /// Bytes it could take for copies (which are evictable caches): what is free plus what
+    /// eviction may free. `None` when only its disks bound it.
+    pub fn room_for_copies(&self) -> Option<u64> {
+        self.free().map(|f| f.saturating_add(self.evictable()))
+    }
+}
+
+/// Bytes stored over `disks` (an engine's `used`).
+pub fn used_on(disks: &[DiskUsage]) -> u64 {
+    disks.iter().fold(0, |sum, d| sum.saturating_add(d.used))
+}
+
+/// `n` bytes for people, in decimal units: `1.5 GB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// Engine figures summed over stations, as `vodmesh status` and the status page total them
 /// (serialized as the `totals` of their JSON).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -79,6 +131,13 @@ pub struct DiskUsage {
     pub used: u64,
     /// Bytes it may hold (0: bounded only by the disk).
     pub capacity: u64,
+    /// Bytes reserved by writes in progress (absent in records of older stations).
+    #[serde(default)]
+    pub reserved: u64,
+    /// Bytes of stored segments that eviction may free: held by another station too, and not
+    /// pinned (absent in records of older stations).
+    #[serde(default)]
+    pub evictable: u64,
 }
 
 /// Roles a station plays besides storing and streaming.
@@ -185,6 +244,8 @@ mod tests {
                     path: "/srv/disk0".into(),
                     used: 10,
                     capacity: 0,
+                    reserved: 4,
+                    evictable: 2,
                 }],
             }],
             region: Some("eu".into()),
@@ -195,6 +256,18 @@ mod tests {
             issued_ms: 1,
             expires_ms,
         }
+    }
+
+    #[test]
+    fn free_room_is_capacity_less_used_and_reserved_plus_evictable_for_copies() {
+        let mut e = record(PeerId::random(), 1).engines.remove(0);
+        assert_eq!((e.free(), e.room_for_copies()), (None, None));
+        e.capacity = 100;
+        assert_eq!((e.free(), e.room_for_copies()), (Some(86), Some(88)));
+        e.capacity = 12;
+        assert_eq!((e.free(), e.room_for_copies()), (Some(0), Some(2)));
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(33_554_432), "33.6 MB");
     }
 
     #[test]

@@ -51,4 +51,47 @@ pub enum StreamReply {
         /// Bytes received so far.
         filled: u64,
     },
+    /// This engine serves `--max-streams` streams already: a wait, not a refusal. Ask the
+    /// director again, naming this engine in `Locate { busy }`: it sends the console to
+    /// another holder, replicates the segment onto an idle engine, or answers `Busy`.
+    Busy,
+    /// This engine does not hold the segment (a copy it was to receive never came, or it was
+    /// dropped): ask the director again, naming this engine in `Locate { avoid }`.
+    Absent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProgramId;
+    use crate::codec::{decode, encode};
+
+    #[test]
+    fn every_message_round_trips() {
+        let request = StreamRequest {
+            segment: SegmentId::new(ProgramId([3; 32]), 7),
+            offset: 10,
+            token: Some(ByteBuf::from(vec![1, 2, 3])),
+            play_from: 5,
+        };
+        assert_eq!(
+            decode::<StreamRequest>(&encode(&request), MAX_FRAME).ok(),
+            Some(request)
+        );
+        for reply in [
+            StreamReply::Streaming {
+                size: 9,
+                hash: SegmentHash::of(b"x"),
+            },
+            StreamReply::Refused("token expired".into()),
+            StreamReply::Swap { filled: 4 },
+            StreamReply::Busy,
+            StreamReply::Absent,
+        ] {
+            assert_eq!(
+                decode::<StreamReply>(&encode(&reply), MAX_FRAME).ok(),
+                Some(reply)
+            );
+        }
+    }
 }

@@ -1,14 +1,17 @@
 //! Test hosts as network namespaces, made by `tests/hosts.sh`: hosts on one bridge at
 //! 10.77.0.i, links shaped and cut, a host put behind a NAT.
 //!
-//! They need root and iproute2 (and nftables for the NAT). Without them a test is skipped
-//! with a message; under CI (`CI=true`), as root with iproute2, failing to make them fails
-//! the test, so that the multi-host tests cannot pass there without running.
+//! They need root and iproute2 (and nftables for the NAT). Without root or `ip` a test is
+//! skipped with a message; under CI (`CI=true`), as root with iproute2, failing to make them
+//! (or a NAT without nftables, which `.ci/run` installs) fails the test ([`require::skip`]),
+//! so that the multi-host tests cannot pass there without running.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
+
+use crate::require;
 
 /// Hosts made by `tests/hosts.sh` for one test, removed when dropped.
 pub struct Hosts {
@@ -24,22 +27,6 @@ fn script(args: &[&str]) -> Result<Output> {
         .context("running tests/hosts.sh")
 }
 
-/// Whether this runs under CI (`.ci/run` is started with `CI=true`).
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether this process runs as root (effective uid 0, from `/proc/self/status`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let uids = s.lines().find_map(|l| l.strip_prefix("Uid:"))?.to_string();
-            uids.split_whitespace().nth(1).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
 /// Whether `tool` runs here.
 fn has(tool: &str, version_flag: &str) -> bool {
     Command::new(tool)
@@ -48,25 +35,17 @@ fn has(tool: &str, version_flag: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A missing prerequisite: `Ok(None)` (skip, with a message) where the machine cannot have
-/// it, an error under CI where `.ci/run` installs it.
-fn unavailable<T>(why: &str, ci_has_it: bool) -> Result<Option<T>> {
-    if ci_has_it && in_ci() {
-        bail!("{why} (under CI, as root with iproute2, this must work)");
-    }
-    println!("SKIPPED: {why}");
-    Ok(None)
-}
-
 impl Hosts {
     /// `n` hosts (10.77.0.1..n) on one bridge; `None` when namespaces cannot be made here
     /// (not root, no `ip`; or, outside CI, the kernel or sandbox refuses them).
     pub fn up(n: u8) -> Result<Option<Self>> {
-        if !is_root() {
-            return unavailable("not root: network namespaces need root", false);
+        if !require::is_root() {
+            require::skip_everywhere("not root: network namespaces need root");
+            return Ok(None);
         }
         if !has("ip", "-V") {
-            return unavailable("no `ip` (iproute2): cannot make network namespaces", false);
+            require::skip_everywhere("no `ip` (iproute2): cannot make network namespaces");
+            return Ok(None);
         }
         let prefix = format!("vm{}", std::process::id() % 100_000);
         let out = script(&["up", &prefix, &n.to_string()])?;
@@ -76,7 +55,8 @@ impl Hosts {
                 "tests/hosts.sh up: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            return unavailable(&why, true);
+            require::skip(&why)?;
+            return Ok(None);
         }
         Ok(Some(Self { prefix }))
     }
@@ -120,7 +100,8 @@ impl Hosts {
     /// (public, private) address; `None` (skipped) without nftables outside CI.
     pub fn behind_nat(&self, i: u8) -> Result<Option<(String, String)>> {
         if !has("nft", "--version") {
-            return unavailable("no `nft` (nftables): cannot make a NAT", true);
+            require::skip("no `nft` (nftables): cannot make a NAT")?;
+            return Ok(None);
         }
         let out = self.run(&["nat", &i.to_string()])?;
         if !out.status.success() {

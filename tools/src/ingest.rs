@@ -4,13 +4,20 @@
 //! segment to an engine; the bytes are pushed to the engines over `/vodmesh/ingest/1`, several
 //! engines at once, each verifying as they arrive; the commit makes the content manager sign
 //! the manifest and enter the program in the catalog. The last line printed is the program id.
+//!
+//! A station without room refuses the ingest before a byte moves, with the figures. An
+//! engine that refuses a segment midway (its store filled up) answers while the bytes are
+//! still being written, and the ingest fails at once; a failed ingest tells the station to
+//! drop what it took (`IngestAbort`), so nothing of it stays on the engines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::AsyncWriteExt;
 use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
@@ -19,6 +26,7 @@ use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
 use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
 use vodmesh_proto::manifest::ManifestContent;
+use vodmesh_proto::station::human_bytes;
 
 use crate::source::{Piece, read_piece};
 use vodmesh_proto::time::now_ms;
@@ -48,7 +56,7 @@ pub struct IngestOptions {
     pub bitrate: u64,
     /// The source: a file, an HLS playlist (path or http(s) URL) or an http(s) URL of a file.
     pub source: PathBuf,
-    /// Show a progress bar.
+    /// Show progress on stderr: a bar on a terminal, else a line every few seconds.
     pub progress: bool,
 }
 
@@ -102,73 +110,168 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer: {other:?}"),
     };
-    let bar = if opts.progress {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} segments {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
+    let progress = Progress::new(opts.progress, total, content.segments.len());
+    let pushed = push_all(&client, &source.pieces, &content, program, &plan, &progress).await;
+    progress.finish();
+    let committed = match pushed {
+        Ok(()) => {
+            let proof = admin::prove(
+                &key,
+                "ingest-commit",
+                program.as_bytes(),
+                director,
+                now_ms(),
+            );
+            match client
+                .request(Request::IngestCommit {
+                    program,
+                    admin: proof,
+                })
+                .await
+            {
+                Ok(Response::Program(info)) => Ok(info),
+                Ok(Response::Error(e)) => Err(anyhow::anyhow!("{}", e.message)),
+                Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
+                Err(e) => Err(anyhow::Error::new(e).context("committing the ingest")),
+            }
+        }
+        Err(e) => Err(e),
     };
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = content.segments.len();
-    for target in &plan {
+    if committed.is_err() {
+        abort(&client, &key, program).await;
+    }
+    committed
+}
+
+/// Tells the station to drop what it took of a failed ingest (best effort: a station that
+/// does not hear it drops the segments after its `--ingest-timeout`).
+async fn abort(client: &DirectorClient, key: &Keypair, program: ProgramId) {
+    let proof = admin::prove(
+        key,
+        "ingest-abort",
+        program.as_bytes(),
+        client.peer(),
+        now_ms(),
+    );
+    let request = Request::IngestAbort {
+        program,
+        admin: proof,
+    };
+    match tokio::time::timeout(ABORT_WAIT, client.request(request)).await {
+        Ok(Ok(Response::Ok)) => tracing::debug!(%program, "the station dropped the failed ingest"),
+        other => {
+            tracing::debug!(%program, ?other, "the station did not confirm dropping the ingest")
+        }
+    }
+}
+
+/// How long a failed ingest waits for the station to confirm it dropped the segments.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Pushes every segment: one pusher per engine, all engines at once; the first failure ends
+/// them all.
+async fn push_all(
+    client: &DirectorClient,
+    pieces: &[Piece],
+    content: &ManifestContent,
+    program: ProgramId,
+    plan: &[EngineTarget],
+    progress: &Progress,
+) -> Result<()> {
+    for target in plan {
         client
             .add_addresses(target.peer_id, target.addrs.clone())
             .await?;
     }
-    // One pusher per engine, all engines at once.
     stream::iter(plan.iter())
-        .map(|target| {
-            push_engine(
-                &client,
-                &source.pieces,
-                &content,
-                program,
-                target,
-                &bar,
-                &done,
-                count,
-            )
-        })
+        .map(|target| push_engine(client, pieces, content, program, target, progress))
         .buffer_unordered(plan.len().max(1))
         .try_collect::<Vec<()>>()
         .await?;
-    bar.finish_and_clear();
-    let proof = admin::prove(
-        &key,
-        "ingest-commit",
-        program.as_bytes(),
-        director,
-        now_ms(),
-    );
-    match client
-        .request(Request::IngestCommit {
-            program,
-            admin: proof,
-        })
-        .await?
-    {
-        Response::Program(info) => Ok(info),
-        Response::Error(e) => bail!("{}", e.message),
-        other => bail!("unexpected answer: {other:?}"),
+    Ok(())
+}
+
+/// Bytes and segments pushed so far, shown as a bar on a terminal or as a line every
+/// [`PROGRESS_EVERY`] otherwise (so a script's log shows movement).
+struct Progress {
+    bar: ProgressBar,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+    lines: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How often progress is printed as a line when stderr is not a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+impl Progress {
+    fn new(show: bool, total: u64, segments: usize) -> Self {
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = if show && terminal {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} segments {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let lines = (show && !terminal).then(|| {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let bytes = counts.0.load(Ordering::Relaxed);
+                    let done = counts.1.load(Ordering::Relaxed);
+                    eprintln!(
+                        "{}",
+                        progress_line(bytes, total, done, segments, start.elapsed())
+                    );
+                }
+            })
+        });
+        Self { bar, counts, lines }
+    }
+
+    fn segment_done(&self, size: u64, segments: usize) {
+        self.bar.inc(size);
+        self.counts.0.fetch_add(size, Ordering::Relaxed);
+        let n = self.counts.1.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bar.set_message(format!("{n}/{segments}"));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+        if let Some(lines) = &self.lines {
+            lines.abort();
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One progress line: `ingest: 12.6 MB of 33.6 MB (37%), segments 3/8, 4.2 MB/s`.
+fn progress_line(bytes: u64, total: u64, done: u64, segments: usize, elapsed: Duration) -> String {
+    let percent = (bytes * 100).checked_div(total).unwrap_or(100);
+    let rate = (bytes as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+    format!(
+        "ingest: {} of {} ({percent}%), segments {done}/{segments}, {}/s",
+        human_bytes(bytes),
+        human_bytes(total),
+        human_bytes(rate)
+    )
+}
+
 async fn push_engine(
     client: &DirectorClient,
     pieces: &[Piece],
     content: &ManifestContent,
     program: ProgramId,
     target: &EngineTarget,
-    bar: &ProgressBar,
-    done: &std::sync::atomic::AtomicUsize,
-    count: usize,
+    progress: &Progress,
 ) -> Result<()> {
     for &index in &target.segments {
         let entry = content
@@ -195,10 +298,12 @@ async fn push_engine(
             attempt += 1;
             match push_segment(client, target.peer_id, &header, &buf).await {
                 Ok(IngestAck::Stored) => break,
-                Ok(IngestAck::Refused(why)) => bail!("engine refused segment {index}: {why}"),
+                Ok(IngestAck::Refused(why)) => {
+                    bail!("engine refused segment {index}: {why}; nothing was committed")
+                }
                 Err(e) if attempt < 4 => {
                     tracing::debug!(index, attempt, error = %e, "segment push failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(e) => {
                     return Err(e.context(format!(
@@ -208,31 +313,58 @@ async fn push_engine(
                 }
             }
         }
-        bar.inc(entry.size);
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        bar.set_message(format!("{n}/{count}"));
+        progress.segment_done(entry.size, content.segments.len());
     }
     Ok(())
 }
 
+/// How long an engine may take to acknowledge a segment after its last byte.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Pushes one segment and returns the engine's answer. The answer is read while the bytes
+/// are written: an engine that refuses midway (its store is full) answers at once, and the
+/// refusal is returned without waiting for bytes it will never read.
 async fn push_segment(
     client: &DirectorClient,
     engine: libp2p::PeerId,
     header: &IngestHeader,
     bytes: &[u8],
 ) -> Result<IngestAck> {
-    let mut stream = client.open_stream(engine, ingest::PROTOCOL).await?;
-    write_frame(&mut stream, header).await?;
-    stream.write_all(bytes).await?;
-    stream.flush().await?;
-    let ack = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        read_frame::<_, IngestAck>(&mut stream, ingest::MAX_FRAME),
-    )
-    .await
-    .context("no acknowledgement within 60 s")??;
-    let _ = stream.close().await;
-    Ok(ack)
+    let stream = client.open_stream(engine, ingest::PROTOCOL).await?;
+    let (mut rd, mut wr) = stream.split();
+    let write = async move {
+        write_frame(&mut wr, header).await?;
+        wr.write_all(bytes).await?;
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    };
+    let read = read_frame::<_, IngestAck>(&mut rd, ingest::MAX_FRAME);
+    tokio::pin!(write, read);
+    let mut written = false;
+    let mut write_error = None;
+    // Armed once the last byte is written.
+    let ack_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(ack_deadline);
+    loop {
+        tokio::select! {
+            done = &mut write, if !written => {
+                written = true;
+                ack_deadline.as_mut().reset(tokio::time::Instant::now() + ACK_WAIT);
+                // A refusing engine may reset the stream: its answer is still read below.
+                if let Err(e) = done {
+                    write_error = Some(e);
+                }
+            }
+            ack = &mut read => {
+                return match (ack, write_error) {
+                    (Ok(ack), _) => Ok(ack),
+                    (Err(_), Some(e)) => Err(anyhow::Error::new(e).context("writing the segment")),
+                    (Err(e), None) => Err(anyhow::Error::new(e).context("reading the acknowledgement")),
+                };
+            }
+            () = &mut ack_deadline => bail!("no acknowledgement within {} s", ACK_WAIT.as_secs()),
+        }
+    }
 }
 
 /// Loads `path` as an identity key (used by `ingest` and `publish`).

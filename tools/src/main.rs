@@ -85,6 +85,10 @@ enum Cmd {
         /// Nominal bitrate of files without media timing, bit/s (sets segment durations).
         #[arg(long, default_value_t = ingest::DEFAULT_BITRATE, value_name = "BPS")]
         bitrate: u64,
+        /// Show progress on stderr even when it is not a terminal: a line every few seconds
+        /// (bytes, segments, rate). On a terminal a progress bar is shown anyway.
+        #[arg(long)]
+        progress: bool,
         /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
         /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
@@ -352,6 +356,7 @@ async fn run(args: Args) -> Result<()> {
             replicas,
             segment_size,
             bitrate,
+            progress,
             source,
         } => {
             let publish_at_ms = publish_at
@@ -367,7 +372,7 @@ async fn run(args: Args) -> Result<()> {
                 segment_size,
                 bitrate,
                 source,
-                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let info = ingest::run(&opts).await?;
             eprintln!(

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use vodmesh_console::client::DirectorClient;
 use vodmesh_node::status::{engine_json, totals_json};
 use vodmesh_proto::director::{Activity, Request, Response};
-use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord};
+use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord, human_bytes as human};
 use vodmesh_proto::time::now_ms;
 
 /// One station: its signed record and, when its director answered, its activity.
@@ -108,6 +108,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                     "source_failovers": a.source_failovers,
                     "refused_streams": a.refused_streams,
                     "refused_copies": a.refused_copies,
+                    "copies_declined": a.copies_declined,
                 })),
             })
         })
@@ -143,22 +144,6 @@ impl Totals {
                 .map(|st| st.activity.map_or(0, |a| a.programs))
                 .fold(0, u64::saturating_add),
         }
-    }
-}
-
-/// `n` bytes for people: 1.5 GB.
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -265,7 +250,7 @@ pub fn to_text(stations: &[StationStatus]) -> String {
             let _ = writeln!(out, "  programs held {}", a.programs);
             let _ = writeln!(
                 out,
-                "  streams {} active, {} served; misses {}, replications {}, swaps {}, source failovers {}; refused {} streams, {} copies",
+                "  streams {} active, {} served; misses {}, replications {}, swaps {}, source failovers {}; refused {} streams, {} copies; {} copies declined for want of room",
                 a.active,
                 a.stops_complete.saturating_add(a.stops_early),
                 a.misses,
@@ -273,7 +258,8 @@ pub fn to_text(stations: &[StationStatus]) -> String {
                 a.swaps,
                 a.source_failovers,
                 a.refused_streams,
-                a.refused_copies
+                a.refused_copies,
+                a.copies_declined
             );
         }
         for e in &s.engines {

@@ -174,6 +174,7 @@ async fn link(
                         WireCommand::Handover { segment, console }
                     }
                     EngineCommand::Stop => WireCommand::Stop,
+                    EngineCommand::Remove { segments } => WireCommand::Remove { segments },
                     EngineCommand::Fetch { segment, expect, sources, held_elsewhere, done } => {
                         next_id += 1;
                         pending.insert(next_id, (segment, done));

@@ -409,6 +409,7 @@ impl Attach {
                 EngineCommand::Handover { segment, console }
             }
             WireCommand::Stop => EngineCommand::Stop,
+            WireCommand::Remove { segments } => EngineCommand::Remove { segments },
             WireCommand::Fetch {
                 id,
                 segment,

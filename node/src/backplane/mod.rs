@@ -154,6 +154,11 @@ pub enum WireCommand {
     },
     /// [`EngineCommand::Stop`].
     Stop,
+    /// [`EngineCommand::Remove`].
+    Remove {
+        /// The segments.
+        segments: Vec<SegmentId>,
+    },
 }
 
 /// Writes one frame, giving up after [`DEAD_AFTER`] (a peer that stopped reading is dead).

@@ -1,5 +1,7 @@
 //! The content manager's catalog, in redb: every program it ingested, with its signed
-//! manifest and its signed catalog record (state and publish time).
+//! manifest and its signed catalog record (state and publish time); and the journal of
+//! ingests begun and not yet committed, so that a station stopped mid-ingest drops their
+//! segments when it starts again.
 
 use std::path::Path;
 
@@ -12,6 +14,8 @@ use vodmesh_proto::manifest::{MAX_MANIFEST, Manifest};
 use vodmesh_proto::signed::Signed;
 
 const PROGRAMS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("programs");
+/// Ingests begun and not committed: program -> its segment count.
+const INGESTS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("open_ingests");
 
 /// One program in the catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,11 +59,13 @@ impl Catalog {
         let db = Database::create(path).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PROGRAMS).map_err(err)?;
+        tx.open_table(INGESTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Self { db })
     }
 
-    /// Stores (or replaces) a program's entry, durably.
+    /// Stores (or replaces) a program's entry, durably; its ingest leaves the journal in the
+    /// same commit.
     pub fn put(&self, program: &ProgramId, entry: &CatalogEntry) -> Result<(), Error> {
         let bytes = codec::encode(entry);
         let tx = self.db.begin_write().map_err(err)?;
@@ -67,7 +73,44 @@ impl Catalog {
             .map_err(err)?
             .insert(program.as_bytes(), bytes.as_slice())
             .map_err(err)?;
+        tx.open_table(INGESTS)
+            .map_err(err)?
+            .remove(program.as_bytes())
+            .map_err(err)?;
         tx.commit().map_err(err)
+    }
+
+    /// Journals an ingest of `program` (`segments` segments) as begun, durably: before any of
+    /// its bytes reach an engine.
+    pub fn ingest_begun(&self, program: &ProgramId, segments: u32) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(INGESTS)
+            .map_err(err)?
+            .insert(program.as_bytes(), segments)
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Takes an ingest of `program` out of the journal (its segments were dropped).
+    pub fn ingest_dropped(&self, program: &ProgramId) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(INGESTS)
+            .map_err(err)?
+            .remove(program.as_bytes())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The ingests journaled as begun and never committed nor dropped: `(program, segments)`.
+    pub fn open_ingests(&self) -> Result<Vec<(ProgramId, u32)>, Error> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(INGESTS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            out.push((ProgramId(*k.value()), v.value()));
+        }
+        Ok(out)
     }
 
     /// A program's entry.
@@ -95,5 +138,59 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+    use vodmesh_proto::catalog::ProgramState;
+    use vodmesh_proto::manifest::ManifestContent;
+
+    fn entry(key: &Keypair, program: ProgramId) -> CatalogEntry {
+        let content = ManifestContent {
+            title: "t".into(),
+            content_type: "application/octet-stream".into(),
+            duration_ms: 0,
+            segments: Vec::new(),
+        };
+        let me = key.public().to_peer_id();
+        let manifest = Manifest::new(content, me, 1);
+        let record = CatalogRecord {
+            program,
+            title: "t".into(),
+            manifest_hash: vodmesh_proto::SegmentHash::of(&codec::encode(&manifest)),
+            state: ProgramState::Inactive,
+            publish_at_ms: 0,
+            replicas: 0,
+            content_manager: me,
+            home: me,
+            issued_ms: 1,
+        };
+        CatalogEntry {
+            manifest: manifest.sign(key),
+            record: record.sign(key),
+        }
+    }
+
+    #[test]
+    fn the_journal_lists_ingests_until_committed_or_dropped_across_reopens() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(err)?;
+        let path = dir.path().join("catalog.redb");
+        let (a, b) = (ProgramId([1; 32]), ProgramId([2; 32]));
+        {
+            let catalog = Catalog::open(&path)?;
+            catalog.ingest_begun(&a, 3)?;
+            catalog.ingest_begun(&b, 5)?;
+        }
+        let catalog = Catalog::open(&path)?;
+        assert_eq!(catalog.open_ingests()?, vec![(a, 3), (b, 5)]);
+        // The commit of a takes it out of the journal; b is dropped.
+        catalog.put(&a, &entry(&Keypair::generate_ed25519(), a))?;
+        catalog.ingest_dropped(&b)?;
+        assert!(catalog.open_ingests()?.is_empty());
+        assert!(catalog.get(&a)?.is_some());
+        Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! The director's content-manager requests: ingest begin and commit, the catalog.
+//! The director's content-manager requests: ingest begin, commit and abort, the catalog; and
+//! the end of ingests that never commit (expired, or found interrupted at start).
 
 use libp2p::Swarm;
 use libp2p::request_response::ResponseChannel;
@@ -7,6 +8,7 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::admin;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+use vodmesh_proto::director::Request;
 use vodmesh_proto::director::{EngineTarget, ErrorCode, ErrorReply, ProgramInfo, Response};
 use vodmesh_proto::manifest::{Manifest, ManifestContent};
 use vodmesh_proto::signed::Signed;
@@ -14,7 +16,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_registry::registry::Command;
 
 use super::{Director, DirectorBehaviour};
-use crate::content::{CatalogEntry, Session};
+use crate::content::{CatalogEntry, Session, plan};
 use crate::control::{EngineCommand, Expected};
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
@@ -22,6 +24,137 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 }
 
 impl Director {
+    /// `IngestBegin`, `IngestCommit` and `IngestAbort`.
+    pub(super) fn on_ingest_request(
+        &mut self,
+        swarm: &mut Swarm<DirectorBehaviour>,
+        peer: libp2p::PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        let response = match request {
+            Request::IngestBegin {
+                content,
+                publish_at_ms,
+                replicas,
+                admin,
+            } => self
+                .ingest_begin(peer, content, publish_at_ms, replicas, &admin)
+                .unwrap_or_else(Response::Error),
+            Request::IngestCommit { program, admin } => match self.ingest_commit(program, &admin) {
+                Ok((info, catalog_record)) => {
+                    self.announce(swarm, program, catalog_record);
+                    Response::Program(info)
+                }
+                Err(e) => Response::Error(e),
+            },
+            Request::IngestAbort { program, admin } => {
+                match self.check_admin(&admin, "ingest-abort", &program) {
+                    Ok(_) => {
+                        self.drop_ingest(program, "its client gave up");
+                        Response::Ok
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            other => Response::Error(refuse(
+                ErrorCode::BadRequest,
+                format!("unsupported request {other:?}"),
+            )),
+        };
+        let _ = swarm
+            .behaviour_mut()
+            .control
+            .send_response(channel, response);
+    }
+
+    /// Ends the ingest of `program` without a commit: its segments are removed from every
+    /// engine and from the location table, and it leaves the journal.
+    pub(super) fn drop_ingest(&mut self, program: ProgramId, why: &str) {
+        let Some(session) = self.sessions.drop_session(&program, now_ms()) else {
+            return;
+        };
+        let segments = session.content.segments.len() as u32;
+        tracing::warn!(%program, stored = session.stored.len(), segments, why, "ingest dropped: its segments are removed");
+        self.remove_ingested(program, segments);
+    }
+
+    /// Drops the ingests that made no progress for `--ingest-timeout` (their clients died).
+    pub(super) fn expire_ingests(&mut self) {
+        for program in self.sessions.expired(now_ms(), self.config.ingest_timeout) {
+            self.drop_ingest(program, "no segment stored within --ingest-timeout");
+        }
+    }
+
+    /// At start: the ingests the journal shows begun and never committed (the station was
+    /// stopped mid-ingest) leave nothing behind.
+    pub(super) fn drop_interrupted_ingests(&mut self) {
+        let open = match self.catalog.as_ref().map(|c| c.open_ingests()) {
+            Some(Ok(open)) => open,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the journal of ingests in progress");
+                return;
+            }
+            None => return,
+        };
+        let now = now_ms();
+        for (program, segments) in open {
+            // A committed program is never taken apart, whatever the journal says.
+            let committed = self
+                .catalog
+                .as_ref()
+                .is_some_and(|c| c.get(&program).is_ok_and(|e| e.is_some()));
+            if committed {
+                if let Some(Err(e)) = self.catalog.as_ref().map(|c| c.ingest_dropped(&program)) {
+                    tracing::warn!(%program, error = %e, "journal entry of a committed program not removed");
+                }
+                continue;
+            }
+            tracing::warn!(%program, segments, "an ingest was interrupted by the last stop: its segments are removed");
+            self.sessions.drop_session(&program, now);
+            self.remove_ingested(program, segments);
+        }
+    }
+
+    /// A segment stored after its ingest was dropped (its push was in flight): removed again,
+    /// and kept out of the location table. Returns whether it was such a segment.
+    pub(super) fn stored_after_drop(&mut self, engine: usize, segment: SegmentId) -> bool {
+        if !self.sessions.was_dropped(&segment.program, now_ms()) {
+            return false;
+        }
+        if let Some(tx) = self.engine_commands.get(engine) {
+            let _ = tx.try_send(EngineCommand::Remove {
+                segments: vec![segment],
+            });
+        }
+        true
+    }
+
+    /// Tells every engine to remove segments `0..segments` of `program`, takes them out of the
+    /// location table and, once every engine was told, out of the journal (else the next
+    /// start removes them).
+    fn remove_ingested(&mut self, program: ProgramId, segments: u32) {
+        let list: Vec<SegmentId> = (0..segments).map(|i| SegmentId::new(program, i)).collect();
+        let mut told = true;
+        for (i, tx) in self.engine_commands.iter().enumerate() {
+            if let Some(Some(engine)) = self.engines.get(i) {
+                for segment in &list {
+                    let _ = self.locations.remove(*segment, &engine.peer_id);
+                }
+            }
+            let remove = EngineCommand::Remove {
+                segments: list.clone(),
+            };
+            if tx.try_send(remove).is_err() {
+                tracing::warn!(%program, engine = i, "engine command queue full: segments of a dropped ingest stay until the next start");
+                told = false;
+            }
+        }
+        if told && let Some(Err(e)) = self.catalog.as_ref().map(|c| c.ingest_dropped(&program)) {
+            tracing::warn!(%program, error = %e, "dropped ingest not taken out of the journal");
+        }
+    }
+
     pub(super) fn check_admin(
         &self,
         proof: &Signed,
@@ -81,8 +214,35 @@ impl Director {
                 "no engine of this station is up",
             ));
         }
-        // Round-robin: consecutive segments on different engines, so playback hands off
-        // from engine to engine and ingest writes to all of them at once.
+        let now = now_ms();
+        // The same program begun again (its client was restarted) resumes the session: the
+        // same engines take the same segments, and those already stored are accepted as
+        // they are.
+        let placement = match self.sessions.get(&program) {
+            Some(session) => session.placement.clone(),
+            None => {
+                // Room: what each engine has free, less what ingests in progress were
+                // promised (their bytes are not all stored yet).
+                let rooms: Vec<Option<u64>> = up
+                    .iter()
+                    .map(|&i| {
+                        let free = self.engines[i].as_ref().and_then(|e| e.free());
+                        free.map(|f| f.saturating_sub(self.sessions.pledged(i)))
+                    })
+                    .collect();
+                let sizes: Vec<u64> = content.segments.iter().map(|s| s.size).collect();
+                let placed = plan::place(&rooms, &sizes).map_err(|short| {
+                    tracing::warn!(%program, need = short.need, free = short.free, "ingest refused: not enough room");
+                    refuse(ErrorCode::Full, short.message())
+                })?;
+                placed.into_iter().map(|slot| up[slot]).collect()
+            }
+        };
+        // Journaled before any engine hears of it: a stop from here on leaves segments that
+        // the next start drops.
+        catalog
+            .ingest_begun(&program, content.segments.len() as u32)
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
         let mut targets: Vec<EngineTarget> = Vec::new();
         let mut expects: Vec<Vec<(SegmentId, Expected)>> = vec![Vec::new(); up.len()];
         for engine in &up {
@@ -94,8 +254,13 @@ impl Director {
                 });
             }
         }
-        for (n, seg) in content.segments.iter().enumerate() {
-            let slot = n % targets.len();
+        for (seg, engine) in content.segments.iter().zip(&placement) {
+            let Some(slot) = up.iter().position(|e| e == engine) else {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    "an engine of this ingest is down; retry once it is back",
+                ));
+            };
             targets[slot].segments.push(seg.index);
             expects[slot].push((
                 SegmentId::new(program, seg.index),
@@ -115,15 +280,23 @@ impl Director {
                 return Err(refuse(ErrorCode::Busy, "engine command queue full; retry"));
             }
         }
+        let stored = self
+            .sessions
+            .end(&program)
+            .map(|s| s.stored)
+            .unwrap_or_default();
         self.sessions.begin(
             program,
             Session {
                 content,
                 publish_at_ms,
                 replicas,
-                stored: Default::default(),
+                stored,
+                placement,
+                progress_ms: now,
             },
         );
+        targets.retain(|t| !t.segments.is_empty());
         Ok(Response::IngestPlan {
             program,
             engines: targets,
@@ -142,7 +315,11 @@ impl Director {
                 "no ingest of this program in progress",
             ));
         };
-        let missing = session.content.segments.len() - session.stored.len();
+        let missing = session
+            .content
+            .segments
+            .len()
+            .saturating_sub(session.stored.len());
         if missing > 0 {
             return Err(refuse(
                 ErrorCode::BadRequest,

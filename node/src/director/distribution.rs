@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, Request, Response};
 use vodmesh_proto::manifest::Manifest;
-use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::station::{EngineInfo, StationRecord, human_bytes};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::registry::Command;
@@ -59,6 +59,8 @@ pub(super) enum Internal {
         station: PeerId,
         copied: crate::control::Copied,
     },
+    /// A replica of `program` was declined for want of room.
+    Declined { program: ProgramId, why: String },
 }
 
 /// The director's distribution and publish state.
@@ -129,13 +131,7 @@ pub(crate) fn pick_targets(
                 .engines
                 .iter()
                 .filter(|e| e.up)
-                .map(|e| {
-                    if e.capacity == 0 {
-                        u64::MAX / 1024
-                    } else {
-                        e.capacity.saturating_sub(e.used)
-                    }
-                })
+                .map(|e| e.room_for_copies().unwrap_or(u64::MAX / 1024))
                 .fold(0u64, u64::saturating_add);
             (free, s)
         })
@@ -262,6 +258,10 @@ impl Director {
             }
             Internal::Miss(gathered) => self.fill_miss(*gathered),
             Internal::Copied { station, copied } => self.on_copied(station, copied),
+            Internal::Declined { program, why } => {
+                tracing::warn!(%program, %why, "replica declined");
+                self.activity.copies_declined += 1;
+            }
         }
     }
 
@@ -337,15 +337,24 @@ impl Director {
     ) -> Response {
         let me = self.peer_id();
         events::emit(me, program, None, Kind::ReplicateReceived { source });
-        let engines: Vec<(PeerId, mpsc::Sender<EngineCommand>)> = self
+        let up: Vec<(&EngineInfo, &mpsc::Sender<EngineCommand>)> = self
             .engines
             .iter()
             .zip(&self.engine_commands)
-            .filter_map(|(e, tx)| e.as_ref().filter(|e| e.up).map(|e| (e.peer_id, tx.clone())))
+            .filter_map(|(e, tx)| e.as_ref().filter(|e| e.up).map(|e| (e, tx)))
             .collect();
-        if engines.is_empty() {
+        if up.is_empty() {
             return reply_error(ErrorCode::Unavailable, "no engine of this station is up");
         }
+        // What the engines could take: free room and what eviction may free (`None`: one of
+        // them is bounded only by its disks).
+        let room = up.iter().try_fold(0u64, |sum, (e, _)| {
+            e.room_for_copies().map(|r| sum.saturating_add(r))
+        });
+        let engines = up
+            .iter()
+            .map(|(e, tx)| (e.peer_id, (*tx).clone()))
+            .collect();
         let job = Seek {
             me,
             content_manager: from,
@@ -355,6 +364,7 @@ impl Director {
             internal: self.dist.internal.clone(),
             registry: self.registry_handle.clone(),
             engines,
+            room,
             held_elsewhere: !self.config.home,
         };
         tokio::spawn(async move {
@@ -455,6 +465,8 @@ struct Seek {
     internal: mpsc::Sender<Internal>,
     registry: RegistryHandle,
     engines: Vec<(PeerId, mpsc::Sender<EngineCommand>)>,
+    /// What the engines could take, free or evictable (`None`: unbounded).
+    room: Option<u64>,
     held_elsewhere: bool,
 }
 
@@ -478,6 +490,22 @@ impl Seek {
             return Err("manifest is not the requested program of this content manager".into());
         }
         events::emit(self.me, program, None, Kind::ManifestVerified);
+        let need = manifest.content.total_size();
+        if let Some(room) = self.room.filter(|room| *room < need) {
+            let why = format!(
+                "no room: the program needs {}, this station's engines have {} free or evictable",
+                human_bytes(need),
+                human_bytes(room)
+            );
+            let _ = self
+                .internal
+                .send(Internal::Declined {
+                    program,
+                    why: why.clone(),
+                })
+                .await;
+            return Err(why);
+        }
         // Learn the program's state while we are at it.
         if let Some(record) = super::publish::fetch_record(&self.registry, program).await {
             let _ = self.internal.send(Internal::Learned(record)).await;

@@ -8,6 +8,13 @@
 //! station's first segment of the program, provides it in the registry (the MLR learns the
 //! new location).
 //!
+//! The console goes to the cheapest holder's engine itself, with no copy, when this station
+//! cannot copy (no engine tokens), when its engines are all busy or their last copy failed at
+//! every source (for 30 s: a station whose tokens no holder trusts does not keep making its
+//! consoles wait for copies that never come), and when the station holds the segment but
+//! every holder is busy (claims 19, 20 across stations). Finding no other station is then a
+//! wait (`Busy`), not an end.
+//!
 //! # The cost of copying from a source
 //!
 //! ```text
@@ -31,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use libp2p::request_response::ResponseChannel;
@@ -47,6 +54,8 @@ use vodmesh_registry::RegistryHandle;
 
 use super::Director;
 use super::distribution::{Internal, ask};
+use super::pick;
+use super::play::Locating;
 use super::publish::fetch_record;
 use crate::control::{Copied, EngineCommand, Source};
 use crate::events::{self, Kind};
@@ -58,6 +67,10 @@ const LOCATE_COPY_WAIT: Duration = Duration::from_secs(3);
 const EWMA: f64 = 0.5;
 /// Copies smaller than this say little about a link's throughput.
 const MIN_MEASURED: u64 = 256 * 1024;
+
+/// How long an engine whose miss copy failed at every source is no copy target: a station
+/// whose engines cannot copy (no valid engine token) sends its consoles to the holders.
+const COPY_FAILED_FOR: Duration = Duration::from_secs(30);
 
 /// Misses being gathered at once, at most: each costs registry lookups and a question to
 /// every holder's director, and any console can ask; past this a miss is answered Busy.
@@ -76,6 +89,37 @@ pub(super) struct State {
     /// The sources of the copies still filling here, cheapest first: where a console that
     /// seeks past the fill is sent (claim 21).
     filling: Arc<std::sync::Mutex<HashMap<SegmentId, Vec<Candidate>>>>,
+    /// Engines of this station whose last copy failed at every source.
+    failed: FailedCopies,
+}
+
+/// Engines of this station whose last copy (a miss, an overload replication) failed at every
+/// source, and when: no copy target for [`COPY_FAILED_FOR`] (their consoles go to a holder,
+/// or wait). Shared with the tasks that see the copies end.
+#[derive(Clone, Debug, Default)]
+pub(super) struct FailedCopies(Arc<std::sync::Mutex<HashMap<PeerId, Instant>>>);
+
+impl FailedCopies {
+    /// A copy into `engine` just failed at every source.
+    pub(super) fn note(&self, engine: PeerId) {
+        if let Ok(mut f) = self.0.lock() {
+            f.retain(|_, at| at.elapsed() < COPY_FAILED_FOR);
+            f.insert(engine, Instant::now());
+        }
+    }
+
+    /// Engines whose copies failed within [`COPY_FAILED_FOR`].
+    pub(super) fn recent(&self) -> Vec<PeerId> {
+        self.0
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .filter(|(_, at)| at.elapsed() < COPY_FAILED_FOR)
+                    .map(|(e, _)| *e)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Default for State {
@@ -86,11 +130,17 @@ impl Default for State {
             throughput: HashMap::new(),
             rtt: HashMap::new(),
             filling: Arc::default(),
+            failed: FailedCopies::default(),
         }
     }
 }
 
 impl State {
+    /// Engines whose copies failed lately, shared.
+    pub(super) fn failed_copies(&self) -> FailedCopies {
+        self.failed.clone()
+    }
+
     /// The cheapest source (engine, addresses, its director) of a copy filling here.
     pub(super) fn source_of(
         &self,
@@ -112,12 +162,25 @@ pub(super) struct Candidate {
     max_streams: u32,
 }
 
+impl Candidate {
+    /// Where a console streams the segment from this holder directly.
+    fn location(&self) -> SegmentLocation {
+        SegmentLocation {
+            engine: self.engine,
+            addrs: self.addrs.clone(),
+            director: self.station.director,
+            filling: false,
+            swap: false,
+        }
+    }
+}
+
 /// What the background look-up found, handed back to the director.
 pub(super) struct Gathered {
-    program: ProgramId,
-    index: u32,
-    /// Engines the console could not reach: not to take the copy.
-    avoid: Vec<PeerId>,
+    /// The console's question.
+    ask: Locating,
+    /// This station holds the segment, on engines busy for the console.
+    held: bool,
     channel: ResponseChannel<Response>,
     record: CatalogRecord,
     manifest: Arc<Manifest>,
@@ -292,12 +355,12 @@ async fn fetch_manifest(
 
 impl Director {
     /// Starts filling a miss: looks up holders in the background; [`Director::fill_miss`]
-    /// finishes on the director's loop.
+    /// finishes on the director's loop. `held`: the station holds the segment, but every
+    /// holder is busy for this console (then finding no other station is a wait, `Busy`).
     pub(super) fn on_miss(
         &mut self,
-        program: ProgramId,
-        index: u32,
-        avoid: Vec<PeerId>,
+        ask: Locating,
+        held: bool,
         channel: ResponseChannel<Response>,
     ) {
         let replies = self.replies.clone();
@@ -311,10 +374,26 @@ impl Director {
         let me = self.peer_id();
         let registry = self.registry_handle.clone();
         let internal = self.dist.internal.clone();
-        let known = self.dist.learned.get(&program).cloned();
-        let manifest = self.miss.manifests.get(&program).cloned();
+        let program = ask.program;
+        // A content manager has the program's record and manifest itself: asking itself
+        // over the network fails ("Failed to dial the requested peer").
+        let own = self
+            .catalog
+            .as_ref()
+            .and_then(|c| c.get(&program).ok().flatten());
+        let known = own
+            .as_ref()
+            .and_then(|e| e.record())
+            .or_else(|| self.dist.learned.get(&program).cloned());
+        let manifest = self
+            .miss
+            .manifests
+            .get(&program)
+            .cloned()
+            .or_else(|| own.as_ref().and_then(|e| e.manifest()).map(Arc::new));
         tokio::spawn(async move {
             let _permit = permit;
+            let index = ask.index;
             match gather(
                 me,
                 registry,
@@ -328,9 +407,8 @@ impl Director {
             {
                 Ok((record, manifest, candidates)) => {
                     let gathered = Gathered {
-                        program,
-                        index,
-                        avoid,
+                        ask,
+                        held,
                         channel,
                         record,
                         manifest,
@@ -339,31 +417,55 @@ impl Director {
                     let _ = internal.send(Internal::Miss(Box::new(gathered))).await;
                 }
                 Err(e) => {
+                    let e = match e.code {
+                        // Held here, only busy: a wait for the console, not an end.
+                        ErrorCode::NotFound if held => ErrorReply::new(
+                            ErrorCode::Busy,
+                            "every engine holding this segment is busy, and no other station holds it",
+                        ),
+                        _ => e,
+                    };
                     let _ = replies.send((channel, Response::Error(e))).await;
                 }
             }
         });
     }
 
-    /// Picks the cheapest source and one of our engines, orders the copy and answers the
-    /// console with our engine, whose copy is filling.
+    /// Answers a miss on the director's loop: the station's own engine if one can serve by
+    /// now; else, when the station holds the segment but every holder is busy, the cheapest
+    /// other station's engine; else a copy from the cheapest station into one of our engines
+    /// (whose copy is filling), or the cheapest holder itself when no engine here can copy.
     pub(super) fn fill_miss(&mut self, gathered: Gathered) {
         let Gathered {
-            program,
-            index,
-            avoid,
+            ask,
+            held,
             channel,
             record,
             manifest,
             candidates,
         } = gathered;
         self.learn(record);
-        self.miss.manifests.insert(program, manifest.clone());
+        self.miss.manifests.insert(ask.program, manifest.clone());
+        // Engines the console could not reach are no sources for it either.
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| !ask.avoid.contains(&c.engine))
+            .collect();
         // Another console's miss of the same segment may have been filled meanwhile.
-        let answer = match self.locate_avoiding(program, index, &avoid) {
+        let answer = match self.locate_here(&ask) {
             Ok(location) => Ok(location),
-            Err(e) if e.code == ErrorCode::NotFound => {
-                self.order_copy(program, index, &manifest, candidates, &avoid)
+            Err(e) if e.code == ErrorCode::NotFound && !held => {
+                self.order_copy(&ask, &manifest, candidates)
+            }
+            Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::Busy) => {
+                let ranked = self.rank(&ask, &manifest, candidates);
+                match ranked.first() {
+                    Some((_, holder)) => Ok(holder.location()),
+                    None => Err(ErrorReply::new(
+                        ErrorCode::Busy,
+                        "every engine holding this segment is busy; retry",
+                    )),
+                }
             }
             Err(e) => Err(e),
         };
@@ -371,18 +473,14 @@ impl Director {
         let _ = self.replies.try_send((channel, response));
     }
 
-    fn order_copy(
-        &mut self,
-        program: ProgramId,
-        index: u32,
+    /// The candidates, cheapest first ([`cost`]), logged.
+    fn rank(
+        &self,
+        ask: &Locating,
         manifest: &Manifest,
         candidates: Vec<Candidate>,
-        avoid: &[PeerId],
-    ) -> Result<SegmentLocation, ErrorReply> {
-        let segment = SegmentId::new(program, index);
-        let Some(entry) = manifest.content.segment(index) else {
-            return Err(ErrorReply::new(ErrorCode::NotFound, "no such segment"));
-        };
+    ) -> Vec<(f64, Candidate)> {
+        let size = manifest.content.segment(ask.index).map_or(0, |e| e.size);
         let here = Here {
             coords: self.config.coords,
             region: self.config.region.clone(),
@@ -396,7 +494,7 @@ impl Director {
                     &here,
                     &c.station,
                     (c.streams, c.max_streams),
-                    entry.size,
+                    size,
                     self.miss.throughput.get(&director).copied(),
                     self.miss.rtt.get(&director).copied(),
                 );
@@ -408,32 +506,54 @@ impl Director {
             .iter()
             .map(|(cost, c)| format!("{}={cost:.4}s", c.station.director))
             .collect();
+        let segment = SegmentId::new(ask.program, ask.index);
         tracing::debug!(%segment, candidates = ?table, "miss: source costs");
+        ranked
+    }
+
+    fn order_copy(
+        &mut self,
+        ask: &Locating,
+        manifest: &Manifest,
+        candidates: Vec<Candidate>,
+    ) -> Result<SegmentLocation, ErrorReply> {
+        let (program, index) = (ask.program, ask.index);
+        let segment = SegmentId::new(program, index);
+        let Some(entry) = manifest.content.segment(index) else {
+            return Err(ErrorReply::new(ErrorCode::NotFound, "no such segment"));
+        };
+        let ranked = self.rank(ask, manifest, candidates);
         let Some((cost, cheapest)) = ranked.first() else {
-            return Err(ErrorReply::new(ErrorCode::NotFound, "no source"));
+            return Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no station can serve segment {index} of {}",
+                    program.short()
+                ),
+            ));
         };
         // A station whose engines hold no engine token (not enrolled, not the auth station)
-        // cannot copy; with every engine busy it has nowhere to put the copy. Either way the
-        // console is sent to the cheapest holder's engine itself.
-        let can_copy = self.config.auth || self.config.enroll.is_some();
-        let target = self
-            .engines
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| Some((i, e.as_ref()?)))
-            .filter(|(_, e)| e.up && e.streams < e.max_streams && !avoid.contains(&e.peer_id))
-            .min_by_key(|(_, e)| e.streams)
-            .map(|(i, e)| (i, e.peer_id, e.addrs.clone()))
-            .filter(|_| can_copy);
+        // cannot copy; an engine whose last copy failed at every source is not asked again
+        // for a while; with every engine busy there is nowhere to put the copy. In each case
+        // the console is sent to the cheapest holder's engine itself.
+        let can_copy = self.can_copy();
+        let mut exclude = ask.avoid.clone();
+        exclude.extend(self.miss.failed.recent());
+        let holders = self.locations.list(segment).unwrap_or_default();
+        let target = pick::idle_engine(&self.engines, &holders, &exclude, entry.size)
+            .filter(|_| can_copy)
+            .and_then(|i| Some((i, self.engines.get(i)?.as_ref()?)))
+            .map(|(i, e)| (i, e.peer_id, e.addrs.clone()));
+        if target.is_none()
+            && can_copy
+            && pick::idle_engine(&self.engines, &holders, &exclude, 0).is_some()
+        {
+            tracing::info!(%segment, need = entry.size, "miss: no room for the copy here, nothing evictable enough; sending the console to the holder");
+            self.activity.copies_declined += 1;
+        }
         let Some((target, engine, addrs)) = target else {
             tracing::debug!(%segment, source = %cheapest.station.director, "miss: redirecting to the holder");
-            return Ok(SegmentLocation {
-                engine: cheapest.engine,
-                addrs: cheapest.addrs.clone(),
-                director: cheapest.station.director,
-                filling: false,
-                swap: false,
-            });
+            return Ok(cheapest.location());
         };
         let Some(tx) = self.engine_commands.get(target) else {
             return Err(ErrorReply::new(ErrorCode::Busy, "engine gone"));
@@ -484,6 +604,7 @@ impl Director {
         let locations = self.locations.clone();
         let internal = self.dist.internal.clone();
         let filling = self.miss.filling.clone();
+        let failed = self.miss.failed.clone();
         if let Ok(mut f) = filling.lock() {
             f.insert(segment, ranked.iter().map(|(_, c)| c.clone()).collect());
         }
@@ -506,6 +627,7 @@ impl Director {
                 Some((_, Err(e))) => {
                     tracing::warn!(%segment, %engine, error = %e, "miss: copy failed at every source");
                     let _ = locations.remove(segment, &engine);
+                    failed.note(engine);
                 }
                 None => {}
             }
@@ -517,6 +639,12 @@ impl Director {
             filling: true,
             swap: false,
         })
+    }
+
+    /// Whether this station's engines can copy at all: they hold engine tokens only when the
+    /// station is the auth station or enrolled with it.
+    pub(super) fn can_copy(&self) -> bool {
+        self.config.auth || self.config.enroll.is_some()
     }
 
     /// A copy from `station` finished: its measured throughput corrects the next cost.

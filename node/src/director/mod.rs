@@ -8,6 +8,7 @@
 mod content;
 mod distribution;
 mod miss;
+mod pick;
 mod play;
 mod publish;
 
@@ -210,6 +211,7 @@ pub async fn start(
         playing: Default::default(),
         metrics: config_metrics,
     };
+    director.drop_interrupted_ingests();
     director.republish(&mut swarm);
     director.arm_schedule();
     let republish_every = director.config.registry.republish_interval();
@@ -241,7 +243,10 @@ pub async fn start(
                     }
                 }
                 _ = republish.tick() => director.republish(&mut swarm),
-                _ = flush.tick() => swarm.behaviour_mut().kad.store_mut().flush(),
+                _ = flush.tick() => {
+                    swarm.behaviour_mut().kad.store_mut().flush();
+                    director.expire_ingests();
+                }
                 event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
             }
             if synced
@@ -328,15 +333,21 @@ impl Director {
                 if self.engines.len() <= index {
                     self.engines.resize(index + 1, None);
                 }
+                // The same engine coming back keeps its store's figures until its next usage
+                // report (which follows its ready report) says otherwise.
+                let disks = match &self.engines[index] {
+                    Some(old) if old.peer_id == peer_id => old.disks.clone(),
+                    _ => Vec::new(),
+                };
                 self.engines[index] = Some(EngineInfo {
                     peer_id,
                     addrs,
                     streams: 0,
                     max_streams: self.config.max_streams,
-                    used: 0,
+                    used: vodmesh_proto::station::used_on(&disks),
                     capacity: self.config.capacity,
                     up: true,
-                    disks: Vec::new(),
+                    disks,
                 });
             }
             EngineReport::Usage { index, mut disks } => {
@@ -344,7 +355,7 @@ impl Director {
                     // An engine process reports these over the backplane; they go into the
                     // signed station record, which has a size limit.
                     disks.truncate(crate::backplane::MAX_DISKS);
-                    engine.used = disks.iter().fold(0, |sum, d| sum.saturating_add(d.used));
+                    engine.used = vodmesh_proto::station::used_on(&disks);
                     engine.disks = disks;
                 }
                 return;
@@ -365,6 +376,9 @@ impl Director {
                 }
             }
             EngineReport::Stored { index, segment, .. } => {
+                if self.stored_after_drop(index, segment) {
+                    return;
+                }
                 if let Some(Some(engine)) = self.engines.get(index) {
                     let location = Location {
                         engine: engine.peer_id,
@@ -375,7 +389,8 @@ impl Director {
                         tracing::warn!(%segment, error = %e, "location table write failed");
                     }
                 }
-                self.sessions.stored(&segment.program, segment.index.0);
+                self.sessions
+                    .stored(&segment.program, segment.index.0, now_ms());
                 self.on_stored(swarm, segment);
                 return;
             }
@@ -582,32 +597,10 @@ impl Director {
                     let _ = replies.send((channel, response)).await;
                 });
             }
-            Request::IngestBegin {
-                content,
-                publish_at_ms,
-                replicas,
-                admin,
-            } => {
-                let response = self
-                    .ingest_begin(peer, content, publish_at_ms, replicas, &admin)
-                    .unwrap_or_else(Response::Error);
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
-            }
-            Request::IngestCommit { program, admin } => {
-                let response = match self.ingest_commit(program, &admin) {
-                    Ok((info, catalog_record)) => {
-                        self.announce(swarm, program, catalog_record);
-                        Response::Program(info)
-                    }
-                    Err(e) => Response::Error(e),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+            request @ (Request::IngestBegin { .. }
+            | Request::IngestCommit { .. }
+            | Request::IngestAbort { .. }) => {
+                self.on_ingest_request(swarm, peer, request, channel);
             }
             Request::Programs => self.programs(channel),
             Request::Locate {
@@ -631,33 +624,22 @@ impl Director {
                 program,
                 index,
                 avoid,
+                busy,
                 ..
             } => {
-                let located = match self.handed_over(program, index, peer) {
-                    Some(location) if !avoid.contains(&location.engine) => Ok(location),
-                    _ => self.locate_avoiding(program, index, &avoid),
+                let ask = play::Locating {
+                    console: peer,
+                    program,
+                    index,
+                    avoid,
+                    busy,
                 };
-                let located = match located {
-                    Err(e) if e.code == ErrorCode::Busy => self.replicate_for_load(program, index),
-                    // Held elsewhere: copy it here and stream it as it arrives (claim 14).
-                    Err(e) if e.code == ErrorCode::NotFound => {
-                        self.on_miss(program, index, avoid, channel);
-                        return;
-                    }
-                    other => other,
-                };
-                let response = match located {
-                    Ok(location) => {
-                        self.metrics.hit();
-                        self.preload(&location, program, index);
-                        Response::Location(location)
-                    }
-                    Err(e) => Response::Error(e),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+                if let Some((channel, response)) = self.on_locate(ask, channel) {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .control
+                        .send_response(channel, response);
+                }
             }
             Request::Activity => {
                 let mut activity = self.activity;

@@ -1,22 +1,55 @@
-//! The director's part in playback: which engine streams a segment (claim 18), a copy to an
-//! idle engine when every holder is at its stream limit (claims 19, 20), and whether a program
+//! The director's part in playback: a console's `Locate` (claims 18-20), which engine streams
+//! a segment ([`pick`]), a copy to an idle engine when every holder is at its stream limit
+//! (claims 19, 20), another station when the station has nothing free, and whether a program
 //! may be streamed at all (claim 11).
+//!
+//! A `Locate` is answered, in this order: an engine of this station that holds the segment
+//! and has a slot free for the console (its own streams count as free: it takes an engine in
+//! turn); else, when holders are busy, an idle engine of the station that copies the segment
+//! from one and streams it while it arrives; else another station that holds it (a miss,
+//! [`super::miss`], which also copies it here when the station does not hold it); else `Busy`,
+//! which a console waits out. Engines that answered the console busy are holders without a
+//! slot for it.
+//!
+//! Engines the console names in `avoid` (it could not reach them, or they lacked the segment)
+//! are no holders for that answer. A console's report is a hint, not proof (its own network
+//! may be at fault, and any console can send one), so it is not kept and binds no other
+//! console: the console itself names an engine it could not reach in every `Locate` for 10 s,
+//! and forgets it when the director has nothing else; other consoles are kept from a dead
+//! engine by the heartbeat, which marks it down within 3 s.
 
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::director::{ErrorCode, ErrorReply, SegmentLocation};
+use vodmesh_proto::director::{ErrorCode, ErrorReply, Response, SegmentLocation};
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
 
 use tokio::sync::mpsc;
 use vodmesh_proto::time::now_ms;
 
 use super::Director;
+use super::pick::{self, Asker, Choice};
 use crate::control::{EngineCommand, Source};
 use crate::store::locations::{Location, LocationState};
+
+/// A console's question: which engine streams segment `index` of `program` to it.
+#[derive(Clone, Debug)]
+pub(super) struct Locating {
+    /// The console asking.
+    pub(super) console: PeerId,
+    /// The program.
+    pub(super) program: ProgramId,
+    /// The segment.
+    pub(super) index: u32,
+    /// Engines it could not reach, or that lack the segment.
+    pub(super) avoid: Vec<PeerId>,
+    /// Engines that answered it busy.
+    pub(super) busy: Vec<PeerId>,
+}
 
 /// Who is streaming what, from the engines' takeover and stop reports; and the consoles in
 /// the middle of a swap or an exchange.
@@ -45,6 +78,18 @@ impl Playing {
             list.swap_remove(at);
         }
     }
+
+    /// Streams `console` holds, by engine index.
+    fn held_by(&self, console: &PeerId) -> HashMap<usize, u32> {
+        let mut held = HashMap::new();
+        for (engine, list) in &self.streams {
+            let n = list.iter().filter(|(_, c)| c == console).count() as u32;
+            if n > 0 {
+                held.insert(*engine, n);
+            }
+        }
+        held
+    }
 }
 
 /// How long a sibling engine may copy from a busy one for an overload replication.
@@ -68,22 +113,64 @@ impl Director {
         }
     }
 
-    /// The engine of this station that should stream `program`'s segment `index`, never one
-    /// in `avoid` (engines the console could not reach: dead, though not yet known to be):
-    /// among the engines holding it that are up and below their stream limit, a complete copy
-    /// before a filling one, then the fewest active streams.
-    pub(super) fn locate_avoiding(
-        &self,
-        program: ProgramId,
-        index: u32,
-        avoid: &[PeerId],
-    ) -> Result<SegmentLocation, ErrorReply> {
+    /// A console's `Locate` (see the module docs). The answer to send now, or `None` when
+    /// another station is being looked for: the miss answers on `channel` itself.
+    pub(super) fn on_locate(
+        &mut self,
+        ask: Locating,
+        channel: ResponseChannel<Response>,
+    ) -> Option<(ResponseChannel<Response>, Response)> {
+        let Locating {
+            console,
+            program,
+            index,
+            ..
+        } = ask;
+        let located = match self.handed_over(program, index, console) {
+            Some(l) if !ask.avoid.contains(&l.engine) && !ask.busy.contains(&l.engine) => Ok(l),
+            _ => self.locate_here(&ask),
+        };
+        let located = match located {
+            // Claims 19, 20: every holder busy; an idle engine takes a copy, or another
+            // station serves (a miss that finds the station holds it, but busy).
+            Err(e) if e.code == ErrorCode::Busy => {
+                match self.replicate_for_load(program, index, &ask.avoid) {
+                    Ok(location) => Ok(location),
+                    Err(_) => {
+                        self.on_miss(ask, true, channel);
+                        return None;
+                    }
+                }
+            }
+            // Held elsewhere: copy it here and stream it as it arrives (claim 14).
+            Err(e) if e.code == ErrorCode::NotFound => {
+                tracing::debug!(?ask, why = %e, "locate: a miss");
+                self.on_miss(ask, false, channel);
+                return None;
+            }
+            other => other,
+        };
+        let response = match located {
+            Ok(location) => {
+                self.metrics.hit();
+                self.preload(&location, program, index);
+                Response::Location(location)
+            }
+            Err(e) => Response::Error(e),
+        };
+        Some((channel, response))
+    }
+
+    /// The engine of this station that should stream the segment to the console asking
+    /// ([`pick::stream_engine`]): `NotFound` when no engine that is up and not avoided holds
+    /// it, `Busy` when those that do have no slot free for it.
+    pub(super) fn locate_here(&self, ask: &Locating) -> Result<SegmentLocation, ErrorReply> {
+        let (program, index) = (ask.program, ask.index);
         let segment = SegmentId::new(program, index);
-        let mut holders = self
+        let holders = self
             .locations
             .list(segment)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
-        holders.retain(|l| !avoid.contains(&l.engine));
         if holders.is_empty() {
             return Err(ErrorReply::new(
                 ErrorCode::NotFound,
@@ -101,46 +188,52 @@ impl Director {
             }
             _ => e,
         })?;
-        let up = |peer: &PeerId| {
-            self.engines
-                .iter()
-                .flatten()
-                .any(|e| e.peer_id == *peer && e.up)
+        let own: HashMap<PeerId, u32> = self
+            .playing
+            .held_by(&ask.console)
+            .into_iter()
+            .filter_map(|(i, n)| Some((self.engines.get(i)?.as_ref()?.peer_id, n)))
+            .collect();
+        let asker = Asker {
+            avoid: &ask.avoid,
+            busy: &ask.busy,
+            own: Some(&own),
         };
-        if !holders.iter().any(|l| up(&l.engine)) {
-            // Held only by engines that are down: as good as not held (a miss).
-            return Err(ErrorReply::new(
-                ErrorCode::NotFound,
-                format!(
-                    "segment {index} of {} is held only by engines that are down",
-                    program.short()
-                ),
-            ));
-        }
-        let best = holders
-            .iter()
-            .filter_map(|loc| {
-                let info = self
-                    .engines
-                    .iter()
-                    .flatten()
-                    .find(|e| e.peer_id == loc.engine && e.up)?;
-                (info.streams < info.max_streams).then_some((loc, info))
-            })
-            .min_by_key(|(loc, info)| (loc.state != LocationState::Complete, info.streams));
-        match best {
-            Some((loc, info)) => Ok(SegmentLocation {
-                engine: info.peer_id,
-                addrs: info.addrs.clone(),
-                director: self.peer_id(),
-                filling: loc.state == LocationState::Filling,
-                swap: false,
-            }),
-            None => Err(ErrorReply::new(
+        match pick::stream_engine(&self.engines, &holders, &asker) {
+            Choice::Engine { index, filling } => self.location_of(index, filling, false),
+            Choice::Busy => Err(ErrorReply::new(
                 ErrorCode::Busy,
                 "every engine holding this segment is at capacity",
             )),
+            Choice::NotHere => Err(ErrorReply::new(
+                ErrorCode::NotFound,
+                format!(
+                    "segment {index} of {} is held only by engines that are down or unreachable",
+                    program.short()
+                ),
+            )),
         }
+    }
+
+    /// Where to reach engine `index` of this station.
+    fn location_of(
+        &self,
+        index: usize,
+        filling: bool,
+        swap: bool,
+    ) -> Result<SegmentLocation, ErrorReply> {
+        let engine = self
+            .engines
+            .get(index)
+            .and_then(|e| e.as_ref())
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Internal, "engine gone"))?;
+        Ok(SegmentLocation {
+            engine: engine.peer_id,
+            addrs: engine.addrs.clone(),
+            director: self.peer_id(),
+            filling,
+            swap,
+        })
     }
 
     /// Every engine holding the segment is at `--max-streams` (claims 19, 20): an idle engine
@@ -151,6 +244,7 @@ impl Director {
         &mut self,
         program: ProgramId,
         index: u32,
+        avoid: &[PeerId],
     ) -> Result<SegmentLocation, ErrorReply> {
         let segment = SegmentId::new(program, index);
         let busy = || {
@@ -159,41 +253,33 @@ impl Director {
                 "every engine holding this segment is at capacity",
             )
         };
+        // Copies between engines need engine tokens (an enrolled or auth station's).
+        if !self.can_copy() {
+            return Err(busy());
+        }
         let holders = self
             .locations
             .list(segment)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
-        let up = |peer| {
-            self.engines
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.peer_id == peer && e.up))
+        let failed = self.miss.failed_copies();
+        let mut exclude = avoid.to_vec();
+        exclude.extend(failed.recent());
+        let (Some(source), Some(target)) = (
+            pick::copy_source(&self.engines, &holders, avoid),
+            pick::idle_engine(&self.engines, &holders, &exclude, 0),
+        ) else {
+            return Err(busy());
         };
-        let Some(source) = holders
-            .iter()
-            .filter(|l| l.state == LocationState::Complete)
-            .find_map(|l| up(l.engine))
+        let (Some(Some(source_info)), Some(Some(target_info))) =
+            (self.engines.get(source), self.engines.get(target))
         else {
             return Err(busy());
         };
-        let target = self
-            .engines
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| Some((i, e.as_ref()?)))
-            .filter(|(_, e)| e.up && e.streams < e.max_streams)
-            .filter(|(_, e)| holders.iter().all(|l| l.engine != e.peer_id))
-            .min_by_key(|(_, e)| e.streams)
-            .map(|(i, e)| (i, e.peer_id, e.addrs.clone()));
-        let Some((target, target_peer, target_addrs)) = target else {
-            return Err(busy());
-        };
+        let (target_peer, target_addrs) = (target_info.peer_id, target_info.addrs.clone());
         let (Some(source_tx), Some(target_tx)) = (
             self.engine_commands.get(source),
             self.engine_commands.get(target),
         ) else {
-            return Err(busy());
-        };
-        let Some(source_info) = self.engines.get(source).and_then(|e| e.as_ref()) else {
             return Err(busy());
         };
         let (done, mut done_rx) = mpsc::channel(1);
@@ -230,6 +316,7 @@ impl Director {
             if let Some((_, Err(e))) = done_rx.recv().await {
                 tracing::warn!(%segment, engine = %target_peer, error = %e, "overload replication failed");
                 let _ = locations.remove(segment, &target_peer);
+                failed.note(target_peer);
             }
         });
         Ok(SegmentLocation {
@@ -256,18 +343,18 @@ impl Director {
             .locations
             .list(segment)
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?;
-        let own = holders
-            .iter()
+        let complete: Vec<Location> = holders
+            .into_iter()
             .filter(|l| l.state == LocationState::Complete)
-            .filter_map(|l| {
-                self.engines.iter().enumerate().find_map(|(i, e)| {
-                    e.as_ref()
-                        .filter(|e| e.peer_id == l.engine && e.up && e.streams < e.max_streams)
-                        .map(|e| (i, e))
-                })
-            })
-            .min_by_key(|(_, e)| e.streams)
-            .map(|(i, e)| (i, e.peer_id, e.addrs.clone(), e.streams));
+            .collect();
+        let own = match pick::stream_engine(&self.engines, &complete, &Asker::default()) {
+            Choice::Engine { index, .. } => self
+                .engines
+                .get(index)
+                .and_then(|e| e.as_ref())
+                .map(|e| (index, e.peer_id, e.addrs.clone(), e.streams)),
+            Choice::Busy | Choice::NotHere => None,
+        };
         let filling = self.playing.swapped_from.remove(&(segment, console));
         if let Some((taker, engine, addrs, streams)) = own {
             if let Some(filling) = filling {

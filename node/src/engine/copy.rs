@@ -44,7 +44,7 @@ pub(crate) struct Copier {
     control: libp2p_stream::Control,
     store: SegmentStore,
     allowed: Allowed,
-    reports: mpsc::Sender<EngineReport>,
+    reporter: super::Reporter,
     fetches: Arc<Semaphore>,
     token: TokenSlot,
     /// Counts the copies and their bytes.
@@ -58,7 +58,7 @@ impl Copier {
         control: libp2p_stream::Control,
         store: SegmentStore,
         allowed: Allowed,
-        reports: mpsc::Sender<EngineReport>,
+        reporter: super::Reporter,
         token: TokenSlot,
     ) -> Self {
         Self {
@@ -67,7 +67,7 @@ impl Copier {
             control,
             store,
             allowed,
-            reports,
+            reporter,
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
             metrics: Default::default(),
@@ -113,7 +113,7 @@ impl Copier {
                 };
                 let (index, peer_id) = (self.index, self.peer_id);
                 let (control, store) = (self.control.clone(), self.store.clone());
-                let (reports, fetches) = (self.reports.clone(), self.fetches.clone());
+                let (reporter, fetches) = (self.reporter.clone(), self.fetches.clone());
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let _permit = fetches.acquire_owned().await;
@@ -131,13 +131,7 @@ impl Copier {
                             let size = store.info(&segment).map_or(0, |i| i.size);
                             metrics.copied();
                             metrics.received("copy", size);
-                            let _ = reports
-                                .send(EngineReport::Stored {
-                                    index,
-                                    segment,
-                                    size,
-                                })
-                                .await;
+                            reporter.stored(segment, size).await;
                         }
                         Err(e) => {
                             tracing::warn!(index, %segment, error = %e, "copy failed from every source");
@@ -244,7 +238,16 @@ async fn fetch(
             failovers: 0,
         });
     }
-    let mut writer: Option<Writer> = None;
+    // With the size known, room is made (or found missing) before any source is asked.
+    let mut writer: Option<Writer> = match job.expect {
+        Some((hash, size)) => Some(
+            store
+                .begin_write(job.segment, hash, size)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let mut last = "no source to copy from".to_string();
     for (n, source) in job.sources.iter().enumerate() {
         for attempt in 1..=ATTEMPTS_PER_SOURCE {

@@ -146,6 +146,13 @@ pub async fn start(
     let addrs = advertised(&announce, &listen_all(&mut swarm, &net.listen).await?);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
 
+    let bounded = storage.capacity != 0;
+    let reporter = Reporter {
+        index,
+        reports: reports.clone(),
+        store: store.clone(),
+        bounded,
+    };
     let expectations: Expectations = Arc::default();
     let mut control = swarm.behaviour().streams.new_control();
     let incoming = control
@@ -153,10 +160,9 @@ pub async fn start(
         .context("registering the ingest protocol")?;
     let ingest_task = tokio::spawn(ingest::serve(
         incoming,
-        index,
         store.clone(),
         expectations.clone(),
-        reports.clone(),
+        reporter.clone(),
         metrics.clone(),
     ));
     let allowed = copy::Allowed::default();
@@ -178,7 +184,7 @@ pub async fn start(
         control.clone(),
         store.clone(),
         allowed,
-        reports.clone(),
+        reporter.clone(),
         token,
     );
     copier.metrics = metrics;
@@ -209,7 +215,6 @@ pub async fn start(
         .await;
     let (commands, mut commands_rx) = mpsc::channel::<EngineCommand>(64);
     let task_store = store.clone();
-    let bounded = storage.capacity != 0;
     let task = tokio::spawn(async move {
         let mut usage = tokio::time::interval(USAGE_EVERY);
         let mut last_usage = Vec::new();
@@ -237,7 +242,7 @@ pub async fn start(
                         break;
                     }
                     if let Some(cmd) = copier.take(&mut swarm, cmd) {
-                        on_command(&task_store, &expectations, &handovers, cmd).await;
+                        on_command(&task_store, (&expectations, &reporter), &handovers, cmd).await;
                     }
                 }
                 Some(event) = events.recv() => {
@@ -246,9 +251,12 @@ pub async fn start(
                             tracing::warn!(index, %segment, ?reason, "segment dropped");
                             segment
                         }
-                        store::Event::Evicted { segment } => segment,
+                        store::Event::Evicted { segment } => {
+                            tracing::debug!(index, %segment, "segment evicted");
+                            segment
+                        }
                     };
-                    let _ = reports.send(EngineReport::Dropped { index, segment }).await;
+                    reporter.dropped(segment).await;
                 }
             }
         }
@@ -278,7 +286,12 @@ const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_DISK_PATH: usize = 96;
 
 /// The store's occupancy per disk; capacity 0 when the store is not bounded by `--capacity`.
-fn disk_usage(store: &SegmentStore, bounded: bool) -> Vec<vodmesh_proto::station::DiskUsage> {
+/// Every figure is the store's own ([`SegmentStore::stats`]), the one its capacity is
+/// enforced from.
+pub(crate) fn disk_usage(
+    store: &SegmentStore,
+    bounded: bool,
+) -> Vec<vodmesh_proto::station::DiskUsage> {
     store
         .stats()
         .disks
@@ -293,9 +306,59 @@ fn disk_usage(store: &SegmentStore, bounded: bool) -> Vec<vodmesh_proto::station
                 path: path[start..].to_string(),
                 used: d.used,
                 capacity: if bounded { d.quota } else { 0 },
+                reserved: d.reserved,
+                evictable: d.evictable,
             }
         })
         .collect()
+}
+
+/// How an engine's tasks tell its director what its store holds: a change goes out with the
+/// store's figures right behind it, on the same channel, so the director never counts a new
+/// segment in its table without its bytes in the engine's used figure for long (it plans
+/// ingests and copies from that figure).
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    index: usize,
+    reports: mpsc::Sender<EngineReport>,
+    store: SegmentStore,
+    bounded: bool,
+}
+
+impl Reporter {
+    /// A segment was stored, verified and committed.
+    pub(crate) async fn stored(&self, segment: SegmentId, size: u64) {
+        let index = self.index;
+        let _ = self
+            .reports
+            .send(EngineReport::Stored {
+                index,
+                segment,
+                size,
+            })
+            .await;
+        self.usage().await;
+    }
+
+    /// A segment is gone.
+    pub(crate) async fn dropped(&self, segment: SegmentId) {
+        let index = self.index;
+        let _ = self
+            .reports
+            .send(EngineReport::Dropped { index, segment })
+            .await;
+        self.usage().await;
+    }
+
+    /// The store's figures now.
+    pub(crate) async fn usage(&self) {
+        let disks = disk_usage(&self.store, self.bounded);
+        let index = self.index;
+        let _ = self
+            .reports
+            .send(EngineReport::Usage { index, disks })
+            .await;
+    }
 }
 
 /// Bytes read from a stream per store write, for ingest and copies.
@@ -333,6 +396,28 @@ pub(crate) async fn receive_segment<R: futures::AsyncRead + Unpin>(
     writer.finish().await.map_err(|e| e.to_string())
 }
 
+/// How long a segment that is being read is waited for before its removal is given up.
+const REMOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Removes `segments` from `store` (those not stored are skipped) and reports each one
+/// gone; returns those being read, which cannot go yet.
+async fn remove_now(
+    store: &SegmentStore,
+    reporter: &Reporter,
+    segments: Vec<SegmentId>,
+) -> Vec<SegmentId> {
+    let mut busy = Vec::new();
+    for segment in segments {
+        match store.remove(segment).await {
+            Ok(()) => reporter.dropped(segment).await,
+            Err(store::Error::NotFound(_)) => {}
+            Err(store::Error::Busy(_)) => busy.push(segment),
+            Err(e) => tracing::warn!(%segment, error = %e, "segment not removed"),
+        }
+    }
+    busy
+}
+
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineHandle")
@@ -345,7 +430,7 @@ impl std::fmt::Debug for EngineHandle {
 
 async fn on_command(
     store: &SegmentStore,
-    expectations: &Expectations,
+    (expectations, reporter): (&Expectations, &Reporter),
     handovers: &stream::Handovers,
     cmd: EngineCommand,
 ) {
@@ -375,6 +460,32 @@ async fn on_command(
                 if let Err(e) = store.set_pinned(s, true).await {
                     tracing::debug!(segment = %s, error = %e, "pin failed");
                 }
+            }
+        }
+        EngineCommand::Remove { segments } => {
+            // Cleared first: a push of one of them still in flight then finds its
+            // announcement gone when it finishes, and drops what it wrote.
+            if let Ok(mut map) = expectations.lock() {
+                for s in &segments {
+                    map.remove(s);
+                }
+            }
+            // Removed before the next command is taken (an `Expect` of the same segments may
+            // follow); only those being read wait, in the background.
+            let busy = remove_now(store, reporter, segments).await;
+            if !busy.is_empty() {
+                let (store, reporter) = (store.clone(), reporter.clone());
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+                    let mut left = busy;
+                    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        left = remove_now(&store, &reporter, left).await;
+                    }
+                    for segment in left {
+                        tracing::warn!(%segment, "segment still being read; not removed");
+                    }
+                });
             }
         }
         // Copy commands are taken by `copy::Copier` before they get here.

@@ -1,7 +1,8 @@
 //! `/vodmesh/stream/1` on an engine: streams a segment from its store to a console, from any
 //! byte offset, following a segment that is still filling, with the stream's backpressure.
-//! Enforces `--max-streams` and reports every start and stop to the director, so the
-//! director's view of this engine's load is exact.
+//! Enforces `--max-streams` (answering [`StreamReply::Busy`] past it, a wait for the console)
+//! and reports every start and stop to the director, so the director's view of this engine's
+//! load is exact.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -187,11 +188,9 @@ impl StreamService {
             return stream.close().await;
         }
         let Some(_slot) = self.acquire() else {
-            write_frame(
-                &mut stream,
-                &StreamReply::Refused("engine busy: at --max-streams".into()),
-            )
-            .await?;
+            // A wait for the console, not a refusal: it asks its director for another engine.
+            tracing::debug!(index = self.index, %peer, segment = %request.segment, "busy: at --max-streams");
+            write_frame(&mut stream, &StreamReply::Busy).await?;
             return stream.close().await;
         };
         // A copy the director just ordered (overload replication) may not have begun to
@@ -200,20 +199,16 @@ impl StreamService {
         while self.store.info(&request.segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut reader = match self.store.open_read(request.segment).await {
-            Ok(r) => r,
-            Err(e) => {
-                write_frame(&mut stream, &StreamReply::Refused(e.to_string())).await?;
-                return stream.close().await;
-            }
+        // Not here (a copy that never came, or a segment dropped since the director heard of
+        // it): the console asks its director for another engine.
+        let Ok(mut reader) = self.store.open_read(request.segment).await else {
+            tracing::debug!(index = self.index, %peer, segment = %request.segment, "absent");
+            write_frame(&mut stream, &StreamReply::Absent).await?;
+            return stream.close().await;
         };
         let size = reader.len();
         let Some(info) = self.store.info(&request.segment) else {
-            write_frame(
-                &mut stream,
-                &StreamReply::Refused("segment is not stored here".into()),
-            )
-            .await?;
+            write_frame(&mut stream, &StreamReply::Absent).await?;
             return stream.close().await;
         };
         // Claim 21: a console that seeks past what a still-filling copy holds is not made to

@@ -17,13 +17,16 @@
 //! - [`locations`] is the director's segment location table, kept in redb as well; [`bench`]
 //!   measures the store's throughput for `vodmesh bench`.
 
+mod accounting;
 pub mod bench;
 mod index;
 mod layout;
 pub mod locations;
 mod policy;
+mod reader;
 mod segments;
 mod worker;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -34,7 +37,9 @@ use vodmesh_proto::{SegmentHash, SegmentId};
 
 pub use index::{IndexError, SegmentState};
 pub use layout::Reconciled;
-pub use segments::{DiskStats, Info, Reader, SegmentStore, Stats, Writer};
+pub use reader::Reader;
+pub use segments::{DiskStats, Info, SegmentStore, Stats};
+pub use writer::Writer;
 
 /// Verification granularity: range reads hash only the chunks they touch.
 pub const CHUNK: u64 = 64 * 1024;

@@ -399,6 +399,94 @@ async fn eviction_is_lru_among_segments_held_elsewhere_sparing_pinned_and_open_o
     let files = files_under(&dir.path().join("disk0"));
     assert_eq!(files.len(), 5, "evicted files are gone: {files:?}");
     assert!(store.stats().disks[0].used <= 5 * S);
+    let (running, recounted) = store.audit();
+    assert_eq!(running, recounted);
+    assert_eq!(
+        running[0].2, 0,
+        "s3, s4 and s2 were the evictable ones, and are gone"
+    );
+    store.shutdown().await?;
+    Ok(())
+}
+
+/// Bytes of the segment files under `disk`'s `segments/` directory.
+fn bytes_on_disk(disk: &Path) -> u64 {
+    files_under(&disk.join("segments"))
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_bytes_after_any_start_are_the_bytes_on_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 2, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    for i in 0..6u32 {
+        let data = bytes(i as u8, 100_000 + i as usize * 7_777);
+        put(&store, seg(12, i), &data).await?;
+    }
+    store.set_held_elsewhere(seg(12, 1), true).await?;
+    store.remove(seg(12, 2)).await?;
+    // A write in progress reserves its bytes but uses none.
+    let pending = store
+        .begin_write(seg(12, 9), SegmentHash::of(b"x"), 50_000)
+        .await?;
+    settle(&store).await;
+    let on_disk = |d: usize| bytes_on_disk(&dir.path().join(format!("disk{d}")));
+    let figures = |store: &SegmentStore| -> Vec<(u64, u64)> {
+        let stats = store.stats();
+        stats.disks.iter().map(|d| (d.used, d.reserved)).collect()
+    };
+    let before = figures(&store);
+    assert_eq!(before.iter().map(|f| f.1).sum::<u64>(), 50_000);
+    assert_eq!(before[0].0, on_disk(0));
+    assert_eq!(before[1].0, on_disk(1));
+    let (running, recounted) = store.audit();
+    assert_eq!(running, recounted);
+
+    // A clean stop: the same used bytes, nothing reserved.
+    drop(pending);
+    store.shutdown().await?;
+    drop(store);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let after = figures(&store);
+    assert_eq!(after, vec![(before[0].0, 0), (before[1].0, 0)]);
+    assert_eq!(
+        store.stats().disks.iter().map(|d| d.evictable).sum::<u64>(),
+        107_777
+    );
+
+    // No shutdown, a write given up midway and its temp file left behind: the same again.
+    let mut w = store
+        .begin_write(seg(12, 10), SegmentHash::of(b"y"), 70_000)
+        .await?;
+    w.write_chunk(&[7u8; 30_000]).await?;
+    std::fs::write(dir.path().join("disk1/tmp/crashed.0.1"), [1u8; 4096])?;
+    drop(w);
+    settle(&store).await;
+    drop(store);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    assert_eq!(figures(&store), vec![(on_disk(0), 0), (on_disk(1), 0)]);
+    assert_eq!(figures(&store), after);
+
+    // A scrub that drops a damaged segment: used shrinks by exactly its size.
+    let victim = store.path_of(&seg(12, 3)).ok_or("no path")?;
+    let victim_disk = store.info(&seg(12, 3)).map(|i| i.disk).ok_or("no info")?;
+    let mut damaged = std::fs::read(&victim)?;
+    damaged[10] ^= 0xff;
+    std::fs::write(&victim, damaged)?;
+    assert_eq!(store.scrub().await?, vec![seg(12, 3)]);
+    settle(&store).await;
+    let scrubbed = figures(&store);
+    assert_eq!(
+        scrubbed[victim_disk].0,
+        after[victim_disk].0 - (100_000 + 3 * 7_777)
+    );
+    assert_eq!(scrubbed, vec![(on_disk(0), 0), (on_disk(1), 0)]);
+    let (running, recounted) = store.audit();
+    assert_eq!(running, recounted);
     store.shutdown().await?;
     Ok(())
 }

@@ -85,6 +85,7 @@ async fn measure(
                 index: (i as u64 % segments) as u32,
                 complete: false,
                 avoid: Vec::new(),
+                busy: Vec::new(),
             })
             .await?
         {

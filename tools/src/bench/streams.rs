@@ -7,6 +7,11 @@
 //! lag beyond the buffer (the player would have run dry; the schedule then restarts, as a
 //! player rebuffers). Reference: the demanded rate, N x 4 Mbit/s. Unpaced: consoles read as
 //! fast as they can; the aggregate is set beside the raw libp2p stream ceiling of `copy`.
+//!
+//! Over capacity: more consoles than a station has stream slots (two engines at
+//! `--max-streams 1`), each the console's own playback (`vodmesh_console::play`) at speed 1
+//! with a 2 s buffer. A busy engine is a wait, never an error: stalls, waits and the station's
+//! replications are reported, and errors must stay 0.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -178,6 +183,8 @@ pub async fn run(dir: &Path, quick: bool, ceiling: f64) -> Result<(Value, Vec<Ro
     );
     drop(consoles);
     drop(node);
+    let (over, over_row) = over_capacity(dir, quick).await?;
+    rows.push(over_row);
     let value = json!({
         "segment_bytes": SEGMENT,
         "rate_bit_s": RATE * 8.0,
@@ -192,6 +199,7 @@ pub async fn run(dir: &Path, quick: bool, ceiling: f64) -> Result<(Value, Vec<Ro
         "idle_rss_bytes": idle_rss,
         "bytes_per_stream": per_stream.map(f64::round).unwrap_or(0.0),
         "setup": "vodmesh-node process, 1 engine; consoles in the bench process, one libp2p peer and connection each; the engine and the consoles share the machine's cores",
+        "over_capacity": over,
     });
     Ok((value, rows))
 }
@@ -332,5 +340,119 @@ async fn open(
         StreamReply::Streaming { .. } => Ok(s),
         StreamReply::Refused(why) => bail!("refused: {why}"),
         StreamReply::Swap { filled } => bail!("handed back at byte {filled} of a filling copy"),
+        StreamReply::Busy => bail!("the engine is at --max-streams"),
+        StreamReply::Absent => bail!("the engine does not hold segment {index}"),
     }
+}
+
+/// More consoles than stream slots: `n` consoles play a program at speed 1 on a station of
+/// two engines at `--max-streams 1`, started 20 ms apart (the load's shape).
+async fn over_capacity(dir: &Path, quick: bool) -> Result<(Value, Row)> {
+    use vodmesh_console::play::{self, Credentials, Speed};
+    const ENGINES: u64 = 2;
+    const MAX_STREAMS: u64 = 1;
+    let (n, segments): (u64, u64) = if quick { (16, 4) } else { (32, 8) };
+    let issuer = Issuer::generate();
+    let data = dir.join("over-capacity");
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--engines".into(),
+            ENGINES.to_string(),
+            "--max-streams".into(),
+            MAX_STREAMS.to_string(),
+            "--home".into(),
+            "--content-manager".into(),
+            // Its own auth server gives its engines the engine tokens copies need.
+            "--auth".into(),
+            "--trust".into(),
+            issuer.public().to_string(),
+        ],
+    )?;
+    let program = ingest_into(
+        &node.addr,
+        &data.join("identity.key"),
+        dir,
+        ("over-capacity", 0),
+        SEGMENT * segments,
+        SEGMENT,
+        8_000_000,
+    )
+    .await?;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let key = Keypair::generate_ed25519();
+        let token = console_token(&issuer, &key)?;
+        let credentials = Credentials {
+            key: Some(key),
+            token: Arc::new(std::sync::RwLock::new(Some(token))),
+        };
+        let (addr, program) = (node.addr.clone(), program.to_string());
+        set.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            let speed = Speed::Realtime {
+                buffer: Duration::from_secs(2),
+            };
+            let mut sink = tokio::io::sink();
+            play::play(
+                &addr,
+                &credentials,
+                &program,
+                0.0,
+                speed,
+                &mut sink,
+                None,
+                |_| {},
+            )
+            .await
+        });
+    }
+    let (mut stalls, mut waits, mut errors, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(stats)) => {
+                stalls += u64::from(stats.stalls);
+                waits += u64::from(stats.waits);
+                bytes += stats.bytes;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "over capacity: a console failed");
+                errors += 1;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let client = DirectorClient::connect(&node.addr, None).await?;
+    let replications = match client
+        .request(vodmesh_proto::director::Request::Activity)
+        .await?
+    {
+        vodmesh_proto::director::Response::Activity(a) => a.replications,
+        other => bail!("unexpected answer to Activity: {other:?}"),
+    };
+    drop(node);
+    let slots = ENGINES * MAX_STREAMS;
+    let row = Row::new(
+        "streams",
+        format!(
+            "over capacity: {n} consoles, {slots} slots, speed 1: stalls {stalls}, waits {waits}, replications {replications}"
+        ),
+        format!("{errors} errors"),
+    );
+    let value = json!({
+        "consoles": n,
+        "engines": ENGINES,
+        "max_streams": MAX_STREAMS,
+        "segments": segments,
+        "seconds": round2(seconds),
+        "stalls": stalls,
+        "waits": waits,
+        "replications": replications,
+        "errors": errors,
+        "bytes": bytes,
+        "bytes_expected": n * segments * SEGMENT,
+    });
+    Ok((value, row))
 }

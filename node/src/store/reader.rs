@@ -1,0 +1,365 @@
+//! [`Reader`]: a read handle on a complete or still filling segment; reads of complete
+//! segments verify every chunk they touch.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use vodmesh_proto::{SegmentHash, SegmentId};
+
+use super::layout::{self, io};
+use super::segments::Inner;
+use super::writer::{End, Progress};
+use super::{CHUNK, DropReason, Error};
+
+enum Mode {
+    /// Between registration and the file being opened.
+    Opening,
+    Following(watch::Receiver<Progress>),
+    Complete {
+        file: Arc<File>,
+        chunks: Arc<[[u8; 32]]>,
+    },
+}
+
+/// A read handle on one segment. While it is open the segment is not evicted. On a filling
+/// segment it follows the writer: reads wait for bytes not yet written, and are served as
+/// written (the whole-segment hash is only known at the end; a follower whose writer then
+/// fails gets [`Error::Aborted`], and consoles verify against the manifest anyway). Once the
+/// segment is complete, every read verifies the chunks it touches.
+pub struct Reader {
+    inner: Arc<Inner>,
+    segment: SegmentId,
+    generation: u64,
+    disk: usize,
+    size: u64,
+    pos: u64,
+    mode: Mode,
+}
+
+/// A failed verified read, before it is turned into an [`Error`].
+enum ReadFail {
+    Io(std::io::Error),
+    Corrupt(u64),
+}
+
+impl Reader {
+    /// Opens `segment` of the store `inner` for reading, complete or still filling.
+    pub(super) async fn open(inner: &Arc<Inner>, segment: SegmentId) -> Result<Self, Error> {
+        enum Found {
+            Stored(u64, usize, u64),
+            Live(u64, usize, u64, watch::Receiver<Progress>),
+        }
+        let found = {
+            let mut st = inner.state();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            let now = vodmesh_proto::time::now_ms();
+            let seq = inner.next();
+            let Some(disk) = st.holdings.open_reader(&segment, (now, seq)) else {
+                return Err(Error::NotFound(segment));
+            };
+            if let Some(s) = st.holdings.stored(&segment) {
+                let found = Found::Stored(s.generation, disk, s.size);
+                st.touched.insert(segment, now);
+                found
+            } else if let Some(l) = st.holdings.live(&segment) {
+                Found::Live(l.generation, disk, l.total, l.progress.clone())
+            } else {
+                return Err(Error::NotFound(segment));
+            }
+        };
+        match found {
+            Found::Live(generation, disk, size, rx) => Ok(Reader {
+                inner: inner.clone(),
+                segment,
+                generation,
+                disk,
+                size,
+                pos: 0,
+                mode: Mode::Following(rx),
+            }),
+            Found::Stored(generation, disk, size) => {
+                // The reader exists before the awaits below so that its drop releases the
+                // segment whatever happens.
+                let mut reader = Reader {
+                    inner: inner.clone(),
+                    segment,
+                    generation,
+                    disk,
+                    size,
+                    pos: 0,
+                    mode: Mode::Opening,
+                };
+                let index = inner.index.clone();
+                let chunks = tokio::task::spawn_blocking(move || index.chunks(&segment))
+                    .await
+                    .map_err(|_| Error::Closed)??;
+                let expected_chunks = size.div_ceil(CHUNK) as usize;
+                let chunks = match chunks {
+                    Some(c) if c.len() == expected_chunks => c,
+                    _ => {
+                        inner
+                            .drop_segment(segment, generation, DropReason::Corrupt { chunk: 0 })
+                            .await;
+                        return Err(Error::Corrupt { segment, chunk: 0 });
+                    }
+                };
+                let path = layout::segment_path(&inner.disks[disk].root, &segment);
+                let file = inner.disks[disk]
+                    .worker
+                    .run(move || File::open(&path))
+                    .await?;
+                let file = match file {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        inner
+                            .drop_segment(segment, generation, DropReason::Corrupt { chunk: 0 })
+                            .await;
+                        return Err(Error::Corrupt { segment, chunk: 0 });
+                    }
+                    Err(e) => {
+                        let path = layout::segment_path(&inner.disks[disk].root, &segment);
+                        return Err(io("open", &path)(e));
+                    }
+                };
+                reader.mode = Mode::Complete {
+                    file: Arc::new(file),
+                    chunks: chunks.into(),
+                };
+                Ok(reader)
+            }
+        }
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// Its full size.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether it has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Where [`read_next`](Self::read_next) continues.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Moves the streaming position (clamped to the end).
+    pub fn seek(&mut self, pos: u64) {
+        self.pos = pos.min(self.size);
+    }
+
+    /// `(filled, complete)` as this reader sees it.
+    pub fn filled(&self) -> (u64, bool) {
+        match &self.mode {
+            Mode::Following(rx) => {
+                let p = rx.borrow();
+                (p.filled, matches!(p.end, Some(End::Complete(_))))
+            }
+            Mode::Complete { .. } => (self.size, true),
+            Mode::Opening => (0, false),
+        }
+    }
+
+    /// The next bytes from the current position, at most `max`: as many as are available now
+    /// (after waiting for at least one if the segment is filling). `None` at the end.
+    pub async fn read_next(&mut self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let want = (max.max(1) as u64).min(self.size - self.pos);
+        let available = self.wait_for(self.pos + 1).await?;
+        let n = want.min(available - self.pos);
+        let bytes = self.read_at(self.pos, n).await?;
+        self.pos += n;
+        Ok(Some(bytes))
+    }
+
+    /// Exactly `len` bytes from `offset`, waiting for them if the segment is filling.
+    /// Chunks of a complete segment are verified; a mismatch drops the segment and fails with
+    /// [`Error::Corrupt`].
+    pub async fn read_range(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let end = offset.checked_add(len).filter(|e| *e <= self.size);
+        let Some(end) = end else {
+            return Err(Error::OutOfRange {
+                segment: self.segment,
+                offset,
+                len,
+                size: self.size,
+            });
+        };
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.wait_for(end).await?;
+        self.read_at(offset, len).await
+    }
+
+    /// Waits until at least `end` bytes are readable (or the segment is complete); returns
+    /// how many are.
+    async fn wait_for(&mut self, end: u64) -> Result<u64, Error> {
+        loop {
+            let Mode::Following(rx) = &mut self.mode else {
+                return Ok(self.size);
+            };
+            let p = rx.borrow_and_update().clone();
+            match p.end {
+                Some(End::Aborted) => return Err(Error::Aborted(self.segment)),
+                Some(End::Complete(chunks)) => {
+                    // From now on reads are verified like any complete segment's.
+                    if let Some(file) = p.file {
+                        self.mode = Mode::Complete { file, chunks };
+                    }
+                    return Ok(self.size);
+                }
+                None if p.filled >= end && p.file.is_some() => return Ok(p.filled),
+                None => {}
+            }
+            if rx.changed().await.is_err() {
+                // The writer went away without a final word: treat it as aborted.
+                let ended = rx.borrow().end.is_some();
+                if !ended {
+                    return Err(Error::Aborted(self.segment));
+                }
+            }
+        }
+    }
+
+    /// Reads bytes already known to be available.
+    async fn read_at(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        if !self.still_stored() {
+            return Err(Error::NotFound(self.segment));
+        }
+        let worker = &self.inner.disks[self.disk].worker;
+        match &self.mode {
+            Mode::Opening => Err(Error::NotFound(self.segment)),
+            Mode::Following(rx) => {
+                let Some(file) = rx.borrow().file.clone() else {
+                    return Err(Error::NotFound(self.segment));
+                };
+                let res = worker
+                    .run(move || {
+                        let mut buf = vec![0u8; len as usize];
+                        file.read_exact_at(&mut buf, offset).map(|()| buf)
+                    })
+                    .await?;
+                res.map_err(|e| {
+                    let path =
+                        layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
+                    io("read", &path)(e)
+                })
+            }
+            Mode::Complete { file, chunks } => {
+                let (file, chunks, size) = (file.clone(), chunks.clone(), self.size);
+                let res = worker
+                    .run(move || verified_read(&file, &chunks, size, offset, len))
+                    .await?;
+                match res {
+                    Ok(bytes) => Ok(bytes),
+                    Err(ReadFail::Corrupt(chunk)) => {
+                        self.inner
+                            .drop_segment(
+                                self.segment,
+                                self.generation,
+                                DropReason::Corrupt { chunk },
+                            )
+                            .await;
+                        Err(Error::Corrupt {
+                            segment: self.segment,
+                            chunk,
+                        })
+                    }
+                    Err(ReadFail::Io(e)) => {
+                        let path =
+                            layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
+                        Err(io("read", &path)(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// False once the segment was dropped or evicted under this reader.
+    fn still_stored(&self) -> bool {
+        self.inner.state().holdings.generation(&self.segment) == Some(self.generation)
+    }
+}
+
+/// Reads `[offset, offset + len)` of a complete segment, verifying every chunk it touches.
+fn verified_read(
+    file: &File,
+    chunks: &[[u8; 32]],
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>, ReadFail> {
+    let first = offset / CHUNK;
+    let last = (offset + len - 1) / CHUNK;
+    let start = first * CHUNK;
+    let end = ((last + 1) * CHUNK).min(size);
+    let mut buf = vec![0u8; (end - start) as usize];
+    match file.read_exact_at(&mut buf, start) {
+        Ok(()) => {}
+        // A truncated file is damage, not an I/O failure.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ReadFail::Corrupt(first));
+        }
+        Err(e) => return Err(ReadFail::Io(e)),
+    }
+    for (i, bytes) in buf.chunks(CHUNK as usize).enumerate() {
+        let chunk = first + i as u64;
+        let ok = chunks
+            .get(chunk as usize)
+            .is_some_and(|h| blake3::hash(bytes).as_bytes() == h);
+        if !ok {
+            return Err(ReadFail::Corrupt(chunk));
+        }
+    }
+    let skip = (offset - start) as usize;
+    buf.drain(..skip);
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.inner
+            .state()
+            .holdings
+            .close_reader(&self.segment, self.generation, self.disk);
+    }
+}
+
+/// Whether `file` is `size` bytes hashing to `hash`, with every chunk matching `chunks`.
+pub(super) fn verify_whole(file: &File, size: u64, hash: SegmentHash, chunks: &[[u8; 32]]) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if meta.len() != size || chunks.len() as u64 != size.div_ceil(CHUNK) {
+        return false;
+    }
+    let mut whole = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    for (i, expected) in chunks.iter().enumerate() {
+        let start = i as u64 * CHUNK;
+        let n = CHUNK.min(size - start) as usize;
+        if file.read_exact_at(&mut buf[..n], start).is_err() {
+            return false;
+        }
+        if blake3::hash(&buf[..n]).as_bytes() != expected {
+            return false;
+        }
+        whole.update(&buf[..n]);
+    }
+    SegmentHash::from(whole.finalize()) == hash
+}

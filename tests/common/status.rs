@@ -1,0 +1,99 @@
+//! `vodmesh status --json` and `vodmesh programs --json`, read the way the tests need them:
+//! the stations a director lists, one station's engines, activity and storage, the programs
+//! of a content manager.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use libp2p::Multiaddr;
+use serde_json::Value;
+
+use crate::cli::{command_in, run, vodmesh};
+
+/// `vodmesh status --node ADDR --json`, run from host `netns` when given.
+pub fn json_in(netns: Option<&str>, addr: &Multiaddr) -> Result<Value> {
+    let out =
+        run(command_in(netns, "vodmesh").args(["status", "--node", &addr.to_string(), "--json"]))?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The director peer ids `vodmesh status --node ADDR --json` lists.
+pub fn directors(addr: &Multiaddr) -> Result<BTreeSet<String>> {
+    directors_in(None, addr)
+}
+
+/// As [`directors`], asked from host `netns`.
+pub fn directors_in(netns: Option<&str>, addr: &Multiaddr) -> Result<BTreeSet<String>> {
+    let json = json_in(netns, addr)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    Ok(stations
+        .iter()
+        .filter_map(|s| s["director"]["peer_id"].as_str().map(String::from))
+        .collect())
+}
+
+/// The station whose director is `addr`, as `vodmesh status --json` lists it (fresh from
+/// that director: its engines, its activity, the programs it holds).
+pub fn station(addr: &Multiaddr) -> Result<Value> {
+    let director = vodmesh_proto::net::peer_of(addr)
+        .context("address without /p2p/")?
+        .to_string();
+    let json = json_in(None, addr)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    stations
+        .iter()
+        .find(|s| s["director"]["peer_id"].as_str() == Some(director.as_str()))
+        .cloned()
+        .with_context(|| format!("station {director} not in vodmesh status"))
+}
+
+/// A counter of the `activity` of the station whose director is `addr` (`replications`,
+/// `misses`, `copies_declined`, ...).
+pub fn activity(addr: &Multiaddr, counter: &str) -> Result<u64> {
+    let station = station(addr)?;
+    station["activity"][counter]
+        .as_u64()
+        .with_context(|| format!("no activity.{counter} in {station}"))
+}
+
+/// The engines of the station whose director is `addr`.
+pub fn engines(addr: &Multiaddr) -> Result<Vec<Value>> {
+    Ok(station(addr)?["engines"]
+        .as_array()
+        .context("no engines array")?
+        .clone())
+}
+
+/// The engines of the station whose director is `addr`: (peer id, up), sorted.
+pub fn engines_up(addr: &Multiaddr) -> Result<Vec<(String, bool)>> {
+    let mut up: Vec<(String, bool)> = engines(addr)?
+        .iter()
+        .map(|e| {
+            let peer = e["peer_id"].as_str().unwrap_or_default().to_string();
+            (peer, e["up"].as_bool().unwrap_or(false))
+        })
+        .collect();
+    up.sort();
+    Ok(up)
+}
+
+/// Each engine's used bytes in the station whose director is `addr`.
+pub fn used_bytes(addr: &Multiaddr) -> Result<Vec<u64>> {
+    engines(addr)?
+        .iter()
+        .map(|e| e["used"].as_u64().context("engine without used bytes"))
+        .collect()
+}
+
+/// The program ids `vodmesh programs --node ADDR --json` lists, sorted.
+pub fn programs(addr: &Multiaddr) -> Result<Vec<String>> {
+    let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;
+    let json: Value = serde_json::from_str(&out)?;
+    let list = json["programs"].as_array().context("no programs array")?;
+    let mut ids: Vec<String> = list
+        .iter()
+        .filter_map(|p| p["id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
