@@ -8,6 +8,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_node::Station;
 use vodmesh_node::events::{Event, Kind};
+use vodmesh_proto::SegmentIndex;
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{engine_segments, held_elsewhere};
 use vodmesh_tests::swarm::{self, ingest_options, init_logging, wait_listed};
@@ -45,7 +46,11 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
 
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 64 * 1024 * 1024, 12)?;
-    let mut events = vodmesh_node::events::subscribe();
+    let sink = vodmesh_node::events::sink();
+    for s in std::iter::once(&home).chain(&others) {
+        s.send_events_to(&sink);
+    }
+    let mut events = sink.subscribe();
     let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
         replicas: 2,
@@ -139,7 +144,7 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("manifest not verified"))?;
         assert!(sent < received && received < manifest);
         let mut first_tabled = usize::MAX;
-        for i in 0..16u32 {
+        for i in (0..16).map(SegmentIndex) {
             let at = |f: &dyn Fn(&Event) -> bool| {
                 pos(&log, |e| e.segment == Some(i) && f(e))
                     .ok_or_else(|| anyhow::anyhow!("segment {i}: an event is missing"))

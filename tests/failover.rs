@@ -43,7 +43,7 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> Result<()> {
     // Eight segments of 128 KiB at 1 Mbit/s: about 1 s each.
     let source = dir.path().join("p.bin");
     let bytes = random_file(&source, 8 * 128 * KIB, 51)?;
-    let mut events = vodmesh_node::events::subscribe();
+    let mut events = b.subscribe();
     let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
         publish_at_ms: Some(now_ms()),

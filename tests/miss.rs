@@ -100,7 +100,10 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> R
     // A program of two 2 MiB segments, replicated to a.
     let source = root.join("program.bin");
     let bytes = random_file(&source, 4 * MIB, 31)?;
-    let mut events = vodmesh_node::events::subscribe();
+    let sink = vodmesh_node::events::sink();
+    home.send_events_to(&sink);
+    a.send_events_to(&sink);
+    let mut events = sink.subscribe();
     let mut log = Vec::new();
     let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
@@ -146,6 +149,8 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> R
         &consoles,
     )
     .await?;
+    c.send_events_to(&sink);
+    d.send_events_to(&sink);
 
     // A console asks c, which holds nothing, for segment 0: c answers at once with one of its
     // own engines, whose copy is filling, and chose a (cheaper than the home) as the source.

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use std::sync::Arc;
-
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_proto::token::IssuerKey;
 use vodmesh_registry::RegistryConfig;
@@ -50,9 +48,6 @@ pub struct StationConfig {
     /// How the auth server behaves when `auth` is set (hash cost, backoff, token lifetimes);
     /// its `admins` and `trust` are filled in from the fields above.
     pub auth_config: auth::Config,
-    /// The running auth server: set by [`crate::Station::start`] when `auth` is, for the
-    /// director to serve `/vodmesh/auth/1` from.
-    pub auth_server: Option<Arc<auth::Server>>,
     /// Region name, for choosing nearby stations.
     pub region: Option<String>,
     /// Latitude and longitude.
@@ -69,8 +64,6 @@ pub struct StationConfig {
     /// Engines in processes of their own that may attach to this director
     /// (`--engine-peer`), each taking the slot after the in-process engines.
     pub engine_peers: Vec<PeerId>,
-    /// The station's counters and gauges, shared by its director and engines.
-    pub metrics: crate::metrics::Metrics,
     /// An ingest that stores no segment for this long is given up and its segments dropped
     /// (`--ingest-timeout`).
     pub ingest_timeout: std::time::Duration,
@@ -101,7 +94,6 @@ impl StationConfig {
             admins: Vec::new(),
             enroll: None,
             auth_config: auth::Config::default(),
-            auth_server: None,
             region: None,
             coords: None,
             bandwidth_mbps: 1000,
@@ -109,7 +101,6 @@ impl StationConfig {
             registry: RegistryConfig::default(),
             metrics_addr: None,
             engine_peers: Vec::new(),
-            metrics: Default::default(),
             ingest_timeout: INGEST_TIMEOUT,
         }
     }

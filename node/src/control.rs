@@ -6,6 +6,7 @@
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
+use vodmesh_proto::director::Activity;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 /// What an engine tells its director (also carried over `/vodmesh/blade/1` from an engine
@@ -128,6 +129,29 @@ impl EngineReport {
             | Self::Down { index } => *index = new,
         }
         self
+    }
+
+    /// Counts this report into `activity`: streams taken over and stopped, swaps asked,
+    /// token refusals. The one place reports become counters: a director counts its engines'
+    /// reports with it, an engine process its own (for `vodmesh-node engine --metrics`).
+    pub fn count(&self, activity: &mut Activity) {
+        match self {
+            Self::TookOver { .. } => activity.takeovers += 1,
+            Self::Stopped { complete: true, .. } => activity.stops_complete += 1,
+            Self::Stopped {
+                complete: false, ..
+            } => activity.stops_early += 1,
+            Self::SwapAsked { .. } => activity.swaps += 1,
+            Self::Refused { copy: true, .. } => activity.refused_copies += 1,
+            Self::Refused { copy: false, .. } => activity.refused_streams += 1,
+            Self::Ready { .. }
+            | Self::Stored { .. }
+            | Self::Dropped { .. }
+            | Self::Streams { .. }
+            | Self::Usage { .. }
+            | Self::Limits { .. }
+            | Self::Down { .. } => {}
+        }
     }
 }
 

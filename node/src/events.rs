@@ -1,15 +1,18 @@
-//! Content events (distribution, publish, misses and copies), for tests and observers in this
-//! process.
+//! What happens in a station, step by step (distribution, publish, misses and copies), for
+//! tests and observers.
 //!
 //! Every step of the claim-12 sequence and of publishing is logged as a `tracing` event and
-//! also sent on a process-wide bounded broadcast channel, so an integration test that runs
-//! several stations in one process can assert the order of the messages.
+//! also sent to the station's [`Observer`], fed by its director and its engines:
+//! [`crate::Station::subscribe`] hands out receivers. Nothing here is process-wide: each
+//! station has an observer of its own. Tests that follow a sequence across several stations
+//! in one process give them one shared sink ([`crate::Station::send_events_to`]), which holds
+//! their events in the order they happened.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
 use libp2p::PeerId;
-use tokio::sync::broadcast;
-use vodmesh_proto::ProgramId;
+use tokio::sync::{broadcast, watch};
+use vodmesh_proto::{ProgramId, SegmentId, SegmentIndex};
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,28 +85,116 @@ pub struct Event {
     /// The program.
     pub program: ProgramId,
     /// The segment, when there is one.
-    pub segment: Option<u32>,
+    pub segment: Option<SegmentIndex>,
     /// What happened.
     pub kind: Kind,
 }
 
-fn bus() -> &'static broadcast::Sender<Event> {
-    static BUS: OnceLock<broadcast::Sender<Event>> = OnceLock::new();
-    BUS.get_or_init(|| broadcast::channel(16 * 1024).0)
+/// Events a receiver may fall behind by before it loses the oldest: a 64 MiB replication
+/// is a few hundred.
+const BACKLOG: usize = 16 * 1024;
+
+/// A channel several stations can send their events to ([`crate::Station::send_events_to`]).
+pub fn sink() -> broadcast::Sender<Event> {
+    broadcast::channel(BACKLOG).0
 }
 
-/// Receives every event emitted from now on in this process.
-pub fn subscribe() -> broadcast::Receiver<Event> {
-    bus().subscribe()
+/// Where a station's director and engines send their events: the station's own subscribers,
+/// and the shared sinks it was given. A cheap handle; clones send to the same places.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    own: broadcast::Sender<Event>,
+    /// Shared sinks, added while the station runs.
+    sinks: Arc<watch::Sender<Vec<broadcast::Sender<Event>>>>,
 }
 
-/// Logs and broadcasts an event.
-pub(crate) fn emit(peer: PeerId, program: ProgramId, segment: Option<u32>, kind: Kind) {
-    tracing::info!(%peer, program = %program.short(), ?segment, ?kind, "content event");
-    let _ = bus().send(Event {
-        peer,
-        program,
-        segment,
-        kind,
-    });
+impl Default for Observer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Observer {
+    /// An observer nobody listens to yet.
+    pub fn new() -> Self {
+        Self {
+            own: sink(),
+            sinks: Arc::new(watch::channel(Vec::new()).0),
+        }
+    }
+
+    /// Receives every event sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.own.subscribe()
+    }
+
+    /// Also sends every event from now on to `sink`.
+    pub fn send_to(&self, sink: &broadcast::Sender<Event>) {
+        self.sinks.send_modify(|sinks| sinks.push(sink.clone()));
+    }
+
+    /// Logs and sends an event about a whole program.
+    pub(crate) fn program(&self, peer: PeerId, program: ProgramId, kind: Kind) {
+        self.emit(Event {
+            peer,
+            program,
+            segment: None,
+            kind,
+        });
+    }
+
+    /// Logs and sends an event about one segment.
+    pub(crate) fn segment(&self, peer: PeerId, segment: SegmentId, kind: Kind) {
+        self.emit(Event {
+            peer,
+            program: segment.program,
+            segment: Some(segment.index),
+            kind,
+        });
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::info!(peer = %event.peer, program = %event.program.short(), segment = ?event.segment, kind = ?event.kind, "content event");
+        for sink in self.sinks.borrow().iter() {
+            let _ = sink.send(event.clone());
+        }
+        // Nobody subscribed is no error: the event was logged.
+        let _ = self.own.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_and_shared_sinks_hear_events_in_order() -> anyhow::Result<()> {
+        let (a, b) = (Observer::new(), Observer::new());
+        let mut own = a.subscribe();
+        let shared = sink();
+        a.send_to(&shared);
+        b.send_to(&shared);
+        let mut all = shared.subscribe();
+        let program = ProgramId([1; 32]);
+        let (pa, pb) = (PeerId::random(), PeerId::random());
+        a.program(pa, program, Kind::Published);
+        b.segment(pb, SegmentId::new(program, 3), Kind::Tabled);
+        a.program(pa, program, Kind::Provided);
+        assert_eq!(own.recv().await?.kind, Kind::Published);
+        assert_eq!(own.recv().await?.kind, Kind::Provided);
+        let heard: Vec<(PeerId, Option<SegmentIndex>, Kind)> = (0..3)
+            .map(|_| all.try_recv().map(|e| (e.peer, e.segment, e.kind)))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            heard,
+            vec![
+                (pa, None, Kind::Published),
+                (pb, Some(SegmentIndex(3)), Kind::Tabled),
+                (pa, None, Kind::Provided),
+            ]
+        );
+        // Another station's observer sends nothing to `a`'s subscribers.
+        assert!(own.try_recv().is_err());
+        Ok(())
+    }
 }

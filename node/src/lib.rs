@@ -10,7 +10,8 @@
 //! - [`content`]: the content manager: ingest sessions and the catalog.
 //! - [`auth`]: the auth server's state: issuer key, subscriber database, rate-limited logins,
 //!   enrollment, token issuance.
-//! - [`events`]: content events (distribution, publish) for tests and observers.
+//! - [`events`]: what happens in a station, step by step (distribution, publish, misses,
+//!   copies), sent to its [`station::Observer`] for tests and observers.
 //! - [`control`]: the in-process channel between a director and its engines (the seed's blade
 //!   controller).
 //! - [`metrics`]: a station's counters and gauges, and the HTTP server of `--metrics`

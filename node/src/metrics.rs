@@ -240,22 +240,14 @@ impl Metrics {
         set(&m.swaps, activity.swaps);
         set(&m.source_failovers, activity.source_failovers);
         set(&m.copies_declined, activity.copies_declined);
-        set(
-            &m.streams_stopped.get_or_create(&kind("complete")),
-            activity.stops_complete,
-        );
-        set(
-            &m.streams_stopped.get_or_create(&kind("early")),
-            activity.stops_early,
-        );
-        set(
-            &m.refusals.get_or_create(&kind("stream")),
-            activity.refused_streams,
-        );
-        set(
-            &m.refusals.get_or_create(&kind("copy")),
-            activity.refused_copies,
-        );
+        for (family, label, value) in [
+            (&m.streams_stopped, "complete", activity.stops_complete),
+            (&m.streams_stopped, "early", activity.stops_early),
+            (&m.refusals, "stream", activity.refused_streams),
+            (&m.refusals, "copy", activity.refused_copies),
+        ] {
+            set(&family.get_or_create(&kind(label)), value);
+        }
         let mut active = 0i64;
         for e in engines.iter().flatten() {
             let engine = EngineLabel {

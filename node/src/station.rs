@@ -1,11 +1,12 @@
-//! A station: one director and its engines, started and stopped together.
+//! A station: one director and its engines, started and stopped together, and what they
+//! share: the station's metrics and its [`Observer`] of events.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use vodmesh_proto::station::{EngineInfo, StationRecord};
 use vodmesh_proto::token::{IssuerKey, MAX_TOKEN, TrustedIssuers};
@@ -13,6 +14,8 @@ use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use crate::auth::engines::{self, EngineTokens};
 use crate::config::StationConfig;
+pub use crate::events::{Event, Kind, Observer};
+use crate::metrics::Metrics;
 use crate::nodefile::{NodeFile, PeerEntry};
 use crate::{auth, director, engine, identity};
 
@@ -28,7 +31,8 @@ pub struct Station {
     trusted: TrustedIssuers,
     engine_tokens: EngineTokens,
     engine_commands: Vec<mpsc::Sender<crate::control::EngineCommand>>,
-    metrics: crate::metrics::Metrics,
+    metrics: Metrics,
+    observer: Observer,
     metrics_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -69,7 +73,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
-    pub async fn start(mut config: StationConfig) -> Result<Self> {
+    pub async fn start(config: StationConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.data)
             .with_context(|| format!("creating data directory {}", config.data.display()))?;
         let director_key = identity::load_or_create(&config.data.join("identity.key"))?;
@@ -80,11 +84,11 @@ impl Station {
             Some(path) => Some(read_enroll_token(path)?),
             None => None,
         };
-        if config.auth {
-            config.auth_server =
-                Some(open_auth(&config, director_key.public().to_peer_id()).await?);
-        }
-        let issuer = config.auth_server.as_ref().map(|s| s.issuer_key());
+        let auth_server = match config.auth {
+            true => Some(open_auth(&config, director_key.public().to_peer_id()).await?),
+            false => None,
+        };
+        let issuer = auth_server.as_ref().map(|s| s.issuer_key());
         let trusted: TrustedIssuers = config.trust.iter().copied().chain(issuer).collect();
         if trusted.is_empty() {
             tracing::warn!(
@@ -92,6 +96,7 @@ impl Station {
             );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (metrics, observer) = (Metrics::new(), Observer::new());
         // Room for every engine's start-up reports (ready, then its store's figures), queued
         // before the director reads any.
         let (reports, reports_rx) = mpsc::channel(64 + 2 * config.engines);
@@ -122,7 +127,8 @@ impl Station {
                     token: slot.clone(),
                 },
                 reports.clone(),
-                config.metrics.clone(),
+                metrics.clone(),
+                observer.clone(),
                 shutdown_rx.clone(),
             )
             .await
@@ -150,8 +156,6 @@ impl Station {
             })
             .collect();
         let data = config.data.clone();
-        let auth_server = config.auth_server.clone();
-        let metrics = config.metrics.clone();
         // Bound before the director starts, so a taken port fails the start, not later.
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(
@@ -178,12 +182,21 @@ impl Station {
             });
         }
         let engine_commands = commands.clone();
+        let engines_of_director = director::Engines {
+            known: infos,
+            commands,
+            reports: reports_rx,
+        };
+        let handles = director::Handles {
+            metrics: metrics.clone(),
+            observer: observer.clone(),
+            auth: auth_server.clone(),
+        };
         let dir = director::start(
             director_key.clone(),
             config,
-            infos,
-            commands,
-            reports_rx,
+            engines_of_director,
+            handles,
             shutdown_rx.clone(),
         )
         .await?;
@@ -285,6 +298,7 @@ impl Station {
             engine_tokens,
             engine_commands,
             metrics,
+            observer,
             metrics_addr,
             shutdown,
             tasks,
@@ -336,8 +350,20 @@ impl Station {
     }
 
     /// The station's metrics (what `/metrics` serves).
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Receives every event of this station's director and engines from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.observer.subscribe()
+    }
+
+    /// Also sends every event of this station from now on to `sink`
+    /// ([`crate::events::sink`]). Stations that share a sink are heard in the order their
+    /// events happened: a test follows a sequence across stations with it.
+    pub fn send_events_to(&self, sink: &broadcast::Sender<Event>) {
+        self.observer.send_to(sink);
     }
 
     /// The registry handle of this station's director.

@@ -390,6 +390,36 @@ impl Play {
         self.played(out.stdout, log)
     }
 
+    /// Plays to the end, as [`Play::run`], but gives up after `limit`: the console is
+    /// killed and the error shows what it wrote to stderr.
+    pub fn run_within(&self, limit: std::time::Duration) -> Result<Played> {
+        let mut child: Child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?
+            .into();
+        let stdout = Tail::new(child.inner().stdout.take().context("no stdout")?);
+        let stderr = Tail::new(child.inner().stderr.take().context("no stderr")?);
+        let mut status = None;
+        let waited = crate::wait::blocking("the console to exit", limit, || {
+            status = child.inner().try_wait()?;
+            Ok(status.is_some())
+        });
+        let ended = status.filter(|_| waited.is_ok());
+        // Killed when it did not end; its stderr is read to the end either way (the reader
+        // may not have read the last line yet when the exit is seen).
+        drop(child);
+        let log = crate::process::plain(&String::from_utf8_lossy(&stderr.finish()));
+        let Some(status) = ended else {
+            bail!("play did not end within {limit:?}; it wrote:\n{log}");
+        };
+        if !status.success() {
+            bail!("play failed ({status}): {log}");
+        }
+        self.played(stdout.finish(), log)
+    }
+
     /// Plays to stdout (`--out -`, no `--stats`), which must be refused: exit non-zero with
     /// nothing written. Its stderr.
     pub fn refused(mut self) -> Result<String> {

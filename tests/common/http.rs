@@ -257,6 +257,23 @@ impl Scrape {
         Ok(Self::parse(&reply.text()))
     }
 
+    /// Scrapes `url` from host `netns` (a network namespace the test process is not in),
+    /// with `curl` run there.
+    pub fn in_netns(netns: &str, url: &str) -> Result<Self> {
+        let mut curl = std::process::Command::new("ip");
+        curl.args([
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "10",
+            url,
+        ]);
+        Ok(Self::parse(&crate::cli::run(&mut curl)?))
+    }
+
     /// The `name{labels} value` lines of Prometheus text.
     pub fn parse(text: &str) -> Self {
         Self(

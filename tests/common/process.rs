@@ -108,7 +108,9 @@ impl Drop for Child {
     }
 }
 
-/// A station's `vodmesh-node` command line, built flag by flag before it starts.
+/// A station's `vodmesh-node` command line, built flag by flag before it starts (and kept
+/// by the running station, to start it again: [`NodeProcess::crash`]).
+#[derive(Clone)]
 pub struct Node {
     data: PathBuf,
     netns: Option<String>,
@@ -208,7 +210,8 @@ impl Node {
         Ok(NodeProcess {
             child,
             addr,
-            data: self.data,
+            data: self.data.clone(),
+            node: self,
         })
     }
 }
@@ -220,6 +223,8 @@ pub struct NodeProcess {
     pub addr: Multiaddr,
     /// Its data directory.
     pub data: PathBuf,
+    /// The command line it was started with.
+    node: Node,
 }
 
 impl NodeProcess {
@@ -305,6 +310,25 @@ impl NodeProcess {
     pub fn terminate(self) -> Result<bool> {
         self.child.terminate()
     }
+
+    /// Kills it with SIGKILL, as a crash would, and returns its command line to start it
+    /// again on the same data directory. Its log is kept as `DATA/stderr.<pid>.log` (the
+    /// next start writes a new `stderr.log`).
+    pub fn crash(self) -> Result<Node> {
+        let pid = self.pid();
+        self.child.kill()?;
+        keep_log(&self.data, pid)?;
+        Ok(self.node)
+    }
+}
+
+/// Renames `DATA/stderr.log` of the dead process `pid` to `DATA/stderr.<pid>.log`.
+fn keep_log(data: &Path, pid: u32) -> Result<()> {
+    let log = data.join("stderr.log");
+    if log.exists() {
+        std::fs::rename(&log, data.join(format!("stderr.{pid}.log")))?;
+    }
+    Ok(())
 }
 
 /// The issuer string a `--auth` station under `data` wrote to its node.json.
@@ -321,6 +345,37 @@ pub struct EngineProcess {
     pub addr: Multiaddr,
     /// Its `/metrics` URL (empty without `--metrics`).
     pub metrics: String,
+    /// The command line it was started with.
+    line: EngineLine,
+}
+
+/// A `vodmesh-node engine` command line, kept to start the engine again on its data
+/// ([`EngineProcess::crash`]).
+#[derive(Clone)]
+pub struct EngineLine {
+    netns: Option<String>,
+    data: PathBuf,
+    director: Multiaddr,
+    args: Vec<String>,
+}
+
+impl EngineLine {
+    /// `vodmesh-node engine --director DIRECTOR --data DATA ARGS`, in network namespace
+    /// `netns` when given.
+    pub fn new(netns: Option<&str>, data: &Path, director: &Multiaddr, args: &[&str]) -> Self {
+        Self {
+            netns: netns.map(String::from),
+            data: data.to_path_buf(),
+            director: director.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Starts the engine (again), as [`EngineProcess::start_in`] does.
+    pub fn start(&self) -> Result<EngineProcess> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        EngineProcess::start_in(self.netns.as_deref(), &self.data, &self.director, &args)
+    }
 }
 
 impl EngineProcess {
@@ -363,10 +418,12 @@ impl EngineProcess {
             let done = !with_metrics || !metrics.is_empty();
             Ok(addr.clone().filter(|_| done))
         })?;
+        let line = EngineLine::new(netns, data, director, args);
         Ok(Self {
             child,
             addr,
             metrics,
+            line,
         })
     }
 
@@ -378,6 +435,18 @@ impl EngineProcess {
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(self) -> Result<()> {
         self.child.kill()
+    }
+
+    /// Kills the process (SIGKILL), as a crash would, and returns its command line to start
+    /// it again on the same data (its log, `DATA/stderr.log`, goes on).
+    pub fn crash(self) -> Result<EngineLine> {
+        self.child.kill()?;
+        Ok(self.line)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 }
 

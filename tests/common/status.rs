@@ -2,7 +2,7 @@
 //! the stations a director lists, one station's engines, activity and storage, the programs
 //! of a content manager.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use libp2p::Multiaddr;
@@ -32,13 +32,32 @@ pub fn directors_in(netns: Option<&str>, addr: &Multiaddr) -> Result<BTreeSet<St
         .collect())
 }
 
+/// When each station `vodmesh status --node ADDR --json` lists (run from host `netns`)
+/// signed the record listed: director peer id -> `issued_ms`.
+pub fn issued_in(netns: Option<&str>, addr: &Multiaddr) -> Result<BTreeMap<String, u64>> {
+    let json = json_in(netns, addr)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    Ok(stations
+        .iter()
+        .filter_map(|s| {
+            let peer = s["director"]["peer_id"].as_str()?;
+            Some((peer.to_string(), s["issued_ms"].as_u64()?))
+        })
+        .collect())
+}
+
 /// The station whose director is `addr`, as `vodmesh status --json` lists it (fresh from
 /// that director: its engines, its activity, the programs it holds).
 pub fn station(addr: &Multiaddr) -> Result<Value> {
+    station_in(None, addr)
+}
+
+/// As [`station`], asked from host `netns`.
+pub fn station_in(netns: Option<&str>, addr: &Multiaddr) -> Result<Value> {
     let director = vodmesh_proto::net::peer_of(addr)
         .context("address without /p2p/")?
         .to_string();
-    let json = json_in(None, addr)?;
+    let json = json_in(netns, addr)?;
     let stations = json["stations"].as_array().context("no stations array")?;
     stations
         .iter()
@@ -66,7 +85,14 @@ pub fn engines(addr: &Multiaddr) -> Result<Vec<Value>> {
 
 /// The engines of the station whose director is `addr`: (peer id, up), sorted.
 pub fn engines_up(addr: &Multiaddr) -> Result<Vec<(String, bool)>> {
-    let mut up: Vec<(String, bool)> = engines(addr)?
+    engines_up_in(None, addr)
+}
+
+/// As [`engines_up`], asked from host `netns`.
+pub fn engines_up_in(netns: Option<&str>, addr: &Multiaddr) -> Result<Vec<(String, bool)>> {
+    let station = station_in(netns, addr)?;
+    let engines = station["engines"].as_array().context("no engines array")?;
+    let mut up: Vec<(String, bool)> = engines
         .iter()
         .map(|e| {
             let peer = e["peer_id"].as_str().unwrap_or_default().to_string();

@@ -4,7 +4,7 @@
 //! marked evictable.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use vodmesh_node::StationConfig;
@@ -48,10 +48,39 @@ pub async fn engine_segments(
     engines: usize,
     program: ProgramId,
 ) -> Result<(BTreeMap<u32, Vec<u8>>, Vec<Reconciled>)> {
+    let stores = (0..engines).map(|index| {
+        let storage = vodmesh_node::station::engine_storage(&StationConfig::new(data), index);
+        (storage.index, storage.disks)
+    });
+    segments_of(stores, program, false).await
+}
+
+/// Every complete segment of `program` stored by the stopped engine processes
+/// (`vodmesh-node engine`, default disk) whose data directories are `data`, read back as
+/// [`engine_segments`] does, but a segment may be held by several of them (a copy made
+/// while its first holder was down): the copies must then be identical.
+pub async fn engine_process_segments(
+    data: &[&Path],
+    program: ProgramId,
+) -> Result<(BTreeMap<u32, Vec<u8>>, Vec<Reconciled>)> {
+    let stores = data
+        .iter()
+        .map(|d| (d.join("store.redb"), vec![d.join("segments")]));
+    segments_of(stores, program, true).await
+}
+
+/// Every complete segment of `program` in the stores `(index, disks)`; fails on a segment
+/// visible while filling, and on one stored twice (unless `copies`, where the copies must
+/// be identical).
+async fn segments_of(
+    stores: impl Iterator<Item = (PathBuf, Vec<PathBuf>)>,
+    program: ProgramId,
+    copies: bool,
+) -> Result<(BTreeMap<u32, Vec<u8>>, Vec<Reconciled>)> {
     let mut found = BTreeMap::new();
     let mut reports = Vec::new();
-    for index in 0..engines {
-        let (st, reconciled) = open(data, index).await?;
+    for (index, disks) in stores {
+        let (st, reconciled) = open_store(&index, disks).await?;
         reports.push(reconciled);
         for seg in st.list() {
             if seg.program != program {
@@ -66,8 +95,11 @@ pub async fn engine_segments(
             while let Some(chunk) = reader.read_next(1 << 20).await? {
                 bytes.extend_from_slice(&chunk);
             }
-            if found.insert(seg.index.0, bytes).is_some() {
-                bail!("segment {seg} stored twice");
+            match found.insert(seg.index.0, bytes.clone()) {
+                Some(other) if copies && other == bytes => {}
+                Some(_) if copies => bail!("segment {seg} stored twice, with different bytes"),
+                Some(_) => bail!("segment {seg} stored twice"),
+                None => {}
             }
         }
         st.shutdown().await?;
@@ -79,12 +111,14 @@ pub async fn engine_segments(
 /// does at start (reconciling index and files), with room enough for anything.
 async fn open(data: &Path, index: usize) -> Result<(SegmentStore, Reconciled)> {
     let storage = vodmesh_node::station::engine_storage(&StationConfig::new(data), index);
-    let (st, _events, reconciled) = SegmentStore::open_reconciled(store::Config::new(
-        &storage.index,
-        storage.disks.clone(),
-        u64::MAX / 4,
-    ))
-    .await?;
+    open_store(&storage.index, storage.disks).await
+}
+
+/// Opens the store whose index is `index` over `disks`, reconciling, with room enough for
+/// anything.
+async fn open_store(index: &Path, disks: Vec<PathBuf>) -> Result<(SegmentStore, Reconciled)> {
+    let (st, _events, reconciled) =
+        SegmentStore::open_reconciled(store::Config::new(index, disks, u64::MAX / 4)).await?;
     Ok((st, reconciled))
 }
 

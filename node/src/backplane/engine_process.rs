@@ -124,6 +124,8 @@ pub async fn start_engine(
         auth,
         reports,
         metrics.clone(),
+        // An engine process logs its events; nobody in its process subscribes.
+        crate::events::Observer::new(),
         shutdown.clone(),
     )
     .await?;
@@ -223,23 +225,10 @@ struct Attach {
 impl Attach {
     /// Counts `report` into the engine's own metrics, as a director counts its engines'.
     fn count(&mut self, report: &EngineReport) {
-        let a = &mut self.activity;
+        report.count(&mut self.activity);
         match report {
             EngineReport::Streams { active, .. } => self.info.streams = *active,
-            EngineReport::TookOver { .. } => a.takeovers += 1,
-            EngineReport::Stopped {
-                bytes, complete, ..
-            } => {
-                if *complete {
-                    a.stops_complete += 1;
-                } else {
-                    a.stops_early += 1;
-                }
-                self.metrics.streamed(*bytes);
-            }
-            EngineReport::SwapAsked { .. } => a.swaps += 1,
-            EngineReport::Refused { copy: true, .. } => a.refused_copies += 1,
-            EngineReport::Refused { copy: false, .. } => a.refused_streams += 1,
+            EngineReport::Stopped { bytes, .. } => self.metrics.streamed(*bytes),
             EngineReport::Usage { disks, .. } => {
                 self.info.used = disks.iter().map(|d| d.used).sum();
                 self.info.disks.clone_from(disks);

@@ -4,17 +4,36 @@
 //! republishes its signed station record (its addresses, its engines and their load) every
 //! third of the record TTL, so that a station that stops disappears from the swarm once its
 //! last record expires.
+//!
+//! This module is the event loop: it owns the swarm, takes the engines' reports, and hands
+//! each request to its family, which owns its state and its tasks:
+//!
+//! - [`play`]: a console's `Locate`, swaps and exchanges (claims 16-22);
+//! - [`miss`]: segments this station does not hold, copied from the cheapest holder (14, 15);
+//! - [`replicate`]: replicas between stations (12) and overload replications (19, 20);
+//! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views;
+//! - [`ingest`]: the content manager's ingests.
+//!
+//! Beside them: [`choose`], the decisions as pure functions; [`engines`], the engine table;
+//! [`outbound`], asking other directors; [`context`], what the loop lends the families;
+//! [`tasks`], the families' work off the loop; [`error`], failures and what clients see.
 
-mod content;
-mod distribution;
+mod choose;
+mod context;
+mod engines;
+mod error;
+mod ingest;
 mod miss;
-mod pick;
+mod outbound;
 mod play;
 mod publish;
+mod replicate;
+mod tasks;
 
-pub use publish::NOT_PUBLISHED;
+pub use error::NOT_PUBLISHED;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,10 +43,11 @@ use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::CborCodec;
-use vodmesh_proto::director::{self, ErrorCode, ErrorReply, Request, Response};
+use vodmesh_proto::director::{self, Request, Response};
 use vodmesh_proto::net::{build_swarm, peer_of};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
@@ -35,11 +55,24 @@ use vodmesh_proto::time::{in_ms, now_ms};
 use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, WalkLimits};
 
+use self::choose::Locating;
+use self::context::{Me, Reply, Shared};
+use self::engines::{EngineTable, Heard};
+use self::error::{Error, respond};
+use self::ingest::{Ingested, Ingests};
+use self::miss::Misses;
+use self::outbound::{Ask, Outbound};
+use self::play::{Located, Play};
+use self::publish::Publishing;
+use self::replicate::Replicating;
+use self::tasks::Tasks;
 use crate::config::StationConfig;
-use crate::content::{Catalog, Sessions};
+use crate::content::Catalog;
 use crate::control::{EngineCommand, EngineReport};
+use crate::events::Observer;
 use crate::listen::{advertised, announced, dialable, is_tcp, listen_all, without_peer};
-use crate::store::locations::{Location, LocationState, LocationTable};
+use crate::metrics::Metrics;
+use crate::store::locations::LocationTable;
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
@@ -81,35 +114,47 @@ impl std::fmt::Debug for DirectorHandle {
     }
 }
 
+/// The station's engines, as the director starts with them.
+#[derive(Debug)]
+pub struct Engines {
+    /// The in-process engines as they are at start, in order.
+    pub known: Vec<EngineInfo>,
+    /// A command channel per engine slot: the in-process engines, then one per
+    /// `--engine-peer` (an engine process takes its slot when it attaches).
+    pub commands: Vec<mpsc::Sender<EngineCommand>>,
+    /// Every engine's reports.
+    pub reports: mpsc::Receiver<EngineReport>,
+}
+
+/// What the station shares with its director while it runs.
+#[derive(Clone, Debug)]
+pub struct Handles {
+    /// The station's counters and gauges: the director mirrors its activity into them.
+    pub metrics: Metrics,
+    /// Where the station's events go.
+    pub observer: Observer,
+    /// The auth server, when the station runs the auth role: the director serves
+    /// `/vodmesh/auth/1` from it.
+    pub auth: Option<Arc<crate::auth::Server>>,
+}
+
+/// The director's event loop and everything it owns.
 struct Director {
-    key: Keypair,
-    config: StationConfig,
-    addrs: Vec<Multiaddr>,
-    engines: Vec<Option<EngineInfo>>,
-    registry: Registry,
-    registry_handle: RegistryHandle,
+    swarm: Swarm<DirectorBehaviour>,
+    shared: Shared,
+    reports: mpsc::Receiver<EngineReport>,
+    registry_commands: mpsc::Receiver<Command>,
+    outbound: Outbound,
+    metrics: Metrics,
+    /// Bootstrap stations not connected yet.
     bootstrap_peers: HashSet<PeerId>,
-    replies: mpsc::Sender<(ResponseChannel<Response>, Response)>,
-    /// Peers whose admin proofs this station accepts: its own identity and `--admin`.
-    admins: Vec<PeerId>,
-    /// Commands to each engine, by index.
-    engine_commands: Vec<mpsc::Sender<EngineCommand>>,
-    /// Which engine holds which segment.
-    locations: LocationTable,
-    /// The content manager's catalog (with `--content-manager`).
-    catalog: Option<Catalog>,
-    /// Ingests in progress.
-    sessions: Sessions,
-    /// Distribution and publish state.
-    dist: distribution::State,
-    /// Playback activity heard from the engines.
-    activity: director::Activity,
-    /// What cache misses remember: manifests, measured throughput and round trips.
-    miss: miss::State,
-    /// Who streams what from which engine, for swaps and exchanges.
-    playing: play::Playing,
-    /// The station's metrics, mirrored from `activity` and `engines` after every event.
-    metrics: crate::metrics::Metrics,
+    play: Play,
+    miss: Misses,
+    replicate: Replicating,
+    publish: Publishing,
+    ingest: Ingests,
+    /// Answers of the loop's own requests that take a moment (a swarm walk).
+    tasks: Tasks<Reply>,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -117,10 +162,9 @@ struct Director {
 pub async fn start(
     key: Keypair,
     config: StationConfig,
-    engines: Vec<EngineInfo>,
-    engine_commands: Vec<mpsc::Sender<EngineCommand>>,
-    mut reports: mpsc::Receiver<EngineReport>,
-    mut shutdown: watch::Receiver<bool>,
+    engines: Engines,
+    handles: Handles,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<DirectorHandle> {
     let peer_id = key.public().to_peer_id();
     let store_path = config.data.join("registry.redb");
@@ -149,7 +193,7 @@ pub async fn start(
             [(director::PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
-        auth: crate::auth::service::behaviour(config.auth_server.clone()),
+        auth: crate::auth::service::behaviour(handles.auth.clone()),
         blade: libp2p_stream::Behaviour::new(),
     })?;
     let blade = swarm.behaviour().blade.new_control();
@@ -180,42 +224,88 @@ pub async fn start(
 
     let locations = LocationTable::open(&config.data.join("locations.redb"))
         .context("opening the segment location table")?;
-    let catalog = if config.content_manager {
-        Some(Catalog::open(&config.data.join("catalog.redb")).context("opening the catalog")?)
-    } else {
-        None
+    let catalog = match config.content_manager {
+        true => {
+            Some(Catalog::open(&config.data.join("catalog.redb")).context("opening the catalog")?)
+        }
+        false => None,
     };
     let mut admins = vec![peer_id];
     admins.extend(config.admins.iter().copied());
-    let (registry_handle, mut commands) = RegistryHandle::channel(256);
-    let (replies, mut replies_rx) = mpsc::channel(64);
-    let (internal, mut internal_rx) = mpsc::channel(256);
-    let config_metrics = config.metrics.clone();
-    let mut director = Director {
+    let (registry_handle, registry_commands) = RegistryHandle::channel(256);
+    let (outbound, asker) = Outbound::new(256);
+    let engine_limits = (config.max_streams, config.capacity);
+    let republish_every = config.registry.republish_interval();
+    let me = Me {
         key,
+        peer_id,
         config,
         addrs: addrs.clone(),
-        engines: engines.into_iter().map(Some).collect(),
-        registry: Registry::new(),
-        registry_handle: registry_handle.clone(),
-        bootstrap_peers,
-        replies,
         admins,
-        engine_commands,
-        locations,
-        catalog,
-        sessions: Sessions::default(),
-        dist: distribution::State::new(internal),
-        activity: Default::default(),
-        miss: Default::default(),
-        playing: Default::default(),
-        metrics: config_metrics,
+        issuer: (handles.auth.as_ref()).map(|s| s.issuer_key().to_string()),
     };
-    director.drop_interrupted_ingests();
-    director.republish(&mut swarm);
-    director.arm_schedule();
-    let republish_every = director.config.registry.republish_interval();
-    let task = tokio::spawn(async move {
+    let publish = Publishing::new(catalog.as_ref());
+    let mut director = Director {
+        swarm,
+        shared: Shared {
+            me,
+            engines: EngineTable::new(engines.known, engines.commands, engine_limits),
+            locations,
+            catalog,
+            activity: Default::default(),
+            observer: handles.observer,
+            registry: Registry::new(),
+            registry_handle: registry_handle.clone(),
+            asker,
+        },
+        reports: engines.reports,
+        registry_commands,
+        outbound,
+        metrics: handles.metrics,
+        bootstrap_peers,
+        play: Play::default(),
+        miss: Misses::default(),
+        replicate: Replicating::default(),
+        publish,
+        ingest: Ingests::default(),
+        tasks: Tasks::default(),
+    };
+    let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
+    director.ingest.drop_interrupted(&ctx);
+    director.republish();
+    let task = tokio::spawn(director.run(shutdown, republish_every));
+    Ok(DirectorHandle {
+        peer_id,
+        addrs,
+        registry: registry_handle,
+        task,
+        blade,
+    })
+}
+
+/// This station's record as it is now.
+fn record(me: &Me, engines: &EngineTable) -> StationRecord {
+    let config = &me.config;
+    StationRecord {
+        director: me.peer_id,
+        addrs: me.addrs.clone(),
+        engines: engines.infos().cloned().collect(),
+        region: config.region.clone(),
+        coords: config.coords,
+        bandwidth_mbps: config.bandwidth_mbps,
+        roles: Roles {
+            home: config.home,
+            content_manager: config.content_manager,
+            auth: config.auth,
+        },
+        issuer: me.issuer.clone(),
+        issued_ms: now_ms(),
+        expires_ms: in_ms(config.registry.record_ttl),
+    }
+}
+
+impl Director {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>, republish_every: Duration) {
         let mut republish = tokio::time::interval(republish_every);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
@@ -232,235 +322,143 @@ pub async fn start(
                         break;
                     }
                 }
-                Some(report) = reports.recv() => director.on_engine_report(&mut swarm, report),
-                Some(cmd) = commands.recv() => {
-                    director.registry.execute(&mut swarm.behaviour_mut().kad, cmd);
+                Some(report) = self.reports.recv() => self.on_report(report),
+                Some(cmd) = self.registry_commands.recv() => {
+                    self.shared.registry.execute(&mut self.swarm.behaviour_mut().kad, cmd);
                 }
-                Some(msg) = internal_rx.recv() => director.on_internal(&mut swarm, msg),
-                Some((channel, response)) = replies_rx.recv() => {
-                    if swarm.behaviour_mut().control.send_response(channel, response).is_err() {
-                        tracing::debug!("client went away before its answer");
+                Some(ask) = self.outbound.next() => self.send_ask(ask),
+                reply = self.tasks.next() => self.reply(reply),
+                done = self.miss.next() => {
+                    let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+                    let family = (&mut self.publish, &self.play);
+                    if let Some(reply) = self.miss.on_done(&mut ctx, family, done) {
+                        self.reply(reply);
                     }
                 }
-                _ = republish.tick() => director.republish(&mut swarm),
-                _ = flush.tick() => {
-                    swarm.behaviour_mut().kad.store_mut().flush();
-                    director.expire_ingests();
+                done = self.replicate.next() => {
+                    let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+                    if let Some(reply) = self.replicate.on_done(&mut ctx, &mut self.publish, done) {
+                        self.reply(reply);
+                    }
                 }
-                event = swarm.select_next_some() => director.on_swarm_event(&mut swarm, event),
+                next = self.publish.next() => self.on_publish(next),
+                _ = republish.tick() => self.republish(),
+                _ = flush.tick() => {
+                    self.swarm.behaviour_mut().kad.store_mut().flush();
+                    let ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+                    self.ingest.expire(&ctx);
+                }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
+            let (activity, engines) = (&self.shared.activity, &self.shared.engines);
             if synced
                 .as_ref()
-                .is_none_or(|(a, e)| *a != director.activity || *e != director.engines)
+                .is_none_or(|(a, e)| a != activity || !engines.is(e))
             {
-                director
-                    .metrics
-                    .sync_director(&director.activity, &director.engines);
-                synced = Some((director.activity, director.engines.clone()));
+                self.metrics.sync_director(activity, &engines.snapshot());
+                synced = Some((*activity, engines.snapshot()));
             }
         }
-        swarm.behaviour_mut().kad.store_mut().flush();
-        tracing::info!(peer = %director.key.public().to_peer_id(), "director stopped");
-    });
-    Ok(DirectorHandle {
-        peer_id,
-        addrs,
-        registry: registry_handle,
-        task,
-        blade,
-    })
-}
-
-impl Director {
-    fn peer_id(&self) -> PeerId {
-        self.key.public().to_peer_id()
+        // Work in flight ends with the director: nothing it would still do is waited for.
+        self.tasks.shutdown().await;
+        self.miss.shutdown().await;
+        self.replicate.shutdown().await;
+        self.publish.shutdown().await;
+        self.swarm.behaviour_mut().kad.store_mut().flush();
+        tracing::info!(peer = %self.shared.me.peer_id, "director stopped");
     }
 
-    fn record(&self) -> StationRecord {
-        let now = now_ms();
-        StationRecord {
-            director: self.peer_id(),
-            addrs: self.addrs.clone(),
-            engines: self.engines.iter().flatten().cloned().collect(),
-            region: self.config.region.clone(),
-            coords: self.config.coords,
-            bandwidth_mbps: self.config.bandwidth_mbps,
-            roles: Roles {
-                home: self.config.home,
-                content_manager: self.config.content_manager,
-                auth: self.config.auth,
-            },
-            issuer: (self.config.auth_server.as_ref()).map(|s| s.issuer_key().to_string()),
-            issued_ms: now,
-            expires_ms: in_ms(self.config.registry.record_ttl),
+    fn reply(&mut self, (channel, response): Reply) {
+        if (self.swarm.behaviour_mut().control)
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!("client went away before its answer");
         }
+    }
+
+    /// Sends a request of work off the loop to another director.
+    fn send_ask(&mut self, ask: Ask) {
+        let Ask {
+            peer,
+            addrs,
+            request,
+            reply,
+        } = ask;
+        for addr in addrs {
+            self.swarm.add_peer_address(peer, addr);
+        }
+        let id = (self.swarm.behaviour_mut().control).send_request(&peer, request);
+        self.outbound.sent(id, reply);
     }
 
     fn signed_record(&self) -> Signed {
-        self.record().sign(&self.key)
+        record(&self.shared.me, &self.shared.engines).sign(&self.shared.me.key)
     }
 
     /// Signs a fresh station record and stores it in the registry. A director that has lost
     /// every connection (a partition, its link down) dials its bootstrap stations again and
     /// refreshes its routing table, so that once the link heals the swarms merge within a
     /// republish interval instead of waiting for the periodic bootstrap.
-    fn republish(&mut self, swarm: &mut Swarm<DirectorBehaviour>) {
-        if swarm.connected_peers().next().is_none() && !self.config.bootstrap.is_empty() {
-            for addr in &self.config.bootstrap {
-                if let Err(e) = swarm.dial(addr.clone()) {
+    fn republish(&mut self) {
+        let bootstrap = &self.shared.me.config.bootstrap;
+        if self.swarm.connected_peers().next().is_none() && !bootstrap.is_empty() {
+            for addr in bootstrap {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::debug!(%addr, error = %e, "redialing bootstrap failed");
                 }
             }
-            if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+            if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                 tracing::debug!(error = %e, "registry bootstrap failed");
             }
         }
-        let (reply, _) = oneshot::channel();
-        let record = self.signed_record();
-        self.registry.execute(
-            &mut swarm.behaviour_mut().kad,
-            Command::PutStation { record, reply },
-        );
+        let signed = self.signed_record();
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        ctx.dht.put_station(signed);
     }
 
-    fn on_engine_report(&mut self, swarm: &mut Swarm<DirectorBehaviour>, report: EngineReport) {
-        match report {
-            EngineReport::Ready {
-                index,
-                peer_id,
-                addrs,
-            } => {
-                if self.engines.len() <= index {
-                    self.engines.resize(index + 1, None);
-                }
-                // The same engine coming back keeps its store's figures until its next usage
-                // report (which follows its ready report) says otherwise.
-                let disks = match &self.engines[index] {
-                    Some(old) if old.peer_id == peer_id => old.disks.clone(),
-                    _ => Vec::new(),
-                };
-                self.engines[index] = Some(EngineInfo {
-                    peer_id,
-                    addrs,
-                    streams: 0,
-                    max_streams: self.config.max_streams,
-                    used: vodmesh_proto::station::used_on(&disks),
-                    capacity: self.config.capacity,
-                    up: true,
-                    disks,
-                });
-            }
-            EngineReport::Usage { index, mut disks } => {
-                if let Some(Some(engine)) = self.engines.get_mut(index) {
-                    // An engine process reports these over the backplane; they go into the
-                    // signed station record, which has a size limit.
-                    disks.truncate(crate::backplane::MAX_DISKS);
-                    engine.used = vodmesh_proto::station::used_on(&disks);
-                    engine.disks = disks;
-                }
-                return;
-            }
-            EngineReport::Limits {
-                index,
-                max_streams,
-                capacity,
-            } => {
-                if let Some(Some(engine)) = self.engines.get_mut(index) {
-                    engine.max_streams = max_streams;
-                    engine.capacity = capacity;
-                }
-            }
-            EngineReport::Down { index } => {
-                if let Some(Some(engine)) = self.engines.get_mut(index) {
-                    engine.up = false;
-                }
-            }
-            EngineReport::Stored { index, segment, .. } => {
-                if self.stored_after_drop(index, segment) {
-                    return;
-                }
-                if let Some(Some(engine)) = self.engines.get(index) {
-                    let location = Location {
-                        engine: engine.peer_id,
-                        state: LocationState::Complete,
-                        load: 0,
-                    };
-                    if let Err(e) = self.locations.insert(segment, &location) {
-                        tracing::warn!(%segment, error = %e, "location table write failed");
-                    }
-                }
-                self.sessions
-                    .stored(&segment.program, segment.index.0, now_ms());
-                self.on_stored(swarm, segment);
-                return;
-            }
-            EngineReport::Streams { index, active } => {
-                if let Some(Some(engine)) = self.engines.get_mut(index) {
-                    engine.streams = active;
-                }
-                return;
-            }
-            EngineReport::SwapAsked {
-                index,
+    fn on_report(&mut self, report: EngineReport) {
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        match ctx.engines.apply(report, ctx.activity) {
+            Heard::Nothing => {}
+            Heard::Changed => self.republish(),
+            Heard::Stored {
+                engine,
+                peer,
                 segment,
-                console,
-                filled,
             } => {
-                tracing::debug!(index, %segment, %console, filled, "console sought past a filling copy");
-                self.activity.swaps += 1;
-                self.playing.swapped_from.insert((segment, console), index);
-                return;
+                let engine = (engine, peer);
+                (self.ingest).stored(&mut ctx, &mut self.publish, engine, segment);
             }
-            EngineReport::Refused { copy, .. } => {
-                if copy {
-                    self.activity.refused_copies += 1;
-                } else {
-                    self.activity.refused_streams += 1;
+            Heard::Dropped { peer, segment } => {
+                let _ = ctx.locations.remove(segment, &peer);
+            }
+            Heard::Stream(streamed) => {
+                if let engines::Streamed::Stopped { bytes, .. } = streamed {
+                    self.metrics.streamed(bytes);
                 }
-                return;
-            }
-            EngineReport::TookOver {
-                index,
-                segment,
-                console,
-            } => {
-                tracing::debug!(index, %segment, %console, "engine took over the stream");
-                self.activity.takeovers += 1;
-                self.playing.started(index, segment, console);
-                return;
-            }
-            EngineReport::Stopped {
-                index,
-                segment,
-                console,
-                bytes,
-                complete,
-            } => {
-                tracing::debug!(index, %segment, %console, bytes, complete, "stream stopped");
-                self.playing.stopped(index, segment, console);
-                self.metrics.streamed(bytes);
-                if complete {
-                    self.activity.stops_complete += 1;
-                } else {
-                    self.activity.stops_early += 1;
-                }
-                return;
-            }
-            EngineReport::Dropped { index, segment } => {
-                if let Some(Some(engine)) = self.engines.get(index) {
-                    let _ = self.locations.remove(segment, &engine.peer_id);
-                }
-                return;
+                self.play.on_stream(streamed);
             }
         }
-        self.republish(swarm);
     }
 
-    fn on_swarm_event(
-        &mut self,
-        swarm: &mut Swarm<DirectorBehaviour>,
-        event: SwarmEvent<DirectorBehaviourEvent>,
-    ) {
+    fn on_publish(&mut self, next: publish::Next) {
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        let reply = match next {
+            publish::Next::Done(done) => self.publish.on_done(&ctx, *done),
+            publish::Next::Due(program) => {
+                if let Err(e) = self.publish.publish(&mut ctx, program) {
+                    tracing::warn!(%program, error = %e, "scheduled publish failed");
+                }
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            self.reply(reply);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<DirectorBehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
                 if let kad::Event::OutboundQueryProgressed {
@@ -482,8 +480,7 @@ impl Director {
                 {
                     tracing::debug!(%peer, "registry: new director in the routing table");
                 }
-                self.registry
-                    .on_event(&mut swarm.behaviour_mut().kad, event);
+                (self.shared.registry).on_event(&mut self.swarm.behaviour_mut().kad, event);
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Identify(
                 identify::Event::Received { peer_id, info, .. },
@@ -492,42 +489,19 @@ impl Director {
                 // fails at once, while a QUIC dial waits out its handshake timeout, and
                 // every query that meets the dead peer stalls with it (measured: swarm
                 // walks of 10 s instead of milliseconds after one station stopped).
-                for addr in info
-                    .listen_addrs
-                    .iter()
-                    .filter(|a| dialable(a) && is_tcp(a))
-                {
-                    swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, without_peer(addr));
+                for addr in (info.listen_addrs.iter()).filter(|a| dialable(a) && is_tcp(a)) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.add_address(&peer_id, without_peer(addr));
                 }
             }
-            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(
-                request_response::Event::Message {
-                    peer,
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                },
-            )) => self.on_request(swarm, peer, request, channel),
-            SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(
-                request_response::Event::InboundFailure { peer, error, .. },
-            )) => {
-                tracing::debug!(%peer, %error, "director: inbound request failed");
-            }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
-                self.on_outbound(event)
+                self.on_control(event);
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
                 ..
-            })) => {
-                self.miss.rtt.insert(peer, rtt);
-            }
+            })) => self.miss.round_trip(peer, Some(rtt)),
             // Consoles and tools do not speak ping (`Unsupported`); any other failure (a
             // timeout, a negotiation that never completes) means the peer is gone.
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Ping(ping::Event {
@@ -536,8 +510,8 @@ impl Director {
                 result: Err(error),
             })) if !matches!(error, ping::Failure::Unsupported) => {
                 tracing::debug!(%peer, %error, "peer stopped answering pings; closing the connection");
-                self.miss.rtt.remove(&peer);
-                swarm.close_connection(connection);
+                self.miss.round_trip(peer, None);
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Auth(event)) => {
                 crate::auth::service::on_event(event);
@@ -546,10 +520,10 @@ impl Director {
                 if self.bootstrap_peers.remove(&peer_id) =>
             {
                 tracing::info!(peer = %peer_id, "connected to bootstrap; joining the registry");
-                if let Err(e) = swarm.behaviour_mut().kad.bootstrap() {
+                if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
                     tracing::warn!(error = %e, "registry bootstrap failed");
                 }
-                self.republish(swarm);
+                self.republish();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -562,63 +536,95 @@ impl Director {
         }
     }
 
-    fn on_request(
-        &mut self,
-        swarm: &mut Swarm<DirectorBehaviour>,
-        peer: PeerId,
-        request: Request,
-        channel: ResponseChannel<Response>,
-    ) {
+    /// `/vodmesh/director/1`: requests to this director, and answers to its own.
+    fn on_control(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_request(peer, request, channel),
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.outbound.answered(request_id, response),
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => self.outbound.failed(request_id, error),
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "director: inbound request failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands a request to its family; answers now, or when the family's work ends.
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
         tracing::debug!(%peer, ?request, "director request");
-        match request {
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        let reply = match request {
             Request::Station => {
-                let response = Response::Station(self.signed_record());
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+                let signed = record(ctx.me, ctx.engines).sign(&ctx.me.key);
+                Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
-                let registry = self.registry_handle.clone();
-                let replies = self.replies.clone();
-                let local = self.peer_id();
-                tokio::spawn(async move {
-                    let response =
-                        match vodmesh_registry::walk(&registry, local, WalkLimits::default()).await
-                        {
-                            Ok(stations) => {
-                                Response::Swarm(stations.into_iter().map(|(_, s)| s).collect())
-                            }
-                            Err(e) => Response::Error(ErrorReply::new(
-                                ErrorCode::Unavailable,
-                                e.to_string(),
-                            )),
-                        };
-                    let _ = replies.send((channel, response)).await;
+                let (registry, local) = (ctx.registry.clone(), ctx.me.peer_id);
+                self.tasks.spawn(async move {
+                    let walk = vodmesh_registry::walk(&registry, local, WalkLimits::default());
+                    let stations = walk.await.map_err(Error::from);
+                    let listed = |s: Vec<(StationRecord, Signed)>| {
+                        Response::Swarm(s.into_iter().map(|(_, signed)| signed).collect())
+                    };
+                    (channel, respond(stations, listed))
                 });
+                None
             }
             request @ (Request::IngestBegin { .. }
             | Request::IngestCommit { .. }
             | Request::IngestAbort { .. }) => {
-                self.on_ingest_request(swarm, peer, request, channel);
+                let response = match self.ingest.on_request(&mut ctx, peer, request) {
+                    Ok(Ingested::Answer(response)) => response,
+                    Ok(Ingested::Committed(committed)) => {
+                        let ingest::Committed {
+                            info,
+                            record,
+                            signed,
+                        } = *committed;
+                        self.publish.announce(&mut ctx, &record, signed);
+                        (self.replicate).distribute(&ctx, record.program, record.replicas);
+                        Response::Program(info)
+                    }
+                    Err(e) => Response::Error(e.into()),
+                };
+                Some((channel, response))
             }
-            Request::Programs => self.programs(channel),
+            Request::Programs => self.publish.programs(&ctx, channel),
+            Request::Manifest { program } => {
+                let manifest = self.publish.manifest(&ctx, &program);
+                Some((channel, respond(manifest, Response::Manifest)))
+            }
             Request::Locate {
                 program,
                 index,
                 complete: true,
                 ..
             } => {
-                let response = self
-                    .locate_complete(program, index, peer)
-                    .map_or_else(Response::Error, Response::Location);
-                if matches!(response, Response::Location(_)) {
+                let segment = SegmentId::new(program, index);
+                let source = self.miss.source_of(&segment);
+                let located =
+                    (self.play).locate_complete(&mut ctx, &self.publish, (segment, peer), source);
+                if located.is_ok() {
                     self.metrics.hit();
                 }
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+                Some((channel, respond(located, Response::Location)))
             }
             Request::Locate {
                 program,
@@ -627,48 +633,58 @@ impl Director {
                 busy,
                 ..
             } => {
-                let ask = play::Locating {
+                let ask = Locating {
                     console: peer,
-                    program,
-                    index,
+                    segment: SegmentId::new(program, index),
                     avoid,
                     busy,
                 };
-                if let Some((channel, response)) = self.on_locate(ask, channel) {
-                    let _ = swarm
-                        .behaviour_mut()
-                        .control
-                        .send_response(channel, response);
+                let located =
+                    (self.play).locate(&mut ctx, &self.publish, &mut self.replicate, &ask);
+                match located {
+                    Located::Now(located) => {
+                        if located.is_ok() {
+                            self.metrics.hit();
+                        }
+                        Some((channel, respond(located, Response::Location)))
+                    }
+                    Located::Miss { held } => {
+                        self.miss.start(&ctx, &self.publish, (ask, held), channel)
+                    }
                 }
             }
             Request::Activity => {
-                let mut activity = self.activity;
-                activity.active = self
-                    .engines
-                    .iter()
-                    .flatten()
-                    .map(|e| u64::from(e.streams))
-                    .sum();
-                activity.programs = self.locations.programs().map_or(0, |p| p.len() as u64);
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, Response::Activity(activity));
+                let mut activity = *ctx.activity;
+                activity.active = ctx.engines.streams();
+                activity.programs = ctx.locations.programs().map_or(0, |p| p.len() as u64);
+                Some((channel, Response::Activity(activity)))
             }
-            Request::Manifest { program } => {
-                let response = match self.catalog.as_ref().map(|c| c.get(&program)) {
-                    Some(Ok(Some(entry))) => Response::Manifest(entry.manifest),
-                    Some(Err(e)) => {
-                        Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()))
-                    }
-                    _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "unknown program")),
-                };
-                let _ = swarm
-                    .behaviour_mut()
-                    .control
-                    .send_response(channel, response);
+            Request::Publish { program, admin } => {
+                let published = (ctx.me.check_admin(&admin, "publish", &program))
+                    .and_then(|_| self.publish.publish(&mut ctx, program));
+                Some((channel, respond(published, Response::Program)))
             }
-            other => self.on_content_request(swarm, peer, other, channel),
+            Request::Published { record } => {
+                let learned = self.publish.on_published(&ctx, &record);
+                Some((channel, respond(learned, |()| Response::Ok)))
+            }
+            Request::Replicate {
+                program,
+                source,
+                source_addrs,
+            } => {
+                let source = (source, source_addrs);
+                let started = self.replicate.replicate(&ctx, peer, program, source);
+                Some((channel, respond(started, |()| Response::Ok)))
+            }
+            Request::LocateCopy { program, index } => {
+                let segment = SegmentId::new(program, index);
+                self.replicate.locate_copy(&ctx, peer, segment, channel)
+            }
+            Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
+        };
+        if let Some(reply) = reply {
+            self.reply(reply);
         }
     }
 }

@@ -24,7 +24,7 @@ use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::EngineBehaviour;
 use crate::control::{Copied, EngineCommand, EngineReport, Source};
-use crate::events::{self, Kind};
+use crate::events::{Kind, Observer};
 use crate::store::{SegmentState, SegmentStore, Writer};
 
 /// Bytes per read from the stream or the store.
@@ -49,6 +49,8 @@ pub(crate) struct Copier {
     token: TokenSlot,
     /// Counts the copies and their bytes.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Hears of the copies.
+    pub(crate) observer: Observer,
 }
 
 impl Copier {
@@ -71,6 +73,7 @@ impl Copier {
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
             metrics: Default::default(),
+            observer: Default::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Copier {
                     expect,
                     sources,
                     held_elsewhere,
+                    observer: self.observer.clone(),
                 };
                 let (index, peer_id) = (self.index, self.peer_id);
                 let (control, store) = (self.control.clone(), self.store.clone());
@@ -120,14 +124,10 @@ impl Copier {
                     let result = fetch(control, &store, &job).await;
                     match &result {
                         Ok(copied) => {
-                            events::emit(
-                                peer_id,
-                                segment.program,
-                                Some(segment.index.0),
-                                Kind::Copied {
-                                    from: copied.source,
-                                },
-                            );
+                            let copied_event = Kind::Copied {
+                                from: copied.source,
+                            };
+                            job.observer.segment(peer_id, segment, copied_event);
                             let size = store.info(&segment).map_or(0, |i| i.size);
                             metrics.copied();
                             metrics.received("copy", size);
@@ -154,6 +154,7 @@ struct Fetch {
     expect: Option<(SegmentHash, u64)>,
     sources: Vec<Source>,
     held_elsewhere: bool,
+    observer: Observer,
 }
 
 /// Dials a source engine unless connected, TCP only when it has TCP addresses: dialing TCP
@@ -305,15 +306,11 @@ async fn copy_from(
     let mut stream = open(control, source).await.map_err(Attempt::Lost)?;
     let offset = writer.as_ref().map_or(0, Writer::written);
     if offset > 0 {
-        events::emit(
-            job.me,
-            job.segment.program,
-            Some(job.segment.index.0),
-            Kind::CopyResumed {
-                from: source,
-                offset,
-            },
-        );
+        let resumed = Kind::CopyResumed {
+            from: source,
+            offset,
+        };
+        job.observer.segment(job.me, job.segment, resumed);
     }
     let request = CopyRequest {
         segment: job.segment,
@@ -419,18 +416,18 @@ pub(crate) async fn serve(
     store: SegmentStore,
     allowed: Allowed,
     trusted: TrustedIssuers,
-    (index, reports): (usize, mpsc::Sender<EngineReport>),
+    (index, reports, observer): (usize, mpsc::Sender<EngineReport>, Observer),
     rate: u64,
 ) {
     let serves = Arc::new(Semaphore::new(MAX_SERVES));
     while let Some((peer, stream)) = incoming.next().await {
         let (store, allowed, serves) = (store.clone(), allowed.clone(), serves.clone());
         let trusted = trusted.clone();
-        let reports = reports.clone();
+        let (reports, observer) = (reports.clone(), observer.clone());
         tokio::spawn(async move {
             let _permit = serves.acquire_owned().await;
             if let Err(e) = handle(
-                peer_id,
+                (peer_id, &observer),
                 peer,
                 stream,
                 &store,
@@ -447,7 +444,7 @@ pub(crate) async fn serve(
 }
 
 async fn handle(
-    me: PeerId,
+    (me, observer): (PeerId, &Observer),
     peer: PeerId,
     mut stream: Stream,
     store: &SegmentStore,
@@ -507,11 +504,6 @@ async fn handle(
         }
     }
     stream.flush().await?;
-    events::emit(
-        me,
-        segment.program,
-        Some(segment.index.0),
-        Kind::CopyServed { to: peer },
-    );
+    observer.segment(me, segment, Kind::CopyServed { to: peer });
     stream.close().await
 }

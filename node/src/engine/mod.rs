@@ -95,8 +95,8 @@ pub struct EngineNet {
 }
 
 /// Starts engine `index` with identity `key`, listening and announcing as `net` says,
-/// storing segments as `storage` says, reporting to its director on `reports` and counting
-/// into the station's `metrics`.
+/// storing segments as `storage` says, reporting to its director on `reports`, counting into
+/// the station's `metrics` and telling its `observer` of copies.
 #[allow(clippy::too_many_arguments)] // each is one distinct part of a blade's setup
 pub async fn start(
     index: usize,
@@ -106,6 +106,7 @@ pub async fn start(
     auth: EngineAuth,
     reports: mpsc::Sender<EngineReport>,
     metrics: crate::metrics::Metrics,
+    observer: crate::events::Observer,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<EngineHandle> {
     let peer_id = key.public().to_peer_id();
@@ -175,7 +176,7 @@ pub async fn start(
         store.clone(),
         allowed.clone(),
         trusted.clone(),
-        (index, reports.clone()),
+        (index, reports.clone(), observer.clone()),
         storage.copy_rate,
     ));
     let mut copier = copy::Copier::new(
@@ -188,6 +189,7 @@ pub async fn start(
         token,
     );
     copier.metrics = metrics;
+    copier.observer = observer;
 
     let handovers = stream::Handovers::default();
     let streams_in = control

@@ -213,7 +213,10 @@ async fn replicate(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> Result<Dur
     let result = async {
         let target = swarm.others[0].peer_id();
         let home = swarm.home.peer_id();
-        let mut log = events::subscribe();
+        let sink = events::sink();
+        swarm.home.send_events_to(&sink);
+        swarm.others[0].send_events_to(&sink);
+        let mut log = sink.subscribe();
         let key = swarm.home_dir.join("identity.key");
         // The content manager sends `Replicate` once the ingest commits (claim 12); the copy
         // is timed from that message to the target's last segment tabled.

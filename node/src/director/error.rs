@@ -1,0 +1,242 @@
+//! What can go wrong in the director, and what a client is told: [`Error`] is mapped to the
+//! wire's [`ErrorReply`] (a code for programs, one line for people) here and nowhere else.
+
+use vodmesh_proto::admin::AdminError;
+use vodmesh_proto::director::{ErrorCode, ErrorReply, Response};
+use vodmesh_proto::manifest::ManifestError;
+use vodmesh_proto::{ProgramId, SegmentId};
+use vodmesh_registry::RegistryError;
+
+use super::engines::CopyFailed;
+use super::outbound::AskError;
+use crate::content::plan::Shortfall;
+
+/// The refusal every director gives for a program that is not playable yet.
+pub const NOT_PUBLISHED: &str = "program not published";
+
+/// A request the director could not serve, or work of its own that failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Error {
+    /// Neither the catalog, nor what this director learned, nor the registry knows it.
+    #[error("unknown program")]
+    UnknownProgram,
+    /// Its publish time has not come (claim 11).
+    #[error("{NOT_PUBLISHED}")]
+    NotPublished,
+    /// The program's manifest lists no such segment.
+    #[error("program {} has no segment {}", .0.program.short(), .0.index)]
+    NoSuchSegment(SegmentId),
+    /// No engine of this station holds the segment.
+    #[error("segment {} of {} is not held by this station", .0.index, .0.program.short())]
+    NotHeld(SegmentId),
+    /// The engines that hold it are down, or the console could not reach them.
+    #[error(
+        "segment {} of {} is held only by engines that are down or unreachable",
+        .0.index,
+        .0.program.short()
+    )]
+    HeldOnlyUnreachable(SegmentId),
+    /// Asked by another station for a segment this one has no complete copy of on an engine
+    /// that is up.
+    #[error("segment {0} is not here")]
+    NotHere(SegmentId),
+    /// No other station could name an engine to copy or stream the segment from.
+    #[error("no station can serve segment {} of {}", .0.index, .0.program.short())]
+    NoSource(SegmentId),
+    /// Every engine holding the segment is at `--max-streams`.
+    #[error("every engine holding this segment is at capacity")]
+    AtCapacity,
+    /// Every engine holding the segment is busy, here and at other stations.
+    #[error("every engine holding this segment is busy; retry")]
+    HoldersBusy,
+    /// This station holds the segment on busy engines only, and no other station holds it.
+    #[error("every engine holding this segment is busy, and no other station holds it")]
+    OnlyHeldBusy,
+    /// A console handed back by a filling engine, and no engine with the whole segment
+    /// free for it (claim 21).
+    #[error("no engine with the whole segment can take this console now")]
+    NoWholeCopy,
+    /// Too many misses are being filled at once.
+    #[error("too many misses being filled; retry")]
+    TooManyMisses,
+    /// An engine's command queue is full.
+    #[error("engine command queue full; retry")]
+    EngineQueueFull,
+    /// An engine chosen a moment ago is gone.
+    #[error("engine gone")]
+    EngineGone,
+    /// No engine of this station is up.
+    #[error("no engine of this station is up")]
+    NoEngineUp,
+    /// An engine an ingest resumes with is down.
+    #[error("an engine of this ingest is down; retry once it is back")]
+    IngestEngineDown,
+    /// Catalog requests need `--content-manager`.
+    #[error("this station is not a content manager (start it with --content-manager)")]
+    NotContentManager,
+    /// An ingest of a program the catalog holds already.
+    #[error("program {0} is already in the catalog")]
+    AlreadyInCatalog(ProgramId),
+    /// The ingested content does not describe a program.
+    #[error(transparent)]
+    BadContent(#[from] ManifestError),
+    /// A commit or abort of an ingest that is not in progress.
+    #[error("no ingest of this program in progress")]
+    NoIngest,
+    /// A commit before every segment is stored.
+    #[error("{0} segment(s) not stored yet; ingest incomplete")]
+    Incomplete(usize),
+    /// The program does not fit on this home station's engines.
+    #[error("{}", .0.message())]
+    NoRoom(Shortfall),
+    /// A replica does not fit on this station's engines, even counting what eviction frees.
+    #[error(
+        "no room: the program needs {need}, this station's engines have {room} free or evictable"
+    )]
+    NoRoomForReplica {
+        /// The program's size, for people.
+        need: String,
+        /// What the engines could take, for people.
+        room: String,
+    },
+    /// A catalog record that does not verify as its content manager's.
+    #[error("catalog record does not verify")]
+    BadRecord,
+    /// This station's own catalog holds an entry that does not verify.
+    #[error("catalog entry does not verify")]
+    CorruptCatalog,
+    /// A manifest from another director that is not what was asked for.
+    #[error("{0}")]
+    BadManifest(&'static str),
+    /// A manifest from another director that does not verify.
+    #[error("the program's manifest does not verify: {0}")]
+    UnverifiedManifest(ManifestError),
+    /// The program's content manager has no live station record.
+    #[error("the program's content manager is not in the swarm")]
+    ContentManagerGone,
+    /// The admin proof does not hold.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Another director asked for copies and is no live station of this swarm.
+    #[error("not a live station of this swarm")]
+    NotLive,
+    /// Segments of a replica could not be copied.
+    #[error("{count} segment(s) failed, first {first}: {cause}")]
+    CopiesFailed {
+        /// How many.
+        count: usize,
+        /// The first that failed.
+        first: SegmentId,
+        /// Why, as the engine said.
+        cause: CopyFailed,
+    },
+    /// A request this director does not serve.
+    #[error("unsupported request {0}")]
+    Unsupported(String),
+    /// The segment location table failed.
+    #[error(transparent)]
+    Locations(#[from] crate::store::locations::Error),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] crate::content::catalog::Error),
+    /// The registry failed or is shutting down.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Another director did not answer as asked.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+}
+
+impl Error {
+    /// The wire's code for this failure.
+    pub(super) fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
+        match self {
+            Self::UnknownProgram
+            | Self::NoSuchSegment(_)
+            | Self::NotHeld(_)
+            | Self::HeldOnlyUnreachable(_)
+            | Self::NotHere(_)
+            | Self::NoSource(_)
+            | Self::NoIngest => C::NotFound,
+            Self::NotPublished => C::NotPublished,
+            Self::AtCapacity
+            | Self::HoldersBusy
+            | Self::OnlyHeldBusy
+            | Self::NoWholeCopy
+            | Self::TooManyMisses
+            | Self::EngineQueueFull
+            | Self::EngineGone => C::Busy,
+            Self::NoEngineUp
+            | Self::IngestEngineDown
+            | Self::BadManifest(_)
+            | Self::UnverifiedManifest(_)
+            | Self::ContentManagerGone
+            | Self::Registry(_)
+            | Self::Ask(_) => C::Unavailable,
+            Self::NotContentManager
+            | Self::AlreadyInCatalog(_)
+            | Self::BadContent(_)
+            | Self::Incomplete(_)
+            | Self::BadRecord
+            | Self::Unsupported(_) => C::BadRequest,
+            Self::NoRoom(_) | Self::NoRoomForReplica { .. } => C::Full,
+            Self::Admin(_) | Self::NotLive => C::Unauthorized,
+            Self::CorruptCatalog
+            | Self::CopiesFailed { .. }
+            | Self::Locations(_)
+            | Self::Catalog(_) => C::Internal,
+        }
+    }
+}
+
+impl From<Error> for ErrorReply {
+    fn from(e: Error) -> Self {
+        ErrorReply::new(e.code(), e.to_string())
+    }
+}
+
+/// A family's answer as a response: `ok`'s, or the refusal.
+pub(super) fn respond<T>(answer: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
+    answer.map_or_else(|e| Response::Error(e.into()), ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_see_the_code_and_line_they_always_saw() {
+        let segment = SegmentId::new(ProgramId([9; 32]), 3);
+        let short = segment.program.short();
+        for (error, code, line) in [
+            (
+                Error::NotPublished,
+                ErrorCode::NotPublished,
+                "program not published".to_string(),
+            ),
+            (
+                Error::NotHeld(segment),
+                ErrorCode::NotFound,
+                format!("segment 3 of {short} is not held by this station"),
+            ),
+            (
+                Error::AtCapacity,
+                ErrorCode::Busy,
+                "every engine holding this segment is at capacity".into(),
+            ),
+            (
+                Error::NoSource(segment),
+                ErrorCode::NotFound,
+                format!("no station can serve segment 3 of {short}"),
+            ),
+            (
+                Error::Incomplete(2),
+                ErrorCode::BadRequest,
+                "2 segment(s) not stored yet; ingest incomplete".into(),
+            ),
+        ] {
+            assert_eq!(ErrorReply::from(error), ErrorReply::new(code, line));
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The content manager's ingests: `IngestBegin` (room checked, segments placed on engines),
+//! `IngestCommit` (every segment stored: the manifest is signed and the program enters the
+//! catalog), `IngestAbort`; the end of ingests that never commit (expired, or found
+//! interrupted at start); and the segments engines report stored, an ingest's or a copy's.
+
+use libp2p::PeerId;
+use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
+use vodmesh_proto::manifest::{Manifest, ManifestContent};
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::{ProgramId, SegmentId};
+
+use super::context::Ctx;
+use super::engines::EngineId;
+use super::error::Error;
+use super::publish::{Publishing, program_info};
+use crate::content::{CatalogEntry, Session, Sessions, plan};
+use crate::control::{EngineCommand, Expected};
+use crate::store::locations::{Location, LocationState};
+
+/// What an ingest request comes to.
+#[derive(Debug)]
+pub(super) enum Ingested {
+    /// The answer.
+    Answer(Response),
+    /// A program entered the catalog: the registry and the replicas are the loop's to start.
+    Committed(Box<Committed>),
+}
+
+/// A program that just entered the catalog.
+#[derive(Debug)]
+pub(super) struct Committed {
+    /// The program, as `vodmesh programs` shows it.
+    pub(super) info: ProgramInfo,
+    /// Its catalog record.
+    pub(super) record: CatalogRecord,
+    /// The same, signed.
+    pub(super) signed: Signed,
+}
+
+/// Ingests in progress, and those dropped lately.
+#[derive(Debug, Default)]
+pub(super) struct Ingests {
+    sessions: Sessions,
+}
+
+impl Ingests {
+    /// `IngestBegin`, `IngestCommit` and `IngestAbort` from `peer`.
+    pub(super) fn on_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        peer: PeerId,
+        request: Request,
+    ) -> Result<Ingested, Error> {
+        match request {
+            Request::IngestBegin {
+                content,
+                publish_at_ms,
+                replicas,
+                admin,
+            } => {
+                let plan = self.begin(ctx, (peer, &admin), content, (publish_at_ms, replicas))?;
+                Ok(Ingested::Answer(plan))
+            }
+            Request::IngestCommit { program, admin } => self.commit(ctx, program, &admin),
+            Request::IngestAbort { program, admin } => {
+                ctx.me.check_admin(&admin, "ingest-abort", &program)?;
+                self.drop_ingest(ctx, program, "its client gave up");
+                Ok(Ingested::Answer(Response::Ok))
+            }
+            other => Err(Error::Unsupported(format!("{other:?}"))),
+        }
+    }
+
+    /// Ends the ingest of `program` without a commit: its segments are removed from every
+    /// engine and from the location table, and it leaves the journal.
+    fn drop_ingest(&mut self, ctx: &Ctx<'_>, program: ProgramId, why: &str) {
+        let Some(session) = self.sessions.drop_session(&program, now_ms()) else {
+            return;
+        };
+        let segments = session.content.segments.len() as u32;
+        tracing::warn!(%program, stored = session.stored.len(), segments, why, "ingest dropped: its segments are removed");
+        remove_ingested(ctx, program, segments);
+    }
+
+    /// Drops the ingests that made no progress for `--ingest-timeout` (their clients died).
+    pub(super) fn expire(&mut self, ctx: &Ctx<'_>) {
+        let idle = ctx.me.config.ingest_timeout;
+        for program in self.sessions.expired(now_ms(), idle) {
+            self.drop_ingest(ctx, program, "no segment stored within --ingest-timeout");
+        }
+    }
+
+    /// At start: the ingests the journal shows begun and never committed (the station was
+    /// stopped mid-ingest) leave nothing behind.
+    pub(super) fn drop_interrupted(&mut self, ctx: &Ctx<'_>) {
+        let Some(catalog) = ctx.catalog else {
+            return;
+        };
+        let open = match catalog.open_ingests() {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal of ingests in progress");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (program, segments) in open {
+            // A committed program is never taken apart, whatever the journal says.
+            if catalog.get(&program).is_ok_and(|e| e.is_some()) {
+                if let Err(e) = catalog.ingest_dropped(&program) {
+                    tracing::warn!(%program, error = %e, "journal entry of a committed program not removed");
+                }
+                continue;
+            }
+            tracing::warn!(%program, segments, "an ingest was interrupted by the last stop: its segments are removed");
+            self.sessions.drop_session(&program, now);
+            remove_ingested(ctx, program, segments);
+        }
+    }
+
+    /// Engine `engine` (`peer`) stored `segment`: it enters the location table, counts for
+    /// its ingest, or, a copy, is announced ([`Publishing::tabled`]). A segment stored after
+    /// its ingest was dropped (its push was in flight) is removed again instead.
+    pub(super) fn stored(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        publish: &mut Publishing,
+        (engine, peer): (EngineId, PeerId),
+        segment: SegmentId,
+    ) {
+        let now = now_ms();
+        if self.sessions.was_dropped(&segment.program, now) {
+            let remove = EngineCommand::Remove {
+                segments: vec![segment],
+            };
+            let _ = ctx.engines.send(engine, remove);
+            return;
+        }
+        let location = Location {
+            engine: peer,
+            state: LocationState::Complete,
+            load: 0,
+        };
+        if let Err(e) = ctx.locations.insert(segment, &location) {
+            tracing::warn!(%segment, error = %e, "location table write failed");
+        }
+        self.sessions.stored(&segment.program, segment.index.0, now);
+        if self.sessions.get(&segment.program).is_none() {
+            publish.tabled(ctx, segment);
+        }
+    }
+
+    fn begin(
+        &mut self,
+        ctx: &Ctx<'_>,
+        (from, proof): (PeerId, &Signed),
+        content: ManifestContent,
+        (publish_at_ms, replicas): (Option<u64>, u32),
+    ) -> Result<Response, Error> {
+        let catalog = ctx.catalog.ok_or(Error::NotContentManager)?;
+        content.check()?;
+        let program = content.program_id();
+        ctx.me.check_admin(proof, "ingest", &program)?;
+        if catalog.get(&program)?.is_some() {
+            return Err(Error::AlreadyInCatalog(program));
+        }
+        let up = ctx.engines.up();
+        if up.is_empty() {
+            return Err(Error::NoEngineUp);
+        }
+        let now = now_ms();
+        // The same program begun again (its client was restarted) resumes the session: the
+        // same engines take the same segments, and those already stored are accepted as
+        // they are.
+        let placement: Vec<usize> = match self.sessions.get(&program) {
+            Some(session) => session.placement.clone(),
+            None => {
+                // Room: what each engine has free, less what ingests in progress were
+                // promised (their bytes are not all stored yet).
+                let rooms: Vec<Option<u64>> = (up.iter())
+                    .map(|(id, e)| {
+                        e.free()
+                            .map(|f| f.saturating_sub(self.sessions.pledged(id.0)))
+                    })
+                    .collect();
+                let sizes: Vec<u64> = content.segments.iter().map(|s| s.size).collect();
+                let placed = plan::place(&rooms, &sizes).map_err(|short| {
+                    tracing::warn!(%program, need = short.need, free = short.free, "ingest refused: not enough room");
+                    Error::NoRoom(short)
+                })?;
+                placed.into_iter().map(|slot| up[slot].0.0).collect()
+            }
+        };
+        // Journaled before any engine hears of it: a stop from here on leaves segments that
+        // the next start drops.
+        catalog.ingest_begun(&program, content.segments.len() as u32)?;
+        let mut targets: Vec<EngineTarget> = (up.iter())
+            .map(|(_, e)| EngineTarget {
+                peer_id: e.peer_id,
+                addrs: e.addrs.clone(),
+                segments: Vec::new(),
+            })
+            .collect();
+        let mut expects: Vec<Vec<(SegmentId, Expected)>> = vec![Vec::new(); up.len()];
+        for (seg, engine) in content.segments.iter().zip(&placement) {
+            let slot =
+                (up.iter().position(|(id, _)| id.0 == *engine)).ok_or(Error::IngestEngineDown)?;
+            targets[slot].segments.push(seg.index);
+            let expected = Expected {
+                from,
+                hash: seg.hash,
+                size: seg.size,
+            };
+            expects[slot].push((SegmentId::new(program, seg.index), expected));
+        }
+        for ((id, _), segments) in up.iter().zip(expects) {
+            ctx.engines.send(*id, EngineCommand::Expect { segments })?;
+        }
+        let stored = (self.sessions.end(&program))
+            .map(|s| s.stored)
+            .unwrap_or_default();
+        let session = Session {
+            content,
+            publish_at_ms,
+            replicas,
+            stored,
+            placement,
+            progress_ms: now,
+        };
+        self.sessions.begin(program, session);
+        targets.retain(|t| !t.segments.is_empty());
+        Ok(Response::IngestPlan {
+            program,
+            engines: targets,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        ctx: &Ctx<'_>,
+        program: ProgramId,
+        proof: &Signed,
+    ) -> Result<Ingested, Error> {
+        ctx.me.check_admin(proof, "ingest-commit", &program)?;
+        let session = self.sessions.get(&program).ok_or(Error::NoIngest)?;
+        let missing = (session.content.segments.len()).saturating_sub(session.stored.len());
+        if missing > 0 {
+            return Err(Error::Incomplete(missing));
+        }
+        let catalog = ctx.catalog.ok_or(Error::NotContentManager)?;
+        let session = self.sessions.end(&program).ok_or(Error::NoIngest)?;
+        let (me, now) = (ctx.me.peer_id, now_ms());
+        let manifest = Manifest::new(session.content, me, now);
+        let record = CatalogRecord {
+            program,
+            title: manifest.content.title.clone(),
+            manifest_hash: vodmesh_proto::SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)),
+            // Inactive until its publish time; the schedule publishes it then (claim 11).
+            state: if session.publish_at_ms.is_some_and(|t| t <= now) {
+                ProgramState::Published
+            } else {
+                ProgramState::Inactive
+            },
+            publish_at_ms: session.publish_at_ms.unwrap_or(0),
+            replicas: session.replicas,
+            content_manager: me,
+            home: me,
+            issued_ms: now,
+        };
+        let entry = CatalogEntry {
+            manifest: manifest.sign(&ctx.me.key),
+            record: record.sign(&ctx.me.key),
+        };
+        catalog.put(&program, &entry)?;
+        // The home station keeps its programs: pin every segment on every engine.
+        let segments: Vec<SegmentId> = (0..manifest.content.segments.len() as u32)
+            .map(|i| SegmentId::new(program, i))
+            .collect();
+        for id in ctx.engines.ids() {
+            let pin = EngineCommand::Pin {
+                segments: segments.clone(),
+            };
+            let _ = ctx.engines.send(id, pin);
+        }
+        let info = program_info(me, &entry).ok_or(Error::CorruptCatalog)?;
+        tracing::info!(%program, title = %info.title, segments = info.segments, "program ingested");
+        Ok(Ingested::Committed(Box::new(Committed {
+            info,
+            record,
+            signed: entry.record,
+        })))
+    }
+}
+
+/// Tells every engine to remove segments `0..segments` of `program`, takes them out of the
+/// location table and, once every engine was told, out of the journal (else the next start
+/// removes them).
+fn remove_ingested(ctx: &Ctx<'_>, program: ProgramId, segments: u32) {
+    let list: Vec<SegmentId> = (0..segments).map(|i| SegmentId::new(program, i)).collect();
+    let mut told = true;
+    for id in ctx.engines.ids() {
+        if let Some(engine) = ctx.engines.get(id) {
+            for segment in &list {
+                let _ = ctx.locations.remove(*segment, &engine.peer_id);
+            }
+        }
+        let remove = EngineCommand::Remove {
+            segments: list.clone(),
+        };
+        if ctx.engines.send(id, remove).is_err() {
+            tracing::warn!(%program, engine = %id, "engine command queue full: segments of a dropped ingest stay until the next start");
+            told = false;
+        }
+    }
+    if told && let Some(Err(e)) = ctx.catalog.map(|c| c.ingest_dropped(&program)) {
+        tracing::warn!(%program, error = %e, "dropped ingest not taken out of the journal");
+    }
+}

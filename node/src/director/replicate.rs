@@ -1,0 +1,479 @@
+//! Copies made for distribution and for load: replicas between stations (claim 12) and
+//! overload replications between this station's engines (claims 19, 20).
+//!
+//! After an ingest with `--replicas N`, the content manager walks the swarm (no central list),
+//! picks N other stations by free capacity and region ([`choose::replica_targets`]), and
+//! sends each `Replicate`. The target (seeking) director fetches the signed manifest from the
+//! source director and verifies it ([`Replica::prepare`]), then for each segment asks the
+//! source director where it is (`LocateCopy`), is told the engine, and directs one of its own
+//! engines to fetch it ([`Replica::copy`]). The receiving engine copies it over
+//! `/vodmesh/copy/1`, verifies it and reports it stored; the director enters it in its
+//! location table and, on the station's first segment of the program, provides
+//! `program/<id>` in the registry.
+//!
+//! Source directors answer `LocateCopy` only after checking, in the registry, that the asking
+//! station is live, and then let that station's engines copy from their own engines.
+//!
+//! When every engine holding a segment is at `--max-streams`, an idle engine of the station
+//! copies it from one of them ([`choose::overload`]) and takes the console at once, streaming
+//! the segment as it arrives; the copy enters the location table as filling, and as complete
+//! when the engine reports it stored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use vodmesh_proto::catalog::CatalogRecord;
+use vodmesh_proto::director::{Request, Response, SegmentLocation};
+use vodmesh_proto::manifest::Manifest;
+use vodmesh_proto::station::human_bytes;
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::{ProgramId, SegmentId, StationId};
+use vodmesh_registry::{RegistryHandle, WalkLimits};
+
+use super::choose::{self, Locating, Replication};
+use super::context::{Ctx, Reply};
+use super::engines::{CopyFailed, EngineId};
+use super::error::Error;
+use super::outbound::{AskError, Asker};
+use super::publish::{Publishing, fetch_record};
+use super::tasks::Tasks;
+use crate::control::{Copied, EngineCommand, Source};
+use crate::events::{Kind, Observer};
+use crate::store::locations::LocationState;
+
+/// Segment copies a seeking director keeps in flight per replica.
+const FETCH_WINDOW: usize = 4;
+/// How long a checked station's engines may copy from this station's engines.
+const ALLOW_FOR: Duration = Duration::from_secs(600);
+/// A station checked this recently is not checked again.
+const RECHECK_BEFORE: u64 = 60_000;
+/// How long a sibling engine may copy from a busy one for an overload replication.
+const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
+
+/// What a replication task hands back to the loop.
+#[derive(Debug)]
+pub(super) enum Done {
+    /// A station asking `LocateCopy` was found live: its engines were let copy from ours
+    /// until `until_ms`; `reply` answers it.
+    Allowed {
+        /// The station.
+        station: StationId,
+        /// Until when.
+        until_ms: u64,
+        /// Its answer.
+        reply: Reply,
+    },
+    /// An answer ready to send.
+    Reply(Reply),
+    /// A replica's manifest was fetched and verified and fits: its segments can be copied.
+    Prepared(Box<(Replica, Manifest, Option<CatalogRecord>)>),
+    /// A replica ended (every segment copied, or an error).
+    Ended {
+        /// The program.
+        program: ProgramId,
+        /// Its source station.
+        source: PeerId,
+        /// How it went.
+        result: Result<(), Error>,
+    },
+    /// An overload replication's copy ended.
+    OverloadCopied {
+        /// The segment.
+        segment: SegmentId,
+        /// The engine copying it in, and its peer id.
+        engine: (EngineId, PeerId),
+        /// The engine's outcome.
+        outcome: Result<Copied, CopyFailed>,
+    },
+    /// Nothing more to do.
+    Nothing,
+}
+
+/// The state of replication: stations allowed to copy from here, and the copies running.
+#[derive(Debug, Default)]
+pub(super) struct Replicating {
+    /// Stations whose engines may copy from ours, until when (ms since the epoch).
+    allowed: HashMap<StationId, u64>,
+    tasks: Tasks<Done>,
+}
+
+impl Replicating {
+    /// The next result of a replication task.
+    pub(super) async fn next(&mut self) -> Done {
+        self.tasks.next().await
+    }
+
+    /// Stops the replication tasks.
+    pub(super) async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    /// Takes a replication task's result; returns the answer to send, if any.
+    pub(super) fn on_done(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        publish: &mut Publishing,
+        done: Done,
+    ) -> Option<Reply> {
+        match done {
+            Done::Allowed {
+                station,
+                until_ms,
+                reply,
+            } => {
+                self.allowed.insert(station, until_ms);
+                return Some(reply);
+            }
+            Done::Reply(reply) => return Some(reply),
+            Done::Prepared(prepared) => {
+                let (replica, manifest, record) = *prepared;
+                if let Some(record) = record {
+                    publish.learn(ctx, record);
+                }
+                self.tasks.spawn(replica.copy(manifest));
+            }
+            Done::Ended {
+                program,
+                source,
+                result: Err(e),
+            } => {
+                if matches!(e, Error::NoRoomForReplica { .. }) {
+                    ctx.activity.copies_declined += 1;
+                }
+                tracing::warn!(%program, %source, error = %e, "replication failed");
+            }
+            Done::OverloadCopied {
+                segment,
+                engine,
+                outcome,
+            } => {
+                ctx.copy_ended(segment, engine, outcome);
+            }
+            Done::Ended { result: Ok(()), .. } | Done::Nothing => {}
+        }
+        None
+    }
+
+    /// After an ingest commit (content manager): sends `Replicate` to `replicas` stations
+    /// picked from the swarm.
+    pub(super) fn distribute(&mut self, ctx: &Ctx<'_>, program: ProgramId, replicas: u32) {
+        if replicas == 0 {
+            return;
+        }
+        let me = ctx.me.peer_id;
+        let addrs = ctx.me.addrs.clone();
+        let (registry, asker) = (ctx.registry.clone(), ctx.asker.clone());
+        let observer = ctx.observer.clone();
+        self.tasks.spawn(async move {
+            let stations = match vodmesh_registry::walk(&registry, me, WalkLimits::default()).await
+            {
+                Ok(s) => s.into_iter().map(|(r, _)| r).collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(%program, error = %e, "distribution: swarm walk failed");
+                    return Done::Nothing;
+                }
+            };
+            let targets = choose::replica_targets(&stations, &[me], replicas as usize);
+            if targets.len() < replicas as usize {
+                tracing::warn!(%program, wanted = replicas, found = targets.len(), "distribution: not enough stations");
+            }
+            for target in targets {
+                let sent = Kind::ReplicateSent {
+                    target: target.director,
+                };
+                observer.program(me, program, sent);
+                let request = Request::Replicate {
+                    program,
+                    source: me,
+                    source_addrs: addrs.clone(),
+                };
+                if let Err(e) = asker.ask(target.director, target.addrs, request).await {
+                    tracing::warn!(%program, target = %target.director, error = %e, "replicate refused");
+                }
+            }
+            Done::Nothing
+        });
+    }
+
+    /// `Replicate` from content manager `from`: copy every segment of `program` from the
+    /// station of director `source` (answered at once; the copy runs afterwards).
+    pub(super) fn replicate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        from: PeerId,
+        program: ProgramId,
+        (source, source_addrs): (PeerId, Vec<Multiaddr>),
+    ) -> Result<(), Error> {
+        let me = ctx.me.peer_id;
+        (ctx.observer).program(me, program, Kind::ReplicateReceived { source });
+        let up = ctx.engines.up();
+        if up.is_empty() {
+            return Err(Error::NoEngineUp);
+        }
+        // What the engines could take: free room and what eviction may free (`None`: one of
+        // them is bounded only by its disks).
+        let room = (up.iter()).try_fold(0u64, |sum, (_, e)| {
+            e.room_for_copies().map(|r| sum.saturating_add(r))
+        });
+        let engines = (up.iter())
+            .filter_map(|(id, e)| Some((e.peer_id, ctx.engines.commands(*id)?)))
+            .collect();
+        let replica = Replica {
+            me,
+            content_manager: from,
+            program,
+            source,
+            source_addrs,
+            asker: ctx.asker.clone(),
+            registry: ctx.registry.clone(),
+            observer: ctx.observer.clone(),
+            engines,
+            room,
+            held_elsewhere: !ctx.me.config.home,
+        };
+        self.tasks.spawn(replica.prepare());
+        Ok(())
+    }
+
+    /// `LocateCopy` from director `peer`: the engine of this station holding a segment.
+    /// Answered at once when the asking station was checked recently; otherwise after a
+    /// registry look-up of its station record (then its engines may copy from ours).
+    pub(super) fn locate_copy(
+        &mut self,
+        ctx: &Ctx<'_>,
+        peer: PeerId,
+        segment: SegmentId,
+        channel: ResponseChannel<Response>,
+    ) -> Option<Reply> {
+        let holders = ctx.holders(segment).unwrap_or_default();
+        let located = (holders.iter())
+            .filter(|l| l.state == LocationState::Complete)
+            .find_map(|l| ctx.engines.by_peer(&l.engine).filter(|(_, e)| e.up));
+        let Some((_, engine)) = located else {
+            return Some((channel, Response::Error(Error::NotHere(segment).into())));
+        };
+        let response = Response::Located {
+            index: segment.index.0,
+            engine: engine.peer_id,
+            addrs: engine.addrs.clone(),
+            streams: engine.streams,
+            max_streams: engine.max_streams,
+        };
+        let station = StationId(peer);
+        let checked =
+            (self.allowed.get(&station)).is_some_and(|until| *until > now_ms() + RECHECK_BEFORE);
+        if checked {
+            return Some((channel, response));
+        }
+        let registry = ctx.registry.clone();
+        let commands: Vec<mpsc::Sender<EngineCommand>> = (ctx.engines.ids())
+            .filter_map(|id| ctx.engines.commands(id))
+            .collect();
+        self.tasks.spawn(async move {
+            let Ok(Some((record, _))) = registry.get_station(peer).await else {
+                let refused = Response::Error(Error::NotLive.into());
+                return Done::Reply((channel, refused));
+            };
+            let until_ms = now_ms() + ALLOW_FOR.as_millis() as u64;
+            let peers: Vec<PeerId> = record.engines.iter().map(|e| e.peer_id).collect();
+            for tx in &commands {
+                let allow = EngineCommand::AllowCopy {
+                    peers: peers.clone(),
+                    until_ms,
+                };
+                let _ = tx.send(allow).await;
+            }
+            Done::Allowed {
+                station,
+                until_ms,
+                reply: (channel, response),
+            }
+        });
+        None
+    }
+
+    /// Every engine holding the segment is at `--max-streams` for this console (claims 19,
+    /// 20): an idle engine of this station copies it from a holder and takes the console at
+    /// once ([`choose::overload`]). `None` when no engine can.
+    pub(super) fn overload(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ask: &Locating,
+    ) -> Option<SegmentLocation> {
+        let segment = ask.segment;
+        let holders = ctx.holders(segment).ok()?;
+        let failed = ctx.engines.failed_lately(Instant::now());
+        let views = ctx.engines.views();
+        let Replication { from, to } =
+            choose::overload(ctx.me.can_copy(), &views, &holders, &ask.avoid, &failed)?;
+        let (source, target) = (ctx.engines.get(from)?, ctx.engines.get(to)?);
+        let (source_peer, target_peer) = (source.peer_id, target.peer_id);
+        let sources = vec![Source {
+            engine: source.peer_id,
+            addrs: source.addrs.clone(),
+        }];
+        let allow = EngineCommand::AllowCopy {
+            peers: vec![target_peer],
+            until_ms: now_ms() + SIBLING_COPY_FOR.as_millis() as u64,
+        };
+        ctx.engines.send(from, allow).ok()?;
+        let outcome = ctx.engines.fetch(to, segment, None, sources, false).ok()?;
+        tracing::info!(%segment, from = %source_peer, to = %target_peer, "overload: replicating to an idle engine");
+        let location = (ctx.engines)
+            .location(to, ctx.me.peer_id, (true, false))
+            .ok()?;
+        ctx.activity.replications += 1;
+        ctx.filling(segment, target_peer);
+        self.tasks.spawn(async move {
+            Done::OverloadCopied {
+                segment,
+                engine: (to, target_peer),
+                outcome: outcome.await,
+            }
+        });
+        Some(location)
+    }
+}
+
+/// One replica of a program on this station, copied from the station of director `source`.
+#[derive(Debug)]
+pub(super) struct Replica {
+    me: PeerId,
+    content_manager: PeerId,
+    program: ProgramId,
+    source: PeerId,
+    source_addrs: Vec<Multiaddr>,
+    asker: Asker,
+    registry: RegistryHandle,
+    observer: Observer,
+    /// This station's engines that were up, and their command channels.
+    engines: Vec<(PeerId, mpsc::Sender<EngineCommand>)>,
+    /// What the engines could take, free or evictable (`None`: unbounded).
+    room: Option<u64>,
+    held_elsewhere: bool,
+}
+
+impl Replica {
+    /// The first step: the manifest, fetched and verified; the room for it; the program's
+    /// state while we are at it.
+    async fn prepare(self) -> Done {
+        let (program, source) = (self.program, self.source);
+        match self.manifest().await {
+            Ok(manifest) => {
+                let record = fetch_record(&self.registry, program).await;
+                Done::Prepared(Box::new((self, manifest, record)))
+            }
+            Err(e) => Done::Ended {
+                program,
+                source,
+                result: Err(e),
+            },
+        }
+    }
+
+    async fn manifest(&self) -> Result<Manifest, Error> {
+        let program = self.program;
+        let request = Request::Manifest { program };
+        let answer = (self.asker)
+            .ask(self.source, self.source_addrs.clone(), request)
+            .await?;
+        let Response::Manifest(signed) = answer else {
+            return Err(AskError::unexpected(&answer).into());
+        };
+        let manifest = Manifest::verify(&signed).map_err(Error::UnverifiedManifest)?;
+        if manifest.program != program || manifest.content_manager != self.content_manager {
+            return Err(Error::BadManifest(
+                "manifest is not the requested program of this content manager",
+            ));
+        }
+        (self.observer).program(self.me, program, Kind::ManifestVerified);
+        let need = manifest.content.total_size();
+        if let Some(room) = self.room.filter(|room| *room < need) {
+            return Err(Error::NoRoomForReplica {
+                need: human_bytes(need),
+                room: human_bytes(room),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The second step: every segment, [`FETCH_WINDOW`] at a time, each located at the
+    /// source station and fetched by one of this station's engines in turn.
+    async fn copy(self, manifest: Manifest) -> Done {
+        let result = self.copy_all(&manifest).await;
+        if result.is_ok() {
+            (self.observer).program(self.me, self.program, Kind::ReplicaComplete);
+        }
+        Done::Ended {
+            program: self.program,
+            source: self.source,
+            result,
+        }
+    }
+
+    async fn copy_all(&self, manifest: &Manifest) -> Result<(), Error> {
+        let program = self.program;
+        let (done_tx, mut done_rx) = mpsc::channel(FETCH_WINDOW * 2);
+        let mut in_flight = 0usize;
+        let mut failed: Vec<(SegmentId, CopyFailed)> = Vec::new();
+        let mut note = |outcome: Option<(SegmentId, Result<Copied, String>)>| {
+            if let Some((segment, Err(e))) = outcome {
+                failed.push((segment, CopyFailed::AtEverySource(e)));
+            }
+        };
+        for (n, entry) in manifest.content.segments.iter().enumerate() {
+            while in_flight >= FETCH_WINDOW {
+                note(done_rx.recv().await);
+                in_flight -= 1;
+            }
+            let segment = SegmentId::new(program, entry.index);
+            self.observer.segment(self.me, segment, Kind::LocateAsked);
+            let request = Request::LocateCopy {
+                program,
+                index: entry.index,
+            };
+            let answer = (self.asker)
+                .ask(self.source, self.source_addrs.clone(), request)
+                .await?;
+            let Response::Located { engine, addrs, .. } = answer else {
+                return Err(AskError::unexpected(&answer).into());
+            };
+            self.observer
+                .segment(self.me, segment, Kind::Located { engine });
+            let Some((mine, tx)) = self.engines.get(n % self.engines.len().max(1)) else {
+                return Err(Error::NoEngineUp);
+            };
+            let directed = Kind::FetchDirected { engine: *mine };
+            self.observer.segment(self.me, segment, directed);
+            let fetch = EngineCommand::Fetch {
+                segment,
+                expect: Some((entry.hash, entry.size)),
+                sources: vec![Source { engine, addrs }],
+                held_elsewhere: self.held_elsewhere,
+                done: done_tx.clone(),
+            };
+            tx.send(fetch).await.map_err(|_| Error::EngineGone)?;
+            in_flight += 1;
+        }
+        drop(done_tx);
+        while in_flight > 0 {
+            let Some(outcome) = done_rx.recv().await else {
+                break;
+            };
+            note(Some(outcome));
+            in_flight -= 1;
+        }
+        match failed.first() {
+            Some((first, cause)) => Err(Error::CopiesFailed {
+                count: failed.len(),
+                first: *first,
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
