@@ -9,11 +9,13 @@
 //! Every inbound record is validated before it is stored ([`validate`]); the store survives a
 //! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
 //! and talks to it with a [`registry::RegistryHandle`]; [`server`] is a registry server whole
-//! (its swarm and loop), for the tools; [`walk`] lists every live station.
+//! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
+//! live station.
 
 pub mod keys;
 pub mod registry;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod validate;
 pub mod walk;
