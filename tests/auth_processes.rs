@@ -85,12 +85,12 @@ fn login_user_add_and_brute_force_over_the_network() -> Result<()> {
         Duration::from_secs(5),
         || Ok(now_ms() > issued),
     )?;
-    let fresh = rt.block_on(vodmesh_console::auth::refresh(&plain.addr, &key, &token))?;
+    let fresh = rt.block_on(vodmesh_client::auth::refresh(&plain.addr, &key, &token))?;
     let renewed = trusted.verify(&fresh, now_ms(), Audience::Console, None, &console)?;
     assert!(renewed.expires_ms > claims.expires_ms);
     let stranger = libp2p::identity::Keypair::generate_ed25519();
     assert!(
-        rt.block_on(vodmesh_console::auth::refresh(
+        rt.block_on(vodmesh_client::auth::refresh(
             &plain.addr,
             &stranger,
             &token

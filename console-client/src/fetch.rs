@@ -8,24 +8,21 @@
 //! `Locate { avoid }` for a while ([`Recent`]), so the others move on at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vodmesh_proto::codec::{read_frame, write_frame};
-use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
-use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest};
-use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::director::{ErrorCode, ErrorReply, Request, Response, SegmentLocation};
+use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
-use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{SegmentHash, SegmentId};
+use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 
-use crate::client::DirectorClient;
-use crate::playback::{Ended, Next, Recent, Retry};
+use crate::directors::{AskError, Directors};
+use crate::retry::{Ended, Next, Recent, Retry};
 
 /// How long a segment stream may bring no byte (and an engine may take to answer a stream
 /// request) before the engine counts as stalled and the segment is resumed elsewhere: longer
@@ -34,192 +31,184 @@ use crate::playback::{Ended, Next, Recent, Retry};
 pub const READ_STALL: Duration = Duration::from_secs(7);
 /// How long one attempt at a segment may take in all.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
-/// How long a first director that failed is passed over before it is asked again.
-const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
+/// Engines whose turns are remembered before those nobody holds are forgotten.
+const MAX_SLOTS: usize = 64;
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 256 * 1024;
 
-/// The directors a console may ask: the one it was pointed at first, then the rest of the
-/// swarm (found lazily through the first one).
-pub(crate) struct Directors {
-    pub(crate) first: Arc<DirectorClient>,
-    others: tokio::sync::OnceCell<Vec<StationRecord>>,
-    /// Connections to the other directors, opened once and kept for every later segment.
-    clients: tokio::sync::Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
-    /// When the first director last failed to answer.
-    first_down: std::sync::Mutex<Option<Instant>>,
+/// Why a segment could not be had. The `Display` text is the one line a user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// A director answered that the segment is nowhere to be had.
+    #[error("{}", .0.message)]
+    NotFound(ErrorReply),
+    /// A director refused (`program not published`, `token expired`, ...).
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// The engine refused the stream; its one line (`token expired`, ...).
+    #[error("{0}")]
+    EngineRefused(String),
+    /// The manifest has no such segment.
+    #[error("the manifest has no segment {0}")]
+    NoSegment(SegmentIndex),
+    /// An engine offers other bytes than the manifest's.
+    #[error("engine {engine} offers segment {index} that does not match the manifest")]
+    Mismatch {
+        /// The engine.
+        engine: PeerId,
+        /// The segment.
+        index: SegmentIndex,
+    },
+    /// A director or an engine answered something the protocol does not allow here.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// Attempts kept failing without a byte or anything learned: the last one's reason.
+    #[error(transparent)]
+    GaveUp(#[from] AttemptError),
 }
 
-impl Directors {
-    /// The directors reached through `first`.
-    pub(crate) fn new(first: Arc<DirectorClient>) -> Self {
-        Self {
-            first,
-            others: Default::default(),
-            clients: Default::default(),
-            first_down: Default::default(),
-        }
-    }
-
-    /// The other live stations of the swarm, as the first director listed them once.
-    pub(crate) async fn swarm(&self) -> &[StationRecord] {
-        self.others
-            .get_or_init(|| async {
-                match self.first.request(Request::Swarm).await {
-                    Ok(Response::Swarm(list)) => list
-                        .iter()
-                        .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
-                        .filter(|r| r.director != self.first.peer())
-                        .collect(),
-                    _ => Vec::new(),
-                }
-            })
-            .await
-    }
-
-    /// A kept connection to `station`'s director, opened on first use.
-    async fn client(&self, station: &StationRecord) -> Option<Arc<DirectorClient>> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&station.director) {
-            return Some(c.clone());
-        }
-        let addr = station.addrs.first()?;
-        let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
-        clients.insert(station.director, client.clone());
-        Some(client)
-    }
-
-    /// Sends `request` to the director `peer` (the first one, or another station's).
-    pub(crate) async fn ask_director(&self, peer: PeerId, request: Request) -> Result<Response> {
-        if peer == self.first.peer() {
-            return Ok(self.first.request(request).await?);
-        }
-        let station = self
-            .swarm()
-            .await
-            .iter()
-            .find(|s| s.director == peer)
-            .cloned()
-            .with_context(|| format!("director {peer} is not in the swarm"))?;
-        let client = self
-            .client(&station)
-            .await
-            .with_context(|| format!("cannot reach director {peer}"))?;
-        Ok(client.request(request).await?)
-    }
-
-    /// Whether the first director failed within [`FIRST_DOWN_FOR`].
-    fn first_is_down(&self) -> bool {
-        self.first_down
-            .lock()
-            .ok()
-            .and_then(|d| *d)
-            .is_some_and(|at| at.elapsed() < FIRST_DOWN_FOR)
-    }
-
-    /// Asks the first director, noting when it fails.
-    async fn ask_first(&self, request: Request) -> Result<Response> {
-        let answer = self.first.request(request).await;
-        if let Ok(mut down) = self.first_down.lock() {
-            *down = answer.is_err().then(Instant::now);
-        }
-        if let Err(e) = &answer {
-            tracing::warn!(director = %self.first.peer(), error = %e, "director did not answer; asking the rest of the swarm");
-        }
-        Ok(answer?)
-    }
-
-    /// Sends `request` to the first director, then to the content managers and other
-    /// stations of the swarm, until one answers with something other than `NotFound`.
-    ///
-    /// A first director that cannot be reached (its station went down) is passed over for
-    /// a while: the console carries on with the rest of the swarm, which it learned at the
-    /// start, and asks the first again when nobody else answers.
-    pub(crate) async fn ask(&self, request: Request) -> Result<Response> {
-        let skipped = self.first_is_down();
-        let first = if skipped {
-            Err(anyhow::anyhow!("director {} is down", self.first.peer()))
-        } else {
-            self.ask_first(request.clone()).await
-        };
-        if let Ok(answer) = &first
-            && !matches!(answer, Response::Error(e) if e.code == ErrorCode::NotFound)
-        {
-            return first;
-        }
-        let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
-        stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
-        // The director that answered last goes first: the next segment is likely there too.
-        {
-            let known = self.clients.lock().await;
-            stations.sort_by_key(|s| !known.contains_key(&s.director));
-        }
-        for station in stations {
-            let Some(client) = self.client(station).await else {
-                continue;
-            };
-            match client.request(request.clone()).await {
-                Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
-                Ok(answer) => return Ok(answer),
-                Err(_) => continue,
-            }
-        }
-        if skipped {
-            // Nobody else answered: the first may be back.
-            return self.ask_first(request).await;
-        }
-        first
-    }
+/// Why one attempt at a segment ended without it (the segment is tried again, and this is
+/// the line a user sees when it is given up).
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// No director answered.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    /// A director answered busy or failed; its one line.
+    #[error("{}", .0.message)]
+    Director(ErrorReply),
+    /// The engine named could not be reached.
+    #[error("segment {index}: engine {engine}: {reason}")]
+    Unreachable {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+        /// What failed.
+        reason: String,
+    },
+    /// The stream's request or reply failed on the way.
+    #[error("segment {index}: {reason}")]
+    Lost {
+        /// The segment.
+        index: SegmentIndex,
+        /// What failed.
+        reason: String,
+    },
+    /// The engine is at `--max-streams`.
+    #[error("segment {index}: engine {engine} is busy")]
+    Busy {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+    },
+    /// The engine does not hold the segment.
+    #[error("segment {index} is not stored at engine {engine}")]
+    Absent {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+    },
+    /// The stream broke off.
+    #[error("segment {index} broke off from engine {engine}: {cause}")]
+    BrokeOff {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+        /// The read error.
+        cause: std::io::Error,
+    },
+    /// The stream brought no byte for [`READ_STALL`].
+    #[error("segment {index} stalled at engine {engine}")]
+    Stalled {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+    },
+    /// The stream ended before the segment did.
+    #[error("segment {index} ended early from engine {engine} at byte {at}")]
+    EndedEarly {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+        /// Bytes received in all.
+        at: u64,
+    },
+    /// The bytes did not match the manifest's hash; none of them is written.
+    #[error("segment {index} from engine {engine} failed verification")]
+    Unverified {
+        /// The segment.
+        index: SegmentIndex,
+        /// The engine.
+        engine: PeerId,
+    },
+    /// The attempt took longer than its limit.
+    #[error("segment {0} timed out")]
+    TimedOut(SegmentIndex),
 }
 
 /// Engines this console streams from, one stream each at a time: a fetch takes the engine's
 /// slot before it opens a stream and gives it back when the stream ends.
 #[derive(Default)]
 pub(crate) struct EngineSlots {
-    slots: std::sync::Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
 }
 
 impl EngineSlots {
     /// Waits for this console's turn at `engine`.
     pub(crate) async fn take(&self, engine: PeerId) -> OwnedSemaphorePermit {
-        let slot = match self.slots.lock() {
-            Ok(mut slots) => {
-                if slots.len() >= 64 {
-                    // Forget engines nobody holds or waits for (the permit keeps a reference).
-                    slots.retain(|_, s| Arc::strong_count(s) > 1);
+        loop {
+            let slot = match self.slots.lock() {
+                Ok(mut slots) => {
+                    if slots.len() >= MAX_SLOTS {
+                        // Forget engines nobody holds or waits for (a permit keeps a
+                        // reference).
+                        slots.retain(|_, s| Arc::strong_count(s) > 1);
+                    }
+                    slots
+                        .entry(engine)
+                        .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                        .clone()
                 }
-                slots
-                    .entry(engine)
-                    .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                    .clone()
+                // A panicked holder: go on without turns rather than stop playing.
+                Err(_) => Arc::new(Semaphore::new(1)),
+            };
+            // The semaphores are never closed; a closed one would only be replaced.
+            if let Ok(permit) = slot.acquire_owned().await {
+                return permit;
             }
-            // A panicked holder: go on without turns rather than stop playing.
-            Err(_) => Arc::new(Semaphore::new(1)),
-        };
-        slot.acquire_owned()
-            .await
-            .expect("engine slots are never closed")
+        }
     }
 }
 
 /// Why one attempt at a segment did not bring it.
 enum Attempt {
     /// Refused or wrong: retrying cannot help.
-    Final(anyhow::Error),
-    /// Ended as [`Ended`] says, with the error to report if the segment is given up.
-    Ended(Ended, anyhow::Error),
+    Final(FetchError),
+    /// Ended as [`Ended`] says, with the reason to report if the segment is given up.
+    Ended(Ended, AttemptError),
 }
 
-impl Attempt {
-    fn ended(ended: Ended, why: impl std::fmt::Display) -> Self {
-        Self::Ended(ended, anyhow::anyhow!("{why}"))
+impl From<FetchError> for Attempt {
+    fn from(e: FetchError) -> Self {
+        Self::Final(e)
     }
 }
+
+/// One segment, what a fetch brings: where it came from and its bytes, verified.
+pub(crate) type Fetched = (SegmentLocation, Vec<u8>);
 
 /// What a playing console (or the gateway) uses to fetch segments: its directors, one stream
 /// per engine at a time, the engines it found unreachable, and how often it had to wait.
 pub(crate) struct Fetcher {
     pub(crate) directors: Arc<Directors>,
     slots: EngineSlots,
-    unreachable: std::sync::Mutex<Recent>,
+    unreachable: Mutex<Recent>,
     waits: AtomicU32,
 }
 
@@ -229,7 +218,7 @@ impl Fetcher {
         Self {
             directors,
             slots: EngineSlots::default(),
-            unreachable: Default::default(),
+            unreachable: Mutex::default(),
             waits: AtomicU32::new(0),
         }
     }
@@ -260,10 +249,10 @@ impl Fetcher {
     pub(crate) async fn fetch(
         &self,
         manifest: &Manifest,
-        index: u32,
+        index: SegmentIndex,
         token: Option<&[u8]>,
         play_from: u64,
-    ) -> Result<(SegmentLocation, Vec<u8>)> {
+    ) -> Result<Fetched, FetchError> {
         let mut retry = Retry::default();
         let mut partial = Vec::new();
         loop {
@@ -271,7 +260,7 @@ impl Fetcher {
             let attempt = self.attempt(manifest, (index, play_from), token, &mut partial, &retry);
             let (ended, error) = match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
                 Ok(Ok(done)) => {
-                    tracing::debug!(index, engine = %done.0.engine, director = %done.0.director, "segment fetched");
+                    tracing::debug!(%index, engine = %done.0.engine, director = %done.0.director, "segment fetched");
                     return Ok(done);
                 }
                 Ok(Err(Attempt::Final(e))) => return Err(e),
@@ -280,7 +269,7 @@ impl Fetcher {
                     Ended::Broke {
                         progress: partial.len() > had,
                     },
-                    anyhow::anyhow!("segment {index} timed out"),
+                    AttemptError::TimedOut(index),
                 ),
             };
             if ended.is_wait() {
@@ -295,12 +284,12 @@ impl Fetcher {
             }
             match retry.after(ended) {
                 Next::Again(after) => {
-                    tracing::debug!(index, ?ended, ?after, error = %error, "segment attempt ended; asking again");
+                    tracing::debug!(%index, ?ended, ?after, error = %error, "segment attempt ended; asking again");
                     if !after.is_zero() {
                         tokio::time::sleep(after).await;
                     }
                 }
-                Next::GiveUp => return Err(error),
+                Next::GiveUp => return Err(error.into()),
             }
         }
     }
@@ -309,7 +298,7 @@ impl Fetcher {
     async fn locate(
         &self,
         manifest: &Manifest,
-        index: u32,
+        index: SegmentIndex,
         retry: &Retry,
     ) -> Result<SegmentLocation, Attempt> {
         let mut avoid = retry.avoid().to_vec();
@@ -321,70 +310,95 @@ impl Fetcher {
         let named = !avoid.is_empty() || !retry.busy().is_empty();
         let locate = Request::Locate {
             program: manifest.program,
-            index,
+            index: index.0,
             complete: false,
             avoid,
             busy: retry.busy().to_vec(),
         };
         match located(self.directors.ask(locate).await) {
             // Nothing but what this console named: those engines are tried again.
-            Err(Attempt::Final(e)) if named && not_found(&e) => {
-                Err(Attempt::Ended(Ended::NothingElse, e))
-            }
+            Err(Attempt::Final(FetchError::NotFound(reply))) if named => Err(Attempt::Ended(
+                Ended::NothingElse,
+                AttemptError::Director(reply),
+            )),
             other => other,
         }
     }
 
+    /// One attempt: locate, open a stream to the engine named (following a swap), and read
+    /// the segment on from the bytes `partial` already holds.
     async fn attempt(
         &self,
         manifest: &Manifest,
-        (index, play_from): (u32, u64),
+        (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
         partial: &mut Vec<u8>,
         retry: &Retry,
-    ) -> Result<(SegmentLocation, Vec<u8>), Attempt> {
-        let fail = |m: String| Attempt::Final(anyhow::anyhow!(m));
+    ) -> Result<Fetched, Attempt> {
         let entry = manifest
             .content
-            .segment(index)
-            .ok_or_else(|| fail(format!("the manifest has no segment {index}")))?;
-        let mut location = self.locate(manifest, index, retry).await?;
+            .segment(index.0)
+            .ok_or(FetchError::NoSegment(index))?;
+        let location = self.locate(manifest, index, retry).await?;
+        let request = StreamRequest {
+            segment: SegmentId::new(manifest.program, index.0),
+            // Resumed from what earlier attempts received.
+            offset: partial.len() as u64,
+            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
+            play_from,
+        };
+        let (location, s, _slot) = self.open(manifest, entry, location, &request).await?;
+        let engine = location.engine;
+        let bytes = self.read(entry, engine, s, partial).await?;
+        Ok((location, bytes))
+    }
+
+    /// Opens the stream of `request` for segment `entry` at the engine `location` names, in turn with this
+    /// console's other fetches from that engine; an engine that hands the console over
+    /// (claim 21) is followed once to the engine with the whole segment. Returns where the
+    /// stream comes from, the stream, and the engine's slot (held while it streams).
+    async fn open(
+        &self,
+        manifest: &Manifest,
+        entry: &SegmentEntry,
+        mut location: SegmentLocation,
+        request: &StreamRequest,
+    ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit), Attempt> {
+        let index = request.segment.index;
         let client = &self.directors.first;
-        let (mut s, reply, _slot) = loop {
+        loop {
             let engine = location.engine;
-            let unreachable = |why: &dyn std::fmt::Display| {
-                Attempt::ended(
+            let unreachable = |reason: String| {
+                Attempt::Ended(
                     Ended::Unreachable(engine),
-                    format!("segment {index}: engine {engine}: {why}"),
+                    AttemptError::Unreachable {
+                        index,
+                        engine,
+                        reason,
+                    },
                 )
             };
-            // In turn with this console's other fetches from the same engine.
+            let lost = |reason: String| {
+                Attempt::Ended(
+                    Ended::Broke { progress: false },
+                    AttemptError::Lost { index, reason },
+                )
+            };
             let slot = self.slots.take(engine).await;
             if self.is_unreachable(&engine) {
-                return Err(unreachable(&"found unreachable meanwhile"));
+                return Err(unreachable("found unreachable meanwhile".into()));
             }
             client
                 .add_addresses(engine, location.addrs.clone())
                 .await
-                .map_err(|e| Attempt::ended(Ended::DirectorLost, e))?;
+                .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
             let mut s = client
                 .open_stream(engine, wire::PROTOCOL)
                 .await
-                .map_err(|e| unreachable(&e))?;
-            let request = StreamRequest {
-                segment: SegmentId::new(manifest.program, index),
-                // Resumed from what earlier attempts received.
-                offset: partial.len() as u64,
-                token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
-                play_from,
-            };
-            let broke = |e: &dyn std::fmt::Display| {
-                Attempt::ended(
-                    Ended::Broke { progress: false },
-                    format!("segment {index}: {e}"),
-                )
-            };
-            write_frame(&mut s, &request).await.map_err(|e| broke(&e))?;
+                .map_err(|e| unreachable(e.to_string()))?;
+            write_frame(&mut s, request)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
             // A stream dropped before it was read (libp2p-stream's one-deep inbound queue)
             // ends here with an error: the engine is alive, so it is not avoided.
             let reply = tokio::time::timeout(
@@ -392,88 +406,99 @@ impl Fetcher {
                 read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),
             )
             .await
-            .map_err(|_| unreachable(&"no answer"))?
-            .map_err(|e| broke(&e))?;
+            .map_err(|_| unreachable("no answer".into()))?
+            .map_err(|e| lost(e.to_string()))?;
             match reply {
                 // Claim 21: this engine's copy has not reached our position; its director
                 // names one with the whole segment, which takes us over.
                 StreamReply::Swap { filled } if !location.swap => {
-                    tracing::debug!(index, %engine, filled, play_from, "handed over: asking for a complete copy");
+                    tracing::debug!(%index, %engine, filled, play_from = request.play_from, "handed over: asking for a complete copy");
                     let complete = Request::Locate {
                         program: manifest.program,
-                        index,
+                        index: index.0,
                         complete: true,
                         avoid: Vec::new(),
                         busy: Vec::new(),
                     };
-                    location = located(
-                        self.directors
-                            .ask_director(location.director, complete)
-                            .await,
-                    )?;
+                    let answer = self
+                        .directors
+                        .ask_director(location.director, complete)
+                        .await;
+                    location = located(answer)?;
                 }
                 StreamReply::Swap { .. } => {
-                    return Err(broke(&"the engine named for a swap is still filling"));
+                    return Err(lost("the engine named for a swap is still filling".into()));
                 }
                 StreamReply::Busy => {
-                    return Err(Attempt::ended(
+                    return Err(Attempt::Ended(
                         Ended::EngineBusy(engine),
-                        format!("segment {index}: engine {engine} is busy"),
+                        AttemptError::Busy { index, engine },
                     ));
                 }
                 StreamReply::Absent => {
-                    return Err(Attempt::ended(
+                    return Err(Attempt::Ended(
                         Ended::Absent(engine),
-                        format!("segment {index} is not stored at engine {engine}"),
+                        AttemptError::Absent { index, engine },
                     ));
                 }
                 // The engine's one line is the user's one line (`token expired`, ...).
-                StreamReply::Refused(why) => return Err(fail(why)),
-                reply @ StreamReply::Streaming { .. } => break (s, reply, slot),
+                StreamReply::Refused(why) => return Err(FetchError::EngineRefused(why).into()),
+                StreamReply::Streaming { size, hash } => {
+                    if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
+                        return Err(FetchError::Mismatch { engine, index }.into());
+                    }
+                    return Ok((location, s, slot));
+                }
             }
-        };
-        let engine = location.engine;
-        let StreamReply::Streaming { size, hash } = reply else {
-            return Err(fail(format!("segment {index}: unexpected reply {reply:?}")));
-        };
-        if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
-            return Err(fail(format!(
-                "engine {engine} offers segment {index} that does not match the manifest"
-            )));
         }
+    }
+
+    /// Reads the rest of segment `entry` from `engine`'s stream into `partial` and verifies
+    /// the whole; the bytes, or how the attempt ended.
+    async fn read(
+        &self,
+        entry: &SegmentEntry,
+        engine: PeerId,
+        mut s: libp2p::Stream,
+        partial: &mut Vec<u8>,
+    ) -> Result<Vec<u8>, Attempt> {
+        let index = SegmentIndex(entry.index);
+        let size = entry.size as usize;
         let had = partial.len();
-        partial.reserve(size as usize - partial.len());
-        let mut buf = vec![0u8; 256 * 1024];
-        while (partial.len() as u64) < size {
-            let n = (size as usize - partial.len()).min(buf.len());
+        partial.reserve(size.saturating_sub(had));
+        let mut buf = vec![0u8; READ_CHUNK];
+        while partial.len() < size {
+            let n = (size - partial.len()).min(buf.len());
+            let progress = partial.len() > had;
             let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n])).await {
                 Ok(Ok(got)) => got,
-                Ok(Err(e)) => {
-                    return Err(Attempt::ended(
-                        Ended::Broke {
-                            progress: partial.len() > had,
+                Ok(Err(cause)) => {
+                    return Err(Attempt::Ended(
+                        Ended::Broke { progress },
+                        AttemptError::BrokeOff {
+                            index,
+                            engine,
+                            cause,
                         },
-                        format!("segment {index} broke off from engine {engine}: {e}"),
                     ));
                 }
                 // Connected but silent (frozen, cut off): resumed elsewhere.
                 Err(_) => {
-                    return Err(Attempt::ended(
+                    return Err(Attempt::Ended(
                         Ended::Unreachable(engine),
-                        format!("segment {index} stalled at engine {engine}"),
+                        AttemptError::Stalled { index, engine },
                     ));
                 }
             };
             if got == 0 {
                 // Ended early: handed over, or the engine went away. The next attempt resumes.
-                return Err(Attempt::ended(
-                    Ended::Broke {
-                        progress: partial.len() > had,
+                return Err(Attempt::Ended(
+                    Ended::Broke { progress },
+                    AttemptError::EndedEarly {
+                        index,
+                        engine,
+                        at: partial.len() as u64,
                     },
-                    format!(
-                        "segment {index} ended early from engine {engine} at byte {}",
-                        partial.len()
-                    ),
                 ));
             }
             partial.extend_from_slice(&buf[..got]);
@@ -482,47 +507,40 @@ impl Fetcher {
         let bytes = std::mem::take(partial);
         if SegmentHash::of(&bytes) != entry.hash {
             // Another attempt starts over at another engine; the bad bytes are never written.
-            return Err(Attempt::ended(
+            return Err(Attempt::Ended(
                 Ended::Absent(engine),
-                format!("segment {index} from engine {engine} failed verification"),
+                AttemptError::Unverified { index, engine },
             ));
         }
-        Ok((location, bytes))
+        Ok(bytes)
     }
 }
 
-/// Whether a director's refusal said the segment is nowhere to be had.
-fn not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<NotFound>().is_some()
-}
-
-/// A director's `NotFound` answer, kept apart from other refusals.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct NotFound(String);
-
 /// What a director's answer to `Locate` means for this attempt.
-fn located(answer: Result<Response>) -> Result<SegmentLocation, Attempt> {
-    match answer {
-        Ok(Response::Location(l)) => Ok(l),
+#[allow(
+    clippy::result_large_err,
+    reason = "one value per failed attempt, moved once: boxing buys nothing"
+)]
+fn located(answer: Result<Response, AskError>) -> Result<SegmentLocation, Attempt> {
+    let reply = match answer {
+        Ok(Response::Location(l)) => return Ok(l),
+        Ok(Response::Error(reply)) => reply,
+        Ok(other) => return Err(FetchError::Unexpected(format!("{other:?}")).into()),
+        Err(e) => return Err(Attempt::Ended(Ended::DirectorLost, e.into())),
+    };
+    match reply.code {
         // Every holder busy, or too many misses being filled: a wait.
-        Ok(Response::Error(e)) if e.code == ErrorCode::Busy => {
-            Err(Attempt::ended(Ended::DirectorBusy, e.message))
-        }
+        ErrorCode::Busy => Err(Attempt::Ended(
+            Ended::DirectorBusy,
+            AttemptError::Director(reply),
+        )),
         // The station could not reach the swarm or failed: worth another try.
-        Ok(Response::Error(e))
-            if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) =>
-        {
-            Err(Attempt::ended(Ended::DirectorLost, e.message))
-        }
-        Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => {
-            Err(Attempt::Final(NotFound(e.message).into()))
-        }
-        Ok(Response::Error(e)) => Err(Attempt::Final(anyhow::anyhow!(e.message))),
-        Ok(other) => Err(Attempt::Final(anyhow::anyhow!(
-            "unexpected answer: {other:?}"
-        ))),
-        Err(e) => Err(Attempt::Ended(Ended::DirectorLost, e)),
+        ErrorCode::Unavailable | ErrorCode::Internal => Err(Attempt::Ended(
+            Ended::DirectorLost,
+            AttemptError::Director(reply),
+        )),
+        ErrorCode::NotFound => Err(FetchError::NotFound(reply).into()),
+        _ => Err(FetchError::Refused(reply).into()),
     }
 }
 
@@ -544,5 +562,28 @@ mod tests {
         drop(held);
         let turn = tokio::time::timeout(Duration::from_secs(5), slots.take(a)).await;
         assert!(turn.is_ok());
+    }
+
+    #[test]
+    fn director_answers_are_waits_retries_or_final() {
+        let reply = |code| Ok(Response::Error(ErrorReply::new(code, "no")));
+        assert!(matches!(
+            located(reply(ErrorCode::Busy)),
+            Err(Attempt::Ended(Ended::DirectorBusy, _))
+        ));
+        assert!(matches!(
+            located(reply(ErrorCode::Unavailable)),
+            Err(Attempt::Ended(Ended::DirectorLost, _))
+        ));
+        assert!(matches!(
+            located(reply(ErrorCode::NotFound)),
+            Err(Attempt::Final(FetchError::NotFound(_)))
+        ));
+        let refused = located(reply(ErrorCode::NotPublished));
+        assert!(
+            matches!(&refused, Err(Attempt::Final(FetchError::Refused(r))) if r.message == "no")
+        );
+        let lost = located(Err(AskError::Down(PeerId::random())));
+        assert!(matches!(lost, Err(Attempt::Ended(Ended::DirectorLost, _))));
     }
 }

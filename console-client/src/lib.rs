@@ -1,22 +1,22 @@
-//! vodmesh-console: a subscriber's client of the swarm.
+//! vodmesh-console: a subscriber's client of the swarm. The caller side of the control
+//! protocols (director, auth, key and token files) is `vodmesh-client`'s; this crate plays.
 //!
-//! - [`client`]: a connection to one director over `/vodmesh/director/1`, used by the console
-//!   and by the `vodmesh` tool.
-//! - [`play`]: playing a program with handoff from engine to engine, verified; `fetch`
-//!   streams one segment (one stream per engine at a time, busy engines waited out) and
-//!   `playback` holds the decisions (which segments a run writes, what follows a failed
-//!   attempt), as plain functions.
+//! - [`play`]: playing a program with handoff from engine to engine, verified: the tokio
+//!   driver of `playback`, the pure state machine of its decisions (fetch window, clock,
+//!   pause, seek, stalls, handoffs).
+//! - `session`: an open program (its verified manifest, the directors to ask) and the
+//!   swarm's program list; `directors`: which director to ask, passing over a station that
+//!   went down.
+//! - `fetch`: one segment, located, streamed (one stream per engine at a time, busy engines
+//!   waited out) and verified; `retry` holds its decisions after a failed attempt.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
-//! - [`rpc`]: a request-response client of one peer for any vodmesh CBOR protocol.
-//! - [`auth`]: `/vodmesh/auth/1` from the client side: finding the auth server, logins,
-//!   admin requests, `$VODMESH_HOME`.
 
-pub mod auth;
-pub mod client;
+mod directors;
 mod fetch;
 pub mod play;
 mod playback;
-pub mod rpc;
+mod retry;
 pub mod serve;
+mod session;
 pub mod terminal;

@@ -1,15 +1,21 @@
 //! `vodmesh-console`: log in, list programs and play them from the swarm.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use libp2p::Multiaddr;
-use vodmesh_console::auth::{AuthClient, Home, find_auth_server, read_password, write_private};
-use vodmesh_console::client::DirectorClient;
+use tokio::io::AsyncWrite;
+use tokio::task::JoinSet;
+use vodmesh_client::auth::{AuthClient, find_auth_server};
+use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
+use vodmesh_client::{DirectorClient, DirectorError};
 use vodmesh_console::play::{self, Speed};
+use vodmesh_console::terminal::{self, Keys};
+use vodmesh_proto::director::{Request, Response};
+use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Audience;
 
@@ -110,15 +116,12 @@ enum SpeedArg {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cmd::parse() {
+fn main() {
+    vodmesh_client::cli::main("warn", run(Cmd::parse()));
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Ping { node } => ping(&node).await,
         Cmd::Ls { node } => ls(&node).await,
         Cmd::Serve { node, http } => serve(&node, http).await,
@@ -148,12 +151,9 @@ async fn main() {
                 },
                 SpeedArg::Max => Speed::Max,
             };
-            run_play(&node, &program, start, out, player, speed, stats).await
+            let output = Output::open(out, player).await?;
+            run_play(&node, &program, start, output, speed, stats).await
         }
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }
 
@@ -176,60 +176,114 @@ async fn ls(node: &Multiaddr) -> Result<()> {
     Ok(())
 }
 
-/// The console's identity and token, from `vodmesh-console login`, with the task that keeps
-/// the token fresh (none without a token: then the swarm refuses to stream).
-fn credentials(
-    node: &Multiaddr,
-) -> Result<(play::Credentials, Option<tokio::task::JoinHandle<()>>)> {
+/// The console's identity and token, from `vodmesh-console login`; the task that keeps the
+/// token fresh goes into `background` (none without a token: then the swarm refuses to
+/// stream).
+fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::Credentials> {
     let home = Home::from_env()?;
     let token_path = home.token_path("console");
     if !token_path.exists() {
-        return Ok((play::Credentials::default(), None));
+        return Ok(play::Credentials::default());
     }
     let key = home.identity()?;
-    let token = vodmesh_console::auth::read_small(&token_path, "console token", 64 * 1024)?;
-    let shared: play::SharedToken = Arc::new(std::sync::RwLock::new(Some(token)));
+    let token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
+    let credentials = play::Credentials::new(key.clone(), token);
     // Refreshed in the background before it expires, without stopping playback.
-    let refresher = vodmesh_console::auth::spawn_refresher(
+    background.spawn(play::keep_fresh(
         node.clone(),
-        key.clone(),
-        shared.clone(),
+        key,
+        credentials.token.clone(),
         Some(token_path),
-    );
-    Ok((
-        play::Credentials {
-            key: Some(key),
-            token: shared,
-        },
-        Some(refresher),
-    ))
+    ));
+    Ok(credentials)
 }
 
 async fn serve(node: &Multiaddr, http: std::net::SocketAddr) -> Result<()> {
-    let (credentials, _refresher) = credentials(node)?;
+    let mut background = JoinSet::new();
+    let credentials = credentials(node, &mut background)?;
     if credentials.key.is_none() {
         eprintln!(
             "warning: no console token in $VODMESH_HOME: run `vodmesh-console login` first, \
              or the swarm will refuse to stream"
         );
     }
-    vodmesh_console::serve::run(node.clone(), credentials, http).await
+    Ok(vodmesh_console::serve::run(node.clone(), credentials, http).await?)
+}
+
+/// Where `play` writes the media.
+enum Output {
+    Stdout(tokio::io::Stdout),
+    File(tokio::fs::File),
+    /// A player's standard input, and the player.
+    Player(tokio::process::ChildStdin, tokio::process::Child),
+}
+
+impl Output {
+    /// `--out FILE`, `--out -` or `--player CMD`.
+    async fn open(out: Option<String>, player: Option<String>) -> Result<Self> {
+        match (out.as_deref(), player) {
+            (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
+            (Some("-"), None) => Ok(Self::Stdout(tokio::io::stdout())),
+            (Some(path), None) => Ok(Self::File(
+                tokio::fs::File::create(path)
+                    .await
+                    .with_context(|| format!("cannot create {path}"))?,
+            )),
+            (None, Some(cmd)) => {
+                let mut child = tokio::process::Command::new("sh")
+                    .args(["-c", &cmd])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("cannot start the player: {cmd}"))?;
+                let stdin = child.stdin.take().context("player has no stdin")?;
+                Ok(Self::Player(stdin, child))
+            }
+            (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
+        }
+    }
+
+    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin) {
+        match self {
+            Self::Stdout(w) => w,
+            Self::File(w) => w,
+            Self::Player(w, _) => w,
+        }
+    }
+
+    /// After playback: a file made durable, a player given the end of its input and waited
+    /// for.
+    async fn finish(self) -> Result<()> {
+        match self {
+            Self::Stdout(_) => {}
+            // Durable when it is a file (not /dev/null or a pipe, which cannot sync).
+            Self::File(file) => {
+                if file.metadata().await.is_ok_and(|m| m.is_file()) {
+                    file.sync_all().await?;
+                }
+            }
+            Self::Player(stdin, mut child) => {
+                drop(stdin);
+                let _ = child.wait().await;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn run_play(
     node: &Multiaddr,
     program: &str,
     start: f64,
-    out: Option<String>,
-    player: Option<String>,
+    mut output: Output,
     speed: Speed,
     stats_file: Option<PathBuf>,
 ) -> Result<()> {
-    let (credentials, _refresher) = credentials(node)?;
+    let mut background = JoinSet::new();
+    let credentials = credentials(node, &mut background)?;
     // On a terminal: a progress line, and keys (space, left/right, q) when stdin is one too.
     let show = std::io::stderr().is_terminal();
     let keys = if show && std::io::stdin().is_terminal() {
-        match vodmesh_console::terminal::Keys::start() {
+        match Keys::start() {
             Ok((keys, controls)) => {
                 eprint!("keys: space pause/resume, left/right seek 30 s, q quit\r\n");
                 Some((keys, controls))
@@ -245,72 +299,20 @@ async fn run_play(
     let (keys, controls) = keys.map_or((None, None), |(k, c)| (Some(k), Some(c)));
     let progress = |p: &play::Progress<'_>| {
         if show {
-            vodmesh_console::terminal::show(p);
+            terminal::show(p);
         }
     };
-    let result = async {
-        match (out.as_deref(), player) {
-            (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
-            (Some("-"), None) => {
-                let mut stdout = tokio::io::stdout();
-                play::play(
-                    node,
-                    &credentials,
-                    program,
-                    start,
-                    speed,
-                    &mut stdout,
-                    controls,
-                    progress,
-                )
-                .await
-            }
-            (Some(path), None) => {
-                let mut file = tokio::fs::File::create(path)
-                    .await
-                    .with_context(|| format!("cannot create {path}"))?;
-                let stats = play::play(
-                    node,
-                    &credentials,
-                    program,
-                    start,
-                    speed,
-                    &mut file,
-                    controls,
-                    progress,
-                )
-                .await?;
-                // Durable when it is a file (not /dev/null or a pipe, which cannot sync).
-                if file.metadata().await.is_ok_and(|m| m.is_file()) {
-                    file.sync_all().await?;
-                }
-                Ok(stats)
-            }
-            (None, Some(cmd)) => {
-                let mut child = tokio::process::Command::new("sh")
-                    .args(["-c", &cmd])
-                    .stdin(std::process::Stdio::piped())
-                    .spawn()
-                    .with_context(|| format!("cannot start the player: {cmd}"))?;
-                let mut stdin = child.stdin.take().context("player has no stdin")?;
-                let stats = play::play(
-                    node,
-                    &credentials,
-                    program,
-                    start,
-                    speed,
-                    &mut stdin,
-                    controls,
-                    progress,
-                )
-                .await?;
-                drop(stdin);
-                let _ = child.wait().await;
-                Ok(stats)
-            }
-            (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
-        }
-    }
+    let writer = output.writer();
+    let result = play::play(
+        node,
+        &credentials,
+        program,
+        start,
+        speed,
+        writer,
+        controls,
+        progress,
+    )
     .await;
     // The terminal leaves raw mode before anything else is printed.
     drop(keys);
@@ -318,6 +320,7 @@ async fn run_play(
         eprintln!();
     }
     let stats = result?;
+    output.finish().await?;
     if let Some(path) = stats_file {
         std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -326,10 +329,8 @@ async fn run_play(
 }
 
 async fn ping(node: &Multiaddr) -> Result<()> {
-    use vodmesh_proto::director::{Request, Response};
-    use vodmesh_proto::station::StationRecord;
     let client = DirectorClient::connect(node, None).await?;
-    match client.request(Request::Station).await? {
+    match client.call(Request::Station).await? {
         Response::Station(signed) => {
             let rec = StationRecord::verify(&signed, now_ms())?;
             println!(
@@ -339,16 +340,11 @@ async fn ping(node: &Multiaddr) -> Result<()> {
             );
             Ok(())
         }
-        Response::Error(e) => bail!("{}", e.message),
-        other => bail!("unexpected answer: {other:?}"),
+        other => Err(DirectorError::unexpected(&other).into()),
     }
 }
-async fn login(
-    node: &Multiaddr,
-    user: &str,
-    password_file: &std::path::Path,
-    admin: bool,
-) -> Result<()> {
+
+async fn login(node: &Multiaddr, user: &str, password_file: &Path, admin: bool) -> Result<()> {
     let password = read_password(password_file)?;
     let home = Home::from_env()?;
     let key = home.identity()?;

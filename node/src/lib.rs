@@ -19,7 +19,7 @@
 //! - [`status`]: the status page of `--metrics` and its `/status.json`.
 //! - [`backplane`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
-//! - [`identity`]: identity files under the data directory.
+//! - [`identity`]: identity files under the data directory (`vodmesh_client::identity`).
 //! - [`config`]: what `vodmesh-node`'s flags configure.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
 
@@ -31,7 +31,7 @@ pub mod control;
 pub mod director;
 pub mod engine;
 pub mod events;
-pub mod identity;
+pub use vodmesh_client::identity;
 mod listen;
 pub mod metrics;
 pub mod nodefile;

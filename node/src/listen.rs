@@ -25,7 +25,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
-use vodmesh_proto::net::with_peer;
+use vodmesh_proto::net::{dialable, is_tcp, with_peer};
 
 /// How long a listener may take to report its address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -273,28 +273,6 @@ fn shifted(addrs: &[Multiaddr], index: usize) -> Result<Vec<Multiaddr>, Error> {
             })
         })
         .collect()
-}
-
-/// `addr` without its `/p2p/<peer id>` suffix.
-pub(crate) fn without_peer(addr: &Multiaddr) -> Multiaddr {
-    addr.iter()
-        .filter(|p| !matches!(p, Protocol::P2p(_)))
-        .collect()
-}
-
-/// Whether an address announced by a peer is worth dialing (not 0.0.0.0 or a port 0).
-pub(crate) fn dialable(addr: &Multiaddr) -> bool {
-    addr.iter().all(|p| match p {
-        Protocol::Ip4(ip) => !ip.is_unspecified(),
-        Protocol::Ip6(ip) => !ip.is_unspecified(),
-        Protocol::Tcp(port) | Protocol::Udp(port) => port != 0,
-        _ => true,
-    })
-}
-
-/// Whether `addr` is a TCP address.
-pub(crate) fn is_tcp(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
 }
 
 #[cfg(test)]

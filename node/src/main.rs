@@ -202,22 +202,11 @@ fn parse_coords(s: &str) -> Result<(f64, f64), String> {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
-    init_tracing();
-    if let Err(e) = run(Args::parse()).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,vodmesh_node=info,vodmesh_registry=info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+fn main() {
+    vodmesh_client::cli::main(
+        "warn,vodmesh_node=info,vodmesh_registry=info",
+        run(Args::parse()),
+    );
 }
 
 async fn run(args: Args) -> Result<()> {

@@ -28,12 +28,10 @@ use libp2p::kad;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use tokio::sync::mpsc;
+use vodmesh_proto::net::IDENTIFY_PROTOCOL;
 
 use crate::registry::{self, Command, Registry, RegistryConfig, RegistryHandle, RegistryStats};
 use crate::store::PersistentStore;
-
-/// The identify protocol every vodmesh peer speaks (directors, engines, registry servers).
-pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 
 /// Which of a peer's announced addresses go into the routing table.
 pub type AddressFilter = fn(&Multiaddr) -> bool;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::AsyncReadExt;
 use libp2p::{Multiaddr, PeerId};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_console::play::Credentials;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{Activity, Request, Response, SegmentLocation};

@@ -12,10 +12,9 @@ use anyhow::{Context, Result};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
-use vodmesh_console::auth::{
-    AuthClient, MAX_TOKEN_FILE, find_auth_server, read_password, read_small, write_private,
-};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
+use vodmesh_client::auth::{AuthClient, find_auth_server};
+use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_proto::auth::{Delegation, Request};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Rights};
@@ -36,7 +35,7 @@ pub async fn user_add(
     admin: bool,
     rights: Rights,
 ) -> Result<()> {
-    let key = vodmesh_node::identity::load(key_file)?;
+    let key = vodmesh_client::identity::load(key_file)?;
     let password = read_password(password_file)?;
     let admin_token = admin_token(admin_token_file)?;
     let wire = Keypair::generate_ed25519();
@@ -65,7 +64,7 @@ pub async fn enroll(
     station: Option<PeerId>,
     out: &Path,
 ) -> Result<PeerId> {
-    let key = vodmesh_node::identity::load(key_file)?;
+    let key = vodmesh_client::identity::load(key_file)?;
     let admin_token = admin_token(admin_token_file)?;
     let wire = Keypair::generate_ed25519();
     let station = match station {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use vodmesh_node::{Station, StationConfig};
 
-use vodmesh_console::auth::{AuthClient, find_auth_server};
+use vodmesh_client::auth::{AuthClient, find_auth_server};
 
 use crate::{admin, ingest, status};
 
@@ -67,7 +67,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
             .collect();
         if let Some(first) = stations.first() {
             let data = dir.path().join(format!("station-{i}"));
-            let key = vodmesh_node::identity::load_or_create(&data.join("identity.key"))?;
+            let key = vodmesh_client::identity::load_or_create(&data.join("identity.key"))?;
             let token = data.join("enroll.token");
             admin::enroll(
                 first.addr(),

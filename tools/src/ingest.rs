@@ -21,7 +21,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
 use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
@@ -79,7 +79,7 @@ pub use crate::source::segment_file;
 
 /// Ingests as `opts` says; returns the program's catalog entry.
 pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
-    let key = vodmesh_node::identity::load(&opts.key)?;
+    let key = vodmesh_client::identity::load(&opts.key)?;
     let source = crate::source::open(
         &opts.source.to_string_lossy(),
         opts.segment_size,
@@ -369,5 +369,5 @@ async fn push_segment(
 
 /// Loads `path` as an identity key (used by `ingest` and `publish`).
 pub fn load_key(path: &Path) -> Result<Keypair> {
-    vodmesh_node::identity::load(path)
+    Ok(vodmesh_client::identity::load(path)?)
 }

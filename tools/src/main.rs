@@ -274,30 +274,20 @@ enum UserCmd {
 #[global_allocator]
 static GLOBAL: allocator::Allocator = allocator::Allocator;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
     if matches!(args.cmd, Cmd::Sim { .. }) && !allocator::is_jemalloc() {
         let e = allocator::exec_with_jemalloc();
         eprintln!("warning: the simulation runs on mimalloc, which needs more memory: {e}");
     }
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(args).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    vodmesh_client::cli::main("warn", run(args));
 }
 
 async fn run(args: Args) -> Result<()> {
     match args.cmd {
         Cmd::Keygen { out } => {
             let key = libp2p::identity::Keypair::generate_ed25519();
-            vodmesh_node::identity::save(&out, &key)
+            vodmesh_client::identity::save(&out, &key)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", key.public().to_peer_id());
         }

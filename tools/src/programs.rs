@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::catalog::ProgramState;
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 

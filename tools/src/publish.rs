@@ -4,14 +4,14 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, admin};
 
 /// Publishes `program` at the content manager `node`, signing with the admin key at `key`.
 pub async fn run(node: &Multiaddr, key: &Path, program: ProgramId) -> Result<ProgramInfo> {
-    let key = vodmesh_node::identity::load(key)?;
+    let key = vodmesh_client::identity::load(key)?;
     let client = DirectorClient::connect(node, None).await?;
     let proof = admin::prove(&key, "publish", program.as_bytes(), client.peer(), now_ms());
     match client

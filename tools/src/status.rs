@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_node::status::{engine_json, totals_json};
 use vodmesh_proto::director::{Activity, Request, Response};
 use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord, human_bytes as human};

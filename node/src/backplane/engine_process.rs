@@ -298,7 +298,7 @@ impl Attach {
             *slot = Some(token.clone());
         }
         let file = &self.token_file;
-        if let Err(e) = vodmesh_console::auth::write_private(file, &token, "engine token") {
+        if let Err(e) = vodmesh_client::files::write_private(file, &token, "engine token") {
             tracing::warn!(cause = %e, "cannot write the engine token file");
         }
         tracing::info!("engine token received from the director");

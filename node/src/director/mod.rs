@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, Request, Response};
-use vodmesh_proto::net::{build_swarm, peer_of};
+use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, dialable, is_tcp, peer_of, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
 use vodmesh_proto::time::{in_ms, now_ms};
@@ -70,7 +70,7 @@ use crate::config::StationConfig;
 use crate::content::Catalog;
 use crate::control::{EngineCommand, EngineReport};
 use crate::events::Observer;
-use crate::listen::{advertised, announced, dialable, is_tcp, listen_all, without_peer};
+use crate::listen::{advertised, announced, listen_all};
 use crate::metrics::Metrics;
 use crate::store::locations::LocationTable;
 
@@ -85,9 +85,6 @@ pub(crate) struct DirectorBehaviour {
     /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::backplane`]).
     blade: libp2p_stream::Behaviour,
 }
-
-/// The identify protocol string every vodmesh peer announces.
-pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 
 /// A started director.
 pub struct DirectorHandle {

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Stream, Swarm};
+use libp2p::{PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
 use vodmesh_proto::manifest::MAX_SEGMENT_SIZE;
+use vodmesh_proto::net::prefer_tcp;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, TrustedIssuers};
 use vodmesh_proto::{SegmentHash, SegmentId};
@@ -163,19 +163,8 @@ fn dial(swarm: &mut Swarm<EngineBehaviour>, source: &Source) {
     if swarm.is_connected(&source.engine) {
         return;
     }
-    let tcp: Vec<Multiaddr> = source
-        .addrs
-        .iter()
-        .filter(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .cloned()
-        .collect();
-    let addrs = if tcp.is_empty() {
-        source.addrs.clone()
-    } else {
-        tcp
-    };
     let opts = DialOpts::peer_id(source.engine)
-        .addresses(addrs)
+        .addresses(prefer_tcp(&source.addrs))
         .condition(PeerCondition::DisconnectedAndNotDialing)
         .build();
     if let Err(e) = swarm.dial(opts) {

@@ -22,7 +22,7 @@ use libp2p::{Multiaddr, PeerId, identify, ping};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::net::build_swarm;
+use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm};
 
 use crate::control::{EngineCommand, EngineReport, Expected};
 use crate::listen::{advertised, announced, listen_all};
@@ -138,7 +138,7 @@ pub async fn start(
 
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
-            identify::Config::new("/vodmesh/1".into(), k.public())
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
                 .with_agent_version(format!("vodmesh-engine/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: ping::Behaviour::default(),

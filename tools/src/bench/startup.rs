@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::director::{Request, Response};
 

@@ -22,11 +22,11 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::{Value, json};
-use vodmesh_console::client::DirectorClient;
+use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::token::Issuer;
-use vodmesh_proto::{ProgramId, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentId, SegmentIndex};
 
 use super::swarm::{NodeProcess, console_token, ingest_into};
 use super::{Row, cpu_time, quantile_ms, ratio, round2, rss_bytes};
@@ -271,7 +271,7 @@ async fn console(
     let mut played = 0u64;
     let mut index = first % SEGMENTS;
     while Instant::now() < end {
-        let Ok(mut s) = open(c, program, engine, index as u32).await else {
+        let Ok(mut s) = open(c, program, engine, SegmentIndex(index as u32)).await else {
             seen.errors += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -323,13 +323,13 @@ async fn open(
     c: &Console,
     program: ProgramId,
     engine: PeerId,
-    index: u32,
+    index: SegmentIndex,
 ) -> Result<libp2p::Stream> {
     let mut s = c.client.open_stream(engine, wire::PROTOCOL).await?;
     write_frame(
         &mut s,
         &StreamRequest {
-            segment: SegmentId::new(program, index),
+            segment: SegmentId::new(program, index.0),
             offset: 0,
             token: Some(c.token.clone()),
             play_from: 0,

@@ -64,7 +64,7 @@ impl BenchSwarm {
         let mut started = Vec::new();
         for (i, shape) in others.iter().enumerate() {
             let sdir = dir.join(format!("station-{i}"));
-            let key = vodmesh_node::identity::load_or_create(&sdir.join("identity.key"))?;
+            let key = vodmesh_client::identity::load_or_create(&sdir.join("identity.key"))?;
             let token = sdir.join("enroll.token");
             crate::admin::enroll(
                 home_station.addr(),
@@ -141,13 +141,13 @@ impl BenchSwarm {
     /// A console home under `dir` (for `VODMESH_HOME`) with an identity and a console token of
     /// the bench issuer.
     pub(crate) fn console_home(&self, dir: &Path) -> Result<PathBuf> {
-        let home = vodmesh_console::auth::Home {
+        let home = vodmesh_client::files::Home {
             dir: dir.to_path_buf(),
         };
         std::fs::create_dir_all(dir)?;
         let key = home.identity()?;
         let token = console_token(&self.issuer, &key)?;
-        vodmesh_console::auth::write_private(&home.token_path("console"), &token, "token")?;
+        vodmesh_client::files::write_private(&home.token_path("console"), &token, "token")?;
         Ok(dir.to_path_buf())
     }
 

@@ -1,0 +1,351 @@
+//! A client of one peer for any vodmesh request-response protocol (CBOR): the one dial loop,
+//! the one loop that matches answers to requests, and streams to the peers it is told about.
+//! [`crate::director::DirectorClient`] and [`crate::auth::AuthClient`] are built on it.
+//!
+//! The swarm belongs to a task of its own; an [`RpcClient`] holds a bounded channel to it
+//! and each request carries a `oneshot` for its answer. Dropping the client ends the task.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use vodmesh_proto::codec::{CborCodec, Limits};
+use vodmesh_proto::net::{BuildError, build_swarm, peer_of, prefer_tcp};
+
+/// How long the first connection to the peer may take, per address tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening one stream may take before it is retried (a stream lost by the remote's
+/// one-deep inbound queue never completes).
+pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Commands waiting for the client's task, at most.
+const QUEUE: usize = 16;
+
+/// Why a request (or a stream) did not get through.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address has no `/p2p/<peer id>`.
+    #[error("address {0} does not end in /p2p/<peer id>")]
+    NoPeerId(Multiaddr),
+    /// There was no address to dial.
+    #[error("no address to dial")]
+    NoAddress,
+    /// The peer could not be reached at any of its addresses.
+    #[error("cannot reach the director at {addr}: {reason}")]
+    Unreachable {
+        /// The first address given.
+        addr: Multiaddr,
+        /// What went wrong at the last address tried (boxed: libp2p's dial errors are
+        /// large, and every `Result` of this crate would carry their size).
+        reason: Box<DialFailure>,
+    },
+    /// The request failed on the way (connection lost, time-out, refused protocol).
+    #[error("request failed: {0}")]
+    Request(#[from] OutboundFailure),
+    /// A stream to a peer could not be opened.
+    #[error("cannot open a stream to {peer}: {reason}")]
+    Stream {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong at the last try.
+        reason: String,
+    },
+    /// A stream's peer cannot be dialed at all (no address, every dial refused).
+    #[error("cannot connect to {peer}: {reason}")]
+    NotConnected {
+        /// The peer.
+        peer: PeerId,
+        /// What the dial said.
+        reason: std::io::Error,
+    },
+    /// The client's network task is gone.
+    #[error("client stopped")]
+    Closed,
+    /// The swarm could not be built.
+    #[error("network setup: {0}")]
+    Setup(#[from] BuildError),
+}
+
+/// Why one address of the peer could not be dialed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialFailure {
+    /// The dial failed (refused, no route, another peer answered, ...).
+    #[error(transparent)]
+    Dial(#[from] libp2p::swarm::DialError),
+    /// No connection within [`CONNECT_TIMEOUT`].
+    #[error("timed out")]
+    TimedOut,
+}
+
+/// A request-response protocol as a client speaks it.
+#[derive(Clone, Debug)]
+pub struct Protocol {
+    /// Its versioned name.
+    pub name: StreamProtocol,
+    /// Its size caps.
+    pub limits: Limits,
+    /// How long one request may take.
+    pub timeout: Duration,
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Behaviour<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    control: request_response::Behaviour<CborCodec<Req, Resp>>,
+    streams: libp2p_stream::Behaviour,
+}
+
+type Reply<Resp> = oneshot::Sender<Result<Resp, ClientError>>;
+
+enum Command<Req, Resp> {
+    Request(Req, Reply<Resp>),
+    /// Where a peer listens; answered once the swarm knows (and dials) them.
+    Addresses(PeerId, Vec<Multiaddr>, oneshot::Sender<()>),
+}
+
+/// A connection to one peer speaking one request-response protocol, which can also open
+/// streams to other peers (the engines a director names).
+pub struct RpcClient<Req, Resp> {
+    peer: PeerId,
+    local: PeerId,
+    tx: mpsc::Sender<Command<Req, Resp>>,
+    streams: libp2p_stream::Control,
+    task: JoinHandle<()>,
+}
+
+impl<Req, Resp> RpcClient<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Connects with identity `key` to the peer at the first of `addrs` that answers (each
+    /// ending in `/p2p/<peer id>`; addresses of another peer than the first's are skipped),
+    /// for `protocol`.
+    pub async fn connect(
+        addrs: &[Multiaddr],
+        key: Keypair,
+        protocol: Protocol,
+    ) -> Result<Self, ClientError> {
+        let first = addrs.first().ok_or(ClientError::NoAddress)?;
+        let peer = peer_of(first).ok_or_else(|| ClientError::NoPeerId(first.clone()))?;
+        let local = key.public().to_peer_id();
+        let mut swarm = build_swarm(key, |_| Behaviour {
+            control: request_response::Behaviour::with_codec(
+                CborCodec::new(protocol.limits),
+                [(protocol.name, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(protocol.timeout),
+            ),
+            streams: libp2p_stream::Behaviour::new(),
+        })?;
+        let mut failed = None;
+        for addr in addrs.iter().filter(|a| peer_of(a) == Some(peer)) {
+            match dial(&mut swarm, peer, addr).await {
+                Ok(()) => {
+                    // Known by peer id too: a connection that closes (an idle time-out, the
+                    // peer closing it) is dialed again by the next request instead of
+                    // failing it with "Failed to dial the requested peer".
+                    swarm.add_peer_address(peer, addr.clone());
+                    failed = None;
+                    break;
+                }
+                Err(why) => failed = Some(why),
+            }
+        }
+        if let Some(reason) = failed {
+            return Err(ClientError::Unreachable {
+                addr: first.clone(),
+                reason: Box::new(reason),
+            });
+        }
+        let streams = swarm.behaviour().streams.new_control();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(drive(swarm, peer, rx));
+        Ok(Self {
+            peer,
+            local,
+            tx,
+            streams,
+            task,
+        })
+    }
+
+    /// Sends `request` and waits for the answer.
+    pub async fn request(&self, request: Req) -> Result<Resp, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request(request, reply))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
+impl<Req, Resp> RpcClient<Req, Resp> {
+    /// The remote peer.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// This client's own peer id (the identity the remote sees).
+    pub fn local_peer(&self) -> PeerId {
+        self.local
+    }
+
+    /// Tells the client where `peer` (an engine) listens, so streams to it can be opened;
+    /// only its TCP addresses when it has any ([`prefer_tcp`]).
+    pub async fn add_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), ClientError> {
+        let (known, ack) = oneshot::channel();
+        self.tx
+            .send(Command::Addresses(peer, prefer_tcp(&addrs), known))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        // Before a stream is opened, the swarm must know the addresses: a stream's own dial
+        // by peer id finds none otherwise, and fails.
+        ack.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Opens a stream of `protocol` to `peer` (whose addresses were added before), retrying
+    /// once: the remote accepts one pending stream at a time, and libp2p-stream may drop a
+    /// dial. A peer that cannot be dialed fails at once, and one that does not answer (frozen)
+    /// within two tries: the caller has other engines to try.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p::Stream, ClientError> {
+        let mut control = self.streams.clone();
+        let mut reason = String::new();
+        for attempt in 0..2u64 {
+            let open = control.open_stream(peer, protocol.clone());
+            match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(libp2p_stream::OpenStreamError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::NotConnected =>
+                {
+                    return Err(ClientError::NotConnected { peer, reason: e });
+                }
+                Ok(Err(e)) => reason = e.to_string(),
+                Err(_) => reason = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        Err(ClientError::Stream { peer, reason })
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for RpcClient<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp> Drop for RpcClient<Req, Resp> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Dials `peer` at `addr` and waits until connected; the reason when it is not.
+async fn dial<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    peer: PeerId,
+    addr: &Multiaddr,
+) -> Result<(), DialFailure> {
+    swarm.dial(addr.clone())?;
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => {
+                    return Ok(());
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    connected.unwrap_or(Err(DialFailure::TimedOut))
+}
+
+/// The client's task: sends what the client asks, matches each answer to its request, and
+/// ends when the client is dropped.
+async fn drive<Req, Resp>(
+    mut swarm: Swarm<Behaviour<Req, Resp>>,
+    peer: PeerId,
+    mut rx: mpsc::Receiver<Command<Req, Resp>>,
+) where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    let mut pending: HashMap<OutboundRequestId, Reply<Resp>> = HashMap::new();
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                Some(Command::Request(request, reply)) => {
+                    let id = swarm.behaviour_mut().control.send_request(&peer, request);
+                    pending.insert(id, reply);
+                }
+                Some(Command::Addresses(other, addrs, known)) => {
+                    // Dial now rather than leave it to libp2p-stream: its dial requests go
+                    // through a one-slot channel, and when streams to several new peers are
+                    // opened at once the extra dial requests are dropped and those opens
+                    // wait forever (seen as 3-10 s stalls at the start of an ingest to three
+                    // engines).
+                    for addr in &addrs {
+                        swarm.add_peer_address(other, addr.clone());
+                    }
+                    let opts = DialOpts::peer_id(other)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::trace!(peer = %other, error = %e, "dial not started");
+                    }
+                    let _ = known.send(());
+                }
+                None => break,
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(BehaviourEvent::Control(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    },
+                )) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Control(
+                    request_response::Event::OutboundFailure { request_id, error, .. },
+                )) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(Err(ClientError::Request(error)));
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The directors a console asks: the one it was pointed at first, then the rest of the swarm,
+//! learned through the first. A station that goes down mid-play is passed over and the
+//! console carries on with the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::{Mutex, OnceCell};
+use vodmesh_client::{ClientError, DirectorClient};
+use vodmesh_proto::director::{ErrorCode, Request, Response};
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::time::now_ms;
+
+/// How long a first director that failed is passed over before it is asked again.
+const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// Why no director answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The request to a director failed on the way.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The first director failed lately and nobody else answered.
+    #[error("director {0} is down")]
+    Down(PeerId),
+    /// A director that is not among the swarm's stations.
+    #[error("director {0} is not in the swarm")]
+    NotInSwarm(PeerId),
+    /// A director of the swarm that cannot be reached.
+    #[error("cannot reach director {0}")]
+    Unreachable(PeerId),
+}
+
+/// The directors a console may ask: the one it was pointed at first, then the rest of the
+/// swarm (found lazily through the first one).
+pub(crate) struct Directors {
+    pub(crate) first: Arc<DirectorClient>,
+    others: OnceCell<Vec<StationRecord>>,
+    /// Connections to the other directors, opened once and kept for every later segment.
+    clients: Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
+    /// When the first director last failed to answer.
+    first_down: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Directors {
+    /// The directors reached through `first`.
+    pub(crate) fn new(first: Arc<DirectorClient>) -> Self {
+        Self {
+            first,
+            others: OnceCell::new(),
+            clients: Mutex::default(),
+            first_down: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The other live stations of the swarm, as the first director listed them once.
+    pub(crate) async fn swarm(&self) -> &[StationRecord] {
+        self.others
+            .get_or_init(|| async {
+                match self.first.request(Request::Swarm).await {
+                    Ok(Response::Swarm(list)) => list
+                        .iter()
+                        .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
+                        .filter(|r| r.director != self.first.peer())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .await
+    }
+
+    /// A kept connection to `station`'s director, opened on first use.
+    async fn client(&self, station: &StationRecord) -> Option<Arc<DirectorClient>> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&station.director) {
+            return Some(c.clone());
+        }
+        let addr = station.addrs.first()?;
+        let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
+        clients.insert(station.director, client.clone());
+        Some(client)
+    }
+
+    /// Sends `request` to the director `peer` (the first one, or another station's).
+    pub(crate) async fn ask_director(
+        &self,
+        peer: PeerId,
+        request: Request,
+    ) -> Result<Response, AskError> {
+        if peer == self.first.peer() {
+            return Ok(self.first.request(request).await?);
+        }
+        let station = self
+            .swarm()
+            .await
+            .iter()
+            .find(|s| s.director == peer)
+            .cloned()
+            .ok_or(AskError::NotInSwarm(peer))?;
+        let client = self
+            .client(&station)
+            .await
+            .ok_or(AskError::Unreachable(peer))?;
+        Ok(client.request(request).await?)
+    }
+
+    /// Whether the first director failed within [`FIRST_DOWN_FOR`].
+    fn first_is_down(&self) -> bool {
+        self.first_down
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .is_some_and(|at| at.elapsed() < FIRST_DOWN_FOR)
+    }
+
+    /// Asks the first director, noting when it fails.
+    async fn ask_first(&self, request: Request) -> Result<Response, AskError> {
+        let answer = self.first.request(request).await;
+        if let Ok(mut down) = self.first_down.lock() {
+            *down = answer.is_err().then(Instant::now);
+        }
+        if let Err(e) = &answer {
+            tracing::warn!(director = %self.first.peer(), error = %e, "director did not answer; asking the rest of the swarm");
+        }
+        Ok(answer?)
+    }
+
+    /// Sends `request` to the first director, then to the content managers and other
+    /// stations of the swarm, until one answers with something other than `NotFound`.
+    ///
+    /// A first director that cannot be reached (its station went down) is passed over for
+    /// a while: the console carries on with the rest of the swarm, which it learned at the
+    /// start, and asks the first again when nobody else answers.
+    pub(crate) async fn ask(&self, request: Request) -> Result<Response, AskError> {
+        let skipped = self.first_is_down();
+        let first = if skipped {
+            Err(AskError::Down(self.first.peer()))
+        } else {
+            self.ask_first(request.clone()).await
+        };
+        if let Ok(answer) = &first
+            && !matches!(answer, Response::Error(e) if e.code == ErrorCode::NotFound)
+        {
+            return first;
+        }
+        let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
+        stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
+        // The director that answered last goes first: the next segment is likely there too.
+        {
+            let known = self.clients.lock().await;
+            stations.sort_by_key(|s| !known.contains_key(&s.director));
+        }
+        for station in stations {
+            let Some(client) = self.client(station).await else {
+                continue;
+            };
+            match client.request(request.clone()).await {
+                Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
+                Ok(answer) => return Ok(answer),
+                Err(_) => continue,
+            }
+        }
+        if skipped {
+            // Nobody else answered: the first may be back.
+            return self.ask_first(request).await;
+        }
+        first
+    }
+}

@@ -1,0 +1,330 @@
+//! The gateway's state, shared by every HTTP request: one connection to the swarm, the
+//! programs open, and a cache of verified segments with the fetches under way, so that a
+//! player's request and the prefetch of the same segment share one fetch.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use libp2p::Multiaddr;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use vodmesh_client::DirectorClient;
+use vodmesh_proto::director::ProgramInfo;
+use vodmesh_proto::{ProgramId, SegmentIndex};
+
+use crate::play::{self, Credentials, Session};
+
+/// Segments kept in memory (served or prefetched), at most.
+pub const CACHE_SEGMENTS: usize = 16;
+/// Bytes of segments kept in memory, at most.
+pub const CACHE_BYTES: usize = 128 * 1024 * 1024;
+/// Segments fetched ahead of the one a player asked for.
+pub const PREFETCH: u32 = 2;
+
+/// What a request could not get.
+#[derive(Clone, Debug)]
+pub(super) enum Failure {
+    /// No such program or segment: 404.
+    NotFound(String),
+    /// The swarm cannot serve it now: 503.
+    Unavailable(String),
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Failure::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Failure::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        };
+        // One line, whatever the swarm said.
+        let line = message.replace(['\r', '\n'], " ");
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{line}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// The swarm cannot serve now, for the reason `e`.
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Failure {
+    Failure::Unavailable(e.to_string())
+}
+
+/// A segment of a program, as cached.
+type Key = (ProgramId, SegmentIndex);
+/// A fetch that several requests (a player's and the prefetcher's) may wait for.
+type Fetching = Shared<BoxFuture<'static, Result<Bytes, Failure>>>;
+
+/// A least-recently-used cache of verified segments, bounded in count and bytes.
+#[derive(Default)]
+struct Cache {
+    entries: VecDeque<(Key, Bytes)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn get(&mut self, key: &Key) -> Option<Bytes> {
+        let at = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(at)?;
+        let bytes = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(bytes)
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.entries.iter().any(|(k, _)| k == key)
+    }
+
+    fn insert(&mut self, key: Key, bytes: Bytes) {
+        if self.contains(&key) || bytes.len() > CACHE_BYTES {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.entries.push_back((key, bytes));
+        while self.entries.len() > CACHE_SEGMENTS || self.bytes > CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sessions {
+    open: HashMap<ProgramId, Arc<Session>>,
+    titles: HashMap<String, ProgramId>,
+}
+
+/// The gateway's state, shared by every request.
+pub(super) struct Gateway {
+    node: Multiaddr,
+    credentials: Credentials,
+    /// The connection to `node`, opened on first use and dropped when it fails, so that the
+    /// next request dials again.
+    client: tokio::sync::Mutex<Option<Arc<DirectorClient>>>,
+    /// Open programs by id, and titles already resolved to ids.
+    sessions: tokio::sync::Mutex<Sessions>,
+    cache: Mutex<Cache>,
+    fetching: Mutex<HashMap<Key, Fetching>>,
+    /// Segment fetches and prefetches, each in a task of its own (a player that hangs up
+    /// does not waste its fetch); stopped with the gateway.
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Gateway {
+    /// A gateway to the swarm reached through `node`, fetching as `credentials`.
+    pub(super) fn new(node: Multiaddr, credentials: Credentials) -> Self {
+        Self {
+            node,
+            credentials,
+            client: tokio::sync::Mutex::default(),
+            sessions: tokio::sync::Mutex::default(),
+            cache: Mutex::default(),
+            fetching: Mutex::default(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<DirectorClient>, Failure> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            DirectorClient::connect(&self.node, self.credentials.key.clone())
+                .await
+                .map_err(|e| unavailable(format!("the swarm cannot be reached: {e}")))?,
+        );
+        *client = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection and the open programs after the swarm failed a request, so
+    /// the next request starts afresh (a restarted station, another route).
+    async fn reset(&self) {
+        *self.client.lock().await = None;
+        let mut sessions = self.sessions.lock().await;
+        sessions.open.clear();
+    }
+
+    /// The swarm's published programs.
+    pub(super) async fn published(&self) -> Result<Vec<ProgramInfo>, Failure> {
+        let client = self.client().await?;
+        match play::published(&client).await {
+            Ok(list) => Ok(list),
+            Err(e) => {
+                self.reset().await;
+                Err(unavailable(format!(
+                    "cannot list the swarm's programs through {}: {e}",
+                    self.node
+                )))
+            }
+        }
+    }
+
+    /// The open program named `name` (an id or an exact title), opened on first use.
+    pub(super) async fn session(&self, name: &str) -> Result<Arc<Session>, Failure> {
+        {
+            let sessions = self.sessions.lock().await;
+            let id = name
+                .parse::<ProgramId>()
+                .ok()
+                .or_else(|| sessions.titles.get(name).copied());
+            if let Some(s) = id.and_then(|id| sessions.open.get(&id)) {
+                return Ok(s.clone());
+            }
+        }
+        let list = self.published().await?;
+        let found: Vec<&ProgramInfo> = list
+            .iter()
+            .filter(|p| p.program.to_string() == name || p.title == name)
+            .collect();
+        let id = match found.as_slice() {
+            [one] => one.program,
+            [] => {
+                return Err(Failure::NotFound(format!(
+                    "no published program \"{name}\""
+                )));
+            }
+            _ => {
+                return Err(Failure::NotFound(format!(
+                    "several programs are titled \"{name}\"; use the program id"
+                )));
+            }
+        };
+        let client = self.client().await?;
+        let session = match Session::with_client(client, &self.credentials, id).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.reset().await;
+                return Err(unavailable(e));
+            }
+        };
+        let mut sessions = self.sessions.lock().await;
+        if name.parse::<ProgramId>().is_err() {
+            sessions.titles.insert(name.to_string(), id);
+        }
+        Ok(sessions.open.entry(id).or_insert(session).clone())
+    }
+
+    /// Stops every fetch and prefetch under way.
+    pub(super) fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.abort_all();
+        }
+    }
+
+    /// Runs `task` in the gateway's set, reaping the tasks that ended.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(task);
+        }
+    }
+
+    /// Segment `index` of `session`'s program: from the cache, from a fetch already under
+    /// way, or fetched now (in a task of its own, so a player that hangs up does not waste
+    /// it).
+    pub(super) async fn segment(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        index: SegmentIndex,
+    ) -> Result<Bytes, Failure> {
+        let key = (session.manifest().program, index);
+        if let Some(bytes) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
+            return Ok(bytes);
+        }
+        let fetch = {
+            let Ok(mut fetching) = self.fetching.lock() else {
+                return Err(unavailable("the gateway's fetch table is poisoned"));
+            };
+            if let Some(bytes) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
+                return Ok(bytes);
+            }
+            fetching
+                .entry(key)
+                .or_insert_with(|| self.start_fetch(session, key))
+                .clone()
+        };
+        let result = fetch.await;
+        if result.is_err() {
+            self.reset().await;
+        }
+        result
+    }
+
+    /// Starts fetching segment `key` of `session`'s program into the cache.
+    fn start_fetch(self: &Arc<Self>, session: &Arc<Session>, key: Key) -> Fetching {
+        let (tx, rx) = oneshot::channel();
+        let gateway = self.clone();
+        let session = session.clone();
+        self.spawn(async move {
+            let index = key.1;
+            let result = match session.segment(index).await {
+                Ok((_, bytes)) => Ok(Bytes::from(bytes)),
+                Err(e) => Err(unavailable(format!(
+                    "the swarm cannot serve segment {index} of \"{}\" now: {e}",
+                    session.manifest().content.title
+                ))),
+            };
+            if let (Ok(bytes), Ok(mut cache)) = (&result, gateway.cache.lock()) {
+                cache.insert(key, bytes.clone());
+            }
+            // After the cache insert: a later request finds one or the other.
+            if let Ok(mut fetching) = gateway.fetching.lock() {
+                fetching.remove(&key);
+            }
+            let _ = tx.send(result);
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(unavailable("the gateway is stopping")))
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Starts fetching the segments a player will ask for after `index`.
+    pub(super) fn prefetch(self: &Arc<Self>, session: &Arc<Session>, index: SegmentIndex) {
+        let count = session.manifest().content.segments.len() as u32;
+        for next in (index.0 + 1..count).take(PREFETCH as usize) {
+            let gateway = self.clone();
+            let session = session.clone();
+            self.spawn(async move {
+                // A failure here is reported when the player asks for the segment itself.
+                let _ = gateway.segment(&session, SegmentIndex(next)).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_most_recent_within_bounds() {
+        let mut cache = Cache::default();
+        let p = ProgramId([7; 32]);
+        let key = |i: usize| (p, SegmentIndex(i as u32));
+        for i in 0..CACHE_SEGMENTS + 4 {
+            cache.insert(key(i), Bytes::from(vec![0u8; 10]));
+            if i == 2 {
+                // Used again: it stays while later ones push older ones out.
+                assert!(cache.get(&key(0)).is_some());
+            }
+        }
+        assert_eq!(cache.entries.len(), CACHE_SEGMENTS);
+        assert_eq!(cache.bytes, CACHE_SEGMENTS * 10);
+        assert!(cache.get(&key(1)).is_none());
+        assert!(cache.get(&key(CACHE_SEGMENTS + 3)).is_some());
+    }
+}

@@ -1,0 +1,242 @@
+//! An open program ([`Session`]): its verified manifest and the directors to ask for its
+//! segments, with the console's identity and token ([`Credentials`]); and the programs the
+//! swarm lists ([`programs`], [`published`], [`resolve`]).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use tokio::task::JoinSet;
+use vodmesh_client::files::write_private;
+use vodmesh_client::{ClientError, DirectorClient};
+use vodmesh_proto::catalog::ProgramState;
+use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
+use vodmesh_proto::manifest::{Manifest, ManifestError};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::Claims;
+use vodmesh_proto::{ProgramId, SegmentIndex};
+
+use crate::directors::{AskError, Directors};
+use crate::fetch::{FetchError, Fetched, Fetcher};
+
+/// Why a program could not be opened. The `Display` text is the one line a user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The director could not be reached.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// No director answered.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    /// A director refused; its one line (`program not published`, ...).
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// A director answered something else than the request calls for.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// No program has that title.
+    #[error("no program titled \"{0}\"")]
+    NoTitle(String),
+    /// Several programs have that title.
+    #[error("several programs are titled \"{0}\"; give the program id")]
+    AmbiguousTitle(String),
+    /// The program's manifest does not verify.
+    #[error("the program's manifest does not verify: {0}")]
+    Manifest(#[from] ManifestError),
+}
+
+/// A console token that a refresher may replace while segments are being fetched.
+pub type SharedToken = Arc<RwLock<Option<Vec<u8>>>>;
+
+/// Who is playing: the console's identity and the console token bound to it.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// The console's identity (a fresh one if `None`; then no token can match it).
+    pub key: Option<Keypair>,
+    /// The console token from `vodmesh-console login`, shared with the task that refreshes it
+    /// during playback ([`keep_fresh`]).
+    pub token: SharedToken,
+}
+
+impl Credentials {
+    /// The identity `key` with its console `token`.
+    pub fn new(key: Keypair, token: Vec<u8>) -> Self {
+        Self {
+            key: Some(key),
+            token: Arc::new(RwLock::new(Some(token))),
+        }
+    }
+}
+
+/// Finds a program by id or exact title.
+pub async fn resolve(
+    client: &Arc<DirectorClient>,
+    program: &str,
+) -> Result<ProgramId, SessionError> {
+    if let Ok(id) = program.parse::<ProgramId>() {
+        return Ok(id);
+    }
+    let list = programs(client).await?;
+    let matches: Vec<&ProgramInfo> = list.iter().filter(|p| p.title == program).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.program),
+        [] => Err(SessionError::NoTitle(program.to_string())),
+        _ => Err(SessionError::AmbiguousTitle(program.to_string())),
+    }
+}
+
+/// Every program the swarm's content managers list.
+pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, ClientError> {
+    let directors = Directors::new(client.clone());
+    let mut all = match client.request(Request::Programs).await? {
+        Response::Programs(list) => list,
+        _ => Vec::new(),
+    };
+    for station in directors
+        .swarm()
+        .await
+        .iter()
+        .filter(|s| s.roles.content_manager)
+    {
+        let Some(addr) = station.addrs.first() else {
+            continue;
+        };
+        if let Ok(c) = DirectorClient::connect(addr, None).await
+            && let Ok(Response::Programs(list)) = c.request(Request::Programs).await
+        {
+            all.extend(list);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    all.retain(|p| seen.insert(p.program));
+    Ok(all)
+}
+
+/// Published programs, for `vodmesh-console ls`.
+pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, ClientError> {
+    let now = now_ms();
+    Ok(programs(client)
+        .await?
+        .into_iter()
+        .filter(|p| p.state == ProgramState::Published && p.publish_at_ms.is_none_or(|t| t <= now))
+        .collect())
+}
+
+/// An open program: its verified manifest and the directors to ask for its segments. Used
+/// by `play` and by anything else that fetches segments (the HLS gateway).
+pub struct Session {
+    fetcher: Fetcher,
+    manifest: Arc<Manifest>,
+    token: SharedToken,
+    /// Learning the rest of the swarm in the background; stopped with the session.
+    _learning: JoinSet<()>,
+}
+
+impl Session {
+    /// Connects to the director at `node`, finds `program` (id or exact title) and verifies
+    /// its signed manifest.
+    pub async fn open(
+        node: &Multiaddr,
+        credentials: &Credentials,
+        program: &str,
+    ) -> Result<Self, SessionError> {
+        let client = Arc::new(DirectorClient::connect(node, credentials.key.clone()).await?);
+        let program = resolve(&client, program).await?;
+        Self::with_client(client, credentials, program).await
+    }
+
+    /// As [`Session::open`], over a director connection already open.
+    pub async fn with_client(
+        client: Arc<DirectorClient>,
+        credentials: &Credentials,
+        program: ProgramId,
+    ) -> Result<Self, SessionError> {
+        let directors = Arc::new(Directors::new(client));
+        let manifest = match directors.ask(Request::Manifest { program }).await? {
+            Response::Manifest(signed) => Manifest::verify(&signed)?,
+            Response::Error(e) => return Err(SessionError::Refused(e)),
+            other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+        };
+        // Learn the rest of the swarm now, while the first director answers: if its station
+        // goes down mid-play, the console carries on with the others.
+        let mut learning = JoinSet::new();
+        let learn = directors.clone();
+        learning.spawn(async move {
+            learn.swarm().await;
+        });
+        Ok(Self {
+            fetcher: Fetcher::new(directors),
+            manifest: Arc::new(manifest),
+            token: credentials.token.clone(),
+            _learning: learning,
+        })
+    }
+
+    /// The program's verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Locates segment `index`, streams it whole from the engine the director names and
+    /// verifies it against the manifest; lost streams are retried, refusals are final.
+    pub async fn segment(&self, index: SegmentIndex) -> Result<Fetched, FetchError> {
+        self.segment_from(index, 0).await
+    }
+
+    /// As [`Session::segment`], for a console that will play the segment from byte
+    /// `play_from` on (a seek into it): an engine still filling its copy short of that byte
+    /// hands the console to one with the whole segment (claim 21). The whole segment is
+    /// still fetched, to verify it.
+    pub async fn segment_from(
+        &self,
+        index: SegmentIndex,
+        play_from: u64,
+    ) -> Result<Fetched, FetchError> {
+        // Read per segment: a refreshed token is used from the next segment on.
+        let token = self.token.read().ok().and_then(|t| t.clone());
+        self.fetcher
+            .fetch(&self.manifest, index, token.as_deref(), play_from)
+            .await
+    }
+
+    /// Busy answers this session waited out so far (an engine at `--max-streams`, or a
+    /// director with nothing free to send it to).
+    pub fn waits(&self) -> u32 {
+        self.fetcher.waits()
+    }
+}
+
+/// Keeps a console token fresh while the console plays: at half of the token's remaining
+/// lifetime it asks the auth server (found through `node`) for a new one in exchange for the
+/// current one, replaces the shared token (the next segment uses it) and rewrites `path`.
+/// Playback never waits for it; a failed refresh is retried a minute later. Ends when there
+/// is no token to refresh; the caller owns the task it runs in.
+pub async fn keep_fresh(node: Multiaddr, key: Keypair, token: SharedToken, path: Option<PathBuf>) {
+    loop {
+        let current = token.read().ok().and_then(|t| t.clone());
+        let Some(current) = current else { return };
+        let Ok(claims) = Claims::peek(&current) else {
+            return;
+        };
+        let wait = claims.expires_ms.saturating_sub(now_ms()) / 2;
+        tokio::time::sleep(Duration::from_millis(wait.max(1000))).await;
+        match vodmesh_client::auth::refresh(&node, &key, &current).await {
+            Ok(fresh) => {
+                if let Some(p) = &path {
+                    let _ = write_private(p, &fresh, "token");
+                }
+                if let Ok(mut t) = token.write() {
+                    *t = Some(fresh);
+                }
+                tracing::debug!("console token refreshed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console token refresh failed; retrying in 60 s");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
+}
