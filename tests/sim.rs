@@ -1,6 +1,7 @@
 //! `vodmesh sim` through the command line: 30 stations' directors in one process, and the
 //! JSON report holds every figure with sane values: every station joining through the real
-//! flow, a swarm built converged that stations then join, and churn.
+//! flow, a swarm built converged that stations then join, churn, the light transport against
+//! the noise reference, and the re-provide round.
 
 use serde_json::Value;
 use vodmesh_tests::cli::command_in;
@@ -38,8 +39,21 @@ fn sim(args: &[&str]) -> anyhow::Result<(String, Value)> {
 
 #[test]
 fn sim_of_30_joining_stations_reports_every_figure() -> anyhow::Result<()> {
-    let (stdout, r) = sim(&["--stations", "30", "--setup", "join", "--lookups", "150"])?;
+    let (stdout, r) = sim(&[
+        "--stations",
+        "30",
+        "--setup",
+        "join",
+        "--lookups",
+        "150",
+        "--transport",
+        "noise",
+    ])?;
     anyhow::ensure!(stdout.contains("find-holders"), "no table: {stdout}");
+    anyhow::ensure!(
+        stdout.contains("noise + yamux"),
+        "transport not stated: {stdout}"
+    );
 
     assert_eq!(num(&r, "stations")?, 30.0);
     assert_eq!(num(&r, "programs")?, 30.0);
@@ -138,5 +152,92 @@ fn a_converged_swarm_is_joined_and_searched() -> anyhow::Result<()> {
     assert!(num(&r, "records.station.max")? <= 45.0);
     assert!(num(&r, "records.catalog.mean")? > 0.0);
     assert!(num(&r, "records.provider.mean")? > 0.0);
+    Ok(())
+}
+
+/// The light mode (plaintext, the default) and the reference (noise) build the same converged
+/// swarm from the same seed: the same records end up at the same directors, and both find
+/// every holder. Only the joins and lookups are live, so the figures may differ a little.
+#[test]
+fn the_light_transport_reproduces_the_noise_reference() -> anyhow::Result<()> {
+    let args = ["--stations", "40", "--joins", "5", "--lookups", "100"];
+    let (stdout, light) = sim(&args)?;
+    anyhow::ensure!(
+        stdout.contains("plaintext + yamux (no encryption"),
+        "the light mode is not stated: {stdout}"
+    );
+    let (_, reference) = sim(&[&args[..], &["--transport", "noise"]].concat())?;
+    assert!(
+        light["transport"]
+            .as_str()
+            .is_some_and(|t| t.contains("plaintext"))
+    );
+    assert!(
+        reference["transport"]
+            .as_str()
+            .is_some_and(|t| t.contains("noise"))
+    );
+    for r in [&light, &reference] {
+        assert_eq!(num(r, "lookups.succeeded")?, 100.0);
+        assert_eq!(num(r, "join.found")?, 5.0);
+        assert_eq!(num(r, "records.directors")?, 45.0);
+    }
+    for path in [
+        "records.station.mean",
+        "records.catalog.mean",
+        "records.provider.mean",
+    ] {
+        let (a, b) = (num(&light, path)?, num(&reference, path)?);
+        assert!((a - b).abs() <= 0.1 * b, "{path}: light {a}, noise {b}");
+    }
+    Ok(())
+}
+
+/// Two stations each provide 60 programs of their own at once, as a director re-provides what
+/// it holds: every provide is a lookup plus an ADD_PROVIDER to each of the k = 20 closest, the
+/// other directors count what they received, and the load follows at both TTLs.
+#[test]
+fn the_reprovide_round_reports_its_cost_and_the_load() -> anyhow::Result<()> {
+    let (stdout, r) = sim(&[
+        "--stations",
+        "30",
+        "--joins",
+        "2",
+        "--lookups",
+        "20",
+        "--programs-per-station",
+        "60",
+        "--republishers",
+        "2",
+    ])?;
+    anyhow::ensure!(
+        stdout.contains("re-provide: 2 stations x 60 programs"),
+        "{stdout}"
+    );
+    let p = &r["republish"];
+    assert_eq!(num(p, "stations")?, 2.0);
+    assert_eq!(num(p, "provides")?, 120.0);
+    assert_eq!(num(p, "failures")?, 0.0);
+    // 29 others to choose the 20 closest from: the lookup, then 20 ADD_PROVIDERs, received.
+    assert!(num(p, "sent_per_provide")? > 20.0, "{p}");
+    let added = num(p, "add_provider_per_provide")?;
+    assert!(
+        (19.0..=20.0).contains(&added),
+        "ADD_PROVIDER per provide: {added}"
+    );
+    assert!(num(p, "received_per_provide")? > added);
+    // 60 programs every 20 s (a third of the station TTL, 60 s) and every 10 min (a third of
+    // the provider TTL, 30 times as long).
+    assert_eq!(num(p, "at_station_ttl.provides_per_s")?, 3.0);
+    assert_eq!(num(p, "at_provider_ttl.ttl_s")?, 1800.0);
+    assert_eq!(num(p, "at_provider_ttl.provides_per_s")?, 0.1);
+    assert_eq!(
+        num(p, "at_provider_ttl.provider_records_per_director")?,
+        1200.0
+    );
+    assert!(
+        num(p, "at_provider_ttl.requests_received_per_s")?
+            < num(p, "at_station_ttl.requests_received_per_s")?
+    );
     Ok(())
 }

@@ -120,6 +120,12 @@ struct Args {
     /// third of it. A stopped station leaves every listing within this time.
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
     record_ttl: u64,
+    /// Lifetime of this station's provider records (the programs it holds), in seconds; every
+    /// program is re-provided every third of it. Default: 30 times --record-ttl. Directors
+    /// skip a provider whose station record is gone, so a stopped station listed this long
+    /// costs lookups, not plays.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
+    provider_ttl: Option<u64>,
     /// Serve this station's metrics as Prometheus text at http://ADDR:PORT/metrics, and a
     /// status page of the whole swarm at http://ADDR:PORT/ (its data at /status.json).
     /// Prints `metrics http://ADDR:PORT/metrics` once it listens. Port 0 picks a free port.
@@ -238,6 +244,7 @@ async fn run(args: Args) -> Result<()> {
     config.bandwidth_mbps = args.bandwidth;
     config.copy_rate_mbps = args.copy_rate;
     config.registry.record_ttl = Duration::from_secs(args.record_ttl);
+    config.registry.provider_ttl = args.provider_ttl.map(Duration::from_secs);
     config.metrics_addr = args.metrics;
     config.engine_peers = args.engine_peers;
 

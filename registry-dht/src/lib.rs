@@ -8,17 +8,23 @@
 //!
 //! Every inbound record is validated before it is stored ([`validate`]); the store survives a
 //! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
-//! and talks to it with a [`registry::RegistryHandle`]; [`walk`] lists every live station.
+//! and talks to it with a [`registry::RegistryHandle`]; [`server`] is a registry server whole
+//! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
+//! live station.
 
 pub mod keys;
 pub mod registry;
+pub mod server;
+pub mod stats;
 pub mod store;
 pub mod validate;
 pub mod walk;
 
 pub use keys::RecordKind;
 pub use registry::{
-    Command, HoldersTrace, Registry, RegistryConfig, RegistryError, RegistryHandle,
+    Command, HoldersTrace, Inbound, PROVIDER_TTL_FACTOR, Registry, RegistryConfig, RegistryError,
+    RegistryHandle, RegistryStats,
 };
+pub use server::Server;
 pub use store::{PersistentStore, StoreLimits};
 pub use walk::{WalkLimits, walk};

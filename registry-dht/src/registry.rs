@@ -25,18 +25,35 @@ use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
 use crate::keys::RecordKind;
+pub use crate::stats::{Inbound, RegistryStats};
 use crate::store::PersistentStore;
 use crate::validate::{self, check_provider, check_record};
 
 /// The Kademlia protocol name of the vodmesh registry (a private DHT, not the IPFS one).
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/kad/1");
 
+/// How much longer a provider record lives than a station record, unless
+/// [`RegistryConfig::provider_ttl`] says otherwise.
+///
+/// A station re-provides every program it holds every third of the provider TTL: with the
+/// station record's 60 s, a station caching 5000 programs would start 250 provider lookups a
+/// second. Thirty times the station TTL (30 min, re-provided every 10 min) brings that to 8 a
+/// second. The price is that a stopped station stays listed as a provider for up to that long,
+/// which costs nothing but a lookup: a director uses a provider only through its station
+/// record (`node/src/director/miss.rs`, `gather`: `get_station(holder)` returns `None`
+/// for a station whose record expired, and the holder is skipped), and station records still
+/// expire after one station TTL. `vodmesh sim --programs-per-station` measures the load.
+pub const PROVIDER_TTL_FACTOR: u32 = 30;
+
 /// How the registry's Kademlia is tuned: a swarm whose load changes by the second, not kad's
 /// 48 h defaults.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// How long a station record (and a provider record) lives without being republished.
+    /// How long a station record lives without being republished; catalog records too.
     pub record_ttl: Duration,
+    /// How long a provider record (`program/<id>`) lives without being re-provided; `None`:
+    /// [`PROVIDER_TTL_FACTOR`] times `record_ttl`. See [`RegistryConfig::provider_ttl`].
+    pub provider_ttl: Option<Duration>,
     /// How long one query may take.
     pub query_timeout: Duration,
     /// How many directors store each record.
@@ -56,6 +73,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             record_ttl: Duration::from_secs(60),
+            provider_ttl: None,
             query_timeout: Duration::from_secs(10),
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
             periodic_bootstrap: Some(Duration::from_secs(30)),
@@ -69,6 +87,19 @@ impl RegistryConfig {
     /// republications can be lost before the record expires.
     pub fn republish_interval(&self) -> Duration {
         self.record_ttl / 3
+    }
+
+    /// How long a provider record lives: `provider_ttl`, else [`PROVIDER_TTL_FACTOR`] times
+    /// the station record's TTL.
+    pub fn provider_ttl(&self) -> Duration {
+        self.provider_ttl
+            .unwrap_or_else(|| self.record_ttl.saturating_mul(PROVIDER_TTL_FACTOR))
+    }
+
+    /// How often a director re-provides every program it holds: a third of the provider TTL,
+    /// for the same reason as [`RegistryConfig::republish_interval`].
+    pub fn provider_republish_interval(&self) -> Duration {
+        self.provider_ttl() / 3
     }
 }
 
@@ -88,11 +119,11 @@ pub fn behaviour(
     cfg.set_query_timeout(query_timeout)
         .set_replication_factor(config.replication)
         .set_record_ttl(Some(config.record_ttl))
-        .set_provider_record_ttl(Some(config.record_ttl))
+        .set_provider_record_ttl(Some(config.provider_ttl()))
         // Owners republish their own records with fresh signatures and load figures; kad's
         // own re-publication of values would only resend stale copies.
         .set_publication_interval(None)
-        .set_provider_publication_interval(Some(config.republish_interval()))
+        .set_provider_publication_interval(Some(config.provider_republish_interval()))
         .set_replication_interval(config.replication_interval)
         .set_record_filtering(StoreInserts::FilterBoth)
         .set_periodic_bootstrap_interval(config.periodic_bootstrap)
@@ -328,15 +359,6 @@ enum Pending {
     },
 }
 
-/// Counters for the metrics endpoint and the tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RegistryStats {
-    /// Inbound records stored after validation.
-    pub accepted: u64,
-    /// Inbound records refused by validation.
-    pub refused: u64,
-}
-
 /// Query bookkeeping: which caller waits for which Kademlia query.
 #[derive(Default)]
 pub struct Registry {
@@ -453,6 +475,9 @@ impl Registry {
 
     /// Handles one Kademlia event: validates inbound records, advances queries.
     pub fn on_event(&mut self, kad: &mut kad::Behaviour<PersistentStore>, event: Event) {
+        if let Event::InboundRequest { request } = &event {
+            self.stats.inbound.count(request);
+        }
         match event {
             Event::InboundRequest {
                 request:
@@ -656,4 +681,30 @@ pub fn holds(store: &PersistentStore, kind: RecordKind) -> bool {
     store
         .get(&kind.key())
         .is_some_and(|r| !r.is_expired(std::time::Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_records_live_thirty_station_ttls_unless_told_otherwise() {
+        let mut config = RegistryConfig::default();
+        assert_eq!(config.republish_interval(), Duration::from_secs(20));
+        assert_eq!(config.provider_ttl(), Duration::from_secs(1800));
+        assert_eq!(
+            config.provider_republish_interval(),
+            Duration::from_secs(600)
+        );
+        // A short station TTL (the tests' 6 s) shortens provider records with it.
+        config.record_ttl = Duration::from_secs(6);
+        assert_eq!(config.provider_ttl(), Duration::from_secs(180));
+        config.provider_ttl = Some(Duration::from_secs(90));
+        assert_eq!(config.provider_ttl(), Duration::from_secs(90));
+        assert_eq!(
+            config.provider_republish_interval(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(config.republish_interval(), Duration::from_secs(2));
+    }
 }

@@ -7,8 +7,10 @@
 //! - [`admin`]: `vodmesh user add` and `vodmesh enroll`, admin requests to the auth server.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 //! - [`sim`]: many stations' directors in one process, joined into one registry, measured.
+//! - [`allocator`]: the binary's global allocator (mimalloc, jemalloc for the simulation).
 
 pub mod admin;
+pub mod allocator;
 pub mod bench;
 pub mod demo;
 pub mod ingest;

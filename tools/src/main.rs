@@ -8,7 +8,7 @@ use libp2p::Multiaddr;
 use libp2p::PeerId;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Rights;
-use vodmesh_tools::{admin, bench, demo, ingest, programs, publish, sim, status};
+use vodmesh_tools::{admin, allocator, bench, demo, ingest, programs, publish, sim, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -138,11 +138,12 @@ enum Cmd {
         only: Vec<String>,
     },
     /// Many stations in one process: N directors, each a real libp2p Kademlia peer of the
-    /// media location registry on libp2p's memory transport (noise + yamux), built as a
-    /// converged swarm (or joining one by one, --setup join) that more stations then join;
-    /// then measures find-holders lookups (latency, hops) with optional churn, join times
-    /// and records per
-    /// director. Prints a table; --json writes every figure.
+    /// media location registry on libp2p's memory transport (plaintext + yamux by default,
+    /// --transport noise for the directors' encryption), built as a converged swarm (or
+    /// joining one by one, --setup join) that more stations then join; then measures
+    /// find-holders lookups (latency, hops) with optional churn, join times, records per
+    /// director and, with --programs-per-station, what re-providing costs. Prints a table;
+    /// --json writes every figure.
     ///
     /// Definitions: "hops" is the number of Kademlia requests the asking director had sent
     /// when the first remote answer naming a holder arrived (with 3 requests in flight, an
@@ -209,6 +210,29 @@ enum Cmd {
         /// connection stall until the query time-out.
         #[arg(long, default_value_t = 20, value_name = "SECS")]
         idle_timeout: u64,
+        /// How stations talk, always over libp2p's memory transport with yamux. plaintext:
+        /// public keys exchanged in the clear, no encryption (the light mode: a fraction of the
+        /// CPU and memory per connection, the same Kademlia). noise: the directors' handshake
+        /// and encryption (the reference; 1000 stations need about 5 GiB).
+        #[arg(long, value_enum, default_value_t = sim::Transport::Plaintext)]
+        transport: sim::Transport,
+        /// After the lookups, --republishers stations each provide this many programs of
+        /// their own at once, as a director re-provides what it holds every third of the
+        /// provider TTL; the report gives what one provide costs and the steady-state load of
+        /// every station holding that many (0: no such round).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        programs_per_station: usize,
+        /// Stations that re-provide in the --programs-per-station round.
+        #[arg(long, default_value_t = 4, value_name = "R")]
+        republishers: usize,
+        /// The directors' station record TTL, seconds, at which the re-provide load is
+        /// reported (vodmesh-node --record-ttl).
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        station_ttl: u64,
+        /// The directors' provider record TTL, seconds, at which the re-provide load is
+        /// reported (vodmesh-node --provider-ttl; default 30 times --station-ttl).
+        #[arg(long, value_name = "SECS")]
+        provider_ttl: Option<u64>,
         /// Seed of every random choice (identities, holders, bootstraps, churn).
         #[arg(long, default_value_t = 1, value_name = "S")]
         seed: u64,
@@ -245,12 +269,18 @@ enum UserCmd {
     },
 }
 
-/// mimalloc: the glibc allocator costs 20-25 % on the stream read path (DESIGN section 12).
+/// mimalloc (the glibc allocator costs 20-25 % on the stream read path, DESIGN section 12),
+/// jemalloc for `vodmesh sim` (see [`allocator`]).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::Allocator = allocator::Allocator;
 
 fn main() {
-    vodmesh_client::cli::main("warn", run(Args::parse()));
+    let args = Args::parse();
+    if matches!(args.cmd, Cmd::Sim { .. }) && !allocator::is_jemalloc() {
+        let e = allocator::exec_with_jemalloc();
+        eprintln!("warning: the simulation runs on mimalloc, which needs more memory: {e}");
+    }
+    vodmesh_client::cli::main("warn", run(args));
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -374,9 +404,19 @@ async fn run(args: Args) -> Result<()> {
             bootstrap_every,
             replicate_every,
             idle_timeout,
+            transport,
+            programs_per_station,
+            republishers,
+            station_ttl,
+            provider_ttl,
             seed,
             json,
         } => {
+            let directors = vodmesh_registry::RegistryConfig {
+                record_ttl: std::time::Duration::from_secs(station_ttl.max(1)),
+                provider_ttl: provider_ttl.map(std::time::Duration::from_secs),
+                ..Default::default()
+            };
             let opts = sim::Options {
                 setup,
                 joins,
@@ -394,6 +434,10 @@ async fn run(args: Args) -> Result<()> {
                 replicate_every: (replicate_every > 0)
                     .then(|| std::time::Duration::from_secs(replicate_every)),
                 idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
+                transport,
+                programs_per_station,
+                republishers: republishers.max(1),
+                directors,
                 seed,
                 ..sim::Options::new(stations)
             };

@@ -1,6 +1,6 @@
-//! The `registry` section: an in-process swarm of N registry servers (the director's
-//! Kademlia behaviour, driven through `registry-dht`'s [`Registry`] and [`RegistryHandle`] as a
-//! director drives it, with identify to learn listen addresses), on loopback TCP.
+//! The `registry` section: an in-process swarm of N registry servers (`registry-dht`'s
+//! [`Server`]: the director's Kademlia behaviour and identify, driven as a director drives
+//! them, talked to through a [`RegistryHandle`]), on loopback TCP.
 //!
 //! One server provides a program; every other one looks up its holders: latency p50/p99 and
 //! the Kademlia requests each lookup sent (the iterative query's hops times its parallelism).
@@ -14,22 +14,16 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, identify};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::net::build_swarm;
-use vodmesh_registry::registry::behaviour;
-use vodmesh_registry::{PersistentStore, Registry, RegistryConfig, RegistryHandle, StoreLimits};
+use vodmesh_registry::server::{Behaviour, BehaviourEvent, Server};
+use vodmesh_registry::{PersistentStore, RegistryConfig, RegistryHandle, StoreLimits};
 
 use super::{Row, quantile_ms, ratio};
-
-#[derive(NetworkBehaviour)]
-struct Server {
-    kad: kad::Behaviour<PersistentStore>,
-    identify: identify::Behaviour,
-}
 
 /// One registry server and its event loop.
 struct Node {
@@ -52,10 +46,9 @@ async fn start(bootstrap: Option<&Node>) -> Result<Node> {
     let peer = key.public().to_peer_id();
     let store = PersistentStore::in_memory(peer, &StoreLimits::default());
     let config = RegistryConfig::default();
-    let mut swarm = build_swarm(key, |k| Server {
-        kad: behaviour(peer, store, &config, true),
-        identify: identify::Behaviour::new(identify::Config::new("/vodmesh/1".into(), k.public())),
-    })?;
+    let swarm = build_swarm(key, |k| Behaviour::new(k, store, &config))?;
+    let (mut server, handle) = Server::new(swarm, 64);
+    let swarm = server.swarm_mut();
     swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let addr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
@@ -64,49 +57,24 @@ async fn start(bootstrap: Option<&Node>) -> Result<Node> {
     };
     swarm.add_external_address(addr.clone());
     if let Some(b) = bootstrap {
-        swarm
-            .behaviour_mut()
-            .kad
-            .add_address(&b.peer, b.addr.clone());
+        server.kad_mut().add_address(&b.peer, b.addr.clone());
     }
-    let (handle, mut commands) = RegistryHandle::channel(64);
     let requests: Arc<Mutex<Vec<u32>>> = Arc::default();
     let seen = requests.clone();
     let task = tokio::spawn(async move {
-        let mut registry = Registry::new();
-        loop {
-            tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => registry.execute(&mut swarm.behaviour_mut().kad, cmd),
-                    None => break,
-                },
-                event = swarm.select_next_some() => match event {
-                    SwarmEvent::Behaviour(ServerEvent::Kad(e)) => {
-                        if let kad::Event::OutboundQueryProgressed {
-                            result: kad::QueryResult::GetProviders(_),
-                            stats,
-                            step,
-                            ..
-                        } = &e
-                            && step.last
-                            && let Ok(mut r) = seen.lock()
-                        {
-                            r.push(stats.num_requests());
-                        }
-                        registry.on_event(&mut swarm.behaviour_mut().kad, e);
-                    }
-                    SwarmEvent::Behaviour(ServerEvent::Identify(identify::Event::Received {
-                        peer_id,
-                        info,
-                        ..
-                    })) => {
-                        for a in info.listen_addrs {
-                            swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                        }
-                    }
-                    _ => {}
-                },
+        while let Some(event) = server.next_event().await {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetProviders(_),
+                stats,
+                step,
+                ..
+            })) = &event
+                && step.last
+                && let Ok(mut r) = seen.lock()
+            {
+                r.push(stats.num_requests());
             }
+            server.on_event(event);
         }
     });
     if bootstrap.is_some() {
