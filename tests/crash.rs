@@ -123,10 +123,14 @@ fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Res
         .engines(1)
         .home()
         .ttl(10)
+        // Provider records outlive station records 30-fold by default: 10 s here, so that
+        // b's provider record expires while it is down.
+        .args(&["--provider-ttl", "10"])
         .start()?;
     let b = Node::new(&dir.path().join("b"))
         .engines(1)
         .ttl(10)
+        .args(&["--provider-ttl", "10"])
         .enrolled_with(&home)?
         .start()?;
     wait::blocking(
