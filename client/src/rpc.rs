@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
+use libp2p::ping;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
@@ -28,6 +29,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands waiting for the client's task, at most.
 const QUEUE: usize = 16;
+/// How often each connection is pinged, and how long an answer may take: a peer that stops
+/// answering (a frozen process, a cut link) has its connection closed within the sum, which
+/// fails the requests and streams on it at once instead of at their own (long) time-outs.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request (or a stream) did not get through.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,7 @@ where
 {
     control: request_response::Behaviour<CborCodec<Req, Resp>>,
     streams: libp2p_stream::Behaviour,
+    ping: ping::Behaviour,
 }
 
 type Reply<Resp> = oneshot::Sender<Result<Resp, ClientError>>;
@@ -148,6 +155,11 @@ where
                 request_response::Config::default().with_request_timeout(protocol.timeout),
             ),
             streams: libp2p_stream::Behaviour::new(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
         })?;
         let mut failed = None;
         for addr in addrs.iter().filter(|a| peer_of(a) == Some(peer)) {
@@ -343,6 +355,16 @@ async fn drive<Req, Resp>(
                     if let Some(reply) = pending.remove(&request_id) {
                         let _ = reply.send(Err(ClientError::Request(error)));
                     }
+                }
+                // A peer that does not speak ping is left alone; one that stopped answering
+                // is gone: its connection is closed, which fails what waits on it.
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                    peer,
+                    connection,
+                    result: Err(error),
+                })) if !matches!(error, ping::Failure::Unsupported) => {
+                    tracing::debug!(%peer, %error, "peer stopped answering pings; closing the connection");
+                    swarm.close_connection(connection);
                 }
                 _ => {}
             },

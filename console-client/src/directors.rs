@@ -55,20 +55,24 @@ impl Directors {
         }
     }
 
-    /// The other live stations of the swarm, as the first director listed them once.
+    /// The other live stations of the swarm, as the first director listed them once. A walk
+    /// that failed (the first director went down before it answered) is not kept: the next
+    /// call asks again.
     pub(crate) async fn swarm(&self) -> &[StationRecord] {
-        self.others
-            .get_or_init(|| async {
+        let learned = self
+            .others
+            .get_or_try_init(|| async {
                 match self.first.request(Request::Swarm).await {
-                    Ok(Response::Swarm(list)) => list
+                    Ok(Response::Swarm(list)) => Ok(list
                         .iter()
                         .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
                         .filter(|r| r.director != self.first.peer())
-                        .collect(),
-                    _ => Vec::new(),
+                        .collect()),
+                    _ => Err(()),
                 }
             })
-            .await
+            .await;
+        learned.map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// A kept connection to `station`'s director, opened on first use.

@@ -553,6 +553,12 @@ impl Director {
             } if self.bootstrap_peers.contains(&peer) => {
                 tracing::warn!(%peer, %error, "cannot reach bootstrap station");
             }
+            // Round trips are kept only for connected peers (consoles ping too).
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.miss.round_trip(peer_id, None),
             _ => {}
         }
     }
