@@ -1,24 +1,82 @@
 //! What every vodmesh binary (`vodmesh-node`, `vodmesh`, `vodmesh-console`) does first and
-//! last: log to stderr with `tracing`, and end a failed run with one `error: ...` line.
+//! last: log to stderr with `tracing` (text or JSON, [`LogFormat`]), end a failed run with one
+//! `error: ...` line and a documented exit status ([`EXIT_CODES`]), and describe itself:
+//! `--version` with the git commit ([`version!`](crate::version)), shell completions and man
+//! pages generated from its clap definition ([`Docs`]).
 
 use std::fmt::Display;
+use std::io::Write;
+use std::path::PathBuf;
 
-/// Sends `tracing` events to stderr, filtered by `RUST_LOG`, else by `default_filter` (an
-/// `EnvFilter` directive such as `warn,vodmesh_node=info`).
-pub fn init_tracing(default_filter: &str) {
+/// Exit status of a run that failed: the one `error: ...` line on stderr says why.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit status of a command line or a configuration that is wrong (clap's own usage errors,
+/// a bad `--config` file or `VODMESH_*` variable, a value out of range): nothing was started.
+pub const EXIT_USAGE: i32 = 2;
+
+/// The exit statuses, as every binary's `--help` ends (`after_help`) and the README lists.
+pub const EXIT_CODES: &str = "\
+Exit status: 0 done (a station or gateway stopped by SIGINT or SIGTERM after a clean
+shutdown, --help, --version); 1 error (one `error: ...` line on stderr says what to do);
+2 bad command line or configuration (unknown flag or key, invalid value): nothing started.";
+
+/// `--version`: the crate version and the git commit it was built from (`unknown` outside a
+/// git checkout), e.g. `0.1.0 (commit a6cd5b3)`. Expands in the calling crate, whose build
+/// script (`build/git_commit.rs` of the workspace) sets `VODMESH_GIT_COMMIT`.
+#[macro_export]
+macro_rules! version {
+    () => {
+        concat!(
+            env!("CARGO_PKG_VERSION"),
+            " (commit ",
+            env!("VODMESH_GIT_COMMIT"),
+            ")"
+        )
+    };
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: `2026-12-02T05:50:30Z  INFO vodmesh_node: director listening peer=...`.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, spans), for log shippers.
+    Json,
+}
+
+/// The logging flags every binary takes (flattened into its clap definition).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct LogArgs {
+    /// Log lines on stderr as `text` or `json` (one object per line, for log shippers). What
+    /// is logged: RUST_LOG (e.g. `info`, `warn,vodmesh_node=debug`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Sends `tracing` events to stderr in `format`, filtered by `RUST_LOG`, else by
+/// `default_filter` (an `EnvFilter` directive such as `warn,vodmesh_node=info`).
+pub fn init_tracing(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// A binary's `main`: starts tracing ([`init_tracing`]) and a multi-threaded tokio runtime,
 /// and runs `run` on it. A failure is one line on stderr, `error: ` and the error with its
-/// causes (`{:#}`), and exit status 1.
-pub fn main<E: Display>(default_filter: &str, run: impl Future<Output = Result<(), E>>) {
-    init_tracing(default_filter);
+/// causes (`{:#}`), and exit status [`EXIT_ERROR`].
+pub fn main<E: Display>(
+    default_filter: &str,
+    log: LogArgs,
+    run: impl Future<Output = Result<(), E>>,
+) {
+    init_tracing(default_filter, log.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
@@ -30,6 +88,76 @@ pub fn main<E: Display>(default_filter: &str, run: impl Future<Output = Result<(
         eprintln!("error: {line}");
         // At once, as `#[tokio::main]` did: a blocking task (a read of stdin) must not hold
         // the exit up.
-        std::process::exit(1);
+        std::process::exit(EXIT_ERROR);
+    }
+}
+
+/// Ends the process on a command line or configuration that is wrong: `error: ` and `what`
+/// on one line, exit status [`EXIT_USAGE`].
+pub fn usage_error(what: impl Display) -> ! {
+    eprintln!("error: {what}");
+    std::process::exit(EXIT_USAGE);
+}
+
+/// The subcommands that describe a binary, generated from its clap definition (flattened into
+/// each binary's subcommands).
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Docs {
+    /// Prints a shell completion script: `source <(vodmesh completions bash)`, or save it where
+    /// the shell loads completions (bash: /usr/share/bash-completion/completions/NAME; zsh: a
+    /// directory of $fpath as _NAME; fish: ~/.config/fish/completions/NAME.fish).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff) on stdout, e.g. `vodmesh man | man -l -`; with --dir, writes
+    /// one page per subcommand (NAME.1, NAME-SUBCOMMAND.1) there.
+    Man {
+        /// Write the pages into this directory instead (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Docs {
+    /// Writes what was asked for `cmd` (the binary's own `clap::Command`): a completion
+    /// script or the man page on stdout, or man pages into a directory.
+    pub fn run(&self, mut cmd: clap::Command) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        match self {
+            Self::Completions { shell } => {
+                // Into memory first: clap_complete panics on a write error (a closed pipe).
+                let mut script = Vec::new();
+                let name = cmd.get_name().to_string();
+                clap_complete::generate(*shell, &mut cmd, name, &mut script);
+                out.write_all(&script)?;
+            }
+            Self::Man { dir: Some(dir) } => {
+                std::fs::create_dir_all(dir)?;
+                clap_mangen::generate_to(cmd, dir)?;
+            }
+            Self::Man { dir: None } => clap_mangen::Man::new(cmd).render(&mut out)?,
+        }
+        out.flush()
+    }
+
+    /// Runs [`Docs::run`] and ends the process: status 0, or 1 with one `error:` line (a
+    /// directory that cannot be written, a closed stdout).
+    pub fn exit(&self, cmd: clap::Command) -> ! {
+        match self.run(cmd) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("error: cannot write the {}: {e}", self.what());
+                std::process::exit(EXIT_ERROR);
+            }
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Self::Completions { .. } => "completion script",
+            Self::Man { .. } => "man page",
+        }
     }
 }

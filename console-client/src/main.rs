@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use libp2p::Multiaddr;
 use tokio::io::AsyncWrite;
 use tokio::task::JoinSet;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
+use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs, usage_error};
 use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_client::{DirectorClient, DirectorError};
 use vodmesh_console::play::{self, Speed};
@@ -25,7 +26,15 @@ use vodmesh_proto::token::Audience;
 /// The console keeps its identity and tokens under $VODMESH_HOME (default: the platform data
 /// directory, e.g. ~/.local/share/vodmesh): identity.key and tokens/console.token.
 #[derive(Parser, Debug)]
-#[command(name = "vodmesh-console", version)]
+#[command(name = "vodmesh-console", version = vodmesh_client::version!(), after_help = EXIT_CODES)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Lists the published programs.
     Ls {
@@ -103,6 +112,8 @@ enum Cmd {
         #[arg(long, value_name = "MULTIADDR")]
         node: Multiaddr,
     },
+    #[command(flatten)]
+    Docs(Docs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -117,12 +128,18 @@ enum SpeedArg {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    vodmesh_client::cli::main("warn", run(Cmd::parse()));
+    let args = Args::parse();
+    if let Cmd::Docs(docs) = &args.cmd {
+        docs.exit(Args::command());
+    }
+    vodmesh_client::cli::main("warn", args.log, run(args.cmd));
 }
 
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Ping { node } => ping(&node).await,
+        // Handled in `main`, before the runtime starts.
+        Cmd::Docs(_) => Ok(()),
         Cmd::Ls { node } => ls(&node).await,
         Cmd::Serve { node, http } => serve(&node, http).await,
         Cmd::Login {
@@ -142,8 +159,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             program,
         } => {
             if !(0.0..=600.0).contains(&buffer) {
-                eprintln!("error: --buffer must be between 0 and 600 seconds");
-                std::process::exit(2);
+                usage_error("--buffer must be between 0 and 600 seconds");
             }
             let speed = match speed {
                 SpeedArg::One => Speed::Realtime {

@@ -21,10 +21,13 @@
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
 //! - [`identity`]: identity files under the data directory (`vodmesh_client::identity`).
 //! - [`config`]: what `vodmesh-node`'s flags configure.
+//! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
+//!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
 
 pub mod auth;
 pub mod blade;
+pub mod cli;
 pub mod config;
 pub mod content;
 pub mod control;

@@ -3,19 +3,22 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use libp2p::Multiaddr;
 use libp2p::PeerId;
+use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Rights;
 use vodmesh_tools::{admin, allocator, bench, demo, ingest, programs, publish, sim, status};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
-#[command(name = "vodmesh", version)]
+#[command(name = "vodmesh", version = vodmesh_client::version!(), after_help = EXIT_CODES)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +243,8 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Docs(Docs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,11 +281,14 @@ static GLOBAL: allocator::Allocator = allocator::Allocator;
 
 fn main() {
     let args = Args::parse();
+    if let Cmd::Docs(docs) = &args.cmd {
+        docs.exit(Args::command());
+    }
     if matches!(args.cmd, Cmd::Sim { .. }) && !allocator::is_jemalloc() {
         let e = allocator::exec_with_jemalloc();
         eprintln!("warning: the simulation runs on mimalloc, which needs more memory: {e}");
     }
-    vodmesh_client::cli::main("warn", run(args));
+    vodmesh_client::cli::main("warn", args.log, run(args));
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -388,6 +396,8 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Demo { serve } => demo::run(serve).await?,
+        // Handled in `main`, before the runtime starts.
+        Cmd::Docs(_) => {}
         Cmd::Sim {
             stations,
             setup,
