@@ -29,15 +29,19 @@ fn main() {
         docs.exit(Args::command());
     }
     vodmesh_client::cli::main(
-        "warn,vodmesh_node=info,vodmesh_registry=info",
+        // kad warns "Failed to trigger bootstrap: No known peers" once a station listens with
+        // no peer yet (its automatic bootstrap, which cannot be turned off): a first station
+        // is alone, which is normal. The periodic one the director drives only with a peer.
+        "warn,libp2p_kad::behaviour=error,vodmesh_node=info,vodmesh_registry=info",
         parsed.args.log,
         run(parsed.args),
     );
 }
 
 async fn run(args: Args) -> Result<()> {
+    let stop = Stop::install()?;
     match args.cmd {
-        Some(Sub::Engine(engine)) => return run_engine(engine).await,
+        Some(Sub::Engine(engine)) => return run_engine(engine, stop).await,
         Some(Sub::Docs(_)) | None => {}
     }
     let Some(data) = args.data else {
@@ -89,14 +93,14 @@ async fn run(args: Args) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    wait_for_signal().await?;
+    stop.wait().await?;
     tracing::info!("shutting down");
     station.shutdown().await;
     Ok(())
 }
 
 /// `vodmesh-node engine`: one engine attached to its director until SIGINT/SIGTERM.
-async fn run_engine(args: EngineArgs) -> Result<()> {
+async fn run_engine(args: EngineArgs, signals: Stop) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = vodmesh_node::blade::EngineProcess {
         director: args.director,
@@ -125,26 +129,50 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    wait_for_signal().await?;
+    signals.wait().await?;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     engine.stopped().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// SIGINT and SIGTERM, caught from the start of a run: one that arrives while the station
+/// or engine is still starting (before its address line) then stops it cleanly, with status
+/// 0, instead of killing it.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Stop {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+            let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+            Ok(Self {
+                signals: [term, int],
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+
+    /// Waits for SIGINT or SIGTERM (or one that came before).
+    async fn wait(self) -> Result<()> {
+        #[cfg(unix)]
+        {
+            let [mut term, mut int] = self.signals;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok(())
+    }
 }

@@ -133,6 +133,19 @@ pub fn behaviour(
     kad
 }
 
+/// Refreshes the routing table with a Kademlia bootstrap when it has a peer to ask; what
+/// kad's periodic bootstrap does, without its warning (`Failed to trigger bootstrap: No known
+/// peers`) every period on a first station that is alone, which is normal. A loop that calls
+/// this every [`RegistryConfig::periodic_bootstrap`] builds its behaviour with that field
+/// `None`; kad still bootstraps by itself when a peer enters a table of fewer than k (a join).
+pub fn refresh(kad: &mut kad::Behaviour<PersistentStore>) {
+    if kad.kbuckets().any(|b| b.num_entries() > 0)
+        && let Err(e) = kad.bootstrap()
+    {
+        tracing::debug!(error = %e, "registry refresh skipped");
+    }
+}
+
 /// A registry request, answered on its `reply` channel.
 #[derive(Debug)]
 pub enum Command {

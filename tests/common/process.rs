@@ -116,6 +116,8 @@ pub struct Node {
     netns: Option<String>,
     listen: Vec<String>,
     args: Vec<String>,
+    /// Whether `--data DATA` goes on the command line (not when a `--config` file says it).
+    data_flag: bool,
 }
 
 impl Node {
@@ -127,6 +129,19 @@ impl Node {
             netns: None,
             listen: LOOPBACK.map(String::from).to_vec(),
             args: Vec::new(),
+            data_flag: true,
+        }
+    }
+
+    /// `vodmesh-node --config FILE` and nothing else: the file names `data` (which must be
+    /// `data`, where the log goes) and the listen addresses.
+    pub fn from_config(data: &Path, file: &Path) -> Self {
+        Self {
+            data: data.to_path_buf(),
+            netns: None,
+            listen: Vec::new(),
+            args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+            data_flag: false,
         }
     }
 
@@ -196,11 +211,10 @@ impl Node {
         for addr in &self.listen {
             command.args(["--listen", addr]);
         }
-        command
-            .arg("--data")
-            .arg(&self.data)
-            .args(&self.args)
-            .stderr(Stdio::from(log));
+        if self.data_flag {
+            command.arg("--data").arg(&self.data);
+        }
+        command.args(&self.args).stderr(Stdio::from(log));
         let (child, addr) = Child::spawn_until(&mut command, "vodmesh-node", |line| {
             line.strip_prefix("director ")
                 .map(|rest| rest.trim().parse::<Multiaddr>())

@@ -4,7 +4,7 @@
 //! else the flag's default.
 //!
 //! How: the environment's and the file's values become the arguments' defaults
-//! (`Command::mut_arg(..).default_values(..)`) before clap parses the command line, so clap's
+//! (`Arg::default_values`) before clap parses the command line, so clap's
 //! own rule (a value given on the command line replaces the default) gives the precedence.
 //! Every value is checked by the flag's own parser before it is used, so a wrong one is
 //! refused in one line that says where it came from.
@@ -148,11 +148,14 @@ pub fn layer(
         layered.origins.insert(id.clone(), Origin::Env(name));
         values.insert(id, vals);
     }
-    for (id, vals) in values {
-        // clap's `required` asks for the flag itself; a value from a layer answers it.
-        (layered.command) =
-            (layered.command).mut_arg(id, |a| a.default_values(vals).required(false));
-    }
+    // In place (`mut_args`, not `mut_arg`, which moves the flag last in --help).
+    // clap's `required` asks for the flag itself; a value from a layer answers it.
+    layered.command = layered
+        .command
+        .mut_args(|a| match values.get(a.get_id().as_str()) {
+            Some(vals) => a.default_values(vals.clone()).required(false),
+            None => a,
+        });
     Ok(layered)
 }
 

@@ -172,8 +172,13 @@ pub async fn start(
     let liveness = registry_config
         .republish_interval()
         .clamp(Duration::from_secs(1), Duration::from_secs(15));
+    // The loop refreshes the routing table itself (`reg::refresh`), silently while alone.
+    let kad_config = reg::RegistryConfig {
+        periodic_bootstrap: None,
+        ..registry_config.clone()
+    };
     let mut swarm = build_swarm(key.clone(), |k| DirectorBehaviour {
-        kad: reg::behaviour(peer_id, store, &registry_config, true),
+        kad: reg::behaviour(peer_id, store, &kad_config, true),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
                 .with_agent_version(format!("vodmesh-director/{}", env!("CARGO_PKG_VERSION"))),
@@ -291,6 +296,9 @@ impl Director {
         let mut republish = tokio::time::interval(republish_every);
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
+        let every = (self.shared.me.config.registry.periodic_bootstrap)
+            .unwrap_or(Duration::from_secs(86_400));
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // The first tick is at once: a restarted station learns again what it holds.
         let mut reconcile = tokio::time::interval(reconcile::RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,6 +336,7 @@ impl Director {
                 }
                 next = self.publish.next() => self.on_publish(next),
                 _ = republish.tick() => self.republish(),
+                _ = refresh.tick() => reg::refresh(&mut self.swarm.behaviour_mut().kad),
                 _ = reconcile.tick() => {
                     let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
                     self.publish.reconcile(&mut ctx);
