@@ -617,7 +617,8 @@ fn packaging_files_use_real_flags() -> Result<()> {
     Ok(())
 }
 
-/// A station stopped by SIGTERM exits 0 (the exit statuses `--help` documents).
+/// The exit statuses `--help` documents: 2 for a bad command line, 1 for a refusal, 0 for a
+/// station and a gateway stopped by SIGTERM.
 #[test]
 fn exit_statuses_are_as_documented() -> Result<()> {
     for (name, _) in BINARIES {
@@ -646,6 +647,30 @@ fn exit_statuses_are_as_documented() -> Result<()> {
     refusal_of(&out)?;
     assert_eq!(out.status.code(), Some(1));
     let station = NodeProcess::start(&dir.path().join("a"), &[])?;
-    assert!(station.terminate()?, "SIGTERM: status 0");
+    // The gateway, run as a service, is stopped by SIGTERM too.
+    let mut serve = Command::new(bin("vodmesh-console"))
+        .env("VODMESH_HOME", dir.path().join("console"))
+        .args([
+            "serve",
+            "--node",
+            &station.addr.to_string(),
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = serve.stdout.take().context("no stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = lines.next().context("serve printed nothing")??;
+    assert!(first.starts_with("serving http://"), "{first}");
+    // Read on, so that its stdout stays open.
+    std::thread::spawn(move || lines.for_each(drop));
+    let gateway = vodmesh_tests::process::Child::from(serve);
+    assert!(
+        gateway.terminate()?,
+        "vodmesh-console serve: SIGTERM, status 0"
+    );
+    assert!(station.terminate()?, "vodmesh-node: SIGTERM, status 0");
     Ok(())
 }

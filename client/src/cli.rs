@@ -16,9 +16,10 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// The exit statuses, as every binary's `--help` ends (`after_help`) and the README lists.
 pub const EXIT_CODES: &str = "\
-Exit status: 0 done (a station or gateway stopped by SIGINT or SIGTERM after a clean
-shutdown, --help, --version); 1 error (one `error: ...` line on stderr says what to do);
-2 bad command line or configuration (unknown flag or key, invalid value): nothing started.";
+Exit status: 0 done (also a station, an engine or a gateway stopped by SIGINT or SIGTERM
+after a clean shutdown; --help, --version); 1 error (one `error: ...` line on stderr says
+what to do); 2 bad command line or configuration (unknown flag or key, invalid value):
+nothing was started.";
 
 /// `--version`: the crate version and the git commit it was built from (`unknown` outside a
 /// git checkout), e.g. `0.1.0 (commit a6cd5b3)`. Expands in the calling crate, whose build
@@ -89,6 +90,49 @@ pub fn main<E: Display>(
         // At once, as `#[tokio::main]` did: a blocking task (a read of stdin) must not hold
         // the exit up.
         std::process::exit(EXIT_ERROR);
+    }
+}
+
+/// SIGINT and SIGTERM, caught from when it is installed: a long-running command (a station,
+/// an engine, the HLS gateway) installs it first, so that a signal that arrives while it is
+/// still starting stops it as cleanly as a later one, with status 0, instead of killing it.
+pub struct Stop {
+    #[cfg(unix)]
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Stop {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                signals: [
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for SIGINT or SIGTERM, or returns at once for one that came since
+    /// [`Stop::install`].
+    pub async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let [mut term, mut int] = self.signals;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
-use vodmesh_client::cli::usage_error;
+use vodmesh_client::cli::{Stop, usage_error};
 use vodmesh_node::cli::{Args, EngineArgs, ParseError, Sub};
 use vodmesh_node::config::default_listen;
 use vodmesh_node::{Station, StationConfig};
@@ -39,7 +39,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let stop = Stop::install()?;
+    let stop = Stop::install().context("installing the SIGINT and SIGTERM handlers")?;
     match args.cmd {
         Some(Sub::Engine(engine)) => return run_engine(engine, stop).await,
         Some(Sub::Docs(_)) | None => {}
@@ -93,7 +93,7 @@ async fn run(args: Args) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    stop.wait().await?;
+    stop.wait().await;
     tracing::info!("shutting down");
     station.shutdown().await;
     Ok(())
@@ -129,50 +129,9 @@ async fn run_engine(args: EngineArgs, signals: Stop) -> Result<()> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    signals.wait().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     engine.stopped().await;
     Ok(())
-}
-
-/// SIGINT and SIGTERM, caught from the start of a run: one that arrives while the station
-/// or engine is still starting (before its address line) then stops it cleanly, with status
-/// 0, instead of killing it.
-struct Stop {
-    #[cfg(unix)]
-    signals: [tokio::signal::unix::Signal; 2],
-}
-
-impl Stop {
-    fn install() -> Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-            let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-            Ok(Self {
-                signals: [term, int],
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Waits for SIGINT or SIGTERM (or one that came before).
-    async fn wait(self) -> Result<()> {
-        #[cfg(unix)]
-        {
-            let [mut term, mut int] = self.signals;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        Ok(())
-    }
 }

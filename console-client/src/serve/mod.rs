@@ -258,9 +258,16 @@ pub async fn run(
     println!("serving http://{local}/ ({reach})");
     println!("play with: ffplay http://{local}/<program>/index.m3u8, or open http://{local}/");
     let app = router(node, credentials);
+    // SIGTERM too: a gateway run as a service is stopped with it, and exits 0.
+    let stop = vodmesh_client::cli::Stop::install();
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            match stop {
+                Ok(stop) => stop.wait().await,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         })
         .await?;
     Ok(())
