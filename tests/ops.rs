@@ -617,6 +617,70 @@ fn packaging_files_use_real_flags() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_compose_join_script_enrolls_and_configures_the_stations() -> Result<()> {
+    // compose.yaml's `join` script, run as it is against a station `a` on loopback: its data
+    // directory where compose has /var/lib/vodmesh, its address for the fixed one.
+    let compose = std::fs::read_to_string(workspace().join("compose.yaml"))?;
+    let docs = YamlLoader::load_from_str(&compose)?;
+    let services = &docs.first().context("empty compose.yaml")?["services"];
+    let script = field(&services["join"], "command")[0]
+        .as_str()
+        .context("no join script")?;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("vodmesh");
+    let a = Node::new(&root.join("a"))
+        .engines(1)
+        .home()
+        .ttl(10)
+        .start()?;
+    let tcp = a
+        .addr
+        .iter()
+        .take_while(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect::<libp2p::Multiaddr>();
+    let script = script
+        .replace("$$", "$")
+        .replace("/var/lib/vodmesh", &root.to_string_lossy())
+        .replace("/ip4/172.29.81.11/tcp/4001", &tcp.to_string());
+    let bins = bin("vodmesh")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = format!(
+        "{}:{}",
+        bins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new("sh")
+        .args(["-euc", &script])
+        .env("PATH", &path))?;
+
+    // b starts from what it wrote (and compose's flags but the fixed addresses), joins, and
+    // its engines receive engine tokens: it was enrolled.
+    let b_data = root.join("b");
+    let join = b_data.join("join.toml");
+    let written = std::fs::read_to_string(&join)?;
+    assert!(written.contains(&a.addr.to_string()), "{written}");
+    assert!(written.contains(&a.issuer()?), "{written}");
+    let b = Node::from_config(&b_data, &join)
+        .args(&["--data", &b_data.to_string_lossy(), "--engines", "2"])
+        .args(&["--listen", "/ip4/127.0.0.1/tcp/0", "--record-ttl", "10"])
+        .start()?;
+    b.wait_engine_token(0)?;
+    b.wait_engine_token(1)?;
+    wait::blocking("b in a's listing", Duration::from_secs(30), || {
+        Ok(status::directors(&a.addr)?.contains(&b.peer()))
+    })?;
+    assert!(root.join("c/join.toml").exists() && root.join("c/enroll.token").exists());
+    // Run again (a restart of the compose project), it leaves what it made alone.
+    run(Command::new("sh")
+        .args(["-euc", &script])
+        .env("PATH", &path))?;
+    assert_eq!(std::fs::read_to_string(&join)?, written);
+    Ok(())
+}
+
 /// The exit statuses `--help` documents: 2 for a bad command line, 1 for a refusal, 0 for a
 /// station and a gateway stopped by SIGTERM.
 #[test]
