@@ -8,7 +8,7 @@
 //! this station's own programs and kept ones, and each other station's (`Held`), merged, so
 //! listing needs no content manager either.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -158,17 +158,22 @@ pub(super) fn program_info(director: PeerId, entry: &CatalogEntry) -> Option<Pro
     })
 }
 
-/// `Held`: this station's own programs (content manager) and those it keeps the manifest of
-/// because it holds their segments.
+/// `Held`: this station's own programs (content manager), and those it keeps the manifest
+/// of and still holds segments of (`holding`: a manifest outlives the segments evicted).
 pub(super) fn held(
     director: PeerId,
     own: Option<&Catalog>,
-    kept: &Catalog,
+    (kept, holding): (&Catalog, &HashSet<ProgramId>),
 ) -> Result<Vec<ProgramInfo>, Error> {
     let mut out = Vec::new();
-    for catalog in own.into_iter().chain([kept]) {
-        out.extend((catalog.all()?.iter()).filter_map(|e| program_info(director, e)));
+    if let Some(own) = own {
+        out.extend((own.all()?.iter()).filter_map(|e| program_info(director, e)));
     }
+    out.extend(
+        (kept.all()?.iter())
+            .filter_map(|e| program_info(director, e))
+            .filter(|info| holding.contains(&info.program)),
+    );
     Ok(merge([out]))
 }
 

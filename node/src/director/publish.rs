@@ -582,7 +582,8 @@ impl Publishing {
 
     /// `Held`: this station's own view, no walk.
     pub(super) fn held(ctx: &Ctx<'_>) -> Result<Vec<ProgramInfo>, Error> {
-        catalog::held(ctx.me.peer_id, ctx.catalog, ctx.kept)
+        let holding: HashSet<ProgramId> = ctx.locations.programs()?.into_iter().collect();
+        catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
     }
 
     /// `Programs`: the swarm's catalog (answered from a task: it walks the swarm).
