@@ -1,4 +1,4 @@
-//! `vodmesh programs`: a content manager's catalog.
+//! `vodmesh programs`: the swarm's catalog, from any station's director.
 
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
@@ -7,7 +7,7 @@ use vodmesh_client::DirectorClient;
 use vodmesh_proto::catalog::ProgramState;
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 
-/// The catalog of the director at `node`.
+/// The swarm's catalog as the director at `node` lists it.
 pub async fn fetch(node: &Multiaddr) -> Result<Vec<ProgramInfo>> {
     let client = DirectorClient::connect(node, None).await?;
     match client.request(Request::Programs).await? {
@@ -24,9 +24,10 @@ fn state(p: &ProgramInfo) -> &'static str {
     }
 }
 
-/// `{"programs": [...]}`.
-pub fn to_json(programs: &[ProgramInfo]) -> Value {
+/// `{"from": <director>, "programs": [...]}`: `from` is where the list came from.
+pub fn to_json(programs: &[ProgramInfo], from: &Multiaddr) -> Value {
     json!({
+        "from": from.to_string(),
         "programs": programs.iter().map(|p| json!({
             "id": p.program.to_string(),
             "title": p.title,
