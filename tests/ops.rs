@@ -313,21 +313,33 @@ fn completions_and_man_pages_for_each_binary() -> Result<()> {
 
 #[test]
 fn version_names_the_commit() -> Result<()> {
-    let head = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(workspace())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    // `git ARGS` in the workspace: its output, `None` outside a checkout (or without git).
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let checkout = git(&["rev-parse", "--short", "HEAD"]).is_some();
     for (name, _) in BINARIES {
         let version = run(Command::new(bin(name)).arg("--version"))?;
-        let expected = format!(
-            "{name} {} (commit {})",
-            env!("CARGO_PKG_VERSION"),
-            head.as_deref().unwrap_or("unknown")
-        );
-        assert_eq!(version.trim(), expected);
+        let prefix = format!("{name} {} (commit ", env!("CARGO_PKG_VERSION"));
+        let commit = (version.trim())
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .with_context(|| format!("{name} --version: {version}"))?;
+        if checkout {
+            // The commit the binary was built at (HEAD, or an earlier one when it was built
+            // before the last commit): a commit of this repository.
+            assert!(commit.len() >= 7, "{version}");
+            let kind = git(&["cat-file", "-t", commit]);
+            assert_eq!(kind.as_deref(), Some("commit"), "{version}");
+        } else {
+            assert_eq!(commit, "unknown", "{version}");
+        }
     }
     Ok(())
 }
