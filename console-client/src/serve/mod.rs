@@ -249,6 +249,9 @@ pub async fn run(
     credentials: Credentials,
     http: SocketAddr,
 ) -> Result<(), ServeError> {
+    // SIGTERM too: a gateway run as a service is stopped with it, and exits 0. Caught from
+    // here on, before the address is printed, so a caller that stops it at once is heard.
+    let stop = vodmesh_client::cli::Stop::install();
     let (listener, local) = bind(http).await?;
     let reach = if local.ip().is_loopback() {
         "loopback only: players on this machine; give --http 0.0.0.0:PORT to serve others"
@@ -258,8 +261,6 @@ pub async fn run(
     println!("serving http://{local}/ ({reach})");
     println!("play with: ffplay http://{local}/<program>/index.m3u8, or open http://{local}/");
     let app = router(node, credentials);
-    // SIGTERM too: a gateway run as a service is stopped with it, and exits 0.
-    let stop = vodmesh_client::cli::Stop::install();
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             match stop {

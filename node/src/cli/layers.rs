@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use clap::builder::Resettable;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 /// Largest configuration file read, in bytes.
@@ -252,7 +253,9 @@ fn read_file(cmd: &Command, path: &Path) -> Result<BTreeMap<String, Vec<String>>
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Parse {
         path: path.to_path_buf(),
         line: e.span().map_or(1, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
+            // Counted in bytes: a span is a byte offset, whatever the characters before it.
+            let before = &text.as_bytes()[..s.start.min(text.len())];
+            before.iter().filter(|b| **b == b'\n').count() + 1
         }),
         message: e.message().trim().to_string(),
     })?;
@@ -348,7 +351,13 @@ fn check(arg: &Arg, origin: &str, vals: &[String]) -> Result<(), Error> {
     let Some(long) = arg.get_long() else {
         return Ok(());
     };
-    let probe = arg.clone().required(false).global(false);
+    // Alone in a command of its own: no rule that names another flag.
+    let probe = (arg.clone())
+        .required(false)
+        .global(false)
+        .requires(Resettable::Reset)
+        .conflicts_with(Resettable::Reset)
+        .overrides_with(Resettable::Reset);
     for val in vals {
         let result = Command::new("check")
             .no_binary_name(true)
@@ -552,6 +561,13 @@ mod tests {
         let line = run("a = = 1", &[], &[]).err().map(|e| e.to_string());
         assert!(
             line.as_deref().is_some_and(|l| l.contains("line 1")),
+            "{line:?}"
+        );
+        let line = run("region = \"é\"\nb = = 1", &[], &[])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains("line 2")),
             "{line:?}"
         );
     }
