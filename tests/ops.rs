@@ -722,6 +722,26 @@ fn exit_statuses_are_as_documented() -> Result<()> {
             "{name}: a bad command line is 2"
         );
     }
+    // Values out of range that clap cannot see: 2 as well, one line.
+    let out = Command::new(bin("vodmesh-node"))
+        .args(["--data", "/nonexistent/x", "--engines", "0"])
+        .output()?;
+    assert!(refusal_of(&out)?.contains("at least one engine"));
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin("vodmesh-console"))
+        .args([
+            "play",
+            "--node",
+            "/ip4/127.0.0.1/tcp/1",
+            "--buffer",
+            "700",
+            "--out",
+            "-",
+            "x",
+        ])
+        .output()?;
+    assert!(refusal_of(&out)?.contains("--buffer"));
+    assert_eq!(out.status.code(), Some(2));
     // A refused run is 1, with one line.
     let dir = tempfile::tempdir()?;
     let out = Command::new(bin("vodmesh-console"))

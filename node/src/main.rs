@@ -28,6 +28,10 @@ fn main() {
     if let Some(Sub::Docs(docs)) = &parsed.args.cmd {
         docs.exit(Args::command());
     }
+    let args = &parsed.args;
+    if args.cmd.is_none() && args.engines == 0 && args.engine_peers.is_empty() {
+        usage_error("a station needs at least one engine (--engines N, N >= 1, or --engine-peer)");
+    }
     vodmesh_client::cli::main(
         // kad warns "Failed to trigger bootstrap: No known peers" once a station listens with
         // no peer yet (its automatic bootstrap, which cannot be turned off): a first station
@@ -47,9 +51,6 @@ async fn run(args: Args) -> Result<()> {
     let Some(data) = args.data else {
         bail!("--data DIR is required");
     };
-    if args.engines == 0 && args.engine_peers.is_empty() {
-        bail!("a station needs at least one engine (--engines N, N >= 1, or --engine-peer)");
-    }
     let mut config = StationConfig::new(&data);
     config.listen = args.listen;
     config.announce = args.announce;
