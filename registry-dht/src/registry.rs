@@ -724,4 +724,29 @@ mod tests {
         );
         assert_eq!(config.republish_interval(), Duration::from_secs(2));
     }
+
+    #[test]
+    fn a_lone_director_does_not_refresh_and_one_with_a_peer_does() {
+        let local = PeerId::random();
+        let store = PersistentStore::in_memory(local, &crate::StoreLimits::default());
+        let config = RegistryConfig {
+            periodic_bootstrap: None,
+            ..RegistryConfig::default()
+        };
+        let mut kad = behaviour(local, store, &config, true);
+        refresh(&mut kad);
+        assert_eq!(
+            kad.iter_queries().count(),
+            0,
+            "nobody to ask: no query, no warning"
+        );
+        let addr = "/ip4/127.0.0.1/tcp/4001".parse().expect("a valid address");
+        kad.add_address(&PeerId::random(), addr);
+        refresh(&mut kad);
+        assert_eq!(
+            kad.iter_queries().count(),
+            1,
+            "a bootstrap of the routing table"
+        );
+    }
 }
