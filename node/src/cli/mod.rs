@@ -177,6 +177,9 @@ pub enum Sub {
     /// Runs one engine in a process of its own, attached to its station's director
     /// (deployment mode b). Prints `engine <MULTIADDR>` once it listens; reattaches by itself
     /// when the link drops (the director marks it down meanwhile and up again after).
+    ///
+    /// Flags only: --config and the VODMESH_* variables configure a station, not an engine
+    /// process.
     Engine(EngineArgs),
     /// Completions and man pages.
     #[command(flatten)]
