@@ -16,6 +16,7 @@
 //!   controller).
 //! - [`metrics`]: a station's counters and gauges, and the HTTP server of `--metrics`
 //!   (Prometheus text, the status page).
+//! - [`health`]: `/healthz` and `/readyz` of `--metrics`: when a station is ready.
 //! - [`status`]: the status page of `--metrics` and its `/status.json`.
 //! - [`blade`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
@@ -31,6 +32,7 @@ pub mod control;
 pub mod director;
 pub mod engine;
 pub mod events;
+pub mod health;
 pub use vodmesh_client::identity;
 mod listen;
 pub mod metrics;

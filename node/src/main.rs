@@ -137,6 +137,12 @@ struct Args {
     /// in-process engines; --engines may then be 0.
     #[arg(long = "engine-peer", value_name = "PEERID")]
     engine_peers: Vec<PeerId>,
+    /// On SIGTERM, drain for at most this many seconds before stopping: new streams go to
+    /// other stations that hold the segment and /readyz answers 503, while the streams
+    /// running finish; the station stops once none runs, or at this limit. 0 stops at once,
+    /// as SIGINT does (a second signal during a drain stops at once too).
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    drain_timeout: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -247,6 +253,7 @@ async fn run(args: Args) -> Result<()> {
     config.registry.provider_ttl = args.provider_ttl.map(Duration::from_secs);
     config.metrics_addr = args.metrics;
     config.engine_peers = args.engine_peers;
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
 
     let station = Station::start(config)
         .await
@@ -266,7 +273,16 @@ async fn run(args: Args) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    wait_for_signal().await?;
+    if wait_for_signal().await? == Signal::Term && !drain_timeout.is_zero() {
+        tracing::info!(timeout_s = drain_timeout.as_secs(), "SIGTERM: draining");
+        tokio::select! {
+            left = station.drain(drain_timeout) => match left {
+                0 => tracing::info!("drained: no stream left"),
+                n => tracing::warn!(streams = n, "drain timed out; stopping with streams running"),
+            },
+            _ = wait_for_signal() => tracing::info!("second signal: stopping now"),
+        }
+    }
     tracing::info!("shutting down");
     station.shutdown().await;
     Ok(())
@@ -309,19 +325,28 @@ async fn run_engine(args: EngineArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// The signal that asked the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT (Ctrl-C): stop now.
+    Int,
+    /// SIGTERM (systemd, docker, kubernetes): a station drains first.
+    Term,
+}
+
+async fn wait_for_signal() -> Result<Signal> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT").map(|()| Signal::Int),
+            _ = term.recv() => Ok(Signal::Term),
         }
     }
     #[cfg(not(unix))]
     tokio::signal::ctrl_c()
         .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
+        .context("waiting for Ctrl-C")
+        .map(|()| Signal::Int)
 }

@@ -68,6 +68,7 @@ struct Inner {
     engine_up: Family<EngineLabel, Gauge>,
     store_used: Family<DiskLabel, Gauge>,
     store_capacity: Family<DiskLabel, Gauge>,
+    registry_peers: Gauge,
     /// The director's engines as of its last event, for the status page's own station
     /// (the registry's copy is up to a republish interval old).
     engines: std::sync::Mutex<Vec<EngineInfo>>,
@@ -106,6 +107,7 @@ impl Metrics {
             engine_up: Family::default(),
             store_used: Family::default(),
             store_capacity: Family::default(),
+            registry_peers: Gauge::default(),
             engines: Default::default(),
             registry: Registry::default(),
         };
@@ -215,6 +217,11 @@ impl Metrics {
             "Segment bytes an engine's disk may hold (0: bounded only by the disk)",
             inner.store_capacity.clone(),
         );
+        r.register(
+            "registry_peers",
+            "Directors in the registry's routing table that this station is connected to",
+            inner.registry_peers.clone(),
+        );
         let inner = Inner { registry, ..inner };
         Self {
             inner: Arc::new(inner),
@@ -286,6 +293,12 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// The connected directors of the registry's routing table, as the director counted
+    /// them last.
+    pub(crate) fn set_registry_peers(&self, peers: usize) {
+        self.inner.registry_peers.set(gauge(peers as u64));
+    }
+
     /// A segment location answered from this station's own engines.
     pub(crate) fn hit(&self) {
         self.inner.hits.inc();
@@ -340,16 +353,55 @@ pub(crate) struct Http {
     pub(crate) local: libp2p::PeerId,
     /// A director's server (metrics and the status page), not an engine process's (metrics).
     pub(crate) director: bool,
+    /// What `/readyz` decides from, besides the metrics.
+    pub(crate) ready: Ready,
 }
 
-/// Serves `/metrics`, `/status.json` and `/` on `listener` until `shutdown` turns true.
+/// What `/readyz` reads besides the metrics ([`crate::health`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Ready {
+    /// The station was given `--bootstrap`.
+    pub(crate) bootstrap: bool,
+    /// Engines it was started with.
+    pub(crate) engines: usize,
+    /// Its engines' tokens, when they need them (an enrolled station, the auth station).
+    pub(crate) tokens: Option<crate::auth::engines::EngineTokens>,
+    /// Whether it is draining.
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Ready {
+    /// The facts of readiness now.
+    fn facts(&self, metrics: &Metrics) -> crate::health::Facts {
+        let engines = metrics.engines();
+        let tokens_needed = self.tokens.as_ref().map_or(0, |_| self.engines);
+        let tokens_held = (self.tokens.as_ref()).map_or(0, |t| {
+            (0..self.engines).filter(|i| t.get(*i).is_some()).count()
+        });
+        crate::health::Facts {
+            draining: *self.draining.borrow(),
+            bootstrap: self.bootstrap,
+            registry_peers: u64::try_from(metrics.inner.registry_peers.get()).unwrap_or(0),
+            engines: self.engines,
+            engines_up: engines.iter().filter(|e| e.up).count(),
+            tokens_needed,
+            tokens_held,
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz`, `/status.json` and `/` on `listener` until
+/// `shutdown` turns true.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     http: Http,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
-    let app = axum::Router::new().route("/metrics", get(metrics_text));
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready));
     let app = if http.director {
         app.route("/status.json", get(status_json))
             .route("/", get(status_page))
@@ -382,6 +434,19 @@ async fn metrics_text(
         )],
         http.metrics.encode(),
     )
+}
+
+/// `/readyz`: 200 `ready`, or 503 and the first reason not to be ([`crate::health`]).
+async fn ready(
+    axum::extract::State(http): axum::extract::State<Http>,
+) -> (axum::http::StatusCode, String) {
+    match crate::health::readiness(&http.ready.facts(&http.metrics)) {
+        Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}\n"),
+        ),
+    }
 }
 
 async fn status_json(

@@ -88,14 +88,17 @@ impl Me {
         op: &str,
         program: &ProgramId,
     ) -> Result<PeerId, Error> {
-        let admin = admin::check(
-            proof,
-            op,
-            program.as_bytes(),
-            self.peer_id,
-            &self.admins,
-            now_ms(),
-        )?;
+        self.check_admin_of(proof, op, program.as_bytes())
+    }
+
+    /// Checks an admin proof for operation `op` on `subject`; returns the admin.
+    pub(super) fn check_admin_of(
+        &self,
+        proof: &Signed,
+        op: &str,
+        subject: &[u8],
+    ) -> Result<PeerId, Error> {
+        let admin = admin::check(proof, op, subject, self.peer_id, &self.admins, now_ms())?;
         Ok(admin)
     }
 }

@@ -134,6 +134,9 @@ pub struct Handles {
     /// The auth server, when the station runs the auth role: the director serves
     /// `/vodmesh/auth/1` from it.
     pub auth: Option<Arc<crate::auth::Server>>,
+    /// Whether the station drains (SIGTERM, `vodmesh station drain`): the station and an
+    /// admin's [`Request::Drain`] set it, the director follows it.
+    pub draining: watch::Sender<bool>,
 }
 
 /// The director's event loop and everything it owns.
@@ -153,6 +156,8 @@ struct Director {
     ingest: Ingests,
     /// Answers of the loop's own requests that take a moment (a swarm walk).
     tasks: Tasks<Reply>,
+    /// Whether the station drains; set by the station or by an admin's `Drain`.
+    draining: watch::Sender<bool>,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -267,6 +272,7 @@ pub async fn start(
         publish,
         ingest: Ingests::default(),
         tasks: Tasks::default(),
+        draining: handles.draining,
     };
     let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
     director.ingest.drop_interrupted(&ctx);
@@ -296,6 +302,7 @@ impl Director {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the metrics last saw: most events (kad traffic, pings) change neither.
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
+        let mut draining = self.draining.subscribe();
         loop {
             // Biased, engine reports first: an engine reports a stored segment before it
             // acknowledges it to the client, so by the time the client's commit arrives over
@@ -306,6 +313,11 @@ impl Director {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
                     }
+                }
+                Ok(()) = draining.changed() => {
+                    let drain = *draining.borrow_and_update();
+                    self.shared.engines.set_draining(drain);
+                    tracing::info!(drain, "draining: new streams go to other stations");
                 }
                 Some(report) = self.reports.recv() => self.on_report(report),
                 Some(cmd) = self.registry_commands.recv() => {
@@ -479,7 +491,35 @@ impl Director {
         }
     }
 
+    /// Counts the directors of the registry's routing table this director is connected to
+    /// (what `/readyz` calls joined), for the metrics.
+    fn count_registry_peers(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let peers: Vec<PeerId> = (kad.kbuckets())
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        let connected = (peers.iter())
+            .filter(|p| self.swarm.is_connected(p))
+            .count();
+        self.metrics.set_registry_peers(connected);
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<DirectorBehaviourEvent>) {
+        let recount = matches!(
+            event,
+            SwarmEvent::ConnectionEstablished { .. }
+                | SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(
+                    kad::Event::RoutingUpdated { .. }
+                ))
+        );
+        self.dispatch_swarm_event(event);
+        if recount {
+            self.count_registry_peers();
+        }
+    }
+
+    fn dispatch_swarm_event(&mut self, event: SwarmEvent<DirectorBehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
                 if let kad::Event::OutboundQueryProgressed {
@@ -697,6 +737,16 @@ impl Director {
                 self.replicate.locate_copy(&ctx, peer, segment, channel)
             }
             Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
+            Request::Drain { drain, admin } => {
+                let checked =
+                    ctx.me
+                        .check_admin_of(&admin, director::DRAIN_OP, director::DRAIN_SUBJECT);
+                let drained = checked.map(|admin| {
+                    tracing::info!(%admin, drain, "drain asked by an admin");
+                    self.draining.send_replace(drain);
+                });
+                Some((channel, respond(drained, |()| Response::Ok)))
+            }
         };
         if let Some(reply) = reply {
             self.reply(reply);
