@@ -87,3 +87,95 @@ fn readyz_turns_ready_only_once_the_station_joined() -> Result<()> {
     assert_eq!(probe(&b_base, "/readyz")?.0, 200);
     Ok(())
 }
+
+/// The metric names a `/metrics` text exports: every sample's name, and for every family its
+/// OpenMetrics names (`_total` of a counter; `_bucket`, `_sum`, `_count` of a histogram), so
+/// that a family with no sample yet (a label not seen so far) counts too.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+/// Every `vodmesh_...` name in a PromQL expression.
+fn used(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("vodmesh_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_a_node_exports() -> Result<()> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana/vodmesh.json");
+    let dashboard: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let panels = dashboard["panels"].as_array().cloned().unwrap_or_default();
+    let titles: Vec<String> = (panels.iter())
+        .filter_map(|p| p["title"].as_str().map(str::to_lowercase))
+        .collect();
+    for wanted in [
+        "throughput",
+        "streams",
+        "hit ratio",
+        "misses",
+        "token refusals",
+        "registry query latency",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(wanted)),
+            "no panel on {wanted}: {titles:?}"
+        );
+    }
+    let mut exprs: Vec<String> = (panels.iter())
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    exprs.extend(
+        (dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten())
+        .filter_map(|v| v["definition"].as_str().map(String::from)),
+    );
+    let names: std::collections::BTreeSet<String> = exprs.iter().flat_map(|e| used(e)).collect();
+    assert!(names.len() >= 10, "{names:?}");
+
+    let dir = tempfile::tempdir()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let _node = Node::new(&dir.path().join("n"))
+        .args(&["--metrics", &metrics])
+        .start()?;
+    let (status, text) = probe(&format!("http://{metrics}"), "/metrics")?;
+    assert_eq!(status, 200);
+    let exported = exported(&text);
+    let unknown: Vec<&String> = names.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics no node exports: {unknown:?}\nexported: {exported:?}"
+    );
+    Ok(())
+}

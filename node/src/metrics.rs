@@ -222,6 +222,14 @@ impl Metrics {
             "Directors in the registry's routing table that this station is connected to",
             inner.registry_peers.clone(),
         );
+        // Every label a family will have is there from the start, at 0: a scrape shows the
+        // whole set of series, and rate() of a first copy or query starts from a sample.
+        for way in ["copy", "ingest"] {
+            drop(inner.bytes_in.get_or_create(&kind(way)));
+        }
+        for query in QUERY_KINDS {
+            drop(inner.dht_queries.get_or_create(&kind(query)));
+        }
         let inner = Inner { registry, ..inner };
         Self {
             inner: Arc::new(inner),
@@ -328,7 +336,17 @@ impl Metrics {
     }
 }
 
-/// The `kind` label of a finished registry query.
+/// Every `kind` of [`query_kind`].
+const QUERY_KINDS: [&str; 6] = [
+    "bootstrap",
+    "get_closest_peers",
+    "get_providers",
+    "provide",
+    "get_record",
+    "put_record",
+];
+
+/// The `kind` label of a finished registry query (one of [`QUERY_KINDS`]).
 pub(crate) fn query_kind(result: &libp2p::kad::QueryResult) -> &'static str {
     use libp2p::kad::QueryResult as Q;
     match result {
