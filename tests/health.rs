@@ -179,3 +179,66 @@ fn the_grafana_dashboard_uses_only_metrics_a_node_exports() -> Result<()> {
     );
     Ok(())
 }
+
+/// The status page's sparklines: a station with `--metrics` keeps its last ten minutes in
+/// memory; after a console played a program, `/status.json` carries, per station, inline SVG
+/// sparklines of streams, bytes out, misses and copies, and the bytes out they show add up to
+/// the station's `vodmesh_stream_bytes_out_total` (which counts the program's bytes); the
+/// page draws them.
+#[test]
+fn the_status_page_carries_sparklines_of_each_station() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let home = Node::new(&dir.path().join("home"))
+        .home()
+        .args(&["--metrics", &metrics])
+        .start()?;
+    let base = format!("http://{metrics}");
+    let console = dir.path().join("console");
+    vodmesh_tests::cli::subscriber(&home.addr, &home.key(), &console, "sam")?;
+    let source = dir.path().join("p.bin");
+    let bytes = vodmesh_tests::media::random_file(&source, 3 * 256 * 1024, 81)?;
+    vodmesh_tests::cli::Ingest::new(&home.addr, &home.key(), "sparkling", &source)
+        .publish_now()
+        .segment_size(256 * 1024)
+        .run()?;
+    let played = vodmesh_tests::cli::Play::new(&console, &home.addr, "sparkling").run()?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    let out =
+        vodmesh_tests::http::metric(&format!("{base}/metrics"), "vodmesh_stream_bytes_out_total")?;
+    assert!(out >= bytes.len() as f64, "{out}");
+
+    // The sampler takes the swarm in every 10 s: wait for the sample after the play.
+    let mut last = serde_json::Value::Null;
+    wait::blocking(
+        "sparklines that show the play",
+        Duration::from_secs(60),
+        || {
+            let (status, body) = probe(&base, "/status.json")?;
+            anyhow::ensure!(status == 200, "{body}");
+            last = serde_json::from_str(&body)?;
+            let shown: f64 = (last["stations"][0]["history"]["bytes_out"]["values"].as_array())
+                .map_or(0.0, |v| {
+                    v.iter().filter_map(serde_json::Value::as_f64).sum()
+                });
+            Ok(shown == out)
+        },
+    )?;
+    let history = &last["stations"][0]["history"];
+    for series in ["streams", "bytes_out", "misses", "copies"] {
+        let svg = history[series]["svg"].as_str().unwrap_or_default();
+        assert!(
+            svg.starts_with("<svg class=\"spark\""),
+            "{series}: {history}"
+        );
+        assert!(svg.contains("<polyline"), "{series}: {svg}");
+    }
+    let (status, page) = probe(&base, "/")?;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("function sparks(history)"),
+        "the page draws them"
+    );
+    assert!(!page.contains("src=\"http"), "no external asset");
+    Ok(())
+}

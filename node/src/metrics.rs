@@ -292,6 +292,16 @@ impl Metrics {
         }
     }
 
+    /// The station's running totals, as its record carries them.
+    pub fn counters(&self) -> vodmesh_proto::station::Counters {
+        let m = &*self.inner;
+        vodmesh_proto::station::Counters {
+            bytes_out: m.bytes_out.get(),
+            copies: m.copies.get(),
+            misses: m.misses.get(),
+        }
+    }
+
     /// The director's engines as of its last event (empty before it has any).
     pub fn engines(&self) -> Vec<EngineInfo> {
         self.inner
@@ -373,6 +383,9 @@ pub(crate) struct Http {
     pub(crate) director: bool,
     /// What `/readyz` decides from, besides the metrics.
     pub(crate) ready: Ready,
+    /// The last ten minutes of every station, for the status page's sparklines (filled by
+    /// [`sample`] on a director's server).
+    pub(crate) history: Arc<std::sync::Mutex<crate::history::History>>,
 }
 
 /// What `/readyz` reads besides the metrics ([`crate::health`]).
@@ -442,6 +455,45 @@ pub(crate) async fn serve(
     }
 }
 
+/// Samples the swarm into `http.history` every [`crate::history::EVERY`] until `shutdown`:
+/// this station from its metrics, the others from their station records.
+pub(crate) async fn sample(http: Http, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(crate::history::EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let limits = vodmesh_registry::WalkLimits::default();
+        let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
+        let stations = match tokio::time::timeout(crate::history::EVERY, walk).await {
+            Ok(Ok(stations)) => stations,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "sparklines: the swarm walk failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = vodmesh_proto::time::now_ms();
+        let Ok(mut history) = http.history.lock() else {
+            return;
+        };
+        for (record, _) in &stations {
+            let (streams, counters) = if record.director == http.local {
+                let engines = http.metrics.engines();
+                let streams = engines.iter().map(|e| u64::from(e.streams)).sum();
+                (streams, http.metrics.counters())
+            } else {
+                let streams = record.engines.iter().map(|e| u64::from(e.streams)).sum();
+                (streams, record.counters)
+            };
+            history.record(now, record.director, streams, counters);
+        }
+        history.forget_gone(now);
+    }
+}
+
 async fn metrics_text(
     axum::extract::State(http): axum::extract::State<Http>,
 ) -> impl axum::response::IntoResponse {
@@ -483,7 +535,18 @@ async fn status_json(
             {
                 own.engines = now;
             }
-            crate::status::to_json(http.local, &stations).to_string()
+            let mut json = crate::status::to_json(http.local, &stations);
+            if let (Ok(history), Some(list)) =
+                (http.history.lock(), json["stations"].as_array_mut())
+            {
+                for station in list {
+                    let peer = station["director"]["peer_id"].as_str();
+                    let peer = peer.and_then(|p| p.parse::<libp2p::PeerId>().ok());
+                    station["history"] =
+                        peer.map_or(serde_json::Value::Null, |p| history.to_json(&p));
+                }
+            }
+            json.to_string()
         }
         Ok(Err(e)) => {
             return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();

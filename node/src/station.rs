@@ -259,7 +259,12 @@ impl Station {
                     tokens: tokens_needed.then(|| engine_tokens.clone()),
                     ..ready
                 },
+                history: Default::default(),
             };
+            extra_tasks.push(tokio::spawn(crate::metrics::sample(
+                http.clone(),
+                shutdown_rx.clone(),
+            )));
             extra_tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 http,

@@ -184,6 +184,7 @@ pub async fn start_engine(
                 tokens: None,
                 draining: watch::channel(false).1,
             },
+            history: Default::default(),
         };
         tasks.spawn(crate::metrics::serve(listener, http, shutdown.clone()));
     }

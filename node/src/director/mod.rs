@@ -395,7 +395,7 @@ impl Director {
 
     fn signed_record(&self) -> Signed {
         let me = &self.shared.me;
-        me.record(&self.shared.engines).sign(&me.key)
+        (me.record(&self.shared.engines, self.metrics.counters())).sign(&me.key)
     }
 
     /// Signs a fresh station record and stores it in the registry. A director that has lost
@@ -639,7 +639,8 @@ impl Director {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match request {
             Request::Station => {
-                let signed = ctx.me.record(ctx.engines).sign(&ctx.me.key);
+                let counters = self.metrics.counters();
+                let signed = ctx.me.record(ctx.engines, counters).sign(&ctx.me.key);
                 Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
