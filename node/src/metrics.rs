@@ -346,6 +346,19 @@ impl Metrics {
     }
 }
 
+/// The directors of `kad`'s routing table it is connected to now (`vodmesh_registry_peers`).
+pub(crate) fn connected_peers<S: libp2p::kad::store::RecordStore + Send + 'static>(
+    kad: &mut libp2p::kad::Behaviour<S>,
+) -> usize {
+    (kad.kbuckets())
+        .map(|b| {
+            (b.iter())
+                .filter(|e| e.status == libp2p::kad::NodeStatus::Connected)
+                .count()
+        })
+        .sum()
+}
+
 /// Every `kind` of [`query_kind`].
 const QUERY_KINDS: [&str; 6] = [
     "bootstrap",

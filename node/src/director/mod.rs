@@ -415,7 +415,11 @@ impl Director {
             }
         }
         let signed = self.signed_record();
-        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        // Joined or not (`/readyz`): connections come and go between republishes too, but a
+        // join is a bootstrap connection, which republishes at once.
+        (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
+        let mut ctx = self.shared.ctx(kad);
         ctx.dht.put_station(signed);
     }
 
@@ -491,35 +495,7 @@ impl Director {
         }
     }
 
-    /// Counts the directors of the registry's routing table this director is connected to
-    /// (what `/readyz` calls joined), for the metrics.
-    fn count_registry_peers(&mut self) {
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let peers: Vec<PeerId> = (kad.kbuckets())
-            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-            .collect();
-        let connected = (peers.iter())
-            .filter(|p| self.swarm.is_connected(p))
-            .count();
-        self.metrics.set_registry_peers(connected);
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<DirectorBehaviourEvent>) {
-        let recount = matches!(
-            event,
-            SwarmEvent::ConnectionEstablished { .. }
-                | SwarmEvent::ConnectionClosed { .. }
-                | SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(
-                    kad::Event::RoutingUpdated { .. }
-                ))
-        );
-        self.dispatch_swarm_event(event);
-        if recount {
-            self.count_registry_peers();
-        }
-    }
-
-    fn dispatch_swarm_event(&mut self, event: SwarmEvent<DirectorBehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Kad(event)) => {
                 if let kad::Event::OutboundQueryProgressed {
@@ -540,6 +516,8 @@ impl Director {
                 } = &event
                 {
                     tracing::debug!(%peer, "registry: new director in the routing table");
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
                 }
                 (self.shared.registry).on_event(&mut self.swarm.behaviour_mut().kad, event);
             }
