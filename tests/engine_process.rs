@@ -15,7 +15,7 @@ use vodmesh_tests::cli::{Ingest, Play, keygen, subscriber};
 use vodmesh_tests::console::{Console, wait_holds_all};
 use vodmesh_tests::http::metric;
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::{EngineProcess, Node, free_port};
+use vodmesh_tests::process::{EngineProcess, Node};
 use vodmesh_tests::{status, wait};
 
 const MIB: usize = 1024 * 1024;
@@ -65,16 +65,14 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
     let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
     let peer = engine_peer.as_str();
 
-    // A free port for the station's --metrics (NodeProcess reads only its director line).
-    let port = free_port()?;
-    let home_metrics = format!("http://127.0.0.1:{port}/metrics");
     let home = Node::new(&dir.path().join("home"))
         .engines(0)
         .args(&["--engine-peer", peer])
         .home()
         .ttl(10)
-        .args(&["--metrics", &format!("127.0.0.1:{port}")])
+        .metrics()
         .start()?;
+    let home_metrics = home.metrics_url()?;
     let issuer = home.issuer()?;
 
     // A stranger's engine is refused: the director trusts --engine-peer peers only.

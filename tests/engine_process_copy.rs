@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use vodmesh_tests::cli::{Ingest, Play, keygen, subscriber};
 use vodmesh_tests::http::metric;
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::{EngineProcess, Node, NodeProcess, free_port};
+use vodmesh_tests::process::{EngineProcess, Node, NodeProcess};
 use vodmesh_tests::{status, wait};
 
 /// The bytes an engine process took in by copying, on its own `/metrics`.
@@ -23,14 +23,14 @@ const REFUSED: &str = "vodmesh_token_refusals_total{kind=\"copy\"}";
 
 /// The home station (content manager, auth, one engine in process), with its metrics URL.
 fn home(dir: &Path) -> Result<(NodeProcess, String)> {
-    let metrics = format!("127.0.0.1:{}", free_port()?);
     let node = Node::new(&dir.join("home"))
         .engines(1)
         .home()
         .ttl(10)
-        .args(&["--metrics", &metrics])
+        .metrics()
         .start()?;
-    Ok((node, format!("http://{metrics}/metrics")))
+    let metrics = node.metrics_url()?;
+    Ok((node, metrics))
 }
 
 /// A station of no engine of its own and one engine process, joined to `home` and trusting

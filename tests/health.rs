@@ -1,6 +1,6 @@
 //! Readiness for orchestrators, through real `vodmesh-node` processes: `/healthz` answers 200
 //! from the start; `/readyz` answers 503 (not joined) while a station given `--bootstrap`
-//! has no other director to join through, 200 once that station runs and it joined, 503
+//! cannot reach the director it was given (frozen), 200 once that one thaws and it joined, 503
 //! again (draining) after `vodmesh station drain`, and 200 after `--resume`. A lone first
 //! station (no `--bootstrap`) is ready on its own.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use vodmesh_tests::cli::{keygen, vodmesh};
 use vodmesh_tests::http::get;
-use vodmesh_tests::process::{Node, free_port};
+use vodmesh_tests::process::Node;
 use vodmesh_tests::wait;
 
 /// `GET base/path`: the status and the body.
@@ -18,42 +18,38 @@ fn probe(base: &str, path: &str) -> Result<(u16, String)> {
     Ok((reply.status, reply.text()))
 }
 
+/// The base URL of a station's `--metrics` address (`http://127.0.0.1:PORT`).
+fn base(node: &vodmesh_tests::process::NodeProcess) -> Result<String> {
+    let url = node.metrics_url()?;
+    Ok(url.trim_end_matches("/metrics").to_string())
+}
+
 #[test]
 fn readyz_turns_ready_only_once_the_station_joined() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    // The first station's identity and port exist before it runs, so that the second can be
-    // given its director address first.
-    let a_dir = dir.path().join("a");
-    let a_peer = keygen(None, &a_dir.join("identity.key"))?;
-    let a_port = free_port()?;
-    let a_addr = format!("/ip4/127.0.0.1/tcp/{a_port}/p2p/{a_peer}");
-    let b_metrics = format!("127.0.0.1:{}", free_port()?);
+    // The first station runs, frozen (SIGSTOP): its port takes connections, but no handshake
+    // completes, so the second station, bootstrapping through it, cannot join until it thaws.
+    let a = Node::new(&dir.path().join("a")).metrics().ttl(3).start()?;
+    a.signal("STOP")?;
     let b = Node::new(&dir.path().join("b"))
-        .args(&["--bootstrap", &a_addr, "--metrics", &b_metrics])
+        .bootstrap(&a.addr)
+        .metrics()
         .ttl(3)
         .start()?;
-    let b_base = format!("http://{b_metrics}");
+    let b_base = base(&b)?;
     let (status, body) = probe(&b_base, "/healthz")?;
     assert_eq!(status, 200, "{body}");
-    // Nothing listens at its bootstrap address: it cannot have joined.
     let (status, body) = probe(&b_base, "/readyz")?;
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not joined"), "{body}");
 
-    let a_metrics = format!("127.0.0.1:{}", free_port()?);
-    let a = Node::new(&a_dir)
-        .listen(&[&format!("/ip4/127.0.0.1/tcp/{a_port}")])
-        .args(&["--metrics", &a_metrics])
-        .ttl(3)
-        .start()?;
-    let a_base = format!("http://{a_metrics}");
-    assert_eq!(a.peer(), a_peer);
+    a.signal("CONT")?;
     wait::blocking("b ready", Duration::from_secs(30), || {
         Ok(probe(&b_base, "/readyz")?.0 == 200)
     })?;
     assert_eq!(probe(&b_base, "/healthz")?.0, 200);
     // The lone first station, with no --bootstrap, is ready too.
-    let (status, body) = probe(&a_base, "/readyz")?;
+    let (status, body) = probe(&base(&a)?, "/readyz")?;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
 
     // Drained by an admin from afar: not ready, still live; ready again once resumed.
@@ -165,11 +161,8 @@ fn the_grafana_dashboard_uses_only_metrics_a_node_exports() -> Result<()> {
     assert!(names.len() >= 10, "{names:?}");
 
     let dir = tempfile::tempdir()?;
-    let metrics = format!("127.0.0.1:{}", free_port()?);
-    let _node = Node::new(&dir.path().join("n"))
-        .args(&["--metrics", &metrics])
-        .start()?;
-    let (status, text) = probe(&format!("http://{metrics}"), "/metrics")?;
+    let node = Node::new(&dir.path().join("n")).metrics().start()?;
+    let (status, text) = probe(&base(&node)?, "/metrics")?;
     assert_eq!(status, 200);
     let exported = exported(&text);
     let unknown: Vec<&String> = names.iter().filter(|n| !exported.contains(*n)).collect();
@@ -188,12 +181,11 @@ fn the_grafana_dashboard_uses_only_metrics_a_node_exports() -> Result<()> {
 #[test]
 fn the_status_page_carries_sparklines_of_each_station() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let metrics = format!("127.0.0.1:{}", free_port()?);
     let home = Node::new(&dir.path().join("home"))
         .home()
-        .args(&["--metrics", &metrics])
+        .metrics()
         .start()?;
-    let base = format!("http://{metrics}");
+    let base = base(&home)?;
     let console = dir.path().join("console");
     vodmesh_tests::cli::subscriber(&home.addr, &home.key(), &console, "sam")?;
     let source = dir.path().join("p.bin");

@@ -18,7 +18,7 @@ use vodmesh_tests::cli::{Ingest, Play, subscriber};
 use vodmesh_tests::console::{StalledViewer, wait_holds_all};
 use vodmesh_tests::http::metric;
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::{Node, NodeProcess, free_port};
+use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::{status, wait};
 
 const MIB: usize = 1024 * 1024;
@@ -57,15 +57,14 @@ fn play(home: &NodeProcess, dir: &Path, name: &str, program: &str) -> Result<Pla
 fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let viewers = Issuer::generate();
-    let metrics_port = free_port()?;
-    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     let home = Node::new(&dir.path().join("home"))
         .engines(2)
         .args(&["--max-streams", "1"])
         .home()
         .trust(&viewers.public().to_string())
-        .args(&["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .metrics()
         .start()?;
+    let metrics = home.metrics_url()?;
     let (program, bytes) = ingest_program(&home, dir.path(), 0)?;
     let id: ProgramId = program.parse()?;
     let engines = home.engines()?;

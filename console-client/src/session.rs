@@ -2,7 +2,6 @@
 //! segments, with the console's identity and token ([`Credentials`]); and the programs the
 //! swarm lists ([`programs`], [`published`], [`resolve`]).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -88,31 +87,14 @@ pub async fn resolve(
     }
 }
 
-/// Every program the swarm's content managers list.
-pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, ClientError> {
+/// Every program of the swarm, as any director lists it (issue 25: no content manager
+/// needed): the first director's answer, or another station's when it does not answer.
+pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, AskError> {
     let directors = Directors::new(client.clone());
-    let mut all = match client.request(Request::Programs).await? {
-        Response::Programs(list) => list,
-        _ => Vec::new(),
-    };
-    for station in directors
-        .swarm()
-        .await
-        .iter()
-        .filter(|s| s.roles.content_manager)
-    {
-        let Some(addr) = station.addrs.first() else {
-            continue;
-        };
-        if let Ok(c) = DirectorClient::connect(addr, None).await
-            && let Ok(Response::Programs(list)) = c.request(Request::Programs).await
-        {
-            all.extend(list);
-        }
+    match directors.ask(Request::Programs).await? {
+        Response::Programs(list) => Ok(list),
+        _ => Ok(Vec::new()),
     }
-    let mut seen = BTreeSet::new();
-    all.retain(|p| seen.insert(p.program));
-    Ok(all)
 }
 
 /// `{"programs": [...]}`: the one JSON form of a program list, for `vodmesh programs --json`,
@@ -136,7 +118,7 @@ pub fn programs_json(programs: &[ProgramInfo]) -> serde_json::Value {
 }
 
 /// Published programs, for `vodmesh-console ls`.
-pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, ClientError> {
+pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, AskError> {
     let now = now_ms();
     Ok(programs(client)
         .await?
@@ -232,8 +214,9 @@ impl Session {
 /// Keeps a console token fresh while the console plays: at half of the token's remaining
 /// lifetime it asks the auth server (found through `node`) for a new one in exchange for the
 /// current one, replaces the shared token (the next segment uses it) and rewrites `path`.
-/// Playback never waits for it; a failed refresh is retried a minute later. Ends when there
-/// is no token to refresh; the caller owns the task it runs in.
+/// Playback never waits for it: with the auth station down, the console plays on the
+/// current token while it is valid, and retries the refresh ([`refresh_retry`]). Ends when
+/// there is no token to refresh; the caller owns the task it runs in.
 pub async fn keep_fresh(node: Multiaddr, key: Keypair, token: SharedToken, path: Option<PathBuf>) {
     loop {
         let current = token.read().ok().and_then(|t| t.clone());
@@ -254,9 +237,30 @@ pub async fn keep_fresh(node: Multiaddr, key: Keypair, token: SharedToken, path:
                 tracing::debug!("console token refreshed");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "console token refresh failed; retrying in 60 s");
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                let retry = refresh_retry(claims.expires_ms.saturating_sub(now_ms()));
+                tracing::warn!(error = %e, ?retry, "console token refresh failed; playing on the current token");
+                tokio::time::sleep(retry).await;
             }
         }
+    }
+}
+
+/// When to retry a failed token refresh, with `left_ms` of the token's life left: within a
+/// minute, and often enough (a quarter of what is left, at least a second) that a refresh
+/// still lands before the token expires once the auth station is back.
+pub(crate) fn refresh_retry(left_ms: u64) -> Duration {
+    Duration::from_millis((left_ms / 4).clamp(1000, 60_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_refresh_is_retried_well_before_the_token_expires() {
+        assert_eq!(refresh_retry(3_600_000), Duration::from_secs(60));
+        assert_eq!(refresh_retry(40_000), Duration::from_secs(10));
+        assert_eq!(refresh_retry(2_000), Duration::from_secs(1));
+        assert_eq!(refresh_retry(0), Duration::from_secs(1));
     }
 }

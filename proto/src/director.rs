@@ -53,7 +53,8 @@ pub enum Request {
         /// Admin proof for op `ingest-commit` on the program id.
         admin: Signed,
     },
-    /// The catalog: every program this station knows.
+    /// The swarm's catalog: every program any live station catalogs or holds, with the
+    /// stations holding it (answered by any director, not only content managers).
     Programs,
     /// A program's signed manifest.
     Manifest {
@@ -129,6 +130,10 @@ pub enum Request {
         /// Admin proof for op `ingest-abort` on the program id.
         admin: Signed,
     },
+    /// From one director to another while it answers [`Request::Programs`]: the programs
+    /// this station catalogs or keeps the manifest of (it holds their segments), without a
+    /// swarm walk of its own. Answered with [`Response::Programs`].
+    Held,
     /// Drain this station (admin), or take it back into service (`drain: false`): while
     /// draining, its director names none of its engines for a new stream (consoles are sent
     /// to other stations that hold the segment) and takes no copy, replica or ingest;

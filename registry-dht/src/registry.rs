@@ -49,7 +49,8 @@ pub const PROVIDER_TTL_FACTOR: u32 = 30;
 /// 48 h defaults.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
-    /// How long a station record lives without being republished; catalog records too.
+    /// How long a station record lives without being republished (catalog records live the
+    /// provider TTL).
     pub record_ttl: Duration,
     /// How long a provider record (`program/<id>`) lives without being re-provided; `None`:
     /// [`PROVIDER_TTL_FACTOR`] times `record_ttl`. See [`RegistryConfig::provider_ttl`].
@@ -118,7 +119,10 @@ pub fn behaviour(
         .min(config.republish_interval().max(Duration::from_secs(2)));
     cfg.set_query_timeout(query_timeout)
         .set_replication_factor(config.replication)
-        .set_record_ttl(Some(config.record_ttl))
+        // Station records carry their own, shorter expiry; catalog records live as long as
+        // provider records: their content manager and every holder put them again each
+        // reconcile round, so a program's record outlives its content manager (issue 25).
+        .set_record_ttl(Some(config.provider_ttl()))
         .set_provider_record_ttl(Some(config.provider_ttl()))
         // Owners republish their own records with fresh signatures and load figures; kad's
         // own re-publication of values would only resend stale copies.

@@ -164,6 +164,13 @@ impl Node {
         self.args(&["--record-ttl", &secs.to_string()])
     }
 
+    /// `--metrics 127.0.0.1:0`: the station picks its metrics port, and [`Node::start`] waits
+    /// for the `metrics URL` line too ([`NodeProcess::metrics`]). A port chosen by the test
+    /// beforehand could be taken by another test before the station binds it.
+    pub fn metrics(self) -> Self {
+        self.args(&["--metrics", "127.0.0.1:0"])
+    }
+
     /// `--bootstrap ADDR`.
     pub fn bootstrap(self, addr: &Multiaddr) -> Self {
         self.args(&["--bootstrap", &addr.to_string()])
@@ -193,8 +200,8 @@ impl Node {
             .args(&["--enroll", &token.to_string_lossy()]))
     }
 
-    /// Starts it and waits for its `director <MULTIADDR>` line. Its log goes to
-    /// `DATA/stderr.log`.
+    /// Starts it and waits for its `director <MULTIADDR>` line (and its `metrics <URL>` line
+    /// with `--metrics`). Its log goes to `DATA/stderr.log`.
     pub fn start(self) -> Result<NodeProcess> {
         std::fs::create_dir_all(&self.data)?;
         let log = std::fs::File::create(self.data.join("stderr.log"))?;
@@ -207,15 +214,24 @@ impl Node {
             .arg(&self.data)
             .args(&self.args)
             .stderr(Stdio::from(log));
-        let (child, addr) = Child::spawn_until(&mut command, "vodmesh-node", |line| {
-            line.strip_prefix("director ")
-                .map(|rest| rest.trim().parse::<Multiaddr>())
-                .transpose()
-                .map_err(Into::into)
+        let wants_metrics = self.args.iter().any(|a| a == "--metrics");
+        let mut director = None;
+        let (child, (addr, metrics)) = Child::spawn_until(&mut command, "vodmesh-node", |line| {
+            if let Some(rest) = line.strip_prefix("director ") {
+                director = Some(rest.trim().parse::<Multiaddr>()?);
+            }
+            let metrics = line.strip_prefix("metrics ").map(|u| u.trim().to_string());
+            Ok(match (&director, metrics) {
+                (Some(addr), metrics) if metrics.is_some() || !wants_metrics => {
+                    Some((addr.clone(), metrics))
+                }
+                _ => None,
+            })
         })?;
         Ok(NodeProcess {
             child,
             addr,
+            metrics,
             data: self.data.clone(),
             node: self,
         })
@@ -227,6 +243,8 @@ pub struct NodeProcess {
     child: Child,
     /// The address it printed after `director `.
     pub addr: Multiaddr,
+    /// The URL it printed after `metrics ` (with `--metrics`).
+    pub metrics: Option<String>,
     /// Its data directory.
     pub data: PathBuf,
     /// The command line it was started with.
@@ -259,6 +277,14 @@ impl NodeProcess {
     /// Its engines, as its node.json lists them.
     pub fn engines(&self) -> Result<Vec<PeerEntry>> {
         Ok(NodeFile::read(&self.data)?.engines)
+    }
+
+    /// Its metrics URL (`http://127.0.0.1:PORT/metrics`); an error unless started with
+    /// [`Node::metrics`].
+    pub fn metrics_url(&self) -> Result<String> {
+        self.metrics
+            .clone()
+            .context("the station was started without --metrics")
     }
 
     /// The peer id of its first engine.

@@ -109,9 +109,10 @@ enum Cmd {
         /// The program id.
         program: ProgramId,
     },
-    /// Lists a content manager's programs.
+    /// Lists the swarm's programs (state, size, holders), as any station's director knows
+    /// them: its own, and those of every live station it finds; no content manager needed.
     Programs {
-        /// The content manager's director, ending in /p2p/<peer id>.
+        /// Any station's director, ending in /p2p/<peer id>.
         #[arg(long, value_name = "MULTIADDR")]
         node: Multiaddr,
         /// Print {"programs": [...]} as JSON.
@@ -215,6 +216,10 @@ enum Cmd {
         /// connection stall until the query time-out.
         #[arg(long, default_value_t = 20, value_name = "SECS")]
         idle_timeout: u64,
+        /// Seconds a Kademlia query may take (directors: 10). Longer keeps a run on a loaded
+        /// machine from counting a slow answer as a failed lookup.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        query_timeout: u64,
         /// How stations talk, always over libp2p's memory transport with yamux. plaintext:
         /// public keys exchanged in the clear, no encryption (the light mode: a fraction of the
         /// CPU and memory per connection, the same Kademlia). noise: the directors' handshake
@@ -416,9 +421,10 @@ async fn run(args: Args) -> Result<()> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&programs::to_json(&list))?
+                    serde_json::to_string_pretty(&programs::to_json(&list, &node))?
                 );
             } else {
+                eprintln!("{} program(s), as listed by {node}", list.len());
                 print!("{}", programs::to_text(&list));
             }
         }
@@ -439,6 +445,7 @@ async fn run(args: Args) -> Result<()> {
             bootstrap_every,
             replicate_every,
             idle_timeout,
+            query_timeout,
             transport,
             programs_per_station,
             republishers,
@@ -469,6 +476,7 @@ async fn run(args: Args) -> Result<()> {
                 replicate_every: (replicate_every > 0)
                     .then(|| std::time::Duration::from_secs(replicate_every)),
                 idle_timeout: std::time::Duration::from_secs(idle_timeout.max(1)),
+                query_timeout: std::time::Duration::from_secs(query_timeout.max(1)),
                 transport,
                 programs_per_station,
                 republishers: republishers.max(1),

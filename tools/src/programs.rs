@@ -1,12 +1,12 @@
-//! `vodmesh programs`: a content manager's catalog.
+//! `vodmesh programs`: the swarm's catalog, from any station's director.
 
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
-use serde_json::Value;
+use serde_json::{Value, json};
 use vodmesh_client::DirectorClient;
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 
-/// The catalog of the director at `node`.
+/// The swarm's catalog as the director at `node` lists it.
 pub async fn fetch(node: &Multiaddr) -> Result<Vec<ProgramInfo>> {
     let client = DirectorClient::connect(node, None).await?;
     match client.request(Request::Programs).await? {
@@ -16,9 +16,12 @@ pub async fn fetch(node: &Multiaddr) -> Result<Vec<ProgramInfo>> {
     }
 }
 
-/// `{"programs": [...]}`, the form `vodmesh-console ls --json` prints too.
-pub fn to_json(programs: &[ProgramInfo]) -> Value {
-    vodmesh_console::play::programs_json(programs)
+/// `{"from": <director>, "programs": [...]}`: `from` is where the list came from; the
+/// programs in the form `vodmesh-console ls --json` prints too.
+pub fn to_json(programs: &[ProgramInfo], from: &Multiaddr) -> Value {
+    let mut json = vodmesh_console::play::programs_json(programs);
+    json["from"] = json!(from.to_string());
+    json
 }
 
 /// One line per program.

@@ -148,6 +148,8 @@ pub(super) struct Shared {
     pub(super) locations: LocationTable,
     /// The content manager's catalog (with `--content-manager`).
     pub(super) catalog: Option<Catalog>,
+    /// The manifests and records of programs this station holds segments of (issue 25).
+    pub(super) kept: Catalog,
     /// What the director counts (`Request::Activity`, mirrored into the metrics).
     pub(super) activity: Activity,
     /// Where the station's events go.
@@ -168,6 +170,7 @@ impl Shared {
             engines: &mut self.engines,
             locations: &self.locations,
             catalog: self.catalog.as_ref(),
+            kept: &self.kept,
             activity: &mut self.activity,
             observer: &self.observer,
             registry: &self.registry_handle,
@@ -190,6 +193,8 @@ pub(super) struct Ctx<'a> {
     pub(super) locations: &'a LocationTable,
     /// The content manager's catalog (with `--content-manager`).
     pub(super) catalog: Option<&'a Catalog>,
+    /// The manifests and records of programs this station holds segments of.
+    pub(super) kept: &'a Catalog,
     /// What the director counts.
     pub(super) activity: &'a mut Activity,
     /// Where the station's events go.

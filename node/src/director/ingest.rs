@@ -11,10 +11,11 @@ use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId};
 
+use super::catalog::program_info;
 use super::context::Ctx;
 use super::engines::EngineId;
 use super::error::Error;
-use super::publish::{Publishing, program_info};
+use super::publish::Publishing;
 use crate::content::{CatalogEntry, Session, Sessions, plan};
 use crate::control::{EngineCommand, Expected};
 use crate::store::locations::{Location, LocationState};

@@ -28,20 +28,21 @@ use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::director::{Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
+use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId, StationId};
 use vodmesh_registry::RegistryHandle;
 
+use super::catalog::{Learned, fetch_manifest, fetch_record};
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
 use super::context::{Ctx, Reply};
 use super::engines::{CopyFailed, EngineId};
 use super::error::{Error, respond};
 use super::outbound::Asker;
 use super::play::Play;
-use super::publish::{Publishing, fetch_manifest, fetch_record};
+use super::publish::Publishing;
 use super::tasks::Tasks;
 use crate::control::{Copied, Source};
 use crate::events::Kind;
@@ -65,8 +66,10 @@ pub(super) struct Gathered {
     /// This station holds the segment, on engines busy for the console.
     held: bool,
     channel: ResponseChannel<Response>,
-    record: CatalogRecord,
+    record: Learned,
     manifest: Arc<Manifest>,
+    /// The manifest as fetched for this miss, to keep once a copy comes here.
+    fetched: Option<Signed>,
     holders: Vec<Holder>,
 }
 
@@ -162,8 +165,9 @@ impl Misses {
         // A content manager has the program's record and manifest itself: asking itself
         // over the network fails ("Failed to dial the requested peer").
         let own = (ctx.catalog).and_then(|c| c.get(&program).ok().flatten());
+        let kept = || ctx.kept.get(&program).ok().flatten();
         let manifest = (self.manifests.get(&program).cloned())
-            .or_else(|| own.as_ref().and_then(|e| e.manifest()).map(Arc::new));
+            .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new));
         let lookup = Lookup {
             me: ctx.me.peer_id,
             registry: ctx.registry.clone(),
@@ -174,13 +178,14 @@ impl Misses {
         self.tasks.spawn(async move {
             let _permit = permit;
             match lookup.gather(known, manifest).await {
-                Ok((record, manifest, holders)) => Done::Gathered(Box::new(Gathered {
+                Ok(found) => Done::Gathered(Box::new(Gathered {
                     ask,
                     held,
                     channel,
-                    record,
-                    manifest,
-                    holders,
+                    record: found.record,
+                    manifest: found.manifest,
+                    fetched: found.fetched,
+                    holders: found.holders,
                 })),
                 // Held here, only busy: a wait for the console, not an end.
                 Err(e) if held && e.code() == ErrorCode::NotFound => {
@@ -204,8 +209,15 @@ impl Misses {
                 let g = *gathered;
                 publish.learn(ctx, g.record);
                 let (ask, manifest) = (&g.ask, &g.manifest);
-                self.manifests.insert(ask.segment.program, manifest.clone());
+                let program = ask.segment.program;
+                self.manifests.insert(program, manifest.clone());
                 let answer = self.fill(ctx, (publish, play), (ask, g.held), manifest, g.holders);
+                // A copy comes here: the station answers `Manifest` for the program now.
+                if let (Some(signed), Ok(at)) = (g.fetched, &answer)
+                    && at.director == ctx.me.peer_id
+                {
+                    publish.keep(ctx, program, signed);
+                }
                 Some((g.channel, respond(answer, Response::Location)))
             }
             Done::Reply(reply) => Some(reply),
@@ -363,6 +375,14 @@ impl Misses {
     }
 }
 
+/// What the look-ups of a miss found.
+struct Found {
+    record: Learned,
+    manifest: Arc<Manifest>,
+    fetched: Option<Signed>,
+    holders: Vec<Holder>,
+}
+
 /// The look-ups of one miss, off the loop.
 struct Lookup {
     me: PeerId,
@@ -373,23 +393,27 @@ struct Lookup {
 
 impl Lookup {
     /// The catalog record (`known`, or the registry's), the manifest (`manifest`, or the
-    /// content manager's), the holders and their engines.
+    /// content manager's or a holder's), the holders and their engines.
     async fn gather(
         &self,
-        known: Option<CatalogRecord>,
+        known: Option<Learned>,
         manifest: Option<Arc<Manifest>>,
-    ) -> Result<(CatalogRecord, Arc<Manifest>, Vec<Holder>), Error> {
+    ) -> Result<Found, Error> {
         let SegmentId { program, index } = self.segment;
         let record = match known {
             Some(r) => r,
             None => (fetch_record(&self.registry, program).await).ok_or(Error::UnknownProgram)?,
         };
-        if !record.playable(now_ms()) {
+        if !record.record.playable(now_ms()) {
             return Err(Error::NotPublished);
         }
-        let manifest = match manifest {
-            Some(m) => m,
-            None => Arc::new(fetch_manifest(&self.registry, &self.asker, &record).await?),
+        let (manifest, fetched) = match manifest {
+            Some(m) => (m, None),
+            None => {
+                let f =
+                    fetch_manifest(&self.registry, &self.asker, self.me, &record.record).await?;
+                (Arc::new(f.manifest), Some(f.signed))
+            }
         };
         if manifest.content.segment(index.0).is_none() {
             return Err(Error::NoSuchSegment(self.segment));
@@ -402,7 +426,12 @@ impl Lookup {
         if holders.is_empty() {
             return Err(Error::NoSource(self.segment));
         }
-        Ok((record, manifest, holders))
+        Ok(Found {
+            record,
+            manifest,
+            fetched,
+            holders,
+        })
     }
 
     /// The engine station `holder` names for the segment, or `None` when it names none in

@@ -11,14 +11,17 @@
 //! - [`play`]: a console's `Locate`, swaps and exchanges (claims 16-22);
 //! - [`miss`]: segments this station does not hold, copied from the cheapest holder (14, 15);
 //! - [`replicate`]: replicas between stations (12) and overload replications (19, 20);
-//! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views,
-//!   and reconciling what the station holds with what it knows ([`reconcile`], issue 17);
+//! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views
+//!   ([`catalog`]: `Programs`, `Held`, `Manifest` from any station that holds a program,
+//!   issue 25), and reconciling what the station holds with what it knows ([`reconcile`],
+//!   issue 17);
 //! - [`ingest`]: the content manager's ingests.
 //!
 //! Beside them: [`choose`], the decisions as pure functions; [`engines`], the engine table;
 //! [`outbound`], asking other directors; [`context`], what the loop lends the families;
 //! [`tasks`], the families' work off the loop; [`error`], failures and what clients see.
 
+mod catalog;
 mod choose;
 mod context;
 mod engines;
@@ -233,6 +236,8 @@ pub async fn start(
         }
         false => None,
     };
+    let kept =
+        Catalog::open(&config.data.join("kept.redb")).context("opening the kept manifests")?;
     let mut admins = vec![peer_id];
     admins.extend(config.admins.iter().copied());
     let (registry_handle, registry_commands) = RegistryHandle::channel(256);
@@ -255,6 +260,7 @@ pub async fn start(
             engines: EngineTable::new(engines.known, engines.commands, engine_limits),
             locations,
             catalog,
+            kept,
             activity: Default::default(),
             observer: handles.observer,
             registry: Registry::new(),
@@ -298,7 +304,8 @@ impl Director {
         republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_secs(5));
         // The first tick is at once: a restarted station learns again what it holds.
-        let mut reconcile = tokio::time::interval(reconcile::RECONCILE_EVERY);
+        let registry = &self.shared.me.config.registry;
+        let mut reconcile = tokio::time::interval(reconcile::interval(registry));
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the metrics last saw: most events (kad traffic, pings) change neither.
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
@@ -653,9 +660,10 @@ impl Director {
                 Some((channel, response))
             }
             Request::Programs => self.publish.programs(&ctx, channel),
-            Request::Manifest { program } => {
-                let manifest = self.publish.manifest(&ctx, &program);
-                Some((channel, respond(manifest, Response::Manifest)))
+            Request::Manifest { program } => self.publish.manifest(&ctx, program, channel),
+            Request::Held => {
+                let held = Publishing::held(&ctx);
+                Some((channel, respond(held, Response::Programs)))
             }
             Request::Locate {
                 program,

@@ -1,6 +1,7 @@
 //! Publishing (claim 11) and what the registry hears of this station's programs: program
-//! state, the publish schedule, `Playable`, the catalog's views (`Programs`, `Manifest`), and
-//! the `program/<id>` provider records.
+//! state, the publish schedule, `Playable`, the catalog's views (`Programs`, `Held`,
+//! `Manifest`: see [`super::catalog`]), the manifests kept of held programs, and the
+//! `program/<id>` provider records.
 //!
 //! A program enters the catalog inactive unless its publish time has already come. The
 //! content manager arms the publish time of every inactive program in one timer queue
@@ -11,7 +12,7 @@
 //! that message or from the registry's catalog record, accepting only records signed by the
 //! program's content manager, which is also its home.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
@@ -21,80 +22,36 @@ use libp2p::request_response::ResponseChannel;
 use tokio_util::time::{DelayQueue, delay_queue};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
-use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryHandle;
 
+use super::catalog::{
+    self, FetchedManifest, Learned, fetch_manifest, fetch_record, learned_of, program_info,
+};
 use super::choose::Locating;
 use super::context::{Ctx, Reply};
 use super::error::{Error, respond};
-use super::outbound::{AskError, Asker};
+use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
 use crate::events::Kind;
 
-/// Verifies a catalog record as a director that is not its content manager must: signed by
-/// the content manager it names, and that content manager is the program's home.
-pub(super) fn verify_record(signed: &Signed) -> Option<CatalogRecord> {
-    let record = CatalogRecord::verify(signed).ok()?;
-    (record.home == record.content_manager).then_some(record)
-}
-
-/// The newest valid catalog record of `program` in the registry.
-pub(super) async fn fetch_record(
-    registry: &RegistryHandle,
-    program: ProgramId,
-) -> Option<CatalogRecord> {
-    let records = registry.get_catalog(program).await.ok()?;
-    records
-        .iter()
-        .filter_map(verify_record)
-        .filter(|r| r.program == program)
-        .max_by_key(|r| r.issued_ms)
-}
-
-/// The program's signed manifest from its content manager, verified and matched to `record`.
-pub(super) async fn fetch_manifest(
-    registry: &RegistryHandle,
-    asker: &Asker,
-    record: &CatalogRecord,
-) -> Result<Manifest, Error> {
-    let (cm, _) =
-        (registry.get_station(record.content_manager).await?).ok_or(Error::ContentManagerGone)?;
-    let request = Request::Manifest {
-        program: record.program,
-    };
-    let answer = asker.ask(cm.director, cm.addrs, request).await?;
-    let Response::Manifest(signed) = answer else {
-        return Err(AskError::unexpected(&answer).into());
-    };
-    let manifest = Manifest::verify(&signed).map_err(Error::UnverifiedManifest)?;
-    if SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)) != record.manifest_hash {
-        return Err(Error::BadManifest(
-            "the content manager's manifest does not match its catalog record",
-        ));
-    }
-    if manifest.program != record.program {
-        return Err(Error::BadManifest("the manifest is of another program"));
-    }
-    Ok(manifest)
-}
-
 /// A reconciling fetch of a held program: its record from the registry, retried for up to
-/// [`RECONCILE_EVERY`], and, when `manifest`, its segment count from its content manager.
+/// [`RECONCILE_EVERY`], and, when `manifest`, its manifest (from its content manager or a
+/// holder).
 async fn reconciled(
-    registry: RegistryHandle,
-    asker: Asker,
+    (registry, asker, me): (RegistryHandle, Asker, PeerId),
     program: ProgramId,
     manifest: bool,
 ) -> Done {
     let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY).await;
-    let segments = match (&record, manifest) {
-        (Some(record), true) => match fetch_manifest(&registry, &asker, record).await {
-            Ok(manifest) => Some(manifest.content.segments.len() as u32),
+    let manifest = match (&record, manifest) {
+        (Some(learned), true) => match fetch_manifest(&registry, &asker, me, &learned.record).await
+        {
+            Ok(fetched) => Some(fetched),
             Err(e) => {
                 tracing::debug!(%program, error = %e, "reconcile: no manifest; provided later");
                 None
@@ -105,24 +62,8 @@ async fn reconciled(
     Done::Reconciled {
         program,
         record,
-        segments,
+        manifest: manifest.map(Box::new),
     }
-}
-
-/// A catalog entry as `vodmesh programs` shows it, held by this station (`director`).
-pub(super) fn program_info(director: PeerId, entry: &CatalogEntry) -> Option<ProgramInfo> {
-    let manifest = entry.manifest()?;
-    let record = entry.record()?;
-    Some(ProgramInfo {
-        program: manifest.program,
-        title: manifest.content.title.clone(),
-        state: record.state,
-        publish_at_ms: (record.publish_at_ms > 0).then_some(record.publish_at_ms),
-        size: manifest.content.total_size(),
-        duration_ms: manifest.content.duration_ms,
-        segments: manifest.content.segments.len() as u32,
-        stations: vec![director],
-    })
 }
 
 /// Publish times, in one timer queue: a program is in it once, at its latest time.
@@ -180,7 +121,15 @@ pub(super) enum Done {
         /// The program.
         program: ProgramId,
         /// Its newest valid record in the registry.
-        record: Option<CatalogRecord>,
+        record: Option<Learned>,
+    },
+    /// A `Manifest` of a program this station neither catalogs nor keeps: fetched from its
+    /// content manager or a holder (issue 25), not kept (nothing of it is held here).
+    Manifest {
+        /// The client waiting.
+        channel: ResponseChannel<Response>,
+        /// The program's record and manifest, or why there are none.
+        fetched: Result<Box<(Learned, FetchedManifest)>, Error>,
     },
     /// A `Locate` of a segment held here, of a program whose record this director had not
     /// learned: the record found in the registry, if any; the loop locates again.
@@ -190,16 +139,16 @@ pub(super) enum Done {
         /// Its question.
         ask: Locating,
         /// The program's newest valid record in the registry.
-        record: Option<CatalogRecord>,
+        record: Option<Learned>,
     },
     /// A reconciling fetch ended ([`reconcile`]).
     Reconciled {
         /// The program held here.
         program: ProgramId,
         /// Its newest valid record in the registry.
-        record: Option<CatalogRecord>,
-        /// Its manifest's segment count, when it was fetched.
-        segments: Option<u32>,
+        record: Option<Learned>,
+        /// Its manifest, when it was fetched.
+        manifest: Option<Box<FetchedManifest>>,
     },
     /// An answer ready to send.
     Reply(Reply),
@@ -230,7 +179,7 @@ pub(super) enum Next {
 #[derive(Debug, Default)]
 pub(super) struct Publishing {
     /// Catalog records learned from the content manager or the registry.
-    learned: HashMap<ProgramId, CatalogRecord>,
+    learned: HashMap<ProgramId, Learned>,
     /// Programs this station already provides in the registry.
     provided: HashSet<ProgramId>,
     /// Held programs whose reconciling fetch is running.
@@ -281,38 +230,79 @@ impl Publishing {
     }
 
     /// The newest catalog record of `program` this director knows: its own (content
-    /// manager) or one it learned.
-    fn known_record(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<CatalogRecord> {
-        let own = (ctx.catalog)
-            .and_then(|c| c.get(program).ok().flatten())
-            .and_then(|e| e.record());
+    /// manager), one it learned, or the one kept with a held program's manifest.
+    fn known_record(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<Learned> {
+        let entry = |c: &Catalog| c.get(program).ok().flatten();
+        let own = (ctx.catalog).and_then(entry).and_then(|e| learned_of(&e));
+        let kept = || entry(ctx.kept).and_then(|e| learned_of(&e));
         own.or_else(|| self.learned.get(program).cloned())
+            .or_else(kept)
     }
 
     /// The known record of `program`, for a miss to start from.
-    pub(super) fn record(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<CatalogRecord> {
+    pub(super) fn record(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<Learned> {
         self.known_record(ctx, program)
+    }
+
+    /// The signed manifest of `program` if this station catalogs it or keeps it.
+    fn local_manifest(ctx: &Ctx<'_>, program: &ProgramId) -> Result<Option<Signed>, Error> {
+        let own = match ctx.catalog {
+            Some(catalog) => catalog.get(program)?,
+            None => None,
+        };
+        let entry = match own {
+            Some(entry) => Some(entry),
+            None => ctx.kept.get(program)?,
+        };
+        Ok(entry.map(|e| e.manifest))
+    }
+
+    /// Keeps `manifest` (verified) with the program's known record: this station holds, or
+    /// is about to hold, segments of it, and answers `Manifest` for it from now on.
+    pub(super) fn keep(&self, ctx: &Ctx<'_>, program: ProgramId, manifest: Signed) {
+        let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
+        let Some(learned) = self.learned.get(&program).filter(|_| !own) else {
+            return;
+        };
+        let entry = CatalogEntry {
+            manifest,
+            record: learned.signed.clone(),
+        };
+        if let Err(e) = ctx.kept.put(&program, &entry) {
+            tracing::warn!(%program, error = %e, "cannot keep the manifest");
+        }
     }
 
     /// Whether `program` may be streamed now, from what this director knows (the catalog,
     /// or what it learned); `Playable` refreshes from the registry.
     pub(super) fn playable(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Result<(), Error> {
         match self.known_record(ctx, program) {
-            Some(r) if r.playable(now_ms()) => Ok(()),
+            Some(l) if l.record.playable(now_ms()) => Ok(()),
             Some(_) => Err(Error::NotPublished),
             None => Err(Error::UnknownProgram),
         }
     }
 
-    /// Keeps a verified record if it is newer than what this director knows.
-    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, record: CatalogRecord) {
-        let newer =
-            (self.learned.get(&record.program)).is_none_or(|old| old.issued_ms < record.issued_ms);
-        if newer {
-            ctx.observer
-                .program(ctx.me.peer_id, record.program, Kind::Learned);
-            self.learned.insert(record.program, record);
+    /// Keeps a verified record if it is newer than what this director knows (and with the
+    /// manifest kept of the program, if any).
+    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) {
+        let program = learned.record.program;
+        let newer = (self.learned.get(&program)).is_none_or(|old| learned.newer_than(old));
+        if !newer {
+            return;
         }
+        ctx.observer.program(ctx.me.peer_id, program, Kind::Learned);
+        match ctx.kept.get(&program) {
+            Ok(Some(mut entry)) if learned_of(&entry).is_none_or(|k| learned.newer_than(&k)) => {
+                entry.record = learned.signed.clone();
+                if let Err(e) = ctx.kept.put(&program, &entry) {
+                    tracing::warn!(%program, error = %e, "cannot keep the newer record");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%program, error = %e, "cannot read the kept manifests"),
+        }
+        self.learned.insert(program, learned);
     }
 
     /// `Playable`: answered from what is known when that says playable; otherwise after the
@@ -374,20 +364,28 @@ impl Publishing {
             .filter(|p| (ctx.catalog).is_some_and(|c| c.get(p).ok().flatten().is_some()))
             .copied()
             .collect();
-        for step in reconcile::plan(&held, &own, &self.reconciling, &self.provided) {
+        let kept: HashSet<ProgramId> = (held.iter())
+            .filter(|p| ctx.kept.get(p).ok().flatten().is_some())
+            .copied()
+            .collect();
+        let provided_and_kept: HashSet<ProgramId> =
+            self.provided.intersection(&kept).copied().collect();
+        for step in reconcile::plan(&held, &own, &self.reconciling, &provided_and_kept) {
             match step {
                 Step::Own(program) => {
-                    let manifest = (ctx.catalog)
-                        .and_then(|c| c.get(&program).ok().flatten())
-                        .and_then(|e| e.manifest());
+                    let entry = (ctx.catalog).and_then(|c| c.get(&program).ok().flatten());
+                    // The registry keeps the record as long as someone puts it again.
+                    if let Some(entry) = &entry {
+                        ctx.dht.put_catalog(entry.record.clone());
+                    }
+                    let manifest = entry.and_then(|e| e.manifest());
                     let segments = manifest.map(|m| m.content.segments.len() as u32);
                     self.provide_if_complete(ctx, program, segments);
                 }
                 Step::Fetch { program, manifest } => {
                     self.reconciling.insert(program);
-                    let (registry, asker) = (ctx.registry.clone(), ctx.asker.clone());
-                    self.tasks
-                        .spawn(reconciled(registry, asker, program, manifest));
+                    let with = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
+                    self.tasks.spawn(reconciled(with, program, manifest));
                 }
             }
         }
@@ -436,14 +434,31 @@ impl Publishing {
             Done::Reconciled {
                 program,
                 record,
-                segments,
+                manifest,
             } => {
                 self.reconciling.remove(&program);
-                if let Some(record) = record {
-                    self.learn(ctx, record);
+                if let Some(learned) = record {
+                    // Holders put the record again: it outlives its content manager.
+                    ctx.dht.put_catalog(learned.signed.clone());
+                    self.learn(ctx, learned);
                 }
+                if let Some(fetched) = &manifest {
+                    self.keep(ctx, program, fetched.signed.clone());
+                }
+                let kept = ctx.kept.get(&program).ok().flatten();
+                let segments = (manifest.map(|f| f.manifest))
+                    .or_else(|| kept.and_then(|e| e.manifest()))
+                    .map(|m| m.content.segments.len() as u32);
                 self.provide_if_complete(ctx, program, segments);
                 None
+            }
+            Done::Manifest { channel, fetched } => {
+                let answer = fetched.map(|pair| {
+                    let (learned, manifest) = *pair;
+                    self.learn(ctx, learned);
+                    manifest.signed
+                });
+                Some((channel, respond(answer, Response::Manifest)))
             }
             Done::Located {
                 channel,
@@ -463,8 +478,8 @@ impl Publishing {
 
     /// `Published` from a content manager.
     pub(super) fn on_published(&mut self, ctx: &Ctx<'_>, signed: &Signed) -> Result<(), Error> {
-        let record = verify_record(signed).ok_or(Error::BadRecord)?;
-        self.learn(ctx, record);
+        let learned = Learned::verify(signed.clone()).ok_or(Error::BadRecord)?;
+        self.learn(ctx, learned);
         Ok(())
     }
 
@@ -531,41 +546,60 @@ impl Publishing {
         self.provide(ctx, segment.program);
     }
 
-    /// `Manifest`: the signed manifest of a program of this catalog.
-    pub(super) fn manifest(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Result<Signed, Error> {
-        let entry = match ctx.catalog {
-            Some(catalog) => catalog.get(program)?,
-            None => None,
-        };
-        Ok(entry.ok_or(Error::UnknownProgram)?.manifest)
+    /// `Manifest`: the signed manifest of a program this station catalogs or keeps; else
+    /// fetched from its content manager or a holder (answered from a task).
+    pub(super) fn manifest(
+        &mut self,
+        ctx: &Ctx<'_>,
+        program: ProgramId,
+        channel: ResponseChannel<Response>,
+    ) -> Option<Reply> {
+        match Self::local_manifest(ctx, &program) {
+            Ok(Some(signed)) => return Some((channel, Response::Manifest(signed))),
+            Ok(None) => {}
+            Err(e) => return Some((channel, Response::Error(e.into()))),
+        }
+        let known = self.known_record(ctx, &program);
+        let (registry, asker, me) = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
+        self.tasks.spawn(async move {
+            let fetched = async {
+                let learned = match known {
+                    Some(learned) => learned,
+                    None => fetch_record(&registry, program)
+                        .await
+                        .ok_or(Error::UnknownProgram)?,
+                };
+                let manifest = fetch_manifest(&registry, &asker, me, &learned.record).await?;
+                Ok(Box::new((learned, manifest)))
+            };
+            Done::Manifest {
+                channel,
+                fetched: fetched.await,
+            }
+        });
+        None
     }
 
-    /// `Programs`: the catalog, each program with the stations the registry lists as holding
-    /// it (answered from a task: the registry look-ups take a moment).
+    /// `Held`: this station's own view, no walk.
+    pub(super) fn held(ctx: &Ctx<'_>) -> Result<Vec<ProgramInfo>, Error> {
+        let holding: HashSet<ProgramId> = ctx.locations.programs()?.into_iter().collect();
+        catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
+    }
+
+    /// `Programs`: the swarm's catalog (answered from a task: it walks the swarm).
     pub(super) fn programs(
         &mut self,
         ctx: &Ctx<'_>,
         channel: ResponseChannel<Response>,
     ) -> Option<Reply> {
-        let infos: Vec<ProgramInfo> = match ctx.catalog.map(Catalog::all) {
-            Some(Ok(entries)) => (entries.iter())
-                .filter_map(|e| program_info(ctx.me.peer_id, e))
-                .collect(),
-            Some(Err(e)) => return Some((channel, answer(Err(e.into())))),
-            None => Vec::new(),
+        let local = match Self::held(ctx) {
+            Ok(local) => local,
+            Err(e) => return Some((channel, Response::Error(e.into()))),
         };
-        let registry = ctx.registry.clone();
+        let (registry, asker, me) = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
-            let mut out = Vec::with_capacity(infos.len());
-            for mut info in infos {
-                if let Ok(holders) = registry.holders(info.program).await {
-                    let mut all: BTreeSet<PeerId> = info.stations.iter().copied().collect();
-                    all.extend(holders);
-                    info.stations = all.into_iter().collect();
-                }
-                out.push(info);
-            }
-            Done::Reply((channel, Response::Programs(out)))
+            let listed = catalog::swarm_programs(registry, asker, me, local).await;
+            Done::Reply((channel, respond(listed, Response::Programs)))
         });
         None
     }

@@ -15,15 +15,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use vodmesh_proto::ProgramId;
-use vodmesh_proto::catalog::CatalogRecord;
-use vodmesh_registry::RegistryHandle;
+use vodmesh_registry::{RegistryConfig, RegistryHandle};
 
+use super::catalog::{Learned, fetch_record};
 use super::error::Error;
-use super::publish::fetch_record;
 use crate::store::locations::{LocationState, LocationTable};
 
-/// How often a station reconciles after the round at start.
+/// How often a station reconciles after the round at start, at most.
 pub(super) const RECONCILE_EVERY: Duration = Duration::from_secs(180);
+
+/// How often a station reconciles: every [`RECONCILE_EVERY`], or a third of the provider
+/// TTL when that is shorter, since a round also puts the catalog records of what the station
+/// holds again (they live the provider TTL).
+pub(super) fn interval(registry: &RegistryConfig) -> Duration {
+    (RECONCILE_EVERY.min(registry.provider_republish_interval())).max(Duration::from_secs(1))
+}
 
 /// How long a `Locate` of a segment held here waits for the program's record from the
 /// registry (a station just restarted may not have joined the swarm yet).
@@ -113,7 +119,7 @@ pub(super) async fn fetch_within(
     registry: &RegistryHandle,
     program: ProgramId,
     within: Duration,
-) -> Option<CatalogRecord> {
+) -> Option<Learned> {
     let deadline = Instant::now() + within;
     let mut attempt = 0;
     loop {

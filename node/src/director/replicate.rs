@@ -26,20 +26,21 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::director::{Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
+use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::human_bytes;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId, StationId};
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
+use super::catalog::{Learned, fetch_record};
 use super::choose::{self, Locating, Replication};
 use super::context::{Ctx, Reply};
 use super::engines::{CopyFailed, EngineId};
 use super::error::Error;
 use super::outbound::{AskError, Asker};
-use super::publish::{Publishing, fetch_record};
+use super::publish::Publishing;
 use super::tasks::Tasks;
 use crate::control::{Copied, EngineCommand, Source};
 use crate::events::{Kind, Observer};
@@ -70,7 +71,7 @@ pub(super) enum Done {
     /// An answer ready to send.
     Reply(Reply),
     /// A replica's manifest was fetched and verified and fits: its segments can be copied.
-    Prepared(Box<(Replica, Manifest, Option<CatalogRecord>)>),
+    Prepared(Box<(Replica, (Manifest, Signed), Option<Learned>)>),
     /// A replica ended (every segment copied, or an error).
     Ended {
         /// The program.
@@ -130,10 +131,11 @@ impl Replicating {
             }
             Done::Reply(reply) => return Some(reply),
             Done::Prepared(prepared) => {
-                let (replica, manifest, record) = *prepared;
+                let (replica, (manifest, signed), record) = *prepared;
                 if let Some(record) = record {
                     publish.learn(ctx, record);
                 }
+                publish.keep(ctx, replica.program, signed);
                 self.tasks.spawn(replica.copy(manifest));
             }
             Done::Ended {
@@ -375,7 +377,7 @@ impl Replica {
         }
     }
 
-    async fn manifest(&self) -> Result<Manifest, Error> {
+    async fn manifest(&self) -> Result<(Manifest, Signed), Error> {
         let program = self.program;
         let request = Request::Manifest { program };
         let answer = (self.asker)
@@ -398,7 +400,7 @@ impl Replica {
                 room: human_bytes(room),
             });
         }
-        Ok(manifest)
+        Ok((manifest, signed))
     }
 
     /// The second step: every segment, [`FETCH_WINDOW`] at a time, each located at the

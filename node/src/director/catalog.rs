@@ -1,0 +1,282 @@
+//! The swarm's catalog as any director knows it (issue 25: no single point of failure).
+//!
+//! A program's signed manifest and signed catalog record travel with its bytes: a station
+//! that holds segments of a program keeps both (in `kept.redb`, verified against the content
+//! manager's key) and answers `Manifest` for it; a station that holds nothing fetches the
+//! manifest from the content manager or, when that is down, from any holder (the catalog
+//! record's manifest hash says which answer is the right one). `Programs` is the swarm's view:
+//! this station's own programs and kept ones, and each other station's (`Held`), merged, so
+//! listing needs no content manager either.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use libp2p::PeerId;
+use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+use vodmesh_proto::director::{ProgramInfo, Request, Response};
+use vodmesh_proto::manifest::Manifest;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::{ProgramId, SegmentHash};
+use vodmesh_registry::{RegistryHandle, WalkLimits};
+
+use super::error::Error;
+use super::outbound::{AskError, Asker};
+use crate::content::{Catalog, CatalogEntry};
+
+/// How long one other station may take to give its programs or a manifest: one that does
+/// not answer in time (down, cut off) is left out, not waited for.
+const ASK_WITHIN: Duration = Duration::from_secs(5);
+/// Stations asked at once for their programs.
+const LISTING_CONCURRENCY: usize = 16;
+/// Holders asked for a manifest, at most, when the content manager does not answer.
+const MANIFEST_HOLDERS: usize = 8;
+
+/// A catalog record, verified, with the envelope it came in: the envelope is what a station
+/// keeps and passes on (readers verify the content manager's signature themselves).
+#[derive(Clone, Debug)]
+pub(super) struct Learned {
+    /// The record.
+    pub(super) record: CatalogRecord,
+    /// As the content manager signed it.
+    pub(super) signed: Signed,
+}
+
+impl Learned {
+    /// Verifies `signed` as a director that is not its content manager must: signed by the
+    /// content manager it names, and that content manager is the program's home.
+    pub(super) fn verify(signed: Signed) -> Option<Self> {
+        let record = CatalogRecord::verify(&signed).ok()?;
+        (record.home == record.content_manager).then_some(Self { record, signed })
+    }
+
+    /// Whether this record is newer than `other`'s.
+    pub(super) fn newer_than(&self, other: &Self) -> bool {
+        self.record.issued_ms > other.record.issued_ms
+    }
+}
+
+/// A catalog entry's record with its envelope.
+pub(super) fn learned_of(entry: &CatalogEntry) -> Option<Learned> {
+    Learned::verify(entry.record.clone())
+}
+
+/// The newest valid catalog record of `program` in the registry.
+pub(super) async fn fetch_record(registry: &RegistryHandle, program: ProgramId) -> Option<Learned> {
+    let records = registry.get_catalog(program).await.ok()?;
+    (records.into_iter())
+        .filter_map(Learned::verify)
+        .filter(|l| l.record.program == program)
+        .max_by_key(|l| l.record.issued_ms)
+}
+
+/// A manifest, verified, with its envelope.
+#[derive(Clone, Debug)]
+pub(super) struct FetchedManifest {
+    /// The manifest.
+    pub(super) manifest: Manifest,
+    /// As the content manager signed it.
+    pub(super) signed: Signed,
+}
+
+/// Verifies a manifest some director sent for `record`: the content manager's signature, the
+/// hash the catalog record names, the program.
+pub(super) fn check_manifest(
+    signed: Signed,
+    record: &CatalogRecord,
+) -> Result<FetchedManifest, Error> {
+    let manifest = Manifest::verify(&signed).map_err(Error::UnverifiedManifest)?;
+    if SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)) != record.manifest_hash {
+        return Err(Error::BadManifest(
+            "the manifest does not match its catalog record",
+        ));
+    }
+    if manifest.program != record.program {
+        return Err(Error::BadManifest("the manifest is of another program"));
+    }
+    Ok(FetchedManifest { manifest, signed })
+}
+
+/// The program's signed manifest, verified against `record`: from its content manager, or,
+/// when that does not answer, from the first holder that gives one (issue 25).
+pub(super) async fn fetch_manifest(
+    registry: &RegistryHandle,
+    asker: &Asker,
+    me: PeerId,
+    record: &CatalogRecord,
+) -> Result<FetchedManifest, Error> {
+    let from_cm = ask_manifest(registry, asker, record.content_manager, record).await;
+    let first_error = match from_cm {
+        Ok(fetched) => return Ok(fetched),
+        Err(e) => e,
+    };
+    tracing::debug!(program = %record.program, error = %first_error, "content manager gave no manifest; asking holders");
+    let holders = registry.holders(record.program).await.unwrap_or_default();
+    let others = (holders.into_iter())
+        .filter(|h| *h != me && *h != record.content_manager)
+        .take(MANIFEST_HOLDERS);
+    for holder in others {
+        match ask_manifest(registry, asker, holder, record).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(e) => tracing::debug!(%holder, error = %e, "holder gave no manifest"),
+        }
+    }
+    Err(first_error)
+}
+
+/// Asks the director `peer` (found in the registry) for `record`'s manifest.
+async fn ask_manifest(
+    registry: &RegistryHandle,
+    asker: &Asker,
+    peer: PeerId,
+    record: &CatalogRecord,
+) -> Result<FetchedManifest, Error> {
+    let (station, _) = (registry.get_station(peer).await?).ok_or(Error::ContentManagerGone)?;
+    let request = Request::Manifest {
+        program: record.program,
+    };
+    let answer = (asker.ask_within(ASK_WITHIN, station.director, station.addrs, request)).await?;
+    let Response::Manifest(signed) = answer else {
+        return Err(AskError::unexpected(&answer).into());
+    };
+    check_manifest(signed, record)
+}
+
+/// A catalog entry as `vodmesh programs` shows it, held by this station (`director`).
+pub(super) fn program_info(director: PeerId, entry: &CatalogEntry) -> Option<ProgramInfo> {
+    let manifest = entry.manifest()?;
+    let record = entry.record()?;
+    Some(ProgramInfo {
+        program: manifest.program,
+        title: manifest.content.title.clone(),
+        state: record.state,
+        publish_at_ms: (record.publish_at_ms > 0).then_some(record.publish_at_ms),
+        size: manifest.content.total_size(),
+        duration_ms: manifest.content.duration_ms,
+        segments: manifest.content.segments.len() as u32,
+        stations: vec![director],
+    })
+}
+
+/// `Held`: this station's own programs (content manager), and those it keeps the manifest
+/// of and still holds segments of (`holding`: a manifest outlives the segments evicted).
+pub(super) fn held(
+    director: PeerId,
+    own: Option<&Catalog>,
+    (kept, holding): (&Catalog, &HashSet<ProgramId>),
+) -> Result<Vec<ProgramInfo>, Error> {
+    let mut out = Vec::new();
+    if let Some(own) = own {
+        out.extend((own.all()?.iter()).filter_map(|e| program_info(director, e)));
+    }
+    out.extend(
+        (kept.all()?.iter())
+            .filter_map(|e| program_info(director, e))
+            .filter(|info| holding.contains(&info.program)),
+    );
+    Ok(merge([out]))
+}
+
+/// Several stations' lists as one: one entry a program, holders united; a program any list
+/// calls published is published (a record only ever goes from inactive to published).
+pub(super) fn merge(lists: impl IntoIterator<Item = Vec<ProgramInfo>>) -> Vec<ProgramInfo> {
+    let mut by_id: BTreeMap<ProgramId, ProgramInfo> = BTreeMap::new();
+    for info in lists.into_iter().flatten() {
+        match by_id.get_mut(&info.program) {
+            None => {
+                by_id.insert(info.program, info);
+            }
+            Some(known) => {
+                let holders: BTreeSet<PeerId> = (known.stations.iter())
+                    .chain(&info.stations)
+                    .copied()
+                    .collect();
+                if info.state == ProgramState::Published && known.state != ProgramState::Published {
+                    *known = info;
+                }
+                known.stations = holders.into_iter().collect();
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// `Programs`: `local` (this station's [`held`] list) and every other live station's, found
+/// by a swarm walk; the registry's holders added to each program.
+pub(super) async fn swarm_programs(
+    registry: RegistryHandle,
+    asker: Asker,
+    me: PeerId,
+    local: Vec<ProgramInfo>,
+) -> Result<Vec<ProgramInfo>, Error> {
+    let stations = vodmesh_registry::walk(&registry, me, WalkLimits::default()).await?;
+    let asks = (stations.into_iter())
+        .filter(|(s, _)| s.director != me)
+        .map(|(station, _)| {
+            let asker = asker.clone();
+            async move {
+                let (peer, addrs) = (station.director, station.addrs);
+                match asker
+                    .ask_within(ASK_WITHIN, peer, addrs, Request::Held)
+                    .await
+                {
+                    Ok(Response::Programs(list)) => list,
+                    Ok(_) | Err(_) => Vec::new(),
+                }
+            }
+        });
+    let theirs: Vec<Vec<ProgramInfo>> = stream::iter(asks)
+        .buffer_unordered(LISTING_CONCURRENCY)
+        .collect()
+        .await;
+    let mut all = merge(std::iter::once(local).chain(theirs));
+    for info in &mut all {
+        if let Ok(holders) = registry.holders(info.program).await {
+            let united: BTreeSet<PeerId> = (info.stations.iter().copied()).chain(holders).collect();
+            info.stations = united.into_iter().collect();
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(n: u8, state: ProgramState, station: PeerId) -> ProgramInfo {
+        ProgramInfo {
+            program: ProgramId([n; 32]),
+            title: format!("p{n}"),
+            state,
+            publish_at_ms: None,
+            size: 1,
+            duration_ms: 1,
+            segments: 1,
+            stations: vec![station],
+        }
+    }
+
+    #[test]
+    fn lists_merge_into_one_entry_a_program_with_every_holder_and_published_wins() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let merged = merge([
+            vec![
+                info(1, ProgramState::Inactive, a),
+                info(2, ProgramState::Published, a),
+            ],
+            vec![
+                info(1, ProgramState::Published, b),
+                info(2, ProgramState::Inactive, b),
+            ],
+            vec![info(3, ProgramState::Inactive, b)],
+        ]);
+        assert_eq!(merged.len(), 3);
+        for p in &merged[..2] {
+            assert_eq!(p.state, ProgramState::Published, "{p:?}");
+            let both: BTreeSet<PeerId> = [a, b].into();
+            assert_eq!(p.stations.iter().copied().collect::<BTreeSet<_>>(), both);
+        }
+        assert_eq!(merged[2].state, ProgramState::Inactive);
+        assert_eq!(merged[2].stations, vec![b]);
+    }
+}
