@@ -20,7 +20,8 @@ use vodmesh_proto::station::Counters;
 pub const WINDOW: Duration = Duration::from_secs(600);
 /// How often the swarm is sampled.
 pub const EVERY: Duration = Duration::from_secs(10);
-/// Stations kept at most: a larger swarm's first ones by peer id, so the memory is bounded.
+/// Stations kept at most (and walked at most per sample): in a larger swarm, the first ones
+/// found, so that memory and registry traffic are bounded.
 pub const MAX_STATIONS: usize = 256;
 /// Width and height of a sparkline, in pixels.
 const SIZE: (f64, f64) = (120.0, 24.0);

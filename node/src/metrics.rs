@@ -478,7 +478,12 @@ pub(crate) async fn sample(http: Http, mut shutdown: tokio::sync::watch::Receive
             _ = every.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let limits = vodmesh_registry::WalkLimits::default();
+        // No more stations than the history keeps: a walk of a large swarm every 10 s on
+        // every station would cost the registry more than the pictures are worth.
+        let limits = vodmesh_registry::WalkLimits {
+            max_stations: crate::history::MAX_STATIONS,
+            ..Default::default()
+        };
         let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
         let stations = match tokio::time::timeout(crate::history::EVERY, walk).await {
             Ok(Ok(stations)) => stations,
