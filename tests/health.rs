@@ -2,7 +2,9 @@
 //! from the start; `/readyz` answers 503 (not joined) while a station given `--bootstrap`
 //! cannot reach the director it was given (frozen), 200 once that one thaws and it joined, 503
 //! again (draining) after `vodmesh station drain`, and 200 after `--resume`. A lone first
-//! station (no `--bootstrap`) is ready on its own.
+//! station (no `--bootstrap`) is ready on its own; an enrolled one only once its engines hold
+//! their engine tokens. Also: the Grafana dashboard against a real node's metric names, and
+//! the status page's sparklines.
 
 use std::time::Duration;
 
@@ -232,5 +234,49 @@ fn the_status_page_carries_sparklines_of_each_station() -> Result<()> {
         "the page draws them"
     );
     assert!(!page.contains("src=\"http"), "no external asset");
+    Ok(())
+}
+
+/// An enrolled station is ready only once its engines hold their engine tokens: with the
+/// auth station frozen (SIGSTOP) it joins the swarm through another station, and `/readyz`
+/// says its engines hold no token; once the auth station thaws, the tokens come and it is
+/// ready.
+#[test]
+fn an_enrolled_station_is_ready_only_with_its_engine_tokens() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let auth = Node::new(&dir.path().join("auth")).home().ttl(3).start()?;
+    let c = Node::new(&dir.path().join("c"))
+        .bootstrap(&auth.addr)
+        .ttl(3)
+        .start()?;
+    let b_data = dir.path().join("b");
+    let token = vodmesh_tests::cli::enroll_new_station(None, &auth.addr, &auth.key(), &b_data)?;
+    auth.signal("STOP")?;
+    let b = Node::new(&b_data)
+        .bootstrap(&c.addr)
+        .trust(&auth.issuer()?)
+        .args(&["--enroll", &token.to_string_lossy()])
+        .metrics()
+        .ttl(3)
+        .start()?;
+    let b_base = base(&b)?;
+    // Joined through c, but no engine token can come while the auth station is frozen.
+    let mut last = String::new();
+    wait::blocking(
+        "b joined, waiting for tokens",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = probe(&b_base, "/readyz")?;
+            anyhow::ensure!(status == 503, "ready without engine tokens: {body}");
+            last = body;
+            Ok(!last.starts_with("not joined"))
+        },
+    )?;
+    assert_eq!(last, "engine tokens: 0 of 1 engines hold one\n");
+    auth.signal("CONT")?;
+    wait::blocking("b ready with its tokens", Duration::from_secs(60), || {
+        Ok(probe(&b_base, "/readyz")?.0 == 200)
+    })?;
+    assert!(b_data.join("engines/0/engine.token").exists());
     Ok(())
 }
