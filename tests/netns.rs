@@ -9,7 +9,8 @@
 //!   and netem delay). The shaped host advertises a fat link and the unshaped one a thin link;
 //!   the first miss believes the adverts, and once a copy has been measured the director picks
 //!   the truly faster link.
-//! - A link cut during a copy, loss and delay, a partition that heals.
+//! - A link cut during a copy, loss and delay, a partition that heals, a station cut off
+//!   while its program is published.
 //!
 //! Each test creates and removes every namespace itself; it skips with a message where it
 //! may not (not root, no iproute2), and fails under CI when it cannot make them.
@@ -410,4 +411,86 @@ fn a_station_behind_a_nat_is_reached_at_its_announced_address() -> Result<()> {
     let listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"];
     let announce = ["--announce", &tcp, "--announce", &quic];
     plays_across_hosts(&hosts, &listen, &announce, &public, Some(&private))
+}
+
+/// A station whose link is down while the content manager publishes a program it holds a
+/// replica of never gets the `Published` message. Once its link is back, a console's
+/// `Locate` there finds its record saying "not published", fetches the record again from the
+/// registry, and plays, instead of being refused until the station's next reconcile round.
+#[test]
+fn a_station_cut_off_during_the_publish_serves_once_it_is_back() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let h = hosts.ns(1);
+    let home = Node::new(&dir.path().join("home"))
+        .in_netns(&h)
+        .listen(&["/ip4/10.77.0.1/tcp/0"])
+        .engines(1)
+        .home()
+        .ttl(10)
+        .start()?;
+    let b = Node::new(&dir.path().join("b"))
+        .in_netns(&hosts.ns(2))
+        .listen(&["/ip4/10.77.0.2/tcp/0"])
+        .engines(1)
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    b.wait_engine_token(0)?;
+    let console_ns = hosts.ns(3);
+    let console = dir.path().join("console");
+    subscriber_in(Some(&console_ns), &home.addr, &home.key(), &console, "eve")?;
+    // Inactive until `vodmesh publish`, replicated to b.
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 3 * 64 * 1024, 33)?;
+    let program = Ingest::new(&home.addr, &home.key(), "late news", &source)
+        .in_netns(&h)
+        .segment_size(64 * 1024)
+        .replicas(1)
+        .run()?;
+    b.wait_log("ReplicaComplete", Duration::from_secs(60))?;
+    let play = || {
+        Play::new(&console, &b.addr, &program)
+            .in_netns(&console_ns)
+            .run_within(Duration::from_secs(120))
+    };
+    let refusal = play().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refusal.contains("not published"), "{refusal}");
+
+    // b's link goes down; once the home no longer lists b (its connection is gone, so
+    // nothing of the publish can reach b later), the program is published.
+    hosts.cut(2, true)?;
+    let home_only: BTreeSet<String> = [home.peer()].into();
+    wait_listing(
+        "b gone at the home",
+        &h,
+        &home,
+        &home_only,
+        Duration::from_secs(60),
+    )?;
+    run(command_in(Some(&h), "vodmesh")
+        .args(["publish", "--node", &home.addr.to_string(), "--key"])
+        .arg(home.key())
+        .arg(&program))?;
+    home.wait_log("publish not delivered", Duration::from_secs(90))?;
+    hosts.cut(2, false)?;
+    let both: BTreeSet<String> = [home.peer(), b.peer()].into();
+    wait_listing(
+        "b back at the home",
+        &h,
+        &home,
+        &both,
+        Duration::from_secs(60),
+    )?;
+
+    let played = play()?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    assert_eq!(
+        played.stats["stations"],
+        serde_json::json!([b.peer()]),
+        "b served its own replica"
+    );
+    Ok(())
 }

@@ -61,7 +61,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
     random_file(&source, 3 * 1024 * 1024, 5)?;
     let key = home_dir.join("identity.key");
 
-    let publish_at = now_ms() + 3000;
+    let publish_at = now_ms() + 6000;
     let info = ingest::run(&options(&home, &key, &source, Some(publish_at), 1)).await?;
     let program = info.program;
     assert!(now_ms() < publish_at, "ingest took too long for this test");

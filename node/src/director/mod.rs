@@ -460,7 +460,14 @@ impl Director {
         let reply = match next {
             publish::Next::Done(done) => match self.publish.on_done(&mut ctx, *done) {
                 Some(publish::After::Reply(reply)) => Some(reply),
-                Some(publish::After::Locate(ask, channel)) => self.locate(*ask, channel, false),
+                Some(publish::After::Locate(waiting)) => {
+                    for (ask, channel) in waiting {
+                        if let Some(reply) = self.locate(ask, channel, false) {
+                            self.reply(reply);
+                        }
+                    }
+                    None
+                }
                 None => None,
             },
             publish::Next::Due(program) => {
@@ -476,9 +483,9 @@ impl Director {
     }
 
     /// A console's `Locate`. When the station holds the segment but has not learned the
-    /// program's record (it restarted), the record is fetched from the registry first
-    /// (`fetch`) and the `Locate` run again; then a program the registry has no record of
-    /// is unknown.
+    /// program's record (it restarted), or its record says "not published" (it may have
+    /// missed the publish), the record is fetched from the registry first (`fetch`) and the
+    /// `Locate` run again; then a program the registry has no record of is unknown.
     fn locate(
         &mut self,
         ask: Locating,
@@ -487,6 +494,16 @@ impl Director {
     ) -> Option<Reply> {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         match (self.play).locate(&mut ctx, &self.publish, &mut self.replicate, &ask) {
+            // A record that says "not published" may be stale: fetched again first (and
+            // the `Locate`s that come while that runs wait for it too).
+            Located::Now(Err(Error::NotPublished))
+                if fetch
+                    && (self.publish.fetching_for_locate(&ask.segment.program)
+                        || self.publish.refresh_due(&ctx, ask.segment.program)) =>
+            {
+                self.publish.fetch_for_locate(&ctx, ask, channel);
+                None
+            }
             Located::Now(located) => {
                 if located.is_ok() {
                     self.metrics.hit();

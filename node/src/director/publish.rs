@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::ops::Not;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ async fn reconciled(
     program: ProgramId,
     manifest: bool,
 ) -> Done {
-    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY).await;
+    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY, None).await;
     let manifest = match (&record, manifest) {
         (Some(learned), true) => match fetch_manifest(&registry, &asker, me, &learned.record).await
         {
@@ -131,13 +132,12 @@ pub(super) enum Done {
         /// The program's record and manifest, or why there are none.
         fetched: Result<Box<(Learned, FetchedManifest)>, Error>,
     },
-    /// A `Locate` of a segment held here, of a program whose record this director had not
-    /// learned: the record found in the registry, if any; the loop locates again.
+    /// `Locate`s of a segment held here, of a program whose record this director had not
+    /// learned or had as not published: the record found in the registry, if any; the loop
+    /// locates again for every console waiting.
     Located {
-        /// The console waiting.
-        channel: ResponseChannel<Response>,
-        /// Its question.
-        ask: Locating,
+        /// The program.
+        program: ProgramId,
         /// The program's newest valid record in the registry.
         record: Option<Learned>,
     },
@@ -161,9 +161,9 @@ pub(super) enum Done {
 pub(super) enum After {
     /// Sends this answer.
     Reply(Reply),
-    /// Locates again for this console, the program's record now learned if the registry
+    /// Locates again for these consoles, the program's record now learned if the registry
     /// had one.
-    Locate(Box<Locating>, ResponseChannel<Response>),
+    Locate(Vec<(Locating, ResponseChannel<Response>)>),
 }
 
 /// What publishing brings the loop.
@@ -184,6 +184,10 @@ pub(super) struct Publishing {
     provided: HashSet<ProgramId>,
     /// Held programs whose reconciling fetch is running.
     reconciling: HashSet<ProgramId>,
+    /// When a `Locate` last had a record that says "not published" fetched again.
+    refreshed: HashMap<ProgramId, std::time::Instant>,
+    /// `Locate`s waiting for a fetch of their program's record ([`Done::Located`]).
+    locating: HashMap<ProgramId, Vec<(Locating, ResponseChannel<Response>)>>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
     tasks: Tasks<Done>,
@@ -283,6 +287,24 @@ impl Publishing {
         }
     }
 
+    /// Whether a `Locate` refused as not published should have the program's record fetched
+    /// again first: this station may have missed the publish (it was cut off when the content
+    /// manager sent it), and would refuse until its next reconcile round. Once every
+    /// [`REFRESH_EVERY`] a program, and never for a program of its own catalog.
+    pub(super) fn refresh_due(&mut self, ctx: &Ctx<'_>, program: ProgramId) -> bool {
+        let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
+        let now = std::time::Instant::now();
+        if own || !refresh_due(self.refreshed.get(&program).copied(), now) {
+            return false;
+        }
+        if self.refreshed.len() >= MAX_REFRESHED {
+            self.refreshed
+                .retain(|_, at| refresh_due(Some(*at), now).not());
+        }
+        self.refreshed.insert(program, now);
+        true
+    }
+
     /// Keeps a verified record if it is newer than what this director knows (and with the
     /// manifest kept of the program, if any).
     pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) {
@@ -331,23 +353,34 @@ impl Publishing {
     }
 
     /// A `Locate` found the segment held here but the program's record unknown (a restart
-    /// forgets what was learned): fetches it from the registry; [`Done::Located`] follows.
+    /// forgets what was learned), or known as not published (the publish may have been
+    /// missed): fetches a newer one from the registry; [`Done::Located`] follows.
+    /// One fetch a program: the `Locate`s that come while it runs wait for it too.
     pub(super) fn fetch_for_locate(
         &mut self,
         ctx: &Ctx<'_>,
         ask: Locating,
         channel: ResponseChannel<Response>,
     ) {
-        let registry = ctx.registry.clone();
         let program = ask.segment.program;
+        let waiting = self.locating.entry(program).or_default();
+        let first = waiting.is_empty();
+        waiting.push((ask, channel));
+        if !first {
+            return;
+        }
+        let registry = ctx.registry.clone();
+        let known = (self.known_record(ctx, &program)).map(|l| l.record.issued_ms);
         self.tasks.spawn(async move {
-            let record = reconcile::fetch_within(&registry, program, LOCATE_FETCH_WITHIN).await;
-            Done::Located {
-                channel,
-                ask,
-                record,
-            }
+            let within = LOCATE_FETCH_WITHIN;
+            let record = reconcile::fetch_within(&registry, program, within, known).await;
+            Done::Located { program, record }
         });
+    }
+
+    /// Whether `Locate`s of `program` wait for a fetch of its record.
+    pub(super) fn fetching_for_locate(&self, program: &ProgramId) -> bool {
+        self.locating.contains_key(program)
     }
 
     /// A reconciling round (issue 17): learns the record of every program the location
@@ -460,15 +493,12 @@ impl Publishing {
                 });
                 Some((channel, respond(answer, Response::Manifest)))
             }
-            Done::Located {
-                channel,
-                ask,
-                record,
-            } => {
+            Done::Located { program, record } => {
                 if let Some(record) = record {
                     self.learn(ctx, record);
                 }
-                return Some(After::Locate(Box::new(ask), channel));
+                let waiting = self.locating.remove(&program).unwrap_or_default();
+                return Some(After::Locate(waiting));
             }
             Done::Reply(reply) => Some(reply),
             Done::Nothing => None,
@@ -605,6 +635,16 @@ impl Publishing {
     }
 }
 
+/// How often a program's record may be fetched again for a `Locate` refused as not published.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Programs whose last such fetch is remembered, at most.
+const MAX_REFRESHED: usize = 1024;
+
+/// Whether a record last fetched again at `last` may be fetched again at `now`.
+fn refresh_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= REFRESH_EVERY)
+}
+
 /// `Ok` or the refusal, as a response.
 fn answer(result: Result<(), Error>) -> Response {
     respond(result, |()| Response::Ok)
@@ -613,6 +653,17 @@ fn answer(result: Result<(), Error>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_not_published_record_is_fetched_again_at_most_every_two_seconds() {
+        let start = std::time::Instant::now();
+        assert!(refresh_due(None, start));
+        assert!(!refresh_due(
+            Some(start),
+            start + Duration::from_millis(1999)
+        ));
+        assert!(refresh_due(Some(start), start + REFRESH_EVERY));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn publish_times_fire_in_order_once_each_and_can_be_moved_or_cancelled() {

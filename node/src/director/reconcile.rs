@@ -114,22 +114,31 @@ pub(super) fn held(locations: &LocationTable, program: ProgramId) -> Result<Held
 }
 
 /// The program's newest valid record in the registry, fetched again with a backoff while
-/// the registry gives none (it may not have joined the swarm yet), for at most `within`.
+/// the registry gives none newer than `known` (it may not have joined the swarm yet, or not
+/// heard back from the directors that have the new one), for at most `within`; the newest
+/// found by then.
 pub(super) async fn fetch_within(
     registry: &RegistryHandle,
     program: ProgramId,
     within: Duration,
+    known: Option<u64>,
 ) -> Option<Learned> {
     let deadline = Instant::now() + within;
     let mut attempt = 0;
+    let mut best: Option<Learned> = None;
     loop {
-        if let Some(record) = fetch_record(registry, program).await {
-            return Some(record);
+        if let Some(found) = fetch_record(registry, program).await {
+            if known.is_none_or(|issued| found.record.issued_ms > issued) {
+                return Some(found);
+            }
+            if best.as_ref().is_none_or(|b| found.newer_than(b)) {
+                best = Some(found);
+            }
         }
         let wait = backoff(attempt);
         if Instant::now() + wait > deadline {
-            tracing::debug!(%program, attempts = attempt + 1, "registry has no record of a held program");
-            return None;
+            tracing::debug!(%program, attempts = attempt + 1, "registry has no newer record of the program");
+            return best;
         }
         // A retry's backoff, not a wait on an event: the registry says nothing when it joins.
         tokio::time::sleep(wait).await;
