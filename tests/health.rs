@@ -3,7 +3,7 @@
 //! cannot reach the director it was given (frozen), 200 once that one thaws and it joined, 503
 //! again (draining) after `vodmesh station drain`, and 200 after `--resume`. A lone first
 //! station (no `--bootstrap`) is ready on its own; an enrolled one only once its engines hold
-//! their engine tokens. Also: the Grafana dashboard against a real node's metric names, and
+//! their engine tokens, and one with an engine process once it attached. Also: the Grafana dashboard against a real node's metric names, and
 //! the status page's sparklines.
 
 use std::time::Duration;
@@ -278,5 +278,40 @@ fn an_enrolled_station_is_ready_only_with_its_engine_tokens() -> Result<()> {
         Ok(probe(&b_base, "/readyz")?.0 == 200)
     })?;
     assert!(b_data.join("engines/0/engine.token").exists());
+    Ok(())
+}
+
+/// A station with an engine process (`--engine-peer`) is ready only once that engine has
+/// attached, and the engine process's own `/readyz` says so too.
+#[test]
+fn a_station_is_ready_only_once_its_engine_processes_attached() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine_data = dir.path().join("engine");
+    let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
+    let station = Node::new(&dir.path().join("s"))
+        .home()
+        .args(&["--engine-peer", &engine_peer])
+        .metrics()
+        .start()?;
+    let s_base = base(&station)?;
+    let (status, body) = probe(&s_base, "/readyz")?;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "engines: 1 of 2 up\n"),
+        "the engine process has not attached yet"
+    );
+    let engine = vodmesh_tests::process::EngineProcess::start(
+        &engine_data,
+        &station.addr,
+        &station.issuer()?,
+    )?;
+    let e_base = engine.metrics.trim_end_matches("/metrics").to_string();
+    wait::blocking("the station ready", Duration::from_secs(60), || {
+        Ok(probe(&s_base, "/readyz")?.0 == 200)
+    })?;
+    wait::blocking("the engine process ready", Duration::from_secs(30), || {
+        Ok(probe(&e_base, "/readyz")?.0 == 200)
+    })?;
+    assert_eq!(probe(&e_base, "/healthz")?.0, 200);
     Ok(())
 }
