@@ -29,6 +29,7 @@ fn record(director: PeerId) -> StationRecord {
         issuer: None,
         issued_ms: vodmesh_proto::time::now_ms(),
         expires_ms: in_ms(Duration::from_secs(60)),
+        counters: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The status page of `vodmesh-node --metrics` in a real browser: a 3-station swarm, the page
 //! of the first station's metrics address loaded in headless Chromium, every station's
-//! director peer id (and every engine) found on it once its script has polled `/status.json`;
+//! director peer id (and every engine, and four sparklines per station) found on it once its
+//! script has polled `/status.json`;
 //! a screenshot saved as target/test-artifacts/status-page.png. Skipped with a clear line
 //! where node, Chromium or playwright-core is absent (a failure under CI).
 
@@ -59,6 +60,10 @@ async fn headless_chromium_finds_every_station_on_the_status_page() -> Result<()
         "{result}"
     );
     assert_eq!(result["engines"], 6, "every engine has a row: {result}");
+    assert_eq!(
+        result["sparks"], 12,
+        "every station has its four sparklines: {result}"
+    );
     assert!(
         screenshot.exists(),
         "no screenshot at {}",

@@ -217,6 +217,7 @@ mod tests {
             issuer: Some(issuer.public().to_string()),
             issued_ms: 0,
             expires_ms: 0,
+            counters: Default::default(),
         };
         let server = AuthServer::from_record(&record).unwrap();
         assert_eq!(server.director, director);

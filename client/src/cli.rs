@@ -119,21 +119,32 @@ impl Stop {
     }
 
     /// Waits for SIGINT or SIGTERM, or returns at once for one that came since
-    /// [`Stop::install`].
-    pub async fn wait(self) {
+    /// [`Stop::install`] (or the last wait); which one. It may be waited for again (a second
+    /// signal during a station's drain stops it at once).
+    pub async fn wait(&mut self) -> Signal {
         #[cfg(unix)]
         {
-            let [mut term, mut int] = self.signals;
+            let [term, int] = &mut self.signals;
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => Signal::Term,
+                _ = int.recv() => Signal::Int,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Int
         }
     }
+}
+
+/// The signal that asked the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C): stop now.
+    Int,
+    /// SIGTERM (systemd, docker, kubernetes): a station drains first.
+    Term,
 }
 
 /// Ends the process on a command line or configuration that is wrong: `error: ` and `what`

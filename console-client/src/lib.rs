@@ -9,6 +9,7 @@
 //!   went down.
 //! - `fetch`: one segment, located, streamed (one stream per engine at a time, busy engines
 //!   waited out) and verified; `retry` holds its decisions after a failed attempt.
+//! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 
@@ -16,6 +17,7 @@ mod directors;
 mod fetch;
 pub mod play;
 mod playback;
+pub mod remember;
 mod retry;
 pub mod serve;
 mod session;

@@ -14,6 +14,7 @@ use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs, usage_error};
 use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_client::{DirectorClient, DirectorError};
 use vodmesh_console::play::{self, Speed};
+use vodmesh_console::remember;
 use vodmesh_console::terminal::{self, Keys};
 use vodmesh_proto::director::{Request, Response};
 use vodmesh_proto::station::StationRecord;
@@ -24,7 +25,9 @@ use vodmesh_proto::token::Audience;
 /// the engine that holds it and verified against the program's signed manifest.
 ///
 /// The console keeps its identity and tokens under $VODMESH_HOME (default: the platform data
-/// directory, e.g. ~/.local/share/vodmesh): identity.key and tokens/console.token.
+/// directory, e.g. ~/.local/share/vodmesh): identity.key and tokens/console.token; and, after
+/// a login, the swarm's directors in swarm.json, so that --node may be left out (VODMESH_NODE
+/// overrides them).
 #[derive(Parser, Debug)]
 #[command(name = "vodmesh-console", version = vodmesh_client::version!(), after_help = EXIT_CODES)]
 struct Args {
@@ -38,9 +41,13 @@ struct Args {
 enum Cmd {
     /// Lists the published programs.
     Ls {
-        /// Any station's director, ending in /p2p/<peer id>.
+        /// Any station's director, ending in /p2p/<peer id>. Default: VODMESH_NODE, else the
+        /// swarm remembered at login (the first director that answers).
         #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
+        node: Option<Multiaddr>,
+        /// Print {"programs": [...]} as JSON, as `vodmesh programs --json` does.
+        #[arg(long)]
+        json: bool,
     },
     /// Plays a program (by id or exact title).
     ///
@@ -51,9 +58,10 @@ enum Cmd {
     /// console asks its director again (another holder, a copy onto an idle engine, another
     /// station) and stalls only when nothing can serve; --stats counts these `waits`.
     Play {
-        /// Any station's director, ending in /p2p/<peer id>.
+        /// Any station's director, ending in /p2p/<peer id>. Default: VODMESH_NODE, else the
+        /// swarm remembered at login (the first director that answers).
         #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
+        node: Option<Multiaddr>,
         /// Start this many seconds into the program.
         #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
         start: f64,
@@ -80,9 +88,10 @@ enum Cmd {
     /// Proves a subscriber to the auth server (found through the swarm) and stores the console
     /// token, bound to this console's identity, in $VODMESH_HOME/tokens/console.token.
     Login {
-        /// Any station's director address, ending in /p2p/<peer id>.
+        /// Any station's director address, ending in /p2p/<peer id>. Default: VODMESH_NODE,
+        /// else the swarm remembered at the last login.
         #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
+        node: Option<Multiaddr>,
         /// Subscriber name.
         #[arg(long, value_name = "NAME")]
         user: String,
@@ -99,18 +108,20 @@ enum Cmd {
     /// Segments are fetched and verified as `play` does, with the console token of
     /// `vodmesh-console login`. Binds to loopback unless told otherwise.
     Serve {
-        /// Any station's director, ending in /p2p/<peer id>.
+        /// Any station's director, ending in /p2p/<peer id>. Default: VODMESH_NODE, else the
+        /// swarm remembered at login (the first director that answers).
         #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
+        node: Option<Multiaddr>,
         /// The HTTP address to listen on (0.0.0.0:PORT serves other machines too).
         #[arg(long, value_name = "ADDR:PORT", default_value = vodmesh_console::serve::DEFAULT_HTTP)]
         http: std::net::SocketAddr,
     },
     /// Asks a director for its station record and prints it.
     Ping {
-        /// The director's address, ending in /p2p/<peer id>.
+        /// The director's address, ending in /p2p/<peer id>. Default: VODMESH_NODE, else the
+        /// swarm remembered at login.
         #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
+        node: Option<Multiaddr>,
     },
     #[command(flatten)]
     Docs(Docs),
@@ -135,19 +146,31 @@ fn main() {
     vodmesh_client::cli::main("warn", args.log, run(args.cmd));
 }
 
+/// The director to ask: `--node`, else `VODMESH_NODE`, else the first of the remembered
+/// swarm that answers ([`remember`]).
+async fn director(node: Option<Multiaddr>) -> Result<Multiaddr> {
+    let env = std::env::var(remember::ENV).ok();
+    let remembered = match (&node, &env) {
+        (None, None) => remember::load(&Home::from_env()?)?,
+        _ => Vec::new(),
+    };
+    let candidates = remember::candidates(node, env.as_deref(), remembered)?;
+    Ok(remember::first_answering(&candidates).await?)
+}
+
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Ping { node } => ping(&node).await,
+        Cmd::Ping { node } => ping(&director(node).await?).await,
         // Handled in `main`, before the runtime starts.
         Cmd::Docs(_) => Ok(()),
-        Cmd::Ls { node } => ls(&node).await,
-        Cmd::Serve { node, http } => serve(&node, http).await,
+        Cmd::Ls { node, json } => ls(&director(node).await?, json).await,
+        Cmd::Serve { node, http } => serve(&director(node).await?, http).await,
         Cmd::Login {
             node,
             user,
             password_file,
             admin,
-        } => login(&node, &user, &password_file, admin).await,
+        } => login(&director(node).await?, &user, &password_file, admin).await,
         Cmd::Play {
             node,
             start,
@@ -167,15 +190,23 @@ async fn run(cmd: Cmd) -> Result<()> {
                 },
                 SpeedArg::Max => Speed::Max,
             };
+            let node = director(node).await?;
             let output = Output::open(out, player).await?;
             run_play(&node, &program, start, output, speed, stats).await
         }
     }
 }
 
-async fn ls(node: &Multiaddr) -> Result<()> {
+async fn ls(node: &Multiaddr, json: bool) -> Result<()> {
     let client = Arc::new(DirectorClient::connect(node, None).await?);
     let programs = play::published(&client).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&play::programs_json(&programs))?
+        );
+        return Ok(());
+    }
     if programs.is_empty() {
         // On stderr: stdout stays a list of programs (empty) for scripts.
         eprintln!("no published program in the swarm (yet)");
@@ -393,5 +424,30 @@ async fn login(node: &Multiaddr, user: &str, password_file: &Path, admin: bool) 
         "logged in: {kind} token for {me} (valid {hours} h) in {}",
         path.display()
     );
+    // The swarm, for later commands without --node: this director first, then the others.
+    let mut directors = vec![node.clone()];
+    directors.extend(swarm_directors(node).await);
+    let kept = remember::save(&home, &directors)?;
+    println!(
+        "remembered {} director(s) of the swarm in {}: --node may be left out from now on",
+        remember::load(&home)?.len(),
+        kept.display()
+    );
     Ok(())
+}
+
+/// The first address of every live station's director, as the director at `node` lists
+/// them; none when it cannot say (the login stands: `node` alone is remembered).
+async fn swarm_directors(node: &Multiaddr) -> Vec<Multiaddr> {
+    let Ok(client) = DirectorClient::connect(node, None).await else {
+        return Vec::new();
+    };
+    let Ok(Response::Swarm(list)) = client.request(Request::Swarm).await else {
+        return Vec::new();
+    };
+    let now = now_ms();
+    (list.iter())
+        .filter_map(|signed| StationRecord::verify(signed, now).ok())
+        .filter_map(|record| record.addrs.first().cloned())
+        .collect()
 }

@@ -31,7 +31,8 @@ pub use crate::fetch::{AttemptError, FetchError, READ_STALL};
 use crate::playback::{Action, Event, Playback, Run, Segment};
 pub use crate::playback::{Control, PlayStats, Progress, Speed};
 pub use crate::session::{
-    Credentials, Session, SessionError, SharedToken, keep_fresh, programs, published, resolve,
+    Credentials, Session, SessionError, SharedToken, keep_fresh, programs, programs_json,
+    published, resolve,
 };
 
 /// How often progress is reported while nothing else happens.

@@ -97,6 +97,26 @@ pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, 
     }
 }
 
+/// `{"programs": [...]}`: the one JSON form of a program list, for `vodmesh programs --json`,
+/// `vodmesh-console ls --json` and the gateway's `/?json`. Ids are hex, as everywhere.
+pub fn programs_json(programs: &[ProgramInfo]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = (programs.iter())
+        .map(|p| {
+            serde_json::json!({
+                "id": p.program.to_string(),
+                "title": p.title,
+                "state": p.state.to_string(),
+                "publish_at_ms": p.publish_at_ms,
+                "size": p.size,
+                "duration_ms": p.duration_ms,
+                "segments": p.segments,
+                "stations": p.stations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "programs": list })
+}
+
 /// Published programs, for `vodmesh-console ls`.
 pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, AskError> {
     let now = now_ms();

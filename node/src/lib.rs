@@ -16,6 +16,8 @@
 //!   controller).
 //! - [`metrics`]: a station's counters and gauges, and the HTTP server of `--metrics`
 //!   (Prometheus text, the status page).
+//! - [`health`]: `/healthz` and `/readyz` of `--metrics`: when a station is ready.
+//! - [`history`]: the last ten minutes of every station, for the status page's sparklines.
 //! - [`status`]: the status page of `--metrics` and its `/status.json`.
 //! - [`blade`]: `/vodmesh/blade/1`, engines in processes of their own attached to their
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
@@ -34,6 +36,8 @@ pub mod control;
 pub mod director;
 pub mod engine;
 pub mod events;
+pub mod health;
+pub mod history;
 pub use vodmesh_client::identity;
 mod listen;
 pub mod metrics;

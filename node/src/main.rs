@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
-use vodmesh_client::cli::{Stop, usage_error};
+use vodmesh_client::cli::{Signal, Stop, usage_error};
 use vodmesh_node::cli::{Args, EngineArgs, ParseError, Sub};
 use vodmesh_node::config::default_listen;
 use vodmesh_node::{Station, StationConfig};
@@ -43,7 +43,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let stop = Stop::install().context("installing the SIGINT and SIGTERM handlers")?;
+    let mut stop = Stop::install().context("installing the SIGINT and SIGTERM handlers")?;
     match args.cmd {
         Some(Sub::Engine(engine)) => return run_engine(engine, stop).await,
         Some(Sub::Docs(_)) | None => {}
@@ -75,6 +75,7 @@ async fn run(args: Args) -> Result<()> {
     config.registry.provider_ttl = args.provider_ttl.map(Duration::from_secs);
     config.metrics_addr = args.metrics;
     config.engine_peers = args.engine_peers;
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
 
     let station = Station::start(config)
         .await
@@ -94,14 +95,23 @@ async fn run(args: Args) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    stop.wait().await;
+    if stop.wait().await == Signal::Term && !drain_timeout.is_zero() {
+        tracing::info!(timeout_s = drain_timeout.as_secs(), "SIGTERM: draining");
+        tokio::select! {
+            left = station.drain(drain_timeout) => match left {
+                0 => tracing::info!("drained: no stream left"),
+                n => tracing::warn!(streams = n, "drain timed out; stopping with streams running"),
+            },
+            _ = stop.wait() => tracing::info!("second signal: stopping now"),
+        }
+    }
     tracing::info!("shutting down");
     station.shutdown().await;
     Ok(())
 }
 
 /// `vodmesh-node engine`: one engine attached to its director until SIGINT/SIGTERM.
-async fn run_engine(args: EngineArgs, signals: Stop) -> Result<()> {
+async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = vodmesh_node::blade::EngineProcess {
         director: args.director,

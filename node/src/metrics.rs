@@ -68,6 +68,7 @@ struct Inner {
     engine_up: Family<EngineLabel, Gauge>,
     store_used: Family<DiskLabel, Gauge>,
     store_capacity: Family<DiskLabel, Gauge>,
+    registry_peers: Gauge,
     /// The director's engines as of its last event, for the status page's own station
     /// (the registry's copy is up to a republish interval old).
     engines: std::sync::Mutex<Vec<EngineInfo>>,
@@ -106,6 +107,7 @@ impl Metrics {
             engine_up: Family::default(),
             store_used: Family::default(),
             store_capacity: Family::default(),
+            registry_peers: Gauge::default(),
             engines: Default::default(),
             registry: Registry::default(),
         };
@@ -215,6 +217,19 @@ impl Metrics {
             "Segment bytes an engine's disk may hold (0: bounded only by the disk)",
             inner.store_capacity.clone(),
         );
+        r.register(
+            "registry_peers",
+            "Directors in the registry's routing table that this station is connected to",
+            inner.registry_peers.clone(),
+        );
+        // Every label a family will have is there from the start, at 0: a scrape shows the
+        // whole set of series, and rate() of a first copy or query starts from a sample.
+        for way in ["copy", "ingest"] {
+            drop(inner.bytes_in.get_or_create(&kind(way)));
+        }
+        for query in QUERY_KINDS {
+            drop(inner.dht_queries.get_or_create(&kind(query)));
+        }
         let inner = Inner { registry, ..inner };
         Self {
             inner: Arc::new(inner),
@@ -277,6 +292,16 @@ impl Metrics {
         }
     }
 
+    /// The station's running totals, as its record carries them.
+    pub fn counters(&self) -> vodmesh_proto::station::Counters {
+        let m = &*self.inner;
+        vodmesh_proto::station::Counters {
+            bytes_out: m.bytes_out.get(),
+            copies: m.copies.get(),
+            misses: m.misses.get(),
+        }
+    }
+
     /// The director's engines as of its last event (empty before it has any).
     pub fn engines(&self) -> Vec<EngineInfo> {
         self.inner
@@ -284,6 +309,12 @@ impl Metrics {
             .lock()
             .map(|e| e.clone())
             .unwrap_or_default()
+    }
+
+    /// The connected directors of the registry's routing table, as the director counted
+    /// them last.
+    pub(crate) fn set_registry_peers(&self, peers: usize) {
+        self.inner.registry_peers.set(gauge(peers as u64));
     }
 
     /// A segment location answered from this station's own engines.
@@ -315,7 +346,30 @@ impl Metrics {
     }
 }
 
-/// The `kind` label of a finished registry query.
+/// The directors of `kad`'s routing table it is connected to now (`vodmesh_registry_peers`).
+pub(crate) fn connected_peers<S: libp2p::kad::store::RecordStore + Send + 'static>(
+    kad: &mut libp2p::kad::Behaviour<S>,
+) -> usize {
+    (kad.kbuckets())
+        .map(|b| {
+            (b.iter())
+                .filter(|e| e.status == libp2p::kad::NodeStatus::Connected)
+                .count()
+        })
+        .sum()
+}
+
+/// Every `kind` of [`query_kind`].
+const QUERY_KINDS: [&str; 6] = [
+    "bootstrap",
+    "get_closest_peers",
+    "get_providers",
+    "provide",
+    "get_record",
+    "put_record",
+];
+
+/// The `kind` label of a finished registry query (one of [`QUERY_KINDS`]).
 pub(crate) fn query_kind(result: &libp2p::kad::QueryResult) -> &'static str {
     use libp2p::kad::QueryResult as Q;
     match result {
@@ -340,16 +394,58 @@ pub(crate) struct Http {
     pub(crate) local: libp2p::PeerId,
     /// A director's server (metrics and the status page), not an engine process's (metrics).
     pub(crate) director: bool,
+    /// What `/readyz` decides from, besides the metrics.
+    pub(crate) ready: Ready,
+    /// The last ten minutes of every station, for the status page's sparklines (filled by
+    /// [`sample`] on a director's server).
+    pub(crate) history: Arc<std::sync::Mutex<crate::history::History>>,
 }
 
-/// Serves `/metrics`, `/status.json` and `/` on `listener` until `shutdown` turns true.
+/// What `/readyz` reads besides the metrics ([`crate::health`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Ready {
+    /// The station was given `--bootstrap`.
+    pub(crate) bootstrap: bool,
+    /// Engines it was started with.
+    pub(crate) engines: usize,
+    /// Its engines' tokens, when they need them (an enrolled station, the auth station).
+    pub(crate) tokens: Option<crate::auth::engines::EngineTokens>,
+    /// Whether it is draining.
+    pub(crate) draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Ready {
+    /// The facts of readiness now.
+    fn facts(&self, metrics: &Metrics) -> crate::health::Facts {
+        let engines = metrics.engines();
+        let tokens_needed = self.tokens.as_ref().map_or(0, |_| self.engines);
+        let tokens_held = (self.tokens.as_ref()).map_or(0, |t| {
+            (0..self.engines).filter(|i| t.get(*i).is_some()).count()
+        });
+        crate::health::Facts {
+            draining: *self.draining.borrow(),
+            bootstrap: self.bootstrap,
+            registry_peers: u64::try_from(metrics.inner.registry_peers.get()).unwrap_or(0),
+            engines: self.engines,
+            engines_up: engines.iter().filter(|e| e.up).count(),
+            tokens_needed,
+            tokens_held,
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz`, `/status.json` and `/` on `listener` until
+/// `shutdown` turns true.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     http: Http,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
-    let app = axum::Router::new().route("/metrics", get(metrics_text));
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready));
     let app = if http.director {
         app.route("/status.json", get(status_json))
             .route("/", get(status_page))
@@ -372,6 +468,50 @@ pub(crate) async fn serve(
     }
 }
 
+/// Samples the swarm into `http.history` every [`crate::history::EVERY`] until `shutdown`:
+/// this station from its metrics, the others from their station records.
+pub(crate) async fn sample(http: Http, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(crate::history::EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        // No more stations than the history keeps: a walk of a large swarm every 10 s on
+        // every station would cost the registry more than the pictures are worth.
+        let limits = vodmesh_registry::WalkLimits {
+            max_stations: crate::history::MAX_STATIONS,
+            ..Default::default()
+        };
+        let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
+        let stations = match tokio::time::timeout(crate::history::EVERY, walk).await {
+            Ok(Ok(stations)) => stations,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "sparklines: the swarm walk failed");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = vodmesh_proto::time::now_ms();
+        let Ok(mut history) = http.history.lock() else {
+            return;
+        };
+        for (record, _) in &stations {
+            let (streams, counters) = if record.director == http.local {
+                let engines = http.metrics.engines();
+                let streams = engines.iter().map(|e| u64::from(e.streams)).sum();
+                (streams, http.metrics.counters())
+            } else {
+                let streams = record.engines.iter().map(|e| u64::from(e.streams)).sum();
+                (streams, record.counters)
+            };
+            history.record(now, record.director, streams, counters);
+        }
+        history.forget_gone(now);
+    }
+}
+
 async fn metrics_text(
     axum::extract::State(http): axum::extract::State<Http>,
 ) -> impl axum::response::IntoResponse {
@@ -382,6 +522,19 @@ async fn metrics_text(
         )],
         http.metrics.encode(),
     )
+}
+
+/// `/readyz`: 200 `ready`, or 503 and the first reason not to be ([`crate::health`]).
+async fn ready(
+    axum::extract::State(http): axum::extract::State<Http>,
+) -> (axum::http::StatusCode, String) {
+    match crate::health::readiness(&http.ready.facts(&http.metrics)) {
+        Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{why}\n"),
+        ),
+    }
 }
 
 async fn status_json(
@@ -400,7 +553,18 @@ async fn status_json(
             {
                 own.engines = now;
             }
-            crate::status::to_json(http.local, &stations).to_string()
+            let mut json = crate::status::to_json(http.local, &stations);
+            if let (Ok(history), Some(list)) =
+                (http.history.lock(), json["stations"].as_array_mut())
+            {
+                for station in list {
+                    let peer = station["director"]["peer_id"].as_str();
+                    let peer = peer.and_then(|p| p.parse::<libp2p::PeerId>().ok());
+                    station["history"] =
+                        peer.map_or(serde_json::Value::Null, |p| history.to_json(&p));
+                }
+            }
+            json.to_string()
         }
         Ok(Err(e)) => {
             return (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();

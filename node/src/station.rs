@@ -34,6 +34,7 @@ pub struct Station {
     metrics: Metrics,
     observer: Observer,
     metrics_addr: Option<std::net::SocketAddr>,
+    draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -96,6 +97,7 @@ impl Station {
             );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         let (metrics, observer) = (Metrics::new(), Observer::new());
         // Room for every engine's start-up reports (ready, then its store's figures), queued
         // before the director reads any.
@@ -182,6 +184,14 @@ impl Station {
             });
         }
         let engine_commands = commands.clone();
+        // What `/readyz` needs of the configuration, before the director takes it.
+        let ready = crate::metrics::Ready {
+            bootstrap: !config.bootstrap.is_empty(),
+            engines: commands.len(),
+            tokens: None,
+            draining: draining.subscribe(),
+        };
+        let tokens_needed = config.auth || config.enroll.is_some();
         let engines_of_director = director::Engines {
             known: infos,
             commands,
@@ -191,6 +201,7 @@ impl Station {
             metrics: metrics.clone(),
             observer: observer.clone(),
             auth: auth_server.clone(),
+            draining: draining.clone(),
         };
         let dir = director::start(
             director_key.clone(),
@@ -244,7 +255,16 @@ impl Station {
                 registry: dir.registry.clone(),
                 local: dir.peer_id,
                 director: true,
+                ready: crate::metrics::Ready {
+                    tokens: tokens_needed.then(|| engine_tokens.clone()),
+                    ..ready
+                },
+                history: Default::default(),
             };
+            extra_tasks.push(tokio::spawn(crate::metrics::sample(
+                http.clone(),
+                shutdown_rx.clone(),
+            )));
             extra_tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
                 http,
@@ -300,6 +320,7 @@ impl Station {
             metrics,
             observer,
             metrics_addr,
+            draining,
             shutdown,
             tasks,
         })
@@ -376,6 +397,36 @@ impl Station {
         let stations =
             vodmesh_registry::walk(&self.registry, self.peer_id(), WalkLimits::default()).await?;
         Ok(stations.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// Drains the station (SIGTERM's first step): from now on its director names none of
+    /// its engines for a new stream (consoles go to other stations that hold the segment)
+    /// and takes in no copy, replica or ingest, and `/readyz` answers 503. Returns once the
+    /// streams running have ended, or after `timeout`, with the streams still running.
+    pub async fn drain(&self, timeout: std::time::Duration) -> u64 {
+        self.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let streams = self.streams();
+            if streams == 0 || tokio::time::Instant::now() >= deadline {
+                return streams;
+            }
+            // The engines' stream counts are gauges the director mirrors; no event says
+            // "the last stream ended", so they are looked at again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the station is draining ([`Station::drain`], or an admin's `Drain`).
+    pub fn draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Streams the station's engines serve now, as its director last counted them.
+    pub fn streams(&self) -> u64 {
+        (self.metrics.engines().iter())
+            .map(|e| u64::from(e.streams))
+            .sum()
     }
 
     /// Stops the director and every engine and waits for them.

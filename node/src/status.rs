@@ -1,7 +1,8 @@
 //! The status page of `--metrics` (`/`) and its data (`/status.json`): every live station of
 //! the swarm, as the director's registry walk finds it, with its engines' load, health and
-//! storage. The page is one self-contained HTML document (no external assets) whose inline
-//! script polls `/status.json` every two seconds.
+//! storage, and sparklines of each station's last ten minutes ([`crate::history`]: streams,
+//! bytes out, misses, copies). The page is one self-contained HTML document (no external
+//! assets) whose inline script polls `/status.json` every two seconds.
 
 use libp2p::PeerId;
 use serde_json::{Value, json};
@@ -87,6 +88,9 @@ td, th { padding: .15em .7em; text-align: left; border-bottom: 1px solid #eee; }
 .bar { display: inline-block; width: 8em; height: .7em; background: #eee; vertical-align: middle; }
 .bar > span { display: block; height: 100%; background: #36c; }
 #state { color: #777; }
+.sparks { margin-top: .4em; color: #555; }
+.spark-cell { display: inline-block; margin-right: 1.2em; white-space: nowrap; }
+.spark-cell svg { vertical-align: middle; background: #f6f8fc; }
 </style>
 </head>
 <body>
@@ -115,6 +119,26 @@ function bar(v, max) {
   b.appendChild(f);
   return b;
 }
+// The last ten minutes of a station, drawn by this station's server as inline SVG from
+// numbers only (no script, no external asset in it).
+const SERIES = [["streams", "streams"], ["bytes_out", "bytes out"], ["misses", "misses"], ["copies", "copies"]];
+function sparks(history) {
+  const row = el("div", "sparks");
+  row.appendChild(el("span", "spark-cell", "last 10 min, every " + history.every_s + " s:"));
+  for (const [key, label] of SERIES) {
+    const h = history[key];
+    const cell = el("span", "spark-cell");
+    cell.dataset.series = key;
+    cell.appendChild(el("span", null, label + " "));
+    const pic = el("span");
+    pic.innerHTML = h.svg;
+    cell.appendChild(pic);
+    const last = h.values.length ? h.values[h.values.length - 1] : 0;
+    cell.appendChild(el("span", null, " " + (key === "bytes_out" ? bytes(last) : last)));
+    row.appendChild(cell);
+  }
+  return row;
+}
 function render(s) {
   const t = s.totals;
   document.getElementById("totals").textContent =
@@ -133,6 +157,7 @@ function render(s) {
     if (roles.length) head.appendChild(el("span", null, "  [" + roles.join(", ") + "]"));
     if (st.local) head.appendChild(el("span", null, "  (this station)"));
     box.appendChild(head);
+    if (st.history) box.appendChild(sparks(st.history));
     const table = el("table");
     const hr = el("tr");
     for (const h of ["engine", "health", "load", "streams", "storage"]) hr.appendChild(el("th", null, h));

@@ -25,6 +25,16 @@ pub enum ProgramState {
     Published,
 }
 
+impl std::fmt::Display for ProgramState {
+    /// `inactive` or `published`, as every listing shows it (padding honoured).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Self::Inactive => "inactive",
+            Self::Published => "published",
+        })
+    }
+}
+
 /// A program's entry in the swarm's catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CatalogRecord {

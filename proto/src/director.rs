@@ -134,7 +134,23 @@ pub enum Request {
     /// this station catalogs or keeps the manifest of (it holds their segments), without a
     /// swarm walk of its own. Answered with [`Response::Programs`].
     Held,
+    /// Drain this station (admin), or take it back into service (`drain: false`): while
+    /// draining, its director names none of its engines for a new stream (consoles are sent
+    /// to other stations that hold the segment) and takes no copy, replica or ingest;
+    /// streams already running finish. Answered with [`Response::Ok`].
+    Drain {
+        /// Drain (true) or take new streams again (false).
+        drain: bool,
+        /// Admin proof for op [`DRAIN_OP`] on [`DRAIN_SUBJECT`].
+        admin: Signed,
+    },
 }
+
+/// The admin operation of [`Request::Drain`].
+pub const DRAIN_OP: &str = "drain";
+/// The subject of [`Request::Drain`]'s admin proof: the station itself (the claim names its
+/// director already).
+pub const DRAIN_SUBJECT: &[u8] = b"station";
 
 /// Where a console gets a segment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -347,6 +363,10 @@ mod tests {
                 program,
                 source: PeerId::random(),
                 source_addrs: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+            },
+            Request::Drain {
+                drain: true,
+                admin: Signed::sign("x", &1u8, &libp2p::identity::Keypair::generate_ed25519()),
             },
         ] {
             let b = encode(&req);

@@ -60,14 +60,24 @@ macro_rules! hash32 {
             }
         }
 
+        // Bytes on the wire (CBOR); the hex string every output shows in JSON and other
+        // human-readable formats, as a `PeerId` is base58 there.
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0)
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = String::deserialize(d)?;
+                    return text.parse().map_err(serde::de::Error::custom);
+                }
                 let bytes: serde_bytes::ByteBuf = serde_bytes::ByteBuf::deserialize(d)?;
                 let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     serde::de::Error::invalid_length(bytes.len(), &"32 bytes")
@@ -242,6 +252,19 @@ mod tests {
     #[test]
     fn bad_id_strings_are_errors() {
         assert!("zz".parse::<ProgramId>().is_err());
+    }
+
+    #[test]
+    fn program_ids_are_hex_in_json_and_bytes_in_cbor() {
+        let p = ProgramId(*blake3::hash(b"x").as_bytes());
+        // JSON shows the hex id, and reads it back; CBOR keeps the 32 bytes.
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, format!("\"{p}\""));
+        assert_eq!(serde_json::from_str::<ProgramId>(&json).unwrap(), p);
+        assert!(serde_json::from_str::<ProgramId>("\"zz\"").is_err());
+        let cbor = crate::codec::encode(&p);
+        assert_eq!(cbor.len(), 34, "a 32-byte string: {cbor:?}");
+        assert_eq!(crate::codec::decode::<ProgramId>(&cbor, 64).unwrap(), p);
         assert!("abc/1".parse::<SegmentId>().is_err());
         assert!("nope".parse::<StationId>().is_err());
         assert!("-1".parse::<SegmentIndex>().is_err());

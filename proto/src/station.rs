@@ -151,6 +151,19 @@ pub struct Roles {
     pub auth: bool,
 }
 
+/// A station's running totals since it started, carried in its record for trends (the
+/// status page's sparklines): differences between two records are what happened between
+/// them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Bytes streamed to consoles.
+    pub bytes_out: u64,
+    /// Segments copied in from other engines.
+    pub copies: u64,
+    /// Segments asked of the station that it did not hold.
+    pub misses: u64,
+}
+
 /// What a director says about its station.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StationRecord {
@@ -177,6 +190,9 @@ pub struct StationRecord {
     pub issued_ms: u64,
     /// When it stops being valid (ms since the epoch).
     pub expires_ms: u64,
+    /// Its running totals as it signed the record (absent from records of earlier releases).
+    #[serde(default)]
+    pub counters: Counters,
 }
 
 /// Why a station record was refused.
@@ -255,6 +271,7 @@ mod tests {
             issuer: None,
             issued_ms: 1,
             expires_ms,
+            counters: Default::default(),
         }
     }
 

@@ -141,6 +141,7 @@ mod tests {
             issuer: None,
             issued_ms: 1,
             expires_ms: u64::MAX,
+            counters: Default::default(),
         };
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());

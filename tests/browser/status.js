@@ -34,15 +34,20 @@ if (!url || !screenshot || !userDataDir || peers.length === 0) {
   const onPage = () => page.evaluate(() => ({
     stations: [...document.querySelectorAll('.station')].map((s) => s.dataset.peer),
     engines: document.querySelectorAll('tr.engine').length,
+    sparks: document.querySelectorAll('.station .sparks svg.spark').length,
     state: document.getElementById('state').textContent,
   }));
   try {
     await page.goto(url, { waitUntil: 'load', timeout: 30000 });
-    // The page fills itself from /status.json, and refreshes every 2 s: wait for the swarm.
+    // The page fills itself from /status.json, and refreshes every 2 s: wait for the swarm,
+    // each station with its four sparklines (sampled every 10 s by the page's server).
     await page.waitForFunction(
       (want) => {
-        const have = [...document.querySelectorAll('.station')].map((s) => s.dataset.peer);
-        return want.every((p) => have.includes(p));
+        const boxes = [...document.querySelectorAll('.station')];
+        const drawn = boxes
+          .filter((b) => b.querySelectorAll('.sparks svg.spark').length === 4)
+          .map((b) => b.dataset.peer);
+        return want.every((p) => drawn.includes(p));
       },
       peers,
       { timeout: 30000, polling: 250 },
@@ -55,6 +60,7 @@ if (!url || !screenshot || !userDataDir || peers.length === 0) {
     result.found = peers.filter((p) => seen.stations.includes(p));
     result.missing = peers.filter((p) => !seen.stations.includes(p));
     result.engines = seen.engines;
+    result.sparks = seen.sparks;
     result.state = seen.state;
   } catch (e) {
     result.error = result.error || String(e);

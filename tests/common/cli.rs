@@ -84,7 +84,8 @@ pub fn vodmesh(args: &[&str]) -> Result<String> {
 /// network namespace `netns` when given.
 pub fn console(netns: Option<&str>, home: &Path) -> Command {
     let mut command = command_in(netns, "vodmesh-console");
-    command.env("VODMESH_HOME", home);
+    // The console's home is the test's; no director leaks in from the environment.
+    command.env("VODMESH_HOME", home).env_remove("VODMESH_NODE");
     command
 }
 
@@ -284,7 +285,7 @@ enum Out {
 pub struct Play {
     netns: Option<String>,
     home: PathBuf,
-    node: String,
+    node: Option<String>,
     program: String,
     speed: String,
     args: Vec<String>,
@@ -301,7 +302,7 @@ impl Play {
         Self {
             netns: None,
             home: home.to_path_buf(),
-            node: node.to_string(),
+            node: Some(node.to_string()),
             program: program.to_string(),
             speed: "max".into(),
             args: Vec::new(),
@@ -314,6 +315,13 @@ impl Play {
     /// Runs it in network namespace `ns`.
     pub fn in_netns(mut self, ns: &str) -> Self {
         self.netns = Some(ns.to_string());
+        self
+    }
+
+    /// No `--node`: the console finds the swarm itself (`VODMESH_NODE`, the swarm it
+    /// remembered at login).
+    pub fn without_node(mut self) -> Self {
+        self.node = None;
         self
     }
 
@@ -364,7 +372,11 @@ impl Play {
     /// The command, to run or spawn.
     pub fn command(&self) -> Command {
         let mut command = console(self.netns.as_deref(), &self.home);
-        command.args(["play", "--node", &self.node, "--speed", &self.speed]);
+        command.arg("play");
+        if let Some(node) = &self.node {
+            command.args(["--node", node]);
+        }
+        command.args(["--speed", &self.speed]);
         match &self.out {
             Out::File(path) => command.arg("--out").arg(path),
             Out::Stdout => command.args(["--out", "-"]),

@@ -76,13 +76,19 @@ impl Child {
     /// status 0.
     pub fn terminate(mut self) -> Result<bool> {
         self.signal("TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Waits (at most `timeout`) for the process to exit by itself; whether it exited with
+    /// status 0.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.0.try_wait()? {
                 return Ok(status.success());
             }
             if Instant::now() > deadline {
-                bail!("the process did not stop within 20 s of SIGTERM");
+                bail!("the process did not stop within {timeout:?}");
             }
             // Polls the exit, which no event announces to a thread that does not wait.
             std::thread::sleep(Duration::from_millis(50));
@@ -349,6 +355,12 @@ impl NodeProcess {
     /// Sends SIGTERM and waits for the exit; whether it exited with status 0.
     pub fn terminate(self) -> Result<bool> {
         self.child.terminate()
+    }
+
+    /// Waits (at most `timeout`) for it to exit by itself (after a SIGTERM's drain, say);
+    /// whether it exited with status 0.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        self.child.wait_exit(timeout)
     }
 
     /// Kills it with SIGKILL, as a crash would, and returns its command line to start it

@@ -4,6 +4,7 @@
 //! - [`ingest`]: a program into a home station.
 //! - [`programs`]: a content manager's catalog.
 //! - [`bench`]: measurements as JSON, beside `dd` and other references.
+//! - [`station`]: `vodmesh station drain`, a station drained from afar by an admin.
 //! - [`admin`]: `vodmesh user add` and `vodmesh enroll`, admin requests to the auth server.
 //! - [`demo`]: the embedded default: a swarm on loopback, started, checked, reported.
 //! - [`sim`]: many stations' directors in one process, joined into one registry, measured.
@@ -18,4 +19,5 @@ pub mod programs;
 pub mod publish;
 pub mod sim;
 pub mod source;
+pub mod station;
 pub mod status;

@@ -9,7 +9,9 @@ use libp2p::PeerId;
 use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Rights;
-use vodmesh_tools::{admin, allocator, bench, demo, ingest, programs, publish, sim, status};
+use vodmesh_tools::{
+    admin, allocator, bench, demo, ingest, programs, publish, sim, station, status,
+};
 
 /// Operates a vodmesh swarm: identities, the swarm's status, the embedded demo.
 #[derive(Parser, Debug)]
@@ -44,6 +46,9 @@ enum Cmd {
     /// Subscribers of the auth server.
     #[command(subcommand)]
     User(UserCmd),
+    /// A station, operated from afar (admin only).
+    #[command(subcommand)]
+    Station(StationCmd),
     /// Issues an enrollment token for a new station (admin only). Start the station with
     /// `vodmesh-node --enroll FILE`; its engines then receive engine tokens.
     Enroll {
@@ -253,6 +258,26 @@ enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum StationCmd {
+    /// Drains a station: its director sends every new stream to other stations that hold
+    /// the segment and takes in no copy, replica or ingest, and its /readyz answers 503;
+    /// streams already running finish. The station keeps running (its director still
+    /// answers and redirects) until it is stopped, or taken back with --resume. SIGTERM
+    /// drains a station the same way before it stops (vodmesh-node --drain-timeout).
+    Drain {
+        /// The station's director, ending in /p2p/<peer id>.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// An admin identity of that station (its DIR/identity.key, or a key given to --admin).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// End the drain: the station takes new streams again.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum UserCmd {
     /// Adds a subscriber (admin only).
     Add {
@@ -337,6 +362,16 @@ async fn run(args: Args) -> Result<()> {
             )
             .await?;
             println!("user {name} added");
+        }
+        Cmd::Station(StationCmd::Drain { node, key, resume }) => {
+            let streams = station::drain(&node, &key, !resume).await?;
+            if resume {
+                println!("station taking new streams again ({streams} running)");
+            } else {
+                println!(
+                    "station draining: {streams} stream(s) still running; new streams go to other stations"
+                );
+            }
         }
         Cmd::Enroll {
             node,

@@ -4,7 +4,6 @@ use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_client::DirectorClient;
-use vodmesh_proto::catalog::ProgramState;
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 
 /// The swarm's catalog as the director at `node` lists it.
@@ -17,28 +16,12 @@ pub async fn fetch(node: &Multiaddr) -> Result<Vec<ProgramInfo>> {
     }
 }
 
-fn state(p: &ProgramInfo) -> &'static str {
-    match p.state {
-        ProgramState::Inactive => "inactive",
-        ProgramState::Published => "published",
-    }
-}
-
-/// `{"from": <director>, "programs": [...]}`: `from` is where the list came from.
+/// `{"from": <director>, "programs": [...]}`: `from` is where the list came from; the
+/// programs in the form `vodmesh-console ls --json` prints too.
 pub fn to_json(programs: &[ProgramInfo], from: &Multiaddr) -> Value {
-    json!({
-        "from": from.to_string(),
-        "programs": programs.iter().map(|p| json!({
-            "id": p.program.to_string(),
-            "title": p.title,
-            "state": state(p),
-            "publish_at_ms": p.publish_at_ms,
-            "size": p.size,
-            "duration_ms": p.duration_ms,
-            "segments": p.segments,
-            "stations": p.stations.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>()
-    })
+    let mut json = vodmesh_console::play::programs_json(programs);
+    json["from"] = json!(from.to_string());
+    json
 }
 
 /// One line per program.
@@ -50,7 +33,7 @@ pub fn to_text(programs: &[ProgramInfo]) -> String {
             out,
             "{}  {:<9}  {:>8.1} MiB  {:>7.1} s  {:>4} segments  {} station(s)  {}",
             p.program,
-            state(p),
+            p.state,
             p.size as f64 / (1024.0 * 1024.0),
             p.duration_ms as f64 / 1000.0,
             p.segments,

@@ -5,7 +5,8 @@
 //! fetches each segment with redirect, handoff and verification exactly as `play` does; only
 //! verified bytes are ever sent. Routes:
 //!
-//! - `GET /`: the published programs, as HTML with links (`?json`: as JSON).
+//! - `GET /`: the published programs, as HTML with links (`?json`: as JSON, in the form of
+//!   `vodmesh programs --json`).
 //! - `GET /<program>/index.m3u8`: a VOD playlist built from the signed manifest, with the
 //!   manifest's segment durations. A program ingested from fMP4 HLS (segment 0 is the
 //!   initialization segment, of duration 0) gets an `#EXT-X-MAP` to it.
@@ -72,7 +73,8 @@ async fn index(State(gateway): State<Arc<Gateway>>, uri: Uri) -> Result<Response
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "json" || p.starts_with("json=")));
     if json {
-        let body = serde_json::to_vec_pretty(&list).map_err(unavailable)?;
+        let json = crate::session::programs_json(&list);
+        let body = serde_json::to_vec_pretty(&json).map_err(unavailable)?;
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
     let page = hls::index_page(&list);
@@ -264,7 +266,9 @@ pub async fn run(
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             match stop {
-                Ok(stop) => stop.wait().await,
+                Ok(mut stop) => {
+                    stop.wait().await;
+                }
                 Err(_) => {
                     let _ = tokio::signal::ctrl_c().await;
                 }

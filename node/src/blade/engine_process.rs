@@ -177,6 +177,14 @@ pub async fn start_engine(
             registry,
             local: handle.peer_id,
             director: false,
+            // Ready once attached: the one engine up, as its director sees it.
+            ready: crate::metrics::Ready {
+                bootstrap: false,
+                engines: 1,
+                tokens: None,
+                draining: watch::channel(false).1,
+            },
+            history: Default::default(),
         };
         tasks.spawn(crate::metrics::serve(listener, http, shutdown.clone()));
     }

@@ -169,6 +169,12 @@ pub struct Args {
     /// in-process engines; --engines may then be 0.
     #[arg(long = "engine-peer", value_name = "PEERID")]
     pub engine_peers: Vec<PeerId>,
+    /// On SIGTERM, drain for at most this many seconds before stopping: new streams go to
+    /// other stations that hold the segment and /readyz answers 503, while the streams
+    /// running finish; the station stops once none runs, or at this limit. 0 stops at once,
+    /// as SIGINT does (a second signal during a drain stops at once too).
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub drain_timeout: u64,
 }
 
 /// The subcommands of `vodmesh-node`.

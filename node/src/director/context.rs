@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use vodmesh_proto::director::{Activity, Response};
 use vodmesh_proto::signed::Signed;
-use vodmesh_proto::station::{Roles, StationRecord};
+use vodmesh_proto::station::{Counters, Roles, StationRecord};
 use vodmesh_proto::time::{in_ms, now_ms};
 use vodmesh_proto::{ProgramId, SegmentId, admin};
 use vodmesh_registry::registry::Command;
@@ -60,8 +60,8 @@ impl Me {
         }
     }
 
-    /// This station's record as it is now.
-    pub(super) fn record(&self, engines: &EngineTable) -> StationRecord {
+    /// This station's record as it is now, with its running totals `counters`.
+    pub(super) fn record(&self, engines: &EngineTable, counters: Counters) -> StationRecord {
         let config = &self.config;
         StationRecord {
             director: self.peer_id,
@@ -78,6 +78,7 @@ impl Me {
             issuer: self.issuer.clone(),
             issued_ms: now_ms(),
             expires_ms: in_ms(config.registry.record_ttl),
+            counters,
         }
     }
 
@@ -88,14 +89,17 @@ impl Me {
         op: &str,
         program: &ProgramId,
     ) -> Result<PeerId, Error> {
-        let admin = admin::check(
-            proof,
-            op,
-            program.as_bytes(),
-            self.peer_id,
-            &self.admins,
-            now_ms(),
-        )?;
+        self.check_admin_of(proof, op, program.as_bytes())
+    }
+
+    /// Checks an admin proof for operation `op` on `subject`; returns the admin.
+    pub(super) fn check_admin_of(
+        &self,
+        proof: &Signed,
+        op: &str,
+        subject: &[u8],
+    ) -> Result<PeerId, Error> {
+        let admin = admin::check(proof, op, subject, self.peer_id, &self.admins, now_ms())?;
         Ok(admin)
     }
 }

@@ -132,6 +132,8 @@ pub(super) struct EngineTable {
     limits: (u32, u64),
     /// Engines whose last copy failed at every source, and when.
     copy_failed: HashMap<EngineId, Instant>,
+    /// The station is draining: no engine is offered to a decision.
+    draining: bool,
 }
 
 impl EngineTable {
@@ -154,6 +156,7 @@ impl EngineTable {
             engines,
             limits,
             copy_failed: HashMap::new(),
+            draining: false,
         }
     }
 
@@ -167,8 +170,19 @@ impl EngineTable {
         self.views().into_iter().find(|(_, e)| e.peer_id == *peer)
     }
 
-    /// Every engine that has reported, for the decisions.
+    /// Drains the station (`true`) or takes it back into service. While it drains, every
+    /// decision sees no engine here ([`EngineTable::views`]): a console is sent to another
+    /// station that holds its segment, and no copy, replica or ingest is taken in; streams
+    /// already running go on, and the engines' reports are still heard.
+    pub(super) fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Every engine that has reported, for the decisions; none while the station drains.
     pub(super) fn views(&self) -> Vec<EngineView<'_>> {
+        if self.draining {
+            return Vec::new();
+        }
         (self.engines.iter().enumerate())
             .filter_map(|(i, e)| Some((EngineId(i), e.info.as_ref()?)))
             .collect()
@@ -473,6 +487,28 @@ mod tests {
         // A slot the station does not have changes nothing.
         engines.apply(ready(7, PeerId::random()), &mut activity);
         assert_eq!(engines.views().len(), 1);
+    }
+
+    #[test]
+    fn a_draining_station_offers_no_engine_but_keeps_counting_streams() {
+        let (mut engines, _rx) = table(1);
+        let mut activity = Activity::default();
+        let peer = PeerId::random();
+        engines.apply(ready(0, peer), &mut activity);
+        engines.apply(
+            EngineReport::Streams {
+                index: 0,
+                active: 2,
+            },
+            &mut activity,
+        );
+        engines.set_draining(true);
+        assert!(engines.views().is_empty());
+        assert!(engines.up().is_empty());
+        assert!(engines.by_peer(&peer).is_none());
+        assert_eq!(engines.streams(), 2, "running streams still count");
+        engines.set_draining(false);
+        assert_eq!(engines.up().len(), 1);
     }
 
     #[test]

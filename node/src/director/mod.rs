@@ -137,6 +137,9 @@ pub struct Handles {
     /// The auth server, when the station runs the auth role: the director serves
     /// `/vodmesh/auth/1` from it.
     pub auth: Option<Arc<crate::auth::Server>>,
+    /// Whether the station drains (SIGTERM, `vodmesh station drain`): the station and an
+    /// admin's [`Request::Drain`] set it, the director follows it.
+    pub draining: watch::Sender<bool>,
 }
 
 /// The director's event loop and everything it owns.
@@ -156,6 +159,8 @@ struct Director {
     ingest: Ingests,
     /// Answers of the loop's own requests that take a moment (a swarm walk).
     tasks: Tasks<Reply>,
+    /// Whether the station drains; set by the station or by an admin's `Drain`.
+    draining: watch::Sender<bool>,
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -278,6 +283,7 @@ pub async fn start(
         publish,
         ingest: Ingests::default(),
         tasks: Tasks::default(),
+        draining: handles.draining,
     };
     let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
     director.ingest.drop_interrupted(&ctx);
@@ -311,6 +317,7 @@ impl Director {
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the metrics last saw: most events (kad traffic, pings) change neither.
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
+        let mut draining = self.draining.subscribe();
         loop {
             // Biased, engine reports first: an engine reports a stored segment before it
             // acknowledges it to the client, so by the time the client's commit arrives over
@@ -321,6 +328,11 @@ impl Director {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
                     }
+                }
+                Ok(()) = draining.changed() => {
+                    let drain = *draining.borrow_and_update();
+                    self.shared.engines.set_draining(drain);
+                    tracing::info!(drain, "draining: new streams go to other stations");
                 }
                 Some(report) = self.reports.recv() => self.on_report(report),
                 Some(cmd) = self.registry_commands.recv() => {
@@ -399,7 +411,7 @@ impl Director {
 
     fn signed_record(&self) -> Signed {
         let me = &self.shared.me;
-        me.record(&self.shared.engines).sign(&me.key)
+        (me.record(&self.shared.engines, self.metrics.counters())).sign(&me.key)
     }
 
     /// Signs a fresh station record and stores it in the registry. A director that has lost
@@ -419,7 +431,11 @@ impl Director {
             }
         }
         let signed = self.signed_record();
-        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        // Joined or not (`/readyz`): connections come and go between republishes too, but a
+        // join is a bootstrap connection, which republishes at once.
+        (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
+        let mut ctx = self.shared.ctx(kad);
         ctx.dht.put_station(signed);
     }
 
@@ -533,6 +549,8 @@ impl Director {
                 } = &event
                 {
                     tracing::debug!(%peer, "registry: new director in the routing table");
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
                 }
                 (self.shared.registry).on_event(&mut self.swarm.behaviour_mut().kad, event);
             }
@@ -632,7 +650,8 @@ impl Director {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match request {
             Request::Station => {
-                let signed = ctx.me.record(ctx.engines).sign(&ctx.me.key);
+                let counters = self.metrics.counters();
+                let signed = ctx.me.record(ctx.engines, counters).sign(&ctx.me.key);
                 Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
@@ -731,6 +750,16 @@ impl Director {
                 self.replicate.locate_copy(&ctx, peer, segment, channel)
             }
             Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
+            Request::Drain { drain, admin } => {
+                let checked =
+                    ctx.me
+                        .check_admin_of(&admin, director::DRAIN_OP, director::DRAIN_SUBJECT);
+                let drained = checked.map(|admin| {
+                    tracing::info!(%admin, drain, "drain asked by an admin");
+                    self.draining.send_replace(drain);
+                });
+                Some((channel, respond(drained, |()| Response::Ok)))
+            }
         };
         if let Some(reply) = reply {
             self.reply(reply);

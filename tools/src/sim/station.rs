@@ -166,6 +166,7 @@ pub(super) fn station_record(
         issuer: None,
         issued_ms: now_ms(),
         expires_ms: in_ms(ttl),
+        counters: Default::default(),
     }
     .sign(key)
 }
