@@ -17,7 +17,8 @@
 //!   issue 17);
 //! - [`ingest`]: the content manager's ingests.
 //!
-//! Beside them: [`choose`], the decisions as pure functions; [`engines`], the engine table;
+//! Beside them: [`start`], the stores, swarm and listeners a director starts with;
+//! [`choose`], the decisions as pure functions; [`engines`], the engine table;
 //! [`outbound`], asking other directors; [`context`], what the loop lends the families;
 //! [`tasks`], the families' work off the loop; [`error`], failures and what clients see.
 
@@ -33,18 +34,18 @@ mod play;
 mod publish;
 mod reconcile;
 mod replicate;
+mod start;
 mod tasks;
 
 pub use error::NOT_PUBLISHED;
+pub use start::start;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use futures::StreamExt;
-use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
@@ -53,15 +54,15 @@ use tokio::task::JoinHandle;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, Request, Response};
-use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, dialable, is_tcp, peer_of, without_peer};
+use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::{EngineInfo, StationRecord};
 use vodmesh_registry::registry::{self as reg, Command};
-use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits, WalkLimits};
+use vodmesh_registry::{PersistentStore, RegistryHandle, WalkLimits};
 
 use self::choose::Locating;
-use self::context::{Me, Reply, Shared};
-use self::engines::{EngineTable, Heard};
+use self::context::{Reply, Shared};
+use self::engines::Heard;
 use self::error::{Error, respond};
 use self::ingest::{Ingested, Ingests};
 use self::miss::Misses;
@@ -70,13 +71,9 @@ use self::play::{Located, Play};
 use self::publish::Publishing;
 use self::replicate::Replicating;
 use self::tasks::Tasks;
-use crate::config::StationConfig;
-use crate::content::Catalog;
 use crate::control::{EngineCommand, EngineReport};
 use crate::events::Observer;
-use crate::listen::{advertised, announced, listen_all};
 use crate::metrics::Metrics;
-use crate::store::locations::LocationTable;
 
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
@@ -161,146 +158,6 @@ struct Director {
     tasks: Tasks<Reply>,
     /// Whether the station drains; set by the station or by an admin's `Drain`.
     draining: watch::Sender<bool>,
-}
-
-/// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
-/// `shutdown` turns true.
-pub async fn start(
-    key: Keypair,
-    config: StationConfig,
-    engines: Engines,
-    handles: Handles,
-    shutdown: watch::Receiver<bool>,
-) -> Result<DirectorHandle> {
-    let peer_id = key.public().to_peer_id();
-    let store_path = config.data.join("registry.redb");
-    let store = PersistentStore::open(peer_id, &store_path, &StoreLimits::default())
-        .context("opening the registry store")?;
-    let registry_config = config.registry.clone();
-    let liveness = registry_config
-        .republish_interval()
-        .clamp(Duration::from_secs(1), Duration::from_secs(15));
-    // The loop refreshes the routing table itself (`reg::refresh`), silently while alone.
-    let kad_config = reg::RegistryConfig {
-        periodic_bootstrap: None,
-        ..registry_config.clone()
-    };
-    let mut swarm = build_swarm(key.clone(), |k| DirectorBehaviour {
-        kad: reg::behaviour(peer_id, store, &kad_config, true),
-        identify: identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
-                .with_agent_version(format!("vodmesh-director/{}", env!("CARGO_PKG_VERSION"))),
-        ),
-        // Liveness: a connection whose peer stops answering (a partition, a dead link) is
-        // closed within two ping intervals, so the registry stops waiting on it and a healed
-        // link is dialed afresh instead of waiting out TCP's retransmission backoff.
-        ping: ping::Behaviour::new(
-            ping::Config::new()
-                .with_interval(liveness)
-                .with_timeout(liveness),
-        ),
-        control: request_response::Behaviour::with_codec(
-            CborCodec::new(director::LIMITS),
-            [(director::PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
-        ),
-        auth: crate::auth::service::behaviour(handles.auth.clone()),
-        blade: libp2p_stream::Behaviour::new(),
-    })?;
-    let blade = swarm.behaviour().blade.new_control();
-    let announce = (config.announce.iter())
-        .map(|a| announced(a, peer_id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let addrs = advertised(&announce, &listen_all(&mut swarm, &config.listen).await?);
-    for addr in &addrs {
-        swarm.add_external_address(without_peer(addr));
-    }
-    let mut bootstrap_peers = HashSet::new();
-    for addr in &config.bootstrap {
-        let peer = peer_of(addr)
-            .with_context(|| format!("bootstrap address {addr} does not end in /p2p/<peer id>"))?;
-        if peer == peer_id {
-            continue;
-        }
-        swarm
-            .behaviour_mut()
-            .kad
-            .add_address(&peer, without_peer(addr));
-        swarm
-            .dial(addr.clone())
-            .with_context(|| format!("dialing bootstrap {addr}"))?;
-        bootstrap_peers.insert(peer);
-    }
-    tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
-
-    let locations = LocationTable::open(&config.data.join("locations.redb"))
-        .context("opening the segment location table")?;
-    let catalog = match config.content_manager {
-        true => {
-            Some(Catalog::open(&config.data.join("catalog.redb")).context("opening the catalog")?)
-        }
-        false => None,
-    };
-    let kept =
-        Catalog::open(&config.data.join("kept.redb")).context("opening the kept manifests")?;
-    let mut admins = vec![peer_id];
-    admins.extend(config.admins.iter().copied());
-    let (registry_handle, registry_commands) = RegistryHandle::channel(256);
-    let (outbound, asker) = Outbound::new(256);
-    let engine_limits = (config.max_streams, config.capacity);
-    let republish_every = config.registry.republish_interval();
-    let me = Me {
-        key,
-        peer_id,
-        config,
-        addrs: addrs.clone(),
-        admins,
-        issuer: (handles.auth.as_ref()).map(|s| s.issuer_key().to_string()),
-    };
-    let publish = Publishing::new(catalog.as_ref());
-    let mut director = Director {
-        swarm,
-        shared: Shared {
-            me,
-            engines: EngineTable::new(engines.known, engines.commands, engine_limits),
-            locations,
-            catalog,
-            kept,
-            activity: Default::default(),
-            observer: handles.observer,
-            registry: Registry::new(),
-            registry_handle: registry_handle.clone(),
-            asker,
-        },
-        reports: engines.reports,
-        registry_commands,
-        outbound,
-        metrics: handles.metrics,
-        bootstrap_peers,
-        play: Play::default(),
-        miss: Misses::default(),
-        replicate: Replicating::default(),
-        publish,
-        ingest: Ingests::default(),
-        tasks: Tasks::default(),
-        draining: handles.draining,
-    };
-    let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
-    director.ingest.drop_interrupted(&ctx);
-    director.republish();
-    // The metrics show the engines from the start, not from the loop's first event.
-    (director.metrics).sync_director(
-        &director.shared.activity,
-        &director.shared.engines.snapshot(),
-    );
-    let task = tokio::spawn(director.run(shutdown, republish_every));
-    Ok(DirectorHandle {
-        peer_id,
-        addrs,
-        registry: registry_handle,
-        task,
-        blade,
-    })
 }
 
 impl Director {
