@@ -119,9 +119,8 @@ pub fn behaviour(
         .min(config.republish_interval().max(Duration::from_secs(2)));
     cfg.set_query_timeout(query_timeout)
         .set_replication_factor(config.replication)
-        // Station records carry their own, shorter expiry; catalog records live as long as
-        // provider records: their content manager and every holder put them again each
-        // reconcile round, so a program's record outlives its content manager (issue 25).
+        // Station records carry their own, shorter expiry; catalog records live the provider
+        // TTL, put again by their content manager and every holder (issue 25).
         .set_record_ttl(Some(config.provider_ttl()))
         .set_provider_record_ttl(Some(config.provider_ttl()))
         // Owners republish their own records with fresh signatures and load figures; kad's
@@ -137,11 +136,10 @@ pub fn behaviour(
     kad
 }
 
-/// Refreshes the routing table with a Kademlia bootstrap when it has a peer to ask; what
-/// kad's periodic bootstrap does, without its warning (`Failed to trigger bootstrap: No known
-/// peers`) every period on a first station that is alone, which is normal. A loop that calls
-/// this every [`RegistryConfig::periodic_bootstrap`] builds its behaviour with that field
-/// `None`; kad still bootstraps by itself when a peer enters a table of fewer than k (a join).
+/// Refreshes the routing table with a Kademlia bootstrap when it has a peer to ask: kad's
+/// periodic bootstrap without its warning on a first station that is alone (normal). A loop
+/// calling this every [`RegistryConfig::periodic_bootstrap`] builds its behaviour with that
+/// field `None`; kad still bootstraps by itself when a peer enters a table of fewer than k.
 pub fn refresh(kad: &mut kad::Behaviour<PersistentStore>) {
     if kad.kbuckets().any(|b| b.num_entries() > 0)
         && let Err(e) = kad.bootstrap()
