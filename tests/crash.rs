@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use vodmesh_proto::manifest::ManifestContent;
-use vodmesh_tests::cli::{Ingest, Play, subscriber};
-use vodmesh_tests::console::wait_holds_all;
+use vodmesh_tests::cli::{Ingest, Play};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::replica::{HomeAndReplica, Program};
 use vodmesh_tests::stored::engine_segments;
 use vodmesh_tests::{status, wait};
 
@@ -119,41 +119,31 @@ fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Res
     const SEGMENTS: u32 = 4;
     const SIZE: usize = 64 * 1024;
     let dir = tempfile::tempdir()?;
-    let home = Node::new(&dir.path().join("home"))
-        .engines(1)
-        .home()
-        .ttl(10)
-        // Provider records outlive station records 30-fold by default: 10 s here, so that
-        // b's provider record expires while it is down.
-        .args(&["--provider-ttl", "10"])
-        .start()?;
-    let b = Node::new(&dir.path().join("b"))
-        .engines(1)
-        .ttl(10)
-        .args(&["--provider-ttl", "10"])
-        .enrolled_with(&home)?
-        .start()?;
-    wait::blocking(
-        "the stations to find each other",
-        Duration::from_secs(30),
-        || Ok(status::directors(&home.addr)?.contains(&b.peer())),
+    // Provider records outlive station records 30-fold by default: 10 s here, so that b's
+    // provider record expires while it is down.
+    let short = ["--provider-ttl", "10"];
+    let HomeAndReplica {
+        home,
+        b,
+        console,
+        program,
+        bytes,
+    } = HomeAndReplica::start(
+        dir.path(),
+        (Node::new(&dir.path().join("home"))
+            .engines(1)
+            .home()
+            .ttl(10))
+        .args(&short),
+        (Node::new(&dir.path().join("b")).engines(1).ttl(10)).args(&short),
+        Program {
+            title: "kept",
+            segments: SEGMENTS,
+            segment_size: SIZE,
+            bitrate: None,
+            seed: 71,
+        },
     )?;
-    let console = dir.path().join("console");
-    subscriber(&home.addr, &home.key(), &console, "eve")?;
-    let source = dir.path().join("kept.bin");
-    let bytes = random_file(&source, SEGMENTS as usize * SIZE, 71)?;
-    let program = Ingest::new(&home.addr, &home.key(), "kept", &source)
-        .publish_now()
-        .segment_size(SIZE)
-        .replicas(1)
-        .run()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(wait_holds_all(
-        &b.addr,
-        program.parse()?,
-        SEGMENTS,
-        Duration::from_secs(60),
-    ))?;
     let b_peer = b.peer();
     let only_b: BTreeSet<String> = [b_peer.clone()].into();
     let played = Play::new(&console, &b.addr, "kept").run()?;

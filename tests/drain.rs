@@ -8,11 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
-use vodmesh_tests::cli::{Ingest, Play, subscriber, vodmesh};
-use vodmesh_tests::console::wait_holds_all;
-use vodmesh_tests::media::random_file;
+use vodmesh_tests::cli::{Play, vodmesh};
 use vodmesh_tests::process::Node;
-use vodmesh_tests::{status, wait};
+use vodmesh_tests::replica::{HomeAndReplica, Program};
 
 const KIB: usize = 1024;
 
@@ -38,39 +36,28 @@ fn a_station_drained_by_an_admin_hands_its_consoles_over_without_a_stall() -> Re
 fn drained_mid_play(how: How) -> Result<()> {
     const SEGMENTS: u32 = 8;
     let dir = tempfile::tempdir()?;
-    let home = Node::new(&dir.path().join("home"))
-        .engines(2)
-        .home()
-        .ttl(10)
-        .start()?;
-    let mut b = Node::new(&dir.path().join("b"))
-        .engines(2)
-        .ttl(10)
-        .args(&["--drain-timeout", "30"])
-        .enrolled_with(&home)?
-        .start()?;
-    wait::blocking(
-        "the stations to find each other",
-        Duration::from_secs(30),
-        || Ok(status::directors(&home.addr)?.contains(&b.peer())),
-    )?;
-    let console = dir.path().join("console");
-    subscriber(&home.addr, &home.key(), &console, "dana")?;
     // Eight segments of 128 KiB at 1 Mbit/s: 8.4 s of media, replicated to b.
-    let source = dir.path().join("p.bin");
-    let bytes = random_file(&source, SEGMENTS as usize * 128 * KIB, 61)?;
-    let program = Ingest::new(&home.addr, &home.key(), "drained", &source)
-        .publish_now()
-        .segment_size(128 * KIB)
-        .bitrate(1_000_000)
-        .replicas(1)
-        .run()?;
-    tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
-        &b.addr,
-        program.parse()?,
-        SEGMENTS,
-        Duration::from_secs(60),
-    ))?;
+    let HomeAndReplica {
+        home,
+        mut b,
+        console,
+        bytes,
+        ..
+    } = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home"))
+            .engines(2)
+            .home()
+            .ttl(10),
+        (Node::new(&dir.path().join("b")).engines(2).ttl(10)).args(&["--drain-timeout", "30"]),
+        Program {
+            title: "drained",
+            segments: SEGMENTS,
+            segment_size: 128 * KIB,
+            bitrate: Some(1_000_000),
+            seed: 61,
+        },
+    )?;
 
     let mut playing = Play::new(&console, &b.addr, "drained")
         .speed("1")

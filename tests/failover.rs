@@ -14,9 +14,10 @@ use vodmesh_node::events::Kind;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_tests::cli::{Ingest, Play, subscriber};
-use vodmesh_tests::console::{credentials, wait_holds_all};
+use vodmesh_tests::console::credentials;
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::Node;
+use vodmesh_tests::replica::{HomeAndReplica, Program};
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
 use vodmesh_tests::{status, wait};
 use vodmesh_tools::ingest::{self, IngestOptions};
@@ -138,38 +139,28 @@ fn a_station_frozen_mid_play_leaves_the_console_to_another() -> Result<()> {
 fn station_fails_mid_play(fate: Fate) -> Result<()> {
     const SEGMENTS: u32 = 8;
     let dir = tempfile::tempdir()?;
-    let home = Node::new(&dir.path().join("home"))
-        .engines(2)
-        .home()
-        .ttl(10)
-        .start()?;
-    let b = Node::new(&dir.path().join("b"))
-        .engines(2)
-        .ttl(10)
-        .enrolled_with(&home)?
-        .start()?;
-    wait::blocking(
-        "the stations to find each other",
-        Duration::from_secs(30),
-        || Ok(status::directors(&home.addr)?.contains(&b.peer())),
-    )?;
-    let console = dir.path().join("console");
-    subscriber(&home.addr, &home.key(), &console, "eve")?;
     // Eight segments of 128 KiB at 1 Mbit/s: 8.4 s of media, replicated to b.
-    let source = dir.path().join("p.bin");
-    let bytes = random_file(&source, SEGMENTS as usize * 128 * KIB, 52)?;
-    let program = Ingest::new(&home.addr, &home.key(), "fragile", &source)
-        .publish_now()
-        .segment_size(128 * KIB)
-        .bitrate(1_000_000)
-        .replicas(1)
-        .run()?;
-    tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
-        &b.addr,
-        program.parse()?,
-        SEGMENTS,
-        Duration::from_secs(60),
-    ))?;
+    let HomeAndReplica {
+        home,
+        b,
+        console,
+        bytes,
+        ..
+    } = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home"))
+            .engines(2)
+            .home()
+            .ttl(10),
+        Node::new(&dir.path().join("b")).engines(2).ttl(10),
+        Program {
+            title: "fragile",
+            segments: SEGMENTS,
+            segment_size: 128 * KIB,
+            bitrate: Some(1_000_000),
+            seed: 52,
+        },
+    )?;
 
     let mut playing = Play::new(&console, &b.addr, "fragile")
         .speed("1")

@@ -23,6 +23,7 @@ pub mod hosts;
 pub mod http;
 pub mod media;
 pub mod process;
+pub mod replica;
 pub mod require;
 pub mod status;
 pub mod stored;
