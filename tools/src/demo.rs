@@ -225,14 +225,15 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
         third.clone(),
         credentials,
         serve.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        None,
     )
     .await?;
-    let playlist = format!("http://{}/{}/index.m3u8", gateway.addr, info.program);
+    let playlist = format!("{}/{}/index.m3u8", gateway.base, info.program);
     let lines = crate::source::http_text(&playlist).await?;
     let media = lines.lines().filter(|l| l.starts_with("#EXTINF")).count();
     println!("\nthe HLS gateway (vodmesh-console serve) answers {playlist}: {media} segments");
     println!("  in a player:   ffplay {playlist}   (or mpv, VLC, Safari)");
-    println!("  in a browser:  http://{}/{}/", gateway.addr, info.program);
+    println!("  in a browser:  {}/{}/", gateway.base, info.program);
     println!(
         "  on a swarm of your own, after vodmesh-console login:\n    \
          vodmesh-console serve --node {third} --http 127.0.0.1:8080"
