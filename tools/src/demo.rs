@@ -132,6 +132,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
     let home = &stations[0];
     println!("ingesting the sample program into the home station...");
     let info = ingest::run(&ingest::IngestOptions {
+        allow_hosts: Vec::new(),
         node: home.addr().clone(),
         key: dir.path().join("station-0").join("identity.key"),
         title: if video {
