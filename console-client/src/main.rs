@@ -228,7 +228,7 @@ async fn ls(node: &Multiaddr, json: bool) -> Result<()> {
             p.program,
             p.duration_ms as f64 / 1000.0,
             p.size as f64 / (1024.0 * 1024.0),
-            p.title
+            vodmesh_client::cli::printable(&p.title)
         );
     }
     Ok(())
