@@ -637,6 +637,24 @@ pub async fn open(
     })
 }
 
+/// For the fuzzers (`fuzz/`, tests/fuzz_smoke.rs): a playlist as `vodmesh ingest` reads it, of
+/// a remote origin and of a local directory (that does not exist: nothing is read). Must not
+/// panic, and what it accepts stays within the limits.
+pub fn fuzz_playlist(data: &[u8]) {
+    let Ok(origin) = url::Url::parse("http://192.0.2.1:8000/v/index.m3u8") else {
+        return;
+    };
+    let bases = [
+        Base::Url(origin),
+        Base::Dir(PathBuf::from("/nonexistent/vodmesh-fuzz")),
+    ];
+    for base in &bases {
+        if let Ok((pieces, _)) = parse_playlist(data, base, &[]) {
+            assert!(!pieces.is_empty() && pieces.len() <= MAX_SEGMENTS);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -298,6 +298,35 @@ pub async fn run(
     Ok(())
 }
 
+/// For the fuzzers (`fuzz/`, tests/fuzz_smoke.rs): the gateway's reading of what a player
+/// sends, on arbitrary text: lines of a `Range` header, a segment's file name, a path and a
+/// `Host` header for the access rule of a gateway on loopback and one beyond it. Must not
+/// panic; a range it grants lies within the body.
+pub fn fuzz_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.splitn(3, '\n');
+    let (range, path, host) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    for len in [0, 1, 1000, u64::MAX] {
+        if let Some(Ok((start, end))) = hls::byte_range(range, len) {
+            assert!(
+                start < end && end <= len,
+                "{range:?} of {len}: {start}..{end}"
+            );
+        }
+    }
+    let _ = hls::segment_of(path);
+    let key = Some("0123456789abcdef".to_string());
+    for (bound, key) in [("127.0.0.1:8080", None), ("0.0.0.0:8080", key)] {
+        if let Ok(bound) = bound.parse() {
+            let _ = Access::new(bound, key).admit(Some(host), path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
