@@ -53,7 +53,6 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
     let mut events = sink.subscribe();
     let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         replicas: 2,
         ..ingest_options(&home, &key, "replicated", &source)
     })

@@ -47,7 +47,6 @@ async fn an_engine_lost_mid_play_costs_no_stall() -> Result<()> {
     let mut events = b.subscribe();
     let key = home_dir.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         replicas: 1,
         segment_size: 128 * KIB as u64,

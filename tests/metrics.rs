@@ -130,7 +130,6 @@ async fn metrics_move_as_streams_run() -> Result<()> {
     random_file(&source, len, 3)?;
     let key = data.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         segment_size: 1024 * 1024,
         ..ingest_options(&station, &key, "metered", source)

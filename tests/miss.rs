@@ -107,7 +107,6 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> R
     let mut log = Vec::new();
     let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         replicas: 1,
         segment_size: 2 * MIB as u64,
@@ -278,7 +277,6 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     let bytes = random_file(&source, 2 * MIB + MIB / 4, 32)?;
     let key = root.join("home").join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         segment_size: 2 * MIB as u64,
         bitrate: 8_000_000,

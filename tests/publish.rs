@@ -28,7 +28,6 @@ fn options(
     replicas: u32,
 ) -> IngestOptions {
     IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms,
         replicas,
         segment_size: 1024 * 1024,

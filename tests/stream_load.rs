@@ -34,7 +34,6 @@ async fn stream_counts_are_exact_and_max_streams_is_enforced() -> Result<()> {
     random_file(&source, 16 * 1024 * 1024, 5)?;
     let key = data.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         ..ingest_options(&station, &key, "load", source)
     })
@@ -143,7 +142,6 @@ impl Bench {
         let bytes = random_file(&source, len, 9)?;
         let key = data.join("identity.key");
         let info = ingest::run(&IngestOptions {
-            allow_hosts: Vec::new(),
             publish_at_ms: Some(now_ms()),
             segment_size,
             ..ingest_options(&station, &key, "one segment", source)

@@ -52,7 +52,6 @@ async fn copies_and_streams_need_the_right_kind_of_token() -> Result<()> {
     random_file(&source, 1024 * 1024, 3)?;
     let key = data.join("identity.key");
     let info = ingest::run(&IngestOptions {
-        allow_hosts: Vec::new(),
         publish_at_ms: Some(now_ms()),
         ..ingest_options(&station, &key, "guarded", source)
     })
