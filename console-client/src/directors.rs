@@ -20,7 +20,7 @@ const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
     /// The request to a director failed on the way.
-    #[error(transparent)]
+    #[error("{}", client_line(.0))]
     Client(#[from] ClientError),
     /// The first director failed lately and nobody else answered.
     #[error("director {0} is down")]
@@ -31,6 +31,27 @@ pub enum AskError {
     /// A director of the swarm that cannot be reached.
     #[error("cannot reach director {0}")]
     Unreachable(PeerId),
+}
+
+/// The one line a user sees for a failed connection or request: what failed and what to do,
+/// not what the transport said (that stays in the error's `Debug`, for the debug log).
+pub(crate) fn client_line(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreachable { addr, .. } => format!(
+            "cannot reach the director at {addr}: check that its station runs and the address \
+             (--node)"
+        ),
+        ClientError::Request(_) => {
+            "the director closed the connection or did not answer in time".to_string()
+        }
+        ClientError::Stream { peer, .. } | ClientError::NotConnected { peer, .. } => {
+            format!("cannot connect to {peer}")
+        }
+        ClientError::NoPeerId(_)
+        | ClientError::NoAddress
+        | ClientError::Closed
+        | ClientError::Setup(_) => e.to_string(),
+    }
 }
 
 /// The directors a console may ask: the one it was pointed at first, then the rest of the

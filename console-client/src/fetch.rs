@@ -21,7 +21,10 @@ use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 
-use crate::directors::{AskError, Directors};
+use vodmesh_client::ClientError;
+
+use crate::directors::{self, AskError, Directors};
+use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
 
 /// How long a segment stream may bring no byte (and an engine may take to answer a stream
@@ -62,94 +65,103 @@ pub enum FetchError {
     /// A director or an engine answered something the protocol does not allow here.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
-    /// Attempts kept failing without a byte or anything learned: the last one's reason.
-    #[error(transparent)]
-    GaveUp(#[from] AttemptError),
+    /// Attempts kept failing without a byte or anything learned: the last one's reason, and
+    /// what to do.
+    #[error("segment {index} could not be fetched: {last}; {}", last.advice())]
+    GaveUp {
+        /// The segment.
+        index: SegmentIndex,
+        /// How the last attempt ended.
+        last: AttemptError,
+    },
 }
 
 /// Why one attempt at a segment ended without it (the segment is tried again, and this is
-/// the line a user sees when it is given up).
+/// what a user sees when it is given up). Its `Display` is a plain line; what the transport
+/// said is kept (`Debug`, the debug log), not shown.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
     /// No director answered.
-    #[error(transparent)]
-    Ask(#[from] AskError),
+    #[error("{0}")]
+    Ask(AskError),
     /// A director answered busy or failed; its one line.
     #[error("{}", .0.message)]
     Director(ErrorReply),
-    /// The engine named could not be reached.
-    #[error("segment {index}: engine {engine}: {reason}")]
+    /// No stream to the engine named could be opened.
+    #[error("engine {engine} could not be reached ({})", directors::client_line(.cause))]
     Unreachable {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
-        /// What failed.
-        reason: String,
+        /// What the connection said.
+        cause: ClientError,
     },
-    /// The stream's request or reply failed on the way.
-    #[error("segment {index}: {reason}")]
+    /// Another fetch of this console found the engine named unreachable meanwhile.
+    #[error("engine {0} was found unreachable")]
+    Avoided(PeerId),
+    /// The engine did not answer the stream request within [`READ_STALL`].
+    #[error("engine {0} did not answer")]
+    NoAnswer(PeerId),
+    /// The stream's request or reply was lost on the way.
+    #[error("the stream from engine {engine} closed before it began")]
     Lost {
-        /// The segment.
-        index: SegmentIndex,
-        /// What failed.
-        reason: String,
+        /// The engine.
+        engine: PeerId,
+        /// What the stream said.
+        cause: std::io::Error,
     },
+    /// The engine a director named for a swap (claim 21) is still filling its copy too.
+    #[error("engine {0}, named for a swap, is still filling its copy")]
+    SwapFilling(PeerId),
     /// The engine is at `--max-streams`.
-    #[error("segment {index}: engine {engine} is busy")]
-    Busy {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} is busy")]
+    Busy(PeerId),
     /// The engine does not hold the segment.
-    #[error("segment {index} is not stored at engine {engine}")]
-    Absent {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} does not hold it")]
+    Absent(PeerId),
     /// The stream broke off.
-    #[error("segment {index} broke off from engine {engine}: {cause}")]
+    #[error("the stream from engine {engine} broke off at byte {at}")]
     BrokeOff {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
+        /// Bytes received in all.
+        at: u64,
         /// The read error.
         cause: std::io::Error,
     },
     /// The stream brought no byte for [`READ_STALL`].
-    #[error("segment {index} stalled at engine {engine}")]
-    Stalled {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} stopped sending")]
+    Stalled(PeerId),
     /// The stream ended before the segment did.
-    #[error("segment {index} ended early from engine {engine} at byte {at}")]
+    #[error("the stream from engine {engine} ended early at byte {at}")]
     EndedEarly {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
         /// Bytes received in all.
         at: u64,
     },
     /// The bytes did not match the manifest's hash; none of them is written.
-    #[error("segment {index} from engine {engine} failed verification")]
-    Unverified {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("the bytes from engine {0} failed verification")]
+    Unverified(PeerId),
     /// The attempt took longer than its limit.
-    #[error("segment {0} timed out")]
-    TimedOut(SegmentIndex),
+    #[error("the attempt timed out")]
+    TimedOut,
+}
+
+impl AttemptError {
+    /// What a user can do when a segment was given up after this.
+    fn advice(&self) -> &'static str {
+        match self {
+            Self::Ask(_) => "check that the stations run and are reachable, then play again",
+            Self::Director(_) => "the swarm is short of capacity: play again later",
+            _ => "no other holder answered: play again later, or from another station (--node)",
+        }
+    }
+}
+
+impl From<AskError> for AttemptError {
+    fn from(e: AskError) -> Self {
+        Self::Ask(e)
+    }
 }
 
 /// Engines this console streams from, one stream each at a time: a fetch takes the engine's
@@ -200,8 +212,49 @@ impl From<FetchError> for Attempt {
     }
 }
 
-/// One segment, what a fetch brings: where it came from and its bytes, verified.
-pub(crate) type Fetched = (SegmentLocation, Vec<u8>);
+/// One segment as a fetch brings it: where it came from and its bytes, verified.
+#[derive(Debug)]
+pub struct Segment {
+    /// The engine that served it, and its station's director.
+    pub location: SegmentLocation,
+    /// The segment's bytes, verified against the manifest.
+    pub bytes: Vec<u8>,
+}
+
+/// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
+/// ([`crate::hedge`]): when the last byte came (or the fetch started), and the engine it is
+/// at.
+struct Watch {
+    state: Mutex<(Instant, Option<PeerId>)>,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((Instant::now(), None)),
+        }
+    }
+
+    fn byte(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = Instant::now();
+        }
+    }
+
+    fn at(&self, engine: PeerId) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 = Some(engine);
+        }
+    }
+
+    fn last_byte(&self) -> Instant {
+        self.state.lock().map_or_else(|_| Instant::now(), |s| s.0)
+    }
+
+    fn engine(&self) -> Option<PeerId> {
+        self.state.lock().ok().and_then(|s| s.1)
+    }
+}
 
 /// What a playing console (or the gateway) uses to fetch segments: its directors, one stream
 /// per engine at a time, the engines it found unreachable, and how often it had to wait.
@@ -241,26 +294,102 @@ impl Fetcher {
             .is_ok_and(|r| r.contains(engine, Instant::now()))
     }
 
+    fn mark_unreachable(&self, engine: PeerId) {
+        if let Ok(mut recent) = self.unreachable.lock() {
+            recent.mark(engine, Instant::now());
+        }
+    }
+
+    /// Fetches one whole segment, verified ([`Fetcher::fetch_once`]), to be played at `due`:
+    /// when it brings nothing as its play time nears ([`hedge::decide`]), a second fetch
+    /// asks the director again with the silent engine in `avoid`, and the first of the two to
+    /// bring the segment wins; the other is dropped.
+    pub(crate) async fn fetch(
+        &self,
+        manifest: &Manifest,
+        (index, play_from): (SegmentIndex, u64),
+        token: Option<&[u8]>,
+        mut due: Due,
+    ) -> Result<Segment, FetchError> {
+        let first = Watch::new();
+        let main = self.fetch_once(
+            manifest,
+            (index, play_from),
+            token,
+            Retry::default(),
+            &first,
+        );
+        tokio::pin!(main);
+        loop {
+            let now = Instant::now();
+            let Choice::Wait(until) = hedge::decide(now, first.last_byte(), due.at(), due.buffer)
+            else {
+                break;
+            };
+            tokio::select! {
+                result = &mut main => return result,
+                () = tokio::time::sleep_until(until.into()) => {}
+                // Paused, resumed, restarted after a stall: the play time moved.
+                () = due.changed() => {}
+            }
+        }
+        let slow = first.engine();
+        tracing::debug!(%index, ?slow, "segment silent near its play time: hedged");
+        let second = Watch::new();
+        let hedge = self.fetch_once(
+            manifest,
+            (index, play_from),
+            token,
+            Retry::avoiding(slow),
+            &second,
+        );
+        tokio::pin!(hedge);
+        tokio::select! {
+            result = &mut main => match result {
+                Ok(segment) => Ok(segment),
+                Err(e) => hedge.await.map_err(|_| e),
+            },
+            result = &mut hedge => match result {
+                Ok(segment) => {
+                    // The other fetches of this console pass it over too.
+                    if let Some(slow) = slow.filter(|s| *s != segment.location.engine) {
+                        self.mark_unreachable(slow);
+                    }
+                    tracing::debug!(%index, engine = %segment.location.engine, "the hedge won");
+                    Ok(segment)
+                }
+                Err(_) => main.await,
+            },
+        }
+    }
+
     /// Locates and streams one whole segment, verified; a stream lost on the way
     /// (libp2p-stream drops an inbound stream its receiver is not ready for; an engine dies or
     /// freezes; an engine hands the console over to another, claim 22) is resumed from the
     /// bytes already received, at whichever engine the director names next. Busy answers are
-    /// waited out, refusals are final, and attempts that bring nothing end it ([`Retry`]).
-    pub(crate) async fn fetch(
+    /// waited out, refusals are final, and attempts that bring nothing end it (`retry`).
+    /// Every byte, and the engine of each attempt, is told to `watch`.
+    async fn fetch_once(
         &self,
         manifest: &Manifest,
-        index: SegmentIndex,
+        (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
-        play_from: u64,
-    ) -> Result<Fetched, FetchError> {
-        let mut retry = Retry::default();
+        mut retry: Retry,
+        watch: &Watch,
+    ) -> Result<Segment, FetchError> {
         let mut partial = Vec::new();
         loop {
             let had = partial.len();
-            let attempt = self.attempt(manifest, (index, play_from), token, &mut partial, &retry);
+            let attempt = self.attempt(
+                manifest,
+                (index, play_from),
+                token,
+                (&mut partial, watch),
+                &retry,
+            );
             let (ended, error) = match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
                 Ok(Ok(done)) => {
-                    tracing::debug!(%index, engine = %done.0.engine, director = %done.0.director, "segment fetched");
+                    tracing::debug!(%index, engine = %done.location.engine, director = %done.location.director, "segment fetched");
                     return Ok(done);
                 }
                 Ok(Err(Attempt::Final(e))) => return Err(e),
@@ -269,27 +398,29 @@ impl Fetcher {
                     Ended::Broke {
                         progress: partial.len() > had,
                     },
-                    AttemptError::TimedOut(index),
+                    AttemptError::TimedOut,
                 ),
             };
             if ended.is_wait() {
                 self.waits.fetch_add(1, Ordering::Relaxed);
             }
-            if let Ok(mut recent) = self.unreachable.lock() {
-                match ended {
-                    Ended::Unreachable(engine) => recent.mark(engine, Instant::now()),
-                    Ended::NothingElse => recent.clear(),
-                    _ => {}
+            match ended {
+                Ended::Unreachable(engine) => self.mark_unreachable(engine),
+                Ended::NothingElse => {
+                    if let Ok(mut recent) = self.unreachable.lock() {
+                        recent.clear();
+                    }
                 }
+                _ => {}
             }
             match retry.after(ended) {
                 Next::Again(after) => {
-                    tracing::debug!(%index, ?ended, ?after, error = %error, "segment attempt ended; asking again");
+                    tracing::debug!(%index, ?ended, ?after, error = ?error, "segment attempt ended; asking again");
                     if !after.is_zero() {
                         tokio::time::sleep(after).await;
                     }
                 }
-                Next::GiveUp => return Err(error.into()),
+                Next::GiveUp => return Err(FetchError::GaveUp { index, last: error }),
             }
         }
     }
@@ -326,20 +457,21 @@ impl Fetcher {
     }
 
     /// One attempt: locate, open a stream to the engine named (following a swap), and read
-    /// the segment on from the bytes `partial` already holds.
+    /// the segment on from the bytes `partial` already holds, telling `watch` of each.
     async fn attempt(
         &self,
         manifest: &Manifest,
         (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
-        partial: &mut Vec<u8>,
+        (partial, watch): (&mut Vec<u8>, &Watch),
         retry: &Retry,
-    ) -> Result<Fetched, Attempt> {
+    ) -> Result<Segment, Attempt> {
         let entry = manifest
             .content
             .segment(index.0)
             .ok_or(FetchError::NoSegment(index))?;
         let location = self.locate(manifest, index, retry).await?;
+        watch.at(location.engine);
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
             // Resumed from what earlier attempts received.
@@ -348,15 +480,18 @@ impl Fetcher {
             play_from,
         };
         let (location, s, _slot) = self.open(manifest, entry, location, &request).await?;
-        let engine = location.engine;
-        let bytes = self.read(entry, engine, s, partial).await?;
-        Ok((location, bytes))
+        watch.at(location.engine);
+        let bytes = self
+            .read(entry, location.engine, s, (partial, watch))
+            .await?;
+        Ok(Segment { location, bytes })
     }
 
-    /// Opens the stream of `request` for segment `entry` at the engine `location` names, in turn with this
-    /// console's other fetches from that engine; an engine that hands the console over
-    /// (claim 21) is followed once to the engine with the whole segment. Returns where the
-    /// stream comes from, the stream, and the engine's slot (held while it streams).
+    /// Opens the stream of `request` for segment `entry` at the engine `location` names, in
+    /// turn with this console's other fetches from that engine; an engine that hands the
+    /// console over (claim 21) is followed once to the engine with the whole segment. Returns
+    /// where the stream comes from, the stream, and the engine's slot (held while it
+    /// streams).
     async fn open(
         &self,
         manifest: &Manifest,
@@ -368,25 +503,16 @@ impl Fetcher {
         let client = &self.directors.first;
         loop {
             let engine = location.engine;
-            let unreachable = |reason: String| {
-                Attempt::Ended(
-                    Ended::Unreachable(engine),
-                    AttemptError::Unreachable {
-                        index,
-                        engine,
-                        reason,
-                    },
-                )
-            };
-            let lost = |reason: String| {
+            let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
+            let lost = |cause: std::io::Error| {
                 Attempt::Ended(
                     Ended::Broke { progress: false },
-                    AttemptError::Lost { index, reason },
+                    AttemptError::Lost { engine, cause },
                 )
             };
             let slot = self.slots.take(engine).await;
             if self.is_unreachable(&engine) {
-                return Err(unreachable("found unreachable meanwhile".into()));
+                return Err(unreachable(AttemptError::Avoided(engine)));
             }
             client
                 .add_addresses(engine, location.addrs.clone())
@@ -395,10 +521,8 @@ impl Fetcher {
             let mut s = client
                 .open_stream(engine, wire::PROTOCOL)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            write_frame(&mut s, request)
-                .await
-                .map_err(|e| lost(e.to_string()))?;
+                .map_err(|cause| unreachable(AttemptError::Unreachable { engine, cause }))?;
+            write_frame(&mut s, request).await.map_err(lost)?;
             // A stream dropped before it was read (libp2p-stream's one-deep inbound queue)
             // ends here with an error: the engine is alive, so it is not avoided.
             let reply = tokio::time::timeout(
@@ -406,8 +530,8 @@ impl Fetcher {
                 read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),
             )
             .await
-            .map_err(|_| unreachable("no answer".into()))?
-            .map_err(|e| lost(e.to_string()))?;
+            .map_err(|_| unreachable(AttemptError::NoAnswer(engine)))?
+            .map_err(lost)?;
             match reply {
                 // Claim 21: this engine's copy has not reached our position; its director
                 // names one with the whole segment, which takes us over.
@@ -427,18 +551,21 @@ impl Fetcher {
                     location = located(answer)?;
                 }
                 StreamReply::Swap { .. } => {
-                    return Err(lost("the engine named for a swap is still filling".into()));
+                    return Err(Attempt::Ended(
+                        Ended::Broke { progress: false },
+                        AttemptError::SwapFilling(engine),
+                    ));
                 }
                 StreamReply::Busy => {
                     return Err(Attempt::Ended(
                         Ended::EngineBusy(engine),
-                        AttemptError::Busy { index, engine },
+                        AttemptError::Busy(engine),
                     ));
                 }
                 StreamReply::Absent => {
                     return Err(Attempt::Ended(
                         Ended::Absent(engine),
-                        AttemptError::Absent { index, engine },
+                        AttemptError::Absent(engine),
                     ));
                 }
                 // The engine's one line is the user's one line (`token expired`, ...).
@@ -454,15 +581,14 @@ impl Fetcher {
     }
 
     /// Reads the rest of segment `entry` from `engine`'s stream into `partial` and verifies
-    /// the whole; the bytes, or how the attempt ended.
+    /// the whole, telling `watch` of every byte; the bytes, or how the attempt ended.
     async fn read(
         &self,
         entry: &SegmentEntry,
         engine: PeerId,
         mut s: libp2p::Stream,
-        partial: &mut Vec<u8>,
+        (partial, watch): (&mut Vec<u8>, &Watch),
     ) -> Result<Vec<u8>, Attempt> {
-        let index = SegmentIndex(entry.index);
         let size = entry.size as usize;
         let had = partial.len();
         partial.reserve(size.saturating_sub(had));
@@ -470,23 +596,20 @@ impl Fetcher {
         while partial.len() < size {
             let n = (size - partial.len()).min(buf.len());
             let progress = partial.len() > had;
+            let at = partial.len() as u64;
             let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n])).await {
                 Ok(Ok(got)) => got,
                 Ok(Err(cause)) => {
                     return Err(Attempt::Ended(
                         Ended::Broke { progress },
-                        AttemptError::BrokeOff {
-                            index,
-                            engine,
-                            cause,
-                        },
+                        AttemptError::BrokeOff { engine, at, cause },
                     ));
                 }
                 // Connected but silent (frozen, cut off): resumed elsewhere.
                 Err(_) => {
                     return Err(Attempt::Ended(
                         Ended::Unreachable(engine),
-                        AttemptError::Stalled { index, engine },
+                        AttemptError::Stalled(engine),
                     ));
                 }
             };
@@ -494,14 +617,11 @@ impl Fetcher {
                 // Ended early: handed over, or the engine went away. The next attempt resumes.
                 return Err(Attempt::Ended(
                     Ended::Broke { progress },
-                    AttemptError::EndedEarly {
-                        index,
-                        engine,
-                        at: partial.len() as u64,
-                    },
+                    AttemptError::EndedEarly { engine, at },
                 ));
             }
             partial.extend_from_slice(&buf[..got]);
+            watch.byte();
         }
         let _ = s.close().await;
         let bytes = std::mem::take(partial);
@@ -509,7 +629,7 @@ impl Fetcher {
             // Another attempt starts over at another engine; the bad bytes are never written.
             return Err(Attempt::Ended(
                 Ended::Absent(engine),
-                AttemptError::Unverified { index, engine },
+                AttemptError::Unverified(engine),
             ));
         }
         Ok(bytes)

@@ -28,6 +28,9 @@ use vodmesh_proto::SegmentIndex;
 use vodmesh_proto::director::SegmentLocation;
 use vodmesh_proto::manifest::ManifestContent;
 
+use crate::fetch::Segment;
+use crate::hedge::Clock;
+
 /// How late a segment may be fetched past its play time before it counts as a stall.
 pub(crate) const STALL_SLACK: Duration = Duration::from_millis(50);
 /// The content type of programs of plain bytes (not HLS media), which may be entered at any
@@ -80,6 +83,8 @@ pub struct PlayStats {
     pub handoffs: u32,
     /// Segments that arrived after their play time (realtime only).
     pub stalls: u32,
+    /// The longest of those stalls: how long the play position waited for a segment, in ms.
+    pub longest_stall_ms: u64,
     /// Engines that served, by peer id.
     pub engines: Vec<String>,
     /// Stations (directors) whose engines served.
@@ -192,9 +197,6 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Run(u32);
 
-/// One segment as a fetch brings it: where it came from and its bytes, verified.
-pub(crate) type Segment = (SegmentLocation, Vec<u8>);
-
 /// What happens to playback.
 #[derive(Debug)]
 #[allow(
@@ -230,6 +232,8 @@ pub(crate) enum Action<E> {
         index: SegmentIndex,
         /// The first byte that will be played (a seek into the segment).
         play_from: u64,
+        /// Media time where it plays (its play time on the clock, [`Playback::clock`]).
+        at_ms: u64,
     },
     /// Drop every fetch in flight (a seek, a quit): their streams end, their engines report
     /// the stops.
@@ -398,6 +402,15 @@ impl<'a, E> Playback<'a, E> {
         self.pending.as_ref().and_then(|p| p.release)
     }
 
+    /// The play clock as fetches see it, for their play times: none while it stands (not
+    /// started, paused, `--speed max`).
+    pub(crate) fn clock(&self) -> Clock {
+        match self.speed {
+            Speed::Realtime { .. } if self.paused.is_none() => self.clock,
+            _ => None,
+        }
+    }
+
     /// Where playback stands at `now`, with `waits` busy answers waited out so far.
     pub(crate) fn progress(&mut self, now: Instant, waits: u32) -> Progress<'_> {
         self.stats.waits = waits;
@@ -440,6 +453,19 @@ impl<'a, E> Playback<'a, E> {
         self.refill(out);
     }
 
+    /// Media time where segment `index` of the run starts playing: the run's start for its
+    /// first segment (and the init segment before it).
+    fn start_ms(&self, index: SegmentIndex) -> u64 {
+        let start: u64 = self
+            .content
+            .segments
+            .iter()
+            .take(index.0 as usize)
+            .map(|s| u64::from(s.duration_ms))
+            .sum();
+        start.max(self.run_start_ms)
+    }
+
     /// Starts fetches up to the window.
     fn refill(&mut self, out: &mut Vec<Action<E>>) {
         while self.in_flight.len() < self.window {
@@ -452,6 +478,7 @@ impl<'a, E> Playback<'a, E> {
                 run: self.run,
                 index,
                 play_from,
+                at_ms: self.start_ms(index),
             });
         }
     }
@@ -495,7 +522,12 @@ impl<'a, E> Playback<'a, E> {
     /// Takes up segment `index`, fetched, to be written: where a seek entered it, how long it
     /// plays, when it is released, and whether it came too late (a stall). Whether it waits
     /// for a release time.
-    fn take_up(&mut self, now: Instant, index: SegmentIndex, (location, bytes): Segment) -> bool {
+    fn take_up(
+        &mut self,
+        now: Instant,
+        index: SegmentIndex,
+        Segment { location, bytes }: Segment,
+    ) -> bool {
         let mut duration_ms = self
             .content
             .segment(index.0)
@@ -517,6 +549,8 @@ impl<'a, E> Playback<'a, E> {
             let due = wall + Duration::from_millis(self.media_ms.saturating_sub(at_ms));
             if now > due + STALL_SLACK {
                 self.stats.stalls += 1;
+                let waited = now.saturating_duration_since(due).as_millis() as u64;
+                self.stats.longest_stall_ms = self.stats.longest_stall_ms.max(waited);
                 self.clock = Some((now, self.media_ms));
             } else {
                 // Keep the buffer (at least this segment) ahead of the position.
@@ -681,7 +715,10 @@ mod tests {
             let event = Event::Fetched {
                 run: self.run,
                 index: SegmentIndex(index),
-                result: Ok((location(self.engine, self.director), vec![7; 1000])),
+                result: Ok(Segment {
+                    location: location(self.engine, self.director),
+                    bytes: vec![7; 1000],
+                }),
             };
             self.playback.handle(self.at(ms), event)
         }
@@ -851,7 +888,10 @@ mod tests {
             Event::Fetched {
                 run: old,
                 index: SegmentIndex(4),
-                result: Ok((location(sim.engine, sim.director), vec![1; 1000])),
+                result: Ok(Segment {
+                    location: location(sim.engine, sim.director),
+                    bytes: vec![1; 1000],
+                }),
             },
         );
         assert!(written(&stale).is_empty());

@@ -84,6 +84,14 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
+    /// The retry state of a hedge: `engine` (the one the hedged fetch waits on) avoided.
+    pub(crate) fn avoiding(engine: Option<PeerId>) -> Self {
+        Self {
+            avoid: engine.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
     /// Engines the console could not reach, or that lack the segment.
     pub(crate) fn avoid(&self) -> &[PeerId] {
         &self.avoid
