@@ -685,6 +685,38 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_given_up_is_one_line_that_says_what_to_do_not_what_the_transport_said() {
+        use libp2p::request_response::OutboundFailure;
+        let closed = ClientError::Request(OutboundFailure::ConnectionClosed);
+        let raw = closed.to_string();
+        let lost = FetchError::GaveUp {
+            index: SegmentIndex(5),
+            last: AskError::Client(closed).into(),
+        };
+        // As the binary prints it: the error with its causes.
+        let line = format!("{:#}", anyhow::Error::from(lost));
+        assert!(!line.contains(&raw), "{line}");
+        assert!(!line.contains("Connection was closed"), "{line}");
+        assert!(line.starts_with("segment 5 could not be fetched: the director closed"));
+        assert!(line.ends_with("then play again"), "{line}");
+        assert_eq!(line.lines().count(), 1);
+
+        let engine = PeerId::random();
+        let cause = std::io::Error::other("Connection reset by peer (os error 104)");
+        let broke = FetchError::GaveUp {
+            index: SegmentIndex(2),
+            last: AttemptError::BrokeOff {
+                engine,
+                at: 10,
+                cause,
+            },
+        };
+        let line = format!("{:#}", anyhow::Error::from(broke));
+        assert!(!line.contains("os error"), "{line}");
+        assert!(line.contains("play again later"), "{line}");
+    }
+
+    #[test]
     fn director_answers_are_waits_retries_or_final() {
         let reply = |code| Ok(Response::Error(ErrorReply::new(code, "no")));
         assert!(matches!(
