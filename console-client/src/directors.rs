@@ -140,6 +140,14 @@ impl Directors {
             .is_some_and(|at| at.elapsed() < FIRST_DOWN_FOR)
     }
 
+    /// Passes the first director over for a while, as if it had failed: a fetch waiting on its
+    /// answer was hedged (it is slow: cut off, frozen, or stuck on a look-up of its own).
+    pub(crate) fn pass_over_first(&self) {
+        if let Ok(mut down) = self.first_down.lock() {
+            *down = Some(Instant::now());
+        }
+    }
+
     /// Asks the first director, noting when it fails.
     async fn ask_first(&self, request: Request) -> Result<Response, AskError> {
         let answer = self.first.request(request).await;

@@ -222,10 +222,10 @@ pub struct Segment {
 }
 
 /// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
-/// ([`crate::hedge`]): when the last byte came (or the fetch started), and the engine it is
-/// at.
+/// ([`crate::hedge`]): when the last byte came (or the fetch started), and where the fetch
+/// is (the engine and its director; none while it asks a director).
 struct Watch {
-    state: Mutex<(Instant, Option<PeerId>)>,
+    state: Mutex<(Instant, Option<(PeerId, PeerId)>)>,
 }
 
 impl Watch {
@@ -241,9 +241,10 @@ impl Watch {
         }
     }
 
-    fn at(&self, engine: PeerId) {
+    /// The attempt is at `location`'s engine now (none: asking a director).
+    fn at(&self, location: Option<&SegmentLocation>) {
         if let Ok(mut s) = self.state.lock() {
-            s.1 = Some(engine);
+            s.1 = location.map(|l| (l.engine, l.director));
         }
     }
 
@@ -251,7 +252,8 @@ impl Watch {
         self.state.lock().map_or_else(|_| Instant::now(), |s| s.0)
     }
 
-    fn engine(&self) -> Option<PeerId> {
+    /// The engine the fetch is at, and its director.
+    fn at_engine(&self) -> Option<(PeerId, PeerId)> {
         self.state.lock().ok().and_then(|s| s.1)
     }
 }
@@ -302,7 +304,8 @@ impl Fetcher {
 
     /// Fetches one whole segment, verified ([`Fetcher::fetch_once`]), to be played at `due`:
     /// when it brings nothing as its play time nears ([`hedge::decide`]), a second fetch
-    /// asks the director again with the silent engine in `avoid`, and the first of the two to
+    /// asks the director again with the silent engine in `avoid` (or, when the first fetch
+    /// still waits on a director, the rest of the swarm first), and the first of the two to
     /// bring the segment wins; the other is dropped.
     pub(crate) async fn fetch(
         &self,
@@ -333,8 +336,14 @@ impl Fetcher {
                 () = due.changed() => {}
             }
         }
-        let slow = first.engine();
+        let at = first.at_engine();
+        let slow = at.map(|(engine, _)| engine);
         tracing::debug!(%index, ?slow, "segment silent near its play time: hedged");
+        if at.is_none_or(|(_, director)| director == self.directors.first.peer()) {
+            // Waiting on the first director, or on an engine of its station (frozen or cut
+            // off with it, likely): the hedge asks the rest of the swarm first.
+            self.directors.pass_over_first();
+        }
         let second = Watch::new();
         let hedge = self.fetch_once(
             manifest,
@@ -470,8 +479,9 @@ impl Fetcher {
             .content
             .segment(index.0)
             .ok_or(FetchError::NoSegment(index))?;
+        watch.at(None);
         let location = self.locate(manifest, index, retry).await?;
-        watch.at(location.engine);
+        watch.at(Some(&location));
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
             // Resumed from what earlier attempts received.
@@ -480,7 +490,7 @@ impl Fetcher {
             play_from,
         };
         let (location, s, _slot) = self.open(manifest, entry, location, &request).await?;
-        watch.at(location.engine);
+        watch.at(Some(&location));
         let bytes = self
             .read(entry, location.engine, s, (partial, watch))
             .await?;
