@@ -14,8 +14,9 @@
 //! - **Window.** A run fetches ahead: two segments at `--speed max`, enough to cover the
 //!   buffer at `--speed 1` (at most eight); segments are written in order, a segment fetched
 //!   early waits for those before it.
-//! - **Clock.** The play position runs on the wall clock from the first segment written;
-//!   a pause stops it. A segment is released `buffer` (at least its own length) before its
+//! - **Clock.** The play position runs on the wall clock from the first segment written,
+//!   which at `--speed 1` waits until the segments fetched cover the buffer (a full buffer
+//!   from the start); a pause stops it. A segment is released `buffer` (at least its own length) before its
 //!   play time; one fetched after its play time (plus [`STALL_SLACK`]) is a stall, and the
 //!   clock restarts from it.
 
@@ -510,13 +511,46 @@ impl<'a, E> Playback<'a, E> {
                 }
             }
         }
+        let due = (self.pending.as_ref())
+            .is_some_and(|p| p.release.is_none_or(|r| r <= now) && self.prebuffered(p));
         if self.paused.is_none()
-            && let Some(p) = self.pending.take_if(|p| p.release.is_none_or(|r| r <= now))
+            && due
+            && let Some(p) = self.pending.take()
         {
             self.write(now, p, out);
             self.refill(out);
         }
         out.push(Action::Progress);
+    }
+
+    /// Whether the run may start its clock with `pending` (its first segment): at `--speed
+    /// 1` only once the segments fetched from it on, in order, cover the buffer (or all in
+    /// flight are fetched, or one failed). A run starts on a full buffer, as a player does,
+    /// so a fetch that fails among the first segments has the whole buffer to be hedged or
+    /// retried in, not one segment.
+    fn prebuffered(&self, pending: &Pending) -> bool {
+        let Speed::Realtime { buffer } = self.speed else {
+            return true;
+        };
+        if self.clock.is_some() {
+            return true;
+        }
+        let want = buffer.as_millis() as u64;
+        let mut have = pending.duration_ms;
+        for index in &self.in_flight {
+            if have >= want {
+                return true;
+            }
+            match self.ready.get(index) {
+                Some(Ok(_)) => {
+                    have += (self.content.segment(index.0)).map_or(0, |e| u64::from(e.duration_ms));
+                }
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+        // The window is all fetched: nothing more comes before the clock starts.
+        true
     }
 
     /// Takes up segment `index`, fetched, to be written: where a seek entered it, how long it
@@ -796,38 +830,52 @@ mod tests {
             buffer: Duration::from_secs(2),
         };
         let (mut sim, _) = Sim::start(&content, speed, 0);
-        // The first segment is written when it arrives, and starts the clock.
-        assert_eq!(written(&sim.fetched(100, 0)), vec![1000]);
-        // Segments 1 and 2 play at 1.1 s and 2.1 s: within the buffer, written at once.
+        // Segment 0 alone is half the buffer: nothing is written yet, the clock stands.
+        assert!(written(&sim.fetched(100, 0)).is_empty());
+        assert_eq!(sim.playback.clock(), None);
+        // Segment 1 fills the buffer: segment 0 is written and starts the clock, then
+        // segment 1 (it plays at 1.15 s, within the buffer).
         assert_eq!(written(&sim.fetched(150, 1)), vec![1000]);
+        assert_eq!(sim.playback.clock(), Some((sim.at(150), 0)));
+        assert!(sim.playback.wants_step());
+        assert_eq!(written(&sim.tick(150)), vec![1000]);
+        // Segment 2 plays at 2.15 s: within the buffer, written at once.
         assert_eq!(written(&sim.fetched(200, 2)), vec![1000]);
-        // Segment 3 plays at 3.1 s: released 2 s before, at 1.1 s.
+        // Segment 3 plays at 3.15 s: released 2 s before, at 1.15 s.
         let early = sim.fetched(250, 3);
         assert!(written(&early).is_empty());
         assert!(
             !early.iter().any(|a| matches!(a, Action::Progress)),
             "no report for a segment taken up to wait"
         );
-        assert_eq!(sim.playback.wake_at(), Some(sim.at(1100)));
-        assert!(written(&sim.tick(1099)).is_empty());
-        assert_eq!(written(&sim.tick(1100)), vec![1000]);
-        let p = sim.playback.progress(sim.at(1100), 0);
+        assert_eq!(sim.playback.wake_at(), Some(sim.at(1150)));
+        assert!(written(&sim.tick(1149)).is_empty());
+        assert_eq!(written(&sim.tick(1150)), vec![1000]);
+        let p = sim.playback.progress(sim.at(1150), 0);
         assert_eq!((p.position_ms, p.buffered_ms), (1000, 3000));
+        assert_eq!(
+            p.stats.startup_ms, 150,
+            "from the ask to the first byte written"
+        );
         assert_eq!(p.stats.stalls, 0);
     }
 
     #[test]
     fn a_segment_fetched_after_its_play_time_is_a_stall_and_the_clock_restarts() {
         let content = program(BYTES, 10);
-        let (mut sim, _) = Sim::start(&content, Speed::REALTIME, 0);
-        sim.fetched(0, 0);
+        let speed = Speed::Realtime {
+            buffer: Duration::from_secs(1),
+        };
+        let (mut sim, _) = Sim::start(&content, speed, 0);
+        // One segment covers the buffer: written at once.
+        assert_eq!(written(&sim.fetched(0, 0)), vec![1000]);
         // Segment 1 was due at 1 s; 50 ms late is still on time.
         assert_eq!(written(&sim.fetched(1050, 1)), vec![1000]);
         assert_eq!(sim.playback.progress(sim.at(1050), 0).stats.stalls, 0);
         // Segment 2 was due at 2 s and comes at 3 s: a stall; the position restarts there.
         assert_eq!(written(&sim.fetched(3000, 2)), vec![1000]);
         let p = sim.playback.progress(sim.at(3500), 0);
-        assert_eq!(p.stats.stalls, 1);
+        assert_eq!((p.stats.stalls, p.stats.longest_stall_ms), (1, 1000));
         assert_eq!(
             p.position_ms, 2500,
             "the clock restarted at segment 2's start"
