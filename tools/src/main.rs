@@ -97,6 +97,13 @@ enum Cmd {
         /// (bytes, segments, rate). On a terminal a progress bar is shown anyway.
         #[arg(long)]
         progress: bool,
+        /// A host an HLS playlist's segments may be fetched from besides the playlist's own
+        /// (repeatable; a name, or an IP address as it is written in the URIs). Segment URIs
+        /// on other hosts are refused: a playlist from elsewhere must not make this machine
+        /// fetch from its own network (metadata services, local ports). A local playlist's
+        /// files must be in its directory or below.
+        #[arg(long, value_name = "HOST")]
+        allow_host: Vec<String>,
         /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
         /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
@@ -395,6 +402,7 @@ async fn run(args: Args) -> Result<()> {
             segment_size,
             bitrate,
             progress,
+            allow_host,
             source,
         } => {
             let publish_at_ms = publish_at
@@ -402,6 +410,7 @@ async fn run(args: Args) -> Result<()> {
                 .map(ingest::parse_publish_at)
                 .transpose()?;
             let opts = ingest::IngestOptions {
+                allow_hosts: allow_host,
                 node,
                 key,
                 title,
