@@ -161,7 +161,8 @@ impl Directors {
     }
 
     /// Sends `request` to the first director, then to the content managers and other
-    /// stations of the swarm, until one answers with something other than `NotFound`.
+    /// stations of the swarm, until one answers with something other than `NotFound` or
+    /// `Busy` (a busy answer is the answer only when no other station has better).
     ///
     /// A first director that cannot be reached (its station went down) is passed over for
     /// a while: the console carries on with the rest of the swarm, which it learned at the
@@ -185,20 +186,31 @@ impl Directors {
             let known = self.clients.lock().await;
             stations.sort_by_key(|s| !known.contains_key(&s.director));
         }
+        // A busy answer (that station's misses at their cap, its holders busy) is kept for
+        // when no other station has better.
+        let mut busy = None;
         for station in stations {
             let Some(client) = self.client(station).await else {
                 continue;
             };
             match client.request(request.clone()).await {
                 Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
+                Ok(Response::Error(e)) if e.code == ErrorCode::Busy => {
+                    busy.get_or_insert(Response::Error(e));
+                }
                 Ok(answer) => return Ok(answer),
                 Err(_) => continue,
             }
         }
-        if skipped {
-            // Nobody else answered: the first may be back.
-            return self.ask_first(request).await;
+        let first = match skipped {
+            // Nobody else could serve: the first may be back.
+            true => self.ask_first(request).await,
+            false => first,
+        };
+        match (first, busy) {
+            (Ok(Response::Error(e)), Some(busy)) if e.code == ErrorCode::NotFound => Ok(busy),
+            (Err(_), Some(busy)) => Ok(busy),
+            (first, _) => first,
         }
-        first
     }
 }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::stream::FuturesUnordered;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vodmesh_proto::codec::{read_frame, write_frame};
@@ -32,6 +33,8 @@ use crate::retry::{Ended, Next, Recent, Retry};
 /// than an engine waits for a filling copy's next bytes (5 s), so a slow copy is not mistaken
 /// for a stuck engine.
 pub const READ_STALL: Duration = Duration::from_secs(7);
+/// Fetches of one segment racing at most: the first and two hedges.
+const MAX_RACING: usize = 3;
 /// How long one attempt at a segment may take in all.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
 /// Engines whose turns are remembered before those nobody holds are forgotten.
@@ -302,73 +305,97 @@ impl Fetcher {
         }
     }
 
-    /// Fetches one whole segment, verified ([`Fetcher::fetch_once`]), to be played at `due`:
-    /// when it brings nothing as its play time nears ([`hedge::decide`]), a second fetch
-    /// asks the director again with the silent engine in `avoid` (or, when the first fetch
-    /// still waits on a director, the rest of the swarm first), and the first of the two to
-    /// bring the segment wins; the other is dropped.
+    /// Fetches one whole segment, verified ([`Fetcher::fetch_once`]), to be played at `due`.
+    /// When the newest fetch brings nothing as the play time nears ([`hedge::decide`]),
+    /// another races it (at most [`MAX_RACING`] in all): it asks again with the engines the
+    /// others wait on in `avoid` (and, when the newest waits on the first director or an
+    /// engine of its station, the rest of the swarm first). The first to bring the segment
+    /// wins; the others are dropped. Only when every one failed does the fetch fail, with the
+    /// first one's error.
     pub(crate) async fn fetch(
         &self,
         manifest: &Manifest,
-        (index, play_from): (SegmentIndex, u64),
+        at: (SegmentIndex, u64),
         token: Option<&[u8]>,
         mut due: Due,
     ) -> Result<Segment, FetchError> {
-        let first = Watch::new();
-        let main = self.fetch_once(
-            manifest,
-            (index, play_from),
-            token,
-            Retry::default(),
-            &first,
-        );
-        tokio::pin!(main);
+        let index = at.0;
+        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new());
+        let mut racing = FuturesUnordered::new();
+        racing.push(self.fetch_once(manifest, at, token, Retry::default(), &watches[0]));
+        let mut started = 1;
+        let mut first_error = None;
         loop {
-            let now = Instant::now();
-            let Choice::Wait(until) = hedge::decide(now, first.last_byte(), due.at(), due.buffer)
-            else {
-                break;
+            let newest = &watches[started - 1];
+            let choice = match started < MAX_RACING {
+                true => hedge::decide(Instant::now(), newest.last_byte(), due.at(), due.buffer),
+                // No more racers: wait for those running.
+                false => Choice::Wait(Instant::now() + ATTEMPT_LIMIT),
+            };
+            let until = match choice {
+                Choice::Hedge => {
+                    let waiting: Vec<(PeerId, PeerId)> = watches[..started]
+                        .iter()
+                        .filter_map(Watch::at_engine)
+                        .collect();
+                    let slow = newest.at_engine();
+                    tracing::debug!(%index, slow = ?slow.map(|(e, _)| e), racing = started + 1, "segment silent near its play time: hedged");
+                    if slow.is_none_or(|(_, director)| director == self.directors.first.peer()) {
+                        // Waiting on the first director, or on an engine of its station (frozen
+                        // or cut off with it, likely): the rest of the swarm is asked first.
+                        self.directors.pass_over_first();
+                    }
+                    let avoid = waiting.iter().map(|(engine, _)| *engine).collect();
+                    let watch = &watches[started];
+                    watch.byte();
+                    racing.push(self.fetch_once(
+                        manifest,
+                        at,
+                        token,
+                        Retry::avoiding(avoid),
+                        watch,
+                    ));
+                    started += 1;
+                    continue;
+                }
+                Choice::Wait(until) => until,
             };
             tokio::select! {
-                result = &mut main => return result,
+                done = racing.next() => match done {
+                    Some(Ok(segment)) => {
+                        if started > 1 {
+                            self.passed_over(&watches[..started], &segment);
+                            tracing::debug!(%index, engine = %segment.location.engine, "a race won");
+                        }
+                        return Ok(segment);
+                    }
+                    Some(Err(e)) => {
+                        let e = first_error.take().unwrap_or(e);
+                        if racing.is_empty() {
+                            return Err(e);
+                        }
+                        first_error = Some(e);
+                    }
+                    None => {}
+                },
                 () = tokio::time::sleep_until(until.into()) => {}
                 // Paused, resumed, restarted after a stall: the play time moved.
                 () = due.changed() => {}
             }
         }
-        let at = first.at_engine();
-        let slow = at.map(|(engine, _)| engine);
-        tracing::debug!(%index, ?slow, "segment silent near its play time: hedged");
-        if at.is_none_or(|(_, director)| director == self.directors.first.peer()) {
-            // Waiting on the first director, or on an engine of its station (frozen or cut
-            // off with it, likely): the hedge asks the rest of the swarm first.
-            self.directors.pass_over_first();
-        }
-        let second = Watch::new();
-        let hedge = self.fetch_once(
-            manifest,
-            (index, play_from),
-            token,
-            Retry::avoiding(slow),
-            &second,
-        );
-        tokio::pin!(hedge);
-        tokio::select! {
-            result = &mut main => match result {
-                Ok(segment) => Ok(segment),
-                Err(e) => hedge.await.map_err(|_| e),
-            },
-            result = &mut hedge => match result {
-                Ok(segment) => {
-                    // The other fetches of this console pass it over too.
-                    if let Some(slow) = slow.filter(|s| *s != segment.location.engine) {
-                        self.mark_unreachable(slow);
-                    }
-                    tracing::debug!(%index, engine = %segment.location.engine, "the hedge won");
-                    Ok(segment)
-                }
-                Err(_) => main.await,
-            },
+    }
+
+    /// After a race that `won`: the engines the other racers waited on silently are passed
+    /// over by this console's other fetches too.
+    fn passed_over(&self, watches: &[Watch], won: &Segment) {
+        let now = Instant::now();
+        for watch in watches {
+            if let Some((engine, _)) = watch.at_engine()
+                && engine != won.location.engine
+                && now.saturating_duration_since(watch.last_byte()) >= hedge::SILENCE
+            {
+                self.mark_unreachable(engine);
+            }
         }
     }
 

@@ -84,10 +84,11 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
-    /// The retry state of a hedge: `engine` (the one the hedged fetch waits on) avoided.
-    pub(crate) fn avoiding(engine: Option<PeerId>) -> Self {
+    /// The retry state of a hedge: the engines the fetches it races wait on avoided.
+    pub(crate) fn avoiding(mut avoid: Vec<PeerId>) -> Self {
+        avoid.truncate(MAX_NAMED);
         Self {
-            avoid: engine.into_iter().collect(),
+            avoid,
             ..Self::default()
         }
     }
