@@ -19,9 +19,10 @@ const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
 /// Why no director answered.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    /// The request to a director failed on the way.
+    /// The request to a director failed on the way. Not a `source`: a user's line says what
+    /// failed and what to do ([`client_line`]), not what the transport said.
     #[error("{}", client_line(.0))]
-    Client(#[from] ClientError),
+    Client(ClientError),
     /// The first director failed lately and nobody else answered.
     #[error("director {0} is down")]
     Down(PeerId),
@@ -31,6 +32,12 @@ pub enum AskError {
     /// A director of the swarm that cannot be reached.
     #[error("cannot reach director {0}")]
     Unreachable(PeerId),
+}
+
+impl From<ClientError> for AskError {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
 }
 
 /// The one line a user sees for a failed connection or request: what failed and what to do,

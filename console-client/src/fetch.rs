@@ -737,6 +737,25 @@ mod tests {
         assert!(line.starts_with("segment 5 could not be fetched: the director closed"));
         assert!(line.ends_with("then play again"), "{line}");
         assert_eq!(line.lines().count(), 1);
+        // Opening the program: the director's address, and what to do.
+        let addr: libp2p::Multiaddr = "/ip4/10.77.0.3/tcp/4001".parse().expect("a multiaddr");
+        let refused = ClientError::Unreachable {
+            addr: addr.clone(),
+            reason: Box::new(vodmesh_client::rpc::DialFailure::TimedOut),
+        };
+        let line = format!(
+            "{:#}",
+            anyhow::Error::from(crate::play::PlayError::from(
+                crate::session::SessionError::from(refused),
+            ))
+        );
+        assert_eq!(
+            line,
+            format!(
+                "cannot reach the director at {addr}: check that its station runs and the \
+                 address (--node)"
+            )
+        );
 
         let engine = PeerId::random();
         let cause = std::io::Error::other("Connection reset by peer (os error 104)");

@@ -25,9 +25,10 @@ use crate::hedge::Due;
 /// Why a program could not be opened. The `Display` text is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The director could not be reached.
+    /// The director could not be reached (not a `source`: the line says what to do, not
+    /// what the transport said).
     #[error("{}", crate::directors::client_line(.0))]
-    Client(#[from] ClientError),
+    Client(ClientError),
     /// No director answered.
     #[error(transparent)]
     Ask(#[from] AskError),
@@ -46,6 +47,12 @@ pub enum SessionError {
     /// The program's manifest does not verify.
     #[error("the program's manifest does not verify: {0}")]
     Manifest(#[from] ManifestError),
+}
+
+impl From<ClientError> for SessionError {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
 }
 
 /// A console token that a refresher may replace while segments are being fetched.
