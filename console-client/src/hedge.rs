@@ -3,9 +3,10 @@
 //!
 //! A fetch whose stream (or whose wait for a stream: a director's answer, the engine's turn,
 //! its reply) has brought no byte for a while is *hedged* once the play position comes within
-//! `margin` of the segment's play time, half the buffer (at least [`MIN_MARGIN`]): a second
-//! fetch asks the director again with the silent engine in `avoid`, and whichever of the two
-//! brings the verified segment first wins; the other is dropped. An engine that freezes, a
+//! `margin` of the segment's play time, half the buffer (at least [`MIN_MARGIN`]): another
+//! fetch asks again with the silent engine in `avoid`, and whichever brings the verified
+//! segment first wins; the others are dropped (a hedge that is silent too is hedged in turn,
+//! up to three fetches: `crate::fetch`). An engine that freezes, a
 //! link that goes silent, a filling copy whose source went quiet then cost the console at
 //! most the silence and one more fetch, and the buffer rides them out.
 //!
