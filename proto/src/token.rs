@@ -281,6 +281,10 @@ pub struct Claims {
     /// Unique id.
     #[serde(rename = "id")]
     pub id: TokenId,
+    /// The subscriber a console token was issued to at login, so that a refresh follows what
+    /// became of her (disabled, removed, other rights); `None` in other tokens.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Claims {
@@ -372,6 +376,7 @@ impl Issuer {
             not_before_ms,
             expires_ms,
             id: TokenId::random(),
+            user: None,
         })
     }
 

@@ -163,10 +163,13 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
     // A subscriber, added by the home station's admin, logs in from a console.
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "correct horse battery staple\n")?;
+    let key = dir.path().join("station-0").join("identity.key");
     admin::user_add(
         home.addr(),
-        &dir.path().join("station-0").join("identity.key"),
-        None,
+        admin::AdminKey {
+            key: &key,
+            token: None,
+        },
         "viewer",
         &password_file,
         false,

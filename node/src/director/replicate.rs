@@ -130,6 +130,9 @@ impl Replicating {
                 peers,
                 reply,
             } => {
+                // Approvals past their time go when another comes: the map holds live ones.
+                let now = now_ms();
+                self.allowed.retain(|_, (until, _)| *until > now);
                 self.allowed.insert(station, (until_ms, peers));
                 return Some(reply);
             }
