@@ -229,13 +229,30 @@ pub struct Segment {
 /// is (the engine and its director; none while it asks a director).
 struct Watch {
     state: Mutex<(Instant, Option<(PeerId, PeerId)>)>,
+    /// Waiting for its turn at an engine this console streams from already: not silent
+    /// (that stream is the engine's work; a frozen one is hedged itself).
+    queued: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
     fn new() -> Self {
         Self {
             state: Mutex::new((Instant::now(), None)),
+            queued: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the fetch waits for its turn at its engine ([`EngineSlots`]); leaving the
+    /// queue starts its silence afresh.
+    fn queue(&self, queued: bool) {
+        self.queued.store(queued, Ordering::Relaxed);
+        if !queued {
+            self.byte();
+        }
+    }
+
+    fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
     }
 
     fn byte(&self) {
@@ -327,10 +344,13 @@ impl Fetcher {
         let mut first_error = None;
         loop {
             let newest = &watches[started - 1];
-            let choice = match started < MAX_RACING {
-                true => hedge::decide(Instant::now(), newest.last_byte(), due.at(), due.buffer),
+            let now = Instant::now();
+            let choice = match (started < MAX_RACING, newest.is_queued()) {
+                (true, false) => hedge::decide(now, newest.last_byte(), due.at(), due.buffer),
+                // In turn behind this console's own stream from its engine: looked at again.
+                (true, true) => Choice::Wait(now + hedge::SILENCE),
                 // No more racers: wait for those running.
-                false => Choice::Wait(Instant::now() + ATTEMPT_LIMIT),
+                (false, _) => Choice::Wait(now + ATTEMPT_LIMIT),
             };
             let until = match choice {
                 Choice::Hedge => {
@@ -516,7 +536,9 @@ impl Fetcher {
             token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
             play_from,
         };
-        let (location, s, _slot) = self.open(manifest, entry, location, &request).await?;
+        let (location, s, _slot) = self
+            .open(manifest, entry, (location, watch), &request)
+            .await?;
         watch.at(Some(&location));
         let bytes = self
             .read(entry, location.engine, s, (partial, watch))
@@ -533,7 +555,7 @@ impl Fetcher {
         &self,
         manifest: &Manifest,
         entry: &SegmentEntry,
-        mut location: SegmentLocation,
+        (mut location, watch): (SegmentLocation, &Watch),
         request: &StreamRequest,
     ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit), Attempt> {
         let index = request.segment.index;
@@ -547,7 +569,9 @@ impl Fetcher {
                     AttemptError::Lost { engine, cause },
                 )
             };
+            watch.queue(true);
             let slot = self.slots.take(engine).await;
+            watch.queue(false);
             if self.is_unreachable(&engine) {
                 return Err(unreachable(AttemptError::Avoided(engine)));
             }
