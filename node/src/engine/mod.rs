@@ -288,6 +288,7 @@ pub async fn start(
         trusted,
         handovers: stream::Handovers::default(),
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
+        arriving: stream::Arriving::default(),
     };
 
     let _ = reports
@@ -306,6 +307,7 @@ pub async fn start(
         copier,
         expectations: Expectations::default(),
         handovers: streams.handovers.clone(),
+        arriving: streams.arriving.clone(),
         jobs: JoinSet::new(),
         preloads: Arc::new(tokio::sync::Semaphore::new(MAX_PRELOADS)),
     };
@@ -350,6 +352,8 @@ struct Blade {
     copier: copy::Copier,
     expectations: Expectations,
     handovers: stream::Handovers,
+    /// Copies ordered lately, which a console sent here may wait for.
+    arriving: stream::Arriving,
     /// Copies, preloads and delayed removals.
     jobs: JoinSet<()>,
     /// Preloads reading at once ([`MAX_PRELOADS`]).
@@ -485,6 +489,7 @@ impl Blade {
                 held_elsewhere,
                 done,
             } => {
+                self.arriving.ordered(segment);
                 let job = copy::Job {
                     segment,
                     expect,
