@@ -194,13 +194,29 @@ enum Fate {
     Frozen,
 }
 
+/// How the console plays in [`engine_process_fails_mid_play`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    /// `--speed max`: 16 segments of 1 MiB.
+    Max,
+    /// `--speed 1 --buffer 2`: 16 segments of 128 KiB at 1 Mbit/s (about a second each).
+    Realtime,
+}
+
 /// A station of two engine processes (home, auth, content manager) and a second station with
-/// a complete replica; `vodmesh-console play --speed max --out -` through the home station;
+/// a complete replica; `vodmesh-console play --out -` at `pace` through the home station;
 /// once the console has written the first segment, the first engine process meets `fate`.
-/// The play finishes with the program's exact bytes. Returns the console's debug log and the
-/// first engine's peer id.
-fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
+/// The play finishes with the program's exact bytes. Returns the console's debug log, its
+/// `--stats` and the first engine's peer id.
+fn engine_process_fails_mid_play(
+    fate: Fate,
+    pace: Pace,
+) -> Result<(String, serde_json::Value, String)> {
     const SEGMENTS: u32 = 16;
+    let segment_size = match pace {
+        Pace::Max => MIB,
+        Pace::Realtime => 128 * 1024,
+    };
     let dir = tempfile::tempdir()?;
     let (e1_data, e2_data) = (dir.path().join("e1"), dir.path().join("e2"));
     let e1_peer = keygen(None, &e1_data.join("identity.key"))?;
@@ -233,12 +249,17 @@ fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
     let console = dir.path().join("console");
     subscriber(&home.addr, &home.key(), &console, "fay")?;
     let source = dir.path().join("program.bin");
-    let bytes = random_file(&source, SEGMENTS as usize * MIB, 17)?;
-    let program = Ingest::new(&home.addr, &home.key(), "sturdy", &source)
+    let bytes = random_file(&source, SEGMENTS as usize * segment_size, 17)?;
+    let mut ingest = Ingest::new(&home.addr, &home.key(), "sturdy", &source)
         .publish_now()
-        .segment_size(MIB)
-        .replicas(1)
-        .run()?;
+        .segment_size(segment_size)
+        .replicas(1);
+    let mut play = Play::new(&console, &home.addr, "sturdy");
+    if pace == Pace::Realtime {
+        ingest = ingest.bitrate(1_000_000);
+        play = play.speed("1").args(&["--buffer", "2"]);
+    }
+    let program = ingest.run()?;
     tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
         &replica.addr,
         program.parse()?,
@@ -246,13 +267,10 @@ fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
         Duration::from_secs(60),
     ))?;
 
-    let mut playing = Play::new(&console, &home.addr, &program)
-        .to_stdout()
-        .debug()
-        .spawn()?;
+    let mut playing = play.to_stdout().debug().spawn()?;
     // The console writes into the pipe only as fast as it is read: once the first segment
     // is read, the rest is yet to be fetched (but for the segments in its window).
-    playing.read(MIB)?;
+    playing.read(segment_size)?;
     let kept = match fate {
         Fate::Killed => {
             e1.kill()?;
@@ -273,23 +291,16 @@ fn engine_process_fails_mid_play(fate: Fate) -> Result<(String, String)> {
     );
     assert_eq!(played.stats["verified"], true, "{}", played.stats);
     assert_eq!(played.stats["segments"], SEGMENTS, "{}", played.stats);
-    Ok((played.log, e1_peer))
+    Ok((played.log, played.stats, e1_peer))
 }
 
-#[test]
-fn an_engine_process_killed_mid_play_costs_the_console_nothing() -> Result<()> {
-    engine_process_fails_mid_play(Fate::Killed)?;
-    Ok(())
-}
-
-/// A frozen engine process (SIGSTOP) stays connected and sends nothing: the console finds it
-/// unreachable (no byte, or no answer, within the stall limit) and the segment is resumed at
-/// another holder, which the console's log names.
-#[test]
-fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Result<()> {
-    let (log, frozen) = engine_process_fails_mid_play(Fate::Frozen)?;
-    // "segment attempt ended; asking again index=K ended=Unreachable(PeerId("<frozen>"))"
+/// The segment the console's log shows it passed the frozen engine over for (found
+/// unreachable, or hedged at another holder), and the engine that served that segment.
+fn passed_over(log: &str, frozen: &str) -> Result<(String, String)> {
+    // "segment attempt ended; asking again index=K ended=Unreachable(PeerId("<frozen>"))",
+    // "segment silent near its play time: hedged index=K slow=Some(PeerId("<frozen>"))"
     let unreachable = format!("ended=Unreachable(PeerId(\"{frozen}\"))");
+    let hedged = format!("slow=Some(PeerId(\"{frozen}\"))");
     let index_of = |line: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix("index="))
@@ -297,11 +308,9 @@ fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Resu
     };
     let stalled = log
         .lines()
-        .find(|l| l.contains(&unreachable))
+        .find(|l| l.contains(&unreachable) || l.contains(&hedged))
         .and_then(index_of)
-        .with_context(|| {
-            format!("the console never found the frozen engine unreachable:\n{log}")
-        })?;
+        .with_context(|| format!("the console never passed the frozen engine over:\n{log}"))?;
     let served = log
         .lines()
         .filter(|l| l.contains("segment fetched"))
@@ -312,9 +321,41 @@ fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Resu
                 .map(str::to_string)
         })
         .with_context(|| format!("segment {stalled} was never fetched:\n{log}"))?;
+    Ok((stalled, served))
+}
+
+#[test]
+fn an_engine_process_killed_mid_play_costs_the_console_nothing() -> Result<()> {
+    engine_process_fails_mid_play(Fate::Killed, Pace::Max)?;
+    Ok(())
+}
+
+/// A frozen engine process (SIGSTOP) stays connected and sends nothing: the console finds it
+/// unreachable, or silent, and the segment is fetched at another holder, which the console's
+/// log names.
+#[test]
+fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Result<()> {
+    let (log, _, frozen) = engine_process_fails_mid_play(Fate::Frozen, Pace::Max)?;
+    let (stalled, served) = passed_over(&log, &frozen)?;
     assert_ne!(
         served, frozen,
         "segment {stalled} was served by the frozen engine"
     );
+    Ok(())
+}
+
+/// At `--speed 1 --buffer 2`, an engine process frozen mid-play (with a second holder of
+/// every segment at another station) costs the console no stall: its silent fetch is hedged
+/// at the other holder before the buffer runs dry (issue 17).
+#[test]
+fn an_engine_process_frozen_at_speed_one_costs_no_stall() -> Result<()> {
+    let (log, stats, frozen) = engine_process_fails_mid_play(Fate::Frozen, Pace::Realtime)?;
+    let (stalled, served) = passed_over(&log, &frozen)?;
+    assert_ne!(
+        served, frozen,
+        "segment {stalled} was served by the frozen engine"
+    );
+    assert_eq!(stats["stalls"], 0, "the 2 s buffer ran dry: {stats}");
+    assert_eq!(stats["longest_stall_ms"], 0, "{stats}");
     Ok(())
 }

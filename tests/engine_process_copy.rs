@@ -212,6 +212,103 @@ async fn without_enrollment_an_engine_process_copies_nothing_and_the_holder_serv
     Ok(())
 }
 
+/// A home station whose only engine is a process holds two programs; station b fills a miss
+/// of the first from it (the home's director approves b's engines for copies). The engine
+/// process is SIGKILLed and restarted on its data: a miss of the second program at b is
+/// copied from it at once, as before, not refused until the home checks b again (issue 17:
+/// a restarted engine process forgot its director's approvals and refused copies for
+/// minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_engine_process_serves_copies_again_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let engine_data = dir.path().join("engine");
+    let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(0)
+        .args(&["--engine-peer", &engine_peer])
+        .home()
+        .ttl(10)
+        .metrics()
+        .start()?;
+    let home_metrics = home.metrics_url()?;
+    let issuer = home.issuer()?;
+    let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
+    let addr = home.addr.clone();
+    let want = vec![(engine_peer.clone(), true)];
+    let attached = move || Ok(status::engines_up(&addr)? == want);
+    wait::until_blocking(
+        "the engine process to attach",
+        Duration::from_secs(30),
+        attached.clone(),
+    )
+    .await?;
+    let b = Node::new(&dir.path().join("b"))
+        .engines(1)
+        .ttl(10)
+        .metrics()
+        .enrolled_with(&home)?
+        .start()?;
+    let (b_engine, b_metrics) = (b.engine()?, b.metrics_url()?);
+    let (home_addr, b_peer) = (home.addr.clone(), b.peer());
+    wait::until_blocking(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        move || Ok(status::directors(&home_addr)?.contains(&b_peer)),
+    )
+    .await?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "kim")?;
+    let programs: Vec<(String, Vec<u8>)> = (0..2u64)
+        .map(|k| {
+            let source = dir.path().join(format!("p{k}.bin"));
+            let bytes = random_file(&source, 2 * 1024 * 1024 + 7, 40 + k)?;
+            Ok((ingest(&home, &format!("p{k}"), &source, 0)?, bytes))
+        })
+        .collect::<Result<_>>()?;
+
+    // A miss at b, filled from the engine process: b's engines are approved.
+    let copied_by_b = |played: &vodmesh_tests::cli::Played, bytes: &[u8]| {
+        assert!(played.bytes == bytes, "bytes played differ from the source");
+        assert_eq!(
+            played.stats["engines"],
+            serde_json::json!([b_engine]),
+            "b's engine filled the miss and served it: {}",
+            played.stats
+        );
+    };
+    let played = Play::new(&console, &b.addr, &programs[0].0).run()?;
+    copied_by_b(&played, &programs[0].1);
+    let copied = programs[0].1.len() as f64;
+    wait_metric("b's first copy", 30, &b_metrics, COPIED, move |v| {
+        v == copied
+    })
+    .await?;
+
+    // SIGKILL, restart on its data, attached again.
+    engine.kill()?;
+    let engine = EngineProcess::start(&engine_data, &home.addr, &issuer)?;
+    wait::until_blocking(
+        "the engine process to attach again",
+        Duration::from_secs(30),
+        attached,
+    )
+    .await?;
+
+    // A miss of the other program: copied from the restarted engine at once.
+    let played = Play::new(&console, &b.addr, &programs[1].0).run()?;
+    copied_by_b(&played, &programs[1].1);
+    assert_eq!(
+        metric_or_zero(&home_metrics, REFUSED),
+        0.0,
+        "the restarted engine refused b's copies"
+    );
+
+    drop(engine);
+    assert!(b.terminate()?, "station b did not stop cleanly");
+    assert!(home.terminate()?, "the home did not stop cleanly");
+    Ok(())
+}
+
 /// The auth station's own engine process, with engine tokens of 4 s: the director refreshes
 /// the token at half its life and forwards each new one; the engine keeps every one it gets
 /// (its token file changes), each bound to the engine and valid when it arrives.

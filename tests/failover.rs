@@ -135,7 +135,8 @@ fn a_station_frozen_mid_play_leaves_the_console_to_another() -> Result<()> {
 
 /// The console asks station b, which holds a complete replica and serves it from its own
 /// engines; once the console has written two segments, b meets `fate`. The console finishes
-/// from the home station: byte-identical, and `--stats` names both stations.
+/// from the home station: byte-identical, without a stall of its `--speed 1 --buffer 2`, and
+/// `--stats` names both stations.
 fn station_fails_mid_play(fate: Fate) -> Result<()> {
     const SEGMENTS: u32 = 8;
     let dir = tempfile::tempdir()?;
@@ -184,6 +185,8 @@ fn station_fails_mid_play(fate: Fate) -> Result<()> {
     let stats = played.stats;
     assert_eq!(stats["verified"], true);
     assert_eq!(stats["segments"], SEGMENTS);
+    // Its silent fetches were hedged at the other station before the 2 s buffer ran dry.
+    assert_eq!(stats["stalls"], 0, "the buffer ran dry: {stats}");
     // b served until it failed (it holds every segment); the home station served after.
     let both: BTreeSet<String> = [b_peer, home.peer()].into();
     assert_eq!(

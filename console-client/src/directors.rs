@@ -19,9 +19,10 @@ const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
 /// Why no director answered.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    /// The request to a director failed on the way.
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    /// The request to a director failed on the way. Not a `source`: a user's line says what
+    /// failed and what to do ([`client_line`]), not what the transport said.
+    #[error("{}", client_line(.0))]
+    Client(ClientError),
     /// The first director failed lately and nobody else answered.
     #[error("director {0} is down")]
     Down(PeerId),
@@ -31,6 +32,33 @@ pub enum AskError {
     /// A director of the swarm that cannot be reached.
     #[error("cannot reach director {0}")]
     Unreachable(PeerId),
+}
+
+impl From<ClientError> for AskError {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+/// The one line a user sees for a failed connection or request: what failed and what to do,
+/// not what the transport said (that stays in the error's `Debug`, for the debug log).
+pub(crate) fn client_line(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreachable { addr, .. } => format!(
+            "cannot reach the director at {addr}: check that its station runs and the address \
+             (--node)"
+        ),
+        ClientError::Request(_) => {
+            "the director closed the connection or did not answer in time".to_string()
+        }
+        ClientError::Stream { peer, .. } | ClientError::NotConnected { peer, .. } => {
+            format!("cannot connect to {peer}")
+        }
+        ClientError::NoPeerId(_)
+        | ClientError::NoAddress
+        | ClientError::Closed
+        | ClientError::Setup(_) => e.to_string(),
+    }
 }
 
 /// The directors a console may ask: the one it was pointed at first, then the rest of the
@@ -119,6 +147,14 @@ impl Directors {
             .is_some_and(|at| at.elapsed() < FIRST_DOWN_FOR)
     }
 
+    /// Passes the first director over for a while, as if it had failed: a fetch waiting on its
+    /// answer was hedged (it is slow: cut off, frozen, or stuck on a look-up of its own).
+    pub(crate) fn pass_over_first(&self) {
+        if let Ok(mut down) = self.first_down.lock() {
+            *down = Some(Instant::now());
+        }
+    }
+
     /// Asks the first director, noting when it fails.
     async fn ask_first(&self, request: Request) -> Result<Response, AskError> {
         let answer = self.first.request(request).await;
@@ -132,7 +168,8 @@ impl Directors {
     }
 
     /// Sends `request` to the first director, then to the content managers and other
-    /// stations of the swarm, until one answers with something other than `NotFound`.
+    /// stations of the swarm, until one answers with something other than `NotFound` or
+    /// `Busy` (a busy answer is the answer only when no other station has better).
     ///
     /// A first director that cannot be reached (its station went down) is passed over for
     /// a while: the console carries on with the rest of the swarm, which it learned at the
@@ -156,20 +193,31 @@ impl Directors {
             let known = self.clients.lock().await;
             stations.sort_by_key(|s| !known.contains_key(&s.director));
         }
+        // A busy answer (that station's misses at their cap, its holders busy) is kept for
+        // when no other station has better.
+        let mut busy = None;
         for station in stations {
             let Some(client) = self.client(station).await else {
                 continue;
             };
             match client.request(request.clone()).await {
                 Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
+                Ok(Response::Error(e)) if e.code == ErrorCode::Busy => {
+                    busy.get_or_insert(Response::Error(e));
+                }
                 Ok(answer) => return Ok(answer),
                 Err(_) => continue,
             }
         }
-        if skipped {
-            // Nobody else answered: the first may be back.
-            return self.ask_first(request).await;
+        let first = match skipped {
+            // Nobody else could serve: the first may be back.
+            true => self.ask_first(request).await,
+            false => first,
+        };
+        match (first, busy) {
+            (Ok(Response::Error(e)), Some(busy)) if e.code == ErrorCode::NotFound => Ok(busy),
+            (Err(_), Some(busy)) => Ok(busy),
+            (first, _) => first,
         }
-        first
     }
 }

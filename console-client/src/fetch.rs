@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::stream::FuturesUnordered;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vodmesh_proto::codec::{read_frame, write_frame};
@@ -21,7 +22,10 @@ use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 
-use crate::directors::{AskError, Directors};
+use vodmesh_client::ClientError;
+
+use crate::directors::{self, AskError, Directors};
+use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
 
 /// How long a segment stream may bring no byte (and an engine may take to answer a stream
@@ -29,6 +33,8 @@ use crate::retry::{Ended, Next, Recent, Retry};
 /// than an engine waits for a filling copy's next bytes (5 s), so a slow copy is not mistaken
 /// for a stuck engine.
 pub const READ_STALL: Duration = Duration::from_secs(7);
+/// Fetches of one segment racing at most: the first and two hedges.
+const MAX_RACING: usize = 3;
 /// How long one attempt at a segment may take in all.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
 /// Engines whose turns are remembered before those nobody holds are forgotten.
@@ -62,94 +68,103 @@ pub enum FetchError {
     /// A director or an engine answered something the protocol does not allow here.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
-    /// Attempts kept failing without a byte or anything learned: the last one's reason.
-    #[error(transparent)]
-    GaveUp(#[from] AttemptError),
+    /// Attempts kept failing without a byte or anything learned: the last one's reason, and
+    /// what to do.
+    #[error("segment {index} could not be fetched: {last}; {}", last.advice())]
+    GaveUp {
+        /// The segment.
+        index: SegmentIndex,
+        /// How the last attempt ended.
+        last: AttemptError,
+    },
 }
 
 /// Why one attempt at a segment ended without it (the segment is tried again, and this is
-/// the line a user sees when it is given up).
+/// what a user sees when it is given up). Its `Display` is a plain line; what the transport
+/// said is kept (`Debug`, the debug log), not shown.
 #[derive(Debug, thiserror::Error)]
 pub enum AttemptError {
     /// No director answered.
-    #[error(transparent)]
-    Ask(#[from] AskError),
+    #[error("{0}")]
+    Ask(AskError),
     /// A director answered busy or failed; its one line.
     #[error("{}", .0.message)]
     Director(ErrorReply),
-    /// The engine named could not be reached.
-    #[error("segment {index}: engine {engine}: {reason}")]
+    /// No stream to the engine named could be opened.
+    #[error("engine {engine} could not be reached ({})", directors::client_line(.cause))]
     Unreachable {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
-        /// What failed.
-        reason: String,
+        /// What the connection said.
+        cause: ClientError,
     },
-    /// The stream's request or reply failed on the way.
-    #[error("segment {index}: {reason}")]
+    /// Another fetch of this console found the engine named unreachable meanwhile.
+    #[error("engine {0} was found unreachable")]
+    Avoided(PeerId),
+    /// The engine did not answer the stream request within [`READ_STALL`].
+    #[error("engine {0} did not answer")]
+    NoAnswer(PeerId),
+    /// The stream's request or reply was lost on the way.
+    #[error("the stream from engine {engine} closed before it began")]
     Lost {
-        /// The segment.
-        index: SegmentIndex,
-        /// What failed.
-        reason: String,
+        /// The engine.
+        engine: PeerId,
+        /// What the stream said.
+        cause: std::io::Error,
     },
+    /// The engine a director named for a swap (claim 21) is still filling its copy too.
+    #[error("engine {0}, named for a swap, is still filling its copy")]
+    SwapFilling(PeerId),
     /// The engine is at `--max-streams`.
-    #[error("segment {index}: engine {engine} is busy")]
-    Busy {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} is busy")]
+    Busy(PeerId),
     /// The engine does not hold the segment.
-    #[error("segment {index} is not stored at engine {engine}")]
-    Absent {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} does not hold it")]
+    Absent(PeerId),
     /// The stream broke off.
-    #[error("segment {index} broke off from engine {engine}: {cause}")]
+    #[error("the stream from engine {engine} broke off at byte {at}")]
     BrokeOff {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
+        /// Bytes received in all.
+        at: u64,
         /// The read error.
         cause: std::io::Error,
     },
     /// The stream brought no byte for [`READ_STALL`].
-    #[error("segment {index} stalled at engine {engine}")]
-    Stalled {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("engine {0} stopped sending")]
+    Stalled(PeerId),
     /// The stream ended before the segment did.
-    #[error("segment {index} ended early from engine {engine} at byte {at}")]
+    #[error("the stream from engine {engine} ended early at byte {at}")]
     EndedEarly {
-        /// The segment.
-        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
         /// Bytes received in all.
         at: u64,
     },
     /// The bytes did not match the manifest's hash; none of them is written.
-    #[error("segment {index} from engine {engine} failed verification")]
-    Unverified {
-        /// The segment.
-        index: SegmentIndex,
-        /// The engine.
-        engine: PeerId,
-    },
+    #[error("the bytes from engine {0} failed verification")]
+    Unverified(PeerId),
     /// The attempt took longer than its limit.
-    #[error("segment {0} timed out")]
-    TimedOut(SegmentIndex),
+    #[error("the attempt timed out")]
+    TimedOut,
+}
+
+impl AttemptError {
+    /// What a user can do when a segment was given up after this.
+    fn advice(&self) -> &'static str {
+        match self {
+            Self::Ask(_) => "check that the stations run and are reachable, then play again",
+            Self::Director(_) => "the swarm is short of capacity: play again later",
+            _ => "no other holder answered: play again later, or from another station (--node)",
+        }
+    }
+}
+
+impl From<AskError> for AttemptError {
+    fn from(e: AskError) -> Self {
+        Self::Ask(e)
+    }
 }
 
 /// Engines this console streams from, one stream each at a time: a fetch takes the engine's
@@ -200,8 +215,68 @@ impl From<FetchError> for Attempt {
     }
 }
 
-/// One segment, what a fetch brings: where it came from and its bytes, verified.
-pub(crate) type Fetched = (SegmentLocation, Vec<u8>);
+/// One segment as a fetch brings it: where it came from and its bytes, verified.
+#[derive(Debug)]
+pub struct Segment {
+    /// The engine that served it, and its station's director.
+    pub location: SegmentLocation,
+    /// The segment's bytes, verified against the manifest.
+    pub bytes: Vec<u8>,
+}
+
+/// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
+/// ([`crate::hedge`]): when the last byte came (or the fetch started), and where the fetch
+/// is (the engine and its director; none while it asks a director).
+struct Watch {
+    state: Mutex<(Instant, Option<(PeerId, PeerId)>)>,
+    /// Waiting for its turn at an engine this console streams from already: not silent
+    /// (that stream is the engine's work; a frozen one is hedged itself).
+    queued: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((Instant::now(), None)),
+            queued: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the fetch waits for its turn at its engine ([`EngineSlots`]); leaving the
+    /// queue starts its silence afresh.
+    fn queue(&self, queued: bool) {
+        self.queued.store(queued, Ordering::Relaxed);
+        if !queued {
+            self.byte();
+        }
+    }
+
+    fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn byte(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = Instant::now();
+        }
+    }
+
+    /// The attempt is at `location`'s engine now (none: asking a director).
+    fn at(&self, location: Option<&SegmentLocation>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 = location.map(|l| (l.engine, l.director));
+        }
+    }
+
+    fn last_byte(&self) -> Instant {
+        self.state.lock().map_or_else(|_| Instant::now(), |s| s.0)
+    }
+
+    /// The engine the fetch is at, and its director.
+    fn at_engine(&self) -> Option<(PeerId, PeerId)> {
+        self.state.lock().ok().and_then(|s| s.1)
+    }
+}
 
 /// What a playing console (or the gateway) uses to fetch segments: its directors, one stream
 /// per engine at a time, the engines it found unreachable, and how often it had to wait.
@@ -241,26 +316,136 @@ impl Fetcher {
             .is_ok_and(|r| r.contains(engine, Instant::now()))
     }
 
+    fn mark_unreachable(&self, engine: PeerId) {
+        if let Ok(mut recent) = self.unreachable.lock() {
+            recent.mark(engine, Instant::now());
+        }
+    }
+
+    /// Fetches one whole segment, verified ([`Fetcher::fetch_once`]), to be played at `due`.
+    /// When the newest fetch brings nothing as the play time nears ([`hedge::decide`]),
+    /// another races it (at most [`MAX_RACING`] in all): it asks again with the engines the
+    /// others wait on in `avoid` (and, when the newest waits on the first director or an
+    /// engine of its station, the rest of the swarm first). The first to bring the segment
+    /// wins; the others are dropped. Only when every one failed does the fetch fail, with the
+    /// first one's error.
+    pub(crate) async fn fetch(
+        &self,
+        manifest: &Manifest,
+        at: (SegmentIndex, u64),
+        token: Option<&[u8]>,
+        mut due: Due,
+    ) -> Result<Segment, FetchError> {
+        let index = at.0;
+        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new());
+        let mut racing = FuturesUnordered::new();
+        racing.push(self.fetch_once(manifest, at, token, Retry::default(), &watches[0]));
+        let mut started = 1;
+        let mut first_error = None;
+        loop {
+            let newest = &watches[started - 1];
+            let now = Instant::now();
+            let choice = match (started < MAX_RACING, newest.is_queued()) {
+                (true, false) => hedge::decide(now, newest.last_byte(), due.at(), due.buffer),
+                // In turn behind this console's own stream from its engine: looked at again.
+                (true, true) => Choice::Wait(now + hedge::SILENCE),
+                // No more racers: wait for those running.
+                (false, _) => Choice::Wait(now + ATTEMPT_LIMIT),
+            };
+            let until = match choice {
+                Choice::Hedge => {
+                    let waiting: Vec<(PeerId, PeerId)> = watches[..started]
+                        .iter()
+                        .filter_map(Watch::at_engine)
+                        .collect();
+                    let slow = newest.at_engine();
+                    tracing::debug!(%index, slow = ?slow.map(|(e, _)| e), racing = started + 1, "segment silent near its play time: hedged");
+                    if slow.is_none_or(|(_, director)| director == self.directors.first.peer()) {
+                        // Waiting on the first director, or on an engine of its station (frozen
+                        // or cut off with it, likely): the rest of the swarm is asked first.
+                        self.directors.pass_over_first();
+                    }
+                    let avoid = waiting.iter().map(|(engine, _)| *engine).collect();
+                    let watch = &watches[started];
+                    watch.byte();
+                    racing.push(self.fetch_once(
+                        manifest,
+                        at,
+                        token,
+                        Retry::avoiding(avoid),
+                        watch,
+                    ));
+                    started += 1;
+                    continue;
+                }
+                Choice::Wait(until) => until,
+            };
+            tokio::select! {
+                done = racing.next() => match done {
+                    Some(Ok(segment)) => {
+                        if started > 1 {
+                            self.passed_over(&watches[..started], &segment);
+                            tracing::debug!(%index, engine = %segment.location.engine, "a race won");
+                        }
+                        return Ok(segment);
+                    }
+                    Some(Err(e)) => {
+                        let e = first_error.take().unwrap_or(e);
+                        if racing.is_empty() {
+                            return Err(e);
+                        }
+                        first_error = Some(e);
+                    }
+                    None => {}
+                },
+                () = tokio::time::sleep_until(until.into()) => {}
+                // Paused, resumed, restarted after a stall: the play time moved.
+                () = due.changed() => {}
+            }
+        }
+    }
+
+    /// After a race that `won`: the engines the other racers waited on silently are passed
+    /// over by this console's other fetches too.
+    fn passed_over(&self, watches: &[Watch], won: &Segment) {
+        let now = Instant::now();
+        for watch in watches {
+            if let Some((engine, _)) = watch.at_engine()
+                && engine != won.location.engine
+                && now.saturating_duration_since(watch.last_byte()) >= hedge::SILENCE
+            {
+                self.mark_unreachable(engine);
+            }
+        }
+    }
+
     /// Locates and streams one whole segment, verified; a stream lost on the way
     /// (libp2p-stream drops an inbound stream its receiver is not ready for; an engine dies or
     /// freezes; an engine hands the console over to another, claim 22) is resumed from the
     /// bytes already received, at whichever engine the director names next. Busy answers are
-    /// waited out, refusals are final, and attempts that bring nothing end it ([`Retry`]).
-    pub(crate) async fn fetch(
+    /// waited out, refusals are final, and attempts that bring nothing end it (`retry`).
+    /// Every byte, and the engine of each attempt, is told to `watch`.
+    async fn fetch_once(
         &self,
         manifest: &Manifest,
-        index: SegmentIndex,
+        (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
-        play_from: u64,
-    ) -> Result<Fetched, FetchError> {
-        let mut retry = Retry::default();
+        mut retry: Retry,
+        watch: &Watch,
+    ) -> Result<Segment, FetchError> {
         let mut partial = Vec::new();
         loop {
             let had = partial.len();
-            let attempt = self.attempt(manifest, (index, play_from), token, &mut partial, &retry);
+            let attempt = self.attempt(
+                manifest,
+                (index, play_from),
+                token,
+                (&mut partial, watch),
+                &retry,
+            );
             let (ended, error) = match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
                 Ok(Ok(done)) => {
-                    tracing::debug!(%index, engine = %done.0.engine, director = %done.0.director, "segment fetched");
+                    tracing::debug!(%index, engine = %done.location.engine, director = %done.location.director, "segment fetched");
                     return Ok(done);
                 }
                 Ok(Err(Attempt::Final(e))) => return Err(e),
@@ -269,27 +454,29 @@ impl Fetcher {
                     Ended::Broke {
                         progress: partial.len() > had,
                     },
-                    AttemptError::TimedOut(index),
+                    AttemptError::TimedOut,
                 ),
             };
             if ended.is_wait() {
                 self.waits.fetch_add(1, Ordering::Relaxed);
             }
-            if let Ok(mut recent) = self.unreachable.lock() {
-                match ended {
-                    Ended::Unreachable(engine) => recent.mark(engine, Instant::now()),
-                    Ended::NothingElse => recent.clear(),
-                    _ => {}
+            match ended {
+                Ended::Unreachable(engine) => self.mark_unreachable(engine),
+                Ended::NothingElse => {
+                    if let Ok(mut recent) = self.unreachable.lock() {
+                        recent.clear();
+                    }
                 }
+                _ => {}
             }
             match retry.after(ended) {
                 Next::Again(after) => {
-                    tracing::debug!(%index, ?ended, ?after, error = %error, "segment attempt ended; asking again");
+                    tracing::debug!(%index, ?ended, ?after, error = ?error, "segment attempt ended; asking again");
                     if !after.is_zero() {
                         tokio::time::sleep(after).await;
                     }
                 }
-                Next::GiveUp => return Err(error.into()),
+                Next::GiveUp => return Err(FetchError::GaveUp { index, last: error }),
             }
         }
     }
@@ -326,20 +513,22 @@ impl Fetcher {
     }
 
     /// One attempt: locate, open a stream to the engine named (following a swap), and read
-    /// the segment on from the bytes `partial` already holds.
+    /// the segment on from the bytes `partial` already holds, telling `watch` of each.
     async fn attempt(
         &self,
         manifest: &Manifest,
         (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
-        partial: &mut Vec<u8>,
+        (partial, watch): (&mut Vec<u8>, &Watch),
         retry: &Retry,
-    ) -> Result<Fetched, Attempt> {
+    ) -> Result<Segment, Attempt> {
         let entry = manifest
             .content
             .segment(index.0)
             .ok_or(FetchError::NoSegment(index))?;
+        watch.at(None);
         let location = self.locate(manifest, index, retry).await?;
+        watch.at(Some(&location));
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
             // Resumed from what earlier attempts received.
@@ -347,46 +536,44 @@ impl Fetcher {
             token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
             play_from,
         };
-        let (location, s, _slot) = self.open(manifest, entry, location, &request).await?;
-        let engine = location.engine;
-        let bytes = self.read(entry, engine, s, partial).await?;
-        Ok((location, bytes))
+        let (location, s, _slot) = self
+            .open(manifest, entry, (location, watch), &request)
+            .await?;
+        watch.at(Some(&location));
+        let bytes = self
+            .read(entry, location.engine, s, (partial, watch))
+            .await?;
+        Ok(Segment { location, bytes })
     }
 
-    /// Opens the stream of `request` for segment `entry` at the engine `location` names, in turn with this
-    /// console's other fetches from that engine; an engine that hands the console over
-    /// (claim 21) is followed once to the engine with the whole segment. Returns where the
-    /// stream comes from, the stream, and the engine's slot (held while it streams).
+    /// Opens the stream of `request` for segment `entry` at the engine `location` names, in
+    /// turn with this console's other fetches from that engine; an engine that hands the
+    /// console over (claim 21) is followed once to the engine with the whole segment. Returns
+    /// where the stream comes from, the stream, and the engine's slot (held while it
+    /// streams).
     async fn open(
         &self,
         manifest: &Manifest,
         entry: &SegmentEntry,
-        mut location: SegmentLocation,
+        (mut location, watch): (SegmentLocation, &Watch),
         request: &StreamRequest,
     ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit), Attempt> {
         let index = request.segment.index;
         let client = &self.directors.first;
         loop {
             let engine = location.engine;
-            let unreachable = |reason: String| {
-                Attempt::Ended(
-                    Ended::Unreachable(engine),
-                    AttemptError::Unreachable {
-                        index,
-                        engine,
-                        reason,
-                    },
-                )
-            };
-            let lost = |reason: String| {
+            let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
+            let lost = |cause: std::io::Error| {
                 Attempt::Ended(
                     Ended::Broke { progress: false },
-                    AttemptError::Lost { index, reason },
+                    AttemptError::Lost { engine, cause },
                 )
             };
+            watch.queue(true);
             let slot = self.slots.take(engine).await;
+            watch.queue(false);
             if self.is_unreachable(&engine) {
-                return Err(unreachable("found unreachable meanwhile".into()));
+                return Err(unreachable(AttemptError::Avoided(engine)));
             }
             client
                 .add_addresses(engine, location.addrs.clone())
@@ -395,10 +582,8 @@ impl Fetcher {
             let mut s = client
                 .open_stream(engine, wire::PROTOCOL)
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            write_frame(&mut s, request)
-                .await
-                .map_err(|e| lost(e.to_string()))?;
+                .map_err(|cause| unreachable(AttemptError::Unreachable { engine, cause }))?;
+            write_frame(&mut s, request).await.map_err(lost)?;
             // A stream dropped before it was read (libp2p-stream's one-deep inbound queue)
             // ends here with an error: the engine is alive, so it is not avoided.
             let reply = tokio::time::timeout(
@@ -406,8 +591,8 @@ impl Fetcher {
                 read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),
             )
             .await
-            .map_err(|_| unreachable("no answer".into()))?
-            .map_err(|e| lost(e.to_string()))?;
+            .map_err(|_| unreachable(AttemptError::NoAnswer(engine)))?
+            .map_err(lost)?;
             match reply {
                 // Claim 21: this engine's copy has not reached our position; its director
                 // names one with the whole segment, which takes us over.
@@ -427,18 +612,21 @@ impl Fetcher {
                     location = located(answer)?;
                 }
                 StreamReply::Swap { .. } => {
-                    return Err(lost("the engine named for a swap is still filling".into()));
+                    return Err(Attempt::Ended(
+                        Ended::Broke { progress: false },
+                        AttemptError::SwapFilling(engine),
+                    ));
                 }
                 StreamReply::Busy => {
                     return Err(Attempt::Ended(
                         Ended::EngineBusy(engine),
-                        AttemptError::Busy { index, engine },
+                        AttemptError::Busy(engine),
                     ));
                 }
                 StreamReply::Absent => {
                     return Err(Attempt::Ended(
                         Ended::Absent(engine),
-                        AttemptError::Absent { index, engine },
+                        AttemptError::Absent(engine),
                     ));
                 }
                 // The engine's one line is the user's one line (`token expired`, ...).
@@ -454,15 +642,14 @@ impl Fetcher {
     }
 
     /// Reads the rest of segment `entry` from `engine`'s stream into `partial` and verifies
-    /// the whole; the bytes, or how the attempt ended.
+    /// the whole, telling `watch` of every byte; the bytes, or how the attempt ended.
     async fn read(
         &self,
         entry: &SegmentEntry,
         engine: PeerId,
         mut s: libp2p::Stream,
-        partial: &mut Vec<u8>,
+        (partial, watch): (&mut Vec<u8>, &Watch),
     ) -> Result<Vec<u8>, Attempt> {
-        let index = SegmentIndex(entry.index);
         let size = entry.size as usize;
         let had = partial.len();
         partial.reserve(size.saturating_sub(had));
@@ -470,23 +657,20 @@ impl Fetcher {
         while partial.len() < size {
             let n = (size - partial.len()).min(buf.len());
             let progress = partial.len() > had;
+            let at = partial.len() as u64;
             let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n])).await {
                 Ok(Ok(got)) => got,
                 Ok(Err(cause)) => {
                     return Err(Attempt::Ended(
                         Ended::Broke { progress },
-                        AttemptError::BrokeOff {
-                            index,
-                            engine,
-                            cause,
-                        },
+                        AttemptError::BrokeOff { engine, at, cause },
                     ));
                 }
                 // Connected but silent (frozen, cut off): resumed elsewhere.
                 Err(_) => {
                     return Err(Attempt::Ended(
                         Ended::Unreachable(engine),
-                        AttemptError::Stalled { index, engine },
+                        AttemptError::Stalled(engine),
                     ));
                 }
             };
@@ -494,14 +678,11 @@ impl Fetcher {
                 // Ended early: handed over, or the engine went away. The next attempt resumes.
                 return Err(Attempt::Ended(
                     Ended::Broke { progress },
-                    AttemptError::EndedEarly {
-                        index,
-                        engine,
-                        at: partial.len() as u64,
-                    },
+                    AttemptError::EndedEarly { engine, at },
                 ));
             }
             partial.extend_from_slice(&buf[..got]);
+            watch.byte();
         }
         let _ = s.close().await;
         let bytes = std::mem::take(partial);
@@ -509,7 +690,7 @@ impl Fetcher {
             // Another attempt starts over at another engine; the bad bytes are never written.
             return Err(Attempt::Ended(
                 Ended::Absent(engine),
-                AttemptError::Unverified { index, engine },
+                AttemptError::Unverified(engine),
             ));
         }
         Ok(bytes)
@@ -562,6 +743,57 @@ mod tests {
         drop(held);
         let turn = tokio::time::timeout(Duration::from_secs(5), slots.take(a)).await;
         assert!(turn.is_ok());
+    }
+
+    #[test]
+    fn a_segment_given_up_is_one_line_that_says_what_to_do_not_what_the_transport_said() {
+        use libp2p::request_response::OutboundFailure;
+        let closed = ClientError::Request(OutboundFailure::ConnectionClosed);
+        let raw = closed.to_string();
+        let lost = FetchError::GaveUp {
+            index: SegmentIndex(5),
+            last: AskError::Client(closed).into(),
+        };
+        // As the binary prints it: the error with its causes.
+        let line = format!("{:#}", anyhow::Error::from(lost));
+        assert!(!line.contains(&raw), "{line}");
+        assert!(!line.contains("Connection was closed"), "{line}");
+        assert!(line.starts_with("segment 5 could not be fetched: the director closed"));
+        assert!(line.ends_with("then play again"), "{line}");
+        assert_eq!(line.lines().count(), 1);
+        // Opening the program: the director's address, and what to do.
+        let addr: libp2p::Multiaddr = "/ip4/10.77.0.3/tcp/4001".parse().expect("a multiaddr");
+        let refused = ClientError::Unreachable {
+            addr: addr.clone(),
+            reason: Box::new(vodmesh_client::rpc::DialFailure::TimedOut),
+        };
+        let line = format!(
+            "{:#}",
+            anyhow::Error::from(crate::play::PlayError::from(
+                crate::session::SessionError::from(refused),
+            ))
+        );
+        assert_eq!(
+            line,
+            format!(
+                "cannot reach the director at {addr}: check that its station runs and the \
+                 address (--node)"
+            )
+        );
+
+        let engine = PeerId::random();
+        let cause = std::io::Error::other("Connection reset by peer (os error 104)");
+        let broke = FetchError::GaveUp {
+            index: SegmentIndex(2),
+            last: AttemptError::BrokeOff {
+                engine,
+                at: 10,
+                cause,
+            },
+        };
+        let line = format!("{:#}", anyhow::Error::from(broke));
+        assert!(!line.contains("os error"), "{line}");
+        assert!(line.contains("play again later"), "{line}");
     }
 
     #[test]

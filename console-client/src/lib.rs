@@ -8,13 +8,15 @@
 //!   swarm's program list; `directors`: which director to ask, passing over a station that
 //!   went down.
 //! - `fetch`: one segment, located, streamed (one stream per engine at a time, busy engines
-//!   waited out) and verified; `retry` holds its decisions after a failed attempt.
+//!   waited out) and verified; `retry` holds its decisions after a failed attempt, `hedge`
+//!   when a silent fetch is raced by a second one as its play time nears.
 //! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 
 mod directors;
 mod fetch;
+mod hedge;
 pub mod play;
 mod playback;
 pub mod remember;

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinSet};
 use vodmesh_proto::SegmentIndex;
 
-pub use crate::fetch::{AttemptError, FetchError, READ_STALL};
-use crate::playback::{Action, Event, Playback, Run, Segment};
+pub use crate::fetch::{AttemptError, FetchError, READ_STALL, Segment};
+use crate::hedge::Due;
+use crate::playback::{Action, Event, Playback, Run};
 pub use crate::playback::{Control, PlayStats, Progress, Speed};
 pub use crate::session::{
     Credentials, Session, SessionError, SharedToken, keep_fresh, programs, programs_json,
@@ -56,7 +57,7 @@ pub enum PlayError {
 }
 
 /// A fetch's result, as its task returns it.
-type Fetched = (Run, SegmentIndex, Result<Segment, FetchError>);
+type Done = (Run, SegmentIndex, Result<Segment, FetchError>);
 
 /// Plays `program` from `start_s` seconds into `out`. `controls` carries the viewer's
 /// commands (pause, seek, quit); `progress` is called after every segment and twice a second.
@@ -80,7 +81,14 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
     // Each fetch is a task of its own: it streams on (and gives its engine's slot back)
     // while an earlier segment waits for its release time. Dropped with the set, their
     // streams end and the engines report the stops.
-    let mut fetches: JoinSet<Fetched> = JoinSet::new();
+    let mut fetches: JoinSet<Done> = JoinSet::new();
+    // The play clock, for the fetches' play times (a silent fetch is hedged as its time
+    // nears, crate::hedge).
+    let (clock, _) = watch::channel(playback.clock());
+    let buffer = match speed {
+        Speed::Realtime { buffer } => buffer,
+        Speed::Max => Duration::ZERO,
+    };
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -90,10 +98,13 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
                     run,
                     index,
                     play_from,
+                    at_ms,
                 } => {
                     let session = session.clone();
+                    let due = Due::new(clock.subscribe(), at_ms, buffer);
                     fetches.spawn(async move {
-                        (run, index, session.segment_from(index, play_from).await)
+                        let fetched = session.segment_due(index, play_from, due).await;
+                        (run, index, fetched)
                     });
                 }
                 Action::CancelFetches => fetches.abort_all(),
@@ -141,5 +152,9 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
             _ = ticker.tick() => Event::Tick,
         };
         actions = playback.handle(Instant::now(), event);
+        clock.send_if_modified(|c| {
+            let was = std::mem::replace(c, playback.clock());
+            was != *c
+        });
     }
 }

@@ -14,8 +14,9 @@
 //! - **Window.** A run fetches ahead: two segments at `--speed max`, enough to cover the
 //!   buffer at `--speed 1` (at most eight); segments are written in order, a segment fetched
 //!   early waits for those before it.
-//! - **Clock.** The play position runs on the wall clock from the first segment written;
-//!   a pause stops it. A segment is released `buffer` (at least its own length) before its
+//! - **Clock.** The play position runs on the wall clock from the first segment written,
+//!   which at `--speed 1` waits until the segments fetched cover the buffer (a full buffer
+//!   from the start); a pause stops it. A segment is released `buffer` (at least its own length) before its
 //!   play time; one fetched after its play time (plus [`STALL_SLACK`]) is a stall, and the
 //!   clock restarts from it.
 
@@ -27,6 +28,9 @@ use serde::Serialize;
 use vodmesh_proto::SegmentIndex;
 use vodmesh_proto::director::SegmentLocation;
 use vodmesh_proto::manifest::ManifestContent;
+
+use crate::fetch::Segment;
+use crate::hedge::Clock;
 
 /// How late a segment may be fetched past its play time before it counts as a stall.
 pub(crate) const STALL_SLACK: Duration = Duration::from_millis(50);
@@ -80,6 +84,8 @@ pub struct PlayStats {
     pub handoffs: u32,
     /// Segments that arrived after their play time (realtime only).
     pub stalls: u32,
+    /// The longest of those stalls: how long the play position waited for a segment, in ms.
+    pub longest_stall_ms: u64,
     /// Engines that served, by peer id.
     pub engines: Vec<String>,
     /// Stations (directors) whose engines served.
@@ -192,9 +198,6 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Run(u32);
 
-/// One segment as a fetch brings it: where it came from and its bytes, verified.
-pub(crate) type Segment = (SegmentLocation, Vec<u8>);
-
 /// What happens to playback.
 #[derive(Debug)]
 #[allow(
@@ -230,6 +233,8 @@ pub(crate) enum Action<E> {
         index: SegmentIndex,
         /// The first byte that will be played (a seek into the segment).
         play_from: u64,
+        /// Media time where it plays (its play time on the clock, [`Playback::clock`]).
+        at_ms: u64,
     },
     /// Drop every fetch in flight (a seek, a quit): their streams end, their engines report
     /// the stops.
@@ -398,6 +403,15 @@ impl<'a, E> Playback<'a, E> {
         self.pending.as_ref().and_then(|p| p.release)
     }
 
+    /// The play clock as fetches see it, for their play times: none while it stands (not
+    /// started, paused, `--speed max`).
+    pub(crate) fn clock(&self) -> Clock {
+        match self.speed {
+            Speed::Realtime { .. } if self.paused.is_none() => self.clock,
+            _ => None,
+        }
+    }
+
     /// Where playback stands at `now`, with `waits` busy answers waited out so far.
     pub(crate) fn progress(&mut self, now: Instant, waits: u32) -> Progress<'_> {
         self.stats.waits = waits;
@@ -440,6 +454,19 @@ impl<'a, E> Playback<'a, E> {
         self.refill(out);
     }
 
+    /// Media time where segment `index` of the run starts playing: the run's start for its
+    /// first segment (and the init segment before it).
+    fn start_ms(&self, index: SegmentIndex) -> u64 {
+        let start: u64 = self
+            .content
+            .segments
+            .iter()
+            .take(index.0 as usize)
+            .map(|s| u64::from(s.duration_ms))
+            .sum();
+        start.max(self.run_start_ms)
+    }
+
     /// Starts fetches up to the window.
     fn refill(&mut self, out: &mut Vec<Action<E>>) {
         while self.in_flight.len() < self.window {
@@ -452,6 +479,7 @@ impl<'a, E> Playback<'a, E> {
                 run: self.run,
                 index,
                 play_from,
+                at_ms: self.start_ms(index),
             });
         }
     }
@@ -483,8 +511,11 @@ impl<'a, E> Playback<'a, E> {
                 }
             }
         }
+        let due = (self.pending.as_ref())
+            .is_some_and(|p| p.release.is_none_or(|r| r <= now) && self.prebuffered(p));
         if self.paused.is_none()
-            && let Some(p) = self.pending.take_if(|p| p.release.is_none_or(|r| r <= now))
+            && due
+            && let Some(p) = self.pending.take()
         {
             self.write(now, p, out);
             self.refill(out);
@@ -492,10 +523,45 @@ impl<'a, E> Playback<'a, E> {
         out.push(Action::Progress);
     }
 
+    /// Whether the run may start its clock with `pending` (its first segment): at `--speed
+    /// 1` only once the segments fetched from it on, in order, cover the buffer (or all in
+    /// flight are fetched, or one failed). A run starts on a full buffer, as a player does,
+    /// so a fetch that fails among the first segments has the whole buffer to be hedged or
+    /// retried in, not one segment.
+    fn prebuffered(&self, pending: &Pending) -> bool {
+        let Speed::Realtime { buffer } = self.speed else {
+            return true;
+        };
+        if self.clock.is_some() {
+            return true;
+        }
+        let want = buffer.as_millis() as u64;
+        let mut have = pending.duration_ms;
+        for index in &self.in_flight {
+            if have >= want {
+                return true;
+            }
+            match self.ready.get(index) {
+                Some(Ok(_)) => {
+                    have += (self.content.segment(index.0)).map_or(0, |e| u64::from(e.duration_ms));
+                }
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+        // The window is all fetched: nothing more comes before the clock starts.
+        true
+    }
+
     /// Takes up segment `index`, fetched, to be written: where a seek entered it, how long it
     /// plays, when it is released, and whether it came too late (a stall). Whether it waits
     /// for a release time.
-    fn take_up(&mut self, now: Instant, index: SegmentIndex, (location, bytes): Segment) -> bool {
+    fn take_up(
+        &mut self,
+        now: Instant,
+        index: SegmentIndex,
+        Segment { location, bytes }: Segment,
+    ) -> bool {
         let mut duration_ms = self
             .content
             .segment(index.0)
@@ -517,6 +583,8 @@ impl<'a, E> Playback<'a, E> {
             let due = wall + Duration::from_millis(self.media_ms.saturating_sub(at_ms));
             if now > due + STALL_SLACK {
                 self.stats.stalls += 1;
+                let waited = now.saturating_duration_since(due).as_millis() as u64;
+                self.stats.longest_stall_ms = self.stats.longest_stall_ms.max(waited);
                 self.clock = Some((now, self.media_ms));
             } else {
                 // Keep the buffer (at least this segment) ahead of the position.
@@ -681,7 +749,10 @@ mod tests {
             let event = Event::Fetched {
                 run: self.run,
                 index: SegmentIndex(index),
-                result: Ok((location(self.engine, self.director), vec![7; 1000])),
+                result: Ok(Segment {
+                    location: location(self.engine, self.director),
+                    bytes: vec![7; 1000],
+                }),
             };
             self.playback.handle(self.at(ms), event)
         }
@@ -759,38 +830,52 @@ mod tests {
             buffer: Duration::from_secs(2),
         };
         let (mut sim, _) = Sim::start(&content, speed, 0);
-        // The first segment is written when it arrives, and starts the clock.
-        assert_eq!(written(&sim.fetched(100, 0)), vec![1000]);
-        // Segments 1 and 2 play at 1.1 s and 2.1 s: within the buffer, written at once.
+        // Segment 0 alone is half the buffer: nothing is written yet, the clock stands.
+        assert!(written(&sim.fetched(100, 0)).is_empty());
+        assert_eq!(sim.playback.clock(), None);
+        // Segment 1 fills the buffer: segment 0 is written and starts the clock, then
+        // segment 1 (it plays at 1.15 s, within the buffer).
         assert_eq!(written(&sim.fetched(150, 1)), vec![1000]);
+        assert_eq!(sim.playback.clock(), Some((sim.at(150), 0)));
+        assert!(sim.playback.wants_step());
+        assert_eq!(written(&sim.tick(150)), vec![1000]);
+        // Segment 2 plays at 2.15 s: within the buffer, written at once.
         assert_eq!(written(&sim.fetched(200, 2)), vec![1000]);
-        // Segment 3 plays at 3.1 s: released 2 s before, at 1.1 s.
+        // Segment 3 plays at 3.15 s: released 2 s before, at 1.15 s.
         let early = sim.fetched(250, 3);
         assert!(written(&early).is_empty());
         assert!(
             !early.iter().any(|a| matches!(a, Action::Progress)),
             "no report for a segment taken up to wait"
         );
-        assert_eq!(sim.playback.wake_at(), Some(sim.at(1100)));
-        assert!(written(&sim.tick(1099)).is_empty());
-        assert_eq!(written(&sim.tick(1100)), vec![1000]);
-        let p = sim.playback.progress(sim.at(1100), 0);
+        assert_eq!(sim.playback.wake_at(), Some(sim.at(1150)));
+        assert!(written(&sim.tick(1149)).is_empty());
+        assert_eq!(written(&sim.tick(1150)), vec![1000]);
+        let p = sim.playback.progress(sim.at(1150), 0);
         assert_eq!((p.position_ms, p.buffered_ms), (1000, 3000));
+        assert_eq!(
+            p.stats.startup_ms, 150,
+            "from the ask to the first byte written"
+        );
         assert_eq!(p.stats.stalls, 0);
     }
 
     #[test]
     fn a_segment_fetched_after_its_play_time_is_a_stall_and_the_clock_restarts() {
         let content = program(BYTES, 10);
-        let (mut sim, _) = Sim::start(&content, Speed::REALTIME, 0);
-        sim.fetched(0, 0);
+        let speed = Speed::Realtime {
+            buffer: Duration::from_secs(1),
+        };
+        let (mut sim, _) = Sim::start(&content, speed, 0);
+        // One segment covers the buffer: written at once.
+        assert_eq!(written(&sim.fetched(0, 0)), vec![1000]);
         // Segment 1 was due at 1 s; 50 ms late is still on time.
         assert_eq!(written(&sim.fetched(1050, 1)), vec![1000]);
         assert_eq!(sim.playback.progress(sim.at(1050), 0).stats.stalls, 0);
         // Segment 2 was due at 2 s and comes at 3 s: a stall; the position restarts there.
         assert_eq!(written(&sim.fetched(3000, 2)), vec![1000]);
         let p = sim.playback.progress(sim.at(3500), 0);
-        assert_eq!(p.stats.stalls, 1);
+        assert_eq!((p.stats.stalls, p.stats.longest_stall_ms), (1, 1000));
         assert_eq!(
             p.position_ms, 2500,
             "the clock restarted at segment 2's start"
@@ -851,7 +936,10 @@ mod tests {
             Event::Fetched {
                 run: old,
                 index: SegmentIndex(4),
-                result: Ok((location(sim.engine, sim.director), vec![1; 1000])),
+                result: Ok(Segment {
+                    location: location(sim.engine, sim.director),
+                    bytes: vec![1; 1000],
+                }),
             },
         );
         assert!(written(&stale).is_empty());

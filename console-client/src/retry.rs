@@ -84,6 +84,15 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
+    /// The retry state of a hedge: the engines the fetches it races wait on avoided.
+    pub(crate) fn avoiding(mut avoid: Vec<PeerId>) -> Self {
+        avoid.truncate(MAX_NAMED);
+        Self {
+            avoid,
+            ..Self::default()
+        }
+    }
+
     /// Engines the console could not reach, or that lack the segment.
     pub(crate) fn avoid(&self) -> &[PeerId] {
         &self.avoid

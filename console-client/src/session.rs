@@ -19,14 +19,16 @@ use vodmesh_proto::token::Claims;
 use vodmesh_proto::{ProgramId, SegmentIndex};
 
 use crate::directors::{AskError, Directors};
-use crate::fetch::{FetchError, Fetched, Fetcher};
+use crate::fetch::{FetchError, Fetcher, Segment};
+use crate::hedge::Due;
 
 /// Why a program could not be opened. The `Display` text is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// The director could not be reached.
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    /// The director could not be reached (not a `source`: the line says what to do, not
+    /// what the transport said).
+    #[error("{}", crate::directors::client_line(.0))]
+    Client(ClientError),
     /// No director answered.
     #[error(transparent)]
     Ask(#[from] AskError),
@@ -45,6 +47,12 @@ pub enum SessionError {
     /// The program's manifest does not verify.
     #[error("the program's manifest does not verify: {0}")]
     Manifest(#[from] ManifestError),
+}
+
+impl From<ClientError> for SessionError {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
 }
 
 /// A console token that a refresher may replace while segments are being fetched.
@@ -184,8 +192,8 @@ impl Session {
 
     /// Locates segment `index`, streams it whole from the engine the director names and
     /// verifies it against the manifest; lost streams are retried, refusals are final.
-    pub async fn segment(&self, index: SegmentIndex) -> Result<Fetched, FetchError> {
-        self.segment_from(index, 0).await
+    pub async fn segment(&self, index: SegmentIndex) -> Result<Segment, FetchError> {
+        self.segment_due(index, 0, Due::none()).await
     }
 
     /// As [`Session::segment`], for a console that will play the segment from byte
@@ -196,11 +204,22 @@ impl Session {
         &self,
         index: SegmentIndex,
         play_from: u64,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<Segment, FetchError> {
+        self.segment_due(index, play_from, Due::none()).await
+    }
+
+    /// As [`Session::segment_from`], for a segment that plays at `due`: a fetch that brings
+    /// nothing as that time nears is hedged at another holder ([`crate::hedge`]).
+    pub(crate) async fn segment_due(
+        &self,
+        index: SegmentIndex,
+        play_from: u64,
+        due: Due,
+    ) -> Result<Segment, FetchError> {
         // Read per segment: a refreshed token is used from the next segment on.
         let token = self.token.read().ok().and_then(|t| t.clone());
         self.fetcher
-            .fetch(&self.manifest, index, token.as_deref(), play_from)
+            .fetch(&self.manifest, (index, play_from), token.as_deref(), due)
             .await
     }
 

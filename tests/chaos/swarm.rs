@@ -464,12 +464,10 @@ impl Swarm {
                 }
             }
             Disruption::StationKilled | Disruption::LinkCut | Disruption::StationFrozen => {
-                // Every other time, a station serving a copy when there is one (the copy
-                // must fail over); otherwise any.
-                let source = match rng.gen_bool(0.5) {
-                    true => self.copy_source(Duration::from_secs(5)),
-                    false => None,
-                };
+                // A station serving a copy when one starts within 5 s (the copy must fail
+                // over: a short run has few station disruptions, and each should count);
+                // otherwise any.
+                let source = self.copy_source(Duration::from_secs(5));
                 let i = source.unwrap_or_else(|| rng.gen_range(1..STATIONS));
                 let hold = Duration::from_millis(rng.gen_range(2000..8000));
                 let at = t0.elapsed().as_secs_f64();

@@ -298,7 +298,7 @@ impl Gateway {
         self.spawn(async move {
             let index = key.1;
             let result = match session.segment(index).await {
-                Ok((_, bytes)) => Ok(Bytes::from(bytes)),
+                Ok(segment) => Ok(Bytes::from(segment.bytes)),
                 Err(e) => Err(unavailable(format!(
                     "the swarm cannot serve segment {index} of \"{}\" now: {e}",
                     session.manifest().content.title

@@ -57,12 +57,13 @@ use vodmesh_proto::director::{self, Request, Response};
 use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::EngineInfo;
+use vodmesh_proto::time::now_ms;
 use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, RegistryHandle};
 
 use self::choose::Locating;
 use self::context::{Reply, Shared};
-use self::engines::Heard;
+use self::engines::{EngineId, Heard};
 use self::error::{Error, respond};
 use self::ingest::{Ingested, Ingests};
 use self::miss::Misses;
@@ -298,6 +299,12 @@ impl Director {
 
     fn on_report(&mut self, report: EngineReport) {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        if let EngineReport::Ready { index, .. } = report {
+            // A restarted engine process forgot which stations may copy from it.
+            for allow in self.replicate.standing(now_ms()) {
+                let _ = ctx.engines.send(EngineId(index), allow);
+            }
+        }
         match ctx.engines.apply(report, ctx.activity) {
             Heard::Nothing => {}
             Heard::Changed => self.republish(),

@@ -65,6 +65,8 @@ pub(super) enum Done {
         station: StationId,
         /// Until when.
         until_ms: u64,
+        /// Its engines.
+        peers: Vec<PeerId>,
         /// Its answer.
         reply: Reply,
     },
@@ -97,8 +99,9 @@ pub(super) enum Done {
 /// The state of replication: stations allowed to copy from here, and the copies running.
 #[derive(Debug, Default)]
 pub(super) struct Replicating {
-    /// Stations whose engines may copy from ours, until when (ms since the epoch).
-    allowed: HashMap<StationId, u64>,
+    /// Stations whose engines may copy from ours: until when (ms since the epoch), and
+    /// those engines (told again to an engine of ours that restarts, which forgot them).
+    allowed: HashMap<StationId, (u64, Vec<PeerId>)>,
     tasks: Tasks<Done>,
 }
 
@@ -124,12 +127,13 @@ impl Replicating {
             Done::Allowed {
                 station,
                 until_ms,
+                peers,
                 reply,
             } => {
                 // Approvals past their time go when another comes: the map holds live ones.
                 let now = now_ms();
-                self.allowed.retain(|_, until| *until > now);
-                self.allowed.insert(station, until_ms);
+                self.allowed.retain(|_, (until, _)| *until > now);
+                self.allowed.insert(station, (until_ms, peers));
                 return Some(reply);
             }
             Done::Reply(reply) => return Some(reply),
@@ -269,8 +273,8 @@ impl Replicating {
             max_streams: engine.max_streams,
         };
         let station = StationId(peer);
-        let checked =
-            (self.allowed.get(&station)).is_some_and(|until| *until > now_ms() + RECHECK_BEFORE);
+        let checked = (self.allowed.get(&station))
+            .is_some_and(|(until, _)| *until > now_ms() + RECHECK_BEFORE);
         if checked {
             return Some((channel, response));
         }
@@ -295,10 +299,24 @@ impl Replicating {
             Done::Allowed {
                 station,
                 until_ms,
+                peers,
                 reply: (channel, response),
             }
         });
         None
+    }
+
+    /// The approvals still standing at `now_ms`, as the commands that give them to an engine
+    /// that (re)attached: an engine process restarted on its data forgot them, and would
+    /// refuse every copy until the station's next check (up to [`ALLOW_FOR`]).
+    pub(super) fn standing(&mut self, now_ms: u64) -> Vec<EngineCommand> {
+        self.allowed.retain(|_, (until, _)| *until > now_ms);
+        (self.allowed.values())
+            .map(|(until_ms, peers)| EngineCommand::AllowCopy {
+                peers: peers.clone(),
+                until_ms: *until_ms,
+            })
+            .collect()
     }
 
     /// Every engine holding the segment is at `--max-streams` for this console (claims 19,

@@ -42,8 +42,12 @@ const MAX_SERVES: usize = 8;
 const MAX_SERVES_PER_PEER: usize = MAX_FETCHES;
 /// A peer that reads nothing of a copy for this long loses it (and its slot).
 const WRITE_STALL: Duration = Duration::from_secs(10);
-/// A source that sends nothing for this long is given up (the next source takes over).
+/// A source that sends nothing for this long is given up when it is the last one.
 const READ_STALL: Duration = Duration::from_secs(5);
+/// A source that sends nothing (or opens no stream) for this long is given up for the next
+/// one: shorter than a console's buffer, since a console may be streaming this copy as it
+/// fills.
+const MOVE_ON_STALL: Duration = Duration::from_secs(2);
 /// Attempts per source before the next one is tried.
 const ATTEMPTS_PER_SOURCE: u32 = 2;
 
@@ -145,11 +149,10 @@ enum Next {
 impl Attempt {
     fn next(&self) -> Next {
         match self {
+            Attempt::Request(_) | Attempt::Reply(_) | Attempt::Cut { .. } => Next::Retry,
+            // `open` retried already, for as long as the source is given.
             Attempt::Open { .. }
-            | Attempt::Request(_)
-            | Attempt::Reply(_)
-            | Attempt::Cut { .. } => Next::Retry,
-            Attempt::NoReply
+            | Attempt::NoReply
             | Attempt::Refused(_)
             | Attempt::WrongSize { .. }
             | Attempt::TooLarge(_)
@@ -281,19 +284,30 @@ fn dial(swarm: &mut Swarm<EngineBehaviour>, source: &Source) {
     }
 }
 
-/// A copy stream to `peer`, retried briefly: a source accepts one pending stream at a time.
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Stream, Attempt> {
+/// How long a copy waits on a silent source before it gives it up: [`MOVE_ON_STALL`] while
+/// another source is left, [`READ_STALL`] for the last one (nothing else could do better).
+fn patience(another_left: bool) -> Duration {
+    if another_left {
+        MOVE_ON_STALL
+    } else {
+        READ_STALL
+    }
+}
+
+/// A copy stream to `peer`, retried briefly (a source accepts one pending stream at a time)
+/// for `patience` in all.
+async fn open(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    patience: Duration,
+) -> Result<Stream, Attempt> {
     let mut last = std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let deadline = tokio::time::Instant::now() + patience;
     for attempt in 0..6u64 {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            control.open_stream(peer, copy::PROTOCOL),
-        )
-        .await
-        {
+        match tokio::time::timeout_at(deadline, control.open_stream(peer, copy::PROTOCOL)).await {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => last = std::io::Error::other(e),
-            Err(_) => last = std::io::ErrorKind::TimedOut.into(),
+            Err(_) => break,
         }
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
     }
@@ -333,7 +347,9 @@ impl Fetch {
                 let from = writer.as_ref().map_or(0, Writer::written);
                 let started = std::time::Instant::now();
                 let failed = match self
-                    .copy_from(&mut control, store, source.engine, &mut writer)
+                    .copy_from(&mut control, store, source.engine, &mut writer, {
+                        patience(n + 1 < job.sources.len())
+                    })
                     .await
                 {
                     Ok(()) => {
@@ -380,9 +396,10 @@ impl Fetch {
         store: &SegmentStore,
         source: PeerId,
         writer: &mut Option<Writer>,
+        patience: Duration,
     ) -> Result<(), Attempt> {
         let job = &self.job;
-        let mut stream = open(control, source).await?;
+        let mut stream = open(control, source, patience).await?;
         let offset = writer.as_ref().map_or(0, Writer::written);
         if offset > 0 {
             let resumed = Kind::CopyResumed {
@@ -400,7 +417,7 @@ impl Fetch {
         write_frame(&mut stream, &request)
             .await
             .map_err(Attempt::Request)?;
-        let reply: CopyReply = tokio::time::timeout(READ_STALL, read_frame(&mut stream, MAX_FRAME))
+        let reply: CopyReply = tokio::time::timeout(patience, read_frame(&mut stream, MAX_FRAME))
             .await
             .map_err(|_| Attempt::NoReply)?
             .map_err(Attempt::Reply)?;
@@ -425,7 +442,7 @@ impl Fetch {
             // The chunk written last has left the disk worker: its room is taken back.
             buf.reserve(CHUNK);
             buf.resize(n, 0);
-            tokio::time::timeout(READ_STALL, stream.read_exact(&mut buf))
+            tokio::time::timeout(patience, stream.read_exact(&mut buf))
                 .await
                 .map_err(|_| Attempt::Stalled(at))?
                 .map_err(|source| Attempt::Cut { at, source })?;
@@ -598,11 +615,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_source_is_waited_on_longer_when_it_is_the_last() {
+        assert_eq!(patience(true), MOVE_ON_STALL);
+        assert_eq!(patience(false), READ_STALL);
+        assert!(MOVE_ON_STALL < READ_STALL);
+    }
+
+    #[test]
     fn a_broken_stream_retries_the_source_a_refusal_or_silence_moves_on_the_store_stops() {
         let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let peer = PeerId::random();
         for retry in [
-            Attempt::Open { peer, source: io() },
             Attempt::Request(io()),
             Attempt::Reply(io()),
             Attempt::Cut {
@@ -613,6 +636,7 @@ mod tests {
             assert_eq!(retry.next(), Next::Retry, "{retry}");
         }
         for next in [
+            Attempt::Open { peer, source: io() },
             Attempt::NoReply,
             Attempt::Refused("not an engine of a live station".into()),
             Attempt::WrongSize {
