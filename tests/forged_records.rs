@@ -30,6 +30,7 @@ fn record(director: PeerId) -> StationRecord {
         issued_ms: vodmesh_proto::time::now_ms(),
         expires_ms: in_ms(Duration::from_secs(60)),
         counters: Default::default(),
+        certificate: None,
     }
 }
 

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminClaim;
 use crate::codec::Limits;
 use crate::signed::Signed;
+use crate::station::Roles;
 use crate::token::Rights;
 
 /// The protocol name.
@@ -84,6 +85,9 @@ pub enum Request {
     EnrollToken {
         /// The new station's director peer id.
         station: PeerId,
+        /// The roles its certificate will grant (none in requests of earlier releases).
+        #[serde(default)]
+        roles: Roles,
         /// An admin token of the caller, unless the caller is an admin peer.
         admin_token: Option<serde_bytes::ByteBuf>,
         /// The admin acting through this connection, if it is not the connection's peer: an
@@ -92,7 +96,8 @@ pub enum Request {
         #[serde(rename = "delegation")]
         proof: Option<Signed>,
     },
-    /// A station's director presents its enrollment token and lists its engines.
+    /// A station's director presents its enrollment token and lists its engines; answered
+    /// with its station certificate ([`crate::member`]).
     Enroll {
         /// The enrollment token (subject: the calling director).
         token: serde_bytes::ByteBuf,
@@ -114,6 +119,12 @@ pub enum Request {
         /// The engine, the token's subject.
         engine: PeerId,
     },
+    /// A fresh station certificate in exchange for the calling director's current one, still
+    /// valid and not revoked (a station renews before expiry).
+    Renew {
+        /// The current certificate.
+        certificate: serde_bytes::ByteBuf,
+    },
 }
 
 impl Request {
@@ -128,6 +139,7 @@ impl Request {
             Request::Enroll { .. } => "enroll",
             Request::EngineToken => "engine_token",
             Request::StationEngineToken { .. } => "station_engine_token",
+            Request::Renew { .. } => "renew",
         }
     }
 
@@ -136,7 +148,14 @@ impl Request {
     pub fn admin_subject(&self) -> Option<Vec<u8>> {
         match self {
             Request::AddUser { name, .. } => Some(name.as_bytes().to_vec()),
-            Request::EnrollToken { station, .. } => Some(station.to_bytes()),
+            // The roles are part of what the admin signs for, so a relay cannot add any.
+            Request::EnrollToken { station, roles, .. } => {
+                let mut subject = station.to_bytes();
+                if *roles != Roles::default() {
+                    subject.extend_from_slice(roles.words().as_bytes());
+                }
+                Some(subject)
+            }
             _ => None,
         }
     }
@@ -202,6 +221,10 @@ mod tests {
             },
             Request::EnrollToken {
                 station: peer(),
+                roles: Roles {
+                    home: true,
+                    ..Roles::default()
+                },
                 admin_token: None,
                 proof: Some(crate::admin::prove(
                     &Keypair::generate_ed25519(),
@@ -217,6 +240,9 @@ mod tests {
             },
             Request::EngineToken,
             Request::StationEngineToken { engine: peer() },
+            Request::Renew {
+                certificate: bytes.clone(),
+            },
         ] {
             let b = encode(&req);
             assert_eq!(decode::<Request>(&b, LIMITS.request).unwrap(), req);
@@ -238,6 +264,7 @@ mod tests {
         let station = peer();
         let mut enroll = Request::EnrollToken {
             station,
+            roles: Roles::default(),
             admin_token: None,
             proof: None,
         };

@@ -193,6 +193,10 @@ pub struct StationRecord {
     /// Its running totals as it signed the record (absent from records of earlier releases).
     #[serde(default)]
     pub counters: Counters,
+    /// Its station certificate ([`crate::member`]): what makes it a member of the swarm, and
+    /// the roles it was granted. Absent until the station has one.
+    #[serde(default)]
+    pub certificate: Option<serde_bytes::ByteBuf>,
 }
 
 /// Why a station record was refused.
@@ -272,6 +276,7 @@ mod tests {
             issued_ms: 1,
             expires_ms,
             counters: Default::default(),
+            certificate: None,
         }
     }
 

@@ -16,15 +16,17 @@ use libp2p::kad::{
     self, AddProviderOk, Event, GetClosestPeersOk, GetProvidersOk, GetRecordOk, InboundRequest,
     Mode, PutRecordOk, QueryId, QueryResult, QueryStats, Quorum, Record, StoreInserts,
 };
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::codec;
+use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
 use crate::keys::RecordKind;
+use crate::members::Members;
 pub use crate::stats::{Inbound, RegistryStats};
 use crate::store::PersistentStore;
 use crate::validate::{self, check_provider, check_record};
@@ -68,6 +70,10 @@ pub struct RegistryConfig {
     /// once: it moves them to directors that joined closer to their key. Each record costs a
     /// whole lookup plus k stores, so it runs far less often than republication.
     pub replication_interval: Option<Duration>,
+    /// A closed swarm: only peers the director admits ([`Registry::learn`]: members, once
+    /// their station record is verified) enter its routing table, never a peer just because
+    /// it connected or answered a query (Kademlia's manual bucket inserts).
+    pub members_only: bool,
 }
 
 impl Default for RegistryConfig {
@@ -79,6 +85,7 @@ impl Default for RegistryConfig {
             replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
             periodic_bootstrap: Some(Duration::from_secs(30)),
             replication_interval: Some(Duration::from_secs(600)),
+            members_only: false,
         }
     }
 }
@@ -131,6 +138,9 @@ pub fn behaviour(
         .set_record_filtering(StoreInserts::FilterBoth)
         .set_periodic_bootstrap_interval(config.periodic_bootstrap)
         .set_max_packet_size(256 * 1024);
+    if config.members_only {
+        cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+    }
     let mut kad = kad::Behaviour::with_config(local, store, cfg);
     kad.set_mode(Some(if server { Mode::Server } else { Mode::Client }));
     kad
@@ -372,19 +382,110 @@ enum Pending {
         trace: HoldersTrace,
         reply: oneshot::Sender<HoldersTrace>,
     },
+    /// A peer met on the network whose station record is looked up before it may enter the
+    /// routing table (a closed registry).
+    Admit {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
-/// Query bookkeeping: which caller waits for which Kademlia query.
-#[derive(Default)]
+/// Most admission look-ups in flight: a flood of strangers cannot start more.
+const MAX_ADMITTING: usize = 256;
+
+/// Query bookkeeping: which caller waits for which Kademlia query; and who is admitted.
 pub struct Registry {
     pending: HashMap<QueryId, Pending>,
     stats: RegistryStats,
+    members: Members,
+    /// Peers whose admission look-up runs.
+    admitting: HashSet<PeerId>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry that admits everyone ([`Members::open`]).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_members(Members::open())
+    }
+
+    /// An empty registry that admits as `members` says.
+    pub fn with_members(members: Members) -> Self {
+        Self {
+            pending: HashMap::new(),
+            stats: RegistryStats::default(),
+            members,
+            admitting: HashSet::new(),
+        }
+    }
+
+    /// Who is admitted, as far as this registry has seen.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// A registry server `peer` announced `addrs`: they enter the routing table if it is
+    /// admitted; in a closed registry a stranger's station record is looked up first, and
+    /// it enters once the record shows a member.
+    pub fn learn(
+        &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) {
+        if self.members.admits(&peer, now_ms()) {
+            for addr in addrs {
+                kad.add_address(&peer, addr);
+            }
+        } else if self.admitting.len() < MAX_ADMITTING && self.admitting.insert(peer) {
+            let id = kad.get_record(RecordKind::Station(peer).key());
+            self.pending.insert(id, Pending::Admit { peer, addrs });
+        }
+    }
+
+    /// Checks a station record for membership; a member's director enters the routing table
+    /// at the (TCP, dialable) addresses its record gives.
+    fn admit(&mut self, kad: &mut kad::Behaviour<PersistentStore>, rec: &StationRecord) -> bool {
+        match self.members.admit(rec, now_ms()) {
+            Ok(Some(_)) => {
+                for addr in rec.addrs.iter().filter(|a| dialable(a) && is_tcp(a)) {
+                    kad.add_address(&rec.director, without_peer(addr));
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                tracing::debug!(station = %rec.director, error = %e, "not a member");
+                false
+            }
+        }
+    }
+
+    /// Whether a value record that passed [`check_record`] comes from a member: a station
+    /// record of a member, or a catalog record of a certified content manager.
+    fn admitted(
+        &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
+        record: &Record,
+        kind: RecordKind,
+    ) -> bool {
+        let now = now_ms();
+        match kind {
+            RecordKind::Station(_) => match validate::station_from_value(&record.value, now) {
+                Ok((rec, _)) => self.admit(kad, &rec),
+                Err(_) => false,
+            },
+            RecordKind::Catalog(_) => codec::decode::<Signed>(&record.value, validate::MAX_VALUE)
+                .ok()
+                .and_then(|s| vodmesh_proto::catalog::CatalogRecord::verify(&s).ok())
+                .is_some_and(|c| self.members.is_content_manager(&c.content_manager, now)),
+            RecordKind::Program(_) => false,
+        }
     }
 
     /// Inbound record counters.
@@ -502,6 +603,10 @@ impl Registry {
                         ..
                     },
             } => match check_record(&record, now_ms()) {
+                Ok(kind) if !self.admitted(kad, &record, kind) => {
+                    self.stats.refused += 1;
+                    tracing::info!(%source, "refused a registry record: not from a member");
+                }
                 Ok(_) => match kad.store_mut().put(record) {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(%source, error = %e, "registry store full"),
@@ -520,6 +625,10 @@ impl Registry {
                         record: Some(record),
                     },
             } => match check_provider(&record, None) {
+                Ok(()) if !self.members.admits(&record.provider, now_ms()) => {
+                    self.stats.refused += 1;
+                    tracing::info!(provider = %record.provider, "refused a provider record: not a member");
+                }
                 Ok(()) => match kad.store_mut().add_provider(record) {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(error = %e, "registry provider store full"),
@@ -535,7 +644,7 @@ impl Registry {
                 step,
                 stats,
             } => {
-                if self.progress(id, result, step.last, &stats)
+                if self.progress(kad, id, result, step.last, &stats)
                     && let Some(mut query) = kad.query_mut(&id)
                 {
                     query.finish();
@@ -549,6 +658,7 @@ impl Registry {
     /// the rest of the query can be cut short.
     fn progress(
         &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
         id: QueryId,
         result: QueryResult,
         last: bool,
@@ -581,6 +691,7 @@ impl Registry {
                     && let Ok((rec, signed)) =
                         validate::station_from_value(&found.record.value, now_ms())
                     && best.as_ref().is_none_or(|b| rec.issued_ms > b.0.issued_ms)
+                    && self.admit(kad, &rec)
                 {
                     best = Some(Box::new((rec, signed)));
                 }
@@ -596,7 +707,8 @@ impl Registry {
             }
             (Pending::Catalog { mut found, reply }, QueryResult::GetRecord(r)) => {
                 if let Ok(GetRecordOk::FoundRecord(rec)) = r
-                    && check_record(&rec.record, now_ms()).is_ok()
+                    && let Ok(kind) = check_record(&rec.record, now_ms())
+                    && self.admitted(kad, &rec.record, kind)
                     && let Ok(signed) =
                         codec::decode::<Signed>(&rec.record.value, validate::MAX_VALUE)
                     && !found.contains(&signed)
@@ -640,6 +752,25 @@ impl Registry {
                     return false;
                 }
                 Pending::Traced { trace, reply }
+            }
+            (Pending::Admit { peer, addrs }, QueryResult::GetRecord(r)) => {
+                let member = match r {
+                    Ok(GetRecordOk::FoundRecord(found)) => {
+                        validate::station_from_value(&found.record.value, now_ms())
+                            .is_ok_and(|(rec, _)| rec.director == peer && self.admit(kad, &rec))
+                    }
+                    _ => false,
+                };
+                if member || last {
+                    self.admitting.remove(&peer);
+                    if member {
+                        for addr in addrs {
+                            kad.add_address(&peer, addr);
+                        }
+                    }
+                    return member && !last;
+                }
+                Pending::Admit { peer, addrs }
             }
             (Pending::Closest(reply), QueryResult::GetClosestPeers(r)) => {
                 let peers = match r {

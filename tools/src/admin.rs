@@ -16,8 +16,31 @@ use vodmesh_client::DirectorClient;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_proto::auth::Request;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Rights};
+
+/// A role `vodmesh enroll --role` grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Runs the content manager: catalog records, `Published`, `Replicate`.
+    ContentManager,
+    /// A home station: holds every program and never evicts it.
+    Home,
+    /// Runs an auth server that consoles may log in with.
+    Auth,
+}
+
+impl Role {
+    /// The roles `roles` grant together.
+    pub fn granted(roles: &[Role]) -> Roles {
+        Roles {
+            home: roles.contains(&Role::Home),
+            content_manager: roles.contains(&Role::ContentManager),
+            auth: roles.contains(&Role::Auth),
+        }
+    }
+}
 
 fn admin_token(path: Option<&Path>) -> Result<Option<ByteBuf>> {
     path.map(|p| read_small(p, "admin token", MAX_TOKEN_FILE).map(ByteBuf::from))
@@ -61,6 +84,7 @@ pub async fn enroll(
     key_file: &Path,
     admin_token_file: Option<&Path>,
     station: Option<PeerId>,
+    roles: Roles,
     out: &Path,
 ) -> Result<PeerId> {
     let key = vodmesh_client::identity::load(key_file)?;
@@ -76,6 +100,7 @@ pub async fn enroll(
     let client = AuthClient::connect(&server, wire).await?;
     let mut request = Request::EnrollToken {
         station,
+        roles,
         admin_token,
         proof: None,
     };

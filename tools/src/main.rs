@@ -68,6 +68,11 @@ enum Cmd {
         /// Where to write the token (mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// A role the station's certificate grants (repeat for several); without any, the
+        /// station is a member that stores, copies and streams. Roles a station runs
+        /// (`--home`, `--content-manager`, `--auth`) count only when its certificate grants them.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<admin::Role>,
     },
     /// Ingests a program into a home station (admin only); prints the program id last.
     Ingest {
@@ -379,8 +384,11 @@ async fn run(args: Args) -> Result<()> {
             admin_token,
             station,
             out,
+            roles,
         } => {
-            let station = admin::enroll(&node, &key, admin_token.as_deref(), station, &out).await?;
+            let roles = admin::Role::granted(&roles);
+            let station =
+                admin::enroll(&node, &key, admin_token.as_deref(), station, roles, &out).await?;
             println!(
                 "enrollment token for station {station} written to {}",
                 out.display()

@@ -29,8 +29,9 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tracing::{info, instrument, warn};
 use vodmesh_proto::ids::short_peer;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::token::{
-    Audience, IssueError, Issuer, IssuerKey, Rights, TokenError, TrustedIssuers,
+    Audience, Claims, IssueError, Issuer, IssuerKey, Rights, TokenError, TokenId, TrustedIssuers,
 };
 
 pub use db::{DbError, Enrollment, SubscriberDb, UserRecord};
@@ -64,6 +65,9 @@ pub enum Error {
     /// Engine tokens go only to engines of enrolled stations.
     #[error("engine {0} is not enrolled: enroll its station with `vodmesh enroll`")]
     NotEnrolled(PeerId),
+    /// The station's membership was revoked (`vodmesh station revoke`).
+    #[error("station {0} was revoked: an admin must enroll it again")]
+    Revoked(PeerId),
     /// A user of that name exists.
     #[error("user {0} already exists")]
     UserExists(String),
@@ -155,6 +159,8 @@ pub struct Config {
     pub admin_ttl: Duration,
     /// Lifetime of enrollment tokens.
     pub enroll_ttl: Duration,
+    /// Lifetime of station certificates (stations renew them at half their lifetime).
+    pub member_ttl: Duration,
     /// Peers that are admins without a token: the station's own identity and `--admin` peers.
     pub admins: Vec<PeerId>,
     /// Other issuers whose admin tokens this server accepts (`--trust`); its own is implied.
@@ -175,6 +181,7 @@ impl Default for Config {
             engine_ttl: Duration::from_secs(3600),
             admin_ttl: Duration::from_secs(3600),
             enroll_ttl: Duration::from_secs(24 * 3600),
+            member_ttl: Duration::from_secs(3600),
             admins: Vec::new(),
             trust: Vec::new(),
             station: None,
@@ -491,21 +498,28 @@ impl Server {
         &self,
         caller: Caller<'_>,
         station: PeerId,
+        roles: Roles,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
         self.require_admin(caller, now_ms)?;
-        self.issue(
-            station,
-            Audience::Enroll,
-            Rights::All,
-            self.config.enroll_ttl,
-            now_ms,
-        )
+        let token = self.issuer.sign(&Claims {
+            issuer: self.issuer.public(),
+            subject: station,
+            audience: Audience::Enroll,
+            rights: Rights::All,
+            not_before_ms: now_ms,
+            expires_ms: now_ms.saturating_add(ms(self.config.enroll_ttl)),
+            id: TokenId::random(),
+            roles: Some(roles),
+        })?;
+        Metrics::inc(&self.metrics.tokens_issued);
+        Ok(token)
     }
 
     /// A station (`--enroll FILE`) presents its enrollment token from its director's peer id
     /// `station`, listing its engines; from then on those engines receive engine tokens.
-    /// Enrolling again replaces the engine list.
+    /// Enrolling again replaces the engine list. Returns the station's certificate, with the
+    /// roles the enrollment token grants.
     #[instrument(skip_all, fields(station = %short_peer(&station), engines = engines.len()))]
     pub fn enroll_station(
         &self,
@@ -513,21 +527,71 @@ impl Server {
         station: PeerId,
         engines: &[PeerId],
         now_ms: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<u8>, Error> {
         let claims = self
             .own
             .verify(token, now_ms, Audience::Enroll, None, &station)?;
-        self.record_enrollment(station, engines, now_ms, Some(claims.id))
+        // A token issued after the revocation is an admin's new decision: it enrolls again.
+        match self.db.revoked(&station)? {
+            Some(at) if claims.not_before_ms <= at => return Err(Error::Revoked(station)),
+            Some(_) => self.db.unrevoke(&station)?,
+            None => {}
+        }
+        self.record_enrollment(station, engines, now_ms, Some(claims.id))?;
+        self.certify(station, claims.roles.unwrap_or_default(), now_ms)
     }
 
-    /// The auth station enrolls its own engines, no token needed.
+    /// The auth station enrolls its own engines, no token needed, and certifies itself with
+    /// `roles` (the roles it runs).
     pub fn enroll_own_station(
         &self,
         station: PeerId,
         engines: &[PeerId],
+        roles: Roles,
         now_ms: u64,
-    ) -> Result<(), Error> {
-        self.record_enrollment(station, engines, now_ms, None)
+    ) -> Result<Vec<u8>, Error> {
+        self.record_enrollment(station, engines, now_ms, None)?;
+        self.certify(station, roles, now_ms)
+    }
+
+    /// A fresh certificate for `station`, in exchange for its current one: signed by this
+    /// server, still valid, presented by its own station, and not revoked.
+    #[instrument(skip_all, fields(station = %short_peer(&station)))]
+    pub fn renew(
+        &self,
+        certificate: &[u8],
+        station: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let claims = self
+            .own
+            .verify(certificate, now_ms, Audience::Member, None, &station)?;
+        self.check_not_revoked(&station)?;
+        self.certify(station, claims.roles.unwrap_or_default(), now_ms)
+    }
+
+    fn check_not_revoked(&self, station: &PeerId) -> Result<(), Error> {
+        match self.db.revoked(station)? {
+            Some(_) => Err(Error::Revoked(*station)),
+            None => Ok(()),
+        }
+    }
+
+    /// Signs a station certificate for `station` granting `roles`: the auth station's own
+    /// (self-issued, with the roles it runs), and every enrolled station's.
+    pub fn certify(&self, station: PeerId, roles: Roles, now_ms: u64) -> Result<Vec<u8>, Error> {
+        let cert = self.issuer.sign(&Claims {
+            issuer: self.issuer.public(),
+            subject: station,
+            audience: Audience::Member,
+            rights: Rights::All,
+            not_before_ms: now_ms,
+            expires_ms: now_ms.saturating_add(ms(self.config.member_ttl)),
+            id: TokenId::random(),
+            roles: Some(roles),
+        })?;
+        Metrics::inc(&self.metrics.tokens_issued);
+        Ok(cert)
     }
 
     fn record_enrollment(
@@ -535,7 +599,7 @@ impl Server {
         station: PeerId,
         engines: &[PeerId],
         now_ms: u64,
-        token: Option<vodmesh_proto::token::TokenId>,
+        token: Option<TokenId>,
     ) -> Result<(), Error> {
         if engines.len() > MAX_ENGINES {
             return Err(Error::TooManyEngines(engines.len()));

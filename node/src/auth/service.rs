@@ -175,14 +175,21 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             .map(|()| Response::Done),
         Request::EnrollToken {
             station,
+            roles,
             admin_token,
             proof: _,
         } => server
-            .issue_enroll_token(Caller::new(acting, admin_token.as_ref()), station, now_ms)
+            .issue_enroll_token(
+                Caller::new(acting, admin_token.as_ref()),
+                station,
+                roles,
+                now_ms,
+            )
             .map(token),
-        Request::Enroll { token: t, engines } => server
-            .enroll_station(&t, peer, &engines, now_ms)
-            .map(|()| Response::Done),
+        Request::Enroll { token: t, engines } => {
+            server.enroll_station(&t, peer, &engines, now_ms).map(token)
+        }
+        Request::Renew { certificate } => server.renew(&certificate, peer, now_ms).map(token),
         Request::EngineToken => server.issue_engine_token(peer, now_ms).map(token),
         Request::StationEngineToken { engine } => server
             .issue_station_engine_token(peer, engine, now_ms)
@@ -519,6 +526,7 @@ mod tests {
             admin,
             Request::EnrollToken {
                 station,
+                roles: Default::default(),
                 admin_token: None,
                 proof: None,
             },
@@ -535,7 +543,10 @@ mod tests {
             handle(&s, PeerId::random(), enroll_req.clone(), now),
             Response::Error("token belongs to another peer".into())
         );
-        assert_eq!(handle(&s, station, enroll_req, now), Response::Done);
+        assert!(matches!(
+            handle(&s, station, enroll_req, now),
+            Response::Token(_)
+        ));
         let Response::Token(t) = handle(&s, engine, Request::EngineToken, now) else {
             panic!("engine token refused");
         };

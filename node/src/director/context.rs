@@ -5,7 +5,7 @@
 use libp2p::identity::Keypair;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, kad};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vodmesh_proto::director::{Activity, Response};
 use vodmesh_proto::signed::Signed;
@@ -42,6 +42,8 @@ pub(super) struct Me {
     pub(super) admins: Vec<PeerId>,
     /// The issuer key of this station's auth server (`--auth`), for the station record.
     pub(super) issuer: Option<String>,
+    /// Its station certificate, once it has one, for the station record.
+    pub(super) certificate: watch::Receiver<Option<Vec<u8>>>,
 }
 
 impl Me {
@@ -79,6 +81,7 @@ impl Me {
             issued_ms: now_ms(),
             expires_ms: in_ms(config.registry.record_ttl),
             counters,
+            certificate: (self.certificate.borrow().clone()).map(serde_bytes::ByteBuf::from),
         }
     }
 

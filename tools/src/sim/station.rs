@@ -167,6 +167,7 @@ pub(super) fn station_record(
         issued_ms: now_ms(),
         expires_ms: in_ms(ttl),
         counters: Default::default(),
+        certificate: None,
     }
     .sign(key)
 }
