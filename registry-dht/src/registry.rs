@@ -579,6 +579,11 @@ impl Registry {
                 return;
             }
         };
+        // This director's own record: it knows its own membership (and roles) from it, as
+        // it knows anyone else's, also after a restart.
+        if let Ok(rec) = StationRecord::verify(&signed, now_ms()) {
+            self.admit(kad, &rec);
+        }
         match kad.put_record(record, Quorum::One) {
             Ok(id) => {
                 self.pending.insert(id, Pending::Put(reply));
