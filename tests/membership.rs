@@ -21,7 +21,7 @@ use vodmesh_proto::{ProgramId, signed::Signed};
 use vodmesh_registry::RecordKind;
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::rogue::{Rogue, catalog_record, certify, issuer_of, station_record};
-use vodmesh_tests::swarm::{ingest_options, init_logging, station};
+use vodmesh_tests::swarm::{TEST_TTL, ingest_options, init_logging, station};
 use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
@@ -251,5 +251,49 @@ async fn an_uninvited_station_stays_out_of_routing_tables_and_listings() -> anyh
     for s in [rogue, member, home] {
         s.shutdown().await;
     }
+    Ok(())
+}
+
+/// `vodmesh station revoke`: a member whose requests were served is refused once an admin
+/// revoked it, and drops out of the swarm's listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let key = vodmesh_node::identity::load_or_create(&member_dir.join("identity.key"))?;
+    let addr = home.addr().clone();
+    let locate_copy = Request::LocateCopy {
+        program: ProgramId([0x22; 32]),
+        index: 0,
+    };
+    let id = member.peer_id();
+    let listed = || async { anyhow::Ok(home.swarm().await?.iter().any(|r| r.director == id)) };
+    wait::until("the member listed", Duration::from_secs(30), listed).await?;
+    // The control: served as a member (the station holds no such segment).
+    let answer = refusal(&addr, &key, locate_copy.clone()).await?;
+    assert!(answer.is_some_and(|a| a != NOT_A_MEMBER));
+
+    vodmesh_tools::admin::revoke(
+        &addr,
+        &home_dir.join("identity.key"),
+        None,
+        member.peer_id(),
+    )
+    .await?;
+    // The auth station lists the revocation in its next record (a third of the TTL).
+    wait::until("the member refused", TEST_TTL * 2, || async {
+        Ok(refusal(&addr, &key, locate_copy.clone()).await?.as_deref() == Some(NOT_A_MEMBER))
+    })
+    .await?;
+    assert!(!listed().await?, "still listed");
+    member.shutdown().await;
+    home.shutdown().await;
     Ok(())
 }

@@ -223,6 +223,7 @@ mod tests {
             expires_ms: 0,
             counters: Default::default(),
             certificate: None,
+            revoked: vec![],
         };
         assert!(
             AuthServer::from_record(&record).is_none(),

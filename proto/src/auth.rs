@@ -125,6 +125,17 @@ pub enum Request {
         /// The current certificate.
         certificate: serde_bytes::ByteBuf,
     },
+    /// Ends the membership of the station whose director is `station` before its certificate
+    /// expires (admin only): its certificate is not renewed, and the auth station's record
+    /// lists it as revoked, which every director honours.
+    Revoke {
+        /// The station's director.
+        station: PeerId,
+        /// An admin token of the caller, unless the caller is an admin peer.
+        admin_token: Option<serde_bytes::ByteBuf>,
+        /// The admin acting through this connection ([`Request::prove_admin`]).
+        proof: Option<Signed>,
+    },
 }
 
 impl Request {
@@ -140,6 +151,7 @@ impl Request {
             Request::EngineToken => "engine_token",
             Request::StationEngineToken { .. } => "station_engine_token",
             Request::Renew { .. } => "renew",
+            Request::Revoke { .. } => "revoke",
         }
     }
 
@@ -156,6 +168,7 @@ impl Request {
                 }
                 Some(subject)
             }
+            Request::Revoke { station, .. } => Some(station.to_bytes()),
             _ => None,
         }
     }
@@ -171,7 +184,10 @@ impl Request {
         let claim = AdminClaim::new(self.op(), &subject, director, now_ms)
             .via(via)
             .sign(admin);
-        if let Request::AddUser { proof, .. } | Request::EnrollToken { proof, .. } = self {
+        if let Request::AddUser { proof, .. }
+        | Request::EnrollToken { proof, .. }
+        | Request::Revoke { proof, .. } = self
+        {
             *proof = Some(claim);
         }
     }
@@ -242,6 +258,11 @@ mod tests {
             Request::StationEngineToken { engine: peer() },
             Request::Renew {
                 certificate: bytes.clone(),
+            },
+            Request::Revoke {
+                station: peer(),
+                admin_token: None,
+                proof: None,
             },
         ] {
             let b = encode(&req);

@@ -109,6 +109,19 @@ pub fn of_record(
     Ok(member)
 }
 
+/// What `record`'s certificate says, read without checking it (for listings: the director
+/// that listed the record checked it): who certified the station, with which roles (those
+/// claimed and granted), until when. `None` without a certificate.
+pub fn peek(record: &StationRecord) -> Option<Member> {
+    let claims = Claims::peek(record.certificate.as_ref()?).ok()?;
+    (claims.audience == Audience::Member && claims.subject == record.director).then(|| Member {
+        station: record.director,
+        issuer: claims.issuer,
+        roles: record.roles.granted(&claims.roles.unwrap_or_default()),
+        expires_ms: claims.expires_ms,
+    })
+}
+
 /// Self-certified roles of `record`: its certificate checked against the issuer key the record
 /// itself names. What a console can check of an auth station before it pins an issuer; it
 /// proves only that the record's issuer stands behind the roles, not that anyone trusts it.
@@ -139,6 +152,7 @@ mod tests {
             expires_ms: u64::MAX,
             counters: Default::default(),
             certificate: None,
+            revoked: vec![],
         }
     }
 

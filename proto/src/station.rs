@@ -197,7 +197,14 @@ pub struct StationRecord {
     /// the roles it was granted. Absent until the station has one.
     #[serde(default)]
     pub certificate: Option<serde_bytes::ByteBuf>,
+    /// On an auth station's record: the stations whose membership its issuer revoked
+    /// (`vodmesh station revoke`), at most [`MAX_REVOKED`], which every director honours.
+    #[serde(default)]
+    pub revoked: Vec<PeerId>,
 }
+
+/// Most revocations an auth station's record lists (about 40 bytes each).
+pub const MAX_REVOKED: usize = 1024;
 
 /// Why a station record was refused.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +284,7 @@ mod tests {
             expires_ms,
             counters: Default::default(),
             certificate: None,
+            revoked: vec![],
         }
     }
 

@@ -11,12 +11,12 @@
 //! An open registry ([`Members::open`]: the tools' sims and benches, and a station with no
 //! trust root at all) admits everyone and knows no roles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
 use vodmesh_proto::member::{self, Member, NotMember};
-use vodmesh_proto::station::{Roles, StationRecord};
-use vodmesh_proto::token::TrustedIssuers;
+use vodmesh_proto::station::{MAX_REVOKED, Roles, StationRecord};
+use vodmesh_proto::token::{IssuerKey, TrustedIssuers};
 
 /// Most stations remembered; beyond it the entries nearest their expiry are dropped first.
 pub const MAX_MEMBERS: usize = 16_384;
@@ -32,6 +32,8 @@ pub struct Members {
     known: HashMap<PeerId, (Member, u64)>,
     /// Engines of admitted stations, to their director.
     engines: HashMap<PeerId, PeerId>,
+    /// Stations each issuer revoked, as its certified auth station's latest record lists them.
+    revoked: HashMap<IssuerKey, HashSet<PeerId>>,
 }
 
 impl Members {
@@ -42,6 +44,7 @@ impl Members {
             trusted: None,
             known: HashMap::new(),
             engines: HashMap::new(),
+            revoked: HashMap::new(),
         }
     }
 
@@ -80,6 +83,12 @@ impl Members {
         // What the newest record says replaces what an older one said.
         self.forget(&record.director);
         let member = found?;
+        if (self.revoked.get(&member.issuer)).is_some_and(|r| r.contains(&record.director)) {
+            return Err(NotMember::Revoked);
+        }
+        if member.roles.auth {
+            self.revocations(member.issuer, &record.revoked);
+        }
         if self.known.len() >= self.limit {
             self.prune(now_ms);
         }
@@ -96,6 +105,20 @@ impl Members {
             None => Ok(()),
             Some(trusted) => member::of_record(record, trusted, now_ms).map(|_| ()),
         }
+    }
+
+    /// The certified auth station of `issuer` lists `revoked`: those it certified are members
+    /// no more.
+    fn revocations(&mut self, issuer: IssuerKey, revoked: &[PeerId]) {
+        let list: HashSet<PeerId> = revoked.iter().take(MAX_REVOKED).copied().collect();
+        let gone: Vec<PeerId> = (self.known.iter())
+            .filter(|(p, (m, _))| m.issuer == issuer && list.contains(p))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in gone {
+            self.forget(&peer);
+        }
+        self.revoked.insert(issuer, list);
     }
 
     fn forget(&mut self, director: &PeerId) {
@@ -197,6 +220,7 @@ mod tests {
             expires_ms: u64::MAX,
             counters: Default::default(),
             certificate: cert.map(Into::into),
+            revoked: vec![],
         }
     }
 
@@ -262,6 +286,48 @@ mod tests {
         newer.issued_ms = 2;
         assert!(members.admit(&newer, 20).is_err());
         assert!(!members.admits(&cm, 20) && !members.admits(&cm_engine, 20));
+    }
+
+    #[test]
+    fn a_station_revoked_by_its_issuers_auth_station_is_a_member_no_more() {
+        let issuer = Issuer::generate();
+        let mut members = Members::closed([issuer.public()].into_iter().collect());
+        let (auth, station, engine) = (peer(), peer(), peer());
+        let cert = certify(&issuer, station, Roles::default(), 1_000);
+        assert!(
+            members
+                .admit(&record(station, engine, Some(cert.clone())), 10)
+                .is_ok()
+        );
+        let auth_roles = Roles {
+            auth: true,
+            ..Roles::default()
+        };
+        let mut auth_record = record(
+            auth,
+            peer(),
+            Some(certify(&issuer, auth, auth_roles, 1_000)),
+        );
+        auth_record.roles.auth = true;
+        auth_record.revoked = vec![station];
+        // Listed by a station that may not speak for the issuer (not a certified auth
+        // station): nothing changes.
+        let mut not_auth = record(peer(), peer(), None);
+        not_auth.revoked = vec![station];
+        assert!(members.admit(&not_auth, 10).is_err());
+        assert!(members.admits(&station, 10));
+        // Listed by the issuer's auth station: out, with its engines, and it stays out.
+        assert!(members.admit(&auth_record, 10).is_ok());
+        assert!(!members.admits(&station, 10) && !members.admits(&engine, 10));
+        let mut again = record(station, engine, Some(cert));
+        again.issued_ms = 5;
+        assert!(matches!(members.admit(&again, 10), Err(NotMember::Revoked)));
+        // Taken off the list (enrolled anew): a member again.
+        auth_record.revoked.clear();
+        auth_record.issued_ms = 6;
+        assert!(members.admit(&auth_record, 10).is_ok());
+        again.issued_ms = 7;
+        assert!(members.admit(&again, 10).is_ok());
     }
 
     #[test]

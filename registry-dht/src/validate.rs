@@ -143,6 +143,7 @@ mod tests {
             expires_ms: u64::MAX,
             counters: Default::default(),
             certificate: None,
+            revoked: vec![],
         };
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());

@@ -60,6 +60,7 @@ pub fn station_record(
         expires_ms: in_ms(Duration::from_secs(60)),
         counters: Default::default(),
         certificate: certificate.map(Into::into),
+        revoked: vec![],
     }
 }
 

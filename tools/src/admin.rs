@@ -1,4 +1,5 @@
-//! Admin operations against the auth server: `vodmesh user add` and `vodmesh enroll`.
+//! Admin operations against the auth server: `vodmesh user add`, `vodmesh enroll` and
+//! `vodmesh station revoke`.
 //!
 //! The operator's key file (`--key`) is the admin the auth server sees: an admin peer of the
 //! auth station (its own identity or an `--admin`), or a key with an admin token issued to it
@@ -114,4 +115,26 @@ pub async fn enroll(
         .context("the auth server returned an invalid enrollment token")?;
     write_private(out, &token, "enrollment token")?;
     Ok(station)
+}
+
+/// `vodmesh station revoke`: ends the membership of the station whose director is `station`.
+pub async fn revoke(
+    node: &Multiaddr,
+    key_file: &Path,
+    admin_token_file: Option<&Path>,
+    station: PeerId,
+) -> Result<()> {
+    let key = vodmesh_client::identity::load(key_file)?;
+    let admin_token = admin_token(admin_token_file)?;
+    let wire = Keypair::generate_ed25519();
+    let server = find_auth_server(node, wire.clone()).await?;
+    let client = AuthClient::connect(&server, wire).await?;
+    let mut request = Request::Revoke {
+        station,
+        admin_token,
+        proof: None,
+    };
+    request.prove_admin(&key, server.director, client.local_peer(), now_ms());
+    client.done(request).await?;
+    Ok(())
 }

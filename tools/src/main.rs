@@ -280,6 +280,23 @@ enum StationCmd {
         #[arg(long)]
         resume: bool,
     },
+    /// Ends a station's membership before its certificate expires (admin only): the auth
+    /// server renews it no more, and every director refuses it within one record TTL (the
+    /// auth station's record lists it). Enrolling it anew makes it a member again.
+    Revoke {
+        /// Any station's director address; the auth server is found through the swarm.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// An admin token issued to --key's peer, if that peer is not an admin peer.
+        #[arg(long, value_name = "FILE")]
+        admin_token: Option<PathBuf>,
+        /// The station's director peer id.
+        #[arg(value_name = "PEERID")]
+        station: PeerId,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,6 +394,15 @@ async fn run(args: Args) -> Result<()> {
                     "station draining: {streams} stream(s) still running; new streams go to other stations"
                 );
             }
+        }
+        Cmd::Station(StationCmd::Revoke {
+            node,
+            key,
+            admin_token,
+            station,
+        }) => {
+            admin::revoke(&node, &key, admin_token.as_deref(), station).await?;
+            println!("station {station} revoked: every director refuses it within one record TTL");
         }
         Cmd::Enroll {
             node,

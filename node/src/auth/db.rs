@@ -206,18 +206,19 @@ impl SubscriberDb {
         Ok(table.get(station.to_bytes().as_slice())?.map(|v| v.value()))
     }
 
-    /// Every revoked station.
+    /// Every revoked station, the latest revoked first.
     pub fn revocations(&self) -> Result<Vec<PeerId>, DbError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REVOKED)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
-            let (k, _) = entry?;
+            let (k, at) = entry?;
             if let Ok(peer) = PeerId::from_bytes(k.value()) {
-                out.push(peer);
+                out.push((at.value(), peer));
             }
         }
-        Ok(out)
+        out.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
+        Ok(out.into_iter().map(|(_, peer)| peer).collect())
     }
 
     /// The station that enrolled `engine`, if any.

@@ -554,6 +554,16 @@ impl Server {
         self.certify(station, roles, now_ms)
     }
 
+    /// Ends `station`'s membership (`vodmesh station revoke`); only an admin may. Its
+    /// certificate is not renewed, and this station's record lists it as revoked.
+    #[instrument(skip_all, fields(station = %short_peer(&station), by = %short_peer(&caller.peer)))]
+    pub fn revoke(&self, caller: Caller<'_>, station: PeerId, now_ms: u64) -> Result<(), Error> {
+        self.require_admin(caller, now_ms)?;
+        self.db.revoke(&station, now_ms)?;
+        info!("station revoked");
+        Ok(())
+    }
+
     /// A fresh certificate for `station`, in exchange for its current one: signed by this
     /// server, still valid, presented by its own station, and not revoked.
     #[instrument(skip_all, fields(station = %short_peer(&station)))]

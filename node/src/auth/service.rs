@@ -190,6 +190,13 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             server.enroll_station(&t, peer, &engines, now_ms).map(token)
         }
         Request::Renew { certificate } => server.renew(&certificate, peer, now_ms).map(token),
+        Request::Revoke {
+            station,
+            admin_token,
+            proof: _,
+        } => server
+            .revoke(Caller::new(acting, admin_token.as_ref()), station, now_ms)
+            .map(|()| Response::Done),
         Request::EngineToken => server.issue_engine_token(peer, now_ms).map(token),
         Request::StationEngineToken { engine } => server
             .issue_station_engine_token(peer, engine, now_ms)
@@ -210,6 +217,9 @@ fn acting_peer(
         proof: Some(proof), ..
     }
     | Request::EnrollToken {
+        proof: Some(proof), ..
+    }
+    | Request::Revoke {
         proof: Some(proof), ..
     }) = request
     else {

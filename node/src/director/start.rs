@@ -127,6 +127,7 @@ pub async fn start(
         admins,
         issuer,
         certificate: handles.certificate,
+        auth: handles.auth.clone(),
     };
     let publish = Publishing::new(catalog.as_ref());
     let mut director = Director {

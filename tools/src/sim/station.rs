@@ -168,6 +168,7 @@ pub(super) fn station_record(
         expires_ms: in_ms(ttl),
         counters: Default::default(),
         certificate: None,
+        revoked: vec![],
     }
     .sign(key)
 }

@@ -228,6 +228,7 @@ fn station(bandwidth_mbps: u32, coords: Option<(f64, f64)>) -> StationRecord {
         expires_ms: u64::MAX,
         counters: Default::default(),
         certificate: None,
+        revoked: vec![],
     }
 }
 
