@@ -69,6 +69,40 @@ fn an_uninvited_station_gets_nothing_until_an_admin_enrolls_it() -> Result<()> {
     let claims = Claims::peek(&token)?;
     assert_eq!(claims.audience, Audience::Console);
     assert_eq!(claims.issuer.to_string(), issuer);
+    // It pinned the home's issuer: through the rogue (which names itself as the auth server),
+    // the next login is refused before the password leaves the console.
+    let password = viewer.join("password");
+    let line = cli::refusal(&mut cli::login(
+        None,
+        &viewer,
+        &rogue.addr,
+        "ida",
+        &password,
+    ))?;
+    assert!(
+        line.contains("the issuer this console trusts") && line.contains(&issuer),
+        "{line}"
+    );
+    // `vodmesh status` through the member: the two members, each with its certified roles.
+    let json = status::json_in(None, &member.addr)?;
+    let stations = json["stations"].as_array().context("no stations")?;
+    let mut roles: Vec<(&str, &str)> = stations
+        .iter()
+        .map(|s| {
+            let m = &s["membership"];
+            assert_eq!(m["member"], true, "{s}");
+            let peer = s["director"]["peer_id"].as_str().unwrap_or_default();
+            (peer, m["roles"].as_str().unwrap_or_default())
+        })
+        .collect();
+    roles.sort();
+    let mut wanted = [
+        (home.peer(), "auth,content-manager,home"),
+        (member.peer(), "-"),
+    ];
+    wanted.sort();
+    let wanted: Vec<(&str, &str)> = wanted.iter().map(|(p, r)| (p.as_str(), *r)).collect();
+    assert_eq!(roles, wanted, "{json}");
 
     // The same title at the home and at the rogue (other bytes), and a program only the
     // rogue has, which it wants on two more stations.

@@ -10,11 +10,13 @@
 //! - `fetch`: one segment, located, streamed (one stream per engine at a time, busy engines
 //!   waited out) and verified; `retry` holds its decisions after a failed attempt.
 //! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
+//! - [`pin`]: the issuer a console pins at its first login; it logs in with no other.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 
 mod directors;
 mod fetch;
+pub mod pin;
 pub mod play;
 mod playback;
 pub mod remember;
