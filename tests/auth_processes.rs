@@ -10,7 +10,9 @@ use libp2p::PeerId;
 use vodmesh_node::nodefile::NodeFile;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, IssuerKey, TokenError, TrustedIssuers};
-use vodmesh_tests::cli::{command_in, enroll, keygen, login, refusal, refusal_of, run, user_add};
+use vodmesh_tests::cli::{
+    bin, command_in, enroll, keygen, login, refusal, refusal_of, run, user_add,
+};
 use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::wait;
 
@@ -236,6 +238,67 @@ fn check_engine_token(
         trusted
             .verify(&token, now_ms(), Audience::Console, None, &engine)
             .is_err()
+    );
+    Ok(())
+}
+
+/// `vodmesh user disable|enable|remove NAME` as the auth station's admin.
+fn user(auth: &NodeProcess, verb: &str, name: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(bin("vodmesh"));
+    command
+        .args(["user", verb, "--node", &auth.addr.to_string(), "--key"])
+        .arg(auth.key())
+        .arg(name);
+    command
+}
+
+#[test]
+fn strangers_never_lock_a_subscriber_out_and_admins_disable_and_remove() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let auth = NodeProcess::start(&dir.path().join("auth"), &["--auth"])?;
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "not the password\n")?;
+    run(&mut user_add(None, &auth.addr, &auth.key(), "alice", &pw))?;
+    let own = dir.path().join("own");
+    run(&mut alice(&own, &auth, &pw))?;
+
+    // 30 wrong guesses, each from a console of its own (a fresh identity): her name is locked
+    // to newcomers, even with the right password...
+    for i in 0..30 {
+        let line = refusal(&mut alice(
+            &dir.path().join(format!("guess{i}")),
+            &auth,
+            &bad,
+        ))?;
+        assert!(line.starts_with("error: "), "{line}");
+    }
+    let newcomer = refusal(&mut alice(&dir.path().join("newcomer"), &auth, &pw))?;
+    assert!(newcomer.contains("too many attempts"), "{newcomer}");
+    // ...but not to the console she logged in from before: at once.
+    run(&mut alice(&own, &auth, &pw))?;
+
+    // Disabled: no login, not even from her own console; enabled again: she logs in.
+    assert_eq!(
+        run(&mut user(&auth, "disable", "alice"))?.trim(),
+        "user alice disabled"
+    );
+    let refused = refusal(&mut alice(&own, &auth, &pw))?;
+    assert!(refused.contains("alice is disabled"), "{refused}");
+    run(&mut user(&auth, "enable", "alice"))?;
+    run(&mut alice(&own, &auth, &pw))?;
+    // Removed: her name is unknown (and still locked by the guesses: no console of hers is
+    // known any more).
+    run(&mut user(&auth, "remove", "alice"))?;
+    let removed = refusal(&mut alice(&own, &auth, &pw))?;
+    assert!(
+        removed == "error: wrong user name or password" || removed.contains("too many attempts"),
+        "{removed}"
+    );
+    assert_eq!(
+        refusal(&mut user(&auth, "remove", "alice"))?,
+        "error: no user alice"
     );
     Ok(())
 }

@@ -53,6 +53,31 @@ fn play(home: &NodeProcess, dir: &Path, name: &str, program: &str) -> Result<Pla
         .files(dir, name))
 }
 
+/// Four consoles `{prefix}0..4` playing `program` at `--speed 1`, started a fraction of a second
+/// apart; each must finish with the program's `bytes`, verified.
+fn four_consoles(
+    home: &NodeProcess,
+    dir: &Path,
+    prefix: &str,
+    program: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let mut running = Vec::new();
+    for i in 0..4 {
+        running.push(play(home, dir, &format!("{prefix}{i}"), program)?.spawn()?);
+        // Not a synchronisation: the consoles start a fraction of a second apart, as the
+        // issue's viewers did.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for playing in running {
+        let done = playing.finish()?;
+        assert!(done.bytes == bytes, "a console's bytes differ");
+        assert_eq!(done.stats["verified"], true, "{}", done.stats);
+        assert!(done.stats["waits"].is_u64(), "{}", done.stats);
+    }
+    Ok(())
+}
+
 #[test]
 fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -74,6 +99,9 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
     let solo = play(&home, dir.path(), "solo", &program)?.run()?;
     assert!(solo.bytes == bytes, "the solo console's bytes differ");
     assert_eq!(solo.stats["segments"], SEGMENTS, "{}", solo.stats);
+
+    // Four consoles at --speed 1 on two slots, as the viewers: none ends with an error.
+    four_consoles(&home, dir.path(), "viewer", &program, &bytes)?;
 
     // Every slot of the station taken: a console waits (the director answers busy), and
     // plays on once the slots free.
@@ -105,19 +133,7 @@ fn consoles_outnumbering_engine_slots_all_finish_and_the_station_replicates() ->
         SEGMENTS,
         &viewers,
     ))?;
-    let mut running = Vec::new();
-    for i in 0..4 {
-        running.push(play(&home, dir.path(), &format!("viewer{i}"), &program)?.spawn()?);
-        // Not a synchronisation: the consoles start a fraction of a second apart, as the
-        // issue's viewers did.
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for playing in running {
-        let done = playing.finish()?;
-        assert!(done.bytes == bytes, "a console's bytes differ");
-        assert_eq!(done.stats["verified"], true, "{}", done.stats);
-        assert!(done.stats["waits"].is_u64(), "{}", done.stats);
-    }
+    four_consoles(&home, dir.path(), "stalled", &program, &bytes)?;
     drop(stalled);
     let counted = status::activity(&home.addr, "replications")?;
     assert!(counted >= 1, "no replication counted");

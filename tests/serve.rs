@@ -11,9 +11,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vodmesh_tests::cli::{Ingest, keygen};
-use vodmesh_tests::http::{Reply, get};
+use vodmesh_tests::http::{Reply, get, get_with};
 use vodmesh_tests::media::{
     Gateway, count_frames, decode, ingest, make_video, package_hls, start_home,
 };
@@ -51,7 +51,7 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
     let (status, _, page) = fetch(&format!("{base}/"), None)?;
     assert_eq!(status, 200);
     let page = String::from_utf8(page)?;
-    assert!(page.contains(&format!("href=\"/{program}/\"")), "{page}");
+    assert!(page.contains(&format!("href=\"{program}/\"")), "{page}");
     assert!(page.contains("test card"), "{page}");
     let (status, _, json) = fetch(&format!("{base}/?json"), None)?;
     assert_eq!(status, 200);
@@ -170,6 +170,69 @@ fn ffmpeg_plays_a_served_program_frame_for_frame_with_ranges_404s_and_503() -> R
         "503s came in {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+/// The status of `GET url` with these headers, and its body as text.
+fn status_of(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    let reply = get_with(url, headers)?;
+    Ok((
+        reply.status,
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    ))
+}
+
+#[test]
+fn a_gateway_beyond_loopback_needs_its_key_and_one_on_loopback_its_own_name() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (home, console) = start_home(dir.path())?;
+
+    // Bound to every interface: the printed URL carries a key, and nothing answers without it.
+    let open = Gateway::start_at(&home, &console, "0.0.0.0:0")?;
+    let (root, key) = open
+        .base
+        .rsplit_once('/')
+        .context("the printed URL has a key")?;
+    assert!(key.len() >= 16, "a key that is not guessed: {key:?}");
+    for (path, what) in [
+        ("/".to_string(), "the list"),
+        ("/.vodmesh/hls.min.js".to_string(), "a page's script"),
+        (format!("/{}/", "0".repeat(32)), "another key"),
+        (format!("/{key}x/"), "the key and more"),
+        (
+            format!("/{}/", &key[..key.len() - 1]),
+            "a prefix of the key",
+        ),
+    ] {
+        let (status, body) = status_of(&format!("{root}{path}"), &[])?;
+        assert_eq!(status, 403, "{what} without the key: {body}");
+        assert!(body.contains("access key"), "{body}");
+    }
+    // Control: under the key, the list, the script, and `/KEY` sent on to `/KEY/`.
+    let (status, body) = status_of(&format!("{}/?json", open.base), &[])?;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = status_of(&format!("{}/.vodmesh/hls.min.js", open.base), &[])?;
+    assert_eq!(status, 200);
+    let (status, body) = status_of(&open.base, &[])?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<html"),
+        "the list page after the redirect: {body}"
+    );
+
+    // On loopback, no key, but a page on another site that an attacker's DNS points at
+    // 127.0.0.1 (DNS rebinding) sends its own name: refused.
+    let local = Gateway::start(&home, &console)?;
+    let port = local.base.rsplit(':').next().context("a port")?;
+    let (status, body) = status_of(
+        &format!("{}/?json", local.base),
+        &[("Host", &format!("rebind.example:{port}"))],
+    )?;
+    assert_eq!(status, 403, "{body}");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, body) = status_of(&format!("{}/?json", local.base), &[("Host", &host)])?;
+        assert_eq!(status, 200, "Host: {host}: {body}");
+    }
     Ok(())
 }
 

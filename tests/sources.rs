@@ -127,8 +127,52 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
     );
     let local_bad = dir.path().join("bad.m3u8");
     std::fs::write(&local_bad, "#EXTM3U\n#EXTINF:oops\n")?;
+    // Playlists that name segments elsewhere: another host (the cloud metadata service, a
+    // port of this machine), the station's own identity key beside a local playlist.
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    server.put(
+        "elsewhere.m3u8",
+        hls_playlist(
+            &[
+                ("seg0.ts", 4.0),
+                (&format!("http://127.0.0.2:{port}/seg0.ts"), 4.0),
+            ],
+            None,
+        )
+        .into_bytes(),
+    );
+    server.put(
+        "metadata.m3u8",
+        hls_playlist(&[("http://169.254.169.254/latest/meta-data", 4.0)], None).into_bytes(),
+    );
+    let playlists = dir.path().join("playlists");
+    std::fs::create_dir_all(&playlists)?;
+    let local = |name: &str, uri: &str| -> std::io::Result<String> {
+        let path = playlists.join(name);
+        std::fs::write(&path, hls_playlist(&[(uri, 4.0)], None))?;
+        Ok(path.to_string_lossy().into_owned())
+    };
+    let key_path = key.to_string_lossy().into_owned();
+    let beside_key = local("key.m3u8", "../home/identity.key")?;
+    let absolute_key = local("absolute.m3u8", &key_path)?;
+    let from_server = local("remote-segment.m3u8", &server.url("seg0.ts"))?;
+    // A "video" that is an HLS playlist naming a file of this machine (ffmpeg would package
+    // the file's contents into the program), and one in a container that is no video's: both
+    // refused before ffmpeg packages anything.
+    let fake_video = dir.path().join("fake.mp4");
+    std::fs::write(
+        &fake_video,
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/hostname\n#EXT-X-ENDLIST\n",
+    )?;
+    let subtitles = dir.path().join("subtitles.mkv");
+    std::fs::write(&subtitles, "1\n00:00:01,000 --> 00:00:02,000\nhello\n\n")?;
 
-    let cases: Vec<(String, &str)> = vec![
+    let mut cases: Vec<(String, &str)> = vec![
         (
             dir.path()
                 .join("missing.bin")
@@ -142,7 +186,19 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
         (local_bad.to_string_lossy().into_owned(), "playlist"),
         (server.url("truncated.m3u8"), "truncated"),
         (server.url("changing.m3u8"), "changed during ingest"),
+        (server.url("elsewhere.m3u8"), "not on the playlist's host"),
+        (server.url("metadata.m3u8"), "--allow-host 169.254.169.254"),
+        (beside_key, "outside the playlist's directory"),
+        (absolute_key, "outside the playlist's directory"),
+        (from_server.clone(), "--allow-host 127.0.0.1"),
     ];
+    if vodmesh_tools::source::ffmpeg_installed() {
+        cases.push((fake_video.to_string_lossy().into_owned(), "fake.mp4"));
+        cases.push((
+            subtitles.to_string_lossy().into_owned(),
+            "not a video container",
+        ));
+    }
     for (source, want) in cases {
         let err = ingest::run(&ingest_options(&station, &key, "bad", &source))
             .await
@@ -160,6 +216,11 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
             .is_empty(),
         "nothing half-ingested in the catalog"
     );
+    // Control: the host allowed, the local playlist's remote segment is ingested.
+    let mut allowed = ingest_options(&station, &key, "allowed", &from_server);
+    allowed.allow_hosts = vec!["127.0.0.1".into()];
+    let info = ingest::run(&allowed).await?;
+    assert_eq!(info.segments, 1);
     station.shutdown().await;
     Ok(())
 }

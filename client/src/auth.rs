@@ -238,6 +238,7 @@ mod tests {
                 not_before_ms: 0,
                 expires_ms: u64::MAX,
                 id: vodmesh_proto::token::TokenId::random(),
+                user: None,
                 roles: Some(Roles {
                     auth,
                     ..Roles::default()

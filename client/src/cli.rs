@@ -69,6 +69,29 @@ pub fn init_tracing(default_filter: &str, format: LogFormat) {
     }
 }
 
+/// `text` as it may be written to a terminal: control characters (escape sequences that would
+/// move the cursor, retitle the window or hide what follows; newlines that would forge lines)
+/// and bidirectional overrides written as `\u{..}`. For what other peers said (titles,
+/// regions, disk paths, error messages) before it is printed.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A binary's `main`: starts tracing ([`init_tracing`]) and a multi-threaded tokio runtime,
 /// and runs `run` on it. A failure is one line on stderr, `error: ` and the error with its
 /// causes (`{:#}`), and exit status [`EXIT_ERROR`].
@@ -86,7 +109,7 @@ pub fn main<E: Display>(
         Err(e) => Err(format!("cannot start the async runtime: {e}")),
     };
     if let Err(line) = result {
-        eprintln!("error: {line}");
+        eprintln!("error: {}", printable(&line));
         // At once, as `#[tokio::main]` did: a blocking task (a read of stdin) must not hold
         // the exit up.
         std::process::exit(EXIT_ERROR);
@@ -214,5 +237,25 @@ impl Docs {
             Self::Completions { .. } => "completion script",
             Self::Man { .. } => "man page",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_peers_said_prints_without_terminal_controls() {
+        assert!(matches!(
+            printable("Sintel (2010) — 4K"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let title = "a\u{1b}]0;owned\u{7}b\u{1b}[2Jc\nerror: forged\u{202e}d\u{9b}";
+        let shown = printable(title);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(
+            shown,
+            "a\\u{1b}]0;owned\\u{7}b\\u{1b}[2Jc\\u{a}error: forged\\u{202e}d\\u{9b}"
+        );
     }
 }

@@ -118,9 +118,16 @@ enum Cmd {
         /// swarm remembered at login (the first director that answers).
         #[arg(long, value_name = "MULTIADDR")]
         node: Option<Multiaddr>,
-        /// The HTTP address to listen on (0.0.0.0:PORT serves other machines too).
+        /// The HTTP address to listen on (0.0.0.0:PORT serves other machines too: its URLs
+        /// then start with an access key, printed once, since whoever reaches the gateway
+        /// watches as you).
         #[arg(long, value_name = "ADDR:PORT", default_value = vodmesh_console::serve::DEFAULT_HTTP)]
         http: std::net::SocketAddr,
+        /// The access key URLs start with (`http://ADDR:PORT/KEY/...`), to keep them the same
+        /// across restarts. Default: a fresh one at each start beyond loopback, none on loopback
+        /// (where only requests naming this machine, localhost or an IP address, are served).
+        #[arg(long, value_name = "KEY", env = "VODMESH_ACCESS_KEY", value_parser = access_key)]
+        access_key: Option<String>,
     },
     /// Asks a director for its station record and prints it.
     Ping {
@@ -170,7 +177,11 @@ async fn run(cmd: Cmd) -> Result<()> {
         // Handled in `main`, before the runtime starts.
         Cmd::Docs(_) => Ok(()),
         Cmd::Ls { node, json } => ls(&director(node).await?, json).await,
-        Cmd::Serve { node, http } => serve(&director(node).await?, http).await,
+        Cmd::Serve {
+            node,
+            http,
+            access_key,
+        } => serve(&director(node).await?, http, access_key).await,
         Cmd::Login {
             node,
             user,
@@ -224,7 +235,7 @@ async fn ls(node: &Multiaddr, json: bool) -> Result<()> {
             p.program,
             p.duration_ms as f64 / 1000.0,
             p.size as f64 / (1024.0 * 1024.0),
-            p.title
+            vodmesh_client::cli::printable(&p.title)
         );
     }
     Ok(())
@@ -252,7 +263,22 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
     Ok(credentials)
 }
 
-async fn serve(node: &Multiaddr, http: std::net::SocketAddr) -> Result<()> {
+/// An `--access-key`: one path segment of URL-safe characters, long enough not to guess.
+fn access_key(key: &str) -> std::result::Result<String, String> {
+    let ok = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if key.len() < 16 || !ok {
+        return Err("16 characters or more of A-Z, a-z, 0-9, - and _".into());
+    }
+    Ok(key.to_string())
+}
+
+async fn serve(
+    node: &Multiaddr,
+    http: std::net::SocketAddr,
+    access_key: Option<String>,
+) -> Result<()> {
     let mut background = JoinSet::new();
     let credentials = credentials(node, &mut background)?;
     if credentials.key.is_none() {
@@ -261,7 +287,7 @@ async fn serve(node: &Multiaddr, http: std::net::SocketAddr) -> Result<()> {
              or the swarm will refuse to stream"
         );
     }
-    Ok(vodmesh_console::serve::run(node.clone(), credentials, http).await?)
+    Ok(vodmesh_console::serve::run(node.clone(), credentials, http, access_key).await?)
 }
 
 /// Where `play` writes the media.

@@ -26,6 +26,8 @@
 //! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
 //!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
+//! - `peer_slots`: what one peer may hold at once of something bounded (engine copy and
+//!   stream slots, a director's miss gathers).
 
 pub mod auth;
 pub mod blade;
@@ -42,6 +44,7 @@ pub use vodmesh_client::identity;
 mod listen;
 pub mod metrics;
 pub mod nodefile;
+pub(crate) mod peer_slots;
 pub mod station;
 pub mod status;
 pub mod store;

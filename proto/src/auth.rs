@@ -11,7 +11,8 @@
 //!
 //! - [`Request::Login`] / [`Request::AdminLogin`]: a subscriber's password for a console or an
 //!   admin token.
-//! - [`Request::AddUser`], [`Request::EnrollToken`]: admin operations; the caller is an admin
+//! - [`Request::AddUser`], [`Request::DisableUser`], [`Request::RemoveUser`],
+//!   [`Request::EnrollToken`]: admin operations; the caller is an admin
 //!   peer or presents an admin token of its own. An operator tool connects with a throwaway
 //!   identity and carries an admin claim for the request ([`crate::admin`], made by
 //!   [`Request::prove_admin`]): libp2p cannot dial a peer with that peer's own identity, and
@@ -119,6 +120,27 @@ pub enum Request {
         /// The engine, the token's subject.
         engine: PeerId,
     },
+    /// Disables (or enables again) a subscriber (admin only): a disabled one cannot log in,
+    /// and her console tokens are not refreshed.
+    DisableUser {
+        /// The subscriber.
+        name: String,
+        /// Disable (`true`) or enable again (`false`).
+        disabled: bool,
+        /// An admin token of the caller, unless the caller is an admin peer.
+        admin_token: Option<serde_bytes::ByteBuf>,
+        /// The admin acting through this connection, if it is not the connection's peer.
+        proof: Option<Signed>,
+    },
+    /// Removes a subscriber (admin only): she cannot log in, her tokens are not refreshed.
+    RemoveUser {
+        /// The subscriber.
+        name: String,
+        /// An admin token of the caller, unless the caller is an admin peer.
+        admin_token: Option<serde_bytes::ByteBuf>,
+        /// The admin acting through this connection, if it is not the connection's peer.
+        proof: Option<Signed>,
+    },
     /// A fresh station certificate in exchange for the calling director's current one, still
     /// valid and not revoked (a station renews before expiry).
     Renew {
@@ -150,6 +172,8 @@ impl Request {
             Request::Enroll { .. } => "enroll",
             Request::EngineToken => "engine_token",
             Request::StationEngineToken { .. } => "station_engine_token",
+            Request::DisableUser { .. } => "disable_user",
+            Request::RemoveUser { .. } => "remove_user",
             Request::Renew { .. } => "renew",
             Request::Revoke { .. } => "revoke",
         }
@@ -159,7 +183,9 @@ impl Request {
     /// enrolled; `None` for a request that is no admin operation.
     pub fn admin_subject(&self) -> Option<Vec<u8>> {
         match self {
-            Request::AddUser { name, .. } => Some(name.as_bytes().to_vec()),
+            Request::AddUser { name, .. }
+            | Request::DisableUser { name, .. }
+            | Request::RemoveUser { name, .. } => Some(name.as_bytes().to_vec()),
             // The roles are part of what the admin signs for, so a relay cannot add any.
             Request::EnrollToken { station, roles, .. } => {
                 let mut subject = station.to_bytes();
@@ -186,6 +212,8 @@ impl Request {
             .sign(admin);
         if let Request::AddUser { proof, .. }
         | Request::EnrollToken { proof, .. }
+        | Request::DisableUser { proof, .. }
+        | Request::RemoveUser { proof, .. }
         | Request::Revoke { proof, .. } = self
         {
             *proof = Some(claim);

@@ -25,6 +25,7 @@
 //! - [`director`]: `/vodmesh/director/1`, the control protocol a director answers.
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
 //! - [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
+//! - [`fuzzing`]: the decoders a peer's bytes reach, as entry points for the fuzzers (`fuzz/`).
 //! - [`token`]: security tokens: ed25519-signed CBOR claims bound to the holder's peer id,
 //!   issued by the auth server and verified offline by every director and engine.
 
@@ -35,6 +36,7 @@ pub mod catalog;
 pub mod codec;
 pub mod copy;
 pub mod director;
+pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod manifest;

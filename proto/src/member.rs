@@ -166,6 +166,7 @@ mod tests {
                 not_before_ms: 0,
                 expires_ms,
                 id: TokenId::random(),
+                user: None,
                 roles: Some(roles),
             })
             .expect("a certificate fits a token")

@@ -286,6 +286,10 @@ pub struct Claims {
     /// Unique id.
     #[serde(rename = "id")]
     pub id: TokenId,
+    /// The subscriber a console token was issued to at login, so that a refresh follows what
+    /// became of her (disabled, removed, other rights); `None` in other tokens.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The station roles granted, in an enrollment token and a station certificate (absent
     /// from every other kind, and from tokens of earlier releases).
     #[serde(rename = "ro", default, skip_serializing_if = "Option::is_none")]
@@ -381,6 +385,7 @@ impl Issuer {
             not_before_ms,
             expires_ms,
             id: TokenId::random(),
+            user: None,
             roles: None,
         })
     }

@@ -206,14 +206,20 @@ impl Reply {
 /// GETs `url` with a real HTTP client, with a `Range` header when given; any status is an
 /// answer (not an error), bodies up to 512 MiB.
 pub fn get(url: &str, range: Option<&str>) -> Result<Reply> {
+    let range: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+    get_with(url, &range)
+}
+
+/// As [`get`], with these request headers (`Host`, `Range`, ...).
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into();
     let mut request = agent.get(url);
-    if let Some(r) = range {
-        request = request.header("Range", r);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let mut response = request.call().with_context(|| format!("GET {url}"))?;
     let status = response.status().as_u16();

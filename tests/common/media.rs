@@ -70,7 +70,7 @@ pub fn count_frames(input: &str) -> Result<u64> {
 /// A `vodmesh-console serve` process; killed when dropped.
 pub struct Gateway {
     _child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, and `/KEY` when the gateway has an access key.
     pub base: String,
     /// Its stderr, with the console's decisions logged (`RUST_LOG=vodmesh_console=debug`).
     pub log: Tail,
@@ -79,13 +79,21 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `vodmesh-console serve` on a free loopback port, with the console home `home`.
     pub fn start(node: &NodeProcess, home: &Path) -> Result<Self> {
+        Self::start_at(node, home, "127.0.0.1:0")
+    }
+
+    /// Starts `vodmesh-console serve --http HTTP`; `base` is reached over loopback whatever
+    /// `http` binds, and holds the access key a gateway beyond loopback prints.
+    pub fn start_at(node: &NodeProcess, home: &Path, http: &str) -> Result<Self> {
         let mut command = console(None, home);
         command
             .env("RUST_LOG", "vodmesh_console=debug")
             .args(["serve", "--node", &node.addr.to_string()])
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", http])
             .stderr(Stdio::piped());
-        // "serving http://127.0.0.1:PORT/ (loopback only: ...)"
+        let loopback = http.starts_with("127.");
+        // "serving http://127.0.0.1:PORT/ (loopback only: ...)", or beyond loopback
+        // "serving http://0.0.0.0:PORT/KEY/ (reachable from other machines, ...)"
         let (mut child, base) =
             Child::spawn_until(&mut command, "vodmesh-console serve", |line| {
                 let url = line
@@ -93,10 +101,13 @@ impl Gateway {
                     .and_then(|r| r.split_whitespace().next())
                     .with_context(|| format!("unexpected first line of serve: {line}"))?;
                 anyhow::ensure!(
-                    line.contains("loopback"),
-                    "says it binds to loopback: {line}"
+                    line.contains("loopback") == loopback,
+                    "says whether it binds to loopback: {line}"
                 );
-                Ok(Some(url.trim_end_matches('/').to_string()))
+                let url = url
+                    .trim_end_matches('/')
+                    .replace("//0.0.0.0:", "//127.0.0.1:");
+                Ok(Some(url))
             })?;
         let log = Tail::new(child.inner().stderr.take().context("no stderr")?);
         Ok(Self {

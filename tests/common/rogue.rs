@@ -36,6 +36,7 @@ pub fn certify(issuer: &Issuer, station: PeerId, roles: Roles) -> Result<Vec<u8>
         not_before_ms: now_ms(),
         expires_ms: in_ms(Duration::from_secs(3600)),
         id: TokenId::random(),
+        user: None,
         roles: Some(roles),
     })?)
 }

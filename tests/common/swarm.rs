@@ -175,6 +175,7 @@ pub fn ingest_options(
     source: impl Into<PathBuf>,
 ) -> IngestOptions {
     IngestOptions {
+        allow_hosts: Vec::new(),
         node: home.addr().clone(),
         key: key.to_path_buf(),
         title: title.into(),

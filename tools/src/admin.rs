@@ -1,5 +1,5 @@
-//! Admin operations against the auth server: `vodmesh user add`, `vodmesh enroll` and
-//! `vodmesh station revoke`.
+//! Admin operations against the auth server: `vodmesh user add|disable|enable|remove`,
+//! `vodmesh enroll` and `vodmesh station revoke`.
 //!
 //! The operator's key file (`--key`) is the admin the auth server sees: an admin peer of the
 //! auth station (its own identity or an `--admin`), or a key with an admin token issued to it
@@ -49,33 +49,79 @@ fn admin_token(path: Option<&Path>) -> Result<Option<ByteBuf>> {
         .map_err(Into::into)
 }
 
-/// `vodmesh user add`: adds subscriber `name` with the password in `password_file`.
-pub async fn user_add(
+/// Who acts as admin: the operator's identity file and, when its peer is no admin peer of the
+/// auth station, an admin token issued to it.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminKey<'a> {
+    /// The identity file (`--key`).
+    pub key: &'a Path,
+    /// The admin token file (`--admin-token`).
+    pub token: Option<&'a Path>,
+}
+
+/// Sends an admin request, made by `make` with the admin token, to the auth server found
+/// through `node`, with an admin claim signed by `admin.key`; fails unless it is done.
+async fn admin_request(
     node: &Multiaddr,
-    key_file: &Path,
-    admin_token_file: Option<&Path>,
-    name: &str,
-    password_file: &Path,
-    admin: bool,
-    rights: Rights,
+    admin: AdminKey<'_>,
+    make: impl FnOnce(Option<ByteBuf>) -> Request,
 ) -> Result<()> {
-    let key = vodmesh_client::identity::load(key_file)?;
-    let password = read_password(password_file)?;
-    let admin_token = admin_token(admin_token_file)?;
+    let key = vodmesh_client::identity::load(admin.key)?;
+    let admin_token = admin_token(admin.token)?;
     let wire = Keypair::generate_ed25519();
     let server = find_auth_server(node, wire.clone()).await?;
     let client = AuthClient::connect(&server, wire).await?;
-    let mut request = Request::AddUser {
-        name: name.to_string(),
-        password,
-        admin,
-        rights,
-        admin_token,
-        proof: None,
-    };
+    let mut request = make(admin_token);
     request.prove_admin(&key, server.director, client.local_peer(), now_ms());
     client.done(request).await?;
     Ok(())
+}
+
+/// `vodmesh user add`: adds subscriber `name` with the password in `password_file`.
+pub async fn user_add(
+    node: &Multiaddr,
+    admin: AdminKey<'_>,
+    name: &str,
+    password_file: &Path,
+    may_administer: bool,
+    rights: Rights,
+) -> Result<()> {
+    let password = read_password(password_file)?;
+    admin_request(node, admin, |admin_token| Request::AddUser {
+        name: name.to_string(),
+        password,
+        admin: may_administer,
+        rights,
+        admin_token,
+        proof: None,
+    })
+    .await
+}
+
+/// `vodmesh user disable|enable`: disables subscriber `name` (or enables her again).
+pub async fn user_disable(
+    node: &Multiaddr,
+    admin: AdminKey<'_>,
+    name: &str,
+    disabled: bool,
+) -> Result<()> {
+    admin_request(node, admin, |admin_token| Request::DisableUser {
+        name: name.to_string(),
+        disabled,
+        admin_token,
+        proof: None,
+    })
+    .await
+}
+
+/// `vodmesh user remove`: removes subscriber `name`.
+pub async fn user_remove(node: &Multiaddr, admin: AdminKey<'_>, name: &str) -> Result<()> {
+    admin_request(node, admin, |admin_token| Request::RemoveUser {
+        name: name.to_string(),
+        admin_token,
+        proof: None,
+    })
+    .await
 }
 
 /// `vodmesh enroll`: an enrollment token for `station` (default: the director at `node`),

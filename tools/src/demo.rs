@@ -133,6 +133,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
     let home = &stations[0];
     println!("ingesting the sample program into the home station...");
     let info = ingest::run(&ingest::IngestOptions {
+        allow_hosts: Vec::new(),
         node: home.addr().clone(),
         key: dir.path().join("station-0").join("identity.key"),
         title: if video {
@@ -163,10 +164,13 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
     // A subscriber, added by the home station's admin, logs in from a console.
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "correct horse battery staple\n")?;
+    let key = dir.path().join("station-0").join("identity.key");
     admin::user_add(
         home.addr(),
-        &dir.path().join("station-0").join("identity.key"),
-        None,
+        admin::AdminKey {
+            key: &key,
+            token: None,
+        },
         "viewer",
         &password_file,
         false,
@@ -226,14 +230,15 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
         third.clone(),
         credentials,
         serve.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        None,
     )
     .await?;
-    let playlist = format!("http://{}/{}/index.m3u8", gateway.addr, info.program);
+    let playlist = format!("{}/{}/index.m3u8", gateway.base, info.program);
     let lines = crate::source::http_text(&playlist).await?;
     let media = lines.lines().filter(|l| l.starts_with("#EXTINF")).count();
     println!("\nthe HLS gateway (vodmesh-console serve) answers {playlist}: {media} segments");
     println!("  in a player:   ffplay {playlist}   (or mpv, VLC, Safari)");
-    println!("  in a browser:  http://{}/{}/", gateway.addr, info.program);
+    println!("  in a browser:  {}/{}/", gateway.base, info.program);
     println!(
         "  on a swarm of your own, after vodmesh-console login:\n    \
          vodmesh-console serve --node {third} --http 127.0.0.1:8080"

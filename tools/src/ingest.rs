@@ -58,6 +58,9 @@ pub struct IngestOptions {
     pub source: PathBuf,
     /// Show progress on stderr: a bar on a terminal, else a line every few seconds.
     pub progress: bool,
+    /// Hosts a playlist's segments may be fetched from besides the playlist's own
+    /// (`--allow-host`).
+    pub allow_hosts: Vec<String>,
 }
 
 /// Parses `--publish-at`: `now` or an RFC 3339 time.
@@ -84,6 +87,7 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
         &opts.source.to_string_lossy(),
         opts.segment_size,
         opts.bitrate,
+        &opts.allow_hosts,
     )
     .await?;
     let mut content = source.content.clone();

@@ -102,6 +102,13 @@ enum Cmd {
         /// (bytes, segments, rate). On a terminal a progress bar is shown anyway.
         #[arg(long)]
         progress: bool,
+        /// A host an HLS playlist's segments may be fetched from besides the playlist's own
+        /// (repeatable; a name, or an IP address as it is written in the URIs). Segment URIs
+        /// on other hosts are refused: a playlist from elsewhere must not make this machine
+        /// fetch from its own network (metadata services, local ports). A local playlist's
+        /// files must be in its directory or below.
+        #[arg(long, value_name = "HOST")]
+        allow_host: Vec<String>,
         /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
         /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
@@ -299,28 +306,66 @@ enum StationCmd {
     },
 }
 
+/// Who acts as admin (every `vodmesh user` command).
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// Any station's director address; the auth server is found through the swarm.
+    #[arg(long, value_name = "MULTIADDR")]
+    node: Multiaddr,
+    /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// An admin token issued to --key's peer, if that peer is not an admin peer.
+    #[arg(long, value_name = "FILE")]
+    admin_token: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn admin(&self) -> admin::AdminKey<'_> {
+        admin::AdminKey {
+            key: &self.key,
+            token: self.admin_token.as_deref(),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum UserCmd {
     /// Adds a subscriber (admin only).
     Add {
-        /// Any station's director address; the auth server is found through the swarm.
-        #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
-        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// An admin token issued to --key's peer, if that peer is not an admin peer.
-        #[arg(long, value_name = "FILE")]
-        admin_token: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// The new subscriber's password, first line of this file.
         #[arg(long, value_name = "FILE")]
         password_file: PathBuf,
         /// The subscriber may log in as an admin.
-        #[arg(long)]
-        admin: bool,
+        #[arg(long = "admin")]
+        admin_role: bool,
         /// A program the subscriber may watch (repeatable). Default: every program.
         #[arg(long, value_name = "PROGRAM")]
         program: Vec<ProgramId>,
+        /// The subscriber's name.
+        name: String,
+    },
+    /// Disables a subscriber (admin only): her logins are refused and her consoles' tokens
+    /// are not refreshed, so a console playing stops within one token lifetime.
+    Disable {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The subscriber's name.
+        name: String,
+    },
+    /// Enables a disabled subscriber again (admin only).
+    Enable {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The subscriber's name.
+        name: String,
+    },
+    /// Removes a subscriber (admin only): as `disable`, and the name is free again.
+    Remove {
+        #[command(flatten)]
+        admin: AdminArgs,
         /// The subscriber's name.
         name: String,
     },
@@ -360,11 +405,9 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::User(UserCmd::Add {
-            node,
-            key,
-            admin_token,
+            admin: who,
             password_file,
-            admin,
+            admin_role,
             program,
             name,
         }) => {
@@ -374,16 +417,27 @@ async fn run(args: Args) -> Result<()> {
                 Rights::Programs(program)
             };
             admin::user_add(
-                &node,
-                &key,
-                admin_token.as_deref(),
+                &who.node,
+                who.admin(),
                 &name,
                 &password_file,
-                admin,
+                admin_role,
                 rights,
             )
             .await?;
             println!("user {name} added");
+        }
+        Cmd::User(UserCmd::Disable { admin: who, name }) => {
+            admin::user_disable(&who.node, who.admin(), &name, true).await?;
+            println!("user {name} disabled");
+        }
+        Cmd::User(UserCmd::Enable { admin: who, name }) => {
+            admin::user_disable(&who.node, who.admin(), &name, false).await?;
+            println!("user {name} enabled");
+        }
+        Cmd::User(UserCmd::Remove { admin: who, name }) => {
+            admin::user_remove(&who.node, who.admin(), &name).await?;
+            println!("user {name} removed");
         }
         Cmd::Station(StationCmd::Drain { node, key, resume }) => {
             let streams = station::drain(&node, &key, !resume).await?;
@@ -429,6 +483,7 @@ async fn run(args: Args) -> Result<()> {
             segment_size,
             bitrate,
             progress,
+            allow_host,
             source,
         } => {
             let publish_at_ms = publish_at
@@ -436,6 +491,7 @@ async fn run(args: Args) -> Result<()> {
                 .map(ingest::parse_publish_at)
                 .transpose()?;
             let opts = ingest::IngestOptions {
+                allow_hosts: allow_host,
                 node,
                 key,
                 title,

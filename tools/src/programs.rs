@@ -38,7 +38,7 @@ pub fn to_text(programs: &[ProgramInfo]) -> String {
             p.duration_ms as f64 / 1000.0,
             p.segments,
             p.stations.len(),
-            p.title
+            vodmesh_client::cli::printable(&p.title)
         );
     }
     out

@@ -111,16 +111,33 @@ async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<Vec<u
     Ok(out.stdout)
 }
 
-/// The codecs of a media file's first video stream (with its pixel format) and first audio
-/// stream, from ffprobe.
-async fn probe(path: &Path) -> Result<(Option<(String, String)>, Option<String>)> {
+/// The demuxers (ffprobe's `format_name`) of the containers a video file may be in. Formats
+/// that read other files or URLs named inside them (hls, concat, dash, image sequences, ...)
+/// are not among them: a downloaded "video" that is really a playlist naming
+/// `file:///etc/...` would otherwise be packaged with the contents of this machine's files.
+const VIDEO_DEMUXERS: &[&str] = &[
+    "mov", "matroska", "avi", "flv", "mpeg", "mpegts", "ogg", "asf",
+];
+
+/// What ffprobe finds in a media file.
+struct Probed {
+    /// The demuxer to force when packaging (one of [`VIDEO_DEMUXERS`]).
+    demuxer: &'static str,
+    /// The first video stream's codec and pixel format.
+    video: Option<(String, String)>,
+    /// The first audio stream's codec.
+    audio: Option<String>,
+}
+
+/// Probes the media file `path` with ffprobe (local files only); refused unless its container
+/// is one of [`VIDEO_DEMUXERS`].
+async fn probe(path: &Path) -> Result<Probed> {
     let out = run_tool(
         tokio::process::Command::new("ffprobe")
+            .args(["-v", "error", "-protocol_whitelist", "file"])
             .args([
-                "-v",
-                "error",
                 "-show_entries",
-                "stream=codec_type,codec_name,pix_fmt",
+                "stream=codec_type,codec_name,pix_fmt:format=format_name",
             ])
             .args(["-of", "json"])
             .arg(path),
@@ -129,12 +146,25 @@ async fn probe(path: &Path) -> Result<(Option<(String, String)>, Option<String>)
     .await?;
     let json: serde_json::Value =
         serde_json::from_slice(&out).context("ffprobe printed something other than JSON")?;
+    let format = json["format"]["format_name"].as_str().unwrap_or_default();
+    let demuxer = format
+        .split(',')
+        .find_map(|name| VIDEO_DEMUXERS.iter().find(|d| **d == name).copied())
+        .with_context(|| {
+            format!(
+                "{} is not a video container vodmesh packages (ffprobe says {format:?}; \
+                 mp4, mkv, webm, mov, avi, flv, mpeg, MPEG-TS, ogg and wmv are)",
+                path.display()
+            )
+        })?;
     let streams = json["streams"].as_array().cloned().unwrap_or_default();
     let first = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind);
     let text = |s: &serde_json::Value, field: &str| s[field].as_str().unwrap_or("").to_string();
-    let video = first("video").map(|s| (text(s, "codec_name"), text(s, "pix_fmt")));
-    let audio = first("audio").map(|s| text(s, "codec_name"));
-    Ok((video, audio))
+    Ok(Probed {
+        demuxer,
+        video: first("video").map(|s| (text(s, "codec_name"), text(s, "pix_fmt"))),
+        audio: first("audio").map(|s| text(s, "codec_name")),
+    })
 }
 
 /// Packages the video file `path` to HLS (MPEG-TS segments of about
@@ -148,7 +178,11 @@ pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> 
             path.display()
         );
     }
-    let (video, audio) = probe(path).await?;
+    let Probed {
+        demuxer,
+        video,
+        audio,
+    } = probe(path).await?;
     if video.is_none() && audio.is_none() {
         bail!("{} has no video or audio stream", path.display());
     }
@@ -161,7 +195,10 @@ pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> 
     let playlist = dir.path().join("index.m3u8");
     let secs = HLS_SEGMENT_SECONDS.to_string();
     let mut cmd = tokio::process::Command::new("ffmpeg");
-    cmd.args(["-nostdin", "-v", "error", "-i"])
+    // Local files only, read by the demuxer ffprobe found: nothing named inside the file is
+    // fetched or opened.
+    cmd.args(["-nostdin", "-v", "error", "-protocol_whitelist", "file"])
+        .args(["-f", demuxer, "-i"])
         .arg(path)
         .args(["-map", "0:v:0?", "-map", "0:a:0?", "-sn", "-dn"]);
     if copy {
@@ -197,7 +234,7 @@ async fn video(path: &Path) -> Result<Source> {
     let text = tokio::fs::read(&playlist)
         .await
         .with_context(|| format!("reading {}", playlist.display()))?;
-    let (content, pieces) = hls(text, Base::Dir(dir.path().to_path_buf())).await?;
+    let (content, pieces) = hls(text, Base::Dir(dir.path().to_path_buf()), &[]).await?;
     Ok(Source {
         content,
         pieces,
@@ -374,24 +411,80 @@ enum Base {
 }
 
 impl Base {
-    fn resolve(&self, uri: &str) -> Result<Piece> {
-        if is_url(uri) {
-            return Ok(Piece::Url(
-                url::Url::parse(uri).with_context(|| format!("bad segment URI {uri}"))?,
-            ));
-        }
+    /// Where segment `uri` of a playlist here is. Refused when it is elsewhere: a URL not on
+    /// the playlist's own origin nor on a host of `allow`, a file outside the playlist's
+    /// directory (a playlist from someone else must not read this machine's files, such as a
+    /// station's identity key, or make it fetch from its own network).
+    fn resolve(&self, uri: &str, allow: &[String]) -> Result<Piece> {
+        let bad = || format!("bad segment URI {uri}");
         match self {
-            Base::Dir(dir) => Ok(Piece::File(dir.join(uri))),
-            Base::Url(base) => Ok(Piece::Url(
-                base.join(uri)
-                    .with_context(|| format!("bad segment URI {uri}"))?,
-            )),
+            Base::Dir(dir) if !is_url(uri) => Ok(Piece::File(within(dir, uri)?)),
+            Base::Dir(_) => fetched(url::Url::parse(uri).with_context(bad)?, None, allow),
+            Base::Url(base) => fetched(base.join(uri).with_context(bad)?, Some(base), allow),
         }
     }
 }
 
+/// Segment `url` of the playlist at `playlist` (`None`: a local one), if it may be fetched:
+/// over http(s), from the playlist's origin or a host in `allow`.
+fn fetched(url: url::Url, playlist: Option<&url::Url>, allow: &[String]) -> Result<Piece> {
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("segment {url}: only http(s) segment URLs are fetched");
+    }
+    let host = url.host_str().unwrap_or_default();
+    let own = playlist.is_some_and(|p| p.origin() == url.origin());
+    let allowed = allow.iter().any(|a| {
+        a.trim_matches(['[', ']'])
+            .eq_ignore_ascii_case(host.trim_matches(['[', ']']))
+    });
+    if !own && !allowed {
+        let whose = if playlist.is_some() {
+            "not on the playlist's host"
+        } else {
+            "named by a local playlist"
+        };
+        bail!("segment {url} is on {host}, {whose}: give --allow-host {host} if you trust it");
+    }
+    Ok(Piece::Url(url))
+}
+
+/// Segment `uri` of a local playlist in `dir`, if it is in `dir` or below (no absolute path, no
+/// `..`, no link that leads out).
+fn within(dir: &Path, uri: &str) -> Result<PathBuf> {
+    let outside = || {
+        anyhow::anyhow!(
+            "segment {uri} is outside the playlist's directory {}: a local playlist's segments \
+             must be in it or below",
+            dir.display()
+        )
+    };
+    let relative = Path::new(uri);
+    let plain = relative.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !plain {
+        return Err(outside());
+    }
+    let path = dir.join(relative);
+    let root = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    // A missing file is reported when it is read.
+    if let (Ok(real), Ok(root)) = (std::fs::canonicalize(&path), std::fs::canonicalize(root))
+        && !real.starts_with(&root)
+    {
+        return Err(outside());
+    }
+    Ok(path)
+}
+
 /// Parses an HLS media playlist into pieces with durations; `None` marks the init segment.
-fn parse_playlist(text: &[u8], base: &Base) -> Result<(Vec<(Piece, u32)>, bool)> {
+fn parse_playlist(text: &[u8], base: &Base, allow: &[String]) -> Result<(Vec<(Piece, u32)>, bool)> {
     let malformed = |why: &str| anyhow::anyhow!("malformed playlist: {why}");
     if !text.starts_with(b"#EXTM3U") {
         return Err(malformed("it does not start with #EXTM3U"));
@@ -431,7 +524,7 @@ fn parse_playlist(text: &[u8], base: &Base) -> Result<(Vec<(Piece, u32)>, bool)>
                         bail!("byte-range playlists are not supported");
                     }
                     map_uri = Some(map.uri.clone());
-                    pieces.push((base.resolve(&map.uri)?, 0));
+                    pieces.push((base.resolve(&map.uri, allow)?, 0));
                 }
                 Some(u) if *u == map.uri => {}
                 _ => bail!("playlists with several #EXT-X-MAP are not supported"),
@@ -444,7 +537,7 @@ fn parse_playlist(text: &[u8], base: &Base) -> Result<(Vec<(Piece, u32)>, bool)>
             return Err(malformed("a segment with a bad #EXTINF duration"));
         }
         let ms = (f64::from(seg.duration) * 1000.0).round() as u32;
-        pieces.push((base.resolve(&seg.uri)?, ms));
+        pieces.push((base.resolve(&seg.uri, allow)?, ms));
     }
     if pieces.len() > MAX_SEGMENTS {
         bail!("playlist has more than {MAX_SEGMENTS} segments");
@@ -452,8 +545,8 @@ fn parse_playlist(text: &[u8], base: &Base) -> Result<(Vec<(Piece, u32)>, bool)>
     Ok((pieces, map_uri.is_some()))
 }
 
-async fn hls(text: Vec<u8>, base: Base) -> Result<(ManifestContent, Vec<Piece>)> {
-    let (pieces, fmp4) = parse_playlist(&text, &base)?;
+async fn hls(text: Vec<u8>, base: Base, allow: &[String]) -> Result<(ManifestContent, Vec<Piece>)> {
+    let (pieces, fmp4) = parse_playlist(&text, &base, allow)?;
     let mut segments = Vec::with_capacity(pieces.len());
     for (index, (piece, duration_ms)) in pieces.iter().enumerate() {
         let bytes = read_piece(piece).await?;
@@ -478,12 +571,19 @@ async fn hls(text: Vec<u8>, base: Base) -> Result<(ManifestContent, Vec<Piece>)>
 }
 
 /// Opens `source` (a path or an http(s) URL), reads and hashes every segment.
-pub async fn open(source: &str, segment_size: u64, bitrate: u64) -> Result<Source> {
+/// Opens `source`; an HLS playlist's segments may come from its own origin (its directory, for
+/// a local one) and the hosts in `allow`.
+pub async fn open(
+    source: &str,
+    segment_size: u64,
+    bitrate: u64,
+    allow: &[String],
+) -> Result<Source> {
     if is_url(source) {
         let url = url::Url::parse(source).with_context(|| format!("bad URL {source}"))?;
         if url.path().ends_with(".m3u8") {
             let text = http_get(&url, MAX_PLAYLIST).await?;
-            let (content, pieces) = hls(text, Base::Url(url)).await?;
+            let (content, pieces) = hls(text, Base::Url(url), allow).await?;
             return Ok(Source {
                 content,
                 pieces,
@@ -517,7 +617,7 @@ pub async fn open(source: &str, segment_size: u64, bitrate: u64) -> Result<Sourc
             bail!("{source}: playlist larger than 4 MiB");
         }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let (content, pieces) = hls(text, Base::Dir(dir)).await?;
+        let (content, pieces) = hls(text, Base::Dir(dir), allow).await?;
         return Ok(Source {
             content,
             pieces,
@@ -537,6 +637,24 @@ pub async fn open(source: &str, segment_size: u64, bitrate: u64) -> Result<Sourc
     })
 }
 
+/// For the fuzzers (`fuzz/`, tests/fuzz_smoke.rs): a playlist as `vodmesh ingest` reads it, of
+/// a remote origin and of a local directory (that does not exist: nothing is read). Must not
+/// panic, and what it accepts stays within the limits.
+pub fn fuzz_playlist(data: &[u8]) {
+    let Ok(origin) = url::Url::parse("http://192.0.2.1:8000/v/index.m3u8") else {
+        return;
+    };
+    let bases = [
+        Base::Url(origin),
+        Base::Dir(PathBuf::from("/nonexistent/vodmesh-fuzz")),
+    ];
+    for base in &bases {
+        if let Ok((pieces, _)) = parse_playlist(data, base, &[]) {
+            assert!(!pieces.is_empty() && pieces.len() <= MAX_SEGMENTS);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,7 +663,7 @@ mod tests {
     fn playlists_parse_or_fail_in_one_line() -> Result<()> {
         let base = Base::Dir(PathBuf::from("/x"));
         let ok = b"#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4.0,\na.m4s\n#EXTINF:2.5,\nb.m4s\n#EXT-X-ENDLIST\n";
-        let (pieces, fmp4) = parse_playlist(ok, &base)?;
+        let (pieces, fmp4) = parse_playlist(ok, &base, &[])?;
         assert!(fmp4);
         assert_eq!(
             pieces.iter().map(|p| p.1).collect::<Vec<_>>(),
@@ -553,16 +671,60 @@ mod tests {
         );
         assert_eq!(pieces[0].0, Piece::File(PathBuf::from("/x/init.mp4")));
         let truncated = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\na.ts\n#EXTINF:4.0,\n";
-        assert!(parse_playlist(truncated, &base).is_err());
-        assert!(parse_playlist(b"hello", &base).is_err());
+        assert!(parse_playlist(truncated, &base, &[]).is_err());
+        assert!(parse_playlist(b"hello", &base, &[]).is_err());
         let url = Base::Url(url::Url::parse("http://127.0.0.1:1/v/index.m3u8")?);
         let ts = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\na.ts\n#EXT-X-ENDLIST\n";
-        let (pieces, fmp4) = parse_playlist(ts, &url)?;
+        let (pieces, fmp4) = parse_playlist(ts, &url, &[])?;
         assert!(!fmp4);
         assert_eq!(
             pieces[0].0,
             Piece::Url(url::Url::parse("http://127.0.0.1:1/v/a.ts")?)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn segments_elsewhere_are_refused_unless_allowed() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        let local = Base::Dir(dir.path().join("sub"));
+        let remote = Base::Url(url::Url::parse("http://192.0.2.1:8000/v/index.m3u8")?);
+        let allow = ["169.254.169.254".to_string()];
+        for uri in ["a.ts", "./a.ts", "deeper/a.ts"] {
+            assert!(local.resolve(uri, &[]).is_ok(), "{uri}");
+        }
+        for uri in ["../identity.key", "/etc/hostname", "a/../../b.ts"] {
+            let err = local.resolve(uri, &[]).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("outside")), "{uri}");
+        }
+        // A link that leads out of the directory.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/out"))?;
+        std::fs::write(dir.path().join("secret"), b"k")?;
+        assert!(local.resolve("out/secret", &[]).is_err());
+        for uri in [
+            "a.ts",
+            "/v2/a.ts",
+            "../b/a.ts",
+            "http://192.0.2.1:8000/x.ts",
+        ] {
+            assert!(remote.resolve(uri, &[]).is_ok(), "{uri}");
+        }
+        for uri in [
+            "http://169.254.169.254/latest/meta-data",
+            "//127.0.0.1:9100/metrics",
+            "http://192.0.2.1:8001/x.ts",
+            "file:///etc/hostname",
+        ] {
+            assert!(remote.resolve(uri, &[]).is_err(), "{uri}");
+        }
+        assert!(
+            remote
+                .resolve("http://169.254.169.254/x.ts", &allow)
+                .is_ok()
+        );
+        assert!(local.resolve("http://169.254.169.254/x.ts", &[]).is_err());
+        assert!(local.resolve("http://169.254.169.254/x.ts", &allow).is_ok());
         Ok(())
     }
 }

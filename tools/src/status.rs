@@ -250,7 +250,7 @@ pub fn to_text(stations: &[StationStatus]) -> String {
             s.director,
             s.region
                 .as_ref()
-                .map(|r| format!("  region={r}"))
+                .map(|r| format!("  region={}", vodmesh_client::cli::printable(r)))
                 .unwrap_or_default(),
             if roles.is_empty() {
                 String::new()
@@ -289,7 +289,8 @@ pub fn to_text(stations: &[StationStatus]) -> String {
                 storage(e.used, e.capacity)
             );
             for d in &e.disks {
-                let _ = writeln!(out, "    disk {} {}", d.path, storage(d.used, d.capacity));
+                let path = vodmesh_client::cli::printable(&d.path);
+                let _ = writeln!(out, "    disk {path} {}", storage(d.used, d.capacity));
             }
             for a in &e.addrs {
                 let _ = writeln!(out, "    {a}");

@@ -25,6 +25,9 @@ pub const CACHE_SEGMENTS: usize = 16;
 pub const CACHE_BYTES: usize = 128 * 1024 * 1024;
 /// Segments fetched ahead of the one a player asked for.
 pub const PREFETCH: u32 = 2;
+/// Segment fetches under way at once, at most: each holds a whole segment in memory until it
+/// is verified, so players asking for many distinct segments are answered 503 past it.
+pub const MAX_FETCHES: usize = 8;
 
 /// What a request could not get.
 #[derive(Clone, Debug)]
@@ -33,6 +36,8 @@ pub(super) enum Failure {
     NotFound(String),
     /// The swarm cannot serve it now: 503.
     Unavailable(String),
+    /// [`MAX_FETCHES`] fetches are under way: 503, to be asked again in a second.
+    Busy,
 }
 
 impl IntoResponse for Failure {
@@ -40,6 +45,18 @@ impl IntoResponse for Failure {
         let (status, message) = match self {
             Failure::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Failure::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            Failure::Busy => {
+                let line = format!("the gateway is fetching {MAX_FETCHES} segments: ask again\n");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [
+                        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                        (header::RETRY_AFTER, "1"),
+                    ],
+                    line,
+                )
+                    .into_response();
+            }
         };
         // One line, whatever the swarm said.
         let line = message.replace(['\r', '\n'], " ");
@@ -155,6 +172,13 @@ impl Gateway {
         sessions.open.clear();
     }
 
+    /// Forgets program `program` after a fetch of it failed, so that its next request opens
+    /// it afresh; the other programs play on (a dead connection shows when the next one is
+    /// opened, which resets the rest).
+    async fn forget(&self, program: ProgramId) {
+        self.sessions.lock().await.open.remove(&program);
+    }
+
     /// The swarm's published programs.
     pub(super) async fn published(&self) -> Result<Vec<ProgramInfo>, Failure> {
         let client = self.client().await?;
@@ -249,14 +273,19 @@ impl Gateway {
             if let Some(bytes) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
                 return Ok(bytes);
             }
-            fetching
-                .entry(key)
-                .or_insert_with(|| self.start_fetch(session, key))
-                .clone()
+            match fetching.get(&key) {
+                Some(fetch) => fetch.clone(),
+                None if fetching.len() >= MAX_FETCHES => return Err(Failure::Busy),
+                None => {
+                    let fetch = self.start_fetch(session, key);
+                    fetching.insert(key, fetch.clone());
+                    fetch
+                }
+            }
         };
         let result = fetch.await;
         if result.is_err() {
-            self.reset().await;
+            self.forget(key.0).await;
         }
         result
     }

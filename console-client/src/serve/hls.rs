@@ -96,8 +96,8 @@ pub(super) fn index_page(programs: &[ProgramInfo]) -> String {
         let id = p.program.to_string();
         let _ = writeln!(
             page,
-            "<li><a href=\"/{id}/\">{}</a> ({:.1} s, {:.1} MiB) \
-             &middot; <a href=\"/{id}/index.m3u8\">index.m3u8</a></li>",
+            "<li><a href=\"{id}/\">{}</a> ({:.1} s, {:.1} MiB) \
+             &middot; <a href=\"{id}/index.m3u8\">index.m3u8</a></li>",
             html(&p.title),
             p.duration_ms as f64 / 1000.0,
             p.size as f64 / (1024.0 * 1024.0),
@@ -122,7 +122,7 @@ pub(super) fn player_page(title: &str) -> String {
 <h1>{title}</h1>
 <video id="video" controls muted playsinline></video>
 <p id="status"></p>
-<script src="{HLS_JS_PATH}"></script>
+<script src="..{HLS_JS_PATH}"></script>
 <script>
 const video = document.getElementById('video');
 const status = document.getElementById('status');

@@ -16,6 +16,8 @@
 //! - `GET /<program>/`: a page that plays the program with an HTML5 `<video>` and hls.js,
 //!   served from this binary (no CDN).
 //!
+//! Bound beyond loopback, every path starts with the gateway's access key (see [`Access`]).
+//!
 //! `<program>` is a program id or an exact title. An unknown program or segment is a 404; a
 //! swarm that cannot serve (no director reachable, no engine holding the segment, a refused
 //! token) is a 503 with its one-line reason.
@@ -23,6 +25,7 @@
 //! This module is the HTTP layer; [`gateway`] holds the state (connection, programs, cache)
 //! and `hls` makes the playlist and pages.
 
+mod access;
 mod gateway;
 mod hls;
 
@@ -38,7 +41,8 @@ use axum::routing::get;
 use libp2p::Multiaddr;
 use tokio::net::TcpListener;
 
-pub use self::gateway::{CACHE_BYTES, CACHE_SEGMENTS, PREFETCH};
+pub use self::access::Access;
+pub use self::gateway::{CACHE_BYTES, CACHE_SEGMENTS, MAX_FETCHES, PREFETCH};
 use self::gateway::{Failure, Gateway, unavailable};
 use self::hls::HLS_JS_PATH;
 use crate::play::Credentials;
@@ -167,7 +171,8 @@ async fn without_slash(Path(program): Path<String>) -> Response {
     // `/<program>` -> `/<program>/`, so the page's relative `index.m3u8` resolves. A name
     // with a slash or backslash is no program, and `//host/` or `/\host/` would send the
     // browser to another site.
-    let location = format!("/{}/", program.replace('"', "%22"));
+    // Relative, so that it stays under the access key's path.
+    let location = format!("{}/", program.replace('"', "%22"));
     if program.contains(['/', '\\']) {
         return Failure::NotFound(format!("no published program \"{program}\"")).into_response();
     }
@@ -189,15 +194,28 @@ fn routes(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// The gateway's routes over the swarm reached through `node`.
-pub fn router(node: Multiaddr, credentials: Credentials) -> Router {
-    routes(Arc::new(Gateway::new(node, credentials)))
+/// Serves `gateway` on `listener` under `access` until `stop` completes.
+async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    access: Access,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Around the whole router, not added with `Router::layer`: the key comes off the path
+    // before routing.
+    let guard = axum::middleware::from_fn_with_state(Arc::new(access), access::guard);
+    let app = tower::Layer::layer(&guard, routes(gateway));
+    axum::serve(listener, axum::ServiceExt::into_make_service(app))
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// A gateway served by a task of its own (for `vodmesh demo` and other embedders).
 pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its URLs' start: `http://ADDR:PORT` and the access key's path, if any.
+    pub base: String,
     gateway: Arc<Gateway>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -219,25 +237,25 @@ async fn bind(http: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError>
     Ok((listener, local))
 }
 
-/// Starts a gateway on `http` over the swarm reached through `node`.
+/// Starts a gateway on `http` over the swarm reached through `node` (with `key` as its access
+/// key, see [`Access`]).
 pub async fn spawn(
     node: Multiaddr,
     credentials: Credentials,
     http: SocketAddr,
+    key: Option<String>,
 ) -> Result<Server, ServeError> {
     let (listener, addr) = bind(http).await?;
+    let access = Access::new(addr, key);
+    let base = format!("http://{addr}{}", access.prefix());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway = Arc::new(Gateway::new(node, credentials));
-    let app = routes(gateway.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(serve(listener, gateway.clone(), access, async {
+        let _ = stopped.await;
+    }));
     Ok(Server {
         addr,
+        base,
         gateway,
         stop,
         task,
@@ -245,37 +263,68 @@ pub async fn spawn(
 }
 
 /// Serves the gateway on `http` until Ctrl-C. Says where, and whether only this machine can
-/// reach it.
+/// reach it; beyond loopback its URLs carry the access key `key` (generated when `None`).
 pub async fn run(
     node: Multiaddr,
     credentials: Credentials,
     http: SocketAddr,
+    key: Option<String>,
 ) -> Result<(), ServeError> {
     // SIGTERM too: a gateway run as a service is stopped with it, and exits 0. Caught from
     // here on, before the address is printed, so a caller that stops it at once is heard.
     let stop = vodmesh_client::cli::Stop::install();
     let (listener, local) = bind(http).await?;
+    let access = Access::new(local, key);
+    let base = format!("http://{local}{}", access.prefix());
     let reach = if local.ip().is_loopback() {
         "loopback only: players on this machine; give --http 0.0.0.0:PORT to serve others"
     } else {
-        "reachable from other machines"
+        "reachable from other machines, with the access key in the URL"
     };
-    println!("serving http://{local}/ ({reach})");
-    println!("play with: ffplay http://{local}/<program>/index.m3u8, or open http://{local}/");
-    let app = router(node, credentials);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            match stop {
-                Ok(mut stop) => {
-                    stop.wait().await;
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+    println!("serving {base}/ ({reach})");
+    println!("play with: ffplay {base}/<program>/index.m3u8, or open {base}/");
+    let gateway = Arc::new(Gateway::new(node, credentials));
+    serve(listener, gateway, access, async {
+        match stop {
+            Ok(mut stop) => {
+                stop.wait().await;
             }
-        })
-        .await?;
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    })
+    .await?;
     Ok(())
+}
+
+/// For the fuzzers (`fuzz/`, tests/fuzz_smoke.rs): the gateway's reading of what a player
+/// sends, on arbitrary text: lines of a `Range` header, a segment's file name, a path and a
+/// `Host` header for the access rule of a gateway on loopback and one beyond it. Must not
+/// panic; a range it grants lies within the body.
+pub fn fuzz_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.splitn(3, '\n');
+    let (range, path, host) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    for len in [0, 1, 1000, u64::MAX] {
+        if let Some(Ok((start, end))) = hls::byte_range(range, len) {
+            assert!(
+                start < end && end <= len,
+                "{range:?} of {len}: {start}..{end}"
+            );
+        }
+    }
+    let _ = hls::segment_of(path);
+    let key = Some("0123456789abcdef".to_string());
+    for (bound, key) in [("127.0.0.1:8080", None), ("0.0.0.0:8080", key)] {
+        if let Ok(bound) = bound.parse() {
+            let _ = Access::new(bound, key).admit(Some(host), path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +335,7 @@ mod tests {
     async fn a_program_name_never_redirects_off_site() {
         let ok = without_slash(Path("sintel".into())).await;
         assert_eq!(ok.status(), StatusCode::MOVED_PERMANENTLY);
-        assert_eq!(ok.headers()[header::LOCATION], "/sintel/");
+        assert_eq!(ok.headers()[header::LOCATION], "sintel/");
         for name in ["\\evil.example", "/evil.example", "a/b"] {
             let refused = without_slash(Path(name.into())).await;
             assert_eq!(refused.status(), StatusCode::NOT_FOUND, "{name}");

@@ -68,7 +68,17 @@ pub struct UserRecord {
     pub rights: Rights,
     /// When the user was added (ms since the Unix epoch).
     pub created_ms: u64,
+    /// Consoles she logged in from (peer ids, the latest last, at most [`MAX_DEVICES`]): their
+    /// logins are not held to the lock others' failed guesses put on her name.
+    #[serde(default)]
+    pub devices: Vec<PeerId>,
+    /// Disabled by an admin: no login, no refresh.
+    #[serde(default)]
+    pub disabled: bool,
 }
+
+/// Known devices kept per subscriber.
+pub const MAX_DEVICES: usize = 16;
 
 /// An enrolled station.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +143,40 @@ impl SubscriberDb {
         }
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Changes the user `name` with `change`, in one transaction; `Ok(false)` if there is no
+    /// such user.
+    pub fn update_user(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<bool, DbError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(USERS)?;
+            let Some(mut record) = (match table.get(name)? {
+                Some(v) => Some(decode::<UserRecord>(
+                    v.value(),
+                    &format_args!("user {name}"),
+                )?),
+                None => None,
+            }) else {
+                return Ok(false);
+            };
+            change(&mut record);
+            table.insert(name, codec::encode(&record).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes the user `name`; `Ok(false)` if there was none.
+    pub fn remove_user(&self, name: &str) -> Result<bool, DbError> {
+        let tx = self.db.begin_write()?;
+        let removed = tx.open_table(USERS)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// Number of users.
@@ -250,6 +294,8 @@ mod tests {
             admin: false,
             rights: Rights::All,
             created_ms: 1,
+            devices: Vec::new(),
+            disabled: false,
         };
         let station = PeerId::random();
         let (e1, e2, e3) = (PeerId::random(), PeerId::random(), PeerId::random());

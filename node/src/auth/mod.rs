@@ -45,6 +45,10 @@ pub const DB_FILE: &str = "auth.redb";
 pub const MAX_USER_NAME: usize = 64;
 /// Most engines one station may enroll.
 pub const MAX_ENGINES: usize = 1024;
+/// Password checks of logins from consoles that are no known device of the subscriber, at
+/// once at most: fresh identities share this budget (and each its own backoff), so however
+/// many guess, a subscriber's own consoles, checked outside it, always find a core.
+pub const MAX_STRANGER_CHECKS: usize = 4;
 
 /// Why an auth operation was refused or failed. The `Display` text is the one line a user sees
 /// (after `error: `).
@@ -77,6 +81,18 @@ pub enum Error {
     /// The new password is too short or too long.
     #[error("unacceptable password: {0}")]
     BadPassword(&'static str),
+    /// [`MAX_STRANGER_CHECKS`] logins from unknown consoles are being checked.
+    #[error("too many logins at once; retry in a moment")]
+    Busy,
+    /// The subscriber is disabled (said only to whoever knows her password).
+    #[error("subscriber {0} is disabled: ask an admin (`vodmesh user enable`)")]
+    Disabled(String),
+    /// A console token is refreshed only while its subscriber exists and is enabled.
+    #[error("log in again: this console token's subscriber is disabled, removed or unknown")]
+    LogInAgain,
+    /// No subscriber of that name.
+    #[error("no user {0}")]
+    NoSuchUser(String),
     /// A station listed more engines than [`MAX_ENGINES`].
     #[error("too many engines: {0} (at most {MAX_ENGINES})")]
     TooManyEngines(usize),
@@ -233,6 +249,17 @@ pub struct Server {
     /// A hash to check unknown users' passwords against, so an unknown name costs as much
     /// time as a known one and timing does not tell which names exist.
     decoy: String,
+    /// Password checks of logins from unknown consoles under way ([`MAX_STRANGER_CHECKS`]).
+    strangers: std::sync::atomic::AtomicUsize,
+}
+
+/// One of the [`MAX_STRANGER_CHECKS`], given back when dropped.
+struct StrangerCheck<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for StrangerCheck<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -276,6 +303,7 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             config,
             decoy,
+            strangers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -312,19 +340,39 @@ impl Server {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
-        let token = self.issuer.issue(
+        self.issue_to(None, subject, audience, rights, ttl, now_ms)
+    }
+
+    /// As [`Server::issue`], naming the subscriber `user` in the token (console tokens, so
+    /// that a refresh follows what became of her).
+    fn issue_to(
+        &self,
+        user: Option<&str>,
+        subject: PeerId,
+        audience: Audience,
+        rights: Rights,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let token = self.issuer.sign(&Claims {
+            issuer: self.issuer.public(),
             subject,
             audience,
             rights,
-            now_ms,
-            now_ms.saturating_add(ms(ttl)),
-        )?;
+            not_before_ms: now_ms,
+            expires_ms: now_ms.saturating_add(ms(ttl)),
+            id: TokenId::random(),
+            user: user.map(str::to_string),
+            roles: None,
+        })?;
         Metrics::inc(&self.metrics.tokens_issued);
         Ok(token)
     }
 
     /// Checks `user`'s password for a login from `peer`, under the backoff. Returns the record
-    /// of a subscriber whose password is right.
+    /// of a subscriber whose password is right. A console she logged in from before (a known
+    /// device) is held only to its own backoff, not to the lock others' failed guesses put on
+    /// her name, and is checked outside the budget unknown consoles share.
     fn authenticate(
         &self,
         user: &str,
@@ -335,8 +383,10 @@ impl Server {
         // A name that cannot exist is charged to the peer only, so junk names cannot fill the
         // subscriber table.
         let user_key = check_user_name(user).is_ok().then_some(user);
+        let record = user_key.map(|u| self.db.user(u)).transpose()?.flatten();
+        let known = record.as_ref().is_some_and(|r| r.devices.contains(&peer));
         // Bound first so the limiter's lock is released before anything else runs.
-        let begun = self.limiter().begin(user_key, peer, now_ms);
+        let begun = (self.limiter()).begin(user_key.filter(|_| !known), peer, now_ms);
         let attempt = match begun {
             Ok(a) => a,
             Err(wait_ms) => {
@@ -346,12 +396,16 @@ impl Server {
                 });
             }
         };
-        let record = match user_key.map(|u| self.db.user(u)).transpose() {
-            Ok(r) => r.flatten(),
-            Err(e) => {
-                self.limiter().aborted(attempt);
-                return Err(e.into());
-            }
+        let _check = match known {
+            true => None,
+            false => match self.stranger_check() {
+                Some(check) => Some(check),
+                None => {
+                    self.limiter().aborted(attempt);
+                    Metrics::inc(&self.metrics.logins_throttled);
+                    return Err(Error::Busy);
+                }
+            },
         };
         let ok = if password.len() > password::MAX_PASSWORD {
             false
@@ -368,6 +422,17 @@ impl Server {
         match record {
             Some(record) if ok => {
                 self.limiter().succeeded(attempt);
+                if record.disabled {
+                    return Err(Error::Disabled(user.to_string()));
+                }
+                if !known {
+                    self.db.update_user(user, |r| {
+                        r.devices.retain(|d| *d != peer);
+                        r.devices.push(peer);
+                        let over = r.devices.len().saturating_sub(db::MAX_DEVICES);
+                        r.devices.drain(..over);
+                    })?;
+                }
                 Metrics::inc(&self.metrics.logins_ok);
                 Ok(record)
             }
@@ -378,6 +443,16 @@ impl Server {
                 Err(Error::BadCredentials)
             }
         }
+    }
+
+    /// One of the [`MAX_STRANGER_CHECKS`], if one is free.
+    fn stranger_check(&self) -> Option<StrangerCheck<'_>> {
+        let taken = self
+            .strangers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STRANGER_CHECKS).then_some(n + 1)
+            });
+        taken.ok().map(|_| StrangerCheck(&self.strangers))
     }
 
     /// A subscriber logs in from `peer` (its console's peer id): returns a console token with
@@ -391,7 +466,8 @@ impl Server {
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
         let record = self.authenticate(user, password, peer, now_ms)?;
-        self.issue(
+        self.issue_to(
+            Some(user),
             peer,
             Audience::Console,
             record.rights,
@@ -401,14 +477,20 @@ impl Server {
     }
 
     /// Exchanges a still-valid console token of this issuer, presented by its own subject, for
-    /// a fresh one with the same rights (a console refreshes before expiry, mid-playback).
+    /// a fresh one (a console refreshes before expiry, mid-playback), with the rights its
+    /// subscriber has now; refused once she is disabled or removed.
     pub fn refresh(&self, token: &[u8], peer: PeerId, now_ms: u64) -> Result<Vec<u8>, Error> {
         let own: TrustedIssuers = [self.issuer_key()].into_iter().collect();
         let claims = own.verify(token, now_ms, Audience::Console, None, &peer)?;
-        self.issue(
+        let user = claims.user.ok_or(Error::LogInAgain)?;
+        let record = (self.db.user(&user)?)
+            .filter(|r| !r.disabled)
+            .ok_or(Error::LogInAgain)?;
+        self.issue_to(
+            Some(&user),
             peer,
             Audience::Console,
-            claims.rights,
+            record.rights,
             self.config.console_ttl,
             now_ms,
         )
@@ -483,11 +565,44 @@ impl Server {
             admin: user.admin,
             rights: user.rights,
             created_ms: now_ms,
+            devices: Vec::new(),
+            disabled: false,
         };
         if !self.db.insert_new_user(name, &record)? {
             return Err(Error::UserExists(name.to_string()));
         }
         info!(admin = record.admin, "user added");
+        Ok(())
+    }
+
+    /// Disables (`disabled`) or enables again the subscriber `name`; only an admin may. Her
+    /// logins are refused, and her console tokens are not refreshed, so a console playing
+    /// stops at its token's expiry at the latest.
+    #[instrument(skip_all, fields(user = %name, by = %short_peer(&caller.peer)))]
+    pub fn disable_user(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+        disabled: bool,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        self.require_admin(caller, now_ms)?;
+        if !self.db.update_user(name, |r| r.disabled = disabled)? {
+            return Err(Error::NoSuchUser(name.to_string()));
+        }
+        info!(disabled, "user changed");
+        Ok(())
+    }
+
+    /// Removes the subscriber `name`; only an admin may. As [`Server::disable_user`], and the
+    /// name is free again.
+    #[instrument(skip_all, fields(user = %name, by = %short_peer(&caller.peer)))]
+    pub fn remove_user(&self, caller: Caller<'_>, name: &str, now_ms: u64) -> Result<(), Error> {
+        self.require_admin(caller, now_ms)?;
+        if !self.db.remove_user(name)? {
+            return Err(Error::NoSuchUser(name.to_string()));
+        }
+        info!("user removed");
         Ok(())
     }
 
@@ -510,6 +625,7 @@ impl Server {
             not_before_ms: now_ms,
             expires_ms: now_ms.saturating_add(ms(self.config.enroll_ttl)),
             id: TokenId::random(),
+            user: None,
             roles: Some(roles),
         })?;
         Metrics::inc(&self.metrics.tokens_issued);
@@ -598,6 +714,7 @@ impl Server {
             not_before_ms: now_ms,
             expires_ms: now_ms.saturating_add(ms(self.config.member_ttl)),
             id: TokenId::random(),
+            user: None,
             roles: Some(roles),
         })?;
         Metrics::inc(&self.metrics.tokens_issued);

@@ -201,6 +201,26 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
         Request::StationEngineToken { engine } => server
             .issue_station_engine_token(peer, engine, now_ms)
             .map(token),
+        Request::DisableUser {
+            name,
+            disabled,
+            admin_token,
+            proof: _,
+        } => server
+            .disable_user(
+                Caller::new(acting, admin_token.as_ref()),
+                &name,
+                disabled,
+                now_ms,
+            )
+            .map(|()| Response::Done),
+        Request::RemoveUser {
+            name,
+            admin_token,
+            proof: _,
+        } => server
+            .remove_user(Caller::new(acting, admin_token.as_ref()), &name, now_ms)
+            .map(|()| Response::Done),
     };
     result.unwrap_or_else(|e| Response::Error(refusal(&e)))
 }
@@ -217,6 +237,12 @@ fn acting_peer(
         proof: Some(proof), ..
     }
     | Request::EnrollToken {
+        proof: Some(proof), ..
+    }
+    | Request::DisableUser {
+        proof: Some(proof), ..
+    }
+    | Request::RemoveUser {
         proof: Some(proof), ..
     }
     | Request::Revoke {

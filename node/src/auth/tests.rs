@@ -528,3 +528,111 @@ fn state_survives_a_restart() -> anyhow::Result<()> {
     server.issue_engine_token(engine, T0)?;
     Ok(())
 }
+
+#[test]
+fn strangers_guessing_never_lock_a_subscriber_out_of_her_own_console() -> anyhow::Result<()> {
+    let f = fixture()?;
+    f.add("alice", false, Rights::All)?;
+    let own = PeerId::random();
+    f.server.login("alice", PASSWORD, own, T0)?;
+
+    // 30 wrong guesses, each from a fresh identity: her name is locked for newcomers...
+    for i in 0..30 {
+        let _ = f
+            .server
+            .login("alice", &format!("guess {i}"), PeerId::random(), T0 + i);
+    }
+    let newcomer = f.server.login("alice", PASSWORD, PeerId::random(), T0 + 30);
+    assert!(
+        matches!(newcomer, Err(Error::TooManyAttempts { .. })),
+        "{newcomer:?}"
+    );
+    // ...but her own console logs in at once.
+    let token = f.server.login("alice", PASSWORD, own, T0 + 30)?;
+    f.trusted
+        .verify(&token, T0 + 30, Audience::Console, None, &own)?;
+    // Her console is held to its own backoff all the same.
+    for i in 0..10 {
+        let _ = f.server.login("alice", &format!("typo {i}"), own, T0 + 40);
+    }
+    let typos = f.server.login("alice", PASSWORD, own, T0 + 40);
+    assert!(
+        matches!(typos, Err(Error::TooManyAttempts { .. })),
+        "{typos:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unknown_consoles_share_a_budget_that_known_ones_are_outside_of() -> anyhow::Result<()> {
+    let f = fixture()?;
+    f.add("alice", false, Rights::All)?;
+    let own = PeerId::random();
+    f.server.login("alice", PASSWORD, own, T0)?;
+    let held: Vec<_> = (0..MAX_STRANGER_CHECKS)
+        .map(|_| f.server.stranger_check())
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("the budget holds {MAX_STRANGER_CHECKS}"))?;
+    let stranger = f.server.login("alice", PASSWORD, PeerId::random(), T0);
+    assert!(matches!(stranger, Err(Error::Busy)), "{stranger:?}");
+    f.server.login("alice", PASSWORD, own, T0)?;
+    drop(held);
+    f.server.login("alice", PASSWORD, PeerId::random(), T0)?;
+    Ok(())
+}
+
+#[test]
+fn disabled_and_removed_subscribers_neither_log_in_nor_refresh() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let p1 = ProgramId([1; 32]);
+    f.add("bob", false, Rights::All)?;
+    let console = PeerId::random();
+    let token = f.server.login("bob", PASSWORD, console, T0)?;
+    let refreshed = f.server.refresh(&token, console, T0 + 1)?;
+    assert_eq!(
+        Claims::peek(&refreshed)?.user.as_deref(),
+        Some("bob"),
+        "a refreshed token still names its subscriber"
+    );
+
+    f.server.disable_user(f.as_station(), "bob", true, T0 + 2)?;
+    let login = f.server.login("bob", PASSWORD, console, T0 + 3);
+    assert!(matches!(login, Err(Error::Disabled(_))), "{login:?}");
+    let refresh = f.server.refresh(&refreshed, console, T0 + 3);
+    assert!(matches!(refresh, Err(Error::LogInAgain)), "{refresh:?}");
+
+    // Enabled again: the next refresh is granted, with her rights.
+    f.server
+        .disable_user(f.as_station(), "bob", false, T0 + 4)?;
+    let again = f.server.refresh(&refreshed, console, T0 + 5)?;
+    f.trusted
+        .verify(&again, T0 + 5, Audience::Console, Some(&p1), &console)?;
+
+    f.server.remove_user(f.as_station(), "bob", T0 + 6)?;
+    let refresh = f.server.refresh(&again, console, T0 + 7);
+    assert!(matches!(refresh, Err(Error::LogInAgain)), "{refresh:?}");
+    let login = f.server.login("bob", PASSWORD, console, T0 + 7);
+    assert!(matches!(login, Err(Error::BadCredentials)), "{login:?}");
+
+    // Only an admin may, and only for a subscriber that exists.
+    let stranger = Caller {
+        peer: PeerId::random(),
+        token: None,
+    };
+    f.add("carol", false, Rights::All)?;
+    let refused = f.server.disable_user(stranger, "carol", true, T0 + 8);
+    assert!(matches!(refused, Err(Error::NotAdmin)), "{refused:?}");
+    let missing = f.server.remove_user(f.as_station(), "nobody", T0 + 8);
+    assert!(matches!(missing, Err(Error::NoSuchUser(_))), "{missing:?}");
+    // A console token that names no subscriber (issued before tokens did) logs in again.
+    let anonymous = f.server.issue(
+        console,
+        Audience::Console,
+        Rights::All,
+        Duration::from_secs(60),
+        T0,
+    )?;
+    let refresh = f.server.refresh(&anonymous, console, T0 + 9);
+    assert!(matches!(refresh, Err(Error::LogInAgain)), "{refresh:?}");
+    Ok(())
+}

@@ -46,6 +46,7 @@ use super::publish::Publishing;
 use super::tasks::Tasks;
 use crate::control::{Copied, Source};
 use crate::events::Kind;
+use crate::peer_slots::PeerSlots;
 use vodmesh_proto::director::ErrorCode;
 
 /// How long a miss waits for a holding station's director to name its engine.
@@ -57,6 +58,9 @@ const MIN_MEASURED: u64 = 256 * 1024;
 /// Misses being gathered at once, at most: each costs registry lookups and a question to
 /// every holder's director, and any console can ask; past this a miss is answered Busy.
 const MAX_GATHERING: usize = 32;
+/// Misses one peer may have gathered at once: a console plays one segment at a time and asks
+/// ahead for a few; one that floods `Locate` must not take every gather from the others.
+const MAX_GATHERING_PER_PEER: usize = 4;
 
 /// What the look-ups of a miss found, for the loop to decide with.
 #[derive(Debug)]
@@ -98,6 +102,8 @@ pub(super) enum Done {
 pub(super) struct Misses {
     /// Bounds the misses being gathered ([`MAX_GATHERING`]).
     gathering: Arc<Semaphore>,
+    /// And those of each asking peer ([`MAX_GATHERING_PER_PEER`]).
+    gathering_by: PeerSlots,
     /// Verified manifests of programs this station copied segments of.
     manifests: HashMap<ProgramId, Arc<Manifest>>,
     /// Measured copy throughput from each station, bit/s (running mean).
@@ -114,6 +120,7 @@ impl Default for Misses {
     fn default() -> Self {
         Self {
             gathering: Arc::new(Semaphore::new(MAX_GATHERING)),
+            gathering_by: PeerSlots::new(MAX_GATHERING_PER_PEER),
             manifests: HashMap::new(),
             throughput: HashMap::new(),
             rtt: HashMap::new(),
@@ -158,6 +165,11 @@ impl Misses {
         (ask, held): (Locating, bool),
         channel: ResponseChannel<Response>,
     ) -> Option<Reply> {
+        // The peer's own share first: a flood from one peer is answered Busy at once, and
+        // leaves the others' gathers free.
+        let Some(mine) = self.gathering_by.take(ask.console) else {
+            return Some((channel, Response::Error(Error::TooManyMisses.into())));
+        };
         let Ok(permit) = self.gathering.clone().try_acquire_owned() else {
             return Some((channel, Response::Error(Error::TooManyMisses.into())));
         };
@@ -176,7 +188,7 @@ impl Misses {
         };
         let known = publish.record(ctx, &program);
         self.tasks.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, mine);
             match lookup.gather(known, manifest).await {
                 Ok(found) => Done::Gathered(Box::new(Gathered {
                     ask,

@@ -25,9 +25,11 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
+use super::peers::read_request;
 use super::{EngineBehaviour, Reporter, admit};
 use crate::control::{Copied, EngineReport, Source};
 use crate::events::{Kind, Observer};
+use crate::peer_slots::PeerSlots;
 use crate::store::{self, SegmentState, SegmentStore, Writer};
 
 /// Bytes per read from the stream or the store.
@@ -36,6 +38,10 @@ const CHUNK: usize = 256 * 1024;
 const MAX_FETCHES: usize = 4;
 /// Copies an engine serves at once.
 const MAX_SERVES: usize = 8;
+/// Copies an engine serves one peer at once (an engine fetches [`MAX_FETCHES`] at most).
+const MAX_SERVES_PER_PEER: usize = MAX_FETCHES;
+/// A peer that reads nothing of a copy for this long loses it (and its slot).
+const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A source that sends nothing for this long is given up (the next source takes over).
 const READ_STALL: Duration = Duration::from_secs(5);
 /// Attempts per source before the next one is tried.
@@ -460,6 +466,8 @@ pub(crate) struct Server {
     /// Bytes per second per copy at most (0: as fast as the link goes).
     rate: u64,
     serves: Arc<Semaphore>,
+    /// Copies each peer is being served.
+    per_peer: PeerSlots,
     /// Hears of the copies served.
     pub(crate) observer: Observer,
 }
@@ -481,20 +489,35 @@ impl Server {
             reporter,
             rate,
             serves: Arc::new(Semaphore::new(MAX_SERVES)),
+            per_peer: PeerSlots::new(MAX_SERVES_PER_PEER),
             observer: Default::default(),
         }
     }
 
-    /// Serves one copy stream from `peer` (at most [`MAX_SERVES`] at once).
-    pub(crate) async fn serve(&self, peer: PeerId, stream: Stream) {
-        let _permit = self.serves.acquire().await;
-        if let Err(e) = self.handle(peer, stream).await {
+    /// Serves one copy stream from `peer` (at most [`MAX_SERVES`] at once, of which
+    /// [`MAX_SERVES_PER_PEER`] to one peer). A slot is taken only once the request came (within
+    /// [`REQUEST_WITHIN`](super::peers::REQUEST_WITHIN)) and its token passed: a peer that
+    /// opens streams and sends nothing holds no slot.
+    pub(crate) async fn serve(&self, peer: PeerId, mut stream: Stream) {
+        let served = async {
+            let request: CopyRequest = read_request(&mut stream, MAX_FRAME).await?;
+            if let Err(why) = self.admit(peer, &request) {
+                return refuse(stream, why).await;
+            }
+            let Some(_mine) = self.per_peer.take(peer) else {
+                let why = format!("{MAX_SERVES_PER_PEER} copies to this peer already");
+                return refuse(stream, why).await;
+            };
+            let _permit = self.serves.acquire().await;
+            self.handle(peer, request, stream).await
+        };
+        if let Err(e) = served.await {
             tracing::debug!(%peer, error = %e, "copy stream failed");
         }
     }
 
-    async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
-        let request: CopyRequest = read_frame(&mut stream, MAX_FRAME).await?;
+    /// Whether `peer` may have the copy it asks for; why not, counted, when it may not.
+    fn admit(&self, peer: PeerId, request: &CopyRequest) -> Result<(), String> {
         let segment = request.segment;
         let token = request.token.as_deref().map(Vec::as_slice);
         let approved = self.allowed.borrow().get(&peer).copied();
@@ -506,13 +529,22 @@ impl Server {
             (&segment.program, &peer),
             now,
         );
-        if let Err(why) = admitted {
+        admitted.map_err(|why| {
             tracing::info!(%peer, %segment, refused = %why, "copy refused");
             let index = self.reporter.index();
             self.reporter
                 .try_send(EngineReport::Refused { index, copy: true });
-            return refuse(stream, why.to_string()).await;
-        }
+            why.to_string()
+        })
+    }
+
+    async fn handle(
+        &self,
+        peer: PeerId,
+        request: CopyRequest,
+        mut stream: Stream,
+    ) -> std::io::Result<()> {
+        let segment = request.segment;
         let (Some(info), Ok(mut reader)) = (
             self.store.info(&segment),
             self.store.open_read(segment).await,
@@ -535,7 +567,13 @@ impl Server {
             .await
             .map_err(std::io::Error::other)?
         {
-            stream.write_all(&chunk).await?;
+            match tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk)).await {
+                Ok(written) => written?,
+                Err(_) => {
+                    let why = "the peer read nothing of the copy for 10 s";
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+                }
+            }
             sent += chunk.len() as u64;
             if self.rate > 0 {
                 // Paced to --copy-rate: no faster than `rate` bytes per second on average.

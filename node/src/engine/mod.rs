@@ -17,6 +17,7 @@ mod accept;
 mod admit;
 pub mod copy;
 pub mod ingest;
+mod peers;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -286,6 +287,7 @@ pub async fn start(
         load: stream::Load::new(storage.max_streams, index, reports.clone()),
         trusted,
         handovers: stream::Handovers::default(),
+        per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
     };
 
     let _ = reports

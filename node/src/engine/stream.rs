@@ -13,13 +13,15 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::codec::write_frame;
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::TrustedIssuers;
 
 use super::admit;
+use super::peers::read_request;
 use crate::control::EngineReport;
+use crate::peer_slots::PeerSlots;
 use crate::store::{SegmentState, SegmentStore};
 
 /// Bytes per read from the store and write to the stream.
@@ -28,6 +30,9 @@ const CHUNK: usize = 256 * 1024;
 const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A console that takes no bytes for this long loses its stream (and its place).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Streams one peer is served at once, at most: a console streams from an engine one segment
+/// at a time (with one more during a handoff); past this, it is told busy.
+pub(crate) const MAX_STREAMS_PER_PEER: usize = 4;
 
 /// What every stream task shares.
 #[derive(Clone)]
@@ -42,6 +47,8 @@ pub(crate) struct StreamService {
     /// The streams being served, each with the signal that hands it over to another engine
     /// (claim 22).
     pub(crate) handovers: Handovers,
+    /// Streams each peer is being served ([`MAX_STREAMS_PER_PEER`] at most).
+    pub(crate) per_peer: PeerSlots,
 }
 
 /// The stream cap of an engine: a semaphore of `--max-streams` permits, and the number of
@@ -217,7 +224,7 @@ impl StreamService {
 
     /// Serves one stream request from `peer`.
     pub(crate) async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
-        let request: StreamRequest = read_frame(&mut stream, MAX_FRAME).await?;
+        let request: StreamRequest = read_request(&mut stream, MAX_FRAME).await?;
         let segment = request.segment;
         // No byte of a program leaves an engine without a valid console token, bound to the
         // peer at the other end of this connection, for this program.
@@ -230,6 +237,10 @@ impl StreamService {
             });
             return Self::answer(&mut stream, &StreamReply::Refused(why.to_string())).await;
         }
+        let Some(_mine) = self.per_peer.take(peer) else {
+            tracing::debug!(index = self.index, %peer, %segment, "busy: at the peer's streams");
+            return Self::answer(&mut stream, &StreamReply::Busy).await;
+        };
         let Some(_active) = self.load.try_start() else {
             // A wait for the console, not a refusal: it asks its director for another engine.
             tracing::debug!(index = self.index, %peer, %segment, "busy: at --max-streams");

@@ -175,6 +175,7 @@ pub(crate) async fn ingest_into(
     let source = dir.join(format!("{title}.bin"));
     write_pattern(&source, bytes, title)?;
     let info = ingest::run(&IngestOptions {
+        allow_hosts: Vec::new(),
         node: node.clone(),
         key: key.to_path_buf(),
         title: title.into(),
