@@ -13,6 +13,7 @@
 //! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
 //! live station.
 
+pub mod config;
 pub mod keys;
 pub mod members;
 pub mod registry;
