@@ -26,6 +26,7 @@
 //! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
 //!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
+//! - `expiring`: a bounded map whose entries expire, for what a peer may leave behind.
 //! - `peer_slots`: what one peer may hold at once of something bounded (engine copy and
 //!   stream slots, a director's miss gathers).
 
@@ -38,6 +39,7 @@ pub mod control;
 pub mod director;
 pub mod engine;
 pub mod events;
+pub(crate) mod expiring;
 pub mod health;
 pub mod history;
 pub use vodmesh_client::identity;

@@ -23,7 +23,7 @@ use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
-use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
+use vodmesh_proto::director::{EngineTarget, ErrorCode, ProgramInfo, Request, Response};
 use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
 use vodmesh_proto::manifest::ManifestContent;
 use vodmesh_proto::station::human_bytes;
@@ -118,33 +118,42 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
     let pushed = push_all(&client, &source.pieces, &content, program, &plan, &progress).await;
     progress.finish();
     let committed = match pushed {
-        Ok(()) => {
-            let proof = admin::prove(
-                &key,
-                "ingest-commit",
-                program.as_bytes(),
-                director,
-                now_ms(),
-            );
-            match client
-                .request(Request::IngestCommit {
-                    program,
-                    admin: proof,
-                })
-                .await
-            {
-                Ok(Response::Program(info)) => Ok(info),
-                Ok(Response::Error(e)) => Err(anyhow::anyhow!("{}", e.message)),
-                Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
-                Err(e) => Err(anyhow::Error::new(e).context("committing the ingest")),
-            }
-        }
+        Ok(()) => commit(&client, &key, program).await,
         Err(e) => Err(e),
     };
     if committed.is_err() {
         abort(&client, &key, program).await;
     }
     committed
+}
+
+/// How long a commit waits for the engines' reports that they stored the last segments.
+const COMMIT_WAIT: Duration = Duration::from_secs(15);
+
+/// Commits the ingest of `program`, once every segment pushed is reported stored: the push is
+/// acknowledged by the engine, and its report to the director may still be on the way (a
+/// `Busy` answer), so the commit is asked again for up to [`COMMIT_WAIT`].
+async fn commit(client: &DirectorClient, key: &Keypair, program: ProgramId) -> Result<ProgramInfo> {
+    let director = client.peer();
+    let started = tokio::time::Instant::now();
+    loop {
+        let proof = admin::prove(key, "ingest-commit", program.as_bytes(), director, now_ms());
+        let answer = client
+            .request(Request::IngestCommit {
+                program,
+                admin: proof,
+            })
+            .await
+            .context("committing the ingest")?;
+        match answer {
+            Response::Program(info) => return Ok(info),
+            Response::Error(e) if e.code == ErrorCode::Busy && started.elapsed() < COMMIT_WAIT => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Response::Error(e) => bail!("{}", e.message),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
 }
 
 /// Tells the station to drop what it took of a failed ingest (best effort: a station that

@@ -177,7 +177,10 @@ impl Error {
             | Self::NoWholeCopy
             | Self::TooManyMisses
             | Self::EngineQueueFull
-            | Self::EngineGone => C::Busy,
+            | Self::EngineGone
+            // Every segment was pushed, but an engine's report that it stored one may still
+            // be on its way (over the backplane, for an engine process): a wait, not an end.
+            | Self::Incomplete(_) => C::Busy,
             Self::NoEngineUp
             | Self::IngestEngineDown
             | Self::BadManifest(_)
@@ -188,7 +191,6 @@ impl Error {
             Self::NotContentManager
             | Self::AlreadyInCatalog(_)
             | Self::BadContent(_)
-            | Self::Incomplete(_)
             | Self::BadRecord
             | Self::Unsupported(_) => C::BadRequest,
             Self::NoRoom(_) | Self::NoRoomForReplica { .. } => C::Full,
@@ -243,9 +245,10 @@ mod tests {
                 ErrorCode::NotFound,
                 format!("no station can serve segment 3 of {short}"),
             ),
+            // Busy since the tool waits out the engines' last reports (the line is the same).
             (
                 Error::Incomplete(2),
-                ErrorCode::BadRequest,
+                ErrorCode::Busy,
                 "2 segment(s) not stored yet; ingest incomplete".into(),
             ),
         ] {

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 
 use libp2p::PeerId;
+use tokio::time::Instant;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::SegmentLocation;
 
@@ -31,6 +32,7 @@ use super::error::Error;
 use super::publish::Publishing;
 use super::replicate::Replicating;
 use crate::control::EngineCommand;
+use crate::expiring::Expiring;
 use crate::store::locations::LocationState;
 
 /// What a `Locate` comes to on the loop.
@@ -55,10 +57,12 @@ pub(super) enum Located {
 pub(super) struct Play {
     /// By engine: the (segment, console) streams it serves.
     streams: HashMap<EngineId, Vec<(SegmentId, PeerId)>>,
-    /// A console a filling engine handed back, by segment (claim 21).
-    swapped_from: HashMap<(SegmentId, PeerId), EngineId>,
-    /// A console handed over in an exchange, by segment: the engine it resumes at (claim 22).
-    handed: HashMap<(SegmentId, PeerId), EngineId>,
+    /// A console a filling engine handed back, by segment (claim 21), for a minute: one that
+    /// never asks again is forgotten.
+    swapped_from: Expiring<(SegmentId, PeerId), EngineId>,
+    /// A console handed over in an exchange, by segment: the engine it resumes at (claim 22),
+    /// for a minute.
+    handed: Expiring<(SegmentId, PeerId), EngineId>,
 }
 
 impl Play {
@@ -95,7 +99,7 @@ impl Play {
                 console,
             } => {
                 tracing::debug!(%engine, %segment, %console, "console sought past a filling copy");
-                self.swapped_from.insert((segment, console), engine);
+                (self.swapped_from).insert((segment, console), engine, Instant::now());
             }
         }
     }
@@ -195,7 +199,7 @@ impl Play {
         publish.playable(ctx, &segment.program)?;
         let mut complete = ctx.holders(segment)?;
         complete.retain(|l| l.state == LocationState::Complete);
-        let filling = self.swapped_from.remove(&(segment, console));
+        let filling = (self.swapped_from).remove(&(segment, console), Instant::now());
         let own = match choose::stream_engine(&ctx.engines.views(), &complete, &Asker::default()) {
             Choice::Engine { engine, .. } => Some(engine),
             Choice::Busy | Choice::NotHere => None,
@@ -237,7 +241,7 @@ impl Play {
         };
         if ctx.engines.send(taker, handover).is_ok() {
             tracing::debug!(%segment, %console, %other, %taker, %filling, "exchange: engines swap consoles");
-            self.handed.insert((segment, other), filling);
+            (self.handed).insert((segment, other), filling, Instant::now());
             ctx.activity.exchanges += 1;
         }
     }
@@ -249,7 +253,7 @@ impl Play {
         segment: SegmentId,
         console: PeerId,
     ) -> Option<SegmentLocation> {
-        let engine = self.handed.remove(&(segment, console))?;
+        let engine = self.handed.remove(&(segment, console), Instant::now())?;
         let peer = ctx.engines.get(engine).filter(|e| e.up)?.peer_id;
         let state = (ctx.holders(segment).ok()?.into_iter())
             .find(|l| l.engine == peer)?

@@ -126,6 +126,9 @@ impl Replicating {
                 until_ms,
                 reply,
             } => {
+                // Approvals past their time go when another comes: the map holds live ones.
+                let now = now_ms();
+                self.allowed.retain(|_, until| *until > now);
                 self.allowed.insert(station, until_ms);
                 return Some(reply);
             }

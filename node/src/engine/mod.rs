@@ -310,6 +310,7 @@ pub async fn start(
         handovers: streams.handovers.clone(),
         embargoes: streams.embargoes.clone(),
         jobs: JoinSet::new(),
+        preloads: Arc::new(tokio::sync::Semaphore::new(MAX_PRELOADS)),
     };
     let services = Services {
         incoming,
@@ -356,7 +357,13 @@ struct Blade {
     embargoes: embargo::Embargoes,
     /// Copies, preloads and delayed removals.
     jobs: JoinSet<()>,
+    /// Preloads reading at once ([`MAX_PRELOADS`]).
+    preloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Preloads an engine reads at once: every `Locate` a console sends names one, and any console
+/// may send many; past this a preload is skipped (it only warms the cache).
+const MAX_PRELOADS: usize = 4;
 
 impl Blade {
     /// Starts the accept loop of every protocol, owned by `loops`, all ending on `stop`.
@@ -502,8 +509,13 @@ impl Blade {
             EngineCommand::Preload { segment } => {
                 // Reading it through warms the page cache and verifies every chunk before the
                 // console asks; a bad chunk is caught and dropped here instead of mid-stream.
+                let Ok(permit) = self.preloads.clone().try_acquire_owned() else {
+                    tracing::debug!(%segment, "preload skipped: enough under way");
+                    return;
+                };
                 let store = self.store.clone();
                 self.jobs.spawn(async move {
+                    let _permit = permit;
                     if let Ok(mut reader) = store.open_read(segment).await {
                         while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
                     }
