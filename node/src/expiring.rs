@@ -50,6 +50,11 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         (now.duration_since(at) < self.ttl).then_some(value)
     }
 
+    /// Whether `key` holds a value that has not expired by `now`.
+    pub(crate) fn contains(&self, key: &K, now: Instant) -> bool {
+        (self.entries.get(key)).is_some_and(|(_, at)| now.duration_since(*at) < self.ttl)
+    }
+
     /// Entries held (expired ones included until the next insert).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -74,6 +79,7 @@ mod tests {
         let s = Duration::from_secs;
         let mut map = Expiring::new(s(60), 3);
         map.insert("a", 1, t0);
+        assert!(map.contains(&"a", t0 + s(59)) && !map.contains(&"a", t0 + s(60)));
         assert_eq!(map.remove(&"a", t0 + s(59)), Some(1));
         map.insert("b", 2, t0);
         assert_eq!(map.remove(&"b", t0 + s(60)), None, "expired");

@@ -388,8 +388,11 @@ pub(crate) fn query_kind(result: &libp2p::kad::QueryResult) -> &'static str {
 pub(crate) struct Http {
     /// The station's metrics.
     pub(crate) metrics: Metrics,
-    /// The director's registry, walked for `/status.json`.
+    /// The director's registry, walked for the sparklines.
     pub(crate) registry: vodmesh_registry::RegistryHandle,
+    /// Its walks for `/status.json`, shared by the requests of two seconds (the page polls
+    /// every two; any number of browsers may have it open).
+    pub(crate) walks: vodmesh_registry::RecentWalk,
     /// The director's peer id.
     pub(crate) local: libp2p::PeerId,
     /// A director's server (metrics and the status page), not an engine process's (metrics).
@@ -541,11 +544,10 @@ async fn status_json(
     axum::extract::State(http): axum::extract::State<Http>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let limits = vodmesh_registry::WalkLimits::default();
-    let walk = vodmesh_registry::walk(&http.registry, http.local, limits);
+    let walk = http.walks.stations();
     let body = match tokio::time::timeout(Duration::from_secs(10), walk).await {
         Ok(Ok(stations)) => {
-            let mut stations: Vec<_> = stations.into_iter().map(|(r, _)| r).collect();
+            let mut stations: Vec<_> = stations.iter().map(|(r, _)| r.clone()).collect();
             // This station's engines as they are now, not as last republished.
             let now = http.metrics.engines();
             if let Some(own) = stations.iter_mut().find(|s| s.director == http.local)

@@ -275,6 +275,7 @@ impl Station {
             let http = crate::metrics::Http {
                 metrics: metrics.clone(),
                 registry: dir.registry.clone(),
+                walks: vodmesh_registry::RecentWalk::new(dir.registry.clone(), dir.peer_id),
                 local: dir.peer_id,
                 director: true,
                 ready: crate::metrics::Ready {

@@ -31,4 +31,4 @@ pub use registry::{
 };
 pub use server::Server;
 pub use store::{PersistentStore, StoreLimits};
-pub use walk::{WalkLimits, walk};
+pub use walk::{RecentWalk, Stations, WalkLimits, walk};

@@ -7,6 +7,8 @@
 //! even if some routing table still remembers its peer id.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use libp2p::PeerId;
@@ -30,6 +32,47 @@ impl Default for WalkLimits {
             max_stations: 4096,
             concurrency: 16,
         }
+    }
+}
+
+/// How long a walk's result stands for the next asker ([`RecentWalk`]).
+pub const RECENT: Duration = Duration::from_secs(2);
+
+/// Stations found by a walk: each live station's record, decoded and signed.
+pub type Stations = Arc<Vec<(StationRecord, Signed)>>;
+
+/// Walks shared for [`RECENT`]: a walk asks the DHT once a station, and any console can ask a
+/// director for one (`Swarm`, `Programs`, the status page), so the asks of two seconds share
+/// one walk; those made while it runs wait for it.
+#[derive(Clone)]
+pub struct RecentWalk {
+    registry: RegistryHandle,
+    local: PeerId,
+    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Stations)>>>,
+}
+
+impl RecentWalk {
+    /// Walks from director `local` through `registry`, with the default limits.
+    pub fn new(registry: RegistryHandle, local: PeerId) -> Self {
+        Self {
+            registry,
+            local,
+            last: Arc::default(),
+        }
+    }
+
+    /// The live stations, from a walk at most [`RECENT`] old.
+    pub async fn stations(&self) -> Result<Stations, RegistryError> {
+        let mut last = self.last.lock().await;
+        if let Some((at, stations)) = last.as_ref()
+            && at.elapsed() < RECENT
+        {
+            return Ok(stations.clone());
+        }
+        let found = walk(&self.registry, self.local, WalkLimits::default()).await?;
+        let stations: Stations = Arc::new(found);
+        *last = Some((tokio::time::Instant::now(), stations.clone()));
+        Ok(stations)
     }
 }
 

@@ -174,6 +174,7 @@ pub async fn start_engine(
         let (registry, _) = vodmesh_registry::RegistryHandle::channel(1);
         let http = crate::metrics::Http {
             metrics: metrics.clone(),
+            walks: vodmesh_registry::RecentWalk::new(registry.clone(), handle.peer_id),
             registry,
             local: handle.peer_id,
             director: false,

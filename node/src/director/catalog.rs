@@ -18,7 +18,7 @@ use vodmesh_proto::director::{ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::{ProgramId, SegmentHash};
-use vodmesh_registry::{RegistryHandle, WalkLimits};
+use vodmesh_registry::RegistryHandle;
 
 use super::error::Error;
 use super::outbound::{AskError, Asker};
@@ -204,27 +204,28 @@ pub(super) fn merge(lists: impl IntoIterator<Item = Vec<ProgramInfo>>) -> Vec<Pr
 /// `Programs`: `local` (this station's [`held`] list) and every other live station's, found
 /// by a swarm walk; the registry's holders added to each program.
 pub(super) async fn swarm_programs(
-    registry: RegistryHandle,
+    (walks, registry): (&vodmesh_registry::RecentWalk, RegistryHandle),
     asker: Asker,
     me: PeerId,
     local: Vec<ProgramInfo>,
 ) -> Result<Vec<ProgramInfo>, Error> {
-    let stations = vodmesh_registry::walk(&registry, me, WalkLimits::default()).await?;
-    let asks = (stations.into_iter())
+    let stations = walks.stations().await?;
+    let others: Vec<_> = (stations.iter())
         .filter(|(s, _)| s.director != me)
-        .map(|(station, _)| {
-            let asker = asker.clone();
-            async move {
-                let (peer, addrs) = (station.director, station.addrs);
-                match asker
-                    .ask_within(ASK_WITHIN, peer, addrs, Request::Held)
-                    .await
-                {
-                    Ok(Response::Programs(list)) => list,
-                    Ok(_) | Err(_) => Vec::new(),
-                }
+        .map(|(s, _)| (s.director, s.addrs.clone()))
+        .collect();
+    let asks = others.into_iter().map(|(peer, addrs)| {
+        let asker = asker.clone();
+        async move {
+            match asker
+                .ask_within(ASK_WITHIN, peer, addrs, Request::Held)
+                .await
+            {
+                Ok(Response::Programs(list)) => list,
+                Ok(_) | Err(_) => Vec::new(),
             }
-        });
+        }
+    });
     let theirs: Vec<Vec<ProgramInfo>> = stream::iter(asks)
         .buffer_unordered(LISTING_CONCURRENCY)
         .collect()

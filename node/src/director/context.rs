@@ -183,6 +183,8 @@ pub(super) struct Shared {
     pub(super) registry_handle: RegistryHandle,
     /// Other directors, for work off the loop.
     pub(super) asker: Asker,
+    /// Swarm walks, shared by the asks of two seconds.
+    pub(super) walks: vodmesh_registry::RecentWalk,
 }
 
 impl Shared {
@@ -198,6 +200,7 @@ impl Shared {
             observer: &self.observer,
             registry: &self.registry_handle,
             asker: &self.asker,
+            walks: &self.walks,
             dht: Dht {
                 registry: &mut self.registry,
                 kad,
@@ -226,6 +229,8 @@ pub(super) struct Ctx<'a> {
     pub(super) registry: &'a RegistryHandle,
     /// Other directors, for work off the loop.
     pub(super) asker: &'a Asker,
+    /// Swarm walks, shared by the asks of two seconds.
+    pub(super) walks: &'a vodmesh_registry::RecentWalk,
     /// The registry, for writes on the loop.
     pub(super) dht: Dht<'a>,
 }

@@ -57,9 +57,9 @@ use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, Request, Response};
 use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
-use vodmesh_proto::station::{EngineInfo, StationRecord};
+use vodmesh_proto::station::EngineInfo;
 use vodmesh_registry::registry::{self as reg, Command};
-use vodmesh_registry::{PersistentStore, RegistryHandle, WalkLimits};
+use vodmesh_registry::{PersistentStore, RegistryHandle};
 
 use self::choose::Locating;
 use self::context::{Reply, Shared};
@@ -561,12 +561,11 @@ impl Director {
                 Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
-                let (registry, local) = (ctx.registry.clone(), ctx.me.peer_id);
+                let walks = ctx.walks.clone();
                 self.tasks.spawn(async move {
-                    let walk = vodmesh_registry::walk(&registry, local, WalkLimits::default());
-                    let stations = walk.await.map_err(Error::from);
-                    let listed = |s: Vec<(StationRecord, Signed)>| {
-                        Response::Swarm(s.into_iter().map(|(_, signed)| signed).collect())
+                    let stations = walks.stations().await.map_err(Error::from);
+                    let listed = |s: vodmesh_registry::Stations| {
+                        Response::Swarm(s.iter().map(|(_, signed)| signed.clone()).collect())
                     };
                     (channel, respond(stations, listed))
                 });
@@ -630,7 +629,7 @@ impl Director {
             Request::Activity => {
                 let mut activity = *ctx.activity;
                 activity.active = ctx.engines.streams();
-                activity.programs = ctx.locations.programs().map_or(0, |p| p.len() as u64);
+                activity.programs = ctx.locations.program_count().map_or(0, |n| n as u64);
                 Some((channel, Response::Activity(activity)))
             }
             Request::Publish { program, admin } => {

@@ -631,9 +631,10 @@ impl Publishing {
             Ok(local) => local,
             Err(e) => return Some((channel, Response::Error(e.into()))),
         };
-        let (registry, asker, me) = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
+        let (walks, registry) = (ctx.walks.clone(), ctx.registry.clone());
+        let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
-            let listed = catalog::swarm_programs(registry, asker, me, local).await;
+            let listed = catalog::swarm_programs((&walks, registry), asker, me, local).await;
             Done::Reply((channel, respond(listed, Response::Programs)))
         });
         None

@@ -143,6 +143,7 @@ pub async fn start(
             registry: Registry::with_members(members),
             registry_handle: registry_handle.clone(),
             asker,
+            walks: vodmesh_registry::RecentWalk::new(registry_handle.clone(), peer_id),
         },
         reports: engines.reports,
         registry_commands,

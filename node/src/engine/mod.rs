@@ -290,6 +290,7 @@ pub async fn start(
         handovers: stream::Handovers::default(),
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
         embargoes: embargo::Embargoes::default(),
+        arriving: stream::Arriving::default(),
     };
 
     let _ = reports
@@ -309,6 +310,7 @@ pub async fn start(
         expectations: Expectations::default(),
         handovers: streams.handovers.clone(),
         embargoes: streams.embargoes.clone(),
+        arriving: streams.arriving.clone(),
         jobs: JoinSet::new(),
         preloads: Arc::new(tokio::sync::Semaphore::new(MAX_PRELOADS)),
     };
@@ -355,6 +357,8 @@ struct Blade {
     handovers: stream::Handovers,
     /// Programs not to stream yet, shared with the stream tasks.
     embargoes: embargo::Embargoes,
+    /// Copies ordered lately, which a console sent here may wait for.
+    arriving: stream::Arriving,
     /// Copies, preloads and delayed removals.
     jobs: JoinSet<()>,
     /// Preloads reading at once ([`MAX_PRELOADS`]).
@@ -490,6 +494,7 @@ impl Blade {
                 held_elsewhere,
                 done,
             } => {
+                self.arriving.ordered(segment);
                 let job = copy::Job {
                     segment,
                     expect,

@@ -21,6 +21,7 @@ use vodmesh_proto::token::TrustedIssuers;
 use super::admit;
 use super::peers::read_request;
 use crate::control::EngineReport;
+use crate::expiring::Expiring;
 use crate::peer_slots::PeerSlots;
 use crate::store::{SegmentState, SegmentStore};
 
@@ -51,6 +52,28 @@ pub(crate) struct StreamService {
     pub(crate) embargoes: super::embargo::Embargoes,
     /// Streams each peer is being served ([`MAX_STREAMS_PER_PEER`] at most).
     pub(crate) per_peer: PeerSlots,
+    /// Copies the director ordered lately: only for those is a console's request waited on.
+    pub(crate) arriving: Arriving,
+}
+
+/// The segments whose copy the director ordered in the last seconds: a console sent to this
+/// engine at once (overload replication) may ask before the first byte arrived, and is waited
+/// for briefly; a request for any other segment that is not here is answered at once.
+#[derive(Clone, Default)]
+pub(crate) struct Arriving(Arc<Mutex<Expiring<SegmentId, ()>>>);
+
+impl Arriving {
+    /// The director ordered a copy of `segment`.
+    pub(crate) fn ordered(&self, segment: SegmentId) {
+        let mut ordered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        ordered.insert(segment, (), tokio::time::Instant::now());
+    }
+
+    /// Whether a copy of `segment` was ordered lately.
+    fn expected(&self, segment: &SegmentId) -> bool {
+        let ordered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        ordered.contains(segment, tokio::time::Instant::now())
+    }
 }
 
 /// The stream cap of an engine: a semaphore of `--max-streams` permits, and the number of
@@ -254,7 +277,8 @@ impl StreamService {
         // A copy the director just ordered (overload replication) may not have begun to
         // arrive: the console was sent here at once, so wait briefly for the first bytes.
         let waited = std::time::Instant::now();
-        while self.store.info(&segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
+        let expected = self.arriving.expected(&segment);
+        while expected && self.store.info(&segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // Not here (a copy that never came, or a segment dropped since the director heard of

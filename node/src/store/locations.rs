@@ -56,7 +56,13 @@ fn db_err(e: impl Into<redb::Error>) -> Error {
 #[derive(Clone)]
 pub struct LocationTable {
     db: Arc<Database>,
+    /// The last count of programs held ([`LocationTable::program_count`]) and when.
+    counted: Arc<std::sync::Mutex<Option<(std::time::Instant, usize)>>>,
 }
+
+/// How long a count of the programs held stands: any console may ask for it (`Activity`),
+/// and counting scans the table.
+const COUNT_STANDS: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl LocationTable {
     /// Opens (or creates) a table in its own database file.
@@ -70,7 +76,27 @@ impl LocationTable {
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(LOCATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            counted: Arc::default(),
+        })
+    }
+
+    /// How many programs this station holds segments of, counted at most
+    /// [`COUNT_STANDS`] ago.
+    pub fn program_count(&self) -> Result<usize, Error> {
+        let mut counted = self
+            .counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, n)) = *counted
+            && at.elapsed() < COUNT_STANDS
+        {
+            return Ok(n);
+        }
+        let n = self.programs()?.len();
+        *counted = Some((std::time::Instant::now(), n));
+        Ok(n)
     }
 
     /// Records (or updates) that `location.engine` holds `segment`.
