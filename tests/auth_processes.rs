@@ -10,7 +10,9 @@ use libp2p::PeerId;
 use vodmesh_node::nodefile::NodeFile;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, IssuerKey, TokenError, TrustedIssuers};
-use vodmesh_tests::cli::{bin, enroll, keygen, login, refusal, refusal_of, run, user_add};
+use vodmesh_tests::cli::{
+    bin, command_in, enroll, keygen, login, refusal, refusal_of, run, user_add,
+};
 use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::wait;
 
@@ -196,15 +198,27 @@ fn enrollment_gives_engines_tokens() -> Result<()> {
         check_engine_token(&new, i, engine.peer_id, &trusted)?;
     }
 
-    // The same token presented by another station is refused: it names its subject.
-    let thief = Node::new(&dir.path().join("thief"))
-        .bootstrap(&auth.addr)
-        .trust(&trust)
-        .args(&["--enroll", &token])
-        .start()?;
-    thief.wait_log("enrollment refused", Duration::from_secs(20))?;
-    thief.wait_log("token belongs to another peer", Duration::from_secs(1))?;
-    assert!(!thief.data.join("engines/0/engine.token").exists());
+    // Its certificate makes it a member (issue 19).
+    new.wait_log("a member", Duration::from_secs(20))?;
+
+    // The same token presented by another station: it names its subject, so that station
+    // refuses to start, with one line that says what to do.
+    let thief = dir.path().join("thief");
+    let thief_peer = keygen(None, &thief.join("identity.key"))?;
+    let line = refusal(
+        command_in(None, "vodmesh-node")
+            .arg("--data")
+            .arg(&thief)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", &trust])
+            .args(["--bootstrap", &auth.addr.to_string(), "--enroll", &token]),
+    )?;
+    assert!(
+        line.starts_with("error: starting the station: enrollment token")
+            && line.contains(&thief_peer),
+        "{line}"
+    );
+    assert!(line.contains("vodmesh enroll --station"), "{line}");
+    assert!(!thief.join("engines/0/engine.token").exists());
     Ok(())
 }
 

@@ -29,8 +29,7 @@ fn a_console_remembers_its_swarm_and_lists_programs_in_one_form() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let home = Node::new(&dir.path().join("home")).home().ttl(10).start()?;
     let b = Node::new(&dir.path().join("b"))
-        .bootstrap(&home.addr)
-        .trust(&home.issuer()?)
+        .enrolled_with(&home)?
         .ttl(10)
         .start()?;
     wait::blocking("b to see the home", Duration::from_secs(30), || {

@@ -250,7 +250,8 @@ fn an_enrolled_station_is_ready_only_with_its_engine_tokens() -> Result<()> {
         .ttl(3)
         .start()?;
     let b_data = dir.path().join("b");
-    let token = vodmesh_tests::cli::enroll_new_station(None, &auth.addr, &auth.key(), &b_data)?;
+    let token =
+        vodmesh_tests::cli::enroll_new_station(None, &auth.addr, &auth.key(), &b_data, &[])?;
     auth.signal("STOP")?;
     let b = Node::new(&b_data)
         .bootstrap(&c.addr)

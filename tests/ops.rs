@@ -194,6 +194,8 @@ fn a_station_from_a_config_file_alone_joins_and_serves() -> Result<()> {
         .start()?;
     let data = dir.path().join("member");
     std::fs::create_dir_all(&data)?;
+    // Enrolled (issue 19): a member of the home's swarm.
+    let token = vodmesh_tests::cli::enroll_new_station(None, &home.addr, &home.key(), &data, &[])?;
     let file = dir.path().join("member.toml");
     let config = format!(
         "# a member station, configured by this file alone\n\
@@ -201,12 +203,14 @@ fn a_station_from_a_config_file_alone_joins_and_serves() -> Result<()> {
          listen = [\"/ip4/127.0.0.1/tcp/0\"]\n\
          bootstrap = [\"{bootstrap}\"]\n\
          trust = [\"{issuer}\"]\n\
+         enroll = {token:?}\n\
          engines = 3\n\
          capacity = 123456789\n\
          max_streams = 5\n\
          record-ttl = 10\n\
          region = \"from-the-file\"\n",
         data = data.to_string_lossy(),
+        token = token.to_string_lossy(),
         bootstrap = home.addr,
         issuer = home.issuer()?,
     );

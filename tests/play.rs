@@ -38,18 +38,19 @@ fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> Result<()> 
         .home()
         .ttl(10)
         .start()?;
-    let issuer = home.issuer()?;
     let second = Node::new(&dir.path().join("second"))
         .engines(2)
-        .bootstrap(&home.addr)
+        .enrolled_with(&home)?
         .ttl(10)
-        .trust(&issuer)
         .start()?;
+    // A member with no room for copies: a miss there sends the console to the holder, whose
+    // three engines hand it over at every segment boundary.
     let third = Node::new(&dir.path().join("third"))
         .engines(2)
+        .enrolled_with(&home)?
         .bootstrap(&second.addr)
+        .args(&["--capacity", "1"])
         .ttl(10)
-        .trust(&issuer)
         .start()?;
     let console = dir.path().join("console");
     subscriber(&home.addr, &home.key(), &console, "ann")?;
@@ -60,7 +61,8 @@ fn a_program_plays_from_another_station_with_handoffs_and_seeks() -> Result<()> 
         .publish_now()
         .run()?;
 
-    // Full speed, from the third station (which holds nothing: it finds the holder).
+    // Full speed, from the third station (which holds nothing and takes no copy: it finds
+    // the holder).
     let played = Play::new(&console, &third.addr, "forty-eight").run()?;
     let (played, stats) = (played.bytes, played.stats);
     assert!(played == bytes, "bytes played differ from bytes ingested");

@@ -168,3 +168,39 @@ async fn a_restarted_content_manager_still_publishes_on_time() -> anyhow::Result
     home.shutdown().await;
     Ok(())
 }
+
+/// Publish time enforced where bytes leave (issue 19): a console that holds a valid token and
+/// asks the engine holding an inactive program directly, past every director, gets no byte;
+/// once the program is published the same request streams it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_streams_no_byte_of_an_inactive_program() -> anyhow::Result<()> {
+    use vodmesh_proto::SegmentId;
+    use vodmesh_proto::stream::StreamReply;
+    use vodmesh_tests::console::Console;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let consoles = vodmesh_proto::token::Issuer::generate();
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir)
+        .home()
+        .trusting(&consoles)
+        .start()
+        .await?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 64 * 1024, 11)?;
+    let key = home_dir.join("identity.key");
+    let info = ingest::run(&ingest_options(&home, &key, "not yet", &source)).await?;
+    let console = Console::connect(home.addr(), Some(&consoles)).await?;
+    let engine = console.station().await?.engines.remove(0);
+    console.reach(engine.peer_id, &engine.addrs).await?;
+    let segment = SegmentId::new(info.program, 0);
+    let (_, reply) = console
+        .ask(engine.peer_id, &console.request(segment, 0, 0))
+        .await?;
+    assert_eq!(reply, StreamReply::Refused("program not published".into()));
+    // The control: published, the same request streams the program's bytes.
+    vodmesh_tools::publish::run(home.addr(), &key, info.program).await?;
+    assert_eq!(console.stream(engine.peer_id, segment).await?, bytes);
+    home.shutdown().await;
+    Ok(())
+}

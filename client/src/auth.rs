@@ -13,6 +13,7 @@ use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_proto::auth::{self as proto, Request, Response};
 use vodmesh_proto::director;
+use vodmesh_proto::member;
 use vodmesh_proto::net::{tcp_first, with_peer};
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
@@ -71,11 +72,14 @@ pub struct AuthServer {
 
 impl AuthServer {
     /// The auth server described by `record`, if the record says it runs the auth role.
+    /// Only a certified auth server counts: its record's certificate grants the role, signed
+    /// by the issuer key the record names (the auth station certifies itself).
     pub fn from_record(record: &StationRecord) -> Option<Self> {
-        if !record.roles.auth {
+        let member = member::self_certified(record, now_ms())?;
+        if !member.roles.auth {
             return None;
         }
-        let issuer: IssuerKey = record.issuer.as_deref()?.parse().ok()?;
+        let issuer: IssuerKey = member.issuer;
         let addrs = record
             .addrs
             .iter()
@@ -218,7 +222,41 @@ mod tests {
             issued_ms: 0,
             expires_ms: 0,
             counters: Default::default(),
+            certificate: None,
+            revoked: vec![],
         };
+        assert!(
+            AuthServer::from_record(&record).is_none(),
+            "no certificate: no auth server"
+        );
+        let certify = |issuer: &vodmesh_proto::token::Issuer, auth| {
+            let claims = vodmesh_proto::token::Claims {
+                issuer: issuer.public(),
+                subject: director,
+                audience: vodmesh_proto::token::Audience::Member,
+                rights: vodmesh_proto::token::Rights::All,
+                not_before_ms: 0,
+                expires_ms: u64::MAX,
+                id: vodmesh_proto::token::TokenId::random(),
+                user: None,
+                roles: Some(Roles {
+                    auth,
+                    ..Roles::default()
+                }),
+            };
+            Some(issuer.sign(&claims).unwrap().into())
+        };
+        record.certificate = certify(&issuer, false);
+        assert!(
+            AuthServer::from_record(&record).is_none(),
+            "claimed, not granted"
+        );
+        record.certificate = certify(&vodmesh_proto::token::Issuer::generate(), true);
+        assert!(
+            AuthServer::from_record(&record).is_none(),
+            "granted by another key than the record's issuer"
+        );
+        record.certificate = certify(&issuer, true);
         let server = AuthServer::from_record(&record).unwrap();
         assert_eq!(server.director, director);
         assert_eq!(

@@ -11,12 +11,14 @@
 //!   waited out) and verified; `retry` holds its decisions after a failed attempt, `hedge`
 //!   when a silent fetch is raced by a second one as its play time nears.
 //! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
+//! - [`pin`]: the issuer a console pins at its first login; it logs in with no other.
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 
 mod directors;
 mod fetch;
 mod hedge;
+pub mod pin;
 pub mod play;
 mod playback;
 pub mod remember;

@@ -13,6 +13,7 @@ use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs, usage_error};
 use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_client::{DirectorClient, DirectorError};
+use vodmesh_console::pin;
 use vodmesh_console::play::{self, Speed};
 use vodmesh_console::remember;
 use vodmesh_console::terminal::{self, Keys};
@@ -98,6 +99,11 @@ enum Cmd {
         /// The password, first line of this file.
         #[arg(long, value_name = "FILE")]
         password_file: PathBuf,
+        /// Trust the auth server of this issuer (`ed25519:...`, as `--trust` takes it) and pin
+        /// it. Without it: the issuer pinned at the first login ($VODMESH_HOME/issuer), and at
+        /// the first login the one found.
+        #[arg(long, value_name = "PUBKEY")]
+        issuer: Option<vodmesh_proto::token::IssuerKey>,
         /// Ask for an admin token instead (tokens/admin.token), for admin subscribers.
         #[arg(long)]
         admin: bool,
@@ -181,7 +187,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             user,
             password_file,
             admin,
-        } => login(&director(node).await?, &user, &password_file, admin).await,
+            issuer,
+        } => login(&director(node).await?, &user, &password_file, admin, issuer).await,
         Cmd::Play {
             node,
             start,
@@ -417,12 +424,22 @@ async fn ping(node: &Multiaddr) -> Result<()> {
     }
 }
 
-async fn login(node: &Multiaddr, user: &str, password_file: &Path, admin: bool) -> Result<()> {
+async fn login(
+    node: &Multiaddr,
+    user: &str,
+    password_file: &Path,
+    admin: bool,
+    issuer: Option<vodmesh_proto::token::IssuerKey>,
+) -> Result<()> {
     let password = read_password(password_file)?;
     let home = Home::from_env()?;
     let key = home.identity()?;
     let me = key.public().to_peer_id();
+    let pinned = pin::load(&home, issuer)?;
     let server = find_auth_server(node, key.clone()).await?;
+    // Decided before the password leaves this console.
+    let first = pin::check(pinned, server.issuer)? == pin::Pin::First;
+    let save_pin = first || issuer.is_some();
     let client = AuthClient::connect(&server, key).await?;
     let user = user.to_string();
     let (request, audience, kind) = if admin {
@@ -445,6 +462,10 @@ async fn login(node: &Multiaddr, user: &str, password_file: &Path, admin: bool) 
         .context("the auth server returned an invalid token")?;
     let path = home.token_path(kind);
     write_private(&path, &token, "token")?;
+    if save_pin {
+        let pinned = pin::save(&home, server.issuer)?;
+        println!("pinned issuer {} in {}", server.issuer, pinned.display());
+    }
     let hours = claims.expires_ms.saturating_sub(now_ms()) / 3_600_000;
     println!(
         "logged in: {kind} token for {me} (valid {hours} h) in {}",

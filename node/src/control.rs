@@ -7,7 +7,7 @@
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use vodmesh_proto::director::Activity;
-use vodmesh_proto::{SegmentHash, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 /// What an engine tells its director (also carried over `/vodmesh/blade/1` from an engine
 /// in a process of its own, see [`crate::backplane`]).
@@ -246,5 +246,13 @@ pub enum EngineCommand {
     Remove {
         /// The segments.
         segments: Vec<SegmentId>,
+    },
+    /// Stream no byte of `program` before `at_ms` (ms since the epoch; `u64::MAX`: not until
+    /// told again, `0`: it is published).
+    PublishAt {
+        /// The program.
+        program: ProgramId,
+        /// When it becomes playable.
+        at_ms: u64,
     },
 }

@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
-use vodmesh_proto::station::{EngineInfo, StationRecord};
-use vodmesh_proto::token::{IssuerKey, MAX_TOKEN, TrustedIssuers};
+use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Claims, IssuerKey, MAX_TOKEN, TrustedIssuers};
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use crate::auth::engines::{self, EngineTokens};
@@ -82,7 +83,7 @@ impl Station {
             crate::listen::announced(addr, director_key.public().to_peer_id())?;
         }
         let enroll_token = match &config.enroll {
-            Some(path) => Some(read_enroll_token(path)?),
+            Some(path) => Some(read_enroll_token(path, director_key.public().to_peer_id())?),
             None => None,
         };
         let auth_server = match config.auth {
@@ -197,11 +198,30 @@ impl Station {
             commands,
             reports: reports_rx,
         };
+        // The station's certificate, once the auth server (or, on the auth station, its own
+        // issuer) signs it: the director puts it in its record.
+        let roles = Roles {
+            home: config.home,
+            content_manager: config.content_manager,
+            auth: config.auth,
+        };
+        // The auth station certifies itself before its first record goes out, so that the
+        // first console or tool to ask finds a certified auth server.
+        let own = match &auth_server {
+            Some(server) => Some(
+                server
+                    .certify(director_key.public().to_peer_id(), roles, now_ms())
+                    .context("certifying this auth station")?,
+            ),
+            None => None,
+        };
+        let (certificate, certificate_rx) = watch::channel(own);
         let handles = director::Handles {
             metrics: metrics.clone(),
             observer: observer.clone(),
             auth: auth_server.clone(),
             draining: draining.clone(),
+            certificate: certificate_rx,
         };
         let dir = director::start(
             director_key.clone(),
@@ -216,6 +236,7 @@ impl Station {
             (Some(server), _) => Some(engines::Source::Local {
                 server,
                 station: dir.peer_id,
+                roles,
             }),
             (None, Some(token)) => Some(engines::Source::Remote {
                 registry: dir.registry.clone(),
@@ -227,7 +248,8 @@ impl Station {
         let mut extra_tasks = Vec::new();
         let engine_tokens = match source {
             Some(source) => {
-                let (tokens, task) = engines::spawn(source, engine_keys, shutdown_rx.clone());
+                let (tokens, task) =
+                    engines::spawn(source, engine_keys, certificate, shutdown_rx.clone());
                 extra_tasks.push(task);
                 tokens
             }
@@ -455,8 +477,10 @@ async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Serv
     Ok(Arc::new(server))
 }
 
-/// Reads an enrollment token file (`--enroll`).
-fn read_enroll_token(path: &Path) -> Result<Vec<u8>> {
+/// Reads an enrollment token file (`--enroll`), which must be made out to `station` (this
+/// station's director): one for another peer would be refused by the auth server, and the
+/// station would run on as a non-member whose engines copy nothing.
+fn read_enroll_token(path: &Path, station: PeerId) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("reading enrollment token {}", path.display()))?;
     if meta.len() > MAX_TOKEN as u64 {
@@ -466,7 +490,18 @@ fn read_enroll_token(path: &Path) -> Result<Vec<u8>> {
             meta.len()
         );
     }
-    std::fs::read(path).with_context(|| format!("reading enrollment token {}", path.display()))
+    let token = std::fs::read(path)
+        .with_context(|| format!("reading enrollment token {}", path.display()))?;
+    let claims = Claims::peek(&token)
+        .with_context(|| format!("enrollment token {} is not a token", path.display()))?;
+    if claims.subject != station {
+        anyhow::bail!(
+            "enrollment token {} is for station {}, but this station is {station}: enroll this one (vodmesh enroll --station {station})",
+            path.display(),
+            claims.subject
+        );
+    }
+    Ok(token)
 }
 
 impl Drop for Station {

@@ -30,6 +30,7 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
                     "content_manager": s.roles.content_manager,
                     "auth": s.roles.auth,
                 },
+                "membership": membership_json(s),
                 "bandwidth_mbps": s.bandwidth_mbps,
                 "issued_ms": s.issued_ms,
                 "engines": engines,
@@ -41,6 +42,21 @@ pub fn to_json(local: PeerId, stations: &[StationRecord]) -> Value {
         "stations": list,
         "totals": totals_json(stations.len(), totals),
     })
+}
+
+/// A station's membership in `/status.json` and in `vodmesh status --json`, as its certificate
+/// says: `{"member": true, "issuer", "roles": [...], "expires_ms"}`, or `{"member": false}`
+/// for a station without one (outside any closed swarm).
+pub fn membership_json(s: &StationRecord) -> Value {
+    match vodmesh_proto::member::peek(s) {
+        Some(m) => json!({
+            "member": true,
+            "issuer": m.issuer.to_string(),
+            "roles": m.roles.words(),
+            "expires_ms": m.expires_ms,
+        }),
+        None => json!({ "member": false }),
+    }
 }
 
 /// One engine in `/status.json` and in `vodmesh status --json`.
@@ -155,6 +171,10 @@ function render(s) {
     head.appendChild(el("span", "peer director", st.director.peer_id));
     if (st.region) head.appendChild(el("span", null, "  region " + st.region));
     if (roles.length) head.appendChild(el("span", null, "  [" + roles.join(", ") + "]"));
+    const m = st.membership;
+    head.appendChild(el("span", null, m.member
+      ? "  member (" + m.roles + ") until " + new Date(m.expires_ms).toISOString()
+      : "  not a member"));
     if (st.local) head.appendChild(el("span", null, "  (this station)"));
     box.appendChild(head);
     if (st.history) box.appendChild(sparks(st.history));

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::AdminClaim;
 use crate::codec::Limits;
 use crate::signed::Signed;
+use crate::station::Roles;
 use crate::token::Rights;
 
 /// The protocol name.
@@ -85,6 +86,9 @@ pub enum Request {
     EnrollToken {
         /// The new station's director peer id.
         station: PeerId,
+        /// The roles its certificate will grant (none in requests of earlier releases).
+        #[serde(default)]
+        roles: Roles,
         /// An admin token of the caller, unless the caller is an admin peer.
         admin_token: Option<serde_bytes::ByteBuf>,
         /// The admin acting through this connection, if it is not the connection's peer: an
@@ -93,7 +97,8 @@ pub enum Request {
         #[serde(rename = "delegation")]
         proof: Option<Signed>,
     },
-    /// A station's director presents its enrollment token and lists its engines.
+    /// A station's director presents its enrollment token and lists its engines; answered
+    /// with its station certificate ([`crate::member`]).
     Enroll {
         /// The enrollment token (subject: the calling director).
         token: serde_bytes::ByteBuf,
@@ -136,6 +141,23 @@ pub enum Request {
         /// The admin acting through this connection, if it is not the connection's peer.
         proof: Option<Signed>,
     },
+    /// A fresh station certificate in exchange for the calling director's current one, still
+    /// valid and not revoked (a station renews before expiry).
+    Renew {
+        /// The current certificate.
+        certificate: serde_bytes::ByteBuf,
+    },
+    /// Ends the membership of the station whose director is `station` before its certificate
+    /// expires (admin only): its certificate is not renewed, and the auth station's record
+    /// lists it as revoked, which every director honours.
+    Revoke {
+        /// The station's director.
+        station: PeerId,
+        /// An admin token of the caller, unless the caller is an admin peer.
+        admin_token: Option<serde_bytes::ByteBuf>,
+        /// The admin acting through this connection ([`Request::prove_admin`]).
+        proof: Option<Signed>,
+    },
 }
 
 impl Request {
@@ -152,6 +174,8 @@ impl Request {
             Request::StationEngineToken { .. } => "station_engine_token",
             Request::DisableUser { .. } => "disable_user",
             Request::RemoveUser { .. } => "remove_user",
+            Request::Renew { .. } => "renew",
+            Request::Revoke { .. } => "revoke",
         }
     }
 
@@ -162,7 +186,15 @@ impl Request {
             Request::AddUser { name, .. }
             | Request::DisableUser { name, .. }
             | Request::RemoveUser { name, .. } => Some(name.as_bytes().to_vec()),
-            Request::EnrollToken { station, .. } => Some(station.to_bytes()),
+            // The roles are part of what the admin signs for, so a relay cannot add any.
+            Request::EnrollToken { station, roles, .. } => {
+                let mut subject = station.to_bytes();
+                if *roles != Roles::default() {
+                    subject.extend_from_slice(roles.words().as_bytes());
+                }
+                Some(subject)
+            }
+            Request::Revoke { station, .. } => Some(station.to_bytes()),
             _ => None,
         }
     }
@@ -181,7 +213,8 @@ impl Request {
         if let Request::AddUser { proof, .. }
         | Request::EnrollToken { proof, .. }
         | Request::DisableUser { proof, .. }
-        | Request::RemoveUser { proof, .. } = self
+        | Request::RemoveUser { proof, .. }
+        | Request::Revoke { proof, .. } = self
         {
             *proof = Some(claim);
         }
@@ -232,6 +265,10 @@ mod tests {
             },
             Request::EnrollToken {
                 station: peer(),
+                roles: Roles {
+                    home: true,
+                    ..Roles::default()
+                },
                 admin_token: None,
                 proof: Some(crate::admin::prove(
                     &Keypair::generate_ed25519(),
@@ -247,6 +284,14 @@ mod tests {
             },
             Request::EngineToken,
             Request::StationEngineToken { engine: peer() },
+            Request::Renew {
+                certificate: bytes.clone(),
+            },
+            Request::Revoke {
+                station: peer(),
+                admin_token: None,
+                proof: None,
+            },
         ] {
             let b = encode(&req);
             assert_eq!(decode::<Request>(&b, LIMITS.request).unwrap(), req);
@@ -268,6 +313,7 @@ mod tests {
         let station = peer();
         let mut enroll = Request::EnrollToken {
             station,
+            roles: Roles::default(),
             admin_token: None,
             proof: None,
         };

@@ -140,6 +140,13 @@ pub enum WireCommand<E, S> {
         /// The segments.
         segments: Vec<SegmentId>,
     },
+    /// Stream no byte of `program` before `at_ms` (`0`: published).
+    PublishAt {
+        /// The program.
+        program: crate::ProgramId,
+        /// When it becomes playable (ms since the epoch).
+        at_ms: u64,
+    },
 }
 
 #[cfg(test)]

@@ -97,6 +97,15 @@ impl CatalogRecord {
 
     /// Whether subscribers may play the program at `now_ms`.
     pub fn playable(&self, now_ms: u64) -> bool {
-        self.state == ProgramState::Published && now_ms >= self.publish_at_ms
+        now_ms >= self.playable_from()
+    }
+
+    /// From when subscribers may play the program (ms since the epoch): its publish time once
+    /// published, never (`u64::MAX`) while inactive.
+    pub fn playable_from(&self) -> u64 {
+        match self.state {
+            ProgramState::Published => self.publish_at_ms,
+            ProgramState::Inactive => u64::MAX,
+        }
     }
 }

@@ -17,6 +17,7 @@
 //!   station records, catalog records and manifests.
 //! - [`catalog`]: the signed catalog record (program state and publish time).
 //! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
+//! - [`member`]: station certificates: who is a member of the swarm, with which roles.
 //! - [`copy`]: `/vodmesh/copy/1`, segment copies from engine to engine (distribution).
 //! - [`ingest`]: `/vodmesh/ingest/1`, segment bytes pushed into a home station's engines.
 //! - [`stream`]: `/vodmesh/stream/1`, an engine streaming a segment to a console.
@@ -39,6 +40,7 @@ pub mod fuzzing;
 pub mod ids;
 pub mod ingest;
 pub mod manifest;
+pub mod member;
 pub mod net;
 pub mod signed;
 pub mod station;

@@ -193,7 +193,18 @@ pub struct StationRecord {
     /// Its running totals as it signed the record (absent from records of earlier releases).
     #[serde(default)]
     pub counters: Counters,
+    /// Its station certificate ([`crate::member`]): what makes it a member of the swarm, and
+    /// the roles it was granted. Absent until the station has one.
+    #[serde(default)]
+    pub certificate: Option<serde_bytes::ByteBuf>,
+    /// On an auth station's record: the stations whose membership its issuer revoked
+    /// (`vodmesh station revoke`), at most [`MAX_REVOKED`], which every director honours.
+    #[serde(default)]
+    pub revoked: Vec<PeerId>,
 }
+
+/// Most revocations an auth station's record lists (about 40 bytes each).
+pub const MAX_REVOKED: usize = 1024;
 
 /// Why a station record was refused.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +283,8 @@ mod tests {
             issued_ms: 1,
             expires_ms,
             counters: Default::default(),
+            certificate: None,
+            revoked: vec![],
         }
     }
 

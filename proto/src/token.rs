@@ -25,6 +25,7 @@ use serde_bytes::ByteBuf;
 
 use crate::codec::{self, DecodeError};
 use crate::ids::ProgramId;
+use crate::station::Roles;
 
 /// Signature domain of tokens.
 pub const DOMAIN: &str = "vodmesh/token/1";
@@ -102,6 +103,9 @@ pub enum Audience {
     Admin,
     /// A new station enrolling with the auth server.
     Enroll,
+    /// A station certificate: the subject (a director) is a member of the swarm, with the
+    /// roles of [`Claims::roles`] ([`crate::member`]).
+    Member,
 }
 
 impl fmt::Display for Audience {
@@ -111,6 +115,7 @@ impl fmt::Display for Audience {
             Self::Engine => "engine token",
             Self::Admin => "admin token",
             Self::Enroll => "enrollment token",
+            Self::Member => "station certificate",
         })
     }
 }
@@ -285,6 +290,10 @@ pub struct Claims {
     /// became of her (disabled, removed, other rights); `None` in other tokens.
     #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The station roles granted, in an enrollment token and a station certificate (absent
+    /// from every other kind, and from tokens of earlier releases).
+    #[serde(rename = "ro", default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Roles>,
 }
 
 impl Claims {
@@ -377,6 +386,7 @@ impl Issuer {
             expires_ms,
             id: TokenId::random(),
             user: None,
+            roles: None,
         })
     }
 

@@ -6,13 +6,16 @@
 //! - `program/<id>`: provider records, the directors of stations holding a program;
 //! - `catalog/<id>`: the content manager's signed catalog record of a program.
 //!
-//! Every inbound record is validated before it is stored ([`validate`]); the store survives a
+//! Every inbound record is validated before it is stored ([`validate`]), and in a closed swarm
+//! must come from a member ([`members`]: station certificates); the store survives a
 //! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
 //! and talks to it with a [`registry::RegistryHandle`]; [`server`] is a registry server whole
 //! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
 //! live station.
 
+pub mod config;
 pub mod keys;
+pub mod members;
 pub mod registry;
 pub mod server;
 pub mod stats;
@@ -21,6 +24,7 @@ pub mod validate;
 pub mod walk;
 
 pub use keys::RecordKind;
+pub use members::Members;
 pub use registry::{
     Command, HoldersTrace, Inbound, PROVIDER_TTL_FACTOR, Registry, RegistryConfig, RegistryError,
     RegistryHandle, RegistryStats,

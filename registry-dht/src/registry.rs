@@ -8,145 +8,28 @@
 //! the waiting caller.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{
     self, AddProviderOk, Event, GetClosestPeersOk, GetProvidersOk, GetRecordOk, InboundRequest,
-    Mode, PutRecordOk, QueryId, QueryResult, QueryStats, Quorum, Record, StoreInserts,
+    PutRecordOk, QueryId, QueryResult, QueryStats, Quorum, Record,
 };
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::codec;
+use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
+pub use crate::config::{PROTOCOL, PROVIDER_TTL_FACTOR, RegistryConfig, behaviour, refresh};
 use crate::keys::RecordKind;
-pub use crate::stats::{Inbound, RegistryStats};
+use crate::members::Members;
+pub use crate::stats::{HoldersTrace, Inbound, RegistryStats};
 use crate::store::PersistentStore;
 use crate::validate::{self, check_provider, check_record};
-
-/// The Kademlia protocol name of the vodmesh registry (a private DHT, not the IPFS one).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/kad/1");
-
-/// How much longer a provider record lives than a station record, unless
-/// [`RegistryConfig::provider_ttl`] says otherwise.
-///
-/// A station re-provides every program it holds every third of the provider TTL: with the
-/// station record's 60 s, a station caching 5000 programs would start 250 provider lookups a
-/// second. Thirty times the station TTL (30 min, re-provided every 10 min) brings that to 8 a
-/// second. The price is that a stopped station stays listed as a provider for up to that long,
-/// which costs nothing but a lookup: a director uses a provider only through its station
-/// record (`node/src/director/miss.rs`, `gather`: `get_station(holder)` returns `None`
-/// for a station whose record expired, and the holder is skipped), and station records still
-/// expire after one station TTL. `vodmesh sim --programs-per-station` measures the load.
-pub const PROVIDER_TTL_FACTOR: u32 = 30;
-
-/// How the registry's Kademlia is tuned: a swarm whose load changes by the second, not kad's
-/// 48 h defaults.
-#[derive(Clone, Debug)]
-pub struct RegistryConfig {
-    /// How long a station record lives without being republished (catalog records live the
-    /// provider TTL).
-    pub record_ttl: Duration,
-    /// How long a provider record (`program/<id>`) lives without being re-provided; `None`:
-    /// [`PROVIDER_TTL_FACTOR`] times `record_ttl`. See [`RegistryConfig::provider_ttl`].
-    pub provider_ttl: Option<Duration>,
-    /// How long one query may take.
-    pub query_timeout: Duration,
-    /// How many directors store each record.
-    pub replication: NonZeroUsize,
-    /// How often a director refreshes its routing table with a Kademlia bootstrap (`None`:
-    /// only when it joins).
-    pub periodic_bootstrap: Option<Duration>,
-    /// How often a director sends every record it stores on to the directors now closest to
-    /// its key (`None`: never). Owners republish their station and provider records every
-    /// third of the TTL anyway, so this only matters for catalog records, which are written
-    /// once: it moves them to directors that joined closer to their key. Each record costs a
-    /// whole lookup plus k stores, so it runs far less often than republication.
-    pub replication_interval: Option<Duration>,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        Self {
-            record_ttl: Duration::from_secs(60),
-            provider_ttl: None,
-            query_timeout: Duration::from_secs(10),
-            replication: NonZeroUsize::new(20).unwrap_or(NonZeroUsize::MIN),
-            periodic_bootstrap: Some(Duration::from_secs(30)),
-            replication_interval: Some(Duration::from_secs(600)),
-        }
-    }
-}
-
-impl RegistryConfig {
-    /// How often a director republishes its own records: a third of the TTL, so two
-    /// republications can be lost before the record expires.
-    pub fn republish_interval(&self) -> Duration {
-        self.record_ttl / 3
-    }
-
-    /// How long a provider record lives: `provider_ttl`, else [`PROVIDER_TTL_FACTOR`] times
-    /// the station record's TTL.
-    pub fn provider_ttl(&self) -> Duration {
-        self.provider_ttl
-            .unwrap_or_else(|| self.record_ttl.saturating_mul(PROVIDER_TTL_FACTOR))
-    }
-
-    /// How often a director re-provides every program it holds: a third of the provider TTL,
-    /// for the same reason as [`RegistryConfig::republish_interval`].
-    pub fn provider_republish_interval(&self) -> Duration {
-        self.provider_ttl() / 3
-    }
-}
-
-/// Builds the Kademlia behaviour of a director (`server == true`) or of a client peer.
-pub fn behaviour(
-    local: PeerId,
-    store: PersistentStore,
-    config: &RegistryConfig,
-    server: bool,
-) -> kad::Behaviour<PersistentStore> {
-    let mut cfg = kad::Config::new(PROTOCOL);
-    // A query never outlives a republish interval (at least 2 s): a peer that stopped
-    // answering (a partition, a dead link) holds up every query that meets it until then.
-    let query_timeout = config
-        .query_timeout
-        .min(config.republish_interval().max(Duration::from_secs(2)));
-    cfg.set_query_timeout(query_timeout)
-        .set_replication_factor(config.replication)
-        // Station records carry their own, shorter expiry; catalog records live the provider
-        // TTL, put again by their content manager and every holder (issue 25).
-        .set_record_ttl(Some(config.provider_ttl()))
-        .set_provider_record_ttl(Some(config.provider_ttl()))
-        // Owners republish their own records with fresh signatures and load figures; kad's
-        // own re-publication of values would only resend stale copies.
-        .set_publication_interval(None)
-        .set_provider_publication_interval(Some(config.provider_republish_interval()))
-        .set_replication_interval(config.replication_interval)
-        .set_record_filtering(StoreInserts::FilterBoth)
-        .set_periodic_bootstrap_interval(config.periodic_bootstrap)
-        .set_max_packet_size(256 * 1024);
-    let mut kad = kad::Behaviour::with_config(local, store, cfg);
-    kad.set_mode(Some(if server { Mode::Server } else { Mode::Client }));
-    kad
-}
-
-/// Refreshes the routing table with a Kademlia bootstrap when it has a peer to ask: kad's
-/// periodic bootstrap without its warning on a first station that is alone (normal). A loop
-/// calling this every [`RegistryConfig::periodic_bootstrap`] builds its behaviour with that
-/// field `None`; kad still bootstraps by itself when a peer enters a table of fewer than k.
-pub fn refresh(kad: &mut kad::Behaviour<PersistentStore>) {
-    if kad.kbuckets().any(|b| b.num_entries() > 0)
-        && let Err(e) = kad.bootstrap()
-    {
-        tracing::debug!(error = %e, "registry refresh skipped");
-    }
-}
 
 /// A registry request, answered on its `reply` channel.
 #[derive(Debug)]
@@ -219,28 +102,6 @@ pub enum Command {
         /// The holders found and the query's figures.
         reply: oneshot::Sender<HoldersTrace>,
     },
-}
-
-/// A holders lookup with its cost, from Kademlia's own query statistics.
-#[derive(Clone, Debug, Default)]
-pub struct HoldersTrace {
-    /// The holders found.
-    pub holders: HashSet<PeerId>,
-    /// The local store named a holder before any request was sent.
-    pub local: bool,
-    /// Requests this director had sent when the first remote answer naming a holder arrived
-    /// (`kad::QueryStats::num_requests` at that step), or `None` if no remote peer named one.
-    pub requests_to_holder: Option<u32>,
-    /// Time from the first request to that answer.
-    pub time_to_holder: Option<Duration>,
-    /// Requests sent by the whole query.
-    pub requests: u32,
-    /// Requests that were answered.
-    pub successes: u32,
-    /// Requests that failed (peer gone, time-out).
-    pub failures: u32,
-    /// From the first request to the end of the query.
-    pub duration: Option<Duration>,
 }
 
 /// Why a registry operation failed.
@@ -372,19 +233,110 @@ enum Pending {
         trace: HoldersTrace,
         reply: oneshot::Sender<HoldersTrace>,
     },
+    /// A peer met on the network whose station record is looked up before it may enter the
+    /// routing table (a closed registry).
+    Admit {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
 }
 
-/// Query bookkeeping: which caller waits for which Kademlia query.
-#[derive(Default)]
+/// Most admission look-ups in flight: a flood of strangers cannot start more.
+const MAX_ADMITTING: usize = 256;
+
+/// Query bookkeeping: which caller waits for which Kademlia query; and who is admitted.
 pub struct Registry {
     pending: HashMap<QueryId, Pending>,
     stats: RegistryStats,
+    members: Members,
+    /// Peers whose admission look-up runs.
+    admitting: HashSet<PeerId>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry that admits everyone ([`Members::open`]).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_members(Members::open())
+    }
+
+    /// An empty registry that admits as `members` says.
+    pub fn with_members(members: Members) -> Self {
+        Self {
+            pending: HashMap::new(),
+            stats: RegistryStats::default(),
+            members,
+            admitting: HashSet::new(),
+        }
+    }
+
+    /// Who is admitted, as far as this registry has seen.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// A registry server `peer` announced `addrs`: they enter the routing table if it is
+    /// admitted; in a closed registry a stranger's station record is looked up first, and
+    /// it enters once the record shows a member.
+    pub fn learn(
+        &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) {
+        if self.members.admits(&peer, now_ms()) {
+            for addr in addrs {
+                kad.add_address(&peer, addr);
+            }
+        } else if self.admitting.len() < MAX_ADMITTING && self.admitting.insert(peer) {
+            let id = kad.get_record(RecordKind::Station(peer).key());
+            self.pending.insert(id, Pending::Admit { peer, addrs });
+        }
+    }
+
+    /// Checks a station record for membership; a member's director enters the routing table
+    /// at the (TCP, dialable) addresses its record gives.
+    fn admit(&mut self, kad: &mut kad::Behaviour<PersistentStore>, rec: &StationRecord) -> bool {
+        match self.members.admit(rec, now_ms()) {
+            Ok(Some(_)) => {
+                for addr in rec.addrs.iter().filter(|a| dialable(a) && is_tcp(a)) {
+                    kad.add_address(&rec.director, without_peer(addr));
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                tracing::debug!(station = %rec.director, error = %e, "not a member");
+                false
+            }
+        }
+    }
+
+    /// Whether a value record that passed [`check_record`] comes from a member: a station
+    /// record of a member, or a catalog record of a certified content manager.
+    fn admitted(
+        &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
+        record: &Record,
+        kind: RecordKind,
+    ) -> bool {
+        let now = now_ms();
+        match kind {
+            RecordKind::Station(_) => match validate::station_from_value(&record.value, now) {
+                Ok((rec, _)) => self.admit(kad, &rec),
+                Err(_) => false,
+            },
+            RecordKind::Catalog(_) => codec::decode::<Signed>(&record.value, validate::MAX_VALUE)
+                .ok()
+                .and_then(|s| vodmesh_proto::catalog::CatalogRecord::verify(&s).ok())
+                .is_some_and(|c| self.members.is_content_manager(&c.content_manager, now)),
+            RecordKind::Program(_) => false,
+        }
     }
 
     /// Inbound record counters.
@@ -478,6 +430,11 @@ impl Registry {
                 return;
             }
         };
+        // This director's own record: it knows its own membership (and roles) from it, as
+        // it knows anyone else's, also after a restart.
+        if let Ok(rec) = StationRecord::verify(&signed, now_ms()) {
+            self.admit(kad, &rec);
+        }
         match kad.put_record(record, Quorum::One) {
             Ok(id) => {
                 self.pending.insert(id, Pending::Put(reply));
@@ -502,6 +459,10 @@ impl Registry {
                         ..
                     },
             } => match check_record(&record, now_ms()) {
+                Ok(kind) if !self.admitted(kad, &record, kind) => {
+                    self.stats.refused += 1;
+                    tracing::info!(%source, "refused a registry record: not from a member");
+                }
                 Ok(_) => match kad.store_mut().put(record) {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(%source, error = %e, "registry store full"),
@@ -520,6 +481,10 @@ impl Registry {
                         record: Some(record),
                     },
             } => match check_provider(&record, None) {
+                Ok(()) if !self.members.admits(&record.provider, now_ms()) => {
+                    self.stats.refused += 1;
+                    tracing::info!(provider = %record.provider, "refused a provider record: not a member");
+                }
                 Ok(()) => match kad.store_mut().add_provider(record) {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(error = %e, "registry provider store full"),
@@ -535,7 +500,7 @@ impl Registry {
                 step,
                 stats,
             } => {
-                if self.progress(id, result, step.last, &stats)
+                if self.progress(kad, id, result, step.last, &stats)
                     && let Some(mut query) = kad.query_mut(&id)
                 {
                     query.finish();
@@ -549,6 +514,7 @@ impl Registry {
     /// the rest of the query can be cut short.
     fn progress(
         &mut self,
+        kad: &mut kad::Behaviour<PersistentStore>,
         id: QueryId,
         result: QueryResult,
         last: bool,
@@ -581,6 +547,7 @@ impl Registry {
                     && let Ok((rec, signed)) =
                         validate::station_from_value(&found.record.value, now_ms())
                     && best.as_ref().is_none_or(|b| rec.issued_ms > b.0.issued_ms)
+                    && self.admit(kad, &rec)
                 {
                     best = Some(Box::new((rec, signed)));
                 }
@@ -596,7 +563,8 @@ impl Registry {
             }
             (Pending::Catalog { mut found, reply }, QueryResult::GetRecord(r)) => {
                 if let Ok(GetRecordOk::FoundRecord(rec)) = r
-                    && check_record(&rec.record, now_ms()).is_ok()
+                    && let Ok(kind) = check_record(&rec.record, now_ms())
+                    && self.admitted(kad, &rec.record, kind)
                     && let Ok(signed) =
                         codec::decode::<Signed>(&rec.record.value, validate::MAX_VALUE)
                     && !found.contains(&signed)
@@ -640,6 +608,25 @@ impl Registry {
                     return false;
                 }
                 Pending::Traced { trace, reply }
+            }
+            (Pending::Admit { peer, addrs }, QueryResult::GetRecord(r)) => {
+                let member = match r {
+                    Ok(GetRecordOk::FoundRecord(found)) => {
+                        validate::station_from_value(&found.record.value, now_ms())
+                            .is_ok_and(|(rec, _)| rec.director == peer && self.admit(kad, &rec))
+                    }
+                    _ => false,
+                };
+                if member || last {
+                    self.admitting.remove(&peer);
+                    if member {
+                        for addr in addrs {
+                            kad.add_address(&peer, addr);
+                        }
+                    }
+                    return member && !last;
+                }
+                Pending::Admit { peer, addrs }
             }
             (Pending::Closest(reply), QueryResult::GetClosestPeers(r)) => {
                 let peers = match r {

@@ -1,6 +1,11 @@
 //! What a registry server counts: inbound records accepted and refused, and the Kademlia
-//! requests other peers sent it, by kind (what serving the registry costs a director).
+//! requests other peers sent it, by kind (what serving the registry costs a director); and
+//! what one holders lookup cost ([`HoldersTrace`]).
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use libp2p::PeerId;
 use libp2p::kad::InboundRequest;
 
 /// Counters for the metrics endpoint and the tests.
@@ -46,6 +51,28 @@ impl Inbound {
         };
         *slot += 1;
     }
+}
+
+/// A holders lookup with its cost, from Kademlia's own query statistics.
+#[derive(Clone, Debug, Default)]
+pub struct HoldersTrace {
+    /// The holders found.
+    pub holders: HashSet<PeerId>,
+    /// The local store named a holder before any request was sent.
+    pub local: bool,
+    /// Requests this director had sent when the first remote answer naming a holder arrived
+    /// (`kad::QueryStats::num_requests` at that step), or `None` if no remote peer named one.
+    pub requests_to_holder: Option<u32>,
+    /// Time from the first request to that answer.
+    pub time_to_holder: Option<Duration>,
+    /// Requests sent by the whole query.
+    pub requests: u32,
+    /// Requests that were answered.
+    pub successes: u32,
+    /// Requests that failed (peer gone, time-out).
+    pub failures: u32,
+    /// From the first request to the end of the query.
+    pub duration: Option<Duration>,
 }
 
 #[cfg(test)]

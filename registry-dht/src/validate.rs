@@ -142,6 +142,8 @@ mod tests {
             issued_ms: 1,
             expires_ms: u64::MAX,
             counters: Default::default(),
+            certificate: None,
+            revoked: vec![],
         };
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());

@@ -120,16 +120,22 @@ pub fn enroll(
 
 /// Makes the identity of a new station at `data` and has the auth station at `auth` (its
 /// admin key: `admin_key`) issue it an enrollment token, all from host `netns`; returns the
-/// token file (`data/enroll.token`), for `vodmesh-node --enroll`.
+/// token file (`data/enroll.token`), for `vodmesh-node --enroll`. Its certificate grants
+/// `roles` (`home`, `content-manager`, `auth`: `vodmesh enroll --role`).
 pub fn enroll_new_station(
     netns: Option<&str>,
     auth: &Multiaddr,
     admin_key: &Path,
     data: &Path,
+    roles: &[&str],
 ) -> Result<PathBuf> {
     let peer = keygen(netns, &data.join("identity.key"))?;
     let token = data.join("enroll.token");
-    run(&mut enroll(netns, auth, admin_key, &peer, &token))?;
+    let mut command = enroll(netns, auth, admin_key, &peer, &token);
+    for role in roles {
+        command.args(["--role", role]);
+    }
+    run(&mut command)?;
     Ok(token)
 }
 

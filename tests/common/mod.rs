@@ -14,6 +14,8 @@
 //! - [`media`]: test content (random bytes, videos made by ffmpeg) and the HLS gateway;
 //! - [`http`]: a file server for ingest sources, and a client for `/metrics` and pages;
 //! - [`hosts`]: hosts as network namespaces, links shaped and cut;
+//! - [`rogue`]: a peer that speaks the registry's protocol without being a station, and the
+//!   records and certificates it (or a member) sends;
 //! - [`require`]: what a test needs from the machine, and the rule when it is missing
 //!   (skipped with a reason, a failure under CI).
 
@@ -25,6 +27,7 @@ pub mod media;
 pub mod process;
 pub mod replica;
 pub mod require;
+pub mod rogue;
 pub mod status;
 pub mod stored;
 pub mod swarm;

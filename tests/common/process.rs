@@ -205,10 +205,26 @@ impl Node {
     /// A station enrolled with the auth station `auth`: its identity is made first
     /// (`vodmesh keygen`), the auth station's admin key issues it an enrollment token
     /// (`vodmesh enroll`, to `DATA/enroll.token`), and it trusts the auth station's issuer
-    /// and joins through it.
+    /// and joins through it. Its certificate grants the roles its flags so far ask for
+    /// (`--home`, `--content-manager`, `--auth`).
     pub fn enrolled_with(self, auth: &NodeProcess) -> Result<Self> {
         let netns = self.netns.clone();
-        let token = cli::enroll_new_station(netns.as_deref(), &auth.addr, &auth.key(), &self.data)?;
+        let roles: Vec<&str> = [
+            ("--home", "home"),
+            ("--content-manager", "content-manager"),
+            ("--auth", "auth"),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| self.args.iter().any(|a| a == flag))
+        .map(|(_, role)| role)
+        .collect();
+        let token = cli::enroll_new_station(
+            netns.as_deref(),
+            &auth.addr,
+            &auth.key(),
+            &self.data,
+            &roles,
+        )?;
         Ok(self
             .bootstrap(&auth.addr)
             .trust(&auth.issuer()?)

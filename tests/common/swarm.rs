@@ -106,6 +106,11 @@ impl<'a> Spec<'a> {
                 &auth_data.join("identity.key"),
                 None,
                 Some(key.public().to_peer_id()),
+                vodmesh_proto::station::Roles {
+                    home: config.home,
+                    content_manager: config.content_manager,
+                    auth: config.auth,
+                },
                 &token,
             )
             .await?;

@@ -1,5 +1,5 @@
-//! Admin operations against the auth server: `vodmesh user add|disable|enable|remove` and
-//! `vodmesh enroll`.
+//! Admin operations against the auth server: `vodmesh user add|disable|enable|remove`,
+//! `vodmesh enroll` and `vodmesh station revoke`.
 //!
 //! The operator's key file (`--key`) is the admin the auth server sees: an admin peer of the
 //! auth station (its own identity or an `--admin`), or a key with an admin token issued to it
@@ -17,8 +17,31 @@ use vodmesh_client::DirectorClient;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_proto::auth::Request;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Rights};
+
+/// A role `vodmesh enroll --role` grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Runs the content manager: catalog records, `Published`, `Replicate`.
+    ContentManager,
+    /// A home station: holds every program and never evicts it.
+    Home,
+    /// Runs an auth server that consoles may log in with.
+    Auth,
+}
+
+impl Role {
+    /// The roles `roles` grant together.
+    pub fn granted(roles: &[Role]) -> Roles {
+        Roles {
+            home: roles.contains(&Role::Home),
+            content_manager: roles.contains(&Role::ContentManager),
+            auth: roles.contains(&Role::Auth),
+        }
+    }
+}
 
 fn admin_token(path: Option<&Path>) -> Result<Option<ByteBuf>> {
     path.map(|p| read_small(p, "admin token", MAX_TOKEN_FILE).map(ByteBuf::from))
@@ -108,6 +131,7 @@ pub async fn enroll(
     key_file: &Path,
     admin_token_file: Option<&Path>,
     station: Option<PeerId>,
+    roles: Roles,
     out: &Path,
 ) -> Result<PeerId> {
     let key = vodmesh_client::identity::load(key_file)?;
@@ -123,6 +147,7 @@ pub async fn enroll(
     let client = AuthClient::connect(&server, wire).await?;
     let mut request = Request::EnrollToken {
         station,
+        roles,
         admin_token,
         proof: None,
     };
@@ -136,4 +161,26 @@ pub async fn enroll(
         .context("the auth server returned an invalid enrollment token")?;
     write_private(out, &token, "enrollment token")?;
     Ok(station)
+}
+
+/// `vodmesh station revoke`: ends the membership of the station whose director is `station`.
+pub async fn revoke(
+    node: &Multiaddr,
+    key_file: &Path,
+    admin_token_file: Option<&Path>,
+    station: PeerId,
+) -> Result<()> {
+    let key = vodmesh_client::identity::load(key_file)?;
+    let admin_token = admin_token(admin_token_file)?;
+    let wire = Keypair::generate_ed25519();
+    let server = find_auth_server(node, wire.clone()).await?;
+    let client = AuthClient::connect(&server, wire).await?;
+    let mut request = Request::Revoke {
+        station,
+        admin_token,
+        proof: None,
+    };
+    request.prove_admin(&key, server.director, client.local_peer(), now_ms());
+    client.done(request).await?;
+    Ok(())
 }

@@ -74,6 +74,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
                 &dir.path().join("station-0").join("identity.key"),
                 None,
                 Some(key.public().to_peer_id()),
+                vodmesh_proto::station::Roles::default(),
                 &token,
             )
             .await?;

@@ -68,6 +68,11 @@ enum Cmd {
         /// Where to write the token (mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// A role the station's certificate grants (repeat for several); without any, the
+        /// station is a member that stores, copies and streams. Roles a station runs
+        /// (`--home`, `--content-manager`, `--auth`) count only when its certificate grants them.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<admin::Role>,
     },
     /// Ingests a program into a home station (admin only); prints the program id last.
     Ingest {
@@ -282,6 +287,23 @@ enum StationCmd {
         #[arg(long)]
         resume: bool,
     },
+    /// Ends a station's membership before its certificate expires (admin only): the auth
+    /// server renews it no more, and every director refuses it within one record TTL (the
+    /// auth station's record lists it). Enrolling it anew makes it a member again.
+    Revoke {
+        /// Any station's director address; the auth server is found through the swarm.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Multiaddr,
+        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// An admin token issued to --key's peer, if that peer is not an admin peer.
+        #[arg(long, value_name = "FILE")]
+        admin_token: Option<PathBuf>,
+        /// The station's director peer id.
+        #[arg(value_name = "PEERID")]
+        station: PeerId,
+    },
 }
 
 /// Who acts as admin (every `vodmesh user` command).
@@ -427,14 +449,26 @@ async fn run(args: Args) -> Result<()> {
                 );
             }
         }
+        Cmd::Station(StationCmd::Revoke {
+            node,
+            key,
+            admin_token,
+            station,
+        }) => {
+            admin::revoke(&node, &key, admin_token.as_deref(), station).await?;
+            println!("station {station} revoked: every director refuses it within one record TTL");
+        }
         Cmd::Enroll {
             node,
             key,
             admin_token,
             station,
             out,
+            roles,
         } => {
-            let station = admin::enroll(&node, &key, admin_token.as_deref(), station, &out).await?;
+            let roles = admin::Role::granted(&roles);
+            let station =
+                admin::enroll(&node, &key, admin_token.as_deref(), station, roles, &out).await?;
             println!(
                 "enrollment token for station {station} written to {}",
                 out.display()

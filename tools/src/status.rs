@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_client::DirectorClient;
-use vodmesh_node::status::{engine_json, totals_json};
+use vodmesh_node::status::{engine_json, membership_json, totals_json};
 use vodmesh_proto::director::{Activity, Request, Response};
 use vodmesh_proto::station::{EngineTotals, RecordError, StationRecord, human_bytes as human};
 use vodmesh_proto::time::now_ms;
@@ -94,6 +94,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                     "content_manager": s.roles.content_manager,
                     "auth": s.roles.auth,
                 },
+                "membership": membership_json(s),
                 "issued_ms": s.issued_ms,
                 "expires_ms": s.expires_ms,
                 "activity": st.activity.map(|a| json!({
@@ -201,6 +202,20 @@ pub async fn watch(node: &Multiaddr, json: bool) -> Result<()> {
     }
 }
 
+/// A station's membership as `vodmesh status` prints it: `member: roles=home, certified by
+/// ed25519:..., for 59 min`, or `not a member (no station certificate)`.
+fn membership_line(s: &StationRecord, now: u64) -> String {
+    match vodmesh_proto::member::peek(s) {
+        Some(m) => format!(
+            "member: roles={}, certified by {}, for {} min",
+            m.roles.words(),
+            m.issuer,
+            m.expires_ms.saturating_sub(now) / 60_000
+        ),
+        None => "not a member (no station certificate)".into(),
+    }
+}
+
 /// The text form, one block per station.
 pub fn to_text(stations: &[StationStatus]) -> String {
     use std::fmt::Write;
@@ -246,6 +261,7 @@ pub fn to_text(stations: &[StationStatus]) -> String {
         for a in &s.addrs {
             let _ = writeln!(out, "  director {a}");
         }
+        let _ = writeln!(out, "  {}", membership_line(s, now_ms()));
         if let Some(a) = &st.activity {
             let _ = writeln!(out, "  programs held {}", a.programs);
             let _ = writeln!(

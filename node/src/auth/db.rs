@@ -17,6 +17,8 @@ use vodmesh_proto::token::{Rights, TokenId};
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const STATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stations");
 const ENGINES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engines");
+/// Revoked stations: director peer id -> when (ms since the epoch).
+const REVOKED: TableDefinition<&[u8], u64> = TableDefinition::new("revoked");
 
 /// Largest record read back, in bytes (a user with thousands of listed programs fits).
 const MAX_RECORD: usize = 4 * 1024 * 1024;
@@ -114,6 +116,7 @@ impl SubscriberDb {
         tx.open_table(USERS)?;
         tx.open_table(STATIONS)?;
         tx.open_table(ENGINES)?;
+        tx.open_table(REVOKED)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -220,6 +223,46 @@ impl SubscriberDb {
             return Ok(None);
         };
         Ok(Some(decode(v.value(), &format_args!("station {station}"))?))
+    }
+
+    /// Revokes `station`'s membership at `now_ms` (kept until it is enrolled again).
+    pub fn revoke(&self, station: &PeerId, now_ms: u64) -> Result<(), DbError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REVOKED)?
+            .insert(station.to_bytes().as_slice(), now_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends `station`'s revocation (it enrolled again with a newer enrollment token).
+    pub fn unrevoke(&self, station: &PeerId) -> Result<(), DbError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(REVOKED)?
+            .remove(station.to_bytes().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When `station` was revoked, if it is.
+    pub fn revoked(&self, station: &PeerId) -> Result<Option<u64>, DbError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REVOKED)?;
+        Ok(table.get(station.to_bytes().as_slice())?.map(|v| v.value()))
+    }
+
+    /// Every revoked station, the latest revoked first.
+    pub fn revocations(&self) -> Result<Vec<PeerId>, DbError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REVOKED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, at) = entry?;
+            if let Ok(peer) = PeerId::from_bytes(k.value()) {
+                out.push((at.value(), peer));
+            }
+        }
+        out.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
+        Ok(out.into_iter().map(|(_, peer)| peer).collect())
     }
 
     /// The station that enrolled `engine`, if any.

@@ -29,8 +29,10 @@ use vodmesh_client::auth::{AuthClient, AuthError, AuthServer};
 use vodmesh_client::files::write_private;
 use vodmesh_proto::auth::Request;
 use vodmesh_proto::ids::short_peer;
+use vodmesh_proto::member;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, Claims};
+use vodmesh_proto::token::{Audience, Claims, TrustedIssuers};
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use super::Server;
@@ -109,6 +111,8 @@ pub enum Source {
         server: Arc<Server>,
         /// This station's director.
         station: PeerId,
+        /// The roles it runs, which its own certificate grants.
+        roles: Roles,
     },
     /// An auth server elsewhere in the swarm, found through the registry.
     Remote {
@@ -121,16 +125,18 @@ pub enum Source {
     },
 }
 
-/// Starts keeping tokens for `engines` from `source` until `shutdown` turns true.
+/// Starts keeping tokens for `engines` from `source`, and the station's certificate in
+/// `certificate`, until `shutdown` turns true.
 pub fn spawn(
     source: Source,
     engines: Vec<Engine>,
+    certificate: watch::Sender<Option<Vec<u8>>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (EngineTokens, JoinHandle<()>) {
     let (tx, rx) = watch::channel(vec![None; engines.len()]);
     let task = tokio::spawn(async move {
         tokio::select! {
-            () = keep(source, engines, tx) => {}
+            () = keep(source, engines, tx, certificate) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
@@ -153,10 +159,15 @@ impl From<AuthError> for Failure {
     }
 }
 
-async fn keep(source: Source, engines: Vec<Engine>, tx: watch::Sender<Vec<Option<Vec<u8>>>>) {
-    let server = loop {
+async fn keep(
+    source: Source,
+    engines: Vec<Engine>,
+    tx: watch::Sender<Vec<Option<Vec<u8>>>>,
+    certificate: watch::Sender<Option<Vec<u8>>>,
+) {
+    let (server, mut cert) = loop {
         match enroll(&source, &engines).await {
-            Ok(server) => break server,
+            Ok(enrolled) => break enrolled,
             Err(Failure::Refused(line)) => {
                 error!(cause = %line, "enrollment refused: this station's engines get no engine token and will copy nothing");
                 return;
@@ -169,12 +180,33 @@ async fn keep(source: Source, engines: Vec<Engine>, tx: watch::Sender<Vec<Option
     };
     info!(
         engines = engines.len(),
-        "station enrolled with the auth server"
+        roles = %cert.1.roles.unwrap_or_default().words(),
+        "station enrolled with the auth server: a member"
     );
+    certificate.send_replace(Some(cert.0.clone()));
     loop {
         let mut next = RETRY;
-        let mut earliest_expiry = u64::MAX;
+        let mut earliest_expiry = cert.1.expires_ms;
         let mut all = true;
+        // Renewed at half its lifetime, like the engine tokens.
+        let half = cert.1.expires_ms.saturating_sub(cert.1.not_before_ms) / 2;
+        if now_ms() >= cert.1.not_before_ms.saturating_add(half) {
+            match renew(&source, server.as_ref(), &cert.0).await {
+                Ok(renewed) => {
+                    cert = renewed;
+                    earliest_expiry = cert.1.expires_ms;
+                    certificate.send_replace(Some(cert.0.clone()));
+                    debug!(
+                        expires_ms = cert.1.expires_ms,
+                        "station certificate renewed"
+                    );
+                }
+                Err(Failure::Refused(line) | Failure::Retry(line)) => {
+                    all = false;
+                    warn!(cause = %line, "station certificate not renewed; will retry");
+                }
+            }
+        }
         for (index, engine) in engines.iter().enumerate() {
             match fetch(&source, server.as_ref(), engine).await {
                 Ok((token, claims)) => {
@@ -201,14 +233,27 @@ async fn keep(source: Source, engines: Vec<Engine>, tx: watch::Sender<Vec<Option
     }
 }
 
-/// Enrolls the station; for a remote auth server, returns where it is.
-async fn enroll(source: &Source, engines: &[Engine]) -> Result<Option<AuthServer>, Failure> {
+/// A certificate and its claims.
+type Certificate = (Vec<u8>, Claims);
+
+/// Enrolls the station: its certificate and, for a remote auth server, where it is.
+async fn enroll(
+    source: &Source,
+    engines: &[Engine],
+) -> Result<(Option<AuthServer>, Certificate), Failure> {
     let peers: Vec<PeerId> = engines.iter().map(Engine::peer).collect();
     match source {
-        Source::Local { server, station } => {
-            let (server, station) = (server.clone(), *station);
-            blocking(move || server.enroll_own_station(station, &peers, now_ms())).await?;
-            Ok(None)
+        Source::Local {
+            server,
+            station,
+            roles,
+        } => {
+            let (server, station, roles) = (server.clone(), *station, *roles);
+            let trusted = [server.issuer_key()].into_iter().collect();
+            let cert =
+                blocking(move || server.enroll_own_station(station, &peers, roles, now_ms()))
+                    .await?;
+            Ok((None, checked(cert, &station, &trusted)?))
         }
         Source::Remote {
             registry,
@@ -224,15 +269,58 @@ async fn enroll(source: &Source, engines: &[Engine]) -> Result<Option<AuthServer
                 .find_map(|(r, _)| AuthServer::from_record(r))
                 .ok_or_else(|| Failure::Retry("no auth server in the swarm yet".into()))?;
             let client = AuthClient::connect(&server, station.clone()).await?;
-            client
-                .done(Request::Enroll {
+            let cert = client
+                .token(Request::Enroll {
                     token: ByteBuf::from(token.clone()),
                     engines: peers,
                 })
                 .await?;
-            Ok(Some(server))
+            let cert = checked(cert, &local, &server.trusted())?;
+            Ok((Some(server), cert))
         }
     }
+}
+
+/// A fresh certificate for the current one `cert`.
+async fn renew(
+    source: &Source,
+    remote: Option<&AuthServer>,
+    cert: &[u8],
+) -> Result<Certificate, Failure> {
+    match (source, remote) {
+        (
+            Source::Local {
+                server, station, ..
+            },
+            _,
+        ) => {
+            let (server, station, cert) = (server.clone(), *station, cert.to_vec());
+            let trusted = [server.issuer_key()].into_iter().collect();
+            let renewed = blocking(move || server.renew(&cert, station, now_ms())).await?;
+            checked(renewed, &station, &trusted)
+        }
+        (Source::Remote { station, .. }, Some(server)) => {
+            let client = AuthClient::connect(server, station.clone()).await?;
+            let certificate = ByteBuf::from(cert.to_vec());
+            let renewed = client.token(Request::Renew { certificate }).await?;
+            checked(renewed, &station.public().to_peer_id(), &server.trusted())
+        }
+        (Source::Remote { .. }, None) => Err(Failure::Retry("auth server unknown".into())),
+    }
+}
+
+/// `cert`, once it verifies as `station`'s certificate from `trusted`.
+fn checked(
+    cert: Vec<u8>,
+    station: &PeerId,
+    trusted: &TrustedIssuers,
+) -> Result<Certificate, Failure> {
+    let (claims, _) = member::verify(&cert, station, trusted, now_ms()).map_err(|e| {
+        Failure::Retry(format!(
+            "the auth server returned an invalid certificate: {e}"
+        ))
+    })?;
+    Ok((cert, claims))
 }
 
 /// One engine token, checked against the issuer before it is kept.

@@ -9,33 +9,44 @@
 //!   hashing; [`limit`]: login backoff per subscriber and per peer (in memory).
 //! - [`service`]: `/vodmesh/auth/1` on the auth station's director (requests run on the
 //!   blocking pool); [`engines`]: a station's enrollment and its engines' tokens.
-//! - [`Metrics`]: counters for the metrics endpoint (failed logins, throttled logins, ...).
+//! - [`Metrics`]: counters for the metrics endpoint (failed logins, throttled logins, ...);
+//!   [`Config`]: hash cost, backoffs, lifetimes of tokens and station certificates, admins.
+//! - Station certificates ([`vodmesh_proto::member`]): [`Server::enroll_station`] signs one
+//!   with the roles of the enrollment token, [`Server::renew`] renews it, [`Server::revoke`]
+//!   ends it; the auth station certifies itself ([`Server::certify`]).
 //!
 //! Tokens themselves are [`vodmesh_proto::token`]: this server signs them; every director and
 //! engine verifies them offline.
 
+pub mod caller;
+pub mod config;
 pub mod db;
 pub mod engines;
 pub mod key;
 pub mod limit;
+pub mod metrics;
 pub mod password;
 pub mod service;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use libp2p::PeerId;
 use tracing::{info, instrument, warn};
 use vodmesh_proto::ids::short_peer;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::token::{
-    Audience, IssueError, Issuer, IssuerKey, Rights, TokenError, TrustedIssuers,
+    Audience, Claims, IssueError, Issuer, IssuerKey, Rights, TokenError, TokenId, TrustedIssuers,
 };
 
+pub use caller::{Caller, User};
+pub use config::Config;
 pub use db::{DbError, Enrollment, SubscriberDb, UserRecord};
 pub use key::KeyError;
 pub use limit::{Backoff, RateLimiter};
+pub use metrics::Metrics;
 pub use password::{HashError, HashParams};
 
 /// File name of the subscriber database in the data dir.
@@ -68,6 +79,9 @@ pub enum Error {
     /// Engine tokens go only to engines of enrolled stations.
     #[error("engine {0} is not enrolled: enroll its station with `vodmesh enroll`")]
     NotEnrolled(PeerId),
+    /// The station's membership was revoked (`vodmesh station revoke`).
+    #[error("station {0} was revoked: an admin must enroll it again")]
+    Revoked(PeerId),
     /// A user of that name exists.
     #[error("user {0} already exists")]
     UserExists(String),
@@ -107,124 +121,6 @@ pub enum Error {
     /// argon2 failed (bad parameters, a corrupt stored hash).
     #[error(transparent)]
     Hash(#[from] HashError),
-}
-
-/// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Logins that succeeded.
-    pub logins_ok: AtomicU64,
-    /// Logins refused for a wrong password or an unknown user.
-    pub logins_failed: AtomicU64,
-    /// Logins refused by the backoff before any password check.
-    pub logins_throttled: AtomicU64,
-    /// Tokens signed (every kind).
-    pub tokens_issued: AtomicU64,
-    /// Engine token requests from peers that are not enrolled engines.
-    pub engine_tokens_refused: AtomicU64,
-    /// Admin operations refused.
-    pub admin_refused: AtomicU64,
-    /// Stations enrolled (or re-enrolled).
-    pub enrollments: AtomicU64,
-}
-
-impl Metrics {
-    fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Every counter with its metric name, for a Prometheus text endpoint.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("vodmesh_auth_logins_ok_total", get(&self.logins_ok)),
-            ("vodmesh_auth_logins_failed_total", get(&self.logins_failed)),
-            (
-                "vodmesh_auth_logins_throttled_total",
-                get(&self.logins_throttled),
-            ),
-            ("vodmesh_auth_tokens_issued_total", get(&self.tokens_issued)),
-            (
-                "vodmesh_auth_engine_tokens_refused_total",
-                get(&self.engine_tokens_refused),
-            ),
-            ("vodmesh_auth_admin_refused_total", get(&self.admin_refused)),
-            ("vodmesh_auth_enrollments_total", get(&self.enrollments)),
-        ]
-    }
-}
-
-/// How the auth server behaves.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// argon2id cost of new password hashes.
-    pub hash: HashParams,
-    /// Login backoff per subscriber.
-    pub user_backoff: Backoff,
-    /// Login backoff per peer.
-    pub peer_backoff: Backoff,
-    /// Lifetime of console tokens.
-    pub console_ttl: Duration,
-    /// Lifetime of engine tokens (engines refresh them).
-    pub engine_ttl: Duration,
-    /// Lifetime of admin tokens.
-    pub admin_ttl: Duration,
-    /// Lifetime of enrollment tokens.
-    pub enroll_ttl: Duration,
-    /// Peers that are admins without a token: the station's own identity and `--admin` peers.
-    pub admins: Vec<PeerId>,
-    /// Other issuers whose admin tokens this server accepts (`--trust`); its own is implied.
-    pub trust: Vec<IssuerKey>,
-    /// This station's director: operators address the admin claims of their requests to it
-    /// (`vodmesh user add`, `vodmesh enroll`). Unset, such a claim is refused, and an admin
-    /// request must come from an admin peer or carry an admin token.
-    pub station: Option<PeerId>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            hash: HashParams::MODERATE,
-            user_backoff: Backoff::SUBSCRIBER,
-            peer_backoff: Backoff::PEER,
-            console_ttl: Duration::from_secs(12 * 3600),
-            engine_ttl: Duration::from_secs(3600),
-            admin_ttl: Duration::from_secs(3600),
-            enroll_ttl: Duration::from_secs(24 * 3600),
-            admins: Vec::new(),
-            trust: Vec::new(),
-            station: None,
-        }
-    }
-}
-
-/// Who asks for an admin operation: the peer on the authenticated connection, and the admin
-/// token it presented, if any.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller<'a> {
-    /// The remote peer.
-    pub peer: PeerId,
-    /// Its admin token.
-    pub token: Option<&'a [u8]>,
-}
-
-impl<'a> Caller<'a> {
-    /// `peer`, with the admin token a request carried, if any.
-    pub fn new(peer: PeerId, token: Option<&'a serde_bytes::ByteBuf>) -> Self {
-        Self {
-            peer,
-            token: token.map(|t| t.as_slice()),
-        }
-    }
-}
-
-/// A user to add: admin or not, and what it may watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    /// Receives admin tokens on [`Server::admin_login`].
-    pub admin: bool,
-    /// Programs it may watch.
-    pub rights: Rights,
 }
 
 /// The auth server's state: issuer key, subscriber database, login backoff, metrics.
@@ -333,7 +229,7 @@ impl Server {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
-        self.issue_to(None, subject, audience, rights, ttl, now_ms)
+        self.sign(self.claims(subject, audience, rights, ttl, now_ms))
     }
 
     /// As [`Server::issue`], naming the subscriber `user` in the token (console tokens, so
@@ -347,16 +243,38 @@ impl Server {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
-        let token = self.issuer.sign(&vodmesh_proto::token::Claims {
+        let claims = self.claims(subject, audience, rights, ttl, now_ms);
+        self.sign(Claims {
+            user: user.map(str::to_string),
+            ..claims
+        })
+    }
+
+    /// Claims of a fresh token of this issuer, valid from `now_ms` for `ttl`.
+    fn claims(
+        &self,
+        subject: PeerId,
+        audience: Audience,
+        rights: Rights,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Claims {
+        Claims {
             issuer: self.issuer.public(),
             subject,
             audience,
             rights,
             not_before_ms: now_ms,
             expires_ms: now_ms.saturating_add(ms(ttl)),
-            id: vodmesh_proto::token::TokenId::random(),
-            user: user.map(str::to_string),
-        })?;
+            id: TokenId::random(),
+            user: None,
+            roles: None,
+        }
+    }
+
+    /// Signs `claims` and counts the token.
+    fn sign(&self, claims: Claims) -> Result<Vec<u8>, Error> {
+        let token = self.issuer.sign(&claims)?;
         Metrics::inc(&self.metrics.tokens_issued);
         Ok(token)
     }
@@ -605,21 +523,22 @@ impl Server {
         &self,
         caller: Caller<'_>,
         station: PeerId,
+        roles: Roles,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
         self.require_admin(caller, now_ms)?;
-        self.issue(
-            station,
-            Audience::Enroll,
-            Rights::All,
-            self.config.enroll_ttl,
-            now_ms,
-        )
+        let ttl = self.config.enroll_ttl;
+        let claims = self.claims(station, Audience::Enroll, Rights::All, ttl, now_ms);
+        self.sign(Claims {
+            roles: Some(roles),
+            ..claims
+        })
     }
 
     /// A station (`--enroll FILE`) presents its enrollment token from its director's peer id
     /// `station`, listing its engines; from then on those engines receive engine tokens.
-    /// Enrolling again replaces the engine list.
+    /// Enrolling again replaces the engine list. Returns the station's certificate, with the
+    /// roles the enrollment token grants.
     #[instrument(skip_all, fields(station = %short_peer(&station), engines = engines.len()))]
     pub fn enroll_station(
         &self,
@@ -627,21 +546,75 @@ impl Server {
         station: PeerId,
         engines: &[PeerId],
         now_ms: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<u8>, Error> {
         let claims = self
             .own
             .verify(token, now_ms, Audience::Enroll, None, &station)?;
-        self.record_enrollment(station, engines, now_ms, Some(claims.id))
+        // A token issued after the revocation is an admin's new decision: it enrolls again.
+        match self.db.revoked(&station)? {
+            Some(at) if claims.not_before_ms <= at => return Err(Error::Revoked(station)),
+            Some(_) => self.db.unrevoke(&station)?,
+            None => {}
+        }
+        self.record_enrollment(station, engines, now_ms, Some(claims.id))?;
+        self.certify(station, claims.roles.unwrap_or_default(), now_ms)
     }
 
-    /// The auth station enrolls its own engines, no token needed.
+    /// The auth station enrolls its own engines, no token needed, and certifies itself with
+    /// `roles` (the roles it runs).
     pub fn enroll_own_station(
         &self,
         station: PeerId,
         engines: &[PeerId],
+        roles: Roles,
         now_ms: u64,
-    ) -> Result<(), Error> {
-        self.record_enrollment(station, engines, now_ms, None)
+    ) -> Result<Vec<u8>, Error> {
+        self.record_enrollment(station, engines, now_ms, None)?;
+        self.certify(station, roles, now_ms)
+    }
+
+    /// Ends `station`'s membership (`vodmesh station revoke`); only an admin may. Its
+    /// certificate is not renewed, and this station's record lists it as revoked.
+    #[instrument(skip_all, fields(station = %short_peer(&station), by = %short_peer(&caller.peer)))]
+    pub fn revoke(&self, caller: Caller<'_>, station: PeerId, now_ms: u64) -> Result<(), Error> {
+        self.require_admin(caller, now_ms)?;
+        self.db.revoke(&station, now_ms)?;
+        info!("station revoked");
+        Ok(())
+    }
+
+    /// A fresh certificate for `station`, in exchange for its current one: signed by this
+    /// server, still valid, presented by its own station, and not revoked.
+    #[instrument(skip_all, fields(station = %short_peer(&station)))]
+    pub fn renew(
+        &self,
+        certificate: &[u8],
+        station: PeerId,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let claims = self
+            .own
+            .verify(certificate, now_ms, Audience::Member, None, &station)?;
+        self.check_not_revoked(&station)?;
+        self.certify(station, claims.roles.unwrap_or_default(), now_ms)
+    }
+
+    fn check_not_revoked(&self, station: &PeerId) -> Result<(), Error> {
+        match self.db.revoked(station)? {
+            Some(_) => Err(Error::Revoked(*station)),
+            None => Ok(()),
+        }
+    }
+
+    /// Signs a station certificate for `station` granting `roles`: the auth station's own
+    /// (self-issued, with the roles it runs), and every enrolled station's.
+    pub fn certify(&self, station: PeerId, roles: Roles, now_ms: u64) -> Result<Vec<u8>, Error> {
+        let ttl = self.config.member_ttl;
+        let claims = self.claims(station, Audience::Member, Rights::All, ttl, now_ms);
+        self.sign(Claims {
+            roles: Some(roles),
+            ..claims
+        })
     }
 
     fn record_enrollment(
@@ -649,7 +622,7 @@ impl Server {
         station: PeerId,
         engines: &[PeerId],
         now_ms: u64,
-        token: Option<vodmesh_proto::token::TokenId>,
+        token: Option<TokenId>,
     ) -> Result<(), Error> {
         if engines.len() > MAX_ENGINES {
             return Err(Error::TooManyEngines(engines.len()));

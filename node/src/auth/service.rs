@@ -175,13 +175,27 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             .map(|()| Response::Done),
         Request::EnrollToken {
             station,
+            roles,
             admin_token,
             proof: _,
         } => server
-            .issue_enroll_token(Caller::new(acting, admin_token.as_ref()), station, now_ms)
+            .issue_enroll_token(
+                Caller::new(acting, admin_token.as_ref()),
+                station,
+                roles,
+                now_ms,
+            )
             .map(token),
-        Request::Enroll { token: t, engines } => server
-            .enroll_station(&t, peer, &engines, now_ms)
+        Request::Enroll { token: t, engines } => {
+            server.enroll_station(&t, peer, &engines, now_ms).map(token)
+        }
+        Request::Renew { certificate } => server.renew(&certificate, peer, now_ms).map(token),
+        Request::Revoke {
+            station,
+            admin_token,
+            proof: _,
+        } => server
+            .revoke(Caller::new(acting, admin_token.as_ref()), station, now_ms)
             .map(|()| Response::Done),
         Request::EngineToken => server.issue_engine_token(peer, now_ms).map(token),
         Request::StationEngineToken { engine } => server
@@ -229,6 +243,9 @@ fn acting_peer(
         proof: Some(proof), ..
     }
     | Request::RemoveUser {
+        proof: Some(proof), ..
+    }
+    | Request::Revoke {
         proof: Some(proof), ..
     }) = request
     else {
@@ -545,6 +562,7 @@ mod tests {
             admin,
             Request::EnrollToken {
                 station,
+                roles: Default::default(),
                 admin_token: None,
                 proof: None,
             },
@@ -561,7 +579,10 @@ mod tests {
             handle(&s, PeerId::random(), enroll_req.clone(), now),
             Response::Error("token belongs to another peer".into())
         );
-        assert_eq!(handle(&s, station, enroll_req, now), Response::Done);
+        assert!(matches!(
+            handle(&s, station, enroll_req, now),
+            Response::Token(_)
+        ));
         let Response::Token(t) = handle(&s, engine, Request::EngineToken, now) else {
             panic!("engine token refused");
         };

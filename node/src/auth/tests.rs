@@ -3,6 +3,7 @@
 
 use super::*;
 use vodmesh_proto::ProgramId;
+use vodmesh_proto::station::Roles;
 use vodmesh_proto::token::Claims;
 
 const T0: u64 = 1_700_000_000_000;
@@ -247,10 +248,13 @@ fn enrollment_opens_engine_tokens() -> anyhow::Result<()> {
         token: None,
     };
     assert!(matches!(
-        f.server.issue_enroll_token(stranger, station, T0),
+        f.server
+            .issue_enroll_token(stranger, station, Roles::default(), T0),
         Err(Error::NotAdmin)
     ));
-    let enroll = f.server.issue_enroll_token(f.as_station(), station, T0)?;
+    let enroll = f
+        .server
+        .issue_enroll_token(f.as_station(), station, Roles::default(), T0)?;
 
     // Presented by another peer, it is worthless.
     let thief = PeerId::random();
@@ -306,8 +310,56 @@ fn enrollment_opens_engine_tokens() -> anyhow::Result<()> {
     ));
     // The auth station's own engines need no token.
     let own = PeerId::random();
-    f.server.enroll_own_station(f.station, &[own], T0)?;
+    f.server
+        .enroll_own_station(f.station, &[own], Roles::default(), T0)?;
     f.server.issue_engine_token(own, T0)?;
+    Ok(())
+}
+
+/// An enrolled station gets a certificate with the roles of its enrollment token; it renews
+/// it with itself, not with another peer; once revoked it renews nothing, and its old
+/// enrollment token does not bring it back, while a newer one does.
+#[test]
+fn certificates_carry_the_granted_roles_renew_and_end_with_a_revocation() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let station = PeerId::random();
+    let roles = Roles {
+        content_manager: true,
+        ..Roles::default()
+    };
+    let enroll = f
+        .server
+        .issue_enroll_token(f.as_station(), station, roles, T0)?;
+    let cert = f.server.enroll_station(&enroll, station, &[], T0)?;
+    let check = |cert: &[u8], at| vodmesh_proto::member::verify(cert, &station, &f.trusted, at);
+    let (_, member) = check(&cert, T0)?;
+    assert_eq!(member.roles, roles);
+    let renewed = f.server.renew(&cert, station, T0 + 1_000)?;
+    assert!(check(&renewed, T0 + 1_000).unwrap().1.expires_ms > member.expires_ms);
+    assert!(
+        f.server.renew(&cert, PeerId::random(), T0).is_err(),
+        "another peer's"
+    );
+    assert!(
+        f.server.renew(&enroll, station, T0).is_err(),
+        "not a certificate"
+    );
+
+    f.server.db().revoke(&station, T0 + 2_000)?;
+    assert!(matches!(
+        f.server.renew(&renewed, station, T0 + 3_000),
+        Err(Error::Revoked(_))
+    ));
+    assert!(matches!(
+        f.server.enroll_station(&enroll, station, &[], T0 + 3_000),
+        Err(Error::Revoked(_))
+    ));
+    let again = f
+        .server
+        .issue_enroll_token(f.as_station(), station, roles, T0 + 4_000)?;
+    let cert = f.server.enroll_station(&again, station, &[], T0 + 4_000)?;
+    check(&cert, T0 + 4_000)?;
+    f.server.renew(&cert, station, T0 + 5_000)?;
     Ok(())
 }
 
@@ -464,7 +516,7 @@ fn state_survives_a_restart() -> anyhow::Result<()> {
             },
             T0,
         )?;
-        server.enroll_own_station(station, &[engine], T0)?;
+        server.enroll_own_station(station, &[engine], Roles::default(), T0)?;
         server.issuer_key()
     };
     let server = Server::open(dir.path(), config())?;

@@ -71,6 +71,7 @@ fn to_wire(cmd: EngineCommand, pending: impl FnOnce(SegmentId, FetchReply) -> u6
         EngineCommand::Handover { segment, console } => WireCommand::Handover { segment, console },
         EngineCommand::Stop => WireCommand::Stop,
         EngineCommand::Remove { segments } => WireCommand::Remove { segments },
+        EngineCommand::PublishAt { program, at_ms } => WireCommand::PublishAt { program, at_ms },
         EngineCommand::Fetch {
             segment,
             expect,
@@ -98,6 +99,7 @@ fn from_wire(cmd: WireCommand, reply: impl FnOnce(u64) -> FetchReply) -> EngineC
         WireCommand::Handover { segment, console } => EngineCommand::Handover { segment, console },
         WireCommand::Stop => EngineCommand::Stop,
         WireCommand::Remove { segments } => EngineCommand::Remove { segments },
+        WireCommand::PublishAt { program, at_ms } => EngineCommand::PublishAt { program, at_ms },
         WireCommand::Fetch {
             id,
             segment,

@@ -130,8 +130,10 @@ pub struct Args {
     /// identity (DIR/identity.key) is always an admin.
     #[arg(long = "admin", value_name = "PEERID")]
     pub admins: Vec<PeerId>,
-    /// An enrollment token file (`vodmesh enroll`): presented to the auth server at start;
-    /// the station's engines then receive engine tokens (DIR/engines/<i>/engine.token).
+    /// An enrollment token file (`vodmesh enroll`): presented to the auth server at start,
+    /// which certifies the station a member of the swarm (with the roles the token grants,
+    /// renewed while it runs); its engines then receive engine tokens
+    /// (DIR/engines/<i>/engine.token). A token made out to another station stops the start.
     #[arg(long, value_name = "FILE")]
     pub enroll: Option<PathBuf>,
     /// Region name, used to prefer nearby stations.

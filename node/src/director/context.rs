@@ -5,11 +5,11 @@
 use libp2p::identity::Keypair;
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId, kad};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vodmesh_proto::director::{Activity, Response};
 use vodmesh_proto::signed::Signed;
-use vodmesh_proto::station::{Counters, Roles, StationRecord};
+use vodmesh_proto::station::{Counters, MAX_REVOKED, Roles, StationRecord};
 use vodmesh_proto::time::{in_ms, now_ms};
 use vodmesh_proto::{ProgramId, SegmentId, admin};
 use vodmesh_registry::registry::Command;
@@ -42,6 +42,10 @@ pub(super) struct Me {
     pub(super) admins: Vec<PeerId>,
     /// The issuer key of this station's auth server (`--auth`), for the station record.
     pub(super) issuer: Option<String>,
+    /// Its station certificate, once it has one, for the station record.
+    pub(super) certificate: watch::Receiver<Option<Vec<u8>>>,
+    /// The auth server, when this is the auth station: its revocations go into the record.
+    pub(super) auth: Option<std::sync::Arc<crate::auth::Server>>,
 }
 
 impl Me {
@@ -79,6 +83,25 @@ impl Me {
             issued_ms: now_ms(),
             expires_ms: in_ms(config.registry.record_ttl),
             counters,
+            certificate: (self.certificate.borrow().clone()).map(serde_bytes::ByteBuf::from),
+            revoked: self.revoked(),
+        }
+    }
+
+    /// The stations this auth station's issuer revoked, the latest [`MAX_REVOKED`].
+    fn revoked(&self) -> Vec<PeerId> {
+        let Some(auth) = &self.auth else {
+            return Vec::new();
+        };
+        match auth.db().revocations() {
+            Ok(mut list) => {
+                list.truncate(MAX_REVOKED);
+                list
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the revocations");
+                Vec::new()
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vodmesh_proto::director::{Activity, SegmentLocation};
 use vodmesh_proto::station::{EngineInfo, used_on};
-use vodmesh_proto::{SegmentHash, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 use super::error::Error;
 use crate::control::{Copied, EngineCommand, EngineReport, Source};
@@ -245,6 +245,16 @@ impl EngineTable {
         })
     }
 
+    /// Tells every engine that `program` may be streamed from `at_ms` on (`0`: published;
+    /// `u64::MAX`: not until told), so that none streams it earlier ([`EngineCommand::PublishAt`]).
+    pub(super) fn publish_at(&self, program: ProgramId, at_ms: u64) {
+        for id in self.ids() {
+            if let Err(e) = self.send(id, EngineCommand::PublishAt { program, at_ms }) {
+                tracing::warn!(%program, engine = id.0, error = %e, "engine not told the publish time");
+            }
+        }
+    }
+
     /// The command channel of engine `id`, for work that runs off the loop.
     pub(super) fn commands(&self, id: EngineId) -> Option<mpsc::Sender<EngineCommand>> {
         Some(self.engines.get(id.0)?.commands.clone())
@@ -414,7 +424,6 @@ impl EngineTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vodmesh_proto::ProgramId;
 
     fn table(engines: usize) -> (EngineTable, Vec<mpsc::Receiver<EngineCommand>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..engines).map(|_| mpsc::channel(1)).unzip();

@@ -134,6 +134,13 @@ pub(super) enum Error {
         /// Why, as the engine said.
         cause: CopyFailed,
     },
+    /// A request only members may make, from a station that is not one (or not any more).
+    #[error("{}", vodmesh_proto::member::NOT_A_MEMBER)]
+    NotMember,
+    /// A request only a certified content manager may make, from a member not granted the
+    /// role.
+    #[error("not a certified content manager")]
+    NotCertified,
     /// A request this director does not serve.
     #[error("unsupported request {0}")]
     Unsupported(String),
@@ -187,7 +194,9 @@ impl Error {
             | Self::BadRecord
             | Self::Unsupported(_) => C::BadRequest,
             Self::NoRoom(_) | Self::NoRoomForReplica { .. } => C::Full,
-            Self::Admin(_) | Self::NotLive => C::Unauthorized,
+            Self::Admin(_) | Self::NotLive | Self::NotMember | Self::NotCertified => {
+                C::Unauthorized
+            }
             Self::CorruptCatalog
             | Self::CopiesFailed { .. }
             | Self::Locations(_)

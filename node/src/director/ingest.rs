@@ -216,6 +216,9 @@ impl Ingests {
             };
             expects[slot].push((SegmentId::new(program, seg.index), expected));
         }
+        // Before any byte arrives: none leaves before the program is published.
+        ctx.engines
+            .publish_at(program, publish_at_ms.unwrap_or(u64::MAX));
         for ((id, _), segments) in up.iter().zip(expects) {
             ctx.engines.send(*id, EngineCommand::Expect { segments })?;
         }

@@ -17,11 +17,12 @@
 //!   issue 17);
 //! - [`ingest`]: the content manager's ingests.
 //!
-//! Beside them: [`start`], the stores, swarm and listeners a director starts with;
+//! Beside them: [`admit`], who may ask what (closed membership); [`start`], the stores, swarm and listeners a director starts with;
 //! [`choose`], the decisions as pure functions; [`engines`], the engine table;
 //! [`outbound`], asking other directors; [`context`], what the loop lends the families;
 //! [`tasks`], the families' work off the loop; [`error`], failures and what clients see.
 
+mod admit;
 mod catalog;
 mod choose;
 mod context;
@@ -138,7 +139,13 @@ pub struct Handles {
     /// Whether the station drains (SIGTERM, `vodmesh station drain`): the station and an
     /// admin's [`Request::Drain`] set it, the director follows it.
     pub draining: watch::Sender<bool>,
+    /// The station's certificate once it has one ([`crate::auth::engines`]): it goes into the
+    /// station record, and a new one is published at once.
+    pub certificate: watch::Receiver<Option<Vec<u8>>>,
 }
+
+/// A request waiting for its sender's station record to be looked up.
+type Deferred = (PeerId, Request, ResponseChannel<Response>);
 
 /// The director's event loop and everything it owns.
 struct Director {
@@ -157,6 +164,8 @@ struct Director {
     ingest: Ingests,
     /// Answers of the loop's own requests that take a moment (a swarm walk).
     tasks: Tasks<Reply>,
+    /// Requests of peers not known as members yet, back once their record was looked up.
+    admitting: Tasks<Deferred>,
     /// Whether the station drains; set by the station or by an admin's `Drain`.
     draining: watch::Sender<bool>,
 }
@@ -176,6 +185,7 @@ impl Director {
         // What the metrics last saw: most events (kad traffic, pings) change neither.
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
         let mut draining = self.draining.subscribe();
+        let mut certificate = self.shared.me.certificate.clone();
         loop {
             // Biased, engine reports first: an engine reports a stored segment before it
             // acknowledges it to the client, so by the time the client's commit arrives over
@@ -192,12 +202,19 @@ impl Director {
                     self.shared.engines.set_draining(drain);
                     tracing::info!(drain, "draining: new streams go to other stations");
                 }
+                Ok(()) = certificate.changed() => {
+                    certificate.borrow_and_update();
+                    self.republish();
+                }
                 Some(report) = self.reports.recv() => self.on_report(report),
                 Some(cmd) = self.registry_commands.recv() => {
                     self.shared.registry.execute(&mut self.swarm.behaviour_mut().kad, cmd);
                 }
                 Some(ask) = self.outbound.next() => self.send_ask(ask),
                 reply = self.tasks.next() => self.reply(reply),
+                (peer, request, channel) = self.admitting.next() => {
+                    self.on_request(peer, request, channel, true);
+                }
                 done = self.miss.next() => {
                     let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
                     let family = (&mut self.publish, &self.play);
@@ -236,6 +253,7 @@ impl Director {
         }
         // Work in flight ends with the director: nothing it would still do is waited for.
         self.tasks.shutdown().await;
+        self.admitting.shutdown().await;
         self.miss.shutdown().await;
         self.replicate.shutdown().await;
         self.publish.shutdown().await;
@@ -425,10 +443,13 @@ impl Director {
                 // fails at once, while a QUIC dial waits out its handshake timeout, and
                 // every query that meets the dead peer stalls with it (measured: swarm
                 // walks of 10 s instead of milliseconds after one station stopped).
-                for addr in (info.listen_addrs.iter()).filter(|a| dialable(a) && is_tcp(a)) {
-                    let kad = &mut self.swarm.behaviour_mut().kad;
-                    kad.add_address(&peer_id, without_peer(addr));
-                }
+                // In a closed swarm only members enter the routing table (`Registry::learn`).
+                let addrs = (info.listen_addrs.iter())
+                    .filter(|a| dialable(a) && is_tcp(a))
+                    .map(without_peer)
+                    .collect();
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                self.shared.registry.learn(kad, peer_id, addrs);
             }
             SwarmEvent::Behaviour(DirectorBehaviourEvent::Control(event)) => {
                 self.on_control(event);
@@ -489,7 +510,7 @@ impl Director {
                         request, channel, ..
                     },
                 ..
-            } => self.on_request(peer, request, channel),
+            } => self.on_request(peer, request, channel, false),
             Event::Message {
                 message:
                     Message::Response {
@@ -508,9 +529,37 @@ impl Director {
         }
     }
 
-    /// Hands a request to its family; answers now, or when the family's work ends.
-    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+    /// Hands a request to its family once its sender may make it ([`admit`]); answers now,
+    /// or when the family's work ends. `looked_up`: the sender's record was just looked up.
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+        looked_up: bool,
+    ) {
         tracing::debug!(%peer, ?request, "director request");
+        let now = vodmesh_proto::time::now_ms();
+        let members = self.shared.registry.members();
+        let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
+        let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
+            admit::Admission::Serve => None,
+            admit::Admission::LookUp => {
+                let registry = self.shared.registry_handle.clone();
+                self.admitting.spawn(async move {
+                    // The registry admits the peer as it takes in the record it finds.
+                    let _ = registry.get_station(peer).await;
+                    (peer, request, channel)
+                });
+                return;
+            }
+            admit::Admission::NotMember => Some(Error::NotMember),
+            admit::Admission::NotCertified => Some(Error::NotCertified),
+        };
+        if let Some(refused) = refused {
+            tracing::info!(%peer, ?request, error = %refused, "director request refused");
+            return self.reply((channel, Response::Error(refused.into())));
+        }
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match request {
             Request::Station => {
@@ -594,6 +643,10 @@ impl Director {
                 let published = (ctx.me.check_admin(&admin, "publish", &program))
                     .and_then(|_| self.publish.publish(&mut ctx, program));
                 Some((channel, respond(published, Response::Program)))
+            }
+            // A content manager tells of its own records only.
+            Request::Published { record } if record.signer() != Some(peer) => {
+                Some((channel, Response::Error(Error::BadRecord.into())))
             }
             Request::Published { record } => {
                 let learned = self.publish.on_published(&ctx, &record);

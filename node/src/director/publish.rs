@@ -314,6 +314,8 @@ impl Publishing {
             return;
         }
         ctx.observer.program(ctx.me.peer_id, program, Kind::Learned);
+        ctx.engines
+            .publish_at(program, learned.record.playable_from());
         match ctx.kept.get(&program) {
             Ok(Some(mut entry)) if learned_of(&entry).is_none_or(|k| learned.newer_than(&k)) => {
                 entry.record = learned.signed.clone();
@@ -540,6 +542,7 @@ impl Publishing {
             record: signed.clone(),
         };
         catalog.put(&program, &entry)?;
+        ctx.engines.publish_at(program, record.playable_from());
         ctx.dht.put_catalog(signed.clone());
         ctx.observer.program(me, program, Kind::Published);
         tracing::info!(%program, "program published");
@@ -562,6 +565,8 @@ impl Publishing {
     /// A program's catalog record was just committed: it goes into the registry, this
     /// station provides the program, and its publish time is armed.
     pub(super) fn announce(&mut self, ctx: &mut Ctx<'_>, record: &CatalogRecord, signed: Signed) {
+        ctx.engines
+            .publish_at(record.program, record.playable_from());
         ctx.dht.put_catalog(signed);
         ctx.dht.provide(record.program);
         self.provided.insert(record.program);

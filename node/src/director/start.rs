@@ -48,8 +48,11 @@ pub async fn start(
         .republish_interval()
         .clamp(Duration::from_secs(1), Duration::from_secs(15));
     // The loop refreshes the routing table itself (`reg::refresh`), silently while alone.
+    let issuer = (handles.auth.as_ref()).map(|s| s.issuer_key().to_string());
+    let members = super::admit::members(&config, issuer.as_deref());
     let kad_config = reg::RegistryConfig {
         periodic_bootstrap: None,
+        members_only: members.is_closed(),
         ..registry_config.clone()
     };
     let mut swarm = build_swarm(key.clone(), |k| DirectorBehaviour {
@@ -122,7 +125,9 @@ pub async fn start(
         config,
         addrs: addrs.clone(),
         admins,
-        issuer: (handles.auth.as_ref()).map(|s| s.issuer_key().to_string()),
+        issuer,
+        certificate: handles.certificate,
+        auth: handles.auth.clone(),
     };
     let publish = Publishing::new(catalog.as_ref());
     let mut director = Director {
@@ -135,7 +140,7 @@ pub async fn start(
             kept,
             activity: Default::default(),
             observer: handles.observer,
-            registry: Registry::new(),
+            registry: Registry::with_members(members),
             registry_handle: registry_handle.clone(),
             asker,
             walks: vodmesh_registry::RecentWalk::new(registry_handle.clone(), peer_id),
@@ -151,6 +156,7 @@ pub async fn start(
         publish,
         ingest: Ingests::default(),
         tasks: Tasks::default(),
+        admitting: Tasks::default(),
         draining: handles.draining,
     };
     let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);

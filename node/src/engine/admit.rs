@@ -25,6 +25,9 @@ pub(crate) enum Refusal {
     /// A token that passes, from an engine its director did not (or no longer) approve.
     #[error("not an engine of a live station known to this station")]
     NotApproved,
+    /// The program's publish time has not come ([`super::embargo`]).
+    #[error("{}", crate::director::NOT_PUBLISHED)]
+    NotPublished,
 }
 
 /// Whether `peer` may stream `program` from this engine, presenting `token`.
@@ -41,6 +44,16 @@ pub(crate) fn stream(
     let token = token.ok_or(Refusal::NoConsoleToken)?;
     trusted.verify(token, now_ms, Audience::Console, Some(program), peer)?;
     Ok(())
+}
+
+/// Whether a stream of a program may start, `published` or not (checked after the token, so
+/// that a console without one learns that first).
+pub(crate) fn published(published: bool) -> Result<(), Refusal> {
+    if published {
+        Ok(())
+    } else {
+        Err(Refusal::NotPublished)
+    }
 }
 
 /// Whether `peer` may copy from `program` here, presenting `token`: its engine token must

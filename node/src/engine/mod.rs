@@ -16,6 +16,7 @@
 mod accept;
 mod admit;
 pub mod copy;
+mod embargo;
 pub mod ingest;
 mod peers;
 pub(crate) mod stream;
@@ -288,6 +289,7 @@ pub async fn start(
         trusted,
         handovers: stream::Handovers::default(),
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
+        embargoes: embargo::Embargoes::default(),
         arriving: stream::Arriving::default(),
     };
 
@@ -307,6 +309,7 @@ pub async fn start(
         copier,
         expectations: Expectations::default(),
         handovers: streams.handovers.clone(),
+        embargoes: streams.embargoes.clone(),
         arriving: streams.arriving.clone(),
         jobs: JoinSet::new(),
         preloads: Arc::new(tokio::sync::Semaphore::new(MAX_PRELOADS)),
@@ -352,6 +355,8 @@ struct Blade {
     copier: copy::Copier,
     expectations: Expectations,
     handovers: stream::Handovers,
+    /// Programs not to stream yet, shared with the stream tasks.
+    embargoes: embargo::Embargoes,
     /// Copies ordered lately, which a console sent here may wait for.
     arriving: stream::Arriving,
     /// Copies, preloads and delayed removals.
@@ -542,6 +547,9 @@ impl Blade {
                 }
             }
             // Taken by the loop itself.
+            EngineCommand::PublishAt { program, at_ms } => {
+                (self.embargoes).set(program, at_ms, vodmesh_proto::time::now_ms());
+            }
             EngineCommand::Stop => {}
         }
     }

@@ -48,6 +48,8 @@ pub(crate) struct StreamService {
     /// The streams being served, each with the signal that hands it over to another engine
     /// (claim 22).
     pub(crate) handovers: Handovers,
+    /// Programs not to stream yet ([`super::embargo`]).
+    pub(crate) embargoes: super::embargo::Embargoes,
     /// Streams each peer is being served ([`MAX_STREAMS_PER_PEER`] at most).
     pub(crate) per_peer: PeerSlots,
     /// Copies the director ordered lately: only for those is a console's request waited on.
@@ -252,7 +254,10 @@ impl StreamService {
         // No byte of a program leaves an engine without a valid console token, bound to the
         // peer at the other end of this connection, for this program.
         let token = request.token.as_deref().map(Vec::as_slice);
-        if let Err(why) = admit::stream(&self.trusted, token, &segment.program, &peer, now_ms()) {
+        let published = self.embargoes.allows(&segment.program, now_ms());
+        let admitted = admit::stream(&self.trusted, token, &segment.program, &peer, now_ms())
+            .and_then(|()| admit::published(published));
+        if let Err(why) = admitted {
             tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
             let _ = self.reports.try_send(EngineReport::Refused {
                 index: self.index,

@@ -71,6 +71,7 @@ impl BenchSwarm {
                 &home_dir.join("identity.key"),
                 None,
                 Some(key.public().to_peer_id()),
+                vodmesh_proto::station::Roles::default(),
                 &token,
             )
             .await

@@ -165,6 +165,7 @@ impl Options {
             replication: NonZeroUsize::new(self.replication).unwrap_or(NonZeroUsize::MIN),
             periodic_bootstrap: self.bootstrap_every,
             replication_interval: self.replicate_every,
+            members_only: false,
         }
     }
 }

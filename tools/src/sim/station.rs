@@ -167,6 +167,8 @@ pub(super) fn station_record(
         issued_ms: now_ms(),
         expires_ms: in_ms(ttl),
         counters: Default::default(),
+        certificate: None,
+        revoked: vec![],
     }
     .sign(key)
 }

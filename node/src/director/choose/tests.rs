@@ -227,6 +227,8 @@ fn station(bandwidth_mbps: u32, coords: Option<(f64, f64)>) -> StationRecord {
         issued_ms: 0,
         expires_ms: u64::MAX,
         counters: Default::default(),
+        certificate: None,
+        revoked: vec![],
     }
 }
 

@@ -1,0 +1,168 @@
+//! Who may ask what of a director: in a closed swarm, only members may make the requests
+//! stations make of each other, and only a certified content manager may tell a station to
+//! copy a program or that it was published ([`vodmesh_proto::member`]).
+//!
+//! What a console or an operator's tool needs stays open to anyone: `Station`, `Swarm`
+//! (which lists members only), `Locate`, `Playable`, `Programs`, `Manifest`, `Activity`; and
+//! admin operations (`Ingest*`, `Publish`, `Drain`) carry an admin proof of their own.
+//!
+//! [`admission`] decides, as a pure function of what the registry knows of the peer; a peer it
+//! does not know yet is looked up once (its station record from the registry) before it is
+//! refused.
+
+use vodmesh_proto::director::Request;
+use vodmesh_proto::station::Roles;
+use vodmesh_proto::token::TrustedIssuers;
+use vodmesh_registry::Members;
+
+use crate::config::StationConfig;
+
+/// What a request needs of the peer that makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Needs {
+    /// Nothing: a console's or a tool's request, or one with an admin proof.
+    Anyone,
+    /// A member of the swarm (its director or one of its engines).
+    Member,
+    /// A member granted the content manager role.
+    ContentManager,
+}
+
+/// What `request` needs of its sender.
+pub(super) fn needs(request: &Request) -> Needs {
+    match request {
+        Request::Station
+        | Request::Swarm
+        | Request::Locate { .. }
+        | Request::Playable { .. }
+        | Request::Programs
+        | Request::Manifest { .. }
+        | Request::Activity
+        | Request::IngestBegin { .. }
+        | Request::IngestCommit { .. }
+        | Request::IngestAbort { .. }
+        | Request::Publish { .. }
+        | Request::Drain { .. } => Needs::Anyone,
+        Request::LocateCopy { .. } | Request::Held => Needs::Member,
+        Request::Published { .. } | Request::Replicate { .. } => Needs::ContentManager,
+    }
+}
+
+/// What the director does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// Serve it.
+    Serve,
+    /// Look the sender's station record up first, then decide again.
+    LookUp,
+    /// Refuse it: not a member.
+    NotMember,
+    /// Refuse it: a member without the content manager role.
+    NotCertified,
+}
+
+/// Decides a request that `needs` this, from a peer the registry `admits` or not, whose
+/// certified roles are `roles` (`None` for an engine or a stranger); `looked_up` once the
+/// peer's record was looked up for this very request.
+pub(super) fn admission(
+    needs: Needs,
+    admits: bool,
+    roles: Option<Roles>,
+    looked_up: bool,
+) -> Admission {
+    match (needs, admits, roles) {
+        (Needs::Anyone, _, _) => Admission::Serve,
+        (Needs::Member, true, _) => Admission::Serve,
+        (Needs::ContentManager, true, Some(r)) if r.content_manager => Admission::Serve,
+        (Needs::ContentManager, true, _) => Admission::NotCertified,
+        (_, false, _) if !looked_up => Admission::LookUp,
+        (_, false, _) => Admission::NotMember,
+    }
+}
+
+/// Whether this station takes part in a closed swarm: it has trust roots to certify members
+/// by, being the auth station or enrolled with it. A station with neither certifies nobody,
+/// itself included, and stays open (a station alone, a test bench).
+pub(super) fn closed(config: &StationConfig) -> bool {
+    config.auth || config.enroll.is_some()
+}
+
+/// The membership a director starts with: closed, trusting `--trust` and its own auth
+/// server's issuer, or open.
+pub(super) fn members(config: &StationConfig, issuer: Option<&str>) -> Members {
+    if !closed(config) {
+        return Members::open();
+    }
+    let own = issuer.and_then(|i| i.parse().ok());
+    let trusted: TrustedIssuers = config.trust.iter().copied().chain(own).collect();
+    Members::closed(trusted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vodmesh_proto::ProgramId;
+
+    const CM: Roles = Roles {
+        home: false,
+        content_manager: true,
+        auth: false,
+    };
+
+    #[test]
+    fn console_requests_are_open_station_requests_need_a_member() {
+        let program = ProgramId([1; 32]);
+        for (request, wanted) in [
+            (Request::Programs, Needs::Anyone),
+            (Request::Manifest { program }, Needs::Anyone),
+            (Request::Playable { program }, Needs::Anyone),
+            (Request::Station, Needs::Anyone),
+            (Request::Held, Needs::Member),
+            (Request::LocateCopy { program, index: 0 }, Needs::Member),
+            (
+                Request::Replicate {
+                    program,
+                    source: libp2p::PeerId::random(),
+                    source_addrs: vec![],
+                },
+                Needs::ContentManager,
+            ),
+        ] {
+            assert_eq!(needs(&request), wanted, "{request:?}");
+        }
+    }
+
+    #[test]
+    fn strangers_are_looked_up_once_then_refused_and_roles_come_from_the_certificate() {
+        use Admission::*;
+        assert_eq!(admission(Needs::Anyone, false, None, false), Serve);
+        assert_eq!(admission(Needs::Member, false, None, false), LookUp);
+        assert_eq!(admission(Needs::Member, false, None, true), NotMember);
+        assert_eq!(
+            admission(Needs::Member, true, None, false),
+            Serve,
+            "an engine"
+        );
+        assert_eq!(
+            admission(Needs::ContentManager, true, Some(CM), false),
+            Serve
+        );
+        let home = Roles {
+            home: true,
+            ..Roles::default()
+        };
+        assert_eq!(
+            admission(Needs::ContentManager, true, Some(home), false),
+            NotCertified
+        );
+        assert_eq!(
+            admission(Needs::ContentManager, true, None, true),
+            NotCertified
+        );
+        assert_eq!(admission(Needs::ContentManager, false, None, false), LookUp);
+        assert_eq!(
+            admission(Needs::ContentManager, false, None, true),
+            NotMember
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Closed membership on the wire (issue 19): what a peer that was never enrolled sends a
+//! director is refused, and the same thing from a certified member is taken (each refusal has
+//! its control case).
+//!
+//! The home station (auth, content manager, home) certifies itself; a member is a key with a
+//! certificate from the home's issuer, whose station record the home has received. The
+//! stranger is a key that put an uncertified record, or none at all.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use vodmesh_client::DirectorClient;
+use vodmesh_client::director::DirectorError;
+use vodmesh_proto::director::{Request, Response};
+use vodmesh_proto::member::NOT_A_MEMBER;
+use vodmesh_proto::station::Roles;
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::Issuer;
+use vodmesh_proto::{ProgramId, signed::Signed};
+use vodmesh_registry::RecordKind;
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::rogue::{Rogue, catalog_record, certify, issuer_of, station_record};
+use vodmesh_tests::swarm::{TEST_TTL, ingest_options, init_logging, station};
+use vodmesh_tests::wait;
+use vodmesh_tools::ingest::{self, IngestOptions};
+
+const CM: Roles = Roles {
+    home: false,
+    content_manager: true,
+    auth: false,
+};
+
+/// Puts the station record of `rogue` (claiming every role), certified by `issuer` if given.
+async fn join(rogue: &mut Rogue, issuer: Option<&Issuer>, granted: Roles) -> anyhow::Result<()> {
+    let all = Roles {
+        home: true,
+        content_manager: true,
+        auth: true,
+    };
+    let cert = issuer
+        .map(|i| certify(i, rogue.peer(), granted))
+        .transpose()?;
+    let signed: Signed = station_record(rogue.peer(), all, cert).sign(&rogue.key);
+    rogue
+        .put_signed(RecordKind::Station(rogue.peer()), &signed)
+        .await
+}
+
+/// The director's line for `request` from `key`, or `None` if it accepted it.
+async fn refusal(
+    addr: &libp2p::Multiaddr,
+    key: &Keypair,
+    request: Request,
+) -> anyhow::Result<Option<String>> {
+    let client = DirectorClient::connect(addr, Some(key.clone())).await?;
+    Ok(match client.call(request).await {
+        Ok(_) => None,
+        Err(DirectorError::Refused(reply)) => Some(reply.message),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_non_members_are_refused_and_members_records_are_stored() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(dir.path()).home().start().await?;
+    let issuer = issuer_of(dir.path())?;
+    let registry = home.registry();
+
+    let mut stranger = Rogue::new(home.addr())?;
+    join(&mut stranger, None, CM).await?;
+    let mut foreign = Rogue::new(home.addr())?;
+    join(&mut foreign, Some(&Issuer::generate()), CM).await?;
+    let mut member = Rogue::new(home.addr())?;
+    join(&mut member, Some(&issuer), Roles::default()).await?;
+    let mut manager = Rogue::new(home.addr())?;
+    join(&mut manager, Some(&issuer), CM).await?;
+
+    // Station records: only the certified ones are stored.
+    assert!(registry.get_station(member.peer()).await?.is_some());
+    assert!(registry.get_station(manager.peer()).await?.is_some());
+    assert!(registry.get_station(stranger.peer()).await?.is_none());
+    assert!(registry.get_station(foreign.peer()).await?.is_none());
+
+    // A forged catalog record (a program id and title of the stranger's choosing, "issued"
+    // at the end of time) is refused; so is one of a member not granted the role; one of a
+    // certified content manager is stored.
+    let program = ProgramId([0x19; 32]);
+    for (rogue, kind) in [(&mut stranger, "stranger"), (&mut member, "member")] {
+        let forged = catalog_record(&rogue.key, program, kind);
+        rogue
+            .put_signed(RecordKind::Catalog(program), &forged)
+            .await?;
+    }
+    assert!(registry.get_catalog(program).await?.is_empty());
+    let genuine = catalog_record(&manager.key, program, "genuine");
+    (manager.put_signed(RecordKind::Catalog(program), &genuine)).await?;
+    assert_eq!(registry.get_catalog(program).await?, vec![genuine]);
+
+    home.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_requests_of_non_members_are_refused_and_members_are_served() -> anyhow::Result<()>
+{
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(dir.path()).home().start().await?;
+    let issuer = issuer_of(dir.path())?;
+    let addr = home.addr().clone();
+
+    let mut stranger = Rogue::new(&addr)?;
+    join(&mut stranger, None, CM).await?;
+    let mut member = Rogue::new(&addr)?;
+    join(&mut member, Some(&issuer), Roles::default()).await?;
+    let mut manager = Rogue::new(&addr)?;
+    join(&mut manager, Some(&issuer), CM).await?;
+    // A peer that never put any record at all.
+    let unknown = Keypair::generate_ed25519();
+
+    let program = ProgramId([0x21; 32]);
+    let replicate = |source: PeerId| Request::Replicate {
+        program,
+        source,
+        source_addrs: vec![],
+    };
+    let locate_copy = Request::LocateCopy { program, index: 0 };
+    let not_member = Some(NOT_A_MEMBER.to_string());
+
+    // Unsolicited `Replicate`: refused to strangers, to members without the role; the
+    // control, from a certified content manager, is taken (the copy then fails on its own).
+    for key in [&stranger.key, &unknown] {
+        let source = key.public().to_peer_id();
+        assert_eq!(refusal(&addr, key, replicate(source)).await?, not_member);
+    }
+    assert_eq!(
+        refusal(&addr, &member.key, replicate(member.peer())).await?,
+        Some("not a certified content manager".into())
+    );
+    assert_eq!(
+        refusal(&addr, &manager.key, replicate(manager.peer())).await?,
+        None
+    );
+
+    // Unsolicited `Published`: a record of the sender's own, refused unless it is a certified
+    // content manager.
+    let published = |key: &Keypair| Request::Published {
+        record: catalog_record(key, program, "taken over"),
+    };
+    for key in [&stranger.key, &unknown] {
+        assert_eq!(refusal(&addr, key, published(key)).await?, not_member);
+    }
+    assert_eq!(
+        refusal(&addr, &manager.key, published(&manager.key)).await?,
+        None
+    );
+
+    // `LocateCopy`: a stranger is told it is not a member; a member gets the station's own
+    // answer (this station holds no such segment).
+    for key in [&stranger.key, &unknown] {
+        assert_eq!(refusal(&addr, key, locate_copy.clone()).await?, not_member);
+    }
+    let answer = refusal(&addr, &member.key, locate_copy).await?;
+    assert!(
+        answer.as_deref().is_some_and(|a| a != NOT_A_MEMBER),
+        "{answer:?}"
+    );
+
+    // What a console needs stays open to anyone.
+    let console = DirectorClient::connect(&addr, Some(unknown)).await?;
+    assert!(matches!(
+        console.call(Request::Programs).await?,
+        Response::Programs(_)
+    ));
+    assert!(matches!(
+        console.call(Request::Station).await?,
+        Response::Station(_)
+    ));
+    home.shutdown().await;
+    Ok(())
+}
+
+/// A station that was never enrolled (its own auth server, every role) joins by bootstrap:
+/// the home keeps it out of its routing table and out of the swarm it lists, and its provider
+/// and catalog records out of its registry, while an enrolled station that joined the same
+/// way is in both, and a holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uninvited_station_stays_out_of_routing_tables_and_listings() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let rogue = station(dir.path().join("rogue"))
+        .home()
+        .bootstrap(&home)
+        .start()
+        .await?;
+    let member = station(dir.path().join("member"))
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let registry = home.registry();
+    wait::until(
+        "the member in the home's table and swarm",
+        Duration::from_secs(30),
+        || async {
+            let listed = home.swarm().await?;
+            Ok(registry.routing_table().await?.contains(&member.peer_id())
+                && listed.iter().any(|s| s.director == member.peer_id()))
+        },
+    )
+    .await?;
+
+    // The rogue ingests a program of its own (and provides it); then the home ingests one
+    // with a replica, which the member takes and provides.
+    let source = dir.path().join("p.bin");
+    random_file(&source, 256 * 1024, 19)?;
+    let rogue_key = dir.path().join("rogue").join("identity.key");
+    let ingested = |station, key, title| IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(station, key, title, &source)
+    };
+    let theirs = ingest::run(&ingested(&rogue, &rogue_key, "theirs")).await?;
+    let ours = ingest::run(&IngestOptions {
+        replicas: 1,
+        ..ingested(&home, &home_dir.join("identity.key"), "ours")
+    })
+    .await?;
+    let wanted = member.peer_id();
+    wait::until(
+        "the member as a holder",
+        Duration::from_secs(30),
+        || async { Ok(registry.holders(ours.program).await?.contains(&wanted)) },
+    )
+    .await?;
+    // The rogue's provider record went out before the home's ingest began: by the time the
+    // member's replica is provided, it was refused.
+    let holders = registry.holders(theirs.program).await?;
+    assert!(!holders.contains(&rogue.peer_id()), "{holders:?}");
+    assert!(registry.get_catalog(theirs.program).await?.is_empty());
+
+    // The rogue joined before the member and has republished since: had it been admitted,
+    // it would be in by now.
+    assert!(!registry.routing_table().await?.contains(&rogue.peer_id()));
+    let listed: Vec<PeerId> = home.swarm().await?.iter().map(|s| s.director).collect();
+    assert!(!listed.contains(&rogue.peer_id()), "{listed:?}");
+    assert!(registry.get_station(rogue.peer_id()).await?.is_none());
+    for s in [rogue, member, home] {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+/// `vodmesh station revoke`: a member whose requests were served is refused once an admin
+/// revoked it, and drops out of the swarm's listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let key = vodmesh_node::identity::load_or_create(&member_dir.join("identity.key"))?;
+    let addr = home.addr().clone();
+    let locate_copy = Request::LocateCopy {
+        program: ProgramId([0x22; 32]),
+        index: 0,
+    };
+    let id = member.peer_id();
+    let listed = || async { anyhow::Ok(home.swarm().await?.iter().any(|r| r.director == id)) };
+    wait::until("the member listed", Duration::from_secs(30), listed).await?;
+    // The control: served as a member (the station holds no such segment).
+    let answer = refusal(&addr, &key, locate_copy.clone()).await?;
+    assert!(answer.is_some_and(|a| a != NOT_A_MEMBER));
+
+    vodmesh_tools::admin::revoke(
+        &addr,
+        &home_dir.join("identity.key"),
+        None,
+        member.peer_id(),
+    )
+    .await?;
+    // The auth station lists the revocation in its next record (a third of the TTL).
+    wait::until("the member refused", TEST_TTL * 2, || async {
+        Ok(refusal(&addr, &key, locate_copy.clone()).await?.as_deref() == Some(NOT_A_MEMBER))
+    })
+    .await?;
+    assert!(!listed().await?, "still listed");
+    member.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
