@@ -539,7 +539,7 @@ impl Director {
         looked_up: bool,
     ) {
         tracing::debug!(%peer, ?request, "director request");
-        let now = vodmesh_proto::time::now_ms();
+        let now = now_ms();
         let members = self.shared.registry.members();
         let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
         let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
