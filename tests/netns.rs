@@ -235,17 +235,17 @@ fn tmp_bytes(engine: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A station cut off from the others drops out of their listings within one record TTL, and
-/// once the link heals every station lists every other again within one TTL.
-#[test]
-fn a_partition_that_heals_reconverges() -> Result<()> {
-    let Some(hosts) = Hosts::up(3)? else {
-        return Ok(());
-    };
-    const TTL: Duration = Duration::from_secs(6);
-    let dir = tempfile::tempdir()?;
+/// The record TTL of [`three_stations`].
+const TTL: Duration = Duration::from_secs(6);
+
+/// Three stations, one a host of `hosts`, with records of [`TTL`], joined through the first;
+/// returns them once each lists all three, and their peer ids.
+fn three_stations(
+    hosts: &Hosts,
+    dir: &std::path::Path,
+) -> Result<(Vec<NodeProcess>, BTreeSet<String>)> {
     let station = |i: u8| {
-        Node::new(&dir.path().join(format!("s{i}")))
+        Node::new(&dir.join(format!("s{i}")))
             .in_netns(&hosts.ns(i))
             .listen(&[&format!("/ip4/10.77.0.{i}/tcp/0")])
             .ttl(TTL.as_secs())
@@ -258,6 +258,18 @@ fn a_partition_that_heals_reconverges() -> Result<()> {
     for (i, node) in nodes.iter().enumerate() {
         wait_listing("joined", &hosts.ns(i as u8 + 1), node, &all, 4 * TTL)?;
     }
+    Ok((nodes, all))
+}
+
+/// A station cut off from the others drops out of their listings within one record TTL, and
+/// once the link heals every station lists every other again within one TTL.
+#[test]
+fn a_partition_that_heals_reconverges() -> Result<()> {
+    let Some(hosts) = Hosts::up(3)? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (nodes, all) = three_stations(&hosts, dir.path())?;
 
     hosts.cut(3, true)?;
     let majority: BTreeSet<String> = nodes[..2].iter().map(NodeProcess::peer).collect();
@@ -289,22 +301,8 @@ fn a_station_cut_off_briefly_is_listed_afresh_within_one_ttl_of_the_heal() -> Re
     let Some(hosts) = Hosts::up(3)? else {
         return Ok(());
     };
-    const TTL: Duration = Duration::from_secs(6);
     let dir = tempfile::tempdir()?;
-    let station = |i: u8| {
-        Node::new(&dir.path().join(format!("s{i}")))
-            .in_netns(&hosts.ns(i))
-            .listen(&[&format!("/ip4/10.77.0.{i}/tcp/0")])
-            .ttl(TTL.as_secs())
-    };
-    let mut nodes = vec![station(1).start()?];
-    for i in 2..=3u8 {
-        nodes.push(station(i).bootstrap(&nodes[0].addr).start()?);
-    }
-    let all: BTreeSet<String> = nodes.iter().map(NodeProcess::peer).collect();
-    for (i, node) in nodes.iter().enumerate() {
-        wait_listing("joined", &hosts.ns(i as u8 + 1), node, &all, 4 * TTL)?;
-    }
+    let (nodes, all) = three_stations(&hosts, dir.path())?;
     let cut_off = nodes[2].peer();
     for cut in [2, 5, 2, 5].map(Duration::from_secs) {
         hosts.cut(3, true)?;

@@ -108,6 +108,16 @@ fn held(addr: &Multiaddr) -> Result<u64> {
         .context("no programs held in vodmesh status")
 }
 
+/// Waits until `vodmesh status` shows the station holding segments of `want` programs (the
+/// count a director answers stands for up to 2 s).
+async fn wait_held(addr: &Multiaddr, want: u64, what: &str) -> Result<()> {
+    let addr = addr.clone();
+    wait::until_blocking(what, Duration::from_secs(20), move || {
+        Ok(held(&addr)? == want)
+    })
+    .await
+}
+
 /// Whether `vodmesh status` shows no bytes reserved on any engine or disk of the station.
 fn nothing_reserved(addr: &Multiaddr) -> Result<bool> {
     Ok(status::engines(addr)?.iter().all(|e| {
@@ -347,17 +357,18 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     // The client killed mid-way: after --ingest-timeout without progress, its segments go.
     let stalled = stalled_program().await?;
     let mut client = start_stalled(&node, &stalled, &before).await?;
-    assert_eq!(
-        held(&node.addr)?,
+    wait_held(
+        &node.addr,
         2,
-        "the location table lists the ingest's segments"
-    );
+        "the location table to list the ingest's segments",
+    )
+    .await?;
     client.kill()?;
     client.wait()?;
     wait_used(&node.addr, &before, "the killed ingest's segments dropped").await?;
     assert_eq!(on_disk(&data, 2), before);
     assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
-    assert_eq!(held(&node.addr)?, 1, "and no longer does");
+    wait_held(&node.addr, 1, "the location table to list them no longer").await?;
 
     // The station stopped mid-ingest (SIGTERM, then SIGKILL), with a time-out too long to
     // matter: the next start drops the leftovers.
@@ -377,7 +388,7 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
         wait_used(&node.addr, &before, "the leftovers dropped at start").await?;
         assert_eq!(on_disk(&data, 2), before, "after a stop (SIGKILL: {kill})");
         assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
-        assert_eq!(held(&node.addr)?, 1);
+        wait_held(&node.addr, 1, "the leftovers out of the location table").await?;
     }
 
     // Nothing is stuck: the same program goes in whole once its source answers.
