@@ -302,7 +302,7 @@ fn a_station_cut_off_briefly_is_listed_afresh_within_one_ttl_of_the_heal() -> Re
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let (nodes, all) = three_stations(&hosts, dir.path())?;
+    let (nodes, _) = three_stations(&hosts, dir.path())?;
     let cut_off = nodes[2].peer();
     for cut in [2, 5, 2, 5].map(Duration::from_secs) {
         hosts.cut(3, true)?;
