@@ -232,7 +232,7 @@ async fn an_uninvited_station_stays_out_of_routing_tables_and_listings() -> anyh
     let wanted = member.peer_id();
     wait::until(
         "the member as a holder",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { Ok(registry.holders(ours.program).await?.contains(&wanted)) },
     )
     .await?;
