@@ -280,10 +280,13 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
     let answer = refusal(&addr, &key, locate_copy.clone()).await?;
     assert!(answer.is_some_and(|a| a != NOT_A_MEMBER));
 
+    let admin_key = home_dir.join("identity.key");
     vodmesh_tools::admin::revoke(
         &addr,
-        &home_dir.join("identity.key"),
-        None,
+        vodmesh_tools::admin::AdminKey {
+            key: &admin_key,
+            token: None,
+        },
         member.peer_id(),
     )
     .await?;

@@ -164,23 +164,11 @@ pub async fn enroll(
 }
 
 /// `vodmesh station revoke`: ends the membership of the station whose director is `station`.
-pub async fn revoke(
-    node: &Multiaddr,
-    key_file: &Path,
-    admin_token_file: Option<&Path>,
-    station: PeerId,
-) -> Result<()> {
-    let key = vodmesh_client::identity::load(key_file)?;
-    let admin_token = admin_token(admin_token_file)?;
-    let wire = Keypair::generate_ed25519();
-    let server = find_auth_server(node, wire.clone()).await?;
-    let client = AuthClient::connect(&server, wire).await?;
-    let mut request = Request::Revoke {
+pub async fn revoke(node: &Multiaddr, admin: AdminKey<'_>, station: PeerId) -> Result<()> {
+    admin_request(node, admin, |admin_token| Request::Revoke {
         station,
         admin_token,
         proof: None,
-    };
-    request.prove_admin(&key, server.director, client.local_peer(), now_ms());
-    client.done(request).await?;
-    Ok(())
+    })
+    .await
 }

@@ -52,15 +52,8 @@ enum Cmd {
     /// Issues an enrollment token for a new station (admin only). Start the station with
     /// `vodmesh-node --enroll FILE`; its engines then receive engine tokens.
     Enroll {
-        /// Any station's director address; the auth server is found through the swarm.
-        #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
-        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// An admin token issued to --key's peer, if that peer is not an admin peer.
-        #[arg(long, value_name = "FILE")]
-        admin_token: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// The new station's director peer id (its DIR/identity.key, e.g. made with `vodmesh
         /// keygen`). Default: the station at --node.
         #[arg(long, value_name = "PEERID")]
@@ -291,22 +284,15 @@ enum StationCmd {
     /// server renews it no more, and every director refuses it within one record TTL (the
     /// auth station's record lists it). Enrolling it anew makes it a member again.
     Revoke {
-        /// Any station's director address; the auth server is found through the swarm.
-        #[arg(long, value_name = "MULTIADDR")]
-        node: Multiaddr,
-        /// The admin's identity file (an admin peer of the auth station, or see --admin-token).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// An admin token issued to --key's peer, if that peer is not an admin peer.
-        #[arg(long, value_name = "FILE")]
-        admin_token: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// The station's director peer id.
         #[arg(value_name = "PEERID")]
         station: PeerId,
     },
 }
 
-/// Who acts as admin (every `vodmesh user` command).
+/// Who acts as admin (`vodmesh user ...`, `vodmesh enroll`, `vodmesh station revoke`).
 #[derive(clap::Args, Debug)]
 struct AdminArgs {
     /// Any station's director address; the auth server is found through the swarm.
@@ -450,25 +436,21 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Station(StationCmd::Revoke {
-            node,
-            key,
-            admin_token,
+            admin: who,
             station,
         }) => {
-            admin::revoke(&node, &key, admin_token.as_deref(), station).await?;
+            admin::revoke(&who.node, who.admin(), station).await?;
             println!("station {station} revoked: every director refuses it within one record TTL");
         }
         Cmd::Enroll {
-            node,
-            key,
-            admin_token,
+            admin: who,
             station,
             out,
             roles,
         } => {
             let roles = admin::Role::granted(&roles);
-            let station =
-                admin::enroll(&node, &key, admin_token.as_deref(), station, roles, &out).await?;
+            let (key, token) = (&who.key, who.admin_token.as_deref());
+            let station = admin::enroll(&who.node, key, token, station, roles, &out).await?;
             println!(
                 "enrollment token for station {station} written to {}",
                 out.display()

@@ -229,7 +229,7 @@ impl Server {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
-        self.sign(self.claims(subject, audience, rights, ttl, now_ms))
+        self.issue_to(None, subject, audience, rights, ttl, now_ms)
     }
 
     /// As [`Server::issue`], naming the subscriber `user` in the token (console tokens, so
