@@ -251,3 +251,61 @@ fn a_miss_whose_copy_fails_everywhere_sends_the_console_to_a_holder() -> Result<
     );
     Ok(())
 }
+
+/// The first director cut off before it listed the swarm (issue 17: hedges then had nowhere
+/// to go, since the console learned the swarm only from it). The console falls back on the
+/// directors it remembers from its login (`swarm.json`): the manifest and every segment come
+/// from the home station, byte-identical. Without the fallback the session fails once the
+/// frozen director's connection is given up.
+#[test]
+fn a_first_director_frozen_before_it_lists_the_swarm_leaves_the_console_to_the_remembered()
+-> Result<()> {
+    use vodmesh_client::DirectorClient;
+    use vodmesh_client::files::Home;
+    use vodmesh_console::play::{Credentials, Session};
+
+    const SEGMENTS: u32 = 4;
+    let dir = tempfile::tempdir()?;
+    let setup = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home")).home(),
+        Node::new(&dir.path().join("b")),
+        Program {
+            title: "unlisted",
+            segments: SEGMENTS,
+            segment_size: 64 * KIB,
+            bitrate: None,
+            seed: 53,
+        },
+    )?;
+    let console = Home {
+        dir: setup.console.clone(),
+    };
+    let token = std::fs::read(console.token_path("console"))?;
+    let credentials = Credentials::new(console.identity()?, token)
+        .remembering(vodmesh_console::remember::known(&console));
+    assert!(
+        (credentials.swarm.iter()).any(|a| a.to_string().contains(&setup.home.peer())),
+        "the login remembered the home station: {:?}",
+        credentials.swarm
+    );
+    let program = setup.program.parse()?;
+    let played = tokio::runtime::Runtime::new()?.block_on(async {
+        let first = DirectorClient::connect(&setup.b.addr, credentials.key.clone()).await?;
+        // Connected, and then silent: it answers neither the manifest nor the swarm.
+        setup.b.signal("STOP")?;
+        let session = Session::with_client(Arc::new(first), &credentials, program).await?;
+        let mut played = Vec::new();
+        for index in 0..SEGMENTS {
+            played.extend(
+                session
+                    .segment(vodmesh_proto::SegmentIndex(index))
+                    .await?
+                    .bytes,
+            );
+        }
+        anyhow::Ok(played)
+    })?;
+    assert!(played == setup.bytes, "played bytes differ from the source");
+    Ok(())
+}

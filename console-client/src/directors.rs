@@ -1,15 +1,18 @@
 //! The directors a console asks: the one it was pointed at first, then the rest of the swarm,
 //! learned through the first. A station that goes down mid-play is passed over and the
-//! console carries on with the others.
+//! console carries on with the others. Until the first director has listed the swarm (or when
+//! it never does: cut off before it answered), the directors the console remembers
+//! (`swarm.json`, `VODMESH_NODE`) stand in for the list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Mutex, OnceCell};
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorCode, Request, Response};
+use vodmesh_proto::net::peer_of;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
@@ -61,11 +64,43 @@ pub(crate) fn client_line(e: &ClientError) -> String {
     }
 }
 
+/// A director the console may ask besides the first: a station of the swarm as the first
+/// director listed it, or one the console remembers.
+#[derive(Clone, Debug)]
+struct Known {
+    director: PeerId,
+    addr: Multiaddr,
+    /// A content manager or home station: it knows every program, so it is asked first.
+    knows_all: bool,
+}
+
+impl Known {
+    fn of_record(record: &StationRecord) -> Option<Self> {
+        Some(Self {
+            director: record.director,
+            addr: record.addrs.first()?.clone(),
+            knows_all: record.roles.content_manager || record.roles.home,
+        })
+    }
+
+    fn of_addr(addr: &Multiaddr) -> Option<Self> {
+        Some(Self {
+            director: peer_of(addr)?,
+            addr: addr.clone(),
+            knows_all: false,
+        })
+    }
+}
+
 /// The directors a console may ask: the one it was pointed at first, then the rest of the
-/// swarm (found lazily through the first one).
+/// swarm (found lazily through the first one, or through a remembered one when the first does
+/// not answer).
 pub(crate) struct Directors {
     pub(crate) first: Arc<DirectorClient>,
-    others: OnceCell<Vec<StationRecord>>,
+    /// The swarm's directors the console remembers, other than the first: asked while the
+    /// first's list of the swarm is not in.
+    remembered: Vec<Known>,
+    others: OnceCell<Vec<Known>>,
     /// Connections to the other directors, opened once and kept for every later segment.
     clients: Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
     /// When the first director last failed to answer.
@@ -73,44 +108,89 @@ pub(crate) struct Directors {
 }
 
 impl Directors {
-    /// The directors reached through `first`.
-    pub(crate) fn new(first: Arc<DirectorClient>) -> Self {
+    /// The directors reached through `first`, with the `remembered` addresses of the swarm's
+    /// directors (`swarm.json`, `VODMESH_NODE`) to fall back on while the first has not
+    /// listed the swarm.
+    pub(crate) fn new(first: Arc<DirectorClient>, remembered: &[Multiaddr]) -> Self {
+        let first_peer = first.peer();
+        let mut seen = std::collections::HashSet::from([first_peer]);
+        let remembered = (remembered.iter())
+            .filter_map(Known::of_addr)
+            .filter(|k| seen.insert(k.director))
+            .collect();
         Self {
             first,
+            remembered,
             others: OnceCell::new(),
             clients: Mutex::default(),
             first_down: std::sync::Mutex::default(),
         }
     }
 
-    /// The other live stations of the swarm, as the first director listed them once. A walk
-    /// that failed (the first director went down before it answered) is not kept: the next
-    /// call asks again.
-    pub(crate) async fn swarm(&self) -> &[StationRecord] {
+    /// Learns the rest of the swarm now (a session does it in the background at its start,
+    /// while the first director answers).
+    pub(crate) async fn learn(&self) {
+        self.learned().await;
+    }
+
+    /// The other live stations of the swarm, learned once: as the first director lists them,
+    /// or, when it does not answer, as a remembered director does. A walk that failed
+    /// everywhere is not kept: the next call asks again.
+    async fn learned(&self) -> &[Known] {
         let learned = self
             .others
             .get_or_try_init(|| async {
-                match self.first.request(Request::Swarm).await {
-                    Ok(Response::Swarm(list)) => Ok(list
-                        .iter()
-                        .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
-                        .filter(|r| r.director != self.first.peer())
-                        .collect()),
-                    _ => Err(()),
+                if !self.first_is_down()
+                    && let Some(list) = self.swarm_of(&self.first).await
+                {
+                    return Ok(list);
                 }
+                for known in &self.remembered {
+                    let Some(client) = self.client(known).await else {
+                        continue;
+                    };
+                    if let Some(list) = self.swarm_of(&client).await {
+                        return Ok(list);
+                    }
+                }
+                Err(())
             })
             .await;
         learned.map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The live stations of the swarm other than the first, as `client` lists them.
+    async fn swarm_of(&self, client: &DirectorClient) -> Option<Vec<Known>> {
+        match client.request(Request::Swarm).await {
+            Ok(Response::Swarm(list)) => Some(
+                list.iter()
+                    .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
+                    .filter(|r| r.director != self.first.peer())
+                    .filter_map(|r| Known::of_record(&r))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The directors to ask besides the first, without waiting: the swarm as learned, else
+    /// the remembered ones while it is being learned, else (nothing remembered) the swarm once
+    /// learned.
+    async fn others(&self) -> Vec<Known> {
+        match self.others.get() {
+            Some(learned) => learned.clone(),
+            None if !self.remembered.is_empty() => self.remembered.clone(),
+            None => self.learned().await.to_vec(),
+        }
+    }
+
     /// A kept connection to `station`'s director, opened on first use.
-    async fn client(&self, station: &StationRecord) -> Option<Arc<DirectorClient>> {
+    async fn client(&self, station: &Known) -> Option<Arc<DirectorClient>> {
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(&station.director) {
             return Some(c.clone());
         }
-        let addr = station.addrs.first()?;
-        let client = Arc::new(DirectorClient::connect(addr, None).await.ok()?);
+        let client = Arc::new(DirectorClient::connect(&station.addr, None).await.ok()?);
         clients.insert(station.director, client.clone());
         Some(client)
     }
@@ -124,13 +204,11 @@ impl Directors {
         if peer == self.first.peer() {
             return Ok(self.first.request(request).await?);
         }
-        let station = self
-            .swarm()
-            .await
-            .iter()
-            .find(|s| s.director == peer)
-            .cloned()
-            .ok_or(AskError::NotInSwarm(peer))?;
+        let found = |list: &[Known]| list.iter().find(|s| s.director == peer).cloned();
+        let station = match found(&self.others().await) {
+            Some(station) => station,
+            None => found(self.learned().await).ok_or(AskError::NotInSwarm(peer))?,
+        };
         let client = self
             .client(&station)
             .await
@@ -186,8 +264,8 @@ impl Directors {
         {
             return first;
         }
-        let mut stations: Vec<&StationRecord> = self.swarm().await.iter().collect();
-        stations.sort_by_key(|s| !(s.roles.content_manager || s.roles.home));
+        let mut stations = self.others().await;
+        stations.sort_by_key(|s| !s.knows_all);
         // The director that answered last goes first: the next segment is likely there too.
         {
             let known = self.clients.lock().await;
@@ -196,7 +274,7 @@ impl Directors {
         // A busy answer (that station's misses at their cap, its holders busy) is kept for
         // when no other station has better.
         let mut busy = None;
-        for station in stations {
+        for station in &stations {
             let Some(client) = self.client(station).await else {
                 continue;
             };

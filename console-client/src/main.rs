@@ -252,7 +252,8 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
     }
     let key = home.identity()?;
     let token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
-    let credentials = play::Credentials::new(key.clone(), token);
+    let credentials =
+        play::Credentials::new(key.clone(), token).remembering(remember::known(&home));
     // Refreshed in the background before it expires, without stopping playback.
     background.spawn(play::keep_fresh(
         node.clone(),

@@ -125,6 +125,21 @@ pub fn candidates(
     Ok(remembered)
 }
 
+/// Every director address the console knows besides `--node`: `VODMESH_NODE`'s (malformed
+/// ones skipped) and the remembered swarm's (none when `swarm.json` is missing or unreadable).
+/// A play falls back on them while its first director has not listed the swarm.
+pub fn known(home: &Home) -> Vec<Multiaddr> {
+    let env = std::env::var(ENV).unwrap_or_default();
+    let from_env = (env.split(',').map(str::trim))
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| peer_of(a).is_some());
+    let remembered = load(home).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "the remembered swarm is not read");
+        Vec::new()
+    });
+    from_env.chain(remembered).collect()
+}
+
 /// The first of `directors` that answers (one alone is not dialed here: the command's own
 /// connection will say why it fails).
 pub async fn first_answering(directors: &[Multiaddr]) -> Result<Multiaddr, Error> {

@@ -58,7 +58,8 @@ impl From<ClientError> for SessionError {
 /// A console token that a refresher may replace while segments are being fetched.
 pub type SharedToken = Arc<RwLock<Option<Vec<u8>>>>;
 
-/// Who is playing: the console's identity and the console token bound to it.
+/// Who is playing: the console's identity, the console token bound to it, and the swarm's
+/// directors it remembers.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     /// The console's identity (a fresh one if `None`; then no token can match it).
@@ -66,6 +67,10 @@ pub struct Credentials {
     /// The console token from `vodmesh-console login`, shared with the task that refreshes it
     /// during playback ([`keep_fresh`]).
     pub token: SharedToken,
+    /// Directors of the swarm the console remembers (`swarm.json`, `VODMESH_NODE`): asked
+    /// while the director it was pointed at has not listed the rest of the swarm, or when it
+    /// never does.
+    pub swarm: Vec<Multiaddr>,
 }
 
 impl Credentials {
@@ -74,7 +79,13 @@ impl Credentials {
         Self {
             key: Some(key),
             token: Arc::new(RwLock::new(Some(token))),
+            swarm: Vec::new(),
         }
+    }
+
+    /// With the `swarm`'s directors the console remembers.
+    pub fn remembering(self, swarm: Vec<Multiaddr>) -> Self {
+        Self { swarm, ..self }
     }
 }
 
@@ -98,7 +109,7 @@ pub async fn resolve(
 /// Every program of the swarm, as any director lists it (issue 25: no content manager
 /// needed): the first director's answer, or another station's when it does not answer.
 pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, AskError> {
-    let directors = Directors::new(client.clone());
+    let directors = Directors::new(client.clone(), &[]);
     match directors.ask(Request::Programs).await? {
         Response::Programs(list) => Ok(list),
         _ => Ok(Vec::new()),
@@ -164,7 +175,7 @@ impl Session {
         credentials: &Credentials,
         program: ProgramId,
     ) -> Result<Self, SessionError> {
-        let directors = Arc::new(Directors::new(client));
+        let directors = Arc::new(Directors::new(client, &credentials.swarm));
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => Manifest::verify(&signed)?,
             Response::Error(e) => return Err(SessionError::Refused(e)),
@@ -175,7 +186,7 @@ impl Session {
         let mut learning = JoinSet::new();
         let learn = directors.clone();
         learning.spawn(async move {
-            learn.swarm().await;
+            learn.learn().await;
         });
         Ok(Self {
             fetcher: Fetcher::new(directors),

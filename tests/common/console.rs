@@ -35,10 +35,7 @@ pub fn console_token(issuer: &Issuer, console: PeerId) -> Result<Vec<u8>> {
 pub fn credentials(issuer: &Issuer) -> Result<Credentials> {
     let key = libp2p::identity::Keypair::generate_ed25519();
     let token = console_token(issuer, key.public().to_peer_id())?;
-    Ok(Credentials {
-        key: Some(key),
-        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
-    })
+    Ok(Credentials::new(key, token))
 }
 
 /// A console connected to one director: its own identity and (with an issuer) its token.

@@ -190,10 +190,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
         "subscriber \"viewer\" logged in: console token of {} bytes",
         token.len()
     );
-    let credentials = vodmesh_console::play::Credentials {
-        key: Some(console_key),
-        token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
-    };
+    let credentials = vodmesh_console::play::Credentials::new(console_key, token);
     println!("\nplaying it through station {STATIONS} (vodmesh-console play --speed max)...");
     let mut played: Vec<u8> = Vec::with_capacity(info.size as usize);
     let stats = vodmesh_console::play::play(

@@ -384,10 +384,7 @@ async fn over_capacity(dir: &Path, quick: bool) -> Result<(Value, Row)> {
     for i in 0..n {
         let key = Keypair::generate_ed25519();
         let token = console_token(&issuer, &key)?;
-        let credentials = Credentials {
-            key: Some(key),
-            token: Arc::new(std::sync::RwLock::new(Some(token))),
-        };
+        let credentials = Credentials::new(key, token);
         let (addr, program) = (node.addr.clone(), program.to_string());
         set.spawn(async move {
             tokio::time::sleep(Duration::from_millis(20 * i)).await;
