@@ -16,8 +16,8 @@ use vodmesh_registry::registry::Command;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle};
 
 use super::choose::Link;
-use super::engines::{CopyFailed, EngineId, EngineTable};
-use super::error::Error;
+use super::engines::{EngineId, EngineTable};
+use super::error::{CopyFailed, Error};
 use super::outbound::Asker;
 use crate::config::StationConfig;
 use crate::content::Catalog;

@@ -15,7 +15,7 @@ use vodmesh_proto::director::{Activity, SegmentLocation};
 use vodmesh_proto::station::{EngineInfo, used_on};
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
-use super::error::Error;
+use super::error::{CopyFailed, Error};
 use crate::control::{Copied, EngineCommand, EngineReport, Source};
 
 /// How long an engine whose copy failed at every source is no copy target: a station whose
@@ -31,25 +31,6 @@ pub(super) struct EngineId(pub(super) usize);
 impl fmt::Display for EngineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// Why a copy into one of the station's engines brought no segment.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum CopyFailed {
-    /// The engine stopped (or its link dropped) before it told the outcome.
-    #[error("the engine stopped before the copy ended")]
-    EngineStopped,
-    /// Every source failed; what the engine said of the last one.
-    #[error("{0}")]
-    AtEverySource(String),
-}
-
-impl CopyFailed {
-    /// An engine's outcome as it comes over the command channel (its cause is the engine's
-    /// own line).
-    pub(super) fn from_engine(result: Result<Copied, String>) -> Result<Copied, Self> {
-        result.map_err(Self::AtEverySource)
     }
 }
 
