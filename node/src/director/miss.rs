@@ -63,6 +63,11 @@ const GATHER_WITHIN: Duration = Duration::from_secs(40);
 const SILENT_FOR: Duration = Duration::from_secs(10);
 /// Programs remembered as silent, at most.
 const MAX_SILENT: usize = 1024;
+/// How long a manifest fetched for a miss is kept (a station that keeps copies of a program
+/// also has it in `kept.redb`).
+const MANIFESTS_FOR: Duration = Duration::from_secs(3600);
+/// Manifests kept for misses, at most.
+const MAX_MANIFESTS: usize = 1024;
 /// Weight of a new throughput measurement in the running mean.
 const EWMA: f64 = 0.5;
 /// Copies smaller than this say little about a link's throughput.
@@ -118,8 +123,9 @@ pub(super) struct Misses {
     gathering: Arc<Semaphore>,
     /// And those of each asking peer ([`MAX_GATHERING_PER_PEER`]).
     gathering_by: PeerSlots,
-    /// Verified manifests of programs this station copied segments of.
-    manifests: HashMap<ProgramId, Arc<Manifest>>,
+    /// Verified manifests of programs this station copied segments of, lately
+    /// ([`MANIFESTS_FOR`], at most [`MAX_MANIFESTS`]: a console's misses name any program).
+    manifests: Expiring<ProgramId, Arc<Manifest>>,
     /// Measured copy throughput from each station, bit/s (running mean).
     throughput: HashMap<StationId, f64>,
     /// Round-trip time to each director this one is connected to.
@@ -137,7 +143,7 @@ impl Default for Misses {
         Self {
             gathering: Arc::new(Semaphore::new(MAX_GATHERING)),
             gathering_by: PeerSlots::new(MAX_GATHERING_PER_PEER),
-            manifests: HashMap::new(),
+            manifests: Expiring::new(MANIFESTS_FOR, MAX_MANIFESTS),
             throughput: HashMap::new(),
             rtt: HashMap::new(),
             filling: HashMap::new(),
@@ -198,7 +204,7 @@ impl Misses {
         // over the network fails ("Failed to dial the requested peer").
         let own = (ctx.catalog).and_then(|c| c.get(&program).ok().flatten());
         let kept = || ctx.kept.get(&program).ok().flatten();
-        let manifest = (self.manifests.get(&program).cloned())
+        let manifest = (self.manifests.get(&program, Instant::now()).cloned())
             .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new));
         let lookup = Lookup {
             me: ctx.me.peer_id,
@@ -246,7 +252,7 @@ impl Misses {
                 publish.learn(ctx, g.record);
                 let (ask, manifest) = (&g.ask, &g.manifest);
                 let program = ask.segment.program;
-                self.manifests.insert(program, manifest.clone());
+                (self.manifests).insert(program, manifest.clone(), Instant::now());
                 let answer = self.fill(ctx, (publish, play), (ask, g.held), manifest, g.holders);
                 // A copy comes here: the station answers `Manifest` for the program now.
                 if let (Some(signed), Ok(at)) = (g.fetched, &answer)
