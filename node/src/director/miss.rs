@@ -50,8 +50,7 @@ use crate::expiring::Expiring;
 use crate::peer_slots::PeerSlots;
 use vodmesh_proto::director::ErrorCode;
 
-/// How long a miss waits for a holding station's director to name its engine (its look-up in
-/// the registry included).
+/// How long a miss waits for a holding station's director to name its engine.
 const LOCATE_COPY_WAIT: Duration = Duration::from_secs(3);
 /// How long the look-ups of one miss may take in all: a peer that accepts requests and
 /// never answers (a content manager, a holder, a registry peer) holds a gather no longer.
@@ -493,15 +492,6 @@ impl Lookup {
     /// The engine station `holder` names for the segment, or `None` when it names none in
     /// time (a holder cut off from us must not hold up the miss: it is left out).
     async fn holder(&self, holder: PeerId) -> Option<Holder> {
-        let asked = tokio::time::timeout(LOCATE_COPY_WAIT, self.ask_holder(holder)).await;
-        asked.unwrap_or_else(|_| {
-            tracing::debug!(%holder, "miss: holder did not name an engine in time");
-            None
-        })
-    }
-
-    /// [`Lookup::holder`], unbounded.
-    async fn ask_holder(&self, holder: PeerId) -> Option<Holder> {
         let (station, _) = self.registry.get_station(holder).await.ok()??;
         let SegmentId { program, index } = self.segment;
         let request = Request::LocateCopy {
@@ -509,7 +499,9 @@ impl Lookup {
             index: index.0,
         };
         let addrs = station.addrs.clone();
-        let asked = (self.asker).ask(holder, addrs, request).await;
+        let asked = (self.asker)
+            .ask_within(LOCATE_COPY_WAIT, holder, addrs, request)
+            .await;
         match asked {
             Ok(Response::Located {
                 engine,
