@@ -222,6 +222,57 @@ fn enrollment_gives_engines_tokens() -> Result<()> {
     Ok(())
 }
 
+/// An enrollment token enrolls once: the same station identity presenting it again from a
+/// fresh data directory is refused with a clear line, while the station restarted on its own
+/// data directory with the same `--enroll FILE` renews its certificate and is a member again,
+/// its engines holding tokens (issue 20).
+#[test]
+fn an_enrollment_token_enrolls_once_and_a_restart_renews() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let auth = NodeProcess::start(&dir.path().join("auth"), &["--auth"])?;
+    let issuer = issuer_of(&auth)?;
+    let trusted: TrustedIssuers = [issuer].into_iter().collect();
+    let trust = issuer.to_string();
+    let new_dir = dir.path().join("new");
+    let token_file =
+        vodmesh_tests::cli::enroll_new_station(None, &auth.addr, &auth.key(), &new_dir, &[])?;
+    let token = token_file.to_string_lossy();
+    let station = |data: &Path| {
+        Node::new(data)
+            .bootstrap(&auth.addr)
+            .trust(&trust)
+            .args(&["--enroll", &token])
+    };
+    let new = station(&new_dir).start()?;
+    new.wait_log("a member", Duration::from_secs(20))?;
+    let engine = NodeFile::read(&new.data)?.engines[0].peer_id;
+    check_engine_token(&new, 0, engine, &trusted)?;
+    let new = new.crash()?;
+
+    // The same identity and token from a data directory that never enrolled: refused.
+    let copy_dir = dir.path().join("copy");
+    std::fs::create_dir_all(&copy_dir)?;
+    std::fs::copy(new_dir.join("identity.key"), copy_dir.join("identity.key"))?;
+    let copy = station(&copy_dir).start()?;
+    copy.wait_log("enrollment refused", Duration::from_secs(20))?;
+    assert!(
+        copy.log()
+            .contains("this enrollment token was already used"),
+        "{}",
+        copy.log()
+    );
+    assert!(!copy.log().contains("a member"), "{}", copy.log());
+    copy.kill()?;
+
+    // The station restarted on its data: a renewal, not a refusal.
+    std::fs::remove_file(new_dir.join("engines/0/engine.token"))?;
+    let new = new.start()?;
+    new.wait_log("a member", Duration::from_secs(20))?;
+    assert!(!new.log().contains("enrollment refused"), "{}", new.log());
+    check_engine_token(&new, 0, engine, &trusted)?;
+    Ok(())
+}
+
 /// Waits for engine `index` of `station` to hold its token and checks it is an engine token
 /// for `engine`.
 fn check_engine_token(

@@ -140,3 +140,116 @@ async fn flood_and_ask(
     assert_ne!(location.engine, frozen, "not the frozen holder");
     Ok(())
 }
+
+/// The content manager (the home) is frozen (SIGSTOP: it accepts connections and never
+/// answers) while consoles ask station c, which knows neither program yet, for segments of
+/// a program only the home holds: each such miss must ask the content manager for the
+/// manifest. Eight consoles keep 32 of these gathers going. Before, each held its gather slot
+/// until the look-ups gave up (the registry queries and the asks of each holder one after the
+/// other), so the flood kept every slot and another console's miss was answered busy; now a
+/// gather gives up on a content manager that does not answer within a few seconds and says
+/// so, a program whose manifest could not be had is answered at once for a while, and the
+/// other console's miss of the replicated program is filled from the replica's station.
+#[test]
+fn a_content_manager_that_never_answers_does_not_hold_the_gathers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let program = Program {
+        title: "replicated",
+        segments: 2,
+        segment_size: 256 * 1024,
+        bitrate: None,
+        seed: 11,
+    };
+    let setup = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home")).engines(1).home(),
+        Node::new(&dir.path().join("b")).engines(1),
+        program,
+    )?;
+    let only_home = dir.path().join("only-home.bin");
+    random_file(&only_home, 512 * 1024, 12)?;
+    let lone: ProgramId = Ingest::new(&setup.home.addr, &setup.home.key(), "lone", &only_home)
+        .publish_now()
+        .segment_size(256 * 1024)
+        .run()?
+        .parse()?;
+    let c = Node::new(&dir.path().join("c"))
+        .engines(1)
+        .enrolled_with(&setup.home)?
+        .start()?;
+    let (home, b) = (setup.home.peer(), setup.b.peer());
+    wait::blocking("c to find both holders", Duration::from_secs(30), || {
+        let directors = status::directors(&c.addr)?;
+        Ok(directors.contains(&home) && directors.contains(&b))
+    })?;
+    let replicated: ProgramId = setup.program.parse()?;
+    let frozen = setup.home.engines()?.remove(0).peer_id;
+    setup.home.signal("STOP")?;
+    let outcome = tokio::runtime::Runtime::new()?.block_on(frozen_manager(
+        &c.addr,
+        (lone, replicated),
+        frozen,
+    ));
+    setup.home.signal("CONT")?;
+    outcome
+}
+
+/// The flood and the other console's miss of
+/// [`a_content_manager_that_never_answers_does_not_hold_the_gathers`].
+async fn frozen_manager(
+    c: &libp2p::Multiaddr,
+    (lone, replicated): (ProgramId, ProgramId),
+    frozen: libp2p::PeerId,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (said_tx, mut said) = tokio::sync::watch::channel(None::<String>);
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let flooder = std::sync::Arc::new(Console::connect(c, None).await?);
+        for i in 0..4 {
+            let (flooder, said_tx) = (flooder.clone(), said_tx.clone());
+            flood.spawn(async move {
+                loop {
+                    let answer = flooder.locate(lone, i % 2, false).await;
+                    if let Err(e) = answer {
+                        let line = e.to_string();
+                        if !line.contains("too many misses") {
+                            said_tx.send_replace(Some(line));
+                        }
+                        // A flood, not a spin: the answers come at once now.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            });
+        }
+    }
+    // The flood's gathers end, with a line that names the silent content manager.
+    let line = tokio::time::timeout(Duration::from_secs(90), said.wait_for(Option::is_some))
+        .await??
+        .clone()
+        .unwrap_or_default();
+    eprintln!("flood answered after {:?}: {line}", started.elapsed());
+    assert!(
+        line.contains("content manager did not answer in time"),
+        "{line}"
+    );
+
+    // While the flood goes on, another console's miss of the replicated program is filled.
+    let other = Console::connect(c, None).await?;
+    let retry_busy = async {
+        loop {
+            match other.locate(replicated, 1, false).await {
+                Ok(location) => return Ok(location),
+                Err(e) if e.to_string().contains("too many misses") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let location = tokio::time::timeout(Duration::from_secs(60), retry_busy).await??;
+    eprintln!("other filled after {:?}", started.elapsed());
+    flood.abort_all();
+    assert_ne!(location.engine, frozen, "not the frozen holder");
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! A map whose entries expire and whose size is bounded: what a director keeps for a peer
 //! that may never come back (a console in the middle of a swap that went away), so that
-//! nothing a peer can cause grows without end.
+//! nothing a peer can cause grows without end. [`Waiting`]: requests parked until one piece
+//! of work ends, a bounded number a key.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -50,6 +51,12 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         (now.duration_since(at) < self.ttl).then_some(value)
     }
 
+    /// The value under `key`, unless it expired by `now`.
+    pub(crate) fn get(&self, key: &K, now: Instant) -> Option<&V> {
+        let (value, at) = self.entries.get(key)?;
+        (now.duration_since(*at) < self.ttl).then_some(value)
+    }
+
     /// Whether `key` holds a value that has not expired by `now`.
     pub(crate) fn contains(&self, key: &K, now: Instant) -> bool {
         (self.entries.get(key)).is_some_and(|(_, at)| now.duration_since(*at) < self.ttl)
@@ -69,9 +76,69 @@ impl<K: Hash + Eq + Clone, V> Default for Expiring<K, V> {
     }
 }
 
+/// Requests waiting, by key, for one piece of work each key starts (a fetch): at most `cap`
+/// a key, so that a peer asking again and again while the work runs cannot grow the list.
+#[derive(Debug)]
+pub(crate) struct Waiting<K, T> {
+    cap: usize,
+    lists: HashMap<K, Vec<T>>,
+}
+
+impl<K: Hash + Eq, T> Waiting<K, T> {
+    /// At most `cap` waiting a key.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            lists: HashMap::new(),
+        }
+    }
+
+    /// Parks `item` under `key`: `Ok(true)` when it is the first (the caller starts the
+    /// work), `Ok(false)` when it joins others, `Err(item)` when `cap` already wait.
+    pub(crate) fn push(&mut self, key: K, item: T) -> Result<bool, T> {
+        let list = self.lists.entry(key).or_default();
+        if list.len() >= self.cap {
+            return Err(item);
+        }
+        list.push(item);
+        Ok(list.len() == 1)
+    }
+
+    /// Whether anything waits under `key`.
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.lists.contains_key(key)
+    }
+
+    /// Everything that waited under `key` (its work ended).
+    pub(crate) fn take(&mut self, key: &K) -> Vec<T> {
+        self.lists.remove(key).unwrap_or_default()
+    }
+}
+
+impl<K: Hash + Eq, T> Default for Waiting<K, T> {
+    /// 64 a key.
+    fn default() -> Self {
+        Self::new(64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_lists_are_bounded_and_emptied_when_their_work_ends() {
+        let mut waiting = Waiting::new(3);
+        assert_eq!(waiting.push("p", 1), Ok(true), "the first starts the work");
+        assert_eq!(waiting.push("p", 2), Ok(false));
+        assert_eq!(waiting.push("p", 3), Ok(false));
+        assert_eq!(waiting.push("p", 4), Err(4), "bounded");
+        assert_eq!(waiting.push("q", 5), Ok(true), "a key of its own");
+        assert!(waiting.contains(&"p"));
+        assert_eq!(waiting.take(&"p"), vec![1, 2, 3]);
+        assert!(!waiting.contains(&"p"));
+        assert_eq!(waiting.push("p", 6), Ok(true), "the next round");
+    }
 
     #[test]
     fn entries_expire_and_the_oldest_goes_when_full() {
@@ -80,6 +147,8 @@ mod tests {
         let mut map = Expiring::new(s(60), 3);
         map.insert("a", 1, t0);
         assert!(map.contains(&"a", t0 + s(59)) && !map.contains(&"a", t0 + s(60)));
+        assert_eq!(map.get(&"a", t0 + s(59)), Some(&1));
+        assert_eq!(map.get(&"a", t0 + s(60)), None, "expired");
         assert_eq!(map.remove(&"a", t0 + s(59)), Some(1));
         map.insert("b", 2, t0);
         assert_eq!(map.remove(&"b", t0 + s(60)), None, "expired");

@@ -223,6 +223,7 @@ impl Station {
             draining: draining.clone(),
             certificate: certificate_rx,
         };
+        let membership = config.data.join(engines::MEMBERSHIP_FILE);
         let dir = director::start(
             director_key.clone(),
             config,
@@ -242,6 +243,7 @@ impl Station {
                 registry: dir.registry.clone(),
                 station: director_key,
                 token,
+                membership,
             }),
             (None, None) => None,
         };

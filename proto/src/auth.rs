@@ -142,10 +142,15 @@ pub enum Request {
         proof: Option<Signed>,
     },
     /// A fresh station certificate in exchange for the calling director's current one, still
-    /// valid and not revoked (a station renews before expiry).
+    /// valid and not revoked (a station renews before expiry, and when it restarts: an
+    /// enrollment token enrolls once).
     Renew {
         /// The current certificate.
         certificate: serde_bytes::ByteBuf,
+        /// The station's engines, replacing the enrolled ones (a restarted station lists
+        /// them again); `None` leaves them (absent in requests of earlier releases).
+        #[serde(default)]
+        engines: Option<Vec<PeerId>>,
     },
     /// Ends the membership of the station whose director is `station` before its certificate
     /// expires (admin only): its certificate is not renewed, and the auth station's record
@@ -286,6 +291,11 @@ mod tests {
             Request::StationEngineToken { engine: peer() },
             Request::Renew {
                 certificate: bytes.clone(),
+                engines: None,
+            },
+            Request::Renew {
+                certificate: bytes.clone(),
+                engines: Some(vec![peer()]),
             },
             Request::Revoke {
                 station: peer(),

@@ -4,21 +4,28 @@
 //! - `users`: user name -> [`UserRecord`] (argon2id hash, admin flag, program rights);
 //! - `stations`: station (director) peer id bytes -> [`Enrollment`];
 //! - `engines`: engine peer id bytes -> its station's peer id bytes, the index
-//!   `issue_engine_token` looks up.
+//!   `issue_engine_token` looks up;
+//! - `enrollments_used`: enrollment token id -> its expiry (ms): each token enrolls once, and
+//!   is forgotten once it expired (an expired token is refused anyway).
 
 use std::path::Path;
 
 use libp2p::PeerId;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use vodmesh_proto::codec;
-use vodmesh_proto::token::{Rights, TokenId};
+use vodmesh_proto::token::{CLOCK_SKEW_MS, Rights, TokenId};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const STATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stations");
 const ENGINES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engines");
 /// Revoked stations: director peer id -> when (ms since the epoch).
 const REVOKED: TableDefinition<&[u8], u64> = TableDefinition::new("revoked");
+/// Enrollment tokens presented: token id -> its expiry (ms since the epoch).
+const USED: TableDefinition<&[u8], u64> = TableDefinition::new("enrollments_used");
 
 /// Largest record read back, in bytes (a user with thousands of listed programs fits).
 const MAX_RECORD: usize = 4 * 1024 * 1024;
@@ -117,6 +124,7 @@ impl SubscriberDb {
         tx.open_table(STATIONS)?;
         tx.open_table(ENGINES)?;
         tx.open_table(REVOKED)?;
+        tx.open_table(USED)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -187,32 +195,42 @@ impl SubscriberDb {
 
     /// Records `station` as enrolled with `engines`, replacing what it enrolled before.
     pub fn enroll(&self, station: &PeerId, enrollment: &Enrollment) -> Result<(), DbError> {
-        let key = station.to_bytes();
         let tx = self.db.begin_write()?;
-        {
-            let mut stations = tx.open_table(STATIONS)?;
-            let mut engines = tx.open_table(ENGINES)?;
-            let previous: Option<Enrollment> = match stations.get(key.as_slice())? {
-                Some(v) => Some(decode(v.value(), &format_args!("station {station}"))?),
-                None => None,
-            };
-            // Engines the station no longer lists lose their tokens (unless re-listed below).
-            for old in previous.iter().flat_map(|p| &p.engines) {
-                let old = old.to_bytes();
-                let owned_here = engines
-                    .get(old.as_slice())?
-                    .is_some_and(|v| v.value() == key.as_slice());
-                if owned_here {
-                    engines.remove(old.as_slice())?;
-                }
-            }
-            for engine in &enrollment.engines {
-                engines.insert(engine.to_bytes().as_slice(), key.as_slice())?;
-            }
-            stations.insert(key.as_slice(), codec::encode(enrollment).as_slice())?;
-        }
+        write_enrollment(&tx, station, enrollment)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// As [`SubscriberDb::enroll`] with the enrollment token `token` (valid until
+    /// `expires_ms`), which is marked used in the same transaction: `Ok(false)`, and nothing
+    /// written, if it was used before. Tokens expired at `now_ms` are forgotten.
+    pub fn enroll_once(
+        &self,
+        station: &PeerId,
+        enrollment: &Enrollment,
+        token: TokenId,
+        expires_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, DbError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut used = tx.open_table(USED)?;
+            if used.get(token.0.as_slice())?.is_some() {
+                return Ok(false);
+            }
+            // An expired token is refused before it gets here, so its id need not be kept.
+            used.retain(|_, expires| expires.saturating_add(CLOCK_SKEW_MS) > now_ms)?;
+            used.insert(token.0.as_slice(), expires_ms)?;
+        }
+        write_enrollment(&tx, station, enrollment)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Whether the enrollment token `token` was used (and not yet forgotten).
+    pub fn enrollment_used(&self, token: TokenId) -> Result<bool, DbError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(USED)?.get(token.0.as_slice())?.is_some())
     }
 
     /// The enrollment of `station`, if it is enrolled.
@@ -279,6 +297,36 @@ impl SubscriberDb {
                 reason: e.to_string(),
             })
     }
+}
+
+/// Writes `station`'s enrollment in `tx`, replacing what it enrolled before.
+fn write_enrollment(
+    tx: &WriteTransaction,
+    station: &PeerId,
+    enrollment: &Enrollment,
+) -> Result<(), DbError> {
+    let key = station.to_bytes();
+    let mut stations = tx.open_table(STATIONS)?;
+    let mut engines = tx.open_table(ENGINES)?;
+    let previous: Option<Enrollment> = match stations.get(key.as_slice())? {
+        Some(v) => Some(decode(v.value(), &format_args!("station {station}"))?),
+        None => None,
+    };
+    // Engines the station no longer lists lose their tokens (unless re-listed below).
+    for old in previous.iter().flat_map(|p| &p.engines) {
+        let old = old.to_bytes();
+        let owned_here = engines
+            .get(old.as_slice())?
+            .is_some_and(|v| v.value() == key.as_slice());
+        if owned_here {
+            engines.remove(old.as_slice())?;
+        }
+    }
+    for engine in &enrollment.engines {
+        engines.insert(engine.to_bytes().as_slice(), key.as_slice())?;
+    }
+    stations.insert(key.as_slice(), codec::encode(enrollment).as_slice())?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,11 +11,16 @@
 //! ([`Request::StationEngineToken`], bound to that engine, granted only for an engine the
 //! station enrolled) and forwards it over the backplane ([`crate::blade`]).
 //!
+//! An enrollment token enrolls once. The certificate it brought is kept in
+//! `DATA/membership.cbor` ([`MEMBERSHIP_FILE`], rewritten at each renewal) with the token's id,
+//! and a station restarted with the same `--enroll FILE` renews that certificate (listing its
+//! engines again) instead of enrolling; a new token file enrolls anew.
+//!
 //! Tokens are refreshed when half their lifetime is left, kept in memory ([`EngineTokens`])
 //! and written to `DATA/engines/<i>/engine.token` (0600; an engine process writes its own).
 //! A refused enrollment is final and logged; an unreachable auth server is retried.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +31,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 use vodmesh_client::auth::{AuthClient, AuthError, AuthServer};
-use vodmesh_client::files::write_private;
+use vodmesh_client::files::{read_small, write_private};
 use vodmesh_proto::auth::Request;
+use vodmesh_proto::codec;
 use vodmesh_proto::ids::short_peer;
 use vodmesh_proto::member;
 use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Audience, Claims, TrustedIssuers};
+use vodmesh_proto::token::{Audience, Claims, MAX_TOKEN, TokenId, TrustedIssuers};
 use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use super::Server;
@@ -41,6 +47,9 @@ use super::Server;
 pub const TOKEN_FILE: &str = "engine.token";
 /// Wait between attempts while the auth server cannot be found or reached.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// File name, in a station's data directory, of its membership: its certificate and the id of
+/// the enrollment token that brought it.
+pub const MEMBERSHIP_FILE: &str = "membership.cbor";
 /// Shortest wait between refreshes.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 
@@ -122,7 +131,56 @@ pub enum Source {
         station: Keypair,
         /// The enrollment token.
         token: Vec<u8>,
+        /// Where the membership is kept ([`MEMBERSHIP_FILE`] in the data directory).
+        membership: PathBuf,
     },
+}
+
+/// What a station keeps of its enrollment, to renew it when it restarts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Membership {
+    /// The enrollment token it came from.
+    token: TokenId,
+    /// The latest certificate.
+    certificate: ByteBuf,
+}
+
+/// The membership kept at `path`, if it came from the enrollment token `token`.
+fn load_membership(path: &Path, token: TokenId) -> Option<Vec<u8>> {
+    if !path.exists() {
+        return None;
+    }
+    let read = read_small(path, "station membership", 2 * MAX_TOKEN as u64)
+        .map_err(|e| e.to_string())
+        .and_then(|b| codec::decode::<Membership>(&b, 2 * MAX_TOKEN).map_err(|e| e.to_string()));
+    match read {
+        Ok(kept) if kept.token == token => Some(kept.certificate.into_vec()),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(cause = %e, "ignoring an unreadable membership file");
+            None
+        }
+    }
+}
+
+/// Keeps `certificate` of the enrollment `token` for the next start, when the source is remote.
+fn save_membership(source: &Source, certificate: &[u8]) {
+    let Source::Remote {
+        token, membership, ..
+    } = source
+    else {
+        return;
+    };
+    let Ok(claims) = Claims::peek(token) else {
+        return;
+    };
+    let kept = Membership {
+        token: claims.id,
+        certificate: ByteBuf::from(certificate.to_vec()),
+    };
+    if let Err(e) = write_private(membership, &codec::encode(&kept), "station membership") {
+        warn!(cause = %e, "cannot keep the station certificate: a restart will need a new enrollment token");
+    }
 }
 
 /// Starts keeping tokens for `engines` from `source`, and the station's certificate in
@@ -183,6 +241,7 @@ async fn keep(
         roles = %cert.1.roles.unwrap_or_default().words(),
         "station enrolled with the auth server: a member"
     );
+    save_membership(&source, &cert.0);
     certificate.send_replace(Some(cert.0.clone()));
     loop {
         let mut next = RETRY;
@@ -194,6 +253,7 @@ async fn keep(
             match renew(&source, server.as_ref(), &cert.0).await {
                 Ok(renewed) => {
                     cert = renewed;
+                    save_membership(&source, &cert.0);
                     earliest_expiry = cert.1.expires_ms;
                     certificate.send_replace(Some(cert.0.clone()));
                     debug!(
@@ -259,6 +319,7 @@ async fn enroll(
             registry,
             station,
             token,
+            membership,
         } => {
             let local = station.public().to_peer_id();
             let stations = vodmesh_registry::walk(registry, local, WalkLimits::default())
@@ -268,13 +329,34 @@ async fn enroll(
                 .iter()
                 .find_map(|(r, _)| AuthServer::from_record(r))
                 .ok_or_else(|| Failure::Retry("no auth server in the swarm yet".into()))?;
+            let id = Claims::peek(token)
+                .map_err(|e| Failure::Refused(format!("the enrollment token: {e}")))?
+                .id;
             let client = AuthClient::connect(&server, station.clone()).await?;
-            let cert = client
-                .token(Request::Enroll {
-                    token: ByteBuf::from(token.clone()),
-                    engines: peers,
-                })
-                .await?;
+            let cert = match load_membership(membership, id) {
+                // A restart: the token was used; the certificate it brought is renewed.
+                Some(kept) => client
+                    .token(Request::Renew {
+                        certificate: ByteBuf::from(kept),
+                        engines: Some(peers),
+                    })
+                    .await
+                    .map_err(|e| match Failure::from(e) {
+                        Failure::Refused(line) => Failure::Refused(format!(
+                            "renewing the certificate kept in {}: {line} (if it expired or was revoked, enroll this station again with a new token: vodmesh enroll)",
+                            membership.display()
+                        )),
+                        retry => retry,
+                    })?,
+                None => {
+                    client
+                        .token(Request::Enroll {
+                            token: ByteBuf::from(token.clone()),
+                            engines: peers,
+                        })
+                        .await?
+                }
+            };
             let cert = checked(cert, &local, &server.trusted())?;
             Ok((Some(server), cert))
         }
@@ -296,13 +378,18 @@ async fn renew(
         ) => {
             let (server, station, cert) = (server.clone(), *station, cert.to_vec());
             let trusted = [server.issuer_key()].into_iter().collect();
-            let renewed = blocking(move || server.renew(&cert, station, now_ms())).await?;
+            let renewed = blocking(move || server.renew(&cert, station, None, now_ms())).await?;
             checked(renewed, &station, &trusted)
         }
         (Source::Remote { station, .. }, Some(server)) => {
             let client = AuthClient::connect(server, station.clone()).await?;
             let certificate = ByteBuf::from(cert.to_vec());
-            let renewed = client.token(Request::Renew { certificate }).await?;
+            let renewed = client
+                .token(Request::Renew {
+                    certificate,
+                    engines: None,
+                })
+                .await?;
             checked(renewed, &station.public().to_peer_id(), &server.trusted())
         }
         (Source::Remote { .. }, None) => Err(Failure::Retry("auth server unknown".into())),

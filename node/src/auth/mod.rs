@@ -79,6 +79,12 @@ pub enum Error {
     /// Engine tokens go only to engines of enrolled stations.
     #[error("engine {0} is not enrolled: enroll its station with `vodmesh enroll`")]
     NotEnrolled(PeerId),
+    /// An enrollment token enrolls once: a station that restarts renews the certificate it
+    /// got (kept in its data directory) instead.
+    #[error(
+        "this enrollment token was already used: a station enrolls once and then renews its certificate; for a new enrollment ask an admin for a new token (`vodmesh enroll`)"
+    )]
+    EnrollmentUsed,
     /// The station's membership was revoked (`vodmesh station revoke`).
     #[error("station {0} was revoked: an admin must enroll it again")]
     Revoked(PeerId),
@@ -166,6 +172,13 @@ fn check_user_name(name: &str) -> Result<(), Error> {
         return Err(Error::BadUserName("contains spaces or control characters"));
     }
     Ok(())
+}
+
+fn check_engines(engines: &[PeerId]) -> Result<(), Error> {
+    match engines.len() > MAX_ENGINES {
+        true => Err(Error::TooManyEngines(engines.len())),
+        false => Ok(()),
+    }
 }
 
 impl Server {
@@ -537,7 +550,8 @@ impl Server {
 
     /// A station (`--enroll FILE`) presents its enrollment token from its director's peer id
     /// `station`, listing its engines; from then on those engines receive engine tokens.
-    /// Enrolling again replaces the engine list. Returns the station's certificate, with the
+    /// Each token enrolls once ([`Error::EnrollmentUsed`] after): a station that restarts
+    /// renews its certificate ([`Server::renew`]). Returns the station's certificate, with the
     /// roles the enrollment token grants.
     #[instrument(skip_all, fields(station = %short_peer(&station), engines = engines.len()))]
     pub fn enroll_station(
@@ -551,12 +565,27 @@ impl Server {
             .own
             .verify(token, now_ms, Audience::Enroll, None, &station)?;
         // A token issued after the revocation is an admin's new decision: it enrolls again.
-        match self.db.revoked(&station)? {
-            Some(at) if claims.not_before_ms <= at => return Err(Error::Revoked(station)),
-            Some(_) => self.db.unrevoke(&station)?,
-            None => {}
+        let revoked = self.db.revoked(&station)?;
+        if revoked.is_some_and(|at| claims.not_before_ms <= at) {
+            return Err(Error::Revoked(station));
         }
-        self.record_enrollment(station, engines, now_ms, Some(claims.id))?;
+        check_engines(engines)?;
+        let enrollment = Enrollment {
+            engines: engines.to_vec(),
+            enrolled_ms: now_ms,
+            token: Some(claims.id),
+        };
+        let first =
+            (self.db).enroll_once(&station, &enrollment, claims.id, claims.expires_ms, now_ms)?;
+        if !first {
+            warn!(token = %claims.id, "enrollment token presented again: refused");
+            return Err(Error::EnrollmentUsed);
+        }
+        if revoked.is_some() {
+            self.db.unrevoke(&station)?;
+        }
+        Metrics::inc(&self.metrics.enrollments);
+        info!("station enrolled");
         self.certify(station, claims.roles.unwrap_or_default(), now_ms)
     }
 
@@ -584,18 +613,25 @@ impl Server {
     }
 
     /// A fresh certificate for `station`, in exchange for its current one: signed by this
-    /// server, still valid, presented by its own station, and not revoked.
+    /// server, still valid, presented by its own station, and not revoked. A station that
+    /// restarts renews this way and lists its `engines` again (they replace the enrolled
+    /// ones); a renewal while it runs lists none and changes nothing.
     #[instrument(skip_all, fields(station = %short_peer(&station)))]
     pub fn renew(
         &self,
         certificate: &[u8],
         station: PeerId,
+        engines: Option<&[PeerId]>,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
         let claims = self
             .own
             .verify(certificate, now_ms, Audience::Member, None, &station)?;
         self.check_not_revoked(&station)?;
+        if let Some(engines) = engines {
+            let token = self.db.station(&station)?.and_then(|e| e.token);
+            self.record_enrollment(station, engines, now_ms, token)?;
+        }
         self.certify(station, claims.roles.unwrap_or_default(), now_ms)
     }
 
@@ -624,9 +660,7 @@ impl Server {
         now_ms: u64,
         token: Option<TokenId>,
     ) -> Result<(), Error> {
-        if engines.len() > MAX_ENGINES {
-            return Err(Error::TooManyEngines(engines.len()));
-        }
+        check_engines(engines)?;
         self.db.enroll(
             &station,
             &Enrollment {

@@ -189,7 +189,12 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
         Request::Enroll { token: t, engines } => {
             server.enroll_station(&t, peer, &engines, now_ms).map(token)
         }
-        Request::Renew { certificate } => server.renew(&certificate, peer, now_ms).map(token),
+        Request::Renew {
+            certificate,
+            engines,
+        } => server
+            .renew(&certificate, peer, engines.as_deref(), now_ms)
+            .map(token),
         Request::Revoke {
             station,
             admin_token,

@@ -302,8 +302,11 @@ fn enrollment_opens_engine_tokens() -> anyhow::Result<()> {
     assert_eq!(rec.token, Some(Claims::peek(&enroll)?.id));
     // The station itself (the director) is not an engine.
     assert!(f.server.issue_engine_token(station, T0).is_err());
-    // Re-enrolling with fewer engines withdraws the others.
-    f.server.enroll_station(&enroll, station, &[e2], T0 + 1)?;
+    // Renewing (as a restarted station does) with fewer engines withdraws the others.
+    let cert = f.server.enroll_station(&enroll, station, &[e2], T0 + 1);
+    assert!(matches!(cert, Err(Error::EnrollmentUsed)), "{cert:?}");
+    let cert = f.server.certify(station, Roles::default(), T0);
+    f.server.renew(&cert?, station, Some(&[e2]), T0 + 1)?;
     assert!(matches!(
         f.server.issue_engine_token(e1, T0),
         Err(Error::NotEnrolled(_))
@@ -334,20 +337,20 @@ fn certificates_carry_the_granted_roles_renew_and_end_with_a_revocation() -> any
     let check = |cert: &[u8], at| vodmesh_proto::member::verify(cert, &station, &f.trusted, at);
     let (_, member) = check(&cert, T0)?;
     assert_eq!(member.roles, roles);
-    let renewed = f.server.renew(&cert, station, T0 + 1_000)?;
+    let renewed = f.server.renew(&cert, station, None, T0 + 1_000)?;
     assert!(check(&renewed, T0 + 1_000).unwrap().1.expires_ms > member.expires_ms);
     assert!(
-        f.server.renew(&cert, PeerId::random(), T0).is_err(),
+        f.server.renew(&cert, PeerId::random(), None, T0).is_err(),
         "another peer's"
     );
     assert!(
-        f.server.renew(&enroll, station, T0).is_err(),
+        f.server.renew(&enroll, station, None, T0).is_err(),
         "not a certificate"
     );
 
     f.server.db().revoke(&station, T0 + 2_000)?;
     assert!(matches!(
-        f.server.renew(&renewed, station, T0 + 3_000),
+        f.server.renew(&renewed, station, None, T0 + 3_000),
         Err(Error::Revoked(_))
     ));
     assert!(matches!(
@@ -359,7 +362,73 @@ fn certificates_carry_the_granted_roles_renew_and_end_with_a_revocation() -> any
         .issue_enroll_token(f.as_station(), station, roles, T0 + 4_000)?;
     let cert = f.server.enroll_station(&again, station, &[], T0 + 4_000)?;
     check(&cert, T0 + 4_000)?;
-    f.server.renew(&cert, station, T0 + 5_000)?;
+    f.server.renew(&cert, station, None, T0 + 5_000)?;
+    Ok(())
+}
+
+/// An enrollment token enrolls once, and a restart of the auth server does not open it again;
+/// the enrolled station renews its certificate (listing its engines again, as it does when it
+/// restarts), and a new token from an admin enrolls it anew.
+#[test]
+fn an_enrollment_token_enrolls_once_and_the_station_renews() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let admin = PeerId::random();
+    let config = || Config {
+        hash: HashParams::INSECURE_FOR_TESTS,
+        admins: vec![admin],
+        ..Config::default()
+    };
+    let as_admin = Caller {
+        peer: admin,
+        token: None,
+    };
+    let station = PeerId::random();
+    let (e1, e2) = (PeerId::random(), PeerId::random());
+    let (enroll, cert) = {
+        let server = Server::open(dir.path(), config())?;
+        let enroll = server.issue_enroll_token(as_admin, station, Roles::default(), T0)?;
+        let cert = server.enroll_station(&enroll, station, &[e1], T0)?;
+        let again = server.enroll_station(&enroll, station, &[e1], T0 + 1);
+        assert!(matches!(again, Err(Error::EnrollmentUsed)), "{again:?}");
+        assert!(
+            again
+                .err()
+                .is_some_and(|e| e.to_string().contains("already used")),
+            "a clear error"
+        );
+        (enroll, cert)
+    };
+    let server = Server::open(dir.path(), config())?;
+    let again = server.enroll_station(&enroll, station, &[e1, e2], T0 + 2);
+    assert!(matches!(again, Err(Error::EnrollmentUsed)), "{again:?}");
+    assert!(
+        server.issue_engine_token(e2, T0 + 2).is_err(),
+        "nothing written"
+    );
+    // The enrolled station renews, with its engines again: renewal is no enrollment.
+    let renewed = server.renew(&cert, station, Some(&[e1, e2]), T0 + 3)?;
+    let trusted: TrustedIssuers = [server.issuer_key()].into_iter().collect();
+    vodmesh_proto::member::verify(&renewed, &station, &trusted, T0 + 3)?;
+    server.issue_engine_token(e2, T0 + 3)?;
+    assert_eq!(
+        server.db().station(&station)?.and_then(|e| e.token),
+        Some(Claims::peek(&enroll)?.id),
+        "the enrollment still names its token"
+    );
+    // Control: a new token enrolls, once.
+    let fresh = server.issue_enroll_token(as_admin, station, Roles::default(), T0 + 4)?;
+    server.enroll_station(&fresh, station, &[e1], T0 + 4)?;
+    assert!(server.db().enrollment_used(Claims::peek(&fresh)?.id)?);
+    // Used tokens are forgotten once expired (refused as expired anyway).
+    let other = PeerId::random();
+    let late = T0 + 48 * 3_600_000;
+    let third = server.issue_enroll_token(as_admin, other, Roles::default(), late)?;
+    server.enroll_station(&third, other, &[], late)?;
+    assert!(!server.db().enrollment_used(Claims::peek(&enroll)?.id)?);
+    assert!(matches!(
+        server.enroll_station(&enroll, station, &[], late),
+        Err(Error::Token(TokenError::Expired))
+    ));
     Ok(())
 }
 

@@ -133,7 +133,9 @@ pub struct Args {
     /// An enrollment token file (`vodmesh enroll`): presented to the auth server at start,
     /// which certifies the station a member of the swarm (with the roles the token grants,
     /// renewed while it runs); its engines then receive engine tokens
-    /// (DIR/engines/<i>/engine.token). A token made out to another station stops the start.
+    /// (DIR/engines/<i>/engine.token). A token enrolls once: a restart with the same file
+    /// renews the certificate kept in DIR/membership.cbor. A token made out to another
+    /// station stops the start.
     #[arg(long, value_name = "FILE")]
     pub enroll: Option<PathBuf>,
     /// Region name, used to prefer nearby stations.

@@ -31,6 +31,12 @@ const ASK_WITHIN: Duration = Duration::from_secs(5);
 const LISTING_CONCURRENCY: usize = 16;
 /// Holders asked for a manifest, at most, when the content manager does not answer.
 const MANIFEST_HOLDERS: usize = 8;
+/// How long the content manager may take to give a manifest, its look-up in the registry
+/// included: one that accepts the request and never answers must not hold a miss.
+const MANAGER_WITHIN: Duration = Duration::from_secs(3);
+/// How long the holders, asked after a silent content manager, may take in all (finding them
+/// in the registry may wait out a registry query's time-out, 10 s).
+const HOLDERS_WITHIN: Duration = Duration::from_secs(15);
 
 /// A catalog record, verified, with the envelope it came in: the envelope is what a station
 /// keeps and passes on (readers verify the content manager's signature themselves).
@@ -98,30 +104,40 @@ pub(super) fn check_manifest(
 }
 
 /// The program's signed manifest, verified against `record`: from its content manager, or,
-/// when that does not answer, from the first holder that gives one (issue 25).
+/// when that does not answer within [`MANAGER_WITHIN`], from the first holder that gives one
+/// within [`HOLDERS_WITHIN`] (issue 25); [`Error::ManifestSilent`] when nobody answered in
+/// time.
 pub(super) async fn fetch_manifest(
     registry: &RegistryHandle,
     asker: &Asker,
     me: PeerId,
     record: &CatalogRecord,
 ) -> Result<FetchedManifest, Error> {
-    let from_cm = ask_manifest(registry, asker, record.content_manager, record).await;
-    let first_error = match from_cm {
-        Ok(fetched) => return Ok(fetched),
-        Err(e) => e,
+    let manager = ask_manifest(registry, asker, record.content_manager, record);
+    let first_error = match tokio::time::timeout(MANAGER_WITHIN, manager).await {
+        Ok(Ok(fetched)) => return Ok(fetched),
+        Ok(Err(e)) => e,
+        Err(_) => Error::ManifestSilent,
     };
     tracing::debug!(program = %record.program, error = %first_error, "content manager gave no manifest; asking holders");
-    let holders = registry.holders(record.program).await.unwrap_or_default();
-    let others = (holders.into_iter())
-        .filter(|h| *h != me && *h != record.content_manager)
-        .take(MANIFEST_HOLDERS);
-    for holder in others {
-        match ask_manifest(registry, asker, holder, record).await {
-            Ok(fetched) => return Ok(fetched),
-            Err(e) => tracing::debug!(%holder, error = %e, "holder gave no manifest"),
+    let from_holders = async {
+        let holders = registry.holders(record.program).await.unwrap_or_default();
+        let others = (holders.into_iter())
+            .filter(|h| *h != me && *h != record.content_manager)
+            .take(MANIFEST_HOLDERS);
+        for holder in others {
+            match ask_manifest(registry, asker, holder, record).await {
+                Ok(fetched) => return Some(fetched),
+                Err(e) => tracing::debug!(%holder, error = %e, "holder gave no manifest"),
+            }
         }
+        None
+    };
+    match tokio::time::timeout(HOLDERS_WITHIN, from_holders).await {
+        Ok(Some(fetched)) => Ok(fetched),
+        Ok(None) => Err(first_error),
+        Err(_) => Err(Error::ManifestSilent),
     }
-    Err(first_error)
 }
 
 /// Asks the director `peer` (found in the registry) for `record`'s manifest.

@@ -118,6 +118,14 @@ pub(super) enum Error {
     /// The program's content manager has no live station record.
     #[error("the program's content manager is not in the swarm")]
     ContentManagerGone,
+    /// Neither the program's content manager nor a holder gave its manifest in time.
+    #[error(
+        "the program's content manager did not answer in time, nor did any holder give its manifest; retry later"
+    )]
+    ManifestSilent,
+    /// The look-ups of a miss (registry, holders) did not end in time.
+    #[error("the stations holding this program did not answer in time; retry")]
+    GatherTimedOut,
     /// The admin proof does not hold.
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -186,6 +194,8 @@ impl Error {
             | Self::BadManifest(_)
             | Self::UnverifiedManifest(_)
             | Self::ContentManagerGone
+            | Self::ManifestSilent
+            | Self::GatherTimedOut
             | Self::Registry(_)
             | Self::Ask(_) => C::Unavailable,
             Self::NotContentManager

@@ -46,11 +46,27 @@ use super::publish::Publishing;
 use super::tasks::Tasks;
 use crate::control::{Copied, Source};
 use crate::events::Kind;
+use crate::expiring::Expiring;
 use crate::peer_slots::PeerSlots;
 use vodmesh_proto::director::ErrorCode;
 
 /// How long a miss waits for a holding station's director to name its engine.
 const LOCATE_COPY_WAIT: Duration = Duration::from_secs(3);
+/// How long the look-ups of one miss may take in all: a peer that accepts requests and
+/// never answers (a content manager, a holder, a registry peer) holds a gather no longer.
+/// A registry query that meets such a peer ends only at its query time-out (10 s), and a
+/// miss may need three in a row (the record, the holders for a manifest, the holders).
+const GATHER_WITHIN: Duration = Duration::from_secs(40);
+/// How long a program whose manifest nobody gave in time is answered at once
+/// ([`Error::ManifestSilent`]), without a gather: asks of it cannot hold the gathers.
+const SILENT_FOR: Duration = Duration::from_secs(10);
+/// Programs remembered as silent, at most.
+const MAX_SILENT: usize = 1024;
+/// How long a manifest fetched for a miss is kept (a station that keeps copies of a program
+/// also has it in `kept.redb`).
+const MANIFESTS_FOR: Duration = Duration::from_secs(3600);
+/// Manifests kept for misses, at most.
+const MAX_MANIFESTS: usize = 1024;
 /// Weight of a new throughput measurement in the running mean.
 const EWMA: f64 = 0.5;
 /// Copies smaller than this say little about a link's throughput.
@@ -84,6 +100,8 @@ pub(super) enum Done {
     Gathered(Box<Gathered>),
     /// An answer ready to send (the look-ups failed).
     Reply(Reply),
+    /// Nobody gave the program's manifest in time: answered, and remembered a while.
+    Silent(ProgramId, Reply),
     /// A miss's copy ended.
     Copied {
         /// The segment.
@@ -104,8 +122,9 @@ pub(super) struct Misses {
     gathering: Arc<Semaphore>,
     /// And those of each asking peer ([`MAX_GATHERING_PER_PEER`]).
     gathering_by: PeerSlots,
-    /// Verified manifests of programs this station copied segments of.
-    manifests: HashMap<ProgramId, Arc<Manifest>>,
+    /// Verified manifests of programs this station copied segments of, lately
+    /// ([`MANIFESTS_FOR`], at most [`MAX_MANIFESTS`]: a console's misses name any program).
+    manifests: Expiring<ProgramId, Arc<Manifest>>,
     /// Measured copy throughput from each station, bit/s (running mean).
     throughput: HashMap<StationId, f64>,
     /// Round-trip time to each director this one is connected to.
@@ -113,6 +132,8 @@ pub(super) struct Misses {
     /// The sources of the copies still filling here, cheapest first: where a console that
     /// seeks past the fill is sent (claim 21).
     filling: HashMap<SegmentId, Vec<Holder>>,
+    /// Programs whose manifest nobody gave in time, lately ([`SILENT_FOR`]).
+    silent: Expiring<ProgramId, ()>,
     tasks: Tasks<Done>,
 }
 
@@ -121,10 +142,11 @@ impl Default for Misses {
         Self {
             gathering: Arc::new(Semaphore::new(MAX_GATHERING)),
             gathering_by: PeerSlots::new(MAX_GATHERING_PER_PEER),
-            manifests: HashMap::new(),
+            manifests: Expiring::new(MANIFESTS_FOR, MAX_MANIFESTS),
             throughput: HashMap::new(),
             rtt: HashMap::new(),
             filling: HashMap::new(),
+            silent: Expiring::new(SILENT_FOR, MAX_SILENT),
             tasks: Tasks::default(),
         }
     }
@@ -165,6 +187,10 @@ impl Misses {
         (ask, held): (Locating, bool),
         channel: ResponseChannel<Response>,
     ) -> Option<Reply> {
+        let program = ask.segment.program;
+        if self.silent.contains(&program, Instant::now()) {
+            return Some((channel, Response::Error(Error::ManifestSilent.into())));
+        }
         // The peer's own share first: a flood from one peer is answered Busy at once, and
         // leaves the others' gathers free.
         let Some(mine) = self.gathering_by.take(ask.console) else {
@@ -173,12 +199,11 @@ impl Misses {
         let Ok(permit) = self.gathering.clone().try_acquire_owned() else {
             return Some((channel, Response::Error(Error::TooManyMisses.into())));
         };
-        let program = ask.segment.program;
         // A content manager has the program's record and manifest itself: asking itself
         // over the network fails ("Failed to dial the requested peer").
         let own = (ctx.catalog).and_then(|c| c.get(&program).ok().flatten());
         let kept = || ctx.kept.get(&program).ok().flatten();
-        let manifest = (self.manifests.get(&program).cloned())
+        let manifest = (self.manifests.get(&program, Instant::now()).cloned())
             .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new));
         let lookup = Lookup {
             me: ctx.me.peer_id,
@@ -189,7 +214,8 @@ impl Misses {
         let known = publish.record(ctx, &program);
         self.tasks.spawn(async move {
             let _permits = (permit, mine);
-            match lookup.gather(known, manifest).await {
+            let gathered = tokio::time::timeout(GATHER_WITHIN, lookup.gather(known, manifest));
+            match gathered.await.unwrap_or(Err(Error::GatherTimedOut)) {
                 Ok(found) => Done::Gathered(Box::new(Gathered {
                     ask,
                     held,
@@ -202,6 +228,9 @@ impl Misses {
                 // Held here, only busy: a wait for the console, not an end.
                 Err(e) if held && e.code() == ErrorCode::NotFound => {
                     Done::Reply((channel, Response::Error(Error::OnlyHeldBusy.into())))
+                }
+                Err(e @ Error::ManifestSilent) => {
+                    Done::Silent(program, (channel, Response::Error(e.into())))
                 }
                 Err(e) => Done::Reply((channel, Response::Error(e.into()))),
             }
@@ -222,7 +251,7 @@ impl Misses {
                 publish.learn(ctx, g.record);
                 let (ask, manifest) = (&g.ask, &g.manifest);
                 let program = ask.segment.program;
-                self.manifests.insert(program, manifest.clone());
+                (self.manifests).insert(program, manifest.clone(), Instant::now());
                 let answer = self.fill(ctx, (publish, play), (ask, g.held), manifest, g.holders);
                 // A copy comes here: the station answers `Manifest` for the program now.
                 if let (Some(signed), Ok(at)) = (g.fetched, &answer)
@@ -233,6 +262,11 @@ impl Misses {
                 Some((g.channel, respond(answer, Response::Location)))
             }
             Done::Reply(reply) => Some(reply),
+            Done::Silent(program, reply) => {
+                tracing::info!(%program, "miss: no manifest in time; answering its misses at once for a while");
+                self.silent.insert(program, (), Instant::now());
+                Some(reply)
+            }
             Done::Copied {
                 segment,
                 engine,
@@ -412,25 +446,34 @@ impl Lookup {
         manifest: Option<Arc<Manifest>>,
     ) -> Result<Found, Error> {
         let SegmentId { program, index } = self.segment;
-        let record = match known {
-            Some(r) => r,
-            None => (fetch_record(&self.registry, program).await).ok_or(Error::UnknownProgram)?,
-        };
-        if !record.record.playable(now_ms()) {
-            return Err(Error::NotPublished);
-        }
-        let (manifest, fetched) = match manifest {
-            Some(m) => (m, None),
-            None => {
-                let f =
-                    fetch_manifest(&self.registry, &self.asker, self.me, &record.record).await?;
-                (Arc::new(f.manifest), Some(f.signed))
+        // The holders are looked up meanwhile: each registry query may wait out a peer that
+        // never answers.
+        let described = async {
+            let record = match known {
+                Some(r) => r,
+                None => {
+                    (fetch_record(&self.registry, program).await).ok_or(Error::UnknownProgram)?
+                }
+            };
+            if !record.record.playable(now_ms()) {
+                return Err(Error::NotPublished);
             }
+            let (manifest, fetched) = match manifest {
+                Some(m) => (m, None),
+                None => {
+                    let f = fetch_manifest(&self.registry, &self.asker, self.me, &record.record)
+                        .await?;
+                    (Arc::new(f.manifest), Some(f.signed))
+                }
+            };
+            Ok((record, manifest, fetched))
         };
+        let (described, holders) = tokio::join!(described, self.registry.holders(program));
+        let (record, manifest, fetched) = described?;
         if manifest.content.segment(index.0).is_none() {
             return Err(Error::NoSuchSegment(self.segment));
         }
-        let holders = self.registry.holders(program).await?;
+        let holders = holders?;
         let asks = (holders.into_iter())
             .filter(|h| *h != self.me)
             .map(|holder| self.holder(holder));

@@ -392,8 +392,7 @@ impl Director {
                     && (self.publish.fetching_for_locate(&ask.segment.program)
                         || self.publish.refresh_due(&ctx, ask.segment.program)) =>
             {
-                self.publish.fetch_for_locate(&ctx, ask, channel);
-                None
+                self.publish.fetch_for_locate(&ctx, ask, channel)
             }
             Located::Now(located) => {
                 if located.is_ok() {
@@ -402,10 +401,7 @@ impl Director {
                 Some((channel, respond(located, Response::Location)))
             }
             Located::Miss { held } => self.miss.start(&ctx, &self.publish, (ask, held), channel),
-            Located::Unlearned if fetch => {
-                self.publish.fetch_for_locate(&ctx, ask, channel);
-                None
-            }
+            Located::Unlearned if fetch => self.publish.fetch_for_locate(&ctx, ask, channel),
             Located::Unlearned => Some((channel, Response::Error(Error::UnknownProgram.into()))),
         }
     }

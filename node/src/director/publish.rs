@@ -39,6 +39,7 @@ use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
 use crate::events::Kind;
+use crate::expiring::Waiting;
 
 /// A reconciling fetch of a held program: its record from the registry, retried for up to
 /// [`RECONCILE_EVERY`], and, when `manifest`, its manifest (from its content manager or a
@@ -187,7 +188,7 @@ pub(super) struct Publishing {
     /// When a `Locate` last had a record that says "not published" fetched again.
     refreshed: HashMap<ProgramId, std::time::Instant>,
     /// `Locate`s waiting for a fetch of their program's record ([`Done::Located`]).
-    locating: HashMap<ProgramId, Vec<(Locating, ResponseChannel<Response>)>>,
+    locating: Waiting<ProgramId, (Locating, ResponseChannel<Response>)>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
     tasks: Tasks<Done>,
@@ -357,19 +358,22 @@ impl Publishing {
     /// A `Locate` found the segment held here but the program's record unknown (a restart
     /// forgets what was learned), or known as not published (the publish may have been
     /// missed): fetches a newer one from the registry; [`Done::Located`] follows.
-    /// One fetch a program: the `Locate`s that come while it runs wait for it too.
+    /// One fetch a program: the `Locate`s that come while it runs wait for it too, 64 at
+    /// most ([`Waiting`]); past that the answer is busy at once.
     pub(super) fn fetch_for_locate(
         &mut self,
         ctx: &Ctx<'_>,
         ask: Locating,
         channel: ResponseChannel<Response>,
-    ) {
+    ) -> Option<Reply> {
         let program = ask.segment.program;
-        let waiting = self.locating.entry(program).or_default();
-        let first = waiting.is_empty();
-        waiting.push((ask, channel));
-        if !first {
-            return;
+        match self.locating.push(program, (ask, channel)) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // A console asking again and again while the fetch runs: busy, not parked.
+            Err((_, channel)) => {
+                return Some((channel, Response::Error(Error::TooManyMisses.into())));
+            }
         }
         let registry = ctx.registry.clone();
         let known = (self.known_record(ctx, &program)).map(|l| l.record.issued_ms);
@@ -378,11 +382,12 @@ impl Publishing {
             let record = reconcile::fetch_within(&registry, program, within, known).await;
             Done::Located { program, record }
         });
+        None
     }
 
     /// Whether `Locate`s of `program` wait for a fetch of its record.
     pub(super) fn fetching_for_locate(&self, program: &ProgramId) -> bool {
-        self.locating.contains_key(program)
+        self.locating.contains(program)
     }
 
     /// A reconciling round (issue 17): learns the record of every program the location
@@ -499,7 +504,7 @@ impl Publishing {
                 if let Some(record) = record {
                     self.learn(ctx, record);
                 }
-                let waiting = self.locating.remove(&program).unwrap_or_default();
+                let waiting = self.locating.take(&program);
                 return Some(After::Locate(waiting));
             }
             Done::Reply(reply) => Some(reply),
