@@ -19,13 +19,15 @@
 //! by every station with a record signed after its restart or heal) before the next one.
 //!
 //! At the end: every play exited 0 with the bytes of its source, verified, with no stall
-//! (`--stats` `stalls`: a segment that arrived after its play time, that is, once the 2 s
-//! buffer ran dry); every segment of every program still stored by the home station's engine
+//! longer than its 2 s buffer (`--stats` `longest_stall_ms`; shorter stalls, a segment that
+//! arrived after its play time but less than a buffer late, are reported, not failed, as the
+//! issue asks: "0 stalls longer than the buffer"); every segment of every program still stored by the home station's engine
 //! processes, byte for byte; every restarted or healed station back in every listing within
 //! one record TTL; and the stations' failover counters (`/metrics`) moved.
 //!
-//! `VODMESH_CHAOS_SECS` sets how long the disruptions go on (default 90 s, about 2.5 minutes
-//! in all); the same test runs for 30 minutes with `VODMESH_CHAOS_SECS=1800`.
+//! `VODMESH_CHAOS_SECS` sets how long the disruptions go on (default 40 s, about 1.5 minutes
+//! in all, in every suite run and CI); the same test runs for 30 minutes with
+//! `VODMESH_CHAOS_SECS=1800`.
 //! `VODMESH_CHAOS_LOOPBACK=1` runs it on loopback where namespaces could be made.
 
 #[path = "chaos/consoles.rs"]
@@ -45,7 +47,7 @@ use vodmesh_tests::cli::subscriber_in;
 use vodmesh_tests::hosts::Hosts;
 use vodmesh_tests::stored;
 
-use consoles::{CONSOLES, Consoles, Played};
+use consoles::{BUFFER_MS, CONSOLES, Consoles, Played};
 use swarm::{COUNTERS, HOME_ENGINES, Log, Net, STATIONS, Swarm, TTL};
 
 /// A number from the environment, or `default`.
@@ -58,13 +60,12 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-// Long (2.5 minutes, the whole machine) and it needs namespaces to cut links: run it with
-// `--run-ignored only`. Its known defects (issue 17) are fixed; a red run is a new one, with
-// its seed.
+// A few minutes' worth in every suite run (the whole machine for about 1.5 minutes: it runs
+// alone, .config/nextest.toml). Its known defects (issue 17) are fixed; a red run is a new
+// one, with its seed.
 #[test]
-#[ignore = "2.5 minutes on the whole machine; run with --run-ignored only"]
 fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
-    let secs = env_u64("VODMESH_CHAOS_SECS", 90)?;
+    let secs = env_u64("VODMESH_CHAOS_SECS", 40)?;
     let seed = env_u64("VODMESH_CHAOS_SEED", now_ms())?;
     println!("chaos: seed {seed} (VODMESH_CHAOS_SEED={seed} replays it), {secs} s of disruptions");
     // VODMESH_CHAOS_LOOPBACK=1: on loopback even where namespaces can be made.
@@ -190,13 +191,28 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
             ))
         })
         .collect();
-    let stalled: Vec<String> = plays
-        .iter()
-        .filter_map(|p| {
-            let stalls = p.outcome.as_ref().ok()?["stalls"].as_u64().unwrap_or(0);
-            (stalls > 0).then(|| format!("{} stalls: {}", stalls, p.describe(&log)))
-        })
-        .collect();
+    // (plays with a stall, plays with one longer than the buffer)
+    let (stalled, too_long): (Vec<String>, Vec<String>) = {
+        let line = |p: &Played, stats: &serde_json::Value| {
+            format!(
+                "{} stalls, longest {} ms: {}",
+                stats["stalls"],
+                stats["longest_stall_ms"],
+                p.describe(&log)
+            )
+        };
+        let with = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<String> {
+            (plays.iter())
+                .filter_map(|p| Some((p, p.outcome.as_ref().ok()?)))
+                .filter(|(_, stats)| keep(stats))
+                .map(|(p, stats)| line(p, stats))
+                .collect()
+        };
+        (
+            with(&|s| s["stalls"].as_u64().unwrap_or(0) > 0),
+            with(&|s| s["longest_stall_ms"].as_u64().unwrap_or(u64::MAX) > BUFFER_MS),
+        )
+    };
     // The disruptions that leave a peer silent (no reset): what a stall is expected of.
     let silent = plays
         .iter()
@@ -222,12 +238,15 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
         ));
     }
     if !stalled.is_empty() {
+        println!("  plays with a stall:\n    {}", stalled.join("\n    "));
+    }
+    if !too_long.is_empty() {
         // A silent fetch is hedged half a buffer before its play time (console-client's
         // hedge.rs): a stall is a hedge that came too late, or found no other holder.
         problems.push(format!(
-            "{} plays stalled (a segment came after its play time: the 2 s buffer ran dry):\n  {}",
-            stalled.len(),
-            stalled.join("\n  ")
+            "{} plays stalled longer than their {BUFFER_MS} ms buffer:\n  {}",
+            too_long.len(),
+            too_long.join("\n  ")
         ));
     }
     if !lost.is_empty() {
@@ -281,9 +300,10 @@ fn report(
         sum("segments")
     );
     println!(
-        "  stalls {} (most in a play {}), waits {} (most {}), handoffs {}, swaps {}, startup max {} ms",
+        "  stalls {} (most in a play {}, longest {} ms), waits {} (most {}), handoffs {}, swaps {}, startup max {} ms",
         sum("stalls"),
         max("stalls"),
+        max("longest_stall_ms"),
         sum("waits"),
         max("waits"),
         sum("handoffs"),

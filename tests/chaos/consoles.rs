@@ -14,6 +14,9 @@ use crate::swarm::{Directors, Log, Program};
 
 /// Consoles playing through the run.
 pub(crate) const CONSOLES: usize = 20;
+/// Each console's `--buffer`: a fetch that brings nothing is hedged half of it before its
+/// play time, and a stall longer than it is what the run must never see (issue 17).
+pub(crate) const BUFFER_MS: u64 = 2000;
 
 /// One play of one console.
 pub(crate) struct Played {
@@ -117,7 +120,7 @@ impl Consoles<'_> {
         let p = &self.programs[program];
         let mut play = Play::new(home, addr, &p.id)
             .speed("1")
-            .args(&["--buffer", "2"])
+            .args(&["--buffer", &(BUFFER_MS / 1000).to_string()])
             .files(home, &format!("play{n}"))
             .debug();
         if let Some(ns) = &self.ns {
