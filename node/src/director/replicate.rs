@@ -27,7 +27,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vodmesh_proto::director::{Request, Response, SegmentLocation};
-use vodmesh_proto::manifest::Manifest;
+use vodmesh_proto::manifest::{Manifest, SegmentEntry};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::human_bytes;
 use vodmesh_proto::time::now_ms;
@@ -48,6 +48,14 @@ use crate::store::locations::LocationState;
 
 /// Segment copies a seeking director keeps in flight per replica.
 const FETCH_WINDOW: usize = 4;
+
+/// Rounds a replica's copy gets: what failed in one is copied again in the next.
+const REPLICA_ATTEMPTS: usize = 5;
+
+/// The pause before round `round` (1, 2, ...) of a replica's copy: 1 s, doubling, at most 16 s.
+fn retry_pause(round: usize) -> Duration {
+    Duration::from_secs(1 << round.saturating_sub(1).min(4))
+}
 /// How long a checked station's engines may copy from this station's engines.
 const ALLOW_FOR: Duration = Duration::from_secs(600);
 /// A station checked this recently is not checked again.
@@ -425,9 +433,26 @@ impl Replica {
     }
 
     /// The second step: every segment, [`FETCH_WINDOW`] at a time, each located at the
-    /// source station and fetched by one of this station's engines in turn.
+    /// source station and fetched by one of this station's engines in turn. What failed (a
+    /// source engine that went down, a connection that closed mid-copy) is tried again, up
+    /// to [`REPLICA_ATTEMPTS`] rounds with a doubling pause ([`retry_pause`]), each round on
+    /// other engines of ours: a replica is not left half done for want of one copy.
     async fn copy(self, manifest: Manifest) -> Done {
-        let result = self.copy_all(&manifest).await;
+        let mut todo = manifest.content.segments.clone();
+        let mut round = 0;
+        let result = loop {
+            match self.copy_round(&todo, round).await {
+                Ok(()) => break Ok(()),
+                Err((e, left)) if round + 1 < REPLICA_ATTEMPTS && !left.is_empty() => {
+                    round += 1;
+                    let pause = retry_pause(round);
+                    tracing::info!(program = %self.program, left = left.len(), round, ?pause, error = %e, "replica: copying what failed again");
+                    tokio::time::sleep(pause).await;
+                    todo = left;
+                }
+                Err((e, _)) => break Err(e),
+            }
+        };
         if result.is_ok() {
             (self.observer).program(self.me, self.program, Kind::ReplicaComplete);
         }
@@ -438,8 +463,14 @@ impl Replica {
         }
     }
 
-    async fn copy_all(&self, manifest: &Manifest) -> Result<(), Error> {
-        let program = self.program;
+    /// One round over `entries`: every copy asked for is waited for, also after an error;
+    /// the error comes back with the entries still to copy (those that failed, and those
+    /// not asked for).
+    async fn copy_round(
+        &self,
+        entries: &[SegmentEntry],
+        round: usize,
+    ) -> Result<(), (Error, Vec<SegmentEntry>)> {
         let (done_tx, mut done_rx) = mpsc::channel(FETCH_WINDOW * 2);
         let mut in_flight = 0usize;
         let mut failed: Vec<(SegmentId, CopyFailed)> = Vec::new();
@@ -448,38 +479,16 @@ impl Replica {
                 failed.push((segment, CopyFailed::AtEverySource(e)));
             }
         };
-        for (n, entry) in manifest.content.segments.iter().enumerate() {
+        let mut stopped = None;
+        for (n, entry) in entries.iter().enumerate() {
             while in_flight >= FETCH_WINDOW {
                 note(done_rx.recv().await);
                 in_flight -= 1;
             }
-            let segment = SegmentId::new(program, entry.index);
-            self.observer.segment(self.me, segment, Kind::LocateAsked);
-            let request = Request::LocateCopy {
-                program,
-                index: entry.index,
-            };
-            let answer = (self.asker)
-                .ask(self.source, self.source_addrs.clone(), request)
-                .await?;
-            let Response::Located { engine, addrs, .. } = answer else {
-                return Err(AskError::unexpected(&answer).into());
-            };
-            self.observer
-                .segment(self.me, segment, Kind::Located { engine });
-            let Some((mine, tx)) = self.engines.get(n % self.engines.len().max(1)) else {
-                return Err(Error::NoEngineUp);
-            };
-            let directed = Kind::FetchDirected { engine: *mine };
-            self.observer.segment(self.me, segment, directed);
-            let fetch = EngineCommand::Fetch {
-                segment,
-                expect: Some((entry.hash, entry.size)),
-                sources: vec![Source { engine, addrs }],
-                held_elsewhere: self.held_elsewhere,
-                done: done_tx.clone(),
-            };
-            tx.send(fetch).await.map_err(|_| Error::EngineGone)?;
+            if let Err(e) = self.ask_copy(entry, n + round, &done_tx).await {
+                stopped = Some((e, n));
+                break;
+            }
             in_flight += 1;
         }
         drop(done_tx);
@@ -490,13 +499,73 @@ impl Replica {
             note(Some(outcome));
             in_flight -= 1;
         }
-        match failed.first() {
-            Some((first, cause)) => Err(Error::CopiesFailed {
-                count: failed.len(),
-                first: *first,
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
+        let failed_at: Vec<SegmentEntry> = (entries.iter())
+            .filter(|e| failed.iter().any(|(s, _)| s.index.0 == e.index))
+            .copied()
+            .collect();
+        match (stopped, failed.first()) {
+            (Some((e, n)), _) => Err((e, [failed_at, entries[n..].to_vec()].concat())),
+            (None, Some((first, cause))) => Err((
+                Error::CopiesFailed {
+                    count: failed.len(),
+                    first: *first,
+                    cause: cause.clone(),
+                },
+                failed_at,
+            )),
+            (None, None) => Ok(()),
         }
+    }
+
+    /// Locates `entry` at the source station and tells the `n`th of our engines (round
+    /// robin) to copy it; its outcome comes on `done`.
+    async fn ask_copy(
+        &self,
+        entry: &SegmentEntry,
+        n: usize,
+        done: &mpsc::Sender<(SegmentId, Result<Copied, String>)>,
+    ) -> Result<(), Error> {
+        let program = self.program;
+        let segment = SegmentId::new(program, entry.index);
+        self.observer.segment(self.me, segment, Kind::LocateAsked);
+        let request = Request::LocateCopy {
+            program,
+            index: entry.index,
+        };
+        let answer = (self.asker)
+            .ask(self.source, self.source_addrs.clone(), request)
+            .await?;
+        let Response::Located { engine, addrs, .. } = answer else {
+            return Err(AskError::unexpected(&answer).into());
+        };
+        self.observer
+            .segment(self.me, segment, Kind::Located { engine });
+        let Some((mine, tx)) = self.engines.get(n % self.engines.len().max(1)) else {
+            return Err(Error::NoEngineUp);
+        };
+        let directed = Kind::FetchDirected { engine: *mine };
+        self.observer.segment(self.me, segment, directed);
+        let fetch = EngineCommand::Fetch {
+            segment,
+            expect: Some((entry.hash, entry.size)),
+            sources: vec![Source { engine, addrs }],
+            held_elsewhere: self.held_elsewhere,
+            done: done.clone(),
+        };
+        tx.send(fetch).await.map_err(|_| Error::EngineGone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_s_rounds_pause_1_s_doubling_up_to_16_s() {
+        let pauses: Vec<u64> = (1..=7).map(|r| retry_pause(r).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16]);
+        // Every round but the first waits: all of them together stay under a minute.
+        let total: u64 = (1..REPLICA_ATTEMPTS).map(|r| retry_pause(r).as_secs()).sum();
+        assert_eq!(total, 15);
     }
 }
