@@ -71,7 +71,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
             Some("program not published"),
         );
     }
-    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let listed_state = vodmesh_tools::programs::fetch(home.addr(), Some(&key)).await?;
     assert_eq!(listed_state[0].state, ProgramState::Inactive);
     assert_eq!(listed_state[0].publish_at_ms, Some(publish_at));
 
@@ -87,7 +87,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
         now_ms() >= publish_at,
         "never served before the publish time"
     );
-    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let listed_state = vodmesh_tools::programs::fetch(home.addr(), Some(&key)).await?;
     assert_eq!(listed_state[0].state, ProgramState::Published);
 
     // Without a publish time a program stays inactive until `vodmesh publish`; only admins

@@ -132,7 +132,7 @@ fn an_uninvited_station_gets_nothing_until_an_admin_enrolls_it() -> Result<()> {
     assert_eq!(held(&home.addr)?, real_bytes.len() as u64);
 
     // Through the member: only the home's program is listed, and the title plays its bytes.
-    let listed = status::programs(&member.addr)?;
+    let listed = status::programs(&member.addr, None)?;
     assert_eq!(listed, vec![program.clone()], "{listed:?}");
     assert!(!listed.contains(&fake_program) && !listed.contains(&rogue_only));
     let played = Play::new(&viewer, &member.addr, "news").run()?;

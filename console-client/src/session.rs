@@ -11,7 +11,6 @@ use libp2p::identity::Keypair;
 use tokio::task::JoinSet;
 use vodmesh_client::files::write_private;
 use vodmesh_client::{ClientError, DirectorClient};
-use vodmesh_proto::catalog::ProgramState;
 use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::{Manifest, ManifestError};
 use vodmesh_proto::time::now_ms;
@@ -131,7 +130,7 @@ pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>,
     Ok(programs(client)
         .await?
         .into_iter()
-        .filter(|p| p.state == ProgramState::Published && p.publish_at_ms.is_none_or(|t| t <= now))
+        .filter(|p| p.playable(now))
         .collect())
 }
 

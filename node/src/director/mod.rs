@@ -62,6 +62,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, RegistryHandle};
 
+use self::catalog::Viewer;
 use self::choose::Locating;
 use self::context::{Reply, Shared};
 use self::engines::{EngineId, Heard};
@@ -542,6 +543,7 @@ impl Director {
         let now = now_ms();
         let members = self.shared.registry.members();
         let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
+        let viewer = Viewer::of(peer, admits && members.is_closed());
         let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
             admit::Admission::Serve => None,
             admit::Admission::LookUp => {
@@ -597,8 +599,21 @@ impl Director {
                 };
                 Some((channel, response))
             }
-            Request::Programs => self.publish.programs(&ctx, channel),
-            Request::Manifest { program } => self.publish.manifest(&ctx, program, channel),
+            Request::Programs => self.publish.programs(&ctx, viewer, channel),
+            Request::AllPrograms { admin } => {
+                let checked = (ctx.me).check_admin_of(
+                    &admin,
+                    director::PROGRAMS_OP,
+                    director::PROGRAMS_SUBJECT,
+                );
+                match checked {
+                    Ok(_) => (self.publish).programs(&ctx, Viewer::Trusted, channel),
+                    Err(e) => Some((channel, Response::Error(e.into()))),
+                }
+            }
+            Request::Manifest { program } => {
+                (self.publish).manifest(&ctx, (program, viewer), channel)
+            }
             Request::Held => {
                 let held = Publishing::held(&ctx);
                 Some((channel, respond(held, Response::Programs)))
