@@ -204,3 +204,53 @@ async fn an_engine_streams_no_byte_of_an_inactive_program() -> anyhow::Result<()
     home.shutdown().await;
     Ok(())
 }
+
+/// The embargo outlives a restart (issue 19): the home's engine, told that a program is not
+/// published yet, is restarted with its station; its director never tells it again (the
+/// program is of its own catalog), and still a console with a valid token that asks the
+/// engine directly gets no byte of it, while a published program streams (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_still_streams_no_byte_of_an_inactive_program() -> anyhow::Result<()> {
+    use vodmesh_proto::SegmentId;
+    use vodmesh_proto::stream::StreamReply;
+    use vodmesh_tests::console::Console;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let consoles = vodmesh_proto::token::Issuer::generate();
+    let home_dir = dir.path().join("home");
+    let start = || {
+        swarm::station(&home_dir)
+            .home()
+            .engines(1)
+            .trusting(&consoles)
+            .start()
+    };
+    let home = start().await?;
+    let key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 64 * 1024, 12)?;
+    let later = ingest::run(&ingest_options(&home, &key, "later", &source)).await?;
+    let now = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        segment_size: 32 * 1024,
+        ..ingest_options(&home, &key, "now", &source)
+    })
+    .await?;
+    home.shutdown().await;
+
+    let home = start().await?;
+    let console = Console::connect(home.addr(), Some(&consoles)).await?;
+    let engine = console.station().await?.engines.remove(0);
+    console.reach(engine.peer_id, &engine.addrs).await?;
+    let segment = SegmentId::new(later.program, 0);
+    let (_, reply) = console
+        .ask(engine.peer_id, &console.request(segment, 0, 0))
+        .await?;
+    assert_eq!(reply, StreamReply::Refused("program not published".into()));
+    let published = console
+        .stream(engine.peer_id, SegmentId::new(now.program, 1))
+        .await?;
+    assert_eq!(published, bytes[32 * 1024..]);
+    home.shutdown().await;
+    Ok(())
+}
