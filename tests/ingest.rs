@@ -28,7 +28,8 @@ async fn a_64_mib_file_is_stored_exactly_across_the_engines() -> anyhow::Result<
     .await?;
     assert_eq!(info.segments, 16);
     assert_eq!(info.size, bytes.len() as u64);
-    let listed = vodmesh_tools::programs::fetch(station.addr(), Some(&data.join("identity.key"))).await?;
+    let listed =
+        vodmesh_tools::programs::fetch(station.addr(), Some(&data.join("identity.key"))).await?;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].program, info.program);
     station.shutdown().await;

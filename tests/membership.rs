@@ -308,8 +308,7 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
 /// member named by the ingest's `--replicas 1` holds it before its publish), and an admin's
 /// `vodmesh programs --key` lists it, a stranger's key being no admin's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> anyhow::Result<()>
-{
+async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> anyhow::Result<()> {
     use vodmesh_proto::director::ErrorCode;
     init_logging();
     let dir = tempfile::tempdir()?;
@@ -379,7 +378,10 @@ async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> an
     for key in [&console, &stranger.key] {
         assert_eq!(listed(key.clone()).await?, [now].into());
         let refused = manifest(key.clone(), later).await?.err();
-        assert_eq!(refused.as_ref().map(|r| r.code), Some(ErrorCode::NotPublished));
+        assert_eq!(
+            refused.as_ref().map(|r| r.code),
+            Some(ErrorCode::NotPublished)
+        );
         assert_eq!(
             refused.map(|r| r.message).as_deref(),
             Some("program not published")

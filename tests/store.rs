@@ -280,7 +280,10 @@ async fn of_two_ingests_that_do_not_fit_together_one_succeeds_whole() -> Result<
     let used = used_bytes(&node.addr)?;
     assert_eq!(used.iter().sum::<u64>(), 12 * MIB as u64, "{used:?}");
     assert_eq!(on_disk(&data, 2), used);
-    assert_eq!(programs(&node.addr, Some(&node.key()))?, vec![winner_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![winner_id.clone()]
+    );
     assert!(node.terminate()?);
     let (segments, _) = engine_segments(&data, 2, winner_id.parse()?).await?;
     let joined: Vec<u8> = segments.into_values().flatten().collect();
@@ -367,7 +370,10 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     client.wait()?;
     wait_used(&node.addr, &before, "the killed ingest's segments dropped").await?;
     assert_eq!(on_disk(&data, 2), before);
-    assert_eq!(programs(&node.addr, Some(&node.key()))?, vec![first_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![first_id.clone()]
+    );
     wait_held(&node.addr, 1, "the location table to list them no longer").await?;
 
     // The station stopped mid-ingest (SIGTERM, then SIGKILL), with a time-out too long to
@@ -387,7 +393,10 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
         node = NodeProcess::start(&data, &args)?;
         wait_used(&node.addr, &before, "the leftovers dropped at start").await?;
         assert_eq!(on_disk(&data, 2), before, "after a stop (SIGKILL: {kill})");
-        assert_eq!(programs(&node.addr, Some(&node.key()))?, vec![first_id.clone()]);
+        assert_eq!(
+            programs(&node.addr, Some(&node.key()))?,
+            vec![first_id.clone()]
+        );
         wait_held(&node.addr, 1, "the leftovers out of the location table").await?;
     }
 
@@ -528,7 +537,10 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
     )
     .await?;
     assert_eq!(segment_bytes(&engine_disk), 2 * MIB as u64);
-    assert_eq!(programs(&node.addr, Some(&node.key()))?, vec![first_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![first_id.clone()]
+    );
 
     // The station keeps serving what it holds.
     std::fs::remove_file(&junk)?;

@@ -50,6 +50,13 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         (now.duration_since(at) < self.ttl).then_some(value)
     }
 
+    /// The value under `key`, unless it expired by `now`.
+    pub(crate) fn get(&self, key: &K, now: Instant) -> Option<&V> {
+        (self.entries.get(key))
+            .filter(|(_, at)| now.duration_since(*at) < self.ttl)
+            .map(|(value, _)| value)
+    }
+
     /// Whether `key` holds a value that has not expired by `now`.
     pub(crate) fn contains(&self, key: &K, now: Instant) -> bool {
         (self.entries.get(key)).is_some_and(|(_, at)| now.duration_since(*at) < self.ttl)

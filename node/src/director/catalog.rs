@@ -54,7 +54,11 @@ pub(super) enum Viewer {
 impl Viewer {
     /// The peer `peer`, a member of a closed swarm when `member`.
     pub(super) fn of(peer: PeerId, member: bool) -> Self {
-        if member { Self::Trusted } else { Self::Other(peer) }
+        if member {
+            Self::Trusted
+        } else {
+            Self::Other(peer)
+        }
     }
 
     /// `list` as this viewer sees it at `now_ms`: without the programs not playable yet
@@ -200,10 +204,20 @@ pub(super) async fn manifest_for(
             }
         }
     };
-    may_see(registry, viewer, &learned.record, vodmesh_proto::time::now_ms()).await?;
+    may_see(
+        registry,
+        viewer,
+        &learned.record,
+        vodmesh_proto::time::now_ms(),
+    )
+    .await?;
     let signed = match local {
         Some(signed) => signed,
-        None => fetch_manifest(registry, asker, me, &learned.record).await?.signed,
+        None => {
+            fetch_manifest(registry, asker, me, &learned.record)
+                .await?
+                .signed
+        }
     };
     Ok(Box::new((learned, signed)))
 }

@@ -29,8 +29,7 @@ use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryHandle;
 
 use super::catalog::{
-    self, FetchedManifest, Learned, Viewer, fetch_manifest, fetch_record, learned_of,
-    program_info,
+    self, FetchedManifest, Learned, Viewer, fetch_manifest, fetch_record, learned_of, program_info,
 };
 use super::choose::Locating;
 use super::context::{Ctx, Reply};

@@ -383,7 +383,11 @@ impl SegmentStore {
     /// program and when its embargo ends.
     pub async fn embargoes(&self) -> Result<Vec<(ProgramId, u64)>, Error> {
         let index = self.inner.index.clone();
-        Ok(self.inner.index_worker.run(move || index.embargoes()).await??)
+        Ok(self
+            .inner
+            .index_worker
+            .run(move || index.embargoes())
+            .await??)
     }
 
     /// Keeps `changes` to the embargoes, in order, in one durable commit: a program's embargo
