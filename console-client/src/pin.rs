@@ -3,12 +3,22 @@
 //! auth server that signs with that key, so a station of another swarm (or an uninvited one
 //! that claims the auth role) never receives its password.
 //!
+//! The pin also covers what the console takes from the swarm afterwards: a refreshed token
+//! must be signed by the issuer of the one it replaces (the pinned one: the login checked it;
+//! `vodmesh_client::auth::refresh` enforces it), and a program's manifest must be signed by a
+//! content manager that issuer certified ([`manifest_signer`]), so that a station of another
+//! swarm, or an uninvited one, cannot have the console play its programs.
+//!
 //! [`check`] is the decision, a pure function; [`load`] and [`save`] keep the file.
 
 use std::path::PathBuf;
 
+use libp2p::PeerId;
 use vodmesh_client::files::{FileError, Home, read_small, write_private};
-use vodmesh_proto::token::IssuerKey;
+use vodmesh_proto::member;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::token::{IssuerKey, TrustedIssuers};
 
 /// Name of the file under `$VODMESH_HOME`.
 pub const FILE: &str = "issuer";
@@ -32,6 +42,18 @@ pub enum PinError {
     /// The pin file is unreadable or not a key.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The program's manifest is signed by a peer that the pinned issuer did not certify as
+    /// a content manager (or whose station the swarm does not list).
+    #[error(
+        "the program's manifest is signed by {signer}, not a content manager certified by \
+         {pinned}, the issuer this console trusts: it is not a program of your swarm"
+    )]
+    ManifestSigner {
+        /// The manifest's signer.
+        signer: PeerId,
+        /// The pinned key.
+        pinned: IssuerKey,
+    },
 }
 
 /// What a login does with the issuer it found.
@@ -54,6 +76,28 @@ pub fn check(pinned: Option<(IssuerKey, String)>, found: IssuerKey) -> Result<Pi
             found,
             from,
         }),
+    }
+}
+
+/// Checks that `signer`, the signer of a manifest, is a content manager certified by
+/// `pinned` at `now_ms`, from `records`: signed station records as a director lists the swarm
+/// (`Swarm`), each checked here (its signature, its certificate against `pinned` alone).
+pub fn manifest_signer(
+    records: &[Signed],
+    signer: PeerId,
+    pinned: IssuerKey,
+    now_ms: u64,
+) -> Result<(), PinError> {
+    let trusted: TrustedIssuers = [pinned].into_iter().collect();
+    let certified = (records.iter())
+        .filter_map(|signed| StationRecord::verify(signed, now_ms).ok())
+        .filter(|record| record.director == signer)
+        .filter_map(|record| member::of_record(&record, &trusted, now_ms).ok())
+        .any(|member| member.roles.content_manager);
+    if certified {
+        Ok(())
+    } else {
+        Err(PinError::ManifestSigner { signer, pinned })
     }
 }
 
@@ -89,6 +133,7 @@ pub fn save(home: &Home, key: IssuerKey) -> Result<PathBuf, PinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vodmesh_proto::station::Roles;
     use vodmesh_proto::token::Issuer;
 
     #[test]
@@ -99,6 +144,86 @@ mod tests {
         assert_eq!(check(pinned(), ours).unwrap(), Pin::Matches);
         let refused = check(pinned(), theirs).unwrap_err().to_string();
         assert!(refused.contains(&theirs.to_string()) && refused.contains("--issuer"));
+    }
+
+    /// A station record of `key`'s peer claiming the content manager role, with a
+    /// certificate from `issuer` granting `granted`, signed by `key`.
+    fn record(key: &libp2p::identity::Keypair, issuer: &Issuer, granted: Roles) -> Signed {
+        use vodmesh_proto::token::{Audience, Claims, Rights, TokenId};
+        let director = key.public().to_peer_id();
+        let certificate = issuer
+            .sign(&Claims {
+                issuer: issuer.public(),
+                subject: director,
+                audience: Audience::Member,
+                rights: Rights::All,
+                not_before_ms: 0,
+                expires_ms: 10_000,
+                id: TokenId::random(),
+                user: None,
+                roles: Some(granted),
+            })
+            .unwrap();
+        StationRecord {
+            director,
+            addrs: vec![],
+            engines: vec![],
+            region: None,
+            coords: None,
+            bandwidth_mbps: 1,
+            roles: Roles {
+                content_manager: true,
+                home: true,
+                auth: false,
+            },
+            issuer: None,
+            issued_ms: 1,
+            expires_ms: 10_000,
+            counters: Default::default(),
+            certificate: Some(certificate.into()),
+            revoked: vec![],
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn a_manifest_counts_only_from_a_content_manager_the_pinned_issuer_certified() {
+        let (ours, theirs) = (Issuer::generate(), Issuer::generate());
+        let (cm, home, stranger) = (
+            libp2p::identity::Keypair::generate_ed25519(),
+            libp2p::identity::Keypair::generate_ed25519(),
+            libp2p::identity::Keypair::generate_ed25519(),
+        );
+        let cm_role = Roles {
+            content_manager: true,
+            ..Roles::default()
+        };
+        let home_only = Roles {
+            home: true,
+            ..Roles::default()
+        };
+        let records = vec![
+            record(&cm, &ours, cm_role),
+            record(&home, &ours, home_only),
+            record(&stranger, &theirs, cm_role),
+        ];
+        let peer = |k: &libp2p::identity::Keypair| k.public().to_peer_id();
+        let now = 5_000;
+        assert!(manifest_signer(&records, peer(&cm), ours.public(), now).is_ok());
+        // Certified by another issuer, certified without the role, listed nowhere, expired.
+        for signer in [peer(&stranger), peer(&home), PeerId::random()] {
+            let refused = manifest_signer(&records, signer, ours.public(), now).unwrap_err();
+            assert!(
+                refused.to_string().contains(&signer.to_string()),
+                "{refused}"
+            );
+        }
+        assert!(manifest_signer(&records, peer(&stranger), theirs.public(), now).is_ok());
+        assert!(manifest_signer(&records, peer(&cm), ours.public(), 20_000).is_err());
+        // A record signed by someone else than the station it describes does not count.
+        let mut forged = record(&cm, &ours, cm_role);
+        forged.signature = record(&home, &ours, cm_role).signature;
+        assert!(manifest_signer(&[forged], peer(&cm), ours.public(), now).is_err());
     }
 
     #[test]

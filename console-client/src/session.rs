@@ -14,7 +14,7 @@ use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::{Manifest, ManifestError};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::Claims;
+use vodmesh_proto::token::{Claims, IssuerKey};
 use vodmesh_proto::{ProgramId, SegmentIndex};
 
 use crate::directors::{AskError, Directors};
@@ -46,6 +46,9 @@ pub enum SessionError {
     /// The program's manifest does not verify.
     #[error("the program's manifest does not verify: {0}")]
     Manifest(#[from] ManifestError),
+    /// The program's manifest is not signed by a content manager of the console's swarm.
+    #[error(transparent)]
+    Pin(#[from] crate::pin::PinError),
 }
 
 impl From<ClientError> for SessionError {
@@ -65,6 +68,9 @@ pub struct Credentials {
     /// The console token from `vodmesh-console login`, shared with the task that refreshes it
     /// during playback ([`keep_fresh`]).
     pub token: SharedToken,
+    /// The issuer the console pinned ([`crate::pin`]): a program's manifest must be signed
+    /// by a content manager it certified. `None`: no manifest signer is checked.
+    pub pinned: Option<IssuerKey>,
 }
 
 impl Credentials {
@@ -73,6 +79,7 @@ impl Credentials {
         Self {
             key: Some(key),
             token: Arc::new(RwLock::new(Some(token))),
+            pinned: None,
         }
     }
 }
@@ -169,6 +176,14 @@ impl Session {
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         };
+        // The pin covers the manifest: signed by a content manager of the console's swarm.
+        if let Some(pinned) = credentials.pinned {
+            let records = match directors.ask(Request::Swarm).await? {
+                Response::Swarm(records) => records,
+                other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+            };
+            crate::pin::manifest_signer(&records, manifest.content_manager, pinned, now_ms())?;
+        }
         // Learn the rest of the swarm now, while the first director answers: if its station
         // goes down mid-play, the console carries on with the others.
         let mut learning = JoinSet::new();

@@ -38,6 +38,7 @@ pub fn credentials(issuer: &Issuer) -> Result<Credentials> {
     Ok(Credentials {
         key: Some(key),
         token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
+        pinned: None,
     })
 }
 

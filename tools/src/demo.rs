@@ -193,6 +193,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
     let credentials = vodmesh_console::play::Credentials {
         key: Some(console_key),
         token: std::sync::Arc::new(std::sync::RwLock::new(Some(token))),
+        pinned: None,
     };
     println!("\nplaying it through station {STATIONS} (vodmesh-console play --speed max)...");
     let mut played: Vec<u8> = Vec::with_capacity(info.size as usize);

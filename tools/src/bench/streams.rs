@@ -387,6 +387,7 @@ async fn over_capacity(dir: &Path, quick: bool) -> Result<(Value, Row)> {
         let credentials = Credentials {
             key: Some(key),
             token: Arc::new(std::sync::RwLock::new(Some(token))),
+            pinned: None,
         };
         let (addr, program) = (node.addr.clone(), program.to_string());
         set.spawn(async move {
