@@ -79,22 +79,34 @@ pub fn check(pinned: Option<(IssuerKey, String)>, found: IssuerKey) -> Result<Pi
     }
 }
 
-/// Checks that `signer`, the signer of a manifest, is a content manager certified by
-/// `pinned` at `now_ms`, from `records`: signed station records as a director lists the swarm
-/// (`Swarm`), each checked here (its signature, its certificate against `pinned` alone).
+/// Checks that `signer`, the signer of a manifest that the director `via` handed over, chains
+/// to `pinned` at `now_ms`, from `records`: signed station records as a director lists the
+/// swarm (`Swarm`), each checked here (its signature, its certificate against `pinned` alone).
+/// The signer chains when it is listed as a content manager `pinned` certified; or, when it
+/// is not listed at all (a content manager that is down: its record expired, issue 25), when
+/// `via` is listed as a member `pinned` certified, since members keep and hand over only the
+/// manifests of certified content managers.
 pub fn manifest_signer(
     records: &[Signed],
-    signer: PeerId,
+    (signer, via): (PeerId, PeerId),
     pinned: IssuerKey,
     now_ms: u64,
 ) -> Result<(), PinError> {
     let trusted: TrustedIssuers = [pinned].into_iter().collect();
-    let certified = (records.iter())
+    let listed: Vec<StationRecord> = (records.iter())
         .filter_map(|signed| StationRecord::verify(signed, now_ms).ok())
-        .filter(|record| record.director == signer)
-        .filter_map(|record| member::of_record(&record, &trusted, now_ms).ok())
-        .any(|member| member.roles.content_manager);
-    if certified {
+        .collect();
+    let certified = |peer: PeerId| {
+        (listed.iter())
+            .filter(|record| record.director == peer)
+            .find_map(|record| member::of_record(record, &trusted, now_ms).ok())
+    };
+    let chains = match certified(signer) {
+        Some(member) => member.roles.content_manager,
+        None if listed.iter().any(|r| r.director == signer) => false,
+        None => certified(via).is_some(),
+    };
+    if chains {
         Ok(())
     } else {
         Err(PinError::ManifestSigner { signer, pinned })
@@ -209,21 +221,31 @@ mod tests {
         ];
         let peer = |k: &libp2p::identity::Keypair| k.public().to_peer_id();
         let now = 5_000;
-        assert!(manifest_signer(&records, peer(&cm), ours.public(), now).is_ok());
+        // Handed over by the stranger's station, certified by another issuer.
+        let check = |records: &[Signed], signer, issuer: &Issuer, now| {
+            manifest_signer(records, (signer, peer(&stranger)), issuer.public(), now)
+        };
+        assert!(check(&records, peer(&cm), &ours, now).is_ok());
         // Certified by another issuer, certified without the role, listed nowhere, expired.
         for signer in [peer(&stranger), peer(&home), PeerId::random()] {
-            let refused = manifest_signer(&records, signer, ours.public(), now).unwrap_err();
+            let refused = check(&records, signer, &ours, now).unwrap_err();
             assert!(
                 refused.to_string().contains(&signer.to_string()),
                 "{refused}"
             );
         }
-        assert!(manifest_signer(&records, peer(&stranger), theirs.public(), now).is_ok());
-        assert!(manifest_signer(&records, peer(&cm), ours.public(), 20_000).is_err());
+        assert!(check(&records, peer(&stranger), &theirs, now).is_ok());
+        assert!(check(&records, peer(&cm), &ours, 20_000).is_err());
+        // A content manager that is down (not listed) is vouched for by a member that hands
+        // its manifest over, not by anyone else; a listed one without the role by nobody.
+        let (down, pinned) = (PeerId::random(), ours.public());
+        assert!(manifest_signer(&records, (down, peer(&home)), pinned, now).is_ok());
+        assert!(manifest_signer(&records, (peer(&stranger), peer(&home)), pinned, now).is_err());
+        assert!(manifest_signer(&records, (down, PeerId::random()), pinned, now).is_err());
         // A record signed by someone else than the station it describes does not count.
         let mut forged = record(&cm, &ours, cm_role);
         forged.signature = record(&home, &ours, cm_role).signature;
-        assert!(manifest_signer(&[forged], peer(&cm), ours.public(), now).is_err());
+        assert!(check(&[forged], peer(&cm), &ours, now).is_err());
     }
 
     #[test]

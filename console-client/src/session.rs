@@ -170,6 +170,7 @@ impl Session {
         credentials: &Credentials,
         program: ProgramId,
     ) -> Result<Self, SessionError> {
+        let via = client.peer();
         let directors = Arc::new(Directors::new(client));
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => Manifest::verify(&signed)?,
@@ -182,7 +183,8 @@ impl Session {
                 Response::Swarm(records) => records,
                 other => return Err(SessionError::Unexpected(format!("{other:?}"))),
             };
-            crate::pin::manifest_signer(&records, manifest.content_manager, pinned, now_ms())?;
+            let chain = (manifest.content_manager, via);
+            crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
         }
         // Learn the rest of the swarm now, while the first director answers: if its station
         // goes down mid-play, the console carries on with the others.
