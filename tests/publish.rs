@@ -254,3 +254,48 @@ async fn a_restarted_engine_still_streams_no_byte_of_an_inactive_program() -> an
     home.shutdown().await;
     Ok(())
 }
+
+/// An engine that kept an embargo whose end it missed (it was down when the program was
+/// published) is told the publish time again when it attaches: the published program streams
+/// from it after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_is_told_again_of_a_publish_it_missed() -> anyhow::Result<()> {
+    use vodmesh_proto::SegmentId;
+    use vodmesh_tests::console::Console;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let consoles = vodmesh_proto::token::Issuer::generate();
+    let home_dir = dir.path().join("home");
+    let start = || {
+        swarm::station(&home_dir)
+            .home()
+            .engines(1)
+            .trusting(&consoles)
+            .start()
+    };
+    let home = start().await?;
+    let key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 64 * 1024, 13)?;
+    let now = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &key, "now", &source)
+    })
+    .await?;
+    home.shutdown().await;
+    vodmesh_tests::stored::embargo(&home_dir, 0, now.program, u64::MAX).await?;
+
+    let home = start().await?;
+    let console = Console::connect(home.addr(), Some(&consoles)).await?;
+    let engine = console.station().await?.engines.remove(0);
+    console.reach(engine.peer_id, &engine.addrs).await?;
+    let segment = SegmentId::new(now.program, 0);
+    wait::until(
+        "the published program streamed",
+        Duration::from_secs(30),
+        || async { Ok(console.stream(engine.peer_id, segment).await.ok() == Some(bytes.clone())) },
+    )
+    .await?;
+    home.shutdown().await;
+    Ok(())
+}

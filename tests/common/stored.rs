@@ -163,3 +163,12 @@ pub async fn forge_segments(data: &Path, engines: usize, program: ProgramId) -> 
     }
     Ok(forged)
 }
+
+/// Puts an embargo on `program` until `until_ms` in the store of engine `index` of the
+/// stopped station under `data`, as an engine that missed the program's publish keeps it.
+pub async fn embargo(data: &Path, index: usize, program: ProgramId, until_ms: u64) -> Result<()> {
+    let (st, _) = open(data, index).await?;
+    st.set_embargoes(vec![(program, Some(until_ms))]).await?;
+    st.shutdown().await?;
+    Ok(())
+}

@@ -323,6 +323,8 @@ impl Director {
             for allow in self.replicate.standing(now_ms()) {
                 let _ = ctx.engines.send(EngineId(index), allow);
             }
+            // And it keeps embargoes it may have missed the end of.
+            self.publish.retell(&ctx, EngineId(index));
         }
         match ctx.engines.apply(report, ctx.activity) {
             Heard::Nothing => {}

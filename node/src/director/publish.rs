@@ -33,11 +33,13 @@ use super::catalog::{
 };
 use super::choose::Locating;
 use super::context::{Ctx, Reply};
+use super::engines::EngineId;
 use super::error::{Error, respond};
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
+use crate::control::EngineCommand;
 use crate::events::Kind;
 
 /// A reconciling fetch of a held program: its record from the registry, retried for up to
@@ -285,6 +287,32 @@ impl Publishing {
             Some(_) => Err(Error::NotPublished),
             None => Err(Error::UnknownProgram),
         }
+    }
+
+    /// An engine (re)attached: it is told again the publish time of every program this
+    /// station holds whose record is known, since it keeps its embargoes across a restart
+    /// (`engine::embargo`) and may have missed a publish while it was down. Sent from a task,
+    /// at the pace the engine takes them.
+    pub(super) fn retell(&mut self, ctx: &Ctx<'_>, engine: EngineId) {
+        let (Some(commands), Ok(held)) = (ctx.engines.commands(engine), ctx.locations.programs())
+        else {
+            return;
+        };
+        let times: Vec<(ProgramId, u64)> = (held.into_iter())
+            .filter_map(|p| Some((p, self.known_record(ctx, &p)?.record.playable_from())))
+            .collect();
+        self.tasks.spawn(async move {
+            for (program, at_ms) in times {
+                if commands
+                    .send(EngineCommand::PublishAt { program, at_ms })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Done::Nothing
+        });
     }
 
     /// Whether a `Locate` refused as not published should have the program's record fetched
