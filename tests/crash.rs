@@ -151,7 +151,7 @@ fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Res
     assert_eq!(played.stats["stations"], serde_json::json!(only_b));
 
     wait::blocking("b to provide the program", Duration::from_secs(30), || {
-        Ok(status::program_stations(&home.addr, &program)?.contains(&b_peer))
+        Ok(status::program_stations(&home.addr, &home.key(), &program)?.contains(&b_peer))
     })?;
 
     let b = b.crash()?;
@@ -159,7 +159,7 @@ fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Res
     wait::blocking(
         "b to be no provider of the program",
         Duration::from_secs(60),
-        || Ok(!status::program_stations(&home.addr, &program)?.contains(&b_peer)),
+        || Ok(!status::program_stations(&home.addr, &home.key(), &program)?.contains(&b_peer)),
     )?;
     let b = b.start()?;
     let played = Play::new(&console, &b.addr, "kept").run()?;
@@ -176,7 +176,7 @@ fn a_station_restarted_serves_and_provides_the_replica_it_holds() -> anyhow::Res
     wait::blocking(
         "b to provide the program again",
         Duration::from_secs(60),
-        || Ok(status::program_stations(&home.addr, &program)?.contains(&b_peer)),
+        || Ok(status::program_stations(&home.addr, &home.key(), &program)?.contains(&b_peer)),
     )?;
     Ok(())
 }

@@ -109,7 +109,7 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let programs = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let programs = vodmesh_tools::programs::fetch(home.addr(), Some(&key)).await?;
     let stations: BTreeSet<PeerId> = programs[0].stations.iter().copied().collect();
     assert_eq!(stations, want);
 

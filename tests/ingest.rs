@@ -28,7 +28,8 @@ async fn a_64_mib_file_is_stored_exactly_across_the_engines() -> anyhow::Result<
     .await?;
     assert_eq!(info.segments, 16);
     assert_eq!(info.size, bytes.len() as u64);
-    let listed = vodmesh_tools::programs::fetch(station.addr()).await?;
+    let listed =
+        vodmesh_tools::programs::fetch(station.addr(), Some(&data.join("identity.key"))).await?;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].program, info.program);
     station.shutdown().await;
@@ -93,7 +94,7 @@ async fn non_admins_and_bad_sources_are_refused_and_leave_nothing() -> anyhow::R
     );
 
     assert!(
-        vodmesh_tools::programs::fetch(station.addr())
+        vodmesh_tools::programs::fetch(station.addr(), Some(&data.join("identity.key")))
             .await?
             .is_empty()
     );

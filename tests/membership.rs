@@ -300,3 +300,106 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
     home.shutdown().await;
     Ok(())
 }
+
+/// Programs not published yet are the swarm's own business (issue 19): a console, or a
+/// stranger with an uncertified record, does not see one in `Programs` and is told
+/// `program not published` for its `Manifest`, while it gets both of a published program
+/// (the control); a member station gets the manifest (it replicates the program: the
+/// member named by the ingest's `--replicas 1` holds it before its publish), and an admin's
+/// `vodmesh programs --key` lists it, a stranger's key being no admin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> anyhow::Result<()> {
+    use vodmesh_proto::director::ErrorCode;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let member_key = vodmesh_node::identity::load_or_create(&member_dir.join("identity.key"))?;
+    let addr = home.addr().clone();
+    let mut stranger = Rogue::new(&addr)?;
+    join(&mut stranger, None, CM).await?;
+    let console = Keypair::generate_ed25519();
+
+    let admin_key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    random_file(&source, 256 * 1024, 23)?;
+    let later = ingest::run(&IngestOptions {
+        replicas: 1,
+        ..ingest_options(&home, &admin_key, "later", &source)
+    })
+    .await?
+    .program;
+    let now = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        segment_size: 64 * 1024,
+        ..ingest_options(&home, &admin_key, "now", &source)
+    })
+    .await?
+    .program;
+    let registry = home.registry();
+    wait::until(
+        "the member holding the program not published yet",
+        Duration::from_secs(60),
+        || async { Ok(registry.holders(later).await?.contains(&member.peer_id())) },
+    )
+    .await?;
+
+    let listed = |key: Keypair| {
+        let addr = addr.clone();
+        async move {
+            let client = DirectorClient::connect(&addr, Some(key)).await?;
+            match client.call(Request::Programs).await? {
+                Response::Programs(list) => anyhow::Ok(
+                    list.iter()
+                        .map(|p| p.program)
+                        .collect::<std::collections::BTreeSet<_>>(),
+                ),
+                other => anyhow::bail!("{other:?}"),
+            }
+        }
+    };
+    let manifest = |key: Keypair, program| {
+        let addr = addr.clone();
+        async move {
+            let client = DirectorClient::connect(&addr, Some(key)).await?;
+            anyhow::Ok(match client.call(Request::Manifest { program }).await {
+                Ok(Response::Manifest(_)) => Ok(()),
+                Ok(other) => anyhow::bail!("{other:?}"),
+                Err(DirectorError::Refused(reply)) => Err(reply),
+                Err(e) => return Err(e.into()),
+            })
+        }
+    };
+    for key in [&console, &stranger.key] {
+        assert_eq!(listed(key.clone()).await?, [now].into());
+        let refused = manifest(key.clone(), later).await?.err();
+        assert_eq!(
+            refused.as_ref().map(|r| r.code),
+            Some(ErrorCode::NotPublished)
+        );
+        assert_eq!(
+            refused.map(|r| r.message).as_deref(),
+            Some("program not published")
+        );
+        assert_eq!(manifest(key.clone(), now).await?, Ok(()));
+    }
+    // A member station sees it, as does an admin; a stranger's key proves nothing.
+    assert_eq!(listed(member_key.clone()).await?, [later, now].into());
+    assert_eq!(manifest(member_key, later).await?, Ok(()));
+    let as_admin = vodmesh_tools::programs::fetch(&addr, Some(&admin_key)).await?;
+    let ids: Vec<ProgramId> = as_admin.iter().map(|p| p.program).collect();
+    assert!(ids.contains(&later) && ids.contains(&now), "{ids:?}");
+    let stranger_key = dir.path().join("stranger.key");
+    vodmesh_node::identity::save(&stranger_key, &Keypair::generate_ed25519())?;
+    let refused = vodmesh_tools::programs::fetch(&addr, Some(&stranger_key)).await;
+    let refused = refused.err().map(|e| e.to_string());
+    assert_eq!(refused.as_deref(), Some("not an admin of this station"));
+    member.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}

@@ -323,3 +323,123 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     }
     Ok(())
 }
+
+/// A member that serves wrong bytes (issue 19): the liar holds a replica whose bytes were
+/// replaced (its own store believes them) and is the cheapest source by far. A miss at a
+/// third station tries it first, drops its bytes when they fail verification and fills the
+/// segment from the honest home at once (the console gets the right bytes); the liar is
+/// penalised, and the next miss does not try it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_time() -> Result<()>
+{
+    use vodmesh_tests::stored::forge_segments;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let consoles = Issuer::generate();
+    let site = |name, bandwidth_mbps| Site {
+        name,
+        coords: BERLIN,
+        bandwidth_mbps,
+        copy_rate_mbps: 0,
+    };
+    // The home is the dearest source: a slow link.
+    let home = station(root, site("home", 10), None, &consoles).await?;
+    let liar = station(root, site("liar", 1000), Some(&home), &consoles).await?;
+    let mut liar_events = liar.subscribe();
+    let source = root.join("p.bin");
+    // Segments below what a throughput measurement needs: the costs stay the advertised ones.
+    const SEGMENT: usize = 64 * 1024;
+    let bytes = random_file(&source, 3 * SEGMENT, 41)?;
+    let key = root.join("home").join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        replicas: 1,
+        segment_size: SEGMENT as u64,
+        ..ingest_options(&home, &key, "lies", &source)
+    })
+    .await?
+    .program;
+    let mut log = Vec::new();
+    let replica = |e: &vodmesh_node::events::Event| e.kind == Kind::ReplicaComplete;
+    wait::event(
+        &mut liar_events,
+        &mut log,
+        "the liar's replica",
+        MINUTE,
+        replica,
+    )
+    .await?;
+    let liar_peer = liar.peer_id();
+    liar.shutdown().await;
+    assert_eq!(forge_segments(&root.join("liar"), 2, program).await?, 3);
+    let liar = station(root, site("liar", 1000), Some(&home), &consoles).await?;
+    let seeker = station(root, site("seeker", 1000), Some(&home), &consoles).await?;
+    wait::until("both holders seen", MINUTE, || async {
+        let holders = seeker.registry().holders(program).await?;
+        Ok(holders.contains(&liar_peer) && holders.contains(&home.peer_id()))
+    })
+    .await?;
+    // The restarted liar names its engines for both segments, as it will to the seeker.
+    let seeker_key = root.join("seeker").join("identity.key");
+    let seeker_key = vodmesh_node::identity::load_or_create(&seeker_key)?;
+    let asking = vodmesh_client::DirectorClient::connect(liar.addr(), Some(seeker_key)).await?;
+    wait::until("the liar naming its engines", MINUTE, || async {
+        for index in 0..2 {
+            let request = vodmesh_proto::director::Request::LocateCopy { program, index };
+            let answer = asking.call(request).await;
+            if !matches!(
+                answer,
+                Ok(vodmesh_proto::director::Response::Located { .. })
+            ) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+
+    let mut events = seeker.subscribe();
+    let mut log = Vec::new();
+    let console = Console::connect(seeker.addr(), Some(&consoles)).await?;
+    let at = |index: u32| {
+        move |e: &vodmesh_node::events::Event| e.segment == Some(vodmesh_proto::SegmentIndex(index))
+    };
+    let chosen = |index: u32| {
+        move |e: &vodmesh_node::events::Event| {
+            at(index)(e) && matches!(e.kind, Kind::SourceChosen { .. })
+        }
+    };
+    let location = console.locate(program, 0, false).await?;
+    assert_eq!(location.director, seeker.peer_id(), "a copy at the seeker");
+    let first = wait::event(&mut events, &mut log, "source 0", MINUTE, chosen(0)).await?;
+    assert!(
+        matches!(first.kind, Kind::SourceChosen { station, .. } if station == liar_peer),
+        "the liar is the cheapest: {first:?}"
+    );
+    let penalised = |e: &vodmesh_node::events::Event| matches!(e.kind, Kind::SourcePenalised { station, failures: 1 } if station == liar_peer);
+    wait::event(
+        &mut events,
+        &mut log,
+        "the liar penalised",
+        MINUTE,
+        penalised,
+    )
+    .await?;
+    let tabled = |e: &vodmesh_node::events::Event| at(0)(e) && e.kind == Kind::Tabled;
+    wait::event(&mut events, &mut log, "segment 0 copied", MINUTE, tabled).await?;
+    console.reach(location.engine, &location.addrs).await?;
+    let got = console
+        .stream(location.engine, SegmentId::new(program, 0))
+        .await?;
+    assert!(got == bytes[..SEGMENT], "the copy holds the home's bytes");
+
+    // The next miss does not try the liar first.
+    console.locate(program, 1, false).await?;
+    let next = wait::event(&mut events, &mut log, "source 1", MINUTE, chosen(1)).await?;
+    assert!(
+        matches!(next.kind, Kind::SourceChosen { station, .. } if station == home.peer_id()),
+        "{next:?}"
+    );
+    Ok(())
+}

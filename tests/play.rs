@@ -130,10 +130,14 @@ fn an_unpublished_program_is_refused_with_one_line() -> Result<()> {
     let home = Node::new(&dir.path().join("home")).home().start()?;
     let source = dir.path().join("p.bin");
     random_file(&source, 100_000, 23)?;
-    Ingest::new(&home.addr, &home.key(), "later", &source).run()?;
+    let program = Ingest::new(&home.addr, &home.key(), "later", &source).run()?;
     // Refused (exit non-zero, no byte of the unpublished program written), in one line.
-    let refused = Play::new(&dir.path().join("anonymous"), &home.addr, "later").refused()?;
+    let console = dir.path().join("anonymous");
+    let refused = Play::new(&console, &home.addr, &program).refused()?;
     assert_eq!(refused, "error: program not published\n");
+    // By title it is not even found: a console is not shown programs not published yet.
+    let refused = Play::new(&console, &home.addr, "later").refused()?;
+    assert_eq!(refused, "error: no program titled \"later\"\n");
     Ok(())
 }
 

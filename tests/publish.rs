@@ -71,7 +71,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
             Some("program not published"),
         );
     }
-    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let listed_state = vodmesh_tools::programs::fetch(home.addr(), Some(&key)).await?;
     assert_eq!(listed_state[0].state, ProgramState::Inactive);
     assert_eq!(listed_state[0].publish_at_ms, Some(publish_at));
 
@@ -87,7 +87,7 @@ async fn refused_before_the_publish_time_and_served_after() -> anyhow::Result<()
         now_ms() >= publish_at,
         "never served before the publish time"
     );
-    let listed_state = vodmesh_tools::programs::fetch(home.addr()).await?;
+    let listed_state = vodmesh_tools::programs::fetch(home.addr(), Some(&key)).await?;
     assert_eq!(listed_state[0].state, ProgramState::Published);
 
     // Without a publish time a program stays inactive until `vodmesh publish`; only admins
@@ -201,6 +201,101 @@ async fn an_engine_streams_no_byte_of_an_inactive_program() -> anyhow::Result<()
     // The control: published, the same request streams the program's bytes.
     vodmesh_tools::publish::run(home.addr(), &key, info.program).await?;
     assert_eq!(console.stream(engine.peer_id, segment).await?, bytes);
+    home.shutdown().await;
+    Ok(())
+}
+
+/// The embargo outlives a restart (issue 19): the home's engine, told that a program is not
+/// published yet, is restarted with its station; its director never tells it again (the
+/// program is of its own catalog), and still a console with a valid token that asks the
+/// engine directly gets no byte of it, while a published program streams (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_still_streams_no_byte_of_an_inactive_program() -> anyhow::Result<()> {
+    use vodmesh_proto::SegmentId;
+    use vodmesh_proto::stream::StreamReply;
+    use vodmesh_tests::console::Console;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let consoles = vodmesh_proto::token::Issuer::generate();
+    let home_dir = dir.path().join("home");
+    let start = || {
+        swarm::station(&home_dir)
+            .home()
+            .engines(1)
+            .trusting(&consoles)
+            .start()
+    };
+    let home = start().await?;
+    let key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 64 * 1024, 12)?;
+    let later = ingest::run(&ingest_options(&home, &key, "later", &source)).await?;
+    let now = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        segment_size: 32 * 1024,
+        ..ingest_options(&home, &key, "now", &source)
+    })
+    .await?;
+    home.shutdown().await;
+
+    let home = start().await?;
+    let console = Console::connect(home.addr(), Some(&consoles)).await?;
+    let engine = console.station().await?.engines.remove(0);
+    console.reach(engine.peer_id, &engine.addrs).await?;
+    let segment = SegmentId::new(later.program, 0);
+    let (_, reply) = console
+        .ask(engine.peer_id, &console.request(segment, 0, 0))
+        .await?;
+    assert_eq!(reply, StreamReply::Refused("program not published".into()));
+    let published = console
+        .stream(engine.peer_id, SegmentId::new(now.program, 1))
+        .await?;
+    assert_eq!(published, bytes[32 * 1024..]);
+    home.shutdown().await;
+    Ok(())
+}
+
+/// An engine that kept an embargo whose end it missed (it was down when the program was
+/// published) is told the publish time again when it attaches: the published program streams
+/// from it after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_is_told_again_of_a_publish_it_missed() -> anyhow::Result<()> {
+    use vodmesh_proto::SegmentId;
+    use vodmesh_tests::console::Console;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let consoles = vodmesh_proto::token::Issuer::generate();
+    let home_dir = dir.path().join("home");
+    let start = || {
+        swarm::station(&home_dir)
+            .home()
+            .engines(1)
+            .trusting(&consoles)
+            .start()
+    };
+    let home = start().await?;
+    let key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 64 * 1024, 13)?;
+    let now = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &key, "now", &source)
+    })
+    .await?;
+    home.shutdown().await;
+    vodmesh_tests::stored::embargo(&home_dir, 0, now.program, u64::MAX).await?;
+
+    let home = start().await?;
+    let console = Console::connect(home.addr(), Some(&consoles)).await?;
+    let engine = console.station().await?.engines.remove(0);
+    console.reach(engine.peer_id, &engine.addrs).await?;
+    let segment = SegmentId::new(now.program, 0);
+    wait::until(
+        "the published program streamed",
+        Duration::from_secs(30),
+        || async { Ok(console.stream(engine.peer_id, segment).await.ok() == Some(bytes.clone())) },
+    )
+    .await?;
     home.shutdown().await;
     Ok(())
 }

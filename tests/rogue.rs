@@ -3,7 +3,8 @@
 //! member's (so that a walk of the swarm would meet it first), joins by bootstrap and copies
 //! the members' `--trust`. It gets nothing: a console logging in through a member never
 //! reaches it, a title it ingested too plays the real bytes, its other programs are not
-//! listed, and its `--replicas 2` ingest leaves the members' stores as they were. Once an
+//! listed nor played (the console refuses a manifest its pinned issuer did not certify the
+//! signer of), and its `--replicas 2` ingest leaves the members' stores as they were. Once an
 //! admin enrolls it, it is a member like any other: listed, and it fills a miss from the home.
 
 use std::time::Duration;
@@ -132,11 +133,18 @@ fn an_uninvited_station_gets_nothing_until_an_admin_enrolls_it() -> Result<()> {
     assert_eq!(held(&home.addr)?, real_bytes.len() as u64);
 
     // Through the member: only the home's program is listed, and the title plays its bytes.
-    let listed = status::programs(&member.addr)?;
+    let listed = status::programs(&member.addr, None)?;
     assert_eq!(listed, vec![program.clone()], "{listed:?}");
     assert!(!listed.contains(&fake_program) && !listed.contains(&rogue_only));
     let played = Play::new(&viewer, &member.addr, "news").run()?;
     assert!(played.bytes == real_bytes, "the title played other bytes");
+    // Through the rogue itself, by id: it serves its program, but its manifest is signed by
+    // a content manager the pinned issuer never certified, and the console refuses it.
+    let line = cli::refusal(&mut Play::new(&viewer, &rogue.addr, &rogue_only).command())?;
+    assert!(
+        line.contains("not a content manager certified by") && line.contains(&issuer),
+        "{line}"
+    );
 
     // An admin enrolls the same identity: it restarts as a member (its own auth server and
     // catalog set aside), is listed, and fills a miss from the home.

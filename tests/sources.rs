@@ -211,7 +211,7 @@ async fn bad_sources_fail_in_one_line_and_leave_nothing() -> anyhow::Result<()> 
         assert!(!err.contains('\n'), "{source}: not one line: {err}");
     }
     assert!(
-        vodmesh_tools::programs::fetch(station.addr())
+        vodmesh_tools::programs::fetch(station.addr(), Some(&key))
             .await?
             .is_empty(),
         "nothing half-ingested in the catalog"

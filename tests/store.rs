@@ -185,7 +185,7 @@ async fn used_bytes_survive_sigterm_and_sigkill_and_capacity_decides_the_same() 
     assert_eq!(on_disk(&data, 3), after);
     let mut both = vec![a_id, fits_id.clone()];
     both.sort();
-    assert_eq!(programs(&node.addr)?, both);
+    assert_eq!(programs(&node.addr, Some(&node.key()))?, both);
     assert!(node.terminate()?);
     let (segments, _) = engine_segments(&data, 3, fits_id.parse()?).await?;
     let joined: Vec<u8> = segments.into_values().flatten().collect();
@@ -226,7 +226,7 @@ async fn an_ingest_beyond_capacity_is_refused_at_once_and_leaves_nothing() -> Re
     }
     wait_used(&node.addr, &[0, 0], "nothing stored").await?;
     assert_eq!(on_disk(&data, 2), vec![0, 0]);
-    assert!(programs(&node.addr)?.is_empty());
+    assert!(programs(&node.addr, Some(&node.key()))?.is_empty());
 
     // Nothing is published: `ls` says so (on stderr, stdout stays a list) and exits 0.
     let ls = console(None, &dir.path().join("console"))
@@ -280,7 +280,10 @@ async fn of_two_ingests_that_do_not_fit_together_one_succeeds_whole() -> Result<
     let used = used_bytes(&node.addr)?;
     assert_eq!(used.iter().sum::<u64>(), 12 * MIB as u64, "{used:?}");
     assert_eq!(on_disk(&data, 2), used);
-    assert_eq!(programs(&node.addr)?, vec![winner_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![winner_id.clone()]
+    );
     assert!(node.terminate()?);
     let (segments, _) = engine_segments(&data, 2, winner_id.parse()?).await?;
     let joined: Vec<u8> = segments.into_values().flatten().collect();
@@ -367,7 +370,10 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     client.wait()?;
     wait_used(&node.addr, &before, "the killed ingest's segments dropped").await?;
     assert_eq!(on_disk(&data, 2), before);
-    assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![first_id.clone()]
+    );
     wait_held(&node.addr, 1, "the location table to list them no longer").await?;
 
     // The station stopped mid-ingest (SIGTERM, then SIGKILL), with a time-out too long to
@@ -387,7 +393,10 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
         node = NodeProcess::start(&data, &args)?;
         wait_used(&node.addr, &before, "the leftovers dropped at start").await?;
         assert_eq!(on_disk(&data, 2), before, "after a stop (SIGKILL: {kill})");
-        assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+        assert_eq!(
+            programs(&node.addr, Some(&node.key()))?,
+            vec![first_id.clone()]
+        );
         wait_held(&node.addr, 1, "the leftovers out of the location table").await?;
     }
 
@@ -396,7 +405,7 @@ async fn a_killed_ingest_expires_and_a_station_stopped_mid_ingest_drops_the_left
     let done = ingest_ok(&ingest(&node, "stalled", &stalled.url)).await?;
     let mut ids = vec![first_id, done];
     ids.sort();
-    assert_eq!(programs(&node.addr)?, ids);
+    assert_eq!(programs(&node.addr, Some(&node.key()))?, ids);
     drop(stalled.server);
     Ok(())
 }
@@ -431,7 +440,7 @@ async fn ingest_progress_goes_to_a_log_as_lines() -> Result<()> {
             "{line}"
         );
     }
-    assert_eq!(programs(&node.addr)?, vec![id]);
+    assert_eq!(programs(&node.addr, Some(&node.key()))?, vec![id]);
     Ok(())
 }
 
@@ -528,7 +537,10 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
     )
     .await?;
     assert_eq!(segment_bytes(&engine_disk), 2 * MIB as u64);
-    assert_eq!(programs(&node.addr)?, vec![first_id.clone()]);
+    assert_eq!(
+        programs(&node.addr, Some(&node.key()))?,
+        vec![first_id.clone()]
+    );
 
     // The station keeps serving what it holds.
     std::fs::remove_file(&junk)?;

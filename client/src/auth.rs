@@ -17,7 +17,7 @@ use vodmesh_proto::member;
 use vodmesh_proto::net::{tcp_first, with_peer};
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{IssuerKey, TokenError, TrustedIssuers};
+use vodmesh_proto::token::{Audience, Claims, IssuerKey, TokenError, TrustedIssuers};
 
 use crate::director::{DirectorClient, DirectorError};
 use crate::files::FileError;
@@ -47,6 +47,18 @@ pub enum AuthError {
     /// A local file could not be read or written.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The auth server found signs with another key than the one that issued the token to
+    /// refresh (the console's pinned issuer).
+    #[error(
+        "the auth server signs with {found}, not with {pinned}, the issuer of this console's \
+         token: not refreshed"
+    )]
+    OtherIssuer {
+        /// The auth server's key.
+        found: IssuerKey,
+        /// The issuer of the token.
+        pinned: IssuerKey,
+    },
 }
 
 impl From<DirectorError> for AuthError {
@@ -180,25 +192,83 @@ impl AuthClient {
 }
 
 /// A new console token for `current`, from the auth server found through `node`, asked as
-/// `key` (the token's subject).
+/// `key` (the token's subject). Only the issuer that signed `current` (the one the console
+/// pinned when it logged in) is asked, and only a token it signed is taken
+/// ([`check_refreshed`]): a refresh never hands the console to another swarm.
 pub async fn refresh(
     node: &Multiaddr,
     key: &Keypair,
     current: &[u8],
 ) -> Result<Vec<u8>, AuthError> {
+    let issuer = Claims::peek(current)?.issuer;
     let server = find_auth_server(node, key.clone()).await?;
+    if server.issuer != issuer {
+        return Err(AuthError::OtherIssuer {
+            found: server.issuer,
+            pinned: issuer,
+        });
+    }
     let client = AuthClient::connect(&server, key.clone()).await?;
-    client
+    let fresh = client
         .token(Request::Refresh {
             token: serde_bytes::ByteBuf::from(current.to_vec()),
         })
-        .await
+        .await?;
+    check_refreshed(&fresh, issuer, &key.public().to_peer_id(), now_ms())?;
+    Ok(fresh)
+}
+
+/// Whether `fresh` is a console token for `me` signed by `issuer`, valid at `now_ms`.
+pub fn check_refreshed(
+    fresh: &[u8],
+    issuer: IssuerKey,
+    me: &PeerId,
+    now_ms: u64,
+) -> Result<(), AuthError> {
+    let trusted: TrustedIssuers = [issuer].into_iter().collect();
+    trusted.verify(fresh, now_ms, Audience::Console, None, me)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vodmesh_proto::station::Roles;
+
+    #[test]
+    fn a_refreshed_token_counts_only_from_the_issuer_of_the_one_it_replaces() {
+        use vodmesh_proto::token::{Issuer, Rights, TokenId};
+        let (ours, theirs) = (Issuer::generate(), Issuer::generate());
+        let me = PeerId::random();
+        let token = |issuer: &Issuer, audience, subject| {
+            issuer
+                .sign(&Claims {
+                    issuer: issuer.public(),
+                    subject,
+                    audience,
+                    rights: Rights::All,
+                    not_before_ms: 0,
+                    expires_ms: 10_000,
+                    id: TokenId::random(),
+                    user: None,
+                    roles: None,
+                })
+                .unwrap()
+        };
+        let fresh = token(&ours, Audience::Console, me);
+        assert!(check_refreshed(&fresh, ours.public(), &me, 5_000).is_ok());
+        // Signed by another issuer (even one naming ours), for another peer or audience.
+        let foreign = token(&theirs, Audience::Console, me);
+        assert!(check_refreshed(&foreign, ours.public(), &me, 5_000).is_err());
+        let mut claims = Claims::peek(&fresh).unwrap();
+        claims.issuer = ours.public();
+        let forged = theirs.sign(&claims).unwrap();
+        assert!(check_refreshed(&forged, ours.public(), &me, 5_000).is_err());
+        let other_peer = token(&ours, Audience::Console, PeerId::random());
+        assert!(check_refreshed(&other_peer, ours.public(), &me, 5_000).is_err());
+        let engine = token(&ours, Audience::Engine, me);
+        assert!(check_refreshed(&engine, ours.public(), &me, 5_000).is_err());
+    }
 
     #[test]
     fn an_auth_station_record_names_its_server_tcp_first() {
@@ -230,10 +300,10 @@ mod tests {
             "no certificate: no auth server"
         );
         let certify = |issuer: &vodmesh_proto::token::Issuer, auth| {
-            let claims = vodmesh_proto::token::Claims {
+            let claims = Claims {
                 issuer: issuer.public(),
                 subject: director,
-                audience: vodmesh_proto::token::Audience::Member,
+                audience: Audience::Member,
                 rights: vodmesh_proto::token::Rights::All,
                 not_before_ms: 0,
                 expires_ms: u64::MAX,

@@ -252,8 +252,9 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
     }
     let key = home.identity()?;
     let token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
-    let credentials =
+    let mut credentials =
         play::Credentials::new(key.clone(), token).remembering(remember::known(&home));
+    credentials.pinned = pin::load(&home, None)?.map(|(issuer, _)| issuer);
     // Refreshed in the background before it expires, without stopping playback.
     background.spawn(play::keep_fresh(
         node.clone(),

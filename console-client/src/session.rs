@@ -11,11 +11,10 @@ use libp2p::identity::Keypair;
 use tokio::task::JoinSet;
 use vodmesh_client::files::write_private;
 use vodmesh_client::{ClientError, DirectorClient};
-use vodmesh_proto::catalog::ProgramState;
 use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::{Manifest, ManifestError};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::Claims;
+use vodmesh_proto::token::{Claims, IssuerKey};
 use vodmesh_proto::{ProgramId, SegmentIndex};
 
 use crate::directors::{AskError, Directors};
@@ -47,6 +46,9 @@ pub enum SessionError {
     /// The program's manifest does not verify.
     #[error("the program's manifest does not verify: {0}")]
     Manifest(#[from] ManifestError),
+    /// The program's manifest is not signed by a content manager of the console's swarm.
+    #[error(transparent)]
+    Pin(#[from] crate::pin::PinError),
 }
 
 impl From<ClientError> for SessionError {
@@ -71,6 +73,9 @@ pub struct Credentials {
     /// while the director it was pointed at has not listed the rest of the swarm, or when it
     /// never does.
     pub swarm: Vec<Multiaddr>,
+    /// The issuer the console pinned ([`crate::pin`]): a program's manifest must be signed
+    /// by a content manager it certified. `None`: no manifest signer is checked.
+    pub pinned: Option<IssuerKey>,
 }
 
 impl Credentials {
@@ -80,6 +85,7 @@ impl Credentials {
             key: Some(key),
             token: Arc::new(RwLock::new(Some(token))),
             swarm: Vec::new(),
+            pinned: None,
         }
     }
 
@@ -142,7 +148,7 @@ pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>,
     Ok(programs(client)
         .await?
         .into_iter()
-        .filter(|p| p.state == ProgramState::Published && p.publish_at_ms.is_none_or(|t| t <= now))
+        .filter(|p| p.playable(now))
         .collect())
 }
 
@@ -175,12 +181,22 @@ impl Session {
         credentials: &Credentials,
         program: ProgramId,
     ) -> Result<Self, SessionError> {
+        let via = client.peer();
         let directors = Arc::new(Directors::new(client, &credentials.swarm));
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => Manifest::verify(&signed)?,
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         };
+        // The pin covers the manifest: signed by a content manager of the console's swarm.
+        if let Some(pinned) = credentials.pinned {
+            let records = match directors.ask(Request::Swarm).await? {
+                Response::Swarm(records) => records,
+                other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+            };
+            let chain = (manifest.content_manager, via);
+            crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
+        }
         // Learn the rest of the swarm now, while the first director answers: if its station
         // goes down mid-play, the console carries on with the others.
         let mut learning = JoinSet::new();

@@ -176,7 +176,7 @@ pub struct Source {
 }
 
 /// A finished copy: who sent the bytes and how fast, for the cost of the next copy (claim 15).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Copied {
     /// The source that sent the last bytes.
     pub source: PeerId,
@@ -186,6 +186,10 @@ pub struct Copied {
     pub elapsed: std::time::Duration,
     /// Sources that failed before it.
     pub failovers: u32,
+    /// Sources whose bytes failed verification on the way (the copy dropped them and started
+    /// again from the next source): the director costs them more for a while.
+    #[serde(default)]
+    pub corrupt: Vec<PeerId>,
 }
 
 /// What a director tells one of its engines.

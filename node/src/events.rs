@@ -75,6 +75,14 @@ pub enum Kind {
     Published,
     /// A director learned a new catalog record (state) of the program.
     Learned,
+    /// A copy of the segment dropped the bytes of `station` (they failed verification): the
+    /// director costs it more, and skips it while another holder is there, for a while.
+    SourcePenalised {
+        /// The lying station's director.
+        station: PeerId,
+        /// Its copies that failed verification lately, this one included.
+        failures: u32,
+    },
 }
 
 /// One event.

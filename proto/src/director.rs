@@ -144,7 +144,19 @@ pub enum Request {
         /// Admin proof for op [`DRAIN_OP`] on [`DRAIN_SUBJECT`].
         admin: Signed,
     },
+    /// [`Request::Programs`] for an admin: with the programs not published yet, which a
+    /// director lists to admins and member stations only. Answered with
+    /// [`Response::Programs`].
+    AllPrograms {
+        /// Admin proof for op [`PROGRAMS_OP`] on [`PROGRAMS_SUBJECT`].
+        admin: Signed,
+    },
 }
+
+/// The admin operation of [`Request::AllPrograms`].
+pub const PROGRAMS_OP: &str = "programs";
+/// The subject of [`Request::AllPrograms`]'s admin proof: the whole catalog.
+pub const PROGRAMS_SUBJECT: &[u8] = b"catalog";
 
 /// The admin operation of [`Request::Drain`].
 pub const DRAIN_OP: &str = "drain";
@@ -198,6 +210,13 @@ pub struct ProgramInfo {
     pub segments: u32,
     /// Directors of the stations holding it.
     pub stations: Vec<PeerId>,
+}
+
+impl ProgramInfo {
+    /// Whether subscribers may play it at `now_ms`: published, and its publish time come.
+    pub fn playable(&self, now_ms: u64) -> bool {
+        self.state == ProgramState::Published && self.publish_at_ms.is_none_or(|t| t <= now_ms)
+    }
 }
 
 /// A director's answer.
@@ -368,6 +387,9 @@ mod tests {
                 drain: true,
                 admin: Signed::sign("x", &1u8, &libp2p::identity::Keypair::generate_ed25519()),
             },
+            Request::AllPrograms {
+                admin: Signed::sign("x", &2u8, &libp2p::identity::Keypair::generate_ed25519()),
+            },
         ] {
             let b = encode(&req);
             assert_eq!(decode::<Request>(&b, LIMITS.request).unwrap(), req);
@@ -394,5 +416,24 @@ mod tests {
             let b = encode(&resp);
             assert_eq!(decode::<Response>(&b, LIMITS.response).unwrap(), resp);
         }
+    }
+
+    #[test]
+    fn a_program_is_playable_once_published_and_its_time_has_come() {
+        let info = |state, publish_at_ms| ProgramInfo {
+            program: ProgramId([1; 32]),
+            title: "t".into(),
+            state,
+            publish_at_ms,
+            size: 1,
+            duration_ms: 1,
+            segments: 1,
+            stations: vec![],
+        };
+        assert!(info(ProgramState::Published, None).playable(5));
+        assert!(info(ProgramState::Published, Some(5)).playable(5));
+        assert!(!info(ProgramState::Published, Some(6)).playable(5));
+        assert!(!info(ProgramState::Inactive, Some(1)).playable(5));
+        assert!(!info(ProgramState::Inactive, None).playable(5));
     }
 }

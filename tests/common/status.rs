@@ -3,6 +3,7 @@
 //! of a content manager.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use libp2p::Multiaddr;
@@ -111,11 +112,22 @@ pub fn used_bytes(addr: &Multiaddr) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// The stations `vodmesh programs --node ADDR --json` lists as holding `program` (the
-/// content manager and the providers of `program/<id>` in the registry).
-pub fn program_stations(addr: &Multiaddr, program: &str) -> Result<BTreeSet<String>> {
-    let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;
-    let json: Value = serde_json::from_str(&out)?;
+/// `vodmesh programs --node ADDR --json`, as the station's admin with its `key` (programs
+/// not published yet too), or as anyone (published programs only).
+fn listed(addr: &Multiaddr, key: Option<&Path>) -> Result<Value> {
+    let addr = addr.to_string();
+    let mut args = vec!["programs", "--node", &addr, "--json"];
+    let key = key.map(|k| k.to_string_lossy().into_owned());
+    if let Some(key) = &key {
+        args.extend(["--key", key]);
+    }
+    Ok(serde_json::from_str(&vodmesh(&args)?)?)
+}
+
+/// The stations `vodmesh programs --node ADDR --key KEY --json` lists as holding `program`
+/// (the content manager and the providers of `program/<id>` in the registry).
+pub fn program_stations(addr: &Multiaddr, key: &Path, program: &str) -> Result<BTreeSet<String>> {
+    let json = listed(addr, Some(key))?;
     let list = json["programs"].as_array().context("no programs array")?;
     let entry = (list.iter())
         .find(|p| p["id"].as_str() == Some(program))
@@ -127,10 +139,10 @@ pub fn program_stations(addr: &Multiaddr, program: &str) -> Result<BTreeSet<Stri
         .collect())
 }
 
-/// The program ids `vodmesh programs --node ADDR --json` lists, sorted.
-pub fn programs(addr: &Multiaddr) -> Result<Vec<String>> {
-    let out = vodmesh(&["programs", "--node", &addr.to_string(), "--json"])?;
-    let json: Value = serde_json::from_str(&out)?;
+/// The program ids `vodmesh programs --node ADDR --json` lists, sorted: with an admin `key`
+/// of the station, those not published yet too.
+pub fn programs(addr: &Multiaddr, key: Option<&Path>) -> Result<Vec<String>> {
+    let json = listed(addr, key)?;
     let list = json["programs"].as_array().context("no programs array")?;
     let mut ids: Vec<String> = list
         .iter()

@@ -1,7 +1,7 @@
 //! What the engines of a station hold on disk, read back after the station stopped: every
 //! complete segment of a program through the store (which verifies each chunk), what
 //! reconciling the store found, the bytes of the segment files, and whether copies are
-//! marked evictable.
+//! marked evictable; and a station made to lie about what it holds ([`forge_segments`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,4 +134,41 @@ pub async fn held_elsewhere(data: &Path, engines: usize, program: ProgramId) -> 
         st.shutdown().await?;
     }
     Ok(all)
+}
+
+/// Turns the stopped station under `data` (with `engines` engines) into a liar: every
+/// stored segment of `program` is replaced by the same number of other bytes (each byte
+/// flipped), stored as if they were genuine (the index hashes them as they are), so that the
+/// station serves them without noticing. Returns how many segments were forged.
+pub async fn forge_segments(data: &Path, engines: usize, program: ProgramId) -> Result<usize> {
+    let mut forged = 0;
+    for index in 0..engines {
+        let (st, _) = open(data, index).await?;
+        for seg in st.list().into_iter().filter(|s| s.program == program) {
+            let mut reader = st.open_read(seg).await?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = reader.read_next(1 << 20).await? {
+                bytes.extend_from_slice(&chunk);
+            }
+            drop(reader);
+            st.remove(seg).await?;
+            let lie: Vec<u8> = bytes.iter().map(|b| !b).collect();
+            let hash = vodmesh_proto::SegmentHash::of(&lie);
+            let mut writer = st.begin_write(seg, hash, lie.len() as u64).await?;
+            writer.write_chunk(lie.into()).await?;
+            writer.finish().await?;
+            forged += 1;
+        }
+        st.shutdown().await?;
+    }
+    Ok(forged)
+}
+
+/// Puts an embargo on `program` until `until_ms` in the store of engine `index` of the
+/// stopped station under `data`, as an engine that missed the program's publish keeps it.
+pub async fn embargo(data: &Path, index: usize, program: ProgramId, until_ms: u64) -> Result<()> {
+    let (st, _) = open(data, index).await?;
+    st.set_embargoes(vec![(program, Some(until_ms))]).await?;
+    st.shutdown().await?;
+    Ok(())
 }

@@ -123,6 +123,10 @@ enum Cmd {
         /// Any station's director, ending in /p2p/<peer id>.
         #[arg(long, value_name = "MULTIADDR")]
         node: Multiaddr,
+        /// An admin key of that station (its identity.key or an --admin): lists the programs
+        /// not published yet too, which are shown to admins and member stations only.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// Print {"programs": [...]} as JSON.
         #[arg(long)]
         json: bool,
@@ -496,8 +500,8 @@ async fn run(args: Args) -> Result<()> {
             eprintln!("published \"{}\"", info.title);
             println!("{}", info.program);
         }
-        Cmd::Programs { node, json } => {
-            let list = programs::fetch(&node).await?;
+        Cmd::Programs { node, key, json } => {
+            let list = programs::fetch(&node, key.as_deref()).await?;
             if json {
                 println!(
                     "{}",

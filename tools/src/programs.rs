@@ -1,15 +1,30 @@
 //! `vodmesh programs`: the swarm's catalog, from any station's director.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
 use vodmesh_client::DirectorClient;
-use vodmesh_proto::director::{ProgramInfo, Request, Response};
+use vodmesh_proto::admin;
+use vodmesh_proto::director::{self, ProgramInfo, Request, Response};
+use vodmesh_proto::time::now_ms;
 
-/// The swarm's catalog as the director at `node` lists it.
-pub async fn fetch(node: &Multiaddr) -> Result<Vec<ProgramInfo>> {
+/// The swarm's catalog as the director at `node` lists it: its published programs, and,
+/// with the admin key at `key` (an admin of that station), those not published yet too.
+pub async fn fetch(node: &Multiaddr, key: Option<&Path>) -> Result<Vec<ProgramInfo>> {
     let client = DirectorClient::connect(node, None).await?;
-    match client.request(Request::Programs).await? {
+    let request = match key {
+        None => Request::Programs,
+        Some(key) => {
+            let key = vodmesh_client::identity::load(key)?;
+            let (op, subject) = (director::PROGRAMS_OP, director::PROGRAMS_SUBJECT);
+            Request::AllPrograms {
+                admin: admin::prove(&key, op, subject, client.peer(), now_ms()),
+            }
+        }
+    };
+    match client.request(request).await? {
         Response::Programs(list) => Ok(list),
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer: {other:?}"),

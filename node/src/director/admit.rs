@@ -3,8 +3,10 @@
 //! copy a program or that it was published ([`vodmesh_proto::member`]).
 //!
 //! What a console or an operator's tool needs stays open to anyone: `Station`, `Swarm`
-//! (which lists members only), `Locate`, `Playable`, `Programs`, `Manifest`, `Activity`; and
-//! admin operations (`Ingest*`, `Publish`, `Drain`) carry an admin proof of their own.
+//! (which lists members only), `Locate`, `Playable`, `Programs`, `Manifest`, `Activity`
+//! (programs not published yet are left out for them: [`super::catalog::Viewer`]); and
+//! admin operations (`Ingest*`, `Publish`, `Drain`, `AllPrograms`) carry an admin proof of
+//! their own.
 //!
 //! [`admission`] decides, as a pure function of what the registry knows of the peer; a peer it
 //! does not know yet is looked up once (its station record from the registry) before it is
@@ -42,7 +44,8 @@ pub(super) fn needs(request: &Request) -> Needs {
         | Request::IngestCommit { .. }
         | Request::IngestAbort { .. }
         | Request::Publish { .. }
-        | Request::Drain { .. } => Needs::Anyone,
+        | Request::Drain { .. }
+        | Request::AllPrograms { .. } => Needs::Anyone,
         Request::LocateCopy { .. } | Request::Held => Needs::Member,
         Request::Published { .. } | Request::Replicate { .. } => Needs::ContentManager,
     }

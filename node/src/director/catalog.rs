@@ -7,6 +7,14 @@
 //! record's manifest hash says which answer is the right one). `Programs` is the swarm's view:
 //! this station's own programs and kept ones, and each other station's (`Held`), merged, so
 //! listing needs no content manager either.
+//!
+//! Programs not published yet (inactive, or before their publish time) are seen only by those
+//! who work on them ([`Viewer`]): an admin (`AllPrograms`, with an admin proof), and member
+//! stations, which replicate and list them between each other (`Manifest`, `Held`). A member
+//! is a station the registry admits, or, for a peer not known yet (an open swarm admits
+//! everyone, so there it is always so), a station whose record the registry holds: a console
+//! has none. Anyone else gets `Programs` without them and `program not published` for their
+//! `Manifest`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
@@ -37,6 +45,58 @@ const MANAGER_WITHIN: Duration = Duration::from_secs(3);
 /// How long the holders, asked after a silent content manager, may take in all (finding them
 /// in the registry may wait out a registry query's time-out, 10 s).
 const HOLDERS_WITHIN: Duration = Duration::from_secs(15);
+
+/// Who asks for a program list or a manifest, for what they may see of programs not
+/// published yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Viewer {
+    /// An admin (with its proof) or a member of a closed swarm: sees every program.
+    Trusted,
+    /// The peer `0`, on the connection: sees published programs; a program not published
+    /// only if the registry holds a station record of it ([`may_see`]).
+    Other(PeerId),
+}
+
+impl Viewer {
+    /// The peer `peer`, a member of a closed swarm when `member`.
+    pub(super) fn of(peer: PeerId, member: bool) -> Self {
+        if member {
+            Self::Trusted
+        } else {
+            Self::Other(peer)
+        }
+    }
+
+    /// `list` as this viewer sees it at `now_ms`: without the programs not playable yet
+    /// unless it is trusted (a program list is asked by consoles and tools, never by a
+    /// station, which asks `Held`: no station record is looked up for it).
+    pub(super) fn visible(self, list: Vec<ProgramInfo>, now_ms: u64) -> Vec<ProgramInfo> {
+        match self {
+            Self::Trusted => list,
+            Self::Other(_) => list.into_iter().filter(|p| p.playable(now_ms)).collect(),
+        }
+    }
+}
+
+/// Whether `viewer` may have the manifest of the program `record` is of at `now_ms`: when it
+/// is playable, to anyone; else to a trusted viewer or a station whose record the registry
+/// holds (a member not known yet: the registry admits it on the way), and to nobody else.
+pub(super) async fn may_see(
+    registry: &RegistryHandle,
+    viewer: Viewer,
+    record: &CatalogRecord,
+    now_ms: u64,
+) -> Result<(), Error> {
+    let peer = match viewer {
+        Viewer::Trusted => return Ok(()),
+        Viewer::Other(_) if record.playable(now_ms) => return Ok(()),
+        Viewer::Other(peer) => peer,
+    };
+    match registry.get_station(peer).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) | Err(_) => Err(Error::NotPublished),
+    }
+}
 
 /// A catalog record, verified, with the envelope it came in: the envelope is what a station
 /// keeps and passes on (readers verify the content manager's signature themselves).
@@ -138,6 +198,44 @@ pub(super) async fn fetch_manifest(
         Ok(None) => Err(first_error),
         Err(_) => Err(Error::ManifestSilent),
     }
+}
+
+/// A `Manifest` answered from a task: the program's newest record (`known`, and whether
+/// `viewer` saw it playable; fetched from the registry when there is none or it did not),
+/// checked for `viewer` ([`may_see`]); then the signed manifest, `local` or fetched.
+pub(super) async fn manifest_for(
+    (registry, asker, me): (&RegistryHandle, &Asker, PeerId),
+    (program, viewer): (ProgramId, Viewer),
+    known: Option<(Learned, bool)>,
+    local: Option<Signed>,
+) -> Result<Box<(Learned, Signed)>, Error> {
+    let learned = match known {
+        Some((known, true)) => known,
+        known => {
+            let fetched = fetch_record(registry, program).await;
+            match (known.map(|(k, _)| k), fetched) {
+                (Some(k), Some(f)) if f.newer_than(&k) => f,
+                (Some(k), _) => k,
+                (None, f) => f.ok_or(Error::UnknownProgram)?,
+            }
+        }
+    };
+    may_see(
+        registry,
+        viewer,
+        &learned.record,
+        vodmesh_proto::time::now_ms(),
+    )
+    .await?;
+    let signed = match local {
+        Some(signed) => signed,
+        None => {
+            fetch_manifest(registry, asker, me, &learned.record)
+                .await?
+                .signed
+        }
+    };
+    Ok(Box::new((learned, signed)))
 }
 
 /// Asks the director `peer` (found in the registry) for `record`'s manifest.

@@ -32,6 +32,10 @@
 //!   when connected; otherwise estimated from `--coords` (great-circle distance at 2/3 of the
 //!   speed of light, both ways, plus 5 ms), else from `--region` (5 ms in the same region,
 //!   80 ms elsewhere), else 50 ms.
+//!
+//! A station whose bytes failed verification lately ([`penalise`]) costs `1 +` [`PENALTY`]
+//! `· failures` times as much, and goes after every station that did not: it is skipped
+//! while another holder is there, and tried last when none is.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -372,6 +376,26 @@ pub(super) fn rank(
         .collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     ranked
+}
+
+/// How much more a station costs for each copy whose bytes from it failed verification
+/// lately ([`penalise`]).
+pub(super) const PENALTY: f64 = 10.0;
+
+/// `ranked` with the stations whose bytes failed verification lately (`failures` of them)
+/// costing more and put after all others, cheapest first in each part.
+pub(super) fn penalise(
+    ranked: Vec<(f64, Holder)>,
+    failures: impl Fn(StationId) -> u32,
+) -> Vec<(f64, Holder)> {
+    let mut penalised: Vec<(u32, f64, Holder)> = (ranked.into_iter())
+        .map(|(cost, h)| {
+            let failed = failures(h.station_id());
+            (failed, cost * (1.0 + PENALTY * f64::from(failed)), h)
+        })
+        .collect();
+    penalised.sort_by(|a, b| (a.0 > 0).cmp(&(b.0 > 0)).then(a.1.total_cmp(&b.1)));
+    (penalised.into_iter()).map(|(_, c, h)| (c, h)).collect()
 }
 
 /// Picks up to `n` stations to hold replicas of a program (claim 12) among live stations:

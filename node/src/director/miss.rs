@@ -74,6 +74,10 @@ const MIN_MEASURED: u64 = 256 * 1024;
 /// Misses being gathered at once, at most: each costs registry lookups and a question to
 /// every holder's director, and any console can ask; past this a miss is answered Busy.
 const MAX_GATHERING: usize = 32;
+/// How long a station whose bytes failed verification stays penalised after its last such
+/// copy ([`choose::penalise`]), and how many such stations are remembered.
+const PENALISED_FOR: Duration = Duration::from_secs(300);
+const MAX_PENALISED: usize = 1024;
 /// Misses one peer may have gathered at once: a console plays one segment at a time and asks
 /// ahead for a few; one that floods `Locate` must not take every gather from the others.
 const MAX_GATHERING_PER_PEER: usize = 4;
@@ -129,6 +133,8 @@ pub(super) struct Misses {
     throughput: HashMap<StationId, f64>,
     /// Round-trip time to each director this one is connected to.
     rtt: HashMap<StationId, Duration>,
+    /// Stations whose bytes failed verification lately, and how many times.
+    penalised: Expiring<StationId, u32>,
     /// The sources of the copies still filling here, cheapest first: where a console that
     /// seeks past the fill is sent (claim 21).
     filling: HashMap<SegmentId, Vec<Holder>>,
@@ -145,6 +151,7 @@ impl Default for Misses {
             manifests: Expiring::new(MANIFESTS_FOR, MAX_MANIFESTS),
             throughput: HashMap::new(),
             rtt: HashMap::new(),
+            penalised: Expiring::new(PENALISED_FOR, MAX_PENALISED),
             filling: HashMap::new(),
             silent: Expiring::new(SILENT_FOR, MAX_SILENT),
             tasks: Tasks::default(),
@@ -275,6 +282,9 @@ impl Misses {
             } => {
                 self.filling.remove(&segment);
                 let copied = ctx.copy_ended(segment, engine, outcome)?;
+                for liar in (copied.corrupt.iter()).filter_map(|e| stations.get(e)) {
+                    self.penalise(ctx, segment, *liar);
+                }
                 if let Some(station) = stations.get(&copied.source) {
                     ctx.activity.source_failovers += u64::from(copied.failovers);
                     self.measured(*station, &copied);
@@ -332,6 +342,9 @@ impl Misses {
             rtt: &self.rtt,
         };
         let ranked = choose::rank(&ctx.me.link(), holders, size, measured);
+        let now = Instant::now();
+        let failures = |s: StationId| self.penalised.get(&s, now).copied().unwrap_or(0);
+        let ranked = choose::penalise(ranked, failures);
         let table: Vec<String> = (ranked.iter())
             .map(|(cost, h)| format!("{}={cost:.4}s", h.station.director))
             .collect();
@@ -406,6 +419,20 @@ impl Misses {
             }
         });
         Ok(location)
+    }
+
+    /// A copy of `segment` dropped the bytes of `station`, which failed verification: it
+    /// costs more, and goes after the others, for [`PENALISED_FOR`] from now.
+    fn penalise(&mut self, ctx: &Ctx<'_>, segment: SegmentId, station: StationId) {
+        let now = Instant::now();
+        let failures = self.penalised.remove(&station, now).unwrap_or(0) + 1;
+        self.penalised.insert(station, failures, now);
+        tracing::warn!(%segment, %station, failures, "miss: a source's bytes failed verification; penalised");
+        let penalised = Kind::SourcePenalised {
+            station: station.0,
+            failures,
+        };
+        ctx.observer.segment(ctx.me.peer_id, segment, penalised);
     }
 
     /// A copy from `station` finished: its measured throughput corrects the next cost.

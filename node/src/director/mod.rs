@@ -62,6 +62,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_registry::registry::{self as reg, Command};
 use vodmesh_registry::{PersistentStore, RegistryHandle};
 
+use self::catalog::Viewer;
 use self::choose::Locating;
 use self::context::{Reply, Shared};
 use self::engines::{EngineId, Heard};
@@ -322,6 +323,8 @@ impl Director {
             for allow in self.replicate.standing(now_ms()) {
                 let _ = ctx.engines.send(EngineId(index), allow);
             }
+            // And it keeps embargoes it may have missed the end of.
+            self.publish.retell(&ctx, EngineId(index));
         }
         match ctx.engines.apply(report, ctx.activity) {
             Heard::Nothing => {}
@@ -538,6 +541,7 @@ impl Director {
         let now = now_ms();
         let members = self.shared.registry.members();
         let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
+        let viewer = Viewer::of(peer, admits && members.is_closed());
         let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
             admit::Admission::Serve => None,
             admit::Admission::LookUp => {
@@ -593,8 +597,21 @@ impl Director {
                 };
                 Some((channel, response))
             }
-            Request::Programs => self.publish.programs(&ctx, channel),
-            Request::Manifest { program } => self.publish.manifest(&ctx, program, channel),
+            Request::Programs => self.publish.programs(&ctx, viewer, channel),
+            Request::AllPrograms { admin } => {
+                let checked = (ctx.me).check_admin_of(
+                    &admin,
+                    director::PROGRAMS_OP,
+                    director::PROGRAMS_SUBJECT,
+                );
+                match checked {
+                    Ok(_) => (self.publish).programs(&ctx, Viewer::Trusted, channel),
+                    Err(e) => Some((channel, Response::Error(e.into()))),
+                }
+            }
+            Request::Manifest { program } => {
+                (self.publish).manifest(&ctx, (program, viewer), channel)
+            }
             Request::Held => {
                 let held = Publishing::held(&ctx);
                 Some((channel, respond(held, Response::Programs)))

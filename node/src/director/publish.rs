@@ -29,15 +29,17 @@ use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_registry::RegistryHandle;
 
 use super::catalog::{
-    self, FetchedManifest, Learned, fetch_manifest, fetch_record, learned_of, program_info,
+    self, FetchedManifest, Learned, Viewer, fetch_manifest, fetch_record, learned_of, program_info,
 };
 use super::choose::Locating;
 use super::context::{Ctx, Reply};
+use super::engines::EngineId;
 use super::error::{Error, respond};
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::tasks::Tasks;
 use crate::content::{Catalog, CatalogEntry};
+use crate::control::EngineCommand;
 use crate::events::Kind;
 use crate::expiring::Waiting;
 
@@ -130,8 +132,8 @@ pub(super) enum Done {
     Manifest {
         /// The client waiting.
         channel: ResponseChannel<Response>,
-        /// The program's record and manifest, or why there are none.
-        fetched: Result<Box<(Learned, FetchedManifest)>, Error>,
+        /// The program's record and signed manifest, or why there are none.
+        fetched: Result<Box<(Learned, Signed)>, Error>,
     },
     /// `Locate`s of a segment held here, of a program whose record this director had not
     /// learned or had as not published: the record found in the registry, if any; the loop
@@ -286,6 +288,32 @@ impl Publishing {
             Some(_) => Err(Error::NotPublished),
             None => Err(Error::UnknownProgram),
         }
+    }
+
+    /// An engine (re)attached: it is told again the publish time of every program this
+    /// station holds whose record is known, since it keeps its embargoes across a restart
+    /// (`engine::embargo`) and may have missed a publish while it was down. Sent from a task,
+    /// at the pace the engine takes them.
+    pub(super) fn retell(&mut self, ctx: &Ctx<'_>, engine: EngineId) {
+        let (Some(commands), Ok(held)) = (ctx.engines.commands(engine), ctx.locations.programs())
+        else {
+            return;
+        };
+        let times: Vec<(ProgramId, u64)> = (held.into_iter())
+            .filter_map(|p| Some((p, self.known_record(ctx, &p)?.record.playable_from())))
+            .collect();
+        self.tasks.spawn(async move {
+            for (program, at_ms) in times {
+                if commands
+                    .send(EngineCommand::PublishAt { program, at_ms })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Done::Nothing
+        });
     }
 
     /// Whether a `Locate` refused as not published should have the program's record fetched
@@ -494,9 +522,9 @@ impl Publishing {
             }
             Done::Manifest { channel, fetched } => {
                 let answer = fetched.map(|pair| {
-                    let (learned, manifest) = *pair;
+                    let (learned, signed) = *pair;
                     self.learn(ctx, learned);
-                    manifest.signed
+                    signed
                 });
                 Some((channel, respond(answer, Response::Manifest)))
             }
@@ -587,35 +615,31 @@ impl Publishing {
     }
 
     /// `Manifest`: the signed manifest of a program this station catalogs or keeps; else
-    /// fetched from its content manager or a holder (answered from a task).
+    /// fetched from its content manager or a holder (answered from a task). A program not
+    /// published yet only for a viewer that may see it ([`Viewer`]).
     pub(super) fn manifest(
         &mut self,
         ctx: &Ctx<'_>,
-        program: ProgramId,
+        (program, viewer): (ProgramId, Viewer),
         channel: ResponseChannel<Response>,
     ) -> Option<Reply> {
-        match Self::local_manifest(ctx, &program) {
-            Ok(Some(signed)) => return Some((channel, Response::Manifest(signed))),
-            Ok(None) => {}
+        let local = match Self::local_manifest(ctx, &program) {
+            Ok(local) => local,
             Err(e) => return Some((channel, Response::Error(e.into()))),
-        }
+        };
         let known = self.known_record(ctx, &program);
+        let seen = viewer == Viewer::Trusted
+            || (known.as_ref()).is_some_and(|l| l.record.playable(now_ms()));
+        if let (Some(signed), true) = (&local, seen) {
+            return Some((channel, Response::Manifest(signed.clone())));
+        }
+        // What is known may be stale (the program published since): fetched again first.
+        let known = known.map(|known| (known, seen));
         let (registry, asker, me) = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
-            let fetched = async {
-                let learned = match known {
-                    Some(learned) => learned,
-                    None => fetch_record(&registry, program)
-                        .await
-                        .ok_or(Error::UnknownProgram)?,
-                };
-                let manifest = fetch_manifest(&registry, &asker, me, &learned.record).await?;
-                Ok(Box::new((learned, manifest)))
-            };
-            Done::Manifest {
-                channel,
-                fetched: fetched.await,
-            }
+            let with = (&registry, &asker, me);
+            let fetched = catalog::manifest_for(with, (program, viewer), known, local).await;
+            Done::Manifest { channel, fetched }
         });
         None
     }
@@ -626,10 +650,12 @@ impl Publishing {
         catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
     }
 
-    /// `Programs`: the swarm's catalog (answered from a task: it walks the swarm).
+    /// `Programs`: the swarm's catalog as `viewer` may see it (answered from a task: it
+    /// walks the swarm).
     pub(super) fn programs(
         &mut self,
         ctx: &Ctx<'_>,
+        viewer: Viewer,
         channel: ResponseChannel<Response>,
     ) -> Option<Reply> {
         let local = match Self::held(ctx) {
@@ -640,7 +666,8 @@ impl Publishing {
         let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
             let listed = catalog::swarm_programs((&walks, registry), asker, me, local).await;
-            Done::Reply((channel, respond(listed, Response::Programs)))
+            let visible = listed.map(|list| viewer.visible(list, now_ms()));
+            Done::Reply((channel, respond(visible, Response::Programs)))
         });
         None
     }

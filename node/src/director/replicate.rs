@@ -565,7 +565,9 @@ mod tests {
         let pauses: Vec<u64> = (1..=7).map(|r| retry_pause(r).as_secs()).collect();
         assert_eq!(pauses, [1, 2, 4, 8, 16, 16, 16]);
         // Every round but the first waits: all of them together stay under a minute.
-        let total: u64 = (1..REPLICA_ATTEMPTS).map(|r| retry_pause(r).as_secs()).sum();
+        let total: u64 = (1..REPLICA_ATTEMPTS)
+            .map(|r| retry_pause(r).as_secs())
+            .sum();
         assert_eq!(total, 15);
     }
 }

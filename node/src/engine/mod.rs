@@ -229,6 +229,13 @@ pub async fn start(
         let dropped = store.scrub().await.map_err(store_error)?;
         tracing::info!(index, dropped = dropped.len(), "engine store scrubbed");
     }
+    // The embargoes of the last run hold until the director says otherwise.
+    let embargoes = embargo::Embargoes::default();
+    let kept = store.embargoes().await.map_err(store_error)?;
+    let ended = embargoes.restore(kept, vodmesh_proto::time::now_ms());
+    if !ended.is_empty() {
+        store.set_embargoes(ended).await.map_err(store_error)?;
+    }
 
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
@@ -289,7 +296,7 @@ pub async fn start(
         trusted,
         handovers: stream::Handovers::default(),
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
-        embargoes: embargo::Embargoes::default(),
+        embargoes,
         arriving: stream::Arriving::default(),
     };
 
@@ -547,8 +554,14 @@ impl Blade {
                 }
             }
             // Taken by the loop itself.
+            // Kept in the store before the next command: a restart keeps the embargo.
             EngineCommand::PublishAt { program, at_ms } => {
-                (self.embargoes).set(program, at_ms, vodmesh_proto::time::now_ms());
+                let changes = (self.embargoes).set(program, at_ms, vodmesh_proto::time::now_ms());
+                if !changes.is_empty()
+                    && let Err(e) = self.store.set_embargoes(changes).await
+                {
+                    tracing::warn!(%program, error = %e, "publish time not kept in the store");
+                }
             }
             EngineCommand::Stop => {}
         }

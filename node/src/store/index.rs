@@ -18,6 +18,9 @@ const SEGMENTS: TableDefinition<Key, Row> = TableDefinition::new("segments");
 /// Concatenated 32-byte BLAKE3 hashes of the segment's `CHUNK`-sized chunks.
 const CHUNKS: TableDefinition<Key, &[u8]> = TableDefinition::new("segment_chunks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("store_meta");
+/// Programs the engine may not stream yet, to when their embargo ends (`engine::embargo`):
+/// kept here so that a restarted engine refuses them before its director tells it again.
+const EMBARGOES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("embargoes");
 
 /// Bumped when the rows above change meaning; an index of another version is refused.
 const SCHEMA_VERSION: u64 = 1;
@@ -62,6 +65,8 @@ pub(crate) enum Op {
         pinned: bool,
         held_elsewhere: bool,
     },
+    /// `program` may not be streamed until `Some(ms)`; `None`: it may.
+    Embargo(ProgramId, Option<u64>),
 }
 
 /// Why the index could not be used.
@@ -103,6 +108,8 @@ impl Index {
             }
             tx.open_table(SEGMENTS).map_err(db_err)?;
             tx.open_table(CHUNKS).map_err(db_err)?;
+            // A table added later: indexes written before it simply have none yet.
+            tx.open_table(EMBARGOES).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -116,6 +123,18 @@ impl Index {
         for item in table.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             out.push((key_to_id(k.value()), row_to_record(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Every embargo kept: a program and when it ends.
+    pub(crate) fn embargoes(&self) -> Result<Vec<(ProgramId, u64)>, IndexError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(EMBARGOES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push((ProgramId(*k.value()), v.value()));
         }
         Ok(out)
     }
@@ -142,8 +161,17 @@ impl Index {
         {
             let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
+            let mut embargoes = tx.open_table(EMBARGOES).map_err(db_err)?;
             for op in ops {
                 match op {
+                    Op::Embargo(program, Some(until)) => {
+                        embargoes
+                            .insert(program.as_bytes(), *until)
+                            .map_err(db_err)?;
+                    }
+                    Op::Embargo(program, None) => {
+                        embargoes.remove(program.as_bytes()).map_err(db_err)?;
+                    }
                     Op::Put {
                         segment,
                         record,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tracing::instrument;
-use vodmesh_proto::{SegmentHash, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 use super::accounting::Progress;
 use super::accounting::{Holdings, Live, Stored};
@@ -375,6 +375,31 @@ impl SegmentStore {
         self.inner
             .index_worker
             .run(move || index.apply(&[op], true))
+            .await??;
+        Ok(())
+    }
+
+    /// The publish-time embargoes this store keeps for its engine (`engine::embargo`): each
+    /// program and when its embargo ends.
+    pub async fn embargoes(&self) -> Result<Vec<(ProgramId, u64)>, Error> {
+        let index = self.inner.index.clone();
+        Ok(self
+            .inner
+            .index_worker
+            .run(move || index.embargoes())
+            .await??)
+    }
+
+    /// Keeps `changes` to the embargoes, in order, in one durable commit: a program's embargo
+    /// until `Some(ms)`, or none.
+    pub async fn set_embargoes(&self, changes: Vec<(ProgramId, Option<u64>)>) -> Result<(), Error> {
+        let ops: Vec<Op> = (changes.into_iter())
+            .map(|(program, until)| Op::Embargo(program, until))
+            .collect();
+        let index = self.inner.index.clone();
+        self.inner
+            .index_worker
+            .run(move || index.apply(&ops, true))
             .await??;
         Ok(())
     }

@@ -342,6 +342,43 @@ fn sources_rank_cheapest_first_and_measurements_reorder_them() {
     );
 }
 
+#[test]
+fn a_station_that_sent_bad_bytes_goes_after_every_other_and_costs_more_each_time() {
+    let (liar, honest, slow) = (
+        holder(station(1000, Some(BERLIN)), 0),
+        holder(station(1000, Some(BERLIN)), 4),
+        holder(station(1000, Some(TOKYO)), 0),
+    );
+    let (throughput, rtt) = (HashMap::new(), HashMap::new());
+    let measured = Measured {
+        throughput: &throughput,
+        rtt: &rtt,
+    };
+    let all = vec![slow.clone(), honest.clone(), liar.clone()];
+    let ranked = rank(&here(), all, MIB4, measured);
+    let cost_of = |r: &[(f64, Holder)], h: &Holder| {
+        (r.iter())
+            .find(|(_, x)| x.engine == h.engine)
+            .map(|(c, _)| *c)
+    };
+    let clean = cost_of(&ranked, &liar).unwrap_or_default();
+    assert_eq!(ranked[0].1.engine, liar.engine, "the liar is cheapest");
+    let failures = |n: u32| {
+        let id = liar.station_id();
+        move |s: StationId| if s == id { n } else { 0 }
+    };
+    let once = penalise(ranked.clone(), failures(1));
+    let order: Vec<PeerId> = once.iter().map(|(_, h)| h.engine).collect();
+    assert_eq!(order, vec![honest.engine, slow.engine, liar.engine]);
+    let twice = penalise(ranked.clone(), failures(2));
+    let (c1, c2) = (cost_of(&once, &liar), cost_of(&twice, &liar));
+    assert_eq!(c1, Some(clean * (1.0 + PENALTY)));
+    assert!(c2 > c1, "{c2:?} > {c1:?}");
+    // Nobody failed: the order stands.
+    let none = penalise(ranked.clone(), |_| 0);
+    assert_eq!(none[0].1.engine, liar.engine);
+}
+
 fn target(region: &str, free: u64, home: bool) -> StationRecord {
     let mut s = station(1000, None);
     s.engines.push(engine(0, 1, true));

@@ -25,12 +25,17 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
+use self::error::{Attempt, Next};
 use super::peers::read_request;
 use super::{EngineBehaviour, Reporter, admit};
 use crate::control::{Copied, EngineReport, Source};
 use crate::events::{Kind, Observer};
 use crate::peer_slots::PeerSlots;
 use crate::store::{self, SegmentState, SegmentStore, Writer};
+
+mod error;
+
+pub(crate) use error::CopyError;
 
 /// Bytes per read from the stream or the store.
 const CHUNK: usize = 256 * 1024;
@@ -67,99 +72,6 @@ pub(crate) struct Job {
     pub(crate) sources: Vec<Source>,
     /// Mark the copy evictable once stored.
     pub(crate) held_elsewhere: bool,
-}
-
-/// Why a copy failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CopyError {
-    /// The local store refused the segment or failed: no source can help.
-    #[error(transparent)]
-    Store(#[from] store::Error),
-    /// The director named no source.
-    #[error("no source to copy from")]
-    NoSource,
-    /// Every source failed; this is how the last one did.
-    #[error(transparent)]
-    Sources(Attempt),
-}
-
-/// Why one attempt at one source failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Attempt {
-    /// No stream to the source (it accepts one pending stream at a time, or is gone).
-    #[error("cannot open a copy stream to {peer}: {source}")]
-    Open {
-        /// The source.
-        peer: PeerId,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The request did not go out.
-    #[error("copy request not sent: {0}")]
-    Request(#[source] std::io::Error),
-    /// The source sent no reply in time.
-    #[error("no copy reply in time")]
-    NoReply,
-    /// The reply did not arrive whole.
-    #[error("no copy reply: {0}")]
-    Reply(#[source] std::io::Error),
-    /// The source refused, in its own words.
-    #[error("source refused: {0}")]
-    Refused(String),
-    /// The source offers another size than the manifest says.
-    #[error("source offers {offered} bytes, the manifest says {expected}")]
-    WrongSize {
-        /// What it offers.
-        offered: u64,
-        /// What the manifest says.
-        expected: u64,
-    },
-    /// A sibling's offer is larger than any segment.
-    #[error("source offers {0} bytes, more than a segment")]
-    TooLarge(u64),
-    /// The source went silent mid-copy (a dead link, a partition).
-    #[error("source stalled at byte {0}")]
-    Stalled(u64),
-    /// The stream broke mid-copy.
-    #[error("stream ended at byte {at}: {source}")]
-    Cut {
-        /// Bytes received before.
-        at: u64,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Store(store::Error),
-}
-
-/// What a copy does after a failed attempt.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Ask the same source again (the stream broke; the source may be fine).
-    Retry,
-    /// Go to the next source (this one said no, or went silent).
-    Move,
-    /// Stop: no source can help.
-    GiveUp,
-}
-
-impl Attempt {
-    fn next(&self) -> Next {
-        match self {
-            Attempt::Request(_) | Attempt::Reply(_) | Attempt::Cut { .. } => Next::Retry,
-            // `open` retried already, for as long as the source is given.
-            Attempt::Open { .. }
-            | Attempt::NoReply
-            | Attempt::Refused(_)
-            | Attempt::WrongSize { .. }
-            | Attempt::TooLarge(_)
-            | Attempt::Stalled(_) => Next::Move,
-            Attempt::Store(_) => Next::GiveUp,
-        }
-    }
 }
 
 /// The fetching side: runs the copies the director orders, in tasks the engine owns.
@@ -334,6 +246,7 @@ impl Fetch {
                 bytes: 0,
                 elapsed: Duration::ZERO,
                 failovers: 0,
+                corrupt: Vec::new(),
             });
         }
         // With the size known, room is made (or found missing) before any source is asked.
@@ -342,22 +255,43 @@ impl Fetch {
             None => None,
         };
         let mut last = CopyError::NoSource;
+        // The sources whose bytes the writer holds, and those whose bytes failed verification.
+        let (mut sent, mut corrupt) = (Vec::new(), Vec::new());
         for (n, source) in job.sources.iter().enumerate() {
             for attempt in 1..=ATTEMPTS_PER_SOURCE {
                 let from = writer.as_ref().map_or(0, Writer::written);
                 let started = std::time::Instant::now();
-                let failed = match self
+                let copied = self
                     .copy_from(&mut control, store, source.engine, &mut writer, {
                         patience(n + 1 < job.sources.len())
                     })
-                    .await
-                {
+                    .await;
+                if writer.as_ref().is_some_and(|w| w.written() > from) {
+                    sent.push(source.engine);
+                }
+                let failed = match copied {
                     Ok(()) => {
                         let Some(w) = writer.take() else {
                             return Err(store::Error::Aborted(job.segment).into());
                         };
                         let bytes = w.written() - from;
-                        w.finish().await?;
+                        match w.finish().await {
+                            Ok(()) => {}
+                            // Someone sent wrong bytes: all of them dropped, the copy
+                            // starts again from nothing at the next source.
+                            Err(store::Error::HashMismatch { .. }) => {
+                                corrupt.append(&mut sent);
+                                if let Some((hash, size)) = job.expect {
+                                    writer =
+                                        Some(store.begin_write(job.segment, hash, size).await?);
+                                }
+                                let failed = Attempt::Corrupt(source.engine);
+                                tracing::warn!(segment = %job.segment, source = %source.engine, error = %failed, "copy source lied; moving on");
+                                last = CopyError::Sources(failed);
+                                break;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                         if job.held_elsewhere {
                             store.set_held_elsewhere(job.segment, true).await?;
                         }
@@ -366,6 +300,7 @@ impl Fetch {
                             bytes,
                             elapsed: started.elapsed(),
                             failovers: u32::try_from(n).unwrap_or(u32::MAX),
+                            corrupt,
                         });
                     }
                     Err(failed) => failed,
