@@ -1,10 +1,14 @@
 //! The content manager's catalog, in redb: every program it ingested, with its signed
 //! manifest and its signed catalog record (state and publish time); and the journal of
 //! ingests begun and not yet committed, so that a station stopped mid-ingest drops their
-//! segments when it starts again.
+//! segments when it starts again. A station's `kept.redb` is one too: the manifests it keeps
+//! for what it holds, and the journal of replicas it was asked for and has not finished, so
+//! that a replica cut short (a copy that failed every round, a station stopped mid-copy) is
+//! finished later.
 
 use std::path::Path;
 
+use libp2p::{Multiaddr, PeerId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use vodmesh_proto::ProgramId;
@@ -16,6 +20,23 @@ use vodmesh_proto::signed::Signed;
 const PROGRAMS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("programs");
 /// Ingests begun and not committed: program -> its segment count.
 const INGESTS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("open_ingests");
+/// Replicas asked for and not finished: program -> [`OpenReplica`] (CBOR).
+const REPLICAS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("open_replicas");
+/// The largest journaled replica (a few addresses of its source).
+const MAX_OPEN_REPLICA: usize = 16 * 1024;
+
+/// A replica this station was asked for and has not finished: whom to copy from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReplica {
+    /// The content manager that asked for it (its manifest must be signed by it).
+    pub content_manager: PeerId,
+    /// The director of the station to copy from.
+    pub source: PeerId,
+    /// Its addresses.
+    pub source_addrs: Vec<Multiaddr>,
+    /// When it was asked for (ms since the epoch).
+    pub begun_ms: u64,
+}
 
 /// One program in the catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +81,7 @@ impl Catalog {
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PROGRAMS).map_err(err)?;
         tx.open_table(INGESTS).map_err(err)?;
+        tx.open_table(REPLICAS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Self { db })
     }
@@ -109,6 +131,46 @@ impl Catalog {
         for row in table.iter().map_err(err)? {
             let (k, v) = row.map_err(err)?;
             out.push((ProgramId(*k.value()), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Journals a replica of `program` as asked for, durably (replacing an earlier one).
+    pub fn replica_begun(&self, program: &ProgramId, replica: &OpenReplica) -> Result<(), Error> {
+        let bytes = codec::encode(replica);
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(REPLICAS)
+            .map_err(err)?
+            .insert(program.as_bytes(), bytes.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Takes a replica of `program` out of the journal (finished, or given up for good).
+    pub fn replica_ended(&self, program: &ProgramId) -> Result<(), Error> {
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(REPLICAS)
+            .map_err(err)?
+            .remove(program.as_bytes())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The replicas journaled as asked for and not finished. A row that does not decode is
+    /// skipped (and logged): it names no source to copy from.
+    pub fn open_replicas(&self) -> Result<Vec<(ProgramId, OpenReplica)>, Error> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(REPLICAS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let program = ProgramId(*k.value());
+            match codec::decode(v.value(), MAX_OPEN_REPLICA) {
+                Ok(replica) => out.push((program, replica)),
+                Err(e) => {
+                    tracing::warn!(%program, error = %e, "a journaled replica is unreadable; skipped")
+                }
+            }
         }
         Ok(out)
     }
@@ -191,6 +253,32 @@ mod tests {
         catalog.ingest_dropped(&b)?;
         assert!(catalog.open_ingests()?.is_empty());
         assert!(catalog.get(&a)?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn the_journal_lists_replicas_until_ended_across_reopens() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(err)?;
+        let path = dir.path().join("kept.redb");
+        let (a, b) = (ProgramId([1; 32]), ProgramId([2; 32]));
+        let replica = OpenReplica {
+            content_manager: PeerId::random(),
+            source: PeerId::random(),
+            source_addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().map_err(err)?],
+            begun_ms: 1,
+        };
+        {
+            let kept = Catalog::open(&path)?;
+            kept.replica_begun(&a, &replica)?;
+            kept.replica_begun(&b, &replica)?;
+        }
+        let kept = Catalog::open(&path)?;
+        assert_eq!(
+            kept.open_replicas()?,
+            vec![(a, replica.clone()), (b, replica.clone())]
+        );
+        kept.replica_ended(&a)?;
+        assert_eq!(kept.open_replicas()?, vec![(b, replica)]);
         Ok(())
     }
 }

@@ -235,6 +235,7 @@ impl Director {
                 _ = reconcile.tick() => {
                     let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
                     self.publish.reconcile(&mut ctx);
+                    self.replicate.resume(&ctx);
                 }
                 _ = flush.tick() => {
                     self.swarm.behaviour_mut().kad.store_mut().flush();
@@ -317,6 +318,7 @@ impl Director {
     }
 
     fn on_report(&mut self, report: EngineReport) {
+        let ready = matches!(report, EngineReport::Ready { .. });
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         if let EngineReport::Ready { index, .. } = report {
             // A restarted engine process forgot which stations may copy from it.
@@ -346,6 +348,11 @@ impl Director {
                 }
                 self.play.on_stream(streamed);
             }
+        }
+        if ready {
+            // An engine up: a replica left unfinished (at start, none was up) can go on.
+            let ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+            self.replicate.resume(&ctx);
         }
     }
 

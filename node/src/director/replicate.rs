@@ -19,7 +19,7 @@
 //! the segment as it arrives; the copy enters the location table as filling, and as complete
 //! when the engine reports it stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use libp2p::request_response::ResponseChannel;
@@ -42,6 +42,7 @@ use super::error::{CopyFailed, Error};
 use super::outbound::{AskError, Asker};
 use super::publish::Publishing;
 use super::tasks::Tasks;
+use crate::content::catalog::OpenReplica;
 use crate::control::{Copied, EngineCommand, Source};
 use crate::events::{Kind, Observer};
 use crate::store::locations::LocationState;
@@ -51,6 +52,21 @@ const FETCH_WINDOW: usize = 4;
 
 /// Rounds a replica's copy gets: what failed in one is copied again in the next.
 const REPLICA_ATTEMPTS: usize = 5;
+
+/// How long a replica stays in the journal unfinished before it is given up.
+const REPLICA_GIVEN_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether one of this station's engines holds `segment` whole.
+fn held_here(ctx: &Ctx<'_>, segment: SegmentId) -> bool {
+    (ctx.holders(segment).unwrap_or_default().iter()).any(|l| l.state == LocationState::Complete)
+}
+
+/// Takes `program`'s replica out of the journal.
+fn end_journal(ctx: &Ctx<'_>, program: ProgramId) {
+    if let Err(e) = ctx.kept.replica_ended(&program) {
+        tracing::warn!(%program, error = %e, "the replica journal was not updated");
+    }
+}
 
 /// The pause before round `round` (1, 2, ...) of a replica's copy: 1 s, doubling, at most 16 s.
 fn retry_pause(round: usize) -> Duration {
@@ -110,6 +126,8 @@ pub(super) struct Replicating {
     /// Stations whose engines may copy from ours: until when (ms since the epoch), and
     /// those engines (told again to an engine of ours that restarts, which forgot them).
     allowed: HashMap<StationId, (u64, Vec<PeerId>)>,
+    /// Programs whose replica is being copied (one copy of a program at a time).
+    running: HashSet<ProgramId>,
     tasks: Tasks<Done>,
 }
 
@@ -151,17 +169,42 @@ impl Replicating {
                     publish.learn(ctx, record);
                 }
                 publish.keep(ctx, replica.program, signed);
-                self.tasks.spawn(replica.copy(manifest));
+                // A replica resumed (or asked for again) copies only what is not here yet.
+                let todo = (manifest.content.segments.iter())
+                    .filter(|e| !held_here(ctx, SegmentId::new(replica.program, e.index)))
+                    .copied()
+                    .collect();
+                self.tasks.spawn(replica.copy(todo));
             }
             Done::Ended {
                 program,
                 source,
                 result: Err(e),
             } => {
+                self.running.remove(&program);
                 if matches!(e, Error::NoRoomForReplica { .. }) {
                     ctx.activity.copies_declined += 1;
                 }
-                tracing::warn!(%program, %source, error = %e, "replication failed");
+                // What no later round can mend leaves the journal; the rest is resumed at
+                // the next reconcile round.
+                let final_ = matches!(
+                    e,
+                    Error::NoRoomForReplica { .. }
+                        | Error::BadManifest(_)
+                        | Error::UnverifiedManifest(_)
+                );
+                if final_ {
+                    end_journal(ctx, program);
+                }
+                tracing::warn!(%program, %source, error = %e, resumed = !final_, "replication failed");
+            }
+            Done::Ended {
+                program,
+                result: Ok(()),
+                ..
+            } => {
+                self.running.remove(&program);
+                end_journal(ctx, program);
             }
             Done::OverloadCopied {
                 segment,
@@ -170,7 +213,7 @@ impl Replicating {
             } => {
                 ctx.copy_ended(segment, engine, outcome);
             }
-            Done::Ended { result: Ok(()), .. } | Done::Nothing => {}
+            Done::Nothing => {}
         }
         None
     }
@@ -227,6 +270,58 @@ impl Replicating {
     ) -> Result<(), Error> {
         let me = ctx.me.peer_id;
         (ctx.observer).program(me, program, Kind::ReplicateReceived { source });
+        let replica = OpenReplica {
+            content_manager: from,
+            source,
+            source_addrs,
+            begun_ms: now_ms(),
+        };
+        if let Err(e) = ctx.kept.replica_begun(&program, &replica) {
+            tracing::warn!(%program, error = %e, "the replica is not journaled: a restart will not finish it");
+        }
+        self.start(ctx, program, replica)
+    }
+
+    /// Starts the replicas journaled and not running (a reconcile round: at start and every
+    /// few minutes; and when an engine comes up). One older than [`REPLICA_GIVEN_UP_AFTER`]
+    /// leaves the journal instead.
+    pub(super) fn resume(&mut self, ctx: &Ctx<'_>) {
+        let open = match ctx.kept.open_replicas() {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(error = %e, "the replica journal is unreadable");
+                return;
+            }
+        };
+        let now = now_ms();
+        for (program, replica) in open {
+            if self.running.contains(&program) {
+                continue;
+            }
+            let age = Duration::from_millis(now.saturating_sub(replica.begun_ms));
+            if age > REPLICA_GIVEN_UP_AFTER {
+                tracing::warn!(%program, source = %replica.source, "replica given up: unfinished for a day");
+                end_journal(ctx, program);
+                continue;
+            }
+            tracing::info!(%program, source = %replica.source, "resuming an unfinished replica");
+            if let Err(e) = self.start(ctx, program, replica) {
+                tracing::debug!(%program, error = %e, "replica not resumed yet");
+            }
+        }
+    }
+
+    /// Starts copying `replica` of `program` (its manifest first), unless it runs already.
+    fn start(
+        &mut self,
+        ctx: &Ctx<'_>,
+        program: ProgramId,
+        replica: OpenReplica,
+    ) -> Result<(), Error> {
+        if self.running.contains(&program) {
+            return Ok(());
+        }
+        let me = ctx.me.peer_id;
         let up = ctx.engines.up();
         if up.is_empty() {
             return Err(Error::NoEngineUp);
@@ -241,10 +336,10 @@ impl Replicating {
             .collect();
         let replica = Replica {
             me,
-            content_manager: from,
+            content_manager: replica.content_manager,
             program,
-            source,
-            source_addrs,
+            source: replica.source,
+            source_addrs: replica.source_addrs,
             asker: ctx.asker.clone(),
             registry: ctx.registry.clone(),
             observer: ctx.observer.clone(),
@@ -252,6 +347,7 @@ impl Replicating {
             room,
             held_elsewhere: !ctx.me.config.home,
         };
+        self.running.insert(program);
         self.tasks.spawn(replica.prepare());
         Ok(())
     }
@@ -437,8 +533,7 @@ impl Replica {
     /// source engine that went down, a connection that closed mid-copy) is tried again, up
     /// to [`REPLICA_ATTEMPTS`] rounds with a doubling pause ([`retry_pause`]), each round on
     /// other engines of ours: a replica is not left half done for want of one copy.
-    async fn copy(self, manifest: Manifest) -> Done {
-        let mut todo = manifest.content.segments.clone();
+    async fn copy(self, mut todo: Vec<SegmentEntry>) -> Done {
         let mut round = 0;
         let result = loop {
             match self.copy_round(&todo, round).await {
