@@ -384,13 +384,19 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
     let seeker_key = root.join("seeker").join("identity.key");
     let seeker_key = vodmesh_node::identity::load_or_create(&seeker_key)?;
     let asking = vodmesh_client::DirectorClient::connect(liar.addr(), Some(seeker_key)).await?;
+    // Each ask bounded: in one full-suite run under load an ask went unanswered until the
+    // client's 60 s time-out (not explained; noted in the closing note), which is not what
+    // this test is about. A later ask is answered.
     wait::until("the liar naming its engines", MINUTE, || async {
         for index in 0..2 {
             let request = vodmesh_proto::director::Request::LocateCopy { program, index };
-            let answer = asking.call(request).await;
+            let answer = tokio::time::timeout(Duration::from_secs(10), asking.call(request))
+                .await
+                .ok()
+                .and_then(Result::ok);
             if !matches!(
                 answer,
-                Ok(vodmesh_proto::director::Response::Located { .. })
+                Some(vodmesh_proto::director::Response::Located { .. })
             ) {
                 return Ok(false);
             }
