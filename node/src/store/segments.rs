@@ -366,15 +366,20 @@ impl SegmentStore {
             Some(None) => return Ok(()),
             Some(Some(flags)) => flags,
         };
-        let index = self.inner.index.clone();
         let op = Op::Flags {
             segment,
             pinned: flags.0,
             held_elsewhere: flags.1,
         };
+        self.commit(vec![op]).await
+    }
+
+    /// Applies `ops` to the index in one durable commit, on its worker.
+    async fn commit(&self, ops: Vec<Op>) -> Result<(), Error> {
+        let index = self.inner.index.clone();
         self.inner
             .index_worker
-            .run(move || index.apply(&[op], true))
+            .run(move || index.apply(&ops, true))
             .await??;
         Ok(())
     }
@@ -396,12 +401,7 @@ impl SegmentStore {
         let ops: Vec<Op> = (changes.into_iter())
             .map(|(program, until)| Op::Embargo(program, until))
             .collect();
-        let index = self.inner.index.clone();
-        self.inner
-            .index_worker
-            .run(move || index.apply(&ops, true))
-            .await??;
-        Ok(())
+        self.commit(ops).await
     }
 
     /// Deletes a complete segment that nobody is reading.
@@ -479,12 +479,7 @@ impl SegmentStore {
     /// Writes pending last-use times to the index (durably).
     pub async fn flush(&self) -> Result<(), Error> {
         let ops = Inner::take_touched(&mut self.inner.state());
-        let index = self.inner.index.clone();
-        self.inner
-            .index_worker
-            .run(move || index.apply(&ops, true))
-            .await??;
-        Ok(())
+        self.commit(ops).await
     }
 
     /// Flushes the index and stops the workers; every later call fails with [`Error::Closed`].
