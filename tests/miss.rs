@@ -229,7 +229,27 @@ async fn a_miss_is_filled_from_the_cheapest_holder_and_survives_its_death() -> R
     )
     .await?;
     assert!(played == bytes, "played from d: bytes differ");
-    assert_eq!(stats.stations, vec![d.peer_id().to_string()]);
+    // Each segment was a miss that d filled: its engines copied both in. The console is
+    // served from them, but not asserted to be: at `--speed max` a fetch that brought nothing
+    // for 2 s is hedged at another holder (console-client's hedge.rs), and in one full-suite
+    // run on a loaded machine both segments were won by such hedges at another station.
+    let d_engines: BTreeSet<PeerId> = d.engines.iter().map(|e| e.peer_id).collect();
+    let copied_at_d = |log: &[vodmesh_node::events::Event], index: u32| {
+        log.iter().any(|e| {
+            d_engines.contains(&e.peer)
+                && e.segment == Some(vodmesh_proto::SegmentIndex(index))
+                && matches!(e.kind, Kind::Copied { .. })
+        })
+    };
+    wait::events(
+        &mut events,
+        &mut log,
+        "d's copy of each segment",
+        MINUTE,
+        |log| (0..2).all(|index| copied_at_d(log, index)),
+    )
+    .await?;
+    println!("the play from d was served by {:?}", stats.stations);
     for s in [home, c, d] {
         s.shutdown().await;
     }
