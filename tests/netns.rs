@@ -125,7 +125,18 @@ fn measured_links_beat_advertised_ones() -> Result<()> {
     hosts.shape(2, "4mbit", "20ms", "0%")?;
     let trio = Trio::start(&hosts, &["--bandwidth", "10000"], 4)?;
     assert!(trio.play()? == trio.bytes, "played bytes differ");
+    // c logs a decision when its gather for a segment ends, which may be after the console
+    // finished (a fetch silent for 2 s at `--speed max` is hedged at another holder): waited
+    // for, not read once.
+    let waited = wait::blocking(
+        "c's decision for each segment",
+        Duration::from_secs(30),
+        || Ok(choices(&trio.c).len() >= 4),
+    );
     let decided = choices(&trio.c);
+    if let Err(e) = waited {
+        bail!("{e:#}: {decided:?}");
+    }
     let from = |index: u32| {
         decided
             .iter()
