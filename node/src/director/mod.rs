@@ -318,16 +318,11 @@ impl Director {
     }
 
     fn on_report(&mut self, report: EngineReport) {
-        let ready = matches!(report, EngineReport::Ready { .. });
+        let ready = match report {
+            EngineReport::Ready { index, .. } => Some(EngineId(index)),
+            _ => None,
+        };
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
-        if let EngineReport::Ready { index, .. } = report {
-            // A restarted engine process forgot which stations may copy from it.
-            for allow in self.replicate.standing(now_ms()) {
-                let _ = ctx.engines.send(EngineId(index), allow);
-            }
-            // And it keeps embargoes it may have missed the end of.
-            self.publish.retell(&ctx, EngineId(index));
-        }
         match ctx.engines.apply(report, ctx.activity) {
             Heard::Nothing => {}
             Heard::Changed => self.republish(),
@@ -349,9 +344,15 @@ impl Director {
                 self.play.on_stream(streamed);
             }
         }
-        if ready {
-            // An engine up: a replica left unfinished (at start, none was up) can go on.
+        if let Some(engine) = ready {
+            // A restarted engine process forgot which stations may copy from it, keeps
+            // embargoes it may have missed the end of, and a replica left unfinished (at
+            // start no engine was up) can go on.
             let ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+            for allow in self.replicate.standing(now_ms()) {
+                let _ = ctx.engines.send(engine, allow);
+            }
+            self.publish.retell(&ctx, engine);
             self.replicate.resume(&ctx);
         }
     }
