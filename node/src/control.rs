@@ -4,19 +4,73 @@
 //! and its engines talk over bounded channels rather than the network: engines report
 //! ([`EngineReport`]), the director commands ([`EngineCommand`]).
 
+use std::fmt;
+
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use vodmesh_proto::director::Activity;
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
+/// An engine of a station: its place among the station's engines (in-process engines first,
+/// then the `--engine-peer` slots). An engine process numbers itself 0; its director's
+/// backplane gives its reports the id of its slot.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct EngineId(pub usize);
+
+impl fmt::Display for EngineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What an engine tells its director (also carried over `/vodmesh/blade/1` from an engine
-/// in a process of its own, see [`crate::backplane`]).
+/// in a process of its own, see [`crate::blade`]): which engine, and what happened.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub enum EngineReport {
+pub struct EngineReport {
+    /// The engine that reports.
+    pub engine: EngineId,
+    /// What it reports.
+    pub event: EngineEvent,
+}
+
+impl EngineReport {
+    /// `event` of `engine`.
+    pub fn new(engine: EngineId, event: EngineEvent) -> Self {
+        Self { engine, event }
+    }
+
+    /// Counts this report into `activity`: streams taken over and stopped, swaps asked,
+    /// token refusals. The one place reports become counters: a director counts its engines'
+    /// reports with it, an engine process its own (for `vodmesh-node engine --metrics`).
+    pub fn count(&self, activity: &mut Activity) {
+        match self.event {
+            EngineEvent::TookOver { .. } => activity.takeovers += 1,
+            EngineEvent::Stopped { complete: true, .. } => activity.stops_complete += 1,
+            EngineEvent::Stopped {
+                complete: false, ..
+            } => activity.stops_early += 1,
+            EngineEvent::SwapAsked { .. } => activity.swaps += 1,
+            EngineEvent::Refused { copy: true } => activity.refused_copies += 1,
+            EngineEvent::Refused { copy: false } => activity.refused_streams += 1,
+            EngineEvent::Ready { .. }
+            | EngineEvent::Stored { .. }
+            | EngineEvent::Dropped { .. }
+            | EngineEvent::Streams { .. }
+            | EngineEvent::Usage { .. }
+            | EngineEvent::Limits { .. }
+            | EngineEvent::Down => {}
+        }
+    }
+}
+
+/// What happened at an engine.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum EngineEvent {
     /// The engine listens and is ready to serve.
     Ready {
-        /// Index of the engine in the station (0..N).
-        index: usize,
         /// The engine's peer id.
         peer_id: PeerId,
         /// Where it listens.
@@ -24,8 +78,6 @@ pub enum EngineReport {
     },
     /// A segment was stored, verified and committed.
     Stored {
-        /// Index of the engine.
-        index: usize,
         /// The segment.
         segment: SegmentId,
         /// Its size.
@@ -33,23 +85,17 @@ pub enum EngineReport {
     },
     /// A segment is gone (found corrupt, or evicted).
     Dropped {
-        /// Index of the engine.
-        index: usize,
         /// The segment.
         segment: SegmentId,
     },
     /// The number of streams this engine serves changed.
     Streams {
-        /// Index of the engine.
-        index: usize,
         /// Streams being served now.
         active: u32,
     },
     /// A console started streaming a segment from this engine (the new engine has taken
     /// over, claim 17).
     TookOver {
-        /// Index of the engine.
-        index: usize,
         /// The segment.
         segment: SegmentId,
         /// The console.
@@ -57,8 +103,6 @@ pub enum EngineReport {
     },
     /// A stream ended (claim 17): the whole segment was sent, or the console went away.
     Stopped {
-        /// Index of the engine.
-        index: usize,
         /// The segment.
         segment: SegmentId,
         /// The console.
@@ -71,8 +115,6 @@ pub enum EngineReport {
     /// A console sought past what this engine's filling copy holds; it was told to ask the
     /// director for an engine with the whole segment (claim 21).
     SwapAsked {
-        /// Index of the engine.
-        index: usize,
         /// The segment.
         segment: SegmentId,
         /// The console.
@@ -82,77 +124,24 @@ pub enum EngineReport {
     },
     /// A request was refused for want of a valid token (counted by the director).
     Refused {
-        /// Index of the engine.
-        index: usize,
         /// A copy (engine token) rather than a stream (console token).
         copy: bool,
     },
     /// What the engine stores, per disk (sent every few seconds while it changes).
     Usage {
-        /// Index of the engine in the station.
-        index: usize,
         /// Per disk.
         disks: Vec<vodmesh_proto::station::DiskUsage>,
     },
     /// The engine's own limits, when they are not the station's (an engine process has its
     /// own `--max-streams` and `--capacity`).
     Limits {
-        /// Index of the engine in the station.
-        index: usize,
         /// Concurrent streams at most.
         max_streams: u32,
         /// Bytes it may store (0: bounded by its disks).
         capacity: u64,
     },
     /// The engine stopped.
-    Down {
-        /// Index of the engine in the station.
-        index: usize,
-    },
-}
-
-impl EngineReport {
-    /// The same report from engine `index` (an engine process numbers itself 0; its
-    /// director's backplane gives it the index of its slot).
-    pub fn with_index(mut self, new: usize) -> Self {
-        match &mut self {
-            Self::Ready { index, .. }
-            | Self::Stored { index, .. }
-            | Self::Dropped { index, .. }
-            | Self::Streams { index, .. }
-            | Self::TookOver { index, .. }
-            | Self::Stopped { index, .. }
-            | Self::SwapAsked { index, .. }
-            | Self::Refused { index, .. }
-            | Self::Usage { index, .. }
-            | Self::Limits { index, .. }
-            | Self::Down { index } => *index = new,
-        }
-        self
-    }
-
-    /// Counts this report into `activity`: streams taken over and stopped, swaps asked,
-    /// token refusals. The one place reports become counters: a director counts its engines'
-    /// reports with it, an engine process its own (for `vodmesh-node engine --metrics`).
-    pub fn count(&self, activity: &mut Activity) {
-        match self {
-            Self::TookOver { .. } => activity.takeovers += 1,
-            Self::Stopped { complete: true, .. } => activity.stops_complete += 1,
-            Self::Stopped {
-                complete: false, ..
-            } => activity.stops_early += 1,
-            Self::SwapAsked { .. } => activity.swaps += 1,
-            Self::Refused { copy: true, .. } => activity.refused_copies += 1,
-            Self::Refused { copy: false, .. } => activity.refused_streams += 1,
-            Self::Ready { .. }
-            | Self::Stored { .. }
-            | Self::Dropped { .. }
-            | Self::Streams { .. }
-            | Self::Usage { .. }
-            | Self::Limits { .. }
-            | Self::Down { .. } => {}
-        }
-    }
+    Down,
 }
 
 /// A segment an engine should accept from a peer.
@@ -192,6 +181,27 @@ pub struct Copied {
     pub corrupt: Vec<PeerId>,
 }
 
+/// Why an engine's copy ([`EngineCommand::Fetch`]) brought no segment, as its director hears
+/// it (over the backplane too, from an engine process).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum FetchFailed {
+    /// The engine stopped, or its link to the director dropped, before it told the outcome.
+    #[error("the engine stopped before the copy ended")]
+    EngineStopped,
+    /// The director named no source.
+    #[error("no source to copy from")]
+    NoSource,
+    /// The engine's own store refused the segment or failed: no source can help.
+    #[error("{0}")]
+    Store(String),
+    /// Every source failed; how the last one did, in the engine's words.
+    #[error("{0}")]
+    AtEverySource(String),
+}
+
+/// What came of a copy: where its bytes came from, or why there are none.
+pub type Fetched = Result<Copied, FetchFailed>;
+
 /// What a director tells one of its engines.
 #[derive(Clone, Debug)]
 pub enum EngineCommand {
@@ -225,7 +235,7 @@ pub enum EngineCommand {
         /// Mark the copy evictable (another station, the home, keeps the program).
         held_elsewhere: bool,
         /// Where the outcome goes.
-        done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
+        done: mpsc::Sender<(SegmentId, Fetched)>,
     },
     /// Take the engine out of service: it stops serving and copying, and reports `Down`.
     Stop,

@@ -180,7 +180,7 @@ impl Station {
             commands.push(tx);
             slots.push(crate::blade::Bay {
                 peer: *peer,
-                index: config.engines + i,
+                engine: crate::control::EngineId(config.engines + i),
                 commands: Arc::new(tokio::sync::Mutex::new(rx)),
             });
         }

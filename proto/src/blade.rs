@@ -15,7 +15,7 @@
 //! ([`MAX_HELLO`] for the first, read before the engine is known to be well).
 //!
 //! The messages are plain data, generic over what the station puts inside them: `R` is an
-//! engine's report, `C` a finished copy, `E` a segment an engine is to accept and `S` a copy
+//! engine's report, `C` a finished copy, `F` why a copy failed, `E` a segment an engine is to accept and `S` a copy
 //! source. The station's own types fill them in (`vodmesh-node`'s `blade` module): this crate
 //! knows the exchange, not the roles. Variants are only ever appended.
 
@@ -39,7 +39,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 
 /// From the engine to the director.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Up<R, C> {
+pub enum Up<R, C, F> {
     /// The first frame: where the engine listens.
     Hello {
         /// Its listen addresses.
@@ -60,8 +60,8 @@ pub enum Up<R, C> {
         id: u64,
         /// Its segment.
         segment: SegmentId,
-        /// The copy, or why it failed (one line for the director's log).
-        result: Result<C, String>,
+        /// The copy, or why it failed.
+        result: Result<C, F>,
     },
     /// Heartbeat.
     Alive,
@@ -156,7 +156,7 @@ mod tests {
     use crate::codec::{decode, encode};
 
     /// The parameters a test fills in: any plain data does.
-    type TestUp = Up<(u32, String), u64>;
+    type TestUp = Up<(u32, String), u64, String>;
     type TestDown = Down<(u8, u64), String>;
 
     fn segment(i: u32) -> SegmentId {

@@ -36,7 +36,7 @@ pub fn frames(data: &[u8]) {
     let Some((&kind, frame)) = data.split_first() else {
         return;
     };
-    type Up = blade::Up<serde_bytes::ByteBuf, serde_bytes::ByteBuf>;
+    type Up = blade::Up<serde_bytes::ByteBuf, serde_bytes::ByteBuf, String>;
     type Down = blade::Down<serde_bytes::ByteBuf, serde_bytes::ByteBuf>;
     match kind % 12 {
         0 => drop(round_trip::<director::Request>(frame, DIRECTOR_LIMIT)),

@@ -17,16 +17,16 @@ use super::{
     DEAD_AFTER, Down, FetchReply, HEARTBEAT, MAX_ADDRS, Up, reader, refuse, send, to_wire,
 };
 use crate::auth::engines::EngineTokens;
-use crate::control::{EngineCommand, EngineReport};
+use crate::control::{EngineCommand, EngineEvent, EngineId, EngineReport, FetchFailed};
 
 /// A place among a station's engines that one engine process may take (`--engine-peer`): the
-/// peer let in, its index, and the queue of the director's commands to it.
+/// peer let in, its place, and the queue of the director's commands to it.
 #[derive(Clone)]
 pub(crate) struct Bay {
     /// The engine's peer id, the only one let in.
     pub(crate) peer: PeerId,
-    /// Its index among the station's engines.
-    pub(crate) index: usize,
+    /// Its place among the station's engines.
+    pub(crate) engine: EngineId,
     /// The director's commands to it. The link holds the lock while it is attached, so that a
     /// second link of the same engine is refused instead of splitting the commands.
     pub(crate) commands: Arc<Mutex<mpsc::Receiver<EngineCommand>>>,
@@ -94,29 +94,21 @@ async fn link(
     let Ok(mut commands) = bay.commands.clone().try_lock_owned() else {
         return refuse(&mut wr, "attached already; retry").await;
     };
-    let index = bay.index;
-    send(
-        &mut wr,
-        &Down::Welcome {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-        },
-    )
-    .await?;
-    tracing::info!(index, ?addrs, "engine attached");
-    let _ = reports
-        .send(EngineReport::Ready {
-            index,
-            peer_id: peer,
-            addrs,
-        })
-        .await;
+    let engine = bay.engine;
+    let index = u32::try_from(engine.0).unwrap_or(u32::MAX);
+    send(&mut wr, &Down::Welcome { index }).await?;
+    tracing::info!(%engine, ?addrs, "engine attached");
+    let ready = EngineEvent::Ready {
+        peer_id: peer,
+        addrs,
+    };
+    let _ = reports.send(EngineReport::new(engine, ready)).await;
     if max_streams > 0 {
-        let limits = EngineReport::Limits {
-            index,
+        let limits = EngineEvent::Limits {
             max_streams,
             capacity,
         };
-        let _ = reports.send(limits).await;
+        let _ = reports.send(EngineReport::new(engine, limits)).await;
     }
     let (mut up, _reading) = reader::<_, Up>(rd);
     let mut pending: HashMap<u64, (SegmentId, FetchReply)> = HashMap::new();
@@ -127,7 +119,7 @@ async fn link(
     let mut sent_token: Option<Vec<u8>> = None;
     let mut tokens_live = true;
     let why = loop {
-        let token = tokens.get(index);
+        let token = tokens.get(engine.0);
         if let Some(t) = token.as_ref().filter(|t| sent_token.as_ref() != Some(*t)) {
             let msg = Down::EngineToken(serde_bytes::ByteBuf::from(t.clone()));
             if send(&mut wr, &msg).await.is_err() {
@@ -151,14 +143,14 @@ async fn link(
                 deadline = Instant::now() + DEAD_AFTER;
                 match msg {
                     // Its up and down are this link's to say.
-                    Up::Report(
-                        EngineReport::Ready { .. }
-                        | EngineReport::Down { .. }
-                        | EngineReport::Limits { .. },
-                    )
+                    Up::Report(EngineReport {
+                        event: EngineEvent::Ready { .. } | EngineEvent::Down | EngineEvent::Limits { .. },
+                        ..
+                    })
                     | Up::Alive | Up::Hello { .. } => {}
-                    Up::Report(report) => {
-                        let _ = reports.send(report.with_index(index)).await;
+                    // It numbers itself 0: its place here is the bay's.
+                    Up::Report(EngineReport { event, .. }) => {
+                        let _ = reports.send(EngineReport::new(engine, event)).await;
                     }
                     Up::FetchDone { id, segment, result } => {
                         if let Some((_, done)) = pending.remove(&id) {
@@ -181,14 +173,11 @@ async fn link(
         }
     };
     for (_, (segment, done)) in pending {
-        let _ = done
-            .send((
-                segment,
-                Err("the engine's link to its director was lost".into()),
-            ))
-            .await;
+        let _ = done.send((segment, Err(FetchFailed::EngineStopped))).await;
     }
-    tracing::warn!(index, why, "engine detached: marked down");
-    let _ = reports.send(EngineReport::Down { index }).await;
+    tracing::warn!(%engine, why, "engine detached: marked down");
+    let _ = reports
+        .send(EngineReport::new(engine, EngineEvent::Down))
+        .await;
     Ok(())
 }

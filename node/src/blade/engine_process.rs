@@ -17,7 +17,7 @@ use vodmesh_proto::token::{Audience, IssuerKey, TrustedIssuers};
 
 use super::{DEAD_AFTER, Down, HEARTBEAT, MAX_TOKEN, PROTOCOL, Up, from_wire, reader, send};
 use crate::auth::engines::TOKEN_FILE;
-use crate::control::EngineReport;
+use crate::control::{EngineEvent, EngineReport};
 use crate::engine::copy::TokenSlot;
 use crate::{engine, identity};
 
@@ -300,10 +300,10 @@ impl Attach {
     /// Counts `report` into the engine's own metrics, as a director counts its engines'.
     fn count(&mut self, report: &EngineReport) {
         report.count(&mut self.activity);
-        match report {
-            EngineReport::Streams { active, .. } => self.info.streams = *active,
-            EngineReport::Stopped { bytes, .. } => self.metrics.streamed(*bytes),
-            EngineReport::Usage { disks, .. } => {
+        match &report.event {
+            EngineEvent::Streams { active } => self.info.streams = *active,
+            EngineEvent::Stopped { bytes, .. } => self.metrics.streamed(*bytes),
+            EngineEvent::Usage { disks } => {
                 self.info.used = disks.iter().map(|d| d.used).sum();
                 self.info.disks.clone_from(disks);
             }
@@ -433,7 +433,7 @@ impl Attach {
                 }
                 report = self.reports.recv() => {
                     let Some(report) = report else { return Detached::Stopping };
-                    if matches!(report, EngineReport::Usage { .. }) {
+                    if matches!(report.event, EngineEvent::Usage { .. }) {
                         self.last_usage = Some(report.clone());
                     }
                     self.count(&report);

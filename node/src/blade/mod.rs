@@ -40,10 +40,10 @@ use vodmesh_proto::blade::{self, MAX_FRAME};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::{SegmentId, token};
 
-use crate::control::{Copied, EngineCommand, EngineReport, Expected, Source};
+use crate::control::{Copied, EngineCommand, EngineReport, Expected, FetchFailed, Fetched, Source};
 
 /// What an engine process says to its director.
-pub type Up = blade::Up<EngineReport, Copied>;
+pub type Up = blade::Up<EngineReport, Copied, FetchFailed>;
 /// What a director says to its engine process.
 pub type Down = blade::Down<Expected, Source>;
 /// [`EngineCommand`] on the wire: a fetch's reply channel becomes an id.
@@ -58,7 +58,7 @@ pub const MAX_DISKS: usize = 32;
 const MAX_TOKEN: usize = token::MAX_TOKEN;
 
 /// Where the outcome of an in-process fetch goes.
-type FetchReply = mpsc::Sender<(SegmentId, Result<Copied, String>)>;
+type FetchReply = mpsc::Sender<(SegmentId, Fetched)>;
 
 /// `cmd` on the wire; a fetch's reply channel is handed to `pending`, which names the id its
 /// outcome will come back under.
@@ -161,19 +161,21 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::{EngineEvent, EngineId};
     use libp2p::PeerId;
     use vodmesh_proto::codec::{decode, encode};
 
     #[test]
     fn this_stations_frames_round_trip() -> Result<(), Box<dyn std::error::Error>> {
-        let up = Up::Report(EngineReport::Streams {
-            index: 0,
-            active: 3,
-        });
+        let streams = EngineEvent::Streams { active: 3 };
+        let up = Up::Report(EngineReport::new(EngineId(2), streams));
         let back: Up = decode(&encode(&up), MAX_FRAME)?;
         assert!(matches!(
             back,
-            Up::Report(EngineReport::Streams { active: 3, .. })
+            Up::Report(EngineReport {
+                engine: EngineId(2),
+                event: EngineEvent::Streams { active: 3 }
+            })
         ));
         let down = Down::Command(WireCommand::AllowCopy {
             peers: vec![PeerId::random()],
@@ -222,17 +224,18 @@ mod tests {
             panic!("a fetch stays a fetch");
         };
         // The engine answers on its channel; the director's side answers the original one.
-        let _ = done.send((segment, Err("no source".into()))).await;
+        let _ = done.send((segment, Err(FetchFailed::NoSource))).await;
         assert_eq!(
             engine_outcome.recv().await,
-            Some((segment, Err("no source".into())))
+            Some((segment, Err(FetchFailed::NoSource)))
         );
         let Some((s, reply)) = kept else {
             panic!("the director kept the reply channel");
         };
         assert_eq!(s, segment);
-        let _ = reply.send((segment, Err("lost".into()))).await;
-        assert_eq!(outcome.recv().await, Some((segment, Err("lost".into()))));
+        let lost = FetchFailed::AtEverySource("stream ended at byte 9".into());
+        let _ = reply.send((segment, Err(lost.clone()))).await;
+        assert_eq!(outcome.recv().await, Some((segment, Err(lost))));
     }
 
     proptest::proptest! {
@@ -245,7 +248,7 @@ mod tests {
             let frame = encode(&Up::FetchDone {
                 id: 9,
                 segment: SegmentId::new(vodmesh_proto::ProgramId([3; 32]), 2),
-                result: Err("x".repeat(40)),
+                result: Err(FetchFailed::AtEverySource("x".repeat(40))),
             });
             let mut bytes = frame.clone();
             for (at, value) in edits {

@@ -17,11 +17,11 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle};
 
 use super::choose::Link;
 use super::engines::{EngineId, EngineTable};
-use super::error::{CopyFailed, Error};
+use super::error::Error;
 use super::outbound::Asker;
 use crate::config::StationConfig;
 use crate::content::Catalog;
-use crate::control::Copied;
+use crate::control::{Copied, FetchFailed, Fetched};
 use crate::events::Observer;
 use crate::store::locations::{Location, LocationState, LocationTable};
 
@@ -260,13 +260,13 @@ impl Ctx<'_> {
         &mut self,
         segment: SegmentId,
         (engine, peer): (EngineId, PeerId),
-        outcome: Result<Copied, CopyFailed>,
+        outcome: Fetched,
     ) -> Option<Copied> {
         match outcome {
             Ok(copied) => Some(copied),
             // Its filling location stays until the engine is heard of again (a stopped
             // engine is down: no console is sent there).
-            Err(CopyFailed::EngineStopped) => None,
+            Err(FetchFailed::EngineStopped) => None,
             Err(e) => {
                 tracing::warn!(%segment, engine = %peer, error = %e, "copy failed at every source");
                 if let Err(e) = self.locations.remove(segment, &peer) {

@@ -4,7 +4,6 @@
 //! ([`EngineReport::count`]); what else a report calls for goes back to the loop as [`Heard`].
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -15,24 +14,14 @@ use vodmesh_proto::director::{Activity, SegmentLocation};
 use vodmesh_proto::station::{EngineInfo, used_on};
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
-use super::error::{CopyFailed, Error};
-use crate::control::{Copied, EngineCommand, EngineReport, Source};
+use super::error::Error;
+pub(super) use crate::control::EngineId;
+use crate::control::{EngineCommand, EngineEvent, EngineReport, FetchFailed, Fetched, Source};
 
 /// How long an engine whose copy failed at every source is no copy target: a station whose
 /// engines cannot copy (no valid engine token) sends its consoles to the holders instead of
 /// making them wait for copies that never come.
 pub(super) const COPY_FAILED_FOR: Duration = Duration::from_secs(30);
-
-/// An engine of this station: its place among the station's engines (in-process engines
-/// first, then the `--engine-peer` slots).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct EngineId(pub(super) usize);
-
-impl fmt::Display for EngineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// One engine of the station as a decision sees it.
 pub(super) type EngineView<'a> = (EngineId, &'a EngineInfo);
@@ -250,7 +239,7 @@ impl EngineTable {
         expect: Option<(SegmentHash, u64)>,
         sources: Vec<Source>,
         held_elsewhere: bool,
-    ) -> Result<impl Future<Output = Result<Copied, CopyFailed>> + Send + use<>, Error> {
+    ) -> Result<impl Future<Output = Fetched> + Send + use<>, Error> {
         let (done, mut outcome) = mpsc::channel(1);
         let fetch = EngineCommand::Fetch {
             segment,
@@ -261,8 +250,8 @@ impl EngineTable {
         };
         self.send(id, fetch)?;
         Ok(async move {
-            let (_, result) = outcome.recv().await.ok_or(CopyFailed::EngineStopped)?;
-            CopyFailed::from_engine(result)
+            let (_, result) = outcome.recv().await.ok_or(FetchFailed::EngineStopped)?;
+            result
         })
     }
 
@@ -286,14 +275,11 @@ impl EngineTable {
     pub(super) fn apply(&mut self, report: EngineReport, activity: &mut Activity) -> Heard {
         report.count(activity);
         let (max_streams, capacity) = self.limits;
-        match report {
-            EngineReport::Ready {
-                index,
-                peer_id,
-                addrs,
-            } => {
-                let Some(engine) = self.engines.get_mut(index) else {
-                    tracing::warn!(index, %peer_id, "a report from an engine slot this station does not have");
+        let EngineReport { engine: id, event } = report;
+        match event {
+            EngineEvent::Ready { peer_id, addrs } => {
+                let Some(engine) = self.engines.get_mut(id.0) else {
+                    tracing::warn!(%id, %peer_id, "a report from an engine slot this station does not have");
                     return Heard::Nothing;
                 };
                 // The same engine coming back keeps its store's figures until its next usage
@@ -314,8 +300,8 @@ impl EngineTable {
                 });
                 Heard::Changed
             }
-            EngineReport::Usage { index, mut disks } => {
-                if let Some(engine) = self.info_mut(index) {
+            EngineEvent::Usage { mut disks } => {
+                if let Some(engine) = self.info_mut(id) {
                     // An engine process reports these over the backplane; they go into the
                     // signed station record, which has a size limit.
                     disks.truncate(crate::blade::MAX_DISKS);
@@ -324,81 +310,72 @@ impl EngineTable {
                 }
                 Heard::Nothing
             }
-            EngineReport::Limits {
-                index,
+            EngineEvent::Limits {
                 max_streams,
                 capacity,
             } => {
-                if let Some(engine) = self.info_mut(index) {
+                if let Some(engine) = self.info_mut(id) {
                     engine.max_streams = max_streams;
                     engine.capacity = capacity;
                 }
                 Heard::Changed
             }
-            EngineReport::Down { index } => {
-                if let Some(engine) = self.info_mut(index) {
+            EngineEvent::Down => {
+                if let Some(engine) = self.info_mut(id) {
                     engine.up = false;
                 }
                 Heard::Changed
             }
-            EngineReport::Streams { index, active } => {
-                if let Some(engine) = self.info_mut(index) {
+            EngineEvent::Streams { active } => {
+                if let Some(engine) = self.info_mut(id) {
                     engine.streams = active;
                 }
                 Heard::Nothing
             }
-            EngineReport::Stored { index, segment, .. } => match self.get(EngineId(index)) {
+            EngineEvent::Stored { segment, .. } => match self.get(id) {
                 Some(engine) => Heard::Stored {
-                    engine: EngineId(index),
+                    engine: id,
                     peer: engine.peer_id,
                     segment,
                 },
                 None => Heard::Nothing,
             },
-            EngineReport::Dropped { index, segment } => match self.get(EngineId(index)) {
+            EngineEvent::Dropped { segment } => match self.get(id) {
                 Some(engine) => Heard::Dropped {
                     peer: engine.peer_id,
                     segment,
                 },
                 None => Heard::Nothing,
             },
-            EngineReport::TookOver {
-                index,
-                segment,
-                console,
-            } => Heard::Stream(Streamed::TookOver {
-                engine: EngineId(index),
+            EngineEvent::TookOver { segment, console } => Heard::Stream(Streamed::TookOver {
+                engine: id,
                 segment,
                 console,
             }),
-            EngineReport::Stopped {
-                index,
+            EngineEvent::Stopped {
                 segment,
                 console,
                 bytes,
                 ..
             } => Heard::Stream(Streamed::Stopped {
-                engine: EngineId(index),
+                engine: id,
                 segment,
                 console,
                 bytes,
             }),
-            EngineReport::SwapAsked {
-                index,
-                segment,
-                console,
-                ..
+            EngineEvent::SwapAsked {
+                segment, console, ..
             } => Heard::Stream(Streamed::SwapAsked {
-                engine: EngineId(index),
+                engine: id,
                 segment,
                 console,
             }),
-            EngineReport::Refused { .. } => Heard::Nothing,
+            EngineEvent::Refused { .. } => Heard::Nothing,
         }
     }
 
-    fn info_mut(&mut self, index: usize) -> Option<&mut EngineInfo> {
-        self.engines.get_mut(index)?.info.as_mut()
+    fn info_mut(&mut self, id: EngineId) -> Option<&mut EngineInfo> {
+        self.engines.get_mut(id.0)?.info.as_mut()
     }
 }
 
@@ -412,11 +389,12 @@ mod tests {
     }
 
     fn ready(index: usize, peer_id: PeerId) -> EngineReport {
-        EngineReport::Ready {
-            index,
-            peer_id,
-            addrs: Vec::new(),
-        }
+        let addrs = Vec::new();
+        EngineReport::new(EngineId(index), EngineEvent::Ready { peer_id, addrs })
+    }
+
+    fn of_first(event: EngineEvent) -> EngineReport {
+        EngineReport::new(EngineId(0), event)
     }
 
     #[test]
@@ -429,40 +407,27 @@ mod tests {
             engines.apply(ready(0, peer), &mut activity),
             Heard::Changed
         ));
-        let streams = EngineReport::Streams {
-            index: 0,
-            active: 3,
-        };
+        let streams = of_first(EngineEvent::Streams { active: 3 });
         engines.apply(streams, &mut activity);
         assert_eq!(engines.get(EngineId(0)).map(|e| e.streams), Some(3));
         assert_eq!(engines.streams(), 3);
         let segment = SegmentId::new(ProgramId([1; 32]), 2);
         let console = PeerId::random();
-        let stopped = EngineReport::Stopped {
-            index: 0,
+        let stopped = of_first(EngineEvent::Stopped {
             segment,
             console,
             bytes: 10,
             complete: true,
-        };
+        });
         assert!(matches!(
             engines.apply(stopped, &mut activity),
             Heard::Stream(Streamed::Stopped { bytes: 10, .. })
         ));
-        engines.apply(
-            EngineReport::Refused {
-                index: 0,
-                copy: true,
-            },
-            &mut activity,
-        );
+        engines.apply(of_first(EngineEvent::Refused { copy: true }), &mut activity);
         assert_eq!((activity.stops_complete, activity.refused_copies), (1, 1));
         // A stored segment names the engine; one from a slot that never reported, nothing.
-        let stored = |index| EngineReport::Stored {
-            index,
-            segment,
-            size: 1,
-        };
+        let stored =
+            |index| EngineReport::new(EngineId(index), EngineEvent::Stored { segment, size: 1 });
         assert!(matches!(
             engines.apply(stored(0), &mut activity),
             Heard::Stored { peer: p, .. } if p == peer
@@ -471,7 +436,7 @@ mod tests {
             engines.apply(stored(1), &mut activity),
             Heard::Nothing
         ));
-        engines.apply(EngineReport::Down { index: 0 }, &mut activity);
+        engines.apply(of_first(EngineEvent::Down), &mut activity);
         assert!(engines.up().is_empty());
         assert_eq!(engines.views().len(), 1);
         // A slot the station does not have changes nothing.
@@ -485,13 +450,7 @@ mod tests {
         let mut activity = Activity::default();
         let peer = PeerId::random();
         engines.apply(ready(0, peer), &mut activity);
-        engines.apply(
-            EngineReport::Streams {
-                index: 0,
-                active: 2,
-            },
-            &mut activity,
-        );
+        engines.apply(of_first(EngineEvent::Streams { active: 2 }), &mut activity);
         engines.set_draining(true);
         assert!(engines.views().is_empty());
         assert!(engines.up().is_empty());
@@ -541,15 +500,12 @@ mod tests {
         let Ok(EngineCommand::Fetch { done, .. }) = rx[0].try_recv() else {
             anyhow::bail!("no fetch sent");
         };
-        done.send((segment, Err("no source".into()))).await?;
-        assert_eq!(
-            outcome.await,
-            Err(CopyFailed::AtEverySource("no source".into()))
-        );
+        done.send((segment, Err(FetchFailed::NoSource))).await?;
+        assert_eq!(outcome.await, Err(FetchFailed::NoSource));
         // An engine that drops the command without an answer stopped.
         let outcome = engines.fetch(EngineId(0), segment, None, Vec::new(), false)?;
         drop(rx[0].try_recv());
-        assert_eq!(outcome.await, Err(CopyFailed::EngineStopped));
+        assert_eq!(outcome.await, Err(FetchFailed::EngineStopped));
         Ok(())
     }
 }

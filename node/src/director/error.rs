@@ -9,7 +9,7 @@ use vodmesh_registry::RegistryError;
 
 use super::outbound::AskError;
 use crate::content::plan::Shortfall;
-use crate::control::Copied;
+use crate::control::FetchFailed;
 
 /// The refusal every director gives for a program that is not playable yet.
 pub const NOT_PUBLISHED: &str = "program not published";
@@ -140,7 +140,7 @@ pub(super) enum Error {
         /// The first that failed.
         first: SegmentId,
         /// Why, as the engine said.
-        cause: CopyFailed,
+        cause: FetchFailed,
     },
     /// A request only members may make, from a station that is not one (or not any more).
     #[error("{}", vodmesh_proto::member::NOT_A_MEMBER)]
@@ -224,25 +224,6 @@ impl From<Error> for ErrorReply {
 /// A family's answer as a response: `ok`'s, or the refusal.
 pub(super) fn respond<T>(answer: Result<T, Error>, ok: impl FnOnce(T) -> Response) -> Response {
     answer.map_or_else(|e| Response::Error(e.into()), ok)
-}
-
-/// Why a copy into one of the station's engines brought no segment.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum CopyFailed {
-    /// The engine stopped (or its link dropped) before it told the outcome.
-    #[error("the engine stopped before the copy ended")]
-    EngineStopped,
-    /// Every source failed; what the engine said of the last one.
-    #[error("{0}")]
-    AtEverySource(String),
-}
-
-impl CopyFailed {
-    /// An engine's outcome as it comes over the command channel (its cause is the engine's
-    /// own line).
-    pub(super) fn from_engine(result: Result<Copied, String>) -> Result<Copied, Self> {
-        result.map_err(Self::AtEverySource)
-    }
 }
 
 #[cfg(test)]

@@ -39,12 +39,12 @@ use super::catalog::{Learned, fetch_manifest, fetch_record};
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
 use super::context::{Ctx, Reply};
 use super::engines::EngineId;
-use super::error::{CopyFailed, Error, respond};
+use super::error::{Error, respond};
 use super::outbound::Asker;
 use super::play::Play;
 use super::publish::Publishing;
 use super::tasks::Tasks;
-use crate::control::{Copied, Source};
+use crate::control::{Copied, Fetched, Source};
 use crate::events::Kind;
 use crate::expiring::Expiring;
 use crate::peer_slots::PeerSlots;
@@ -115,7 +115,7 @@ pub(super) enum Done {
         /// Each source engine's station.
         stations: HashMap<PeerId, StationId>,
         /// The engine's outcome.
-        outcome: Result<Copied, CopyFailed>,
+        outcome: Fetched,
     },
 }
 

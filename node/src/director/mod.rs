@@ -65,7 +65,7 @@ use vodmesh_registry::{PersistentStore, RegistryHandle};
 use self::catalog::Viewer;
 use self::choose::Locating;
 use self::context::{Reply, Shared};
-use self::engines::{EngineId, Heard};
+use self::engines::Heard;
 use self::error::{Error, respond};
 use self::ingest::{Ingested, Ingests};
 use self::miss::Misses;
@@ -74,7 +74,7 @@ use self::play::{Located, Play};
 use self::publish::Publishing;
 use self::replicate::Replicating;
 use self::tasks::Tasks;
-use crate::control::{EngineCommand, EngineReport};
+use crate::control::{EngineCommand, EngineEvent, EngineReport};
 use crate::events::Observer;
 use crate::metrics::Metrics;
 
@@ -318,10 +318,7 @@ impl Director {
     }
 
     fn on_report(&mut self, report: EngineReport) {
-        let ready = match report {
-            EngineReport::Ready { index, .. } => Some(EngineId(index)),
-            _ => None,
-        };
+        let ready = matches!(report.event, EngineEvent::Ready { .. }).then_some(report.engine);
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         match ctx.engines.apply(report, ctx.activity) {
             Heard::Nothing => {}

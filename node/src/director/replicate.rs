@@ -38,12 +38,12 @@ use super::catalog::{Learned, fetch_record};
 use super::choose::{self, Locating, Replication};
 use super::context::{Ctx, Reply};
 use super::engines::EngineId;
-use super::error::{CopyFailed, Error};
+use super::error::Error;
 use super::outbound::{AskError, Asker};
 use super::publish::Publishing;
 use super::tasks::Tasks;
 use crate::content::catalog::OpenReplica;
-use crate::control::{Copied, EngineCommand, Source};
+use crate::control::{EngineCommand, FetchFailed, Fetched, Source};
 use crate::events::{Kind, Observer};
 use crate::store::locations::LocationState;
 
@@ -114,7 +114,7 @@ pub(super) enum Done {
         /// The engine copying it in, and its peer id.
         engine: (EngineId, PeerId),
         /// The engine's outcome.
-        outcome: Result<Copied, CopyFailed>,
+        outcome: Fetched,
     },
     /// Nothing more to do.
     Nothing,
@@ -568,10 +568,10 @@ impl Replica {
     ) -> Result<(), (Error, Vec<SegmentEntry>)> {
         let (done_tx, mut done_rx) = mpsc::channel(FETCH_WINDOW * 2);
         let mut in_flight = 0usize;
-        let mut failed: Vec<(SegmentId, CopyFailed)> = Vec::new();
-        let mut note = |outcome: Option<(SegmentId, Result<Copied, String>)>| {
+        let mut failed: Vec<(SegmentId, FetchFailed)> = Vec::new();
+        let mut note = |outcome: Option<(SegmentId, Fetched)>| {
             if let Some((segment, Err(e))) = outcome {
-                failed.push((segment, CopyFailed::AtEverySource(e)));
+                failed.push((segment, e));
             }
         };
         let mut stopped = None;
@@ -618,7 +618,7 @@ impl Replica {
         &self,
         entry: &SegmentEntry,
         n: usize,
-        done: &mpsc::Sender<(SegmentId, Result<Copied, String>)>,
+        done: &mpsc::Sender<(SegmentId, Fetched)>,
     ) -> Result<(), Error> {
         let program = self.program;
         let segment = SegmentId::new(program, entry.index);

@@ -12,6 +12,7 @@
 //! - `stream`: `/vodmesh/stream/1`, segments streamed to consoles, under `--max-streams`.
 //! - `admit`: who may stream or copy (tokens, the director's approval).
 //! - `accept`: the accept loop every protocol shares.
+//! - `report`: what the engine tells its director of itself.
 
 mod accept;
 mod admit;
@@ -19,6 +20,7 @@ pub mod copy;
 mod embargo;
 pub mod ingest;
 mod peers;
+mod report;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -35,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::net::{BuildError, IDENTIFY_PROTOCOL, build_swarm};
 
-use crate::control::{EngineCommand, EngineReport, Expected};
+pub(crate) use self::report::{Reporter, disk_usage};
+use crate::control::{EngineCommand, EngineEvent, EngineId, EngineReport, Expected};
 use crate::listen::{advertised, announced, listen_all};
 use crate::store::{self, SegmentStore};
 
@@ -251,12 +254,12 @@ pub async fn start(
     let addrs = advertised(&announce, &listened);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
 
-    let reporter = Reporter {
-        index,
-        reports: reports.clone(),
-        store: store.clone(),
-        bounded: storage.capacity != 0,
-    };
+    let reporter = Reporter::new(
+        EngineId(index),
+        reports.clone(),
+        store.clone(),
+        storage.capacity != 0,
+    );
     let mut control = swarm.behaviour().streams.new_control();
     let mut accept = |protocol: libp2p::StreamProtocol| {
         control
@@ -289,10 +292,9 @@ pub async fn start(
     );
     copy_server.observer = observer;
     let streams = stream::StreamService {
-        index,
         store: store.clone(),
-        reports: reports.clone(),
-        load: stream::Load::new(storage.max_streams, index, reports.clone()),
+        reporter: reporter.clone(),
+        load: stream::Load::new(storage.max_streams, EngineId(index), reports.clone()),
         trusted,
         handovers: stream::Handovers::default(),
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
@@ -300,13 +302,11 @@ pub async fn start(
         arriving: stream::Arriving::default(),
     };
 
-    let _ = reports
-        .send(EngineReport::Ready {
-            index,
-            peer_id,
-            addrs: addrs.clone(),
-        })
-        .await;
+    let ready = EngineEvent::Ready {
+        peer_id,
+        addrs: addrs.clone(),
+    };
+    reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
     let blade = Blade {
         index,
@@ -447,7 +447,7 @@ impl Blade {
                     let disks = self.reporter.disk_usage();
                     if disks != last_usage {
                         last_usage.clone_from(&disks);
-                        self.reporter.send(EngineReport::Usage { index, disks }).await;
+                        self.reporter.send(EngineEvent::Usage { disks }).await;
                     }
                 }
                 changed = shutdown.changed() => {
@@ -488,7 +488,7 @@ impl Blade {
         if let Err(e) = self.store.shutdown().await {
             tracing::warn!(index, error = %e, "engine store did not shut down cleanly");
         }
-        self.reporter.send(EngineReport::Down { index }).await;
+        self.reporter.send(EngineEvent::Down).await;
         tracing::info!(index, "engine stopped");
     }
 
@@ -570,126 +570,6 @@ impl Blade {
 
 /// How often an engine looks at its store's occupancy (and reports it when it changed).
 const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The longest disk path reported (its tail is kept), to keep station records small.
-const MAX_DISK_PATH: usize = 96;
-
-/// The store's occupancy per disk; capacity 0 when the store is not bounded by `--capacity`.
-/// Every figure is the store's own ([`SegmentStore::stats`]), the one its capacity is
-/// enforced from.
-pub(crate) fn disk_usage(
-    store: &SegmentStore,
-    bounded: bool,
-) -> Vec<vodmesh_proto::station::DiskUsage> {
-    store
-        .stats()
-        .disks
-        .into_iter()
-        .map(|d| {
-            let path = d.root.display().to_string();
-            let cut = path.len().saturating_sub(MAX_DISK_PATH);
-            let start = (cut..=path.len())
-                .find(|&i| path.is_char_boundary(i))
-                .unwrap_or(path.len());
-            vodmesh_proto::station::DiskUsage {
-                path: path[start..].to_string(),
-                used: d.used,
-                capacity: if bounded { d.quota } else { 0 },
-                reserved: d.reserved,
-                evictable: d.evictable,
-            }
-        })
-        .collect()
-}
-
-/// How an engine's tasks tell its director what its store holds: a change goes out with the
-/// store's figures right behind it, on the same channel, so the director never counts a new
-/// segment in its table without its bytes in the engine's used figure for long (it plans
-/// ingests and copies from that figure).
-#[derive(Clone)]
-pub(crate) struct Reporter {
-    index: usize,
-    reports: mpsc::Sender<EngineReport>,
-    store: SegmentStore,
-    bounded: bool,
-}
-
-/// How long a segment that is being read is waited for before its removal is given up.
-const REMOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
-impl Reporter {
-    /// The engine's index in its station.
-    pub(crate) fn index(&self) -> usize {
-        self.index
-    }
-
-    /// Sends `report` (dropped if the director is gone).
-    pub(crate) async fn send(&self, report: EngineReport) {
-        let _ = self.reports.send(report).await;
-    }
-
-    /// Sends `report` unless the queue is full: for counts a later report supersedes.
-    pub(crate) fn try_send(&self, report: EngineReport) {
-        let _ = self.reports.try_send(report);
-    }
-
-    /// A segment was stored, verified and committed.
-    pub(crate) async fn stored(&self, segment: SegmentId, size: u64) {
-        let index = self.index;
-        self.send(EngineReport::Stored {
-            index,
-            segment,
-            size,
-        })
-        .await;
-        self.usage().await;
-    }
-
-    /// A segment is gone.
-    pub(crate) async fn dropped(&self, segment: SegmentId) {
-        let index = self.index;
-        self.send(EngineReport::Dropped { index, segment }).await;
-        self.usage().await;
-    }
-
-    fn disk_usage(&self) -> Vec<vodmesh_proto::station::DiskUsage> {
-        disk_usage(&self.store, self.bounded)
-    }
-
-    /// The store's figures now.
-    pub(crate) async fn usage(&self) {
-        let disks = self.disk_usage();
-        let index = self.index;
-        self.send(EngineReport::Usage { index, disks }).await;
-    }
-
-    /// Removes `segments` from the store (those not stored are skipped) and reports each one
-    /// gone; returns those being read, which cannot go yet.
-    async fn remove(&self, segments: Vec<SegmentId>) -> Vec<SegmentId> {
-        let mut busy = Vec::new();
-        for segment in segments {
-            match self.store.remove(segment).await {
-                Ok(()) => self.dropped(segment).await,
-                Err(store::Error::NotFound(_)) => {}
-                Err(store::Error::Busy(_)) => busy.push(segment),
-                Err(e) => tracing::warn!(%segment, error = %e, "segment not removed"),
-            }
-        }
-        busy
-    }
-
-    /// Removes `segments` as their readers let go, for at most [`REMOVE_PATIENCE`].
-    async fn remove_patiently(&self, mut left: Vec<SegmentId>) {
-        let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
-        while !left.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            left = self.remove(left).await;
-        }
-        for segment in left {
-            tracing::warn!(%segment, "segment still being read; not removed");
-        }
-    }
-}
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

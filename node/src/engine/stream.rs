@@ -18,9 +18,10 @@ use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::TrustedIssuers;
 
+use super::Reporter;
 use super::admit;
 use super::peers::read_request;
-use crate::control::EngineReport;
+use crate::control::{EngineEvent, EngineId, EngineReport};
 use crate::expiring::Expiring;
 use crate::peer_slots::PeerSlots;
 use crate::store::{SegmentState, SegmentStore};
@@ -38,9 +39,8 @@ pub(crate) const MAX_STREAMS_PER_PEER: usize = 4;
 /// What every stream task shares.
 #[derive(Clone)]
 pub(crate) struct StreamService {
-    pub(crate) index: usize,
     pub(crate) store: SegmentStore,
-    pub(crate) reports: mpsc::Sender<EngineReport>,
+    pub(crate) reporter: Reporter,
     /// `--max-streams`, and the count the director hears of.
     pub(crate) load: Load,
     /// Issuers whose console tokens this station accepts; empty = serve no stream.
@@ -85,18 +85,18 @@ pub(crate) struct Load {
     /// The last count reported. The count and its report change together under this lock, so
     /// reports reach the director in the order of the changes and the last one is the truth.
     reported: Arc<Mutex<u32>>,
-    index: usize,
+    engine: EngineId,
     reports: mpsc::Sender<EngineReport>,
 }
 
 impl Load {
-    /// At most `max` streams at once for engine `index`, reported on `reports`.
-    pub(crate) fn new(max: u32, index: usize, reports: mpsc::Sender<EngineReport>) -> Self {
+    /// At most `max` streams at once for `engine`, reported on `reports`.
+    pub(crate) fn new(max: u32, engine: EngineId, reports: mpsc::Sender<EngineReport>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
             reported: Arc::default(),
-            index,
+            engine,
             reports,
         }
     }
@@ -120,10 +120,8 @@ impl Load {
     fn report(&self) {
         let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
         *reported = self.active();
-        let _ = self.reports.try_send(EngineReport::Streams {
-            index: self.index,
-            active: *reported,
-        });
+        let streams = EngineEvent::Streams { active: *reported };
+        let _ = (self.reports).try_send(EngineReport::new(self.engine, streams));
     }
 }
 
@@ -234,7 +232,7 @@ impl StreamService {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // A corrupt chunk is never sent: the console sees the stream end short.
-                    tracing::warn!(index = self.index, error = %e, "stream aborted");
+                    tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
                     return Err(std::io::Error::other(e));
                 }
             }
@@ -258,20 +256,17 @@ impl StreamService {
         let admitted = admit::stream(&self.trusted, token, &segment.program, &peer, now_ms())
             .and_then(|()| admit::published(published));
         if let Err(why) = admitted {
-            tracing::info!(index = self.index, %peer, refused = %why, "stream refused");
-            let _ = self.reports.try_send(EngineReport::Refused {
-                index: self.index,
-                copy: false,
-            });
+            tracing::info!(engine = %self.reporter.engine(), %peer, refused = %why, "stream refused");
+            let _ = self.reporter.try_send(EngineEvent::Refused { copy: false });
             return Self::answer(&mut stream, &StreamReply::Refused(why.to_string())).await;
         }
         let Some(_mine) = self.per_peer.take(peer) else {
-            tracing::debug!(index = self.index, %peer, %segment, "busy: at the peer's streams");
+            tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "busy: at the peer's streams");
             return Self::answer(&mut stream, &StreamReply::Busy).await;
         };
         let Some(_active) = self.load.try_start() else {
             // A wait for the console, not a refusal: it asks its director for another engine.
-            tracing::debug!(index = self.index, %peer, %segment, "busy: at --max-streams");
+            tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "busy: at --max-streams");
             return Self::answer(&mut stream, &StreamReply::Busy).await;
         };
         // A copy the director just ordered (overload replication) may not have begun to
@@ -287,7 +282,7 @@ impl StreamService {
             self.store.open_read(segment).await,
             self.store.info(&segment),
         ) else {
-            tracing::debug!(index = self.index, %peer, %segment, "absent");
+            tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "absent");
             return Self::answer(&mut stream, &StreamReply::Absent).await;
         };
         let size = reader.len();
@@ -296,9 +291,8 @@ impl StreamService {
         if info.state == SegmentState::Filling {
             let filled = self.store.filled(&segment).map_or(0, |f| f.0);
             if request.play_from > filled && filled < size {
-                tracing::debug!(index = self.index, %peer, %segment, filled, play_from = request.play_from, "console past the fill: swap");
-                let _ = self.reports.try_send(EngineReport::SwapAsked {
-                    index: self.index,
+                tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, filled, play_from = request.play_from, "console past the fill: swap");
+                let _ = self.reporter.try_send(EngineEvent::SwapAsked {
                     segment,
                     console: peer,
                     filled,
@@ -310,14 +304,13 @@ impl StreamService {
             let why = StreamReply::Refused("offset past the end of the segment".into());
             return Self::answer(&mut stream, &why).await;
         }
-        tracing::debug!(index = self.index, %peer, %segment, offset = request.offset, "streaming");
+        tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, offset = request.offset, "streaming");
         let streaming = StreamReply::Streaming {
             size,
             hash: info.hash,
         };
         write_frame(&mut stream, &streaming).await?;
-        let _ = self.reports.try_send(EngineReport::TookOver {
-            index: self.index,
+        let _ = self.reporter.try_send(EngineEvent::TookOver {
             segment,
             console: peer,
         });
@@ -332,8 +325,7 @@ impl StreamService {
             )
             .await;
         drop(handover);
-        let _ = self.reports.try_send(EngineReport::Stopped {
-            index: self.index,
+        let _ = self.reporter.try_send(EngineEvent::Stopped {
             segment,
             console: peer,
             bytes: sent,
@@ -350,7 +342,11 @@ mod tests {
 
     fn counts(reports: &mut mpsc::Receiver<EngineReport>) -> Vec<u32> {
         let mut out = Vec::new();
-        while let Ok(EngineReport::Streams { active, .. }) = reports.try_recv() {
+        while let Ok(EngineReport {
+            event: EngineEvent::Streams { active },
+            ..
+        }) = reports.try_recv()
+        {
             out.push(active);
         }
         out
@@ -359,7 +355,7 @@ mod tests {
     #[test]
     fn the_cap_admits_max_streams_and_the_director_hears_every_change() {
         let (tx, mut rx) = mpsc::channel(16);
-        let load = Load::new(2, 0, tx);
+        let load = Load::new(2, EngineId(0), tx);
         let first = load.try_start();
         let second = load.try_start();
         assert!(first.is_some() && second.is_some());
@@ -379,7 +375,7 @@ mod tests {
     #[test]
     fn an_engine_with_no_streams_allowed_is_always_busy() {
         let (tx, mut rx) = mpsc::channel(4);
-        let load = Load::new(0, 0, tx);
+        let load = Load::new(0, EngineId(0), tx);
         assert!(load.try_start().is_none());
         assert!(counts(&mut rx).is_empty());
     }
@@ -387,7 +383,7 @@ mod tests {
     #[tokio::test]
     async fn streams_ending_at_once_leave_the_true_count_last() {
         let (tx, mut rx) = mpsc::channel(1024);
-        let load = Load::new(64, 3, tx);
+        let load = Load::new(64, EngineId(3), tx);
         let streams: Vec<ActiveStream> = (0..64).filter_map(|_| load.try_start()).collect();
         assert_eq!(streams.len(), 64);
         let mut ends = tokio::task::JoinSet::new();

@@ -2,6 +2,7 @@
 
 use libp2p::PeerId;
 
+use crate::control::FetchFailed;
 use crate::store;
 
 /// Why a copy failed.
@@ -16,6 +17,17 @@ pub(crate) enum CopyError {
     /// Every source failed; this is how the last one did.
     #[error(transparent)]
     Sources(Attempt),
+}
+
+impl From<CopyError> for FetchFailed {
+    /// What the director hears: the kind of failure, with the engine's own line.
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::NoSource => Self::NoSource,
+            CopyError::Store(e) => Self::Store(e.to_string()),
+            CopyError::Sources(last) => Self::AtEverySource(last.to_string()),
+        }
+    }
 }
 
 /// Why one attempt at one source failed.

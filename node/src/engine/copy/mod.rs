@@ -28,7 +28,7 @@ use vodmesh_proto::{SegmentHash, SegmentId};
 use self::error::{Attempt, Next};
 use super::peers::read_request;
 use super::{EngineBehaviour, Reporter, admit};
-use crate::control::{Copied, EngineReport, Source};
+use crate::control::{Copied, EngineEvent, FetchFailed, Fetched, Source};
 use crate::events::{Kind, Observer};
 use crate::peer_slots::PeerSlots;
 use crate::store::{self, SegmentState, SegmentStore, Writer};
@@ -128,7 +128,7 @@ impl Copier {
         swarm: &mut Swarm<EngineBehaviour>,
         jobs: &mut JoinSet<()>,
         job: Job,
-        done: mpsc::Sender<(SegmentId, Result<Copied, String>)>,
+        done: mpsc::Sender<(SegmentId, Fetched)>,
     ) {
         // The engine's behaviours keep no address book: dial each source with the addresses
         // its director named (`open` below retries until connected).
@@ -160,12 +160,10 @@ impl Copier {
                     reporter.stored(segment, size).await;
                 }
                 Err(e) => {
-                    tracing::warn!(index = reporter.index(), %segment, error = %e, "copy failed from every source");
+                    tracing::warn!(engine = %reporter.engine(), %segment, error = %e, "copy failed from every source");
                 }
             }
-            // The director's channel takes one line (`EngineCommand::Fetch`), which crosses
-            // the blade link as it is.
-            let _ = done.send((segment, result.map_err(|e| e.to_string()))).await;
+            let _ = done.send((segment, result.map_err(FetchFailed::from))).await;
         });
     }
 }
@@ -483,9 +481,7 @@ impl Server {
         );
         admitted.map_err(|why| {
             tracing::info!(%peer, %segment, refused = %why, "copy refused");
-            let index = self.reporter.index();
-            self.reporter
-                .try_send(EngineReport::Refused { index, copy: true });
+            self.reporter.try_send(EngineEvent::Refused { copy: true });
             why.to_string()
         })
     }
