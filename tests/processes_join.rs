@@ -50,7 +50,7 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
     let all: BTreeSet<String> = nodes
         .iter()
         .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     wait::blocking(
         "every node's status to list all ten",
         Duration::from_secs(90),
@@ -78,7 +78,7 @@ fn node_processes_join_by_bootstrap_and_a_stopped_one_leaves() -> anyhow::Result
     let expected: BTreeSet<String> = nodes
         .iter()
         .map(|n| NodeFile::read(&n.data).map(|f| f.director.peer_id.to_string()))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     assert!(!expected.contains(&gone));
     wait::blocking(
         "the eleventh listed and the stopped one gone",

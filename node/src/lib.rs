@@ -44,6 +44,7 @@ pub mod health;
 pub mod history;
 pub use vodmesh_client::identity;
 mod listen;
+pub use listen::Error as ListenError;
 pub mod metrics;
 pub mod nodefile;
 pub(crate) mod peer_slots;

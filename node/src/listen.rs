@@ -20,7 +20,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -37,7 +36,7 @@ pub(crate) const MAX_ADDRS: usize = 16;
 
 /// Why an address cannot be listened on or announced.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
+pub enum Error {
     /// An `--announce` address other hosts could not dial.
     #[error(
         "--announce {0}: not an address other hosts can dial (it needs an IP address or DNS \
@@ -55,6 +54,32 @@ pub(crate) enum Error {
         /// The engine.
         index: usize,
     },
+    /// No listen address was given.
+    #[error("no listen address given")]
+    NoAddress,
+    /// The transport refused the address.
+    #[error("cannot listen on {addr}: {source}")]
+    Refused {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    /// The listeners did not report their addresses in time.
+    #[error("timed out waiting for listen addresses")]
+    TimedOut,
+    /// A listener failed before it reported its address.
+    #[error("listening failed: {0}")]
+    Failed(#[source] std::io::Error),
+    /// A listener closed before it reported its address.
+    #[error("listener on {addresses:?} closed: {reason}")]
+    Closed {
+        /// Its addresses.
+        addresses: Vec<Multiaddr>,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Listens on every address in `addrs` and returns where the peer can be reached, each with
@@ -64,15 +89,16 @@ pub(crate) enum Error {
 pub(crate) async fn listen_all<B: NetworkBehaviour>(
     swarm: &mut Swarm<B>,
     addrs: &[Multiaddr],
-) -> Result<Vec<Multiaddr>> {
+) -> Result<Vec<Multiaddr>, Error> {
     if addrs.is_empty() {
-        bail!("no listen address given");
+        return Err(Error::NoAddress);
     }
     let mut ids = Vec::new();
     for addr in addrs {
-        let id = swarm
-            .listen_on(addr.clone())
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let id = (swarm.listen_on(addr.clone())).map_err(|source| Error::Refused {
+            addr: addr.clone(),
+            source,
+        })?;
         ids.push(id);
     }
     let mut got: Vec<Option<Multiaddr>> = vec![None; ids.len()];
@@ -81,7 +107,7 @@ pub(crate) async fn listen_all<B: NetworkBehaviour>(
     while got.iter().any(Option::is_none) {
         let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
             .await
-            .context("timed out waiting for listen addresses")?;
+            .map_err(|_| Error::TimedOut)?;
         match event {
             SwarmEvent::NewListenAddr {
                 listener_id,
@@ -91,10 +117,16 @@ pub(crate) async fn listen_all<B: NetworkBehaviour>(
                     got[i].get_or_insert(address);
                 }
             }
-            SwarmEvent::ListenerError { error, .. } => bail!("listening failed: {error}"),
+            SwarmEvent::ListenerError { error, .. } => return Err(Error::Failed(error)),
             SwarmEvent::ListenerClosed {
                 addresses, reason, ..
-            } => bail!("listener on {addresses:?} closed: {reason:?}"),
+            } => {
+                let reason = match reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::Closed { addresses, reason });
+            }
             _ => {}
         }
     }

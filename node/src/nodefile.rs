@@ -2,9 +2,33 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+
+/// Why `node.json` cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file cannot be written or read.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// Writing or reading.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not parse.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// A peer and where it listens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,19 +55,31 @@ pub struct NodeFile {
 
 impl NodeFile {
     /// Writes `DIR/node.json` atomically (temp file, then rename).
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, dir: &Path) -> Result<(), Error> {
         let path = dir.join("node.json");
         let tmp = dir.join("node.json.tmp");
-        let json = serde_json::to_vec_pretty(self).context("encoding node.json")?;
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        let writing = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io {
+                what: "writing",
+                path,
+                source,
+            }
+        };
+        // Plain data: it always encodes.
+        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&tmp, json).map_err(writing(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(writing(&path))
     }
 
     /// Reads `DIR/node.json`.
-    pub fn read(dir: &Path) -> Result<Self> {
+    pub fn read(dir: &Path) -> Result<Self, Error> {
         let path = dir.join("node.json");
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            what: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Parse { path, source })
     }
 }

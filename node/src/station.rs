@@ -1,17 +1,17 @@
 //! A station: one director and its engines, started and stopped together, and what they
 //! share: the station's metrics and its [`Observer`] of events.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use vodmesh_proto::station::{EngineInfo, Roles, StationRecord};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::{Claims, IssuerKey, MAX_TOKEN, TrustedIssuers};
-use vodmesh_registry::{RegistryHandle, WalkLimits};
+use vodmesh_proto::token::{Claims, IssuerKey, MAX_TOKEN, TokenError, TrustedIssuers};
+use vodmesh_registry::{RegistryError, RegistryHandle, WalkLimits};
 
 use crate::auth::engines::{self, EngineTokens};
 use crate::config::StationConfig;
@@ -34,14 +34,14 @@ pub struct Station {
     engine_commands: Vec<mpsc::Sender<crate::control::EngineCommand>>,
     metrics: Metrics,
     observer: Observer,
-    metrics_addr: Option<std::net::SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// The identity file of engine `index` under the data directory.
-pub fn engine_identity_path(data: &Path, index: usize) -> std::path::PathBuf {
+pub fn engine_identity_path(data: &Path, index: usize) -> PathBuf {
     data.join("engines")
         .join(index.to_string())
         .join("identity.key")
@@ -72,18 +72,123 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
     }
 }
 
+/// Why a station did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be made.
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An identity file cannot be read or made.
+    #[error(transparent)]
+    Identity(#[from] vodmesh_client::files::FileError),
+    /// An address cannot be listened on or announced.
+    #[error(transparent)]
+    Listen(#[from] crate::ListenError),
+    /// The `--enroll` token file cannot be used.
+    #[error("enrollment token {path}: {why}")]
+    EnrollToken {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: EnrollTokenError,
+    },
+    /// The auth server did not open (`--auth`), or did not certify its own station.
+    #[error("the auth server: {0}")]
+    Auth(#[from] auth::Error),
+    /// The auth server's opening did not finish.
+    #[error("opening the auth server: {0}")]
+    AuthTask(#[from] tokio::task::JoinError),
+    /// An engine did not start.
+    #[error("starting engine {index}: {source}")]
+    Engine {
+        /// The engine.
+        index: usize,
+        /// Why.
+        #[source]
+        source: engine::Error,
+    },
+    /// The `--metrics` address cannot be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The director did not start.
+    #[error(transparent)]
+    Director(#[from] director::StartError),
+    /// The backplane protocol was taken (a bug, not an operator's error).
+    #[error("registering the backplane protocol: {0}")]
+    Backplane(#[from] libp2p_stream::AlreadyRegistered),
+    /// `DATA/node.json` cannot be written.
+    #[error(transparent)]
+    NodeFile(#[from] crate::nodefile::Error),
+}
+
+/// Why an `--enroll` token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollTokenError {
+    /// It cannot be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// It is larger than any token.
+    #[error("not a token ({0} bytes)")]
+    TooLarge(u64),
+    /// It does not decode as a token.
+    #[error("not a token: {0}")]
+    NotAToken(Box<TokenError>),
+    /// It is made out to another station.
+    #[error(
+        "it is for station {subject}, but this station is {station}: enroll this one (vodmesh enroll --station {station})"
+    )]
+    OtherStation {
+        /// Whom it is for.
+        subject: Box<PeerId>,
+        /// This station.
+        station: Box<PeerId>,
+    },
+}
+
+/// Why an engine cannot be stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// The station has no such engine.
+    #[error("no engine {0}")]
+    NoEngine(usize),
+    /// It stopped already.
+    #[error("engine {0} has already stopped")]
+    Stopped(usize),
+}
+
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
-    pub async fn start(config: StationConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.data)
-            .with_context(|| format!("creating data directory {}", config.data.display()))?;
+    pub async fn start(config: StationConfig) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
+            path: config.data.clone(),
+            source,
+        })?;
         let director_key = identity::load_or_create(&config.data.join("identity.key"))?;
         for addr in &config.announce {
             crate::listen::announced(addr, director_key.public().to_peer_id())?;
         }
         let enroll_token = match &config.enroll {
-            Some(path) => Some(read_enroll_token(path, director_key.public().to_peer_id())?),
+            Some(path) => Some(
+                read_enroll_token(path, director_key.public().to_peer_id()).map_err(|why| {
+                    StartError::EnrollToken {
+                        path: path.clone(),
+                        why,
+                    }
+                })?,
+            ),
             None => None,
         };
         let auth_server = match config.auth {
@@ -135,7 +240,7 @@ impl Station {
                 shutdown_rx.clone(),
             )
             .await
-            .with_context(|| format!("starting engine {index}"))?;
+            .map_err(|source| StartError::Engine { index, source })?;
             engines.push(handle);
         }
         // The director starts knowing its engines and what their stores hold (reconciled at
@@ -161,11 +266,11 @@ impl Station {
         let data = config.data.clone();
         // Bound before the director starts, so a taken port fails the start, not later.
         let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
-            ),
+            Some(addr) => Some((
+                (tokio::net::TcpListener::bind(addr).await)
+                    .map_err(|source| StartError::Metrics { addr, source })?,
+                addr,
+            )),
             None => None,
         };
         // Engine processes ask for no token themselves: the director asks for them.
@@ -208,11 +313,9 @@ impl Station {
         // The auth station certifies itself before its first record goes out, so that the
         // first console or tool to ask finds a certified auth server.
         let own = match &auth_server {
-            Some(server) => Some(
-                server
-                    .certify(director_key.public().to_peer_id(), roles, now_ms())
-                    .context("certifying this auth station")?,
-            ),
+            Some(server) => {
+                Some(server.certify(director_key.public().to_peer_id(), roles, now_ms())?)
+            }
             None => None,
         };
         let (certificate, certificate_rx) = watch::channel(own);
@@ -258,11 +361,7 @@ impl Station {
             None => EngineTokens::none(engine_keys.len()),
         };
         if !slots.is_empty() {
-            let incoming = dir
-                .blade
-                .clone()
-                .accept(crate::blade::PROTOCOL)
-                .context("registering the backplane protocol")?;
+            let incoming = dir.blade.clone().accept(crate::blade::PROTOCOL)?;
             extra_tasks.push(tokio::spawn(crate::blade::serve(
                 incoming,
                 slots,
@@ -272,8 +371,12 @@ impl Station {
             )));
         }
         let mut metrics_addr = None;
-        if let Some(listener) = metrics_listener {
-            metrics_addr = Some(listener.local_addr().context("metrics address")?);
+        if let Some((listener, asked)) = metrics_listener {
+            let addr = (listener.local_addr()).map_err(|source| StartError::Metrics {
+                addr: asked,
+                source,
+            })?;
+            metrics_addr = Some(addr);
             let http = crate::metrics::Http {
                 metrics: metrics.clone(),
                 registry: dir.registry.clone(),
@@ -353,13 +456,12 @@ impl Station {
 
     /// Takes engine `index` out of service: it stops serving and copying, and the director,
     /// told it is down, names it no more. Its streams break; consoles resume elsewhere.
-    pub async fn stop_engine(&self, index: usize) -> Result<()> {
-        self.engine_commands
-            .get(index)
-            .with_context(|| format!("no engine {index}"))?
+    pub async fn stop_engine(&self, index: usize) -> Result<(), StopError> {
+        (self.engine_commands.get(index))
+            .ok_or(StopError::NoEngine(index))?
             .send(crate::control::EngineCommand::Stop)
             .await
-            .map_err(|_| anyhow::anyhow!("engine {index} has already stopped"))
+            .map_err(|_| StopError::Stopped(index))
     }
 
     /// The director's peer id.
@@ -391,7 +493,7 @@ impl Station {
     }
 
     /// Where `/metrics` and the status page are served (`--metrics`), once bound.
-    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
 
@@ -418,7 +520,7 @@ impl Station {
     }
 
     /// Every live station of the swarm, as this station's director finds them.
-    pub async fn swarm(&self) -> Result<Vec<StationRecord>> {
+    pub async fn swarm(&self) -> Result<Vec<StationRecord>, RegistryError> {
         let stations =
             vodmesh_registry::walk(&self.registry, self.peer_id(), WalkLimits::default()).await?;
         Ok(stations.into_iter().map(|(r, _)| r).collect())
@@ -464,7 +566,7 @@ impl Station {
 }
 
 /// Opens the auth server: the station's own identity and `--admin` peers are its admins.
-async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Server>> {
+async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Server>, StartError> {
     let mut auth_config = config.auth_config.clone();
     auth_config.admins.push(own);
     auth_config.station = Some(own);
@@ -472,36 +574,25 @@ async fn open_auth(config: &StationConfig, own: PeerId) -> Result<Arc<auth::Serv
     auth_config.trust.extend(config.trust.iter().copied());
     let data = config.data.clone();
     // Opening hashes a decoy password (argon2): keep it off the async workers.
-    let server = tokio::task::spawn_blocking(move || auth::Server::open(&data, auth_config))
-        .await
-        .context("opening the auth server")?
-        .context("opening the auth server")?;
+    let server =
+        tokio::task::spawn_blocking(move || auth::Server::open(&data, auth_config)).await??;
     Ok(Arc::new(server))
 }
 
 /// Reads an enrollment token file (`--enroll`), which must be made out to `station` (this
 /// station's director): one for another peer would be refused by the auth server, and the
 /// station would run on as a non-member whose engines copy nothing.
-fn read_enroll_token(path: &Path, station: PeerId) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("reading enrollment token {}", path.display()))?;
-    if meta.len() > MAX_TOKEN as u64 {
-        anyhow::bail!(
-            "enrollment token {} is not a token ({} bytes)",
-            path.display(),
-            meta.len()
-        );
+fn read_enroll_token(path: &Path, station: PeerId) -> Result<Vec<u8>, EnrollTokenError> {
+    let size = std::fs::metadata(path)?.len();
+    if size > MAX_TOKEN as u64 {
+        return Err(EnrollTokenError::TooLarge(size));
     }
-    let token = std::fs::read(path)
-        .with_context(|| format!("reading enrollment token {}", path.display()))?;
-    let claims = Claims::peek(&token)
-        .with_context(|| format!("enrollment token {} is not a token", path.display()))?;
-    if claims.subject != station {
-        anyhow::bail!(
-            "enrollment token {} is for station {}, but this station is {station}: enroll this one (vodmesh enroll --station {station})",
-            path.display(),
-            claims.subject
-        );
+    let token = std::fs::read(path)?;
+    let claims = Claims::peek(&token).map_err(|e| EnrollTokenError::NotAToken(Box::new(e)))?;
+    let subject = claims.subject;
+    if subject != station {
+        let (subject, station) = (Box::new(subject), Box::new(station));
+        return Err(EnrollTokenError::OtherStation { subject, station });
     }
     Ok(token)
 }

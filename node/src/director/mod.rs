@@ -39,7 +39,7 @@ mod start;
 mod tasks;
 
 pub use error::NOT_PUBLISHED;
-pub use start::start;
+pub use start::{StartError, start};
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{identify, ping};
@@ -13,6 +12,7 @@ use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director;
 use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, peer_of, without_peer};
 use vodmesh_registry::registry as reg;
+use vodmesh_registry::store::OpenError;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits};
 
 use super::context::{Me, Shared};
@@ -26,9 +26,52 @@ use super::replicate::Replicating;
 use super::tasks::Tasks;
 use super::{Director, DirectorBehaviour, DirectorHandle, Engines, Handles};
 use crate::config::StationConfig;
-use crate::content::Catalog;
-use crate::listen::{advertised, announced, listen_all};
-use crate::store::locations::LocationTable;
+use crate::content::{Catalog, catalog};
+use crate::listen::{self, advertised, announced, listen_all};
+use crate::store::locations::{self, LocationTable};
+
+/// Why a director did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The registry's store did not open.
+    #[error("opening the registry store: {0}")]
+    Registry(#[from] OpenError),
+    /// The segment location table did not open.
+    #[error("opening the segment location table: {0}")]
+    Locations(#[from] locations::Error),
+    /// A catalog (`catalog.redb`, `kept.redb`) did not open.
+    #[error("opening {what}: {source}")]
+    Catalog {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: catalog::Error,
+    },
+    /// The swarm did not build.
+    #[error(transparent)]
+    Swarm(#[from] vodmesh_proto::net::BuildError),
+    /// It cannot listen, or announce, where it was told to.
+    #[error(transparent)]
+    Listen(#[from] listen::Error),
+    /// A `--bootstrap` address names no peer.
+    #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
+    BootstrapPeer(libp2p::Multiaddr),
+    /// A `--bootstrap` address cannot be dialed.
+    #[error("dialing bootstrap {addr}: {source}")]
+    Bootstrap {
+        /// The address.
+        addr: libp2p::Multiaddr,
+        /// Why.
+        #[source]
+        source: Box<libp2p::swarm::DialError>,
+    },
+}
+
+/// Opens the catalog at `path`, which holds `what`.
+fn open_catalog(path: std::path::PathBuf, what: &'static str) -> Result<Catalog, StartError> {
+    Catalog::open(&path).map_err(|source| StartError::Catalog { what, source })
+}
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
 /// `shutdown` turns true.
@@ -38,11 +81,10 @@ pub async fn start(
     engines: Engines,
     handles: Handles,
     shutdown: watch::Receiver<bool>,
-) -> Result<DirectorHandle> {
+) -> Result<DirectorHandle, StartError> {
     let peer_id = key.public().to_peer_id();
     let store_path = config.data.join("registry.redb");
-    let store = PersistentStore::open(peer_id, &store_path, &StoreLimits::default())
-        .context("opening the registry store")?;
+    let store = PersistentStore::open(peer_id, &store_path, &StoreLimits::default())?;
     let registry_config = config.registry.clone();
     let liveness = registry_config
         .republish_interval()
@@ -87,8 +129,7 @@ pub async fn start(
     }
     let mut bootstrap_peers = HashSet::new();
     for addr in &config.bootstrap {
-        let peer = peer_of(addr)
-            .with_context(|| format!("bootstrap address {addr} does not end in /p2p/<peer id>"))?;
+        let peer = peer_of(addr).ok_or_else(|| StartError::BootstrapPeer(addr.clone()))?;
         if peer == peer_id {
             continue;
         }
@@ -96,23 +137,23 @@ pub async fn start(
             .behaviour_mut()
             .kad
             .add_address(&peer, without_peer(addr));
-        swarm
-            .dial(addr.clone())
-            .with_context(|| format!("dialing bootstrap {addr}"))?;
+        (swarm.dial(addr.clone())).map_err(|source| StartError::Bootstrap {
+            addr: addr.clone(),
+            source: Box::new(source),
+        })?;
         bootstrap_peers.insert(peer);
     }
     tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
 
-    let locations = LocationTable::open(&config.data.join("locations.redb"))
-        .context("opening the segment location table")?;
+    let locations = LocationTable::open(&config.data.join("locations.redb"))?;
     let catalog = match config.content_manager {
-        true => {
-            Some(Catalog::open(&config.data.join("catalog.redb")).context("opening the catalog")?)
-        }
+        true => Some(open_catalog(
+            config.data.join("catalog.redb"),
+            "the catalog",
+        )?),
         false => None,
     };
-    let kept =
-        Catalog::open(&config.data.join("kept.redb")).context("opening the kept manifests")?;
+    let kept = open_catalog(config.data.join("kept.redb"), "the kept manifests")?;
     let mut admins = vec![peer_id];
     admins.extend(config.admins.iter().copied());
     let (registry_handle, registry_commands) = RegistryHandle::channel(256);

@@ -123,12 +123,13 @@ pub enum Error {
     #[error(transparent)]
     Swarm(#[from] BuildError),
     /// The engine cannot listen where it was told to.
-    #[error("engine {index} cannot listen: {cause:#}")]
+    #[error("engine {index} cannot listen: {cause}")]
     Listen {
         /// The engine.
         index: usize,
-        /// Why (the listener's own account).
-        cause: anyhow::Error,
+        /// Why.
+        #[source]
+        cause: Box<crate::ListenError>,
     },
     /// A protocol was registered twice (a bug, not an operator's error).
     #[error("registering {protocol}: {source}")]
@@ -250,7 +251,10 @@ pub async fn start(
     })?;
     let listened = listen_all(&mut swarm, &net.listen)
         .await
-        .map_err(|cause| Error::Listen { index, cause })?;
+        .map_err(|cause| Error::Listen {
+            index,
+            cause: Box::new(cause),
+        })?;
     let addrs = advertised(&announce, &listened);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
 

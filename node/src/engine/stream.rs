@@ -257,7 +257,7 @@ impl StreamService {
             .and_then(|()| admit::published(published));
         if let Err(why) = admitted {
             tracing::info!(engine = %self.reporter.engine(), %peer, refused = %why, "stream refused");
-            let _ = self.reporter.try_send(EngineEvent::Refused { copy: false });
+            self.reporter.try_send(EngineEvent::Refused { copy: false });
             return Self::answer(&mut stream, &StreamReply::Refused(why.to_string())).await;
         }
         let Some(_mine) = self.per_peer.take(peer) else {
@@ -292,7 +292,7 @@ impl StreamService {
             let filled = self.store.filled(&segment).map_or(0, |f| f.0);
             if request.play_from > filled && filled < size {
                 tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, filled, play_from = request.play_from, "console past the fill: swap");
-                let _ = self.reporter.try_send(EngineEvent::SwapAsked {
+                self.reporter.try_send(EngineEvent::SwapAsked {
                     segment,
                     console: peer,
                     filled,
@@ -310,7 +310,7 @@ impl StreamService {
             hash: info.hash,
         };
         write_frame(&mut stream, &streaming).await?;
-        let _ = self.reporter.try_send(EngineEvent::TookOver {
+        self.reporter.try_send(EngineEvent::TookOver {
             segment,
             console: peer,
         });
@@ -325,7 +325,7 @@ impl StreamService {
             )
             .await;
         drop(handover);
-        let _ = self.reporter.try_send(EngineEvent::Stopped {
+        self.reporter.try_send(EngineEvent::Stopped {
             segment,
             console: peer,
             bytes: sent,
