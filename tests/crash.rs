@@ -26,7 +26,7 @@ fn program_of(bytes: &[u8]) -> vodmesh_proto::ProgramId {
         .chunks(SEGMENT)
         .enumerate()
         .map(|(i, c)| vodmesh_proto::manifest::SegmentEntry {
-            index: i as u32,
+            index: (i as u32).into(),
             duration_ms: ((c.len() as u64 * 8 * 1000) / vodmesh_tools::ingest::DEFAULT_BITRATE)
                 .max(1) as u32,
             size: c.len() as u64,

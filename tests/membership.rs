@@ -127,7 +127,10 @@ async fn station_requests_of_non_members_are_refused_and_members_are_served() ->
         source,
         source_addrs: vec![],
     };
-    let locate_copy = Request::LocateCopy { program, index: 0 };
+    let locate_copy = Request::LocateCopy {
+        program,
+        index: 0.into(),
+    };
     let not_member = Some(NOT_A_MEMBER.to_string());
 
     // Unsolicited `Replicate`: refused to strangers, to members without the role; the
@@ -271,7 +274,7 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
     let addr = home.addr().clone();
     let locate_copy = Request::LocateCopy {
         program: ProgramId([0x22; 32]),
-        index: 0,
+        index: 0.into(),
     };
     let id = member.peer_id();
     let listed = || async { anyhow::Ok(home.swarm().await?.iter().any(|r| r.director == id)) };

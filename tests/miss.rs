@@ -409,7 +409,10 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
     // this test is about. A later ask is answered.
     wait::until("the liar naming its engines", MINUTE, || async {
         for index in 0..2 {
-            let request = vodmesh_proto::director::Request::LocateCopy { program, index };
+            let request = vodmesh_proto::director::Request::LocateCopy {
+                program,
+                index: index.into(),
+            };
             let answer = tokio::time::timeout(Duration::from_secs(10), asking.call(request))
                 .await
                 .ok()

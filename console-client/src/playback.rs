@@ -165,7 +165,7 @@ pub(crate) fn position_of(content: &ManifestContent, at_ms: u64) -> (SegmentInde
     let start_ms: u64 = content
         .segments
         .iter()
-        .take(index as usize)
+        .take(index.0 as usize)
         .map(|s| u64::from(s.duration_ms))
         .sum();
     let within_ms = at_ms.saturating_sub(start_ms);
@@ -174,9 +174,9 @@ pub(crate) fn position_of(content: &ManifestContent, at_ms: u64) -> (SegmentInde
             let within_ms = within_ms.min(u64::from(entry.duration_ms));
             let byte = (u128::from(within_ms) * u128::from(entry.size)
                 / u128::from(entry.duration_ms)) as u64;
-            (SegmentIndex(index), byte, start_ms + within_ms)
+            (index, byte, start_ms + within_ms)
         }
-        _ => (SegmentIndex(index), 0, start_ms),
+        _ => (index, 0, start_ms),
     }
 }
 
@@ -655,7 +655,7 @@ mod tests {
         let init = content_type == FMP4;
         let segments = (0..n + u32::from(init))
             .map(|index| SegmentEntry {
-                index,
+                index: index.into(),
                 duration_ms: if init && index == 0 { 0 } else { 1000 },
                 size: 1000,
                 hash: SegmentHash([0; 32]),

@@ -14,7 +14,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::catalog::ProgramState;
 use crate::codec::Limits;
-use crate::ids::ProgramId;
+use crate::ids::{ProgramId, SegmentIndex};
 use crate::manifest::ManifestContent;
 use crate::signed::Signed;
 
@@ -68,7 +68,7 @@ pub enum Request {
         /// The program.
         program: ProgramId,
         /// The segment.
-        index: u32,
+        index: SegmentIndex,
         /// Only a complete copy will do: the console was handed over by an engine whose copy
         /// is still filling and has not reached the console's position (claim 21).
         #[serde(default)]
@@ -114,7 +114,7 @@ pub enum Request {
         /// The program.
         program: ProgramId,
         /// The segment.
-        index: u32,
+        index: SegmentIndex,
     },
     /// May `program` be streamed now? [`Response::Ok`], or an error such as
     /// `program not published`.
@@ -188,7 +188,7 @@ pub struct EngineTarget {
     /// Its addresses.
     pub addrs: Vec<Multiaddr>,
     /// The segments it takes.
-    pub segments: Vec<u32>,
+    pub segments: Vec<SegmentIndex>,
 }
 
 /// A program as `vodmesh programs` shows it.
@@ -250,7 +250,7 @@ pub enum Response {
     /// The engine that holds a segment (answer to [`Request::LocateCopy`]).
     Located {
         /// The segment index.
-        index: u32,
+        index: SegmentIndex,
         /// The engine.
         engine: PeerId,
         /// Its addresses.
@@ -369,11 +369,14 @@ mod tests {
         for req in [
             Request::Station,
             Request::Swarm,
-            Request::LocateCopy { program, index: 3 },
+            Request::LocateCopy {
+                program,
+                index: SegmentIndex(3),
+            },
             Request::Playable { program },
             Request::Locate {
                 program,
-                index: 1,
+                index: SegmentIndex(1),
                 complete: false,
                 avoid: vec![PeerId::random()],
                 busy: vec![PeerId::random()],
@@ -401,7 +404,7 @@ mod tests {
             Response::Swarm(vec![signed.clone()]),
             Response::Ok,
             Response::Located {
-                index: 2,
+                index: SegmentIndex(2),
                 engine: PeerId::random(),
                 addrs: vec![],
                 streams: 1,

@@ -120,7 +120,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         duration_ms: 4_000,
         segments: (0..3)
             .map(|index| manifest::SegmentEntry {
-                index,
+                index: index.into(),
                 duration_ms: if index == 0 { 0 } else { 2_000 },
                 size: 1_000 + u64::from(index),
                 hash: SegmentHash::of(&[index as u8]),

@@ -119,6 +119,12 @@ impl From<blake3::Hash> for SegmentHash {
 #[serde(transparent)]
 pub struct SegmentIndex(pub u32);
 
+impl From<u32> for SegmentIndex {
+    fn from(index: u32) -> Self {
+        Self(index)
+    }
+}
+
 impl SegmentIndex {
     /// The segment after this one.
     pub fn next(self) -> Self {
@@ -156,10 +162,10 @@ pub struct SegmentId {
 
 impl SegmentId {
     /// Segment `index` of `program`.
-    pub fn new(program: ProgramId, index: u32) -> Self {
+    pub fn new(program: ProgramId, index: impl Into<SegmentIndex>) -> Self {
         Self {
             program,
-            index: SegmentIndex(index),
+            index: index.into(),
         }
     }
 

@@ -10,7 +10,7 @@ use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::ids::{ProgramId, SegmentHash, SegmentId};
+use crate::ids::{ProgramId, SegmentHash, SegmentId, SegmentIndex};
 use crate::signed::{Signed, SignedError};
 
 /// Domain separator for manifest signatures.
@@ -29,7 +29,7 @@ pub const FMP4: &str = "video/mp4";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
     /// Position in the program, from 0.
-    pub index: u32,
+    pub index: SegmentIndex,
     /// Media duration in milliseconds.
     pub duration_ms: u32,
     /// Bytes.
@@ -85,10 +85,9 @@ impl ManifestContent {
     }
 
     /// The segment with `index`.
-    pub fn segment(&self, index: u32) -> Option<&SegmentEntry> {
-        self.segments
-            .get(index as usize)
-            .filter(|s| s.index == index)
+    pub fn segment(&self, index: impl Into<SegmentIndex>) -> Option<&SegmentEntry> {
+        let index = index.into();
+        (self.segments.get(index.0 as usize)).filter(|s| s.index == index)
     }
 
     /// Checks the structure: a title, 1..=MAX_SEGMENTS segments indexed 0..n, sizes in range.
@@ -101,7 +100,7 @@ impl ManifestContent {
             return bad("a program has 1 to 50000 segments");
         }
         for (i, s) in self.segments.iter().enumerate() {
-            if s.index as usize != i {
+            if s.index.0 as usize != i {
                 return bad("segments must be indexed 0, 1, 2, ... in order");
             }
             if s.size == 0 || s.size > MAX_SEGMENT_SIZE {
@@ -118,7 +117,7 @@ impl ManifestContent {
     }
 
     /// The index of the segment playing at media time `ms`.
-    pub fn segment_at(&self, ms: u64) -> u32 {
+    pub fn segment_at(&self, ms: u64) -> SegmentIndex {
         let mut t = 0u64;
         for s in &self.segments {
             t += u64::from(s.duration_ms);
@@ -126,7 +125,7 @@ impl ManifestContent {
                 return s.index;
             }
         }
-        self.segments.last().map(|s| s.index).unwrap_or(0)
+        self.segments.last().map(|s| s.index).unwrap_or_default()
     }
 }
 
@@ -176,7 +175,7 @@ impl Manifest {
     }
 
     /// The id of segment `index` of this program.
-    pub fn segment_id(&self, index: u32) -> SegmentId {
+    pub fn segment_id(&self, index: impl Into<SegmentIndex>) -> SegmentId {
         SegmentId::new(self.program, index)
     }
 }
@@ -192,7 +191,7 @@ mod tests {
             duration_ms: 8000,
             segments: (0..2)
                 .map(|i| SegmentEntry {
-                    index: i,
+                    index: SegmentIndex(i),
                     duration_ms: 4000,
                     size: 10,
                     hash: SegmentHash::of(&[i as u8]),
@@ -215,15 +214,15 @@ mod tests {
         ));
         let stranger = Keypair::generate_ed25519();
         assert!(Manifest::verify(&m.sign(&stranger)).is_err());
-        assert_eq!(m.content.segment_at(0), 0);
-        assert_eq!(m.content.segment_at(4000), 1);
-        assert_eq!(m.content.segment_at(99_999), 1);
+        assert_eq!(m.content.segment_at(0), SegmentIndex(0));
+        assert_eq!(m.content.segment_at(4000), SegmentIndex(1));
+        assert_eq!(m.content.segment_at(99_999), SegmentIndex(1));
     }
 
     #[test]
     fn malformed_content_is_refused() {
         let mut c = content();
-        c.segments[1].index = 5;
+        c.segments[1].index = SegmentIndex(5);
         assert!(c.check().is_err());
         let mut c = content();
         c.segments.clear();

@@ -64,12 +64,12 @@ impl Console {
     pub async fn locate(
         &self,
         program: ProgramId,
-        index: u32,
+        index: impl Into<vodmesh_proto::SegmentIndex>,
         complete: bool,
     ) -> Result<SegmentLocation> {
         let request = Request::Locate {
             program,
-            index,
+            index: index.into(),
             complete,
             avoid: Vec::new(),
             busy: Vec::new(),

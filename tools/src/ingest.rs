@@ -291,7 +291,7 @@ async fn push_engine(
             .segment(index)
             .with_context(|| format!("plan names unknown segment {index}"))?;
         let piece = pieces
-            .get(index as usize)
+            .get(index.0 as usize)
             .with_context(|| format!("plan names unknown segment {index}"))?;
         let buf = read_piece(piece).await?;
         if buf.len() as u64 != entry.size || SegmentHash::of(&buf) != entry.hash {
@@ -315,7 +315,7 @@ async fn push_engine(
                     bail!("engine refused segment {index}: {why}; nothing was committed")
                 }
                 Err(e) if attempt < 4 => {
-                    tracing::debug!(index, attempt, error = %e, "segment push failed; retrying");
+                    tracing::debug!(%index, attempt, error = %e, "segment push failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(e) => {

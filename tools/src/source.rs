@@ -367,7 +367,7 @@ pub async fn segment_file(
             .with_context(|| format!("reading {}", path.display()))?;
         let bits = n as u64 * 8;
         segments.push(SegmentEntry {
-            index,
+            index: index.into(),
             duration_ms: ((bits * 1000) / bitrate.max(1)).max(1) as u32,
             size: n as u64,
             hash: SegmentHash::of(&buf[..n]),
@@ -554,7 +554,7 @@ async fn hls(text: Vec<u8>, base: Base, allow: &[String]) -> Result<(ManifestCon
             bail!("segment {index} of the playlist is empty");
         }
         segments.push(SegmentEntry {
-            index: index as u32,
+            index: (index as u32).into(),
             duration_ms: *duration_ms,
             size: bytes.len() as u64,
             hash: SegmentHash::of(&bytes),

@@ -373,7 +373,7 @@ impl Fetcher {
         let named = !avoid.is_empty() || !retry.busy().is_empty();
         let locate = Request::Locate {
             program: manifest.program,
-            index: index.0,
+            index,
             complete: false,
             avoid,
             busy: retry.busy().to_vec(),
@@ -476,7 +476,7 @@ impl Fetcher {
                     tracing::debug!(%index, %engine, filled, play_from = request.play_from, "handed over: asking for a complete copy");
                     let complete = Request::Locate {
                         program: manifest.program,
-                        index: index.0,
+                        index,
                         complete: true,
                         avoid: Vec::new(),
                         busy: Vec::new(),

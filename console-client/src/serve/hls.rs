@@ -63,7 +63,7 @@ pub(super) fn playlist(content: &ManifestContent) -> String {
             "#EXTINF:{}.{:03},\n{}",
             s.duration_ms / 1000,
             s.duration_ms % 1000,
-            segment_name(fmp4, SegmentIndex(s.index))
+            segment_name(fmp4, s.index)
         );
     }
     m3u8.push_str("#EXT-X-ENDLIST\n");

@@ -53,7 +53,7 @@ impl Session {
             .segments
             .iter()
             .zip(&self.placement)
-            .filter(|(s, e)| **e == engine && !self.stored.contains(&SegmentIndex(s.index)))
+            .filter(|(s, e)| **e == engine && !self.stored.contains(&s.index))
             .fold(0, |sum, (s, _)| sum.saturating_add(s.size))
     }
 }
@@ -136,7 +136,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, size)| SegmentEntry {
-                index: i as u32,
+                index: SegmentIndex(i as u32),
                 duration_ms: 1000,
                 size: *size,
                 hash: SegmentHash::of(&[i as u8]),

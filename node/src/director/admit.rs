@@ -121,7 +121,13 @@ mod tests {
             (Request::Playable { program }, Needs::Anyone),
             (Request::Station, Needs::Anyone),
             (Request::Held, Needs::Member),
-            (Request::LocateCopy { program, index: 0 }, Needs::Member),
+            (
+                Request::LocateCopy {
+                    program,
+                    index: 0.into(),
+                },
+                Needs::Member,
+            ),
             (
                 Request::Replicate {
                     program,

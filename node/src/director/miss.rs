@@ -521,10 +521,7 @@ impl Lookup {
     async fn holder(&self, holder: PeerId) -> Option<Holder> {
         let (station, _) = self.registry.get_station(holder).await.ok()??;
         let SegmentId { program, index } = self.segment;
-        let request = Request::LocateCopy {
-            program,
-            index: index.0,
-        };
+        let request = Request::LocateCopy { program, index };
         let addrs = station.addrs.clone();
         let asked = (self.asker)
             .ask_within(LOCATE_COPY_WAIT, holder, addrs, request)

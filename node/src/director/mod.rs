@@ -39,19 +39,17 @@ mod start;
 mod tasks;
 
 pub use error::NOT_PUBLISHED;
-pub use start::{StartError, start};
+pub use start::{DirectorHandle, Engines, Handles, StartError, start};
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
+use libp2p::{PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director::{self, Request, Response};
@@ -59,8 +57,8 @@ use vodmesh_proto::net::{dialable, is_tcp, without_peer};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::EngineInfo;
 use vodmesh_proto::time::now_ms;
+use vodmesh_registry::PersistentStore;
 use vodmesh_registry::registry::{self as reg, Command};
-use vodmesh_registry::{PersistentStore, RegistryHandle};
 
 use self::catalog::Viewer;
 use self::choose::Locating;
@@ -74,8 +72,7 @@ use self::play::{Located, Play};
 use self::publish::Publishing;
 use self::replicate::Replicating;
 use self::tasks::Tasks;
-use crate::control::{EngineCommand, EngineEvent, EngineReport};
-use crate::events::Observer;
+use crate::control::{EngineEvent, EngineReport};
 use crate::metrics::Metrics;
 
 /// The director's libp2p protocols.
@@ -88,61 +85,6 @@ pub(crate) struct DirectorBehaviour {
     auth: Toggle<crate::auth::service::Behaviour>,
     /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::blade`]).
     blade: libp2p_stream::Behaviour,
-}
-
-/// A started director.
-pub struct DirectorHandle {
-    /// Its peer id.
-    pub peer_id: PeerId,
-    /// Where other peers reach it: `--announce`, then where it listens (every interface
-    /// address of an unspecified listener), routable ones before loopback; the first is the
-    /// one to give other hosts.
-    pub addrs: Vec<Multiaddr>,
-    /// The registry, for the rest of the node.
-    pub registry: RegistryHandle,
-    /// Its event loop.
-    pub task: JoinHandle<()>,
-    /// Streams of the director's swarm, for the backplane of separate engine processes.
-    pub blade: libp2p_stream::Control,
-}
-
-impl std::fmt::Debug for DirectorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectorHandle")
-            .field("peer_id", &self.peer_id)
-            .field("addrs", &self.addrs)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The station's engines, as the director starts with them.
-#[derive(Debug)]
-pub struct Engines {
-    /// The in-process engines as they are at start, in order.
-    pub known: Vec<EngineInfo>,
-    /// A command channel per engine slot: the in-process engines, then one per
-    /// `--engine-peer` (an engine process takes its slot when it attaches).
-    pub commands: Vec<mpsc::Sender<EngineCommand>>,
-    /// Every engine's reports.
-    pub reports: mpsc::Receiver<EngineReport>,
-}
-
-/// What the station shares with its director while it runs.
-#[derive(Clone, Debug)]
-pub struct Handles {
-    /// The station's counters and gauges: the director mirrors its activity into them.
-    pub metrics: Metrics,
-    /// Where the station's events go.
-    pub observer: Observer,
-    /// The auth server, when the station runs the auth role: the director serves
-    /// `/vodmesh/auth/1` from it.
-    pub auth: Option<Arc<crate::auth::Server>>,
-    /// Whether the station drains (SIGTERM, `vodmesh station drain`): the station and an
-    /// admin's [`Request::Drain`] set it, the director follows it.
-    pub draining: watch::Sender<bool>,
-    /// The station's certificate once it has one ([`crate::auth::engines`]): it goes into the
-    /// station record, and a new one is published at once.
-    pub certificate: watch::Receiver<Option<Vec<u8>>>,
 }
 
 /// A request waiting for its sender's station record to be looked up.

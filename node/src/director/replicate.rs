@@ -370,7 +370,7 @@ impl Replicating {
             return Some((channel, Response::Error(Error::NotHere(segment).into())));
         };
         let response = Response::Located {
-            index: segment.index.0,
+            index: segment.index,
             engine: engine.peer_id,
             addrs: engine.addrs.clone(),
             streams: engine.streams,
@@ -595,7 +595,7 @@ impl Replica {
             in_flight -= 1;
         }
         let failed_at: Vec<SegmentEntry> = (entries.iter())
-            .filter(|e| failed.iter().any(|(s, _)| s.index.0 == e.index))
+            .filter(|e| failed.iter().any(|(s, _)| s.index == e.index))
             .copied()
             .collect();
         match (stopped, failed.first()) {

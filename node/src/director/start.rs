@@ -2,15 +2,18 @@
 //! listeners, the bootstrap dials, and the [`Director`] whose loop then runs in a task.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::{identify, ping};
-use tokio::sync::watch;
+use libp2p::{Multiaddr, PeerId, identify, ping};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use vodmesh_proto::codec::CborCodec;
 use vodmesh_proto::director;
 use vodmesh_proto::net::{IDENTIFY_PROTOCOL, build_swarm, peer_of, without_peer};
+use vodmesh_proto::station::EngineInfo;
 use vodmesh_registry::registry as reg;
 use vodmesh_registry::store::OpenError;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits};
@@ -24,11 +27,69 @@ use super::play::Play;
 use super::publish::Publishing;
 use super::replicate::Replicating;
 use super::tasks::Tasks;
-use super::{Director, DirectorBehaviour, DirectorHandle, Engines, Handles};
+use super::{Director, DirectorBehaviour};
 use crate::config::StationConfig;
 use crate::content::{Catalog, catalog};
+use crate::control::{EngineCommand, EngineReport};
+use crate::events::Observer;
 use crate::listen::{self, advertised, announced, listen_all};
+use crate::metrics::Metrics;
 use crate::store::locations::{self, LocationTable};
+
+/// A started director.
+pub struct DirectorHandle {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Where other peers reach it: `--announce`, then where it listens (every interface
+    /// address of an unspecified listener), routable ones before loopback; the first is the
+    /// one to give other hosts.
+    pub addrs: Vec<Multiaddr>,
+    /// The registry, for the rest of the node.
+    pub registry: RegistryHandle,
+    /// Its event loop.
+    pub task: JoinHandle<()>,
+    /// Streams of the director's swarm, for the backplane of separate engine processes.
+    pub blade: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for DirectorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorHandle")
+            .field("peer_id", &self.peer_id)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The station's engines, as the director starts with them.
+#[derive(Debug)]
+pub struct Engines {
+    /// The in-process engines as they are at start, in order.
+    pub known: Vec<EngineInfo>,
+    /// A command channel per engine slot: the in-process engines, then one per
+    /// `--engine-peer` (an engine process takes its slot when it attaches).
+    pub commands: Vec<mpsc::Sender<EngineCommand>>,
+    /// Every engine's reports.
+    pub reports: mpsc::Receiver<EngineReport>,
+}
+
+/// What the station shares with its director while it runs.
+#[derive(Clone, Debug)]
+pub struct Handles {
+    /// The station's counters and gauges: the director mirrors its activity into them.
+    pub metrics: Metrics,
+    /// Where the station's events go.
+    pub observer: Observer,
+    /// The auth server, when the station runs the auth role: the director serves
+    /// `/vodmesh/auth/1` from it.
+    pub auth: Option<Arc<crate::auth::Server>>,
+    /// Whether the station drains (SIGTERM, `vodmesh station drain`): the station and an
+    /// admin's [`Request::Drain`] set it, the director follows it.
+    pub draining: watch::Sender<bool>,
+    /// The station's certificate once it has one ([`crate::auth::engines`]): it goes into the
+    /// station record, and a new one is published at once.
+    pub certificate: watch::Receiver<Option<Vec<u8>>>,
+}
 
 /// Why a director did not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +117,12 @@ pub enum StartError {
     Listen(#[from] listen::Error),
     /// A `--bootstrap` address names no peer.
     #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
-    BootstrapPeer(libp2p::Multiaddr),
+    BootstrapPeer(Multiaddr),
     /// A `--bootstrap` address cannot be dialed.
     #[error("dialing bootstrap {addr}: {source}")]
     Bootstrap {
         /// The address.
-        addr: libp2p::Multiaddr,
+        addr: Multiaddr,
         /// Why.
         #[source]
         source: Box<libp2p::swarm::DialError>,

@@ -82,7 +82,7 @@ async fn measure(
         match client
             .request(Request::Locate {
                 program,
-                index: (i as u64 % segments) as u32,
+                index: ((i as u64 % segments) as u32).into(),
                 complete: false,
                 avoid: Vec::new(),
                 busy: Vec::new(),
