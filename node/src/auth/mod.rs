@@ -383,14 +383,7 @@ impl Server {
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
         let record = self.authenticate(user, password, peer, now_ms)?;
-        self.issue_to(
-            Some(user),
-            peer,
-            Audience::Console,
-            record.rights,
-            self.config.console_ttl,
-            now_ms,
-        )
+        self.console_token(user, peer, record.rights, now_ms)
     }
 
     /// Exchanges a still-valid console token of this issuer, presented by its own subject, for
@@ -403,14 +396,19 @@ impl Server {
         let record = (self.db.user(&user)?)
             .filter(|r| !r.disabled)
             .ok_or(Error::LogInAgain)?;
-        self.issue_to(
-            Some(&user),
-            peer,
-            Audience::Console,
-            record.rights,
-            self.config.console_ttl,
-            now_ms,
-        )
+        self.console_token(&user, peer, record.rights, now_ms)
+    }
+
+    /// A console token for subscriber `user` on console `peer`, with `rights`.
+    fn console_token(
+        &self,
+        user: &str,
+        peer: PeerId,
+        rights: Rights,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let ttl = self.config.console_ttl;
+        self.issue_to(Some(user), peer, Audience::Console, rights, ttl, now_ms)
     }
 
     /// An admin subscriber logs in from `peer`: returns an admin token bound to `peer`.
