@@ -120,8 +120,8 @@ async fn vodmesh_peers_negotiate_aes_gcm_over_quic() -> Result<(), Box<dyn std::
 
 /// The control case: noise stays offered, so a noise-only peer connects either way round.
 #[tokio::test]
-async fn a_noise_only_peer_still_connects_to_a_vodmesh_peer() -> Result<(), Box<dyn std::error::Error>>
-{
+async fn a_noise_only_peer_still_connects_to_a_vodmesh_peer()
+-> Result<(), Box<dyn std::error::Error>> {
     let tcp = "/ip4/127.0.0.1/tcp/0";
     let (mut vodmesh, mut old) = (vodmesh_peer()?, noise_only_peer()?);
     connect_and_ping(&mut vodmesh, &mut old, tcp).await?;

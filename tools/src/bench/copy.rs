@@ -165,16 +165,29 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 ),
             );
             rows.push(
-                Row::new("copy", "nginx HTTPS (TLS 1.3)", format!("{:.0} MB/s", n.https))
-                    .vs(format!("nginx HTTP {:.0} MB/s", n.http), ratio(n.https, n.http)),
+                Row::new(
+                    "copy",
+                    "nginx HTTPS (TLS 1.3)",
+                    format!("{:.0} MB/s", n.https),
+                )
+                .vs(
+                    format!("nginx HTTP {:.0} MB/s", n.http),
+                    ratio(n.https, n.http),
+                ),
             );
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("nginx_https_mb_s".into(), json!(n.https));
                 obj.insert("nginx_http_mb_s".into(), json!(n.http));
                 obj.insert("nginx_https_one_download_mb_s".into(), json!(n.https_one));
-                obj.insert("copy_vs_nginx_https".into(), json!(ratio(copy_tcp, n.https)));
+                obj.insert(
+                    "copy_vs_nginx_https".into(),
+                    json!(ratio(copy_tcp, n.https)),
+                );
                 obj.insert("copy_vs_nginx_http".into(), json!(ratio(copy_tcp, n.http)));
-                obj.insert("ceiling_vs_nginx_https".into(), json!(ratio(raw_tcp, n.https)));
+                obj.insert(
+                    "ceiling_vs_nginx_https".into(),
+                    json!(ratio(raw_tcp, n.https)),
+                );
                 obj.insert(
                     "stream_vs_nginx_https".into(),
                     json!(ratio(stream, n.https_one)),
@@ -213,7 +226,10 @@ fn used_since(before: &[(String, u64)]) -> Option<String> {
     let used: Vec<String> = negotiated_ciphers()
         .into_iter()
         .filter(|(name, n)| {
-            let was = before.iter().find(|(b, _)| b == name).map_or(0, |(_, n)| *n);
+            let was = before
+                .iter()
+                .find(|(b, _)| b == name)
+                .map_or(0, |(_, n)| *n);
             *n > was
         })
         .map(|(name, _)| name)

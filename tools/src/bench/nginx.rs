@@ -24,12 +24,20 @@ pub(crate) struct Figures {
     pub(crate) https_one: f64,
 }
 
-/// An nginx of our own on 127.0.0.1, killed when dropped.
+/// An nginx of our own on 127.0.0.1, stopped when dropped.
 struct NginxProcess(Child);
 
 impl Drop for NginxProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM: the master stops its workers, then exits. A SIGKILL alone would leave the
+        // workers running, orphaned.
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }

@@ -38,16 +38,17 @@ pub(crate) fn suites() -> Vec<SupportedCipherSuite> {
                             inner: inner.hkdf_provider,
                             slot: i,
                         }));
-                        let suite: &'static Tls13CipherSuite = Box::leak(Box::new(Tls13CipherSuite {
-                            common: CipherSuiteCommon {
-                                suite: inner.common.suite,
-                                hash_provider: inner.common.hash_provider,
-                                confidentiality_limit: inner.common.confidentiality_limit,
-                            },
-                            hkdf_provider: hkdf,
-                            aead_alg: inner.aead_alg,
-                            quic: inner.quic,
-                        }));
+                        let suite: &'static Tls13CipherSuite =
+                            Box::leak(Box::new(Tls13CipherSuite {
+                                common: CipherSuiteCommon {
+                                    suite: inner.common.suite,
+                                    hash_provider: inner.common.hash_provider,
+                                    confidentiality_limit: inner.common.confidentiality_limit,
+                                },
+                                hkdf_provider: hkdf,
+                                aead_alg: inner.aead_alg,
+                                quic: inner.quic,
+                            }));
                         SupportedCipherSuite::Tls13(suite)
                     }
                     other => *other,
