@@ -1,33 +1,42 @@
 //! The `copy` section: engine -> engine copies of a program in 4 MiB segments through real
 //! stations (a `Replicate` to an enrolled station: locate, fetch over `/vodmesh/copy/1`,
-//! verify, store, commit, table, as in distribution) over TCP + noise + yamux, beside:
+//! verify, store, commit, table, as in distribution) over TCP as vodmesh negotiates it (TLS
+//! with AES-GCM, see `vodmesh_proto::net`), then one console playing the program at
+//! `--speed max`; beside:
 //!
 //! - the transport ceiling: one raw libp2p stream moving the same bytes from memory, with the
-//!   same swarm configuration (TCP + noise + yamux, or QUIC);
-//! - nginx serving the same segment files over HTTPS and plain HTTP on loopback, fetched one
-//!   after the other over a kept-alive connection by a client in the bench (when `nginx` is
-//!   installed; its rows are skipped with a note otherwise).
+//!   swarm vodmesh builds (TCP + TLS + yamux, and QUIC) and with TCP + noise only (the
+//!   transport before AES-GCM, and the one a noise-only peer gets);
+//! - the store's durable write rate on the same disk (the other bound of a copy: a copy is
+//!   durable on arrival);
+//! - nginx serving the same bytes over HTTPS and plain HTTP on loopback ([`super::nginx`]; its
+//!   rows are skipped with a note when `nginx` is not installed).
 //!
-//! libp2p TLS is not among vodmesh's transports (noise only), so it has no row.
+//! Each libp2p run records the TLS suite its handshakes negotiated, counted by the vendored
+//! libp2p-tls (`vodmesh_proto::net::negotiated_ciphers`), not assumed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
 use vodmesh_node::events::{self, Kind};
-use vodmesh_proto::net::build_swarm;
+use vodmesh_proto::ProgramId;
+use vodmesh_proto::net::{IDLE_TIMEOUT, build_swarm, negotiated_ciphers};
 
-use super::swarm::{BenchSwarm, Shape, write_pattern};
-use super::{Row, mb_s, ratio, subdir};
+use super::swarm::{BenchSwarm, Shape};
+use super::{Row, mb_s, nginx, ratio, sibling_bin, subdir};
 
 const SEGMENT: u64 = 4 * 1024 * 1024;
 const RAW: StreamProtocol = StreamProtocol::new("/vodmesh-bench/raw/1");
+/// The seed and title of the copied program (the bytes nginx serves too).
+const TITLE: &str = "copy";
 
 /// Runs the section under `dir`.
 pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
@@ -36,74 +45,160 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     let tcp: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
     let quic: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse()?;
 
-    let raw_tcp = mb_s(bytes, raw_stream(tcp.clone(), bytes).await?);
-    let raw_quic = mb_s(bytes, raw_stream(quic, bytes).await?);
-    let copy_tcp = mb_s(
-        bytes,
-        replicate(&subdir(dir, "tcp")?, vec![tcp], bytes).await?,
-    );
-    let nginx = match nginx(&subdir(dir, "nginx")?, bytes).await {
-        Ok(n) => n,
-        Err(e) => Nginx::Skipped(format!("{e:#}")),
-    };
+    let (t, raw_tcp_cipher) = ciphers_of(raw_stream(Security::Vodmesh, tcp.clone(), bytes)).await;
+    let raw_tcp = mb_s(bytes, t?);
+    let (t, noise_cipher) = ciphers_of(raw_stream(Security::NoiseOnly, tcp.clone(), bytes)).await;
+    let raw_noise = mb_s(bytes, t?);
+    let (t, quic_cipher) = ciphers_of(raw_stream(Security::Vodmesh, quic, bytes)).await;
+    let raw_quic = mb_s(bytes, t?);
+    let run = replicate_and_play(&subdir(dir, "tcp")?, vec![tcp], bytes).await?;
+    let copy_tcp = mb_s(bytes, run.copy);
+    let stream = mb_s(bytes, run.stream);
+    // The store's own durable write rate, on the same disk, right after the copy.
+    let (store_write, _) =
+        vodmesh_node::store::bench::throughput_probe(&subdir(dir, "store")?, bytes).await?;
+    let store_write = store_write.round();
+    let bound = raw_tcp.min(store_write);
+    let nginx = nginx::run(&subdir(dir, "nginx")?, bytes, SEGMENT, (bytes, TITLE)).await;
+    // A run without a TLS handshake counted went over noise.
+    let cipher = |c: Option<String>| c.unwrap_or_else(|| "noise (ChaChaPoly)".into());
+    let tcp_name = format!("TCP+{}", cipher(raw_tcp_cipher.clone()));
 
     let mut rows = vec![
         Row::new(
             "copy",
-            "engine->engine copy, TCP+noise",
+            format!("raw libp2p stream, {tcp_name}"),
+            format!("{raw_tcp:.0} MB/s"),
+        )
+        .vs(
+            format!("raw libp2p stream TCP+noise {raw_noise:.0} MB/s"),
+            ratio(raw_tcp, raw_noise),
+        ),
+        Row::new(
+            "copy",
+            format!("raw libp2p stream, QUIC {}", cipher(quic_cipher.clone())),
+            format!("{raw_quic:.0} MB/s"),
+        )
+        .vs(
+            format!("raw libp2p stream {tcp_name} {raw_tcp:.0} MB/s"),
+            ratio(raw_quic, raw_tcp),
+        ),
+        Row::new(
+            "copy",
+            format!("engine->engine copy, {tcp_name}"),
+            format!("{copy_tcp:.0} MB/s"),
+        )
+        .vs(
+            format!("min(raw stream, store write {store_write:.0}) {bound:.0} MB/s"),
+            ratio(copy_tcp, bound),
+        ),
+        Row::new(
+            "copy",
+            format!("engine->engine copy, {tcp_name}"),
             format!("{copy_tcp:.0} MB/s"),
         )
         .vs(
             format!("raw libp2p stream TCP {raw_tcp:.0} MB/s"),
             ratio(copy_tcp, raw_tcp),
         ),
-        Row::new(
-            "copy",
-            "raw libp2p stream, QUIC",
-            format!("{raw_quic:.0} MB/s"),
-        )
-        .vs(
-            format!("raw libp2p stream TCP {raw_tcp:.0} MB/s"),
-            ratio(raw_quic, raw_tcp),
-        ),
     ];
     let mut value = json!({
         "bytes": bytes,
         "segment_bytes": SEGMENT,
-        "copy_tcp_noise_mb_s": copy_tcp,
+        // The suite of the transport vodmesh uses for bulk bytes (the raw TCP ceiling).
+        "cipher": cipher(raw_tcp_cipher.clone()),
+        "ciphers": {
+            "raw_tcp": cipher(raw_tcp_cipher),
+            "raw_tcp_noise_only": cipher(noise_cipher),
+            "raw_quic": cipher(quic_cipher),
+            "copy": cipher(run.copy_cipher),
+            "stream": cipher(run.stream_cipher),
+        },
+        "copy_tcp_mb_s": copy_tcp,
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
+        "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
+        "tls_vs_noise_ceiling": ratio(raw_tcp, raw_noise),
         "copy_vs_ceiling_tcp": ratio(copy_tcp, raw_tcp),
         "quic_vs_tcp_ceiling": ratio(raw_quic, raw_tcp),
+        "store_write_mb_s": store_write,
+        "copy_bound_mb_s": bound,
+        "copy_vs_bound": ratio(copy_tcp, bound),
+        "stream_mb_s": stream,
+        "stream_first_byte_ms": (run.first_byte.as_secs_f64() * 1e5).round() / 100.0,
         "quic_copy": "not measured: a station's director and engines share --listen, and the registry runs over TCP, so stations cannot be made to copy over QUIC alone",
-        "tls": "not measured: vodmesh's transports are TCP+noise and QUIC (libp2p-tls is not built in)",
-        "setup": "home station (1 engine) -> enrolled station (1 engine): ingest with 1 replica; timed from the content manager's Replicate to the target's ReplicaComplete",
+        "setup": "home station (1 engine) -> enrolled station (1 engine): ingest with 1 replica; timed from the content manager's Replicate to the target's ReplicaComplete; then one `vodmesh-console play --speed max --out -` of the program from the home, timed from its start to its exit",
     });
     match nginx {
-        Nginx::Ran { https, http } => {
+        Ok(Some(n)) => {
             rows.push(
                 Row::new(
                     "copy",
-                    "engine->engine copy, TCP+noise",
-                    format!("{copy_tcp:.0} MB/s"),
+                    format!("raw libp2p stream, {tcp_name}"),
+                    format!("{raw_tcp:.0} MB/s"),
                 )
                 .vs(
-                    format!("nginx HTTPS {https:.0} MB/s"),
-                    ratio(copy_tcp, https),
+                    format!("nginx HTTPS {:.0} MB/s", n.https),
+                    ratio(raw_tcp, n.https),
                 ),
             );
             rows.push(
-                Row::new("copy", "nginx HTTPS (TLS 1.3)", format!("{https:.0} MB/s"))
-                    .vs(format!("nginx HTTP {http:.0} MB/s"), ratio(https, http)),
+                Row::new(
+                    "copy",
+                    "one console, play --speed max, verified",
+                    format!("{stream:.0} MB/s"),
+                )
+                .vs(
+                    format!("one nginx HTTPS download {:.0} MB/s", n.https_one),
+                    ratio(stream, n.https_one),
+                ),
+            );
+            rows.push(
+                Row::new(
+                    "copy",
+                    format!("engine->engine copy, {tcp_name}"),
+                    format!("{copy_tcp:.0} MB/s"),
+                )
+                .vs(
+                    format!("nginx HTTPS {:.0} MB/s", n.https),
+                    ratio(copy_tcp, n.https),
+                ),
+            );
+            rows.push(
+                Row::new(
+                    "copy",
+                    "nginx HTTPS (TLS 1.3)",
+                    format!("{:.0} MB/s", n.https),
+                )
+                .vs(
+                    format!("nginx HTTP {:.0} MB/s", n.http),
+                    ratio(n.https, n.http),
+                ),
             );
             if let Some(obj) = value.as_object_mut() {
-                obj.insert("nginx_https_mb_s".into(), json!(https));
-                obj.insert("nginx_http_mb_s".into(), json!(http));
-                obj.insert("copy_vs_nginx_https".into(), json!(ratio(copy_tcp, https)));
-                obj.insert("copy_vs_nginx_http".into(), json!(ratio(copy_tcp, http)));
+                obj.insert("nginx_https_mb_s".into(), json!(n.https));
+                obj.insert("nginx_http_mb_s".into(), json!(n.http));
+                obj.insert("nginx_https_one_download_mb_s".into(), json!(n.https_one));
+                obj.insert(
+                    "copy_vs_nginx_https".into(),
+                    json!(ratio(copy_tcp, n.https)),
+                );
+                obj.insert("copy_vs_nginx_http".into(), json!(ratio(copy_tcp, n.http)));
+                obj.insert(
+                    "ceiling_vs_nginx_https".into(),
+                    json!(ratio(raw_tcp, n.https)),
+                );
+                obj.insert(
+                    "stream_vs_nginx_https".into(),
+                    json!(ratio(stream, n.https_one)),
+                );
             }
         }
-        Nginx::Skipped(why) => {
+        skipped => {
+            let why = match skipped {
+                Err(e) => format!("{e:#}"),
+                _ => "nginx is not installed".into(),
+            };
             rows.push(Row::new(
                 "copy",
                 "nginx HTTPS/HTTP",
@@ -117,12 +212,62 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     Ok((value, rows))
 }
 
+/// Runs `f`; returns its output and the TLS suites this process's handshakes negotiated
+/// meanwhile ([`used_since`]).
+async fn ciphers_of<T>(f: impl Future<Output = T>) -> (T, Option<String>) {
+    let before = negotiated_ciphers();
+    let out = f.await;
+    (out, used_since(&before))
+}
+
+/// The TLS suites negotiated since `before` (a `negotiated_ciphers()`), joined by `+`, e.g.
+/// `TLS13_AES_128_GCM_SHA256`; `None` when no TLS handshake was made.
+fn used_since(before: &[(String, u64)]) -> Option<String> {
+    let used: Vec<String> = negotiated_ciphers()
+        .into_iter()
+        .filter(|(name, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == name)
+                .map_or(0, |(_, n)| *n);
+            *n > was
+        })
+        .map(|(name, _)| name)
+        .collect();
+    (!used.is_empty()).then(|| used.join("+"))
+}
+
+/// Which security upgrades a raw-stream swarm offers on TCP.
+#[derive(Clone, Copy)]
+enum Security {
+    /// What every vodmesh peer builds (`net::build_swarm`).
+    Vodmesh,
+    /// TCP with noise alone.
+    NoiseOnly,
+}
+
+fn raw_swarm(security: Security) -> Result<Swarm<libp2p_stream::Behaviour>> {
+    Ok(match security {
+        Security::Vodmesh => build_swarm(Keypair::generate_ed25519(), |_| {
+            libp2p_stream::Behaviour::new()
+        })?,
+        Security::NoiseOnly => SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+            .build(),
+    })
+}
+
 /// Moves `bytes` from memory over one libp2p stream between two fresh swarms; returns the
 /// time from the first write to the receiver's acknowledgement of the last byte.
-async fn raw_stream(listen: Multiaddr, bytes: u64) -> Result<Duration> {
-    let mut server = build_swarm(Keypair::generate_ed25519(), |_| {
-        libp2p_stream::Behaviour::new()
-    })?;
+async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result<Duration> {
+    let mut server = raw_swarm(security)?;
     let server_peer = *server.local_peer_id();
     let mut incoming = server
         .behaviour()
@@ -155,9 +300,7 @@ async fn raw_stream(listen: Multiaddr, bytes: u64) -> Result<Duration> {
         s.close().await?;
         anyhow::Ok(n)
     });
-    let mut client = build_swarm(Keypair::generate_ed25519(), |_| {
-        libp2p_stream::Behaviour::new()
-    })?;
+    let mut client = raw_swarm(security)?;
     let mut control = client.behaviour().new_control();
     client.dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_peer)))?;
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -205,208 +348,143 @@ async fn raw_stream(listen: Multiaddr, bytes: u64) -> Result<Duration> {
     result
 }
 
+/// What [`replicate_and_play`] timed, and the suites its handshakes negotiated.
+struct Run {
+    copy: Duration,
+    copy_cipher: Option<String>,
+    /// The console's run, start to exit.
+    stream: Duration,
+    /// The console's start to its first byte out.
+    first_byte: Duration,
+    stream_cipher: Option<String>,
+}
+
 /// A home station and one enrolled station listening on `listen`; `bytes` ingested into the
-/// home, then replicated to the other. Returns the replication time.
-async fn replicate(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> Result<Duration> {
+/// home, then replicated to the other; then one console plays it from the home.
+async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> Result<Run> {
     let shape = Shape { engines: 1, listen };
+    // The stations' own connections (enrollment, registry) count with the copy's: the
+    // engines may reuse one of them.
+    let before = negotiated_ciphers();
     let swarm = BenchSwarm::start(dir, shape.clone(), &[shape]).await?;
     let result = async {
-        let target = swarm.others[0].peer_id();
-        let home = swarm.home.peer_id();
-        let sink = events::sink();
-        swarm.home.send_events_to(&sink);
-        swarm.others[0].send_events_to(&sink);
-        let mut log = sink.subscribe();
-        let key = swarm.home_dir.join("identity.key");
-        // The content manager sends `Replicate` once the ingest commits (claim 12); the copy
-        // is timed from that message to the target's last segment tabled.
-        let ingest = super::swarm::ingest_into(
-            swarm.home.addr(),
-            &key,
-            dir,
-            ("copy", 1),
-            bytes,
-            SEGMENT,
-            8_000_000,
-        );
-        tokio::pin!(ingest);
-        let mut program = None;
-        let mut start = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + bytes / 4_000_000);
-        loop {
-            let event = tokio::select! {
-                done = &mut ingest, if program.is_none() => {
-                    program = Some(done?);
-                    continue;
-                }
-                e = tokio::time::timeout_at(deadline, log.recv()) => e,
-            };
-            let e = match event {
-                Err(_) => bail!("the copy did not complete in time (see the station logs)"),
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Err(e)) => bail!("event bus: {e}"),
-                Ok(Ok(e)) => e,
-            };
-            if e.peer == home && e.kind == (Kind::ReplicateSent { target }) {
-                start = Some((e.program, Instant::now()));
-            }
-            if let Some((p, t)) = start
-                && e.program == p
-                && e.peer == target
-                && e.kind == Kind::ReplicaComplete
-            {
-                let elapsed = t.elapsed();
-                if program.is_none() {
-                    (&mut ingest).await?;
-                }
-                return Ok(elapsed);
-            }
-        }
+        let (program, copy) = replicate(dir, &swarm, bytes).await?;
+        let copy_cipher = used_since(&before);
+        let (played, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes)).await;
+        let (stream, first_byte) = played?;
+        Ok(Run {
+            copy,
+            copy_cipher,
+            stream,
+            first_byte,
+            stream_cipher,
+        })
     }
     .await;
     swarm.shutdown().await;
     result
 }
 
-enum Nginx {
-    Ran { https: f64, http: f64 },
-    Skipped(String),
-}
-
-/// An nginx of our own on 127.0.0.1, killed when dropped.
-struct NginxProcess(Child);
-
-impl Drop for NginxProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Ingests `bytes` into the home with one replica; returns the program and the replication
+/// time.
+async fn replicate(dir: &Path, swarm: &BenchSwarm, bytes: u64) -> Result<(ProgramId, Duration)> {
+    let target = swarm.others[0].peer_id();
+    let home = swarm.home.peer_id();
+    let sink = events::sink();
+    swarm.home.send_events_to(&sink);
+    swarm.others[0].send_events_to(&sink);
+    let mut log = sink.subscribe();
+    let key = swarm.home_dir.join("identity.key");
+    // The content manager sends `Replicate` once the ingest commits (claim 12); the copy
+    // is timed from that message to the target's last segment tabled.
+    let ingest = super::swarm::ingest_into(
+        swarm.home.addr(),
+        &key,
+        dir,
+        (TITLE, 1),
+        bytes,
+        SEGMENT,
+        8_000_000,
+    );
+    tokio::pin!(ingest);
+    let mut program = None;
+    let mut start = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + bytes / 4_000_000);
+    loop {
+        let event = tokio::select! {
+            done = &mut ingest, if program.is_none() => {
+                program = Some(done?);
+                continue;
+            }
+            e = tokio::time::timeout_at(deadline, log.recv()) => e,
+        };
+        let e = match event {
+            Err(_) => bail!("the copy did not complete in time (see the station logs)"),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => bail!("event bus: {e}"),
+            Ok(Ok(e)) => e,
+        };
+        if e.peer == home && e.kind == (Kind::ReplicateSent { target }) {
+            start = Some((e.program, Instant::now()));
+        }
+        if let Some((p, t)) = start
+            && e.program == p
+            && e.peer == target
+            && e.kind == Kind::ReplicaComplete
+        {
+            let elapsed = t.elapsed();
+            let program = match program {
+                Some(program) => program,
+                None => (&mut ingest).await?,
+            };
+            return Ok((program, elapsed));
+        }
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Serves `bytes` as 4 MiB files from our own nginx and fetches them over HTTPS and HTTP.
-async fn nginx(dir: &Path, bytes: u64) -> Result<Nginx> {
-    let Some(bin) = which("nginx") else {
-        return Ok(Nginx::Skipped("nginx is not installed".into()));
-    };
-    let root = subdir(dir, "www")?;
-    let files = bytes.div_ceil(SEGMENT);
-    for i in 0..files {
-        write_pattern(
-            &root.join(format!("{i}.bin")),
-            SEGMENT,
-            &format!("nginx-{i}"),
-        )?;
-    }
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl for nginx's self-signed certificate")?;
-    if !out.status.success() {
-        bail!(
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let (http_port, https_port) = (free_port()?, free_port()?);
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\nuser root root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
-               client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
-               fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
-               server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n\
-               server {{ listen 127.0.0.1:{https_port} ssl; root {root};\n\
-                 ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.3; }}\n}}\n",
-            root = root.display(),
-            cert = cert.display(),
-            key = key.display(),
-        ),
-    )?;
-    let child = Command::new(&bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
+/// `vodmesh-console play --speed max --out -` of `program` from the home: the time from the
+/// console's start to its exit and to its first byte out. Fails unless every byte came out
+/// and the console says it verified them.
+async fn play(
+    dir: &Path,
+    swarm: &BenchSwarm,
+    program: ProgramId,
+    bytes: u64,
+) -> Result<(Duration, Duration)> {
+    let home = swarm.console_home(&dir.join("console"))?;
+    let console = sibling_bin("vodmesh-console")?;
+    let stats_path = dir.join("play-stats.json");
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(&console)
+        .env("VODMESH_HOME", &home)
+        .args(["play", "--node", &swarm.home.addr().to_string()])
+        .arg(program.to_string())
+        .args(["--speed", "max", "--out", "-", "--stats"])
+        .arg(&stats_path)
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
-        .context("starting nginx")?;
-    let _nginx = NginxProcess(child);
-    // Wait until both ports answer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [http_port, https_port] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                bail!("nginx did not listen: {}", log.trim());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        .with_context(|| format!("starting {}", console.display()))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut got, mut first) = (0u64, None);
+    loop {
+        let n = stdout.read(&mut buf).await?;
+        if n == 0 {
+            break;
         }
+        first.get_or_insert_with(|| started.elapsed());
+        got += n as u64;
     }
-    let https = fetch_all(format!("https://127.0.0.1:{https_port}"), files).await?;
-    let http = fetch_all(format!("http://127.0.0.1:{http_port}"), files).await?;
-    Ok(Nginx::Ran {
-        https: mb_s(files * SEGMENT, https),
-        http: mb_s(files * SEGMENT, http),
-    })
-}
-
-/// Fetches `/0.bin` .. `/<files-1>.bin` from `base` over one kept-alive connection.
-async fn fetch_all(base: String, files: u64) -> Result<Duration> {
-    tokio::task::spawn_blocking(move || -> Result<Duration> {
-        use std::io::Read;
-        let tls = ureq::tls::TlsConfig::builder()
-            .disable_verification(true)
-            .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).build().into();
-        // One request first so the connection (and TLS handshake) is not timed.
-        let mut first = agent.get(format!("{base}/0.bin")).call()?;
-        std::io::copy(&mut first.body_mut().as_reader(), &mut std::io::sink())?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let start = Instant::now();
-        let mut total = 0u64;
-        for i in 0..files {
-            let mut resp = agent.get(format!("{base}/{i}.bin")).call()?;
-            let mut body = resp.body_mut().as_reader();
-            loop {
-                let n = body.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
-        }
-        if total != files * SEGMENT {
-            bail!("nginx served {total} of {} bytes", files * SEGMENT);
-        }
-        Ok(start.elapsed())
-    })
-    .await?
-}
-
-/// The full path of `name` on `PATH` (also /usr/sbin, where Debian puts nginx).
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    let status = child.wait().await?;
+    let elapsed = started.elapsed();
+    if !status.success() || got != bytes {
+        bail!("play --speed max ended with {status} after {got} of {bytes} bytes");
+    }
+    let stats: Value = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+    if stats["verified"] != true {
+        bail!("the console did not verify what it played: {stats}");
+    }
+    Ok((elapsed, first.unwrap_or(elapsed)))
 }

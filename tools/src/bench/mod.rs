@@ -3,8 +3,9 @@
 //!
 //! One module per section, each returning its JSON object and its rows of the printed table:
 //!
-//! - [`copy`]: engine -> engine copies through real stations (claim 12's distribution), per
-//!   transport, beside a raw libp2p stream from memory and nginx over HTTPS and HTTP;
+//! - [`copy`]: engine -> engine copies through real stations (claim 12's distribution) and one
+//!   console at `--speed max`, beside raw libp2p streams from memory (TCP+TLS, TCP+noise,
+//!   QUIC; the cipher each negotiated), the store's write rate and nginx over HTTPS and HTTP;
 //! - [`streams`]: one engine (a `vodmesh-node` process) streaming to N consoles, each its own
 //!   peer, paced at 4 Mbit/s: stalls, p99 lag, engine CPU; and unpaced aggregate throughput;
 //! - [`startup`]: `vodmesh-console play` process start -> first verified byte, hit and miss;
@@ -17,6 +18,7 @@
 pub mod copy;
 pub mod footprint;
 pub mod handoff;
+mod nginx;
 pub mod registry;
 pub mod startup;
 pub mod store;
