@@ -16,6 +16,11 @@
 //! | `/vodmesh/ingest/1` | [`crate::ingest`] | `vodmesh ingest` -> a home station's engines |
 //! | `/vodmesh/kad/1` | the registry (`vodmesh-registry`) | directors (Kademlia) |
 //! | `/vodmesh/blade/1` | the backplane (`vodmesh-node`) | an engine process <-> its director |
+//!
+//! The four stream protocols (stream, copy, ingest, blade) go through [`streams`], vodmesh's
+//! own stream behaviour: inbound streams queued per protocol, never dropped below the bound.
+
+pub mod streams;
 
 use std::time::Duration;
 
@@ -31,6 +36,12 @@ pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 /// Connections stay open this long without a stream: long enough that a console's next
 /// segment request reuses the connection, short enough not to hoard sockets.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Streams one yamux connection carries at once, both ways (yamux's default is 512; past it,
+/// an outbound open fails the whole connection). A peer may hold a queue of
+/// [`streams::Config::inbound_queue`] streams per protocol for each of its connections, so
+/// the bound is raised to what yamux's default connection window allows (1 GiB / 256 KiB).
+pub const MAX_STREAMS_PER_CONNECTION: usize = 4096;
 
 /// Why a swarm could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +60,7 @@ where
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            yamux_config,
         )
         .map_err(|e| BuildError(e.to_string()))?
         .with_quic()
@@ -58,6 +69,13 @@ where
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// yamux with [`MAX_STREAMS_PER_CONNECTION`].
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config
 }
 
 /// The `/p2p/<peer>` suffix of a multiaddr, if it has one.
