@@ -87,7 +87,7 @@ pub(crate) struct DirectorBehaviour {
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
     /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::blade`]).
-    blade: libp2p_stream::Behaviour,
+    blade: vodmesh_proto::net::streams::Behaviour,
 }
 
 /// A started director.
@@ -103,7 +103,7 @@ pub struct DirectorHandle {
     /// Its event loop.
     pub task: JoinHandle<()>,
     /// Streams of the director's swarm, for the backplane of separate engine processes.
-    pub blade: libp2p_stream::Control,
+    pub blade: vodmesh_proto::net::streams::Control,
 }
 
 impl std::fmt::Debug for DirectorHandle {

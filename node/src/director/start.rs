@@ -75,7 +75,7 @@ pub async fn start(
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
         auth: crate::auth::service::behaviour(handles.auth.clone()),
-        blade: libp2p_stream::Behaviour::new(),
+        blade: vodmesh_proto::net::streams::Behaviour::new(),
     })?;
     let blade = swarm.behaviour().blade.new_control();
     let announce = (config.announce.iter())

@@ -121,7 +121,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
 /// time from the first write to the receiver's acknowledgement of the last byte.
 async fn raw_stream(listen: Multiaddr, bytes: u64) -> Result<Duration> {
     let mut server = build_swarm(Keypair::generate_ed25519(), |_| {
-        libp2p_stream::Behaviour::new()
+        vodmesh_proto::net::streams::Behaviour::new()
     })?;
     let server_peer = *server.local_peer_id();
     let mut incoming = server
@@ -156,7 +156,7 @@ async fn raw_stream(listen: Multiaddr, bytes: u64) -> Result<Duration> {
         anyhow::Ok(n)
     });
     let mut client = build_swarm(Keypair::generate_ed25519(), |_| {
-        libp2p_stream::Behaviour::new()
+        vodmesh_proto::net::streams::Behaviour::new()
     })?;
     let mut control = client.behaviour().new_control();
     client.dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_peer)))?;
