@@ -119,8 +119,13 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
         num(run, &["stalls"])?;
         num(run, &["p99_lag_ms"])?;
         num(run, &["engine_cpu_percent"])?;
+        num(run, &["engine_cpu_per_gb_s"])?;
+        // The stream behaviour queues every inbound stream: no console opens one twice.
+        assert_eq!(num(run, &["retries"])?, 0.0, "{run}");
     }
     num(&json, &["streams", "largest_n_zero_stalls"])?;
+    assert_eq!(num(&json, &["streams", "retries"])?, 0.0);
+    positive(&json, &["streams", "engine_cpu_per_gb_s"])?;
     positive(&json, &["streams", "unpaced_aggregate_mb_s"])?;
     positive(&json, &["streams", "unpaced_vs_raw_stream"])?;
     // More consoles than slots: busy engines are waits, never errors; every byte arrives.

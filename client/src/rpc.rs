@@ -12,7 +12,6 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::ping;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Serialize;
@@ -20,12 +19,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use vodmesh_proto::codec::{CborCodec, Limits};
+use vodmesh_proto::net::streams::OpenStreamError;
 use vodmesh_proto::net::{BuildError, build_swarm, peer_of, prefer_tcp};
 
 /// How long the first connection to the peer may take, per address tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long opening one stream may take before it is retried (a stream lost by the remote's
-/// one-deep inbound queue never completes).
+/// How long opening one stream may take: a peer that does not queue it by then (a frozen
+/// process) is taken as unreachable.
 pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Commands waiting for the client's task, at most.
 const QUEUE: usize = 16;
@@ -70,8 +70,12 @@ pub enum ClientError {
         /// The peer.
         peer: PeerId,
         /// What the dial said.
-        reason: std::io::Error,
+        reason: String,
     },
+    /// A stream's peer holds as many unaccepted streams of the protocol as it queues: alive
+    /// and overloaded, a wait rather than a failure.
+    #[error("{0} is busy")]
+    Busy(PeerId),
     /// The client's network task is gone.
     #[error("client stopped")]
     Closed,
@@ -110,7 +114,7 @@ where
     Resp: Serialize + DeserializeOwned + Send + 'static,
 {
     control: request_response::Behaviour<CborCodec<Req, Resp>>,
-    streams: libp2p_stream::Behaviour,
+    streams: vodmesh_proto::net::streams::Behaviour,
     ping: ping::Behaviour,
 }
 
@@ -128,7 +132,7 @@ pub struct RpcClient<Req, Resp> {
     peer: PeerId,
     local: PeerId,
     tx: mpsc::Sender<Command<Req, Resp>>,
-    streams: libp2p_stream::Control,
+    streams: vodmesh_proto::net::streams::Control,
     task: JoinHandle<()>,
 }
 
@@ -154,7 +158,7 @@ where
                 [(protocol.name, ProtocolSupport::Outbound)],
                 request_response::Config::default().with_request_timeout(protocol.timeout),
             ),
-            streams: libp2p_stream::Behaviour::new(),
+            streams: vodmesh_proto::net::streams::Behaviour::new(),
             ping: ping::Behaviour::new(
                 ping::Config::new()
                     .with_interval(PING_INTERVAL)
@@ -232,32 +236,33 @@ impl<Req, Resp> RpcClient<Req, Resp> {
         ack.await.map_err(|_| ClientError::Closed)
     }
 
-    /// Opens a stream of `protocol` to `peer` (whose addresses were added before), retrying
-    /// once: the remote accepts one pending stream at a time, and libp2p-stream may drop a
-    /// dial. A peer that cannot be dialed fails at once, and one that does not answer (frozen)
-    /// within two tries: the caller has other engines to try.
+    /// Opens a stream of `protocol` to `peer` (whose addresses were added before), dialing it
+    /// if needed. The stream is queued at the peer when this returns; a peer whose queue for
+    /// `protocol` is full answers [`ClientError::Busy`] (a wait), one that cannot be dialed
+    /// fails at once, and one that does not answer (frozen) within [`OPEN_STREAM_TIMEOUT`]
+    /// fails then: the caller has other engines to try.
     pub async fn open_stream(
         &self,
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<libp2p::Stream, ClientError> {
         let mut control = self.streams.clone();
-        let mut reason = String::new();
-        for attempt in 0..2u64 {
-            let open = control.open_stream(peer, protocol.clone());
-            match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(libp2p_stream::OpenStreamError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::NotConnected =>
-                {
-                    return Err(ClientError::NotConnected { peer, reason: e });
-                }
-                Ok(Err(e)) => reason = e.to_string(),
-                Err(_) => reason = "timed out".into(),
+        let open = control.open_stream(peer, protocol);
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(OpenStreamError::NotConnected(reason))) => {
+                Err(ClientError::NotConnected { peer, reason })
             }
-            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            Ok(Err(OpenStreamError::Busy(_))) => Err(ClientError::Busy(peer)),
+            Ok(Err(e)) => Err(ClientError::Stream {
+                peer,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(ClientError::Stream {
+                peer,
+                reason: "timed out".into(),
+            }),
         }
-        Err(ClientError::Stream { peer, reason })
     }
 }
 
@@ -319,20 +324,10 @@ async fn drive<Req, Resp>(
                     pending.insert(id, reply);
                 }
                 Some(Command::Addresses(other, addrs, known)) => {
-                    // Dial now rather than leave it to libp2p-stream: its dial requests go
-                    // through a one-slot channel, and when streams to several new peers are
-                    // opened at once the extra dial requests are dropped and those opens
-                    // wait forever (seen as 3-10 s stalls at the start of an ingest to three
-                    // engines).
-                    for addr in &addrs {
-                        swarm.add_peer_address(other, addr.clone());
-                    }
-                    let opts = DialOpts::peer_id(other)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = swarm.dial(opts) {
-                        tracing::trace!(peer = %other, error = %e, "dial not started");
+                    // The stream behaviour dials by peer id when a stream is opened, with the
+                    // addresses known by then.
+                    for addr in addrs {
+                        swarm.add_peer_address(other, addr);
                     }
                     let _ = known.send(());
                 }

@@ -57,6 +57,7 @@ pub(crate) fn client_line(e: &ClientError) -> String {
         ClientError::Stream { peer, .. } | ClientError::NotConnected { peer, .. } => {
             format!("cannot connect to {peer}")
         }
+        ClientError::Busy(peer) => format!("{peer} is busy"),
         ClientError::NoPeerId(_)
         | ClientError::NoAddress
         | ClientError::Closed

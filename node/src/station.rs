@@ -127,7 +127,7 @@ pub enum StartError {
     Director(#[from] director::StartError),
     /// The backplane protocol was taken (a bug, not an operator's error).
     #[error("registering the backplane protocol: {0}")]
-    Backplane(#[from] libp2p_stream::AlreadyRegistered),
+    Backplane(#[from] vodmesh_proto::net::streams::AlreadyRegistered),
     /// `DATA/node.json` cannot be written.
     #[error(transparent)]
     NodeFile(#[from] crate::nodefile::Error),

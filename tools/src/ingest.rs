@@ -304,26 +304,18 @@ async fn push_engine(
             hash: entry.hash,
             size: entry.size,
         };
-        // A stream can be lost on the way (libp2p-stream drops inbound streams it cannot
-        // hand over at once); an engine that refuses is final, a lost stream is retried.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match push_segment(client, target.peer_id, &header, &buf).await {
-                Ok(IngestAck::Stored) => break,
-                Ok(IngestAck::Refused(why)) => {
-                    bail!("engine refused segment {index}: {why}; nothing was committed")
-                }
-                Err(e) if attempt < 4 => {
-                    tracing::debug!(%index, attempt, error = %e, "segment push failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "pushing segment {index} to engine {}",
-                        target.peer_id
-                    )));
-                }
+        // The engine queues the stream (never drops it), so a failed push is final: an
+        // engine that refuses, or one that went away.
+        match push_segment(client, target.peer_id, &header, &buf).await {
+            Ok(IngestAck::Stored) => {}
+            Ok(IngestAck::Refused(why)) => {
+                bail!("engine refused segment {index}: {why}; nothing was committed")
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "pushing segment {index} to engine {}",
+                    target.peer_id
+                )));
             }
         }
         progress.segment_done(entry.size, content.segments.len());

@@ -16,6 +16,7 @@ use futures::stream::FuturesUnordered;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use vodmesh_client::ClientError;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
@@ -295,9 +296,8 @@ impl Fetcher {
         }
     }
 
-    /// Locates and streams one whole segment, verified; a stream lost on the way
-    /// (libp2p-stream drops an inbound stream its receiver is not ready for; an engine dies or
-    /// freezes; an engine hands the console over to another, claim 22) is resumed from the
+    /// Locates and streams one whole segment, verified; a stream lost on the way (an engine
+    /// dies or freezes; an engine hands the console over to another, claim 22) is resumed from the
     /// bytes already received, at whichever engine the director names next. Busy answers are
     /// waited out, refusals are final, and attempts that bring nothing end it (`retry`).
     /// Every byte, and the engine of each attempt, is told to `watch`.
@@ -455,13 +455,21 @@ impl Fetcher {
                 .add_addresses(engine, location.addrs.clone())
                 .await
                 .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
-            let mut s = client
-                .open_stream(engine, wire::PROTOCOL)
-                .await
-                .map_err(|cause| unreachable(AttemptError::Unreachable { engine, cause }))?;
+            let mut s = match client.open_stream(engine, wire::PROTOCOL).await {
+                Ok(s) => s,
+                // The engine's queue of unaccepted streams is full: alive and overloaded, as
+                // good as its own `Busy` answer.
+                Err(ClientError::Busy(_)) => {
+                    return Err(Attempt::Ended(
+                        Ended::EngineBusy(engine),
+                        AttemptError::Busy(engine),
+                    ));
+                }
+                Err(cause) => return Err(unreachable(AttemptError::Unreachable { engine, cause })),
+            };
             write_frame(&mut s, request).await.map_err(lost)?;
-            // A stream dropped before it was read (libp2p-stream's one-deep inbound queue)
-            // ends here with an error: the engine is alive, so it is not avoided.
+            // A stream that closes before its answer (the engine stopping) ends here with an
+            // error: the engine answered the open, so it is not avoided.
             let reply = tokio::time::timeout(
                 READ_STALL,
                 read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),

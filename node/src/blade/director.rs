@@ -34,7 +34,7 @@ pub(crate) struct Bay {
 
 /// The director's side: accepts engine links until `shutdown`; every link ends with it.
 pub(crate) async fn serve(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: vodmesh_proto::net::streams::IncomingStreams,
     bays: Vec<Bay>,
     reports: mpsc::Sender<EngineReport>,
     tokens: EngineTokens,

@@ -192,7 +192,7 @@ pub async fn start_engine(
 
     // The link has a swarm of its own under the engine's identity: the director sees the
     // engine's peer id on the authenticated connection.
-    let mut swarm = build_swarm(key, |_| libp2p_stream::Behaviour::new())?;
+    let mut swarm = build_swarm(key, |_| vodmesh_proto::net::streams::Behaviour::new())?;
     let control = swarm.behaviour().new_control();
     let (dial, mut dials) = mpsc::channel::<()>(1);
     let addr = config.director.clone();
@@ -276,7 +276,7 @@ enum Detached {
 struct Attach {
     director: PeerId,
     addrs: Vec<Multiaddr>,
-    control: libp2p_stream::Control,
+    control: vodmesh_proto::net::streams::Control,
     dial: mpsc::Sender<()>,
     engine: mpsc::Sender<crate::control::EngineCommand>,
     reports: mpsc::Receiver<EngineReport>,

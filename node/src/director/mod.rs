@@ -84,7 +84,7 @@ pub(crate) struct DirectorBehaviour {
     control: request_response::Behaviour<CborCodec<Request, Response>>,
     auth: Toggle<crate::auth::service::Behaviour>,
     /// `/vodmesh/blade/1`: engines in processes of their own ([`crate::blade`]).
-    blade: libp2p_stream::Behaviour,
+    blade: vodmesh_proto::net::streams::Behaviour,
 }
 
 /// A request waiting for its sender's station record to be looked up.

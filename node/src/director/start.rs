@@ -49,7 +49,7 @@ pub struct DirectorHandle {
     /// Its event loop.
     pub task: JoinHandle<()>,
     /// Streams of the director's swarm, for the backplane of separate engine processes.
-    pub blade: libp2p_stream::Control,
+    pub blade: vodmesh_proto::net::streams::Control,
 }
 
 impl std::fmt::Debug for DirectorHandle {
@@ -178,7 +178,7 @@ pub async fn start(
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
         auth: crate::auth::service::behaviour(handles.auth.clone()),
-        blade: libp2p_stream::Behaviour::new(),
+        blade: vodmesh_proto::net::streams::Behaviour::new(),
     })?;
     let blade = swarm.behaviour().blade.new_control();
     let announce = (config.announce.iter())

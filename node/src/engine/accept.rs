@@ -1,7 +1,8 @@
 //! Accepting the inbound streams of one protocol, each handled in a task of its own.
 //!
-//! The stream behaviour queues at most one pending inbound stream per protocol, so accepting
-//! must be prompt: a loop per protocol does nothing else. Its tasks are owned by a [`JoinSet`]
+//! The stream behaviour (`vodmesh_proto::net::streams`) queues a protocol's inbound streams up
+//! to a bound and answers openers busy past it, so a loop per protocol that does nothing but
+//! hand streams to tasks keeps the queue short. Its tasks are owned by a [`JoinSet`]
 //! that the loop reaps as they finish and, when the engine stops, aborts and waits for: no
 //! stream, copy or ingest outlives its engine.
 

@@ -47,7 +47,7 @@ use crate::store::{self, SegmentStore};
 pub(crate) struct EngineBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    streams: libp2p_stream::Behaviour,
+    streams: vodmesh_proto::net::streams::Behaviour,
 }
 
 /// Where and how an engine keeps its segments.
@@ -138,7 +138,7 @@ pub enum Error {
         protocol: libp2p::StreamProtocol,
         /// Why.
         #[source]
-        source: libp2p_stream::AlreadyRegistered,
+        source: vodmesh_proto::net::streams::AlreadyRegistered,
     },
 }
 
@@ -247,7 +247,7 @@ pub async fn start(
                 .with_agent_version(format!("vodmesh-engine/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: ping::Behaviour::default(),
-        streams: libp2p_stream::Behaviour::new(),
+        streams: vodmesh_proto::net::streams::Behaviour::new(),
     })?;
     let listened = listen_all(&mut swarm, &net.listen)
         .await
@@ -344,9 +344,9 @@ pub async fn start(
 
 /// The inbound streams of each protocol an engine serves.
 struct Incoming {
-    ingest: libp2p_stream::IncomingStreams,
-    copy: libp2p_stream::IncomingStreams,
-    stream: libp2p_stream::IncomingStreams,
+    ingest: vodmesh_proto::net::streams::IncomingStreams,
+    copy: vodmesh_proto::net::streams::IncomingStreams,
+    stream: vodmesh_proto::net::streams::IncomingStreams,
 }
 
 /// What the accept loops serve with.

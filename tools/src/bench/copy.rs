@@ -246,10 +246,10 @@ enum Security {
     NoiseOnly,
 }
 
-fn raw_swarm(security: Security) -> Result<Swarm<libp2p_stream::Behaviour>> {
+fn raw_swarm(security: Security) -> Result<Swarm<vodmesh_proto::net::streams::Behaviour>> {
     Ok(match security {
         Security::Vodmesh => build_swarm(Keypair::generate_ed25519(), |_| {
-            libp2p_stream::Behaviour::new()
+            vodmesh_proto::net::streams::Behaviour::new()
         })?,
         Security::NoiseOnly => SwarmBuilder::with_new_identity()
             .with_tokio()
@@ -258,7 +258,7 @@ fn raw_swarm(security: Security) -> Result<Swarm<libp2p_stream::Behaviour>> {
                 noise::Config::new,
                 yamux::Config::default,
             )?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())?
+            .with_behaviour(|_| vodmesh_proto::net::streams::Behaviour::new())?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
             .build(),
     })

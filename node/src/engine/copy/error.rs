@@ -33,7 +33,7 @@ impl From<CopyError> for FetchFailed {
 /// Why one attempt at one source failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Attempt {
-    /// No stream to the source (it accepts one pending stream at a time, or is gone).
+    /// No stream to the source (its queue of copy streams is full, or it is gone).
     #[error("cannot open a copy stream to {peer}: {source}")]
     Open {
         /// The source.

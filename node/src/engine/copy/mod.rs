@@ -77,7 +77,7 @@ pub(crate) struct Job {
 /// The fetching side: runs the copies the director orders, in tasks the engine owns.
 pub(crate) struct Copier {
     peer_id: PeerId,
-    control: libp2p_stream::Control,
+    control: vodmesh_proto::net::streams::Control,
     store: SegmentStore,
     /// The engine's approvals of other engines; the serving tasks watch it.
     allowed: watch::Sender<Approvals>,
@@ -93,7 +93,7 @@ pub(crate) struct Copier {
 impl Copier {
     pub(crate) fn new(
         peer_id: PeerId,
-        control: libp2p_stream::Control,
+        control: vodmesh_proto::net::streams::Control,
         store: SegmentStore,
         allowed: watch::Sender<Approvals>,
         reporter: Reporter,
@@ -204,24 +204,20 @@ fn patience(another_left: bool) -> Duration {
     }
 }
 
-/// A copy stream to `peer`, retried briefly (a source accepts one pending stream at a time)
-/// for `patience` in all.
+/// A copy stream to `peer`, within `patience`: the source queues it (or answers busy), so
+/// there is nothing to retry at the same source.
 async fn open(
-    control: &mut libp2p_stream::Control,
+    control: &mut vodmesh_proto::net::streams::Control,
     peer: PeerId,
     patience: Duration,
 ) -> Result<Stream, Attempt> {
-    let mut last = std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let deadline = tokio::time::Instant::now() + patience;
-    for attempt in 0..6u64 {
-        match tokio::time::timeout_at(deadline, control.open_stream(peer, copy::PROTOCOL)).await {
+    let source =
+        match tokio::time::timeout(patience, control.open_stream(peer, copy::PROTOCOL)).await {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = std::io::Error::other(e),
-            Err(_) => break,
-        }
-        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-    }
-    Err(Attempt::Open { peer, source: last })
+            Ok(Err(e)) => std::io::Error::other(e),
+            Err(_) => std::io::Error::from(std::io::ErrorKind::TimedOut),
+        };
+    Err(Attempt::Open { peer, source })
 }
 
 impl Fetch {
@@ -230,7 +226,7 @@ impl Fetch {
     /// copy that fails at every source becomes visible.
     async fn run(
         &self,
-        mut control: libp2p_stream::Control,
+        mut control: vodmesh_proto::net::streams::Control,
         store: &SegmentStore,
     ) -> Result<Copied, CopyError> {
         let job = &self.job;
@@ -325,7 +321,7 @@ impl Fetch {
     /// and appends them.
     async fn copy_from(
         &self,
-        control: &mut libp2p_stream::Control,
+        control: &mut vodmesh_proto::net::streams::Control,
         store: &SegmentStore,
         source: PeerId,
         writer: &mut Option<Writer>,
