@@ -58,19 +58,19 @@ pub enum Error {
     #[error("no listen address given")]
     NoAddress,
     /// The transport refused the address.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Refused {
         /// The address.
         addr: Multiaddr,
         /// Why.
         #[source]
-        source: libp2p::TransportError<std::io::Error>,
+        source: std::io::Error,
     },
     /// The listeners did not report their addresses in time.
     #[error("timed out waiting for listen addresses")]
     TimedOut,
     /// A listener failed before it reported its address.
-    #[error("listening failed: {0}")]
+    #[error("listening failed")]
     Failed(#[source] std::io::Error),
     /// A listener closed before it reported its address.
     #[error("listener on {addresses:?} closed: {reason}")]
@@ -95,9 +95,15 @@ pub(crate) async fn listen_all<B: NetworkBehaviour>(
     }
     let mut ids = Vec::new();
     for addr in addrs {
-        let id = (swarm.listen_on(addr.clone())).map_err(|source| Error::Refused {
+        let id = (swarm.listen_on(addr.clone())).map_err(|e| Error::Refused {
             addr: addr.clone(),
-            source,
+            source: match e {
+                libp2p::TransportError::Other(e) => e,
+                libp2p::TransportError::MultiaddrNotSupported(_) => std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "no transport for this address",
+                ),
+            },
         })?;
         ids.push(id);
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file cannot be written or read.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}", path = path.display())]
     Io {
         /// Writing or reading.
         what: &'static str,
@@ -20,7 +20,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// It does not parse.
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}", path = path.display())]
     Parse {
         /// The file.
         path: std::path::PathBuf,

@@ -76,7 +76,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data directory cannot be made.
-    #[error("creating data directory {path}: {source}")]
+    #[error("creating data directory {path}", path = path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -91,7 +91,7 @@ pub enum StartError {
     #[error(transparent)]
     Listen(#[from] crate::ListenError),
     /// The `--enroll` token file cannot be used.
-    #[error("enrollment token {path}: {why}")]
+    #[error("enrollment token {path}: {why}", path = path.display())]
     EnrollToken {
         /// The file.
         path: PathBuf,
@@ -99,13 +99,13 @@ pub enum StartError {
         why: EnrollTokenError,
     },
     /// The auth server did not open (`--auth`), or did not certify its own station.
-    #[error("the auth server: {0}")]
+    #[error("the auth server")]
     Auth(#[from] auth::Error),
     /// The auth server's opening did not finish.
-    #[error("opening the auth server: {0}")]
+    #[error("opening the auth server")]
     AuthTask(#[from] tokio::task::JoinError),
     /// An engine did not start.
-    #[error("starting engine {index}: {source}")]
+    #[error("starting engine {index}")]
     Engine {
         /// The engine.
         index: usize,
@@ -114,7 +114,7 @@ pub enum StartError {
         source: engine::Error,
     },
     /// The `--metrics` address cannot be bound.
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}")]
     Metrics {
         /// The address.
         addr: SocketAddr,
@@ -126,7 +126,7 @@ pub enum StartError {
     #[error(transparent)]
     Director(#[from] director::StartError),
     /// The backplane protocol was taken (a bug, not an operator's error).
-    #[error("registering the backplane protocol: {0}")]
+    #[error("registering the backplane protocol")]
     Backplane(#[from] vodmesh_proto::net::streams::AlreadyRegistered),
     /// `DATA/node.json` cannot be written.
     #[error(transparent)]
@@ -137,7 +137,7 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollTokenError {
     /// It cannot be read.
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] std::io::Error),
     /// It is larger than any token.
     #[error("not a token ({0} bytes)")]

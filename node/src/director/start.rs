@@ -95,13 +95,13 @@ pub struct Handles {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The registry's store did not open.
-    #[error("opening the registry store: {0}")]
+    #[error("opening the registry store")]
     Registry(#[from] OpenError),
     /// The segment location table did not open.
-    #[error("opening the segment location table: {0}")]
+    #[error("opening the segment location table")]
     Locations(#[from] locations::Error),
     /// A catalog (`catalog.redb`, `kept.redb`) did not open.
-    #[error("opening {what}: {source}")]
+    #[error("opening {what}")]
     Catalog {
         /// Which.
         what: &'static str,
@@ -119,7 +119,7 @@ pub enum StartError {
     #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
     BootstrapPeer(Multiaddr),
     /// A `--bootstrap` address cannot be dialed.
-    #[error("dialing bootstrap {addr}: {source}")]
+    #[error("dialing bootstrap {addr}")]
     Bootstrap {
         /// The address.
         addr: Multiaddr,

@@ -123,7 +123,7 @@ pub enum Error {
     #[error(transparent)]
     Swarm(#[from] BuildError),
     /// The engine cannot listen where it was told to.
-    #[error("engine {index} cannot listen: {cause}")]
+    #[error("engine {index} cannot listen")]
     Listen {
         /// The engine.
         index: usize,
