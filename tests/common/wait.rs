@@ -68,6 +68,9 @@ pub fn file(path: &Path, timeout: Duration) -> Result<()> {
     blocking(&what, timeout, || Ok(path.exists())).map(drop)
 }
 
+/// How many of the events received a failed wait prints.
+const LOG_TAIL: usize = 30;
+
 /// Receives events from the director's event bus into `log` until `done` holds for `log`
 /// (at once if it does already). Fails with `what` after `timeout`.
 pub async fn events(
@@ -80,7 +83,16 @@ pub async fn events(
     let deadline = tokio::time::Instant::now() + timeout;
     while !done(log) {
         let Ok(received) = tokio::time::timeout_at(deadline, events.recv()).await else {
-            bail!("no event after {timeout:?}: {what}");
+            // What came instead tells a failed run's story (CI keeps no logs).
+            let last: Vec<String> = (log.iter().rev().take(LOG_TAIL).rev())
+                .map(|e| format!("{:?} {:?} {:?}", e.peer, e.segment, e.kind))
+                .collect();
+            bail!(
+                "no event after {timeout:?}: {what}; the last {} of {} events:\n{}",
+                last.len(),
+                log.len(),
+                last.join("\n")
+            );
         };
         log.push(received?);
     }

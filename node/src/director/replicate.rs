@@ -205,6 +205,9 @@ impl Replicating {
             } => {
                 self.running.remove(&program);
                 end_journal(ctx, program);
+                // Told once the journal says so: a station stopped after this event does not
+                // resume the replica at its next start.
+                (ctx.observer).program(ctx.me.peer_id, program, Kind::ReplicaComplete);
             }
             Done::OverloadCopied {
                 segment,
@@ -548,9 +551,6 @@ impl Replica {
                 Err((e, _)) => break Err(e),
             }
         };
-        if result.is_ok() {
-            (self.observer).program(self.me, self.program, Kind::ReplicaComplete);
-        }
         Done::Ended {
             program: self.program,
             source: self.source,
