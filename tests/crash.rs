@@ -38,6 +38,7 @@ fn program_of(bytes: &[u8]) -> vodmesh_proto::ProgramId {
         content_type: "application/octet-stream".into(),
         duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
         segments,
+        renditions: Vec::new(),
     }
     .program_id()
 }

@@ -15,6 +15,7 @@
 //! - [`terminal`]: keys that steer playback and the progress line.
 //! - [`serve`]: `vodmesh-console serve`, an HLS gateway for standard players and browsers.
 
+pub mod abr;
 mod directors;
 mod fetch;
 mod hedge;

@@ -80,9 +80,15 @@ enum Cmd {
         #[arg(long, default_value_t = 4.0, value_name = "SECONDS")]
         buffer: f64,
         /// Write playback statistics as JSON to FILE: startup_ms, bytes, segments, handoffs,
-        /// stalls, waits, engines, stations, verified, seeks, swaps, quit.
+        /// stalls, waits, engines, stations, verified, seeks, swaps, quit; for a program
+        /// with renditions also renditions (segments fetched in each) and rendition_switches.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// For a program encoded at several bitrates (`vodmesh ingest --ladder`): play this
+        /// rendition only (e.g. 720p). Without it the console picks one per segment from the
+        /// throughput it measures and its buffer.
+        #[arg(long, value_name = "NAME")]
+        rendition: Option<String>,
         /// The program id or its exact title.
         program: String,
     },
@@ -197,6 +203,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             speed,
             buffer,
             stats,
+            rendition,
             program,
         } => {
             if !(0.0..=600.0).contains(&buffer) {
@@ -210,7 +217,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             let node = director(node).await?;
             let output = Output::open(out, player).await?;
-            run_play(&node, &program, start, output, speed, stats).await
+            let target = (program.as_str(), rendition.as_deref());
+            run_play(&node, target, start, output, speed, stats).await
         }
     }
 }
@@ -352,9 +360,10 @@ impl Output {
     }
 }
 
+/// `vodmesh-console play`: `target` is the program and the rendition pinned, if any.
 async fn run_play(
     node: &Multiaddr,
-    program: &str,
+    (program, rendition): (&str, Option<&str>),
     start: f64,
     mut output: Output,
     speed: Speed,
@@ -385,17 +394,8 @@ async fn run_play(
         }
     };
     let writer = output.writer();
-    let result = play::play(
-        node,
-        &credentials,
-        program,
-        start,
-        speed,
-        writer,
-        controls,
-        progress,
-    )
-    .await;
+    let target = (node, &credentials, program, rendition);
+    let result = play::play_rendition(target, start, speed, writer, controls, progress).await;
     // The terminal leaves raw mode before anything else is printed.
     drop(keys);
     if show {

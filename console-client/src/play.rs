@@ -18,6 +18,7 @@
 //! [`crate::playback::Playback`]'s; fetching a segment is [`crate::fetch`]'s. [`play`] only
 //! drives them: fetches run as tasks of a `JoinSet`, dropped on a seek or at the end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinSet};
 use vodmesh_proto::SegmentIndex;
 
+use crate::abr::{Ladder, UnknownRendition};
 pub use crate::fetch::{AttemptError, FetchError, READ_STALL, Segment};
 use crate::hedge::Due;
 use crate::playback::{Action, Event, Playback, Run};
@@ -54,13 +56,24 @@ pub enum PlayError {
     /// A fetch task failed.
     #[error("a segment fetch failed: {0}")]
     Task(#[from] JoinError),
+    /// `--rendition` named none of the program's.
+    #[error(transparent)]
+    Rendition(#[from] UnknownRendition),
 }
 
-/// A fetch's result, as its task returns it.
-type Done = (Run, SegmentIndex, Result<Segment, FetchError>);
+/// A fetch's result, as its task returns it: its run, its position, the rendition it was
+/// fetched in, when it started and how it went.
+type Done = (
+    Run,
+    SegmentIndex,
+    Option<String>,
+    Instant,
+    Result<Segment, FetchError>,
+);
 
 /// Plays `program` from `start_s` seconds into `out`. `controls` carries the viewer's
 /// commands (pause, seek, quit); `progress` is called after every segment and twice a second.
+/// A program with renditions is played in the rendition [`crate::abr`] picks per segment.
 #[allow(clippy::too_many_arguments)]
 pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
     node: &Multiaddr,
@@ -69,15 +82,35 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
     start_s: f64,
     speed: Speed,
     out: &mut W,
+    controls: Option<mpsc::Receiver<Control>>,
+    progress: impl FnMut(&Progress<'_>),
+) -> Result<PlayStats, PlayError> {
+    let target = (node, credentials, program, None);
+    play_rendition(target, start_s, speed, out, controls, progress).await
+}
+
+/// [`play`], with a program's rendition pinned (`--rendition`): `target` is the director,
+/// the credentials, the program and the rendition's name (`None`: picked per segment).
+pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
+    (node, credentials, program, rendition): (&Multiaddr, &Credentials, &str, Option<&str>),
+    start_s: f64,
+    speed: Speed,
+    out: &mut W,
     mut controls: Option<mpsc::Receiver<Control>>,
     mut progress: impl FnMut(&Progress<'_>),
 ) -> Result<PlayStats, PlayError> {
     let began = Instant::now();
     let session = Arc::new(Session::open(node, credentials, program).await?);
-    let content = &session.manifest().content;
+    let mut ladder = Ladder::new(&session.manifest().content, rendition)?;
+    // Playback works on positions; each fetch goes to the rendition picked for it.
+    let content = Ladder::positions(&session.manifest().content);
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
     let (mut playback, mut actions) =
-        Playback::<FetchError>::start(content, speed, start_ms, began);
+        Playback::<FetchError>::start(&content, speed, start_ms, began);
+    // The rendition each position was fetched in, and when the last fetch ended (fetches
+    // from one engine take turns: a fetch's throughput is measured from then).
+    let mut fetched_in: HashMap<SegmentIndex, String> = HashMap::new();
+    let mut last_done = began;
     // Each fetch is a task of its own: it streams on (and gives its engine's slot back)
     // while an earlier segment waits for its release time. Dropped with the set, their
     // streams end and the engines report the stops.
@@ -102,20 +135,40 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
                 } => {
                     let session = session.clone();
                     let due = Due::new(clock.subscribe(), at_ms, buffer);
+                    let target = matches!(speed, Speed::Realtime { .. }).then_some(buffer);
+                    let buffered = playback.buffered(Instant::now());
+                    let (segment, name) = match ladder.as_mut() {
+                        Some(l) => {
+                            let (segment, name) = l.pick(index, buffered, target);
+                            (segment, Some(name.to_string()))
+                        }
+                        None => (index, None),
+                    };
                     fetches.spawn(async move {
-                        let fetched = session.segment_due(index, play_from, due).await;
-                        (run, index, fetched)
+                        let started = Instant::now();
+                        let fetched = session.segment_due(segment, play_from, due).await;
+                        (run, index, name, started, fetched)
                     });
                 }
                 Action::CancelFetches => fetches.abort_all(),
                 Action::Write { bytes, from } => {
                     out.write_all(bytes.get(from..).unwrap_or_default()).await?;
                 }
-                Action::Progress => progress(&playback.progress(Instant::now(), session.waits())),
+                Action::Progress => {
+                    let mut p = playback.progress(Instant::now(), session.waits());
+                    let playing = content.segment_at(p.position_ms);
+                    p.rendition = fetched_in.get(&playing).cloned();
+                    progress(&p);
+                }
                 Action::Failed(e) => return Err(e.into()),
                 Action::Finished => {
                     out.flush().await?;
-                    return Ok(playback.into_stats(session.waits()));
+                    let mut stats = playback.into_stats(session.waits());
+                    for name in fetched_in.into_values() {
+                        *stats.renditions.entry(name).or_default() += 1;
+                    }
+                    stats.rendition_switches = ladder.as_ref().map_or(0, Ladder::switches);
+                    return Ok(stats);
                 }
             }
         }
@@ -138,7 +191,17 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
             Some(joined) = fetches.join_next() => match joined {
-                Ok((run, index, result)) => Event::Fetched { run, index, result },
+                Ok((run, index, name, started, result)) => {
+                    let now = Instant::now();
+                    if let (Some(l), Ok(segment)) = (ladder.as_mut(), &result) {
+                        l.measured(segment.bytes.len() as u64, now - started.max(last_done));
+                    }
+                    last_done = now;
+                    if let Some(name) = name {
+                        fetched_in.insert(index, name);
+                    }
+                    Event::Fetched { run, index, result }
+                }
                 // A fetch of a run a seek ended.
                 Err(e) if e.is_cancelled() => continue,
                 Err(e) => return Err(e.into()),

@@ -102,6 +102,13 @@ pub struct PlayStats {
     /// Busy answers waited out: an engine at `--max-streams`, or a director with nothing
     /// free to send the console to. The console asks again; it never fails for busy.
     pub waits: u32,
+    /// For a program with renditions (an ABR ladder): segments fetched in each rendition, by
+    /// name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub renditions: std::collections::BTreeMap<String, u32>,
+    /// For a program with renditions: how often the rendition changed from one segment
+    /// fetched to the next.
+    pub rendition_switches: u32,
 }
 
 /// Where playback stands, for a progress line.
@@ -119,6 +126,8 @@ pub struct Progress<'a> {
     pub engine: Option<(PeerId, PeerId)>,
     /// Whether the viewer paused.
     pub paused: bool,
+    /// For a program with renditions: the one the segment playing was fetched in.
+    pub rendition: Option<String>,
 }
 
 /// The segments a run from segment `first` writes, in order. An fMP4 program (`init`: its
@@ -423,7 +432,13 @@ impl<'a, E> Playback<'a, E> {
             buffered_ms: self.media_ms.saturating_sub(at),
             engine: self.last,
             paused: self.paused.is_some(),
+            rendition: None,
         }
+    }
+
+    /// Media written ahead of the play position at `now`.
+    pub(crate) fn buffered(&self, now: Instant) -> Duration {
+        Duration::from_millis(self.media_ms.saturating_sub(self.position(now)))
     }
 
     /// The statistics of the whole playback, with `waits` busy answers waited out.
@@ -666,6 +681,7 @@ mod tests {
             content_type: content_type.into(),
             duration_ms: u64::from(n) * 1000,
             segments,
+            renditions: Vec::new(),
         }
     }
 

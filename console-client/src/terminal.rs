@@ -90,8 +90,9 @@ pub fn progress_line(p: &Progress<'_>) -> String {
         }
         None => "locating...".into(),
     };
+    let rendition = (p.rendition.as_deref()).map_or(String::new(), |r| format!("{r}  "));
     format!(
-        "{state:<7} {}/{}  buffer {:.1} s  {serving}  {} handoffs  {} stalls  {} waits  {:.1} MiB",
+        "{state:<7} {}/{}  {rendition}buffer {:.1} s  {serving}  {} handoffs  {} stalls  {} waits  {:.1} MiB",
         clock(p.position_ms),
         clock(p.duration_ms),
         p.buffered_ms as f64 / 1000.0,
@@ -153,10 +154,24 @@ mod tests {
             buffered_ms: 4_000,
             engine: Some((engine, station)),
             paused: true,
+            rendition: None,
         });
         assert!(
             line.starts_with("paused  1:15/1:00:00  buffer 4.0 s"),
             "{line}"
+        );
+        let ladder = progress_line(&Progress {
+            stats: &stats,
+            position_ms: 0,
+            duration_ms: 0,
+            buffered_ms: 0,
+            engine: None,
+            paused: false,
+            rendition: Some("720p".into()),
+        });
+        assert!(
+            ladder.starts_with("playing 0:00/0:00  720p  buffer"),
+            "{ladder}"
         );
         assert!(line.contains(&short(&engine)) && line.contains(&short(&station)));
         assert!(line.contains("3 handoffs"));

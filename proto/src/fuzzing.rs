@@ -126,6 +126,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 hash: SegmentHash::of(&[index as u8]),
             })
             .collect(),
+        renditions: Vec::new(),
     };
     let program = content.program_id();
     let segment = SegmentId {

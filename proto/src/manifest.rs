@@ -38,6 +38,38 @@ pub struct SegmentEntry {
     pub hash: SegmentHash,
 }
 
+/// The most renditions a program may have.
+pub const MAX_RENDITIONS: usize = 16;
+
+/// One rendition of a program encoded at several bitrates (an adaptive-bitrate ladder): its
+/// segments are `first..first + count` of the program's, aligned with every other
+/// rendition's (as many, of the same durations, each starting at a keyframe), so that a player
+/// may take segment `i` of any rendition after segment `i - 1` of any other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendition {
+    /// Its name, e.g. `720p`: 1 to 32 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// Peak bits per second over its segments (HLS `BANDWIDTH`).
+    pub bandwidth: u64,
+    /// Picture width in pixels (0: no video).
+    pub width: u32,
+    /// Picture height in pixels (0: no video).
+    pub height: u32,
+    /// Its codecs as RFC 6381 names (HLS `CODECS`), e.g. `avc1.64001f,mp4a.40.2`; may be empty.
+    pub codecs: String,
+    /// Its first segment in the program.
+    pub first: SegmentIndex,
+    /// How many segments it has (its init segment included, for fMP4).
+    pub count: u32,
+}
+
+impl Rendition {
+    /// The program's index of this rendition's segment `i` (`i` counted from its first).
+    pub fn segment(&self, i: u32) -> Option<SegmentIndex> {
+        (i < self.count).then(|| SegmentIndex(self.first.0 + i))
+    }
+}
+
 /// What defines a program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestContent {
@@ -49,6 +81,11 @@ pub struct ManifestContent {
     pub duration_ms: u64,
     /// The segments, in order, indexes 0..n.
     pub segments: Vec<SegmentEntry>,
+    /// For a program encoded at several bitrates, its renditions, which divide `segments`
+    /// among them in order; empty for a program of one rendition (which then encodes, and
+    /// hashes to its id, as before renditions existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renditions: Vec<Rendition>,
 }
 
 /// Why a manifest is not acceptable.
@@ -107,7 +144,85 @@ impl ManifestContent {
                 return bad("segment sizes must be 1 byte to 256 MiB");
             }
         }
+        self.check_renditions()
+    }
+
+    /// Checks the renditions, when there are any: at most [`MAX_RENDITIONS`], well named,
+    /// dividing the segments among them in order, each as long as the first and with the same
+    /// durations position by position.
+    fn check_renditions(&self) -> Result<(), ManifestError> {
+        let bad = |m: &str| Err(ManifestError::Malformed(m.to_string()));
+        let Some(first) = self.renditions.first() else {
+            return Ok(());
+        };
+        if self.renditions.len() > MAX_RENDITIONS {
+            return bad("a program has at most 16 renditions");
+        }
+        let mut next = 0u64;
+        for (n, r) in self.renditions.iter().enumerate() {
+            let name_ok = (1..=32).contains(&r.name.len())
+                && (r.name.bytes()).all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !name_ok {
+                return bad("rendition names are 1 to 32 of A-Z a-z 0-9 . _ -");
+            }
+            if self.renditions[..n].iter().any(|o| o.name == r.name) {
+                return bad("rendition names must differ");
+            }
+            if r.codecs.len() > 128 || !(r.codecs.bytes()).all(|b| b.is_ascii_graphic()) {
+                return bad("rendition codecs must be up to 128 printable characters");
+            }
+            if u64::from(r.first.0) != next || r.count == 0 || r.count != first.count {
+                return bad("renditions must divide the segments in order, as many each");
+            }
+            next += u64::from(r.count);
+        }
+        if next != self.segments.len() as u64 {
+            return bad("renditions must divide the segments in order, as many each");
+        }
+        for i in 0..first.count {
+            let duration = |r: &Rendition| {
+                (r.segment(i).and_then(|at| self.segment(at))).map(|e| e.duration_ms)
+            };
+            let d = duration(first);
+            if self.renditions.iter().any(|r| duration(r) != d) {
+                return bad("renditions' segments must last the same, position by position");
+            }
+        }
+        let one: u64 = (0..first.count)
+            .filter_map(|i| first.segment(i).and_then(|at| self.segment(at)))
+            .map(|e| u64::from(e.duration_ms))
+            .sum();
+        if self.duration_ms != one {
+            return bad("a program's duration is that of one of its renditions");
+        }
         Ok(())
+    }
+
+    /// The rendition named `name`.
+    pub fn rendition(&self, name: &str) -> Option<&Rendition> {
+        self.renditions.iter().find(|r| r.name == name)
+    }
+
+    /// Rendition `r` as a program of its own: its segments indexed from 0 (segment `i` of it
+    /// is the program's `r.first + i`), no renditions. `None` for a rendition not of this
+    /// program.
+    pub fn rendition_content(&self, r: &Rendition) -> Option<ManifestContent> {
+        let start = r.first.0 as usize;
+        let end = start.checked_add(r.count as usize)?;
+        let segments = (self.segments.get(start..end)?.iter())
+            .zip(0u32..)
+            .map(|(e, i)| SegmentEntry {
+                index: SegmentIndex(i),
+                ..*e
+            })
+            .collect::<Vec<_>>();
+        Some(ManifestContent {
+            title: self.title.clone(),
+            content_type: self.content_type.clone(),
+            duration_ms: segments.iter().map(|e| u64::from(e.duration_ms)).sum(),
+            segments,
+            renditions: Vec::new(),
+        })
     }
 
     /// Whether this is fMP4 HLS: segment 0 is the initialization segment (`#EXT-X-MAP`,
@@ -197,7 +312,112 @@ mod tests {
                     hash: SegmentHash::of(&[i as u8]),
                 })
                 .collect(),
+            renditions: Vec::new(),
         }
+    }
+
+    /// Three renditions of two 4 s segments each.
+    fn ladder() -> ManifestContent {
+        let mut c = content();
+        c.segments = (0..6)
+            .map(|i| SegmentEntry {
+                index: SegmentIndex(i),
+                duration_ms: 4000,
+                size: 10 + u64::from(i),
+                hash: SegmentHash::of(&[i as u8]),
+            })
+            .collect();
+        c.renditions = ["720p", "480p", "240p"]
+            .iter()
+            .zip(0u32..)
+            .map(|(name, n)| Rendition {
+                name: (*name).into(),
+                bandwidth: 1000 * u64::from(3 - n),
+                width: 0,
+                height: 0,
+                codecs: "avc1.64001f,mp4a.40.2".into(),
+                first: SegmentIndex(2 * n),
+                count: 2,
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn a_program_without_renditions_encodes_as_before_they_existed() {
+        // The CBOR of the content before `renditions` was added: the same map of four keys.
+        #[derive(Serialize)]
+        struct Before<'a> {
+            title: &'a str,
+            content_type: &'a str,
+            duration_ms: u64,
+            segments: &'a [SegmentEntry],
+        }
+        let c = content();
+        let before = Before {
+            title: &c.title,
+            content_type: &c.content_type,
+            duration_ms: c.duration_ms,
+            segments: &c.segments,
+        };
+        assert_eq!(codec::encode(&c), codec::encode(&before));
+        assert_ne!(c.program_id(), ladder().program_id());
+    }
+
+    #[test]
+    fn a_ladder_divides_its_segments_and_each_rendition_plays_alone() {
+        let c = ladder();
+        c.check().unwrap();
+        let low = c.rendition("240p").unwrap();
+        assert_eq!(low.segment(1), Some(SegmentIndex(5)));
+        assert_eq!(low.segment(2), None);
+        let alone = c.rendition_content(low).unwrap();
+        alone.check().unwrap();
+        assert_eq!(alone.segments.len(), 2);
+        assert_eq!(alone.segments[1].index, SegmentIndex(1));
+        assert_eq!(alone.segments[1].hash, c.segments[5].hash);
+        assert_eq!(alone.duration_ms, 8000);
+        let decoded: ManifestContent = codec::decode(&codec::encode(&c), MAX_MANIFEST).unwrap();
+        assert_eq!(decoded, c);
+    }
+
+    #[test]
+    fn malformed_ladders_are_refused() {
+        type Breaks = fn(&mut ManifestContent);
+        let broken: Vec<(&str, Breaks)> = vec![
+            ("a gap", |c| c.renditions[1].first = SegmentIndex(3)),
+            ("unequal counts", |c| {
+                c.renditions[2].count = 1;
+            }),
+            ("segments left over", |c| {
+                c.renditions.pop();
+            }),
+            ("a duplicate name", |c| c.renditions[1].name = "720p".into()),
+            ("a bad name", |c| c.renditions[0].name = "7 20p".into()),
+            ("an empty name", |c| c.renditions[0].name.clear()),
+            ("unaligned durations", |c| {
+                c.segments[3].duration_ms = 3000;
+            }),
+            ("the sum of all renditions as duration", |c| {
+                c.duration_ms = 24_000
+            }),
+            ("control characters in codecs", |c| {
+                c.renditions[0].codecs = "avc1\n".into();
+            }),
+        ];
+        for (what, breaks) in broken {
+            let mut c = ladder();
+            breaks(&mut c);
+            assert!(c.check().is_err(), "{what} was accepted");
+        }
+        let mut c = ladder();
+        c.renditions = (0..17)
+            .map(|n| Rendition {
+                name: format!("r{n}"),
+                ..c.renditions[0].clone()
+            })
+            .collect();
+        assert!(c.check().is_err(), "17 renditions were accepted");
     }
 
     #[test]

@@ -185,5 +185,6 @@ pub fn ingest_options(
         bitrate: ingest::DEFAULT_BITRATE,
         source: source.into(),
         progress: false,
+        ladder: Vec::new(),
     }
 }

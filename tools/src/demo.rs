@@ -147,6 +147,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
         bitrate: ingest::DEFAULT_BITRATE,
         source,
         progress: false,
+        ladder: Vec::new(),
     })
     .await?;
     println!(

@@ -61,6 +61,9 @@ pub struct IngestOptions {
     /// Hosts a playlist's segments may be fetched from besides the playlist's own
     /// (`--allow-host`).
     pub allow_hosts: Vec<String>,
+    /// Heights of an adaptive-bitrate ladder to encode the video file into (`--ladder`);
+    /// empty: the source as it is, one rendition.
+    pub ladder: Vec<u32>,
 }
 
 /// Parses `--publish-at`: `now` or an RFC 3339 time.
@@ -83,13 +86,12 @@ pub use crate::source::segment_file;
 /// Ingests as `opts` says; returns the program's catalog entry.
 pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
     let key = vodmesh_client::identity::load(&opts.key)?;
-    let source = crate::source::open(
-        &opts.source.to_string_lossy(),
-        opts.segment_size,
-        opts.bitrate,
-        &opts.allow_hosts,
-    )
-    .await?;
+    let source = if opts.ladder.is_empty() {
+        let source = opts.source.to_string_lossy();
+        crate::source::open(&source, opts.segment_size, opts.bitrate, &opts.allow_hosts).await?
+    } else {
+        crate::ladder::open(&opts.source, &opts.ladder).await?
+    };
     let mut content = source.content.clone();
     content.title = opts.title.clone();
     let program = content.program_id();

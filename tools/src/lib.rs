@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod bench;
 pub mod demo;
 pub mod ingest;
+pub mod ladder;
 pub mod programs;
 pub mod publish;
 pub mod sim;

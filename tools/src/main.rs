@@ -102,6 +102,11 @@ enum Cmd {
         /// files must be in its directory or below.
         #[arg(long, value_name = "HOST")]
         allow_host: Vec<String>,
+        /// Encode the video file as an adaptive-bitrate ladder, one rendition per height
+        /// (e.g. `1080p,720p,480p`; widths follow the source's aspect ratio), all cut at the
+        /// same keyframes, into one program that players switch between segment by segment.
+        #[arg(long, value_name = "HEIGHTS", value_delimiter = ',', value_parser = vodmesh_tools::ladder::parse_rung)]
+        ladder: Vec<u32>,
         /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
         /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
@@ -470,6 +475,7 @@ async fn run(args: Args) -> Result<()> {
             bitrate,
             progress,
             allow_host,
+            ladder,
             source,
         } => {
             let publish_at_ms = publish_at
@@ -487,6 +493,7 @@ async fn run(args: Args) -> Result<()> {
                 bitrate,
                 source,
                 progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                ladder,
             };
             let info = ingest::run(&opts).await?;
             eprintln!(

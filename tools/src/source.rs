@@ -96,7 +96,7 @@ fn installed(program: &str) -> bool {
 }
 
 /// Runs a command to completion; fails with the last line it printed on stderr.
-async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<Vec<u8>> {
+pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<Vec<u8>> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -120,18 +120,18 @@ const VIDEO_DEMUXERS: &[&str] = &[
 ];
 
 /// What ffprobe finds in a media file.
-struct Probed {
+pub(crate) struct Probed {
     /// The demuxer to force when packaging (one of [`VIDEO_DEMUXERS`]).
-    demuxer: &'static str,
+    pub(crate) demuxer: &'static str,
     /// The first video stream's codec and pixel format.
-    video: Option<(String, String)>,
+    pub(crate) video: Option<(String, String)>,
     /// The first audio stream's codec.
     audio: Option<String>,
 }
 
 /// Probes the media file `path` with ffprobe (local files only); refused unless its container
 /// is one of [`VIDEO_DEMUXERS`].
-async fn probe(path: &Path) -> Result<Probed> {
+pub(crate) async fn probe(path: &Path) -> Result<Probed> {
     let out = run_tool(
         tokio::process::Command::new("ffprobe")
             .args(["-v", "error", "-protocol_whitelist", "file"])
@@ -231,16 +231,33 @@ pub async fn package_video(path: &Path) -> Result<(tempfile::TempDir, PathBuf)> 
 /// Ingests the HLS packaging of the video file `path`.
 async fn video(path: &Path) -> Result<Source> {
     let (dir, playlist) = package_video(path).await?;
-    let text = tokio::fs::read(&playlist)
+    let (content, pieces) = hls_playlist_file(&playlist).await?;
+    Ok(Source::packaged(content, pieces, dir))
+}
+
+/// The segments of the HLS playlist ffmpeg wrote at `playlist` (its segments beside it).
+pub(crate) async fn hls_playlist_file(playlist: &Path) -> Result<(ManifestContent, Vec<Piece>)> {
+    let text = tokio::fs::read(playlist)
         .await
         .with_context(|| format!("reading {}", playlist.display()))?;
-    let (content, pieces) = hls(text, Base::Dir(dir.path().to_path_buf()), &[]).await?;
-    Ok(Source {
-        content,
-        pieces,
-        _download: None,
-        _packaged: Some(dir),
-    })
+    let dir = playlist.parent().map(Path::to_path_buf).unwrap_or_default();
+    hls(text, Base::Dir(dir), &[]).await
+}
+
+impl Source {
+    /// A source packaged in the temporary directory `dir`, deleted when it is dropped.
+    pub(crate) fn packaged(
+        content: ManifestContent,
+        pieces: Vec<Piece>,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        Self {
+            content,
+            pieces,
+            _download: None,
+            _packaged: Some(dir),
+        }
+    }
 }
 
 fn is_url(s: &str) -> bool {
@@ -389,6 +406,7 @@ pub async fn segment_file(
         content_type: content_type(&path.to_string_lossy()).to_string(),
         duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
         segments,
+        renditions: Vec::new(),
     };
     Ok((content, pieces))
 }
@@ -566,6 +584,7 @@ async fn hls(text: Vec<u8>, base: Base, allow: &[String]) -> Result<(ManifestCon
         content_type: content_type.to_string(),
         duration_ms: segments.iter().map(|s| u64::from(s.duration_ms)).sum(),
         segments,
+        renditions: Vec::new(),
     };
     Ok((content, pieces.into_iter().map(|(p, _)| p).collect()))
 }

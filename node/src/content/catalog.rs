@@ -216,6 +216,7 @@ mod tests {
             content_type: "application/octet-stream".into(),
             duration_ms: 0,
             segments: Vec::new(),
+            renditions: Vec::new(),
         };
         let me = key.public().to_peer_id();
         let manifest = Manifest::new(content, me, 1);

@@ -148,6 +148,7 @@ mod tests {
                 content_type: "application/octet-stream".into(),
                 duration_ms: 1000 * sizes.len() as u64,
                 segments,
+                renditions: Vec::new(),
             },
             publish_at_ms: None,
             replicas: 0,

@@ -185,6 +185,7 @@ pub(crate) async fn ingest_into(
         bitrate,
         source: source.clone(),
         progress: false,
+        ladder: Vec::new(),
     })
     .await
     .with_context(|| format!("ingesting {title}"))?;

@@ -1,0 +1,91 @@
+//! An adaptive-bitrate ladder (issue 22): `vodmesh ingest --ladder` encodes one video file
+//! into three renditions of one program, cut at the same instants; the console plays each
+//! rendition pinned (`--rendition`) frame for frame at its own height, and unpinned picks per
+//! segment, still frame for frame, saying which renditions it fetched.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use vodmesh_tests::cli::{Ingest, Play};
+use vodmesh_tests::media::{count_frames, decode, make_video, start_home};
+use vodmesh_tests::require;
+
+/// The test video: 12 s at 25 frames/s, 640x360.
+const SECONDS: u32 = 12;
+
+/// The picture height of the first video stream of `file`, by ffprobe.
+fn height(file: &str) -> Result<u32> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=height", "-of", "csv=p=0"])
+        .arg(file)
+        .output()?;
+    ensure!(out.status.success(), "ffprobe {file} failed");
+    let text = String::from_utf8(out.stdout)?;
+    (text.lines().map(|l| l.trim().trim_end_matches(',')))
+        .find(|l| !l.is_empty())
+        .context("no height")?
+        .parse()
+        .with_context(|| format!("ffprobe printed {text:?}"))
+}
+
+#[test]
+fn a_ladder_of_three_renditions_plays_each_frame_for_frame_and_the_console_picks_among_them()
+-> Result<()> {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let video = dir.path().join("card.mp4");
+    make_video(&video, SECONDS)?;
+    let frames = count_frames(&video.to_string_lossy())?;
+
+    let (home, console) = start_home(dir.path())?;
+    let program = Ingest::new(&home.addr, &home.key(), "ladder", &video)
+        .publish_now()
+        .args(&["--ladder", "360p,240p,144p"])
+        .run()?;
+
+    for (name, expected) in [("360p", 360), ("240p", 240), ("144p", 144)] {
+        let played = Play::new(&console, &home.addr, &program)
+            .files(dir.path(), name)
+            .args(&["--rendition", name])
+            .run()?;
+        let out = dir.path().join(format!("{name}.out"));
+        let file = out.to_string_lossy();
+        assert_eq!(decode(&file)?, frames, "{name}: every frame of the source");
+        assert_eq!(height(&file)?, expected, "{name}: its own height");
+        assert_eq!(played.stats["verified"], true);
+        assert_eq!(played.stats["rendition_switches"], 0, "{name}: pinned");
+        let segments = played.stats["renditions"][name].as_u64();
+        assert_eq!(
+            segments,
+            played.stats["segments"].as_u64(),
+            "{name}: only it"
+        );
+    }
+
+    // Unpinned: the console starts on the lowest rendition and climbs as it measures the
+    // loopback's throughput; whatever it picks, the frames are all there.
+    let picked = Play::new(&console, &home.addr, &program)
+        .files(dir.path(), "picked")
+        .run()?;
+    let file = dir.path().join("picked.out");
+    assert_eq!(
+        decode(&file.to_string_lossy())?,
+        frames,
+        "picked: every frame"
+    );
+    let used = (picked.stats["renditions"].as_object()).context("renditions in --stats")?;
+    assert!(used.contains_key("144p"), "it starts low: {used:?}");
+    let total: u64 = used.values().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(Some(total), picked.stats["segments"].as_u64());
+
+    // A rendition the program does not have is one line, not a panic.
+    let refused = Play::new(&console, &home.addr, &program)
+        .args(&["--rendition", "4k"])
+        .refused()?;
+    assert!(refused.contains("no rendition \"4k\""), "{refused}");
+    assert!(refused.contains("360p, 240p, 144p"), "{refused}");
+    Ok(())
+}
