@@ -1,7 +1,8 @@
 //! An adaptive-bitrate ladder (issue 22): `vodmesh ingest --ladder` encodes one video file
 //! into three renditions of one program, cut at the same instants; the console plays each
 //! rendition pinned (`--rendition`) frame for frame at its own height, and unpinned picks per
-//! segment, still frame for frame, saying which renditions it fetched.
+//! segment, still frame for frame, saying which renditions it fetched. An HLS master
+//! playlist is ingested with its variants as renditions.
 
 use std::process::Command;
 
@@ -87,5 +88,81 @@ fn a_ladder_of_three_renditions_plays_each_frame_for_frame_and_the_console_picks
         .refused()?;
     assert!(refused.contains("no rendition \"4k\""), "{refused}");
     assert!(refused.contains("360p, 240p, 144p"), "{refused}");
+    Ok(())
+}
+
+/// Packages `video` as an HLS master playlist of two video-only variants (360 and 240 lines),
+/// keyframes every 4 s in both; returns the master playlist.
+fn package_master(video: &std::path::Path, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-i"])
+        .arg(video)
+        .args([
+            "-filter_complex",
+            "[0:v]split=2[a][b];[a]scale=-2:360[v0];[b]scale=-2:240[v1]",
+        ])
+        .args([
+            "-map",
+            "[v0]",
+            "-map",
+            "[v1]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ])
+        // Without bitrates ffmpeg leaves the variants out of the master playlist.
+        .args(["-b:v:0", "800k", "-b:v:1", "400k"])
+        .args([
+            "-force_key_frames",
+            "expr:gte(t,n_forced*4)",
+            "-sc_threshold",
+            "0",
+        ])
+        .args(["-f", "hls", "-hls_time", "4", "-hls_playlist_type", "vod"])
+        .args([
+            "-var_stream_map",
+            "v:0 v:1",
+            "-master_pl_name",
+            "master.m3u8",
+        ])
+        .arg("-hls_segment_filename")
+        .arg(dir.join("v%v_%03d.ts"))
+        .arg(dir.join("v%v.m3u8"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ffmpeg could not package a master playlist: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir.join("master.m3u8"))
+}
+
+#[test]
+fn a_master_playlist_is_ingested_with_its_variants_as_renditions() -> Result<()> {
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let video = dir.path().join("card.mp4");
+    make_video(&video, SECONDS)?;
+    let frames = count_frames(&video.to_string_lossy())?;
+    let master = package_master(&video, &dir.path().join("hls"))?;
+
+    let (home, console) = start_home(dir.path())?;
+    let program = Ingest::new(&home.addr, &home.key(), "master", &master)
+        .publish_now()
+        .run()?;
+    for (name, expected) in [("360p", 360), ("240p", 240)] {
+        Play::new(&console, &home.addr, &program)
+            .files(dir.path(), name)
+            .args(&["--rendition", name])
+            .run()?;
+        let out = dir.path().join(format!("{name}.out"));
+        let file = out.to_string_lossy();
+        assert_eq!(decode(&file)?, frames, "{name}: every frame of the source");
+        assert_eq!(height(&file)?, expected, "{name}: its own height");
+    }
     Ok(())
 }

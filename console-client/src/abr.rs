@@ -15,6 +15,9 @@
 //!   time as the throughput allows.
 //! - At `--speed max` there is no play clock to protect: the throughput alone decides.
 //! - `--rendition NAME` pins one rendition.
+//! - An fMP4 program keeps the rendition it starts with: each rendition has its own
+//!   initialization segment, which playback writes once per run (not switching there is a
+//!   limit of this first version).
 //!
 //! Pure: it takes its measurements and returns its choices; [`crate::play`] applies them.
 
@@ -53,6 +56,9 @@ pub struct Ladder {
     throughput: Option<f64>,
     /// Picks that changed the rendition.
     switches: u32,
+    /// An fMP4 program: each rendition has its own initialization segment, which playback
+    /// writes once per run, so the first rendition picked is kept.
+    sticky: bool,
 }
 
 impl Ladder {
@@ -92,6 +98,7 @@ impl Ladder {
             current: None,
             throughput: None,
             switches: 0,
+            sticky: content.has_init_segment(),
         }))
     }
 
@@ -125,6 +132,9 @@ impl Ladder {
     fn choose(&self, buffered: Duration, target: Option<Duration>) -> usize {
         if let Some(pinned) = self.pinned {
             return pinned;
+        }
+        if let (true, Some(current)) = (self.sticky, self.current) {
+            return current;
         }
         let lowest = self.renditions.len() - 1;
         let Some(throughput) = self.throughput else {
@@ -277,6 +287,20 @@ mod tests {
         assert_eq!(pinned.switches(), 0);
         let unknown = Ladder::new(&content(), Some("4k")).unwrap_err().to_string();
         assert!(unknown.contains("1080p, 720p, 360p"), "{unknown}");
+    }
+
+    #[test]
+    fn an_fmp4_program_keeps_its_first_rendition() {
+        let mut c = content();
+        c.content_type = vodmesh_proto::manifest::FMP4.into();
+        for r in 0..3 {
+            c.segments[r * 3].duration_ms = 0;
+        }
+        let mut ladder = Ladder::new(&c, None).unwrap().unwrap();
+        assert_eq!(ladder.pick(SegmentIndex(0), EMPTY, TARGET).1, "360p");
+        at_mbps(&mut ladder, 20.0);
+        assert_eq!(ladder.pick(SegmentIndex(1), FULL, TARGET).1, "360p");
+        assert_eq!(ladder.switches(), 0);
     }
 
     #[test]

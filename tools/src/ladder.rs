@@ -20,11 +20,11 @@ use crate::source::{self, HLS_SEGMENT_SECONDS, Piece, Source};
 
 /// One encoded rung: its rendition's name, its segments and where they are, and its
 /// picture: width, height and RFC 6381 codecs.
-struct Rung {
-    name: String,
-    content: ManifestContent,
-    pieces: Vec<Piece>,
-    picture: (u32, u32, String),
+pub(crate) struct Rung {
+    pub(crate) name: String,
+    pub(crate) content: ManifestContent,
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) picture: (u32, u32, String),
 }
 
 /// The tallest rung accepted (8K).
@@ -220,7 +220,7 @@ fn avc1(profile: &str, level: u64) -> String {
 
 /// The rungs' segments as one program, rung after rung, with its renditions; refused when
 /// ffmpeg did not cut every rung at the same instants.
-fn combine(rendered: Vec<Rung>) -> Result<(ManifestContent, Vec<Piece>)> {
+pub(crate) fn combine(rendered: Vec<Rung>) -> Result<(ManifestContent, Vec<Piece>)> {
     let Some(Rung { content: top, .. }) = rendered.first() else {
         bail!("a ladder of no rung");
     };
