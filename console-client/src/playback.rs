@@ -676,6 +676,7 @@ mod tests {
             director,
             filling: false,
             swap: false,
+            http: None,
         }
     }
 

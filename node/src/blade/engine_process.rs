@@ -148,6 +148,7 @@ pub async fn start_engine(
     let net = engine::EngineNet {
         listen: config.listen.clone(),
         announce: config.announce.clone(),
+        http: None,
     };
     let handle = engine::start(
         0,
@@ -232,6 +233,7 @@ pub async fn start_engine(
             capacity: config.capacity,
             up: false,
             disks: Vec::new(),
+            http: None,
         },
     };
     tasks.spawn(attach.run(shutdown));

@@ -203,6 +203,7 @@ impl EngineTable {
             director,
             filling,
             swap,
+            http: engine.http,
         })
     }
 
@@ -284,9 +285,11 @@ impl EngineTable {
                 };
                 // The same engine coming back keeps its store's figures until its next usage
                 // report (which follows its ready report) says otherwise.
-                let disks = match &engine.info {
-                    Some(old) if old.peer_id == peer_id => old.disks.clone(),
-                    _ => Vec::new(),
+                // And its HTTP address: an engine's report does not carry it, its station
+                // knew it when it started the engine.
+                let (disks, http) = match &engine.info {
+                    Some(old) if old.peer_id == peer_id => (old.disks.clone(), old.http),
+                    _ => (Vec::new(), None),
                 };
                 engine.info = Some(EngineInfo {
                     peer_id,
@@ -297,6 +300,7 @@ impl EngineTable {
                     capacity,
                     up: true,
                     disks,
+                    http,
                 });
                 Heard::Changed
             }
