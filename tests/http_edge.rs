@@ -337,3 +337,142 @@ fn players_reach_every_segment_through_a_director_redirect_with_signed_urls() ->
     }
     Ok(())
 }
+
+/// A URL token for `program` signed by `issuer` (a test's own, which the stations trust).
+fn url_token(issuer: &Issuer, program: ProgramId) -> Result<String> {
+    let now = vodmesh_proto::time::now_ms();
+    let claims = Claims {
+        issuer: issuer.public(),
+        subject: libp2p::PeerId::random(),
+        audience: Audience::Url,
+        rights: Rights::Programs(vec![program]),
+        not_before_ms: now,
+        expires_ms: now + 3_600_000,
+        id: TokenId::random(),
+        user: None,
+        roles: None,
+        addr: None,
+    };
+    Ok(to_url_param(&issuer.sign(&claims)?))
+}
+
+/// GETs `url` once, off the runtime's workers.
+async fn get_once_async(url: String) -> Result<Once> {
+    tokio::task::spawn_blocking(move || get_once(&url, &[])).await?
+}
+
+/// An engine taken out of service is redirected to no more: the director's next redirect for
+/// a segment it held goes to another engine, which serves the same bytes, while the stopped
+/// engine's port answers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_engine_is_passed_over_by_the_next_redirect() -> Result<()> {
+    use vodmesh_node::events::Kind;
+    use vodmesh_tests::media::random_file;
+    use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+    use vodmesh_tools::ingest::{self, IngestOptions};
+
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let players = Issuer::generate();
+    let http = |c: &mut vodmesh_node::StationConfig| c.http = Some(([127, 0, 0, 1], 0).into());
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir)
+        .home()
+        .trusting(&players)
+        .with(http)
+        .start()
+        .await?;
+    let b = swarm::station(dir.path().join("b"))
+        .engines(2)
+        .trusting(&players)
+        .with(http)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    const SEGMENT: usize = 128 * 1024;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 4 * SEGMENT, 22)?;
+    let mut events = b.subscribe();
+    let key = home_dir.join("identity.key");
+    let info = ingest::run(&IngestOptions {
+        publish_at_ms: Some(vodmesh_proto::time::now_ms()),
+        replicas: 1,
+        segment_size: SEGMENT as u64,
+        ..ingest_options(&home, &key, "to lose", source)
+    })
+    .await?;
+    wait::event(
+        &mut events,
+        &mut Vec::new(),
+        "b's replica",
+        Duration::from_secs(60),
+        |e| e.program == info.program && e.peer == b.peer_id() && e.kind == Kind::ReplicaComplete,
+    )
+    .await?;
+    let token = url_token(&players, info.program)?;
+    let director = b.http_addr().context("b serves no HTTP")?;
+    let engine0 = b.engines[0].http.context("b's engine 0 serves no HTTP")?;
+    let segment_url =
+        |i: usize| format!("http://{director}/v/{}/{i}.ts?token={token}", info.program);
+    let points_at = |once: &Once, engine: SocketAddr| {
+        (once.location.as_deref()).is_some_and(|l| l.starts_with(&format!("http://{engine}/")))
+    };
+    // A segment b's engine 0 serves (b's replica spreads over both engines).
+    let mut held = None;
+    for i in 0..4 {
+        let once = get_once_async(segment_url(i)).await?;
+        ensure!(
+            once.reply.status == 302,
+            "segment {i}: {}",
+            once.reply.text()
+        );
+        if points_at(&once, engine0) {
+            held = Some((i, once.location.unwrap_or_default()));
+            break;
+        }
+    }
+    let (index, at_engine0) = held.context("no segment redirected to b's engine 0")?;
+    let expected = &bytes[index * SEGMENT..(index + 1) * SEGMENT];
+    let served = get_once_async(at_engine0.clone()).await?;
+    ensure!(served.reply.status == 200 && served.reply.body == expected);
+
+    b.stop_engine(0).await?;
+    // The director hears the engine go down; from then on it sends players elsewhere.
+    let next = std::sync::Arc::new(std::sync::Mutex::new(None));
+    wait::until(
+        "a redirect away from the stopped engine",
+        Duration::from_secs(30),
+        || {
+            let (url, next) = (segment_url(index), next.clone());
+            async move {
+                let once = get_once_async(url).await?;
+                let moved = once.reply.status == 302 && !points_at(&once, engine0);
+                if moved && let Ok(mut next) = next.lock() {
+                    *next = once.location;
+                }
+                Ok(moved)
+            }
+        },
+    )
+    .await?;
+    let next = next.lock().ok().and_then(|n| n.clone());
+    let elsewhere = next.context("no redirect")?;
+    let served = get_once_async(elsewhere.clone()).await?;
+    ensure!(
+        served.reply.status == 200,
+        "{elsewhere}: {}",
+        served.reply.text()
+    );
+    ensure!(
+        served.reply.body == expected,
+        "bytes from {elsewhere} differ"
+    );
+    // The stopped engine's port serves nothing any more.
+    ensure!(
+        get_once_async(at_engine0).await.is_err(),
+        "the stopped engine still answers"
+    );
+    b.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
