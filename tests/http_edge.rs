@@ -476,3 +476,70 @@ async fn a_stopped_engine_is_passed_over_by_the_next_redirect() -> Result<()> {
     home.shutdown().await;
     Ok(())
 }
+
+/// An engine in a process of its own (`vodmesh-node engine --http`) serves HTTP as an
+/// in-process one does: its director's redirect names its port, and it serves the bytes.
+#[test]
+fn an_engine_process_serves_http_players_through_its_director() -> Result<()> {
+    use vodmesh_tests::cli::{Ingest, keygen};
+    use vodmesh_tests::media::random_file;
+    use vodmesh_tests::process::EngineProcess;
+
+    let dir = tempfile::tempdir()?;
+    let engine_data = dir.path().join("engine");
+    let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
+    let home = station(
+        Node::new(&dir.path().join("home"))
+            .engines(0)
+            .args(&["--engine-peer", &engine_peer])
+            .home(),
+    )
+    .start()?;
+    let issuer = home.issuer()?;
+    let args = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--trust",
+        &issuer,
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let _engine = EngineProcess::start_in(None, &engine_data, &home.addr, &args)?;
+    wait::blocking("the engine to attach", Duration::from_secs(20), || {
+        Ok(status::engines_up(&home.addr)? == vec![(engine_peer.clone(), true)])
+    })?;
+    const SEGMENT: usize = 256 * 1024;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 3 * SEGMENT, 5)?;
+    let program = Ingest::new(&home.addr, &home.key(), "remote", &source)
+        .publish_now()
+        .segment_size(SEGMENT)
+        .run()?;
+    let token = signed_by_home(
+        &home,
+        program.parse()?,
+        vodmesh_proto::time::now_ms() + 3_600_000,
+    )?;
+    let director = Edge::of(&home)?.director;
+    for i in 0..3 {
+        let url = format!("http://{director}/v/{program}/{i}.ts?token={token}");
+        let once = get_once(&url, &[])?;
+        ensure!(
+            once.reply.status == 302,
+            "segment {i}: {}",
+            once.reply.text()
+        );
+        let to = once.location.context("no Location")?;
+        ensure!(
+            !to.starts_with(&format!("http://{director}/")),
+            "redirected to the director: {to}"
+        );
+        let served = get_once(&to, &[])?;
+        ensure!(served.reply.status == 200, "{to}: {}", served.reply.text());
+        ensure!(
+            served.reply.body == bytes[i * SEGMENT..(i + 1) * SEGMENT],
+            "segment {i}: bytes differ"
+        );
+    }
+    Ok(())
+}

@@ -132,6 +132,7 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
         max_streams: args.max_streams,
         trust: args.trust,
         metrics: args.metrics,
+        http: args.http,
     };
     let engine = vodmesh_node::blade::start_engine(config, stopped)
         .await
@@ -142,6 +143,9 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
     }
     if let Some(addr) = engine.metrics_addr {
         println!("metrics http://{addr}/metrics");
+    }
+    if let Some(addr) = engine.http_addr {
+        println!("http http://{addr}/");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -195,6 +195,8 @@ pub struct Args {
 
 /// The subcommands of `vodmesh-node`.
 #[derive(clap::Subcommand, Debug)]
+// Parsed once per process: the size of `EngineArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Sub {
     /// Runs one engine in a process of its own, attached to its station's director
     /// (deployment mode b). Prints `engine <MULTIADDR>` once it listens; reattaches by itself
@@ -246,6 +248,11 @@ pub struct EngineArgs {
     /// vodmesh_engine_up). Prints `metrics http://ADDR:PORT/metrics`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve segments to standard players over HTTP here (its director redirects them from
+    /// its own --http), as a station's engines do. Prints `http http://ADDR:PORT/`. Port 0
+    /// picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `--coords LAT,LON`: two numbers in range.

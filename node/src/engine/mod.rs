@@ -355,6 +355,7 @@ pub async fn start(
     let ready = EngineEvent::Ready {
         peer_id,
         addrs: addrs.clone(),
+        http,
     };
     reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
