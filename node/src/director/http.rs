@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use libp2p::PeerId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,7 +33,7 @@ use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{ProgramId, SegmentId};
 
-use crate::edge::{Named, admit, line, token_param};
+use crate::edge::{Guarded, Named, STALL, admit, line, token_param};
 
 /// Requests of the HTTP edge queued for the loop, at most; past this a player is told to retry.
 pub(super) const QUEUE: usize = 256;
@@ -98,6 +99,7 @@ impl Server {
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
+        let listener = Guarded::new(listener, STALL).tap_io(|_| ());
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -13,7 +13,9 @@
 //! shared with the libp2p streams. The director hears of every start and end, so its view of
 //! this engine's load counts HTTP clients too (the console is the token's subject).
 //!
-//! A refusal is a 403 with the one-line reason; a full engine a 503 with `Retry-After`.
+//! A refusal is a 403 with the one-line reason; a full engine a 503 with `Retry-After`. A
+//! player that stops reading for [`STALL`] loses its connection and gives its place back
+//! ([`crate::edge::Stalling`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use libp2p::PeerId;
 use tokio_util::sync::CancellationToken;
 use vodmesh_proto::SegmentId;
@@ -35,7 +38,7 @@ use super::Reporter;
 use super::embargo::Embargoes;
 use super::stream::{ActiveStream, Load};
 use crate::control::EngineEvent;
-use crate::edge::{Named, Refused, admit, line};
+use crate::edge::{Guarded, Named, Refused, STALL, admit, line};
 use crate::peer_slots::PeerSlots;
 use crate::store::{Reader, SegmentStore};
 
@@ -75,6 +78,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, edge: Edge) {
         .route("/v/{program}/{file}", get(segment))
         .with_state(edge);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let listener = Guarded::new(listener, STALL).tap_io(|_| ());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
