@@ -60,9 +60,13 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
         "registry",
         "store",
         "footprint",
+        "edge",
     ] {
         let s = json.get(section).with_context(|| format!("no {section}"))?;
         assert!(s.get("error").is_none(), "{section} failed: {s}");
+    }
+    for f in ["edge_one_client_mb_s", "edge_many_clients_mb_s"] {
+        positive(&json, &["edge", f])?;
     }
     assert_eq!(json["machine"]["quick"], true);
     positive(&json, &["machine", "cpus"])?;

@@ -333,6 +333,7 @@ async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires
             max_streams: 8,
             trust: vec![issuer],
             metrics: None,
+            http: None,
         },
         stopped,
     )

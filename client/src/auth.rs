@@ -252,6 +252,7 @@ mod tests {
                     id: TokenId::random(),
                     user: None,
                     roles: None,
+                    addr: None,
                 })
                 .unwrap()
         };
@@ -294,6 +295,7 @@ mod tests {
             counters: Default::default(),
             certificate: None,
             revoked: vec![],
+            http: None,
         };
         assert!(
             AuthServer::from_record(&record).is_none(),
@@ -313,6 +315,7 @@ mod tests {
                     auth,
                     ..Roles::default()
                 }),
+                addr: None,
             };
             Some(issuer.sign(&claims).unwrap().into())
         };

@@ -135,6 +135,27 @@ enum Cmd {
         #[arg(long, value_name = "KEY", env = "VODMESH_ACCESS_KEY", value_parser = access_key)]
         access_key: Option<String>,
     },
+    /// Prints a URL that plays a program (by id or exact title) in any standard player
+    /// (ffplay, VLC, Safari, hls.js): the HLS playlist of a station's HTTP edge
+    /// (`vodmesh-node --http`), carrying a URL token of the logged-in subscriber.
+    ///
+    /// The token is asked of the auth server in exchange for the console token of
+    /// `vodmesh-console login`; it opens this program only, until it expires, and from
+    /// --addr only when given. Whoever has the URL watches as you until then.
+    Url {
+        /// The director whose HTTP edge the URL names, ending in /p2p/<peer id>. Default:
+        /// VODMESH_NODE, else the swarm remembered at login.
+        #[arg(long, value_name = "MULTIADDR")]
+        node: Option<Multiaddr>,
+        /// Lifetime of the URL, seconds (the auth server caps it; default its own, 6 h).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+        /// Bind the URL to players at these addresses (`203.0.113.0/24`, or one address).
+        #[arg(long, value_name = "ADDR[/BITS]")]
+        addr: Option<vodmesh_proto::token::AddrPrefix>,
+        /// The program id or its exact title.
+        program: String,
+    },
     /// Asks a director for its station record and prints it.
     Ping {
         /// The director's address, ending in /p2p/<peer id>. Default: VODMESH_NODE, else the
@@ -180,6 +201,12 @@ async fn director(node: Option<Multiaddr>) -> Result<Multiaddr> {
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Ping { node } => ping(&director(node).await?).await,
+        Cmd::Url {
+            node,
+            ttl,
+            addr,
+            program,
+        } => url(&director(node).await?, &program, ttl, addr).await,
         // Handled in `main`, before the runtime starts.
         Cmd::Docs(_) => Ok(()),
         Cmd::Ls { node, json } => ls(&director(node).await?, json).await,
@@ -424,6 +451,80 @@ async fn ping(node: &Multiaddr) -> Result<()> {
         }
         other => Err(DirectorError::unexpected(&other).into()),
     }
+}
+
+/// `vodmesh-console url`: the director's HTTP edge, the program, a URL token.
+async fn url(
+    node: &Multiaddr,
+    program: &str,
+    ttl: Option<u64>,
+    addr: Option<vodmesh_proto::token::AddrPrefix>,
+) -> Result<()> {
+    let home = Home::from_env()?;
+    let token_path = home.token_path("console");
+    if !token_path.exists() {
+        bail!("not logged in: run vodmesh-console login first");
+    }
+    let key = home.identity()?;
+    let console_token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
+    let client = Arc::new(DirectorClient::connect(node, Some(key.clone())).await?);
+    let program = play::resolve(&client, program).await?;
+    let record = match client.call(Request::Station).await? {
+        Response::Station(signed) => StationRecord::verify(&signed, now_ms())?,
+        other => return Err(DirectorError::unexpected(&other).into()),
+    };
+    let Some(http) = record.http else {
+        bail!("this station serves no HTTP: start it with --http, or name another with --node");
+    };
+    // A director on every interface is reached at the host --node names.
+    let host = if http.ip().is_unspecified() {
+        host_of(node).context("--node names no IP address or host name")?
+    } else {
+        http.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let server = find_auth_server(node, key.clone()).await?;
+    let issuer = vodmesh_proto::token::Claims::peek(&console_token)?.issuer;
+    if server.issuer != issuer {
+        bail!(
+            "the auth server signs with {}, not with {issuer}, the issuer of this console's token: log in again",
+            server.issuer
+        );
+    }
+    let auth = AuthClient::connect(&server, key).await?;
+    let request = vodmesh_proto::auth::Request::UrlToken {
+        token: serde_bytes::ByteBuf::from(console_token),
+        program: Some(program),
+        addr,
+        ttl_s: ttl,
+    };
+    let token = auth.token(request).await?;
+    // Checked as an engine will check it, from an address the token allows.
+    let from = addr.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip);
+    (server.trusted())
+        .verify_url(&token, now_ms(), &program, from)
+        .context("the auth server returned an invalid URL token")?;
+    let token = vodmesh_proto::token::to_url_param(&token);
+    println!(
+        "http://{host}:{}/v/{program}/index.m3u8?token={token}",
+        http.port()
+    );
+    Ok(())
+}
+
+/// The IP address or DNS name a multiaddr dials.
+fn host_of(addr: &Multiaddr) -> Option<String> {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.to_string()),
+        Protocol::Ip6(ip) => Some(ip.to_string()),
+        Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => Some(name.to_string()),
+        _ => None,
+    })
 }
 
 async fn login(

@@ -174,6 +174,7 @@ mod tests {
                 id: TokenId::random(),
                 user: None,
                 roles: Some(granted),
+                addr: None,
             })
             .unwrap();
         StationRecord {
@@ -194,6 +195,7 @@ mod tests {
             counters: Default::default(),
             certificate: Some(certificate.into()),
             revoked: vec![],
+            http: None,
         }
         .sign(key)
     }

@@ -692,6 +692,7 @@ mod tests {
             director,
             filling: false,
             swap: false,
+            http: None,
         }
     }
 

@@ -67,6 +67,13 @@ pub struct StationConfig {
     /// An ingest that stores no segment for this long is given up and its segments dropped
     /// (`--ingest-timeout`).
     pub ingest_timeout: std::time::Duration,
+    /// Where the director answers standard players over HTTP (`--http`): HLS playlists and
+    /// redirects to the engines, which then serve HTTP too. Port 0 picks a free one; once the
+    /// station started, the bound address.
+    pub http: Option<std::net::SocketAddr>,
+    /// Where each engine serves HTTP (`--engine-http`, engine i the i-th); an engine without
+    /// one listens on the `--http` host at a system-chosen port.
+    pub engine_http: Vec<std::net::SocketAddr>,
 }
 
 /// The default of [`StationConfig::ingest_timeout`]: longer than a client waits for one
@@ -102,6 +109,8 @@ impl StationConfig {
             metrics_addr: None,
             engine_peers: Vec::new(),
             ingest_timeout: INGEST_TIMEOUT,
+            http: None,
+            engine_http: Vec::new(),
         }
     }
 }

@@ -75,6 +75,10 @@ pub enum EngineEvent {
         peer_id: PeerId,
         /// Where it listens.
         addrs: Vec<Multiaddr>,
+        /// Where it serves HTTP (`--http`), if it does (absent from engines of earlier
+        /// releases).
+        #[serde(default)]
+        http: Option<std::net::SocketAddr>,
     },
     /// A segment was stored, verified and committed.
     Stored {

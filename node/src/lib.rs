@@ -4,6 +4,7 @@
 //! - [`station`]: starts a station (director + N engines) and stops it.
 //! - [`director`]: the station's director peer: the registry server, the control protocol
 //!   `/vodmesh/director/1`, the station record it republishes.
+//! - `edge`: the HTTP edge's shared plumbing (`--http`: URL tokens, paths, one-line answers).
 //! - [`engine`]: one engine peer, with its own identity and listen addresses (the seed's blade).
 //! - [`store`]: an engine's segment store: independent I/O channels per disk, a redb index,
 //!   crash-safe verified writes, eviction; and the director's segment location table.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod director;
+pub(crate) mod edge;
 pub mod engine;
 pub mod events;
 pub(crate) mod expiring;

@@ -75,6 +75,8 @@ async fn run(args: Args) -> Result<()> {
     config.registry.provider_ttl = args.provider_ttl.map(Duration::from_secs);
     config.metrics_addr = args.metrics;
     config.engine_peers = args.engine_peers;
+    config.http = args.http;
+    config.engine_http = args.engine_http;
     let drain_timeout = Duration::from_secs(args.drain_timeout);
 
     let station = Station::start(config)
@@ -91,6 +93,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(addr) = station.metrics_addr() {
         println!("metrics http://{addr}/metrics");
+    }
+    if let Some(addr) = station.http_addr() {
+        println!("http http://{addr}/");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -127,6 +132,7 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
         max_streams: args.max_streams,
         trust: args.trust,
         metrics: args.metrics,
+        http: args.http,
     };
     let engine = vodmesh_node::blade::start_engine(config, stopped)
         .await
@@ -137,6 +143,9 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
     }
     if let Some(addr) = engine.metrics_addr {
         println!("metrics http://{addr}/metrics");
+    }
+    if let Some(addr) = engine.http_addr {
+        println!("http http://{addr}/");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

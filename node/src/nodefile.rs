@@ -39,6 +39,9 @@ pub struct PeerEntry {
     /// addresses, then every address it listens on (a listener on 0.0.0.0 at every address
     /// of the host), loopback last.
     pub addrs: Vec<Multiaddr>,
+    /// Where it serves HTTP (`--http`), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// The contents of `node.json`.

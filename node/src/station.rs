@@ -122,6 +122,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The `--http` address cannot be bound.
+    #[error("cannot serve HTTP on {addr}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The director did not start.
     #[error(transparent)]
     Director(#[from] director::StartError),
@@ -171,7 +180,7 @@ pub enum StopError {
 impl Station {
     /// Starts a station as `config` says, writes `DATA/node.json`, and returns once the
     /// director and every engine listen.
-    pub async fn start(config: StationConfig) -> Result<Self, StartError> {
+    pub async fn start(mut config: StationConfig) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
             path: config.data.clone(),
             source,
@@ -224,6 +233,9 @@ impl Station {
             let net = engine::EngineNet {
                 listen: crate::listen::engine_listen(&config.listen, index)?,
                 announce: crate::listen::engine_announce(&config.announce, index)?,
+                // `--engine-http` i, else the `--http` host at a port of its own.
+                http: (config.engine_http.get(index).copied())
+                    .or_else(|| config.http.map(|d| SocketAddr::new(d.ip(), 0))),
             };
             let handle = engine::start(
                 index,
@@ -260,10 +272,23 @@ impl Station {
                     capacity: config.capacity,
                     up: true,
                     disks,
+                    http: e.http,
                 }
             })
             .collect();
         let data = config.data.clone();
+        // Bound before the director starts, so that its record names the port it got.
+        let http_listener = match config.http {
+            Some(addr) => {
+                let listener = (tokio::net::TcpListener::bind(addr).await)
+                    .map_err(|source| StartError::Http { addr, source })?;
+                let bound =
+                    (listener.local_addr()).map_err(|source| StartError::Http { addr, source })?;
+                config.http = Some(bound);
+                Some((listener, trusted.clone()))
+            }
+            None => None,
+        };
         // Bound before the director starts, so a taken port fails the start, not later.
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some((
@@ -325,8 +350,10 @@ impl Station {
             auth: auth_server.clone(),
             draining: draining.clone(),
             certificate: certificate_rx,
+            http: http_listener,
         };
         let membership = config.data.join(engines::MEMBERSHIP_FILE);
+        let http_addr = config.http;
         let dir = director::start(
             director_key.clone(),
             config,
@@ -423,12 +450,14 @@ impl Station {
             director: PeerEntry {
                 peer_id: dir.peer_id,
                 addrs: dir.addrs.clone(),
+                http: http_addr,
             },
             engines: engines
                 .iter()
                 .map(|e| PeerEntry {
                     peer_id: e.peer_id,
                     addrs: e.addrs.clone(),
+                    http: e.http,
                 })
                 .collect(),
             issuer: issuer.map(|k| k.to_string()),
@@ -495,6 +524,11 @@ impl Station {
     /// Where `/metrics` and the status page are served (`--metrics`), once bound.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the director serves standard players over HTTP (`--http`), once bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.director.http
     }
 
     /// The station's metrics (what `/metrics` serves).

@@ -30,11 +30,12 @@ use libp2p::identity::Keypair;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use crate::ProgramId;
 use crate::admin::AdminClaim;
 use crate::codec::Limits;
 use crate::signed::Signed;
 use crate::station::Roles;
-use crate::token::Rights;
+use crate::token::{AddrPrefix, Rights};
 
 /// The protocol name.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/auth/1");
@@ -163,6 +164,20 @@ pub enum Request {
         /// The admin acting through this connection ([`Request::prove_admin`]).
         proof: Option<Signed>,
     },
+    /// A URL token ([`crate::token::Audience::Url`]) for a standard player, in exchange for a
+    /// console token of this issuer that is still valid and presented by its own subject:
+    /// bound to `program` (or every program the subscriber may watch), expiring within the
+    /// server's limit, and to client addresses in `addr` when given.
+    UrlToken {
+        /// The console token.
+        token: serde_bytes::ByteBuf,
+        /// The program; `None`: the subscriber's rights as they are.
+        program: Option<ProgramId>,
+        /// Client addresses the token may be used from; `None`: any.
+        addr: Option<AddrPrefix>,
+        /// Lifetime asked for, seconds (the server may shorten it); `None`: its default.
+        ttl_s: Option<u64>,
+    },
 }
 
 impl Request {
@@ -181,6 +196,7 @@ impl Request {
             Request::RemoveUser { .. } => "remove_user",
             Request::Renew { .. } => "renew",
             Request::Revoke { .. } => "revoke",
+            Request::UrlToken { .. } => "url_token",
         }
     }
 

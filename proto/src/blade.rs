@@ -50,6 +50,9 @@ pub enum Up<R, C, F> {
         /// Its `--capacity`.
         #[serde(default)]
         capacity: u64,
+        /// Where it serves HTTP (`vodmesh-node engine --http`), if it does.
+        #[serde(default)]
+        http: Option<std::net::SocketAddr>,
     },
     /// A report, as an in-process engine makes it (which engine it is, is the director's
     /// business: it knows the link it came on).
@@ -170,6 +173,7 @@ mod tests {
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".parse()?],
                 max_streams: 4,
                 capacity: 9,
+                http: Some(([127, 0, 0, 1], 8080).into()),
             },
             Up::Report((3, "stored".into())),
             Up::FetchDone {

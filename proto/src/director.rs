@@ -178,6 +178,9 @@ pub struct SegmentLocation {
     /// A swap: this engine takes over a console that a filling engine handed back.
     #[serde(default)]
     pub swap: bool,
+    /// Where the engine serves the segment over HTTP, when it does (`vodmesh-node --http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.

@@ -16,6 +16,8 @@
 //! - [`signed`]: a signed envelope (CBOR payload + libp2p public key + signature) used for
 //!   station records, catalog records and manifests.
 //! - [`catalog`]: the signed catalog record (program state and publish time).
+//! - [`hls`]: HLS playlists, segment names and byte ranges for standard players (the
+//!   console's gateway and a station's HTTP edge).
 //! - [`manifest`]: a program's signed manifest (segments, sizes, durations, hashes).
 //! - [`member`]: station certificates: who is a member of the swarm, with which roles.
 //! - [`copy`]: `/vodmesh/copy/1`, segment copies from engine to engine (distribution).
@@ -37,6 +39,7 @@ pub mod codec;
 pub mod copy;
 pub mod director;
 pub mod fuzzing;
+pub mod hls;
 pub mod ids;
 pub mod ingest;
 pub mod manifest;

@@ -153,6 +153,7 @@ mod tests {
             counters: Default::default(),
             certificate: None,
             revoked: vec![],
+            http: None,
         }
     }
 
@@ -168,6 +169,7 @@ mod tests {
                 id: TokenId::random(),
                 user: None,
                 roles: Some(roles),
+                addr: None,
             })
             .expect("a certificate fits a token")
     }

@@ -1,6 +1,8 @@
 //! The station record: what a director publishes about its station in the registry under
 //! `station/<director peer id>`, signed by the director's key and re-signed every republish.
 
+use std::net::SocketAddr;
+
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,10 @@ pub struct EngineInfo {
     /// Storage per disk (absent in records of older stations).
     #[serde(default)]
     pub disks: Vec<DiskUsage>,
+    /// Where it serves segments over HTTP to standard players (`vodmesh-node --http`; absent
+    /// when it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
 }
 
 impl EngineInfo {
@@ -201,6 +207,10 @@ pub struct StationRecord {
     /// (`vodmesh station revoke`), at most [`MAX_REVOKED`], which every director honours.
     #[serde(default)]
     pub revoked: Vec<PeerId>,
+    /// Where its director answers standard players over HTTP (`vodmesh-node --http`: HLS
+    /// playlists, and redirects to its engines), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
 }
 
 /// Most revocations an auth station's record lists (about 40 bytes each).
@@ -274,6 +284,7 @@ mod tests {
                     reserved: 4,
                     evictable: 2,
                 }],
+                http: None,
             }],
             region: Some("eu".into()),
             coords: Some((52.5, 13.4)),
@@ -285,6 +296,7 @@ mod tests {
             counters: Default::default(),
             certificate: None,
             revoked: vec![],
+            http: None,
         }
     }
 

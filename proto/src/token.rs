@@ -13,9 +13,16 @@
 //!
 //! Because the subject is the peer id on the other end of the authenticated (noise) connection,
 //! a token copied to another peer is worthless.
+//!
+//! The one kind not bound to a connection is the URL token ([`Audience::Url`]): a standard
+//! player fetches `http://.../v/<program>/...?token=<base58>` over plain HTTP, with no peer
+//! id. It is bound instead to its programs, a short lifetime and, optionally, the client's
+//! address prefix ([`AddrPrefix`]), and checked with [`TrustedIssuers::verify_url`]. Its
+//! subject is the console of the subscriber it was issued to (for logs and limits).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -69,6 +76,12 @@ pub enum TokenError {
     /// The token was issued to another peer than the one presenting it.
     #[error("token belongs to another peer")]
     WrongPeer,
+    /// A URL token presented from an address outside the prefix it is bound to.
+    #[error("token bound to other client addresses")]
+    WrongAddress,
+    /// A URL token's text is not base58, or longer than any token.
+    #[error("malformed token: not a URL token")]
+    NotUrlToken,
 }
 
 /// Why a token could not be issued.
@@ -106,6 +119,9 @@ pub enum Audience {
     /// A station certificate: the subject (a director) is a member of the swarm, with the
     /// roles of [`Claims::roles`] ([`crate::member`]).
     Member,
+    /// A URL token: a standard player's `?token=` on the HTTP edge, bound to programs, an
+    /// expiry and optionally a client address prefix, not to a connection.
+    Url,
 }
 
 impl fmt::Display for Audience {
@@ -116,6 +132,7 @@ impl fmt::Display for Audience {
             Self::Admin => "admin token",
             Self::Enroll => "enrollment token",
             Self::Member => "station certificate",
+            Self::Url => "URL token",
         })
     }
 }
@@ -294,6 +311,104 @@ pub struct Claims {
     /// from every other kind, and from tokens of earlier releases).
     #[serde(rename = "ro", default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Roles>,
+    /// The client addresses a URL token may be presented from (absent: any).
+    #[serde(rename = "ip", default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<AddrPrefix>,
+}
+
+/// An IP address prefix (`203.0.113.0/24`, `2001:db8::/32`, or one address): the client
+/// addresses a URL token may be presented from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrPrefix {
+    /// The network address.
+    pub ip: IpAddr,
+    /// Leading bits that must match (at most 32 for IPv4, 128 for IPv6).
+    pub bits: u8,
+}
+
+/// An address prefix that did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid address prefix (expected ADDR or ADDR/BITS): {0}")]
+pub struct ParsePrefixError(&'static str);
+
+impl AddrPrefix {
+    /// Whether `addr` is inside the prefix (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.ip.to_canonical(), addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                prefix_match(&net.octets(), &a.octets(), self.bits.min(32))
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                prefix_match(&net.octets(), &a.octets(), self.bits.min(128))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` are equal.
+fn prefix_match(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let (whole, rest) = (usize::from(bits / 8), bits % 8);
+    if a.get(..whole) != b.get(..whole) {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    match (a.get(whole), b.get(whole)) {
+        (Some(x), Some(y)) => x & mask == y & mask,
+        _ => false,
+    }
+}
+
+impl fmt::Display for AddrPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.bits)
+    }
+}
+
+impl FromStr for AddrPrefix {
+    type Err = ParsePrefixError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, bits) = match s.trim().split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (s.trim(), None),
+        };
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| ParsePrefixError("not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .parse()
+                .map_err(|_| ParsePrefixError("bits not a number"))?,
+            None => max,
+        };
+        if bits > max {
+            return Err(ParsePrefixError("more bits than the address has"));
+        }
+        Ok(Self { ip, bits })
+    }
+}
+
+/// Longest `?token=` text accepted: the base58 of [`MAX_TOKEN`] bytes is shorter.
+pub const MAX_URL_TOKEN: usize = 2 * MAX_TOKEN;
+
+/// A token as the text of a URL's `token=` parameter (base58: no character needs escaping).
+pub fn to_url_param(token: &[u8]) -> String {
+    bs58::encode(token).into_string()
+}
+
+/// The token bytes of a `token=` parameter; at most [`MAX_URL_TOKEN`] characters.
+pub fn from_url_param(text: &str) -> Result<Vec<u8>, TokenError> {
+    if text.len() > MAX_URL_TOKEN {
+        return Err(TokenError::NotUrlToken);
+    }
+    bs58::decode(text)
+        .into_vec()
+        .map_err(|_| TokenError::NotUrlToken)
 }
 
 impl Claims {
@@ -387,6 +502,7 @@ impl Issuer {
             id: TokenId::random(),
             user: None,
             roles: None,
+            addr: None,
         })
     }
 
@@ -464,6 +580,42 @@ impl TrustedIssuers {
         program: Option<&ProgramId>,
         remote_peer: &PeerId,
     ) -> Result<Claims, TokenError> {
+        let claims = self.check(token, now_ms, expected, program)?;
+        if claims.subject != *remote_peer {
+            return Err(TokenError::WrongPeer);
+        }
+        Ok(claims)
+    }
+
+    /// Checks a URL token ([`Audience::Url`]) presented over HTTP from `client` at `now_ms`
+    /// for `program`: as [`TrustedIssuers::verify`] up to the rights, then that `client` is
+    /// inside the token's address prefix, if it has one. Returns the claims of a token that
+    /// passes.
+    pub fn verify_url(
+        &self,
+        token: &[u8],
+        now_ms: u64,
+        program: &ProgramId,
+        client: IpAddr,
+    ) -> Result<Claims, TokenError> {
+        let claims = self.check(token, now_ms, Audience::Url, Some(program))?;
+        if let Some(prefix) = &claims.addr
+            && !prefix.contains(client)
+        {
+            return Err(TokenError::WrongAddress);
+        }
+        Ok(claims)
+    }
+
+    /// The checks every kind shares, in the order [`TrustedIssuers::verify`] documents, up to
+    /// the rights.
+    fn check(
+        &self,
+        token: &[u8],
+        now_ms: u64,
+        expected: Audience,
+        program: Option<&ProgramId>,
+    ) -> Result<Claims, TokenError> {
         let envelope = Envelope::decode(token)?;
         let claims = envelope.claims()?;
         let Some(key) = self.keys.get(&claims.issuer) else {
@@ -491,9 +643,6 @@ impl TrustedIssuers {
             && !claims.rights.allows(program)
         {
             return Err(TokenError::NotEntitled);
-        }
-        if claims.subject != *remote_peer {
-            return Err(TokenError::WrongPeer);
         }
         Ok(claims)
     }
@@ -876,6 +1025,125 @@ mod tests {
         let bytes = codec::encode(&key);
         assert_eq!(bytes.len(), 34);
         assert_eq!(codec::decode::<IssuerKey>(&bytes, 64).unwrap(), key);
+    }
+
+    #[test]
+    fn url_tokens_are_checked_for_program_kind_expiry_and_address() {
+        let f = fixture();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let url = |rights, addr: Option<&str>, expires| {
+            let claims = Claims {
+                issuer: f.issuer.public(),
+                subject: f.peer,
+                audience: Audience::Url,
+                rights,
+                not_before_ms: NOW,
+                expires_ms: expires,
+                id: TokenId::random(),
+                user: None,
+                roles: None,
+                addr: addr.map(|a| a.parse().unwrap()),
+            };
+            f.issuer.sign(&claims).unwrap()
+        };
+        let one = Rights::Programs(vec![program(1)]);
+        let token = url(one.clone(), None, NOW + HOUR);
+        let claims = f
+            .trusted
+            .verify_url(&token, NOW, &program(1), client)
+            .unwrap();
+        assert_eq!(claims.audience, Audience::Url);
+        // Through the URL and back, unchanged.
+        let text = to_url_param(&token);
+        assert!(text.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(from_url_param(&text).unwrap(), token);
+        assert!(matches!(
+            from_url_param("0OIl"),
+            Err(TokenError::NotUrlToken)
+        ));
+        assert!(matches!(
+            from_url_param(&"2".repeat(MAX_URL_TOKEN + 1)),
+            Err(TokenError::NotUrlToken)
+        ));
+        // Another program, expired, or a console token: refused, each with its reason.
+        let err = f
+            .trusted
+            .verify_url(&token, NOW, &program(2), client)
+            .unwrap_err();
+        assert!(matches!(err, TokenError::NotEntitled));
+        let old = url(one.clone(), None, NOW - HOUR);
+        let err = f
+            .trusted
+            .verify_url(&old, NOW, &program(1), client)
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Expired));
+        let console = f.token(Audience::Console, Rights::All);
+        let err = f
+            .trusted
+            .verify_url(&console, NOW, &program(1), client)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "wrong token kind: console token, expected URL token"
+        );
+        // A URL token opens no libp2p stream.
+        assert!(matches!(
+            f.trusted
+                .verify(&token, NOW, Audience::Console, Some(&program(1)), &f.peer),
+            Err(TokenError::WrongAudience { .. })
+        ));
+        // Bound to a prefix: inside passes (IPv4-mapped too), outside does not.
+        let bound = url(Rights::All, Some("192.0.2.0/24"), NOW + HOUR);
+        assert!(
+            f.trusted
+                .verify_url(&bound, NOW, &program(3), client)
+                .is_ok()
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.200".parse().unwrap();
+        assert!(
+            f.trusted
+                .verify_url(&bound, NOW, &program(3), mapped)
+                .is_ok()
+        );
+        let outside: IpAddr = "192.0.3.7".parse().unwrap();
+        let err = f
+            .trusted
+            .verify_url(&bound, NOW, &program(3), outside)
+            .unwrap_err();
+        assert!(matches!(err, TokenError::WrongAddress));
+        // Widening the prefix breaks the signature.
+        let mut env: Envelope = codec::decode(&bound, MAX_TOKEN).unwrap();
+        let mut c = env.claims().unwrap();
+        c.addr = None;
+        env.claims = ByteBuf::from(codec::encode(&c));
+        let err = (f.trusted)
+            .verify_url(&codec::encode(&env), NOW, &program(3), outside)
+            .unwrap_err();
+        assert!(matches!(err, TokenError::ForgedSignature));
+    }
+
+    #[test]
+    fn address_prefixes_parse_and_match() {
+        let p: AddrPrefix = "10.1.0.0/16".parse().unwrap();
+        assert!(p.contains("10.1.255.3".parse().unwrap()));
+        assert!(!p.contains("10.2.0.1".parse().unwrap()));
+        assert!(!p.contains("::1".parse().unwrap()));
+        assert_eq!(p.to_string(), "10.1.0.0/16");
+        let odd: AddrPrefix = "10.1.128.0/17".parse().unwrap();
+        assert!(odd.contains("10.1.200.1".parse().unwrap()));
+        assert!(!odd.contains("10.1.127.1".parse().unwrap()));
+        let one: AddrPrefix = "127.0.0.1".parse().unwrap();
+        assert_eq!(one.bits, 32);
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let any: AddrPrefix = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("198.51.100.1".parse().unwrap()));
+        let v6: AddrPrefix = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/x", "host/8"] {
+            assert!(bad.parse::<AddrPrefix>().is_err(), "{bad}");
+        }
     }
 
     proptest! {

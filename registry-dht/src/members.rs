@@ -206,6 +206,7 @@ mod tests {
                 capacity: 0,
                 up: true,
                 disks: vec![],
+                http: None,
             }],
             region: None,
             coords: None,
@@ -221,6 +222,7 @@ mod tests {
             counters: Default::default(),
             certificate: cert.map(Into::into),
             revoked: vec![],
+            http: None,
         }
     }
 
@@ -236,6 +238,7 @@ mod tests {
                 id: TokenId::random(),
                 user: None,
                 roles: Some(roles),
+                addr: None,
             })
             .expect("a certificate fits")
     }

@@ -144,6 +144,7 @@ mod tests {
             counters: Default::default(),
             certificate: None,
             revoked: vec![],
+            http: None,
         };
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());

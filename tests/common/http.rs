@@ -319,3 +319,45 @@ pub fn metric(url: &str, series: &str) -> Result<f64> {
         .get(series)
         .with_context(|| format!("no {series} in\n{:#?}", scrape.0))
 }
+
+/// What one GET answered, redirects not followed: the reply and its `Location`, if any.
+pub struct Once {
+    /// The reply.
+    pub reply: Reply,
+    /// The `Location` header (of a 3xx).
+    pub location: Option<String>,
+}
+
+/// GETs `url` once with these request headers, not following a redirect: a 302 is an
+/// answer, with its `Location`. Bodies up to 512 MiB.
+pub fn get_once(url: &str, headers: &[(&str, &str)]) -> Result<Once> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().with_context(|| format!("GET {url}"))?;
+    let header = |name: &str| {
+        (response.headers().get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (content_range, location) = (header("content-range"), header("location"));
+    let status = response.status().as_u16();
+    let body = (response.body_mut().with_config())
+        .limit(512 * 1024 * 1024)
+        .read_to_vec()?;
+    Ok(Once {
+        reply: Reply {
+            status,
+            content_range,
+            body,
+        },
+        location,
+    })
+}

@@ -38,6 +38,7 @@ pub fn certify(issuer: &Issuer, station: PeerId, roles: Roles) -> Result<Vec<u8>
         id: TokenId::random(),
         user: None,
         roles: Some(roles),
+        addr: None,
     })?)
 }
 
@@ -62,6 +63,7 @@ pub fn station_record(
         counters: Default::default(),
         certificate: certificate.map(Into::into),
         revoked: vec![],
+        http: None,
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Config {
     pub peer_backoff: Backoff,
     /// Lifetime of console tokens.
     pub console_ttl: Duration,
+    /// Longest lifetime of URL tokens (`vodmesh-console url`), and their default.
+    pub url_ttl: Duration,
     /// Lifetime of engine tokens (engines refresh them).
     pub engine_ttl: Duration,
     /// Lifetime of admin tokens.
@@ -43,6 +45,7 @@ impl Default for Config {
             user_backoff: Backoff::SUBSCRIBER,
             peer_backoff: Backoff::PEER,
             console_ttl: Duration::from_secs(12 * 3600),
+            url_ttl: Duration::from_secs(6 * 3600),
             engine_ttl: Duration::from_secs(3600),
             admin_ttl: Duration::from_secs(3600),
             enroll_ttl: Duration::from_secs(24 * 3600),

@@ -37,9 +37,11 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use tracing::{info, instrument, warn};
+use vodmesh_proto::ProgramId;
 use vodmesh_proto::ids::short_peer;
 use vodmesh_proto::token::{
-    Audience, Claims, IssueError, Issuer, IssuerKey, Rights, TokenError, TokenId, TrustedIssuers,
+    AddrPrefix, Audience, Claims, IssueError, Issuer, IssuerKey, Rights, TokenError, TokenId,
+    TrustedIssuers,
 };
 
 pub use caller::{Caller, User};
@@ -276,6 +278,7 @@ impl Server {
             id: TokenId::random(),
             user: None,
             roles: None,
+            addr: None,
         }
     }
 
@@ -397,6 +400,40 @@ impl Server {
             .filter(|r| !r.disabled)
             .ok_or(Error::LogInAgain)?;
         self.console_token(&user, peer, record.rights, now_ms)
+    }
+
+    /// Exchanges a still-valid console token of this issuer, presented by its own subject
+    /// `peer`, for a URL token of the same subscriber (a standard player's `?token=`): for
+    /// `program` if she may watch it (else every program she may), for `ttl` at most
+    /// [`Config::url_ttl`], from client addresses in `addr` if given. Refused once she is
+    /// disabled or removed, as a refresh is.
+    pub fn url_token(
+        &self,
+        token: &[u8],
+        peer: PeerId,
+        (program, addr): (Option<ProgramId>, Option<AddrPrefix>),
+        ttl: Option<Duration>,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let own: TrustedIssuers = [self.issuer_key()].into_iter().collect();
+        let claims = own.verify(token, now_ms, Audience::Console, program.as_ref(), &peer)?;
+        let user = claims.user.ok_or(Error::LogInAgain)?;
+        let record = (self.db.user(&user)?)
+            .filter(|r| !r.disabled)
+            .ok_or(Error::LogInAgain)?;
+        let rights = match program {
+            Some(p) if record.rights.allows(&p) => Rights::Programs(vec![p]),
+            Some(_) => return Err(TokenError::NotEntitled.into()),
+            None => record.rights,
+        };
+        let ttl = ttl.map_or(self.config.url_ttl, |t| t.min(self.config.url_ttl));
+        let claims = self.claims(peer, Audience::Url, rights, ttl, now_ms);
+        info!(%user, program = ?program, addr = ?addr, "URL token issued");
+        self.sign(Claims {
+            user: Some(user),
+            addr,
+            ..claims
+        })
     }
 
     /// A console token for subscriber `user` on console `peer`, with `rights`.

@@ -154,6 +154,15 @@ pub fn handle(server: &Server, peer: PeerId, request: Request, now_ms: u64) -> R
             server.login(&user, &password, peer, now_ms).map(token)
         }
         Request::Refresh { token: t } => server.refresh(&t, peer, now_ms).map(token),
+        Request::UrlToken {
+            token: t,
+            program,
+            addr,
+            ttl_s,
+        } => {
+            let ttl = ttl_s.map(Duration::from_secs);
+            (server.url_token(&t, peer, (program, addr), ttl, now_ms)).map(token)
+        }
         Request::AdminLogin { user, password } => server
             .admin_login(&user, &password, peer, now_ms)
             .map(token),

@@ -705,3 +705,61 @@ fn disabled_and_removed_subscribers_neither_log_in_nor_refresh() -> anyhow::Resu
     assert!(matches!(refresh, Err(Error::LogInAgain)), "{refresh:?}");
     Ok(())
 }
+
+#[test]
+fn a_url_token_is_issued_for_a_logged_in_subscribers_program_only() -> anyhow::Result<()> {
+    let f = fixture()?;
+    let (p1, p2) = (ProgramId([1; 32]), ProgramId([2; 32]));
+    f.add("alice", false, Rights::Programs(vec![p1]))?;
+    let console = PeerId::random();
+    let token = f.server.login("alice", PASSWORD, console, T0)?;
+    let local: std::net::IpAddr = "127.0.0.1".parse()?;
+    let url = (f.server).url_token(&token, console, (Some(p1), None), None, T0)?;
+    let claims = f.trusted.verify_url(&url, T0, &p1, local)?;
+    assert_eq!(claims.rights, Rights::Programs(vec![p1]));
+    assert_eq!(claims.user.as_deref(), Some("alice"));
+    // The server's limit caps what is asked, and a shorter life is granted as asked.
+    assert_eq!(claims.expires_ms, T0 + 6 * 3_600_000);
+    let long = Some(Duration::from_secs(30 * 24 * 3600));
+    let capped = (f.server).url_token(&token, console, (Some(p1), None), long, T0)?;
+    assert_eq!(Claims::peek(&capped)?.expires_ms, T0 + 6 * 3_600_000);
+    let short = Some(Duration::from_secs(60));
+    let brief = (f.server).url_token(&token, console, (Some(p1), None), short, T0)?;
+    assert_eq!(Claims::peek(&brief)?.expires_ms, T0 + 60_000);
+    // Not for a program she may not watch; not for a console token someone else presents.
+    assert!(matches!(
+        f.server
+            .url_token(&token, console, (Some(p2), None), None, T0),
+        Err(Error::Token(TokenError::NotEntitled))
+    ));
+    assert!(matches!(
+        (f.server).url_token(&token, PeerId::random(), (Some(p1), None), None, T0),
+        Err(Error::Token(TokenError::WrongPeer))
+    ));
+    // A URL token buys no other: it is no console token.
+    assert!(matches!(
+        f.server
+            .url_token(&url, console, (Some(p1), None), None, T0),
+        Err(Error::Token(TokenError::WrongAudience { .. }))
+    ));
+    // Bound to an address prefix when asked.
+    let prefix: AddrPrefix = "10.0.0.0/8".parse()?;
+    let bound = (f.server).url_token(&token, console, (Some(p1), Some(prefix)), None, T0)?;
+    assert!(
+        f.trusted
+            .verify_url(&bound, T0, &p1, "10.2.3.4".parse()?)
+            .is_ok()
+    );
+    assert!(matches!(
+        f.trusted.verify_url(&bound, T0, &p1, local),
+        Err(TokenError::WrongAddress)
+    ));
+    // Disabled: no more URL tokens, as no more refreshes.
+    f.server.disable_user(f.as_station(), "alice", true, T0)?;
+    assert!(matches!(
+        f.server
+            .url_token(&token, console, (Some(p1), None), None, T0),
+        Err(Error::LogInAgain)
+    ));
+    Ok(())
+}

@@ -84,6 +84,7 @@ async fn link(
         addrs,
         max_streams,
         capacity,
+        http,
     })) = hello
     else {
         return refuse(&mut wr, "expected Hello first").await;
@@ -101,6 +102,7 @@ async fn link(
     let ready = EngineEvent::Ready {
         peer_id: peer,
         addrs,
+        http,
     };
     let _ = reports.send(EngineReport::new(engine, ready)).await;
     if max_streams > 0 {

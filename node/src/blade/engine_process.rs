@@ -44,6 +44,8 @@ pub struct EngineProcess {
     pub trust: Vec<IssuerKey>,
     /// Where to serve this engine's metrics (`/metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to serve segments over HTTP (`--http`), if anywhere.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Why an engine process did not start.
@@ -90,6 +92,8 @@ pub struct EngineProcessHandle {
     pub addrs: Vec<Multiaddr>,
     /// Where its metrics are served (`EngineProcess::metrics`, once bound).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where it serves HTTP (`EngineProcess::http`, once bound).
+    pub http_addr: Option<std::net::SocketAddr>,
     tasks: JoinSet<()>,
 }
 
@@ -148,6 +152,7 @@ pub async fn start_engine(
     let net = engine::EngineNet {
         listen: config.listen.clone(),
         announce: config.announce.clone(),
+        http: config.http,
     };
     let handle = engine::start(
         0,
@@ -232,6 +237,7 @@ pub async fn start_engine(
             capacity: config.capacity,
             up: false,
             disks: Vec::new(),
+            http: handle.http,
         },
     };
     tasks.spawn(attach.run(shutdown));
@@ -239,6 +245,7 @@ pub async fn start_engine(
         peer_id: handle.peer_id,
         addrs: handle.addrs,
         metrics_addr,
+        http_addr: handle.http,
         tasks,
     })
 }
@@ -385,6 +392,7 @@ impl Attach {
             addrs: self.addrs.clone(),
             max_streams: self.info.max_streams,
             capacity: self.info.capacity,
+            http: self.info.http,
         };
         send(wr, &hello).await?;
         match timeout(DEAD_AFTER, read_frame::<_, Down>(rd, MAX_FRAME)).await {

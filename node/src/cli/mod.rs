@@ -173,6 +173,18 @@ pub struct Args {
     /// in-process engines; --engines may then be 0.
     #[arg(long = "engine-peer", value_name = "PEERID")]
     pub engine_peers: Vec<PeerId>,
+    /// Serve standard players over HTTP: the director answers
+    /// http://ADDR:PORT/v/<program>/index.m3u8?token=<URL token> with an HLS playlist and
+    /// redirects each segment to the engine that serves it, which serves HTTP too (on the
+    /// same host at a port of its own, or --engine-http). URL tokens come from
+    /// `vodmesh-console url`. Prints `http http://ADDR:PORT/` once it listens. Port 0 picks
+    /// a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Where engine i serves HTTP, the i-th of these (repeatable; with --http). An engine
+    /// without one listens on the --http host at a system-chosen port.
+    #[arg(long = "engine-http", value_name = "ADDR:PORT", requires = "http")]
+    pub engine_http: Vec<std::net::SocketAddr>,
     /// On SIGTERM, drain for at most this many seconds before stopping: new streams go to
     /// other stations that hold the segment and /readyz answers 503, while the streams
     /// running finish; the station stops once none runs, or at this limit. 0 stops at once,
@@ -183,6 +195,8 @@ pub struct Args {
 
 /// The subcommands of `vodmesh-node`.
 #[derive(clap::Subcommand, Debug)]
+// Parsed once per process: the size of `EngineArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Sub {
     /// Runs one engine in a process of its own, attached to its station's director
     /// (deployment mode b). Prints `engine <MULTIADDR>` once it listens; reattaches by itself
@@ -234,6 +248,11 @@ pub struct EngineArgs {
     /// vodmesh_engine_up). Prints `metrics http://ADDR:PORT/metrics`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Serve segments to standard players over HTTP here (its director redirects them from
+    /// its own --http), as a station's engines do. Prints `http http://ADDR:PORT/`. Port 0
+    /// picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `--coords LAT,LON`: two numbers in range.

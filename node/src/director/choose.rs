@@ -288,6 +288,9 @@ impl Holder {
             director: self.station.director,
             filling: false,
             swap: false,
+            http: (self.station.engines.iter())
+                .find(|e| e.peer_id == self.engine)
+                .and_then(|e| e.http),
         }
     }
 }

@@ -25,8 +25,18 @@ use crate::control::{Copied, FetchFailed, Fetched};
 use crate::events::Observer;
 use crate::store::locations::{Location, LocationState, LocationTable};
 
+/// Who waits for an answer: a peer over `/vodmesh/director/1`, or this station's own HTTP edge
+/// asking on a player's behalf ([`super::http`]).
+#[derive(Debug)]
+pub(super) enum Client {
+    /// A peer's request.
+    Peer(ResponseChannel<Response>),
+    /// The HTTP edge's.
+    Local(oneshot::Sender<Response>),
+}
+
 /// An answer and the client waiting for it.
-pub(super) type Reply = (ResponseChannel<Response>, Response);
+pub(super) type Reply = (Client, Response);
 
 /// This station as its director knows it: identity, configuration, addresses.
 pub(super) struct Me {
@@ -85,6 +95,7 @@ impl Me {
             counters,
             certificate: (self.certificate.borrow().clone()).map(serde_bytes::ByteBuf::from),
             revoked: self.revoked(),
+            http: config.http,
         }
     }
 

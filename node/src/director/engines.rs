@@ -203,6 +203,7 @@ impl EngineTable {
             director,
             filling,
             swap,
+            http: engine.http,
         })
     }
 
@@ -277,17 +278,23 @@ impl EngineTable {
         let (max_streams, capacity) = self.limits;
         let EngineReport { engine: id, event } = report;
         match event {
-            EngineEvent::Ready { peer_id, addrs } => {
+            EngineEvent::Ready {
+                peer_id,
+                addrs,
+                http,
+            } => {
                 let Some(engine) = self.engines.get_mut(id.0) else {
                     tracing::warn!(%id, %peer_id, "a report from an engine slot this station does not have");
                     return Heard::Nothing;
                 };
                 // The same engine coming back keeps its store's figures until its next usage
                 // report (which follows its ready report) says otherwise.
-                let disks = match &engine.info {
-                    Some(old) if old.peer_id == peer_id => old.disks.clone(),
-                    _ => Vec::new(),
+                // And its HTTP address, unless the report names one.
+                let (disks, old_http) = match &engine.info {
+                    Some(old) if old.peer_id == peer_id => (old.disks.clone(), old.http),
+                    _ => (Vec::new(), None),
                 };
+                let http = http.or(old_http);
                 engine.info = Some(EngineInfo {
                     peer_id,
                     addrs,
@@ -297,6 +304,7 @@ impl EngineTable {
                     capacity,
                     up: true,
                     disks,
+                    http,
                 });
                 Heard::Changed
             }
@@ -390,7 +398,14 @@ mod tests {
 
     fn ready(index: usize, peer_id: PeerId) -> EngineReport {
         let addrs = Vec::new();
-        EngineReport::new(EngineId(index), EngineEvent::Ready { peer_id, addrs })
+        EngineReport::new(
+            EngineId(index),
+            EngineEvent::Ready {
+                peer_id,
+                addrs,
+                http: None,
+            },
+        )
     }
 
     fn of_first(event: EngineEvent) -> EngineReport {

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vodmesh_proto::director::{Request, Response, SegmentLocation};
@@ -37,7 +36,7 @@ use vodmesh_registry::RegistryHandle;
 
 use super::catalog::{Learned, fetch_manifest, fetch_record};
 use super::choose::{self, Holder, Locating, Measured, MissPlan};
-use super::context::{Ctx, Reply};
+use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
 use super::outbound::Asker;
@@ -89,7 +88,7 @@ pub(super) struct Gathered {
     ask: Locating,
     /// This station holds the segment, on engines busy for the console.
     held: bool,
-    channel: ResponseChannel<Response>,
+    channel: Client,
     record: Learned,
     manifest: Arc<Manifest>,
     /// The manifest as fetched for this miss, to keep once a copy comes here.
@@ -192,7 +191,7 @@ impl Misses {
         ctx: &Ctx<'_>,
         publish: &Publishing,
         (ask, held): (Locating, bool),
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let program = ask.segment.program;
         if self.silent.contains(&program, Instant::now()) {

@@ -16,6 +16,8 @@
 //!   issue 25), and reconciling what the station holds with what it knows ([`reconcile`],
 //!   issue 17);
 //! - [`ingest`]: the content manager's ingests.
+//! - [`http`]: the HTTP edge of `--http` for standard players: HLS playlists, and redirects
+//!   to the engine a `Locate` names, asked through this loop as a console's would be.
 //!
 //! Beside them: [`admit`], who may ask what (closed membership); [`start`], the stores, swarm and listeners a director starts with;
 //! [`choose`], the decisions as pure functions; [`engines`], the engine table;
@@ -28,6 +30,7 @@ mod choose;
 mod context;
 mod engines;
 mod error;
+mod http;
 mod ingest;
 mod miss;
 mod outbound;
@@ -62,7 +65,7 @@ use vodmesh_registry::registry::{self as reg, Command};
 
 use self::catalog::Viewer;
 use self::choose::Locating;
-use self::context::{Reply, Shared};
+use self::context::{Client, Reply, Shared};
 use self::engines::Heard;
 use self::error::{Error, respond};
 use self::ingest::{Ingested, Ingests};
@@ -111,6 +114,10 @@ struct Director {
     admitting: Tasks<Deferred>,
     /// Whether the station drains; set by the station or by an admin's `Drain`.
     draining: watch::Sender<bool>,
+    /// Requests of the HTTP edge, on a player's behalf.
+    local: mpsc::Receiver<http::Local>,
+    /// The HTTP edge (`--http`), started with the loop and stopped with it.
+    http: Option<http::Server>,
 }
 
 impl Director {
@@ -129,6 +136,7 @@ impl Director {
         let mut synced: Option<(director::Activity, Vec<Option<EngineInfo>>)> = None;
         let mut draining = self.draining.subscribe();
         let mut certificate = self.shared.me.certificate.clone();
+        let http = self.http.take().map(|server| tokio::spawn(server.run()));
         loop {
             // Biased, engine reports first: an engine reports a stored segment before it
             // acknowledges it to the client, so by the time the client's commit arrives over
@@ -150,6 +158,7 @@ impl Director {
                     self.republish();
                 }
                 Some(report) = self.reports.recv() => self.on_report(report),
+                Some(local) = self.local.recv() => self.on_local(local),
                 Some(cmd) = self.registry_commands.recv() => {
                     self.shared.registry.execute(&mut self.swarm.behaviour_mut().kad, cmd);
                 }
@@ -196,6 +205,10 @@ impl Director {
             }
         }
         // Work in flight ends with the director: nothing it would still do is waited for.
+        if let Some(http) = http {
+            http.abort();
+            let _ = http.await;
+        }
         self.tasks.shutdown().await;
         self.admitting.shutdown().await;
         self.miss.shutdown().await;
@@ -205,12 +218,36 @@ impl Director {
         tracing::info!(peer = %self.shared.me.peer_id, "director stopped");
     }
 
-    fn reply(&mut self, (channel, response): Reply) {
-        if (self.swarm.behaviour_mut().control)
-            .send_response(channel, response)
-            .is_err()
-        {
+    fn reply(&mut self, (client, response): Reply) {
+        let sent = match client {
+            Client::Peer(channel) => (self.swarm.behaviour_mut().control)
+                .send_response(channel, response)
+                .is_ok(),
+            Client::Local(reply) => reply.send(response).is_ok(),
+        };
+        if !sent {
             tracing::debug!("client went away before its answer");
+        }
+    }
+
+    /// A request of the HTTP edge for a player whose URL token it checked: the program's
+    /// manifest, or a segment's `Locate`, answered as a console's would be (the token's
+    /// subject stands for the console). Nothing else is asked this way.
+    fn on_local(&mut self, local: http::Local) {
+        let http::Local {
+            subscriber,
+            request,
+            reply,
+        } = local;
+        let client = Client::Local(reply);
+        match request {
+            request @ (Request::Manifest { .. } | Request::Locate { .. }) => {
+                self.dispatch(subscriber, request, client, Viewer::of(subscriber, false));
+            }
+            other => {
+                let refused = Error::Unsupported(format!("{other:?}"));
+                self.reply((client, Response::Error(refused.into())));
+            }
         }
     }
 
@@ -327,12 +364,7 @@ impl Director {
     /// program's record (it restarted), or its record says "not published" (it may have
     /// missed the publish), the record is fetched from the registry first (`fetch`) and the
     /// `Locate` run again; then a program the registry has no record of is unknown.
-    fn locate(
-        &mut self,
-        ask: Locating,
-        channel: ResponseChannel<Response>,
-        fetch: bool,
-    ) -> Option<Reply> {
+    fn locate(&mut self, ask: Locating, channel: Client, fetch: bool) -> Option<Reply> {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         match (self.play).locate(&mut ctx, &self.publish, &mut self.replicate, &ask) {
             // A record that says "not published" may be stale: fetched again first (and
@@ -505,8 +537,14 @@ impl Director {
         };
         if let Some(refused) = refused {
             tracing::info!(%peer, ?request, error = %refused, "director request refused");
-            return self.reply((channel, Response::Error(refused.into())));
+            return self.reply((Client::Peer(channel), Response::Error(refused.into())));
         }
+        self.dispatch(peer, request, Client::Peer(channel), viewer);
+    }
+
+    /// Hands an admitted request of `peer` to its family; answers now, or when the family's
+    /// work ends.
+    fn dispatch(&mut self, peer: PeerId, request: Request, channel: Client, viewer: Viewer) {
         let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
         let reply = match request {
             Request::Station => {

@@ -19,7 +19,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
 use tokio_util::time::{DelayQueue, delay_queue};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
@@ -32,7 +31,7 @@ use super::catalog::{
     self, FetchedManifest, Learned, Viewer, fetch_manifest, fetch_record, learned_of, program_info,
 };
 use super::choose::Locating;
-use super::context::{Ctx, Reply};
+use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
 use super::outbound::Asker;
@@ -121,7 +120,7 @@ pub(super) enum Done {
     /// A `Playable` that needed the registry: the record found there, if any.
     Fetched {
         /// The client waiting.
-        channel: ResponseChannel<Response>,
+        channel: Client,
         /// The program.
         program: ProgramId,
         /// Its newest valid record in the registry.
@@ -131,7 +130,7 @@ pub(super) enum Done {
     /// content manager or a holder (issue 25), not kept (nothing of it is held here).
     Manifest {
         /// The client waiting.
-        channel: ResponseChannel<Response>,
+        channel: Client,
         /// The program's record and signed manifest, or why there are none.
         fetched: Result<Box<(Learned, Signed)>, Error>,
     },
@@ -161,12 +160,15 @@ pub(super) enum Done {
 
 /// What the loop does after a publish task's result.
 #[derive(Debug)]
+// A `Response` with a `SegmentLocation` (and its HTTP address) is over clippy's 200 bytes;
+// it is moved once per request, never kept in bulk.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum After {
     /// Sends this answer.
     Reply(Reply),
     /// Locates again for these consoles, the program's record now learned if the registry
     /// had one.
-    Locate(Vec<(Locating, ResponseChannel<Response>)>),
+    Locate(Vec<(Locating, Client)>),
 }
 
 /// What publishing brings the loop.
@@ -190,7 +192,7 @@ pub(super) struct Publishing {
     /// When a `Locate` last had a record that says "not published" fetched again.
     refreshed: HashMap<ProgramId, std::time::Instant>,
     /// `Locate`s waiting for a fetch of their program's record ([`Done::Located`]).
-    locating: Waiting<ProgramId, (Locating, ResponseChannel<Response>)>,
+    locating: Waiting<ProgramId, (Locating, Client)>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
     tasks: Tasks<Done>,
@@ -364,7 +366,7 @@ impl Publishing {
         &mut self,
         ctx: &Ctx<'_>,
         program: ProgramId,
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
         let known = self.playable(ctx, &program);
@@ -392,7 +394,7 @@ impl Publishing {
         &mut self,
         ctx: &Ctx<'_>,
         ask: Locating,
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let program = ask.segment.program;
         match self.locating.push(program, (ask, channel)) {
@@ -621,7 +623,7 @@ impl Publishing {
         &mut self,
         ctx: &Ctx<'_>,
         (program, viewer): (ProgramId, Viewer),
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let local = match Self::local_manifest(ctx, &program) {
             Ok(local) => local,
@@ -656,7 +658,7 @@ impl Publishing {
         &mut self,
         ctx: &Ctx<'_>,
         viewer: Viewer,
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let local = match Self::held(ctx) {
             Ok(local) => local,

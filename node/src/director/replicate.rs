@@ -22,7 +22,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -36,7 +35,7 @@ use vodmesh_registry::{RegistryHandle, WalkLimits};
 
 use super::catalog::{Learned, fetch_record};
 use super::choose::{self, Locating, Replication};
-use super::context::{Ctx, Reply};
+use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::Error;
 use super::outbound::{AskError, Asker};
@@ -363,7 +362,7 @@ impl Replicating {
         ctx: &Ctx<'_>,
         peer: PeerId,
         segment: SegmentId,
-        channel: ResponseChannel<Response>,
+        channel: Client,
     ) -> Option<Reply> {
         let holders = ctx.holders(segment).unwrap_or_default();
         let located = (holders.iter())

@@ -20,6 +20,7 @@ use vodmesh_registry::{PersistentStore, Registry, RegistryHandle, StoreLimits};
 
 use super::context::{Me, Shared};
 use super::engines::EngineTable;
+use super::http::Server;
 use super::ingest::Ingests;
 use super::miss::Misses;
 use super::outbound::Outbound;
@@ -74,7 +75,7 @@ pub struct Engines {
 }
 
 /// What the station shares with its director while it runs.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Handles {
     /// The station's counters and gauges: the director mirrors its activity into them.
     pub metrics: Metrics,
@@ -89,6 +90,12 @@ pub struct Handles {
     /// The station's certificate once it has one ([`crate::auth::engines`]): it goes into the
     /// station record, and a new one is published at once.
     pub certificate: watch::Receiver<Option<Vec<u8>>>,
+    /// The HTTP edge's listener (`--http`, bound by the station), and the issuers whose URL
+    /// tokens it accepts.
+    pub http: Option<(
+        tokio::net::TcpListener,
+        vodmesh_proto::token::TrustedIssuers,
+    )>,
 }
 
 /// Why a director did not start.
@@ -232,6 +239,9 @@ pub async fn start(
         auth: handles.auth.clone(),
     };
     let publish = Publishing::new(catalog.as_ref());
+    let (local_tx, local) = mpsc::channel(super::http::QUEUE);
+    let http = (handles.http)
+        .map(|(listener, trusted)| Server::new(listener, local_tx, trusted, shutdown.clone()));
     let mut director = Director {
         swarm,
         shared: Shared {
@@ -260,6 +270,8 @@ pub async fn start(
         tasks: Tasks::default(),
         admitting: Tasks::default(),
         draining: handles.draining,
+        local,
+        http,
     };
     let ctx = director.shared.ctx(&mut director.swarm.behaviour_mut().kad);
     director.ingest.drop_interrupted(&ctx);

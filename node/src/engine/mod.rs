@@ -12,12 +12,15 @@
 //! - `stream`: `/vodmesh/stream/1`, segments streamed to consoles, under `--max-streams`.
 //! - `admit`: who may stream or copy (tokens, the director's approval).
 //! - `accept`: the accept loop every protocol shares.
+//! - `http`: the HTTP edge of `--http`, segments for standard players under the same
+//!   admission and `--max-streams`.
 //! - `report`: what the engine tells its director of itself.
 
 mod accept;
 mod admit;
 pub mod copy;
 mod embargo;
+mod http;
 pub mod ingest;
 mod peers;
 mod report;
@@ -87,6 +90,8 @@ pub struct EngineHandle {
     pub peer_id: PeerId,
     /// Where it listens.
     pub addrs: Vec<Multiaddr>,
+    /// Where it serves HTTP (`--http`), once bound.
+    pub http: Option<std::net::SocketAddr>,
     /// Its segment store.
     pub store: SegmentStore,
     /// Commands from the director.
@@ -130,6 +135,17 @@ pub enum Error {
         /// Why.
         #[source]
         cause: Box<crate::ListenError>,
+    },
+    /// The HTTP address cannot be bound.
+    #[error("engine {index} cannot serve HTTP on {addr}")]
+    Http {
+        /// The engine.
+        index: usize,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A protocol was registered twice (a bug, not an operator's error).
     #[error("registering {protocol}: {source}")]
@@ -188,6 +204,8 @@ pub struct EngineNet {
     /// Addresses other hosts reach it at that are on no interface of its host (NAT, a public
     /// address elsewhere): announced before the ones it listens on.
     pub announce: Vec<Multiaddr>,
+    /// Where it serves segments over HTTP (`--http`), if it does; port 0 picks one.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Starts engine `index` with identity `key`, listening and announcing as `net` says,
@@ -257,6 +275,22 @@ pub async fn start(
         })?;
     let addrs = advertised(&announce, &listened);
     tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
+    let http_error = |addr, source| Error::Http {
+        index,
+        addr,
+        source,
+    };
+    let http_listener = match net.http {
+        Some(addr) => {
+            let listener = (tokio::net::TcpListener::bind(addr).await)
+                .map_err(|source| http_error(addr, source))?;
+            let bound = (listener.local_addr()).map_err(|source| http_error(addr, source))?;
+            tracing::info!(index, peer = %peer_id, http = %bound, "engine serving HTTP");
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let http = http_listener.as_ref().map(|(_, bound)| *bound);
 
     let reporter = Reporter::new(
         EngineId(index),
@@ -306,9 +340,22 @@ pub async fn start(
         arriving: stream::Arriving::default(),
     };
 
+    let http_edge = http_listener.map(|(listener, _)| {
+        let edge = http::Edge {
+            store: store.clone(),
+            reporter: reporter.clone(),
+            load: streams.load.clone(),
+            trusted: streams.trusted.clone(),
+            embargoes: streams.embargoes.clone(),
+            per_subscriber: crate::peer_slots::PeerSlots::new(http::MAX_PER_SUBSCRIBER),
+            stop: CancellationToken::new(),
+        };
+        (listener, edge)
+    });
     let ready = EngineEvent::Ready {
         peer_id,
         addrs: addrs.clone(),
+        http,
     };
     reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
@@ -330,12 +377,14 @@ pub async fn start(
         copy_server,
         streams,
         metrics,
+        http: http_edge,
     };
     let task = tokio::spawn(blade.run(services, commands_rx, events, shutdown));
     Ok(EngineHandle {
         index,
         peer_id,
         addrs,
+        http,
         store,
         commands,
         task,
@@ -355,6 +404,8 @@ struct Services {
     copy_server: copy::Server,
     streams: stream::StreamService,
     metrics: crate::metrics::Metrics,
+    /// The HTTP edge's listener and state, with `--http`.
+    http: Option<(tokio::net::TcpListener, http::Edge)>,
 }
 
 /// The running engine: its swarm and store, and the tasks it owns.
@@ -388,7 +439,13 @@ impl Blade {
             copy_server,
             streams,
             metrics,
+            http,
         } = services;
+        if let Some((listener, mut edge)) = http {
+            // Its bodies end with the engine: a stopped engine serves nothing more.
+            edge.stop = stop.child_token();
+            loops.spawn(http::serve(listener, edge));
+        }
         let index = self.index;
         let (store, expectations, reporter) = (
             self.store.clone(),

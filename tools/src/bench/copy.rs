@@ -362,7 +362,11 @@ struct Run {
 /// A home station and one enrolled station listening on `listen`; `bytes` ingested into the
 /// home, then replicated to the other; then one console plays it from the home.
 async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> Result<Run> {
-    let shape = Shape { engines: 1, listen };
+    let shape = Shape {
+        engines: 1,
+        listen,
+        http: None,
+    };
     // The stations' own connections (enrollment, registry) count with the copy's: the
     // engines may reuse one of them.
     let before = negotiated_ciphers();

@@ -13,9 +13,12 @@
 //! - [`handoff`]: gaps at segment boundaries at `--speed max`; stalls at `--speed 1`;
 //! - [`registry`]: find-holders latency and Kademlia requests in an in-process swarm;
 //! - [`store`]: segment store write and read next to `dd`;
-//! - [`footprint`]: RSS of an idle station with 4 engines; memory per active stream.
+//! - [`footprint`]: RSS of an idle station with 4 engines; memory per active stream;
+//! - [`edge`]: the HTTP edge (`--http`, director redirect then engine) beside nginx on the
+//!   same bytes, one client and many at once.
 
 pub mod copy;
+pub mod edge;
 pub mod footprint;
 pub mod handoff;
 mod nginx;
@@ -269,8 +272,16 @@ pub async fn run(options: &Options) -> Result<(Value, Vec<Row>)> {
         footprint::run(&dir.join("footprint"), per_stream),
     )
     .await;
+    let edge = section(
+        &options.only,
+        "edge",
+        &mut rows,
+        edge::run(&dir.join("edge"), quick),
+    )
+    .await;
     let value = json!({
         "machine": machine(quick),
+        "edge": edge,
         "copy": copy,
         "streams": streams,
         "startup": startup,

@@ -48,6 +48,95 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Our own nginx on 127.0.0.1, serving `root` over plain HTTP and HTTPS; stopped when
+/// dropped.
+pub(crate) struct Nginx {
+    _process: NginxProcess,
+    /// Its plain HTTP port.
+    pub(crate) http_port: u16,
+    /// Its HTTPS port (TLS 1.3, a self-signed certificate).
+    pub(crate) https_port: u16,
+}
+
+impl Nginx {
+    /// Starts nginx (`bin`) with its config, certificate and logs under `dir`, serving
+    /// `root`; returns once both ports answer.
+    async fn start(bin: &Path, dir: &Path, root: &Path) -> Result<Self> {
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl for nginx's self-signed certificate")?;
+        if !out.status.success() {
+            bail!(
+                "openssl failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let (http_port, https_port) = (free_port()?, free_port()?);
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\nuser root root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
+                   client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
+                   fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
+                   server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n\
+                   server {{ listen 127.0.0.1:{https_port} ssl; root {root};\n\
+                     ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.3; }}\n}}\n",
+                root = root.display(),
+                cert = cert.display(),
+                key = key.display(),
+            ),
+        )?;
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let process = NginxProcess(child);
+        // Wait until both ports answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [http_port, https_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                    bail!("nginx did not listen: {}", log.trim());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Self {
+            _process: process,
+            http_port,
+            https_port,
+        })
+    }
+
+    /// Serves `root` from an nginx with its files under `dir`; `Ok(None)` when nginx is not
+    /// installed.
+    pub(crate) async fn serve(dir: &Path, root: &Path) -> Result<Option<Self>> {
+        match which("nginx") {
+            Some(bin) => Ok(Some(Self::start(&bin, dir, root).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Serves `bytes` as `segment`-sized files, and `program` (`(bytes, seed)` of
 /// [`write_pattern`]) as one file, from our own nginx under `dir`; fetches them. `Ok(None)`
 /// when nginx is not installed.
@@ -70,64 +159,9 @@ pub(crate) async fn run(
         )?;
     }
     write_pattern(&root.join("program.bin"), program.0, program.1)?;
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl for nginx's self-signed certificate")?;
-    if !out.status.success() {
-        bail!(
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let (http_port, https_port) = (free_port()?, free_port()?);
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\nuser root root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 100000;\n\
-               client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
-               fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
-               server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n\
-               server {{ listen 127.0.0.1:{https_port} ssl; root {root};\n\
-                 ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.3; }}\n}}\n",
-            root = root.display(),
-            cert = cert.display(),
-            key = key.display(),
-        ),
-    )?;
-    let child = Command::new(&bin)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting nginx")?;
-    let _nginx = NginxProcess(child);
-    // Wait until both ports answer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [http_port, https_port] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                bail!("nginx did not listen: {}", log.trim());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let nginx = Nginx::start(&bin, dir, &root).await?;
+    let https_port = nginx.https_port;
+    let http_port = nginx.http_port;
     let https_base = format!("https://127.0.0.1:{https_port}");
     let https = fetch_all(https_base.clone(), files, segment).await?;
     let http = fetch_all(format!("http://127.0.0.1:{http_port}"), files, segment).await?;
@@ -148,7 +182,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// Reads `body` to its end; returns its length.
-fn drain(body: &mut ureq::Body) -> Result<u64> {
+pub(crate) fn drain(body: &mut ureq::Body) -> Result<u64> {
     use std::io::Read;
     let mut buf = vec![0u8; 256 * 1024];
     let mut reader = body.as_reader();

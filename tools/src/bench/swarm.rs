@@ -22,6 +22,8 @@ pub(crate) struct Shape {
     pub(crate) engines: usize,
     /// Listen addresses (default: TCP and QUIC on loopback).
     pub(crate) listen: Vec<Multiaddr>,
+    /// Where its director serves HTTP (`--http`), if it does.
+    pub(crate) http: Option<std::net::SocketAddr>,
 }
 
 impl Shape {
@@ -29,6 +31,7 @@ impl Shape {
         Self {
             engines,
             listen: vodmesh_node::config::default_listen("127.0.0.1"),
+            http: None,
         }
     }
 }
@@ -55,6 +58,7 @@ impl BenchSwarm {
         config.content_manager = true;
         config.engines = home.engines;
         config.listen = home.listen.clone();
+        config.http = home.http;
         config.trust = vec![issuer.public()];
         config.max_streams = 1024;
         let home_station = Station::start(config)

@@ -169,6 +169,7 @@ pub(super) fn station_record(
         counters: Default::default(),
         certificate: None,
         revoked: vec![],
+        http: None,
     }
     .sign(key)
 }

@@ -14,6 +14,7 @@ fn engine(streams: u32, max_streams: u32, up: bool) -> EngineInfo {
         capacity: 0,
         up,
         disks: vec![],
+        http: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn station(bandwidth_mbps: u32, coords: Option<(f64, f64)>) -> StationRecord {
         counters: Default::default(),
         certificate: None,
         revoked: vec![],
+        http: None,
     }
 }
 
