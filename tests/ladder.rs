@@ -1,14 +1,16 @@
 //! An adaptive-bitrate ladder (issue 22): `vodmesh ingest --ladder` encodes one video file
 //! into three renditions of one program, cut at the same instants; the console plays each
 //! rendition pinned (`--rendition`) frame for frame at its own height, and unpinned picks per
-//! segment, still frame for frame, saying which renditions it fetched. An HLS master
+//! segment, still frame for frame, saying which renditions it fetched; the gateway serves the
+//! master playlist and each rendition's. An HLS master
 //! playlist is ingested with its variants as renditions.
 
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use vodmesh_tests::cli::{Ingest, Play};
-use vodmesh_tests::media::{count_frames, decode, make_video, start_home};
+use vodmesh_tests::http::get;
+use vodmesh_tests::media::{Gateway, count_frames, decode, make_video, start_home};
 use vodmesh_tests::require;
 
 /// The test video: 12 s at 25 frames/s, 640x360.
@@ -81,6 +83,38 @@ fn a_ladder_of_three_renditions_plays_each_frame_for_frame_and_the_console_picks
     assert!(used.contains_key("144p"), "it starts low: {used:?}");
     let total: u64 = used.values().filter_map(|v| v.as_u64()).sum();
     assert_eq!(Some(total), picked.stats["segments"].as_u64());
+
+    // The gateway: index.m3u8 is the master playlist; each variant's segments, fetched as a
+    // player would, decode to every frame at the variant's height.
+    let gateway = Gateway::start(&home, &console)?;
+    let base = format!("{}/{program}", gateway.base);
+    let master = get(&format!("{base}/index.m3u8"), None)?;
+    ensure!(master.status == 200, "master playlist: {}", master.text());
+    let master = String::from_utf8(master.body)?;
+    assert_eq!(master.matches("#EXT-X-STREAM-INF:").count(), 3, "{master}");
+    assert!(master.contains("RESOLUTION=256x144"), "{master}");
+    for (name, expected) in [("360p", 360), ("144p", 144)] {
+        assert!(master.contains(&format!("\n{name}.m3u8\n")), "{master}");
+        let variant = get(&format!("{base}/{name}.m3u8"), None)?;
+        ensure!(variant.status == 200, "{name}.m3u8: {}", variant.text());
+        let variant = String::from_utf8(variant.body)?;
+        let mut bytes = Vec::new();
+        for uri in variant
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let segment = get(&format!("{base}/{uri}"), None)?;
+            ensure!(segment.status == 200, "{name} {uri}: {}", segment.text());
+            bytes.extend(segment.body);
+        }
+        let file = dir.path().join(format!("{name}.gateway.ts"));
+        std::fs::write(&file, &bytes)?;
+        let file = file.to_string_lossy();
+        assert_eq!(decode(&file)?, frames, "{name} through the gateway");
+        assert_eq!(height(&file)?, expected, "{name} through the gateway");
+    }
+    let missing = get(&format!("{base}/4k.m3u8"), None)?;
+    assert_eq!(missing.status, 404, "{}", missing.text());
 
     // A rendition the program does not have is one line, not a panic.
     let refused = Play::new(&console, &home.addr, &program)

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use vodmesh_proto::ProgramId;
-use vodmesh_proto::hls::segment_of;
+use vodmesh_proto::hls::{segment_of, variant_of};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{TrustedIssuers, from_url_param};
 use vodmesh_proto::{SegmentId, SegmentIndex};
@@ -75,7 +75,7 @@ impl IntoResponse for Refused {
 /// What a path names: a program's playlist, or one of its segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Named {
-    /// `index.m3u8`.
+    /// `index.m3u8`, or a rendition's `<name>.m3u8`.
     Playlist(ProgramId),
     /// `<n>.<ext>`.
     Segment(SegmentId),
@@ -94,7 +94,7 @@ impl Named {
 /// What `/v/<program>/<file>` names, if anything.
 pub(crate) fn named(program: &str, file: &str) -> Option<Named> {
     let program: ProgramId = program.parse().ok()?;
-    if file == PLAYLIST {
+    if file == PLAYLIST || variant_of(file).is_some() {
         return Some(Named::Playlist(program));
     }
     let index: SegmentIndex = segment_of(file)?;
@@ -274,6 +274,7 @@ mod tests {
         let id = ProgramId([7; 32]);
         let p = id.to_string();
         assert_eq!(named(&p, "index.m3u8"), Some(Named::Playlist(id)));
+        assert_eq!(named(&p, "720p.m3u8"), Some(Named::Playlist(id)));
         assert_eq!(
             named(&p, "4.ts"),
             Some(Named::Segment(SegmentId::new(id, 4u32)))

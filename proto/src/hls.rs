@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::SegmentIndex;
-use crate::manifest::ManifestContent;
+use crate::manifest::{ManifestContent, SegmentEntry};
 
 /// The file name of segment `index` in the playlist: `.m4s` in fMP4 HLS, else `.ts`.
 pub fn segment_name(fmp4: bool, index: SegmentIndex) -> String {
@@ -35,17 +35,71 @@ pub fn segment_type(content: &ManifestContent) -> &'static str {
     }
 }
 
-/// The VOD playlist of a program, from its manifest. A program ingested from fMP4 HLS
+/// The playlist a player starts from (`index.m3u8`), from the program's manifest: its VOD
+/// media playlist, or, for a program with renditions (an ABR ladder), the master playlist
+/// naming one media playlist per rendition ([`variant`]). A program ingested from fMP4 HLS
 /// (segment 0 is the initialization segment, of duration 0) gets an `#EXT-X-MAP` to it.
 pub fn playlist(content: &ManifestContent) -> String {
     playlist_linking(content, &|name| name.to_string())
 }
 
-/// [`playlist`], with each segment's URI made from its file name by `link` (the HTTP edge
-/// copies the player's `?token=` into every segment URI).
+/// [`playlist`], with each URI in it made from its file name by `link` (the HTTP edge copies
+/// the player's `?token=` into every URI).
 pub fn playlist_linking(content: &ManifestContent, link: &dyn Fn(&str) -> String) -> String {
+    if content.renditions.is_empty() {
+        return media_playlist(&content.segments, content.has_init_segment(), link);
+    }
     let fmp4 = content.has_init_segment();
-    let media = content.segments.iter().skip(usize::from(fmp4));
+    let mut m3u8 = String::from("#EXTM3U\n");
+    let _ = writeln!(m3u8, "#EXT-X-VERSION:{}", if fmp4 { 7 } else { 3 });
+    m3u8.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for r in &content.renditions {
+        let _ = write!(m3u8, "#EXT-X-STREAM-INF:BANDWIDTH={}", r.bandwidth.max(1));
+        if r.width > 0 && r.height > 0 {
+            let _ = write!(m3u8, ",RESOLUTION={}x{}", r.width, r.height);
+        }
+        // The manifest admits printable codecs without quotes or commas inside a name only
+        // as far as HLS goes: a quote would end the attribute.
+        if !r.codecs.is_empty() && !r.codecs.contains('"') {
+            let _ = write!(m3u8, ",CODECS=\"{}\"", r.codecs);
+        }
+        let _ = writeln!(m3u8, "\n{}", link(&variant_name(&r.name)));
+    }
+    m3u8
+}
+
+/// The file name of rendition `name`'s media playlist, beside the master playlist.
+pub fn variant_name(name: &str) -> String {
+    format!("{name}.m3u8")
+}
+
+/// The rendition a file name of the master playlist names (`720p.m3u8`), if it is one.
+pub fn variant_of(file: &str) -> Option<&str> {
+    file.strip_suffix(".m3u8").filter(|name| *name != "index")
+}
+
+/// The media playlist of rendition `name` of a program with renditions, its URIs made by
+/// `link`; `None` when the program has no such rendition.
+pub fn variant(
+    content: &ManifestContent,
+    name: &str,
+    link: &dyn Fn(&str) -> String,
+) -> Option<String> {
+    let r = content.rendition(name)?;
+    let start = r.first.0 as usize;
+    let segments = content
+        .segments
+        .get(start..start.checked_add(r.count as usize)?)?;
+    Some(media_playlist(segments, content.has_init_segment(), link))
+}
+
+/// The VOD media playlist of `segments` (a whole program's, or one rendition's); with `fmp4`
+/// the first is the initialization segment.
+fn media_playlist(segments: &[SegmentEntry], fmp4: bool, link: &dyn Fn(&str) -> String) -> String {
+    let Some(first) = segments.first() else {
+        return String::from("#EXTM3U\n#EXT-X-ENDLIST\n");
+    };
+    let media = segments.iter().skip(usize::from(fmp4));
     // Each #EXTINF rounded to an integer must not exceed the target duration.
     let longest = media.clone().map(|s| s.duration_ms).max().unwrap_or(0);
     let target = u64::from(longest).div_ceil(1000).max(1);
@@ -57,7 +111,7 @@ pub fn playlist_linking(content: &ManifestContent, link: &dyn Fn(&str) -> String
         let _ = writeln!(
             m3u8,
             "#EXT-X-MAP:URI=\"{}\"",
-            link(&segment_name(true, SegmentIndex(0)))
+            link(&segment_name(true, first.index))
         );
     }
     for s in media {
@@ -124,6 +178,73 @@ mod tests {
         assert_eq!(byte_range("bytes=0-1,5-6", 1000), None);
         assert_eq!(byte_range("items=0-1", 1000), None);
         assert_eq!(byte_range("bytes=x-1", 1000), None);
+    }
+
+    /// Two renditions of an fMP4 program: an init segment and two 4 s segments each.
+    fn ladder() -> ManifestContent {
+        use crate::SegmentHash;
+        use crate::manifest::Rendition;
+        let segments = (0..6)
+            .map(|i| SegmentEntry {
+                index: SegmentIndex(i),
+                duration_ms: if i % 3 == 0 { 0 } else { 4000 },
+                size: 100,
+                hash: SegmentHash::of(&[i as u8]),
+            })
+            .collect();
+        let rendition = |name: &str, bandwidth, height, first| Rendition {
+            name: name.into(),
+            bandwidth,
+            width: height * 16 / 9,
+            height,
+            codecs: "avc1.64001f".into(),
+            first: SegmentIndex(first),
+            count: 3,
+        };
+        ManifestContent {
+            title: "t".into(),
+            content_type: crate::manifest::FMP4.into(),
+            duration_ms: 8000,
+            segments,
+            renditions: vec![
+                rendition("720p", 2_000_000, 720, 0),
+                rendition("360p", 600_000, 360, 3),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_ladder_gets_a_master_playlist_and_a_media_playlist_per_rendition() {
+        let content = ladder();
+        content.check().unwrap();
+        let master = playlist_linking(&content, &|f| format!("{f}?token=t"));
+        assert!(master.starts_with("#EXTM3U\n"), "{master}");
+        assert!(
+            master.contains(
+                "#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=640x360,CODECS=\"avc1.64001f\"\n360p.m3u8?token=t\n"
+            ),
+            "{master}"
+        );
+        assert!(!master.contains("#EXTINF"), "{master}");
+        assert_eq!(variant_of("360p.m3u8"), Some("360p"));
+        assert_eq!(variant_of("index.m3u8"), None);
+        assert_eq!(variant_of("3.ts"), None);
+        let low = variant(&content, "360p", &|f| f.to_string()).unwrap();
+        // Its own init segment (3) and media segments (4, 5), by their program indexes.
+        assert!(low.contains("#EXT-X-MAP:URI=\"3.m4s\""), "{low}");
+        assert!(
+            low.contains("#EXTINF:4.000,\n4.m4s\n#EXTINF:4.000,\n5.m4s\n"),
+            "{low}"
+        );
+        assert!(low.ends_with("#EXT-X-ENDLIST\n"), "{low}");
+        assert!(variant(&content, "4k", &|f| f.to_string()).is_none());
+        // Without renditions, index.m3u8 is the media playlist, as it always was.
+        let mut one = content.clone();
+        one.renditions.clear();
+        one.duration_ms = 16_000;
+        let media = playlist(&one);
+        assert!(media.contains("#EXT-X-MAP:URI=\"0.m4s\""), "{media}");
+        assert_eq!(media.matches("#EXTINF").count(), 5, "{media}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use vodmesh_proto::director::ProgramInfo;
-pub(super) use vodmesh_proto::hls::{byte_range, playlist, segment_of, segment_type};
+pub(super) use vodmesh_proto::hls::{
+    byte_range, playlist, segment_of, segment_type, variant, variant_of,
+};
 
 /// Where the player page loads hls.js from; a dot keeps it apart from program titles.
 pub(super) const HLS_JS_PATH: &str = "/.vodmesh/hls.min.js";

@@ -9,7 +9,9 @@
 //!   `vodmesh programs --json`).
 //! - `GET /<program>/index.m3u8`: a VOD playlist built from the signed manifest, with the
 //!   manifest's segment durations. A program ingested from fMP4 HLS (segment 0 is the
-//!   initialization segment, of duration 0) gets an `#EXT-X-MAP` to it.
+//!   initialization segment, of duration 0) gets an `#EXT-X-MAP` to it. For a program with
+//!   renditions (an ABR ladder) it is the master playlist, its variants at
+//!   `GET /<program>/<rendition>.m3u8`.
 //! - `GET /<program>/<n>.ts` (or `.m4s`): segment `n`, with byte ranges. After a segment is
 //!   served the next ones are fetched into a small cache, so a player's next request is
 //!   answered from memory.
@@ -109,6 +111,19 @@ async fn segment_route(
     Path((program, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
+    if let Some(name) = hls::variant_of(&file) {
+        // A rendition's media playlist, named by the master playlist.
+        let session = gateway.session(&program).await?;
+        let content = &session.manifest().content;
+        let playlist = hls::variant(content, name, &|f| f.to_string()).ok_or_else(|| {
+            Failure::NotFound(format!(
+                "program \"{}\" has no rendition \"{name}\"",
+                content.title
+            ))
+        })?;
+        let mpegurl = "application/vnd.apple.mpegurl";
+        return Ok(([(header::CONTENT_TYPE, mpegurl)], playlist).into_response());
+    }
     let index = hls::segment_of(&file)
         .ok_or_else(|| Failure::NotFound(format!("no segment \"{file}\"")))?;
     let session = gateway.session(&program).await?;

@@ -2,7 +2,9 @@
 //!
 //! - `GET /v/<program>/index.m3u8?token=`: the program's HLS media playlist, made from its
 //!   manifest ([`vodmesh_proto::hls`], the segment durations of the manifest), each segment URI
-//!   pointing back at this director with the player's token copied in.
+//!   pointing back at this director with the player's token copied in; for a program with
+//!   renditions (an ABR ladder) the master playlist, its variants at
+//!   `GET /v/<program>/<rendition>.m3u8?token=`.
 //! - `GET /v/<program>/<n>.<ext>?token=`: a 302 to the engine that serves segment `n` to this
 //!   player, at its own HTTP port. The engine is the one a console's `Locate` would be sent to:
 //!   the request goes through the director's loop as a `Locate` ([`Local`]), with the token's
@@ -28,7 +30,7 @@ use libp2p::PeerId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use vodmesh_proto::director::{ErrorCode, ErrorReply, Request, Response as Answer};
-use vodmesh_proto::hls::playlist_linking;
+use vodmesh_proto::hls::{playlist_linking, variant, variant_of};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{ProgramId, SegmentId};
@@ -127,7 +129,10 @@ async fn get_file(
     // Admitted: the parameter is there.
     let token = token_param(&uri).unwrap_or_default();
     match named {
-        Named::Playlist(program) => playlist(&edge, subscriber, program, token).await,
+        Named::Playlist(program) => {
+            let rendition = variant_of(&file);
+            playlist(&edge, subscriber, (program, rendition), token).await
+        }
         Named::Segment(segment) => {
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
             redirect(&edge, subscriber, segment, (&file, token), host).await
@@ -159,8 +164,14 @@ async fn ask(edge: &Edge, subscriber: PeerId, request: Request) -> Result<Answer
     }
 }
 
-/// The program's playlist, its segment URIs relative to this one with `token` copied in.
-async fn playlist(edge: &Edge, subscriber: PeerId, program: ProgramId, token: &str) -> Response {
+/// The program's playlist (`index.m3u8`: the master playlist of a program with renditions),
+/// or one rendition's (`<name>.m3u8`), its URIs relative to this one with `token` copied in.
+async fn playlist(
+    edge: &Edge,
+    subscriber: PeerId,
+    (program, rendition): (ProgramId, Option<&str>),
+    token: &str,
+) -> Response {
     let signed = match ask(edge, subscriber, Request::Manifest { program }).await {
         Ok(Answer::Manifest(signed)) => signed,
         Ok(Answer::Error(e)) => return refusal(&e),
@@ -171,7 +182,14 @@ async fn playlist(edge: &Edge, subscriber: PeerId, program: ProgramId, token: &s
         Ok(m) => m,
         Err(e) => return line(StatusCode::BAD_GATEWAY, format!("bad manifest: {e}")),
     };
-    let m3u8 = playlist_linking(&manifest.content, &|name| format!("{name}?token={token}"));
+    let link = |name: &str| format!("{name}?token={token}");
+    let m3u8 = match rendition {
+        None => playlist_linking(&manifest.content, &link),
+        Some(name) => match variant(&manifest.content, name, &link) {
+            Some(m3u8) => m3u8,
+            None => return line(StatusCode::NOT_FOUND, format!("no rendition \"{name}\"")),
+        },
+    };
     let mut response = m3u8.into_response();
     let h = response.headers_mut();
     h.insert(
