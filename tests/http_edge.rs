@@ -7,7 +7,8 @@
 //! the packaged segment files, including at a station that holds nothing (a miss, copied in
 //! while the engine serves it). ffmpeg decodes the program through a director. Forged,
 //! expired, other-kind and other-program tokens are 403s with their reason, beside the
-//! good token's 302 and 200; byte ranges are 206 with exactly those bytes, or 416.
+//! good token's 302 and 200; a URL bound to other client addresses (`--addr`) is a 403, one
+//! bound to loopback plays; byte ranges are 206 with exactly those bytes, or 416.
 //!
 //! Where ffmpeg is absent the test says so and passes, except under CI (`CI` set).
 
@@ -320,6 +321,20 @@ fn players_reach_every_segment_through_a_director_redirect_with_signed_urls() ->
         &format!("http://{}/v/{program}/1.ts", home_edge.director),
         "no token",
     )?;
+    // A URL bound to other client addresses (`vodmesh-console url --addr`) is refused from
+    // here; one bound to loopback plays.
+    let node = home.addr.to_string();
+    for (prefix, allowed) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
+        let args = ["url", "--node", &node, "--addr", prefix, &program];
+        let bound = run(console(None, &viewer).args(args))?;
+        let bound = bound.trim();
+        if allowed {
+            let once = get_once(bound, &[])?;
+            assert_eq!(once.reply.status, 200, "{prefix}: {}", once.reply.text());
+        } else {
+            refused(bound, "token bound to other client addresses")?;
+        }
+    }
     let good = get_once(&format!("{engine_base}?token={token}"), &[])?;
     assert_eq!(good.reply.status, 200);
     assert!(good.reply.body == *whole);
