@@ -1,5 +1,6 @@
-//! `vodmesh ingest --ladder 1080p,720p,...`: one video file encoded as an adaptive-bitrate
-//! ladder, one program.
+//! Programs of several renditions (adaptive bitrate): `vodmesh ingest --ladder 1080p,720p,...`
+//! encodes one video file as a ladder, and an HLS master playlist brings its variants
+//! ([`variants`]); either way, one program.
 //!
 //! Each rung is an H.264/AAC encode of the source at that height (the width follows the
 //! source's aspect ratio), packaged to MPEG-TS HLS by ffmpeg with a keyframe forced every
@@ -16,7 +17,11 @@ use vodmesh_proto::manifest::{
     MAX_RENDITIONS, MAX_SEGMENTS, ManifestContent, Rendition, SegmentEntry,
 };
 
-use crate::source::{self, HLS_SEGMENT_SECONDS, Piece, Source};
+use tokio::io::AsyncReadExt;
+
+use crate::source::{
+    self, Base, HLS_SEGMENT_SECONDS, MAX_PLAYLIST, Piece, Source, http_get, media,
+};
 
 /// One encoded rung: its rendition's name, its segments and where they are, and its
 /// picture: width, height and RFC 6381 codecs.
@@ -216,6 +221,77 @@ fn avc1(profile: &str, level: u64) -> String {
         _ => (0x64, 0x00),
     };
     format!("avc1.{idc:02x}{constraints:02x}{:02x}", level.min(0xff))
+}
+
+/// The variants of a master playlist, each a rendition named after its height (`720p`; `v2`
+/// for the third variant when its height is unknown or taken), all lined up.
+pub(crate) async fn variants(
+    master: &m3u8_rs::MasterPlaylist,
+    base: &Base,
+    allow: &[String],
+) -> Result<(ManifestContent, Vec<Piece>)> {
+    let streams: Vec<&m3u8_rs::VariantStream> =
+        (master.variants.iter()).filter(|v| !v.is_i_frame).collect();
+    if streams.is_empty() || streams.len() > MAX_RENDITIONS {
+        bail!(
+            "a master playlist with 1 to {MAX_RENDITIONS} variants is ingested; this one has {}",
+            streams.len()
+        );
+    }
+    let mut rungs: Vec<Rung> = Vec::with_capacity(streams.len());
+    for (n, v) in streams.iter().enumerate() {
+        let at = base.resolve(&v.uri, allow)?;
+        let text = read_playlist(&at).await?;
+        let variant_base = match &at {
+            Piece::Url(url) => Base::Url(url.clone()),
+            Piece::File(path) | Piece::Range { path, .. } => {
+                Base::Dir(path.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+        };
+        let (content, pieces) = (media(text, variant_base, allow).await)
+            .with_context(|| format!("variant {}", v.uri))?;
+        let (width, height) = v.resolution.map_or((0, 0), |r| {
+            let px = |x: u64| u32::try_from(x).unwrap_or(0);
+            (px(r.width), px(r.height))
+        });
+        let by_height = (height > 0).then(|| format!("{height}p"));
+        let name = match by_height {
+            Some(name) if !rungs.iter().any(|r| r.name == name) => name,
+            _ => format!("v{n}"),
+        };
+        // Codecs the manifest would refuse (too long, unprintable) are left out.
+        let codecs = (v.codecs.clone())
+            .filter(|c| c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or_default();
+        rungs.push(Rung {
+            name,
+            content,
+            pieces,
+            picture: (width, height, codecs),
+        });
+    }
+    combine(rungs)
+}
+
+/// A playlist named by a master playlist, up to [`MAX_PLAYLIST`] bytes.
+async fn read_playlist(piece: &Piece) -> Result<Vec<u8>> {
+    match piece {
+        Piece::Url(url) => http_get(url, MAX_PLAYLIST).await,
+        Piece::File(path) | Piece::Range { path, .. } => {
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let mut text = Vec::new();
+            file.take(MAX_PLAYLIST + 1)
+                .read_to_end(&mut text)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            if text.len() as u64 > MAX_PLAYLIST {
+                bail!("{}: playlist larger than 4 MiB", path.display());
+            }
+            Ok(text)
+        }
+    }
 }
 
 /// The rungs' segments as one program, rung after rung, with its renditions; refused when

@@ -27,9 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use vodmesh_proto::SegmentHash;
-use vodmesh_proto::manifest::{
-    MAX_RENDITIONS, MAX_SEGMENT_SIZE, MAX_SEGMENTS, ManifestContent, SegmentEntry,
-};
+use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, MAX_SEGMENTS, ManifestContent, SegmentEntry};
 
 /// The largest playlist read.
 pub const MAX_PLAYLIST: u64 = 4 * 1024 * 1024;
@@ -278,7 +276,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// GETs `url` whole, at most `limit` bytes.
-async fn http_get(url: &url::Url, limit: u64) -> Result<Vec<u8>> {
+pub(crate) async fn http_get(url: &url::Url, limit: u64) -> Result<Vec<u8>> {
     let u = url.to_string();
     tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
         let mut resp = agent()
@@ -428,7 +426,7 @@ fn content_type(name: &str) -> &'static str {
 }
 
 /// Where a playlist is, for resolving its segment URIs.
-enum Base {
+pub(crate) enum Base {
     Dir(PathBuf),
     Url(url::Url),
 }
@@ -438,7 +436,7 @@ impl Base {
     /// the playlist's own origin nor on a host of `allow`, a file outside the playlist's
     /// directory (a playlist from someone else must not read this machine's files, such as a
     /// station's identity key, or make it fetch from its own network).
-    fn resolve(&self, uri: &str, allow: &[String]) -> Result<Piece> {
+    pub(crate) fn resolve(&self, uri: &str, allow: &[String]) -> Result<Piece> {
         let bad = || format!("bad segment URI {uri}");
         match self {
             Base::Dir(dir) if !is_url(uri) => Ok(Piece::File(within(dir, uri)?)),
@@ -574,84 +572,13 @@ async fn hls(text: Vec<u8>, base: Base, allow: &[String]) -> Result<(ManifestCon
     if text.starts_with(b"#EXTM3U")
         && let Ok(m3u8_rs::Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&text)
     {
-        return variants(&master, &base, allow).await;
+        return crate::ladder::variants(&master, &base, allow).await;
     }
     media(text, base, allow).await
 }
 
-/// The variants of a master playlist, each a rendition named after its height (`720p`; `v2`
-/// for the third variant when its height is unknown or taken), all lined up.
-async fn variants(
-    master: &m3u8_rs::MasterPlaylist,
-    base: &Base,
-    allow: &[String],
-) -> Result<(ManifestContent, Vec<Piece>)> {
-    let streams: Vec<&m3u8_rs::VariantStream> =
-        (master.variants.iter()).filter(|v| !v.is_i_frame).collect();
-    if streams.is_empty() || streams.len() > MAX_RENDITIONS {
-        bail!(
-            "a master playlist with 1 to {MAX_RENDITIONS} variants is ingested; this one has {}",
-            streams.len()
-        );
-    }
-    let mut rungs: Vec<crate::ladder::Rung> = Vec::with_capacity(streams.len());
-    for (n, v) in streams.iter().enumerate() {
-        let at = base.resolve(&v.uri, allow)?;
-        let text = read_playlist(&at).await?;
-        let variant_base = match &at {
-            Piece::Url(url) => Base::Url(url.clone()),
-            Piece::File(path) | Piece::Range { path, .. } => {
-                Base::Dir(path.parent().map(Path::to_path_buf).unwrap_or_default())
-            }
-        };
-        let (content, pieces) = (media(text, variant_base, allow).await)
-            .with_context(|| format!("variant {}", v.uri))?;
-        let (width, height) = v.resolution.map_or((0, 0), |r| {
-            let px = |x: u64| u32::try_from(x).unwrap_or(0);
-            (px(r.width), px(r.height))
-        });
-        let by_height = (height > 0).then(|| format!("{height}p"));
-        let name = match by_height {
-            Some(name) if !rungs.iter().any(|r| r.name == name) => name,
-            _ => format!("v{n}"),
-        };
-        // Codecs the manifest would refuse (too long, unprintable) are left out.
-        let codecs = (v.codecs.clone())
-            .filter(|c| c.len() <= 128 && c.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or_default();
-        rungs.push(crate::ladder::Rung {
-            name,
-            content,
-            pieces,
-            picture: (width, height, codecs),
-        });
-    }
-    crate::ladder::combine(rungs)
-}
-
-/// A playlist named by a master playlist, up to [`MAX_PLAYLIST`] bytes.
-async fn read_playlist(piece: &Piece) -> Result<Vec<u8>> {
-    match piece {
-        Piece::Url(url) => http_get(url, MAX_PLAYLIST).await,
-        Piece::File(path) | Piece::Range { path, .. } => {
-            let file = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let mut text = Vec::new();
-            file.take(MAX_PLAYLIST + 1)
-                .read_to_end(&mut text)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
-            if text.len() as u64 > MAX_PLAYLIST {
-                bail!("{}: playlist larger than 4 MiB", path.display());
-            }
-            Ok(text)
-        }
-    }
-}
-
 /// The segments of an HLS media playlist.
-async fn media(
+pub(crate) async fn media(
     text: Vec<u8>,
     base: Base,
     allow: &[String],
