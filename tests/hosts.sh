@@ -6,6 +6,7 @@
 #   hosts.sh shape PREFIX I RATE [DELAY [LOSS]]
 #                                   shape what host I sends: tbf RATE (- for none), then
 #                                   netem DELAY/LOSS (exit 3 when the kernel has no netem)
+#   hosts.sh unshape PREFIX I       remove host I's shaping
 #   hosts.sh cut PREFIX I           cut host I's link (its bridge port down)
 #   hosts.sh heal PREFIX I          restore it
 #   hosts.sh nat PREFIX I           put host I behind a NAT: its eth0 gets 10.78.I.1/24 (no
@@ -52,6 +53,9 @@ shape)
         ip netns exec "$ns" tc qdisc add dev eth0 $parent handle 10: netem delay "$delay" loss "$loss" 2>/dev/null \
             || { echo "no netem in this kernel: host $i is not delayed nor lossy" >&2; exit 3; }
     fi
+    ;;
+unshape)
+    ip netns exec "${prefix}h${3:?host}" tc qdisc del dev eth0 root 2>/dev/null || true
     ;;
 cut)
     ip -n "$bridge" link set "p${3:?host}" down

@@ -561,3 +561,117 @@ fn a_station_cut_off_during_the_publish_serves_once_it_is_back() -> Result<()> {
     );
     Ok(())
 }
+
+/// The renditions the console picked, in order, from its debug log (`abr: picked`).
+fn picks(log: &str) -> Vec<String> {
+    let log = vodmesh_tests::process::plain(log);
+    log.lines()
+        .filter(|l| l.contains("abr: picked"))
+        .filter_map(|l| {
+            let at = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rendition="))?;
+            Some(at.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// The bandwidth of `rendition`, bits per second, from the console's debug log.
+fn bandwidth(log: &str, rendition: &str) -> Option<u64> {
+    let log = vodmesh_tests::process::plain(log);
+    let line = log
+        .lines()
+        .find(|l| l.contains("abr: the program's renditions"))?;
+    let list = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("renditions="))?;
+    (list.split(',')).find_map(|r| r.strip_prefix(&format!("{rendition}="))?.parse().ok())
+}
+
+/// An ABR ladder played over a link that is shaped, then freed (issue 22): the console on
+/// host 2 plays at `--speed 1` from a station on host 1. Once it plays the top rendition,
+/// host 1's link is shaped to a little more than the top rendition's peak bandwidth (enough
+/// to carry it in real time, not enough for the console's 0.8 safety margin): it steps down.
+/// Once the shaping is lifted it climbs back. It never stalls, and every frame is decoded.
+#[test]
+fn a_shaped_link_steps_the_rendition_down_and_freeing_it_steps_back_up_without_stalls() -> Result<()>
+{
+    use vodmesh_tests::media::{count_frames, decode};
+    if !require::tools(&["ffmpeg", "ffprobe"])? {
+        return Ok(());
+    }
+    let Some(hosts) = Hosts::up(2)? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    // 60 s of noise: every rung's bitrate reaches its cap, so the rungs differ clearly.
+    let video = dir.path().join("noise.mp4");
+    run(std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=duration=60:size=640x360:rate=25,noise=alls=60:allf=t")
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&video))?;
+    let frames = count_frames(&video.to_string_lossy())?;
+    let h = hosts.ns(1);
+    let home = Node::new(&dir.path().join("home"))
+        .in_netns(&h)
+        .listen(&["/ip4/10.77.0.1/tcp/0"])
+        .engines(1)
+        .home()
+        .start()?;
+    let program = Ingest::new(&home.addr, &home.key(), "abr", &video)
+        .in_netns(&h)
+        .publish_now()
+        .args(&["--ladder", "360p,240p,144p"])
+        .run()?;
+    let console = dir.path().join("console");
+    let c_ns = hosts.ns(2);
+    subscriber_in(Some(&c_ns), &home.addr, &home.key(), &console, "abe")?;
+    let playing = Play::new(&console, &home.addr, &program)
+        .in_netns(&c_ns)
+        .speed("1")
+        .args(&["--buffer", "8"])
+        .files(dir.path(), "abr")
+        .debug()
+        .spawn()?;
+    let log = || playing.stderr().text();
+    let minute = Duration::from_secs(60);
+    wait::blocking("the console playing 360p", minute, || {
+        Ok(picks(&log()).iter().any(|p| p == "360p"))
+    })?;
+    let top =
+        bandwidth(&log(), "360p").ok_or_else(|| anyhow::anyhow!("no bandwidths: {}", log()))?;
+    // 1.18 x the peak: 0.8 of it (0.94 x the peak) no longer carries the top rendition.
+    let rate = format!("{}bit", top * 118 / 100);
+    hosts.shape(1, &rate, "0ms", "0%")?;
+    let shaped_at = picks(&log()).len();
+    wait::blocking("a step down on the shaped link", minute, || {
+        Ok(picks(&log())[shaped_at..].iter().any(|p| p != "360p"))
+    })?;
+    hosts.unshape(1)?;
+    let freed_at = picks(&log()).len();
+    wait::blocking("the climb back once the link is free", minute, || {
+        Ok(picks(&log())[freed_at..].iter().any(|p| p == "360p"))
+    })?;
+    let played = playing.finish()?;
+    let all = picks(&played.log);
+    assert_eq!(played.stats["stalls"], 0, "picks {all:?}: {}", played.log);
+    assert!(
+        played.stats["rendition_switches"].as_u64() >= Some(3),
+        "up, down and up again: {all:?}"
+    );
+    let out = dir.path().join("abr.out");
+    assert_eq!(
+        decode(&out.to_string_lossy())?,
+        frames,
+        "every frame: {all:?}"
+    );
+    Ok(())
+}

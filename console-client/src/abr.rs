@@ -7,8 +7,10 @@
 //! window:
 //!
 //! - **Throughput** caps the choice: the highest rendition whose peak bandwidth fits in
-//!   [`SAFETY`] of the throughput measured on the segments fetched so far (a moving average,
-//!   [`EWMA`]). Before any measurement the lowest is taken, so the first bytes come fast.
+//!   [`SAFETY`] of the throughput measured, the lower of the last [`SAMPLES`] segments'
+//!   (one slow segment is enough to step down; stepping up takes two fast ones: an average
+//!   would keep the memory of a fast link for many segments after it slowed). Before any
+//!   measurement the lowest is taken, so the first bytes come fast.
 //! - **Buffer** (buffer-based, as BBA): with less media written ahead than [`RESERVOIR`] of the
 //!   target buffer, the console never steps up, and steps down one rendition when the
 //!   throughput no longer carries the current one; above it, it steps up one rendition at a
@@ -21,6 +23,7 @@
 //!
 //! Pure: it takes its measurements and returns its choices; [`crate::play`] applies them.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use vodmesh_proto::SegmentIndex;
@@ -28,8 +31,8 @@ use vodmesh_proto::manifest::{ManifestContent, Rendition};
 
 /// The share of the measured throughput a rendition's peak bandwidth may take.
 pub const SAFETY: f64 = 0.8;
-/// Weight of the newest throughput sample in the moving average.
-pub const EWMA: f64 = 0.5;
+/// How many of the last segments' throughputs the estimate is the lowest of.
+pub const SAMPLES: usize = 2;
 /// Below this share of the target buffer the console does not step up.
 pub const RESERVOIR: f64 = 0.5;
 /// Segments shorter than this (bytes) say little about throughput and are not measured.
@@ -52,8 +55,9 @@ pub struct Ladder {
     pinned: Option<usize>,
     /// The rendition of the last pick.
     current: Option<usize>,
-    /// Throughput measured, bits per second (moving average).
-    throughput: Option<f64>,
+    /// The throughputs of the last [`SAMPLES`] segments measured, bits per second, newest
+    /// last.
+    samples: VecDeque<f64>,
     /// Picks that changed the rendition.
     switches: u32,
     /// An fMP4 program: each rendition has its own initialization segment, which playback
@@ -96,7 +100,7 @@ impl Ladder {
             renditions,
             pinned,
             current: None,
-            throughput: None,
+            samples: VecDeque::with_capacity(SAMPLES),
             switches: 0,
             sticky: content.has_init_segment(),
         }))
@@ -137,7 +141,7 @@ impl Ladder {
             return current;
         }
         let lowest = self.renditions.len() - 1;
-        let Some(throughput) = self.throughput else {
+        let Some(throughput) = self.throughput() else {
             return lowest;
         };
         // The highest rendition the throughput carries (the lowest when none does).
@@ -163,11 +167,24 @@ impl Ladder {
         if bytes < MIN_SAMPLE || elapsed.is_zero() {
             return;
         }
-        let bps = bytes as f64 * 8.0 / elapsed.as_secs_f64();
-        self.throughput = Some(match self.throughput {
-            Some(mean) => EWMA * bps + (1.0 - EWMA) * mean,
-            None => bps,
-        });
+        if self.samples.len() == SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples
+            .push_back(bytes as f64 * 8.0 / elapsed.as_secs_f64());
+    }
+
+    /// The throughput the choice counts on, bits per second: the lowest of the last samples.
+    pub fn throughput(&self) -> Option<f64> {
+        self.samples.iter().copied().reduce(f64::min)
+    }
+
+    /// The renditions as `name=bandwidth` (bits per second), highest first, for a log line.
+    pub fn describe(&self) -> String {
+        (self.renditions.iter())
+            .map(|r| format!("{}={}", r.name, r.bandwidth))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Picks that changed the rendition so far.
@@ -215,9 +232,9 @@ mod tests {
     const FULL: Duration = Duration::from_secs(8);
     const EMPTY: Duration = Duration::ZERO;
 
-    /// Feeds a throughput of `mbps` until the average holds it.
+    /// Feeds a throughput of `mbps` until the estimate is it.
     fn at_mbps(ladder: &mut Ladder, mbps: f64) {
-        for _ in 0..20 {
+        for _ in 0..SAMPLES {
             ladder.measured((mbps * 1e6 / 2.0) as u64, Duration::from_secs(4));
         }
     }
@@ -301,6 +318,25 @@ mod tests {
         at_mbps(&mut ladder, 20.0);
         assert_eq!(ladder.pick(SegmentIndex(1), FULL, TARGET).1, "360p");
         assert_eq!(ladder.switches(), 0);
+    }
+
+    #[test]
+    fn one_slow_segment_steps_down_and_two_fast_ones_let_it_climb() {
+        let mut ladder = Ladder::new(&content(), None).unwrap().unwrap();
+        at_mbps(&mut ladder, 100.0);
+        for _ in 0..3 {
+            ladder.pick(SegmentIndex(0), FULL, TARGET);
+        }
+        assert_eq!(ladder.pick(SegmentIndex(0), FULL, TARGET).1, "1080p");
+        // One segment at 4 Mbit/s after many at 100: 1080p (5 Mbit/s) no longer fits.
+        ladder.measured(2_000_000, Duration::from_secs(4));
+        assert_eq!(ladder.pick(SegmentIndex(1), FULL, TARGET).1, "720p");
+        // One fast segment is not enough to climb back...
+        ladder.measured(50_000_000, Duration::from_secs(4));
+        assert_eq!(ladder.pick(SegmentIndex(2), FULL, TARGET).1, "720p");
+        // ...two are.
+        ladder.measured(50_000_000, Duration::from_secs(4));
+        assert_eq!(ladder.pick(SegmentIndex(2), FULL, TARGET).1, "1080p");
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     let began = Instant::now();
     let session = Arc::new(Session::open(node, credentials, program).await?);
     let mut ladder = Ladder::new(&session.manifest().content, rendition)?;
+    if let Some(l) = &ladder {
+        tracing::debug!(renditions = %l.describe(), "abr: the program's renditions");
+    }
     // Playback works on positions; each fetch goes to the rendition picked for it.
     let content = Ladder::positions(&session.manifest().content);
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
@@ -139,7 +142,9 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                     let buffered = playback.buffered(Instant::now());
                     let (segment, name) = match ladder.as_mut() {
                         Some(l) => {
+                            let bps = l.throughput();
                             let (segment, name) = l.pick(index, buffered, target);
+                            tracing::debug!(%index, rendition = name, throughput_bps = ?bps.map(|b| b as u64), buffered_ms = buffered.as_millis() as u64, "abr: picked");
                             (segment, Some(name.to_string()))
                         }
                         None => (index, None),

@@ -73,9 +73,14 @@ pub fn variant_name(name: &str) -> String {
     format!("{name}.m3u8")
 }
 
-/// The rendition a file name of the master playlist names (`720p.m3u8`), if it is one.
+/// The rendition a file name of the master playlist names (`720p.m3u8`), if it is one: a
+/// name as renditions have them (1 to 32 of `A-Z a-z 0-9 . _ -`), other than `index`.
 pub fn variant_of(file: &str) -> Option<&str> {
-    file.strip_suffix(".m3u8").filter(|name| *name != "index")
+    file.strip_suffix(".m3u8").filter(|name| {
+        *name != "index"
+            && (1..=32).contains(&name.len())
+            && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    })
 }
 
 /// The media playlist of rendition `name` of a program with renditions, its URIs made by
@@ -229,6 +234,8 @@ mod tests {
         assert_eq!(variant_of("360p.m3u8"), Some("360p"));
         assert_eq!(variant_of("index.m3u8"), None);
         assert_eq!(variant_of("3.ts"), None);
+        assert_eq!(variant_of("../index.m3u8"), None);
+        assert_eq!(variant_of("a/b.m3u8"), None);
         let low = variant(&content, "360p", &|f| f.to_string()).unwrap();
         // Its own init segment (3) and media segments (4, 5), by their program indexes.
         assert!(low.contains("#EXT-X-MAP:URI=\"3.m4s\""), "{low}");

@@ -85,6 +85,15 @@ impl Hosts {
         }
     }
 
+    /// Removes host `i`'s shaping.
+    pub fn unshape(&self, i: u8) -> Result<()> {
+        let out = self.run(&["unshape", &i.to_string()])?;
+        if !out.status.success() {
+            bail!("unshape: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Cuts (`true`) or restores host `i`'s link.
     pub fn cut(&self, i: u8, cut: bool) -> Result<()> {
         let out = self.run(&[if cut { "cut" } else { "heal" }, &i.to_string()])?;
