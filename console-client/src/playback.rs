@@ -560,7 +560,9 @@ impl<'a, E> Playback<'a, E> {
         &mut self,
         now: Instant,
         index: SegmentIndex,
-        Segment { location, bytes }: Segment,
+        Segment {
+            location, bytes, ..
+        }: Segment,
     ) -> bool {
         let mut duration_ms = self
             .content
@@ -752,6 +754,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(self.engine, self.director),
                     bytes: vec![7; 1000],
+                    by_group: true,
                 }),
             };
             self.playback.handle(self.at(ms), event)
@@ -939,6 +942,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(sim.engine, sim.director),
                     bytes: vec![1; 1000],
+                    by_group: true,
                 }),
             },
         );

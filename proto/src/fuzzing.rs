@@ -157,6 +157,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 offset: 10,
                 token: Some(serde_bytes::ByteBuf::from(vec![1, 2, 3])),
                 play_from: 20,
+                verified: true,
             }),
         ),
         frame(3, codec::encode(&stream::StreamReply::Refused("no".into()))),

@@ -353,6 +353,7 @@ async fn open(
             offset: 0,
             token: Some(c.token.clone()),
             play_from: 0,
+            verified: false,
         },
     )
     .await?;
