@@ -16,7 +16,9 @@
 //! the segment hash) and so hands out each group as soon as it is whole, holding nothing but
 //! the group being read and one chaining value per tree level.
 
-use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 use crate::ids::SegmentHash;
 
@@ -105,7 +107,7 @@ impl LeafHasher {
             self.pos += take as u64;
             data = &data[take..];
             // A whole group of a segment of several: its chaining value is final.
-            if self.pos % GROUP == 0 && self.size > GROUP {
+            if self.pos.is_multiple_of(GROUP) && self.size > GROUP {
                 self.leaves.push(self.hasher.finalize_non_root());
                 self.hasher = blake3::Hasher::new();
                 if self.pos < self.size {
@@ -122,7 +124,7 @@ impl LeafHasher {
         }
         if self.size <= GROUP {
             self.leaves.push(*self.hasher.finalize().as_bytes());
-        } else if self.pos % GROUP != 0 {
+        } else if !self.pos.is_multiple_of(GROUP) {
             self.leaves.push(self.hasher.finalize_non_root());
         }
         Leaves::new(self.size, self.leaves)
@@ -153,7 +155,7 @@ impl Leaves {
 
     /// Parses concatenated chaining values (as stored) of a segment of `size` bytes.
     pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 32 != 0 {
+        if !bytes.len().is_multiple_of(32) {
             return None;
         }
         let cvs = bytes
@@ -492,7 +494,10 @@ mod tests {
                 hasher.update(piece);
             }
             assert_eq!(hasher.finish(), Some(leaves.clone()));
-            assert_eq!(Leaves::from_bytes(size as u64, &leaves.to_bytes()), Some(leaves));
+            assert_eq!(
+                Leaves::from_bytes(size as u64, &leaves.to_bytes()),
+                Some(leaves)
+            );
         }
         // Unfinished: no leaves.
         let mut hasher = LeafHasher::new(10);
@@ -526,7 +531,10 @@ mod tests {
         let hash = SegmentHash::of(&bytes);
         let mut stream = encode(&bytes, 0);
         // Control: untouched, every byte comes out.
-        assert_eq!(decode(bytes.len() as u64, hash, 0, &stream), (bytes.clone(), None));
+        assert_eq!(
+            decode(bytes.len() as u64, hash, 0, &stream),
+            (bytes.clone(), None)
+        );
         // One byte of the group at 512 KiB flipped.
         let bad = stream
             .iter_mut()
@@ -558,7 +566,10 @@ mod tests {
                 .expect("a parent");
             pair[40] ^= 0x80;
             let (_, error) = decode(bytes.len() as u64, hash, 0, &stream);
-            assert!(matches!(error, Some(VerifyError::Parent { .. })), "{error:?}");
+            assert!(
+                matches!(error, Some(VerifyError::Parent { .. })),
+                "{error:?}"
+            );
         }
         // And against another segment's hash nothing passes, not even the first node.
         let stream = encode(&bytes, 0);
@@ -576,7 +587,10 @@ mod tests {
         assert_eq!(done.verify(&[]), Err(VerifyError::Misframed));
         // A one-group segment with wrong bytes of the right length.
         let mut one = Decoder::new(5, SegmentHash::of(b"hello"), 0);
-        assert_eq!(one.verify(b"hellO"), Err(VerifyError::Group { start: 0, end: 5 }));
+        assert_eq!(
+            one.verify(b"hellO"),
+            Err(VerifyError::Group { start: 0, end: 5 })
+        );
         let mut one = Decoder::new(5, SegmentHash::of(b"hello"), 0);
         assert_eq!(one.verify(b"hello"), Ok(Some((0, 5))));
     }

@@ -619,6 +619,10 @@ impl Fetcher {
 
     /// The whole segment in `partial`, checked against the manifest's hash unless every byte
     /// was verified by group already; whether it was.
+    #[allow(
+        clippy::result_large_err,
+        reason = "one value per failed attempt, moved once: boxing buys nothing"
+    )]
     fn check_whole(
         entry: &SegmentEntry,
         engine: PeerId,
@@ -662,8 +666,7 @@ impl Fetcher {
             while filled < need {
                 let progress = partial.bytes.len() > had;
                 let at = partial.bytes.len() as u64;
-                let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[filled..])).await
-                {
+                let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[filled..])).await {
                     Ok(Ok(got)) => got,
                     Ok(Err(cause)) => {
                         return Err(Attempt::Ended(

@@ -391,6 +391,10 @@ impl Drop for Writer {
     }
 }
 
+/// What [`seal`] found: the chunk hashes and group leaves of a segment stored, or the actual
+/// hash of one that was not.
+type Sealed = Result<(Vec<[u8; 32]>, Leaves), SegmentHash>;
+
 /// On the disk's worker: checks the hash of what was written, renames the temp file into place
 /// and makes it durable. Returns the chunk hashes and group leaves, or the actual hash when it
 /// is not `expected` (the write is then aborted and nothing was renamed).
@@ -400,7 +404,7 @@ fn seal(
     temp: &Path,
     dest: &Path,
     (segment, expected): (SegmentId, SegmentHash),
-) -> Result<Result<(Vec<[u8; 32]>, Leaves), SegmentHash>, Error> {
+) -> Result<Sealed, Error> {
     // Every byte came (checked by the caller), so the hashing finishes.
     let Some((actual, chunks, leaves)) = hashing.finish() else {
         return Err(Error::Aborted(segment));
