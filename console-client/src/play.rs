@@ -28,6 +28,7 @@ use tokio::task::{JoinError, JoinSet};
 use vodmesh_proto::SegmentIndex;
 
 pub use crate::fetch::{AttemptError, FetchError, READ_STALL, Segment};
+use crate::fetch::{Early, EarlyBytes};
 use crate::hedge::Due;
 use crate::playback::{Action, Event, Playback, Run};
 pub use crate::playback::{Control, PlayStats, Progress, Speed};
@@ -38,6 +39,8 @@ pub use crate::session::{
 
 /// How often progress is reported while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Verified chunk groups queued from the fetches to the output at most (16 KiB each).
+const EARLY_QUEUE: usize = 64;
 
 /// Why playback stopped short. The `Display` text is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,10 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
         Speed::Realtime { buffer } => buffer,
         Speed::Max => Duration::ZERO,
     };
+    // At `--speed max` the next segment to play goes to the output group by group as the
+    // fetches verify them (`Playback::streaming_head`); `head` is how far it was written.
+    let (early_tx, mut early_rx) = mpsc::channel::<EarlyBytes>(EARLY_QUEUE);
+    let mut head: Option<(Run, SegmentIndex, usize)> = None;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,13 +109,25 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
                 } => {
                     let session = session.clone();
                     let due = Due::new(clock.subscribe(), at_ms, buffer);
+                    let early = (speed == Speed::Max).then(|| Early {
+                        tx: early_tx.clone(),
+                        tag: run.id(),
+                        index,
+                    });
                     fetches.spawn(async move {
-                        let fetched = session.segment_due(index, play_from, due).await;
+                        let fetched = session.segment_due(index, play_from, due, early).await;
                         (run, index, fetched)
                     });
                 }
                 Action::CancelFetches => fetches.abort_all(),
-                Action::Write { bytes, from } => {
+                Action::Write { index, bytes, from } => {
+                    // What went out early of this segment is not written again.
+                    let from = match head.take() {
+                        Some((run, at, written)) if run == playback.run() && at == index => {
+                            from.max(written)
+                        }
+                        _ => from,
+                    };
                     out.write_all(bytes.get(from..).unwrap_or_default()).await?;
                 }
                 Action::Progress => progress(&playback.progress(Instant::now(), session.waits())),
@@ -137,6 +156,27 @@ pub async fn play<W: AsyncWrite + Unpin + ?Sized>(
                 }
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
+            Some((tag, index, start, bytes)) = early_rx.recv() => {
+                if let Some((run, next, from)) = playback.streaming_head()
+                    && run.id() == tag
+                    && next == index
+                {
+                    let written = match head {
+                        Some((r, i, written)) if r == run && i == index => written,
+                        _ => from,
+                    };
+                    let start = usize::try_from(start).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(bytes.len());
+                    // Only bytes that continue what was written: a group dropped from a full
+                    // queue leaves the rest to the segment's end.
+                    if start <= written && written < end {
+                        out.write_all(&bytes[written - start..]).await?;
+                        out.flush().await?;
+                        head = Some((run, index, end));
+                    }
+                }
+                continue;
+            }
             Some(joined) = fetches.join_next() => match joined {
                 Ok((run, index, result)) => Event::Fetched { run, index, result },
                 // A fetch of a run a seek ended.

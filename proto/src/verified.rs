@@ -582,7 +582,8 @@ mod tests {
         let bytes = data(100_000);
         let mut decoder = Decoder::new(100_000, SegmentHash::of(&bytes), 0);
         assert_eq!(decoder.verify(&[0; 63]), Err(VerifyError::Misframed));
-        let mut done = Decoder::new(100_000, SegmentHash::of(&bytes), 100_000);
+        // Asked from its end, a segment of whole groups sends nothing more.
+        let mut done = Decoder::new(6 * GROUP, SegmentHash::of(&bytes), 6 * GROUP);
         assert_eq!(done.need(), None);
         assert_eq!(done.verify(&[]), Err(VerifyError::Misframed));
         // A one-group segment with wrong bytes of the right length.

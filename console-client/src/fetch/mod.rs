@@ -126,6 +126,23 @@ enum Mode {
     Verified { from: u64 },
 }
 
+/// Verified bytes of a segment handed out as they come, before its fetch ends: the
+/// [`Early::tag`], the segment, the first byte's offset and the bytes (whole chunk groups).
+pub(crate) type EarlyBytes = (u32, SegmentIndex, u64, Vec<u8>);
+
+/// Where a fetch hands out each chunk group as soon as it is verified, so the player gets the
+/// first bytes after one group rather than one segment ([`crate::play`] writes them when the
+/// segment is the next to play). A full queue drops them: the segment's end writes the rest.
+#[derive(Clone)]
+pub(crate) struct Early {
+    /// The queue.
+    pub(crate) tx: tokio::sync::mpsc::Sender<EarlyBytes>,
+    /// Tells the runs of a playback apart.
+    pub(crate) tag: u32,
+    /// The segment fetched.
+    pub(crate) index: SegmentIndex,
+}
+
 /// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
 /// ([`crate::hedge`]): when the last byte came (or the fetch started), and where the fetch
 /// is (the engine and its director; none while it asks a director).
@@ -134,13 +151,23 @@ struct Watch {
     /// Waiting for its turn at an engine this console streams from already: not silent
     /// (that stream is the engine's work; a frozen one is hedged itself).
     queued: std::sync::atomic::AtomicBool,
+    /// Where verified groups go at once, if anywhere.
+    early: Option<Early>,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(early: Option<Early>) -> Self {
         Self {
             state: Mutex::new((Instant::now(), None)),
             queued: std::sync::atomic::AtomicBool::new(false),
+            early,
+        }
+    }
+
+    /// Hands out the verified bytes from `start`, if anyone takes them.
+    fn verified(&self, start: u64, bytes: &[u8]) {
+        if let Some(early) = &self.early {
+            let _ = (early.tx).try_send((early.tag, early.index, start, bytes.to_vec()));
         }
     }
 
@@ -237,9 +264,10 @@ impl Fetcher {
         at: (SegmentIndex, u64),
         token: Option<&[u8]>,
         mut due: Due,
+        early: Option<Early>,
     ) -> Result<Segment, FetchError> {
         let index = at.0;
-        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new());
+        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new(early.clone()));
         let mut racing = FuturesUnordered::new();
         racing.push(self.fetch_once(manifest, at, token, Retry::default(), &watches[0]));
         let mut started = 1;
@@ -700,6 +728,7 @@ impl Fetcher {
                     if start <= partial.verified {
                         partial.verified = end;
                     }
+                    watch.verified(start, buf);
                 }
                 Err(cause) => {
                     tracing::warn!(%engine, %cause, "bytes failed verification: engine left");

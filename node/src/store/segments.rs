@@ -573,6 +573,22 @@ impl SegmentStore {
         (st.holdings.figures(), st.holdings.recount())
     }
 
+    /// Makes `segment` look stored before the store kept chunk-group trees: its row of leaves
+    /// is emptied.
+    pub(crate) async fn forget_groups(&self, segment: SegmentId) -> Result<(), Error> {
+        self.commit(vec![Op::Groups(segment, Vec::new())]).await
+    }
+
+    /// The leaves kept for `segment`, as stored.
+    pub(crate) async fn kept_groups(&self, segment: SegmentId) -> Result<Option<Vec<u8>>, Error> {
+        let index = self.inner.index.clone();
+        Ok(self
+            .inner
+            .index_worker
+            .run(move || index.groups(&segment))
+            .await??)
+    }
+
     /// Waits until every job queued before this call has run (the queues are FIFO).
     pub(crate) async fn settle(&self) {
         for d in &self.inner.disks {
