@@ -185,3 +185,85 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
     station.shutdown().await;
     Ok(())
 }
+
+/// What `play` wrote, call by call.
+#[derive(Default)]
+struct Recorder {
+    writes: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes.push(buf.len());
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// At `--speed max` the player gets the first segment group by group as each is verified:
+/// its first write is one chunk group, not a 4 MiB segment, and what it gets in all is the
+/// program byte for byte (from a seek into the first segment too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
+    use vodmesh_console::play::{self, Speed};
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let issuer = Issuer::generate();
+    let station = home(&data, &issuer).await?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 8 * MIB + 70_000, 22)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&station, &key, "early", source)
+    })
+    .await?
+    .program
+    .to_string();
+    let credentials = credentials(&issuer)?;
+    let mut out = Recorder::default();
+    let stats = play::play(
+        station.addr(),
+        &credentials,
+        &program,
+        0.0,
+        Speed::Max,
+        &mut out,
+        None,
+        |_| {},
+    )
+    .await?;
+    assert!(
+        out.bytes == bytes,
+        "the bytes played are not the bytes ingested"
+    );
+    assert_eq!(stats.bytes, bytes.len() as u64);
+    assert_eq!(
+        out.writes.first(),
+        Some(&(GROUP as usize)),
+        "{:?}",
+        &out.writes[..4]
+    );
+    station.shutdown().await;
+    Ok(())
+}
