@@ -577,6 +577,65 @@ mod tests {
         assert!(out.is_empty() && error.is_some());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any one bit flipped anywhere in a stream is refused at the item it is in, and
+        /// every group handed out before is the segment's own.
+        #[test]
+        fn one_flipped_bit_anywhere_is_caught_at_its_item(
+            size in 0usize..200_000,
+            offset in 0u64..200_000,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let bytes = data(size);
+            let offset = offset.min(size as u64);
+            let mut stream = encode(&bytes, offset);
+            let total: usize = stream.iter().map(|(_, b)| b.len()).sum();
+            proptest::prop_assume!(total > 0);
+            let mut flip = at.index(total);
+            let mut hit = 0;
+            for (n, (_, b)) in stream.iter_mut().enumerate() {
+                if flip < b.len() {
+                    b[flip] ^= 1 << bit;
+                    hit = n;
+                    break;
+                }
+                flip -= b.len();
+            }
+            let (out, error) = decode(size as u64, SegmentHash::of(&bytes), offset, &stream);
+            proptest::prop_assert!(error.is_some());
+            let from = group_start(offset) as usize;
+            proptest::prop_assert_eq!(&out[..], &bytes[from..from + out.len()]);
+            // Nothing from the flipped item on was handed out.
+            let before: usize = stream[..hit]
+                .iter()
+                .filter(|(i, _)| matches!(i, Item::Group { .. }))
+                .map(|(_, b)| b.len())
+                .sum();
+            proptest::prop_assert_eq!(out.len(), before);
+        }
+
+        /// Random bytes in place of a stream never panic the decoder.
+        #[test]
+        fn random_bytes_never_panic(
+            size in 0u64..300_000,
+            offset in 0u64..300_000,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+        ) {
+            let mut decoder = Decoder::new(size, SegmentHash([7; 32]), offset);
+            let mut rest = &noise[..];
+            while let Some(need) = decoder.need() {
+                let take = need.min(rest.len());
+                if decoder.verify(&rest[..take]).is_err() {
+                    break;
+                }
+                rest = &rest[take..];
+            }
+        }
+    }
+
     #[test]
     fn misframed_bytes_are_refused_not_panicked_on() {
         let bytes = data(100_000);

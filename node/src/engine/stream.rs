@@ -213,7 +213,10 @@ impl StreamService {
             let next = tokio::select! {
                 // Handed over (claim 22): the stream ends here; the console resumes elsewhere.
                 _ = handover.cancelled() => return Ok(()),
-                next = reader.read_next(CHUNK) => next,
+                // Reads end on CHUNK boundaries (a multiple of the store's chunk), so a stream
+                // from an unaligned offset reads and hashes no store chunk twice, and only its
+                // first read is cut out of a chunk.
+                next = reader.read_next(CHUNK - (reader.position() % CHUNK as u64) as usize) => next,
             };
             match next {
                 Ok(Some(bytes)) => {
