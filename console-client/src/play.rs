@@ -7,7 +7,10 @@
 //! the play position; a segment that arrives after its play time is a stall. The buffer is
 //! what rides out a failover: a lost engine or station is replaced and the segment resumed
 //! from the bytes received before the player runs dry. Every segment is checked against the
-//! BLAKE3 hash in the content manager's signed manifest before a byte of it is written.
+//! BLAKE3 hash in the content manager's signed manifest before a byte of it is written; at
+//! `--speed max` the next segment to play goes out chunk group by chunk group as each is
+//! verified against that hash (verified mode), so the first byte waits for one 16 KiB group,
+//! not one segment.
 //!
 //! The output is always a stream a player can start on: an fMP4 program's initialization
 //! segment (segment 0) is written first, and again before the first media segment after

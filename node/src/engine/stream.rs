@@ -2,7 +2,9 @@
 //! byte offset, following a segment that is still filling, with the stream's backpressure.
 //! Enforces `--max-streams` with a semaphore (answering [`StreamReply::Busy`] past it, a wait
 //! for the console) and reports every start and stop to the director, so the director's view
-//! of this engine's load is exact.
+//! of this engine's load is exact. A console that asks for verified mode gets a complete
+//! segment with its chunk-group tree (`vodmesh_proto::verified`) from the start of the group
+//! holding its offset; a copy still filling is streamed raw, as before, and the reply says so.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
