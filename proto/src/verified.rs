@@ -271,47 +271,73 @@ impl Item {
 }
 
 /// The items a verified stream of a segment of `size` bytes from `offset` sends, in order:
-/// from the start of the group holding `offset` (clamped to the end).
-pub fn plan(size: u64, offset: u64) -> Vec<Item> {
-    let from = group_start(offset.min(size));
-    let mut items = Vec::new();
-    if size == 0 {
-        items.push(Item::Group {
-            start: 0,
-            end: 0,
-            root: true,
-        });
-        return items;
+/// from the start of the group holding `offset` (clamped to the end). Made as they are taken,
+/// holding one node per tree level.
+pub fn plan(size: u64, offset: u64) -> Plan {
+    Plan {
+        // An empty segment is one empty group; any other is walked from its root.
+        stack: if size == 0 {
+            Vec::new()
+        } else {
+            vec![(0, size, true)]
+        },
+        empty: size == 0,
+        from: group_start(offset.min(size)),
+        next: 0,
     }
-    let mut next = 0;
-    walk(0, size, true, from, &mut next, &mut items);
-    items
 }
 
-fn walk(start: u64, end: u64, root: bool, from: u64, next: &mut usize, out: &mut Vec<Item>) {
-    if end - start <= GROUP {
-        if end > from {
-            out.push(Item::Group { start, end, root });
+/// The items of a verified stream ([`plan`]), in pre-order.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Nodes still to visit, `(start, end, root)`, the next one on top.
+    stack: Vec<(u64, u64, bool)>,
+    /// The one empty group of an empty segment, still to come.
+    empty: bool,
+    from: u64,
+    /// The outboard index of the next parent node in pre-order.
+    next: usize,
+}
+
+impl Iterator for Plan {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if std::mem::take(&mut self.empty) {
+            return Some(Item::Group {
+                start: 0,
+                end: 0,
+                root: true,
+            });
         }
-        return;
+        while let Some((start, end, root)) = self.stack.pop() {
+            if end - start <= GROUP {
+                if end > self.from {
+                    return Some(Item::Group { start, end, root });
+                }
+                continue;
+            }
+            let index = self.next;
+            if end <= self.from {
+                // Wholly before the start: skipped, with the parents below it.
+                self.next += (end - start).div_ceil(GROUP) as usize - 1;
+                continue;
+            }
+            self.next += 1;
+            let mid = split(start, end);
+            // The left child is visited first.
+            self.stack.push((mid, end, false));
+            self.stack.push((start, mid, false));
+            return Some(Item::Parent {
+                index,
+                start,
+                mid,
+                end,
+                root,
+            });
+        }
+        None
     }
-    let index = *next;
-    if end <= from {
-        // Wholly before the start: skipped, with the parents below it.
-        *next += (end - start).div_ceil(GROUP) as usize - 1;
-        return;
-    }
-    *next += 1;
-    let mid = split(start, end);
-    out.push(Item::Parent {
-        index,
-        start,
-        mid,
-        end,
-        root,
-    });
-    walk(start, mid, false, from, next, out);
-    walk(mid, end, false, from, next, out);
 }
 
 /// Why bytes of a verified stream were refused.
@@ -342,7 +368,7 @@ pub enum VerifyError {
 /// Checks a verified stream of one segment item by item, against the segment's hash. Sans-IO:
 /// the caller reads [`need`](Self::need) bytes and hands them to [`verify`](Self::verify).
 pub struct Decoder {
-    items: std::vec::IntoIter<Item>,
+    items: Plan,
     next: Option<Item>,
     /// Chaining values still to be matched, the next one on top.
     expected: Vec<Cv>,
@@ -353,7 +379,7 @@ impl Decoder {
     /// For a segment of `size` bytes hashing to `root`, streamed from `offset` (rounded down
     /// to its group, [`Self::start`]).
     pub fn new(size: u64, root: SegmentHash, offset: u64) -> Self {
-        let mut items = plan(size, offset).into_iter();
+        let mut items = plan(size, offset);
         let next = items.next();
         Self {
             items,
@@ -433,7 +459,6 @@ mod tests {
     fn encode(data: &[u8], offset: u64) -> Vec<(Item, Vec<u8>)> {
         let outboard = Leaves::of(data).outboard();
         plan(data.len() as u64, offset)
-            .into_iter()
             .map(|item| {
                 let bytes = match item {
                     Item::Parent { index, .. } => outboard.pair(index).expect("a pair").to_vec(),
@@ -498,6 +523,17 @@ mod tests {
                 Leaves::from_bytes(size as u64, &leaves.to_bytes()),
                 Some(leaves)
             );
+            // From the start, every parent in outboard order, then every group once.
+            let items: Vec<Item> = plan(size as u64, 0).collect();
+            let parents: Vec<usize> = (items.iter())
+                .filter_map(|i| match i {
+                    Item::Parent { index, .. } => Some(*index),
+                    Item::Group { .. } => None,
+                })
+                .collect();
+            let n = groups(size as u64) as usize;
+            assert_eq!(parents, (0..n - 1).collect::<Vec<_>>());
+            assert_eq!(items.len(), 2 * n - 1);
         }
         // Unfinished: no leaves.
         let mut hasher = LeafHasher::new(10);
