@@ -15,7 +15,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
-use vodmesh_tests::console::{Console, credentials};
+use vodmesh_tests::console::{Console, credentials, read_rest};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::tamper_keeping_chunk_hashes;
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
@@ -263,6 +263,125 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
         Some(&(GROUP as usize)),
         "{:?}",
         &out.writes[..4]
+    );
+    station.shutdown().await;
+    Ok(())
+}
+
+/// A copy still filling has no tree yet: asked for verified mode, its engine streams raw
+/// bytes as they land and says so (`Streaming`); once the copy is complete, the same engine
+/// streams verified. Meanwhile the first holder streams verified, and every stream brings
+/// the segment byte for byte.
+/// Locates `segment` as `console` and asks the engine named for a verified stream.
+async fn open_verified(
+    console: &Console,
+    segment: SegmentId,
+) -> Result<(libp2p::PeerId, libp2p::Stream, StreamReply)> {
+    let location = (console.locate(segment.program, segment.index.0, false)).await?;
+    console.reach(location.engine, &location.addrs).await?;
+    let request = StreamRequest {
+        verified: true,
+        ..console.request(segment, 0, 0)
+    };
+    let (s, reply) = console.ask(location.engine, &request).await?;
+    Ok((location.engine, s, reply))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_copy_streams_raw_and_says_so_then_verified_once_complete() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let issuer = Issuer::generate();
+    // One stream per engine, and copies between engines paced (2 MiB in about a second), so
+    // a second console is sent to a copy still filling.
+    let station = swarm::station(&data)
+        .engines(2)
+        .home()
+        .trusting(&issuer)
+        .with(|c| {
+            c.max_streams = 1;
+            c.copy_rate_mbps = 16;
+        })
+        .start()
+        .await?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 2 * MIB, 23)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&station, &key, "filling", source)
+    })
+    .await?
+    .program;
+    let (size, hash) = (bytes.len() as u64, SegmentHash::of(&bytes));
+    let segment = SegmentId::new(program, 0);
+    // The first console takes the holder's one stream, verified, and holds it.
+    let c1 = Console::connect(station.addr(), Some(&issuer)).await?;
+    let (e1, s1, reply) = open_verified(&c1, segment).await?;
+    assert_eq!(
+        reply,
+        StreamReply::Verified {
+            size,
+            hash,
+            from: 0
+        }
+    );
+    wait::until(
+        "the first stream counted",
+        Duration::from_secs(20),
+        || async { Ok(c1.streams().await?.contains(&(e1, 1))) },
+    )
+    .await?;
+    // The second is sent to the idle engine, whose copy is filling: raw, and said so.
+    let c2 = Console::connect(station.addr(), Some(&issuer)).await?;
+    let (e2, s2, reply) = open_verified(&c2, segment).await?;
+    assert_ne!(e1, e2);
+    assert!(
+        matches!(reply, StreamReply::Streaming { size: s, hash: h } if s == size && h == hash),
+        "{reply:?}"
+    );
+    assert!(
+        read_rest(s2).await? == bytes,
+        "the filling copy's bytes differ"
+    );
+    let (got, error) = decode(s1, size, hash, 0).await?;
+    assert!(
+        error.is_none() && got == bytes,
+        "the holder's verified stream differs"
+    );
+    // Complete now: the copy streams verified too.
+    wait::until("both streams ended", Duration::from_secs(20), || async {
+        Ok(c1.streams().await?.iter().all(|(_, n)| *n == 0))
+    })
+    .await?;
+    c2.reach(
+        e2,
+        &station
+            .engines
+            .iter()
+            .find(|e| e.peer_id == e2)
+            .context("no e2")?
+            .addrs,
+    )
+    .await?;
+    let request = StreamRequest {
+        verified: true,
+        ..c2.request(segment, 0, 0)
+    };
+    let (s, reply) = c2.ask(e2, &request).await?;
+    assert_eq!(
+        reply,
+        StreamReply::Verified {
+            size,
+            hash,
+            from: 0
+        }
+    );
+    let (got, error) = decode(s, size, hash, 0).await?;
+    assert!(
+        error.is_none() && got == bytes,
+        "the copy's verified stream differs"
     );
     station.shutdown().await;
     Ok(())
