@@ -17,6 +17,7 @@ const TARGETS: &[Target] = &[
     ("frames", vodmesh_proto::fuzzing::frames),
     ("tokens", vodmesh_proto::fuzzing::tokens),
     ("records", vodmesh_proto::fuzzing::records),
+    ("verified", vodmesh_proto::fuzzing::verified),
     ("playlist", vodmesh_tools::source::fuzz_playlist),
     ("gateway", vodmesh_console::serve::fuzz_request),
 ];

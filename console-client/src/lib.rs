@@ -8,7 +8,8 @@
 //!   swarm's program list; `directors`: which director to ask, passing over a station that
 //!   went down.
 //! - `fetch`: one segment, located, streamed (one stream per engine at a time, busy engines
-//!   waited out) and verified; `retry` holds its decisions after a failed attempt, `hedge`
+//!   waited out) and verified, each 16 KiB chunk group as it arrives when the engine holds
+//!   the segment complete (verified mode, `vodmesh_proto::verified`); `retry` holds its decisions after a failed attempt, `hedge`
 //!   when a silent fetch is raced by a second one as its play time nears.
 //! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
 //! - [`pin`]: the issuer a console pins at its first login; it logs in with no other.

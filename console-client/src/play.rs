@@ -7,7 +7,10 @@
 //! the play position; a segment that arrives after its play time is a stall. The buffer is
 //! what rides out a failover: a lost engine or station is replaced and the segment resumed
 //! from the bytes received before the player runs dry. Every segment is checked against the
-//! BLAKE3 hash in the content manager's signed manifest before a byte of it is written.
+//! BLAKE3 hash in the content manager's signed manifest before a byte of it is written; at
+//! `--speed max` the next segment to play goes out chunk group by chunk group as each is
+//! verified against that hash (verified mode), so the first byte waits for one 16 KiB group,
+//! not one segment.
 //!
 //! The output is always a stream a player can start on: an fMP4 program's initialization
 //! segment (segment 0) is written first, and again before the first media segment after
@@ -30,6 +33,7 @@ use vodmesh_proto::SegmentIndex;
 
 use crate::abr::{Ladder, UnknownRendition};
 pub use crate::fetch::{AttemptError, FetchError, READ_STALL, Segment};
+use crate::fetch::{Early, EarlyBytes};
 use crate::hedge::Due;
 use crate::playback::{Action, Event, Playback, Run};
 pub use crate::playback::{Control, PlayStats, Progress, Speed};
@@ -40,6 +44,8 @@ pub use crate::session::{
 
 /// How often progress is reported while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Verified chunk groups queued from the fetches to the output at most (16 KiB each).
+const EARLY_QUEUE: usize = 64;
 
 /// Why playback stopped short. The `Display` text is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +131,10 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
         Speed::Realtime { buffer } => buffer,
         Speed::Max => Duration::ZERO,
     };
+    // At `--speed max` the next segment to play goes to the output group by group as the
+    // fetches verify them (`Playback::streaming_head`); `head` is how far it was written.
+    let (early_tx, mut early_rx) = mpsc::channel::<EarlyBytes>(EARLY_QUEUE);
+    let mut head: Option<(Run, SegmentIndex, usize)> = None;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,14 +159,27 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                         }
                         None => (index, None),
                     };
+                    // Early bytes are tagged with the position, as playback knows it.
+                    let early = (speed == Speed::Max).then(|| Early {
+                        tx: early_tx.clone(),
+                        tag: run.id(),
+                        index,
+                    });
                     fetches.spawn(async move {
                         let started = Instant::now();
-                        let fetched = session.segment_due(segment, play_from, due).await;
+                        let fetched = session.segment_due(segment, play_from, due, early).await;
                         (run, index, name, started, fetched)
                     });
                 }
                 Action::CancelFetches => fetches.abort_all(),
-                Action::Write { bytes, from } => {
+                Action::Write { index, bytes, from } => {
+                    // What went out early of this segment is not written again.
+                    let from = match head.take() {
+                        Some((run, at, written)) if run == playback.run() && at == index => {
+                            from.max(written)
+                        }
+                        _ => from,
+                    };
                     out.write_all(bytes.get(from..).unwrap_or_default()).await?;
                 }
                 Action::Progress => {
@@ -195,6 +218,27 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
+            Some((tag, index, start, bytes)) = early_rx.recv() => {
+                if let Some((run, next, from)) = playback.streaming_head()
+                    && run.id() == tag
+                    && next == index
+                {
+                    let written = match head {
+                        Some((r, i, written)) if r == run && i == index => written,
+                        _ => from,
+                    };
+                    let start = usize::try_from(start).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(bytes.len());
+                    // Only bytes that continue what was written: a group dropped from a full
+                    // queue leaves the rest to the segment's end.
+                    if start <= written && written < end {
+                        out.write_all(&bytes[written - start..]).await?;
+                        out.flush().await?;
+                        head = Some((run, index, end));
+                    }
+                }
+                continue;
+            }
             Some(joined) = fetches.join_next() => match joined {
                 Ok((run, index, name, started, result)) => {
                     let now = Instant::now();

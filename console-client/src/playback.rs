@@ -207,6 +207,13 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Run(u32);
 
+impl Run {
+    /// Its number, as [`crate::fetch::Early`] carries it.
+    pub(crate) fn id(self) -> u32 {
+        self.0
+    }
+}
+
 /// What happens to playback.
 #[derive(Debug)]
 #[allow(
@@ -248,8 +255,10 @@ pub(crate) enum Action<E> {
     /// Drop every fetch in flight (a seek, a quit): their streams end, their engines report
     /// the stops.
     CancelFetches,
-    /// Write `bytes[from..]` to the output.
+    /// Write `bytes[from..]` of segment `index` to the output.
     Write {
+        /// The segment.
+        index: SegmentIndex,
         /// The segment's bytes.
         bytes: Vec<u8>,
         /// The first byte to write (a seek into the segment).
@@ -266,6 +275,7 @@ pub(crate) enum Action<E> {
 /// A segment fetched, waiting for its release time.
 #[derive(Debug)]
 struct Pending {
+    index: SegmentIndex,
     location: SegmentLocation,
     bytes: Vec<u8>,
     /// The first byte to write (a seek into the segment).
@@ -402,6 +412,30 @@ impl<'a, E> Playback<'a, E> {
                 .in_flight
                 .front()
                 .is_none_or(|next| self.ready.contains_key(next))
+    }
+
+    /// The segment whose verified bytes may go to the output as they arrive, before its fetch
+    /// ends, with the byte of it to start at: at `--speed max`, the next one in order while
+    /// nothing else waits to be written (at `--speed 1` segments are released by media time).
+    pub(crate) fn streaming_head(&self) -> Option<(Run, SegmentIndex, usize)> {
+        if self.speed != Speed::Max
+            || self.finished
+            || self.paused.is_some()
+            || self.pending.is_some()
+        {
+            return None;
+        }
+        let next = *self.in_flight.front()?;
+        if self.ready.contains_key(&next) {
+            return None;
+        }
+        let from = if next == self.first { self.skip } else { 0 };
+        Some((self.run, next, usize::try_from(from).unwrap_or(usize::MAX)))
+    }
+
+    /// The current run.
+    pub(crate) fn run(&self) -> Run {
+        self.run
     }
 
     /// When the segment waiting for its release time is due (none while paused).
@@ -575,7 +609,9 @@ impl<'a, E> Playback<'a, E> {
         &mut self,
         now: Instant,
         index: SegmentIndex,
-        Segment { location, bytes }: Segment,
+        Segment {
+            location, bytes, ..
+        }: Segment,
     ) -> bool {
         let mut duration_ms = self
             .content
@@ -608,6 +644,7 @@ impl<'a, E> Playback<'a, E> {
             }
         }
         self.pending = Some(Pending {
+            index,
             location,
             bytes,
             from,
@@ -638,6 +675,7 @@ impl<'a, E> Playback<'a, E> {
         self.stats.segments += 1;
         self.media_ms += p.duration_ms;
         out.push(Action::Write {
+            index: p.index,
             bytes: p.bytes,
             from: p.from,
         });
@@ -714,7 +752,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Write { bytes, from } => Some(bytes.len() - from),
+                Action::Write { bytes, from, .. } => Some(bytes.len() - from),
                 _ => None,
             })
             .collect()
@@ -769,6 +807,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(self.engine, self.director),
                     bytes: vec![7; 1000],
+                    by_group: true,
                 }),
             };
             self.playback.handle(self.at(ms), event)
@@ -956,6 +995,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(sim.engine, sim.director),
                     bytes: vec![1; 1000],
+                    by_group: true,
                 }),
             },
         );

@@ -220,7 +220,7 @@ impl Session {
     /// Locates segment `index`, streams it whole from the engine the director names and
     /// verifies it against the manifest; lost streams are retried, refusals are final.
     pub async fn segment(&self, index: SegmentIndex) -> Result<Segment, FetchError> {
-        self.segment_due(index, 0, Due::none()).await
+        self.segment_due(index, 0, Due::none(), None).await
     }
 
     /// As [`Session::segment`], for a console that will play the segment from byte
@@ -232,21 +232,29 @@ impl Session {
         index: SegmentIndex,
         play_from: u64,
     ) -> Result<Segment, FetchError> {
-        self.segment_due(index, play_from, Due::none()).await
+        self.segment_due(index, play_from, Due::none(), None).await
     }
 
     /// As [`Session::segment_from`], for a segment that plays at `due`: a fetch that brings
-    /// nothing as that time nears is hedged at another holder ([`crate::hedge`]).
+    /// nothing as that time nears is hedged at another holder ([`crate::hedge`]); each chunk
+    /// group verified goes to `early` at once, if given.
     pub(crate) async fn segment_due(
         &self,
         index: SegmentIndex,
         play_from: u64,
         due: Due,
+        early: Option<crate::fetch::Early>,
     ) -> Result<Segment, FetchError> {
         // Read per segment: a refreshed token is used from the next segment on.
         let token = self.token.read().ok().and_then(|t| t.clone());
         self.fetcher
-            .fetch(&self.manifest, (index, play_from), token.as_deref(), due)
+            .fetch(
+                &self.manifest,
+                (index, play_from),
+                token.as_deref(),
+                due,
+                early,
+            )
             .await
     }
 

@@ -3,7 +3,8 @@
 //! bytes. Each takes bytes as a peer or a file could send them, runs every decoder that such
 //! bytes reach, with the limit the peers use, and must return, never panic, whatever they are.
 //! A value that decodes is encoded again and decoded once more: what a peer accepts, it can
-//! also send.
+//! also send. A verified stream ([`verified`]) is checked against a fixed segment: what
+//! passes must be that segment's bytes.
 
 use libp2p::PeerId;
 use serde::Serialize;
@@ -54,6 +55,61 @@ pub fn frames(data: &[u8]) {
         9 => drop(round_trip::<auth::Response>(frame, DIRECTOR_LIMIT)),
         10 => drop(round_trip::<Up>(frame, blade::MAX_HELLO)),
         _ => drop(round_trip::<Down>(frame, blade::MAX_FRAME)),
+    }
+}
+
+/// The segment a verified stream is checked against in [`verified`]: 70 000 bytes, five
+/// chunk groups, the last one short.
+fn fuzz_segment() -> &'static (Vec<u8>, crate::SegmentHash) {
+    static SEGMENT: std::sync::OnceLock<(Vec<u8>, crate::SegmentHash)> = std::sync::OnceLock::new();
+    SEGMENT.get_or_init(|| {
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + i / 300) as u8).collect();
+        let hash = crate::SegmentHash::of(&bytes);
+        (bytes, hash)
+    })
+}
+
+/// A verified stream of [`fuzz_segment`] as it is sent ([`crate::verified::plan`]) from
+/// `offset`, behind the two bytes that give the offset to [`verified`].
+fn verified_seed(offset: u16) -> Vec<u8> {
+    use crate::verified::{Item, Leaves, plan};
+    let (bytes, _) = fuzz_segment();
+    let outboard = Leaves::of(bytes).outboard();
+    let mut out = offset.to_le_bytes().to_vec();
+    for item in plan(bytes.len() as u64, u64::from(offset)) {
+        match item {
+            Item::Parent { index, .. } => {
+                out.extend_from_slice(outboard.pair(index).unwrap_or(&[0; 64]))
+            }
+            Item::Group { start, end, .. } => {
+                out.extend_from_slice(&bytes[start as usize..end as usize]);
+            }
+        }
+    }
+    out
+}
+
+/// A verified stream (`/vodmesh/stream/1` in verified mode) as an engine could send it,
+/// checked by the console's decoder against [`fuzz_segment`] from the offset in its first two
+/// bytes: it must end or refuse, and every group it passes must be the segment's own.
+pub fn verified(data: &[u8]) {
+    let Some((offset, mut stream)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let (bytes, hash) = fuzz_segment();
+    let offset = u64::from(u16::from_le_bytes(*offset));
+    let mut decoder = crate::verified::Decoder::new(bytes.len() as u64, *hash, offset);
+    while let Some(need) = decoder.need() {
+        let take = need.min(stream.len());
+        match decoder.verify(&stream[..take]) {
+            Ok(Some((start, end))) => assert!(
+                bytes.get(start as usize..end as usize) == Some(&stream[..take]),
+                "a group that is not the segment's passed verification"
+            ),
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        stream = &stream[take..];
     }
 }
 
@@ -158,6 +214,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 offset: 10,
                 token: Some(serde_bytes::ByteBuf::from(vec![1, 2, 3])),
                 play_from: 20,
+                verified: true,
             }),
         ),
         frame(3, codec::encode(&stream::StreamReply::Refused("no".into()))),
@@ -168,6 +225,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("records", codec::encode(&content)),
     ];
+    for offset in [0, 20_000, 65_535] {
+        seeds.push(("verified", verified_seed(offset)));
+    }
     let issuer = Issuer::from_secret(&[7; 32]);
     for audience in [Audience::Console, Audience::Engine] {
         let rights = crate::token::Rights::Programs(vec![program]);

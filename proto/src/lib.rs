@@ -28,6 +28,9 @@
 //! - [`net`]: how every vodmesh peer builds its libp2p swarm (TCP + QUIC, noise, yamux).
 //! - [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
 //! - [`fuzzing`]: the decoders a peer's bytes reach, as entry points for the fuzzers (`fuzz/`).
+//! - [`verified`]: verified streaming by 16 KiB chunk group: a segment's BLAKE3 tree (whose
+//!   root is the manifest's segment hash), the leaves a store keeps, the stream order an engine
+//!   sends and the decoder a console checks it with.
 //! - [`token`]: security tokens: ed25519-signed CBOR claims bound to the holder's peer id,
 //!   issued by the auth server and verified offline by every director and engine.
 
@@ -50,5 +53,6 @@ pub mod station;
 pub mod stream;
 pub mod time;
 pub mod token;
+pub mod verified;
 
 pub use ids::{ProgramId, SegmentHash, SegmentId, SegmentIndex, StationId};

@@ -4,6 +4,13 @@
 //! frame, and reads a [`StreamReply`] frame; after `Streaming` come the segment's bytes from
 //! the requested offset to its end, raw, with the stream's own backpressure. A segment still
 //! being copied in is streamed as its bytes land (claim 21).
+//!
+//! Verified mode ([`StreamRequest::verified`]): an engine that holds the segment complete
+//! answers [`StreamReply::Verified`] instead and sends, from the start of the 16 KiB chunk
+//! group that holds the offset, the segment's BLAKE3 tree in pre-order with the data
+//! ([`crate::verified`]), so the console checks and hands out each group as it arrives. A
+//! copy still filling has no tree yet: the engine answers `Streaming` and sends raw bytes,
+//! which the console checks against the segment hash at the end, as before.
 
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
@@ -30,6 +37,10 @@ pub struct StreamRequest {
     /// instead of making the console wait for the copy (claim 21).
     #[serde(default)]
     pub play_from: u64,
+    /// Asks for verified mode: [`StreamReply::Verified`] and the stream of
+    /// [`crate::verified::plan`], when the engine can. Absent (an older console): raw bytes.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// The engine's answer, before any bytes.
@@ -58,6 +69,17 @@ pub enum StreamReply {
     /// This engine does not hold the segment (a copy it was to receive never came, or it was
     /// dropped): ask the director again, naming this engine in `Locate { avoid }`.
     Absent,
+    /// Verified mode (asked for with [`StreamRequest::verified`]): the segment's tree and
+    /// bytes follow in the order of [`crate::verified::plan`]`(size, offset)`, from `from`,
+    /// the start of the chunk group holding the requested offset.
+    Verified {
+        /// The segment's total size.
+        size: u64,
+        /// Its hash: the tree's root.
+        hash: SegmentHash,
+        /// The first byte of the first group sent.
+        from: u64,
+    },
 }
 
 #[cfg(test)]
@@ -67,12 +89,32 @@ mod tests {
     use crate::codec::{decode, encode};
 
     #[test]
+    fn a_request_from_an_older_console_asks_for_raw_bytes() {
+        #[derive(Serialize)]
+        struct Old {
+            segment: SegmentId,
+            offset: u64,
+            token: Option<ByteBuf>,
+            play_from: u64,
+        }
+        let old = Old {
+            segment: SegmentId::new(ProgramId([3; 32]), 7),
+            offset: 0,
+            token: None,
+            play_from: 0,
+        };
+        let decoded = decode::<StreamRequest>(&encode(&old), MAX_FRAME).ok();
+        assert_eq!(decoded.map(|r| r.verified), Some(false));
+    }
+
+    #[test]
     fn every_message_round_trips() {
         let request = StreamRequest {
             segment: SegmentId::new(ProgramId([3; 32]), 7),
             offset: 10,
             token: Some(ByteBuf::from(vec![1, 2, 3])),
             play_from: 5,
+            verified: true,
         };
         assert_eq!(
             decode::<StreamRequest>(&encode(&request), MAX_FRAME).ok(),
@@ -87,6 +129,11 @@ mod tests {
             StreamReply::Swap { filled: 4 },
             StreamReply::Busy,
             StreamReply::Absent,
+            StreamReply::Verified {
+                size: 40_000,
+                hash: SegmentHash::of(b"y"),
+                from: 16_384,
+            },
         ] {
             assert_eq!(
                 decode::<StreamReply>(&encode(&reply), MAX_FRAME).ok(),

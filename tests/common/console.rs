@@ -120,6 +120,7 @@ impl Console {
             offset,
             token: self.token.clone(),
             play_from,
+            verified: false,
         }
     }
 

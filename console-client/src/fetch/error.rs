@@ -111,6 +111,15 @@ pub enum AttemptError {
     /// The bytes did not match the manifest's hash; none of them is written.
     #[error("the bytes from engine {0} failed verification")]
     Unverified(PeerId),
+    /// In verified mode, a chunk group (or a node of the segment's tree) did not match the
+    /// manifest's hash: the engine is left at once, at that group, not at the segment's end.
+    #[error("engine {engine} sent bytes that fail verification ({cause})")]
+    Forged {
+        /// The engine.
+        engine: PeerId,
+        /// Which bytes.
+        cause: vodmesh_proto::verified::VerifyError,
+    },
     /// The attempt took longer than its limit.
     #[error("the attempt timed out")]
     TimedOut,

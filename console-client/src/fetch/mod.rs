@@ -6,6 +6,11 @@
 //! fetches ahead take an engine in turn instead of competing with each other for its
 //! `--max-streams` slots. An engine any fetch found unreachable is named in every fetch's
 //! `Locate { avoid }` for a while ([`Recent`]), so the others move on at once.
+//!
+//! Streams are asked for in verified mode ([`vodmesh_proto::verified`]): every 16 KiB chunk
+//! group is checked against the manifest's hash as it arrives and kept at once, and a wrong
+//! one fails its engine there, not at the segment's end. An engine whose copy is still filling
+//! (or an older engine) streams raw bytes, checked against the hash once the segment is whole.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +26,7 @@ use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
+use vodmesh_proto::verified;
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 
 use crate::directors::{AskError, Directors};
@@ -99,6 +105,42 @@ pub struct Segment {
     pub location: SegmentLocation,
     /// The segment's bytes, verified against the manifest.
     pub bytes: Vec<u8>,
+    /// Whether every byte was verified chunk group by chunk group as it came (verified
+    /// mode), rather than as a whole at the end.
+    pub by_group: bool,
+}
+
+/// A segment's bytes received so far, across the attempts of one fetch.
+#[derive(Default)]
+struct Partial {
+    bytes: Vec<u8>,
+    /// How many of the first bytes were verified by chunk group already.
+    verified: u64,
+}
+
+/// How an engine streams: raw bytes from the offset asked for, or verified mode from the
+/// start of the chunk group holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Raw,
+    Verified { from: u64 },
+}
+
+/// Verified bytes of a segment handed out as they come, before its fetch ends: the
+/// [`Early::tag`], the segment, the first byte's offset and the bytes (whole chunk groups).
+pub(crate) type EarlyBytes = (u32, SegmentIndex, u64, Vec<u8>);
+
+/// Where a fetch hands out each chunk group as soon as it is verified, so the player gets the
+/// first bytes after one group rather than one segment ([`crate::play`] writes them when the
+/// segment is the next to play). A full queue drops them: the segment's end writes the rest.
+#[derive(Clone)]
+pub(crate) struct Early {
+    /// The queue.
+    pub(crate) tx: tokio::sync::mpsc::Sender<EarlyBytes>,
+    /// Tells the runs of a playback apart.
+    pub(crate) tag: u32,
+    /// The segment fetched.
+    pub(crate) index: SegmentIndex,
 }
 
 /// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
@@ -109,13 +151,23 @@ struct Watch {
     /// Waiting for its turn at an engine this console streams from already: not silent
     /// (that stream is the engine's work; a frozen one is hedged itself).
     queued: std::sync::atomic::AtomicBool,
+    /// Where verified groups go at once, if anywhere.
+    early: Option<Early>,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(early: Option<Early>) -> Self {
         Self {
             state: Mutex::new((Instant::now(), None)),
             queued: std::sync::atomic::AtomicBool::new(false),
+            early,
+        }
+    }
+
+    /// Hands out the verified bytes from `start`, if anyone takes them.
+    fn verified(&self, start: u64, bytes: &[u8]) {
+        if let Some(early) = &self.early {
+            let _ = (early.tx).try_send((early.tag, early.index, start, bytes.to_vec()));
         }
     }
 
@@ -212,9 +264,10 @@ impl Fetcher {
         at: (SegmentIndex, u64),
         token: Option<&[u8]>,
         mut due: Due,
+        early: Option<Early>,
     ) -> Result<Segment, FetchError> {
         let index = at.0;
-        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new());
+        let watches: [Watch; MAX_RACING] = std::array::from_fn(|_| Watch::new(early.clone()));
         let mut racing = FuturesUnordered::new();
         racing.push(self.fetch_once(manifest, at, token, Retry::default(), &watches[0]));
         let mut started = 1;
@@ -309,9 +362,9 @@ impl Fetcher {
         mut retry: Retry,
         watch: &Watch,
     ) -> Result<Segment, FetchError> {
-        let mut partial = Vec::new();
+        let mut partial = Partial::default();
         loop {
-            let had = partial.len();
+            let had = partial.bytes.len();
             let attempt = self.attempt(
                 manifest,
                 (index, play_from),
@@ -328,7 +381,7 @@ impl Fetcher {
                 Ok(Err(Attempt::Ended(ended, e))) => (ended, e),
                 Err(_) => (
                     Ended::Broke {
-                        progress: partial.len() > had,
+                        progress: partial.bytes.len() > had,
                     },
                     AttemptError::TimedOut,
                 ),
@@ -395,7 +448,7 @@ impl Fetcher {
         manifest: &Manifest,
         (index, play_from): (SegmentIndex, u64),
         token: Option<&[u8]>,
-        (partial, watch): (&mut Vec<u8>, &Watch),
+        (partial, watch): (&mut Partial, &Watch),
         retry: &Retry,
     ) -> Result<Segment, Attempt> {
         let entry = manifest
@@ -408,32 +461,42 @@ impl Fetcher {
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
             // Resumed from what earlier attempts received.
-            offset: partial.len() as u64,
+            offset: partial.bytes.len() as u64,
             token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
             play_from,
+            verified: true,
         };
-        let (location, s, _slot) = self
+        let (location, s, _slot, mode) = self
             .open(manifest, entry, (location, watch), &request)
             .await?;
         watch.at(Some(&location));
-        let bytes = self
-            .read(entry, location.engine, s, (partial, watch))
-            .await?;
-        Ok(Segment { location, bytes })
+        let engine = location.engine;
+        let (bytes, by_group) = match mode {
+            Mode::Raw => self.read(entry, engine, s, (partial, watch)).await?,
+            Mode::Verified { from } => {
+                self.read_verified(entry, (engine, from), s, (partial, watch))
+                    .await?
+            }
+        };
+        Ok(Segment {
+            location,
+            bytes,
+            by_group,
+        })
     }
 
     /// Opens the stream of `request` for segment `entry` at the engine `location` names, in
     /// turn with this console's other fetches from that engine; an engine that hands the
     /// console over (claim 21) is followed once to the engine with the whole segment. Returns
-    /// where the stream comes from, the stream, and the engine's slot (held while it
-    /// streams).
+    /// where the stream comes from, the stream, the engine's slot (held while it streams) and
+    /// how the engine streams.
     async fn open(
         &self,
         manifest: &Manifest,
         entry: &SegmentEntry,
         (mut location, watch): (SegmentLocation, &Watch),
         request: &StreamRequest,
-    ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit), Attempt> {
+    ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit, Mode), Attempt> {
         let index = request.segment.index;
         let client = &self.directors.first;
         loop {
@@ -519,21 +582,31 @@ impl Fetcher {
                     if size != entry.size || hash != entry.hash || size > MAX_SEGMENT_SIZE {
                         return Err(FetchError::Mismatch { engine, index }.into());
                     }
-                    return Ok((location, s, slot));
+                    return Ok((location, s, slot, Mode::Raw));
+                }
+                StreamReply::Verified { size, hash, from } => {
+                    let mismatch = size != entry.size || hash != entry.hash;
+                    // Verified mode starts where it must: the group of the offset asked for.
+                    if mismatch || from != verified::group_start(request.offset) {
+                        return Err(FetchError::Mismatch { engine, index }.into());
+                    }
+                    return Ok((location, s, slot, Mode::Verified { from }));
                 }
             }
         }
     }
 
-    /// Reads the rest of segment `entry` from `engine`'s stream into `partial` and verifies
-    /// the whole, telling `watch` of every byte; the bytes, or how the attempt ended.
+    /// Reads the rest of segment `entry` from `engine`'s raw stream into `partial` and
+    /// verifies the whole, telling `watch` of every byte; the bytes (and whether all were
+    /// verified by group: never, here), or how the attempt ended.
     async fn read(
         &self,
         entry: &SegmentEntry,
         engine: PeerId,
         mut s: libp2p::Stream,
-        (partial, watch): (&mut Vec<u8>, &Watch),
-    ) -> Result<Vec<u8>, Attempt> {
+        (whole, watch): (&mut Partial, &Watch),
+    ) -> Result<(Vec<u8>, bool), Attempt> {
+        let partial = &mut whole.bytes;
         let size = entry.size as usize;
         let had = partial.len();
         partial.reserve(size.saturating_sub(had));
@@ -569,15 +642,105 @@ impl Fetcher {
             watch.byte();
         }
         let _ = s.close().await;
-        let bytes = std::mem::take(partial);
-        if SegmentHash::of(&bytes) != entry.hash {
+        Self::check_whole(entry, engine, whole)
+    }
+
+    /// The whole segment in `partial`, checked against the manifest's hash unless every byte
+    /// was verified by group already; whether it was.
+    #[allow(
+        clippy::result_large_err,
+        reason = "one value per failed attempt, moved once: boxing buys nothing"
+    )]
+    fn check_whole(
+        entry: &SegmentEntry,
+        engine: PeerId,
+        partial: &mut Partial,
+    ) -> Result<(Vec<u8>, bool), Attempt> {
+        let by_group = partial.verified >= entry.size;
+        let bytes = std::mem::take(&mut partial.bytes);
+        partial.verified = 0;
+        if !by_group && SegmentHash::of(&bytes) != entry.hash {
             // Another attempt starts over at another engine; the bad bytes are never written.
             return Err(Attempt::Ended(
                 Ended::Absent(engine),
                 AttemptError::Unverified(engine),
             ));
         }
-        Ok(bytes)
+        Ok((bytes, by_group))
+    }
+
+    /// Reads the rest of segment `entry` from `engine`'s verified stream, which starts at byte
+    /// `from`: each chunk group is checked against the manifest's hash as it comes and then
+    /// kept in `partial` (over any raw bytes an earlier attempt left there); one wrong group
+    /// or tree node ends the attempt there and the engine is avoided. Holds one group besides
+    /// `partial`. Tells `watch` of every read.
+    async fn read_verified(
+        &self,
+        entry: &SegmentEntry,
+        (engine, from): (PeerId, u64),
+        mut s: libp2p::Stream,
+        (partial, watch): (&mut Partial, &Watch),
+    ) -> Result<(Vec<u8>, bool), Attempt> {
+        let had = partial.bytes.len();
+        let mut decoder = verified::Decoder::new(entry.size, entry.hash, from);
+        partial
+            .bytes
+            .reserve((entry.size as usize).saturating_sub(had));
+        let mut item = vec![0u8; verified::GROUP as usize];
+        while let Some(need) = decoder.need() {
+            // No item is longer than a group; were one, `verify` would refuse the length.
+            let buf = &mut item[..need.min(verified::GROUP as usize)];
+            let mut filled = 0;
+            while filled < need {
+                let progress = partial.bytes.len() > had;
+                let at = partial.bytes.len() as u64;
+                let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[filled..])).await {
+                    Ok(Ok(got)) => got,
+                    Ok(Err(cause)) => {
+                        return Err(Attempt::Ended(
+                            Ended::Broke { progress },
+                            AttemptError::BrokeOff { engine, at, cause },
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(Attempt::Ended(
+                            Ended::Unreachable(engine),
+                            AttemptError::Stalled(engine),
+                        ));
+                    }
+                };
+                if got == 0 {
+                    return Err(Attempt::Ended(
+                        Ended::Broke { progress },
+                        AttemptError::EndedEarly { engine, at },
+                    ));
+                }
+                filled += got;
+                watch.byte();
+            }
+            match decoder.verify(buf) {
+                Ok(None) => {}
+                Ok(Some((start, end))) => {
+                    // Resumed at the start of a group: what an earlier attempt brought of it
+                    // is replaced by these verified bytes.
+                    partial.bytes.truncate(start as usize);
+                    partial.bytes.extend_from_slice(buf);
+                    if start <= partial.verified {
+                        partial.verified = end;
+                    }
+                    watch.verified(start, buf);
+                }
+                Err(cause) => {
+                    tracing::warn!(%engine, %cause, "bytes failed verification: engine left");
+                    return Err(Attempt::Ended(
+                        Ended::Absent(engine),
+                        AttemptError::Forged { engine, cause },
+                    ));
+                }
+            }
+        }
+        let _ = s.close().await;
+        Self::check_whole(entry, engine, partial)
     }
 }
 

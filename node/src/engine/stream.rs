@@ -2,7 +2,9 @@
 //! byte offset, following a segment that is still filling, with the stream's backpressure.
 //! Enforces `--max-streams` with a semaphore (answering [`StreamReply::Busy`] past it, a wait
 //! for the console) and reports every start and stop to the director, so the director's view
-//! of this engine's load is exact.
+//! of this engine's load is exact. A console that asks for verified mode gets a complete
+//! segment with its chunk-group tree (`vodmesh_proto::verified`) from the start of the group
+//! holding its offset; a copy still filling is streamed raw, as before, and the reply says so.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use vodmesh_proto::codec::write_frame;
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::TrustedIssuers;
+use vodmesh_proto::verified::{self, Item, Outboard};
 
 use super::Reporter;
 use super::admit;
@@ -212,7 +215,10 @@ impl StreamService {
             let next = tokio::select! {
                 // Handed over (claim 22): the stream ends here; the console resumes elsewhere.
                 _ = handover.cancelled() => return Ok(()),
-                next = reader.read_next(CHUNK) => next,
+                // Reads end on CHUNK boundaries (a multiple of the store's chunk), so a stream
+                // from an unaligned offset reads and hashes no store chunk twice, and only its
+                // first read is cut out of a chunk.
+                next = reader.read_next(CHUNK - (reader.position() % CHUNK as u64) as usize) => next,
             };
             match next {
                 Ok(Some(bytes)) => {
@@ -237,6 +243,86 @@ impl StreamService {
                 }
             }
         }
+    }
+
+    /// Writes `bytes` to the console, unless handed over first (then `false`).
+    async fn write(
+        stream: &mut Stream,
+        bytes: &[u8],
+        handover: &CancellationToken,
+    ) -> std::io::Result<bool> {
+        tokio::select! {
+            _ = handover.cancelled() => Ok(false),
+            written = tokio::time::timeout(STALL_TIMEOUT, stream.write_all(bytes)) => {
+                written.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "console stopped reading")
+                })??;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Verified mode: sends `outboard`'s parent nodes and the segment's groups from `from` in
+    /// the order of [`verified::plan`], in writes of about [`CHUNK`]. The bytes are read without
+    /// their chunk hashes checked: the console checks every group against the tree and the
+    /// manifest's hash (and fails this engine at the first wrong one), so they are not hashed
+    /// here a second time. `sent` counts the segment bytes sent.
+    async fn send_verified(
+        &self,
+        stream: &mut Stream,
+        reader: &mut crate::store::Reader,
+        outboard: &Outboard,
+        (from, handover): (u64, &CancellationToken),
+        sent: &mut u64,
+    ) -> std::io::Result<()> {
+        let size = reader.len();
+        let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+        let mut pending = 0u64;
+        // The bytes read last, from `block_at`: a read brings several groups.
+        let (mut block, mut block_at) = (Vec::new(), 0u64);
+        for item in verified::plan(size, from) {
+            match item {
+                Item::Parent { index, .. } => {
+                    let pair = outboard.pair(index).ok_or_else(|| {
+                        std::io::Error::other("the segment's tree is shorter than its size")
+                    })?;
+                    out.extend_from_slice(pair);
+                }
+                Item::Group { start, end, .. } => {
+                    let held = block_at + block.len() as u64;
+                    if start < block_at || end > held {
+                        // Groups are aligned and CHUNK is a multiple of one: whole groups.
+                        let len = (size - start).min(CHUNK as u64);
+                        let read = tokio::select! {
+                            _ = handover.cancelled() => return Ok(()),
+                            read = reader.read_unchecked(start, len) => read,
+                        };
+                        block = read.map_err(|e| {
+                            tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
+                            std::io::Error::other(e)
+                        })?;
+                        block_at = start;
+                    }
+                    let part = (start - block_at) as usize..(end - block_at) as usize;
+                    let Some(bytes) = block.get(part) else {
+                        return Err(std::io::Error::other("short read"));
+                    };
+                    out.extend_from_slice(bytes);
+                    pending += end - start;
+                }
+            }
+            if out.len() >= CHUNK {
+                if !Self::write(stream, &out, handover).await? {
+                    return Ok(());
+                }
+                out.clear();
+                *sent += std::mem::take(&mut pending);
+            }
+        }
+        if !out.is_empty() && Self::write(stream, &out, handover).await? {
+            *sent += pending;
+        }
+        Ok(())
     }
 
     /// Answers `reply` and closes the stream: the exchange ends before any byte.
@@ -304,10 +390,35 @@ impl StreamService {
             let why = StreamReply::Refused("offset past the end of the segment".into());
             return Self::answer(&mut stream, &why).await;
         }
-        tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, offset = request.offset, "streaming");
-        let streaming = StreamReply::Streaming {
-            size,
-            hash: info.hash,
+        // Verified mode needs the segment's tree: a complete segment's. A copy still filling
+        // streams raw, as it lands, and the reply says so.
+        let outboard = match info.state {
+            SegmentState::Complete if request.verified => {
+                match self.store.outboard(segment).await {
+                    Ok(outboard) => outboard,
+                    Err(e) => {
+                        tracing::warn!(engine = %self.reporter.engine(), %segment, error = %e, "no chunk-group tree: streaming raw");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let from = match outboard {
+            Some(_) => verified::group_start(request.offset),
+            None => request.offset,
+        };
+        tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, offset = request.offset, verified = outboard.is_some(), "streaming");
+        let streaming = match outboard {
+            Some(_) => StreamReply::Verified {
+                size,
+                hash: info.hash,
+                from,
+            },
+            None => StreamReply::Streaming {
+                size,
+                hash: info.hash,
+            },
         };
         write_frame(&mut stream, &streaming).await?;
         self.reporter.try_send(EngineEvent::TookOver {
@@ -316,20 +427,22 @@ impl StreamService {
         });
         let mut sent = 0u64;
         let handover = self.handovers.enter(segment, peer);
-        let result = self
-            .send(
-                &mut stream,
-                &mut reader,
-                (request.offset, &handover.token),
-                &mut sent,
-            )
-            .await;
+        let result = match &outboard {
+            Some(outboard) => {
+                let at = (from, &handover.token);
+                (self.send_verified(&mut stream, &mut reader, outboard, at, &mut sent)).await
+            }
+            None => {
+                let at = (from, &handover.token);
+                self.send(&mut stream, &mut reader, at, &mut sent).await
+            }
+        };
         drop(handover);
         self.reporter.try_send(EngineEvent::Stopped {
             segment,
             console: peer,
             bytes: sent,
-            complete: result.is_ok() && request.offset + sent == size,
+            complete: result.is_ok() && from + sent == size,
         });
         result?;
         stream.close().await

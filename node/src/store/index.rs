@@ -17,6 +17,9 @@ type Row = (u32, u64, &'static [u8; 32], u8, u64, bool, bool);
 const SEGMENTS: TableDefinition<Key, Row> = TableDefinition::new("segments");
 /// Concatenated 32-byte BLAKE3 hashes of the segment's `CHUNK`-sized chunks.
 const CHUNKS: TableDefinition<Key, &[u8]> = TableDefinition::new("segment_chunks");
+/// Concatenated 32-byte chaining values of the segment's 16 KiB chunk groups
+/// (`vodmesh_proto::verified::Leaves`): its BLAKE3 tree for verified streaming.
+const GROUPS: TableDefinition<Key, &[u8]> = TableDefinition::new("segment_groups");
 const META: TableDefinition<&str, u64> = TableDefinition::new("store_meta");
 /// Programs the engine may not stream yet, to when their embargo ends (`engine::embargo`):
 /// kept here so that a restarted engine refuses them before its director tells it again.
@@ -59,6 +62,8 @@ pub(crate) enum Op {
         chunks: Option<Vec<u8>>,
     },
     Remove(SegmentId),
+    /// Keeps a segment's chunk-group leaves (`vodmesh_proto::verified::Leaves::to_bytes`).
+    Groups(SegmentId, Vec<u8>),
     Touch(SegmentId, u64),
     Flags {
         segment: SegmentId,
@@ -110,6 +115,9 @@ impl Index {
             tx.open_table(CHUNKS).map_err(db_err)?;
             // A table added later: indexes written before it simply have none yet.
             tx.open_table(EMBARGOES).map_err(db_err)?;
+            // Added with verified streaming: a segment stored before has no row here, and
+            // gets one computed on first need.
+            tx.open_table(GROUPS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Self { db })
@@ -147,6 +155,14 @@ impl Index {
         Ok(got.map(|v| split_hashes(v.value())))
     }
 
+    /// The chunk-group leaves of `segment`, as stored, if it has any.
+    pub(crate) fn groups(&self, segment: &SegmentId) -> Result<Option<Vec<u8>>, IndexError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(GROUPS).map_err(db_err)?;
+        let got = table.get(id_to_key(segment)).map_err(db_err)?;
+        Ok(got.map(|v| v.value().to_vec()))
+    }
+
     /// Applies `ops` in one transaction. `durable: false` skips the fsync; such a commit becomes
     /// durable with the next durable one (used for filling rows and last-use updates, which a
     /// crash may lose without harm).
@@ -162,6 +178,7 @@ impl Index {
             let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
             let mut chunks = tx.open_table(CHUNKS).map_err(db_err)?;
             let mut embargoes = tx.open_table(EMBARGOES).map_err(db_err)?;
+            let mut groups = tx.open_table(GROUPS).map_err(db_err)?;
             for op in ops {
                 match op {
                     Op::Embargo(program, Some(until)) => {
@@ -188,6 +205,12 @@ impl Index {
                     Op::Remove(segment) => {
                         segs.remove(id_to_key(segment)).map_err(db_err)?;
                         chunks.remove(id_to_key(segment)).map_err(db_err)?;
+                        groups.remove(id_to_key(segment)).map_err(db_err)?;
+                    }
+                    Op::Groups(segment, leaves) => {
+                        groups
+                            .insert(id_to_key(segment), leaves.as_slice())
+                            .map_err(db_err)?;
                     }
                     Op::Touch(segment, ms) => {
                         let old = segs

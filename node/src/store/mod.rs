@@ -11,6 +11,11 @@
 //!   fast-forward, claim 21). Reads of complete segments verify every [`CHUNK`] they touch
 //!   against hashes kept in the index; a mismatch drops the segment and emits
 //!   [`Event::Dropped`].
+//! - Beside each complete segment the index keeps its BLAKE3 tree by 16 KiB chunk group (the
+//!   groups' chaining values, `vodmesh_proto::verified::Leaves`, computed as the bytes land,
+//!   committed with the complete row; their tree's root is the segment's hash, so the writer
+//!   does not hash the whole a second time). [`SegmentStore::outboard`] gives the tree for a
+//!   verified stream, computing it on first need for a segment stored before trees were kept.
 //! - Capacity is bounded. Room is made by evicting the least recently used segments that
 //!   another station also holds, never pinned (home) ones, never open ones; otherwise
 //!   [`Error::Full`].

@@ -205,6 +205,40 @@ impl Reader {
         self.read_at(offset, len).await
     }
 
+    /// Exactly `len` bytes from `offset` of a complete segment, read without checking its
+    /// chunk hashes: for a verified stream (`/vodmesh/stream/1` in verified mode), whose
+    /// receiver checks every group against the segment's tree and hash itself, so the engine
+    /// does not hash what it serves a second time. A segment still filling is read as
+    /// [`read_range`](Self::read_range) reads it.
+    pub async fn read_unchecked(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let Mode::Complete { file, .. } = &self.mode else {
+            return self.read_range(offset, len).await;
+        };
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(Error::OutOfRange {
+                segment: self.segment,
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        if !self.still_stored() {
+            return Err(Error::NotFound(self.segment));
+        }
+        let file = file.clone();
+        let res = self.inner.disks[self.disk]
+            .worker
+            .run(move || {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await?;
+        res.map_err(|e| {
+            let path = layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
+            io("read", &path)(e)
+        })
+    }
+
     /// Waits until at least `end` bytes are readable (or the segment is complete); returns
     /// how many are.
     async fn wait_for(&mut self, end: u64) -> Result<u64, Error> {

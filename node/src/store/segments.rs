@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tracing::instrument;
+use vodmesh_proto::verified::{LeafHasher, Leaves, Outboard};
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 use super::accounting::Progress;
@@ -267,6 +268,65 @@ impl SegmentStore {
         reader.read_range(offset, len).await
     }
 
+    /// The BLAKE3 tree of complete `segment` by 16 KiB chunk group, for a verified stream: from
+    /// the leaves kept beside it since it was written, or, for a segment stored before the store
+    /// kept them (or whose row does not lead to its hash), computed now from its bytes (read
+    /// with their chunk hashes checked) and kept. `None`: not here complete.
+    pub async fn outboard(&self, segment: SegmentId) -> Result<Option<Outboard>, Error> {
+        let Some((size, hash, generation)) = ({
+            let st = self.inner.state();
+            (st.holdings.stored(&segment)).map(|s| (s.size, s.hash, s.generation))
+        }) else {
+            return Ok(None);
+        };
+        let index = self.inner.index.clone();
+        let kept = self
+            .inner
+            .index_worker
+            .run(move || index.groups(&segment))
+            .await??;
+        let kept = kept
+            .and_then(|bytes| Leaves::from_bytes(size, &bytes))
+            .map(|leaves| leaves.outboard())
+            .filter(|outboard| outboard.root() == hash);
+        if let Some(outboard) = kept {
+            return Ok(Some(outboard));
+        }
+        // The reader holds the segment against eviction while its leaves are computed.
+        let mut reader = match self.open_read(segment).await {
+            Ok(reader) => reader,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut hasher = LeafHasher::new(size);
+        while hasher.position() < size {
+            let at = hasher.position();
+            let bytes = reader.read_range(at, (size - at).min(1 << 20)).await?;
+            hasher.update(&bytes);
+        }
+        let Some(leaves) = hasher.finish() else {
+            return Err(Error::Corrupt { segment, chunk: 0 });
+        };
+        let outboard = leaves.outboard();
+        if outboard.root() != hash {
+            // Its chunks all matched, yet the whole does not: its chunk hashes were wrong.
+            self.inner
+                .drop_segment(segment, generation, DropReason::Corrupt { chunk: 0 })
+                .await;
+            return Err(Error::Corrupt { segment, chunk: 0 });
+        }
+        drop(reader);
+        tracing::debug!(segment = %segment.short(), "chunk-group tree computed for a segment stored without one");
+        // Not durable: lost in a crash, it is only computed again.
+        let op = Op::Groups(segment, leaves.to_bytes());
+        let index = self.inner.index.clone();
+        self.inner
+            .index_worker
+            .run(move || index.apply(&[op], false))
+            .await??;
+        Ok(Some(outboard))
+    }
+
     /// `(filled, total, complete)` of a stored or filling segment; `None` if not here.
     pub fn filled(&self, segment: &SegmentId) -> Option<(u64, u64, bool)> {
         let st = self.inner.state();
@@ -511,6 +571,22 @@ impl SegmentStore {
     pub(crate) fn audit(&self) -> (super::accounting::Figures, super::accounting::Figures) {
         let st = self.inner.state();
         (st.holdings.figures(), st.holdings.recount())
+    }
+
+    /// Makes `segment` look stored before the store kept chunk-group trees: its row of leaves
+    /// is emptied.
+    pub(crate) async fn forget_groups(&self, segment: SegmentId) -> Result<(), Error> {
+        self.commit(vec![Op::Groups(segment, Vec::new())]).await
+    }
+
+    /// The leaves kept for `segment`, as stored.
+    pub(crate) async fn kept_groups(&self, segment: SegmentId) -> Result<Option<Vec<u8>>, Error> {
+        let index = self.inner.index.clone();
+        Ok(self
+            .inner
+            .index_worker
+            .run(move || index.groups(&segment))
+            .await??)
     }
 
     /// Waits until every job queued before this call has run (the queues are FIFO).

@@ -701,3 +701,42 @@ async fn probe_at_size() -> TestResult {
     eprintln!("throughput_probe {mb} MiB: write {write:.0} MB/s, read {read:.0} MB/s");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_segment_keeps_its_chunk_group_tree_and_one_stored_without_gets_it_on_first_need()
+-> TestResult {
+    use vodmesh_proto::verified::Leaves;
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let id = seg(7, 0);
+    let data = bytes(7, 1_000_000);
+    put(&store, id, &data).await?;
+    // Kept with the complete row: the leaves of the bytes, whose tree leads to the hash.
+    let leaves = Leaves::of(&data);
+    assert_eq!(store.kept_groups(id).await?, Some(leaves.to_bytes()));
+    let outboard = store.outboard(id).await?.ok_or("no tree")?;
+    assert_eq!(outboard, leaves.outboard());
+    assert_eq!(outboard.root(), SegmentHash::of(&data));
+    // Not complete here: none.
+    assert_eq!(store.outboard(seg(7, 1)).await?, None);
+
+    // As if stored before trees were kept: computed from the bytes, and kept again.
+    store.forget_groups(id).await?;
+    assert_eq!(store.outboard(id).await?, Some(leaves.outboard()));
+    assert_eq!(store.kept_groups(id).await?, Some(leaves.to_bytes()));
+
+    // One whose bytes rotted and that has no tree: the bytes are checked as they are read for
+    // it, and the segment is dropped rather than given a tree of wrong bytes.
+    let path = store.path_of(&id).ok_or("no path")?;
+    let mut stored = std::fs::read(&path)?;
+    stored[300_000] ^= 1;
+    std::fs::write(&path, &stored)?;
+    store.forget_groups(id).await?;
+    assert!(matches!(
+        store.outboard(id).await,
+        Err(Error::Corrupt { .. })
+    ));
+    assert!(store.info(&id).is_none());
+    store.shutdown().await?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, instrument};
 use vodmesh_proto::time::now_ms;
+use vodmesh_proto::verified::{LeafHasher, Leaves};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::accounting::{End, Progress, Stored};
@@ -18,18 +19,27 @@ use super::layout::{self, io};
 use super::shared::Inner;
 use super::{CHUNK, Error};
 
-/// The incremental hashes of a write: the whole segment and each [`CHUNK`].
-#[derive(Default)]
+/// The incremental hashes of a write: the segment's chunk-group leaves (whose tree's root is
+/// the segment's hash, so the whole segment is not hashed a second time) and each [`CHUNK`].
 struct Hashing {
-    whole: blake3::Hasher,
+    groups: LeafHasher,
     chunk: blake3::Hasher,
     in_chunk: u64,
     chunks: Vec<[u8; 32]>,
 }
 
 impl Hashing {
+    fn new(len: u64) -> Self {
+        Self {
+            groups: LeafHasher::new(len),
+            chunk: blake3::Hasher::new(),
+            in_chunk: 0,
+            chunks: Vec::new(),
+        }
+    }
+
     fn update(&mut self, mut data: &[u8]) {
-        self.whole.update(data);
+        self.groups.update(data);
         while !data.is_empty() {
             let take = (CHUNK - self.in_chunk).min(data.len() as u64) as usize;
             self.chunk.update(&data[..take]);
@@ -43,11 +53,13 @@ impl Hashing {
         }
     }
 
-    fn finish(mut self) -> (SegmentHash, Vec<[u8; 32]>) {
+    /// The segment's hash, chunk hashes and group leaves; `None` when not every byte came.
+    fn finish(mut self) -> Option<(SegmentHash, Vec<[u8; 32]>, Leaves)> {
         if self.in_chunk > 0 {
             self.chunks.push(*self.chunk.finalize().as_bytes());
         }
-        (self.whole.finalize().into(), self.chunks)
+        let leaves = self.groups.finish()?;
+        Some((leaves.outboard().root(), self.chunks, leaves))
     }
 }
 
@@ -94,7 +106,7 @@ impl Writer {
             generation,
             temp: temp.clone(),
             file: None,
-            hashing: Some(Hashing::default()),
+            hashing: Some(Hashing::new(expected_len)),
             written: 0,
             expected_hash,
             expected_len,
@@ -248,10 +260,10 @@ impl Writer {
         let (temp, expected) = (self.temp.clone(), self.expected_hash);
         let sealed = disk
             .worker
-            .run(move || seal(&file, hashing, &temp, &dest, expected))
+            .run(move || seal(&file, hashing, &temp, &dest, (segment, expected)))
             .await?;
-        let chunks = match sealed? {
-            Ok(chunks) => chunks,
+        let (chunks, leaves) = match sealed? {
+            Ok(sealed) => sealed,
             Err(actual) => {
                 return Err(Error::HashMismatch {
                     segment,
@@ -260,7 +272,7 @@ impl Writer {
                 });
             }
         };
-        let stored = self.commit(chunks.concat()).await?;
+        let stored = self.commit(chunks.concat(), leaves.to_bytes()).await?;
         self.complete(stored, chunks);
         debug!("segment stored");
         Ok(())
@@ -269,7 +281,7 @@ impl Writer {
     /// Commits the complete row (with the last-use times waiting to be written) durably to the
     /// index. A file renamed into place but not committed is removed again: it must not
     /// outlive the failed write.
-    async fn commit(&self, chunks: Vec<u8>) -> Result<Stored, Error> {
+    async fn commit(&self, chunks: Vec<u8>, leaves: Vec<u8>) -> Result<Stored, Error> {
         let inner = &self.inner;
         let (stored, mut ops) = {
             let mut st = inner.state();
@@ -302,6 +314,8 @@ impl Writer {
             },
             chunks: Some(chunks),
         });
+        // In the same commit as the complete row: a complete segment always has its tree.
+        ops.push(Op::Groups(self.segment, leaves));
         let index = inner.index.clone();
         let committed = inner
             .index_worker
@@ -377,17 +391,24 @@ impl Drop for Writer {
     }
 }
 
+/// What [`seal`] found: the chunk hashes and group leaves of a segment stored, or the actual
+/// hash of one that was not.
+type Sealed = Result<(Vec<[u8; 32]>, Leaves), SegmentHash>;
+
 /// On the disk's worker: checks the hash of what was written, renames the temp file into place
-/// and makes it durable. Returns the chunk hashes, or the actual hash when it is not
-/// `expected` (the write is then aborted and nothing was renamed).
+/// and makes it durable. Returns the chunk hashes and group leaves, or the actual hash when it
+/// is not `expected` (the write is then aborted and nothing was renamed).
 fn seal(
     file: &File,
     hashing: Hashing,
     temp: &Path,
     dest: &Path,
-    expected: SegmentHash,
-) -> Result<Result<Vec<[u8; 32]>, SegmentHash>, Error> {
-    let (actual, chunks) = hashing.finish();
+    (segment, expected): (SegmentId, SegmentHash),
+) -> Result<Sealed, Error> {
+    // Every byte came (checked by the caller), so the hashing finishes.
+    let Some((actual, chunks, leaves)) = hashing.finish() else {
+        return Err(Error::Aborted(segment));
+    };
     if actual != expected {
         return Ok(Err(actual));
     }
@@ -417,7 +438,7 @@ fn seal(
     let failed = match synced {
         (Err(e), _) => io("fsync", dest)(e),
         (_, Err(e)) => io("fsync", dir)(e),
-        _ => return Ok(Ok(chunks)),
+        _ => return Ok(Ok((chunks, leaves))),
     };
     let _ = layout::remove_segment_file(dest);
     Err(failed)

@@ -1,5 +1,8 @@
 //! The `startup` section: `vodmesh-console play --out -` as a process, from spawn to the first
-//! byte on its stdout (the console writes a segment only once it is verified), for a hit (the
+//! byte on its stdout, for 4 MiB segments. The console writes no byte before it is verified:
+//! on a hit the engine streams in verified mode and the first 16 KiB chunk group goes out as
+//! soon as it checks against the manifest (`vodmesh_proto::verified`); on a miss the copy is
+//! still filling, so the engine streams raw and the first segment is verified whole. For a hit (the
 //! station asked holds the segment) and a miss (another station holds it: the director finds
 //! it through the registry, has one of its engines copy it, and redirects the console there
 //! while the copy streams in). Each miss asks for a segment no run asked for before.
@@ -22,7 +25,7 @@ use vodmesh_proto::director::{Request, Response};
 use super::swarm::{BenchSwarm, Shape};
 use super::{Row, quantile_ms, ratio, sibling_bin};
 
-const SEGMENT: u64 = 1024 * 1024;
+const SEGMENT: u64 = 4 * 1024 * 1024;
 const BITRATE: u64 = 8_000_000;
 
 /// Runs the section under `dir`.
@@ -146,7 +149,7 @@ async fn measure(
         "redirect_p99_ms": red99,
         "control_rtt_p50_ms": rpc50,
         "redirect_vs_control_rtt": ratio(red50, rpc50),
-        "setup": "two in-process stations (1 engine each); console processes with --speed max --out -",
+        "setup": "two in-process stations (1 engine each); console processes with --speed max --out -; hits stream in verified chunk mode (16 KiB groups)",
     });
     Ok((value, rows))
 }

@@ -353,6 +353,7 @@ async fn open(
             offset: 0,
             token: Some(c.token.clone()),
             play_from: 0,
+            verified: false,
         },
     )
     .await?;
@@ -362,6 +363,7 @@ async fn open(
         StreamReply::Swap { filled } => bail!("handed back at byte {filled} of a filling copy"),
         StreamReply::Busy => bail!("the engine is at --max-streams"),
         StreamReply::Absent => bail!("the engine does not hold segment {index}"),
+        StreamReply::Verified { .. } => bail!("verified mode, which was not asked for"),
     }
 }
 
