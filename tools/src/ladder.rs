@@ -17,8 +17,6 @@ use vodmesh_proto::manifest::{
     MAX_RENDITIONS, MAX_SEGMENTS, ManifestContent, Rendition, SegmentEntry,
 };
 
-use tokio::io::AsyncReadExt;
-
 use crate::source::{
     self, Base, HLS_SEGMENT_SECONDS, MAX_PLAYLIST, Piece, Source, http_get, media,
 };
@@ -278,18 +276,7 @@ async fn read_playlist(piece: &Piece) -> Result<Vec<u8>> {
     match piece {
         Piece::Url(url) => http_get(url, MAX_PLAYLIST).await,
         Piece::File(path) | Piece::Range { path, .. } => {
-            let file = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let mut text = Vec::new();
-            file.take(MAX_PLAYLIST + 1)
-                .read_to_end(&mut text)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
-            if text.len() as u64 > MAX_PLAYLIST {
-                bail!("{}: playlist larger than 4 MiB", path.display());
-            }
-            Ok(text)
+            source::read_limited(path, MAX_PLAYLIST, "playlist larger than 4 MiB").await
         }
     }
 }

@@ -336,21 +336,27 @@ pub async fn read_piece(piece: &Piece) -> Result<Vec<u8>> {
             Ok(buf)
         }
         Piece::File(path) => {
-            let file = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let mut buf = Vec::new();
-            file.take(MAX_SEGMENT_SIZE + 1)
-                .read_to_end(&mut buf)
-                .await
-                .with_context(|| format!("reading {}", path.display()))?;
-            if buf.len() as u64 > MAX_SEGMENT_SIZE {
-                bail!("{}: segment larger than 256 MiB", path.display());
-            }
-            Ok(buf)
+            read_limited(path, MAX_SEGMENT_SIZE, "segment larger than 256 MiB").await
         }
         Piece::Url(url) => http_get(url, MAX_SEGMENT_SIZE).await,
     }
+}
+
+/// The file at `path`, refused with `too_large` when it holds more than `limit` bytes (which
+/// are all that is read).
+pub(crate) async fn read_limited(path: &Path, limit: u64, too_large: &str) -> Result<Vec<u8>> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    if buf.len() as u64 > limit {
+        bail!("{}: {too_large}", path.display());
+    }
+    Ok(buf)
 }
 
 /// Cuts `path` into segments of `size` bytes and hashes each.

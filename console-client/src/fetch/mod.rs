@@ -615,29 +615,7 @@ impl Fetcher {
             let n = (size - partial.len()).min(buf.len());
             let progress = partial.len() > had;
             let at = partial.len() as u64;
-            let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[..n])).await {
-                Ok(Ok(got)) => got,
-                Ok(Err(cause)) => {
-                    return Err(Attempt::Ended(
-                        Ended::Broke { progress },
-                        AttemptError::BrokeOff { engine, at, cause },
-                    ));
-                }
-                // Connected but silent (frozen, cut off): resumed elsewhere.
-                Err(_) => {
-                    return Err(Attempt::Ended(
-                        Ended::Unreachable(engine),
-                        AttemptError::Stalled(engine),
-                    ));
-                }
-            };
-            if got == 0 {
-                // Ended early: handed over, or the engine went away. The next attempt resumes.
-                return Err(Attempt::Ended(
-                    Ended::Broke { progress },
-                    AttemptError::EndedEarly { engine, at },
-                ));
-            }
+            let got = read_more(&mut s, &mut buf[..n], engine, (at, progress)).await?;
             partial.extend_from_slice(&buf[..got]);
             watch.byte();
         }
@@ -694,27 +672,7 @@ impl Fetcher {
             while filled < need {
                 let progress = partial.bytes.len() > had;
                 let at = partial.bytes.len() as u64;
-                let got = match tokio::time::timeout(READ_STALL, s.read(&mut buf[filled..])).await {
-                    Ok(Ok(got)) => got,
-                    Ok(Err(cause)) => {
-                        return Err(Attempt::Ended(
-                            Ended::Broke { progress },
-                            AttemptError::BrokeOff { engine, at, cause },
-                        ));
-                    }
-                    Err(_) => {
-                        return Err(Attempt::Ended(
-                            Ended::Unreachable(engine),
-                            AttemptError::Stalled(engine),
-                        ));
-                    }
-                };
-                if got == 0 {
-                    return Err(Attempt::Ended(
-                        Ended::Broke { progress },
-                        AttemptError::EndedEarly { engine, at },
-                    ));
-                }
+                let got = read_more(&mut s, &mut buf[filled..], engine, (at, progress)).await?;
                 filled += got;
                 watch.byte();
             }
@@ -769,6 +727,34 @@ fn located(answer: Result<Response, AskError>) -> Result<SegmentLocation, Attemp
         )),
         ErrorCode::NotFound => Err(FetchError::NotFound(reply).into()),
         _ => Err(FetchError::Refused(reply).into()),
+    }
+}
+
+/// One read of an attempt's stream from `engine` into `buf` (not empty), within
+/// [`READ_STALL`], with `at` bytes of the segment had and `progress` made by this attempt:
+/// how many bytes came, or how the attempt ended. The end of the stream is an end here: the
+/// segment is not whole yet (handed over, or the engine went away; the next attempt
+/// resumes); a silent one (frozen, cut off) is resumed elsewhere.
+async fn read_more(
+    s: &mut libp2p::Stream,
+    buf: &mut [u8],
+    engine: PeerId,
+    (at, progress): (u64, bool),
+) -> Result<usize, Attempt> {
+    match tokio::time::timeout(READ_STALL, s.read(buf)).await {
+        Ok(Ok(0)) => Err(Attempt::Ended(
+            Ended::Broke { progress },
+            AttemptError::EndedEarly { engine, at },
+        )),
+        Ok(Ok(got)) => Ok(got),
+        Ok(Err(cause)) => Err(Attempt::Ended(
+            Ended::Broke { progress },
+            AttemptError::BrokeOff { engine, at, cause },
+        )),
+        Err(_) => Err(Attempt::Ended(
+            Ended::Unreachable(engine),
+            AttemptError::Stalled(engine),
+        )),
     }
 }
 
