@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vodmesh_client::ClientError;
@@ -27,14 +27,16 @@ use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::verified;
-use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
+use vodmesh_proto::{SegmentId, SegmentIndex};
 
 use crate::directors::{AskError, Directors};
 use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
 
 mod error;
+mod read;
 pub use self::error::{AttemptError, FetchError};
+use self::read::Partial;
 
 /// How long a segment stream may bring no byte (and an engine may take to answer a stream
 /// request) before the engine counts as stalled and the segment is resumed elsewhere: longer
@@ -108,14 +110,6 @@ pub struct Segment {
     /// Whether every byte was verified chunk group by chunk group as it came (verified
     /// mode), rather than as a whole at the end.
     pub by_group: bool,
-}
-
-/// A segment's bytes received so far, across the attempts of one fetch.
-#[derive(Default)]
-struct Partial {
-    bytes: Vec<u8>,
-    /// How many of the first bytes were verified by chunk group already.
-    verified: u64,
 }
 
 /// How an engine streams: raw bytes from the offset asked for, or verified mode from the
@@ -472,10 +466,9 @@ impl Fetcher {
         watch.at(Some(&location));
         let engine = location.engine;
         let (bytes, by_group) = match mode {
-            Mode::Raw => self.read(entry, engine, s, (partial, watch)).await?,
+            Mode::Raw => read::raw(entry, engine, s, (partial, watch)).await?,
             Mode::Verified { from } => {
-                self.read_verified(entry, (engine, from), s, (partial, watch))
-                    .await?
+                read::verified(entry, (engine, from), s, (partial, watch)).await?
             }
         };
         Ok(Segment {
@@ -595,111 +588,6 @@ impl Fetcher {
             }
         }
     }
-
-    /// Reads the rest of segment `entry` from `engine`'s raw stream into `partial` and
-    /// verifies the whole, telling `watch` of every byte; the bytes (and whether all were
-    /// verified by group: never, here), or how the attempt ended.
-    async fn read(
-        &self,
-        entry: &SegmentEntry,
-        engine: PeerId,
-        mut s: libp2p::Stream,
-        (whole, watch): (&mut Partial, &Watch),
-    ) -> Result<(Vec<u8>, bool), Attempt> {
-        let partial = &mut whole.bytes;
-        let size = entry.size as usize;
-        let had = partial.len();
-        partial.reserve(size.saturating_sub(had));
-        let mut buf = vec![0u8; READ_CHUNK];
-        while partial.len() < size {
-            let n = (size - partial.len()).min(buf.len());
-            let progress = partial.len() > had;
-            let at = partial.len() as u64;
-            let got = read_more(&mut s, &mut buf[..n], engine, (at, progress)).await?;
-            partial.extend_from_slice(&buf[..got]);
-            watch.byte();
-        }
-        let _ = s.close().await;
-        Self::check_whole(entry, engine, whole)
-    }
-
-    /// The whole segment in `partial`, checked against the manifest's hash unless every byte
-    /// was verified by group already; whether it was.
-    #[allow(
-        clippy::result_large_err,
-        reason = "one value per failed attempt, moved once: boxing buys nothing"
-    )]
-    fn check_whole(
-        entry: &SegmentEntry,
-        engine: PeerId,
-        partial: &mut Partial,
-    ) -> Result<(Vec<u8>, bool), Attempt> {
-        let by_group = partial.verified >= entry.size;
-        let bytes = std::mem::take(&mut partial.bytes);
-        partial.verified = 0;
-        if !by_group && SegmentHash::of(&bytes) != entry.hash {
-            // Another attempt starts over at another engine; the bad bytes are never written.
-            return Err(Attempt::Ended(
-                Ended::Absent(engine),
-                AttemptError::Unverified(engine),
-            ));
-        }
-        Ok((bytes, by_group))
-    }
-
-    /// Reads the rest of segment `entry` from `engine`'s verified stream, which starts at byte
-    /// `from`: each chunk group is checked against the manifest's hash as it comes and then
-    /// kept in `partial` (over any raw bytes an earlier attempt left there); one wrong group
-    /// or tree node ends the attempt there and the engine is avoided. Holds one group besides
-    /// `partial`. Tells `watch` of every read.
-    async fn read_verified(
-        &self,
-        entry: &SegmentEntry,
-        (engine, from): (PeerId, u64),
-        mut s: libp2p::Stream,
-        (partial, watch): (&mut Partial, &Watch),
-    ) -> Result<(Vec<u8>, bool), Attempt> {
-        let had = partial.bytes.len();
-        let mut decoder = verified::Decoder::new(entry.size, entry.hash, from);
-        partial
-            .bytes
-            .reserve((entry.size as usize).saturating_sub(had));
-        let mut item = vec![0u8; verified::GROUP as usize];
-        while let Some(need) = decoder.need() {
-            // No item is longer than a group; were one, `verify` would refuse the length.
-            let buf = &mut item[..need.min(verified::GROUP as usize)];
-            let mut filled = 0;
-            while filled < need {
-                let progress = partial.bytes.len() > had;
-                let at = partial.bytes.len() as u64;
-                let got = read_more(&mut s, &mut buf[filled..], engine, (at, progress)).await?;
-                filled += got;
-                watch.byte();
-            }
-            match decoder.verify(buf) {
-                Ok(None) => {}
-                Ok(Some((start, end))) => {
-                    // Resumed at the start of a group: what an earlier attempt brought of it
-                    // is replaced by these verified bytes.
-                    partial.bytes.truncate(start as usize);
-                    partial.bytes.extend_from_slice(buf);
-                    if start <= partial.verified {
-                        partial.verified = end;
-                    }
-                    watch.verified(start, buf);
-                }
-                Err(cause) => {
-                    tracing::warn!(%engine, %cause, "bytes failed verification: engine left");
-                    return Err(Attempt::Ended(
-                        Ended::Absent(engine),
-                        AttemptError::Forged { engine, cause },
-                    ));
-                }
-            }
-        }
-        let _ = s.close().await;
-        Self::check_whole(entry, engine, partial)
-    }
 }
 
 /// What a director's answer to `Locate` means for this attempt.
@@ -727,34 +615,6 @@ fn located(answer: Result<Response, AskError>) -> Result<SegmentLocation, Attemp
         )),
         ErrorCode::NotFound => Err(FetchError::NotFound(reply).into()),
         _ => Err(FetchError::Refused(reply).into()),
-    }
-}
-
-/// One read of an attempt's stream from `engine` into `buf` (not empty), within
-/// [`READ_STALL`], with `at` bytes of the segment had and `progress` made by this attempt:
-/// how many bytes came, or how the attempt ended. The end of the stream is an end here: the
-/// segment is not whole yet (handed over, or the engine went away; the next attempt
-/// resumes); a silent one (frozen, cut off) is resumed elsewhere.
-async fn read_more(
-    s: &mut libp2p::Stream,
-    buf: &mut [u8],
-    engine: PeerId,
-    (at, progress): (u64, bool),
-) -> Result<usize, Attempt> {
-    match tokio::time::timeout(READ_STALL, s.read(buf)).await {
-        Ok(Ok(0)) => Err(Attempt::Ended(
-            Ended::Broke { progress },
-            AttemptError::EndedEarly { engine, at },
-        )),
-        Ok(Ok(got)) => Ok(got),
-        Ok(Err(cause)) => Err(Attempt::Ended(
-            Ended::Broke { progress },
-            AttemptError::BrokeOff { engine, at, cause },
-        )),
-        Err(_) => Err(Attempt::Ended(
-            Ended::Unreachable(engine),
-            AttemptError::Stalled(engine),
-        )),
     }
 }
 
