@@ -58,7 +58,7 @@ pub(crate) enum Refused {
     #[error(transparent)]
     Token(#[from] vodmesh_proto::token::TokenError),
     /// The program's publish time has not come.
-    #[error("{}", crate::director::NOT_PUBLISHED)]
+    #[error("{}", crate::director::error::NOT_PUBLISHED)]
     NotPublished,
 }
 

@@ -29,7 +29,7 @@ mod catalog;
 mod choose;
 mod context;
 mod engines;
-mod error;
+pub(crate) mod error;
 mod http;
 mod ingest;
 mod miss;

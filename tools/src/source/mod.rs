@@ -29,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use vodmesh_proto::SegmentHash;
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, MAX_SEGMENTS, ManifestContent, SegmentEntry};
 
+pub(crate) mod renditions;
 mod video;
 pub use self::video::{
     HLS_SEGMENT_SECONDS, VIDEO_EXTENSIONS, ffmpeg_installed, is_video, package_video,
@@ -413,7 +414,7 @@ async fn hls(text: Vec<u8>, base: Base, allow: &[String]) -> Result<(ManifestCon
     if text.starts_with(b"#EXTM3U")
         && let Ok(m3u8_rs::Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&text)
     {
-        return crate::ladder::variants(&master, &base, allow).await;
+        return renditions::variants(&master, &base, allow).await;
     }
     media(text, base, allow).await
 }
