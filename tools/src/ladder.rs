@@ -22,16 +22,13 @@ const MAX_HEIGHT: u32 = 4320;
 /// The shortest rung accepted.
 const MIN_HEIGHT: u32 = 64;
 
-/// Parses one rung of `--ladder`: a height in pixels, as `720p` or `720`.
+/// Parses one rung of `--ladder`: a height in pixels, as `720p` or `720` (clap names the
+/// flag and the value in front of the error).
 pub fn parse_rung(s: &str) -> Result<u32> {
     let digits = s.trim().strip_suffix(['p', 'P']).unwrap_or(s.trim());
-    let height: u32 = digits
-        .parse()
-        .with_context(|| format!("--ladder {s}: expected a height like 720p"))?;
+    let height: u32 = digits.parse().context("expected a height like 720p")?;
     if !(MIN_HEIGHT..=MAX_HEIGHT).contains(&height) || !height.is_multiple_of(2) {
-        bail!(
-            "--ladder {s}: a height is an even number of pixels from {MIN_HEIGHT} to {MAX_HEIGHT}"
-        );
+        bail!("a height is an even number of pixels from {MIN_HEIGHT} to {MAX_HEIGHT}");
     }
     Ok(height)
 }
