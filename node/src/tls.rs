@@ -34,7 +34,7 @@ impl std::fmt::Debug for Tls {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read.
-    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    #[error("cannot read the TLS {what} {}", path.display())]
     Read {
         /// `certificate` or `key`.
         what: &'static str,
@@ -68,7 +68,7 @@ pub enum Error {
         cause: String,
     },
     /// The key is not the certificate's, or rustls cannot use it.
-    #[error("the TLS key {} does not fit the certificate {}: {source}", key.display(), cert.display())]
+    #[error("the TLS key {} does not fit the certificate {}", key.display(), cert.display())]
     Mismatch {
         /// The certificate file.
         cert: PathBuf,

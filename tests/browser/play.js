@@ -1,7 +1,9 @@
 // Opens a vodmesh-console serve program page in headless Chromium, plays the video (muted)
 // and waits until video.currentTime passes 5 s; saves a screenshot.
 // Usage: node play.js URL SCREENSHOT.png USER_DATA_DIR   (Chromium: $CHROMIUM or /usr/bin/chromium)
-// Prints one JSON line last: {"currentTime": ..., "error": ...}; exits 1 unless it played.
+// Prints one JSON line last: {"currentTime": ..., "error": ..., "responses": [...]}, where
+// responses lists every HTTP response the page got (url, status, and the URL that redirected
+// to it, if any: redirectedFrom); exits 1 unless it played.
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -28,7 +30,12 @@ if (!url || !screenshot || !userDataDir) {
     ],
   });
   let result = { currentTime: 0, error: null };
+  const responses = [];
   const page = context.pages()[0] || (await context.newPage());
+  page.on('response', (r) => {
+    const from = r.request().redirectedFrom();
+    responses.push({ url: r.url(), status: r.status(), redirectedFrom: from ? from.url() : null });
+  });
   page.on('console', (m) => console.error('page:', m.text()));
   page.on('pageerror', (e) => console.error('page error:', e.message));
   try {
@@ -66,6 +73,7 @@ if (!url || !screenshot || !userDataDir) {
     console.error('screenshot failed:', String(e));
   }
   await context.close();
+  result.responses = responses;
   console.log(JSON.stringify(result));
   process.exit(result.currentTime > 5 && !result.error ? 0 : 1);
 })().catch((e) => {
