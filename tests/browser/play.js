@@ -40,10 +40,12 @@ if (!url || !screenshot || !userDataDir) {
   page.on('pageerror', (e) => console.error('page error:', e.message));
   try {
     await page.goto(url, { waitUntil: 'load', timeout: 30000 });
+    // Not awaiting play()'s promise: it stays pending while no media arrives (a page that
+    // cannot load its media must fail at the wait below, not hang here).
     await page.evaluate(() => {
       const v = document.getElementById('video');
       v.muted = true;
-      return v.play().catch((e) => { document.getElementById('status').textContent = 'play: ' + e; });
+      v.play().catch((e) => { document.getElementById('status').textContent = 'play: ' + e; });
     });
     await page.waitForFunction(
       () => document.getElementById('video').currentTime > 5 || document.getElementById('status').textContent !== '',
