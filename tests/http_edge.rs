@@ -542,6 +542,25 @@ async fn a_stopped_engine_is_passed_over_by_the_next_redirect() -> Result<()> {
 /// in-process one does: its director's redirect names its port, and it serves the bytes.
 #[test]
 fn an_engine_process_serves_http_players_through_its_director() -> Result<()> {
+    engine_process_edge(None)
+}
+
+/// An engine process with `--tls-cert/--tls-key` behind a plain-HTTP director: the scheme
+/// travels with its attachment, so the director's 302 names `https://` at the engine, which
+/// serves the bytes over h2.
+#[test]
+fn an_engine_process_with_tls_is_redirected_to_by_https() -> Result<()> {
+    if !require::tools(&["curl"])? {
+        return Ok(());
+    }
+    let keys = tempfile::tempdir()?;
+    let cert = self_signed(keys.path())?;
+    engine_process_edge(Some(&cert))
+}
+
+/// The engine process test, its engine speaking TLS with `tls` (the certificate; its key
+/// beside it as key.pem) when given.
+fn engine_process_edge(tls: Option<&Path>) -> Result<()> {
     use vodmesh_tests::cli::{Ingest, keygen};
     use vodmesh_tests::media::random_file;
     use vodmesh_tests::process::EngineProcess;
@@ -557,14 +576,20 @@ fn an_engine_process_serves_http_players_through_its_director() -> Result<()> {
     )
     .start()?;
     let issuer = home.issuer()?;
-    let args = [
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--trust",
-        &issuer,
-        "--http",
-        "127.0.0.1:0",
+    let mut args = vec![
+        "--listen".to_string(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--trust".into(),
+        issuer,
+        "--http".into(),
+        "127.0.0.1:0".into(),
     ];
+    if let Some(cert) = tls {
+        let key = cert.with_file_name("key.pem");
+        args.extend(["--tls-cert".into(), cert.to_string_lossy().into_owned()]);
+        args.extend(["--tls-key".into(), key.to_string_lossy().into_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _engine = EngineProcess::start_in(None, &engine_data, &home.addr, &args)?;
     wait::blocking("the engine to attach", Duration::from_secs(20), || {
         Ok(status::engines_up(&home.addr)? == vec![(engine_peer.clone(), true)])
@@ -595,14 +620,46 @@ fn an_engine_process_serves_http_players_through_its_director() -> Result<()> {
             !to.starts_with(&format!("http://{director}/")),
             "redirected to the director: {to}"
         );
+        let expected = &bytes[i * SEGMENT..(i + 1) * SEGMENT];
+        if let Some(cert) = tls {
+            https_of(&to)?;
+            let served = curl(&to, cert, &["--http2"])?;
+            ensure!(
+                (served.status, served.version.as_str()) == (200, "2"),
+                "{to}"
+            );
+            ensure!(served.body == expected, "segment {i}: bytes differ");
+            continue;
+        }
+        ensure!(to.starts_with("http://"), "{to}");
         let served = get_once(&to, &[])?;
         ensure!(served.reply.status == 200, "{to}: {}", served.reply.text());
-        ensure!(
-            served.reply.body == bytes[i * SEGMENT..(i + 1) * SEGMENT],
-            "segment {i}: bytes differ"
-        );
+        ensure!(served.reply.body == expected, "segment {i}: bytes differ");
     }
     Ok(())
+}
+
+/// A self-signed certificate for 127.0.0.1 made by openssl: `dir/cert.pem` (returned) and
+/// its key `dir/key.pem`.
+fn self_signed(dir: &Path) -> Result<PathBuf> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("openssl (to make a self-signed certificate)")?;
+    ensure!(made.status.success(), "openssl: {made:?}");
+    Ok(cert)
 }
 
 /// What `curl` got for one request: status, the HTTP version it spoke, the response headers
@@ -677,22 +734,8 @@ fn over_tls_every_segment_plays_through_an_https_redirect_by_http2_and_http1() -
         return Ok(());
     }
     let keys = tempfile::tempdir()?;
-    let (cert, key) = (keys.path().join("cert.pem"), keys.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    ensure!(made.status.success(), "openssl: {made:?}");
+    let cert = self_signed(keys.path())?;
+    let key = keys.path().join("key.pem");
     let (cert_arg, key_arg) = (cert.to_string_lossy(), key.to_string_lossy());
     let swarm = Swarm::start(&["--tls-cert", &cert_arg, "--tls-key", &key_arg])?;
     let (program, token) = (&swarm.program, &swarm.token);
