@@ -956,3 +956,71 @@ fn hls_js_in_chromium_plays_through_a_director_from_another_origin() -> Result<(
     eprintln!("hls.js in Chromium played {at} s; segments via redirects: {served:?}");
     Ok(())
 }
+
+/// `--tls-cert/--tls-key` that cannot serve stop the start with one line and no panic: a
+/// missing file, a file without a certificate or without a key, a key of another certificate;
+/// and clap refuses them without `--http` or one without the other.
+#[test]
+fn a_bad_certificate_or_key_is_one_line_at_start() -> Result<()> {
+    use std::ffi::OsString;
+    let dir = tempfile::tempdir()?;
+    let mkdir = |name: &str| -> Result<PathBuf> {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    };
+    let good = self_signed(&mkdir("good")?)?;
+    let good_key = good.with_file_name("key.pem");
+    let other = self_signed(&mkdir("other")?)?;
+    let other_key = other.with_file_name("key.pem");
+    let missing = dir.path().join("missing.pem");
+    let node = |args: &[OsString]| -> Result<(i32, String)> {
+        let out = std::process::Command::new(vodmesh_tests::cli::bin("vodmesh-node"))
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let flag = |name: &str, value: &Path| -> Vec<OsString> {
+        vec![name.into(), value.as_os_str().to_owned()]
+    };
+    let http: Vec<OsString> = vec!["--http".into(), "127.0.0.1:0".into()];
+    for (cert, key, says) in [
+        (&missing, &good_key, "cannot read the TLS certificate"),
+        (&good_key, &good_key, "no PEM certificate in"),
+        (&good, &good, "no PEM private key in"),
+        (&good, &other_key, "does not fit the certificate"),
+    ] {
+        let args = [
+            http.clone(),
+            flag("--tls-cert", cert),
+            flag("--tls-key", key),
+        ]
+        .concat();
+        let (code, stderr) = node(&args)?;
+        ensure!(code == 1, "{code}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        ensure!(
+            lines.len() == 1 && lines[0].starts_with("error: ") && lines[0].contains(says),
+            "expected one line saying {says:?}: {stderr:?}"
+        );
+    }
+    // clap: --tls-* only with --http, and the two together.
+    let (cert, key) = (flag("--tls-cert", &good), flag("--tls-key", &good_key));
+    for args in [
+        [cert.clone(), key.clone()].concat(),
+        [http.clone(), cert].concat(),
+        [http, key].concat(),
+    ] {
+        let (code, stderr) = node(&args)?;
+        ensure!(
+            code == 2 && stderr.contains("required arguments were not provided"),
+            "{args:?}: {code} {stderr}"
+        );
+    }
+    Ok(())
+}
