@@ -334,6 +334,7 @@ async fn a_refreshed_token_reaches_the_engine_process_before_the_old_one_expires
             trust: vec![issuer],
             metrics: None,
             http: None,
+            tls: None,
         },
         stopped,
     )

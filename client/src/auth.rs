@@ -296,6 +296,7 @@ mod tests {
             certificate: None,
             revoked: vec![],
             http: None,
+            https: false,
         };
         assert!(
             AuthServer::from_record(&record).is_none(),

@@ -509,8 +509,9 @@ async fn url(
         .verify_url(&token, now_ms(), &program, from)
         .context("the auth server returned an invalid URL token")?;
     let token = vodmesh_proto::token::to_url_param(&token);
+    let scheme = if record.https { "https" } else { "http" };
     println!(
-        "http://{host}:{}/v/{program}/index.m3u8?token={token}",
+        "{scheme}://{host}:{}/v/{program}/index.m3u8?token={token}",
         http.port()
     );
     Ok(())

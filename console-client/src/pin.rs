@@ -196,6 +196,7 @@ mod tests {
             certificate: Some(certificate.into()),
             revoked: vec![],
             http: None,
+            https: false,
         }
         .sign(key)
     }

@@ -731,6 +731,7 @@ mod tests {
             filling: false,
             swap: false,
             http: None,
+            https: false,
         }
     }
 

@@ -74,6 +74,9 @@ pub struct StationConfig {
     /// Where each engine serves HTTP (`--engine-http`, engine i the i-th); an engine without
     /// one listens on the `--http` host at a system-chosen port.
     pub engine_http: Vec<std::net::SocketAddr>,
+    /// TLS of the director's and the engines' HTTP edge (`--tls-cert/--tls-key`): HTTPS, and
+    /// HTTP/2 by ALPN.
+    pub http_tls: Option<crate::tls::Tls>,
 }
 
 /// The default of [`StationConfig::ingest_timeout`]: longer than a client waits for one
@@ -111,6 +114,7 @@ impl StationConfig {
             ingest_timeout: INGEST_TIMEOUT,
             http: None,
             engine_http: Vec::new(),
+            http_tls: None,
         }
     }
 }

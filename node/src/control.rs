@@ -79,6 +79,9 @@ pub enum EngineEvent {
         /// releases).
         #[serde(default)]
         http: Option<std::net::SocketAddr>,
+        /// Whether it serves `http` over TLS (`--tls-cert`).
+        #[serde(default)]
+        https: bool,
     },
     /// A segment was stored, verified and committed.
     Stored {

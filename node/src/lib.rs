@@ -4,7 +4,9 @@
 //! - [`station`]: starts a station (director + N engines) and stops it.
 //! - [`director`]: the station's director peer: the registry server, the control protocol
 //!   `/vodmesh/director/1`, the station record it republishes.
-//! - `edge`: the HTTP edge's shared plumbing (`--http`: URL tokens, paths, one-line answers).
+//! - `edge`: the HTTP edge's shared plumbing (`--http`: URL tokens, paths, one-line answers,
+//!   CORS, the TCP or TLS listener with its idle cut).
+//! - [`tls`]: the HTTP edge's TLS (`--tls-cert/--tls-key`).
 //! - [`engine`]: one engine peer, with its own identity and listen addresses (the seed's blade).
 //! - [`store`]: an engine's segment store: independent I/O channels per disk, a redb index,
 //!   crash-safe verified writes, eviction; and the director's segment location table.
@@ -53,6 +55,7 @@ pub(crate) mod peer_slots;
 pub mod station;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 pub use config::StationConfig;
 pub use station::Station;

@@ -77,6 +77,8 @@ async fn run(args: Args) -> Result<()> {
     config.engine_peers = args.engine_peers;
     config.http = args.http;
     config.engine_http = args.engine_http;
+    config.http_tls = tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let scheme = scheme(&config.http_tls);
     let drain_timeout = Duration::from_secs(args.drain_timeout);
 
     let station = Station::start(config)
@@ -95,7 +97,7 @@ async fn run(args: Args) -> Result<()> {
         println!("metrics http://{addr}/metrics");
     }
     if let Some(addr) = station.http_addr() {
-        println!("http http://{addr}/");
+        println!("http {scheme}://{addr}/");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -133,7 +135,9 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
         trust: args.trust,
         metrics: args.metrics,
         http: args.http,
+        tls: tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?,
     };
+    let scheme = scheme(&config.tls);
     let engine = vodmesh_node::blade::start_engine(config, stopped)
         .await
         .context("starting the engine")?;
@@ -145,7 +149,7 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
         println!("metrics http://{addr}/metrics");
     }
     if let Some(addr) = engine.http_addr {
-        println!("http http://{addr}/");
+        println!("http {scheme}://{addr}/");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -154,4 +158,21 @@ async fn run_engine(args: EngineArgs, mut signals: Stop) -> Result<()> {
     let _ = stop.send(true);
     engine.stopped().await;
     Ok(())
+}
+
+/// The HTTP edge's TLS of `--tls-cert` and `--tls-key` (clap requires both or neither).
+fn tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<vodmesh_node::tls::Tls>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(vodmesh_node::tls::Tls::load(cert, key)?)),
+        (None, None) => Ok(None),
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
+}
+
+/// The scheme of the HTTP edge's URLs.
+fn scheme(tls: &Option<vodmesh_node::tls::Tls>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }

@@ -42,6 +42,9 @@ pub struct PeerEntry {
     /// Where it serves HTTP (`--http`), when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<std::net::SocketAddr>,
+    /// Whether it serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
 }
 
 /// The contents of `node.json`.

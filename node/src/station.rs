@@ -236,6 +236,7 @@ impl Station {
                 // `--engine-http` i, else the `--http` host at a port of its own.
                 http: (config.engine_http.get(index).copied())
                     .or_else(|| config.http.map(|d| SocketAddr::new(d.ip(), 0))),
+                tls: config.http_tls.clone(),
             };
             let handle = engine::start(
                 index,
@@ -273,6 +274,7 @@ impl Station {
                     up: true,
                     disks,
                     http: e.http,
+                    https: e.https,
                 }
             })
             .collect();
@@ -285,7 +287,7 @@ impl Station {
                 let bound =
                     (listener.local_addr()).map_err(|source| StartError::Http { addr, source })?;
                 config.http = Some(bound);
-                Some((listener, trusted.clone()))
+                Some((listener, trusted.clone(), config.http_tls.clone()))
             }
             None => None,
         };
@@ -354,6 +356,7 @@ impl Station {
         };
         let membership = config.data.join(engines::MEMBERSHIP_FILE);
         let http_addr = config.http;
+        let http_tls = config.http_tls.is_some();
         let dir = director::start(
             director_key.clone(),
             config,
@@ -451,6 +454,7 @@ impl Station {
                 peer_id: dir.peer_id,
                 addrs: dir.addrs.clone(),
                 http: http_addr,
+                https: http_addr.is_some() && http_tls,
             },
             engines: engines
                 .iter()
@@ -458,6 +462,7 @@ impl Station {
                     peer_id: e.peer_id,
                     addrs: e.addrs.clone(),
                     http: e.http,
+                    https: e.https,
                 })
                 .collect(),
             issuer: issuer.map(|k| k.to_string()),

@@ -53,6 +53,9 @@ pub enum Up<R, C, F> {
         /// Where it serves HTTP (`vodmesh-node engine --http`), if it does.
         #[serde(default)]
         http: Option<std::net::SocketAddr>,
+        /// Whether it serves `http` over TLS (`--tls-cert`).
+        #[serde(default)]
+        https: bool,
     },
     /// A report, as an in-process engine makes it (which engine it is, is the director's
     /// business: it knows the link it came on).
@@ -174,6 +177,7 @@ mod tests {
                 max_streams: 4,
                 capacity: 9,
                 http: Some(([127, 0, 0, 1], 8080).into()),
+                https: false,
             },
             Up::Report((3, "stored".into())),
             Up::FetchDone {

@@ -181,6 +181,9 @@ pub struct SegmentLocation {
     /// Where the engine serves the segment over HTTP, when it does (`vodmesh-node --http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<std::net::SocketAddr>,
+    /// Whether it serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.

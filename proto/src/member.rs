@@ -154,6 +154,7 @@ mod tests {
             certificate: None,
             revoked: vec![],
             http: None,
+            https: false,
         }
     }
 

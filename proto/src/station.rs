@@ -39,6 +39,9 @@ pub struct EngineInfo {
     /// when it does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// Whether it serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
 }
 
 impl EngineInfo {
@@ -211,6 +214,9 @@ pub struct StationRecord {
     /// playlists, and redirects to its engines), when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// Whether its director serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https: bool,
 }
 
 /// Most revocations an auth station's record lists (about 40 bytes each).
@@ -285,6 +291,7 @@ mod tests {
                     evictable: 2,
                 }],
                 http: None,
+                https: false,
             }],
             region: Some("eu".into()),
             coords: Some((52.5, 13.4)),
@@ -297,6 +304,7 @@ mod tests {
             certificate: None,
             revoked: vec![],
             http: None,
+            https: false,
         }
     }
 

@@ -207,6 +207,7 @@ mod tests {
                 up: true,
                 disks: vec![],
                 http: None,
+                https: false,
             }],
             region: None,
             coords: None,
@@ -223,6 +224,7 @@ mod tests {
             certificate: cert.map(Into::into),
             revoked: vec![],
             http: None,
+            https: false,
         }
     }
 

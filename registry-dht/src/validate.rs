@@ -145,6 +145,7 @@ mod tests {
             certificate: None,
             revoked: vec![],
             http: None,
+            https: false,
         };
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());

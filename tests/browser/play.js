@@ -1,7 +1,9 @@
 // Opens a vodmesh-console serve program page in headless Chromium, plays the video (muted)
 // and waits until video.currentTime passes 5 s; saves a screenshot.
 // Usage: node play.js URL SCREENSHOT.png USER_DATA_DIR   (Chromium: $CHROMIUM or /usr/bin/chromium)
-// Prints one JSON line last: {"currentTime": ..., "error": ...}; exits 1 unless it played.
+// Prints one JSON line last: {"currentTime": ..., "error": ..., "responses": [...]}, where
+// responses lists every HTTP response the page got (url, status, and the URL that redirected
+// to it, if any: redirectedFrom); exits 1 unless it played.
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -28,15 +30,22 @@ if (!url || !screenshot || !userDataDir) {
     ],
   });
   let result = { currentTime: 0, error: null };
+  const responses = [];
   const page = context.pages()[0] || (await context.newPage());
+  page.on('response', (r) => {
+    const from = r.request().redirectedFrom();
+    responses.push({ url: r.url(), status: r.status(), redirectedFrom: from ? from.url() : null });
+  });
   page.on('console', (m) => console.error('page:', m.text()));
   page.on('pageerror', (e) => console.error('page error:', e.message));
   try {
     await page.goto(url, { waitUntil: 'load', timeout: 30000 });
+    // Not awaiting play()'s promise: it stays pending while no media arrives (a page that
+    // cannot load its media must fail at the wait below, not hang here).
     await page.evaluate(() => {
       const v = document.getElementById('video');
       v.muted = true;
-      return v.play().catch((e) => { document.getElementById('status').textContent = 'play: ' + e; });
+      v.play().catch((e) => { document.getElementById('status').textContent = 'play: ' + e; });
     });
     await page.waitForFunction(
       () => document.getElementById('video').currentTime > 5 || document.getElementById('status').textContent !== '',
@@ -66,6 +75,7 @@ if (!url || !screenshot || !userDataDir) {
     console.error('screenshot failed:', String(e));
   }
   await context.close();
+  result.responses = responses;
   console.log(JSON.stringify(result));
   process.exit(result.currentTime > 5 && !result.error ? 0 : 1);
 })().catch((e) => {

@@ -64,6 +64,7 @@ pub fn station_record(
         certificate: certificate.map(Into::into),
         revoked: vec![],
         http: None,
+        https: false,
     }
 }
 

@@ -85,6 +85,7 @@ async fn link(
         max_streams,
         capacity,
         http,
+        https,
     })) = hello
     else {
         return refuse(&mut wr, "expected Hello first").await;
@@ -103,6 +104,7 @@ async fn link(
         peer_id: peer,
         addrs,
         http,
+        https,
     };
     let _ = reports.send(EngineReport::new(engine, ready)).await;
     if max_streams > 0 {

@@ -46,6 +46,8 @@ pub struct EngineProcess {
     pub metrics: Option<std::net::SocketAddr>,
     /// Where to serve segments over HTTP (`--http`), if anywhere.
     pub http: Option<std::net::SocketAddr>,
+    /// TLS for `http` (`--tls-cert/--tls-key`): HTTPS, HTTP/2 by ALPN.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// Why an engine process did not start.
@@ -94,6 +96,8 @@ pub struct EngineProcessHandle {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where it serves HTTP (`EngineProcess::http`, once bound).
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Whether it serves `http_addr` over TLS.
+    pub https: bool,
     tasks: JoinSet<()>,
 }
 
@@ -153,6 +157,7 @@ pub async fn start_engine(
         listen: config.listen.clone(),
         announce: config.announce.clone(),
         http: config.http,
+        tls: config.tls.clone(),
     };
     let handle = engine::start(
         0,
@@ -238,6 +243,7 @@ pub async fn start_engine(
             up: false,
             disks: Vec::new(),
             http: handle.http,
+            https: handle.https,
         },
     };
     tasks.spawn(attach.run(shutdown));
@@ -246,6 +252,7 @@ pub async fn start_engine(
         addrs: handle.addrs,
         metrics_addr,
         http_addr: handle.http,
+        https: handle.https,
         tasks,
     })
 }
@@ -393,6 +400,7 @@ impl Attach {
             max_streams: self.info.max_streams,
             capacity: self.info.capacity,
             http: self.info.http,
+            https: self.info.https,
         };
         send(wr, &hello).await?;
         match timeout(DEAD_AFTER, read_frame::<_, Down>(rd, MAX_FRAME)).await {

@@ -177,14 +177,25 @@ pub struct Args {
     /// http://ADDR:PORT/v/<program>/index.m3u8?token=<URL token> with an HLS playlist and
     /// redirects each segment to the engine that serves it, which serves HTTP too (on the
     /// same host at a port of its own, or --engine-http). URL tokens come from
-    /// `vodmesh-console url`. Prints `http http://ADDR:PORT/` once it listens. Port 0 picks
-    /// a free port.
+    /// `vodmesh-console url`. Prints `http http://ADDR:PORT/` once it listens (`https://` with
+    /// --tls-cert). Port 0 picks a free port. Every answer allows any origin (CORS), so a web
+    /// page on another site can play with hls.js.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<std::net::SocketAddr>,
     /// Where engine i serves HTTP, the i-th of these (repeatable; with --http). An engine
     /// without one listens on the --http host at a system-chosen port.
     #[arg(long = "engine-http", value_name = "ADDR:PORT", requires = "http")]
     pub engine_http: Vec<std::net::SocketAddr>,
+    /// Serve --http over HTTPS (the director and every engine) with this certificate chain:
+    /// PEM, the server's certificate first; with --tls-key. HTTP/2 and HTTP/1.1 are offered
+    /// by ALPN, and redirects, `vodmesh-console url` and the station record name https://
+    /// URLs. A file that cannot be read or a key that is not the certificate's stops the
+    /// start.
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
     /// On SIGTERM, drain for at most this many seconds before stopping: new streams go to
     /// other stations that hold the segment and /readyz answers 503, while the streams
     /// running finish; the station stops once none runs, or at this limit. 0 stops at once,
@@ -253,6 +264,14 @@ pub struct EngineArgs {
     /// picks a free port.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    /// Serve --http over HTTPS with this certificate chain (PEM, the server's certificate
+    /// first; with --tls-key), HTTP/2 and HTTP/1.1 by ALPN; its director then redirects
+    /// players to https:// URLs here. Prints `http https://ADDR:PORT/`.
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--coords LAT,LON`: two numbers in range.

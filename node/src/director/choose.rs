@@ -282,16 +282,20 @@ impl Holder {
 
     /// Where a console streams the segment from this holder directly.
     pub(super) fn location(&self) -> SegmentLocation {
-        SegmentLocation {
+        let mut location = SegmentLocation {
             engine: self.engine,
             addrs: self.addrs.clone(),
             director: self.station.director,
             filling: false,
             swap: false,
-            http: (self.station.engines.iter())
-                .find(|e| e.peer_id == self.engine)
-                .and_then(|e| e.http),
+            http: None,
+            https: false,
+        };
+        if let Some(e) = (self.station.engines.iter()).find(|e| e.peer_id == self.engine) {
+            location.http = e.http;
+            location.https = e.https;
         }
+        location
     }
 }
 

@@ -96,6 +96,7 @@ impl Me {
             certificate: (self.certificate.borrow().clone()).map(serde_bytes::ByteBuf::from),
             revoked: self.revoked(),
             http: config.http,
+            https: config.http.is_some() && config.http_tls.is_some(),
         }
     }
 

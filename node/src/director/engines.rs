@@ -204,6 +204,7 @@ impl EngineTable {
             filling,
             swap,
             http: engine.http,
+            https: engine.https,
         })
     }
 
@@ -282,6 +283,7 @@ impl EngineTable {
                 peer_id,
                 addrs,
                 http,
+                https,
             } => {
                 let Some(engine) = self.engines.get_mut(id.0) else {
                     tracing::warn!(%id, %peer_id, "a report from an engine slot this station does not have");
@@ -291,10 +293,15 @@ impl EngineTable {
                 // report (which follows its ready report) says otherwise.
                 // And its HTTP address, unless the report names one.
                 let (disks, old_http) = match &engine.info {
-                    Some(old) if old.peer_id == peer_id => (old.disks.clone(), old.http),
-                    _ => (Vec::new(), None),
+                    Some(old) if old.peer_id == peer_id => {
+                        (old.disks.clone(), (old.http, old.https))
+                    }
+                    _ => (Vec::new(), (None, false)),
                 };
-                let http = http.or(old_http);
+                let (http, https) = match http {
+                    Some(http) => (Some(http), https),
+                    None => old_http,
+                };
                 engine.info = Some(EngineInfo {
                     peer_id,
                     addrs,
@@ -305,6 +312,7 @@ impl EngineTable {
                     up: true,
                     disks,
                     http,
+                    https,
                 });
                 Heard::Changed
             }
@@ -404,6 +412,7 @@ mod tests {
                 peer_id,
                 addrs,
                 http: None,
+                https: false,
             },
         )
     }

@@ -13,6 +13,9 @@
 //!   they always are. A dead engine is down in the engine table, and the next redirect goes
 //!   elsewhere.
 //!
+//! Every answer carries CORS headers (a page of any origin may play), over HTTP/1.1 or
+//! HTTP/2, HTTPS with `--tls-cert` ([`crate::edge`]).
+//!
 //! The token is checked here first (offline, as the engine checks it again): a refused one
 //! never reaches the loop. Requests to the loop are bounded (a full queue is a 503), and
 //! each waits at most [`LOOP_WAIT`].
@@ -35,7 +38,8 @@ use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{ProgramId, SegmentId};
 
-use crate::edge::{Guarded, Named, STALL, admit, line, token_param};
+use crate::edge::{Guarded, Named, STALL, admit, cors, line, preflight, token_param};
+use crate::tls::Tls;
 
 /// Requests of the HTTP edge queued for the loop, at most; past this a player is told to retry.
 pub(super) const QUEUE: usize = 256;
@@ -60,6 +64,8 @@ pub(super) struct Local {
 pub(super) struct Server {
     listener: TcpListener,
     edge: Edge,
+    /// `--tls-cert`: the edge speaks HTTPS.
+    tls: Option<Tls>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -73,16 +79,17 @@ struct Edge {
 }
 
 impl Server {
-    /// The edge on `listener`, asking the loop on `loop_`, until `shutdown`.
+    /// The edge on `listener`, asking the loop on `loop_`, accepting URL tokens of
+    /// `trusted`, speaking TLS with `tls`, until `shutdown`.
     pub(super) fn new(
         listener: TcpListener,
-        loop_: mpsc::Sender<Local>,
-        trusted: TrustedIssuers,
+        (loop_, trusted, tls): (mpsc::Sender<Local>, TrustedIssuers, Option<Tls>),
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             listener,
             edge: Edge { loop_, trusted },
+            tls,
             shutdown,
         }
     }
@@ -92,16 +99,18 @@ impl Server {
         let Self {
             listener,
             edge,
+            tls,
             mut shutdown,
         } = self;
         let app = Router::new()
-            .route("/v/{program}/{file}", get(get_file))
+            .route("/v/{program}/{file}", get(get_file).options(preflight))
+            .layer(axum::middleware::from_fn(cors))
             .with_state(edge)
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        let listener = Guarded::new(listener, STALL).tap_io(|_| ());
+        let listener = Guarded::new(listener, STALL, tls.as_ref()).tap_io(|_| ());
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
@@ -235,8 +244,10 @@ async fn redirect(
         let Some(authority) = authority(http, host) else {
             return line(StatusCode::BAD_REQUEST, "unusable Host header");
         };
+        // An engine with TLS is sent to as https://, whatever this request came over.
+        let scheme = if location.https { "https" } else { "http" };
         let to = format!(
-            "http://{authority}/v/{}/{file}?token={token}",
+            "{scheme}://{authority}/v/{}/{file}?token={token}",
             segment.program
         );
         tracing::debug!(%segment, engine = %location.engine, filling = location.filling, %to, "HTTP: redirect");

@@ -92,9 +92,11 @@ pub struct Handles {
     pub certificate: watch::Receiver<Option<Vec<u8>>>,
     /// The HTTP edge's listener (`--http`, bound by the station), and the issuers whose URL
     /// tokens it accepts.
+    /// With `--tls-cert`, the TLS it speaks.
     pub http: Option<(
         tokio::net::TcpListener,
         vodmesh_proto::token::TrustedIssuers,
+        Option<crate::tls::Tls>,
     )>,
 }
 
@@ -240,8 +242,9 @@ pub async fn start(
     };
     let publish = Publishing::new(catalog.as_ref());
     let (local_tx, local) = mpsc::channel(super::http::QUEUE);
-    let http = (handles.http)
-        .map(|(listener, trusted)| Server::new(listener, local_tx, trusted, shutdown.clone()));
+    let http = (handles.http).map(|(listener, trusted, tls)| {
+        Server::new(listener, (local_tx, trusted, tls), shutdown.clone())
+    });
     let mut director = Director {
         swarm,
         shared: Shared {

@@ -2,7 +2,8 @@
 //!
 //! `GET /v/<program>/<n>.<ext>?token=<URL token>` serves segment `n` straight from the
 //! engine's store: a single `Range` (206 with `Content-Range`, 416 when unsatisfiable),
-//! `Cache-Control`, HTTP/1.1. The body is read from the store chunk by chunk as the client
+//! `Cache-Control`, over HTTP/1.1 or HTTP/2, HTTPS with `--tls-cert`, and with CORS headers
+//! so that a page of any origin may play it ([`crate::edge`]). The body is read from the store chunk by chunk as the client
 //! takes it, never held whole; a segment still filling (a miss being copied in) is followed as
 //! it lands, as `/vodmesh/stream/1` follows it ([`crate::store::Reader`]).
 //!
@@ -38,7 +39,7 @@ use super::Reporter;
 use super::embargo::Embargoes;
 use super::stream::{ActiveStream, Load};
 use crate::control::EngineEvent;
-use crate::edge::{Guarded, Named, Refused, STALL, admit, line};
+use crate::edge::{Guarded, Named, Refused, STALL, admit, cors, line, preflight};
 use crate::peer_slots::PeerSlots;
 use crate::store::{Reader, SegmentStore};
 
@@ -69,16 +70,19 @@ pub(crate) struct Edge {
     pub(crate) per_subscriber: PeerSlots,
     /// Cancelled when the engine stops: bodies under way end with it.
     pub(crate) stop: CancellationToken,
+    /// TLS (`--tls-cert`): the edge speaks HTTPS.
+    pub(crate) tls: Option<crate::tls::Tls>,
 }
 
 /// Serves the engine's HTTP edge on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, edge: Edge) {
     let stop = edge.stop.clone();
+    let listener = Guarded::new(listener, STALL, edge.tls.as_ref()).tap_io(|_| ());
     let app = Router::new()
-        .route("/v/{program}/{file}", get(segment))
+        .route("/v/{program}/{file}", get(segment).options(preflight))
+        .layer(axum::middleware::from_fn(cors))
         .with_state(edge);
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let listener = Guarded::new(listener, STALL).tap_io(|_| ());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

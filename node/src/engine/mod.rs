@@ -92,6 +92,8 @@ pub struct EngineHandle {
     pub addrs: Vec<Multiaddr>,
     /// Where it serves HTTP (`--http`), once bound.
     pub http: Option<std::net::SocketAddr>,
+    /// Whether it serves `http` over TLS (`--tls-cert`).
+    pub https: bool,
     /// Its segment store.
     pub store: SegmentStore,
     /// Commands from the director.
@@ -206,6 +208,8 @@ pub struct EngineNet {
     pub announce: Vec<Multiaddr>,
     /// Where it serves segments over HTTP (`--http`), if it does; port 0 picks one.
     pub http: Option<std::net::SocketAddr>,
+    /// TLS for `http` (`--tls-cert/--tls-key`): HTTPS, HTTP/2 by ALPN.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// Starts engine `index` with identity `key`, listening and announcing as `net` says,
@@ -349,13 +353,16 @@ pub async fn start(
             embargoes: streams.embargoes.clone(),
             per_subscriber: crate::peer_slots::PeerSlots::new(http::MAX_PER_SUBSCRIBER),
             stop: CancellationToken::new(),
+            tls: net.tls.clone(),
         };
         (listener, edge)
     });
+    let https = http.is_some() && net.tls.is_some();
     let ready = EngineEvent::Ready {
         peer_id,
         addrs: addrs.clone(),
         http,
+        https,
     };
     reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
@@ -385,6 +392,7 @@ pub async fn start(
         peer_id,
         addrs,
         http,
+        https,
         store,
         commands,
         task,

@@ -170,6 +170,7 @@ pub(super) fn station_record(
         certificate: None,
         revoked: vec![],
         http: None,
+        https: false,
     }
     .sign(key)
 }

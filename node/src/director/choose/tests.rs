@@ -15,6 +15,7 @@ fn engine(streams: u32, max_streams: u32, up: bool) -> EngineInfo {
         up,
         disks: vec![],
         http: None,
+        https: false,
     }
 }
 
@@ -231,6 +232,7 @@ fn station(bandwidth_mbps: u32, coords: Option<(f64, f64)>) -> StationRecord {
         certificate: None,
         revoked: vec![],
         http: None,
+        https: false,
     }
 }
 
