@@ -823,6 +823,18 @@ fn over_tls_every_segment_plays_through_an_https_redirect_by_http2_and_http1() -
     let refused = curl(&format!("{base}?token=0OIl"), &cert, &[])?;
     assert_eq!(refused.status, 403);
     assert_eq!(refused.header("access-control-allow-origin"), Some("*"));
+    // A path the edge does not serve is a 404 a page's script can read, at both (axum's
+    // own 404 passes through the CORS layer too).
+    for url in [&swarm.url, &at_engine] {
+        let root = url.split("/v/").next().unwrap_or_default();
+        let lost = curl(&format!("{root}/nothing/here"), &cert, &[])?;
+        assert_eq!(lost.status, 404, "{root}");
+        assert_eq!(
+            lost.header("access-control-allow-origin"),
+            Some("*"),
+            "{root}"
+        );
+    }
 
     // A miss over https: station c copies the segment in and its engine serves it.
     let url = format!("https://{}/v/{program}/2.ts?token={token}", c.director);
