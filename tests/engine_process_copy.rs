@@ -77,6 +77,14 @@ async fn wait_metric(
     .await
 }
 
+/// Asserts that `engine` served the play whose `--stats` are `stats`. Not necessarily alone:
+/// a console whose segment is slow to come (a loaded machine) hedges it at another station,
+/// here the home, and plays whichever copy comes first.
+fn served_by(stats: &serde_json::Value, engine: &str) {
+    let engines = stats["engines"].as_array().cloned().unwrap_or_default();
+    assert!(engines.contains(&serde_json::json!(engine)), "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -105,12 +113,7 @@ async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas
         "bytes played differ from bytes ingested"
     );
     assert_eq!(played.stats["verified"], true);
-    assert_eq!(
-        played.stats["engines"],
-        serde_json::json!([engine_peer]),
-        "{}",
-        played.stats
-    );
+    served_by(&played.stats, &engine_peer);
     // Counted once the copy is stored, which may be after the console read its last byte.
     let copied = missed.len() as f64;
     wait_metric("the miss's copies", 30, &engine.metrics, COPIED, move |v| {
@@ -137,12 +140,7 @@ async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas
         played.bytes == replica,
         "bytes played differ from the replica's source"
     );
-    assert_eq!(
-        played.stats["engines"],
-        serde_json::json!([engine_peer]),
-        "{}",
-        played.stats
-    );
+    served_by(&played.stats, &engine_peer);
     assert_eq!(
         metric(&engine.metrics, COPIED)?,
         want,
