@@ -262,12 +262,8 @@ async fn a_restarted_engine_process_serves_copies_again_at_once() -> Result<()> 
     // A miss at b, filled from the engine process: b's engines are approved.
     let copied_by_b = |played: &vodmesh_tests::cli::Played, bytes: &[u8]| {
         assert!(played.bytes == bytes, "bytes played differ from the source");
-        assert_eq!(
-            played.stats["engines"],
-            serde_json::json!([b_engine]),
-            "b's engine filled the miss and served it: {}",
-            played.stats
-        );
+        // b's engine filled the miss and served it.
+        served_by(&played.stats, &b_engine);
     };
     let played = Play::new(&console, &b.addr, &programs[0].0).run()?;
     copied_by_b(&played, &programs[0].1);
