@@ -55,6 +55,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// 768 MiB are left for the windows of fast streams (yamux's debug log shows them doubling).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 
+// Above yamux's default (512), for queued streams; and at least half of yamux's default 1 GiB
+// connection window left beyond the 256 KiB every stream is granted, for windows to grow.
+const _: () = assert!(MAX_STREAMS_PER_CONNECTION > 512);
+const _: () = assert!(MAX_STREAMS_PER_CONNECTION * 256 * 1024 <= (1 << 30) / 2);
+
 /// Why a swarm could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("building the libp2p swarm: {0}")]
