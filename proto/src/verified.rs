@@ -175,6 +175,18 @@ impl Leaves {
         self.size
     }
 
+    /// Whether `data` is the segment's group number `index` (whole: [`GROUP`] bytes, or the
+    /// rest of the segment for its last group). A store checks its reads with this: one hash
+    /// pass per byte read, as when it was written.
+    pub fn check(&self, index: u64, data: &[u8]) -> bool {
+        let Some(expected) = usize::try_from(index).ok().and_then(|i| self.cvs.get(i)) else {
+            return false;
+        };
+        let start = index * GROUP;
+        let len = GROUP.min(self.size.saturating_sub(start));
+        data.len() as u64 == len && group_cv(start, data, self.cvs.len() == 1) == *expected
+    }
+
     /// The parent nodes and the root they lead to.
     pub fn outboard(&self) -> Outboard {
         let mut pairs = Vec::with_capacity(self.cvs.len().saturating_sub(1));
@@ -541,6 +553,31 @@ mod tests {
         assert_eq!(hasher.finish(), None);
         // Leaves of the wrong count are refused.
         assert_eq!(Leaves::from_bytes(100_000, &[0; 64]), None);
+    }
+
+    #[test]
+    fn each_group_checks_against_its_leaf_and_nothing_else_does() {
+        for size in SIZES {
+            let bytes = data(size);
+            let leaves = Leaves::of(&bytes);
+            let n = groups(size as u64);
+            for index in 0..n {
+                let start = (index * GROUP) as usize;
+                let end = (start + GROUP as usize).min(size);
+                let group = &bytes[start..end];
+                assert!(leaves.check(index, group), "{size} {index}");
+                // One bit off, one byte short, or the group at another place: refused.
+                if !group.is_empty() {
+                    let mut bad = group.to_vec();
+                    bad[group.len() / 2] ^= 1;
+                    assert!(!leaves.check(index, &bad), "{size} {index}");
+                    assert!(!leaves.check(index, &group[1..]), "{size} {index}");
+                }
+                assert!(!leaves.check(index + 1, group), "{size} {index}");
+            }
+            assert!(!leaves.check(n, &[]));
+            assert!(!leaves.check(u64::MAX, &[]));
+        }
     }
 
     #[test]

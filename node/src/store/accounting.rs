@@ -29,8 +29,8 @@ pub(super) struct Progress {
 /// How a write ended.
 #[derive(Clone)]
 pub(super) enum End {
-    /// Verified and committed; later reads check these chunk hashes.
-    Complete(Arc<[[u8; 32]]>),
+    /// Verified and committed; later reads check its chunk groups against this.
+    Complete(super::reader::Check),
     /// Abandoned: followers stop reading.
     Aborted,
 }

@@ -8,14 +8,17 @@
 //!   at any point leaves no partial segment visible; [`SegmentStore::open`] reconciles files
 //!   and index ([`Reconciled`]).
 //! - A segment can be read while it is still being written ([`Reader`] follows the writer, for
-//!   fast-forward, claim 21). Reads of complete segments verify every [`CHUNK`] they touch
-//!   against hashes kept in the index; a mismatch drops the segment and emits
-//!   [`Event::Dropped`].
+//!   fast-forward, claim 21).
 //! - Beside each complete segment the index keeps its BLAKE3 tree by 16 KiB chunk group (the
 //!   groups' chaining values, `vodmesh_proto::verified::Leaves`, computed as the bytes land,
-//!   committed with the complete row; their tree's root is the segment's hash, so the writer
-//!   does not hash the whole a second time). [`SegmentStore::outboard`] gives the tree for a
-//!   verified stream, computing it on first need for a segment stored before trees were kept.
+//!   committed with the complete row; their tree's root is the segment's hash). It is the one
+//!   hash pass a write makes: the segment's hash follows from it, reads of a complete segment
+//!   check every group they touch against it (a mismatch drops the segment and emits
+//!   [`Event::Dropped`]), and [`SegmentStore::outboard`] gives it to a verified stream. A
+//!   segment stored before trees were kept is checked by the 64 KiB [`CHUNK`] hashes kept then,
+//!   until its tree is computed on first need.
+//! - Each chunk written is handed to the disk at once ([`writeback`]), so the fsync that makes
+//!   a segment durable waits only for its tail.
 //! - Capacity is bounded. Room is made by evicting the least recently used segments that
 //!   another station also holds, never pinned (home) ones, never open ones; otherwise
 //!   [`Error::Full`].
@@ -32,6 +35,7 @@ mod reader;
 mod segments;
 mod shared;
 mod worker;
+mod writeback;
 mod writer;
 
 #[cfg(test)]
@@ -47,7 +51,8 @@ pub use reader::Reader;
 pub use segments::{DiskStats, Info, SegmentStore, Stats};
 pub use writer::Writer;
 
-/// Verification granularity: range reads hash only the chunks they touch.
+/// The unit damage is reported in ([`Error::Corrupt`]), and the verification unit of segments
+/// stored before the store kept chunk-group trees.
 pub const CHUNK: u64 = 64 * 1024;
 
 /// How a [`SegmentStore`] is set up.

@@ -1,17 +1,73 @@
 //! [`Reader`]: a read handle on a complete or still filling segment; reads of complete
-//! segments verify every chunk they touch.
+//! segments verify every chunk group they touch ([`Check`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use vodmesh_proto::verified::{GROUP, LeafHasher, Leaves};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::accounting::{End, Progress};
+use super::index::{Index, IndexError};
 use super::layout::{self, io};
 use super::shared::Inner;
 use super::{CHUNK, DropReason, Error};
+
+/// What the reads of a complete segment are checked against.
+#[derive(Clone)]
+pub(super) enum Check {
+    /// The chaining values of its 16 KiB chunk groups, whose tree leads to the segment's hash:
+    /// the same hashes the writer computed as the bytes landed (one pass per byte).
+    Groups(Arc<Leaves>),
+    /// BLAKE3 hashes of its 64 KiB [`CHUNK`]s: what the store kept before it kept trees (a
+    /// segment written then, whose tree was not computed since).
+    Chunks(Arc<[[u8; 32]]>),
+}
+
+impl Check {
+    /// The check kept for a complete segment of `size` bytes hashing to `hash`: its tree when
+    /// the leaves kept lead to `hash`, else its chunk hashes when there is one per chunk.
+    /// `None`: nothing to check its bytes against (the segment is damaged).
+    pub(super) fn load(
+        index: &Index,
+        segment: &SegmentId,
+        size: u64,
+        hash: SegmentHash,
+    ) -> Result<Option<Self>, IndexError> {
+        let leaves = index
+            .groups(segment)?
+            .and_then(|bytes| Leaves::from_bytes(size, &bytes))
+            .filter(|leaves| leaves.outboard().root() == hash);
+        if let Some(leaves) = leaves {
+            return Ok(Some(Self::Groups(Arc::new(leaves))));
+        }
+        let chunks = index
+            .chunks(segment)?
+            .filter(|c| c.len() as u64 == size.div_ceil(CHUNK));
+        Ok(chunks.map(|c| Self::Chunks(c.into())))
+    }
+
+    /// Bytes per checked unit.
+    fn unit(&self) -> u64 {
+        match self {
+            Self::Groups(_) => GROUP,
+            Self::Chunks(_) => CHUNK,
+        }
+    }
+
+    /// Whether `bytes` are unit number `n`.
+    fn holds(&self, n: u64, bytes: &[u8]) -> bool {
+        match self {
+            Self::Groups(leaves) => leaves.check(n, bytes),
+            Self::Chunks(chunks) => usize::try_from(n)
+                .ok()
+                .and_then(|n| chunks.get(n))
+                .is_some_and(|h| blake3::hash(bytes).as_bytes() == h),
+        }
+    }
+}
 
 enum Mode {
     /// Between registration and the file being opened.
@@ -19,7 +75,7 @@ enum Mode {
     Following(watch::Receiver<Progress>),
     Complete {
         file: Arc<File>,
-        chunks: Arc<[[u8; 32]]>,
+        check: Check,
     },
 }
 
@@ -27,7 +83,7 @@ enum Mode {
 /// segment it follows the writer: reads wait for bytes not yet written, and are served as
 /// written (the whole-segment hash is only known at the end; a follower whose writer then
 /// fails gets [`Error::Aborted`], and consoles verify against the manifest anyway). Once the
-/// segment is complete, every read verifies the chunks it touches.
+/// segment is complete, every read verifies the chunk groups it touches.
 pub struct Reader {
     inner: Arc<Inner>,
     segment: SegmentId,
@@ -41,6 +97,7 @@ pub struct Reader {
 /// A failed verified read, before it is turned into an [`Error`].
 enum ReadFail {
     Io(std::io::Error),
+    /// The [`CHUNK`] holding the first bad byte.
     Corrupt(u64),
 }
 
@@ -48,7 +105,7 @@ impl Reader {
     /// Opens `segment` of the store `inner` for reading, complete or still filling.
     pub(super) async fn open(inner: &Arc<Inner>, segment: SegmentId) -> Result<Self, Error> {
         enum Found {
-            Stored(u64, usize, u64),
+            Stored(u64, usize, u64, SegmentHash),
             Live(u64, usize, u64, watch::Receiver<Progress>),
         }
         let found = {
@@ -62,7 +119,7 @@ impl Reader {
                 return Err(Error::NotFound(segment));
             };
             if let Some(s) = st.holdings.stored(&segment) {
-                let found = Found::Stored(s.generation, disk, s.size);
+                let found = Found::Stored(s.generation, disk, s.size, s.hash);
                 st.touched.insert(segment, now);
                 found
             } else if let Some(l) = st.holdings.live(&segment) {
@@ -81,7 +138,7 @@ impl Reader {
                 pos: 0,
                 mode: Mode::Following(rx),
             }),
-            Found::Stored(generation, disk, size) => {
+            Found::Stored(generation, disk, size, hash) => {
                 // The reader exists before the awaits below so that its drop releases the
                 // segment whatever happens.
                 let mut reader = Reader {
@@ -94,18 +151,15 @@ impl Reader {
                     mode: Mode::Opening,
                 };
                 let index = inner.index.clone();
-                let chunks = tokio::task::spawn_blocking(move || index.chunks(&segment))
-                    .await
-                    .map_err(|_| Error::Closed)??;
-                let expected_chunks = size.div_ceil(CHUNK) as usize;
-                let chunks = match chunks {
-                    Some(c) if c.len() == expected_chunks => c,
-                    _ => {
-                        inner
-                            .drop_segment(segment, generation, DropReason::Corrupt { chunk: 0 })
-                            .await;
-                        return Err(Error::Corrupt { segment, chunk: 0 });
-                    }
+                let check =
+                    tokio::task::spawn_blocking(move || Check::load(&index, &segment, size, hash))
+                        .await
+                        .map_err(|_| Error::Closed)??;
+                let Some(check) = check else {
+                    inner
+                        .drop_segment(segment, generation, DropReason::Corrupt { chunk: 0 })
+                        .await;
+                    return Err(Error::Corrupt { segment, chunk: 0 });
                 };
                 let path = layout::segment_path(&inner.disks[disk].root, &segment);
                 let file = inner.disks[disk]
@@ -127,7 +181,7 @@ impl Reader {
                 };
                 reader.mode = Mode::Complete {
                     file: Arc::new(file),
-                    chunks: chunks.into(),
+                    check,
                 };
                 Ok(reader)
             }
@@ -249,10 +303,10 @@ impl Reader {
             let p = rx.borrow_and_update().clone();
             match p.end {
                 Some(End::Aborted) => return Err(Error::Aborted(self.segment)),
-                Some(End::Complete(chunks)) => {
+                Some(End::Complete(check)) => {
                     // From now on reads are verified like any complete segment's.
                     if let Some(file) = p.file {
-                        self.mode = Mode::Complete { file, chunks };
+                        self.mode = Mode::Complete { file, check };
                     }
                     return Ok(self.size);
                 }
@@ -293,10 +347,10 @@ impl Reader {
                     io("read", &path)(e)
                 })
             }
-            Mode::Complete { file, chunks } => {
-                let (file, chunks, size) = (file.clone(), chunks.clone(), self.size);
+            Mode::Complete { file, check } => {
+                let (file, check, size) = (file.clone(), check.clone(), self.size);
                 let res = worker
-                    .run(move || verified_read(&file, &chunks, size, offset, len))
+                    .run(move || verified_read(&file, &check, size, offset, len))
                     .await?;
                 match res {
                     Ok(bytes) => Ok(bytes),
@@ -329,34 +383,35 @@ impl Reader {
     }
 }
 
-/// Reads `[offset, offset + len)` of a complete segment, verifying every chunk it touches.
+/// Reads `[offset, offset + len)` of a complete segment, verifying every unit of `check` it
+/// touches.
 fn verified_read(
     file: &File,
-    chunks: &[[u8; 32]],
+    check: &Check,
     size: u64,
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>, ReadFail> {
-    let first = offset / CHUNK;
-    let last = (offset + len - 1) / CHUNK;
-    let start = first * CHUNK;
-    let end = ((last + 1) * CHUNK).min(size);
+    let unit = check.unit();
+    let first = offset / unit;
+    let last = (offset + len - 1) / unit;
+    let start = first * unit;
+    let end = ((last + 1) * unit).min(size);
+    // The damage is reported by CHUNK, whatever the unit checked.
+    let corrupt = |n: u64| ReadFail::Corrupt(n * unit / CHUNK);
     let mut buf = vec![0u8; (end - start) as usize];
     match file.read_exact_at(&mut buf, start) {
         Ok(()) => {}
         // A truncated file is damage, not an I/O failure.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(ReadFail::Corrupt(first));
+            return Err(corrupt(first));
         }
         Err(e) => return Err(ReadFail::Io(e)),
     }
-    for (i, bytes) in buf.chunks(CHUNK as usize).enumerate() {
-        let chunk = first + i as u64;
-        let ok = chunks
-            .get(chunk as usize)
-            .is_some_and(|h| blake3::hash(bytes).as_bytes() == h);
-        if !ok {
-            return Err(ReadFail::Corrupt(chunk));
+    for (i, bytes) in buf.chunks(unit as usize).enumerate() {
+        let n = first + i as u64;
+        if !check.holds(n, bytes) {
+            return Err(corrupt(n));
         }
     }
     let skip = (offset - start) as usize;
@@ -374,26 +429,27 @@ impl Drop for Reader {
     }
 }
 
-/// Whether `file` is `size` bytes hashing to `hash`, with every chunk matching `chunks`.
-pub(super) fn verify_whole(file: &File, size: u64, hash: SegmentHash, chunks: &[[u8; 32]]) -> bool {
+/// Whether `file` is `size` bytes hashing to `hash`, with every unit matching `check`.
+pub(super) fn verify_whole(file: &File, size: u64, hash: SegmentHash, check: &Check) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };
-    if meta.len() != size || chunks.len() as u64 != size.div_ceil(CHUNK) {
+    if meta.len() != size {
         return false;
     }
-    let mut whole = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK as usize];
-    for (i, expected) in chunks.iter().enumerate() {
-        let start = i as u64 * CHUNK;
-        let n = CHUNK.min(size - start) as usize;
-        if file.read_exact_at(&mut buf[..n], start).is_err() {
+    // The tree's root is the segment's hash: the leaves of the bytes lead to it.
+    let mut whole = LeafHasher::new(size);
+    let unit = check.unit();
+    let mut buf = vec![0u8; unit as usize];
+    for n in 0..size.div_ceil(unit) {
+        let start = n * unit;
+        let len = unit.min(size - start) as usize;
+        if file.read_exact_at(&mut buf[..len], start).is_err() || !check.holds(n, &buf[..len]) {
             return false;
         }
-        if blake3::hash(&buf[..n]).as_bytes() != expected {
-            return false;
-        }
-        whole.update(&buf[..n]);
+        whole.update(&buf[..len]);
     }
-    SegmentHash::from(whole.finalize()) == hash
+    whole
+        .finish()
+        .is_some_and(|leaves| leaves.outboard().root() == hash)
 }

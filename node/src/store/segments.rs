@@ -20,7 +20,7 @@ use super::accounting::{Holdings, Live, Stored};
 use super::index::{Index, Op, SegmentState};
 use super::layout::{self, Reconciled, io};
 use super::policy::{self, DiskRoom};
-use super::reader::{Reader, verify_whole};
+use super::reader::{Check, Reader, verify_whole};
 use super::shared::{Disk, Inner, State};
 use super::worker::Worker;
 use super::writer::Writer;
@@ -517,13 +517,13 @@ impl SegmentStore {
             let ok = d
                 .worker
                 .run(move || -> Result<bool, Error> {
-                    let Some(chunks) = index.chunks(&segment)? else {
+                    let Some(check) = Check::load(&index, &segment, size, hash)? else {
                         return Ok(false);
                     };
                     let Ok(file) = File::open(&path) else {
                         return Ok(false);
                     };
-                    Ok(verify_whole(&file, size, hash, &chunks))
+                    Ok(verify_whole(&file, size, hash, &check))
                 })
                 .await??;
             if !ok {
@@ -574,9 +574,40 @@ impl SegmentStore {
     }
 
     /// Makes `segment` look stored before the store kept chunk-group trees: its row of leaves
-    /// is emptied.
+    /// is emptied, and its 64 KiB chunks' hashes (what reads were checked against then) are
+    /// kept, from its bytes as they are now.
     pub(crate) async fn forget_groups(&self, segment: SegmentId) -> Result<(), Error> {
-        self.commit(vec![Op::Groups(segment, Vec::new())]).await
+        let Some((record, path)) = ({
+            let st = self.inner.state();
+            st.holdings.stored(&segment).map(|s| {
+                let record = super::index::Record {
+                    disk: s.disk as u32,
+                    size: s.size,
+                    hash: s.hash,
+                    state: SegmentState::Complete,
+                    last_use_ms: s.last_use.0,
+                    pinned: s.pinned,
+                    held_elsewhere: s.held_elsewhere,
+                };
+                let path = layout::segment_path(&self.inner.disks[s.disk].root, &segment);
+                (record, path)
+            })
+        }) else {
+            return Err(Error::NotFound(segment));
+        };
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        let chunks: Vec<u8> = (bytes.chunks(super::CHUNK as usize))
+            .flat_map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        self.commit(vec![
+            Op::Put {
+                segment,
+                record,
+                chunks: Some(chunks),
+            },
+            Op::Groups(segment, Vec::new()),
+        ])
+        .await
     }
 
     /// The leaves kept for `segment`, as stored.

@@ -728,10 +728,10 @@ async fn a_segment_keeps_its_chunk_group_tree_and_one_stored_without_gets_it_on_
     // One whose bytes rotted and that has no tree: the bytes are checked as they are read for
     // it, and the segment is dropped rather than given a tree of wrong bytes.
     let path = store.path_of(&id).ok_or("no path")?;
+    store.forget_groups(id).await?;
     let mut stored = std::fs::read(&path)?;
     stored[300_000] ^= 1;
     std::fs::write(&path, &stored)?;
-    store.forget_groups(id).await?;
     assert!(matches!(
         store.outboard(id).await,
         Err(Error::Corrupt { .. })

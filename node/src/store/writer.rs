@@ -13,55 +13,12 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::verified::{LeafHasher, Leaves};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
+use super::Error;
 use super::accounting::{End, Progress, Stored};
 use super::index::{Op, Record, SegmentState};
 use super::layout::{self, io};
+use super::reader::Check;
 use super::shared::Inner;
-use super::{CHUNK, Error};
-
-/// The incremental hashes of a write: the segment's chunk-group leaves (whose tree's root is
-/// the segment's hash, so the whole segment is not hashed a second time) and each [`CHUNK`].
-struct Hashing {
-    groups: LeafHasher,
-    chunk: blake3::Hasher,
-    in_chunk: u64,
-    chunks: Vec<[u8; 32]>,
-}
-
-impl Hashing {
-    fn new(len: u64) -> Self {
-        Self {
-            groups: LeafHasher::new(len),
-            chunk: blake3::Hasher::new(),
-            in_chunk: 0,
-            chunks: Vec::new(),
-        }
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        self.groups.update(data);
-        while !data.is_empty() {
-            let take = (CHUNK - self.in_chunk).min(data.len() as u64) as usize;
-            self.chunk.update(&data[..take]);
-            self.in_chunk += take as u64;
-            if self.in_chunk == CHUNK {
-                self.chunks.push(*self.chunk.finalize().as_bytes());
-                self.chunk.reset();
-                self.in_chunk = 0;
-            }
-            data = &data[take..];
-        }
-    }
-
-    /// The segment's hash, chunk hashes and group leaves; `None` when not every byte came.
-    fn finish(mut self) -> Option<(SegmentHash, Vec<[u8; 32]>, Leaves)> {
-        if self.in_chunk > 0 {
-            self.chunks.push(*self.chunk.finalize().as_bytes());
-        }
-        let leaves = self.groups.finish()?;
-        Some((leaves.outboard().root(), self.chunks, leaves))
-    }
-}
 
 /// A segment being written. Bytes become visible to followers as each chunk lands, and to
 /// everyone as a complete segment only after [`finish`](Self::finish) verified and committed
@@ -73,9 +30,11 @@ pub struct Writer {
     generation: u64,
     temp: PathBuf,
     file: Option<Arc<File>>,
-    /// Moved to the disk worker with each chunk; `None` only while a chunk is in flight or
-    /// after the writer ended.
-    hashing: Option<Hashing>,
+    /// The chaining values of the segment's 16 KiB chunk groups, computed as the bytes land:
+    /// their tree's root is the segment's hash, and later reads are checked against them, so
+    /// each byte is hashed once. Moved to the disk worker with each chunk; `None` only while a
+    /// chunk is in flight or after the writer ended.
+    hashing: Option<LeafHasher>,
     written: u64,
     expected_hash: SegmentHash,
     expected_len: u64,
@@ -106,7 +65,7 @@ impl Writer {
             generation,
             temp: temp.clone(),
             file: None,
-            hashing: Some(Hashing::new(expected_len)),
+            hashing: Some(LeafHasher::new(expected_len)),
             written: 0,
             expected_hash,
             expected_len,
@@ -205,6 +164,8 @@ impl Writer {
             .run(move || {
                 let r = file.write_all_at(&chunk, offset);
                 if r.is_ok() {
+                    // The device takes these bytes while the next ones are hashed and come.
+                    super::writeback::start(&file, offset, chunk.len());
                     hashing.update(&chunk);
                 }
                 (hashing, r)
@@ -262,8 +223,8 @@ impl Writer {
             .worker
             .run(move || seal(&file, hashing, &temp, &dest, (segment, expected)))
             .await?;
-        let (chunks, leaves) = match sealed? {
-            Ok(sealed) => sealed,
+        let leaves = match sealed? {
+            Ok(leaves) => leaves,
             Err(actual) => {
                 return Err(Error::HashMismatch {
                     segment,
@@ -272,8 +233,8 @@ impl Writer {
                 });
             }
         };
-        let stored = self.commit(chunks.concat(), leaves.to_bytes()).await?;
-        self.complete(stored, chunks);
+        let stored = self.commit(leaves.to_bytes()).await?;
+        self.complete(stored, leaves);
         debug!("segment stored");
         Ok(())
     }
@@ -281,7 +242,7 @@ impl Writer {
     /// Commits the complete row (with the last-use times waiting to be written) durably to the
     /// index. A file renamed into place but not committed is removed again: it must not
     /// outlive the failed write.
-    async fn commit(&self, chunks: Vec<u8>, leaves: Vec<u8>) -> Result<Stored, Error> {
+    async fn commit(&self, leaves: Vec<u8>) -> Result<Stored, Error> {
         let inner = &self.inner;
         let (stored, mut ops) = {
             let mut st = inner.state();
@@ -312,7 +273,8 @@ impl Writer {
                 pinned: stored.pinned,
                 held_elsewhere: stored.held_elsewhere,
             },
-            chunks: Some(chunks),
+            // Reads are checked against the tree (`reader::Check`), which needs no chunk hashes.
+            chunks: None,
         });
         // In the same commit as the complete row: a complete segment always has its tree.
         ops.push(Op::Groups(self.segment, leaves));
@@ -336,8 +298,8 @@ impl Writer {
     }
 
     /// The committed segment becomes complete for everyone: its reservation turns into used
-    /// bytes in one step under the lock, and its followers learn its chunk hashes.
-    fn complete(&mut self, mut stored: Stored, chunks: Vec<[u8; 32]>) {
+    /// bytes in one step under the lock, and its followers learn its tree's leaves.
+    fn complete(&mut self, mut stored: Stored, leaves: Leaves) {
         {
             let mut st = self.inner.state();
             stored.readers = st
@@ -347,11 +309,11 @@ impl Writer {
             st.holdings.insert_stored(self.segment, stored);
         }
         self.done = true;
-        let chunks: Arc<[[u8; 32]]> = chunks.into();
+        let check = Check::Groups(Arc::new(leaves));
         let size = self.expected_len;
         self.progress.send_modify(|p| {
             p.filled = size;
-            p.end = Some(End::Complete(chunks));
+            p.end = Some(End::Complete(check));
         });
     }
 
@@ -391,24 +353,25 @@ impl Drop for Writer {
     }
 }
 
-/// What [`seal`] found: the chunk hashes and group leaves of a segment stored, or the actual
-/// hash of one that was not.
-type Sealed = Result<(Vec<[u8; 32]>, Leaves), SegmentHash>;
+/// What [`seal`] found: the group leaves of a segment stored, or the actual hash of one that
+/// was not.
+type Sealed = Result<Leaves, SegmentHash>;
 
 /// On the disk's worker: checks the hash of what was written, renames the temp file into place
-/// and makes it durable. Returns the chunk hashes and group leaves, or the actual hash when it
+/// and makes it durable. Returns the group leaves, or the actual hash when it
 /// is not `expected` (the write is then aborted and nothing was renamed).
 fn seal(
     file: &File,
-    hashing: Hashing,
+    hashing: LeafHasher,
     temp: &Path,
     dest: &Path,
     (segment, expected): (SegmentId, SegmentHash),
 ) -> Result<Sealed, Error> {
     // Every byte came (checked by the caller), so the hashing finishes.
-    let Some((actual, chunks, leaves)) = hashing.finish() else {
+    let Some(leaves) = hashing.finish() else {
         return Err(Error::Aborted(segment));
     };
+    let actual = leaves.outboard().root();
     if actual != expected {
         return Ok(Err(actual));
     }
@@ -438,7 +401,7 @@ fn seal(
     let failed = match synced {
         (Err(e), _) => io("fsync", dest)(e),
         (_, Err(e)) => io("fsync", dir)(e),
-        _ => return Ok(Ok((chunks, leaves))),
+        _ => return Ok(Ok(leaves)),
     };
     let _ = layout::remove_segment_file(dest);
     Err(failed)

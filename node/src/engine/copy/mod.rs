@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
@@ -364,21 +364,41 @@ impl Fetch {
                     .map_err(Attempt::Store)?,
             ),
         };
+        // Two stages: the next chunk is read from the stream while the disk worker writes
+        // (and hashes) the one before, so the link and the disk work side by side.
         let mut buf = BytesMut::new();
-        while w.written() < size {
-            let at = w.written();
+        let mut received = w.written();
+        let mut pending: Option<Bytes> = None;
+        while received < size || pending.is_some() {
+            let at = received;
             let n = usize::try_from((size - at).min(CHUNK as u64)).unwrap_or(CHUNK);
-            // The chunk written last has left the disk worker: its room is taken back.
-            buf.reserve(CHUNK);
-            buf.resize(n, 0);
-            tokio::time::timeout(patience, stream.read_exact(&mut buf))
-                .await
-                .map_err(|_| Attempt::Stalled(at))?
-                .map_err(|source| Attempt::Cut { at, source })?;
+            let read = async {
+                if n == 0 {
+                    return Ok(None);
+                }
+                // Takes back the room of chunks the disk worker is done with.
+                buf.reserve(CHUNK);
+                buf.resize(n, 0);
+                tokio::time::timeout(patience, stream.read_exact(&mut buf))
+                    .await
+                    .map_err(|_| Attempt::Stalled(at))?
+                    .map_err(|source| Attempt::Cut { at, source })?;
+                Ok(Some(buf.split().freeze()))
+            };
             // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
-            w.write_chunk(buf.split().freeze())
-                .await
-                .map_err(Attempt::Store)?;
+            let write = async {
+                match pending.take() {
+                    Some(chunk) => w.write_chunk(chunk).await.map_err(Attempt::Store),
+                    None => Ok(()),
+                }
+            };
+            // A failed write is reported first: a resumed copy starts from what was written.
+            let (read, written) = tokio::join!(read, write);
+            written?;
+            if let Some(chunk) = read? {
+                received += chunk.len() as u64;
+                pending = Some(chunk);
+            }
         }
         let _ = stream.close().await;
         Ok(())
@@ -506,18 +526,22 @@ impl Server {
         reader.seek(request.offset);
         let started = tokio::time::Instant::now();
         let mut sent = 0u64;
-        while let Some(chunk) = reader
+        let mut next = reader
             .read_next(CHUNK)
             .await
-            .map_err(std::io::Error::other)?
-        {
-            match tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk)).await {
+            .map_err(std::io::Error::other)?;
+        while let Some(chunk) = next {
+            // The next chunk is read (and verified) from the store while this one is sent.
+            let send = tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk));
+            let (sent_now, read) = tokio::join!(send, reader.read_next(CHUNK));
+            match sent_now {
                 Ok(written) => written?,
                 Err(_) => {
                     let why = "the peer read nothing of the copy for 10 s";
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
                 }
             }
+            next = read.map_err(std::io::Error::other)?;
             sent += chunk.len() as u64;
             if self.rate > 0 {
                 // Paced to --copy-rate: no faster than `rate` bytes per second on average.
