@@ -32,8 +32,7 @@ pub struct Writer {
     file: Option<Arc<File>>,
     /// The chaining values of the segment's 16 KiB chunk groups, computed as the bytes land:
     /// their tree's root is the segment's hash, and later reads are checked against them, so
-    /// each byte is hashed once. Moved to the disk worker with each chunk; `None` only while a
-    /// chunk is in flight or after the writer ended.
+    /// each byte is hashed once. `None` once the writer ended.
     hashing: Option<LeafHasher>,
     written: u64,
     expected_hash: SegmentHash,
@@ -138,8 +137,8 @@ impl Writer {
         self.disk
     }
 
-    /// Appends `chunk`; hashes it on the disk's worker as it is written (the bytes move there
-    /// without a copy). More bytes than the expected length abort the write. Not
+    /// Appends `chunk`: the disk's worker writes it (the bytes move there without a copy)
+    /// while it is hashed here. More bytes than the expected length abort the write. Not
     /// cancel-safe: dropping this future midway leaves the writer aborted (later calls fail
     /// with [`Error::Aborted`]).
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), Error> {
@@ -154,31 +153,37 @@ impl Writer {
                 expected: self.expected_len,
             });
         }
-        let (Some(file), Some(mut hashing)) = (self.file.clone(), self.hashing.take()) else {
+        let Some(file) = self.file.clone() else {
             self.abort();
             return Err(Error::Aborted(self.segment));
         };
         let offset = self.written;
-        let res = self.inner.disks[self.disk]
-            .worker
-            .run(move || {
-                let r = file.write_all_at(&chunk, offset);
-                if r.is_ok() {
-                    // The device takes these bytes while the next ones are hashed and come.
-                    super::writeback::start(&file, offset, chunk.len());
-                    hashing.update(&chunk);
-                }
-                (hashing, r)
-            })
-            .await;
-        match res {
-            Ok((hashing, Ok(()))) => {
-                self.hashing = Some(hashing);
+        let len = chunk.len();
+        let bytes = chunk.clone();
+        let write = self.inner.disks[self.disk].worker.run(move || {
+            let r = file.write_all_at(&bytes, offset);
+            if r.is_ok() {
+                // The device takes these bytes while the next ones are hashed and come.
+                super::writeback::start(&file, offset, len);
+            }
+            r
+        });
+        // Hashed here while the disk worker writes: `join` hands the write to the worker
+        // first, then hashes (tens of microseconds per chunk), then waits for the write.
+        let hashing = &mut self.hashing;
+        let hash = async {
+            if let Some(hashing) = hashing {
+                hashing.update(&chunk);
+            }
+        };
+        let (written, ()) = tokio::join!(write, hash);
+        match written {
+            Ok(Ok(())) => {
                 self.written = end;
                 self.progress.send_modify(|p| p.filled = end);
                 Ok(())
             }
-            Ok((_, Err(e))) => {
+            Ok(Err(e)) => {
                 self.abort();
                 Err(io("write", &self.temp)(e))
             }
