@@ -60,6 +60,23 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 const _: () = assert!(MAX_STREAMS_PER_CONNECTION > 512);
 const _: () = assert!(MAX_STREAMS_PER_CONNECTION * 256 * 1024 <= (1 << 30) / 2);
 
+/// The largest yamux data frame a stream's write is split into (yamux's default is 16 KiB):
+/// a stream's whole initial window, and the unit engines read and write segment bytes in.
+/// Each frame costs a hand-over from the stream to the connection's task, a frame header and
+/// a copy into the TLS writer, so at 16 KiB the stream moved half what one TLS connection
+/// does and a paced engine spent its CPU on frames. `vodmesh bench`, alternating runs on the
+/// idle 2-core VM: the raw TCP+TLS stream 445 and 483 MB/s at 16 KiB, 483-1019 MB/s (median
+/// 711) at 256 KiB; the engine at 500 paced streams 86 % of a core (3.88 CPU-s per GB) at
+/// 16 KiB, 61 % (2.72) at 256 KiB.
+///
+/// The cost is head-of-line: a control frame waits behind at most one such frame of another
+/// stream (2 ms at 1 Gbit/s). Receivers take frames up to 1 MiB (yamux 0.14's
+/// `MAX_FRAME_BODY_LEN`), so peers with the default setting read these; the setter comes
+/// from the vendored libp2p-yamux (README, "Vendored libp2p-yamux").
+pub const YAMUX_SPLIT_SEND_SIZE: usize = 256 * 1024;
+
+const _: () = assert!(YAMUX_SPLIT_SEND_SIZE <= 1024 * 1024);
+
 /// Why a swarm could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("building the libp2p swarm: {0}")]
@@ -101,10 +118,11 @@ pub fn negotiated_ciphers() -> Vec<(String, u64)> {
         .collect()
 }
 
-/// yamux with [`MAX_STREAMS_PER_CONNECTION`].
+/// yamux with [`MAX_STREAMS_PER_CONNECTION`] and [`YAMUX_SPLIT_SEND_SIZE`].
 fn yamux_config() -> yamux::Config {
     let mut config = yamux::Config::default();
     config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config.set_split_send_size(YAMUX_SPLIT_SEND_SIZE);
     config
 }
 

@@ -47,6 +47,8 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
 
     let (t, raw_tcp_cipher) = ciphers_of(raw_stream(Security::Vodmesh, tcp.clone(), bytes)).await;
     let raw_tcp = mb_s(bytes, t?);
+    let (t, bare_cipher) = raw_tls_no_yamux(bytes).await?;
+    let bare_tls = mb_s(bytes, t);
     let (t, noise_cipher) = ciphers_of(raw_stream(Security::NoiseOnly, tcp.clone(), bytes)).await;
     let raw_noise = mb_s(bytes, t?);
     let (t, quic_cipher) = ciphers_of(raw_stream(Security::Vodmesh, quic, bytes)).await;
@@ -73,6 +75,15 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         .vs(
             format!("raw libp2p stream TCP+noise {raw_noise:.0} MB/s"),
             ratio(raw_tcp, raw_noise),
+        ),
+        Row::new(
+            "copy",
+            format!("TCP+{bare_cipher} without yamux (one connection per transfer)"),
+            format!("{bare_tls:.0} MB/s"),
+        )
+        .vs(
+            format!("raw libp2p stream {tcp_name} {raw_tcp:.0} MB/s"),
+            ratio(bare_tls, raw_tcp),
         ),
         Row::new(
             "copy",
@@ -118,6 +129,11 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
+        // The same bytes over libp2p's TLS on a bare TCP connection: the bulk path without
+        // yamux's per-frame copies, a measure of what that redesign would gain.
+        "raw_tls_no_yamux_mb_s": bare_tls,
+        "raw_tls_no_yamux_cipher": bare_cipher,
+        "no_yamux_vs_ceiling": ratio(bare_tls, raw_tcp),
         "tls_vs_noise_ceiling": ratio(raw_tcp, raw_noise),
         "copy_vs_ceiling_tcp": ratio(copy_tcp, raw_tcp),
         "quic_vs_tcp_ceiling": ratio(raw_quic, raw_tcp),
@@ -140,6 +156,17 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 .vs(
                     format!("nginx HTTPS {:.0} MB/s", n.https),
                     ratio(raw_tcp, n.https),
+                ),
+            );
+            rows.push(
+                Row::new(
+                    "copy",
+                    format!("TCP+{bare_cipher} without yamux"),
+                    format!("{bare_tls:.0} MB/s"),
+                )
+                .vs(
+                    format!("nginx HTTPS {:.0} MB/s", n.https),
+                    ratio(bare_tls, n.https),
                 ),
             );
             rows.push(
@@ -191,6 +218,10 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 obj.insert(
                     "stream_vs_nginx_https".into(),
                     json!(ratio(stream, n.https_one)),
+                );
+                obj.insert(
+                    "no_yamux_vs_nginx_https".into(),
+                    json!(ratio(bare_tls, n.https)),
                 );
             }
         }
@@ -346,6 +377,67 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
     server_task.abort();
     client_task.abort();
     result
+}
+
+/// The bulk path without yamux: `bytes` from memory over one TCP connection with libp2p's own
+/// TLS handshake (the vendored libp2p-tls configs: peer-id certificates, AES-GCM first) and
+/// nothing above TLS, timed as [`raw_stream`] is, from the first write to the receiver's
+/// acknowledgement of the last byte. What a data plane of one TLS connection per transfer
+/// would move, beside the yamux stream vodmesh uses; the suite negotiated comes back with it.
+async fn raw_tls_no_yamux(bytes: u64) -> Result<(Duration, String)> {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_rustls::rustls::pki_types::{IpAddr, ServerName};
+
+    let (server_key, client_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let server_config = libp2p::tls::make_server_config(&server_key)?;
+    let client_config =
+        libp2p::tls::make_client_config(&client_key, Some(server_key.public().to_peer_id()))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let reader = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut tls = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0u64;
+        while n < bytes {
+            let r = tls.read(&mut buf).await?;
+            if r == 0 {
+                break;
+            }
+            n += r as u64;
+        }
+        tls.write_all(&[1]).await?;
+        tls.shutdown().await?;
+        anyhow::Ok(n)
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    // As libp2p-tls names the server: the certificate carries the peer id, not a name.
+    let name = ServerName::IpAddress(IpAddr::from(std::net::IpAddr::from([0, 0, 0, 0])));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let mut tls = connector.connect(name, tcp).await?;
+    let suite = (tls.get_ref().1.negotiated_cipher_suite())
+        .map_or_else(|| "unknown".to_string(), |s| format!("{:?}", s.suite()));
+    let data = vec![0x5au8; SEGMENT as usize];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(SEGMENT) as usize;
+        tls.write_all(&data[..n]).await?;
+        left -= n as u64;
+    }
+    tls.flush().await?;
+    let mut ack = [0u8; 1];
+    tls.read_exact(&mut ack).await?;
+    let elapsed = start.elapsed();
+    let got = reader.await??;
+    if got != bytes {
+        bail!("raw TLS connection moved {got} of {bytes} bytes");
+    }
+    Ok((elapsed, suite))
 }
 
 /// What [`replicate_and_play`] timed, and the suites its handshakes negotiated.
