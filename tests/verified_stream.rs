@@ -17,7 +17,7 @@ use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 use vodmesh_tests::console::{Console, credentials, read_rest};
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::stored::tamper_keeping_chunk_hashes;
+use vodmesh_tests::stored::tamper_on_disk;
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
 use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
@@ -115,43 +115,16 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
     );
     station.shutdown().await;
 
-    // A byte of segment 0 flipped on the engine's disk, its store chunk hash made to match:
-    // the engine serves it unaware, with the segment's true tree.
-    tamper_keeping_chunk_hashes(&data, 0, segment, TAMPERED)?;
+    // A byte of segment 0 flipped on the engine's disk: in verified mode the engine serves it
+    // unchecked, with the segment's true tree.
+    tamper_on_disk(&data, 0, segment, TAMPERED)?;
 
     let station = home(&data, &issuer).await?;
     let console = Console::connect(station.addr(), Some(&issuer)).await?;
-    wait::until(
-        "the restarted engine located",
-        Duration::from_secs(20),
-        || async { Ok(console.locate(program, 0, false).await.is_ok()) },
-    )
-    .await?;
-    // The console leaves the engine at the tampered group: with no other holder it gives
-    // up, and the engine never got to send the whole segment.
-    let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
-    let fetched = tokio::time::timeout(Duration::from_secs(60), session.segment(SegmentIndex(0)))
-        .await
-        .context("the console kept fetching a tampered segment")?;
-    let Err(error) = fetched else {
-        anyhow::bail!("a tampered segment was played");
-    };
-    eprintln!("the tampered segment given up: {error}");
-    wait::until("the stops reported", Duration::from_secs(20), || async {
-        let a = console.activity().await?;
-        Ok(a.stops_early >= 1 && a.active == 0)
-    })
-    .await?;
-    let activity = console.activity().await?;
-    assert_eq!(
-        activity.stops_complete, 0,
-        "the engine sent a tampered segment whole: {activity:?}"
-    );
-    drop(session);
-
-    // On the wire: everything before the tampered group checks, the group itself does not.
     let engine = station.engines[0].clone();
     console.reach(engine.peer_id, &engine.addrs).await?;
+    // On the wire, asked straight (no director's locate, so no preload has read the segment
+    // yet): everything before the tampered group checks, the group itself does not.
     let request = StreamRequest {
         verified: true,
         ..console.request(segment, 0, 0)
@@ -178,6 +151,30 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
         got == first[..bad as usize],
         "the groups before the bad one differ"
     );
+
+    // Through the director, the console never plays it: the engine's own checked read (the
+    // preload a locate sends it) finds the damage and drops the copy, or the console leaves
+    // the engine at the tampered group; with no other holder it gives up either way.
+    let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
+    let fetched = tokio::time::timeout(Duration::from_secs(60), session.segment(SegmentIndex(0)))
+        .await
+        .context("the console kept fetching a tampered segment")?;
+    let Err(error) = fetched else {
+        anyhow::bail!("a tampered segment was played");
+    };
+    eprintln!("the tampered segment given up: {error}");
+    wait::until("the stops reported", Duration::from_secs(20), || async {
+        let a = console.activity().await?;
+        Ok(a.stops_early >= 1 && a.active == 0)
+    })
+    .await?;
+    let activity = console.activity().await?;
+    assert_eq!(
+        activity.stops_complete, 0,
+        "the engine sent a tampered segment whole: {activity:?}"
+    );
+    drop(session);
+
     // Control: segment 1, untouched, still plays.
     let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
     let segment = session.segment(SegmentIndex(1)).await?;

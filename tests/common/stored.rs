@@ -173,20 +173,19 @@ pub async fn embargo(data: &Path, index: usize, program: ProgramId, until_ms: u6
     Ok(())
 }
 
-/// Makes engine `engine` of the stopped station under `data` serve wrong bytes it believes:
-/// flips the byte at `at` of its copy of `segment` and rewrites the hash of the store chunk
-/// that holds it in the engine's index (redb, the store's `segment_chunks` table) to match,
-/// so that the engine's own checks (reads, preloads) pass. The copy's hash and chunk-group
-/// tree stay those of the true bytes: what an engine that lies, or whose index was altered
-/// with its bytes, would stream.
-pub fn tamper_keeping_chunk_hashes(
+/// Flips the byte at `at` of engine `engine`'s copy of `segment` on the disk of the stopped
+/// station under `data`, and nothing else: the copy's hash and chunk-group tree in the
+/// engine's index stay those of the true bytes. An engine serves verified mode without
+/// checking its reads (the console checks every group against the tree), so it streams the
+/// flipped byte with the true tree: what an engine whose disk rotted, or that lies, sends. (Its
+/// checked reads, raw mode, would find the damage: the store checks them against the same
+/// tree, whose root is the segment's hash, so no index row can make wrong bytes pass.)
+pub fn tamper_on_disk(
     data: &Path,
     engine: usize,
     segment: vodmesh_proto::SegmentId,
     at: usize,
 ) -> Result<()> {
-    use redb::{ReadableDatabase, TableDefinition};
-    const CHUNKS: TableDefinition<(&[u8; 32], u32), &[u8]> = TableDefinition::new("segment_chunks");
     let storage = vodmesh_node::station::engine_storage(&StationConfig::new(data), engine);
     let disk = storage.disks.first().context("an engine without a disk")?;
     let path = disk
@@ -199,23 +198,5 @@ pub fn tamper_keeping_chunk_hashes(
         .context("tampering past the segment's end")?;
     *byte ^= 0x20;
     std::fs::write(&path, &bytes)?;
-    let chunk = at / store::CHUNK as usize;
-    let start = chunk * store::CHUNK as usize;
-    let end = (start + store::CHUNK as usize).min(bytes.len());
-    let db = redb::Database::open(&storage.index)?;
-    let key = (segment.program.as_bytes(), segment.index.0);
-    let mut hashes = {
-        let tx = db.begin_read()?;
-        let table = tx.open_table(CHUNKS)?;
-        let row = table.get(key)?.context("no chunk hashes kept")?;
-        row.value().to_vec()
-    };
-    let slot = hashes
-        .get_mut(chunk * 32..chunk * 32 + 32)
-        .context("fewer chunk hashes than chunks")?;
-    slot.copy_from_slice(blake3::hash(&bytes[start..end]).as_bytes());
-    let tx = db.begin_write()?;
-    tx.open_table(CHUNKS)?.insert(key, hashes.as_slice())?;
-    tx.commit()?;
     Ok(())
 }

@@ -30,7 +30,7 @@ pub(super) struct Progress {
 #[derive(Clone)]
 pub(super) enum End {
     /// Verified and committed; later reads check its chunk groups against this.
-    Complete(super::reader::Check),
+    Complete(super::check::Check),
     /// Abandoned: followers stop reading.
     Aborted,
 }

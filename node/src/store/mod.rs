@@ -27,6 +27,7 @@
 
 mod accounting;
 pub mod bench;
+mod check;
 mod index;
 mod layout;
 pub mod locations;

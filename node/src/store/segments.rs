@@ -17,10 +17,11 @@ use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
 
 use super::accounting::Progress;
 use super::accounting::{Holdings, Live, Stored};
+use super::check::{Check, verify_whole};
 use super::index::{Index, Op, SegmentState};
 use super::layout::{self, Reconciled, io};
 use super::policy::{self, DiskRoom};
-use super::reader::{Check, Reader, verify_whole};
+use super::reader::Reader;
 use super::shared::{Disk, Inner, State};
 use super::worker::Worker;
 use super::writer::Writer;

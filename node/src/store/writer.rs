@@ -15,9 +15,9 @@ use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::Error;
 use super::accounting::{End, Progress, Stored};
+use super::check::Check;
 use super::index::{Op, Record, SegmentState};
 use super::layout::{self, io};
-use super::reader::Check;
 use super::shared::Inner;
 
 /// A segment being written. Bytes become visible to followers as each chunk lands, and to
