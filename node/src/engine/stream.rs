@@ -264,7 +264,7 @@ impl StreamService {
 
     /// Verified mode: sends `outboard`'s parent nodes and the segment's groups from `from` in
     /// the order of [`verified::plan`], in writes of about [`CHUNK`]. The bytes are read without
-    /// their chunk hashes checked: the console checks every group against the tree and the
+    /// their chunk groups checked: the console checks every group against the tree and the
     /// manifest's hash (and fails this engine at the first wrong one), so they are not hashed
     /// here a second time. `sent` counts the segment bytes sent.
     async fn send_verified(

@@ -205,7 +205,7 @@ impl Reader {
     }
 
     /// Exactly `len` bytes from `offset` of a complete segment, read without checking its
-    /// chunk hashes: for a verified stream (`/vodmesh/stream/1` in verified mode), whose
+    /// chunk groups: for a verified stream (`/vodmesh/stream/1` in verified mode), whose
     /// receiver checks every group against the segment's tree and hash itself, so the engine
     /// does not hash what it serves a second time. A segment still filling is read as
     /// [`read_range`](Self::read_range) reads it.

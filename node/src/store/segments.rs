@@ -484,7 +484,7 @@ impl SegmentStore {
     }
 
     /// Re-hashes every complete segment (disks in parallel) and drops those that do not match
-    /// their hash or chunk hashes. Returns the dropped segments.
+    /// their hash or their chunk-group tree. Returns the dropped segments.
     pub async fn scrub(&self) -> Result<Vec<SegmentId>, Error> {
         let mut per_disk: Vec<Vec<(SegmentId, u64, u64, SegmentHash)>> =
             vec![Vec::new(); self.inner.disks.len()];

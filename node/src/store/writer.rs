@@ -278,7 +278,7 @@ impl Writer {
                 pinned: stored.pinned,
                 held_elsewhere: stored.held_elsewhere,
             },
-            // Reads are checked against the tree (`reader::Check`), which needs no chunk hashes.
+            // Reads are checked against the tree (`check::Check`), which needs no chunk hashes.
             chunks: None,
         });
         // In the same commit as the complete row: a complete segment always has its tree.
