@@ -578,23 +578,21 @@ impl SegmentStore {
     /// is emptied, and its 64 KiB chunks' hashes (what reads were checked against then) are
     /// kept, from its bytes as they are now.
     pub(crate) async fn forget_groups(&self, segment: SegmentId) -> Result<(), Error> {
-        let Some((record, path)) = ({
-            let st = self.inner.state();
-            st.holdings.stored(&segment).map(|s| {
-                let record = super::index::Record {
-                    disk: s.disk as u32,
-                    size: s.size,
-                    hash: s.hash,
-                    state: SegmentState::Complete,
-                    last_use_ms: s.last_use.0,
-                    pinned: s.pinned,
-                    held_elsewhere: s.held_elsewhere,
-                };
-                let path = layout::segment_path(&self.inner.disks[s.disk].root, &segment);
-                (record, path)
-            })
-        }) else {
+        let Some(info) = self
+            .info(&segment)
+            .filter(|i| i.state == SegmentState::Complete)
+        else {
             return Err(Error::NotFound(segment));
+        };
+        let path = layout::segment_path(&self.inner.disks[info.disk].root, &segment);
+        let record = super::index::Record {
+            disk: info.disk as u32,
+            size: info.size,
+            hash: info.hash,
+            state: info.state,
+            last_use_ms: info.last_use_ms,
+            pinned: info.pinned,
+            held_elsewhere: info.held_elsewhere,
         };
         let bytes = std::fs::read(&path).map_err(io("read", &path))?;
         let chunks: Vec<u8> = (bytes.chunks(super::CHUNK as usize))
