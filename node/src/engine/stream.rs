@@ -390,11 +390,17 @@ impl StreamService {
             let why = StreamReply::Refused("offset past the end of the segment".into());
             return Self::answer(&mut stream, &why).await;
         }
-        // Verified mode needs the segment's tree: a complete segment's. A copy still filling
-        // streams raw, as it lands, and the reply says so.
+        // Verified mode needs the segment's tree: a complete segment's, which its reader holds
+        // already (the store computes it for a segment stored before trees were kept). A copy
+        // still filling streams raw, as it lands, and the reply says so.
         let outboard = match info.state {
             SegmentState::Complete if request.verified => {
-                match self.store.outboard(segment).await {
+                let held = reader.outboard();
+                let outboard = match held {
+                    Some(outboard) => Ok(Some(outboard)),
+                    None => self.store.outboard(segment).await,
+                };
+                match outboard {
                     Ok(outboard) => outboard,
                     Err(e) => {
                         tracing::warn!(engine = %self.reporter.engine(), %segment, error = %e, "no chunk-group tree: streaming raw");

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vodmesh_proto::verified::{GROUP, LeafHasher, Leaves};
+use vodmesh_proto::verified::{GROUP, LeafHasher, Leaves, Outboard};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::CHUNK;
@@ -16,8 +16,9 @@ use super::index::{Index, IndexError};
 #[derive(Clone)]
 pub(super) enum Check {
     /// The chaining values of its 16 KiB chunk groups, whose tree leads to the segment's hash:
-    /// the same hashes the writer computed as the bytes landed (one pass per byte).
-    Groups(Arc<Leaves>),
+    /// the same hashes the writer computed as the bytes landed (one pass per byte); with the
+    /// tree's parent nodes, built once to check that root, for a verified stream to send.
+    Groups(Arc<(Leaves, Outboard)>),
     /// BLAKE3 hashes of its 64 KiB [`CHUNK`]s: what the store kept before it kept trees (a
     /// segment written then, whose tree was not computed since).
     Chunks(Arc<[[u8; 32]]>),
@@ -33,12 +34,16 @@ impl Check {
         size: u64,
         hash: SegmentHash,
     ) -> Result<Option<Self>, IndexError> {
-        let leaves = index
+        let tree = index
             .groups(segment)?
             .and_then(|bytes| Leaves::from_bytes(size, &bytes))
-            .filter(|leaves| leaves.outboard().root() == hash);
-        if let Some(leaves) = leaves {
-            return Ok(Some(Self::Groups(Arc::new(leaves))));
+            .map(|leaves| {
+                let outboard = leaves.outboard();
+                (leaves, outboard)
+            })
+            .filter(|(_, outboard)| outboard.root() == hash);
+        if let Some(tree) = tree {
+            return Ok(Some(Self::Groups(Arc::new(tree))));
         }
         let chunks = index
             .chunks(segment)?
@@ -57,7 +62,7 @@ impl Check {
     /// Whether `bytes` are unit number `n`.
     pub(super) fn holds(&self, n: u64, bytes: &[u8]) -> bool {
         match self {
-            Self::Groups(leaves) => leaves.check(n, bytes),
+            Self::Groups(tree) => tree.0.check(n, bytes),
             Self::Chunks(chunks) => usize::try_from(n)
                 .ok()
                 .and_then(|n| chunks.get(n))

@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use vodmesh_proto::verified::Outboard;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::accounting::{End, Progress};
@@ -156,6 +157,19 @@ impl Reader {
     /// Moves the streaming position (clamped to the end).
     pub fn seek(&mut self, pos: u64) {
         self.pos = pos.min(self.size);
+    }
+
+    /// The tree of a complete segment by 16 KiB chunk group (its parent nodes), as its reads
+    /// are checked against, for a verified stream; `None` while it fills, or for a segment
+    /// stored before trees were kept (`SegmentStore::outboard` computes that one).
+    pub fn outboard(&self) -> Option<Outboard> {
+        match &self.mode {
+            Mode::Complete {
+                check: Check::Groups(tree),
+                ..
+            } => Some(tree.1.clone()),
+            _ => None,
+        }
     }
 
     /// `(filled, complete)` as this reader sees it.

@@ -717,11 +717,18 @@ async fn a_segment_keeps_its_chunk_group_tree_and_one_stored_without_gets_it_on_
     let outboard = store.outboard(id).await?.ok_or("no tree")?;
     assert_eq!(outboard, leaves.outboard());
     assert_eq!(outboard.root(), SegmentHash::of(&data));
+    // A reader holds the same tree, as its reads are checked against it.
+    assert_eq!(
+        store.open_read(id).await?.outboard(),
+        Some(leaves.outboard())
+    );
     // Not complete here: none.
     assert_eq!(store.outboard(seg(7, 1)).await?, None);
 
-    // As if stored before trees were kept: computed from the bytes, and kept again.
+    // As if stored before trees were kept: a reader has none (its reads are checked by the
+    // chunk hashes kept then); computed from the bytes, and kept again.
     store.forget_groups(id).await?;
+    assert_eq!(store.open_read(id).await?.outboard(), None);
     assert_eq!(store.outboard(id).await?, Some(leaves.outboard()));
     assert_eq!(store.kept_groups(id).await?, Some(leaves.to_bytes()));
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, instrument};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::verified::{LeafHasher, Leaves};
+use vodmesh_proto::verified::{LeafHasher, Leaves, Outboard};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::Error;
@@ -228,8 +228,8 @@ impl Writer {
             .worker
             .run(move || seal(&file, hashing, &temp, &dest, (segment, expected)))
             .await?;
-        let leaves = match sealed? {
-            Ok(leaves) => leaves,
+        let (leaves, outboard) = match sealed? {
+            Ok(tree) => tree,
             Err(actual) => {
                 return Err(Error::HashMismatch {
                     segment,
@@ -239,7 +239,7 @@ impl Writer {
             }
         };
         let stored = self.commit(leaves.to_bytes()).await?;
-        self.complete(stored, leaves);
+        self.complete(stored, leaves, outboard);
         debug!("segment stored");
         Ok(())
     }
@@ -304,7 +304,7 @@ impl Writer {
 
     /// The committed segment becomes complete for everyone: its reservation turns into used
     /// bytes in one step under the lock, and its followers learn its tree's leaves.
-    fn complete(&mut self, mut stored: Stored, leaves: Leaves) {
+    fn complete(&mut self, mut stored: Stored, leaves: Leaves, outboard: Outboard) {
         {
             let mut st = self.inner.state();
             stored.readers = st
@@ -314,7 +314,7 @@ impl Writer {
             st.holdings.insert_stored(self.segment, stored);
         }
         self.done = true;
-        let check = Check::Groups(Arc::new(leaves));
+        let check = Check::Groups(Arc::new((leaves, outboard)));
         let size = self.expected_len;
         self.progress.send_modify(|p| {
             p.filled = size;
@@ -358,12 +358,12 @@ impl Drop for Writer {
     }
 }
 
-/// What [`seal`] found: the group leaves of a segment stored, or the actual hash of one that
-/// was not.
-type Sealed = Result<Leaves, SegmentHash>;
+/// What [`seal`] found: the group leaves (and the tree's parent nodes built from them) of a
+/// segment stored, or the actual hash of one that was not.
+type Sealed = Result<(Leaves, Outboard), SegmentHash>;
 
 /// On the disk's worker: checks the hash of what was written, renames the temp file into place
-/// and makes it durable. Returns the group leaves, or the actual hash when it
+/// and makes it durable. Returns the group leaves and the tree built from them, or the actual hash when it
 /// is not `expected` (the write is then aborted and nothing was renamed).
 fn seal(
     file: &File,
@@ -376,7 +376,8 @@ fn seal(
     let Some(leaves) = hashing.finish() else {
         return Err(Error::Aborted(segment));
     };
-    let actual = leaves.outboard().root();
+    let outboard = leaves.outboard();
+    let actual = outboard.root();
     if actual != expected {
         return Ok(Err(actual));
     }
@@ -406,7 +407,7 @@ fn seal(
     let failed = match synced {
         (Err(e), _) => io("fsync", dest)(e),
         (_, Err(e)) => io("fsync", dir)(e),
-        _ => return Ok(Ok(leaves)),
+        _ => return Ok(Ok((leaves, outboard))),
     };
     let _ = layout::remove_segment_file(dest);
     Err(failed)
