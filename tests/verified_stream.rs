@@ -217,8 +217,9 @@ impl tokio::io::AsyncWrite for Recorder {
 }
 
 /// At `--speed max` the player gets the first segment group by group as each is verified:
-/// its first write is one chunk group, not a 4 MiB segment, and what it gets in all is the
-/// program byte for byte (from a seek into the first segment too).
+/// its first write is whole chunk groups (as many as were verified when it went out, at most
+/// the console's output buffer), not a 4 MiB segment, and what it gets in all is the program
+/// byte for byte (from a seek into the first segment too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
     use vodmesh_console::play::{self, Speed};
@@ -255,9 +256,9 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
         "the bytes played are not the bytes ingested"
     );
     assert_eq!(stats.bytes, bytes.len() as u64);
-    assert_eq!(
-        out.writes.first(),
-        Some(&(GROUP as usize)),
+    let first = out.writes.first().copied().unwrap_or_default();
+    assert!(
+        first > 0 && first % GROUP as usize == 0 && first <= play::OUT_BUFFER,
         "{:?}",
         &out.writes[..4]
     );

@@ -46,6 +46,11 @@ pub use crate::session::{
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Verified chunk groups queued from the fetches to the output at most (16 KiB each).
 const EARLY_QUEUE: usize = 64;
+/// Bytes gathered before they go to the output, at most: while verified groups come faster
+/// than the output drains, a pipe or a file is written in pieces of up to this size, not group
+/// by group (each write to tokio's stdout or file is a hop to its blocking pool). Whatever is
+/// gathered goes out as soon as nothing more waits.
+pub const OUT_BUFFER: usize = 1024 * 1024;
 
 /// Why playback stopped short. The `Display` text is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +111,9 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     mut progress: impl FnMut(&Progress<'_>),
 ) -> Result<PlayStats, PlayError> {
     let began = Instant::now();
+    // Flushed whenever nothing more waits to be written, so a player is never kept waiting
+    // on bytes that are here.
+    let mut out = tokio::io::BufWriter::with_capacity(OUT_BUFFER, out);
     let session = Arc::new(Session::open(node, credentials, program).await?);
     let mut ladder = Ladder::new(&session.manifest().content, rendition)?;
     if let Some(l) = &ladder {
@@ -181,6 +189,7 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                         _ => from,
                     };
                     out.write_all(bytes.get(from..).unwrap_or_default()).await?;
+                    out.flush().await?;
                 }
                 Action::Progress => {
                     let mut p = playback.progress(Instant::now(), session.waits());
@@ -233,9 +242,12 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                     // queue leaves the rest to the segment's end.
                     if start <= written && written < end {
                         out.write_all(&bytes[written - start..]).await?;
-                        out.flush().await?;
                         head = Some((run, index, end));
                     }
+                }
+                // Gathered while more groups were queued; out once none is.
+                if early_rx.is_empty() {
+                    out.flush().await?;
                 }
                 continue;
             }

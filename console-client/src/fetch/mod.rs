@@ -4,7 +4,9 @@
 //!
 //! A console holds at most one stream per engine at a time ([`EngineSlots`]): the segments it
 //! fetches ahead take an engine in turn instead of competing with each other for its
-//! `--max-streams` slots. An engine any fetch found unreachable is named in every fetch's
+//! `--max-streams` slots. At `--speed max` a stream passes its turn on as its last
+//! [`PASS_TURN_AT`] bytes come ([`Turn`]), so the next segment's stream opens while this one
+//! ends rather than after it. An engine any fetch found unreachable is named in every fetch's
 //! `Locate { avoid }` for a while ([`Recent`]), so the others move on at once.
 //!
 //! Streams are asked for in verified mode ([`vodmesh_proto::verified`]): every 16 KiB chunk
@@ -51,6 +53,28 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
 const MAX_SLOTS: usize = 64;
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes of a segment left to come when its stream passes its engine turn on, at `--speed
+/// max`: about the time it takes to open the next stream (a locate, an open, the engine's
+/// answer) at the speed one stream comes.
+pub(crate) const PASS_TURN_AT: u64 = 1024 * 1024;
+
+/// A fetch's turn at its engine ([`EngineSlots`]) while it streams. A fetch whose segment goes
+/// to the output as it comes (`--speed max`, [`Early`]) passes it on once at most
+/// [`PASS_TURN_AT`] bytes are left: for that tail, this console holds two of the engine's
+/// streams. Otherwise the turn ends with the stream.
+pub(super) struct Turn {
+    permit: Option<OwnedSemaphorePermit>,
+    pass_early: bool,
+}
+
+impl Turn {
+    /// `left` bytes of the segment are still to come.
+    pub(super) fn left(&mut self, left: u64) {
+        if self.pass_early && left <= PASS_TURN_AT {
+            self.permit = None;
+        }
+    }
+}
 
 /// Engines this console streams from, one stream each at a time: a fetch takes the engine's
 /// slot before it opens a stream and gives it back when the stream ends.
@@ -450,7 +474,9 @@ impl Fetcher {
             .segment(index.0)
             .ok_or(FetchError::NoSegment(index))?;
         watch.at(None);
+        let began = Instant::now();
         let location = self.locate(manifest, index, retry).await?;
+        let located = began.elapsed();
         watch.at(Some(&location));
         let request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
@@ -460,17 +486,23 @@ impl Fetcher {
             play_from,
             verified: true,
         };
-        let (location, s, _slot, mode) = self
+        let (location, s, slot, mode) = self
             .open(manifest, entry, (location, watch), &request)
             .await?;
+        let mut turn = Turn {
+            permit: Some(slot),
+            pass_early: watch.early.is_some(),
+        };
         watch.at(Some(&location));
+        let opened = began.elapsed();
         let engine = location.engine;
         let (bytes, by_group) = match mode {
-            Mode::Raw => read::raw(entry, engine, s, (partial, watch)).await?,
+            Mode::Raw => read::raw(entry, engine, s, (partial, watch, &mut turn)).await?,
             Mode::Verified { from } => {
-                read::verified(entry, (engine, from), s, (partial, watch)).await?
+                read::verified(entry, (engine, from), s, (partial, watch, &mut turn)).await?
             }
         };
+        tracing::trace!(%index, %engine, ?located, ?opened, read = ?began.elapsed() - opened, "segment attempt timed");
         Ok(Segment {
             location,
             bytes,

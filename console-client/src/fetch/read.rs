@@ -8,7 +8,7 @@ use vodmesh_proto::SegmentHash;
 use vodmesh_proto::manifest::SegmentEntry;
 use vodmesh_proto::verified as tree;
 
-use super::{Attempt, AttemptError, READ_CHUNK, READ_STALL, Watch};
+use super::{Attempt, AttemptError, READ_CHUNK, READ_STALL, Turn, Watch};
 use crate::retry::Ended;
 
 /// A segment's bytes received so far, across the attempts of one fetch.
@@ -20,13 +20,13 @@ pub(super) struct Partial {
 }
 
 /// Reads the rest of segment `entry` from `engine`'s raw stream into `partial` and
-/// verifies the whole, telling `watch` of every byte; the bytes (and whether all were
-/// verified by group: never, here), or how the attempt ended.
+/// verifies the whole, telling `watch` of every byte and `turn` of what is left; the bytes
+/// (and whether all were verified by group: never, here), or how the attempt ended.
 pub(super) async fn raw(
     entry: &SegmentEntry,
     engine: PeerId,
     mut s: libp2p::Stream,
-    (whole, watch): (&mut Partial, &Watch),
+    (whole, watch, turn): (&mut Partial, &Watch, &mut Turn),
 ) -> Result<(Vec<u8>, bool), Attempt> {
     let partial = &mut whole.bytes;
     let size = entry.size as usize;
@@ -40,6 +40,7 @@ pub(super) async fn raw(
         let got = read_more(&mut s, &mut buf[..n], engine, (at, progress)).await?;
         partial.extend_from_slice(&buf[..got]);
         watch.byte();
+        turn.left((size - partial.len()) as u64);
     }
     let _ = s.close().await;
     check_whole(entry, engine, whole)
@@ -73,12 +74,12 @@ fn check_whole(
 /// `from`: each chunk group is checked against the manifest's hash as it comes and then
 /// kept in `partial` (over any raw bytes an earlier attempt left there); one wrong group
 /// or tree node ends the attempt there and the engine is avoided. Holds one group besides
-/// `partial`. Tells `watch` of every read.
+/// `partial`. Tells `watch` of every read, and `turn` of what is left after every group.
 pub(super) async fn verified(
     entry: &SegmentEntry,
     (engine, from): (PeerId, u64),
     mut s: libp2p::Stream,
-    (partial, watch): (&mut Partial, &Watch),
+    (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
 ) -> Result<(Vec<u8>, bool), Attempt> {
     let had = partial.bytes.len();
     let mut decoder = tree::Decoder::new(entry.size, entry.hash, from);
@@ -108,6 +109,7 @@ pub(super) async fn verified(
                     partial.verified = end;
                 }
                 watch.verified(start, buf);
+                turn.left(entry.size.saturating_sub(end));
             }
             Err(cause) => {
                 tracing::warn!(%engine, %cause, "bytes failed verification: engine left");

@@ -588,8 +588,10 @@ impl Blade {
             }
             EngineCommand::Expect { segments } => self.expectations.expect(segments),
             EngineCommand::Preload { segment } => {
-                // Reading it through warms the page cache and verifies every chunk before the
-                // console asks; a bad chunk is caught and dropped here instead of mid-stream.
+                // The kernel reads it into the page cache before the console asks. It is not
+                // read through and hashed here: a verified stream's receiver checks every
+                // group (and leaves this engine at a bad one), and raw reads are checked as
+                // they are served, so a read-through would only read and hash it twice.
                 let Ok(permit) = self.preloads.clone().try_acquire_owned() else {
                     tracing::debug!(%segment, "preload skipped: enough under way");
                     return;
@@ -597,8 +599,8 @@ impl Blade {
                 let store = self.store.clone();
                 self.jobs.spawn(async move {
                     let _permit = permit;
-                    if let Ok(mut reader) = store.open_read(segment).await {
-                        while let Ok(Some(_)) = reader.read_next(1024 * 1024).await {}
+                    if let Ok(reader) = store.open_read(segment).await {
+                        reader.warm().await;
                     }
                 });
             }

@@ -266,7 +266,9 @@ impl StreamService {
     /// the order of [`verified::plan`], in writes of about [`CHUNK`]. The bytes are read without
     /// their chunk groups checked: the console checks every group against the tree and the
     /// manifest's hash (and fails this engine at the first wrong one), so they are not hashed
-    /// here a second time. `sent` counts the segment bytes sent.
+    /// here a second time. The segment is read in blocks of [`CHUNK`], each the one after the
+    /// last (groups come in order), and the next block is read while a write goes out; the two
+    /// block buffers are reused. `sent` counts the segment bytes sent.
     async fn send_verified(
         &self,
         stream: &mut Stream,
@@ -278,8 +280,15 @@ impl StreamService {
         let size = reader.len();
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
         let mut pending = 0u64;
-        // The bytes read last, from `block_at`: a read brings several groups.
+        // The bytes read last, from `block_at`: a read brings several groups; and the block
+        // after it, once read ahead.
         let (mut block, mut block_at) = (Vec::new(), 0u64);
+        let mut ahead: Option<(u64, Vec<u8>)> = None;
+        let mut spare = Vec::new();
+        let failed = |e: crate::store::Error| {
+            tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
+            std::io::Error::other(e)
+        };
         for item in verified::plan(size, from) {
             match item {
                 Item::Parent { index, .. } => {
@@ -292,15 +301,18 @@ impl StreamService {
                     let held = block_at + block.len() as u64;
                     if start < block_at || end > held {
                         // Groups are aligned and CHUNK is a multiple of one: whole groups.
-                        let len = (size - start).min(CHUNK as u64);
-                        let read = tokio::select! {
-                            _ = handover.cancelled() => return Ok(()),
-                            read = reader.read_unchecked(start, len) => read,
+                        let next = match ahead.take() {
+                            Some((at, bytes)) if at == start => bytes,
+                            _ => {
+                                let len = (size - start).min(CHUNK as u64);
+                                let buf = std::mem::take(&mut spare);
+                                tokio::select! {
+                                    _ = handover.cancelled() => return Ok(()),
+                                    read = reader.read_unchecked_into(start, len, buf) => read.map_err(failed)?,
+                                }
+                            }
                         };
-                        block = read.map_err(|e| {
-                            tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
-                            std::io::Error::other(e)
-                        })?;
+                        spare = std::mem::replace(&mut block, next);
                         block_at = start;
                     }
                     let part = (start - block_at) as usize..(end - block_at) as usize;
@@ -312,8 +324,26 @@ impl StreamService {
                 }
             }
             if out.len() >= CHUNK {
-                if !Self::write(stream, &out, handover).await? {
+                // The block after the one held is read while this write goes out.
+                let next_at = block_at + block.len() as u64;
+                let read_ahead = (ahead.is_none() && !block.is_empty() && next_at < size)
+                    .then(|| (next_at, (size - next_at).min(CHUNK as u64)));
+                let (written, read) = match read_ahead {
+                    Some((at, len)) => {
+                        let buf = std::mem::take(&mut spare);
+                        let (written, read) = tokio::join!(
+                            Self::write(stream, &out, handover),
+                            reader.read_unchecked_into(at, len, buf)
+                        );
+                        (written, Some((at, read)))
+                    }
+                    None => (Self::write(stream, &out, handover).await, None),
+                };
+                if !written? {
                     return Ok(());
+                }
+                if let Some((at, read)) = read {
+                    ahead = Some((at, read.map_err(failed)?));
                 }
                 out.clear();
                 *sent += std::mem::take(&mut pending);

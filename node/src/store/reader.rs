@@ -172,6 +172,21 @@ impl Reader {
         }
     }
 
+    /// Asks the kernel to bring a complete segment's file into the page cache, without
+    /// waiting for it or copying a byte (`POSIX_FADV_WILLNEED`): the preload of a segment a
+    /// console was just sent to (claim 16). A hint: a failure is ignored, and every read is
+    /// checked as always (a verified stream by its receiver).
+    pub async fn warm(&self) {
+        let Mode::Complete { file, .. } = &self.mode else {
+            return;
+        };
+        let file = file.clone();
+        let _ = self.inner.disks[self.disk]
+            .worker
+            .run(move || rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::WillNeed))
+            .await;
+    }
+
     /// `(filled, complete)` as this reader sees it.
     pub fn filled(&self) -> (u64, bool) {
         match &self.mode {
@@ -224,6 +239,17 @@ impl Reader {
     /// does not hash what it serves a second time. A segment still filling is read as
     /// [`read_range`](Self::read_range) reads it.
     pub async fn read_unchecked(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        self.read_unchecked_into(offset, len, Vec::new()).await
+    }
+
+    /// [`read_unchecked`](Self::read_unchecked) into `buf`, a buffer an earlier read returned:
+    /// a stream reading block after block allocates (and zeroes) its buffers once.
+    pub async fn read_unchecked_into(
+        &mut self,
+        offset: u64,
+        len: u64,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
         let Mode::Complete { file, .. } = &self.mode else {
             return self.read_range(offset, len).await;
         };
@@ -242,7 +268,7 @@ impl Reader {
         let res = self.inner.disks[self.disk]
             .worker
             .run(move || {
-                let mut buf = vec![0u8; len as usize];
+                buf.resize(len as usize, 0);
                 file.read_exact_at(&mut buf, offset).map(|()| buf)
             })
             .await?;

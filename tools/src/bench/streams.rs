@@ -2,6 +2,10 @@
 //! and memory are its own in `/proc`) streaming to N concurrent consoles, each its own libp2p
 //! peer with its own connection, fetching segment after segment over `/vodmesh/stream/1`.
 //!
+//! Each console asks for verified mode, as `vodmesh-console` does, so the engine serves the
+//! path real consoles use (the tree's parent nodes between the groups, the bytes read without
+//! a second hash); the bench's consoles count the segment's bytes and do not hash them.
+//!
 //! Paced: each console takes bytes at 4 Mbit/s, like a player, after a 1 s buffer. A chunk's
 //! delivery lag is how long after its place in that schedule it was readable; a stall is a
 //! lag beyond the buffer (the player would have run dry; the schedule then restarts, as a
@@ -30,6 +34,7 @@ use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::token::Issuer;
+use vodmesh_proto::verified;
 use vodmesh_proto::{ProgramId, SegmentId, SegmentIndex};
 
 use super::swarm::{NodeProcess, console_token, ingest_into};
@@ -290,11 +295,16 @@ async fn console(
     let mut played = 0u64;
     let mut index = first % SEGMENTS;
     while Instant::now() < end {
-        let Ok(mut s) = open(c, program, engine, SegmentIndex(index as u32)).await else {
+        let Ok((mut s, wire)) = open(c, program, engine, SegmentIndex(index as u32)).await else {
             seen.retries += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        // The segment's bytes and the stream's: a read of `n` stream bytes counts as its share
+        // of the segment (the parent nodes are 64 bytes per 16 KiB group).
+        let media =
+            |read: u64| (u128::from(read) * u128::from(wire.0) / u128::from(wire.1.max(1))) as u64;
+        let mut on_wire = 0u64;
         loop {
             if paced && let Some(o) = origin {
                 // Take bytes no earlier than the buffer ahead of their play time.
@@ -317,7 +327,12 @@ async fn console(
                 }
             };
             let now = Instant::now();
-            seen.bytes += n as u64;
+            let n = {
+                let before = media(on_wire);
+                on_wire += n as u64;
+                media(on_wire) - before
+            };
+            seen.bytes += n;
             if paced {
                 let o = *origin.get_or_insert(now + BUFFER);
                 let due = o + Duration::from_secs_f64(played as f64 / RATE);
@@ -329,7 +344,7 @@ async fn console(
                     origin = Some(now + BUFFER - Duration::from_secs_f64(played as f64 / RATE));
                 }
             }
-            played += n as u64;
+            played += n;
         }
         let _ = s.close().await;
         index = (index + 1) % SEGMENTS;
@@ -337,14 +352,14 @@ async fn console(
     seen
 }
 
-/// Opens a stream to the engine and asks for segment `index` (the caller counts a failure as
-/// a retry).
+/// Opens a stream to the engine and asks for segment `index` in verified mode (the caller
+/// counts a failure as a retry): the stream, and the segment's size and the stream's length.
 async fn open(
     c: &Console,
     program: ProgramId,
     engine: PeerId,
     index: SegmentIndex,
-) -> Result<libp2p::Stream> {
+) -> Result<(libp2p::Stream, (u64, u64))> {
     let mut s = c.client.open_stream(engine, wire::PROTOCOL).await?;
     write_frame(
         &mut s,
@@ -353,17 +368,21 @@ async fn open(
             offset: 0,
             token: Some(c.token.clone()),
             play_from: 0,
-            verified: false,
+            verified: true,
         },
     )
     .await?;
     match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await? {
-        StreamReply::Streaming { .. } => Ok(s),
+        StreamReply::Verified { size, from: 0, .. } => {
+            let wire: u64 = verified::plan(size, 0).map(|i| i.len() as u64).sum();
+            Ok((s, (size, wire)))
+        }
+        StreamReply::Verified { from, .. } => bail!("verified mode from byte {from}, not 0"),
+        StreamReply::Streaming { .. } => bail!("raw bytes, where verified mode was asked for"),
         StreamReply::Refused(why) => bail!("refused: {why}"),
         StreamReply::Swap { filled } => bail!("handed back at byte {filled} of a filling copy"),
         StreamReply::Busy => bail!("the engine is at --max-streams"),
         StreamReply::Absent => bail!("the engine does not hold segment {index}"),
-        StreamReply::Verified { .. } => bail!("verified mode, which was not asked for"),
     }
 }
 
