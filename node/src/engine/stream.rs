@@ -263,12 +263,13 @@ impl StreamService {
     }
 
     /// Verified mode: sends `outboard`'s parent nodes and the segment's groups from `from` in
-    /// the order of [`verified::plan`], in writes of about [`CHUNK`]. The bytes are read without
-    /// their chunk groups checked: the console checks every group against the tree and the
+    /// the order of [`verified::plan`], in writes of about [`CHUNK`]. Each write's buffer is laid
+    /// out first (the parent nodes copied in, room left for the groups) and its groups are
+    /// then read straight into place, in one trip to the disk worker: a stream holds that one
+    /// buffer, reused, and no block of the segment besides. The bytes are read without their
+    /// chunk groups checked: the console checks every group against the tree and the
     /// manifest's hash (and fails this engine at the first wrong one), so they are not hashed
-    /// here a second time. The segment is read in blocks of [`CHUNK`], each the one after the
-    /// last (groups come in order), and the next block is read while a write goes out; the two
-    /// block buffers are reused. `sent` counts the segment bytes sent.
+    /// here a second time. `sent` counts the segment bytes sent.
     async fn send_verified(
         &self,
         stream: &mut Stream,
@@ -277,82 +278,55 @@ impl StreamService {
         (from, handover): (u64, &CancellationToken),
         sent: &mut u64,
     ) -> std::io::Result<()> {
-        let size = reader.len();
+        let mut plan = verified::plan(reader.len(), from);
         let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-        let mut pending = 0u64;
-        // The bytes read last, from `block_at`: a read brings several groups; and the block
-        // after it, once read ahead.
-        let (mut block, mut block_at) = (Vec::new(), 0u64);
-        let mut ahead: Option<(u64, Vec<u8>)> = None;
-        let mut spare = Vec::new();
-        let failed = |e: crate::store::Error| {
-            tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
-            std::io::Error::other(e)
-        };
-        for item in verified::plan(size, from) {
-            match item {
-                Item::Parent { index, .. } => {
-                    let pair = outboard.pair(index).ok_or_else(|| {
-                        std::io::Error::other("the segment's tree is shorter than its size")
-                    })?;
-                    out.extend_from_slice(pair);
-                }
-                Item::Group { start, end, .. } => {
-                    let held = block_at + block.len() as u64;
-                    if start < block_at || end > held {
-                        // Groups are aligned and CHUNK is a multiple of one: whole groups.
-                        let next = match ahead.take() {
-                            Some((at, bytes)) if at == start => bytes,
-                            _ => {
-                                let len = (size - start).min(CHUNK as u64);
-                                let buf = std::mem::take(&mut spare);
-                                tokio::select! {
-                                    _ = handover.cancelled() => return Ok(()),
-                                    read = reader.read_unchecked_into(start, len, buf) => read.map_err(failed)?,
-                                }
+        loop {
+            // This write: `runs` are where its groups go, `(at, offset, len)`.
+            out.clear();
+            let mut runs: Vec<(usize, u64, usize)> = Vec::new();
+            let mut groups = 0u64;
+            while out.len() < CHUNK
+                && let Some(item) = plan.next()
+            {
+                match item {
+                    Item::Parent { index, .. } => {
+                        let pair = outboard.pair(index).ok_or_else(|| {
+                            std::io::Error::other("the segment's tree is shorter than its size")
+                        })?;
+                        out.extend_from_slice(pair);
+                    }
+                    Item::Group { start, end, .. } => {
+                        let (at, len) = (out.len(), (end - start) as usize);
+                        match runs.last_mut() {
+                            // Follows the last group in the file and in the buffer: one read.
+                            Some((a, o, l)) if *a + *l == at && *o + *l as u64 == start => {
+                                *l += len
                             }
-                        };
-                        spare = std::mem::replace(&mut block, next);
-                        block_at = start;
+                            _ => runs.push((at, start, len)),
+                        }
+                        out.resize(at + len, 0);
+                        groups += end - start;
                     }
-                    let part = (start - block_at) as usize..(end - block_at) as usize;
-                    let Some(bytes) = block.get(part) else {
-                        return Err(std::io::Error::other("short read"));
-                    };
-                    out.extend_from_slice(bytes);
-                    pending += end - start;
                 }
             }
-            if out.len() >= CHUNK {
-                // The block after the one held is read while this write goes out.
-                let next_at = block_at + block.len() as u64;
-                let read_ahead = (ahead.is_none() && !block.is_empty() && next_at < size)
-                    .then(|| (next_at, (size - next_at).min(CHUNK as u64)));
-                let (written, read) = match read_ahead {
-                    Some((at, len)) => {
-                        let buf = std::mem::take(&mut spare);
-                        let (written, read) = tokio::join!(
-                            Self::write(stream, &out, handover),
-                            reader.read_unchecked_into(at, len, buf)
-                        );
-                        (written, Some((at, read)))
-                    }
-                    None => (Self::write(stream, &out, handover).await, None),
+            if out.is_empty() {
+                return Ok(());
+            }
+            if !runs.is_empty() {
+                let buf = std::mem::take(&mut out);
+                out = tokio::select! {
+                    _ = handover.cancelled() => return Ok(()),
+                    read = reader.read_unchecked_runs(buf, runs) => read.map_err(|e| {
+                        tracing::warn!(engine = %self.reporter.engine(), error = %e, "stream aborted");
+                        std::io::Error::other(e)
+                    })?,
                 };
-                if !written? {
-                    return Ok(());
-                }
-                if let Some((at, read)) = read {
-                    ahead = Some((at, read.map_err(failed)?));
-                }
-                out.clear();
-                *sent += std::mem::take(&mut pending);
             }
+            if !Self::write(stream, &out, handover).await? {
+                return Ok(());
+            }
+            *sent += groups;
         }
-        if !out.is_empty() && Self::write(stream, &out, handover).await? {
-            *sent += pending;
-        }
-        Ok(())
     }
 
     /// Answers `reply` and closes the stream: the exchange ends before any byte.

@@ -233,34 +233,40 @@ impl Reader {
         self.read_at(offset, len).await
     }
 
-    /// Exactly `len` bytes from `offset` of a complete segment, read without checking its
-    /// chunk groups: for a verified stream (`/vodmesh/stream/1` in verified mode), whose
-    /// receiver checks every group against the segment's tree and hash itself, so the engine
-    /// does not hash what it serves a second time. A segment still filling is read as
+    /// Reads of a complete segment without checking its chunk groups, placed in `buf`: each
+    /// run `(at, offset, len)` reads `len` bytes from `offset` into `buf[at..at + len]`. For a
+    /// verified stream (`/vodmesh/stream/1` in verified mode), whose receiver checks every
+    /// group against the segment's tree and hash itself, so the engine does not hash what it
+    /// serves a second time. Its writes interleave parent nodes and groups; a write's groups
+    /// are read in one trip to the disk worker straight into the buffer it sends, so a stream
+    /// holds that one buffer and no block besides. A segment still filling is read as
     /// [`read_range`](Self::read_range) reads it.
-    pub async fn read_unchecked(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-        self.read_unchecked_into(offset, len, Vec::new()).await
-    }
-
-    /// [`read_unchecked`](Self::read_unchecked) into `buf`, a buffer an earlier read returned:
-    /// a stream reading block after block allocates (and zeroes) its buffers once.
-    pub async fn read_unchecked_into(
+    pub async fn read_unchecked_runs(
         &mut self,
-        offset: u64,
-        len: u64,
         mut buf: Vec<u8>,
+        runs: Vec<(usize, u64, usize)>,
     ) -> Result<Vec<u8>, Error> {
-        let Mode::Complete { file, .. } = &self.mode else {
-            return self.read_range(offset, len).await;
-        };
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(Error::OutOfRange {
-                segment: self.segment,
-                offset,
-                len,
-                size: self.size,
-            });
+        for &(at, offset, len) in &runs {
+            let fits = at.checked_add(len).is_some_and(|end| end <= buf.len());
+            let within = offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= self.size);
+            if !fits || !within {
+                return Err(Error::OutOfRange {
+                    segment: self.segment,
+                    offset,
+                    len: len as u64,
+                    size: self.size,
+                });
+            }
         }
+        let Mode::Complete { file, .. } = &self.mode else {
+            for (at, offset, len) in runs {
+                let bytes = self.read_range(offset, len as u64).await?;
+                buf[at..at + len].copy_from_slice(&bytes);
+            }
+            return Ok(buf);
+        };
         if !self.still_stored() {
             return Err(Error::NotFound(self.segment));
         }
@@ -268,8 +274,10 @@ impl Reader {
         let res = self.inner.disks[self.disk]
             .worker
             .run(move || {
-                buf.resize(len as usize, 0);
-                file.read_exact_at(&mut buf, offset).map(|()| buf)
+                for (at, offset, len) in runs {
+                    file.read_exact_at(&mut buf[at..at + len], offset)?;
+                }
+                Ok(buf)
             })
             .await?;
         res.map_err(|e| {

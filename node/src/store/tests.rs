@@ -747,3 +747,32 @@ async fn a_segment_keeps_its_chunk_group_tree_and_one_stored_without_gets_it_on_
     store.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn runs_of_a_segment_are_read_into_their_places_and_runs_out_of_range_are_refused()
+-> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let id = seg(8, 0);
+    let data = bytes(8, 100_000);
+    put(&store, id, &data).await?;
+    let mut reader = store.open_read(id).await?;
+    // Two runs between bytes left as they are (a verified stream's parent nodes).
+    let mut buf = vec![7u8; 64 + 16_384 + 64 + 1_000];
+    buf[..64].fill(1);
+    let runs = vec![(64, 16_384, 16_384), (64 + 16_384 + 64, 99_000, 1_000)];
+    let read = reader.read_unchecked_runs(buf, runs).await?;
+    assert!(read[..64].iter().all(|b| *b == 1));
+    assert_eq!(&read[64..64 + 16_384], &data[16_384..32_768]);
+    assert!(read[64 + 16_384..64 + 16_384 + 64].iter().all(|b| *b == 7));
+    assert_eq!(&read[64 + 16_384 + 64..], &data[99_000..]);
+    // Past the segment's end, or past the buffer's: refused, nothing read.
+    for run in [(0, 99_500, 1_000), (100, 0, 1_000), (usize::MAX, 0, 2)] {
+        let refused = reader.read_unchecked_runs(vec![0; 1_000], vec![run]).await;
+        assert!(
+            matches!(refused, Err(Error::OutOfRange { .. })),
+            "{run:?}: {refused:?}"
+        );
+    }
+    Ok(())
+}
