@@ -44,8 +44,10 @@ pub use crate::session::{
 
 /// How often progress is reported while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// Verified chunk groups queued from the fetches to the output at most (16 KiB each).
-const EARLY_QUEUE: usize = 64;
+/// Verified chunk groups queued from the fetches to the output at most (16 KiB each: 4 MiB).
+/// A group that finds the queue full is dropped and the rest of its segment waits for the
+/// segment's end, so the queue holds what the window's streams bring while the output drains.
+const EARLY_QUEUE: usize = 256;
 /// Bytes gathered before they go to the output, at most: while verified groups come faster
 /// than the output drains, a pipe or a file is written in pieces of up to this size, not group
 /// by group (each write to tokio's stdout or file is a hop to its blocking pool). Whatever is
@@ -143,6 +145,11 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     // fetches verify them (`Playback::streaming_head`); `head` is how far it was written.
     let (early_tx, mut early_rx) = mpsc::channel::<EarlyBytes>(EARLY_QUEUE);
     let mut head: Option<(Run, SegmentIndex, usize)> = None;
+    // Verified groups of segments fetched ahead of the head (the next stream opens before
+    // this one ends, `fetch::Turn`), by run and segment: written once theirs is the head, so
+    // a boundary does not wait for the next segment's fetch to end. At most the fetch
+    // window's segments (three at `--speed max`); dropped with their run.
+    let mut ahead: HashMap<(u32, SegmentIndex), Groups> = HashMap::new();
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -209,6 +216,22 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             }
         }
+        // A segment that just became the head: what its fetch verified so far goes out now.
+        if let Some((run, next, from)) = playback.streaming_head() {
+            // Groups of another run, or of a segment written whole before it was the head.
+            ahead.retain(|&(tag, index), _| tag == run.id() && index >= next);
+            if let Some(groups) = ahead.remove(&(run.id(), next)) {
+                let mut written = match head {
+                    Some((r, i, written)) if r == run && i == next => written,
+                    _ => from,
+                };
+                for (start, bytes) in groups {
+                    written = write_on(&mut out, written, start, &bytes).await?;
+                }
+                out.flush().await?;
+                head = Some((run, next, written));
+            }
+        }
         let release = playback.wake_at();
         // Biased: a viewer's key goes before anything else, as it always did; then a
         // segment already fetched, then fetches ending, release times and ticks.
@@ -228,22 +251,20 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
             Some((tag, index, start, bytes)) = early_rx.recv() => {
-                if let Some((run, next, from)) = playback.streaming_head()
-                    && run.id() == tag
-                    && next == index
-                {
-                    let written = match head {
-                        Some((r, i, written)) if r == run && i == index => written,
-                        _ => from,
-                    };
-                    let start = usize::try_from(start).unwrap_or(usize::MAX);
-                    let end = start.saturating_add(bytes.len());
-                    // Only bytes that continue what was written: a group dropped from a full
-                    // queue leaves the rest to the segment's end.
-                    if start <= written && written < end {
-                        out.write_all(&bytes[written - start..]).await?;
-                        head = Some((run, index, end));
+                match playback.streaming_head() {
+                    Some((run, next, from)) if run.id() == tag && next == index => {
+                        let written = match head {
+                            Some((r, i, written)) if r == run && i == index => written,
+                            _ => from,
+                        };
+                        let written = write_on(&mut out, written, start, &bytes).await?;
+                        head = Some((run, index, written));
                     }
+                    // A segment after the head, of this run: kept until it is the head.
+                    Some((run, next, _)) if run.id() == tag && index > next => {
+                        ahead.entry((tag, index)).or_default().push((start, bytes));
+                    }
+                    _ => {}
                 }
                 // Gathered while more groups were queued; out once none is.
                 if early_rx.is_empty() {
@@ -280,5 +301,28 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
             let was = std::mem::replace(c, playback.clock());
             was != *c
         });
+    }
+}
+
+/// Verified groups of one segment, each with the byte of the segment it starts at.
+type Groups = Vec<(u64, Vec<u8>)>;
+
+/// Writes what of the verified bytes `bytes`, from byte `start` of a segment, continues the
+/// `written` bytes of it already out; returns how many are out now. A group that does not
+/// continue them (one dropped from a full queue came before it) is left to the segment's end.
+async fn write_on<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    written: usize,
+    start: u64,
+    bytes: &[u8],
+) -> Result<usize, std::io::Error> {
+    let start = usize::try_from(start).unwrap_or(usize::MAX);
+    let end = start.saturating_add(bytes.len());
+    match bytes.get(written.wrapping_sub(start)..) {
+        Some(rest) if start <= written && written < end => {
+            out.write_all(rest).await?;
+            Ok(end)
+        }
+        _ => Ok(written),
     }
 }

@@ -502,7 +502,7 @@ impl Fetcher {
                 read::verified(entry, (engine, from), s, (partial, watch, &mut turn)).await?
             }
         };
-        tracing::trace!(%index, %engine, ?located, ?opened, read = ?began.elapsed() - opened, "segment attempt timed");
+        tracing::trace!(%index, %engine, ?located, ?opened, read = ?began.elapsed().saturating_sub(opened), "segment attempt timed");
         Ok(Segment {
             location,
             bytes,
