@@ -148,7 +148,7 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     // Verified groups of segments fetched ahead of the head (the next stream opens before
     // this one ends, `fetch::Turn`), by run and segment: written once theirs is the head, so
     // a boundary does not wait for the next segment's fetch to end. At most the fetch
-    // window's segments (three at `--speed max`); dropped with their run.
+    // window's segments (two at `--speed max`); dropped with their run.
     let mut ahead: HashMap<(u32, SegmentIndex), Groups> = HashMap::new();
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
