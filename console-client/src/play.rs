@@ -145,11 +145,13 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     // fetches verify them (`Playback::streaming_head`); `head` is how far it was written.
     let (early_tx, mut early_rx) = mpsc::channel::<EarlyBytes>(EARLY_QUEUE);
     let mut head: Option<(Run, SegmentIndex, usize)> = None;
-    // Verified groups of segments fetched ahead of the head (the next stream opens before
-    // this one ends, `fetch::Turn`), by run and segment: written once theirs is the head, so
-    // a boundary does not wait for the next segment's fetch to end. At most the fetch
-    // window's segments (two at `--speed max`); dropped with their run.
+    // Verified groups as they come, by run and segment, until theirs is the head: the next
+    // stream opens before this one ends (`fetch::Turn`), and a boundary does not wait for the
+    // next segment's fetch to end. At most the fetch window's segments (two at `--speed
+    // max`); dropped with their run.
     let mut ahead: HashMap<(u32, SegmentIndex), Groups> = HashMap::new();
+    // Groups written to `out` and not flushed yet.
+    let mut gathered = false;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -216,7 +218,8 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             }
         }
-        // A segment that just became the head: what its fetch verified so far goes out now.
+        // The head's verified groups go out: those just come, and those its fetch verified
+        // before it became the head.
         if let Some((run, next, from)) = playback.streaming_head() {
             // Groups of another run, or of a segment written whole before it was the head.
             ahead.retain(|&(tag, index), _| tag == run.id() && index >= next);
@@ -228,9 +231,14 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 for (start, bytes) in groups {
                     written = write_on(&mut out, written, start, &bytes).await?;
                 }
-                out.flush().await?;
                 head = Some((run, next, written));
+                gathered = true;
             }
+        }
+        // Gathered while more groups were queued; out once none is.
+        if gathered && early_rx.is_empty() {
+            out.flush().await?;
+            gathered = false;
         }
         let release = playback.wake_at();
         // Biased: a viewer's key goes before anything else, as it always did; then a
@@ -251,24 +259,13 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
             Some((tag, index, start, bytes)) = early_rx.recv() => {
-                match playback.streaming_head() {
-                    Some((run, next, from)) if run.id() == tag && next == index => {
-                        let written = match head {
-                            Some((r, i, written)) if r == run && i == index => written,
-                            _ => from,
-                        };
-                        let written = write_on(&mut out, written, start, &bytes).await?;
-                        head = Some((run, index, written));
-                    }
-                    // A segment after the head, of this run: kept until it is the head.
-                    Some((run, next, _)) if run.id() == tag && index > next => {
-                        ahead.entry((tag, index)).or_default().push((start, bytes));
-                    }
-                    _ => {}
-                }
-                // Gathered while more groups were queued; out once none is.
-                if early_rx.is_empty() {
-                    out.flush().await?;
+                // The head's or a later segment's of this run: written above once it is the
+                // head.
+                if let Some((run, next, _)) = playback.streaming_head()
+                    && run.id() == tag
+                    && index >= next
+                {
+                    ahead.entry((tag, index)).or_default().push((start, bytes));
                 }
                 continue;
             }
