@@ -27,8 +27,9 @@ use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::{require, status, wait};
 
-/// The source station the director chose for each segment it missed: `(index, source)`.
-fn choices(node: &NodeProcess) -> Vec<(u32, String)> {
+/// The source station the director chose for each segment it missed: `(program, index,
+/// source)`.
+fn choices(node: &NodeProcess) -> Vec<(String, u32, String)> {
     node.log()
         .lines()
         .filter(|l| l.contains("miss: copying from the cheapest station"))
@@ -38,10 +39,16 @@ fn choices(node: &NodeProcess) -> Vec<(u32, String)> {
                     .find_map(|w| w.strip_prefix(name))
                     .map(str::to_string)
             };
-            let index = field("segment=")?.rsplit('/').next()?.parse().ok()?;
-            Some((index, field("source=")?))
+            let segment = field("segment=")?;
+            let (program, index) = segment.rsplit_once('/')?;
+            Some((program.to_string(), index.parse().ok()?, field("source=")?))
         })
         .collect()
+}
+
+/// Lines of `node`'s log that hold `needle`.
+fn count(node: &NodeProcess, needle: &str) -> usize {
+    node.log().lines().filter(|l| l.contains(needle)).count()
 }
 
 /// Three hosts: the home (10.77.0.1, holds the program, advertises 20 Mbit/s), station a
@@ -55,10 +62,13 @@ struct Trio {
     c_ns: String,
     program: String,
     bytes: Vec<u8>,
+    /// Programs after the first (`Trio::start`'s `segments`), each with its bytes.
+    more: Vec<(String, Vec<u8>)>,
 }
 
 impl Trio {
-    fn start(hosts: &Hosts, a_args: &[&str], segments: usize) -> Result<Self> {
+    /// A program of `segments[0]` segments of 1 MiB, and one more for each count after it.
+    fn start(hosts: &Hosts, a_args: &[&str], segments: &[usize]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let h = hosts.ns(1);
         let home = Node::new(&dir.path().join("home"))
@@ -82,16 +92,15 @@ impl Trio {
             Ok(node)
         };
         let a = enrolled("a", 2, a_args)?;
-        // A program of 1 MiB segments, replicated to a.
-        let source = dir.path().join("program.bin");
-        let bytes = random_file(&source, segments * 1024 * 1024, 41)?;
-        let program = Ingest::new(&home.addr, &home.key(), "shaped", &source)
-            .in_netns(&h)
-            .publish_now()
-            .segment_size(1024 * 1024)
-            .replicas(1)
-            .run()?;
-        a.wait_log("ReplicaComplete", Duration::from_secs(60))?;
+        // Replicated to a before c joins (the home's pick of a replica station).
+        let mut programs = (segments.iter().enumerate())
+            .map(|(i, n)| replicated(&dir, hosts, &home, &a, &format!("shaped{i}"), *n))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let Some((program, bytes)) = programs.next() else {
+            bail!("a trio plays at least one program");
+        };
+        let more = programs.collect();
         let c_ns = hosts.ns(3);
         let c = enrolled("c", 3, &["--bandwidth", "10000"])?;
         let console = dir.path().join("console");
@@ -104,15 +113,50 @@ impl Trio {
             c_ns,
             program,
             bytes,
+            more,
         })
     }
 
     /// Plays the program at c, from host c, at full speed; returns the bytes played.
     fn play(&self) -> Result<Vec<u8>> {
+        self.play_program(&self.program)
+    }
+
+    /// Plays `program` at c, from host c, at full speed; returns the bytes played.
+    fn play_program(&self, program: &str) -> Result<Vec<u8>> {
         let console = self.dir.path().join("console");
-        let play = Play::new(&console, &self.c.addr, &self.program).in_netns(&self.c_ns);
+        let play = Play::new(&console, &self.c.addr, program).in_netns(&self.c_ns);
         Ok(play.run()?.bytes)
     }
+}
+
+/// Ingests a program `name` of `segments` segments of 1 MiB at `home`, replicated to `a`;
+/// returns its id and bytes once `a` holds the whole of it.
+fn replicated(
+    dir: &tempfile::TempDir,
+    hosts: &Hosts,
+    home: &NodeProcess,
+    a: &NodeProcess,
+    name: &str,
+    segments: usize,
+) -> Result<(String, Vec<u8>)> {
+    let source = dir.path().join(format!("{name}.bin"));
+    let seed = 41 + count(a, "kind=ReplicaComplete") as u64;
+    let bytes = random_file(&source, segments * 1024 * 1024, seed)?;
+    let program = Ingest::new(&home.addr, &home.key(), name, &source)
+        .in_netns(&hosts.ns(1))
+        .publish_now()
+        .segment_size(1024 * 1024)
+        .replicas(1)
+        .run()?;
+    let short = program.get(..8).unwrap_or(&program).to_string();
+    wait::blocking(
+        &format!("a to hold the whole of {name}"),
+        Duration::from_secs(60),
+        || Ok((a.log().lines()).any(|l| l.contains("kind=ReplicaComplete") && l.contains(&short))),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}: {program}; a's log:\n{}", a.log()))?;
+    Ok((program, bytes))
 }
 
 #[test]
@@ -123,31 +167,48 @@ fn measured_links_beat_advertised_ones() -> Result<()> {
     // a's link: 4 Mbit/s and 20 ms, though it advertises 10 Gbit/s; the home's link is
     // unshaped, though it advertises 20 Mbit/s.
     hosts.shape(2, "4mbit", "20ms", "0%")?;
-    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], 4)?;
-    assert!(trio.play()? == trio.bytes, "played bytes differ");
-    // c logs a decision when its gather for a segment ends, which may be after the console
-    // finished (a fetch silent for 2 s at `--speed max` is hedged at another holder): waited
-    // for, not read once.
-    let waited = wait::blocking(
-        "c's decision for each segment",
-        Duration::from_secs(30),
-        || Ok(choices(&trio.c).len() >= 4),
-    );
-    let decided = choices(&trio.c);
-    if let Err(e) = waited {
-        bail!("{e:#}: {decided:?}");
-    }
-    let from = |index: u32| {
-        decided
-            .iter()
-            .find(|(i, _)| *i == index)
-            .map(|(_, s)| s.clone())
+    // The first program: one segment, whose copy to c believes the adverts and measures
+    // a's link.
+    // The second: three segments, all fetched at once at `--speed max`, each missed at c
+    // once the first copy is measured.
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], &[1, 3])?;
+    let Some((second, second_bytes)) = trio.more.first() else {
+        bail!("no second program");
     };
-    assert_eq!(decided.len(), 4, "one decision per segment: {decided:?}");
-    // Believing the adverts, the first copy comes from a; measured, a's link is slow, and
-    // the last segment comes from the home.
-    assert_eq!(from(0), Some(trio.a.peer()), "{decided:?}");
-    assert_eq!(from(3), Some(trio.home.peer()), "{decided:?}");
+    assert!(trio.play()? == trio.bytes, "played bytes differ");
+    // c measures a's link when the copy ends, which may be after the console finished (the
+    // console may have been sent on to another holder): waited for, not read once.
+    wait::blocking(
+        "c to store its copy of the first program",
+        Duration::from_secs(30),
+        || Ok(count(&trio.c, "kind=Tabled") >= 1),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}: {:?}", choices(&trio.c)))?;
+    assert!(
+        trio.play_program(second)? == *second_bytes,
+        "played bytes differ"
+    );
+    let of = |program: &str| -> Vec<(u32, String)> {
+        (choices(&trio.c).into_iter())
+            .filter(|(p, _, _)| p == program)
+            .map(|(_, i, s)| (i, s))
+            .collect()
+    };
+    // Believing the adverts, the first copy comes from a.
+    assert_eq!(of(&trio.program), vec![(0, trio.a.peer())]);
+    // Measured, a's link is slow: every copy of the second program comes from the home.
+    let second_choices = of(second);
+    assert!(
+        !second_choices.is_empty(),
+        "c copied none of the second program"
+    );
+    for (index, source) in &second_choices {
+        assert_eq!(
+            *source,
+            trio.home.peer(),
+            "segment {index} of the second program: {second_choices:?}"
+        );
+    }
     Ok(())
 }
 
@@ -159,14 +220,14 @@ fn a_link_cut_during_a_copy_is_survived() -> Result<()> {
         return Ok(());
     };
     // a serves copies at 4 Mbit/s: a 1 MiB segment takes two seconds.
-    let trio = Trio::start(&hosts, &["--bandwidth", "10000", "--copy-rate", "4"], 2)?;
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000", "--copy-rate", "4"], &[2])?;
     std::thread::scope(|scope| -> Result<()> {
         let playing = scope.spawn(|| trio.play());
         // Once c chose a for its first copy and the copy's first bytes are in (a write in
         // progress on c's engine), a's link goes down mid-copy.
         let a_peer = trio.a.peer();
         wait::blocking("c to choose a", Duration::from_secs(30), || {
-            Ok(choices(&trio.c).iter().any(|(_, s)| *s == a_peer))
+            Ok(choices(&trio.c).iter().any(|(_, _, s)| *s == a_peer))
         })?;
         let filling = trio.c.data.join("engines/0");
         wait::blocking("the copy from a to begin", Duration::from_secs(30), || {
@@ -197,7 +258,7 @@ fn loss_and_delay_keep_playback_correct() -> Result<()> {
             return Ok(());
         }
     }
-    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], 3)?;
+    let trio = Trio::start(&hosts, &["--bandwidth", "10000"], &[3])?;
     assert!(trio.play()? == trio.bytes, "played bytes differ");
     Ok(())
 }

@@ -147,7 +147,7 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     let mut head: Option<(Run, SegmentIndex, usize)> = None;
     // Verified groups as they come, by run and segment, until theirs is the head: the next
     // stream opens before this one ends (`fetch::Turn`), and a boundary does not wait for the
-    // next segment's fetch to end. At most the fetch window's segments (two at `--speed
+    // next segment's fetch to end. At most the fetch window's segments (three at `--speed
     // max`); dropped with their run.
     let mut ahead: HashMap<(u32, SegmentIndex), Groups> = HashMap::new();
     // Groups written to `out` and not flushed yet.

@@ -11,7 +11,7 @@
 //! - **Runs.** Playback is a run of segments from a start position; a seek starts a new run
 //!   (the fetches of the old one are dropped, their results ignored). An fMP4 program's run
 //!   starts with its init segment ([`run_segments`]).
-//! - **Window.** A run fetches ahead: two segments at `--speed max`, enough to cover the
+//! - **Window.** A run fetches ahead: three segments at `--speed max`, enough to cover the
 //!   buffer at `--speed 1` (at most eight); segments are written in order, a segment fetched
 //!   early waits for those before it.
 //! - **Clock.** The play position runs on the wall clock from the first segment written,
@@ -189,8 +189,10 @@ pub(crate) fn position_of(content: &ManifestContent, at_ms: u64) -> (SegmentInde
     }
 }
 
-/// Segments fetched at once: two at `--speed max`; at `--speed 1` one more than it takes to
-/// fill the buffer with segments of the program's mean length, at most [`MAX_WINDOW`].
+/// Segments fetched at once: three at `--speed max` (the next two segments' locates and opens
+/// overlap the one streaming, so a boundary rarely waits for a stream to open); at
+/// `--speed 1` one more than it takes to fill the buffer with segments of the program's mean
+/// length, at most [`MAX_WINDOW`].
 pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
     match speed {
         Speed::Realtime { buffer } => {
@@ -199,7 +201,7 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
             let to_fill = (buffer.as_millis() as u64).div_ceil(per);
             to_fill.clamp(1, MAX_WINDOW - 1) as usize + 1
         }
-        Speed::Max => 2,
+        Speed::Max => 3,
     }
 }
 
@@ -847,7 +849,7 @@ mod tests {
     #[test]
     fn the_window_covers_the_buffer_and_refills_as_segments_are_written() {
         let content = program(BYTES, 20);
-        assert_eq!(window(Speed::Max, &content), 2);
+        assert_eq!(window(Speed::Max, &content), 3);
         assert_eq!(
             window(Speed::REALTIME, &content),
             5,
@@ -863,20 +865,20 @@ mod tests {
         assert_eq!(window(none, &content), 2, "at least one segment ahead");
 
         let (mut sim, first) = Sim::start(&content, Speed::Max, 0);
-        assert_eq!(fetches(&first), vec![(0, 0), (1, 0)]);
+        assert_eq!(fetches(&first), vec![(0, 0), (1, 0), (2, 0)]);
         // Segment 1 first: it waits for segment 0, and nothing new is fetched.
         let early = sim.fetched(5, 1);
         assert!(written(&early).is_empty() && fetches(&early).is_empty());
         assert!(!sim.playback.wants_step());
-        // Segment 0: written, and the window refilled with segment 2.
+        // Segment 0: written, and the window refilled with segment 3.
         let zero = sim.fetched(6, 0);
         assert_eq!(written(&zero), vec![1000]);
-        assert_eq!(fetches(&zero), vec![(2, 0)]);
+        assert_eq!(fetches(&zero), vec![(3, 0)]);
         // Segment 1 was ready all along: the driver steps again at once and writes it.
         assert!(sim.playback.wants_step());
         let one = sim.tick(6);
         assert_eq!(written(&one), vec![1000]);
-        assert_eq!(fetches(&one), vec![(3, 0)]);
+        assert_eq!(fetches(&one), vec![(4, 0)]);
         assert_eq!(sim.playback.progress(sim.at(6), 0).stats.segments, 2);
     }
 
@@ -985,7 +987,7 @@ mod tests {
         // Two segments written (2 s): forward 2.5 s, into segment 4 at its half.
         let seek = sim.control(10, Control::Seek(2500));
         assert!(matches!(seek.first(), Some(Action::CancelFetches)));
-        assert_eq!(fetches(&seek), vec![(4, 500), (5, 0)]);
+        assert_eq!(fetches(&seek), vec![(4, 500), (5, 0), (6, 0)]);
         assert_ne!(sim.run, old);
         // A fetch of the old run that still comes back is ignored.
         let stale = sim.playback.handle(
@@ -1017,14 +1019,14 @@ mod tests {
     fn an_fmp4_seek_writes_the_init_segment_again_from_a_segment_start() {
         let content = program(FMP4, 6);
         let (mut sim, first) = Sim::start(&content, Speed::Max, 0);
-        assert_eq!(fetches(&first), vec![(0, 0), (1, 0)]);
+        assert_eq!(fetches(&first), vec![(0, 0), (1, 0), (2, 0)]);
         sim.fetched(0, 0);
         sim.tick(0);
         sim.fetched(0, 1);
         // HLS media is entered at a segment's start: 1 s + 2.5 s falls in segment 4 (the
         // init segment is 0), played from its first byte after the init segment.
         let seek = sim.control(10, Control::Seek(2500));
-        assert_eq!(fetches(&seek), vec![(0, 0), (4, 0)]);
+        assert_eq!(fetches(&seek), vec![(0, 0), (4, 0), (5, 0)]);
     }
 
     #[test]
