@@ -1,7 +1,8 @@
 //! vodmesh's stream behaviour between real libp2p peers on 127.0.0.1 (TCP, noise, yamux):
 //! inbound streams queue up to their bound and none is dropped; past the bound the opener is
-//! told `Busy`; an open to a peer not yet connected dials it; many openers at once all get
-//! through. Every wait is on an event (a stream, an answer), none on a timer.
+//! told `Busy`; one peer past its share of the queue is told `Busy` while another peer's
+//! streams are still queued; an open to a peer not yet connected dials it; many openers at
+//! once all get through. Every wait is on an event (a stream, an answer), none on a timer.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -56,9 +57,17 @@ fn run(mut swarm: Swarm<Behaviour>, addr: Option<Multiaddr>) -> Peer {
 }
 
 /// A peer listening on 127.0.0.1 (its address known once it listens), accepting `PROTOCOL`
-/// with an inbound queue of `bound`.
+/// with an inbound queue of `bound`, all of which one peer may hold.
 async fn listener(bound: usize) -> Result<(Peer, IncomingStreams)> {
-    let mut s = swarm(Config::default().with_inbound_queue(bound))?;
+    shared_listener(bound, bound).await
+}
+
+/// [`listener`], with at most `per_peer` places of the queue held by one peer.
+async fn shared_listener(bound: usize, per_peer: usize) -> Result<(Peer, IncomingStreams)> {
+    let config = Config::default()
+        .with_inbound_queue(bound)
+        .with_inbound_per_peer(per_peer);
+    let mut s = swarm(config)?;
     s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let addr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
@@ -152,6 +161,48 @@ async fn past_the_bound_the_opener_is_told_busy_and_at_the_bound_nobody_is() -> 
         tags.extend(rest.iter().map(|&(_, t)| t));
         assert_eq!(tags, (0..=BOUND).collect::<HashSet<_>>());
         drop((held, next));
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_past_its_share_is_told_busy_while_another_peer_is_still_queued() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        const BOUND: usize = 16;
+        const SHARE: u32 = 4;
+        let (server, mut incoming) = shared_listener(BOUND, SHARE as usize).await?;
+        let flood = opener(&server)?;
+        let other = opener(&server)?;
+        // The flooding peer's share is queued; past it, it is told busy though the queue has
+        // room.
+        let mut held = Vec::new();
+        for tag in 0..SHARE {
+            held.push(open_tagged(flood.control.clone(), server.id, tag).await?);
+        }
+        let mut control = flood.control.clone();
+        for _ in 0..4 {
+            match control.open_stream(server.id, PROTOCOL).await {
+                Err(OpenStreamError::Busy(p)) => assert_eq!(p, PROTOCOL),
+                other => panic!("expected busy, got {:?}", other.map(|_| "a stream")),
+            }
+        }
+        // The control case: another peer's streams are queued meanwhile, its share in full.
+        for tag in 0..SHARE {
+            held.push(open_tagged(other.control.clone(), server.id, 100 + tag).await?);
+        }
+        // A stream the application takes gives its peer's place back: the flooding peer's
+        // first stream taken, it is queued once more.
+        let first = take_tags(&mut incoming, 1).await?;
+        assert_eq!(first, HashSet::from([(flood.id, 0)]));
+        held.push(open_tagged(flood.control.clone(), server.id, SHARE).await?);
+        let rest = take_tags(&mut incoming, 2 * SHARE as usize).await?;
+        let want: HashSet<(PeerId, u32)> = (1..=SHARE)
+            .map(|t| (flood.id, t))
+            .chain((0..SHARE).map(|t| (other.id, 100 + t)))
+            .collect();
+        assert_eq!(rest, want);
+        drop(held);
         Ok(())
     })
     .await?

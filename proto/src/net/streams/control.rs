@@ -152,7 +152,10 @@ impl futures::Stream for IncomingStreams {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut inbox = lock(&self.inbox);
         match inbox.queue.pop_front() {
-            Some(next) => Poll::Ready(Some(next)),
+            Some(next) => {
+                inbox.release(&next.0);
+                Poll::Ready(Some(next))
+            }
             None => {
                 inbox.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -166,12 +169,14 @@ impl Drop for IncomingStreams {
         let mut inbox = lock(&self.inbox);
         inbox.open = false;
         inbox.queue.clear();
+        inbox.by_peer.clear();
     }
 }
 
 /// Every protocol's inbox, shared by the behaviour's handlers and the [`Control`]s.
 pub(super) struct Inboxes {
     bound: usize,
+    per_peer: usize,
     by_protocol: HashMap<StreamProtocol, Arc<Mutex<Inbox>>>,
 }
 
@@ -181,9 +186,25 @@ struct Inbox {
     /// Places taken by streams whose status byte is being written.
     reserved: usize,
     bound: usize,
+    /// Places one peer may hold (queued or reserved).
+    per_peer: usize,
+    /// Places each peer holds now; peers holding none are not kept.
+    by_peer: HashMap<PeerId, usize>,
     waker: Option<Waker>,
     /// False once its [`IncomingStreams`] is dropped.
     open: bool,
+}
+
+impl Inbox {
+    /// `peer` gives back one place (taken by the application, or never filled).
+    fn release(&mut self, peer: &PeerId) {
+        if let Some(held) = self.by_peer.get_mut(peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.by_peer.remove(peer);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,9 +213,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inboxes {
-    pub(super) fn new(bound: usize) -> Self {
+    pub(super) fn new(bound: usize, per_peer: usize) -> Self {
         Self {
             bound: bound.max(1),
+            per_peer: per_peer.max(1),
             by_protocol: HashMap::new(),
         }
     }
@@ -212,6 +234,8 @@ impl Inboxes {
             queue: VecDeque::new(),
             reserved: 0,
             bound: self.bound,
+            per_peer: self.per_peer,
+            by_peer: HashMap::new(),
             waker: None,
             open: true,
         }));
@@ -228,40 +252,47 @@ impl Inboxes {
             .collect()
     }
 
-    /// A place in `protocol`'s queue, or `None` when it is full (or no longer accepted).
-    pub(super) fn reserve(&self, protocol: &StreamProtocol) -> Option<Place> {
+    /// A place in `protocol`'s queue for a stream from `peer`, or `None` when the queue is
+    /// full, `peer` holds its share of it already, or the protocol is no longer accepted.
+    pub(super) fn reserve(&self, protocol: &StreamProtocol, peer: PeerId) -> Option<Place> {
         let inbox = self.by_protocol.get(protocol)?;
         let mut i = lock(inbox);
-        if !i.open || i.queue.len() + i.reserved >= i.bound {
+        let held = i.by_peer.get(&peer).copied().unwrap_or(0);
+        if !i.open || i.queue.len() + i.reserved >= i.bound || held >= i.per_peer {
             return None;
         }
         i.reserved += 1;
+        i.by_peer.insert(peer, held + 1);
         drop(i);
         Some(Place {
             inbox: Some(inbox.clone()),
+            peer,
         })
     }
 }
 
-/// A reserved place in a protocol's queue: filled with a stream, or given back when dropped.
+/// A reserved place in a protocol's queue, held by a peer: filled with its stream, or given
+/// back when dropped.
 pub(super) struct Place {
     inbox: Option<Arc<Mutex<Inbox>>>,
+    peer: PeerId,
 }
 
 impl Place {
-    /// Queues `stream` from `peer` in the place (dropping it if the protocol is no longer
-    /// accepted).
-    pub(super) fn fill(mut self, peer: PeerId, stream: Stream) {
+    /// Queues `stream` in the place (dropping it if the protocol is no longer accepted).
+    pub(super) fn fill(mut self, stream: Stream) {
         let Some(inbox) = self.inbox.take() else {
             return;
         };
         let mut i = lock(&inbox);
         i.reserved = i.reserved.saturating_sub(1);
         if i.open {
-            i.queue.push_back((peer, stream));
+            i.queue.push_back((self.peer, stream));
             if let Some(w) = i.waker.take() {
                 w.wake();
             }
+        } else {
+            i.release(&self.peer);
         }
     }
 }
@@ -271,6 +302,7 @@ impl Drop for Place {
         if let Some(inbox) = self.inbox.take() {
             let mut i = lock(&inbox);
             i.reserved = i.reserved.saturating_sub(1);
+            i.release(&self.peer);
         }
     }
 }

@@ -150,17 +150,17 @@ impl InboundUpgrade<Stream> for Accept {
     fn upgrade_inbound(self, mut stream: Stream, protocol: StreamProtocol) -> Self::Future {
         // The place is taken before the byte is written, so that the byte never promises more
         // places than the queue has.
-        let place = Inboxes::lock(&self.inboxes).reserve(&protocol);
         let remote = self.remote;
+        let place = Inboxes::lock(&self.inboxes).reserve(&protocol, remote);
         async move {
             match place {
                 Some(place) => {
                     stream.write_all(&[QUEUED]).await?;
                     stream.flush().await?;
-                    place.fill(remote, stream);
+                    place.fill(stream);
                 }
                 None => {
-                    tracing::debug!(peer = %remote, %protocol, "inbound queue full: answering busy");
+                    tracing::debug!(peer = %remote, %protocol, "inbound queue full, or the peer holds its share of it: answering busy");
                     stream.write_all(&[BUSY]).await?;
                     stream.close().await?;
                 }

@@ -11,6 +11,10 @@
 //! - **Inbound streams are queued, per protocol, up to a bound** ([`Config::inbound_queue`],
 //!   256 by default) until the application takes them from its [`IncomingStreams`]. Below the
 //!   bound no stream is ever dropped.
+//! - **One peer holds a share of the queue at most** ([`Config::inbound_per_peer`], 64 by
+//!   default): a peer that opens streams faster than the application takes them (a flood, or
+//!   a client gone wrong) is answered busy past its share, while other peers' streams still
+//!   find places.
 //! - **Past the bound the opener is told.** Every stream opened through this behaviour starts
 //!   with one status byte from the listener, written right after protocol negotiation:
 //!   [`QUEUED`] once the stream holds a place in the queue, or [`BUSY`] (then end of stream)
@@ -70,6 +74,9 @@ pub struct Config {
     /// Inbound streams of one protocol held for the application (accepted by the peer, not yet
     /// taken from [`IncomingStreams`]); past it, openers are answered [`BUSY`].
     pub inbound_queue: usize,
+    /// Places in one protocol's queue that one peer may hold at once; past it, that peer is
+    /// answered [`BUSY`] while others are still queued.
+    pub inbound_per_peer: usize,
     /// How long opening one stream may take once its connection is up: muxer slot,
     /// protocol negotiation and the listener's status byte.
     pub open_timeout: Duration,
@@ -79,6 +86,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             inbound_queue: 256,
+            inbound_per_peer: 64,
             open_timeout: Duration::from_secs(30),
         }
     }
@@ -88,6 +96,12 @@ impl Config {
     /// The same with `n` inbound streams queued per protocol at most (at least 1).
     pub fn with_inbound_queue(mut self, n: usize) -> Self {
         self.inbound_queue = n.max(1);
+        self
+    }
+
+    /// The same with `n` places of a protocol's queue held by one peer at most (at least 1).
+    pub fn with_inbound_per_peer(mut self, n: usize) -> Self {
+        self.inbound_per_peer = n.max(1);
         self
     }
 }
@@ -125,7 +139,10 @@ impl Behaviour {
     pub fn with_config(config: Config) -> Self {
         let (sender, requests) = mpsc::channel(REQUESTS);
         Self {
-            inboxes: Arc::new(Mutex::new(Inboxes::new(config.inbound_queue))),
+            inboxes: Arc::new(Mutex::new(Inboxes::new(
+                config.inbound_queue,
+                config.inbound_per_peer,
+            ))),
             config,
             requests,
             sender,
