@@ -1,7 +1,8 @@
 //! Verified streaming by chunk group (issue 21): an engine streams a complete segment with its
 //! BLAKE3 tree by 16 KiB group, and a console checks each group against the manifest's hash
 //! as it arrives. A console plays the exact bytes that way; a copy tampered on an engine's
-//! disk is caught at the group holding the bad byte, not at the segment's end.
+//! disk is caught at the group holding the bad byte, not at the segment's end, and the
+//! engine's background scrub drops it before any console is served it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 use vodmesh_tests::console::{Console, credentials, read_rest};
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::stored::tamper_on_disk;
+use vodmesh_tests::stored::{segment_file, tamper_on_disk};
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
 use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
@@ -30,6 +31,20 @@ async fn home(data: &Path, issuer: &Issuer) -> Result<Station> {
     swarm::station(data)
         .content_home()
         .trusting(issuer)
+        .start()
+        .await
+}
+
+/// [`home`], its engines scrubbing in the background at once and back to back, at 100 MB/s.
+async fn scrubbing_home(data: &Path, issuer: &Issuer) -> Result<Station> {
+    let pace = vodmesh_node::engine::scrub::Pace {
+        rate: 100_000_000,
+        pause: Duration::ZERO,
+    };
+    swarm::station(data)
+        .content_home()
+        .trusting(issuer)
+        .with(|c| c.scrub_pace = pace)
         .start()
         .await
 }
@@ -179,6 +194,74 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
     let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
     let segment = session.segment(SegmentIndex(1)).await?;
     assert!(segment.by_group && segment.bytes == bytes[4 * MIB..]);
+    station.shutdown().await;
+    Ok(())
+}
+
+/// A byte of a stored segment flipped on the disk of a stopped engine: once it runs again,
+/// its background scrub finds the damage and drops the copy (the file goes, and the director
+/// hears of it as of any dropped segment) though no console read it, so no console is served
+/// it; the other segment is kept and plays (the control case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_scrub_drops_a_damaged_copy_so_no_console_is_served_it() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let issuer = Issuer::generate();
+    let station = home(&data, &issuer).await?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 4 * MIB + 5000, 22)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&station, &key, "scrubbed", source)
+    })
+    .await?
+    .program;
+    station.shutdown().await;
+    let (damaged, kept) = (SegmentId::new(program, 0), SegmentId::new(program, 1));
+    tamper_on_disk(&data, 0, damaged, TAMPERED)?;
+    let (damaged_file, kept_file) = (
+        segment_file(&data, 0, damaged)?,
+        segment_file(&data, 0, kept)?,
+    );
+
+    let station = scrubbing_home(&data, &issuer).await?;
+    wait::until(
+        "the scrub to drop the damaged copy",
+        Duration::from_secs(60),
+        || {
+            let gone = !damaged_file.exists();
+            async move { Ok(gone) }
+        },
+    )
+    .await?;
+    assert!(kept_file.exists(), "the scrub dropped an undamaged segment");
+
+    // Segment 0 is served to no console (no stream of it, whole or cut short), and segment 1
+    // plays.
+    let credentials = credentials(&issuer)?;
+    let console = Console::connect(station.addr(), Some(&issuer)).await?;
+    let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
+    let fetched = tokio::time::timeout(Duration::from_secs(60), session.segment(SegmentIndex(0)))
+        .await
+        .context("the console kept fetching a dropped segment")?;
+    assert!(fetched.is_err(), "a dropped segment was played");
+    let segment = session.segment(SegmentIndex(1)).await?;
+    assert!(segment.by_group && segment.bytes == bytes[4 * MIB..]);
+    // Segment 1's stream reported, and nothing before it: none of segment 0 was served.
+    wait::until(
+        "segment 1's stream reported",
+        Duration::from_secs(20),
+        || async { Ok(console.activity().await?.stops_complete >= 1) },
+    )
+    .await?;
+    let activity = console.activity().await?;
+    assert_eq!(
+        (activity.stops_early, activity.stops_complete),
+        (0, 1),
+        "a console was sent to the damaged copy: {activity:?}"
+    );
     station.shutdown().await;
     Ok(())
 }

@@ -32,6 +32,9 @@ pub struct StationConfig {
     pub max_streams: u32,
     /// Re-hash every stored segment at start, dropping any that no longer match.
     pub scrub: bool,
+    /// The background scrub of every engine: its rate (`--scrub-rate`) and its pause before
+    /// each pass.
+    pub scrub_pace: crate::engine::scrub::Pace,
     /// This is a home station (keeps whole programs, never evicts).
     pub home: bool,
     /// This station runs the content manager.
@@ -97,6 +100,7 @@ impl StationConfig {
             capacity: 0,
             max_streams: 64,
             scrub: false,
+            scrub_pace: crate::engine::scrub::Pace::default(),
             home: false,
             content_manager: false,
             auth: false,

@@ -61,6 +61,7 @@ async fn run(args: Args) -> Result<()> {
     config.max_streams = args.max_streams;
     config.home = args.home;
     config.scrub = args.scrub;
+    config.scrub_pace.rate = u64::from(args.scrub_rate) * 1_000_000;
     config.ingest_timeout = Duration::from_secs(args.ingest_timeout);
     config.content_manager = args.content_manager;
     config.auth = args.auth;

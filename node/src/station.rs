@@ -67,6 +67,7 @@ pub fn engine_storage(config: &StationConfig, index: usize) -> engine::EngineSto
         capacity: config.capacity,
         pin_all: config.home,
         scrub: config.scrub,
+        scrub_pace: config.scrub_pace,
         max_streams: config.max_streams,
         copy_rate: u64::from(config.copy_rate_mbps) * 1_000_000 / 8,
     }

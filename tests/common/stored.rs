@@ -173,6 +173,21 @@ pub async fn embargo(data: &Path, index: usize, program: ProgramId, until_ms: u6
     Ok(())
 }
 
+/// The file of engine `engine`'s copy of `segment` in the station under `data` (its first
+/// disk).
+pub fn segment_file(
+    data: &Path,
+    engine: usize,
+    segment: vodmesh_proto::SegmentId,
+) -> Result<PathBuf> {
+    let storage = vodmesh_node::station::engine_storage(&StationConfig::new(data), engine);
+    let disk = storage.disks.first().context("an engine without a disk")?;
+    Ok(disk
+        .join("segments")
+        .join(segment.program.to_string())
+        .join(segment.index.0.to_string()))
+}
+
 /// Flips the byte at `at` of engine `engine`'s copy of `segment` on the disk of the stopped
 /// station under `data`, and nothing else: the copy's hash and chunk-group tree in the
 /// engine's index stay those of the true bytes. An engine serves verified mode without
@@ -186,12 +201,7 @@ pub fn tamper_on_disk(
     segment: vodmesh_proto::SegmentId,
     at: usize,
 ) -> Result<()> {
-    let storage = vodmesh_node::station::engine_storage(&StationConfig::new(data), engine);
-    let disk = storage.disks.first().context("an engine without a disk")?;
-    let path = disk
-        .join("segments")
-        .join(segment.program.to_string())
-        .join(segment.index.0.to_string());
+    let path = segment_file(data, engine, segment)?;
     let mut bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let byte = bytes
         .get_mut(at)

@@ -133,6 +133,7 @@ pub async fn start_engine(
         capacity: config.capacity,
         pin_all: false,
         scrub: false,
+        scrub_pace: engine::scrub::Pace::default(),
         max_streams: config.max_streams,
         copy_rate: 0,
     };

@@ -103,9 +103,15 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_streams: u32,
     /// Re-hash every stored segment at start (slow on big stores) and drop any that no longer
-    /// match; without it, corruption is still caught when a segment is read.
+    /// match; without it, corruption is still caught by the background scrub (--scrub-rate)
+    /// and by the engine's checked reads (copies, raw streams).
     #[arg(long)]
     pub scrub: bool,
+    /// Re-hash the stored segments in the background at this many MB/s per engine, in passes
+    /// an hour apart, and drop any that no longer match (0: no background scrub). Consoles
+    /// check every byte they play; this finds a damaged copy before they are sent to it.
+    #[arg(long, default_value_t = crate::engine::scrub::DEFAULT_RATE_MB_S, value_name = "MB_S")]
+    pub scrub_rate: u32,
     /// An ingest that stores no segment for this many seconds (its client was killed or
     /// lost) is given up, and the segments it stored are dropped (content manager).
     #[arg(long, default_value_t = crate::config::INGEST_TIMEOUT.as_secs(), value_name = "SECS")]

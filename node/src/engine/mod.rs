@@ -15,6 +15,7 @@
 //! - `http`: the HTTP edge of `--http`, segments for standard players under the same
 //!   admission and `--max-streams`.
 //! - `report`: what the engine tells its director of itself.
+//! - [`scrub`]: stored segments re-hashed in the background, paced (`--scrub-rate`).
 
 mod accept;
 mod admit;
@@ -24,6 +25,7 @@ mod http;
 pub mod ingest;
 mod peers;
 mod report;
+pub mod scrub;
 pub(crate) mod stream;
 
 use std::collections::HashMap;
@@ -66,6 +68,8 @@ pub struct EngineStorage {
     pub pin_all: bool,
     /// Re-hash every stored segment at start and drop the bad ones.
     pub scrub: bool,
+    /// The background scrub's pace (rate 0: none).
+    pub scrub_pace: scrub::Pace,
     /// Concurrent streams served at most.
     pub max_streams: u32,
     /// Bytes per second each copy is served at, at most (0 = as fast as the link goes).
@@ -385,6 +389,7 @@ pub async fn start(
         streams,
         metrics,
         http: http_edge,
+        scrub: storage.scrub_pace,
     };
     let task = tokio::spawn(blade.run(services, commands_rx, events, shutdown));
     Ok(EngineHandle {
@@ -414,6 +419,8 @@ struct Services {
     metrics: crate::metrics::Metrics,
     /// The HTTP edge's listener and state, with `--http`.
     http: Option<(tokio::net::TcpListener, http::Edge)>,
+    /// The background scrub's pace.
+    scrub: scrub::Pace,
 }
 
 /// The running engine: its swarm and store, and the tasks it owns.
@@ -448,7 +455,14 @@ impl Blade {
             streams,
             metrics,
             http,
+            scrub,
         } = services;
+        loops.spawn(scrub::run(
+            self.index,
+            self.store.clone(),
+            scrub,
+            stop.clone(),
+        ));
         if let Some((listener, mut edge)) = http {
             // Its bodies end with the engine: a stopped engine serves nothing more.
             edge.stop = stop.child_token();

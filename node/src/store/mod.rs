@@ -112,7 +112,8 @@ pub enum DropReason {
         /// The chunk, counted in [`CHUNK`]s from the start.
         chunk: u64,
     },
-    /// `scrub()` re-hashed the file and it did not match.
+    /// A scrub (all at start, `scrub()`, or one by one in the background, `scrub_one()`)
+    /// re-hashed the file and it did not match.
     Scrub,
 }
 

@@ -511,30 +511,58 @@ impl SegmentStore {
         segments: Vec<(SegmentId, u64, u64, SegmentHash)>,
     ) -> Result<Vec<SegmentId>, Error> {
         let mut dropped = Vec::new();
-        let d = &self.inner.disks[disk];
         for (segment, generation, size, hash) in segments {
-            let index = self.inner.index.clone();
-            let path = layout::segment_path(&d.root, &segment);
-            let ok = d
-                .worker
-                .run(move || -> Result<bool, Error> {
-                    let Some(check) = Check::load(&index, &segment, size, hash)? else {
-                        return Ok(false);
-                    };
-                    let Ok(file) = File::open(&path) else {
-                        return Ok(false);
-                    };
-                    Ok(verify_whole(&file, size, hash, &check))
-                })
-                .await??;
-            if !ok {
-                self.inner
-                    .drop_segment(segment, generation, DropReason::Scrub)
-                    .await;
+            if !self.rehash(disk, segment, (generation, size, hash)).await? {
                 dropped.push(segment);
             }
         }
         Ok(dropped)
+    }
+
+    /// Re-hashes one complete segment, as [`scrub`](Self::scrub) does, and drops it if it does
+    /// not match: the background scrub's step (`engine::scrub`). Its size and whether it
+    /// was kept; `None` when it is not stored (any more).
+    pub async fn scrub_one(&self, segment: SegmentId) -> Result<Option<(u64, bool)>, Error> {
+        let found = {
+            let st = self.inner.state();
+            (st.holdings.stored(&segment)).map(|s| (s.disk, s.generation, s.size, s.hash))
+        };
+        let Some((disk, generation, size, hash)) = found else {
+            return Ok(None);
+        };
+        let kept = self.rehash(disk, segment, (generation, size, hash)).await?;
+        Ok(Some((size, kept)))
+    }
+
+    /// Re-hashes `segment` (of `generation`, `size` bytes, `hash`) on disk `disk` against its
+    /// hash and chunk-group tree; drops it when they do not match. Whether it was kept.
+    async fn rehash(
+        &self,
+        disk: usize,
+        segment: SegmentId,
+        (generation, size, hash): (u64, u64, SegmentHash),
+    ) -> Result<bool, Error> {
+        let d = &self.inner.disks[disk];
+        let index = self.inner.index.clone();
+        let path = layout::segment_path(&d.root, &segment);
+        let ok = d
+            .worker
+            .run(move || -> Result<bool, Error> {
+                let Some(check) = Check::load(&index, &segment, size, hash)? else {
+                    return Ok(false);
+                };
+                let Ok(file) = File::open(&path) else {
+                    return Ok(false);
+                };
+                Ok(verify_whole(&file, size, hash, &check))
+            })
+            .await??;
+        if !ok {
+            self.inner
+                .drop_segment(segment, generation, DropReason::Scrub)
+                .await;
+        }
+        Ok(ok)
     }
 
     /// Writes pending last-use times to the index (durably).
