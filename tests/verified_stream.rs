@@ -4,7 +4,7 @@
 //! disk is caught at the group holding the bad byte, not at the segment's end, and the
 //! engine's background scrub drops it before any console is served it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,7 +15,7 @@ use vodmesh_proto::stream::{StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
-use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, SegmentIndex};
 use vodmesh_tests::console::{Console, credentials, read_rest};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{segment_file, tamper_on_disk};
@@ -49,6 +49,29 @@ async fn scrubbing_home(data: &Path, issuer: &Issuer) -> Result<Station> {
         .await
 }
 
+/// [`home`] under `dir/home`, with a program `name` of `len` random bytes from `seed`
+/// ingested and published: the station, its data directory, the bytes and the program.
+async fn home_with_program(
+    dir: &Path,
+    issuer: &Issuer,
+    name: &str,
+    len: usize,
+    seed: u64,
+) -> Result<(Station, PathBuf, Vec<u8>, ProgramId)> {
+    let data = dir.join("home");
+    let station = home(&data, issuer).await?;
+    let source = dir.join(format!("{name}.bin"));
+    let bytes = random_file(&source, len, seed)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&station, &key, name, source)
+    })
+    .await?
+    .program;
+    Ok((station, data, bytes, program))
+}
+
 /// Reads a verified stream of a segment of `size` bytes hashing to `hash` from `offset`,
 /// checking it as a console does: the bytes handed out, and the first error.
 async fn decode(
@@ -77,19 +100,10 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
 {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("home");
     let issuer = Issuer::generate();
-    let station = home(&data, &issuer).await?;
-    let source = dir.path().join("p.bin");
     // Two segments: 4 MiB (256 groups) and 5000 bytes (one group, its root the hash).
-    let bytes = random_file(&source, 4 * MIB + 5000, 21)?;
-    let key = data.join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        ..ingest_options(&station, &key, "verified", source)
-    })
-    .await?
-    .program;
+    let (station, data, bytes, program) =
+        home_with_program(dir.path(), &issuer, "verified", 4 * MIB + 5000, 21).await?;
     let first = &bytes[..4 * MIB];
     let hash = SegmentHash::of(first);
 
@@ -206,18 +220,9 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
 async fn the_background_scrub_drops_a_damaged_copy_so_no_console_is_served_it() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("home");
     let issuer = Issuer::generate();
-    let station = home(&data, &issuer).await?;
-    let source = dir.path().join("p.bin");
-    let bytes = random_file(&source, 4 * MIB + 5000, 22)?;
-    let key = data.join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        ..ingest_options(&station, &key, "scrubbed", source)
-    })
-    .await?
-    .program;
+    let (station, data, bytes, program) =
+        home_with_program(dir.path(), &issuer, "scrubbed", 4 * MIB + 5000, 22).await?;
     station.shutdown().await;
     let (damaged, kept) = (SegmentId::new(program, 0), SegmentId::new(program, 1));
     tamper_on_disk(&data, 0, damaged, TAMPERED)?;
@@ -308,19 +313,10 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
     use vodmesh_console::play::{self, Speed};
     init_logging();
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("home");
     let issuer = Issuer::generate();
-    let station = home(&data, &issuer).await?;
-    let source = dir.path().join("p.bin");
-    let bytes = random_file(&source, 8 * MIB + 70_000, 22)?;
-    let key = data.join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        ..ingest_options(&station, &key, "early", source)
-    })
-    .await?
-    .program
-    .to_string();
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, "early", 8 * MIB + 70_000, 22).await?;
+    let program = program.to_string();
     let credentials = credentials(&issuer)?;
     let mut out = Recorder::default();
     let stats = play::play(

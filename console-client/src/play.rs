@@ -218,9 +218,14 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             }
         }
+        // A viewer's key goes before anything else, the bytes already here included: a seek,
+        // a pause or a quit takes effect before more of the old position goes out.
+        let pending = controls.as_mut().and_then(|rx| rx.try_recv().ok());
         // The head's verified groups go out: those just come, and those its fetch verified
         // before it became the head.
-        if let Some((run, next, from)) = playback.streaming_head() {
+        if pending.is_none()
+            && let Some((run, next, from)) = playback.streaming_head()
+        {
             // Groups of another run, or of a segment written whole before it was the head.
             ahead.retain(|&(tag, index), _| tag == run.id() && index >= next);
             if let Some(groups) = ahead.remove(&(run.id(), next)) {
@@ -243,7 +248,10 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
         let release = playback.wake_at();
         // Biased: a viewer's key goes before anything else, as it always did; then a
         // segment already fetched, then fetches ending, release times and ticks.
-        let event = tokio::select! {
+        let event = if let Some(control) = pending {
+            Event::Control(control)
+        } else {
+            tokio::select! {
             biased;
             control = async {
                 match controls.as_mut() {
@@ -292,6 +300,7 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             } => Event::Tick,
             _ = ticker.tick() => Event::Tick,
+            }
         };
         actions = playback.handle(Instant::now(), event);
         clock.send_if_modified(|c| {
