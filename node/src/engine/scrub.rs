@@ -14,12 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::SegmentStore;
 
-/// The default `--scrub-rate`, MB/s: a 4 MiB segment every half second, a few per cent of
-/// one core for the hash.
+/// The default `--scrub-rate`, MB/s: a 4 MiB segment every half second, well under one per
+/// cent of a core for the hash (BLAKE3 hashes GB/s).
 pub const DEFAULT_RATE_MB_S: u32 = 8;
 /// The default pause before each pass: the first one starts an hour after the engine does,
 /// and a store re-hashed whole waits as long again.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(3600);
+
+/// The least wait after a pass that found nothing to re-hash.
+const EMPTY_PASS_WAIT: Duration = Duration::from_secs(1);
 
 /// How the scrub runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,5 +77,12 @@ pub(super) async fn run(index: usize, store: SegmentStore, pace: Pace, stop: Can
             }
         }
         tracing::info!(index, checked, dropped, "scrub pass done");
+        if checked == 0 {
+            // An empty store: the next pass waits at least a moment, whatever the pause.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(EMPTY_PASS_WAIT) => {}
+            }
+        }
     }
 }
