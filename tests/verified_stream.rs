@@ -152,8 +152,8 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
     let console = Console::connect(station.addr(), Some(&issuer)).await?;
     let engine = station.engines[0].clone();
     console.reach(engine.peer_id, &engine.addrs).await?;
-    // On the wire, asked straight (no director's locate, so no preload has read the segment
-    // yet): everything before the tampered group checks, the group itself does not.
+    // On the wire, asked straight: everything before the tampered group checks, the group
+    // itself does not.
     let request = StreamRequest {
         verified: true,
         ..console.request(segment, 0, 0)
@@ -181,9 +181,9 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
         "the groups before the bad one differ"
     );
 
-    // Through the director, the console never plays it: the engine's own checked read (the
-    // preload a locate sends it) finds the damage and drops the copy, or the console leaves
-    // the engine at the tampered group; with no other holder it gives up either way.
+    // Through the director, the console never plays it: it leaves the engine at the tampered
+    // group (a locate's preload only warms the page cache, it checks nothing, and this
+    // station's background scrub waits an hour), and with no other holder it gives up.
     let session = Session::open(station.addr(), &credentials, &program.to_string()).await?;
     let fetched = tokio::time::timeout(Duration::from_secs(60), session.segment(SegmentIndex(0)))
         .await
