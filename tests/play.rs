@@ -7,12 +7,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vodmesh_tests::cli::{Ingest, Play, bin, subscriber};
 use vodmesh_tests::console::Console;
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::process::{Node, NodeProcess, plain};
 use vodmesh_tests::wait;
+
+const MIB: usize = 1024 * 1024;
 
 /// A home station (auth, content manager) of `engines` engines under `dir/home`, and a
 /// console logged in as subscriber `name` under `dir/console`.
@@ -233,7 +235,6 @@ sys.exit(os.waitstatus_to_exitcode(status))
 fn keys_on_a_terminal_pause_seek_and_quit() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (home, console_home) = home_and_console(dir.path(), 2, "cy")?;
-    const MIB: usize = 1024 * 1024;
     let source = dir.path().join("long.bin");
     // 8 segments of 1 MiB at 1 Mbit/s: 8.4 s each, 67 s of media.
     let bytes = random_file(&source, 8 * MIB, 24)?;
@@ -284,5 +285,74 @@ fn keys_on_a_terminal_pause_seek_and_quit() -> Result<()> {
         })
         .await
     })?;
+    Ok(())
+}
+
+/// The console's peak resident memory, from `/proc`.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// At `--speed max` a console holds no segment whole (issue 21): its player stops reading,
+/// and each of its fetches (the segment playing and the two ahead of it) stops at its queue
+/// of verified chunk groups, with the console's memory far below one segment of 48 MiB. It
+/// plays on byte for byte once the player reads again.
+#[test]
+fn a_console_whose_player_stops_reading_holds_no_segment_whole() -> Result<()> {
+    const SEGMENT: usize = 48 * MIB;
+    let dir = tempfile::tempdir()?;
+    let (home, console) = home_and_console(dir.path(), 2, "held")?;
+    let source = dir.path().join("held.bin");
+    let bytes = random_file(&source, 3 * SEGMENT, 31)?;
+    Ingest::new(&home.addr, &home.key(), "held", &source)
+        .segment_size(SEGMENT)
+        .publish_now()
+        .run()?;
+
+    let mut playing = Play::new(&console, &home.addr, "held")
+        .to_stdout()
+        .debug()
+        .spawn()?;
+    playing.read(MIB)?;
+    let pid = playing.pid();
+    // The player reads no more. Every fetch fills its queue and waits (the two ahead of the
+    // playing segment say so); the console's peak memory stays under one segment all along.
+    let waiting = |log: &str, index: u32| {
+        log.lines().any(|l| {
+            l.contains("the stream waits for the player") && l.contains(&format!("index={index}"))
+        })
+    };
+    wait::blocking(
+        "the fetches ahead to wait for the player",
+        Duration::from_secs(120),
+        || {
+            let peak = peak_rss(pid)?;
+            anyhow::ensure!(
+                peak < SEGMENT as u64,
+                "the console holds {} MiB, more than a segment",
+                peak / MIB as u64
+            );
+            let log = plain(&playing.stderr().text());
+            Ok(waiting(&log, 1) && waiting(&log, 2))
+        },
+    )
+    .with_context(|| format!("the console's log:\n{}", playing.stderr().text()))?;
+    let peak = peak_rss(pid)?;
+    assert!(peak < SEGMENT as u64, "peak {} MiB", peak / MIB as u64);
+    eprintln!("the console's peak while held: {} KiB", peak / 1024);
+
+    let played = playing.finish()?;
+    assert!(
+        played.bytes == bytes,
+        "bytes played differ from bytes ingested"
+    );
+    assert_eq!(played.stats["segments"], 3, "{}", played.stats);
+    assert_eq!(played.stats["verified"], true, "{}", played.stats);
     Ok(())
 }

@@ -10,7 +10,9 @@
 //! BLAKE3 hash in the content manager's signed manifest before a byte of it is written; at
 //! `--speed max` the next segment to play goes out chunk group by chunk group as each is
 //! verified against that hash (verified mode), so the first byte waits for one 16 KiB group,
-//! not one segment.
+//! not one segment, and no segment is held whole: each fetch hands its groups over a queue of
+//! its own ([`crate::fetch::GROUPS_QUEUED`] groups), drained while its segment plays, and a
+//! fetch ahead of the play position waits once its queue is full.
 //!
 //! The output is always a stream a player can start on: an fMP4 program's initialization
 //! segment (segment 0) is written first, and again before the first media segment after
@@ -33,7 +35,7 @@ use vodmesh_proto::SegmentIndex;
 
 use crate::abr::{Ladder, UnknownRendition};
 pub use crate::fetch::{AttemptError, FetchError, READ_STALL, Segment};
-use crate::fetch::{Early, EarlyBytes};
+use crate::fetch::{GROUPS_QUEUED, Group};
 use crate::hedge::Due;
 use crate::playback::{Action, Event, Playback, Run};
 pub use crate::playback::{Control, PlayStats, Progress, Speed};
@@ -44,10 +46,6 @@ pub use crate::session::{
 
 /// How often progress is reported while nothing else happens.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// Verified chunk groups queued from the fetches to the output at most (16 KiB each: 4 MiB).
-/// A group that finds the queue full is dropped and the rest of its segment waits for the
-/// segment's end, so the queue holds what the window's streams bring while the output drains.
-const EARLY_QUEUE: usize = 256;
 /// Bytes gathered before they go to the output, at most: while verified groups come faster
 /// than the output drains, a pipe or a file is written in pieces of up to this size, not group
 /// by group (each write to tokio's stdout or file is a hop to its blocking pool). Whatever is
@@ -143,13 +141,12 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     };
     // At `--speed max` the next segment to play goes to the output group by group as the
     // fetches verify them (`Playback::streaming_head`); `head` is how far it was written.
-    let (early_tx, mut early_rx) = mpsc::channel::<EarlyBytes>(EARLY_QUEUE);
     let mut head: Option<(Run, SegmentIndex, usize)> = None;
-    // Verified groups as they come, by run and segment, until theirs is the head: the next
-    // stream opens before this one ends (`fetch::Turn`), and a boundary does not wait for the
-    // next segment's fetch to end. At most the fetch window's segments (three at `--speed
-    // max`); dropped with their run.
-    let mut ahead: HashMap<(u32, SegmentIndex), Groups> = HashMap::new();
+    // Each fetch's queue of verified groups, by run and segment: the head's is drained as it
+    // fills; a later segment's fills and holds its fetch until it is the head (its stream is
+    // open and its first groups are here, so a boundary does not wait for it). Dropped with
+    // their run.
+    let mut queues: HashMap<(u32, SegmentIndex), mpsc::Receiver<Group>> = HashMap::new();
     // Groups written to `out` and not flushed yet.
     let mut gathered = false;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
@@ -176,11 +173,11 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                         }
                         None => (index, None),
                     };
-                    // Early bytes are tagged with the position, as playback knows it.
-                    let early = (speed == Speed::Max).then(|| Early {
-                        tx: early_tx.clone(),
-                        tag: run.id(),
-                        index,
+                    // Queued by the position, as playback knows it.
+                    let early = (speed == Speed::Max).then(|| {
+                        let (tx, rx) = mpsc::channel(GROUPS_QUEUED);
+                        queues.insert((run.id(), index), rx);
+                        tx
                     });
                     fetches.spawn(async move {
                         let started = Instant::now();
@@ -188,16 +185,37 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                         (run, index, name, started, fetched)
                     });
                 }
-                Action::CancelFetches => fetches.abort_all(),
-                Action::Write { index, bytes, from } => {
+                Action::CancelFetches => {
+                    fetches.abort_all();
+                    queues.clear();
+                }
+                Action::Write {
+                    index,
+                    bytes,
+                    start,
+                    from,
+                } => {
                     // What went out early of this segment is not written again.
-                    let from = match head.take() {
-                        Some((run, at, written)) if run == playback.run() && at == index => {
-                            from.max(written)
-                        }
+                    let run = playback.run();
+                    let mut written = match head.take() {
+                        Some((r, at, written)) if r == run && at == index => from.max(written),
                         _ => from,
                     };
-                    out.write_all(bytes.get(from..).unwrap_or_default()).await?;
+                    // Its fetch ended: the groups it queued that did not go out yet are all
+                    // here, then the bytes it kept.
+                    if let Some(mut queue) = queues.remove(&(run.id(), index)) {
+                        while let Ok((at, group)) = queue.try_recv() {
+                            written = write_on(&mut out, written, at, &group).await?;
+                        }
+                    }
+                    let start = usize::try_from(start).unwrap_or(usize::MAX);
+                    if written < start {
+                        return Err(PlayError::Write(std::io::Error::other(format!(
+                            "segment {index}: bytes {written}..{start} never reached the output"
+                        ))));
+                    }
+                    out.write_all(bytes.get(written - start..).unwrap_or_default())
+                        .await?;
                     out.flush().await?;
                 }
                 Action::Progress => {
@@ -221,27 +239,15 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
         // A viewer's key goes before anything else, the bytes already here included: a seek,
         // a pause or a quit takes effect before more of the old position goes out.
         let pending = controls.as_mut().and_then(|rx| rx.try_recv().ok());
-        // The head's verified groups go out: those just come, and those its fetch verified
-        // before it became the head.
-        if pending.is_none()
-            && let Some((run, next, from)) = playback.streaming_head()
-        {
-            // Groups of another run, or of a segment written whole before it was the head.
-            ahead.retain(|&(tag, index), _| tag == run.id() && index >= next);
-            if let Some(groups) = ahead.remove(&(run.id(), next)) {
-                let mut written = match head {
-                    Some((r, i, written)) if r == run && i == next => written,
-                    _ => from,
-                };
-                for (start, bytes) in groups {
-                    written = write_on(&mut out, written, start, &bytes).await?;
-                }
-                head = Some((run, next, written));
-                gathered = true;
-            }
-        }
+        // The segment whose groups go out as they come, and its queue's key.
+        let streaming = playback.streaming_head();
+        let key = streaming.map(|(run, next, _)| (run.id(), next));
         // Gathered while more groups were queued; out once none is.
-        if gathered && early_rx.is_empty() {
+        if gathered
+            && key
+                .and_then(|k| queues.get(&k))
+                .is_none_or(mpsc::Receiver::is_empty)
+        {
             out.flush().await?;
             gathered = false;
         }
@@ -266,22 +272,44 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 }
             },
             () = std::future::ready(()), if playback.wants_step() => Event::Tick,
-            Some((tag, index, start, bytes)) = early_rx.recv() => {
-                // The head's or a later segment's of this run: written above once it is the
-                // head.
-                if let Some((run, next, _)) = playback.streaming_head()
-                    && run.id() == tag
-                    && index >= next
-                {
-                    ahead.entry((tag, index)).or_default().push((start, bytes));
+            group = async {
+                match key.and_then(|k| queues.get_mut(&k)) {
+                    Some(queue) => queue.recv().await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                let (Some((run, next, from)), Some(key)) = (streaming, key) else {
+                    continue;
+                };
+                let Some(group) = group else {
+                    // Its fetch ended with every group taken.
+                    queues.remove(&key);
+                    continue;
+                };
+                let mut written = match head {
+                    Some((r, i, written)) if r == run && i == next => written,
+                    _ => from,
+                };
+                written = write_on(&mut out, written, group.0, &group.1).await?;
+                // And what else its queue holds now, at most a queue's worth before the
+                // viewer's keys are looked at again.
+                if let Some(queue) = queues.get_mut(&key) {
+                    for _ in 0..GROUPS_QUEUED {
+                        let Ok((at, bytes)) = queue.try_recv() else {
+                            break;
+                        };
+                        written = write_on(&mut out, written, at, &bytes).await?;
+                    }
+                }
+                head = Some((run, next, written));
+                gathered = true;
                 continue;
             }
             Some(joined) = fetches.join_next() => match joined {
                 Ok((run, index, name, started, result)) => {
                     let now = Instant::now();
                     if let (Some(l), Ok(segment)) = (ladder.as_mut(), &result) {
-                        l.measured(segment.bytes.len() as u64, now - started.max(last_done));
+                        l.measured(segment.size(), now - started.max(last_done));
                     }
                     last_done = now;
                     if let Some(name) = name {
@@ -310,12 +338,11 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     }
 }
 
-/// Verified groups of one segment, each with the byte of the segment it starts at.
-type Groups = Vec<(u64, Vec<u8>)>;
-
 /// Writes what of the verified bytes `bytes`, from byte `start` of a segment, continues the
-/// `written` bytes of it already out; returns how many are out now. A group that does not
-/// continue them (one dropped from a full queue came before it) is left to the segment's end.
+/// `written` bytes of it already out; returns how many are out now. A group the output has
+/// (a hedge's, or a resumed stream's, repeating what another brought) is skipped; one past
+/// the end of what is out cannot come (each fetch hands its groups in order, from where the
+/// playing starts), and would be left.
 async fn write_on<W: AsyncWrite + Unpin>(
     out: &mut W,
     written: usize,

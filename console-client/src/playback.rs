@@ -210,7 +210,7 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
 pub(crate) struct Run(u32);
 
 impl Run {
-    /// Its number, as [`crate::fetch::Early`] carries it.
+    /// Its number: with the position, it keys the fetches' group queues in [`crate::play`].
     pub(crate) fn id(self) -> u32 {
         self.0
     }
@@ -257,12 +257,15 @@ pub(crate) enum Action<E> {
     /// Drop every fetch in flight (a seek, a quit): their streams end, their engines report
     /// the stops.
     CancelFetches,
-    /// Write `bytes[from..]` of segment `index` to the output.
+    /// Write segment `index` from byte `from` on to the output: the groups its fetch handed
+    /// out that are not out yet, then `bytes`, the segment's bytes from byte `start` on.
     Write {
         /// The segment.
         index: SegmentIndex,
-        /// The segment's bytes.
+        /// The segment's bytes the fetch kept, from byte `start` on.
         bytes: Vec<u8>,
+        /// The byte of the segment `bytes` starts at ([`Segment::start`]).
+        start: u64,
         /// The first byte to write (a seek into the segment).
         from: usize,
     },
@@ -279,7 +282,9 @@ pub(crate) enum Action<E> {
 struct Pending {
     index: SegmentIndex,
     location: SegmentLocation,
+    /// The segment's bytes kept by its fetch, from byte `start` on.
     bytes: Vec<u8>,
+    start: u64,
     /// The first byte to write (a seek into the segment).
     from: usize,
     duration_ms: u64,
@@ -607,14 +612,14 @@ impl<'a, E> Playback<'a, E> {
     /// Takes up segment `index`, fetched, to be written: where a seek entered it, how long it
     /// plays, when it is released, and whether it came too late (a stall). Whether it waits
     /// for a release time.
-    fn take_up(
-        &mut self,
-        now: Instant,
-        index: SegmentIndex,
-        Segment {
-            location, bytes, ..
-        }: Segment,
-    ) -> bool {
+    fn take_up(&mut self, now: Instant, index: SegmentIndex, segment: Segment) -> bool {
+        let size = segment.size();
+        let Segment {
+            location,
+            bytes,
+            start,
+            ..
+        } = segment;
         let mut duration_ms = self
             .content
             .segment(index.0)
@@ -622,8 +627,8 @@ impl<'a, E> Playback<'a, E> {
         let mut from = 0;
         if index == self.first && self.skip > 0 {
             // Entered mid-segment: only the rest of it plays.
-            from = self.skip.min(bytes.len() as u64) as usize;
-            duration_ms = duration_ms * (bytes.len() - from) as u64 / (bytes.len() as u64).max(1);
+            from = self.skip.min(size) as usize;
+            duration_ms = duration_ms * (size - from as u64) / size.max(1);
         }
         if location.swap {
             self.stats.swaps += 1;
@@ -649,6 +654,7 @@ impl<'a, E> Playback<'a, E> {
             index,
             location,
             bytes,
+            start,
             from,
             duration_ms,
             release,
@@ -659,7 +665,7 @@ impl<'a, E> Playback<'a, E> {
     /// Writes segment `p` at `now`: counts it, starts the clock on a run's first segment,
     /// counts a handoff when another engine served it than the one before.
     fn write(&mut self, now: Instant, p: Pending, out: &mut Vec<Action<E>>) {
-        let played = p.bytes.len().saturating_sub(p.from) as u64;
+        let played = (p.start + p.bytes.len() as u64).saturating_sub(p.from as u64);
         if self.stats.segments == 0 {
             self.stats.startup_ms = now.saturating_duration_since(self.began).as_millis() as u64;
         }
@@ -679,6 +685,7 @@ impl<'a, E> Playback<'a, E> {
         out.push(Action::Write {
             index: p.index,
             bytes: p.bytes,
+            start: p.start,
             from: p.from,
         });
     }
@@ -755,7 +762,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Write { bytes, from, .. } => Some(bytes.len() - from),
+                Action::Write {
+                    bytes, start, from, ..
+                } => Some(*start as usize + bytes.len() - from),
                 _ => None,
             })
             .collect()
@@ -810,6 +819,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(self.engine, self.director),
                     bytes: vec![7; 1000],
+                    start: 0,
                     by_group: true,
                 }),
             };
@@ -998,6 +1008,7 @@ mod tests {
                 result: Ok(Segment {
                     location: location(sim.engine, sim.director),
                     bytes: vec![1; 1000],
+                    start: 0,
                     by_group: true,
                 }),
             },

@@ -520,6 +520,11 @@ impl Playing {
         Ok(())
     }
 
+    /// Its process id.
+    pub fn pid(&mut self) -> u32 {
+        self.child.inner().id()
+    }
+
     /// Its stderr, as it comes.
     pub fn stderr(&self) -> &Tail {
         &self.stderr

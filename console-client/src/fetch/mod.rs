@@ -10,9 +10,14 @@
 //! `Locate { avoid }` for a while ([`Recent`]), so the others move on at once.
 //!
 //! Streams are asked for in verified mode ([`vodmesh_proto::verified`]): every 16 KiB chunk
-//! group is checked against the manifest's hash as it arrives and kept at once, and a wrong
-//! one fails its engine there, not at the segment's end. An engine whose copy is still filling
-//! (or an older engine) streams raw bytes, checked against the hash once the segment is whole.
+//! group is checked against the manifest's hash as it arrives, and a wrong one fails its
+//! engine there, not at the segment's end. At `--speed max` each verified group is handed to
+//! the player through the fetch's own queue of [`GROUPS_QUEUED`] groups ([`Early`]) and not
+//! kept: a fetch whose segment is not the next to play stops reading its stream once that
+//! queue is full, so a console holds per stream one queue of groups, not a segment. Otherwise
+//! the groups are kept until the segment is whole. An engine whose copy is still filling (or
+//! an older engine) streams raw bytes, kept and checked against the hash once the segment is
+//! whole.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -74,6 +79,13 @@ impl Turn {
             self.permit = None;
         }
     }
+
+    /// Gives the turn back while the stream stays open: the fetch waits for the player, not
+    /// for the engine, and another fetch (a retry of the segment before it) may need a turn
+    /// at that engine to end the wait.
+    pub(super) fn release(&mut self) {
+        self.permit = None;
+    }
 }
 
 /// Engines this console streams from, one stream each at a time: a fetch takes the engine's
@@ -129,11 +141,22 @@ impl From<FetchError> for Attempt {
 pub struct Segment {
     /// The engine that served it, and its station's director.
     pub location: SegmentLocation,
-    /// The segment's bytes, verified against the manifest.
+    /// The segment's bytes from byte `start` on, verified against the manifest.
     pub bytes: Vec<u8>,
+    /// The byte of the segment `bytes` starts at: those before it went to the player group
+    /// by group as they were verified ([`Early`], `--speed max`) and were not kept. 0 when
+    /// nothing was handed out that way.
+    pub start: u64,
     /// Whether every byte was verified chunk group by chunk group as it came (verified
     /// mode), rather than as a whole at the end.
     pub by_group: bool,
+}
+
+impl Segment {
+    /// The segment's size: the bytes handed out as they came and those kept.
+    pub fn size(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
 }
 
 /// How an engine streams: raw bytes from the offset asked for, or verified mode from the
@@ -144,22 +167,21 @@ enum Mode {
     Verified { from: u64 },
 }
 
-/// Verified bytes of a segment handed out as they come, before its fetch ends: the
-/// [`Early::tag`], the segment, the first byte's offset and the bytes (whole chunk groups).
-pub(crate) type EarlyBytes = (u32, SegmentIndex, u64, Vec<u8>);
+/// A verified chunk group handed to the player as it came: the byte of the segment it starts
+/// at, and its bytes.
+pub(crate) type Group = (u64, Vec<u8>);
 
-/// Where a fetch hands out each chunk group as soon as it is verified, so the player gets the
-/// first bytes after one group rather than one segment ([`crate::play`] writes them when the
-/// segment is the next to play). A full queue drops them: the segment's end writes the rest.
-#[derive(Clone)]
-pub(crate) struct Early {
-    /// The queue.
-    pub(crate) tx: tokio::sync::mpsc::Sender<EarlyBytes>,
-    /// Tells the runs of a playback apart.
-    pub(crate) tag: u32,
-    /// The segment fetched.
-    pub(crate) index: SegmentIndex,
-}
+/// Chunk groups one fetch queues for the player at most (16 KiB each: 256 KiB, a yamux
+/// stream's window). The queue of the segment playing is drained as it fills; a later
+/// segment's fills, and its fetch then waits ([`read::verified`]).
+pub(crate) const GROUPS_QUEUED: usize = 16;
+
+/// Where a fetch hands each verified chunk group at once, so the player gets the first bytes
+/// after one group rather than one segment and the console never holds a whole segment
+/// ([`crate::play`] drains the queue of the segment playing, and of a segment fetched before
+/// its turn when its turn comes). Every fetch of a segment, hedges included, hands to the
+/// same queue; the player skips the groups it has.
+pub(crate) type Early = tokio::sync::mpsc::Sender<Group>;
 
 /// What a fetch brought lately, shared between the fetch and the one watching it for a hedge
 /// ([`crate::hedge`]): when the last byte came (or the fetch started), and where the fetch
@@ -182,15 +204,9 @@ impl Watch {
         }
     }
 
-    /// Hands out the verified bytes from `start`, if anyone takes them.
-    fn verified(&self, start: u64, bytes: &[u8]) {
-        if let Some(early) = &self.early {
-            let _ = (early.tx).try_send((early.tag, early.index, start, bytes.to_vec()));
-        }
-    }
-
-    /// Whether the fetch waits for its turn at its engine ([`EngineSlots`]); leaving the
-    /// queue starts its silence afresh.
+    /// Whether the fetch waits for its turn at its engine ([`EngineSlots`]), or for the
+    /// player to take its groups ([`read::verified`]); leaving the queue starts its silence
+    /// afresh.
     fn queue(&self, queued: bool) {
         self.queued.store(queued, Ordering::Relaxed);
         if !queued {
@@ -382,7 +398,7 @@ impl Fetcher {
     ) -> Result<Segment, FetchError> {
         let mut partial = Partial::default();
         loop {
-            let had = partial.bytes.len();
+            let had = partial.received();
             let attempt = self.attempt(
                 manifest,
                 (index, play_from),
@@ -399,7 +415,7 @@ impl Fetcher {
                 Ok(Err(Attempt::Ended(ended, e))) => (ended, e),
                 Err(_) => (
                     Ended::Broke {
-                        progress: partial.bytes.len() > had,
+                        progress: partial.received() > had,
                     },
                     AttemptError::TimedOut,
                 ),
@@ -478,17 +494,28 @@ impl Fetcher {
         let location = self.locate(manifest, index, retry).await?;
         let located = began.elapsed();
         watch.at(Some(&location));
-        let request = StreamRequest {
+        let mut request = StreamRequest {
             segment: SegmentId::new(manifest.program, index.0),
             // Resumed from what earlier attempts received.
-            offset: partial.bytes.len() as u64,
+            offset: partial.received(),
             token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
             play_from,
             verified: true,
         };
-        let (location, s, slot, mode) = self
+        let (mut location, mut s, mut slot, mut mode) = self
             .open(manifest, entry, (location, watch), &request)
             .await?;
+        if mode == Mode::Raw && partial.bytes.len() < request.offset as usize {
+            // Raw bytes are checked as a whole, and the verified bytes before them went to the
+            // player without being kept: the copy is streamed from its start (the player
+            // skips what it has).
+            tracing::debug!(%index, engine = %location.engine, "a raw stream after bytes handed out: from the start");
+            drop((s, slot));
+            request.offset = partial.bytes.len() as u64;
+            (location, s, slot, mode) = self
+                .open(manifest, entry, (location, watch), &request)
+                .await?;
+        }
         let mut turn = Turn {
             permit: Some(slot),
             pass_early: watch.early.is_some(),
@@ -496,7 +523,7 @@ impl Fetcher {
         watch.at(Some(&location));
         let opened = began.elapsed();
         let engine = location.engine;
-        let (bytes, by_group) = match mode {
+        let (bytes, start, by_group) = match mode {
             Mode::Raw => read::raw(entry, engine, s, (partial, watch, &mut turn)).await?,
             Mode::Verified { from } => {
                 read::verified(entry, (engine, from), s, (partial, watch, &mut turn)).await?
@@ -506,6 +533,7 @@ impl Fetcher {
         Ok(Segment {
             location,
             bytes,
+            start,
             by_group,
         })
     }
