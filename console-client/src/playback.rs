@@ -987,6 +987,48 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_whose_groups_went_out_as_they_came_counts_whole_and_writes_the_rest() {
+        let content = program(BYTES, 4);
+        let (mut sim, _) = Sim::start(&content, Speed::Max, 0);
+        // Segment 0 went to the player group by group: its fetch kept nothing.
+        let handed = |sim: &mut Sim<'_>, index: u32, kept: Vec<u8>, start: u64| {
+            let event = Event::Fetched {
+                run: sim.run,
+                index: SegmentIndex(index),
+                result: Ok(Segment {
+                    location: location(sim.engine, sim.director),
+                    bytes: kept,
+                    start,
+                    by_group: true,
+                }),
+            };
+            sim.playback.handle(sim.at(0), event)
+        };
+        let zero = handed(&mut sim, 0, Vec::new(), 1000);
+        let write = zero.iter().find_map(|a| match a {
+            Action::Write {
+                bytes, start, from, ..
+            } => Some((bytes.len(), *start, *from)),
+            _ => None,
+        });
+        assert_eq!(
+            write,
+            Some((0, 1000, 0)),
+            "nothing kept, all of it to write"
+        );
+        let p = sim.playback.progress(sim.at(0), 0);
+        assert_eq!((p.stats.bytes, p.position_ms), (1000, 1000));
+        // A seek into segment 2 at its half: a segment whose last 200 bytes were kept plays
+        // its second half, and lasts half its length.
+        let seek = sim.control(1, Control::Seek(1500));
+        assert_eq!(fetches(&seek)[0], (2, 500));
+        let two = handed(&mut sim, 2, vec![9; 200], 800);
+        assert_eq!(written(&two), vec![500]);
+        let p = sim.playback.progress(sim.at(1), 0);
+        assert_eq!((p.stats.bytes, p.position_ms), (1500, 3000));
+    }
+
+    #[test]
     fn a_seek_drops_the_fetches_and_plays_on_from_the_byte_sought() {
         let content = program(BYTES, 10);
         let (mut sim, _) = Sim::start(&content, Speed::Max, 0);
