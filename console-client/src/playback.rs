@@ -257,8 +257,7 @@ pub(crate) enum Action<E> {
     /// Drop every fetch in flight (a seek, a quit): their streams end, their engines report
     /// the stops.
     CancelFetches,
-    /// Write segment `index` from byte `from` on to the output: the groups its fetch handed
-    /// out that are not out yet, then `bytes`, the segment's bytes from byte `start` on.
+    /// Write segment `index` from byte `from` on: the groups its fetch queued, then `bytes`.
     Write {
         /// The segment.
         index: SegmentIndex,
@@ -614,12 +613,6 @@ impl<'a, E> Playback<'a, E> {
     /// for a release time.
     fn take_up(&mut self, now: Instant, index: SegmentIndex, segment: Segment) -> bool {
         let size = segment.size();
-        let Segment {
-            location,
-            bytes,
-            start,
-            ..
-        } = segment;
         let mut duration_ms = self
             .content
             .segment(index.0)
@@ -630,7 +623,7 @@ impl<'a, E> Playback<'a, E> {
             from = self.skip.min(size) as usize;
             duration_ms = duration_ms * (size - from as u64) / size.max(1);
         }
-        if location.swap {
+        if segment.location.swap {
             self.stats.swaps += 1;
         }
         let mut release = None;
@@ -652,9 +645,9 @@ impl<'a, E> Playback<'a, E> {
         }
         self.pending = Some(Pending {
             index,
-            location,
-            bytes,
-            start,
+            location: segment.location,
+            bytes: segment.bytes,
+            start: segment.start,
             from,
             duration_ms,
             release,
