@@ -302,7 +302,8 @@ fn peak_rss(pid: u32) -> Result<u64> {
 /// At `--speed max` a console holds no segment whole (issue 21): its player stops reading,
 /// and each of its fetches (the segment playing and the two ahead of it) stops at its queue
 /// of verified chunk groups, with the console's memory far below one segment of 48 MiB. It
-/// plays on byte for byte once the player reads again.
+/// plays on byte for byte once the player reads again, after a hold longer than an attempt
+/// may take (the fetches waiting are dropped and resumed meanwhile).
 #[test]
 fn a_console_whose_player_stops_reading_holds_no_segment_whole() -> Result<()> {
     const SEGMENT: usize = 48 * MIB;
@@ -343,6 +344,16 @@ fn a_console_whose_player_stops_reading_holds_no_segment_whole() -> Result<()> {
         },
     )
     .with_context(|| format!("the console's log:\n{}", playing.stderr().text()))?;
+    // Held past an attempt's time limit (60 s): every waiting fetch is dropped there and
+    // resumed at the group it could not queue, no group lost (nor the segment refetched).
+    wait::blocking(
+        "an attempt to reach its time limit while held",
+        Duration::from_secs(120),
+        || {
+            let log = plain(&playing.stderr().text());
+            Ok(log.contains("asking again") && log.contains("error=TimedOut"))
+        },
+    )?;
     let peak = peak_rss(pid)?;
     assert!(peak < SEGMENT as u64, "peak {} MiB", peak / MIB as u64);
     eprintln!("the console's peak while held: {} KiB", peak / 1024);

@@ -70,6 +70,17 @@ pub enum PlayError {
     /// `--rendition` named none of the program's.
     #[error(transparent)]
     Rendition(#[from] UnknownRendition),
+    /// Bytes of a segment fetched and verified never reached the output: a bug, caught before
+    /// the output went on past the hole.
+    #[error("segment {index}: bytes {from}..{to} never reached the output (a console bug)")]
+    Lost {
+        /// The segment.
+        index: SegmentIndex,
+        /// The first byte missing.
+        from: usize,
+        /// The first byte there after it.
+        to: usize,
+    },
 }
 
 /// A fetch's result, as its task returns it: its run, its position, the rendition it was
@@ -210,9 +221,8 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                     }
                     let start = usize::try_from(start).unwrap_or(usize::MAX);
                     if written < start {
-                        return Err(PlayError::Write(std::io::Error::other(format!(
-                            "segment {index}: bytes {written}..{start} never reached the output"
-                        ))));
+                        let (from, to) = (written, start);
+                        return Err(PlayError::Lost { index, from, to });
                     }
                     out.write_all(bytes.get(written - start..).unwrap_or_default())
                         .await?;

@@ -141,7 +141,6 @@ pub(super) async fn verified(
             Ok(Some((start, end))) => {
                 match hand {
                     Some(early) => {
-                        partial.handed = end;
                         let said = &mut held;
                         let say = move || {
                             if !std::mem::replace(said, true) {
@@ -149,6 +148,9 @@ pub(super) async fn verified(
                             }
                         };
                         hand_out(early, (start, fresh), (watch, turn), say).await;
+                        // Only once it is queued: an attempt dropped while it waits (its time
+                        // limit) resumes at this group, not past it.
+                        partial.handed = end;
                     }
                     None => {
                         // Resumed at the start of a group: what an earlier attempt brought of
