@@ -61,11 +61,12 @@ pub enum PlayError {
     /// A segment could not be had.
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    /// The output refused the media (a player that quit, a full disk).
-    #[error("cannot write the media: {0}")]
+    /// The output refused the media (a player that quit, a full disk); the cause is its
+    /// source, so the one line (`{:#}`) names it once.
+    #[error("cannot write the media")]
     Write(#[from] std::io::Error),
     /// A fetch task failed.
-    #[error("a segment fetch failed: {0}")]
+    #[error("a segment fetch failed")]
     Task(#[from] JoinError),
     /// `--rendition` named none of the program's.
     #[error(transparent)]

@@ -735,6 +735,16 @@ mod tests {
                  address (--node)"
             )
         );
+        // The output refusing: its cause once.
+        let full = std::io::Error::other("No space left on device (os error 28)");
+        let line = format!(
+            "{:#}",
+            anyhow::Error::from(crate::play::PlayError::from(full))
+        );
+        assert_eq!(
+            line,
+            "cannot write the media: No space left on device (os error 28)"
+        );
 
         let engine = PeerId::random();
         let cause = std::io::Error::other("Connection reset by peer (os error 104)");
