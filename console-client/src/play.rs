@@ -289,9 +289,10 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                     None => std::future::pending().await,
                 }
             } => {
-                let (Some((run, next, from)), Some(key)) = (streaming, key) else {
+                let Some((run, next, from)) = streaming else {
                     continue;
                 };
+                let key = (run.id(), next);
                 let Some(group) = group else {
                     // Its fetch ended with every group taken.
                     queues.remove(&key);

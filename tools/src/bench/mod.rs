@@ -125,14 +125,20 @@ pub fn sibling_bin(name: &str) -> Result<PathBuf> {
 
 /// Resident set size of process `pid` in bytes, from `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// A memory figure of process `pid` in bytes, from its line `field` (`VmRSS`, `VmHWM`: the
+/// peak) in `/proc/<pid>/status`.
+pub fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .context("no VmRSS in /proc status")?;
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(kb * 1024)
 }
 
