@@ -734,6 +734,7 @@ mod tests {
             swap: false,
             http: None,
             https: false,
+            bulk: None,
         }
     }
 

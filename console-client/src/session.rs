@@ -205,7 +205,12 @@ impl Session {
             learn.learn().await;
         });
         Ok(Self {
-            fetcher: Fetcher::new(directors),
+            // Without an identity, the director client made a fresh one: no token matches
+            // either, so a fresh one here is as good.
+            fetcher: Fetcher::new(
+                directors,
+                (credentials.key.clone()).unwrap_or_else(Keypair::generate_ed25519),
+            ),
             manifest: Arc::new(manifest),
             token: credentials.token.clone(),
             _learning: learning,

@@ -82,6 +82,9 @@ pub enum EngineEvent {
         /// Whether it serves `http` over TLS (`--tls-cert`).
         #[serde(default)]
         https: bool,
+        /// Where it takes bulk connections from consoles (`net::bulk`), if it does.
+        #[serde(default)]
+        bulk: Option<std::net::SocketAddr>,
     },
     /// A segment was stored, verified and committed.
     Stored {

@@ -51,6 +51,7 @@ struct Inner {
     streams_started: Counter,
     streams_stopped: Family<Kind, Counter>,
     preloads: Counter,
+    bulk_connections: Counter,
     bytes_out: Counter,
     bytes_in: Family<Kind, Counter>,
     copies: Counter,
@@ -89,6 +90,7 @@ impl Metrics {
             streams_started: Counter::default(),
             streams_stopped: Family::default(),
             preloads: Counter::default(),
+            bulk_connections: Counter::default(),
             bytes_out: Counter::default(),
             bytes_in: Family::default(),
             copies: Counter::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "preloads",
             "Engines told to read a segment ahead of a console",
             inner.preloads.clone(),
+        );
+        r.register(
+            "bulk_connections",
+            "Bulk connections (TLS, no yamux) consoles opened to engines, handshake done",
+            inner.bulk_connections.clone(),
         );
         r.register(
             "stream_bytes_out",
@@ -320,6 +327,11 @@ impl Metrics {
     /// A segment location answered from this station's own engines.
     pub(crate) fn hit(&self) {
         self.inner.hits.inc();
+    }
+
+    /// A console's bulk connection to an engine completed its handshake.
+    pub(crate) fn bulk_connection(&self) {
+        self.inner.bulk_connections.inc();
     }
 
     /// A stream ended after sending `bytes`.
@@ -613,6 +625,7 @@ mod tests {
         let m = Metrics::new();
         m.hit();
         m.streamed(1000);
+        m.bulk_connection();
         m.received("copy", 5);
         m.dht_query("get_record", Some(Duration::from_millis(3)));
         let activity = Activity {
@@ -627,6 +640,7 @@ mod tests {
         for line in [
             "vodmesh_hits_total 1",
             "vodmesh_stream_bytes_out_total 1000",
+            "vodmesh_bulk_connections_total 1",
             "vodmesh_bytes_in_total{kind=\"copy\"} 5",
             "vodmesh_streams_started_total 2",
             "vodmesh_streams_stopped_total{kind=\"complete\"} 1",

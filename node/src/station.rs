@@ -276,6 +276,7 @@ impl Station {
                     disks,
                     http: e.http,
                     https: e.https,
+                    bulk: e.bulk,
                 }
             })
             .collect();

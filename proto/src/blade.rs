@@ -56,6 +56,9 @@ pub enum Up<R, C, F> {
         /// Whether it serves `http` over TLS (`--tls-cert`).
         #[serde(default)]
         https: bool,
+        /// Where it takes bulk connections from consoles (`net::bulk`), if it does.
+        #[serde(default)]
+        bulk: Option<std::net::SocketAddr>,
     },
     /// A report, as an in-process engine makes it (which engine it is, is the director's
     /// business: it knows the link it came on).
@@ -178,6 +181,7 @@ mod tests {
                 capacity: 9,
                 http: Some(([127, 0, 0, 1], 8080).into()),
                 https: false,
+                bulk: Some(([127, 0, 0, 1], 8081).into()),
             },
             Up::Report((3, "stored".into())),
             Up::FetchDone {

@@ -184,6 +184,11 @@ pub struct SegmentLocation {
     /// Whether it serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https: bool,
+    /// Where the engine takes bulk connections (`vodmesh_proto::net::bulk`), when it does: the
+    /// console streams over one of those rather than a libp2p stream. An unspecified IP is
+    /// the engine's: the console takes the IP of its TCP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<std::net::SocketAddr>,
 }
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.

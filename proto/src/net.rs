@@ -25,7 +25,10 @@
 //!
 //! The four stream protocols (stream, copy, ingest, blade) go through [`streams`], vodmesh's
 //! own stream behaviour: inbound streams queued per protocol, never dropped below the bound.
+//! `/vodmesh/stream/1` also runs on [`bulk`]: a TLS connection of its own to the engine,
+//! with libp2p's certificates and no yamux, which consoles use where the engine offers one.
 
+pub mod bulk;
 pub mod streams;
 
 use std::time::Duration;

@@ -42,6 +42,9 @@ pub struct EngineInfo {
     /// Whether it serves `http` over TLS (`--tls-cert`): its URLs are `https://`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https: bool,
+    /// Where it takes bulk connections from consoles (`net::bulk`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<SocketAddr>,
 }
 
 impl EngineInfo {
@@ -292,6 +295,7 @@ mod tests {
                 }],
                 http: None,
                 https: false,
+                bulk: None,
             }],
             region: Some("eu".into()),
             coords: Some((52.5, 13.4)),

@@ -208,6 +208,7 @@ mod tests {
                 disks: vec![],
                 http: None,
                 https: false,
+                bulk: None,
             }],
             region: None,
             coords: None,

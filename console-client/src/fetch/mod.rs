@@ -39,7 +39,9 @@ use vodmesh_proto::{SegmentId, SegmentIndex};
 use crate::directors::{AskError, Directors};
 use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
+use self::bulk::Wire;
 
+mod bulk;
 mod error;
 mod read;
 pub use self::error::{AttemptError, FetchError};
@@ -245,16 +247,19 @@ impl Watch {
 /// per engine at a time, the engines it found unreachable, and how often it had to wait.
 pub(crate) struct Fetcher {
     pub(crate) directors: Arc<Directors>,
+    /// Bulk connections to engines, kept between segments.
+    bulk: bulk::Pool,
     slots: EngineSlots,
     unreachable: Mutex<Recent>,
     waits: AtomicU32,
 }
 
 impl Fetcher {
-    /// A fetcher asking `directors`.
-    pub(crate) fn new(directors: Arc<Directors>) -> Self {
+    /// A fetcher asking `directors`, streaming as `key` (the identity its tokens are bound to).
+    pub(crate) fn new(directors: Arc<Directors>, key: libp2p::identity::Keypair) -> Self {
         Self {
             directors,
+            bulk: bulk::Pool::new(key),
             slots: EngineSlots::default(),
             unreachable: Mutex::default(),
             waits: AtomicU32::new(0),
@@ -524,11 +529,13 @@ impl Fetcher {
         let opened = began.elapsed();
         let engine = location.engine;
         let (bytes, start, by_group) = match mode {
-            Mode::Raw => read::raw(entry, engine, s, (partial, watch, &mut turn)).await?,
+            Mode::Raw => read::raw(entry, engine, &mut s, (partial, watch, &mut turn)).await?,
             Mode::Verified { from } => {
-                read::verified(entry, (engine, from), s, (partial, watch, &mut turn)).await?
+                let at = (engine, from);
+                read::verified(entry, at, &mut s, (partial, watch, &mut turn)).await?
             }
         };
+        self.bulk.done(engine, s).await;
         tracing::trace!(%index, %engine, ?located, ?opened, read = ?began.elapsed().saturating_sub(opened), "segment attempt timed");
         Ok(Segment {
             location,
@@ -549,9 +556,11 @@ impl Fetcher {
         entry: &SegmentEntry,
         (mut location, watch): (SegmentLocation, &Watch),
         request: &StreamRequest,
-    ) -> Result<(SegmentLocation, libp2p::Stream, OwnedSemaphorePermit, Mode), Attempt> {
+    ) -> Result<(SegmentLocation, Wire, OwnedSemaphorePermit, Mode), Attempt> {
         let index = request.segment.index;
-        let client = &self.directors.first;
+        // A kept bulk connection that the engine closed since fails its first exchange: it is
+        // asked again once, on a new connection.
+        let mut fresh = false;
         loop {
             let engine = location.engine;
             let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
@@ -567,32 +576,33 @@ impl Fetcher {
             if self.is_unreachable(&engine) {
                 return Err(unreachable(AttemptError::Avoided(engine)));
             }
-            client
-                .add_addresses(engine, location.addrs.clone())
-                .await
-                .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
-            let mut s = match client.open_stream(engine, wire::PROTOCOL).await {
-                Ok(s) => s,
-                // The engine's queue of unaccepted streams is full: alive and overloaded, as
-                // good as its own `Busy` answer.
-                Err(ClientError::Busy(_)) => {
-                    return Err(Attempt::Ended(
-                        Ended::EngineBusy(engine),
-                        AttemptError::Busy(engine),
-                    ));
-                }
-                Err(cause) => return Err(unreachable(AttemptError::Unreachable { engine, cause })),
-            };
-            write_frame(&mut s, request).await.map_err(lost)?;
+            let mut s = self.wire(&location, fresh).await?;
+            let reused = matches!(s, Wire::Bulk { reused: true, .. });
+            let asked = write_frame(&mut s, request).await;
             // A stream that closes before its answer (the engine stopping) ends here with an
             // error: the engine answered the open, so it is not avoided.
-            let reply = tokio::time::timeout(
-                READ_STALL,
-                read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),
-            )
-            .await
-            .map_err(|_| unreachable(AttemptError::NoAnswer(engine)))?
-            .map_err(lost)?;
+            let reply = match asked {
+                Ok(()) => {
+                    tokio::time::timeout(
+                        READ_STALL,
+                        read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME),
+                    )
+                    .await
+                }
+                Err(e) => Ok(Err(e)),
+            };
+            let reply = match reply {
+                Ok(Err(e)) if reused => {
+                    tracing::debug!(%index, %engine, error = %e, "a kept bulk connection was closed: a new one");
+                    fresh = true;
+                    drop(slot);
+                    continue;
+                }
+                reply => reply,
+            };
+            let reply = reply
+                .map_err(|_| unreachable(AttemptError::NoAnswer(engine)))?
+                .map_err(lost)?;
             match reply {
                 // Claim 21: this engine's copy has not reached our position; its director
                 // names one with the whole segment, which takes us over.
@@ -646,6 +656,38 @@ impl Fetcher {
                     return Ok((location, s, slot, Mode::Verified { from }));
                 }
             }
+        }
+    }
+}
+
+impl Fetcher {
+    /// Where the stream of an attempt at `location` goes: a bulk connection when the engine
+    /// takes them (a kept one unless `fresh`), else (or when it fails) a libp2p stream.
+    async fn wire(&self, location: &SegmentLocation, fresh: bool) -> Result<Wire, Attempt> {
+        let engine = location.engine;
+        if let Some(addr) = self.bulk.address(location) {
+            match self.bulk.take(engine, addr, fresh).await {
+                Ok(wire) => return Ok(wire),
+                Err(e) => {
+                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
+                }
+            }
+        }
+        let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
+        let client = &self.directors.first;
+        client
+            .add_addresses(engine, location.addrs.clone())
+            .await
+            .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
+        match client.open_stream(engine, wire::PROTOCOL).await {
+            Ok(s) => Ok(Wire::Stream(s)),
+            // The engine's queue of unaccepted streams is full: alive and overloaded, as
+            // good as its own `Busy` answer.
+            Err(ClientError::Busy(_)) => Err(Attempt::Ended(
+                Ended::EngineBusy(engine),
+                AttemptError::Busy(engine),
+            )),
+            Err(cause) => Err(unreachable(AttemptError::Unreachable { engine, cause })),
         }
     }
 }

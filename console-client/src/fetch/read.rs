@@ -3,13 +3,14 @@
 //! comes and handed to the player at once or kept ([`verified`]); either way resumed over what
 //! earlier attempts brought ([`Partial`]).
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncReadExt;
 use libp2p::PeerId;
 use tokio::sync::mpsc::error::TrySendError;
 use vodmesh_proto::SegmentHash;
 use vodmesh_proto::manifest::SegmentEntry;
 use vodmesh_proto::verified as tree;
 
+use super::bulk::Wire;
 use super::{Attempt, AttemptError, Early, Group, READ_CHUNK, READ_STALL, Turn, Watch};
 use crate::retry::Ended;
 
@@ -38,11 +39,12 @@ impl Partial {
 
 /// Reads the rest of segment `entry` from `engine`'s raw stream into `partial` and
 /// verifies the whole, telling `watch` of every byte and `turn` of what is left; the bytes
-/// (and whether all were verified by group: never, here), or how the attempt ended.
+/// (and whether all were verified by group: never, here), or how the attempt ended. The
+/// stream is read to the segment's end, no further (a bulk connection carries the next).
 pub(super) async fn raw(
     entry: &SegmentEntry,
     engine: PeerId,
-    mut s: libp2p::Stream,
+    s: &mut Wire,
     (whole, watch, turn): (&mut Partial, &Watch, &mut Turn),
 ) -> Result<(Vec<u8>, u64, bool), Attempt> {
     let partial = &mut whole.bytes;
@@ -54,12 +56,11 @@ pub(super) async fn raw(
         let n = (size - partial.len()).min(buf.len());
         let progress = partial.len() > had;
         let at = partial.len() as u64;
-        let got = read_more(&mut s, &mut buf[..n], engine, (at, progress)).await?;
+        let got = read_more(s, &mut buf[..n], engine, (at, progress)).await?;
         partial.extend_from_slice(&buf[..got]);
         watch.byte();
         turn.left((size - partial.len()) as u64);
     }
-    let _ = s.close().await;
     check_whole(entry, engine, whole)
 }
 
@@ -103,7 +104,7 @@ fn check_whole(
 pub(super) async fn verified(
     entry: &SegmentEntry,
     (engine, from): (PeerId, u64),
-    mut s: libp2p::Stream,
+    s: &mut Wire,
     (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
 ) -> Result<(Vec<u8>, u64, bool), Attempt> {
     let had = partial.received();
@@ -132,7 +133,7 @@ pub(super) async fn verified(
         let mut filled = 0;
         while filled < need {
             let at = partial.received();
-            let got = read_more(&mut s, &mut buf[filled..], engine, (at, at > had)).await?;
+            let got = read_more(s, &mut buf[filled..], engine, (at, at > had)).await?;
             filled += got;
             watch.byte();
         }
@@ -173,7 +174,6 @@ pub(super) async fn verified(
             }
         }
     }
-    let _ = s.close().await;
     check_whole(entry, engine, partial)
 }
 
@@ -205,7 +205,7 @@ async fn hand_out(
 /// segment is not whole yet (handed over, or the engine went away; the next attempt
 /// resumes); a silent one (frozen, cut off) is resumed elsewhere.
 async fn read_more(
-    s: &mut libp2p::Stream,
+    s: &mut Wire,
     buf: &mut [u8],
     engine: PeerId,
     (at, progress): (u64, bool),

@@ -86,6 +86,7 @@ async fn link(
         capacity,
         http,
         https,
+        bulk,
     })) = hello
     else {
         return refuse(&mut wr, "expected Hello first").await;
@@ -105,6 +106,7 @@ async fn link(
         addrs,
         http,
         https,
+        bulk,
     };
     let _ = reports.send(EngineReport::new(engine, ready)).await;
     if max_streams > 0 {

@@ -245,6 +245,7 @@ pub async fn start_engine(
             disks: Vec::new(),
             http: handle.http,
             https: handle.https,
+            bulk: handle.bulk,
         },
     };
     tasks.spawn(attach.run(shutdown));
@@ -402,6 +403,7 @@ impl Attach {
             capacity: self.info.capacity,
             http: self.info.http,
             https: self.info.https,
+            bulk: self.info.bulk,
         };
         send(wr, &hello).await?;
         match timeout(DEAD_AFTER, read_frame::<_, Down>(rd, MAX_FRAME)).await {

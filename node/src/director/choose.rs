@@ -290,10 +290,12 @@ impl Holder {
             swap: false,
             http: None,
             https: false,
+            bulk: None,
         };
         if let Some(e) = (self.station.engines.iter()).find(|e| e.peer_id == self.engine) {
             location.http = e.http;
             location.https = e.https;
+            location.bulk = e.bulk;
         }
         location
     }

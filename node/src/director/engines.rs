@@ -205,6 +205,7 @@ impl EngineTable {
             swap,
             http: engine.http,
             https: engine.https,
+            bulk: engine.bulk,
         })
     }
 
@@ -284,6 +285,7 @@ impl EngineTable {
                 addrs,
                 http,
                 https,
+                bulk,
             } => {
                 let Some(engine) = self.engines.get_mut(id.0) else {
                     tracing::warn!(%id, %peer_id, "a report from an engine slot this station does not have");
@@ -313,6 +315,7 @@ impl EngineTable {
                     disks,
                     http,
                     https,
+                    bulk,
                 });
                 Heard::Changed
             }
@@ -413,6 +416,7 @@ mod tests {
                 addrs,
                 http: None,
                 https: false,
+                bulk: None,
             },
         )
     }

@@ -12,6 +12,7 @@
 //! - `stream`: `/vodmesh/stream/1`, segments streamed to consoles, under `--max-streams`.
 //! - `admit`: who may stream or copy (tokens, the director's approval).
 //! - `accept`: the accept loop every protocol shares.
+//! - `bulk`: `/vodmesh/stream/1` on TLS connections of their own (no yamux), for consoles.
 //! - `http`: the HTTP edge of `--http`, segments for standard players under the same
 //!   admission and `--max-streams`.
 //! - `report`: what the engine tells its director of itself.
@@ -19,6 +20,7 @@
 
 mod accept;
 mod admit;
+mod bulk;
 pub mod copy;
 mod embargo;
 mod http;
@@ -98,6 +100,8 @@ pub struct EngineHandle {
     pub http: Option<std::net::SocketAddr>,
     /// Whether it serves `http` over TLS (`--tls-cert`).
     pub https: bool,
+    /// Where it takes bulk connections from consoles ([`bulk`]).
+    pub bulk: Option<std::net::SocketAddr>,
     /// Its segment store.
     pub store: SegmentStore,
     /// Commands from the director.
@@ -152,6 +156,15 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The bulk listener cannot be set up (its certificate, or its port).
+    #[error("engine {index} cannot take bulk connections")]
+    Bulk {
+        /// The engine.
+        index: usize,
+        /// Why.
+        #[source]
+        source: vodmesh_proto::net::bulk::Error,
     },
     /// A protocol was registered twice (a bug, not an operator's error).
     #[error("registering {protocol}: {source}")]
@@ -267,6 +280,8 @@ pub async fn start(
         store.set_embargoes(ended).await.map_err(store_error)?;
     }
 
+    let bulk_error = |source| Error::Bulk { index, source };
+    let acceptor = vodmesh_proto::net::bulk::Acceptor::new(&key).map_err(bulk_error)?;
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
@@ -282,7 +297,9 @@ pub async fn start(
             cause: Box::new(cause),
         })?;
     let addrs = advertised(&announce, &listened);
-    tracing::info!(index, peer = %peer_id, addrs = ?addrs, "engine listening");
+    let (bulk_listener, bulk) = (bulk::bind(&listened).await)
+        .map_err(|e| bulk_error(vodmesh_proto::net::bulk::Error::Io(e)))?;
+    tracing::info!(index, peer = %peer_id, addrs = ?addrs, %bulk, "engine listening");
     let http_error = |addr, source| Error::Http {
         index,
         addr,
@@ -367,6 +384,7 @@ pub async fn start(
         addrs: addrs.clone(),
         http,
         https,
+        bulk: Some(bulk),
     };
     reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
@@ -389,6 +407,7 @@ pub async fn start(
         streams,
         metrics,
         http: http_edge,
+        bulk: (bulk_listener, acceptor),
         scrub: storage.scrub_pace,
     };
     let task = tokio::spawn(blade.run(services, commands_rx, events, shutdown));
@@ -398,6 +417,7 @@ pub async fn start(
         addrs,
         http,
         https,
+        bulk: Some(bulk),
         store,
         commands,
         task,
@@ -419,6 +439,8 @@ struct Services {
     metrics: crate::metrics::Metrics,
     /// The HTTP edge's listener and state, with `--http`.
     http: Option<(tokio::net::TcpListener, http::Edge)>,
+    /// The bulk listener and its TLS handshakes.
+    bulk: (tokio::net::TcpListener, vodmesh_proto::net::bulk::Acceptor),
     /// The background scrub's pace.
     scrub: scrub::Pace,
 }
@@ -455,6 +477,7 @@ impl Blade {
             streams,
             metrics,
             http,
+            bulk: (bulk_listener, acceptor),
             scrub,
         } = services;
         loops.spawn(scrub::run(
@@ -468,6 +491,13 @@ impl Blade {
             edge.stop = stop.child_token();
             loops.spawn(http::serve(listener, edge));
         }
+        loops.spawn(bulk::serve(
+            (self.index, metrics.clone()),
+            bulk_listener,
+            acceptor,
+            streams.clone(),
+            stop.clone(),
+        ));
         let index = self.index;
         let (store, expectations, reporter) = (
             self.store.clone(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::AsyncWriteExt;
+use futures::{AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -205,7 +205,7 @@ impl Drop for Handover<'_> {
 impl StreamService {
     async fn send(
         &self,
-        stream: &mut Stream,
+        stream: &mut (impl AsyncWrite + Unpin),
         reader: &mut crate::store::Reader,
         (offset, handover): (u64, &CancellationToken),
         sent: &mut u64,
@@ -247,7 +247,7 @@ impl StreamService {
 
     /// Writes `bytes` to the console, unless handed over first (then `false`).
     async fn write(
-        stream: &mut Stream,
+        stream: &mut (impl AsyncWrite + Unpin),
         bytes: &[u8],
         handover: &CancellationToken,
     ) -> std::io::Result<bool> {
@@ -272,7 +272,7 @@ impl StreamService {
     /// here a second time. `sent` counts the segment bytes sent.
     async fn send_verified(
         &self,
-        stream: &mut Stream,
+        stream: &mut (impl AsyncWrite + Unpin),
         reader: &mut crate::store::Reader,
         outboard: &Outboard,
         (from, handover): (u64, &CancellationToken),
@@ -329,15 +329,32 @@ impl StreamService {
         }
     }
 
-    /// Answers `reply` and closes the stream: the exchange ends before any byte.
-    async fn answer(stream: &mut Stream, reply: &StreamReply) -> std::io::Result<()> {
+    /// Answers `reply`: the exchange ends before any byte, whole.
+    async fn answer(
+        stream: &mut (impl AsyncWrite + Unpin),
+        reply: &StreamReply,
+    ) -> std::io::Result<bool> {
         write_frame(stream, reply).await?;
+        stream.flush().await?;
+        Ok(true)
+    }
+
+    /// Serves one stream request from `peer` on a libp2p stream, and closes it.
+    pub(crate) async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
+        let request: StreamRequest = read_request(&mut stream, MAX_FRAME).await?;
+        self.serve(peer, &mut stream, request).await?;
         stream.close().await
     }
 
-    /// Serves one stream request from `peer`.
-    pub(crate) async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
-        let request: StreamRequest = read_request(&mut stream, MAX_FRAME).await?;
+    /// Serves `request` from `peer` on `stream` (a libp2p stream, or a bulk connection):
+    /// whether the exchange ended whole (an answer alone, or every byte asked for sent), so
+    /// that a bulk connection may carry the next; one handed over or cut short did not.
+    pub(crate) async fn serve(
+        &self,
+        peer: PeerId,
+        stream: &mut (impl AsyncWrite + Unpin),
+        request: StreamRequest,
+    ) -> std::io::Result<bool> {
         let segment = request.segment;
         // No byte of a program leaves an engine without a valid console token, bound to the
         // peer at the other end of this connection, for this program.
@@ -348,16 +365,16 @@ impl StreamService {
         if let Err(why) = admitted {
             tracing::info!(engine = %self.reporter.engine(), %peer, refused = %why, "stream refused");
             self.reporter.try_send(EngineEvent::Refused { copy: false });
-            return Self::answer(&mut stream, &StreamReply::Refused(why.to_string())).await;
+            return Self::answer(stream, &StreamReply::Refused(why.to_string())).await;
         }
         let Some(_mine) = self.per_peer.take(peer) else {
             tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "busy: at the peer's streams");
-            return Self::answer(&mut stream, &StreamReply::Busy).await;
+            return Self::answer(stream, &StreamReply::Busy).await;
         };
         let Some(_active) = self.load.try_start() else {
             // A wait for the console, not a refusal: it asks its director for another engine.
             tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "busy: at --max-streams");
-            return Self::answer(&mut stream, &StreamReply::Busy).await;
+            return Self::answer(stream, &StreamReply::Busy).await;
         };
         // A copy the director just ordered (overload replication) may not have begun to
         // arrive: the console was sent here at once, so wait briefly for the first bytes.
@@ -373,7 +390,7 @@ impl StreamService {
             self.store.info(&segment),
         ) else {
             tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "absent");
-            return Self::answer(&mut stream, &StreamReply::Absent).await;
+            return Self::answer(stream, &StreamReply::Absent).await;
         };
         let size = reader.len();
         // Claim 21: a console that seeks past what a still-filling copy holds is not made to
@@ -387,12 +404,12 @@ impl StreamService {
                     console: peer,
                     filled,
                 });
-                return Self::answer(&mut stream, &StreamReply::Swap { filled }).await;
+                return Self::answer(stream, &StreamReply::Swap { filled }).await;
             }
         }
         if request.offset > size {
             let why = StreamReply::Refused("offset past the end of the segment".into());
-            return Self::answer(&mut stream, &why).await;
+            return Self::answer(stream, &why).await;
         }
         // Verified mode needs the segment's tree: a complete segment's, which its reader holds
         // already (the store computes it for a segment stored before trees were kept). A copy
@@ -430,7 +447,7 @@ impl StreamService {
                 hash: info.hash,
             },
         };
-        write_frame(&mut stream, &streaming).await?;
+        write_frame(&mut *stream, &streaming).await?;
         self.reporter.try_send(EngineEvent::TookOver {
             segment,
             console: peer,
@@ -440,22 +457,24 @@ impl StreamService {
         let result = match &outboard {
             Some(outboard) => {
                 let at = (from, &handover.token);
-                (self.send_verified(&mut stream, &mut reader, outboard, at, &mut sent)).await
+                (self.send_verified(stream, &mut reader, outboard, at, &mut sent)).await
             }
             None => {
                 let at = (from, &handover.token);
-                self.send(&mut stream, &mut reader, at, &mut sent).await
+                self.send(stream, &mut reader, at, &mut sent).await
             }
         };
+        let whole = result.is_ok() && from + sent == size;
         drop(handover);
         self.reporter.try_send(EngineEvent::Stopped {
             segment,
             console: peer,
             bytes: sent,
-            complete: result.is_ok() && from + sent == size,
+            complete: whole,
         });
         result?;
-        stream.close().await
+        stream.flush().await?;
+        Ok(whole)
     }
 }
 

@@ -16,6 +16,7 @@ fn engine(streams: u32, max_streams: u32, up: bool) -> EngineInfo {
         disks: vec![],
         http: None,
         https: false,
+        bulk: None,
     }
 }
 

@@ -1,0 +1,164 @@
+//! The engine's side of the bulk path (`vodmesh_proto::net::bulk`): `/vodmesh/stream/1`
+//! exchanges on TLS connections of their own, served by the same [`StreamService`] as the
+//! libp2p streams (the same tokens, bound to the peer id of the console's certificate, the same
+//! `--max-streams` and handovers).
+//!
+//! Any host can connect, so every stage is bounded: connections at once
+//! ([`MAX_CONNECTIONS`], past it a connection is closed unread), the handshake
+//! ([`bulk::HANDSHAKE_WITHIN`]), connections a peer holds ([`MAX_CONNECTIONS_PER_PEER`]),
+//! a request's size (`stream::MAX_FRAME`) and the wait for it ([`IDLE_WITHIN`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use vodmesh_proto::codec::read_frame;
+use vodmesh_proto::net::bulk;
+use vodmesh_proto::stream::{MAX_FRAME, StreamRequest};
+
+use super::accept;
+use super::stream::{MAX_STREAMS_PER_PEER, StreamService};
+use crate::peer_slots::PeerSlots;
+
+/// Bulk connections an engine holds at once, handshakes included; past it, a new one is
+/// closed at once (the console falls back to a libp2p stream).
+pub(crate) const MAX_CONNECTIONS: usize = 2048;
+
+/// Connections one peer holds at once: its streams at once, and as many idle for the next
+/// segments.
+pub(crate) const MAX_CONNECTIONS_PER_PEER: usize = 2 * MAX_STREAMS_PER_PEER;
+
+/// A connection with no request for this long is closed (the console's pool lets its idle
+/// connections go sooner).
+pub(crate) const IDLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Binds the bulk listener on the IP of the engine's first TCP listen address in `listened`
+/// (any port): the address consoles are told of.
+pub(crate) async fn bind(listened: &[Multiaddr]) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(SocketAddr::new(ip_of(listened), 0)).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// The IP of the first TCP address in `addrs` (else of the first address, else 127.0.0.1).
+fn ip_of(addrs: &[Multiaddr]) -> IpAddr {
+    let ip = |a: &Multiaddr| {
+        a.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        })
+    };
+    (addrs.iter().filter(|a| vodmesh_proto::net::is_tcp(a)))
+        .chain(addrs)
+        .find_map(ip)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Serves the bulk connections of `listener` with `streams`, each in a task, until `stop`;
+/// counts each handshake done in `metrics`.
+pub(crate) async fn serve(
+    (index, metrics): (usize, crate::metrics::Metrics),
+    listener: TcpListener,
+    acceptor: bulk::Acceptor,
+    streams: StreamService,
+    stop: CancellationToken,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_peer = PeerSlots::new(MAX_CONNECTIONS_PER_PEER);
+    let incoming = Box::pin(futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, from)) => return Some(((from, tcp), listener)),
+                // Out of descriptors, a connection reset before it was accepted: the next.
+                Err(e) => {
+                    tracing::debug!(error = %e, "bulk accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }));
+    let ends = stop.clone();
+    accept::each(incoming, stop, move |from: SocketAddr, tcp: TcpStream| {
+        let permit = connections.clone().try_acquire_owned();
+        let (acceptor, streams, per_peer) = (acceptor.clone(), streams.clone(), per_peer.clone());
+        let metrics = metrics.clone();
+        let stop = ends.clone();
+        async move {
+            let Ok(_permit) = permit else {
+                tracing::debug!(index, %from, "bulk connection refused: at the engine's bound");
+                return;
+            };
+            let (peer, conn) = match acceptor.accept(tcp).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(index, %from, error = %e, "bulk handshake failed");
+                    return;
+                }
+            };
+            metrics.bulk_connection();
+            let Some(_mine) = per_peer.take(peer) else {
+                tracing::debug!(index, %peer, "bulk connection refused: at the peer's bound");
+                return;
+            };
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = exchanges(index, peer, conn, &streams) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// The exchanges of one connection from `peer`, one after another, until one does not end
+/// whole, the peer sends nothing for [`IDLE_WITHIN`] or closes; then the connection is closed.
+async fn exchanges(index: usize, peer: PeerId, mut conn: bulk::Conn, streams: &StreamService) {
+    loop {
+        let request = tokio::time::timeout(
+            IDLE_WITHIN,
+            read_frame::<_, StreamRequest>(&mut conn, MAX_FRAME),
+        )
+        .await;
+        let request = match request {
+            Ok(Ok(request)) => request,
+            // Closed by the console, or a request that is not one: the connection ends.
+            Ok(Err(e)) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(index, %peer, error = %e, "bulk request refused");
+                }
+                break;
+            }
+            Err(_) => break,
+        };
+        match streams.serve(peer, &mut conn, request).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                tracing::debug!(index, %peer, error = %e, "bulk stream ended early");
+                break;
+            }
+        }
+    }
+    let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_takes_the_ip_of_the_tcp_address() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let quic = a("/ip4/10.0.0.2/udp/1/quic-v1");
+        let tcp = a("/ip4/10.0.0.1/tcp/1");
+        assert_eq!(ip_of(&[quic.clone(), tcp]), IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(ip_of(&[quic]), IpAddr::from([10, 0, 0, 2]));
+        assert_eq!(ip_of(&[]), IpAddr::from([127, 0, 0, 1]));
+    }
+}

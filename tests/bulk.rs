@@ -1,0 +1,189 @@
+//! The bulk path (issue 21): consoles stream segments over TLS connections of their own to the
+//! engines (libp2p's certificates, no yamux), kept from segment to segment. A console plays a
+//! program that way byte for byte with a handful of connections; a bulk connection is held to
+//! what a libp2p stream is held to (a token bound to the peer at the other end, for the
+//! program) and to bounds of its own (connections a peer holds, a request's size).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::identity::Keypair;
+use vodmesh_node::Station;
+use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::net::bulk::{self, Connector};
+use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::Issuer;
+use vodmesh_proto::{ProgramId, SegmentId};
+use vodmesh_tests::console::{Console, console_token, credentials};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tools::ingest::{self, IngestOptions};
+
+const MIB: usize = 1024 * 1024;
+
+/// A content home trusting `issuer` under `dir/home`, with a program of `len` random bytes
+/// ingested in 1 MiB segments and published: the station, the bytes and the program.
+async fn home_with_program(
+    dir: &Path,
+    issuer: &Issuer,
+    len: usize,
+) -> Result<(Station, Vec<u8>, ProgramId)> {
+    let data = dir.join("home");
+    let station = swarm::station(&data)
+        .content_home()
+        .trusting(issuer)
+        .start()
+        .await?;
+    let source = dir.join("p.bin");
+    let bytes = random_file(&source, len, 21)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        segment_size: MIB as u64,
+        ..ingest_options(&station, &key, "bulk", source)
+    })
+    .await?
+    .program;
+    Ok((station, bytes, program))
+}
+
+/// The station's count of bulk connections its engines took.
+fn bulk_connections(station: &Station) -> Result<u64> {
+    let text = station.metrics().encode();
+    let line = (text.lines())
+        .find_map(|l| l.strip_prefix("vodmesh_bulk_connections_total "))
+        .context("no bulk connection count")?;
+    Ok(line.trim().parse()?)
+}
+
+/// A raw (not verified) request for `segment` with `token`.
+fn request(segment: SegmentId, token: Option<Vec<u8>>) -> StreamRequest {
+    StreamRequest {
+        segment,
+        offset: 0,
+        token: token.map(serde_bytes::ByteBuf::from),
+        play_from: 0,
+        verified: false,
+    }
+}
+
+/// Sends `request` on `conn` and reads the engine's answer.
+async fn ask(conn: &mut bulk::Conn, request: &StreamRequest) -> Result<StreamReply> {
+    write_frame(conn, request).await?;
+    Ok(read_frame(conn, MAX_FRAME).await?)
+}
+
+/// Asks for `segment` on `conn` with `token` and reads it whole.
+async fn stream(conn: &mut bulk::Conn, segment: SegmentId, token: Vec<u8>) -> Result<Vec<u8>> {
+    match ask(conn, &request(segment, Some(token))).await? {
+        StreamReply::Streaming { size, .. } => {
+            let mut bytes = vec![0u8; usize::try_from(size)?];
+            conn.read_exact(&mut bytes).await?;
+            Ok(bytes)
+        }
+        other => bail!("the engine answered {other:?}"),
+    }
+}
+
+/// A console at `--speed max` streams every segment over bulk connections, keeping them: the
+/// bytes played are the bytes ingested, and the engines took far fewer connections than
+/// there are segments (one handshake per engine and stream at once, not per segment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_plays_over_bulk_connections_it_keeps() -> Result<()> {
+    use vodmesh_console::play::{self, Speed};
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    let (station, bytes, program) = home_with_program(dir.path(), &issuer, 16 * MIB).await?;
+    let segments = bytes.len().div_ceil(MIB);
+    assert!(segments >= 16, "{segments} segments");
+    let before = bulk_connections(&station)?;
+    let mut out: Vec<u8> = Vec::new();
+    let credentials = credentials(&issuer)?;
+    let program = program.to_string();
+    let stats = play::play(
+        station.addr(),
+        &credentials,
+        &program,
+        0.0,
+        Speed::Max,
+        &mut out,
+        None,
+        |_| {},
+    )
+    .await?;
+    assert!(out == bytes, "the bytes played are not the bytes ingested");
+    assert_eq!(stats.bytes, bytes.len() as u64);
+    let connections = bulk_connections(&station)? - before;
+    // At least one: the segments came over the bulk path. At most a few per engine: three
+    // fetches at once, each connection kept for the next segment.
+    assert!(
+        (1..=8).contains(&connections),
+        "{connections} bulk connections for {segments} segments"
+    );
+    station.shutdown().await;
+    Ok(())
+}
+
+/// What a stranger gains from a bulk connection: nothing a libp2p stream would not give it.
+/// A token bound to another peer is refused (the engine reads the peer id from the TLS
+/// certificate, not from the request), and the same connection then streams with the peer's
+/// own token; a request past the frame limit ends the connection; a peer holding its share
+/// of connections gets no more, while another peer still streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    let (station, bytes, program) = home_with_program(dir.path(), &issuer, MIB).await?;
+    let segment = SegmentId::new(program, 0);
+    let console = Console::connect(station.addr(), Some(&issuer)).await?;
+    let location = console.locate(program, 0, false).await?;
+    let addr = location.bulk.context("the director named no bulk address")?;
+    let engine = location.engine;
+
+    // Another peer's token, on this peer's connection: refused, and nothing else is sent.
+    let (mallory, alice) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let alices = console_token(&issuer, alice.public().to_peer_id())?;
+    let mallorys = console_token(&issuer, mallory.public().to_peer_id())?;
+    let mut conn = Connector::new(&mallory, engine)?.connect(addr).await?;
+    match ask(&mut conn, &request(segment, Some(alices))).await? {
+        StreamReply::Refused(why) => assert_eq!(why, "token belongs to another peer"),
+        other => bail!("a token of another peer was served: {other:?}"),
+    }
+    // Control: the peer's own token, on the same connection, streams the segment.
+    let got = stream(&mut conn, segment, mallorys.clone()).await?;
+    assert!(got == bytes, "the bytes streamed are not the bytes ingested");
+
+    // A request frame past the limit: the connection ends, unread.
+    let mut big = Connector::new(&mallory, engine)?.connect(addr).await?;
+    big.write_all(&(16 * MIB as u32).to_be_bytes()).await?;
+    big.write_all(&[0u8; 1024]).await?;
+    big.flush().await?;
+    let mut rest = Vec::new();
+    let ended = big.read_to_end(&mut rest).await;
+    assert!(ended.is_err() || rest.is_empty(), "{} bytes answered", rest.len());
+
+    // Its share of connections: each answers (a request with no token: refused, whole).
+    let no_token = request(segment, None);
+    let mut held = vec![conn];
+    while held.len() < 8 {
+        held.push(Connector::new(&mallory, engine)?.connect(addr).await?);
+    }
+    for conn in &mut held {
+        assert!(matches!(ask(conn, &no_token).await?, StreamReply::Refused(_)));
+    }
+    // One more: closed once the engine knows whose it is; nothing is answered on it.
+    let mut over = Connector::new(&mallory, engine)?.connect(addr).await?;
+    let refused = ask(&mut over, &no_token).await;
+    assert!(refused.is_err(), "a connection past the peer's share answered {refused:?}");
+    // Control: another peer connects and streams meanwhile, and the held ones still serve.
+    let token = console_token(&issuer, alice.public().to_peer_id())?;
+    let mut other = Connector::new(&alice, engine)?.connect(addr).await?;
+    assert!(stream(&mut other, segment, token).await? == bytes);
+    assert!(stream(&mut held[7], segment, mallorys).await? == bytes);
+    station.shutdown().await;
+    Ok(())
+}
