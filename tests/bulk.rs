@@ -141,7 +141,9 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     let segment = SegmentId::new(program, 0);
     let console = Console::connect(station.addr(), Some(&issuer)).await?;
     let location = console.locate(program, 0, false).await?;
-    let addr = location.bulk.context("the director named no bulk address")?;
+    let addr = location
+        .bulk
+        .context("the director named no bulk address")?;
     let engine = location.engine;
 
     // Another peer's token, on this peer's connection: refused, and nothing else is sent.
@@ -155,7 +157,10 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     }
     // Control: the peer's own token, on the same connection, streams the segment.
     let got = stream(&mut conn, segment, mallorys.clone()).await?;
-    assert!(got == bytes, "the bytes streamed are not the bytes ingested");
+    assert!(
+        got == bytes,
+        "the bytes streamed are not the bytes ingested"
+    );
 
     // A request frame past the limit: the connection ends, unread.
     let mut big = Connector::new(&mallory, engine)?.connect(addr).await?;
@@ -164,7 +169,11 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     big.flush().await?;
     let mut rest = Vec::new();
     let ended = big.read_to_end(&mut rest).await;
-    assert!(ended.is_err() || rest.is_empty(), "{} bytes answered", rest.len());
+    assert!(
+        ended.is_err() || rest.is_empty(),
+        "{} bytes answered",
+        rest.len()
+    );
 
     // Its share of connections: each answers (a request with no token: refused, whole).
     let no_token = request(segment, None);
@@ -173,12 +182,18 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
         held.push(Connector::new(&mallory, engine)?.connect(addr).await?);
     }
     for conn in &mut held {
-        assert!(matches!(ask(conn, &no_token).await?, StreamReply::Refused(_)));
+        assert!(matches!(
+            ask(conn, &no_token).await?,
+            StreamReply::Refused(_)
+        ));
     }
     // One more: closed once the engine knows whose it is; nothing is answered on it.
     let mut over = Connector::new(&mallory, engine)?.connect(addr).await?;
     let refused = ask(&mut over, &no_token).await;
-    assert!(refused.is_err(), "a connection past the peer's share answered {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a connection past the peer's share answered {refused:?}"
+    );
     // Control: another peer connects and streams meanwhile, and the held ones still serve.
     let token = console_token(&issuer, alice.public().to_peer_id())?;
     let mut other = Connector::new(&alice, engine)?.connect(addr).await?;

@@ -36,10 +36,10 @@ use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::verified;
 use vodmesh_proto::{SegmentId, SegmentIndex};
 
+use self::bulk::Wire;
 use crate::directors::{AskError, Directors};
 use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
-use self::bulk::Wire;
 
 mod bulk;
 mod error;

@@ -131,7 +131,9 @@ pub fn cipher(conn: &Conn) -> Option<String> {
 
 /// The peer id in the one certificate a peer presented (verified by libp2p-tls's verifier
 /// during the handshake: its signature and its peer-id extension).
-fn peer_id(certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Result<PeerId, Error> {
+fn peer_id(
+    certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Result<PeerId, Error> {
     let [certificate] = certificates.unwrap_or_default() else {
         return Err(Error::NoPeerId);
     };
@@ -167,7 +169,11 @@ mod tests {
         });
         let connector = Connector::new(&console, engine.public().to_peer_id()).unwrap();
         let mut conn = connector.connect(addr).await.unwrap();
-        assert!(cipher(&conn).is_some_and(|c| c.contains("AES")), "{:?}", cipher(&conn));
+        assert!(
+            cipher(&conn).is_some_and(|c| c.contains("AES")),
+            "{:?}",
+            cipher(&conn)
+        );
         conn.write_all(b"hello").await.unwrap();
         conn.flush().await.unwrap();
         let mut back = [0u8; 5];
@@ -188,7 +194,10 @@ mod tests {
         });
         // An impostor at the address the director named: its certificate is not the engine's.
         let wanted = Keypair::generate_ed25519().public().to_peer_id();
-        let refused = Connector::new(&console, wanted).unwrap().connect(addr).await;
+        let refused = Connector::new(&console, wanted)
+            .unwrap()
+            .connect(addr)
+            .await;
         assert!(refused.is_err());
     }
 

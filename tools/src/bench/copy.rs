@@ -4,9 +4,11 @@
 //! with AES-GCM, see `vodmesh_proto::net`), then one console playing the program at
 //! `--speed max`; beside:
 //!
-//! - the transport ceiling: one raw libp2p stream moving the same bytes from memory, with the
-//!   swarm vodmesh builds (TCP + TLS + yamux, and QUIC) and with TCP + noise only (the
-//!   transport before AES-GCM, and the one a noise-only peer gets);
+//! - the transport ceiling: one bulk connection (`vodmesh_proto::net::bulk`, TCP + TLS
+//!   without yamux, what consoles stream over) moving the same bytes from memory; and one raw
+//!   libp2p stream, with the swarm vodmesh builds (TCP + TLS + yamux, what copies between
+//!   engines take, and QUIC) and with TCP + noise only (the transport before AES-GCM, and the
+//!   one a noise-only peer gets);
 //! - the store's durable write rate on the same disk (the other bound of a copy: a copy is
 //!   durable on arrival);
 //! - nginx serving the same bytes over HTTPS and plain HTTP on loopback ([`super::nginx`]; its
@@ -47,7 +49,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
 
     let (t, raw_tcp_cipher) = ciphers_of(raw_stream(Security::Vodmesh, tcp.clone(), bytes)).await;
     let raw_tcp = mb_s(bytes, t?);
-    let (t, bare_cipher) = raw_tls_no_yamux(bytes).await?;
+    let (t, bare_cipher) = raw_bulk(bytes).await?;
     let bare_tls = mb_s(bytes, t);
     let (t, noise_cipher) = ciphers_of(raw_stream(Security::NoiseOnly, tcp.clone(), bytes)).await;
     let raw_noise = mb_s(bytes, t?);
@@ -78,7 +80,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         ),
         Row::new(
             "copy",
-            format!("TCP+{bare_cipher} without yamux (one connection per transfer)"),
+            format!("bulk connection, TCP+{bare_cipher} without yamux (consoles' streams)"),
             format!("{bare_tls:.0} MB/s"),
         )
         .vs(
@@ -116,8 +118,8 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     let mut value = json!({
         "bytes": bytes,
         "segment_bytes": SEGMENT,
-        // The suite of the transport vodmesh uses for bulk bytes (the raw TCP ceiling).
-        "cipher": cipher(raw_tcp_cipher.clone()),
+        // The suite of the transport consoles' streams take: the bulk path.
+        "cipher": bare_cipher.clone(),
         "ciphers": {
             "raw_tcp": cipher(raw_tcp_cipher),
             "raw_tcp_noise_only": cipher(noise_cipher),
@@ -129,10 +131,12 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
-        // The same bytes over libp2p's TLS on a bare TCP connection: the bulk path without
-        // yamux's per-frame copies, a measure of what that redesign would gain.
+        // The same bytes over a bulk connection (`net::bulk`: libp2p's TLS on a bare TCP
+        // connection, no yamux), the transport of consoles' streams: the ceiling. Copies
+        // between engines still take the libp2p stream (`raw_libp2p_stream_tcp_mb_s`).
         "raw_tls_no_yamux_mb_s": bare_tls,
         "raw_tls_no_yamux_cipher": bare_cipher,
+        "ceiling_mb_s": bare_tls,
         "no_yamux_vs_ceiling": ratio(bare_tls, raw_tcp),
         "tls_vs_noise_ceiling": ratio(raw_tcp, raw_noise),
         "copy_vs_ceiling_tcp": ratio(copy_tcp, raw_tcp),
@@ -161,7 +165,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             rows.push(
                 Row::new(
                     "copy",
-                    format!("TCP+{bare_cipher} without yamux"),
+                    format!("bulk connection, TCP+{bare_cipher} without yamux"),
                     format!("{bare_tls:.0} MB/s"),
                 )
                 .vs(
@@ -211,8 +215,13 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                     json!(ratio(copy_tcp, n.https)),
                 );
                 obj.insert("copy_vs_nginx_http".into(), json!(ratio(copy_tcp, n.http)));
+                // The transport of consoles' streams, the bulk path, against nginx.
                 obj.insert(
                     "ceiling_vs_nginx_https".into(),
+                    json!(ratio(bare_tls, n.https)),
+                );
+                obj.insert(
+                    "libp2p_stream_vs_nginx_https".into(),
                     json!(ratio(raw_tcp, n.https)),
                 );
                 obj.insert(
@@ -379,63 +388,51 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
     result
 }
 
-/// The bulk path without yamux: `bytes` from memory over one TCP connection with libp2p's own
-/// TLS handshake (the vendored libp2p-tls configs: peer-id certificates, AES-GCM first) and
-/// nothing above TLS, timed as [`raw_stream`] is, from the first write to the receiver's
-/// acknowledgement of the last byte. What a data plane of one TLS connection per transfer
-/// would move, beside the yamux stream vodmesh uses; the suite negotiated comes back with it.
-async fn raw_tls_no_yamux(bytes: u64) -> Result<(Duration, String)> {
-    use std::sync::Arc;
-    use tokio::io::AsyncWriteExt as _;
-    use tokio_rustls::rustls::pki_types::{IpAddr, ServerName};
+/// The bulk path (`vodmesh_proto::net::bulk`, what consoles stream segments over): `bytes`
+/// from memory over one bulk connection (TCP, libp2p's TLS handshake and certificates, AES-GCM
+/// first, nothing above TLS), timed as [`raw_stream`] is, from the first write to the
+/// receiver's acknowledgement of the last byte; the suite negotiated comes back with it.
+async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
+    use vodmesh_proto::net::bulk;
 
     let (server_key, client_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let server_config = libp2p::tls::make_server_config(&server_key)?;
-    let client_config =
-        libp2p::tls::make_client_config(&client_key, Some(server_key.public().to_peer_id()))?;
+    let acceptor = bulk::Acceptor::new(&server_key)?;
+    let connector = bulk::Connector::new(&client_key, server_key.public().to_peer_id())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let reader = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
-        let mut tls = acceptor.accept(tcp).await?;
+        let (_, mut conn) = acceptor.accept(tcp).await?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut n = 0u64;
         while n < bytes {
-            let r = tls.read(&mut buf).await?;
+            let r = conn.read(&mut buf).await?;
             if r == 0 {
                 break;
             }
             n += r as u64;
         }
-        tls.write_all(&[1]).await?;
-        tls.shutdown().await?;
+        conn.write_all(&[1]).await?;
+        conn.close().await?;
         anyhow::Ok(n)
     });
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    // As libp2p-tls names the server: the certificate carries the peer id, not a name.
-    let name = ServerName::IpAddress(IpAddr::from(std::net::IpAddr::from([0, 0, 0, 0])));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let mut tls = connector.connect(name, tcp).await?;
-    let suite = (tls.get_ref().1.negotiated_cipher_suite())
-        .map_or_else(|| "unknown".to_string(), |s| format!("{:?}", s.suite()));
+    let mut conn = connector.connect(addr).await?;
+    let suite = bulk::cipher(&conn).unwrap_or_else(|| "unknown".to_string());
     let data = vec![0x5au8; SEGMENT as usize];
     let start = Instant::now();
     let mut left = bytes;
     while left > 0 {
         let n = left.min(SEGMENT) as usize;
-        tls.write_all(&data[..n]).await?;
+        conn.write_all(&data[..n]).await?;
         left -= n as u64;
     }
-    tls.flush().await?;
+    conn.flush().await?;
     let mut ack = [0u8; 1];
-    tls.read_exact(&mut ack).await?;
+    conn.read_exact(&mut ack).await?;
     let elapsed = start.elapsed();
     let got = reader.await??;
     if got != bytes {
-        bail!("raw TLS connection moved {got} of {bytes} bytes");
+        bail!("the bulk connection moved {got} of {bytes} bytes");
     }
     Ok((elapsed, suite))
 }

@@ -1,6 +1,8 @@
 //! The `streams` section: one engine (a `vodmesh-node` process with one engine, so its CPU
-//! and memory are its own in `/proc`) streaming to N concurrent consoles, each its own libp2p
-//! peer with its own connection, fetching segment after segment over `/vodmesh/stream/1`.
+//! and memory are its own in `/proc`) streaming to N concurrent consoles, each its own peer,
+//! fetching segment after segment over `/vodmesh/stream/1` as `vodmesh-console` does: on a
+//! bulk connection of its own (`vodmesh_proto::net::bulk`), kept from segment to segment,
+//! where the engine offers one (else on its libp2p connection).
 //!
 //! Each console asks for verified mode, as `vodmesh-console` does, so the engine serves the
 //! path real consoles use (the tree's parent nodes between the groups, the bytes read without
@@ -26,12 +28,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::{Value, json};
 use vodmesh_client::DirectorClient;
 use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::director::{Request, Response};
+use vodmesh_proto::net::bulk;
 use vodmesh_proto::stream::{self as wire, StreamReply, StreamRequest};
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified;
@@ -55,6 +61,19 @@ const CHUNK: usize = 64 * 1024;
 struct Console {
     client: DirectorClient,
     token: serde_bytes::ByteBuf,
+    /// Its way to the engine's bulk address, when the engine has one.
+    bulk: Option<(bulk::Connector, SocketAddr)>,
+}
+
+/// A stream's transport: a libp2p stream or a bulk connection.
+trait Duplex: futures::AsyncRead + futures::AsyncWrite + Unpin + Send {}
+impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A segment's stream, and whether it is a bulk connection (kept for the next segment once
+/// read whole).
+struct Wire {
+    io: Box<dyn Duplex>,
+    bulk: bool,
 }
 
 /// What one console saw.
@@ -108,7 +127,9 @@ pub async fn run(dir: &Path, quick: bool, ceiling: f64) -> Result<(Value, Vec<Ro
     let idle_rss = rss_bytes(node.pid())?;
 
     let most = counts.iter().copied().max().unwrap_or(1).max(unpaced_n);
-    let consoles = connect(&node.addr, &issuer, engine_peer, &engine_addrs, most).await?;
+    let bulk = bulk_address(&node.addr, program).await?;
+    let engine = (engine_peer, engine_addrs.as_slice(), bulk);
+    let consoles = connect(&node.addr, &issuer, engine, most).await?;
 
     let mut rows = Vec::new();
     let mut runs = Vec::new();
@@ -222,18 +243,36 @@ pub async fn run(dir: &Path, quick: bool, ceiling: f64) -> Result<(Value, Vec<Ro
         "unpaced_vs_raw_stream": ratio(aggregate, ceiling),
         "idle_rss_bytes": idle_rss,
         "bytes_per_stream": per_stream.map(f64::round).unwrap_or(0.0),
-        "setup": "vodmesh-node process, 1 engine; consoles in the bench process, one libp2p peer and connection each; the engine and the consoles share the machine's cores",
+        "transport": if bulk.is_some() { "bulk connection (TLS, no yamux)" } else { "libp2p stream (TLS + yamux)" },
+        "setup": "vodmesh-node process, 1 engine; consoles in the bench process, one peer and one connection each (a bulk connection kept between segments, as vodmesh-console does); the engine and the consoles share the machine's cores",
         "over_capacity": over,
     });
     Ok((value, rows))
 }
 
-/// Connects `n` consoles, each with its own identity and token, a few at a time.
+/// Where the engine that holds segment 0 of `program` takes bulk connections, as the
+/// director at `director` says (`None`: the engine takes none).
+async fn bulk_address(director: &Multiaddr, program: ProgramId) -> Result<Option<SocketAddr>> {
+    let client = DirectorClient::connect(director, None).await?;
+    let locate = Request::Locate {
+        program,
+        index: SegmentIndex(0),
+        complete: true,
+        avoid: Vec::new(),
+        busy: Vec::new(),
+    };
+    match client.request(locate).await? {
+        Response::Location(l) => Ok(l.bulk),
+        other => bail!("the director answered Locate with {other:?}"),
+    }
+}
+
+/// Connects `n` consoles, each with its own identity and token, a few at a time, to the
+/// `(peer, addresses, bulk address)` of the engine.
 async fn connect(
     director: &Multiaddr,
     issuer: &Issuer,
-    engine: PeerId,
-    engine_addrs: &[Multiaddr],
+    (engine, engine_addrs, bulk): (PeerId, &[Multiaddr], Option<SocketAddr>),
     n: usize,
 ) -> Result<Vec<Arc<Console>>> {
     let mut consoles = Vec::with_capacity(n);
@@ -243,12 +282,20 @@ async fn connect(
         for _ in 0..batch {
             let key = Keypair::generate_ed25519();
             let token = serde_bytes::ByteBuf::from(console_token(issuer, &key)?);
+            let bulk = match bulk {
+                Some(addr) => Some((bulk::Connector::new(&key, engine)?, addr)),
+                None => None,
+            };
             let director = director.clone();
             let addrs = engine_addrs.to_vec();
             set.spawn(async move {
                 let client = DirectorClient::connect(&director, Some(key)).await?;
                 client.add_addresses(engine, addrs).await?;
-                anyhow::Ok(Console { client, token })
+                anyhow::Ok(Console {
+                    client,
+                    token,
+                    bulk,
+                })
             });
         }
         while let Some(c) = set.join_next().await {
@@ -294,8 +341,11 @@ async fn console(
     let mut origin: Option<Instant> = None;
     let mut played = 0u64;
     let mut index = first % SEGMENTS;
+    // The bulk connection kept from the last segment read whole.
+    let mut kept: Option<Wire> = None;
     while Instant::now() < end {
-        let Ok((mut s, wire)) = open(c, program, engine, SegmentIndex(index as u32)).await else {
+        let opened = open(c, kept.take(), program, engine, SegmentIndex(index as u32)).await;
+        let Ok((mut s, wire)) = opened else {
             seen.retries += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -318,7 +368,12 @@ async fn console(
             if now >= end {
                 break;
             }
-            let n = match s.read(&mut buf).await {
+            let left = wire.1.saturating_sub(on_wire);
+            if left == 0 {
+                break;
+            }
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match s.io.read(&mut buf[..want]).await {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(_) => {
@@ -346,23 +401,40 @@ async fn console(
             }
             played += n;
         }
-        let _ = s.close().await;
+        if on_wire == wire.1 && s.bulk {
+            kept = Some(s);
+        } else {
+            let _ = s.io.close().await;
+        }
         index = (index + 1) % SEGMENTS;
     }
     seen
 }
 
-/// Opens a stream to the engine and asks for segment `index` in verified mode (the caller
-/// counts a failure as a retry): the stream, and the segment's size and the stream's length.
+/// Opens a stream to the engine (on the bulk connection `kept`, else a new one where the
+/// engine takes them, else a libp2p stream) and asks for segment `index` in verified mode
+/// (the caller counts a failure as a retry): the stream, and the segment's size and the
+/// stream's length.
 async fn open(
     c: &Console,
+    kept: Option<Wire>,
     program: ProgramId,
     engine: PeerId,
     index: SegmentIndex,
-) -> Result<(libp2p::Stream, (u64, u64))> {
-    let mut s = c.client.open_stream(engine, wire::PROTOCOL).await?;
+) -> Result<(Wire, (u64, u64))> {
+    let mut s = match (kept, &c.bulk) {
+        (Some(kept), _) => kept,
+        (None, Some((connector, addr))) => Wire {
+            io: Box::new(connector.connect(*addr).await?),
+            bulk: true,
+        },
+        (None, None) => Wire {
+            io: Box::new(c.client.open_stream(engine, wire::PROTOCOL).await?),
+            bulk: false,
+        },
+    };
     write_frame(
-        &mut s,
+        &mut s.io,
         &StreamRequest {
             segment: SegmentId::new(program, index.0),
             offset: 0,
@@ -372,7 +444,7 @@ async fn open(
         },
     )
     .await?;
-    match read_frame::<_, StreamReply>(&mut s, wire::MAX_FRAME).await? {
+    match read_frame::<_, StreamReply>(&mut s.io, wire::MAX_FRAME).await? {
         StreamReply::Verified { size, from: 0, .. } => {
             let wire: u64 = verified::plan(size, 0).map(|i| i.len() as u64).sum();
             Ok((s, (size, wire)))
@@ -463,11 +535,8 @@ async fn over_capacity(dir: &Path, quick: bool) -> Result<(Value, Row)> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let client = DirectorClient::connect(&node.addr, None).await?;
-    let replications = match client
-        .request(vodmesh_proto::director::Request::Activity)
-        .await?
-    {
-        vodmesh_proto::director::Response::Activity(a) => a.replications,
+    let replications = match client.request(Request::Activity).await? {
+        Response::Activity(a) => a.replications,
         other => bail!("unexpected answer to Activity: {other:?}"),
     };
     drop(node);
