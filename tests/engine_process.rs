@@ -130,6 +130,9 @@ fn an_engine_process_serves_is_marked_down_when_killed_and_up_when_restarted() -
                 && metric(&url, "vodmesh_stream_bytes_out_total")? >= len,
         )
     })?;
+    // The console streamed over bulk connections: the engine's bulk address reached it
+    // through the backplane's Hello and the director.
+    assert!(metric(&url, "vodmesh_bulk_connections_total")? >= 1.0);
     let up = format!("vodmesh_engine_up{{engine=\"{engine_peer}\"}}");
     assert_eq!(metric(&url, &up)?, 1.0);
     assert_eq!(metric(&home_metrics, &up)?, 1.0);
