@@ -37,6 +37,8 @@ pub(crate) enum Wire {
     Bulk {
         /// The connection (a TLS session's buffers: boxed, a stream is a handle).
         conn: Box<bulk::Conn>,
+        /// The address it was made to.
+        addr: SocketAddr,
         /// Whether it carried an earlier exchange (it may have been closed by the engine since).
         reused: bool,
     },
@@ -91,7 +93,8 @@ pub(crate) struct Pool {
 /// What a [`Pool`] keeps of one engine.
 struct Engine {
     connector: bulk::Connector,
-    idle: Vec<(Instant, Box<bulk::Conn>)>,
+    /// Kept connections: when each was left, its address, the connection.
+    idle: Vec<(Instant, SocketAddr, Box<bulk::Conn>)>,
     /// When its bulk address last failed.
     failed: Option<Instant>,
 }
@@ -117,7 +120,8 @@ impl Pool {
         dialed(location.bulk?, &location.addrs)
     }
 
-    /// A connection to `engine` at `addr`: an idle one kept (`fresh` false), else a new one.
+    /// A connection to `engine` at `addr`: an idle one kept to that address (`fresh` false),
+    /// else a new one.
     pub(crate) async fn take(
         &self,
         engine: PeerId,
@@ -134,15 +138,22 @@ impl Pool {
                     failed: None,
                 }),
             };
-            kept.idle.retain(|(at, _)| at.elapsed() < KEEP_IDLE);
-            if !fresh && let Some((_, conn)) = kept.idle.pop() {
-                return Ok(Wire::Bulk { conn, reused: true });
+            // An engine that started again listens elsewhere: its old connections are dead.
+            kept.idle
+                .retain(|(at, to, _)| at.elapsed() < KEEP_IDLE && *to == addr);
+            if !fresh && let Some((_, _, conn)) = kept.idle.pop() {
+                return Ok(Wire::Bulk {
+                    conn,
+                    addr,
+                    reused: true,
+                });
             }
             kept.connector.clone()
         };
         match connector.connect(addr).await {
             Ok(conn) => Ok(Wire::Bulk {
                 conn: Box::new(conn),
+                addr,
                 reused: false,
             }),
             Err(e) => {
@@ -163,14 +174,14 @@ impl Pool {
             Wire::Stream(mut s) => {
                 let _ = s.close().await;
             }
-            Wire::Bulk { conn, .. } => {
+            Wire::Bulk { conn, addr, .. } => {
                 let Ok(mut engines) = self.engines.lock() else {
                     return;
                 };
                 if let Some(kept) = engines.get_mut(&engine)
                     && kept.idle.len() < IDLE_PER_ENGINE
                 {
-                    kept.idle.push((Instant::now(), conn));
+                    kept.idle.push((Instant::now(), addr, conn));
                 }
             }
         }

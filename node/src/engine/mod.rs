@@ -297,9 +297,12 @@ pub async fn start(
             cause: Box::new(cause),
         })?;
     let addrs = advertised(&announce, &listened);
-    let (bulk_listener, bulk) = (bulk::bind(&listened).await)
+    let (bulk_listener, bound) = (bulk::bind(&listened).await)
         .map_err(|e| bulk_error(vodmesh_proto::net::bulk::Error::Io(e)))?;
-    tracing::info!(index, peer = %peer_id, addrs = ?addrs, %bulk, "engine listening");
+    // Behind `--announce` (NAT, a public address elsewhere) the bulk port is not known to be
+    // reachable: consoles are not told of it, and stream over libp2p.
+    let bulk = announce.is_empty().then_some(bound);
+    tracing::info!(index, peer = %peer_id, addrs = ?addrs, ?bulk, "engine listening");
     let http_error = |addr, source| Error::Http {
         index,
         addr,
@@ -384,7 +387,7 @@ pub async fn start(
         addrs: addrs.clone(),
         http,
         https,
-        bulk: Some(bulk),
+        bulk,
     };
     reporter.send(ready).await;
     let (commands, commands_rx) = mpsc::channel::<EngineCommand>(64);
@@ -417,7 +420,7 @@ pub async fn start(
         addrs,
         http,
         https,
-        bulk: Some(bulk),
+        bulk,
         store,
         commands,
         task,
