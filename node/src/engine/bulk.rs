@@ -118,7 +118,12 @@ pub(crate) async fn serve(
 
 /// The exchanges of one connection from `peer`, one after another, until one does not end
 /// whole, the peer sends nothing for [`IDLE_WITHIN`] or closes; then the connection is closed.
-async fn exchanges(index: usize, peer: PeerId, mut conn: bulk::Conn, streams: &StreamService) {
+async fn exchanges(
+    index: usize,
+    peer: PeerId,
+    mut conn: bulk::ServerConn,
+    streams: &StreamService,
+) {
     loop {
         let request = tokio::time::timeout(
             IDLE_WITHIN,

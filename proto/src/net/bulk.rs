@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{IpAddr, ServerName};
@@ -36,8 +37,17 @@ pub const ALPN: &[u8] = b"/vodmesh/stream/1";
 /// A TCP connect, and then the TLS handshake, each within this.
 pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(5);
 
-/// A bulk connection, with the `futures` I/O traits the codec reads and writes.
-pub type Conn = Compat<tokio_rustls::TlsStream<TcpStream>>;
+/// A console's bulk connection, with the `futures` I/O traits the codec reads and writes.
+pub type Conn = Compat<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>;
+
+/// An engine's side of a bulk connection.
+pub type ServerConn = Compat<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// The console's read buffer under TLS. rustls reads the socket at most 4 KiB past what it
+/// holds (`DeframerVecBuffer::prepare_read`): a read call per 4 KiB of segment. Reads from
+/// this buffer are copies in memory, and the socket is read up to 256 KiB a call. The engine
+/// reads only requests, and has none.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// Why a bulk connection was not made.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +85,7 @@ impl Acceptor {
 
     /// The handshake of `tcp`, within [`HANDSHAKE_WITHIN`]: the client's peer id (from its
     /// verified certificate) and the connection.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<(PeerId, Conn), Error> {
+    pub async fn accept(&self, tcp: TcpStream) -> Result<(PeerId, ServerConn), Error> {
         tcp.set_nodelay(true)?;
         let tls = tokio::time::timeout(HANDSHAKE_WITHIN, self.0.accept(tcp))
             .await
@@ -85,7 +95,7 @@ impl Acceptor {
             return Err(Error::Protocol);
         }
         let peer = peer_id(session.peer_certificates())?;
-        Ok((peer, tokio_rustls::TlsStream::Server(tls).compat()))
+        Ok((peer, tls.compat()))
     }
 }
 
@@ -114,12 +124,13 @@ impl Connector {
             .await
             .map_err(|_| Error::TimedOut)??;
         tcp.set_nodelay(true)?;
+        let tcp = BufReader::with_capacity(READ_BUFFER, tcp);
         // As libp2p-tls names the server: the certificate carries the peer id, not a name.
         let name = ServerName::IpAddress(IpAddr::from(std::net::IpAddr::from([0, 0, 0, 0])));
         let tls = tokio::time::timeout(HANDSHAKE_WITHIN, self.connector.connect(name, tcp))
             .await
             .map_err(|_| Error::TimedOut)??;
-        Ok(tokio_rustls::TlsStream::Client(tls).compat())
+        Ok(tls.compat())
     }
 }
 

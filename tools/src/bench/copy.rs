@@ -390,8 +390,9 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
 
 /// The bulk path (`vodmesh_proto::net::bulk`, what consoles stream segments over): `bytes`
 /// from memory over one bulk connection (TCP, libp2p's TLS handshake and certificates, AES-GCM
-/// first, nothing above TLS), timed as [`raw_stream`] is, from the first write to the
-/// receiver's acknowledgement of the last byte; the suite negotiated comes back with it.
+/// first, nothing above TLS), from the accepting side (an engine's) to the connecting side (a
+/// console's), timed from the connecting side's request to its last byte read; the suite
+/// negotiated comes back with it.
 async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
     use vodmesh_proto::net::bulk;
 
@@ -400,37 +401,37 @@ async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
     let connector = bulk::Connector::new(&client_key, server_key.public().to_peer_id())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let reader = tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
         let (_, mut conn) = acceptor.accept(tcp).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut n = 0u64;
-        while n < bytes {
-            let r = conn.read(&mut buf).await?;
-            if r == 0 {
-                break;
-            }
-            n += r as u64;
+        let mut go = [0u8; 1];
+        conn.read_exact(&mut go).await?;
+        let data = vec![0x5au8; SEGMENT as usize];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(SEGMENT) as usize;
+            conn.write_all(&data[..n]).await?;
+            left -= n as u64;
         }
-        conn.write_all(&[1]).await?;
         conn.close().await?;
-        anyhow::Ok(n)
+        anyhow::Ok(())
     });
     let mut conn = connector.connect(addr).await?;
     let suite = bulk::cipher(&conn).unwrap_or_else(|| "unknown".to_string());
-    let data = vec![0x5au8; SEGMENT as usize];
+    let mut buf = vec![0u8; 256 * 1024];
     let start = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(SEGMENT) as usize;
-        conn.write_all(&data[..n]).await?;
-        left -= n as u64;
-    }
+    conn.write_all(&[1]).await?;
     conn.flush().await?;
-    let mut ack = [0u8; 1];
-    conn.read_exact(&mut ack).await?;
+    let mut got = 0u64;
+    while got < bytes {
+        let r = conn.read(&mut buf).await?;
+        if r == 0 {
+            break;
+        }
+        got += r as u64;
+    }
     let elapsed = start.elapsed();
-    let got = reader.await??;
+    writer.await??;
     if got != bytes {
         bail!("the bulk connection moved {got} of {bytes} bytes");
     }
