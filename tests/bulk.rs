@@ -4,50 +4,19 @@
 //! what a libp2p stream is held to (a token bound to the peer at the other end, for the
 //! program) and to bounds of its own (connections a peer holds, a request's size).
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use vodmesh_node::Station;
+use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::net::bulk::{self, Connector};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
-use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
-use vodmesh_proto::{ProgramId, SegmentId};
 use vodmesh_tests::console::{Console, console_token, credentials};
-use vodmesh_tests::media::random_file;
-use vodmesh_tests::swarm::{self, ingest_options, init_logging};
-use vodmesh_tools::ingest::{self, IngestOptions};
+use vodmesh_tests::swarm::{home_with_program, init_logging};
 
 const MIB: usize = 1024 * 1024;
-
-/// A content home trusting `issuer` under `dir/home`, with a program of `len` random bytes
-/// ingested in 1 MiB segments and published: the station, the bytes and the program.
-async fn home_with_program(
-    dir: &Path,
-    issuer: &Issuer,
-    len: usize,
-) -> Result<(Station, Vec<u8>, ProgramId)> {
-    let data = dir.join("home");
-    let station = swarm::station(&data)
-        .content_home()
-        .trusting(issuer)
-        .start()
-        .await?;
-    let source = dir.join("p.bin");
-    let bytes = random_file(&source, len, 21)?;
-    let key = data.join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        segment_size: MIB as u64,
-        ..ingest_options(&station, &key, "bulk", source)
-    })
-    .await?
-    .program;
-    Ok((station, bytes, program))
-}
 
 /// The station's count of bulk connections its engines took.
 fn bulk_connections(station: &Station) -> Result<u64> {
@@ -96,7 +65,8 @@ async fn a_console_plays_over_bulk_connections_it_keeps() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, bytes, program) = home_with_program(dir.path(), &issuer, 16 * MIB).await?;
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, ("bulk", 16 * MIB, 21), MIB as u64).await?;
     let segments = bytes.len().div_ceil(MIB);
     assert!(segments >= 16, "{segments} segments");
     let before = bulk_connections(&station)?;
@@ -137,7 +107,8 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, bytes, program) = home_with_program(dir.path(), &issuer, MIB).await?;
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, ("bulk", MIB, 21), MIB as u64).await?;
     let segment = SegmentId::new(program, 0);
     let console = Console::connect(station.addr(), Some(&issuer)).await?;
     let location = console.locate(program, 0, false).await?;

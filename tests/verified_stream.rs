@@ -4,7 +4,7 @@
 //! disk is caught at the group holding the bad byte, not at the segment's end, and the
 //! engine's background scrub drops it before any console is served it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,15 +15,17 @@ use vodmesh_proto::stream::{StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
-use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, SegmentIndex};
+use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
 use vodmesh_tests::console::{Console, credentials, read_rest};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{segment_file, tamper_on_disk};
-use vodmesh_tests::swarm::{self, ingest_options, init_logging};
+use vodmesh_tests::swarm::{self, home_with_program, ingest_options, init_logging};
 use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
 const MIB: usize = 1024 * 1024;
+/// The segment size programs are ingested in: the default.
+const SEGMENT: u64 = ingest::DEFAULT_SEGMENT_SIZE;
 /// The byte of segment 0 flipped on disk: in its second group.
 const TAMPERED: usize = 20_000;
 
@@ -47,29 +49,6 @@ async fn scrubbing_home(data: &Path, issuer: &Issuer) -> Result<Station> {
         .with(|c| c.scrub_pace = pace)
         .start()
         .await
-}
-
-/// [`home`] under `dir/home`, with a program `name` of `len` random bytes from `seed`
-/// ingested and published: the station, its data directory, the bytes and the program.
-async fn home_with_program(
-    dir: &Path,
-    issuer: &Issuer,
-    name: &str,
-    len: usize,
-    seed: u64,
-) -> Result<(Station, PathBuf, Vec<u8>, ProgramId)> {
-    let data = dir.join("home");
-    let station = home(&data, issuer).await?;
-    let source = dir.join(format!("{name}.bin"));
-    let bytes = random_file(&source, len, seed)?;
-    let key = data.join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        ..ingest_options(&station, &key, name, source)
-    })
-    .await?
-    .program;
-    Ok((station, data, bytes, program))
 }
 
 /// Reads a verified stream of a segment of `size` bytes hashing to `hash` from `offset`,
@@ -102,8 +81,13 @@ async fn a_console_plays_by_verified_group_and_a_tampered_copy_is_caught_at_its_
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
     // Two segments: 4 MiB (256 groups) and 5000 bytes (one group, its root the hash).
-    let (station, data, bytes, program) =
-        home_with_program(dir.path(), &issuer, "verified", 4 * MIB + 5000, 21).await?;
+    let (station, data, bytes, program) = home_with_program(
+        dir.path(),
+        &issuer,
+        ("verified", 4 * MIB + 5000, 21),
+        SEGMENT,
+    )
+    .await?;
     let first = &bytes[..4 * MIB];
     let hash = SegmentHash::of(first);
 
@@ -221,8 +205,13 @@ async fn the_background_scrub_drops_a_damaged_copy_so_no_console_is_served_it() 
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, data, bytes, program) =
-        home_with_program(dir.path(), &issuer, "scrubbed", 4 * MIB + 5000, 22).await?;
+    let (station, data, bytes, program) = home_with_program(
+        dir.path(),
+        &issuer,
+        ("scrubbed", 4 * MIB + 5000, 22),
+        SEGMENT,
+    )
+    .await?;
     station.shutdown().await;
     let (damaged, kept) = (SegmentId::new(program, 0), SegmentId::new(program, 1));
     tamper_on_disk(&data, 0, damaged, TAMPERED)?;
@@ -314,8 +303,13 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, _, bytes, program) =
-        home_with_program(dir.path(), &issuer, "early", 8 * MIB + 70_000, 22).await?;
+    let (station, _, bytes, program) = home_with_program(
+        dir.path(),
+        &issuer,
+        ("early", 8 * MIB + 70_000, 22),
+        SEGMENT,
+    )
+    .await?;
     let program = program.to_string();
     let credentials = credentials(&issuer)?;
     let mut out = Recorder::default();

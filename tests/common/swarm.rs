@@ -188,3 +188,31 @@ pub fn ingest_options(
         ladder: Vec::new(),
     }
 }
+
+/// A content home trusting `issuer` under `dir/home`, with a program `title` of `len` random
+/// bytes from `seed` ingested in segments of `segment_size` and published: the station, its
+/// data directory, the bytes and the program.
+pub async fn home_with_program(
+    dir: &Path,
+    issuer: &Issuer,
+    (title, len, seed): (&str, usize, u64),
+    segment_size: u64,
+) -> Result<(Station, PathBuf, Vec<u8>, vodmesh_proto::ProgramId)> {
+    let data = dir.join("home");
+    let station = station(&data)
+        .content_home()
+        .trusting(issuer)
+        .start()
+        .await?;
+    let source = dir.join(format!("{title}.bin"));
+    let bytes = crate::media::random_file(&source, len, seed)?;
+    let key = data.join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(vodmesh_proto::time::now_ms()),
+        segment_size,
+        ..ingest_options(&station, &key, title, source)
+    })
+    .await?
+    .program;
+    Ok((station, data, bytes, program))
+}

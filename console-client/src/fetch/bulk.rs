@@ -5,7 +5,7 @@
 //! Connections are kept per engine ([`Pool`]): a stream that ends whole leaves its connection
 //! for the next segment from that engine, so a console pays one handshake per engine, not one
 //! per segment. An engine whose bulk address does not answer is streamed from over libp2p for
-//! a while ([`FALLBACK_FOR`]).
+//! a while ([`FALLBACK_FOR`]). [`Fetcher::wire`] makes that choice for each attempt.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +18,14 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use vodmesh_client::ClientError;
 use vodmesh_proto::director::SegmentLocation;
 use vodmesh_proto::net::bulk;
+use vodmesh_proto::stream as wire;
+
+use super::{Attempt, AttemptError, Fetcher};
+use crate::directors::AskError;
+use crate::retry::Ended;
 
 /// Idle connections kept per engine, at most.
 const IDLE_PER_ENGINE: usize = 4;
@@ -184,6 +190,42 @@ impl Pool {
                     kept.idle.push((Instant::now(), addr, conn));
                 }
             }
+        }
+    }
+}
+
+impl Fetcher {
+    /// Where the stream of an attempt at `location` goes: a bulk connection when the engine
+    /// takes them (a kept one unless `fresh`), else (or when it fails) a libp2p stream.
+    pub(super) async fn wire(
+        &self,
+        location: &SegmentLocation,
+        fresh: bool,
+    ) -> Result<Wire, Attempt> {
+        let engine = location.engine;
+        if let Some(addr) = self.bulk.address(location) {
+            match self.bulk.take(engine, addr, fresh).await {
+                Ok(wire) => return Ok(wire),
+                Err(e) => {
+                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
+                }
+            }
+        }
+        let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
+        let client = &self.directors.first;
+        client
+            .add_addresses(engine, location.addrs.clone())
+            .await
+            .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
+        match client.open_stream(engine, wire::PROTOCOL).await {
+            Ok(s) => Ok(Wire::Stream(s)),
+            // The engine's queue of unaccepted streams is full: alive and overloaded, as
+            // good as its own `Busy` answer.
+            Err(ClientError::Busy(_)) => Err(Attempt::Ended(
+                Ended::EngineBusy(engine),
+                AttemptError::Busy(engine),
+            )),
+            Err(cause) => Err(unreachable(AttemptError::Unreachable { engine, cause })),
         }
     }
 }

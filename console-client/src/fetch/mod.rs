@@ -28,7 +28,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vodmesh_client::ClientError;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
@@ -656,38 +655,6 @@ impl Fetcher {
                     return Ok((location, s, slot, Mode::Verified { from }));
                 }
             }
-        }
-    }
-}
-
-impl Fetcher {
-    /// Where the stream of an attempt at `location` goes: a bulk connection when the engine
-    /// takes them (a kept one unless `fresh`), else (or when it fails) a libp2p stream.
-    async fn wire(&self, location: &SegmentLocation, fresh: bool) -> Result<Wire, Attempt> {
-        let engine = location.engine;
-        if let Some(addr) = self.bulk.address(location) {
-            match self.bulk.take(engine, addr, fresh).await {
-                Ok(wire) => return Ok(wire),
-                Err(e) => {
-                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
-                }
-            }
-        }
-        let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
-        let client = &self.directors.first;
-        client
-            .add_addresses(engine, location.addrs.clone())
-            .await
-            .map_err(|e| Attempt::Ended(Ended::DirectorLost, AskError::from(e).into()))?;
-        match client.open_stream(engine, wire::PROTOCOL).await {
-            Ok(s) => Ok(Wire::Stream(s)),
-            // The engine's queue of unaccepted streams is full: alive and overloaded, as
-            // good as its own `Busy` answer.
-            Err(ClientError::Busy(_)) => Err(Attempt::Ended(
-                Ended::EngineBusy(engine),
-                AttemptError::Busy(engine),
-            )),
-            Err(cause) => Err(unreachable(AttemptError::Unreachable { engine, cause })),
         }
     }
 }
