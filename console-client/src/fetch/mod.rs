@@ -168,12 +168,12 @@ enum Mode {
     Verified { from: u64 },
 }
 
-/// A verified chunk group handed to the player as it came: the byte of the segment it starts
-/// at, and its bytes.
+/// Verified chunk groups handed to the player as they came, one or more in a row (up to
+/// [`read::HAND_AT_MOST`] bytes): the byte of the segment they start at, and their bytes.
 pub(crate) type Group = (u64, Vec<u8>);
 
-/// Chunk groups one fetch queues for the player at most (16 KiB each: 256 KiB, a yamux
-/// stream's window). The queue of the segment playing is drained as it fills; a later
+/// Pieces of verified groups one fetch queues for the player at most (16 KiB to 64 KiB each:
+/// 256 KiB to 1 MiB). The queue of the segment playing is drained as it fills; a later
 /// segment's fills, and its fetch then waits ([`read::verified`]).
 pub(crate) const GROUPS_QUEUED: usize = 16;
 

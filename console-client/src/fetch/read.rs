@@ -3,7 +3,7 @@
 //! comes and handed to the player at once or kept ([`verified`]); either way resumed over what
 //! earlier attempts brought ([`Partial`]).
 
-use futures::AsyncReadExt;
+use futures::{AsyncReadExt, FutureExt};
 use libp2p::PeerId;
 use tokio::sync::mpsc::error::TrySendError;
 use vodmesh_proto::SegmentHash;
@@ -92,89 +92,193 @@ fn check_whole(
     Ok((bytes, 0, by_group))
 }
 
+/// Verified bytes a fetch hands the player in one piece at most: the groups that were read one
+/// after another without waiting on the stream go together, so the player is woken once per
+/// piece rather than once per 16 KiB group. A piece never waits for the stream: before a read
+/// would wait, the groups verified so far go out.
+pub(crate) const HAND_AT_MOST: usize = 4 * tree::GROUP as usize;
+
 /// Reads the rest of segment `entry` from `engine`'s verified stream, which starts at byte
 /// `from`: each chunk group is checked against the manifest's hash as it comes; one wrong
-/// group or tree node ends the attempt there and the engine is avoided. A verified group goes
-/// to the player's queue at once when the fetch has one ([`Early`]) and keeps nothing (raw
-/// bytes an earlier attempt kept excepted); otherwise it is kept in `partial`, over any raw
-/// bytes an earlier attempt left there. A full queue (a segment not yet playing) holds the
-/// stream where it is: it is read no further until the player takes a group, and the engine
-/// turn is given back meanwhile. Holds one group besides `partial` and the queue. Tells
-/// `watch` of every read, and `turn` of what is left after every group.
+/// group or tree node ends the attempt there and the engine is avoided. Verified groups go
+/// to the player's queue at once when the fetch has one ([`Early`], [`handed`]) and keep
+/// nothing (raw bytes an earlier attempt kept excepted); otherwise they are kept in
+/// `partial`, over any raw bytes an earlier attempt left there ([`kept`]). Tells `watch` of
+/// every read, and `turn` of what is left after every group.
 pub(super) async fn verified(
     entry: &SegmentEntry,
     (engine, from): (PeerId, u64),
     s: &mut Wire,
     (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
 ) -> Result<(Vec<u8>, u64, bool), Attempt> {
-    let had = partial.received();
-    let mut decoder = tree::Decoder::new(entry.size, entry.hash, from);
-    let hand = watch.early.as_ref().filter(|_| partial.bytes.is_empty());
-    if hand.is_none() {
-        partial
-            .bytes
-            .reserve((entry.size as usize).saturating_sub(partial.bytes.len()));
-    }
-    let mut item = vec![0u8; tree::GROUP as usize];
-    // Whether this stream waited for the player yet (said once).
-    let mut held = false;
-    while let Some(need) = decoder.need() {
-        // No item is longer than a group; were one, `verify` would refuse the length.
-        let need = need.min(tree::GROUP as usize);
-        // A group handed out goes as the buffer it was read into.
-        let mut fresh = Vec::new();
-        let buf = match hand {
-            Some(_) => {
-                fresh.resize(need, 0);
-                &mut fresh[..]
-            }
-            None => &mut item[..need],
-        };
-        let mut filled = 0;
-        while filled < need {
-            let at = partial.received();
-            let got = read_more(s, &mut buf[filled..], engine, (at, at > had)).await?;
-            filled += got;
-            watch.byte();
-        }
-        match decoder.verify(buf) {
-            Ok(None) => {}
-            Ok(Some((start, end))) => {
-                match hand {
-                    Some(early) => {
-                        let said = &mut held;
-                        let say = move || {
-                            if !std::mem::replace(said, true) {
-                                tracing::debug!(index = %entry.index, at = end, "queue full: the stream waits for the player");
-                            }
-                        };
-                        hand_out(early, (start, fresh), (watch, turn), say).await;
-                        // Only once it is queued: an attempt dropped while it waits (its time
-                        // limit) resumes at this group, not past it.
-                        partial.handed = end;
-                    }
-                    None => {
-                        // Resumed at the start of a group: what an earlier attempt brought of
-                        // it is replaced by these verified bytes.
-                        partial.bytes.truncate(start as usize);
-                        partial.bytes.extend_from_slice(buf);
-                        if start <= partial.verified {
-                            partial.verified = end;
-                        }
-                    }
-                }
-                turn.left(entry.size.saturating_sub(end));
-            }
-            Err(cause) => {
-                tracing::warn!(%engine, %cause, "bytes failed verification: engine left");
-                return Err(Attempt::Ended(
-                    Ended::Absent(engine),
-                    AttemptError::Forged { engine, cause },
-                ));
-            }
-        }
+    let decoder = tree::Decoder::new(entry.size, entry.hash, from);
+    match watch.early.as_ref().filter(|_| partial.bytes.is_empty()) {
+        Some(early) => handed(entry, (engine, decoder), s, (partial, watch, turn), early).await?,
+        None => kept(entry, (engine, decoder), s, (partial, watch, turn)).await?,
     }
     check_whole(entry, engine, partial)
+}
+
+/// [`verified`] keeping every verified group in `partial`. Holds one group besides it.
+async fn kept(
+    entry: &SegmentEntry,
+    (engine, mut decoder): (PeerId, tree::Decoder),
+    s: &mut Wire,
+    (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
+) -> Result<(), Attempt> {
+    let had = partial.received();
+    partial
+        .bytes
+        .reserve((entry.size as usize).saturating_sub(partial.bytes.len()));
+    let mut item = vec![0u8; tree::GROUP as usize];
+    while let Some(need) = decoder.need() {
+        // No item is longer than a group; were one, `verify` would refuse the length.
+        let buf = &mut item[..need.min(tree::GROUP as usize)];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let at = partial.received();
+            filled += read_more(s, &mut buf[filled..], engine, (at, at > had)).await?;
+            watch.byte();
+        }
+        if let Some((start, end)) = decoder.verify(buf).map_err(|c| forged(engine, c))? {
+            // Resumed at the start of a group: what an earlier attempt brought of it is
+            // replaced by these verified bytes.
+            partial.bytes.truncate(start as usize);
+            partial.bytes.extend_from_slice(buf);
+            if start <= partial.verified {
+                partial.verified = end;
+            }
+            turn.left(entry.size.saturating_sub(end));
+        }
+    }
+    Ok(())
+}
+
+/// [`verified`] handing the verified groups to the player's queue `early` in pieces of up
+/// to [`HAND_AT_MOST`] bytes, keeping none. A full queue (a segment not yet playing) holds
+/// the stream where it is: it is read no further until the player takes a piece, and the
+/// engine turn is given back meanwhile. What was verified goes out before the attempt ends,
+/// however it ends; `partial` moves past a piece only once it is queued, so an attempt
+/// dropped while it waits (its time limit) resumes at that piece, not past it.
+async fn handed(
+    entry: &SegmentEntry,
+    (engine, mut decoder): (PeerId, tree::Decoder),
+    s: &mut Wire,
+    (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
+    early: &Early,
+) -> Result<(), Attempt> {
+    let had = partial.handed;
+    // The piece: `ready` verified bytes from byte `start` of the segment, then the item
+    // being read.
+    let mut piece = Piece {
+        bytes: Vec::with_capacity(HAND_AT_MOST),
+        ready: 0,
+        start: decoder.start(),
+        said: false,
+    };
+    let ended = loop {
+        let Some(need) = decoder.need() else {
+            break Ok(());
+        };
+        let need = need.min(tree::GROUP as usize);
+        if piece.ready + need > HAND_AT_MOST {
+            piece.hand(entry, (partial, watch, turn), early).await;
+        }
+        piece.bytes.resize(piece.ready + need, 0);
+        let mut filled = 0;
+        let read = loop {
+            if filled == need {
+                break Ok(());
+            }
+            // Progress: a piece went out, or one is verified (it goes out however this ends).
+            let at = piece.start + piece.ready as u64;
+            let progress = partial.handed > had || piece.ready > 0;
+            let buf = &mut piece.bytes[piece.ready + filled..];
+            let more = read_more(s, buf, engine, (at, progress));
+            let got = if piece.ready == 0 {
+                more.await
+            } else if let Some(got) = more.now_or_never() {
+                got
+            } else {
+                // The stream has nothing yet: what is verified goes out before the wait.
+                piece.hand(entry, (partial, watch, turn), early).await;
+                continue;
+            };
+            match got {
+                Ok(got) => filled += got,
+                Err(ended) => break Err(ended),
+            }
+            watch.byte();
+        };
+        if let Err(ended) = read {
+            break Err(ended);
+        }
+        match decoder.verify(&piece.bytes[piece.ready..]) {
+            // A tree node: checked, and not part of the media.
+            Ok(None) => piece.bytes.truncate(piece.ready),
+            Ok(Some((start, end))) => {
+                if piece.ready == 0 {
+                    piece.start = start;
+                }
+                piece.ready += need;
+                turn.left(entry.size.saturating_sub(end));
+            }
+            Err(cause) => break Err(forged(engine, cause)),
+        }
+    };
+    piece.hand(entry, (partial, watch, turn), early).await;
+    ended
+}
+
+/// Verified groups on their way to the player ([`handed`]).
+struct Piece {
+    /// `ready` verified bytes, then the item being read, if any.
+    bytes: Vec<u8>,
+    ready: usize,
+    /// The segment's byte the verified bytes start at.
+    start: u64,
+    /// Whether the fetch said it waits for the player yet (said once).
+    said: bool,
+}
+
+impl Piece {
+    /// Puts the verified bytes on the player's queue (waiting while it is full) and moves
+    /// `partial` past them; the item being read stays, as the start of the next piece.
+    async fn hand(
+        &mut self,
+        entry: &SegmentEntry,
+        (partial, watch, turn): (&mut Partial, &Watch, &mut Turn),
+        early: &Early,
+    ) {
+        if self.ready == 0 {
+            return;
+        }
+        let mut next = Vec::with_capacity(HAND_AT_MOST);
+        next.extend_from_slice(&self.bytes[self.ready..]);
+        self.bytes.truncate(self.ready);
+        let bytes = std::mem::replace(&mut self.bytes, next);
+        let end = self.start + self.ready as u64;
+        let said = &mut self.said;
+        let say = move || {
+            if !std::mem::replace(said, true) {
+                tracing::debug!(index = %entry.index, at = end, "queue full: the stream waits for the player");
+            }
+        };
+        hand_out(early, (self.start, bytes), (watch, turn), say).await;
+        // Only once it is queued: an attempt dropped while it waits resumes here.
+        partial.handed = end;
+        self.start = end;
+        self.ready = 0;
+    }
+}
+
+/// The attempt's end for bytes that failed verification: the engine is avoided.
+fn forged(engine: PeerId, cause: tree::VerifyError) -> Attempt {
+    tracing::warn!(%engine, %cause, "bytes failed verification: engine left");
+    Attempt::Ended(
+        Ended::Absent(engine),
+        AttemptError::Forged { engine, cause },
+    )
 }
 
 /// Puts a verified group on the player's queue; when it is full, gives the engine turn back
