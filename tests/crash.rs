@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use anyhow::Context;
 use vodmesh_proto::manifest::ManifestContent;
 use vodmesh_tests::cli::{Ingest, Play};
 use vodmesh_tests::media::random_file;
@@ -233,6 +234,18 @@ fn a_station_killed_mid_replica_finishes_it_after_its_restart() -> anyhow::Resul
         "b to finish the replica after its restart",
         Duration::from_secs(90),
         || Ok(held(&b)? == total),
-    )?;
+    )
+    .with_context(|| {
+        let tail = |log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        let holds = held(&b).map_or_else(|e| e.to_string(), |h| h.to_string());
+        format!(
+            "b holds {holds} of {total} bytes; its log after its restart (last lines):\n{}\nthe home's log (last lines):\n{}",
+            tail(b.log()),
+            tail(home.log())
+        )
+    })?;
     Ok(())
 }
