@@ -330,3 +330,116 @@ async fn read_more(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::AsyncWriteExt;
+    use libp2p::identity::Keypair;
+    use tokio::net::TcpListener;
+    use vodmesh_proto::SegmentIndex;
+    use vodmesh_proto::net::bulk::{Acceptor, Connector};
+    use vodmesh_proto::verified::{Item, Leaves};
+
+    use super::*;
+
+    const GROUP: usize = tree::GROUP as usize;
+
+    /// A bulk connection on loopback whose engine side sends `data`'s verified stream from
+    /// byte 0 as an engine does, with one byte flipped at `bad` (if any): the console's end,
+    /// and the engine's peer id.
+    async fn verified_wire(data: Vec<u8>, bad: Option<usize>) -> (Wire, PeerId) {
+        let (console, engine) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let peer = engine.public().to_peer_id();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = Acceptor::new(&engine).unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (_, mut conn) = acceptor.accept(tcp).await.unwrap();
+            let outboard = Leaves::of(&data).outboard();
+            let mut sent = data.clone();
+            if let Some(at) = bad {
+                sent[at] ^= 1;
+            }
+            // The console leaves at a forged group: what it does not read fails here.
+            for item in tree::plan(data.len() as u64, 0) {
+                let bytes = match item {
+                    Item::Parent { index, .. } => &outboard.pair(index).unwrap()[..],
+                    Item::Group { start, end, .. } => &sent[start as usize..end as usize],
+                };
+                if conn.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = conn.flush().await;
+        });
+        let conn = Connector::new(&console, peer).unwrap().connect(addr).await;
+        let wire = Wire::Bulk {
+            conn: Box::new(conn.unwrap()),
+            addr,
+            reused: false,
+        };
+        (wire, peer)
+    }
+
+    /// At `--speed max` the verified groups reach the player's queue in order, in pieces of
+    /// at most `HAND_AT_MOST`; when a group is forged, every group verified before it still
+    /// goes out (and `partial` says so), and none of the forged one. Control: the same stream
+    /// untouched brings every byte.
+    #[tokio::test]
+    async fn pieces_carry_every_verified_group_and_none_past_a_forged_one() {
+        let data: Vec<u8> = (0..20 * GROUP + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let entry = SegmentEntry {
+            index: SegmentIndex(0),
+            duration_ms: 1000,
+            size: data.len() as u64,
+            hash: SegmentHash::of(&data),
+        };
+        for (bad, reach) in [(None, data.len()), (Some(9 * GROUP + 5), 9 * GROUP)] {
+            let (mut wire, engine) = verified_wire(data.clone(), bad).await;
+            let (early, mut queue) = tokio::sync::mpsc::channel(super::super::GROUPS_QUEUED);
+            let player = tokio::spawn(async move {
+                let mut pieces = Vec::new();
+                while let Some(piece) = queue.recv().await {
+                    pieces.push(piece);
+                }
+                pieces
+            });
+            let watch = Watch::new(Some(early.clone()));
+            let mut turn = Turn {
+                permit: None,
+                pass_early: false,
+            };
+            let mut partial = Partial::default();
+            let decoder = tree::Decoder::new(entry.size, entry.hash, 0);
+            let ended = handed(
+                &entry,
+                (engine, decoder),
+                &mut wire,
+                (&mut partial, &watch, &mut turn),
+                &early,
+            )
+            .await;
+            drop((watch, early));
+            let pieces = player.await.unwrap();
+            match bad {
+                None => assert!(ended.is_ok()),
+                Some(_) => assert!(matches!(
+                    ended,
+                    Err(Attempt::Ended(
+                        Ended::Absent(e),
+                        AttemptError::Forged { .. }
+                    )) if e == engine
+                )),
+            }
+            let mut played = Vec::new();
+            for (start, bytes) in &pieces {
+                assert_eq!(*start, played.len() as u64, "pieces out of order");
+                assert!(!bytes.is_empty() && bytes.len() <= HAND_AT_MOST);
+                played.extend_from_slice(bytes);
+            }
+            assert!(played == data[..reach], "{} of {reach} bytes", played.len());
+            assert_eq!(partial.handed, reach as u64);
+        }
+    }
+}
