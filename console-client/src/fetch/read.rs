@@ -176,7 +176,7 @@ async fn handed(
         start: decoder.start(),
         said: false,
     };
-    let ended = loop {
+    let ended = 'items: loop {
         let Some(need) = decoder.need() else {
             break Ok(());
         };
@@ -186,10 +186,7 @@ async fn handed(
         }
         piece.bytes.resize(piece.ready + need, 0);
         let mut filled = 0;
-        let read = loop {
-            if filled == need {
-                break Ok(());
-            }
+        while filled < need {
             // Progress: a piece went out, or one is verified (it goes out however this ends).
             let at = piece.start + piece.ready as u64;
             let progress = partial.handed > had || piece.ready > 0;
@@ -206,12 +203,9 @@ async fn handed(
             };
             match got {
                 Ok(got) => filled += got,
-                Err(ended) => break Err(ended),
+                Err(ended) => break 'items Err(ended),
             }
             watch.byte();
-        };
-        if let Err(ended) = read {
-            break Err(ended);
         }
         match decoder.verify(&piece.bytes[piece.ready..]) {
             // A tree node: checked, and not part of the media.
@@ -397,7 +391,7 @@ mod tests {
         };
         for (bad, reach) in [(None, data.len()), (Some(9 * GROUP + 5), 9 * GROUP)] {
             let (mut wire, engine) = verified_wire(data.clone(), bad).await;
-            let (early, mut queue) = tokio::sync::mpsc::channel(super::super::GROUPS_QUEUED);
+            let (early, mut queue) = tokio::sync::mpsc::channel(crate::fetch::GROUPS_QUEUED);
             let player = tokio::spawn(async move {
                 let mut pieces = Vec::new();
                 while let Some(piece) = queue.recv().await {
