@@ -104,7 +104,7 @@ pub struct Args {
     pub max_streams: u32,
     /// Re-hash every stored segment at start (slow on big stores) and drop any that no longer
     /// match; without it, corruption is still caught by the background scrub (--scrub-rate)
-    /// and by the engine's checked reads (copies, raw streams).
+    /// and by the engine's checked reads (raw streams), and a copy's receiver refuses it.
     #[arg(long)]
     pub scrub: bool,
     /// Re-hash the stored segments in the background at this many MB/s per engine, in passes

@@ -39,6 +39,14 @@ const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// at a time (with one more during a handoff); past this, it is told busy.
 pub(crate) const MAX_STREAMS_PER_PEER: usize = 4;
 
+/// `buf` up to `end`, grown (zeroed) where it was shorter.
+fn room(buf: &mut Vec<u8>, end: usize) -> &mut [u8] {
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    &mut buf[..end]
+}
+
 /// What every stream task shares.
 #[derive(Clone)]
 pub(crate) struct StreamService {
@@ -279,13 +287,15 @@ impl StreamService {
         sent: &mut u64,
     ) -> std::io::Result<()> {
         let mut plan = verified::plan(reader.len(), from);
-        let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+        // Laid out in place write after write: its bytes are overwritten, never zeroed again
+        // (a write's parent nodes and groups fill `..len` whole).
+        let mut out = vec![0u8; CHUNK + CHUNK / 8];
         loop {
             // This write: `runs` are where its groups go, `(at, offset, len)`.
-            out.clear();
+            let mut len = 0;
             let mut runs: Vec<(usize, u64, usize)> = Vec::new();
             let mut groups = 0u64;
-            while out.len() < CHUNK
+            while len < CHUNK
                 && let Some(item) = plan.next()
             {
                 match item {
@@ -293,23 +303,24 @@ impl StreamService {
                         let pair = outboard.pair(index).ok_or_else(|| {
                             std::io::Error::other("the segment's tree is shorter than its size")
                         })?;
-                        out.extend_from_slice(pair);
+                        let at = len;
+                        len += pair.len();
+                        room(&mut out, len)[at..].copy_from_slice(pair);
                     }
                     Item::Group { start, end, .. } => {
-                        let (at, len) = (out.len(), (end - start) as usize);
+                        let (at, n) = (len, (end - start) as usize);
                         match runs.last_mut() {
                             // Follows the last group in the file and in the buffer: one read.
-                            Some((a, o, l)) if *a + *l == at && *o + *l as u64 == start => {
-                                *l += len
-                            }
-                            _ => runs.push((at, start, len)),
+                            Some((a, o, l)) if *a + *l == at && *o + *l as u64 == start => *l += n,
+                            _ => runs.push((at, start, n)),
                         }
-                        out.resize(at + len, 0);
+                        len += n;
+                        room(&mut out, len);
                         groups += end - start;
                     }
                 }
             }
-            if out.is_empty() {
+            if len == 0 {
                 return Ok(());
             }
             if !runs.is_empty() {
@@ -322,7 +333,7 @@ impl StreamService {
                     })?,
                 };
             }
-            if !Self::write(stream, &out, handover).await? {
+            if !Self::write(stream, out.get(..len).unwrap_or_default(), handover).await? {
                 return Ok(());
             }
             *sent += groups;

@@ -202,13 +202,25 @@ impl Reader {
     /// The next bytes from the current position, at most `max`: as many as are available now
     /// (after waiting for at least one if the segment is filling). `None` at the end.
     pub async fn read_next(&mut self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        self.next(max, Verify::Chunks).await
+    }
+
+    /// [`read_next`](Self::read_next), with the chunks of a complete segment not checked: for
+    /// a copy's source, whose receiver hashes every byte against the segment's hash (a wrong
+    /// byte fails the copy there and it is fetched elsewhere), so the bytes are not hashed
+    /// here a second time. Rot in this copy is the scrub's to find.
+    pub async fn read_next_unchecked(&mut self, max: usize) -> Result<Option<Vec<u8>>, Error> {
+        self.next(max, Verify::None).await
+    }
+
+    async fn next(&mut self, max: usize, verify: Verify) -> Result<Option<Vec<u8>>, Error> {
         if self.pos >= self.size {
             return Ok(None);
         }
         let want = (max.max(1) as u64).min(self.size - self.pos);
         let available = self.wait_for(self.pos + 1).await?;
         let n = want.min(available - self.pos);
-        let bytes = self.read_at(self.pos, n).await?;
+        let bytes = self.read_at(self.pos, n, verify).await?;
         self.pos += n;
         Ok(Some(bytes))
     }
@@ -230,7 +242,7 @@ impl Reader {
             return Ok(Vec::new());
         }
         self.wait_for(end).await?;
-        self.read_at(offset, len).await
+        self.read_at(offset, len, Verify::Chunks).await
     }
 
     /// Reads of a complete segment without checking its chunk groups, placed in `buf`: each
@@ -317,29 +329,36 @@ impl Reader {
     }
 
     /// Reads bytes already known to be available.
-    async fn read_at(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+    async fn read_at(&mut self, offset: u64, len: u64, verify: Verify) -> Result<Vec<u8>, Error> {
         if !self.still_stored() {
             return Err(Error::NotFound(self.segment));
         }
         let worker = &self.inner.disks[self.disk].worker;
-        match &self.mode {
-            Mode::Opening => Err(Error::NotFound(self.segment)),
-            Mode::Following(rx) => {
-                let Some(file) = rx.borrow().file.clone() else {
-                    return Err(Error::NotFound(self.segment));
-                };
-                let res = worker
-                    .run(move || {
-                        let mut buf = vec![0u8; len as usize];
-                        file.read_exact_at(&mut buf, offset).map(|()| buf)
-                    })
-                    .await?;
-                res.map_err(|e| {
-                    let path =
-                        layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
-                    io("read", &path)(e)
+        // A filling segment's bytes have no chunk hashes yet (its writer hashes them as they
+        // land); a complete one's are checked unless the caller's peer checks them.
+        let plain = match (&self.mode, verify) {
+            (Mode::Opening, _) => return Err(Error::NotFound(self.segment)),
+            (Mode::Following(rx), _) => match rx.borrow().file.clone() {
+                Some(file) => Some(file),
+                None => return Err(Error::NotFound(self.segment)),
+            },
+            (Mode::Complete { file, .. }, Verify::None) => Some(file.clone()),
+            (Mode::Complete { .. }, Verify::Chunks) => None,
+        };
+        if let Some(file) = plain {
+            let res = worker
+                .run(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, offset).map(|()| buf)
                 })
-            }
+                .await?;
+            return res.map_err(|e| {
+                let path = layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
+                io("read", &path)(e)
+            });
+        }
+        match &self.mode {
+            Mode::Opening | Mode::Following(_) => Err(Error::NotFound(self.segment)),
             Mode::Complete { file, check } => {
                 let (file, check, size) = (file.clone(), check.clone(), self.size);
                 let res = worker
@@ -374,6 +393,15 @@ impl Reader {
     fn still_stored(&self) -> bool {
         self.inner.state().holdings.generation(&self.segment) == Some(self.generation)
     }
+}
+
+/// Whether a read of a complete segment verifies the chunks it touches.
+#[derive(Clone, Copy)]
+enum Verify {
+    /// Each chunk touched, against its hash in the index; a wrong one drops the segment.
+    Chunks,
+    /// None: the reader's peer checks every byte it is sent.
+    None,
 }
 
 /// Reads `[offset, offset + len)` of a complete segment, verifying every unit of `check` it

@@ -330,6 +330,40 @@ async fn a_flipped_byte_is_detected_never_served_and_the_segment_dropped() -> Te
     Ok(())
 }
 
+/// A copy's source reads unchecked (its receiver hashes every byte against the segment's
+/// hash): what is on the disk is sent as it is and the segment stays; the checked read of the
+/// same bytes (control) refuses them and drops it.
+#[tokio::test]
+async fn an_unchecked_read_sends_the_disk_as_it_is_and_a_checked_one_drops_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, mut events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let id = seg(9, 0);
+    let data = bytes(9, 3 * CHUNK as usize);
+    put(&store, id, &data).await?;
+    let path = store.path_of(&id).ok_or("no path")?;
+    let mut on_disk = std::fs::read(&path)?;
+    on_disk[CHUNK as usize + 7] ^= 0x01;
+    std::fs::write(&path, &on_disk)?;
+
+    let mut r = store.open_read(id).await?;
+    let mut sent = Vec::new();
+    while let Some(bytes) = r.read_next_unchecked(CHUNK as usize).await? {
+        sent.extend_from_slice(&bytes);
+    }
+    assert!(sent == on_disk, "an unchecked read sends the disk's bytes");
+    assert!(events.try_recv().is_err(), "nothing dropped");
+    assert!(store.filled(&id).is_some());
+
+    let mut r = store.open_read(id).await?;
+    assert!(matches!(
+        r.read_next(3 * CHUNK as usize).await,
+        Err(Error::Corrupt { chunk: 1, .. })
+    ));
+    assert!(matches!(events.try_recv()?, Event::Dropped { .. }));
+    store.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn scrub_drops_the_damaged_segments_only() -> TestResult {
     let dir = tempfile::tempdir()?;
