@@ -42,6 +42,7 @@ use crate::retry::{Ended, Next, Recent, Retry};
 
 mod bulk;
 mod error;
+mod limit;
 mod read;
 pub use self::error::{AttemptError, FetchError};
 use self::read::Partial;
@@ -53,7 +54,8 @@ use self::read::Partial;
 pub const READ_STALL: Duration = Duration::from_secs(7);
 /// Fetches of one segment racing at most: the first and two hedges.
 const MAX_RACING: usize = 3;
-/// How long one attempt at a segment may take in all.
+/// How long one attempt at a segment may take in all, its waits for the player not counted
+/// ([`limit`]).
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
 /// Engines whose turns are remembered before those nobody holds are forgotten.
 const MAX_SLOTS: usize = 64;
@@ -194,6 +196,8 @@ struct Watch {
     queued: std::sync::atomic::AtomicBool,
     /// Where verified groups go at once, if anywhere.
     early: Option<Early>,
+    /// How long it waited for the player to take its groups: not its attempts' own time.
+    held: limit::Held,
 }
 
 impl Watch {
@@ -202,6 +206,7 @@ impl Watch {
             state: Mutex::new((Instant::now(), None)),
             queued: std::sync::atomic::AtomicBool::new(false),
             early,
+            held: limit::Held::default(),
         }
     }
 
@@ -410,14 +415,14 @@ impl Fetcher {
                 (&mut partial, watch),
                 &retry,
             );
-            let (ended, error) = match tokio::time::timeout(ATTEMPT_LIMIT, attempt).await {
-                Ok(Ok(done)) => {
+            let (ended, error) = match limit::limited(attempt, ATTEMPT_LIMIT, &watch.held).await {
+                Some(Ok(done)) => {
                     tracing::debug!(%index, engine = %done.location.engine, director = %done.location.director, "segment fetched");
                     return Ok(done);
                 }
-                Ok(Err(Attempt::Final(e))) => return Err(e),
-                Ok(Err(Attempt::Ended(ended, e))) => (ended, e),
-                Err(_) => (
+                Some(Err(Attempt::Final(e))) => return Err(e),
+                Some(Err(Attempt::Ended(ended, e))) => (ended, e),
+                None => (
                     Ended::Broke {
                         progress: partial.received() > had,
                     },

@@ -291,7 +291,9 @@ async fn hand_out(
             waits();
             turn.release();
             watch.queue(true);
+            let waiting = watch.held.wait();
             let _ = early.send(group).await;
+            drop(waiting);
             watch.queue(false);
         }
     }
