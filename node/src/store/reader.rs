@@ -282,6 +282,10 @@ impl Reader {
         if !self.still_stored() {
             return Err(Error::NotFound(self.segment));
         }
+        let runs = read_cached(file, &mut buf, runs);
+        if runs.is_empty() {
+            return Ok(buf);
+        }
         let file = file.clone();
         let res = self.inner.disks[self.disk]
             .worker
@@ -346,10 +350,17 @@ impl Reader {
             (Mode::Complete { .. }, Verify::Chunks) => None,
         };
         if let Some(file) = plain {
+            let mut buf = vec![0u8; len as usize];
+            let runs = read_cached(&file, &mut buf, vec![(0, offset, len as usize)]);
+            if runs.is_empty() {
+                return Ok(buf);
+            }
             let res = worker
                 .run(move || {
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset).map(|()| buf)
+                    for (at, offset, len) in runs {
+                        file.read_exact_at(&mut buf[at..at + len], offset)?;
+                    }
+                    Ok(buf)
                 })
                 .await?;
             return res.map_err(|e| {
@@ -393,6 +404,38 @@ impl Reader {
     fn still_stored(&self) -> bool {
         self.inner.state().holdings.generation(&self.segment) == Some(self.generation)
     }
+}
+
+/// Reads what of `runs` (`(at, offset, len)`: `len` bytes from `offset` into
+/// `buf[at..at + len]`, each within `buf`) the page cache holds, on the calling task: with
+/// `RWF_NOWAIT` a read that would wait for the disk returns at once instead. Returns what is
+/// left for the disk worker: the runs from the first one not read whole, that one from where
+/// it stopped (a read not cached, an error or the file's end: the worker's read says why).
+/// A stream of a segment in the page cache (a popular one) is then served without a trip to
+/// the disk worker's thread and back.
+fn read_cached(
+    file: &File,
+    buf: &mut [u8],
+    runs: Vec<(usize, u64, usize)>,
+) -> Vec<(usize, u64, usize)> {
+    let mut runs = runs.into_iter();
+    while let Some((mut at, mut offset, mut len)) = runs.next() {
+        while len > 0 {
+            let flags = rustix::io::ReadWriteFlags::NOWAIT;
+            let read = buf.get_mut(at..at + len).map(|into| {
+                rustix::io::preadv2(file, &mut [std::io::IoSliceMut::new(into)], offset, flags)
+            });
+            match read {
+                Some(Ok(n)) if n > 0 => {
+                    at += n;
+                    offset += n as u64;
+                    len -= n;
+                }
+                _ => return std::iter::once((at, offset, len)).chain(runs).collect(),
+            }
+        }
+    }
+    Vec::new()
 }
 
 /// Whether a read of a complete segment verifies the chunks it touches.
@@ -447,5 +490,50 @@ impl Drop for Reader {
             .state()
             .holdings
             .close_reader(&self.segment, self.generation, self.disk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `read_cached` leaves, read as the disk worker reads it: the bytes of every run, in
+    /// its place, whatever the page cache held (all of the file, then part of it).
+    #[test]
+    fn runs_read_from_the_page_cache_and_the_rest_from_the_disk_are_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let data: Vec<u8> = (0..1_000_000u32)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        let runs = vec![
+            (0, 0, 300_000),
+            (300_064, 300_000, 500_000),
+            (800_128, 900_000, 100_000),
+        ];
+        // All of it cached; none of it; its first 100 KB only (pages read back in after the
+        // eviction, and what the kernel reads ahead of them).
+        for evicted in [None, Some(0), Some(100_000)] {
+            if let Some(read_back) = evicted {
+                rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+                file.read_exact_at(&mut vec![0; read_back], 0).unwrap();
+            }
+            let mut buf = vec![0xAAu8; 900_128];
+            let left = read_cached(&file, &mut buf, runs.clone());
+            for (at, offset, len) in left {
+                file.read_exact_at(&mut buf[at..at + len], offset).unwrap();
+            }
+            assert!(buf[..300_000] == data[..300_000], "{evicted:?}");
+            assert!(buf[300_000..300_064].iter().all(|b| *b == 0xAA));
+            assert!(
+                buf[300_064..800_064] == data[300_000..800_000],
+                "{evicted:?}"
+            );
+            assert!(buf[800_064..800_128].iter().all(|b| *b == 0xAA));
+            assert!(buf[800_128..] == data[900_000..], "{evicted:?}");
+        }
     }
 }
