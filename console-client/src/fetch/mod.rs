@@ -14,7 +14,8 @@
 //! engine there, not at the segment's end. At `--speed max` each verified group is handed to
 //! the player through the fetch's own queue of [`GROUPS_QUEUED`] groups ([`Early`]) and not
 //! kept: a fetch whose segment is not the next to play stops reading its stream once that
-//! queue is full, so a console holds per stream one queue of groups, not a segment. Otherwise
+//! queue is full, so a console holds per stream one queue of groups, not a segment (the time it
+//! waits there is the player's, not counted against the attempt: [`limit`]). Otherwise
 //! the groups are kept until the segment is whole. An engine whose copy is still filling (or
 //! an older engine) streams raw bytes, kept and checked against the hash once the segment is
 //! whole.
