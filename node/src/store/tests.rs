@@ -285,6 +285,20 @@ async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() 
     Ok(())
 }
 
+/// Flips byte `at` of segment `id`'s file (as a rotting disk would): its path and the bytes
+/// on the disk now.
+fn flip_on_disk(
+    store: &SegmentStore,
+    id: SegmentId,
+    at: usize,
+) -> Result<(PathBuf, Vec<u8>), Box<dyn std::error::Error>> {
+    let path = store.path_of(&id).ok_or("no path")?;
+    let mut on_disk = std::fs::read(&path)?;
+    on_disk[at] ^= 0x01;
+    std::fs::write(&path, &on_disk)?;
+    Ok((path, on_disk))
+}
+
 #[tokio::test]
 async fn a_flipped_byte_is_detected_never_served_and_the_segment_dropped() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -294,10 +308,7 @@ async fn a_flipped_byte_is_detected_never_served_and_the_segment_dropped() -> Te
     let data = bytes(6, 3 * CHUNK as usize);
     put(&store, id, &data).await?;
 
-    let path = store.path_of(&id).ok_or("no path")?;
-    let mut on_disk = std::fs::read(&path)?;
-    on_disk[CHUNK as usize + 7] ^= 0x01;
-    std::fs::write(&path, &on_disk)?;
+    let (path, _) = flip_on_disk(&store, id, CHUNK as usize + 7)?;
 
     let mut r = store.open_read(id).await?;
     // A range that does not touch the damaged chunk verifies and is served.
@@ -340,10 +351,7 @@ async fn an_unchecked_read_sends_the_disk_as_it_is_and_a_checked_one_drops_it() 
     let id = seg(9, 0);
     let data = bytes(9, 3 * CHUNK as usize);
     put(&store, id, &data).await?;
-    let path = store.path_of(&id).ok_or("no path")?;
-    let mut on_disk = std::fs::read(&path)?;
-    on_disk[CHUNK as usize + 7] ^= 0x01;
-    std::fs::write(&path, &on_disk)?;
+    let (_, on_disk) = flip_on_disk(&store, id, CHUNK as usize + 7)?;
 
     let mut r = store.open_read(id).await?;
     let mut sent = Vec::new();
