@@ -282,11 +282,22 @@ impl Reader {
         if !self.still_stored() {
             return Err(Error::NotFound(self.segment));
         }
-        let runs = read_cached(file, &mut buf, runs);
+        let file = file.clone();
+        self.read_plain(file, buf, runs).await
+    }
+
+    /// `runs` of `file` read into `buf` as they are, unchecked: what the page cache holds on
+    /// this task ([`read_cached`]), the rest on the disk worker.
+    async fn read_plain(
+        &self,
+        file: Arc<File>,
+        mut buf: Vec<u8>,
+        runs: Vec<(usize, u64, usize)>,
+    ) -> Result<Vec<u8>, Error> {
+        let runs = read_cached(&file, &mut buf, runs);
         if runs.is_empty() {
             return Ok(buf);
         }
-        let file = file.clone();
         let res = self.inner.disks[self.disk]
             .worker
             .run(move || {
@@ -350,23 +361,8 @@ impl Reader {
             (Mode::Complete { .. }, Verify::Chunks) => None,
         };
         if let Some(file) = plain {
-            let mut buf = vec![0u8; len as usize];
-            let runs = read_cached(&file, &mut buf, vec![(0, offset, len as usize)]);
-            if runs.is_empty() {
-                return Ok(buf);
-            }
-            let res = worker
-                .run(move || {
-                    for (at, offset, len) in runs {
-                        file.read_exact_at(&mut buf[at..at + len], offset)?;
-                    }
-                    Ok(buf)
-                })
-                .await?;
-            return res.map_err(|e| {
-                let path = layout::segment_path(&self.inner.disks[self.disk].root, &self.segment);
-                io("read", &path)(e)
-            });
+            let runs = vec![(0, offset, len as usize)];
+            return self.read_plain(file, vec![0u8; len as usize], runs).await;
         }
         match &self.mode {
             Mode::Opening | Mode::Following(_) => Err(Error::NotFound(self.segment)),
