@@ -2,7 +2,7 @@
 //!
 //! The in-memory `State` (behind a mutex never held across an `.await`) is what the store
 //! serves from; the redb index is its durable copy, written by the index worker. File I/O runs
-//! on the owning disk's worker.
+//! on the owning disk's worker, the seals of written segments (their fsyncs) on its sync thread.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -118,12 +118,15 @@ impl SegmentStore {
         for (i, root) in config.disks.iter().enumerate() {
             let worker = Worker::spawn(format!("store-disk-{i}"), config.queue_depth)
                 .map_err(io("start a worker for", root))?;
+            let syncer = Worker::spawn(format!("store-sync-{i}"), config.queue_depth)
+                .map_err(io("start a worker for", root))?;
             // An even share; the first disk takes the remainder.
             let quota = config.capacity / n + if i == 0 { config.capacity % n } else { 0 };
             workers.push(Disk {
                 root: root.clone(),
                 quota,
                 worker,
+                syncer,
             });
         }
         let index_worker = Worker::spawn("store-index".into(), config.queue_depth)
@@ -206,7 +209,7 @@ impl SegmentStore {
                 .enumerate()
                 .map(|(i, d)| DiskRoom {
                     free: st.holdings.free(i, d.quota),
-                    load: st.holdings.disk(i).open + d.worker.load(),
+                    load: st.holdings.disk(i).open + d.load(),
                 })
                 .collect();
             let candidates = st.holdings.candidates();
@@ -393,7 +396,7 @@ impl SegmentStore {
                         used: count.used,
                         reserved: count.reserved,
                         evictable: count.evictable,
-                        load: count.open + d.worker.load(),
+                        load: count.open + d.load(),
                     }
                 })
                 .collect(),
@@ -576,6 +579,7 @@ impl SegmentStore {
         let res = self.flush().await;
         self.inner.state().closed = true;
         for d in &self.inner.disks {
+            d.syncer.stop().await;
             d.worker.stop().await;
         }
         self.inner.index_worker.stop().await;
@@ -650,6 +654,7 @@ impl SegmentStore {
     /// Waits until every job queued before this call has run (the queues are FIFO).
     pub(crate) async fn settle(&self) {
         for d in &self.inner.disks {
+            let _ = d.syncer.run(|| ()).await;
             let _ = d.worker.run(|| ()).await;
         }
         let _ = self.inner.index_worker.run(|| ()).await;
@@ -667,5 +672,20 @@ impl SegmentStore {
     /// Jobs queued or running on `disk`.
     pub(crate) fn disk_queue(&self, disk: usize) -> usize {
         self.inner.disks[disk].worker.load()
+    }
+
+    /// Runs `f` on `disk`'s sync thread (where written segments are sealed), occupying it
+    /// meanwhile.
+    pub(crate) async fn run_on_syncer(
+        &self,
+        disk: usize,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Error> {
+        Ok(self.inner.disks[disk].syncer.run(f).await?)
+    }
+
+    /// Jobs queued or running on `disk`'s sync thread.
+    pub(crate) fn sync_queue(&self, disk: usize) -> usize {
+        self.inner.disks[disk].syncer.load()
     }
 }

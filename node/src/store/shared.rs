@@ -33,7 +33,19 @@ pub(super) struct Inner {
 pub(super) struct Disk {
     pub(super) root: PathBuf,
     pub(super) quota: u64,
+    /// Reads, writes and removals of the disk's files, in order.
     pub(super) worker: Worker,
+    /// The seals that make written segments durable (hash check, rename, fsyncs): an fsync
+    /// waits for the device, and on `worker` it held every read and write queued behind it,
+    /// those of the other segments being written included.
+    pub(super) syncer: Worker,
+}
+
+impl Disk {
+    /// Jobs queued or running on the disk's threads: its current I/O load.
+    pub(super) fn load(&self) -> usize {
+        self.worker.load() + self.syncer.load()
+    }
 }
 
 pub(super) struct State {

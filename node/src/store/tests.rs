@@ -169,6 +169,67 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
 }
 
 #[tokio::test]
+async fn a_segment_being_made_durable_holds_up_no_other_read_or_write_on_its_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let kept = bytes(20, 300_000);
+    put(&store, seg(20, 0), &kept).await?;
+    // The disk's sync thread is held, as an fsync on a slow device holds it.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let stuck = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_on_syncer(0, move || {
+                    let _ = blocked.recv();
+                })
+                .await
+        })
+    };
+    while store.sync_queue(0) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // A segment written whole waits for the sync thread to be made durable...
+    let first = bytes(21, 200_000);
+    let mut w = store
+        .begin_write(seg(21, 0), SegmentHash::of(&first), first.len() as u64)
+        .await?;
+    w.write_chunk(Bytes::copy_from_slice(&first)).await?;
+    let sealing = tokio::spawn(async move { w.finish().await });
+    // ...while the next segment's writes and a stored segment's reads on the same disk go on.
+    let second = bytes(22, 200_000);
+    let beside = async {
+        let mut w = store
+            .begin_write(seg(22, 0), SegmentHash::of(&second), second.len() as u64)
+            .await?;
+        for c in second.chunks(64 * 1024) {
+            w.write_chunk(Bytes::copy_from_slice(c)).await?;
+        }
+        let mut r = store.open_read(seg(20, 0)).await?;
+        let read = r.read_range(0, kept.len() as u64).await?;
+        Ok::<_, Error>((w, read))
+    };
+    let (w, read) = tokio::time::timeout(Duration::from_secs(20), beside)
+        .await
+        .map_err(|_| "a write or read waited behind another segment's fsync")??;
+    assert_eq!(read, kept);
+    assert_eq!(store.filled(&seg(22, 0)), Some((200_000, 200_000, false)));
+    // The control: the first segment is not complete while its seal cannot run.
+    assert!(!sealing.is_finished(), "sealed without its sync thread");
+    assert_eq!(store.filled(&seg(21, 0)), Some((200_000, 200_000, false)));
+    release.send(())?;
+    stuck.await??;
+    sealing.await??;
+    w.finish().await?;
+    for (id, data) in [(seg(21, 0), &first), (seg(22, 0), &second)] {
+        let mut r = store.open_read(id).await?;
+        assert_eq!(&r.read_range(0, data.len() as u64).await?, data);
+    }
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_follower_sees_exactly_the_bytes_written_so_far_then_the_rest() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;

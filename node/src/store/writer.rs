@@ -224,8 +224,9 @@ impl Writer {
         let disk = &self.inner.disks[self.disk];
         let dest = layout::segment_path(&disk.root, &segment);
         let (temp, expected) = (self.temp.clone(), self.expected_hash);
+        // On the disk's sync thread: the other segments' reads and writes go on meanwhile.
         let sealed = disk
-            .worker
+            .syncer
             .run(move || seal(&file, hashing, &temp, &dest, (segment, expected)))
             .await?;
         let (leaves, outboard) = match sealed? {

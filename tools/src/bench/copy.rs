@@ -33,7 +33,7 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::net::{IDLE_TIMEOUT, build_swarm, negotiated_ciphers};
 
 use super::swarm::{BenchSwarm, Shape};
-use super::{Row, mb_s, nginx, ratio, sibling_bin, subdir};
+use super::{Row, cpu_time, mb_s, nginx, ratio, sibling_bin, subdir};
 
 const SEGMENT: u64 = 4 * 1024 * 1024;
 const RAW: StreamProtocol = StreamProtocol::new("/vodmesh-bench/raw/1");
@@ -136,6 +136,10 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             "stream": cipher(run.stream_cipher),
         },
         "copy_tcp_mb_s": copy_tcp,
+        // Cores busy in the bench's process (both stations, sending and receiving) during the
+        // copy, of the machine's 2: short of 2, the copy waited on something else than the CPU
+        // (the disk, or a stage of its own pipeline).
+        "copy_cpu_cores": (run.copy_cpu.as_secs_f64() / run.copy.as_secs_f64() * 100.0).round() / 100.0,
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
@@ -451,6 +455,8 @@ async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
 /// What [`replicate_and_play`] timed, and the suites its handshakes negotiated.
 struct Run {
     copy: Duration,
+    /// The CPU time the bench's process (both stations) spent during the copy.
+    copy_cpu: Duration,
     copy_cipher: Option<String>,
     /// The console's run, start to exit.
     stream: Duration,
@@ -472,12 +478,13 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
     let before = negotiated_ciphers();
     let swarm = BenchSwarm::start(dir, shape.clone(), &[shape]).await?;
     let result = async {
-        let (program, copy) = replicate(dir, &swarm, bytes).await?;
+        let (program, copy, copy_cpu) = replicate(dir, &swarm, bytes).await?;
         let copy_cipher = used_since(&before);
         let (played, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes)).await;
         let (stream, first_byte) = played?;
         Ok(Run {
             copy,
+            copy_cpu,
             copy_cipher,
             stream,
             first_byte,
@@ -489,9 +496,13 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
     result
 }
 
-/// Ingests `bytes` into the home with one replica; returns the program and the replication
-/// time.
-async fn replicate(dir: &Path, swarm: &BenchSwarm, bytes: u64) -> Result<(ProgramId, Duration)> {
+/// Ingests `bytes` into the home with one replica; returns the program, the replication
+/// time and the CPU time this process (both stations) spent meanwhile.
+async fn replicate(
+    dir: &Path,
+    swarm: &BenchSwarm,
+    bytes: u64,
+) -> Result<(ProgramId, Duration, Duration)> {
     let target = swarm.others[0].peer_id();
     let home = swarm.home.peer_id();
     let sink = events::sink();
@@ -529,19 +540,20 @@ async fn replicate(dir: &Path, swarm: &BenchSwarm, bytes: u64) -> Result<(Progra
             Ok(Ok(e)) => e,
         };
         if e.peer == home && e.kind == (Kind::ReplicateSent { target }) {
-            start = Some((e.program, Instant::now()));
+            start = Some((e.program, Instant::now(), cpu_time(std::process::id())?));
         }
-        if let Some((p, t)) = start
+        if let Some((p, t, cpu)) = start
             && e.program == p
             && e.peer == target
             && e.kind == Kind::ReplicaComplete
         {
             let elapsed = t.elapsed();
+            let cpu = cpu_time(std::process::id())?.saturating_sub(cpu);
             let program = match program {
                 Some(program) => program,
                 None => (&mut ingest).await?,
             };
-            return Ok((program, elapsed));
+            return Ok((program, elapsed, cpu));
         }
     }
 }
