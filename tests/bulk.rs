@@ -173,3 +173,72 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     station.shutdown().await;
     Ok(())
 }
+
+/// A console answered busy keeps its bulk connection: the engine keeps it after an answer
+/// alone, so the wait for a busy engine costs the engine no second handshake with the console.
+/// The console's own peer holds the engine's share of its streams on libp2p streams it does
+/// not read (the engine answers its next ask busy); once they go, the console streams the
+/// segment on the connection it kept: one bulk connection in all, and the bytes ingested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
+    use vodmesh_console::play::{Credentials, Session};
+    use vodmesh_proto::SegmentIndex;
+    use vodmesh_tests::wait;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    // Five segments: four to hold, the fifth to fetch.
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, ("busy", 20 * MIB, 23), 4 * MIB as u64).await?;
+    let key = Keypair::generate_ed25519();
+    let token = console_token(&issuer, key.public().to_peer_id())?;
+    let holder = Console {
+        client: vodmesh_client::DirectorClient::connect(station.addr(), Some(key.clone())).await?,
+        token: Some(token.clone().into()),
+    };
+    let engine = station.engines[0].clone();
+    holder.reach(engine.peer_id, &engine.addrs).await?;
+    let mut held = Vec::new();
+    for index in 0..4 {
+        let ask = holder.request(SegmentId::new(program, index), 0, 0);
+        let (stream, reply) = holder.ask(engine.peer_id, &ask).await?;
+        assert!(
+            matches!(reply, StreamReply::Streaming { .. }),
+            "segment {index}: {reply:?}"
+        );
+        held.push(stream);
+    }
+    let before = bulk_connections(&station)?;
+    let session = Session::open(
+        station.addr(),
+        &Credentials::new(key, token),
+        &program.to_string(),
+    )
+    .await?;
+    let fetch = session.segment(SegmentIndex(4));
+    tokio::pin!(fetch);
+    tokio::select! {
+        fetched = &mut fetch => bail!("fetched while the peer's streams were all held: {:?}", fetched.map(|s| s.size())),
+        waited = wait::until("the console to wait out a busy answer", std::time::Duration::from_secs(60), || async {
+            Ok(session.waits() >= 1)
+        }) => waited?,
+    }
+    assert_eq!(
+        bulk_connections(&station)? - before,
+        1,
+        "bulk connections while the engine answered busy (one, kept from answer to answer)"
+    );
+    drop(held);
+    let segment = fetch.await?;
+    assert!(
+        segment.bytes.get(..) == bytes.get(16 * MIB..),
+        "the bytes fetched are not the bytes ingested"
+    );
+    assert_eq!(
+        bulk_connections(&station)? - before,
+        1,
+        "a new handshake after the busy answer"
+    );
+    station.shutdown().await;
+    Ok(())
+}

@@ -608,11 +608,15 @@ impl Fetcher {
             let reply = reply
                 .map_err(|_| unreachable(AttemptError::NoAnswer(engine)))?
                 .map_err(lost)?;
+            // An answer alone (swap, busy, absent) ends the exchange whole: the engine keeps
+            // a bulk connection for the next one, and so does this console, so a wait for a
+            // busy engine costs no new handshake with it.
             match reply {
                 // Claim 21: this engine's copy has not reached our position; its director
                 // names one with the whole segment, which takes us over.
                 StreamReply::Swap { filled } if !location.swap => {
                     tracing::debug!(%index, %engine, filled, play_from = request.play_from, "handed over: asking for a complete copy");
+                    self.bulk.done(engine, s).await;
                     let complete = Request::Locate {
                         program: manifest.program,
                         index,
@@ -627,18 +631,21 @@ impl Fetcher {
                     location = located(answer)?;
                 }
                 StreamReply::Swap { .. } => {
+                    self.bulk.done(engine, s).await;
                     return Err(Attempt::Ended(
                         Ended::Broke { progress: false },
                         AttemptError::SwapFilling(engine),
                     ));
                 }
                 StreamReply::Busy => {
+                    self.bulk.done(engine, s).await;
                     return Err(Attempt::Ended(
                         Ended::EngineBusy(engine),
                         AttemptError::Busy(engine),
                     ));
                 }
                 StreamReply::Absent => {
+                    self.bulk.done(engine, s).await;
                     return Err(Attempt::Ended(
                         Ended::Absent(engine),
                         AttemptError::Absent(engine),
