@@ -2,8 +2,9 @@
 //!
 //! - Each `--disk DIR` is an independent I/O channel with its own worker thread and bounded
 //!   queue ([`worker`]), so streaming reads on one disk and copy writes on another proceed
-//!   side by side. Its fsyncs run on a second thread of its own, so a segment
-//!   being made durable holds up no read or write of another. A new segment goes to the least loaded disk with room in its capacity share.
+//!   side by side. Its fsyncs run on a second thread of its own, so a segment being made
+//!   durable holds up no read or write of another. A new segment goes to the least loaded disk
+//!   with room in its capacity share.
 //! - Writes stream in ([`Writer`]): BLAKE3 is computed as chunks arrive; the bytes go to a temp
 //!   file, which is fsynced, renamed into place and only then committed to the index. A crash
 //!   at any point leaves no partial segment visible; [`SegmentStore::open`] reconciles files

@@ -2,7 +2,8 @@
 //!
 //! The in-memory `State` (behind a mutex never held across an `.await`) is what the store
 //! serves from; the redb index is its durable copy, written by the index worker. File I/O runs
-//! on the owning disk's worker, the seals of written segments (their fsyncs) on its sync thread.
+//! on the owning disk's worker, the seals of written segments (their fsyncs) on its sync
+//! thread.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
