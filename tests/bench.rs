@@ -92,6 +92,11 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
         assert!(cipher.contains("AES_128_GCM"), "{run}: {cipher}");
     }
     assert_eq!(copy["cipher"], copy["ciphers"]["raw_tcp"]);
+    // The CPU the stations used during the copy (10 ms ticks: a quick copy may count none).
+    assert!(
+        copy["copy_cpu_cores"].as_f64().is_some_and(|c| c >= 0.0),
+        "{copy}"
+    );
     let noise = copy["ciphers"]["raw_tcp_noise_only"].as_str();
     assert!(noise.is_some_and(|c| c.starts_with("noise")), "{copy}");
     // nginx rows are there when nginx is installed, and say why not otherwise (under CI,

@@ -46,6 +46,48 @@ async fn put(store: &SegmentStore, id: SegmentId, data: &[u8]) -> Result<(), Err
     w.finish().await
 }
 
+/// One of a disk's two threads.
+#[derive(Clone, Copy)]
+enum Thread {
+    /// Its reads, writes and removals.
+    Worker,
+    /// Its seals (fsyncs).
+    Sync,
+}
+
+/// Holds `thread` of `disk` in a job that returns only once the sender is used or dropped, as
+/// a read or an fsync on a stuck device would; returns once the job is queued or running.
+async fn hold(
+    store: &SegmentStore,
+    disk: usize,
+    thread: Thread,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let job = move || {
+        let _ = blocked.recv();
+    };
+    let held = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            match thread {
+                Thread::Worker => store.run_on_disk(disk, job).await,
+                Thread::Sync => store.run_on_syncer(disk, job).await,
+            }
+        })
+    };
+    let queued = || match thread {
+        Thread::Worker => store.disk_queue(disk),
+        Thread::Sync => store.sync_queue(disk),
+    };
+    while queued() == 0 {
+        tokio::task::yield_now().await;
+    }
+    (release, held)
+}
+
 async fn settle(store: &SegmentStore) {
     store.settle().await;
 }
@@ -134,20 +176,7 @@ async fn a_write_on_one_disk_proceeds_while_the_other_disk_streams_or_is_stuck()
 
     // Harder: disk 0's worker is stuck in a read that does not return until released. A full
     // write (temp, hash, fsync, rename, commit) to disk 1 must still complete.
-    let (release, blocked) = std::sync::mpsc::channel::<()>();
-    let stuck = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .run_on_disk(0, move || {
-                    let _ = blocked.recv();
-                })
-                .await
-        })
-    };
-    while store.disk_queue(0) == 0 {
-        tokio::task::yield_now().await;
-    }
+    let (release, stuck) = hold(&store, 0, Thread::Worker).await;
     let d = bytes(99, 1 << 20);
     let id = seg(3, 0);
     let write = async {
@@ -175,20 +204,7 @@ async fn a_segment_being_made_durable_holds_up_no_other_read_or_write_on_its_dis
     let kept = bytes(20, 300_000);
     put(&store, seg(20, 0), &kept).await?;
     // The disk's sync thread is held, as an fsync on a slow device holds it.
-    let (release, blocked) = std::sync::mpsc::channel::<()>();
-    let stuck = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .run_on_syncer(0, move || {
-                    let _ = blocked.recv();
-                })
-                .await
-        })
-    };
-    while store.sync_queue(0) == 0 {
-        tokio::task::yield_now().await;
-    }
+    let (release, stuck) = hold(&store, 0, Thread::Sync).await;
     // A segment written whole waits for the sync thread to be made durable...
     let first = bytes(21, 200_000);
     let mut w = store

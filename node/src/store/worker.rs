@@ -1,4 +1,5 @@
-//! A dedicated OS thread with a bounded job queue: one per disk, one for the index.
+//! A dedicated OS thread with a bounded job queue: two per disk (its reads and writes, and the
+//! seals that make its segments durable), one for the index.
 //!
 //! Each disk having its own thread is what makes disks independent I/O channels: a blocking
 //! `pread` on one disk occupies only that disk's thread, so a write to another disk never

@@ -139,7 +139,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         // Cores busy in the bench's process (both stations, sending and receiving) during the
         // copy, of the machine's 2: short of 2, the copy waited on something else than the CPU
         // (the disk, or a stage of its own pipeline).
-        "copy_cpu_cores": (run.copy_cpu.as_secs_f64() / run.copy.as_secs_f64() * 100.0).round() / 100.0,
+        "copy_cpu_cores": ratio(run.copy_cpu.as_secs_f64(), run.copy.as_secs_f64()),
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
