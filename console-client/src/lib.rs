@@ -11,6 +11,7 @@
 //!   waited out) and verified, each 16 KiB chunk group as it arrives when the engine holds
 //!   the segment complete (verified mode, `vodmesh_proto::verified`); `retry` holds its decisions after a failed attempt, `hedge`
 //!   when a silent fetch is raced by a second one as its play time nears.
+//! - [`output`]: `--out -` into a pipe, written from the playing task without blocking.
 //! - [`remember`]: the swarm a console keeps after login, asked when `--node` is left out.
 //! - [`pin`]: the issuer a console pins at its first login; it logs in with no other.
 //! - [`terminal`]: keys that steer playback and the progress line.
@@ -20,6 +21,7 @@ pub mod abr;
 mod directors;
 mod fetch;
 mod hedge;
+pub mod output;
 pub mod pin;
 pub mod play;
 mod playback;

@@ -13,6 +13,7 @@ use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs, usage_error};
 use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
 use vodmesh_client::{DirectorClient, DirectorError};
+use vodmesh_console::output::Piped;
 use vodmesh_console::pin;
 use vodmesh_console::play::{self, Speed};
 use vodmesh_console::remember;
@@ -329,6 +330,8 @@ async fn serve(
 
 /// Where `play` writes the media.
 enum Output {
+    /// Stdout when it is a pipe.
+    Pipe(Piped),
     Stdout(tokio::io::Stdout),
     File(tokio::fs::File),
     /// A player's standard input, and the player.
@@ -340,7 +343,10 @@ impl Output {
     async fn open(out: Option<String>, player: Option<String>) -> Result<Self> {
         match (out.as_deref(), player) {
             (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
-            (Some("-"), None) => Ok(Self::Stdout(tokio::io::stdout())),
+            (Some("-"), None) => match Piped::new(std::io::stdout())? {
+                Some(pipe) => Ok(Self::Pipe(pipe)),
+                None => Ok(Self::Stdout(tokio::io::stdout())),
+            },
             (Some(path), None) => Ok(Self::File(
                 tokio::fs::File::create(path)
                     .await
@@ -361,6 +367,7 @@ impl Output {
 
     fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin) {
         match self {
+            Self::Pipe(w) => w,
             Self::Stdout(w) => w,
             Self::File(w) => w,
             Self::Player(w, _) => w,
@@ -371,7 +378,7 @@ impl Output {
     /// for.
     async fn finish(self) -> Result<()> {
         match self {
-            Self::Stdout(_) => {}
+            Self::Pipe(_) | Self::Stdout(_) => {}
             // Durable when it is a file (not /dev/null or a pipe, which cannot sync).
             Self::File(file) => {
                 if file.metadata().await.is_ok_and(|m| m.is_file()) {
