@@ -123,7 +123,7 @@ mod tests {
     /// thread still fires), and all of them come out in order once the reader reads.
     #[tokio::test]
     async fn a_full_pipe_is_waited_on_without_blocking_and_every_byte_comes_out() {
-        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
         let mut piped = Piped::new(&writer).unwrap().expect("a pipe");
         drop(writer);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -139,10 +139,8 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_millis(200), &mut writing).await;
         assert!(waited.is_err(), "3 MB went into an unread pipe: {waited:?}");
         let reading = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            std::fs::File::from(reader)
-                .read_to_end(&mut got)
-                .map(|_| got)
+            let (mut reader, mut got) = (reader, Vec::new());
+            reader.read_to_end(&mut got).map(|_| got)
         });
         writing.await.unwrap().unwrap();
         let got = tokio::task::spawn_blocking(move || reading.join())
@@ -162,7 +160,7 @@ mod tests {
     /// for ever.
     #[tokio::test]
     async fn a_pipe_whose_reader_is_gone_fails_the_write() {
-        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
         let mut piped = Piped::new(&writer).unwrap().expect("a pipe");
         drop((reader, writer));
         let e = piped.write_all(&[1; 1000]).await.unwrap_err();
