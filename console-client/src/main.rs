@@ -343,7 +343,7 @@ impl Output {
     async fn open(out: Option<String>, player: Option<String>) -> Result<Self> {
         match (out.as_deref(), player) {
             (Some(_), Some(_)) => bail!("give either --out or --player, not both"),
-            (Some("-"), None) => match Piped::new(std::io::stdout())? {
+            (Some("-"), None) => match Piped::new(std::io::stdout()).context("stdout")? {
                 Some(pipe) => Ok(Self::Pipe(pipe)),
                 None => Ok(Self::Stdout(tokio::io::stdout())),
             },

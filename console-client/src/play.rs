@@ -48,7 +48,8 @@ pub use crate::session::{
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Bytes gathered before they go to the output, at most: while verified groups come faster
 /// than the output drains, a pipe or a file is written in pieces of up to this size, not group
-/// by group (each write to tokio's stdout or file is a hop to its blocking pool). Whatever is
+/// by group (each write to a file is a hop to tokio's blocking pool; to a pipe, a system call
+/// and, when it is full, a wait on the poller: [`crate::output`]). Whatever is
 /// gathered goes out as soon as nothing more waits. A segment's first piece goes out on its
 /// own, flushed: at a boundary the player does not wait for the next segment's queue, up to a
 /// megabyte, to be copied twice before its first byte.
