@@ -661,32 +661,10 @@ impl SegmentStore {
         let _ = self.inner.index_worker.run(|| ()).await;
     }
 
-    /// Runs `f` on `disk`'s worker, occupying it meanwhile.
-    pub(crate) async fn run_on_disk(
-        &self,
-        disk: usize,
-        f: impl FnOnce() + Send + 'static,
-    ) -> Result<(), Error> {
-        Ok(self.inner.disks[disk].worker.run(f).await?)
-    }
-
-    /// Jobs queued or running on `disk`.
-    pub(crate) fn disk_queue(&self, disk: usize) -> usize {
-        self.inner.disks[disk].worker.load()
-    }
-
-    /// Runs `f` on `disk`'s sync thread (where written segments are sealed), occupying it
-    /// meanwhile.
-    pub(crate) async fn run_on_syncer(
-        &self,
-        disk: usize,
-        f: impl FnOnce() + Send + 'static,
-    ) -> Result<(), Error> {
-        Ok(self.inner.disks[disk].syncer.run(f).await?)
-    }
-
-    /// Jobs queued or running on `disk`'s sync thread.
-    pub(crate) fn sync_queue(&self, disk: usize) -> usize {
-        self.inner.disks[disk].syncer.load()
+    /// `disk`'s worker (its reads, writes and removals), or with `sync` its sync thread
+    /// (where written segments are sealed), for tests that occupy it.
+    pub(crate) fn disk_thread(&self, disk: usize, sync: bool) -> &Worker {
+        let d = &self.inner.disks[disk];
+        if sync { &d.syncer } else { &d.worker }
     }
 }

@@ -69,20 +69,12 @@ async fn hold(
     let job = move || {
         let _ = blocked.recv();
     };
+    let sync = matches!(thread, Thread::Sync);
     let held = {
         let store = store.clone();
-        tokio::spawn(async move {
-            match thread {
-                Thread::Worker => store.run_on_disk(disk, job).await,
-                Thread::Sync => store.run_on_syncer(disk, job).await,
-            }
-        })
+        tokio::spawn(async move { Ok(store.disk_thread(disk, sync).run(job).await?) })
     };
-    let queued = || match thread {
-        Thread::Worker => store.disk_queue(disk),
-        Thread::Sync => store.sync_queue(disk),
-    };
-    while queued() == 0 {
+    while store.disk_thread(disk, sync).load() == 0 {
         tokio::task::yield_now().await;
     }
     (release, held)
