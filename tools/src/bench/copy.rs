@@ -33,7 +33,9 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::net::{IDLE_TIMEOUT, build_swarm, negotiated_ciphers};
 
 use super::swarm::{BenchSwarm, Shape};
-use super::{Row, cpu_time, mb_s, nginx, ratio, sibling_bin, subdir};
+use super::{
+    Row, children_cpu_time, mb_s, nginx, own_cpu_time, ratio, round2, sibling_bin, subdir,
+};
 
 const SEGMENT: u64 = 4 * 1024 * 1024;
 const RAW: StreamProtocol = StreamProtocol::new("/vodmesh-bench/raw/1");
@@ -48,29 +50,46 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     let quic: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse()?;
 
     let (t, raw_tcp_cipher) = ciphers_of(raw_stream(Security::Vodmesh, tcp.clone(), bytes)).await;
-    let raw_tcp = mb_s(bytes, t?);
-    let (t, bare_cipher) = raw_bulk(bytes).await?;
+    let (t, raw_tcp_cpu) = t?;
+    let raw_tcp = mb_s(bytes, t);
+    let (t, bare_cipher, bare_cpu) = raw_bulk(bytes).await?;
     let bare_tls = mb_s(bytes, t);
     let (t, noise_cipher) = ciphers_of(raw_stream(Security::NoiseOnly, tcp.clone(), bytes)).await;
-    let raw_noise = mb_s(bytes, t?);
+    let raw_noise = mb_s(bytes, t?.0);
     let (t, quic_cipher) = ciphers_of(raw_stream(Security::Vodmesh, quic, bytes)).await;
-    let raw_quic = mb_s(bytes, t?);
+    let raw_quic = mb_s(bytes, t?.0);
     // The store's own durable write rate on the same disk, probed before the copy and after
     // it; the bound takes the better of the two. Right after the copy the disk may still be
     // busy with the copy's bytes: probes there gave 95-175 MB/s in runs where the store
     // wrote 974-1121 MB/s on its own.
+    // Each probe's write is timed with the CPU it took.
     let probe = |name: &'static str| async move {
         let dir = subdir(dir, name)?;
-        let (write, _) = vodmesh_node::store::bench::throughput_probe(&dir, bytes).await?;
-        anyhow::Ok(write.round())
+        let probe = vodmesh_node::store::bench::Probe::open(&dir, bytes).await?;
+        let cpu = own_cpu_time();
+        let write = probe.write().await?;
+        let cpu = own_cpu_time().saturating_sub(cpu);
+        probe.close().await?;
+        anyhow::Ok((write.round(), cpu))
     };
-    let store_before = probe("store-before").await?;
+    let (store_before, store_before_cpu) = probe("store-before").await?;
     let run = replicate_and_play(&subdir(dir, "tcp")?, vec![tcp], bytes).await?;
     let copy_tcp = mb_s(bytes, run.copy);
     let stream = mb_s(bytes, run.stream);
-    let store_after = probe("store").await?;
-    let store_write = store_before.max(store_after);
+    let (store_after, store_after_cpu) = probe("store").await?;
+    let (store_write, store_cpu) = if store_before >= store_after {
+        (store_before, store_before_cpu)
+    } else {
+        (store_after, store_after_cpu)
+    };
     let bound = raw_tcp.min(store_write);
+    let cpu = Cpu {
+        raw_tcp: raw_tcp_cpu,
+        store: store_cpu,
+        copy: run.copy_cpu,
+        bytes,
+    };
+    let cpu_limit = cpu.limit_mb_s();
     let nginx = nginx::run(&subdir(dir, "nginx")?, bytes, SEGMENT, (bytes, TITLE)).await;
     // A run without a TLS handshake counted went over noise.
     let cipher = |c: Option<String>| c.unwrap_or_else(|| "noise (ChaChaPoly)".into());
@@ -122,6 +141,20 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             format!("raw libp2p stream TCP {raw_tcp:.0} MB/s"),
             ratio(copy_tcp, raw_tcp),
         ),
+        Row::new(
+            "copy",
+            format!("engine->engine copy, {tcp_name}"),
+            format!("{copy_tcp:.0} MB/s"),
+        )
+        .vs(
+            format!(
+                "the cores' limit for stream + store work {cpu_limit:.0} MB/s ({} cores; {:.2} + {:.2} core-s/GB)",
+                cpu.cores(),
+                cpu.per_gb(cpu.raw_tcp),
+                cpu.per_gb(cpu.store),
+            ),
+            ratio(copy_tcp, cpu_limit),
+        ),
     ];
     let mut value = json!({
         "bytes": bytes,
@@ -140,6 +173,26 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         // copy, of the machine's 2: short of 2, the copy waited on something else than the CPU
         // (the disk, or a stage of its own pipeline).
         "copy_cpu_cores": ratio(run.copy_cpu.as_secs_f64(), run.copy.as_secs_f64()),
+        // CPU seconds per GB (10^9 bytes) of this process (both ends, or the store alone):
+        // of the copy, of the raw libp2p stream over TCP, of the store's durable write (the
+        // probe the bound took). A copy does the stream's work and the store's on the same
+        // cores: `copy_cpu_limit_mb_s` is the rate the machine's cores allow for both
+        // together (cores / the sum of the two), whatever the disk and the link could do.
+        "copy_cpu_s_per_gb": cpu.per_gb(cpu.copy),
+        "raw_libp2p_stream_tcp_cpu_s_per_gb": cpu.per_gb(cpu.raw_tcp),
+        // The bulk connection's, which copies do not take (yet): what they would save.
+        "raw_tls_no_yamux_cpu_s_per_gb": cpu.per_gb(bare_cpu),
+        "store_write_cpu_s_per_gb": cpu.per_gb(cpu.store),
+        "copy_cpu_limit_mb_s": cpu_limit,
+        // The one console's play (below): CPU seconds per GB played, of the console and of
+        // this process (the home engine, its director, and the bench reading the console's
+        // output from its pipe), beside nginx's one download (`nginx_https_one_download_*`).
+        "stream_cpu_s_per_gb": {
+            "console": cpu.per_gb(run.stream_cpu.0),
+            "stations_and_reader": cpu.per_gb(run.stream_cpu.1),
+            "total": cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1),
+        },
+        "copy_vs_cpu_limit": ratio(copy_tcp, cpu_limit),
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
@@ -198,6 +251,26 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                     ratio(stream, n.https_one),
                 ),
             );
+            let (nginx_cpu, client_cpu) = n.https_one_cpu;
+            let stream_cpu = cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1);
+            if let Some(nginx_cpu) = nginx_cpu {
+                let one_cpu = cpu.per_gb(nginx_cpu + client_cpu);
+                rows.push(
+                    Row::new(
+                        "copy",
+                        "one console, play --speed max: CPU (console, engine, reader)",
+                        format!("{stream_cpu:.2} core-s/GB"),
+                    )
+                    .vs(
+                        format!(
+                            "one nginx HTTPS download {one_cpu:.2} core-s/GB (nginx {:.2}, client {:.2})",
+                            cpu.per_gb(nginx_cpu),
+                            cpu.per_gb(client_cpu),
+                        ),
+                        ratio(stream_cpu, one_cpu),
+                    ),
+                );
+            }
             rows.push(
                 Row::new(
                     "copy",
@@ -224,6 +297,14 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 obj.insert("nginx_https_mb_s".into(), json!(n.https));
                 obj.insert("nginx_http_mb_s".into(), json!(n.http));
                 obj.insert("nginx_https_one_download_mb_s".into(), json!(n.https_one));
+                obj.insert(
+                    "nginx_https_one_download_cpu_s_per_gb".into(),
+                    json!({
+                        "nginx": nginx_cpu.map(|c| cpu.per_gb(c)),
+                        "client": cpu.per_gb(client_cpu),
+                        "total": nginx_cpu.map(|c| cpu.per_gb(c + client_cpu)),
+                    }),
+                );
                 obj.insert(
                     "copy_vs_nginx_https".into(),
                     json!(ratio(copy_tcp, n.https)),
@@ -319,8 +400,13 @@ fn raw_swarm(security: Security) -> Result<Swarm<vodmesh_proto::net::streams::Be
 }
 
 /// Moves `bytes` from memory over one libp2p stream between two fresh swarms; returns the
-/// time from the first write to the receiver's acknowledgement of the last byte.
-async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result<Duration> {
+/// time from the first write to the receiver's acknowledgement of the last byte, and the CPU
+/// this process (both swarms) took meanwhile.
+async fn raw_stream(
+    security: Security,
+    listen: Multiaddr,
+    bytes: u64,
+) -> Result<(Duration, Duration)> {
     let mut server = raw_swarm(security)?;
     let server_peer = *server.local_peer_id();
     let mut incoming = server
@@ -375,7 +461,7 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
     });
     let data = vec![0x5au8; SEGMENT as usize];
     let result = async {
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), own_cpu_time());
         let mut s = control
             .open_stream(server_peer, RAW)
             .await
@@ -390,11 +476,12 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
         let mut ack = [0u8; 1];
         s.read_exact(&mut ack).await?;
         let elapsed = start.elapsed();
+        let cpu = own_cpu_time().saturating_sub(cpu);
         let got = reader.await??;
         if got != bytes {
             bail!("raw stream moved {got} of {bytes} bytes");
         }
-        Ok(elapsed)
+        Ok((elapsed, cpu))
     }
     .await;
     server_task.abort();
@@ -406,8 +493,8 @@ async fn raw_stream(security: Security, listen: Multiaddr, bytes: u64) -> Result
 /// from memory over one bulk connection (TCP, libp2p's TLS handshake and certificates, AES-GCM
 /// first, nothing above TLS), from the accepting side (an engine's) to the connecting side (a
 /// console's), timed from the connecting side's request to its last byte read; the suite
-/// negotiated comes back with it.
-async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
+/// negotiated and the CPU this process (both ends) took come back with it.
+async fn raw_bulk(bytes: u64) -> Result<(Duration, String, Duration)> {
     use vodmesh_proto::net::bulk;
 
     let (server_key, client_key) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
@@ -433,7 +520,7 @@ async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
     let mut conn = connector.connect(addr).await?;
     let suite = bulk::cipher(&conn).unwrap_or_else(|| "unknown".to_string());
     let mut buf = vec![0u8; 256 * 1024];
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), own_cpu_time());
     conn.write_all(&[1]).await?;
     conn.flush().await?;
     let mut got = 0u64;
@@ -445,11 +532,12 @@ async fn raw_bulk(bytes: u64) -> Result<(Duration, String)> {
         got += r as u64;
     }
     let elapsed = start.elapsed();
+    let cpu = own_cpu_time().saturating_sub(cpu);
     writer.await??;
     if got != bytes {
         bail!("the bulk connection moved {got} of {bytes} bytes");
     }
-    Ok((elapsed, suite))
+    Ok((elapsed, suite, cpu))
 }
 
 /// What [`replicate_and_play`] timed, and the suites its handshakes negotiated.
@@ -462,7 +550,41 @@ struct Run {
     stream: Duration,
     /// The console's start to its first byte out.
     first_byte: Duration,
+    /// The CPU the play took: the console's, and this process's (the stations, and the
+    /// bench reading the console's output).
+    stream_cpu: (Duration, Duration),
     stream_cipher: Option<String>,
+}
+
+/// The CPU the copy section's parts took, for the limit the machine's cores set a copy.
+struct Cpu {
+    /// The raw libp2p stream over TCP, both ends.
+    raw_tcp: Duration,
+    /// The store's durable write of the same bytes (the probe the bound took).
+    store: Duration,
+    /// The copy, both stations.
+    copy: Duration,
+    /// The bytes each of them moved.
+    bytes: u64,
+}
+
+impl Cpu {
+    /// The machine's cores.
+    fn cores(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    /// CPU seconds per GB (10^9 bytes) of `cpu`.
+    fn per_gb(&self, cpu: Duration) -> f64 {
+        round2(cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
+    }
+
+    /// The copy rate, in MB/s, at which the stream's work and the store's (each as measured
+    /// alone) keep every core busy: a copy needs both per byte, and the cores run them all.
+    fn limit_mb_s(&self) -> f64 {
+        let per_byte = (self.raw_tcp + self.store).as_secs_f64() / self.bytes as f64;
+        (self.cores() as f64 / per_byte.max(1e-15) / 1e6).round()
+    }
 }
 
 /// A home station and one enrolled station listening on `listen`; `bytes` ingested into the
@@ -481,13 +603,14 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
         let (program, copy, copy_cpu) = replicate(dir, &swarm, bytes).await?;
         let copy_cipher = used_since(&before);
         let (played, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes)).await;
-        let (stream, first_byte) = played?;
+        let (stream, first_byte, stream_cpu) = played?;
         Ok(Run {
             copy,
             copy_cpu,
             copy_cipher,
             stream,
             first_byte,
+            stream_cpu,
             stream_cipher,
         })
     }
@@ -540,7 +663,7 @@ async fn replicate(
             Ok(Ok(e)) => e,
         };
         if e.peer == home && e.kind == (Kind::ReplicateSent { target }) {
-            start = Some((e.program, Instant::now(), cpu_time(std::process::id())?));
+            start = Some((e.program, Instant::now(), own_cpu_time()));
         }
         if let Some((p, t, cpu)) = start
             && e.program == p
@@ -548,7 +671,7 @@ async fn replicate(
             && e.kind == Kind::ReplicaComplete
         {
             let elapsed = t.elapsed();
-            let cpu = cpu_time(std::process::id())?.saturating_sub(cpu);
+            let cpu = own_cpu_time().saturating_sub(cpu);
             let program = match program {
                 Some(program) => program,
                 None => (&mut ingest).await?,
@@ -559,18 +682,19 @@ async fn replicate(
 }
 
 /// `vodmesh-console play --speed max --out -` of `program` from the home: the time from the
-/// console's start to its exit and to its first byte out. Fails unless every byte came out
-/// and the console says it verified them.
+/// console's start to its exit and to its first byte out, and the CPU it took (the console's,
+/// this process's). Fails unless every byte came out and the console says it verified them.
 async fn play(
     dir: &Path,
     swarm: &BenchSwarm,
     program: ProgramId,
     bytes: u64,
-) -> Result<(Duration, Duration)> {
+) -> Result<(Duration, Duration, (Duration, Duration))> {
     let home = swarm.console_home(&dir.join("console"))?;
     let console = sibling_bin("vodmesh-console")?;
     let stats_path = dir.join("play-stats.json");
     let started = Instant::now();
+    let (cpu, children) = (own_cpu_time(), children_cpu_time());
     let mut child = tokio::process::Command::new(&console)
         .env("VODMESH_HOME", &home)
         .args(["play", "--node", &swarm.home.addr().to_string()])
@@ -595,6 +719,11 @@ async fn play(
     }
     let status = child.wait().await?;
     let elapsed = started.elapsed();
+    // The console is the one child that ended meanwhile.
+    let cpu = (
+        children_cpu_time().saturating_sub(children),
+        own_cpu_time().saturating_sub(cpu),
+    );
     if !status.success() || got != bytes {
         bail!("play --speed max ended with {status} after {got} of {bytes} bytes");
     }
@@ -602,5 +731,5 @@ async fn play(
     if stats["verified"] != true {
         bail!("the console did not verify what it played: {stats}");
     }
-    Ok((elapsed, first.unwrap_or(elapsed)))
+    Ok((elapsed, first.unwrap_or(elapsed), cpu))
 }

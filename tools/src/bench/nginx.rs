@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::mb_s;
-use super::subdir;
 use super::swarm::write_pattern;
+use super::{mb_s, own_cpu_time, subdir, threads_cpu_time};
 
 /// What one nginx run measured, in MB/s.
 pub(crate) struct Figures {
@@ -22,6 +21,9 @@ pub(crate) struct Figures {
     /// One HTTPS download of one file holding the program's bytes, on a fresh connection
     /// (connect and handshake timed, as a player's download would be).
     pub(crate) https_one: f64,
+    /// The CPU that download took: nginx's worker (`None` if it could not be read), and the
+    /// client (this process).
+    pub(crate) https_one_cpu: (Option<Duration>, Duration),
 }
 
 /// An nginx of our own on 127.0.0.1, stopped when dropped.
@@ -51,7 +53,7 @@ fn free_port() -> Result<u16> {
 /// Our own nginx on 127.0.0.1, serving `root` over plain HTTP and HTTPS; stopped when
 /// dropped.
 pub(crate) struct Nginx {
-    _process: NginxProcess,
+    process: NginxProcess,
     /// Its plain HTTP port.
     pub(crate) http_port: u16,
     /// Its HTTPS port (TLS 1.3, a self-signed certificate).
@@ -121,7 +123,7 @@ impl Nginx {
             }
         }
         Ok(Self {
-            _process: process,
+            process,
             http_port,
             https_port,
         })
@@ -165,11 +167,14 @@ pub(crate) async fn run(
     let https_base = format!("https://127.0.0.1:{https_port}");
     let https = fetch_all(https_base.clone(), files, segment).await?;
     let http = fetch_all(format!("http://127.0.0.1:{http_port}"), files, segment).await?;
-    let one = fetch_one(format!("{https_base}/program.bin"), program.0).await?;
+    let master = nginx.process.0.id();
+    let (one, https_one_cpu) =
+        fetch_one(format!("{https_base}/program.bin"), program.0, master).await?;
     Ok(Some(Figures {
         https: mb_s(files * segment, https),
         http: mb_s(files * segment, http),
         https_one: mb_s(program.0, one),
+        https_one_cpu,
     }))
 }
 
@@ -217,18 +222,36 @@ async fn fetch_all(base: String, files: u64, segment: u64) -> Result<Duration> {
     .await?
 }
 
-/// Downloads `url` (`bytes` long) once on a fresh connection: connect to last byte.
-async fn fetch_one(url: String, bytes: u64) -> Result<Duration> {
-    tokio::task::spawn_blocking(move || -> Result<Duration> {
+/// Downloads `url` (`bytes` long) once on a fresh connection: connect to last byte. Returns
+/// the time and the CPU taken meanwhile by the workers of the nginx whose master is `master`
+/// and by this process (the client).
+async fn fetch_one(
+    url: String,
+    bytes: u64,
+    master: u32,
+) -> Result<(Duration, (Option<Duration>, Duration))> {
+    tokio::task::spawn_blocking(move || {
         let agent = agent();
+        let workers = || -> Option<Duration> {
+            let children = format!("/proc/{master}/task/{master}/children");
+            let pids = std::fs::read_to_string(children).ok()?;
+            (pids.split_whitespace())
+                .map(|pid| threads_cpu_time(pid.parse().ok()?))
+                .sum()
+        };
+        let (nginx, client) = (workers(), own_cpu_time());
         let start = Instant::now();
         let mut resp = agent.get(&url).call()?;
         let total = drain(resp.body_mut())?;
         let elapsed = start.elapsed();
+        let client = own_cpu_time().saturating_sub(client);
+        let nginx = workers()
+            .zip(nginx)
+            .map(|(after, before)| after.saturating_sub(before));
         if total != bytes {
             bail!("nginx served {total} of {bytes} bytes of {url}");
         }
-        Ok(elapsed)
+        Ok((elapsed, (nginx, client)))
     })
     .await?
 }
