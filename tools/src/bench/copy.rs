@@ -15,7 +15,10 @@
 //!   rows are skipped with a note when `nginx` is not installed).
 //!
 //! Each libp2p run records the TLS suite its handshakes negotiated, counted by the vendored
-//! libp2p-tls (`vodmesh_proto::net::negotiated_ciphers`), not assumed.
+//! libp2p-tls (`vodmesh_proto::net::negotiated_ciphers`), not assumed. Each part's CPU is
+//! timed with it, per GB moved: the raw stream's, the bulk connection's, the store's write, the
+//! copy's, the console's play and nginx's one download, and from the first two the rate the
+//! machine's cores allow a copy (the README's Performance section reads them).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -61,8 +64,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     // The store's own durable write rate on the same disk, probed before the copy and after
     // it; the bound takes the better of the two. Right after the copy the disk may still be
     // busy with the copy's bytes: probes there gave 95-175 MB/s in runs where the store
-    // wrote 974-1121 MB/s on its own.
-    // Each probe's write is timed with the CPU it took.
+    // wrote 974-1121 MB/s on its own. Each probe's write is timed with the CPU it took.
     let probe = |name: &'static str| async move {
         let dir = subdir(dir, name)?;
         let probe = vodmesh_node::store::bench::Probe::open(&dir, bytes).await?;
@@ -184,6 +186,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "raw_tls_no_yamux_cpu_s_per_gb": cpu.per_gb(bare_cpu),
         "store_write_cpu_s_per_gb": cpu.per_gb(cpu.store),
         "copy_cpu_limit_mb_s": cpu_limit,
+        "copy_vs_cpu_limit": ratio(copy_tcp, cpu_limit),
         // The one console's play (below): CPU seconds per GB played, of the console and of
         // this process (the home engine, its director, and the bench reading the console's
         // output from its pipe), beside nginx's one download (`nginx_https_one_download_*`).
@@ -192,7 +195,6 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             "stations_and_reader": cpu.per_gb(run.stream_cpu.1),
             "total": cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1),
         },
-        "copy_vs_cpu_limit": ratio(copy_tcp, cpu_limit),
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
