@@ -31,8 +31,9 @@ pub async fn throughput_probe(dir: &Path, bytes: u64) -> Result<(f64, f64), Erro
 pub struct Probe {
     store: SegmentStore,
     program: ProgramId,
-    /// The segments' sizes: `bytes` in [`SEGMENT`]s, the last one shorter.
-    sizes: Vec<u64>,
+    /// The segments' sizes (`bytes` in [`SEGMENT`]s, the last one shorter) and hashes, the
+    /// hashes computed up front so that a write's time and CPU are the store's only.
+    segments: Vec<(u64, SegmentHash)>,
     /// One pattern buffer reused by every segment.
     pattern: Bytes,
     bytes: u64,
@@ -48,21 +49,26 @@ impl Probe {
         );
         let (store, _events) = SegmentStore::open(config).await?;
         let program = ProgramId(*blake3::hash(b"vodmesh throughput probe").as_bytes());
-        let mut sizes = Vec::new();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(SEGMENT);
-            sizes.push(n);
-            left -= n;
-        }
         let pattern: Bytes = (0..SEGMENT)
             .map(|i| (i.wrapping_mul(31) >> 3) as u8)
             .collect::<Vec<u8>>()
             .into();
+        let full_hash = SegmentHash::of(&pattern);
+        let mut segments = Vec::new();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(SEGMENT);
+            let hash = match n {
+                SEGMENT => full_hash,
+                n => SegmentHash::of(&pattern[..n as usize]),
+            };
+            segments.push((n, hash));
+            left -= n;
+        }
         Ok(Self {
             store,
             program,
-            sizes,
+            segments,
             pattern,
             bytes,
         })
@@ -70,18 +76,8 @@ impl Probe {
 
     /// Writes every segment, one after the other, durably: MB/s.
     pub async fn write(&self) -> Result<f64, Error> {
-        // Each size's hash is computed up front so that timing covers the store only.
-        let full_hash = SegmentHash::of(&self.pattern);
-        let mut hashes = Vec::with_capacity(self.sizes.len());
-        for &n in &self.sizes {
-            hashes.push(if n == SEGMENT {
-                full_hash
-            } else {
-                SegmentHash::of(&self.pattern[..n as usize])
-            });
-        }
         let start = Instant::now();
-        for (i, (&n, hash)) in self.sizes.iter().zip(hashes).enumerate() {
+        for (i, &(n, hash)) in self.segments.iter().enumerate() {
             let data = self.pattern.slice(..n as usize);
             let mut w = (self.store).begin_write(self.segment(i), hash, n).await?;
             // Slices of the one pattern: the chunks reach the disk worker without a copy, as
@@ -99,7 +95,7 @@ impl Probe {
     pub async fn read(&self) -> Result<f64, Error> {
         let start = Instant::now();
         let mut read = 0u64;
-        for i in 0..self.sizes.len() {
+        for i in 0..self.segments.len() {
             let mut r = self.store.open_read(self.segment(i)).await?;
             while let Some(b) = r.read_next(1024 * 1024).await? {
                 read += b.len() as u64;
@@ -110,7 +106,7 @@ impl Probe {
 
     /// Removes what was written and shuts the store down.
     pub async fn close(self) -> Result<(), Error> {
-        for i in 0..self.sizes.len() {
+        for i in 0..self.segments.len() {
             self.store.remove(self.segment(i)).await?;
         }
         self.store.shutdown().await
