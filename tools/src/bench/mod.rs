@@ -190,16 +190,20 @@ pub fn children_cpu_time() -> Duration {
 }
 
 /// The CPU time of the process `pid`'s threads alive now, to the nanosecond
-/// (`/proc/<pid>/task/*/schedstat`); `None` when it cannot be read.
+/// (`/proc/<pid>/task/*/schedstat`; a thread that ends while they are read is left out);
+/// `None` when none can be read.
 pub fn threads_cpu_time(pid: u32) -> Option<Duration> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = Duration::ZERO;
-    for task in tasks.flatten() {
+    let ns = tasks.flatten().filter_map(|task| {
         let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
-        total += Duration::from_nanos(ns);
-    }
-    Some(total)
+        stat.split_whitespace().next()?.parse::<u64>().ok()
+    });
+    ns.map(Duration::from_nanos).reduce(|a, b| a + b)
+}
+
+/// The machine's cores (1 when they cannot be told).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn clock_ticks() -> u64 {
@@ -223,9 +227,7 @@ fn machine(quick: bool) -> Value {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = cpus();
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {

@@ -35,7 +35,7 @@ use vodmesh_proto::net::negotiated_ciphers;
 use self::raw::{Security, raw_bulk, raw_stream};
 use super::swarm::{BenchSwarm, Shape};
 use super::{
-    Row, children_cpu_time, mb_s, nginx, own_cpu_time, ratio, round2, sibling_bin, subdir,
+    Row, children_cpu_time, cpus, mb_s, nginx, own_cpu_time, ratio, round2, sibling_bin, subdir,
 };
 
 mod raw;
@@ -91,6 +91,8 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         bytes,
     };
     let cpu_limit = cpu.limit_mb_s();
+    // The play's CPU per GB: the console's and this process's together.
+    let stream_cpu = cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1);
     let nginx = nginx::run(&subdir(dir, "nginx")?, bytes, SEGMENT, (bytes, TITLE)).await;
     // A run without a TLS handshake counted went over noise.
     let cipher = |c: Option<String>| c.unwrap_or_else(|| "noise (ChaChaPoly)".into());
@@ -192,7 +194,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "stream_cpu_s_per_gb": {
             "console": cpu.per_gb(run.stream_cpu.0),
             "stations_and_reader": cpu.per_gb(run.stream_cpu.1),
-            "total": cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1),
+            "total": stream_cpu,
         },
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
@@ -253,7 +255,6 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 ),
             );
             let (nginx_cpu, client_cpu) = n.https_one_cpu;
-            let stream_cpu = cpu.per_gb(run.stream_cpu.0 + run.stream_cpu.1);
             if let Some(nginx_cpu) = nginx_cpu {
                 let one_cpu = cpu.per_gb(nginx_cpu + client_cpu);
                 rows.push(
@@ -404,7 +405,7 @@ struct Cpu {
 impl Cpu {
     /// The machine's cores.
     fn cores(&self) -> usize {
-        std::thread::available_parallelism().map_or(1, usize::from)
+        cpus()
     }
 
     /// CPU seconds per GB (10^9 bytes) of `cpu`.
