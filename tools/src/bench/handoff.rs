@@ -1,8 +1,8 @@
 //! The `handoff` section: a program spread over three engines played by
 //! `vodmesh-console play --speed max --out -` (a handoff at every boundary); the gap between
 //! the read that carried the last byte of segment k and the one that carried the first byte of
-//! k+1, p50/p99. Reference: the interval between reads inside a segment (the pipe's own
-//! cadence). Then `--speed 1` over a whole program: stalls, from the console's `--stats`.
+//! k+1, p50/p99, read as a player reads (blocking, [`super::read_to_end`]). Reference: the
+//! interval between reads inside a segment (the pipe's own cadence). Then `--speed 1` over a whole program: stalls, from the console's `--stats`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 use super::swarm::{BenchSwarm, Shape};
-use super::{Row, quantile_ms, ratio, sibling_bin};
+use super::{Row, quantile_ms, ratio, read_to_end, sibling_bin};
 
 const SEGMENT: u64 = 1024 * 1024;
 
@@ -51,20 +50,15 @@ async fn measure(dir: &Path, swarm: &BenchSwarm, quick: bool) -> Result<(Value, 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", console.display()))?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut buf = vec![0u8; 1 << 20];
-    // (offset of the read's first byte, its length, when it returned)
-    let mut reads: Vec<(u64, u64, Instant)> = Vec::new();
-    let mut offset = 0u64;
+    let stdout = child.stdout.take().context("no stdout")?;
     let started = Instant::now();
-    loop {
-        let n = stdout.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
+    // (offset of the read's first byte, its length, when it returned)
+    let reads: Vec<(u64, u64, Instant)> = read_to_end(stdout, Vec::new(), |reads, n| {
+        let offset = reads.last().map_or(0, |(o, n, _)| o + n);
         reads.push((offset, n as u64, Instant::now()));
-        offset += n as u64;
-    }
+    })
+    .await?;
+    let offset = reads.last().map_or(0, |(o, n, _)| o + n);
     let elapsed = started.elapsed();
     let status = child.wait().await?;
     if !status.success() || offset != segments * SEGMENT {

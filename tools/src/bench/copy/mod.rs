@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt as _;
 use vodmesh_node::events::{self, Kind};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::net::negotiated_ciphers;
@@ -35,7 +34,8 @@ use vodmesh_proto::net::negotiated_ciphers;
 use self::raw::{Security, raw_bulk, raw_stream};
 use super::swarm::{BenchSwarm, Shape};
 use super::{
-    Row, children_cpu_time, cpus, mb_s, nginx, own_cpu_time, ratio, round2, sibling_bin, subdir,
+    Row, children_cpu_time, cpus, mb_s, nginx, own_cpu_time, ratio, read_to_end, round2,
+    sibling_bin, subdir,
 };
 
 mod raw;
@@ -540,17 +540,12 @@ async fn play(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", console.display()))?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut got, mut first) = (0u64, None);
-    loop {
-        let n = stdout.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (got, first) = read_to_end(stdout, (0u64, None), move |(got, first), n| {
         first.get_or_insert_with(|| started.elapsed());
-        got += n as u64;
-    }
+        *got += n as u64;
+    })
+    .await?;
     let status = child.wait().await?;
     let elapsed = started.elapsed();
     // The console is the one child that ended meanwhile.
