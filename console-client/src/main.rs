@@ -365,12 +365,13 @@ impl Output {
         }
     }
 
-    fn writer(&mut self) -> &mut (dyn AsyncWrite + Unpin) {
+    /// The writer, and how much to gather before a write to it.
+    fn writer(&mut self) -> (&mut (dyn AsyncWrite + Unpin), usize) {
         match self {
-            Self::Pipe(w) => w,
-            Self::Stdout(w) => w,
-            Self::File(w) => w,
-            Self::Player(w, _) => w,
+            Self::Pipe(w) => (w, play::PIPE_OUT_BUFFER),
+            Self::Stdout(w) => (w, play::OUT_BUFFER),
+            Self::File(w) => (w, play::OUT_BUFFER),
+            Self::Player(w, _) => (w, play::OUT_BUFFER),
         }
     }
 

@@ -45,14 +45,16 @@ const MAX_WINDOW: u64 = 8;
 /// fetch must locate it at a director and open a stream at its engine before the first byte
 /// (on a loaded 2-core machine, 1.2 ms at the median and 2.6 ms at p90 together), and a
 /// 1 MiB segment plays in under 2 ms: with three in flight, the next segment's stream was
-/// often not open at a boundary. With six, each segment is located about four segments ahead
+/// often not open at a boundary. With more, each segment is located several segments ahead
 /// and its stream waits for its engine's turn (a console holds one stream per engine at a
 /// time, `crate::fetch`), so a boundary waits for neither. Eight alternating rounds of
 /// `vodmesh bench --only handoff` (the `--speed max` part, read by a blocking reader): gap
-/// p99 median 0.82 ms, under 1 ms in 7 rounds, against 1.76 ms and none with three. Each
+/// p99 median 0.82 ms with six, under 1 ms in 7 rounds, against 1.76 ms and none with three.
+/// Eight keep up with a pipe written without the 1 MiB gathering ([`crate::play`]): twelve
+/// alternating rounds, 0.90 ms and 7 under 1 ms against 0.92 and 6 for six with it. Each
 /// fetch ahead holds at most one queue of verified groups (`crate::fetch::GROUPS_QUEUED`,
 /// 1 MiB at most).
-pub(crate) const MAX_SPEED_WINDOW: usize = 6;
+pub(crate) const MAX_SPEED_WINDOW: usize = MAX_WINDOW as usize;
 
 /// How fast to play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
