@@ -11,9 +11,10 @@
 //! - **Runs.** Playback is a run of segments from a start position; a seek starts a new run
 //!   (the fetches of the old one are dropped, their results ignored). An fMP4 program's run
 //!   starts with its init segment ([`run_segments`]).
-//! - **Window.** A run fetches ahead: [`MAX_SPEED_WINDOW`] segments at `--speed max`, enough
-//!   to cover the buffer at `--speed 1` (at most eight); segments are written in order, a
-//!   segment fetched early waits for those before it.
+//! - **Window.** A run fetches ahead: at `--speed max` as many segments as
+//!   [`MAX_SPEED_BYTES`] hold (three to eight), at `--speed 1` enough to cover the buffer (at
+//!   most eight); segments are written in order, a segment fetched early waits for those
+//!   before it.
 //! - **Clock.** The play position runs on the wall clock from the first segment written,
 //!   which at `--speed 1` waits until the segments fetched cover the buffer (a full buffer
 //!   from the start); a pause stops it. A segment is released `buffer` (at least its own length) before its
@@ -41,20 +42,22 @@ pub(crate) const STALL_SLACK: Duration = Duration::from_millis(50);
 const BYTES: &str = "application/octet-stream";
 /// The most segments a run fetches ahead.
 const MAX_WINDOW: u64 = 8;
-/// Segments in flight at `--speed max`: the one playing and those fetched ahead. A segment's
-/// fetch must locate it at a director and open a stream at its engine before the first byte
-/// (on a loaded 2-core machine, 1.2 ms at the median and 2.6 ms at p90 together), and a
-/// 1 MiB segment plays in under 2 ms: with three in flight, the next segment's stream was
-/// often not open at a boundary. With more, each segment is located several segments ahead
-/// and its stream waits for its engine's turn (a console holds one stream per engine at a
-/// time, `crate::fetch`), so a boundary waits for neither. Eight alternating rounds of
-/// `vodmesh bench --only handoff` (the `--speed max` part, read by a blocking reader): gap
-/// p99 median 0.82 ms with six, under 1 ms in 7 rounds, against 1.76 ms and none with three.
-/// Eight keep up with a pipe written without the 1 MiB gathering ([`crate::play`]): twelve
-/// alternating rounds, 0.90 ms and 7 under 1 ms against 0.92 and 6 for six with it. Each
-/// fetch ahead holds at most one queue of verified groups (`crate::fetch::GROUPS_QUEUED`,
-/// 1 MiB at most).
-pub(crate) const MAX_SPEED_WINDOW: usize = MAX_WINDOW as usize;
+/// Bytes of segments in flight at `--speed max` (the one playing and those fetched ahead), at
+/// most: as many segments as this holds, at least three and at most [`MAX_WINDOW`]. A
+/// segment's fetch must locate it at a director and open a stream at its engine before its
+/// first byte (on a loaded 2-core machine, 1.2 ms at the median and 2.6 ms at p90 together),
+/// and a 1 MiB segment plays in under 2 ms: with three in flight the next segment's stream was
+/// often not open at a boundary, with more each is located several segments ahead (its stream
+/// still waits for its engine's turn: one stream per engine at a time, `crate::fetch`). Eight
+/// alternating rounds of `vodmesh bench --only handoff` (1 MiB segments at `--speed max`, read
+/// by a blocking reader): gap p99 median 0.82 ms with six, under 1 ms in 7 rounds, against
+/// 1.76 ms and none with three; eight keep up with a pipe written without the 1 MiB gathering
+/// ([`crate::play::PIPE_OUT_BUFFER`]). Larger segments play longer, so fewer cover the same
+/// time: a 4 MiB segment's play three in flight or six made no difference. The bound is on
+/// memory too: a fetch holds at most one queue of verified groups (1 MiB,
+/// `crate::fetch::GROUPS_QUEUED`), but one whose engine streams raw bytes (a copy still
+/// filling) holds its segment whole until it is checked.
+pub(crate) const MAX_SPEED_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How fast to play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,8 +149,9 @@ pub(crate) fn position_of(content: &ManifestContent, at_ms: u64) -> (SegmentInde
     }
 }
 
-/// Segments fetched at once: three at `--speed max` (the next two segments' locates and opens
-/// overlap the one streaming, so a boundary rarely waits for a stream to open); at
+/// Segments fetched at once: at `--speed max` as many as [`MAX_SPEED_BYTES`] hold of the
+/// program's largest segment, three to eight (the next segments' locates and opens overlap the
+/// one streaming, so a boundary rarely waits for a stream to open); at
 /// `--speed 1` one more than it takes to fill the buffer with segments of the program's mean
 /// length, at most [`MAX_WINDOW`].
 pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
@@ -158,7 +162,10 @@ pub(crate) fn window(speed: Speed, content: &ManifestContent) -> usize {
             let to_fill = (buffer.as_millis() as u64).div_ceil(per);
             to_fill.clamp(1, MAX_WINDOW - 1) as usize + 1
         }
-        Speed::Max => MAX_SPEED_WINDOW,
+        Speed::Max => {
+            let largest = content.segments.iter().map(|s| s.size).max().unwrap_or(1);
+            (MAX_SPEED_BYTES / largest.max(1)).clamp(3, MAX_WINDOW) as usize
+        }
     }
 }
 
@@ -815,7 +822,19 @@ mod tests {
     #[test]
     fn the_window_covers_the_buffer_and_refills_as_segments_are_written() {
         let content = program(BYTES, 20);
-        assert_eq!(window(Speed::Max, &content), MAX_SPEED_WINDOW);
+        assert_eq!(
+            window(Speed::Max, &content),
+            8,
+            "small segments: at most eight"
+        );
+        let sized = |size: u64| {
+            let mut content = program(BYTES, 20);
+            content.segments.iter_mut().for_each(|s| s.size = size);
+            window(Speed::Max, &content)
+        };
+        assert_eq!(sized(1 << 20), 8);
+        assert_eq!(sized(4 << 20), 4, "16 MiB of 4 MiB segments");
+        assert_eq!(sized(256 << 20), 3, "at least three");
         assert_eq!(
             window(Speed::REALTIME, &content),
             5,
@@ -831,7 +850,7 @@ mod tests {
         assert_eq!(window(none, &content), 2, "at least one segment ahead");
 
         let (mut sim, first) = Sim::start(&content, Speed::Max, 0);
-        let w = MAX_SPEED_WINDOW as u32;
+        let w = window(Speed::Max, &content) as u32;
         assert_eq!(fetches(&first), from_start(0..w));
         // Segment 1 first: it waits for segment 0, and nothing new is fetched.
         let early = sim.fetched(5, 1);
@@ -997,7 +1016,8 @@ mod tests {
         let seek = sim.control(10, Control::Seek(2500));
         assert!(matches!(seek.first(), Some(Action::CancelFetches)));
         let mut sought = vec![(4, 500)];
-        sought.extend(from_start(5..(4 + MAX_SPEED_WINDOW as u32).min(10)));
+        let w = window(Speed::Max, &content) as u32;
+        sought.extend(from_start(5..(4 + w).min(10)));
         assert_eq!(fetches(&seek), sought);
         assert_ne!(sim.run, old);
         // A fetch of the old run that still comes back is ignored.
@@ -1031,7 +1051,7 @@ mod tests {
     fn an_fmp4_seek_writes_the_init_segment_again_from_a_segment_start() {
         let content = program(FMP4, 6);
         let (mut sim, first) = Sim::start(&content, Speed::Max, 0);
-        let w = MAX_SPEED_WINDOW as u32;
+        let w = window(Speed::Max, &content) as u32;
         // The init segment and six of media.
         assert_eq!(fetches(&first), from_start(0..w.min(7)));
         sim.fetched(0, 0);
