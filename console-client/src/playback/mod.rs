@@ -669,12 +669,12 @@ mod tests {
 
     use super::*;
 
-    /// A program of `n` segments of 1 s and 1000 bytes each; fMP4 gets an init segment first.
     /// Fetches of `indices`, each from its first byte.
     fn from_start(indices: std::ops::Range<u32>) -> Vec<(u32, u64)> {
         indices.map(|i| (i, 0)).collect()
     }
 
+    /// A program of `n` segments of 1 s and 1000 bytes each; fMP4 gets an init segment first.
     fn program(content_type: &str, n: u32) -> ManifestContent {
         let init = content_type == FMP4;
         let segments = (0..n + u32::from(init))

@@ -2,7 +2,8 @@
 //! `vodmesh-console play --speed max --out -` (a handoff at every boundary); the gap between
 //! the read that carried the last byte of segment k and the one that carried the first byte of
 //! k+1, p50/p99, read as a player reads (blocking, [`super::read_to_end`]). Reference: the
-//! interval between reads inside a segment (the pipe's own cadence). Then `--speed 1` over a whole program: stalls, from the console's `--stats`.
+//! interval between reads inside a segment (the pipe's own cadence). Then `--speed 1` over a
+//! whole program: stalls, from the console's `--stats`.
 
 use std::path::Path;
 use std::process::Stdio;
