@@ -1,20 +1,32 @@
-//! The bulk path (issue 21): consoles stream segments over TLS connections of their own to the
-//! engines (libp2p's certificates, no yamux), kept from segment to segment. A console plays a
-//! program that way byte for byte with a handful of connections; a bulk connection is held to
-//! what a libp2p stream is held to (a token bound to the peer at the other end, for the
-//! program) and to bounds of its own (connections a peer holds, a request's size).
+//! The bulk path (issue 21): consoles stream segments, and engines copy them, over TLS
+//! connections of their own to the engines (libp2p's certificates, no yamux), kept from
+//! segment to segment. A console plays a program that way byte for byte with a handful of
+//! connections, and a station's replica arrives whole over a handful; a bulk connection is held
+//! to what a libp2p stream is held to (a token bound to the peer at the other end, for the
+//! program; for a copy, an engine token and the director's approval) and to bounds of its own
+//! (connections a peer holds, a request's size).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use vodmesh_node::Station;
+use vodmesh_node::events::Kind;
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
-use vodmesh_proto::net::bulk::{self, Connector};
+use vodmesh_proto::copy::{CopyReply, CopyRequest};
+use vodmesh_proto::net::bulk::{self, Connector, Exchange};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
-use vodmesh_proto::token::Issuer;
+use vodmesh_proto::time::now_ms;
+use vodmesh_proto::token::{Audience, Issuer, Rights};
 use vodmesh_tests::console::{Console, console_token, credentials};
-use vodmesh_tests::swarm::{home_with_program, init_logging};
+use vodmesh_tests::media::random_file;
+use vodmesh_tests::stored::engine_segments;
+use vodmesh_tests::swarm::{self, home_with_program, ingest_options, init_logging, wait_listed};
+use vodmesh_tests::wait;
+use vodmesh_tools::ingest::{self, IngestOptions};
 
 const MIB: usize = 1024 * 1024;
 
@@ -219,7 +231,7 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
     tokio::pin!(fetch);
     tokio::select! {
         fetched = &mut fetch => bail!("fetched while the peer's streams were all held: {:?}", fetched.map(|s| s.size())),
-        waited = wait::until("the console to wait out a busy answer", std::time::Duration::from_secs(60), || async {
+        waited = wait::until("the console to wait out a busy answer", Duration::from_secs(60), || async {
             Ok(session.waits() >= 1)
         }) => waited?,
     }
@@ -239,6 +251,156 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
         1,
         "a new handshake after the busy answer"
     );
+    station.shutdown().await;
+    Ok(())
+}
+
+/// A station's replica comes over bulk connections its engine keeps: the home's engine takes
+/// a handful of connections for sixteen segments (at most one per copy at once, each kept for
+/// the next segment), and the replica's bytes, read back from the target's store, are the
+/// bytes ingested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_copies_over_bulk_connections_it_keeps() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir).home().engines(1).start().await?;
+    let target_dir = dir.path().join("target");
+    let target = swarm::station(&target_dir)
+        .engines(1)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let both: BTreeSet<_> = [home.peer_id(), target.peer_id()].into();
+    wait_listed(
+        "both stations listed",
+        &[&home],
+        &both,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    let source = dir.path().join("copied.bin");
+    let bytes = random_file(&source, 16 * MIB, 31)?;
+    let sink = vodmesh_node::events::sink();
+    target.send_events_to(&sink);
+    let mut events = sink.subscribe();
+    let before = bulk_connections(&home)?;
+    let key = home_dir.join("identity.key");
+    let info = ingest::run(&IngestOptions {
+        replicas: 1,
+        segment_size: MIB as u64,
+        ..ingest_options(&home, &key, "copied", &source)
+    })
+    .await?;
+    assert_eq!(info.segments, 16);
+    let program = info.program;
+    let mut log = Vec::new();
+    wait::events(
+        &mut events,
+        &mut log,
+        "the target's replica complete",
+        Duration::from_secs(120),
+        |log| {
+            log.iter()
+                .any(|e| e.program == program && e.kind == Kind::ReplicaComplete)
+        },
+    )
+    .await?;
+    // Nothing else reached the home's engine over the bulk path: no console played.
+    let connections = bulk_connections(&home)? - before;
+    assert!(
+        (1..=4).contains(&connections),
+        "{connections} bulk connections for 16 copied segments"
+    );
+    target.shutdown().await;
+    home.shutdown().await;
+    let (segments, _) = engine_segments(&target_dir, 1, program).await?;
+    assert_eq!(segments.len(), 16);
+    let copied: Vec<u8> = segments.into_values().flatten().collect();
+    assert!(
+        copied == bytes,
+        "the replica's bytes are not the bytes ingested"
+    );
+    Ok(())
+}
+
+/// Sends a copy request for `segment` with `token` on a new copy connection of `key`'s to the
+/// engine at `addr`; its answer, and whether the engine then closed the connection.
+async fn copy_reply(
+    (key, engine, addr): (&Keypair, libp2p::PeerId, std::net::SocketAddr),
+    segment: SegmentId,
+    token: Option<Vec<u8>>,
+) -> Result<(CopyReply, bool)> {
+    let mut conn = Connector::of(key, engine, Exchange::Copy)?
+        .connect(addr)
+        .await?;
+    let request = CopyRequest {
+        segment,
+        token: token.map(serde_bytes::ByteBuf::from),
+        offset: 0,
+    };
+    write_frame(&mut conn, &request).await?;
+    let reply = read_frame(&mut conn, vodmesh_proto::copy::MAX_FRAME).await?;
+    let mut rest = Vec::new();
+    let closed = matches!(conn.read_to_end(&mut rest).await, Ok(0) | Err(_));
+    Ok((reply, closed))
+}
+
+/// What a stranger gains from a copy connection to an engine: nothing a libp2p copy stream
+/// would give it. The engine reads the peer id from the TLS certificate, so no token, a
+/// console token, another peer's engine token and a valid engine token of a peer no live
+/// station lists are each refused with the reason a libp2p stream gets, nothing else is sent,
+/// and the connection is closed. Control: the same stranger streams the segment over a bulk
+/// connection of the stream exchange with its console token (the listener serves it; a copy
+/// it is not approved for is what it lacks). The approved case, a station's engine copying,
+/// is [`an_engine_copies_over_bulk_connections_it_keeps`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_over_a_bulk_connection_needs_an_approved_engine_token() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, ("guarded", MIB, 37), MIB as u64).await?;
+    let segment = SegmentId::new(program, 0);
+    let console = Console::connect(station.addr(), Some(&issuer)).await?;
+    let location = console.locate(program, 0, false).await?;
+    let addr = location
+        .bulk
+        .context("the director named no bulk address")?;
+    let engine = location.engine;
+    let mallory = Keypair::generate_ed25519();
+    let me = mallory.public().to_peer_id();
+    let mint = |subject, audience| {
+        issuer.issue(subject, audience, Rights::All, now_ms(), now_ms() + 600_000)
+    };
+    let cases = [
+        (
+            None,
+            "no engine token: enroll the station first (vodmesh enroll)",
+        ),
+        (
+            Some(mint(me, Audience::Console)?),
+            "wrong token kind: console token, expected engine token",
+        ),
+        (
+            Some(mint(libp2p::PeerId::random(), Audience::Engine)?),
+            "token belongs to another peer",
+        ),
+        (
+            Some(mint(me, Audience::Engine)?),
+            "not an engine of a live station known to this station",
+        ),
+    ];
+    for (token, why) in cases {
+        let (reply, closed) = copy_reply((&mallory, engine, addr), segment, token).await?;
+        assert_eq!(reply, CopyReply::Refused(why.into()));
+        assert!(closed, "the connection stayed open after a refusal ({why})");
+    }
+    // Control: the same peer and listener, the stream exchange, its console token: served.
+    let mut conn = Connector::new(&mallory, engine)?.connect(addr).await?;
+    let token = console_token(&issuer, me)?;
+    assert!(stream(&mut conn, segment, token).await? == bytes);
     station.shutdown().await;
     Ok(())
 }

@@ -172,6 +172,10 @@ pub struct Source {
     pub engine: PeerId,
     /// Its addresses.
     pub addrs: Vec<Multiaddr>,
+    /// Where it takes bulk connections (`vodmesh_proto::net::bulk`), when it does: the copy
+    /// goes over one of those rather than a libp2p stream.
+    #[serde(default)]
+    pub bulk: Option<std::net::SocketAddr>,
 }
 
 /// A finished copy: who sent the bytes and how fast, for the cost of the next copy (claim 15).

@@ -309,6 +309,11 @@ impl Metrics {
         }
     }
 
+    /// Bulk connections the station's engines took (their TLS handshakes done).
+    pub fn bulk_connections(&self) -> u64 {
+        self.inner.bulk_connections.get()
+    }
+
     /// The director's engines as of its last event (empty before it has any).
     pub fn engines(&self) -> Vec<EngineInfo> {
         self.inner

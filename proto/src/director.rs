@@ -273,6 +273,10 @@ pub enum Response {
         /// The engine's `--max-streams`.
         #[serde(default)]
         max_streams: u32,
+        /// Where the engine takes bulk connections (`net::bulk`), when it does: copies go
+        /// over one of those.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bulk: Option<std::net::SocketAddr>,
     },
 }
 
@@ -420,6 +424,7 @@ mod tests {
                 addrs: vec![],
                 streams: 1,
                 max_streams: 8,
+                bulk: Some(([127, 0, 0, 1], 9).into()),
             },
             Response::Error(ErrorReply::new(ErrorCode::NotFound, "x")),
             Response::Error(ErrorReply::new(

@@ -263,7 +263,7 @@ impl Fetcher {
     pub(crate) fn new(directors: Arc<Directors>, key: libp2p::identity::Keypair) -> Self {
         Self {
             directors,
-            bulk: bulk::Pool::new(key),
+            bulk: bulk::Pool::new(key, vodmesh_proto::net::bulk::Exchange::Stream),
             slots: EngineSlots::default(),
             unreachable: Mutex::default(),
             waits: AtomicU32::new(0),

@@ -351,7 +351,7 @@ mod tests {
         let acceptor = Acceptor::new(&engine).unwrap();
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (_, mut conn) = acceptor.accept(tcp).await.unwrap();
+            let (_, _, mut conn) = acceptor.accept(tcp).await.unwrap();
             let outboard = Leaves::of(&data).outboard();
             let mut sent = data.clone();
             if let Some(at) = bad {

@@ -388,6 +388,7 @@ impl Misses {
             .map(|(_, h)| Source {
                 engine: h.engine,
                 addrs: h.addrs.clone(),
+                bulk: h.location().bulk,
             })
             .collect();
         // The holders keep the program; this copy is a cache.

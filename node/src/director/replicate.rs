@@ -377,6 +377,7 @@ impl Replicating {
             addrs: engine.addrs.clone(),
             streams: engine.streams,
             max_streams: engine.max_streams,
+            bulk: engine.bulk,
         };
         let station = StationId(peer);
         let checked = (self.allowed.get(&station))
@@ -395,6 +396,7 @@ impl Replicating {
             };
             let until_ms = now_ms() + ALLOW_FOR.as_millis() as u64;
             let peers: Vec<PeerId> = record.engines.iter().map(|e| e.peer_id).collect();
+            tracing::debug!(station = %peer, engines = ?peers, "copies allowed to a live station");
             for tx in &commands {
                 let allow = EngineCommand::AllowCopy {
                     peers: peers.clone(),
@@ -444,6 +446,7 @@ impl Replicating {
         let sources = vec![Source {
             engine: source.peer_id,
             addrs: source.addrs.clone(),
+            bulk: source.bulk,
         }];
         let allow = EngineCommand::AllowCopy {
             peers: vec![target_peer],
@@ -629,7 +632,13 @@ impl Replica {
         let answer = (self.asker)
             .ask(self.source, self.source_addrs.clone(), request)
             .await?;
-        let Response::Located { engine, addrs, .. } = answer else {
+        let Response::Located {
+            engine,
+            addrs,
+            bulk,
+            ..
+        } = answer
+        else {
             return Err(AskError::unexpected(&answer).into());
         };
         self.observer
@@ -642,7 +651,11 @@ impl Replica {
         let fetch = EngineCommand::Fetch {
             segment,
             expect: Some((entry.hash, entry.size)),
-            sources: vec![Source { engine, addrs }],
+            sources: vec![Source {
+                engine,
+                addrs,
+                bulk,
+            }],
             held_elsewhere: self.held_elsewhere,
             done: done.clone(),
         };

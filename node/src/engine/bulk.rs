@@ -1,7 +1,8 @@
-//! The engine's side of the bulk path (`vodmesh_proto::net::bulk`): `/vodmesh/stream/1`
-//! exchanges on TLS connections of their own, served by the same [`StreamService`] as the
-//! libp2p streams (the same tokens, bound to the peer id of the console's certificate, the same
-//! `--max-streams` and handovers).
+//! The engine's side of the bulk path (`vodmesh_proto::net::bulk`): `/vodmesh/stream/1` and
+//! `/vodmesh/copy/1` exchanges on TLS connections of their own, served by the same
+//! [`StreamService`] and copy [`Server`](super::copy::Server) as the libp2p streams (the same
+//! tokens, bound to the peer id of the client's certificate, the same `--max-streams`,
+//! handovers, copy approvals and slots).
 //!
 //! Any host can connect, so every stage is bounded: connections at once
 //! ([`MAX_CONNECTIONS`], past it a connection is closed unread), the handshake
@@ -15,14 +16,15 @@ use std::time::Duration;
 use futures::AsyncWriteExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use vodmesh_proto::codec::read_frame;
-use vodmesh_proto::net::bulk;
-use vodmesh_proto::stream::{MAX_FRAME, StreamRequest};
+use vodmesh_proto::net::bulk::{self, Exchange};
 
 use super::accept;
+use super::copy;
 use super::stream::{MAX_STREAMS_PER_PEER, StreamService};
 use crate::peer_slots::PeerSlots;
 
@@ -31,7 +33,7 @@ use crate::peer_slots::PeerSlots;
 pub(crate) const MAX_CONNECTIONS: usize = 2048;
 
 /// Connections one peer holds at once: its streams at once, and as many idle for the next
-/// segments.
+/// segments (an engine that copies holds fewer: its fetches at once).
 pub(crate) const MAX_CONNECTIONS_PER_PEER: usize = 2 * MAX_STREAMS_PER_PEER;
 
 /// A connection with no request for this long is closed (the console's pool lets its idle
@@ -61,13 +63,22 @@ fn ip_of(addrs: &[Multiaddr]) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Serves the bulk connections of `listener` with `streams`, each in a task, until `stop`;
+/// What a bulk connection's exchanges are served by.
+#[derive(Clone)]
+pub(crate) struct Services {
+    /// `/vodmesh/stream/1`: consoles' streams.
+    pub(crate) streams: StreamService,
+    /// `/vodmesh/copy/1`: other engines' copies.
+    pub(crate) copies: copy::Server,
+}
+
+/// Serves the bulk connections of `listener` with `services`, each in a task, until `stop`;
 /// counts each handshake done in `metrics`.
 pub(crate) async fn serve(
     (index, metrics): (usize, crate::metrics::Metrics),
     listener: TcpListener,
     acceptor: bulk::Acceptor,
-    streams: StreamService,
+    services: Services,
     stop: CancellationToken,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -87,7 +98,7 @@ pub(crate) async fn serve(
     let ends = stop.clone();
     accept::each(incoming, stop, move |from: SocketAddr, tcp: TcpStream| {
         let permit = connections.clone().try_acquire_owned();
-        let (acceptor, streams, per_peer) = (acceptor.clone(), streams.clone(), per_peer.clone());
+        let (acceptor, services, per_peer) = (acceptor.clone(), services.clone(), per_peer.clone());
         let metrics = metrics.clone();
         let stop = ends.clone();
         async move {
@@ -95,7 +106,7 @@ pub(crate) async fn serve(
                 tracing::debug!(index, %from, "bulk connection refused: at the engine's bound");
                 return;
             };
-            let (peer, conn) = match acceptor.accept(tcp).await {
+            let (peer, exchange, conn) = match acceptor.accept(tcp).await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!(index, %from, error = %e, "bulk handshake failed");
@@ -109,7 +120,7 @@ pub(crate) async fn serve(
             };
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = exchanges(index, peer, conn, &streams) => {}
+                () = exchanges(index, (peer, exchange), conn, &services) => {}
             }
         }
     })
@@ -120,37 +131,49 @@ pub(crate) async fn serve(
 /// whole, the peer sends nothing for [`IDLE_WITHIN`] or closes; then the connection is closed.
 async fn exchanges(
     index: usize,
-    peer: PeerId,
+    (peer, exchange): (PeerId, Exchange),
     mut conn: bulk::ServerConn,
-    streams: &StreamService,
+    services: &Services,
 ) {
     loop {
-        let request = tokio::time::timeout(
-            IDLE_WITHIN,
-            read_frame::<_, StreamRequest>(&mut conn, MAX_FRAME),
-        )
-        .await;
-        let request = match request {
-            Ok(Ok(request)) => request,
-            // Closed by the console, or a request that is not one: the connection ends.
-            Ok(Err(e)) => {
-                if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    tracing::debug!(index, %peer, error = %e, "bulk request refused");
+        let served = match exchange {
+            Exchange::Stream => {
+                match next_request(&mut conn, vodmesh_proto::stream::MAX_FRAME).await {
+                    Ok(request) => services.streams.serve(peer, &mut conn, request).await,
+                    Err(e) => Err(e),
                 }
-                break;
             }
-            Err(_) => break,
+            Exchange::Copy => match next_request(&mut conn, vodmesh_proto::copy::MAX_FRAME).await {
+                Ok(request) => services.copies.exchange(peer, &mut conn, request).await,
+                Err(e) => Err(e),
+            },
         };
-        match streams.serve(peer, &mut conn, request).await {
+        match served {
             Ok(true) => {}
             Ok(false) => break,
+            // Closed by the client between exchanges: the connection ends.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => {
-                tracing::debug!(index, %peer, error = %e, "bulk stream ended early");
+                tracing::debug!(index, %peer, ?exchange, error = %e, "bulk exchange ended early");
                 break;
             }
         }
     }
     let _ = conn.close().await;
+}
+
+/// The next request frame (at most `limit` bytes) of a connection, within [`IDLE_WITHIN`].
+async fn next_request<T: DeserializeOwned>(
+    conn: &mut bulk::ServerConn,
+    limit: usize,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(IDLE_WITHIN, read_frame(conn, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no request within the idle limit",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,10 @@
 //! `/vodmesh/copy/1` on an engine: serving segment copies to engines of other stations
-//! ([`Server`]), and fetching the copies its director asks for ([`Copier`], claim 12).
+//! ([`Server`], in `serve`), and fetching the copies its director asks for ([`Copier`], claim
+//! 12).
+//!
+//! A copy goes over a bulk connection to the source (`vodmesh_proto::net::bulk`, TLS with no
+//! yamux, kept per source for the next segments) where the source takes them, else over a
+//! libp2p stream; the exchange and the checks are the same on either.
 //!
 //! Serving is gated (see `admit`): a peer may copy only with an engine token of a trusted
 //! issuer (claims 24, 25) and while its director-approved entry lasts. The director approves
@@ -12,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncReadExt;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -20,33 +25,27 @@ use tokio::task::JoinSet;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
 use vodmesh_proto::manifest::MAX_SEGMENT_SIZE;
+use vodmesh_proto::net::bulk::pool::{Pool, Wire};
 use vodmesh_proto::net::prefer_tcp;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use self::error::{Attempt, Next};
-use super::peers::read_request;
-use super::{EngineBehaviour, Reporter, admit};
-use crate::control::{Copied, EngineEvent, FetchFailed, Fetched, Source};
+use super::{EngineBehaviour, Reporter};
+use crate::control::{Copied, FetchFailed, Fetched, Source};
 use crate::events::{Kind, Observer};
-use crate::peer_slots::PeerSlots;
 use crate::store::{self, SegmentState, SegmentStore, Writer};
 
 mod error;
+mod serve;
 
 pub(crate) use error::CopyError;
+pub(crate) use serve::Server;
 
 /// Bytes per read from the stream or the store.
 const CHUNK: usize = 256 * 1024;
 /// Copies an engine fetches at once.
 const MAX_FETCHES: usize = 4;
-/// Copies an engine serves at once.
-const MAX_SERVES: usize = 8;
-/// Copies an engine serves one peer at once (an engine fetches [`MAX_FETCHES`] at most).
-const MAX_SERVES_PER_PEER: usize = MAX_FETCHES;
-/// A peer that reads nothing of a copy for this long loses it (and its slot).
-const WRITE_STALL: Duration = Duration::from_secs(10);
 /// A source that sends nothing for this long is given up when it is the last one.
 const READ_STALL: Duration = Duration::from_secs(5);
 /// A source that sends nothing (or opens no stream) for this long is given up for the next
@@ -84,6 +83,8 @@ pub(crate) struct Copier {
     reporter: Reporter,
     fetches: Arc<Semaphore>,
     token: TokenSlot,
+    /// Bulk connections to sources, kept for their next copies.
+    bulk: Arc<Pool>,
     /// Counts the copies and their bytes.
     pub(crate) metrics: crate::metrics::Metrics,
     /// Hears of the copies.
@@ -91,9 +92,9 @@ pub(crate) struct Copier {
 }
 
 impl Copier {
+    /// Copies made over `control`'s libp2p streams, or over bulk connections of `bulk`.
     pub(crate) fn new(
-        peer_id: PeerId,
-        control: vodmesh_proto::net::streams::Control,
+        (peer_id, control, bulk): (PeerId, vodmesh_proto::net::streams::Control, Pool),
         store: SegmentStore,
         allowed: watch::Sender<Approvals>,
         reporter: Reporter,
@@ -107,6 +108,7 @@ impl Copier {
             reporter,
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
+            bulk: Arc::new(bulk),
             metrics: Default::default(),
             observer: Default::default(),
         }
@@ -114,6 +116,7 @@ impl Copier {
 
     /// Lets `peers` copy from this engine until `until_ms`; forgets approvals that ended.
     pub(crate) fn allow(&self, peers: Vec<PeerId>, until_ms: u64) {
+        tracing::debug!(engine = %self.peer_id, ?peers, until_ms, "copies allowed");
         let now = now_ms();
         self.allowed.send_modify(|m| {
             m.retain(|_, until| *until >= now);
@@ -140,6 +143,7 @@ impl Copier {
             token: self.token.lock().ok().and_then(|t| t.clone()),
             job,
             observer: self.observer.clone(),
+            bulk: self.bulk.clone(),
         };
         let (control, store) = (self.control.clone(), self.store.clone());
         let (reporter, fetches) = (self.reporter.clone(), self.fetches.clone());
@@ -177,6 +181,8 @@ struct Fetch {
     job: Job,
     /// Hears of a copy resumed.
     observer: Observer,
+    /// Bulk connections to sources.
+    bulk: Arc<Pool>,
 }
 
 /// Dials a source engine unless connected, TCP only when it has TCP addresses: dialing TCP
@@ -256,7 +262,7 @@ impl Fetch {
                 let from = writer.as_ref().map_or(0, Writer::written);
                 let started = std::time::Instant::now();
                 let copied = self
-                    .copy_from(&mut control, store, source.engine, &mut writer, {
+                    .copy_from(&mut control, store, source, &mut writer, {
                         patience(n + 1 < job.sources.len())
                     })
                     .await;
@@ -317,39 +323,90 @@ impl Fetch {
         Err(last)
     }
 
+    /// A wire to `source` for one attempt: a bulk connection where it takes them (a kept one
+    /// unless `fresh`), else (or when that fails) a libp2p stream.
+    async fn wire(
+        &self,
+        control: &mut vodmesh_proto::net::streams::Control,
+        source: &Source,
+        patience: Duration,
+        fresh: bool,
+    ) -> Result<Wire, Attempt> {
+        let engine = source.engine;
+        if let Some(addr) = self.bulk.address(engine, source.bulk, &source.addrs) {
+            match tokio::time::timeout(patience, self.bulk.take(engine, addr, fresh)).await {
+                Ok(Ok(wire)) => return Ok(wire),
+                Ok(Err(e)) => {
+                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
+                }
+                Err(_) => {
+                    tracing::debug!(%engine, %addr, "no bulk connection in time: a libp2p stream");
+                }
+            }
+        }
+        open(control, engine, patience).await.map(Wire::Stream)
+    }
+
+    /// Sends `request` to `source` and reads its reply, on the wire it came on. A kept bulk
+    /// connection the source closed since fails at once: a new one is made in its place.
+    async fn ask(
+        &self,
+        control: &mut vodmesh_proto::net::streams::Control,
+        source: &Source,
+        request: &CopyRequest,
+        patience: Duration,
+    ) -> Result<(Wire, CopyReply), Attempt> {
+        let mut fresh = false;
+        loop {
+            let mut wire = self.wire(control, source, patience, fresh).await?;
+            let reused = matches!(wire, Wire::Bulk { reused: true, .. });
+            let asked = async {
+                write_frame(&mut wire, request)
+                    .await
+                    .map_err(Attempt::Request)?;
+                tokio::time::timeout(patience, read_frame(&mut wire, MAX_FRAME))
+                    .await
+                    .map_err(|_| Attempt::NoReply)?
+                    .map_err(Attempt::Reply)
+            };
+            match asked.await {
+                Ok(reply) => return Ok((wire, reply)),
+                Err(Attempt::Request(e) | Attempt::Reply(e)) if reused => {
+                    tracing::debug!(engine = %source.engine, error = %e, "a kept bulk connection was closed: a new one");
+                    fresh = true;
+                }
+                Err(failed) => return Err(failed),
+            }
+        }
+    }
+
     /// One attempt at one source: asks for the bytes from what `writer` already holds on,
     /// and appends them.
     async fn copy_from(
         &self,
         control: &mut vodmesh_proto::net::streams::Control,
         store: &SegmentStore,
-        source: PeerId,
+        source: &Source,
         writer: &mut Option<Writer>,
         patience: Duration,
     ) -> Result<(), Attempt> {
         let job = &self.job;
-        let mut stream = open(control, source, patience).await?;
         let offset = writer.as_ref().map_or(0, Writer::written);
-        if offset > 0 {
-            let resumed = Kind::CopyResumed {
-                from: source,
-                offset,
-            };
-            self.observer.segment(self.me, job.segment, resumed);
-        }
         let request = CopyRequest {
             segment: job.segment,
             // Claims 24, 25: every copy request carries this engine's token.
             token: self.token.clone().map(serde_bytes::ByteBuf::from),
             offset,
         };
-        write_frame(&mut stream, &request)
-            .await
-            .map_err(Attempt::Request)?;
-        let reply: CopyReply = tokio::time::timeout(patience, read_frame(&mut stream, MAX_FRAME))
-            .await
-            .map_err(|_| Attempt::NoReply)?
-            .map_err(Attempt::Reply)?;
+        let (mut stream, reply) = self.ask(control, source, &request, patience).await?;
+        // Told once the source answered: a source that is gone resumes nothing.
+        if offset > 0 {
+            let resumed = Kind::CopyResumed {
+                from: source.engine,
+                offset,
+            };
+            self.observer.segment(self.me, job.segment, resumed);
+        }
         let (offered, hash) = match reply {
             CopyReply::Refused(why) => return Err(Attempt::Refused(why)),
             CopyReply::Sending { size, hash } => (size, hash),
@@ -400,7 +457,8 @@ impl Fetch {
                 pending = Some(chunk);
             }
         }
-        let _ = stream.close().await;
+        // Read to the segment's end, no further: a bulk connection carries the next copy.
+        self.bulk.done(source.engine, stream).await;
         Ok(())
     }
 }
@@ -419,149 +477,6 @@ fn accept_offer(
         None if offered > MAX_SEGMENT_SIZE => Err(Attempt::TooLarge(offered)),
         None => Ok((hash, offered)),
     }
-}
-
-/// The serving side: answers the copy requests of other stations' engines.
-#[derive(Clone)]
-pub(crate) struct Server {
-    me: PeerId,
-    store: SegmentStore,
-    allowed: watch::Receiver<Approvals>,
-    trusted: TrustedIssuers,
-    reporter: Reporter,
-    /// Bytes per second per copy at most (0: as fast as the link goes).
-    rate: u64,
-    serves: Arc<Semaphore>,
-    /// Copies each peer is being served.
-    per_peer: PeerSlots,
-    /// Hears of the copies served.
-    pub(crate) observer: Observer,
-}
-
-impl Server {
-    pub(crate) fn new(
-        me: PeerId,
-        store: SegmentStore,
-        allowed: watch::Receiver<Approvals>,
-        trusted: TrustedIssuers,
-        reporter: Reporter,
-        rate: u64,
-    ) -> Self {
-        Self {
-            me,
-            store,
-            allowed,
-            trusted,
-            reporter,
-            rate,
-            serves: Arc::new(Semaphore::new(MAX_SERVES)),
-            per_peer: PeerSlots::new(MAX_SERVES_PER_PEER),
-            observer: Default::default(),
-        }
-    }
-
-    /// Serves one copy stream from `peer` (at most [`MAX_SERVES`] at once, of which
-    /// [`MAX_SERVES_PER_PEER`] to one peer). A slot is taken only once the request came (within
-    /// [`REQUEST_WITHIN`](super::peers::REQUEST_WITHIN)) and its token passed: a peer that
-    /// opens streams and sends nothing holds no slot.
-    pub(crate) async fn serve(&self, peer: PeerId, mut stream: Stream) {
-        let served = async {
-            let request: CopyRequest = read_request(&mut stream, MAX_FRAME).await?;
-            if let Err(why) = self.admit(peer, &request) {
-                return refuse(stream, why).await;
-            }
-            let Some(_mine) = self.per_peer.take(peer) else {
-                let why = format!("{MAX_SERVES_PER_PEER} copies to this peer already");
-                return refuse(stream, why).await;
-            };
-            let _permit = self.serves.acquire().await;
-            self.handle(peer, request, stream).await
-        };
-        if let Err(e) = served.await {
-            tracing::debug!(%peer, error = %e, "copy stream failed");
-        }
-    }
-
-    /// Whether `peer` may have the copy it asks for; why not, counted, when it may not.
-    fn admit(&self, peer: PeerId, request: &CopyRequest) -> Result<(), String> {
-        let segment = request.segment;
-        let token = request.token.as_deref().map(Vec::as_slice);
-        let approved = self.allowed.borrow().get(&peer).copied();
-        let now = now_ms();
-        let admitted = admit::copy(
-            &self.trusted,
-            token,
-            approved,
-            (&segment.program, &peer),
-            now,
-        );
-        admitted.map_err(|why| {
-            tracing::info!(%peer, %segment, refused = %why, "copy refused");
-            self.reporter.try_send(EngineEvent::Refused { copy: true });
-            why.to_string()
-        })
-    }
-
-    async fn handle(
-        &self,
-        peer: PeerId,
-        request: CopyRequest,
-        mut stream: Stream,
-    ) -> std::io::Result<()> {
-        let segment = request.segment;
-        let (Some(info), Ok(mut reader)) = (
-            self.store.info(&segment),
-            self.store.open_read(segment).await,
-        ) else {
-            return refuse(stream, "segment not here".into()).await;
-        };
-        if request.offset > info.size {
-            return refuse(stream, "offset past the end of the segment".into()).await;
-        }
-        let sending = CopyReply::Sending {
-            size: info.size,
-            hash: info.hash,
-        };
-        write_frame(&mut stream, &sending).await?;
-        reader.seek(request.offset);
-        let started = tokio::time::Instant::now();
-        let mut sent = 0u64;
-        // Read unchecked: the receiver hashes every byte against the segment's hash (the
-        // manifest's, or this engine's own offer for a sibling) and fails the copy at a wrong
-        // one, so the bytes are not hashed here a second time; rot here is the scrub's to find.
-        let mut next = reader
-            .read_next_unchecked(CHUNK)
-            .await
-            .map_err(std::io::Error::other)?;
-        while let Some(chunk) = next {
-            // The next chunk is read from the store while this one is sent.
-            let send = tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk));
-            let (sent_now, read) = tokio::join!(send, reader.read_next_unchecked(CHUNK));
-            match sent_now {
-                Ok(written) => written?,
-                Err(_) => {
-                    let why = "the peer read nothing of the copy for 10 s";
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
-                }
-            }
-            next = read.map_err(std::io::Error::other)?;
-            sent += chunk.len() as u64;
-            if self.rate > 0 {
-                // Paced to --copy-rate: no faster than `rate` bytes per second on average.
-                let due = started + Duration::from_secs_f64(sent as f64 / self.rate as f64);
-                tokio::time::sleep_until(due).await;
-            }
-        }
-        stream.flush().await?;
-        (self.observer).segment(self.me, segment, Kind::CopyServed { to: peer });
-        stream.close().await
-    }
-}
-
-/// Answers `Refused(why)` and closes the stream.
-async fn refuse(mut stream: Stream, why: String) -> std::io::Result<()> {
-    write_frame(&mut stream, &CopyReply::Refused(why)).await?;
-    stream.close().await
 }
 
 #[cfg(test)]

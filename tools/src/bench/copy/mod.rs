@@ -1,14 +1,14 @@
 //! The `copy` section: engine -> engine copies of a program in 4 MiB segments through real
 //! stations (a `Replicate` to an enrolled station: locate, fetch over `/vodmesh/copy/1`,
-//! verify, store, commit, table, as in distribution) over TCP as vodmesh negotiates it (TLS
-//! with AES-GCM, see `vodmesh_proto::net`), then one console playing the program at
+//! verify, store, commit, table, as in distribution) over the bulk path (TCP + TLS with
+//! AES-GCM, no yamux: `vodmesh_proto::net::bulk`), then one console playing the program at
 //! `--speed max`; beside:
 //!
-//! - the transport ceiling: one bulk connection (`vodmesh_proto::net::bulk`, TCP + TLS
-//!   without yamux, what consoles stream over) moving the same bytes from memory; and one raw
-//!   libp2p stream, with the swarm vodmesh builds (TCP + TLS + yamux, what copies between
-//!   engines take, and QUIC) and with TCP + noise only (the transport before AES-GCM, and the
-//!   one a noise-only peer gets);
+//! - the transport ceiling: one bulk connection (what copies and consoles' streams take)
+//!   moving the same bytes from memory; and one raw libp2p stream, with the swarm vodmesh
+//!   builds (TCP + TLS + yamux, what copies take where an engine offers no bulk address, and
+//!   QUIC) and with TCP + noise only (the transport before AES-GCM, and the one a noise-only
+//!   peer gets);
 //! - the store's durable write rate on the same disk (the other bound of a copy: a copy is
 //!   durable on arrival);
 //! - nginx serving the same bytes over HTTPS and plain HTTP on loopback ([`super::nginx`]; its
@@ -83,9 +83,17 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     } else {
         (store_after, store_after_cpu)
     };
-    let bound = raw_tcp.min(store_write);
+    // The transport the copy took: the bulk path where the source's engine took connections
+    // (as it does on loopback), else the libp2p stream.
+    let over_bulk = run.copy_bulk_connections > 0;
+    let (transport, transport_mb_s, transport_cpu) = if over_bulk {
+        ("bulk connection", bare_tls, bare_cpu)
+    } else {
+        ("raw libp2p stream", raw_tcp, raw_tcp_cpu)
+    };
+    let bound = transport_mb_s.min(store_write);
     let cpu = Cpu {
-        raw_tcp: raw_tcp_cpu,
+        transport: transport_cpu,
         store: store_cpu,
         copy: run.copy_cpu,
         bytes,
@@ -97,6 +105,10 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     // A run without a TLS handshake counted went over noise.
     let cipher = |c: Option<String>| c.unwrap_or_else(|| "noise (ChaChaPoly)".into());
     let tcp_name = format!("TCP+{}", cipher(raw_tcp_cipher.clone()));
+    let copy_name = match over_bulk {
+        true => format!("engine->engine copy, bulk connection TCP+{bare_cipher}"),
+        false => format!("engine->engine copy, libp2p stream {tcp_name}"),
+    };
 
     let mut rows = vec![
         Row::new(
@@ -126,34 +138,19 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             format!("raw libp2p stream {tcp_name} {raw_tcp:.0} MB/s"),
             ratio(raw_quic, raw_tcp),
         ),
-        Row::new(
-            "copy",
-            format!("engine->engine copy, {tcp_name}"),
-            format!("{copy_tcp:.0} MB/s"),
-        )
-        .vs(
-            format!("min(raw stream, store write {store_write:.0}) {bound:.0} MB/s"),
+        Row::new("copy", copy_name.clone(), format!("{copy_tcp:.0} MB/s")).vs(
+            format!("min({transport}, store write {store_write:.0}) {bound:.0} MB/s"),
             ratio(copy_tcp, bound),
         ),
-        Row::new(
-            "copy",
-            format!("engine->engine copy, {tcp_name}"),
-            format!("{copy_tcp:.0} MB/s"),
-        )
-        .vs(
+        Row::new("copy", copy_name.clone(), format!("{copy_tcp:.0} MB/s")).vs(
             format!("raw libp2p stream TCP {raw_tcp:.0} MB/s"),
             ratio(copy_tcp, raw_tcp),
         ),
-        Row::new(
-            "copy",
-            format!("engine->engine copy, {tcp_name}"),
-            format!("{copy_tcp:.0} MB/s"),
-        )
-        .vs(
+        Row::new("copy", copy_name.clone(), format!("{copy_tcp:.0} MB/s")).vs(
             format!(
-                "the cores' limit for stream + store work {cpu_limit:.0} MB/s ({} cores; {:.2} + {:.2} core-s/GB)",
+                "the cores' limit for transport + store work {cpu_limit:.0} MB/s ({} cores; {:.2} + {:.2} core-s/GB)",
                 cpu.cores(),
-                cpu.per_gb(cpu.raw_tcp),
+                cpu.per_gb(cpu.transport),
                 cpu.per_gb(cpu.store),
             ),
             ratio(copy_tcp, cpu_limit),
@@ -172,18 +169,23 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             "stream": cipher(run.stream_cipher),
         },
         "copy_tcp_mb_s": copy_tcp,
+        // The transport the copy took (the bulk path unless the source's engine took no bulk
+        // connection during it), and the bulk connections that engine took: a handful for
+        // the program's 64 segments, each kept for the next.
+        "copy_transport": transport,
+        "copy_bulk_connections": run.copy_bulk_connections,
         // Cores busy in the bench's process (both stations, sending and receiving) during the
         // copy, of the machine's 2: short of 2, the copy waited on something else than the CPU
         // (the disk, or a stage of its own pipeline).
         "copy_cpu_cores": ratio(run.copy_cpu.as_secs_f64(), run.copy.as_secs_f64()),
         // CPU seconds per GB (10^9 bytes) of this process (both ends, or the store alone):
-        // of the copy, of the raw libp2p stream over TCP, of the store's durable write (the
-        // probe the bound took). A copy does the stream's work and the store's on the same
-        // cores: `copy_cpu_limit_mb_s` is the rate the machine's cores allow for both
-        // together (cores / the sum of the two), whatever the disk and the link could do.
+        // of the copy, of the raw libp2p stream over TCP, of the bulk connection, of the
+        // store's durable write (the probe the bound took). A copy does its transport's work
+        // and the store's on the same cores: `copy_cpu_limit_mb_s` is the rate the machine's
+        // cores allow for both together (cores / the sum of the two), whatever the disk and
+        // the link could do.
         "copy_cpu_s_per_gb": cpu.per_gb(cpu.copy),
-        "raw_libp2p_stream_tcp_cpu_s_per_gb": cpu.per_gb(cpu.raw_tcp),
-        // The bulk connection's, which copies do not take (yet): what they would save.
+        "raw_libp2p_stream_tcp_cpu_s_per_gb": cpu.per_gb(raw_tcp_cpu),
         "raw_tls_no_yamux_cpu_s_per_gb": cpu.per_gb(bare_cpu),
         "store_write_cpu_s_per_gb": cpu.per_gb(cpu.store),
         "copy_cpu_limit_mb_s": cpu_limit,
@@ -200,8 +202,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
         // The same bytes over a bulk connection (`net::bulk`: libp2p's TLS on a bare TCP
-        // connection, no yamux), the transport of consoles' streams: the ceiling. Copies
-        // between engines still take the libp2p stream (`raw_libp2p_stream_tcp_mb_s`).
+        // connection, no yamux), the transport of copies and consoles' streams: the ceiling.
         "raw_tls_no_yamux_mb_s": bare_tls,
         "raw_tls_no_yamux_cipher": bare_cipher,
         "ceiling_mb_s": bare_tls,
@@ -274,12 +275,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 );
             }
             rows.push(
-                Row::new(
-                    "copy",
-                    format!("engine->engine copy, {tcp_name}"),
-                    format!("{copy_tcp:.0} MB/s"),
-                )
-                .vs(
+                Row::new("copy", copy_name, format!("{copy_tcp:.0} MB/s")).vs(
                     format!("nginx HTTPS {:.0} MB/s", n.https),
                     ratio(copy_tcp, n.https),
                 ),
@@ -380,6 +376,8 @@ struct Run {
     /// The CPU time the bench's process (both stations) spent during the copy.
     copy_cpu: Duration,
     copy_cipher: Option<String>,
+    /// Bulk connections the home's engine took during the copy.
+    copy_bulk_connections: u64,
     /// The console's run, start to exit.
     stream: Duration,
     /// The console's start to its first byte out.
@@ -392,8 +390,8 @@ struct Run {
 
 /// The CPU the copy section's parts took, for the limit the machine's cores set a copy.
 struct Cpu {
-    /// The raw libp2p stream over TCP, both ends.
-    raw_tcp: Duration,
+    /// The transport the copy took, moving the same bytes alone, both ends.
+    transport: Duration,
     /// The store's durable write of the same bytes (the probe the bound took).
     store: Duration,
     /// The copy, both stations.
@@ -413,10 +411,11 @@ impl Cpu {
         round2(cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
     }
 
-    /// The copy rate, in MB/s, at which the stream's work and the store's (each as measured
-    /// alone) keep every core busy: a copy needs both per byte, and the cores run them all.
+    /// The copy rate, in MB/s, at which the transport's work and the store's (each as
+    /// measured alone) keep every core busy: a copy needs both per byte, and the cores run
+    /// them all.
     fn limit_mb_s(&self) -> f64 {
-        let per_byte = (self.raw_tcp + self.store).as_secs_f64() / self.bytes as f64;
+        let per_byte = (self.transport + self.store).as_secs_f64() / self.bytes as f64;
         (self.cores() as f64 / per_byte.max(1e-15) / 1e6).round()
     }
 }
@@ -434,7 +433,9 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
     let before = negotiated_ciphers();
     let swarm = BenchSwarm::start(dir, shape.clone(), &[shape]).await?;
     let result = async {
+        let connections = swarm.home.metrics().bulk_connections();
         let (program, copy, copy_cpu) = replicate(dir, &swarm, bytes).await?;
+        let copy_bulk_connections = swarm.home.metrics().bulk_connections() - connections;
         let copy_cipher = used_since(&before);
         let (played, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes)).await;
         let (stream, first_byte, stream_cpu) = played?;
@@ -442,6 +443,7 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
             copy,
             copy_cpu,
             copy_cipher,
+            copy_bulk_connections,
             stream,
             first_byte,
             stream_cpu,

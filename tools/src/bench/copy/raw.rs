@@ -148,7 +148,7 @@ pub(super) async fn raw_bulk(bytes: u64) -> Result<(Duration, String, Duration)>
     let addr = listener.local_addr()?;
     let writer = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
-        let (_, mut conn) = acceptor.accept(tcp).await?;
+        let (_, _, mut conn) = acceptor.accept(tcp).await?;
         let mut go = [0u8; 1];
         conn.read_exact(&mut go).await?;
         let data = vec![0x5au8; SEGMENT as usize];
