@@ -68,6 +68,34 @@ async fn stream(conn: &mut bulk::Conn, segment: SegmentId, token: Vec<u8>) -> Re
     }
 }
 
+/// A content home trusting `issuer` with a program `title` of one 1 MiB segment of random
+/// bytes from `seed`: the station, the bytes, the segment, and the engine holding it with the
+/// bulk address its director names.
+async fn one_segment(
+    dir: &std::path::Path,
+    issuer: &Issuer,
+    (title, seed): (&str, u64),
+) -> Result<(
+    Station,
+    Vec<u8>,
+    SegmentId,
+    (libp2p::PeerId, std::net::SocketAddr),
+)> {
+    let (station, _, bytes, program) =
+        home_with_program(dir, issuer, (title, MIB, seed), MIB as u64).await?;
+    let console = Console::connect(station.addr(), Some(issuer)).await?;
+    let location = console.locate(program, 0, false).await?;
+    let addr = location
+        .bulk
+        .context("the director named no bulk address")?;
+    Ok((
+        station,
+        bytes,
+        SegmentId::new(program, 0),
+        (location.engine, addr),
+    ))
+}
+
 /// A console at `--speed max` streams every segment over bulk connections, keeping them: the
 /// bytes played are the bytes ingested, and the engines took far fewer connections than
 /// there are segments (one handshake per engine and stream at once, not per segment).
@@ -119,15 +147,8 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, _, bytes, program) =
-        home_with_program(dir.path(), &issuer, ("bulk", MIB, 21), MIB as u64).await?;
-    let segment = SegmentId::new(program, 0);
-    let console = Console::connect(station.addr(), Some(&issuer)).await?;
-    let location = console.locate(program, 0, false).await?;
-    let addr = location
-        .bulk
-        .context("the director named no bulk address")?;
-    let engine = location.engine;
+    let (station, bytes, segment, (engine, addr)) =
+        one_segment(dir.path(), &issuer, ("bulk", 21)).await?;
 
     // Another peer's token, on this peer's connection: refused, and nothing else is sent.
     let (mallory, alice) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
@@ -360,15 +381,8 @@ async fn a_copy_over_a_bulk_connection_needs_an_approved_engine_token() -> Resul
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    let (station, _, bytes, program) =
-        home_with_program(dir.path(), &issuer, ("guarded", MIB, 37), MIB as u64).await?;
-    let segment = SegmentId::new(program, 0);
-    let console = Console::connect(station.addr(), Some(&issuer)).await?;
-    let location = console.locate(program, 0, false).await?;
-    let addr = location
-        .bulk
-        .context("the director named no bulk address")?;
-    let engine = location.engine;
+    let (station, bytes, segment, (engine, addr)) =
+        one_segment(dir.path(), &issuer, ("guarded", 37)).await?;
     let mallory = Keypair::generate_ed25519();
     let me = mallory.public().to_peer_id();
     let mint = |subject, audience| {
