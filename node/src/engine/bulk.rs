@@ -16,15 +16,14 @@ use std::time::Duration;
 use futures::AsyncWriteExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use vodmesh_proto::codec::read_frame;
 use vodmesh_proto::net::bulk::{self, Exchange};
 
 use super::accept;
 use super::copy;
+use super::peers::read_within;
 use super::stream::{MAX_STREAMS_PER_PEER, StreamService};
 use crate::peer_slots::PeerSlots;
 
@@ -138,15 +137,17 @@ async fn exchanges(
     loop {
         let served = match exchange {
             Exchange::Stream => {
-                match next_request(&mut conn, vodmesh_proto::stream::MAX_FRAME).await {
+                match read_within(&mut conn, vodmesh_proto::stream::MAX_FRAME, IDLE_WITHIN).await {
                     Ok(request) => services.streams.serve(peer, &mut conn, request).await,
                     Err(e) => Err(e),
                 }
             }
-            Exchange::Copy => match next_request(&mut conn, vodmesh_proto::copy::MAX_FRAME).await {
-                Ok(request) => services.copies.exchange(peer, &mut conn, request).await,
-                Err(e) => Err(e),
-            },
+            Exchange::Copy => {
+                match read_within(&mut conn, vodmesh_proto::copy::MAX_FRAME, IDLE_WITHIN).await {
+                    Ok(request) => services.copies.exchange(peer, &mut conn, request).await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         match served {
             Ok(true) => {}
@@ -160,20 +161,6 @@ async fn exchanges(
         }
     }
     let _ = conn.close().await;
-}
-
-/// The next request frame (at most `limit` bytes) of a connection, within [`IDLE_WITHIN`].
-async fn next_request<T: DeserializeOwned>(
-    conn: &mut bulk::ServerConn,
-    limit: usize,
-) -> std::io::Result<T> {
-    match tokio::time::timeout(IDLE_WITHIN, read_frame(conn, limit)).await {
-        Ok(read) => read,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no request within the idle limit",
-        )),
-    }
 }
 
 #[cfg(test)]

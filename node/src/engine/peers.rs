@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures::AsyncRead;
 use libp2p::Stream;
 use serde::de::DeserializeOwned;
 use vodmesh_proto::codec::read_frame;
@@ -19,11 +20,21 @@ pub(crate) async fn read_request<T: DeserializeOwned>(
     stream: &mut Stream,
     limit: usize,
 ) -> std::io::Result<T> {
-    match tokio::time::timeout(REQUEST_WITHIN, read_frame(stream, limit)).await {
+    read_within(stream, limit, REQUEST_WITHIN).await
+}
+
+/// Reads a request frame (at most `limit` bytes) within `within`; past it, a `TimedOut`
+/// error.
+pub(crate) async fn read_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    io: &mut R,
+    limit: usize,
+    within: Duration,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(within, read_frame(io, limit)).await {
         Ok(read) => read,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "no request within 5 s of opening the stream",
+            format!("no request within {within:?}"),
         )),
     }
 }
