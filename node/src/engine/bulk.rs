@@ -64,22 +64,23 @@ fn ip_of(addrs: &[Multiaddr]) -> IpAddr {
 
 /// What a bulk connection's exchanges are served by.
 #[derive(Clone)]
-pub(crate) struct Services {
+struct Services {
     /// `/vodmesh/stream/1`: consoles' streams.
-    pub(crate) streams: StreamService,
+    streams: StreamService,
     /// `/vodmesh/copy/1`: other engines' copies.
-    pub(crate) copies: copy::Server,
+    copies: copy::Server,
 }
 
-/// Serves the bulk connections of `listener` with `services`, each in a task, until `stop`;
-/// counts each handshake done in `metrics`.
+/// Serves the bulk connections of `listener` with `streams` and `copies`, each in a task,
+/// until `stop`; counts each handshake done in `metrics`.
 pub(crate) async fn serve(
     (index, metrics): (usize, crate::metrics::Metrics),
     listener: TcpListener,
     acceptor: bulk::Acceptor,
-    services: Services,
+    (streams, copies): (StreamService, copy::Server),
     stop: CancellationToken,
 ) {
+    let services = Services { streams, copies };
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_peer = PeerSlots::new(MAX_CONNECTIONS_PER_PEER);
     let incoming = Box::pin(futures::stream::unfold(listener, |listener| async move {

@@ -12,8 +12,7 @@
 //! - `stream`: `/vodmesh/stream/1`, segments streamed to consoles, under `--max-streams`.
 //! - `admit`: who may stream or copy (tokens, the director's approval).
 //! - `accept`: the accept loop every protocol shares.
-//! - `bulk`: `/vodmesh/stream/1` and `/vodmesh/copy/1` on TLS connections of their own (no
-//!   yamux), for consoles and for other engines' copies.
+//! - `bulk`: `/vodmesh/stream/1` and `/vodmesh/copy/1` on TLS connections without yamux.
 //! - `http`: the HTTP edge of `--http`, segments for standard players under the same
 //!   admission and `--max-streams`.
 //! - `report`: what the engine tells its director of itself.
@@ -283,10 +282,7 @@ pub async fn start(
 
     let bulk_error = |source| Error::Bulk { index, source };
     let acceptor = vodmesh_proto::net::bulk::Acceptor::new(&key).map_err(bulk_error)?;
-    let copies = vodmesh_proto::net::bulk::pool::Pool::new(
-        key.clone(),
-        vodmesh_proto::net::bulk::Exchange::Copy,
-    );
+    let copier_key = key.clone();
     let mut swarm = build_swarm(key, |k| EngineBehaviour {
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), k.public())
@@ -344,7 +340,7 @@ pub async fn start(
     };
     let (allowed, allowed_rx) = watch::channel(HashMap::new());
     let mut copier = copy::Copier::new(
-        (peer_id, swarm.behaviour().streams.new_control(), copies),
+        (&copier_key, swarm.behaviour().streams.new_control()),
         store.clone(),
         allowed,
         reporter.clone(),
@@ -498,15 +494,11 @@ impl Blade {
             edge.stop = stop.child_token();
             loops.spawn(http::serve(listener, edge));
         }
-        let exchanges = bulk::Services {
-            streams: streams.clone(),
-            copies: copy_server.clone(),
-        };
         loops.spawn(bulk::serve(
             (self.index, metrics.clone()),
             bulk_listener,
             acceptor,
-            exchanges,
+            (streams.clone(), copy_server.clone()),
             stop.clone(),
         ));
         let index = self.index;

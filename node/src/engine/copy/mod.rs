@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::AsyncReadExt;
+use libp2p::identity::Keypair;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{self, CopyReply, CopyRequest, MAX_FRAME};
 use vodmesh_proto::manifest::MAX_SEGMENT_SIZE;
+use vodmesh_proto::net::bulk::Exchange;
 use vodmesh_proto::net::bulk::pool::{Pool, Wire};
 use vodmesh_proto::net::prefer_tcp;
 use vodmesh_proto::time::now_ms;
@@ -92,23 +94,24 @@ pub(crate) struct Copier {
 }
 
 impl Copier {
-    /// Copies made over `control`'s libp2p streams, or over bulk connections of `bulk`.
+    /// Copies made as the engine whose identity is `key`, over `control`'s libp2p streams or
+    /// over bulk connections of its own.
     pub(crate) fn new(
-        (peer_id, control, bulk): (PeerId, vodmesh_proto::net::streams::Control, Pool),
+        (key, control): (&Keypair, vodmesh_proto::net::streams::Control),
         store: SegmentStore,
         allowed: watch::Sender<Approvals>,
         reporter: Reporter,
         token: TokenSlot,
     ) -> Self {
         Self {
-            peer_id,
+            peer_id: key.public().to_peer_id(),
             control,
             store,
             allowed,
             reporter,
             fetches: Arc::new(Semaphore::new(MAX_FETCHES)),
             token,
-            bulk: Arc::new(bulk),
+            bulk: Arc::new(Pool::new(key.clone(), Exchange::Copy)),
             metrics: Default::default(),
             observer: Default::default(),
         }
