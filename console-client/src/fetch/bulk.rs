@@ -23,14 +23,11 @@ impl Fetcher {
         fresh: bool,
     ) -> Result<Wire, Attempt> {
         let engine = location.engine;
-        let bulk = self.bulk.address(engine, location.bulk, &location.addrs);
-        if let Some(addr) = bulk {
-            match self.bulk.take(engine, addr, fresh).await {
-                Ok(wire) => return Ok(wire),
-                Err(e) => {
-                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
-                }
-            }
+        // The connect and the handshake are each bounded by `HANDSHAKE_WITHIN` already.
+        let within = 2 * vodmesh_proto::net::bulk::HANDSHAKE_WITHIN;
+        let bulk = (location.bulk, location.addrs.as_slice());
+        if let Some(wire) = self.bulk.open(engine, bulk, fresh, within).await {
+            return Ok(wire);
         }
         let unreachable = |e: AttemptError| Attempt::Ended(Ended::Unreachable(engine), e);
         let client = &self.directors.first;

@@ -335,19 +335,13 @@ impl Fetch {
         patience: Duration,
         fresh: bool,
     ) -> Result<Wire, Attempt> {
-        let engine = source.engine;
-        if let Some(addr) = self.bulk.address(engine, source.bulk, &source.addrs) {
-            match tokio::time::timeout(patience, self.bulk.take(engine, addr, fresh)).await {
-                Ok(Ok(wire)) => return Ok(wire),
-                Ok(Err(e)) => {
-                    tracing::debug!(%engine, %addr, error = %e, "no bulk connection: a libp2p stream");
-                }
-                Err(_) => {
-                    tracing::debug!(%engine, %addr, "no bulk connection in time: a libp2p stream");
-                }
-            }
+        let bulk = (source.bulk, source.addrs.as_slice());
+        match self.bulk.open(source.engine, bulk, fresh, patience).await {
+            Some(wire) => Ok(wire),
+            None => open(control, source.engine, patience)
+                .await
+                .map(Wire::Stream),
         }
-        open(control, engine, patience).await.map(Wire::Stream)
     }
 
     /// Sends `request` to `source` and reads its reply, on the wire it came on. A kept bulk

@@ -107,9 +107,33 @@ impl Pool {
         }
     }
 
+    /// A bulk connection to `engine`, whose bulk listener is `bulk` and libp2p addresses
+    /// `addrs`: a kept one (unless `fresh`), else a new one within `within`. `None` when the
+    /// engine has no bulk address, failed lately, or fails now (a connect that does not
+    /// finish in time counts as failed): the caller takes a libp2p stream.
+    pub async fn open(
+        &self,
+        engine: PeerId,
+        (bulk, addrs): (Option<SocketAddr>, &[Multiaddr]),
+        fresh: bool,
+        within: Duration,
+    ) -> Option<Wire> {
+        let addr = self.address(engine, bulk, addrs)?;
+        let failed = match tokio::time::timeout(within, self.take(engine, addr, fresh)).await {
+            Ok(Ok(wire)) => return Some(wire),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                self.failed(engine);
+                format!("no connection within {within:?}")
+            }
+        };
+        tracing::debug!(%engine, %addr, error = %failed, "no bulk connection: a libp2p stream");
+        None
+    }
+
     /// The address to reach `engine`'s bulk listener `bulk` at (its libp2p addresses are
     /// `addrs`), unless it has none or failed lately.
-    pub fn address(
+    fn address(
         &self,
         engine: PeerId,
         bulk: Option<SocketAddr>,
@@ -127,7 +151,7 @@ impl Pool {
 
     /// A connection to `engine` at `addr`: an idle one kept to that address (`fresh` false),
     /// else a new one.
-    pub async fn take(&self, engine: PeerId, addr: SocketAddr, fresh: bool) -> Result<Wire, Error> {
+    async fn take(&self, engine: PeerId, addr: SocketAddr, fresh: bool) -> Result<Wire, Error> {
         let connector = {
             let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
             let kept = match engines.entry(engine) {
@@ -157,13 +181,18 @@ impl Pool {
                 reused: false,
             }),
             Err(e) => {
-                if let Ok(mut engines) = self.engines.lock()
-                    && let Some(kept) = engines.get_mut(&engine)
-                {
-                    kept.failed = Some(Instant::now());
-                }
+                self.failed(engine);
                 Err(e)
             }
+        }
+    }
+
+    /// `engine`'s bulk address failed: it is passed over for [`FALLBACK_FOR`].
+    fn failed(&self, engine: PeerId) {
+        if let Ok(mut engines) = self.engines.lock()
+            && let Some(kept) = engines.get_mut(&engine)
+        {
+            kept.failed = Some(Instant::now());
         }
     }
 
@@ -208,6 +237,45 @@ fn dialed(bulk: SocketAddr, addrs: &[Multiaddr]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine whose bulk port takes the TCP connect but never answers the handshake (a
+    /// wedged process, a middlebox): the connect in time fails, and the next segment is not
+    /// held up by it again: the address is passed over (no second connect). Control: an engine
+    /// that answers is connected to.
+    #[tokio::test(start_paused = true)]
+    async fn a_bulk_address_that_does_not_answer_in_time_is_passed_over() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        silent.set_nonblocking(true).unwrap();
+        let addr = silent.local_addr().unwrap();
+        let engine = Keypair::generate_ed25519();
+        let peer = engine.public().to_peer_id();
+        let pool = Pool::new(Keypair::generate_ed25519(), Exchange::Copy);
+        let within = Duration::from_secs(2);
+        assert!(
+            pool.open(peer, (Some(addr), &[]), false, within)
+                .await
+                .is_none()
+        );
+        assert!(
+            pool.open(peer, (Some(addr), &[]), false, within)
+                .await
+                .is_none()
+        );
+        let connects = std::iter::from_fn(|| silent.accept().ok()).count();
+        assert_eq!(connects, 1, "connects to a silent bulk address");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = super::super::Acceptor::new(&engine).unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _kept = acceptor.accept(tcp).await;
+            std::future::pending::<()>().await;
+        });
+        let other = Pool::new(Keypair::generate_ed25519(), Exchange::Copy);
+        let wire = other.open(peer, (Some(addr), &[]), false, within).await;
+        assert!(matches!(wire, Some(Wire::Bulk { reused: false, .. })));
+    }
 
     #[test]
     fn an_engine_on_every_interface_is_dialed_on_the_ip_of_its_tcp_address() {
