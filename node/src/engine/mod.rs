@@ -651,11 +651,11 @@ impl Blade {
                     }
                 });
             }
+            // One durable commit for the whole program: this loop, and the swarm it polls,
+            // wait on one fsync, not on one per segment.
             EngineCommand::Pin { segments } => {
-                for s in segments {
-                    if let Err(e) = self.store.set_pinned(s, true).await {
-                        tracing::debug!(segment = %s, error = %e, "pin failed");
-                    }
+                if let Err(e) = self.store.set_pinned_all(&segments, true).await {
+                    tracing::warn!(segments = segments.len(), error = %e, "pin failed");
                 }
             }
             EngineCommand::Remove { segments } => {

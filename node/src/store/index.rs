@@ -4,6 +4,7 @@
 //! Every call here is blocking (redb commits fsync); the store runs them on its index worker.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
@@ -94,6 +95,8 @@ fn db_err(e: impl Into<redb::Error>) -> IndexError {
 
 pub(crate) struct Index {
     db: Database,
+    /// Durable commits so far: each one waits on the device.
+    durable_commits: AtomicU64,
 }
 
 impl Index {
@@ -120,7 +123,10 @@ impl Index {
             tx.open_table(GROUPS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            durable_commits: AtomicU64::new(0),
+        })
     }
 
     /// Every row, in key order.
@@ -243,7 +249,16 @@ impl Index {
             }
         }
         tx.commit().map_err(db_err)?;
+        if durable {
+            self.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Durable commits since the index was opened.
+    #[cfg(test)]
+    pub(crate) fn durable_commits(&self) -> u64 {
+        self.durable_commits.load(Ordering::Relaxed)
     }
 }
 

@@ -406,37 +406,49 @@ impl SegmentStore {
 
     /// Pins `segment` (never evicted, e.g. on the home station) or unpins it.
     pub async fn set_pinned(&self, segment: SegmentId, pinned: bool) -> Result<(), Error> {
-        self.set_flags(segment, Some(pinned), None).await
+        match self.set_pinned_all(&[segment], pinned).await? {
+            0 => Err(Error::NotFound(segment)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Pins `segments` or unpins them, in one durable commit however many they are: a home
+    /// pins a whole program at once, and its engine's loop waits on one fsync, not one per
+    /// segment. Segments this store does not hold are passed over; returns how many it holds.
+    pub async fn set_pinned_all(
+        &self,
+        segments: &[SegmentId],
+        pinned: bool,
+    ) -> Result<usize, Error> {
+        let (mut held, mut ops) = (0, Vec::new());
+        {
+            let mut st = self.inner.state();
+            for segment in segments {
+                if let Some(flags) = st.holdings.set_flags(segment, Some(pinned), None) {
+                    held += 1;
+                    ops.extend(flags.map(|flags| flags_op(*segment, flags)));
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops).await?;
+        }
+        Ok(held)
     }
 
     /// Records whether another station also holds `segment` (only such segments are evicted).
     pub async fn set_held_elsewhere(&self, segment: SegmentId, held: bool) -> Result<(), Error> {
-        self.set_flags(segment, None, Some(held)).await
-    }
-
-    async fn set_flags(
-        &self,
-        segment: SegmentId,
-        pinned: Option<bool>,
-        held: Option<bool>,
-    ) -> Result<(), Error> {
         let flags = self
             .inner
             .state()
             .holdings
-            .set_flags(&segment, pinned, held);
-        let flags = match flags {
-            None => return Err(Error::NotFound(segment)),
+            .set_flags(&segment, None, Some(held));
+        match flags {
+            None => Err(Error::NotFound(segment)),
             // A filling segment's flags go to the index with its complete row.
-            Some(None) => return Ok(()),
-            Some(Some(flags)) => flags,
-        };
-        let op = Op::Flags {
-            segment,
-            pinned: flags.0,
-            held_elsewhere: flags.1,
-        };
-        self.commit(vec![op]).await
+            Some(None) => Ok(()),
+            Some(Some(flags)) => self.commit(vec![flags_op(segment, flags)]).await,
+        }
     }
 
     /// Applies `ops` to the index in one durable commit, on its worker.
@@ -661,10 +673,25 @@ impl SegmentStore {
         let _ = self.inner.index_worker.run(|| ()).await;
     }
 
+    /// Durable commits of the index since the store opened.
+    #[cfg(test)]
+    pub(crate) fn durable_commits(&self) -> u64 {
+        self.inner.index.durable_commits()
+    }
+
     /// `disk`'s worker (its reads, writes and removals), or with `sync` its sync thread
     /// (where written segments are sealed), for tests that occupy it.
     pub(crate) fn disk_thread(&self, disk: usize, sync: bool) -> &Worker {
         let d = &self.inner.disks[disk];
         if sync { &d.syncer } else { &d.worker }
+    }
+}
+
+/// The index's record of `segment`'s flags, `(pinned, held_elsewhere)`.
+fn flags_op(segment: SegmentId, (pinned, held_elsewhere): (bool, bool)) -> Op {
+    Op::Flags {
+        segment,
+        pinned,
+        held_elsewhere,
     }
 }

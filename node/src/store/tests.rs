@@ -717,6 +717,51 @@ async fn flags_and_last_use_survive_reopen() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_program_is_pinned_in_one_durable_commit_and_stays_pinned_after_a_restart() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 2, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let program: Vec<SegmentId> = (0..32).map(|i| seg(12, i)).collect();
+    for (i, id) in program.iter().enumerate() {
+        put(&store, *id, &bytes(i as u8, 1000)).await?;
+    }
+    let others = [seg(13, 0), seg(13, 1)];
+    for id in others {
+        put(&store, id, &bytes(99, 1000)).await?;
+    }
+    // A home tells every engine of the station the whole program: most are held elsewhere.
+    let mut told = program.clone();
+    told.push(seg(12, 32));
+    let before = store.durable_commits();
+    assert_eq!(store.set_pinned_all(&told, true).await?, program.len());
+    assert_eq!(
+        store.durable_commits() - before,
+        1,
+        "one commit for the program"
+    );
+    // Control: pinned one at a time, each is a commit of its own.
+    store.set_pinned(others[0], true).await?;
+    store.set_pinned(others[1], true).await?;
+    assert_eq!(store.durable_commits() - before, 3);
+    store.set_pinned(others[1], false).await?;
+    assert!(matches!(
+        store.set_pinned(seg(12, 32), true).await,
+        Err(Error::NotFound(_))
+    ));
+    store.shutdown().await?;
+    drop(store);
+
+    let (store, _events) = SegmentStore::open(cfg).await?;
+    for id in program.iter().chain(&others[..1]) {
+        assert!(store.info(id).ok_or("missing after reopen")?.pinned, "{id}");
+    }
+    assert!(!store.info(&others[1]).ok_or("missing")?.pinned);
+    store.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_location_table_survives_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("director.redb");
