@@ -9,7 +9,7 @@ use vodmesh_proto::SegmentId;
 use vodmesh_proto::station::DiskUsage;
 
 use crate::control::{EngineEvent, EngineId, EngineReport};
-use crate::store::{self, SegmentStore};
+use crate::store::SegmentStore;
 
 /// The longest disk path reported (its tail is kept), to keep station records small.
 const MAX_DISK_PATH: usize = 96;
@@ -114,14 +114,9 @@ impl Reporter {
     /// Removes `segments` from the store (those not stored are skipped) and reports each one
     /// gone; returns those being read, which cannot go yet.
     pub(super) async fn remove(&self, segments: Vec<SegmentId>) -> Vec<SegmentId> {
-        let mut busy = Vec::new();
-        for segment in segments {
-            match self.store.remove(segment).await {
-                Ok(()) => self.dropped(segment).await,
-                Err(store::Error::NotFound(_)) => {}
-                Err(store::Error::Busy(_)) => busy.push(segment),
-                Err(e) => tracing::warn!(%segment, error = %e, "segment not removed"),
-            }
+        let (removed, busy) = self.store.remove_all(&segments).await;
+        for segment in removed {
+            self.dropped(segment).await;
         }
         busy
     }

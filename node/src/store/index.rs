@@ -66,11 +66,8 @@ pub(crate) enum Op {
     /// Keeps a segment's chunk-group leaves (`vodmesh_proto::verified::Leaves::to_bytes`).
     Groups(SegmentId, Vec<u8>),
     Touch(SegmentId, u64),
-    Flags {
-        segment: SegmentId,
-        pinned: bool,
-        held_elsewhere: bool,
-    },
+    /// A segment's flags: `(pinned, held_elsewhere)`.
+    Flags(SegmentId, (bool, bool)),
     /// `program` may not be streamed until `Some(ms)`; `None`: it may.
     Embargo(ProgramId, Option<u64>),
 }
@@ -95,8 +92,8 @@ fn db_err(e: impl Into<redb::Error>) -> IndexError {
 
 pub(crate) struct Index {
     db: Database,
-    /// Durable commits so far: each one waits on the device.
-    durable_commits: AtomicU64,
+    /// Commits so far, and of them the durable ones (each waits on the device).
+    commits: [AtomicU64; 2],
 }
 
 impl Index {
@@ -125,7 +122,7 @@ impl Index {
         tx.commit().map_err(db_err)?;
         Ok(Self {
             db,
-            durable_commits: AtomicU64::new(0),
+            commits: Default::default(),
         })
     }
 
@@ -229,11 +226,7 @@ impl Index {
                                 .map_err(db_err)?;
                         }
                     }
-                    Op::Flags {
-                        segment,
-                        pinned,
-                        held_elsewhere,
-                    } => {
+                    Op::Flags(segment, (pinned, held_elsewhere)) => {
                         let old = segs
                             .get(id_to_key(segment))
                             .map_err(db_err)?
@@ -249,16 +242,16 @@ impl Index {
             }
         }
         tx.commit().map_err(db_err)?;
-        if durable {
-            self.durable_commits.fetch_add(1, Ordering::Relaxed);
-        }
+        self.commits[usize::from(durable)].fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Durable commits since the index was opened.
+    /// Commits since the index was opened: all of them, and the durable ones.
     #[cfg(test)]
-    pub(crate) fn durable_commits(&self) -> u64 {
-        self.durable_commits.load(Ordering::Relaxed)
+    pub(crate) fn commits(&self) -> (u64, u64) {
+        let [other, durable] = &self.commits;
+        let durable = durable.load(Ordering::Relaxed);
+        (other.load(Ordering::Relaxed) + durable, durable)
     }
 }
 

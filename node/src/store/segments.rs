@@ -426,7 +426,7 @@ impl SegmentStore {
             for segment in segments {
                 if let Some(flags) = st.holdings.set_flags(segment, Some(pinned), None) {
                     held += 1;
-                    ops.extend(flags.map(|flags| flags_op(*segment, flags)));
+                    ops.extend(flags.map(|flags| Op::Flags(*segment, flags)));
                 }
             }
         }
@@ -447,7 +447,7 @@ impl SegmentStore {
             None => Err(Error::NotFound(segment)),
             // A filling segment's flags go to the index with its complete row.
             Some(None) => Ok(()),
-            Some(Some(flags)) => self.commit(vec![flags_op(segment, flags)]).await,
+            Some(Some(flags)) => self.commit(vec![Op::Flags(segment, flags)]).await,
         }
     }
 
@@ -483,20 +483,31 @@ impl SegmentStore {
 
     /// Deletes a complete segment that nobody is reading.
     pub async fn remove(&self, segment: SegmentId) -> Result<(), Error> {
-        let disk = {
+        let (removed, busy) = self.remove_all(&[segment]).await;
+        match (removed.is_empty(), busy.is_empty()) {
+            (false, _) => Ok(()),
+            (true, false) => Err(Error::Busy(segment)),
+            (true, true) => Err(Error::NotFound(segment)),
+        }
+    }
+
+    /// Deletes the complete segments of `segments` that nobody is reading, their index rows in
+    /// one commit however many they are (a program is removed at once): the segments removed,
+    /// and those being read (to try again later). Segments not held are passed over.
+    pub async fn remove_all(&self, segments: &[SegmentId]) -> (Vec<SegmentId>, Vec<SegmentId>) {
+        let (mut victims, mut busy) = (Vec::new(), Vec::new());
+        {
             let mut st = self.inner.state();
-            match st.holdings.stored(&segment) {
-                None => return Err(Error::NotFound(segment)),
-                Some(s) if s.readers > 0 => return Err(Error::Busy(segment)),
-                Some(_) => {}
+            for segment in segments {
+                match st.holdings.stored(segment) {
+                    None => continue,
+                    Some(s) if s.readers > 0 => busy.push(*segment),
+                    Some(_) => victims.extend(st.take_out(segment).map(|s| (*segment, s.disk))),
+                }
             }
-            let Some(s) = st.take_out(&segment) else {
-                return Err(Error::NotFound(segment));
-            };
-            s.disk
-        };
-        self.inner.remove_files(&[(segment, disk)]).await;
-        Ok(())
+        }
+        self.inner.remove_files(&victims).await;
+        (victims.into_iter().map(|(s, _)| s).collect(), busy)
     }
 
     /// Re-hashes every complete segment (disks in parallel) and drops those that do not match
@@ -673,10 +684,10 @@ impl SegmentStore {
         let _ = self.inner.index_worker.run(|| ()).await;
     }
 
-    /// Durable commits of the index since the store opened.
+    /// Commits of the index since the store opened: all of them, and the durable ones.
     #[cfg(test)]
-    pub(crate) fn durable_commits(&self) -> u64 {
-        self.inner.index.durable_commits()
+    pub(crate) fn commits(&self) -> (u64, u64) {
+        self.inner.index.commits()
     }
 
     /// `disk`'s worker (its reads, writes and removals), or with `sync` its sync thread
@@ -684,14 +695,5 @@ impl SegmentStore {
     pub(crate) fn disk_thread(&self, disk: usize, sync: bool) -> &Worker {
         let d = &self.inner.disks[disk];
         if sync { &d.syncer } else { &d.worker }
-    }
-}
-
-/// The index's record of `segment`'s flags, `(pinned, held_elsewhere)`.
-fn flags_op(segment: SegmentId, (pinned, held_elsewhere): (bool, bool)) -> Op {
-    Op::Flags {
-        segment,
-        pinned,
-        held_elsewhere,
     }
 }

@@ -115,10 +115,11 @@ impl Server {
     /// Whether `peer` may have the copy it asks for; why not, counted, when it may not.
     ///
     /// The director approves a station's engines before it names this engine to them, but its
-    /// approval comes through this engine's command loop, which a busy moment holds up (44 ms
-    /// was seen right after an ingest), while the copy request may come over a kept bulk
-    /// connection at once: a peer whose engine token passes waits up to [`APPROVAL_WAIT`] for
-    /// the approval. A peer with no such token is refused at once.
+    /// approval comes through this engine's command loop, which a busy moment holds up (right
+    /// after an ingest it waited 12-16 ms on the program's pin, when that was a commit per
+    /// segment), while the copy request may come over a kept bulk connection at once: a peer
+    /// whose engine token passes waits up to [`APPROVAL_WAIT`] for the approval. A peer with
+    /// no such token is refused at once.
     async fn admit(&self, peer: PeerId, request: &CopyRequest) -> Result<(), String> {
         let segment = request.segment;
         let token = request.token.as_deref().map(Vec::as_slice);
