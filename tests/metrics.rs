@@ -167,6 +167,7 @@ async fn metrics_move_as_streams_run() -> Result<()> {
             *last = Scrape::of(&url).await?;
             let m = &*last;
             Ok(m.sum("vodmesh_hits_total", "") == 4.0
+                && m.sum("vodmesh_locates_total", "") == 4.0
                 && m.sum("vodmesh_streams_started_total", "") == 4.0
                 && m.sum("vodmesh_streams_stopped_total", "kind=\"complete\"") == 4.0
                 && m.sum("vodmesh_streams_active", "") == 0.0

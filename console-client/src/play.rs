@@ -150,6 +150,11 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
     let (mut playback, mut actions) =
         Playback::<FetchError>::start(&content, speed, start_ms, began);
+    // At `--speed max` a fetch starts at every boundary: a director names the next segments
+    // with each one it is asked for, so most boundaries ask none.
+    if speed == Speed::Max {
+        session.locate_ahead(vodmesh_proto::director::MAX_AHEAD);
+    }
     // The rendition each position was fetched in, and when the last fetch ended (fetches
     // from one engine take turns: a fetch's throughput is measured from then).
     let mut fetched_in: HashMap<SegmentIndex, String> = HashMap::new();

@@ -263,6 +263,13 @@ impl Session {
             .await
     }
 
+    /// Each director asked where a segment is also names the `count` segments after it (at
+    /// most [`vodmesh_proto::director::MAX_AHEAD`]), and the first attempt at each of those
+    /// goes there without asking: for a play that fetches several segments at once.
+    pub(crate) fn locate_ahead(&self, count: u8) {
+        self.fetcher.ahead.ask_for(count);
+    }
+
     /// Busy answers this session waited out so far (an engine at `--max-streams`, or a
     /// director with nothing free to send it to).
     pub fn waits(&self) -> u32 {

@@ -56,6 +56,7 @@ struct Inner {
     bytes_in: Family<Kind, Counter>,
     copies: Counter,
     hits: Counter,
+    locates: Counter,
     misses: Counter,
     replications: Counter,
     swaps: Counter,
@@ -95,6 +96,7 @@ impl Metrics {
             bytes_in: Family::default(),
             copies: Counter::default(),
             hits: Counter::default(),
+            locates: Counter::default(),
             misses: Counter::default(),
             replications: Counter::default(),
             swaps: Counter::default(),
@@ -156,8 +158,13 @@ impl Metrics {
         );
         r.register(
             "hits",
-            "Segment locations answered from this station's own engines",
+            "Segment locations answered from this station's own engines (those named ahead too)",
             inner.hits.clone(),
+        );
+        r.register(
+            "locates",
+            "Locate requests from consoles (one may name several segments: Locate { ahead })",
+            inner.locates.clone(),
         );
         r.register(
             "misses",
@@ -332,6 +339,11 @@ impl Metrics {
     /// A segment location answered from this station's own engines.
     pub(crate) fn hit(&self) {
         self.inner.hits.inc();
+    }
+
+    /// A console asked where a segment is (`Locate`).
+    pub(crate) fn locate(&self) {
+        self.inner.locates.inc();
     }
 
     /// A console's bulk connection to an engine completed its handshake.
@@ -629,6 +641,7 @@ mod tests {
     fn encodes_every_family() {
         let m = Metrics::new();
         m.hit();
+        m.locate();
         m.streamed(1000);
         m.bulk_connection();
         m.received("copy", 5);
@@ -644,6 +657,7 @@ mod tests {
         let text = m.encode();
         for line in [
             "vodmesh_hits_total 1",
+            "vodmesh_locates_total 1",
             "vodmesh_stream_bytes_out_total 1000",
             "vodmesh_bulk_connections_total 1",
             "vodmesh_bytes_in_total{kind=\"copy\"} 5",

@@ -83,6 +83,11 @@ pub enum Request {
         /// this request, but alive, so a copy may still be taken from them (claims 19, 20).
         #[serde(default)]
         busy: Vec<PeerId>,
+        /// Also name the engines of up to this many segments after this one, those this
+        /// station holds whole now ([`SegmentLocation::ahead`]): a console fetching several
+        /// segments at once asks once for them (at most [`MAX_AHEAD`]).
+        #[serde(default)]
+        ahead: u8,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
@@ -189,7 +194,16 @@ pub struct SegmentLocation {
     /// the engine's: the console takes the IP of its TCP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulk: Option<std::net::SocketAddr>,
+    /// Where the segments right after this one are, in order, as far as `Locate { ahead }`
+    /// asked and this station holds them whole: the engine chosen for each now. A console
+    /// goes there without asking, for a moment; a busy or unreachable engine sends it back
+    /// to a director. Always empty within an entry of `ahead`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<SegmentLocation>,
 }
+
+/// The most segments a `Locate` names beyond its own ([`Request::Locate`]'s `ahead`).
+pub const MAX_AHEAD: u8 = 8;
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -395,6 +409,7 @@ mod tests {
                 complete: false,
                 avoid: vec![PeerId::random()],
                 busy: vec![PeerId::random()],
+                ahead: 4,
             },
             Request::Replicate {
                 program,

@@ -67,12 +67,32 @@ impl Console {
         index: impl Into<vodmesh_proto::SegmentIndex>,
         complete: bool,
     ) -> Result<SegmentLocation> {
+        self.ask_locate(program, index.into(), (complete, 0)).await
+    }
+
+    /// [`Console::locate`] of segment `index`, asking for the `ahead` segments after it too.
+    pub async fn locate_ahead(
+        &self,
+        program: ProgramId,
+        index: impl Into<vodmesh_proto::SegmentIndex>,
+        ahead: u8,
+    ) -> Result<SegmentLocation> {
+        self.ask_locate(program, index.into(), (false, ahead)).await
+    }
+
+    async fn ask_locate(
+        &self,
+        program: ProgramId,
+        index: vodmesh_proto::SegmentIndex,
+        (complete, ahead): (bool, u8),
+    ) -> Result<SegmentLocation> {
         let request = Request::Locate {
             program,
-            index: index.into(),
+            index,
             complete,
             avoid: Vec::new(),
             busy: Vec::new(),
+            ahead,
         };
         match self.client.request(request).await? {
             Response::Location(l) => Ok(l),

@@ -39,6 +39,7 @@ use crate::directors::{AskError, Directors};
 use crate::hedge::{self, Choice, Due};
 use crate::retry::{Ended, Next, Recent, Retry};
 
+pub(crate) mod ahead;
 mod bulk;
 mod error;
 mod limit;
@@ -256,6 +257,8 @@ pub(crate) struct Fetcher {
     slots: EngineSlots,
     unreachable: Mutex<Recent>,
     waits: AtomicU32,
+    /// Segments named ahead by directors, and how many to ask for.
+    pub(crate) ahead: ahead::Ahead,
 }
 
 impl Fetcher {
@@ -267,6 +270,7 @@ impl Fetcher {
             slots: EngineSlots::default(),
             unreachable: Mutex::default(),
             waits: AtomicU32::new(0),
+            ahead: ahead::Ahead::default(),
         }
     }
 
@@ -467,14 +471,24 @@ impl Fetcher {
             }
         }
         let named = !avoid.is_empty() || !retry.busy().is_empty();
+        let segment = SegmentId::new(manifest.program, index.0);
+        if !named && let Some(location) = self.ahead.take(segment, Instant::now()) {
+            return Ok(location);
+        }
         let locate = Request::Locate {
             program: manifest.program,
             index,
             complete: false,
             avoid,
             busy: retry.busy().to_vec(),
+            ahead: if named { 0 } else { self.ahead.count() },
         };
         match located(self.directors.ask(locate).await) {
+            Ok(mut location) => {
+                let ahead = std::mem::take(&mut location.ahead);
+                self.ahead.keep(segment, ahead, Instant::now());
+                Ok(location)
+            }
             // Nothing but what this console named: those engines are tried again.
             Err(Attempt::Final(FetchError::NotFound(reply))) if named => Err(Attempt::Ended(
                 Ended::NothingElse,

@@ -88,6 +88,7 @@ impl Fetcher {
                         complete: true,
                         avoid: Vec::new(),
                         busy: Vec::new(),
+                        ahead: 0,
                     };
                     let answer = self
                         .directors

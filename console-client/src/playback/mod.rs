@@ -704,6 +704,7 @@ mod tests {
             http: None,
             https: false,
             bulk: None,
+            ahead: Vec::new(),
         }
     }
 

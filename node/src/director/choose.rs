@@ -59,6 +59,8 @@ pub(super) struct Locating {
     pub(super) avoid: Vec<PeerId>,
     /// Engines that answered it busy: alive holders without a slot for it now.
     pub(super) busy: Vec<PeerId>,
+    /// Segments after this one to name too, when held whole here (`Locate { ahead }`).
+    pub(super) ahead: u8,
 }
 
 /// What the director knows of the console asking.
@@ -291,6 +293,7 @@ impl Holder {
             http: None,
             https: false,
             bulk: None,
+            ahead: Vec::new(),
         };
         if let Some(e) = (self.station.engines.iter()).find(|e| e.peer_id == self.engine) {
             location.http = e.http;

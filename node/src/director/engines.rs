@@ -206,6 +206,7 @@ impl EngineTable {
             http: engine.http,
             https: engine.https,
             bulk: engine.bulk,
+            ahead: Vec::new(),
         })
     }
 

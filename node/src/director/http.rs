@@ -229,6 +229,7 @@ async fn redirect(
             complete: false,
             avoid: avoid.clone(),
             busy: Vec::new(),
+            ahead: 0,
         };
         let location = match ask(edge, subscriber, locate).await {
             Ok(Answer::Location(location)) => location,

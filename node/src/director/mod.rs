@@ -376,9 +376,12 @@ impl Director {
             {
                 self.publish.fetch_for_locate(&ctx, ask, channel)
             }
-            Located::Now(located) => {
-                if located.is_ok() {
-                    self.metrics.hit();
+            Located::Now(mut located) => {
+                if let Ok(location) = &mut located {
+                    location.ahead = (self.play).locate_ahead(&mut ctx, &self.publish, &ask);
+                    for _ in 0..=location.ahead.len() {
+                        self.metrics.hit();
+                    }
                 }
                 Some((channel, respond(located, Response::Location)))
             }
@@ -607,6 +610,7 @@ impl Director {
                 complete: true,
                 ..
             } => {
+                self.metrics.locate();
                 let segment = SegmentId::new(program, index);
                 let source = self.miss.source_of(&segment);
                 let located =
@@ -621,13 +625,16 @@ impl Director {
                 index,
                 avoid,
                 busy,
+                ahead,
                 ..
             } => {
+                self.metrics.locate();
                 let ask = Locating {
                     console: peer,
                     segment: SegmentId::new(program, index),
                     avoid,
                     busy,
+                    ahead: ahead.min(director::MAX_AHEAD),
                 };
                 self.locate(ask, channel, true)
             }

@@ -152,6 +152,39 @@ impl Play {
         Located::Now(located)
     }
 
+    /// `Locate { ahead }`: the engines of the segments after `ask`'s, in order, as long as
+    /// this station holds each whole and has an engine with a slot for it, chosen as a
+    /// `Locate` of each would choose now, and each preloaded as that `Locate` would. A console
+    /// fetching several segments at once then asks once for them, not once per segment.
+    pub(super) fn locate_ahead(
+        &self,
+        ctx: &mut Ctx<'_>,
+        publish: &Publishing,
+        ask: &Locating,
+    ) -> Vec<SegmentLocation> {
+        let mut ahead = Vec::new();
+        for i in 1..=u32::from(ask.ahead) {
+            let Some(index) = ask.segment.index.0.checked_add(i) else {
+                break;
+            };
+            let next = Locating {
+                console: ask.console,
+                segment: SegmentId::new(ask.segment.program, index),
+                avoid: ask.avoid.clone(),
+                busy: Vec::new(),
+                ahead: 0,
+            };
+            match self.locate_here(ctx, publish, &next) {
+                Ok(location) if !location.filling => {
+                    preload(ctx, &location, next.segment);
+                    ahead.push(location);
+                }
+                _ => break,
+            }
+        }
+        ahead
+    }
+
     /// The engine of this station that should stream the segment to the console asking
     /// ([`choose::stream_engine`]): not held when no engine that is up and not avoided holds
     /// it, at capacity when those that do have no slot free for it.

@@ -89,6 +89,7 @@ async fn measure(
                 complete: false,
                 avoid: Vec::new(),
                 busy: Vec::new(),
+                ahead: 0,
             })
             .await?
         {

@@ -260,6 +260,7 @@ async fn bulk_address(director: &Multiaddr, program: ProgramId) -> Result<Option
         complete: true,
         avoid: Vec::new(),
         busy: Vec::new(),
+        ahead: 0,
     };
     match client.request(locate).await? {
         Response::Location(l) => Ok(l.bulk),
