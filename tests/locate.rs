@@ -79,7 +79,9 @@ async fn a_director_names_the_next_segments_and_a_console_goes_there_without_ask
     assert_eq!(engines(&many), alone[1..=MAX_AHEAD as usize]);
     assert!(many.ahead.iter().all(|l| l.ahead.is_empty() && !l.filling));
 
-    // A console at --speed max plays every byte, asking for fewer segments than it plays.
+    // A console at --speed max plays every byte, asking for far fewer segments than it plays
+    // (three asks for the 24, here: each names the eight after it, and the fetches that start
+    // meanwhile wait for its answer).
     let before = locates(&station)?;
     let mut out: Vec<u8> = Vec::new();
     let stats = play::play(
@@ -97,7 +99,7 @@ async fn a_director_names_the_next_segments_and_a_console_goes_there_without_ask
     assert_eq!(stats.bytes, bytes.len() as u64);
     let asked = locates(&station)? - before;
     assert!(
-        (1..u64::from(segments)).contains(&asked),
+        (1..=u64::from(segments / 2)).contains(&asked),
         "{asked} Locate requests for {segments} segments"
     );
     station.shutdown().await;

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vodmesh_proto::director::{ErrorCode, Request, Response, SegmentLocation};
+use vodmesh_proto::director::{ErrorCode, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::stream::StreamRequest;
 use vodmesh_proto::{SegmentId, SegmentIndex};
@@ -43,8 +43,10 @@ pub(crate) mod ahead;
 mod bulk;
 mod error;
 mod limit;
+mod locate;
 mod open;
 mod read;
+use self::ahead::Ahead;
 pub use self::error::{AttemptError, FetchError};
 use self::read::Partial;
 
@@ -258,7 +260,7 @@ pub(crate) struct Fetcher {
     unreachable: Mutex<Recent>,
     waits: AtomicU32,
     /// Segments named ahead by directors, and how many to ask for.
-    pub(crate) ahead: ahead::Ahead,
+    pub(crate) ahead: Ahead,
 }
 
 impl Fetcher {
@@ -270,7 +272,7 @@ impl Fetcher {
             slots: EngineSlots::default(),
             unreachable: Mutex::default(),
             waits: AtomicU32::new(0),
-            ahead: ahead::Ahead::default(),
+            ahead: Ahead::default(),
         }
     }
 
@@ -454,47 +456,6 @@ impl Fetcher {
                 }
                 Next::GiveUp => return Err(FetchError::GaveUp { index, last: error }),
             }
-        }
-    }
-
-    /// Where the director sends this attempt.
-    async fn locate(
-        &self,
-        manifest: &Manifest,
-        index: SegmentIndex,
-        retry: &Retry,
-    ) -> Result<SegmentLocation, Attempt> {
-        let mut avoid = retry.avoid().to_vec();
-        for engine in self.unreachable() {
-            if !avoid.contains(&engine) {
-                avoid.push(engine);
-            }
-        }
-        let named = !avoid.is_empty() || !retry.busy().is_empty();
-        let segment = SegmentId::new(manifest.program, index.0);
-        if !named && let Some(location) = self.ahead.take(segment, Instant::now()) {
-            return Ok(location);
-        }
-        let locate = Request::Locate {
-            program: manifest.program,
-            index,
-            complete: false,
-            avoid,
-            busy: retry.busy().to_vec(),
-            ahead: if named { 0 } else { self.ahead.count() },
-        };
-        match located(self.directors.ask(locate).await) {
-            Ok(mut location) => {
-                let ahead = std::mem::take(&mut location.ahead);
-                self.ahead.keep(segment, ahead, Instant::now());
-                Ok(location)
-            }
-            // Nothing but what this console named: those engines are tried again.
-            Err(Attempt::Final(FetchError::NotFound(reply))) if named => Err(Attempt::Ended(
-                Ended::NothingElse,
-                AttemptError::Director(reply),
-            )),
-            other => other,
         }
     }
 
