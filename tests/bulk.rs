@@ -21,7 +21,7 @@ use vodmesh_proto::net::bulk::{self, Connector, Exchange};
 use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Issuer, Rights};
-use vodmesh_tests::console::{Console, console_token, credentials};
+use vodmesh_tests::console::{Console, console_token, play_max};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::engine_segments;
 use vodmesh_tests::swarm::{self, home_with_program, ingest_options, init_logging, wait_listed};
@@ -32,11 +32,7 @@ const MIB: usize = 1024 * 1024;
 
 /// The station's count of bulk connections its engines took.
 fn bulk_connections(station: &Station) -> Result<u64> {
-    let text = station.metrics().encode();
-    let line = (text.lines())
-        .find_map(|l| l.strip_prefix("vodmesh_bulk_connections_total "))
-        .context("no bulk connection count")?;
-    Ok(line.trim().parse()?)
+    swarm::counter(station, "vodmesh_bulk_connections_total")
 }
 
 /// A raw (not verified) request for `segment` with `token`.
@@ -101,7 +97,6 @@ async fn one_segment(
 /// there are segments (one handshake per engine and stream at once, not per segment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_plays_over_bulk_connections_it_keeps() -> Result<()> {
-    use vodmesh_console::play::{self, Speed};
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
@@ -111,19 +106,7 @@ async fn a_console_plays_over_bulk_connections_it_keeps() -> Result<()> {
     assert!(segments >= 16, "{segments} segments");
     let before = bulk_connections(&station)?;
     let mut out: Vec<u8> = Vec::new();
-    let credentials = credentials(&issuer)?;
-    let program = program.to_string();
-    let stats = play::play(
-        station.addr(),
-        &credentials,
-        &program,
-        0.0,
-        Speed::Max,
-        &mut out,
-        None,
-        |_| {},
-    )
-    .await?;
+    let stats = play_max(station.addr(), &issuer, program, &mut out).await?;
     assert!(out == bytes, "the bytes played are not the bytes ingested");
     assert_eq!(stats.bytes, bytes.len() as u64);
     let connections = bulk_connections(&station)? - before;

@@ -3,31 +3,26 @@
 //! `--speed max` goes to those without asking again. A boundary then costs no round trip
 //! through the console, the director and the engine's preload.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use libp2p::PeerId;
 use vodmesh_node::Station;
 use vodmesh_proto::director::MAX_AHEAD;
 use vodmesh_proto::token::Issuer;
-use vodmesh_tests::console::{Console, credentials};
+use vodmesh_tests::console::{Console, play_max};
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::swarm::{ingest_options, init_logging, station};
+use vodmesh_tests::swarm::{counter, ingest_options, init_logging, station};
 use vodmesh_tools::ingest::{self, IngestOptions};
 
 const MIB: usize = 1024 * 1024;
 
 /// The station's count of `Locate` requests.
 fn locates(station: &Station) -> Result<u64> {
-    let text = station.metrics().encode();
-    let line = (text.lines())
-        .find_map(|l| l.strip_prefix("vodmesh_locates_total "))
-        .context("no Locate count")?;
-    Ok(line.trim().parse()?)
+    counter(station, "vodmesh_locates_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_director_names_the_next_segments_and_a_console_goes_there_without_asking() -> Result<()>
 {
-    use vodmesh_console::play::{self, Speed};
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
@@ -84,17 +79,7 @@ async fn a_director_names_the_next_segments_and_a_console_goes_there_without_ask
     // meanwhile wait for its answer).
     let before = locates(&station)?;
     let mut out: Vec<u8> = Vec::new();
-    let stats = play::play(
-        station.addr(),
-        &credentials(&issuer)?,
-        &program.to_string(),
-        0.0,
-        Speed::Max,
-        &mut out,
-        None,
-        |_| {},
-    )
-    .await?;
+    let stats = play_max(station.addr(), &issuer, program, &mut out).await?;
     assert!(out == bytes, "the bytes played are not the bytes ingested");
     assert_eq!(stats.bytes, bytes.len() as u64);
     let asked = locates(&station)? - before;

@@ -16,7 +16,7 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
-use vodmesh_tests::console::{Console, credentials, read_rest};
+use vodmesh_tests::console::{Console, credentials, play_max, read_rest};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{segment_file, tamper_on_disk};
 use vodmesh_tests::swarm::{self, home_with_program, ingest_options, init_logging};
@@ -298,7 +298,7 @@ impl tokio::io::AsyncWrite for Recorder {
 /// byte for byte (from a seek into the first segment too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
-    use vodmesh_console::play::{self, Speed};
+    use vodmesh_console::play;
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
@@ -309,20 +309,8 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
         SEGMENT,
     )
     .await?;
-    let program = program.to_string();
-    let credentials = credentials(&issuer)?;
     let mut out = Recorder::default();
-    let stats = play::play(
-        station.addr(),
-        &credentials,
-        &program,
-        0.0,
-        Speed::Max,
-        &mut out,
-        None,
-        |_| {},
-    )
-    .await?;
+    let stats = play_max(station.addr(), &issuer, program, &mut out).await?;
     assert!(
         out.bytes == bytes,
         "the bytes played are not the bytes ingested"

@@ -202,6 +202,24 @@ pub struct SegmentLocation {
     pub ahead: Vec<SegmentLocation>,
 }
 
+impl SegmentLocation {
+    /// Engine `engine` at `addrs`, of the station of director `director`: a whole copy, no
+    /// swap, no HTTP or bulk listener known, nothing named ahead.
+    pub fn new(engine: PeerId, addrs: Vec<Multiaddr>, director: PeerId) -> Self {
+        Self {
+            engine,
+            addrs,
+            director,
+            filling: false,
+            swap: false,
+            http: None,
+            https: false,
+            bulk: None,
+            ahead: Vec::new(),
+        }
+    }
+}
+
 /// The most segments a `Locate` names beyond its own ([`Request::Locate`]'s `ahead`).
 pub const MAX_AHEAD: u8 = 8;
 

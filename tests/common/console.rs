@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use futures::AsyncReadExt;
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_client::DirectorClient;
-use vodmesh_console::play::Credentials;
+use vodmesh_console::play::{Credentials, PlayStats};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{Activity, Request, Response, SegmentLocation};
 use vodmesh_proto::station::StationRecord;
@@ -36,6 +36,30 @@ pub fn credentials(issuer: &Issuer) -> Result<Credentials> {
     let key = libp2p::identity::Keypair::generate_ed25519();
     let token = console_token(issuer, key.public().to_peer_id())?;
     Ok(Credentials::new(key, token))
+}
+
+/// `vodmesh-console play --speed max` of `program` from the director at `node` into `out`, as a
+/// console with a token of `issuer`'s: what it says it played.
+pub async fn play_max<W: tokio::io::AsyncWrite + Unpin>(
+    node: &Multiaddr,
+    issuer: &Issuer,
+    program: ProgramId,
+    out: &mut W,
+) -> Result<PlayStats> {
+    let credentials = credentials(issuer)?;
+    let program = program.to_string();
+    let (speed, no_controls) = (vodmesh_console::play::Speed::Max, None);
+    let play = vodmesh_console::play::play(
+        node,
+        &credentials,
+        &program,
+        0.0,
+        speed,
+        out,
+        no_controls,
+        |_| {},
+    );
+    Ok(play.await?)
 }
 
 /// A console connected to one director: its own identity and (with an issuer) its token.

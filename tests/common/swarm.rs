@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use libp2p::PeerId;
 use vodmesh_node::{Station, StationConfig};
 use vodmesh_proto::token::Issuer;
@@ -215,4 +215,13 @@ pub async fn home_with_program(
     .await?
     .program;
     Ok((station, data, bytes, program))
+}
+
+/// The station's counter `name` (a line of its `/metrics` without labels).
+pub fn counter(station: &Station, name: &str) -> Result<u64> {
+    let text = station.metrics().encode();
+    let value = (text.lines())
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no {name} in the station's metrics"))?;
+    Ok(value.trim().parse()?)
 }

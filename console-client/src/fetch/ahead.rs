@@ -155,17 +155,7 @@ mod tests {
     use super::*;
 
     fn at(engine: PeerId) -> SegmentLocation {
-        SegmentLocation {
-            engine,
-            addrs: Vec::new(),
-            director: PeerId::random(),
-            filling: false,
-            swap: false,
-            http: None,
-            https: false,
-            bulk: None,
-            ahead: Vec::new(),
-        }
+        SegmentLocation::new(engine, Vec::new(), PeerId::random())
     }
 
     fn named(look: Look) -> Option<PeerId> {

@@ -695,17 +695,7 @@ mod tests {
     }
 
     fn location(engine: PeerId, director: PeerId) -> SegmentLocation {
-        SegmentLocation {
-            engine,
-            addrs: Vec::new(),
-            director,
-            filling: false,
-            swap: false,
-            http: None,
-            https: false,
-            bulk: None,
-            ahead: Vec::new(),
-        }
+        SegmentLocation::new(engine, Vec::new(), director)
     }
 
     /// The segments fetched, with the byte each starts at.

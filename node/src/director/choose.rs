@@ -284,17 +284,8 @@ impl Holder {
 
     /// Where a console streams the segment from this holder directly.
     pub(super) fn location(&self) -> SegmentLocation {
-        let mut location = SegmentLocation {
-            engine: self.engine,
-            addrs: self.addrs.clone(),
-            director: self.station.director,
-            filling: false,
-            swap: false,
-            http: None,
-            https: false,
-            bulk: None,
-            ahead: Vec::new(),
-        };
+        let mut location =
+            SegmentLocation::new(self.engine, self.addrs.clone(), self.station.director);
         if let Some(e) = (self.station.engines.iter()).find(|e| e.peer_id == self.engine) {
             location.http = e.http;
             location.https = e.https;

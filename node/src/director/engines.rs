@@ -198,15 +198,12 @@ impl EngineTable {
     ) -> Result<SegmentLocation, Error> {
         let engine = self.get(id).ok_or(Error::EngineGone)?;
         Ok(SegmentLocation {
-            engine: engine.peer_id,
-            addrs: engine.addrs.clone(),
-            director,
             filling,
             swap,
             http: engine.http,
             https: engine.https,
             bulk: engine.bulk,
-            ahead: Vec::new(),
+            ..SegmentLocation::new(engine.peer_id, engine.addrs.clone(), director)
         })
     }
 
