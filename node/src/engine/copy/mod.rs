@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::AsyncReadExt;
 use libp2p::identity::Keypair;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{PeerId, Stream, Swarm};
@@ -32,7 +33,6 @@ use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use self::error::{Attempt, Next};
-use super::peers::fill_within;
 use super::{EngineBehaviour, Reporter};
 use crate::control::{Copied, FetchFailed, Fetched, Source};
 use crate::events::{Kind, Observer};
@@ -44,10 +44,8 @@ mod serve;
 pub(crate) use error::CopyError;
 pub(crate) use serve::Server;
 
-/// Bytes per read from the stream or the store: a trip to the disk's worker each, at both
-/// ends (1 MiB: 7 % less CPU per GB copied than 256 KiB here). A stall is silence on the
-/// link, not a chunk's time (`peers::fill_within`), so a slow link is not one.
-const CHUNK: usize = 1024 * 1024;
+/// Bytes per read from the stream or the store.
+const CHUNK: usize = 256 * 1024;
 /// Copies an engine fetches at once.
 const MAX_FETCHES: usize = 4;
 /// A source that sends nothing for this long is given up when it is the last one.
@@ -435,12 +433,10 @@ impl Fetch {
                 // Takes back the room of chunks the disk worker is done with.
                 buf.reserve(CHUNK);
                 buf.resize(n, 0);
-                fill_within(&mut stream, &mut buf, patience).await.map_err(
-                    |source| match source.kind() {
-                        std::io::ErrorKind::TimedOut => Attempt::Stalled(at),
-                        _ => Attempt::Cut { at, source },
-                    },
-                )?;
+                tokio::time::timeout(patience, stream.read_exact(&mut buf))
+                    .await
+                    .map_err(|_| Attempt::Stalled(at))?
+                    .map_err(|source| Attempt::Cut { at, source })?;
                 Ok(Some(buf.split().freeze()))
             };
             // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
