@@ -81,6 +81,9 @@ pub(crate) struct Retry {
     busy: Vec<PeerId>,
     fruitless: u32,
     waits: u32,
+    /// A hedge: it races the fetch it hedges, so it neither takes a location named ahead nor
+    /// waits for an answer on its way (`fetch::ahead`).
+    hedge: bool,
 }
 
 impl Retry {
@@ -89,8 +92,14 @@ impl Retry {
         avoid.truncate(MAX_NAMED);
         Self {
             avoid,
+            hedge: true,
             ..Self::default()
         }
+    }
+
+    /// Whether this is a hedge's ([`Retry::avoiding`]).
+    pub(crate) fn is_hedge(&self) -> bool {
+        self.hedge
     }
 
     /// Engines the console could not reach, or that lack the segment.

@@ -27,8 +27,9 @@ impl Fetcher {
         }
         let named = !avoid.is_empty() || !retry.busy().is_empty();
         let segment = SegmentId::new(manifest.program, index.0);
-        // A first attempt: where a director named it ahead, or soon will (`fetch::ahead`).
-        let asking = match named {
+        // A first attempt: where a director named it ahead, or soon will (`fetch::ahead`). A
+        // hedge asks a director itself: it races the attempt that waits.
+        let asking = match named || retry.is_hedge() {
             true => None,
             false => match self.ahead.first(segment).await {
                 Ok(location) => return Ok(location),
