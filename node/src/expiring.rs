@@ -62,6 +62,19 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         (self.entries.get(key)).is_some_and(|(_, at)| now.duration_since(*at) < self.ttl)
     }
 
+    /// Drops the entries expired by `now`, and returns them (for their owner to drop, or
+    /// close, outside any lock).
+    pub(crate) fn prune(&mut self, now: Instant) -> Vec<V> {
+        let ttl = self.ttl;
+        let expired: Vec<K> = (self.entries.iter())
+            .filter(|(_, (_, at))| now.duration_since(*at) >= ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        (expired.iter())
+            .filter_map(|k| self.entries.remove(k).map(|(v, _)| v))
+            .collect()
+    }
+
     /// Entries held (expired ones included until the next insert).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

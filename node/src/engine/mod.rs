@@ -366,6 +366,7 @@ pub async fn start(
         per_peer: crate::peer_slots::PeerSlots::new(stream::MAX_STREAMS_PER_PEER),
         embargoes,
         arriving: stream::Arriving::default(),
+        preopened: stream::Preopened::default(),
     };
 
     let http_edge = http_listener.map(|(listener, _)| {
@@ -401,6 +402,7 @@ pub async fn start(
         handovers: streams.handovers.clone(),
         embargoes: streams.embargoes.clone(),
         arriving: streams.arriving.clone(),
+        preopened: streams.preopened.clone(),
         jobs: JoinSet::new(),
         preloads: Arc::new(tokio::sync::Semaphore::new(MAX_PRELOADS)),
     };
@@ -461,6 +463,8 @@ struct Blade {
     embargoes: embargo::Embargoes,
     /// Copies ordered lately, which a console sent here may wait for.
     arriving: stream::Arriving,
+    /// Readers preloads opened, for the streams that follow them.
+    preopened: stream::Preopened,
     /// Copies, preloads and delayed removals.
     jobs: JoinSet<()>,
     /// Preloads reading at once ([`MAX_PRELOADS`]).
@@ -643,12 +647,18 @@ impl Blade {
                     tracing::debug!(%segment, "preload skipped: enough under way");
                     return;
                 };
-                let store = self.store.clone();
+                let (store, preopened) = (self.store.clone(), self.preopened.clone());
                 self.jobs.spawn(async move {
-                    let _permit = permit;
-                    if let Ok(reader) = store.open_read(segment).await {
-                        reader.warm().await;
-                    }
+                    let Ok(reader) = store.open_read(segment).await else {
+                        return;
+                    };
+                    reader.warm().await;
+                    // Opened for the stream that follows (`stream::Preopened`), and closed
+                    // after its time if that never comes.
+                    preopened.keep(reader);
+                    drop(permit);
+                    tokio::time::sleep(stream::PREOPENED_FOR).await;
+                    preopened.prune();
                 });
             }
             // One durable commit for the whole program: this loop, and the swarm it polls,
@@ -662,6 +672,7 @@ impl Blade {
                 // Withdrawn first: a push of one of them still in flight then finds its
                 // announcement gone when it finishes, and drops what it wrote.
                 self.expectations.withdraw(&segments);
+                self.preopened.forget(&segments);
                 // Removed before the next command is taken (an `Expect` of the same segments
                 // may follow); only those being read wait, in the background.
                 let busy = self.reporter.remove(segments).await;

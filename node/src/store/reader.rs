@@ -187,6 +187,12 @@ impl Reader {
             .await;
     }
 
+    /// Whether it reads a segment that was complete when it was opened (its reads are
+    /// checked against the kept chunk hashes, not followed as they land).
+    pub fn is_complete(&self) -> bool {
+        matches!(self.mode, Mode::Complete { .. })
+    }
+
     /// `(filled, complete)` as this reader sees it.
     pub fn filled(&self) -> (u64, bool) {
         match &self.mode {
