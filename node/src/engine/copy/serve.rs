@@ -16,7 +16,7 @@ use vodmesh_proto::token::TrustedIssuers;
 
 use super::{Approvals, CHUNK, MAX_FETCHES};
 use crate::control::EngineEvent;
-use crate::engine::peers::read_request;
+use crate::engine::peers::{read_request, send_within};
 use crate::engine::{Reporter, admit};
 use crate::events::{Kind, Observer};
 use crate::peer_slots::PeerSlots;
@@ -181,15 +181,9 @@ impl Server {
             .map_err(std::io::Error::other)?;
         while let Some(chunk) = next {
             // The next chunk is read from the store while this one is sent.
-            let send = tokio::time::timeout(WRITE_STALL, stream.write_all(&chunk));
+            let send = send_within(&mut *stream, &chunk, WRITE_STALL);
             let (sent_now, read) = tokio::join!(send, reader.read_next_unchecked(CHUNK));
-            match sent_now {
-                Ok(written) => written?,
-                Err(_) => {
-                    let why = "the peer read nothing of the copy for 10 s";
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
-                }
-            }
+            sent_now?;
             next = read.map_err(std::io::Error::other)?;
             sent += chunk.len() as u64;
             if self.rate > 0 {
