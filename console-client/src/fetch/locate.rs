@@ -8,6 +8,7 @@ use vodmesh_proto::director::{Request, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::{SegmentId, SegmentIndex};
 
+use super::ahead::{Ahead, Asking};
 use super::{Attempt, AttemptError, FetchError, Fetcher, located};
 use crate::retry::{Ended, Retry};
 
@@ -27,14 +28,9 @@ impl Fetcher {
         }
         let named = !avoid.is_empty() || !retry.busy().is_empty();
         let segment = SegmentId::new(manifest.program, index.0);
-        // A first attempt: where a director named it ahead, or soon will (`fetch::ahead`). A
-        // hedge asks a director itself: it races the attempt that waits.
-        let asking = match named || retry.is_hedge() {
-            true => None,
-            false => match self.ahead.first(segment).await {
-                Ok(location) => return Ok(location),
-                Err(asking) => Some(asking),
-            },
+        let asking = match named_before(&self.ahead, segment, named, retry).await {
+            Ok(location) => return Ok(location),
+            Err(asking) => asking,
         };
         let locate = Request::Locate {
             program: manifest.program,
@@ -58,5 +54,62 @@ impl Fetcher {
             )),
             other => other,
         }
+    }
+}
+
+/// For a first attempt at `segment`, where a director named it ahead, or the answer of an ask
+/// on its way that names it, awaited (`fetch::ahead`); else the ask to make, with the segments
+/// after it asked for. An attempt that `names` engines (to pass over, or found busy) and a
+/// hedge ask a director themselves, for nothing ahead (`Err(None)`): a hedge races the attempt
+/// that waits, and leaves the name to it.
+async fn named_before(
+    ahead: &Ahead,
+    segment: SegmentId,
+    names: bool,
+    retry: &Retry,
+) -> Result<SegmentLocation, Option<Asking>> {
+    if names || retry.is_hedge() {
+        return Err(None);
+    }
+    ahead.first(segment).await.map_err(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::PeerId;
+    use vodmesh_proto::ProgramId;
+
+    use super::*;
+    use crate::retry::Next;
+
+    /// A hedge neither takes a location a director named ahead nor waits for one, and leaves
+    /// it to the first attempt; so does a retry that names an engine it found busy. Control:
+    /// the first attempt takes it (seen in `engine_process_copy`: a hedge that took the
+    /// ahead path sent the later segments to the home's engine).
+    #[tokio::test]
+    async fn a_hedge_asks_a_director_itself_and_leaves_the_name_to_the_first_attempt() {
+        let ahead = Ahead::default();
+        ahead.ask_for(4);
+        let program = ProgramId([9; 32]);
+        let (asked, next) = (SegmentId::new(program, 1), SegmentId::new(program, 2));
+        let engine = PeerId::random();
+        let name = SegmentLocation::new(engine, Vec::new(), PeerId::random());
+        ahead.keep(asked, vec![name], Instant::now());
+
+        let hedge = Retry::avoiding(Vec::new());
+        let hedged = named_before(&ahead, next, false, &hedge).await;
+        assert!(matches!(hedged, Err(None)), "a hedge took the name");
+        let mut busy = Retry::default();
+        assert!(matches!(
+            busy.after(Ended::EngineBusy(engine)),
+            Next::Again(_)
+        ));
+        let retry = named_before(&ahead, next, !busy.busy().is_empty(), &busy);
+        assert!(matches!(retry.await, Err(None)), "a retry took the name");
+        let first = named_before(&ahead, next, false, &Retry::default()).await;
+        assert_eq!(first.ok().map(|l| l.engine), Some(engine));
+        // Taken once: the next first attempt asks, for the segments after it too.
+        let again = named_before(&ahead, next, false, &Retry::default()).await;
+        assert!(matches!(again, Err(Some(Asking { count: 4, .. }))));
     }
 }
