@@ -72,6 +72,9 @@ pub(crate) struct Edge {
     pub(crate) stop: CancellationToken,
     /// TLS (`--tls-cert`): the edge speaks HTTPS.
     pub(crate) tls: Option<crate::tls::Tls>,
+    /// Readers preloads opened (the director's redirect is a `Locate`, and preloads), shared
+    /// with `/vodmesh/stream/1`.
+    pub(crate) preopened: super::stream::Preopened,
 }
 
 /// Serves the engine's HTTP edge on `listener` until `stop` is cancelled.
@@ -126,10 +129,11 @@ async fn segment(
     while edge.store.info(&segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (Ok(reader), Some(info)) = (
-        edge.store.open_read(segment).await,
-        edge.store.info(&segment),
-    ) else {
+    let opened = match edge.preopened.take(&segment) {
+        Some(reader) => Ok(reader),
+        None => edge.store.open_read(segment).await,
+    };
+    let (Ok(reader), Some(info)) = (opened, edge.store.info(&segment)) else {
         tracing::debug!(%engine, %segment, "HTTP: segment absent");
         return line(StatusCode::NOT_FOUND, "segment not held by this engine");
     };

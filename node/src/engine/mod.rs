@@ -379,6 +379,7 @@ pub async fn start(
             per_subscriber: crate::peer_slots::PeerSlots::new(http::MAX_PER_SUBSCRIBER),
             stop: CancellationToken::new(),
             tls: net.tls.clone(),
+            preopened: streams.preopened.clone(),
         };
         (listener, edge)
     });
