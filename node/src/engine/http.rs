@@ -129,11 +129,10 @@ async fn segment(
     while edge.store.info(&segment).is_none() && waited.elapsed() < ARRIVAL_WAIT {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let opened = match edge.preopened.take(&segment) {
-        Some(reader) => Ok(reader),
-        None => edge.store.open_read(segment).await,
-    };
-    let (Ok(reader), Some(info)) = (opened, edge.store.info(&segment)) else {
+    let (Ok(reader), Some(info)) = (
+        edge.preopened.open_read(&edge.store, segment).await,
+        edge.store.info(&segment),
+    ) else {
         tracing::debug!(%engine, %segment, "HTTP: segment absent");
         return line(StatusCode::NOT_FOUND, "segment not held by this engine");
     };

@@ -111,8 +111,21 @@ impl Preopened {
         }
     }
 
+    /// `segment` of `store` opened for reading: the reader a preload kept for it, if any,
+    /// else opened now.
+    pub(crate) async fn open_read(
+        &self,
+        store: &SegmentStore,
+        segment: SegmentId,
+    ) -> Result<crate::store::Reader, crate::store::Error> {
+        match self.take(&segment) {
+            Some(reader) => Ok(reader),
+            None => store.open_read(segment).await,
+        }
+    }
+
     /// The reader kept for `segment`, if one is and has not expired.
-    pub(crate) fn take(&self, segment: &SegmentId) -> Option<crate::store::Reader> {
+    fn take(&self, segment: &SegmentId) -> Option<crate::store::Reader> {
         self.map().remove(segment, tokio::time::Instant::now())
     }
 
@@ -462,11 +475,10 @@ impl StreamService {
         }
         // Not here (a copy that never came, or a segment dropped since the director heard of
         // it): the console asks its director for another engine.
-        let opened = match self.preopened.take(&segment) {
-            Some(reader) => Ok(reader),
-            None => self.store.open_read(segment).await,
-        };
-        let (Ok(mut reader), Some(info)) = (opened, self.store.info(&segment)) else {
+        let (Ok(mut reader), Some(info)) = (
+            self.preopened.open_read(&self.store, segment).await,
+            self.store.info(&segment),
+        ) else {
             tracing::debug!(engine = %self.reporter.engine(), %peer, %segment, "absent");
             return Self::answer(stream, &StreamReply::Absent).await;
         };
