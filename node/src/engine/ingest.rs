@@ -7,13 +7,17 @@
 //! stream's window is full of bytes nobody reads). A segment whose announcement was taken
 //! back while it arrived (the director dropped the ingest) is removed again once written.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use bytes::BytesMut;
 use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
+use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::ingest::{IngestAck, IngestHeader, MAX_FRAME};
 
-use super::{Expectations, Reporter};
+use super::Reporter;
 use crate::control::Expected;
 use crate::store::{self, SegmentState, SegmentStore};
 
@@ -142,6 +146,44 @@ async fn refuse_with(mut stream: Stream, reason: &Refusal) -> std::io::Result<()
     // stream) ends the exchange.
     let _ = tokio::time::timeout(CLOSE_WAIT, stream.close()).await;
     Ok(())
+}
+
+/// Segments the director told this engine to accept over `/vodmesh/ingest/1`.
+///
+/// A map behind a mutex: the command loop enters and withdraws announcements, and each ingest
+/// task claims its own one atomically against a withdrawal (see [`Self::claim`]); that
+/// check-and-take is what a lock gives for free.
+#[derive(Clone, Default)]
+pub(crate) struct Expectations(Arc<Mutex<HashMap<SegmentId, Expected>>>);
+
+impl Expectations {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Expected>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Announces `segments`.
+    pub(crate) fn expect(&self, segments: impl IntoIterator<Item = (SegmentId, Expected)>) {
+        self.map().extend(segments);
+    }
+
+    /// Takes the announcements of `segments` back.
+    pub(crate) fn withdraw(&self, segments: &[SegmentId]) {
+        let mut map = self.map();
+        for s in segments {
+            map.remove(s);
+        }
+    }
+
+    /// What `segment` was announced as, if it was.
+    pub(crate) fn get(&self, segment: &SegmentId) -> Option<Expected> {
+        self.map().get(segment).copied()
+    }
+
+    /// Takes the announcement of `segment` for the push that just stored it: true if it was
+    /// still there, false if the director withdrew it meanwhile (the push is then undone).
+    pub(crate) fn claim(&self, segment: &SegmentId) -> bool {
+        self.map().remove(segment).is_some()
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
@@ -41,11 +41,11 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use vodmesh_proto::SegmentId;
 use vodmesh_proto::net::{BuildError, IDENTIFY_PROTOCOL, build_swarm};
 
+use self::ingest::Expectations;
 pub(crate) use self::report::{Reporter, disk_usage};
-use crate::control::{EngineCommand, EngineEvent, EngineId, EngineReport, Expected};
+use crate::control::{EngineCommand, EngineEvent, EngineId, EngineReport};
 use crate::listen::{advertised, announced, listen_all};
 use crate::store::{self, SegmentStore};
 
@@ -175,44 +175,6 @@ pub enum Error {
         #[source]
         source: vodmesh_proto::net::streams::AlreadyRegistered,
     },
-}
-
-/// Segments the director told this engine to accept over `/vodmesh/ingest/1`.
-///
-/// A map behind a mutex: the command loop enters and withdraws announcements, and each ingest
-/// task claims its own one atomically against a withdrawal (see [`Self::claim`]); that
-/// check-and-take is what a lock gives for free.
-#[derive(Clone, Default)]
-pub(crate) struct Expectations(Arc<Mutex<HashMap<SegmentId, Expected>>>);
-
-impl Expectations {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Expected>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Announces `segments`.
-    pub(crate) fn expect(&self, segments: impl IntoIterator<Item = (SegmentId, Expected)>) {
-        self.map().extend(segments);
-    }
-
-    /// Takes the announcements of `segments` back.
-    pub(crate) fn withdraw(&self, segments: &[SegmentId]) {
-        let mut map = self.map();
-        for s in segments {
-            map.remove(s);
-        }
-    }
-
-    /// What `segment` was announced as, if it was.
-    pub(crate) fn get(&self, segment: &SegmentId) -> Option<Expected> {
-        self.map().get(segment).copied()
-    }
-
-    /// Takes the announcement of `segment` for the push that just stored it: true if it was
-    /// still there, false if the director withdrew it meanwhile (the push is then undone).
-    pub(crate) fn claim(&self, segment: &SegmentId) -> bool {
-        self.map().remove(segment).is_some()
-    }
 }
 
 /// Where an engine listens, and what it announces besides.
