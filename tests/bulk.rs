@@ -174,13 +174,26 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
             StreamReply::Refused(_)
         ));
     }
-    // One more: closed once the engine knows whose it is; nothing is answered on it.
+    // One more: its request is answered busy (the peer waits, as for a busy engine, rather
+    // than taking the engine for lost), whatever it asks, and the connection is closed.
     let mut over = Connector::new(&mallory, engine)?.connect(addr).await?;
-    let refused = ask(&mut over, &no_token).await;
+    let asked = request(segment, Some(mallorys.clone()));
+    match ask(&mut over, &asked).await? {
+        StreamReply::Busy => {}
+        other => bail!("a connection past the peer's share answered {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let ended = over.read_to_end(&mut rest).await;
     assert!(
-        refused.is_err(),
-        "a connection past the peer's share answered {refused:?}"
+        ended.is_err() || rest.is_empty(),
+        "{} bytes after the busy answer",
+        rest.len()
     );
+    // A copy connection past the share: refused as busy, then closed.
+    match copy_reply((&mallory, engine, addr), segment, None).await? {
+        (CopyReply::Refused(why), true) => assert!(why.starts_with("busy"), "{why}"),
+        other => bail!("a copy connection past the peer's share got {other:?}"),
+    }
     // Control: another peer connects and streams meanwhile, and the held ones still serve.
     let token = console_token(&issuer, alice.public().to_peer_id())?;
     let mut other = Connector::new(&alice, engine)?.connect(addr).await?;
@@ -254,6 +267,62 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
         bulk_connections(&station)? - before,
         1,
         "a new handshake after the busy answer"
+    );
+    station.shutdown().await;
+    Ok(())
+}
+
+/// A console whose identity holds its share of an engine's bulk connections already (another
+/// play of the same identity at once, say) is answered busy on one more, and waits: once they
+/// go, it streams the segment, byte for byte. Closed unanswered, that connection looked like
+/// an engine lost, and a segment no other engine held ended the play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_past_its_share_of_bulk_connections_waits_for_one() -> Result<()> {
+    use vodmesh_console::play::{Credentials, Session};
+    use vodmesh_proto::SegmentIndex;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    let (station, _, bytes, program) =
+        home_with_program(dir.path(), &issuer, ("share", 2 * MIB, 31), MIB as u64).await?;
+    let key = Keypair::generate_ed25519();
+    let token = console_token(&issuer, key.public().to_peer_id())?;
+    let console = Console::connect(station.addr(), Some(&issuer)).await?;
+    let location = console.locate(program, 1, false).await?;
+    let addr = location
+        .bulk
+        .context("the director named no bulk address")?;
+    // The identity's share, each connection answered once (so the engine counts it as the
+    // peer's), then held open.
+    let no_token = request(SegmentId::new(program, 1), None);
+    let mut held = Vec::new();
+    while held.len() < 8 {
+        let mut conn = Connector::new(&key, location.engine)?.connect(addr).await?;
+        assert!(matches!(
+            ask(&mut conn, &no_token).await?,
+            StreamReply::Refused(_)
+        ));
+        held.push(conn);
+    }
+    let session = Session::open(
+        station.addr(),
+        &Credentials::new(key, token),
+        &program.to_string(),
+    )
+    .await?;
+    let fetch = session.segment(SegmentIndex(1));
+    tokio::pin!(fetch);
+    tokio::select! {
+        fetched = &mut fetch => bail!("fetched past the identity's share: {:?}", fetched.map(|s| s.size())),
+        waited = wait::until("the console to wait out a busy answer", Duration::from_secs(60), || async {
+            Ok(session.waits() >= 1)
+        }) => waited?,
+    }
+    drop(held);
+    let segment = fetch.await?;
+    assert!(
+        bytes.get(MIB..) == Some(segment.bytes.as_slice()),
+        "the bytes fetched are not the bytes ingested"
     );
     station.shutdown().await;
     Ok(())

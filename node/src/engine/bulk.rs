@@ -6,8 +6,9 @@
 //!
 //! Any host can connect, so every stage is bounded: connections at once
 //! ([`MAX_CONNECTIONS`], past it a connection is closed unread), the handshake
-//! ([`bulk::HANDSHAKE_WITHIN`]), connections a peer holds ([`MAX_CONNECTIONS_PER_PEER`]),
-//! a request's size (`stream::MAX_FRAME`) and the wait for it ([`IDLE_WITHIN`]).
+//! ([`bulk::HANDSHAKE_WITHIN`]), connections a peer holds ([`MAX_CONNECTIONS_PER_PEER`]:
+//! past it, the first request is answered busy and the connection closed), a request's size
+//! (`stream::MAX_FRAME`) and the wait for it ([`IDLE_WITHIN`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use vodmesh_proto::net::bulk::{self, Exchange};
 
 use super::accept;
 use super::copy;
-use super::peers::read_within;
+use super::peers::{REQUEST_WITHIN, read_within};
 use super::stream::{MAX_STREAMS_PER_PEER, StreamService};
 use crate::peer_slots::PeerSlots;
 
@@ -116,6 +117,7 @@ pub(crate) async fn serve(
             metrics.bulk_connection();
             let Some(_mine) = per_peer.take(peer) else {
                 tracing::debug!(index, %peer, "bulk connection refused: at the peer's bound");
+                answer_busy(exchange, conn).await;
                 return;
             };
             tokio::select! {
@@ -125,6 +127,41 @@ pub(crate) async fn serve(
         }
     })
     .await;
+}
+
+/// A connection past its peer's share ([`MAX_CONNECTIONS_PER_PEER`]): its first request (read
+/// within [`REQUEST_WITHIN`]) is answered busy, as a stream past the peer's streams is, then
+/// the connection is closed. A console that holds its share already (two plays from one
+/// identity at once, say) then waits as for any busy engine: closed unanswered, the
+/// connection looked like an engine lost, and the play ended if no other engine held the
+/// segment.
+async fn answer_busy(exchange: Exchange, mut conn: bulk::ServerConn) {
+    use vodmesh_proto::codec::write_frame;
+    use vodmesh_proto::copy::{CopyReply, CopyRequest};
+    use vodmesh_proto::stream::{StreamReply, StreamRequest};
+    let answered = match exchange {
+        Exchange::Stream => {
+            let limit = vodmesh_proto::stream::MAX_FRAME;
+            match read_within::<_, StreamRequest>(&mut conn, limit, REQUEST_WITHIN).await {
+                Ok(_) => write_frame(&mut conn, &StreamReply::Busy).await,
+                Err(e) => Err(e),
+            }
+        }
+        Exchange::Copy => {
+            let limit = vodmesh_proto::copy::MAX_FRAME;
+            match read_within::<_, CopyRequest>(&mut conn, limit, REQUEST_WITHIN).await {
+                Ok(_) => {
+                    let why = "busy: at the peer's bulk connections".to_string();
+                    write_frame(&mut conn, &CopyReply::Refused(why)).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = answered {
+        tracing::debug!(?exchange, error = %e, "a connection past the peer's share");
+    }
+    let _ = conn.close().await;
 }
 
 /// The exchanges of one connection from `peer`, one after another, until one does not end
