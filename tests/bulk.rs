@@ -203,6 +203,34 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     Ok(())
 }
 
+/// A console of `key` fetches segment `index` of `program`, which must first wait out a busy
+/// answer (the session counts a wait); then `release` runs (the test lets go of what it held)
+/// and the segment fetched is returned.
+async fn fetch_after_a_busy_answer(
+    station: &Station,
+    (key, token): (Keypair, Vec<u8>),
+    (program, index): (vodmesh_proto::ProgramId, u32),
+    release: impl FnOnce() -> Result<()>,
+) -> Result<vodmesh_console::play::Segment> {
+    use vodmesh_console::play::{Credentials, Session};
+    let session = Session::open(
+        station.addr(),
+        &Credentials::new(key, token),
+        &program.to_string(),
+    )
+    .await?;
+    let fetch = session.segment(vodmesh_proto::SegmentIndex(index));
+    tokio::pin!(fetch);
+    tokio::select! {
+        fetched = &mut fetch => bail!("fetched without a busy answer: {:?}", fetched.map(|s| s.size())),
+        waited = wait::until("the console to wait out a busy answer", Duration::from_secs(60), || async {
+            Ok(session.waits() >= 1)
+        }) => waited?,
+    }
+    release()?;
+    Ok(fetch.await?)
+}
+
 /// A console answered busy keeps its bulk connection: the engine keeps it after an answer
 /// alone, so the wait for a busy engine costs the engine no second handshake with the console.
 /// The console's own peer holds the engine's share of its streams on libp2p streams it does
@@ -210,9 +238,6 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
 /// segment on the connection it kept: one bulk connection in all, and the bytes ingested.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
-    use vodmesh_console::play::{Credentials, Session};
-    use vodmesh_proto::SegmentIndex;
-    use vodmesh_tests::wait;
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
@@ -238,27 +263,16 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
         held.push(stream);
     }
     let before = bulk_connections(&station)?;
-    let session = Session::open(
-        station.addr(),
-        &Credentials::new(key, token),
-        &program.to_string(),
-    )
-    .await?;
-    let fetch = session.segment(SegmentIndex(4));
-    tokio::pin!(fetch);
-    tokio::select! {
-        fetched = &mut fetch => bail!("fetched while the peer's streams were all held: {:?}", fetched.map(|s| s.size())),
-        waited = wait::until("the console to wait out a busy answer", Duration::from_secs(60), || async {
-            Ok(session.waits() >= 1)
-        }) => waited?,
-    }
-    assert_eq!(
-        bulk_connections(&station)? - before,
-        1,
-        "bulk connections while the engine answered busy (one, kept from answer to answer)"
-    );
-    drop(held);
-    let segment = fetch.await?;
+    let release = || -> Result<()> {
+        assert_eq!(
+            bulk_connections(&station)? - before,
+            1,
+            "bulk connections while the engine answered busy (one, kept from answer to answer)"
+        );
+        drop(held);
+        Ok(())
+    };
+    let segment = fetch_after_a_busy_answer(&station, (key, token), (program, 4), release).await?;
     assert!(
         bytes.get(16 * MIB..) == Some(segment.bytes.as_slice()),
         "the bytes fetched are not the bytes ingested"
@@ -278,8 +292,6 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
 /// an engine lost, and a segment no other engine held ended the play.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_past_its_share_of_bulk_connections_waits_for_one() -> Result<()> {
-    use vodmesh_console::play::{Credentials, Session};
-    use vodmesh_proto::SegmentIndex;
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
@@ -304,22 +316,11 @@ async fn a_console_past_its_share_of_bulk_connections_waits_for_one() -> Result<
         ));
         held.push(conn);
     }
-    let session = Session::open(
-        station.addr(),
-        &Credentials::new(key, token),
-        &program.to_string(),
-    )
-    .await?;
-    let fetch = session.segment(SegmentIndex(1));
-    tokio::pin!(fetch);
-    tokio::select! {
-        fetched = &mut fetch => bail!("fetched past the identity's share: {:?}", fetched.map(|s| s.size())),
-        waited = wait::until("the console to wait out a busy answer", Duration::from_secs(60), || async {
-            Ok(session.waits() >= 1)
-        }) => waited?,
-    }
-    drop(held);
-    let segment = fetch.await?;
+    let release = || -> Result<()> {
+        drop(held);
+        Ok(())
+    };
+    let segment = fetch_after_a_busy_answer(&station, (key, token), (program, 1), release).await?;
     assert!(
         bytes.get(MIB..) == Some(segment.bytes.as_slice()),
         "the bytes fetched are not the bytes ingested"
