@@ -18,7 +18,7 @@ use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::copy::{CopyReply, CopyRequest};
 use vodmesh_proto::net::bulk::{self, Connector, Exchange};
-use vodmesh_proto::stream::{MAX_FRAME, StreamReply, StreamRequest};
+use vodmesh_proto::stream::{MAX_FRAME, MAX_STREAMS_PER_PEER, StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::{Audience, Issuer, Rights};
 use vodmesh_tests::console::{Console, console_token, play_max};
@@ -29,6 +29,8 @@ use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
 const MIB: usize = 1024 * 1024;
+/// Bulk connections an engine takes from one peer at once: twice its streams.
+const CONNECTIONS_PER_PEER: usize = 2 * MAX_STREAMS_PER_PEER;
 
 /// The station's count of bulk connections its engines took.
 fn bulk_connections(station: &Station) -> Result<u64> {
@@ -165,7 +167,7 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     // Its share of connections: each answers (a request with no token: refused, whole).
     let no_token = request(segment, None);
     let mut held = vec![conn];
-    while held.len() < 8 {
+    while held.len() < CONNECTIONS_PER_PEER {
         held.push(Connector::new(&mallory, engine)?.connect(addr).await?);
     }
     for conn in &mut held {
@@ -198,7 +200,8 @@ async fn a_bulk_connection_serves_only_its_own_peer_within_its_bounds() -> Resul
     let token = console_token(&issuer, alice.public().to_peer_id())?;
     let mut other = Connector::new(&alice, engine)?.connect(addr).await?;
     assert!(stream(&mut other, segment, token).await? == bytes);
-    assert!(stream(&mut held[7], segment, mallorys).await? == bytes);
+    let last = held.last_mut().context("no connection held")?;
+    assert!(stream(last, segment, mallorys).await? == bytes);
     station.shutdown().await;
     Ok(())
 }
@@ -241,9 +244,11 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let issuer = Issuer::generate();
-    // Five segments: four to hold, the fifth to fetch.
+    // The engine's share of a peer's streams to hold, and one more segment to fetch.
+    let share = u32::try_from(MAX_STREAMS_PER_PEER)?;
+    let len = (MAX_STREAMS_PER_PEER + 1) * 4 * MIB;
     let (station, _, bytes, program) =
-        home_with_program(dir.path(), &issuer, ("busy", 20 * MIB, 23), 4 * MIB as u64).await?;
+        home_with_program(dir.path(), &issuer, ("busy", len, 23), 4 * MIB as u64).await?;
     let key = Keypair::generate_ed25519();
     let token = console_token(&issuer, key.public().to_peer_id())?;
     let holder = Console {
@@ -253,7 +258,7 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
     let engine = station.engines[0].clone();
     holder.reach(engine.peer_id, &engine.addrs).await?;
     let mut held = Vec::new();
-    for index in 0..4 {
+    for index in 0..share {
         let ask = holder.request(SegmentId::new(program, index), 0, 0);
         let (stream, reply) = holder.ask(engine.peer_id, &ask).await?;
         assert!(
@@ -272,9 +277,10 @@ async fn a_console_answered_busy_keeps_its_bulk_connection() -> Result<()> {
         drop(held);
         Ok(())
     };
-    let segment = fetch_after_a_busy_answer(&station, (key, token), (program, 4), release).await?;
+    let segment =
+        fetch_after_a_busy_answer(&station, (key, token), (program, share), release).await?;
     assert!(
-        bytes.get(16 * MIB..) == Some(segment.bytes.as_slice()),
+        bytes.get(MAX_STREAMS_PER_PEER * 4 * MIB..) == Some(segment.bytes.as_slice()),
         "the bytes fetched are not the bytes ingested"
     );
     assert_eq!(
@@ -308,7 +314,7 @@ async fn a_console_past_its_share_of_bulk_connections_waits_for_one() -> Result<
     // peer's), then held open.
     let no_token = request(SegmentId::new(program, 1), None);
     let mut held = Vec::new();
-    while held.len() < 8 {
+    while held.len() < CONNECTIONS_PER_PEER {
         let mut conn = Connector::new(&key, location.engine)?.connect(addr).await?;
         assert!(matches!(
             ask(&mut conn, &no_token).await?,

@@ -410,3 +410,52 @@ async fn a_swap_exchanges_consoles_between_engines() -> Result<()> {
     bench.station.shutdown().await;
     Ok(())
 }
+
+/// A console at `--speed max` keeps eight segments in flight; where one engine holds them all
+/// and the console streams over libp2p (the engine is behind `--announce`, so its director
+/// names no bulk address), each fetch ahead that waits for the player holds its stream
+/// (yamux's window takes little of a 2 MiB segment). The engine's share of one peer's streams
+/// covers that window: the play is byte for byte, with no busy answer to wait out. With a
+/// share of four, the refused segment's stream went to later segments as it freed, and the
+/// play waited 30 s at a time for the engine to cut the streams nobody read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_with_every_segment_on_one_engine_is_never_refused_its_window() -> Result<()> {
+    use vodmesh_tests::process::free_port;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let issuer = Issuer::generate();
+    // Announced at the address it listens on: reachable, and no bulk address is named.
+    let at: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", free_port()?).parse()?;
+    let station = swarm::station(&data)
+        .content_home()
+        .trusting(&issuer)
+        .with(|c| {
+            c.listen = vec![at.clone()];
+            c.announce = vec![at.clone()];
+        })
+        .start()
+        .await?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 32 * 1024 * 1024, 41)?;
+    let key = data.join("identity.key");
+    let info = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        segment_size: 2 * 1024 * 1024,
+        ..ingest_options(&station, &key, "window", source)
+    })
+    .await?;
+    let console = Console::connect(station.addr(), Some(&issuer)).await?;
+    let location = console.locate(info.program, 0, false).await?;
+    anyhow::ensure!(location.bulk.is_none(), "a bulk address was named");
+
+    let mut out = Vec::new();
+    let play = vodmesh_tests::console::play_max(station.addr(), &issuer, info.program, &mut out);
+    let stats = tokio::time::timeout(Duration::from_secs(60), play)
+        .await
+        .map_err(|_| anyhow::anyhow!("a 32 MiB play at --speed max did not end within 60 s"))??;
+    assert!(out == bytes, "the bytes played are not the bytes ingested");
+    assert_eq!(stats.waits, 0, "busy answers waited out: {stats:?}");
+    station.shutdown().await;
+    Ok(())
+}

@@ -22,6 +22,15 @@ use crate::ids::{SegmentHash, SegmentId};
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/stream/1");
 /// Largest request or reply frame (a token fits easily).
 pub const MAX_FRAME: usize = 16 * 1024;
+/// Streams an engine serves one peer at once, at most; past this, it answers busy. A console
+/// at `--speed max` keeps up to eight segments in flight, all at one engine where only one
+/// holds them, and a fetch ahead that waits for the player keeps its stream open wherever the
+/// link's buffers do not take the rest of its segment (over libp2p, yamux's window): the share
+/// is twice that, so a console never meets it by itself (`vodmesh-console` checks its window
+/// against it). With a share of four, a program of 2 MiB segments on one engine played at
+/// `--speed max` over libp2p waited 30 s at a time: the fetches of later segments took each
+/// stream the refused one freed, then waited for the player, until the engine cut them.
+pub const MAX_STREAMS_PER_PEER: usize = 16;
 
 /// What a console asks an engine for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

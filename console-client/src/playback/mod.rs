@@ -42,6 +42,9 @@ pub(crate) const STALL_SLACK: Duration = Duration::from_millis(50);
 const BYTES: &str = "application/octet-stream";
 /// The most segments a run fetches ahead.
 const MAX_WINDOW: u64 = 8;
+// An engine serves one peer twice the window's streams at once: a console whose segments are
+// all at one engine never meets that bound by itself.
+const _: () = assert!(2 * MAX_WINDOW as usize <= vodmesh_proto::stream::MAX_STREAMS_PER_PEER);
 /// Bytes of segments in flight at `--speed max` (the one playing and those fetched ahead), at
 /// most: as many segments as this holds, at least three and at most [`MAX_WINDOW`]. A
 /// segment's fetch must locate it at a director and open a stream at its engine before its

@@ -35,9 +35,7 @@ const CHUNK: usize = 256 * 1024;
 const ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A console that takes no bytes for this long loses its stream (and its place).
 const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Streams one peer is served at once, at most: a console streams from an engine one segment
-/// at a time (with one more during a handoff); past this, it is told busy.
-pub(crate) const MAX_STREAMS_PER_PEER: usize = 4;
+pub(crate) use vodmesh_proto::stream::MAX_STREAMS_PER_PEER;
 
 /// `buf` up to `end`, grown (zeroed) where it was shorter.
 fn room(buf: &mut Vec<u8>, end: usize) -> &mut [u8] {
