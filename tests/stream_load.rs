@@ -425,17 +425,25 @@ async fn a_console_with_every_segment_on_one_engine_is_never_refused_its_window(
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("home");
     let issuer = Issuer::generate();
-    // Announced at the address it listens on: reachable, and no bulk address is named.
-    let at: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", free_port()?).parse()?;
-    let station = swarm::station(&data)
-        .content_home()
-        .trusting(&issuer)
-        .with(|c| {
-            c.listen = vec![at.clone()];
-            c.announce = vec![at.clone()];
-        })
-        .start()
-        .await?;
+    // Announced at the address it listens on: reachable, and no bulk address is named. Its
+    // engine listens on the port after it, which another process may hold: another port then.
+    let mut started = Err(anyhow::anyhow!("not started"));
+    for _ in 0..5 {
+        let at: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", free_port()?).parse()?;
+        started = swarm::station(&data)
+            .content_home()
+            .trusting(&issuer)
+            .with(|c| {
+                c.listen = vec![at.clone()];
+                c.announce = vec![at.clone()];
+            })
+            .start()
+            .await;
+        if started.is_ok() {
+            break;
+        }
+    }
+    let station = started?;
     let source = dir.path().join("p.bin");
     let bytes = random_file(&source, 32 * 1024 * 1024, 41)?;
     let key = data.join("identity.key");
