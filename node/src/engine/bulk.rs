@@ -136,32 +136,33 @@ pub(crate) async fn serve(
 /// connection looked like an engine lost, and the play ended if no other engine held the
 /// segment.
 async fn answer_busy(exchange: Exchange, mut conn: bulk::ServerConn) {
-    use vodmesh_proto::codec::write_frame;
-    use vodmesh_proto::copy::{CopyReply, CopyRequest};
-    use vodmesh_proto::stream::{StreamReply, StreamRequest};
+    use vodmesh_proto::copy::{self, CopyReply, CopyRequest};
+    use vodmesh_proto::stream::{self, StreamReply, StreamRequest};
     let answered = match exchange {
         Exchange::Stream => {
-            let limit = vodmesh_proto::stream::MAX_FRAME;
-            match read_within::<_, StreamRequest>(&mut conn, limit, REQUEST_WITHIN).await {
-                Ok(_) => write_frame(&mut conn, &StreamReply::Busy).await,
-                Err(e) => Err(e),
-            }
+            let busy = StreamReply::Busy;
+            answer_first::<StreamRequest, _>(&mut conn, stream::MAX_FRAME, &busy).await
         }
         Exchange::Copy => {
-            let limit = vodmesh_proto::copy::MAX_FRAME;
-            match read_within::<_, CopyRequest>(&mut conn, limit, REQUEST_WITHIN).await {
-                Ok(_) => {
-                    let why = "busy: at the peer's bulk connections".to_string();
-                    write_frame(&mut conn, &CopyReply::Refused(why)).await
-                }
-                Err(e) => Err(e),
-            }
+            let busy = CopyReply::Refused("busy: at the peer's bulk connections".into());
+            answer_first::<CopyRequest, _>(&mut conn, copy::MAX_FRAME, &busy).await
         }
     };
     if let Err(e) = answered {
         tracing::debug!(?exchange, error = %e, "a connection past the peer's share");
     }
     let _ = conn.close().await;
+}
+
+/// Reads a request `Q` on `conn` (at most `limit` bytes, within [`REQUEST_WITHIN`]) and sends
+/// `answer`, whatever it asked.
+async fn answer_first<Q: serde::de::DeserializeOwned, A: serde::Serialize>(
+    conn: &mut bulk::ServerConn,
+    limit: usize,
+    answer: &A,
+) -> std::io::Result<()> {
+    read_within::<_, Q>(conn, limit, REQUEST_WITHIN).await?;
+    vodmesh_proto::codec::write_frame(conn, answer).await
 }
 
 /// The exchanges of one connection from `peer`, one after another, until one does not end
