@@ -419,6 +419,7 @@ async fn copy_reply(
         segment,
         token: token.map(serde_bytes::ByteBuf::from),
         offset: 0,
+        verified: true,
     };
     write_frame(&mut conn, &request).await?;
     let reply = read_frame(&mut conn, vodmesh_proto::copy::MAX_FRAME).await?;

@@ -473,3 +473,116 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
     );
     Ok(())
 }
+
+/// A source whose disk rotted in the middle of a segment (its store's tree is still the true
+/// one, so it serves the copy verified, with the rotten byte): the copy checks each 16 KiB
+/// group as it lands, keeps the groups before the rotten one, and resumes at the next source
+/// from that group's first byte, not from nothing; the source is penalised as a liar, and the
+/// copy holds the true bytes. (Before verified copies, the wrong byte was found only at the
+/// end, and the whole segment was copied again: no resume.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_keeps_the_groups_before_a_rotten_one_and_resumes_after_them() -> Result<()> {
+    use vodmesh_proto::verified::GROUP;
+    use vodmesh_tests::stored::tamper_on_disk;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let consoles = Issuer::generate();
+    let site = |name, bandwidth_mbps| Site {
+        name,
+        coords: BERLIN,
+        bandwidth_mbps,
+        copy_rate_mbps: 0,
+    };
+    // The home is the dearest source (as in the liar's test above), the rotten one the
+    // cheapest.
+    let home = station(root, site("home", 1), None, &consoles).await?;
+    let rotten = station(root, site("rotten", 1000), Some(&home), &consoles).await?;
+    let mut rotten_events = rotten.subscribe();
+    let source = root.join("p.bin");
+    const SEGMENT: usize = 64 * 1024;
+    let bytes = random_file(&source, SEGMENT, 43)?;
+    let key = root.join("home").join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        replicas: 1,
+        segment_size: SEGMENT as u64,
+        ..ingest_options(&home, &key, "rot", &source)
+    })
+    .await?
+    .program;
+    let mut log = Vec::new();
+    let replica = |e: &vodmesh_node::events::Event| e.kind == Kind::ReplicaComplete;
+    wait::event(
+        &mut rotten_events,
+        &mut log,
+        "the rotten station's replica",
+        MINUTE,
+        replica,
+    )
+    .await?;
+    // A byte of the third group rots on whichever engine holds the replica.
+    let segment = SegmentId::new(program, 0);
+    let rot_at = 2 * GROUP as usize + 1000;
+    let rotted = (0..2)
+        .filter(|&engine| tamper_on_disk(&root.join("rotten"), engine, segment, rot_at).is_ok())
+        .count();
+    assert_eq!(
+        rotted, 1,
+        "one engine of the rotten station holds the replica"
+    );
+    let seeker = station(root, site("seeker", 1000), Some(&home), &consoles).await?;
+    wait::until("both holders seen", MINUTE, || async {
+        let holders = seeker.registry().holders(program).await?;
+        Ok(holders.contains(&rotten.peer_id()) && holders.contains(&home.peer_id()))
+    })
+    .await?;
+
+    let mut events = seeker.subscribe();
+    let mut log = Vec::new();
+    let console = Console::connect(seeker.addr(), Some(&consoles)).await?;
+    let location = console.locate(program, 0, false).await?;
+    assert_eq!(location.director, seeker.peer_id(), "a copy at the seeker");
+    let chosen = wait::event(&mut events, &mut log, "the source", MINUTE, |e| {
+        matches!(e.kind, Kind::SourceChosen { .. })
+    })
+    .await?;
+    assert!(
+        matches!(chosen.kind, Kind::SourceChosen { station, .. } if station == rotten.peer_id()),
+        "the rotten station is the cheapest: {chosen:?}"
+    );
+    let resumed = wait::event(&mut events, &mut log, "the copy to resume", MINUTE, |e| {
+        e.peer == location.engine && matches!(e.kind, Kind::CopyResumed { .. })
+    })
+    .await?;
+    let home_engines: BTreeSet<PeerId> = home.engines.iter().map(|e| e.peer_id).collect();
+    match resumed.kind {
+        Kind::CopyResumed { from, offset } => {
+            assert!(home_engines.contains(&from), "resumed from the home");
+            assert_eq!(
+                offset,
+                2 * GROUP,
+                "resumed from the rotten group's first byte"
+            );
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    let penalised = |e: &vodmesh_node::events::Event| matches!(e.kind, Kind::SourcePenalised { station, failures: 1 } if station == rotten.peer_id());
+    wait::event(
+        &mut events,
+        &mut log,
+        "the rotten station penalised",
+        MINUTE,
+        penalised,
+    )
+    .await?;
+    let tabled = |e: &vodmesh_node::events::Event| e.kind == Kind::Tabled;
+    wait::event(&mut events, &mut log, "the segment copied", MINUTE, tabled).await?;
+    console.reach(location.engine, &location.addrs).await?;
+    let got = console.stream(location.engine, segment).await?;
+    assert!(got == bytes, "the copy holds the true bytes");
+    for s in [home, rotten, seeker] {
+        s.shutdown().await;
+    }
+    Ok(())
+}

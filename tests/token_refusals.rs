@@ -31,6 +31,7 @@ async fn copy_reply(
             segment,
             token: token.map(serde_bytes::ByteBuf::from),
             offset: 0,
+            verified: true,
         },
     )
     .await?;

@@ -11,12 +11,13 @@ use anyhow::{Context, Result};
 use futures::AsyncReadExt;
 use vodmesh_console::play::Session;
 use vodmesh_node::Station;
+use vodmesh_node::events::Kind;
 use vodmesh_proto::stream::{StreamReply, StreamRequest};
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_proto::verified::{Decoder, GROUP, VerifyError};
 use vodmesh_proto::{SegmentHash, SegmentId, SegmentIndex};
-use vodmesh_tests::console::{Console, credentials, play_max, read_rest};
+use vodmesh_tests::console::{Console, credentials, play_max};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{segment_file, tamper_on_disk};
 use vodmesh_tests::swarm::{self, home_with_program, ingest_options, init_logging};
@@ -326,10 +327,6 @@ async fn at_max_speed_the_player_gets_each_group_once_verified() -> Result<()> {
     Ok(())
 }
 
-/// A copy still filling has no tree yet: asked for verified mode, its engine streams raw
-/// bytes as they land and says so (`Streaming`); once the copy is complete, the same engine
-/// streams verified. Meanwhile the first holder streams verified, and every stream brings
-/// the segment byte for byte.
 /// Locates `segment` as `console` and asks the engine named for a verified stream.
 async fn open_verified(
     console: &Console,
@@ -345,8 +342,13 @@ async fn open_verified(
     Ok((location.engine, s, reply))
 }
 
+/// A copy still filling has its tree already (a verified copy brings the leaves before the
+/// bytes): asked for verified mode, its engine streams it verified, each group as it lands,
+/// so the console holds a group, not the segment; once the copy is complete, the same engine
+/// streams verified from its store. Meanwhile the first holder streams verified, and every
+/// stream brings the segment byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_filling_copy_streams_raw_and_says_so_then_verified_once_complete() -> Result<()> {
+async fn a_filling_copy_streams_verified_as_its_groups_land() -> Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("home");
@@ -391,17 +393,27 @@ async fn a_filling_copy_streams_raw_and_says_so_then_verified_once_complete() ->
         || async { Ok(c1.streams().await?.contains(&(e1, 1))) },
     )
     .await?;
-    // The second is sent to the idle engine, whose copy is filling: raw, and said so.
+    // The second is sent to the idle engine, whose copy is filling: verified all the same.
+    let mut events = station.subscribe();
     let c2 = Console::connect(station.addr(), Some(&issuer)).await?;
     let (e2, s2, reply) = open_verified(&c2, segment).await?;
     assert_ne!(e1, e2);
-    assert!(
-        matches!(reply, StreamReply::Streaming { size: s, hash: h } if s == size && h == hash),
-        "{reply:?}"
+    assert_eq!(
+        reply,
+        StreamReply::Verified {
+            size,
+            hash,
+            from: 0
+        }
     );
+    // Still filling when it answered (the copy takes about a second at 16 Mbit/s).
+    let copied = std::iter::from_fn(|| events.try_recv().ok())
+        .any(|e| e.peer == e2 && matches!(e.kind, Kind::Copied { .. }));
+    assert!(!copied, "the copy was complete before the stream began");
+    let (got, error) = decode(s2, size, hash, 0).await?;
     assert!(
-        read_rest(s2).await? == bytes,
-        "the filling copy's bytes differ"
+        error.is_none() && got == bytes,
+        "the filling copy's verified stream differs"
     );
     let (got, error) = decode(s1, size, hash, 0).await?;
     assert!(

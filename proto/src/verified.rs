@@ -96,6 +96,12 @@ impl LeafHasher {
         self.pos
     }
 
+    /// The chaining values of the groups hashed whole so far (none for a segment of one
+    /// group, whose only value is its root).
+    pub fn done(&self) -> &[Cv] {
+        &self.leaves
+    }
+
     /// Hashes the next bytes. Bytes past `size` are not hashed (the caller refuses them).
     pub fn update(&mut self, mut data: &[u8]) {
         let left = self.size.saturating_sub(self.pos);
@@ -173,6 +179,11 @@ impl Leaves {
     /// The segment's size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The chaining values, one per group in order.
+    pub fn cvs(&self) -> &[Cv] {
+        &self.cvs
     }
 
     /// Whether `data` is the segment's group number `index` (whole: [`GROUP`] bytes, or the

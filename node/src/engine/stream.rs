@@ -2,9 +2,11 @@
 //! byte offset, following a segment that is still filling, with the stream's backpressure.
 //! Enforces `--max-streams` with a semaphore (answering [`StreamReply::Busy`] past it, a wait
 //! for the console) and reports every start and stop to the director, so the director's view
-//! of this engine's load is exact. A console that asks for verified mode gets a complete
-//! segment with its chunk-group tree (`vodmesh_proto::verified`) from the start of the group
-//! holding its offset; a copy still filling is streamed raw, as before, and the reply says so.
+//! of this engine's load is exact. A console that asks for verified mode gets the segment with
+//! its chunk-group tree (`vodmesh_proto::verified`) from the start of the group holding its
+//! offset: a complete segment, or a copy still filling whose tree came before its bytes (a
+//! verified copy, `/vodmesh/copy/1`), followed as its groups land. A filling copy without its
+//! tree (from a source of an older version) is streamed raw, and the reply says so.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -500,8 +502,9 @@ impl StreamService {
             return Self::answer(stream, &why).await;
         }
         // Verified mode needs the segment's tree: a complete segment's, which its reader holds
-        // already (the store computes it for a segment stored before trees were kept). A copy
-        // still filling streams raw, as it lands, and the reply says so.
+        // already (the store computes it for a segment stored before trees were kept), or a
+        // filling copy's that came before its bytes. A copy still filling without one streams
+        // raw, as it lands, and the reply says so.
         let outboard = match info.state {
             SegmentState::Complete if request.verified => {
                 let held = reader.outboard();
@@ -517,6 +520,7 @@ impl StreamService {
                     }
                 }
             }
+            SegmentState::Filling if request.verified => reader.tree().map(|t| t.1.clone()),
             _ => None,
         };
         let from = match outboard {

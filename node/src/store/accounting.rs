@@ -23,6 +23,8 @@ use super::policy::Candidate;
 pub(super) struct Progress {
     pub(super) filled: u64,
     pub(super) file: Option<Arc<File>>,
+    /// The segment's tree, where the writer was given it before the bytes (a verified copy).
+    pub(super) tree: Option<super::writer::Tree>,
     pub(super) end: Option<End>,
 }
 

@@ -52,7 +52,7 @@ pub use index::{IndexError, SegmentState};
 pub use layout::Reconciled;
 pub use reader::Reader;
 pub use segments::{DiskStats, Info, SegmentStore, Stats};
-pub use writer::Writer;
+pub use writer::{Tree, Writer};
 
 /// The unit damage is reported in ([`Error::Corrupt`]), and the verification unit of segments
 /// stored before the store kept chunk-group trees.
@@ -191,6 +191,27 @@ pub enum Error {
         expected: SegmentHash,
         /// The hash of what was written.
         actual: SegmentHash,
+    },
+    /// A chunk group (16 KiB) of a write whose tree is known (a verified copy) is not the one
+    /// the tree says: the groups before it were written, nothing from it on, and the write goes
+    /// on from `offset` with the right bytes. Nothing was aborted.
+    #[error(
+        "segment {segment}: the bytes at {offset} are not the group its tree says; kept the {offset} bytes before them"
+    )]
+    GroupMismatch {
+        /// The segment.
+        segment: SegmentId,
+        /// The first byte of the wrong group: the bytes written so far.
+        offset: u64,
+    },
+    /// The tree offered for a write does not lead to its expected hash, or disagrees with the
+    /// bytes already written; nothing was changed.
+    #[error(
+        "segment {segment}: the chunk-group tree offered does not match its hash or the bytes written"
+    )]
+    WrongTree {
+        /// The segment.
+        segment: SegmentId,
     },
     /// The stored bytes failed verification; the segment was dropped.
     #[error("segment {segment} is corrupt on disk (chunk {chunk}); it was dropped, fetch it again")]

@@ -172,6 +172,27 @@ impl Reader {
         }
     }
 
+    /// The segment's chunk-group tree where it is known: a complete segment's (as
+    /// [`outboard`](Self::outboard)), or a filling one's whose writer was given it before its
+    /// bytes (a verified copy), whose groups are each checked as they land. For a verified
+    /// stream or copy of what this reader reads.
+    pub fn tree(&self) -> Option<super::Tree> {
+        match &self.mode {
+            Mode::Complete {
+                check: Check::Groups(tree),
+                ..
+            } => Some(tree.clone()),
+            Mode::Following(rx) => {
+                let p = rx.borrow();
+                match &p.end {
+                    Some(End::Complete(Check::Groups(tree))) => Some(tree.clone()),
+                    _ => p.tree.clone(),
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Asks the kernel to bring a complete segment's file into the page cache, without
     /// waiting for it or copying a byte (`POSIX_FADV_WILLNEED`): the preload of a segment a
     /// console was just sent to (claim 16). A hint: a failure is ignored, and every read is

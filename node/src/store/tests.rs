@@ -287,6 +287,79 @@ async fn a_follower_sees_exactly_the_bytes_written_so_far_then_the_rest() -> Tes
     Ok(())
 }
 
+/// A write told its tree first (a verified copy) checks each 16 KiB group as it lands: a
+/// wrong group costs that group, not the write (the groups before it count, the write goes on
+/// from there with the right bytes), and a follower of the filling segment has the tree at
+/// once. Leaves that do not lead to the segment's hash are refused and change nothing; a write
+/// that computed its own leaves over bytes already written keeps doing so.
+#[tokio::test]
+async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResult {
+    use vodmesh_proto::verified::{GROUP, Leaves};
+    let dir = tempfile::tempdir()?;
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, 1 << 30)).await?;
+    let group = GROUP as usize;
+    let data = bytes(9, 5 * group + 1000);
+    let (id, hash, len) = (seg(9, 0), SegmentHash::of(&data), data.len() as u64);
+    let mut w = store.begin_write(id, hash, len).await?;
+    let follower = store.open_read(id).await?;
+    assert!(follower.tree().is_none(), "no tree before it is told");
+
+    // Leaves of other bytes: refused, nothing changes.
+    let other = Leaves::of(&bytes(10, data.len()));
+    assert!(matches!(w.know(other), Err(Error::WrongTree { .. })));
+    assert!(follower.tree().is_none());
+    assert!(matches!(
+        w.know(Leaves::of(&data[..group])),
+        Err(Error::WrongTree { .. })
+    ));
+    // The right ones: the follower sees the tree, whose root is the segment's hash.
+    assert!(w.know(Leaves::of(&data))?);
+    let tree = follower.tree().ok_or("the follower has no tree")?;
+    assert_eq!(tree.1.root(), hash);
+
+    // Groups 0..3 with a byte of group 2 wrong: groups 0 and 1 are kept.
+    let mut wrong = data[..3 * group].to_vec();
+    wrong[2 * group + 7] ^= 1;
+    assert!(matches!(
+        w.write_chunk(wrong.into()).await,
+        Err(Error::GroupMismatch { offset, .. }) if offset == 2 * GROUP
+    ));
+    assert_eq!(w.written(), 2 * GROUP);
+    assert_eq!(store.filled(&id).map(|f| f.0), Some(2 * GROUP));
+    // The write goes on from there with the right bytes, to the end (the last group short).
+    w.write_chunk(Bytes::copy_from_slice(&data[2 * group..4 * group]))
+        .await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[4 * group..]))
+        .await?;
+    w.finish().await?;
+    assert_eq!(store.read_range(id, 0, len).await?, data);
+    drop(follower);
+
+    // A write whose own leaves cover bytes already written keeps computing them.
+    let id2 = seg(9, 1);
+    let mut w = store.begin_write(id2, hash, len).await?;
+    w.write_chunk(Bytes::copy_from_slice(&data[..group]))
+        .await?;
+    assert!(!w.know(Leaves::of(&data))?);
+    assert!(store.open_read(id2).await?.tree().is_none());
+    w.write_chunk(Bytes::copy_from_slice(&data[group..]))
+        .await?;
+    w.finish().await?;
+    assert_eq!(store.read_range(id2, 0, len).await?, data);
+
+    // Control: without its tree, the same wrong byte is found only at the end, and costs the
+    // whole write.
+    let id3 = seg(9, 2);
+    let mut w = store.begin_write(id3, hash, len).await?;
+    let mut wrong = data.clone();
+    wrong[2 * group + 7] ^= 1;
+    w.write_chunk(wrong.into()).await?;
+    assert_eq!(w.written(), len);
+    assert!(matches!(w.finish().await, Err(Error::HashMismatch { .. })));
+    store.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_wrong_hash_a_long_write_or_a_dropped_writer_leaves_nothing_visible() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, instrument};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::verified::{LeafHasher, Leaves, Outboard};
+use vodmesh_proto::verified::{GROUP, LeafHasher, Leaves, Outboard};
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use super::Error;
@@ -19,6 +19,21 @@ use super::check::Check;
 use super::index::{Op, Record, SegmentState};
 use super::layout::{self, io};
 use super::shared::Inner;
+
+/// A segment's chunk-group tree: its leaves, and the parent nodes built from them (whose root
+/// is the segment's hash).
+pub type Tree = Arc<(Leaves, Outboard)>;
+
+/// How a write checks its bytes. Either way each byte is hashed once, and later reads are
+/// checked against the leaves.
+enum Hashing {
+    /// The chaining values of the segment's 16 KiB chunk groups, computed as the bytes land:
+    /// their tree's root is checked against the segment's hash when the write ends.
+    Computing(Box<LeafHasher>),
+    /// The tree, known (and checked against the segment's hash) before the bytes: each group
+    /// is checked as it lands ([`Writer::know`], a verified copy).
+    Known(Tree),
+}
 
 /// A segment being written. Bytes become visible to followers as each chunk lands, and to
 /// everyone as a complete segment only after [`finish`](Self::finish) verified and committed
@@ -30,10 +45,8 @@ pub struct Writer {
     generation: u64,
     temp: PathBuf,
     file: Option<Arc<File>>,
-    /// The chaining values of the segment's 16 KiB chunk groups, computed as the bytes land:
-    /// their tree's root is the segment's hash, and later reads are checked against them, so
-    /// each byte is hashed once. `None` once the writer ended.
-    hashing: Option<LeafHasher>,
+    /// How the bytes are checked as they land; `None` once the writer ended.
+    hashing: Option<Hashing>,
     written: u64,
     expected_hash: SegmentHash,
     expected_len: u64,
@@ -64,7 +77,7 @@ impl Writer {
             generation,
             temp: temp.clone(),
             file: None,
-            hashing: Some(LeafHasher::new(expected_len)),
+            hashing: Some(Hashing::Computing(Box::new(LeafHasher::new(expected_len)))),
             written: 0,
             expected_hash,
             expected_len,
@@ -137,10 +150,41 @@ impl Writer {
         self.disk
     }
 
+    /// Takes the segment's chunk-group `leaves` (a verified copy's source sends them before the
+    /// bytes): from now on each group is checked as it lands, a wrong one costs that group
+    /// only ([`Error::GroupMismatch`]), and followers of the filling segment may stream it in
+    /// verified mode ([`Reader::tree`](super::Reader::tree)). Leaves that do not lead to the
+    /// expected hash are refused ([`Error::WrongTree`]; nothing changes). A write that already
+    /// computes its own leaves over bytes written goes on as it was (returns `false`): its
+    /// bytes are checked against the hash at the end, as before.
+    pub fn know(&mut self, leaves: Leaves) -> Result<bool, Error> {
+        let segment = self.segment;
+        if leaves.size() != self.expected_len {
+            return Err(Error::WrongTree { segment });
+        }
+        match &self.hashing {
+            None => return Err(Error::Aborted(segment)),
+            Some(Hashing::Known(_)) => return Ok(true),
+            Some(Hashing::Computing(_)) if self.written > 0 => return Ok(false),
+            Some(Hashing::Computing(_)) => {}
+        }
+        let outboard = leaves.outboard();
+        if outboard.root() != self.expected_hash {
+            return Err(Error::WrongTree { segment });
+        }
+        let tree: Tree = Arc::new((leaves, outboard));
+        self.hashing = Some(Hashing::Known(tree.clone()));
+        self.progress.send_modify(|p| p.tree = Some(tree));
+        Ok(true)
+    }
+
     /// Appends `chunk`: the disk's worker writes it (the bytes move there without a copy)
-    /// while it is hashed here. More bytes than the expected length abort the write. Not
-    /// cancel-safe: dropping this future midway leaves the writer aborted (later calls fail
-    /// with [`Error::Aborted`]).
+    /// while it is hashed here. More bytes than the expected length abort the write. With the
+    /// tree known ([`know`](Self::know)) each whole group is checked: at a wrong one the
+    /// groups before it count as written, and [`Error::GroupMismatch`] says where the write
+    /// goes on (its bytes there are overwritten by the next ones); such a write's chunks end
+    /// on a group's boundary or at the segment's end. Not cancel-safe: dropping this future
+    /// midway leaves the writer aborted (later calls fail with [`Error::Aborted`]).
     pub async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), Error> {
         if self.done {
             return Err(Error::Aborted(self.segment));
@@ -159,6 +203,12 @@ impl Writer {
         };
         let offset = self.written;
         let len = chunk.len();
+        let aligned = offset.is_multiple_of(GROUP)
+            && (end == self.expected_len || (len as u64).is_multiple_of(GROUP));
+        if matches!(self.hashing, Some(Hashing::Known(_))) && !aligned {
+            self.abort();
+            return Err(Error::Aborted(self.segment));
+        }
         let bytes = chunk.clone();
         let write = self.inner.disks[self.disk].worker.run(move || {
             let r = file.write_all_at(&bytes, offset);
@@ -172,16 +222,28 @@ impl Writer {
         // first, then hashes (tens of microseconds per chunk), then waits for the write.
         let hashing = &mut self.hashing;
         let hash = async {
-            if let Some(hashing) = hashing {
-                hashing.update(&chunk);
+            match hashing {
+                Some(Hashing::Computing(hasher)) => {
+                    hasher.update(&chunk);
+                    None
+                }
+                Some(Hashing::Known(tree)) => first_wrong_group(&tree.0, offset, &chunk),
+                None => None,
             }
         };
-        let (written, ()) = tokio::join!(write, hash);
+        let (written, wrong) = tokio::join!(write, hash);
         match written {
             Ok(Ok(())) => {
-                self.written = end;
-                self.progress.send_modify(|p| p.filled = end);
-                Ok(())
+                let good = wrong.unwrap_or(end);
+                self.written = good;
+                self.progress.send_modify(|p| p.filled = good);
+                match wrong {
+                    None => Ok(()),
+                    Some(offset) => Err(Error::GroupMismatch {
+                        segment: self.segment,
+                        offset,
+                    }),
+                }
             }
             Ok(Err(e)) => {
                 self.abort();
@@ -229,7 +291,7 @@ impl Writer {
             .syncer
             .run(move || seal(&file, hashing, &temp, &dest, (segment, expected)))
             .await?;
-        let (leaves, outboard) = match sealed? {
+        let tree = match sealed? {
             Ok(tree) => tree,
             Err(actual) => {
                 return Err(Error::HashMismatch {
@@ -239,8 +301,8 @@ impl Writer {
                 });
             }
         };
-        let stored = self.commit(leaves.to_bytes()).await?;
-        self.complete(stored, leaves, outboard);
+        let stored = self.commit(tree.0.to_bytes()).await?;
+        self.complete(stored, tree);
         debug!("segment stored");
         Ok(())
     }
@@ -305,7 +367,7 @@ impl Writer {
 
     /// The committed segment becomes complete for everyone: its reservation turns into used
     /// bytes in one step under the lock, and its followers learn its tree's leaves.
-    fn complete(&mut self, mut stored: Stored, leaves: Leaves, outboard: Outboard) {
+    fn complete(&mut self, mut stored: Stored, tree: Tree) {
         {
             let mut st = self.inner.state();
             stored.readers = st
@@ -315,7 +377,7 @@ impl Writer {
             st.holdings.insert_stored(self.segment, stored);
         }
         self.done = true;
-        let check = Check::Groups(Arc::new((leaves, outboard)));
+        let check = Check::Groups(tree);
         let size = self.expected_len;
         self.progress.send_modify(|p| {
             p.filled = size;
@@ -361,27 +423,45 @@ impl Drop for Writer {
 
 /// What [`seal`] found: the group leaves (and the tree's parent nodes built from them) of a
 /// segment stored, or the actual hash of one that was not.
-type Sealed = Result<(Leaves, Outboard), SegmentHash>;
+type Sealed = Result<Tree, SegmentHash>;
+
+/// Where the first group of `chunk` (written at `offset`, on a group's boundary) that is not
+/// the one `leaves` say starts; `None` when all are.
+fn first_wrong_group(leaves: &Leaves, offset: u64, chunk: &[u8]) -> Option<u64> {
+    let first = offset / GROUP;
+    chunk
+        .chunks(GROUP as usize)
+        .zip(first..)
+        .find(|(group, n)| !leaves.check(*n, group))
+        .map(|(_, n)| n * GROUP)
+}
 
 /// On the disk's worker: checks the hash of what was written, renames the temp file into place
 /// and makes it durable. Returns the group leaves and the tree built from them, or the actual hash when it
 /// is not `expected` (the write is then aborted and nothing was renamed).
 fn seal(
     file: &File,
-    hashing: LeafHasher,
+    hashing: Hashing,
     temp: &Path,
     dest: &Path,
     (segment, expected): (SegmentId, SegmentHash),
 ) -> Result<Sealed, Error> {
-    // Every byte came (checked by the caller), so the hashing finishes.
-    let Some(leaves) = hashing.finish() else {
-        return Err(Error::Aborted(segment));
+    let tree = match hashing {
+        // Every group was checked as it landed, against leaves checked against `expected`.
+        Hashing::Known(tree) => tree,
+        Hashing::Computing(hasher) => {
+            // Every byte came (checked by the caller), so the hashing finishes.
+            let Some(leaves) = hasher.finish() else {
+                return Err(Error::Aborted(segment));
+            };
+            let outboard = leaves.outboard();
+            let actual = outboard.root();
+            if actual != expected {
+                return Ok(Err(actual));
+            }
+            Arc::new((leaves, outboard))
+        }
     };
-    let outboard = leaves.outboard();
-    let actual = outboard.root();
-    if actual != expected {
-        return Ok(Err(actual));
-    }
     let dir = dest.parent().unwrap_or(Path::new("."));
     let new_dir = !dir.exists();
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
@@ -408,7 +488,7 @@ fn seal(
     let failed = match synced {
         (Err(e), _) => io("fsync", dest)(e),
         (_, Err(e)) => io("fsync", dir)(e),
-        _ => return Ok(Ok((leaves, outboard))),
+        _ => return Ok(Ok(tree)),
     };
     let _ = layout::remove_segment_file(dest);
     Err(failed)

@@ -29,6 +29,7 @@ use vodmesh_proto::net::bulk::Exchange;
 use vodmesh_proto::net::bulk::pool::{Pool, Wire};
 use vodmesh_proto::net::prefer_tcp;
 use vodmesh_proto::time::now_ms;
+use vodmesh_proto::verified::Leaves;
 use vodmesh_proto::{SegmentHash, SegmentId};
 
 use self::error::{Attempt, Next};
@@ -313,6 +314,13 @@ impl Fetch {
                     }
                     Err(failed) => failed,
                 };
+                // Its bytes from a wrong group on were not kept: the next source goes on
+                // from the last group checked.
+                if let Attempt::Corrupt(peer) = &failed
+                    && !corrupt.contains(peer)
+                {
+                    corrupt.push(*peer);
+                }
                 let next = failed.next();
                 tracing::debug!(segment = %job.segment, source = %source.engine, attempt, error = %failed, ?next, "copy attempt failed");
                 last = CopyError::Sources(failed);
@@ -399,6 +407,8 @@ impl Fetch {
             // Claims 24, 25: every copy request carries this engine's token.
             token: self.token.clone().map(serde_bytes::ByteBuf::from),
             offset,
+            // Each group checked as it lands, where the source has the tree.
+            verified: true,
         };
         let (mut stream, reply) = self.ask(control, source, &request, patience).await?;
         // Told once the source answered: a source that is gone resumes nothing.
@@ -409,11 +419,18 @@ impl Fetch {
             };
             self.observer.segment(self.me, job.segment, resumed);
         }
-        let (offered, hash) = match reply {
+        let (offered, hash, verified) = match reply {
             CopyReply::Refused(why) => return Err(Attempt::Refused(why)),
-            CopyReply::Sending { size, hash } => (size, hash),
+            CopyReply::Sending { size, hash } => (size, hash, false),
+            CopyReply::Verified { size, hash } => (size, hash, true),
         };
         let (hash, size) = accept_offer(job.expect, offered, hash)?;
+        // Verified: the leaves come first, as many as the size says (at most 512 KiB, the
+        // size being a segment's at most).
+        let leaves = match verified {
+            true => Some(read_leaves(&mut stream, size, patience).await?),
+            false => None,
+        };
         let w = match writer {
             Some(w) => w,
             None => writer.insert(
@@ -423,6 +440,10 @@ impl Fetch {
                     .map_err(Attempt::Store)?,
             ),
         };
+        if let Some(leaves) = leaves {
+            // Leaves whose tree is not the segment's hash: the source lied before any byte.
+            w.know(leaves).map_err(|e| stored_wrong(e, source.engine))?;
+        }
         // Two stages: the next chunk is read from the stream while the disk worker writes
         // (and hashes) the one before, so the link and the disk work side by side.
         let mut buf = BytesMut::new();
@@ -449,7 +470,10 @@ impl Fetch {
             // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
             let write = async {
                 match pending.take() {
-                    Some(chunk) => w.write_chunk(chunk).await.map_err(Attempt::Store),
+                    // A wrong group of a verified copy: the groups before it are kept.
+                    Some(chunk) => {
+                        (w.write_chunk(chunk).await).map_err(|e| stored_wrong(e, source.engine))
+                    }
                     None => Ok(()),
                 }
             };
@@ -464,6 +488,32 @@ impl Fetch {
         // Read to the segment's end, no further: a bulk connection carries the next copy.
         self.bulk.done(source.engine, stream).await;
         Ok(())
+    }
+}
+
+/// The leaves of a segment of `size` bytes (at most a segment's), as a verified copy's source
+/// sends them before the bytes.
+async fn read_leaves(stream: &mut Wire, size: u64, patience: Duration) -> Result<Leaves, Attempt> {
+    let len = usize::try_from(copy::leaves_len(size.min(MAX_SEGMENT_SIZE))).unwrap_or(0);
+    let mut buf = vec![0u8; len];
+    fill_within(stream, &mut buf, patience)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::TimedOut => Attempt::Stalled(0),
+            _ => Attempt::Cut { at: 0, source },
+        })?;
+    Leaves::from_bytes(size, &buf).ok_or(Attempt::TooLarge(size))
+}
+
+/// What a store failure of a copy from `source` means: a tree that is not the segment's, or a
+/// group that is not the tree's, is the source's lie (the copy moves on, keeping what was
+/// checked); anything else is this engine's store failing.
+fn stored_wrong(e: store::Error, source: PeerId) -> Attempt {
+    match e {
+        store::Error::WrongTree { .. } | store::Error::GroupMismatch { .. } => {
+            Attempt::Corrupt(source)
+        }
+        e => Attempt::Store(e),
     }
 }
 

@@ -164,11 +164,18 @@ impl Server {
         if request.offset > info.size {
             return refuse(stream, "offset past the end of the segment".into()).await;
         }
-        let sending = CopyReply::Sending {
-            size: info.size,
-            hash: info.hash,
+        // Verified where asked and the tree is known (a complete segment's, or a filling copy's
+        // whose own source sent it): the leaves go first.
+        let tree = request.verified.then(|| reader.tree()).flatten();
+        let (size, hash) = (info.size, info.hash);
+        let sending = match tree {
+            Some(_) => CopyReply::Verified { size, hash },
+            None => CopyReply::Sending { size, hash },
         };
         write_frame(&mut *stream, &sending).await?;
+        if let Some(tree) = tree {
+            send_within(&mut *stream, &tree.0.to_bytes(), WRITE_STALL).await?;
+        }
         reader.seek(request.offset);
         let started = tokio::time::Instant::now();
         let mut sent = 0u64;
