@@ -8,9 +8,11 @@
 //! Verified mode ([`StreamRequest::verified`]): an engine that holds the segment complete
 //! answers [`StreamReply::Verified`] instead and sends, from the start of the 16 KiB chunk
 //! group that holds the offset, the segment's BLAKE3 tree in pre-order with the data
-//! ([`crate::verified`]), so the console checks and hands out each group as it arrives. A
-//! copy still filling has no tree yet: the engine answers `Streaming` and sends raw bytes,
-//! which the console checks against the segment hash at the end, as before.
+//! ([`crate::verified`]), so the console checks and hands out each group as it arrives. A copy
+//! still filling is streamed so too when its tree came before its bytes (a verified copy,
+//! [`crate::copy::CopyReply::Verified`]), each group as it lands; one without a tree (copied
+//! from an engine of an older version) is answered `Streaming` with raw bytes, which the
+//! console checks against the segment hash at the end.
 
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};

@@ -17,9 +17,9 @@
 //! kept: a fetch whose segment is not the next to play stops reading its stream once that
 //! queue is full, so a console holds per stream one queue of groups, not a segment (the time it
 //! waits there is the player's, not counted against the attempt: [`limit`]). Otherwise
-//! the groups are kept until the segment is whole. An engine whose copy is still filling (or
-//! an older engine) streams raw bytes, kept and checked against the hash once the segment is
-//! whole.
+//! the groups are kept until the segment is whole. A copy still filling streams verified too
+//! (its tree came before its bytes); one copied without its tree, or an engine of an older
+//! version, streams raw bytes, kept and checked against the hash once the segment is whole.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

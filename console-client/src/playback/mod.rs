@@ -59,7 +59,8 @@ const _: () = assert!(2 * MAX_WINDOW as usize <= vodmesh_proto::stream::MAX_STRE
 /// time: a 4 MiB segment's play three in flight or six made no difference. The bound is on
 /// memory too: a fetch holds at most one queue of verified groups (1 MiB,
 /// `crate::fetch::GROUPS_QUEUED`), but one whose engine streams raw bytes (a copy still
-/// filling) holds its segment whole until it is checked.
+/// filling that came from an engine of an older version, without its tree) holds its segment
+/// whole until it is checked.
 pub(crate) const MAX_SPEED_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How fast to play.

@@ -520,7 +520,13 @@ impl StreamService {
                     }
                 }
             }
-            SegmentState::Filling if request.verified => reader.tree().map(|t| t.1.clone()),
+            // The copy's writer begins before its source answers, and the console is sent here
+            // at once: its tree comes before its first byte, so wait for one or the other
+            // (within what is left of the arrival's wait, below the console's patience).
+            SegmentState::Filling if request.verified => {
+                let left = ARRIVAL_WAIT.saturating_sub(waited.elapsed());
+                reader.tree_within(left).await.map(|t| t.1.clone())
+            }
             _ => None,
         };
         let from = match outboard {

@@ -193,6 +193,18 @@ impl Reader {
         }
     }
 
+    /// [`tree`](Self::tree), once a filling segment's writer has been given it (a verified
+    /// copy's source sends it before any byte), or its first bytes came without one, or its
+    /// write ended, or `wait` passed: a filling copy is streamed verified when it can be.
+    pub async fn tree_within(&mut self, wait: std::time::Duration) -> Option<super::Tree> {
+        if let Mode::Following(rx) = &self.mode {
+            let mut rx = rx.clone();
+            let settled = |p: &Progress| p.tree.is_some() || p.filled > 0 || p.end.is_some();
+            let _ = tokio::time::timeout(wait, rx.wait_for(settled)).await;
+        }
+        self.tree()
+    }
+
     /// Asks the kernel to bring a complete segment's file into the page cache, without
     /// waiting for it or copying a byte (`POSIX_FADV_WILLNEED`): the preload of a segment a
     /// console was just sent to (claim 16). A hint: a failure is ignored, and every read is

@@ -303,6 +303,10 @@ async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResu
     let mut w = store.begin_write(id, hash, len).await?;
     let follower = store.open_read(id).await?;
     assert!(follower.tree().is_none(), "no tree before it is told");
+    // A stream that comes before the tree waits for it (an hour at most here: it is told).
+    let mut waiting = store.open_read(id).await?;
+    let hour = Duration::from_secs(3600);
+    let told = tokio::spawn(async move { waiting.tree_within(hour).await });
 
     // Leaves of other bytes: refused, nothing changes.
     let other = Leaves::of(&bytes(10, data.len()));
@@ -316,6 +320,8 @@ async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResu
     assert!(w.know(Leaves::of(&data))?);
     let tree = follower.tree().ok_or("the follower has no tree")?;
     assert_eq!(tree.1.root(), hash);
+    let waited = tokio::time::timeout(Duration::from_secs(60), told).await??;
+    assert_eq!(waited.map(|t| t.1.root()), Some(hash));
 
     // Groups 0..3 with a byte of group 2 wrong: groups 0 and 1 are kept.
     let mut wrong = data[..3 * group].to_vec();
@@ -341,7 +347,12 @@ async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResu
     w.write_chunk(Bytes::copy_from_slice(&data[..group]))
         .await?;
     assert!(!w.know(Leaves::of(&data))?);
-    assert!(store.open_read(id2).await?.tree().is_none());
+    let mut follower = store.open_read(id2).await?;
+    assert!(follower.tree().is_none());
+    // Bytes came without a tree: a stream waits for none (not the hour), and goes raw.
+    let tree = tokio::time::timeout(Duration::from_secs(60), follower.tree_within(hour)).await?;
+    assert!(tree.is_none());
+    drop(follower);
     w.write_chunk(Bytes::copy_from_slice(&data[group..]))
         .await?;
     w.finish().await?;

@@ -2,7 +2,8 @@
 //! byte on its stdout, for 4 MiB segments. The console writes no byte before it is verified:
 //! on a hit the engine streams in verified mode and the first 16 KiB chunk group goes out as
 //! soon as it checks against the manifest (`vodmesh_proto::verified`); on a miss the copy is
-//! still filling, so the engine streams raw and the first segment is verified whole. For a hit (the
+//! still filling, and the engine streams it verified too, each group as it lands (the copy's
+//! source sent the segment's tree first, `/vodmesh/copy/1` in verified mode). For a hit (the
 //! station asked holds the segment) and a miss (another station holds it: the director finds
 //! it through the registry, has one of its engines copy it, and redirects the console there
 //! while the copy streams in). Each miss asks for a segment no run asked for before.

@@ -4,7 +4,11 @@
 //!
 //! A copy goes over a bulk connection to the source (`vodmesh_proto::net::bulk`, TLS with no
 //! yamux, kept per source for the next segments) where the source takes them, else over a
-//! libp2p stream; the exchange and the checks are the same on either.
+//! libp2p stream; the exchange and the checks are the same on either. It asks for verified
+//! mode: the source sends the segment's group leaves first, checked here against the
+//! manifest's hash, and every 16 KiB group is then checked as it lands (`store::Writer::know`),
+//! so a wrong byte costs one group and the next source resumes after the groups checked, and
+//! consoles streaming the copy as it fills get it verified.
 //!
 //! Serving is gated (see `admit`): a peer may copy only with an engine token of a trusted
 //! issuer (claims 24, 25) and while its director-approved entry lasts. The director approves
