@@ -169,6 +169,11 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
         "redirect_p50_ms",
         "redirect_p99_ms",
         "redirect_vs_control_rtt",
+        "miss_paced_p50_ms",
+        "miss_paced_p99_ms",
+        "miss_paced_copy_mbps",
+        "miss_paced_segment_copy_ms",
+        "miss_paced_vs_segment_copy",
     ] {
         positive(&json, &["startup", f])?;
     }

@@ -8,6 +8,10 @@
 //! it through the registry, has one of its engines copy it, and redirects the console there
 //! while the copy streams in). Each miss asks for a segment no run asked for before.
 //!
+//! A miss is also timed where the home serves copies at [`PACED_MBPS`] (`--copy-rate`, a
+//! station far away): the console's first verified byte comes once the copy's first groups
+//! have, not its whole segment; the reference is that segment's copy time at that rate.
+//!
 //! References: the same binary's start-to-exit with `--version` (the floor of a process
 //! start), and for the director's redirect (`Locate`) a `Playable` request on the same
 //! connection (the floor of a control round trip).
@@ -24,10 +28,12 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::director::{Request, Response};
 
 use super::swarm::{BenchSwarm, Shape};
-use super::{Row, quantile_ms, ratio, sibling_bin};
+use super::{Row, quantile_ms, ratio, round2, sibling_bin};
 
 const SEGMENT: u64 = 4 * 1024 * 1024;
 const BITRATE: u64 = 8_000_000;
+/// The home's copy rate for the paced misses, Mbit/s: a 4 MiB segment's copy takes 336 ms.
+const PACED_MBPS: u32 = 100;
 
 /// Runs the section under `dir`.
 pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
@@ -36,7 +42,65 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     let swarm = BenchSwarm::start(dir, Shape::new(1), &[Shape::new(1)]).await?;
     let result = measure(dir, &swarm, runs, locates).await;
     swarm.shutdown().await;
-    result
+    let (mut value, mut rows) = result?;
+    let paced_dir = dir.join("paced");
+    let paced = Shape {
+        copy_rate_mbps: PACED_MBPS,
+        ..Shape::new(1)
+    };
+    let swarm = BenchSwarm::start(&paced_dir, paced, &[Shape::new(1)]).await?;
+    let result = paced_misses(&paced_dir, &swarm, if quick { 3 } else { 10 }).await;
+    swarm.shutdown().await;
+    let (paced50, paced99) = result?;
+    let copy_ms = round2(SEGMENT as f64 * 8.0 / (f64::from(PACED_MBPS) * 1e6) * 1e3);
+    rows.push(
+        Row::new(
+            "startup",
+            format!(
+                "miss, copies at {PACED_MBPS} Mbit/s: process start -> first verified byte, p50 (p99 {paced99} ms)"
+            ),
+            format!("{paced50} ms"),
+        )
+        .vs(
+            format!("the segment's copy {copy_ms} ms"),
+            ratio(paced50, copy_ms),
+        ),
+    );
+    if let Some(v) = value.as_object_mut() {
+        v.insert("miss_paced_p50_ms".into(), json!(paced50));
+        v.insert("miss_paced_p99_ms".into(), json!(paced99));
+        v.insert("miss_paced_copy_mbps".into(), json!(PACED_MBPS));
+        v.insert("miss_paced_segment_copy_ms".into(), json!(copy_ms));
+        v.insert(
+            "miss_paced_vs_segment_copy".into(),
+            json!(ratio(paced50, copy_ms)),
+        );
+    }
+    Ok((value, rows))
+}
+
+/// First verified byte of `runs` misses at the second station of `swarm`, whose home serves
+/// copies paced: p50 and p99, ms. The consoles play at `--speed 1`: at `--speed max` a console
+/// has the next eight segments located, so copied, and each copy lasts a third of a second
+/// here, so the next run's copy would queue behind them (an engine makes four at once). At
+/// `--speed 1` it fetches a segment or two ahead; each run starts five segments after the
+/// last, so each is a miss whose copy starts at once.
+async fn paced_misses(dir: &Path, swarm: &BenchSwarm, runs: usize) -> Result<(f64, f64)> {
+    let segments = runs as u64 * 5 + 4;
+    let program = swarm
+        .ingest(dir, "paced", segments * SEGMENT, SEGMENT, BITRATE)
+        .await?;
+    let home = swarm.console_home(&dir.join("console"))?;
+    let console = sibling_bin("vodmesh-console")?;
+    let seconds_per_segment = SEGMENT as f64 * 8.0 / BITRATE as f64;
+    let other = swarm.others.first().context("no second station")?;
+    let mut misses = Vec::new();
+    for i in 0..runs {
+        let start = (i as f64 * 5.0) * seconds_per_segment + 0.01;
+        let at = (other.addr(), program, start);
+        misses.push(first_byte(&console, &home, at, "1").await?);
+    }
+    Ok((quantile_ms(&misses, 0.5), quantile_ms(&misses, 0.99)))
 }
 
 async fn measure(
@@ -69,13 +133,15 @@ async fn measure(
     }
     let mut hits = Vec::new();
     for _ in 0..runs {
-        hits.push(first_byte(&console, &home, swarm.home.addr(), program, 0.0).await?);
+        let at = (swarm.home.addr(), program, 0.0);
+        hits.push(first_byte(&console, &home, at, "max").await?);
     }
     let other = swarm.others.first().context("no second station")?;
     let mut misses = Vec::new();
     for i in 0..runs {
         let start = (i as f64 * 3.0) * seconds_per_segment + 0.01;
-        misses.push(first_byte(&console, &home, other.addr(), program, start).await?);
+        let at = (other.addr(), program, start);
+        misses.push(first_byte(&console, &home, at, "max").await?);
     }
 
     let client = DirectorClient::connect(swarm.home.addr(), None).await?;
@@ -156,13 +222,13 @@ async fn measure(
     Ok((value, rows))
 }
 
-/// Spawns `vodmesh-console play` against `node` and returns the time to its first byte.
+/// Spawns `vodmesh-console play --speed SPEED` against `node` for `program` from `start_s`,
+/// and returns the time to its first byte.
 async fn first_byte(
     console: &Path,
     home: &Path,
-    node: &libp2p::Multiaddr,
-    program: ProgramId,
-    start_s: f64,
+    (node, program, start_s): (&libp2p::Multiaddr, ProgramId, f64),
+    speed: &str,
 ) -> Result<Duration> {
     let t = Instant::now();
     let mut child = tokio::process::Command::new(console)
@@ -172,7 +238,7 @@ async fn first_byte(
             "--start",
             &format!("{start_s:.3}"),
             "--speed",
-            "max",
+            speed,
             "--out",
             "-",
         ])

@@ -24,6 +24,8 @@ pub(crate) struct Shape {
     pub(crate) listen: Vec<Multiaddr>,
     /// Where its director serves HTTP (`--http`), if it does.
     pub(crate) http: Option<std::net::SocketAddr>,
+    /// Its engines serve copies at this many Mbit/s (`--copy-rate`; 0: unpaced).
+    pub(crate) copy_rate_mbps: u32,
 }
 
 impl Shape {
@@ -32,6 +34,7 @@ impl Shape {
             engines,
             listen: vodmesh_node::config::default_listen("127.0.0.1"),
             http: None,
+            copy_rate_mbps: 0,
         }
     }
 }
@@ -59,6 +62,7 @@ impl BenchSwarm {
         config.engines = home.engines;
         config.listen = home.listen.clone();
         config.http = home.http;
+        config.copy_rate_mbps = home.copy_rate_mbps;
         config.trust = vec![issuer.public()];
         config.max_streams = 1024;
         let home_station = Station::start(config)
@@ -89,6 +93,7 @@ impl BenchSwarm {
                 .collect();
             config.engines = shape.engines;
             config.listen = shape.listen.clone();
+            config.copy_rate_mbps = shape.copy_rate_mbps;
             config.bootstrap = vec![home_station.addr().clone()];
             config.max_streams = 1024;
             let station = Station::start(config).await.context("starting a station")?;

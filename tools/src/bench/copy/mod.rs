@@ -424,9 +424,8 @@ impl Cpu {
 /// home, then replicated to the other; then one console plays it from the home.
 async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> Result<Run> {
     let shape = Shape {
-        engines: 1,
         listen,
-        http: None,
+        ..Shape::new(1)
     };
     // The stations' own connections (enrollment, registry) count with the copy's: the
     // engines may reuse one of them.
