@@ -3,9 +3,11 @@
 //! [`Retry`]'s decision; this module only carries it out. Opening the stream at the engine
 //! and reading its first answer (a hand-over, busy, absent) is [`open`]'s.
 //!
-//! A console holds at most one stream per engine at a time ([`EngineSlots`]): the segments it
-//! fetches ahead take an engine in turn instead of competing with each other for its
-//! `--max-streams` slots. At `--speed max` a stream passes its turn on as its last
+//! A console holds one stream per engine at a time ([`EngineSlots`]): the segments it fetches
+//! ahead take an engine in turn instead of competing with each other for its `--max-streams`
+//! slots, and a segment earlier than every one streaming from that engine does not wait for
+//! its turn (the one to play next is never queued behind the one after it, which over a slow
+//! link or from a copy still filling lasts a whole segment). At `--speed max` a stream passes its turn on as its last
 //! [`PASS_TURN_AT`] bytes come ([`Turn`]), so the next segment's stream opens while this one
 //! ends rather than after it. An engine any fetch found unreachable is named in every fetch's
 //! `Locate { avoid }` for a while ([`Recent`]), so the others move on at once.
@@ -21,7 +23,7 @@
 //! (its tree came before its bytes); one copied without its tree, or an engine of an older
 //! version, streams raw bytes, kept and checked against the hash once the segment is whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use vodmesh_proto::director::{ErrorCode, Response, SegmentLocation};
 use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::stream::StreamRequest;
@@ -74,7 +76,7 @@ pub(crate) const PASS_TURN_AT: u64 = 1024 * 1024;
 /// [`PASS_TURN_AT`] bytes are left: for that tail, this console holds two of the engine's
 /// streams. Otherwise the turn ends with the stream.
 pub(super) struct Turn {
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
     pass_early: bool,
 }
 
@@ -94,36 +96,88 @@ impl Turn {
     }
 }
 
-/// Engines this console streams from, one stream each at a time: a fetch takes the engine's
-/// slot before it opens a stream and gives it back when the stream ends.
+/// Engines this console streams from, one stream each at a time, in the order of the
+/// segments: a fetch takes its turn at the engine before it opens a stream and gives it back
+/// when the stream ends. A fetch waits while a segment no later than its own streams from that
+/// engine; one earlier than all of them goes at once, beside them, so the next segment to play
+/// never waits for the whole stream of one after it (which began first: the fetches ahead
+/// start together). At most as many streams at once as segments in flight, which an engine's
+/// share of one peer's streams covers (`playback`'s compile-time check).
 #[derive(Default)]
 pub(crate) struct EngineSlots {
-    slots: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    slots: Mutex<HashMap<PeerId, Arc<Turns>>>,
+}
+
+/// One engine's turns: the segments streaming from it (index, fetches), and the wake-up of the
+/// fetches waiting when one ends.
+#[derive(Default)]
+struct Turns {
+    streaming: Mutex<BTreeMap<u32, usize>>,
+    ended: Notify,
+}
+
+impl Turns {
+    fn streaming(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, usize>> {
+        // A counter map: a panicked holder left it whole.
+        self.streaming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A fetch's turn at an engine, for segment `index`: given back when dropped.
+pub(crate) struct Slot {
+    turns: Arc<Turns>,
+    index: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut streaming = self.turns.streaming();
+            if let Some(n) = streaming.get_mut(&self.index) {
+                *n -= 1;
+                if *n == 0 {
+                    streaming.remove(&self.index);
+                }
+            }
+        }
+        self.turns.ended.notify_waiters();
+    }
 }
 
 impl EngineSlots {
-    /// Waits for this console's turn at `engine`.
-    pub(crate) async fn take(&self, engine: PeerId) -> OwnedSemaphorePermit {
-        loop {
-            let slot = match self.slots.lock() {
-                Ok(mut slots) => {
-                    if slots.len() >= MAX_SLOTS {
-                        // Forget engines nobody holds or waits for (a permit keeps a
-                        // reference).
-                        slots.retain(|_, s| Arc::strong_count(s) > 1);
-                    }
-                    slots
-                        .entry(engine)
-                        .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                        .clone()
-                }
-                // A panicked holder: go on without turns rather than stop playing.
-                Err(_) => Arc::new(Semaphore::new(1)),
-            };
-            // The semaphores are never closed; a closed one would only be replaced.
-            if let Ok(permit) = slot.acquire_owned().await {
-                return permit;
+    /// Waits for this console's turn at `engine` for segment `index`: until no segment up to
+    /// `index` streams from it.
+    pub(crate) async fn take(&self, engine: PeerId, index: SegmentIndex) -> Slot {
+        let turns = {
+            let mut slots = self
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slots.len() >= MAX_SLOTS {
+                // Forget engines nobody holds or waits for (a turn keeps a reference).
+                slots.retain(|_, s| Arc::strong_count(s) > 1);
             }
+            slots.entry(engine).or_default().clone()
+        };
+        let index = index.0;
+        loop {
+            // Told of every turn given back from here on, before looking: none is missed.
+            let ended = turns.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let mut streaming = turns.streaming();
+                if streaming.keys().next().is_none_or(|first| *first > index) {
+                    *streaming.entry(index).or_default() += 1;
+                    return Slot {
+                        turns: turns.clone(),
+                        index,
+                    };
+                }
+            }
+            ended.await;
         }
     }
 }
@@ -563,16 +617,47 @@ mod tests {
     async fn one_stream_per_engine_at_a_time() {
         let slots = EngineSlots::default();
         let (a, b) = (PeerId::random(), PeerId::random());
-        let held = slots.take(a).await;
+        let held = slots.take(a, SegmentIndex(1)).await;
         // Another engine is not held up.
-        let other = tokio::time::timeout(Duration::from_millis(100), slots.take(b)).await;
-        assert!(other.is_ok());
-        // The same engine waits its turn, and gets it when the first stream ends.
-        let waiting = tokio::time::timeout(Duration::from_millis(100), slots.take(a)).await;
-        assert!(waiting.is_err(), "a second stream to one engine at once");
+        let other =
+            tokio::time::timeout(Duration::from_millis(100), slots.take(b, SegmentIndex(2)));
+        assert!(other.await.is_ok());
+        // The same engine: a later segment waits its turn, and gets it when the first stream
+        // ends; so does the same segment (a second fetch of it).
+        for index in [2, 1] {
+            let waiting = slots.take(a, SegmentIndex(index));
+            let waiting = tokio::time::timeout(Duration::from_millis(100), waiting).await;
+            assert!(
+                waiting.is_err(),
+                "segment {index} beside segment 1 at one engine"
+            );
+        }
         drop(held);
-        let turn = tokio::time::timeout(Duration::from_secs(5), slots.take(a)).await;
-        assert!(turn.is_ok());
+        let turn = tokio::time::timeout(Duration::from_secs(5), slots.take(a, SegmentIndex(2)));
+        assert!(turn.await.is_ok());
+    }
+
+    /// The next segment to play is not queued behind the one after it: the fetches ahead start
+    /// together, and the later one may take the engine first.
+    #[tokio::test]
+    async fn an_earlier_segment_does_not_wait_for_a_later_one_at_its_engine() {
+        let slots = Arc::new(EngineSlots::default());
+        let a = PeerId::random();
+        let five = slots.take(a, SegmentIndex(5)).await;
+        let four = tokio::time::timeout(Duration::from_secs(5), slots.take(a, SegmentIndex(4)));
+        let four = four.await.expect("segment 4 waited behind segment 5");
+        // Segment 6 waits while 4 or 5 streams, whichever ends first.
+        let six = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take(a, SegmentIndex(6)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(five);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!six.is_finished(), "segment 6 beside segment 4");
+        drop(four);
+        let six = tokio::time::timeout(Duration::from_secs(5), six).await;
+        assert!(matches!(six, Ok(Ok(_))), "segment 6 never had its turn");
     }
 
     #[test]

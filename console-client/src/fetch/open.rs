@@ -3,7 +3,6 @@
 //! engine's first answer means (the stream in verified or raw mode, a hand-over to an engine
 //! with the whole segment, busy, absent, refused).
 
-use tokio::sync::OwnedSemaphorePermit;
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::director::{Request, SegmentLocation};
 use vodmesh_proto::manifest::{MAX_SEGMENT_SIZE, Manifest, SegmentEntry};
@@ -26,7 +25,7 @@ impl Fetcher {
         entry: &SegmentEntry,
         (mut location, watch): (SegmentLocation, &Watch),
         request: &StreamRequest,
-    ) -> Result<(SegmentLocation, Wire, OwnedSemaphorePermit, Mode), Attempt> {
+    ) -> Result<(SegmentLocation, Wire, super::Slot, Mode), Attempt> {
         let index = request.segment.index;
         // A kept bulk connection that the engine closed since fails its first exchange: it is
         // asked again once, on a new connection.
@@ -41,7 +40,7 @@ impl Fetcher {
                 )
             };
             watch.queue(true);
-            let slot = self.slots.take(engine).await;
+            let slot = self.slots.take(engine, index).await;
             watch.queue(false);
             if self.is_unreachable(&engine) {
                 return Err(unreachable(AttemptError::Avoided(engine)));
