@@ -9,8 +9,9 @@
 //! while the copy streams in). Each miss asks for a segment no run asked for before.
 //!
 //! A miss is also timed where the home serves copies at [`PACED_MBPS`] (`--copy-rate`, a
-//! station far away): the console's first verified byte comes once the copy's first groups
-//! have, not its whole segment; the reference is that segment's copy time at that rate.
+//! station far away), from a segment's first byte: the console's first verified byte comes
+//! once the copy's first groups have, not its whole segment; the reference is that segment's
+//! copy time at that rate.
 //!
 //! References: the same binary's start-to-exit with `--version` (the floor of a process
 //! start), and for the director's redirect (`Locate`) a `Playable` request on the same
@@ -49,7 +50,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         ..Shape::new(1)
     };
     let swarm = BenchSwarm::start(&paced_dir, paced, &[Shape::new(1)]).await?;
-    let result = paced_misses(&paced_dir, &swarm, if quick { 3 } else { 10 }).await;
+    let result = paced_misses(&paced_dir, &swarm, if quick { 2 } else { 6 }).await;
     swarm.shutdown().await;
     let (paced50, paced99) = result?;
     let copy_ms = round2(SEGMENT as f64 * 8.0 / (f64::from(PACED_MBPS) * 1e6) * 1e3);
@@ -80,25 +81,32 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
 }
 
 /// First verified byte of `runs` misses at the second station of `swarm`, whose home serves
-/// copies paced: p50 and p99, ms. The consoles play at `--speed 1`: at `--speed max` a console
-/// has the next eight segments located, so copied, and each copy lasts a third of a second
-/// here, so the next run's copy would queue behind them (an engine makes four at once). At
-/// `--speed 1` it fetches a segment or two ahead; each run starts five segments after the
-/// last, so each is a miss whose copy starts at once.
+/// copies paced: p50 and p99, ms. Each console starts at a segment's first byte, at `--speed
+/// max`, so it streams the copy as it fills (a start past what the copy holds would be handed
+/// to the home instead, claim 21). Such a console has the next eight segments located, so
+/// copied, a third of a second each at this rate and four at once: each run starts ten
+/// segments after the last, once those copies are done, so that its own copy starts at once.
 async fn paced_misses(dir: &Path, swarm: &BenchSwarm, runs: usize) -> Result<(f64, f64)> {
-    let segments = runs as u64 * 5 + 4;
+    const STEP: u64 = 10;
+    let segments = runs as u64 * STEP;
     let program = swarm
         .ingest(dir, "paced", segments * SEGMENT, SEGMENT, BITRATE)
         .await?;
     let home = swarm.console_home(&dir.join("console"))?;
     let console = sibling_bin("vodmesh-console")?;
-    let seconds_per_segment = SEGMENT as f64 * 8.0 / BITRATE as f64;
+    // A segment's duration as its manifest has it (whole milliseconds).
+    let segment_ms = SEGMENT * 8 * 1000 / BITRATE;
     let other = swarm.others.first().context("no second station")?;
     let mut misses = Vec::new();
-    for i in 0..runs {
-        let start = (i as f64 * 5.0) * seconds_per_segment + 0.01;
+    for i in 0..runs as u64 {
+        if i > 0 {
+            // The copies the last console located ahead: nine, a third of a second each, four
+            // at once.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        let start = (i * STEP * segment_ms) as f64 / 1000.0;
         let at = (other.addr(), program, start);
-        misses.push(first_byte(&console, &home, at, "1").await?);
+        misses.push(first_byte(&console, &home, at).await?);
     }
     Ok((quantile_ms(&misses, 0.5), quantile_ms(&misses, 0.99)))
 }
@@ -134,14 +142,14 @@ async fn measure(
     let mut hits = Vec::new();
     for _ in 0..runs {
         let at = (swarm.home.addr(), program, 0.0);
-        hits.push(first_byte(&console, &home, at, "max").await?);
+        hits.push(first_byte(&console, &home, at).await?);
     }
     let other = swarm.others.first().context("no second station")?;
     let mut misses = Vec::new();
     for i in 0..runs {
         let start = (i as f64 * 3.0) * seconds_per_segment + 0.01;
         let at = (other.addr(), program, start);
-        misses.push(first_byte(&console, &home, at, "max").await?);
+        misses.push(first_byte(&console, &home, at).await?);
     }
 
     let client = DirectorClient::connect(swarm.home.addr(), None).await?;
@@ -222,13 +230,12 @@ async fn measure(
     Ok((value, rows))
 }
 
-/// Spawns `vodmesh-console play --speed SPEED` against `node` for `program` from `start_s`,
-/// and returns the time to its first byte.
+/// Spawns `vodmesh-console play --speed max` against `node` for `program` from `start_s`, and
+/// returns the time to its first byte.
 async fn first_byte(
     console: &Path,
     home: &Path,
     (node, program, start_s): (&libp2p::Multiaddr, ProgramId, f64),
-    speed: &str,
 ) -> Result<Duration> {
     let t = Instant::now();
     let mut child = tokio::process::Command::new(console)
@@ -238,7 +245,7 @@ async fn first_byte(
             "--start",
             &format!("{start_s:.3}"),
             "--speed",
-            speed,
+            "max",
             "--out",
             "-",
         ])
