@@ -108,18 +108,55 @@ pub(crate) struct EngineSlots {
     slots: Mutex<HashMap<PeerId, Arc<Turns>>>,
 }
 
-/// One engine's turns: the segments streaming from it (index, fetches), and the wake-up of the
-/// fetches waiting when one ends.
+/// One engine's turns: the segments streaming from it and those waiting (index, fetches), and
+/// the wake-up of the fetches waiting when that changes.
 #[derive(Default)]
 struct Turns {
-    streaming: Mutex<BTreeMap<u32, usize>>,
-    ended: Notify,
+    state: Mutex<TurnState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct TurnState {
+    streaming: BTreeMap<u32, usize>,
+    waiting: BTreeMap<u32, usize>,
+}
+
+/// One more fetch of `index` in `map`.
+fn count_in(map: &mut BTreeMap<u32, usize>, index: u32) {
+    *map.entry(index).or_default() += 1;
+}
+
+/// One fetch of `index` fewer in `map`.
+fn count_out(map: &mut BTreeMap<u32, usize>, index: u32) {
+    if let Some(n) = map.get_mut(&index) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&index);
+        }
+    }
+}
+
+impl TurnState {
+    /// Whether a fetch of `index` (counted among the waiting) may stream now: no earlier
+    /// segment waits, and it is earlier than every one streaming.
+    fn goes(&self, index: u32) -> bool {
+        self.waiting
+            .keys()
+            .next()
+            .is_none_or(|first| *first >= index)
+            && self
+                .streaming
+                .keys()
+                .next()
+                .is_none_or(|first| *first > index)
+    }
 }
 
 impl Turns {
-    fn streaming(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, usize>> {
-        // A counter map: a panicked holder left it whole.
-        self.streaming
+    fn state(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        // Counter maps: a panicked holder left them whole.
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -133,22 +170,29 @@ pub(crate) struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        {
-            let mut streaming = self.turns.streaming();
-            if let Some(n) = streaming.get_mut(&self.index) {
-                *n -= 1;
-                if *n == 0 {
-                    streaming.remove(&self.index);
-                }
-            }
-        }
-        self.turns.ended.notify_waiters();
+        count_out(&mut self.turns.state().streaming, self.index);
+        self.turns.changed.notify_waiters();
+    }
+}
+
+/// A fetch waiting for its turn; one whose wait is dropped (the fetch given up) stops
+/// counting, and the others look again.
+struct Waiting<'a> {
+    turns: &'a Turns,
+    index: u32,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        count_out(&mut self.turns.state().waiting, self.index);
+        self.turns.changed.notify_waiters();
     }
 }
 
 impl EngineSlots {
-    /// Waits for this console's turn at `engine` for segment `index`: until no segment up to
-    /// `index` streams from it.
+    /// Waits for this console's turn at `engine` for segment `index`: until no earlier
+    /// segment waits for that engine and none up to `index` streams from it. A turn given back
+    /// goes to the earliest segment waiting, whichever fetch wakes first.
     pub(crate) async fn take(&self, engine: PeerId, index: SegmentIndex) -> Slot {
         let turns = {
             let mut slots = self
@@ -162,22 +206,32 @@ impl EngineSlots {
             slots.entry(engine).or_default().clone()
         };
         let index = index.0;
+        count_in(&mut turns.state().waiting, index);
+        let waiting = Waiting {
+            turns: &turns,
+            index,
+        };
         loop {
-            // Told of every turn given back from here on, before looking: none is missed.
-            let ended = turns.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
+            // Told of every change from here on, before looking: none is missed.
+            let changed = turns.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             {
-                let mut streaming = turns.streaming();
-                if streaming.keys().next().is_none_or(|first| *first > index) {
-                    *streaming.entry(index).or_default() += 1;
+                let mut state = turns.state();
+                if state.goes(index) {
+                    count_out(&mut state.waiting, index);
+                    count_in(&mut state.streaming, index);
+                    drop(state);
+                    // Counted out of the waiting already, so its drop must not count it out
+                    // again; and no fetch waiting may go now that could not before.
+                    std::mem::forget(waiting);
                     return Slot {
                         turns: turns.clone(),
                         index,
                     };
                 }
             }
-            ended.await;
+            changed.await;
         }
     }
 }
@@ -658,6 +712,43 @@ mod tests {
         drop(four);
         let six = tokio::time::timeout(Duration::from_secs(5), six).await;
         assert!(matches!(six, Ok(Ok(_))), "segment 6 never had its turn");
+    }
+
+    /// A turn given back goes to the earliest segment waiting, not to whichever fetch wakes
+    /// first: a later one would stream beside the next to play and slow it.
+    #[tokio::test]
+    async fn a_turn_given_back_goes_to_the_earliest_segment_waiting() {
+        let slots = Arc::new(EngineSlots::default());
+        let a = PeerId::random();
+        let take = |index: u32| {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(a, SegmentIndex(index)).await })
+        };
+        let five = slots.take(a, SegmentIndex(5)).await;
+        let seven = take(7);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let six = take(6);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(five);
+        let six = tokio::time::timeout(Duration::from_secs(5), six).await;
+        let six = six.expect("segment 6 never had its turn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!seven.is_finished(), "segment 7 beside segment 6");
+        drop(six);
+        let seven = tokio::time::timeout(Duration::from_secs(5), seven).await;
+        assert!(matches!(seven, Ok(Ok(_))), "segment 7 never had its turn");
+        drop(seven);
+        // A fetch given up while it waits no longer holds the later ones back.
+        let eight = slots.take(a, SegmentIndex(8)).await;
+        let nine = take(9);
+        let again = tokio::time::timeout(Duration::from_millis(50), slots.take(a, SegmentIndex(8)));
+        assert!(
+            again.await.is_err(),
+            "a second fetch of segment 8 beside the first"
+        );
+        drop(eight);
+        let nine = tokio::time::timeout(Duration::from_secs(5), nine).await;
+        assert!(matches!(nine, Ok(Ok(_))), "segment 9 never had its turn");
     }
 
     #[test]
