@@ -344,6 +344,46 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     Ok(())
 }
 
+/// Segments of the two tests of a wrong source: below what a throughput measurement needs, so
+/// the costs stay the advertised ones.
+const SMALL_SEGMENT: usize = 64 * 1024;
+
+/// A home (the auth station, on a slow link: the dearest source, dear enough, 0.5 s a
+/// segment, that round-trip times measured on a loaded machine do not reorder the two) and a
+/// cheap station `name` holding a replica of a program of `segments` segments of
+/// [`SMALL_SEGMENT`] ingested at the home: the stations, the program's bytes and its id.
+async fn replicated_cheap(
+    root: &Path,
+    name: &'static str,
+    consoles: &Issuer,
+    segments: usize,
+) -> Result<(Station, Station, Vec<u8>, vodmesh_proto::ProgramId)> {
+    let site = |name, bandwidth_mbps| Site {
+        name,
+        coords: BERLIN,
+        bandwidth_mbps,
+        copy_rate_mbps: 0,
+    };
+    let home = station(root, site("home", 1), None, consoles).await?;
+    let cheap = station(root, site(name, 1000), Some(&home), consoles).await?;
+    let mut cheap_events = cheap.subscribe();
+    let source = root.join(format!("{name}.bin"));
+    let bytes = random_file(&source, segments * SMALL_SEGMENT, 41)?;
+    let key = root.join("home").join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        replicas: 1,
+        segment_size: SMALL_SEGMENT as u64,
+        ..ingest_options(&home, &key, name, &source)
+    })
+    .await?
+    .program;
+    let replica = |e: &vodmesh_node::events::Event| e.kind == Kind::ReplicaComplete;
+    let what = format!("{name}'s replica");
+    wait::event(&mut cheap_events, &mut Vec::new(), &what, MINUTE, replica).await?;
+    Ok((home, cheap, bytes, program))
+}
+
 /// A member that serves wrong bytes (issue 19): the liar holds a replica whose bytes were
 /// replaced (its own store believes them) and is the cheapest source by far. A miss at a
 /// third station tries it first, drops its bytes when they fail verification and fills the
@@ -363,34 +403,7 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
         bandwidth_mbps,
         copy_rate_mbps: 0,
     };
-    // The home is the dearest source: a slow link, dear enough (0.5 s for a segment) that
-    // round-trip times measured on a loaded machine (tens of ms) do not reorder the two.
-    let home = station(root, site("home", 1), None, &consoles).await?;
-    let liar = station(root, site("liar", 1000), Some(&home), &consoles).await?;
-    let mut liar_events = liar.subscribe();
-    let source = root.join("p.bin");
-    // Segments below what a throughput measurement needs: the costs stay the advertised ones.
-    const SEGMENT: usize = 64 * 1024;
-    let bytes = random_file(&source, 3 * SEGMENT, 41)?;
-    let key = root.join("home").join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        replicas: 1,
-        segment_size: SEGMENT as u64,
-        ..ingest_options(&home, &key, "lies", &source)
-    })
-    .await?
-    .program;
-    let mut log = Vec::new();
-    let replica = |e: &vodmesh_node::events::Event| e.kind == Kind::ReplicaComplete;
-    wait::event(
-        &mut liar_events,
-        &mut log,
-        "the liar's replica",
-        MINUTE,
-        replica,
-    )
-    .await?;
+    let (home, liar, bytes, program) = replicated_cheap(root, "liar", &consoles, 3).await?;
     let liar_peer = liar.peer_id();
     liar.shutdown().await;
     assert_eq!(forge_segments(&root.join("liar"), 2, program).await?, 3);
@@ -462,7 +475,10 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
     let got = console
         .stream(location.engine, SegmentId::new(program, 0))
         .await?;
-    assert!(got == bytes[..SEGMENT], "the copy holds the home's bytes");
+    assert!(
+        got == bytes[..SMALL_SEGMENT],
+        "the copy holds the home's bytes"
+    );
 
     // The next miss does not try the liar first.
     console.locate(program, 1, false).await?;
@@ -494,33 +510,7 @@ async fn a_copy_keeps_the_groups_before_a_rotten_one_and_resumes_after_them() ->
         bandwidth_mbps,
         copy_rate_mbps: 0,
     };
-    // The home is the dearest source (as in the liar's test above), the rotten one the
-    // cheapest.
-    let home = station(root, site("home", 1), None, &consoles).await?;
-    let rotten = station(root, site("rotten", 1000), Some(&home), &consoles).await?;
-    let mut rotten_events = rotten.subscribe();
-    let source = root.join("p.bin");
-    const SEGMENT: usize = 64 * 1024;
-    let bytes = random_file(&source, SEGMENT, 43)?;
-    let key = root.join("home").join("identity.key");
-    let program = ingest::run(&IngestOptions {
-        publish_at_ms: Some(now_ms()),
-        replicas: 1,
-        segment_size: SEGMENT as u64,
-        ..ingest_options(&home, &key, "rot", &source)
-    })
-    .await?
-    .program;
-    let mut log = Vec::new();
-    let replica = |e: &vodmesh_node::events::Event| e.kind == Kind::ReplicaComplete;
-    wait::event(
-        &mut rotten_events,
-        &mut log,
-        "the rotten station's replica",
-        MINUTE,
-        replica,
-    )
-    .await?;
+    let (home, rotten, bytes, program) = replicated_cheap(root, "rotten", &consoles, 1).await?;
     // A byte of the third group rots on whichever engine holds the replica.
     let segment = SegmentId::new(program, 0);
     let rot_at = 2 * GROUP as usize + 1000;

@@ -196,7 +196,7 @@ impl Reader {
     /// [`tree`](Self::tree), once a filling segment's writer has been given it (a verified
     /// copy's source sends it before any byte), or its first bytes came without one, or its
     /// write ended, or `wait` passed: a filling copy is streamed verified when it can be.
-    pub async fn tree_within(&mut self, wait: std::time::Duration) -> Option<super::Tree> {
+    pub async fn tree_within(&self, wait: std::time::Duration) -> Option<super::Tree> {
         if let Mode::Following(rx) = &self.mode {
             let mut rx = rx.clone();
             let settled = |p: &Progress| p.tree.is_some() || p.filled > 0 || p.end.is_some();

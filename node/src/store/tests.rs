@@ -304,7 +304,7 @@ async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResu
     let follower = store.open_read(id).await?;
     assert!(follower.tree().is_none(), "no tree before it is told");
     // A stream that comes before the tree waits for it (an hour at most here: it is told).
-    let mut waiting = store.open_read(id).await?;
+    let waiting = store.open_read(id).await?;
     let hour = Duration::from_secs(3600);
     let told = tokio::spawn(async move { waiting.tree_within(hour).await });
 
@@ -347,7 +347,7 @@ async fn a_write_told_its_tree_keeps_the_groups_before_a_wrong_one() -> TestResu
     w.write_chunk(Bytes::copy_from_slice(&data[..group]))
         .await?;
     assert!(!w.know(Leaves::of(&data))?);
-    let mut follower = store.open_read(id2).await?;
+    let follower = store.open_read(id2).await?;
     assert!(follower.tree().is_none());
     // Bytes came without a tree: a stream waits for none (not the hour), and goes raw.
     let tree = tokio::time::timeout(Duration::from_secs(60), follower.tree_within(hour)).await?;

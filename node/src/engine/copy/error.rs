@@ -80,8 +80,10 @@ pub(crate) enum Attempt {
     /// The local store failed.
     #[error(transparent)]
     Store(store::Error),
-    /// The bytes, whole, do not hash to what the manifest says: they were dropped, and the
-    /// copy starts again from the next source.
+    /// The source sent wrong bytes: in a verified copy leaves that do not lead to the
+    /// manifest's hash (nothing kept) or a group that is not its leaf (the groups before it
+    /// kept, the next source resumes after them); else bytes that, whole, do not hash to what
+    /// the manifest says (all dropped, the copy starts again from the next source).
     #[error("the bytes of {0} failed verification")]
     Corrupt(PeerId),
 }

@@ -432,7 +432,7 @@ impl Fetch {
         // Verified: the leaves come first, as many as the size says (at most 512 KiB, the
         // size being a segment's at most).
         let leaves = match verified {
-            true => Some(read_leaves(&mut stream, size, patience).await?),
+            true => Some(read_leaves(&mut stream, (size, offset), patience).await?),
             false => None,
         };
         let w = match writer {
@@ -471,7 +471,9 @@ impl Fetch {
                 )?;
                 Ok(Some(buf.split().freeze()))
             };
-            // Hashed as it lands; a wrong byte fails the whole copy at `finish`.
+            // Hashed as it lands: against the leaves group by group in a verified copy (a wrong
+            // group ends the attempt, the groups before it kept), else against the hash at
+            // `finish` (a wrong byte fails the whole copy).
             let write = async {
                 match pending.take() {
                     // A wrong group of a verified copy: the groups before it are kept.
@@ -495,17 +497,22 @@ impl Fetch {
     }
 }
 
-/// The leaves of a segment of `size` bytes (at most a segment's), as a verified copy's source
-/// sends them before the bytes.
-async fn read_leaves(stream: &mut Wire, size: u64, patience: Duration) -> Result<Leaves, Attempt> {
+/// The leaves of a segment of `size` bytes, as a verified copy's source sends them before the
+/// bytes from `at` on: at most a segment's worth (512 KiB), read within `patience`.
+async fn read_leaves(
+    stream: &mut Wire,
+    (size, at): (u64, u64),
+    patience: Duration,
+) -> Result<Leaves, Attempt> {
     let len = usize::try_from(copy::leaves_len(size.min(MAX_SEGMENT_SIZE))).unwrap_or(0);
     let mut buf = vec![0u8; len];
     fill_within(stream, &mut buf, patience)
         .await
         .map_err(|source| match source.kind() {
-            std::io::ErrorKind::TimedOut => Attempt::Stalled(0),
-            _ => Attempt::Cut { at: 0, source },
+            std::io::ErrorKind::TimedOut => Attempt::Stalled(at),
+            _ => Attempt::Cut { at, source },
         })?;
+    // Short of one leaf per group only for a size past a segment's (read as a segment's).
     Leaves::from_bytes(size, &buf).ok_or(Attempt::TooLarge(size))
 }
 
