@@ -344,6 +344,16 @@ async fn a_seek_past_a_slow_copy_swaps_to_a_complete_one() -> Result<()> {
     Ok(())
 }
 
+/// A station in Berlin on a link of `bandwidth_mbps`, serving copies unpaced.
+fn berlin(name: &'static str, bandwidth_mbps: u32) -> Site {
+    Site {
+        name,
+        coords: BERLIN,
+        bandwidth_mbps,
+        copy_rate_mbps: 0,
+    }
+}
+
 /// Segments of the two tests of a wrong source: below what a throughput measurement needs, so
 /// the costs stay the advertised ones.
 const SMALL_SEGMENT: usize = 64 * 1024;
@@ -358,14 +368,8 @@ async fn replicated_cheap(
     consoles: &Issuer,
     segments: usize,
 ) -> Result<(Station, Station, Vec<u8>, vodmesh_proto::ProgramId)> {
-    let site = |name, bandwidth_mbps| Site {
-        name,
-        coords: BERLIN,
-        bandwidth_mbps,
-        copy_rate_mbps: 0,
-    };
-    let home = station(root, site("home", 1), None, consoles).await?;
-    let cheap = station(root, site(name, 1000), Some(&home), consoles).await?;
+    let home = station(root, berlin("home", 1), None, consoles).await?;
+    let cheap = station(root, berlin(name, 1000), Some(&home), consoles).await?;
     let mut cheap_events = cheap.subscribe();
     let source = root.join(format!("{name}.bin"));
     let bytes = random_file(&source, segments * SMALL_SEGMENT, 41)?;
@@ -397,18 +401,12 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     let consoles = Issuer::generate();
-    let site = |name, bandwidth_mbps| Site {
-        name,
-        coords: BERLIN,
-        bandwidth_mbps,
-        copy_rate_mbps: 0,
-    };
     let (home, liar, bytes, program) = replicated_cheap(root, "liar", &consoles, 3).await?;
     let liar_peer = liar.peer_id();
     liar.shutdown().await;
     assert_eq!(forge_segments(&root.join("liar"), 2, program).await?, 3);
-    let liar = station(root, site("liar", 1000), Some(&home), &consoles).await?;
-    let seeker = station(root, site("seeker", 1000), Some(&home), &consoles).await?;
+    let liar = station(root, berlin("liar", 1000), Some(&home), &consoles).await?;
+    let seeker = station(root, berlin("seeker", 1000), Some(&home), &consoles).await?;
     wait::until("both holders seen", MINUTE, || async {
         let holders = seeker.registry().holders(program).await?;
         Ok(holders.contains(&liar_peer) && holders.contains(&home.peer_id()))
@@ -504,12 +502,6 @@ async fn a_copy_keeps_the_groups_before_a_rotten_one_and_resumes_after_them() ->
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     let consoles = Issuer::generate();
-    let site = |name, bandwidth_mbps| Site {
-        name,
-        coords: BERLIN,
-        bandwidth_mbps,
-        copy_rate_mbps: 0,
-    };
     let (home, rotten, bytes, program) = replicated_cheap(root, "rotten", &consoles, 1).await?;
     // A byte of the third group rots on whichever engine holds the replica.
     let segment = SegmentId::new(program, 0);
@@ -521,7 +513,7 @@ async fn a_copy_keeps_the_groups_before_a_rotten_one_and_resumes_after_them() ->
         rotted, 1,
         "one engine of the rotten station holds the replica"
     );
-    let seeker = station(root, site("seeker", 1000), Some(&home), &consoles).await?;
+    let seeker = station(root, berlin("seeker", 1000), Some(&home), &consoles).await?;
     wait::until("both holders seen", MINUTE, || async {
         let holders = seeker.registry().holders(program).await?;
         Ok(holders.contains(&rotten.peer_id()) && holders.contains(&home.peer_id()))
