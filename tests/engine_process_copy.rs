@@ -98,6 +98,10 @@ async fn an_enrolled_station_of_engine_processes_fills_misses_and_takes_replicas
         move || Ok(token_file.exists()),
     )
     .await?;
+    // And the home found the engine in the station's record, where it looks when it
+    // approves the station's engines for copies: under a full suite's load, the miss below
+    // once came before the record did, and the engine's copies were refused.
+    seen_by(&home, &station, vec![(engine_peer.clone(), true)]).await?;
 
     let console = dir.path().join("console");
     subscriber(&home.addr, &home.key(), &console, "ivy")?;
@@ -203,6 +207,81 @@ async fn without_enrollment_an_engine_process_copies_nothing_and_the_holder_serv
     assert!(station.terminate()?, "the station did not stop cleanly");
     assert!(home.terminate()?, "the home did not stop cleanly");
     Ok(())
+}
+
+/// An engine process that attaches to a station after a holder approved that station's
+/// engines for copies copies from the holder at its first miss: the station's director names
+/// its engines when it asks the holder where the segment is (`LocateCopy`), and the holder,
+/// finding one it has not approved, looks the station up again. Before, the holder kept the
+/// approval it had (ten minutes) and refused the new engine, whose consoles it then served
+/// itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_attached_after_its_station_was_approved_copies_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (home, home_metrics) = home(dir.path())?;
+    let (first_data, second_data) = (dir.path().join("first"), dir.path().join("second"));
+    let first = keygen(None, &first_data.join("identity.key"))?;
+    let second = keygen(None, &second_data.join("identity.key"))?;
+    let issuer = home.issuer()?;
+    let station = Node::new(&dir.path().join("station"))
+        .engines(0)
+        .args(&["--engine-peer", &first, "--engine-peer", &second])
+        .ttl(10)
+        .enrolled_with(&home)?
+        .start()?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "lee")?;
+    let program = |title: &str, seed: u64| -> Result<(String, Vec<u8>)> {
+        let source = dir.path().join(format!("{title}.bin"));
+        let bytes = random_file(&source, 2 * 1024 * 1024 + 9, seed)?;
+        Ok((ingest(&home, title, &source, 0)?, bytes))
+    };
+
+    // The first engine attaches; once the home sees it in the station's record, a miss at
+    // the station is copied into it, and the home approves the station's engines.
+    let engine = EngineProcess::start(&first_data, &station.addr, &issuer)?;
+    seen_by(&home, &station, vec![(first.clone(), true)]).await?;
+    let (one, bytes) = program("one", 51)?;
+    let played = Play::new(&console, &station.addr, &one).run()?;
+    assert!(played.bytes == bytes, "bytes played differ from the source");
+    served_by(&played.stats, &first);
+
+    // The first engine goes and the second attaches: the next miss is copied into it.
+    engine.kill()?;
+    let engine = EngineProcess::start(&second_data, &station.addr, &issuer)?;
+    let mut both = vec![(first, false), (second.clone(), true)];
+    both.sort();
+    seen_by(&home, &station, both).await?;
+    let (two, bytes) = program("two", 52)?;
+    let played = Play::new(&console, &station.addr, &two).run()?;
+    assert!(played.bytes == bytes, "bytes played differ from the source");
+    served_by(&played.stats, &second);
+    assert_eq!(
+        metric_or_zero(&home_metrics, REFUSED),
+        0.0,
+        "the home refused the new engine's copies"
+    );
+
+    drop(engine);
+    assert!(station.terminate()?, "the station did not stop cleanly");
+    assert!(home.terminate()?, "the home did not stop cleanly");
+    Ok(())
+}
+
+/// Waits until `home` finds `station`'s record with its engines as `engines` ((peer id,
+/// up), sorted) in the registry, where it looks when it approves the station's engines.
+async fn seen_by(
+    home: &NodeProcess,
+    station: &NodeProcess,
+    engines: Vec<(String, bool)>,
+) -> Result<()> {
+    let (addr, director) = (home.addr.clone(), station.peer());
+    wait::until_blocking(
+        "the home to see the station's engines",
+        Duration::from_secs(30),
+        move || Ok(status::engines_seen_by(&addr, &director)? == Some(engines.clone())),
+    )
+    .await
 }
 
 /// A home station whose only engine is a process holds two programs; station b fills a miss

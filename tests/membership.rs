@@ -130,6 +130,7 @@ async fn station_requests_of_non_members_are_refused_and_members_are_served() ->
     let locate_copy = Request::LocateCopy {
         program,
         index: 0.into(),
+        engines: vec![],
     };
     let not_member = Some(NOT_A_MEMBER.to_string());
 
@@ -275,6 +276,7 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
     let locate_copy = Request::LocateCopy {
         program: ProgramId([0x22; 32]),
         index: 0.into(),
+        engines: vec![],
     };
     let id = member.peer_id();
     let listed = || async { anyhow::Ok(home.swarm().await?.iter().any(|r| r.director == id)) };

@@ -424,6 +424,7 @@ async fn a_source_whose_bytes_fail_verification_is_dropped_and_tried_last_next_t
             let request = vodmesh_proto::director::Request::LocateCopy {
                 program,
                 index: index.into(),
+                engines: vec![],
             };
             let answer = tokio::time::timeout(Duration::from_secs(10), asking.call(request))
                 .await

@@ -120,6 +120,12 @@ pub enum Request {
         program: ProgramId,
         /// The segment.
         index: SegmentIndex,
+        /// The asking station's engines as it knows them now: a source that approved fewer
+        /// of them for copies (an engine attached since it looked the station up) looks the
+        /// station up again instead of refusing the new one until the approval runs out.
+        /// Empty from a director of an older version. At most [`MAX_ENGINES_NAMED`] count.
+        #[serde(default)]
+        engines: Vec<PeerId>,
     },
     /// May `program` be streamed now? [`Response::Ok`], or an error such as
     /// `program not published`.
@@ -219,6 +225,10 @@ impl SegmentLocation {
         }
     }
 }
+
+/// The most engines of a [`Request::LocateCopy`] a source looks at (a station record lists
+/// as many as its size limit lets it; more named are ignored, not refused).
+pub const MAX_ENGINES_NAMED: usize = 64;
 
 /// The most segments a `Locate` names beyond its own ([`Request::Locate`]'s `ahead`).
 pub const MAX_AHEAD: u8 = 8;
@@ -419,6 +429,7 @@ mod tests {
             Request::LocateCopy {
                 program,
                 index: SegmentIndex(3),
+                engines: vec![PeerId::random()],
             },
             Request::Playable { program },
             Request::Locate {

@@ -463,6 +463,9 @@ impl Registry {
                     self.stats.refused += 1;
                     tracing::info!(%source, "refused a registry record: not from a member");
                 }
+                Ok(_) if older_than_stored(kad.store_mut(), &record) => {
+                    tracing::debug!(%source, "kept the newer copy of a station record");
+                }
                 Ok(_) => match kad.store_mut().put(record) {
                     Ok(()) => self.stats.accepted += 1,
                     Err(e) => tracing::debug!(%source, error = %e, "registry store full"),
@@ -678,6 +681,25 @@ fn expiry_of(signed: &Signed) -> Option<std::time::Instant> {
     Some(std::time::Instant::now() + Duration::from_millis(left))
 }
 
+/// Whether `record` is a station record issued before the live copy `store` holds. Copies of
+/// one station's record travel apart (two republishes a moment apart go out as two queries,
+/// and other servers replicate what they hold), so they may arrive out of order; an older one
+/// must not replace a newer: the station's engines, addresses and load as they were. Without
+/// this a station's record taken in before its engine process attached could replace the one
+/// listing it, and a holder checking that station refused the engine's copies (issue 17's
+/// deployment mode b).
+fn older_than_stored(store: &mut PersistentStore, record: &Record) -> bool {
+    let now = now_ms();
+    let Some(stored) = store.get(&record.key) else {
+        return false;
+    };
+    let issued = |value: &[u8]| validate::station_from_value(value, now).map(|(r, _)| r.issued_ms);
+    match (issued(&stored.value), issued(&record.value)) {
+        (Ok(stored), Ok(incoming)) => incoming < stored,
+        _ => false,
+    }
+}
+
 /// Whether `store` holds a live record for `kind` (used by tests and status pages).
 pub fn holds(store: &PersistentStore, kind: RecordKind) -> bool {
     store
@@ -708,6 +730,70 @@ mod tests {
             Duration::from_secs(30)
         );
         assert_eq!(config.republish_interval(), Duration::from_secs(2));
+    }
+
+    /// A station's record as issued at `issued_ms` (by `key`, its director's), as the
+    /// Kademlia record a peer puts.
+    fn station_record(key: &libp2p::identity::Keypair, issued_ms: u64) -> Record {
+        let director = key.public().to_peer_id();
+        let rec = StationRecord {
+            director,
+            addrs: vec![],
+            engines: vec![],
+            region: None,
+            coords: None,
+            bandwidth_mbps: 1,
+            roles: Default::default(),
+            issuer: None,
+            issued_ms,
+            expires_ms: now_ms() + 60_000,
+            counters: Default::default(),
+            certificate: None,
+            revoked: vec![],
+            http: None,
+            https: false,
+        };
+        Record::new(
+            RecordKind::Station(director).key(),
+            codec::encode(&rec.sign(key)),
+        )
+    }
+
+    /// The issue time of the station record `store` holds under `key`.
+    fn stored_issued(kad: &mut kad::Behaviour<PersistentStore>, key: &kad::RecordKey) -> u64 {
+        let stored = kad.store_mut().get(key).map(|r| r.value.clone());
+        let value = stored.unwrap_or_default();
+        validate::station_from_value(&value, now_ms()).map_or(0, |(r, _)| r.issued_ms)
+    }
+
+    #[test]
+    fn an_older_copy_of_a_station_record_does_not_replace_a_newer_one() {
+        let local = PeerId::random();
+        let store = PersistentStore::in_memory(local, &crate::StoreLimits::default());
+        let mut kad = behaviour(local, store, &RegistryConfig::default(), true);
+        let mut registry = Registry::new();
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let source = key.public().to_peer_id();
+        let mut put = |kad: &mut kad::Behaviour<PersistentStore>, record: Record| {
+            let request = InboundRequest::PutRecord {
+                source,
+                connection: libp2p::swarm::ConnectionId::new_unchecked(0),
+                record: Some(record),
+            };
+            registry.on_event(kad, Event::InboundRequest { request });
+        };
+        let (older, newer) = (station_record(&key, 1_000), station_record(&key, 2_000));
+        let at = newer.key.clone();
+        // The newer copy came first: the older one, late, is dropped.
+        put(&mut kad, newer.clone());
+        put(&mut kad, older.clone());
+        assert_eq!(stored_issued(&mut kad, &at), 2_000);
+        // In order, the newer replaces the older (the control).
+        kad.store_mut().remove(&at);
+        put(&mut kad, older);
+        assert_eq!(stored_issued(&mut kad, &at), 1_000);
+        put(&mut kad, newer);
+        assert_eq!(stored_issued(&mut kad, &at), 2_000);
     }
 
     #[test]

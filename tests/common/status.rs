@@ -91,7 +91,22 @@ pub fn engines_up(addr: &Multiaddr) -> Result<Vec<(String, bool)>> {
 
 /// As [`engines_up`], asked from host `netns`.
 pub fn engines_up_in(netns: Option<&str>, addr: &Multiaddr) -> Result<Vec<(String, bool)>> {
-    let station = station_in(netns, addr)?;
+    up_of(&station_in(netns, addr)?)
+}
+
+/// The engines of the station whose director is `director` as the director at `addr` finds
+/// its record in the registry: (peer id, up), sorted; `None` while it lists no such station.
+pub fn engines_seen_by(addr: &Multiaddr, director: &str) -> Result<Option<Vec<(String, bool)>>> {
+    let json = json_in(None, addr)?;
+    let stations = json["stations"].as_array().context("no stations array")?;
+    (stations.iter())
+        .find(|s| s["director"]["peer_id"].as_str() == Some(director))
+        .map(up_of)
+        .transpose()
+}
+
+/// (peer id, up) of each engine of `station` (an entry of `vodmesh status --json`), sorted.
+fn up_of(station: &Value) -> Result<Vec<(String, bool)>> {
     let engines = station["engines"].as_array().context("no engines array")?;
     let mut up: Vec<(String, bool)> = engines
         .iter()

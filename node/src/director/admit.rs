@@ -125,6 +125,7 @@ mod tests {
                 Request::LocateCopy {
                     program,
                     index: 0.into(),
+                    engines: vec![],
                 },
                 Needs::Member,
             ),

@@ -213,6 +213,7 @@ impl Misses {
             .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new));
         let lookup = Lookup {
             me: ctx.me.peer_id,
+            engines: ctx.engines.infos().map(|e| e.peer_id).collect(),
             registry: ctx.registry.clone(),
             asker: ctx.asker.clone(),
             segment: ask.segment,
@@ -459,6 +460,9 @@ struct Found {
 /// The look-ups of one miss, off the loop.
 struct Lookup {
     me: PeerId,
+    /// This station's engines, named to the holders (`LocateCopy`): the one taking the copy
+    /// is among them.
+    engines: Vec<PeerId>,
     registry: RegistryHandle,
     asker: Asker,
     segment: SegmentId,
@@ -521,7 +525,12 @@ impl Lookup {
     async fn holder(&self, holder: PeerId) -> Option<Holder> {
         let (station, _) = self.registry.get_station(holder).await.ok()??;
         let SegmentId { program, index } = self.segment;
-        let request = Request::LocateCopy { program, index };
+        let engines = self.engines.clone();
+        let request = Request::LocateCopy {
+            program,
+            index,
+            engines,
+        };
         let addrs = station.addrs.clone();
         let asked = (self.asker)
             .ask_within(LOCATE_COPY_WAIT, holder, addrs, request)

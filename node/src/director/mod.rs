@@ -666,9 +666,13 @@ impl Director {
                 let started = self.replicate.replicate(&ctx, peer, program, source);
                 Some((channel, respond(started, |()| Response::Ok)))
             }
-            Request::LocateCopy { program, index } => {
+            Request::LocateCopy {
+                program,
+                index,
+                engines,
+            } => {
                 let segment = SegmentId::new(program, index);
-                self.replicate.locate_copy(&ctx, peer, segment, channel)
+                (self.replicate).locate_copy(&ctx, peer, (segment, &engines), channel)
             }
             Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
             Request::Drain { drain, admin } => {

@@ -25,7 +25,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use vodmesh_proto::director::{Request, Response, SegmentLocation};
+use vodmesh_proto::director::{MAX_ENGINES_NAMED, Request, Response, SegmentLocation};
 use vodmesh_proto::manifest::{Manifest, SegmentEntry};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::human_bytes;
@@ -73,28 +73,41 @@ fn retry_pause(round: usize) -> Duration {
 }
 /// How long a checked station's engines may copy from this station's engines.
 const ALLOW_FOR: Duration = Duration::from_secs(600);
-/// A station checked this recently is not checked again.
+/// A station checked this recently is not checked again (unless it names an engine it was
+/// not approved for: [`recently_checked`]).
 const RECHECK_BEFORE: u64 = 60_000;
 /// How long a sibling engine may copy from a busy one for an overload replication.
 const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
 
+/// Whether a station whose standing approval is `allowed` (until when, which engines), asking
+/// at `now` and naming engines `named`, need not be looked up again: its approval has more
+/// than [`RECHECK_BEFORE`] left and covers `named`, or a look-up of it runs (`checking`: a
+/// member naming engines it has not is looked up once at a time, not at every request).
+fn recently_checked(
+    allowed: Option<&(u64, Vec<PeerId>)>,
+    (named, checking): (&[PeerId], bool),
+    now: u64,
+) -> bool {
+    let Some((until, peers)) = allowed else {
+        return false;
+    };
+    let covered = named.iter().all(|e| peers.contains(e));
+    *until > now + RECHECK_BEFORE && (covered || checking)
+}
+
 /// What a replication task hands back to the loop.
 #[derive(Debug)]
 pub(super) enum Done {
-    /// A station asking `LocateCopy` was found live: its engines were let copy from ours
-    /// until `until_ms`; `reply` answers it.
-    Allowed {
+    /// A station asking `LocateCopy` was looked up: found live, its engines were let copy
+    /// from ours (until when, which engines); `reply` answers it.
+    Checked {
         /// The station.
         station: StationId,
-        /// Until when.
-        until_ms: u64,
-        /// Its engines.
-        peers: Vec<PeerId>,
+        /// Until when its engines may copy, and which; `None`: it is no live station.
+        allowed: Option<(u64, Vec<PeerId>)>,
         /// Its answer.
         reply: Reply,
     },
-    /// An answer ready to send.
-    Reply(Reply),
     /// A replica's manifest was fetched and verified and fits: its segments can be copied.
     Prepared(Box<(Replica, (Manifest, Signed), Option<Learned>)>),
     /// A replica ended (every segment copied, or an error).
@@ -125,6 +138,8 @@ pub(super) struct Replicating {
     /// Stations whose engines may copy from ours: until when (ms since the epoch), and
     /// those engines (told again to an engine of ours that restarts, which forgot them).
     allowed: HashMap<StationId, (u64, Vec<PeerId>)>,
+    /// Stations being looked up for a `LocateCopy` of theirs.
+    checking: HashSet<StationId>,
     /// Programs whose replica is being copied (one copy of a program at a time).
     running: HashSet<ProgramId>,
     tasks: Tasks<Done>,
@@ -149,19 +164,20 @@ impl Replicating {
         done: Done,
     ) -> Option<Reply> {
         match done {
-            Done::Allowed {
+            Done::Checked {
                 station,
-                until_ms,
-                peers,
+                allowed,
                 reply,
             } => {
+                self.checking.remove(&station);
                 // Approvals past their time go when another comes: the map holds live ones.
                 let now = now_ms();
                 self.allowed.retain(|_, (until, _)| *until > now);
-                self.allowed.insert(station, (until_ms, peers));
+                if let Some(allowed) = allowed {
+                    self.allowed.insert(station, allowed);
+                }
                 return Some(reply);
             }
-            Done::Reply(reply) => return Some(reply),
             Done::Prepared(prepared) => {
                 let (replica, (manifest, signed), record) = *prepared;
                 if let Some(record) = record {
@@ -355,13 +371,16 @@ impl Replicating {
     }
 
     /// `LocateCopy` from director `peer`: the engine of this station holding a segment.
-    /// Answered at once when the asking station was checked recently; otherwise after a
-    /// registry look-up of its station record (then its engines may copy from ours).
+    /// Answered at once when the asking station was checked recently and its approval covers
+    /// the engines it `named`; otherwise after a registry look-up of its station record (then
+    /// its engines may copy from ours). Without the second condition an engine that attached
+    /// to that station after the check (an engine process started after its director) had
+    /// its copies refused until the approval ran out, ten minutes.
     pub(super) fn locate_copy(
         &mut self,
         ctx: &Ctx<'_>,
         peer: PeerId,
-        segment: SegmentId,
+        (segment, named): (SegmentId, &[PeerId]),
         channel: Client,
     ) -> Option<Reply> {
         let holders = ctx.holders(segment).unwrap_or_default();
@@ -380,11 +399,12 @@ impl Replicating {
             bulk: engine.bulk,
         };
         let station = StationId(peer);
-        let checked = (self.allowed.get(&station))
-            .is_some_and(|(until, _)| *until > now_ms() + RECHECK_BEFORE);
-        if checked {
+        let named = &named[..named.len().min(MAX_ENGINES_NAMED)];
+        let checking = self.checking.contains(&station);
+        if recently_checked(self.allowed.get(&station), (named, checking), now_ms()) {
             return Some((channel, response));
         }
+        self.checking.insert(station);
         let registry = ctx.registry.clone();
         let commands: Vec<mpsc::Sender<EngineCommand>> = (ctx.engines.ids())
             .filter_map(|id| ctx.engines.commands(id))
@@ -392,7 +412,12 @@ impl Replicating {
         self.tasks.spawn(async move {
             let Ok(Some((record, _))) = registry.get_station(peer).await else {
                 let refused = Response::Error(Error::NotLive.into());
-                return Done::Reply((channel, refused));
+                let reply = (channel, refused);
+                return Done::Checked {
+                    station,
+                    allowed: None,
+                    reply,
+                };
             };
             let until_ms = now_ms() + ALLOW_FOR.as_millis() as u64;
             let peers: Vec<PeerId> = record.engines.iter().map(|e| e.peer_id).collect();
@@ -404,10 +429,9 @@ impl Replicating {
                 };
                 let _ = tx.send(allow).await;
             }
-            Done::Allowed {
+            Done::Checked {
                 station,
-                until_ms,
-                peers,
+                allowed: Some((until_ms, peers)),
                 reply: (channel, response),
             }
         });
@@ -628,6 +652,7 @@ impl Replica {
         let request = Request::LocateCopy {
             program,
             index: entry.index,
+            engines: self.engines.iter().map(|(peer, _)| *peer).collect(),
         };
         let answer = (self.asker)
             .ask(self.source, self.source_addrs.clone(), request)
@@ -666,6 +691,27 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_station_naming_an_engine_its_approval_lacks_is_looked_up_again_once_at_a_time() {
+        let now = 10_000_000;
+        let (e1, e2) = (PeerId::random(), PeerId::random());
+        let given_at = |at: u64| (at + ALLOW_FOR.as_millis() as u64, vec![e1]);
+        // Never checked: looked up.
+        assert!(!recently_checked(None, (&[e1], false), now));
+        // Checked a moment ago: its approval covers what it names (or it names nothing, as
+        // an older director does), no look-up.
+        let just_now = given_at(now - 100);
+        assert!(recently_checked(Some(&just_now), (&[e1], false), now));
+        assert!(recently_checked(Some(&just_now), (&[], false), now));
+        // It names an engine the approval lacks: looked up again ...
+        assert!(!recently_checked(Some(&just_now), (&[e1, e2], false), now));
+        // ... unless a look-up of it runs.
+        assert!(recently_checked(Some(&just_now), (&[e1, e2], true), now));
+        // Near its end an approval is renewed whatever is named.
+        let old = given_at(now - ALLOW_FOR.as_millis() as u64 + 30_000);
+        assert!(!recently_checked(Some(&old), (&[e1], false), now));
+    }
 
     #[test]
     fn a_replica_s_rounds_pause_1_s_doubling_up_to_16_s() {
