@@ -241,25 +241,36 @@ impl Reader {
     /// The next bytes from the current position, at most `max`: as many as are available now
     /// (after waiting for at least one if the segment is filling). `None` at the end.
     pub async fn read_next(&mut self, max: usize) -> Result<Option<Vec<u8>>, Error> {
-        self.next(max, Verify::Chunks).await
+        self.next(max, Verify::Chunks, Vec::new()).await
     }
 
     /// [`read_next`](Self::read_next), with the chunks of a complete segment not checked: for
     /// a copy's source, whose receiver hashes every byte against the segment's hash (a wrong
     /// byte fails the copy there and it is fetched elsewhere), so the bytes are not hashed
-    /// here a second time. Rot in this copy is the scrub's to find.
-    pub async fn read_next_unchecked(&mut self, max: usize) -> Result<Option<Vec<u8>>, Error> {
-        self.next(max, Verify::None).await
+    /// here a second time. Rot in this copy is the scrub's to find. Read into `buf`, whose
+    /// bytes are overwritten: a caller handing back the buffer of a chunk it is done with
+    /// spares zeroing a fresh one per chunk.
+    pub async fn read_next_unchecked(
+        &mut self,
+        buf: Vec<u8>,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.next(max, Verify::None, buf).await
     }
 
-    async fn next(&mut self, max: usize, verify: Verify) -> Result<Option<Vec<u8>>, Error> {
+    async fn next(
+        &mut self,
+        max: usize,
+        verify: Verify,
+        buf: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, Error> {
         if self.pos >= self.size {
             return Ok(None);
         }
         let want = (max.max(1) as u64).min(self.size - self.pos);
         let available = self.wait_for(self.pos + 1).await?;
         let n = want.min(available - self.pos);
-        let bytes = self.read_at(self.pos, n, verify).await?;
+        let bytes = self.read_at(self.pos, n, verify, buf).await?;
         self.pos += n;
         Ok(Some(bytes))
     }
@@ -281,7 +292,7 @@ impl Reader {
             return Ok(Vec::new());
         }
         self.wait_for(end).await?;
-        self.read_at(offset, len, Verify::Chunks).await
+        self.read_at(offset, len, Verify::Chunks, Vec::new()).await
     }
 
     /// Reads of a complete segment without checking its chunk groups, placed in `buf`: each
@@ -383,7 +394,14 @@ impl Reader {
     }
 
     /// Reads bytes already known to be available.
-    async fn read_at(&mut self, offset: u64, len: u64, verify: Verify) -> Result<Vec<u8>, Error> {
+    /// `len` bytes from `offset`; an unchecked read goes into `buf` (only its growth zeroed).
+    async fn read_at(
+        &mut self,
+        offset: u64,
+        len: u64,
+        verify: Verify,
+        mut buf: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
         if !self.still_stored() {
             return Err(Error::NotFound(self.segment));
         }
@@ -401,7 +419,8 @@ impl Reader {
         };
         if let Some(file) = plain {
             let runs = vec![(0, offset, len as usize)];
-            return self.read_plain(file, vec![0u8; len as usize], runs).await;
+            buf.resize(len as usize, 0);
+            return self.read_plain(file, buf, runs).await;
         }
         match &self.mode {
             Mode::Opening | Mode::Following(_) => Err(Error::NotFound(self.segment)),

@@ -449,19 +449,21 @@ impl Fetch {
             w.know(leaves).map_err(|e| stored_wrong(e, source.engine))?;
         }
         // Two stages: the next chunk is read from the stream while the disk worker writes
-        // (and hashes) the one before, so the link and the disk work side by side.
-        let mut buf = BytesMut::new();
+        // (and hashes) the one before, so the link and the disk work side by side. Two
+        // buffers take turns: the one the disk worker is done with is read into next, its
+        // bytes overwritten, not zeroed again (a fresh one per chunk was a memset per byte).
+        let mut spare = BytesMut::new();
         let mut received = w.written();
         let mut pending: Option<Bytes> = None;
         while received < size || pending.is_some() {
             let at = received;
             let n = usize::try_from((size - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let mut buf = std::mem::take(&mut spare);
             let read = async {
                 if n == 0 {
                     return Ok(None);
                 }
-                // Takes back the room of chunks the disk worker is done with.
-                buf.reserve(CHUNK);
+                // Zeroes only what the buffer lacks: nothing once a whole chunk went through.
                 buf.resize(n, 0);
                 fill_within(&mut stream, &mut buf, patience).await.map_err(
                     |source| match source.kind() {
@@ -469,23 +471,26 @@ impl Fetch {
                         _ => Attempt::Cut { at, source },
                     },
                 )?;
-                Ok(Some(buf.split().freeze()))
+                Ok(Some(buf.freeze()))
             };
             // Hashed as it lands: against the leaves group by group in a verified copy (a wrong
             // group ends the attempt, the groups before it kept), else against the hash at
-            // `finish` (a wrong byte fails the whole copy).
+            // `finish` (a wrong byte fails the whole copy). The chunk's buffer comes back once
+            // the store let go of it.
             let write = async {
                 match pending.take() {
                     // A wrong group of a verified copy: the groups before it are kept.
                     Some(chunk) => {
-                        (w.write_chunk(chunk).await).map_err(|e| stored_wrong(e, source.engine))
+                        let back = chunk.clone();
+                        (w.write_chunk(chunk).await).map_err(|e| stored_wrong(e, source.engine))?;
+                        Ok(back.try_into_mut().ok())
                     }
-                    None => Ok(()),
+                    None => Ok(None),
                 }
             };
             // A failed write is reported first: a resumed copy starts from what was written.
             let (read, written) = tokio::join!(read, write);
-            written?;
+            spare = written?.unwrap_or_default();
             if let Some(chunk) = read? {
                 received += chunk.len() as u64;
                 pending = Some(chunk);

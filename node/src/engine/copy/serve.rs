@@ -183,16 +183,21 @@ impl Server {
         // manifest's, or this engine's own offer for a sibling) and fails the copy at a wrong
         // one, so the bytes are not hashed here a second time; rot here is the scrub's to find.
         let mut next = reader
-            .read_next_unchecked(CHUNK)
+            .read_next_unchecked(Vec::new(), CHUNK)
             .await
             .map_err(std::io::Error::other)?;
+        // Two buffers take turns: the chunk sent before this one's is read into next, and
+        // not zeroed again (a fresh 256 KiB buffer per chunk was a memset per byte copied).
+        let mut spare = Vec::new();
         while let Some(chunk) = next {
             // The next chunk is read from the store while this one is sent.
             let send = send_within(&mut *stream, &chunk, WRITE_STALL);
-            let (sent_now, read) = tokio::join!(send, reader.read_next_unchecked(CHUNK));
+            let read = reader.read_next_unchecked(std::mem::take(&mut spare), CHUNK);
+            let (sent_now, read) = tokio::join!(send, read);
             sent_now?;
             next = read.map_err(std::io::Error::other)?;
             sent += chunk.len() as u64;
+            spare = chunk;
             if self.rate > 0 {
                 // Paced to --copy-rate: no faster than `rate` bytes per second on average.
                 let due = started + Duration::from_secs_f64(sent as f64 / self.rate as f64);
