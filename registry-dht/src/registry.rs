@@ -735,26 +735,9 @@ mod tests {
     /// A station's record as issued at `issued_ms` (by `key`, its director's), as the
     /// Kademlia record a peer puts.
     fn station_record(key: &libp2p::identity::Keypair, issued_ms: u64) -> Record {
-        let director = key.public().to_peer_id();
-        let rec = StationRecord {
-            director,
-            addrs: vec![],
-            engines: vec![],
-            region: None,
-            coords: None,
-            bandwidth_mbps: 1,
-            roles: Default::default(),
-            issuer: None,
-            issued_ms,
-            expires_ms: now_ms() + 60_000,
-            counters: Default::default(),
-            certificate: None,
-            revoked: vec![],
-            http: None,
-            https: false,
-        };
+        let rec = validate::bare_station(key, (issued_ms, now_ms() + 60_000));
         Record::new(
-            RecordKind::Station(director).key(),
+            RecordKind::Station(rec.director).key(),
             codec::encode(&rec.sign(key)),
         )
     }

@@ -96,6 +96,32 @@ pub fn station_from_value(value: &[u8], now_ms: u64) -> Result<(StationRecord, S
     Ok((rec, signed))
 }
 
+/// The station record of the director whose key is `key`, with nothing in it but its issue
+/// and expiry times (ms since the epoch): for tests.
+#[cfg(test)]
+pub(crate) fn bare_station(
+    key: &libp2p::identity::Keypair,
+    (issued_ms, expires_ms): (u64, u64),
+) -> StationRecord {
+    StationRecord {
+        director: key.public().to_peer_id(),
+        addrs: vec![],
+        engines: vec![],
+        region: None,
+        coords: None,
+        bandwidth_mbps: 1,
+        roles: Default::default(),
+        issuer: None,
+        issued_ms,
+        expires_ms,
+        counters: Default::default(),
+        certificate: None,
+        revoked: vec![],
+        http: None,
+        https: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use libp2p::identity::Keypair;
@@ -130,23 +156,7 @@ mod tests {
     fn truncated_and_oversized_station_records_are_refused() {
         let key = Keypair::generate_ed25519();
         let peer = key.public().to_peer_id();
-        let rec = StationRecord {
-            director: peer,
-            addrs: vec![],
-            engines: vec![],
-            region: None,
-            coords: None,
-            bandwidth_mbps: 1,
-            roles: Default::default(),
-            issuer: None,
-            issued_ms: 1,
-            expires_ms: u64::MAX,
-            counters: Default::default(),
-            certificate: None,
-            revoked: vec![],
-            http: None,
-            https: false,
-        };
+        let rec = bare_station(&key, (1, u64::MAX));
         let value = codec::encode(&rec.sign(&key));
         let good = Record::new(RecordKind::Station(peer).key(), value.clone());
         assert!(check_record(&good, 2).is_ok());
