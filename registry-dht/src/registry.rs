@@ -463,7 +463,13 @@ impl Registry {
                     self.stats.refused += 1;
                     tracing::info!(%source, "refused a registry record: not from a member");
                 }
-                Ok(_) if older_than_stored(kad.store_mut(), &record) => {
+                Ok(_)
+                    if validate::older(
+                        &record,
+                        kad.store_mut().get(&record.key).as_deref(),
+                        now_ms(),
+                    ) =>
+                {
                     tracing::debug!(%source, "kept the newer copy of a station record");
                 }
                 Ok(_) => match kad.store_mut().put(record) {
@@ -679,25 +685,6 @@ fn expiry_of(signed: &Signed) -> Option<std::time::Instant> {
     let rec = StationRecord::verify(signed, now_ms()).ok()?;
     let left = rec.expires_ms.saturating_sub(now_ms());
     Some(std::time::Instant::now() + Duration::from_millis(left))
-}
-
-/// Whether `record` is a station record issued before the live copy `store` holds. Copies of
-/// one station's record travel apart (two republishes a moment apart go out as two queries,
-/// and other servers replicate what they hold), so they may arrive out of order; an older one
-/// must not replace a newer: the station's engines, addresses and load as they were. Without
-/// this a station's record taken in before its engine process attached could replace the one
-/// listing it, and a holder checking that station refused the engine's copies (issue 17's
-/// deployment mode b).
-fn older_than_stored(store: &mut PersistentStore, record: &Record) -> bool {
-    let now = now_ms();
-    let Some(stored) = store.get(&record.key) else {
-        return false;
-    };
-    let issued = |value: &[u8]| validate::station_from_value(value, now).map(|(r, _)| r.issued_ms);
-    match (issued(&stored.value), issued(&record.value)) {
-        (Ok(stored), Ok(incoming)) => incoming < stored,
-        _ => false,
-    }
 }
 
 /// Whether `store` holds a live record for `kind` (used by tests and status pages).
