@@ -463,7 +463,7 @@ impl Registry {
                     self.stats.refused += 1;
                     tracing::info!(%source, "refused a registry record: not from a member");
                 }
-                Ok(_)
+                Ok(RecordKind::Station(_))
                     if validate::older(
                         &record,
                         kad.store_mut().get(&record.key).as_deref(),

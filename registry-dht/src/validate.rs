@@ -97,11 +97,12 @@ pub fn station_from_value(value: &[u8], now_ms: u64) -> Result<(StationRecord, S
 }
 
 /// Whether `record` is a station record issued before `stored`, the live copy held under its
-/// key, at `now_ms`. Copies of one station's record travel apart (two republishes a moment apart go out as
-/// two queries, and other servers replicate what they hold), so they may arrive out of order;
-/// an older one must not replace a newer: the station's engines, addresses and load as they
-/// were. Without this a station's record taken in before its engine process attached could
-/// replace the one listing it, and a holder checking that station refused the engine's copies.
+/// key, at `now_ms`. Copies of one station's record travel apart (two republishes a moment
+/// apart go out as two queries, and other servers replicate what they hold), so they may
+/// arrive out of order; an older one must not replace a newer: the station's engines,
+/// addresses and load as they were. Without this a station's record taken in before its
+/// engine process attached could replace the one listing it, and a holder checking that
+/// station refused the engine's copies.
 pub fn older(record: &Record, stored: Option<&Record>, now_ms: u64) -> bool {
     let issued = |value: &[u8]| station_from_value(value, now_ms).map(|(r, _)| r.issued_ms);
     match stored.map(|s| (issued(&s.value), issued(&record.value))) {

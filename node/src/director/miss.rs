@@ -525,11 +525,10 @@ impl Lookup {
     async fn holder(&self, holder: PeerId) -> Option<Holder> {
         let (station, _) = self.registry.get_station(holder).await.ok()??;
         let SegmentId { program, index } = self.segment;
-        let engines = self.engines.clone();
         let request = Request::LocateCopy {
             program,
             index,
-            engines,
+            engines: self.engines.clone(),
         };
         let addrs = station.addrs.clone();
         let asked = (self.asker)
