@@ -81,6 +81,9 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
         "copy_bound_mb_s",
         "copy_vs_bound",
         "stream_mb_s",
+        "stream_discarded_mb_s",
+        "pipe_mb_s",
+        "stream_vs_pipe",
         // The CPU of each part, to the nanosecond: every part takes some.
         "copy_cpu_cores",
         "copy_cpu_s_per_gb",
@@ -94,6 +97,9 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
     }
     for part in ["console", "stations_and_reader", "total"] {
         positive(&json, &["copy", "stream_cpu_s_per_gb", part])?;
+    }
+    for part in ["console", "stations", "total"] {
+        positive(&json, &["copy", "stream_discarded_cpu_s_per_gb", part])?;
     }
     // The suites were learnt from the handshakes: AES-GCM over TCP+TLS and QUIC, noise where
     // only noise was offered.
@@ -118,6 +124,8 @@ fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
             "copy_vs_nginx_https",
             "ceiling_vs_nginx_https",
             "stream_vs_nginx_https",
+            "stream_discarded_vs_nginx_https",
+            "pipe_vs_nginx_https",
         ] {
             positive(&json, &["copy", f])?;
         }

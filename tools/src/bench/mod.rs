@@ -86,6 +86,12 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     round2(a / b)
 }
 
+/// The median of `v` (0 when empty).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// Rounds to two decimals.
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0

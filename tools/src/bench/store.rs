@@ -11,16 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{Row, ratio};
+use super::{Row, median, ratio};
 
 /// The store and `dd` alternate this many times; figures are medians.
 const ROUNDS: u64 = 3;
-
-/// The median of `v` (0 when empty).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// Runs `dd` with `args` and returns MB/s (10^6 bytes per second) for `bytes`.
 fn dd(args: &[String], bytes: u64) -> Result<f64> {

@@ -1,8 +1,8 @@
 //! The `copy` section: engine -> engine copies of a program in 4 MiB segments through real
 //! stations (a `Replicate` to an enrolled station: locate, fetch over `/vodmesh/copy/1`,
 //! verify, store, commit, table, as in distribution) over the bulk path (TCP + TLS with
-//! AES-GCM, no yamux: `vodmesh_proto::net::bulk`), then one console playing the program at
-//! `--speed max`; beside:
+//! AES-GCM, no yamux: `vodmesh_proto::net::bulk`), then a console playing the program at
+//! `--speed max` into a pipe (twice) and into /dev/null (twice); beside:
 //!
 //! - the transport ceiling: one bulk connection (what copies and consoles' streams take)
 //!   moving the same bytes from memory; and one raw libp2p stream, with the swarm vodmesh
@@ -11,6 +11,7 @@
 //!   peer gets);
 //! - the store's durable write rate on the same disk (the other bound of a copy: a copy is
 //!   durable on arrival);
+//! - the pipe the console's play goes through, alone ([`pipe`]);
 //! - nginx serving the same bytes over HTTPS and plain HTTP on loopback ([`super::nginx`]; its
 //!   rows are skipped with a note when `nginx` is not installed).
 //!
@@ -38,6 +39,7 @@ use super::{
     sibling_bin, subdir,
 };
 
+mod pipe;
 mod raw;
 
 const SEGMENT: u64 = 4 * 1024 * 1024;
@@ -77,6 +79,8 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
     let run = replicate_and_play(&subdir(dir, "tcp")?, vec![tcp], bytes).await?;
     let copy_tcp = mb_s(bytes, run.copy);
     let stream = mb_s(bytes, run.stream);
+    let discarded = mb_s(bytes, run.discarded);
+    let pipe = pipe::alone(bytes).await?;
     let (store_after, store_after_cpu) = probe("store").await?;
     let (store_write, store_cpu) = if store_before >= store_after {
         (store_before, store_before_cpu)
@@ -155,6 +159,15 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             ),
             ratio(copy_tcp, cpu_limit),
         ),
+        Row::new(
+            "copy",
+            "one console, play --speed max, verified",
+            format!("{stream:.0} MB/s"),
+        )
+        .vs(
+            format!("the pipe alone (dd, 64 KiB writes, median of 5) {pipe:.0} MB/s"),
+            ratio(stream, pipe),
+        ),
     ];
     let mut value = json!({
         "bytes": bytes,
@@ -198,6 +211,17 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             "stations_and_reader": cpu.per_gb(run.stream_cpu.1),
             "total": stream_cpu,
         },
+        // The same play by a second console writing to /dev/null: the play without the pipe
+        // to a player (nginx's one download writes nowhere either), and its CPU as above.
+        "stream_discarded_mb_s": discarded,
+        "stream_discarded_cpu_s_per_gb": {
+            "console": cpu.per_gb(run.discarded_cpu.0),
+            "stations": cpu.per_gb(run.discarded_cpu.1),
+            "total": cpu.per_gb(run.discarded_cpu.0 + run.discarded_cpu.1),
+        },
+        // The pipe alone (`pipe`): what a player on stdout could get at most on this machine.
+        "pipe_mb_s": pipe,
+        "stream_vs_pipe": ratio(stream, pipe),
         "raw_libp2p_stream_tcp_mb_s": raw_tcp,
         "raw_libp2p_stream_tcp_noise_mb_s": raw_noise,
         "raw_libp2p_stream_quic_mb_s": raw_quic,
@@ -218,7 +242,7 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         "stream_mb_s": stream,
         "stream_first_byte_ms": (run.first_byte.as_secs_f64() * 1e5).round() / 100.0,
         "quic_copy": "not measured: a station's director and engines share --listen, and the registry runs over TCP, so stations cannot be made to copy over QUIC alone",
-        "setup": "home station (1 engine) -> enrolled station (1 engine): ingest with 1 replica; timed from the content manager's Replicate to the target's ReplicaComplete; then one `vodmesh-console play --speed max --out -` of the program from the home, timed from its start to its exit",
+        "setup": "home station (1 engine) -> enrolled station (1 engine): ingest with 1 replica; timed from the content manager's Replicate to the target's ReplicaComplete; then `vodmesh-console play --speed max --out -` of the program from the home, timed from its start to its exit, and with `--out /dev/null`, two plays of each in the order pipe, /dev/null, /dev/null, pipe, each figure their mean; the pipe alone: `dd if=/dev/zero bs=64K` into the same reader, five runs",
     });
     match nginx {
         Ok(Some(n)) => {
@@ -253,6 +277,28 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                 .vs(
                     format!("one nginx HTTPS download {:.0} MB/s", n.https_one),
                     ratio(stream, n.https_one),
+                ),
+            );
+            rows.push(
+                Row::new(
+                    "copy",
+                    "one console, play --speed max, verified, into /dev/null (no pipe)",
+                    format!("{discarded:.0} MB/s"),
+                )
+                .vs(
+                    format!("one nginx HTTPS download {:.0} MB/s", n.https_one),
+                    ratio(discarded, n.https_one),
+                ),
+            );
+            rows.push(
+                Row::new(
+                    "copy",
+                    "the pipe alone (dd, 64 KiB writes, median of 5)",
+                    format!("{pipe:.0} MB/s"),
+                )
+                .vs(
+                    format!("one nginx HTTPS download {:.0} MB/s", n.https_one),
+                    ratio(pipe, n.https_one),
                 ),
             );
             let (nginx_cpu, client_cpu) = n.https_one_cpu;
@@ -321,6 +367,16 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
                     "stream_vs_nginx_https".into(),
                     json!(ratio(stream, n.https_one)),
                 );
+                // The play without the pipe, and the pipe alone (the most a play into it
+                // could reach), against the same download.
+                obj.insert(
+                    "stream_discarded_vs_nginx_https".into(),
+                    json!(ratio(discarded, n.https_one)),
+                );
+                obj.insert(
+                    "pipe_vs_nginx_https".into(),
+                    json!(ratio(pipe, n.https_one)),
+                );
                 obj.insert(
                     "no_yamux_vs_nginx_https".into(),
                     json!(ratio(bare_tls, n.https)),
@@ -378,14 +434,18 @@ struct Run {
     copy_cipher: Option<String>,
     /// Bulk connections the home's engine took during the copy.
     copy_bulk_connections: u64,
-    /// The console's run, start to exit.
+    /// The console's run into the pipe, start to exit: the mean of two.
     stream: Duration,
-    /// The console's start to its first byte out.
+    /// The first of them: the console's start to its first byte out.
     first_byte: Duration,
     /// The CPU the play took: the console's, and this process's (the stations, and the
     /// bench reading the console's output).
     stream_cpu: (Duration, Duration),
     stream_cipher: Option<String>,
+    /// A console's run writing to /dev/null, start to exit, and its CPU (as `stream_cpu`):
+    /// the mean of two.
+    discarded: Duration,
+    discarded_cpu: (Duration, Duration),
 }
 
 /// The CPU the copy section's parts took, for the limit the machine's cores set a copy.
@@ -436,8 +496,19 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
         let (program, copy, copy_cpu) = replicate(dir, &swarm, bytes).await?;
         let copy_bulk_connections = swarm.home.metrics().bulk_connections() - connections;
         let copy_cipher = used_since(&before);
-        let (played, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes)).await;
-        let (stream, first_byte, stream_cpu) = played?;
+        // Into the pipe and into /dev/null twice each, in the order pipe, discard, discard,
+        // pipe: a play right after another may find the engine warmer (its preloads, the
+        // page cache), and this order gives each output that place once.
+        let (first, stream_cipher) = ciphers_of(play(dir, &swarm, program, bytes, Out::Pipe)).await;
+        let first = first?;
+        let discarded = [
+            play(dir, &swarm, program, bytes, Out::Discard).await?,
+            play(dir, &swarm, program, bytes, Out::Discard).await?,
+        ];
+        let piped = [first, play(dir, &swarm, program, bytes, Out::Pipe).await?];
+        let first_byte = piped[0].first_byte.unwrap_or(piped[0].elapsed);
+        let (stream, stream_cpu) = Played::mean(&piped);
+        let (discarded, discarded_cpu) = Played::mean(&discarded);
         Ok(Run {
             copy,
             copy_cpu,
@@ -447,6 +518,8 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
             first_byte,
             stream_cpu,
             stream_cipher,
+            discarded,
+            discarded_cpu,
         })
     }
     .await;
@@ -516,37 +589,77 @@ async fn replicate(
     }
 }
 
-/// `vodmesh-console play --speed max --out -` of `program` from the home: the time from the
+/// Where the console's play writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// `--out -`: stdout, a pipe this process reads (a player's place).
+    Pipe,
+    /// `--out /dev/null`: no pipe, as nginx's one download writes nowhere.
+    Discard,
+}
+
+/// What one console's play took.
+struct Played {
+    /// Its start to its exit.
+    elapsed: Duration,
+    /// Its start to its first byte out (read from the pipe; none when discarded).
+    first_byte: Option<Duration>,
+    /// The console's CPU, and this process's (the stations, and the reader of the pipe).
+    cpu: (Duration, Duration),
+}
+
+impl Played {
+    /// The mean time and the mean CPU (the console's, this process's) of `plays`.
+    fn mean(plays: &[Played; 2]) -> (Duration, (Duration, Duration)) {
+        let [a, b] = plays;
+        (
+            (a.elapsed + b.elapsed) / 2,
+            ((a.cpu.0 + b.cpu.0) / 2, (a.cpu.1 + b.cpu.1) / 2),
+        )
+    }
+}
+
+/// `vodmesh-console play --speed max` of `program` from the home into `out`: the time from the
 /// console's start to its exit and to its first byte out, and the CPU it took (the console's,
-/// this process's). Fails unless every byte came out and the console says it verified them.
+/// this process's). Fails unless every byte came out (read from the pipe, or as the console's
+/// statistics count them) and the console says it verified them.
 async fn play(
     dir: &Path,
     swarm: &BenchSwarm,
     program: ProgramId,
     bytes: u64,
-) -> Result<(Duration, Duration, (Duration, Duration))> {
+    out: Out,
+) -> Result<Played> {
     let home = swarm.console_home(&dir.join("console"))?;
     let console = sibling_bin("vodmesh-console")?;
     let stats_path = dir.join("play-stats.json");
     let started = Instant::now();
     let (cpu, children) = (own_cpu_time(), children_cpu_time());
+    let (to, stdout) = match out {
+        Out::Pipe => ("-", Stdio::piped()),
+        Out::Discard => ("/dev/null", Stdio::null()),
+    };
     let mut child = tokio::process::Command::new(&console)
         .env("VODMESH_HOME", &home)
         .args(["play", "--node", &swarm.home.addr().to_string()])
         .arg(program.to_string())
-        .args(["--speed", "max", "--out", "-", "--stats"])
+        .args(["--speed", "max", "--out", to, "--stats"])
         .arg(&stats_path)
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", console.display()))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let (got, first) = read_to_end(stdout, (0u64, None), move |(got, first), n| {
-        first.get_or_insert_with(|| started.elapsed());
-        *got += n as u64;
-    })
-    .await?;
+    let (got, first_byte) = match child.stdout.take() {
+        Some(stdout) => {
+            read_to_end(stdout, (0u64, None), move |(got, first), n| {
+                first.get_or_insert_with(|| started.elapsed());
+                *got += n as u64;
+            })
+            .await?
+        }
+        None => (bytes, None),
+    };
     let status = child.wait().await?;
     let elapsed = started.elapsed();
     // The console is the one child that ended meanwhile.
@@ -554,12 +667,19 @@ async fn play(
         children_cpu_time().saturating_sub(children),
         own_cpu_time().saturating_sub(cpu),
     );
-    if !status.success() || got != bytes {
-        bail!("play --speed max ended with {status} after {got} of {bytes} bytes");
-    }
     let stats: Value = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+    let played = stats["bytes"].as_u64().unwrap_or_default();
+    if !status.success() || got != bytes || played != bytes {
+        bail!(
+            "play --speed max ended with {status} after {got} of {bytes} bytes ({played} played)"
+        );
+    }
     if stats["verified"] != true {
         bail!("the console did not verify what it played: {stats}");
     }
-    Ok((elapsed, first.unwrap_or(elapsed), cpu))
+    Ok(Played {
+        elapsed,
+        first_byte,
+        cpu,
+    })
 }
