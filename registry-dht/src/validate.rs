@@ -103,13 +103,24 @@ pub fn station_from_value(value: &[u8], now_ms: u64) -> Result<(StationRecord, S
 /// addresses and load as they were. Without this a station's record taken in before its
 /// engine process attached could replace the one listing it, and a holder checking that
 /// station refused the engine's copies.
+///
+/// A stored copy issued more than [`ISSUED_AHEAD_MS`] past this server's clock orders
+/// nothing: its director's clock ran ahead, and once that clock is set right its new records
+/// would otherwise be dropped until the old one expired (a whole time to live).
 pub fn older(record: &Record, stored: Option<&Record>, now_ms: u64) -> bool {
     let issued = |value: &[u8]| station_from_value(value, now_ms).map(|(r, _)| r.issued_ms);
     match stored.map(|s| (issued(&s.value), issued(&record.value))) {
-        Some((Ok(stored), Ok(incoming))) => incoming < stored,
+        Some((Ok(stored), Ok(incoming))) => {
+            incoming < stored && stored <= now_ms.saturating_add(ISSUED_AHEAD_MS)
+        }
         _ => false,
     }
 }
+
+/// How far past this server's clock a stored station record's issue time may lie and still
+/// order the copies that arrive after it ([`older`]): clocks a minute apart are ordinary, an
+/// issue time further ahead is a clock that was wrong.
+pub const ISSUED_AHEAD_MS: u64 = 60_000;
 
 /// The station record of the director whose key is `key`, with nothing in it but its issue
 /// and expiry times (ms since the epoch): for tests.
@@ -165,6 +176,29 @@ mod tests {
             }
             prop_assert!(station_from_value(&value, 0).is_err());
         }
+    }
+
+    /// A copy of a station record issued before the stored one is older, unless the stored
+    /// one was issued past this server's clock by more than `ISSUED_AHEAD_MS` (its director's
+    /// clock ran ahead and was set right since). Controls: a newer copy is never older, and a
+    /// stored copy a little ahead (within the allowance) still orders.
+    #[test]
+    fn a_record_issued_far_ahead_of_the_clock_orders_no_later_copy() {
+        let key = Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let now = 1_000_000_000;
+        let at = |issued_ms: u64| {
+            let rec = bare_station(&key, (issued_ms, now + 3_600_000));
+            Record::new(
+                RecordKind::Station(peer).key(),
+                codec::encode(&rec.sign(&key)),
+            )
+        };
+        let (stored_near, stored_far) = (at(now + 10_000), at(now + ISSUED_AHEAD_MS + 1));
+        assert!(older(&at(now), Some(&stored_near), now));
+        assert!(!older(&at(now + 20_000), Some(&stored_near), now));
+        assert!(!older(&at(now), Some(&stored_far), now));
+        assert!(!older(&at(now), None, now));
     }
 
     #[test]
