@@ -211,8 +211,9 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
             "stations_and_reader": cpu.per_gb(run.stream_cpu.1),
             "total": stream_cpu,
         },
-        // The same play by a second console writing to /dev/null: the play without the pipe
-        // to a player (nginx's one download writes nowhere either), and its CPU as above.
+        // The same play writing to /dev/null (the mean of two, as `stream_mb_s` is): the play
+        // without the pipe to a player (nginx's one download writes nowhere either), and its
+        // CPU as above.
         "stream_discarded_mb_s": discarded,
         "stream_discarded_cpu_s_per_gb": {
             "console": cpu.per_gb(run.discarded_cpu.0),
