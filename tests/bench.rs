@@ -32,6 +32,32 @@ fn positive(json: &Value, path: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A section `--only` does not know is refused before anything runs, with the names it
+/// takes; control: a known one is taken (the JSON has it run and the others skipped).
+#[test]
+fn bench_only_refuses_an_unknown_section_and_names_the_known_ones() -> anyhow::Result<()> {
+    let out = command_in(None, "vodmesh")
+        .args(["bench", "--only", "edg"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown section ran: {stderr}");
+    for name in ["store", "copy", "handoff", "registry", "footprint", "edge"] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
+    let dir = tempfile::tempdir()?;
+    let json_path = dir.path().join("bench.json");
+    let out = command_in(None, "vodmesh")
+        .args(["bench", "--quick", "--only", "registry", "--json"])
+        .arg(&json_path)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "--only registry failed: {stderr}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&json_path)?)?;
+    assert!(json["registry"].get("skipped").is_none(), "{json}");
+    assert!(json["edge"]["skipped"].is_string(), "{json}");
+    Ok(())
+}
+
 #[test]
 fn bench_quick_writes_every_section_with_sane_values() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -143,8 +143,8 @@ enum Cmd {
         #[arg(long, value_name = "ADDR:PORT")]
         serve: Option<std::net::SocketAddr>,
     },
-    /// Measures every hot path beside a reference in the same run (copy, streams, startup,
-    /// handoff, registry, store, footprint); prints a table, and the JSON with --json.
+    /// Measures every hot path beside a reference in the same run (store, copy, streams,
+    /// startup, handoff, registry, footprint, edge); prints a table, and the JSON with --json.
     Bench {
         /// Also write the JSON to this file.
         #[arg(long, value_name = "FILE")]
@@ -155,9 +155,12 @@ enum Cmd {
         /// Small sizes: finishes in under two minutes (the CI smoke test).
         #[arg(long)]
         quick: bool,
-        /// Run only this section (repeatable): copy, streams, startup, handoff, registry,
-        /// store, footprint.
-        #[arg(long, value_name = "SECTION")]
+        /// Run only this section (repeatable).
+        #[arg(
+            long,
+            value_name = "SECTION",
+            value_parser = clap::builder::PossibleValuesParser::new(vodmesh_tools::bench::SECTIONS)
+        )]
         only: Vec<String>,
     },
     /// Many stations in one process: N directors, each a real libp2p Kademlia peer of the

@@ -35,13 +35,26 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 /// What to run.
+/// The sections, in the order they run: the names `--only` takes.
+pub const SECTIONS: [&str; 8] = [
+    "store",
+    "copy",
+    "streams",
+    "startup",
+    "handoff",
+    "registry",
+    "footprint",
+    "edge",
+];
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Where the stations, the store probe and `dd` write (a temp directory is made in it).
     pub dir: PathBuf,
     /// Small sizes: the whole run in well under two minutes (the CI smoke test).
     pub quick: bool,
-    /// Run only these sections (all when empty), e.g. to profile one path.
+    /// Run only these sections (all when empty; names of [`SECTIONS`]), e.g. to profile one
+    /// path.
     pub only: Vec<String>,
 }
 
@@ -280,6 +293,7 @@ async fn section<F>(only: &[String], name: &'static str, rows: &mut Vec<Row>, f:
 where
     F: Future<Output = Result<(Value, Vec<Row>)>>,
 {
+    debug_assert!(SECTIONS.contains(&name), "{name} is missing from SECTIONS");
     if !only.is_empty() && !only.iter().any(|o| o == name) {
         return json!({ "skipped": "not selected (--only)" });
     }
