@@ -34,7 +34,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-/// What to run.
 /// The sections, in the order they run: the names `--only` takes.
 pub const SECTIONS: [&str; 8] = [
     "store",
@@ -47,6 +46,7 @@ pub const SECTIONS: [&str; 8] = [
     "edge",
 ];
 
+/// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Where the stations, the store probe and `dd` write (a temp directory is made in it).
