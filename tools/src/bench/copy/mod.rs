@@ -591,7 +591,7 @@ async fn replicate(
 }
 
 /// Where the console's play writes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Out {
     /// `--out -`: stdout, a pipe this process reads (a player's place).
     Pipe,
@@ -634,6 +634,8 @@ async fn play(
     let home = swarm.console_home(&dir.join("console"))?;
     let console = sibling_bin("vodmesh-console")?;
     let stats_path = dir.join("play-stats.json");
+    // The play before's statistics are not this one's.
+    let _ = std::fs::remove_file(&stats_path);
     let started = Instant::now();
     let (cpu, children) = (own_cpu_time(), children_cpu_time());
     let (to, stdout) = match out {
@@ -668,12 +670,13 @@ async fn play(
         children_cpu_time().saturating_sub(children),
         own_cpu_time().saturating_sub(cpu),
     );
+    if !status.success() {
+        bail!("play --speed max ended with {status} after {got} of {bytes} bytes");
+    }
     let stats: Value = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
     let played = stats["bytes"].as_u64().unwrap_or_default();
-    if !status.success() || got != bytes || played != bytes {
-        bail!(
-            "play --speed max ended with {status} after {got} of {bytes} bytes ({played} played)"
-        );
+    if got != bytes || played != bytes {
+        bail!("play --speed max wrote {got} of {bytes} bytes ({played} played)");
     }
     if stats["verified"] != true {
         bail!("the console did not verify what it played: {stats}");
