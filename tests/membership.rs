@@ -408,3 +408,67 @@ async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> an
     home.shutdown().await;
     Ok(())
 }
+
+/// The registry queries a station has started.
+fn dht_queries_started(station: &vodmesh_node::Station) -> anyhow::Result<u64> {
+    let line = "vodmesh_dht_queries_started_total ";
+    let text = station.metrics().encode();
+    let count = (text.lines())
+        .find_map(|l| l.strip_prefix(line))
+        .ok_or_else(|| anyhow::anyhow!("no {line} in the metrics"))?;
+    Ok(count.trim().parse()?)
+}
+
+/// A member asks `LocateCopy` many times at once before the director checked its station:
+/// every request is answered, after one registry look-up of that station. Before, each
+/// request started a registry query of its own, a member's way of making a director query
+/// the swarm as often as it likes. The control: a request from a stranger is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_s_copy_requests_before_its_check_wait_for_one_look_up() -> anyhow::Result<()> {
+    const ASKS: usize = 64;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(dir.path()).home().start().await?;
+    let issuer = issuer_of(dir.path())?;
+    let addr = home.addr().clone();
+    let mut member = Rogue::new(&addr)?;
+    join(&mut member, Some(&issuer), Roles::default()).await?;
+    let mut stranger = Rogue::new(&addr)?;
+    join(&mut stranger, None, CM).await?;
+
+    let source = dir.path().join("p.bin");
+    random_file(&source, 64 * 1024, 29)?;
+    let key = dir.path().join("identity.key");
+    let program = ingest::run(&IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &key, "asked", &source)
+    })
+    .await?
+    .program;
+    let locate_copy = Request::LocateCopy {
+        program,
+        index: 0.into(),
+        engines: vec![],
+    };
+    assert_eq!(
+        refusal(&addr, &stranger.key, locate_copy.clone()).await?,
+        Some(NOT_A_MEMBER.to_string())
+    );
+
+    let client = DirectorClient::connect(&addr, Some(member.key.clone())).await?;
+    let before = dht_queries_started(&home)?;
+    let asks = (0..ASKS).map(|_| client.call(locate_copy.clone()));
+    for answer in futures::future::join_all(asks).await {
+        let answer = answer?;
+        assert!(matches!(answer, Response::Located { .. }), "{answer:?}");
+    }
+    let looked_up = dht_queries_started(&home)? - before;
+    // One look-up of the member for its copies (and one for its admission); a few of the
+    // station's own may start meanwhile.
+    assert!(
+        looked_up < 8,
+        "{looked_up} registry look-ups for {ASKS} requests"
+    );
+    home.shutdown().await;
+    Ok(())
+}

@@ -64,6 +64,7 @@ struct Inner {
     copies_declined: Counter,
     refusals: Family<Kind, Counter>,
     dht_queries: Family<Kind, Counter>,
+    dht_started: Counter,
     dht_latency: Histogram,
     engine_streams: Family<EngineLabel, Gauge>,
     engine_max_streams: Family<EngineLabel, Gauge>,
@@ -104,6 +105,7 @@ impl Metrics {
             copies_declined: Counter::default(),
             refusals: Family::default(),
             dht_queries: Family::default(),
+            dht_started: Counter::default(),
             // 1 ms .. ~16 s.
             dht_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             engine_streams: Family::default(),
@@ -200,6 +202,11 @@ impl Metrics {
             "dht_queries",
             "Registry (Kademlia) queries finished, by kind",
             inner.dht_queries.clone(),
+        );
+        r.register(
+            "dht_queries_started",
+            "Registry (Kademlia) queries started; less the finished ones (dht_queries), those in flight",
+            inner.dht_started.clone(),
         );
         r.register(
             "dht_query_seconds",
@@ -364,6 +371,11 @@ impl Metrics {
     /// A segment copied in from another engine.
     pub(crate) fn copied(&self) {
         self.inner.copies.inc();
+    }
+
+    /// The registry queries started so far (the registry counts them).
+    pub(crate) fn set_dht_started(&self, started: u64) {
+        (self.inner.dht_started.inner()).store(started, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A registry query of `kind` finished after `took`.

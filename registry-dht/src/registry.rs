@@ -295,7 +295,7 @@ impl Registry {
             }
         } else if self.admitting.len() < MAX_ADMITTING && self.admitting.insert(peer) {
             let id = kad.get_record(RecordKind::Station(peer).key());
-            self.pending.insert(id, Pending::Admit { peer, addrs });
+            self.started(id, Pending::Admit { peer, addrs });
         }
     }
 
@@ -339,9 +339,15 @@ impl Registry {
         }
     }
 
-    /// Inbound record counters.
+    /// Inbound record counters, and the queries started.
     pub fn stats(&self) -> RegistryStats {
         self.stats
+    }
+
+    /// Keeps `pending` until query `id` ends, and counts it started.
+    fn started(&mut self, id: QueryId, pending: Pending) {
+        self.stats.queries_started += 1;
+        self.pending.insert(id, pending);
     }
 
     /// Starts the Kademlia work for one command.
@@ -352,13 +358,12 @@ impl Registry {
             }
             Command::GetStation { director, reply } => {
                 let id = kad.get_record(RecordKind::Station(director).key());
-                self.pending
-                    .insert(id, Pending::Station { best: None, reply });
+                self.started(id, Pending::Station { best: None, reply });
             }
             Command::Provide { program, reply } => {
                 match kad.start_providing(RecordKind::Program(program).key()) {
                     Ok(id) => {
-                        self.pending.insert(id, Pending::Put(reply));
+                        self.started(id, Pending::Put(reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RegistryError::Store(e.to_string())));
@@ -370,7 +375,7 @@ impl Registry {
             }
             Command::Holders { program, reply } => {
                 let id = kad.get_providers(RecordKind::Program(program).key());
-                self.pending.insert(
+                self.started(
                     id,
                     Pending::Holders {
                         found: HashSet::new(),
@@ -380,7 +385,7 @@ impl Registry {
             }
             Command::GetCatalog { program, reply } => {
                 let id = kad.get_record(RecordKind::Catalog(program).key());
-                self.pending.insert(
+                self.started(
                     id,
                     Pending::Catalog {
                         found: Vec::new(),
@@ -390,7 +395,7 @@ impl Registry {
             }
             Command::Closest { key, reply } => {
                 let id = kad.get_closest_peers(key);
-                self.pending.insert(id, Pending::Closest(reply));
+                self.started(id, Pending::Closest(reply));
             }
             Command::RoutingTable { reply } => {
                 let peers = kad
@@ -399,14 +404,13 @@ impl Registry {
                     .collect();
                 let _ = reply.send(peers);
             }
-            Command::Bootstrap => {
-                if let Err(e) = kad.bootstrap() {
-                    tracing::debug!(error = %e, "registry bootstrap skipped");
-                }
-            }
+            Command::Bootstrap => match kad.bootstrap() {
+                Ok(_) => self.stats.queries_started += 1,
+                Err(e) => tracing::debug!(error = %e, "registry bootstrap skipped"),
+            },
             Command::TraceHolders { program, reply } => {
                 let id = kad.get_providers(RecordKind::Program(program).key());
-                self.pending.insert(
+                self.started(
                     id,
                     Pending::Traced {
                         trace: HoldersTrace::default(),
@@ -437,7 +441,7 @@ impl Registry {
         }
         match kad.put_record(record, Quorum::One) {
             Ok(id) => {
-                self.pending.insert(id, Pending::Put(reply));
+                self.started(id, Pending::Put(reply));
             }
             Err(e) => {
                 let _ = reply.send(Err(RegistryError::Store(e.to_string())));

@@ -17,6 +17,9 @@ pub struct RegistryStats {
     pub refused: u64,
     /// Kademlia requests other peers sent this one, by kind.
     pub inbound: Inbound,
+    /// Kademlia queries this one started: its lookups, puts, provides, bootstraps, and the
+    /// look-ups of peers it admits to its routing table.
+    pub queries_started: u64,
 }
 
 /// Kademlia requests received, by kind: what serving the registry costs a director.

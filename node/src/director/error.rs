@@ -132,6 +132,9 @@ pub(super) enum Error {
     /// Another director asked for copies and is no live station of this swarm.
     #[error("not a live station of this swarm")]
     NotLive,
+    /// Another director asked for more copies than are kept waiting while it is looked up.
+    #[error("too many copies asked while this station is checked; retry")]
+    CheckQueueFull,
     /// Segments of a replica could not be copied.
     #[error("{count} segment(s) failed, first {first}: {cause}")]
     CopiesFailed {
@@ -184,6 +187,7 @@ impl Error {
             | Self::OnlyHeldBusy
             | Self::NoWholeCopy
             | Self::TooManyMisses
+            | Self::CheckQueueFull
             | Self::EngineQueueFull
             | Self::EngineGone
             // Every segment was pushed, but an engine's report that it stored one may still

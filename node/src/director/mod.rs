@@ -176,7 +176,7 @@ impl Director {
                 }
                 done = self.replicate.next() => {
                     let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
-                    if let Some(reply) = self.replicate.on_done(&mut ctx, &mut self.publish, done) {
+                    for reply in self.replicate.on_done(&mut ctx, &mut self.publish, done) {
                         self.reply(reply);
                     }
                 }
@@ -195,6 +195,7 @@ impl Director {
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
+            (self.metrics).set_dht_started(self.shared.registry.stats().queries_started);
             let (activity, engines) = (&self.shared.activity, &self.shared.engines);
             if synced
                 .as_ref()

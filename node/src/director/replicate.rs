@@ -76,37 +76,80 @@ const ALLOW_FOR: Duration = Duration::from_secs(600);
 /// A station checked this recently is not checked again (unless it names an engine it was
 /// not approved for: [`recently_checked`]).
 const RECHECK_BEFORE: u64 = 60_000;
+/// `LocateCopy` requests of one station kept waiting while it is looked up; past them it is
+/// told to retry.
+const WAITING_PER_CHECK: usize = 64;
 /// How long a sibling engine may copy from a busy one for an overload replication.
 const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
 
 /// Whether a station whose standing approval is `allowed` (until when, which engines), asking
-/// at `now` and naming engines `named`, need not be looked up again: its approval has more
-/// than [`RECHECK_BEFORE`] left and covers `named`, or a look-up of it runs (`checking`: a
-/// member naming engines it has not is looked up once at a time, not at every request).
-fn recently_checked(
-    allowed: Option<&(u64, Vec<PeerId>)>,
-    (named, checking): (&[PeerId], bool),
-    now: u64,
-) -> bool {
+/// at `now` and naming engines `named`, need not be looked up: its approval has more than
+/// [`RECHECK_BEFORE`] left and covers `named`.
+fn recently_checked(allowed: Option<&(u64, Vec<PeerId>)>, named: &[PeerId], now: u64) -> bool {
     let Some((until, peers)) = allowed else {
         return false;
     };
-    let covered = named.iter().all(|e| peers.contains(e));
-    *until > now + RECHECK_BEFORE && (covered || checking)
+    *until > now + RECHECK_BEFORE && named.iter().all(|e| peers.contains(e))
+}
+
+/// The `LocateCopy` requests waiting on a look-up of their station: one look-up per station
+/// at a time, however many requests it sends meanwhile, each answered when it ends.
+#[derive(Debug)]
+struct Waiting<T> {
+    by_station: HashMap<StationId, Vec<T>>,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self {
+            by_station: HashMap::new(),
+        }
+    }
+}
+
+/// What to do with a `LocateCopy` that needs its station looked up.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait<T> {
+    /// No look-up of the station runs: start one; the request waits for it.
+    LookUp,
+    /// One runs: the request waits for it.
+    Waits,
+    /// One runs and [`WAITING_PER_CHECK`] requests wait already: refuse this one.
+    Full(T),
+}
+
+impl<T> Waiting<T> {
+    /// Keeps `request` until the look-up of `station` ends.
+    fn wait(&mut self, station: StationId, request: T) -> Wait<T> {
+        match self.by_station.get_mut(&station) {
+            None => {
+                self.by_station.insert(station, vec![request]);
+                Wait::LookUp
+            }
+            Some(waiting) if waiting.len() >= WAITING_PER_CHECK => Wait::Full(request),
+            Some(waiting) => {
+                waiting.push(request);
+                Wait::Waits
+            }
+        }
+    }
+
+    /// The look-up of `station` ended: the requests that waited for it, in order.
+    fn ended(&mut self, station: &StationId) -> Vec<T> {
+        self.by_station.remove(station).unwrap_or_default()
+    }
 }
 
 /// What a replication task hands back to the loop.
 #[derive(Debug)]
 pub(super) enum Done {
     /// A station asking `LocateCopy` was looked up: found live, its engines were let copy
-    /// from ours (until when, which engines); `reply` answers it.
+    /// from ours (until when, which engines); the requests that waited are answered.
     Checked {
         /// The station.
         station: StationId,
         /// Until when its engines may copy, and which; `None`: it is no live station.
         allowed: Option<(u64, Vec<PeerId>)>,
-        /// Its answer.
-        reply: Reply,
     },
     /// A replica's manifest was fetched and verified and fits: its segments can be copied.
     Prepared(Box<(Replica, (Manifest, Signed), Option<Learned>)>),
@@ -138,8 +181,9 @@ pub(super) struct Replicating {
     /// Stations whose engines may copy from ours: until when (ms since the epoch), and
     /// those engines (told again to an engine of ours that restarts, which forgot them).
     allowed: HashMap<StationId, (u64, Vec<PeerId>)>,
-    /// Stations being looked up for a `LocateCopy` of theirs.
-    checking: HashSet<StationId>,
+    /// Stations being looked up for a `LocateCopy` of theirs, and the requests (with the
+    /// answer each gets if the station is live) that wait for it.
+    checking: Waiting<Reply>,
     /// Programs whose replica is being copied (one copy of a program at a time).
     running: HashSet<ProgramId>,
     tasks: Tasks<Done>,
@@ -156,27 +200,27 @@ impl Replicating {
         self.tasks.shutdown().await;
     }
 
-    /// Takes a replication task's result; returns the answer to send, if any.
+    /// Takes a replication task's result; returns the answers to send.
     pub(super) fn on_done(
         &mut self,
         ctx: &mut Ctx<'_>,
         publish: &mut Publishing,
         done: Done,
-    ) -> Option<Reply> {
+    ) -> Vec<Reply> {
         match done {
-            Done::Checked {
-                station,
-                allowed,
-                reply,
-            } => {
-                self.checking.remove(&station);
+            Done::Checked { station, allowed } => {
+                let waited = self.checking.ended(&station);
                 // Approvals past their time go when another comes: the map holds live ones.
                 let now = now_ms();
                 self.allowed.retain(|_, (until, _)| *until > now);
+                let live = allowed.is_some();
                 if let Some(allowed) = allowed {
                     self.allowed.insert(station, allowed);
                 }
-                return Some(reply);
+                let refused = || Response::Error(Error::NotLive.into());
+                return (waited.into_iter())
+                    .map(|(channel, located)| (channel, if live { located } else { refused() }))
+                    .collect();
             }
             Done::Prepared(prepared) => {
                 let (replica, (manifest, signed), record) = *prepared;
@@ -233,7 +277,7 @@ impl Replicating {
             }
             Done::Nothing => {}
         }
-        None
+        Vec::new()
     }
 
     /// After an ingest commit (content manager): sends `Replicate` to `replicas` stations
@@ -375,7 +419,9 @@ impl Replicating {
     /// the engines it `named`; otherwise after a registry look-up of its station record (then
     /// its engines may copy from ours). Without the second condition an engine that attached
     /// to that station after the check (an engine process started after its director) had
-    /// its copies refused until the approval ran out, ten minutes.
+    /// its copies refused until the approval ran out, ten minutes. One look-up of a station
+    /// runs at a time: what it asks meanwhile waits for it ([`Waiting`]), so a member cannot
+    /// turn its requests into as many registry queries.
     pub(super) fn locate_copy(
         &mut self,
         ctx: &Ctx<'_>,
@@ -400,23 +446,25 @@ impl Replicating {
         };
         let station = StationId(peer);
         let named = &named[..named.len().min(MAX_ENGINES_NAMED)];
-        let checking = self.checking.contains(&station);
-        if recently_checked(self.allowed.get(&station), (named, checking), now_ms()) {
+        if recently_checked(self.allowed.get(&station), named, now_ms()) {
             return Some((channel, response));
         }
-        self.checking.insert(station);
+        match self.checking.wait(station, (channel, response)) {
+            Wait::LookUp => {}
+            Wait::Waits => return None,
+            Wait::Full((channel, _)) => {
+                return Some((channel, Response::Error(Error::CheckQueueFull.into())));
+            }
+        }
         let registry = ctx.registry.clone();
         let commands: Vec<mpsc::Sender<EngineCommand>> = (ctx.engines.ids())
             .filter_map(|id| ctx.engines.commands(id))
             .collect();
         self.tasks.spawn(async move {
             let Ok(Some((record, _))) = registry.get_station(peer).await else {
-                let refused = Response::Error(Error::NotLive.into());
-                let reply = (channel, refused);
                 return Done::Checked {
                     station,
                     allowed: None,
-                    reply,
                 };
             };
             let until_ms = now_ms() + ALLOW_FOR.as_millis() as u64;
@@ -432,7 +480,6 @@ impl Replicating {
             Done::Checked {
                 station,
                 allowed: Some((until_ms, peers)),
-                reply: (channel, response),
             }
         });
         None
@@ -693,24 +740,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_station_naming_an_engine_its_approval_lacks_is_looked_up_again_once_at_a_time() {
+    fn a_station_naming_an_engine_its_approval_lacks_is_looked_up_again() {
         let now = 10_000_000;
         let (e1, e2) = (PeerId::random(), PeerId::random());
         let given_at = |at: u64| (at + ALLOW_FOR.as_millis() as u64, vec![e1]);
         // Never checked: looked up.
-        assert!(!recently_checked(None, (&[e1], false), now));
+        assert!(!recently_checked(None, &[e1], now));
         // Checked a moment ago: its approval covers what it names (or it names nothing, as
         // an older director does), no look-up.
         let just_now = given_at(now - 100);
-        assert!(recently_checked(Some(&just_now), (&[e1], false), now));
-        assert!(recently_checked(Some(&just_now), (&[], false), now));
-        // It names an engine the approval lacks: looked up again ...
-        assert!(!recently_checked(Some(&just_now), (&[e1, e2], false), now));
-        // ... unless a look-up of it runs.
-        assert!(recently_checked(Some(&just_now), (&[e1, e2], true), now));
+        assert!(recently_checked(Some(&just_now), &[e1], now));
+        assert!(recently_checked(Some(&just_now), &[], now));
+        // It names an engine the approval lacks: looked up again.
+        assert!(!recently_checked(Some(&just_now), &[e1, e2], now));
         // Near its end an approval is renewed whatever is named.
         let old = given_at(now - ALLOW_FOR.as_millis() as u64 + 30_000);
-        assert!(!recently_checked(Some(&old), (&[e1], false), now));
+        assert!(!recently_checked(Some(&old), &[e1], now));
+    }
+
+    #[test]
+    fn requests_of_a_station_being_looked_up_wait_for_that_one_look_up() {
+        let (a, b) = (StationId(PeerId::random()), StationId(PeerId::random()));
+        let mut waiting = Waiting::default();
+        // The first request of a starts its look-up; the next ones wait for it, up to the
+        // bound, and the one past it is handed back to be refused.
+        assert_eq!(waiting.wait(a, 0), Wait::LookUp);
+        for n in 1..WAITING_PER_CHECK {
+            assert_eq!(waiting.wait(a, n), Wait::Waits);
+        }
+        assert_eq!(waiting.wait(a, 999), Wait::Full(999));
+        // Another station's look-up is its own.
+        assert_eq!(waiting.wait(b, 1000), Wait::LookUp);
+        // When a's look-up ends, every request that waited is answered, in order, and a's
+        // next request starts a new look-up; b's still waits.
+        let answered: Vec<usize> = (0..WAITING_PER_CHECK).collect();
+        assert_eq!(waiting.ended(&a), answered);
+        assert_eq!(waiting.ended(&a), Vec::<usize>::new());
+        assert_eq!(waiting.wait(a, 1), Wait::LookUp);
+        assert_eq!(waiting.wait(b, 1001), Wait::Waits);
+        assert_eq!(waiting.ended(&b), vec![1000, 1001]);
     }
 
     #[test]
