@@ -79,6 +79,10 @@ const RECHECK_BEFORE: u64 = 60_000;
 /// `LocateCopy` requests of one station kept waiting while it is looked up; past them it is
 /// told to retry.
 const WAITING_PER_CHECK: usize = 64;
+/// A look-up of a station running this long is taken as lost (a registry query ends well
+/// before, [`vodmesh_registry`]'s query time-out): the next request starts another, and the
+/// requests that waited wait for that one.
+const CHECK_LOST_AFTER: Duration = Duration::from_secs(60);
 /// How long a sibling engine may copy from a busy one for an overload replication.
 const SIBLING_COPY_FOR: Duration = Duration::from_secs(120);
 
@@ -96,7 +100,8 @@ fn recently_checked(allowed: Option<&(u64, Vec<PeerId>)>, named: &[PeerId], now:
 /// at a time, however many requests it sends meanwhile, each answered when it ends.
 #[derive(Debug)]
 struct Waiting<T> {
-    by_station: HashMap<StationId, Vec<T>>,
+    /// When the station's look-up started, and the requests waiting for it.
+    by_station: HashMap<StationId, (Instant, Vec<T>)>,
 }
 
 impl<T> Default for Waiting<T> {
@@ -110,7 +115,7 @@ impl<T> Default for Waiting<T> {
 /// What to do with a `LocateCopy` that needs its station looked up.
 #[derive(Debug, PartialEq, Eq)]
 enum Wait<T> {
-    /// No look-up of the station runs: start one; the request waits for it.
+    /// No look-up of the station runs (or one was lost): start one; the request waits for it.
     LookUp,
     /// One runs: the request waits for it.
     Waits,
@@ -119,24 +124,27 @@ enum Wait<T> {
 }
 
 impl<T> Waiting<T> {
-    /// Keeps `request` until the look-up of `station` ends.
-    fn wait(&mut self, station: StationId, request: T) -> Wait<T> {
-        match self.by_station.get_mut(&station) {
-            None => {
-                self.by_station.insert(station, vec![request]);
-                Wait::LookUp
-            }
-            Some(waiting) if waiting.len() >= WAITING_PER_CHECK => Wait::Full(request),
-            Some(waiting) => {
-                waiting.push(request);
-                Wait::Waits
-            }
+    /// Keeps `request`, come at `now`, until the look-up of `station` ends.
+    fn wait(&mut self, station: StationId, request: T, now: Instant) -> Wait<T> {
+        let Some((started, waiting)) = self.by_station.get_mut(&station) else {
+            self.by_station.insert(station, (now, vec![request]));
+            return Wait::LookUp;
+        };
+        if now.saturating_duration_since(*started) >= CHECK_LOST_AFTER {
+            *started = now;
+            waiting.push(request);
+            return Wait::LookUp;
         }
+        if waiting.len() >= WAITING_PER_CHECK {
+            return Wait::Full(request);
+        }
+        waiting.push(request);
+        Wait::Waits
     }
 
-    /// The look-up of `station` ended: the requests that waited for it, in order.
+    /// A look-up of `station` ended: the requests that waited, in order.
     fn ended(&mut self, station: &StationId) -> Vec<T> {
-        self.by_station.remove(station).unwrap_or_default()
+        (self.by_station.remove(station)).map_or_else(Vec::new, |(_, waiting)| waiting)
     }
 }
 
@@ -449,7 +457,10 @@ impl Replicating {
         if recently_checked(self.allowed.get(&station), named, now_ms()) {
             return Some((channel, response));
         }
-        match self.checking.wait(station, (channel, response)) {
+        match self
+            .checking
+            .wait(station, (channel, response), Instant::now())
+        {
             Wait::LookUp => {}
             Wait::Waits => return None,
             Wait::Full((channel, _)) => {
@@ -761,24 +772,41 @@ mod tests {
     #[test]
     fn requests_of_a_station_being_looked_up_wait_for_that_one_look_up() {
         let (a, b) = (StationId(PeerId::random()), StationId(PeerId::random()));
+        let t0 = Instant::now();
         let mut waiting = Waiting::default();
         // The first request of a starts its look-up; the next ones wait for it, up to the
         // bound, and the one past it is handed back to be refused.
-        assert_eq!(waiting.wait(a, 0), Wait::LookUp);
+        assert_eq!(waiting.wait(a, 0, t0), Wait::LookUp);
         for n in 1..WAITING_PER_CHECK {
-            assert_eq!(waiting.wait(a, n), Wait::Waits);
+            assert_eq!(waiting.wait(a, n, t0), Wait::Waits);
         }
-        assert_eq!(waiting.wait(a, 999), Wait::Full(999));
+        assert_eq!(waiting.wait(a, 999, t0), Wait::Full(999));
         // Another station's look-up is its own.
-        assert_eq!(waiting.wait(b, 1000), Wait::LookUp);
+        assert_eq!(waiting.wait(b, 1000, t0), Wait::LookUp);
         // When a's look-up ends, every request that waited is answered, in order, and a's
         // next request starts a new look-up; b's still waits.
         let answered: Vec<usize> = (0..WAITING_PER_CHECK).collect();
         assert_eq!(waiting.ended(&a), answered);
         assert_eq!(waiting.ended(&a), Vec::<usize>::new());
-        assert_eq!(waiting.wait(a, 1), Wait::LookUp);
-        assert_eq!(waiting.wait(b, 1001), Wait::Waits);
+        assert_eq!(waiting.wait(a, 1, t0), Wait::LookUp);
+        assert_eq!(waiting.wait(b, 1001, t0), Wait::Waits);
         assert_eq!(waiting.ended(&b), vec![1000, 1001]);
+    }
+
+    #[test]
+    fn a_look_up_that_never_ends_does_not_hold_its_station_s_requests_for_ever() {
+        let a = StationId(PeerId::random());
+        let t0 = Instant::now();
+        let mut waiting = Waiting::default();
+        assert_eq!(waiting.wait(a, 0, t0), Wait::LookUp);
+        // Its task was lost (a panic): just before the limit, requests still wait ...
+        let late = t0 + CHECK_LOST_AFTER - Duration::from_millis(1);
+        assert_eq!(waiting.wait(a, 1, late), Wait::Waits);
+        // ... and at it, the next starts another look-up, which all of them wait for.
+        let lost = t0 + CHECK_LOST_AFTER;
+        assert_eq!(waiting.wait(a, 2, lost), Wait::LookUp);
+        assert_eq!(waiting.wait(a, 3, lost), Wait::Waits);
+        assert_eq!(waiting.ended(&a), vec![0, 1, 2, 3]);
     }
 
     #[test]
