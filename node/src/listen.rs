@@ -16,6 +16,12 @@
 //! Engines of a station listen on the ports after the director's ([`engine_listen`]) and
 //! are announced on the ports after each announced one ([`engine_announce`]), so that a
 //! NAT can forward a fixed range of ports to the station.
+//!
+//! libp2p's TCP transport sets `SO_REUSEPORT` on every listener, so a second peer listening
+//! on a TCP port another one listens on is not refused: the kernel shares the port and hands
+//! each peer about half of the connections, which then fail with "unexpected peer id". A TCP
+//! port is therefore bound once without `SO_REUSEPORT` first ([`port_free`]); QUIC's UDP
+//! sockets are refused by the kernel as they are.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -82,6 +88,35 @@ pub enum Error {
     },
 }
 
+/// Whether the TCP port of `addr` (a fixed one: port 0 is always free) can be listened on by
+/// this peer alone: bound without `SO_REUSEPORT`, which fails while any other socket listens
+/// there, whatever that one set (`SO_REUSEADDR`, which std sets, still lets a port in
+/// `TIME_WAIT` be taken again). Other addresses are left to the transport.
+fn port_free(addr: &Multiaddr) -> std::io::Result<()> {
+    let mut ip = None;
+    for protocol in addr {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(IpAddr::V6(a)),
+            Protocol::Tcp(port) if port != 0 => {
+                let Some(ip) = ip else { return Ok(()) };
+                return match std::net::TcpListener::bind((ip, port)) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        Err(std::io::Error::new(
+                            e.kind(),
+                            format!("TCP port {port} is in use (another process listens on it)"),
+                        ))
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Listens on every address in `addrs` and returns where the peer can be reached, each with
 /// `/p2p/<peer id>`: per listener in the order of `addrs`, its port resolved and, on an
 /// unspecified address, one address per interface address of the host. Other swarm events
@@ -95,6 +130,10 @@ pub(crate) async fn listen_all<B: NetworkBehaviour>(
     }
     let mut ids = Vec::new();
     for addr in addrs {
+        port_free(addr).map_err(|source| Error::Refused {
+            addr: addr.clone(),
+            source,
+        })?;
         let id = (swarm.listen_on(addr.clone())).map_err(|e| Error::Refused {
             addr: addr.clone(),
             source: match e {
@@ -323,6 +362,42 @@ mod tests {
 
     fn ips(list: &[&str]) -> Vec<IpAddr> {
         list.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_tcp_port_another_peer_listens_on_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use libp2p::identity::Keypair;
+        let swarm = || {
+            vodmesh_proto::net::build_swarm(Keypair::generate_ed25519(), |_| {
+                libp2p::swarm::dummy::Behaviour
+            })
+        };
+        // The first peer listens on a port of the system's choosing.
+        let mut first = swarm()?;
+        let got = listen_all(&mut first, &[a("/ip4/127.0.0.1/tcp/0")]).await?;
+        let port = (got.first().into_iter().flatten())
+            .find_map(|p| match p {
+                Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .ok_or("no TCP port")?;
+        // A second peer on that port is refused, where libp2p alone shared it (SO_REUSEPORT).
+        let taken = a(&format!("/ip4/127.0.0.1/tcp/{port}"));
+        let refused = listen_all(&mut swarm()?, std::slice::from_ref(&taken)).await;
+        let Err(Error::Refused { addr, source }) = refused else {
+            return Err(format!("not refused: {refused:?}").into());
+        };
+        assert_eq!(
+            (addr, source.kind()),
+            (taken, std::io::ErrorKind::AddrInUse)
+        );
+        assert!(source.to_string().contains("in use"), "{source}");
+        // The control: once the first peer is gone, the port is free for the second.
+        drop(first);
+        let mut second = swarm()?;
+        listen_all(&mut second, &[a(&format!("/ip4/127.0.0.1/tcp/{port}"))]).await?;
+        Ok(())
     }
 
     #[test]
