@@ -60,8 +60,10 @@ pub struct LogArgs {
 pub fn init_tracing(default_filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
+    // Colours only on a terminal: a log redirected to a file has no escape codes in it.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -92,10 +94,28 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `error` and its causes on one line, `: ` between them, leaving out a cause the line ends
+/// with already: an error that prints its source in its own message (as many of the crates'
+/// errors do) would otherwise say it twice, `... in use (os error 98): ... in use (os error
+/// 98)`.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}
+
 /// A binary's `main`: starts tracing ([`init_tracing`]) and a multi-threaded tokio runtime,
 /// and runs `run` on it. A failure is one line on stderr, `error: ` and the error with its
-/// causes (`{:#}`), and exit status [`EXIT_ERROR`].
-pub fn main<E: Display>(
+/// causes ([`one_line`]), and exit status [`EXIT_ERROR`].
+pub fn main<E: AsRef<dyn std::error::Error + Send + Sync>>(
     default_filter: &str,
     log: LogArgs,
     run: impl Future<Output = Result<(), E>>,
@@ -105,7 +125,7 @@ pub fn main<E: Display>(
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(runtime) => runtime.block_on(run).map_err(|e| format!("{e:#}")),
+        Ok(runtime) => runtime.block_on(run).map_err(|e| one_line(e.as_ref())),
         Err(e) => Err(format!("cannot start the async runtime: {e}")),
     };
     if let Err(line) = result {
@@ -243,6 +263,37 @@ impl Docs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("Address already in use (os error 98)")]
+        InUse,
+    }
+
+    /// An error that prints its source in its own message and also gives it as its source.
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot listen on /ip4/127.0.0.1/tcp/1: {0}")]
+        Listen(#[source] Inner),
+        #[error("starting the station")]
+        Start(#[source] Box<Outer>),
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let e = Outer::Start(Box::new(Outer::Listen(Inner::InUse)));
+        assert_eq!(
+            one_line(&e),
+            "starting the station: cannot listen on /ip4/127.0.0.1/tcp/1: Address already in \
+             use (os error 98)"
+        );
+        // The control: causes that say something new are all there, in order.
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the token")]
+        struct Reading(#[source] std::io::Error);
+        let e = Reading(std::io::Error::other("permission denied"));
+        assert_eq!(one_line(&e), "reading the token: permission denied");
+    }
 
     #[test]
     fn what_peers_said_prints_without_terminal_controls() {
