@@ -187,6 +187,18 @@ fn main() {
     vodmesh_client::cli::main("warn", args.log, run(args.cmd));
 }
 
+/// A token's lifetime of `ms` for people: whole hours to the nearest (a 12 h token is said to
+/// be valid 12 h, not the 11 h and some minutes left when it is printed), minutes under one.
+fn lifetime(ms: u64) -> String {
+    const MINUTE: u64 = 60_000;
+    const HOUR: u64 = 60 * MINUTE;
+    if ms + HOUR / 2 >= HOUR {
+        format!("{} h", (ms + HOUR / 2) / HOUR)
+    } else {
+        format!("{} min", (ms + MINUTE / 2) / MINUTE)
+    }
+}
+
 /// The director to ask: `--node`, else `VODMESH_NODE`, else the first of the remembered
 /// swarm that answers ([`remember`]).
 async fn director(node: Option<Multiaddr>) -> Result<Multiaddr> {
@@ -578,9 +590,9 @@ async fn login(
         let pinned = pin::save(&home, server.issuer)?;
         println!("pinned issuer {} in {}", server.issuer, pinned.display());
     }
-    let hours = claims.expires_ms.saturating_sub(now_ms()) / 3_600_000;
+    let valid = lifetime(claims.expires_ms.saturating_sub(now_ms()));
     println!(
-        "logged in: {kind} token for {me} (valid {hours} h) in {}",
+        "logged in: {kind} token for {me} (valid {valid}) in {}",
         path.display()
     );
     // The swarm, for later commands without --node: this director first, then the others.
@@ -609,4 +621,20 @@ async fn swarm_directors(node: &Multiaddr) -> Vec<Multiaddr> {
         .filter_map(|signed| StationRecord::verify(signed, now).ok())
         .filter_map(|record| record.addrs.first().cloned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_s_lifetime_is_said_to_the_nearest_hour_or_minute() {
+        // A 12 h token, printed a moment after it was issued.
+        assert_eq!(lifetime(12 * 3_600_000 - 150), "12 h");
+        assert_eq!(lifetime(90 * 60_000), "2 h");
+        assert_eq!(lifetime(89 * 60_000), "1 h");
+        // Under the half hour: minutes.
+        assert_eq!(lifetime(29 * 60_000 + 40_000), "30 min");
+        assert_eq!(lifetime(10_000), "0 min");
+    }
 }
