@@ -145,6 +145,78 @@ fn an_unpublished_program_is_refused_with_one_line() -> Result<()> {
     Ok(())
 }
 
+/// The output going away is the viewer's end of the play, not an error: a player that quits
+/// after a few bytes (`head`) ends the play with status 0 and `quit` in its statistics; a
+/// player that fails (status 3) is named in the one error line. A `--start` at or past the
+/// program's end is refused in one line and leaves no empty `--out` file; one that is no
+/// number of seconds is a usage error (status 2). The control: a play of the whole program.
+#[test]
+fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (home, console) = home_and_console(dir.path(), 1, "viewer")?;
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 2 * MIB, 41)?;
+    // 2 MiB at 8 Mbit/s: a program of 2.1 s.
+    let program = Ingest::new(&home.addr, &home.key(), "short", &source)
+        .publish_now()
+        .segment_size(MIB / 2)
+        .run()?;
+    let played = Play::new(&console, &home.addr, &program).run()?;
+    assert!(played.bytes == bytes, "the control play differs");
+
+    let stats = dir.path().join("quit.json");
+    let out = Play::new(&console, &home.addr, &program)
+        .player("head -c 1000 > /dev/null")
+        .args(&["--stats", &stats.display().to_string()])
+        .command()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats)?)?;
+    assert_eq!(stats["quit"], true, "{stats}");
+    let whole = bytes.len() as u64;
+    assert!(
+        stats["bytes"].as_u64().is_some_and(|b| b < whole),
+        "{stats}"
+    );
+
+    let out = Play::new(&console, &home.addr, &program)
+        .player("exit 3")
+        .command()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr, "error: the player exited with status 3: exit 3\n");
+
+    let file = dir.path().join("never.out");
+    let out = Play::new(&console, &home.addr, &program)
+        .out(&file)
+        .args(&["--start", "100"])
+        .command()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --start 100 s is past the end of the program (2.0"),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "a refused play left {}", file.display());
+    for start in ["--start=inf", "--start=nan", "--start=-1"] {
+        let out = Play::new(&console, &home.addr, &program)
+            .out(&file)
+            .args(&[start])
+            .command()
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{start}: {stderr}");
+        assert!(
+            stderr.contains("a number of seconds, 0 or more"),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn no_token_or_a_copied_token_plays_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -64,8 +64,8 @@ enum Cmd {
         /// swarm remembered at login (the first director that answers).
         #[arg(long, value_name = "MULTIADDR")]
         node: Option<Multiaddr>,
-        /// Start this many seconds into the program.
-        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        /// Start this many seconds into the program (before its end).
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS", value_parser = seconds)]
         start: f64,
         /// Write the media to FILE, or to stdout with `-`.
         #[arg(long, value_name = "FILE|-")]
@@ -185,6 +185,14 @@ fn main() {
         docs.exit(Args::command());
     }
     vodmesh_client::cli::main("warn", args.log, run(args.cmd));
+}
+
+/// A number of seconds, 0 or more (not `inf` or `nan`).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err("a number of seconds, 0 or more".into()),
+    }
 }
 
 /// A token's lifetime of `ms` for people: whole hours to the nearest (a 12 h token is said to
@@ -345,9 +353,11 @@ enum Output {
     /// Stdout when it is a pipe.
     Pipe(Piped),
     Stdout(tokio::io::Stdout),
-    File(tokio::fs::File),
-    /// A player's standard input, and the player.
-    Player(tokio::process::ChildStdin, tokio::process::Child),
+    /// The file, and its path when this play created it (removed if the play fails before
+    /// writing a byte to it).
+    File(tokio::fs::File, Option<PathBuf>),
+    /// A player's standard input, the player, and its command.
+    Player(tokio::process::ChildStdin, tokio::process::Child, String),
 }
 
 impl Output {
@@ -359,11 +369,12 @@ impl Output {
                 Some(pipe) => Ok(Self::Pipe(pipe)),
                 None => Ok(Self::Stdout(tokio::io::stdout())),
             },
-            (Some(path), None) => Ok(Self::File(
-                tokio::fs::File::create(path)
-                    .await
-                    .with_context(|| format!("cannot create {path}"))?,
-            )),
+            (Some(path), None) => {
+                let new = tokio::fs::symlink_metadata(path).await.is_err();
+                let file = (tokio::fs::File::create(path).await)
+                    .with_context(|| format!("cannot create {path}"))?;
+                Ok(Self::File(file, new.then(|| PathBuf::from(path))))
+            }
             (None, Some(cmd)) => {
                 let mut child = tokio::process::Command::new("sh")
                     .args(["-c", &cmd])
@@ -371,7 +382,7 @@ impl Output {
                     .spawn()
                     .with_context(|| format!("cannot start the player: {cmd}"))?;
                 let stdin = child.stdin.take().context("player has no stdin")?;
-                Ok(Self::Player(stdin, child))
+                Ok(Self::Player(stdin, child, cmd))
             }
             (None, None) => bail!("give --out FILE, --out - (stdout) or --player CMD"),
         }
@@ -382,8 +393,22 @@ impl Output {
         match self {
             Self::Pipe(w) => (w, play::PIPE_OUT_BUFFER),
             Self::Stdout(w) => (w, play::OUT_BUFFER),
-            Self::File(w) => (w, play::OUT_BUFFER),
-            Self::Player(w, _) => (w, play::OUT_BUFFER),
+            Self::File(w, _) => (w, play::OUT_BUFFER),
+            Self::Player(w, ..) => (w, play::OUT_BUFFER),
+        }
+    }
+
+    /// After a play that failed: a file it created and wrote nothing to is removed (a refused
+    /// play leaves no empty file behind).
+    async fn abandon(self) {
+        if let Self::File(file, Some(path)) = self
+            && file
+                .metadata()
+                .await
+                .is_ok_and(|m| m.is_file() && m.len() == 0)
+        {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
         }
     }
 
@@ -393,14 +418,19 @@ impl Output {
         match self {
             Self::Pipe(_) | Self::Stdout(_) => {}
             // Durable when it is a file (not /dev/null or a pipe, which cannot sync).
-            Self::File(file) => {
+            Self::File(file, _) => {
                 if file.metadata().await.is_ok_and(|m| m.is_file()) {
                     file.sync_all().await?;
                 }
             }
-            Self::Player(stdin, mut child) => {
+            // A player that could not run (not found: 127) or failed says so; one that
+            // quit, or was stopped by a signal, does not.
+            Self::Player(stdin, mut child, cmd) => {
                 drop(stdin);
-                let _ = child.wait().await;
+                let status = child.wait().await?;
+                if let Some(code) = status.code().filter(|c| *c != 0) {
+                    bail!("the player exited with status {code}: {cmd}");
+                }
             }
         }
         Ok(())
@@ -448,7 +478,13 @@ async fn run_play(
     if show {
         eprintln!();
     }
-    let stats = result?;
+    let stats = match result {
+        Ok(stats) => stats,
+        Err(e) => {
+            output.abandon().await;
+            return Err(e.into());
+        }
+    };
     output.finish().await?;
     if let Some(path) = stats_file {
         std::fs::write(&path, serde_json::to_vec_pretty(&stats)?)

@@ -81,6 +81,18 @@ pub enum PlayError {
     /// `--rendition` named none of the program's.
     #[error(transparent)]
     Rendition(#[from] UnknownRendition),
+    /// `--start` at or past the program's end: nothing would be played.
+    #[error(
+        "--start {} s is past the end of the program ({} s long)",
+        *start_ms as f64 / 1000.0,
+        *duration_ms as f64 / 1000.0
+    )]
+    PastTheEnd {
+        /// Where the play was to start, ms.
+        start_ms: u64,
+        /// The program's duration, ms.
+        duration_ms: u64,
+    },
     /// Bytes of a segment fetched and verified never reached the output: a bug, caught before
     /// the output went on past the hole.
     #[error("segment {index}: bytes {from}..{to} never reached the output (a console bug)")]
@@ -148,6 +160,15 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     // Playback works on positions; each fetch goes to the rendition picked for it.
     let content = Ladder::positions(&session.manifest().content);
     let start_ms = (start_s.max(0.0) * 1000.0) as u64;
+    let duration_ms: u64 = (content.segments.iter())
+        .map(|e| u64::from(e.duration_ms))
+        .sum();
+    if start_ms > 0 && start_ms >= duration_ms {
+        return Err(PlayError::PastTheEnd {
+            start_ms,
+            duration_ms,
+        });
+    }
     let (mut playback, mut actions) =
         Playback::<FetchError>::start(&content, speed, start_ms, began);
     // At `--speed max` a fetch starts at every boundary: a director names the next segments
@@ -182,7 +203,8 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     let mut gathered = false;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // `Ok` at the end of the program or a quit; the statistics are taken after.
+    let ended: Result<(), PlayError> = async { loop {
         for action in actions.drain(..) {
             match action {
                 Action::Fetch {
@@ -263,12 +285,7 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
                 Action::Failed(e) => return Err(e.into()),
                 Action::Finished => {
                     out.flush().await?;
-                    let mut stats = playback.into_stats(session.waits());
-                    for name in fetched_in.into_values() {
-                        *stats.renditions.entry(name).or_default() += 1;
-                    }
-                    stats.rendition_switches = ladder.as_ref().map_or(0, Ladder::switches);
-                    return Ok(stats);
+                    return Ok(());
                 }
             }
         }
@@ -376,7 +393,21 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
             let was = std::mem::replace(c, playback.clock());
             was != *c
         });
+    } }.await;
+    // A player that quit (or a reader of the pipe that has what it wanted, `| head`) closed
+    // the output: the viewer ended the play, as with `q`, not a failure.
+    let closed =
+        matches!(&ended, Err(PlayError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe);
+    if !closed {
+        ended?;
     }
+    let mut stats = playback.into_stats(session.waits());
+    stats.quit |= closed;
+    for name in fetched_in.into_values() {
+        *stats.renditions.entry(name).or_default() += 1;
+    }
+    stats.rendition_switches = ladder.as_ref().map_or(0, Ladder::switches);
+    Ok(stats)
 }
 
 /// Writes what of the verified bytes `bytes`, from byte `start` of a segment, continues the
