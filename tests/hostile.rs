@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use vodmesh_proto::ProgramId;
-use vodmesh_tests::cli::Ingest;
+use vodmesh_tests::cli::{Ingest, Play};
 use vodmesh_tests::console::{Console, wait_holds_all};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::Node;
@@ -251,5 +251,86 @@ async fn frozen_manager(
     eprintln!("other filled after {:?}", started.elapsed());
     flood.abort_all();
     assert_ne!(location.engine, frozen, "not the frozen holder");
+    Ok(())
+}
+
+/// A station that hangs (stopped: its connections stay open and nothing answers on them)
+/// holds up no listing of the swarm: the home still lists every program and a console plays
+/// one by its title. Before, each program's holders were looked up one after the other, each
+/// waiting on the hung station's registry answers, so a listing of six programs outlived the
+/// client's 60 s and failed. The control: the same listing with every station answering.
+#[test]
+fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let program = Program {
+        title: "first",
+        segments: 2,
+        segment_size: 256 * 1024,
+        bitrate: None,
+        seed: 31,
+    };
+    let setup = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home")).engines(1).home(),
+        Node::new(&dir.path().join("b")).engines(1),
+        program,
+    )?;
+    let mut ids = vec![setup.program.clone()];
+    for seed in 32..37 {
+        let source = dir.path().join(format!("{seed}.bin"));
+        random_file(&source, 256 * 1024, seed)?;
+        let id = Ingest::new(
+            &setup.home.addr,
+            &setup.home.key(),
+            &format!("p{seed}"),
+            &source,
+        )
+        .publish_now()
+        .segment_size(256 * 1024)
+        .replicas(1)
+        .run()?;
+        tokio::runtime::Runtime::new()?.block_on(wait_holds_all(
+            &setup.b.addr,
+            id.parse()?,
+            1,
+            Duration::from_secs(60),
+        ))?;
+        ids.push(id);
+    }
+    ids.sort();
+    assert_eq!(status::programs(&setup.home.addr, None)?, ids);
+
+    setup.b.signal("STOP")?;
+    let listed = status::programs(&setup.home.addr, None);
+    let played = Play::new(&setup.console, &setup.home.addr, "first").run();
+    // `vodmesh status` says which station did not answer, instead of showing its registry
+    // record as if it had.
+    let node = setup.home.addr.to_string();
+    let text = vodmesh_tests::cli::vodmesh(&["status", "--node", &node]);
+    let json = vodmesh_tests::cli::vodmesh(&["status", "--node", &node, "--json"]);
+    setup.b.signal("CONT")?;
+    assert_eq!(listed?, ids);
+    assert!(played?.bytes == setup.bytes, "the play differs");
+    let text = text?;
+    let b = setup.b.peer();
+    let b_part = text
+        .split("station ")
+        .find(|s| s.starts_with(&b))
+        .unwrap_or_default();
+    assert!(b_part.contains("NOT ANSWERING"), "{text}");
+    let home_part = (text.split("station "))
+        .find(|s| s.starts_with(&setup.home.peer()))
+        .unwrap_or_default();
+    assert!(home_part.contains("programs held"), "{text}");
+    assert!(!home_part.contains("NOT ANSWERING"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&json?)?;
+    let answered: Vec<(String, bool)> = (json["stations"].as_array().into_iter().flatten())
+        .filter_map(|s| {
+            let peer = s["director"]["peer_id"].as_str()?.to_string();
+            Some((peer, s["answered"].as_bool()?))
+        })
+        .collect();
+    assert!(answered.contains(&(b, false)), "{json}");
+    assert!(answered.contains(&(setup.home.peer(), true)), "{json}");
     Ok(())
 }

@@ -46,6 +46,12 @@ pub const IDENTIFY_PROTOCOL: &str = "/vodmesh/1";
 /// segment request reuses the connection, short enough not to hoard sockets.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a new connection may take, dial to multiplexed (libp2p's default is 10 s). A
+/// peer that hangs (stopped: the kernel still accepts its TCP connections, nothing answers
+/// the handshake) held every dial of it, and every registry query and listing waiting on
+/// one, that long; a handshake takes a few round trips.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Streams one yamux connection carries at once, both ways (yamux's default is 512; past it,
 /// an outbound open fails the whole connection). A peer may hold a queue of
 /// [`streams::Config::inbound_queue`] streams per protocol for each of its connections, so
@@ -106,6 +112,7 @@ where
         .with_behaviour(|k| make(k))
         .map_err(|e| BuildError(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_connection_timeout(CONNECTION_TIMEOUT)
         .build();
     Ok(swarm)
 }

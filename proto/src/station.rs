@@ -116,6 +116,12 @@ pub struct EngineTotals {
     pub used: u64,
     /// Bytes the bounded engines may store (unbounded ones count 0).
     pub capacity: u64,
+    /// Bytes stored by the bounded engines: what `capacity` is the limit of.
+    #[serde(default)]
+    pub bounded_used: u64,
+    /// Engines bounded only by their disks (`--capacity 0`), left out of `capacity`.
+    #[serde(default)]
+    pub unbounded: u64,
 }
 
 impl EngineTotals {
@@ -129,6 +135,11 @@ impl EngineTotals {
             t.max_streams += u64::from(e.max_streams);
             t.used = t.used.saturating_add(e.used);
             t.capacity = t.capacity.saturating_add(e.capacity);
+            if e.capacity == 0 {
+                t.unbounded += 1;
+            } else {
+                t.bounded_used = t.bounded_used.saturating_add(e.used);
+            }
         }
         t
     }

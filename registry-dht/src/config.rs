@@ -27,6 +27,9 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/vodmesh/kad/1");
 /// expire after one station TTL. `vodmesh sim --programs-per-station` measures the load.
 pub const PROVIDER_TTL_FACTOR: u32 = 30;
 
+/// How long a query waits for one peer's answer before it goes on without it.
+pub const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How the registry's Kademlia is tuned: a swarm whose load changes by the second, not kad's
 /// 48 h defaults.
 #[derive(Clone, Debug)]
@@ -105,6 +108,11 @@ pub fn behaviour(
         .query_timeout
         .min(config.republish_interval().max(Duration::from_secs(2)));
     cfg.set_query_timeout(query_timeout)
+        // One peer's answer: kad waits 10 s by default, and a station that hangs (its
+        // connection open, nothing answering) held every query that met it, in a small
+        // swarm all of them, that long. Registry messages are small records answered in
+        // milliseconds; a peer silent for this long is passed over.
+        .set_substreams_timeout(PEER_ANSWER_TIMEOUT)
         .set_replication_factor(config.replication)
         // Station records carry their own, shorter expiry; catalog records live the provider
         // TTL, put again by their content manager and every holder (issue 25).

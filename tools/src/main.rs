@@ -39,7 +39,8 @@ enum Cmd {
         /// Print {"stations": [...], "totals": {...}} as JSON.
         #[arg(long)]
         json: bool,
-        /// Refresh in place every 2 seconds (clearing the terminal) until Ctrl-C.
+        /// Refresh in place every 2 seconds (clearing the terminal) until Ctrl-C; with --json,
+        /// one JSON object per line every 2 seconds instead (no clearing, no header).
         #[arg(long)]
         watch: bool,
     },

@@ -97,6 +97,8 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                 "membership": membership_json(s),
                 "issued_ms": s.issued_ms,
                 "expires_ms": s.expires_ms,
+                // false: its director did not answer; the rest is its registry record.
+                "answered": st.activity.is_some(),
                 "activity": st.activity.map(|a| json!({
                     "active_streams": a.active,
                     "takeovers": a.takeovers,
@@ -148,6 +150,22 @@ impl Totals {
     }
 }
 
+/// The swarm's storage: used of capacity when every engine is bounded; with engines bounded
+/// only by their disks, what all hold and, apart, what the bounded ones hold of their
+/// capacity (not all engines' bytes against the bounded ones' capacity).
+fn total_storage(t: &EngineTotals) -> String {
+    if t.unbounded == 0 || t.capacity == 0 {
+        return storage(t.used, t.capacity);
+    }
+    let bounded = t.engines.saturating_sub(t.unbounded);
+    format!(
+        "{} stored ({} of {} on the {bounded} bounded engine(s))",
+        human(t.used),
+        human(t.bounded_used),
+        human(t.capacity)
+    )
+}
+
 /// Used of capacity (or just used, when unbounded).
 fn storage(used: u64, capacity: u64) -> String {
     if capacity == 0 {
@@ -171,7 +189,9 @@ pub fn render(stations: &[StationStatus], json: bool) -> Result<String> {
 }
 
 /// `vodmesh status --watch`: clears the terminal and prints the swarm every two seconds until
-/// Ctrl-C; a failed round says why on the screen and the next one tries again.
+/// Ctrl-C; a failed round says why on the screen and the next one tries again. With `json`,
+/// for programs rather than people: one JSON object per line every two seconds, nothing
+/// else on stdout (a failed round says why on stderr).
 pub async fn watch(node: &Multiaddr, json: bool) -> Result<()> {
     use std::io::Write;
     let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -181,19 +201,28 @@ pub async fn watch(node: &Multiaddr, json: bool) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = every.tick() => {}
         }
-        let body = tokio::select! {
+        let fetched = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
-            fetched = fetch(node) => match fetched {
-                Ok(stations) => render(&stations, json)?,
-                Err(e) => format!("error: {e:#} (retrying)\n"),
-            },
+            fetched = fetch(node) => fetched,
+        };
+        let mut out = std::io::stdout().lock();
+        if json {
+            match fetched {
+                Ok(stations) => writeln!(out, "{}", serde_json::to_string(&to_json(&stations))?)?,
+                Err(e) => eprintln!("error: {e:#} (retrying)"),
+            }
+            out.flush()?;
+            continue;
+        }
+        let body = match fetched {
+            Ok(stations) => to_text(&stations),
+            Err(e) => format!("error: {e:#} (retrying)\n"),
         };
         let now = time::OffsetDateTime::now_utc();
         let when = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         // Home the cursor and clear the screen, then draw the whole frame at once.
-        let mut out = std::io::stdout().lock();
         write!(
             out,
             "\x1b[H\x1b[2J{when}  vodmesh status --node {node} (Ctrl-C ends)\n{body}"
@@ -223,13 +252,13 @@ pub fn to_text(stations: &[StationStatus]) -> String {
     let t = Totals::of(stations);
     let _ = writeln!(
         out,
-        "{} station(s), {}/{} engines up, {}/{} streams, {}, {} program(s) held",
+        "{} station(s), {}/{} engines up, {}/{} streams, {}, {} program(s) held (counted on each station)",
         t.stations,
         t.engines.up,
         t.engines.engines,
         t.engines.streams,
         t.engines.max_streams,
-        storage(t.engines.used, t.engines.capacity),
+        total_storage(&t.engines),
         t.programs
     );
     for st in stations {
@@ -262,6 +291,13 @@ pub fn to_text(stations: &[StationStatus]) -> String {
             let _ = writeln!(out, "  director {a}");
         }
         let _ = writeln!(out, "  {}", membership_line(s, now_ms()));
+        if st.activity.is_none() {
+            let age = now_ms().saturating_sub(s.issued_ms) / 1000;
+            let _ = writeln!(
+                out,
+                "  NOT ANSWERING: its director did not answer in 2 s; shown as its registry record of {age} s ago"
+            );
+        }
         if let Some(a) = &st.activity {
             let _ = writeln!(out, "  programs held {}", a.programs);
             let _ = writeln!(

@@ -16,7 +16,7 @@
 //! has none. Anyone else gets `Programs` without them and `program not published` for their
 //! `Manifest`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -345,8 +345,27 @@ pub(super) async fn swarm_programs(
         .collect()
         .await;
     let mut all = merge(std::iter::once(local).chain(theirs));
+    // The programs' holders, looked up together, each for at most ASK_WITHIN: a station that
+    // hangs holds up every registry query that meets it, and one after the other they
+    // outlived the client's patience with a few programs. A program whose look-up did not end
+    // keeps the holders the stations' own lists named.
+    let programs: Vec<ProgramId> = all.iter().map(|info| info.program).collect();
+    let lookups = programs.into_iter().map(|program| {
+        let registry = registry.clone();
+        async move {
+            let found = tokio::time::timeout(ASK_WITHIN, registry.holders(program)).await;
+            (program, found.ok().and_then(Result::ok))
+        }
+    });
+    let found: Vec<(ProgramId, Option<HashSet<PeerId>>)> = stream::iter(lookups)
+        .buffer_unordered(LISTING_CONCURRENCY)
+        .collect()
+        .await;
+    let mut found: HashMap<ProgramId, HashSet<PeerId>> = (found.into_iter())
+        .filter_map(|(program, holders)| Some((program, holders?)))
+        .collect();
     for info in &mut all {
-        if let Ok(holders) = registry.holders(info.program).await {
+        if let Some(holders) = found.remove(&info.program) {
             let united: BTreeSet<PeerId> = (info.stations.iter().copied()).chain(holders).collect();
             info.stations = united.into_iter().collect();
         }
