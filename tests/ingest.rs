@@ -101,3 +101,63 @@ async fn non_admins_and_bad_sources_are_refused_and_leave_nothing() -> anyhow::R
     station.shutdown().await;
     Ok(())
 }
+
+/// Ctrl-C (SIGINT) of `vodmesh ingest` halfway cancels it: the tool says so in one line and
+/// exits non-zero, and the station drops the segments it took at once, not at its
+/// `--ingest-timeout` (ten minutes here). The control: the same ingest left alone is stored.
+#[test]
+fn an_interrupted_ingest_is_dropped_by_the_station_at_once() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use vodmesh_tests::cli::Ingest;
+    use vodmesh_tests::process::Node;
+    use vodmesh_tests::stored::bytes_on_disk;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let home = Node::new(&data)
+        .home()
+        .args(&["--ingest-timeout", "600"])
+        .start()?;
+    let source = dir.path().join("big.bin");
+    random_file(&source, 320 * 1024 * 1024, 13)?;
+    let ingest = Ingest::new(&home.addr, &home.key(), "big", &source).segment_size(1024 * 1024);
+    let mut child = ingest.command().spawn()?;
+    // Interrupted once the engine holds some of it.
+    let started = Instant::now();
+    while bytes_on_disk(&data, 0) == 0 {
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the ingest ended before it was interrupted"
+        );
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing stored"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    send_signal(child.id(), "INT")?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.ends_with(
+            "error: interrupted: the ingest was cancelled, and the station told to drop what it took\n"
+        ),
+        "{stderr}"
+    );
+    vodmesh_tests::wait::blocking("the segments dropped", Duration::from_secs(30), || {
+        Ok(bytes_on_disk(&data, 0) == 0)
+    })?;
+    // The control: left alone, the same ingest is stored whole.
+    ingest.run()?;
+    assert_eq!(bytes_on_disk(&data, 0), 320 * 1024 * 1024);
+    Ok(())
+}
+
+/// Sends `signal` (`INT`, `TERM`) to process `pid` with kill(1).
+fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}

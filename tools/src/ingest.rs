@@ -85,6 +85,16 @@ pub use crate::source::segment_file;
 
 /// Ingests as `opts` says; returns the program's catalog entry.
 pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
+    run_until(opts, std::future::pending()).await
+}
+
+/// [`run`], cancelled when `stop` ends before the commit (`vodmesh ingest`: SIGINT or
+/// SIGTERM): the station is told to drop what it took at once, as for a failed ingest,
+/// instead of keeping it until its `--ingest-timeout`.
+pub async fn run_until(
+    opts: &IngestOptions,
+    stop: impl Future<Output = ()>,
+) -> Result<ProgramInfo> {
     let key = vodmesh_client::identity::load(&opts.key)?;
     let source = if opts.ladder.is_empty() {
         let source = opts.source.to_string_lossy();
@@ -117,7 +127,12 @@ pub async fn run(opts: &IngestOptions) -> Result<ProgramInfo> {
         other => bail!("unexpected answer: {other:?}"),
     };
     let progress = Progress::new(opts.progress, total, content.segments.len());
-    let pushed = push_all(&client, &source.pieces, &content, program, &plan, &progress).await;
+    let pushed = tokio::select! {
+        pushed = push_all(&client, &source.pieces, &content, program, &plan, &progress) => pushed,
+        () = stop => Err(anyhow::anyhow!(
+            "interrupted: the ingest was cancelled, and the station told to drop what it took"
+        )),
+    };
     progress.finish();
     let committed = match pushed {
         Ok(()) => commit(&client, &key, program).await,

@@ -499,7 +499,12 @@ async fn run(args: Args) -> Result<()> {
                 progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ladder,
             };
-            let info = ingest::run(&opts).await?;
+            // Ctrl-C (or SIGTERM) cancels: the station drops what it took at once.
+            let mut stop = vodmesh_client::cli::Stop::install()?;
+            let info = ingest::run_until(&opts, async move {
+                stop.wait().await;
+            })
+            .await?;
             eprintln!(
                 "ingested \"{}\": {} segments, {} bytes",
                 info.title, info.segments, info.size
