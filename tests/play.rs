@@ -217,6 +217,49 @@ fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Re
     Ok(())
 }
 
+/// SIGINT (Ctrl-C where no terminal takes keys) quits a play as `q` does: status 0, its
+/// `--stats` written with `"quit": true`, the bytes played so far the program's first ones.
+/// Before, the process died of the signal with no statistics written.
+#[test]
+fn an_interrupted_play_writes_its_statistics() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (home, console) = home_and_console(dir.path(), 1, "viewer")?;
+    let source = dir.path().join("p.bin");
+    // 4 MiB at 1 Mbit/s: a program of 33 s, of eight segments.
+    let bytes = random_file(&source, 4 * MIB, 43)?;
+    let program = Ingest::new(&home.addr, &home.key(), "long", &source)
+        .publish_now()
+        .segment_size(MIB / 2)
+        .bitrate(1_000_000)
+        .run()?;
+    let play = Play::new(&console, &home.addr, &program)
+        .speed("1")
+        .args(&["--buffer", "1"])
+        .files(dir.path(), "interrupted");
+    let mut child = play.command().spawn()?;
+    let out = dir.path().join("interrupted.out");
+    wait::blocking("the first bytes played", Duration::from_secs(60), || {
+        Ok(std::fs::metadata(&out).is_ok_and(|m| m.len() > 0))
+    })?;
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success(), "kill -INT failed");
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(0));
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("interrupted.json"))?)?;
+    assert_eq!(stats["quit"], true, "{stats}");
+    let played = std::fs::read(&out)?;
+    assert!(
+        !played.is_empty() && played.len() < bytes.len(),
+        "{} bytes",
+        played.len()
+    );
+    assert!(bytes.starts_with(&played), "the bytes played differ");
+    Ok(())
+}
+
 #[test]
 fn no_token_or_a_copied_token_plays_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -464,7 +464,19 @@ async fn run_play(
     } else {
         None
     };
-    let (keys, controls) = keys.map_or((None, None), |(k, c)| (Some(k), Some(c)));
+    let (keys, mut controls) = keys.map_or((None, None), |(k, c)| (Some(k), Some(c)));
+    // Without keys (no terminal), SIGINT and SIGTERM quit as `q` does: the play ends, its
+    // --stats are written ("quit": true) and the engines are told, instead of the process
+    // dying with nothing written.
+    if controls.is_none() {
+        let mut stop = vodmesh_client::cli::Stop::install()?;
+        let (quit, rx) = tokio::sync::mpsc::channel(1);
+        background.spawn(async move {
+            stop.wait().await;
+            let _ = quit.send(play::Control::Quit).await;
+        });
+        controls = Some(rx);
+    }
     let progress = |p: &play::Progress<'_>| {
         if show {
             terminal::show(p);
