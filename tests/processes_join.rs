@@ -131,3 +131,42 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The first station of a swarm (the home, started without `--bootstrap`) crashes and is
+/// started again with its command line, on a new port: it rejoins through the directors it
+/// remembered (`DIR/peers.json`) and both stations list each other again. Before, it dialled
+/// no one and the swarm stayed split: the other station's consoles found no auth server.
+#[test]
+fn a_home_restarted_without_bootstrap_rejoins_through_the_directors_it_remembered()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home"))
+        .home()
+        .ttl(TTL_SECS)
+        .start()?;
+    let b = Node::new(&dir.path().join("b"))
+        .ttl(TTL_SECS)
+        .enrolled_with(&home)?
+        .start()?;
+    let (home_peer, b_peer) = (home.peer(), b.peer());
+    let remembered = dir.path().join("home").join("peers.json");
+    wait::blocking("the home to remember b", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&remembered).unwrap_or_default();
+        Ok(text.contains(&b_peer) && status::directors(&home.addr)?.contains(&b_peer))
+    })?;
+
+    let home = home.crash()?.start()?;
+    wait::blocking(
+        "both stations to list each other again",
+        Duration::from_secs(60),
+        || {
+            Ok(status::directors(&home.addr)?.contains(&b_peer)
+                && status::directors(&b.addr)?.contains(&home_peer))
+        },
+    )?;
+    assert!(
+        home.log()
+            .contains("rejoining through the directors remembered")
+    );
+    Ok(())
+}

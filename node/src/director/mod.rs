@@ -34,6 +34,7 @@ mod http;
 mod ingest;
 mod miss;
 mod outbound;
+mod peers;
 mod play;
 mod publish;
 mod reconcile;
@@ -51,7 +52,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{PeerId, Swarm, identify, kad, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use tokio::sync::{mpsc, watch};
 use vodmesh_proto::SegmentId;
 use vodmesh_proto::codec::CborCodec;
@@ -103,6 +104,11 @@ struct Director {
     metrics: Metrics,
     /// Bootstrap stations not connected yet.
     bootstrap_peers: HashSet<PeerId>,
+    /// The directors remembered from before the last restart and since ([`peers`]): dialled
+    /// with the bootstrap stations when the director has no connection.
+    remembered: Vec<Multiaddr>,
+    /// Remembered directors not connected yet since the start.
+    remembered_peers: HashSet<PeerId>,
     play: Play,
     miss: Misses,
     replicate: Replicating,
@@ -278,8 +284,9 @@ impl Director {
     /// republish interval instead of waiting for the periodic bootstrap.
     fn republish(&mut self) {
         let bootstrap = &self.shared.me.config.bootstrap;
-        if self.swarm.connected_peers().next().is_none() && !bootstrap.is_empty() {
-            for addr in bootstrap {
+        let alone = self.swarm.connected_peers().next().is_none();
+        if alone && !(bootstrap.is_empty() && self.remembered.is_empty()) {
+            for addr in bootstrap.iter().chain(&self.remembered) {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::debug!(%addr, error = %e, "redialing bootstrap failed");
                 }
@@ -288,6 +295,7 @@ impl Director {
                 tracing::debug!(error = %e, "registry bootstrap failed");
             }
         }
+        self.remember();
         let signed = self.signed_record();
         let kad = &mut self.swarm.behaviour_mut().kad;
         // Joined or not (`/readyz`): connections come and go between republishes too, but a
@@ -295,6 +303,19 @@ impl Director {
         (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
         let mut ctx = self.shared.ctx(kad);
         ctx.dht.put_station(signed);
+    }
+
+    /// Writes the members of the routing table as the directors to rejoin through after a
+    /// restart ([`peers`]), when they changed. A director alone keeps what it remembered.
+    fn remember(&mut self) {
+        let now = peers::of_routing_table(&mut self.swarm.behaviour_mut().kad);
+        if now.is_empty() || now == self.remembered {
+            return;
+        }
+        if let Err(e) = peers::save(&self.shared.me.config.data, &now) {
+            tracing::warn!(error = %e, "the directors to rejoin through were not written");
+        }
+        self.remembered = now;
     }
 
     fn on_report(&mut self, report: EngineReport) {
@@ -456,7 +477,8 @@ impl Director {
                 crate::auth::service::on_event(event);
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. }
-                if self.bootstrap_peers.remove(&peer_id) =>
+                if self.bootstrap_peers.remove(&peer_id)
+                    | self.remembered_peers.remove(&peer_id) =>
             {
                 tracing::info!(peer = %peer_id, "connected to bootstrap; joining the registry");
                 if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {

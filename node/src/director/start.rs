@@ -213,6 +213,33 @@ pub async fn start(
         })?;
         bootstrap_peers.insert(peer);
     }
+    // The directors remembered from before a restart: a station restarted without
+    // --bootstrap (the first one, the home) rejoins through them; with it, a bootstrap
+    // station that is down keeps it out no longer.
+    let remembered = super::peers::load(&config.data, peer_id);
+    let mut remembered_peers = HashSet::new();
+    for addr in &remembered {
+        let Some(peer) = peer_of(addr) else { continue };
+        if bootstrap_peers.contains(&peer) {
+            continue;
+        }
+        swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer, without_peer(addr));
+        match swarm.dial(addr.clone()) {
+            Ok(()) => {
+                remembered_peers.insert(peer);
+            }
+            Err(e) => tracing::debug!(%addr, error = %e, "dialing a remembered director failed"),
+        }
+    }
+    if !remembered_peers.is_empty() {
+        tracing::info!(
+            directors = remembered_peers.len(),
+            "rejoining through the directors remembered"
+        );
+    }
     tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
 
     let locations = LocationTable::open(&config.data.join("locations.redb"))?;
@@ -265,6 +292,8 @@ pub async fn start(
         outbound,
         metrics: handles.metrics,
         bootstrap_peers,
+        remembered,
+        remembered_peers,
         play: Play::default(),
         miss: Misses::default(),
         replicate: Replicating::default(),
