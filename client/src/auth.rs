@@ -36,7 +36,9 @@ pub enum AuthError {
     #[error("{0}")]
     Refused(String),
     /// No station of the swarm runs the auth role.
-    #[error("no auth server found in the swarm (no station runs --auth)")]
+    #[error(
+        "no auth server found in the swarm: no station this director lists runs --auth (is the auth station up, and joined to this one?)"
+    )]
     NoAuthServer,
     /// A peer answered something that makes no sense.
     #[error("unexpected answer from {0}")]

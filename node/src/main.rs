@@ -103,7 +103,17 @@ async fn run(args: Args) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    if stop.wait().await == Signal::Term && !drain_timeout.is_zero() {
+    // A station whose enrollment the auth server refused is no member and never will be
+    // with that token: it stops, with the reason, rather than run on useless.
+    let tokens = station.engine_tokens();
+    let signal = tokio::select! {
+        signal = stop.wait() => signal,
+        line = tokens.refused() => {
+            station.shutdown().await;
+            bail!("enrollment refused: {line}");
+        }
+    };
+    if signal == Signal::Term && !drain_timeout.is_zero() {
         tracing::info!(timeout_s = drain_timeout.as_secs(), "SIGTERM: draining");
         tokio::select! {
             left = station.drain(drain_timeout) => match left {

@@ -57,13 +57,27 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct EngineTokens {
     rx: watch::Receiver<Vec<Option<Vec<u8>>>>,
+    /// The auth server's refusal of the station's enrollment, once it refused.
+    refused: watch::Receiver<Option<String>>,
 }
 
 impl EngineTokens {
     /// Tokens that never arrive: a station that is neither the auth station nor enrolled.
     pub fn none(engines: usize) -> Self {
         let (_, rx) = watch::channel(vec![None; engines]);
-        Self { rx }
+        let (_, refused) = watch::channel(None);
+        Self { rx, refused }
+    }
+
+    /// Waits until the auth server refuses the station's enrollment (a token already used,
+    /// made out to another station, expired), and says why; never returns otherwise. Such a
+    /// station is no member and never will be with that token.
+    pub async fn refused(&self) -> String {
+        let mut refused = self.refused.clone();
+        match refused.wait_for(Option::is_some).await {
+            Ok(line) => line.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Engine `index`'s token, if it has one.
@@ -192,13 +206,14 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> (EngineTokens, JoinHandle<()>) {
     let (tx, rx) = watch::channel(vec![None; engines.len()]);
+    let (refused_tx, refused) = watch::channel(None);
     let task = tokio::spawn(async move {
         tokio::select! {
-            () = keep(source, engines, tx, certificate) => {}
+            () = keep(source, engines, tx, certificate, refused_tx) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
-    (EngineTokens { rx }, task)
+    (EngineTokens { rx, refused }, task)
 }
 
 enum Failure {
@@ -222,13 +237,16 @@ async fn keep(
     engines: Vec<Engine>,
     tx: watch::Sender<Vec<Option<Vec<u8>>>>,
     certificate: watch::Sender<Option<Vec<u8>>>,
+    refused: watch::Sender<Option<String>>,
 ) {
     let (server, mut cert) = loop {
         match enroll(&source, &engines).await {
             Ok(enrolled) => break enrolled,
             Err(Failure::Refused(line)) => {
                 error!(cause = %line, "enrollment refused: this station's engines get no engine token and will copy nothing");
-                return;
+                refused.send_replace(Some(line));
+                // Kept until the station stops: the refusal stays readable.
+                return std::future::pending().await;
             }
             Err(Failure::Retry(why)) => {
                 debug!(cause = %why, "enrollment: will retry");
