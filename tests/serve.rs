@@ -373,3 +373,55 @@ fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one
     );
     Ok(())
 }
+
+/// The station a gateway was started with (`--node`) goes away: the gateway goes on through
+/// another station of the swarm, learned through the first while it answered, and lists and
+/// serves the program its replica there holds. Before, every request was a 503 naming the
+/// dead station until the gateway was restarted.
+#[test]
+fn a_gateway_goes_on_through_another_station_when_its_own_is_gone() -> Result<()> {
+    use vodmesh_tests::process::Node;
+    use vodmesh_tests::replica::{HomeAndReplica, Program};
+    let dir = tempfile::tempdir()?;
+    let program = Program {
+        title: "kept",
+        segments: 3,
+        segment_size: 256 * 1024,
+        bitrate: None,
+        seed: 51,
+    };
+    let HomeAndReplica {
+        home,
+        b,
+        console,
+        program,
+        bytes,
+    } = HomeAndReplica::start(
+        dir.path(),
+        Node::new(&dir.path().join("home")).engines(1).home(),
+        Node::new(&dir.path().join("b")).engines(1),
+        program,
+    )?;
+    let gateway = Gateway::start(&b, &console)?;
+    let base = &gateway.base;
+    let (status, _, _) = fetch(&format!("{base}/?json"), None)?;
+    assert_eq!(status, 200);
+    gateway.log.wait_for(
+        "the gateway to learn the other station",
+        Duration::from_secs(60),
+        |log| plain(&String::from_utf8_lossy(log)).contains("learned the swarm's other directors"),
+    )?;
+    b.kill()?;
+    let (status, _, json) = fetch(&format!("{base}/?json"), None)?;
+    let json = String::from_utf8(json)?;
+    assert_eq!(status, 200, "{json}");
+    assert!(json.contains(&program), "{json}");
+    let (status, _, segment) = fetch(&format!("{base}/{program}/1.ts"), None)?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&segment));
+    assert!(
+        segment == bytes[256 * 1024..512 * 1024],
+        "segment 1 differs"
+    );
+    drop(home);
+    Ok(())
+}

@@ -28,6 +28,10 @@ pub const PREFETCH: u32 = 2;
 /// Segment fetches under way at once, at most: each holds a whole segment in memory until it
 /// is verified, so players asking for many distinct segments are answered 503 past it.
 pub const MAX_FETCHES: usize = 8;
+/// How long a director may take to accept the gateway's connection.
+const DIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Other directors of the swarm kept to go on through, at most.
+const MAX_OTHERS: usize = 32;
 
 /// What a request could not get.
 #[derive(Clone, Debug)]
@@ -123,6 +127,9 @@ struct Sessions {
 /// The gateway's state, shared by every request.
 pub(super) struct Gateway {
     node: Multiaddr,
+    /// The swarm's other directors, learned through the director connected to: the gateway
+    /// goes on through them when `node` is gone (a crash, a restart on another port).
+    others: Arc<Mutex<Vec<Multiaddr>>>,
     credentials: Credentials,
     /// The connection to `node`, opened on first use and dropped when it fails, so that the
     /// next request dials again.
@@ -141,6 +148,7 @@ impl Gateway {
     pub(super) fn new(node: Multiaddr, credentials: Credentials) -> Self {
         Self {
             node,
+            others: Arc::default(),
             credentials,
             client: tokio::sync::Mutex::default(),
             sessions: tokio::sync::Mutex::default(),
@@ -150,18 +158,74 @@ impl Gateway {
         }
     }
 
+    /// The connection to the swarm: to `node`, else to the first of the other directors
+    /// learned that answers; opened on first use and after a failure ([`Gateway::reset`]).
     async fn client(&self) -> Result<Arc<DirectorClient>, Failure> {
         let mut client = self.client.lock().await;
         if let Some(c) = client.as_ref() {
             return Ok(c.clone());
         }
-        let c = Arc::new(
-            DirectorClient::connect(&self.node, self.credentials.key.clone())
-                .await
-                .map_err(|e| unavailable(format!("the swarm cannot be reached: {e}")))?,
-        );
-        *client = Some(c.clone());
-        Ok(c)
+        let others = self.others.lock().map(|o| o.clone()).unwrap_or_default();
+        let mut failed = String::new();
+        for addr in std::iter::once(&self.node).chain(&others) {
+            let key = self.credentials.key.clone();
+            match tokio::time::timeout(DIAL_WAIT, DirectorClient::connect(addr, key)).await {
+                Ok(Ok(c)) => {
+                    let c = Arc::new(c);
+                    *client = Some(c.clone());
+                    self.learn(c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) if failed.is_empty() => failed = e.to_string(),
+                Err(_) if failed.is_empty() => {
+                    failed = format!("{addr} did not answer within {DIAL_WAIT:?}");
+                }
+                _ => {}
+            }
+        }
+        let tried = match others.len() {
+            0 => String::new(),
+            n => format!(" (nor {n} other director(s) of the swarm)"),
+        };
+        Err(unavailable(format!(
+            "the swarm cannot be reached: {failed}{tried}"
+        )))
+    }
+
+    /// Learns the swarm's other directors through `client`, in the background.
+    fn learn(&self, client: Arc<DirectorClient>) {
+        let others = self.others.clone();
+        let me = client.peer();
+        self.spawn(async move {
+            let Ok(vodmesh_proto::director::Response::Swarm(records)) =
+                client.call(vodmesh_proto::director::Request::Swarm).await
+            else {
+                return;
+            };
+            let now = vodmesh_proto::time::now_ms();
+            let learned: Vec<Multiaddr> = (records.iter())
+                .filter_map(|signed| {
+                    vodmesh_proto::station::StationRecord::verify(signed, now).ok()
+                })
+                .filter(|r| r.director != me)
+                .filter_map(|r| {
+                    let addr = vodmesh_proto::net::prefer_tcp(&r.addrs)
+                        .into_iter()
+                        .next()?;
+                    Some(vodmesh_proto::net::with_peer(&addr, r.director))
+                })
+                .take(MAX_OTHERS)
+                .collect();
+            if !learned.is_empty()
+                && let Ok(mut others) = others.lock()
+            {
+                tracing::debug!(
+                    directors = learned.len(),
+                    "gateway: learned the swarm's other directors"
+                );
+                *others = learned;
+            }
+        });
     }
 
     /// Forgets the connection and the open programs after the swarm failed a request, so
@@ -180,16 +244,23 @@ impl Gateway {
     }
 
     /// The swarm's published programs.
+    /// The swarm's published programs. A connection that fails is dropped and the list asked
+    /// once more on a fresh one (`node` restarted, or another director of the swarm).
     pub(super) async fn published(&self) -> Result<Vec<ProgramInfo>, Failure> {
-        let client = self.client().await?;
-        match play::published(&client).await {
-            Ok(list) => Ok(list),
-            Err(e) => {
-                self.reset().await;
-                Err(unavailable(format!(
-                    "cannot list the swarm's programs through {}: {e}",
-                    self.node
-                )))
+        let mut again = true;
+        loop {
+            let client = self.client().await?;
+            match play::published(&client).await {
+                Ok(list) => return Ok(list),
+                Err(e) => {
+                    self.reset().await;
+                    if !std::mem::take(&mut again) {
+                        return Err(unavailable(format!(
+                            "cannot list the swarm's programs through {}: {e}",
+                            client.peer()
+                        )));
+                    }
+                }
             }
         }
     }
@@ -224,12 +295,18 @@ impl Gateway {
                 )));
             }
         };
-        let client = self.client().await?;
-        let session = match Session::with_client(client, &self.credentials, id).await {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                self.reset().await;
-                return Err(unavailable(e));
+        // Opened once more on a fresh connection when the first fails, as the list is.
+        let mut again = true;
+        let session = loop {
+            let client = self.client().await?;
+            match Session::with_client(client, &self.credentials, id).await {
+                Ok(s) => break Arc::new(s),
+                Err(e) => {
+                    self.reset().await;
+                    if !std::mem::take(&mut again) {
+                        return Err(unavailable(e));
+                    }
+                }
             }
         };
         let mut sessions = self.sessions.lock().await;
