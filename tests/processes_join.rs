@@ -112,10 +112,12 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/p2p/<peer id>"), "unclear error: {err}");
 
+    // A usage error (status 2), found before the station starts: no data directory is made.
     let dir = tempfile::tempdir()?;
+    let data = dir.path().join("never");
     let out = command_in(None, "vodmesh-node")
         .arg("--data")
-        .arg(dir.path())
+        .arg(&data)
         .args([
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
@@ -123,12 +125,43 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
             "/ip4/127.0.0.1/tcp/1",
         ])
         .output()?;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("does not end in /p2p/<peer id>"),
         "unclear error: {err}"
     );
+    assert!(!data.exists(), "a refused start made {}", data.display());
+
+    // Values out of range are usage errors too, each naming what it takes.
+    let source = dir.path().join("p.bin");
+    std::fs::write(&source, b"bytes")?;
+    let node = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGifCAzYsV5vA4Kb3g9mSdPrnqHKEmGsnhYPK1rNPA6Zp";
+    let ingest = |flags: &[&str]| {
+        let mut args = vec!["ingest", "--node", node, "--key", "k", "--title", "t"];
+        args.extend(flags);
+        args.push("p.bin");
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let sim = |flags: &[&str]| {
+        let mut args = vec!["sim"];
+        args.extend(flags);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (args, says) in [
+        (ingest(&["--segment-size", "0"]), "--segment-size"),
+        (ingest(&["--publish-at", "tomorrow"]), "--publish-at"),
+        (sim(&["--stations", "1"]), "at least 2"),
+        (sim(&["--stations", "10", "--churn", "1.5"]), "0 to 0.9"),
+    ] {
+        let out = command_in(None, "vodmesh")
+            .current_dir(dir.path())
+            .args(&args)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     Ok(())
 }
 

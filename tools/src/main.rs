@@ -81,13 +81,18 @@ enum Cmd {
         title: String,
         /// When the program becomes playable: `now` or an RFC 3339 time. Without it the program
         /// stays inactive until `vodmesh publish`.
-        #[arg(long, value_name = "now|RFC3339")]
+        #[arg(long, value_name = "now|RFC3339", value_parser = publish_time)]
         publish_at: Option<String>,
         /// How many other stations should hold a copy.
         #[arg(long, default_value_t = 0, value_name = "N")]
         replicas: u32,
-        /// Segment size for files without media segmentation, bytes.
-        #[arg(long, default_value_t = ingest::DEFAULT_SEGMENT_SIZE, value_name = "BYTES")]
+        /// Segment size for files without media segmentation, bytes (1 to 256 MiB).
+        #[arg(
+            long,
+            default_value_t = ingest::DEFAULT_SEGMENT_SIZE,
+            value_name = "BYTES",
+            value_parser = clap::value_parser!(u64).range(1..=vodmesh_proto::manifest::MAX_SEGMENT_SIZE)
+        )]
         segment_size: u64,
         /// Nominal bitrate of files without media timing, bit/s (sets segment durations).
         #[arg(long, default_value_t = ingest::DEFAULT_BITRATE, value_name = "BPS")]
@@ -177,8 +182,8 @@ enum Cmd {
     /// upper bound on the path length); "ms" is the whole lookup as a director waits for it.
     /// A lookup succeeds when it names a holder still in the swarm.
     Sim {
-        /// Stations at the start.
-        #[arg(long, value_name = "N")]
+        /// Stations at the start (at least 2).
+        #[arg(long, value_name = "N", value_parser = at_least_two)]
         stations: usize,
         /// How the initial stations come to be. warm: built converged (every routing table
         /// filled and every record stored at the k stations closest to its key, from global
@@ -199,7 +204,7 @@ enum Cmd {
         holders: usize,
         /// Fraction of stations that leave, and of new ones that join, during the lookups
         /// (0 to 0.9).
-        #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+        #[arg(long, default_value_t = 0.0, value_name = "FRACTION", value_parser = churn_fraction)]
         churn: f64,
         /// Find-holders lookups to measure.
         #[arg(long, default_value_t = 1000, value_name = "L")]
@@ -374,6 +379,30 @@ enum UserCmd {
 /// jemalloc for `vodmesh sim` (see [`allocator`]).
 #[global_allocator]
 static GLOBAL: allocator::Allocator = allocator::Allocator;
+
+/// `--publish-at`: `now` or an RFC 3339 time, checked as the flag is read (a wrong one is a
+/// usage error, status 2); kept as given, read again when the ingest starts.
+fn publish_time(text: &str) -> Result<String, String> {
+    ingest::parse_publish_at(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// `sim --stations`: a swarm of at least two.
+fn at_least_two(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err("a number of stations, at least 2".into()),
+    }
+}
+
+/// `sim --churn`: a fraction from 0 to 0.9.
+fn churn_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=0.9).contains(&f) => Ok(f),
+        _ => Err("a fraction from 0 to 0.9".into()),
+    }
+}
 
 fn main() {
     let args = Args::parse();

@@ -88,7 +88,7 @@ pub struct Args {
     pub announce: Vec<Multiaddr>,
     /// A director of an existing station, ending in /p2p/<peer id> (repeatable): the
     /// `director` line that station printed.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(long, value_name = "MULTIADDR", value_parser = director_addr)]
     pub bootstrap: Vec<Multiaddr>,
     /// Engines in this station.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -233,7 +233,7 @@ pub enum Sub {
 pub struct EngineArgs {
     /// The director to attach to, ending in /p2p/<peer id>; it must have been started with
     /// --engine-peer <this engine's peer id>.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(long, value_name = "MULTIADDR", value_parser = director_addr)]
     pub director: Multiaddr,
     /// Data directory: the engine's identity (DIR/identity.key), its store index, and its
     /// segments unless --disk is given.
@@ -281,6 +281,18 @@ pub struct EngineArgs {
 }
 
 /// `--coords LAT,LON`: two numbers in range.
+/// A director's address: a multiaddr ending in `/p2p/<peer id>` (checked as the flag is read,
+/// before anything starts or is written).
+pub fn director_addr(s: &str) -> Result<Multiaddr, String> {
+    let addr: Multiaddr = s.parse().map_err(|e| format!("not a multiaddr: {e}"))?;
+    match vodmesh_proto::net::peer_of(&addr) {
+        Some(_) => Ok(addr),
+        None => Err(format!(
+            "{addr} does not end in /p2p/<peer id>: give the `director` line the station printed"
+        )),
+    }
+}
+
 pub fn parse_coords(s: &str) -> Result<(f64, f64), String> {
     let (lat, lon) = s.split_once(',').ok_or("expected LAT,LON")?;
     let lat: f64 = lat.trim().parse().map_err(|_| "latitude is not a number")?;
