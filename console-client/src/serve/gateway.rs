@@ -30,6 +30,8 @@ pub const PREFETCH: u32 = 2;
 pub const MAX_FETCHES: usize = 8;
 /// How long a director may take to accept the gateway's connection.
 const DIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a title stands for the program it was resolved to.
+const TITLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// Other directors of the swarm kept to go on through, at most.
 const MAX_OTHERS: usize = 32;
 
@@ -121,7 +123,17 @@ impl Cache {
 #[derive(Default)]
 struct Sessions {
     open: HashMap<ProgramId, Arc<Session>>,
-    titles: HashMap<String, ProgramId>,
+    /// Titles resolved to ids, and when: a title stands for [`TITLE_FOR`], then it is looked
+    /// up again (a program published since under the same title makes it ambiguous).
+    titles: HashMap<String, (ProgramId, std::time::Instant)>,
+}
+
+impl Sessions {
+    /// The program `name` was resolved to less than [`TITLE_FOR`] before `now`.
+    fn title(&self, name: &str, now: std::time::Instant) -> Option<ProgramId> {
+        let (id, at) = self.titles.get(name)?;
+        (now.saturating_duration_since(*at) < TITLE_FOR).then_some(*id)
+    }
 }
 
 /// The gateway's state, shared by every request.
@@ -272,7 +284,7 @@ impl Gateway {
             let id = name
                 .parse::<ProgramId>()
                 .ok()
-                .or_else(|| sessions.titles.get(name).copied());
+                .or_else(|| sessions.title(name, std::time::Instant::now()));
             if let Some(s) = id.and_then(|id| sessions.open.get(&id)) {
                 return Ok(s.clone());
             }
@@ -311,7 +323,8 @@ impl Gateway {
         };
         let mut sessions = self.sessions.lock().await;
         if name.parse::<ProgramId>().is_err() {
-            sessions.titles.insert(name.to_string(), id);
+            let now = std::time::Instant::now();
+            sessions.titles.insert(name.to_string(), (id, now));
         }
         Ok(sessions.open.entry(id).or_insert(session).clone())
     }
@@ -415,6 +428,19 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_title_stands_for_its_program_a_while_then_is_looked_up_again() {
+        let mut sessions = Sessions::default();
+        let (id, t0) = (ProgramId([3; 32]), std::time::Instant::now());
+        sessions.titles.insert("news".into(), (id, t0));
+        assert_eq!(sessions.title("news", t0), Some(id));
+        let nearly = TITLE_FOR - std::time::Duration::from_millis(1);
+        assert_eq!(sessions.title("news", t0 + nearly), Some(id));
+        // Past it, resolved again: a second program titled "news" may have come.
+        assert_eq!(sessions.title("news", t0 + TITLE_FOR), None);
+        assert_eq!(sessions.title("weather", t0), None);
+    }
 
     #[test]
     fn the_cache_keeps_the_most_recent_within_bounds() {
