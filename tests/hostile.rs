@@ -10,7 +10,7 @@ use vodmesh_tests::cli::{Ingest, Play};
 use vodmesh_tests::console::{Console, wait_holds_all};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::Node;
-use vodmesh_tests::replica::{HomeAndReplica, Program};
+use vodmesh_tests::replica::HomeAndReplica;
 use vodmesh_tests::{status, wait};
 
 const MIB: usize = 1024 * 1024;
@@ -75,19 +75,7 @@ async fn idle_copy_streams_do_not_stop_an_engine_serving_copies() -> Result<()> 
 #[test]
 fn a_locate_flood_from_one_console_leaves_another_console_s_miss_filled() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let program = Program {
-        title: "flood",
-        segments: 4,
-        segment_size: 256 * 1024,
-        bitrate: None,
-        seed: 9,
-    };
-    let setup = HomeAndReplica::start(
-        dir.path(),
-        Node::new(&dir.path().join("home")).engines(1).home(),
-        Node::new(&dir.path().join("b")).engines(1),
-        program,
-    )?;
+    let setup = HomeAndReplica::small(dir.path(), "flood", 4, 9)?;
     let c = Node::new(&dir.path().join("c"))
         .engines(1)
         .enrolled_with(&setup.home)?
@@ -153,19 +141,7 @@ async fn flood_and_ask(
 #[test]
 fn a_content_manager_that_never_answers_does_not_hold_the_gathers() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let program = Program {
-        title: "replicated",
-        segments: 2,
-        segment_size: 256 * 1024,
-        bitrate: None,
-        seed: 11,
-    };
-    let setup = HomeAndReplica::start(
-        dir.path(),
-        Node::new(&dir.path().join("home")).engines(1).home(),
-        Node::new(&dir.path().join("b")).engines(1),
-        program,
-    )?;
+    let setup = HomeAndReplica::small(dir.path(), "replicated", 2, 11)?;
     let only_home = dir.path().join("only-home.bin");
     random_file(&only_home, 512 * 1024, 12)?;
     let lone: ProgramId = Ingest::new(&setup.home.addr, &setup.home.key(), "lone", &only_home)
@@ -262,19 +238,7 @@ async fn frozen_manager(
 #[test]
 fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let program = Program {
-        title: "first",
-        segments: 2,
-        segment_size: 256 * 1024,
-        bitrate: None,
-        seed: 31,
-    };
-    let setup = HomeAndReplica::start(
-        dir.path(),
-        Node::new(&dir.path().join("home")).engines(1).home(),
-        Node::new(&dir.path().join("b")).engines(1),
-        program,
-    )?;
+    let setup = HomeAndReplica::small(dir.path(), "first", 2, 31)?;
     let mut ids = vec![setup.program.clone()];
     for seed in 32..37 {
         let source = dir.path().join(format!("{seed}.bin"));

@@ -380,28 +380,15 @@ fn other_codecs_are_encoded_fmp4_hls_keeps_its_init_segment_and_no_ffmpeg_is_one
 /// dead station until the gateway was restarted.
 #[test]
 fn a_gateway_goes_on_through_another_station_when_its_own_is_gone() -> Result<()> {
-    use vodmesh_tests::process::Node;
-    use vodmesh_tests::replica::{HomeAndReplica, Program};
+    use vodmesh_tests::replica::HomeAndReplica;
     let dir = tempfile::tempdir()?;
-    let program = Program {
-        title: "kept",
-        segments: 3,
-        segment_size: 256 * 1024,
-        bitrate: None,
-        seed: 51,
-    };
     let HomeAndReplica {
         home,
         b,
         console,
         program,
         bytes,
-    } = HomeAndReplica::start(
-        dir.path(),
-        Node::new(&dir.path().join("home")).engines(1).home(),
-        Node::new(&dir.path().join("b")).engines(1),
-        program,
-    )?;
+    } = HomeAndReplica::small(dir.path(), "kept", 3, 51)?;
     let gateway = Gateway::start(&b, &console)?;
     let base = &gateway.base;
     let (status, _, _) = fetch(&format!("{base}/?json"), None)?;

@@ -43,6 +43,24 @@ pub struct Program<'a> {
 }
 
 impl HomeAndReplica {
+    /// [`HomeAndReplica::start`] with one engine a station, under `dir/home` and `dir/b`, and a
+    /// program `title` of `segments` segments of 256 KiB: what most failure tests need.
+    pub fn small(dir: &Path, title: &str, segments: u32, seed: u64) -> Result<Self> {
+        let program = Program {
+            title,
+            segments,
+            segment_size: 256 * 1024,
+            bitrate: None,
+            seed,
+        };
+        Self::start(
+            dir,
+            Node::new(&dir.join("home")).engines(1).home(),
+            Node::new(&dir.join("b")).engines(1),
+            program,
+        )
+    }
+
     /// Starts `home` and `b` (b enrolled with the home) under `dir`, waits until they found
     /// each other, logs a console in and ingests `program` until b holds all of it.
     pub fn start(dir: &Path, home: Node, b: Node, program: Program<'_>) -> Result<Self> {
