@@ -19,15 +19,19 @@
 //! - [`http`]: the HTTP edge of `--http` for standard players: HLS playlists, and redirects
 //!   to the engine a `Locate` names, asked through this loop as a console's would be.
 //!
-//! Beside them: [`admit`], who may ask what (closed membership); [`start`], the stores, swarm and listeners a director starts with;
+//! Beside them: [`dispatch`], each request handed to its family; [`admit`], who may ask what
+//! (closed membership); [`approvals`], which stations may copy from this one; [`start`], the
+//! stores, swarm and listeners a director starts with;
 //! [`choose`], the decisions as pure functions; [`engines`], the engine table;
 //! [`outbound`], asking other directors; [`context`], what the loop lends the families;
 //! [`tasks`], the families' work off the loop; [`error`], failures and what clients see.
 
 mod admit;
+mod approvals;
 mod catalog;
 mod choose;
 mod context;
+mod dispatch;
 mod engines;
 pub(crate) mod error;
 mod http;
@@ -295,7 +299,8 @@ impl Director {
                 tracing::debug!(error = %e, "registry bootstrap failed");
             }
         }
-        self.remember();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        peers::remember(kad, &self.shared.me.config.data, &mut self.remembered);
         let signed = self.signed_record();
         let kad = &mut self.swarm.behaviour_mut().kad;
         // Joined or not (`/readyz`): connections come and go between republishes too, but a
@@ -303,19 +308,6 @@ impl Director {
         (self.metrics).set_registry_peers(crate::metrics::connected_peers(kad));
         let mut ctx = self.shared.ctx(kad);
         ctx.dht.put_station(signed);
-    }
-
-    /// Writes the members of the routing table as the directors to rejoin through after a
-    /// restart ([`peers`]), when they changed. A director alone keeps what it remembered.
-    fn remember(&mut self) {
-        let now = peers::of_routing_table(&mut self.swarm.behaviour_mut().kad);
-        if now.is_empty() || now == self.remembered {
-            return;
-        }
-        if let Err(e) = peers::save(&self.shared.me.config.data, &now) {
-            tracing::warn!(error = %e, "the directors to rejoin through were not written");
-        }
-        self.remembered = now;
     }
 
     fn on_report(&mut self, report: EngineReport) {
@@ -530,187 +522,6 @@ impl Director {
                 tracing::debug!(%peer, %error, "director: inbound request failed");
             }
             Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// Hands a request to its family once its sender may make it ([`admit`]); answers now,
-    /// or when the family's work ends. `looked_up`: the sender's record was just looked up.
-    fn on_request(
-        &mut self,
-        peer: PeerId,
-        request: Request,
-        channel: ResponseChannel<Response>,
-        looked_up: bool,
-    ) {
-        tracing::debug!(%peer, ?request, "director request");
-        let now = now_ms();
-        let members = self.shared.registry.members();
-        let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
-        let viewer = Viewer::of(peer, admits && members.is_closed());
-        let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
-            admit::Admission::Serve => None,
-            admit::Admission::LookUp => {
-                let registry = self.shared.registry_handle.clone();
-                self.admitting.spawn(async move {
-                    // The registry admits the peer as it takes in the record it finds.
-                    let _ = registry.get_station(peer).await;
-                    (peer, request, channel)
-                });
-                return;
-            }
-            admit::Admission::NotMember => Some(Error::NotMember),
-            admit::Admission::NotCertified => Some(Error::NotCertified),
-        };
-        if let Some(refused) = refused {
-            tracing::info!(%peer, ?request, error = %refused, "director request refused");
-            return self.reply((Client::Peer(channel), Response::Error(refused.into())));
-        }
-        self.dispatch(peer, request, Client::Peer(channel), viewer);
-    }
-
-    /// Hands an admitted request of `peer` to its family; answers now, or when the family's
-    /// work ends.
-    fn dispatch(&mut self, peer: PeerId, request: Request, channel: Client, viewer: Viewer) {
-        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
-        let reply = match request {
-            Request::Station => {
-                let counters = self.metrics.counters();
-                let signed = ctx.me.record(ctx.engines, counters).sign(&ctx.me.key);
-                Some((channel, Response::Station(signed)))
-            }
-            Request::Swarm => {
-                let walks = ctx.walks.clone();
-                self.tasks.spawn(async move {
-                    let stations = walks.stations().await.map_err(Error::from);
-                    let listed = |s: vodmesh_registry::Stations| {
-                        Response::Swarm(s.iter().map(|(_, signed)| signed.clone()).collect())
-                    };
-                    (channel, respond(stations, listed))
-                });
-                None
-            }
-            request @ (Request::IngestBegin { .. }
-            | Request::IngestCommit { .. }
-            | Request::IngestAbort { .. }) => {
-                let response = match self.ingest.on_request(&mut ctx, peer, request) {
-                    Ok(Ingested::Answer(response)) => response,
-                    Ok(Ingested::Committed(committed)) => {
-                        let ingest::Committed {
-                            info,
-                            record,
-                            signed,
-                        } = *committed;
-                        self.publish.announce(&mut ctx, &record, signed);
-                        (self.replicate).distribute(&ctx, record.program, record.replicas);
-                        Response::Program(info)
-                    }
-                    Err(e) => Response::Error(e.into()),
-                };
-                Some((channel, response))
-            }
-            Request::Programs => self.publish.programs(&ctx, viewer, channel),
-            Request::AllPrograms { admin } => {
-                let checked = (ctx.me).check_admin_of(
-                    &admin,
-                    director::PROGRAMS_OP,
-                    director::PROGRAMS_SUBJECT,
-                );
-                match checked {
-                    Ok(_) => (self.publish).programs(&ctx, Viewer::Trusted, channel),
-                    Err(e) => Some((channel, Response::Error(e.into()))),
-                }
-            }
-            Request::Manifest { program } => {
-                (self.publish).manifest(&ctx, (program, viewer), channel)
-            }
-            Request::Held => {
-                let held = Publishing::held(&ctx);
-                Some((channel, respond(held, Response::Programs)))
-            }
-            Request::Locate {
-                program,
-                index,
-                complete: true,
-                ..
-            } => {
-                self.metrics.locate();
-                let segment = SegmentId::new(program, index);
-                let source = self.miss.source_of(&segment);
-                let located =
-                    (self.play).locate_complete(&mut ctx, &self.publish, (segment, peer), source);
-                if located.is_ok() {
-                    self.metrics.hit();
-                }
-                Some((channel, respond(located, Response::Location)))
-            }
-            Request::Locate {
-                program,
-                index,
-                avoid,
-                busy,
-                ahead,
-                ..
-            } => {
-                self.metrics.locate();
-                let ask = Locating {
-                    console: peer,
-                    segment: SegmentId::new(program, index),
-                    avoid,
-                    busy,
-                    ahead: ahead.min(director::MAX_AHEAD),
-                };
-                self.locate(ask, channel, true)
-            }
-            Request::Activity => {
-                let mut activity = *ctx.activity;
-                activity.active = ctx.engines.streams();
-                activity.programs = ctx.locations.program_count().map_or(0, |n| n as u64);
-                Some((channel, Response::Activity(activity)))
-            }
-            Request::Publish { program, admin } => {
-                let published = (ctx.me.check_admin(&admin, "publish", &program))
-                    .and_then(|_| self.publish.publish(&mut ctx, program));
-                Some((channel, respond(published, Response::Program)))
-            }
-            // A content manager tells of its own records only.
-            Request::Published { record } if record.signer() != Some(peer) => {
-                Some((channel, Response::Error(Error::BadRecord.into())))
-            }
-            Request::Published { record } => {
-                let learned = self.publish.on_published(&ctx, &record);
-                Some((channel, respond(learned, |()| Response::Ok)))
-            }
-            Request::Replicate {
-                program,
-                source,
-                source_addrs,
-            } => {
-                let source = (source, source_addrs);
-                let started = self.replicate.replicate(&ctx, peer, program, source);
-                Some((channel, respond(started, |()| Response::Ok)))
-            }
-            Request::LocateCopy {
-                program,
-                index,
-                engines,
-            } => {
-                let segment = SegmentId::new(program, index);
-                (self.replicate).locate_copy(&ctx, peer, (segment, &engines), channel)
-            }
-            Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
-            Request::Drain { drain, admin } => {
-                let checked =
-                    ctx.me
-                        .check_admin_of(&admin, director::DRAIN_OP, director::DRAIN_SUBJECT);
-                let drained = checked.map(|admin| {
-                    tracing::info!(%admin, drain, "drain asked by an admin");
-                    self.draining.send_replace(drain);
-                });
-                Some((channel, respond(drained, |()| Response::Ok)))
-            }
-        };
-        if let Some(reply) = reply {
-            self.reply(reply);
         }
     }
 }

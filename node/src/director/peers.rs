@@ -60,7 +60,7 @@ pub(super) fn load(data: &Path, me: PeerId) -> Vec<Multiaddr> {
 
 /// Writes `addrs` as the directors remembered under `data` (a new file renamed over the
 /// old: a crash leaves one or the other whole).
-pub(super) fn save(data: &Path, addrs: &[Multiaddr]) -> std::io::Result<()> {
+fn save(data: &Path, addrs: &[Multiaddr]) -> std::io::Result<()> {
     let remembered = Remembered {
         directors: addrs.iter().map(ToString::to_string).collect(),
     };
@@ -71,9 +71,27 @@ pub(super) fn save(data: &Path, addrs: &[Multiaddr]) -> std::io::Result<()> {
     std::fs::rename(&tmp, &file)
 }
 
+/// Writes the members of `kad`'s routing table under `data` as the directors to rejoin
+/// through after a restart, when they differ from `remembered` (which then holds them). A
+/// director alone keeps what it remembered.
+pub(super) fn remember(
+    kad: &mut kad::Behaviour<PersistentStore>,
+    data: &Path,
+    remembered: &mut Vec<Multiaddr>,
+) {
+    let now = of_routing_table(kad);
+    if now.is_empty() || now == *remembered {
+        return;
+    }
+    if let Err(e) = save(data, &now) {
+        tracing::warn!(error = %e, "the directors to rejoin through were not written");
+    }
+    *remembered = now;
+}
+
 /// The members in `kad`'s routing table, each at up to [`ADDRS_EACH`] of its addresses, at
 /// most [`MAX_REMEMBERED`] of them, in a stable order.
-pub(super) fn of_routing_table(kad: &mut kad::Behaviour<PersistentStore>) -> Vec<Multiaddr> {
+fn of_routing_table(kad: &mut kad::Behaviour<PersistentStore>) -> Vec<Multiaddr> {
     let mut peers: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
     for bucket in kad.kbuckets() {
         for entry in bucket.iter() {

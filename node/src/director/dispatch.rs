@@ -1,0 +1,193 @@
+//! Each request to this director handed to the family that answers it ([`super`]'s list),
+//! once [`super::admit`] let its sender make it.
+
+use super::*;
+
+impl Director {
+    /// Hands a request to its family once its sender may make it ([`admit`]); answers now,
+    /// or when the family's work ends. `looked_up`: the sender's record was just looked up.
+    pub(super) fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+        looked_up: bool,
+    ) {
+        tracing::debug!(%peer, ?request, "director request");
+        let now = now_ms();
+        let members = self.shared.registry.members();
+        let (admits, roles) = (members.admits(&peer, now), members.roles(&peer, now));
+        let viewer = Viewer::of(peer, admits && members.is_closed());
+        let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
+            admit::Admission::Serve => None,
+            admit::Admission::LookUp => {
+                let registry = self.shared.registry_handle.clone();
+                self.admitting.spawn(async move {
+                    // The registry admits the peer as it takes in the record it finds.
+                    let _ = registry.get_station(peer).await;
+                    (peer, request, channel)
+                });
+                return;
+            }
+            admit::Admission::NotMember => Some(Error::NotMember),
+            admit::Admission::NotCertified => Some(Error::NotCertified),
+        };
+        if let Some(refused) = refused {
+            tracing::info!(%peer, ?request, error = %refused, "director request refused");
+            return self.reply((Client::Peer(channel), Response::Error(refused.into())));
+        }
+        self.dispatch(peer, request, Client::Peer(channel), viewer);
+    }
+
+    /// Hands an admitted request of `peer` to its family; answers now, or when the family's
+    /// work ends.
+    pub(super) fn dispatch(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: Client,
+        viewer: Viewer,
+    ) {
+        let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);
+        let reply = match request {
+            Request::Station => {
+                let counters = self.metrics.counters();
+                let signed = ctx.me.record(ctx.engines, counters).sign(&ctx.me.key);
+                Some((channel, Response::Station(signed)))
+            }
+            Request::Swarm => {
+                let walks = ctx.walks.clone();
+                self.tasks.spawn(async move {
+                    let stations = walks.stations().await.map_err(Error::from);
+                    let listed = |s: vodmesh_registry::Stations| {
+                        Response::Swarm(s.iter().map(|(_, signed)| signed.clone()).collect())
+                    };
+                    (channel, respond(stations, listed))
+                });
+                None
+            }
+            request @ (Request::IngestBegin { .. }
+            | Request::IngestCommit { .. }
+            | Request::IngestAbort { .. }) => {
+                let response = match self.ingest.on_request(&mut ctx, peer, request) {
+                    Ok(Ingested::Answer(response)) => response,
+                    Ok(Ingested::Committed(committed)) => {
+                        let ingest::Committed {
+                            info,
+                            record,
+                            signed,
+                        } = *committed;
+                        self.publish.announce(&mut ctx, &record, signed);
+                        (self.replicate).distribute(&ctx, record.program, record.replicas);
+                        Response::Program(info)
+                    }
+                    Err(e) => Response::Error(e.into()),
+                };
+                Some((channel, response))
+            }
+            Request::Programs => self.publish.programs(&ctx, viewer, channel),
+            Request::AllPrograms { admin } => {
+                let checked = (ctx.me).check_admin_of(
+                    &admin,
+                    director::PROGRAMS_OP,
+                    director::PROGRAMS_SUBJECT,
+                );
+                match checked {
+                    Ok(_) => (self.publish).programs(&ctx, Viewer::Trusted, channel),
+                    Err(e) => Some((channel, Response::Error(e.into()))),
+                }
+            }
+            Request::Manifest { program } => {
+                (self.publish).manifest(&ctx, (program, viewer), channel)
+            }
+            Request::Held => {
+                let held = Publishing::held(&ctx);
+                Some((channel, respond(held, Response::Programs)))
+            }
+            Request::Locate {
+                program,
+                index,
+                complete: true,
+                ..
+            } => {
+                self.metrics.locate();
+                let segment = SegmentId::new(program, index);
+                let source = self.miss.source_of(&segment);
+                let located =
+                    (self.play).locate_complete(&mut ctx, &self.publish, (segment, peer), source);
+                if located.is_ok() {
+                    self.metrics.hit();
+                }
+                Some((channel, respond(located, Response::Location)))
+            }
+            Request::Locate {
+                program,
+                index,
+                avoid,
+                busy,
+                ahead,
+                ..
+            } => {
+                self.metrics.locate();
+                let ask = Locating {
+                    console: peer,
+                    segment: SegmentId::new(program, index),
+                    avoid,
+                    busy,
+                    ahead: ahead.min(director::MAX_AHEAD),
+                };
+                self.locate(ask, channel, true)
+            }
+            Request::Activity => {
+                let mut activity = *ctx.activity;
+                activity.active = ctx.engines.streams();
+                activity.programs = ctx.locations.program_count().map_or(0, |n| n as u64);
+                Some((channel, Response::Activity(activity)))
+            }
+            Request::Publish { program, admin } => {
+                let published = (ctx.me.check_admin(&admin, "publish", &program))
+                    .and_then(|_| self.publish.publish(&mut ctx, program));
+                Some((channel, respond(published, Response::Program)))
+            }
+            // A content manager tells of its own records only.
+            Request::Published { record } if record.signer() != Some(peer) => {
+                Some((channel, Response::Error(Error::BadRecord.into())))
+            }
+            Request::Published { record } => {
+                let learned = self.publish.on_published(&ctx, &record);
+                Some((channel, respond(learned, |()| Response::Ok)))
+            }
+            Request::Replicate {
+                program,
+                source,
+                source_addrs,
+            } => {
+                let source = (source, source_addrs);
+                let started = self.replicate.replicate(&ctx, peer, program, source);
+                Some((channel, respond(started, |()| Response::Ok)))
+            }
+            Request::LocateCopy {
+                program,
+                index,
+                engines,
+            } => {
+                let segment = SegmentId::new(program, index);
+                (self.replicate).locate_copy(&ctx, peer, (segment, &engines), channel)
+            }
+            Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
+            Request::Drain { drain, admin } => {
+                let checked =
+                    ctx.me
+                        .check_admin_of(&admin, director::DRAIN_OP, director::DRAIN_SUBJECT);
+                let drained = checked.map(|admin| {
+                    tracing::info!(%admin, drain, "drain asked by an admin");
+                    self.draining.send_replace(drain);
+                });
+                Some((channel, respond(drained, |()| Response::Ok)))
+            }
+        };
+        if let Some(reply) = reply {
+            self.reply(reply);
+        }
+    }
+}
