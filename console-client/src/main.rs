@@ -661,14 +661,10 @@ async fn swarm_directors(node: &Multiaddr) -> Vec<Multiaddr> {
     let Ok(client) = DirectorClient::connect(node, None).await else {
         return Vec::new();
     };
-    let Ok(Response::Swarm(list)) = client.request(Request::Swarm).await else {
-        return Vec::new();
-    };
-    let now = now_ms();
-    (list.iter())
-        .filter_map(|signed| StationRecord::verify(signed, now).ok())
-        .filter_map(|record| record.addrs.first().cloned())
-        .collect()
+    match client.request(Request::Swarm).await {
+        Ok(Response::Swarm(list)) => remember::listed_directors(&list, None),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

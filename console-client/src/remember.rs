@@ -9,11 +9,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use vodmesh_client::files::{FileError, Home, read_small, write_private};
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::net::peer_of;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::time::now_ms;
 
 /// The environment variable naming the director(s) to ask when `--node` is left out.
 pub const ENV: &str = "VODMESH_NODE";
@@ -85,6 +88,18 @@ pub fn save(home: &Home, directors: &[Multiaddr]) -> Result<PathBuf, Error> {
     })?;
     write_private(&path, &json, "swarm file")?;
     Ok(path)
+}
+
+/// The first address of each live station's director a `Swarm` answer lists (its signed
+/// records, each verified), but `except`'s: what a console remembers at login, and the
+/// directors the HLS gateway goes on through.
+pub fn listed_directors(records: &[Signed], except: Option<PeerId>) -> Vec<Multiaddr> {
+    let now = now_ms();
+    (records.iter())
+        .filter_map(|signed| StationRecord::verify(signed, now).ok())
+        .filter(|record| Some(record.director) != except)
+        .filter_map(|record| record.addrs.first().cloned())
+        .collect()
 }
 
 /// The remembered directors; empty when the console never logged in.
@@ -172,7 +187,7 @@ mod tests {
     use super::*;
 
     fn addr(port: u16) -> Multiaddr {
-        let peer = libp2p::PeerId::random();
+        let peer = PeerId::random();
         format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
             .parse()
             .expect("a valid multiaddr")

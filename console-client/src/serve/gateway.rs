@@ -17,7 +17,7 @@ use vodmesh_client::DirectorClient;
 use vodmesh_proto::director::ProgramInfo;
 use vodmesh_proto::{ProgramId, SegmentIndex};
 
-use crate::play::{self, Credentials, Session};
+use crate::play::{self, Credentials, Session, SessionError};
 
 /// Segments kept in memory (served or prefetched), at most.
 pub const CACHE_SEGMENTS: usize = 16;
@@ -214,20 +214,8 @@ impl Gateway {
             else {
                 return;
             };
-            let now = vodmesh_proto::time::now_ms();
-            let learned: Vec<Multiaddr> = (records.iter())
-                .filter_map(|signed| {
-                    vodmesh_proto::station::StationRecord::verify(signed, now).ok()
-                })
-                .filter(|r| r.director != me)
-                .filter_map(|r| {
-                    let addr = vodmesh_proto::net::prefer_tcp(&r.addrs)
-                        .into_iter()
-                        .next()?;
-                    Some(vodmesh_proto::net::with_peer(&addr, r.director))
-                })
-                .take(MAX_OTHERS)
-                .collect();
+            let mut learned = crate::remember::listed_directors(&records, Some(me));
+            learned.truncate(MAX_OTHERS);
             if !learned.is_empty()
                 && let Ok(mut others) = others.lock()
             {
@@ -255,7 +243,6 @@ impl Gateway {
         self.sessions.lock().await.open.remove(&program);
     }
 
-    /// The swarm's published programs.
     /// The swarm's published programs. A connection that fails is dropped and the list asked
     /// once more on a fresh one (`node` restarted, or another director of the swarm).
     pub(super) async fn published(&self) -> Result<Vec<ProgramInfo>, Failure> {
@@ -313,12 +300,15 @@ impl Gateway {
             let client = self.client().await?;
             match Session::with_client(client, &self.credentials, id).await {
                 Ok(s) => break Arc::new(s),
-                Err(e) => {
+                // The connection or the directors failed: afresh once. A refusal (not
+                // published, a token refused) would be the same on any connection.
+                Err(e @ (SessionError::Client(_) | SessionError::Ask(_))) => {
                     self.reset().await;
                     if !std::mem::take(&mut again) {
                         return Err(unavailable(e));
                     }
                 }
+                Err(e) => return Err(unavailable(e)),
             }
         };
         let mut sessions = self.sessions.lock().await;
