@@ -203,3 +203,41 @@ fn a_home_restarted_without_bootstrap_rejoins_through_the_directors_it_remembere
     );
     Ok(())
 }
+
+/// `vodmesh status --watch --json` is for programs: each line one JSON object of the swarm,
+/// nothing else on stdout (before, each frame began with a screen clear and a header).
+#[test]
+fn status_watch_json_prints_one_json_object_a_line() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home")).home().start()?;
+    let mut watch = command_in(None, "vodmesh")
+        .args([
+            "status",
+            "--node",
+            &home.addr.to_string(),
+            "--watch",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = watch
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().ok_or_else(|| anyhow::anyhow!("no frame"))??;
+        frames.push(serde_json::from_str::<serde_json::Value>(&line)?);
+    }
+    watch.kill()?;
+    let _ = watch.wait();
+    for frame in frames {
+        let stations = frame["stations"].as_array().map_or(0, Vec::len);
+        assert_eq!(stations, 1, "{frame}");
+        assert_eq!(frame["stations"][0]["answered"], true, "{frame}");
+    }
+    Ok(())
+}
