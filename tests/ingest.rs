@@ -153,6 +153,58 @@ fn an_interrupted_ingest_is_dropped_by_the_station_at_once() -> anyhow::Result<(
     Ok(())
 }
 
+/// `vodmesh ingest --raw` takes a file's bytes as they are, whatever its name says: a `.mp4`
+/// that is no video (a playlist naming a file of this machine, then random bytes) and an
+/// `.m3u8` are each cut into `--segment-size` segments, and played back through the console
+/// each is the file byte for byte. The control: without `--raw` the same `.mp4` is refused
+/// (packaged with ffmpeg, which finds no video, or refused for want of ffmpeg) and nothing
+/// is ingested.
+#[test]
+fn a_file_ingested_raw_plays_back_byte_for_byte_whatever_it_holds() -> anyhow::Result<()> {
+    use vodmesh_tests::cli::{Ingest, Play, subscriber};
+    use vodmesh_tests::process::Node;
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home")).home().start()?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "rae")?;
+    let fake = dir.path().join("fake.mp4");
+    let mut bytes =
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/hostname\n#EXT-X-ENDLIST\n"
+            .to_vec();
+    bytes.extend(random_file(&dir.path().join("random.bin"), 300_000, 14)?);
+    std::fs::write(&fake, &bytes)?;
+    let playlist = dir.path().join("list.m3u8");
+    std::fs::write(
+        &playlist,
+        b"#EXTM3U\n#EXTINF:4.0,\nseg0.ts\n#EXT-X-ENDLIST\n",
+    )?;
+
+    let refused = Ingest::new(&home.addr, &home.key(), "fake", &fake)
+        .publish_now()
+        .command()
+        .output()?;
+    assert!(
+        !refused.status.success(),
+        "a .mp4 that is no video was packaged"
+    );
+    for (source, title, want) in [
+        (&fake, "fake", bytes.as_slice()),
+        (&playlist, "list", &std::fs::read(&playlist)?[..]),
+    ] {
+        let program = Ingest::new(&home.addr, &home.key(), title, source)
+            .publish_now()
+            .segment_size(65_536)
+            .args(&["--raw"])
+            .run()?;
+        let played = Play::new(&console, &home.addr, &program).run()?;
+        assert!(
+            played.bytes == want,
+            "{title}: the played bytes differ from the file"
+        );
+    }
+    Ok(())
+}
+
 /// Sends `signal` (`INT`, `TERM`) to process `pid` with kill(1).
 fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")

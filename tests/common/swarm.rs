@@ -186,6 +186,7 @@ pub fn ingest_options(
         source: source.into(),
         progress: false,
         ladder: Vec::new(),
+        raw: false,
     }
 }
 

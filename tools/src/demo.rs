@@ -148,6 +148,7 @@ pub async fn run(serve: Option<std::net::SocketAddr>) -> Result<()> {
         source,
         progress: false,
         ladder: Vec::new(),
+        raw: false,
     })
     .await?;
     println!(

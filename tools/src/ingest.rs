@@ -64,6 +64,9 @@ pub struct IngestOptions {
     /// Heights of an adaptive-bitrate ladder to encode the video file into (`--ladder`);
     /// empty: the source as it is, one rendition.
     pub ladder: Vec<u32>,
+    /// Cut the source into fixed-size segments whatever it holds (`--raw`): no packaging of
+    /// a video, no playlist parsing.
+    pub raw: bool,
 }
 
 /// Parses `--publish-at`: `now` or an RFC 3339 time.
@@ -96,8 +99,10 @@ pub async fn run_until(
     stop: impl Future<Output = ()>,
 ) -> Result<ProgramInfo> {
     let key = vodmesh_client::identity::load(&opts.key)?;
-    let source = if opts.ladder.is_empty() {
-        let source = opts.source.to_string_lossy();
+    let source = opts.source.to_string_lossy();
+    let source = if opts.raw {
+        crate::source::open_raw(&source, opts.segment_size, opts.bitrate).await?
+    } else if opts.ladder.is_empty() {
         crate::source::open(&source, opts.segment_size, opts.bitrate, &opts.allow_hosts).await?
     } else {
         crate::ladder::open(&opts.source, &opts.ladder).await?

@@ -113,6 +113,11 @@ enum Cmd {
         /// same keyframes, into one program that players switch between segment by segment.
         #[arg(long, value_name = "HEIGHTS", value_delimiter = ',', value_parser = vodmesh_tools::ladder::parse_rung)]
         ladder: Vec<u32>,
+        /// Ingest the source's bytes as they are, cut into --segment-size segments whatever
+        /// it holds: a video file is not packaged (no ffmpeg), a playlist is not followed.
+        /// Played back, the program is the file byte for byte.
+        #[arg(long, conflicts_with = "ladder")]
+        raw: bool,
         /// The source: a media file, an HLS VOD playlist (.m3u8 path or http(s) URL; TS or
         /// fMP4, whose init segment becomes segment 0), or an http(s) URL of a file.
         source: PathBuf,
@@ -509,6 +514,7 @@ async fn run(args: Args) -> Result<()> {
             progress,
             allow_host,
             ladder,
+            raw,
             source,
         } => {
             let publish_at_ms = publish_at
@@ -527,6 +533,7 @@ async fn run(args: Args) -> Result<()> {
                 source,
                 progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ladder,
+                raw,
             };
             // Ctrl-C (or SIGTERM) cancels: the station drops what it took at once.
             let mut stop = vodmesh_client::cli::Stop::install()?;

@@ -195,6 +195,7 @@ pub(crate) async fn ingest_into(
         source: source.clone(),
         progress: false,
         ladder: Vec::new(),
+        raw: false,
     })
     .await
     .with_context(|| format!("ingesting {title}"))?;

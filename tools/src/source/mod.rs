@@ -6,8 +6,9 @@
 //!   when `ffprobe` finds H.264 video and AAC/MP3 audio, else an H.264/AAC encode), and that
 //!   playlist is ingested as below. Without ffmpeg on PATH a video file is refused with a
 //!   message that says so.
-//! - Any other file (local, or downloaded from a URL into a temporary file first) is cut into
-//!   fixed-size segments with durations from a nominal bitrate.
+//! - Any other file (local, or downloaded from a URL into a temporary file first), and any
+//!   source at all with `--raw` ([`open_raw`]), is cut into fixed-size segments with durations
+//!   from a nominal bitrate.
 //! - An HLS media playlist keeps its media segments and their `#EXTINF` durations, so seeking
 //!   by time is exact. With fMP4 media, the `#EXT-X-MAP` initialization segment becomes
 //!   segment 0 with a duration of 0, so the program's segments concatenated in order are a
@@ -471,20 +472,13 @@ pub async fn open(
                 _packaged: None,
             });
         }
-        let file = http_download(&url).await?;
-        if is_video(url.path()) {
-            let mut source = video::packaged(file.path()).await?;
-            source._download = Some(file);
-            return Ok(source);
+        if !is_video(url.path()) {
+            return open_raw(source, segment_size, bitrate).await;
         }
-        let (mut content, pieces) = segment_file(file.path(), segment_size, bitrate).await?;
-        content.content_type = content_type(url.path()).to_string();
-        return Ok(Source {
-            content,
-            pieces,
-            _download: Some(file),
-            _packaged: None,
-        });
+        let file = http_download(&url).await?;
+        let mut source = video::packaged(file.path()).await?;
+        source._download = Some(file);
+        return Ok(source);
     }
     let path = Path::new(source);
     if path.extension().is_some_and(|e| e == "m3u8") {
@@ -508,11 +502,32 @@ pub async fn open(
     if is_video(source) {
         return video::packaged(path).await;
     }
-    let (content, pieces) = segment_file(path, segment_size, bitrate).await?;
+    open_raw(source, segment_size, bitrate).await
+}
+
+/// Opens `source` (a path or an http(s) URL of a file, downloaded first) as plain bytes cut
+/// into segments of `segment_size`, whatever it holds (`vodmesh ingest --raw`, and any file
+/// that is neither a video nor a playlist): no packaging, no playlist parsing, and the
+/// program's segments concatenated are the file. Durations follow from `bitrate`.
+pub async fn open_raw(source: &str, segment_size: u64, bitrate: u64) -> Result<Source> {
+    if !is_url(source) {
+        let (content, pieces) = segment_file(Path::new(source), segment_size, bitrate).await?;
+        return Ok(Source {
+            content,
+            pieces,
+            _download: None,
+            _packaged: None,
+        });
+    }
+    let url = url::Url::parse(source).with_context(|| format!("bad URL {source}"))?;
+    let download = http_download(&url).await?;
+    let (mut content, pieces) = segment_file(download.path(), segment_size, bitrate).await?;
+    // The downloaded file's name is a temporary one: the type follows the URL's path.
+    content.content_type = content_type(url.path()).to_string();
     Ok(Source {
         content,
         pieces,
-        _download: None,
+        _download: Some(download),
         _packaged: None,
     })
 }
