@@ -91,3 +91,78 @@ fn a_console_remembers_its_swarm_and_lists_programs_in_one_form() -> Result<()> 
     assert_eq!(programs(&out)?, tool);
     Ok(())
 }
+
+/// The remembered swarm follows a station that moved: b restarts on another port after the
+/// console logged in; the console's next play (through the home) writes b's new address into
+/// `swarm.json`, so that with the home gone a command without `--node` still reaches the
+/// swarm through b. Before, `swarm.json` was written only at login and held b's old address:
+/// with the home gone, no director answered. The control: the file held b's old address
+/// before the play.
+#[test]
+fn a_play_brings_the_remembered_swarm_up_to_date() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home")).home().ttl(10).start()?;
+    let b = Node::new(&dir.path().join("b"))
+        .enrolled_with(&home)?
+        .ttl(10)
+        .start()?;
+    wait::blocking("the home to see b", Duration::from_secs(30), || {
+        Ok(status::directors(&home.addr)?.contains(&b.peer()))
+    })?;
+    let viewer = dir.path().join("viewer");
+    subscriber(&home.addr, &home.key(), &viewer, "mo")?;
+    // The director address the console keeps for b.
+    let b_peer = b.peer();
+    let kept_b = || -> Result<String> {
+        let file: Value = serde_json::from_slice(&std::fs::read(viewer.join("swarm.json"))?)?;
+        let directors: Vec<String> = serde_json::from_value(file["directors"].clone())?;
+        Ok((directors.into_iter())
+            .find(|a| a.ends_with(&b_peer))
+            .unwrap_or_default())
+    };
+    let old_b = kept_b()?;
+    assert!(!old_b.is_empty(), "the login remembered b");
+    let source = dir.path().join("p.bin");
+    let bytes = random_file(&source, 2 * 256 * KIB, 72)?;
+    Ingest::new(&home.addr, &home.key(), "moving", &source)
+        .publish_now()
+        .segment_size(256 * KIB)
+        .run()?;
+
+    // Restarted on another port (kept running to the end of the test).
+    let _b = b.crash()?.start()?;
+    // b's addresses as the home lists them, once its new record is out.
+    let listed_b = || -> Result<Vec<String>> {
+        let json = status::json_in(None, &home.addr)?;
+        let stations = json["stations"].as_array().context("no stations")?;
+        let b_station = stations
+            .iter()
+            .find(|s| s["director"]["peer_id"] == b_peer.as_str());
+        Ok(b_station
+            .and_then(|s| serde_json::from_value(s["director"]["addrs"].clone()).ok())
+            .unwrap_or_default())
+    };
+    wait::blocking(
+        "the home to list b's new addresses",
+        Duration::from_secs(60),
+        || {
+            let addrs = listed_b()?;
+            Ok(!addrs.is_empty() && !addrs.contains(&old_b))
+        },
+    )?;
+    let b_now = listed_b()?;
+    assert_eq!(
+        kept_b()?,
+        old_b,
+        "the control: nothing wrote b's new address yet"
+    );
+    let played = Play::new(&viewer, &home.addr, "moving")
+        .without_node()
+        .run()?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    assert!(b_now.contains(&kept_b()?), "{} not in {b_now:?}", kept_b()?);
+
+    home.kill()?;
+    run(console(None, &viewer).args(["ls", "--json"]))?;
+    Ok(())
+}

@@ -241,3 +241,28 @@ fn status_watch_json_prints_one_json_object_a_line() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Addresses by name (`/dns4/localhost/...`, resolved through the hosts file): a station
+/// enrolled, bootstrapped and asked with its home station's name joins the swarm, and the
+/// tools reach it by name. Before, every `/dns4` address failed ("Multiaddr is not
+/// supported"): libp2p's DNS transport was not built in.
+#[test]
+fn a_station_joins_and_is_asked_by_a_name() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home")).home().start()?;
+    let named: libp2p::Multiaddr = (home.addr.to_string())
+        .replacen("/ip4/127.0.0.1/", "/dns4/localhost/", 1)
+        .parse()?;
+    anyhow::ensure!(named.to_string().starts_with("/dns4/"), "{named}");
+    let data = dir.path().join("b");
+    let token = vodmesh_tests::cli::enroll_new_station(None, &named, &home.key(), &data, &[])?;
+    let b = Node::new(&data)
+        .bootstrap(&named)
+        .trust(&home.issuer()?)
+        .args(&["--enroll", &token.to_string_lossy()])
+        .start()?;
+    wait::blocking("b to join by name", Duration::from_secs(60), || {
+        Ok(status::directors(&named)?.contains(&b.peer()))
+    })?;
+    Ok(())
+}

@@ -12,7 +12,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Mutex, OnceCell};
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorCode, Request, Response};
-use vodmesh_proto::net::peer_of;
+use vodmesh_proto::net::{dial_first, peer_of};
+use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
@@ -79,7 +80,7 @@ impl Known {
     fn of_record(record: &StationRecord) -> Option<Self> {
         Some(Self {
             director: record.director,
-            addr: record.addrs.first()?.clone(),
+            addr: dial_first(&record.addrs)?.clone(),
             knows_all: record.roles.content_manager || record.roles.home,
         })
     }
@@ -163,15 +164,30 @@ impl Directors {
     /// The live stations of the swarm other than the first, as `client` lists them.
     async fn swarm_of(&self, client: &DirectorClient) -> Option<Vec<Known>> {
         match client.request(Request::Swarm).await {
-            Ok(Response::Swarm(list)) => Some(
-                list.iter()
-                    .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
-                    .filter(|r| r.director != self.first.peer())
-                    .filter_map(|r| Known::of_record(&r))
-                    .collect(),
-            ),
+            Ok(Response::Swarm(list)) => Some(self.others_in(&list)),
             _ => None,
         }
+    }
+
+    /// The stations other than the first that a `Swarm` answer lists (each record verified).
+    fn others_in(&self, list: &[Signed]) -> Vec<Known> {
+        (list.iter())
+            .filter_map(|s| StationRecord::verify(s, now_ms()).ok())
+            .filter(|r| r.director != self.first.peer())
+            .filter_map(|r| Known::of_record(&r))
+            .collect()
+    }
+
+    /// Takes a `Swarm` answer the session asked for anyway (to check a pinned issuer) as the
+    /// swarm learned, so that it is not asked for again.
+    pub(crate) fn seed(&self, list: &[Signed]) {
+        let _ = self.others.set(self.others_in(list));
+    }
+
+    /// The director address of each other station of the swarm, once learned.
+    pub(crate) fn listed(&self) -> Option<Vec<Multiaddr>> {
+        let learned = self.others.get()?;
+        Some(learned.iter().map(|k| k.addr.clone()).collect())
     }
 
     /// The directors to ask besides the first, without waiting: the swarm as learned, else

@@ -311,6 +311,7 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
     let mut credentials =
         play::Credentials::new(key.clone(), token).remembering(remember::known(&home));
     credentials.pinned = pin::load(&home, None)?.map(|(issuer, _)| issuer);
+    credentials.remember_in = Some(home);
     // Refreshed in the background before it expires, without stopping playback.
     background.spawn(play::keep_fresh(
         node.clone(),

@@ -1,6 +1,8 @@
 //! The swarm a console remembers, so that `--node` may be left out: `vodmesh-console login`
 //! keeps the directors it learned (the station it logged in through first, then every other
-//! live station of the swarm) in `$VODMESH_HOME/swarm.json`. Without `--node` a command uses
+//! live station of the swarm) in `$VODMESH_HOME/swarm.json`, and each play brings it up to
+//! date with the swarm it finds ([`refresh`]: a station restarted on another port, one that
+//! joined since). Without `--node` a command uses
 //! `VODMESH_NODE` when it is set (one address, or several separated by commas), else those,
 //! and asks the first that answers: a station that went down since is passed over.
 //!
@@ -13,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use vodmesh_client::files::{FileError, Home, read_small, write_private};
 use vodmesh_client::{ClientError, DirectorClient};
-use vodmesh_proto::net::peer_of;
+use vodmesh_proto::net::{dial_first, peer_of};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
@@ -24,6 +26,9 @@ pub const ENV: &str = "VODMESH_NODE";
 const FILE: &str = "swarm.json";
 /// Largest swarm file read: 10^4 stations' addresses fit well below it.
 const MAX_FILE: u64 = 4 * 1024 * 1024;
+/// The most directors remembered: enough to find a swarm, few enough that a console whose
+/// stations all moved does not spend minutes dialling old addresses.
+const MAX_KEPT: usize = 64;
 /// How long one director may take to answer before the next is tried (a frozen station
 /// accepts connections and answers nothing).
 const DIAL_WAIT: Duration = Duration::from_secs(5);
@@ -90,6 +95,50 @@ pub fn save(home: &Home, directors: &[Multiaddr]) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// Brings the remembered swarm of the console at `home` up to date with the director
+/// addresses of the stations a play found `listed`, so that a later command without
+/// `--node` finds stations that moved to new addresses (a restart on another port) or joined
+/// since the login. Only a console that remembers a swarm (it logged in) is written to, and
+/// only when something changed. Whether the file was rewritten.
+pub fn refresh(home: &Home, listed: &[Multiaddr]) -> Result<bool, Error> {
+    if !path(home).exists() {
+        return Ok(false);
+    }
+    let old = load(home)?;
+    let new = merged(&old, listed);
+    if new == old {
+        return Ok(false);
+    }
+    save(home, &new)?;
+    Ok(true)
+}
+
+/// `old` with each director's address replaced by the one `listed` gives for it, in the same
+/// order (the one logged in through stays first), then the directors `listed` adds; one kept
+/// that is not listed now (down, or the one asked) stays. At most [`MAX_KEPT`].
+fn merged(old: &[Multiaddr], listed: &[Multiaddr]) -> Vec<Multiaddr> {
+    let listed: Vec<(PeerId, &Multiaddr)> = (listed.iter())
+        .filter_map(|a| Some((peer_of(a)?, a)))
+        .collect();
+    let now = |peer| listed.iter().find(|(p, _)| *p == peer).map(|(_, a)| *a);
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    for addr in old {
+        if let Some(peer) = peer_of(addr)
+            && seen.insert(peer)
+        {
+            kept.push(now(peer).unwrap_or(addr).clone());
+        }
+    }
+    for (peer, addr) in &listed {
+        if seen.insert(*peer) {
+            kept.push((*addr).clone());
+        }
+    }
+    kept.truncate(MAX_KEPT);
+    kept
+}
+
 /// The first address of each live station's director a `Swarm` answer lists (its signed
 /// records, each verified), but `except`'s: what a console remembers at login, and the
 /// directors the HLS gateway goes on through.
@@ -98,7 +147,7 @@ pub fn listed_directors(records: &[Signed], except: Option<PeerId>) -> Vec<Multi
     (records.iter())
         .filter_map(|signed| StationRecord::verify(signed, now).ok())
         .filter(|record| Some(record.director) != except)
-        .filter_map(|record| record.addrs.first().cloned())
+        .filter_map(|record| dial_first(&record.addrs).cloned())
         .collect()
 }
 
@@ -191,6 +240,22 @@ mod tests {
         format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
             .parse()
             .expect("a valid multiaddr")
+    }
+
+    #[test]
+    fn a_refresh_moves_a_known_director_adds_new_ones_and_keeps_the_order() {
+        let (first, moved, down) = (addr(1), addr(2), addr(3));
+        let peer = peer_of(&moved).unwrap();
+        let moved_now: Multiaddr = format!("/ip4/127.0.0.1/tcp/9/p2p/{peer}").parse().unwrap();
+        let joined = addr(4);
+        let old = vec![first.clone(), moved, down.clone()];
+        let new = merged(&old, &[joined.clone(), moved_now.clone()]);
+        assert_eq!(new, vec![first, moved_now, down, joined]);
+        // Control: nothing listed, nothing changes.
+        assert_eq!(merged(&old, &[]), old);
+        // Bounded.
+        let many: Vec<Multiaddr> = (0..100).map(addr).collect();
+        assert_eq!(merged(&old, &many).len(), MAX_KEPT);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use tokio::task::JoinSet;
-use vodmesh_client::files::write_private;
+use vodmesh_client::files::{Home, write_private};
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::{Manifest, ManifestError};
@@ -76,6 +76,10 @@ pub struct Credentials {
     /// The issuer the console pinned ([`crate::pin`]): a program's manifest must be signed
     /// by a content manager it certified. `None`: no manifest signer is checked.
     pub pinned: Option<IssuerKey>,
+    /// The console's home, whose remembered swarm ([`crate::remember`]) is brought up to date
+    /// with the swarm a play learns: stations that moved to new addresses or joined. `None`:
+    /// nothing is written (the HLS gateway).
+    pub remember_in: Option<Home>,
 }
 
 impl Credentials {
@@ -86,6 +90,7 @@ impl Credentials {
             token: Arc::new(RwLock::new(Some(token))),
             swarm: Vec::new(),
             pinned: None,
+            remember_in: None,
         }
     }
 
@@ -152,6 +157,19 @@ pub async fn published(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>,
         .collect())
 }
 
+/// Brings the swarm the console at `home` remembers up to date with what `directors` learned
+/// (nothing without a home, or before the swarm is learned).
+fn remember(home: Option<&Home>, directors: &Directors) {
+    let (Some(home), Some(listed)) = (home, directors.listed()) else {
+        return;
+    };
+    match crate::remember::refresh(home, &listed) {
+        Ok(true) => tracing::debug!("the remembered swarm brought up to date"),
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "the remembered swarm is not brought up to date"),
+    }
+}
+
 /// An open program: its verified manifest and the directors to ask for its segments. Used
 /// by `play` and by anything else that fetches segments (the HLS gateway).
 pub struct Session {
@@ -196,13 +214,18 @@ impl Session {
             };
             let chain = (manifest.content_manager, via);
             crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
+            // The swarm is learned with it: not asked for again below.
+            directors.seed(&records);
+            remember(credentials.remember_in.as_ref(), &directors);
         }
         // Learn the rest of the swarm now, while the first director answers: if its station
         // goes down mid-play, the console carries on with the others.
         let mut learning = JoinSet::new();
         let learn = directors.clone();
+        let home = credentials.remember_in.clone();
         learning.spawn(async move {
             learn.learn().await;
+            remember(home.as_ref(), &learn);
         });
         Ok(Self {
             // Without an identity, the director client made a fresh one: no token matches

@@ -91,13 +91,14 @@ const _: () = assert!(YAMUX_SPLIT_SEND_SIZE <= 1024 * 1024);
 #[error("building the libp2p swarm: {0}")]
 pub struct BuildError(String);
 
-/// Builds a swarm on TCP (TLS, else noise; + yamux) and QUIC for `key`, with the behaviour
-/// `make` returns.
+/// Builds a swarm on TCP (TLS, else noise; + yamux) and QUIC for `key`, names in addresses
+/// resolved by DNS ([`resolver_config`]), with the behaviour `make` returns.
 pub fn build_swarm<B, F>(key: Keypair, make: F) -> Result<Swarm<B>, BuildError>
 where
     B: NetworkBehaviour,
     F: FnOnce(&Keypair) -> B,
 {
+    let resolver = resolver_config();
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -109,12 +110,24 @@ where
         )
         .map_err(|e| BuildError(e.to_string()))?
         .with_quic()
+        .with_dns_config(resolver.0, resolver.1)
         .with_behaviour(|k| make(k))
         .map_err(|e| BuildError(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .with_connection_timeout(CONNECTION_TIMEOUT)
         .build();
     Ok(swarm)
+}
+
+/// How the names of `/dns`, `/dns4` and `/dns6` addresses are resolved: as the system says
+/// (`/etc/resolv.conf`, then the hosts file), or, where that cannot be read, by the hosts file
+/// alone (`localhost` and the names it lists) rather than not at all.
+fn resolver_config() -> (libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts) {
+    hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "no system resolver configuration: names resolve by the hosts file alone");
+        let hosts_only = libp2p::dns::ResolverConfig::from_parts(None, Vec::new(), Vec::new());
+        (hosts_only, libp2p::dns::ResolverOpts::default())
+    })
 }
 
 /// The TLS 1.3 cipher suites this process's handshakes negotiated (TCP+TLS and QUIC, both
@@ -185,6 +198,13 @@ pub fn prefer_tcp(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
     if tcp.is_empty() { addrs.to_vec() } else { tcp }
 }
 
+/// The one address to dial a peer by, of those it announced: its first TCP address, else its
+/// first. A station that went down refuses a TCP dial at once, where a QUIC one waits for the
+/// handshake time-out ([`CONNECTION_TIMEOUT`]).
+pub fn dial_first(addrs: &[Multiaddr]) -> Option<&Multiaddr> {
+    addrs.iter().find(|a| is_tcp(a)).or(addrs.first())
+}
+
 /// `addrs` reordered TCP first, each group in its order: a dead QUIC address stalls for its
 /// handshake time-out, a dead TCP one fails at once.
 pub fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
@@ -231,6 +251,13 @@ mod tests {
         assert!(is_tcp(&tcp) && !is_tcp(&quic));
         assert_eq!(prefer_tcp(&[quic.clone(), tcp.clone()]), vec![tcp.clone()]);
         assert_eq!(prefer_tcp(std::slice::from_ref(&quic)), vec![quic.clone()]);
-        assert_eq!(tcp_first(vec![quic.clone(), tcp.clone()]), vec![tcp, quic]);
+        assert_eq!(
+            tcp_first(vec![quic.clone(), tcp.clone()]),
+            vec![tcp.clone(), quic.clone()]
+        );
+        assert_eq!(dial_first(&[quic.clone(), tcp.clone()]), Some(&tcp));
+        // Control: with no TCP address, the first of them.
+        assert_eq!(dial_first(std::slice::from_ref(&quic)), Some(&quic));
+        assert_eq!(dial_first(&[]), None);
     }
 }

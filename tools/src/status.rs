@@ -25,7 +25,7 @@ pub struct StationStatus {
 pub async fn fetch(node: &Multiaddr) -> Result<Vec<StationStatus>> {
     let records = stations(node).await?;
     let asks = records.into_iter().map(|record| async move {
-        let fresh = match record.addrs.first() {
+        let fresh = match vodmesh_proto::net::dial_first(&record.addrs) {
             Some(addr) => tokio::time::timeout(std::time::Duration::from_secs(2), async {
                 let client = DirectorClient::connect(addr, None).await.ok()?;
                 let activity = match client.request(Request::Activity).await.ok()? {
