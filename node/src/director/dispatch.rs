@@ -52,7 +52,9 @@ impl Director {
         let reply = match request {
             Request::Station => {
                 let counters = self.metrics.counters();
-                let signed = ctx.me.record(ctx.engines, counters).sign(&ctx.me.key);
+                let signed = (self.station_answer).get(std::time::Instant::now(), || {
+                    ctx.me.record(ctx.engines, counters).sign(&ctx.me.key)
+                });
                 Some((channel, Response::Station(signed)))
             }
             Request::Swarm => {
@@ -189,5 +191,64 @@ impl Director {
         if let Some(reply) = reply {
             self.reply(reply);
         }
+    }
+}
+
+/// How long one signed record of this station answers `Station` requests.
+const STATION_ANSWER_FOR: Duration = Duration::from_millis(250);
+
+/// This station's signed record as `Station` requests are answered (anyone may ask): signed
+/// again at most every [`STATION_ANSWER_FOR`], so that a peer asking in a loop costs a copy,
+/// not a record built and signed for each request.
+#[derive(Default)]
+pub(super) struct StationAnswer(Option<(std::time::Instant, Signed)>);
+
+impl StationAnswer {
+    /// The record signed less than [`STATION_ANSWER_FOR`] before `now`, else the one `sign`
+    /// makes now.
+    fn get(&mut self, now: std::time::Instant, sign: impl FnOnce() -> Signed) -> Signed {
+        if let Some((at, signed)) = &self.0
+            && now.saturating_duration_since(*at) < STATION_ANSWER_FOR
+        {
+            return signed.clone();
+        }
+        let signed = sign();
+        self.0 = Some((now, signed.clone()));
+        signed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(n: u8) -> Signed {
+        Signed {
+            payload: vec![n].into(),
+            public_key: Vec::new().into(),
+            signature: Vec::new().into(),
+        }
+    }
+
+    #[test]
+    fn a_station_answer_is_signed_again_only_after_a_quarter_second() {
+        let mut answer = StationAnswer::default();
+        let t0 = std::time::Instant::now();
+        let mut signed_count = 0;
+        let mut at = |answer: &mut StationAnswer, after_ms: u64| {
+            let now = t0 + Duration::from_millis(after_ms);
+            answer.get(now, || {
+                signed_count += 1;
+                signed(signed_count)
+            })
+        };
+        // A burst within 250 ms: one signature.
+        for ms in [0, 1, 100, 249] {
+            assert_eq!(at(&mut answer, ms), signed(1), "at {ms} ms");
+        }
+        // The control: past it, a fresh record.
+        assert_eq!(at(&mut answer, 250), signed(2));
+        assert_eq!(at(&mut answer, 400), signed(2));
+        assert_eq!(at(&mut answer, 600), signed(3));
     }
 }

@@ -122,6 +122,9 @@ struct Director {
     tasks: Tasks<Reply>,
     /// Requests of peers not known as members yet, back once their record was looked up.
     admitting: Tasks<Deferred>,
+    /// This station's record as `Station` requests are answered, signed a few times a second
+    /// at most.
+    station_answer: dispatch::StationAnswer,
     /// Whether the station drains; set by the station or by an admin's `Drain`.
     draining: watch::Sender<bool>,
     /// Requests of the HTTP edge, on a player's behalf.

@@ -294,6 +294,7 @@ pub async fn start(
         bootstrap_peers,
         remembered,
         remembered_peers,
+        station_answer: Default::default(),
         play: Play::default(),
         miss: Misses::default(),
         replicate: Replicating::default(),
