@@ -13,7 +13,7 @@ use serde_json::Value;
 use vodmesh_tests::cli::{Ingest, Play, console, refusal, run, subscriber, vodmesh};
 use vodmesh_tests::http::get;
 use vodmesh_tests::media::{Gateway, random_file};
-use vodmesh_tests::process::Node;
+use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::{status, wait};
 
 const KIB: usize = 1024;
@@ -24,17 +24,28 @@ fn programs(json: &str) -> Result<Value> {
     Ok(value["programs"].clone())
 }
 
-#[test]
-fn a_console_remembers_its_swarm_and_lists_programs_in_one_form() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let home = Node::new(&dir.path().join("home")).home().ttl(10).start()?;
-    let b = Node::new(&dir.path().join("b"))
+/// A home station and station b enrolled with it (under `dir`), once each lists the other.
+fn home_and_b(dir: &std::path::Path) -> Result<(NodeProcess, NodeProcess)> {
+    let home = Node::new(&dir.join("home")).home().ttl(10).start()?;
+    let b = Node::new(&dir.join("b"))
         .enrolled_with(&home)?
         .ttl(10)
         .start()?;
-    wait::blocking("b to see the home", Duration::from_secs(30), || {
-        Ok(status::directors(&b.addr)?.contains(&home.peer()))
-    })?;
+    wait::blocking(
+        "the stations to see each other",
+        Duration::from_secs(30),
+        || {
+            Ok(status::directors(&b.addr)?.contains(&home.peer())
+                && status::directors(&home.addr)?.contains(&b.peer()))
+        },
+    )?;
+    Ok((home, b))
+}
+
+#[test]
+fn a_console_remembers_its_swarm_and_lists_programs_in_one_form() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (home, b) = home_and_b(dir.path())?;
     // The subscriber logs in through b: the auth server is found through the swarm.
     let viewer = dir.path().join("viewer");
     subscriber(&b.addr, &home.key(), &viewer, "finn")?;
@@ -101,14 +112,7 @@ fn a_console_remembers_its_swarm_and_lists_programs_in_one_form() -> Result<()> 
 #[test]
 fn a_play_brings_the_remembered_swarm_up_to_date() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let home = Node::new(&dir.path().join("home")).home().ttl(10).start()?;
-    let b = Node::new(&dir.path().join("b"))
-        .enrolled_with(&home)?
-        .ttl(10)
-        .start()?;
-    wait::blocking("the home to see b", Duration::from_secs(30), || {
-        Ok(status::directors(&home.addr)?.contains(&b.peer()))
-    })?;
+    let (home, b) = home_and_b(dir.path())?;
     let viewer = dir.path().join("viewer");
     subscriber(&home.addr, &home.key(), &viewer, "mo")?;
     // The director address the console keeps for b.
