@@ -1,17 +1,21 @@
 //! Distribution (claim 12): `--replicas 2` puts complete, verified copies of a 64 MiB program
 //! on two other stations, following the claim's messages in order; the registry then lists
-//! those stations as holders.
+//! those stations as holders. A station too small for a program is passed over for one with
+//! room, a shortfall is counted, and a `Replicate` that does not fit is refused at once.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use vodmesh_client::DirectorClient;
+use vodmesh_client::director::DirectorError;
 use vodmesh_node::Station;
 use vodmesh_node::events::{Event, Kind};
-use vodmesh_proto::SegmentIndex;
+use vodmesh_proto::director::{ErrorCode, Request, Response};
+use vodmesh_proto::{ProgramId, SegmentIndex};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::{engine_segments, held_elsewhere};
-use vodmesh_tests::swarm::{self, ingest_options, init_logging, wait_listed};
+use vodmesh_tests::swarm::{self, counter, ingest_options, init_logging, wait_listed};
 use vodmesh_tests::wait;
 use vodmesh_tools::ingest::{self, IngestOptions};
 
@@ -240,5 +244,160 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
             assert!(segments.is_empty(), "the third station holds nothing");
         }
     }
+    Ok(())
+}
+
+const MIB: usize = 1024 * 1024;
+
+/// The directors that report `kind` for `program` in `log`.
+fn reporting(log: &[Event], program: ProgramId, kind: &Kind) -> BTreeSet<PeerId> {
+    (log.iter())
+        .filter(|e| e.program == program && e.kind == *kind)
+        .map(|e| e.peer)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_too_small_for_a_program_is_passed_over_for_one_with_room() -> anyhow::Result<()>
+{
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir).home().start().await?;
+    // `small` is alone in its region, so it is asked early, and holds 2 MiB; c and d are
+    // bounded only by their disks.
+    let mut others = Vec::new();
+    for (name, region, capacity) in [("small", "eu", 2 * MIB), ("c", "us", 0), ("d", "us", 0)] {
+        let station = swarm::station(dir.path().join(name)).with(|c| {
+            c.region = Some(region.into());
+            c.capacity = capacity as u64;
+        });
+        others.push(station.enrolled_with(&home, &home_dir).start().await?);
+    }
+    let (small, c, d) = (
+        others[0].peer_id(),
+        others[1].peer_id(),
+        others[2].peer_id(),
+    );
+    let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
+        .chain(others.iter().map(Station::peer_id))
+        .collect();
+    wait_listed(
+        "every station listed",
+        &[&home],
+        &all,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let sink = vodmesh_node::events::sink();
+    for s in std::iter::once(&home).chain(&others) {
+        s.send_events_to(&sink);
+    }
+    let mut events = sink.subscribe();
+    let mut log: Vec<Event> = Vec::new();
+    let key = home_dir.join("identity.key");
+    // Ingests `len` bytes with `replicas` and waits until the content manager placed them
+    // and as many stations hold a complete replica as it placed.
+    let mut distribute = async |title: &str, len: usize, replicas: u32| {
+        let source = dir.path().join(format!("{title}.bin"));
+        random_file(&source, len, u64::from(replicas) + len as u64)?;
+        let program = ingest::run(&IngestOptions {
+            replicas,
+            segment_size: 256 * 1024,
+            ..ingest_options(&home, &key, title, &source)
+        })
+        .await?
+        .program;
+        let what = format!("{title}: its replicas placed and complete");
+        wait::events(
+            &mut events,
+            &mut log,
+            &what,
+            Duration::from_secs(60),
+            |log| {
+                let placed = log.iter().find_map(|e| match e.kind {
+                    Kind::ReplicasPlaced { placed, .. } if e.program == program => Some(placed),
+                    _ => None,
+                });
+                placed.is_some_and(|p| {
+                    reporting(log, program, &Kind::ReplicaComplete).len() == p as usize
+                })
+            },
+        )
+        .await?;
+        anyhow::Ok(program)
+    };
+
+    // Control: a program that fits goes to the small station first (a new region).
+    let fits = distribute("fits", MIB, 2).await?;
+    // One that does not: the small station is passed over, c and d take it.
+    let big = distribute("big", 4 * MIB, 2).await?;
+    // Three wanted, two stations with room: one is unplaced, and counted.
+    let short = distribute("short", 3 * MIB, 3).await?;
+    let complete = |p| reporting(&log, p, &Kind::ReplicaComplete);
+    assert!(complete(fits).contains(&small), "{:?}", complete(fits));
+    assert_eq!(complete(big), BTreeSet::from([c, d]));
+    assert_eq!(complete(short), BTreeSet::from([c, d]));
+    let home_told = |p, (wanted, placed)| {
+        let kind = Kind::ReplicasPlaced { wanted, placed };
+        reporting(&log, p, &kind) == BTreeSet::from([home.peer_id()])
+    };
+    assert!(home_told(fits, (2, 2)) && home_told(big, (2, 2)) && home_told(short, (3, 2)));
+    let sent_small = Kind::ReplicateSent { target: small };
+    assert!(
+        reporting(&log, big, &sent_small).is_empty(),
+        "passed over by its record"
+    );
+    wait::until(
+        "one replica counted unplaced",
+        Duration::from_secs(10),
+        || async { Ok(counter(&home, "vodmesh_replicas_unplaced_total")? == 1) },
+    )
+    .await?;
+
+    // A `Replicate` larger than the small station's room is refused at once and counted; one
+    // that fits, and one of unknown size (an older content manager), are taken.
+    let home_key = vodmesh_node::identity::load_or_create(&key)?;
+    let client = DirectorClient::connect(others[0].addr(), Some(home_key)).await?;
+    let replicate = |program, size| Request::Replicate {
+        program,
+        source: home.peer_id(),
+        source_addrs: vec![home.addr().clone()],
+        size,
+    };
+    let declined = async || match client.call(Request::Activity).await? {
+        Response::Activity(a) => anyhow::Ok(a.copies_declined),
+        other => anyhow::bail!("not an activity: {other:?}"),
+    };
+    let before = declined().await?;
+    let (too_big, fitting, unknown) = (ProgramId([1; 32]), ProgramId([2; 32]), ProgramId([3; 32]));
+    match client.call(replicate(too_big, 3 * MIB as u64)).await {
+        Err(DirectorError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Full, "{e}");
+            assert!(e.message.starts_with("no room"), "{e}");
+        }
+        other => anyhow::bail!("a replica too big for the station was not refused: {other:?}"),
+    }
+    assert_eq!(
+        client.call(replicate(fitting, MIB as u64)).await?,
+        Response::Ok
+    );
+    assert_eq!(client.call(replicate(unknown, 0)).await?, Response::Ok);
+    assert_eq!(declined().await?, before + 1);
+
+    // What the stores hold: the big program whole on c and d, nothing of it on the small
+    // station; the small station's journal holds the replicas it took, not the one refused.
+    home.shutdown().await;
+    for s in others {
+        s.shutdown().await;
+    }
+    for (name, holds) in [("small", 0), ("c", 16), ("d", 16)] {
+        let (segments, _) = engine_segments(&dir.path().join(name), 1, big).await?;
+        assert_eq!(segments.len(), holds, "{name}");
+    }
+    let kept = vodmesh_node::content::Catalog::open(&dir.path().join("small/kept.redb"))?;
+    let journaled: BTreeSet<ProgramId> =
+        kept.open_replicas()?.into_iter().map(|(p, _)| p).collect();
+    assert_eq!(journaled, BTreeSet::from([fitting, unknown]));
     Ok(())
 }

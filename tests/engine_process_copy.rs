@@ -180,7 +180,7 @@ async fn without_enrollment_an_engine_process_copies_nothing_and_the_holder_serv
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 2 * 1024 * 1024 + 3, 19)?;
     let program = ingest(&home, "refused", &source, 1)?;
-    home.wait_log("distribution: not enough stations", Duration::from_secs(30))?;
+    home.wait_log("1 replicas wanted, 0 placed", Duration::from_secs(30))?;
 
     // Played through the station: it cannot copy, so the holder serves the console.
     let played = Play::new(&console, &station.addr, &program).run()?;

@@ -126,6 +126,7 @@ async fn station_requests_of_non_members_are_refused_and_members_are_served() ->
         program,
         source,
         source_addrs: vec![],
+        size: 0,
     };
     let locate_copy = Request::LocateCopy {
         program,

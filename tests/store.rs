@@ -646,18 +646,24 @@ async fn a_copy_into_a_full_station_evicts_or_the_console_goes_to_the_holder() -
         "{c_status}"
     );
 
-    // A replica that does not fit in b (8 MiB against 6 MiB free or evictable) is declined
-    // and counted before any segment is copied: b keeps what it holds.
+    // A replica that does not fit in b (8 MiB against 6 MiB free or evictable) is not asked
+    // of it (its record shows its room; it would refuse at once) and no other station has
+    // room (c is a home): the content manager counts it unplaced, b keeps what it holds.
     let big = root.join("big.bin");
     random_file(&big, 8 * MIB, 50)?;
     ingest_ok(&ingest(&home, "big", &big).segment_size(2 * MIB).replicas(1)).await?;
-    wait::until("b declines the replica", Duration::from_secs(60), || {
-        let declined = status::station(&b.addr)
-            .is_ok_and(|s| s["activity"]["copies_declined"].as_u64() == Some(1));
-        async move { Ok(declined) }
-    })
+    wait::until(
+        "the replica counted unplaced",
+        Duration::from_secs(60),
+        || {
+            let unplaced = status::station(&home.addr)
+                .is_ok_and(|s| s["activity"]["replicas_unplaced"].as_u64() == Some(1));
+            async move { Ok(unplaced) }
+        },
+    )
     .await?;
     assert_eq!(used_bytes(&b.addr)?, vec![6 * MIB as u64]);
+    assert_eq!(status::station(&b.addr)?["activity"]["copies_declined"], 0);
 
     // What the stores hold: b all of p1 and one segment of p0, c nothing of p0.
     assert!(b.terminate()?);

@@ -83,6 +83,15 @@ pub enum Kind {
         /// Its copies that failed verification lately, this one included.
         failures: u32,
     },
+    /// The content manager ended the program's distribution: `placed` of the `wanted`
+    /// replicas went to stations that took them (the others declined, or did not answer, or
+    /// there were too few stations with room).
+    ReplicasPlaced {
+        /// `--replicas`.
+        wanted: u32,
+        /// Stations that took one.
+        placed: u32,
+    },
 }
 
 /// One event.

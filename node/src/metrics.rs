@@ -62,6 +62,7 @@ struct Inner {
     swaps: Counter,
     source_failovers: Counter,
     copies_declined: Counter,
+    replicas_unplaced: Counter,
     refusals: Family<Kind, Counter>,
     dht_queries: Family<Kind, Counter>,
     dht_started: Counter,
@@ -103,6 +104,7 @@ impl Metrics {
             swaps: Counter::default(),
             source_failovers: Counter::default(),
             copies_declined: Counter::default(),
+            replicas_unplaced: Counter::default(),
             refusals: Family::default(),
             dht_queries: Family::default(),
             dht_started: Counter::default(),
@@ -194,6 +196,11 @@ impl Metrics {
             inner.copies_declined.clone(),
         );
         r.register(
+            "replicas_unplaced",
+            "Replicas asked for (ingest --replicas) that no other station with room took (content manager)",
+            inner.replicas_unplaced.clone(),
+        );
+        r.register(
             "token_refusals",
             "Requests refused for want of a valid token, by kind (stream: console token, copy: engine token)",
             inner.refusals.clone(),
@@ -276,6 +283,7 @@ impl Metrics {
         set(&m.swaps, activity.swaps);
         set(&m.source_failovers, activity.source_failovers);
         set(&m.copies_declined, activity.copies_declined);
+        set(&m.replicas_unplaced, activity.replicas_unplaced);
         for (family, label, value) in [
             (&m.streams_stopped, "complete", activity.stops_complete),
             (&m.streams_stopped, "early", activity.stops_early),
@@ -663,6 +671,7 @@ mod tests {
             stops_complete: 1,
             refused_streams: 4,
             copies_declined: 3,
+            replicas_unplaced: 2,
             ..Default::default()
         };
         m.sync_director(&activity, &[]);
@@ -677,6 +686,7 @@ mod tests {
             "vodmesh_streams_stopped_total{kind=\"complete\"} 1",
             "vodmesh_token_refusals_total{kind=\"stream\"} 4",
             "vodmesh_copies_declined_total 3",
+            "vodmesh_replicas_unplaced_total 2",
             "vodmesh_dht_queries_total{kind=\"get_record\"} 1",
             "vodmesh_dht_query_seconds_count 1",
         ] {

@@ -104,7 +104,9 @@ pub enum Request {
     },
     /// From a content manager to a station chosen to hold a copy: fetch every segment of
     /// `program` from the station of director `source` (claim 12). Answered with
-    /// [`Response::Ok`] at once; the copy runs afterwards.
+    /// [`Response::Ok`] at once; the copy runs afterwards. A station whose engines have less
+    /// room than `size` refuses at once ([`ErrorCode::Full`]): the content manager asks
+    /// another.
     Replicate {
         /// The program.
         program: ProgramId,
@@ -112,6 +114,10 @@ pub enum Request {
         source: PeerId,
         /// Its addresses.
         source_addrs: Vec<Multiaddr>,
+        /// The program's total bytes; 0 (from a content manager of an older version): not
+        /// known, the station finds out from the manifest.
+        #[serde(default)]
+        size: u64,
     },
     /// From a seeking director to a source director: which engine holds segment `index`,
     /// to copy it from (claim 12)? Answered with [`Response::Located`].
@@ -365,6 +371,10 @@ pub struct Activity {
     /// full with nothing evictable; a console was sent to a holder instead.
     #[serde(default)]
     pub copies_declined: u64,
+    /// Replicas a content manager was asked for (`--replicas N`) and could not place: no
+    /// other station with room took them (each program counts its shortfall).
+    #[serde(default)]
+    pub replicas_unplaced: u64,
 }
 
 /// Why a request failed.
@@ -444,6 +454,7 @@ mod tests {
                 program,
                 source: PeerId::random(),
                 source_addrs: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+                size: 5 << 20,
             },
             Request::Drain {
                 drain: true,
@@ -479,6 +490,32 @@ mod tests {
             let b = encode(&resp);
             assert_eq!(decode::<Response>(&b, LIMITS.response).unwrap(), resp);
         }
+    }
+
+    #[test]
+    fn a_replicate_of_an_older_content_manager_has_no_size() {
+        /// `Replicate` as content managers sent it before it carried the program's size.
+        #[derive(Serialize)]
+        enum Older {
+            Replicate {
+                program: ProgramId,
+                source: PeerId,
+                source_addrs: Vec<Multiaddr>,
+            },
+        }
+        let (program, source) = (ProgramId([3; 32]), PeerId::random());
+        let older = encode(&Older::Replicate {
+            program,
+            source,
+            source_addrs: vec![],
+        });
+        let want = Request::Replicate {
+            program,
+            source,
+            source_addrs: vec![],
+            size: 0,
+        };
+        assert_eq!(decode::<Request>(&older, LIMITS.request).unwrap(), want);
     }
 
     #[test]

@@ -200,6 +200,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         frame(0, codec::encode(&director::Request::Manifest { program })),
         frame(
             0,
+            codec::encode(&director::Request::Replicate {
+                program,
+                source: peer,
+                source_addrs: Vec::new(),
+                size: content.total_size(),
+            }),
+        ),
+        frame(
+            0,
             codec::encode(&director::Request::IngestBegin {
                 content: content.clone(),
                 publish_at_ms: Some(5),

@@ -112,6 +112,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                     "refused_streams": a.refused_streams,
                     "refused_copies": a.refused_copies,
                     "copies_declined": a.copies_declined,
+                    "replicas_unplaced": a.replicas_unplaced,
                 })),
             })
         })
@@ -313,6 +314,13 @@ pub fn to_text(stations: &[StationStatus]) -> String {
                 a.refused_copies,
                 a.copies_declined
             );
+            if a.replicas_unplaced > 0 {
+                let _ = writeln!(
+                    out,
+                    "  REPLICAS UNPLACED {}: asked for by ingest --replicas, no other station with room took them",
+                    a.replicas_unplaced
+                );
+            }
         }
         for e in &s.engines {
             let _ = writeln!(

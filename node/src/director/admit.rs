@@ -134,6 +134,7 @@ mod tests {
                     program,
                     source: libp2p::PeerId::random(),
                     source_addrs: vec![],
+                    size: 0,
                 },
                 Needs::ContentManager,
             ),

@@ -401,18 +401,31 @@ pub(super) fn penalise(
     (penalised.into_iter()).map(|(_, c, h)| (c, h)).collect()
 }
 
-/// Picks up to `n` stations to hold replicas of a program (claim 12) among live stations:
-/// never `exclude` nor a home station, only stations with engines up, most free capacity
-/// first, and new regions before regions already chosen.
+/// What `engines` could take for copies (which are caches): free room and what eviction may
+/// free, summed over those up; `None` when one of them is bounded only by its disks. What a
+/// content manager reads in a station record, and what the station itself checks a replica
+/// against.
+pub(super) fn room<'e>(engines: impl IntoIterator<Item = &'e EngineInfo>) -> Option<u64> {
+    (engines.into_iter().filter(|e| e.up)).try_fold(0u64, |sum, e| {
+        e.room_for_copies().map(|r| sum.saturating_add(r))
+    })
+}
+
+/// Every station that may hold a replica of a program of `size` bytes (claim 12), in the
+/// order to ask them: among live stations, never `exclude` nor a home station, only stations
+/// with engines up whose [`room`] (as their records say) takes the program; most free
+/// capacity first, and new regions before regions already chosen. The content manager asks
+/// them in turn until enough took one.
 pub(super) fn replica_targets(
     stations: &[StationRecord],
     exclude: &[PeerId],
-    n: usize,
+    size: u64,
 ) -> Vec<StationRecord> {
     let mut candidates: Vec<(u64, &StationRecord)> = stations
         .iter()
         .filter(|s| !exclude.contains(&s.director) && !s.roles.home)
         .filter(|s| s.engines.iter().any(|e| e.up))
+        .filter(|s| room(&s.engines).is_none_or(|room| room >= size))
         .map(|s| {
             let free = s
                 .engines
@@ -426,12 +439,9 @@ pub(super) fn replica_targets(
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.director.cmp(&b.1.director)));
     let mut chosen: Vec<StationRecord> = Vec::new();
     let mut regions: HashSet<Option<String>> = HashSet::new();
-    // First pass: one per region; second pass: fill up.
+    // First pass: one per region; second pass: the rest.
     for pass in 0..2 {
         for (_, s) in &candidates {
-            if chosen.len() >= n {
-                return chosen;
-            }
             if chosen.iter().any(|c| c.director == s.director) {
                 continue;
             }

@@ -80,7 +80,8 @@ impl Director {
                             signed,
                         } = *committed;
                         self.publish.announce(&mut ctx, &record, signed);
-                        (self.replicate).distribute(&ctx, record.program, record.replicas);
+                        let replicas = (record.replicas, info.size);
+                        (self.replicate).distribute(&ctx, record.program, replicas);
                         Response::Program(info)
                     }
                     Err(e) => Response::Error(e.into()),
@@ -163,9 +164,10 @@ impl Director {
                 program,
                 source,
                 source_addrs,
+                size,
             } => {
                 let source = (source, source_addrs);
-                let started = self.replicate.replicate(&ctx, peer, program, source);
+                let started = (self.replicate).replicate(&mut ctx, peer, program, source, size);
                 Some((channel, respond(started, |()| Response::Ok)))
             }
             Request::LocateCopy {

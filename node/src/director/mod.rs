@@ -11,6 +11,7 @@
 //! - [`play`]: a console's `Locate`, swaps and exchanges (claims 16-22);
 //! - [`miss`]: segments this station does not hold, copied from the cheapest holder (14, 15);
 //! - [`replicate`]: replicas between stations (12) and overload replications (19, 20);
+//!   [`distribute`]: the content manager placing a program's replicas (12);
 //! - [`publish`]: publish times, catalog records learned, `Playable`, the catalog's views
 //!   ([`catalog`]: `Programs`, `Held`, `Manifest` from any station that holds a program,
 //!   issue 25), and reconciling what the station holds with what it knows ([`reconcile`],
@@ -32,6 +33,7 @@ mod catalog;
 mod choose;
 mod context;
 mod dispatch;
+mod distribute;
 mod engines;
 pub(crate) mod error;
 mod http;

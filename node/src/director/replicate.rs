@@ -1,12 +1,12 @@
 //! Copies made for distribution and for load: replicas between stations (claim 12) and
 //! overload replications between this station's engines (claims 19, 20).
 //!
-//! After an ingest with `--replicas N`, the content manager walks the swarm (no central list),
-//! picks N other stations by free capacity and region ([`choose::replica_targets`]), and
-//! sends each `Replicate`. The target (seeking) director fetches the signed manifest from the
-//! source director and verifies it ([`Replica::prepare`]), then for each segment asks the
-//! source director where it is (`LocateCopy`), is told the engine, and directs one of its own
-//! engines to fetch it ([`Replica::copy`]). The receiving engine copies it over
+//! After an ingest with `--replicas N`, the content manager sends `Replicate` to N other
+//! stations with room ([`super::distribute`]); one with less room than the program refuses
+//! at once, and another is asked. The target (seeking) director fetches the signed manifest
+//! from the source director and verifies it ([`Replica::prepare`]), then for each segment
+//! asks the source director where it is (`LocateCopy`), is told the engine, and directs one
+//! of its own engines to fetch it ([`Replica::copy`]). The receiving engine copies it over
 //! `/vodmesh/copy/1`, verifies it and reports it stored; the director enters it in its
 //! location table and, on the station's first segment of the program, provides
 //! `program/<id>` in the registry.
@@ -31,12 +31,13 @@ use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::human_bytes;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId, StationId};
-use vodmesh_registry::{RegistryHandle, WalkLimits};
+use vodmesh_registry::RegistryHandle;
 
 use super::approvals::{ALLOW_FOR, Wait, Waiting, recently_checked};
 use super::catalog::{Learned, fetch_record};
 use super::choose::{self, Locating, Replication};
 use super::context::{Client, Ctx, Reply};
+use super::distribute::{Distribution, Placed};
 use super::engines::EngineId;
 use super::error::Error;
 use super::outbound::{AskError, Asker};
@@ -65,6 +66,14 @@ fn held_here(ctx: &Ctx<'_>, segment: SegmentId) -> bool {
 fn end_journal(ctx: &Ctx<'_>, program: ProgramId) {
     if let Err(e) = ctx.kept.replica_ended(&program) {
         tracing::warn!(%program, error = %e, "the replica journal was not updated");
+    }
+}
+
+/// A replica of `need` bytes refused: the engines could take `room`.
+fn no_room(need: u64, room: u64) -> Error {
+    Error::NoRoomForReplica {
+        need: human_bytes(need),
+        room: human_bytes(room),
     }
 }
 
@@ -97,6 +106,8 @@ pub(super) enum Done {
         /// How it went.
         result: Result<(), Error>,
     },
+    /// A program's distribution (content manager) ended: how many replicas were placed.
+    Distributed(Placed),
     /// An overload replication's copy ended.
     OverloadCopied {
         /// The segment.
@@ -106,8 +117,6 @@ pub(super) enum Done {
         /// The engine's outcome.
         outcome: Fetched,
     },
-    /// Nothing more to do.
-    Nothing,
 }
 
 /// The state of replication: stations allowed to copy from here, and the copies running.
@@ -210,63 +219,52 @@ impl Replicating {
             } => {
                 ctx.copy_ended(segment, engine, outcome);
             }
-            Done::Nothing => {}
+            Done::Distributed(placed) => placed.report(ctx),
         }
         Vec::new()
     }
 
-    /// After an ingest commit (content manager): sends `Replicate` to `replicas` stations
-    /// picked from the swarm.
-    pub(super) fn distribute(&mut self, ctx: &Ctx<'_>, program: ProgramId, replicas: u32) {
+    /// After an ingest commit (content manager): places `replicas` copies of `program`
+    /// (`size` bytes) on other stations ([`Distribution`]).
+    pub(super) fn distribute(
+        &mut self,
+        ctx: &Ctx<'_>,
+        program: ProgramId,
+        (replicas, size): (u32, u64),
+    ) {
         if replicas == 0 {
             return;
         }
-        let me = ctx.me.peer_id;
-        let addrs = ctx.me.addrs.clone();
-        let (registry, asker) = (ctx.registry.clone(), ctx.asker.clone());
-        let observer = ctx.observer.clone();
-        self.tasks.spawn(async move {
-            let stations = match vodmesh_registry::walk(&registry, me, WalkLimits::default()).await
-            {
-                Ok(s) => s.into_iter().map(|(r, _)| r).collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::warn!(%program, error = %e, "distribution: swarm walk failed");
-                    return Done::Nothing;
-                }
-            };
-            let targets = choose::replica_targets(&stations, &[me], replicas as usize);
-            if targets.len() < replicas as usize {
-                tracing::warn!(%program, wanted = replicas, found = targets.len(), "distribution: not enough stations");
-            }
-            for target in targets {
-                let sent = Kind::ReplicateSent {
-                    target: target.director,
-                };
-                observer.program(me, program, sent);
-                let request = Request::Replicate {
-                    program,
-                    source: me,
-                    source_addrs: addrs.clone(),
-                };
-                if let Err(e) = asker.ask(target.director, target.addrs, request).await {
-                    tracing::warn!(%program, target = %target.director, error = %e, "replicate refused");
-                }
-            }
-            Done::Nothing
-        });
+        let distribution = Distribution::new(ctx, program, replicas, size);
+        self.tasks
+            .spawn(async move { Done::Distributed(distribution.run().await) });
     }
 
-    /// `Replicate` from content manager `from`: copy every segment of `program` from the
-    /// station of director `source` (answered at once; the copy runs afterwards).
+    /// `Replicate` from content manager `from`: copy every segment of `program` (`size`
+    /// bytes, 0: not known) from the station of director `source` (answered at once; the
+    /// copy runs afterwards). Refused at once, and not journaled, when the engines up have
+    /// less room than `size`: the content manager asks another station.
     pub(super) fn replicate(
         &mut self,
-        ctx: &Ctx<'_>,
+        ctx: &mut Ctx<'_>,
         from: PeerId,
         program: ProgramId,
         (source, source_addrs): (PeerId, Vec<Multiaddr>),
+        size: u64,
     ) -> Result<(), Error> {
         let me = ctx.me.peer_id;
         (ctx.observer).program(me, program, Kind::ReplicateReceived { source });
+        let up = ctx.engines.up();
+        let room = choose::room(up.iter().map(|(_, e)| *e));
+        // Without an engine up it is journaled, and starts when one comes.
+        if let Some(room) = room.filter(|room| *room < size && !up.is_empty())
+            && !self.running.contains(&program)
+        {
+            let refused = no_room(size, room);
+            tracing::info!(%program, %source, error = %refused, "replica refused");
+            ctx.activity.copies_declined += 1;
+            return Err(refused);
+        }
         let replica = OpenReplica {
             content_manager: from,
             source,
@@ -323,11 +321,7 @@ impl Replicating {
         if up.is_empty() {
             return Err(Error::NoEngineUp);
         }
-        // What the engines could take: free room and what eviction may free (`None`: one of
-        // them is bounded only by its disks).
-        let room = (up.iter()).try_fold(0u64, |sum, (_, e)| {
-            e.room_for_copies().map(|r| sum.saturating_add(r))
-        });
+        let room = choose::room(up.iter().map(|(_, e)| *e));
         let engines = (up.iter())
             .filter_map(|(id, e)| Some((e.peer_id, ctx.engines.commands(*id)?)))
             .collect();
@@ -534,10 +528,7 @@ impl Replica {
         (self.observer).program(self.me, program, Kind::ManifestVerified);
         let need = manifest.content.total_size();
         if let Some(room) = self.room.filter(|room| *room < need) {
-            return Err(Error::NoRoomForReplica {
-                need: human_bytes(need),
-                room: human_bytes(room),
-            });
+            return Err(no_room(need, room));
         }
         Ok((manifest, signed))
     }

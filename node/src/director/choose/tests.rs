@@ -1,6 +1,6 @@
 use super::*;
 use vodmesh_proto::ProgramId;
-use vodmesh_proto::station::Roles;
+use vodmesh_proto::station::{DiskUsage, Roles};
 
 use LocationState::{Complete, Filling};
 
@@ -393,6 +393,11 @@ fn target(region: &str, free: u64, home: bool) -> StationRecord {
     s
 }
 
+/// The directors of [`replica_targets`]' first `n`.
+fn first(n: usize, targets: Vec<StationRecord>) -> Vec<PeerId> {
+    targets.iter().take(n).map(|s| s.director).collect()
+}
+
 #[test]
 fn targets_prefer_free_capacity_and_new_regions_and_skip_the_home() {
     let home = target("eu", 1000, true);
@@ -400,14 +405,46 @@ fn targets_prefer_free_capacity_and_new_regions_and_skip_the_home() {
     let b = target("eu", 400, false);
     let c = target("us", 100, false);
     let all = vec![home.clone(), a.clone(), b.clone(), c.clone()];
-    let picked: Vec<PeerId> = replica_targets(&all, &[home.director], 2)
-        .iter()
-        .map(|s| s.director)
-        .collect();
+    let picked = first(2, replica_targets(&all, &[home.director], 0));
     assert_eq!(picked, vec![a.director, c.director]);
-    let picked: Vec<PeerId> = replica_targets(&all, &[], 3)
-        .iter()
-        .map(|s| s.director)
-        .collect();
+    let picked = first(3, replica_targets(&all, &[], 0));
     assert_eq!(picked, vec![a.director, c.director, b.director]);
+}
+
+#[test]
+fn targets_without_room_for_the_program_are_passed_over() {
+    let a = target("eu", 500, false);
+    let b = target("eu", 400, false);
+    let c = target("us", 100, false);
+    let mut unbounded = target("us", 0, false);
+    // Two engines, one bounded and full: the other, bounded only by its disks, has room.
+    unbounded.engines.push(engine(0, 1, true));
+    unbounded.engines[1].capacity = 10;
+    unbounded.engines[1].used = 10;
+    let all = vec![a.clone(), b.clone(), c.clone(), unbounded.clone()];
+    let order = |size| first(4, replica_targets(&all, &[], size));
+    // Control: what fits everywhere keeps the order (room, then regions).
+    assert_eq!(
+        order(100),
+        vec![unbounded.director, a.director, b.director, c.director]
+    );
+    // c (100 bytes) is too small for 101: the rest keep their order.
+    assert_eq!(order(101), vec![unbounded.director, a.director, b.director]);
+    assert_eq!(order(450), vec![unbounded.director, a.director]);
+    // Engines that are down give no room; what eviction may free does.
+    let mut down = target("eu", 1000, false);
+    down.engines[0].up = false;
+    down.engines.push(engine(0, 1, true));
+    down.engines[1].capacity = 300;
+    down.engines[1].used = 300;
+    down.engines[1].disks.push(DiskUsage {
+        evictable: 200,
+        ..Default::default()
+    });
+    assert_eq!(room(&down.engines), Some(200));
+    assert_eq!(
+        first(1, replica_targets(&[down.clone()], &[], 200)),
+        vec![down.director]
+    );
+    assert!(replica_targets(&[down], &[], 201).is_empty());
 }
