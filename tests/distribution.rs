@@ -37,16 +37,7 @@ async fn two_replicas_follow_the_claim_12_sequence() -> anyhow::Result<()> {
         let station = swarm::station(dir.path().join(name)).engines(2);
         others.push(station.enrolled_with(&home, &home_dir).start().await?);
     }
-    let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
-        .chain(others.iter().map(Station::peer_id))
-        .collect();
-    wait_listed(
-        "every station listed",
-        &[&home],
-        &all,
-        Duration::from_secs(30),
-    )
-    .await?;
+    every_station_listed(&home, &others).await?;
 
     let source = dir.path().join("program.bin");
     let bytes = random_file(&source, 64 * 1024 * 1024, 12)?;
@@ -279,16 +270,7 @@ async fn a_station_too_small_for_a_program_is_passed_over_for_one_with_room() ->
         others[1].peer_id(),
         others[2].peer_id(),
     );
-    let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
-        .chain(others.iter().map(Station::peer_id))
-        .collect();
-    wait_listed(
-        "every station listed",
-        &[&home],
-        &all,
-        Duration::from_secs(30),
-    )
-    .await?;
+    every_station_listed(&home, &others).await?;
     let sink = vodmesh_node::events::sink();
     for s in std::iter::once(&home).chain(&others) {
         s.send_events_to(&sink);
@@ -400,4 +382,18 @@ async fn a_station_too_small_for_a_program_is_passed_over_for_one_with_room() ->
         kept.open_replicas()?.into_iter().map(|(p, _)| p).collect();
     assert_eq!(journaled, BTreeSet::from([fitting, unknown]));
     Ok(())
+}
+
+/// Waits until the home's director lists itself and every one of `others`.
+async fn every_station_listed(home: &Station, others: &[Station]) -> anyhow::Result<()> {
+    let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())
+        .chain(others.iter().map(Station::peer_id))
+        .collect();
+    wait_listed(
+        "every station listed",
+        &[home],
+        &all,
+        Duration::from_secs(30),
+    )
+    .await
 }
