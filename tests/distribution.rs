@@ -384,6 +384,40 @@ async fn a_station_too_small_for_a_program_is_passed_over_for_one_with_room() ->
     Ok(())
 }
 
+/// A `Replicate` asked of a station with no engine up (its engine processes not attached yet)
+/// is taken and journaled, to start when an engine comes: before, it was journaled and
+/// answered `no engine up`, so the content manager placed the replica elsewhere too and this
+/// station copied it all the same later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_asked_of_a_station_with_no_engine_up_is_taken_and_journaled()
+-> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = swarm::station(&home_dir).home().start().await?;
+    let bare = swarm::station(dir.path().join("bare"))
+        .engines(0)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let key = vodmesh_node::identity::load_or_create(&home_dir.join("identity.key"))?;
+    let client = DirectorClient::connect(bare.addr(), Some(key)).await?;
+    let program = ProgramId([4; 32]);
+    let asked = Request::Replicate {
+        program,
+        source: home.peer_id(),
+        source_addrs: vec![home.addr().clone()],
+        size: MIB as u64,
+    };
+    assert_eq!(client.call(asked).await?, Response::Ok);
+    bare.shutdown().await;
+    home.shutdown().await;
+    let kept = vodmesh_node::content::Catalog::open(&dir.path().join("bare/kept.redb"))?;
+    let journaled: Vec<ProgramId> = kept.open_replicas()?.into_iter().map(|(p, _)| p).collect();
+    assert_eq!(journaled, vec![program]);
+    Ok(())
+}
+
 /// Waits until the home's director lists itself and every one of `others`.
 async fn every_station_listed(home: &Station, others: &[Station]) -> anyhow::Result<()> {
     let all: BTreeSet<PeerId> = std::iter::once(home.peer_id())

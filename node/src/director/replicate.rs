@@ -274,7 +274,16 @@ impl Replicating {
         if let Err(e) = ctx.kept.replica_begun(&program, &replica) {
             tracing::warn!(%program, error = %e, "the replica is not journaled: a restart will not finish it");
         }
-        self.start(ctx, program, replica)
+        match self.start(ctx, program, replica) {
+            // Taken: journaled, it starts when an engine comes up (an engine process that
+            // attaches late, or restarts). Refusing it would make the content manager place it
+            // elsewhere too, and this station copy it all the same once an engine is up.
+            Err(Error::NoEngineUp) => {
+                tracing::info!(%program, %source, "replica taken; it starts when an engine is up");
+                Ok(())
+            }
+            started => started,
+        }
     }
 
     /// Starts the replicas journaled and not running (a reconcile round: at start and every
