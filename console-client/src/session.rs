@@ -201,17 +201,27 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let via = client.peer();
         let directors = Arc::new(Directors::new(client, &credentials.swarm));
-        let manifest = match directors.ask(Request::Manifest { program }).await? {
-            Response::Manifest(signed) => Manifest::verify(&signed)?,
-            Response::Error(e) => return Err(SessionError::Refused(e)),
-            other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+        let manifest = async {
+            match directors.ask(Request::Manifest { program }).await? {
+                Response::Manifest(signed) => Ok(Manifest::verify(&signed)?),
+                Response::Error(e) => Err(SessionError::Refused(e)),
+                other => Err(SessionError::Unexpected(format!("{other:?}"))),
+            }
         };
+        // With a pinned issuer, the swarm's records too, asked at the same time: the first
+        // byte waits for one round trip, not two.
+        let swarm = async {
+            if credentials.pinned.is_none() {
+                return Ok(None);
+            }
+            match directors.ask(Request::Swarm).await? {
+                Response::Swarm(records) => Ok(Some(records)),
+                other => Err(SessionError::Unexpected(format!("{other:?}"))),
+            }
+        };
+        let (manifest, swarm) = tokio::try_join!(manifest, swarm)?;
         // The pin covers the manifest: signed by a content manager of the console's swarm.
-        if let Some(pinned) = credentials.pinned {
-            let records = match directors.ask(Request::Swarm).await? {
-                Response::Swarm(records) => records,
-                other => return Err(SessionError::Unexpected(format!("{other:?}"))),
-            };
+        if let (Some(pinned), Some(records)) = (credentials.pinned, swarm) {
             let chain = (manifest.content_manager, via);
             crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
             // The swarm is learned with it: not asked for again below.
