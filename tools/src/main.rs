@@ -545,6 +545,13 @@ async fn run(args: Args) -> Result<()> {
                 "ingested \"{}\": {} segments, {} bytes",
                 info.title, info.segments, info.size
             );
+            if replicas > 0 {
+                eprintln!(
+                    "{replicas} replica(s) are being placed on other stations in the background: \
+                     `vodmesh programs` lists the stations holding it, and `vodmesh status` counts \
+                     replicas no station had room for"
+                );
+            }
             println!("{}", info.program);
         }
         Cmd::Publish { node, key, program } => {
