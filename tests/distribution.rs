@@ -387,10 +387,10 @@ async fn a_station_too_small_for_a_program_is_passed_over_for_one_with_room() ->
 /// A `Replicate` asked of a station with no engine up (its engine processes not attached yet)
 /// is taken and journaled, to start when an engine comes: before, it was journaled and
 /// answered `no engine up`, so the content manager placed the replica elsewhere too and this
-/// station copied it all the same later.
+/// station copied it all the same later. The same station draining refuses one, and
+/// journals nothing of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_asked_of_a_station_with_no_engine_up_is_taken_and_journaled()
--> anyhow::Result<()> {
+async fn a_replica_is_taken_with_no_engine_up_and_refused_while_draining() -> anyhow::Result<()> {
     init_logging();
     let dir = tempfile::tempdir()?;
     let home_dir = dir.path().join("home");
@@ -402,14 +402,22 @@ async fn a_replica_asked_of_a_station_with_no_engine_up_is_taken_and_journaled()
         .await?;
     let key = vodmesh_node::identity::load_or_create(&home_dir.join("identity.key"))?;
     let client = DirectorClient::connect(bare.addr(), Some(key)).await?;
-    let program = ProgramId([4; 32]);
-    let asked = Request::Replicate {
+    let asked = |program| Request::Replicate {
         program,
         source: home.peer_id(),
         source_addrs: vec![home.addr().clone()],
         size: MIB as u64,
     };
-    assert_eq!(client.call(asked).await?, Response::Ok);
+    let (program, while_draining) = (ProgramId([4; 32]), ProgramId([5; 32]));
+    assert_eq!(client.call(asked(program)).await?, Response::Ok);
+    bare.drain(Duration::ZERO).await;
+    match client.call(asked(while_draining)).await {
+        Err(DirectorError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+            assert!(e.message.contains("draining"), "{e}");
+        }
+        other => anyhow::bail!("a draining station took a replica: {other:?}"),
+    }
     bare.shutdown().await;
     home.shutdown().await;
     let kept = vodmesh_node::content::Catalog::open(&dir.path().join("bare/kept.redb"))?;

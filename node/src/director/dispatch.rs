@@ -167,7 +167,12 @@ impl Director {
                 size,
             } => {
                 let source = (source, source_addrs);
-                let started = (self.replicate).replicate(&mut ctx, peer, program, source, size);
+                // Refused before it is journaled: a station draining for a stop would take it
+                // up again only once back in service, while the content manager counted it.
+                let started = match *self.draining.borrow() {
+                    true => Err(Error::Draining),
+                    false => (self.replicate).replicate(&mut ctx, peer, program, source, size),
+                };
                 Some((channel, respond(started, |()| Response::Ok)))
             }
             Request::LocateCopy {

@@ -72,6 +72,9 @@ pub(super) enum Error {
     /// No engine of this station is up.
     #[error("no engine of this station is up")]
     NoEngineUp,
+    /// The station drains: it takes in no replica.
+    #[error("this station is draining: it takes in no replica")]
+    Draining,
     /// An engine an ingest resumes with is down.
     #[error("an engine of this ingest is down; retry once it is back")]
     IngestEngineDown,
@@ -194,6 +197,7 @@ impl Error {
             // be on its way (over the backplane, for an engine process): a wait, not an end.
             | Self::Incomplete(_) => C::Busy,
             Self::NoEngineUp
+            | Self::Draining
             | Self::IngestEngineDown
             | Self::BadManifest(_)
             | Self::UnverifiedManifest(_)
