@@ -232,7 +232,8 @@ impl Session {
         // goes down mid-play, the console carries on with the others.
         let mut learning = JoinSet::new();
         let learn = directors.clone();
-        let home = credentials.remember_in.clone();
+        // A pinned play brought the remembered swarm up to date above already.
+        let home = (credentials.remember_in.clone()).filter(|_| credentials.pinned.is_none());
         learning.spawn(async move {
             learn.learn().await;
             remember(home.as_ref(), &learn);

@@ -425,15 +425,10 @@ pub(super) fn replica_targets(
         .iter()
         .filter(|s| !exclude.contains(&s.director) && !s.roles.home)
         .filter(|s| s.engines.iter().any(|e| e.up))
-        .filter(|s| room(&s.engines).is_none_or(|room| room >= size))
-        .map(|s| {
-            let free = s
-                .engines
-                .iter()
-                .filter(|e| e.up)
-                .map(|e| e.room_for_copies().unwrap_or(u64::MAX / 1024))
-                .fold(0u64, u64::saturating_add);
-            (free, s)
+        .filter_map(|s| match room(&s.engines) {
+            // Bounded only by its disks: first.
+            None => Some((u64::MAX, s)),
+            Some(room) => (room >= size).then_some((room, s)),
         })
         .collect();
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.director.cmp(&b.1.director)));
