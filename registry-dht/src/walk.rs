@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use libp2p::PeerId;
 use vodmesh_proto::signed::Signed;
@@ -38,40 +40,120 @@ impl Default for WalkLimits {
 /// How long a walk's result stands for the next asker ([`RecentWalk`]).
 pub const RECENT: Duration = Duration::from_secs(2);
 
+/// How long a walk's result may still be answered while a fresh walk runs behind it
+/// ([`RecentWalk`]).
+pub const STALE: Duration = Duration::from_secs(15);
+
 /// Stations found by a walk: each live station's record, decoded and signed.
 pub type Stations = Arc<Vec<(StationRecord, Signed)>>;
 
-/// Walks shared for [`RECENT`]: a walk asks the DHT once a station, and any console can ask a
-/// director for one (`Swarm`, `Programs`, the status page), so the asks of two seconds share
-/// one walk; those made while it runs wait for it.
+type Walker = dyn Fn() -> BoxFuture<'static, Result<Vec<(StationRecord, Signed)>, RegistryError>>
+    + Send
+    + Sync;
+
+/// Walks shared: a walk asks the DHT once a station, and any console can ask a director for
+/// one (`Swarm`, `Programs`, the status page). A walk stands for [`RECENT`]; those who ask
+/// while one runs wait for it. Past that and up to [`STALE`], the last walk is answered at
+/// once and a fresh one starts behind it, so that a swarm with a hung station (whose every
+/// query waits out the DHT's patience, seconds) does not make every asker wait; past
+/// [`STALE`], the asker waits for a fresh walk.
 #[derive(Clone)]
 pub struct RecentWalk {
-    registry: RegistryHandle,
-    local: PeerId,
-    last: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Stations)>>>,
+    walker: Arc<Walker>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    last: std::sync::Mutex<Last>,
+    /// Held by the walk running, so that two never run at once.
+    walking: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Last {
+    walked: Option<(tokio::time::Instant, Stations)>,
+    /// A walk behind a stale answer runs.
+    refreshing: bool,
 }
 
 impl RecentWalk {
     /// Walks from director `local` through `registry`, with the default limits.
     pub fn new(registry: RegistryHandle, local: PeerId) -> Self {
+        Self::with_walker(move || {
+            let registry = registry.clone();
+            async move { walk(&registry, local, WalkLimits::default()).await }.boxed()
+        })
+    }
+
+    /// Shares the walks `walker` makes.
+    fn with_walker(
+        walker: impl Fn() -> BoxFuture<'static, Result<Vec<(StationRecord, Signed)>, RegistryError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
         Self {
-            registry,
-            local,
-            last: Arc::default(),
+            walker: Arc::new(walker),
+            shared: Arc::default(),
         }
     }
 
-    /// The live stations, from a walk at most [`RECENT`] old.
+    fn last(&self) -> std::sync::MutexGuard<'_, Last> {
+        // Nothing panics while holding it; a poisoned lock still holds a whole value.
+        self.shared
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The live stations: from a walk at most [`RECENT`] old, else from one at most [`STALE`]
+    /// old while a fresh one starts, else from a fresh one.
     pub async fn stations(&self) -> Result<Stations, RegistryError> {
-        let mut last = self.last.lock().await;
-        if let Some((at, stations)) = last.as_ref()
-            && at.elapsed() < RECENT
         {
-            return Ok(stations.clone());
+            let mut last = self.last();
+            let refresh = !last.refreshing;
+            if let Some((at, stations)) = &last.walked {
+                let age = at.elapsed();
+                if age < RECENT {
+                    return Ok(stations.clone());
+                }
+                if age < STALE {
+                    let stations = stations.clone();
+                    if refresh {
+                        last.refreshing = true;
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.walk_now().await {
+                                tracing::debug!("a walk behind a stale answer failed: {e}");
+                            }
+                        });
+                    }
+                    return Ok(stations);
+                }
+            }
         }
-        let found = walk(&self.registry, self.local, WalkLimits::default()).await?;
-        let stations: Stations = Arc::new(found);
-        *last = Some((tokio::time::Instant::now(), stations.clone()));
+        self.walk_now().await
+    }
+
+    /// Walks, unless a walk that ended while this one waited for its turn is recent.
+    async fn walk_now(&self) -> Result<Stations, RegistryError> {
+        let _walking = self.shared.walking.lock().await;
+        {
+            let mut last = self.last();
+            if let Some((at, stations)) = &last.walked
+                && at.elapsed() < RECENT
+            {
+                let stations = stations.clone();
+                last.refreshing = false;
+                return Ok(stations);
+            }
+        }
+        let found = (self.walker)().await;
+        let mut last = self.last();
+        last.refreshing = false;
+        let stations: Stations = Arc::new(found?);
+        last.walked = Some((tokio::time::Instant::now(), stations.clone()));
         Ok(stations)
     }
 }
@@ -115,4 +197,92 @@ pub async fn walk(
         .map(|(rec, signed)| (rec.director, (rec, signed)))
         .collect();
     Ok(by_director.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+
+    /// How long each test walk takes: as a walk waiting out a hung station.
+    const SLOW: Duration = Duration::from_secs(5);
+
+    /// Walks that take [`SLOW`], counted; the walk numbered `fail` fails.
+    fn counted(fail: Option<usize>) -> (RecentWalk, Arc<AtomicUsize>) {
+        let walks = Arc::new(AtomicUsize::new(0));
+        let counter = walks.clone();
+        let recent = RecentWalk::with_walker(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                sleep(SLOW).await;
+                if Some(n) == fail {
+                    return Err(RegistryError::Closed);
+                }
+                Ok(Vec::new())
+            }
+            .boxed()
+        });
+        (recent, walks)
+    }
+
+    /// Asks, and how long the answer took.
+    async fn ask(recent: &RecentWalk) -> (Stations, Duration) {
+        let asked = Instant::now();
+        let stations = recent.stations().await.expect("the walk succeeds");
+        (stations, asked.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recent_walk_is_shared_and_a_stale_one_answers_at_once_while_a_fresh_one_runs() {
+        let (recent, walks) = counted(None);
+        // The first ask waits for its walk; one right after shares it.
+        let (first, took) = ask(&recent).await;
+        assert_eq!(took, SLOW);
+        let (again, took) = ask(&recent).await;
+        assert!(Arc::ptr_eq(&first, &again) && took.is_zero());
+        assert_eq!(walks.load(Ordering::SeqCst), 1);
+
+        // Past RECENT: the last walk at once, and one fresh walk behind it, however many ask.
+        sleep(RECENT).await;
+        for _ in 0..3 {
+            let (stale, took) = ask(&recent).await;
+            assert!(Arc::ptr_eq(&first, &stale) && took.is_zero());
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(walks.load(Ordering::SeqCst), 2);
+        // Once it ends, it is the answer.
+        sleep(SLOW + Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        let (fresh, took) = ask(&recent).await;
+        assert!(!Arc::ptr_eq(&first, &fresh) && took.is_zero());
+        assert_eq!(walks.load(Ordering::SeqCst), 2);
+
+        // Control: past STALE the asker waits for a fresh walk.
+        sleep(STALE).await;
+        let (waited, took) = ask(&recent).await;
+        assert!(!Arc::ptr_eq(&fresh, &waited));
+        assert_eq!(took, SLOW);
+        assert_eq!(walks.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_walk_behind_a_stale_answer_is_tried_again_by_the_next_asker() {
+        let (recent, walks) = counted(Some(2));
+        let (first, _) = ask(&recent).await;
+        sleep(RECENT).await;
+        let (stale, _) = ask(&recent).await;
+        assert!(Arc::ptr_eq(&first, &stale));
+        // The walk behind it fails: the last walk still answers, and the next ask past
+        // RECENT starts another.
+        sleep(SLOW + Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(walks.load(Ordering::SeqCst), 2);
+        let (still, took) = ask(&recent).await;
+        assert!(Arc::ptr_eq(&first, &still) && took.is_zero());
+        tokio::task::yield_now().await;
+        assert_eq!(walks.load(Ordering::SeqCst), 3);
+    }
 }
