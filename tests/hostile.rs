@@ -66,6 +66,56 @@ async fn idle_copy_streams_do_not_stop_an_engine_serving_copies() -> Result<()> 
     Ok(())
 }
 
+/// Any peer can open `/vodmesh/ingest/1` streams to an engine. One that sends nothing is
+/// closed once its header is late (before, it was held, with its task, as long as the
+/// connection lived: streams enough exhaust the engine). Control: a stream that sends its
+/// header at once is answered (refused: no such push was announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_stream_that_sends_nothing_is_closed_and_one_that_asks_is_answered() -> Result<()>
+{
+    use futures::AsyncReadExt;
+    use vodmesh_proto::codec::{read_frame, write_frame};
+    use vodmesh_proto::ingest::{self, IngestAck, IngestHeader};
+
+    let dir = tempfile::tempdir()?;
+    let home = Node::new(&dir.path().join("home"))
+        .engines(1)
+        .home()
+        .start()?;
+    let stranger = Console::connect(&home.addr, None).await?;
+    let engine = home.engines()?.remove(0);
+    stranger.reach(engine.peer_id, &engine.addrs).await?;
+    let open = || {
+        stranger
+            .client
+            .open_stream(engine.peer_id, ingest::PROTOCOL)
+    };
+    let mut silent = open().await?;
+
+    let mut asking = open().await?;
+    let header = IngestHeader {
+        segment: vodmesh_proto::SegmentId::new(ProgramId([7; 32]), 0),
+        hash: vodmesh_proto::SegmentHash::of(b"never announced"),
+        size: 15,
+    };
+    write_frame(&mut asking, &header).await?;
+    let answer: IngestAck = read_frame(&mut asking, ingest::MAX_FRAME).await?;
+    assert!(
+        matches!(&answer, IngestAck::Refused(why) if why.contains("not announced")),
+        "{answer:?}"
+    );
+
+    // The engine ends the silent stream: its read returns (an end or a reset) rather than
+    // waiting for the connection to go.
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut byte)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0) | Err(_))),
+        "a silent ingest stream was kept open: {ended:?}"
+    );
+    Ok(())
+}
+
 /// One console floods a station with `Locate`s of segments it lacks, each a miss to gather,
 /// while the holder they would be gathered from is frozen (SIGSTOP: each gather waits on it).
 /// Before, the flood took all 32 gathers and another console's `Locate` was answered busy for

@@ -235,6 +235,46 @@ async fn overloaded_engines_replicate_to_idle_ones() -> Result<()> {
     Ok(())
 }
 
+/// A console's word that every holder answered it busy starts an overload copy only where
+/// the director's own count bears it out: a peer naming an idle holder busy, segment after
+/// segment, would otherwise have the station copy every segment onto every engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_named_busy_while_idle_is_named_again_and_copied_nowhere() -> Result<()> {
+    init_logging();
+    let bench = Bench::start(4).await?;
+    let liar = bench.console().await?;
+    let holder = liar.locate(bench.program, 0, false).await?.engine;
+    for _ in 0..5 {
+        let location = (liar.locate_busy(bench.program, 0, vec![holder])).await?;
+        assert_eq!(location.engine, holder, "an idle holder is named again");
+    }
+    assert_eq!(liar.activity().await?.replications, 0);
+
+    // Control: with the holder at three of its four streams, the word is borne out: an
+    // idle engine takes a copy and the console.
+    let consoles = [
+        bench.console().await?,
+        bench.console().await?,
+        bench.console().await?,
+    ];
+    let mut held = Vec::new();
+    for console in &consoles {
+        let (engine, stream, _) = bench.start_segment(console).await?;
+        assert_eq!(engine, holder);
+        held.push(stream);
+    }
+    bench.wait_load(&liar, &[(holder, 3)]).await?;
+    let honest = bench.console().await?;
+    let location = (honest.locate_busy(bench.program, 0, vec![holder])).await?;
+    assert_ne!(location.engine, holder);
+    assert_eq!(liar.activity().await?.replications, 1);
+    for stream in held {
+        assert_eq!(read_rest(stream).await?, bench.bytes);
+    }
+    bench.station.shutdown().await;
+    Ok(())
+}
+
 /// Claim 18: of two engines holding a segment, the director sends a new console to the one
 /// with fewer streams, whichever it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,32 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's kind, for logs: a refused request is logged by its kind, never whole
+    /// (a stranger's request may be a megabyte).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Station => "Station",
+            Request::Swarm => "Swarm",
+            Request::IngestBegin { .. } => "IngestBegin",
+            Request::IngestCommit { .. } => "IngestCommit",
+            Request::Programs => "Programs",
+            Request::AllPrograms { .. } => "AllPrograms",
+            Request::Manifest { .. } => "Manifest",
+            Request::Activity => "Activity",
+            Request::Locate { .. } => "Locate",
+            Request::Publish { .. } => "Publish",
+            Request::Published { .. } => "Published",
+            Request::Replicate { .. } => "Replicate",
+            Request::LocateCopy { .. } => "LocateCopy",
+            Request::Playable { .. } => "Playable",
+            Request::IngestAbort { .. } => "IngestAbort",
+            Request::Held => "Held",
+            Request::Drain { .. } => "Drain",
+        }
+    }
+}
+
 /// The admin operation of [`Request::AllPrograms`].
 pub const PROGRAMS_OP: &str = "programs";
 /// The subject of [`Request::AllPrograms`]'s admin proof: the whole catalog.

@@ -104,6 +104,27 @@ impl Console {
         self.ask_locate(program, index.into(), (false, ahead)).await
     }
 
+    /// [`Console::locate`] of segment `index`, saying the engines `busy` answered it busy.
+    pub async fn locate_busy(
+        &self,
+        program: ProgramId,
+        index: impl Into<vodmesh_proto::SegmentIndex>,
+        busy: Vec<PeerId>,
+    ) -> Result<SegmentLocation> {
+        let request = Request::Locate {
+            program,
+            index: index.into(),
+            complete: false,
+            avoid: Vec::new(),
+            busy,
+            ahead: 0,
+        };
+        match self.client.request(request).await? {
+            Response::Location(l) => Ok(l),
+            other => bail!("unexpected answer to Locate: {other:?}"),
+        }
+    }
+
     async fn ask_locate(
         &self,
         program: ProgramId,

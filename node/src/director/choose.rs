@@ -43,6 +43,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_proto::director::SegmentLocation;
 use vodmesh_proto::station::{EngineInfo, StationRecord};
+use vodmesh_proto::stream::MAX_STREAMS_PER_PEER;
 use vodmesh_proto::{SegmentId, StationId};
 
 use super::engines::{EngineId, EngineView};
@@ -106,6 +107,18 @@ fn free_slot(engine: &EngineInfo, own: u32) -> Option<u32> {
     (streams < engine.max_streams).then_some(streams)
 }
 
+/// Whether this director's table bears out a console's word that `engine` answered it busy:
+/// the engine is within a quarter of its `--max-streams` (streams may have ended since it
+/// answered), or the console holds within a quarter of its share of the engine's streams
+/// ([`MAX_STREAMS_PER_PEER`]). A console's word alone is not taken: where every holder is
+/// busy an idle engine takes a copy, so a peer naming idle engines busy, segment after
+/// segment, would have the station copy every segment onto every engine. Its `busy` is
+/// passed over instead, and the engine named again: one that is busy answers so again.
+fn busy_borne_out(engine: &EngineInfo, own: u32) -> bool {
+    let near = |n: u32, limit: u32| n.saturating_add((limit / 4).max(1)) >= limit;
+    near(engine.streams, engine.max_streams) || near(own, MAX_STREAMS_PER_PEER as u32)
+}
+
 /// The engine to stream a segment held by `holders` to the console `asker` (claim 18).
 pub(super) fn stream_engine(
     engines: &[EngineView<'_>],
@@ -126,7 +139,7 @@ pub(super) fn stream_engine(
         let Some(streams) = free_slot(engine, own) else {
             continue;
         };
-        if asker.busy.contains(&holder.engine) {
+        if asker.busy.contains(&holder.engine) && busy_borne_out(engine, own) {
             continue;
         }
         let key = (holder.state != LocationState::Complete, streams);

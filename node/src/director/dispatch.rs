@@ -33,7 +33,8 @@ impl Director {
             admit::Admission::NotCertified => Some(Error::NotCertified),
         };
         if let Some(refused) = refused {
-            tracing::info!(%peer, ?request, error = %refused, "director request refused");
+            let kind = request.kind();
+            tracing::info!(%peer, request = kind, error = %refused, "director request refused");
             return self.reply((Client::Peer(channel), Response::Error(refused.into())));
         }
         self.dispatch(peer, request, Client::Peer(channel), viewer);
@@ -132,11 +133,17 @@ impl Director {
                 ..
             } => {
                 self.metrics.locate();
+                // A console names a few engines; a megabyte of them would be scanned for each
+                // holder and copied for each segment ahead.
+                let named = |mut list: Vec<PeerId>| {
+                    list.truncate(director::MAX_ENGINES_NAMED);
+                    list
+                };
                 let ask = Locating {
                     console: peer,
                     segment: SegmentId::new(program, index),
-                    avoid,
-                    busy,
+                    avoid: named(avoid),
+                    busy: named(busy),
                     ahead: ahead.min(director::MAX_AHEAD),
                 };
                 self.locate(ask, channel, true)

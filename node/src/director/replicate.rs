@@ -465,7 +465,8 @@ impl Replicating {
             until_ms: now_ms() + SIBLING_COPY_FOR.as_millis() as u64,
         };
         ctx.engines.send(from, allow).ok()?;
-        let outcome = ctx.engines.fetch(to, segment, None, sources, false).ok()?;
+        // Held elsewhere: on the busy holder. Once the crowd is gone, eviction may take it.
+        let outcome = ctx.engines.fetch(to, segment, None, sources, true).ok()?;
         tracing::info!(%segment, from = %source_peer, to = %target_peer, "overload: replicating to an idle engine");
         let location = (ctx.engines)
             .location(to, ctx.me.peer_id, (true, false))

@@ -11,13 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
-use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use vodmesh_proto::SegmentId;
-use vodmesh_proto::codec::{read_frame, write_frame};
+use vodmesh_proto::codec::write_frame;
 use vodmesh_proto::ingest::{IngestAck, IngestHeader, MAX_FRAME};
 
 use super::Reporter;
+use super::peers::{fill_within, read_request};
 use crate::control::Expected;
 use crate::store::{self, SegmentState, SegmentStore};
 
@@ -25,6 +26,9 @@ use crate::store::{self, SegmentState, SegmentStore};
 const CHUNK: usize = 256 * 1024;
 /// How long a refused client gets to read the refusal before the stream is dropped.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a push's bytes may stop before it is given up: any peer can open ingest
+/// streams, and one that goes silent must not hold its stream and task for good.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a pushed segment is refused. The `Display` text is the line the client shows.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +76,8 @@ pub(crate) struct Push {
 impl Push {
     /// Takes one pushed segment from `peer`, or refuses it.
     pub(crate) async fn handle(&self, peer: PeerId, mut stream: Stream) -> std::io::Result<()> {
-        let header: IngestHeader = read_frame(&mut stream, MAX_FRAME).await?;
+        // Within REQUEST_WITHIN of the stream's opening, as a stream or copy request.
+        let header: IngestHeader = read_request(&mut stream, MAX_FRAME).await?;
         let segment = header.segment;
         let pushed = match check(self.expectations.get(&segment), &peer, &header) {
             Ok(()) => self.receive(&mut stream, &header).await,
@@ -101,12 +106,12 @@ impl Push {
         let held = self.store.info(&header.segment);
         if held.is_some_and(|i| i.state == SegmentState::Complete) {
             // Already here (a retried ingest): drain and accept.
-            let mut sink = futures::io::sink();
-            let copied = futures::io::copy(stream.take(header.size), &mut sink)
-                .await
-                .map_err(Refusal::Cut)?;
-            if copied < header.size {
-                return Err(Refusal::Cut(std::io::ErrorKind::UnexpectedEof.into()));
+            let mut scratch = vec![0u8; CHUNK];
+            let mut left = header.size;
+            while left > 0 {
+                let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                (fill_within(stream, &mut scratch[..n], SILENCE).await).map_err(Refusal::Cut)?;
+                left -= n as u64;
             }
             return Ok(());
         }
@@ -133,7 +138,7 @@ async fn receive_segment<R: AsyncRead + Unpin>(
         // The chunk written last has left the disk worker: its room is taken back.
         buf.reserve(CHUNK);
         buf.resize(n, 0);
-        stream.read_exact(&mut buf).await.map_err(Refusal::Cut)?;
+        (fill_within(stream, &mut buf, SILENCE).await).map_err(Refusal::Cut)?;
         writer.write_chunk(buf.split().freeze()).await?;
     }
     Ok(writer.finish().await?)

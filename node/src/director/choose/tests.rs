@@ -70,7 +70,7 @@ fn the_least_loaded_complete_holder_that_is_up_serves() {
 
 #[test]
 fn full_or_busy_holders_are_busy_and_avoided_or_down_ones_are_not_holders() {
-    let engines = [engine(2, 2, true), engine(0, 2, true), engine(0, 2, false)];
+    let engines = [engine(2, 2, true), engine(1, 2, true), engine(0, 2, false)];
     let v = views(&engines);
     let holders = held(&engines, &[(0, Complete), (1, Complete)]);
     let busy = [engines[1].peer_id];
@@ -95,6 +95,54 @@ fn full_or_busy_holders_are_busy_and_avoided_or_down_ones_are_not_holders() {
     assert_eq!(
         stream_engine(&v, &holders, &Asker::default()),
         Choice::NotHere
+    );
+}
+
+#[test]
+fn a_busy_answer_the_table_does_not_bear_out_is_passed_over() {
+    // Engine 0 idle, engine 1 at 6 of 8, engine 2 at 5 of 8: all hold the segment.
+    let engines = [engine(0, 8, true), engine(6, 8, true), engine(5, 8, true)];
+    let v = views(&engines);
+    let holders = held(&engines, &[(0, Complete), (1, Complete), (2, Complete)]);
+    let all: Vec<PeerId> = engines.iter().map(|e| e.peer_id).collect();
+    let asker = Asker {
+        busy: &all,
+        ..Default::default()
+    };
+    // A console naming every holder busy, the idle one too, is sent to the idle one (and so
+    // starts no overload copy); of the others, only 6 of 8 is within a quarter of its limit.
+    assert_eq!(stream_engine(&v, &holders, &asker), serving(0, false));
+    let asker = Asker {
+        busy: &all[1..],
+        ..Default::default()
+    };
+    assert_eq!(stream_engine(&v, &holders, &asker), serving(0, false));
+    // Control: holders near their limit are taken at the console's word: every holder busy.
+    let holders = held(&engines, &[(1, Complete)]);
+    assert_eq!(stream_engine(&v, &holders, &asker), Choice::Busy);
+    // And a console near its share of an engine's streams is, whatever the engine's load.
+    let own = HashMap::from([(EngineId(0), MAX_STREAMS_PER_PEER as u32 - 4)]);
+    let engines_share = [engine(12, 64, true)];
+    let v_share = views(&engines_share);
+    let holders_share = held(&engines_share, &[(0, Complete)]);
+    let named = [engines_share[0].peer_id];
+    let near_share = Asker {
+        busy: &named,
+        own: Some(&own),
+        ..Default::default()
+    };
+    assert_eq!(
+        stream_engine(&v_share, &holders_share, &near_share),
+        Choice::Busy
+    );
+    let few = HashMap::from([(EngineId(0), 2)]);
+    let far_from_share = Asker {
+        own: Some(&few),
+        ..near_share
+    };
+    assert_eq!(
+        stream_engine(&v_share, &holders_share, &far_from_share),
+        serving(0, false)
     );
 }
 
