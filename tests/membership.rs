@@ -420,6 +420,50 @@ fn dht_queries_started(station: &vodmesh_node::Station) -> anyhow::Result<u64> {
     Ok(count.trim().parse()?)
 }
 
+/// A stranger asks what only members may ask (`Held`), many times at once and then again:
+/// each is refused, after at most one registry look-up of the stranger in a while. Before,
+/// every request started a look-up of its own: a stranger's way of making a director query
+/// the swarm as often as it likes, with requests of a few bytes. The control: a member's
+/// `Held` is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_s_member_requests_are_refused_after_one_look_up() -> anyhow::Result<()> {
+    const ASKS: usize = 64;
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(dir.path()).home().start().await?;
+    let issuer = issuer_of(dir.path())?;
+    let addr = home.addr().clone();
+    let mut member = Rogue::new(&addr)?;
+    join(&mut member, Some(&issuer), Roles::default()).await?;
+    let mut stranger = Rogue::new(&addr)?;
+    join(&mut stranger, None, CM).await?;
+
+    let client = DirectorClient::connect(&addr, Some(stranger.key.clone())).await?;
+    let before = dht_queries_started(&home)?;
+    for _ in 0..2 {
+        let asks = (0..ASKS).map(|_| client.call(Request::Held));
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Err(DirectorError::Refused(reply)) => assert_eq!(reply.message, NOT_A_MEMBER),
+                other => panic!("a stranger's Held: {other:?}"),
+            }
+        }
+    }
+    let looked_up = dht_queries_started(&home)? - before;
+    // One look-up of the stranger; a few of the station's own may start meanwhile.
+    assert!(
+        looked_up < 8,
+        "{looked_up} registry look-ups for {} requests",
+        2 * ASKS
+    );
+    let answer = (DirectorClient::connect(&addr, Some(member.key.clone())).await?)
+        .call(Request::Held)
+        .await?;
+    assert!(matches!(answer, Response::Programs(_)), "{answer:?}");
+    home.shutdown().await;
+    Ok(())
+}
+
 /// A member asks `LocateCopy` many times at once before the director checked its station:
 /// every request is answered, after one registry look-up of that station. Before, each
 /// request started a registry query of its own, a member's way of making a director query

@@ -12,12 +12,20 @@
 //! does not know yet is looked up once (its station record from the registry) before it is
 //! refused.
 
-use vodmesh_proto::director::Request;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+use tokio::time::Instant;
+use vodmesh_proto::director::{Request, Response};
 use vodmesh_proto::station::Roles;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_registry::Members;
+use vodmesh_registry::registry::RegistryHandle;
 
+use super::tasks::Tasks;
 use crate::config::StationConfig;
+use crate::expiring::{Expiring, Waiting};
 
 /// What a request needs of the peer that makes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +91,85 @@ pub(super) fn admission(
     }
 }
 
+/// A request parked until its sender's record was looked up.
+pub(super) type Parked = (Request, ResponseChannel<Response>);
+
+/// How long a peer looked up and not admitted has its requests decided without another
+/// look-up. The registry admits a member as soon as it takes in its record by any way (a
+/// republish, identify), so a member is not held up by this.
+const LOOKED_UP_FOR: Duration = Duration::from_secs(5);
+/// Peers looked up at once, at most: each is a registry query, and peer ids cost nothing.
+const MAX_LOOKING_UP: usize = 256;
+/// Requests of one peer parked on its look-up, at most.
+const MAX_PARKED: usize = 128;
+
+/// The look-ups of peers the registry does not admit yet ([`Admission::LookUp`]): one a peer
+/// at a time, its requests parked on it, and none again for [`LOOKED_UP_FOR`] once it ended.
+/// Before, each request started a look-up of its own: a stranger's few bytes made the
+/// director query the swarm, as often as it liked.
+pub(super) struct LookUps {
+    tasks: Tasks<PeerId>,
+    parked: Waiting<PeerId, Parked>,
+    looking_up: usize,
+    lately: Expiring<PeerId, ()>,
+}
+
+impl Default for LookUps {
+    fn default() -> Self {
+        Self {
+            tasks: Tasks::default(),
+            parked: Waiting::new(MAX_PARKED),
+            looking_up: 0,
+            lately: Expiring::new(LOOKED_UP_FOR, 4096),
+        }
+    }
+}
+
+impl LookUps {
+    /// Parks a request of `peer` until its record was looked up, starting the look-up unless
+    /// one runs. `Some` hands the request back to be decided now: the peer was looked up
+    /// lately, or too many look-ups or requests wait.
+    pub(super) fn park(
+        &mut self,
+        peer: PeerId,
+        parked: Parked,
+        registry: &RegistryHandle,
+    ) -> Option<Parked> {
+        if self.lately.contains(&peer, Instant::now())
+            || (!self.parked.contains(&peer) && self.looking_up >= MAX_LOOKING_UP)
+        {
+            return Some(parked);
+        }
+        let first = match self.parked.push(peer, parked) {
+            Ok(first) => first,
+            Err(parked) => return Some(parked),
+        };
+        if first {
+            self.looking_up += 1;
+            let registry = registry.clone();
+            self.tasks.spawn(async move {
+                // The registry admits the peer as it takes in the record it finds.
+                let _ = registry.get_station(peer).await;
+                peer
+            });
+        }
+        None
+    }
+
+    /// The next peer whose look-up ended, with the requests parked on it (a `select!` arm).
+    pub(super) async fn next(&mut self) -> (PeerId, Vec<Parked>) {
+        let peer = self.tasks.next().await;
+        self.looking_up = self.looking_up.saturating_sub(1);
+        self.lately.insert(peer, (), Instant::now());
+        (peer, self.parked.take(&peer))
+    }
+
+    /// Aborts the look-ups (the director stops).
+    pub(super) async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
 /// Whether this station takes part in a closed swarm: it has trust roots to certify members
 /// by, being the auth station or enrolled with it. A station with neither certifies nobody,
 /// itself included, and stays open (a station alone, a test bench).
@@ -132,7 +219,7 @@ mod tests {
             (
                 Request::Replicate {
                     program,
-                    source: libp2p::PeerId::random(),
+                    source: PeerId::random(),
                     source_addrs: vec![],
                     size: 0,
                 },

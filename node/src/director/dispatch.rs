@@ -21,13 +21,14 @@ impl Director {
         let refused = match admit::admission(admit::needs(&request), admits, roles, looked_up) {
             admit::Admission::Serve => None,
             admit::Admission::LookUp => {
-                let registry = self.shared.registry_handle.clone();
-                self.admitting.spawn(async move {
-                    // The registry admits the peer as it takes in the record it finds.
-                    let _ = registry.get_station(peer).await;
-                    (peer, request, channel)
-                });
-                return;
+                let registry = &self.shared.registry_handle;
+                match self.admitting.park(peer, (request, channel), registry) {
+                    None => return,
+                    // Looked up lately (or too many wait): decided as looked up.
+                    Some((request, channel)) => {
+                        return self.on_request(peer, request, channel, true);
+                    }
+                }
             }
             admit::Admission::NotMember => Some(Error::NotMember),
             admit::Admission::NotCertified => Some(Error::NotCertified),

@@ -97,9 +97,6 @@ pub(crate) struct DirectorBehaviour {
     blade: vodmesh_proto::net::streams::Behaviour,
 }
 
-/// A request waiting for its sender's station record to be looked up.
-type Deferred = (PeerId, Request, ResponseChannel<Response>);
-
 /// The director's event loop and everything it owns.
 struct Director {
     swarm: Swarm<DirectorBehaviour>,
@@ -123,7 +120,7 @@ struct Director {
     /// Answers of the loop's own requests that take a moment (a swarm walk).
     tasks: Tasks<Reply>,
     /// Requests of peers not known as members yet, back once their record was looked up.
-    admitting: Tasks<Deferred>,
+    admitting: admit::LookUps,
     /// This station's record as `Station` requests are answered, signed a few times a second
     /// at most.
     station_answer: dispatch::StationAnswer,
@@ -179,8 +176,10 @@ impl Director {
                 }
                 Some(ask) = self.outbound.next() => self.send_ask(ask),
                 reply = self.tasks.next() => self.reply(reply),
-                (peer, request, channel) = self.admitting.next() => {
-                    self.on_request(peer, request, channel, true);
+                (peer, parked) = self.admitting.next() => {
+                    for (request, channel) in parked {
+                        self.on_request(peer, request, channel, true);
+                    }
                 }
                 done = self.miss.next() => {
                     let mut ctx = self.shared.ctx(&mut self.swarm.behaviour_mut().kad);

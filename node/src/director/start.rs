@@ -301,7 +301,7 @@ pub async fn start(
         publish,
         ingest: Ingests::default(),
         tasks: Tasks::default(),
-        admitting: Tasks::default(),
+        admitting: Default::default(),
         draining: handles.draining,
         local,
         http,
