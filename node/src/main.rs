@@ -112,6 +112,10 @@ async fn run(args: Args) -> Result<()> {
             station.shutdown().await;
             bail!("enrollment refused: {line}");
         }
+        why = station.director_failed() => {
+            station.shutdown().await;
+            bail!("the director stopped: {why}; the station stops with it");
+        }
     };
     if signal == Signal::Term && !drain_timeout.is_zero() {
         tracing::info!(timeout_s = drain_timeout.as_secs(), "SIGTERM: draining");

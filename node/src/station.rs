@@ -38,6 +38,8 @@ pub struct Station {
     draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set when the director's loop panicked.
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// The identity file of engine `index` under the data directory.
@@ -471,7 +473,18 @@ impl Station {
         };
         node.write(&data)?;
         let mut tasks: Vec<JoinHandle<()>> = engines.into_iter().map(|e| e.task).collect();
-        tasks.push(dir.task);
+        // The director's loop ends only at the shutdown, or by a panic: then the station is
+        // a director-less shell (engines and metrics up, `/healthz` fine), which its process
+        // must not outlive. `director_failed` tells it.
+        let (director_failed, failed) = watch::channel(None);
+        let director_task = dir.task;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = director_task.await
+                && e.is_panic()
+            {
+                let _ = director_failed.send(Some(e.to_string()));
+            }
+        }));
         tasks.extend(extra_tasks);
         Ok(Self {
             director: node.director,
@@ -487,7 +500,18 @@ impl Station {
             draining,
             shutdown,
             tasks,
+            failed,
         })
+    }
+
+    /// Waits until the director's loop ended by a panic (never, in a sound station): what it
+    /// said.
+    pub async fn director_failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        match failed.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Takes engine `index` out of service: it stops serving and copying, and the director,

@@ -49,9 +49,11 @@ pub struct Reconciled {
     pub orphan_files: usize,
 }
 
-/// Makes the files on `disks` and the index agree, and returns the complete segments left.
+/// Makes the files on `disks` and the index (at `index_path`) agree, and returns the complete
+/// segments left. A disk the index names segments on and that holds none of them is refused
+/// ([`Error::DiskEmpty`]) rather than reconciled.
 pub(crate) fn reconcile(
-    index: &Index,
+    (index, index_path): (&Index, &Path),
     disks: &[PathBuf],
 ) -> Result<(Vec<(SegmentId, Record)>, Reconciled), Error> {
     let mut report = Reconciled::default();
@@ -75,10 +77,12 @@ pub(crate) fn reconcile(
         }
     }
 
+    let records = index.load_all()?;
+    empty_disks(&records, &files, disks, index_path)?;
     let mut ops = Vec::new();
     let mut kept = Vec::new();
     let mut keep_files: HashSet<(SegmentId, usize)> = HashSet::new();
-    for (segment, mut record) in index.load_all()? {
+    for (segment, mut record) in records {
         if record.state == SegmentState::Filling {
             ops.push(Op::Remove(segment));
             report.interrupted += 1;
@@ -143,6 +147,46 @@ pub(crate) fn reconcile(
         "segment store reconciled"
     );
     Ok((kept, report))
+}
+
+/// Refuses a disk the index names complete segments on when none of them is on any disk: a
+/// disk that did not mount (its empty mount point in its place), or one left out of `--disk`.
+/// Reconciled, its segments would leave the index, and at the next start with the disk back
+/// their files would be deleted as unknown: the whole disk lost, with a warning a line.
+fn empty_disks(
+    records: &[(SegmentId, Record)],
+    files: &HashMap<SegmentId, Vec<(usize, u64)>>,
+    disks: &[PathBuf],
+    index_path: &Path,
+) -> Result<(), Error> {
+    // disk -> (segments named, segments found)
+    let mut by_disk: HashMap<u32, (usize, usize)> = HashMap::new();
+    for (segment, record) in records {
+        if record.state != SegmentState::Complete {
+            continue;
+        }
+        // Any file of it, of any size: the disk is there (a wrong size is reconciled below).
+        let found = files.contains_key(segment);
+        let counts = by_disk.entry(record.disk).or_default();
+        counts.0 += 1;
+        counts.1 += usize::from(found);
+    }
+    let mut empty: Vec<(u32, usize)> = (by_disk.into_iter())
+        .filter(|(_, (named, found))| *named > 0 && *found == 0)
+        .map(|(disk, (named, _))| (disk, named))
+        .collect();
+    empty.sort_unstable();
+    match empty.first() {
+        None => Ok(()),
+        Some(&(disk, segments)) => Err(Error::DiskEmpty {
+            disk: (usize::try_from(disk).ok().and_then(|d| disks.get(d))).map_or_else(
+                || format!("disk #{disk} (not given now)"),
+                |d| d.display().to_string(),
+            ),
+            segments,
+            index: index_path.to_path_buf(),
+        }),
+    }
 }
 
 /// Segment files under `root/segments`; names that are not `<program hex>/<index>` are left

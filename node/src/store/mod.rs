@@ -136,6 +136,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The index names segments on a disk that holds none of them.
+    #[error(
+        "{disk}: the segment index names {segments} segment(s) on this disk and it holds none of \
+         them: is it mounted? Nothing was changed. If the disk is lost for good, move {} aside \
+         to start this engine empty",
+        index.display()
+    )]
+    DiskEmpty {
+        /// The disk (its directory), or which one, when it is not given any more.
+        disk: String,
+        /// The segments the index names on it.
+        segments: usize,
+        /// The index file.
+        index: PathBuf,
+    },
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),

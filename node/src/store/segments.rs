@@ -108,7 +108,7 @@ impl SegmentStore {
                 std::fs::create_dir_all(parent).map_err(io("create", parent))?;
             }
             let index = Index::open(&index_path)?;
-            let (kept, report) = layout::reconcile(&index, &disks)?;
+            let (kept, report) = layout::reconcile((&index, &index_path), &disks)?;
             Ok::<_, Error>((index, kept, report))
         })
         .await

@@ -694,6 +694,56 @@ async fn used_bytes_after_any_start_are_the_bytes_on_disk() -> TestResult {
     Ok(())
 }
 
+/// A disk that did not mount (its empty mount point in its place) holds none of the segments
+/// the index names on it: the store refuses to open and changes nothing, where it dropped
+/// them from the index, and with the disk back deleted their files as unknown. Control: with
+/// the disk back, every segment is there.
+#[tokio::test]
+async fn a_disk_holding_none_of_its_segments_is_refused_and_nothing_is_dropped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), 2, 1 << 30);
+    let (store, _events) = SegmentStore::open(cfg.clone()).await?;
+    let ids = [seg(11, 0), seg(11, 1), seg(11, 2), seg(11, 3)];
+    for (i, id) in ids.iter().enumerate() {
+        put(&store, *id, &bytes(i as u8, 50_000)).await?;
+    }
+    store.shutdown().await?;
+    drop(store);
+    assert!(!files_under(&dir.path().join("disk1/segments")).is_empty());
+
+    // disk1 "unmounted": its directory elsewhere, an empty one in its place.
+    let away = dir.path().join("disk1.away");
+    std::fs::rename(dir.path().join("disk1"), &away)?;
+    let refused = SegmentStore::open_reconciled(cfg.clone()).await;
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("is it mounted?"), "{why}");
+    assert!(why.contains("disk1"), "{why}");
+    // Left out of --disk altogether: refused too.
+    let one = Config::new(cfg.index.clone(), vec![dir.path().join("disk0")], 1 << 30);
+    let refused = SegmentStore::open_reconciled(one).await;
+    let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(why.contains("not given now"), "{why}");
+
+    std::fs::remove_dir_all(dir.path().join("disk1"))?;
+    std::fs::rename(&away, dir.path().join("disk1"))?;
+    let (store, _events, report) = SegmentStore::open_reconciled(cfg).await?;
+    assert_eq!(
+        report,
+        Reconciled {
+            kept: 4,
+            ..Reconciled::default()
+        }
+    );
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.read_range(*id, 0, 50_000).await?,
+            bytes(i as u8, 50_000)
+        );
+    }
+    store.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn reopen_after_a_crash_reconciles_files_and_index() -> TestResult {
     let dir = tempfile::tempdir()?;
