@@ -309,3 +309,45 @@ fn a_first_director_frozen_before_it_lists_the_swarm_leaves_the_console_to_the_r
     assert!(played == setup.bytes, "played bytes differ from the source");
     Ok(())
 }
+
+/// A console whose director's station was killed asks it again once it is back on the same
+/// address, on the same client. Before, libp2p forgot the address at the first failed dial
+/// and every later request failed at once ("Failed to dial the requested peer"), though the
+/// station was up again: a play outliving a station's restart ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_director_back_on_its_address_is_asked_again_by_the_same_client() -> Result<()> {
+    use vodmesh_client::DirectorClient;
+    use vodmesh_proto::director::{Request, Response};
+
+    let dir = tempfile::tempdir()?;
+    let listen = format!(
+        "/ip4/127.0.0.1/tcp/{}",
+        vodmesh_tests::process::free_port()?
+    );
+    let home = Node::new(&dir.path().join("home"))
+        .engines(1)
+        .home()
+        .listen(&[&listen])
+        .start()?;
+    let addr = home.addr.clone();
+    let client = DirectorClient::connect(&addr, None).await?;
+    let answer = client.call(Request::Activity).await?;
+    assert!(matches!(answer, Response::Activity(_)), "{answer:?}");
+
+    let node = home.crash()?;
+    wait::until("a request to fail", Duration::from_secs(30), || async {
+        Ok(client.call(Request::Activity).await.is_err())
+    })
+    .await?;
+    // One more while the station is down: its dial is refused.
+    assert!(client.call(Request::Activity).await.is_err());
+    let home = node.start()?;
+    assert_eq!(home.addr, addr, "restarted on its address");
+    wait::until(
+        "the director to answer the same client again",
+        Duration::from_secs(30),
+        || async { Ok(client.call(Request::Activity).await.is_ok()) },
+    )
+    .await?;
+    Ok(())
+}

@@ -165,29 +165,20 @@ where
                     .with_timeout(PING_TIMEOUT),
             ),
         })?;
-        let mut failed = None;
+        let mut reached = Err(DialFailure::TimedOut);
         for addr in addrs.iter().filter(|a| peer_of(a) == Some(peer)) {
-            match dial(&mut swarm, peer, addr).await {
-                Ok(()) => {
-                    // Known by peer id too: a connection that closes (an idle time-out, the
-                    // peer closing it) is dialed again by the next request instead of
-                    // failing it with "Failed to dial the requested peer".
-                    swarm.add_peer_address(peer, addr.clone());
-                    failed = None;
-                    break;
-                }
-                Err(why) => failed = Some(why),
+            reached = dial(&mut swarm, peer, addr).await.map(|()| addr.clone());
+            if reached.is_ok() {
+                break;
             }
         }
-        if let Some(reason) = failed {
-            return Err(ClientError::Unreachable {
-                addr: first.clone(),
-                reason: Box::new(reason),
-            });
-        }
+        let addr = reached.map_err(|reason| ClientError::Unreachable {
+            addr: first.clone(),
+            reason: Box::new(reason),
+        })?;
         let streams = swarm.behaviour().streams.new_control();
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(drive(swarm, peer, rx));
+        let task = tokio::spawn(drive(swarm, (peer, addr), rx));
         Ok(Self {
             peer,
             local,
@@ -309,7 +300,7 @@ async fn dial<B: NetworkBehaviour>(
 /// ends when the client is dropped.
 async fn drive<Req, Resp>(
     mut swarm: Swarm<Behaviour<Req, Resp>>,
-    peer: PeerId,
+    (peer, addr): (PeerId, Multiaddr),
     mut rx: mpsc::Receiver<Command<Req, Resp>>,
 ) where
     Req: Serialize + DeserializeOwned + Send + 'static,
@@ -320,7 +311,13 @@ async fn drive<Req, Resp>(
         tokio::select! {
             command = rx.recv() => match command {
                 Some(Command::Request(request, reply)) => {
-                    let id = swarm.behaviour_mut().control.send_request(&peer, request);
+                    // With the address it was reached at: a connection that closed (an idle
+                    // time-out, the peer restarting) is dialed again there. By peer id alone,
+                    // the first failed dial made libp2p forget the address, and every request
+                    // after it failed at once with "Failed to dial the requested peer".
+                    let again = vec![addr.clone()];
+                    let control = &mut swarm.behaviour_mut().control;
+                    let id = control.send_request_with_addresses(&peer, request, again);
                     pending.insert(id, reply);
                 }
                 Some(Command::Addresses(other, addrs, known)) => {
