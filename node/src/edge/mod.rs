@@ -138,6 +138,40 @@ mod tests {
         assert_eq!(named(&p, "../index.m3u8"), None);
     }
 
+    /// The audit's 16 KiB `?token=zzz...` is refused (a 403, as any bad token) by its length,
+    /// before base58 decoding, whose time grows with the square of it; a real URL token in the
+    /// same place is admitted.
+    #[test]
+    fn an_over_long_token_is_refused_before_decoding_and_a_real_one_admitted() -> anyhow::Result<()>
+    {
+        use vodmesh_proto::token::{Audience, Issuer, Rights, TokenError, to_url_param};
+        let issuer = Issuer::generate();
+        let trusted: TrustedIssuers = [issuer.public()].into_iter().collect();
+        let id = ProgramId([7; 32]);
+        let p = id.to_string();
+        let client: SocketAddr = "192.0.2.7:5000".parse()?;
+        let rights = Rights::Programs(vec![id]);
+        let subject = PeerId::random();
+        let now = now_ms();
+        let token = issuer.issue(subject, Audience::Url, rights, now, now + 3_600_000)?;
+        let uri: Uri = format!("/v/{p}/3.ts?token={}", to_url_param(&token)).parse()?;
+        let admitted = admit(&trusted, (&p, "3.ts"), &uri, client)?;
+        assert_eq!(
+            admitted,
+            (Named::Segment(SegmentId::new(id, 3u32)), subject)
+        );
+
+        let uri: Uri = format!("/v/{p}/3.ts?token={}", "z".repeat(16 * 1024)).parse()?;
+        let refused = admit(&trusted, (&p, "3.ts"), &uri, client).err();
+        assert!(
+            matches!(refused, Some(Refused::Token(TokenError::NotUrlToken))),
+            "{refused:?}"
+        );
+        let status = refused.map(|r| r.into_response().status());
+        assert_eq!(status, Some(StatusCode::FORBIDDEN));
+        Ok(())
+    }
+
     #[test]
     fn the_token_is_found_among_other_parameters() {
         let uri: Uri = "/v/p/1.ts?a=1&token=abc&b=2".parse().unwrap_or_default();
