@@ -7,7 +7,8 @@
 //! is a URL token ([`vodmesh_proto::token::Audience::Url`]) in base58; every refusal is a 403
 //! with its one line, an unknown path a 404.
 //!
-//! - `listener`: TCP or TLS connections with the idle cut ([`Guarded`]).
+//! - `listener`: TCP or TLS connections held to [`Limits`]: the stall and idle cuts, and a cap
+//!   on how many are open ([`Guarded`]).
 //! - `cors`: the headers that let a page of any origin play (hls.js in a browser).
 
 mod cors;
@@ -25,7 +26,7 @@ use vodmesh_proto::token::{TrustedIssuers, from_url_param};
 use vodmesh_proto::{SegmentId, SegmentIndex};
 
 pub(crate) use cors::{cors, preflight};
-pub(crate) use listener::{Guarded, STALL};
+pub(crate) use listener::{Guarded, Limits};
 
 /// The playlist's file name.
 pub(crate) const PLAYLIST: &str = "index.m3u8";
