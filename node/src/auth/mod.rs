@@ -46,7 +46,7 @@ use vodmesh_proto::token::{
 
 pub use caller::{Caller, User};
 pub use config::Config;
-pub use db::{DbError, Enrollment, SubscriberDb, UserRecord};
+pub use db::{DbError, EngineTaken, Enrolled, Enrollment, SubscriberDb, UserRecord};
 pub use key::KeyError;
 pub use limit::{Backoff, RateLimiter};
 pub use metrics::Metrics;
@@ -88,6 +88,10 @@ pub enum Error {
         "this enrollment token was already used: a station enrolls once and then renews its certificate; for a new enrollment ask an admin for a new token (`vodmesh enroll`)"
     )]
     EnrollmentUsed,
+    /// An engine listed at enrollment or renewal is another station's (not revoked): an
+    /// engine belongs to one station, and the other's would lose its engine tokens.
+    #[error(transparent)]
+    EngineTaken(Box<EngineTaken>),
     /// The station's membership was revoked (`vodmesh station revoke`).
     #[error("station {0} was revoked: an admin must enroll it again")]
     Revoked(PeerId),
