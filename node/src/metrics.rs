@@ -512,6 +512,9 @@ pub(crate) async fn serve(
             }
         }
     };
+    // The edge's cuts and a cap of its own: idle or half-sent connections are closed, and a
+    // flood of them takes no more descriptors from the station.
+    let listener = crate::edge::Guarded::new(listener, crate::edge::Limits::METRICS, None);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

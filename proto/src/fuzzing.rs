@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, DecodeError};
 use crate::signed::Signed;
-use crate::token::{Audience, Claims, Issuer, TrustedIssuers};
+use crate::token::{Audience, Claims, Issuer, TrustedIssuers, from_url_param};
 use crate::{
     ProgramId, admin, auth, blade, catalog, copy, director, ingest, manifest, station, stream,
 };
@@ -114,7 +114,8 @@ pub fn verified(data: &[u8]) {
 }
 
 /// A token as a console or an engine presents it: decoded, then checked by a director that
-/// trusts one issuer, for each audience.
+/// trusts one issuer, for each audience; and as a standard player presents it, as bytes and as
+/// the text of a `?token=` ([`crate::token::from_url_param`]).
 pub fn tokens(data: &[u8]) {
     let _ = Claims::peek(data);
     let mut trusted = TrustedIssuers::new();
@@ -130,6 +131,14 @@ pub fn tokens(data: &[u8]) {
     let program = ProgramId([1; 32]);
     for audience in [Audience::Console, Audience::Engine, Audience::Admin] {
         let _ = trusted.verify(data, 1_000, audience, Some(&program), &peer);
+    }
+    // A standard player's `?token=`: the bytes as a URL token, and as the text of one.
+    let client = std::net::IpAddr::from([192, 0, 2, 7]);
+    let _ = trusted.verify_url(data, 1_000, &program, client);
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(token) = from_url_param(text)
+    {
+        let _ = trusted.verify_url(&token, 1_000, &program, client);
     }
 }
 

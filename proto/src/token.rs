@@ -393,15 +393,29 @@ impl FromStr for AddrPrefix {
     }
 }
 
-/// Longest `?token=` text accepted: the base58 of [`MAX_TOKEN`] bytes is shorter.
-pub const MAX_URL_TOKEN: usize = 2 * MAX_TOKEN;
+/// Largest URL token, in bytes: [`Issuer::sign`] signs none larger. One program, a 64-byte
+/// user name and an IPv6 prefix take about 400; a URL token for every program a subscriber may
+/// watch lists them all, so about 18 programs fit (name the program, or grant all, beyond).
+pub const MAX_URL_TOKEN_BYTES: usize = 1024;
+
+/// Longest `?token=` text accepted: the base58 of [`MAX_URL_TOKEN_BYTES`] bytes, with a
+/// margin. Checked before decoding: base58 decoding takes time quadratic in the length (16 KiB
+/// of text cost a core tens of milliseconds), and the text comes from anyone on the network.
+pub const MAX_URL_TOKEN: usize = base58_len(MAX_URL_TOKEN_BYTES) + 16;
+
+/// Characters of the base58 of `bytes` bytes, at most: each byte is log 256 / log 58 < 1.37
+/// digits (a leading zero byte is one `1`).
+const fn base58_len(bytes: usize) -> usize {
+    (bytes * 137).div_ceil(100)
+}
 
 /// A token as the text of a URL's `token=` parameter (base58: no character needs escaping).
 pub fn to_url_param(token: &[u8]) -> String {
     bs58::encode(token).into_string()
 }
 
-/// The token bytes of a `token=` parameter; at most [`MAX_URL_TOKEN`] characters.
+/// The token bytes of a `token=` parameter; longer than [`MAX_URL_TOKEN`] characters, it is
+/// refused before it is decoded.
 pub fn from_url_param(text: &str) -> Result<Vec<u8>, TokenError> {
     if text.len() > MAX_URL_TOKEN {
         return Err(TokenError::NotUrlToken);
@@ -506,22 +520,28 @@ impl Issuer {
         })
     }
 
-    /// Signs `claims` as they are, except that the issuer is always this key.
+    /// Signs `claims` as they are, except that the issuer is always this key. A token is at
+    /// most [`MAX_TOKEN`] bytes, a URL token at most [`MAX_URL_TOKEN_BYTES`].
     pub fn sign(&self, claims: &Claims) -> Result<Vec<u8>, IssueError> {
         let claims = Claims {
             issuer: self.public(),
             ..claims.clone()
         };
+        let audience = claims.audience;
         let claims = codec::encode(&claims);
         let signature = self.key.sign(&message(&claims));
         let bytes = codec::encode(&Envelope {
             claims: ByteBuf::from(claims),
             signature: ByteBuf::from(signature.to_bytes().to_vec()),
         });
-        if bytes.len() > MAX_TOKEN {
+        let limit = match audience {
+            Audience::Url => MAX_URL_TOKEN_BYTES,
+            _ => MAX_TOKEN,
+        };
+        if bytes.len() > limit {
             return Err(IssueError::TooLarge {
                 len: bytes.len(),
-                limit: MAX_TOKEN,
+                limit,
             });
         }
         Ok(bytes)
@@ -1120,6 +1140,78 @@ mod tests {
             .verify_url(&codec::encode(&env), NOW, &program(3), outside)
             .unwrap_err();
         assert!(matches!(err, TokenError::ForgedSignature));
+    }
+
+    /// A `?token=` text is decoded only up to the base58 length of the largest URL token the
+    /// issuer signs: the largest real one passes through a URL, while a genuine token signed
+    /// past the limit (by hand here, as an issuer without it would) is refused as text before
+    /// any decoding, although its signature would pass.
+    #[test]
+    fn url_tokens_are_bounded_before_they_are_decoded() {
+        let f = fixture();
+        let client: IpAddr = "2001:db8::7".parse().unwrap();
+        let claims = |programs: u8| Claims {
+            issuer: f.issuer.public(),
+            subject: f.peer,
+            audience: Audience::Url,
+            rights: Rights::Programs((1..=programs).map(program).collect()),
+            not_before_ms: NOW,
+            expires_ms: NOW + HOUR,
+            id: TokenId::random(),
+            user: Some("u".repeat(64)),
+            roles: None,
+            addr: Some("2001:db8::/32".parse().unwrap()),
+        };
+        // The largest URL token the issuer signs: one more program and it refuses.
+        let mut programs = 1;
+        let mut largest = f.issuer.sign(&claims(1)).unwrap();
+        while let Ok(token) = f.issuer.sign(&claims(programs + 1)) {
+            largest = token;
+            programs += 1;
+        }
+        assert!(
+            largest.len() <= MAX_URL_TOKEN_BYTES && programs >= 10,
+            "{programs}"
+        );
+        let text = to_url_param(&largest);
+        assert!(text.len() <= MAX_URL_TOKEN);
+        let token = from_url_param(&text).unwrap();
+        assert!(
+            f.trusted
+                .verify_url(&token, NOW, &program(1), client)
+                .is_ok()
+        );
+        // Whatever the bytes, the text of a token within the limit is within the cap.
+        for fill in [0x00, 0x01, 0xff] {
+            let text = to_url_param(&[fill; MAX_URL_TOKEN_BYTES]);
+            assert!(text.len() <= MAX_URL_TOKEN, "{fill}: {}", text.len());
+        }
+
+        // Signed past the limit, with the issuer's key itself.
+        let encoded = codec::encode(&claims(programs + 20));
+        let signature = f.issuer.key.sign(&message(&encoded));
+        let oversized = codec::encode(&Envelope {
+            claims: ByteBuf::from(encoded),
+            signature: ByteBuf::from(signature.to_bytes().to_vec()),
+        });
+        assert!(
+            f.trusted
+                .verify_url(&oversized, NOW, &program(1), client)
+                .is_ok()
+        );
+        let text = to_url_param(&oversized);
+        assert!(text.len() > MAX_URL_TOKEN);
+        assert!(matches!(
+            from_url_param(&text),
+            Err(TokenError::NotUrlToken)
+        ));
+        assert!(matches!(
+            f.issuer.sign(&claims(programs + 20)),
+            Err(IssueError::TooLarge {
+                limit: MAX_URL_TOKEN_BYTES,
+                ..
+            })
+        ));
     }
 
     #[test]

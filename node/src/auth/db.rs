@@ -98,6 +98,31 @@ pub struct Enrollment {
     pub token: Option<TokenId>,
 }
 
+/// What came of writing an enrollment.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enrolled {
+    /// Written: the station's engines are the ones listed.
+    Done,
+    /// The enrollment token was used before; nothing written.
+    TokenUsed,
+    /// An engine listed is another station's; nothing written.
+    EngineTaken(EngineTaken),
+}
+
+/// An engine listed at enrollment that another station, not revoked, enrolled: an engine
+/// belongs to one station, and none takes another's (whose engine tokens would stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "engine {engine} belongs to station {station}: an engine is enrolled by one station; list this station's own engines (or revoke that station first: `vodmesh station revoke`)"
+)]
+pub struct EngineTaken {
+    /// The engine listed.
+    pub engine: PeerId,
+    /// The station it belongs to.
+    pub station: PeerId,
+}
+
 /// The auth server's redb database.
 #[derive(Debug)]
 pub struct SubscriberDb {
@@ -193,17 +218,21 @@ impl SubscriberDb {
         Ok(tx.open_table(USERS)?.len()?)
     }
 
-    /// Records `station` as enrolled with `engines`, replacing what it enrolled before.
-    pub fn enroll(&self, station: &PeerId, enrollment: &Enrollment) -> Result<(), DbError> {
+    /// Records `station` as enrolled with `engines`, replacing what it enrolled before;
+    /// unless one of them is another station's ([`Enrolled::EngineTaken`], nothing written).
+    pub fn enroll(&self, station: &PeerId, enrollment: &Enrollment) -> Result<Enrolled, DbError> {
         let tx = self.db.begin_write()?;
-        write_enrollment(&tx, station, enrollment)?;
-        tx.commit()?;
-        Ok(())
+        let enrolled = write_enrollment(&tx, station, enrollment)?;
+        if enrolled == Enrolled::Done {
+            tx.commit()?;
+        }
+        Ok(enrolled)
     }
 
     /// As [`SubscriberDb::enroll`] with the enrollment token `token` (valid until
-    /// `expires_ms`), which is marked used in the same transaction: `Ok(false)`, and nothing
-    /// written, if it was used before. Tokens expired at `now_ms` are forgotten.
+    /// `expires_ms`), which is marked used in the same transaction: [`Enrolled::TokenUsed`],
+    /// and nothing written, if it was used before; nor is it marked used if the enrollment is
+    /// refused. Tokens expired at `now_ms` are forgotten.
     pub fn enroll_once(
         &self,
         station: &PeerId,
@@ -211,20 +240,23 @@ impl SubscriberDb {
         token: TokenId,
         expires_ms: u64,
         now_ms: u64,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Enrolled, DbError> {
         let tx = self.db.begin_write()?;
         {
             let mut used = tx.open_table(USED)?;
             if used.get(token.0.as_slice())?.is_some() {
-                return Ok(false);
+                return Ok(Enrolled::TokenUsed);
             }
             // An expired token is refused before it gets here, so its id need not be kept.
             used.retain(|_, expires| expires.saturating_add(CLOCK_SKEW_MS) > now_ms)?;
             used.insert(token.0.as_slice(), expires_ms)?;
         }
-        write_enrollment(&tx, station, enrollment)?;
-        tx.commit()?;
-        Ok(true)
+        let enrolled = write_enrollment(&tx, station, enrollment)?;
+        // Dropped without a commit, the transaction leaves the token unused.
+        if enrolled == Enrolled::Done {
+            tx.commit()?;
+        }
+        Ok(enrolled)
     }
 
     /// Whether the enrollment token `token` was used (and not yet forgotten).
@@ -299,15 +331,35 @@ impl SubscriberDb {
     }
 }
 
-/// Writes `station`'s enrollment in `tx`, replacing what it enrolled before.
+/// Writes `station`'s enrollment in `tx`, replacing what it enrolled before; writes nothing
+/// if it lists an engine of another station that is not revoked ([`Enrolled::EngineTaken`]).
 fn write_enrollment(
     tx: &WriteTransaction,
     station: &PeerId,
     enrollment: &Enrollment,
-) -> Result<(), DbError> {
+) -> Result<Enrolled, DbError> {
     let key = station.to_bytes();
     let mut stations = tx.open_table(STATIONS)?;
     let mut engines = tx.open_table(ENGINES)?;
+    let revoked = tx.open_table(REVOKED)?;
+    // Checked in the transaction that writes: two stations listing one engine at once cannot
+    // both pass.
+    for engine in &enrollment.engines {
+        let Some(owner) = engines.get(engine.to_bytes().as_slice())? else {
+            continue;
+        };
+        let owner = owner.value();
+        if owner != key.as_slice() && revoked.get(owner)?.is_none() {
+            let owner = PeerId::from_bytes(owner).map_err(|e| DbError::Corrupt {
+                key: format!("engine {engine}"),
+                reason: e.to_string(),
+            })?;
+            return Ok(Enrolled::EngineTaken(EngineTaken {
+                engine: *engine,
+                station: owner,
+            }));
+        }
+    }
     let previous: Option<Enrollment> = match stations.get(key.as_slice())? {
         Some(v) => Some(decode(v.value(), &format_args!("station {station}"))?),
         None => None,
@@ -326,7 +378,7 @@ fn write_enrollment(
         engines.insert(engine.to_bytes().as_slice(), key.as_slice())?;
     }
     stations.insert(key.as_slice(), codec::encode(enrollment).as_slice())?;
-    Ok(())
+    Ok(Enrolled::Done)
 }
 
 #[cfg(test)]
@@ -352,7 +404,7 @@ mod tests {
             assert!(db.user("alice")?.is_none());
             assert!(db.insert_new_user("alice", &rec)?);
             assert!(!db.insert_new_user("alice", &rec)?);
-            db.enroll(
+            let enrolled = db.enroll(
                 &station,
                 &Enrollment {
                     engines: vec![e1, e2],
@@ -360,6 +412,7 @@ mod tests {
                     token: None,
                 },
             )?;
+            assert_eq!(enrolled, Enrolled::Done);
         }
         let db = SubscriberDb::open(&path)?;
         assert_eq!(db.user("alice")?, Some(rec));
@@ -367,7 +420,7 @@ mod tests {
         assert_eq!(db.station_of_engine(&e1)?, Some(station));
         assert_eq!(db.station_of_engine(&e3)?, None);
         // Re-enrolling replaces the engine list.
-        db.enroll(
+        let enrolled = db.enroll(
             &station,
             &Enrollment {
                 engines: vec![e2, e3],
@@ -375,6 +428,7 @@ mod tests {
                 token: None,
             },
         )?;
+        assert_eq!(enrolled, Enrolled::Done);
         assert_eq!(db.station_of_engine(&e1)?, None);
         assert_eq!(db.station_of_engine(&e2)?, Some(station));
         assert_eq!(db.station_of_engine(&e3)?, Some(station));

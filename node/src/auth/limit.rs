@@ -11,6 +11,11 @@
 //! when it succeeds ([`RateLimiter::succeeded`]): guesses sent in parallel see each other's
 //! counts, instead of all slipping through before the first failure is recorded.
 //!
+//! Token exchanges (`Refresh`, `UrlToken`: a console token for a fresh one or for a URL token)
+//! check no password, but each costs a signature check, a database read and a signature: they
+//! are held per peer to a [`Rate`] ([`RateLimiter::exchange`]), a token bucket of
+//! [`Rate::EXCHANGES`], so one console asking in a loop gets refusals, not a core.
+//!
 //! Counters live in memory, bounded by [`MAX_TRACKED`] keys per kind: a restart forgets them.
 //! Persisting them would cost a database commit (an fsync) per guess, which turns the limiter
 //! itself into something to flood; a restart costs an attacker at most one fresh round of free
@@ -66,6 +71,67 @@ impl Backoff {
 
     fn forget_after(&self) -> u64 {
         self.forget_after_ms.max(self.max_ms)
+    }
+}
+
+/// A token bucket's schedule: `burst` requests at once, then one every `every_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests a key may make at once, after a quiet spell.
+    pub burst: u32,
+    /// Milliseconds for one more to come back.
+    pub every_ms: u64,
+}
+
+impl Rate {
+    /// Token exchanges per peer: a console refreshes at half its token's life (retrying
+    /// within a minute when that fails) and asks for a URL token now and then, so 10 at
+    /// once, then one every 6 s, is far more than it needs.
+    pub const EXCHANGES: Self = Self {
+        burst: 10,
+        every_ms: 6_000,
+    };
+}
+
+/// Token buckets per key (virtual scheduling: each key keeps only the time its bucket is
+/// full again), bounded to `cap` keys; a full bucket is the same as none, so those go first.
+#[derive(Debug)]
+struct Buckets<K> {
+    rate: Rate,
+    /// When each key's bucket is full again (ms); a request takes `every_ms` of it.
+    full_at: HashMap<K, u64>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    fn new(rate: Rate, cap: usize) -> Self {
+        Self {
+            rate,
+            full_at: HashMap::new(),
+            cap,
+        }
+    }
+
+    /// Takes one request of `key` at `now_ms`; refused with the milliseconds until it may.
+    fn take(&mut self, key: &K, now_ms: u64) -> Result<(), u64> {
+        let full_at = self.full_at.get(key).map_or(now_ms, |&t| t.max(now_ms));
+        let slack = (self.rate.every_ms).saturating_mul(u64::from(self.rate.burst.max(1) - 1));
+        let ahead = full_at - now_ms;
+        if ahead > slack {
+            return Err(ahead - slack);
+        }
+        if !self.full_at.contains_key(key) && self.full_at.len() >= self.cap {
+            self.full_at.retain(|_, t| *t > now_ms);
+            if self.full_at.len() >= self.cap {
+                let soonest = self.full_at.iter().min_by_key(|(_, t)| **t);
+                if let Some(k) = soonest.map(|(k, _)| k.clone()) {
+                    self.full_at.remove(&k);
+                }
+            }
+        }
+        let next = full_at.saturating_add(self.rate.every_ms);
+        self.full_at.insert(key.clone(), next);
+        Ok(())
     }
 }
 
@@ -182,11 +248,12 @@ pub struct Attempt {
     at_ms: u64,
 }
 
-/// Backoff state for logins, per subscriber and per peer.
+/// Backoff state for logins, per subscriber and per peer; token exchanges per peer.
 #[derive(Debug)]
 pub struct RateLimiter {
     users: Counters<String>,
     peers: Counters<PeerId>,
+    exchanges: Buckets<PeerId>,
 }
 
 impl RateLimiter {
@@ -199,7 +266,14 @@ impl RateLimiter {
         Self {
             users: Counters::new(users, cap),
             peers: Counters::new(peers, cap),
+            exchanges: Buckets::new(Rate::EXCHANGES, cap),
         }
+    }
+
+    /// A token exchange (`Refresh`, `UrlToken`) by `peer` at `now_ms`: refused with the
+    /// milliseconds to wait once it asked more than [`Rate::EXCHANGES`] allows.
+    pub fn exchange(&mut self, peer: PeerId, now_ms: u64) -> Result<(), u64> {
+        self.exchanges.take(&peer, now_ms)
     }
 
     /// Starts an attempt on `user` (`None` for a name that cannot exist, which only the peer
@@ -361,5 +435,43 @@ mod tests {
         assert!(l.peers.map.len() <= 8);
         // The most recent survive.
         assert!(l.users.get(&"user99".to_string(), T0 + 100).is_some());
+    }
+
+    /// Simulated clock: a peer's burst of exchanges passes, the next is refused with the wait
+    /// until one comes back, and after it one more passes; another peer is not held to the
+    /// first's count; and a quiet peer gets its whole burst again.
+    #[test]
+    fn exchanges_are_held_to_a_burst_and_a_rate_per_peer() {
+        let mut l = limiter();
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let Rate { burst, every_ms } = Rate::EXCHANGES;
+        for _ in 0..burst {
+            assert_eq!(l.exchange(peer, T0), Ok(()));
+        }
+        assert_eq!(l.exchange(peer, T0), Err(every_ms));
+        assert_eq!(l.exchange(peer, T0 + 1_000), Err(every_ms - 1_000));
+        assert_eq!(l.exchange(other, T0), Ok(()), "another peer has its own");
+        assert_eq!(l.exchange(peer, T0 + every_ms), Ok(()));
+        assert!(l.exchange(peer, T0 + every_ms).is_err());
+        let quiet = T0 + every_ms * u64::from(burst + 1);
+        for _ in 0..burst {
+            assert_eq!(l.exchange(peer, quiet), Ok(()));
+        }
+        assert!(l.exchange(peer, quiet).is_err());
+    }
+
+    #[test]
+    fn exchange_buckets_are_bounded() {
+        let mut l = RateLimiter::with_capacity(Backoff::SUBSCRIBER, Backoff::PEER, 8);
+        let busy = PeerId::random();
+        for _ in 0..Rate::EXCHANGES.burst {
+            assert!(l.exchange(busy, T0).is_ok());
+        }
+        for i in 0..100 {
+            assert!(l.exchange(PeerId::random(), T0 + i).is_ok());
+        }
+        assert!(l.exchanges.full_at.len() <= 8);
+        // The busy peer's bucket, the emptiest, was kept.
+        assert!(l.exchange(busy, T0 + 100).is_err());
     }
 }

@@ -6,7 +6,8 @@
 //!   `spawn_blocking`. Several may run at once: the only shared mutable state, the
 //!   [`RateLimiter`], sits behind a mutex that is never held across a hash.
 //! - [`key`]: the issuer key file; [`db`]: the subscriber database (redb); [`password`]: argon2id
-//!   hashing; [`limit`]: login backoff per subscriber and per peer (in memory).
+//!   hashing; [`limit`]: login backoff per subscriber and per peer, token exchanges per peer
+//!   (in memory).
 //! - [`service`]: `/vodmesh/auth/1` on the auth station's director (requests run on the
 //!   blocking pool); [`engines`]: a station's enrollment and its engines' tokens.
 //! - [`Metrics`]: counters for the metrics endpoint (failed logins, throttled logins, ...);
@@ -46,7 +47,7 @@ use vodmesh_proto::token::{
 
 pub use caller::{Caller, User};
 pub use config::Config;
-pub use db::{DbError, Enrollment, SubscriberDb, UserRecord};
+pub use db::{DbError, EngineTaken, Enrolled, Enrollment, SubscriberDb, UserRecord};
 pub use key::KeyError;
 pub use limit::{Backoff, RateLimiter};
 pub use metrics::Metrics;
@@ -73,6 +74,13 @@ pub enum Error {
         /// Seconds until the next attempt is considered (rounded up).
         retry_in_s: u64,
     },
+    /// This peer asked for more token exchanges (`Refresh`, `UrlToken`) than
+    /// [`limit::Rate::EXCHANGES`] allows; nothing was checked.
+    #[error("too many token requests from this console, retry in {retry_in_s}s")]
+    TooManyRequests {
+        /// Seconds until the next request is taken (rounded up).
+        retry_in_s: u64,
+    },
     /// Unknown user or wrong password (deliberately not saying which).
     #[error("wrong user name or password")]
     BadCredentials,
@@ -88,6 +96,10 @@ pub enum Error {
         "this enrollment token was already used: a station enrolls once and then renews its certificate; for a new enrollment ask an admin for a new token (`vodmesh enroll`)"
     )]
     EnrollmentUsed,
+    /// An engine listed at enrollment or renewal is another station's (not revoked): an
+    /// engine belongs to one station, and the other's would lose its engine tokens.
+    #[error(transparent)]
+    EngineTaken(Box<EngineTaken>),
     /// The station's membership was revoked (`vodmesh station revoke`).
     #[error("station {0} was revoked: an admin must enroll it again")]
     Revoked(PeerId),
@@ -228,6 +240,14 @@ impl Server {
     fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
         // The limiter's state is consistent after any panic (plain counters): keep using it.
         self.limiter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one of `peer`'s token exchanges ([`RateLimiter::exchange`]), before any check.
+    fn exchange(&self, peer: PeerId, now_ms: u64) -> Result<(), Error> {
+        let taken = self.limiter().exchange(peer, now_ms);
+        taken.map_err(|wait_ms| Error::TooManyRequests {
+            retry_in_s: wait_ms.div_ceil(1000).max(1),
+        })
     }
 
     fn issue(
@@ -391,8 +411,10 @@ impl Server {
 
     /// Exchanges a still-valid console token of this issuer, presented by its own subject, for
     /// a fresh one (a console refreshes before expiry, mid-playback), with the rights its
-    /// subscriber has now; refused once she is disabled or removed.
+    /// subscriber has now; refused once she is disabled or removed, and past
+    /// [`limit::Rate::EXCHANGES`] for `peer` (with [`Server::url_token`]).
     pub fn refresh(&self, token: &[u8], peer: PeerId, now_ms: u64) -> Result<Vec<u8>, Error> {
+        self.exchange(peer, now_ms)?;
         let own: TrustedIssuers = [self.issuer_key()].into_iter().collect();
         let claims = own.verify(token, now_ms, Audience::Console, None, &peer)?;
         let user = claims.user.ok_or(Error::LogInAgain)?;
@@ -415,6 +437,7 @@ impl Server {
         ttl: Option<Duration>,
         now_ms: u64,
     ) -> Result<Vec<u8>, Error> {
+        self.exchange(peer, now_ms)?;
         let own: TrustedIssuers = [self.issuer_key()].into_iter().collect();
         let claims = own.verify(token, now_ms, Audience::Console, program.as_ref(), &peer)?;
         let user = claims.user.ok_or(Error::LogInAgain)?;
@@ -559,5 +582,7 @@ impl Server {
     }
 }
 
+#[cfg(test)]
+mod exchange_tests;
 #[cfg(test)]
 mod tests;

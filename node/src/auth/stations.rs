@@ -7,7 +7,7 @@ use vodmesh_proto::ids::short_peer;
 use vodmesh_proto::station::Roles;
 use vodmesh_proto::token::{Audience, Claims, Rights, TokenId};
 
-use super::{Caller, Enrollment, Error, MAX_ENGINES, Metrics, Server};
+use super::{Caller, Enrolled, Enrollment, Error, MAX_ENGINES, Metrics, Server};
 
 impl Server {
     /// An enrollment token for the station whose director is `station` (`vodmesh enroll`);
@@ -56,12 +56,13 @@ impl Server {
             enrolled_ms: now_ms,
             token: Some(claims.id),
         };
-        let first =
+        let enrolled =
             (self.db).enroll_once(&station, &enrollment, claims.id, claims.expires_ms, now_ms)?;
-        if !first {
+        if enrolled == Enrolled::TokenUsed {
             warn!(token = %claims.id, "enrollment token presented again: refused");
             return Err(Error::EnrollmentUsed);
         }
+        refuse_taken(enrolled)?;
         if revoked.is_some() {
             self.db.unrevoke(&station)?;
         }
@@ -142,7 +143,7 @@ impl Server {
         token: Option<TokenId>,
     ) -> Result<(), Error> {
         check_engines(engines)?;
-        self.db.enroll(
+        let enrolled = self.db.enroll(
             &station,
             &Enrollment {
                 engines: engines.to_vec(),
@@ -150,6 +151,7 @@ impl Server {
                 token,
             },
         )?;
+        refuse_taken(enrolled)?;
         Metrics::inc(&self.metrics.enrollments);
         info!("station enrolled");
         Ok(())
@@ -201,5 +203,126 @@ fn check_engines(engines: &[PeerId]) -> Result<(), Error> {
     match engines.len() > MAX_ENGINES {
         true => Err(Error::TooManyEngines(engines.len())),
         false => Ok(()),
+    }
+}
+
+/// [`Error::EngineTaken`] for an enrollment refused because it listed another station's
+/// engine (logged: a station trying that is misconfigured, or worse).
+fn refuse_taken(enrolled: Enrolled) -> Result<(), Error> {
+    match enrolled {
+        Enrolled::EngineTaken(taken) => {
+            let (engine, owner) = (short_peer(&taken.engine), short_peer(&taken.station));
+            warn!(%engine, %owner, "enrollment refused: it lists another station's engine");
+            Err(Error::EngineTaken(Box::new(taken)))
+        }
+        Enrolled::TokenUsed => Err(Error::EnrollmentUsed),
+        Enrolled::Done => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Config, EngineTaken, HashParams};
+
+    const T0: u64 = 1_700_000_000_000;
+
+    /// An auth server in a temp dir, its admin, and a way to enroll a station.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        server: Server,
+        admin: PeerId,
+    }
+
+    impl Fixture {
+        fn new() -> anyhow::Result<Self> {
+            let dir = tempfile::tempdir()?;
+            let admin = PeerId::random();
+            let config = Config {
+                hash: HashParams::INSECURE_FOR_TESTS,
+                admins: vec![admin],
+                ..Config::default()
+            };
+            let server = Server::open(dir.path(), config)?;
+            Ok(Self {
+                _dir: dir,
+                server,
+                admin,
+            })
+        }
+
+        /// An enrollment token for `station`.
+        fn token(&self, station: PeerId) -> anyhow::Result<Vec<u8>> {
+            let admin = Caller {
+                peer: self.admin,
+                token: None,
+            };
+            let roles = Roles::default();
+            Ok((self.server).issue_enroll_token(admin, station, roles, T0)?)
+        }
+
+        /// Whether `station` gets an engine token for `engine`.
+        fn engine_token(&self, station: PeerId, engine: PeerId) -> bool {
+            (self.server)
+                .issue_station_engine_token(station, engine, T0)
+                .is_ok()
+        }
+    }
+
+    fn taken(result: Result<Vec<u8>, Error>, engine: PeerId, owner: PeerId) -> bool {
+        let expected = EngineTaken {
+            engine,
+            station: owner,
+        };
+        matches!(result, Err(Error::EngineTaken(t)) if *t == expected)
+    }
+
+    /// A member cannot take another station's engine, by renewing or by enrolling with it:
+    /// refused, nothing written (the enrollment token stays unused), and the owner's engine
+    /// keeps its engine tokens. Controls: a station re-lists its own engines and adds fresh
+    /// ones; a revoked station's engine may be taken.
+    #[test]
+    fn a_station_cannot_take_another_stations_engine() -> anyhow::Result<()> {
+        let f = Fixture::new()?;
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let (ea, eb, ec, fresh) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let cert_a = f.server.enroll_station(&f.token(a)?, a, &[ea], T0)?;
+        let cert_b = f.server.enroll_station(&f.token(b)?, b, &[eb], T0)?;
+
+        // B renews listing A's engine: refused, with a line that says whose it is.
+        let stolen = f.server.renew(&cert_b, b, Some(&[eb, ea]), T0 + 1);
+        let line = stolen.as_ref().err().map(ToString::to_string);
+        assert!(taken(stolen, ea, a), "{line:?}");
+        assert!(line.is_some_and(|l| l.contains(&a.to_string())));
+        assert!(f.engine_token(a, ea), "A's engine keeps its tokens");
+        assert!(!f.engine_token(b, ea));
+        assert!(f.engine_token(b, eb), "nothing written for B either");
+        // C enrolls listing it: refused, and its token is not spent by the refusal.
+        let token_c = f.token(c)?;
+        assert!(taken(
+            f.server.enroll_station(&token_c, c, &[ea], T0),
+            ea,
+            a
+        ));
+        assert!(f.engine_token(a, ea));
+        assert!(!f.server.db().enrollment_used(Claims::peek(&token_c)?.id)?);
+
+        // Controls: A re-lists its own engine, B lists a fresh one, C enrolls with its own.
+        f.server.renew(&cert_a, a, Some(&[ea]), T0 + 2)?;
+        assert!(f.engine_token(a, ea));
+        f.server.renew(&cert_b, b, Some(&[eb, fresh]), T0 + 2)?;
+        assert!(f.engine_token(b, fresh) && f.engine_token(b, eb));
+        f.server.enroll_station(&token_c, c, &[ec], T0 + 2)?;
+        assert!(f.engine_token(c, ec));
+        // Once A is revoked, its engine is no one's to keep.
+        f.server.db().revoke(&a, T0 + 3)?;
+        f.server.renew(&cert_b, b, Some(&[eb, ea]), T0 + 4)?;
+        assert!(f.engine_token(b, ea) && !f.engine_token(a, ea));
+        Ok(())
     }
 }

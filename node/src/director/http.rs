@@ -38,7 +38,7 @@ use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::token::TrustedIssuers;
 use vodmesh_proto::{ProgramId, SegmentId};
 
-use crate::edge::{Guarded, Named, STALL, admit, cors, line, preflight, token_param};
+use crate::edge::{Guarded, Limits, Named, admit, cors, line, preflight, token_param};
 use crate::tls::Tls;
 
 /// Requests of the HTTP edge queued for the loop, at most; past this a player is told to retry.
@@ -110,7 +110,7 @@ impl Server {
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        let listener = Guarded::new(listener, STALL, tls.as_ref()).tap_io(|_| ());
+        let listener = Guarded::new(listener, Limits::EDGE, tls.as_ref()).tap_io(|_| ());
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -7,7 +7,8 @@
 //! is a URL token ([`vodmesh_proto::token::Audience::Url`]) in base58; every refusal is a 403
 //! with its one line, an unknown path a 404.
 //!
-//! - `listener`: TCP or TLS connections with the idle cut ([`Guarded`]).
+//! - `listener`: TCP or TLS connections held to [`Limits`]: the stall and idle cuts, and a cap
+//!   on how many are open ([`Guarded`]).
 //! - `cors`: the headers that let a page of any origin play (hls.js in a browser).
 
 mod cors;
@@ -25,7 +26,7 @@ use vodmesh_proto::token::{TrustedIssuers, from_url_param};
 use vodmesh_proto::{SegmentId, SegmentIndex};
 
 pub(crate) use cors::{cors, preflight};
-pub(crate) use listener::{Guarded, STALL};
+pub(crate) use listener::{Guarded, Limits};
 
 /// The playlist's file name.
 pub(crate) const PLAYLIST: &str = "index.m3u8";
@@ -136,6 +137,40 @@ mod tests {
         assert_eq!(named(&p, "4.txt"), None);
         assert_eq!(named("not-a-program", "4.ts"), None);
         assert_eq!(named(&p, "../index.m3u8"), None);
+    }
+
+    /// The audit's 16 KiB `?token=zzz...` is refused (a 403, as any bad token) by its length,
+    /// before base58 decoding, whose time grows with the square of it; a real URL token in the
+    /// same place is admitted.
+    #[test]
+    fn an_over_long_token_is_refused_before_decoding_and_a_real_one_admitted() -> anyhow::Result<()>
+    {
+        use vodmesh_proto::token::{Audience, Issuer, Rights, TokenError, to_url_param};
+        let issuer = Issuer::generate();
+        let trusted: TrustedIssuers = [issuer.public()].into_iter().collect();
+        let id = ProgramId([7; 32]);
+        let p = id.to_string();
+        let client: SocketAddr = "192.0.2.7:5000".parse()?;
+        let rights = Rights::Programs(vec![id]);
+        let subject = PeerId::random();
+        let now = now_ms();
+        let token = issuer.issue(subject, Audience::Url, rights, now, now + 3_600_000)?;
+        let uri: Uri = format!("/v/{p}/3.ts?token={}", to_url_param(&token)).parse()?;
+        let admitted = admit(&trusted, (&p, "3.ts"), &uri, client)?;
+        assert_eq!(
+            admitted,
+            (Named::Segment(SegmentId::new(id, 3u32)), subject)
+        );
+
+        let uri: Uri = format!("/v/{p}/3.ts?token={}", "z".repeat(16 * 1024)).parse()?;
+        let refused = admit(&trusted, (&p, "3.ts"), &uri, client).err();
+        assert!(
+            matches!(refused, Some(Refused::Token(TokenError::NotUrlToken))),
+            "{refused:?}"
+        );
+        let status = refused.map(|r| r.into_response().status());
+        assert_eq!(status, Some(StatusCode::FORBIDDEN));
+        Ok(())
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! this engine's load counts HTTP clients too (the console is the token's subject).
 //!
 //! A refusal is a 403 with the one-line reason; a full engine a 503 with `Retry-After`. A
-//! player that stops reading for [`STALL`] loses its connection and gives its place back
-//! ([`crate::edge::Stalling`]).
+//! player that stops reading loses its connection and gives its place back, a client that
+//! keeps the engine waiting (sends nothing, half a request) loses it too, and connections
+//! past a cap are closed at once ([`crate::edge::Limits::EDGE`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use super::Reporter;
 use super::embargo::Embargoes;
 use super::stream::{ActiveStream, Load};
 use crate::control::EngineEvent;
-use crate::edge::{Guarded, Named, Refused, STALL, admit, cors, line, preflight};
+use crate::edge::{Guarded, Limits, Named, Refused, admit, cors, line, preflight};
 use crate::peer_slots::PeerSlots;
 use crate::store::{Reader, SegmentStore};
 
@@ -80,7 +81,7 @@ pub(crate) struct Edge {
 /// Serves the engine's HTTP edge on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, edge: Edge) {
     let stop = edge.stop.clone();
-    let listener = Guarded::new(listener, STALL, edge.tls.as_ref()).tap_io(|_| ());
+    let listener = Guarded::new(listener, Limits::EDGE, edge.tls.as_ref()).tap_io(|_| ());
     let app = Router::new()
         .route("/v/{program}/{file}", get(segment).options(preflight))
         .layer(axum::middleware::from_fn(cors))
