@@ -213,3 +213,78 @@ fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
     Ok(())
 }
+
+/// Two clients ingesting one program at once: the second is refused while the first pushes
+/// (before, it took the session over, and each of the two failed the other: "segment
+/// announced for another peer", then the first's abort dropped the second's ingest), and its
+/// abort leaves the first's ingest alone. Controls: the first client begins again (a resume)
+/// and is served, and its own abort drops the ingest, after which the second may begin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_ingest()
+-> anyhow::Result<()> {
+    use vodmesh_client::DirectorClient;
+    use vodmesh_client::director::DirectorError;
+    use vodmesh_proto::director::{Request, Response};
+    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
+    use vodmesh_proto::time::now_ms;
+
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("home");
+    let station = swarm::station(&data)
+        .engines(1)
+        .content_home()
+        .start()
+        .await?;
+    let key = vodmesh_client::identity::load(&data.join("identity.key"))?;
+    let content = ManifestContent {
+        title: "twice".into(),
+        content_type: "application/octet-stream".into(),
+        duration_ms: 1000,
+        segments: vec![SegmentEntry {
+            index: 0.into(),
+            duration_ms: 1000,
+            size: 5,
+            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
+        }],
+        renditions: Vec::new(),
+    };
+    let program = content.program_id();
+    let (first, second) = (
+        DirectorClient::connect(station.addr(), None).await?,
+        DirectorClient::connect(station.addr(), None).await?,
+    );
+    let proof = |op: &str| {
+        vodmesh_proto::admin::prove(&key, op, program.as_bytes(), first.peer(), now_ms())
+    };
+    let begin = || Request::IngestBegin {
+        content: content.clone(),
+        publish_at_ms: None,
+        replicas: 0,
+        admin: proof("ingest"),
+    };
+    let abort = || Request::IngestAbort {
+        program,
+        admin: proof("ingest-abort"),
+    };
+    let planned = |answer: &Result<Response, DirectorError>| {
+        matches!(answer, Ok(Response::IngestPlan { .. }))
+    };
+
+    assert!(planned(&first.call(begin()).await));
+    let refused = second.call(begin()).await;
+    let line = match &refused {
+        Err(DirectorError::Refused(reply)) => reply.message.clone(),
+        other => anyhow::bail!("a second client's begin: {other:?}"),
+    };
+    assert!(line.contains("being ingested by another client"), "{line}");
+    // Its abort (a failed ingest's client sends one) leaves the first's ingest: the first
+    // resumes it.
+    assert!(matches!(second.call(abort()).await, Ok(Response::Ok)));
+    assert!(planned(&first.call(begin()).await), "the owner resumes");
+    // The owner's abort drops it; then the second may begin.
+    assert!(matches!(first.call(abort()).await, Ok(Response::Ok)));
+    assert!(planned(&second.call(begin()).await));
+    station.shutdown().await;
+    Ok(())
+}

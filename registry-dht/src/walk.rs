@@ -136,6 +136,23 @@ impl RecentWalk {
         self.walk_now().await
     }
 
+    /// The live stations from a walk at most [`RECENT`] old, else from a fresh one (never a
+    /// stale one): for an answer a console checks signatures against. A pinned console
+    /// verifies a manifest's signer by the `Swarm` answer, and a station missing from a
+    /// stale walk (cut off when it ran) failed its play: "not a content manager certified by
+    /// ...".
+    pub async fn stations_recent(&self) -> Result<Stations, RegistryError> {
+        {
+            let last = self.last();
+            if let Some((at, stations)) = &last.walked
+                && at.elapsed() < RECENT
+            {
+                return Ok(stations.clone());
+            }
+        }
+        self.walk_now().await
+    }
+
     /// Walks, unless a walk that ended while this one waited for its turn is recent.
     async fn walk_now(&self) -> Result<Stations, RegistryError> {
         let _walking = self.shared.walking.lock().await;
@@ -260,12 +277,21 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &fresh) && took.is_zero());
         assert_eq!(walks.load(Ordering::SeqCst), 2);
 
+        // Past RECENT, one who may not take a stale answer waits for a fresh walk.
+        sleep(RECENT).await;
+        let asked = Instant::now();
+        let walked = recent.stations_recent().await.expect("the walk succeeds");
+        assert_eq!(asked.elapsed(), SLOW);
+        assert!(!Arc::ptr_eq(&fresh, &walked));
+        assert_eq!(walks.load(Ordering::SeqCst), 3);
+        let fresh = walked;
+
         // Control: past STALE the asker waits for a fresh walk.
         sleep(STALE).await;
         let (waited, took) = ask(&recent).await;
         assert!(!Arc::ptr_eq(&fresh, &waited));
         assert_eq!(took, SLOW);
-        assert_eq!(walks.load(Ordering::SeqCst), 3);
+        assert_eq!(walks.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -103,6 +103,16 @@ pub enum Error {
     /// The station's membership was revoked (`vodmesh station revoke`).
     #[error("station {0} was revoked: an admin must enroll it again")]
     Revoked(PeerId),
+    /// `vodmesh station revoke` of the auth station itself.
+    #[error(
+        "station {0} runs this auth server: revoking it would take every member's certificates and the swarm's content manager with it; stop the station instead"
+    )]
+    RevokeOwn(PeerId),
+    /// `vodmesh station revoke` of a peer that never enrolled here.
+    #[error(
+        "no station {0} is enrolled with this auth server: nothing to revoke (give a station's director peer id)"
+    )]
+    NotAStation(PeerId),
     /// A user of that name exists.
     #[error("user {0} already exists")]
     UserExists(String),

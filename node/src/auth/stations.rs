@@ -89,6 +89,14 @@ impl Server {
     #[instrument(skip_all, fields(station = %short_peer(&station), by = %short_peer(&caller.peer)))]
     pub fn revoke(&self, caller: Caller<'_>, station: PeerId, now_ms: u64) -> Result<(), Error> {
         self.require_admin(caller, now_ms)?;
+        // The auth station certifies itself: revoked, it renewed nothing, its content
+        // manager's programs were refused everywhere, and enrolling it again did not help.
+        if self.config.station == Some(station) {
+            return Err(Error::RevokeOwn(station));
+        }
+        if self.db.station(&station)?.is_none() {
+            return Err(Error::NotAStation(station));
+        }
         self.db.revoke(&station, now_ms)?;
         info!("station revoked");
         Ok(())
@@ -267,6 +275,40 @@ mod tests {
                 .issue_station_engine_token(station, engine, T0)
                 .is_ok()
         }
+    }
+
+    /// `vodmesh station revoke` refuses the auth station itself (which certifies itself: the
+    /// swarm had no content manager left, for good) and a peer id that never enrolled (a typo
+    /// said "revoked"). Control: an enrolled station is revoked, and renews nothing after.
+    #[test]
+    fn the_auth_station_and_a_peer_never_enrolled_are_not_revoked() -> anyhow::Result<()> {
+        let own = PeerId::random();
+        let dir = tempfile::tempdir()?;
+        let admin = PeerId::random();
+        let config = Config {
+            hash: HashParams::INSECURE_FOR_TESTS,
+            admins: vec![admin],
+            station: Some(own),
+            ..Config::default()
+        };
+        let server = Server::open(dir.path(), config)?;
+        let caller = || Caller {
+            peer: admin,
+            token: None,
+        };
+        let own_revoked = server.revoke(caller(), own, T0);
+        assert!(matches!(own_revoked, Err(Error::RevokeOwn(p)) if p == own));
+        let stranger = PeerId::random();
+        let stranger_revoked = server.revoke(caller(), stranger, T0);
+        assert!(matches!(stranger_revoked, Err(Error::NotAStation(p)) if p == stranger));
+
+        let station = PeerId::random();
+        let token = server.issue_enroll_token(caller(), station, Roles::default(), T0)?;
+        let certificate = server.enroll_station(&token, station, &[], T0)?;
+        server.revoke(caller(), station, T0 + 1)?;
+        let renewed = server.renew(&certificate, station, None, T0 + 2);
+        assert!(matches!(renewed, Err(Error::Revoked(p)) if p == station));
+        Ok(())
     }
 
     fn taken(result: Result<Vec<u8>, Error>, engine: PeerId, owner: PeerId) -> bool {

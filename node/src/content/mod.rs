@@ -20,6 +20,7 @@ pub mod plan;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use libp2p::PeerId;
 use vodmesh_proto::manifest::ManifestContent;
 use vodmesh_proto::{ProgramId, SegmentIndex};
 
@@ -44,6 +45,8 @@ pub struct Session {
     pub placement: Vec<usize>,
     /// When it last made progress (began, or a segment was stored), ms since the epoch.
     pub progress_ms: u64,
+    /// The peer of the client pushing it (the one that began it last).
+    pub client: PeerId,
 }
 
 impl Session {
@@ -155,6 +158,7 @@ mod tests {
             stored: HashSet::new(),
             placement,
             progress_ms,
+            client: PeerId::random(),
         }
     }
 

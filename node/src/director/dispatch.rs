@@ -62,7 +62,9 @@ impl Director {
             Request::Swarm => {
                 let walks = ctx.walks.clone();
                 self.tasks.spawn(async move {
-                    let stations = walks.stations().await.map_err(Error::from);
+                    // Never a stale walk: a pinned console checks the manifest's signer
+                    // against these records.
+                    let stations = walks.stations_recent().await.map_err(Error::from);
                     let listed = |s: vodmesh_registry::Stations| {
                         Response::Swarm(s.iter().map(|(_, signed)| signed.clone()).collect())
                     };

@@ -1,6 +1,7 @@
 //! What can go wrong in the director, and what a client is told: [`Error`] is mapped to the
 //! wire's [`ErrorReply`] (a code for programs, one line for people) here and nowhere else.
 
+use libp2p::PeerId;
 use vodmesh_proto::admin::AdminError;
 use vodmesh_proto::director::{ErrorCode, ErrorReply, Response};
 use vodmesh_proto::manifest::ManifestError;
@@ -90,6 +91,19 @@ pub(super) enum Error {
     /// A commit or abort of an ingest that is not in progress.
     #[error("no ingest of this program in progress")]
     NoIngest,
+    /// An ingest of a program another client is pushing now.
+    #[error(
+        "program {program} is being ingested by another client (peer {client}), which stored a segment {ago_s} s ago: wait for it to end, or stop it and run this again (an ingest whose client stopped is taken over {} s after its last segment)",
+        super::ingest::TAKE_OVER_AFTER.as_secs()
+    )]
+    IngestInProgress {
+        /// The program.
+        program: ProgramId,
+        /// The client pushing it.
+        client: PeerId,
+        /// Seconds since it stored a segment (or began).
+        ago_s: u64,
+    },
     /// A commit before every segment is stored.
     #[error("{0} segment(s) not stored yet; ingest incomplete")]
     Incomplete(usize),
@@ -199,6 +213,7 @@ impl Error {
             Self::NoEngineUp
             | Self::Draining
             | Self::IngestEngineDown
+            | Self::IngestInProgress { .. }
             | Self::BadManifest(_)
             | Self::UnverifiedManifest(_)
             | Self::ContentManagerGone

@@ -3,6 +3,8 @@
 //! catalog), `IngestAbort`; the end of ingests that never commit (expired, or found
 //! interrupted at start); and the segments engines report stored, an ingest's or a copy's.
 
+use std::time::Duration;
+
 use libp2p::PeerId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
@@ -19,6 +21,12 @@ use super::publish::Publishing;
 use crate::content::{CatalogEntry, Session, Sessions, plan};
 use crate::control::{EngineCommand, Expected};
 use crate::store::locations::{Location, LocationState};
+
+/// How long after an ingest's last progress (its begin, or a segment stored) another client
+/// may take it over. A client killed and run again resumes the ingest (the segments stored
+/// are kept); one run beside a client that still pushes is refused, where it took the
+/// session over and each of the two then failed the other.
+pub(super) const TAKE_OVER_AFTER: Duration = Duration::from_secs(10);
 
 /// What an ingest request comes to.
 #[derive(Debug)]
@@ -70,7 +78,15 @@ impl Ingests {
             Request::IngestCommit { program, admin } => self.commit(ctx, program, &admin),
             Request::IngestAbort { program, admin } => {
                 ctx.me.check_admin(&admin, "ingest-abort", &program)?;
-                self.drop_ingest(ctx, program, "its client gave up");
+                // Another client's ingest (it took over, or this one was refused at its
+                // begin) is not this client's to drop.
+                match self.sessions.get(&program) {
+                    Some(session) if session.client != peer => {
+                        let client = session.client;
+                        tracing::info!(%program, %peer, %client, "ingest abort of another client's ingest ignored");
+                    }
+                    _ => self.drop_ingest(ctx, program, "its client gave up"),
+                }
                 Ok(Ingested::Answer(Response::Ok))
             }
             other => Err(Error::Unsupported(format!("{other:?}"))),
@@ -175,6 +191,16 @@ impl Ingests {
             return Err(Error::NoEngineUp);
         }
         let now = now_ms();
+        if let Some(session) = self.sessions.get(&program) {
+            let ago = Duration::from_millis(now.saturating_sub(session.progress_ms));
+            if session.client != from && ago < TAKE_OVER_AFTER {
+                return Err(Error::IngestInProgress {
+                    program,
+                    client: session.client,
+                    ago_s: ago.as_secs(),
+                });
+            }
+        }
         // The same program begun again (its client was restarted) resumes the session: the
         // same engines take the same segments, and those already stored are accepted as
         // they are.
@@ -235,6 +261,7 @@ impl Ingests {
             stored,
             placement,
             progress_ms: now,
+            client: from,
         };
         self.sessions.begin(program, session);
         targets.retain(|t| !t.segments.is_empty());
