@@ -411,6 +411,22 @@ async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> an
 }
 
 /// The registry queries a station has started.
+/// A home station, a member that joined it, and a stranger (claiming the content manager
+/// role) that did; the temp dir holds the home's data.
+async fn home_member_and_stranger()
+-> anyhow::Result<(tempfile::TempDir, vodmesh_node::Station, Rogue, Rogue)> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home = station(dir.path()).home().start().await?;
+    let issuer = issuer_of(dir.path())?;
+    let addr = home.addr().clone();
+    let mut member = Rogue::new(&addr)?;
+    join(&mut member, Some(&issuer), Roles::default()).await?;
+    let mut stranger = Rogue::new(&addr)?;
+    join(&mut stranger, None, CM).await?;
+    Ok((dir, home, member, stranger))
+}
+
 fn dht_queries_started(station: &vodmesh_node::Station) -> anyhow::Result<u64> {
     let line = "vodmesh_dht_queries_started_total ";
     let text = station.metrics().encode();
@@ -428,15 +444,8 @@ fn dht_queries_started(station: &vodmesh_node::Station) -> anyhow::Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_s_member_requests_are_refused_after_one_look_up() -> anyhow::Result<()> {
     const ASKS: usize = 64;
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let home = station(dir.path()).home().start().await?;
-    let issuer = issuer_of(dir.path())?;
+    let (_dir, home, member, stranger) = home_member_and_stranger().await?;
     let addr = home.addr().clone();
-    let mut member = Rogue::new(&addr)?;
-    join(&mut member, Some(&issuer), Roles::default()).await?;
-    let mut stranger = Rogue::new(&addr)?;
-    join(&mut stranger, None, CM).await?;
 
     let client = DirectorClient::connect(&addr, Some(stranger.key.clone())).await?;
     let before = dht_queries_started(&home)?;
@@ -471,15 +480,8 @@ async fn a_stranger_s_member_requests_are_refused_after_one_look_up() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_s_copy_requests_before_its_check_wait_for_one_look_up() -> anyhow::Result<()> {
     const ASKS: usize = 64;
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let home = station(dir.path()).home().start().await?;
-    let issuer = issuer_of(dir.path())?;
+    let (dir, home, member, stranger) = home_member_and_stranger().await?;
     let addr = home.addr().clone();
-    let mut member = Rogue::new(&addr)?;
-    join(&mut member, Some(&issuer), Roles::default()).await?;
-    let mut stranger = Rogue::new(&addr)?;
-    join(&mut stranger, None, CM).await?;
 
     let source = dir.path().join("p.bin");
     random_file(&source, 64 * 1024, 29)?;
