@@ -45,6 +45,7 @@ mod play;
 mod publish;
 mod reconcile;
 mod replicate;
+mod schedule;
 mod start;
 mod tasks;
 
