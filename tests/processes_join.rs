@@ -162,6 +162,24 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // A station that could serve nothing, drop every ingest at once, or start engines
+    // until its ports ran out.
+    for (flags, says) in [
+        (["--max-streams", "0"], "--max-streams"),
+        (["--ingest-timeout", "0"], "--ingest-timeout"),
+        (["--engines", "65536"], "at most 1024 engines"),
+    ] {
+        let out = command_in(None, "vodmesh-node")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(flags)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(!data.exists(), "a refused start made {}", data.display());
+    }
     Ok(())
 }
 

@@ -90,8 +90,8 @@ pub struct Args {
     /// `director` line that station printed.
     #[arg(long, value_name = "MULTIADDR", value_parser = director_addr)]
     pub bootstrap: Vec<Multiaddr>,
-    /// Engines in this station.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Engines in this station (at most 1024, as many as an enrollment lists).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = engine_count)]
     pub engines: usize,
     /// A segment directory, one per disk (repeatable). Default: DIR/segments.
     #[arg(long = "disk", value_name = "DIR")]
@@ -99,8 +99,8 @@ pub struct Args {
     /// Bytes of segment storage per engine; 0 = bounded only by the disks.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub capacity: u64,
-    /// Concurrent streams per engine.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    /// Concurrent streams per engine (1 or more).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
     /// Re-hash every stored segment at start (slow on big stores) and drop any that no longer
     /// match; without it, corruption is still caught by the background scrub (--scrub-rate)
@@ -114,7 +114,7 @@ pub struct Args {
     pub scrub_rate: u32,
     /// An ingest that stores no segment for this many seconds (its client was killed or
     /// lost) is given up, and the segments it stored are dropped (content manager).
-    #[arg(long, default_value_t = crate::config::INGEST_TIMEOUT.as_secs(), value_name = "SECS")]
+    #[arg(long, default_value_t = crate::config::INGEST_TIMEOUT.as_secs(), value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub ingest_timeout: u64,
     /// This is a home station: it keeps whole programs and never evicts them.
     #[arg(long)]
@@ -253,8 +253,8 @@ pub struct EngineArgs {
     /// Bytes of segment storage; 0 = bounded only by the disks.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub capacity: u64,
-    /// Concurrent streams.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    /// Concurrent streams (1 or more).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: u32,
     /// Accept console tokens signed by this issuer (repeatable), as the station does; the
     /// engine token its director forwards must come from one of them too.
@@ -289,6 +289,21 @@ pub fn director_addr(s: &str) -> Result<Multiaddr, String> {
         Some(_) => Ok(addr),
         None => Err(format!(
             "{addr} does not end in /p2p/<peer id>: give the `director` line the station printed"
+        )),
+    }
+}
+
+/// `--engines`: 0 (only with `--engine-peer`) to 1024, the most an enrollment lists: each
+/// engine is a peer with its own listener, identity and store.
+pub fn engine_count(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s} is not a number of engines"))?;
+    match n <= crate::auth::MAX_ENGINES {
+        true => Ok(n),
+        false => Err(format!(
+            "at most {} engines a station",
+            crate::auth::MAX_ENGINES
         )),
     }
 }
