@@ -122,6 +122,11 @@ impl<K: Hash + Eq, T> Waiting<K, T> {
         self.lists.contains_key(key)
     }
 
+    /// Keys something waits under: pieces of work running.
+    pub(crate) fn keys(&self) -> usize {
+        self.lists.len()
+    }
+
     /// Everything that waited under `key` (its work ended).
     pub(crate) fn take(&mut self, key: &K) -> Vec<T> {
         self.lists.remove(key).unwrap_or_default()
@@ -147,6 +152,7 @@ mod tests {
         assert_eq!(waiting.push("p", 3), Ok(false));
         assert_eq!(waiting.push("p", 4), Err(4), "bounded");
         assert_eq!(waiting.push("q", 5), Ok(true), "a key of its own");
+        assert_eq!(waiting.keys(), 2);
         assert!(waiting.contains(&"p"));
         assert_eq!(waiting.take(&"p"), vec![1, 2, 3]);
         assert!(!waiting.contains(&"p"));

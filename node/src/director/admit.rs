@@ -110,7 +110,6 @@ const MAX_PARKED: usize = 128;
 pub(super) struct LookUps {
     tasks: Tasks<PeerId>,
     parked: Waiting<PeerId, Parked>,
-    looking_up: usize,
     lately: Expiring<PeerId, ()>,
 }
 
@@ -119,7 +118,6 @@ impl Default for LookUps {
         Self {
             tasks: Tasks::default(),
             parked: Waiting::new(MAX_PARKED),
-            looking_up: 0,
             lately: Expiring::new(LOOKED_UP_FOR, 4096),
         }
     }
@@ -136,7 +134,7 @@ impl LookUps {
         registry: &RegistryHandle,
     ) -> Option<Parked> {
         if self.lately.contains(&peer, Instant::now())
-            || (!self.parked.contains(&peer) && self.looking_up >= MAX_LOOKING_UP)
+            || (!self.parked.contains(&peer) && self.parked.keys() >= MAX_LOOKING_UP)
         {
             return Some(parked);
         }
@@ -145,7 +143,6 @@ impl LookUps {
             Err(parked) => return Some(parked),
         };
         if first {
-            self.looking_up += 1;
             let registry = registry.clone();
             self.tasks.spawn(async move {
                 // The registry admits the peer as it takes in the record it finds.
@@ -159,7 +156,6 @@ impl LookUps {
     /// The next peer whose look-up ended, with the requests parked on it (a `select!` arm).
     pub(super) async fn next(&mut self) -> (PeerId, Vec<Parked>) {
         let peer = self.tasks.next().await;
-        self.looking_up = self.looking_up.saturating_sub(1);
         self.lately.insert(peer, (), Instant::now());
         (peer, self.parked.take(&peer))
     }
