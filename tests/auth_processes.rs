@@ -182,6 +182,17 @@ fn enrollment_gives_engines_tokens() -> Result<()> {
         &new_peer.to_string(),
         &token_file,
     ))?;
+    // The file is never overwritten: a second token into it is refused, the first is kept.
+    let first = std::fs::read(&token_file)?;
+    let again = refusal(&mut enroll(
+        None,
+        &auth.addr,
+        &auth.key(),
+        &new_peer.to_string(),
+        &token_file,
+    ))?;
+    assert!(again.contains("exists already"), "{again}");
+    assert_eq!(std::fs::read(&token_file)?, first);
 
     let trust = issuer.to_string();
     let token = token_file.to_string_lossy();
@@ -353,5 +364,40 @@ fn strangers_never_lock_a_subscriber_out_and_admins_disable_and_remove() -> Resu
         refusal(&mut user(&auth, "remove", "alice"))?,
         "error: no user alice"
     );
+    Ok(())
+}
+
+/// A second process on a running station's data directory is refused before it touches
+/// anything, naming the first one's pid. A station whose identity, engine identity or issuer
+/// key is gone is not given new ones (it would come back a stranger, and the auth server's
+/// tokens and certificates would all stop verifying): it refuses to start, naming the file to
+/// restore, and writes none. With the file back it starts as the same station, same issuer.
+#[test]
+fn a_station_whose_data_is_in_use_or_lost_a_key_refuses_to_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("auth");
+    let node = Node::new(&data).args(&["--auth"]);
+    let auth = node.clone().start()?;
+    let (peer, issuer) = (auth.peer(), auth.issuer()?);
+    let written = std::fs::read(data.join("node.json"))?;
+    let line = node.refused()?;
+    let held = format!("is in use by another process (pid {})", auth.pid());
+    assert!(line.contains(&held), "{line}");
+    assert_eq!(std::fs::read(data.join("node.json"))?, written);
+    let node = auth.crash()?;
+    let kept = dir.path().join("kept.key");
+    for file in ["identity.key", "issuer.key", "engines/0/identity.key"] {
+        std::fs::rename(data.join(file), &kept)?;
+        let line = node.refused()?;
+        assert!(
+            line.contains(file) && line.contains("missing") && line.contains("is there"),
+            "{line}"
+        );
+        assert!(!data.join(file).exists(), "{file} was made anew");
+        std::fs::rename(&kept, data.join(file))?;
+    }
+    let again = node.start()?;
+    assert_eq!(again.peer(), peer);
+    assert_eq!(again.issuer()?, issuer);
     Ok(())
 }

@@ -148,7 +148,8 @@ fn an_unpublished_program_is_refused_with_one_line() -> Result<()> {
 /// The output going away is the viewer's end of the play, not an error: a player that quits
 /// after a few bytes (`head`) ends the play with status 0 and `quit` in its statistics; a
 /// player that fails (status 3) is named in the one error line. A `--start` at or past the
-/// program's end is refused in one line and leaves no empty `--out` file; one that is no
+/// program's end, or with credentials that cannot be read, is refused in one line and
+/// leaves no empty `--out` file; one that is no
 /// number of seconds is a usage error (status 2). The control: a play of the whole program.
 #[test]
 fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Result<()> {
@@ -214,6 +215,19 @@ fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Re
             "{stderr}"
         );
     }
+    // Credentials that cannot be read refuse the play, and leave no empty `--out` either.
+    let broken = dir.path().join("broken-console");
+    std::fs::create_dir_all(broken.join("tokens"))?;
+    std::fs::write(broken.join("tokens/console.token"), b"junk")?;
+    std::fs::write(broken.join("identity.key"), b"junk")?;
+    let out = Play::new(&broken, &home.addr, &program)
+        .out(&file)
+        .command()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a libp2p key file"), "{stderr}");
+    assert!(!file.exists(), "a refused play left {}", file.display());
     Ok(())
 }
 

@@ -97,7 +97,41 @@ pub(crate) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Writes `bytes` to `path` readable by its owner only (0600), replacing it atomically.
 pub fn write_private(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), FileError> {
+    let tmp = write_beside(path, bytes).map_err(FileError::io(what, path))?;
+    std::fs::rename(&tmp, path)
+        .and_then(|()| sync_parent(path))
+        .map_err(FileError::io(what, path))
+}
+
+/// Writes `bytes` to `path` readable by its owner only (0600), all of them or nothing: a
+/// write cut short (a full disk, a crash) leaves no file, where it would leave an empty or
+/// partial one. Fails if `path` exists, which is never overwritten.
+pub fn write_private_new(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), FileError> {
     let err = FileError::io(what, path);
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(FileError::refused(
+            what,
+            path,
+            "exists already: never overwritten",
+        ));
+    }
+    let tmp = write_beside(path, bytes).map_err(FileError::io(what, path))?;
+    // A hard link, unlike a rename, fails where `path` appeared meanwhile.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(FileError::refused(
+            what,
+            path,
+            "exists already: never overwritten",
+        )),
+        linked => linked.and_then(|()| sync_parent(path)).map_err(err),
+    }
+}
+
+/// `bytes` written and synced to `<path>.tmp` (0600, parent directories made): the first
+/// half of an atomic write.
+fn write_beside(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -107,9 +141,19 @@ pub fn write_private(path: &Path, bytes: &[u8], what: &'static str) -> Result<()
         file.write_all(bytes)?;
         file.sync_all()
     });
-    written
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(err)
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Makes a new directory entry in `path`'s directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// `$VODMESH_HOME`: a console's identity (`identity.key`) and tokens (`tokens/`).

@@ -448,7 +448,14 @@ async fn run_play(
     stats_file: Option<PathBuf>,
 ) -> Result<()> {
     let mut background = JoinSet::new();
-    let credentials = credentials(node, &mut background)?;
+    let credentials = match credentials(node, &mut background) {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            // No play: a file `--out` made for it is not left behind, empty.
+            output.abandon().await;
+            return Err(e);
+        }
+    };
     // On a terminal: a progress line, and keys (space, left/right, q) when stdin is one too.
     let show = std::io::stderr().is_terminal();
     let keys = if show && std::io::stdin().is_terminal() {

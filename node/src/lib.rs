@@ -29,6 +29,7 @@
 //! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
 //!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
+//! - [`data_lock`]: `DIR/lock`, one process per data directory.
 //! - `expiring`: a bounded map whose entries expire, for what a peer may leave behind.
 //! - `peer_slots`: what one peer may hold at once of something bounded (engine copy and
 //!   stream slots, a director's miss gathers).
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod content;
 pub mod control;
+pub mod data_lock;
 pub mod director;
 pub(crate) mod edge;
 pub mod engine;

@@ -40,7 +40,22 @@ pub struct Station {
     tasks: Vec<JoinHandle<()>>,
     /// Set when the director's loop panicked.
     failed: watch::Receiver<Option<String>>,
+    /// The data directory, this process's alone while the station runs.
+    _lock: crate::data_lock::DataLock,
 }
+
+/// Files a director writes beside its `identity.key` once it has run: with one of them there
+/// and the key gone, the station's identity is lost, and no new one is made in its place.
+pub const DIRECTOR_STATE: &[&str] = &[
+    "node.json",
+    "registry.redb",
+    "locations.redb",
+    "catalog.redb",
+    "kept.redb",
+    auth::DB_FILE,
+];
+/// The same beside an engine's `identity.key`: its store's index.
+pub const ENGINE_STATE: &[&str] = &["store.redb"];
 
 /// The identity file of engine `index` under the data directory.
 pub fn engine_identity_path(data: &Path, index: usize) -> PathBuf {
@@ -87,6 +102,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process has the data directory.
+    #[error(transparent)]
+    Locked(#[from] crate::data_lock::LockError),
     /// An identity file cannot be read or made.
     #[error(transparent)]
     Identity(#[from] vodmesh_client::files::FileError),
@@ -188,7 +206,17 @@ impl Station {
             path: config.data.clone(),
             source,
         })?;
-        let director_key = identity::load_or_create(&config.data.join("identity.key"))?;
+        let lock = crate::data_lock::DataLock::take(&config.data)?;
+        let director_key =
+            identity::load_or_create_beside(&config.data.join("identity.key"), DIRECTOR_STATE)?;
+        // Every identity before anything starts: a lost one stops the start at once.
+        let engine_ids = (0..config.engines)
+            .map(|i| {
+                let path = engine_identity_path(&config.data, i);
+                let key = identity::load_or_create_beside(&path, ENGINE_STATE)?;
+                Ok((path, key))
+            })
+            .collect::<Result<Vec<_>, StartError>>()?;
         for addr in &config.announce {
             crate::listen::announced(addr, director_key.public().to_peer_id())?;
         }
@@ -225,9 +253,7 @@ impl Station {
         let token_slots: Vec<engine::copy::TokenSlot> =
             (0..config.engines).map(|_| Default::default()).collect();
         let mut engine_keys = Vec::with_capacity(config.engines);
-        for (index, slot) in token_slots.iter().enumerate() {
-            let path = engine_identity_path(&config.data, index);
-            let key = identity::load_or_create(&path)?;
+        for (index, (slot, (path, key))) in token_slots.iter().zip(engine_ids).enumerate() {
             engine_keys.push(engines::Engine::InProcess {
                 key: key.clone(),
                 dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -501,6 +527,7 @@ impl Station {
             shutdown,
             tasks,
             failed,
+            _lock: lock,
         })
     }
 

@@ -231,11 +231,8 @@ impl Node {
             .args(&["--enroll", &token.to_string_lossy()]))
     }
 
-    /// Starts it and waits for its `director <MULTIADDR>` line (and its `metrics <URL>` line
-    /// with `--metrics`). Its log goes to `DATA/stderr.log`.
-    pub fn start(self) -> Result<NodeProcess> {
-        std::fs::create_dir_all(&self.data)?;
-        let log = std::fs::File::create(self.data.join("stderr.log"))?;
+    /// Its command line.
+    fn command(&self) -> Command {
         let mut command = command_in(self.netns.as_deref(), "vodmesh-node");
         for addr in &self.listen {
             command.args(["--listen", addr]);
@@ -243,7 +240,22 @@ impl Node {
         if self.data_flag {
             command.arg("--data").arg(&self.data);
         }
-        command.args(&self.args).stderr(Stdio::from(log));
+        command.args(&self.args);
+        command
+    }
+
+    /// Runs it expecting a refusal to start: the one `error: ...` line it printed.
+    pub fn refused(&self) -> Result<String> {
+        cli::refusal(&mut self.command())
+    }
+
+    /// Starts it and waits for its `director <MULTIADDR>` line (and its `metrics <URL>` line
+    /// with `--metrics`). Its log goes to `DATA/stderr.log`.
+    pub fn start(self) -> Result<NodeProcess> {
+        std::fs::create_dir_all(&self.data)?;
+        let log = std::fs::File::create(self.data.join("stderr.log"))?;
+        let mut command = self.command();
+        command.stderr(Stdio::from(log));
         let wants_metrics = self.args.iter().any(|a| a == "--metrics");
         let mut director = None;
         let (child, (addr, metrics)) = Child::spawn_until(&mut command, "vodmesh-node", |line| {

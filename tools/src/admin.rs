@@ -9,13 +9,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
 use vodmesh_client::DirectorClient;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
-use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private};
+use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private_new};
 use vodmesh_proto::auth::Request;
 use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
@@ -134,6 +134,14 @@ pub async fn enroll(
     roles: Roles,
     out: &Path,
 ) -> Result<PeerId> {
+    // Checked before the token is issued (it is written with the same refusal, should the
+    // file appear meanwhile): another station's token there would be lost.
+    if std::fs::symlink_metadata(out).is_ok() {
+        bail!(
+            "{} exists already: give another --out, or remove it first",
+            out.display()
+        );
+    }
     let key = vodmesh_client::identity::load(key_file)?;
     let admin_token = admin_token(admin_token_file)?;
     let wire = Keypair::generate_ed25519();
@@ -159,7 +167,7 @@ pub async fn enroll(
         .trusted()
         .verify(&token, now_ms(), Audience::Enroll, None, &station)
         .context("the auth server returned an invalid enrollment token")?;
-    write_private(out, &token, "enrollment token")?;
+    write_private_new(out, &token, "enrollment token")?;
     Ok(station)
 }
 

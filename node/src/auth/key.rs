@@ -33,6 +33,18 @@ pub enum KeyError {
         /// Its length.
         len: u64,
     },
+    /// The key is gone but the subscriber database it served is there.
+    #[error(
+        "issuer key {path} is missing, but {db} is there: every token and station certificate \
+         this auth server issued was signed with it. Restore it from a backup; to start a new auth \
+         server with a new key (every station enrolled anew), move {db} aside too"
+    )]
+    Lost {
+        /// Where the key should be.
+        path: PathBuf,
+        /// The database beside it.
+        db: PathBuf,
+    },
     /// Group or others may read or write the file.
     #[error("issuer key {path} is open to other users (mode {mode:o}): run chmod 600 on it")]
     Permissions {
@@ -70,6 +82,10 @@ pub fn load_or_create(dir: &Path) -> Result<Issuer, KeyError> {
             Ok(Issuer::from_secret(&seed))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let db = dir.join(super::DB_FILE);
+            if db.exists() {
+                return Err(KeyError::Lost { path, db });
+            }
             fs::create_dir_all(dir).map_err(io_err)?;
             let issuer = Issuer::generate();
             write_private(&path, &issuer.secret()).map_err(io_err)?;
@@ -155,6 +171,22 @@ mod tests {
             load_or_create(&data),
             Err(KeyError::BadLength { len: 31, .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_lost_key_beside_its_database_is_not_made_anew() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        load_or_create(&data)?;
+        fs::write(data.join(crate::auth::DB_FILE), b"")?;
+        fs::remove_file(data.join(FILE))?;
+        let err = load_or_create(&data).unwrap_err();
+        assert!(matches!(err, KeyError::Lost { .. }), "{err}");
+        assert!(!data.join(FILE).exists(), "no new key was written");
+        // Control: with the database moved aside too, a new key is made.
+        fs::remove_file(data.join(crate::auth::DB_FILE))?;
+        load_or_create(&data)?;
         Ok(())
     }
 }

@@ -65,6 +65,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process has the data directory.
+    #[error(transparent)]
+    Locked(crate::data_lock::LockError),
     /// The engine's identity file cannot be read or made.
     #[error(transparent)]
     Identity(vodmesh_client::files::FileError),
@@ -98,6 +101,8 @@ pub struct EngineProcessHandle {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Whether it serves `http_addr` over TLS.
     pub https: bool,
+    /// The data directory, this process's alone while the engine runs.
+    _lock: crate::data_lock::DataLock,
     tasks: JoinSet<()>,
 }
 
@@ -120,8 +125,12 @@ pub async fn start_engine(
         path: config.data.clone(),
         source,
     })?;
-    let key =
-        identity::load_or_create(&config.data.join("identity.key")).map_err(Error::Identity)?;
+    let lock = crate::data_lock::DataLock::take(&config.data).map_err(Error::Locked)?;
+    let key = identity::load_or_create_beside(
+        &config.data.join("identity.key"),
+        crate::station::ENGINE_STATE,
+    )
+    .map_err(Error::Identity)?;
     let disks = if config.disks.is_empty() {
         vec![config.data.join("segments")]
     } else {
@@ -256,6 +265,7 @@ pub async fn start_engine(
         http_addr: handle.http,
         https: handle.https,
         tasks,
+        _lock: lock,
     })
 }
 
