@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use vodmesh_node::nodefile::NodeFile;
-use vodmesh_tests::cli::command_in;
+use vodmesh_tests::cli::{command_in, refusal};
 use vodmesh_tests::process::{Node, NodeProcess};
 use vodmesh_tests::{status, wait};
 
@@ -111,6 +111,23 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/p2p/<peer id>"), "unclear error: {err}");
+
+    // A director that is not there: its address and the cause, once, on one line (libp2p's
+    // own text nested "Connection refused" three times over several lines).
+    let port = vodmesh_tests::process::free_port()?;
+    let gone = format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWGifCAzYsV5vA4Kb3g9mSdPrnqHKEmGsnhYPK1rNPA6Zp"
+    );
+    let home = tempfile::tempdir()?;
+    let line = refusal(
+        command_in(None, "vodmesh-console")
+            .env("VODMESH_HOME", home.path())
+            .args(["ls", "--node", &gone]),
+    )?;
+    assert_eq!(
+        line,
+        format!("error: cannot reach the director at {gone}: Connection refused (os error 111)")
+    );
 
     // A usage error (status 2), found before the station starts: no data directory is made.
     let dir = tempfile::tempdir()?;

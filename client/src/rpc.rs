@@ -54,7 +54,7 @@ pub enum ClientError {
         reason: Box<DialFailure>,
     },
     /// The request failed on the way (connection lost, time-out, refused protocol).
-    #[error("request failed: {0}")]
+    #[error("request failed: {}", outbound_reason(.0))]
     Request(#[from] OutboundFailure),
     /// A stream to a peer could not be opened.
     #[error("cannot open a stream to {peer}: {reason}")]
@@ -88,11 +88,62 @@ pub enum ClientError {
 #[derive(Debug, thiserror::Error)]
 pub enum DialFailure {
     /// The dial failed (refused, no route, another peer answered, ...).
-    #[error(transparent)]
+    #[error("{}", dial_reason(.0))]
     Dial(#[from] libp2p::swarm::DialError),
     /// No connection within [`CONNECT_TIMEOUT`].
     #[error("timed out")]
     TimedOut,
+}
+
+/// A failed request as a user reads it: what happened, in words, where libp2p's text is
+/// written for its own developers.
+pub fn outbound_reason(failure: &OutboundFailure) -> String {
+    match failure {
+        OutboundFailure::DialFailure => "the peer could not be dialed".into(),
+        OutboundFailure::Timeout => "no answer in time".into(),
+        OutboundFailure::ConnectionClosed => "the connection closed before the answer".into(),
+        OutboundFailure::UnsupportedProtocols => {
+            "the peer does not speak this protocol (not a vodmesh station, or another version)"
+                .into()
+        }
+        OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            format!("an answer that does not decode (a peer of another vodmesh version?): {e}")
+        }
+        OutboundFailure::Io(e) => e.to_string(),
+    }
+}
+
+/// A dial error as a user reads it: for each address tried, its root cause alone
+/// ("Connection refused (os error 111)"), where libp2p's text nests the same cause two or
+/// three times over several lines.
+pub fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::Transport(errors) => {
+            let mut causes: Vec<String> = Vec::new();
+            for (_, e) in errors {
+                let mut root: &(dyn std::error::Error + 'static) = e;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                let text = root.to_string();
+                // libp2p's own wrappers, when they are the root, read "Multiple dial errors
+                // occurred:\n - cause": the cause alone.
+                let text = (text.rsplit("\n - ").next().unwrap_or(&text)).replace('\n', " ");
+                if !causes.contains(&text) {
+                    causes.push(text);
+                }
+            }
+            match causes.is_empty() {
+                true => "no transport could dial it".into(),
+                false => causes.join("; "),
+            }
+        }
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("another peer answered there ({obtained}): is the address out of date?")
+        }
+        other => other.to_string().replace('\n', " "),
+    }
 }
 
 /// A request-response protocol as a client speaks it.
