@@ -11,6 +11,7 @@ use anyhow::Result;
 use vodmesh_tests::cli::{Play, vodmesh};
 use vodmesh_tests::process::Node;
 use vodmesh_tests::replica::{HomeAndReplica, Program};
+use vodmesh_tests::status;
 
 const KIB: usize = 1024;
 
@@ -79,6 +80,15 @@ fn drained_mid_play(how: How) -> Result<()> {
                 &key.to_string_lossy(),
             ])?;
             assert!(said.contains("station draining"), "{said}");
+            // `vodmesh status` says so, of b alone (the home is the control).
+            let draining = |addr| -> Result<bool> {
+                let station = status::station(addr)?;
+                Ok(station["activity"]["draining"] == true)
+            };
+            assert!(draining(&b.addr)?, "b is not shown draining");
+            assert!(!draining(&home.addr)?, "the home is shown draining");
+            let text = vodmesh(&["status", "--node", &b.addr.to_string()])?;
+            assert_eq!(text.matches("DRAINING").count(), 1, "{text}");
         }
     }
     let played = playing.finish()?;

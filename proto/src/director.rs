@@ -401,6 +401,10 @@ pub struct Activity {
     /// other station with room took them (each program counts its shortfall).
     #[serde(default)]
     pub replicas_unplaced: u64,
+    /// The station is draining (`vodmesh station drain`, or SIGTERM): it starts no new
+    /// stream and takes in no replica.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Why a request failed.

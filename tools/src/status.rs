@@ -100,6 +100,7 @@ pub fn to_json(stations: &[StationStatus]) -> Value {
                 // false: its director did not answer; the rest is its registry record.
                 "answered": st.activity.is_some(),
                 "activity": st.activity.map(|a| json!({
+                    "draining": a.draining,
                     "active_streams": a.active,
                     "takeovers": a.takeovers,
                     "stops_complete": a.stops_complete,
@@ -300,6 +301,12 @@ pub fn to_text(stations: &[StationStatus]) -> String {
             );
         }
         if let Some(a) = &st.activity {
+            if a.draining {
+                let _ = writeln!(
+                    out,
+                    "  DRAINING: starts no new stream and takes in no replica (vodmesh station drain --resume ends it)"
+                );
+            }
             let _ = writeln!(out, "  programs held {}", a.programs);
             let _ = writeln!(
                 out,

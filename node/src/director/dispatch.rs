@@ -155,6 +155,7 @@ impl Director {
                 let mut activity = *ctx.activity;
                 activity.active = ctx.engines.streams();
                 activity.programs = ctx.locations.program_count().map_or(0, |n| n as u64);
+                activity.draining = *self.draining.borrow();
                 Some((channel, Response::Activity(activity)))
             }
             Request::Publish { program, admin } => {
