@@ -372,11 +372,13 @@ fn strangers_never_lock_a_subscriber_out_and_admins_disable_and_remove() -> Resu
 /// key is gone is not given new ones (it would come back a stranger, and the auth server's
 /// tokens and certificates would all stop verifying): it refuses to start, naming the file to
 /// restore, and writes none. With the file back it starts as the same station, same issuer.
+/// Started with fewer `--engines` than ran, it names the engine it would leave out.
 #[test]
 fn a_station_whose_data_is_in_use_or_lost_a_key_refuses_to_start() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("auth");
-    let node = Node::new(&data).args(&["--auth"]);
+    let one_engine = Node::new(&data).args(&["--auth"]);
+    let node = one_engine.clone().engines(2);
     let auth = node.clone().start()?;
     let (peer, issuer) = (auth.peer(), auth.issuer()?);
     let written = std::fs::read(data.join("node.json"))?;
@@ -399,5 +401,13 @@ fn a_station_whose_data_is_in_use_or_lost_a_key_refuses_to_start() -> Result<()>
     let again = node.start()?;
     assert_eq!(again.peer(), peer);
     assert_eq!(again.issuer()?, issuer);
+    // Fewer engines than ran: the one left out (and its segments) is named, not dropped.
+    again.crash()?;
+    let line = one_engine.refused()?;
+    assert!(
+        line.contains("holds engine(s) 1 that --engines 1 leaves out")
+            && line.contains("start with --engines 2"),
+        "{line}"
+    );
     Ok(())
 }

@@ -57,6 +57,24 @@ pub const DIRECTOR_STATE: &[&str] = &[
 /// The same beside an engine's `identity.key`: its store's index.
 pub const ENGINE_STATE: &[&str] = &["store.redb"];
 
+/// The engines under `data` that ran (they have a store index) and whose index is
+/// `engines` or more: a start with `--engines engines` would leave their segments unserved.
+fn engines_left_out(data: &Path, engines: usize) -> Vec<usize> {
+    let Ok(dir) = std::fs::read_dir(data.join("engines")) else {
+        return Vec::new();
+    };
+    let mut left_out: Vec<usize> = dir
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let index: usize = entry.file_name().to_str()?.parse().ok()?;
+            let ran = ENGINE_STATE.iter().any(|f| entry.path().join(f).exists());
+            (index >= engines && ran).then_some(index)
+        })
+        .collect();
+    left_out.sort_unstable();
+    left_out
+}
+
 /// The identity file of engine `index` under the data directory.
 pub fn engine_identity_path(data: &Path, index: usize) -> PathBuf {
     data.join("engines")
@@ -105,6 +123,23 @@ pub enum StartError {
     /// Another process has the data directory.
     #[error(transparent)]
     Locked(#[from] crate::data_lock::LockError),
+    /// Engines that ran under the data directory would not run now.
+    #[error(
+        "{engines_dir} holds engine(s) {list} that --engines {engines} leaves out, with the \
+         segments they store: start with --engines {more}; to retire them, move their \
+         directories out of {engines_dir} first",
+        engines_dir = data.join("engines").display(),
+        list = left_out.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        more = left_out.iter().max().map_or(*engines, |i| i + 1)
+    )]
+    EnginesLeftOut {
+        /// The data directory.
+        data: PathBuf,
+        /// `--engines`.
+        engines: usize,
+        /// The engines' indexes that hold a store and are not started.
+        left_out: Vec<usize>,
+    },
     /// An identity file cannot be read or made.
     #[error(transparent)]
     Identity(#[from] vodmesh_client::files::FileError),
@@ -209,6 +244,14 @@ impl Station {
         let lock = crate::data_lock::DataLock::take(&config.data)?;
         let director_key =
             identity::load_or_create_beside(&config.data.join("identity.key"), DIRECTOR_STATE)?;
+        let left_out = engines_left_out(&config.data, config.engines);
+        if !left_out.is_empty() {
+            return Err(StartError::EnginesLeftOut {
+                data: config.data.clone(),
+                engines: config.engines,
+                left_out,
+            });
+        }
         // Every identity before anything starts: a lost one stops the start at once.
         let engine_ids = (0..config.engines)
             .map(|i| {
