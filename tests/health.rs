@@ -240,7 +240,8 @@ fn the_status_page_carries_sparklines_of_each_station() -> Result<()> {
 /// An enrolled station is ready only once its engines hold their engine tokens: with the
 /// auth station frozen (SIGSTOP) it joins the swarm through another station, and `/readyz`
 /// says its engines hold no token; once the auth station thaws, the tokens come and it is
-/// ready.
+/// ready. Restarted with the auth station frozen again, it is ready and a member on what it
+/// kept.
 #[test]
 fn an_enrolled_station_is_ready_only_with_its_engine_tokens() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -279,6 +280,20 @@ fn an_enrolled_station_is_ready_only_with_its_engine_tokens() -> Result<()> {
         Ok(probe(&b_base, "/readyz")?.0 == 200)
     })?;
     assert!(b_data.join("engines/0/engine.token").exists());
+
+    // Restarted while the auth station is frozen again, b is ready at once, on the engine
+    // token and the certificate it kept: the auth station away stops no member's restart.
+    auth.signal("STOP")?;
+    let b = b.crash()?.start()?;
+    let b_base = base(&b)?;
+    wait::blocking(
+        "b ready again on what it kept",
+        Duration::from_secs(30),
+        || Ok(probe(&b_base, "/readyz")?.0 == 200),
+    )?;
+    let listed = vodmesh_tests::status::station(&b.addr)?;
+    assert_eq!(listed["membership"]["member"], true, "{listed}");
+    auth.signal("CONT")?;
     Ok(())
 }
 

@@ -177,6 +177,43 @@ fn load_membership(path: &Path, token: TokenId) -> Option<Vec<u8>> {
     }
 }
 
+/// The station certificate kept from the last run ([`MEMBERSHIP_FILE`]), while it holds:
+/// of this enrollment token, made out to this station, not expired. Read without its
+/// signature checked (the file is this station's own, 0600); every director it is shown to
+/// checks that.
+fn kept_certificate(source: &Source) -> Option<Vec<u8>> {
+    let Source::Remote {
+        station,
+        token,
+        membership,
+        ..
+    } = source
+    else {
+        return None;
+    };
+    let certificate = load_membership(membership, Claims::peek(token).ok()?.id)?;
+    let claims = Claims::peek(&certificate).ok()?;
+    let holds = claims.audience == Audience::Member
+        && claims.subject == station.public().to_peer_id()
+        && claims.expires_ms > now_ms();
+    holds.then_some(certificate)
+}
+
+/// The engine token an in-process engine kept from the last run (`engine.token`), while it
+/// holds: made out to this engine, not expired (its signature is checked by every engine it
+/// is shown to).
+fn kept_token(engine: &Engine) -> Option<Vec<u8>> {
+    let Engine::InProcess { key, dir } = engine else {
+        return None;
+    };
+    let token = read_small(&dir.join(TOKEN_FILE), "engine token", MAX_TOKEN as u64).ok()?;
+    let claims = Claims::peek(&token).ok()?;
+    let holds = claims.audience == Audience::Engine
+        && claims.subject == key.public().to_peer_id()
+        && claims.expires_ms > now_ms();
+    holds.then_some(token)
+}
+
 /// Keeps `certificate` of the enrollment `token` for the next start, when the source is remote.
 fn save_membership(source: &Source, certificate: &[u8]) {
     let Source::Remote {
@@ -205,7 +242,9 @@ pub fn spawn(
     certificate: watch::Sender<Option<Vec<u8>>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (EngineTokens, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(vec![None; engines.len()]);
+    // The tokens kept from the last run serve until fresh ones come: a restart while the
+    // auth server is away does not stop the engines' copies.
+    let (tx, rx) = watch::channel(engines.iter().map(kept_token).collect());
     let (refused_tx, refused) = watch::channel(None);
     let task = tokio::spawn(async move {
         tokio::select! {
@@ -239,11 +278,22 @@ async fn keep(
     certificate: watch::Sender<Option<Vec<u8>>>,
     refused: watch::Sender<Option<String>>,
 ) {
+    // Likewise the certificate kept from the last run: the station is a member from its
+    // start, whether the auth server answers now or later.
+    if let Some(kept) = kept_certificate(&source) {
+        info!(
+            "a member on the certificate kept from the last run, until the auth server renews it"
+        );
+        certificate.send_replace(Some(kept));
+    }
     let (server, mut cert) = loop {
         match enroll(&source, &engines).await {
             Ok(enrolled) => break enrolled,
             Err(Failure::Refused(line)) => {
                 error!(cause = %line, "enrollment refused: this station's engines get no engine token and will copy nothing");
+                // What was kept from the last run goes too (a revoked station's, say).
+                certificate.send_replace(None);
+                tx.send_modify(|tokens| tokens.fill(None));
                 refused.send_replace(Some(line));
                 // Kept until the station stops: the refusal stays readable.
                 return std::future::pending().await;

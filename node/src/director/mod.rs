@@ -86,6 +86,9 @@ use self::tasks::Tasks;
 use crate::control::{EngineEvent, EngineReport};
 use crate::metrics::Metrics;
 
+/// How often an unreachable bootstrap station is logged at WARN (the rest at DEBUG).
+const BOOTSTRAP_WARN_EVERY: Duration = Duration::from_secs(30);
+
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct DirectorBehaviour {
@@ -108,6 +111,9 @@ struct Director {
     metrics: Metrics,
     /// Bootstrap stations not connected yet.
     bootstrap_peers: HashSet<PeerId>,
+    /// When a failed dial of a bootstrap station was last logged at WARN: every query of the
+    /// registry dials it again, and the rest go to DEBUG for [`BOOTSTRAP_WARN_EVERY`].
+    bootstrap_warned: Option<tokio::time::Instant>,
     /// The directors remembered from before the last restart and since ([`peers`]): dialled
     /// with the bootstrap stations when the director has no connection.
     remembered: Vec<Multiaddr>,
@@ -488,7 +494,17 @@ impl Director {
                 error,
                 ..
             } if self.bootstrap_peers.contains(&peer) => {
-                tracing::warn!(%peer, %error, "cannot reach bootstrap station");
+                let error = vodmesh_client::rpc::dial_reason(&error);
+                let now = tokio::time::Instant::now();
+                match self.bootstrap_warned {
+                    Some(at) if now.duration_since(at) < BOOTSTRAP_WARN_EVERY => {
+                        tracing::debug!(%peer, %error, "cannot reach bootstrap station");
+                    }
+                    _ => {
+                        self.bootstrap_warned = Some(now);
+                        tracing::warn!(%peer, %error, "cannot reach bootstrap station");
+                    }
+                }
             }
             // Round trips are kept only for connected peers (consoles ping too).
             SwarmEvent::ConnectionClosed {

@@ -292,6 +292,7 @@ pub async fn start(
         outbound,
         metrics: handles.metrics,
         bootstrap_peers,
+        bootstrap_warned: None,
         remembered,
         remembered_peers,
         station_answer: Default::default(),
