@@ -168,6 +168,21 @@ fn bad_command_lines_fail_with_one_clear_line() -> anyhow::Result<()> {
     for (args, says) in [
         (ingest(&["--segment-size", "0"]), "--segment-size"),
         (ingest(&["--publish-at", "tomorrow"]), "--publish-at"),
+        (
+            [
+                "ingest",
+                "--node",
+                node,
+                "--key",
+                "k",
+                "--title",
+                "a\u{1b}[2Jb",
+                "p.bin",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "no control character",
+        ),
         (sim(&["--stations", "1"]), "at least 2"),
         (sim(&["--stations", "10", "--churn", "1.5"]), "0 to 0.9"),
     ] {

@@ -110,6 +110,22 @@ pub enum ManifestError {
     Malformed(String),
 }
 
+/// Whether `title` may name a new program: 1 to 1024 bytes, not blank, no control character
+/// (an ESC in a title would drive every terminal that lists it), and not a program id (a
+/// console given it would play that id). The reason, when not.
+pub fn title_refusal(title: &str) -> Option<&'static str> {
+    if title.trim().is_empty() || title.len() > 1024 {
+        return Some("a title is 1 to 1024 bytes, not blank");
+    }
+    if title.chars().any(char::is_control) {
+        return Some("a title holds no control character (newline, tab, escape, ...)");
+    }
+    if title.parse::<ProgramId>().is_ok() {
+        return Some("a title cannot be a program id: a console given it would play that id");
+    }
+    None
+}
+
 impl ManifestContent {
     /// The program id: BLAKE3 of the content's CBOR encoding.
     pub fn program_id(&self) -> ProgramId {

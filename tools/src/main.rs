@@ -76,8 +76,9 @@ enum Cmd {
         /// An admin identity of that station (its DIR/identity.key, or a key given to --admin).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// The program's title.
-        #[arg(long)]
+        /// The program's title: what consoles play it by. 1 to 1024 bytes, no control
+        /// character, not a program id, and no other program of the home's catalog's.
+        #[arg(long, value_parser = title)]
         title: String,
         /// When the program becomes playable: `now` or an RFC 3339 time. Without it the program
         /// stays inactive until `vodmesh publish`.
@@ -391,6 +392,15 @@ fn publish_time(text: &str) -> Result<String, String> {
     ingest::parse_publish_at(text)
         .map(|_| text.to_string())
         .map_err(|e| format!("{e:#}"))
+}
+
+/// `ingest --title`: one a new program may take ([`vodmesh_proto::manifest::title_refusal`];
+/// whether another program has it, the home station says).
+fn title(text: &str) -> Result<String, String> {
+    match vodmesh_proto::manifest::title_refusal(text) {
+        Some(why) => Err(why.into()),
+        None => Ok(text.to_string()),
+    }
 }
 
 /// `sim --stations`: a swarm of at least two.

@@ -82,6 +82,22 @@ pub(super) enum Error {
     /// Catalog requests need `--content-manager`.
     #[error("this station is not a content manager (start it with --content-manager)")]
     NotContentManager,
+    /// A title no new program may take.
+    #[error("title {title:?} refused: {why}")]
+    BadTitle {
+        /// The title.
+        title: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// A title another program of the catalog has.
+    #[error("program {program} is titled {title:?} already: give this one another title")]
+    TitleTaken {
+        /// The title.
+        title: String,
+        /// The program that has it.
+        program: ProgramId,
+    },
     /// An ingest of a program the catalog holds already.
     #[error("program {0} is already in the catalog")]
     AlreadyInCatalog(ProgramId),
@@ -223,6 +239,8 @@ impl Error {
             | Self::Ask(_) => C::Unavailable,
             Self::NotContentManager
             | Self::AlreadyInCatalog(_)
+            | Self::BadTitle { .. }
+            | Self::TitleTaken { .. }
             | Self::BadContent(_)
             | Self::BadRecord
             | Self::Unsupported(_) => C::BadRequest,

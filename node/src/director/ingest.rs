@@ -8,7 +8,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
-use vodmesh_proto::manifest::{Manifest, ManifestContent};
+use vodmesh_proto::manifest::{Manifest, ManifestContent, title_refusal};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId};
@@ -186,6 +186,7 @@ impl Ingests {
         if catalog.get(&program)?.is_some() {
             return Err(Error::AlreadyInCatalog(program));
         }
+        check_title(catalog, &content.title, &program)?;
         let up = ctx.engines.up();
         if up.is_empty() {
             return Err(Error::NoEngineUp);
@@ -331,6 +332,32 @@ impl Ingests {
 /// Tells every engine to remove segments `0..segments` of `program`, takes them out of the
 /// location table and, once every engine was told, out of the journal (else the next start
 /// removes them).
+/// Whether `title` may name `program`, new to `catalog`: a well-formed title
+/// ([`title_refusal`]) that no other program of the catalog has (a console playing by title
+/// would be told to give an id instead).
+fn check_title(
+    catalog: &crate::content::Catalog,
+    title: &str,
+    program: &ProgramId,
+) -> Result<(), Error> {
+    if let Some(why) = title_refusal(title) {
+        return Err(Error::BadTitle {
+            title: title.to_string(),
+            why,
+        });
+    }
+    let taken = (catalog.all()?.iter())
+        .filter_map(CatalogEntry::record)
+        .find(|r| r.title == title && r.program != *program);
+    match taken {
+        Some(record) => Err(Error::TitleTaken {
+            title: title.to_string(),
+            program: record.program,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn remove_ingested(ctx: &Ctx<'_>, program: ProgramId, segments: u32) {
     let list: Vec<SegmentId> = (0..segments).map(|i| SegmentId::new(program, i)).collect();
     let mut told = true;
