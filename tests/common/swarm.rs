@@ -101,6 +101,12 @@ impl<'a> Spec<'a> {
             let dir = config.data.clone();
             let key = vodmesh_node::identity::load_or_create(&dir.join("identity.key"))?;
             let token = dir.join("enroll.token");
+            // A station started again is enrolled anew: its last token goes first (`vodmesh
+            // enroll` overwrites no file).
+            match std::fs::remove_file(&token) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
             vodmesh_tools::admin::enroll(
                 auth.addr(),
                 &auth_data.join("identity.key"),
