@@ -1,7 +1,8 @@
 //! What other peers said reaches a terminal as text, not as control sequences: a title with
 //! escape sequences (retitle the window, clear the screen) and a newline that would forge a
 //! line of output, listed by `vodmesh programs` and `vodmesh-console ls` through real
-//! processes, is printed with those characters escaped.
+//! processes, is printed with those characters escaped. (`vodmesh ingest` refuses such a
+//! title; another client may send one.)
 
 use anyhow::Result;
 use vodmesh_tests::cli::{Ingest, console, vodmesh};
@@ -18,9 +19,28 @@ fn titles_with_terminal_controls_are_listed_escaped() -> Result<()> {
     let source = dir.path().join("news.bin");
     random_file(&source, 200_000, 5)?;
     let title = "news\u{1b}]0;owned\u{7}\u{1b}[2J\nerror: forged";
-    Ingest::new(&home.addr, &home.key(), title, &source)
+    // `vodmesh ingest` refuses such a title (status 2)...
+    let refused = Ingest::new(&home.addr, &home.key(), title, &source)
         .publish_now()
-        .run()?;
+        .command()
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    // ...but another client (or an older release) may send one: it is listed escaped.
+    let options = vodmesh_tools::ingest::IngestOptions {
+        allow_hosts: Vec::new(),
+        node: home.addr.clone(),
+        key: home.key(),
+        title: title.into(),
+        publish_at_ms: Some(0),
+        replicas: 0,
+        segment_size: vodmesh_tools::ingest::DEFAULT_SEGMENT_SIZE,
+        bitrate: vodmesh_tools::ingest::DEFAULT_BITRATE,
+        source: source.clone(),
+        progress: false,
+        ladder: Vec::new(),
+        raw: false,
+    };
+    tokio::runtime::Runtime::new()?.block_on(vodmesh_tools::ingest::run(&options))?;
     let node = home.addr.to_string();
 
     let listed = vodmesh(&["programs", "--node", &node])?;

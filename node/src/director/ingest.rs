@@ -8,7 +8,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
-use vodmesh_proto::manifest::{Manifest, ManifestContent, title_refusal};
+use vodmesh_proto::manifest::{Manifest, ManifestContent};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId};
@@ -329,21 +329,20 @@ impl Ingests {
     }
 }
 
-/// Tells every engine to remove segments `0..segments` of `program`, takes them out of the
-/// location table and, once every engine was told, out of the journal (else the next start
-/// removes them).
-/// Whether `title` may name `program`, new to `catalog`: a well-formed title
-/// ([`title_refusal`]) that no other program of the catalog has (a console playing by title
-/// would be told to give an id instead).
+/// Whether `title` may name `program`, new to `catalog`: not a program id (a console given
+/// it would play that id) and no other program's of the catalog (a console playing by title
+/// would be told to give an id instead). Control characters are refused by `vodmesh ingest`
+/// ([`vodmesh_proto::manifest::title_refusal`]), not here: a title of an older release, or
+/// of another client, may hold them, and every listing escapes them.
 fn check_title(
     catalog: &crate::content::Catalog,
     title: &str,
     program: &ProgramId,
 ) -> Result<(), Error> {
-    if let Some(why) = title_refusal(title) {
+    if title.parse::<ProgramId>().is_ok() {
         return Err(Error::BadTitle {
             title: title.to_string(),
-            why,
+            why: "a title cannot be a program id: a console given it would play that id",
         });
     }
     let taken = (catalog.all()?.iter())
@@ -358,6 +357,9 @@ fn check_title(
     }
 }
 
+/// Tells every engine to remove segments `0..segments` of `program`, takes them out of the
+/// location table and, once every engine was told, out of the journal (else the next start
+/// removes them).
 fn remove_ingested(ctx: &Ctx<'_>, program: ProgramId, segments: u32) {
     let list: Vec<SegmentId> = (0..segments).map(|i| SegmentId::new(program, i)).collect();
     let mut told = true;
