@@ -168,8 +168,9 @@ pub enum Error {
     Busy(SegmentId),
     /// No disk has room and nothing may be evicted.
     #[error(
-        "store full: segment {segment} needs {need} bytes, at most {free} free on a disk and \
-         nothing evictable (pinned, open, or held by no other station); raise --capacity or add a --disk"
+        "store full: segment {segment} needs {need} bytes, at most {free} free on a disk (within \
+         --capacity and what its file system has free) and nothing evictable (pinned, open, or \
+         held by no other station); free space on the disk, raise --capacity or add a --disk"
     )]
     Full {
         /// The segment that was refused.

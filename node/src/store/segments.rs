@@ -23,7 +23,7 @@ use super::index::{Index, Op, SegmentState};
 use super::layout::{self, Reconciled, io};
 use super::policy::{self, DiskRoom};
 use super::reader::Reader;
-use super::shared::{Disk, Inner, State};
+use super::shared::{DISK_MARGIN, Disk, Inner, State};
 use super::worker::Worker;
 use super::writer::Writer;
 use super::{Config, DropReason, Error, Event};
@@ -193,6 +193,8 @@ impl SegmentStore {
     ) -> Result<Writer, Error> {
         let inner = &self.inner;
         let (tx, rx) = watch::channel(Progress::default());
+        // Asked before the state is locked: a file system may be slow to answer.
+        let available: Vec<u64> = inner.disks.iter().map(Disk::available).collect();
         let (disk, generation, victims) = {
             let mut st = inner.state();
             if st.closed {
@@ -209,7 +211,13 @@ impl SegmentStore {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| DiskRoom {
-                    free: st.holdings.free(i, d.quota),
+                    // Within the quota, and within what the file system has: a write that
+                    // would fill it is refused now, not failed at its last bytes (with the
+                    // index, on the same disk, failing after it).
+                    free: st.holdings.free(i, d.quota).min(
+                        (available[i].saturating_sub(st.holdings.disk(i).reserved))
+                            .saturating_sub(DISK_MARGIN),
+                    ),
                     load: st.holdings.disk(i).open + d.load(),
                 })
                 .collect();

@@ -41,7 +41,20 @@ pub(super) struct Disk {
     pub(super) syncer: Worker,
 }
 
+/// Room left on a disk's file system beyond what the store fills: its index's growth, the
+/// other files beside it.
+pub(super) const DISK_MARGIN: u64 = 1 << 20;
+
 impl Disk {
+    /// Bytes its file system has free for an unprivileged writer (`u64::MAX` where that
+    /// cannot be asked): a bound beside the quota, which `--capacity 0` leaves at no bound.
+    pub(super) fn available(&self) -> u64 {
+        match rustix::fs::statvfs(&self.root) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(_) => u64::MAX,
+        }
+    }
+
     /// Jobs queued or running on the disk's threads: its current I/O load.
     pub(super) fn load(&self) -> usize {
         self.worker.load() + self.syncer.load()

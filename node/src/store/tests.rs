@@ -1098,3 +1098,29 @@ async fn runs_of_a_segment_are_read_into_their_places_and_runs_out_of_range_are_
     }
     Ok(())
 }
+
+/// A store bounded only by its disks (`--capacity 0`) refuses at once a segment its file
+/// system has no room for, where it reserved it and failed at the disk's end (ENOSPC, with
+/// the index on the same disk failing after it). The control: a segment that fits is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_larger_than_the_disk_s_free_space_is_refused_at_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // What `--capacity 0` gives the store: a quota no disk reaches.
+    let (store, _events) = SegmentStore::open(config(dir.path(), 1, u64::MAX / 4)).await?;
+    let free = {
+        let st = rustix::fs::statvfs(dir.path())?;
+        st.f_bavail.saturating_mul(st.f_frsize)
+    };
+    let (big, small) = (seg(9, 0), seg(9, 1));
+    let need = free.saturating_add(1 << 30);
+    match store.begin_write(big, SegmentHash::of(b"x"), need).await {
+        Err(Error::Full { need: n, .. }) => assert_eq!(n, need),
+        Err(e) => return Err(format!("expected Full, got {e:?}").into()),
+        Ok(_) => return Err("a segment larger than the disk was taken".into()),
+    }
+    assert_eq!(store.filled(&big), None);
+    let data = bytes(3, 100_000);
+    put(&store, small, &data).await?;
+    assert_eq!(store.read_range(small, 0, 100_000).await?, data);
+    Ok(())
+}
