@@ -93,10 +93,12 @@ pub struct Args {
     /// Engines in this station (at most 1024, as many as an enrollment lists).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = engine_count)]
     pub engines: usize,
-    /// A segment directory, one per disk (repeatable). Default: DIR/segments.
-    #[arg(long = "disk", value_name = "DIR")]
+    /// A directory on a disk for segments (repeatable: one per disk); engine i keeps its
+    /// segments in DISK/engine-<i>. Default: DIR/engines/<i>/segments under --data.
+    #[arg(long = "disk", value_name = "DISK")]
     pub disks: Vec<PathBuf>,
-    /// Bytes of segment storage per engine; 0 = bounded only by the disks.
+    /// Bytes of segment storage per engine; 0 = bounded only by the disks (a segment the
+    /// disk has no room for is refused, 1 MiB kept free for the index).
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub capacity: u64,
     /// Concurrent streams per engine (1 or more).
