@@ -372,7 +372,8 @@ fn strangers_never_lock_a_subscriber_out_and_admins_disable_and_remove() -> Resu
 /// key is gone is not given new ones (it would come back a stranger, and the auth server's
 /// tokens and certificates would all stop verifying): it refuses to start, naming the file to
 /// restore, and writes none. With the file back it starts as the same station, same issuer.
-/// Started with fewer `--engines` than ran, it names the engine it would leave out.
+/// A database that does not open is named by its path. Started with fewer `--engines` than
+/// ran, it names the engine it would leave out.
 #[test]
 fn a_station_whose_data_is_in_use_or_lost_a_key_refuses_to_start() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -401,8 +402,17 @@ fn a_station_whose_data_is_in_use_or_lost_a_key_refuses_to_start() -> Result<()>
     let again = node.start()?;
     assert_eq!(again.peer(), peer);
     assert_eq!(again.issuer()?, issuer);
+    // A database that does not open is named in the line (its path), each of them.
+    let node = again.crash()?;
+    for file in ["locations.redb", "auth.redb", "engines/0/store.redb"] {
+        let path = data.join(file);
+        let kept = std::fs::read(&path)?;
+        std::fs::write(&path, b"not a database")?;
+        let line = node.failed()?;
+        assert!(line.contains(&path.display().to_string()), "{line}");
+        std::fs::write(&path, kept)?;
+    }
     // Fewer engines than ran: the one left out (and its segments) is named, not dropped.
-    again.crash()?;
     let line = one_engine.refused()?;
     assert!(
         line.contains("holds engine(s) 1 that --engines 1 leaves out")

@@ -249,6 +249,19 @@ impl Node {
         cli::refusal(&mut self.command())
     }
 
+    /// Runs it expecting it to fail once started (its log lines before): its last line,
+    /// `error: ...`.
+    pub fn failed(&self) -> Result<String> {
+        let out = self.command().output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match stderr.lines().last() {
+            Some(line) if !out.status.success() && line.starts_with("error: ") => {
+                Ok(line.to_string())
+            }
+            _ => bail!("expected a failure ending in an `error: ` line, got {out:?}"),
+        }
+    }
+
     /// Starts it and waits for its `director <MULTIADDR>` line (and its `metrics <URL>` line
     /// with `--metrics`). Its log goes to `DATA/stderr.log`.
     pub fn start(self) -> Result<NodeProcess> {

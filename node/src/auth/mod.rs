@@ -146,6 +146,14 @@ pub enum Error {
     /// The subscriber database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The subscriber database did not open.
+    #[error("opening {}: {source}", path.display())]
+    Open {
+        /// Its file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: DbError,
+    },
     /// The issuer key could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -204,7 +212,8 @@ impl Server {
     /// start) and the subscriber database (`auth.redb`).
     pub fn open(data_dir: &Path, config: Config) -> Result<Self, Error> {
         let issuer = key::load_or_create(data_dir)?;
-        let db = SubscriberDb::open(&data_dir.join(DB_FILE))?;
+        let path = data_dir.join(DB_FILE);
+        let db = SubscriberDb::open(&path).map_err(|source| Error::Open { path, source })?;
         let own: TrustedIssuers = [issuer.public()].into_iter().collect();
         let trusted = config
             .trust

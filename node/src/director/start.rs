@@ -107,13 +107,21 @@ pub enum StartError {
     #[error("opening the registry store")]
     Registry(#[from] OpenError),
     /// The segment location table did not open.
-    #[error("opening the segment location table")]
-    Locations(#[from] locations::Error),
+    #[error("opening the segment location table {}", path.display())]
+    Locations {
+        /// Its file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: locations::Error,
+    },
     /// A catalog (`catalog.redb`, `kept.redb`) did not open.
-    #[error("opening {what}")]
+    #[error("opening {what} {}", path.display())]
     Catalog {
         /// Which.
         what: &'static str,
+        /// Its file.
+        path: std::path::PathBuf,
         /// Why.
         #[source]
         source: catalog::Error,
@@ -140,7 +148,7 @@ pub enum StartError {
 
 /// Opens the catalog at `path`, which holds `what`.
 fn open_catalog(path: std::path::PathBuf, what: &'static str) -> Result<Catalog, StartError> {
-    Catalog::open(&path).map_err(|source| StartError::Catalog { what, source })
+    Catalog::open(&path).map_err(|source| StartError::Catalog { what, path, source })
 }
 
 /// Starts the director: listens, joins the registry through `config.bootstrap`, and runs until
@@ -242,7 +250,9 @@ pub async fn start(
     }
     tracing::info!(peer = %peer_id, addrs = ?addrs, bootstrap = bootstrap_peers.len(), "director listening");
 
-    let locations = LocationTable::open(&config.data.join("locations.redb"))?;
+    let path = config.data.join("locations.redb");
+    let locations =
+        LocationTable::open(&path).map_err(|source| StartError::Locations { path, source })?;
     let catalog = match config.content_manager {
         true => Some(open_catalog(
             config.data.join("catalog.redb"),

@@ -154,6 +154,14 @@ pub enum Error {
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The index did not open.
+    #[error("opening {}: {source}", path.display())]
+    IndexFile {
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        source: IndexError,
+    },
     /// The store was shut down.
     #[error("segment store is shut down")]
     Closed,

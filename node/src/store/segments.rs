@@ -107,7 +107,10 @@ impl SegmentStore {
             if let Some(parent) = index_path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(io("create", parent))?;
             }
-            let index = Index::open(&index_path)?;
+            let index = Index::open(&index_path).map_err(|source| Error::IndexFile {
+                path: index_path.clone(),
+                source,
+            })?;
             let (kept, report) = layout::reconcile((&index, &index_path), &disks)?;
             Ok::<_, Error>((index, kept, report))
         })
