@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use vodmesh_proto::ProgramId;
+use vodmesh_proto::token::Issuer;
 use vodmesh_tests::cli::{Ingest, Play};
-use vodmesh_tests::console::{Console, wait_holds_all};
+use vodmesh_tests::console::{Console, wait_holds_all, wait_holds_all_as};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::Node;
 use vodmesh_tests::replica::HomeAndReplica;
+use vodmesh_tests::rogue::issuer_of;
 use vodmesh_tests::{status, wait};
 
 const MIB: usize = 1024 * 1024;
@@ -59,9 +61,11 @@ async fn idle_copy_streams_do_not_stop_an_engine_serving_copies() -> Result<()> 
         idle.push(stream);
     }
 
-    // b holds none of it: asking b for each segment is a miss, filled by a copy from the
-    // home's engine while the idle streams are still open.
-    wait_holds_all(&b.addr, program, 3, Duration::from_secs(60)).await?;
+    // b holds none of it: asking b for each segment (as a console with a token: a miss is
+    // started for no other) is a miss, filled by a copy from the home's engine while the
+    // idle streams are still open.
+    let issuer = issuer_of(&home.data)?;
+    wait_holds_all_as(&b.addr, program, 3, Some(&issuer), Duration::from_secs(60)).await?;
     drop(idle);
     Ok(())
 }
@@ -137,24 +141,26 @@ fn a_locate_flood_from_one_console_leaves_another_console_s_miss_filled() -> Res
     })?;
     let program: ProgramId = setup.program.parse()?;
     let frozen = setup.home.engines()?.remove(0).peer_id;
-    tokio::runtime::Runtime::new()?.block_on(flood_and_ask(&setup, &c.addr, program, frozen))
+    let issuer = issuer_of(&setup.home.data)?;
+    let ask = (&c.addr, program, frozen, &issuer);
+    tokio::runtime::Runtime::new()?.block_on(flood_and_ask(&setup, ask))
 }
 
 /// The flood of [`a_locate_flood_from_one_console_leaves_another_console_s_miss_filled`].
 async fn flood_and_ask(
     setup: &HomeAndReplica,
-    c: &libp2p::Multiaddr,
-    program: ProgramId,
-    frozen: libp2p::PeerId,
+    (c, program, frozen, issuer): (&libp2p::Multiaddr, ProgramId, libp2p::PeerId, &Issuer),
 ) -> Result<()> {
     // c learns the program (its catalog record and manifest) while every holder answers.
-    Console::connect(c, None)
+    // Every console is a subscriber's (a token of the auth station's): a miss is started
+    // for no other.
+    Console::connect(c, Some(issuer))
         .await?
         .locate(program, 0, false)
         .await?;
     setup.home.signal("STOP")?;
     // 64 asks at once, each a miss whose gather waits on the frozen holder (about 20 s).
-    let flooder = std::sync::Arc::new(Console::connect(c, None).await?);
+    let flooder = std::sync::Arc::new(Console::connect(c, Some(issuer)).await?);
     let (busy_tx, mut busy) = tokio::sync::watch::channel(false);
     let mut flood = tokio::task::JoinSet::new();
     for i in 0..64 {
@@ -170,7 +176,7 @@ async fn flood_and_ask(
     tokio::time::timeout(Duration::from_secs(10), busy.wait_for(|b| *b)).await??;
 
     // While the flood's gathers wait, another console's miss is gathered all the same.
-    let other = Console::connect(c, None).await?;
+    let other = Console::connect(c, Some(issuer)).await?;
     let location = other.locate(program, 3, false).await;
     setup.home.signal("CONT")?;
     flood.abort_all();
@@ -210,9 +216,10 @@ fn a_content_manager_that_never_answers_does_not_hold_the_gathers() -> Result<()
     })?;
     let replicated: ProgramId = setup.program.parse()?;
     let frozen = setup.home.engines()?.remove(0).peer_id;
+    let issuer = issuer_of(&setup.home.data)?;
     setup.home.signal("STOP")?;
     let outcome = tokio::runtime::Runtime::new()?.block_on(frozen_manager(
-        &c.addr,
+        (&c.addr, &issuer),
         (lone, replicated),
         frozen,
     ));
@@ -223,7 +230,7 @@ fn a_content_manager_that_never_answers_does_not_hold_the_gathers() -> Result<()
 /// The flood and the other console's miss of
 /// [`a_content_manager_that_never_answers_does_not_hold_the_gathers`].
 async fn frozen_manager(
-    c: &libp2p::Multiaddr,
+    (c, issuer): (&libp2p::Multiaddr, &Issuer),
     (lone, replicated): (ProgramId, ProgramId),
     frozen: libp2p::PeerId,
 ) -> Result<()> {
@@ -231,7 +238,7 @@ async fn frozen_manager(
     let (said_tx, mut said) = tokio::sync::watch::channel(None::<String>);
     let mut flood = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let flooder = std::sync::Arc::new(Console::connect(c, None).await?);
+        let flooder = std::sync::Arc::new(Console::connect(c, Some(issuer)).await?);
         for i in 0..4 {
             let (flooder, said_tx) = (flooder.clone(), said_tx.clone());
             flood.spawn(async move {
@@ -261,7 +268,7 @@ async fn frozen_manager(
     );
 
     // While the flood goes on, another console's miss of the replicated program is filled.
-    let other = Console::connect(c, None).await?;
+    let other = Console::connect(c, Some(issuer)).await?;
     let retry_busy = async {
         loop {
             match other.locate(replicated, 1, false).await {

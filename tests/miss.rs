@@ -569,3 +569,39 @@ async fn a_copy_keeps_the_groups_before_a_rotten_one_and_resumes_after_them() ->
     }
     Ok(())
 }
+
+/// A miss (a gather across the swarm and a copy into an engine) is started only for a
+/// console whose token opens the program (audit gap G9): a peer with no token, or with the
+/// token of an issuer the station does not trust, asking a station that lacks the segment is
+/// refused, and nothing is copied for it. The control: a console with a token has the copy
+/// made there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_started_only_for_a_console_whose_token_opens_the_program() -> Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let consoles = Issuer::generate();
+    let (home, cheap, _, program) = replicated_cheap(root, "cheap", &consoles, 2).await?;
+    let seeker = station(root, berlin("seeker", 100), Some(&home), &consoles).await?;
+    let stranger = Issuer::generate();
+    for (who, issuer) in [("no token", None), ("a stranger's token", Some(&stranger))] {
+        let asking = Console::connect(seeker.addr(), issuer).await?;
+        match asking.locate(program, 0, false).await {
+            Err(e) => assert!(
+                format!("{e:#}").contains("copies one in only for a console token"),
+                "{who}: {e:#}"
+            ),
+            Ok(location) => anyhow::bail!("{who}: a miss was started for it: {location:?}"),
+        }
+    }
+    let director = Console::connect(seeker.addr(), None).await?;
+    assert_eq!(director.activity().await?.misses, 0, "nothing was copied");
+    let console = Console::connect(seeker.addr(), Some(&consoles)).await?;
+    let location = console.locate(program, 0, false).await?;
+    assert_eq!(location.director, seeker.peer_id(), "a copy at the seeker");
+    assert_eq!(director.activity().await?.misses, 1);
+    for s in [home, cheap, seeker] {
+        s.shutdown().await;
+    }
+    Ok(())
+}

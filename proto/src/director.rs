@@ -88,6 +88,11 @@ pub enum Request {
         /// segments at once asks once for them (at most [`MAX_AHEAD`]).
         #[serde(default)]
         ahead: u8,
+        /// The console's token (the one it shows the engines): a station that does not hold
+        /// the segment copies it from another (a miss) only for a console whose token opens
+        /// the program. Without it, only engines that hold the segment are named.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<serde_bytes::ByteBuf>,
     },
     /// Publish a program now (admin): it becomes playable everywhere.
     Publish {
@@ -479,6 +484,7 @@ mod tests {
                 avoid: vec![PeerId::random()],
                 busy: vec![PeerId::random()],
                 ahead: 4,
+                token: Some(serde_bytes::ByteBuf::from(vec![7; 300])),
             },
             Request::Replicate {
                 program,

@@ -118,6 +118,7 @@ impl Console {
             avoid: Vec::new(),
             busy,
             ahead: 0,
+            token: self.token.clone(),
         };
         match self.client.request(request).await? {
             Response::Location(l) => Ok(l),
@@ -138,6 +139,7 @@ impl Console {
             avoid: Vec::new(),
             busy: Vec::new(),
             ahead,
+            token: self.token.clone(),
         };
         match self.client.request(request).await? {
             Response::Location(l) => Ok(l),
@@ -269,16 +271,28 @@ impl StalledViewer {
 }
 
 /// Waits until the station of director `node` holds every one of the `segments` segments of
-/// `program` completely, asking it to `Locate` each (a segment it lacks is a miss it fills,
-/// so asking also hurries a replica on).
+/// `program` completely, asking it to `Locate` each as a console without a token (which
+/// starts no miss: the segments come by a replica or another console's miss).
 pub async fn wait_holds_all(
     node: &Multiaddr,
     program: ProgramId,
     segments: u32,
     timeout: Duration,
 ) -> Result<()> {
+    wait_holds_all_as(node, program, segments, None, timeout).await
+}
+
+/// As [`wait_holds_all`], asking as a console with a token of `issuer`: a station starts a
+/// miss (a copy from another) for such a console only, so the asks themselves fill it.
+pub async fn wait_holds_all_as(
+    node: &Multiaddr,
+    program: ProgramId,
+    segments: u32,
+    issuer: Option<&Issuer>,
+    timeout: Duration,
+) -> Result<()> {
     let director = vodmesh_proto::net::peer_of(node);
-    let console = Console::connect(node, None).await?;
+    let console = Console::connect(node, issuer).await?;
     crate::wait::until("the station to hold every segment", timeout, || async {
         for index in 0..segments {
             match console.locate(program, index, false).await {

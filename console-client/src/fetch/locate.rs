@@ -17,7 +17,7 @@ impl Fetcher {
     pub(super) async fn locate(
         &self,
         manifest: &Manifest,
-        index: SegmentIndex,
+        (index, token): (SegmentIndex, Option<&[u8]>),
         retry: &Retry,
     ) -> Result<SegmentLocation, Attempt> {
         let mut avoid = retry.avoid().to_vec();
@@ -39,6 +39,8 @@ impl Fetcher {
             avoid,
             busy: retry.busy().to_vec(),
             ahead: asking.as_ref().map_or(0, |asking| asking.count),
+            // Shown so that a station that lacks the segment copies it in for this console.
+            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
         };
         match located(self.directors.ask(locate).await) {
             Ok(mut location) => {

@@ -583,7 +583,7 @@ impl Fetcher {
             .ok_or(FetchError::NoSegment(index))?;
         watch.at(None);
         let began = Instant::now();
-        let location = self.locate(manifest, index, retry).await?;
+        let location = self.locate(manifest, (index, token), retry).await?;
         let located = began.elapsed();
         watch.at(Some(&location));
         let mut request = StreamRequest {

@@ -88,6 +88,7 @@ impl Fetcher {
                         avoid: Vec::new(),
                         busy: Vec::new(),
                         ahead: 0,
+                        token: request.token.clone(),
                     };
                     let answer = self
                         .directors

@@ -62,6 +62,8 @@ pub(super) struct Locating {
     pub(super) busy: Vec<PeerId>,
     /// Segments after this one to name too, when held whole here (`Locate { ahead }`).
     pub(super) ahead: u8,
+    /// The console token it showed: checked only if a miss would start for it.
+    pub(super) token: Option<serde_bytes::ByteBuf>,
 }
 
 /// What the director knows of the console asking.

@@ -133,6 +133,7 @@ impl Director {
                 avoid,
                 busy,
                 ahead,
+                token,
                 ..
             } => {
                 self.metrics.locate();
@@ -148,6 +149,7 @@ impl Director {
                     avoid: named(avoid),
                     busy: named(busy),
                     ahead: ahead.min(director::MAX_AHEAD),
+                    token,
                 };
                 self.locate(ask, channel, true)
             }

@@ -45,6 +45,12 @@ pub(super) enum Error {
     /// that is up.
     #[error("segment {0} is not here")]
     NotHere(SegmentId),
+    /// A segment this station does not hold, asked without a console token that opens the
+    /// program: no copy is started for it.
+    #[error(
+        "this station does not hold the segment, and copies one in only for a console token that opens the program (vodmesh-console login)"
+    )]
+    MissNeedsToken,
     /// No other station could name an engine to copy or stream the segment from.
     #[error("no station can serve segment {} of {}", .0.index, .0.program.short())]
     NoSource(SegmentId),
@@ -245,7 +251,11 @@ impl Error {
             | Self::BadRecord
             | Self::Unsupported(_) => C::BadRequest,
             Self::NoRoom(_) | Self::NoRoomForReplica { .. } => C::Full,
-            Self::Admin(_) | Self::NotLive | Self::NotMember | Self::NotCertified => {
+            Self::Admin(_)
+            | Self::NotLive
+            | Self::NotMember
+            | Self::NotCertified
+            | Self::MissNeedsToken => {
                 C::Unauthorized
             }
             Self::CorruptCatalog

@@ -230,6 +230,8 @@ async fn redirect(
             avoid: avoid.clone(),
             busy: Vec::new(),
             ahead: 0,
+            // The edge checked the player's URL token: the loop takes it as a console's.
+            token: None,
         };
         let location = match ask(edge, subscriber, locate).await {
             Ok(Answer::Location(location)) => location,

@@ -86,6 +86,25 @@ use self::tasks::Tasks;
 use crate::control::{EngineEvent, EngineReport};
 use crate::metrics::Metrics;
 
+/// Whether a miss may start for `ask`: a gather across the swarm and a copy into an engine,
+/// started only for a console that could stream the program (its token, of one of
+/// `issuers`, opens it), or for a player the HTTP edge checked (`Client::Local`). A station
+/// that trusts no issuer checks no token (and its engines serve no stream).
+fn may_miss(
+    issuers: &vodmesh_proto::token::TrustedIssuers,
+    ask: &Locating,
+    channel: &Client,
+) -> bool {
+    let opens = |token: &serde_bytes::ByteBuf| {
+        let program = Some(&ask.segment.program);
+        let console = vodmesh_proto::token::Audience::Console;
+        (issuers.verify(token, now_ms(), console, program, &ask.console)).is_ok()
+    };
+    issuers.is_empty()
+        || matches!(channel, Client::Local(_))
+        || ask.token.as_ref().is_some_and(opens)
+}
+
 /// How often an unreachable bootstrap station is logged at WARN (the rest at DEBUG).
 const BOOTSTRAP_WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -109,6 +128,9 @@ struct Director {
     registry_commands: mpsc::Receiver<Command>,
     outbound: Outbound,
     metrics: Metrics,
+    /// The issuers whose console tokens start a miss (`--trust` and this station's own auth
+    /// server's): none, and no token is asked for.
+    console_issuers: vodmesh_proto::token::TrustedIssuers,
     /// Bootstrap stations not connected yet.
     bootstrap_peers: HashSet<PeerId>,
     /// When a failed dial of a bootstrap station was last logged at WARN: every query of the
@@ -409,6 +431,9 @@ impl Director {
                     }
                 }
                 Some((channel, respond(located, Response::Location)))
+            }
+            Located::Miss { .. } if !may_miss(&self.console_issuers, &ask, &channel) => {
+                Some((channel, Response::Error(Error::MissNeedsToken.into())))
             }
             Located::Miss { held } => self.miss.start(&ctx, &self.publish, (ask, held), channel),
             Located::Unlearned if fetch => self.publish.fetch_for_locate(&ctx, ask, channel),

@@ -173,6 +173,7 @@ impl Play {
                 avoid: ask.avoid.clone(),
                 busy: Vec::new(),
                 ahead: 0,
+                token: None,
             };
             match self.locate_here(ctx, publish, &next) {
                 Ok(location) if !location.filling => {

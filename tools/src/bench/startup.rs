@@ -165,6 +165,7 @@ async fn measure(
                 avoid: Vec::new(),
                 busy: Vec::new(),
                 ahead: 0,
+                token: None,
             })
             .await?
         {

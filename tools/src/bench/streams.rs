@@ -261,6 +261,7 @@ async fn bulk_address(director: &Multiaddr, program: ProgramId) -> Result<Option
         avoid: Vec::new(),
         busy: Vec::new(),
         ahead: 0,
+        token: None,
     };
     match client.request(locate).await? {
         Response::Location(l) => Ok(l.bulk),
