@@ -519,3 +519,94 @@ async fn a_member_s_copy_requests_before_its_check_wait_for_one_look_up() -> any
     home.shutdown().await;
     Ok(())
 }
+
+/// `IngestCommit` and `IngestAbort` carry an admin proof: one signed by a stranger's key, or
+/// by a certified content manager of the swarm that is no admin of this station, is refused,
+/// and the ingest in progress is left as it is (the admin's commit finds it, one segment
+/// short). `Published` is a content manager's word about its own records only: a certified
+/// content manager passing on a record another one signed (the home's own) is refused. The
+/// controls: the admin's abort drops the ingest (its commit then finds none), and the
+/// manager's `Published` of its own record is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::Result<()> {
+    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
+
+    let (dir, home, _member, stranger) = home_member_and_stranger().await?;
+    let addr = home.addr().clone();
+    let director = vodmesh_proto::net::peer_of(&addr).ok_or_else(|| anyhow::anyhow!("no peer"))?;
+    let mut manager = Rogue::new(&addr)?;
+    join(&mut manager, Some(&issuer_of(dir.path())?), CM).await?;
+    let admin = vodmesh_node::identity::load_or_create(&dir.path().join("identity.key"))?;
+
+    let content = ManifestContent {
+        title: "guarded".into(),
+        content_type: "application/octet-stream".into(),
+        duration_ms: 1000,
+        segments: vec![SegmentEntry {
+            index: 0.into(),
+            duration_ms: 1000,
+            size: 5,
+            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
+        }],
+        renditions: Vec::new(),
+    };
+    let program = content.program_id();
+    let proof = |key: &Keypair, op: &str| {
+        vodmesh_proto::admin::prove(key, op, program.as_bytes(), director, now_ms())
+    };
+    let commit = |key: &Keypair| Request::IngestCommit {
+        program,
+        admin: proof(key, "ingest-commit"),
+    };
+    let abort = |key: &Keypair| Request::IngestAbort {
+        program,
+        admin: proof(key, "ingest-abort"),
+    };
+    let owner = DirectorClient::connect(&addr, Some(Keypair::generate_ed25519())).await?;
+    let begun = owner
+        .call(Request::IngestBegin {
+            content,
+            publish_at_ms: None,
+            replicas: 0,
+            admin: proof(&admin, "ingest"),
+        })
+        .await?;
+    assert!(matches!(begun, Response::IngestPlan { .. }), "{begun:?}");
+
+    let not_admin = Some("not an admin of this station".to_string());
+    for key in [&stranger.key, &manager.key] {
+        assert_eq!(refusal(&addr, key, commit(key)).await?, not_admin);
+        assert_eq!(refusal(&addr, key, abort(key)).await?, not_admin);
+    }
+    // The ingest is still there: the admin's commit finds it, its segment not stored.
+    // (Over a connection of its own: the admin key is the director's, which it cannot dial.)
+    let tool = Keypair::generate_ed25519();
+    let incomplete = refusal(&addr, &tool, commit(&admin)).await?;
+    assert!(
+        incomplete
+            .as_deref()
+            .is_some_and(|l| l.contains("not stored yet")),
+        "{incomplete:?}"
+    );
+
+    // `Published` of a record the sender did not sign: refused; its own: taken.
+    let others = catalog_record(&admin, ProgramId([0x15; 32]), "the home's");
+    let passed_on = Request::Published { record: others };
+    assert_eq!(
+        refusal(&addr, &manager.key, passed_on).await?,
+        Some("catalog record does not verify".into())
+    );
+    let own = catalog_record(&manager.key, ProgramId([0x16; 32]), "its own");
+    let told = Request::Published { record: own };
+    assert_eq!(refusal(&addr, &manager.key, told).await?, None);
+
+    // The control: the admin's abort drops the ingest.
+    assert!(matches!(owner.call(abort(&admin)).await?, Response::Ok));
+    let gone = refusal(&addr, &tool, commit(&admin)).await?;
+    assert_eq!(
+        gone.as_deref(),
+        Some("no ingest of this program in progress")
+    );
+    home.shutdown().await;
+    Ok(())
+}
