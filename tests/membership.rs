@@ -610,3 +610,82 @@ async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::
     home.shutdown().await;
     Ok(())
 }
+
+/// A certified content manager signs a record of another content manager's program (the
+/// home's, not published yet), "published" and issued at the end of time: the home's
+/// registry keeps the home's record, and a member station that knows the program refuses it
+/// as `Published` (before, the registry took the newer record in place of the owner's, and
+/// the member took it too: the program played there before its publish). The control: the
+/// owner's own update, its publish, is taken by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_manager_cannot_replace_another_s_program_record() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let mut manager = Rogue::new(home.addr())?;
+    join(&mut manager, Some(&issuer_of(&home_dir)?), CM).await?;
+
+    let admin_key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    random_file(&source, 64 * 1024, 31)?;
+    let opts = ingest_options(&home, &admin_key, "owned", &source);
+    let program = ingest::run(&opts).await?.program;
+    let playable = |program| {
+        let addr = member.addr().clone();
+        async move {
+            let client = DirectorClient::connect(&addr, None).await?;
+            anyhow::Ok(match client.call(Request::Playable { program }).await {
+                Ok(_) => None,
+                Err(DirectorError::Refused(reply)) => Some(reply.message),
+                Err(e) => return Err(e.into()),
+            })
+        }
+    };
+    // The member learns the home's record (from the registry): not published.
+    let not_published = Some("program not published".to_string());
+    assert_eq!(playable(program).await?, not_published);
+
+    let taken = catalog_record(&manager.key, program, "taken over");
+    (manager.put_signed(RecordKind::Catalog(program), &taken)).await?;
+    let refused = refusal(
+        member.addr(),
+        &manager.key,
+        Request::Published { record: taken },
+    )
+    .await?;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|l| l.contains("belongs to another content manager")),
+        "{refused:?}"
+    );
+    assert_eq!(playable(program).await?, not_published);
+    let records = home.registry().get_catalog(program).await?;
+    let signers: Vec<Option<PeerId>> = (records.iter())
+        .map(|r| vodmesh_proto::catalog::CatalogRecord::verify(r).ok())
+        .map(|r| r.map(|r| r.content_manager))
+        .collect();
+    assert!(!signers.is_empty());
+    assert!(
+        signers.iter().all(|s| *s == Some(home.peer_id())),
+        "{signers:?}"
+    );
+
+    // The control: the owner publishes; the member plays it.
+    vodmesh_tools::publish::run(home.addr(), &admin_key, program).await?;
+    wait::until(
+        "the member sees the owner's publish",
+        Duration::from_secs(30),
+        || async { Ok(playable(program).await?.is_none()) },
+    )
+    .await?;
+    member.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}

@@ -123,6 +123,9 @@ pub(super) enum Error {
     /// A catalog record that does not verify as its content manager's.
     #[error("catalog record does not verify")]
     BadRecord,
+    /// A catalog record of a program whose known record another content manager signed.
+    #[error("program {} belongs to another content manager", .0.short())]
+    NotOwner(ProgramId),
     /// This station's own catalog holds an entry that does not verify.
     #[error("catalog entry does not verify")]
     CorruptCatalog,
@@ -227,9 +230,11 @@ impl Error {
             | Self::BadRecord
             | Self::Unsupported(_) => C::BadRequest,
             Self::NoRoom(_) | Self::NoRoomForReplica { .. } => C::Full,
-            Self::Admin(_) | Self::NotLive | Self::NotMember | Self::NotCertified => {
-                C::Unauthorized
-            }
+            Self::Admin(_)
+            | Self::NotLive
+            | Self::NotMember
+            | Self::NotCertified
+            | Self::NotOwner(_) => C::Unauthorized,
             Self::CorruptCatalog
             | Self::CopiesFailed { .. }
             | Self::Locations(_)

@@ -45,10 +45,11 @@ use crate::expiring::Waiting;
 /// holder).
 async fn reconciled(
     (registry, asker, me): (RegistryHandle, Asker, PeerId),
-    program: ProgramId,
+    (program, owner): (ProgramId, Option<PeerId>),
     manifest: bool,
 ) -> Done {
-    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY, None).await;
+    let known = owner.map(|owner| (owner, 0));
+    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY, known).await;
     let manifest = match (&record, manifest) {
         (Some(learned), true) => match fetch_manifest(&registry, &asker, me, &learned.record).await
         {
@@ -289,13 +290,27 @@ impl Publishing {
         true
     }
 
+    /// The content manager of `program` as this director knows it: the signer of its known
+    /// record, the only one whose records may replace it ([`Learned::replaces`]).
+    pub(super) fn owner(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<PeerId> {
+        (self.known_record(ctx, program)).map(|l| l.record.content_manager)
+    }
+
     /// Keeps a verified record if it is newer than what this director knows (and with the
-    /// manifest kept of the program, if any).
-    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) {
+    /// manifest kept of the program, if any). A record another content manager than the
+    /// known record's signed is refused ([`Error::NotOwner`]): it would take the program over.
+    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) -> Result<(), Error> {
         let program = learned.record.program;
+        if let Some(known) = self.known_record(ctx, &program)
+            && known.record.content_manager != learned.record.content_manager
+        {
+            let (owner, signer) = (known.record.content_manager, learned.record.content_manager);
+            tracing::info!(%program, %owner, %signer, "refused a catalog record of another content manager's program");
+            return Err(Error::NotOwner(program));
+        }
         let newer = (self.learned.get(&program)).is_none_or(|old| learned.newer_than(old));
         if !newer {
-            return;
+            return Ok(());
         }
         ctx.observer.program(ctx.me.peer_id, program, Kind::Learned);
         ctx.engines
@@ -311,6 +326,7 @@ impl Publishing {
             Err(e) => tracing::warn!(%program, error = %e, "cannot read the kept manifests"),
         }
         self.learned.insert(program, learned);
+        Ok(())
     }
 
     /// `Playable`: answered from what is known when that says playable; otherwise after the
@@ -326,9 +342,9 @@ impl Publishing {
         if own || known.is_ok() {
             return Some((channel, answer(known)));
         }
-        let registry = ctx.registry.clone();
+        let (registry, owner) = (ctx.registry.clone(), self.owner(ctx, &program));
         self.tasks.spawn(async move {
-            let record = fetch_record(&registry, program).await;
+            let record = fetch_record(&registry, program, owner).await;
             Done::Fetched {
                 channel,
                 program,
@@ -359,7 +375,8 @@ impl Publishing {
             }
         }
         let registry = ctx.registry.clone();
-        let known = (self.known_record(ctx, &program)).map(|l| l.record.issued_ms);
+        let known = (self.known_record(ctx, &program))
+            .map(|l| (l.record.content_manager, l.record.issued_ms));
         self.tasks.spawn(async move {
             let within = LOCATE_FETCH_WITHIN;
             let record = reconcile::fetch_within(&registry, program, within, known).await;
@@ -408,7 +425,9 @@ impl Publishing {
                 Step::Fetch { program, manifest } => {
                     self.reconciling.insert(program);
                     let with = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
-                    self.tasks.spawn(reconciled(with, program, manifest));
+                    let owner = self.owner(ctx, &program);
+                    self.tasks
+                        .spawn(reconciled(with, (program, owner), manifest));
                 }
             }
         }
@@ -450,7 +469,7 @@ impl Publishing {
                 record,
             } => {
                 if let Some(record) = record {
-                    self.learn(ctx, record);
+                    let _ = self.learn(ctx, record);
                 }
                 Some((channel, answer(self.playable(ctx, &program))))
             }
@@ -462,8 +481,10 @@ impl Publishing {
                 self.reconciling.remove(&program);
                 if let Some(learned) = record {
                     // Holders put the record again: it outlives its content manager.
-                    ctx.dht.put_catalog(learned.signed.clone());
-                    self.learn(ctx, learned);
+                    let signed = learned.signed.clone();
+                    if self.learn(ctx, learned).is_ok() {
+                        ctx.dht.put_catalog(signed);
+                    }
                 }
                 if let Some(fetched) = &manifest {
                     self.keep(ctx, program, fetched.signed.clone());
@@ -476,16 +497,16 @@ impl Publishing {
                 None
             }
             Done::Manifest { channel, fetched } => {
-                let answer = fetched.map(|pair| {
+                let answer = fetched.and_then(|pair| {
                     let (learned, signed) = *pair;
-                    self.learn(ctx, learned);
-                    signed
+                    self.learn(ctx, learned)?;
+                    Ok(signed)
                 });
                 Some((channel, respond(answer, Response::Manifest)))
             }
             Done::Located { program, record } => {
                 if let Some(record) = record {
-                    self.learn(ctx, record);
+                    let _ = self.learn(ctx, record);
                 }
                 let waiting = self.locating.take(&program);
                 return Some(After::Locate(waiting));
@@ -499,8 +520,7 @@ impl Publishing {
     /// `Published` from a content manager.
     pub(super) fn on_published(&mut self, ctx: &Ctx<'_>, signed: &Signed) -> Result<(), Error> {
         let learned = Learned::verify(signed.clone()).ok_or(Error::BadRecord)?;
-        self.learn(ctx, learned);
-        Ok(())
+        self.learn(ctx, learned)
     }
 
     /// Publishes `program` now (content manager): re-signs its record as published, stores
