@@ -689,3 +689,65 @@ async fn a_content_manager_cannot_replace_another_s_program_record() -> anyhow::
     home.shutdown().await;
     Ok(())
 }
+
+/// A stranger asks `Programs` many times at once, and again: one listing (the station's
+/// catalog read, the other stations asked, a registry look-up of each program's holders)
+/// answers them all. Before, each request made a listing of its own: 128 requests of a few
+/// bytes, 128 look-ups of each program's holders. The control: a program ingested after is
+/// listed once the shared answer is refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_s_program_lists_share_one_listing() -> anyhow::Result<()> {
+    const ASKS: usize = 64;
+    let (dir, home, _member, stranger) = home_member_and_stranger().await?;
+    let addr = home.addr().clone();
+    let key = dir.path().join("identity.key");
+    let mut programs = std::collections::BTreeSet::new();
+    for n in 0..3u8 {
+        let source = dir.path().join(format!("p{n}.bin"));
+        random_file(&source, 16 * 1024, 40 + u64::from(n))?;
+        let opts = IngestOptions {
+            publish_at_ms: Some(now_ms()),
+            ..ingest_options(&home, &key, &format!("listed {n}"), &source)
+        };
+        programs.insert(ingest::run(&opts).await?.program);
+    }
+    let client = DirectorClient::connect(&addr, Some(stranger.key.clone())).await?;
+    let listed = |answer: Response| match answer {
+        Response::Programs(list) => Ok(list.iter().map(|p| p.program).collect()),
+        other => Err(anyhow::anyhow!("{other:?}")),
+    };
+    let before = dht_queries_started(&home)?;
+    for _ in 0..2 {
+        let asks = (0..ASKS).map(|_| client.call(Request::Programs));
+        for answer in futures::future::join_all(asks).await {
+            let got: std::collections::BTreeSet<ProgramId> = listed(answer?)?;
+            assert_eq!(got, programs);
+        }
+    }
+    let queries = dht_queries_started(&home)? - before;
+    assert!(
+        queries < 24,
+        "{queries} registry queries for {} program lists",
+        2 * ASKS
+    );
+
+    let source = dir.path().join("late.bin");
+    random_file(&source, 16 * 1024, 49)?;
+    let opts = IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &key, "late", &source)
+    };
+    let late = ingest::run(&opts).await?.program;
+    wait::until(
+        "the late program listed",
+        Duration::from_secs(30),
+        || async {
+            let got: std::collections::BTreeSet<ProgramId> =
+                listed(client.call(Request::Programs).await?)?;
+            Ok(got.contains(&late))
+        },
+    )
+    .await?;
+    home.shutdown().await;
+    Ok(())
+}

@@ -123,6 +123,9 @@ pub(super) enum Error {
     /// A catalog record that does not verify as its content manager's.
     #[error("catalog record does not verify")]
     BadRecord,
+    /// Too many `Programs` asked while a listing runs.
+    #[error("too many program lists asked at once; retry")]
+    ListingBusy,
     /// A catalog record of a program whose known record another content manager signed.
     #[error("program {} belongs to another content manager", .0.short())]
     NotOwner(ProgramId),
@@ -207,6 +210,7 @@ impl Error {
             | Self::OnlyHeldBusy
             | Self::NoWholeCopy
             | Self::TooManyMisses
+            | Self::ListingBusy
             | Self::CheckQueueFull
             | Self::EngineQueueFull
             | Self::EngineGone

@@ -31,6 +31,7 @@ use super::choose::Locating;
 use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
+use super::listing::Listing;
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::schedule::Schedule;
@@ -106,8 +107,8 @@ pub(super) enum Done {
         /// Its manifest, when it was fetched.
         manifest: Option<Box<FetchedManifest>>,
     },
-    /// An answer ready to send.
-    Reply(Reply),
+    /// A `Programs` listing ended ([`Listing`]).
+    Listed(Result<Vec<ProgramInfo>, Error>),
     /// Nothing more to do.
     Nothing,
 }
@@ -120,6 +121,8 @@ pub(super) enum Done {
 pub(super) enum After {
     /// Sends this answer.
     Reply(Reply),
+    /// Sends these answers.
+    Replies(Vec<Reply>),
     /// Locates again for these consoles, the program's record now learned if the registry
     /// had one.
     Locate(Vec<(Locating, Client)>),
@@ -149,6 +152,8 @@ pub(super) struct Publishing {
     locating: Waiting<ProgramId, (Locating, Client)>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
+    /// `Programs` answered from one listing ([`Listing`]).
+    listing: Listing,
     tasks: Tasks<Done>,
 }
 
@@ -222,7 +227,7 @@ impl Publishing {
 
     /// Keeps `manifest` (verified) with the program's known record: this station holds, or
     /// is about to hold, segments of it, and answers `Manifest` for it from now on.
-    pub(super) fn keep(&self, ctx: &Ctx<'_>, program: ProgramId, manifest: Signed) {
+    pub(super) fn keep(&mut self, ctx: &Ctx<'_>, program: ProgramId, manifest: Signed) {
         let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
         let Some(learned) = self.learned.get(&program).filter(|_| !own) else {
             return;
@@ -231,8 +236,9 @@ impl Publishing {
             manifest,
             record: learned.signed.clone(),
         };
-        if let Err(e) = ctx.kept.put(&program, &entry) {
-            tracing::warn!(%program, error = %e, "cannot keep the manifest");
+        match ctx.kept.put(&program, &entry) {
+            Ok(()) => self.listing.changed(),
+            Err(e) => tracing::warn!(%program, error = %e, "cannot keep the manifest"),
         }
     }
 
@@ -326,6 +332,7 @@ impl Publishing {
             Err(e) => tracing::warn!(%program, error = %e, "cannot read the kept manifests"),
         }
         self.learned.insert(program, learned);
+        self.listing.changed();
         Ok(())
     }
 
@@ -511,7 +518,14 @@ impl Publishing {
                 let waiting = self.locating.take(&program);
                 return Some(After::Locate(waiting));
             }
-            Done::Reply(reply) => Some(reply),
+            Done::Listed(listed) => {
+                let now = (tokio::time::Instant::now(), now_ms());
+                let next = self.listing.listed(now, listed);
+                if next.list {
+                    self.list(ctx);
+                }
+                return Some(After::Replies(next.replies));
+            }
             Done::Nothing => None,
         };
         reply.map(After::Reply)
@@ -550,6 +564,7 @@ impl Publishing {
             record: signed.clone(),
         };
         catalog.put(&program, &entry)?;
+        self.listing.changed();
         ctx.engines.publish_at(program, record.playable_from());
         ctx.dht.put_catalog(signed.clone());
         ctx.observer.program(me, program, Kind::Published);
@@ -578,6 +593,7 @@ impl Publishing {
         ctx.dht.put_catalog(signed);
         ctx.dht.provide(record.program);
         self.provided.insert(record.program);
+        self.listing.changed();
         self.arm(record);
     }
 
@@ -625,26 +641,36 @@ impl Publishing {
         catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
     }
 
-    /// `Programs`: the swarm's catalog as `viewer` may see it (answered from a task: it
-    /// walks the swarm).
+    /// `Programs` of a peer: the swarm's catalog as its viewer may see it, from a listing
+    /// shared with other askers ([`Listing`]).
     pub(super) fn programs(
         &mut self,
         ctx: &Ctx<'_>,
-        viewer: Viewer,
+        asker: (PeerId, Viewer),
         channel: Client,
     ) -> Option<Reply> {
-        let local = match Self::held(ctx) {
-            Ok(local) => local,
-            Err(e) => return Some((channel, Response::Error(e.into()))),
-        };
+        let now = (tokio::time::Instant::now(), now_ms());
+        let asked = self.listing.ask(now, asker, channel);
+        if asked.list {
+            self.list(ctx);
+        }
+        asked.replies
+    }
+
+    /// Starts a listing: this station's own list, read here, and the swarm's, walked in a
+    /// task ([`Done::Listed`]).
+    fn list(&mut self, ctx: &Ctx<'_>) {
+        let local = Self::held(ctx);
         let (walks, registry) = (ctx.walks.clone(), ctx.registry.clone());
         let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
-            let listed = catalog::swarm_programs((&walks, registry), asker, me, local).await;
-            let visible = listed.map(|list| viewer.visible(list, now_ms()));
-            Done::Reply((channel, respond(visible, Response::Programs)))
+            let with = (&walks, registry);
+            let listed = match local {
+                Ok(local) => catalog::swarm_programs(with, asker, me, local).await,
+                Err(e) => Err(e),
+            };
+            Done::Listed(listed)
         });
-        None
     }
 }
 
