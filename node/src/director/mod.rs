@@ -91,6 +91,10 @@ use crate::metrics::Metrics;
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct DirectorBehaviour {
+    /// Refuses connections past [`crate::conn_limits`]. First: a connection it refuses must
+    /// reach no other behaviour (request-response counts a connection as soon as it is asked
+    /// to handle it, and one refused after that is never closed for it).
+    limits: libp2p::connection_limits::Behaviour,
     kad: kad::Behaviour<PersistentStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
