@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::token::Issuer;
 use vodmesh_tests::cli::{Ingest, Play};
@@ -353,5 +353,87 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
         .collect();
     assert!(answered.contains(&(b, false)), "{json}");
     assert!(answered.contains(&(setup.home.peer(), true)), "{json}");
+    Ok(())
+}
+
+/// Opens `dials` connections to `peer` at `addr` from one swarm of a single identity, and
+/// waits until every dial ended and `held` of them stay up (the others refused: closed by
+/// the other side, or failed); returns how many came up in all.
+async fn connections_held(
+    addr: &libp2p::Multiaddr,
+    peer: libp2p::PeerId,
+    dials: u32,
+    held: u32,
+) -> Result<u32> {
+    use futures::StreamExt;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::{SwarmEvent, dummy};
+
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut swarm = vodmesh_proto::net::build_swarm(key, |_| dummy::Behaviour)?;
+    for _ in 0..dials {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        swarm.dial(opts)?;
+    }
+    let (mut up, mut failed, mut closed) = (0u32, 0u32, 0u32);
+    let settled = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => up += 1,
+                SwarmEvent::OutgoingConnectionError { .. } => failed += 1,
+                SwarmEvent::ConnectionClosed { .. } => closed += 1,
+                _ => {}
+            }
+            if up + failed == dials && up - closed == held {
+                return;
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(
+        settled.is_ok(),
+        "{dials} dials: {up} up, {failed} failed, {closed} closed; wanted {held} held"
+    );
+    Ok(up)
+}
+
+/// One peer dials a director, then an engine, more times than one peer may hold
+/// connections (`conn_limits::MAX_PER_PEER`): the connections past the cap are refused and
+/// the cap's worth stay up. Before, every one was taken (a peer id costs nothing, and each
+/// connection its buffers and handlers). The control: another peer connects to the director
+/// and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_past_its_connection_cap_is_refused_and_another_is_served() -> Result<()> {
+    use vodmesh_node::conn_limits::MAX_PER_PEER;
+    use vodmesh_proto::director::{Request, Response};
+
+    vodmesh_tests::swarm::init_logging();
+    let dir = tempfile::tempdir()?;
+    let station = vodmesh_tests::swarm::station(dir.path())
+        .engines(1)
+        .home()
+        .start()
+        .await?;
+    let file = vodmesh_node::nodefile::NodeFile::read(dir.path())?;
+    let engine = file.engines.first().context("no engine")?;
+    let targets = [
+        (station.addr().clone(), file.director.peer_id),
+        (
+            (engine.addrs.iter().find(|a| vodmesh_proto::net::is_tcp(a)))
+                .context("no engine TCP address")?
+                .clone(),
+            engine.peer_id,
+        ),
+    ];
+    for (addr, peer) in &targets {
+        connections_held(addr, *peer, MAX_PER_PEER + 4, MAX_PER_PEER).await?;
+    }
+    let client = vodmesh_client::DirectorClient::connect(station.addr(), None).await?;
+    let answer = client.call(Request::Station).await?;
+    assert!(matches!(answer, Response::Station(_)), "{answer:?}");
+    station.shutdown().await;
     Ok(())
 }

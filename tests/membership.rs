@@ -519,3 +519,235 @@ async fn a_member_s_copy_requests_before_its_check_wait_for_one_look_up() -> any
     home.shutdown().await;
     Ok(())
 }
+
+/// `IngestCommit` and `IngestAbort` carry an admin proof: one signed by a stranger's key, or
+/// by a certified content manager of the swarm that is no admin of this station, is refused,
+/// and the ingest in progress is left as it is (the admin's commit finds it, one segment
+/// short). `Published` is a content manager's word about its own records only: a certified
+/// content manager passing on a record another one signed (the home's own) is refused. The
+/// controls: the admin's abort drops the ingest (its commit then finds none), and the
+/// manager's `Published` of its own record is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::Result<()> {
+    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
+
+    let (dir, home, _member, stranger) = home_member_and_stranger().await?;
+    let addr = home.addr().clone();
+    let director = vodmesh_proto::net::peer_of(&addr).ok_or_else(|| anyhow::anyhow!("no peer"))?;
+    let mut manager = Rogue::new(&addr)?;
+    join(&mut manager, Some(&issuer_of(dir.path())?), CM).await?;
+    let admin = vodmesh_node::identity::load_or_create(&dir.path().join("identity.key"))?;
+
+    let content = ManifestContent {
+        title: "guarded".into(),
+        content_type: "application/octet-stream".into(),
+        duration_ms: 1000,
+        segments: vec![SegmentEntry {
+            index: 0.into(),
+            duration_ms: 1000,
+            size: 5,
+            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
+        }],
+        renditions: Vec::new(),
+    };
+    let program = content.program_id();
+    let proof = |key: &Keypair, op: &str| {
+        vodmesh_proto::admin::prove(key, op, program.as_bytes(), director, now_ms())
+    };
+    let commit = |key: &Keypair| Request::IngestCommit {
+        program,
+        admin: proof(key, "ingest-commit"),
+    };
+    let abort = |key: &Keypair| Request::IngestAbort {
+        program,
+        admin: proof(key, "ingest-abort"),
+    };
+    let owner = DirectorClient::connect(&addr, Some(Keypair::generate_ed25519())).await?;
+    let begun = owner
+        .call(Request::IngestBegin {
+            content,
+            publish_at_ms: None,
+            replicas: 0,
+            admin: proof(&admin, "ingest"),
+        })
+        .await?;
+    assert!(matches!(begun, Response::IngestPlan { .. }), "{begun:?}");
+
+    let not_admin = Some("not an admin of this station".to_string());
+    for key in [&stranger.key, &manager.key] {
+        assert_eq!(refusal(&addr, key, commit(key)).await?, not_admin);
+        assert_eq!(refusal(&addr, key, abort(key)).await?, not_admin);
+    }
+    // The ingest is still there: the admin's commit finds it, its segment not stored.
+    // (Over a connection of its own: the admin key is the director's, which it cannot dial.)
+    let tool = Keypair::generate_ed25519();
+    let incomplete = refusal(&addr, &tool, commit(&admin)).await?;
+    assert!(
+        incomplete
+            .as_deref()
+            .is_some_and(|l| l.contains("not stored yet")),
+        "{incomplete:?}"
+    );
+
+    // `Published` of a record the sender did not sign: refused; its own: taken.
+    let others = catalog_record(&admin, ProgramId([0x15; 32]), "the home's");
+    let passed_on = Request::Published { record: others };
+    assert_eq!(
+        refusal(&addr, &manager.key, passed_on).await?,
+        Some("catalog record does not verify".into())
+    );
+    let own = catalog_record(&manager.key, ProgramId([0x16; 32]), "its own");
+    let told = Request::Published { record: own };
+    assert_eq!(refusal(&addr, &manager.key, told).await?, None);
+
+    // The control: the admin's abort drops the ingest.
+    assert!(matches!(owner.call(abort(&admin)).await?, Response::Ok));
+    let gone = refusal(&addr, &tool, commit(&admin)).await?;
+    assert_eq!(
+        gone.as_deref(),
+        Some("no ingest of this program in progress")
+    );
+    home.shutdown().await;
+    Ok(())
+}
+
+/// A certified content manager signs a record of another content manager's program (the
+/// home's, not published yet), "published" and issued at the end of time: the home's
+/// registry keeps the home's record, and a member station that knows the program refuses it
+/// as `Published` (before, the registry took the newer record in place of the owner's, and
+/// the member took it too: the program played there before its publish). The control: the
+/// owner's own update, its publish, is taken by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_manager_cannot_replace_another_s_program_record() -> anyhow::Result<()> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    let mut manager = Rogue::new(home.addr())?;
+    join(&mut manager, Some(&issuer_of(&home_dir)?), CM).await?;
+
+    let admin_key = home_dir.join("identity.key");
+    let source = dir.path().join("p.bin");
+    random_file(&source, 64 * 1024, 31)?;
+    let opts = ingest_options(&home, &admin_key, "owned", &source);
+    let program = ingest::run(&opts).await?.program;
+    let playable = |program| {
+        let addr = member.addr().clone();
+        async move {
+            let client = DirectorClient::connect(&addr, None).await?;
+            anyhow::Ok(match client.call(Request::Playable { program }).await {
+                Ok(_) => None,
+                Err(DirectorError::Refused(reply)) => Some(reply.message),
+                Err(e) => return Err(e.into()),
+            })
+        }
+    };
+    // The member learns the home's record (from the registry): not published.
+    let not_published = Some("program not published".to_string());
+    assert_eq!(playable(program).await?, not_published);
+
+    let taken = catalog_record(&manager.key, program, "taken over");
+    (manager.put_signed(RecordKind::Catalog(program), &taken)).await?;
+    let refused = refusal(
+        member.addr(),
+        &manager.key,
+        Request::Published { record: taken },
+    )
+    .await?;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|l| l.contains("belongs to another content manager")),
+        "{refused:?}"
+    );
+    assert_eq!(playable(program).await?, not_published);
+    let records = home.registry().get_catalog(program).await?;
+    let signers: Vec<Option<PeerId>> = (records.iter())
+        .map(|r| vodmesh_proto::catalog::CatalogRecord::verify(r).ok())
+        .map(|r| r.map(|r| r.content_manager))
+        .collect();
+    assert!(!signers.is_empty());
+    assert!(
+        signers.iter().all(|s| *s == Some(home.peer_id())),
+        "{signers:?}"
+    );
+
+    // The control: the owner publishes; the member plays it.
+    vodmesh_tools::publish::run(home.addr(), &admin_key, program).await?;
+    wait::until(
+        "the member sees the owner's publish",
+        Duration::from_secs(30),
+        || async { Ok(playable(program).await?.is_none()) },
+    )
+    .await?;
+    member.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}
+
+/// A stranger asks `Programs` many times at once, and again: one listing (the station's
+/// catalog read, the other stations asked, a registry look-up of each program's holders)
+/// answers them all. Before, each request made a listing of its own: 128 requests of a few
+/// bytes, 128 look-ups of each program's holders. The control: a program ingested after is
+/// listed once the shared answer is refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_s_program_lists_share_one_listing() -> anyhow::Result<()> {
+    const ASKS: usize = 64;
+    let (dir, home, _member, stranger) = home_member_and_stranger().await?;
+    let addr = home.addr().clone();
+    let key = dir.path().join("identity.key");
+    let mut programs = std::collections::BTreeSet::new();
+    for n in 0..3u8 {
+        let source = dir.path().join(format!("p{n}.bin"));
+        random_file(&source, 16 * 1024, 40 + u64::from(n))?;
+        let opts = IngestOptions {
+            publish_at_ms: Some(now_ms()),
+            ..ingest_options(&home, &key, &format!("listed {n}"), &source)
+        };
+        programs.insert(ingest::run(&opts).await?.program);
+    }
+    let client = DirectorClient::connect(&addr, Some(stranger.key.clone())).await?;
+    let listed = |answer: Response| match answer {
+        Response::Programs(list) => Ok(list.iter().map(|p| p.program).collect()),
+        other => Err(anyhow::anyhow!("{other:?}")),
+    };
+    let before = dht_queries_started(&home)?;
+    for _ in 0..2 {
+        let asks = (0..ASKS).map(|_| client.call(Request::Programs));
+        for answer in futures::future::join_all(asks).await {
+            let got: std::collections::BTreeSet<ProgramId> = listed(answer?)?;
+            assert_eq!(got, programs);
+        }
+    }
+    let queries = dht_queries_started(&home)? - before;
+    assert!(
+        queries < 24,
+        "{queries} registry queries for {} program lists",
+        2 * ASKS
+    );
+
+    let source = dir.path().join("late.bin");
+    random_file(&source, 16 * 1024, 49)?;
+    let opts = IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &key, "late", &source)
+    };
+    let late = ingest::run(&opts).await?.program;
+    wait::until(
+        "the late program listed",
+        Duration::from_secs(30),
+        || async {
+            let got: std::collections::BTreeSet<ProgramId> =
+                listed(client.call(Request::Programs).await?)?;
+            Ok(got.contains(&late))
+        },
+    )
+    .await?;
+    home.shutdown().await;
+    Ok(())
+}

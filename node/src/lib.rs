@@ -26,6 +26,7 @@
 //!   director (deployment mode b), with heartbeats that mark a silent engine down.
 //! - [`identity`]: identity files under the data directory (`vodmesh_client::identity`).
 //! - [`config`]: what `vodmesh-node`'s flags configure.
+//! - [`conn_limits`]: caps on the connections a director or an engine takes in.
 //! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
 //!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
@@ -38,6 +39,7 @@ pub mod auth;
 pub mod blade;
 pub mod cli;
 pub mod config;
+pub mod conn_limits;
 pub mod content;
 pub mod control;
 pub mod data_lock;

@@ -467,6 +467,15 @@ impl Registry {
                     self.stats.refused += 1;
                     tracing::info!(%source, "refused a registry record: not from a member");
                 }
+                Ok(RecordKind::Catalog(program))
+                    if validate::other_owner(
+                        &record,
+                        kad.store_mut().get(&record.key).as_deref(),
+                    ) =>
+                {
+                    self.stats.refused += 1;
+                    tracing::info!(%source, %program, "refused a catalog record: the program is another content manager's");
+                }
                 Ok(RecordKind::Station(_))
                     if validate::older(
                         &record,

@@ -117,6 +117,25 @@ pub fn older(record: &Record, stored: Option<&Record>, now_ms: u64) -> bool {
     }
 }
 
+/// Whether `record`, a catalog record, would replace `stored`, the live one held under its
+/// key, signed by another content manager. A program's record may be replaced only by the
+/// content manager that signed the one held: any certified content manager can sign a record
+/// of any program id, and one newer than the owner's would take the program over (its
+/// state, publish time, manifest and home) wherever it is read. A stored copy that no longer
+/// verifies orders nothing.
+pub fn other_owner(record: &Record, stored: Option<&Record>) -> bool {
+    let owner = |value: &[u8]| {
+        let signed: Signed = codec::decode(value, MAX_VALUE).ok()?;
+        CatalogRecord::verify(&signed)
+            .ok()
+            .map(|r| r.content_manager)
+    };
+    match stored.map(|s| (owner(&s.value), owner(&record.value))) {
+        Some((Some(stored), Some(incoming))) => stored != incoming,
+        _ => false,
+    }
+}
+
 /// How far past this server's clock a stored station record's issue time may lie and still
 /// order the copies that arrive after it ([`older`]): clocks a minute apart are ordinary, an
 /// issue time further ahead is a clock that was wrong.
@@ -199,6 +218,39 @@ mod tests {
         assert!(!older(&at(now + 20_000), Some(&stored_near), now));
         assert!(!older(&at(now), Some(&stored_far), now));
         assert!(!older(&at(now), None, now));
+    }
+
+    /// A catalog record held under a program's key is replaced only by one its own content
+    /// manager signed; the control: the owner's next record replaces it.
+    #[test]
+    fn a_program_s_record_is_replaced_only_by_its_own_content_manager() {
+        use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+        let program = ProgramId([7; 32]);
+        let record = |key: &Keypair, issued_ms: u64| {
+            let me = key.public().to_peer_id();
+            let rec = CatalogRecord {
+                program,
+                title: "p".into(),
+                manifest_hash: vodmesh_proto::SegmentHash([0; 32]),
+                state: ProgramState::Published,
+                publish_at_ms: 0,
+                replicas: 0,
+                content_manager: me,
+                home: me,
+                issued_ms,
+            };
+            Record::new(
+                RecordKind::Catalog(program).key(),
+                codec::encode(&rec.sign(key)),
+            )
+        };
+        let (owner, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let stored = record(&owner, 1);
+        assert!(other_owner(&record(&other, u64::MAX), Some(&stored)));
+        assert!(!other_owner(&record(&owner, 2), Some(&stored)));
+        assert!(!other_owner(&record(&other, 2), None));
+        let junk = Record::new(RecordKind::Catalog(program).key(), vec![1, 2, 3]);
+        assert!(!other_owner(&record(&other, 2), Some(&junk)));
     }
 
     #[test]

@@ -120,6 +120,14 @@ impl Learned {
     pub(super) fn newer_than(&self, other: &Self) -> bool {
         self.record.issued_ms > other.record.issued_ms
     }
+
+    /// Whether this record may replace `known`, the one a director holds of the same
+    /// program: only a newer one signed by the same content manager. Any certified content
+    /// manager can sign a record of any program id; one signed by another than the program's
+    /// own would hand the program (its state, publish time, manifest, home) to that one.
+    pub(super) fn replaces(&self, known: &Self) -> bool {
+        self.record.content_manager == known.record.content_manager && self.newer_than(known)
+    }
 }
 
 /// A catalog entry's record with its envelope.
@@ -127,12 +135,19 @@ pub(super) fn learned_of(entry: &CatalogEntry) -> Option<Learned> {
     Learned::verify(entry.record.clone())
 }
 
-/// The newest valid catalog record of `program` in the registry.
-pub(super) async fn fetch_record(registry: &RegistryHandle, program: ProgramId) -> Option<Learned> {
+/// The newest valid catalog record of `program` in the registry; of those signed by `owner`,
+/// the program's content manager, when it is known ([`Learned::replaces`]): a newer record
+/// another content manager signed must not hide the owner's.
+pub(super) async fn fetch_record(
+    registry: &RegistryHandle,
+    program: ProgramId,
+    owner: Option<PeerId>,
+) -> Option<Learned> {
     let records = registry.get_catalog(program).await.ok()?;
     (records.into_iter())
         .filter_map(Learned::verify)
         .filter(|l| l.record.program == program)
+        .filter(|l| owner.is_none_or(|o| l.record.content_manager == o))
         .max_by_key(|l| l.record.issued_ms)
 }
 
@@ -212,9 +227,10 @@ pub(super) async fn manifest_for(
     let learned = match known {
         Some((known, true)) => known,
         known => {
-            let fetched = fetch_record(registry, program).await;
+            let owner = known.as_ref().map(|(k, _)| k.record.content_manager);
+            let fetched = fetch_record(registry, program, owner).await;
             match (known.map(|(k, _)| k), fetched) {
-                (Some(k), Some(f)) if f.newer_than(&k) => f,
+                (Some(k), Some(f)) if f.replaces(&k) => f,
                 (Some(k), _) => k,
                 (None, f) => f.ok_or(Error::UnknownProgram)?,
             }

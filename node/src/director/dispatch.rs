@@ -92,7 +92,7 @@ impl Director {
                 };
                 Some((channel, response))
             }
-            Request::Programs => self.publish.programs(&ctx, viewer, channel),
+            Request::Programs => self.publish.programs(&ctx, (peer, viewer), channel),
             Request::AllPrograms { admin } => {
                 let checked = (ctx.me).check_admin_of(
                     &admin,
@@ -100,7 +100,7 @@ impl Director {
                     director::PROGRAMS_SUBJECT,
                 );
                 match checked {
-                    Ok(_) => (self.publish).programs(&ctx, Viewer::Trusted, channel),
+                    Ok(_) => (self.publish).programs(&ctx, (peer, Viewer::Trusted), channel),
                     Err(e) => Some((channel, Response::Error(e.into()))),
                 }
             }

@@ -145,6 +145,12 @@ pub(super) enum Error {
     /// A catalog record that does not verify as its content manager's.
     #[error("catalog record does not verify")]
     BadRecord,
+    /// Too many `Programs` asked while a listing runs.
+    #[error("too many program lists asked at once; retry")]
+    ListingBusy,
+    /// A catalog record of a program whose known record another content manager signed.
+    #[error("program {} belongs to another content manager", .0.short())]
+    NotOwner(ProgramId),
     /// This station's own catalog holds an entry that does not verify.
     #[error("catalog entry does not verify")]
     CorruptCatalog,
@@ -226,6 +232,7 @@ impl Error {
             | Self::OnlyHeldBusy
             | Self::NoWholeCopy
             | Self::TooManyMisses
+            | Self::ListingBusy
             | Self::CheckQueueFull
             | Self::EngineQueueFull
             | Self::EngineGone
@@ -255,9 +262,8 @@ impl Error {
             | Self::NotLive
             | Self::NotMember
             | Self::NotCertified
-            | Self::MissNeedsToken => {
-                C::Unauthorized
-            }
+            | Self::MissNeedsToken
+            | Self::NotOwner(_) => C::Unauthorized,
             Self::CorruptCatalog
             | Self::CopiesFailed { .. }
             | Self::Locations(_)

@@ -255,7 +255,7 @@ impl Misses {
         match done {
             Done::Gathered(gathered) => {
                 let g = *gathered;
-                publish.learn(ctx, g.record);
+                let _ = publish.learn(ctx, g.record);
                 let (ask, manifest) = (&g.ask, &g.manifest);
                 let program = ask.segment.program;
                 (self.manifests).insert(program, manifest.clone(), Instant::now());
@@ -482,9 +482,8 @@ impl Lookup {
         let described = async {
             let record = match known {
                 Some(r) => r,
-                None => {
-                    (fetch_record(&self.registry, program).await).ok_or(Error::UnknownProgram)?
-                }
+                None => (fetch_record(&self.registry, program, None).await)
+                    .ok_or(Error::UnknownProgram)?,
             };
             if !record.record.playable(now_ms()) {
                 return Err(Error::NotPublished);

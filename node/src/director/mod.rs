@@ -20,7 +20,8 @@
 //! - [`http`]: the HTTP edge of `--http` for standard players: HLS playlists, and redirects
 //!   to the engine a `Locate` names, asked through this loop as a console's would be.
 //!
-//! Beside them: [`dispatch`], each request handed to its family; [`admit`], who may ask what
+//! Beside them: [`dispatch`], each request handed to its family; [`listing`], one
+//! `Programs` listing shared by its askers; [`admit`], who may ask what
 //! (closed membership); [`approvals`], which stations may copy from this one; [`start`], the
 //! stores, swarm and listeners a director starts with;
 //! [`choose`], the decisions as pure functions; [`engines`], the engine table;
@@ -38,6 +39,7 @@ mod engines;
 pub(crate) mod error;
 mod http;
 mod ingest;
+mod listing;
 mod miss;
 mod outbound;
 mod peers;
@@ -111,6 +113,10 @@ const BOOTSTRAP_WARN_EVERY: Duration = Duration::from_secs(30);
 /// The director's libp2p protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct DirectorBehaviour {
+    /// Refuses connections past [`crate::conn_limits`]. First: a connection it refuses must
+    /// reach no other behaviour (request-response counts a connection as soon as it is asked
+    /// to handle it, and one refused after that is never closed for it).
+    limits: libp2p::connection_limits::Behaviour,
     kad: kad::Behaviour<PersistentStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -385,6 +391,12 @@ impl Director {
         let reply = match next {
             publish::Next::Done(done) => match self.publish.on_done(&mut ctx, *done) {
                 Some(publish::After::Reply(reply)) => Some(reply),
+                Some(publish::After::Replies(replies)) => {
+                    for reply in replies {
+                        self.reply(reply);
+                    }
+                    None
+                }
                 Some(publish::After::Locate(waiting)) => {
                     for (ask, channel) in waiting {
                         if let Some(reply) = self.locate(ask, channel, false) {

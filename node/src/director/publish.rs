@@ -31,6 +31,7 @@ use super::choose::Locating;
 use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
+use super::listing::Listing;
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
 use super::schedule::Schedule;
@@ -45,10 +46,11 @@ use crate::expiring::Waiting;
 /// holder).
 async fn reconciled(
     (registry, asker, me): (RegistryHandle, Asker, PeerId),
-    program: ProgramId,
+    (program, owner): (ProgramId, Option<PeerId>),
     manifest: bool,
 ) -> Done {
-    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY, None).await;
+    let known = owner.map(|owner| (owner, 0));
+    let record = reconcile::fetch_within(&registry, program, RECONCILE_EVERY, known).await;
     let manifest = match (&record, manifest) {
         (Some(learned), true) => match fetch_manifest(&registry, &asker, me, &learned.record).await
         {
@@ -105,8 +107,8 @@ pub(super) enum Done {
         /// Its manifest, when it was fetched.
         manifest: Option<Box<FetchedManifest>>,
     },
-    /// An answer ready to send.
-    Reply(Reply),
+    /// A `Programs` listing ended ([`Listing`]).
+    Listed(Result<Vec<ProgramInfo>, Error>),
     /// Nothing more to do.
     Nothing,
 }
@@ -119,6 +121,8 @@ pub(super) enum Done {
 pub(super) enum After {
     /// Sends this answer.
     Reply(Reply),
+    /// Sends these answers.
+    Replies(Vec<Reply>),
     /// Locates again for these consoles, the program's record now learned if the registry
     /// had one.
     Locate(Vec<(Locating, Client)>),
@@ -148,6 +152,8 @@ pub(super) struct Publishing {
     locating: Waiting<ProgramId, (Locating, Client)>,
     /// Publish times of inactive programs (content manager).
     schedule: Schedule,
+    /// `Programs` answered from one listing ([`Listing`]).
+    listing: Listing,
     tasks: Tasks<Done>,
 }
 
@@ -221,7 +227,7 @@ impl Publishing {
 
     /// Keeps `manifest` (verified) with the program's known record: this station holds, or
     /// is about to hold, segments of it, and answers `Manifest` for it from now on.
-    pub(super) fn keep(&self, ctx: &Ctx<'_>, program: ProgramId, manifest: Signed) {
+    pub(super) fn keep(&mut self, ctx: &Ctx<'_>, program: ProgramId, manifest: Signed) {
         let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
         let Some(learned) = self.learned.get(&program).filter(|_| !own) else {
             return;
@@ -230,8 +236,9 @@ impl Publishing {
             manifest,
             record: learned.signed.clone(),
         };
-        if let Err(e) = ctx.kept.put(&program, &entry) {
-            tracing::warn!(%program, error = %e, "cannot keep the manifest");
+        match ctx.kept.put(&program, &entry) {
+            Ok(()) => self.listing.changed(),
+            Err(e) => tracing::warn!(%program, error = %e, "cannot keep the manifest"),
         }
     }
 
@@ -289,13 +296,27 @@ impl Publishing {
         true
     }
 
+    /// The content manager of `program` as this director knows it: the signer of its known
+    /// record, the only one whose records may replace it ([`Learned::replaces`]).
+    pub(super) fn owner(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<PeerId> {
+        (self.known_record(ctx, program)).map(|l| l.record.content_manager)
+    }
+
     /// Keeps a verified record if it is newer than what this director knows (and with the
-    /// manifest kept of the program, if any).
-    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) {
+    /// manifest kept of the program, if any). A record another content manager than the
+    /// known record's signed is refused ([`Error::NotOwner`]): it would take the program over.
+    pub(super) fn learn(&mut self, ctx: &Ctx<'_>, learned: Learned) -> Result<(), Error> {
         let program = learned.record.program;
+        if let Some(known) = self.known_record(ctx, &program)
+            && known.record.content_manager != learned.record.content_manager
+        {
+            let (owner, signer) = (known.record.content_manager, learned.record.content_manager);
+            tracing::info!(%program, %owner, %signer, "refused a catalog record of another content manager's program");
+            return Err(Error::NotOwner(program));
+        }
         let newer = (self.learned.get(&program)).is_none_or(|old| learned.newer_than(old));
         if !newer {
-            return;
+            return Ok(());
         }
         ctx.observer.program(ctx.me.peer_id, program, Kind::Learned);
         ctx.engines
@@ -311,6 +332,8 @@ impl Publishing {
             Err(e) => tracing::warn!(%program, error = %e, "cannot read the kept manifests"),
         }
         self.learned.insert(program, learned);
+        self.listing.changed();
+        Ok(())
     }
 
     /// `Playable`: answered from what is known when that says playable; otherwise after the
@@ -326,9 +349,9 @@ impl Publishing {
         if own || known.is_ok() {
             return Some((channel, answer(known)));
         }
-        let registry = ctx.registry.clone();
+        let (registry, owner) = (ctx.registry.clone(), self.owner(ctx, &program));
         self.tasks.spawn(async move {
-            let record = fetch_record(&registry, program).await;
+            let record = fetch_record(&registry, program, owner).await;
             Done::Fetched {
                 channel,
                 program,
@@ -359,7 +382,8 @@ impl Publishing {
             }
         }
         let registry = ctx.registry.clone();
-        let known = (self.known_record(ctx, &program)).map(|l| l.record.issued_ms);
+        let known = (self.known_record(ctx, &program))
+            .map(|l| (l.record.content_manager, l.record.issued_ms));
         self.tasks.spawn(async move {
             let within = LOCATE_FETCH_WITHIN;
             let record = reconcile::fetch_within(&registry, program, within, known).await;
@@ -408,7 +432,9 @@ impl Publishing {
                 Step::Fetch { program, manifest } => {
                     self.reconciling.insert(program);
                     let with = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
-                    self.tasks.spawn(reconciled(with, program, manifest));
+                    let owner = self.owner(ctx, &program);
+                    self.tasks
+                        .spawn(reconciled(with, (program, owner), manifest));
                 }
             }
         }
@@ -450,7 +476,7 @@ impl Publishing {
                 record,
             } => {
                 if let Some(record) = record {
-                    self.learn(ctx, record);
+                    let _ = self.learn(ctx, record);
                 }
                 Some((channel, answer(self.playable(ctx, &program))))
             }
@@ -462,8 +488,10 @@ impl Publishing {
                 self.reconciling.remove(&program);
                 if let Some(learned) = record {
                     // Holders put the record again: it outlives its content manager.
-                    ctx.dht.put_catalog(learned.signed.clone());
-                    self.learn(ctx, learned);
+                    let signed = learned.signed.clone();
+                    if self.learn(ctx, learned).is_ok() {
+                        ctx.dht.put_catalog(signed);
+                    }
                 }
                 if let Some(fetched) = &manifest {
                     self.keep(ctx, program, fetched.signed.clone());
@@ -476,21 +504,28 @@ impl Publishing {
                 None
             }
             Done::Manifest { channel, fetched } => {
-                let answer = fetched.map(|pair| {
+                let answer = fetched.and_then(|pair| {
                     let (learned, signed) = *pair;
-                    self.learn(ctx, learned);
-                    signed
+                    self.learn(ctx, learned)?;
+                    Ok(signed)
                 });
                 Some((channel, respond(answer, Response::Manifest)))
             }
             Done::Located { program, record } => {
                 if let Some(record) = record {
-                    self.learn(ctx, record);
+                    let _ = self.learn(ctx, record);
                 }
                 let waiting = self.locating.take(&program);
                 return Some(After::Locate(waiting));
             }
-            Done::Reply(reply) => Some(reply),
+            Done::Listed(listed) => {
+                let now = (tokio::time::Instant::now(), now_ms());
+                let next = self.listing.listed(now, listed);
+                if next.list {
+                    self.list(ctx);
+                }
+                return Some(After::Replies(next.replies));
+            }
             Done::Nothing => None,
         };
         reply.map(After::Reply)
@@ -499,8 +534,7 @@ impl Publishing {
     /// `Published` from a content manager.
     pub(super) fn on_published(&mut self, ctx: &Ctx<'_>, signed: &Signed) -> Result<(), Error> {
         let learned = Learned::verify(signed.clone()).ok_or(Error::BadRecord)?;
-        self.learn(ctx, learned);
-        Ok(())
+        self.learn(ctx, learned)
     }
 
     /// Publishes `program` now (content manager): re-signs its record as published, stores
@@ -530,6 +564,7 @@ impl Publishing {
             record: signed.clone(),
         };
         catalog.put(&program, &entry)?;
+        self.listing.changed();
         ctx.engines.publish_at(program, record.playable_from());
         ctx.dht.put_catalog(signed.clone());
         ctx.observer.program(me, program, Kind::Published);
@@ -558,6 +593,7 @@ impl Publishing {
         ctx.dht.put_catalog(signed);
         ctx.dht.provide(record.program);
         self.provided.insert(record.program);
+        self.listing.changed();
         self.arm(record);
     }
 
@@ -605,26 +641,36 @@ impl Publishing {
         catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
     }
 
-    /// `Programs`: the swarm's catalog as `viewer` may see it (answered from a task: it
-    /// walks the swarm).
+    /// `Programs` of a peer: the swarm's catalog as its viewer may see it, from a listing
+    /// shared with other askers ([`Listing`]).
     pub(super) fn programs(
         &mut self,
         ctx: &Ctx<'_>,
-        viewer: Viewer,
+        asker: (PeerId, Viewer),
         channel: Client,
     ) -> Option<Reply> {
-        let local = match Self::held(ctx) {
-            Ok(local) => local,
-            Err(e) => return Some((channel, Response::Error(e.into()))),
-        };
+        let now = (tokio::time::Instant::now(), now_ms());
+        let asked = self.listing.ask(now, asker, channel);
+        if asked.list {
+            self.list(ctx);
+        }
+        asked.replies
+    }
+
+    /// Starts a listing: this station's own list, read here, and the swarm's, walked in a
+    /// task ([`Done::Listed`]).
+    fn list(&mut self, ctx: &Ctx<'_>) {
+        let local = Self::held(ctx);
         let (walks, registry) = (ctx.walks.clone(), ctx.registry.clone());
         let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
-            let listed = catalog::swarm_programs((&walks, registry), asker, me, local).await;
-            let visible = listed.map(|list| viewer.visible(list, now_ms()));
-            Done::Reply((channel, respond(visible, Response::Programs)))
+            let with = (&walks, registry);
+            let listed = match local {
+                Ok(local) => catalog::swarm_programs(with, asker, me, local).await,
+                Err(e) => Err(e),
+            };
+            Done::Listed(listed)
         });
-        None
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
+use libp2p::PeerId;
 use tokio::time::Instant;
 use vodmesh_proto::ProgramId;
 use vodmesh_registry::{RegistryConfig, RegistryHandle};
@@ -114,21 +115,23 @@ pub(super) fn held(locations: &LocationTable, program: ProgramId) -> Result<Held
 }
 
 /// The program's newest valid record in the registry, fetched again with a backoff while
-/// the registry gives none newer than `known` (it may not have joined the swarm yet, or not
-/// heard back from the directors that have the new one), for at most `within`; the newest
+/// the registry gives none newer than `known` (its content manager and issue time: only
+/// that content manager's records count), as it may not have joined the swarm yet, or not
+/// heard back from the directors that have the new one, for at most `within`; the newest
 /// found by then.
 pub(super) async fn fetch_within(
     registry: &RegistryHandle,
     program: ProgramId,
     within: Duration,
-    known: Option<u64>,
+    known: Option<(PeerId, u64)>,
 ) -> Option<Learned> {
     let deadline = Instant::now() + within;
     let mut attempt = 0;
     let mut best: Option<Learned> = None;
+    let owner = known.map(|(owner, _)| owner);
     loop {
-        if let Some(found) = fetch_record(registry, program).await {
-            if known.is_none_or(|issued| found.record.issued_ms > issued) {
+        if let Some(found) = fetch_record(registry, program, owner).await {
+            if known.is_none_or(|(_, issued)| found.record.issued_ms > issued) {
                 return Some(found);
             }
             if best.as_ref().is_none_or(|b| found.newer_than(b)) {

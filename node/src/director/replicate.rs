@@ -169,7 +169,7 @@ impl Replicating {
             Done::Prepared(prepared) => {
                 let (replica, (manifest, signed), record) = *prepared;
                 if let Some(record) = record {
-                    publish.learn(ctx, record);
+                    let _ = publish.learn(ctx, record);
                 }
                 publish.keep(ctx, replica.program, signed);
                 // A replica resumed (or asked for again) copies only what is not here yet.
@@ -509,7 +509,7 @@ impl Replica {
         let (program, source) = (self.program, self.source);
         match self.manifest().await {
             Ok(manifest) => {
-                let record = fetch_record(&self.registry, program).await;
+                let record = fetch_record(&self.registry, program, None).await;
                 Done::Prepared(Box::new((self, manifest, record)))
             }
             Err(e) => Done::Ended {

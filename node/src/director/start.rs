@@ -199,6 +199,7 @@ pub async fn start(
         ),
         auth: crate::auth::service::behaviour(handles.auth.clone()),
         blade: vodmesh_proto::net::streams::Behaviour::new(),
+        limits: crate::conn_limits::behaviour(),
     })?;
     let blade = swarm.behaviour().blade.new_control();
     let announce = (config.announce.iter())

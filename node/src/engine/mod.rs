@@ -52,6 +52,10 @@ use crate::store::{self, SegmentStore};
 /// The engine's libp2p protocols.
 #[derive(NetworkBehaviour)]
 pub(crate) struct EngineBehaviour {
+    /// Refuses connections past [`crate::conn_limits`]. First: a connection it refuses must
+    /// reach no other behaviour (request-response counts a connection as soon as it is asked
+    /// to handle it, and one refused after that is never closed for it).
+    limits: libp2p::connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     streams: vodmesh_proto::net::streams::Behaviour,
@@ -252,6 +256,7 @@ pub async fn start(
         ),
         ping: ping::Behaviour::default(),
         streams: vodmesh_proto::net::streams::Behaviour::new(),
+        limits: crate::conn_limits::behaviour(),
     })?;
     let listened = listen_all(&mut swarm, &net.listen)
         .await
