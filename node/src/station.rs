@@ -256,10 +256,9 @@ impl Station {
         let engine_ids = (0..config.engines)
             .map(|i| {
                 let path = engine_identity_path(&config.data, i);
-                let key = identity::load_or_create_beside(&path, ENGINE_STATE)?;
-                Ok((path, key))
+                identity::load_or_create_beside(&path, ENGINE_STATE).map(|key| (path, key))
             })
-            .collect::<Result<Vec<_>, StartError>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         for addr in &config.announce {
             crate::listen::announced(addr, director_key.public().to_peer_id())?;
         }
