@@ -175,22 +175,19 @@ fn enrollment_gives_engines_tokens() -> Result<()> {
         &token_file,
     );
     assert!(refusal(by_stranger)?.starts_with("error: not an admin"));
-    run(&mut enroll(
-        None,
-        &auth.addr,
-        &auth.key(),
-        &new_peer.to_string(),
-        &token_file,
-    ))?;
+    let by_admin = || {
+        enroll(
+            None,
+            &auth.addr,
+            &auth.key(),
+            &new_peer.to_string(),
+            &token_file,
+        )
+    };
+    run(&mut by_admin())?;
     // The file is never overwritten: a second token into it is refused, the first is kept.
     let first = std::fs::read(&token_file)?;
-    let again = refusal(&mut enroll(
-        None,
-        &auth.addr,
-        &auth.key(),
-        &new_peer.to_string(),
-        &token_file,
-    ))?;
+    let again = refusal(&mut by_admin())?;
     assert!(again.contains("exists already"), "{again}");
     assert_eq!(std::fs::read(&token_file)?, first);
 

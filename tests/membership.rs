@@ -263,15 +263,7 @@ async fn an_uninvited_station_stays_out_of_routing_tables_and_listings() -> anyh
 /// revoked it, and drops out of the swarm's listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()> {
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let home_dir = dir.path().join("home");
-    let home = station(&home_dir).home().start().await?;
-    let member_dir = dir.path().join("member");
-    let member = station(&member_dir)
-        .enrolled_with(&home, &home_dir)
-        .start()
-        .await?;
+    let (_dir, (home, home_dir), (member, member_dir)) = home_and_member().await?;
     let key = vodmesh_node::identity::load_or_create(&member_dir.join("identity.key"))?;
     let addr = home.addr().clone();
     let locate_copy = Request::LocateCopy {
@@ -316,15 +308,7 @@ async fn a_revoked_station_is_refused_within_a_record_ttl() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> anyhow::Result<()> {
     use vodmesh_proto::director::ErrorCode;
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let home_dir = dir.path().join("home");
-    let home = station(&home_dir).home().start().await?;
-    let member_dir = dir.path().join("member");
-    let member = station(&member_dir)
-        .enrolled_with(&home, &home_dir)
-        .start()
-        .await?;
+    let (dir, (home, home_dir), (member, member_dir)) = home_and_member().await?;
     let member_key = vodmesh_node::identity::load_or_create(&member_dir.join("identity.key"))?;
     let addr = home.addr().clone();
     let mut stranger = Rogue::new(&addr)?;
@@ -413,6 +397,25 @@ async fn programs_not_published_yet_are_shown_to_members_and_admins_only() -> an
 /// The registry queries a station has started.
 /// A home station, a member that joined it, and a stranger (claiming the content manager
 /// role) that did; the temp dir holds the home's data.
+/// A home station (the auth station) and a member enrolled with it, each with its data
+/// directory, under a new temporary directory.
+async fn home_and_member() -> anyhow::Result<(
+    tempfile::TempDir,
+    (vodmesh_node::Station, std::path::PathBuf),
+    (vodmesh_node::Station, std::path::PathBuf),
+)> {
+    init_logging();
+    let dir = tempfile::tempdir()?;
+    let home_dir = dir.path().join("home");
+    let home = station(&home_dir).home().start().await?;
+    let member_dir = dir.path().join("member");
+    let member = station(&member_dir)
+        .enrolled_with(&home, &home_dir)
+        .start()
+        .await?;
+    Ok((dir, (home, home_dir), (member, member_dir)))
+}
+
 async fn home_member_and_stranger()
 -> anyhow::Result<(tempfile::TempDir, vodmesh_node::Station, Rogue, Rogue)> {
     init_logging();
@@ -619,15 +622,7 @@ async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::
 /// owner's own update, its publish, is taken by both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_manager_cannot_replace_another_s_program_record() -> anyhow::Result<()> {
-    init_logging();
-    let dir = tempfile::tempdir()?;
-    let home_dir = dir.path().join("home");
-    let home = station(&home_dir).home().start().await?;
-    let member_dir = dir.path().join("member");
-    let member = station(&member_dir)
-        .enrolled_with(&home, &home_dir)
-        .start()
-        .await?;
+    let (dir, (home, home_dir), (member, _)) = home_and_member().await?;
     let mut manager = Rogue::new(home.addr())?;
     join(&mut manager, Some(&issuer_of(&home_dir)?), CM).await?;
 

@@ -107,13 +107,21 @@ pub(crate) struct Directors {
     clients: Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
     /// When the first director last failed to answer.
     first_down: std::sync::Mutex<Option<Instant>>,
+    /// The console's identity, for the connections to the other directors: a director
+    /// starts a miss only for the peer its console token names.
+    key: Option<libp2p::identity::Keypair>,
 }
 
 impl Directors {
     /// The directors reached through `first`, with the `remembered` addresses of the swarm's
     /// directors (`swarm.json`, `VODMESH_NODE`) to fall back on while the first has not
-    /// listed the swarm.
-    pub(crate) fn new(first: Arc<DirectorClient>, remembered: &[Multiaddr]) -> Self {
+    /// listed the swarm; the others are asked as `key` (the console's identity, or a fresh
+    /// one).
+    pub(crate) fn new(
+        first: Arc<DirectorClient>,
+        remembered: &[Multiaddr],
+        key: Option<libp2p::identity::Keypair>,
+    ) -> Self {
         let first_peer = first.peer();
         let mut seen = std::collections::HashSet::from([first_peer]);
         let remembered = (remembered.iter())
@@ -126,6 +134,7 @@ impl Directors {
             others: OnceCell::new(),
             clients: Mutex::default(),
             first_down: std::sync::Mutex::default(),
+            key,
         }
     }
 
@@ -207,7 +216,8 @@ impl Directors {
         if let Some(c) = clients.get(&station.director) {
             return Some(c.clone());
         }
-        let client = Arc::new(DirectorClient::connect(&station.addr, None).await.ok()?);
+        let client = DirectorClient::connect(&station.addr, self.key.clone()).await;
+        let client = Arc::new(client.ok()?);
         clients.insert(station.director, client.clone());
         Some(client)
     }

@@ -120,7 +120,7 @@ pub async fn resolve(
 /// Every program of the swarm, as any director lists it (issue 25: no content manager
 /// needed): the first director's answer, or another station's when it does not answer.
 pub async fn programs(client: &Arc<DirectorClient>) -> Result<Vec<ProgramInfo>, AskError> {
-    let directors = Directors::new(client.clone(), &[]);
+    let directors = Directors::new(client.clone(), &[], None);
     match directors.ask(Request::Programs).await? {
         Response::Programs(list) => Ok(list),
         _ => Ok(Vec::new()),
@@ -200,7 +200,11 @@ impl Session {
         program: ProgramId,
     ) -> Result<Self, SessionError> {
         let via = client.peer();
-        let directors = Arc::new(Directors::new(client, &credentials.swarm));
+        let directors = Arc::new(Directors::new(
+            client,
+            &credentials.swarm,
+            credentials.key.clone(),
+        ));
         let manifest = async {
             match directors.ask(Request::Manifest { program }).await? {
                 Response::Manifest(signed) => Ok(Manifest::verify(&signed)?),
