@@ -30,7 +30,8 @@
 //! - [`cli`]: `vodmesh-node`'s flags (clap), read from the command line, the environment and
 //!   a `--config` file.
 //! - [`nodefile`]: `DIR/node.json`, what scripts read to find a running station.
-//! - [`data_lock`]: `DIR/lock`, one process per data directory.
+//! - [`data_dir`]: what a data directory holds, checked at a start: `DIR/lock` (one process
+//!   per data directory), the state beside each identity, the engines that ran.
 //! - `expiring`: a bounded map whose entries expire, for what a peer may leave behind.
 //! - `peer_slots`: what one peer may hold at once of something bounded (engine copy and
 //!   stream slots, a director's miss gathers).
@@ -42,7 +43,7 @@ pub mod config;
 pub mod conn_limits;
 pub mod content;
 pub mod control;
-pub mod data_lock;
+pub mod data_dir;
 pub mod director;
 pub(crate) mod edge;
 pub mod engine;

@@ -18,7 +18,7 @@ use crate::config::StationConfig;
 pub use crate::events::{Event, Kind, Observer};
 use crate::metrics::Metrics;
 use crate::nodefile::{NodeFile, PeerEntry};
-use crate::{auth, director, engine, identity};
+use crate::{auth, data_dir, director, engine, identity};
 
 /// A running station.
 #[derive(Debug)]
@@ -41,38 +41,7 @@ pub struct Station {
     /// Set when the director's loop panicked.
     failed: watch::Receiver<Option<String>>,
     /// The data directory, this process's alone while the station runs.
-    _lock: crate::data_lock::DataLock,
-}
-
-/// Files a director writes beside its `identity.key` once it has run: with one of them there
-/// and the key gone, the station's identity is lost, and no new one is made in its place.
-pub const DIRECTOR_STATE: &[&str] = &[
-    "node.json",
-    "registry.redb",
-    "locations.redb",
-    "catalog.redb",
-    "kept.redb",
-    auth::DB_FILE,
-];
-/// The same beside an engine's `identity.key`: its store's index.
-pub const ENGINE_STATE: &[&str] = &["store.redb"];
-
-/// The engines under `data` that ran (they have a store index) and whose index is
-/// `engines` or more: a start with `--engines engines` would leave their segments unserved.
-fn engines_left_out(data: &Path, engines: usize) -> Vec<usize> {
-    let Ok(dir) = std::fs::read_dir(data.join("engines")) else {
-        return Vec::new();
-    };
-    let mut left_out: Vec<usize> = dir
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let index: usize = entry.file_name().to_str()?.parse().ok()?;
-            let ran = ENGINE_STATE.iter().any(|f| entry.path().join(f).exists());
-            (index >= engines && ran).then_some(index)
-        })
-        .collect();
-    left_out.sort_unstable();
-    left_out
+    _lock: data_dir::DataLock,
 }
 
 /// The identity file of engine `index` under the data directory.
@@ -122,24 +91,10 @@ pub enum StartError {
     },
     /// Another process has the data directory.
     #[error(transparent)]
-    Locked(#[from] crate::data_lock::LockError),
+    Locked(#[from] data_dir::LockError),
     /// Engines that ran under the data directory would not run now.
-    #[error(
-        "{engines_dir} holds engine(s) {list} that --engines {engines} leaves out, with the \
-         segments they store: start with --engines {more}; to retire them, move their \
-         directories out of {engines_dir} first",
-        engines_dir = data.join("engines").display(),
-        list = left_out.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-        more = left_out.iter().max().map_or(*engines, |i| i + 1)
-    )]
-    EnginesLeftOut {
-        /// The data directory.
-        data: PathBuf,
-        /// `--engines`.
-        engines: usize,
-        /// The engines' indexes that hold a store and are not started.
-        left_out: Vec<usize>,
-    },
+    #[error(transparent)]
+    EnginesLeftOut(#[from] data_dir::EnginesLeftOut),
     /// An identity file cannot be read or made.
     #[error(transparent)]
     Identity(#[from] vodmesh_client::files::FileError),
@@ -241,22 +196,18 @@ impl Station {
             path: config.data.clone(),
             source,
         })?;
-        let lock = crate::data_lock::DataLock::take(&config.data)?;
-        let director_key =
-            identity::load_or_create_beside(&config.data.join("identity.key"), DIRECTOR_STATE)?;
-        let left_out = engines_left_out(&config.data, config.engines);
-        if !left_out.is_empty() {
-            return Err(StartError::EnginesLeftOut {
-                data: config.data.clone(),
-                engines: config.engines,
-                left_out,
-            });
-        }
+        let lock = data_dir::DataLock::take(&config.data)?;
+        let director_key = identity::load_or_create_beside(
+            &config.data.join("identity.key"),
+            data_dir::DIRECTOR_STATE,
+        )?;
+        data_dir::check_engines(&config.data, config.engines)?;
         // Every identity before anything starts: a lost one stops the start at once.
         let engine_ids = (0..config.engines)
             .map(|i| {
                 let path = engine_identity_path(&config.data, i);
-                identity::load_or_create_beside(&path, ENGINE_STATE).map(|key| (path, key))
+                identity::load_or_create_beside(&path, data_dir::ENGINE_STATE)
+                    .map(|key| (path, key))
             })
             .collect::<Result<Vec<_>, _>>()?;
         for addr in &config.announce {

@@ -1,8 +1,13 @@
-//! The registry's record keys: `station/<peer>`, `program/<id>`, `catalog/<id>` (DESIGN.md §5).
+//! The registry's record keys: `station/<peer>`, `program/<id>`, `catalog/<id>` (DESIGN.md §5),
+//! and which of them a signed record is stored under.
 
 use libp2p::PeerId;
 use libp2p::kad::RecordKey;
 use vodmesh_proto::ProgramId;
+use vodmesh_proto::catalog::CatalogRecord;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::station::StationRecord;
+use vodmesh_proto::time::now_ms;
 
 const STATION: &[u8] = b"station/";
 const PROGRAM: &[u8] = b"program/";
@@ -58,6 +63,23 @@ impl RecordKind {
 
 fn program_id(bytes: &[u8]) -> Option<ProgramId> {
     <[u8; 32]>::try_from(bytes).ok().map(ProgramId)
+}
+
+/// What a signed record is stored as, if it is a station or catalog record that verifies.
+pub(crate) fn kind_of(signed: &Signed) -> Option<RecordKind> {
+    if let Ok(rec) = StationRecord::verify(signed, now_ms()) {
+        return Some(RecordKind::Station(rec.director));
+    }
+    CatalogRecord::verify(signed)
+        .ok()
+        .map(|rec| RecordKind::Catalog(rec.program))
+}
+
+/// When a signed station record expires, as the store counts time (`None`: not one).
+pub(crate) fn expiry_of(signed: &Signed) -> Option<std::time::Instant> {
+    let rec = StationRecord::verify(signed, now_ms()).ok()?;
+    let left = rec.expires_ms.saturating_sub(now_ms());
+    Some(std::time::Instant::now() + std::time::Duration::from_millis(left))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! the waiting caller.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{
@@ -25,7 +24,7 @@ use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
 pub use crate::config::{PROTOCOL, PROVIDER_TTL_FACTOR, RegistryConfig, behaviour, refresh};
-use crate::keys::RecordKind;
+use crate::keys::{RecordKind, expiry_of, kind_of};
 use crate::members::Members;
 pub use crate::stats::{HoldersTrace, Inbound, RegistryStats};
 use crate::store::PersistentStore;
@@ -685,21 +684,6 @@ pub fn record_of(signed: &Signed) -> Result<Record, RegistryError> {
     Ok(record)
 }
 
-fn kind_of(signed: &Signed) -> Option<RecordKind> {
-    if let Ok(rec) = StationRecord::verify(signed, now_ms()) {
-        return Some(RecordKind::Station(rec.director));
-    }
-    vodmesh_proto::catalog::CatalogRecord::verify(signed)
-        .ok()
-        .map(|rec| RecordKind::Catalog(rec.program))
-}
-
-fn expiry_of(signed: &Signed) -> Option<std::time::Instant> {
-    let rec = StationRecord::verify(signed, now_ms()).ok()?;
-    let left = rec.expires_ms.saturating_sub(now_ms());
-    Some(std::time::Instant::now() + Duration::from_millis(left))
-}
-
 /// Whether `store` holds a live record for `kind` (used by tests and status pages).
 pub fn holds(store: &PersistentStore, kind: RecordKind) -> bool {
     store
@@ -710,6 +694,7 @@ pub fn holds(store: &PersistentStore, kind: RecordKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn provider_records_live_thirty_station_ttls_unless_told_otherwise() {

@@ -67,7 +67,7 @@ pub enum Error {
     },
     /// Another process has the data directory.
     #[error(transparent)]
-    Locked(crate::data_lock::LockError),
+    Locked(crate::data_dir::LockError),
     /// The engine's identity file cannot be read or made.
     #[error(transparent)]
     Identity(vodmesh_client::files::FileError),
@@ -102,7 +102,7 @@ pub struct EngineProcessHandle {
     /// Whether it serves `http_addr` over TLS.
     pub https: bool,
     /// The data directory, this process's alone while the engine runs.
-    _lock: crate::data_lock::DataLock,
+    _lock: crate::data_dir::DataLock,
     tasks: JoinSet<()>,
 }
 
@@ -125,10 +125,10 @@ pub async fn start_engine(
         path: config.data.clone(),
         source,
     })?;
-    let lock = crate::data_lock::DataLock::take(&config.data).map_err(Error::Locked)?;
+    let lock = crate::data_dir::DataLock::take(&config.data).map_err(Error::Locked)?;
     let key = identity::load_or_create_beside(
         &config.data.join("identity.key"),
-        crate::station::ENGINE_STATE,
+        crate::data_dir::ENGINE_STATE,
     )
     .map_err(Error::Identity)?;
     let disks = if config.disks.is_empty() {

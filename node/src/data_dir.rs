@@ -1,9 +1,75 @@
-//! `DATA/lock`: one process per data directory. Two stations (or a station and an engine
-//! process) on one `--data` would share its identity and write its databases in turn; the
-//! second is refused before it opens anything, with the first one's pid in the line.
+//! What a station keeps in its data directory, checked before it starts:
+//! - `DATA/lock` ([`DataLock`]): one process per data directory. Two stations (or a station
+//!   and an engine process) on one `--data` would share its identity and write its databases
+//!   in turn; the second is refused before it opens anything, with the first one's pid.
+//! - the state beside each identity ([`DIRECTOR_STATE`], [`ENGINE_STATE`]): with it there and
+//!   the key gone, the identity is lost and no new one is made in its place;
+//! - the engines that ran ([`check_engines`]): none is left out by a smaller `--engines`.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+/// Files a director writes beside its `identity.key` once it has run: with one of them there
+/// and the key gone, the station's identity is lost, and no new one is made in its place.
+pub const DIRECTOR_STATE: &[&str] = &[
+    "node.json",
+    "registry.redb",
+    "locations.redb",
+    "catalog.redb",
+    "kept.redb",
+    crate::auth::DB_FILE,
+];
+/// The same beside an engine's `identity.key`: its store's index.
+pub const ENGINE_STATE: &[&str] = &["store.redb"];
+
+/// Engines that ran under a data directory and that a start would leave out.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{engines_dir} holds engine(s) {list} that --engines {engines} leaves out, with the \
+     segments they store: start with --engines {more}; to retire them, move their \
+     directories out of {engines_dir} first",
+    engines_dir = data.join("engines").display(),
+    list = left_out.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+    more = left_out.iter().max().map_or(*engines, |i| i + 1)
+)]
+pub struct EnginesLeftOut {
+    /// The data directory.
+    pub data: PathBuf,
+    /// `--engines`.
+    pub engines: usize,
+    /// The engines' indexes that hold a store and are not started.
+    pub left_out: Vec<usize>,
+}
+
+/// Whether a start with `--engines engines` runs every engine that ran under `data`.
+pub fn check_engines(data: &Path, engines: usize) -> Result<(), EnginesLeftOut> {
+    match engines_left_out(data, engines) {
+        left_out if left_out.is_empty() => Ok(()),
+        left_out => Err(EnginesLeftOut {
+            data: data.to_path_buf(),
+            engines,
+            left_out,
+        }),
+    }
+}
+
+/// The engines under `data` that ran (they have a store index) and whose index is
+/// `engines` or more: a start with `--engines engines` would leave their segments unserved.
+fn engines_left_out(data: &Path, engines: usize) -> Vec<usize> {
+    let Ok(dir) = std::fs::read_dir(data.join("engines")) else {
+        return Vec::new();
+    };
+    let mut left_out: Vec<usize> = dir
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let index: usize = entry.file_name().to_str()?.parse().ok()?;
+            let ran = ENGINE_STATE.iter().any(|f| entry.path().join(f).exists());
+            (index >= engines && ran).then_some(index)
+        })
+        .collect();
+    left_out.sort_unstable();
+    left_out
+}
 
 /// The lock file's name in a data directory.
 pub const FILE: &str = "lock";
