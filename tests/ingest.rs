@@ -254,7 +254,6 @@ async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_i
     use vodmesh_client::DirectorClient;
     use vodmesh_client::director::DirectorError;
     use vodmesh_proto::director::{Request, Response};
-    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
     use vodmesh_proto::time::now_ms;
 
     init_logging();
@@ -266,18 +265,7 @@ async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_i
         .start()
         .await?;
     let key = vodmesh_client::identity::load(&data.join("identity.key"))?;
-    let content = ManifestContent {
-        title: "twice".into(),
-        content_type: "application/octet-stream".into(),
-        duration_ms: 1000,
-        segments: vec![SegmentEntry {
-            index: 0.into(),
-            duration_ms: 1000,
-            size: 5,
-            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
-        }],
-        renditions: Vec::new(),
-    };
+    let content = vodmesh_tests::media::one_segment("twice");
     let program = content.program_id();
     let (first, second) = (
         DirectorClient::connect(station.addr(), None).await?,

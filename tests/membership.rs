@@ -532,8 +532,6 @@ async fn a_member_s_copy_requests_before_its_check_wait_for_one_look_up() -> any
 /// manager's `Published` of its own record is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::Result<()> {
-    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
-
     let (dir, home, _member, stranger) = home_member_and_stranger().await?;
     let addr = home.addr().clone();
     let director = vodmesh_proto::net::peer_of(&addr).ok_or_else(|| anyhow::anyhow!("no peer"))?;
@@ -541,18 +539,7 @@ async fn ingest_commits_aborts_and_published_of_others_are_refused() -> anyhow::
     join(&mut manager, Some(&issuer_of(dir.path())?), CM).await?;
     let admin = vodmesh_node::identity::load_or_create(&dir.path().join("identity.key"))?;
 
-    let content = ManifestContent {
-        title: "guarded".into(),
-        content_type: "application/octet-stream".into(),
-        duration_ms: 1000,
-        segments: vec![SegmentEntry {
-            index: 0.into(),
-            duration_ms: 1000,
-            size: 5,
-            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
-        }],
-        renditions: Vec::new(),
-    };
+    let content = vodmesh_tests::media::one_segment("guarded");
     let program = content.program_id();
     let proof = |key: &Keypair, op: &str| {
         vodmesh_proto::admin::prove(key, op, program.as_bytes(), director, now_ms())

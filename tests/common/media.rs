@@ -1,7 +1,8 @@
 //! Test content: pseudo-random bytes ([`random_file`]), and real media: test videos made by
 //! ffmpeg, frame counts by ffprobe, HLS packages, a `vodmesh-console serve` gateway process,
 //! and a home station with a logged-in console to ingest them into. The tests that need
-//! ffmpeg check for it first ([`crate::require::tools`]).
+//! ffmpeg check for it first ([`crate::require::tools`]). And [`one_segment`], the content of
+//! a program of one 5-byte segment, for tests that speak the ingest protocol themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -210,4 +211,22 @@ pub fn decode(input: &str) -> Result<u64> {
         bail!("ffmpeg could not decode {input}: {errors:?}");
     }
     ffmpeg_frames(&stderr).with_context(|| format!("no frame count for {input}: {stderr}"))
+}
+
+/// The content of a program `title` of one segment, the 5 bytes `bytes`, for tests that begin
+/// an ingest themselves.
+pub fn one_segment(title: &str) -> vodmesh_proto::manifest::ManifestContent {
+    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
+    ManifestContent {
+        title: title.into(),
+        content_type: "application/octet-stream".into(),
+        duration_ms: 1000,
+        segments: vec![SegmentEntry {
+            index: 0.into(),
+            duration_ms: 1000,
+            size: 5,
+            hash: vodmesh_proto::SegmentHash::of(b"bytes"),
+        }],
+        renditions: Vec::new(),
+    }
 }
