@@ -588,7 +588,7 @@ async fn a_miss_is_started_only_for_a_console_whose_token_opens_the_program() ->
         let asking = Console::connect(seeker.addr(), issuer).await?;
         match asking.locate(program, 0, false).await {
             Err(e) => assert!(
-                format!("{e:#}").contains("copies one in only for a console token"),
+                format!("{e:#}").contains("only for a console token that opens the program"),
                 "{who}: {e:#}"
             ),
             Ok(location) => anyhow::bail!("{who}: a miss was started for it: {location:?}"),

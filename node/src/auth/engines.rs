@@ -192,11 +192,8 @@ fn kept_certificate(source: &Source) -> Option<Vec<u8>> {
         return None;
     };
     let certificate = load_membership(membership, Claims::peek(token).ok()?.id)?;
-    let claims = Claims::peek(&certificate).ok()?;
-    let holds = claims.audience == Audience::Member
-        && claims.subject == station.public().to_peer_id()
-        && claims.expires_ms > now_ms();
-    holds.then_some(certificate)
+    let peer = station.public().to_peer_id();
+    still_holds(&certificate, Audience::Member, peer).then_some(certificate)
 }
 
 /// The engine token an in-process engine kept from the last run (`engine.token`), while it
@@ -207,11 +204,16 @@ fn kept_token(engine: &Engine) -> Option<Vec<u8>> {
         return None;
     };
     let token = read_small(&dir.join(TOKEN_FILE), "engine token", MAX_TOKEN as u64).ok()?;
-    let claims = Claims::peek(&token).ok()?;
-    let holds = claims.audience == Audience::Engine
-        && claims.subject == key.public().to_peer_id()
-        && claims.expires_ms > now_ms();
-    holds.then_some(token)
+    let peer = key.public().to_peer_id();
+    still_holds(&token, Audience::Engine, peer).then_some(token)
+}
+
+/// Whether a token kept from the last run is of `audience`, made out to `subject`, and not
+/// expired.
+fn still_holds(token: &[u8], audience: Audience, subject: PeerId) -> bool {
+    Claims::peek(token).is_ok_and(|claims| {
+        claims.audience == audience && claims.subject == subject && claims.expires_ms > now_ms()
+    })
 }
 
 /// Keeps `certificate` of the enrollment `token` for the next start, when the source is remote.

@@ -176,12 +176,17 @@ pub(super) fn closed(config: &StationConfig) -> bool {
 /// The membership a director starts with: closed, trusting `--trust` and its own auth
 /// server's issuer, or open.
 pub(super) fn members(config: &StationConfig, issuer: Option<&str>) -> Members {
-    if !closed(config) {
-        return Members::open();
+    match closed(config) {
+        true => Members::closed(trusted(config, issuer)),
+        false => Members::open(),
     }
+}
+
+/// The issuers a director trusts: `--trust`, and its own auth server's `issuer`. They
+/// certify members (in a closed swarm) and sign the console tokens a miss is started for.
+pub(super) fn trusted(config: &StationConfig, issuer: Option<&str>) -> TrustedIssuers {
     let own = issuer.and_then(|i| i.parse().ok());
-    let trusted: TrustedIssuers = config.trust.iter().copied().chain(own).collect();
-    Members::closed(trusted)
+    config.trust.iter().copied().chain(own).collect()
 }
 
 #[cfg(test)]

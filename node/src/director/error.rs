@@ -45,10 +45,10 @@ pub(super) enum Error {
     /// that is up.
     #[error("segment {0} is not here")]
     NotHere(SegmentId),
-    /// A segment this station does not hold, asked without a console token that opens the
-    /// program: no copy is started for it.
+    /// A segment this station would copy in (it lacks it, or every engine holding it is
+    /// busy), asked without a console token that opens the program: no copy is started.
     #[error(
-        "this station does not hold the segment, and copies one in only for a console token that opens the program (vodmesh-console login)"
+        "this station copies a segment in for a console (a miss) only for a console token that opens the program (vodmesh-console login)"
     )]
     MissNeedsToken,
     /// No other station could name an engine to copy or stream the segment from.

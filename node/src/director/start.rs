@@ -170,9 +170,7 @@ pub async fn start(
     // The loop refreshes the routing table itself (`reg::refresh`), silently while alone.
     let issuer = (handles.auth.as_ref()).map(|s| s.issuer_key().to_string());
     let members = super::admit::members(&config, issuer.as_deref());
-    let console_issuers: vodmesh_proto::token::TrustedIssuers = (config.trust.iter().copied())
-        .chain(issuer.as_deref().and_then(|i| i.parse().ok()))
-        .collect();
+    let console_issuers = super::admit::trusted(&config, issuer.as_deref());
     let kad_config = reg::RegistryConfig {
         periodic_bootstrap: None,
         members_only: members.is_closed(),
