@@ -2,6 +2,7 @@
 //! spread over the engines; only admins ingest; bad sources fail with one clear error and
 //! leave nothing in the catalog.
 
+use vodmesh_client::director::DirectorError;
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::engine_segments;
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
@@ -252,7 +253,6 @@ fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_ingest()
 -> anyhow::Result<()> {
     use vodmesh_client::DirectorClient;
-    use vodmesh_client::director::DirectorError;
     use vodmesh_proto::director::{Request, Response};
     use vodmesh_proto::time::now_ms;
 
@@ -302,6 +302,146 @@ async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_i
     // The owner's abort drops it; then the second may begin.
     assert!(matches!(first.call(abort()).await, Ok(Response::Ok)));
     assert!(planned(&second.call(begin()).await));
+    station.shutdown().await;
+    Ok(())
+}
+
+/// Operator's #5: a segment of a home program damaged on disk is dropped by the scrub, and no
+/// other station holds it. Ingesting the same source again repairs it: only the lost segment
+/// is planned and pushed, and the program plays whole. A repair given up (its client's
+/// abort) removes nothing, where an ingest given up removes every segment of its program;
+/// once whole, an ingest of the program is refused as before (the control case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_program_that_lost_a_segment_is_repaired_by_ingesting_it_again() -> anyhow::Result<()>
+{
+    use anyhow::Context;
+    use vodmesh_client::DirectorClient;
+    use vodmesh_proto::director::{Request, Response};
+    use vodmesh_proto::time::now_ms;
+    use vodmesh_proto::token::Issuer;
+    use vodmesh_proto::{SegmentId, SegmentIndex};
+    use vodmesh_tests::console::play_max;
+    use vodmesh_tests::stored::{segment_file, tamper_on_disk};
+
+    init_logging();
+    const MIB: usize = 1024 * 1024;
+    let dir = tempfile::tempdir()?;
+    let issuer = Issuer::generate();
+    let (station, data, bytes, program) = swarm::home_with_program(
+        dir.path(),
+        &issuer,
+        ("repaired", 2 * MIB + 5000, 24),
+        MIB as u64,
+    )
+    .await?;
+    station.shutdown().await;
+    let (damaged, kept) = (SegmentId::new(program, 1), SegmentId::new(program, 2));
+    let engine = (0..2)
+        .find(|e| segment_file(&data, *e, damaged).is_ok_and(|f| f.exists()))
+        .context("no engine holds segment 1")?;
+    tamper_on_disk(&data, engine, damaged, 1000)?;
+    let kept_file = (0..2)
+        .map(|e| segment_file(&data, e, kept))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .find(|f| f.exists())
+        .context("no engine holds segment 2")?;
+
+    // Started again with --scrub: the damaged copy is dropped, the program cannot play.
+    let station = swarm::station(&data)
+        .content_home()
+        .trusting(&issuer)
+        .with(|c| c.scrub = true)
+        .start()
+        .await?;
+    assert!(!segment_file(&data, engine, damaged)?.exists());
+
+    // The same content asks a repair: the plan names segment 1 alone. Given up, it removes
+    // nothing: segment 2 (and 0) stay.
+    let source = dir.path().join("repaired.bin");
+    let opened = vodmesh_tools::source::open(
+        &source.to_string_lossy(),
+        MIB as u64,
+        ingest::DEFAULT_BITRATE,
+        &[],
+    )
+    .await?;
+    let mut content = opened.content.clone();
+    content.title = "repaired".into();
+    assert_eq!(content.program_id(), program);
+    let key = vodmesh_client::identity::load(&data.join("identity.key"))?;
+    let client = DirectorClient::connect(station.addr(), None).await?;
+    let proof = |op: &str| {
+        vodmesh_proto::admin::prove(&key, op, program.as_bytes(), client.peer(), now_ms())
+    };
+    let begin = || Request::IngestBegin {
+        content: content.clone(),
+        publish_at_ms: None,
+        replicas: 0,
+        admin: proof("ingest"),
+    };
+    let abort = || Request::IngestAbort {
+        program,
+        admin: proof("ingest-abort"),
+    };
+    let plan_of = |answer| match answer {
+        Ok(Response::IngestPlan { engines, .. }) => {
+            let planned: Vec<SegmentIndex> = (engines.into_iter())
+                .flat_map(|t: vodmesh_proto::director::EngineTarget| t.segments)
+                .collect();
+            Ok(Some(planned))
+        }
+        Err(DirectorError::Refused(reply)) if reply.message.contains("already in the catalog") => {
+            Ok(None)
+        }
+        other => anyhow::bail!("a repair's begin: {other:?}"),
+    };
+    // The engine reports the scrub's drop once it is up: the director hears of it shortly
+    // after the station started, and until then holds the program whole.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let planned = loop {
+        if let Some(planned) = plan_of(client.call(begin()).await)? {
+            break planned;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the director never heard of the dropped segment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(planned, vec![SegmentIndex(1)]);
+    assert!(matches!(client.call(abort()).await, Ok(Response::Ok)));
+    // The director's table still lists segments 0 and 2 (an ingest given up takes its
+    // segments out of it before it answers): a begin after it plans segment 1 alone again.
+    assert_eq!(
+        plan_of(client.call(begin()).await)?,
+        Some(vec![SegmentIndex(1)])
+    );
+    assert!(matches!(client.call(abort()).await, Ok(Response::Ok)));
+    assert!(kept_file.exists(), "a repair given up removed a segment");
+
+    // `vodmesh ingest` of the same file repairs it, and the program plays byte for byte (so
+    // segments 0 and 2 were not removed by the aborts).
+    let repaired = ingest::IngestOptions {
+        segment_size: MIB as u64,
+        ..ingest_options(&station, &data.join("identity.key"), "repaired", &source)
+    };
+    let info = ingest::run(&repaired).await?;
+    assert_eq!((info.program, info.segments), (program, 3));
+    let mut out = Vec::new();
+    play_max(station.addr(), &issuer, program, &mut out).await?;
+    assert!(out == bytes, "the repaired program differs");
+
+    // Whole again: an ingest of it is refused.
+    let Err(error) = ingest::run(&repaired).await else {
+        anyhow::bail!("an ingest of a whole program of the catalog went through");
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("already in the catalog, every segment of it held here"),
+        "{error:#}"
+    );
     station.shutdown().await;
     Ok(())
 }

@@ -30,7 +30,7 @@ use vodmesh_proto::station::human_bytes;
 
 use crate::source::{Piece, read_piece};
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, admin};
+use vodmesh_proto::{ProgramId, SegmentHash, SegmentId, SegmentIndex, admin};
 
 /// Default segment size for files without media segmentation.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 4 * 1024 * 1024;
@@ -131,7 +131,22 @@ pub async fn run_until(
         Response::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer: {other:?}"),
     };
-    let progress = Progress::new(opts.progress, total, content.segments.len());
+    // A program the station catalogs already comes back as a repair: only the segments the
+    // station lost are planned.
+    let planned: Vec<SegmentIndex> = plan.iter().flat_map(|t| t.segments.clone()).collect();
+    let (total, count) = if planned.len() < content.segments.len() {
+        eprintln!(
+            "program {program} is in the station's catalog: repairing the {} of its {} segments \
+             the station no longer holds",
+            planned.len(),
+            content.segments.len()
+        );
+        let sizes = planned.iter().filter_map(|i| content.segment(*i));
+        (sizes.map(|s| s.size).sum(), planned.len())
+    } else {
+        (total, content.segments.len())
+    };
+    let progress = Progress::new(opts.progress, total, count);
     let pushed = tokio::select! {
         pushed = push_all(&client, &source.pieces, &content, program, &plan, &progress) => pushed,
         () = stop => Err(anyhow::anyhow!(

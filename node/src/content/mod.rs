@@ -13,6 +13,11 @@
 //! progress for the ingest time-out (the client was killed), and one found open in the
 //! catalog's journal at start (the station was stopped mid-ingest) are dropped, their
 //! segments removed from the engines and the location table.
+//!
+//! A program of the catalog that lost segments here (a damaged disk, found by the scrub, and
+//! no other station holding them) is repaired by ingesting it again: the same source gives
+//! the same program, and the session takes only the segments the station no longer holds.
+//! Giving a repair up removes nothing: what it stored belongs to the signed manifest.
 
 pub mod catalog;
 pub mod plan;
@@ -41,12 +46,17 @@ pub struct Session {
     pub replicas: u32,
     /// Segments stored so far.
     pub stored: HashSet<SegmentIndex>,
-    /// The engine (index in the station) each segment goes to, in segment order.
-    pub placement: Vec<usize>,
+    /// The engine (index in the station) each segment goes to, in segment order; `None` for
+    /// a segment a repair found held already.
+    pub placement: Vec<Option<usize>>,
     /// When it last made progress (began, or a segment was stored), ms since the epoch.
     pub progress_ms: u64,
     /// The peer of the client pushing it (the one that began it last).
     pub client: PeerId,
+    /// A repair of a program already in the catalog: `stored` began with the segments the
+    /// station still held, only the others are pushed, and giving it up removes nothing
+    /// (every segment it stored is one of the signed manifest's, and stays).
+    pub repair: bool,
 }
 
 impl Session {
@@ -56,7 +66,7 @@ impl Session {
             .segments
             .iter()
             .zip(&self.placement)
-            .filter(|(s, e)| **e == engine && !self.stored.contains(&s.index))
+            .filter(|(s, e)| **e == Some(engine) && !self.stored.contains(&s.index))
             .fold(0, |sum, (s, _)| sum.saturating_add(s.size))
     }
 }
@@ -135,6 +145,7 @@ mod tests {
     use vodmesh_proto::manifest::SegmentEntry;
 
     fn session(sizes: &[u64], placement: Vec<usize>, progress_ms: u64) -> Session {
+        let placement = placement.into_iter().map(Some).collect();
         let segments = sizes
             .iter()
             .enumerate()
@@ -159,6 +170,7 @@ mod tests {
             placement,
             progress_ms,
             client: PeerId::random(),
+            repair: false,
         }
     }
 

@@ -104,8 +104,9 @@ pub(super) enum Error {
         /// The program that has it.
         program: ProgramId,
     },
-    /// An ingest of a program the catalog holds already.
-    #[error("program {0} is already in the catalog")]
+    /// An ingest of a program the catalog holds already, every segment of it held here (one
+    /// missing would be repaired).
+    #[error("program {0} is already in the catalog, every segment of it held here")]
     AlreadyInCatalog(ProgramId),
     /// The ingested content does not describe a program.
     #[error(transparent)]

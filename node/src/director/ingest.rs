@@ -2,16 +2,19 @@
 //! `IngestCommit` (every segment stored: the manifest is signed and the program enters the
 //! catalog), `IngestAbort`; the end of ingests that never commit (expired, or found
 //! interrupted at start); and the segments engines report stored, an ingest's or a copy's.
+//! An ingest of a program the catalog holds is a repair: only the segments the station lost
+//! are pushed, and nothing is removed if it is given up.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{EngineTarget, ProgramInfo, Request, Response};
-use vodmesh_proto::manifest::{Manifest, ManifestContent};
+use vodmesh_proto::manifest::{Manifest, ManifestContent, SegmentEntry};
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
-use vodmesh_proto::{ProgramId, SegmentId};
+use vodmesh_proto::{ProgramId, SegmentId, SegmentIndex};
 
 use super::catalog::program_info;
 use super::context::Ctx;
@@ -96,6 +99,12 @@ impl Ingests {
     /// Ends the ingest of `program` without a commit: its segments are removed from every
     /// engine and from the location table, and it leaves the journal.
     fn drop_ingest(&mut self, ctx: &Ctx<'_>, program: ProgramId, why: &str) {
+        if self.sessions.get(&program).is_some_and(|s| s.repair) {
+            if let Some(session) = self.sessions.end(&program) {
+                give_up_repair(ctx, program, &session, why);
+            }
+            return;
+        }
         let Some(session) = self.sessions.drop_session(&program, now_ms()) else {
             return;
         };
@@ -167,8 +176,17 @@ impl Ingests {
             tracing::warn!(%segment, error = %e, "location table write failed");
         }
         self.sessions.stored(&segment.program, segment.index, now);
-        if self.sessions.get(&segment.program).is_none() {
-            publish.tabled(ctx, segment);
+        match self.sessions.get(&segment.program) {
+            None => publish.tabled(ctx, segment),
+            // A repaired segment is the home's, as the rest of its program: kept.
+            Some(session) if session.repair => {
+                let pin = EngineCommand::Pin {
+                    segments: vec![segment],
+                };
+                let _ = ctx.engines.send(engine, pin);
+                publish.tabled(ctx, segment);
+            }
+            Some(_) => {}
         }
     }
 
@@ -183,10 +201,21 @@ impl Ingests {
         content.check()?;
         let program = content.program_id();
         ctx.me.check_admin(proof, "ingest", &program)?;
-        if catalog.get(&program)?.is_some() {
-            return Err(Error::AlreadyInCatalog(program));
-        }
-        check_title(catalog, &content.title, &program)?;
+        // A program of the catalog is ingested again only to repair it: the segments held
+        // here stay as they are, the others are pushed.
+        let held = match catalog.get(&program)? {
+            Some(_) => {
+                let held = held_here(ctx, program)?;
+                if content.segments.iter().all(|s| held.contains(&s.index)) {
+                    return Err(Error::AlreadyInCatalog(program));
+                }
+                Some(held)
+            }
+            None => {
+                check_title(catalog, &content.title, &program)?;
+                None
+            }
+        };
         let up = ctx.engines.up();
         if up.is_empty() {
             return Err(Error::NoEngineUp);
@@ -202,10 +231,15 @@ impl Ingests {
                 });
             }
         }
+        // A repair begun again is planned afresh: what is held here may have changed.
+        if held.is_some() {
+            self.sessions.end(&program);
+        }
+        let wanted = |s: &SegmentEntry| held.as_ref().is_none_or(|h| !h.contains(&s.index));
         // The same program begun again (its client was restarted) resumes the session: the
         // same engines take the same segments, and those already stored are accepted as
         // they are.
-        let placement: Vec<usize> = match self.sessions.get(&program) {
+        let placement: Vec<Option<usize>> = match self.sessions.get(&program) {
             Some(session) => session.placement.clone(),
             None => {
                 // Room: what each engine has free, less what ingests in progress were
@@ -216,17 +250,26 @@ impl Ingests {
                             .map(|f| f.saturating_sub(self.sessions.pledged(id.0)))
                     })
                     .collect();
-                let sizes: Vec<u64> = content.segments.iter().map(|s| s.size).collect();
+                let sizes: Vec<u64> = (content.segments.iter())
+                    .filter(|s| wanted(s))
+                    .map(|s| s.size)
+                    .collect();
                 let placed = plan::place(&rooms, &sizes).map_err(|short| {
                     tracing::warn!(%program, need = short.need, free = short.free, "ingest refused: not enough room");
                     Error::NoRoom(short)
                 })?;
-                placed.into_iter().map(|slot| up[slot].0.0).collect()
+                let mut placed = placed.into_iter().map(|slot| up[slot].0.0);
+                (content.segments.iter())
+                    .map(|s| if wanted(s) { placed.next() } else { None })
+                    .collect()
             }
         };
         // Journaled before any engine hears of it: a stop from here on leaves segments that
-        // the next start drops.
-        catalog.ingest_begun(&program, content.segments.len() as u32)?;
+        // the next start drops. A repair is not: a program of the catalog is never taken
+        // apart, and what a repair stored belongs to it.
+        if held.is_none() {
+            catalog.ingest_begun(&program, content.segments.len() as u32)?;
+        }
         let mut targets: Vec<EngineTarget> = (up.iter())
             .map(|(_, e)| EngineTarget {
                 peer_id: e.peer_id,
@@ -236,6 +279,9 @@ impl Ingests {
             .collect();
         let mut expects: Vec<Vec<(SegmentId, Expected)>> = vec![Vec::new(); up.len()];
         for (seg, engine) in content.segments.iter().zip(&placement) {
+            let Some(engine) = engine else {
+                continue;
+            };
             let slot =
                 (up.iter().position(|(id, _)| id.0 == *engine)).ok_or(Error::IngestEngineDown)?;
             targets[slot].segments.push(seg.index);
@@ -246,15 +292,26 @@ impl Ingests {
             };
             expects[slot].push((SegmentId::new(program, seg.index), expected));
         }
-        // Before any byte arrives: none leaves before the program is published.
-        ctx.engines
-            .publish_at(program, publish_at_ms.unwrap_or(u64::MAX));
+        // Before any byte arrives: none leaves before the program is published. A repaired
+        // program's engines know its publish time already.
+        if held.is_none() {
+            ctx.engines
+                .publish_at(program, publish_at_ms.unwrap_or(u64::MAX));
+        }
         for ((id, _), segments) in up.iter().zip(expects) {
             ctx.engines.send(*id, EngineCommand::Expect { segments })?;
         }
-        let stored = (self.sessions.end(&program))
-            .map(|s| s.stored)
-            .unwrap_or_default();
+        let repair = held.is_some();
+        let stored = match held {
+            Some(held) => held,
+            None => (self.sessions.end(&program))
+                .map(|s| s.stored)
+                .unwrap_or_default(),
+        };
+        if repair {
+            let missing = content.segments.len().saturating_sub(stored.len());
+            tracing::info!(%program, missing, "ingest of a program of the catalog: a repair of the segments it lost");
+        }
         let session = Session {
             content,
             publish_at_ms,
@@ -263,6 +320,7 @@ impl Ingests {
             placement,
             progress_ms: now,
             client: from,
+            repair,
         };
         self.sessions.begin(program, session);
         targets.retain(|t| !t.segments.is_empty());
@@ -286,6 +344,14 @@ impl Ingests {
         }
         let catalog = ctx.catalog.ok_or(Error::NotContentManager)?;
         let session = self.sessions.end(&program).ok_or(Error::NoIngest)?;
+        if session.repair {
+            let entry = catalog.get(&program)?.ok_or(Error::NoIngest)?;
+            pin_everywhere(ctx, program, session.content.segments.len());
+            let info = program_info(ctx.me.peer_id, &entry).ok_or(Error::CorruptCatalog)?;
+            let repaired = session.placement.iter().flatten().count();
+            tracing::info!(%program, title = %info.title, repaired, "program repaired");
+            return Ok(Ingested::Answer(Response::Program(info)));
+        }
         let (me, now) = (ctx.me.peer_id, now_ms());
         let manifest = Manifest::new(session.content, me, now);
         let record = CatalogRecord {
@@ -309,16 +375,7 @@ impl Ingests {
             record: record.sign(&ctx.me.key),
         };
         catalog.put(&program, &entry)?;
-        // The home station keeps its programs: pin every segment on every engine.
-        let segments: Vec<SegmentId> = (0..manifest.content.segments.len() as u32)
-            .map(|i| SegmentId::new(program, i))
-            .collect();
-        for id in ctx.engines.ids() {
-            let pin = EngineCommand::Pin {
-                segments: segments.clone(),
-            };
-            let _ = ctx.engines.send(id, pin);
-        }
+        pin_everywhere(ctx, program, manifest.content.segments.len());
         let info = program_info(me, &entry).ok_or(Error::CorruptCatalog)?;
         tracing::info!(%program, title = %info.title, segments = info.segments, "program ingested");
         Ok(Ingested::Committed(Box::new(Committed {
@@ -354,6 +411,50 @@ fn check_title(
             program: record.program,
         }),
         None => Ok(()),
+    }
+}
+
+/// The segments of `program` an engine of this station holds whole (one whose engine is down
+/// counts: it is not lost).
+fn held_here(ctx: &Ctx<'_>, program: ProgramId) -> Result<HashSet<SegmentIndex>, Error> {
+    let locations = ctx.locations.for_program(program)?;
+    Ok((locations.into_iter())
+        .filter(|(_, l)| l.state == LocationState::Complete)
+        .map(|(index, _)| index)
+        .collect())
+}
+
+/// The home station keeps its programs: every segment of `program` (`segments` of them) is
+/// pinned on every engine (those an engine does not hold are skipped).
+fn pin_everywhere(ctx: &Ctx<'_>, program: ProgramId, segments: usize) {
+    let segments: Vec<SegmentId> = (0..segments as u32)
+        .map(|i| SegmentId::new(program, i))
+        .collect();
+    for id in ctx.engines.ids() {
+        let pin = EngineCommand::Pin {
+            segments: segments.clone(),
+        };
+        let _ = ctx.engines.send(id, pin);
+    }
+}
+
+/// Ends a repair without its commit: the engines it placed segments on stop expecting those
+/// not stored yet; what it stored stays (pinned as it landed), and so does the rest.
+fn give_up_repair(ctx: &Ctx<'_>, program: ProgramId, session: &Session, why: &str) {
+    let left: Vec<(SegmentId, usize)> = (session.content.segments.iter())
+        .zip(&session.placement)
+        .filter(|(s, _)| !session.stored.contains(&s.index))
+        .filter_map(|(s, engine)| Some((SegmentId::new(program, s.index), (*engine)?)))
+        .collect();
+    tracing::warn!(%program, left = left.len(), why, "repair given up: the segments it stored stay");
+    for id in ctx.engines.ids() {
+        let segments: Vec<SegmentId> = (left.iter())
+            .filter(|(_, engine)| *engine == id.0)
+            .map(|(segment, _)| *segment)
+            .collect();
+        if !segments.is_empty() {
+            let _ = ctx.engines.send(id, EngineCommand::Remove { segments });
+        }
     }
 }
 
