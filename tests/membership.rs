@@ -733,3 +733,71 @@ async fn a_stranger_s_program_lists_share_one_listing() -> anyhow::Result<()> {
     home.shutdown().await;
     Ok(())
 }
+
+/// G4: `Manifest` and `Playable` of programs a station neither catalogs nor keeps each need
+/// a registry walk (and a manifest, a download from the program's content manager), and any
+/// peer may ask them. A stranger asks the member, 64 at once and again, for the manifest of
+/// the home's published program and for a program that does not exist: one fetch a program
+/// at a time answers everyone waiting on it, and the published manifest fetched lately
+/// answers at once. Before, each request made a fetch of its own. The control: every answer
+/// is still the right one (the manifest; the unknown program refused, not busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_s_manifest_and_playable_asks_share_one_fetch() -> anyhow::Result<()> {
+    const ASKS: usize = 64;
+    let (dir, (home, home_dir), (member, _)) = home_and_member().await?;
+    let source = dir.path().join("fetched.bin");
+    random_file(&source, 16 * 1024, 60)?;
+    let opts = IngestOptions {
+        publish_at_ms: Some(now_ms()),
+        ..ingest_options(&home, &home_dir.join("identity.key"), "fetched", &source)
+    };
+    let program = ingest::run(&opts).await?.program;
+    let unknown = ProgramId([0x5a; 32]);
+    let client = DirectorClient::connect(member.addr(), None).await?;
+    let manifest_of = |answer: Result<Response, DirectorError>| match answer {
+        Ok(Response::Manifest(signed)) => Ok(signed),
+        other => Err(anyhow::anyhow!("{other:?}")),
+    };
+    wait::until(
+        "the member to find the program in the registry",
+        Duration::from_secs(30),
+        || async { Ok(manifest_of(client.call(Request::Manifest { program }).await).is_ok()) },
+    )
+    .await?;
+
+    let before = dht_queries_started(&member)?;
+    for _ in 0..2 {
+        // 64 at once of each (one connection carries about 100 requests at a time).
+        let known = (0..ASKS).map(|_| client.call(Request::Manifest { program }));
+        let known = futures::future::join_all(known).await;
+        let manifests = (0..ASKS).map(|_| client.call(Request::Manifest { program: unknown }));
+        let manifests = futures::future::join_all(manifests).await;
+        let playable = (0..ASKS).map(|_| client.call(Request::Playable { program: unknown }));
+        let playable = futures::future::join_all(playable).await;
+        for answer in known {
+            let signed = manifest_of(answer)?;
+            let manifest = vodmesh_proto::manifest::Manifest::verify(&signed)?;
+            assert_eq!(manifest.content.program_id(), program);
+        }
+        for answer in manifests.into_iter().chain(playable) {
+            match answer {
+                Err(DirectorError::Refused(reply)) => {
+                    assert!(!reply.message.contains("at once"), "{}", reply.message);
+                }
+                other => anyhow::bail!("an unknown program: {other:?}"),
+            }
+        }
+    }
+    let queries = dht_queries_started(&member)? - before;
+    // 384 before (one a request), 5 to 11 seen: a fetch that ends before the last of a
+    // batch arrived is followed by another.
+    eprintln!("{queries} registry queries for {} asks", 6 * ASKS);
+    assert!(
+        queries < 48,
+        "{queries} registry queries for {} asks",
+        6 * ASKS
+    );
+    member.shutdown().await;
+    home.shutdown().await;
+    Ok(())
+}

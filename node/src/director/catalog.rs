@@ -48,7 +48,7 @@ const HOLDERS_WITHIN: Duration = Duration::from_secs(15);
 
 /// Who asks for a program list or a manifest, for what they may see of programs not
 /// published yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Viewer {
     /// An admin (with its proof) or a member of a closed swarm: sees every program.
     Trusted,

@@ -146,6 +146,9 @@ pub(super) enum Error {
     /// A catalog record that does not verify as its content manager's.
     #[error("catalog record does not verify")]
     BadRecord,
+    /// Too many programs are being looked up in the registry at once.
+    #[error("too many programs being looked up at once; retry")]
+    FetchesBusy,
     /// Too many `Programs` asked while a listing runs.
     #[error("too many program lists asked at once; retry")]
     ListingBusy,
@@ -234,6 +237,7 @@ impl Error {
             | Self::NoWholeCopy
             | Self::TooManyMisses
             | Self::ListingBusy
+            | Self::FetchesBusy
             | Self::CheckQueueFull
             | Self::EngineQueueFull
             | Self::EngineGone

@@ -37,6 +37,7 @@ mod dispatch;
 mod distribute;
 mod engines;
 pub(crate) mod error;
+mod fetches;
 mod http;
 mod ingest;
 mod listing;

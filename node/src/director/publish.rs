@@ -31,6 +31,7 @@ use super::choose::Locating;
 use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
+use super::fetches::{Fetches, Join};
 use super::listing::Listing;
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
@@ -74,8 +75,6 @@ async fn reconciled(
 pub(super) enum Done {
     /// A `Playable` that needed the registry: the record found there, if any.
     Fetched {
-        /// The client waiting.
-        channel: Client,
         /// The program.
         program: ProgramId,
         /// Its newest valid record in the registry.
@@ -84,8 +83,8 @@ pub(super) enum Done {
     /// A `Manifest` of a program this station neither catalogs nor keeps: fetched from its
     /// content manager or a holder (issue 25), not kept (nothing of it is held here).
     Manifest {
-        /// The client waiting.
-        channel: Client,
+        /// The program, and who asked.
+        key: (ProgramId, Viewer),
         /// The program's record and signed manifest, or why there are none.
         fetched: Result<Box<(Learned, Signed)>, Error>,
     },
@@ -154,6 +153,8 @@ pub(super) struct Publishing {
     schedule: Schedule,
     /// `Programs` answered from one listing ([`Listing`]).
     listing: Listing,
+    /// `Playable` and `Manifest` that need the registry ([`Fetches`]).
+    fetches: Fetches,
     tasks: Tasks<Done>,
 }
 
@@ -349,14 +350,15 @@ impl Publishing {
         if own || known.is_ok() {
             return Some((channel, answer(known)));
         }
+        match self.fetches.playable(program, channel) {
+            Join::Start => {}
+            Join::Joined => return None,
+            Join::Busy(channel) => return Some((channel, busy())),
+        }
         let (registry, owner) = (ctx.registry.clone(), self.owner(ctx, &program));
         self.tasks.spawn(async move {
             let record = fetch_record(&registry, program, owner).await;
-            Done::Fetched {
-                channel,
-                program,
-                record,
-            }
+            Done::Fetched { program, record }
         });
         None
     }
@@ -470,15 +472,13 @@ impl Publishing {
     /// Takes a publish task's result; returns what the loop does next, if anything.
     pub(super) fn on_done(&mut self, ctx: &mut Ctx<'_>, done: Done) -> Option<After> {
         let reply = match done {
-            Done::Fetched {
-                channel,
-                program,
-                record,
-            } => {
+            Done::Fetched { program, record } => {
                 if let Some(record) = record {
                     let _ = self.learn(ctx, record);
                 }
-                Some((channel, answer(self.playable(ctx, &program))))
+                let answer = answer(self.playable(ctx, &program));
+                let waiting = self.fetches.playable_done(&program);
+                return Some(After::Replies(everyone(waiting, &answer)));
             }
             Done::Reconciled {
                 program,
@@ -503,13 +503,20 @@ impl Publishing {
                 self.provide_if_complete(ctx, program, segments);
                 None
             }
-            Done::Manifest { channel, fetched } => {
+            Done::Manifest { key, fetched } => {
                 let answer = fetched.and_then(|pair| {
                     let (learned, signed) = *pair;
+                    let published = learned.record.playable(now_ms());
                     self.learn(ctx, learned)?;
-                    Ok(signed)
+                    Ok((signed, published))
                 });
-                Some((channel, respond(answer, Response::Manifest)))
+                let published = match &answer {
+                    Ok((signed, true)) => Some(signed),
+                    _ => None,
+                };
+                let waiting = self.fetches.manifest_done(key, published);
+                let answer = respond(answer, |(signed, _)| Response::Manifest(signed));
+                return Some(After::Replies(everyone(waiting, &answer)));
             }
             Done::Located { program, record } => {
                 if let Some(record) = record {
@@ -624,13 +631,22 @@ impl Publishing {
         if let (Some(signed), true) = (&local, seen) {
             return Some((channel, Response::Manifest(signed.clone())));
         }
+        if let Some(signed) = self.fetches.recent_manifest(&program) {
+            return Some((channel, Response::Manifest(signed)));
+        }
+        match self.fetches.manifest(program, viewer, channel) {
+            Join::Start => {}
+            Join::Joined => return None,
+            Join::Busy(channel) => return Some((channel, busy())),
+        }
         // What is known may be stale (the program published since): fetched again first.
         let known = known.map(|known| (known, seen));
         let (registry, asker, me) = (ctx.registry.clone(), ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
             let with = (&registry, &asker, me);
             let fetched = catalog::manifest_for(with, (program, viewer), known, local).await;
-            Done::Manifest { channel, fetched }
+            let key = (program, viewer);
+            Done::Manifest { key, fetched }
         });
         None
     }
@@ -687,6 +703,16 @@ fn refresh_due(last: Option<std::time::Instant>, now: std::time::Instant) -> boo
 /// `Ok` or the refusal, as a response.
 fn answer(result: Result<(), Error>) -> Response {
     respond(result, |()| Response::Ok)
+}
+
+/// `answer` for each client of `waiting`.
+fn everyone(waiting: Vec<Client>, answer: &Response) -> Vec<Reply> {
+    (waiting.into_iter()).map(|c| (c, answer.clone())).collect()
+}
+
+/// Too many fetches run ([`Fetches`]).
+fn busy() -> Response {
+    Response::Error(Error::FetchesBusy.into())
 }
 
 #[cfg(test)]
