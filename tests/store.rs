@@ -558,6 +558,84 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
     Ok(())
 }
 
+/// Fills the file system of `junk` to its last byte with that file.
+fn fill_up(junk: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(junk)?;
+    for size in [64 * 1024, 4096, 1] {
+        let block = vec![0xA5u8; size];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_whose_disk_filled_up_works_again_once_there_is_room_without_a_restart()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The data directory (every database of the station) on a small tmpfs; the segments on
+    // a disk with room, so that the station's databases are what meets the full disk.
+    let data = dir.path().join("home");
+    let Some(tmpfs) = Tmpfs::mount(&data, "8m")? else {
+        return Ok(());
+    };
+    let disk = dir.path().join("disk");
+    let disk_arg = disk.to_string_lossy().to_string();
+    let args = ["--home", "--content-manager", "--auth", "--disk", &disk_arg];
+    let node = NodeProcess::start(&data, &args)?;
+    let console = dir.path().join("viewer").join("console");
+    subscriber(&node.addr, &node.key(), &console, "viewer")?;
+    // Segments of 4 MiB: each one's index row carries 8 KiB of tree leaves, more than the
+    // pages a commit can reuse.
+    let program = |title: &str, seed: u64| -> Result<(Ingest, Vec<u8>)> {
+        let source = dir.path().join(format!("{title}.bin"));
+        let bytes = random_file(&source, 12 * MIB, seed)?;
+        let ingest = ingest(&node, title, &source)
+            .segment_size(4 * MIB)
+            .publish_now();
+        Ok((ingest, bytes))
+    };
+    // The control: the normal path.
+    let (first, first_bytes) = program("first", 50)?;
+    let first_id = ingest_ok(&first).await?;
+    assert!(Play::new(&console, &node.addr, &first_id).run()?.bytes == first_bytes);
+
+    // Something else fills the data directory's disk: a commit of the ingest fails.
+    let junk = tmpfs.0.join("junk");
+    fill_up(&junk)?;
+    let (second, _) = program("second", 51)?;
+    let out = ingest_output(&second, Duration::from_secs(120)).await?;
+    let error = outcome(&out)
+        .err()
+        .context("the ingest succeeded with its station's data directory full")?;
+    assert!(error.starts_with("error: "), "{error}");
+
+    // Room again: the next ingest works, without a restart, and plays byte for byte.
+    std::fs::remove_file(&junk)?;
+    let (third, third_bytes) = program("third", 52)?;
+    let third_id = ingest_ok(&third)
+        .await
+        .with_context(|| format!("after `{error}`:\n{}", node.log()))?;
+    let played = Play::new(&console, &node.addr, &third_id).run()?;
+    assert!(
+        played.bytes == third_bytes,
+        "the program ingested after plays whole"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("database opened again after an I/O error"),
+        "{log}"
+    );
+    // Nothing of the failed ingest is listed; the station served on.
+    let mut held = vec![first_id, third_id];
+    held.sort();
+    assert_eq!(programs(&node.addr, Some(&node.key()))?, held);
+    eprintln!("the failed ingest: {error}");
+    drop(node);
+    drop(tmpfs);
+    Ok(())
+}
+
 /// A station in a process of its own under `root/name`, enrolled with the auth station
 /// `auth` and joined through it, started with `extra` flags; returns once its engine holds
 /// its engine token.
