@@ -40,11 +40,6 @@ impl RedbFile {
         })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Begins a write transaction; closes and opens the database first if an earlier write
     /// failed (redb's [`StorageError::PreviousIo`]).
     pub fn begin_write(&self) -> Result<WriteTransaction, redb::Error> {
