@@ -7,6 +7,8 @@
 //!   leaves nothing; of two concurrent ingests that together do not fit, one succeeds whole;
 //! - a disk that fills up from outside during an ingest fails it within seconds, nothing of
 //!   it stays, and the station keeps serving what it holds;
+//! - a full disk under a station's databases (its data directory, an engine's segment index)
+//!   fails one ingest, and the next one works once there is room, without a restart;
 //! - a copy into a full station evicts what other stations hold, or, with nothing evictable,
 //!   is declined (counted) and the console is served by the holder;
 //! - an ingest whose client is killed expires and its segments go; a station stopped
@@ -21,10 +23,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
-use vodmesh_tests::cli::{Ingest, Play, console, subscriber};
+use vodmesh_tests::cli::{Ingest, Play, console, keygen, subscriber};
 use vodmesh_tests::http::{Gate, HttpServer, hls_playlist};
 use vodmesh_tests::media::random_file;
-use vodmesh_tests::process::{Node, NodeProcess};
+use vodmesh_tests::process::{EngineProcess, Node, NodeProcess};
 use vodmesh_tests::status::{self, programs, used_bytes};
 use vodmesh_tests::stored::{bytes_on_disk, engine_segments, segment_bytes};
 use vodmesh_tests::{require, wait};
@@ -555,6 +557,148 @@ async fn a_disk_filling_up_mid_ingest_fails_it_at_once_and_the_station_serves_on
     drop(node);
     drop(stalled);
     drop(disk);
+    Ok(())
+}
+
+/// Fills the file system of `junk` to its last byte with that file.
+fn fill_up(junk: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(junk)?;
+    for size in [64 * 1024, 4096, 1] {
+        let block = vec![0xA5u8; size];
+        while f.write_all(&block).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    Ok(())
+}
+
+/// The ingest into `node` of a 12 MiB program `title` (random bytes from `seed`, written
+/// under `dir`) in segments of 4 MiB, whose index rows carry 8 KiB of tree leaves each: more
+/// than the pages a commit can reuse. Also its bytes.
+fn big_segments(
+    dir: &Path,
+    node: &NodeProcess,
+    title: &str,
+    seed: u64,
+) -> Result<(Ingest, Vec<u8>)> {
+    let source = dir.join(format!("{title}.bin"));
+    let bytes = random_file(&source, 12 * MIB, seed)?;
+    let ingest = ingest(node, title, &source)
+        .segment_size(4 * MIB)
+        .publish_now();
+    Ok((ingest, bytes))
+}
+
+/// Ingests a first program into `node` and plays it through `console` (the normal path);
+/// fills the tmpfs `full` up and ingests a second, which must fail; frees it and ingests a
+/// third, which must work, without a restart, and play byte for byte. The second's error.
+async fn fail_one_ingest_then_take_the_next(
+    dir: &Path,
+    node: &NodeProcess,
+    console: &Path,
+    full: &Tmpfs,
+    log: impl Fn() -> String,
+) -> Result<String> {
+    let (first, first_bytes) = big_segments(dir, node, "first", 50)?;
+    let first_id = ingest_ok(&first).await?;
+    assert!(Play::new(console, &node.addr, &first_id).run()?.bytes == first_bytes);
+
+    let junk = full.0.join("junk");
+    fill_up(&junk)?;
+    let (second, _) = big_segments(dir, node, "second", 51)?;
+    let out = ingest_output(&second, Duration::from_secs(120)).await?;
+    let error = outcome(&out)
+        .err()
+        .context("the ingest succeeded with the disk of the station's databases full")?;
+    assert!(error.starts_with("error: "), "{error}");
+    eprintln!("the ingest on a full disk: {error}");
+
+    std::fs::remove_file(&junk)?;
+    let (third, third_bytes) = big_segments(dir, node, "third", 52)?;
+    let third_id = ingest_ok(&third)
+        .await
+        .with_context(|| format!("after `{error}`:\n{}", log()))?;
+    let played = Play::new(console, &node.addr, &third_id).run()?;
+    assert!(
+        played.bytes == third_bytes,
+        "the program ingested after plays whole"
+    );
+    let log = log();
+    assert!(
+        log.contains("database opened again after an I/O error"),
+        "{log}"
+    );
+    // Nothing of the failed ingest is listed.
+    let mut held = vec![first_id, third_id];
+    held.sort();
+    assert_eq!(programs(&node.addr, Some(&node.key()))?, held);
+    Ok(error)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_whose_data_directory_filled_up_takes_the_next_ingest_once_there_is_room()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The data directory (every database of the station) on a small tmpfs, the segments on
+    // a disk with room: the databases are what meets the full disk.
+    let data = dir.path().join("home");
+    let Some(tmpfs) = Tmpfs::mount(&data, "8m")? else {
+        return Ok(());
+    };
+    let disk = dir.path().join("disk").to_string_lossy().to_string();
+    let args = ["--home", "--content-manager", "--auth", "--disk", &disk];
+    let node = NodeProcess::start(&data, &args)?;
+    let console = dir.path().join("viewer").join("console");
+    subscriber(&node.addr, &node.key(), &console, "viewer")?;
+    let error =
+        fail_one_ingest_then_take_the_next(dir.path(), &node, &console, &tmpfs, || node.log())
+            .await?;
+    // The journal of ingests begun is the first commit of an ingest.
+    assert!(
+        error.contains("catalog") && error.contains("No space left on device"),
+        "{error}"
+    );
+    drop(node);
+    drop(tmpfs);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_segment_index_filled_its_disk_takes_the_next_ingest_once_there_is_room()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An engine process whose data directory (its segment index, store.redb) is on a small
+    // tmpfs, its segments on a disk with room; its director's databases have room too.
+    let engine_data = dir.path().join("engine");
+    let Some(tmpfs) = Tmpfs::mount(&engine_data, "4m")? else {
+        return Ok(());
+    };
+    let engine_peer = keygen(None, &engine_data.join("identity.key"))?;
+    let node = Node::new(&dir.path().join("home"))
+        .engines(0)
+        .args(&["--engine-peer", &engine_peer])
+        .home()
+        .start()?;
+    let issuer = node.issuer()?;
+    let disk = dir.path().join("disk").to_string_lossy().to_string();
+    let listen = ["--listen", "/ip4/127.0.0.1/tcp/0", "--trust", &issuer];
+    let engine = EngineProcess::start_in(
+        None,
+        &engine_data,
+        &node.addr,
+        &[&listen[..], &["--disk", &disk]].concat(),
+    )?;
+    wait::blocking("the engine to attach", Duration::from_secs(20), || {
+        Ok(status::engines_up(&node.addr)? == vec![(engine_peer.clone(), true)])
+    })?;
+    let console = dir.path().join("viewer").join("console");
+    subscriber(&node.addr, &node.key(), &console, "viewer")?;
+    let engine_log = || std::fs::read_to_string(engine_data.join("stderr.log")).unwrap_or_default();
+    let error =
+        fail_one_ingest_then_take_the_next(dir.path(), &node, &console, &tmpfs, engine_log).await?;
+    assert!(error.contains("segment index"), "{error}");
+    drop(engine);
+    drop(node);
+    drop(tmpfs);
     Ok(())
 }
 

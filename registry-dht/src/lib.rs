@@ -11,11 +11,13 @@
 //! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
 //! and talks to it with a [`registry::RegistryHandle`]; [`server`] is a registry server whole
 //! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
-//! live station.
+//! live station; [`redb_file`] is a redb file opened again after an I/O error, which every
+//! database of a station goes through.
 
 pub mod config;
 pub mod keys;
 pub mod members;
+pub mod redb_file;
 pub mod registry;
 pub mod server;
 pub mod stats;
@@ -25,6 +27,7 @@ pub mod walk;
 
 pub use keys::RecordKind;
 pub use members::Members;
+pub use redb_file::RedbFile;
 pub use registry::{
     Command, HoldersTrace, Inbound, PROVIDER_TTL_FACTOR, Registry, RegistryConfig, RegistryError,
     RegistryHandle, RegistryStats,

@@ -8,7 +8,9 @@
 //! Writes are committed without fsync ([`redb::Durability::None`]) and made durable by
 //! [`PersistentStore::flush`], which the registry calls on a timer and at shutdown: registry
 //! records are republished by their owners every few seconds, so losing the last interval in
-//! a power cut costs nothing that the swarm does not restore by itself.
+//! a power cut costs nothing that the swarm does not restore by itself. The file is a
+//! [`RedbFile`]: after a failed write (a full disk) it is opened again at the next one, and
+//! what it lost since the last flush is lost as in a power cut.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -19,12 +21,13 @@ use libp2p::kad::store::{
     Error as StoreError, MemoryStore, MemoryStoreConfig, RecordStore, Result,
 };
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use vodmesh_proto::codec;
 use vodmesh_proto::time::now_ms;
 
+use crate::redb_file::RedbFile;
 use crate::validate::MAX_VALUE;
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -75,7 +78,7 @@ struct StoredProvider {
 /// The registry's record store: memory for queries, redb for restarts.
 pub struct PersistentStore {
     memory: MemoryStore,
-    db: Option<Database>,
+    db: Option<RedbFile>,
     dirty: bool,
 }
 
@@ -114,7 +117,7 @@ impl PersistentStore {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = RedbFile::open(path).map_err(|e| err(&e))?;
         let mut memory = MemoryStore::with_config(local, memory_config(limits));
         let now = now_ms();
         {
@@ -185,13 +188,10 @@ impl PersistentStore {
             return;
         }
         if let Some(db) = &self.db {
-            let result = db
-                .begin_write()
-                .map_err(redb::Error::from)
-                .and_then(|mut tx| {
-                    let _ = tx.set_durability(Durability::Immediate);
-                    tx.commit().map_err(redb::Error::from)
-                });
+            let result = db.begin_write().and_then(|mut tx| {
+                let _ = tx.set_durability(Durability::Immediate);
+                tx.commit().map_err(redb::Error::from)
+            });
             match result {
                 Ok(()) => self.dirty = false,
                 Err(e) => tracing::warn!(error = %e, "registry store flush failed"),
@@ -204,14 +204,11 @@ impl PersistentStore {
         f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>,
     ) {
         let Some(db) = &self.db else { return };
-        let result = db
-            .begin_write()
-            .map_err(redb::Error::from)
-            .and_then(|mut tx| {
-                let _ = tx.set_durability(Durability::None);
-                f(&tx)?;
-                tx.commit().map_err(redb::Error::from)
-            });
+        let result = db.begin_write().and_then(|mut tx| {
+            let _ = tx.set_durability(Durability::None);
+            f(&tx)?;
+            tx.commit().map_err(redb::Error::from)
+        });
         match result {
             Ok(()) => self.dirty = true,
             Err(e) => {

@@ -7,17 +7,17 @@
 //!   `issue_engine_token` looks up;
 //! - `enrollments_used`: enrollment token id -> its expiry (ms): each token enrolls once, and
 //!   is forgotten once it expired (an expired token is refused anyway).
+//!
+//! Every commit is durable; the file is a [`RedbFile`], opened again after a failed one.
 
 use std::path::Path;
 
 use libp2p::PeerId;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use vodmesh_proto::codec;
 use vodmesh_proto::token::{CLOCK_SKEW_MS, Rights, TokenId};
+use vodmesh_registry::RedbFile;
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const STATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stations");
@@ -126,7 +126,7 @@ pub struct EngineTaken {
 /// The auth server's redb database.
 #[derive(Debug)]
 pub struct SubscriberDb {
-    db: Database,
+    db: RedbFile,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -142,7 +142,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 impl SubscriberDb {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let db = Database::create(path)?;
+        let db = RedbFile::open(path)?;
         // Create every table now, so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(USERS)?;

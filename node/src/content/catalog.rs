@@ -5,17 +5,21 @@
 //! for what it holds, and the journal of replicas it was asked for and has not finished, so
 //! that a replica cut short (a copy that failed every round, a station stopped mid-copy) is
 //! finished later.
+//!
+//! Every commit here is durable; the file is a [`RedbFile`], opened again after a failed one
+//! (a full disk), so that the next ingest or replica works once there is room.
 
 use std::path::Path;
 
 use libp2p::{Multiaddr, PeerId};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::catalog::CatalogRecord;
 use vodmesh_proto::codec;
 use vodmesh_proto::manifest::{MAX_MANIFEST, Manifest};
 use vodmesh_proto::signed::Signed;
+use vodmesh_registry::RedbFile;
 
 const PROGRAMS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("programs");
 /// Ingests begun and not committed: program -> its segment count.
@@ -71,13 +75,13 @@ fn err(e: impl std::fmt::Display) -> Error {
 /// The catalog file.
 #[derive(Debug)]
 pub struct Catalog {
-    db: Database,
+    db: RedbFile,
 }
 
 impl Catalog {
     /// Opens (or creates) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = Database::create(path).map_err(err)?;
+        let db = RedbFile::open(path).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PROGRAMS).map_err(err)?;
         tx.open_table(INGESTS).map_err(err)?;

@@ -2,12 +2,21 @@
 //! use and flags, and the per-chunk hashes that range reads verify against.
 //!
 //! Every call here is blocking (redb commits fsync); the store runs them on its index worker.
+//!
+//! The file is a [`RedbFile`]: after a failed commit (a full disk) it is opened again at the
+//! next one, back at the last durable commit. Nothing the store serves is lost then: the index
+//! is read whole only at a start, and what a commit without fsync wrote (filling rows, removals,
+//! last-use times, recomputed tree leaves) a crash may lose as well: the next start's
+//! reconciliation drops a row without its file, and a lost leaf row is computed again. Complete
+//! rows, their leaves, flags and embargoes are durable commits, in the index or failed (and the
+//! store then did not take them up).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 use vodmesh_proto::{ProgramId, SegmentHash, SegmentId};
+use vodmesh_registry::RedbFile;
 
 /// `(program, index)`: sorts a program's segments together, in order.
 type Key = (&'static [u8; 32], u32);
@@ -91,7 +100,7 @@ fn db_err(e: impl Into<redb::Error>) -> IndexError {
 }
 
 pub(crate) struct Index {
-    db: Database,
+    db: RedbFile,
     /// Commits so far, and of them the durable ones (each waits on the device).
     commits: [AtomicU64; 2],
 }
@@ -99,7 +108,7 @@ pub(crate) struct Index {
 impl Index {
     /// Opens (or creates) the index at `path` and checks its schema version.
     pub(crate) fn open(path: &Path) -> Result<Self, IndexError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = RedbFile::open(path)?;
         let tx = db.begin_write().map_err(db_err)?;
         {
             let mut meta = tx.open_table(META).map_err(db_err)?;

@@ -2,15 +2,17 @@
 //! it, whether their copy is filling or complete, and their load.
 //!
 //! Kept in redb so a restarted director still knows where its segments are. Calls block on
-//! the database (writes fsync); async callers run them with `spawn_blocking`.
+//! the database (writes fsync); async callers run them with `spawn_blocking`. The file is a
+//! [`RedbFile`]: opened again after a failed commit (every commit here is durable).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::TableDefinition;
 use tracing::warn;
 use vodmesh_proto::{ProgramId, SegmentId, SegmentIndex};
+use vodmesh_registry::RedbFile;
 
 /// `(program, segment index, engine peer id bytes)`: a program's rows are contiguous, and a
 /// segment's rows follow each other.
@@ -55,7 +57,7 @@ fn db_err(e: impl Into<redb::Error>) -> Error {
 /// The director's segment -> engines table.
 #[derive(Clone)]
 pub struct LocationTable {
-    db: Arc<Database>,
+    db: Arc<RedbFile>,
     /// The last count of programs held ([`LocationTable::program_count`]) and when.
     counted: Arc<std::sync::Mutex<Option<(std::time::Instant, usize)>>>,
 }
@@ -67,17 +69,12 @@ const COUNT_STANDS: std::time::Duration = std::time::Duration::from_secs(2);
 impl LocationTable {
     /// Opens (or creates) a table in its own database file.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = Database::create(path).map_err(db_err)?;
-        Self::with_database(Arc::new(db))
-    }
-
-    /// Uses a database the director already has open (redb allows one handle per file).
-    pub fn with_database(db: Arc<Database>) -> Result<Self, Error> {
+        let db = RedbFile::open(path)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(LOCATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             counted: Arc::default(),
         })
     }
