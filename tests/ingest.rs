@@ -3,6 +3,7 @@
 //! leave nothing in the catalog.
 
 use vodmesh_client::director::DirectorError;
+use vodmesh_proto::director::{Request, Response};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::stored::engine_segments;
 use vodmesh_tests::swarm::{self, ingest_options, init_logging};
@@ -253,8 +254,6 @@ fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_ingest()
 -> anyhow::Result<()> {
     use vodmesh_client::DirectorClient;
-    use vodmesh_proto::director::{Request, Response};
-    use vodmesh_proto::time::now_ms;
 
     init_logging();
     let dir = tempfile::tempdir()?;
@@ -266,24 +265,16 @@ async fn a_second_client_of_one_program_is_refused_and_cannot_drop_the_first_s_i
         .await?;
     let key = vodmesh_client::identity::load(&data.join("identity.key"))?;
     let content = vodmesh_tests::media::one_segment("twice");
-    let program = content.program_id();
     let (first, second) = (
         DirectorClient::connect(station.addr(), None).await?,
         DirectorClient::connect(station.addr(), None).await?,
     );
-    let proof = |op: &str| {
-        vodmesh_proto::admin::prove(&key, op, program.as_bytes(), first.peer(), now_ms())
+    let asks = AdminAsks {
+        key: &key,
+        content: &content,
+        director: first.peer(),
     };
-    let begin = || Request::IngestBegin {
-        content: content.clone(),
-        publish_at_ms: None,
-        replicas: 0,
-        admin: proof("ingest"),
-    };
-    let abort = || Request::IngestAbort {
-        program,
-        admin: proof("ingest-abort"),
-    };
+    let (begin, abort) = (|| asks.begin(), || asks.abort());
     let planned = |answer: &Result<Response, DirectorError>| {
         matches!(answer, Ok(Response::IngestPlan { .. }))
     };
@@ -316,8 +307,6 @@ async fn a_home_program_that_lost_a_segment_is_repaired_by_ingesting_it_again() 
 {
     use anyhow::Context;
     use vodmesh_client::DirectorClient;
-    use vodmesh_proto::director::{Request, Response};
-    use vodmesh_proto::time::now_ms;
     use vodmesh_proto::token::Issuer;
     use vodmesh_proto::{SegmentId, SegmentIndex};
     use vodmesh_tests::console::play_max;
@@ -371,19 +360,12 @@ async fn a_home_program_that_lost_a_segment_is_repaired_by_ingesting_it_again() 
     assert_eq!(content.program_id(), program);
     let key = vodmesh_client::identity::load(&data.join("identity.key"))?;
     let client = DirectorClient::connect(station.addr(), None).await?;
-    let proof = |op: &str| {
-        vodmesh_proto::admin::prove(&key, op, program.as_bytes(), client.peer(), now_ms())
+    let asks = AdminAsks {
+        key: &key,
+        content: &content,
+        director: client.peer(),
     };
-    let begin = || Request::IngestBegin {
-        content: content.clone(),
-        publish_at_ms: None,
-        replicas: 0,
-        admin: proof("ingest"),
-    };
-    let abort = || Request::IngestAbort {
-        program,
-        admin: proof("ingest-abort"),
-    };
+    let (begin, abort) = (|| asks.begin(), || asks.abort());
     let plan_of = |answer| match answer {
         Ok(Response::IngestPlan { engines, .. }) => {
             let planned: Vec<SegmentIndex> = (engines.into_iter())
@@ -444,4 +426,36 @@ async fn a_home_program_that_lost_a_segment_is_repaired_by_ingesting_it_again() 
     );
     station.shutdown().await;
     Ok(())
+}
+
+/// An admin's `IngestBegin` and `IngestAbort` of `content` (no publish time, no replica),
+/// each with a fresh proof for `director`.
+struct AdminAsks<'a> {
+    key: &'a libp2p::identity::Keypair,
+    content: &'a vodmesh_proto::manifest::ManifestContent,
+    director: libp2p::PeerId,
+}
+
+impl AdminAsks<'_> {
+    fn proof(&self, op: &str) -> vodmesh_proto::signed::Signed {
+        let program = self.content.program_id();
+        let now = vodmesh_proto::time::now_ms();
+        vodmesh_proto::admin::prove(self.key, op, program.as_bytes(), self.director, now)
+    }
+
+    fn begin(&self) -> Request {
+        Request::IngestBegin {
+            content: self.content.clone(),
+            publish_at_ms: None,
+            replicas: 0,
+            admin: self.proof("ingest"),
+        }
+    }
+
+    fn abort(&self) -> Request {
+        Request::IngestAbort {
+            program: self.content.program_id(),
+            admin: self.proof("ingest-abort"),
+        }
+    }
 }
