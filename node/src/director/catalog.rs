@@ -28,9 +28,10 @@ use vodmesh_proto::signed::Signed;
 use vodmesh_proto::{ProgramId, SegmentHash};
 use vodmesh_registry::RegistryHandle;
 
+use super::context::Ctx;
 use super::error::Error;
 use super::outbound::{AskError, Asker};
-use crate::content::{Catalog, CatalogEntry};
+use crate::content::CatalogEntry;
 
 /// How long one other station may take to give its programs or a manifest: one that does
 /// not answer in time (down, cut off) is left out, not waited for.
@@ -288,15 +289,14 @@ pub(super) fn program_info(director: PeerId, entry: &CatalogEntry) -> Option<Pro
     })
 }
 
-/// `Held`: this station's own programs (content manager), and those it keeps the manifest
-/// of and still holds segments of (`holding`: a manifest outlives the segments evicted).
-pub(super) fn held(
-    director: PeerId,
-    own: Option<&Catalog>,
-    (kept, holding): (&Catalog, &HashSet<ProgramId>),
-) -> Result<Vec<ProgramInfo>, Error> {
+/// `Held`, this station's own view (no walk): its own programs (content manager), and those
+/// it keeps the manifest of and still holds segments of (a manifest outlives the segments
+/// evicted).
+pub(super) fn held(ctx: &Ctx<'_>) -> Result<Vec<ProgramInfo>, Error> {
+    let holding: HashSet<ProgramId> = ctx.locations.programs()?.into_iter().collect();
+    let (director, kept) = (ctx.me.peer_id, ctx.kept);
     let mut out = Vec::new();
-    if let Some(own) = own {
+    if let Some(own) = ctx.catalog {
         out.extend((own.all()?.iter()).filter_map(|e| program_info(director, e)));
     }
     out.extend(

@@ -108,7 +108,7 @@ impl Director {
                 (self.publish).manifest(&ctx, (program, viewer), channel)
             }
             Request::Held => {
-                let held = Publishing::held(&ctx);
+                let held = catalog::held(&ctx);
                 Some((channel, respond(held, Response::Programs)))
             }
             Request::Locate {

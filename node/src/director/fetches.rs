@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use vodmesh_proto::ProgramId;
+use vodmesh_proto::director::Response;
 use vodmesh_proto::signed::Signed;
 
 use super::catalog::Viewer;
-use super::context::Client;
+use super::context::{Client, Reply};
+use super::error::{Error, respond};
 use crate::expiring::{Expiring, Waiting};
 
 /// Fetches of `Playable` and of `Manifest` running at once, at most.
@@ -26,17 +28,6 @@ const RECENT_FOR: Duration = Duration::from_secs(30);
 
 /// Published programs' manifests kept, at most.
 const RECENT_KEPT: usize = 64;
-
-/// What to do with a request that needs a fetch.
-#[derive(Debug)]
-pub(super) enum Join {
-    /// None of its key runs: start one; the request waits for it.
-    Start,
-    /// One of its key runs: the request waits for it.
-    Joined,
-    /// Too many fetches run, or wait on this one already: answer busy.
-    Busy(Client),
-}
 
 /// The fetches running, who waits on each, and the manifests fetched lately.
 #[derive(Debug)]
@@ -57,35 +48,47 @@ impl Default for Fetches {
 }
 
 impl Fetches {
-    /// A `Playable` of `program` from `channel`.
-    pub(super) fn playable(&mut self, program: ProgramId, channel: Client) -> Join {
+    /// A `Playable` of `program` from `channel`: `Ok(true)` when the caller starts the fetch,
+    /// `Ok(false)` when it waits on one running, `Err` the busy answer (boxed: it is rare, and
+    /// large).
+    pub(super) fn playable(
+        &mut self,
+        program: ProgramId,
+        channel: Client,
+    ) -> Result<bool, Box<Reply>> {
         let full = self.running() >= MAX_FETCHES && !self.playable.contains(&program);
         join(&mut self.playable, program, channel, full)
     }
 
-    /// A `Manifest` of `program` from `channel`, seen as `viewer`.
-    pub(super) fn manifest(&mut self, program: ProgramId, viewer: Viewer, channel: Client) -> Join {
+    /// A `Manifest` of `program` from `channel`, seen as `viewer`: as [`Self::playable`].
+    pub(super) fn manifest(
+        &mut self,
+        program: ProgramId,
+        viewer: Viewer,
+        channel: Client,
+    ) -> Result<bool, Box<Reply>> {
         let key = (program, viewer);
         let full = self.running() >= MAX_FETCHES && !self.manifests.contains(&key);
         join(&mut self.manifests, key, channel, full)
     }
 
-    /// The fetch of `program`'s record for `Playable` ended: who waited on it.
-    pub(super) fn playable_done(&mut self, program: &ProgramId) -> Vec<Client> {
-        self.playable.take(program)
+    /// The fetch of `program`'s record for `Playable` ended: `answer` for everyone waiting.
+    pub(super) fn playable_done(&mut self, program: &ProgramId, answer: &Response) -> Vec<Reply> {
+        everyone(self.playable.take(program), answer)
     }
 
-    /// The fetch of `program`'s manifest for `viewer` ended: who waited on it. `published`:
-    /// the manifest fetched, of a program its record says is published.
+    /// The fetch of a manifest ended with `answer` (and whether its record says published):
+    /// the answer for everyone waiting; a published one is kept for [`RECENT_FOR`].
     pub(super) fn manifest_done(
         &mut self,
-        (program, viewer): (ProgramId, Viewer),
-        published: Option<&Signed>,
-    ) -> Vec<Client> {
-        if let Some(signed) = published {
-            self.recent.insert(program, signed.clone(), Instant::now());
+        key: (ProgramId, Viewer),
+        answer: Result<(Signed, bool), Error>,
+    ) -> Vec<Reply> {
+        if let Ok((signed, true)) = &answer {
+            self.recent.insert(key.0, signed.clone(), Instant::now());
         }
-        self.manifests.take(&(program, viewer))
+        let answer = respond(answer, |(signed, _)| Response::Manifest(signed));
+        everyone(self.manifests.take(&key), &answer)
     }
 
     /// The manifest of published `program` fetched within [`RECENT_FOR`], if any.
@@ -103,15 +106,17 @@ fn join<K: std::hash::Hash + Eq>(
     key: K,
     channel: Client,
     full: bool,
-) -> Join {
+) -> Result<bool, Box<Reply>> {
+    let busy = |channel| Box::new((channel, Response::Error(Error::FetchesBusy.into())));
     if full {
-        return Join::Busy(channel);
+        return Err(busy(channel));
     }
-    match waiting.push(key, channel) {
-        Ok(true) => Join::Start,
-        Ok(false) => Join::Joined,
-        Err(channel) => Join::Busy(channel),
-    }
+    waiting.push(key, channel).map_err(busy)
+}
+
+/// `answer` for each client of `waiting`.
+fn everyone(waiting: Vec<Client>, answer: &Response) -> Vec<Reply> {
+    (waiting.into_iter()).map(|c| (c, answer.clone())).collect()
 }
 
 #[cfg(test)]
@@ -126,22 +131,24 @@ mod tests {
     fn one_fetch_a_key_and_a_bounded_number_at_once() {
         let mut fetches = Fetches::default();
         let p = |n: u8| ProgramId([n; 32]);
-        assert!(matches!(fetches.playable(p(0), client()), Join::Start));
-        assert!(matches!(fetches.playable(p(0), client()), Join::Joined));
+        let starts = |r: Result<bool, Box<Reply>>| matches!(r, Ok(true));
+        let joins = |r: Result<bool, Box<Reply>>| matches!(r, Ok(false));
+        let busy =
+            |r: Result<bool, Box<Reply>>| r.is_err_and(|busy| matches!(busy.1, Response::Error(_)));
+        assert!(starts(fetches.playable(p(0), client())));
+        assert!(joins(fetches.playable(p(0), client())));
         let viewer = Viewer::Trusted;
-        assert!(matches!(
-            fetches.manifest(p(0), viewer, client()),
-            Join::Start
-        ));
+        assert!(starts(fetches.manifest(p(0), viewer, client())));
         for n in 1..(MAX_FETCHES - 1) as u8 {
-            assert!(matches!(fetches.playable(p(n), client()), Join::Start));
+            assert!(starts(fetches.playable(p(n), client())));
         }
-        assert!(matches!(fetches.playable(p(200), client()), Join::Busy(_)));
+        assert!(busy(fetches.playable(p(200), client())));
         // One that runs still takes who asks for it.
-        assert!(matches!(fetches.playable(p(1), client()), Join::Joined));
-        assert_eq!(fetches.playable_done(&p(0)).len(), 2);
-        assert!(matches!(fetches.playable(p(200), client()), Join::Start));
-        assert_eq!(fetches.manifest_done((p(0), viewer), None).len(), 1);
+        assert!(joins(fetches.playable(p(1), client())));
+        assert_eq!(fetches.playable_done(&p(0), &Response::Ok).len(), 2);
+        assert!(starts(fetches.playable(p(200), client())));
+        let failed = Err(Error::UnknownProgram);
+        assert_eq!(fetches.manifest_done((p(0), viewer), failed).len(), 1);
         assert!(fetches.recent_manifest(&p(0)).is_none());
     }
 }

@@ -31,7 +31,7 @@ use super::choose::Locating;
 use super::context::{Client, Ctx, Reply};
 use super::engines::EngineId;
 use super::error::{Error, respond};
-use super::fetches::{Fetches, Join};
+use super::fetches::Fetches;
 use super::listing::Listing;
 use super::outbound::Asker;
 use super::reconcile::{self, LOCATE_FETCH_WITHIN, RECONCILE_EVERY, Step};
@@ -351,9 +351,9 @@ impl Publishing {
             return Some((channel, answer(known)));
         }
         match self.fetches.playable(program, channel) {
-            Join::Start => {}
-            Join::Joined => return None,
-            Join::Busy(channel) => return Some((channel, busy())),
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(busy) => return Some(*busy),
         }
         let (registry, owner) = (ctx.registry.clone(), self.owner(ctx, &program));
         self.tasks.spawn(async move {
@@ -477,8 +477,9 @@ impl Publishing {
                     let _ = self.learn(ctx, record);
                 }
                 let answer = answer(self.playable(ctx, &program));
-                let waiting = self.fetches.playable_done(&program);
-                return Some(After::Replies(everyone(waiting, &answer)));
+                return Some(After::Replies(
+                    self.fetches.playable_done(&program, &answer),
+                ));
             }
             Done::Reconciled {
                 program,
@@ -510,13 +511,7 @@ impl Publishing {
                     self.learn(ctx, learned)?;
                     Ok((signed, published))
                 });
-                let published = match &answer {
-                    Ok((signed, true)) => Some(signed),
-                    _ => None,
-                };
-                let waiting = self.fetches.manifest_done(key, published);
-                let answer = respond(answer, |(signed, _)| Response::Manifest(signed));
-                return Some(After::Replies(everyone(waiting, &answer)));
+                return Some(After::Replies(self.fetches.manifest_done(key, answer)));
             }
             Done::Located { program, record } => {
                 if let Some(record) = record {
@@ -635,9 +630,9 @@ impl Publishing {
             return Some((channel, Response::Manifest(signed)));
         }
         match self.fetches.manifest(program, viewer, channel) {
-            Join::Start => {}
-            Join::Joined => return None,
-            Join::Busy(channel) => return Some((channel, busy())),
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(busy) => return Some(*busy),
         }
         // What is known may be stale (the program published since): fetched again first.
         let known = known.map(|known| (known, seen));
@@ -649,12 +644,6 @@ impl Publishing {
             Done::Manifest { key, fetched }
         });
         None
-    }
-
-    /// `Held`: this station's own view, no walk.
-    pub(super) fn held(ctx: &Ctx<'_>) -> Result<Vec<ProgramInfo>, Error> {
-        let holding: HashSet<ProgramId> = ctx.locations.programs()?.into_iter().collect();
-        catalog::held(ctx.me.peer_id, ctx.catalog, (ctx.kept, &holding))
     }
 
     /// `Programs` of a peer: the swarm's catalog as its viewer may see it, from a listing
@@ -676,7 +665,7 @@ impl Publishing {
     /// Starts a listing: this station's own list, read here, and the swarm's, walked in a
     /// task ([`Done::Listed`]).
     fn list(&mut self, ctx: &Ctx<'_>) {
-        let local = Self::held(ctx);
+        let local = catalog::held(ctx);
         let (walks, registry) = (ctx.walks.clone(), ctx.registry.clone());
         let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
@@ -703,16 +692,6 @@ fn refresh_due(last: Option<std::time::Instant>, now: std::time::Instant) -> boo
 /// `Ok` or the refusal, as a response.
 fn answer(result: Result<(), Error>) -> Response {
     respond(result, |()| Response::Ok)
-}
-
-/// `answer` for each client of `waiting`.
-fn everyone(waiting: Vec<Client>, answer: &Response) -> Vec<Reply> {
-    (waiting.into_iter()).map(|c| (c, answer.clone())).collect()
-}
-
-/// Too many fetches run ([`Fetches`]).
-fn busy() -> Response {
-    Response::Error(Error::FetchesBusy.into())
 }
 
 #[cfg(test)]
