@@ -205,7 +205,7 @@ impl Ingests {
         // here stay as they are, the others are pushed.
         let held = match catalog.get(&program)? {
             Some(_) => {
-                let held = held_here(ctx, program)?;
+                let held = segments_held_here(ctx, program)?;
                 if content.segments.iter().all(|s| held.contains(&s.index)) {
                     return Err(Error::AlreadyInCatalog(program));
                 }
@@ -416,7 +416,7 @@ fn check_title(
 
 /// The segments of `program` an engine of this station holds whole (one whose engine is down
 /// counts: it is not lost).
-fn held_here(ctx: &Ctx<'_>, program: ProgramId) -> Result<HashSet<SegmentIndex>, Error> {
+fn segments_held_here(ctx: &Ctx<'_>, program: ProgramId) -> Result<HashSet<SegmentIndex>, Error> {
     let locations = ctx.locations.for_program(program)?;
     Ok((locations.into_iter())
         .filter(|(_, l)| l.state == LocationState::Complete)
