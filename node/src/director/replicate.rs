@@ -19,9 +19,11 @@
 //! the segment as it arrives; the copy enters the location table as filling, and as complete
 //! when the engine reports it stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -572,7 +574,9 @@ impl Replica {
 
     /// One round over `entries`: every copy asked for is waited for, also after an error;
     /// the error comes back with the entries still to copy (those that failed, and those
-    /// not asked for).
+    /// not asked for). The source is asked where the next segments are ([`Self::locate`])
+    /// while the window's copies run, [`FETCH_WINDOW`] ahead of them: a segment's copy is
+    /// directed the moment a copy ends, not one round trip to the source director later.
     async fn copy_round(
         &self,
         entries: &[SegmentEntry],
@@ -586,19 +590,45 @@ impl Replica {
                 failed.push((segment, e));
             }
         };
+        let mut todo = entries.iter().enumerate();
+        // Asked in order, answered in order: copies are directed in the entries' order.
+        let mut locating = FuturesOrdered::new();
+        let mut located = VecDeque::new();
         let mut stopped = None;
-        for (n, entry) in entries.iter().enumerate() {
-            while in_flight >= FETCH_WINDOW {
-                note(done_rx.recv().await);
-                in_flight -= 1;
+        loop {
+            while locating.len() + located.len() < FETCH_WINDOW
+                && let Some((n, entry)) = todo.next()
+            {
+                locating.push_back(async move { (n, entry, self.locate(entry).await) });
             }
-            if let Err(e) = self.ask_copy(entry, n + round, &done_tx).await {
-                stopped = Some((e, n));
+            if in_flight < FETCH_WINDOW
+                && let Some((n, entry, found)) = located.pop_front()
+            {
+                let directed = match found {
+                    Ok(source) => self.direct(entry, n + round, source, &done_tx).await,
+                    Err(e) => Err(e),
+                };
+                match directed {
+                    Ok(()) => in_flight += 1,
+                    Err(e) => {
+                        stopped = Some((e, n));
+                        break;
+                    }
+                }
+                continue;
+            }
+            if locating.is_empty() && located.is_empty() && todo.len() == 0 {
                 break;
             }
-            in_flight += 1;
+            tokio::select! {
+                Some(found) = locating.next(), if !locating.is_empty() => located.push_back(found),
+                outcome = done_rx.recv(), if in_flight > 0 => {
+                    note(outcome);
+                    in_flight -= 1;
+                }
+            }
         }
-        drop(done_tx);
+        drop((locating, done_tx));
         while in_flight > 0 {
             let Some(outcome) = done_rx.recv().await else {
                 break;
@@ -624,19 +654,12 @@ impl Replica {
         }
     }
 
-    /// Locates `entry` at the source station and tells the `n`th of our engines (round
-    /// robin) to copy it; its outcome comes on `done`.
-    async fn ask_copy(
-        &self,
-        entry: &SegmentEntry,
-        n: usize,
-        done: &mpsc::Sender<(SegmentId, Fetched)>,
-    ) -> Result<(), Error> {
-        let program = self.program;
-        let segment = SegmentId::new(program, entry.index);
+    /// Asks the source station where `entry` is: its engine there.
+    async fn locate(&self, entry: &SegmentEntry) -> Result<Source, Error> {
+        let segment = SegmentId::new(self.program, entry.index);
         self.observer.segment(self.me, segment, Kind::LocateAsked);
         let request = Request::LocateCopy {
-            program,
+            program: self.program,
             index: entry.index,
             engines: self.engines.iter().map(|(peer, _)| *peer).collect(),
         };
@@ -654,6 +677,23 @@ impl Replica {
         };
         self.observer
             .segment(self.me, segment, Kind::Located { engine });
+        Ok(Source {
+            engine,
+            addrs,
+            bulk,
+        })
+    }
+
+    /// Tells the `n`th of our engines (round robin) to copy `entry` from `source`; its
+    /// outcome comes on `done`.
+    async fn direct(
+        &self,
+        entry: &SegmentEntry,
+        n: usize,
+        source: Source,
+        done: &mpsc::Sender<(SegmentId, Fetched)>,
+    ) -> Result<(), Error> {
+        let segment = SegmentId::new(self.program, entry.index);
         let Some((mine, tx)) = self.engines.get(n % self.engines.len().max(1)) else {
             return Err(Error::NoEngineUp);
         };
@@ -662,11 +702,7 @@ impl Replica {
         let fetch = EngineCommand::Fetch {
             segment,
             expect: Some((entry.hash, entry.size)),
-            sources: vec![Source {
-                engine,
-                addrs,
-                bulk,
-            }],
+            sources: vec![source],
             held_elsewhere: self.held_elsewhere,
             done: done.clone(),
         };

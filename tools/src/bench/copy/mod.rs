@@ -198,6 +198,9 @@ pub async fn run(dir: &Path, quick: bool) -> Result<(Value, Vec<Row>)> {
         // cores allow for both together (cores / the sum of the two), whatever the disk and
         // the link could do.
         "copy_cpu_s_per_gb": cpu.per_gb(cpu.copy),
+        // When the copy's steps happened, in ms from the content manager's `Replicate`: what
+        // a copy spends before its first segment and after its last, beside its bytes.
+        "copy_phases": run.copy_phases.json(),
         "raw_libp2p_stream_tcp_cpu_s_per_gb": cpu.per_gb(raw_tcp_cpu),
         "raw_tls_no_yamux_cpu_s_per_gb": cpu.per_gb(bare_cpu),
         "store_write_cpu_s_per_gb": cpu.per_gb(cpu.store),
@@ -432,6 +435,8 @@ struct Run {
     copy: Duration,
     /// The CPU time the bench's process (both stations) spent during the copy.
     copy_cpu: Duration,
+    /// When the copy's steps happened.
+    copy_phases: Phases,
     copy_cipher: Option<String>,
     /// Bulk connections the home's engine took during the copy.
     copy_bulk_connections: u64,
@@ -447,6 +452,60 @@ struct Run {
     /// the mean of two.
     discarded: Duration,
     discarded_cpu: (Duration, Duration),
+}
+
+/// When a copy's steps happened, from the content manager's `Replicate`.
+#[derive(Default)]
+struct Phases {
+    /// The target verified the program's manifest.
+    manifest: Option<Duration>,
+    /// The first `LocateCopy` asked, and answered.
+    first_locate: Option<(Duration, Option<Duration>)>,
+    /// Every segment stored at the target, in order.
+    copied: Vec<Duration>,
+    /// Every segment's copy directed to the target's engine, in order.
+    directed: Vec<Duration>,
+    /// The last segment entered in the target's location table.
+    last_tabled: Option<Duration>,
+    /// The target's `program/<id>` provided in the registry.
+    provided: Option<Duration>,
+}
+
+impl Phases {
+    fn see(&mut self, kind: &Kind, at: Duration) {
+        match kind {
+            Kind::ManifestVerified => self.manifest = Some(at),
+            Kind::LocateAsked if self.first_locate.is_none() => {
+                self.first_locate = Some((at, None));
+            }
+            Kind::Located { .. } => {
+                if let Some((_, answered @ None)) = &mut self.first_locate {
+                    *answered = Some(at);
+                }
+            }
+            Kind::Copied { .. } => self.copied.push(at),
+            Kind::FetchDirected { .. } => self.directed.push(at),
+            Kind::Tabled => self.last_tabled = Some(at),
+            Kind::Provided => self.provided = Some(at),
+            _ => {}
+        }
+    }
+
+    fn json(&self) -> Value {
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0);
+        let copied: Vec<_> = self.copied.iter().map(|d| ms(Some(*d))).collect();
+        json!({
+            "manifest_verified": ms(self.manifest),
+            "first_locate_asked": ms(self.first_locate.map(|(a, _)| a)),
+            "first_located": ms(self.first_locate.and_then(|(_, b)| b)),
+            "first_copied": copied.first(),
+            "last_copied": copied.last(),
+            "last_tabled": ms(self.last_tabled),
+            "provided": ms(self.provided),
+            "copied": copied,
+            "directed": self.directed.iter().map(|d| ms(Some(*d))).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The CPU the copy section's parts took, for the limit the machine's cores set a copy.
@@ -494,7 +553,7 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
     let swarm = BenchSwarm::start(dir, shape.clone(), &[shape]).await?;
     let result = async {
         let connections = swarm.home.metrics().bulk_connections();
-        let (program, copy, copy_cpu) = replicate(dir, &swarm, bytes).await?;
+        let (program, copy, copy_cpu, copy_phases) = replicate(dir, &swarm, bytes).await?;
         let copy_bulk_connections = swarm.home.metrics().bulk_connections() - connections;
         let copy_cipher = used_since(&before);
         // Into the pipe and into /dev/null twice each, in the order pipe, discard, discard,
@@ -513,6 +572,7 @@ async fn replicate_and_play(dir: &Path, listen: Vec<Multiaddr>, bytes: u64) -> R
         Ok(Run {
             copy,
             copy_cpu,
+            copy_phases,
             copy_cipher,
             copy_bulk_connections,
             stream,
@@ -534,7 +594,7 @@ async fn replicate(
     dir: &Path,
     swarm: &BenchSwarm,
     bytes: u64,
-) -> Result<(ProgramId, Duration, Duration)> {
+) -> Result<(ProgramId, Duration, Duration, Phases)> {
     let target = swarm.others[0].peer_id();
     let home = swarm.home.peer_id();
     let sink = events::sink();
@@ -556,6 +616,7 @@ async fn replicate(
     tokio::pin!(ingest);
     let mut program = None;
     let mut start = None;
+    let mut phases = Phases::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + bytes / 4_000_000);
     loop {
         let event = tokio::select! {
@@ -574,6 +635,11 @@ async fn replicate(
         if e.peer == home && e.kind == (Kind::ReplicateSent { target }) {
             start = Some((e.program, Instant::now(), own_cpu_time()));
         }
+        if let Some((p, t, _)) = start
+            && e.program == p
+        {
+            phases.see(&e.kind, t.elapsed());
+        }
         if let Some((p, t, cpu)) = start
             && e.program == p
             && e.peer == target
@@ -585,7 +651,7 @@ async fn replicate(
                 Some(program) => program,
                 None => (&mut ingest).await?,
             };
-            return Ok((program, elapsed, cpu));
+            return Ok((program, elapsed, cpu, phases));
         }
     }
 }
