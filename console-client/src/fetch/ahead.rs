@@ -6,6 +6,12 @@
 //! where the director named it, within [`NAMED_FOR`]; one that starts while the ask that
 //! names it is on its way waits for its answer rather than asking too. A retry (an engine
 //! busy, unreachable, handed over) asks a director again, as before.
+//!
+//! The names run out every `count` segments, and the fetch that found none asked a director
+//! while the play waited for it. So once a fetch takes a name and fewer than half the count
+//! are named after it, the console asks for the next unnamed segment and those after it in
+//! the background ([`Ahead::refill_after`]); the fetch that gets there finds them named, or
+//! waits for an answer already on its way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,8 +19,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use vodmesh_proto::SegmentId;
 use vodmesh_proto::director::SegmentLocation;
+use vodmesh_proto::{SegmentId, SegmentIndex};
 
 /// How long a location named ahead is gone to without asking: at `--speed max` the fetch of a
 /// segment named ahead starts within milliseconds; later, an engine may have gone or filled up
@@ -127,6 +133,53 @@ impl Ahead {
         let _ = tokio::time::timeout(NAMED_FOR, coming.changed()).await;
     }
 
+    /// After a fetch of `segment` took its name: the ask that keeps the names ahead of the
+    /// fetches, for the first segment after it that is neither named nor asked for, with the
+    /// ones after that; none while at least half the count after `segment` is named or on its
+    /// way, or when that segment is past `last`, the program's last. The segments it asks for
+    /// count as asked for until it is dropped, so a fetch that starts meanwhile waits for it.
+    pub(super) fn refill_after(
+        &self,
+        segment: SegmentId,
+        last: SegmentIndex,
+        now: Instant,
+    ) -> Option<(SegmentId, Asking)> {
+        let count = self.count.load(Ordering::Relaxed);
+        let mut state = self.state.lock().ok()?;
+        state.coming.retain(|_, rx| rx.has_changed().is_ok());
+        let covered = |state: &State, index: u32| {
+            let id = SegmentId::new(segment.program, index);
+            state.coming.contains_key(&id)
+                || (state.named.get(&id))
+                    .is_some_and(|(_, at)| now.saturating_duration_since(*at) < NAMED_FOR)
+        };
+        let first = (1..=u32::from(count))
+            .filter_map(|i| segment.index.0.checked_add(i))
+            .find(|index| !covered(&state, *index))?;
+        if first > last.0 || first - segment.index.0 > u32::from(count / 2) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(());
+        let asked = (first..=first.saturating_add(u32::from(count))).take_while(|i| *i <= last.0);
+        for index in asked {
+            let id = SegmentId::new(segment.program, index);
+            state.coming.entry(id).or_insert_with(|| rx.clone());
+        }
+        let asking = Asking {
+            count,
+            _answered: Some(tx),
+        };
+        Some((SegmentId::new(segment.program, first), asking))
+    }
+
+    /// Keeps `named`, where a director named `first` and the segments right after it, in
+    /// order ([`Self::refill_after`]'s ask: never segment 0).
+    pub(super) fn keep_from(&self, first: SegmentId, named: Vec<SegmentLocation>, now: Instant) {
+        if let Some(before) = first.index.0.checked_sub(1) {
+            self.keep(SegmentId::new(first.program, before), named, now);
+        }
+    }
+
     /// Keeps `ahead`, where a director named the segments right after `segment` in order, and
     /// forgets those named too long ago. The attempts waiting for this answer wake when its
     /// [`Asking`] is dropped, after this.
@@ -196,6 +249,46 @@ mod tests {
         ahead.keep(SegmentId::new(program, 9), vec![at(engines[2])], t0);
         ahead.keep(SegmentId::new(program, 20), Vec::new(), t0 + NAMED_FOR);
         assert!(ahead.state.lock().is_ok_and(|s| s.named.is_empty()));
+    }
+
+    #[test]
+    fn the_names_are_asked_again_once_half_of_them_are_taken() {
+        let ahead = Ahead::default();
+        ahead.ask_for(8);
+        let program = ProgramId([6; 32]);
+        let id = |index| SegmentId::new(program, index);
+        let last = SegmentIndex(30);
+        let t0 = Instant::now();
+        let engines: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        // Segment 0's ask named 1 to 8.
+        ahead.keep(id(0), engines.iter().map(|e| at(*e)).collect(), t0);
+        // Taking 1 to 4 leaves at least four named after each: no ask.
+        for index in 1..=4 {
+            assert!(named(ahead.look(id(index), t0, true)).is_some());
+            assert!(ahead.refill_after(id(index), last, t0).is_none(), "{index}");
+        }
+        // Taking 5 leaves three (6 to 8): 9 is asked for, with the eight after it.
+        assert!(named(ahead.look(id(5), t0, true)).is_some());
+        let Some((first, asking)) = ahead.refill_after(id(5), last, t0) else {
+            panic!("the names should be asked again");
+        };
+        assert_eq!((first, asking.count), (id(9), 8));
+        // Asked once: the next fetch finds it on its way, and so does one that starts at 9.
+        assert!(ahead.refill_after(id(6), last, t0).is_none());
+        assert!(matches!(ahead.look(id(9), t0, true), Look::Coming(_)));
+        assert!(matches!(ahead.look(id(17), t0, true), Look::Coming(_)));
+        // Its answer names 9 itself and the eight after it.
+        let answer: Vec<_> = (0..9).map(|_| at(PeerId::random())).collect();
+        let nine = answer[0].engine;
+        ahead.keep_from(first, answer, t0);
+        drop(asking);
+        assert_eq!(named(ahead.look(id(9), t0, false)), Some(nine));
+        // Control: nothing is asked past the program's last segment, nor with no count.
+        let short = SegmentIndex(8);
+        ahead.keep(id(20), (0..3).map(|_| at(PeerId::random())).collect(), t0);
+        assert!(ahead.refill_after(id(20), short, t0).is_none());
+        ahead.ask_for(0);
+        assert!(ahead.refill_after(id(21), last, t0).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,10 @@ impl Fetcher {
         let named = !avoid.is_empty() || !retry.busy().is_empty();
         let segment = SegmentId::new(manifest.program, index.0);
         let asking = match named_before(&self.ahead, segment, named, retry).await {
-            Ok(location) => return Ok(location),
+            Ok(location) => {
+                self.refill(manifest, segment, token);
+                return Ok(location);
+            }
             Err(asking) => asking,
         };
         let locate = Request::Locate {
@@ -56,6 +59,40 @@ impl Fetcher {
             )),
             other => other,
         }
+    }
+}
+
+impl Fetcher {
+    /// A fetch of `segment` took the name a director gave it ahead: when the names run short
+    /// after it, a director is asked for the next segments in the background, so that no
+    /// fetch waits for that ask at its start ([`Ahead::refill_after`]). Its failure costs
+    /// nothing: the fetches that waited for it ask for themselves.
+    fn refill(&self, manifest: &Manifest, segment: SegmentId, token: Option<&[u8]>) {
+        let last = manifest.content.segments.len().saturating_sub(1);
+        let last = SegmentIndex(u32::try_from(last).unwrap_or(u32::MAX));
+        let Some((first, asking)) = self.ahead.refill_after(segment, last, Instant::now()) else {
+            return;
+        };
+        let locate = Request::Locate {
+            program: first.program,
+            index: first.index,
+            complete: false,
+            avoid: self.unreachable(),
+            busy: Vec::new(),
+            ahead: asking.count,
+            token: token.map(|t| serde_bytes::ByteBuf::from(t.to_vec())),
+        };
+        let (directors, ahead) = (self.directors.clone(), self.ahead.clone());
+        tokio::spawn(async move {
+            if let Ok(mut location) = located(directors.ask(locate).await) {
+                let mut named = vec![];
+                let after = std::mem::take(&mut location.ahead);
+                named.push(location);
+                named.extend(after);
+                ahead.keep_from(first, named, Instant::now());
+            }
+            drop(asking);
+        });
     }
 }
 

@@ -367,8 +367,9 @@ pub(crate) struct Fetcher {
     slots: EngineSlots,
     unreachable: Mutex<Recent>,
     waits: AtomicU32,
-    /// Segments named ahead by directors, and how many to ask for.
-    pub(crate) ahead: Ahead,
+    /// Segments named ahead by directors, and how many to ask for; shared with the asks that
+    /// keep the names ahead of the fetches ([`Fetcher::refill`]).
+    pub(crate) ahead: Arc<Ahead>,
 }
 
 impl Fetcher {
@@ -380,7 +381,7 @@ impl Fetcher {
             slots: EngineSlots::default(),
             unreachable: Mutex::default(),
             waits: AtomicU32::new(0),
-            ahead: Ahead::default(),
+            ahead: Arc::default(),
         }
     }
 
