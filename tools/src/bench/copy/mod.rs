@@ -32,13 +32,16 @@ use vodmesh_node::events::{self, Kind};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::net::negotiated_ciphers;
 
+use self::cpu::Cpu;
+use self::phases::Phases;
 use self::raw::{Security, raw_bulk, raw_stream};
 use super::swarm::{BenchSwarm, Shape};
 use super::{
-    Row, children_cpu_time, cpus, mb_s, nginx, own_cpu_time, ratio, read_to_end, round2,
-    sibling_bin, subdir,
+    Row, children_cpu_time, mb_s, nginx, own_cpu_time, ratio, read_to_end, sibling_bin, subdir,
 };
 
+mod cpu;
+mod phases;
 mod pipe;
 mod raw;
 
@@ -452,92 +455,6 @@ struct Run {
     /// the mean of two.
     discarded: Duration,
     discarded_cpu: (Duration, Duration),
-}
-
-/// When a copy's steps happened, from the content manager's `Replicate`.
-#[derive(Default)]
-struct Phases {
-    /// The target verified the program's manifest.
-    manifest: Option<Duration>,
-    /// The first `LocateCopy` asked, and answered.
-    first_locate: Option<(Duration, Option<Duration>)>,
-    /// Every segment stored at the target, in order.
-    copied: Vec<Duration>,
-    /// Every segment's copy directed to the target's engine, in order.
-    directed: Vec<Duration>,
-    /// The last segment entered in the target's location table.
-    last_tabled: Option<Duration>,
-    /// The target's `program/<id>` provided in the registry.
-    provided: Option<Duration>,
-}
-
-impl Phases {
-    fn see(&mut self, kind: &Kind, at: Duration) {
-        match kind {
-            Kind::ManifestVerified => self.manifest = Some(at),
-            Kind::LocateAsked if self.first_locate.is_none() => {
-                self.first_locate = Some((at, None));
-            }
-            Kind::Located { .. } => {
-                if let Some((_, answered @ None)) = &mut self.first_locate {
-                    *answered = Some(at);
-                }
-            }
-            Kind::Copied { .. } => self.copied.push(at),
-            Kind::FetchDirected { .. } => self.directed.push(at),
-            Kind::Tabled => self.last_tabled = Some(at),
-            Kind::Provided => self.provided = Some(at),
-            _ => {}
-        }
-    }
-
-    fn json(&self) -> Value {
-        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0);
-        let copied: Vec<_> = self.copied.iter().map(|d| ms(Some(*d))).collect();
-        json!({
-            "manifest_verified": ms(self.manifest),
-            "first_locate_asked": ms(self.first_locate.map(|(a, _)| a)),
-            "first_located": ms(self.first_locate.and_then(|(_, b)| b)),
-            "first_copied": copied.first(),
-            "last_copied": copied.last(),
-            "last_tabled": ms(self.last_tabled),
-            "provided": ms(self.provided),
-            "copied": copied,
-            "directed": self.directed.iter().map(|d| ms(Some(*d))).collect::<Vec<_>>(),
-        })
-    }
-}
-
-/// The CPU the copy section's parts took, for the limit the machine's cores set a copy.
-struct Cpu {
-    /// The transport the copy took, moving the same bytes alone, both ends.
-    transport: Duration,
-    /// The store's durable write of the same bytes (the probe the bound took).
-    store: Duration,
-    /// The copy, both stations.
-    copy: Duration,
-    /// The bytes each of them moved.
-    bytes: u64,
-}
-
-impl Cpu {
-    /// The machine's cores.
-    fn cores(&self) -> usize {
-        cpus()
-    }
-
-    /// CPU seconds per GB (10^9 bytes) of `cpu`.
-    fn per_gb(&self, cpu: Duration) -> f64 {
-        round2(cpu.as_secs_f64() / (self.bytes as f64 / 1e9))
-    }
-
-    /// The copy rate, in MB/s, at which the transport's work and the store's (each as
-    /// measured alone) keep every core busy: a copy needs both per byte, and the cores run
-    /// them all.
-    fn limit_mb_s(&self) -> f64 {
-        let per_byte = (self.transport + self.store).as_secs_f64() / self.bytes as f64;
-        (self.cores() as f64 / per_byte.max(1e-15) / 1e6).round()
-    }
 }
 
 /// A home station and one enrolled station listening on `listen`; `bytes` ingested into the
