@@ -60,9 +60,7 @@ impl Fetcher {
             other => other,
         }
     }
-}
 
-impl Fetcher {
     /// A fetch of `segment` took the name a director gave it ahead: when the names run short
     /// after it, a director is asked for the next segments in the background, so that no
     /// fetch waits for that ask at its start ([`Ahead::refill_after`]). Its failure costs
@@ -85,10 +83,8 @@ impl Fetcher {
         let (directors, ahead) = (self.directors.clone(), self.ahead.clone());
         tokio::spawn(async move {
             if let Ok(mut location) = located(directors.ask(locate).await) {
-                let mut named = vec![];
                 let after = std::mem::take(&mut location.ahead);
-                named.push(location);
-                named.extend(after);
+                let named = std::iter::once(location).chain(after).collect();
                 ahead.keep_from(first, named, Instant::now());
             }
             drop(asking);
