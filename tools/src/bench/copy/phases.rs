@@ -1,6 +1,12 @@
 //! When each step of a replica's copy happened (`copy.copy_phases` in `bench.json`), read
 //! from the stations' events: what a copy spends before its first segment and after its last,
 //! and how many copies it keeps in flight (each segment directed, each stored).
+//!
+//! Each time is when the bench took the event from the stations' sink, not when it happened:
+//! the first steps (the manifest verified, the first locate) come in one batch with the
+//! content manager's `ReplicateSent` when the bench's task runs late, and then all read about
+//! 0 ms (as in the runs of 2026-12-07). The segments' times, spread over the copy, are what
+//! these are for.
 
 use std::time::Duration;
 
