@@ -589,7 +589,8 @@ fn big_segments(
 }
 
 /// Ingests a first program into `node` and plays it through `console` (the normal path);
-/// fills the tmpfs `full` up and ingests a second, which must fail; frees it and ingests a
+/// fills the tmpfs `full` up and ingests a second, which must fail, and plays the first
+/// again, which must still work; frees the disk and ingests a
 /// third, which must work, without a restart, and play byte for byte. The second's error.
 async fn fail_one_ingest_then_take_the_next(
     dir: &Path,
@@ -611,6 +612,12 @@ async fn fail_one_ingest_then_take_the_next(
         .context("the ingest succeeded with the disk of the station's databases full")?;
     assert!(error.starts_with("error: "), "{error}");
     eprintln!("the ingest on a full disk: {error}");
+    // What the station held before still plays while the disk stays full: its databases'
+    // reads go on after the failed write (reopened where redb's cache does not serve them).
+    assert!(
+        Play::new(console, &node.addr, &first_id).run()?.bytes == first_bytes,
+        "the program held before plays whole with the disk full"
+    );
 
     std::fs::remove_file(&junk)?;
     let (third, third_bytes) = big_segments(dir, node, "third", 52)?;

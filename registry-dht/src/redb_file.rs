@@ -1,10 +1,12 @@
 //! A redb database file that is closed and opened again after an I/O error.
 //!
 //! Once a write to its file fails (a full disk: `ENOSPC`), redb fails every later write
-//! transaction with [`StorageError::PreviousIo`] ("close and re-open the database"): held open
-//! for the life of the process, the database stays broken after the cause is gone. A
-//! [`RedbFile`] opens it again instead, at the next transaction that meets that error: the
-//! operation that met the I/O error fails, the next one works once the disk has room.
+//! transaction with [`StorageError::PreviousIo`] ("close and re-open the database"), and every
+//! read its page cache does not serve: held open for the life of the process, the database
+//! stays broken after the cause is gone. A [`RedbFile`] opens it again instead, at the next
+//! transaction that meets that error: the operation that met the I/O error fails, the next
+//! write works once the disk has room, and a read ([`RedbFile::read`]) is run again at once
+//! on the file opened again, so reads work on a disk that stays full.
 //!
 //! A reopen keeps what the last durable commit holds: redb repairs the file as after a crash,
 //! and commits made since with `Durability::None` are lost, as in a crash. Every caller's
@@ -28,16 +30,32 @@ pub struct RedbFile {
     /// The open database; `None` after a close whose reopen failed (tried again next time).
     /// Transactions are begun outside the lock: a write transaction waits for the one before.
     current: Mutex<Option<Arc<Database>>>,
+    /// redb's page cache in bytes; `None` for its default.
+    cache: Option<usize>,
 }
 
 impl RedbFile {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, None)
+    }
+
+    /// [`open`](Self::open), with redb's page cache set to `cache` bytes.
+    fn open_with_cache(path: &Path, cache: Option<usize>) -> Result<Self, redb::Error> {
+        let db = Self::create(path, cache)?;
         Ok(Self {
             path: path.to_path_buf(),
             current: Mutex::new(Some(Arc::new(db))),
+            cache,
         })
+    }
+
+    fn create(path: &Path, cache: Option<usize>) -> Result<Database, redb::Error> {
+        let mut builder = Database::builder();
+        if let Some(bytes) = cache {
+            builder.set_cache_size(bytes);
+        }
+        Ok(builder.create(path)?)
     }
 
     /// Begins a write transaction; closes and opens the database first if an earlier write
@@ -53,10 +71,27 @@ impl RedbFile {
         }
     }
 
-    /// Begins a read transaction. Reads after a failed write are mostly served from redb's
-    /// cache; one that is not fails, and the next write transaction reopens the database.
-    pub fn begin_read(&self) -> Result<ReadTransaction, redb::Error> {
-        Ok(self.database()?.begin_read()?)
+    /// Runs `read` in a read transaction; if it meets an earlier write's I/O error (redb's
+    /// `PreviousIo`: after a failed write, redb fails every read its cache does not serve),
+    /// closes the database, opens it again and runs `read` once more. So reads work again
+    /// once a write failed, without waiting for a write to reopen the file; on a disk that
+    /// stays full, that may be never.
+    pub fn read<T>(
+        &self,
+        read: impl Fn(&ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        let db = self.database()?;
+        let first = db
+            .begin_read()
+            .map_err(redb::Error::from)
+            .and_then(|tx| read(&tx));
+        match first {
+            Err(redb::Error::PreviousIo) => {
+                self.close(db);
+                read(&self.database()?.begin_read()?)
+            }
+            done => done,
+        }
     }
 
     /// The open database, opening it if the last reopen failed.
@@ -67,7 +102,7 @@ impl RedbFile {
         }
         // The old handle is closed once its last clone (a transaction being begun) is gone;
         // until then this open fails (the file is locked) and the next call tries again.
-        let db = Arc::new(Database::create(&self.path)?);
+        let db = Arc::new(Self::create(&self.path, self.cache)?);
         tracing::info!(path = %self.path.display(), "database opened again after an I/O error");
         *current = Some(db.clone());
         Ok(db)
@@ -100,9 +135,15 @@ mod tests {
     }
 
     fn keys(file: &RedbFile) -> Result<Vec<u64>, redb::Error> {
+        file.read(|tx| keys_in(tx, T))
+    }
+
+    fn keys_in(
+        tx: &ReadTransaction,
+        table: TableDefinition<u64, &[u8]>,
+    ) -> Result<Vec<u64>, redb::Error> {
         use redb::ReadableTable;
-        let tx = file.begin_read()?;
-        let table = tx.open_table(T)?;
+        let table = tx.open_table(table)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             out.push(row?.0.value());
@@ -178,6 +219,52 @@ mod tests {
         assert_eq!(
             keys(&RedbFile::open(&disk.0.join("x.redb"))?)?,
             vec![0, 1, 2, 4]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn reads_that_miss_the_cache_work_again_after_a_failed_write()
+    -> Result<(), Box<dyn std::error::Error>> {
+        const COLD: TableDefinition<u64, &[u8]> = TableDefinition::new("cold");
+        let dir = tempfile::tempdir()?;
+        let Some(disk) = Tmpfs::mount(dir.path()) else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return Ok(());
+        };
+        let path = disk.0.join("x.redb");
+        {
+            // Rows over many pages, written by an earlier process: not in the cache below.
+            let file = RedbFile::open(&path)?;
+            let tx = file.begin_write()?;
+            let mut table = tx.open_table(COLD)?;
+            for key in 0..64 {
+                table.insert(key, vec![9u8; 4000].as_slice())?;
+            }
+            drop(table);
+            tx.commit()?;
+        }
+        // No page cache: every read goes to the file, as a read of what the cache does not
+        // hold (a larger database, after a restart) does. A debug build reads every page on
+        // open (redb's `mark_allocated_page_for_debug`), so a cache would hold them all.
+        let file = RedbFile::open_with_cache(&path, Some(0))?;
+        fill(&disk.0.join("junk"))?;
+        let failed = put(&file, 1, 100_000).err();
+        assert!(matches!(&failed, Some(redb::Error::Io(_))), "{failed:?}");
+        // The control: a read of the same database as it is now fails where the cache has no
+        // page of what it reads.
+        let db = file.database()?;
+        let stale = db
+            .begin_read()
+            .map_err(redb::Error::from)
+            .and_then(|tx| keys_in(&tx, COLD))
+            .err();
+        assert!(matches!(stale, Some(redb::Error::PreviousIo)), "{stale:?}");
+        drop(db);
+        // The disk is still full: no write has reopened the file, and the read works.
+        assert_eq!(
+            file.read(|tx| keys_in(tx, COLD))?,
+            (0..64).collect::<Vec<_>>()
         );
         Ok(())
     }

@@ -118,7 +118,6 @@ impl PersistentStore {
             message: e.to_string(),
         };
         let db = RedbFile::open(path).map_err(|e| err(&e))?;
-        let mut memory = MemoryStore::with_config(local, memory_config(limits));
         let now = now_ms();
         {
             let tx = db.begin_write().map_err(|e| err(&e))?;
@@ -126,54 +125,9 @@ impl PersistentStore {
             tx.open_table(PROVIDERS).map_err(|e| err(&e))?;
             tx.commit().map_err(|e| err(&e))?;
         }
-        let tx = db.begin_read().map_err(|e| err(&e))?;
-        let records = tx.open_table(RECORDS).map_err(|e| err(&e))?;
-        let mut loaded = (0usize, 0usize);
-        for entry in records.iter().map_err(|e| err(&e))? {
-            let (k, v) = entry.map_err(|e| err(&e))?;
-            let Ok(stored) = codec::decode::<StoredRecord>(v.value(), MAX_VALUE * 2) else {
-                continue;
-            };
-            let Some(expires) = from_ms(stored.expires_ms, now) else {
-                continue;
-            };
-            let publisher = stored.publisher.and_then(|p| PeerId::from_bytes(&p).ok());
-            let record = Record {
-                key: RecordKey::new(&k.value()),
-                value: stored.value.into_vec(),
-                publisher,
-                expires,
-            };
-            if memory.put(record).is_ok() {
-                loaded.0 += 1;
-            }
-        }
-        let providers = tx.open_table(PROVIDERS).map_err(|e| err(&e))?;
-        for entry in providers.iter().map_err(|e| err(&e))? {
-            let (k, v) = entry.map_err(|e| err(&e))?;
-            let (key, peer) = k.value();
-            let Ok(provider) = PeerId::from_bytes(peer) else {
-                continue;
-            };
-            let Ok(stored) = codec::decode::<StoredProvider>(v.value(), MAX_VALUE) else {
-                continue;
-            };
-            let Some(expires) = from_ms(stored.expires_ms, now) else {
-                continue;
-            };
-            let record = ProviderRecord {
-                key: RecordKey::new(&key),
-                provider,
-                expires,
-                addresses: stored.addresses,
-            };
-            if memory.add_provider(record).is_ok() {
-                loaded.1 += 1;
-            }
-        }
-        drop(records);
-        drop(providers);
-        drop(tx);
+        let (memory, loaded) = db
+            .read(|tx| load(tx, local, limits, now))
+            .map_err(|e| err(&e))?;
         tracing::debug!(records = loaded.0, providers = loaded.1, path = %path.display(), "registry store loaded");
         Ok(Self {
             memory,
@@ -222,6 +176,62 @@ impl Drop for PersistentStore {
     fn drop(&mut self) {
         self.flush();
     }
+}
+
+/// Every unexpired record and provider of the file, in a fresh memory store: `(store,
+/// (records, providers))` loaded. Rows that do not decode are skipped.
+fn load(
+    tx: &redb::ReadTransaction,
+    local: PeerId,
+    limits: &StoreLimits,
+    now: u64,
+) -> std::result::Result<(MemoryStore, (usize, usize)), redb::Error> {
+    let mut memory = MemoryStore::with_config(local, memory_config(limits));
+    let records = tx.open_table(RECORDS)?;
+    let mut loaded = (0usize, 0usize);
+    for entry in records.iter()? {
+        let (k, v) = entry?;
+        let Ok(stored) = codec::decode::<StoredRecord>(v.value(), MAX_VALUE * 2) else {
+            continue;
+        };
+        let Some(expires) = from_ms(stored.expires_ms, now) else {
+            continue;
+        };
+        let publisher = stored.publisher.and_then(|p| PeerId::from_bytes(&p).ok());
+        let record = Record {
+            key: RecordKey::new(&k.value()),
+            value: stored.value.into_vec(),
+            publisher,
+            expires,
+        };
+        if memory.put(record).is_ok() {
+            loaded.0 += 1;
+        }
+    }
+    let providers = tx.open_table(PROVIDERS)?;
+    for entry in providers.iter()? {
+        let (k, v) = entry?;
+        let (key, peer) = k.value();
+        let Ok(provider) = PeerId::from_bytes(peer) else {
+            continue;
+        };
+        let Ok(stored) = codec::decode::<StoredProvider>(v.value(), MAX_VALUE) else {
+            continue;
+        };
+        let Some(expires) = from_ms(stored.expires_ms, now) else {
+            continue;
+        };
+        let record = ProviderRecord {
+            key: RecordKey::new(&key),
+            provider,
+            expires,
+            addresses: stored.addresses,
+        };
+        if memory.add_provider(record).is_ok() {
+            loaded.1 += 1;
+        }
+    }
+    Ok((memory, loaded))
 }
 
 fn memory_config(limits: &StoreLimits) -> MemoryStoreConfig {

@@ -156,12 +156,14 @@ impl SubscriberDb {
 
     /// The user named `name`, if any.
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, DbError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(USERS)?;
-        let Some(v) = table.get(name)? else {
+        let row = self.db.read(|tx| {
+            let table = tx.open_table(USERS)?;
+            Ok(table.get(name)?.map(|v| v.value().to_vec()))
+        })?;
+        let Some(v) = row else {
             return Ok(None);
         };
-        Ok(Some(decode(v.value(), &format_args!("user {name}"))?))
+        Ok(Some(decode(&v, &format_args!("user {name}"))?))
     }
 
     /// Adds `name`; `Ok(false)` (and nothing written) if it already exists.
@@ -214,8 +216,7 @@ impl SubscriberDb {
 
     /// Number of users.
     pub fn user_count(&self) -> Result<u64, DbError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(USERS)?.len()?)
+        Ok(self.db.read(|tx| Ok(tx.open_table(USERS)?.len()?))?)
     }
 
     /// Records `station` as enrolled with `engines`, replacing what it enrolled before;
@@ -261,18 +262,23 @@ impl SubscriberDb {
 
     /// Whether the enrollment token `token` was used (and not yet forgotten).
     pub fn enrollment_used(&self, token: TokenId) -> Result<bool, DbError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(USED)?.get(token.0.as_slice())?.is_some())
+        Ok(self
+            .db
+            .read(|tx| Ok(tx.open_table(USED)?.get(token.0.as_slice())?.is_some()))?)
     }
 
     /// The enrollment of `station`, if it is enrolled.
     pub fn station(&self, station: &PeerId) -> Result<Option<Enrollment>, DbError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(STATIONS)?;
-        let Some(v) = table.get(station.to_bytes().as_slice())? else {
+        let row = self.db.read(|tx| {
+            let table = tx.open_table(STATIONS)?;
+            Ok(table
+                .get(station.to_bytes().as_slice())?
+                .map(|v| v.value().to_vec()))
+        })?;
+        let Some(v) = row else {
             return Ok(None);
         };
-        Ok(Some(decode(v.value(), &format_args!("station {station}"))?))
+        Ok(Some(decode(&v, &format_args!("station {station}"))?))
     }
 
     /// Revokes `station`'s membership at `now_ms` (kept until it is enrolled again).
@@ -295,34 +301,41 @@ impl SubscriberDb {
 
     /// When `station` was revoked, if it is.
     pub fn revoked(&self, station: &PeerId) -> Result<Option<u64>, DbError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REVOKED)?;
-        Ok(table.get(station.to_bytes().as_slice())?.map(|v| v.value()))
+        Ok(self.db.read(|tx| {
+            let table = tx.open_table(REVOKED)?;
+            Ok(table.get(station.to_bytes().as_slice())?.map(|v| v.value()))
+        })?)
     }
 
     /// Every revoked station, the latest revoked first.
     pub fn revocations(&self) -> Result<Vec<PeerId>, DbError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(REVOKED)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, at) = entry?;
-            if let Ok(peer) = PeerId::from_bytes(k.value()) {
-                out.push((at.value(), peer));
+        let mut out = self.db.read(|tx| {
+            let table = tx.open_table(REVOKED)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (k, at) = entry?;
+                if let Ok(peer) = PeerId::from_bytes(k.value()) {
+                    out.push((at.value(), peer));
+                }
             }
-        }
+            Ok(out)
+        })?;
         out.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
         Ok(out.into_iter().map(|(_, peer)| peer).collect())
     }
 
     /// The station that enrolled `engine`, if any.
     pub fn station_of_engine(&self, engine: &PeerId) -> Result<Option<PeerId>, DbError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(ENGINES)?;
-        let Some(v) = table.get(engine.to_bytes().as_slice())? else {
+        let row = self.db.read(|tx| {
+            let table = tx.open_table(ENGINES)?;
+            Ok(table
+                .get(engine.to_bytes().as_slice())?
+                .map(|v| v.value().to_vec()))
+        })?;
+        let Some(v) = row else {
             return Ok(None);
         };
-        PeerId::from_bytes(v.value())
+        PeerId::from_bytes(&v)
             .map(Some)
             .map_err(|e| DbError::Corrupt {
                 key: format!("engine {engine}"),

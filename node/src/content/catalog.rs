@@ -72,6 +72,23 @@ fn err(e: impl std::fmt::Display) -> Error {
     Error(e.to_string())
 }
 
+/// A row of a table keyed by program: its key and its value as stored.
+type Row = ([u8; 32], Vec<u8>);
+
+/// Every row of `table` (decoded by the caller, outside the read).
+fn rows(
+    tx: &redb::ReadTransaction,
+    table: TableDefinition<&[u8; 32], &[u8]>,
+) -> Result<Vec<Row>, redb::Error> {
+    let table = tx.open_table(table)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.push((*k.value(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
 /// The catalog file.
 #[derive(Debug)]
 pub struct Catalog {
@@ -129,14 +146,17 @@ impl Catalog {
 
     /// The ingests journaled as begun and never committed nor dropped: `(program, segments)`.
     pub fn open_ingests(&self) -> Result<Vec<(ProgramId, u32)>, Error> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(INGESTS).map_err(err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            out.push((ProgramId(*k.value()), v.value()));
-        }
-        Ok(out)
+        self.db
+            .read(|tx| {
+                let table = tx.open_table(INGESTS)?;
+                let mut out = Vec::new();
+                for row in table.iter()? {
+                    let (k, v) = row?;
+                    out.push((ProgramId(*k.value()), v.value()));
+                }
+                Ok(out)
+            })
+            .map_err(err)
     }
 
     /// Journals a replica of `program` as asked for, durably (replacing an earlier one).
@@ -163,13 +183,11 @@ impl Catalog {
     /// The replicas journaled as asked for and not finished. A row that does not decode is
     /// skipped (and logged): it names no source to copy from.
     pub fn open_replicas(&self) -> Result<Vec<(ProgramId, OpenReplica)>, Error> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(REPLICAS).map_err(err)?;
+        let rows = self.db.read(|tx| rows(tx, REPLICAS)).map_err(err)?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            let program = ProgramId(*k.value());
-            match codec::decode(v.value(), MAX_OPEN_REPLICA) {
+        for (program, v) in rows {
+            let program = ProgramId(program);
+            match codec::decode(&v, MAX_OPEN_REPLICA) {
                 Ok(replica) => out.push((program, replica)),
                 Err(e) => {
                     tracing::warn!(%program, error = %e, "a journaled replica is unreadable; skipped")
@@ -181,24 +199,25 @@ impl Catalog {
 
     /// A program's entry.
     pub fn get(&self, program: &ProgramId) -> Result<Option<CatalogEntry>, Error> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(PROGRAMS).map_err(err)?;
-        let Some(v) = table.get(program.as_bytes()).map_err(err)? else {
+        let row = self
+            .db
+            .read(|tx| {
+                let table = tx.open_table(PROGRAMS)?;
+                Ok(table.get(program.as_bytes())?.map(|v| v.value().to_vec()))
+            })
+            .map_err(err)?;
+        let Some(v) = row else {
             return Ok(None);
         };
-        codec::decode(v.value(), MAX_MANIFEST * 2)
-            .map(Some)
-            .map_err(err)
+        codec::decode(&v, MAX_MANIFEST * 2).map(Some).map_err(err)
     }
 
     /// Every entry.
     pub fn all(&self) -> Result<Vec<CatalogEntry>, Error> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(PROGRAMS).map_err(err)?;
+        let rows = self.db.read(|tx| rows(tx, PROGRAMS)).map_err(err)?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(err)? {
-            let (_, v) = row.map_err(err)?;
-            match codec::decode(v.value(), MAX_MANIFEST * 2) {
+        for (_, v) in rows {
+            match codec::decode(&v, MAX_MANIFEST * 2) {
                 Ok(e) => out.push(e),
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable catalog entry"),
             }

@@ -137,42 +137,54 @@ impl Index {
 
     /// Every row, in key order.
     pub(crate) fn load_all(&self) -> Result<Vec<(SegmentId, Record)>, IndexError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SEGMENTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            out.push((key_to_id(k.value()), row_to_record(v.value())));
-        }
-        Ok(out)
+        self.db
+            .read(|tx| {
+                let table = tx.open_table(SEGMENTS)?;
+                let mut out = Vec::new();
+                for item in table.iter()? {
+                    let (k, v) = item?;
+                    out.push((key_to_id(k.value()), row_to_record(v.value())));
+                }
+                Ok(out)
+            })
+            .map_err(db_err)
     }
 
     /// Every embargo kept: a program and when it ends.
     pub(crate) fn embargoes(&self) -> Result<Vec<(ProgramId, u64)>, IndexError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(EMBARGOES).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            out.push((ProgramId(*k.value()), v.value()));
-        }
-        Ok(out)
+        self.db
+            .read(|tx| {
+                let table = tx.open_table(EMBARGOES)?;
+                let mut out = Vec::new();
+                for item in table.iter()? {
+                    let (k, v) = item?;
+                    out.push((ProgramId(*k.value()), v.value()));
+                }
+                Ok(out)
+            })
+            .map_err(db_err)
     }
 
     /// The chunk hashes of `segment`, if it has any stored.
     pub(crate) fn chunks(&self, segment: &SegmentId) -> Result<Option<Vec<[u8; 32]>>, IndexError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(CHUNKS).map_err(db_err)?;
-        let got = table.get(id_to_key(segment)).map_err(db_err)?;
-        Ok(got.map(|v| split_hashes(v.value())))
+        self.db
+            .read(|tx| {
+                let table = tx.open_table(CHUNKS)?;
+                let got = table.get(id_to_key(segment))?;
+                Ok(got.map(|v| split_hashes(v.value())))
+            })
+            .map_err(db_err)
     }
 
     /// The chunk-group leaves of `segment`, as stored, if it has any.
     pub(crate) fn groups(&self, segment: &SegmentId) -> Result<Option<Vec<u8>>, IndexError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(GROUPS).map_err(db_err)?;
-        let got = table.get(id_to_key(segment)).map_err(db_err)?;
-        Ok(got.map(|v| v.value().to_vec()))
+        self.db
+            .read(|tx| {
+                let table = tx.open_table(GROUPS)?;
+                let got = table.get(id_to_key(segment))?;
+                Ok(got.map(|v| v.value().to_vec()))
+            })
+            .map_err(db_err)
     }
 
     /// Applies `ops` in one transaction. `durable: false` skips the fsync; such a commit becomes

@@ -165,28 +165,31 @@ impl LocationTable {
     /// Every program with at least one segment located on this station, in id order (a skip
     /// scan: one range lookup per program, not one per row).
     pub fn programs(&self) -> Result<Vec<ProgramId>, Error> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(LOCATIONS).map_err(db_err)?;
-        let mut out = Vec::new();
-        let mut from = [0u8; 32];
-        loop {
-            let start: (&[u8; 32], u32, &[u8]) = (&from, 0, &[]);
-            let Some(item) = t.range(start..).map_err(db_err)?.next() else {
-                break;
-            };
-            let (k, _) = item.map_err(db_err)?;
-            let program = *k.value().0;
-            out.push(ProgramId(program));
-            // The next program id after this one, big-endian; none after all ones.
-            let mut next = program;
-            let Some(i) = next.iter().rposition(|b| *b != 0xff) else {
-                break;
-            };
-            next[i] += 1;
-            next[i + 1..].fill(0);
-            from = next;
-        }
-        Ok(out)
+        self.db
+            .read(|tx| {
+                let t = tx.open_table(LOCATIONS)?;
+                let mut out = Vec::new();
+                let mut from = [0u8; 32];
+                loop {
+                    let start: (&[u8; 32], u32, &[u8]) = (&from, 0, &[]);
+                    let Some(item) = t.range(start..)?.next() else {
+                        break;
+                    };
+                    let (k, _) = item?;
+                    let program = *k.value().0;
+                    out.push(ProgramId(program));
+                    // The next program id after this one, big-endian; none after all ones.
+                    let mut next = program;
+                    let Some(i) = next.iter().rposition(|b| *b != 0xff) else {
+                        break;
+                    };
+                    next[i] += 1;
+                    next[i + 1..].fill(0);
+                    from = next;
+                }
+                Ok(out)
+            })
+            .map_err(db_err)
     }
 
     /// The rows of `program`: all its segments', or only segment `only`'s.
@@ -195,36 +198,39 @@ impl LocationTable {
         program: &ProgramId,
         only: Option<SegmentIndex>,
     ) -> Result<Vec<(SegmentIndex, Location)>, Error> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(LOCATIONS).map_err(db_err)?;
-        let from = only.map_or(0, |o| o.0);
-        let start: (&[u8; 32], u32, &[u8]) = (program.as_bytes(), from, &[]);
-        let mut out = Vec::new();
-        for item in t.range(start..).map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let (p, index, peer) = k.value();
-            if p != program.as_bytes() || only.is_some_and(|o| o.0 != index) {
-                break;
-            }
-            let Ok(engine) = PeerId::from_bytes(peer) else {
-                warn!(program = %program.short(), segment = index, "unreadable engine id in the location table; skipped");
-                continue;
-            };
-            let (state, load) = v.value();
-            let state = if state == 1 {
-                LocationState::Complete
-            } else {
-                LocationState::Filling
-            };
-            out.push((
-                SegmentIndex(index),
-                Location {
-                    engine,
-                    state,
-                    load,
-                },
-            ));
-        }
-        Ok(out)
+        self.db
+            .read(|tx| {
+                let t = tx.open_table(LOCATIONS)?;
+                let from = only.map_or(0, |o| o.0);
+                let start: (&[u8; 32], u32, &[u8]) = (program.as_bytes(), from, &[]);
+                let mut out = Vec::new();
+                for item in t.range(start..)? {
+                    let (k, v) = item?;
+                    let (p, index, peer) = k.value();
+                    if p != program.as_bytes() || only.is_some_and(|o| o.0 != index) {
+                        break;
+                    }
+                    let Ok(engine) = PeerId::from_bytes(peer) else {
+                        warn!(program = %program.short(), segment = index, "unreadable engine id in the location table; skipped");
+                        continue;
+                    };
+                    let (state, load) = v.value();
+                    let state = if state == 1 {
+                        LocationState::Complete
+                    } else {
+                        LocationState::Filling
+                    };
+                    out.push((
+                        SegmentIndex(index),
+                        Location {
+                            engine,
+                            state,
+                            load,
+                        },
+                    ));
+                }
+                Ok(out)
+            })
+            .map_err(db_err)
     }
 }
