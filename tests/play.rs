@@ -228,6 +228,30 @@ fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Re
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not a libp2p key file"), "{stderr}");
     assert!(!file.exists(), "a refused play left {}", file.display());
+    // A damaged token beside a good identity: the file is named, why is said in words (not
+    // the CBOR decoder's `Debug`), and what to do.
+    std::fs::copy(console.join("identity.key"), broken.join("identity.key"))?;
+    let out = Play::new(&broken, &home.addr, &program)
+        .out(&file)
+        .command()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let token = broken.join("tokens/console.token");
+    let said = format!(
+        "error: console token {}: not a vodmesh token (",
+        token.display()
+    );
+    assert!(stderr.starts_with(&said), "{stderr}");
+    assert!(
+        stderr.contains("log in again (vodmesh-console login)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Core(") && !stderr.contains('{'),
+        "{stderr}"
+    );
+    assert!(!file.exists(), "a refused play left {}", file.display());
     Ok(())
 }
 

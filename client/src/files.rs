@@ -68,6 +68,24 @@ pub fn read_small(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>
     std::fs::read(path).map_err(FileError::io(what, path))
 }
 
+/// Reads a token file (`what`: `console token`, `admin token`, ...) and checks that it holds
+/// a token (its claims decode; nothing else is checked here), so that a damaged file is named
+/// with `fix`, what to do about it, and not met later as a malformed token.
+pub fn read_token(path: &Path, what: &'static str, fix: &str) -> Result<Vec<u8>, FileError> {
+    use vodmesh_proto::token::{Claims, TokenError};
+    let bytes = read_small(path, what, MAX_TOKEN_FILE)?;
+    let why = match Claims::peek(&bytes) {
+        Ok(_) => return Ok(bytes),
+        Err(TokenError::Malformed(e)) => e.reason(),
+        Err(e) => e.to_string(),
+    };
+    Err(FileError::refused(
+        what,
+        path,
+        format!("not a vodmesh token ({why}): {fix}"),
+    ))
+}
+
 /// Reads a password file: UTF-8, one line (a trailing newline is not part of the password).
 pub fn read_password(path: &Path) -> Result<String, FileError> {
     let what = "password file";

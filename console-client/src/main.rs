@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 use tokio::task::JoinSet;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
 use vodmesh_client::cli::{Docs, EXIT_CODES, LogArgs, usage_error};
-use vodmesh_client::files::{Home, MAX_TOKEN_FILE, read_password, read_small, write_private};
+use vodmesh_client::files::{Home, read_password, read_token, write_private};
 use vodmesh_client::{DirectorClient, DirectorError};
 use vodmesh_console::output::Piped;
 use vodmesh_console::pin;
@@ -297,6 +297,9 @@ async fn ls(node: &Multiaddr, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What to do about a console token that is not one.
+const LOG_IN_AGAIN: &str = "log in again (vodmesh-console login) to replace it";
+
 /// The console's identity and token, from `vodmesh-console login`; the task that keeps the
 /// token fresh goes into `background` (none without a token: then the swarm refuses to
 /// stream).
@@ -307,7 +310,7 @@ fn credentials(node: &Multiaddr, background: &mut JoinSet<()>) -> Result<play::C
         return Ok(play::Credentials::default());
     }
     let key = home.identity()?;
-    let token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
+    let token = read_token(&token_path, "console token", LOG_IN_AGAIN)?;
     let mut credentials =
         play::Credentials::new(key.clone(), token).remembering(remember::known(&home));
     credentials.pinned = pin::load(&home, None)?.map(|(issuer, _)| issuer);
@@ -542,7 +545,7 @@ async fn url(
         bail!("not logged in: run vodmesh-console login first");
     }
     let key = home.identity()?;
-    let console_token = read_small(&token_path, "console token", MAX_TOKEN_FILE)?;
+    let console_token = read_token(&token_path, "console token", LOG_IN_AGAIN)?;
     let client = Arc::new(DirectorClient::connect(node, Some(key.clone())).await?);
     let program = play::resolve(&client, program).await?;
     let record = match client.call(Request::Station).await? {

@@ -163,8 +163,8 @@ pub enum EnrollTokenError {
     #[error("not a token ({0} bytes)")]
     TooLarge(u64),
     /// It does not decode as a token.
-    #[error("not a token: {0}")]
-    NotAToken(Box<TokenError>),
+    #[error("not a vodmesh token ({0})")]
+    NotAToken(String),
     /// It is made out to another station.
     #[error(
         "it is for station {subject}, but this station is {station}: enroll this one (vodmesh enroll --station {station})"
@@ -673,7 +673,12 @@ fn read_enroll_token(path: &Path, station: PeerId) -> Result<Vec<u8>, EnrollToke
         return Err(EnrollTokenError::TooLarge(size));
     }
     let token = std::fs::read(path)?;
-    let claims = Claims::peek(&token).map_err(|e| EnrollTokenError::NotAToken(Box::new(e)))?;
+    let claims = Claims::peek(&token).map_err(|e| {
+        EnrollTokenError::NotAToken(match e {
+            TokenError::Malformed(e) => e.reason(),
+            e => e.to_string(),
+        })
+    })?;
     let subject = claims.subject;
     if subject != station {
         let (subject, station) = (Box::new(subject), Box::new(station));

@@ -31,6 +31,17 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+impl DecodeError {
+    /// Why, without the "malformed message" that [`Display`](std::fmt::Display) starts with:
+    /// for an error that names what did not decode itself ("malformed token: ...").
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Malformed(why) => why.clone(),
+            too_large => too_large.to_string(),
+        }
+    }
+}
+
 impl From<DecodeError> for io::Error {
     fn from(e: DecodeError) -> Self {
         io::Error::new(io::ErrorKind::InvalidData, e)
@@ -55,7 +66,51 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
             limit,
         });
     }
-    cbor4ii::serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    cbor4ii::serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(describe(&e)))
+}
+
+/// Why CBOR did not decode, in words: cbor4ii's `Display` is its `Debug` (`Core(Mismatch {
+/// name: "map", found: 12 })`), which reaches users through the errors that carry it.
+fn describe(e: &cbor4ii::serde::DecodeError<std::convert::Infallible>) -> String {
+    use cbor4ii::core::error::DecodeError as Core;
+    let core = match e {
+        // serde's own words: "missing field `x`", "invalid length 2, expected ...".
+        cbor4ii::serde::DecodeError::Custom(why) => return why.to_string(),
+        cbor4ii::serde::DecodeError::Core(core) => core,
+    };
+    match core {
+        Core::Mismatch { name, found } => format!("expected {name}, found {}", item(*found)),
+        Core::Unsupported { name, found } => format!("{} not allowed in {name}", item(*found)),
+        Core::Eof { name, .. } => format!("cut short inside {name}"),
+        Core::RequireLength { name, .. } => format!("{name} of an unknown length"),
+        Core::RequireBorrowed { name } => format!("{name} in pieces"),
+        Core::RequireUtf8 { name } => format!("{name} that is not UTF-8"),
+        Core::LengthOverflow { name, .. } => format!("{name} longer than the message"),
+        Core::CastOverflow { name } | Core::ArithmeticOverflow { name, .. } => {
+            format!("{name} out of range")
+        }
+        Core::DepthOverflow { name } => format!("{name} nested too deeply"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The CBOR item that the initial byte `byte` starts (its major type), for [`describe`].
+fn item(byte: u8) -> &'static str {
+    match byte >> 5 {
+        0 | 1 => "an integer",
+        2 => "a byte string",
+        3 => "a text string",
+        4 => "an array",
+        5 => "a map",
+        6 => "a tag",
+        _ => match byte {
+            0xf4 | 0xf5 => "a boolean",
+            0xf6 | 0xf7 => "null",
+            0xf9..=0xfb => "a float",
+            0xff => "a break",
+            _ => "a simple value",
+        },
+    }
 }
 
 /// Reads until EOF, at most `limit` bytes; more is an error.
@@ -202,6 +257,36 @@ mod tests {
             decode::<Vec<u8>>(&bytes, 10),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    /// What a user reads when a file or a peer's message is not what it should be: words, not
+    /// cbor4ii's `Debug` (`Core(Mismatch { name: "map", found: 12 })`).
+    #[test]
+    fn malformed_input_is_described_in_words() {
+        let why = |bytes: &[u8]| match decode::<Msg>(bytes, 1024) {
+            Err(DecodeError::Malformed(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(why(&[0x0c]), "expected map, found an integer");
+        assert_eq!(why(&encode(&"text")), "expected map, found a text string");
+        let full = encode(&Msg {
+            a: 7,
+            b: "hello world".into(),
+            c: vec![1; 20],
+        });
+        assert_eq!(why(&full[..full.len() - 3]), "cut short inside u8");
+        assert_eq!(
+            why(&encode(
+                &[("a", 1)]
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            )),
+            "missing field `b`"
+        );
+        for bytes in [&[0x0c][..], &full[..5], &[0xa1, 0x61]] {
+            let why = why(bytes);
+            assert!(!why.contains("Core(") && !why.contains('{'), "{why}");
+        }
     }
 
     #[tokio::test]

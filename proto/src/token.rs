@@ -48,7 +48,7 @@ const ISSUER_PREFIX: &str = "ed25519:";
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The bytes are not a token (too large, not CBOR, wrong field sizes).
-    #[error("malformed token: {0}")]
+    #[error("malformed token: {}", .0.reason())]
     Malformed(#[from] DecodeError),
     /// The token was signed by a key this peer does not trust.
     #[error("unknown issuer")]

@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde_bytes::ByteBuf;
 use vodmesh_client::DirectorClient;
 use vodmesh_client::auth::{AuthClient, find_auth_server};
-use vodmesh_client::files::{MAX_TOKEN_FILE, read_password, read_small, write_private_new};
+use vodmesh_client::files::{read_password, read_token, write_private_new};
 use vodmesh_proto::auth::Request;
 use vodmesh_proto::station::Roles;
 use vodmesh_proto::time::now_ms;
@@ -44,7 +44,8 @@ impl Role {
 }
 
 fn admin_token(path: Option<&Path>) -> Result<Option<ByteBuf>> {
-    path.map(|p| read_small(p, "admin token", MAX_TOKEN_FILE).map(ByteBuf::from))
+    let fix = "give the file of the admin token the auth server issued to --key's peer";
+    path.map(|p| read_token(p, "admin token", fix).map(ByteBuf::from))
         .transpose()
         .map_err(Into::into)
 }
