@@ -105,7 +105,7 @@ impl Director {
                 }
             }
             Request::Manifest { program } => {
-                (self.publish).manifest(&ctx, (program, viewer), channel)
+                (self.publish).manifest(&ctx, (program, viewer, peer), channel)
             }
             Request::Held => {
                 let held = catalog::held(&ctx);
@@ -196,7 +196,9 @@ impl Director {
                 let segment = SegmentId::new(program, index);
                 (self.replicate).locate_copy(&ctx, peer, (segment, &engines), channel)
             }
-            Request::Playable { program } => self.publish.playable_request(&ctx, program, channel),
+            Request::Playable { program } => {
+                (self.publish).playable_request(&ctx, (program, peer), channel)
+            }
             Request::Drain { drain, admin } => {
                 let checked =
                     ctx.me

@@ -4,12 +4,17 @@
 //! - one fetch runs a program at a time (a manifest's: a program and a viewer), however many
 //!   ask meanwhile, each answered when it ends ([`Waiting`]);
 //! - [`MAX_FETCHES`] programs are fetched at once at most; past that the answer is busy;
+//! - one peer starts [`MAX_FETCHES_PER_PEER`] of them at once at most (asks that join a fetch
+//!   running do not count): a peer asking for made-up program ids, each a walk of its own,
+//!   is answered busy past its share, and cannot take every fetch from the others;
 //! - the manifest of a published program fetched lately answers at once for
 //!   [`RECENT_FOR`]: a published program's manifest is anyone's to see, and it never changes
 //!   (its hash is in the record).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use libp2p::PeerId;
 use tokio::time::Instant;
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::director::Response;
@@ -23,6 +28,10 @@ use crate::expiring::{Expiring, Waiting};
 /// Fetches of `Playable` and of `Manifest` running at once, at most.
 pub(super) const MAX_FETCHES: usize = 32;
 
+/// Fetches one peer has started that run at once, at most. A console asks for one program
+/// at a time.
+pub(super) const MAX_FETCHES_PER_PEER: usize = 4;
+
 /// How long a published program's manifest fetched here answers `Manifest` at once.
 const RECENT_FOR: Duration = Duration::from_secs(30);
 
@@ -35,6 +44,36 @@ pub(super) struct Fetches {
     playable: Waiting<ProgramId, Client>,
     manifests: Waiting<(ProgramId, Viewer), Client>,
     recent: Expiring<ProgramId, Signed>,
+    /// Who started each fetch running, and how many each peer started.
+    started: Started,
+}
+
+/// The peers that started the fetches running.
+#[derive(Debug, Default)]
+struct Started {
+    playable: HashMap<ProgramId, PeerId>,
+    manifests: HashMap<(ProgramId, Viewer), PeerId>,
+    by: HashMap<PeerId, usize>,
+}
+
+impl Started {
+    fn full(&self, peer: PeerId) -> bool {
+        self.by.get(&peer).copied().unwrap_or(0) >= MAX_FETCHES_PER_PEER
+    }
+
+    fn count(&mut self, peer: PeerId) {
+        *self.by.entry(peer).or_default() += 1;
+    }
+
+    fn ended(&mut self, peer: Option<PeerId>) {
+        let Some(peer) = peer else { return };
+        if let Some(n) = self.by.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by.remove(&peer);
+            }
+        }
+    }
 }
 
 impl Default for Fetches {
@@ -43,21 +82,30 @@ impl Default for Fetches {
             playable: Waiting::default(),
             manifests: Waiting::default(),
             recent: Expiring::new(RECENT_FOR, RECENT_KEPT),
+            started: Started::default(),
         }
     }
 }
 
 impl Fetches {
-    /// A `Playable` of `program` from `channel`: `Ok(true)` when the caller starts the fetch,
+    /// A `Playable` of `program` from `channel`, asked by `peer` (for the HTTP edge, the
+    /// subscriber its URL token names): `Ok(true)` when the caller starts the fetch,
     /// `Ok(false)` when it waits on one running, `Err` the busy answer (boxed: it is rare, and
     /// large).
     pub(super) fn playable(
         &mut self,
         program: ProgramId,
+        peer: PeerId,
         channel: Client,
     ) -> Result<bool, Box<Reply>> {
-        let full = self.running() >= MAX_FETCHES && !self.playable.contains(&program);
-        join(&mut self.playable, program, channel, full)
+        let new = !self.playable.contains(&program);
+        let full = new && (self.running() >= MAX_FETCHES || self.started.full(peer));
+        let started = join(&mut self.playable, program, channel, full)?;
+        if started {
+            self.started.playable.insert(program, peer);
+            self.started.count(peer);
+        }
+        Ok(started)
     }
 
     /// A `Manifest` of `program` from `channel`, seen as `viewer`: as [`Self::playable`].
@@ -65,15 +113,24 @@ impl Fetches {
         &mut self,
         program: ProgramId,
         viewer: Viewer,
+        peer: PeerId,
         channel: Client,
     ) -> Result<bool, Box<Reply>> {
         let key = (program, viewer);
-        let full = self.running() >= MAX_FETCHES && !self.manifests.contains(&key);
-        join(&mut self.manifests, key, channel, full)
+        let new = !self.manifests.contains(&key);
+        let full = new && (self.running() >= MAX_FETCHES || self.started.full(peer));
+        let started = join(&mut self.manifests, key, channel, full)?;
+        if started {
+            self.started.manifests.insert(key, peer);
+            self.started.count(peer);
+        }
+        Ok(started)
     }
 
     /// The fetch of `program`'s record for `Playable` ended: `answer` for everyone waiting.
     pub(super) fn playable_done(&mut self, program: &ProgramId, answer: &Response) -> Vec<Reply> {
+        let peer = self.started.playable.remove(program);
+        self.started.ended(peer);
         everyone(self.playable.take(program), answer)
     }
 
@@ -87,6 +144,8 @@ impl Fetches {
         if let Ok((signed, true)) = &answer {
             self.recent.insert(key.0, signed.clone(), Instant::now());
         }
+        let peer = self.started.manifests.remove(&key);
+        self.started.ended(peer);
         let answer = respond(answer, |(signed, _)| Response::Manifest(signed));
         everyone(self.manifests.take(&key), &answer)
     }
@@ -130,25 +189,62 @@ mod tests {
     #[test]
     fn one_fetch_a_key_and_a_bounded_number_at_once() {
         let mut fetches = Fetches::default();
+        // Each ask from a peer of its own: the bound of all fetches, not a peer's share.
+        let peer = PeerId::random;
         let p = |n: u8| ProgramId([n; 32]);
         let starts = |r: Result<bool, Box<Reply>>| matches!(r, Ok(true));
         let joins = |r: Result<bool, Box<Reply>>| matches!(r, Ok(false));
         let busy =
             |r: Result<bool, Box<Reply>>| r.is_err_and(|busy| matches!(busy.1, Response::Error(_)));
-        assert!(starts(fetches.playable(p(0), client())));
-        assert!(joins(fetches.playable(p(0), client())));
+        assert!(starts(fetches.playable(p(0), peer(), client())));
+        assert!(joins(fetches.playable(p(0), peer(), client())));
         let viewer = Viewer::Trusted;
-        assert!(starts(fetches.manifest(p(0), viewer, client())));
+        assert!(starts(fetches.manifest(p(0), viewer, peer(), client())));
         for n in 1..(MAX_FETCHES - 1) as u8 {
-            assert!(starts(fetches.playable(p(n), client())));
+            assert!(starts(fetches.playable(p(n), peer(), client())));
         }
-        assert!(busy(fetches.playable(p(200), client())));
+        assert!(busy(fetches.playable(p(200), peer(), client())));
         // One that runs still takes who asks for it.
-        assert!(joins(fetches.playable(p(1), client())));
+        assert!(joins(fetches.playable(p(1), peer(), client())));
         assert_eq!(fetches.playable_done(&p(0), &Response::Ok).len(), 2);
-        assert!(starts(fetches.playable(p(200), client())));
+        assert!(starts(fetches.playable(p(200), peer(), client())));
         let failed = Err(Error::UnknownProgram);
         assert_eq!(fetches.manifest_done((p(0), viewer), failed).len(), 1);
         assert!(fetches.recent_manifest(&p(0)).is_none());
+    }
+
+    /// A peer asking for made-up programs, each a walk of the registry, starts its share of
+    /// fetches and is answered busy past it; other peers still start theirs, and asks that join a running fetch are not counted. Its share comes back
+    /// as its fetches end.
+    #[test]
+    fn a_peer_starts_its_share_of_fetches_and_no_more() {
+        let mut fetches = Fetches::default();
+        let p = |n: u8| ProgramId([n; 32]);
+        let starts = |r: Result<bool, Box<Reply>>| matches!(r, Ok(true));
+        let joins = |r: Result<bool, Box<Reply>>| matches!(r, Ok(false));
+        let busy =
+            |r: Result<bool, Box<Reply>>| r.is_err_and(|busy| matches!(busy.1, Response::Error(_)));
+        let (hostile, other, edge) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let viewer = Viewer::Trusted;
+        for n in 0..MAX_FETCHES_PER_PEER as u8 - 1 {
+            assert!(starts(fetches.playable(p(n), hostile, client())));
+        }
+        assert!(starts(fetches.manifest(p(100), viewer, hostile, client())));
+        assert!(busy(fetches.playable(p(101), hostile, client())));
+        assert!(busy(fetches.manifest(p(102), viewer, hostile, client())));
+        // Joining what runs, its own or another's, is not a new fetch.
+        assert!(joins(fetches.playable(p(0), hostile, client())));
+        assert!(joins(fetches.manifest(p(100), viewer, other, client())));
+        // The control: the others start theirs.
+        assert!(starts(fetches.playable(p(101), other, client())));
+        assert!(starts(fetches.playable(p(102), edge, client())));
+        // One of its fetches ends: it may start one more, not two.
+        assert_eq!(fetches.playable_done(&p(0), &Response::Ok).len(), 2);
+        assert!(starts(fetches.playable(p(103), hostile, client())));
+        assert!(busy(fetches.playable(p(104), hostile, client())));
+        let failed = Err(Error::UnknownProgram);
+        assert_eq!(fetches.manifest_done((p(100), viewer), failed).len(), 2);
+        assert!(starts(fetches.manifest(p(104), viewer, hostile, client())));
+        assert!(busy(fetches.playable(p(105), hostile, client())));
     }
 }

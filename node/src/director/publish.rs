@@ -342,7 +342,7 @@ impl Publishing {
     pub(super) fn playable_request(
         &mut self,
         ctx: &Ctx<'_>,
-        program: ProgramId,
+        (program, peer): (ProgramId, PeerId),
         channel: Client,
     ) -> Option<Reply> {
         let own = (ctx.catalog).is_some_and(|c| c.get(&program).ok().flatten().is_some());
@@ -350,7 +350,7 @@ impl Publishing {
         if own || known.is_ok() {
             return Some((channel, answer(known)));
         }
-        match self.fetches.playable(program, channel) {
+        match self.fetches.playable(program, peer, channel) {
             Ok(true) => {}
             Ok(false) => return None,
             Err(busy) => return Some(*busy),
@@ -613,7 +613,7 @@ impl Publishing {
     pub(super) fn manifest(
         &mut self,
         ctx: &Ctx<'_>,
-        (program, viewer): (ProgramId, Viewer),
+        (program, viewer, peer): (ProgramId, Viewer, PeerId),
         channel: Client,
     ) -> Option<Reply> {
         let local = match Self::local_manifest(ctx, &program) {
@@ -629,7 +629,7 @@ impl Publishing {
         if let Some(signed) = self.fetches.recent_manifest(&program) {
             return Some((channel, Response::Manifest(signed)));
         }
-        match self.fetches.manifest(program, viewer, channel) {
+        match self.fetches.manifest(program, viewer, peer, channel) {
             Ok(true) => {}
             Ok(false) => return None,
             Err(busy) => return Some(*busy),
