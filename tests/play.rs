@@ -215,28 +215,28 @@ fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Re
             "{stderr}"
         );
     }
-    // Credentials that cannot be read refuse the play, and leave no empty `--out` either.
+    // Credentials that cannot be read refuse the play (status 1, its stderr), and leave no
+    // empty `--out` either.
     let broken = dir.path().join("broken-console");
+    let refused = || -> Result<String> {
+        let out = Play::new(&broken, &home.addr, &program)
+            .out(&file)
+            .command()
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!file.exists(), "a refused play left {}", file.display());
+        Ok(stderr)
+    };
     std::fs::create_dir_all(broken.join("tokens"))?;
     std::fs::write(broken.join("tokens/console.token"), b"junk")?;
     std::fs::write(broken.join("identity.key"), b"junk")?;
-    let out = Play::new(&broken, &home.addr, &program)
-        .out(&file)
-        .command()
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused()?;
     assert!(stderr.contains("not a libp2p key file"), "{stderr}");
-    assert!(!file.exists(), "a refused play left {}", file.display());
     // A damaged token beside a good identity: the file is named, why is said in words (not
     // the CBOR decoder's `Debug`), and what to do.
     std::fs::copy(console.join("identity.key"), broken.join("identity.key"))?;
-    let out = Play::new(&broken, &home.addr, &program)
-        .out(&file)
-        .command()
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = refused()?;
     let token = broken.join("tokens/console.token");
     let said = format!(
         "error: console token {}: not a vodmesh token (",
@@ -251,7 +251,6 @@ fn a_player_that_quits_ends_the_play_and_a_start_past_the_end_is_refused() -> Re
         !stderr.contains("Core(") && !stderr.contains('{'),
         "{stderr}"
     );
-    assert!(!file.exists(), "a refused play left {}", file.display());
     Ok(())
 }
 

@@ -234,7 +234,7 @@ mod tests {
         };
         let path = disk.0.join("x.redb");
         {
-            // Rows over many pages, written by an earlier process: not in the cache below.
+            // Rows over many pages, written before the open below: not in its cache.
             let file = RedbFile::open(&path)?;
             let tx = file.begin_write()?;
             let mut table = tx.open_table(COLD)?;

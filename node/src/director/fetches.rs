@@ -41,48 +41,74 @@ const RECENT_KEPT: usize = 64;
 /// The fetches running, who waits on each, and the manifests fetched lately.
 #[derive(Debug)]
 pub(super) struct Fetches {
-    playable: Waiting<ProgramId, Client>,
-    manifests: Waiting<(ProgramId, Viewer), Client>,
+    playable: Fetching<ProgramId>,
+    manifests: Fetching<(ProgramId, Viewer)>,
     recent: Expiring<ProgramId, Signed>,
-    /// Who started each fetch running, and how many each peer started.
-    started: Started,
-}
-
-/// The peers that started the fetches running.
-#[derive(Debug, Default)]
-struct Started {
-    playable: HashMap<ProgramId, PeerId>,
-    manifests: HashMap<(ProgramId, Viewer), PeerId>,
+    /// How many of the fetches running each peer started.
     by: HashMap<PeerId, usize>,
 }
 
-impl Started {
-    fn full(&self, peer: PeerId) -> bool {
-        self.by.get(&peer).copied().unwrap_or(0) >= MAX_FETCHES_PER_PEER
+/// One kind of fetch: those running, by key, who waits on each and who started it.
+#[derive(Debug)]
+struct Fetching<K> {
+    waiting: Waiting<K, Client>,
+    starter: HashMap<K, PeerId>,
+}
+
+impl<K: std::hash::Hash + Eq> Default for Fetching<K> {
+    fn default() -> Self {
+        Self {
+            waiting: Waiting::default(),
+            starter: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Fetching<K> {
+    /// `peer` asks for `key` from `channel`: it joins the fetch running, or starts one
+    /// (`Ok(true)`) unless `running` fetches run already or the peer started its share.
+    fn ask(
+        &mut self,
+        (key, peer): (K, PeerId),
+        channel: Client,
+        running: usize,
+        by: &mut HashMap<PeerId, usize>,
+    ) -> Result<bool, Box<Reply>> {
+        let busy = |channel| Box::new((channel, Response::Error(Error::FetchesBusy.into())));
+        let mine = by.get(&peer).copied().unwrap_or(0);
+        let new = !self.waiting.contains(&key);
+        if new && (running >= MAX_FETCHES || mine >= MAX_FETCHES_PER_PEER) {
+            return Err(busy(channel));
+        }
+        let started = self.waiting.push(key, channel).map_err(busy)?;
+        if started {
+            self.starter.insert(key, peer);
+            *by.entry(peer).or_default() += 1;
+        }
+        Ok(started)
     }
 
-    fn count(&mut self, peer: PeerId) {
-        *self.by.entry(peer).or_default() += 1;
-    }
-
-    fn ended(&mut self, peer: Option<PeerId>) {
-        let Some(peer) = peer else { return };
-        if let Some(n) = self.by.get_mut(&peer) {
+    /// The fetch of `key` ended: whoever waited on it; its starter's share comes back.
+    fn done(&mut self, key: &K, by: &mut HashMap<PeerId, usize>) -> Vec<Client> {
+        if let Some(peer) = self.starter.remove(key)
+            && let Some(n) = by.get_mut(&peer)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.by.remove(&peer);
+                by.remove(&peer);
             }
         }
+        self.waiting.take(key)
     }
 }
 
 impl Default for Fetches {
     fn default() -> Self {
         Self {
-            playable: Waiting::default(),
-            manifests: Waiting::default(),
+            playable: Fetching::default(),
+            manifests: Fetching::default(),
             recent: Expiring::new(RECENT_FOR, RECENT_KEPT),
-            started: Started::default(),
+            by: HashMap::new(),
         }
     }
 }
@@ -98,14 +124,8 @@ impl Fetches {
         peer: PeerId,
         channel: Client,
     ) -> Result<bool, Box<Reply>> {
-        let new = !self.playable.contains(&program);
-        let full = new && (self.running() >= MAX_FETCHES || self.started.full(peer));
-        let started = join(&mut self.playable, program, channel, full)?;
-        if started {
-            self.started.playable.insert(program, peer);
-            self.started.count(peer);
-        }
-        Ok(started)
+        let running = self.running();
+        (self.playable).ask((program, peer), channel, running, &mut self.by)
     }
 
     /// A `Manifest` of `program` from `channel`, seen as `viewer`: as [`Self::playable`].
@@ -116,22 +136,13 @@ impl Fetches {
         peer: PeerId,
         channel: Client,
     ) -> Result<bool, Box<Reply>> {
-        let key = (program, viewer);
-        let new = !self.manifests.contains(&key);
-        let full = new && (self.running() >= MAX_FETCHES || self.started.full(peer));
-        let started = join(&mut self.manifests, key, channel, full)?;
-        if started {
-            self.started.manifests.insert(key, peer);
-            self.started.count(peer);
-        }
-        Ok(started)
+        let running = self.running();
+        (self.manifests).ask(((program, viewer), peer), channel, running, &mut self.by)
     }
 
     /// The fetch of `program`'s record for `Playable` ended: `answer` for everyone waiting.
     pub(super) fn playable_done(&mut self, program: &ProgramId, answer: &Response) -> Vec<Reply> {
-        let peer = self.started.playable.remove(program);
-        self.started.ended(peer);
-        everyone(self.playable.take(program), answer)
+        everyone(self.playable.done(program, &mut self.by), answer)
     }
 
     /// The fetch of a manifest ended with `answer` (and whether its record says published):
@@ -144,10 +155,8 @@ impl Fetches {
         if let Ok((signed, true)) = &answer {
             self.recent.insert(key.0, signed.clone(), Instant::now());
         }
-        let peer = self.started.manifests.remove(&key);
-        self.started.ended(peer);
         let answer = respond(answer, |(signed, _)| Response::Manifest(signed));
-        everyone(self.manifests.take(&key), &answer)
+        everyone(self.manifests.done(&key, &mut self.by), &answer)
     }
 
     /// The manifest of published `program` fetched within [`RECENT_FOR`], if any.
@@ -156,21 +165,8 @@ impl Fetches {
     }
 
     fn running(&self) -> usize {
-        self.playable.keys() + self.manifests.keys()
+        self.playable.waiting.keys() + self.manifests.waiting.keys()
     }
-}
-
-fn join<K: std::hash::Hash + Eq>(
-    waiting: &mut Waiting<K, Client>,
-    key: K,
-    channel: Client,
-    full: bool,
-) -> Result<bool, Box<Reply>> {
-    let busy = |channel| Box::new((channel, Response::Error(Error::FetchesBusy.into())));
-    if full {
-        return Err(busy(channel));
-    }
-    waiting.push(key, channel).map_err(busy)
 }
 
 /// `answer` for each client of `waiting`.
