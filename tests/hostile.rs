@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use vodmesh_proto::ProgramId;
+use vodmesh_proto::signed::Signed;
+use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_tests::cli::{Ingest, Play};
 use vodmesh_tests::console::{Console, wait_holds_all, wait_holds_all_as};
@@ -324,6 +326,11 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
     setup.b.signal("STOP")?;
     let listed = status::programs(&setup.home.addr, None);
     let played = Play::new(&setup.console, &setup.home.addr, "first").run();
+    // A console that pinned its issuer (logged in) checks the manifest's signer against the
+    // records of the stations it needs (`Stations`), not against a walk of the whole swarm,
+    // which waits out the hung station (a play by id took 4 s, now tens of ms: README).
+    let pinned = Play::new(&setup.console, &setup.home.addr, &setup.program).run();
+    let stations = stations(&setup.home.addr, &[setup.home.peer(), setup.b.peer()]);
     // `vodmesh status` says which station did not answer, instead of showing its registry
     // record as if it had.
     let node = setup.home.addr.to_string();
@@ -332,6 +339,23 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
     setup.b.signal("CONT")?;
     assert_eq!(listed?, ids);
     assert!(played?.bytes == setup.bytes, "the play differs");
+    assert!(
+        pinned?.bytes == setup.bytes,
+        "the pinned play by id differs"
+    );
+    // Both stations' records, the hung one's from the registry's copies.
+    let (found, refused) = stations?;
+    let mut directors = Vec::new();
+    for signed in &found {
+        let record = vodmesh_proto::station::StationRecord::verify(signed, now_ms())?;
+        directors.push(record.director.to_string());
+    }
+    directors.sort();
+    let mut wanted = vec![setup.home.peer(), setup.b.peer()];
+    wanted.sort();
+    assert_eq!(directors, wanted);
+    // More than a request may name is refused, not looked up.
+    assert!(refused.contains("Stations of 9 directors"), "{refused}");
     let text = text?;
     let b = setup.b.peer();
     let b_part = text
@@ -359,6 +383,28 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
 /// Opens `dials` connections to `peer` at `addr` from one swarm of a single identity, and
 /// waits until every dial ended and `held` of them stay up (the others refused: closed by
 /// the other side, or failed); returns how many came up in all.
+/// `Stations` of `directors` asked of the director at `addr`: the records answered, and the
+/// refusal of one naming nine directors.
+fn stations(addr: &libp2p::Multiaddr, directors: &[String]) -> Result<(Vec<Signed>, String)> {
+    use vodmesh_proto::director::{MAX_STATIONS_ASKED, Request, Response};
+    let directors: Vec<libp2p::PeerId> = (directors.iter())
+        .map(|d| d.parse())
+        .collect::<Result<_, _>>()?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let client = vodmesh_client::DirectorClient::connect(addr, None).await?;
+        let found = match client.call(Request::Stations { directors }).await? {
+            Response::Swarm(records) => records,
+            other => anyhow::bail!("Stations answered {other:?}"),
+        };
+        let many = vec![libp2p::PeerId::random(); MAX_STATIONS_ASKED + 1];
+        let refused = match client.call(Request::Stations { directors: many }).await {
+            Err(e) => e.to_string(),
+            Ok(other) => anyhow::bail!("Stations of nine answered {other:?}"),
+        };
+        Ok((found, refused))
+    })
+}
+
 async fn connections_held(
     addr: &libp2p::Multiaddr,
     peer: libp2p::PeerId,

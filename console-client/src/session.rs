@@ -170,6 +170,35 @@ fn remember(home: Option<&Home>, directors: &Directors) {
     }
 }
 
+/// Checks that `signer`, who signed a manifest the director `via` handed over, chains to
+/// `pinned` ([`crate::pin::manifest_signer`]): first against the records of those two
+/// stations alone (`Stations`, a registry look-up of each), then, where those do not show
+/// it (a director of an older version, or a record the look-up missed), against the whole
+/// swarm's (`Swarm`, a walk of every station, which waits out any that hangs). Returns
+/// whether the whole swarm was asked for (and `directors` seeded with it).
+async fn check_signer(
+    directors: &Directors,
+    chain: (libp2p::PeerId, libp2p::PeerId),
+    pinned: IssuerKey,
+) -> Result<bool, SessionError> {
+    let asked = Request::Stations {
+        directors: vec![chain.0, chain.1],
+    };
+    if let Ok(Response::Swarm(records)) = directors.ask(asked).await
+        && crate::pin::manifest_signer(&records, chain, pinned, now_ms()).is_ok()
+    {
+        return Ok(false);
+    }
+    let records = match directors.ask(Request::Swarm).await? {
+        Response::Swarm(records) => records,
+        other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+    };
+    crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
+    // The swarm is learned with it.
+    directors.seed(&records);
+    Ok(true)
+}
+
 /// An open program: its verified manifest and the directors to ask for its segments. Used
 /// by `play` and by anything else that fetches segments (the HLS gateway).
 pub struct Session {
@@ -205,39 +234,25 @@ impl Session {
             &credentials.swarm,
             credentials.key.clone(),
         ));
-        let manifest = async {
-            match directors.ask(Request::Manifest { program }).await? {
-                Response::Manifest(signed) => Ok(Manifest::verify(&signed)?),
-                Response::Error(e) => Err(SessionError::Refused(e)),
-                other => Err(SessionError::Unexpected(format!("{other:?}"))),
-            }
+        let manifest = match directors.ask(Request::Manifest { program }).await? {
+            Response::Manifest(signed) => Manifest::verify(&signed)?,
+            Response::Error(e) => return Err(SessionError::Refused(e)),
+            other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         };
-        // With a pinned issuer, the swarm's records too, asked at the same time: the first
-        // byte waits for one round trip, not two.
-        let swarm = async {
-            if credentials.pinned.is_none() {
-                return Ok(None);
-            }
-            match directors.ask(Request::Swarm).await? {
-                Response::Swarm(records) => Ok(Some(records)),
-                other => Err(SessionError::Unexpected(format!("{other:?}"))),
-            }
-        };
-        let (manifest, swarm) = tokio::try_join!(manifest, swarm)?;
         // The pin covers the manifest: signed by a content manager of the console's swarm.
-        if let (Some(pinned), Some(records)) = (credentials.pinned, swarm) {
-            let chain = (manifest.content_manager, via);
-            crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
-            // The swarm is learned with it: not asked for again below.
-            directors.seed(&records);
-            remember(credentials.remember_in.as_ref(), &directors);
+        let mut seeded = false;
+        if let Some(pinned) = credentials.pinned {
+            seeded = check_signer(&directors, (manifest.content_manager, via), pinned).await?;
+            if seeded {
+                remember(credentials.remember_in.as_ref(), &directors);
+            }
         }
         // Learn the rest of the swarm now, while the first director answers: if its station
         // goes down mid-play, the console carries on with the others.
         let mut learning = JoinSet::new();
         let learn = directors.clone();
-        // A pinned play brought the remembered swarm up to date above already.
-        let home = (credentials.remember_in.clone()).filter(|_| credentials.pinned.is_none());
+        // A play that asked for the whole swarm above brought the remembered one up to date.
+        let home = (credentials.remember_in.clone()).filter(|_| !seeded);
         learning.spawn(async move {
             learn.learn().await;
             remember(home.as_ref(), &learn);

@@ -173,6 +173,16 @@ pub enum Request {
         /// Admin proof for op [`PROGRAMS_OP`] on [`PROGRAMS_SUBJECT`].
         admin: Signed,
     },
+    /// The signed records of these stations (by director), as the registry holds them now:
+    /// what a console that pinned its issuer checks a manifest's signer against, without
+    /// [`Request::Swarm`]'s walk of every station (which waits out any station that hangs).
+    /// At most [`MAX_STATIONS_ASKED`]; answered with [`Response::Swarm`], a station the
+    /// registry has no live record of left out. A director of an older version does not know
+    /// it: the console asks for the swarm then.
+    Stations {
+        /// The stations' directors.
+        directors: Vec<PeerId>,
+    },
 }
 
 impl Request {
@@ -186,6 +196,7 @@ impl Request {
             Request::IngestCommit { .. } => "IngestCommit",
             Request::Programs => "Programs",
             Request::AllPrograms { .. } => "AllPrograms",
+            Request::Stations { .. } => "Stations",
             Request::Manifest { .. } => "Manifest",
             Request::Activity => "Activity",
             Request::Locate { .. } => "Locate",
@@ -269,6 +280,9 @@ pub const MAX_ENGINES_NAMED: usize = 64;
 
 /// The most segments a `Locate` names beyond its own ([`Request::Locate`]'s `ahead`).
 pub const MAX_AHEAD: u8 = 8;
+
+/// The most stations one [`Request::Stations`] asks for.
+pub const MAX_STATIONS_ASKED: usize = 8;
 
 /// Where the segments of an ingest go: one engine and the segment indexes it takes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -471,6 +485,9 @@ mod tests {
         for req in [
             Request::Station,
             Request::Swarm,
+            Request::Stations {
+                directors: vec![PeerId::random(), PeerId::random()],
+            },
             Request::LocateCopy {
                 program,
                 index: SegmentIndex(3),

@@ -43,6 +43,7 @@ pub(super) fn needs(request: &Request) -> Needs {
     match request {
         Request::Station
         | Request::Swarm
+        | Request::Stations { .. }
         | Request::Locate { .. }
         | Request::Playable { .. }
         | Request::Programs
@@ -208,6 +209,12 @@ mod tests {
             (Request::Manifest { program }, Needs::Anyone),
             (Request::Playable { program }, Needs::Anyone),
             (Request::Station, Needs::Anyone),
+            (
+                Request::Stations {
+                    directors: vec![PeerId::random()],
+                },
+                Needs::Anyone,
+            ),
             (Request::Held, Needs::Member),
             (
                 Request::LocateCopy {

@@ -72,6 +72,10 @@ impl Director {
                 });
                 None
             }
+            Request::Stations { directors } => {
+                let answering = &self.stations_answering;
+                stations((answering, &mut self.tasks), &ctx, directors, channel)
+            }
             request @ (Request::IngestBegin { .. }
             | Request::IngestCommit { .. }
             | Request::IngestAbort { .. }) => {
@@ -214,6 +218,46 @@ impl Director {
             self.reply(reply);
         }
     }
+}
+
+/// `Stations` being answered at once, at most: each is a registry look-up per station named.
+const MAX_STATIONS_ANSWERING: usize = 32;
+
+/// `Stations`: the live records of `directors` from the registry (each look-up answered by
+/// its first valid record, so a hung station holds up none but its own), answered from
+/// `tasks`; busy past [`MAX_STATIONS_ANSWERING`] at once (`answering`), refused past
+/// [`director::MAX_STATIONS_ASKED`] named.
+fn stations(
+    (answering, tasks): (&std::sync::Arc<tokio::sync::Semaphore>, &mut Tasks<Reply>),
+    ctx: &context::Ctx<'_>,
+    mut directors: Vec<PeerId>,
+    channel: Client,
+) -> Option<Reply> {
+    if directors.len() > director::MAX_STATIONS_ASKED {
+        let many = format!("Stations of {} directors", directors.len());
+        return Some((channel, Response::Error(Error::Unsupported(many).into())));
+    }
+    let Ok(permit) = answering.clone().try_acquire_owned() else {
+        return Some((channel, Response::Error(Error::StationsBusy.into())));
+    };
+    directors.sort_unstable();
+    directors.dedup();
+    let registry = ctx.registry.clone();
+    tasks.spawn(async move {
+        let found = futures::future::join_all(directors.iter().map(|d| registry.get_station(*d)));
+        let records = (found.await.into_iter())
+            .filter_map(|got| got.ok().flatten())
+            .map(|(_, signed)| signed)
+            .collect();
+        drop(permit);
+        (channel, Response::Swarm(records))
+    });
+    None
+}
+
+/// The [`Director`]'s bound on `Stations` answered at once.
+pub(super) fn stations_answering() -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STATIONS_ANSWERING))
 }
 
 /// How long one signed record of this station answers `Station` requests.

@@ -149,6 +149,9 @@ pub(super) enum Error {
     /// Too many programs are being looked up in the registry at once.
     #[error("too many programs being looked up at once; retry")]
     FetchesBusy,
+    /// Too many `Stations` asked at once.
+    #[error("too many station records being looked up at once; retry")]
+    StationsBusy,
     /// Too many `Programs` asked while a listing runs.
     #[error("too many program lists asked at once; retry")]
     ListingBusy,
@@ -237,6 +240,7 @@ impl Error {
             | Self::NoWholeCopy
             | Self::TooManyMisses
             | Self::ListingBusy
+            | Self::StationsBusy
             | Self::FetchesBusy
             | Self::CheckQueueFull
             | Self::EngineQueueFull

@@ -160,6 +160,8 @@ struct Director {
     /// This station's record as `Station` requests are answered, signed a few times a second
     /// at most.
     station_answer: dispatch::StationAnswer,
+    /// Room for `Stations` answered at once.
+    stations_answering: std::sync::Arc<tokio::sync::Semaphore>,
     /// Whether the station drains; set by the station or by an admin's `Drain`.
     draining: watch::Sender<bool>,
     /// Requests of the HTTP edge, on a player's behalf.

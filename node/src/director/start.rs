@@ -309,6 +309,7 @@ pub async fn start(
         remembered,
         remembered_peers,
         station_answer: Default::default(),
+        stations_answering: super::dispatch::stations_answering(),
         play: Play::default(),
         miss: Misses::default(),
         replicate: Replicating::default(),
