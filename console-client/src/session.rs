@@ -171,32 +171,60 @@ fn remember(home: Option<&Home>, directors: &Directors) {
 }
 
 /// Checks that `signer`, who signed a manifest the director `via` handed over, chains to
-/// `pinned` ([`crate::pin::manifest_signer`]): first against the records of those two
-/// stations alone (`Stations`, a registry look-up of each), then, where those do not show
-/// it (a director of an older version, or a record the look-up missed), against the whole
-/// swarm's (`Swarm`, a walk of every station, which waits out any that hangs). Returns
-/// whether the whole swarm was asked for (and `directors` seeded with it).
+/// `pinned` ([`crate::pin::manifest_signer`]), against whichever shows it first: the whole
+/// swarm's records (`swarm`, asked with the manifest: answered at once from a director's
+/// recent walk, else after a walk of every station, which waits out any that hangs), or the
+/// records of those two stations alone (`Stations`, a registry look-up of each, asked once the
+/// manifest names the signer). The check stands on the swarm's answer where the stations'
+/// records do not show the signer certified (a director of an older version, a look-up that
+/// missed). Returns whether it stood on the swarm's answer (and `directors` was seeded with
+/// it).
 async fn check_signer(
     directors: &Directors,
+    swarm: impl Future<Output = Result<Response, AskError>>,
     chain: (libp2p::PeerId, libp2p::PeerId),
     pinned: IssuerKey,
 ) -> Result<bool, SessionError> {
+    let on_swarm = |answer: Result<Response, AskError>| {
+        let records = match answer? {
+            Response::Swarm(records) => records,
+            other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+        };
+        crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
+        // The swarm is learned with it.
+        directors.seed(&records);
+        Ok(true)
+    };
     let asked = Request::Stations {
         directors: vec![chain.0, chain.1],
     };
-    if let Ok(Response::Swarm(records)) = directors.ask(asked).await
-        && crate::pin::manifest_signer(&records, chain, pinned, now_ms()).is_ok()
-    {
-        return Ok(false);
-    }
-    let records = match directors.ask(Request::Swarm).await? {
-        Response::Swarm(records) => records,
-        other => return Err(SessionError::Unexpected(format!("{other:?}"))),
+    let stations = async {
+        match directors.ask(asked).await {
+            Ok(Response::Swarm(records)) => {
+                crate::pin::manifest_signer(&records, chain, pinned, now_ms()).is_ok()
+            }
+            _ => false,
+        }
     };
-    crate::pin::manifest_signer(&records, chain, pinned, now_ms())?;
-    // The swarm is learned with it.
-    directors.seed(&records);
-    Ok(true)
+    tokio::pin!(swarm, stations);
+    tokio::select! {
+        // The swarm's answer when it is there already: no round trip more.
+        biased;
+        answer = &mut swarm => on_swarm(answer),
+        shown = &mut stations => match shown {
+            true => Ok(false),
+            false => on_swarm(swarm.await),
+        },
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// An open program: its verified manifest and the directors to ask for its segments. Used
@@ -234,6 +262,12 @@ impl Session {
             &credentials.swarm,
             credentials.key.clone(),
         ));
+        // With a pinned issuer, the swarm's records too, asked at the same time: the first
+        // byte waits for one round trip, not two, where a director walked the swarm lately.
+        let swarm = (credentials.pinned.is_some()).then(|| {
+            let directors = directors.clone();
+            tokio::spawn(async move { directors.ask(Request::Swarm).await })
+        });
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => Manifest::verify(&signed)?,
             Response::Error(e) => return Err(SessionError::Refused(e)),
@@ -241,8 +275,15 @@ impl Session {
         };
         // The pin covers the manifest: signed by a content manager of the console's swarm.
         let mut seeded = false;
-        if let Some(pinned) = credentials.pinned {
-            seeded = check_signer(&directors, (manifest.content_manager, via), pinned).await?;
+        if let (Some(pinned), Some(swarm)) = (credentials.pinned, swarm) {
+            // A walk the check did not need is not waited for.
+            let _stop = AbortOnDrop(swarm.abort_handle());
+            let swarm = async {
+                let asked = swarm.await;
+                asked.unwrap_or_else(|_| Err(AskError::Down(via)))
+            };
+            let chain = (manifest.content_manager, via);
+            seeded = check_signer(&directors, swarm, chain, pinned).await?;
             if seeded {
                 remember(credentials.remember_in.as_ref(), &directors);
             }
