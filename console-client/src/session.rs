@@ -175,10 +175,9 @@ fn remember(home: Option<&Home>, directors: &Directors) {
 /// swarm's records (`swarm`, asked with the manifest: answered at once from a director's
 /// recent walk, else after a walk of every station, which waits out any that hangs), or the
 /// records of those two stations alone (`Stations`, a registry look-up of each, asked once the
-/// manifest names the signer). The check stands on the swarm's answer where the stations'
-/// records do not show the signer certified (a director of an older version, a look-up that
-/// missed). Returns whether it stood on the swarm's answer (and `directors` was seeded with
-/// it).
+/// manifest names the signer). It is refused where neither shows the signer certified (the
+/// swarm's answer says why). Returns whether it stood on the swarm's answer (and `directors`
+/// was seeded with it).
 async fn check_signer(
     directors: &Directors,
     swarm: impl Future<Output = Result<Response, AskError>>,
@@ -210,7 +209,14 @@ async fn check_signer(
     tokio::select! {
         // The swarm's answer when it is there already: no round trip more.
         biased;
-        answer = &mut swarm => on_swarm(answer),
+        answer = &mut swarm => match on_swarm(answer) {
+            Ok(seeded) => Ok(seeded),
+            // A walk that missed the signer's station (cut off from it while it ran).
+            Err(refused) => match stations.await {
+                true => Ok(false),
+                false => Err(refused),
+            },
+        },
         shown = &mut stations => match shown {
             true => Ok(false),
             false => on_swarm(swarm.await),
