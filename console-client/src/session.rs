@@ -9,6 +9,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 use vodmesh_client::files::{Home, write_private};
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorReply, ProgramInfo, Request, Response};
@@ -224,15 +225,6 @@ async fn check_signer(
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// An open program: its verified manifest and the directors to ask for its segments. Used
 /// by `play` and by anything else that fetches segments (the HLS gateway).
 pub struct Session {
@@ -270,9 +262,13 @@ impl Session {
         ));
         // With a pinned issuer, the swarm's records too, asked at the same time: the first
         // byte waits for one round trip, not two, where a director walked the swarm lately.
+        // Aborted when dropped: a walk the check did not need (or a play refused before it)
+        // is not waited for.
         let swarm = (credentials.pinned.is_some()).then(|| {
             let directors = directors.clone();
-            tokio::spawn(async move { directors.ask(Request::Swarm).await })
+            AbortOnDropHandle::new(tokio::spawn(
+                async move { directors.ask(Request::Swarm).await },
+            ))
         });
         let manifest = match directors.ask(Request::Manifest { program }).await? {
             Response::Manifest(signed) => Manifest::verify(&signed)?,
@@ -282,8 +278,6 @@ impl Session {
         // The pin covers the manifest: signed by a content manager of the console's swarm.
         let mut seeded = false;
         if let (Some(pinned), Some(swarm)) = (credentials.pinned, swarm) {
-            // A walk the check did not need is not waited for.
-            let _stop = AbortOnDrop(swarm.abort_handle());
             let swarm = async {
                 let asked = swarm.await;
                 asked.unwrap_or_else(|_| Err(AskError::Down(via)))
