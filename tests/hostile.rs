@@ -324,8 +324,12 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
     assert_eq!(status::programs(&setup.home.addr, None)?, ids);
 
     setup.b.signal("STOP")?;
+    let started = std::time::Instant::now();
     let listed = status::programs(&setup.home.addr, None);
+    eprintln!("listed after {:?}", started.elapsed());
+    let started = std::time::Instant::now();
     let played = Play::new(&setup.console, &setup.home.addr, "first").run();
+    eprintln!("played by title after {:?}", started.elapsed());
     // A console that pinned its issuer (logged in) checks the manifest's signer against the
     // records of the stations it needs (`Stations`), not against a walk of the whole swarm,
     // which waits out the hung station (a play by id took 4 s, now tens of ms: README).
@@ -380,9 +384,6 @@ fn a_hung_station_does_not_hold_up_the_listing_of_the_swarm() -> Result<()> {
     Ok(())
 }
 
-/// Opens `dials` connections to `peer` at `addr` from one swarm of a single identity, and
-/// waits until every dial ended and `held` of them stay up (the others refused: closed by
-/// the other side, or failed); returns how many came up in all.
 /// `Stations` of `directors` asked of the director at `addr`: the records answered, and the
 /// refusal of one naming nine directors.
 fn stations(addr: &libp2p::Multiaddr, directors: &[String]) -> Result<(Vec<Signed>, String)> {
@@ -405,6 +406,9 @@ fn stations(addr: &libp2p::Multiaddr, directors: &[String]) -> Result<(Vec<Signe
     })
 }
 
+/// Opens `dials` connections to `peer` at `addr` from one swarm of a single identity, and
+/// waits until every dial ended and `held` of them stay up (the others refused: closed by
+/// the other side, or failed); returns how many came up in all.
 async fn connections_held(
     addr: &libp2p::Multiaddr,
     peer: libp2p::PeerId,

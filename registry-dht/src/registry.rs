@@ -15,7 +15,7 @@ use libp2p::kad::{
     PutRecordOk, QueryId, QueryResult, QueryStats, Quorum, Record,
 };
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use vodmesh_proto::ProgramId;
 use vodmesh_proto::codec;
 use vodmesh_proto::net::{dialable, is_tcp, without_peer};
@@ -63,8 +63,9 @@ pub enum Command {
     Holders {
         /// The program.
         program: ProgramId,
-        /// The holders found.
-        reply: oneshot::Sender<HashSet<PeerId>>,
+        /// The holders found so far, grown as the look-up finds them; dropping every receiver
+        /// cuts the look-up short.
+        found: watch::Sender<Found>,
     },
     /// Store a signed catalog record.
     PutCatalog {
@@ -115,6 +116,15 @@ pub enum RegistryError {
     /// The director's event loop is gone (it is shutting down).
     #[error("registry is shut down")]
     Closed,
+}
+
+/// What a holders look-up found so far ([`Command::Holders`]).
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    /// The directors found holding the program.
+    pub holders: HashSet<PeerId>,
+    /// The look-up ended: no more will be found.
+    pub done: bool,
 }
 
 /// The async face of the registry, used by everything in the node that is not its event loop.
@@ -173,7 +183,46 @@ impl RegistryHandle {
 
     /// The directors of stations that hold segments of `program`.
     pub async fn holders(&self, program: ProgramId) -> Result<HashSet<PeerId>, RegistryError> {
-        self.ask(|reply| Command::Holders { program, reply }).await
+        let mut found = self.look_up_holders(program).await?;
+        let done = found.wait_for(|f| f.done).await;
+        let done = done.map_err(|_| RegistryError::Closed)?;
+        Ok(done.holders.clone())
+    }
+
+    /// [`RegistryHandle::holders`], or those found within `patience` where the look-up takes
+    /// longer (its copies in this director's own store first: they are found at once). A
+    /// look-up that meets a hung director waits out [`PEER_ANSWER_TIMEOUT`] for its answer;
+    /// a caller that only adds the holders to what it knows need not.
+    ///
+    /// [`PEER_ANSWER_TIMEOUT`]: crate::config::PEER_ANSWER_TIMEOUT
+    pub async fn holders_within(
+        &self,
+        patience: std::time::Duration,
+        program: ProgramId,
+    ) -> Result<HashSet<PeerId>, RegistryError> {
+        let mut found = self.look_up_holders(program).await?;
+        let closed = match tokio::time::timeout(patience, found.wait_for(|f| f.done)).await {
+            Ok(done) => done.is_err(),
+            Err(_) => false,
+        };
+        if closed && !found.borrow().done {
+            return Err(RegistryError::Closed);
+        }
+        Ok(found.borrow().holders.clone())
+    }
+
+    /// Starts a holders look-up; what it finds grows in the receiver.
+    async fn look_up_holders(
+        &self,
+        program: ProgramId,
+    ) -> Result<watch::Receiver<Found>, RegistryError> {
+        let (found, rx) = watch::channel(Found::default());
+        let command = Command::Holders { program, found };
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| RegistryError::Closed)?;
+        Ok(rx)
     }
 
     /// Publishes a signed catalog record.
@@ -219,10 +268,7 @@ enum Pending {
         best: Option<Box<(StationRecord, Signed)>>,
         reply: oneshot::Sender<Option<(StationRecord, Signed)>>,
     },
-    Holders {
-        found: HashSet<PeerId>,
-        reply: oneshot::Sender<HashSet<PeerId>>,
-    },
+    Holders(watch::Sender<Found>),
     Catalog {
         found: Vec<Signed>,
         reply: oneshot::Sender<Vec<Signed>>,
@@ -372,15 +418,9 @@ impl Registry {
             Command::StopProviding { program } => {
                 kad.stop_providing(&RecordKind::Program(program).key());
             }
-            Command::Holders { program, reply } => {
+            Command::Holders { program, found } => {
                 let id = kad.get_providers(RecordKind::Program(program).key());
-                self.started(
-                    id,
-                    Pending::Holders {
-                        found: HashSet::new(),
-                        reply,
-                    },
-                );
+                self.started(id, Pending::Holders(found));
             }
             Command::GetCatalog { program, reply } => {
                 let id = kad.get_record(RecordKind::Catalog(program).key());
@@ -598,15 +638,18 @@ impl Registry {
                 }
                 Pending::Catalog { found, reply }
             }
-            (Pending::Holders { mut found, reply }, QueryResult::GetProviders(r)) => {
-                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
-                    found.extend(providers);
+            (Pending::Holders(found), QueryResult::GetProviders(r)) => {
+                found.send_modify(|f| {
+                    if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                        f.holders.extend(providers);
+                    }
+                    f.done = last;
+                });
+                // Nobody waits any more (a caller's patience ran out): the rest is cut short.
+                if last || found.is_closed() {
+                    return !last;
                 }
-                if last {
-                    let _ = reply.send(found);
-                    return false;
-                }
-                Pending::Holders { found, reply }
+                Pending::Holders(found)
             }
             (Pending::Traced { mut trace, reply }, QueryResult::GetProviders(r)) => {
                 if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r

@@ -259,4 +259,63 @@ mod tests {
         assert!(stats.inbound.add_provider >= 1, "{:?}", stats.inbound);
         assert!(stats.inbound.total() > stats.inbound.add_provider);
     }
+
+    /// Runs `server`'s loop until `stop` fires, then hands the server back unpolled: its
+    /// connections stay open and nothing on them is answered (a hung station).
+    fn run_until(
+        mut server: Server,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<Server> {
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return server,
+                    event = server.next_event() => match event {
+                        Some(event) => server.on_event(event),
+                        None => return server,
+                    },
+                }
+            }
+        })
+    }
+
+    /// A holders look-up that meets a hung server waits out its answer; one with a patience
+    /// gives what it found by then: this server's own provider record, found at once. The
+    /// control: the whole look-up is still waiting when the patient one answers, and ends
+    /// later with the same holder.
+    #[tokio::test]
+    async fn holders_within_a_patience_are_those_found_by_then() {
+        let port = (u64::from(std::process::id()) << 16) + 100;
+        let (a, a_handle, a_peer, a_addr) = server(port + 1);
+        let (mut b, b_handle, b_peer, _) = server(port + 2);
+        b.kad_mut().add_address(&a_peer, a_addr);
+        let a_task = tokio::spawn(a.run());
+        let (stop_b, stopped) = tokio::sync::oneshot::channel();
+        let b_task = run_until(b, stopped);
+        b_handle.bootstrap().await.expect("b runs");
+        let met = tokio::time::timeout(Duration::from_secs(20), async {
+            while !(a_handle.routing_table().await.expect("a runs")).contains(&b_peer) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(met.await.is_ok(), "a never put b in its routing table");
+        let program = ProgramId([9; 32]);
+        a_handle.provide(program).await.expect("a provides");
+
+        let _ = stop_b.send(());
+        let hung = b_task.await.expect("b's loop stopped");
+        let whole = tokio::spawn({
+            let a_handle = a_handle.clone();
+            async move { a_handle.holders(program).await }
+        });
+        let patience = Duration::from_secs(1);
+        let found = a_handle.holders_within(patience, program).await;
+        assert_eq!(found.expect("a runs"), [a_peer].into());
+        assert!(!whole.is_finished(), "the whole look-up did not wait for b");
+        let whole = whole.await.expect("the look-up's task");
+        assert_eq!(whole.expect("a runs"), [a_peer].into());
+        drop((a_handle, b_handle, hung));
+        a_task.await.expect("a's loop ended");
+    }
 }

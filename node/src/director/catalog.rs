@@ -17,10 +17,11 @@
 //! `Manifest`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
 use vodmesh_proto::manifest::Manifest;
@@ -36,8 +37,21 @@ use crate::content::CatalogEntry;
 /// How long one other station may take to give its programs or a manifest: one that does
 /// not answer in time (down, cut off) is left out, not waited for.
 const ASK_WITHIN: Duration = Duration::from_secs(5);
+/// How long a station that gave no answer to the last `Held` asked of it may take to answer
+/// the next: a hung station (its connections open, nothing answered on them) costs each
+/// listing after the first this, not [`ASK_WITHIN`]. One that answers again, even after the
+/// listing stopped waiting for it, is given [`ASK_WITHIN`] again ([`Silent`]).
+const AGAIN_WITHIN: Duration = Duration::from_secs(1);
+/// How long the listed programs' holders are looked up in the registry, all of them: the
+/// stations' own lists name those that answered, and the look-ups add those found by then
+/// (this director's own copies of the records at once). A whole look-up would wait out a hung
+/// director's registry answers (4 s, `PEER_ANSWER_TIMEOUT`) in every listing.
+const HOLDERS_LISTED_WITHIN: Duration = Duration::from_secs(1);
 /// Stations asked at once for their programs.
 const LISTING_CONCURRENCY: usize = 16;
+/// Stations remembered as silent, at most (a swarm walk's bound: each listing forgets those
+/// its walk no longer finds); past it, a silent station is given the whole [`ASK_WITHIN`].
+const MAX_SILENT: usize = 4096;
 /// Holders asked for a manifest, at most, when the content manager does not answer.
 const MANIFEST_HOLDERS: usize = 8;
 /// How long the content manager may take to give a manifest, its look-up in the registry
@@ -335,7 +349,7 @@ pub(super) fn merge(lists: impl IntoIterator<Item = Vec<ProgramInfo>>) -> Vec<Pr
 /// by a swarm walk; the registry's holders added to each program.
 pub(super) async fn swarm_programs(
     (walks, registry): (&vodmesh_registry::RecentWalk, RegistryHandle),
-    asker: Asker,
+    (asker, silent): (Asker, &Silent),
     me: PeerId,
     local: Vec<ProgramInfo>,
 ) -> Result<Vec<ProgramInfo>, Error> {
@@ -344,33 +358,24 @@ pub(super) async fn swarm_programs(
         .filter(|(s, _)| s.director != me)
         .map(|(s, _)| (s.director, s.addrs.clone()))
         .collect();
-    let asks = others.into_iter().map(|(peer, addrs)| {
-        let asker = asker.clone();
-        async move {
-            match asker
-                .ask_within(ASK_WITHIN, peer, addrs, Request::Held)
-                .await
-            {
-                Ok(Response::Programs(list)) => list,
-                Ok(_) | Err(_) => Vec::new(),
-            }
-        }
-    });
-    let theirs: Vec<Vec<ProgramInfo>> = stream::iter(asks)
-        .buffer_unordered(LISTING_CONCURRENCY)
-        .collect()
-        .await;
+    let theirs = held_lists(&asker, silent, others).await;
     let mut all = merge(std::iter::once(local).chain(theirs));
-    // The programs' holders, looked up together, each for at most ASK_WITHIN: a station that
-    // hangs holds up every registry query that meets it, and one after the other they
-    // outlived the client's patience with a few programs. A program whose look-up did not end
-    // keeps the holders the stations' own lists named.
+    // The programs' holders, looked up together until HOLDERS_LISTED_WITHIN from now: a
+    // station that hangs holds up every registry query that meets it, and one after the other
+    // they outlived the client's patience with a few programs. A program keeps the holders the
+    // stations' own lists named, and gains those its look-up found by then (none where it did
+    // not start by then: the listing's time does not grow with the programs).
+    let until = tokio::time::Instant::now() + HOLDERS_LISTED_WITHIN;
     let programs: Vec<ProgramId> = all.iter().map(|info| info.program).collect();
     let lookups = programs.into_iter().map(|program| {
         let registry = registry.clone();
         async move {
-            let found = tokio::time::timeout(ASK_WITHIN, registry.holders(program)).await;
-            (program, found.ok().and_then(Result::ok))
+            let patience = until.saturating_duration_since(tokio::time::Instant::now());
+            if patience.is_zero() {
+                return (program, None);
+            }
+            let found = registry.holders_within(patience, program);
+            (program, found.await.ok())
         }
     });
     let found: Vec<(ProgramId, Option<HashSet<PeerId>>)> = stream::iter(lookups)
@@ -389,8 +394,84 @@ pub(super) async fn swarm_programs(
     Ok(all)
 }
 
+/// Each of `stations`' own list (`Held`), asked of all at once: an answer that does not come
+/// within the station's patience ([`Silent::patience`]) leaves its list out. Each ask runs to
+/// its own end even so (at most [`ASK_WITHIN`]), so that a late answer tells [`Silent`] the
+/// station answers again.
+async fn held_lists(
+    asker: &Asker,
+    silent: &Silent,
+    stations: Vec<(PeerId, Vec<Multiaddr>)>,
+) -> Vec<Vec<ProgramInfo>> {
+    silent.retain(stations.iter().map(|(peer, _)| *peer).collect());
+    let asks = stations.into_iter().map(|(peer, addrs)| {
+        let (asker, silent) = (asker.clone(), silent.clone());
+        async move {
+            let patience = silent.patience(peer);
+            let ask = tokio::spawn(async move {
+                let answer = (asker.ask_within(ASK_WITHIN, peer, addrs, Request::Held)).await;
+                silent.heard(peer, &answer);
+                answer
+            });
+            match tokio::time::timeout(patience, ask).await {
+                Ok(Ok(Ok(Response::Programs(list)))) => list,
+                _ => Vec::new(),
+            }
+        }
+    });
+    stream::iter(asks)
+        .buffer_unordered(LISTING_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The stations whose last `Held` got no answer (a time-out, a failed request): the next
+/// listing waits for them [`AGAIN_WITHIN`] only. Shared by the listings' asks, which may end
+/// after their listing.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Silent(Arc<Mutex<HashSet<PeerId>>>);
+
+impl Silent {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<PeerId>> {
+        // Nothing panics while holding it; a poisoned lock still holds a whole set.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the stations not in `listed` (the walk found them no more).
+    fn retain(&self, listed: HashSet<PeerId>) {
+        self.set().retain(|peer| listed.contains(peer));
+    }
+
+    /// How long a listing waits for `peer`'s list.
+    fn patience(&self, peer: PeerId) -> Duration {
+        match self.set().contains(&peer) {
+            true => AGAIN_WITHIN,
+            false => ASK_WITHIN,
+        }
+    }
+
+    /// `peer`'s `Held` ended with `answer`: an answer of any kind (a refusal too) clears it;
+    /// none marks it silent.
+    fn heard(&self, peer: PeerId, answer: &Result<Response, AskError>) {
+        let mut set = self.set();
+        match answer {
+            Err(AskError::TimedOut | AskError::Failed(_)) => {
+                if set.len() < MAX_SILENT {
+                    set.insert(peer);
+                }
+            }
+            _ => {
+                set.remove(&peer);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::time::Instant;
+
+    use super::super::outbound::Outbound;
     use super::*;
 
     fn info(n: u8, state: ProgramState, station: PeerId) -> ProgramInfo {
@@ -428,5 +509,104 @@ mod tests {
         }
         assert_eq!(merged[2].state, ProgramState::Inactive);
         assert_eq!(merged[2].stations, vec![b]);
+    }
+
+    /// Other directors on an [`Asker`]: `fast` answers its list at once; `hung` answers
+    /// after the delay `hung_answers` holds, or never (`None`: its asks stay open, as with a
+    /// stopped station).
+    fn directors(
+        (fast, hung): (PeerId, PeerId),
+        hung_answers: Arc<Mutex<Option<Duration>>>,
+    ) -> Asker {
+        let (mut outbound, asker) = Outbound::new(16);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Some(ask) = outbound.next().await {
+                let n = if ask.peer == fast { 1 } else { 2 };
+                let list = Ok(Response::Programs(vec![info(
+                    n,
+                    ProgramState::Published,
+                    ask.peer,
+                )]));
+                let delay = *hung_answers.lock().unwrap();
+                match (ask.peer == hung, delay) {
+                    (false, _) => drop(ask.reply.send(list)),
+                    (true, None) => open.push(ask.reply),
+                    (true, Some(delay)) => drop(tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = ask.reply.send(list);
+                    })),
+                }
+            }
+        });
+        asker
+    }
+
+    /// `held_lists` of `stations`: the programs listed, and how long (paused time) it took.
+    async fn listed(
+        asker: &Asker,
+        silent: &Silent,
+        stations: &[PeerId],
+    ) -> (BTreeSet<u8>, Duration) {
+        let started = Instant::now();
+        let stations = stations.iter().map(|p| (*p, Vec::new())).collect();
+        let lists = held_lists(asker, silent, stations).await;
+        let programs = lists
+            .into_iter()
+            .flatten()
+            .map(|p| p.program.0[0])
+            .collect();
+        (programs, started.elapsed())
+    }
+
+    /// Waits (paused time) until the asks still running told `silent` that `peer`'s patience
+    /// is `patience`.
+    async fn until_patience(silent: &Silent, peer: PeerId, patience: Duration) {
+        for _ in 0..10_000 {
+            if silent.patience(peer) == patience {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{peer}'s patience never became {patience:?}");
+    }
+
+    /// A hung station costs the first listing the whole patience, and each one after it
+    /// AGAIN_WITHIN only; an answer, even one that came after its listing stopped waiting,
+    /// gives it the whole patience again, and so does a walk that no longer finds it. The
+    /// station that answers is listed every time.
+    #[tokio::test(start_paused = true)]
+    async fn a_station_silent_last_time_is_waited_for_briefly_until_it_answers_again() {
+        let (fast, hung) = (PeerId::random(), PeerId::random());
+        let hung_answers = Arc::new(Mutex::new(None));
+        let asker = directors((fast, hung), hung_answers.clone());
+        let silent = Silent::default();
+        let both = [fast, hung];
+
+        let (programs, took) = listed(&asker, &silent, &both).await;
+        assert_eq!((programs, took), ([1].into(), ASK_WITHIN));
+        until_patience(&silent, hung, AGAIN_WITHIN).await;
+        assert_eq!(silent.patience(fast), ASK_WITHIN);
+
+        let (programs, took) = listed(&asker, &silent, &both).await;
+        assert_eq!((programs, took), ([1].into(), AGAIN_WITHIN));
+
+        // It answers again, slower than AGAIN_WITHIN: this listing goes without it, and its
+        // late answer gives the next one the whole patience, which then waits for it.
+        let late = AGAIN_WITHIN * 3;
+        *hung_answers.lock().unwrap() = Some(late);
+        let (programs, took) = listed(&asker, &silent, &both).await;
+        assert_eq!((programs, took), ([1].into(), AGAIN_WITHIN));
+        until_patience(&silent, hung, ASK_WITHIN).await;
+        let (programs, took) = listed(&asker, &silent, &both).await;
+        assert_eq!((programs, took), ([1, 2].into(), late));
+
+        // Silent again, then no longer found by the walk: forgotten.
+        *hung_answers.lock().unwrap() = None;
+        listed(&asker, &silent, &both).await;
+        until_patience(&silent, hung, AGAIN_WITHIN).await;
+        let (programs, _) = listed(&asker, &silent, &[fast]).await;
+        assert_eq!(programs, [1].into());
+        assert_eq!(silent.patience(hung), ASK_WITHIN);
     }
 }

@@ -153,6 +153,8 @@ pub(super) struct Publishing {
     schedule: Schedule,
     /// `Programs` answered from one listing ([`Listing`]).
     listing: Listing,
+    /// Stations whose last `Held` got no answer ([`catalog::Silent`]).
+    silent: catalog::Silent,
     /// `Playable` and `Manifest` that need the registry ([`Fetches`]).
     fetches: Fetches,
     tasks: Tasks<Done>,
@@ -667,11 +669,11 @@ impl Publishing {
     fn list(&mut self, ctx: &Ctx<'_>) {
         let local = catalog::held(ctx);
         let (walks, registry) = (ctx.walks.clone(), ctx.registry.clone());
-        let (asker, me) = (ctx.asker.clone(), ctx.me.peer_id);
+        let (asker, silent, me) = (ctx.asker.clone(), self.silent.clone(), ctx.me.peer_id);
         self.tasks.spawn(async move {
             let with = (&walks, registry);
             let listed = match local {
-                Ok(local) => catalog::swarm_programs(with, asker, me, local).await,
+                Ok(local) => catalog::swarm_programs(with, (asker, &silent), me, local).await,
                 Err(e) => Err(e),
             };
             Done::Listed(listed)
