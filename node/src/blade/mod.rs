@@ -34,8 +34,8 @@ pub use vodmesh_proto::blade::{DEAD_AFTER, HEARTBEAT, PROTOCOL};
 use futures::{AsyncRead, AsyncWrite};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
+use tokio_util::task::AbortOnDropHandle;
 use vodmesh_proto::blade::{self, MAX_FRAME};
 use vodmesh_proto::codec::{read_frame, write_frame};
 use vodmesh_proto::{SegmentId, token};
@@ -133,29 +133,20 @@ async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, why: &str) -> std::io::Result
 
 /// Reads frames into a channel: reading a frame is not cancel-safe, so it gets a task of its
 /// own, which the returned guard ends when the link does.
-fn reader<R, T>(mut r: R) -> (mpsc::Receiver<T>, AbortOnDrop)
+fn reader<R, T>(mut r: R) -> (mpsc::Receiver<T>, AbortOnDropHandle<()>)
 where
     R: AsyncRead + Unpin + Send + 'static,
     T: serde::de::DeserializeOwned + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
-    let task = tokio::spawn(async move {
+    let task = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Ok(msg) = read_frame::<_, T>(&mut r, MAX_FRAME).await {
             if tx.send(msg).await.is_err() {
                 break;
             }
         }
-    });
-    (rx, AbortOnDrop(task))
-}
-
-/// Ends a link's reading task when the link ends, however it ends.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    }));
+    (rx, task)
 }
 
 #[cfg(test)]
