@@ -15,6 +15,7 @@ use vodmesh_proto::{ProgramId, SegmentId, admin};
 use vodmesh_registry::registry::Command;
 use vodmesh_registry::{PersistentStore, Registry, RegistryHandle};
 
+use super::catalog::Infos;
 use super::choose::Link;
 use super::engines::{EngineId, EngineTable};
 use super::error::Error;
@@ -197,6 +198,8 @@ pub(super) struct Shared {
     pub(super) asker: Asker,
     /// Swarm walks, shared by the asks of two seconds.
     pub(super) walks: vodmesh_registry::RecentWalk,
+    /// The catalog entries `Held` has verified.
+    pub(super) infos: Infos,
 }
 
 impl Shared {
@@ -213,6 +216,7 @@ impl Shared {
             registry: &self.registry_handle,
             asker: &self.asker,
             walks: &self.walks,
+            infos: &self.infos,
             dht: Dht {
                 registry: &mut self.registry,
                 kad,
@@ -243,6 +247,8 @@ pub(super) struct Ctx<'a> {
     pub(super) asker: &'a Asker,
     /// Swarm walks, shared by the asks of two seconds.
     pub(super) walks: &'a vodmesh_registry::RecentWalk,
+    /// The catalog entries `Held` has verified.
+    pub(super) infos: &'a Infos,
     /// The registry, for writes on the loop.
     pub(super) dht: Dht<'a>,
 }

@@ -298,6 +298,7 @@ pub async fn start(
             registry_handle: registry_handle.clone(),
             asker,
             walks: vodmesh_registry::RecentWalk::new(registry_handle.clone(), peer_id),
+            infos: Default::default(),
         },
         reports: engines.reports,
         registry_commands,
