@@ -16,11 +16,11 @@
 //! has none. Anyone else gets `Programs` without them and `program not published` for their
 //! `Manifest`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use libp2p::{Multiaddr, PeerId};
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
@@ -423,33 +423,50 @@ pub(super) async fn swarm_programs(
         .filter(|(s, _)| s.director != me)
         .map(|(s, _)| (s.director, s.addrs.clone()))
         .collect();
-    let theirs = held_lists(&asker, silent, others).await;
-    let mut all = merge(std::iter::once(local).chain(theirs));
-    // The programs' holders, looked up together until HOLDERS_LISTED_WITHIN from now: a
-    // station that hangs holds up every registry query that meets it, and one after the other
-    // they outlived the client's patience with a few programs. A program keeps the holders the
-    // stations' own lists named, and gains those its look-up found by then (none where it did
-    // not start by then: the listing's time does not grow with the programs).
+    // The programs' holders are looked up as the lists name them (this station's at once),
+    // 16 at a time, until HOLDERS_LISTED_WITHIN from now: a station that hangs holds up every
+    // registry query that meets it, and one after the other they outlived the client's
+    // patience with a few programs. A program keeps the holders the lists named, and gains
+    // those its look-up found by then (none where it did not start by then: the listing's
+    // time grows neither with the programs nor past the lists' own).
     let until = tokio::time::Instant::now() + HOLDERS_LISTED_WITHIN;
-    let programs: Vec<ProgramId> = all.iter().map(|info| info.program).collect();
-    let lookups = programs.into_iter().map(|program| {
+    let look_up = |program: ProgramId| {
         let registry = registry.clone();
         async move {
             let patience = until.saturating_duration_since(tokio::time::Instant::now());
             if patience.is_zero() {
                 return (program, None);
             }
-            let found = registry.holders_within(patience, program);
-            (program, found.await.ok())
+            (
+                program,
+                registry.holders_within(patience, program).await.ok(),
+            )
         }
-    });
-    let found: Vec<(ProgramId, Option<HashSet<PeerId>>)> = stream::iter(lookups)
-        .buffer_unordered(LISTING_CONCURRENCY)
-        .collect()
-        .await;
-    let mut found: HashMap<ProgramId, HashSet<PeerId>> = (found.into_iter())
-        .filter_map(|(program, holders)| Some((program, holders?)))
-        .collect();
+    };
+    let mut to_look_up: VecDeque<ProgramId> = local.iter().map(|info| info.program).collect();
+    let mut seen: HashSet<ProgramId> = to_look_up.iter().copied().collect();
+    let (mut theirs, mut found) = (Vec::new(), HashMap::new());
+    let mut lists = std::pin::pin!(held_lists(&asker, silent, others).fuse());
+    let mut lookups = FuturesUnordered::new();
+    loop {
+        while lookups.len() < LISTING_CONCURRENCY
+            && let Some(program) = to_look_up.pop_front()
+        {
+            lookups.push(look_up(program));
+        }
+        tokio::select! {
+            Some(list) = lists.next() => {
+                let new = list.iter().map(|info| info.program).filter(|p| seen.insert(*p));
+                to_look_up.extend(new);
+                theirs.push(list);
+            }
+            Some((program, holders)) = lookups.next() => {
+                found.extend(holders.map(|holders| (program, holders)));
+            }
+            else => break,
+        }
+    }
+    let mut all = merge(std::iter::once(local).chain(theirs));
     for info in &mut all {
         if let Some(holders) = found.remove(&info.program) {
             let united: BTreeSet<PeerId> = (info.stations.iter().copied()).chain(holders).collect();
@@ -459,15 +476,15 @@ pub(super) async fn swarm_programs(
     Ok(all)
 }
 
-/// Each of `stations`' own list (`Held`), asked of all at once: an answer that does not come
-/// within the station's patience ([`Silent::patience`]) leaves its list out. Each ask runs to
-/// its own end even so (at most [`ASK_WITHIN`]), so that a late answer tells [`Silent`] the
-/// station answers again.
-async fn held_lists(
-    asker: &Asker,
-    silent: &Silent,
+/// Each of `stations`' own list (`Held`), asked of all at once, as they come: an answer that
+/// does not come within the station's patience ([`Silent::patience`]) leaves its list out.
+/// Each ask runs to its own end even so (at most [`ASK_WITHIN`]), so that a late answer tells
+/// [`Silent`] the station answers again.
+fn held_lists<'a>(
+    asker: &'a Asker,
+    silent: &'a Silent,
     stations: Vec<(PeerId, Vec<Multiaddr>)>,
-) -> Vec<Vec<ProgramInfo>> {
+) -> impl stream::Stream<Item = Vec<ProgramInfo>> + 'a {
     silent.retain(stations.iter().map(|(peer, _)| *peer).collect());
     let asks = stations.into_iter().map(|(peer, addrs)| {
         let (asker, silent) = (asker.clone(), silent.clone());
@@ -484,10 +501,7 @@ async fn held_lists(
             }
         }
     });
-    stream::iter(asks)
-        .buffer_unordered(LISTING_CONCURRENCY)
-        .collect()
-        .await
+    stream::iter(asks).buffer_unordered(LISTING_CONCURRENCY)
 }
 
 /// The stations whose last `Held` got no answer (a time-out, a failed request): the next
@@ -615,7 +629,7 @@ mod tests {
     ) -> (BTreeSet<u8>, Duration) {
         let started = Instant::now();
         let stations = stations.iter().map(|p| (*p, Vec::new())).collect();
-        let lists = held_lists(asker, silent, stations).await;
+        let lists: Vec<_> = held_lists(asker, silent, stations).collect().await;
         let programs = lists
             .into_iter()
             .flatten()
