@@ -226,39 +226,46 @@ impl Catalog {
     }
 }
 
+/// A valid entry of one segment, titled `title`, published, signed by `key` (for tests).
+#[cfg(test)]
+pub(crate) fn signed_entry(key: &libp2p::identity::Keypair, title: &str) -> CatalogEntry {
+    use vodmesh_proto::catalog::ProgramState;
+    use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
+    let content = ManifestContent {
+        title: title.into(),
+        content_type: "video/mp2t".into(),
+        duration_ms: 4000,
+        segments: vec![SegmentEntry {
+            index: 0.into(),
+            duration_ms: 4000,
+            size: 1000,
+            hash: vodmesh_proto::SegmentHash::of(title.as_bytes()),
+        }],
+        renditions: Vec::new(),
+    };
+    let me = key.public().to_peer_id();
+    let manifest = Manifest::new(content, me, 1);
+    let record = CatalogRecord {
+        program: manifest.program,
+        title: title.into(),
+        manifest_hash: vodmesh_proto::SegmentHash::of(&codec::encode(&manifest)),
+        state: ProgramState::Published,
+        publish_at_ms: 0,
+        replicas: 0,
+        content_manager: me,
+        home: me,
+        issued_ms: 1,
+    };
+    CatalogEntry {
+        manifest: manifest.sign(key),
+        record: record.sign(key),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use libp2p::identity::Keypair;
-    use vodmesh_proto::catalog::ProgramState;
-    use vodmesh_proto::manifest::ManifestContent;
-
-    fn entry(key: &Keypair, program: ProgramId) -> CatalogEntry {
-        let content = ManifestContent {
-            title: "t".into(),
-            content_type: "application/octet-stream".into(),
-            duration_ms: 0,
-            segments: Vec::new(),
-            renditions: Vec::new(),
-        };
-        let me = key.public().to_peer_id();
-        let manifest = Manifest::new(content, me, 1);
-        let record = CatalogRecord {
-            program,
-            title: "t".into(),
-            manifest_hash: vodmesh_proto::SegmentHash::of(&codec::encode(&manifest)),
-            state: ProgramState::Inactive,
-            publish_at_ms: 0,
-            replicas: 0,
-            content_manager: me,
-            home: me,
-            issued_ms: 1,
-        };
-        CatalogEntry {
-            manifest: manifest.sign(key),
-            record: record.sign(key),
-        }
-    }
 
     #[test]
     fn the_journal_lists_ingests_until_committed_or_dropped_across_reopens() -> Result<(), Error> {
@@ -273,7 +280,7 @@ mod tests {
         let catalog = Catalog::open(&path)?;
         assert_eq!(catalog.open_ingests()?, vec![(a, 3), (b, 5)]);
         // The commit of a takes it out of the journal; b is dropped.
-        catalog.put(&a, &entry(&Keypair::generate_ed25519(), a))?;
+        catalog.put(&a, &signed_entry(&Keypair::generate_ed25519(), "a"))?;
         catalog.ingest_dropped(&b)?;
         assert!(catalog.open_ingests()?.is_empty());
         assert!(catalog.get(&a)?.is_some());

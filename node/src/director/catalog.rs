@@ -552,6 +552,7 @@ mod tests {
 
     use super::super::outbound::Outbound;
     use super::*;
+    use crate::content::catalog::signed_entry;
 
     fn info(n: u8, state: ProgramState, station: PeerId) -> ProgramInfo {
         ProgramInfo {
@@ -689,40 +690,6 @@ mod tests {
         assert_eq!(silent.patience(hung), ASK_WITHIN);
     }
 
-    /// A catalog entry of one segment, titled `title`, signed by `key`.
-    fn catalog_entry(key: &libp2p::identity::Keypair, title: &str) -> CatalogEntry {
-        use vodmesh_proto::manifest::{ManifestContent, SegmentEntry};
-        let content = ManifestContent {
-            title: title.into(),
-            content_type: "video/mp2t".into(),
-            duration_ms: 4000,
-            segments: vec![SegmentEntry {
-                index: 0.into(),
-                duration_ms: 4000,
-                size: 1000,
-                hash: SegmentHash::of(title.as_bytes()),
-            }],
-            renditions: Vec::new(),
-        };
-        let me = key.public().to_peer_id();
-        let manifest = Manifest::new(content, me, 1);
-        let record = CatalogRecord {
-            program: manifest.program,
-            title: title.into(),
-            manifest_hash: SegmentHash::of(&vodmesh_proto::codec::encode(&manifest)),
-            state: ProgramState::Published,
-            publish_at_ms: 0,
-            replicas: 0,
-            content_manager: me,
-            home: me,
-            issued_ms: 1,
-        };
-        CatalogEntry {
-            manifest: manifest.sign(key),
-            record: record.sign(key),
-        }
-    }
-
     /// `Held` verifies an entry the first time it sees it and answers from the memo after
     /// that: an entry whose payload was swapped under its signatures (which then verifies no
     /// more, the control) is answered as it was verified. An entry a round did not see is
@@ -730,7 +697,7 @@ mod tests {
     #[test]
     fn an_entry_is_verified_once_and_forgotten_once_gone() {
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let (a, b) = (catalog_entry(&key, "a"), catalog_entry(&key, "b"));
+        let (a, b) = (signed_entry(&key, "a"), signed_entry(&key, "b"));
         let director = PeerId::random();
         let infos = Infos::default();
         {
@@ -740,7 +707,7 @@ mod tests {
         }
         let swapped = |e: &CatalogEntry| {
             let mut e = e.clone();
-            e.manifest.payload = catalog_entry(&key, "c").manifest.payload;
+            e.manifest.payload = signed_entry(&key, "c").manifest.payload;
             e
         };
         let (swapped_a, swapped_b) = (swapped(&a), swapped(&b));
