@@ -201,11 +201,9 @@ impl RegistryHandle {
         program: ProgramId,
     ) -> Result<HashSet<PeerId>, RegistryError> {
         let mut found = self.look_up_holders(program).await?;
-        let closed = match tokio::time::timeout(patience, found.wait_for(|f| f.done)).await {
-            Ok(done) => done.is_err(),
-            Err(_) => false,
-        };
-        if closed && !found.borrow().done {
+        let ended = tokio::time::timeout(patience, found.wait_for(|f| f.done));
+        // A look-up dropped before its end: the registry stopped.
+        if matches!(ended.await, Ok(Err(_))) {
             return Err(RegistryError::Closed);
         }
         Ok(found.borrow().holders.clone())
