@@ -9,12 +9,13 @@
 //! Every inbound record is validated before it is stored ([`validate`]), and in a closed swarm
 //! must come from a member ([`members`]: station certificates); the store survives a
 //! restart ([`store`]); the node drives the Kademlia behaviour through [`registry::Registry`]
-//! and talks to it with a [`registry::RegistryHandle`]; [`server`] is a registry server whole
+//! and talks to it with a [`handle::RegistryHandle`]; [`server`] is a registry server whole
 //! (its swarm and loop), for the tools; [`stats`] is what a server counts; [`walk`] lists every
 //! live station; [`redb_file`] is a redb file opened again after an I/O error, which every
 //! database of a station goes through.
 
 pub mod config;
+pub mod handle;
 pub mod keys;
 pub mod members;
 pub mod redb_file;
