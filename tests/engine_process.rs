@@ -195,6 +195,8 @@ enum Fate {
     Killed,
     /// SIGSTOP: its connections stay open and bring nothing.
     Frozen,
+    /// SIGSTOP before the play starts, SIGCONT once the console has written a segment.
+    FrozenBefore,
 }
 
 /// How the console plays in [`engine_process_fails_mid_play`].
@@ -208,7 +210,8 @@ enum Pace {
 
 /// A station of two engine processes (home, auth, content manager) and a second station with
 /// a complete replica; `vodmesh-console play --out -` at `pace` through the home station;
-/// once the console has written the first segment, the first engine process meets `fate`.
+/// once the console has written the first segment, the first engine process meets `fate`
+/// (`FrozenBefore`: it is thawed then, frozen since before the play started).
 /// The play finishes with the program's exact bytes. Returns the console's debug log, its
 /// `--stats` and the first engine's peer id.
 fn engine_process_fails_mid_play(
@@ -270,11 +273,18 @@ fn engine_process_fails_mid_play(
         Duration::from_secs(60),
     ))?;
 
+    if fate == Fate::FrozenBefore {
+        e1.signal("STOP")?;
+    }
     let mut playing = play.to_stdout().debug().spawn()?;
     // The console writes into the pipe only as fast as it is read: once the first segment
     // is read, the rest is yet to be fetched (but for the segments in its window).
     playing.read(segment_size)?;
     let kept = match fate {
+        Fate::FrozenBefore => {
+            e1.signal("CONT")?;
+            Some(e1)
+        }
         Fate::Killed => {
             e1.kill()?;
             None
@@ -344,6 +354,17 @@ fn an_engine_process_frozen_mid_play_is_passed_over_for_another_holder() -> Resu
         served, frozen,
         "segment {stalled} was served by the frozen engine"
     );
+    Ok(())
+}
+
+/// At `--speed 1 --buffer 2`, a play started while an engine process is frozen (SIGSTOP before
+/// the play asks for its first segment, SIGCONT once that segment is written) costs the
+/// console no stall: the silent fetches are hedged at the other holder (the chaos run of seed
+/// 1796662158240 had a play start at the home station while its engine was frozen).
+#[test]
+fn an_engine_process_frozen_as_a_play_starts_costs_no_stall() -> Result<()> {
+    let (log, stats, _) = engine_process_fails_mid_play(Fate::FrozenBefore, Pace::Realtime)?;
+    assert_eq!(stats["stalls"], 0, "the 2 s buffer ran dry: {stats}\n{log}");
     Ok(())
 }
 

@@ -8,13 +8,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use vodmesh_console::play::{self, Speed};
 use vodmesh_node::events::Kind;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::token::Issuer;
 use vodmesh_tests::cli::{Ingest, Play, subscriber};
-use vodmesh_tests::console::credentials;
+use vodmesh_tests::console::{credentials, wait_holds_all};
 use vodmesh_tests::media::random_file;
 use vodmesh_tests::process::Node;
 use vodmesh_tests::replica::{HomeAndReplica, Program};
@@ -194,6 +194,88 @@ fn station_fails_mid_play(fate: Fate) -> Result<()> {
         serde_json::json!(both),
         "b served first, the home after the loss: {stats}"
     );
+    Ok(())
+}
+
+/// Two stations going silent one after the other (the chaos run, seed 1796662158240: a home
+/// engine frozen, then another station's link cut within 10 s). Once the first director is
+/// passed over, the console asks the others, the one that answered last first; when that one
+/// goes silent too, a fetch waits on its `Locate`, and so does every hedge of it that asks
+/// the same director first. The hedge passes the silent director over, as it does the
+/// first: the console asks the third station and the `--buffer 2` rides it out. Before, every
+/// racer waited on the silent director until its connection was given up (about 5 s: a stall
+/// of 4.9 s in that run).
+#[test]
+fn a_second_director_going_silent_is_passed_over_like_the_first() -> Result<()> {
+    const SEGMENTS: u32 = 16;
+    const SIZE: usize = 128 * KIB;
+    let dir = tempfile::tempdir()?;
+    let station = |name: &str| Node::new(&dir.path().join(name)).engines(1).ttl(10);
+    let home = station("home").home().start()?;
+    let b = station("b").enrolled_with(&home)?.start()?;
+    let c = station("c").enrolled_with(&home)?.start()?;
+    wait::blocking(
+        "the stations to find each other",
+        Duration::from_secs(30),
+        || {
+            let listed = status::directors(&home.addr)?;
+            Ok(listed.contains(&b.peer()) && listed.contains(&c.peer()))
+        },
+    )?;
+    let console = dir.path().join("console");
+    subscriber(&home.addr, &home.key(), &console, "ida")?;
+    // A whole replica at b and at c: each can serve every segment from its own engine.
+    let source = dir.path().join("twice.bin");
+    let bytes = random_file(&source, SEGMENTS as usize * SIZE, 54)?;
+    let program = Ingest::new(&home.addr, &home.key(), "twice", &source)
+        .publish_now()
+        .segment_size(SIZE)
+        .bitrate(1_000_000)
+        .replicas(2)
+        .run()?;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        for station in [&b, &c] {
+            let id = program.parse()?;
+            wait_holds_all(&station.addr, id, SEGMENTS, Duration::from_secs(60)).await?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    let mut playing = Play::new(&console, &home.addr, "twice")
+        .speed("1")
+        .args(&["--buffer", "2"])
+        .to_stdout()
+        .debug()
+        .spawn()?;
+    playing.read(SIZE)?;
+    // The home goes silent: the console passes its director over and asks b and c.
+    home.signal("STOP")?;
+    playing.read(4 * SIZE)?;
+    // The station that served the last segment written is the one asked first now.
+    let log = playing.stderr().text();
+    let last = (log.lines().rev())
+        .find_map(|l| l.contains("segment fetched").then(|| l.split_whitespace()))
+        .and_then(|mut words| words.find_map(|w| w.strip_prefix("director=")))
+        .map(str::to_string)
+        .with_context(|| format!("no segment fetched after the home went silent:\n{log}"))?;
+    let silent = match last {
+        p if p == b.peer() => &b,
+        p if p == c.peer() => &c,
+        p => anyhow::bail!("the last segment came from {p}, neither b nor c:\n{log}"),
+    };
+    silent.signal("STOP")?;
+    let played = playing.finish()?;
+    assert!(played.bytes == bytes, "played bytes differ");
+    let stats = played.stats;
+    assert_eq!(stats["verified"], true);
+    // Hedged at the third station before the buffer ran dry.
+    assert_eq!(
+        stats["stalls"], 0,
+        "the buffer ran dry: {stats}\n{}",
+        played.log
+    );
+    let served = stats["stations"].as_array().map(Vec::len);
+    assert_eq!(served, Some(3), "every station served: {stats}");
     Ok(())
 }
 

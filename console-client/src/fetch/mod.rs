@@ -448,10 +448,11 @@ impl Fetcher {
                         .collect();
                     let slow = newest.at_engine();
                     tracing::debug!(%index, slow = ?slow.map(|(e, _)| e), racing = started + 1, "segment silent near its play time: hedged");
-                    if slow.is_none_or(|(_, director)| director == self.directors.first.peer()) {
-                        // Waiting on the first director, or on an engine of its station (frozen
-                        // or cut off with it, likely): the rest of the swarm is asked first.
-                        self.directors.pass_over_first();
+                    if let Some((_, director)) = slow {
+                        // Waiting on an engine: its station's director (frozen or cut off with
+                        // it, likely) is asked after the rest of the swarm. A director slow
+                        // to answer is passed over as the ask waits on it (`Directors::ask`).
+                        self.directors.pass_over(director);
                     }
                     let avoid = waiting.iter().map(|(engine, _)| *engine).collect();
                     let watch = &watches[started];

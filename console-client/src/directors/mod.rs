@@ -2,14 +2,18 @@
 //! learned through the first. A station that goes down mid-play is passed over and the
 //! console carries on with the others. Until the first director has listed the swarm (or when
 //! it never does: cut off before it answered), the directors the console remembers
-//! (`swarm.json`, `VODMESH_NODE`) stand in for the list.
+//! (`swarm.json`, `VODMESH_NODE`) stand in for the list. A director that fails, or leaves a
+//! request unanswered for a second, is asked after the others for a while ([`passed`]); the
+//! next one is asked beside it meanwhile, so one silent director never holds a request up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 use vodmesh_client::{ClientError, DirectorClient};
 use vodmesh_proto::director::{ErrorCode, Request, Response};
 use vodmesh_proto::net::{dial_first, peer_of};
@@ -17,8 +21,8 @@ use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
-/// How long a first director that failed is passed over before it is asked again.
-const FIRST_DOWN_FOR: Duration = Duration::from_secs(10);
+mod passed;
+use passed::{ANSWER_WITHIN, Candidate, Passed};
 
 /// Why no director answered.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +108,9 @@ pub(crate) struct Directors {
     remembered: Vec<Known>,
     others: OnceCell<Vec<Known>>,
     /// Connections to the other directors, opened once and kept for every later segment.
-    clients: Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
-    /// When the first director last failed to answer.
-    first_down: std::sync::Mutex<Option<Instant>>,
+    clients: std::sync::Mutex<HashMap<PeerId, Arc<DirectorClient>>>,
+    /// The directors passed over lately, and the one that answered last.
+    passed: std::sync::Mutex<Passed>,
     /// The console's identity, for the connections to the other directors: a director
     /// starts a miss only for the peer its console token names.
     key: Option<libp2p::identity::Keypair>,
@@ -132,8 +136,8 @@ impl Directors {
             first,
             remembered,
             others: OnceCell::new(),
-            clients: Mutex::default(),
-            first_down: std::sync::Mutex::default(),
+            clients: std::sync::Mutex::default(),
+            passed: std::sync::Mutex::default(),
             key,
         }
     }
@@ -210,16 +214,27 @@ impl Directors {
         }
     }
 
-    /// A kept connection to `station`'s director, opened on first use.
+    /// The connections to other directors (a map of kept clients: a panicked holder left
+    /// it whole).
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Arc<DirectorClient>>> {
+        (self.clients.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn passed(&self) -> std::sync::MutexGuard<'_, Passed> {
+        (self.passed.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A kept connection to `station`'s director, opened on first use. No lock is held while
+    /// it connects: a director cut off holds up no ask of another.
     async fn client(&self, station: &Known) -> Option<Arc<DirectorClient>> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&station.director) {
+        if let Some(c) = self.clients().get(&station.director) {
             return Some(c.clone());
         }
         let client = DirectorClient::connect(&station.addr, self.key.clone()).await;
         let client = Arc::new(client.ok()?);
-        clients.insert(station.director, client.clone());
-        Some(client)
+        // Two asks may have connected at once: the first kept wins.
+        let mut clients = self.clients();
+        Some(clients.entry(station.director).or_insert(client).clone())
     }
 
     /// Sends `request` to the director `peer` (the first one, or another station's).
@@ -243,86 +258,133 @@ impl Directors {
         Ok(client.request(request).await?)
     }
 
-    /// Whether the first director failed within [`FIRST_DOWN_FOR`].
+    /// Whether the first director is passed over now.
     fn first_is_down(&self) -> bool {
-        self.first_down
-            .lock()
-            .ok()
-            .and_then(|d| *d)
-            .is_some_and(|at| at.elapsed() < FIRST_DOWN_FOR)
+        self.passed().is_passed(&self.first.peer(), Instant::now())
     }
 
-    /// Passes the first director over for a while, as if it had failed: a fetch waiting on its
-    /// answer was hedged (it is slow: cut off, frozen, or stuck on a look-up of its own).
-    pub(crate) fn pass_over_first(&self) {
-        if let Ok(mut down) = self.first_down.lock() {
-            *down = Some(Instant::now());
-        }
+    /// Passes `director` over for a while, as if it had failed: a fetch waiting on it, or on
+    /// an engine of its station, was hedged (it is slow: cut off, frozen, or stuck on a
+    /// look-up of its own).
+    pub(crate) fn pass_over(&self, director: PeerId) {
+        self.passed().pass_over(director, Instant::now());
     }
 
-    /// Asks the first director, noting when it fails.
-    async fn ask_first(&self, request: Request) -> Result<Response, AskError> {
-        let answer = self.first.request(request).await;
-        if let Ok(mut down) = self.first_down.lock() {
-            *down = answer.is_err().then(Instant::now);
-        }
-        if let Err(e) = &answer {
-            tracing::warn!(director = %self.first.peer(), error = %e, "director did not answer; asking the rest of the swarm");
-        }
-        Ok(answer?)
-    }
-
-    /// Sends `request` to the first director, then to the content managers and other
-    /// stations of the swarm, until one answers with something other than `NotFound` or
-    /// `Busy` (a busy answer is the answer only when no other station has better).
-    ///
-    /// A first director that cannot be reached (its station went down) is passed over for
-    /// a while: the console carries on with the rest of the swarm, which it learned at the
-    /// start, and asks the first again when nobody else answers.
-    pub(crate) async fn ask(&self, request: Request) -> Result<Response, AskError> {
-        let skipped = self.first_is_down();
-        let first = if skipped {
-            Err(AskError::Down(self.first.peer()))
-        } else {
-            self.ask_first(request.clone()).await
+    /// The directors to ask, in order ([`Passed::order`]), each with its station (none: the
+    /// first).
+    async fn order(&self) -> Vec<(PeerId, Option<Known>)> {
+        let others = self.others().await;
+        let candidates: Vec<Candidate> = {
+            let clients = self.clients();
+            (others.iter())
+                .map(|s| Candidate {
+                    director: s.director,
+                    connected: clients.contains_key(&s.director),
+                    knows_all: s.knows_all,
+                })
+                .collect()
         };
-        if let Ok(answer) = &first
-            && !matches!(answer, Response::Error(e) if e.code == ErrorCode::NotFound)
-        {
-            return first;
-        }
-        let mut stations = self.others().await;
-        stations.sort_by_key(|s| !s.knows_all);
-        // The director that answered last goes first: the next segment is likely there too.
-        {
-            let known = self.clients.lock().await;
-            stations.sort_by_key(|s| !known.contains_key(&s.director));
-        }
-        // A busy answer (that station's misses at their cap, its holders busy) is kept for
-        // when no other station has better.
+        let first = self.first.peer();
+        let order = self.passed().order(first, &candidates, Instant::now());
+        (order.into_iter())
+            .map(|d| (d, others.iter().find(|s| s.director == d).cloned()))
+            .collect()
+    }
+
+    /// Sends `request` to one director: the first (no station), or `station`'s.
+    async fn ask_one(
+        &self,
+        director: PeerId,
+        station: Option<Known>,
+        request: Request,
+    ) -> (PeerId, Result<Response, AskError>) {
+        let answer = match station {
+            None => self.first.request(request).await.map_err(AskError::from),
+            Some(station) => match self.client(&station).await {
+                Some(client) => client.request(request).await.map_err(AskError::from),
+                None => Err(AskError::Unreachable(director)),
+            },
+        };
+        (director, answer)
+    }
+
+    /// Sends `request` to the first director, then to the other stations of the swarm
+    /// ([`Passed::order`]), until one answers with something other than `NotFound` or
+    /// `Busy` (a busy answer is the answer only when no other station has better; otherwise
+    /// the first director's answer is).
+    ///
+    /// A director that fails, or leaves the request unanswered for [`ANSWER_WITHIN`], is
+    /// passed over for a while: the next one is asked beside it (its answer still counts if
+    /// it comes first), and later requests ask it after the others. A station that went
+    /// down, froze or was cut off mid-play costs the console a second at most, not the time
+    /// its connection takes to be given up.
+    pub(crate) async fn ask(&self, request: Request) -> Result<Response, AskError> {
+        let first = self.first.peer();
+        let mut order = self.order().await.into_iter();
+        let mut asking = FuturesUnordered::new();
+        // The director asked last, and when the next one is asked beside it.
+        let mut waiting: Option<(PeerId, Instant)> = None;
         let mut busy = None;
-        for station in &stations {
-            let Some(client) = self.client(station).await else {
-                continue;
-            };
-            match client.request(request.clone()).await {
-                Ok(Response::Error(e)) if e.code == ErrorCode::NotFound => continue,
-                Ok(Response::Error(e)) if e.code == ErrorCode::Busy => {
-                    busy.get_or_insert(Response::Error(e));
+        let mut first_said = None;
+        loop {
+            let now = Instant::now();
+            if waiting.is_none_or(|(_, at)| now >= at) {
+                if let Some((slow, _)) = waiting.take() {
+                    tracing::debug!(director = %slow, "director slow to answer; asking the next beside it");
+                    self.pass_over(slow);
                 }
-                Ok(answer) => return Ok(answer),
-                Err(_) => continue,
+                match order.next() {
+                    Some((director, station)) => {
+                        waiting = Some((director, now + ANSWER_WITHIN));
+                        asking.push(self.ask_one(director, station, request.clone()));
+                    }
+                    None if asking.is_empty() => break,
+                    None => {}
+                }
+            }
+            let patience = async {
+                match waiting {
+                    Some((_, at)) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (director, answer) = tokio::select! {
+                Some(answered) = asking.next() => answered,
+                () = patience => continue,
+            };
+            if waiting.is_some_and(|(d, _)| d == director) {
+                // It answered: the next one is asked at once, if at all.
+                waiting = None;
+            }
+            let said = match answer {
+                Ok(answer) => {
+                    self.passed().answered(director);
+                    match &answer {
+                        Response::Error(e) if e.code == ErrorCode::NotFound => Ok(answer),
+                        Response::Error(e) if e.code == ErrorCode::Busy => {
+                            busy.get_or_insert(answer);
+                            continue;
+                        }
+                        _ => return Ok(answer),
+                    }
+                }
+                Err(e) => {
+                    if director == first {
+                        tracing::warn!(%director, error = %e, "director did not answer; asking the rest of the swarm");
+                    }
+                    self.pass_over(director);
+                    Err(e)
+                }
+            };
+            if director == first {
+                first_said = Some(said);
             }
         }
-        let first = match skipped {
-            // Nobody else could serve: the first may be back.
-            true => self.ask_first(request).await,
-            false => first,
-        };
-        match (first, busy) {
-            (Ok(Response::Error(e)), Some(busy)) if e.code == ErrorCode::NotFound => Ok(busy),
-            (Err(_), Some(busy)) => Ok(busy),
-            (first, _) => first,
+        match (busy, first_said) {
+            (Some(busy), _) => Ok(busy),
+            (None, Some(said)) => said,
+            // Every director is asked, the first among them.
+            (None, None) => Err(AskError::Down(first)),
         }
     }
 }
