@@ -200,11 +200,11 @@ fn station_fails_mid_play(fate: Fate) -> Result<()> {
 /// Two stations going silent one after the other (the chaos run, seed 1796662158240: a home
 /// engine frozen, then another station's link cut within 10 s). Once the first director is
 /// passed over, the console asks the others, the one that answered last first; when that one
-/// goes silent too, a fetch waits on its `Locate`, and so does every hedge of it that asks
-/// the same director first. The hedge passes the silent director over, as it does the
-/// first: the console asks the third station and the `--buffer 2` rides it out. Before, every
-/// racer waited on the silent director until its connection was given up (about 5 s: a stall
-/// of 4.9 s in that run).
+/// goes silent too, a fetch waits on its `Locate`. Its hedge passes over the directors that
+/// have left an ask unanswered that long, whichever they are, and asks the third station:
+/// the `--buffer 2` rides it out. Before, a hedge passed over the first director alone, so
+/// every racer asked the silent one first and waited until its connection was given up (4
+/// stalls here, the longest 9 s; 4.9 s in that run).
 #[test]
 fn a_second_director_going_silent_is_passed_over_like_the_first() -> Result<()> {
     const SEGMENTS: u32 = 16;

@@ -2,9 +2,10 @@
 //! learned through the first. A station that goes down mid-play is passed over and the
 //! console carries on with the others. Until the first director has listed the swarm (or when
 //! it never does: cut off before it answered), the directors the console remembers
-//! (`swarm.json`, `VODMESH_NODE`) stand in for the list. A director that fails, or leaves a
-//! request unanswered for a second, is asked after the others for a while ([`passed`]); the
-//! next one is asked beside it meanwhile, so one silent director never holds a request up.
+//! (`swarm.json`, `VODMESH_NODE`) stand in for the list. A director that fails, leaves a
+//! request unanswered for a few seconds, or keeps a fetch waiting until it is hedged, is
+//! asked after the others for a while ([`passed`]); the next one is asked beside it
+//! meanwhile, so one silent director does not hold a request up for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -291,13 +292,33 @@ impl Directors {
             .collect()
     }
 
-    /// Sends `request` to one director: the first (no station), or `station`'s.
+    /// A fetch waiting on a director's answer was hedged after `silent` without a byte: the
+    /// directors with an ask on its way for that long are passed over ([`Passed::pass_over_slow`]).
+    pub(crate) fn pass_over_slow(&self, silent: std::time::Duration) {
+        let slow = self.passed().pass_over_slow(silent, Instant::now());
+        if !slow.is_empty() {
+            tracing::debug!(
+                ?slow,
+                "directors slow to answer a hedged fetch: asked after the others"
+            );
+        }
+    }
+
+    /// Sends `request` to one director: the first (no station), or `station`'s. The ask is
+    /// counted on its way until it ends or is dropped.
     async fn ask_one(
         &self,
         director: PeerId,
         station: Option<Known>,
         request: Request,
     ) -> (PeerId, Result<Response, AskError>) {
+        struct OnItsWay<'a>(&'a Directors, u64);
+        impl Drop for OnItsWay<'_> {
+            fn drop(&mut self) {
+                self.0.passed().end(self.1);
+            }
+        }
+        let _on_its_way = OnItsWay(self, self.passed().begin(director, Instant::now()));
         let answer = match station {
             None => self.first.request(request).await.map_err(AskError::from),
             Some(station) => match self.client(&station).await {
@@ -316,8 +337,9 @@ impl Directors {
     /// A director that fails, or leaves the request unanswered for [`ANSWER_WITHIN`], is
     /// passed over for a while: the next one is asked beside it (its answer still counts if
     /// it comes first), and later requests ask it after the others. A station that went
-    /// down, froze or was cut off mid-play costs the console a second at most, not the time
-    /// its connection takes to be given up.
+    /// down, froze or was cut off costs a request that long at most, not the time its
+    /// connection takes to be given up (a fetch's hedge passes it over sooner:
+    /// [`Directors::pass_over_slow`]).
     pub(crate) async fn ask(&self, request: Request) -> Result<Response, AskError> {
         let first = self.first.peer();
         let mut order = self.order().await.into_iter();

@@ -1,7 +1,8 @@
 //! The order in which a console asks directors ([`Passed::order`]): the first director, then
 //! the one that answered last, the ones it holds connections to and those that know every
-//! program; any that failed lately, or left a request unanswered for longer than
-//! [`ANSWER_WITHIN`], after all of them, for [`PASSED_OVER_FOR`] or until it answers again.
+//! program; after all of them, for [`PASSED_OVER_FOR`] or until it answers again, any that
+//! failed lately, left a request unanswered for longer than [`ANSWER_WITHIN`], or kept a
+//! fetch waiting until it was hedged ([`Passed::pass_over_slow`]).
 //!
 //! Plain synchronous code that takes `now`: tested on simulated time.
 
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 /// How long a director may leave a request unanswered before the next one is asked beside
-/// it. A director answers in milliseconds; one this slow is frozen, cut off, or stuck on a
-/// look-up of its own. Its answer still counts if it comes first.
-pub(super) const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// it: longer than a `Locate` that starts a miss may take (the director waits up to 3 s for a
+/// holder's engine), so a director at work is not taken for a silent one. A fetch does not
+/// wait this long: it is hedged before its play time, and the director it waits on is passed
+/// over then ([`Passed::pass_over_slow`]). Its answer still counts if it comes first.
+pub(super) const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 /// How long a director that failed, or was slow past [`ANSWER_WITHIN`], is asked after the
 /// others.
 pub(super) const PASSED_OVER_FOR: Duration = Duration::from_secs(10);
@@ -28,14 +31,46 @@ pub(super) struct Candidate {
     pub(super) knows_all: bool,
 }
 
-/// The directors passed over lately, and the one that answered last.
+/// The directors passed over lately, the one that answered last, and the asks on their way.
 #[derive(Debug, Default)]
 pub(super) struct Passed {
     since: HashMap<PeerId, Instant>,
     last_answered: Option<PeerId>,
+    /// Asks on their way, by number: the director asked, and since when.
+    asking: HashMap<u64, (PeerId, Instant)>,
+    next_ask: u64,
 }
 
 impl Passed {
+    /// An ask of `director` begins: its number, to [`Passed::end`] it with.
+    pub(super) fn begin(&mut self, director: PeerId, now: Instant) -> u64 {
+        let n = self.next_ask;
+        self.next_ask = self.next_ask.wrapping_add(1);
+        self.asking.insert(n, (director, now));
+        n
+    }
+
+    /// Ask `n` ended: answered, failed or given up.
+    pub(super) fn end(&mut self, n: u64) {
+        self.asking.remove(&n);
+    }
+
+    /// A fetch waiting on a director's answer was hedged: every director with an ask on its
+    /// way for `silent` or longer is passed over (the fetch does not know which director its
+    /// ask waits on, nor whether it waits on an ask another fetch made for it).
+    pub(super) fn pass_over_slow(&mut self, silent: Duration, now: Instant) -> Vec<PeerId> {
+        let mut slow: Vec<PeerId> = (self.asking.values())
+            .filter(|(_, since)| now.saturating_duration_since(*since) >= silent)
+            .map(|(director, _)| *director)
+            .collect();
+        slow.sort();
+        slow.dedup();
+        for director in &slow {
+            self.pass_over(*director, now);
+        }
+        slow
+    }
+
     /// `director` failed, or kept a request waiting past [`ANSWER_WITHIN`].
     pub(super) fn pass_over(&mut self, director: PeerId, now: Instant) {
         // Bounded by the swarm's directors: the expired ones go.
@@ -150,6 +185,30 @@ mod tests {
             [first, b.director, c.director]
         );
         assert!(!passed.is_passed(&b.director, at(10_000)));
+    }
+
+    /// A hedge of a fetch waiting on a director passes over the directors it may be waiting
+    /// on: those with an ask on its way for the hedge's silence. Not one that answers (its
+    /// ask ended), nor one asked only just now.
+    #[test]
+    fn a_hedge_passes_over_the_directors_silent_for_its_silence() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let first = PeerId::random();
+        let (b, c) = (candidate(true, false), candidate(true, false));
+        let mut passed = Passed::default();
+        let silent = passed.begin(b.director, t0);
+        let answered = passed.begin(c.director, t0);
+        passed.end(answered);
+        let _fresh = passed.begin(first, at(400));
+        let slow = passed.pass_over_slow(Duration::from_millis(500), at(600));
+        assert_eq!(slow, [b.director]);
+        assert_eq!(
+            passed.order(first, &[b, c], at(700)),
+            [first, c.director, b.director]
+        );
+        passed.end(silent);
+        assert!(passed.pass_over_slow(Duration::ZERO, at(800)) == [first]);
     }
 
     #[test]

@@ -448,11 +448,12 @@ impl Fetcher {
                         .collect();
                     let slow = newest.at_engine();
                     tracing::debug!(%index, slow = ?slow.map(|(e, _)| e), racing = started + 1, "segment silent near its play time: hedged");
-                    if let Some((_, director)) = slow {
+                    match slow {
                         // Waiting on an engine: its station's director (frozen or cut off with
-                        // it, likely) is asked after the rest of the swarm. A director slow
-                        // to answer is passed over as the ask waits on it (`Directors::ask`).
-                        self.directors.pass_over(director);
+                        // it, likely) is asked after the rest of the swarm.
+                        Some((_, director)) => self.directors.pass_over(director),
+                        // Waiting on a director: the ones silent as long are.
+                        None => self.directors.pass_over_slow(hedge::SILENCE),
                     }
                     let avoid = waiting.iter().map(|(engine, _)| *engine).collect();
                     let watch = &watches[started];
