@@ -244,6 +244,17 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
         println!("  plays with a stall:\n    {}", stalled.join("\n    "));
     }
     if !too_long.is_empty() {
+        // CI keeps only what the test prints: the console's decisions in each such play.
+        for p in plays.iter().filter(|p| {
+            (p.outcome.as_ref()).is_ok_and(|s| s["longest_stall_ms"].as_u64() > Some(BUFFER_MS))
+        }) {
+            println!(
+                "  console {} play {}, its decisions:\n{}",
+                p.console,
+                p.n,
+                decisions(dir, p)
+            );
+        }
         // A silent fetch is hedged half a buffer before its play time (console-client's
         // hedge.rs): a stall is a hedge that came too late, or found no other holder.
         problems.push(format!(
@@ -270,6 +281,33 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
         bail!("{}", problems.join("\n"));
     }
     Ok(())
+}
+
+/// The lines of a play's console log (kept under `dir`) that are decisions: hedges, attempts
+/// ended, directors passed over, segments fetched, warnings; the last 100, each cut at 300
+/// bytes.
+fn decisions(dir: &Path, p: &Played) -> String {
+    let path = dir.join(format!("console{}/play{}.log", p.console, p.n));
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return format!("    (no log at {})", path.display());
+    };
+    let marks = [
+        "fetched",
+        "hedged",
+        "asking again",
+        "race won",
+        "slow",
+        "WARN",
+        "ERROR",
+    ];
+    let lines: Vec<&str> = (text.lines())
+        .filter(|l| marks.iter().any(|m| l.contains(m)))
+        .collect();
+    let last = &lines[lines.len().saturating_sub(100)..];
+    (last.iter())
+        .map(|l| format!("    {}", l.get(..300).unwrap_or(l)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Prints the run's figures.

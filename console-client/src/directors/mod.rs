@@ -3,9 +3,9 @@
 //! console carries on with the others. Until the first director has listed the swarm (or when
 //! it never does: cut off before it answered), the directors the console remembers
 //! (`swarm.json`, `VODMESH_NODE`) stand in for the list. A director that fails, leaves a
-//! request unanswered for a few seconds, or keeps a fetch waiting until it is hedged, is
-//! asked after the others for a while ([`passed`]); the next one is asked beside it
-//! meanwhile, so one silent director does not hold a request up for long.
+//! `Locate` or a `Manifest` unanswered for a few seconds, or keeps a fetch waiting until it
+//! is hedged, is asked after the others for a while ([`passed`]); the next one is asked
+//! beside it meanwhile, so one silent director does not hold a request up for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -334,45 +334,50 @@ impl Directors {
     /// `Busy` (a busy answer is the answer only when no other station has better; otherwise
     /// the first director's answer is).
     ///
-    /// A director that fails, or leaves the request unanswered for [`ANSWER_WITHIN`], is
-    /// passed over for a while: the next one is asked beside it (its answer still counts if
-    /// it comes first), and later requests ask it after the others. A station that went
-    /// down, froze or was cut off costs a request that long at most, not the time its
-    /// connection takes to be given up (a fetch's hedge passes it over sooner:
-    /// [`Directors::pass_over_slow`]).
+    /// A director that fails is passed over for a while: later requests ask it after the
+    /// others. One that leaves a `Locate` or a `Manifest` unanswered for [`ANSWER_WITHIN`]
+    /// is too, and the next one is asked beside it (its answer still counts if it comes
+    /// first): a station that froze or was cut off costs a play's start or a segment that
+    /// long at most, not the time its connection takes to be given up (a fetch's hedge
+    /// passes it over sooner: [`Directors::pass_over_slow`]). Other requests may keep a
+    /// director long at work (a walk of the swarm waits out a station that hangs), so they
+    /// wait for its answer.
     pub(crate) async fn ask(&self, request: Request) -> Result<Response, AskError> {
         let first = self.first.peer();
+        let patience = matches!(request, Request::Locate { .. } | Request::Manifest { .. })
+            .then_some(ANSWER_WITHIN);
         let mut order = self.order().await.into_iter();
         let mut asking = FuturesUnordered::new();
-        // The director asked last, and when the next one is asked beside it.
-        let mut waiting: Option<(PeerId, Instant)> = None;
+        // The director asked last, and when the next one is asked beside it (never: once it
+        // answers).
+        let mut waiting: Option<(PeerId, Option<Instant>)> = None;
         let mut busy = None;
         let mut first_said = None;
         loop {
             let now = Instant::now();
-            if waiting.is_none_or(|(_, at)| now >= at) {
+            if waiting.is_none_or(|(_, at)| at.is_some_and(|at| now >= at)) {
                 if let Some((slow, _)) = waiting.take() {
                     tracing::debug!(director = %slow, "director slow to answer; asking the next beside it");
                     self.pass_over(slow);
                 }
                 match order.next() {
                     Some((director, station)) => {
-                        waiting = Some((director, now + ANSWER_WITHIN));
+                        waiting = Some((director, patience.map(|p| now + p)));
                         asking.push(self.ask_one(director, station, request.clone()));
                     }
                     None if asking.is_empty() => break,
                     None => {}
                 }
             }
-            let patience = async {
+            let next_beside = async {
                 match waiting {
-                    Some((_, at)) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
+                    Some((_, Some(at))) => tokio::time::sleep_until(at.into()).await,
+                    _ => std::future::pending().await,
                 }
             };
             let (director, answer) = tokio::select! {
                 Some(answered) = asking.next() => answered,
-                () = patience => continue,
+                () = next_beside => continue,
             };
             if waiting.is_some_and(|(d, _)| d == director) {
                 // It answered: the next one is asked at once, if at all.

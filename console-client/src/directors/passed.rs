@@ -1,8 +1,9 @@
 //! The order in which a console asks directors ([`Passed::order`]): the first director, then
 //! the one that answered last, the ones it holds connections to and those that know every
 //! program; after all of them, for [`PASSED_OVER_FOR`] or until it answers again, any that
-//! failed lately, left a request unanswered for longer than [`ANSWER_WITHIN`], or kept a
-//! fetch waiting until it was hedged ([`Passed::pass_over_slow`]).
+//! failed lately, left a `Locate` or a `Manifest` unanswered for longer than
+//! [`ANSWER_WITHIN`], or kept a fetch waiting until it was hedged
+//! ([`Passed::pass_over_slow`]).
 //!
 //! Plain synchronous code that takes `now`: tested on simulated time.
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-/// How long a director may leave a request unanswered before the next one is asked beside
-/// it: longer than a `Locate` that starts a miss may take (the director waits up to 3 s for a
+/// How long a director may leave a `Locate` or a `Manifest` unanswered before the next one
+/// is asked beside it: longer than a `Locate` that starts a miss may take (the director waits up to 3 s for a
 /// holder's engine), so a director at work is not taken for a silent one. A fetch does not
 /// wait this long: it is hedged before its play time, and the director it waits on is passed
 /// over then ([`Passed::pass_over_slow`]). Its answer still counts if it comes first.
