@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use vodmesh_console::play::{self, Speed};
 use vodmesh_node::events::Kind;
 use vodmesh_proto::time::now_ms;
@@ -251,17 +251,27 @@ fn a_second_director_going_silent_is_passed_over_like_the_first() -> Result<()> 
     // The home goes silent: the console passes its director over and asks b and c.
     home.signal("STOP")?;
     playing.read(4 * SIZE)?;
-    // The station that served the last segment written is the one asked first now.
-    let log = playing.stderr().text();
-    let last = (log.lines().rev())
-        .find_map(|l| l.contains("segment fetched").then(|| l.split_whitespace()))
-        .and_then(|mut words| words.find_map(|w| w.strip_prefix("director=")))
-        .map(str::to_string)
-        .with_context(|| format!("no segment fetched after the home went silent:\n{log}"))?;
-    let silent = match last {
-        p if p == b.peer() => &b,
-        p if p == c.peer() => &c,
-        p => anyhow::bail!("the last segment came from {p}, neither b nor c:\n{log}"),
+    // The station the console turned to, the last of b and c to serve it, is the one it asks
+    // first now (the segments before may have come from the home, fetched ahead).
+    let turned_to = |log: &[u8]| {
+        let log = String::from_utf8_lossy(log);
+        (log.lines().rev())
+            .filter(|l| l.contains("segment fetched"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("director="))
+            })
+            .find(|d| *d == b.peer() || *d == c.peer())
+            .map(str::to_string)
+    };
+    let log = playing.stderr();
+    log.wait_for("a segment from b or c", Duration::from_secs(30), |l| {
+        turned_to(l).is_some()
+    })?;
+    let silent = match turned_to(log.text().as_bytes()) {
+        Some(p) if p == b.peer() => &b,
+        // c, as the wait saw.
+        _ => &c,
     };
     silent.signal("STOP")?;
     let played = playing.finish()?;

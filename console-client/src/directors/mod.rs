@@ -32,7 +32,7 @@ pub enum AskError {
     /// failed and what to do ([`client_line`]), not what the transport said.
     #[error("{}", client_line(.0))]
     Client(ClientError),
-    /// The first director failed lately and nobody else answered.
+    /// The director could not be asked: its ask was given up before it answered.
     #[error("director {0} is down")]
     Down(PeerId),
     /// A director that is not among the swarm's stations.

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 /// How long a director may leave a `Locate` or a `Manifest` unanswered before the next one
-/// is asked beside it: longer than a `Locate` that starts a miss may take (the director waits up to 3 s for a
-/// holder's engine), so a director at work is not taken for a silent one. A fetch does not
-/// wait this long: it is hedged before its play time, and the director it waits on is passed
-/// over then ([`Passed::pass_over_slow`]). Its answer still counts if it comes first.
+/// is asked beside it: longer than a `Locate` that starts a miss may take (the director
+/// waits up to 3 s for a holder's engine), so a director at work is not taken for a silent
+/// one. A fetch does not wait this long: it is hedged before its play time, and the director
+/// it waits on is passed over then ([`Passed::pass_over_slow`]). Its answer still counts if
+/// it comes first.
 pub(super) const ANSWER_WITHIN: Duration = Duration::from_secs(4);
 /// How long a director that failed, or was slow past [`ANSWER_WITHIN`], is asked after the
 /// others.
