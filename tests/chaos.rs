@@ -243,6 +243,23 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
     if !stalled.is_empty() {
         println!("  plays with a stall:\n    {}", stalled.join("\n    "));
     }
+    // Start-up is not asserted, but the slowest one is named, with the disruptions around it,
+    // and past a buffer's time with its console's decisions too.
+    let startup = |p: &Played| p.outcome.as_ref().ok()?["startup_ms"].as_u64();
+    if let Some((p, ms)) = (plays.iter())
+        .filter_map(|p| Some((p, startup(p)?)))
+        .max_by_key(|(_, ms)| *ms)
+    {
+        println!("  slowest start {ms} ms: {}", p.describe(&log));
+        if ms > BUFFER_MS {
+            println!(
+                "  console {} play {}, its decisions:\n{}",
+                p.console,
+                p.n,
+                decisions(dir, p)
+            );
+        }
+    }
     if !too_long.is_empty() {
         // CI keeps only what the test prints: the console's decisions in each such play.
         for p in plays.iter().filter(|p| {
