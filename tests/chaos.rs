@@ -253,10 +253,10 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
         println!("  slowest start {ms} ms: {}", p.describe(&log));
         if ms > BUFFER_MS {
             println!(
-                "  console {} play {}, its decisions:\n{}",
+                "  console {} play {}, its first decisions:\n{}",
                 p.console,
                 p.n,
-                decisions(dir, p)
+                decisions(dir, p, true)
             );
         }
     }
@@ -269,7 +269,7 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
                 "  console {} play {}, its decisions:\n{}",
                 p.console,
                 p.n,
-                decisions(dir, p)
+                decisions(dir, p, false)
             );
         }
         // A silent fetch is hedged half a buffer before its play time (console-client's
@@ -300,15 +300,18 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The lines of a play's console log (kept under `dir`) that are decisions: hedges, attempts
-/// ended, directors passed over, segments fetched, warnings; the last 100, each cut at 300
+/// The lines of a play's console log (kept under `dir`) that are decisions: the session
+/// opened, hedges, attempts timed and ended, directors passed over, segments fetched,
+/// warnings; the first 100 (`from_start`: a slow start) or the last 100, each cut at 300
 /// bytes.
-fn decisions(dir: &Path, p: &Played) -> String {
+fn decisions(dir: &Path, p: &Played, from_start: bool) -> String {
     let path = dir.join(format!("console{}/play{}.log", p.console, p.n));
     let Ok(text) = std::fs::read_to_string(&path) else {
         return format!("    (no log at {})", path.display());
     };
     let marks = [
+        "session open",
+        "attempt timed",
         "fetched",
         "hedged",
         "asking again",
@@ -320,8 +323,12 @@ fn decisions(dir: &Path, p: &Played) -> String {
     let lines: Vec<&str> = (text.lines())
         .filter(|l| marks.iter().any(|m| l.contains(m)))
         .collect();
-    let last = &lines[lines.len().saturating_sub(100)..];
-    (last.iter())
+    let shown = if from_start {
+        &lines[..lines.len().min(100)]
+    } else {
+        &lines[lines.len().saturating_sub(100)..]
+    };
+    (shown.iter())
         .map(|l| format!("    {}", l.get(..300).unwrap_or(l)))
         .collect::<Vec<_>>()
         .join("\n")

@@ -153,6 +153,12 @@ pub async fn play_rendition<W: AsyncWrite + Unpin + ?Sized>(
     // on bytes that are here.
     let mut out = tokio::io::BufWriter::with_capacity(gather, out);
     let session = Arc::new(Session::open(node, credentials, program).await?);
+    // A slow start tells here whether the session (the manifest, the signer's check) or the
+    // first segments took the time.
+    tracing::debug!(
+        ms = began.elapsed().as_millis() as u64,
+        "session open: the manifest verified"
+    );
     let mut ladder = Ladder::new(&session.manifest().content, rendition)?;
     if let Some(l) = &ladder {
         tracing::debug!(renditions = %l.describe(), "abr: the program's renditions");

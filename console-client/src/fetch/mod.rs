@@ -626,7 +626,7 @@ impl Fetcher {
             }
         };
         self.bulk.done(engine, s).await;
-        tracing::trace!(%index, %engine, ?located, ?opened, read = ?began.elapsed().saturating_sub(opened), "segment attempt timed");
+        tracing::debug!(%index, %engine, ?located, ?opened, read = ?began.elapsed().saturating_sub(opened), "segment attempt timed");
         Ok(Segment {
             location,
             bytes,
