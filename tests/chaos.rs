@@ -300,8 +300,8 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The lines of a play's console log (kept under `dir`) that are decisions: the session
-/// opened, hedges, attempts timed and ended, directors passed over, segments fetched,
+/// The lines of a play's console log (kept under `dir`) that are decisions: the session's
+/// steps, hedges, attempts timed and ended, directors passed over, segments fetched,
 /// warnings; the first 100 (`from_start`: a slow start) or the last 100, each cut at 300
 /// bytes.
 fn decisions(dir: &Path, p: &Played, from_start: bool) -> String {
@@ -310,7 +310,7 @@ fn decisions(dir: &Path, p: &Played, from_start: bool) -> String {
         return format!("    (no log at {})", path.display());
     };
     let marks = [
-        "session open",
+        "session",
         "attempt timed",
         "fetched",
         "hedged",

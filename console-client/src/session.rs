@@ -255,6 +255,7 @@ impl Session {
         program: ProgramId,
     ) -> Result<Self, SessionError> {
         let via = client.peer();
+        let began = std::time::Instant::now();
         let directors = Arc::new(Directors::new(
             client,
             &credentials.swarm,
@@ -275,7 +276,8 @@ impl Session {
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         };
-        // The pin covers the manifest: signed by a content manager of the console's swarm.
+        let ms = |at: std::time::Instant| at.elapsed().as_millis() as u64;
+        tracing::debug!(ms = ms(began), "session: the manifest answered");
         let mut seeded = false;
         if let (Some(pinned), Some(swarm)) = (credentials.pinned, swarm) {
             let swarm = async {
@@ -284,6 +286,7 @@ impl Session {
             };
             let chain = (manifest.content_manager, via);
             seeded = check_signer(&directors, swarm, chain, pinned).await?;
+            tracing::debug!(ms = ms(began), "session: the manifest's signer checked");
             if seeded {
                 remember(credentials.remember_in.as_ref(), &directors);
             }
