@@ -278,6 +278,7 @@ impl Session {
         };
         let ms = |at: std::time::Instant| at.elapsed().as_millis() as u64;
         tracing::debug!(ms = ms(began), "session: the manifest answered");
+        // The pin covers the manifest: signed by a content manager of the console's swarm.
         let mut seeded = false;
         if let (Some(pinned), Some(swarm)) = (credentials.pinned, swarm) {
             let swarm = async {
