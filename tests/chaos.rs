@@ -252,12 +252,7 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
     {
         println!("  slowest start {ms} ms: {}", p.describe(&log));
         if ms > BUFFER_MS {
-            println!(
-                "  console {} play {}, its first decisions:\n{}",
-                p.console,
-                p.n,
-                decisions(dir, p, true)
-            );
+            println!("{}", decisions(dir, p, true));
         }
     }
     if !too_long.is_empty() {
@@ -265,12 +260,7 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
         for p in plays.iter().filter(|p| {
             (p.outcome.as_ref()).is_ok_and(|s| s["longest_stall_ms"].as_u64() > Some(BUFFER_MS))
         }) {
-            println!(
-                "  console {} play {}, its decisions:\n{}",
-                p.console,
-                p.n,
-                decisions(dir, p, false)
-            );
+            println!("{}", decisions(dir, p, false));
         }
         // A silent fetch is hedged half a buffer before its play time (console-client's
         // hedge.rs): a stall is a hedge that came too late, or found no other holder.
@@ -303,11 +293,16 @@ fn chaos(hosts: Option<Hosts>, dir: &Path, secs: u64, seed: u64) -> Result<()> {
 /// The lines of a play's console log (kept under `dir`) that are decisions: the session's
 /// steps, hedges, attempts timed and ended, directors passed over, segments fetched,
 /// warnings; the first 100 (`from_start`: a slow start) or the last 100, each cut at 300
-/// bytes.
+/// bytes, under a line naming the play.
 fn decisions(dir: &Path, p: &Played, from_start: bool) -> String {
+    let which = if from_start { "first" } else { "last" };
+    let head = format!(
+        "  console {} play {}, its {which} decisions:",
+        p.console, p.n
+    );
     let path = dir.join(format!("console{}/play{}.log", p.console, p.n));
     let Ok(text) = std::fs::read_to_string(&path) else {
-        return format!("    (no log at {})", path.display());
+        return format!("{head}\n    (no log at {})", path.display());
     };
     let marks = [
         "session",
@@ -328,10 +323,10 @@ fn decisions(dir: &Path, p: &Played, from_start: bool) -> String {
     } else {
         &lines[lines.len().saturating_sub(100)..]
     };
-    (shown.iter())
+    let shown: Vec<String> = (shown.iter())
         .map(|l| format!("    {}", l.get(..300).unwrap_or(l)))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    format!("{head}\n{}", shown.join("\n"))
 }
 
 /// Prints the run's figures.

@@ -276,8 +276,8 @@ impl Session {
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => return Err(SessionError::Unexpected(format!("{other:?}"))),
         };
-        let ms = |at: std::time::Instant| at.elapsed().as_millis() as u64;
-        tracing::debug!(ms = ms(began), "session: the manifest answered");
+        let ms = || began.elapsed().as_millis() as u64;
+        tracing::debug!(ms = ms(), "session: the manifest answered");
         // The pin covers the manifest: signed by a content manager of the console's swarm.
         let mut seeded = false;
         if let (Some(pinned), Some(swarm)) = (credentials.pinned, swarm) {
@@ -287,7 +287,7 @@ impl Session {
             };
             let chain = (manifest.content_manager, via);
             seeded = check_signer(&directors, swarm, chain, pinned).await?;
-            tracing::debug!(ms = ms(began), "session: the manifest's signer checked");
+            tracing::debug!(ms = ms(), "session: the manifest's signer checked");
             if seeded {
                 remember(credentials.remember_in.as_ref(), &directors);
             }
