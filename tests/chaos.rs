@@ -28,7 +28,8 @@
 //! `VODMESH_CHAOS_SECS` sets how long the disruptions go on (default 60 s, about 2 minutes in
 //! all, in every suite run and CI; from 90 s on the failover counter must move, a shorter run
 //! may disrupt no copy); the same test runs for 30 minutes with `VODMESH_CHAOS_SECS=1800`.
-//! `VODMESH_CHAOS_LOOPBACK=1` runs it on loopback where namespaces could be made.
+//! `VODMESH_CHAOS_LOOPBACK=1` runs it on loopback where namespaces could be made;
+//! `VODMESH_CHAOS_KEEP=1` keeps the logs of a green run too (a red run's are always kept).
 
 #[path = "chaos/consoles.rs"]
 mod consoles;
@@ -78,6 +79,11 @@ fn chaos_loses_nothing_and_sticks_nowhere() -> Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let run = chaos(hosts, dir.path(), secs, seed);
+    // VODMESH_CHAOS_KEEP=1: the logs stay after a green run too (a slow start's post-mortem).
+    if run.is_ok() && env_u64("VODMESH_CHAOS_KEEP", 0)? != 0 {
+        println!("chaos: logs kept in {}", dir.keep().display());
+        return Ok(());
+    }
     if let Err(e) = run {
         // Every process is gone (dropped with the swarm); its logs stay for a post-mortem.
         let kept = dir.keep();

@@ -30,6 +30,14 @@ pub const PROVIDER_TTL_FACTOR: u32 = 30;
 /// How long a query waits for one peer's answer before it goes on without it.
 pub const PEER_ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// How long a catalog or holders look-up that has found what its caller needs waits for the
+/// rest ([`crate::RegistryHandle::get_catalog`], [`crate::RegistryHandle::holders_enough`]):
+/// this director's own copies are found at once and the reachable peers answer within a few
+/// round trips, but a peer on the way that never answers (hung, its link cut) holds the
+/// whole look-up for [`PEER_ANSWER_TIMEOUT`]. Without the bound a play's start and every miss
+/// at any station waited that out while one station anywhere was cut off (the chaos run).
+pub const SETTLE_WITHIN: Duration = Duration::from_secs(1);
+
 /// How the registry's Kademlia is tuned: a swarm whose load changes by the second, not kad's
 /// 48 h defaults.
 #[derive(Clone, Debug)]

@@ -10,6 +10,7 @@ use vodmesh_proto::ProgramId;
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::station::StationRecord;
 
+use crate::config::SETTLE_WITHIN;
 use crate::stats::HoldersTrace;
 
 /// A registry request, answered on its `reply` channel.
@@ -60,8 +61,9 @@ pub enum Command {
     GetCatalog {
         /// The program.
         program: ProgramId,
-        /// The records found.
-        reply: oneshot::Sender<Vec<Signed>>,
+        /// The records found so far, grown as the look-up finds them; dropping every
+        /// receiver cuts the look-up short.
+        found: watch::Sender<FoundRecords>,
     },
     /// The directors closest to a key, found by a network query.
     Closest {
@@ -100,11 +102,35 @@ pub enum RegistryError {
     Closed,
 }
 
+/// Waits until `done` holds of what a look-up found, or, once [`SETTLE_WITHIN`] has passed,
+/// until `enough` does: [`RegistryError::Closed`] when the look-up was dropped before either.
+async fn settle<T>(
+    found: &mut watch::Receiver<T>,
+    done: impl Fn(&T) -> bool,
+    enough: impl Fn(&T) -> bool,
+) -> Result<(), RegistryError> {
+    let whole = tokio::time::timeout(SETTLE_WITHIN, found.wait_for(&done)).await;
+    let ended = match whole.map(|ended| ended.is_ok()) {
+        Ok(ended) => ended,
+        Err(_) => found.wait_for(|f| done(f) || enough(f)).await.is_ok(),
+    };
+    ended.then_some(()).ok_or(RegistryError::Closed)
+}
+
 /// What a holders look-up found so far ([`Command::Holders`]).
 #[derive(Clone, Debug, Default)]
 pub struct Found {
     /// The directors found holding the program.
     pub holders: HashSet<PeerId>,
+    /// The look-up ended: no more will be found.
+    pub done: bool,
+}
+
+/// What a catalog look-up found so far ([`Command::GetCatalog`]).
+#[derive(Clone, Debug, Default)]
+pub struct FoundRecords {
+    /// The valid records found, each once.
+    pub records: Vec<Signed>,
     /// The look-up ended: no more will be found.
     pub done: bool,
 }
@@ -163,12 +189,28 @@ impl RegistryHandle {
             .map_err(|_| RegistryError::Closed)
     }
 
-    /// The directors of stations that hold segments of `program`.
+    /// The directors of stations that hold segments of `program`: all the look-up finds.
     pub async fn holders(&self, program: ProgramId) -> Result<HashSet<PeerId>, RegistryError> {
         let mut found = self.look_up_holders(program).await?;
         let done = found.wait_for(|f| f.done).await;
         let done = done.map_err(|_| RegistryError::Closed)?;
         Ok(done.holders.clone())
+    }
+
+    /// [`RegistryHandle::holders`], or, once [`SETTLE_WITHIN`] has passed, those found as
+    /// soon as `enough` holds of them: a look-up that meets a hung director waits out
+    /// [`PEER_ANSWER_TIMEOUT`] for its answer; a caller that has holders to go on with need
+    /// not (one that has none by then still waits for the end).
+    ///
+    /// [`PEER_ANSWER_TIMEOUT`]: crate::config::PEER_ANSWER_TIMEOUT
+    pub async fn holders_enough(
+        &self,
+        program: ProgramId,
+        enough: impl Fn(&HashSet<PeerId>) -> bool,
+    ) -> Result<HashSet<PeerId>, RegistryError> {
+        let mut found = self.look_up_holders(program).await?;
+        settle(&mut found, |f| f.done, |f| enough(&f.holders)).await?;
+        Ok(found.borrow().holders.clone())
     }
 
     /// [`RegistryHandle::holders`], or those found within `patience` where the look-up takes
@@ -211,10 +253,28 @@ impl RegistryHandle {
             .await?
     }
 
-    /// Every valid catalog record for `program`.
+    /// Every valid catalog record for `program` that the whole look-up finds, or, once
+    /// [`SETTLE_WITHIN`] has passed, those found by then if there is one (this director's own
+    /// copy is found at once; the reachable directors answer within the time, and one that
+    /// never answers is not waited out).
     pub async fn get_catalog(&self, program: ProgramId) -> Result<Vec<Signed>, RegistryError> {
-        self.ask(|reply| Command::GetCatalog { program, reply })
+        let mut found = self.look_up_catalog(program).await?;
+        settle(&mut found, |f| f.done, |f| !f.records.is_empty()).await?;
+        Ok(found.borrow().records.clone())
+    }
+
+    /// Starts a catalog look-up; what it finds grows in the receiver.
+    pub(crate) async fn look_up_catalog(
+        &self,
+        program: ProgramId,
+    ) -> Result<watch::Receiver<FoundRecords>, RegistryError> {
+        let (found, rx) = watch::channel(FoundRecords::default());
+        let command = Command::GetCatalog { program, found };
+        self.tx
+            .send(command)
             .await
+            .map_err(|_| RegistryError::Closed)?;
+        Ok(rx)
     }
 
     /// The directors closest to `key`.

@@ -30,8 +30,8 @@ pub use keys::RecordKind;
 pub use members::Members;
 pub use redb_file::RedbFile;
 pub use registry::{
-    Command, Found, HoldersTrace, Inbound, PROVIDER_TTL_FACTOR, Registry, RegistryConfig,
-    RegistryError, RegistryHandle, RegistryStats,
+    Command, Found, FoundRecords, HoldersTrace, Inbound, PROVIDER_TTL_FACTOR, Registry,
+    RegistryConfig, RegistryError, RegistryHandle, RegistryStats,
 };
 pub use server::Server;
 pub use store::{PersistentStore, StoreLimits};

@@ -23,7 +23,7 @@ use vodmesh_proto::station::StationRecord;
 use vodmesh_proto::time::now_ms;
 
 pub use crate::config::{PROTOCOL, PROVIDER_TTL_FACTOR, RegistryConfig, behaviour, refresh};
-pub use crate::handle::{Command, Found, RegistryError, RegistryHandle};
+pub use crate::handle::{Command, Found, FoundRecords, RegistryError, RegistryHandle};
 use crate::keys::{RecordKind, expiry_of, kind_of};
 use crate::members::Members;
 pub use crate::stats::{HoldersTrace, Inbound, RegistryStats};
@@ -37,10 +37,7 @@ enum Pending {
         reply: oneshot::Sender<Option<(StationRecord, Signed)>>,
     },
     Holders(watch::Sender<Found>),
-    Catalog {
-        found: Vec<Signed>,
-        reply: oneshot::Sender<Vec<Signed>>,
-    },
+    Catalog(watch::Sender<FoundRecords>),
     Closest(oneshot::Sender<Vec<PeerId>>),
     Traced {
         trace: HoldersTrace,
@@ -190,15 +187,9 @@ impl Registry {
                 let id = kad.get_providers(RecordKind::Program(program).key());
                 self.started(id, Pending::Holders(found));
             }
-            Command::GetCatalog { program, reply } => {
+            Command::GetCatalog { program, found } => {
                 let id = kad.get_record(RecordKind::Catalog(program).key());
-                self.started(
-                    id,
-                    Pending::Catalog {
-                        found: Vec::new(),
-                        reply,
-                    },
-                );
+                self.started(id, Pending::Catalog(found));
             }
             Command::Closest { key, reply } => {
                 let id = kad.get_closest_peers(key);
@@ -390,21 +381,31 @@ impl Registry {
                 }
                 Pending::Station { best, reply }
             }
-            (Pending::Catalog { mut found, reply }, QueryResult::GetRecord(r)) => {
-                if let Ok(GetRecordOk::FoundRecord(rec)) = r
+            (Pending::Catalog(found), QueryResult::GetRecord(r)) => {
+                let valid = if let Ok(GetRecordOk::FoundRecord(rec)) = r
                     && let Ok(kind) = check_record(&rec.record, now_ms())
                     && self.admitted(kad, &rec.record, kind)
                     && let Ok(signed) =
                         codec::decode::<Signed>(&rec.record.value, validate::MAX_VALUE)
-                    && !found.contains(&signed)
                 {
-                    found.push(signed);
+                    Some(signed)
+                } else {
+                    None
+                };
+                found.send_modify(|f| {
+                    if let Some(signed) = valid
+                        && !f.records.contains(&signed)
+                    {
+                        f.records.push(signed);
+                    }
+                    f.done = last;
+                });
+                // Nobody waits any more (the caller settled for what was found): the rest is
+                // cut short.
+                if last || found.is_closed() {
+                    return !last;
                 }
-                if last {
-                    let _ = reply.send(found);
-                    return false;
-                }
-                Pending::Catalog { found, reply }
+                Pending::Catalog(found)
             }
             (Pending::Holders(found), QueryResult::GetProviders(r)) => {
                 found.send_modify(|f| {

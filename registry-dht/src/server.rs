@@ -183,6 +183,7 @@ mod tests {
     use vodmesh_proto::ProgramId;
 
     use super::*;
+    use crate::config::SETTLE_WITHIN;
     use crate::store::StoreLimits;
 
     fn server(port: u64) -> (Server, RegistryHandle, PeerId, Multiaddr) {
@@ -314,6 +315,86 @@ mod tests {
         assert_eq!(found.expect("a runs"), [a_peer].into());
         assert!(!whole.is_finished(), "the whole look-up did not wait for b");
         let whole = whole.await.expect("the look-up's task");
+        assert_eq!(whole.expect("a runs"), [a_peer].into());
+        drop((a_handle, b_handle, hung));
+        a_task.await.expect("a's loop ended");
+    }
+
+    /// A catalog look-up and a holders look-up that meet a hung server, whose callers have
+    /// what they need (this server's own record and provider record, found at once), settle
+    /// for it after `SETTLE_WITHIN`, not after the hung server's `PEER_ANSWER_TIMEOUT`. The
+    /// controls: the whole look-ups are still waiting then, and end later with the same; a
+    /// holders caller for which what was found is not enough waits for the end.
+    #[tokio::test]
+    async fn look_ups_past_a_hung_server_settle_for_what_their_callers_need() {
+        use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+
+        let port = (u64::from(std::process::id()) << 16) + 200;
+        let (a, a_handle, a_peer, a_addr) = server(port + 1);
+        let (mut b, b_handle, b_peer, _) = server(port + 2);
+        b.kad_mut().add_address(&a_peer, a_addr);
+        let a_task = tokio::spawn(a.run());
+        let (stop_b, stopped) = tokio::sync::oneshot::channel();
+        let b_task = run_until(b, stopped);
+        b_handle.bootstrap().await.expect("b runs");
+        let met = tokio::time::timeout(Duration::from_secs(20), async {
+            while !(a_handle.routing_table().await.expect("a runs")).contains(&b_peer) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(met.await.is_ok(), "a never put b in its routing table");
+        let program = ProgramId([11; 32]);
+        a_handle.provide(program).await.expect("a provides");
+        let manager = Keypair::generate_ed25519();
+        let record = CatalogRecord {
+            program,
+            title: "settled".into(),
+            manifest_hash: vodmesh_proto::SegmentHash([0; 32]),
+            state: ProgramState::Published,
+            publish_at_ms: 0,
+            replicas: 0,
+            content_manager: manager.public().to_peer_id(),
+            home: manager.public().to_peer_id(),
+            issued_ms: vodmesh_proto::time::now_ms(),
+        };
+        let signed = record.sign(&manager);
+        a_handle
+            .put_catalog(signed.clone())
+            .await
+            .expect("a stores");
+
+        let _ = stop_b.send(());
+        let hung = b_task.await.expect("b's loop stopped");
+        let whole_catalog = {
+            let mut found = a_handle.look_up_catalog(program).await.expect("a runs");
+            tokio::spawn(async move { found.wait_for(|f| f.done).await.map(|f| f.clone()) })
+        };
+        let whole_holders = tokio::spawn({
+            let a_handle = a_handle.clone();
+            async move { a_handle.holders(program).await }
+        });
+        let records = a_handle.get_catalog(program).await.expect("a runs");
+        assert_eq!(records, vec![signed.clone()]);
+        let holders = a_handle.holders_enough(program, |h| !h.is_empty());
+        assert_eq!(holders.await.expect("a runs"), [a_peer].into());
+        assert!(
+            !whole_catalog.is_finished(),
+            "the catalog look-up did not wait for b"
+        );
+        assert!(
+            !whole_holders.is_finished(),
+            "the holders look-up did not wait for b"
+        );
+        // Not enough: waits for the end (b's answer given up, well past the settling time),
+        // which finds the same.
+        let asked = std::time::Instant::now();
+        let wanting = a_handle.holders_enough(program, |h| h.contains(&b_peer));
+        assert_eq!(wanting.await.expect("a runs"), [a_peer].into());
+        let waited = asked.elapsed();
+        assert!(waited >= 3 * SETTLE_WITHIN, "settled after {waited:?}");
+        let whole = whole_catalog.await.expect("the look-up's task");
+        assert_eq!(whole.expect("a runs").records, vec![signed]);
+        let whole = whole_holders.await.expect("the look-up's task");
         assert_eq!(whole.expect("a runs"), [a_peer].into());
         drop((a_handle, b_handle, hung));
         a_task.await.expect("a's loop ended");

@@ -211,10 +211,10 @@ pub(super) async fn fetch_manifest(
     };
     tracing::debug!(program = %record.program, error = %first_error, "content manager gave no manifest; asking holders");
     let from_holders = async {
-        let holders = registry.holders(record.program).await.unwrap_or_default();
-        let others = (holders.into_iter())
-            .filter(|h| *h != me && *h != record.content_manager)
-            .take(MANIFEST_HOLDERS);
+        let other = |h: &PeerId| *h != me && *h != record.content_manager;
+        let holders = registry.holders_enough(record.program, |h| h.iter().any(other));
+        let holders = holders.await.unwrap_or_default();
+        let others = (holders.into_iter()).filter(other).take(MANIFEST_HOLDERS);
         for holder in others {
             match ask_manifest(registry, asker, holder, record).await {
                 Ok(fetched) => return Some(fetched),
@@ -239,11 +239,14 @@ pub(super) async fn manifest_for(
     known: Option<(Learned, bool)>,
     local: Option<Signed>,
 ) -> Result<Box<(Learned, Signed)>, Error> {
+    let began = tokio::time::Instant::now();
+    let ms = || began.elapsed().as_millis() as u64;
     let learned = match known {
         Some((known, true)) => known,
         known => {
             let owner = known.as_ref().map(|(k, _)| k.record.content_manager);
             let fetched = fetch_record(registry, program, owner).await;
+            tracing::debug!(%program, ms = ms(), found = fetched.is_some(), "manifest: the program's record fetched");
             match (known.map(|(k, _)| k), fetched) {
                 (Some(k), Some(f)) if f.replaces(&k) => f,
                 (Some(k), _) => k,
@@ -261,9 +264,9 @@ pub(super) async fn manifest_for(
     let signed = match local {
         Some(signed) => signed,
         None => {
-            fetch_manifest(registry, asker, me, &learned.record)
-                .await?
-                .signed
+            let fetched = fetch_manifest(registry, asker, me, &learned.record).await;
+            tracing::debug!(%program, ms = ms(), ok = fetched.is_ok(), "manifest: fetched");
+            fetched?.signed
         }
     };
     Ok(Box::new((learned, signed)))
@@ -276,11 +279,16 @@ async fn ask_manifest(
     peer: PeerId,
     record: &CatalogRecord,
 ) -> Result<FetchedManifest, Error> {
+    let began = tokio::time::Instant::now();
+    let ms = || began.elapsed().as_millis() as u64;
     let (station, _) = (registry.get_station(peer).await?).ok_or(Error::ContentManagerGone)?;
+    tracing::debug!(%peer, ms = ms(), "manifest: the station to ask found");
     let request = Request::Manifest {
         program: record.program,
     };
-    let answer = (asker.ask_within(ASK_WITHIN, station.director, station.addrs, request)).await?;
+    let answer = (asker.ask_within(ASK_WITHIN, station.director, station.addrs, request)).await;
+    tracing::debug!(%peer, ms = ms(), ok = answer.is_ok(), "manifest: asked");
+    let answer = answer?;
     let Response::Manifest(signed) = answer else {
         return Err(AskError::unexpected(&answer).into());
     };

@@ -19,7 +19,7 @@
 //! ([`Misses::on_done`]) with what the station knows by then. Every decision is logged at
 //! debug level with the candidates and their costs, and counted (`Activity::misses`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -210,7 +210,8 @@ impl Misses {
         let own = (ctx.catalog).and_then(|c| c.get(&program).ok().flatten());
         let kept = || ctx.kept.get(&program).ok().flatten();
         let manifest = (self.manifests.get(&program, Instant::now()).cloned())
-            .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new));
+            .or_else(|| own.or_else(kept).and_then(|e| e.manifest()).map(Arc::new))
+            .or_else(|| publish.recent_manifest(&program).map(Arc::new));
         let lookup = Lookup {
             me: ctx.me.peer_id,
             engines: ctx.engines.infos().map(|e| e.peer_id).collect(),
@@ -498,7 +499,22 @@ impl Lookup {
             };
             Ok((record, manifest, fetched))
         };
-        let (described, holders) = tokio::join!(described, self.registry.holders(program));
+        let began = Instant::now();
+        let ms = || began.elapsed().as_millis() as u64;
+        let described = async {
+            let described = described.await;
+            tracing::debug!(segment = %self.segment, ms = ms(), ok = described.is_ok(), "miss: the program described");
+            described
+        };
+        // Once the holders other than this station are known, a director that never
+        // answers (hung, cut off) is not waited out.
+        let other = |h: &HashSet<PeerId>| h.iter().any(|h| *h != self.me);
+        let holders = async {
+            let holders = self.registry.holders_enough(program, other).await;
+            tracing::debug!(segment = %self.segment, ms = ms(), "miss: the holders looked up");
+            holders
+        };
+        let (described, holders) = tokio::join!(described, holders);
         let (record, manifest, fetched) = described?;
         if manifest.content.segment(index.0).is_none() {
             return Err(Error::NoSuchSegment(self.segment));

@@ -19,6 +19,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
 use vodmesh_proto::director::{ProgramInfo, Request, Response};
+use vodmesh_proto::manifest::Manifest;
 use vodmesh_proto::signed::Signed;
 use vodmesh_proto::time::now_ms;
 use vodmesh_proto::{ProgramId, SegmentId};
@@ -213,6 +214,14 @@ impl Publishing {
     /// The known record of `program`, for a miss to start from.
     pub(super) fn record(&self, ctx: &Ctx<'_>, program: &ProgramId) -> Option<Learned> {
         self.known_record(ctx, program)
+    }
+
+    /// The manifest of published `program` that a `Manifest` fetched lately, verified: a
+    /// console's first `Locate`s follow its `Manifest` at once, and their misses need not
+    /// ask the content manager for it again.
+    pub(super) fn recent_manifest(&self, program: &ProgramId) -> Option<Manifest> {
+        let signed = self.fetches.recent_manifest(program)?;
+        Manifest::verify(&signed).ok()
     }
 
     /// The signed manifest of `program` if this station catalogs it or keeps it.
