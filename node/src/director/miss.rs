@@ -23,7 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -51,6 +52,11 @@ use vodmesh_proto::director::ErrorCode;
 
 /// How long a miss waits for a holding station's director to name its engine.
 const LOCATE_COPY_WAIT: Duration = Duration::from_secs(3);
+/// How long a miss waits for the other holders once one has named an engine: a reachable
+/// director answers within a round trip, and one cut off from this station must not hold
+/// the miss for the whole [`LOCATE_COPY_WAIT`] when another can serve (the chaos run: each
+/// miss at a station waited 2-3 s for a holder whose link was cut).
+const OTHERS_WITHIN: Duration = Duration::from_millis(500);
 /// How long the look-ups of one miss may take in all: a peer that accepts requests and
 /// never answers (a content manager, a holder, a registry peer) holds a gather no longer.
 /// A registry query that meets such a peer ends only at its query time-out (10 s), and a
@@ -523,7 +529,7 @@ impl Lookup {
         let asks = (holders.into_iter())
             .filter(|h| *h != self.me)
             .map(|holder| self.holder(holder));
-        let holders: Vec<Holder> = join_all(asks).await.into_iter().flatten().collect();
+        let holders = answers_settled(asks, OTHERS_WITHIN).await;
         if holders.is_empty() {
             return Err(Error::NoSource(self.segment));
         }
@@ -572,5 +578,77 @@ impl Lookup {
                 None
             }
         }
+    }
+}
+
+/// The answers `asks` give until all have answered, or until `others_within` after the
+/// first one that is an answer (`Some`), whichever comes first: those that have not
+/// answered by then are left out.
+async fn answers_settled<T>(
+    asks: impl IntoIterator<Item = impl Future<Output = Option<T>>>,
+    others_within: Duration,
+) -> Vec<T> {
+    let mut asks: FuturesUnordered<_> = asks.into_iter().collect();
+    let mut answers = Vec::new();
+    let mut until = None;
+    loop {
+        let next = match until {
+            Some(until) => match tokio::time::timeout_at(until, asks.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => asks.next().await,
+        };
+        match next {
+            Some(Some(answer)) => {
+                answers.push(answer);
+                until.get_or_insert(Instant::now() + others_within);
+            }
+            Some(None) => {}
+            None => break,
+        }
+    }
+    answers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer `after` from now (or none, `None`).
+    async fn answer(after: Duration, answer: Option<u32>) -> Option<u32> {
+        tokio::time::sleep(after).await;
+        answer
+    }
+
+    /// Once one holder answered, a silent one is waited for `others_within` more, not for
+    /// its whole time; the controls: those answering within it are all taken, and with no
+    /// answer yet every ask is waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_waits_for_the_other_holders_a_while_after_the_first_answer() {
+        let ms = Duration::from_millis;
+        let within = ms(500);
+        let began = Instant::now();
+        let asks = [
+            answer(ms(10), Some(1)),
+            answer(ms(20), None),
+            answer(ms(3000), Some(3)),
+        ];
+        assert_eq!(answers_settled(asks, within).await, vec![1]);
+        assert_eq!(began.elapsed(), ms(510));
+
+        let began = Instant::now();
+        let asks = [
+            answer(ms(10), Some(1)),
+            answer(ms(300), Some(2)),
+            answer(ms(400), None),
+        ];
+        assert_eq!(answers_settled(asks, within).await, vec![1, 2]);
+        assert_eq!(began.elapsed(), ms(400));
+
+        let began = Instant::now();
+        let asks = [answer(ms(2000), None), answer(ms(2900), Some(3))];
+        assert_eq!(answers_settled(asks, within).await, vec![3]);
+        assert_eq!(began.elapsed(), ms(2900));
     }
 }
