@@ -238,10 +238,18 @@ impl RegistryHandle {
         &self,
         program: ProgramId,
     ) -> Result<watch::Receiver<Found>, RegistryError> {
-        let (found, rx) = watch::channel(Found::default());
-        let command = Command::Holders { program, found };
+        self.look_up(|found| Command::Holders { program, found })
+            .await
+    }
+
+    /// Starts the look-up `make` names; what it finds grows in the receiver.
+    async fn look_up<T: Default>(
+        &self,
+        make: impl FnOnce(watch::Sender<T>) -> Command,
+    ) -> Result<watch::Receiver<T>, RegistryError> {
+        let (found, rx) = watch::channel(T::default());
         self.tx
-            .send(command)
+            .send(make(found))
             .await
             .map_err(|_| RegistryError::Closed)?;
         Ok(rx)
@@ -268,13 +276,8 @@ impl RegistryHandle {
         &self,
         program: ProgramId,
     ) -> Result<watch::Receiver<FoundRecords>, RegistryError> {
-        let (found, rx) = watch::channel(FoundRecords::default());
-        let command = Command::GetCatalog { program, found };
-        self.tx
-            .send(command)
+        self.look_up(|found| Command::GetCatalog { program, found })
             .await
-            .map_err(|_| RegistryError::Closed)?;
-        Ok(rx)
     }
 
     /// The directors closest to `key`.

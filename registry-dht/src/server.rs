@@ -281,13 +281,33 @@ mod tests {
         })
     }
 
-    /// A holders look-up that meets a hung server waits out its answer; one with a patience
-    /// gives what it found by then: this server's own provider record, found at once. The
-    /// control: the whole look-up is still waiting when the patient one answers, and ends
-    /// later with the same holder.
-    #[tokio::test]
-    async fn holders_within_a_patience_are_those_found_by_then() {
-        let port = (u64::from(std::process::id()) << 16) + 100;
+    /// Servers a and b, b knowing a's address and in a's routing table, a's loop running and
+    /// b's until [`Met::hang_b`].
+    struct Met {
+        a: RegistryHandle,
+        a_peer: PeerId,
+        a_task: tokio::task::JoinHandle<()>,
+        b: RegistryHandle,
+        b_peer: PeerId,
+        stop_b: tokio::sync::oneshot::Sender<()>,
+        b_task: tokio::task::JoinHandle<Server>,
+    }
+
+    impl Met {
+        /// Stops b's loop and hands b back unpolled: hung. The test ends when `end` resolves.
+        async fn hang_b(self) -> (RegistryHandle, PeerId, impl Future<Output = ()>) {
+            let _ = self.stop_b.send(());
+            let hung = self.b_task.await.expect("b's loop stopped");
+            let (a, a_task, b) = (self.a.clone(), self.a_task, self.b);
+            let end = async move {
+                drop((b, hung));
+                a_task.await.expect("a's loop ended");
+            };
+            (a, self.a_peer, end)
+        }
+    }
+
+    async fn meet(port: u64) -> Met {
         let (a, a_handle, a_peer, a_addr) = server(port + 1);
         let (mut b, b_handle, b_peer, _) = server(port + 2);
         b.kad_mut().add_address(&a_peer, a_addr);
@@ -301,11 +321,29 @@ mod tests {
             }
         });
         assert!(met.await.is_ok(), "a never put b in its routing table");
-        let program = ProgramId([9; 32]);
-        a_handle.provide(program).await.expect("a provides");
+        Met {
+            a: a_handle,
+            a_peer,
+            a_task,
+            b: b_handle,
+            b_peer,
+            stop_b,
+            b_task,
+        }
+    }
 
-        let _ = stop_b.send(());
-        let hung = b_task.await.expect("b's loop stopped");
+    /// A holders look-up that meets a hung server waits out its answer; one with a patience
+    /// gives what it found by then: this server's own provider record, found at once. The
+    /// control: the whole look-up is still waiting when the patient one answers, and ends
+    /// later with the same holder.
+    #[tokio::test]
+    async fn holders_within_a_patience_are_those_found_by_then() {
+        let port = (u64::from(std::process::id()) << 16) + 100;
+        let met = meet(port).await;
+        let program = ProgramId([9; 32]);
+        met.a.provide(program).await.expect("a provides");
+
+        let (a_handle, a_peer, end) = met.hang_b().await;
         let whole = tokio::spawn({
             let a_handle = a_handle.clone();
             async move { a_handle.holders(program).await }
@@ -316,8 +354,8 @@ mod tests {
         assert!(!whole.is_finished(), "the whole look-up did not wait for b");
         let whole = whole.await.expect("the look-up's task");
         assert_eq!(whole.expect("a runs"), [a_peer].into());
-        drop((a_handle, b_handle, hung));
-        a_task.await.expect("a's loop ended");
+        drop(a_handle);
+        end.await;
     }
 
     /// A catalog look-up and a holders look-up that meet a hung server, whose callers have
@@ -327,44 +365,17 @@ mod tests {
     /// holders caller for which what was found is not enough waits for the end.
     #[tokio::test]
     async fn look_ups_past_a_hung_server_settle_for_what_their_callers_need() {
-        use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
-
         let port = (u64::from(std::process::id()) << 16) + 200;
-        let (a, a_handle, a_peer, a_addr) = server(port + 1);
-        let (mut b, b_handle, b_peer, _) = server(port + 2);
-        b.kad_mut().add_address(&a_peer, a_addr);
-        let a_task = tokio::spawn(a.run());
-        let (stop_b, stopped) = tokio::sync::oneshot::channel();
-        let b_task = run_until(b, stopped);
-        b_handle.bootstrap().await.expect("b runs");
-        let met = tokio::time::timeout(Duration::from_secs(20), async {
-            while !(a_handle.routing_table().await.expect("a runs")).contains(&b_peer) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        assert!(met.await.is_ok(), "a never put b in its routing table");
+        let met = meet(port).await;
+        let b_peer = met.b_peer;
         let program = ProgramId([11; 32]);
-        a_handle.provide(program).await.expect("a provides");
+        met.a.provide(program).await.expect("a provides");
         let manager = Keypair::generate_ed25519();
-        let record = CatalogRecord {
-            program,
-            title: "settled".into(),
-            manifest_hash: vodmesh_proto::SegmentHash([0; 32]),
-            state: ProgramState::Published,
-            publish_at_ms: 0,
-            replicas: 0,
-            content_manager: manager.public().to_peer_id(),
-            home: manager.public().to_peer_id(),
-            issued_ms: vodmesh_proto::time::now_ms(),
-        };
-        let signed = record.sign(&manager);
-        a_handle
-            .put_catalog(signed.clone())
-            .await
-            .expect("a stores");
+        let now = vodmesh_proto::time::now_ms();
+        let signed = crate::validate::tests::catalog_record(&manager, program, now);
+        met.a.put_catalog(signed.clone()).await.expect("a stores");
 
-        let _ = stop_b.send(());
-        let hung = b_task.await.expect("b's loop stopped");
+        let (a_handle, a_peer, end) = met.hang_b().await;
         let whole_catalog = {
             let mut found = a_handle.look_up_catalog(program).await.expect("a runs");
             tokio::spawn(async move { found.wait_for(|f| f.done).await.map(|f| f.clone()) })
@@ -396,7 +407,7 @@ mod tests {
         assert_eq!(whole.expect("a runs").records, vec![signed]);
         let whole = whole_holders.await.expect("the look-up's task");
         assert_eq!(whole.expect("a runs"), [a_peer].into());
-        drop((a_handle, b_handle, hung));
-        a_task.await.expect("a's loop ended");
+        drop(a_handle);
+        end.await;
     }
 }

@@ -168,13 +168,31 @@ pub(crate) fn bare_station(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use libp2p::identity::Keypair;
     use libp2p::kad::RecordKey;
     use proptest::prelude::*;
     use vodmesh_proto::ProgramId;
 
     use super::*;
+
+    /// A published catalog record of `program`, signed by `key`, its content manager.
+    pub(crate) fn catalog_record(key: &Keypair, program: ProgramId, issued_ms: u64) -> Signed {
+        use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
+        let me = key.public().to_peer_id();
+        let record = CatalogRecord {
+            program,
+            title: "p".into(),
+            manifest_hash: vodmesh_proto::SegmentHash([0; 32]),
+            state: ProgramState::Published,
+            publish_at_ms: 0,
+            replicas: 0,
+            content_manager: me,
+            home: me,
+            issued_ms,
+        };
+        record.sign(key)
+    }
 
     fn keys() -> Vec<RecordKey> {
         let id = ProgramId([3; 32]);
@@ -224,25 +242,10 @@ mod tests {
     /// manager signed; the control: the owner's next record replaces it.
     #[test]
     fn a_program_s_record_is_replaced_only_by_its_own_content_manager() {
-        use vodmesh_proto::catalog::{CatalogRecord, ProgramState};
         let program = ProgramId([7; 32]);
         let record = |key: &Keypair, issued_ms: u64| {
-            let me = key.public().to_peer_id();
-            let rec = CatalogRecord {
-                program,
-                title: "p".into(),
-                manifest_hash: vodmesh_proto::SegmentHash([0; 32]),
-                state: ProgramState::Published,
-                publish_at_ms: 0,
-                replicas: 0,
-                content_manager: me,
-                home: me,
-                issued_ms,
-            };
-            Record::new(
-                RecordKind::Catalog(program).key(),
-                codec::encode(&rec.sign(key)),
-            )
+            let signed = catalog_record(key, program, issued_ms);
+            Record::new(RecordKind::Catalog(program).key(), codec::encode(&signed))
         };
         let (owner, other) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let stored = record(&owner, 1);
